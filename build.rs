@@ -1,0 +1,20 @@
+//! Compiles `proto/pas/v1/*.proto` with protox (pure Rust, so no system `protoc` is needed),
+//! writes the encoded descriptor set for gRPC reflection, and generates tonic/prost code.
+
+use prost::Message;
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["proto/pas/v1/task.proto", "proto/pas/v1/programmer.proto", "proto/pas/v1/pool.proto"];
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let fds = protox::compile(protos, ["proto"])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("pas_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,330 @@
+//! The configuration's data model: what `configs/pas/programmer_pool.yaml` may contain.
+//!
+//! The original sections (`pool_size`, `defaults`, `programmers`, `load_balancing`, `failover`,
+//! `capability_routing`, `cost_optimization`) keep their original names and meaning, so the original
+//! file loads unchanged. The sections the mesh adds (`manager`, `llms`, `providers`, `aider`,
+//! `workspace_root`, `data_dir`) are optional and take defaults. Unknown keys are errors
+//! (`deny_unknown_fields`): a typo must not silently fall back to a default.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Number of programmers; must equal `programmers.len()` (the original file states it twice).
+    pub pool_size: u32,
+    /// Per-programmer limits that each programmer may override.
+    #[serde(default)]
+    pub defaults: JobDefaults,
+    /// The programmers, in configuration order (capability_match picks the first that fits).
+    pub programmers: Vec<ProgrammerConfig>,
+    #[serde(default)]
+    pub load_balancing: LoadBalancing,
+    #[serde(default)]
+    pub failover: Failover,
+    /// Named groups of programmer ids; a task capability that names a group restricts the task to it.
+    #[serde(default)]
+    pub capability_routing: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub cost_optimization: CostOptimization,
+    /// Manager process settings (added by the mesh).
+    #[serde(default)]
+    pub manager: ManagerConfig,
+    /// LLM catalog entries, keyed by the model name programmers use (added by the mesh). Entries
+    /// here override or extend the built-in catalog (see `catalog.rs`).
+    #[serde(default)]
+    pub llms: BTreeMap<String, LlmConfig>,
+    /// Where each provider is reached (added by the mesh). Defaults per provider in `catalog.rs`.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// How Aider is run (added by the mesh).
+    #[serde(default)]
+    pub aider: AiderConfig,
+    /// Task `workspace` names resolve under this directory. Relative paths in the file are relative
+    /// to the config file's directory; absent = `PAS_WORKSPACE_ROOT` or `./workspaces` (cwd).
+    #[serde(default)]
+    pub workspace_root: Option<PathBuf>,
+    /// Budget ledger, task records, pid and log files live here. Same resolution rules;
+    /// absent = `PAS_DATA_DIR` or `./data` (cwd).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Limits every programmer inherits unless it overrides them (original `defaults:` section).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobDefaults {
+    /// Default task deadline in seconds when the request gives none.
+    pub timeout_s: u64,
+    /// A task stops when its attempts have used more tokens than this.
+    pub max_tokens_per_job: u64,
+    /// A task stops when its cost exceeds this; the manager reserves this amount before a paid dispatch.
+    pub max_cost_per_job_usd: f64,
+    /// Hard cap on a task's deadline in seconds (a request's timeout_s cannot exceed it).
+    pub max_duration_per_job_s: u64,
+    /// Model context size in tokens (informational; passed to aider's model metadata).
+    pub context_limit: u64,
+    /// Commit the edit on the task's branch (aider auto-commits).
+    pub auto_commit: bool,
+    /// Aider's reflection limit (original `max_fix_iterations`; informational).
+    pub max_fix_iterations: u32,
+}
+
+impl Default for JobDefaults {
+    fn default() -> Self {
+        Self {
+            timeout_s: 900,
+            max_tokens_per_job: 80_000,
+            max_cost_per_job_usd: 2.50,
+            max_duration_per_job_s: 600,
+            context_limit: 131_072,
+            auto_commit: true,
+            max_fix_iterations: 3,
+        }
+    }
+}
+
+/// One programmer as written in the file. Optional limits override `defaults`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProgrammerConfig {
+    /// Unique id, e.g. "001". The agent name is "Prog-<id>".
+    pub id: String,
+    /// gRPC + HTTP port.
+    pub port: u16,
+    /// Host the programmer listens on and the manager connects to (default 127.0.0.1).
+    #[serde(default)]
+    pub host: Option<String>,
+    pub primary_llm: String,
+    pub backup_llm: String,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
+    #[serde(default)]
+    pub max_tokens_per_job: Option<u64>,
+    #[serde(default)]
+    pub max_cost_per_job_usd: Option<f64>,
+    #[serde(default)]
+    pub max_duration_per_job_s: Option<u64>,
+    #[serde(default)]
+    pub context_limit: Option<u64>,
+    #[serde(default)]
+    pub auto_commit: Option<bool>,
+    #[serde(default)]
+    pub max_fix_iterations: Option<u32>,
+}
+
+/// Original `load_balancing:` section.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoadBalancing {
+    pub strategy: StrategyName,
+    pub prefer_free_models: bool,
+    /// Tasks that may wait on one programmer (not counting the running ones).
+    pub max_queue_per_programmer: u32,
+    /// How often the manager polls each programmer's GetStatus (health itself is a Watch stream).
+    pub health_check_interval_s: u64,
+    /// Tasks one programmer runs at once (added by the mesh; 1 = the original behaviour).
+    pub max_concurrent_per_programmer: u32,
+}
+
+impl Default for LoadBalancing {
+    fn default() -> Self {
+        Self {
+            strategy: StrategyName::LeastLoaded,
+            prefer_free_models: true,
+            max_queue_per_programmer: 5,
+            health_check_interval_s: 30,
+            max_concurrent_per_programmer: 1,
+        }
+    }
+}
+
+/// Routing policy names accepted in `load_balancing.strategy`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategyName {
+    LeastLoaded,
+    RoundRobin,
+    CapabilityMatch,
+    P2cPeakEwma,
+}
+
+impl StrategyName {
+    /// The name as written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LeastLoaded => "least_loaded",
+            Self::RoundRobin => "round_robin",
+            Self::CapabilityMatch => "capability_match",
+            Self::P2cPeakEwma => "p2c_peak_ewma",
+        }
+    }
+}
+
+/// Original `failover:` section.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Failover {
+    pub enabled: bool,
+    /// Retries after the first attempt (2 = primary, backup, backup).
+    pub max_retries: u32,
+    /// Pause before a retry, in seconds (fractions allowed).
+    pub retry_delay_s: f64,
+    /// Failure classes that trigger failover and count for the breaker.
+    pub failure_conditions: Vec<FailureCondition>,
+    /// Always try the backup before failing, even when `max_retries` is 0.
+    pub always_failover: bool,
+    pub circuit_breaker: CircuitBreakerConfig,
+}
+
+impl Default for Failover {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_retries: 2,
+            retry_delay_s: 5.0,
+            failure_conditions: vec![
+                FailureCondition::Timeout,
+                FailureCondition::ApiError,
+                FailureCondition::RateLimit,
+                FailureCondition::ModelUnavailable,
+            ],
+            always_failover: true,
+            circuit_breaker: CircuitBreakerConfig::default(),
+        }
+    }
+}
+
+/// LLM-class failure names accepted in `failover.failure_conditions`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureCondition {
+    Timeout,
+    ApiError,
+    RateLimit,
+    ModelUnavailable,
+}
+
+/// `failover.circuit_breaker`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitBreakerConfig {
+    pub enabled: bool,
+    pub failure_threshold: u32,
+    /// Sliding window for counting failures (fractions allowed, for tests).
+    pub window_minutes: f64,
+    /// How long the breaker stays open before a half-open probe (fractions allowed).
+    pub cooldown_minutes: f64,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        Self { enabled: true, failure_threshold: 3, window_minutes: 10.0, cooldown_minutes: 5.0 }
+    }
+}
+
+/// Original `cost_optimization:` section.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CostOptimization {
+    pub enabled: bool,
+    pub prefer_free_over_paid: bool,
+    pub max_daily_spend_usd: f64,
+    /// Spend at which the budget alert fires (once per day). Must not exceed the daily limit.
+    pub alert_threshold_usd: Option<f64>,
+}
+
+impl Default for CostOptimization {
+    fn default() -> Self {
+        Self { enabled: true, prefer_free_over_paid: true, max_daily_spend_usd: 50.0, alert_threshold_usd: None }
+    }
+}
+
+/// `manager:` section (added by the mesh).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ManagerConfig {
+    pub host: String,
+    pub port: u16,
+    /// Capacity of the manager's FIFO of tasks waiting for a programmer slot.
+    pub max_queue: u32,
+    /// How long a task may wait in that FIFO before failing with UNAVAILABLE, in seconds.
+    pub queue_timeout_s: u64,
+    /// Programmers one task may be dispatched to before giving up (reroutes + 1).
+    pub max_dispatch_attempts: u32,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        Self { host: "127.0.0.1".into(), port: 6141, max_queue: 500, queue_timeout_s: 600, max_dispatch_attempts: 3 }
+    }
+}
+
+/// One LLM catalog entry.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LlmConfig {
+    /// Provider (`ollama`, `ollama_chat`, `openai`, `anthropic`); default: the model name's prefix.
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// US dollars per prompt token (0 for local models).
+    #[serde(default)]
+    pub input_cost_per_token: Option<f64>,
+    /// US dollars per completion token.
+    #[serde(default)]
+    pub output_cost_per_token: Option<f64>,
+    /// Aider edit format for this model (`diff` or `whole`); default `aider.edit_format`.
+    #[serde(default)]
+    pub edit_format: Option<String>,
+    /// Context window in tokens; default `defaults.context_limit`.
+    #[serde(default)]
+    pub context_limit: Option<u64>,
+}
+
+/// Where a provider's API is reached. The base URL comes from the environment variable
+/// `api_base_env` when set there, else `api_base`; the key likewise. Callers can never choose it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    #[serde(default)]
+    pub api_base: Option<String>,
+    #[serde(default)]
+    pub api_base_env: Option<String>,
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+}
+
+/// `aider:` section (added by the mesh).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AiderConfig {
+    /// Python interpreter of the virtualenv that has aider installed. Relative paths in the file are
+    /// relative to the config file's directory; absent = `PAS_AIDER_PYTHON` or `.aider-venv/bin/python` (cwd).
+    pub python: Option<PathBuf>,
+    /// The aider-chat version that must be installed there.
+    pub version: String,
+    /// Edit format for models without their own (`diff` or `whole`).
+    pub edit_format: String,
+    /// Extra flags appended before ours (ours win: they come last).
+    pub extra_flags: Vec<String>,
+    /// Per-read inactivity timeout passed to aider's `--timeout`, seconds.
+    pub request_timeout_s: u64,
+}
+
+impl Default for AiderConfig {
+    fn default() -> Self {
+        Self {
+            python: None,
+            version: "0.86.2".into(),
+            edit_format: "diff".into(),
+            extra_flags: Vec::new(),
+            request_timeout_s: 120,
+        }
+    }
+}
+

@@ -1,0 +1,25 @@
+//! Programmer Pool: a gRPC service mesh that runs a pool of AI "programmers".
+//!
+//! # Layout
+//!
+//! Layers only point down; the manager and the programmer are peers that share nothing but the
+//! lower floor.
+//!
+//! - [`cli`]: the `pas` subcommands (thin: parse, call into the layers below).
+//! - [`manager`]: `pas.v1.ProgrammerPool` — routing, queues, budget, task records.
+//! - [`programmer`]: `pas.v1.Programmer` — validation, queue, failover, breaker, aider, worktrees.
+//! - [`llm_sim`]: an offline OpenAI/Ollama/Anthropic-compatible LLM simulator with fault injection.
+//! - Lower floor: [`config`], [`contract`], [`serve`] (gRPC + HTTP JSON on one port), [`telemetry`].
+//!
+//! See `ARCHITECTURE.md` for the code map and invariants.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod contract;
+pub mod llm_sim;
+pub mod manager;
+pub mod programmer;
+pub mod serve;
+pub mod telemetry;

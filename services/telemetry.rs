@@ -1,0 +1,1 @@
+//! Logging (and later traces and metrics) set-up shared by every process.
