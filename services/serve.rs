@@ -1,1 +1,77 @@
-//! Serving gRPC and HTTP/1.1 JSON routes on one listener.
+//! Serving gRPC (h2c) and HTTP/1.1 JSON routes on one listener.
+//!
+//! The original users ran `curl localhost:6151/health | jq`; the mesh keeps that working on the same
+//! port as the gRPC services. tonic's [`Routes`] turns into an axum router, the JSON routes are added
+//! to it, and `axum::serve` (with HTTP/2 enabled) answers both protocols on one socket.
+//! Every process also registers grpc.health.v1 and reflection (v1 and v1alpha, since grpcurl 1.8
+//! still speaks v1alpha), so `grpcurl list` and health checks work without .proto files.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+
+/// Errors while setting up a server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Binds `host:port` (port 0 picks a free port; read it back with `local_addr`).
+pub async fn bind(host: &str, port: u16) -> Result<TcpListener, ServeError> {
+    let addr = format!("{host}:{port}");
+    TcpListener::bind(&addr).await.map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Adds grpc.health.v1 and both reflection versions (covering our contract and the health
+/// service) to `routes`.
+pub fn with_health_and_reflection(
+    routes: Routes,
+    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) -> Result<Routes, ServeError> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::contract::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = builder().build_v1()?;
+    let v1alpha = builder().build_v1alpha()?;
+    Ok(routes.add_service(health).add_service(v1).add_service(v1alpha))
+}
+
+/// Serves `router` (gRPC + JSON routes) on `listener` until `shutdown` resolves, then drains
+/// in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM: the processes stop accepting and drain on either.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -3,4 +3,5 @@
 pub mod aider;
 pub mod breaker;
 pub mod classify;
+pub mod queue;
 pub mod worktree;
