@@ -22,4 +22,5 @@ pub mod llm_sim;
 pub mod manager;
 pub mod programmer;
 pub mod serve;
+pub mod task_events;
 pub mod telemetry;
