@@ -13,6 +13,9 @@ struct Cli {
     /// Configuration file.
     #[arg(long, global = true, env = "PAS_CONFIG", default_value = "configs/pas/programmer_pool.yaml")]
     config: PathBuf,
+    /// Log format (logs go to stderr).
+    #[arg(long, global = true, value_enum, default_value_t = pas::telemetry::LogFormat::Text)]
+    log_format: pas::telemetry::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -24,6 +27,8 @@ enum Command {
     Config(ConfigCommand),
     /// Run the offline LLM provider simulator (OpenAI, Ollama and Anthropic APIs, with fault injection).
     LlmSim(pas::llm_sim::SimArgs),
+    /// Run one programmer (pas.v1.Programmer + health + reflection + GET /health on one port).
+    Programmer(pas::programmer::ProgrammerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,8 +46,20 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check { file }) => {
             pas::cli::config_check::run(file.unwrap_or(cli.config))
         }
-        Command::LlmSim(args) => block_on(pas::llm_sim::run(args)),
+        Command::LlmSim(args) => {
+            pas::telemetry::init_logging(cli.log_format);
+            block_on(pas::llm_sim::run(args))
+        }
+        Command::Programmer(args) => {
+            pas::telemetry::init_logging(cli.log_format);
+            block_on(async move { pas::programmer::run(load_config(&cli.config)?, args).await })
+        }
     }
+}
+
+/// Loads and validates the configuration, with every error listed.
+fn load_config(path: &std::path::Path) -> anyhow::Result<pas::config::Config> {
+    pas::config::Config::load(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))
 }
 
 /// Runs a service future on a multi-threaded runtime and turns its error into exit code 1.

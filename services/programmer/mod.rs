@@ -1,7 +1,93 @@
-//! `pas programmer`: one AI programmer serving `pas.v1.Programmer`.
+//! `pas programmer`: one AI programmer serving `pas.v1.Programmer`, grpc.health.v1, reflection and
+//! `GET /health` on one port.
+//!
+//! A task flows: [`server`] (admission) → [`validate`] → [`queue`] → [`failover`] (attempt loop,
+//! [`breaker`]) → [`attempt`] ([`worktree`], [`aider`], [`classify`]).
 
 pub mod aider;
+pub mod attempt;
 pub mod breaker;
 pub mod classify;
+pub mod failover;
 pub mod queue;
+pub mod server;
+pub mod state;
+pub mod validate;
 pub mod worktree;
+
+use crate::config::Config;
+use crate::contract::v1::programmer_server::ProgrammerServer;
+use crate::serve;
+use axum::routing::get;
+use server::ProgrammerService;
+use state::{Programmer, health_json};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Command-line arguments of `pas programmer`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProgrammerArgs {
+    /// Which programmer of the configuration to run (e.g. 001).
+    #[arg(long, env = "PROGRAMMER_ID")]
+    pub id: String,
+    /// Listen on this port instead of the configured one (0 = any free port).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Listen on this host instead of the configured one.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// On SIGTERM, how long running tasks may finish before they are cancelled.
+    #[arg(long, default_value_t = 30)]
+    pub drain_timeout_s: u64,
+}
+
+/// Runs programmer `args.id` until SIGTERM/SIGINT, then drains: stops accepting, lets running tasks
+/// finish for up to `drain_timeout_s`, cancels the rest, and exits.
+pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
+    let spec = config
+        .programmer(&args.id)
+        .ok_or_else(|| anyhow::anyhow!("no programmer with id {:?} in {}", args.id, config.source.display()))?;
+    let host = args.host.clone().unwrap_or_else(|| spec.host.clone());
+    let listener = serve::bind(&host, args.port.unwrap_or(spec.port)).await?;
+    let addr = listener.local_addr()?;
+    let prog = Arc::new(Programmer::new(&config, &args.id, addr.port())?);
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<ProgrammerServer<ProgrammerService>>().await;
+    let routes = tonic::service::Routes::new(ProgrammerServer::new(ProgrammerService::new(prog.clone())));
+    let status_prog = prog.clone();
+    let router = serve::with_health_and_reflection(routes, health_service)?
+        .into_axum_router()
+        .route(
+            "/health",
+            get(move || {
+                let prog = status_prog.clone();
+                async move { axum::Json(health_json(&prog.status())) }
+            }),
+        );
+
+    // Tests and `pas up` read this line to learn the bound address.
+    println!("{} listening on {addr}", prog.spec.agent);
+    tracing::info!(programmer = %prog.spec.id, %addr, primary = %prog.spec.primary.name,
+        backup = %prog.spec.backup.name, "programmer started");
+
+    let drain_prog = prog.clone();
+    let drain_timeout = Duration::from_secs(args.drain_timeout_s);
+    let shutdown = async move {
+        serve::shutdown_signal().await;
+        drain_prog.start_draining();
+        health_reporter.set_not_serving::<ProgrammerServer<ProgrammerService>>().await;
+        drain_prog.tasks.close();
+        let running = drain_prog.queue.depth();
+        tracing::info!(running = running.running, waiting = running.waiting, "draining");
+        if tokio::time::timeout(drain_timeout, drain_prog.tasks.wait()).await.is_err() {
+            tracing::warn!("drain timeout: cancelling the remaining tasks");
+            drain_prog.shutdown.cancel();
+            drain_prog.tasks.wait().await;
+        }
+        tracing::info!(completed = drain_prog.counters.completed.load(std::sync::atomic::Ordering::Relaxed),
+            "programmer stopped");
+    };
+    serve::serve(listener, router, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,303 @@
+//! One task's life on a programmer: the attempt loop with failover and the circuit breaker.
+//!
+//! Decided semantics (DESIGN.md): attempt 1 uses the LLM the breaker admits (the primary, or the
+//! backup while the breaker is open). On an LLM-class failure (one of `failure_conditions`) the
+//! programmer waits `retry_delay_s`, resets the worktree to the task's base commit and retries on
+//! the backup, at most `max_retries` times (`always_failover` guarantees one backup try). Edit
+//! failures, git errors and caller errors end the task without a retry and never touch the breaker.
+//! Only attempts on the primary are reported to the breaker.
+
+use crate::config::FailureCondition;
+use crate::contract::v1::{Assigned, Attempt, ErrorClass, Failover, TaskResult, TaskState, task_event::Kind};
+use crate::programmer::attempt::{AttemptOutcome, AttemptReport, run_attempt};
+use crate::programmer::breaker::Admission;
+use crate::programmer::state::Programmer;
+use crate::programmer::validate::ValidatedTask;
+use crate::programmer::worktree::{GitIdentity, TaskWorktree};
+use crate::task_events::TaskEventSink;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The class an LLM-class outcome maps to in the config's `failure_conditions`.
+pub fn failure_condition(class: ErrorClass) -> Option<FailureCondition> {
+    match class {
+        ErrorClass::Timeout => Some(FailureCondition::Timeout),
+        ErrorClass::ApiError => Some(FailureCondition::ApiError),
+        ErrorClass::RateLimit => Some(FailureCondition::RateLimit),
+        ErrorClass::ModelUnavailable => Some(FailureCondition::ModelUnavailable),
+        _ => None,
+    }
+}
+
+/// How many attempts a task may make in total under the failover settings.
+pub fn max_attempts(failover: &crate::config::Failover) -> u32 {
+    if !failover.enabled {
+        return 1;
+    }
+    let retries = if failover.always_failover { failover.max_retries.max(1) } else { failover.max_retries };
+    1 + retries
+}
+
+/// Runs `task` to its end and returns its result (the caller sends it as the terminal event).
+/// `started` is when the programmer accepted the task (for `duration_ms`).
+pub async fn run_task(
+    prog: &Programmer,
+    task: &ValidatedTask,
+    sink: &TaskEventSink,
+    cancel: CancellationToken,
+    started: Instant,
+) -> TaskResult {
+    let spec = &prog.spec;
+    let mut result = TaskResult { programmer_id: spec.id.clone(), ..Default::default() };
+    let deadline = Instant::now() + task.deadline;
+
+    let base_commit = match task.workspace.resolve_base(task.base_ref.as_deref()).await {
+        Ok(c) => c,
+        Err(e) => return fail(result, ErrorClass::GitError, format!("base_ref: {e}"), started),
+    };
+    result.base_commit = base_commit.clone();
+    let identity = GitIdentity { name: spec.agent.clone(), email: format!("prog-{}@programmer-pool.local", spec.id) };
+    let worktree = match task
+        .workspace
+        .create_task_worktree(&prog.worktrees_dir, &task.task_id, &base_commit, &identity)
+        .await
+    {
+        Ok(w) => w,
+        Err(e) => return fail(result, ErrorClass::GitError, format!("cannot create the task worktree: {e}"), started),
+    };
+
+    let mut admission = Some(prog.breaker.admit());
+    let starts_on_primary = admission.as_ref().is_some_and(|a| a.uses_primary());
+    let mut llm = if starts_on_primary { spec.primary.clone() } else { spec.backup.clone() };
+    let assigned = Assigned {
+        programmer_id: spec.id.clone(),
+        llm: llm.name.clone(),
+        using_backup: !starts_on_primary,
+        ..Default::default()
+    };
+    if !sink.send(Kind::Assigned(assigned)).await {
+        result.status = TaskState::Cancelled as i32;
+        return finish_with(worktree, result, ErrorClass::Cancelled, "caller went away".into(), started).await;
+    }
+    let attempts_allowed = max_attempts(&prog.failover);
+    let retry_delay = Duration::from_secs_f64(prog.failover.retry_delay_s.max(0.0));
+
+    for number in 1..=attempts_allowed {
+        if number > 1 {
+            if let Err(e) = worktree.reset().await {
+                return finish_failed(worktree, result, ErrorClass::GitError, format!("worktree reset: {e}"), started)
+                    .await;
+            }
+        }
+        let on_primary = number == 1 && starts_on_primary;
+        let report: AttemptReport = run_attempt(prog, task, &worktree, &llm, number, sink, &cancel, deadline).await;
+        result.tokens_sent += report.tokens_sent;
+        result.tokens_received += report.tokens_received;
+        result.cost_usd += report.cost_usd;
+        result.llm_used = llm.name.clone();
+        result.used_backup = !on_primary;
+        result.attempts.push(Attempt {
+            number,
+            llm: llm.name.clone(),
+            backup: !on_primary,
+            error_class: report.outcome.error_class() as i32,
+            error_message: report.outcome.message().to_string(),
+            duration_ms: report.duration.as_millis() as u64,
+            tokens_sent: report.tokens_sent,
+            tokens_received: report.tokens_received,
+            cost_usd: report.cost_usd,
+        });
+
+        // Tell the breaker about the primary; a dropped probe admission re-opens it.
+        if on_primary {
+            if let Some(adm) = admission.take() {
+                report_to_breaker(prog, adm, &report.outcome);
+            }
+        }
+
+        let over_limit = job_limit_exceeded(task, &result);
+        match report.outcome {
+            AttemptOutcome::Succeeded(change) => {
+                result.files_changed = change.files_changed;
+                result.diff = change.diff;
+                result.commit = change.commit;
+                result.branch = worktree.branch.clone();
+                result.status = TaskState::Succeeded as i32;
+                result.error_class = ErrorClass::None as i32;
+                if let Err(e) = worktree.keep().await {
+                    tracing::warn!(task_id = %task.task_id, "could not remove the finished worktree: {e}");
+                }
+                result.duration_ms = started.elapsed().as_millis() as u64;
+                return result;
+            }
+            AttemptOutcome::Cancelled => {
+                result.status = TaskState::Cancelled as i32;
+                return finish_with(worktree, result, ErrorClass::Cancelled, "cancelled by the caller".into(), started)
+                    .await;
+            }
+            AttemptOutcome::DeadlineExceeded => {
+                result.status = TaskState::TimedOut as i32;
+                let msg = format!("task deadline of {}s exceeded", task.deadline.as_secs());
+                return finish_with(worktree, result, ErrorClass::Deadline, msg, started).await;
+            }
+            _ if over_limit.is_some() => {
+                let msg = over_limit.unwrap_or_default();
+                return finish_failed(worktree, result, ErrorClass::JobLimit, msg, started).await;
+            }
+            AttemptOutcome::LlmFailed { class, ref message }
+                if number < attempts_allowed && is_failover_condition(prog, class) =>
+            {
+                let next = spec.backup.clone();
+                prog.counters.failovers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let reason = format!("{}: {message}", class.as_str_name());
+                tracing::info!(task_id = %task.task_id, from = %llm.name, to = %next.name, attempt = number + 1, %reason, "failover");
+                let event = Failover {
+                    from_llm: llm.name.clone(),
+                    to_llm: next.name.clone(),
+                    reason,
+                    attempt: number + 1,
+                    error_class: class as i32,
+                };
+                if !sink.send(Kind::Failover(event)).await {
+                    result.status = TaskState::Cancelled as i32;
+                    return finish_with(worktree, result, ErrorClass::Cancelled, "caller went away".into(), started)
+                        .await;
+                }
+                llm = next;
+                tokio::select! {
+                    _ = tokio::time::sleep(retry_delay) => {}
+                    _ = cancel.cancelled() => {
+                        result.status = TaskState::Cancelled as i32;
+                        return finish_with(worktree, result, ErrorClass::Cancelled, "cancelled by the caller".into(), started).await;
+                    }
+                    _ = tokio::time::sleep_until(deadline) => {
+                        result.status = TaskState::TimedOut as i32;
+                        let msg = format!("task deadline of {}s exceeded", task.deadline.as_secs());
+                        return finish_with(worktree, result, ErrorClass::Deadline, msg, started).await;
+                    }
+                }
+            }
+            other => {
+                let class = other.error_class();
+                let message = summarize_failure(&result, other.message());
+                return finish_failed(worktree, result, class, message, started).await;
+            }
+        }
+    }
+    // Unreachable in practice: the last attempt always returns above.
+    finish_failed(worktree, result, ErrorClass::Internal, "no attempt was made".into(), started).await
+}
+
+fn is_failover_condition(prog: &Programmer, class: ErrorClass) -> bool {
+    failure_condition(class).is_some_and(|c| prog.failover.failure_conditions.contains(&c))
+}
+
+fn report_to_breaker(prog: &Programmer, admission: Admission, outcome: &AttemptOutcome) {
+    match outcome {
+        AttemptOutcome::LlmFailed { class, .. } if is_failover_condition(prog, *class) => admission.primary_failed(),
+        // The primary answered (even if its edit did not apply): it is available.
+        AttemptOutcome::Succeeded(_) | AttemptOutcome::EditFailed(_) | AttemptOutcome::LlmFailed { .. } => {
+            admission.primary_succeeded()
+        }
+        // No verdict (cancelled, deadline, git or internal error): dropping the admission lets the
+        // breaker treat an unfinished probe as a failure, and ignores a normal attempt.
+        _ => drop(admission),
+    }
+    prog.persist_breaker();
+}
+
+fn job_limit_exceeded(task: &ValidatedTask, result: &TaskResult) -> Option<String> {
+    let tokens = result.tokens_sent + result.tokens_received;
+    if tokens > task.max_tokens {
+        return Some(format!("max_tokens_per_job exceeded: {tokens} tokens used, limit {}", task.max_tokens));
+    }
+    if result.cost_usd > task.max_cost_usd {
+        return Some(format!(
+            "max_cost_per_job_usd exceeded: ${:.4} spent, limit ${:.2}",
+            result.cost_usd, task.max_cost_usd
+        ));
+    }
+    None
+}
+
+/// The final message of a failed task lists every attempt, so one line tells the whole story.
+fn summarize_failure(result: &TaskResult, last: &str) -> String {
+    if result.attempts.len() <= 1 {
+        return last.to_string();
+    }
+    let parts: Vec<String> = result
+        .attempts
+        .iter()
+        .map(|a| {
+            let class = ErrorClass::try_from(a.error_class).map(|c| c.as_str_name()).unwrap_or("?");
+            format!("#{} {}: {} {}", a.number, a.llm, class, a.error_message)
+        })
+        .collect();
+    format!("all {} attempts failed: {}", result.attempts.len(), parts.join("; "))
+}
+
+fn fail(mut result: TaskResult, class: ErrorClass, message: String, started: Instant) -> TaskResult {
+    result.status = TaskState::Failed as i32;
+    result.error_class = class as i32;
+    result.error_message = message;
+    result.duration_ms = started.elapsed().as_millis() as u64;
+    result
+}
+
+async fn finish_failed(
+    worktree: TaskWorktree,
+    mut result: TaskResult,
+    class: ErrorClass,
+    message: String,
+    started: Instant,
+) -> TaskResult {
+    result.status = TaskState::Failed as i32;
+    finish_with(worktree, result, class, message, started).await
+}
+
+/// Ends a task that produced nothing to keep: the worktree and its branch are removed.
+async fn finish_with(
+    worktree: TaskWorktree,
+    mut result: TaskResult,
+    class: ErrorClass,
+    message: String,
+    started: Instant,
+) -> TaskResult {
+    if let Err(e) = worktree.discard().await {
+        tracing::warn!("could not remove a failed task's worktree: {e}");
+    }
+    result.error_class = class as i32;
+    result.error_message = message;
+    result.duration_ms = started.elapsed().as_millis() as u64;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Failover as FailoverConfig;
+
+    #[test]
+    fn shipped_settings_try_primary_backup_backup() {
+        let f = FailoverConfig::default();
+        assert_eq!(max_attempts(&f), 3);
+    }
+
+    #[test]
+    fn always_failover_guarantees_a_backup_try() {
+        let f = FailoverConfig { max_retries: 0, always_failover: true, ..Default::default() };
+        assert_eq!(max_attempts(&f), 2);
+        let f = FailoverConfig { max_retries: 0, always_failover: false, ..Default::default() };
+        assert_eq!(max_attempts(&f), 1);
+        let f = FailoverConfig { enabled: false, ..Default::default() };
+        assert_eq!(max_attempts(&f), 1);
+    }
+
+    #[test]
+    fn llm_classes_map_to_failure_conditions() {
+        assert_eq!(failure_condition(ErrorClass::RateLimit), Some(FailureCondition::RateLimit));
+        assert_eq!(failure_condition(ErrorClass::EditFailed), None);
+        assert_eq!(failure_condition(ErrorClass::GitError), None);
+    }
+}

@@ -1,0 +1,218 @@
+//! The state one programmer process keeps: its configuration, queue, breaker and counters, and
+//! the status it reports (GetStatus and `GET /health` share one snapshot).
+
+use crate::config::{Config, Failover, ProgrammerSpec};
+use crate::contract::v1::{CircuitState, LlmState, ProgrammerStatus};
+use crate::programmer::breaker::{Breaker, BreakerPolicy, BreakerState, BreakerStore};
+use crate::programmer::queue::TaskQueue;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How aider is run (from the config's `aider:` section).
+#[derive(Debug, Clone)]
+pub struct AiderSettings {
+    pub python: PathBuf,
+    pub extra_flags: Vec<String>,
+    pub request_timeout_s: u64,
+}
+
+/// Counters since start, reported in GetStatus.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub failovers: AtomicU64,
+    pub cancelled: AtomicU64,
+}
+
+/// Errors while setting a programmer up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("no programmer with id {0:?} in the configuration")]
+    UnknownId(String),
+    #[error("cannot create {path}: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+}
+
+/// One programmer's live state, shared by its gRPC handlers and task drivers.
+#[derive(Debug)]
+pub struct Programmer {
+    pub spec: ProgrammerSpec,
+    pub failover: Failover,
+    pub aider: AiderSettings,
+    /// Task `workspace` names resolve under this directory.
+    pub workspace_root: PathBuf,
+    /// Task worktrees live here (outside every repository).
+    pub worktrees_dir: PathBuf,
+    /// Private HOMEs and other per-attempt scratch files.
+    pub scratch_dir: PathBuf,
+    pub breaker: Breaker,
+    breaker_store: BreakerStore,
+    pub queue: TaskQueue,
+    pub counters: Counters,
+    started: Instant,
+    draining: AtomicBool,
+    /// The port actually bound (differs from the config when started with `--port 0`).
+    pub port: u16,
+    /// Cancelled at the end of a drain: every running task then stops.
+    pub shutdown: CancellationToken,
+    /// Every task driver, so a drain can wait for them.
+    pub tasks: TaskTracker,
+}
+
+impl Programmer {
+    /// Sets up programmer `id` from `config`, serving on `port`; restores its breaker from the data dir.
+    pub fn new(config: &Config, id: &str, port: u16) -> Result<Self, SetupError> {
+        let spec = config.programmer(id).ok_or_else(|| SetupError::UnknownId(id.to_string()))?.clone();
+        let own_dir = config.data_dir().join("programmers").join(&spec.id);
+        let worktrees_dir = own_dir.join("worktrees");
+        let scratch_dir = own_dir.join("scratch");
+        for dir in [&worktrees_dir, &scratch_dir] {
+            std::fs::create_dir_all(dir).map_err(|source| SetupError::Dir { path: dir.clone(), source })?;
+        }
+        let pool = &config.pool;
+        let cb = &pool.failover.circuit_breaker;
+        let policy = BreakerPolicy {
+            enabled: cb.enabled,
+            failure_threshold: cb.failure_threshold,
+            window: Duration::from_secs_f64(cb.window_minutes * 60.0),
+            cooldown: Duration::from_secs_f64(cb.cooldown_minutes * 60.0),
+        };
+        let breaker_store = BreakerStore::new(own_dir.join("breaker.json"));
+        let breaker = match breaker_store.load() {
+            Some(saved) => Breaker::restore(policy, saved),
+            None => Breaker::new(policy),
+        };
+        let lb = &pool.load_balancing;
+        Ok(Self {
+            failover: pool.failover.clone(),
+            aider: AiderSettings {
+                python: config.aider_python(),
+                extra_flags: pool.aider.extra_flags.clone(),
+                request_timeout_s: pool.aider.request_timeout_s,
+            },
+            workspace_root: config.workspace_root(),
+            worktrees_dir,
+            scratch_dir,
+            breaker,
+            breaker_store,
+            queue: TaskQueue::new(lb.max_concurrent_per_programmer as usize, lb.max_queue_per_programmer as usize),
+            counters: Counters::default(),
+            started: Instant::now(),
+            draining: AtomicBool::new(false),
+            port,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            spec,
+        })
+    }
+
+    /// Writes the breaker's state to the data dir so a restart keeps it (best effort, logged).
+    pub fn persist_breaker(&self) {
+        if let Err(e) = self.breaker_store.save(&self.breaker.to_persisted()) {
+            tracing::warn!(programmer = %self.spec.id, "could not save the breaker state: {e}");
+        }
+    }
+
+    /// Stops accepting tasks (Execute answers UNAVAILABLE, health reports draining).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// True once draining started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// The LLM a new task would use now and whether it is the backup.
+    pub fn current_llm(&self) -> (&str, bool) {
+        let snap = self.breaker.snapshot();
+        if snap.using_backup { (&self.spec.backup.name, true) } else { (&self.spec.primary.name, false) }
+    }
+
+    /// The status GetStatus returns and `/health` renders.
+    pub fn status(&self) -> ProgrammerStatus {
+        let snap = self.breaker.snapshot();
+        let depth = self.queue.depth();
+        let (max_running, max_waiting) = self.queue.limits();
+        let circuit_state = match snap.state {
+            BreakerState::Closed => CircuitState::Closed,
+            BreakerState::Open => CircuitState::Open,
+            BreakerState::HalfOpen => CircuitState::HalfOpen,
+        };
+        let (current, using_backup) = self.current_llm();
+        ProgrammerStatus {
+            status: if self.is_draining() { "draining" } else { "ok" }.into(),
+            agent: self.spec.agent.clone(),
+            programmer_id: self.spec.id.clone(),
+            port: u32::from(self.port),
+            llm: Some(LlmState {
+                current: current.to_string(),
+                primary: self.spec.primary.name.clone(),
+                backup: self.spec.backup.name.clone(),
+                using_backup,
+                circuit_open: snap.state != BreakerState::Closed,
+                failures: snap.failures_in_window,
+                circuit_state: circuit_state as i32,
+                cooldown_remaining_ms: snap.cooldown_remaining.map_or(0, |d| d.as_millis() as u64),
+            }),
+            capabilities: self.spec.capabilities.iter().cloned().collect(),
+            queue_depth: depth.waiting as u32,
+            running: depth.running as u32,
+            max_queue: max_waiting as u32,
+            max_concurrent: max_running as u32,
+            completed: self.counters.completed.load(Ordering::Relaxed),
+            failed: self.counters.failed.load(Ordering::Relaxed),
+            failovers: self.counters.failovers.load(Ordering::Relaxed),
+            cancelled: self.counters.cancelled.load(Ordering::Relaxed),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+        }
+    }
+}
+
+/// The `/health` JSON: the original shape (`status, agent, programmer_id, port, llm{…}, capabilities`)
+/// plus queue and counters.
+pub fn health_json(s: &ProgrammerStatus) -> serde_json::Value {
+    let llm = s.llm.clone().unwrap_or_default();
+    let circuit = CircuitState::try_from(llm.circuit_state).unwrap_or(CircuitState::Unspecified);
+    serde_json::json!({
+        "status": s.status,
+        "agent": s.agent,
+        "programmer_id": s.programmer_id,
+        "port": s.port,
+        "llm": {
+            "current": llm.current,
+            "primary": llm.primary,
+            "backup": llm.backup,
+            "using_backup": llm.using_backup,
+            "circuit_open": llm.circuit_open,
+            "failures": llm.failures,
+            "circuit_state": circuit_name(circuit),
+            "cooldown_remaining_ms": llm.cooldown_remaining_ms,
+        },
+        "capabilities": s.capabilities,
+        "queue_depth": s.queue_depth,
+        "running": s.running,
+        "max_queue": s.max_queue,
+        "max_concurrent": s.max_concurrent,
+        "completed": s.completed,
+        "failed": s.failed,
+        "failovers": s.failovers,
+        "cancelled": s.cancelled,
+        "uptime_ms": s.uptime_ms,
+    })
+}
+
+/// Lower-case breaker state name for JSON and tables.
+pub fn circuit_name(state: CircuitState) -> &'static str {
+    match state {
+        CircuitState::Closed => "closed",
+        CircuitState::Open => "open",
+        CircuitState::HalfOpen => "half_open",
+        CircuitState::Unspecified => "unknown",
+    }
+}
