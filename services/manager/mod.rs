@@ -1,6 +1,221 @@
-//! `pas manager`: Manager-Code serving `pas.v1.ProgrammerPool`.
+//! `pas manager`: Manager-Code serving `pas.v1.ProgrammerPool`, grpc.health.v1, reflection, and
+//! `GET /health` + `GET /programmer_pool/status` on one port.
+//!
+//! A task flows: [`server`] (validate, eligibility, idempotency) → [`waitqueue`] (scheduler) →
+//! [`balancer`] (ReadyCache + [`strategy`], [`budget`] reservation) → [`dispatch`] (relay, reroute,
+//! settle) → [`store`]. [`membership`] keeps the balancer's view of the programmers current;
+//! [`status`] renders the pool and its [alerts](status::Alerts).
 
+pub mod balancer;
 pub mod budget;
+pub mod dispatch;
+pub mod eligibility;
+pub mod membership;
+pub mod server;
+pub mod status;
 pub mod store;
 pub mod strategy;
+pub mod validate;
 pub mod waitqueue;
+
+use crate::config::Config;
+use crate::contract::v1::programmer_pool_server::ProgrammerPoolServer;
+use crate::contract::v1::{TaskResult, TaskState};
+use crate::serve;
+use crate::task_events::TaskEventSink;
+use axum::routing::get;
+use budget::{BudgetLedger, BudgetPolicy};
+use membership::PoolView;
+use server::PoolService;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use store::TaskStore;
+use strategy::{StrategyKind, StrategySet};
+use tokio_util::sync::CancellationToken;
+use waitqueue::Scheduler;
+
+/// Command-line arguments of `pas manager`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ManagerArgs {
+    /// Listen on this port instead of the configured one (0 = any free port).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Listen on this host instead of the configured one.
+    #[arg(long)]
+    pub host: Option<String>,
+}
+
+/// A task the manager is working on now.
+#[derive(Debug)]
+struct ActiveTask {
+    cancel: CancellationToken,
+}
+
+/// The manager's shared state.
+pub struct Manager {
+    pub config: Arc<Config>,
+    pub pool: Arc<PoolView>,
+    pub scheduler: Scheduler,
+    pub budget: Arc<BudgetLedger>,
+    pub store: Arc<TaskStore>,
+    pub default_strategy: StrategyKind,
+    pub queue_timeout: Duration,
+    pub max_dispatch_attempts: u32,
+    pub alerts: status::Alerts,
+    pub port: u16,
+    active: Mutex<HashMap<String, ActiveTask>>,
+    pub stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager").field("port", &self.port).finish_non_exhaustive()
+    }
+}
+
+impl Manager {
+    /// Builds the manager: opens the ledger and task store in the data dir, starts membership
+    /// watchers and the scheduler.
+    pub fn start(config: Arc<Config>, port: u16) -> anyhow::Result<Arc<Self>> {
+        let pool_cfg = &config.pool;
+        let data_dir = config.data_dir();
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create the data dir {}: {e}", data_dir.display()))?;
+        let cost = &pool_cfg.cost_optimization;
+        let budget = Arc::new(BudgetLedger::open(
+            data_dir.join("budget.sqlite"),
+            BudgetPolicy {
+                enabled: cost.enabled,
+                max_daily_spend_usd: cost.max_daily_spend_usd,
+                alert_threshold_usd: cost.alert_threshold_usd,
+            },
+            budget::system_clock(),
+        )?);
+        let store = Arc::new(TaskStore::open(data_dir.join("tasks.sqlite"))?);
+        if store.recovered_on_open() > 0 {
+            tracing::warn!(tasks = store.recovered_on_open(), "tasks left unfinished by a previous manager were marked failed");
+        }
+        let stop = CancellationToken::new();
+        let pool = PoolView::new(&config)?;
+        let poll = Duration::from_secs(pool_cfg.load_balancing.health_check_interval_s);
+        let discovery = membership::start(pool.clone(), poll, stop.clone());
+        let balancer = balancer::Balancer::new(
+            pool.clone(),
+            Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(discovery)),
+            StrategySet::new(),
+            budget.clone(),
+        );
+        let mgr_cfg = &pool_cfg.manager;
+        let scheduler = Scheduler::start(balancer, pool.clone(), mgr_cfg.max_queue as usize, stop.clone());
+        let mgr = Arc::new(Self {
+            default_strategy: StrategyKind::from(pool_cfg.load_balancing.strategy),
+            queue_timeout: Duration::from_secs(mgr_cfg.queue_timeout_s),
+            max_dispatch_attempts: mgr_cfg.max_dispatch_attempts.max(1),
+            alerts: status::Alerts::default(),
+            config: config.clone(),
+            pool,
+            scheduler,
+            budget,
+            store,
+            port,
+            active: Mutex::new(HashMap::new()),
+            stop,
+        });
+        tokio::spawn(status::watch_alerts(mgr.clone()));
+        Ok(mgr)
+    }
+
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<String, ActiveTask>> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a task as active; returns its cancellation token.
+    pub fn register(&self, task_id: &str) -> CancellationToken {
+        let cancel = self.stop.child_token();
+        self.active().insert(task_id.to_string(), ActiveTask { cancel: cancel.clone() });
+        cancel
+    }
+
+    /// Cancels an active task; false when it is not active here.
+    pub fn cancel(&self, task_id: &str) -> bool {
+        match self.active().get(task_id) {
+            Some(t) => {
+                t.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Number of tasks queued or running in the manager.
+    pub fn active_count(&self) -> usize {
+        self.active().len()
+    }
+
+    /// Turns a budget hold into spend: the real cost when known, else the whole hold (the
+    /// programmer may have spent it; the ledger must never under-count).
+    pub fn settle(&self, task_id: &str, dispatch_attempt: u32, reserved: Option<f64>, cost: Option<f64>) {
+        if reserved.is_none() {
+            return;
+        }
+        let key = balancer::reservation_key(task_id, dispatch_attempt);
+        let amount = cost.or(reserved).unwrap_or(0.0);
+        match self.budget.settle(&key, amount) {
+            Ok(s) if s.alert_crossed => {
+                tracing::warn!(day = %s.day, spent_usd = s.day_spent_usd, "budget alert: daily spend reached the alert threshold");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(%task_id, "budget ledger: {e}"),
+        }
+    }
+
+    /// Records and sends a task's result, and forgets it as active.
+    pub async fn finish_task(&self, task_id: &str, sink: &TaskEventSink, result: TaskResult) {
+        let status = TaskState::try_from(result.status).unwrap_or(TaskState::Unspecified);
+        if let Err(e) = self.store.finish(task_id, &result) {
+            tracing::error!(%task_id, "task store: {e}");
+        }
+        self.active().remove(task_id);
+        tracing::info!(%task_id, status = status.as_str_name(), programmer = %result.programmer_id,
+            llm = %result.llm_used, cost_usd = result.cost_usd, duration_ms = result.duration_ms,
+            error = %result.error_message, "task finished");
+        sink.finish(result).await;
+    }
+}
+
+/// Runs the manager until SIGTERM/SIGINT.
+pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let mgr_cfg = &config.pool.manager;
+    let host = args.host.clone().unwrap_or_else(|| mgr_cfg.host.clone());
+    let listener = serve::bind(&host, args.port.unwrap_or(mgr_cfg.port)).await?;
+    let addr = listener.local_addr()?;
+    let mgr = Manager::start(config.clone(), addr.port())?;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<ProgrammerPoolServer<PoolService>>().await;
+    let routes = tonic::service::Routes::new(ProgrammerPoolServer::new(PoolService::new(mgr.clone())));
+    let (m1, m2) = (mgr.clone(), mgr.clone());
+    let router = serve::with_health_and_reflection(routes, health_service)?
+        .into_axum_router()
+        .route("/health", get(move || {
+            let mgr = m1.clone();
+            async move { axum::Json(status::health_json(&mgr)) }
+        }))
+        .route("/programmer_pool/status", get(move || {
+            let mgr = m2.clone();
+            async move { axum::Json(status::pool_status_json(&status::pool_status(&mgr))) }
+        }));
+
+    println!("Manager-Code listening on {addr}");
+    tracing::info!(%addr, programmers = mgr.pool.members.len(), strategy = mgr.default_strategy.name(), "manager started");
+    let stop = mgr.stop.clone();
+    serve::serve(listener, router, async move {
+        serve::shutdown_signal().await;
+        health_reporter.set_not_serving::<ProgrammerPoolServer<PoolService>>().await;
+        stop.cancel();
+    })
+    .await?;
+    Ok(())
+}

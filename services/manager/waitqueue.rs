@@ -1,1 +1,208 @@
-//! (skeleton: filled in by its owner)
+//! The manager's wait queue and the scheduler that owns the balancer.
+//!
+//! Every task is submitted here. One scheduler task owns the [`Balancer`]; on every change of the
+//! pool (a slot frees, a programmer comes or goes, a report arrives) and on every submission it
+//! walks the queue in FIFO order and places each task that now fits. A task whose capability group
+//! is full does not block tasks of other groups behind it, and within a group the older task is
+//! always offered a slot first. Waiting tasks see their position (Queued events). The queue is
+//! bounded: past `capacity` a submission is refused (RESOURCE_EXHAUSTED), so memory stays bounded.
+
+use crate::manager::balancer::{Balancer, Placement, Route, Routed};
+use crate::manager::membership::PoolView;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The manager's queue is full.
+#[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
+#[error("the manager's queue is full ({capacity} tasks waiting)")]
+pub struct QueueFull {
+    pub capacity: usize,
+}
+
+/// Why a waiting task was not placed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotPlaced {
+    #[error("waited {0:?} in the manager's queue without a free programmer")]
+    Timeout(std::time::Duration),
+    #[error("the daily budget cannot cover a paid programmer and no free one can take the task")]
+    BudgetExhausted,
+    #[error("the manager is shutting down")]
+    ShuttingDown,
+}
+
+struct Entry {
+    route: Route,
+    deadline: Instant,
+    waited_since: Instant,
+    position: watch::Sender<u32>,
+    reply: oneshot::Sender<Result<Placement, NotPlaced>>,
+    /// Counted in `waiting` (false for re-submissions after a reroute, which bypass the bound).
+    counted: bool,
+}
+
+enum Submit {
+    Back(Entry),
+    Front(Entry),
+}
+
+/// Handle to the scheduler. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    tx: mpsc::UnboundedSender<Submit>,
+    waiting: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+/// A submitted task: its position while it waits, and the placement when it comes.
+#[derive(Debug)]
+pub struct Ticket {
+    /// 1-based position while waiting; 0 while being placed.
+    pub position: watch::Receiver<u32>,
+    pub placement: oneshot::Receiver<Result<Placement, NotPlaced>>,
+}
+
+impl Scheduler {
+    /// Starts the scheduler task owning `balancer`; it stops on `stop`.
+    pub fn start(balancer: Balancer, pool: Arc<PoolView>, capacity: usize, stop: CancellationToken) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let waiting = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(run(balancer, pool, rx, waiting.clone(), stop));
+        Self { tx, waiting, capacity }
+    }
+
+    /// Tasks waiting now (not yet placed).
+    pub fn depth(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// The queue's bound.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Submits a new task at the back of the queue; refused when `capacity` tasks already wait.
+    pub fn submit(&self, route: Route, max_wait: std::time::Duration) -> Result<Ticket, QueueFull> {
+        let reserved = self.waiting.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n < self.capacity).then_some(n + 1)
+        });
+        if reserved.is_err() {
+            return Err(QueueFull { capacity: self.capacity });
+        }
+        let (entry, ticket) = entry(route, max_wait, true);
+        if self.tx.send(Submit::Back(entry)).is_err() {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        Ok(ticket)
+    }
+
+    /// Re-submits a task that lost its programmer at the front of the queue (it has waited
+    /// already); never refused.
+    pub fn resubmit(&self, route: Route, max_wait: std::time::Duration) -> Ticket {
+        let (entry, ticket) = entry(route, max_wait, false);
+        let _ = self.tx.send(Submit::Front(entry));
+        ticket
+    }
+}
+
+fn entry(route: Route, max_wait: std::time::Duration, counted: bool) -> (Entry, Ticket) {
+    let (position, position_rx) = watch::channel(0);
+    let (reply, placement) = oneshot::channel();
+    let now = Instant::now();
+    let entry = Entry { route, deadline: now + max_wait, waited_since: now, position, reply, counted };
+    (entry, Ticket { position: position_rx, placement })
+}
+
+async fn run(
+    mut balancer: Balancer,
+    pool: Arc<PoolView>,
+    mut rx: mpsc::UnboundedReceiver<Submit>,
+    waiting: Arc<AtomicUsize>,
+    stop: CancellationToken,
+) {
+    let mut queue: VecDeque<Entry> = VecDeque::new();
+    let mut pool_changes = pool.subscribe();
+    let uncount = |e: &Entry| {
+        if e.counted {
+            waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    };
+    loop {
+        let next_deadline = queue.iter().map(|e| e.deadline).min();
+        tokio::select! {
+            submitted = rx.recv() => match submitted {
+                Some(Submit::Back(e)) => queue.push_back(e),
+                Some(Submit::Front(e)) => queue.push_front(e),
+                None => return,
+            },
+            _ = pool_changes.changed() => {}
+            _ = poll_fn(|cx| match balancer.poll_changes(cx) { Poll::Ready(()) => Poll::Ready(()), Poll::Pending => Poll::Pending }) => {}
+            _ = async { match next_deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {}
+            _ = stop.cancelled() => {
+                for e in queue.drain(..) {
+                    uncount(&e);
+                    let _ = e.reply.send(Err(NotPlaced::ShuttingDown));
+                }
+                return;
+            }
+        }
+        // Take every submission that arrived meanwhile, so one pass sees them all in order.
+        while let Ok(s) = rx.try_recv() {
+            match s {
+                Submit::Back(e) => queue.push_back(e),
+                Submit::Front(e) => queue.push_front(e),
+            }
+        }
+        // Bring the balancer up to date (discovery, pending endpoints) before the pass.
+        poll_fn(|cx| {
+            let _ = balancer.poll_changes(cx);
+            Poll::Ready(())
+        })
+        .await;
+
+        let now = Instant::now();
+        let mut kept = VecDeque::with_capacity(queue.len());
+        for mut e in queue.drain(..) {
+            if e.reply.is_closed() {
+                uncount(&e);
+                continue;
+            }
+            match balancer.route(e.route) {
+                Routed::Placed(placement) => {
+                    uncount(&e);
+                    let _ = e.position.send(0);
+                    if let Err(Ok(placement)) = e.reply.send(Ok(placement)) {
+                        // The task went away at the last moment: its dropped placement frees the slot.
+                        drop(placement);
+                    }
+                }
+                Routed::NoRoom { route, budget_exhausted } => {
+                    if budget_exhausted {
+                        uncount(&e);
+                        let _ = e.reply.send(Err(NotPlaced::BudgetExhausted));
+                        continue;
+                    }
+                    if now >= e.deadline {
+                        uncount(&e);
+                        let _ = e.reply.send(Err(NotPlaced::Timeout(now - e.waited_since)));
+                        continue;
+                    }
+                    e.route = route;
+                    kept.push_back(e);
+                }
+            }
+        }
+        for (i, e) in kept.iter().enumerate() {
+            let position = i as u32 + 1;
+            if *e.position.borrow() != position {
+                let _ = e.position.send(position);
+            }
+        }
+        queue = kept;
+    }
+}

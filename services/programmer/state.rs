@@ -2,6 +2,7 @@
 //! the status it reports (GetStatus and `GET /health` share one snapshot).
 
 use crate::config::{Config, Failover, ProgrammerSpec};
+use crate::contract::circuit_name;
 use crate::contract::v1::{CircuitState, LlmState, ProgrammerStatus};
 use crate::programmer::breaker::{Breaker, BreakerPolicy, BreakerState, BreakerStore};
 use crate::programmer::queue::TaskQueue;
@@ -205,14 +206,4 @@ pub fn health_json(s: &ProgrammerStatus) -> serde_json::Value {
         "cancelled": s.cancelled,
         "uptime_ms": s.uptime_ms,
     })
-}
-
-/// Lower-case breaker state name for JSON and tables.
-pub fn circuit_name(state: CircuitState) -> &'static str {
-    match state {
-        CircuitState::Closed => "closed",
-        CircuitState::Open => "open",
-        CircuitState::HalfOpen => "half_open",
-        CircuitState::Unspecified => "unknown",
-    }
 }

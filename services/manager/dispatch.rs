@@ -1,0 +1,188 @@
+//! One task's life in the manager: wait for a programmer (Queued events), start it there
+//! (Assigned), relay its events in order, re-route it when its programmer dies or its stream
+//! breaks (Rerouted), settle its budget reservation, record it, and end with exactly one result.
+//!
+//! Re-dispatching is safe because every attempt runs in its own worktree and branch on the
+//! programmer side, and a broken stream makes the programmer kill its aider and discard the worktree.
+
+use crate::contract::v1::{
+    Assigned, ErrorClass, Queued, Rerouted, TaskResult, TaskState, task_event::Kind,
+};
+use crate::manager::Manager;
+use crate::manager::balancer::{Placement, Route, Upstream};
+use crate::manager::waitqueue::{NotPlaced, Ticket};
+use crate::task_events::TaskEventSink;
+use std::sync::Arc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Everything the life of one task needs besides the manager.
+pub struct TaskLife {
+    pub task_id: String,
+    pub route: Route,
+    pub ticket: Ticket,
+    pub sink: TaskEventSink,
+    pub cancel: CancellationToken,
+    pub accepted: Instant,
+}
+
+enum Leg {
+    /// The programmer sent the result.
+    Finished(TaskResult),
+    /// The programmer went away before a result.
+    Broken(String),
+    Cancelled,
+}
+
+/// Runs a task from queue to result. Always sends exactly one result and records it.
+pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
+    let TaskLife { task_id, mut route, mut ticket, sink, cancel, accepted } = life;
+    let strategy = route.strategy;
+    let mut previous: Option<(String, String)> = None;
+    let mut dispatch_attempt = 1u32;
+    let mut result = loop {
+        route.request.dispatch_attempt = dispatch_attempt;
+        let placement = match wait_for_placement(&mut ticket, &sink, &cancel).await {
+            Ok(p) => p,
+            Err(result) => break result,
+        };
+        let Placement { member, reserved_usd, response } = placement;
+        let programmer = member.spec.id.clone();
+        if let Err(e) = mgr.store.set_running(&task_id, &programmer) {
+            tracing::warn!(%task_id, "task store: {e}");
+        }
+        if let Some((from, reason)) = previous.take() {
+            let rerouted = Rerouted { from_programmer: from, to_programmer: programmer.clone(), reason };
+            sink.send(Kind::Rerouted(rerouted)).await;
+        }
+        tracing::info!(%task_id, %programmer, strategy = strategy.name(), dispatch_attempt, "task assigned");
+        let upstream = tokio::select! {
+            r = response => r,
+            _ = cancel.cancelled() => {
+                mgr.settle(&task_id, dispatch_attempt, reserved_usd, None);
+                break ended(TaskState::Cancelled, ErrorClass::Cancelled, "cancelled", &programmer);
+            }
+        };
+        let leg = match upstream {
+            Ok(upstream) => relay(upstream, &sink, &cancel, strategy.name(), dispatch_attempt).await,
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                mgr.settle(&task_id, dispatch_attempt, reserved_usd, Some(0.0));
+                break ended(TaskState::Failed, ErrorClass::BadRequest, status.message(), &programmer);
+            }
+            Err(status) => {
+                if status.code() == tonic::Code::ResourceExhausted {
+                    // Other callers filled it since its last report: refresh our picture of it.
+                    member.request_refresh();
+                }
+                Leg::Broken(format!("{}: {}", status.code(), status.message()))
+            }
+        };
+        match leg {
+            Leg::Finished(result) => {
+                mgr.settle(&task_id, dispatch_attempt, reserved_usd, Some(result.cost_usd));
+                break result;
+            }
+            Leg::Cancelled => {
+                // The programmer may have spent money before it saw the cancellation: keep the hold.
+                mgr.settle(&task_id, dispatch_attempt, reserved_usd, None);
+                break ended(TaskState::Cancelled, ErrorClass::Cancelled, "cancelled", &programmer);
+            }
+            Leg::Broken(reason) => {
+                mgr.settle(&task_id, dispatch_attempt, reserved_usd, None);
+                tracing::warn!(%task_id, %programmer, %reason, "programmer lost the task");
+                if dispatch_attempt >= mgr.max_dispatch_attempts {
+                    let msg = format!(
+                        "gave up after {dispatch_attempt} programmer(s); last: {programmer}: {reason}"
+                    );
+                    break ended(TaskState::Failed, ErrorClass::Unavailable, &msg, &programmer);
+                }
+                dispatch_attempt += 1;
+                route.exclude.push(member.index);
+                previous = Some((programmer, reason));
+                ticket = mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout);
+            }
+        }
+    };
+    // The caller's view: from acceptance by the manager to the result.
+    result.duration_ms = accepted.elapsed().as_millis() as u64;
+    mgr.finish_task(&task_id, &sink, result).await;
+}
+
+/// Waits for the scheduler to place the task, relaying queue positions. On failure returns the
+/// task's final result.
+async fn wait_for_placement(
+    ticket: &mut Ticket,
+    sink: &TaskEventSink,
+    cancel: &CancellationToken,
+) -> Result<Placement, TaskResult> {
+    loop {
+        tokio::select! {
+            placed = &mut ticket.placement => {
+                return match placed {
+                    Ok(Ok(p)) => Ok(p),
+                    Ok(Err(NotPlaced::BudgetExhausted)) => Err(ended(TaskState::Failed, ErrorClass::BudgetExhausted,
+                        &NotPlaced::BudgetExhausted.to_string(), "")),
+                    Ok(Err(e @ NotPlaced::Timeout(_))) => Err(ended(TaskState::Failed, ErrorClass::QueueTimeout, &e.to_string(), "")),
+                    Ok(Err(e @ NotPlaced::ShuttingDown)) => Err(ended(TaskState::Failed, ErrorClass::Unavailable, &e.to_string(), "")),
+                    Err(_) => Err(ended(TaskState::Failed, ErrorClass::Unavailable, "the scheduler stopped", "")),
+                };
+            }
+            changed = ticket.position.changed() => {
+                let position = *ticket.position.borrow_and_update();
+                if changed.is_ok() && position > 0 {
+                    let queued = Queued {
+                        position,
+                        queue: "manager".into(),
+                        reason: "every eligible programmer is busy or unavailable".into(),
+                    };
+                    sink.send(Kind::Queued(queued)).await;
+                }
+            }
+            _ = cancel.cancelled() => {
+                return Err(ended(TaskState::Cancelled, ErrorClass::Cancelled, "cancelled while queued", ""));
+            }
+        }
+    }
+}
+
+/// Relays the programmer's events to the caller until the result, a break, or cancellation.
+async fn relay(
+    mut upstream: Upstream,
+    sink: &TaskEventSink,
+    cancel: &CancellationToken,
+    strategy: &str,
+    dispatch_attempt: u32,
+) -> Leg {
+    loop {
+        let next = tokio::select! {
+            m = upstream.stream.message() => m,
+            _ = cancel.cancelled() => return Leg::Cancelled,
+        };
+        match next {
+            Ok(Some(event)) => match event.kind {
+                Some(Kind::Result(result)) => return Leg::Finished(result),
+                Some(Kind::Assigned(assigned)) => {
+                    let assigned = Assigned { strategy: strategy.to_string(), dispatch_attempt, ..assigned };
+                    sink.send(Kind::Assigned(assigned)).await;
+                }
+                Some(kind) => {
+                    sink.send(kind).await;
+                }
+                None => {}
+            },
+            Ok(None) => return Leg::Broken("the programmer's stream ended without a result".into()),
+            Err(status) => return Leg::Broken(format!("stream broke: {}: {}", status.code(), status.message())),
+        }
+    }
+}
+
+/// A result the manager makes itself (the task never reached or lost its programmer).
+pub fn ended(status: TaskState, class: ErrorClass, message: &str, programmer: &str) -> TaskResult {
+    TaskResult {
+        status: status as i32,
+        programmer_id: programmer.to_string(),
+        error_class: class as i32,
+        error_message: message.to_string(),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,305 @@
+//! Which programmers are up, and how busy they are.
+//!
+//! Per configured programmer the manager keeps one lazily-connected tonic channel and two watchers:
+//! - a grpc.health.v1 `Watch` stream (reconnected with backoff): a programmer that dies breaks the
+//!   stream at once, so it stops receiving tasks within milliseconds, not at the next poll;
+//! - a `GetStatus` poll every `health_check_interval_s` for queue depth and LLM/breaker state.
+//!
+//! Availability changes are published as tower discovery changes (`Change::Insert` / `Remove`)
+//! for the [balancer](super::balancer), and every change of availability or load bumps a `watch`
+//! generation that wakes the [scheduler](super::waitqueue).
+
+use crate::config::{Config, ProgrammerSpec};
+use crate::contract::v1::programmer_client::ProgrammerClient;
+use crate::contract::v1::{GetStatusRequest, ProgrammerStatus};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc, watch};
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tower::discover::Change;
+use tokio_util::sync::CancellationToken;
+
+/// The service name programmers report in grpc.health.v1.
+pub const PROGRAMMER_HEALTH_SERVICE: &str = "pas.v1.Programmer";
+
+/// How long a connection attempt to a programmer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Backoff between health-stream reconnects (doubling up to the max).
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here is a plain assignment, so a poisoned lock is still consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One programmer as the manager tracks it.
+#[derive(Debug)]
+pub struct Member {
+    /// Position in the configuration (routing tie-breaks and round-robin order follow it).
+    pub index: usize,
+    pub spec: ProgrammerSpec,
+    /// The channel every client to this programmer shares (connects lazily, reconnects itself).
+    pub channel: Channel,
+    available: AtomicBool,
+    /// Tasks the manager has sent here whose streams have not ended.
+    in_flight: AtomicU32,
+    /// Tasks the programmer reported that are not ours (other callers), as of the last report.
+    external: AtomicU32,
+    reported: Mutex<Option<ProgrammerStatus>>,
+    /// The balancer's waker while this member's endpoint is not ready.
+    waker: Mutex<Option<Waker>>,
+    refresh: Notify,
+}
+
+impl Member {
+    /// Healthy (health stream says SERVING).
+    pub fn is_available(&self) -> bool {
+        self.available.load(Ordering::SeqCst)
+    }
+
+    /// The last GetStatus answer, if any.
+    pub fn reported(&self) -> Option<ProgrammerStatus> {
+        lock(&self.reported).clone()
+    }
+
+    /// Tasks the manager has in flight here.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Slots (running + waiting) the programmer offers: from its report, or the config before one.
+    pub fn capacity(&self, default: u32) -> u32 {
+        lock(&self.reported).as_ref().map_or(default, |s| s.max_concurrent + s.max_queue)
+    }
+
+    /// Tasks occupying the programmer now: ours in flight plus other callers' as last reported.
+    pub fn occupied(&self) -> u32 {
+        self.in_flight() + self.external.load(Ordering::SeqCst)
+    }
+
+    /// Tasks waiting on the programmer (its queue, not counting running), as the strategy sees it.
+    pub fn queue_depth(&self) -> u32 {
+        lock(&self.reported).as_ref().map_or(0, |s| s.queue_depth)
+    }
+
+    /// Asks the status poller for a fresh report now (e.g. after the programmer said its queue is full).
+    pub fn request_refresh(&self) {
+        self.refresh.notify_one();
+    }
+
+    /// Remembers the waker to call when this member may have become ready.
+    pub fn register_waker(&self, waker: &Waker) {
+        let mut slot = lock(&self.waker);
+        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(w) = lock(&self.waker).take() {
+            w.wake();
+        }
+    }
+}
+
+/// A task in flight on a member; dropping it (when the task's stream ends) frees the slot.
+#[derive(Debug)]
+pub struct InFlight {
+    member: Arc<Member>,
+    pool: Arc<PoolView>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.member.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.member.wake();
+        self.pool.bump();
+    }
+}
+
+/// The manager's view of every programmer, in configuration order.
+#[derive(Debug)]
+pub struct PoolView {
+    pub members: Vec<Arc<Member>>,
+    /// Default slots per programmer before it reports (`max_concurrent + max_queue` from the config).
+    pub default_capacity: u32,
+    generation: watch::Sender<u64>,
+}
+
+impl PoolView {
+    /// Builds the view from the configuration; channels connect lazily.
+    pub fn new(config: &Config) -> Result<Arc<Self>, tonic::transport::Error> {
+        let lb = &config.pool.load_balancing;
+        let mut members = Vec::new();
+        for (index, spec) in config.programmers().iter().enumerate() {
+            let channel = Endpoint::from_shared(format!("http://{}:{}", spec.host, spec.port))?
+                .connect_timeout(CONNECT_TIMEOUT)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .connect_lazy();
+            members.push(Arc::new(Member {
+                index,
+                spec: spec.clone(),
+                channel,
+                available: AtomicBool::new(false),
+                in_flight: AtomicU32::new(0),
+                external: AtomicU32::new(0),
+                reported: Mutex::new(None),
+                waker: Mutex::new(None),
+                refresh: Notify::new(),
+            }));
+        }
+        let (generation, _) = watch::channel(0);
+        Ok(Arc::new(Self {
+            members,
+            default_capacity: lb.max_concurrent_per_programmer + lb.max_queue_per_programmer,
+            generation,
+        }))
+    }
+
+    /// A receiver that changes whenever availability or load changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    fn bump(&self) {
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// Marks a task in flight on `member` until the returned guard is dropped.
+    pub fn start_task(self: &Arc<Self>, member: &Arc<Member>) -> InFlight {
+        member.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.bump();
+        InFlight { member: member.clone(), pool: self.clone() }
+    }
+
+    /// True when `member` is available and has a free slot.
+    pub fn has_room(&self, member: &Member) -> bool {
+        member.is_available() && member.occupied() < member.capacity(self.default_capacity)
+    }
+
+    /// Number of available members.
+    pub fn available_count(&self) -> usize {
+        self.members.iter().filter(|m| m.is_available()).count()
+    }
+
+    /// Looks a member up by programmer id.
+    pub fn member(&self, id: &str) -> Option<&Arc<Member>> {
+        self.members.iter().find(|m| m.spec.id == id)
+    }
+
+    fn set_available(&self, member: &Member, up: bool) -> bool {
+        let was = member.available.swap(up, Ordering::SeqCst);
+        if was != up {
+            member.wake();
+            self.bump();
+        }
+        was != up
+    }
+
+    fn set_reported(&self, member: &Member, status: ProgrammerStatus) {
+        let occupied = status.running + status.queue_depth;
+        // What the programmer carries beyond the tasks we sent it belongs to other callers.
+        member.external.store(occupied.saturating_sub(member.in_flight()), Ordering::SeqCst);
+        *lock(&member.reported) = Some(status);
+        member.wake();
+        self.bump();
+    }
+}
+
+/// A discovery change for the balancer: the member's key and the member itself.
+pub type MemberChange = Change<usize, Arc<Member>>;
+
+/// Starts the health watcher and status poller of every member. Changes of availability are sent
+/// on the returned receiver (the balancer's discovery stream). Everything stops on `stop`.
+pub fn start(
+    pool: Arc<PoolView>,
+    poll_interval: Duration,
+    stop: CancellationToken,
+) -> mpsc::UnboundedReceiver<Result<MemberChange, std::convert::Infallible>> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    for member in &pool.members {
+        tokio::spawn(watch_health(pool.clone(), member.clone(), tx.clone(), stop.clone()));
+        tokio::spawn(poll_status(pool.clone(), member.clone(), poll_interval, stop.clone()));
+    }
+    rx
+}
+
+type ChangeTx = mpsc::UnboundedSender<Result<MemberChange, std::convert::Infallible>>;
+
+fn publish(pool: &PoolView, member: &Arc<Member>, up: bool, tx: &ChangeTx) {
+    if pool.set_available(member, up) {
+        let change = if up { Change::Insert(member.index, member.clone()) } else { Change::Remove(member.index) };
+        let _ = tx.send(Ok(change));
+        if up {
+            tracing::info!(programmer = %member.spec.id, "programmer available");
+            member.request_refresh();
+        } else {
+            tracing::warn!(programmer = %member.spec.id, "programmer unavailable");
+        }
+    }
+}
+
+/// Follows the programmer's health stream; any break marks it unavailable and reconnects.
+async fn watch_health(pool: Arc<PoolView>, member: Arc<Member>, tx: ChangeTx, stop: CancellationToken) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let mut client = HealthClient::new(member.channel.clone());
+        let request = HealthCheckRequest { service: PROGRAMMER_HEALTH_SERVICE.into() };
+        let watched = tokio::select! {
+            r = client.watch(request) => r,
+            _ = stop.cancelled() => return,
+        };
+        match watched {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                loop {
+                    let next = tokio::select! {
+                        m = stream.message() => m,
+                        _ = stop.cancelled() => return,
+                    };
+                    match next {
+                        Ok(Some(msg)) => {
+                            backoff = BACKOFF_MIN;
+                            let up = msg.status == ServingStatus::Serving as i32;
+                            publish(&pool, &member, up, &tx);
+                        }
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                publish(&pool, &member, false, &tx);
+            }
+            Err(_) => publish(&pool, &member, false, &tx),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Polls GetStatus every `interval`, or at once when asked for a refresh.
+async fn poll_status(pool: Arc<PoolView>, member: Arc<Member>, interval: Duration, stop: CancellationToken) {
+    let mut client = ProgrammerClient::new(member.channel.clone());
+    loop {
+        if member.is_available() {
+            let call = tokio::time::timeout(interval.max(Duration::from_secs(1)), client.get_status(GetStatusRequest {}));
+            if let Ok(Ok(response)) = call.await {
+                pool.set_reported(&member, response.into_inner());
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = member.refresh.notified() => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! The `pas.v1.ProgrammerPool` gRPC service: admission of a task (validation, eligibility,
+//! idempotency, queue bound) and the three query/cancel calls.
+
+use crate::contract::v1::programmer_pool_server::ProgrammerPool;
+use crate::contract::v1::{
+    CancelTaskRequest, CancelTaskResponse, DispatchRequest, GetPoolStatusRequest, GetTaskRequest, PoolStatus,
+    TaskRecord, TaskRequest, TaskState, task_event::Kind,
+};
+use crate::manager::Manager;
+use crate::manager::balancer::Route;
+use crate::manager::dispatch::{self, TaskLife};
+use crate::manager::eligibility::{self, EligibilityError, PaidBudget, TaskNeeds};
+use crate::manager::store::{InsertOutcome, NewTask};
+use crate::manager::strategy::{StrategyKind, group_key};
+use crate::manager::{status, validate};
+use crate::task_events::{EventItem, TaskEventSink};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+const EVENT_BUFFER: usize = 256;
+
+/// The gRPC face of the [`Manager`].
+#[derive(Debug, Clone)]
+pub struct PoolService {
+    mgr: Arc<Manager>,
+}
+
+impl PoolService {
+    pub fn new(mgr: Arc<Manager>) -> Self {
+        Self { mgr }
+    }
+
+    /// The programmers that may take `req`, best tier first, or why none ever can.
+    fn route_for(&self, req: &DispatchRequest, task_id: &str) -> Result<Route, Status> {
+        let mgr = &self.mgr;
+        let members: Vec<eligibility::Member> = mgr
+            .pool
+            .members
+            .iter()
+            .map(|m| eligibility::Member {
+                id: m.spec.id.clone(),
+                capabilities: m.spec.capabilities.clone(),
+                paid: m.spec.paid,
+                max_cost_per_job_usd: m.spec.limits.max_cost_per_job_usd,
+                available: true,
+            })
+            .collect();
+        let prefer_free = req.prefer_free.unwrap_or(mgr.config.pool.load_balancing.prefer_free_models);
+        let needs = TaskNeeds { capabilities: &req.capabilities, prefer_free, dry_run: req.dry_run };
+        // Up-front, only settled spend can rule paid programmers out: holds of running tasks come
+        // back when they settle, so such a task waits instead.
+        let budget = match mgr.budget.snapshot() {
+            Ok(s) if mgr.config.pool.cost_optimization.enabled => PaidBudget::Remaining(s.limit_usd - s.spent_usd),
+            _ => PaidBudget::Unlimited,
+        };
+        let tiers = eligibility::eligible(&members, &needs, budget).map_err(|e| match e {
+            EligibilityError::NoneCanServe { .. } => Status::failed_precondition(format!("capabilities: {e}")),
+            EligibilityError::BudgetExhausted { .. } => Status::resource_exhausted(e.to_string()),
+        })?;
+        let strategy = StrategyKind::from_proto(req.strategy).unwrap_or(mgr.default_strategy);
+        let request = TaskRequest {
+            task_id: task_id.to_string(),
+            task_description: req.task_description.clone(),
+            files: req.files.clone(),
+            workspace: req.workspace.clone(),
+            run_id: req.run_id.clone(),
+            dry_run: req.dry_run,
+            timeout_s: req.timeout_s,
+            capabilities: req.capabilities.clone(),
+            base_ref: req.base_ref.clone(),
+            max_cost_usd: 0.0,
+            dispatch_attempt: 1,
+        };
+        Ok(Route { request, tiers: tiers.tiers, strategy, group: group_key(&req.capabilities), exclude: Vec::new() })
+    }
+}
+
+#[tonic::async_trait]
+impl ProgrammerPool for PoolService {
+    type DispatchStream = ReceiverStream<EventItem>;
+
+    async fn dispatch(&self, request: Request<DispatchRequest>) -> Result<Response<Self::DispatchStream>, Status> {
+        let accepted = Instant::now();
+        let mgr = self.mgr.clone();
+        let req = request.into_inner();
+        let root = mgr.config.workspace_root();
+        let checked = req.clone();
+        tokio::task::spawn_blocking(move || validate::validate(&checked, &root))
+            .await
+            .map_err(|e| Status::internal(format!("validation panicked: {e}")))??;
+        let task_id = if req.task_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.task_id.clone() };
+        let route = self.route_for(&req, &task_id)?;
+
+        let (sink, rx) = TaskEventSink::channel(&task_id, EVENT_BUFFER);
+        match mgr.store.insert(&NewTask::from_request(&task_id, &req)) {
+            Ok(InsertOutcome::Inserted) => {}
+            Ok(InsertOutcome::AlreadyExists(record)) => return replay(&mgr, *record, sink, rx).await,
+            Err(crate::manager::store::StoreError::Conflict { task_id }) => {
+                return Err(Status::already_exists(format!(
+                    "task_id: {task_id:?} is already used by a different request"
+                )));
+            }
+            Err(e) => return Err(Status::internal(format!("task store: {e}"))),
+        }
+        let max_wait = if req.queue_timeout_s > 0 { Duration::from_secs(req.queue_timeout_s.into()) } else { mgr.queue_timeout };
+        let ticket = match mgr.scheduler.submit(route.clone(), max_wait) {
+            Ok(t) => t,
+            Err(full) => {
+                let result = dispatch::ended(TaskState::Failed, crate::contract::v1::ErrorClass::Unavailable, &full.to_string(), "");
+                let _ = mgr.store.finish(&task_id, &result);
+                return Err(Status::resource_exhausted(full.to_string()));
+            }
+        };
+        let cancel = mgr.register(&task_id);
+        // The caller cancelling or disconnecting drops the receiver: cancel the task.
+        {
+            let (sink, cancel) = (sink.clone(), cancel.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = sink.closed() => cancel.cancel(),
+                    _ = cancel.cancelled() => {}
+                }
+            });
+        }
+        tracing::info!(%task_id, run_id = %req.run_id, capabilities = ?req.capabilities, dry_run = req.dry_run,
+            strategy = route.strategy.name(), "task accepted");
+        let life = TaskLife { task_id, route, ticket, sink, cancel, accepted };
+        tokio::spawn(dispatch::run(mgr, life));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_pool_status(&self, _: Request<GetPoolStatusRequest>) -> Result<Response<PoolStatus>, Status> {
+        Ok(Response::new(status::pool_status(&self.mgr)))
+    }
+
+    async fn cancel_task(&self, request: Request<CancelTaskRequest>) -> Result<Response<CancelTaskResponse>, Status> {
+        let task_id = request.into_inner().task_id;
+        if task_id.is_empty() {
+            return Err(Status::invalid_argument("task_id: must not be empty"));
+        }
+        let record = self.get_record(&task_id)?;
+        let previous = TaskState::try_from(record.state).unwrap_or(TaskState::Unspecified);
+        let cancelled = self.mgr.cancel(&task_id);
+        let message = if cancelled {
+            format!("task {task_id} is being cancelled")
+        } else {
+            format!("task {task_id} already finished ({})", previous.as_str_name())
+        };
+        Ok(Response::new(CancelTaskResponse { task_id, cancelled, previous_state: previous as i32, message }))
+    }
+
+    async fn get_task(&self, request: Request<GetTaskRequest>) -> Result<Response<TaskRecord>, Status> {
+        let task_id = request.into_inner().task_id;
+        if task_id.is_empty() {
+            return Err(Status::invalid_argument("task_id: must not be empty"));
+        }
+        Ok(Response::new(self.get_record(&task_id)?))
+    }
+}
+
+impl PoolService {
+    fn get_record(&self, task_id: &str) -> Result<TaskRecord, Status> {
+        match self.mgr.store.get(task_id) {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err(Status::not_found(format!("task_id: no task {task_id:?}"))),
+            Err(e) => Err(Status::internal(format!("task store: {e}"))),
+        }
+    }
+}
+
+/// A repeated dispatch of a finished task replays its result; of a live one is refused.
+async fn replay(
+    mgr: &Manager,
+    record: TaskRecord,
+    sink: TaskEventSink,
+    rx: tokio::sync::mpsc::Receiver<EventItem>,
+) -> Result<Response<ReceiverStream<EventItem>>, Status> {
+    let _ = mgr;
+    match record.result {
+        Some(result) => {
+            sink.send(Kind::Result(result)).await;
+            Ok(Response::new(ReceiverStream::new(rx)))
+        }
+        None => Err(Status::already_exists(format!(
+            "task_id: task {:?} is already {}; follow it with GetTask or stop it with CancelTask",
+            record.task_id,
+            TaskState::try_from(record.state).map(|s| s.as_str_name()).unwrap_or("active")
+        ))),
+    }
+}
