@@ -29,6 +29,9 @@ enum Command {
     LlmSim(pas::llm_sim::SimArgs),
     /// Run one programmer (pas.v1.Programmer + health + reflection + GET /health on one port).
     Programmer(pas::programmer::ProgrammerArgs),
+    /// Run the manager (pas.v1.ProgrammerPool + health + reflection + GET /health and
+    /// /programmer_pool/status on one port).
+    Manager(pas::manager::ManagerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -53,6 +56,10 @@ fn main() -> ExitCode {
         Command::Programmer(args) => {
             pas::telemetry::init_logging(cli.log_format);
             block_on(async move { pas::programmer::run(load_config(&cli.config)?, args).await })
+        }
+        Command::Manager(args) => {
+            pas::telemetry::init_logging(cli.log_format);
+            block_on(async move { pas::manager::run(load_config(&cli.config)?, args).await })
         }
     }
 }
