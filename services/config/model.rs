@@ -210,6 +210,18 @@ pub enum FailureCondition {
     ModelUnavailable,
 }
 
+impl FailureCondition {
+    /// The name as written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::ApiError => "api_error",
+            Self::RateLimit => "rate_limit",
+            Self::ModelUnavailable => "model_unavailable",
+        }
+    }
+}
+
 /// `failover.circuit_breaker`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
