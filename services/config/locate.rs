@@ -201,7 +201,8 @@ impl SourceMap {
         self.entries.entry(path).or_default().value.get_or_insert(start);
     }
 
-    /// Where the key of `path` is written, or, when absent from the file, the nearest ancestor's.
+    /// Where the key of `path` is written, or, when absent from the file, the nearest ancestor's
+    /// (top-level keys that are absent have no position).
     pub fn key_position(&self, path: &KeyPath) -> Option<Position> {
         self.nearest(path, |e| e.key.or(e.value))
     }
@@ -220,8 +221,9 @@ impl SourceMap {
     }
 
     fn nearest(&self, path: &KeyPath, pick: impl Fn(&Entry) -> Option<Position>) -> Option<Position> {
-        let mut current = Some(path.clone());
-        while let Some(p) = current {
+        // The root is never a fallback: "line 1" would point at an unrelated key.
+        let mut current = Some(path.clone()).filter(|p| !p.is_root());
+        while let Some(p) = current.filter(|p| !p.is_root()) {
             if let Some(pos) = self.entries.get(&p).and_then(&pick) {
                 return Some(pos);
             }

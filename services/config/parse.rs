@@ -31,7 +31,7 @@ pub fn parse(yaml: &str, source: &Path, map: &SourceMap) -> Result<PoolConfig, C
             file: source.to_path_buf(),
             line: position.map(|p| p.line),
             column: position.map(|p| p.column),
-            message: bare_message(&inner.to_string(), &key),
+            message: bare_message(&inner.to_string(), &key, position),
             key,
         }
     })
@@ -52,18 +52,22 @@ fn key_path(path: &serde_path_to_error::Path) -> KeyPath {
     KeyPath::from(segments)
 }
 
-/// yaml_serde's message without the parts we print ourselves: its own `path: ` prefix and the
-/// trailing ` at line L column C`.
-fn bare_message(message: &str, key: &KeyPath) -> String {
-    let mut text = message;
-    if let Some(at) = text.rfind(" at line ").or_else(|| text.rfind(" at position ")) {
-        text = &text[..at];
+/// yaml_serde's message without the parts we print ourselves: its own `path: ` prefix (the
+/// field's path, or for unknown fields the enclosing one) and ` at line L column C` for the
+/// position we report. Any further context ("while parsing a flow sequence at line 2 ...") stays.
+fn bare_message(message: &str, key: &KeyPath, position: Option<Position>) -> String {
+    let mut text = message.to_string();
+    if let Some(p) = position {
+        text = text.replacen(&format!(" at line {} column {}", p.line, p.column), "", 1);
     }
-    let prefix = format!("{}: ", serde_style_path(key));
-    if let Some(rest) = text.strip_prefix(&prefix) {
-        text = rest;
+    let mut path = Some(key.clone());
+    while let Some(p) = path {
+        if let Some(rest) = text.strip_prefix(&format!("{}: ", serde_style_path(&p))) {
+            return rest.to_string();
+        }
+        path = p.parent().filter(|p| !p.is_root());
     }
-    text.to_string()
+    text
 }
 
 /// The path as yaml_serde prints it in messages (`a.b[1].c`, keys unquoted).
@@ -109,7 +113,7 @@ mod tests {
         let issue = parse_err(&format!("{MINIMAL}    prot: 7\n"));
         assert_eq!(issue.key.to_string(), "programmers[0].prot");
         assert_eq!(issue.line, Some(7));
-        assert!(issue.message.starts_with("unknown field `prot`"), "{}", issue.message);
+        assert!(issue.message.starts_with("unknown field `prot`, expected one of"), "{}", issue.message);
         assert!(!issue.message.contains(" at line "), "{}", issue.message);
     }
 

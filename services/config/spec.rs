@@ -319,8 +319,22 @@ fn locate(findings: Vec<Finding>, source: &Path, map: &SourceMap) -> Vec<ConfigI
     issues
 }
 
-/// `path` made absolute against `base`, with `.` components dropped (`..` kept: no symlink guessing).
+/// `path` made absolute against `base` and cleaned lexically: `.` dropped, `dir/..` folded.
+///
+/// Lexical, not `canonicalize`: the directories need not exist yet. A `..` after a symlinked
+/// directory therefore folds to the link's parent, not the target's (as in a shell's `cd`).
 fn absolute(base: &Path, path: &Path) -> PathBuf {
     let joined = if path.is_absolute() { path.to_path_buf() } else { base.join(path) };
-    joined.components().filter(|c| !matches!(c, Component::CurDir)).collect()
+    let mut clean: Vec<Component> = Vec::new();
+    for component in joined.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(clean.last(), Some(Component::Normal(_))) => {
+                clean.pop();
+            }
+            Component::ParentDir if matches!(clean.last(), Some(Component::RootDir)) => {}
+            other => clean.push(other),
+        }
+    }
+    clean.iter().collect()
 }
