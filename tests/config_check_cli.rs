@@ -31,18 +31,39 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn seed_fixture_checks_ok_with_a_summary() {
-    let out = pas(&["config", "check", "tests/fixtures/seed_programmer_pool.yaml"]);
+    let out = pas(&[
+        "config",
+        "check",
+        "tests/fixtures/seed_programmer_pool.yaml",
+    ]);
     let stdout = text(&out.stdout);
-    assert!(out.status.success(), "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}", out.status, text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        text(&out.stderr)
+    );
     assert!(stdout.contains("Programmers (10)"), "{stdout}");
     for id in ["001", "005", "010"] {
-        assert!(stdout.lines().any(|l| l.trim_start().starts_with(id)), "row for {id}:\n{stdout}");
+        assert!(
+            stdout.lines().any(|l| l.trim_start().starts_with(id)),
+            "row for {id}:\n{stdout}"
+        );
     }
-    assert!(stdout.contains("openai/gpt-4o -> openai/gpt-4o-mini"), "{stdout}");
+    assert!(
+        stdout.contains("openai/gpt-4o -> openai/gpt-4o-mini"),
+        "{stdout}"
+    );
     assert!(stdout.contains("least_loaded"), "{stdout}");
-    assert!(stdout.contains("3 failures in 10 min opens it for 5 min"), "{stdout}");
+    assert!(
+        stdout.contains("3 failures in 10 min opens it for 5 min"),
+        "{stdout}"
+    );
     assert!(stdout.contains("alert at $40.00"), "{stdout}");
-    assert!(stdout.contains(&Path::new(MANIFEST).join("workspaces").display().to_string()), "{stdout}");
+    assert!(
+        stdout.contains(&Path::new(MANIFEST).join("workspaces").display().to_string()),
+        "{stdout}"
+    );
     assert!(!stdout.contains(SECRET), "API key values are never printed");
 }
 
@@ -51,8 +72,15 @@ fn shipped_config_is_the_default_file_and_checks_ok() {
     // No FILE argument: clap's default is configs/pas/programmer_pool.yaml.
     let out = pas(&["config", "check"]);
     let stdout = text(&out.stdout);
-    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{}", text(&out.stderr));
-    assert!(stdout.contains("configs/pas/programmer_pool.yaml is valid"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        text(&out.stderr)
+    );
+    assert!(
+        stdout.contains("configs/pas/programmer_pool.yaml is valid"),
+        "{stdout}"
+    );
     assert!(stdout.contains("127.0.0.1:6141"), "{stdout}");
     assert!(!stdout.contains(SECRET));
 }
@@ -60,26 +88,40 @@ fn shipped_config_is_the_default_file_and_checks_ok() {
 #[test]
 fn bad_file_exits_1_listing_every_problem_with_file_and_line() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let seed = std::fs::read_to_string(Path::new(MANIFEST).join("tests/fixtures/seed_programmer_pool.yaml"))
-        .expect("seed fixture");
+    let seed = std::fs::read_to_string(
+        Path::new(MANIFEST).join("tests/fixtures/seed_programmer_pool.yaml"),
+    )
+    .expect("seed fixture");
     let bad = seed
         .replacen("port: 6153", "port: 6152", 1)
         .replace("max_daily_spend_usd: 50.00", "max_daily_spend_usd: 30.00");
     let file = tmp.path().join("bad.yaml");
     std::fs::write(&file, &bad).expect("write");
-    let port_line = bad.lines().position(|l| l.contains("id: \"003\"")).expect("003") + 2;
-    let alert_line = bad.lines().position(|l| l.contains("alert_threshold_usd")).expect("alert") + 1;
+    let port_line = bad
+        .lines()
+        .position(|l| l.contains("id: \"003\""))
+        .expect("003")
+        + 2;
+    let alert_line = bad
+        .lines()
+        .position(|l| l.contains("alert_threshold_usd"))
+        .expect("alert")
+        + 1;
 
     let out = pas(&["config", "check", &file.display().to_string()]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
     let f = file.display();
     assert!(
-        stderr.contains(&format!("{f}:{port_line}:11: programmers[2].port: duplicate port 6152")),
+        stderr.contains(&format!(
+            "{f}:{port_line}:11: programmers[2].port: duplicate port 6152"
+        )),
         "{stderr}"
     );
     assert!(
-        stderr.contains(&format!("{f}:{alert_line}:24: cost_optimization.alert_threshold_usd: alert threshold")),
+        stderr.contains(&format!(
+            "{f}:{alert_line}:24: cost_optimization.alert_threshold_usd: alert threshold"
+        )),
         "{stderr}"
     );
     assert!(stderr.contains("2 problems"), "{stderr}");
@@ -90,7 +132,11 @@ fn bad_file_exits_1_listing_every_problem_with_file_and_line() {
 fn unreadable_file_exits_1_naming_it() {
     let out = pas(&["config", "check", "does/not/exist.yaml"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("does/not/exist.yaml: cannot read"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("does/not/exist.yaml: cannot read"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -103,7 +149,10 @@ fn type_error_exits_1_with_file_line_and_key() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains(&format!("{}:7:5: programmers[0].capabilites: unknown field `capabilites`", file.display())),
+        stderr.contains(&format!(
+            "{}:7:5: programmers[0].capabilites: unknown field `capabilites`",
+            file.display()
+        )),
         "{stderr}"
     );
 }

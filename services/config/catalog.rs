@@ -23,8 +23,12 @@ pub enum Provider {
 
 impl Provider {
     /// Every provider, in display order.
-    pub const ALL: [Provider; 4] =
-        [Provider::Ollama, Provider::OllamaChat, Provider::OpenAi, Provider::Anthropic];
+    pub const ALL: [Provider; 4] = [
+        Provider::Ollama,
+        Provider::OllamaChat,
+        Provider::OpenAi,
+        Provider::Anthropic,
+    ];
 
     /// The name used in model prefixes and in `llms.<model>.provider`.
     pub fn as_str(self) -> &'static str {
@@ -162,10 +166,22 @@ mod tests {
 
     #[test]
     fn provider_comes_from_the_model_prefix() {
-        assert_eq!(Provider::from_model_name("ollama/qwen2.5-coder:7b"), Some(Provider::Ollama));
-        assert_eq!(Provider::from_model_name("ollama_chat/llama3"), Some(Provider::OllamaChat));
-        assert_eq!(Provider::from_model_name("openai/gpt-4o"), Some(Provider::OpenAi));
-        assert_eq!(Provider::from_model_name("anthropic/claude"), Some(Provider::Anthropic));
+        assert_eq!(
+            Provider::from_model_name("ollama/qwen2.5-coder:7b"),
+            Some(Provider::Ollama)
+        );
+        assert_eq!(
+            Provider::from_model_name("ollama_chat/llama3"),
+            Some(Provider::OllamaChat)
+        );
+        assert_eq!(
+            Provider::from_model_name("openai/gpt-4o"),
+            Some(Provider::OpenAi)
+        );
+        assert_eq!(
+            Provider::from_model_name("anthropic/claude"),
+            Some(Provider::Anthropic)
+        );
         assert_eq!(Provider::from_model_name("gemini/gemini-pro"), None);
         assert_eq!(Provider::from_model_name("gpt-4o"), None);
         assert_eq!(Provider::from_model_name("openai/"), None);
@@ -173,7 +189,8 @@ mod tests {
 
     #[test]
     fn shipped_paid_models_have_list_prices() {
-        let sonnet = builtin_model("anthropic/claude-sonnet-4-20250514").map(|m| m.input_cost_per_token);
+        let sonnet =
+            builtin_model("anthropic/claude-sonnet-4-20250514").map(|m| m.input_cost_per_token);
         assert_eq!(sonnet, Some(3.0e-6));
         let mini = builtin_model("openai/gpt-4o-mini").map(|m| m.output_cost_per_token);
         assert_eq!(mini, Some(0.6e-6));

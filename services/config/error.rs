@@ -99,7 +99,12 @@ mod tests {
             issue.to_string(),
             "configs/x.yaml:42:11: programmers[3].port: duplicate port 6152 (also used by programmer \"002\")"
         );
-        let whole = ConfigIssue { line: None, column: None, key: KeyPath::root(), ..issue };
+        let whole = ConfigIssue {
+            line: None,
+            column: None,
+            key: KeyPath::root(),
+            ..issue
+        };
         assert_eq!(
             whole.to_string(),
             "configs/x.yaml: duplicate port 6152 (also used by programmer \"002\")"
@@ -116,7 +121,10 @@ mod tests {
             message: "bad".into(),
         };
         let err = ConfigError::Invalid(vec![issue(1), issue(2)]);
-        assert_eq!(err.to_string(), "f.yaml:1:1: pool_size: bad\nf.yaml:2:1: pool_size: bad");
+        assert_eq!(
+            err.to_string(),
+            "f.yaml:1:1: pool_size: bad\nf.yaml:2:1: pool_size: bad"
+        );
         assert_eq!(err.issues().len(), 2);
     }
 }

@@ -74,7 +74,11 @@ impl LlmSpec {
 /// `used_at` is where the name appears (a programmer's `primary_llm`, or the `llms:` key) and is
 /// where a missing provider or price is reported; a bad `provider:` value is reported at itself.
 /// Value checks of an `llms:` entry (negative price, unknown edit format) belong to validation.
-pub(crate) fn resolve(pool: &PoolConfig, name: &str, used_at: &KeyPath) -> Result<LlmSpec, Finding> {
+pub(crate) fn resolve(
+    pool: &PoolConfig,
+    name: &str,
+    used_at: &KeyPath,
+) -> Result<LlmSpec, Finding> {
     let entry = pool.llms.get(name);
     let provider = match entry.and_then(|e| e.provider.as_deref()) {
         Some(written) => Provider::parse(written).ok_or_else(|| {
@@ -155,7 +159,10 @@ mod tests {
     }
 
     fn at() -> KeyPath {
-        KeyPath::root().key("programmers").index(0).key("primary_llm")
+        KeyPath::root()
+            .key("programmers")
+            .index(0)
+            .key("primary_llm")
     }
 
     #[test]
@@ -174,7 +181,9 @@ mod tests {
 
     #[test]
     fn builtin_paid_models_carry_list_prices_and_key_variables() {
-        let Ok(spec) = resolve(&pool(), "openai/gpt-4o", &at()) else { panic!() };
+        let Ok(spec) = resolve(&pool(), "openai/gpt-4o", &at()) else {
+            panic!()
+        };
         assert!(!spec.free);
         assert_eq!(spec.input_cost_per_token, 2.5e-6);
         assert_eq!(spec.output_cost_per_token, 10.0e-6);
@@ -186,8 +195,14 @@ mod tests {
 
     #[test]
     fn unknown_paid_model_needs_prices() {
-        let Err(finding) = resolve(&pool(), "openai/gpt-5", &at()) else { panic!() };
-        assert!(finding.message.contains("add it under llms: with"), "{}", finding.message);
+        let Err(finding) = resolve(&pool(), "openai/gpt-5", &at()) else {
+            panic!()
+        };
+        assert!(
+            finding.message.contains("add it under llms: with"),
+            "{}",
+            finding.message
+        );
         assert_eq!(finding.key, at());
     }
 
@@ -196,29 +211,52 @@ mod tests {
         let mut pool = pool();
         pool.llms.insert(
             "openai/gpt-4o".into(),
-            LlmConfig { input_cost_per_token: Some(1e-6), edit_format: Some("whole".into()), ..Default::default() },
+            LlmConfig {
+                input_cost_per_token: Some(1e-6),
+                edit_format: Some("whole".into()),
+                ..Default::default()
+            },
         );
         pool.llms.insert(
             "local-model".into(),
-            LlmConfig { provider: Some("ollama_chat".into()), ..Default::default() },
+            LlmConfig {
+                provider: Some("ollama_chat".into()),
+                ..Default::default()
+            },
         );
         pool.providers.insert(
             "openai".into(),
-            ProviderConfig { api_base: Some("http://127.0.0.1:7000/v1".into()), ..Default::default() },
+            ProviderConfig {
+                api_base: Some("http://127.0.0.1:7000/v1".into()),
+                ..Default::default()
+            },
         );
-        let Ok(gpt) = resolve(&pool, "openai/gpt-4o", &at()) else { panic!() };
+        let Ok(gpt) = resolve(&pool, "openai/gpt-4o", &at()) else {
+            panic!()
+        };
         assert_eq!(gpt.input_cost_per_token, 1e-6);
-        assert_eq!(gpt.output_cost_per_token, 10.0e-6, "unset fields keep the built-in value");
+        assert_eq!(
+            gpt.output_cost_per_token, 10.0e-6,
+            "unset fields keep the built-in value"
+        );
         assert_eq!(gpt.edit_format, "whole");
         assert_eq!(gpt.api_base_with(|_| None), "http://127.0.0.1:7000/v1");
-        let Ok(local) = resolve(&pool, "local-model", &at()) else { panic!() };
+        let Ok(local) = resolve(&pool, "local-model", &at()) else {
+            panic!()
+        };
         assert_eq!(local.provider, Provider::OllamaChat);
         assert!(local.free);
     }
 
     #[test]
     fn a_model_without_a_provider_prefix_is_rejected() {
-        let Err(finding) = resolve(&pool(), "gpt-4o", &at()) else { panic!() };
-        assert!(finding.message.contains("unknown provider"), "{}", finding.message);
+        let Err(finding) = resolve(&pool(), "gpt-4o", &at()) else {
+            panic!()
+        };
+        assert!(
+            finding.message.contains("unknown provider"),
+            "{}",
+            finding.message
+        );
     }
 }

@@ -87,7 +87,9 @@ impl fmt::Display for KeyPath {
                         f.write_str(".")?;
                     }
                     let plain = !key.is_empty()
-                        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                        && key
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
                     if plain {
                         f.write_str(key)?;
                     } else {
@@ -114,7 +116,10 @@ pub struct Position {
 impl From<Marker> for Position {
     fn from(marker: Marker) -> Self {
         // saphyr: lines are 1-based, columns 0-based.
-        Self { line: marker.line(), column: marker.col() + 1 }
+        Self {
+            line: marker.line(),
+            column: marker.col() + 1,
+        }
     }
 }
 
@@ -144,7 +149,12 @@ impl SourceMap {
             let start = Position::from(span.start);
             match event {
                 Event::Scalar(value, ..) => {
-                    if let Some(Frame::Map { path, key: key @ None, .. }) = stack.last_mut() {
+                    if let Some(Frame::Map {
+                        path,
+                        key: key @ None,
+                        ..
+                    }) = stack.last_mut()
+                    {
                         let key_path = path.key(value.as_ref());
                         map.entries.entry(key_path.clone()).or_default().key = Some(start);
                         *key = Some(key_path);
@@ -177,7 +187,11 @@ impl SourceMap {
                 Event::MappingEnd | Event::SequenceEnd => {
                     if let Some(Frame::Opaque) = stack.pop() {
                         // The complex key ended; its value follows under an unknown key.
-                        if let Some(Frame::Map { path, key: key @ None }) = stack.last_mut() {
+                        if let Some(Frame::Map {
+                            path,
+                            key: key @ None,
+                        }) = stack.last_mut()
+                        {
                             *key = Some(path.key("?"));
                         }
                         continue;
@@ -198,7 +212,11 @@ impl SourceMap {
             Some(Frame::Opaque) => return,
             Some(frame) => frame.child_path(),
         };
-        self.entries.entry(path).or_default().value.get_or_insert(start);
+        self.entries
+            .entry(path)
+            .or_default()
+            .value
+            .get_or_insert(start);
     }
 
     /// Where the key of `path` is written, or, when absent from the file, the nearest ancestor's
@@ -220,9 +238,13 @@ impl SourceMap {
         self.entries.contains_key(path)
     }
 
-    fn nearest(&self, path: &KeyPath, pick: impl Fn(&Entry) -> Option<Position>) -> Option<Position> {
+    fn nearest(
+        &self,
+        path: &KeyPath,
+        pick: impl Fn(&Entry) -> Option<Position>,
+    ) -> Option<Position> {
         // The root is never a fallback: "line 1" would point at an unrelated key.
-        let mut current = Some(path.clone()).filter(|p| !p.is_root());
+        let mut current = Some(path.clone());
         while let Some(p) = current.filter(|p| !p.is_root()) {
             if let Some(pos) = self.entries.get(&p).and_then(&pick) {
                 return Some(pos);
@@ -296,7 +318,10 @@ llms:
         let caps = root.key("programmers").index(0).key("capabilities");
         assert_eq!(map.value_position(&caps.index(1)), pos(5, 26));
         let llm = root.key("llms").key("ollama/qwen2.5-coder:7b");
-        assert_eq!(map.key_position(&llm.key("input_cost_per_token")), pos(10, 5));
+        assert_eq!(
+            map.key_position(&llm.key("input_cost_per_token")),
+            pos(10, 5)
+        );
     }
 
     #[test]
@@ -306,14 +331,20 @@ llms:
         assert!(!map.contains(&p0.key("timeout_s")));
         assert_eq!(map.key_position(&p0.key("timeout_s")), pos(3, 5));
         assert_eq!(map.value_position(&p0.key("timeout_s")), pos(3, 5));
-        assert_eq!(map.key_position(&KeyPath::root().key("manager").key("port")), None);
+        assert_eq!(
+            map.key_position(&KeyPath::root().key("manager").key("port")),
+            None
+        );
     }
 
     #[test]
     fn displays_paths_as_people_write_them() {
         let p = KeyPath::root().key("programmers").index(3).key("port");
         assert_eq!(p.to_string(), "programmers[3].port");
-        let l = KeyPath::root().key("llms").key("openai/gpt-4o").key("provider");
+        let l = KeyPath::root()
+            .key("llms")
+            .key("openai/gpt-4o")
+            .key("provider");
         assert_eq!(l.to_string(), "llms.\"openai/gpt-4o\".provider");
         assert_eq!(KeyPath::root().to_string(), ".");
     }

@@ -25,7 +25,10 @@ pub fn parse(yaml: &str, source: &Path, map: &SourceMap) -> Result<PoolConfig, C
         let inner = err.into_inner();
         let position = inner
             .location()
-            .map(|l| Position { line: l.line(), column: l.column() })
+            .map(|l| Position {
+                line: l.line(),
+                column: l.column(),
+            })
             .or_else(|| map.key_position(&key));
         ConfigIssue {
             file: source.to_path_buf(),
@@ -113,7 +116,13 @@ mod tests {
         let issue = parse_err(&format!("{MINIMAL}    prot: 7\n"));
         assert_eq!(issue.key.to_string(), "programmers[0].prot");
         assert_eq!(issue.line, Some(7));
-        assert!(issue.message.starts_with("unknown field `prot`, expected one of"), "{}", issue.message);
+        assert!(
+            issue
+                .message
+                .starts_with("unknown field `prot`, expected one of"),
+            "{}",
+            issue.message
+        );
         assert!(!issue.message.contains(" at line "), "{}", issue.message);
     }
 

@@ -6,7 +6,7 @@
 
 use super::error::{ConfigError, ConfigIssue};
 use super::llm::{self, LlmSpec};
-use super::locate::{KeyPath, SourceMap};
+use super::locate::{KeyPath, Segment, SourceMap};
 use super::model::PoolConfig;
 use super::parse;
 use super::validate::{self, Finding, Point};
@@ -106,7 +106,9 @@ impl PathEnv {
     /// The process's working directory and environment.
     pub fn from_process() -> Self {
         let var = |name: &str| {
-            std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
         };
         Self {
             cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
@@ -118,7 +120,10 @@ impl PathEnv {
 
     /// No variables set, working directory `cwd` (tests).
     pub fn in_dir(cwd: impl Into<PathBuf>) -> Self {
-        Self { cwd: cwd.into(), ..Self::default() }
+        Self {
+            cwd: cwd.into(),
+            ..Self::default()
+        }
     }
 }
 
@@ -139,8 +144,10 @@ pub struct Config {
 impl Config {
     /// Reads and validates `path`, resolving paths against the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let yaml = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let yaml = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_yaml(&yaml, path)
     }
 
@@ -152,7 +159,8 @@ impl Config {
     /// [`Config::from_yaml`] with an explicit environment for path resolution.
     pub fn from_yaml_with(yaml: &str, source: &Path, env: &PathEnv) -> Result<Config, ConfigError> {
         let map = SourceMap::build(yaml);
-        let pool = parse::parse(yaml, source, &map).map_err(|issue| ConfigError::Invalid(vec![issue]))?;
+        let pool =
+            parse::parse(yaml, source, &map).map_err(|issue| ConfigError::Invalid(vec![issue]))?;
         let mut findings = validate::check(&pool);
         let llms = resolve_llms(&pool, &mut findings);
         if !findings.is_empty() {
@@ -160,17 +168,21 @@ impl Config {
         }
         let programmers = resolve_programmers(&pool, &llms);
         let config_dir = absolute(&env.cwd, source.parent().unwrap_or(Path::new("")));
-        let pick = |from_env: &Option<PathBuf>, in_file: &Option<PathBuf>, default: &str| {
-            match (from_env, in_file) {
-                (Some(p), _) => absolute(&env.cwd, p),
-                (None, Some(p)) => absolute(&config_dir, p),
-                (None, None) => absolute(&env.cwd, Path::new(default)),
-            }
+        let pick = |from_env: &Option<PathBuf>, in_file: &Option<PathBuf>, default: &str| match (
+            from_env, in_file,
+        ) {
+            (Some(p), _) => absolute(&env.cwd, p),
+            (None, Some(p)) => absolute(&config_dir, p),
+            (None, None) => absolute(&env.cwd, Path::new(default)),
         };
         Ok(Config {
             workspace_root: pick(&env.workspace_root, &pool.workspace_root, "workspaces"),
             data_dir: pick(&env.data_dir, &pool.data_dir, "data"),
-            aider_python: pick(&env.aider_python, &pool.aider.python, ".aider-venv/bin/python"),
+            aider_python: pick(
+                &env.aider_python,
+                &pool.aider.python,
+                ".aider-venv/bin/python",
+            ),
             source: source.to_path_buf(),
             pool,
             programmers,
@@ -215,12 +227,18 @@ impl Config {
 
     /// Programmers that have `capability` (see [`ProgrammerSpec::capabilities`]), in config order.
     pub fn capability_holders(&self, capability: &str) -> Vec<&ProgrammerSpec> {
-        self.programmers.iter().filter(|p| p.has_capability(capability)).collect()
+        self.programmers
+            .iter()
+            .filter(|p| p.has_capability(capability))
+            .collect()
     }
 
     /// Every capability some programmer has, sorted.
     pub fn capabilities(&self) -> BTreeSet<&str> {
-        self.programmers.iter().flat_map(|p| p.capabilities.iter().map(String::as_str)).collect()
+        self.programmers
+            .iter()
+            .flat_map(|p| p.capabilities.iter().map(String::as_str))
+            .collect()
     }
 
     /// A human-readable summary (what `pas config check` prints).
@@ -244,7 +262,12 @@ fn resolve_llms(pool: &PoolConfig, findings: &mut Vec<Finding>) -> BTreeMap<Stri
             (p.backup_llm.as_str(), list.index(i).key("backup_llm")),
         ]
     });
-    let entries = pool.llms.keys().map(|name| (name.as_str(), KeyPath::root().key("llms").key(name.as_str())));
+    let entries = pool.llms.keys().map(|name| {
+        (
+            name.as_str(),
+            KeyPath::root().key("llms").key(name.as_str()),
+        )
+    });
     for (name, at) in uses.chain(entries) {
         if name.trim().is_empty() || !seen.insert(name.to_string()) {
             continue; // empty names are reported by validation; each model is resolved once
@@ -253,7 +276,13 @@ fn resolve_llms(pool: &PoolConfig, findings: &mut Vec<Finding>) -> BTreeMap<Stri
             Ok(spec) => {
                 llms.insert(name.to_string(), spec);
             }
-            Err(finding) => findings.push(finding),
+            Err(mut finding) => {
+                if finding.key == at && at.segments().first() == Some(&Segment::Key("llms".into()))
+                {
+                    finding.point = Point::Key; // an `llms:` entry: point at its name
+                }
+                findings.push(finding);
+            }
         }
     }
     llms
@@ -269,7 +298,7 @@ fn resolve_programmers(pool: &PoolConfig, llms: &BTreeMap<String, LlmSpec>) -> V
             let backup = llms.get(&p.backup_llm)?.clone();
             let mut capabilities: BTreeSet<String> = p.capabilities.iter().cloned().collect();
             for (capability, members) in &pool.capability_routing {
-                if members.iter().any(|m| *m == p.id) {
+                if members.contains(&p.id) {
                     capabilities.insert(capability.clone());
                 }
             }
@@ -287,7 +316,9 @@ fn resolve_programmers(pool: &PoolConfig, llms: &BTreeMap<String, LlmSpec>) -> V
                     timeout_s: p.timeout_s.unwrap_or(d.timeout_s),
                     max_tokens_per_job: p.max_tokens_per_job.unwrap_or(d.max_tokens_per_job),
                     max_cost_per_job_usd: p.max_cost_per_job_usd.unwrap_or(d.max_cost_per_job_usd),
-                    max_duration_per_job_s: p.max_duration_per_job_s.unwrap_or(d.max_duration_per_job_s),
+                    max_duration_per_job_s: p
+                        .max_duration_per_job_s
+                        .unwrap_or(d.max_duration_per_job_s),
                     context_limit: p.context_limit.unwrap_or(d.context_limit),
                     auto_commit: p.auto_commit.unwrap_or(d.auto_commit),
                     max_fix_iterations: p.max_fix_iterations.unwrap_or(d.max_fix_iterations),
@@ -324,7 +355,11 @@ fn locate(findings: Vec<Finding>, source: &Path, map: &SourceMap) -> Vec<ConfigI
 /// Lexical, not `canonicalize`: the directories need not exist yet. A `..` after a symlinked
 /// directory therefore folds to the link's parent, not the target's (as in a shell's `cd`).
 fn absolute(base: &Path, path: &Path) -> PathBuf {
-    let joined = if path.is_absolute() { path.to_path_buf() } else { base.join(path) };
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    };
     let mut clean: Vec<Component> = Vec::new();
     for component in joined.components() {
         match component {

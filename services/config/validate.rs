@@ -29,12 +29,20 @@ pub(crate) struct Finding {
 impl Finding {
     /// A problem with the value at `key`.
     pub fn value(key: KeyPath, message: impl Into<String>) -> Self {
-        Self { key, point: Point::Value, message: message.into() }
+        Self {
+            key,
+            point: Point::Value,
+            message: message.into(),
+        }
     }
 
     /// A problem with the key `key` itself.
     pub fn key(key: KeyPath, message: impl Into<String>) -> Self {
-        Self { key, point: Point::Key, message: message.into() }
+        Self {
+            key,
+            point: Point::Key,
+            message: message.into(),
+        }
     }
 }
 
@@ -52,9 +60,15 @@ pub(crate) fn check(pool: &PoolConfig) -> Vec<Finding> {
     check_providers(pool, &root.key("providers"), &mut out);
     check_llms(pool, &root.key("llms"), &mut out);
     check_aider(pool, &root.key("aider"), &mut out);
-    for (name, path) in [("workspace_root", &pool.workspace_root), ("data_dir", &pool.data_dir)] {
+    for (name, path) in [
+        ("workspace_root", &pool.workspace_root),
+        ("data_dir", &pool.data_dir),
+    ] {
         if path.as_deref().is_some_and(|p| p.as_os_str().is_empty()) {
-            out.push(Finding::value(root.key(name), "empty path (leave the key out for the default)"));
+            out.push(Finding::value(
+                root.key(name),
+                "empty path (leave the key out for the default)",
+            ));
         }
     }
     out
@@ -74,14 +88,20 @@ fn positive_int(out: &mut Vec<Finding>, key: KeyPath, value: u64) {
 /// Money and durations written as decimals: must be finite and > 0.
 fn positive_float(out: &mut Vec<Finding>, key: KeyPath, value: f64) {
     if !value.is_finite() || value <= 0.0 {
-        out.push(Finding::value(key, format!("must be a number greater than 0 (found {value})")));
+        out.push(Finding::value(
+            key,
+            format!("must be a number greater than 0 (found {value})"),
+        ));
     }
 }
 
 /// Prices and delays: must be finite and >= 0.
 fn non_negative_float(out: &mut Vec<Finding>, key: KeyPath, value: f64) {
     if !value.is_finite() || value < 0.0 {
-        out.push(Finding::value(key, format!("must not be negative (found {value})")));
+        out.push(Finding::value(
+            key,
+            format!("must not be negative (found {value})"),
+        ));
     }
 }
 
@@ -99,7 +119,10 @@ fn check_programmers(pool: &PoolConfig, out: &mut Vec<Finding>) {
     let root = KeyPath::root();
     let list = root.key("programmers");
     if pool.programmers.is_empty() {
-        out.push(Finding::value(list.clone(), "no programmers: list at least one"));
+        out.push(Finding::value(
+            list.clone(),
+            "no programmers: list at least one",
+        ));
     }
     if pool.pool_size as usize != pool.programmers.len() {
         out.push(Finding::value(
@@ -114,6 +137,8 @@ fn check_programmers(pool: &PoolConfig, out: &mut Vec<Finding>) {
 
     let mut ids: HashMap<&str, usize> = HashMap::new();
     // Ports in use, with who uses them (the manager first: it is the fixed point of the mesh).
+    // Equal ports conflict whatever the hosts: `pas up` runs the whole pool on one machine, and
+    // 0.0.0.0 vs 127.0.0.1 on one port collide there too.
     let mut ports: HashMap<u16, String> = HashMap::new();
     if pool.manager.port != 0 {
         ports.insert(pool.manager.port, "the manager".to_string());
@@ -122,10 +147,17 @@ fn check_programmers(pool: &PoolConfig, out: &mut Vec<Finding>) {
         let at = list.index(i);
         if p.id.trim().is_empty() {
             out.push(Finding::value(at.key("id"), "empty id"));
-        } else if !p.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        } else if !p
+            .id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             out.push(Finding::value(
                 at.key("id"),
-                format!("id \"{}\" may contain only letters, digits, '-' and '_' (it names branches)", p.id),
+                format!(
+                    "id \"{}\" may contain only letters, digits, '-' and '_' (it names branches)",
+                    p.id
+                ),
             ));
         } else if let Some(first) = ids.get(p.id.as_str()) {
             out.push(Finding::value(
@@ -179,25 +211,53 @@ fn check_defaults(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
     let d = &pool.defaults;
     positive_int(out, at.key("timeout_s"), d.timeout_s);
     positive_int(out, at.key("max_tokens_per_job"), d.max_tokens_per_job);
-    positive_int(out, at.key("max_duration_per_job_s"), d.max_duration_per_job_s);
+    positive_int(
+        out,
+        at.key("max_duration_per_job_s"),
+        d.max_duration_per_job_s,
+    );
     positive_int(out, at.key("context_limit"), d.context_limit);
     positive_float(out, at.key("max_cost_per_job_usd"), d.max_cost_per_job_usd);
 }
 
 fn check_load_balancing(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
     let lb = &pool.load_balancing;
-    positive_int(out, at.key("max_queue_per_programmer"), lb.max_queue_per_programmer.into());
-    positive_int(out, at.key("health_check_interval_s"), lb.health_check_interval_s);
-    positive_int(out, at.key("max_concurrent_per_programmer"), lb.max_concurrent_per_programmer.into());
+    positive_int(
+        out,
+        at.key("max_queue_per_programmer"),
+        lb.max_queue_per_programmer.into(),
+    );
+    positive_int(
+        out,
+        at.key("health_check_interval_s"),
+        lb.health_check_interval_s,
+    );
+    positive_int(
+        out,
+        at.key("max_concurrent_per_programmer"),
+        lb.max_concurrent_per_programmer.into(),
+    );
 }
 
 fn check_failover(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
     let f = &pool.failover;
     non_negative_float(out, at.key("retry_delay_s"), f.retry_delay_s);
     let cb = at.key("circuit_breaker");
-    positive_int(out, cb.key("failure_threshold"), f.circuit_breaker.failure_threshold.into());
-    positive_float(out, cb.key("window_minutes"), f.circuit_breaker.window_minutes);
-    positive_float(out, cb.key("cooldown_minutes"), f.circuit_breaker.cooldown_minutes);
+    positive_int(
+        out,
+        cb.key("failure_threshold"),
+        f.circuit_breaker.failure_threshold.into(),
+    );
+    positive_float(
+        out,
+        cb.key("window_minutes"),
+        f.circuit_breaker.window_minutes,
+    );
+    positive_float(
+        out,
+        cb.key("cooldown_minutes"),
+        f.circuit_breaker.cooldown_minutes,
+    );
 }
 
 fn check_capability_routing(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
@@ -248,14 +308,22 @@ fn check_manager(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
     }
     positive_int(out, at.key("max_queue"), m.max_queue.into());
     positive_int(out, at.key("queue_timeout_s"), m.queue_timeout_s);
-    positive_int(out, at.key("max_dispatch_attempts"), m.max_dispatch_attempts.into());
+    positive_int(
+        out,
+        at.key("max_dispatch_attempts"),
+        m.max_dispatch_attempts.into(),
+    );
 }
 
 fn check_providers(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
     for (name, provider) in &pool.providers {
         let section = at.key(name.as_str());
         if !ENDPOINT_KEYS.contains(&name.as_str()) {
-            let hint = if name == "ollama_chat" { " (ollama_chat models use providers.ollama)" } else { "" };
+            let hint = if name == "ollama_chat" {
+                " (ollama_chat models use providers.ollama)"
+            } else {
+                ""
+            };
             out.push(Finding::key(
                 section.clone(),
                 format!("unknown provider \"{name}\" (expected ollama, openai or anthropic){hint}"),
@@ -269,7 +337,10 @@ fn check_providers(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
                 ));
             }
         }
-        for (key, var) in [("api_base_env", &provider.api_base_env), ("api_key_env", &provider.api_key_env)] {
+        for (key, var) in [
+            ("api_base_env", &provider.api_base_env),
+            ("api_key_env", &provider.api_key_env),
+        ] {
             if let Some(var) = var {
                 non_empty(out, section.key(key), var, "environment variable name");
             }
@@ -302,7 +373,10 @@ fn edit_format(out: &mut Vec<Finding>, key: KeyPath, format: &str) {
     if !catalog::EDIT_FORMATS.contains(&format) {
         out.push(Finding::value(
             key,
-            format!("unknown edit format \"{format}\" (expected one of {})", catalog::EDIT_FORMATS.join(", ")),
+            format!(
+                "unknown edit format \"{format}\" (expected one of {})",
+                catalog::EDIT_FORMATS.join(", ")
+            ),
         ));
     }
 }
@@ -312,7 +386,13 @@ fn check_aider(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
     non_empty(out, at.key("version"), &a.version, "version");
     edit_format(out, at.key("edit_format"), &a.edit_format);
     positive_int(out, at.key("request_timeout_s"), a.request_timeout_s);
-    if a.python.as_deref().is_some_and(|p: &Path| p.as_os_str().is_empty()) {
-        out.push(Finding::value(at.key("python"), "empty path (leave the key out for the default)"));
+    if a.python
+        .as_deref()
+        .is_some_and(|p: &Path| p.as_os_str().is_empty())
+    {
+        out.push(Finding::value(
+            at.key("python"),
+            "empty path (leave the key out for the default)",
+        ));
     }
 }
