@@ -44,11 +44,12 @@ pub struct PoolConfig {
     #[serde(default)]
     pub aider: AiderConfig,
     /// Task `workspace` names resolve under this directory. Relative paths in the file are relative
-    /// to the config file's directory; absent = `PAS_WORKSPACE_ROOT` or `./workspaces` (cwd).
+    /// to the config file's directory. `PAS_WORKSPACE_ROOT` wins over the file (so tests and
+    /// operators can redirect it without editing); neither = `./workspaces` (cwd). See `PathEnv`.
     #[serde(default)]
     pub workspace_root: Option<PathBuf>,
-    /// Budget ledger, task records, pid and log files live here. Same resolution rules;
-    /// absent = `PAS_DATA_DIR` or `./data` (cwd).
+    /// Budget ledger, task records, pid and log files live here. Same resolution rules:
+    /// `PAS_DATA_DIR`, else this key, else `./data` (cwd).
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
 }
@@ -210,6 +211,18 @@ pub enum FailureCondition {
     ModelUnavailable,
 }
 
+impl FailureCondition {
+    /// The name as written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::ApiError => "api_error",
+            Self::RateLimit => "rate_limit",
+            Self::ModelUnavailable => "model_unavailable",
+        }
+    }
+}
+
 /// `failover.circuit_breaker`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -224,7 +237,12 @@ pub struct CircuitBreakerConfig {
 
 impl Default for CircuitBreakerConfig {
     fn default() -> Self {
-        Self { enabled: true, failure_threshold: 3, window_minutes: 10.0, cooldown_minutes: 5.0 }
+        Self {
+            enabled: true,
+            failure_threshold: 3,
+            window_minutes: 10.0,
+            cooldown_minutes: 5.0,
+        }
     }
 }
 
@@ -241,7 +259,12 @@ pub struct CostOptimization {
 
 impl Default for CostOptimization {
     fn default() -> Self {
-        Self { enabled: true, prefer_free_over_paid: true, max_daily_spend_usd: 50.0, alert_threshold_usd: None }
+        Self {
+            enabled: true,
+            prefer_free_over_paid: true,
+            max_daily_spend_usd: 50.0,
+            alert_threshold_usd: None,
+        }
     }
 }
 
@@ -261,7 +284,13 @@ pub struct ManagerConfig {
 
 impl Default for ManagerConfig {
     fn default() -> Self {
-        Self { host: "127.0.0.1".into(), port: 6141, max_queue: 500, queue_timeout_s: 600, max_dispatch_attempts: 3 }
+        Self {
+            host: "127.0.0.1".into(),
+            port: 6141,
+            max_queue: 500,
+            queue_timeout_s: 600,
+            max_dispatch_attempts: 3,
+        }
     }
 }
 
@@ -304,7 +333,8 @@ pub struct ProviderConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AiderConfig {
     /// Python interpreter of the virtualenv that has aider installed. Relative paths in the file are
-    /// relative to the config file's directory; absent = `PAS_AIDER_PYTHON` or `.aider-venv/bin/python` (cwd).
+    /// relative to the config file's directory. `PAS_AIDER_PYTHON` wins over the file; neither =
+    /// `.aider-venv/bin/python` (cwd).
     pub python: Option<PathBuf>,
     /// The aider-chat version that must be installed there.
     pub version: String,
@@ -327,4 +357,3 @@ impl Default for AiderConfig {
         }
     }
 }
-

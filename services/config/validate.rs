@@ -1,0 +1,398 @@
+//! Semantic checks of a deserialized [`PoolConfig`]: everything serde's types cannot express.
+//!
+//! Every check runs and every finding is kept, so one `pas config check` shows all problems.
+//! Findings name a [`KeyPath`]; the loader turns them into located issues via the source map.
+
+use super::catalog::{self, ENDPOINT_KEYS};
+use super::locate::KeyPath;
+use super::model::PoolConfig;
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+/// Which part of an entry a finding points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Point {
+    /// The key itself (the key is wrong, e.g. an unknown provider section).
+    Key,
+    /// The value (the value is wrong, e.g. a duplicate port).
+    Value,
+}
+
+/// One semantic problem, not yet located in the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Finding {
+    pub key: KeyPath,
+    pub point: Point,
+    pub message: String,
+}
+
+impl Finding {
+    /// A problem with the value at `key`.
+    pub fn value(key: KeyPath, message: impl Into<String>) -> Self {
+        Self {
+            key,
+            point: Point::Value,
+            message: message.into(),
+        }
+    }
+
+    /// A problem with the key `key` itself.
+    pub fn key(key: KeyPath, message: impl Into<String>) -> Self {
+        Self {
+            key,
+            point: Point::Key,
+            message: message.into(),
+        }
+    }
+}
+
+/// Runs every check; returns all findings (empty = valid as far as these checks go).
+pub(crate) fn check(pool: &PoolConfig) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let root = KeyPath::root();
+    check_programmers(pool, &mut out);
+    check_defaults(pool, &root.key("defaults"), &mut out);
+    check_load_balancing(pool, &root.key("load_balancing"), &mut out);
+    check_failover(pool, &root.key("failover"), &mut out);
+    check_capability_routing(pool, &root.key("capability_routing"), &mut out);
+    check_cost(pool, &root.key("cost_optimization"), &mut out);
+    check_manager(pool, &root.key("manager"), &mut out);
+    check_providers(pool, &root.key("providers"), &mut out);
+    check_llms(pool, &root.key("llms"), &mut out);
+    check_aider(pool, &root.key("aider"), &mut out);
+    for (name, path) in [
+        ("workspace_root", &pool.workspace_root),
+        ("data_dir", &pool.data_dir),
+    ] {
+        if path.as_deref().is_some_and(|p| p.as_os_str().is_empty()) {
+            out.push(Finding::value(
+                root.key(name),
+                "empty path (leave the key out for the default)",
+            ));
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small value checks
+// ---------------------------------------------------------------------------------------------
+
+/// Integer limits: zero disables nothing sensible, so it is an error.
+fn positive_int(out: &mut Vec<Finding>, key: KeyPath, value: u64) {
+    if value == 0 {
+        out.push(Finding::value(key, "must be greater than 0"));
+    }
+}
+
+/// Money and durations written as decimals: must be finite and > 0.
+fn positive_float(out: &mut Vec<Finding>, key: KeyPath, value: f64) {
+    if !value.is_finite() || value <= 0.0 {
+        out.push(Finding::value(
+            key,
+            format!("must be a number greater than 0 (found {value})"),
+        ));
+    }
+}
+
+/// Prices and delays: must be finite and >= 0.
+fn non_negative_float(out: &mut Vec<Finding>, key: KeyPath, value: f64) {
+    if !value.is_finite() || value < 0.0 {
+        out.push(Finding::value(
+            key,
+            format!("must not be negative (found {value})"),
+        ));
+    }
+}
+
+fn non_empty(out: &mut Vec<Finding>, key: KeyPath, value: &str, what: &str) {
+    if value.trim().is_empty() {
+        out.push(Finding::value(key, format!("empty {what}")));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sections
+// ---------------------------------------------------------------------------------------------
+
+fn check_programmers(pool: &PoolConfig, out: &mut Vec<Finding>) {
+    let root = KeyPath::root();
+    let list = root.key("programmers");
+    if pool.programmers.is_empty() {
+        out.push(Finding::value(
+            list.clone(),
+            "no programmers: list at least one",
+        ));
+    }
+    if pool.pool_size as usize != pool.programmers.len() {
+        out.push(Finding::value(
+            root.key("pool_size"),
+            format!(
+                "pool_size is {} but {} programmers are listed",
+                pool.pool_size,
+                pool.programmers.len()
+            ),
+        ));
+    }
+
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    // Ports in use, with who uses them (the manager first: it is the fixed point of the mesh).
+    // Equal ports conflict whatever the hosts: `pas up` runs the whole pool on one machine, and
+    // 0.0.0.0 vs 127.0.0.1 on one port collide there too.
+    let mut ports: HashMap<u16, String> = HashMap::new();
+    if pool.manager.port != 0 {
+        ports.insert(pool.manager.port, "the manager".to_string());
+    }
+    for (i, p) in pool.programmers.iter().enumerate() {
+        let at = list.index(i);
+        if p.id.trim().is_empty() {
+            out.push(Finding::value(at.key("id"), "empty id"));
+        } else if !p
+            .id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            out.push(Finding::value(
+                at.key("id"),
+                format!(
+                    "id \"{}\" may contain only letters, digits, '-' and '_' (it names branches)",
+                    p.id
+                ),
+            ));
+        } else if let Some(first) = ids.get(p.id.as_str()) {
+            out.push(Finding::value(
+                at.key("id"),
+                format!("duplicate id \"{}\" (also programmers[{first}])", p.id),
+            ));
+        } else {
+            ids.insert(&p.id, i);
+        }
+
+        if p.port == 0 {
+            out.push(Finding::value(
+                at.key("port"),
+                "port 0 is not allowed: a programmer needs a fixed port the manager can reach",
+            ));
+        } else if let Some(owner) = ports.get(&p.port) {
+            out.push(Finding::value(
+                at.key("port"),
+                format!("duplicate port {} (also used by {owner})", p.port),
+            ));
+        } else {
+            ports.insert(p.port, format!("programmer \"{}\"", p.id));
+        }
+
+        if let Some(host) = &p.host {
+            non_empty(out, at.key("host"), host, "host");
+        }
+        non_empty(out, at.key("primary_llm"), &p.primary_llm, "LLM name");
+        non_empty(out, at.key("backup_llm"), &p.backup_llm, "LLM name");
+        for (j, tag) in p.capabilities.iter().enumerate() {
+            non_empty(out, at.key("capabilities").index(j), tag, "capability");
+        }
+        let overrides = [
+            ("timeout_s", p.timeout_s),
+            ("max_tokens_per_job", p.max_tokens_per_job),
+            ("max_duration_per_job_s", p.max_duration_per_job_s),
+            ("context_limit", p.context_limit),
+        ];
+        for (name, value) in overrides {
+            if let Some(value) = value {
+                positive_int(out, at.key(name), value);
+            }
+        }
+        if let Some(cost) = p.max_cost_per_job_usd {
+            positive_float(out, at.key("max_cost_per_job_usd"), cost);
+        }
+    }
+}
+
+fn check_defaults(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
+    let d = &pool.defaults;
+    positive_int(out, at.key("timeout_s"), d.timeout_s);
+    positive_int(out, at.key("max_tokens_per_job"), d.max_tokens_per_job);
+    positive_int(
+        out,
+        at.key("max_duration_per_job_s"),
+        d.max_duration_per_job_s,
+    );
+    positive_int(out, at.key("context_limit"), d.context_limit);
+    positive_float(out, at.key("max_cost_per_job_usd"), d.max_cost_per_job_usd);
+}
+
+fn check_load_balancing(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
+    let lb = &pool.load_balancing;
+    positive_int(
+        out,
+        at.key("max_queue_per_programmer"),
+        lb.max_queue_per_programmer.into(),
+    );
+    positive_int(
+        out,
+        at.key("health_check_interval_s"),
+        lb.health_check_interval_s,
+    );
+    positive_int(
+        out,
+        at.key("max_concurrent_per_programmer"),
+        lb.max_concurrent_per_programmer.into(),
+    );
+}
+
+fn check_failover(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
+    let f = &pool.failover;
+    non_negative_float(out, at.key("retry_delay_s"), f.retry_delay_s);
+    let cb = at.key("circuit_breaker");
+    positive_int(
+        out,
+        cb.key("failure_threshold"),
+        f.circuit_breaker.failure_threshold.into(),
+    );
+    positive_float(
+        out,
+        cb.key("window_minutes"),
+        f.circuit_breaker.window_minutes,
+    );
+    positive_float(
+        out,
+        cb.key("cooldown_minutes"),
+        f.circuit_breaker.cooldown_minutes,
+    );
+}
+
+fn check_capability_routing(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
+    let ids: BTreeSet<&str> = pool.programmers.iter().map(|p| p.id.as_str()).collect();
+    for (capability, members) in &pool.capability_routing {
+        let group = at.key(capability.as_str());
+        if capability.trim().is_empty() {
+            out.push(Finding::key(group.clone(), "empty capability name"));
+        }
+        for (i, id) in members.iter().enumerate() {
+            if !ids.contains(id.as_str()) {
+                out.push(Finding::value(
+                    group.index(i),
+                    format!("unknown programmer id \"{id}\""),
+                ));
+            }
+        }
+    }
+}
+
+fn check_cost(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
+    let c = &pool.cost_optimization;
+    positive_float(out, at.key("max_daily_spend_usd"), c.max_daily_spend_usd);
+    if let Some(alert) = c.alert_threshold_usd {
+        let key = at.key("alert_threshold_usd");
+        if !alert.is_finite() || alert <= 0.0 {
+            positive_float(out, key, alert);
+        } else if alert > c.max_daily_spend_usd {
+            out.push(Finding::value(
+                key,
+                format!(
+                    "alert threshold ${alert:.2} is above the daily budget ${:.2} (max_daily_spend_usd)",
+                    c.max_daily_spend_usd
+                ),
+            ));
+        }
+    }
+}
+
+fn check_manager(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
+    let m = &pool.manager;
+    non_empty(out, at.key("host"), &m.host, "host");
+    if m.port == 0 {
+        out.push(Finding::value(
+            at.key("port"),
+            "port 0 is not allowed: programmers and clients need the manager's fixed port",
+        ));
+    }
+    positive_int(out, at.key("max_queue"), m.max_queue.into());
+    positive_int(out, at.key("queue_timeout_s"), m.queue_timeout_s);
+    positive_int(
+        out,
+        at.key("max_dispatch_attempts"),
+        m.max_dispatch_attempts.into(),
+    );
+}
+
+fn check_providers(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
+    for (name, provider) in &pool.providers {
+        let section = at.key(name.as_str());
+        if !ENDPOINT_KEYS.contains(&name.as_str()) {
+            let hint = if name == "ollama_chat" {
+                " (ollama_chat models use providers.ollama)"
+            } else {
+                ""
+            };
+            out.push(Finding::key(
+                section.clone(),
+                format!("unknown provider \"{name}\" (expected ollama, openai or anthropic){hint}"),
+            ));
+        }
+        if let Some(base) = &provider.api_base {
+            if !(base.starts_with("http://") || base.starts_with("https://")) {
+                out.push(Finding::value(
+                    section.key("api_base"),
+                    format!("\"{base}\" is not an http:// or https:// URL"),
+                ));
+            }
+        }
+        for (key, var) in [
+            ("api_base_env", &provider.api_base_env),
+            ("api_key_env", &provider.api_key_env),
+        ] {
+            if let Some(var) = var {
+                non_empty(out, section.key(key), var, "environment variable name");
+            }
+        }
+    }
+}
+
+fn check_llms(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
+    for (name, llm) in &pool.llms {
+        let entry = at.key(name.as_str());
+        if name.trim().is_empty() {
+            out.push(Finding::key(entry.clone(), "empty LLM name"));
+        }
+        if let Some(price) = llm.input_cost_per_token {
+            non_negative_float(out, entry.key("input_cost_per_token"), price);
+        }
+        if let Some(price) = llm.output_cost_per_token {
+            non_negative_float(out, entry.key("output_cost_per_token"), price);
+        }
+        if let Some(format) = &llm.edit_format {
+            edit_format(out, entry.key("edit_format"), format);
+        }
+        if let Some(limit) = llm.context_limit {
+            positive_int(out, entry.key("context_limit"), limit);
+        }
+    }
+}
+
+fn edit_format(out: &mut Vec<Finding>, key: KeyPath, format: &str) {
+    if !catalog::EDIT_FORMATS.contains(&format) {
+        out.push(Finding::value(
+            key,
+            format!(
+                "unknown edit format \"{format}\" (expected one of {})",
+                catalog::EDIT_FORMATS.join(", ")
+            ),
+        ));
+    }
+}
+
+fn check_aider(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
+    let a = &pool.aider;
+    non_empty(out, at.key("version"), &a.version, "version");
+    edit_format(out, at.key("edit_format"), &a.edit_format);
+    positive_int(out, at.key("request_timeout_s"), a.request_timeout_s);
+    if a.python
+        .as_deref()
+        .is_some_and(|p: &Path| p.as_os_str().is_empty())
+    {
+        out.push(Finding::value(
+            at.key("python"),
+            "empty path (leave the key out for the default)",
+        ));
+    }
+}
