@@ -170,7 +170,9 @@ pub struct BudgetLedger {
 
 impl std::fmt::Debug for BudgetLedger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BudgetLedger").field("policy", &self.policy).finish_non_exhaustive()
+        f.debug_struct("BudgetLedger")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
     }
 }
 
@@ -200,7 +202,11 @@ CREATE TABLE IF NOT EXISTS budget_alerts (
 impl BudgetLedger {
     /// Opens (creating if needed) the ledger at `path`, in WAL mode with a busy timeout, and books
     /// every reservation a previous process left open as spent at its reserved amount.
-    pub fn open(path: impl AsRef<Path>, policy: BudgetPolicy, clock: Clock) -> Result<Self, BudgetError> {
+    pub fn open(
+        path: impl AsRef<Path>,
+        policy: BudgetPolicy,
+        clock: Clock,
+    ) -> Result<Self, BudgetError> {
         let limit_micros = to_micros(policy.max_daily_spend_usd)?;
         let alert_micros = policy.alert_threshold_usd.map(to_micros).transpose()?;
         let mut conn = Connection::open(path)?;
@@ -217,7 +223,14 @@ impl BudgetLedger {
         )?;
         tx.execute("DELETE FROM budget_reservations", [])?;
         tx.commit()?;
-        Ok(Self { conn: Mutex::new(conn), policy, limit_micros, alert_micros, clock, orphans_booked })
+        Ok(Self {
+            conn: Mutex::new(conn),
+            policy,
+            limit_micros,
+            alert_micros,
+            clock,
+            orphans_booked,
+        })
     }
 
     /// The policy this ledger enforces.
@@ -251,10 +264,14 @@ impl BudgetLedger {
             |r| r.get(0),
         )?;
         if taken {
-            return Err(BudgetError::Duplicate { task_id: task_id.to_owned() });
+            return Err(BudgetError::Duplicate {
+                task_id: task_id.to_owned(),
+            });
         }
         let (spent, reserved) = totals(&tx, &day)?;
-        if self.policy.enabled && spent.saturating_add(reserved).saturating_add(amount) > self.limit_micros {
+        if self.policy.enabled
+            && spent.saturating_add(reserved).saturating_add(amount) > self.limit_micros
+        {
             return Err(BudgetError::Exhausted {
                 spent: to_usd(spent),
                 reserved: to_usd(reserved),
@@ -267,7 +284,11 @@ impl BudgetLedger {
             params![task_id, day, amount, now.timestamp_millis()],
         )?;
         tx.commit()?;
-        Ok(Reservation { task_id: task_id.to_owned(), day, amount_usd: to_usd(amount) })
+        Ok(Reservation {
+            task_id: task_id.to_owned(),
+            day,
+            amount_usd: to_usd(amount),
+        })
     }
 
     /// Converts `task_id`'s hold into spend of `actual_cost_usd` on the day the hold was made, and
@@ -286,9 +307,17 @@ impl BudgetLedger {
             )
             .optional()?;
         let Some((day, reserved)) = held else {
-            return Ok(Settlement { settled: false, day: String::new(), day_spent_usd: 0.0, alert_crossed: false });
+            return Ok(Settlement {
+                settled: false,
+                day: String::new(),
+                day_spent_usd: 0.0,
+                alert_crossed: false,
+            });
         };
-        tx.execute("DELETE FROM budget_reservations WHERE task_id = ?1", params![task_id])?;
+        tx.execute(
+            "DELETE FROM budget_reservations WHERE task_id = ?1",
+            params![task_id],
+        )?;
         tx.execute(
             "INSERT INTO budget_charges (task_id, day, amount_micros, reserved_micros, kind, booked_ms)
              VALUES (?1, ?2, ?3, ?4, 'settled', ?5)",
@@ -305,14 +334,22 @@ impl BudgetLedger {
             _ => false,
         };
         tx.commit()?;
-        Ok(Settlement { settled: true, day, day_spent_usd: to_usd(spent), alert_crossed })
+        Ok(Settlement {
+            settled: true,
+            day,
+            day_spent_usd: to_usd(spent),
+            alert_crossed,
+        })
     }
 
     /// Drops `task_id`'s hold (the task never ran on a paid model). Returns false when there was
     /// none (already released or settled): calling it twice is harmless.
     pub fn release(&self, task_id: &str) -> Result<bool, BudgetError> {
         let conn = self.lock();
-        let n = conn.execute("DELETE FROM budget_reservations WHERE task_id = ?1", params![task_id])?;
+        let n = conn.execute(
+            "DELETE FROM budget_reservations WHERE task_id = ?1",
+            params![task_id],
+        )?;
         Ok(n == 1)
     }
 
@@ -331,9 +368,17 @@ impl BudgetLedger {
         let conn = self.lock();
         let (spent, reserved) = totals(&conn, &day)?;
         let alert_since_ms: Option<i64> = conn
-            .query_row("SELECT fired_ms FROM budget_alerts WHERE day = ?1", params![day], |r| r.get(0))
+            .query_row(
+                "SELECT fired_ms FROM budget_alerts WHERE day = ?1",
+                params![day],
+                |r| r.get(0),
+            )
             .optional()?;
-        let remaining = self.limit_micros.saturating_sub(spent).saturating_sub(reserved).max(0);
+        let remaining = self
+            .limit_micros
+            .saturating_sub(spent)
+            .saturating_sub(reserved)
+            .max(0);
         Ok(BudgetSnapshot {
             day,
             spent_usd: to_usd(spent),
@@ -369,8 +414,11 @@ mod tests {
     fn manual_clock(start: DateTime<Utc>) -> (Clock, Arc<AtomicI64>) {
         let secs = Arc::new(AtomicI64::new(start.timestamp()));
         let s = secs.clone();
-        let clock: Clock =
-            Arc::new(move || Utc.timestamp_opt(s.load(Ordering::SeqCst), 0).single().unwrap_or_default());
+        let clock: Clock = Arc::new(move || {
+            Utc.timestamp_opt(s.load(Ordering::SeqCst), 0)
+                .single()
+                .unwrap_or_default()
+        });
         (clock, secs)
     }
 
@@ -379,7 +427,11 @@ mod tests {
     }
 
     fn policy(limit: f64, alert: Option<f64>) -> BudgetPolicy {
-        BudgetPolicy { enabled: true, max_daily_spend_usd: limit, alert_threshold_usd: alert }
+        BudgetPolicy {
+            enabled: true,
+            max_daily_spend_usd: limit,
+            alert_threshold_usd: alert,
+        }
     }
 
     fn open(dir: &tempfile::TempDir, p: BudgetPolicy, clock: Clock) -> BudgetLedger {
@@ -448,7 +500,12 @@ mod tests {
         ledger.settle("a", 3.0).unwrap();
         ledger.reserve("b", 5.0).unwrap();
         match ledger.reserve("c", 2.5) {
-            Err(BudgetError::Exhausted { spent, reserved, limit, requested }) => {
+            Err(BudgetError::Exhausted {
+                spent,
+                reserved,
+                limit,
+                requested,
+            }) => {
                 assert_eq!((spent, reserved, limit, requested), (3.0, 5.0, 10.0, 2.5));
             }
             other => panic!("expected Exhausted, got {other:?}"),
@@ -465,12 +522,18 @@ mod tests {
         let ledger = open(&dir, policy(10.0, None), clock);
         ledger.reserve("a", 5.0).unwrap();
         ledger.reserve("b", 5.0).unwrap();
-        assert!(matches!(ledger.reserve("c", 1.0), Err(BudgetError::Exhausted { .. })));
+        assert!(matches!(
+            ledger.reserve("c", 1.0),
+            Err(BudgetError::Exhausted { .. })
+        ));
         let s = ledger.settle("a", 0.25).unwrap();
         assert!(s.settled);
         assert_eq!(s.day_spent_usd, 0.25);
         ledger.reserve("c", 4.75).unwrap();
-        assert!(matches!(ledger.reserve("d", 0.01), Err(BudgetError::Exhausted { .. })));
+        assert!(matches!(
+            ledger.reserve("d", 0.01),
+            Err(BudgetError::Exhausted { .. })
+        ));
         // Settling above the hold books the real cost.
         ledger.settle("b", 6.0).unwrap();
         let snap = ledger.snapshot().unwrap();
@@ -499,8 +562,14 @@ mod tests {
         // A released task may be reserved again (e.g. rerouted to another paid programmer);
         // a settled one may not be charged twice.
         ledger.reserve("b", 2.0).unwrap();
-        assert!(matches!(ledger.reserve("b", 2.0), Err(BudgetError::Duplicate { .. })));
-        assert!(matches!(ledger.reserve("a", 2.0), Err(BudgetError::Duplicate { .. })));
+        assert!(matches!(
+            ledger.reserve("b", 2.0),
+            Err(BudgetError::Duplicate { .. })
+        ));
+        assert!(matches!(
+            ledger.reserve("a", 2.0),
+            Err(BudgetError::Duplicate { .. })
+        ));
     }
 
     #[test]
@@ -508,10 +577,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (clock, _) = manual_clock(noon());
         let ledger = open(&dir, policy(10.0, None), clock);
-        assert!(matches!(ledger.reserve("a", -1.0), Err(BudgetError::InvalidAmount(_))));
-        assert!(matches!(ledger.reserve("a", f64::NAN), Err(BudgetError::InvalidAmount(_))));
+        assert!(matches!(
+            ledger.reserve("a", -1.0),
+            Err(BudgetError::InvalidAmount(_))
+        ));
+        assert!(matches!(
+            ledger.reserve("a", f64::NAN),
+            Err(BudgetError::InvalidAmount(_))
+        ));
         ledger.reserve("a", 1.0).unwrap();
-        assert!(matches!(ledger.settle("a", f64::INFINITY), Err(BudgetError::InvalidAmount(_))));
+        assert!(matches!(
+            ledger.settle("a", f64::INFINITY),
+            Err(BudgetError::InvalidAmount(_))
+        ));
         assert!(ledger.settle("a", 0.0).unwrap().settled);
     }
 
@@ -561,7 +639,11 @@ mod tests {
         assert!(!ledger.snapshot().unwrap().alert_active);
 
         let dir2 = tempfile::tempdir().unwrap();
-        let off = BudgetPolicy { enabled: false, max_daily_spend_usd: 50.0, alert_threshold_usd: Some(1.0) };
+        let off = BudgetPolicy {
+            enabled: false,
+            max_daily_spend_usd: 50.0,
+            alert_threshold_usd: Some(1.0),
+        };
         let ledger = open(&dir2, off, clock);
         ledger.reserve("a", 49.0).unwrap();
         assert!(!ledger.settle("a", 49.0).unwrap().alert_crossed);
@@ -580,12 +662,18 @@ mod tests {
         let ledger = open(&dir, policy(50.0, None), clock.clone());
         assert_eq!(ledger.orphans_booked_on_open(), 1);
         let snap = ledger.snapshot().unwrap();
-        assert_eq!(snap.spent_usd, 6.5, "orphaned hold counted as spent at its reserved amount");
+        assert_eq!(
+            snap.spent_usd, 6.5,
+            "orphaned hold counted as spent at its reserved amount"
+        );
         assert_eq!(snap.reserved_usd, 0.0);
         assert_eq!(snap.remaining_usd, 43.5);
         // The orphan cannot be settled or charged again.
         assert!(!ledger.settle("crashed", 0.1).unwrap().settled);
-        assert!(matches!(ledger.reserve("crashed", 1.0), Err(BudgetError::Duplicate { .. })));
+        assert!(matches!(
+            ledger.reserve("crashed", 1.0),
+            Err(BudgetError::Duplicate { .. })
+        ));
         drop(ledger);
 
         // A clean reopen books nothing more.
@@ -602,13 +690,19 @@ mod tests {
         ledger.reserve("a", 6.0).unwrap();
         ledger.settle("a", 6.0).unwrap();
         ledger.reserve("b", 4.0).unwrap();
-        assert!(matches!(ledger.reserve("c", 1.0), Err(BudgetError::Exhausted { .. })));
+        assert!(matches!(
+            ledger.reserve("c", 1.0),
+            Err(BudgetError::Exhausted { .. })
+        ));
         assert_eq!(ledger.snapshot().unwrap().day, "2026-11-03");
 
         secs.fetch_add(120, Ordering::SeqCst); // 00:01 UTC the next day
         let snap = ledger.snapshot().unwrap();
         assert_eq!(snap.day, "2026-11-04");
-        assert_eq!((snap.spent_usd, snap.reserved_usd, snap.remaining_usd), (0.0, 0.0, 10.0));
+        assert_eq!(
+            (snap.spent_usd, snap.reserved_usd, snap.remaining_usd),
+            (0.0, 0.0, 10.0)
+        );
         let r = ledger.reserve("c", 10.0).unwrap();
         assert_eq!(r.day, "2026-11-04");
         // "b" was reserved yesterday: its cost goes to yesterday, today stays full.
@@ -622,7 +716,11 @@ mod tests {
     fn disabled_budget_never_refuses_but_records() {
         let dir = tempfile::tempdir().unwrap();
         let (clock, _) = manual_clock(noon());
-        let off = BudgetPolicy { enabled: false, max_daily_spend_usd: 1.0, alert_threshold_usd: None };
+        let off = BudgetPolicy {
+            enabled: false,
+            max_daily_spend_usd: 1.0,
+            alert_threshold_usd: None,
+        };
         let ledger = open(&dir, off, clock);
         for i in 0..20 {
             ledger.reserve(&format!("t{i}"), 5.0).unwrap();

@@ -125,7 +125,9 @@ pub struct TaskStore {
 
 impl std::fmt::Debug for TaskStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TaskStore").field("recovered", &self.recovered).finish_non_exhaustive()
+        f.debug_struct("TaskStore")
+            .field("recovered", &self.recovered)
+            .finish_non_exhaustive()
     }
 }
 
@@ -170,7 +172,10 @@ impl TaskStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
         let recovered = recover(&mut conn)?;
-        Ok(Self { conn: Mutex::new(conn), recovered })
+        Ok(Self {
+            conn: Mutex::new(conn),
+            recovered,
+        })
     }
 
     /// How many unfinished tasks of a previous process [`open`](Self::open) marked FAILED.
@@ -189,14 +194,21 @@ impl TaskStore {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let existing: Option<String> = tx
-            .query_row("SELECT fingerprint FROM tasks WHERE task_id = ?1", params![task.task_id], |r| r.get(0))
+            .query_row(
+                "SELECT fingerprint FROM tasks WHERE task_id = ?1",
+                params![task.task_id],
+                |r| r.get(0),
+            )
             .optional()?;
         match existing {
             Some(fp) if fp == task.fingerprint => {
-                let record = read_record(&tx, &task.task_id)?.ok_or_else(|| StoreError::NotFound(task.task_id.clone()))?;
+                let record = read_record(&tx, &task.task_id)?
+                    .ok_or_else(|| StoreError::NotFound(task.task_id.clone()))?;
                 Ok(InsertOutcome::AlreadyExists(Box::new(record)))
             }
-            Some(_) => Err(StoreError::Conflict { task_id: task.task_id.clone() }),
+            Some(_) => Err(StoreError::Conflict {
+                task_id: task.task_id.clone(),
+            }),
             None => {
                 tx.execute(
                     "INSERT INTO tasks (task_id, fingerprint, task_description, files, workspace, run_id,
@@ -230,7 +242,13 @@ impl TaskStore {
             "UPDATE tasks SET state = ?1, programmer_id = ?2,
                  started_ms = CASE WHEN started_ms = 0 THEN ?3 ELSE started_ms END
              WHERE task_id = ?4 AND state IN (?5, ?1)",
-            params![TaskState::Running as i32, programmer_id, now_ms(), task_id, TaskState::Queued as i32],
+            params![
+                TaskState::Running as i32,
+                programmer_id,
+                now_ms(),
+                task_id,
+                TaskState::Queued as i32
+            ],
         )?;
         changed_or_missing(&conn, task_id, n)
     }
@@ -268,13 +286,24 @@ impl TaskStore {
 
 // ===== Helpers =====
 
-fn changed_or_missing(conn: &Connection, task_id: &str, changed: usize) -> Result<bool, StoreError> {
+fn changed_or_missing(
+    conn: &Connection,
+    task_id: &str,
+    changed: usize,
+) -> Result<bool, StoreError> {
     if changed > 0 {
         return Ok(true);
     }
-    let exists: bool =
-        conn.query_row("SELECT EXISTS(SELECT 1 FROM tasks WHERE task_id = ?1)", params![task_id], |r| r.get(0))?;
-    if exists { Ok(false) } else { Err(StoreError::NotFound(task_id.to_owned())) }
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM tasks WHERE task_id = ?1)",
+        params![task_id],
+        |r| r.get(0),
+    )?;
+    if exists {
+        Ok(false)
+    } else {
+        Err(StoreError::NotFound(task_id.to_owned()))
+    }
 }
 
 fn to_json(list: &[String]) -> String {
@@ -333,7 +362,11 @@ impl RawRow {
             .result
             .map(|bytes| TaskResult::decode(bytes.as_slice()))
             .transpose()
-            .map_err(|e| StoreError::Corrupt { task_id: self.task_id.clone(), field: "result", detail: e.to_string() })?;
+            .map_err(|e| StoreError::Corrupt {
+                task_id: self.task_id.clone(),
+                field: "result",
+                detail: e.to_string(),
+            })?;
         Ok(TaskRecord {
             task_id: self.task_id,
             state: self.state,
@@ -353,7 +386,9 @@ impl RawRow {
 }
 
 fn read_record(conn: &Connection, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
-    let raw = conn.query_row(SELECT_RECORD, params![task_id], RawRow::from_row).optional()?;
+    let raw = conn
+        .query_row(SELECT_RECORD, params![task_id], RawRow::from_row)
+        .optional()?;
     raw.map(RawRow::into_record).transpose()
 }
 
@@ -364,9 +399,10 @@ fn recover(conn: &mut Connection) -> Result<usize, StoreError> {
         let mut stmt = tx.prepare(
             "SELECT task_id, programmer_id, dry_run, created_ms FROM tasks WHERE state IN (?1, ?2)",
         )?;
-        let rows = stmt.query_map(params![TaskState::Queued as i32, TaskState::Running as i32], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?;
+        let rows = stmt.query_map(
+            params![TaskState::Queued as i32, TaskState::Running as i32],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
         rows.collect::<rusqlite::Result<_>>()?
     };
     let now = now_ms();
@@ -382,7 +418,12 @@ fn recover(conn: &mut Connection) -> Result<usize, StoreError> {
         };
         tx.execute(
             "UPDATE tasks SET state = ?1, finished_ms = ?2, result = ?3 WHERE task_id = ?4",
-            params![TaskState::Failed as i32, now, result.encode_to_vec(), task_id],
+            params![
+                TaskState::Failed as i32,
+                now,
+                result.encode_to_vec(),
+                task_id
+            ],
         )?;
     }
     tx.commit()?;
@@ -431,13 +472,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
         let req = request("add docstrings");
-        assert_eq!(store.insert(&NewTask::from_request("t1", &req)).unwrap(), InsertOutcome::Inserted);
+        assert_eq!(
+            store.insert(&NewTask::from_request("t1", &req)).unwrap(),
+            InsertOutcome::Inserted
+        );
 
         let rec = store.get("t1").unwrap().unwrap();
         assert_eq!(rec.state(), TaskState::Queued);
         assert_eq!(rec.task_description, "add docstrings");
         assert_eq!(rec.files, vec!["src/lib.rs", "README.md"]);
-        assert_eq!((rec.workspace.as_str(), rec.run_id.as_str()), ("demo", "run-7"));
+        assert_eq!(
+            (rec.workspace.as_str(), rec.run_id.as_str()),
+            ("demo", "run-7")
+        );
         assert_eq!(rec.capabilities, vec!["fast"]);
         assert!(rec.created_ms > 0);
         assert_eq!((rec.started_ms, rec.finished_ms), (0, 0));
@@ -493,23 +540,34 @@ mod tests {
             ));
         }
         // The record is untouched by the refused inserts.
-        assert_eq!(store.get("t1").unwrap().unwrap().task_description, "add docstrings");
+        assert_eq!(
+            store.get("t1").unwrap().unwrap().task_description,
+            "add docstrings"
+        );
     }
 
     #[test]
     fn first_result_wins_and_finished_tasks_do_not_restart() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        store.insert(&NewTask::from_request("t1", &request("x"))).unwrap();
+        store
+            .insert(&NewTask::from_request("t1", &request("x")))
+            .unwrap();
         store.set_running("t1", "001").unwrap();
         // Rerouted: programmer changes, started_ms stays.
         let first_start = store.get("t1").unwrap().unwrap().started_ms;
         std::thread::sleep(std::time::Duration::from_millis(5));
         assert!(store.set_running("t1", "002").unwrap());
         let rec = store.get("t1").unwrap().unwrap();
-        assert_eq!((rec.programmer_id.as_str(), rec.started_ms), ("002", first_start));
+        assert_eq!(
+            (rec.programmer_id.as_str(), rec.started_ms),
+            ("002", first_start)
+        );
 
-        let cancelled = TaskResult { status: TaskState::Cancelled as i32, ..Default::default() };
+        let cancelled = TaskResult {
+            status: TaskState::Cancelled as i32,
+            ..Default::default()
+        };
         assert!(store.finish("t1", &cancelled).unwrap());
         assert!(!store.finish("t1", &succeeded("002")).unwrap());
         assert!(!store.set_running("t1", "003").unwrap());
@@ -525,24 +583,47 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
         assert!(store.get("nope").unwrap().is_none());
-        assert!(matches!(store.set_running("nope", "001"), Err(StoreError::NotFound(_))));
-        assert!(matches!(store.finish("nope", &succeeded("001")), Err(StoreError::NotFound(_))));
-        store.insert(&NewTask::from_request("t1", &request("x"))).unwrap();
-        let running = TaskResult { status: TaskState::Running as i32, ..Default::default() };
-        assert!(matches!(store.finish("t1", &running), Err(StoreError::NotTerminal(TaskState::Running))));
-        assert!(matches!(store.finish("t1", &TaskResult::default()), Err(StoreError::NotTerminal(_))));
+        assert!(matches!(
+            store.set_running("nope", "001"),
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.finish("nope", &succeeded("001")),
+            Err(StoreError::NotFound(_))
+        ));
+        store
+            .insert(&NewTask::from_request("t1", &request("x")))
+            .unwrap();
+        let running = TaskResult {
+            status: TaskState::Running as i32,
+            ..Default::default()
+        };
+        assert!(matches!(
+            store.finish("t1", &running),
+            Err(StoreError::NotTerminal(TaskState::Running))
+        ));
+        assert!(matches!(
+            store.finish("t1", &TaskResult::default()),
+            Err(StoreError::NotTerminal(_))
+        ));
     }
 
     #[test]
     fn reopen_fails_unfinished_tasks_and_keeps_finished_ones() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        store.insert(&NewTask::from_request("queued", &request("a"))).unwrap();
+        store
+            .insert(&NewTask::from_request("queued", &request("a")))
+            .unwrap();
         let mut dry = request("b");
         dry.dry_run = true;
-        store.insert(&NewTask::from_request("running", &dry)).unwrap();
+        store
+            .insert(&NewTask::from_request("running", &dry))
+            .unwrap();
         store.set_running("running", "004").unwrap();
-        store.insert(&NewTask::from_request("done", &request("c"))).unwrap();
+        store
+            .insert(&NewTask::from_request("done", &request("c")))
+            .unwrap();
         store.set_running("done", "001").unwrap();
         store.finish("done", &succeeded("001")).unwrap();
         drop(store);
@@ -574,10 +655,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tasks.sqlite3");
         let store = TaskStore::open(&path).unwrap();
-        store.insert(&NewTask::from_request("t1", &request("x"))).unwrap();
+        store
+            .insert(&NewTask::from_request("t1", &request("x")))
+            .unwrap();
         let raw = Connection::open(&path).unwrap();
-        raw.execute("UPDATE tasks SET files = 'not json' WHERE task_id = 't1'", []).unwrap();
-        assert!(matches!(store.get("t1"), Err(StoreError::Corrupt { field: "files", .. })));
+        raw.execute(
+            "UPDATE tasks SET files = 'not json' WHERE task_id = 't1'",
+            [],
+        )
+        .unwrap();
+        assert!(matches!(
+            store.get("t1"),
+            Err(StoreError::Corrupt { field: "files", .. })
+        ));
     }
 
     #[test]
@@ -587,15 +677,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("manager.sqlite3");
         let store = TaskStore::open(&path).unwrap();
-        let policy = BudgetPolicy { enabled: true, max_daily_spend_usd: 10.0, alert_threshold_usd: None };
-        let clock: Clock = std::sync::Arc::new(|| chrono::Utc.with_ymd_and_hms(2026, 11, 3, 12, 0, 0).unwrap());
+        let policy = BudgetPolicy {
+            enabled: true,
+            max_daily_spend_usd: 10.0,
+            alert_threshold_usd: None,
+        };
+        let clock: Clock =
+            std::sync::Arc::new(|| chrono::Utc.with_ymd_and_hms(2026, 11, 3, 12, 0, 0).unwrap());
         let ledger = BudgetLedger::open(&path, policy, clock).unwrap();
-        store.insert(&NewTask::from_request("t1", &request("x"))).unwrap();
+        store
+            .insert(&NewTask::from_request("t1", &request("x")))
+            .unwrap();
         ledger.reserve("t1", 5.0).unwrap();
         store.set_running("t1", "006").unwrap();
         ledger.settle("t1", 1.0).unwrap();
         store.finish("t1", &succeeded("006")).unwrap();
-        assert_eq!(store.get("t1").unwrap().unwrap().state(), TaskState::Succeeded);
+        assert_eq!(
+            store.get("t1").unwrap().unwrap().state(),
+            TaskState::Succeeded
+        );
         assert_eq!(ledger.snapshot().unwrap().spent_usd, 1.0);
     }
 }
