@@ -23,7 +23,8 @@
 //! - Restart is conservative: a reservation left behind by a previous process (it crashed before
 //!   settling) is booked as spent at its reserved amount when the ledger is opened. We cannot know
 //!   what the task really cost; assuming the cap means the budget can only be under-, never
-//!   over-spent. Consequence: two live processes must not share one ledger file.
+//!   over-spent. Consequence: two live processes must not share one ledger file. Call
+//!   [`BudgetLedger::poll_alert`] after opening: the booked orphans may have crossed the threshold.
 //! - A disabled budget never refuses, but still records spend so status pages stay truthful; it never
 //!   raises the alert.
 //!
@@ -324,15 +325,7 @@ impl BudgetLedger {
             params![task_id, day, cost, reserved, now_ms],
         )?;
         let (spent, _) = totals(&tx, &day)?;
-        let alert_crossed = match self.alert_micros {
-            Some(threshold) if self.policy.enabled && spent >= threshold => {
-                tx.execute(
-                    "INSERT OR IGNORE INTO budget_alerts (day, fired_ms) VALUES (?1, ?2)",
-                    params![day, now_ms],
-                )? == 1
-            }
-            _ => false,
-        };
+        let alert_crossed = self.mark_alert(&tx, &day, spent, now_ms)?;
         tx.commit()?;
         Ok(Settlement {
             settled: true,
@@ -340,6 +333,38 @@ impl BudgetLedger {
             day_spent_usd: to_usd(spent),
             alert_crossed,
         })
+    }
+
+    /// Raises today's alert if today's spend has reached the threshold and it has not fired yet;
+    /// true exactly when this call fired it. [`settle`](Self::settle) does this by itself; call
+    /// this after [`open`](Self::open), where reservations orphaned by a previous process may have
+    /// pushed the day over the threshold without any settlement.
+    pub fn poll_alert(&self) -> Result<bool, BudgetError> {
+        let now = (self.clock)();
+        let day = day_of(now);
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (spent, _) = totals(&tx, &day)?;
+        let fired = self.mark_alert(&tx, &day, spent, now.timestamp_millis())?;
+        tx.commit()?;
+        Ok(fired)
+    }
+
+    /// Records the alert of `day` when `spent` reached the threshold; true when newly recorded.
+    fn mark_alert(
+        &self,
+        conn: &Connection,
+        day: &str,
+        spent: i64,
+        now_ms: i64,
+    ) -> rusqlite::Result<bool> {
+        match self.alert_micros {
+            Some(threshold) if self.policy.enabled && spent >= threshold => Ok(conn.execute(
+                "INSERT OR IGNORE INTO budget_alerts (day, fired_ms) VALUES (?1, ?2)",
+                params![day, now_ms],
+            )? == 1),
+            _ => Ok(false),
+        }
     }
 
     /// Drops `task_id`'s hold (the task never ran on a paid model). Returns false when there was
@@ -627,6 +652,27 @@ mod tests {
         assert!(!ledger.snapshot().unwrap().alert_active);
         ledger.reserve("next", 45.0).unwrap();
         assert!(ledger.settle("next", 41.0).unwrap().alert_crossed);
+    }
+
+    #[test]
+    fn orphaned_reservations_can_raise_the_alert_after_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (clock, _) = manual_clock(noon());
+        let ledger = open(&dir, policy(50.0, Some(40.0)), clock.clone());
+        ledger.reserve("a", 30.0).unwrap();
+        ledger.settle("a", 30.0).unwrap();
+        assert!(!ledger.poll_alert().unwrap(), "$30 is below the threshold");
+        ledger.reserve("crashed", 15.0).unwrap();
+        drop(ledger);
+
+        let ledger = open(&dir, policy(50.0, Some(40.0)), clock);
+        assert!(!ledger.snapshot().unwrap().alert_active);
+        assert!(
+            ledger.poll_alert().unwrap(),
+            "$45 booked after restart crosses $40"
+        );
+        assert!(!ledger.poll_alert().unwrap());
+        assert!(ledger.snapshot().unwrap().alert_active);
     }
 
     #[test]
