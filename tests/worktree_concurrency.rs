@@ -219,10 +219,16 @@ const CHILD_ENV: &str = "PAS_WORKTREE_CHILD";
 fn child_programmer_process() {
     let spec = std::env::var(CHILD_ENV).expect("spawned by the parent test with its spec");
     let parts: Vec<&str> = spec.split('\t').collect();
-    let [root, worktrees, base, index] = parts[..] else {
+    let [root, worktrees, base, index, go] = parts[..] else {
         panic!("bad child spec {spec:?}");
     };
     let i: usize = index.parse().expect("index");
+    // Start together with the other nine (the parent creates `go` once all are spawned).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !Path::new(go).exists() {
+        assert!(std::time::Instant::now() < deadline, "parent never said go");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let ws = Workspace::open(Path::new(root), "shared").await.expect("open");
@@ -245,13 +251,15 @@ fn ten_processes_on_one_repository() {
     let worktrees = tmp.path().join("worktrees");
     let base = git(&repo, &["rev-parse", "HEAD"]);
     let exe = std::env::current_exe().expect("test binary");
+    let go = tmp.path().join("go");
 
     let children: Vec<_> = (1..=10)
         .map(|i| {
             let spec = format!(
-                "{}\t{}\t{base}\t{i}",
+                "{}\t{}\t{base}\t{i}\t{}",
                 root.display(),
-                worktrees.display()
+                worktrees.display(),
+                go.display()
             );
             let child = Command::new(&exe)
                 .args(["--exact", "child_programmer_process", "--ignored", "--nocapture"])
@@ -263,6 +271,9 @@ fn ten_processes_on_one_repository() {
             (i, child)
         })
         .collect();
+    // Let the children's runtimes come up, then release them all at once.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    fs::write(&go, "").expect("go");
     for (i, child) in children {
         let out = child.wait_with_output().expect("child runs");
         assert!(
