@@ -55,14 +55,25 @@ fn assert_repo_healthy(repo: &Path, worktrees: &Path) {
         String::from_utf8_lossy(&fsck.stderr)
     );
     let list = git(repo, &["worktree", "list", "--porcelain"]);
-    let listed: Vec<&str> = list.lines().filter(|l| l.starts_with("worktree ")).collect();
-    assert_eq!(listed, vec![format!("worktree {}", repo.display())], "only the main worktree");
+    let listed: Vec<&str> = list
+        .lines()
+        .filter(|l| l.starts_with("worktree "))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![format!("worktree {}", repo.display())],
+        "only the main worktree"
+    );
     assert_eq!(
         fs::read_dir(worktrees).expect("worktrees dir").count(),
         0,
         "no worktree directory left"
     );
-    assert_eq!(git(repo, &["status", "--porcelain"]), "", "main working tree untouched");
+    assert_eq!(
+        git(repo, &["status", "--porcelain"]),
+        "",
+        "main working tree untouched"
+    );
     assert!(!repo.join(".git/index.lock").exists());
 }
 
@@ -102,7 +113,11 @@ async fn ten_programmers_on_one_repository() {
 
     let mut results = Vec::new();
     for t in tasks {
-        results.push(t.await.expect("task panicked").unwrap_or_else(|e| panic!("{e}")));
+        results.push(
+            t.await
+                .expect("task panicked")
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
     }
 
     let mut expected_branches = vec!["main".to_string()];
@@ -112,7 +127,10 @@ async fn ten_programmers_on_one_repository() {
         assert_eq!(change.files_changed, vec![file.clone()]);
         assert_eq!(git(&repo, &["rev-parse", &branch]), change.commit);
         assert_eq!(
-            git(&repo, &["rev-list", "--count", &format!("{base}..{branch}")]),
+            git(
+                &repo,
+                &["rev-list", "--count", &format!("{base}..{branch}")]
+            ),
             "1",
             "{branch} holds exactly its own commit"
         );
@@ -182,7 +200,9 @@ async fn sustained_churn_keeps_the_repository_consistent() {
                         wt.keep().await.map_err(|e| format!("{id} keep: {e}"))?;
                         kept.push(format!("pas/{id}"));
                     } else {
-                        wt.discard().await.map_err(|e| format!("{id} discard: {e}"))?;
+                        wt.discard()
+                            .await
+                            .map_err(|e| format!("{id} discard: {e}"))?;
                     }
                 }
                 Ok::<_, String>(kept)
@@ -192,7 +212,11 @@ async fn sustained_churn_keeps_the_repository_consistent() {
 
     let mut kept = vec!["main".to_string()];
     for t in tasks {
-        kept.extend(t.await.expect("task panicked").unwrap_or_else(|e| panic!("{e}")));
+        kept.extend(
+            t.await
+                .expect("task panicked")
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
     }
     kept.sort();
     let mut branches: Vec<String> = git(
@@ -231,12 +255,23 @@ fn child_programmer_process() {
     }
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let ws = Workspace::open(Path::new(root), "shared").await.expect("open");
+        let ws = Workspace::open(Path::new(root), "shared")
+            .await
+            .expect("open");
         let wt = ws
-            .create_task_worktree(Path::new(worktrees), &format!("proc-{i}"), base, &identity(i))
+            .create_task_worktree(
+                Path::new(worktrees),
+                &format!("proc-{i}"),
+                base,
+                &identity(i),
+            )
             .await
             .expect("create");
-        fs::write(wt.path().join(format!("proc-{i}.txt")), format!("process {i}\n")).expect("write");
+        fs::write(
+            wt.path().join(format!("proc-{i}.txt")),
+            format!("process {i}\n"),
+        )
+        .expect("write");
         let change = wt.finish(&format!("process {i}")).await.expect("finish");
         assert_eq!(change.files_changed, vec![format!("proc-{i}.txt")]);
         wt.keep().await.expect("keep");
@@ -262,7 +297,12 @@ fn ten_processes_on_one_repository() {
                 go.display()
             );
             let child = Command::new(&exe)
-                .args(["--exact", "child_programmer_process", "--ignored", "--nocapture"])
+                .args([
+                    "--exact",
+                    "child_programmer_process",
+                    "--ignored",
+                    "--nocapture",
+                ])
                 .env(CHILD_ENV, spec)
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
@@ -290,14 +330,23 @@ fn ten_processes_on_one_repository() {
 
     for i in 1..=10 {
         let branch = format!("pas/proc-{i}");
-        assert_eq!(git(&repo, &["rev-list", "--count", &format!("{base}..{branch}")]), "1");
+        assert_eq!(
+            git(
+                &repo,
+                &["rev-list", "--count", &format!("{base}..{branch}")]
+            ),
+            "1"
+        );
         assert_eq!(git(&repo, &["rev-parse", &format!("{branch}^")]), base);
         assert_eq!(
             git(&repo, &["diff", "--name-only", &base, &branch]),
             format!("proc-{i}.txt")
         );
     }
-    let branches = git(&repo, &["for-each-ref", "--format=%(refname:short)", "refs/heads/"]);
+    let branches = git(
+        &repo,
+        &["for-each-ref", "--format=%(refname:short)", "refs/heads/"],
+    );
     assert_eq!(branches.lines().count(), 11, "{branches}");
     assert_repo_healthy(&repo, &worktrees);
 }

@@ -53,7 +53,10 @@ fn identity() -> GitIdentity {
 }
 
 fn branches(repo: &Path) -> Vec<String> {
-    let out = git(repo, &["for-each-ref", "--format=%(refname:short)", "refs/heads/"]);
+    let out = git(
+        repo,
+        &["for-each-ref", "--format=%(refname:short)", "refs/heads/"],
+    );
     out.lines().map(str::to_string).collect()
 }
 
@@ -112,22 +115,55 @@ async fn open_accepts_a_repository_and_refuses_everything_else() {
     assert_eq!(open("./proj").await.expect("./proj").path(), f.repo);
 
     let err = |r: Result<Workspace, WorkspaceError>| r.expect_err("must be refused");
-    assert!(matches!(err(open("").await), WorkspaceError::Invalid { .. }));
-    assert!(matches!(err(open("/etc").await), WorkspaceError::Absolute { .. }));
+    assert!(matches!(
+        err(open("").await),
+        WorkspaceError::Invalid { .. }
+    ));
+    assert!(matches!(
+        err(open("/etc").await),
+        WorkspaceError::Absolute { .. }
+    ));
     let abs = f.repo.to_string_lossy().into_owned();
     assert!(matches!(
         Workspace::open(&f.root, &abs).await,
         Err(WorkspaceError::Absolute { .. })
     ));
-    assert!(matches!(err(open("..").await), WorkspaceError::EscapesRoot { .. }));
-    assert!(matches!(err(open("../workspaces/proj").await), WorkspaceError::EscapesRoot { .. }));
-    assert!(matches!(err(open("proj/../../x").await), WorkspaceError::EscapesRoot { .. }));
-    assert!(matches!(err(open("escape").await), WorkspaceError::EscapesRoot { .. }));
-    assert!(matches!(err(open("missing").await), WorkspaceError::NotFound { .. }));
-    assert!(matches!(err(open("plain").await), WorkspaceError::NotARepo { .. }));
-    assert!(matches!(err(open("proj/src").await), WorkspaceError::NotARepo { .. }));
-    assert!(matches!(err(open("proj/README.md").await), WorkspaceError::NotARepo { .. }));
-    assert!(matches!(err(open("fresh").await), WorkspaceError::NoCommits { .. }));
+    assert!(matches!(
+        err(open("..").await),
+        WorkspaceError::EscapesRoot { .. }
+    ));
+    assert!(matches!(
+        err(open("../workspaces/proj").await),
+        WorkspaceError::EscapesRoot { .. }
+    ));
+    assert!(matches!(
+        err(open("proj/../../x").await),
+        WorkspaceError::EscapesRoot { .. }
+    ));
+    assert!(matches!(
+        err(open("escape").await),
+        WorkspaceError::EscapesRoot { .. }
+    ));
+    assert!(matches!(
+        err(open("missing").await),
+        WorkspaceError::NotFound { .. }
+    ));
+    assert!(matches!(
+        err(open("plain").await),
+        WorkspaceError::NotARepo { .. }
+    ));
+    assert!(matches!(
+        err(open("proj/src").await),
+        WorkspaceError::NotARepo { .. }
+    ));
+    assert!(matches!(
+        err(open("proj/README.md").await),
+        WorkspaceError::NotARepo { .. }
+    ));
+    assert!(matches!(
+        err(open("fresh").await),
+        WorkspaceError::NoCommits { .. }
+    ));
     assert!(err(open("escape").await).is_invalid_argument());
 
     let missing_root = Workspace::open(&f.root.join("nope"), "proj").await;
@@ -165,21 +201,42 @@ async fn check_file_refuses_traversal_absolute_and_symlink_escapes() {
     assert!(matches!(err(""), PathError::Empty));
     assert!(matches!(err("a\0b"), PathError::Nul { .. }));
     assert!(matches!(err("/etc/passwd"), PathError::Absolute { .. }));
-    assert!(matches!(err("../proj/README.md"), PathError::ParentDir { .. }));
+    assert!(matches!(
+        err("../proj/README.md"),
+        PathError::ParentDir { .. }
+    ));
     assert!(matches!(err("src/../../x"), PathError::ParentDir { .. }));
     assert!(matches!(err("src/.."), PathError::ParentDir { .. }));
     assert!(matches!(err(".git/config"), PathError::GitDir { .. }));
     assert!(matches!(err("sub/.GIT/hooks/x"), PathError::GitDir { .. }));
     assert!(matches!(err("cfg"), PathError::GitDir { .. }));
-    assert!(matches!(err("outdir/secret.txt"), PathError::EscapesWorkspace { .. }));
-    assert!(matches!(err("outdir/new.txt"), PathError::EscapesWorkspace { .. }));
-    assert!(matches!(err("outdir/a/b/c.txt"), PathError::EscapesWorkspace { .. }));
-    assert!(matches!(err("secret.txt"), PathError::EscapesWorkspace { .. }));
+    assert!(matches!(
+        err("outdir/secret.txt"),
+        PathError::EscapesWorkspace { .. }
+    ));
+    assert!(matches!(
+        err("outdir/new.txt"),
+        PathError::EscapesWorkspace { .. }
+    ));
+    assert!(matches!(
+        err("outdir/a/b/c.txt"),
+        PathError::EscapesWorkspace { .. }
+    ));
+    assert!(matches!(
+        err("secret.txt"),
+        PathError::EscapesWorkspace { .. }
+    ));
     assert!(matches!(err("dangling"), PathError::DanglingSymlink { .. }));
-    assert!(matches!(err("dangling/x"), PathError::DanglingSymlink { .. }));
+    assert!(matches!(
+        err("dangling/x"),
+        PathError::DanglingSymlink { .. }
+    ));
     assert!(matches!(err("src"), PathError::IsDirectory { .. }));
     assert!(matches!(err("."), PathError::IsDirectory { .. }));
-    assert!(matches!(err("README.md/x"), PathError::ParentNotDirectory { .. }));
+    assert!(matches!(
+        err("README.md/x"),
+        PathError::ParentNotDirectory { .. }
+    ));
 }
 
 // ----- resolve_base -----
@@ -191,8 +248,14 @@ async fn resolve_base_names_commits_and_refuses_options() {
     assert_eq!(f.ws.resolve_base(None).await.expect("HEAD"), head);
     assert_eq!(f.ws.resolve_base(Some("main")).await.expect("main"), head);
     git(&f.repo, &["tag", "-a", "-m", "v1", "v1"]);
-    assert_eq!(f.ws.resolve_base(Some("v1")).await.expect("annotated tag"), head);
-    assert_eq!(f.ws.resolve_base(Some(&head[..10])).await.expect("short"), head);
+    assert_eq!(
+        f.ws.resolve_base(Some("v1")).await.expect("annotated tag"),
+        head
+    );
+    assert_eq!(
+        f.ws.resolve_base(Some(&head[..10])).await.expect("short"),
+        head
+    );
 
     for bad in ["-x", "--output=/tmp/x", "", "  ", "a\nb"] {
         assert!(
@@ -215,21 +278,27 @@ async fn resolve_base_names_commits_and_refuses_options() {
 async fn create_finish_keep_leaves_exactly_the_branch() {
     let f = fixture().await;
     let base = f.ws.resolve_base(None).await.expect("base");
-    let wt = f
-        .ws
-        .create_task_worktree(&f.worktrees, "task-1", &base, &identity())
-        .await
-        .expect("create");
+    let wt =
+        f.ws.create_task_worktree(&f.worktrees, "task-1", &base, &identity())
+            .await
+            .expect("create");
     assert_eq!(wt.branch(), "pas/task-1");
     assert_eq!(wt.base_commit(), base);
     assert!(wt.path().is_dir());
     assert!(!wt.path().starts_with(&f.repo), "worktree outside the repo");
     assert_eq!(worktree_count(&f.repo), 2);
-    assert_eq!(git(wt.path(), &["rev-parse", "--abbrev-ref", "HEAD"]), "pas/task-1");
+    assert_eq!(
+        git(wt.path(), &["rev-parse", "--abbrev-ref", "HEAD"]),
+        "pas/task-1"
+    );
     assert_eq!(git(&f.repo, &["rev-parse", "pas/task-1"]), base);
 
     fs::write(wt.path().join("hello.txt"), "hello\n").expect("write");
-    fs::write(wt.path().join("src/main.rs"), "fn main() { println!(\"hi\"); }\n").expect("write");
+    fs::write(
+        wt.path().join("src/main.rs"),
+        "fn main() { println!(\"hi\"); }\n",
+    )
+    .expect("write");
     let change = wt.finish("Add hello").await.expect("finish");
     assert_ne!(change.commit, base);
     assert_eq!(change.files_changed, vec!["hello.txt", "src/main.rs"]);
@@ -244,7 +313,10 @@ async fn create_finish_keep_leaves_exactly_the_branch() {
     assert_eq!(git(&f.repo, &["rev-parse", "pas/task-1"]), change.commit);
     assert_eq!(git(&f.repo, &["rev-parse", "pas/task-1^"]), base);
     assert_eq!(
-        git(&f.repo, &["log", "-1", "--format=%an <%ae>|%cn|%s", "pas/task-1"]),
+        git(
+            &f.repo,
+            &["log", "-1", "--format=%an <%ae>|%cn|%s", "pas/task-1"]
+        ),
         "pas programmer-001 <programmer-001@pas.test>|pas programmer-001|Add hello"
     );
     // The main working tree was never touched.
@@ -256,11 +328,10 @@ async fn create_finish_keep_leaves_exactly_the_branch() {
 async fn finish_includes_commits_aider_made_and_excludes_aider_files() {
     let f = fixture().await;
     let base = f.ws.resolve_base(None).await.expect("base");
-    let wt = f
-        .ws
-        .create_task_worktree(&f.worktrees, "task-2", &base, &identity())
-        .await
-        .expect("create");
+    let wt =
+        f.ws.create_task_worktree(&f.worktrees, "task-2", &base, &identity())
+            .await
+            .expect("create");
     // Like aider with auto-commits: one committed edit, one left in the working tree.
     fs::write(wt.path().join("a.txt"), "a\n").expect("write");
     git(wt.path(), &["add", "a.txt"]);
@@ -272,7 +343,13 @@ async fn finish_includes_commits_aider_made_and_excludes_aider_files() {
 
     let change = wt.finish("").await.expect("finish");
     assert_eq!(change.files_changed, vec!["a.txt", "b.txt"]);
-    assert_eq!(git(&f.repo, &["rev-list", "--count", &format!("{base}..pas/task-2")]), "2");
+    assert_eq!(
+        git(
+            &f.repo,
+            &["rev-list", "--count", &format!("{base}..pas/task-2")]
+        ),
+        "2"
+    );
     assert_eq!(git(&f.repo, &["rev-parse", "pas/task-2"]), change.commit);
     wt.keep().await.expect("keep");
     assert_eq!(worktree_count(&f.repo), 1);
@@ -282,11 +359,10 @@ async fn finish_includes_commits_aider_made_and_excludes_aider_files() {
 async fn empty_change_reports_the_base_and_discard_leaves_nothing() {
     let f = fixture().await;
     let base = f.ws.resolve_base(None).await.expect("base");
-    let wt = f
-        .ws
-        .create_task_worktree(&f.worktrees, "task-3", &base, &identity())
-        .await
-        .expect("create");
+    let wt =
+        f.ws.create_task_worktree(&f.worktrees, "task-3", &base, &identity())
+            .await
+            .expect("create");
     let change = wt.finish("nothing").await.expect("finish");
     assert_eq!(change.commit, base);
     assert!(change.files_changed.is_empty());
@@ -308,13 +384,15 @@ async fn empty_change_reports_the_base_and_discard_leaves_nothing() {
 async fn reset_returns_to_the_base_for_the_next_attempt() {
     let f = fixture().await;
     let base = f.ws.resolve_base(None).await.expect("base");
-    let wt = f
-        .ws
-        .create_task_worktree(&f.worktrees, "task-4", &base, &identity())
-        .await
-        .expect("create");
+    let wt =
+        f.ws.create_task_worktree(&f.worktrees, "task-4", &base, &identity())
+            .await
+            .expect("create");
     fs::write(wt.path().join("README.md"), "changed\n").expect("write");
-    git(wt.path(), &["commit", "-q", "-am", "attempt 1 committed this"]);
+    git(
+        wt.path(),
+        &["commit", "-q", "-am", "attempt 1 committed this"],
+    );
     fs::write(wt.path().join("src/main.rs"), "broken").expect("write");
     fs::write(wt.path().join("untracked.txt"), "x").expect("write");
     fs::write(wt.path().join("debug.log"), "ignored").expect("write");
@@ -325,7 +403,10 @@ async fn reset_returns_to_the_base_for_the_next_attempt() {
     assert_eq!(git(wt.path(), &["rev-parse", "HEAD"]), base);
     assert_eq!(git(&f.repo, &["rev-parse", "pas/task-4"]), base);
     assert_eq!(git(wt.path(), &["status", "--porcelain", "--ignored"]), "");
-    assert_eq!(fs::read_to_string(wt.path().join("README.md")).expect("read"), "# demo\n");
+    assert_eq!(
+        fs::read_to_string(wt.path().join("README.md")).expect("read"),
+        "# demo\n"
+    );
 
     // Attempt 2 starts clean and its result is only its own.
     fs::write(wt.path().join("second.txt"), "2\n").expect("write");
@@ -339,11 +420,10 @@ async fn reset_returns_to_the_base_for_the_next_attempt() {
 async fn dropping_an_unfinished_worktree_cleans_up() {
     let f = fixture().await;
     let base = f.ws.resolve_base(None).await.expect("base");
-    let wt = f
-        .ws
-        .create_task_worktree(&f.worktrees, "task-5", &base, &identity())
-        .await
-        .expect("create");
+    let wt =
+        f.ws.create_task_worktree(&f.worktrees, "task-5", &base, &identity())
+            .await
+            .expect("create");
     fs::write(wt.path().join("half.txt"), "half done").expect("write");
     git(wt.path(), &["add", "half.txt"]);
     git(wt.path(), &["commit", "-q", "-m", "partial"]);
@@ -389,28 +469,36 @@ async fn task_ids_are_sanitized_for_refs_and_paths() {
     let f = fixture().await;
     let base = f.ws.resolve_base(None).await.expect("base");
     let id = "../../evil branch~1^:?*[lock";
-    let wt = f
-        .ws
-        .create_task_worktree(&f.worktrees, id, &base, &identity())
-        .await
-        .expect("create");
+    let wt =
+        f.ws.create_task_worktree(&f.worktrees, id, &base, &identity())
+            .await
+            .expect("create");
     let name = sanitize_task_id(id).expect("sanitize");
     assert_eq!(wt.branch(), format!("pas/{name}"));
-    assert_eq!(wt.path(), fs::canonicalize(&f.worktrees).expect("dir").join(&name));
-    git(&f.repo, &["check-ref-format", &format!("refs/heads/{}", wt.branch())]);
+    assert_eq!(
+        wt.path(),
+        fs::canonicalize(&f.worktrees).expect("dir").join(&name)
+    );
+    git(
+        &f.repo,
+        &["check-ref-format", &format!("refs/heads/{}", wt.branch())],
+    );
     wt.discard().await.expect("discard");
     assert_eq!(branches(&f.repo), vec!["main"]);
 
     assert!(matches!(
-        f.ws.create_task_worktree(&f.worktrees, "", &base, &identity()).await,
+        f.ws.create_task_worktree(&f.worktrees, "", &base, &identity())
+            .await,
         Err(WorktreeError::InvalidTaskId { .. })
     ));
     assert!(matches!(
-        f.ws.create_task_worktree(&f.worktrees, "t", "--orphan", &identity()).await,
+        f.ws.create_task_worktree(&f.worktrees, "t", "--orphan", &identity())
+            .await,
         Err(WorktreeError::InvalidRef { .. })
     ));
     assert!(matches!(
-        f.ws.create_task_worktree(&f.worktrees, "t", "deadbeef", &identity()).await,
+        f.ws.create_task_worktree(&f.worktrees, "t", "deadbeef", &identity())
+            .await,
         Err(WorktreeError::UnknownRef { .. })
     ));
 }
@@ -419,26 +507,29 @@ async fn task_ids_are_sanitized_for_refs_and_paths() {
 async fn a_duplicate_task_id_does_not_disturb_the_first() {
     let f = fixture().await;
     let base = f.ws.resolve_base(None).await.expect("base");
-    let first = f
-        .ws
-        .create_task_worktree(&f.worktrees, "dup", &base, &identity())
-        .await
-        .expect("create");
+    let first =
+        f.ws.create_task_worktree(&f.worktrees, "dup", &base, &identity())
+            .await
+            .expect("create");
     fs::write(first.path().join("mine.txt"), "mine").expect("write");
 
     // Same id, different worktrees dir: the branch is taken.
     let other_dir = f.worktrees.with_file_name("worktrees-2");
-    let second = f
-        .ws
-        .create_task_worktree(&other_dir, "dup", &base, &identity())
-        .await;
-    assert!(matches!(second, Err(WorktreeError::BranchExists { .. })), "{second:?}");
+    let second =
+        f.ws.create_task_worktree(&other_dir, "dup", &base, &identity())
+            .await;
+    assert!(
+        matches!(second, Err(WorktreeError::BranchExists { .. })),
+        "{second:?}"
+    );
     // Same id, same dir: the directory is taken.
-    let third = f
-        .ws
-        .create_task_worktree(&f.worktrees, "dup", &base, &identity())
-        .await;
-    assert!(matches!(third, Err(WorktreeError::WorktreeExists { .. })), "{third:?}");
+    let third =
+        f.ws.create_task_worktree(&f.worktrees, "dup", &base, &identity())
+            .await;
+    assert!(
+        matches!(third, Err(WorktreeError::WorktreeExists { .. })),
+        "{third:?}"
+    );
 
     assert!(first.path().join("mine.txt").exists());
     assert_eq!(worktree_count(&f.repo), 2);
@@ -452,11 +543,13 @@ async fn a_duplicate_task_id_does_not_disturb_the_first() {
 async fn worktrees_inside_the_repository_are_refused() {
     let f = fixture().await;
     let base = f.ws.resolve_base(None).await.expect("base");
-    let r = f
-        .ws
-        .create_task_worktree(&f.repo.join(".pas-worktrees"), "t", &base, &identity())
-        .await;
-    assert!(matches!(r, Err(WorktreeError::WorktreesDirInsideRepo { .. })), "{r:?}");
+    let r =
+        f.ws.create_task_worktree(&f.repo.join(".pas-worktrees"), "t", &base, &identity())
+            .await;
+    assert!(
+        matches!(r, Err(WorktreeError::WorktreesDirInsideRepo { .. })),
+        "{r:?}"
+    );
     assert_eq!(branches(&f.repo), vec!["main"]);
 }
 
@@ -476,11 +569,10 @@ async fn a_briefly_held_ref_lock_is_waited_out() {
             fs::remove_file(&lock).expect("release the lock");
         })
     };
-    let wt = f
-        .ws
-        .create_task_worktree(&f.worktrees, "locked", &base, &identity())
-        .await
-        .expect("create succeeds once the lock is released");
+    let wt =
+        f.ws.create_task_worktree(&f.worktrees, "locked", &base, &identity())
+            .await
+            .expect("create succeeds once the lock is released");
     release.await.expect("release task");
     wt.discard().await.expect("discard");
 }
@@ -492,14 +584,65 @@ async fn a_stuck_lock_fails_with_the_command_and_stderr() {
     let lock = f.repo.join(".git/refs/heads/pas/stuck.lock");
     fs::create_dir_all(lock.parent().expect("parent")).expect("mkdir");
     fs::write(&lock, "").expect("hold the lock");
-    let err = f
-        .ws
-        .create_task_worktree(&f.worktrees, "stuck", &base, &identity())
-        .await
-        .expect_err("a lock that is never released fails after bounded retries");
+    let err =
+        f.ws.create_task_worktree(&f.worktrees, "stuck", &base, &identity())
+            .await
+            .expect_err("a lock that is never released fails after bounded retries");
     let text = err.to_string();
     assert!(text.contains("git update-ref"), "{text}");
     assert!(text.contains("stuck.lock': File exists"), "{text}");
     assert_eq!(worktree_count(&f.repo), 1);
     assert!(!f.worktrees.join("stuck").exists());
+}
+
+#[tokio::test]
+async fn a_creation_cancelled_midway_leaves_nothing_behind() {
+    use nix::fcntl::{Flock, FlockArg};
+    use pas::programmer::worktree::WORKTREE_LOCK_FILE;
+
+    let f = fixture().await;
+    let base = f.ws.resolve_base(None).await.expect("base");
+    // Another programmer holds the repository's worktree lock: creation stops after the branch.
+    let lock_file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(f.repo.join(".git").join(WORKTREE_LOCK_FILE))
+        .expect("lock file");
+    let held = Flock::lock(lock_file, FlockArg::LockExclusive).expect("hold the lock");
+
+    let (ws, worktrees) = (f.ws.clone(), f.worktrees.clone());
+    let task = tokio::spawn(async move {
+        ws.create_task_worktree(&worktrees, "cancel-me", &base, &identity())
+            .await
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !branches(&f.repo).contains(&"pas/cancel-me".to_string()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "branch never created"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    task.abort();
+    assert!(task.await.expect_err("aborted").is_cancelled());
+    drop(held);
+
+    // The creation finishes in the background, sees nobody wants it, and cleans up.
+    while branches(&f.repo).len() > 1 || worktree_count(&f.repo) > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cleanup never happened"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let leftover = f.worktrees.join("cancel-me");
+    while leftover.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "directory left behind"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(branches(&f.repo), vec!["main"]);
 }

@@ -519,18 +519,22 @@ impl WorktreeLock {
             .map_err(|(_, errno)| io_err(io::Error::from(errno)))?;
         Ok(WorktreeLock { _flock: flock })
     }
+}
 
-    /// Waits on a blocking-pool thread. If the waiting future is dropped, the lock (once
-    /// acquired) is released with the discarded result.
-    async fn acquire(path: &Path) -> Result<WorktreeLock, WorktreeError> {
-        let owned = path.to_path_buf();
-        tokio::task::spawn_blocking(move || WorktreeLock::acquire_blocking(&owned))
-            .await
-            .map_err(|join| WorktreeError::Io {
-                path: path.to_path_buf(),
-                source: io::Error::other(join.to_string()),
-            })?
-    }
+/// Run `work` on tokio's blocking pool. Used for every step that must not be cut in half by a
+/// cancelled future: the closure runs to completion even if the caller stops waiting, and
+/// whatever it returns (e.g. a [`TaskWorktree`]) is then dropped — and cleaned up — there.
+async fn unstoppable<T, F>(what: &Path, work: F) -> Result<T, WorktreeError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, WorktreeError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|join| WorktreeError::Io {
+            path: what.to_path_buf(),
+            source: io::Error::other(join.to_string()),
+        })?
 }
 
 // ===== workspace =====
@@ -680,7 +684,6 @@ impl Workspace {
     ) -> Result<TaskWorktree, WorktreeError> {
         let name = sanitize_task_id(task_id)?;
         let branch = format!("{BRANCH_PREFIX}{name}");
-        let refname = format!("refs/heads/{branch}");
         if base_commit.len() < 4
             || base_commit.len() > 64
             || !base_commit.bytes().all(|b| b.is_ascii_hexdigit())
@@ -709,53 +712,17 @@ impl Workspace {
             return Err(WorktreeError::WorktreeExists { path });
         }
 
-        // Atomic create-if-absent: the empty old value makes a concurrent duplicate fail here,
-        // before it could touch anyone's worktree.
-        let create = Git::new(&self.path)
-            .identity(identity)
-            .args(["update-ref", "-m"])
-            .arg(format!("pas: branch for task {task_id}"))
-            .args([refname.as_str(), base.as_str(), ""]);
-        let out = create.output().await?;
-        if !out.status.success() {
-            if String::from_utf8_lossy(&out.stderr).contains("reference already exists") {
-                return Err(WorktreeError::BranchExists { branch });
-            }
-            return Err(create.failed(&out).into());
-        }
-
-        let add = Git::new(&self.path)
-            .identity(identity)
-            .args(["worktree", "add", "--quiet"])
-            .arg(&path)
-            .arg(&branch);
-        let lock = WorktreeLock::acquire(&self.lock_path).await?;
-        let added = add.run().await;
-        if let Err(e) = added {
-            // Leave nothing behind: the half-made worktree (if git registered one) and our branch.
-            let _ = Git::new(&self.path)
-                .args(["worktree", "remove", "--force"])
-                .arg(&path)
-                .output()
-                .await;
-            let _ = Git::new(&self.path)
-                .identity(identity)
-                .args(["update-ref", "-d", refname.as_str(), base.as_str()])
-                .output()
-                .await;
-            return Err(e.into());
-        }
-        drop(lock);
-        tracing::debug!(branch, path = %path.display(), base, "task worktree created");
-        Ok(TaskWorktree {
+        let wt = TaskWorktree {
             repo: self.path.clone(),
             lock_path: self.lock_path.clone(),
             path,
             branch,
             base_commit: base,
             identity: identity.clone(),
-            armed: true,
-        })
+            armed: false,
+        };
+        let task_id = task_id.to_string();
+        unstoppable(&wt.path.clone(), move || wt.create_blocking(&task_id)).await
     }
 }
 
@@ -922,6 +889,10 @@ pub struct Change {
 /// *blocking* `std::process::Command` git calls. Blocking a runtime thread for a few tens of
 /// milliseconds on this rare path is preferred over spawning a task, because a spawned task is not
 /// guaranteed to run when the runtime is shutting down — and cleanup must happen then too.
+///
+/// Creation, `keep` and `discard` run on tokio's blocking pool and always run to completion,
+/// even when the awaiting future is dropped: a creation whose caller went away drops its result
+/// there, which discards it. So no cancellation point can leave a branch or worktree behind.
 #[derive(Debug)]
 pub struct TaskWorktree {
     repo: PathBuf,
@@ -957,6 +928,42 @@ impl TaskWorktree {
 
     fn git(&self) -> Git {
         Git::new(&self.path).identity(&self.identity)
+    }
+
+    /// Create the branch, then the worktree; runs on the blocking pool ([`unstoppable`]).
+    fn create_blocking(mut self, task_id: &str) -> Result<TaskWorktree, WorktreeError> {
+        let refname = format!("refs/heads/{}", self.branch);
+        // Atomic create-if-absent: the empty old value makes a concurrent duplicate fail here,
+        // before it could touch anyone's worktree.
+        let create = Git::new(&self.repo)
+            .identity(&self.identity)
+            .args(["update-ref", "-m"])
+            .arg(format!("pas: branch for task {task_id}"))
+            .args([refname.as_str(), self.base_commit.as_str(), ""]);
+        let out = create.output_blocking()?;
+        if !out.status.success() {
+            if String::from_utf8_lossy(&out.stderr).contains("reference already exists") {
+                return Err(WorktreeError::BranchExists {
+                    branch: self.branch.clone(),
+                });
+            }
+            return Err(create.failed(&out).into());
+        }
+        // The branch is ours from here on: any early return drops `self`, which removes the
+        // (possibly half-made) worktree and the branch.
+        self.armed = true;
+        {
+            let _lock = WorktreeLock::acquire_blocking(&self.lock_path)?;
+            Git::new(&self.repo)
+                .identity(&self.identity)
+                .args(["worktree", "add", "--quiet"])
+                .arg(&self.path)
+                .arg(&self.branch)
+                .run_blocking()?;
+        }
+        tracing::debug!(branch = %self.branch, path = %self.path.display(),
+            base = %self.base_commit, "task worktree created");
+        Ok(self)
     }
 
     /// Back to the base commit for the next attempt: `reset --hard` (also undoing commits aider
@@ -1044,23 +1051,32 @@ impl TaskWorktree {
     }
 
     /// Remove the worktree directory, keep the branch (with the result) for the caller to merge.
+    /// Runs to completion even if the caller's future is dropped (the branch is then kept).
     pub async fn keep(mut self) -> Result<(), WorktreeError> {
-        let removed = self.remove_worktree().await;
-        self.armed = false;
-        removed?;
-        tracing::debug!(branch = %self.branch, "task worktree removed, branch kept");
-        Ok(())
+        let path = self.path.clone();
+        unstoppable(&path, move || {
+            self.armed = false;
+            self.remove_worktree_blocking()?;
+            tracing::debug!(branch = %self.branch, "task worktree removed, branch kept");
+            Ok(())
+        })
+        .await
     }
 
     /// Remove the worktree directory and delete the branch: nothing is left behind.
+    /// Runs to completion even if the caller's future is dropped.
     pub async fn discard(mut self) -> Result<(), WorktreeError> {
-        let removed = self.remove_worktree().await;
-        let deleted = self.delete_branch().run().await;
-        self.armed = false;
-        removed?;
-        deleted?;
-        tracing::debug!(branch = %self.branch, "task worktree and branch discarded");
-        Ok(())
+        let path = self.path.clone();
+        unstoppable(&path, move || {
+            self.armed = false;
+            let removed = self.remove_worktree_blocking();
+            let deleted = self.delete_branch().run_blocking();
+            removed?;
+            deleted?;
+            tracing::debug!(branch = %self.branch, "task worktree and branch discarded");
+            Ok(())
+        })
+        .await
     }
 
     fn remove_worktree_cmd(&self) -> Git {
@@ -1069,16 +1085,14 @@ impl TaskWorktree {
             .arg(&self.path)
     }
 
-    async fn remove_worktree(&self) -> Result<(), WorktreeError> {
-        let _lock = WorktreeLock::acquire(&self.lock_path).await?;
-        self.remove_worktree_cmd().run().await?;
-        Ok(())
-    }
-
+    /// `git worktree remove --force` under the repository's worktree lock. A worktree whose
+    /// directory never came to exist (creation failed early) counts as removed.
     fn remove_worktree_blocking(&self) -> Result<(), WorktreeError> {
         let _lock = WorktreeLock::acquire_blocking(&self.lock_path)?;
-        self.remove_worktree_cmd().run_blocking()?;
-        Ok(())
+        match self.remove_worktree_cmd().run_blocking() {
+            Err(_) if fs::symlink_metadata(&self.path).is_err() => Ok(()),
+            other => Ok(other?),
+        }
     }
 
     /// `update-ref -d` rather than `branch -D`: no write to the shared `.git/config`.
