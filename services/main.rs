@@ -11,12 +11,7 @@ use std::process::ExitCode;
 #[command(name = "pas", version, about)]
 struct Cli {
     /// Configuration file.
-    #[arg(
-        long,
-        global = true,
-        env = "PAS_CONFIG",
-        default_value = "configs/pas/programmer_pool.yaml"
-    )]
+    #[arg(long, global = true, env = "PAS_CONFIG", default_value = "configs/pas/programmer_pool.yaml")]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,

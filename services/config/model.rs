@@ -224,12 +224,7 @@ pub struct CircuitBreakerConfig {
 
 impl Default for CircuitBreakerConfig {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            failure_threshold: 3,
-            window_minutes: 10.0,
-            cooldown_minutes: 5.0,
-        }
+        Self { enabled: true, failure_threshold: 3, window_minutes: 10.0, cooldown_minutes: 5.0 }
     }
 }
 
@@ -246,12 +241,7 @@ pub struct CostOptimization {
 
 impl Default for CostOptimization {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            prefer_free_over_paid: true,
-            max_daily_spend_usd: 50.0,
-            alert_threshold_usd: None,
-        }
+        Self { enabled: true, prefer_free_over_paid: true, max_daily_spend_usd: 50.0, alert_threshold_usd: None }
     }
 }
 
@@ -271,13 +261,7 @@ pub struct ManagerConfig {
 
 impl Default for ManagerConfig {
     fn default() -> Self {
-        Self {
-            host: "127.0.0.1".into(),
-            port: 6141,
-            max_queue: 500,
-            queue_timeout_s: 600,
-            max_dispatch_attempts: 3,
-        }
+        Self { host: "127.0.0.1".into(), port: 6141, max_queue: 500, queue_timeout_s: 600, max_dispatch_attempts: 3 }
     }
 }
 
@@ -343,3 +327,4 @@ impl Default for AiderConfig {
         }
     }
 }
+
