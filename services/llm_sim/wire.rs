@@ -9,6 +9,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
 
+/// Pause before a `drop` cuts a stream, so the frames before it are flushed to the client.
+const DROP_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Waits the plan's latency, then returns the error response for an HTTP fault, never returns for a
 /// hang, and returns `None` when the request should be answered.
 pub async fn gate(plan: &Plan, error: impl FnOnce(StatusCode) -> Response) -> Option<Response> {
@@ -41,6 +44,8 @@ pub fn stream(plan: &Plan, content_type: &'static str, frames: Vec<Bytes>) -> Re
                 tokio::time::sleep(delay).await;
             }
             if cut.is_some_and(|c| i >= c) {
+                // Let what was sent so far reach the client first: a drop *mid*-stream.
+                tokio::time::sleep(DROP_PAUSE.max(delay)).await;
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::ConnectionReset,
                     "llm-sim: connection dropped mid-stream",
@@ -64,7 +69,7 @@ pub fn stream(plan: &Plan, content_type: &'static str, frames: Vec<Bytes>) -> Re
     resp
 }
 
-/// A non-streamed JSON response; a `drop` fault sends the headers and cuts the connection.
+/// A non-streamed JSON response; a `drop` fault closes the connection without a complete response.
 pub fn json(plan: &Plan, value: serde_json::Value) -> Response {
     if plan.fault == Fault::Drop {
         let body = futures::stream::once(async {
