@@ -93,7 +93,8 @@ fn error(status: StatusCode) -> Response {
         403 => "permission_error",
         404 => "not_found_error",
         429 => "rate_limit_error",
-        503 | 529 => "overloaded_error",
+        // Anthropic's "overloaded" is 529; a 503 is a plain unavailable service.
+        529 => "overloaded_error",
         _ => "api_error",
     };
     let message = format!("llm-sim injected HTTP {}", status.as_u16());

@@ -82,7 +82,11 @@ fn error(status: StatusCode) -> Response {
         503 => ("server_error", "service_unavailable"),
         _ => ("server_error", "internal_error"),
     };
-    let message = format!("llm-sim injected HTTP {}", status.as_u16());
+    // Real OpenAI says "Incorrect API key provided" on 401; litellm keys on that text.
+    let message = match status.as_u16() {
+        401 => "Incorrect API key provided: llm-sim injected HTTP 401".to_string(),
+        c => format!("llm-sim injected HTTP {c}"),
+    };
     (
         status,
         axum::Json(json!({"error": {"message": message, "type": kind, "code": code}})),

@@ -162,21 +162,41 @@ pub fn classify(run: &AiderRun, repo_changed: bool) -> Outcome {
     }
 }
 
-/// `litellm.RateLimitError: ...` → (class, whole line).
+/// Finds `litellm.<ErrorName>: …` anywhere in a line (a stream cut mid-line puts the error right
+/// after the partial reply) → (class, the text from `litellm.` on).
 fn llm_error(line: &str) -> Option<(LlmFailureClass, String)> {
-    let rest = line.strip_prefix("litellm.")?;
-    let name: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric())
-        .collect();
-    if !rest[name.len()..].starts_with(':') {
-        return None;
+    let mut from = 0;
+    while let Some(i) = line[from..].find("litellm.") {
+        let start = from + i;
+        let rest = &line[start + "litellm.".len()..];
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect();
+        if !name.is_empty() && rest[name.len()..].starts_with(':') {
+            let class = LLM_ERRORS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, class)| *class)
+                // An unknown litellm error is still the endpoint failing.
+                .unwrap_or(LlmFailureClass::ApiError);
+            let message = line[start..].trim().to_string();
+            // litellm reports every Ollama HTTP error as APIConnectionError; Ollama's own
+            // "model ... not found" still means the model is not served.
+            let lower = message.to_ascii_lowercase();
+            let class = if class == LlmFailureClass::ApiError
+                && lower.contains("model")
+                && lower.contains("not found")
+            {
+                LlmFailureClass::ModelUnavailable
+            } else {
+                class
+            };
+            return Some((class, message));
+        }
+        from = start + "litellm.".len();
     }
-    LLM_ERRORS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, class)| (*class, line.to_string()))
-        .or(Some((LlmFailureClass::ApiError, line.to_string())))
+    None
 }
 
 fn last_line(output: &str) -> String {

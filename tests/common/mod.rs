@@ -208,3 +208,84 @@ pub fn aider_python() -> PathBuf {
     );
     path
 }
+
+/// Pids of live processes in process group `pgid` (from `/proc/*/stat`; zombies excluded).
+pub fn processes_in_group(pgid: i32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command: state ppid pgrp ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.len() > 2 && fields[0] != "Z" && fields[2].parse::<i32>().ok() == Some(pgid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Pids of live processes whose working directory is `dir` or below it.
+pub fn processes_in_dir(dir: &Path) -> Vec<i32> {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) {
+            let zombie = std::fs::read_to_string(entry.path().join("stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')))
+                .unwrap_or(false);
+            if cwd.starts_with(&dir) && !zombie {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// `connect(2)` calls in an `strace -f -e trace=connect` log that go anywhere but loopback
+/// (127.0.0.0/8, ::1, ::ffff:127.x) or a unix socket. Empty = no network attempt beyond loopback.
+pub fn non_loopback_connects(strace_log: &str) -> Vec<String> {
+    strace_log
+        .lines()
+        .filter(|l| l.contains("connect("))
+        .filter(|l| {
+            let unix = l.contains("sa_family=AF_UNIX");
+            let v4_loopback = l.contains("sa_family=AF_INET,") && l.contains("inet_addr(\"127.");
+            let v6_loopback = l.contains("sa_family=AF_INET6")
+                && (l.contains("\"::1\"") || l.contains("\"::ffff:127."));
+            !(unix || v4_loopback || v6_loopback)
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// `strace` prefix for [`pas::programmer::aider::AiderInvocation::launch_prefix`] that logs every
+/// `connect(2)` of the whole process tree to `log`. Panics when strace is missing.
+pub fn strace_prefix(log: &Path) -> Vec<std::ffi::OsString> {
+    let found = Command::new("strace").arg("-V").output().map(|o| o.status.success());
+    assert!(
+        matches!(found, Ok(true)),
+        "strace is needed to watch aider's network use (apt-get install strace)"
+    );
+    ["strace", "-f", "-qq", "-e", "trace=connect", "-e", "signal=none", "-o"]
+        .iter()
+        .map(std::ffi::OsString::from)
+        .chain(std::iter::once(log.as_os_str().to_owned()))
+        .collect()
+}
