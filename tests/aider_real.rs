@@ -106,22 +106,45 @@ async fn edits_and_commits_on_each_provider_api_with_cost_and_loopback_only() {
     for t in tasks {
         let (name, priced, repo, base, (run, chunks, outcome), trace, _dir) = t.await.unwrap();
         let ctx = format!("{name}:\n{}", run.output);
+        if let Some(dir) = std::env::var_os("PAS_CAPTURE_DIR") {
+            let file = format!("success_{}.txt", name.replace(['/', ':'], "_"));
+            std::fs::write(Path::new(&dir).join(file), &run.output).expect("capture output");
+        }
         assert_eq!(outcome, Outcome::Success, "{ctx}");
         assert_eq!(run.exit_code, Some(0), "{ctx}");
         assert!(run.output.contains("Applied edit to calc.py"), "{ctx}");
         // Committed, with the docstrings in the new commit.
         assert_ne!(git_head(repo.path()), base, "{ctx}");
         let committed = common::git(repo.path(), &["show", "HEAD:calc.py"]);
-        assert!(committed.contains("def add(a, b):\n    \"\"\"Add.\"\"\"\n"), "{committed}");
-        assert!(committed.contains("def sub(a, b):\n    \"\"\"Sub.\"\"\"\n"), "{committed}");
-        assert!(common::git(repo.path(), &["status", "--porcelain"]).trim().is_empty());
+        assert!(
+            committed.contains("def add(a, b):\n    \"\"\"Add.\"\"\"\n"),
+            "{committed}"
+        );
+        assert!(
+            committed.contains("def sub(a, b):\n    \"\"\"Sub.\"\"\"\n"),
+            "{committed}"
+        );
+        assert!(
+            common::git(repo.path(), &["status", "--porcelain"])
+                .trim()
+                .is_empty()
+        );
         // Usage from the analytics log; cost only for priced models.
         assert_eq!(run.usage.llm_calls, 1, "{ctx}");
         assert_eq!(run.usage.failed_calls, 0, "{ctx}");
-        assert!(run.usage.prompt_tokens > 100 && run.usage.completion_tokens > 10, "{:?}", run.usage);
+        assert!(
+            run.usage.prompt_tokens > 100 && run.usage.completion_tokens > 10,
+            "{:?}",
+            run.usage
+        );
         if priced {
-            let expected = run.usage.prompt_tokens as f64 * 3e-6 + run.usage.completion_tokens as f64 * 15e-6;
-            assert!((run.usage.cost_usd - expected).abs() < 1e-9, "{:?} vs {expected}", run.usage);
+            let expected =
+                run.usage.prompt_tokens as f64 * 3e-6 + run.usage.completion_tokens as f64 * 15e-6;
+            assert!(
+                (run.usage.cost_usd - expected).abs() < 1e-9,
+                "{:?} vs {expected}",
+                run.usage
+            );
             assert!(run.output.contains("Cost: $"), "{ctx}");
         } else {
             assert_eq!(run.usage.cost_usd, 0.0, "{:?}", run.usage);
@@ -138,15 +161,28 @@ async fn edits_and_commits_on_each_provider_api_with_cost_and_loopback_only() {
         let connects = trace.lines().filter(|l| l.contains("connect(")).count();
         let to_sim = format!("htons({})", sim.addr.port());
         assert!(
-            trace.lines().any(|l| l.contains("connect(") && l.contains(&to_sim)),
+            trace
+                .lines()
+                .any(|l| l.contains("connect(") && l.contains(&to_sim)),
             "{name}: strace saw no connect to the sim ({connects} connects):\n{trace}"
         );
         let outside = common::non_loopback_connects(&trace);
-        assert!(outside.is_empty(), "{name}: network attempts beyond loopback:\n{}", outside.join("\n"));
+        assert!(
+            outside.is_empty(),
+            "{name}: network attempts beyond loopback:\n{}",
+            outside.join("\n")
+        );
     }
     let usage = sim.usage().await;
-    for model in ["gpt-4o", "qwen2.5-coder:7b-instruct", "claude-sonnet-4-20250514"] {
-        assert_eq!(usage[model]["requests"], 2, "edit + commit message for {model}: {usage}");
+    for model in [
+        "gpt-4o",
+        "qwen2.5-coder:7b-instruct",
+        "claude-sonnet-4-20250514",
+    ] {
+        assert_eq!(
+            usage[model]["requests"], 2,
+            "edit + commit message for {model}: {usage}"
+        );
     }
 }
 
@@ -191,25 +227,109 @@ fn llm(class: LlmFailureClass) -> Outcome {
 async fn each_injected_fault_gives_aiders_line_and_our_class() {
     use LlmFailureClass::*;
     let cases = vec![
-        FaultCase { fault: "http_500", model: "openai/f500", expect_line: "litellm.InternalServerError:", expect: llm(ApiError) },
-        FaultCase { fault: "http_503", model: "openai/f503", expect_line: "litellm.ServiceUnavailableError:", expect: llm(ModelUnavailable) },
-        FaultCase { fault: "http_429", model: "openai/f429", expect_line: "litellm.RateLimitError:", expect: llm(RateLimit) },
-        FaultCase { fault: "http_401", model: "openai/f401", expect_line: "litellm.AuthenticationError:", expect: llm(ApiError) },
-        FaultCase { fault: "http_404", model: "openai/f404", expect_line: "litellm.NotFoundError:", expect: llm(ModelUnavailable) },
-        FaultCase { fault: "drop", model: "openai/fdrop", expect_line: "litellm.APIConnectionError:", expect: llm(ApiError) },
-        FaultCase { fault: "hang", model: "openai/fhang", expect_line: "litellm.Timeout:", expect: llm(Timeout) },
-        FaultCase { fault: "empty", model: "openai/fempty", expect_line: "Empty response received from LLM", expect: llm(ApiError) },
-        FaultCase { fault: "malformed", model: "openai/fmalformed", expect_line: "The LLM did not conform to the edit format", expect: Outcome::EditFailure(String::new()) },
-        FaultCase { fault: "no_match", model: "openai/fnomatch", expect_line: "SearchReplaceNoExactMatch", expect: Outcome::EditFailure(String::new()) },
-        FaultCase { fault: "http_500", model: "ollama/f500", expect_line: "litellm.APIConnectionError:", expect: llm(ApiError) },
-        FaultCase { fault: "http_404", model: "ollama/f404", expect_line: "litellm.", expect: llm(ModelUnavailable) },
-        FaultCase { fault: "http_429", model: "anthropic/f429", expect_line: "litellm.RateLimitError:", expect: llm(RateLimit) },
-        FaultCase { fault: "http_503", model: "anthropic/f503", expect_line: "litellm.ServiceUnavailableError:", expect: llm(ModelUnavailable) },
-        FaultCase { fault: "http_529", model: "anthropic/f529", expect_line: "litellm.InternalServerError:", expect: llm(ApiError) },
-        FaultCase { fault: "http_401", model: "anthropic/f401", expect_line: "litellm.AuthenticationError:", expect: llm(ApiError) },
+        FaultCase {
+            fault: "http_500",
+            model: "openai/f500",
+            expect_line: "litellm.InternalServerError:",
+            expect: llm(ApiError),
+        },
+        FaultCase {
+            fault: "http_503",
+            model: "openai/f503",
+            expect_line: "litellm.ServiceUnavailableError:",
+            expect: llm(ModelUnavailable),
+        },
+        FaultCase {
+            fault: "http_429",
+            model: "openai/f429",
+            expect_line: "litellm.RateLimitError:",
+            expect: llm(RateLimit),
+        },
+        FaultCase {
+            fault: "http_401",
+            model: "openai/f401",
+            expect_line: "litellm.AuthenticationError:",
+            expect: llm(ApiError),
+        },
+        FaultCase {
+            fault: "http_404",
+            model: "openai/f404",
+            expect_line: "litellm.NotFoundError:",
+            expect: llm(ModelUnavailable),
+        },
+        FaultCase {
+            fault: "drop",
+            model: "openai/fdrop",
+            expect_line: "litellm.APIConnectionError:",
+            expect: llm(ApiError),
+        },
+        FaultCase {
+            fault: "hang",
+            model: "openai/fhang",
+            expect_line: "litellm.Timeout:",
+            expect: llm(Timeout),
+        },
+        FaultCase {
+            fault: "empty",
+            model: "openai/fempty",
+            expect_line: "Empty response received from LLM",
+            expect: llm(ApiError),
+        },
+        FaultCase {
+            fault: "malformed",
+            model: "openai/fmalformed",
+            expect_line: "The LLM did not conform to the edit format",
+            expect: Outcome::EditFailure(String::new()),
+        },
+        FaultCase {
+            fault: "no_match",
+            model: "openai/fnomatch",
+            expect_line: "SearchReplaceNoExactMatch",
+            expect: Outcome::EditFailure(String::new()),
+        },
+        FaultCase {
+            fault: "http_500",
+            model: "ollama/f500",
+            expect_line: "litellm.APIConnectionError:",
+            expect: llm(ApiError),
+        },
+        FaultCase {
+            fault: "http_404",
+            model: "ollama/f404",
+            expect_line: "litellm.",
+            expect: llm(ModelUnavailable),
+        },
+        FaultCase {
+            fault: "http_429",
+            model: "anthropic/f429",
+            expect_line: "litellm.RateLimitError:",
+            expect: llm(RateLimit),
+        },
+        FaultCase {
+            fault: "http_503",
+            model: "anthropic/f503",
+            expect_line: "litellm.ServiceUnavailableError:",
+            expect: llm(ModelUnavailable),
+        },
+        FaultCase {
+            fault: "http_529",
+            model: "anthropic/f529",
+            expect_line: "litellm.InternalServerError:",
+            expect: llm(ApiError),
+        },
+        FaultCase {
+            fault: "http_401",
+            model: "anthropic/f401",
+            expect_line: "litellm.AuthenticationError:",
+            expect: llm(ApiError),
+        },
     ];
     let script: String = std::iter::once("rules:\n".to_string())
-        .chain(cases.iter().map(|c| format!("  - {{model: '{}', fault: {}}}\n", c.model, c.fault)))
+        .chain(
+            cases
+                .iter()
+                .map(|c| format!("  - {{model: '{}', fault: {}}}\n", c.model, c.fault)),
+        )
         .collect();
     let sim = Arc::new(Sim::start_with_script(&script));
     let mut tasks = Vec::new();
@@ -230,19 +350,33 @@ async fn each_injected_fault_gives_aiders_line_and_our_class() {
     let mut failures = Vec::new();
     for t in tasks {
         let (case, run, outcome) = t.await.unwrap();
-        let line_ok = run.output.lines().any(|l| l.trim_start().starts_with(case.expect_line) || l.contains(case.expect_line));
+        let line_ok = run
+            .output
+            .lines()
+            .any(|l| l.trim_start().starts_with(case.expect_line) || l.contains(case.expect_line));
         let class_ok = std::mem::discriminant(&outcome) == std::mem::discriminant(&case.expect)
             && outcome.error_class() == case.expect.error_class();
         assert!(!run.output.contains(API_KEY), "{}: key leaked", case.model);
         if !(line_ok && class_ok) || run.exit_code != Some(0) {
             failures.push(format!(
                 "{} ({}): expected {:?} and a line with {:?}; got {:?} exit {:?}\n{}",
-                case.model, case.fault, case.expect, case.expect_line, outcome, run.exit_code, run.output
+                case.model,
+                case.fault,
+                case.expect,
+                case.expect_line,
+                outcome,
+                run.exit_code,
+                run.output
             ));
         }
         // A call that got no reply is counted as failed (an empty reply is still a reply).
         if matches!(outcome, Outcome::LlmFailure(..)) && case.fault != "empty" {
-            assert!(run.usage.failed_calls >= 1, "{}: failed call counted: {:?}", case.model, run.usage);
+            assert!(
+                run.usage.failed_calls >= 1,
+                "{}: failed call counted: {:?}",
+                case.model,
+                run.usage
+            );
         }
         if let Some(dir) = std::env::var_os("PAS_CAPTURE_DIR") {
             let name = format!("{}.txt", case.model.replace(['/', ':'], "_"));
@@ -261,7 +395,12 @@ async fn cancellation_mid_stream_kills_the_whole_process_group() {
     let inv = invocation(repo.path(), endpoint(&sim, "openai/slow", false), TASK);
     let (tx, mut rx) = mpsc::channel(256);
     let cancel = CancellationToken::new();
-    let handle = tokio::spawn(run_aider(inv, tx, cancel.clone(), Instant::now() + Duration::from_secs(300)));
+    let handle = tokio::spawn(run_aider(
+        inv,
+        tx,
+        cancel.clone(),
+        Instant::now() + Duration::from_secs(300),
+    ));
     // Wait until the LLM reply is streaming through aider's stdout.
     let mut seen = String::new();
     let streaming = tokio::time::timeout(Duration::from_secs(90), async {
@@ -274,7 +413,11 @@ async fn cancellation_mid_stream_kills_the_whole_process_group() {
         false
     })
     .await;
-    assert_eq!(streaming, Ok(true), "aider never streamed the reply:\n{seen}");
+    assert_eq!(
+        streaming,
+        Ok(true),
+        "aider never streamed the reply:\n{seen}"
+    );
     let live = common::processes_in_dir(repo.path());
     assert!(!live.is_empty(), "aider is running in the repo");
     cancel.cancel();
@@ -284,12 +427,24 @@ async fn cancellation_mid_stream_kills_the_whole_process_group() {
         .unwrap()
         .expect("run result");
     assert!(run.cancelled && !run.timed_out);
-    assert_eq!(classify(&run, repo_changed(repo.path(), &base)), Outcome::Cancelled);
+    assert_eq!(
+        classify(&run, repo_changed(repo.path(), &base)),
+        Outcome::Cancelled
+    );
     assert_eq!(Outcome::Cancelled.error_class(), ErrorClass::Cancelled);
     let pgid = run.pgid.expect("pgid");
-    assert!(common::processes_in_group(pgid).is_empty(), "group {pgid} still has processes");
-    assert!(common::processes_in_dir(repo.path()).is_empty(), "processes left in the repo");
-    assert!(!repo_changed(repo.path(), &base), "a cancelled run applies no edit");
+    assert!(
+        common::processes_in_group(pgid).is_empty(),
+        "group {pgid} still has processes"
+    );
+    assert!(
+        common::processes_in_dir(repo.path()).is_empty(),
+        "processes left in the repo"
+    );
+    assert!(
+        !repo_changed(repo.path(), &base),
+        "a cancelled run applies no edit"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,12 +457,20 @@ async fn deadline_and_dropped_runs_leave_no_processes() {
     inv.request_timeout_s = 600;
     let (tx, _rx) = mpsc::channel(256);
     let started = Instant::now();
-    let run = run_aider(inv, tx, CancellationToken::new(), Instant::now() + Duration::from_secs(12))
-        .await
-        .expect("run");
+    let run = run_aider(
+        inv,
+        tx,
+        CancellationToken::new(),
+        Instant::now() + Duration::from_secs(12),
+    )
+    .await
+    .expect("run");
     assert!(run.timed_out && !run.cancelled, "{}", run.output);
     assert!(started.elapsed() < Duration::from_secs(30));
-    assert_eq!(classify(&run, repo_changed(repo.path(), &base)), Outcome::DeadlineExceeded);
+    assert_eq!(
+        classify(&run, repo_changed(repo.path(), &base)),
+        Outcome::DeadlineExceeded
+    );
     assert!(common::processes_in_group(run.pgid.unwrap()).is_empty());
 
     // Dropped: the future goes away mid-run (e.g. the gRPC stream was cancelled).
@@ -315,7 +478,12 @@ async fn deadline_and_dropped_runs_leave_no_processes() {
     let mut inv = invocation(repo2.path(), endpoint(&sim, "openai/never", false), TASK);
     inv.request_timeout_s = 600;
     let (tx, mut rx) = mpsc::channel(256);
-    let handle = tokio::spawn(run_aider(inv, tx, CancellationToken::new(), Instant::now() + Duration::from_secs(300)));
+    let handle = tokio::spawn(run_aider(
+        inv,
+        tx,
+        CancellationToken::new(),
+        Instant::now() + Duration::from_secs(300),
+    ));
     // Wait until aider is up and has sent its request (its banner names the model).
     let up = tokio::time::timeout(Duration::from_secs(60), async {
         let mut seen = String::new();
@@ -338,7 +506,11 @@ async fn deadline_and_dropped_runs_leave_no_processes() {
         }
     })
     .await;
-    assert!(gone.is_ok(), "dropping the run must kill aider: {:?}", common::processes_in_dir(repo2.path()));
+    assert!(
+        gone.is_ok(),
+        "dropping the run must kill aider: {:?}",
+        common::processes_in_dir(repo2.path())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,20 +522,43 @@ async fn hostile_repository_configuration_is_not_obeyed_and_the_key_is_redacted(
             ".aider.conf.yml",
             "auto-test: true\ntest-cmd: touch PWNED_TEST\nauto-lint: true\nlint-cmd: touch PWNED_LINT\nopenai-api-base: http://127.0.0.2:9/v1\n",
         ),
-        (".env", "OPENAI_API_BASE=http://127.0.0.2:9/v1\nOPENAI_BASE_URL=http://127.0.0.2:9/v1\nAIDER_AUTO_TEST=true\nAIDER_TEST_CMD=touch PWNED_ENV\n"),
+        (
+            ".env",
+            "OPENAI_API_BASE=http://127.0.0.2:9/v1\nOPENAI_BASE_URL=http://127.0.0.2:9/v1\nAIDER_AUTO_TEST=true\nAIDER_TEST_CMD=touch PWNED_ENV\n",
+        ),
     ]);
     // The task's first line carries the key, so aider echoes it in the reply it streams.
     let message = format!("Add docstrings ({API_KEY}) to all functions");
-    let mut inv = invocation(repo.path(), endpoint(&sim, "openai/gpt-4o-mini", true), &message);
+    let mut inv = invocation(
+        repo.path(),
+        endpoint(&sim, "openai/gpt-4o-mini", true),
+        &message,
+    );
     // Configured extra flags go first, our explicit ones win.
-    inv.extra_flags = vec!["--auto-test".into(), "--test-cmd".into(), "touch PWNED_FLAG".into()];
+    inv.extra_flags = vec![
+        "--auto-test".into(),
+        "--test-cmd".into(),
+        "touch PWNED_FLAG".into(),
+    ];
     let (run, chunks, outcome) = run(inv, Duration::from_secs(120)).await;
     assert_eq!(outcome, Outcome::Success, "{}", run.output);
     for f in ["PWNED_TEST", "PWNED_LINT", "PWNED_ENV", "PWNED_FLAG"] {
-        assert!(!repo.path().join(f).exists(), "{f} was created: the repository steered aider\n{}", run.output);
+        assert!(
+            !repo.path().join(f).exists(),
+            "{f} was created: the repository steered aider\n{}",
+            run.output
+        );
     }
-    assert_eq!(sim.usage().await["gpt-4o-mini"]["requests"], 2, "the sim, not the repo's API base, served aider");
-    assert!(run.output.contains(REDACTED), "the key echoed by aider is redacted:\n{}", run.output);
+    assert_eq!(
+        sim.usage().await["gpt-4o-mini"]["requests"],
+        2,
+        "the sim, not the repo's API base, served aider"
+    );
+    assert!(
+        run.output.contains(REDACTED),
+        "the key echoed by aider is redacted:\n{}",
+        run.output
+    );
     assert!(!run.output.contains(API_KEY));
     assert!(chunks.iter().all(|c| !c.text.contains(API_KEY)));
 }

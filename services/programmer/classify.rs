@@ -208,3 +208,796 @@ fn last_line(output: &str) -> String {
         .map(|l| format!(": {l}"))
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(output: &str) -> AiderRun {
+        AiderRun {
+            exit_code: Some(0),
+            output: output.to_string(),
+            ..AiderRun::default()
+        }
+    }
+
+    #[test]
+    fn captured_outputs_classify_as_expected() {
+        for (text, kind, class, marker) in CAPTURED {
+            let changed = *kind == "ok";
+            let outcome = classify(&run(text), changed);
+            let ok = match (*kind, &outcome) {
+                ("ok", Outcome::Success) => true,
+                ("llm", Outcome::LlmFailure(c, m)) => Some(*c) == *class && m.contains(marker),
+                ("edit", Outcome::EditFailure(m)) => m.contains(marker),
+                _ => false,
+            };
+            assert!(
+                ok,
+                "expected {kind} {class:?} {marker:?}, got {outcome:?} for:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn exit_zero_without_a_real_change_is_never_success() {
+        for (text, kind, _, _) in CAPTURED {
+            if *kind == "ok" {
+                // "Applied edit to" but git shows no change.
+                assert!(matches!(classify(&run(text), false), Outcome::Other(_)));
+            } else {
+                // Failures stay failures even if the tree happens to be dirty.
+                assert_eq!(classify(&run(text), true), classify(&run(text), false));
+            }
+        }
+        assert!(matches!(
+            classify(&run("Aider v0.86.2\n"), true),
+            Outcome::Other(_)
+        ));
+    }
+
+    #[test]
+    fn an_llm_error_outranks_the_edit_failures_it_causes() {
+        // A stream cut mid-reply: aider reflects on the partial text, then stops.
+        let outcome = classify(&run(OPENAI_FDROP), false);
+        assert_eq!(outcome.error_class(), ErrorClass::ApiError);
+        assert!(OPENAI_FDROP.contains("did not conform"));
+    }
+
+    #[test]
+    fn cancel_and_deadline_come_first_and_other_exits_are_reported() {
+        let mut r = run(OPENAI_F500);
+        r.cancelled = true;
+        assert_eq!(classify(&r, false), Outcome::Cancelled);
+        r.cancelled = false;
+        r.timed_out = true;
+        assert_eq!(classify(&r, false), Outcome::DeadlineExceeded);
+        let r = AiderRun {
+            exit_code: Some(2),
+            output: "aider: error: unrecognized arguments: --bogus\n".into(),
+            ..AiderRun::default()
+        };
+        match classify(&r, false) {
+            Outcome::Other(m) => assert!(m.contains("status 2") && m.contains("--bogus"), "{m}"),
+            o => panic!("{o:?}"),
+        }
+        let r = AiderRun {
+            signal: Some(9),
+            ..AiderRun::default()
+        };
+        assert_eq!(
+            classify(&r, false),
+            Outcome::Other("aider was killed by signal 9".into())
+        );
+    }
+
+    #[test]
+    fn classes_map_to_the_contract() {
+        use LlmFailureClass::*;
+        let m = |c| Outcome::LlmFailure(c, String::new()).error_class();
+        assert_eq!(m(Timeout), ErrorClass::Timeout);
+        assert_eq!(m(ApiError), ErrorClass::ApiError);
+        assert_eq!(m(RateLimit), ErrorClass::RateLimit);
+        assert_eq!(m(ModelUnavailable), ErrorClass::ModelUnavailable);
+        assert_eq!(Outcome::Success.error_class(), ErrorClass::None);
+        assert_eq!(
+            Outcome::EditFailure(String::new()).error_class(),
+            ErrorClass::EditFailed
+        );
+        assert_eq!(
+            Outcome::DeadlineExceeded.error_class(),
+            ErrorClass::Deadline
+        );
+        assert_eq!(
+            Outcome::Other(String::new()).error_class(),
+            ErrorClass::Internal
+        );
+        assert_eq!(ModelUnavailable.as_str(), "model_unavailable");
+    }
+
+    #[test]
+    fn litellm_error_names_map_per_the_design() {
+        use LlmFailureClass::*;
+        for (line, class) in [
+            ("litellm.InternalServerError: x", ApiError),
+            ("litellm.APIConnectionError: x", ApiError),
+            ("litellm.BadRequestError: x", ApiError),
+            ("litellm.AuthenticationError: x", ApiError),
+            ("litellm.RateLimitError: x", RateLimit),
+            ("litellm.Timeout: x", Timeout),
+            ("litellm.ServiceUnavailableError: x", ModelUnavailable),
+            ("litellm.NotFoundError: x", ModelUnavailable),
+            ("partial reply textlitellm.Timeout: cut", Timeout),
+        ] {
+            assert_eq!(llm_error(line).map(|(c, _)| c), Some(class), "{line}");
+        }
+        assert_eq!(llm_error("see litellm.docs for help"), None);
+        assert_eq!(llm_error("import litellm.utils"), None);
+    }
+
+    // ---- Real aider 0.86.2 outputs captured through run_aider against `pas llm-sim` ----
+    // (tests/aider_real.rs with PAS_CAPTURE_DIR set; one per injected fault and provider.)
+
+    const ANTHROPIC_F401: &str = r###"
+Aider v0.86.2
+Model: anthropic/f401 with diff edit format
+Git repo: .git with 1 files
+Repo-map: disabled
+Added calc.py to the chat.
+
+litellm.AuthenticationError: AnthropicException - b'{"error":{"message":"llm-sim injected HTTP 401","type":"authentication_error"},"type":"error"}'
+The API provider is not able to authenticate you. Check your API key.
+
+"###;
+    const ANTHROPIC_F429: &str = r###"
+Aider v0.86.2
+Model: anthropic/f429 with diff edit format
+Git repo: .git with 1 files
+Repo-map: disabled
+Added calc.py to the chat.
+
+litellm.RateLimitError: AnthropicException - b'{"error":{"message":"llm-sim injected HTTP 429","type":"rate_limit_error"},"type":"error"}'
+The API provider has rate limited you. Try again later or check your quotas.
+
+"###;
+    const ANTHROPIC_F503: &str = r###"
+Aider v0.86.2
+Model: anthropic/f503 with diff edit format
+Git repo: .git with 1 files
+Repo-map: disabled
+Added calc.py to the chat.
+
+litellm.ServiceUnavailableError: AnthropicException - b'{"error":{"message":"llm-sim injected HTTP 503","type":"api_error"},"type":"error"}'. Handle with `litellm.ServiceUnavailableError`.
+The API provider's servers are down or overloaded.
+
+"###;
+    const ANTHROPIC_F529: &str = r###"
+Aider v0.86.2
+Model: anthropic/f529 with diff edit format
+Git repo: .git with 1 files
+Repo-map: disabled
+Added calc.py to the chat.
+
+litellm.InternalServerError: AnthropicError - b'{"error":{"message":"llm-sim injected HTTP 529","type":"overloaded_error"},"type":"error"}'
+The API provider's servers are down or overloaded.
+
+"###;
+    const OLLAMA_F404: &str = r###"
+Aider v0.86.2
+Model: ollama/f404 with diff edit format
+Git repo: .git with 1 files
+Repo-map: disabled
+Added calc.py to the chat.
+
+litellm.APIConnectionError: OllamaException - {"error":"model not found, try pulling it first (llm-sim injected HTTP 404)"}
+
+"###;
+    const OLLAMA_F500: &str = r###"
+Aider v0.86.2
+Model: ollama/f500 with diff edit format
+Git repo: .git with 1 files
+Repo-map: disabled
+Added calc.py to the chat.
+
+litellm.APIConnectionError: OllamaException - {"error":"llm-sim injected HTTP 500"}
+
+"###;
+    const OPENAI_F401: &str = r###"
+Aider v0.86.2
+Model: openai/f401 with diff edit format
+Git repo: .git with 1 files
+Repo-map: disabled
+Added calc.py to the chat.
+
+litellm.AuthenticationError: AuthenticationError: OpenAIException - Incorrect API key provided: llm-sim injected HTTP 401
+The API provider is not able to authenticate you. Check your API key.
+
+"###;
+    const OPENAI_F404: &str = r###"
+Aider v0.86.2
+Model: openai/f404 with diff edit format
+Git repo: .git with 1 files
+Repo-map: disabled
+Added calc.py to the chat.
+
+litellm.NotFoundError: OpenAIException - llm-sim injected HTTP 404
+
+"###;
+    const OPENAI_F429: &str = r###"
+Aider v0.86.2
+Model: openai/f429 with diff edit format
+Git repo: .git with 1 files
+Repo-map: disabled
+Added calc.py to the chat.
+
+litellm.RateLimitError: RateLimitError: OpenAIException - llm-sim injected HTTP 429
+The API provider has rate limited you. Try again later or check your quotas.
+
+"###;
+    const OPENAI_F500: &str = r###"
+Aider v0.86.2
+Model: openai/f500 with diff edit format
+Git repo: .git with 1 files
+Repo-map: disabled
+Added calc.py to the chat.
+
+litellm.InternalServerError: InternalServerError: OpenAIException - llm-sim injected HTTP 500
+The API provider's servers are down or overloaded.
+
+"###;
+    const OPENAI_F503: &str = r###"
+Aider v0.86.2
+Model: openai/f503 with diff edit format
+Git repo: .git with 1 files
+Repo-map: disabled
+Added calc.py to the chat.
+
+litellm.ServiceUnavailableError: ServiceUnavailableError: OpenAIException - llm-sim injected HTTP 503
+The API provider's servers are down or overloaded.
+
+"###;
+    const OPENAI_FDROP: &str = r###"
+Aider v0.86.2
+Model: openai/fdrop with diff edit format
+Git repo: .git with 1 files
+Repo-map: disabled
+Added calc.py to the chat.
+
+I will apply "Add docstrings to all functions" to 1 file(s).
+
+calc.py
+```python
+<<<<<<< SEARCH
+def add(a, b):
+    return a + b
+=======
+def add(a, b):
+    """Add."""
+    return litellm.APIConnectionError: APIConnectionError: OpenAIException - peer closed connection without sending complete message body (incomplete chunked read)
+
+The LLM did not conform to the edit format.
+https://aider.chat/docs/troubleshooting/edit-errors.html
+
+I will apply "Add docstrings to all functions" to 1 file(s).
+
+calc.py
+```python
+<<<<<<< SEARCH
+def add(a, b):
+    return a + b
+=======
+def add(a, b):
+    """Add."""
+    return
+^^^ Expected `>>>>>>> REPLACE` or `=======`
+I will apply "I will apply "Add docstrings to all functions" to 1 file(s)." to 1 file(s).
+
+calc.py
+```python
+<<<<<<< SEARCH
+def add(a, b):
+    return a + b
+=======
+def add(a, b):
+    """Add.""litellm.APIConnectionError: APIConnectionError: OpenAIException - peer closed connection without sending complete message body (incomplete chunked read)
+
+The LLM did not conform to the edit format.
+https://aider.chat/docs/troubleshooting/edit-errors.html
+
+I will apply "I will apply "Add docstrings to all functions" to 1 file(s)." to 1 file(s).
+
+calc.py
+```python
+<<<<<<< SEARCH
+def add(a, b):
+    return a + b
+=======
+def add(a, b):
+    """Add.""
+^^^ Expected `>>>>>>> REPLACE` or `=======`
+I will apply "I will apply "I will apply "Add docstrings to all functions"..." to 1 file(s).
+
+calc.py
+```python
+<<<<<<< SEARCH
+def add(a, b):
+    return a + b
+=======
+def add(a, b):
+    """Addlitellm.APIConnectionError: APIConnectionError: OpenAIException - peer closed connection without sending complete message body (incomplete chunked read)
+
+The LLM did not conform to the edit format.
+https://aider.chat/docs/troubleshooting/edit-errors.html
+
+I will apply "I will apply "I will apply "Add docstrings to all functions"..." to 1 file(s).
+
+calc.py
+```python
+<<<<<<< SEARCH
+def add(a, b):
+    return a + b
+=======
+def add(a, b):
+    """Add
+^^^ Expected `>>>>>>> REPLACE` or `=======`
+I will apply "I will apply "I will apply "I will apply "Add docstrings to ..." to 1 file(s).
+
+calc.py
+```python
+<<<<<<< SEARCH
+def add(a, b):
+    return a + b
+=======
+def add(a, b):
+    """Addlitellm.APIConnectionError: APIConnectionError: OpenAIException - peer closed connection without sending complete message body (incomplete chunked read)
+
+The LLM did not conform to the edit format.
+https://aider.chat/docs/troubleshooting/edit-errors.html
+
+I will apply "I will apply "I will apply "I will apply "Add docstrings to ..." to 1 file(s).
+
+calc.py
+```python
+<<<<<<< SEARCH
+def add(a, b):
+    return a + b
+=======
+def add(a, b):
+    """Add
+^^^ Expected `>>>>>>> REPLACE` or `=======`
+Only 3 reflections allowed, stopping.
+"###;
+    const OPENAI_FEMPTY: &str = r###"
+Aider v0.86.2
+Model: openai/fempty with diff edit format
+Git repo: .git with 1 files
+Repo-map: disabled
+Added calc.py to the chat.
+
+Empty response received from LLM. Check your provider account?
+
+Tokens: 1.9k sent, 0 received. Cost: $0.0058 message, $0.0058 session.
+"###;
+    const OPENAI_FHANG: &str = r###"
+Aider v0.86.2
+Model: openai/fhang with diff edit format
+Git repo: .git with 1 files
+Repo-map: disabled
+Added calc.py to the chat.
+
+litellm.Timeout: APITimeoutError - Request timed out. Error_str: Request timed out.
+The API provider timed out without returning a response. They may be down or overloaded.
+
+"###;
+    const OPENAI_FMALFORMED: &str = r###"
+Aider v0.86.2
+Model: openai/fmalformed with diff edit format
+Git repo: .git with 1 files
+Repo-map: disabled
+Added calc.py to the chat.
+
+I will apply "Add docstrings to all functions" to 1 file(s).
+
+```
+<<<<<<< SEARCH
+this reply does not follow the edit format
+```
+
+Tokens: 1.9k sent, 33 received. Cost: $0.0063 message, $0.0063 session.
+The LLM did not conform to the edit format.
+https://aider.chat/docs/troubleshooting/edit-errors.html
+
+I will apply "Add docstrings to all functions" to 1 file(s).
+
+```
+<<<<<<< SEARCH
+
+^^^ Bad/missing filename. The filename must be alone on the line before the opening fence ```
+I will apply "I will apply "Add docstrings to all functions" to 1 file(s)." to 1 file(s).
+
+```
+<<<<<<< SEARCH
+this reply does not follow the edit format
+```
+
+Tokens: 2.0k sent, 43 received. Cost: $0.0067 message, $0.01 session.
+The LLM did not conform to the edit format.
+https://aider.chat/docs/troubleshooting/edit-errors.html
+
+I will apply "I will apply "Add docstrings to all functions" to 1 file(s)." to 1 file(s).
+
+```
+<<<<<<< SEARCH
+
+^^^ Bad/missing filename. The filename must be alone on the line before the opening fence ```
+I will apply "I will apply "I will apply "Add docstrings to all functions"..." to 1 file(s).
+
+```
+<<<<<<< SEARCH
+this reply does not follow the edit format
+```
+
+Tokens: 2.1k sent, 42 received. Cost: $0.0070 message, $0.02 session.
+The LLM did not conform to the edit format.
+https://aider.chat/docs/troubleshooting/edit-errors.html
+
+I will apply "I will apply "I will apply "Add docstrings to all functions"..." to 1 file(s).
+
+```
+<<<<<<< SEARCH
+
+^^^ Bad/missing filename. The filename must be alone on the line before the opening fence ```
+I will apply "I will apply "I will apply "I will apply "Add docstrings to ..." to 1 file(s).
+
+```
+<<<<<<< SEARCH
+this reply does not follow the edit format
+```
+
+Tokens: 2.2k sent, 43 received. Cost: $0.0073 message, $0.03 session.
+The LLM did not conform to the edit format.
+https://aider.chat/docs/troubleshooting/edit-errors.html
+
+I will apply "I will apply "I will apply "I will apply "Add docstrings to ..." to 1 file(s).
+
+```
+<<<<<<< SEARCH
+
+^^^ Bad/missing filename. The filename must be alone on the line before the opening fence ```
+Only 3 reflections allowed, stopping.
+"###;
+    const OPENAI_FNOMATCH: &str = r###"
+Aider v0.86.2
+Model: openai/fnomatch with diff edit format
+Git repo: .git with 1 files
+Repo-map: disabled
+Added calc.py to the chat.
+
+I will apply "Add docstrings to all functions" to 1 file(s).
+
+calc.py
+```python
+<<<<<<< SEARCH
+this line does not exist in the file (llm-sim no_match)
+=======
+replacement
+>>>>>>> REPLACE
+```
+
+
+Tokens: 1.9k sent, 50 received. Cost: $0.0065 message, $0.0065 session.
+The LLM did not conform to the edit format.
+https://aider.chat/docs/troubleshooting/edit-errors.html
+
+# 1 SEARCH/REPLACE block failed to match!
+
+## SearchReplaceNoExactMatch: This SEARCH block failed to exactly match lines in calc.py
+<<<<<<< SEARCH
+this line does not exist in the file (llm-sim no_match)
+=======
+replacement
+>>>>>>> REPLACE
+
+The SEARCH section must exactly match an existing block of lines including all white space, comments, indentation, docstrings, etc
+
+I will apply "# 1 SEARCH/REPLACE block failed to match!" to 1 file(s).
+
+calc.py
+```python
+<<<<<<< SEARCH
+this line does not exist in the file (llm-sim no_match)
+=======
+replacement
+>>>>>>> REPLACE
+```
+
+
+Tokens: 2.1k sent, 54 received. Cost: $0.0071 message, $0.01 session.
+The LLM did not conform to the edit format.
+https://aider.chat/docs/troubleshooting/edit-errors.html
+
+# 1 SEARCH/REPLACE block failed to match!
+
+## SearchReplaceNoExactMatch: This SEARCH block failed to exactly match lines in calc.py
+<<<<<<< SEARCH
+this line does not exist in the file (llm-sim no_match)
+=======
+replacement
+>>>>>>> REPLACE
+
+The SEARCH section must exactly match an existing block of lines including all white space, comments, indentation, docstrings, etc
+
+I will apply "# 1 SEARCH/REPLACE block failed to match!" to 1 file(s).
+
+calc.py
+```python
+<<<<<<< SEARCH
+this line does not exist in the file (llm-sim no_match)
+=======
+replacement
+>>>>>>> REPLACE
+```
+
+
+Tokens: 2.2k sent, 54 received. Cost: $0.0076 message, $0.02 session.
+The LLM did not conform to the edit format.
+https://aider.chat/docs/troubleshooting/edit-errors.html
+
+# 1 SEARCH/REPLACE block failed to match!
+
+## SearchReplaceNoExactMatch: This SEARCH block failed to exactly match lines in calc.py
+<<<<<<< SEARCH
+this line does not exist in the file (llm-sim no_match)
+=======
+replacement
+>>>>>>> REPLACE
+
+The SEARCH section must exactly match an existing block of lines including all white space, comments, indentation, docstrings, etc
+
+I will apply "# 1 SEARCH/REPLACE block failed to match!" to 1 file(s).
+
+calc.py
+```python
+<<<<<<< SEARCH
+this line does not exist in the file (llm-sim no_match)
+=======
+replacement
+>>>>>>> REPLACE
+```
+
+
+Tokens: 2.4k sent, 54 received. Cost: $0.0081 message, $0.03 session.
+The LLM did not conform to the edit format.
+https://aider.chat/docs/troubleshooting/edit-errors.html
+
+# 1 SEARCH/REPLACE block failed to match!
+
+## SearchReplaceNoExactMatch: This SEARCH block failed to exactly match lines in calc.py
+<<<<<<< SEARCH
+this line does not exist in the file (llm-sim no_match)
+=======
+replacement
+>>>>>>> REPLACE
+
+The SEARCH section must exactly match an existing block of lines including all white space, comments, indentation, docstrings, etc
+
+Only 3 reflections allowed, stopping.
+"###;
+    const SUCCESS_ANTHROPIC_CLAUDE_SONNET_4_20250514: &str = r###"
+Aider v0.86.2
+Model: anthropic/claude-sonnet-4-20250514 with diff edit format
+Git repo: .git with 1 files
+Repo-map: disabled
+Added calc.py to the chat.
+
+I will apply "Add docstrings to all functions" to 1 file(s).
+
+calc.py
+```python
+<<<<<<< SEARCH
+def add(a, b):
+    return a + b
+=======
+def add(a, b):
+    """Add."""
+    return a + b
+>>>>>>> REPLACE
+```
+
+calc.py
+```python
+<<<<<<< SEARCH
+def sub(a, b):
+    return a - b
+=======
+def sub(a, b):
+    """Sub."""
+    return a - b
+>>>>>>> REPLACE
+```
+
+
+Tokens: 1.9k sent, 103 received. Cost: $0.0073 message, $0.0073 session.
+Applied edit to calc.py
+Commit 7a0d2bc chore: apply llm-sim edit to calc.py
+"###;
+    const SUCCESS_OLLAMA_QWEN2_5_CODER_7B_INSTRUCT: &str = r###"
+Aider v0.86.2
+Model: ollama/qwen2.5-coder:7b-instruct with diff edit format
+Git repo: .git with 1 files
+Repo-map: disabled
+Added calc.py to the chat.
+
+I will apply "Add docstrings to all functions" to 1 file(s).
+
+calc.py
+```python
+<<<<<<< SEARCH
+def add(a, b):
+    return a + b
+=======
+def add(a, b):
+    """Add."""
+    return a + b
+>>>>>>> REPLACE
+```
+
+calc.py
+```python
+<<<<<<< SEARCH
+def sub(a, b):
+    return a - b
+=======
+def sub(a, b):
+    """Sub."""
+    return a - b
+>>>>>>> REPLACE
+```
+
+
+Tokens: 1.9k sent, 103 received.
+Applied edit to calc.py
+Commit d866bd6 chore: apply llm-sim edit to calc.py
+"###;
+    const SUCCESS_OPENAI_GPT_4O: &str = r###"
+Aider v0.86.2
+Model: openai/gpt-4o with diff edit format
+Git repo: .git with 1 files
+Repo-map: disabled
+Added calc.py to the chat.
+
+I will apply "Add docstrings to all functions" to 1 file(s).
+
+calc.py
+```python
+<<<<<<< SEARCH
+def add(a, b):
+    return a + b
+=======
+def add(a, b):
+    """Add."""
+    return a + b
+>>>>>>> REPLACE
+```
+
+calc.py
+```python
+<<<<<<< SEARCH
+def sub(a, b):
+    return a - b
+=======
+def sub(a, b):
+    """Sub."""
+    return a - b
+>>>>>>> REPLACE
+```
+
+
+Tokens: 1.9k sent, 103 received. Cost: $0.0073 message, $0.0073 session.
+Applied edit to calc.py
+Commit 77e889d chore: apply llm-sim edit to calc.py
+"###;
+
+    /// (fixture, expected outcome kind, class, text the message must contain)
+    const CAPTURED: &[(&str, &str, Option<LlmFailureClass>, &str)] = &[
+        (
+            ANTHROPIC_F401,
+            "llm",
+            Some(LlmFailureClass::ApiError),
+            "litellm.AuthenticationError:",
+        ),
+        (
+            ANTHROPIC_F429,
+            "llm",
+            Some(LlmFailureClass::RateLimit),
+            "litellm.RateLimitError:",
+        ),
+        (
+            ANTHROPIC_F503,
+            "llm",
+            Some(LlmFailureClass::ModelUnavailable),
+            "litellm.ServiceUnavailableError:",
+        ),
+        (
+            ANTHROPIC_F529,
+            "llm",
+            Some(LlmFailureClass::ApiError),
+            "litellm.InternalServerError:",
+        ),
+        (
+            OLLAMA_F404,
+            "llm",
+            Some(LlmFailureClass::ModelUnavailable),
+            "litellm.APIConnectionError:",
+        ),
+        (
+            OLLAMA_F500,
+            "llm",
+            Some(LlmFailureClass::ApiError),
+            "litellm.APIConnectionError:",
+        ),
+        (
+            OPENAI_F401,
+            "llm",
+            Some(LlmFailureClass::ApiError),
+            "litellm.AuthenticationError:",
+        ),
+        (
+            OPENAI_F404,
+            "llm",
+            Some(LlmFailureClass::ModelUnavailable),
+            "litellm.NotFoundError:",
+        ),
+        (
+            OPENAI_F429,
+            "llm",
+            Some(LlmFailureClass::RateLimit),
+            "litellm.RateLimitError:",
+        ),
+        (
+            OPENAI_F500,
+            "llm",
+            Some(LlmFailureClass::ApiError),
+            "litellm.InternalServerError:",
+        ),
+        (
+            OPENAI_F503,
+            "llm",
+            Some(LlmFailureClass::ModelUnavailable),
+            "litellm.ServiceUnavailableError:",
+        ),
+        (
+            OPENAI_FDROP,
+            "llm",
+            Some(LlmFailureClass::ApiError),
+            "litellm.APIConnectionError:",
+        ),
+        (
+            OPENAI_FEMPTY,
+            "llm",
+            Some(LlmFailureClass::ApiError),
+            "Empty response received from LLM",
+        ),
+        (
+            OPENAI_FHANG,
+            "llm",
+            Some(LlmFailureClass::Timeout),
+            "litellm.Timeout:",
+        ),
+        (
+            OPENAI_FMALFORMED,
+            "edit",
+            None,
+            "Only 3 reflections allowed, stopping.",
+        ),
+        (
+            OPENAI_FNOMATCH,
+            "edit",
+            None,
+            "Only 3 reflections allowed, stopping.",
+        ),
+        (SUCCESS_ANTHROPIC_CLAUDE_SONNET_4_20250514, "ok", None, ""),
+        (SUCCESS_OLLAMA_QWEN2_5_CODER_7B_INSTRUCT, "ok", None, ""),
+        (SUCCESS_OPENAI_GPT_4O, "ok", None, ""),
+    ];
+}

@@ -216,7 +216,11 @@ pub fn processes_in_group(pgid: i32) -> Vec<i32> {
         return pids;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
@@ -242,13 +246,20 @@ pub fn processes_in_dir(dir: &Path) -> Vec<i32> {
         return pids;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) {
             let zombie = std::fs::read_to_string(entry.path().join("stat"))
                 .ok()
-                .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')))
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, r)| r.trim_start().starts_with('Z'))
+                })
                 .unwrap_or(false);
             if cwd.starts_with(&dir) && !zombie {
                 pids.push(pid);
@@ -278,14 +289,26 @@ pub fn non_loopback_connects(strace_log: &str) -> Vec<String> {
 /// `strace` prefix for [`pas::programmer::aider::AiderInvocation::launch_prefix`] that logs every
 /// `connect(2)` of the whole process tree to `log`. Panics when strace is missing.
 pub fn strace_prefix(log: &Path) -> Vec<std::ffi::OsString> {
-    let found = Command::new("strace").arg("-V").output().map(|o| o.status.success());
+    let found = Command::new("strace")
+        .arg("-V")
+        .output()
+        .map(|o| o.status.success());
     assert!(
         matches!(found, Ok(true)),
         "strace is needed to watch aider's network use (apt-get install strace)"
     );
-    ["strace", "-f", "-qq", "-e", "trace=connect", "-e", "signal=none", "-o"]
-        .iter()
-        .map(std::ffi::OsString::from)
-        .chain(std::iter::once(log.as_os_str().to_owned()))
-        .collect()
+    [
+        "strace",
+        "-f",
+        "-qq",
+        "-e",
+        "trace=connect",
+        "-e",
+        "signal=none",
+        "-o",
+    ]
+    .iter()
+    .map(std::ffi::OsString::from)
+    .chain(std::iter::once(log.as_os_str().to_owned()))
+    .collect()
 }
