@@ -665,6 +665,9 @@ pub async fn run_aider(
     };
     // Whatever aider left behind in its group (git, a linter) goes too, so the pipes close.
     guard.kill(Signal::SIGKILL);
+    // The group is gone now; never signal that id again (it could be reused).
+    let mut guard = guard;
+    guard.pgid = None;
     for p in pumps {
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, p).await;
     }
