@@ -11,7 +11,12 @@ use std::process::ExitCode;
 #[command(name = "pas", version, about)]
 struct Cli {
     /// Configuration file.
-    #[arg(long, global = true, env = "PAS_CONFIG", default_value = "configs/pas/programmer_pool.yaml")]
+    #[arg(
+        long,
+        global = true,
+        env = "PAS_CONFIG",
+        default_value = "configs/pas/programmer_pool.yaml"
+    )]
     config: PathBuf,
     /// Log format (logs go to stderr).
     #[arg(long, global = true, value_enum, default_value_t = pas::telemetry::LogFormat::Text)]
