@@ -11,7 +11,12 @@ use std::process::ExitCode;
 #[command(name = "pas", version, about)]
 struct Cli {
     /// Configuration file.
-    #[arg(long, global = true, env = "PAS_CONFIG", default_value = "configs/pas/programmer_pool.yaml")]
+    #[arg(
+        long,
+        global = true,
+        env = "PAS_CONFIG",
+        default_value = "configs/pas/programmer_pool.yaml"
+    )]
     config: PathBuf,
     /// Log format (logs go to stderr).
     #[arg(long, global = true, value_enum, default_value_t = pas::telemetry::LogFormat::Text)]
@@ -32,6 +37,13 @@ enum Command {
     /// Run the manager (pas.v1.ProgrammerPool + health + reflection + GET /health and
     /// /programmer_pool/status on one port).
     Manager(pas::manager::ManagerArgs),
+    /// Start the manager and the programmers as supervised child processes (restarted with
+    /// backoff when they crash), wait until all are healthy and print a table.
+    Up(pas::cli::up::UpArgs),
+    /// Stop the pool started by `pas up` (SIGTERM, then SIGKILL after a timeout).
+    Down(pas::cli::up::DownArgs),
+    /// `pas down`, then `pas up --detach` (with the previous `--only` unless one is given).
+    Restart(pas::cli::up::UpArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,6 +73,9 @@ fn main() -> ExitCode {
             pas::telemetry::init_logging(cli.log_format);
             block_on(async move { pas::manager::run(load_config(&cli.config)?, args).await })
         }
+        Command::Up(args) => pas::cli::up::up(&cli.config, cli.log_format, args),
+        Command::Down(args) => pas::cli::up::down(&cli.config, args),
+        Command::Restart(args) => pas::cli::up::restart(&cli.config, cli.log_format, args),
     }
 }
 
