@@ -44,6 +44,11 @@ enum Command {
     Down(pas::cli::up::DownArgs),
     /// `pas down`, then `pas up --detach` (with the previous `--only` unless one is given).
     Restart(pas::cli::up::UpArgs),
+    /// Show the pool: programmers, LLMs, circuits, queues, budget and alerts.
+    Status(pas::cli::status::StatusArgs),
+    /// Send a task to the pool and follow it live (exit 0 succeeded, 1 failed, 2 bad input,
+    /// 130 cancelled).
+    Dispatch(pas::cli::dispatch::DispatchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,6 +81,8 @@ fn main() -> ExitCode {
         Command::Up(args) => pas::cli::up::up(&cli.config, cli.log_format, args),
         Command::Down(args) => pas::cli::up::down(&cli.config, args),
         Command::Restart(args) => pas::cli::up::restart(&cli.config, cli.log_format, args),
+        Command::Status(args) => pas::cli::status::run(&cli.config, args),
+        Command::Dispatch(args) => pas::cli::dispatch::run(&cli.config, args),
     }
 }
 

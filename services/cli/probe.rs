@@ -46,6 +46,25 @@ pub fn connect_addr(host: &str, port: u16) -> String {
     }
 }
 
+/// Where to reach the manager: `flag` when given (`host:port`, or a URL whose scheme is
+/// dropped), else the configured `manager.host:port` of `config_path`.
+pub fn manager_addr(
+    config_path: &std::path::Path,
+    flag: Option<&str>,
+) -> Result<String, crate::config::ConfigError> {
+    match flag {
+        Some(addr) => Ok(addr
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string()),
+        None => {
+            let config = crate::config::Config::load(config_path)?;
+            let m = &config.pool.manager;
+            Ok(connect_addr(&m.host, m.port))
+        }
+    }
+}
+
 /// Opens a gRPC channel to `addr` (`host:port`), failing after `timeout`.
 pub async fn channel(
     addr: &str,
