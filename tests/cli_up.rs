@@ -323,3 +323,43 @@ fn a_busy_port_or_an_unknown_id_is_refused_up_front() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_start_programmers_wrapper_drives_pas_up_status_and_down() {
+    let pool = Pool::new(1);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/start_programmers.sh");
+    let wrapper = |args: &[&str]| {
+        let out = Command::new(&script)
+            .args(args)
+            .env("PAS_BIN", PAS)
+            .env("PAS_CONFIG", pool.config())
+            .env("PAS_DATA_DIR", pool.data())
+            .env("PAS_WORKSPACE_ROOT", pool.dir.path().join("ws"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        eprintln!(
+            "$ start_programmers.sh {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let out = wrapper(&["start", "--only", "001"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Prog-001"));
+    assert!(listening(pool.programmer_ports[0]));
+    // Only the programmer runs, so status cannot reach a manager: it says so, shows the
+    // processes `pas up` supervises, and fails.
+    let out = wrapper(&["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Prog-001"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&pool.manager_port.to_string()));
+    let before = child(&pool.state(), "001")["pid"].as_u64().unwrap();
+    assert!(wrapper(&["restart"]).status.success());
+    assert_ne!(child(&pool.state(), "001")["pid"].as_u64().unwrap(), before);
+    assert!(wrapper(&["stop"]).status.success());
+    assert!(!listening(pool.programmer_ports[0]));
+    assert_eq!(wrapper(&["bogus"]).status.code(), Some(2));
+}

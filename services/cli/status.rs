@@ -81,6 +81,10 @@ pub fn run(config_path: &Path, args: StatusArgs) -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
+                    // The manager is down but `pas up` may still know about its processes.
+                    if let Some(table) = run_dir.as_ref().and_then(process_table) {
+                        print!("{table}");
+                    }
                     eprintln!("error: {e} (is the pool running? `pas up`)");
                     ExitCode::FAILURE
                 }
@@ -282,6 +286,17 @@ fn programmer_row(p: &ProgrammerSummary) -> Vec<String> {
         p.completed.to_string(),
         p.failed.to_string(),
     ]
+}
+
+/// The supervisor's process table, when `pas up` runs for this data directory.
+fn process_table(run: &RunDir) -> Option<String> {
+    run.running_pid()?;
+    let state = run.read_state().ok().flatten()?;
+    Some(format!(
+        "Processes of pas up (pid {}):\n{}\n",
+        state.pid,
+        super::up::children_table(&state.children)
+    ))
 }
 
 /// "Supervisor: pas up pid N, 3 processes, 1 restart (Prog-001: killed by SIGKILL after 2.4s)".
