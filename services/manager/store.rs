@@ -1,1 +1,701 @@
-//! (skeleton: filled in by its owner)
+//! Durable records of every task the manager accepted (SQLite), for `GetTask` and idempotency.
+//!
+//! One row per task id (table `tasks`, so it may share a file with the budget ledger). A row holds
+//! the request fields a caller may ask about, a fingerprint of the whole request, the state, the
+//! programmer, timestamps and the final `pas.v1.TaskResult` (prost-encoded).
+//!
+//! # Invariants
+//!
+//! - A task id is used by exactly one request: inserting the same id with the same fingerprint is
+//!   [`InsertOutcome::AlreadyExists`] (the caller attaches to it), with a different one
+//!   [`StoreError::Conflict`] (ALREADY_EXISTS at the API).
+//! - States only move forward: QUEUED → RUNNING → one terminal state. The first result wins;
+//!   later `set_running`/`finish` calls on a finished task change nothing and return `false`.
+//! - After a restart no task is left QUEUED or RUNNING: [`TaskStore::open`] fails them with error
+//!   class UNAVAILABLE and the message "manager restarted" (their streams died with the old process).
+//!
+//! Methods are synchronous and short; the store is `Send + Sync` (a mutex around one connection).
+
+use crate::contract::v1::{DispatchRequest, ErrorClass, TaskRecord, TaskResult, TaskState};
+use prost::Message;
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Error message recorded for tasks a previous manager process left unfinished.
+pub const RESTART_MESSAGE: &str = "manager restarted";
+
+// ===== Public types =====
+
+/// A task to record, as accepted by the manager.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    /// The caller's task id, or one the manager generated.
+    pub task_id: String,
+    /// The request's description.
+    pub task_description: String,
+    /// The request's files.
+    pub files: Vec<String>,
+    /// The request's workspace.
+    pub workspace: String,
+    /// The request's run id.
+    pub run_id: String,
+    /// The request's capabilities.
+    pub capabilities: Vec<String>,
+    /// True for dry runs.
+    pub dry_run: bool,
+    /// Identity of the request for idempotency (see [`fingerprint`]).
+    pub fingerprint: String,
+}
+
+impl NewTask {
+    /// The record of `req` under `task_id` (which wins over `req.task_id`, so generated ids work).
+    pub fn from_request(task_id: &str, req: &DispatchRequest) -> Self {
+        Self {
+            task_id: task_id.to_owned(),
+            task_description: req.task_description.clone(),
+            files: req.files.clone(),
+            workspace: req.workspace.clone(),
+            run_id: req.run_id.clone(),
+            capabilities: req.capabilities.clone(),
+            dry_run: req.dry_run,
+            fingerprint: fingerprint(req),
+        }
+    }
+}
+
+/// SHA-256 (hex) of the request's protobuf encoding with `task_id` cleared: two dispatches are
+/// "the same request" when every field but the id is equal (prost encodes fields in tag order, so
+/// the encoding is canonical for this message).
+pub fn fingerprint(req: &DispatchRequest) -> String {
+    let mut canonical = req.clone();
+    canonical.task_id.clear();
+    let digest = Sha256::digest(canonical.encode_to_vec());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What [`TaskStore::insert`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InsertOutcome {
+    /// A new task was recorded, QUEUED.
+    Inserted,
+    /// The id is already recorded for the same request: here is its current record.
+    AlreadyExists(Box<TaskRecord>),
+}
+
+/// Errors of the task store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The id is already used by a different request (maps to ALREADY_EXISTS).
+    #[error("task id {task_id} is already used by a different request")]
+    Conflict {
+        /// The task id.
+        task_id: String,
+    },
+    /// No task with this id.
+    #[error("no task with id {0}")]
+    NotFound(String),
+    /// `finish` was given a result whose status is not a terminal state.
+    #[error("result status {0:?} is not a terminal state")]
+    NotTerminal(TaskState),
+    /// A stored row could not be decoded (corrupt or foreign data).
+    #[error("task {task_id}: stored {field} is unreadable: {detail}")]
+    Corrupt {
+        /// The task id.
+        task_id: String,
+        /// Which column.
+        field: &'static str,
+        /// The decoder's message.
+        detail: String,
+    },
+    /// The SQLite file could not be opened, read or written.
+    #[error("task store storage: {0}")]
+    Storage(#[from] rusqlite::Error),
+}
+
+// ===== The store =====
+
+/// The task table. See the module docs.
+pub struct TaskStore {
+    conn: Mutex<Connection>,
+    recovered: usize,
+}
+
+impl std::fmt::Debug for TaskStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskStore")
+            .field("recovered", &self.recovered)
+            .finish_non_exhaustive()
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id          TEXT PRIMARY KEY,
+    fingerprint      TEXT NOT NULL,
+    task_description TEXT NOT NULL,
+    files            TEXT NOT NULL,  -- JSON array of strings
+    workspace        TEXT NOT NULL,
+    run_id           TEXT NOT NULL,
+    capabilities     TEXT NOT NULL,  -- JSON array of strings
+    dry_run          INTEGER NOT NULL,
+    state            INTEGER NOT NULL, -- pas.v1.TaskState
+    programmer_id    TEXT NOT NULL DEFAULT '',
+    created_ms       INTEGER NOT NULL,
+    started_ms       INTEGER NOT NULL DEFAULT 0,
+    finished_ms      INTEGER NOT NULL DEFAULT 0,
+    result           BLOB            -- prost-encoded pas.v1.TaskResult, once finished
+);
+CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state);
+";
+
+const SELECT_RECORD: &str = "SELECT task_id, state, task_description, files, workspace, run_id, capabilities,
+        programmer_id, created_ms, started_ms, finished_ms, result, dry_run FROM tasks WHERE task_id = ?1";
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn is_open(state: TaskState) -> bool {
+    matches!(state, TaskState::Queued | TaskState::Running)
+}
+
+impl TaskStore {
+    /// Opens (creating if needed) the store at `path` in WAL mode, and fails every task a previous
+    /// process left QUEUED or RUNNING (error class UNAVAILABLE, message "manager restarted").
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)?;
+        let recovered = recover(&mut conn)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            recovered,
+        })
+    }
+
+    /// How many unfinished tasks of a previous process [`open`](Self::open) marked FAILED.
+    pub fn recovered_on_open(&self) -> usize {
+        self.recovered
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock rolled its transaction back: the connection is consistent.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records `task` as QUEUED, or tells that its id is already taken by the same request
+    /// (`AlreadyExists`, with the current record) or by a different one (`Conflict`).
+    pub fn insert(&self, task: &NewTask) -> Result<InsertOutcome, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let existing: Option<String> = tx
+            .query_row(
+                "SELECT fingerprint FROM tasks WHERE task_id = ?1",
+                params![task.task_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match existing {
+            Some(fp) if fp == task.fingerprint => {
+                let record = read_record(&tx, &task.task_id)?
+                    .ok_or_else(|| StoreError::NotFound(task.task_id.clone()))?;
+                Ok(InsertOutcome::AlreadyExists(Box::new(record)))
+            }
+            Some(_) => Err(StoreError::Conflict {
+                task_id: task.task_id.clone(),
+            }),
+            None => {
+                tx.execute(
+                    "INSERT INTO tasks (task_id, fingerprint, task_description, files, workspace, run_id,
+                         capabilities, dry_run, state, created_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    params![
+                        task.task_id,
+                        task.fingerprint,
+                        task.task_description,
+                        to_json(&task.files),
+                        task.workspace,
+                        task.run_id,
+                        to_json(&task.capabilities),
+                        task.dry_run,
+                        TaskState::Queued as i32,
+                        now_ms(),
+                    ],
+                )?;
+                tx.commit()?;
+                Ok(InsertOutcome::Inserted)
+            }
+        }
+    }
+
+    /// Marks the task RUNNING on `programmer_id` (again after a reroute: the programmer changes,
+    /// `started_ms` keeps the first assignment). Returns false, changing nothing, when the task is
+    /// already finished.
+    pub fn set_running(&self, task_id: &str, programmer_id: &str) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        let n = conn.execute(
+            "UPDATE tasks SET state = ?1, programmer_id = ?2,
+                 started_ms = CASE WHEN started_ms = 0 THEN ?3 ELSE started_ms END
+             WHERE task_id = ?4 AND state IN (?5, ?1)",
+            params![
+                TaskState::Running as i32,
+                programmer_id,
+                now_ms(),
+                task_id,
+                TaskState::Queued as i32
+            ],
+        )?;
+        changed_or_missing(&conn, task_id, n)
+    }
+
+    /// Stores the task's final result; the state becomes `result.status`, which must be terminal.
+    /// Returns false, changing nothing, when the task already has a result (the first one wins).
+    pub fn finish(&self, task_id: &str, result: &TaskResult) -> Result<bool, StoreError> {
+        let status = result.status();
+        if status == TaskState::Unspecified || is_open(status) {
+            return Err(StoreError::NotTerminal(status));
+        }
+        let conn = self.lock();
+        let n = conn.execute(
+            "UPDATE tasks SET state = ?1, finished_ms = ?2, result = ?3,
+                 programmer_id = CASE WHEN ?4 = '' THEN programmer_id ELSE ?4 END
+             WHERE task_id = ?5 AND state IN (?6, ?7)",
+            params![
+                status as i32,
+                now_ms(),
+                result.encode_to_vec(),
+                result.programmer_id,
+                task_id,
+                TaskState::Queued as i32,
+                TaskState::Running as i32,
+            ],
+        )?;
+        changed_or_missing(&conn, task_id, n)
+    }
+
+    /// The task's record, or `None` for an unknown id.
+    pub fn get(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        read_record(&self.lock(), task_id)
+    }
+}
+
+// ===== Helpers =====
+
+fn changed_or_missing(
+    conn: &Connection,
+    task_id: &str,
+    changed: usize,
+) -> Result<bool, StoreError> {
+    if changed > 0 {
+        return Ok(true);
+    }
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM tasks WHERE task_id = ?1)",
+        params![task_id],
+        |r| r.get(0),
+    )?;
+    if exists {
+        Ok(false)
+    } else {
+        Err(StoreError::NotFound(task_id.to_owned()))
+    }
+}
+
+fn to_json(list: &[String]) -> String {
+    // Serializing a slice of strings cannot fail; fall back to an empty list rather than panic.
+    serde_json::to_string(list).unwrap_or_else(|_| "[]".to_owned())
+}
+
+fn from_json(task_id: &str, field: &'static str, text: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        task_id: task_id.to_owned(),
+        field,
+        detail: e.to_string(),
+    })
+}
+
+/// A row as stored, before the JSON and protobuf columns are decoded.
+struct RawRow {
+    task_id: String,
+    state: i32,
+    task_description: String,
+    files: String,
+    workspace: String,
+    run_id: String,
+    capabilities: String,
+    programmer_id: String,
+    created_ms: i64,
+    started_ms: i64,
+    finished_ms: i64,
+    result: Option<Vec<u8>>,
+    dry_run: bool,
+}
+
+impl RawRow {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            task_id: r.get(0)?,
+            state: r.get(1)?,
+            task_description: r.get(2)?,
+            files: r.get(3)?,
+            workspace: r.get(4)?,
+            run_id: r.get(5)?,
+            capabilities: r.get(6)?,
+            programmer_id: r.get(7)?,
+            created_ms: r.get(8)?,
+            started_ms: r.get(9)?,
+            finished_ms: r.get(10)?,
+            result: r.get(11)?,
+            dry_run: r.get(12)?,
+        })
+    }
+
+    fn into_record(self) -> Result<TaskRecord, StoreError> {
+        let files = from_json(&self.task_id, "files", &self.files)?;
+        let capabilities = from_json(&self.task_id, "capabilities", &self.capabilities)?;
+        let result = self
+            .result
+            .map(|bytes| TaskResult::decode(bytes.as_slice()))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt {
+                task_id: self.task_id.clone(),
+                field: "result",
+                detail: e.to_string(),
+            })?;
+        Ok(TaskRecord {
+            task_id: self.task_id,
+            state: self.state,
+            task_description: self.task_description,
+            files,
+            workspace: self.workspace,
+            run_id: self.run_id,
+            capabilities,
+            programmer_id: self.programmer_id,
+            created_ms: self.created_ms,
+            started_ms: self.started_ms,
+            finished_ms: self.finished_ms,
+            result,
+            dry_run: self.dry_run,
+        })
+    }
+}
+
+fn read_record(conn: &Connection, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
+    let raw = conn
+        .query_row(SELECT_RECORD, params![task_id], RawRow::from_row)
+        .optional()?;
+    raw.map(RawRow::into_record).transpose()
+}
+
+/// Fails every QUEUED/RUNNING task left by a previous process; returns how many.
+fn recover(conn: &mut Connection) -> Result<usize, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let open: Vec<(String, String, bool, i64)> = {
+        let mut stmt = tx.prepare(
+            "SELECT task_id, programmer_id, dry_run, created_ms FROM tasks WHERE state IN (?1, ?2)",
+        )?;
+        let rows = stmt.query_map(
+            params![TaskState::Queued as i32, TaskState::Running as i32],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let now = now_ms();
+    for (task_id, programmer_id, dry_run, created_ms) in &open {
+        let result = TaskResult {
+            status: TaskState::Failed as i32,
+            programmer_id: programmer_id.clone(),
+            error_class: ErrorClass::Unavailable as i32,
+            error_message: RESTART_MESSAGE.to_owned(),
+            dry_run: *dry_run,
+            duration_ms: u64::try_from(now.saturating_sub(*created_ms)).unwrap_or(0),
+            ..Default::default()
+        };
+        tx.execute(
+            "UPDATE tasks SET state = ?1, finished_ms = ?2, result = ?3 WHERE task_id = ?4",
+            params![
+                TaskState::Failed as i32,
+                now,
+                result.encode_to_vec(),
+                task_id
+            ],
+        )?;
+    }
+    tx.commit()?;
+    Ok(open.len())
+}
+
+// ===== Tests =====
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(desc: &str) -> DispatchRequest {
+        DispatchRequest {
+            task_description: desc.to_owned(),
+            files: vec!["src/lib.rs".into(), "README.md".into()],
+            run_id: "run-7".into(),
+            capabilities: vec!["fast".into()],
+            prefer_free: Some(true),
+            workspace: "demo".into(),
+            task_id: "caller-id".into(),
+            ..Default::default()
+        }
+    }
+
+    fn open(dir: &tempfile::TempDir) -> TaskStore {
+        TaskStore::open(dir.path().join("tasks.sqlite3")).unwrap()
+    }
+
+    fn succeeded(programmer: &str) -> TaskResult {
+        TaskResult {
+            status: TaskState::Succeeded as i32,
+            programmer_id: programmer.into(),
+            llm_used: "ollama/qwen2.5-coder:7b-instruct".into(),
+            files_changed: vec!["src/lib.rs".into()],
+            diff: "--- a/src/lib.rs\n+++ b/src/lib.rs\n".into(),
+            branch: "pas/t1".into(),
+            commit: "0123abcd".into(),
+            cost_usd: 0.0125,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn lifecycle_round_trips_every_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let req = request("add docstrings");
+        assert_eq!(
+            store.insert(&NewTask::from_request("t1", &req)).unwrap(),
+            InsertOutcome::Inserted
+        );
+
+        let rec = store.get("t1").unwrap().unwrap();
+        assert_eq!(rec.state(), TaskState::Queued);
+        assert_eq!(rec.task_description, "add docstrings");
+        assert_eq!(rec.files, vec!["src/lib.rs", "README.md"]);
+        assert_eq!(
+            (rec.workspace.as_str(), rec.run_id.as_str()),
+            ("demo", "run-7")
+        );
+        assert_eq!(rec.capabilities, vec!["fast"]);
+        assert!(rec.created_ms > 0);
+        assert_eq!((rec.started_ms, rec.finished_ms), (0, 0));
+        assert!(rec.result.is_none());
+
+        assert!(store.set_running("t1", "003").unwrap());
+        let rec = store.get("t1").unwrap().unwrap();
+        assert_eq!(rec.state(), TaskState::Running);
+        assert_eq!(rec.programmer_id, "003");
+        assert!(rec.started_ms >= rec.created_ms);
+
+        let result = succeeded("003");
+        assert!(store.finish("t1", &result).unwrap());
+        let rec = store.get("t1").unwrap().unwrap();
+        assert_eq!(rec.state(), TaskState::Succeeded);
+        assert!(rec.finished_ms >= rec.started_ms);
+        assert_eq!(rec.result, Some(result));
+    }
+
+    #[test]
+    fn insert_is_idempotent_for_the_same_request_and_conflicts_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let req = request("add docstrings");
+        store.insert(&NewTask::from_request("t1", &req)).unwrap();
+        store.set_running("t1", "001").unwrap();
+
+        // Same request (even with a different task_id field inside it): attach.
+        let mut same = req.clone();
+        same.task_id = "t1".into();
+        match store.insert(&NewTask::from_request("t1", &same)).unwrap() {
+            InsertOutcome::AlreadyExists(rec) => {
+                assert_eq!(rec.state(), TaskState::Running);
+                assert_eq!(rec.programmer_id, "001");
+            }
+            other => panic!("expected AlreadyExists, got {other:?}"),
+        }
+
+        // Any other field differing is a different request.
+        let changes: [fn(&mut DispatchRequest); 5] = [
+            |r: &mut DispatchRequest| r.task_description.push('!'),
+            |r: &mut DispatchRequest| r.files.reverse(),
+            |r: &mut DispatchRequest| r.prefer_free = None,
+            |r: &mut DispatchRequest| r.dry_run = true,
+            |r: &mut DispatchRequest| r.base_ref = "main".into(),
+        ];
+        for change in changes {
+            let mut other = req.clone();
+            change(&mut other);
+            assert!(matches!(
+                store.insert(&NewTask::from_request("t1", &other)),
+                Err(StoreError::Conflict { task_id }) if task_id == "t1"
+            ));
+        }
+        // The record is untouched by the refused inserts.
+        assert_eq!(
+            store.get("t1").unwrap().unwrap().task_description,
+            "add docstrings"
+        );
+    }
+
+    #[test]
+    fn first_result_wins_and_finished_tasks_do_not_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        store
+            .insert(&NewTask::from_request("t1", &request("x")))
+            .unwrap();
+        store.set_running("t1", "001").unwrap();
+        // Rerouted: programmer changes, started_ms stays.
+        let first_start = store.get("t1").unwrap().unwrap().started_ms;
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(store.set_running("t1", "002").unwrap());
+        let rec = store.get("t1").unwrap().unwrap();
+        assert_eq!(
+            (rec.programmer_id.as_str(), rec.started_ms),
+            ("002", first_start)
+        );
+
+        let cancelled = TaskResult {
+            status: TaskState::Cancelled as i32,
+            ..Default::default()
+        };
+        assert!(store.finish("t1", &cancelled).unwrap());
+        assert!(!store.finish("t1", &succeeded("002")).unwrap());
+        assert!(!store.set_running("t1", "003").unwrap());
+        let rec = store.get("t1").unwrap().unwrap();
+        assert_eq!(rec.state(), TaskState::Cancelled);
+        // An empty programmer_id in the result keeps the recorded one.
+        assert_eq!(rec.programmer_id, "002");
+        assert_eq!(rec.result.unwrap().status(), TaskState::Cancelled);
+    }
+
+    #[test]
+    fn bad_calls_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        assert!(store.get("nope").unwrap().is_none());
+        assert!(matches!(
+            store.set_running("nope", "001"),
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.finish("nope", &succeeded("001")),
+            Err(StoreError::NotFound(_))
+        ));
+        store
+            .insert(&NewTask::from_request("t1", &request("x")))
+            .unwrap();
+        let running = TaskResult {
+            status: TaskState::Running as i32,
+            ..Default::default()
+        };
+        assert!(matches!(
+            store.finish("t1", &running),
+            Err(StoreError::NotTerminal(TaskState::Running))
+        ));
+        assert!(matches!(
+            store.finish("t1", &TaskResult::default()),
+            Err(StoreError::NotTerminal(_))
+        ));
+    }
+
+    #[test]
+    fn reopen_fails_unfinished_tasks_and_keeps_finished_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        store
+            .insert(&NewTask::from_request("queued", &request("a")))
+            .unwrap();
+        let mut dry = request("b");
+        dry.dry_run = true;
+        store
+            .insert(&NewTask::from_request("running", &dry))
+            .unwrap();
+        store.set_running("running", "004").unwrap();
+        store
+            .insert(&NewTask::from_request("done", &request("c")))
+            .unwrap();
+        store.set_running("done", "001").unwrap();
+        store.finish("done", &succeeded("001")).unwrap();
+        drop(store);
+
+        let store = open(&dir);
+        assert_eq!(store.recovered_on_open(), 2);
+        for (id, programmer, dry_run) in [("queued", "", false), ("running", "004", true)] {
+            let rec = store.get(id).unwrap().unwrap();
+            assert_eq!(rec.state(), TaskState::Failed, "{id}");
+            assert!(rec.finished_ms > 0);
+            assert_eq!(rec.programmer_id, programmer);
+            let result = rec.result.unwrap();
+            assert_eq!(result.status(), TaskState::Failed);
+            assert_eq!(result.error_class(), ErrorClass::Unavailable);
+            assert_eq!(result.error_message, RESTART_MESSAGE);
+            assert_eq!(result.programmer_id, programmer);
+            assert_eq!(result.dry_run, dry_run);
+        }
+        let done = store.get("done").unwrap().unwrap();
+        assert_eq!(done.state(), TaskState::Succeeded);
+        assert_eq!(done.result, Some(succeeded("001")));
+        drop(store);
+
+        assert_eq!(open(&dir).recovered_on_open(), 0);
+    }
+
+    #[test]
+    fn corrupt_rows_are_reported_not_panicked_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tasks.sqlite3");
+        let store = TaskStore::open(&path).unwrap();
+        store
+            .insert(&NewTask::from_request("t1", &request("x")))
+            .unwrap();
+        let raw = Connection::open(&path).unwrap();
+        raw.execute(
+            "UPDATE tasks SET files = 'not json' WHERE task_id = 't1'",
+            [],
+        )
+        .unwrap();
+        assert!(matches!(
+            store.get("t1"),
+            Err(StoreError::Corrupt { field: "files", .. })
+        ));
+    }
+
+    #[test]
+    fn shares_a_file_with_the_budget_ledger() {
+        use crate::manager::budget::{BudgetLedger, BudgetPolicy, Clock};
+        use chrono::TimeZone;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manager.sqlite3");
+        let store = TaskStore::open(&path).unwrap();
+        let policy = BudgetPolicy {
+            enabled: true,
+            max_daily_spend_usd: 10.0,
+            alert_threshold_usd: None,
+        };
+        let clock: Clock =
+            std::sync::Arc::new(|| chrono::Utc.with_ymd_and_hms(2026, 11, 3, 12, 0, 0).unwrap());
+        let ledger = BudgetLedger::open(&path, policy, clock).unwrap();
+        store
+            .insert(&NewTask::from_request("t1", &request("x")))
+            .unwrap();
+        ledger.reserve("t1", 5.0).unwrap();
+        store.set_running("t1", "006").unwrap();
+        ledger.settle("t1", 1.0).unwrap();
+        store.finish("t1", &succeeded("006")).unwrap();
+        assert_eq!(
+            store.get("t1").unwrap().unwrap().state(),
+            TaskState::Succeeded
+        );
+        assert_eq!(ledger.snapshot().unwrap().spent_usd, 1.0);
+    }
+}
