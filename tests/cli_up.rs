@@ -267,10 +267,11 @@ fn restart_keeps_the_selection_and_replaces_every_process() {
 #[test]
 fn foreground_up_stops_its_children_on_sigterm() {
     let pool = Pool::new(1);
+    let stderr_path = pool.dir.path().join("up.stderr");
     let mut up = pool
         .pas(&["up", "--only", "001"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
         .spawn()
         .unwrap();
     let mut stdout = std::io::BufReader::new(up.stdout.take().unwrap());
@@ -300,6 +301,10 @@ fn foreground_up_stops_its_children_on_sigterm() {
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     assert!(rest.contains("pool stopped"), "{rest}");
+    // Stopped gracefully: SIGTERM, and the programmer exited by itself.
+    let log = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(log.contains("exited with status 0"), "{log}");
+    assert!(!log.contains("SIGKILL"), "{log}");
     assert!(!alive(programmer));
     assert!(!listening(pool.programmer_ports[0]));
     assert!(!pool.data().join("pas-up.pid").exists());

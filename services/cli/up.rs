@@ -331,11 +331,14 @@ async fn foreground(
             false
         }
     };
+    // The publisher holds the other reference to the supervisor: end it first.
+    publisher.abort();
+    let _ = publisher.await;
     match Arc::try_unwrap(sup) {
         Ok(sup) => sup.shutdown().await,
-        Err(_) => tracing::error!("supervisor still shared at shutdown"),
+        // Unreachable; dropping the supervisor still kills the children (kill_on_drop).
+        Err(_) => tracing::error!("supervisor still shared at shutdown: children get SIGKILL"),
     }
-    publisher.abort();
     run.clear();
     if ok {
         println!("pool stopped");
