@@ -92,8 +92,21 @@ pub fn run(config_path: &Path, args: StatusArgs) -> ExitCode {
         };
         let every = Duration::from_secs_f64(every.clamp(0.2, 3600.0));
         let tty = std::io::stdout().is_terminal();
+        // One receiver for the whole loop, so a Ctrl-C during a fetch is not lost.
+        let mut interrupt =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: cannot handle Ctrl-C: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
         loop {
-            let text = match snapshot(&addr, args.json, run_dir.as_ref(), true).await {
+            let fetched = tokio::select! {
+                fetched = snapshot(&addr, args.json, run_dir.as_ref(), true) => fetched,
+                _ = interrupt.recv() => return ExitCode::SUCCESS,
+            };
+            let text = match fetched {
                 Ok(text) => text,
                 Err(e) => format!("error: {e}\n"),
             };
@@ -120,7 +133,7 @@ pub fn run(config_path: &Path, args: StatusArgs) -> ExitCode {
             drop(out);
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
-                _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+                _ = interrupt.recv() => return ExitCode::SUCCESS,
             }
         }
     })
