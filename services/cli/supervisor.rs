@@ -271,7 +271,7 @@ async fn keep_running(slot: Arc<Slot>, policy: Policy, stop: CancellationToken) 
                             Err(e) => format!("lost track of it: {e}"),
                         }
                     }
-                    _ = watch_health(&slot, &policy) => unreachable_exit(),
+                    never = watch_health(&slot, &policy) => match never {},
                     _ = stop.cancelled() => {
                         terminate(&name, &mut child, pid, policy.stop_grace).await;
                         slot.update(|r| {
@@ -310,13 +310,8 @@ async fn keep_running(slot: Arc<Slot>, policy: Policy, stop: CancellationToken) 
     }
 }
 
-/// `watch_health` never returns; this keeps the select arm's type honest.
-fn unreachable_exit() -> String {
-    "health watch ended".to_string()
-}
-
 /// Probes the child's health forever, updating its state.
-async fn watch_health(slot: &Slot, policy: &Policy) {
+async fn watch_health(slot: &Slot, policy: &Policy) -> std::convert::Infallible {
     loop {
         let healthy = probe::check(
             &slot.spec.addr,
