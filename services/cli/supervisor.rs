@@ -137,12 +137,25 @@ pub struct Supervisor {
     changes: watch::Receiver<u64>,
 }
 
+/// Outcome of [`Supervisor::wait_ready`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Readiness {
+    /// Every child is healthy.
+    Ready,
+    /// This child keeps exiting before it ever became healthy.
+    CrashLoop(ChildReport),
+    /// Not every child became healthy in time.
+    TimedOut,
+}
+
 /// Shared state of one child.
 #[derive(Debug)]
 struct Slot {
     spec: ChildSpec,
     report: Mutex<ChildReport>,
     changed: watch::Sender<u64>,
+    /// Whether any run of the child was ever healthy.
+    healthy_once: std::sync::atomic::AtomicBool,
 }
 
 impl Slot {
@@ -158,6 +171,10 @@ impl Slot {
 
     fn state(&self) -> ChildState {
         self.report.lock().unwrap_or_else(|p| p.into_inner()).state
+    }
+
+    fn was_healthy(&self) -> bool {
+        self.healthy_once.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -191,6 +208,7 @@ impl Supervisor {
                     }),
                     spec,
                     changed: changed.clone(),
+                    healthy_once: Default::default(),
                 })
             })
             .collect();
@@ -218,22 +236,34 @@ impl Supervisor {
         self.changes.clone()
     }
 
-    /// Waits until every child is healthy at once; false after `timeout`.
-    pub async fn wait_all_healthy(&self, timeout: Duration) -> bool {
+    /// Waits until every child is healthy at once ([`Readiness::Ready`]), a child has exited
+    /// `crash_limit` times without ever becoming healthy ([`Readiness::CrashLoop`]: it will not
+    /// start by itself, so there is no point waiting), or `timeout` passes.
+    pub async fn wait_ready(&self, timeout: Duration, crash_limit: u32) -> Readiness {
         let mut changes = self.changes();
-        let all_healthy = || self.slots.iter().all(|s| s.state() == ChildState::Healthy);
-        tokio::time::timeout(timeout, async {
+        let check = || {
+            if self.slots.iter().all(|s| s.state() == ChildState::Healthy) {
+                return Some(Readiness::Ready);
+            }
+            self.reports()
+                .into_iter()
+                .zip(&self.slots)
+                .find(|(r, s)| r.restarts >= crash_limit && !s.was_healthy())
+                .map(|(r, _)| Readiness::CrashLoop(r))
+        };
+        let wait = async {
             loop {
-                if all_healthy() {
-                    return;
+                if let Some(readiness) = check() {
+                    return readiness;
                 }
                 if changes.changed().await.is_err() {
                     std::future::pending::<()>().await;
                 }
             }
-        })
-        .await
-        .is_ok()
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or(Readiness::TimedOut)
     }
 
     /// Stops every child (SIGTERM to its process group, then SIGKILL after the grace period) and
@@ -320,6 +350,10 @@ async fn watch_health(slot: &Slot, policy: &Policy) -> std::convert::Infallible 
         )
         .await
         .is_ok();
+        if healthy {
+            slot.healthy_once
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         slot.update(|r| {
             r.state = match (r.state, healthy) {
                 (_, true) => ChildState::Healthy,
@@ -471,6 +505,35 @@ mod tests {
             log.matches("--- pas up: starting sleeper-a").count() >= 3,
             "{log}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_child_that_never_gets_healthy_is_reported_as_a_crash_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let sup = Supervisor::start(
+            vec![
+                sleeper("a", dir.path(), "600"),
+                sleeper("b", dir.path(), "0"),
+            ],
+            quick_policy(),
+        )
+        .unwrap();
+        match sup.wait_ready(Duration::from_secs(20), 3).await {
+            Readiness::CrashLoop(report) => {
+                assert_eq!(report.key, "b");
+                assert!(report.restarts >= 3);
+            }
+            other => panic!("expected a crash loop, got {other:?}"),
+        }
+        // Nothing is healthy (nothing listens on the probe address): a plain time-out.
+        let sup2 =
+            Supervisor::start(vec![sleeper("c", dir.path(), "600")], quick_policy()).unwrap();
+        assert_eq!(
+            sup2.wait_ready(Duration::from_millis(500), 3).await,
+            Readiness::TimedOut
+        );
+        sup.shutdown().await;
+        sup2.shutdown().await;
     }
 
     #[tokio::test]

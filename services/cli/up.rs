@@ -11,7 +11,9 @@
 use super::backoff::Backoff;
 use super::probe::{self, MANAGER_SERVICE, PROGRAMMER_SERVICE};
 use super::rundir::{self, RunDir, RunDirError, UpState};
-use super::supervisor::{self, ChildReport, ChildSpec, Policy, SuperviseError, Supervisor};
+use super::supervisor::{
+    self, ChildReport, ChildSpec, Policy, Readiness, SuperviseError, Supervisor,
+};
 use crate::config::Config;
 use crate::telemetry::LogFormat;
 use nix::sys::signal::{Signal, kill};
@@ -25,6 +27,9 @@ use tokio::sync::watch;
 
 /// The `--only` key that selects the manager.
 pub const MANAGER_KEY: &str = "manager";
+
+/// Start-up gives up once a child has exited this many times without ever being healthy.
+const CRASH_LIMIT: u32 = 3;
 
 /// Command-line arguments of `pas up` (and `pas restart`).
 #[derive(Debug, Clone, clap::Args)]
@@ -296,11 +301,11 @@ async fn foreground(
 
     let wait = Duration::from_secs(args.wait_timeout_s);
     let outcome = tokio::select! {
-        healthy = sup.wait_all_healthy(wait) => Some(healthy),
+        readiness = sup.wait_ready(wait, CRASH_LIMIT) => Some(readiness),
         _ = crate::serve::shutdown_signal() => None,
     };
     let ok = match outcome {
-        Some(true) => {
+        Some(Readiness::Ready) => {
             let _ = phase_tx.send((true, None));
             println!("{}", children_table(&sup.reports()));
             println!(
@@ -312,7 +317,7 @@ async fn foreground(
             println!("stopping the pool…");
             true
         }
-        Some(false) => {
+        Some(Readiness::TimedOut) => {
             let reason = format!(
                 "not every process became healthy within {}s",
                 args.wait_timeout_s
@@ -322,6 +327,22 @@ async fn foreground(
             eprintln!(
                 "error: {reason}; see the logs in {}",
                 run.logs_dir().display()
+            );
+            false
+        }
+        Some(Readiness::CrashLoop(child)) => {
+            let reason = format!(
+                "{} exited {} times without becoming healthy (last: {})",
+                child.name,
+                child.restarts,
+                child.last_exit.as_deref().unwrap_or("?")
+            );
+            let _ = phase_tx.send((false, Some(reason.clone())));
+            println!("{}", children_table(&sup.reports()));
+            eprintln!(
+                "error: {reason}; the end of {}:\n{}",
+                child.log.display(),
+                log_tail(&child.log, 15)
             );
             false
         }
