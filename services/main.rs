@@ -49,6 +49,9 @@ enum Command {
     /// Send a task to the pool and follow it live (exit 0 succeeded, 1 failed, 2 bad input,
     /// 130 cancelled).
     Dispatch(pas::cli::dispatch::DispatchArgs),
+    /// The main job: start llm-sim (or use real providers) and the whole pool, run the example
+    /// tasks with live progress, show the pool status and the diffs.
+    Demo(pas::cli::demo::DemoArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         Command::Restart(args) => pas::cli::up::restart(&cli.config, cli.log_format, args),
         Command::Status(args) => pas::cli::status::run(&cli.config, args),
         Command::Dispatch(args) => pas::cli::dispatch::run(&cli.config, args),
+        Command::Demo(args) => pas::cli::demo::run(&cli.config, cli.log_format, args),
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod backoff;
 pub mod config_check;
+pub mod demo;
 pub mod dispatch;
 pub mod dispatch_view;
 pub mod probe;

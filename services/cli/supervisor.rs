@@ -39,6 +39,9 @@ pub struct ChildSpec {
     pub addr: String,
     /// The grpc.health.v1 service name that must report SERVING.
     pub health_service: String,
+    /// Variables set on top of the inherited environment (e.g. `pas demo` points the providers
+    /// at the simulator this way, so the shipped config loads unchanged).
+    pub env: Vec<(OsString, OsString)>,
 }
 
 /// Timing of the supervision.
@@ -386,6 +389,7 @@ fn spawn(spec: &ChildSpec) -> std::io::Result<Child> {
     let stderr = log.try_clone()?;
     Command::new(&spec.program)
         .args(&spec.args)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(stderr))
@@ -454,6 +458,7 @@ mod tests {
             // Nothing listens here, so the child never becomes healthy.
             addr: "127.0.0.1:9".into(),
             health_service: probe::PROGRAMMER_SERVICE.into(),
+            env: Vec::new(),
         }
     }
 

@@ -145,6 +145,7 @@ pub fn select_children(
             log: logs_dir.join(format!("programmer-{}.log", p.id)),
             addr: probe::connect_addr(&p.host, p.port),
             health_service: PROGRAMMER_SERVICE.to_string(),
+            env: Vec::new(),
         })
         .collect();
     if wanted(MANAGER_KEY) {
@@ -157,6 +158,7 @@ pub fn select_children(
             log: logs_dir.join("manager.log"),
             addr: probe::connect_addr(&m.host, m.port),
             health_service: MANAGER_SERVICE.to_string(),
+            env: Vec::new(),
         });
     }
     if children.is_empty() {
