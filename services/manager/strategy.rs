@@ -67,18 +67,9 @@ pub trait Strategy: Send + Sync + fmt::Debug {
     fn pick(&self, group: &str, candidates: &[Candidate]) -> Option<usize>;
 }
 
-/// The four policies by name (the configuration's `load_balancing.strategy` values).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum StrategyKind {
-    /// See [`LeastLoaded`].
-    LeastLoaded,
-    /// See [`RoundRobin`].
-    RoundRobin,
-    /// See [`CapabilityMatch`].
-    CapabilityMatch,
-    /// See [`P2cPeakEwma`].
-    P2cPeakEwma,
-}
+/// The four policies by name: the configuration's own `load_balancing.strategy` type, so the
+/// config, the contract and the router share one list.
+pub use crate::config::StrategyName as StrategyKind;
 
 impl StrategyKind {
     /// Every kind, in the contract's order.
@@ -91,12 +82,7 @@ impl StrategyKind {
 
     /// The configuration / `Assigned.strategy` name.
     pub fn name(self) -> &'static str {
-        match self {
-            Self::LeastLoaded => "least_loaded",
-            Self::RoundRobin => "round_robin",
-            Self::CapabilityMatch => "capability_match",
-            Self::P2cPeakEwma => "p2c_peak_ewma",
-        }
+        self.as_str()
     }
 
     /// The kind a request asks for; `None` for UNSPECIFIED or unknown values (use the configured one).

@@ -127,11 +127,12 @@ async fn run(
 ) {
     let mut queue: VecDeque<Entry> = VecDeque::new();
     let mut pool_changes = pool.subscribe();
-    let uncount = |e: &Entry| {
-        if e.counted {
+    let uncount_flag = |counted: bool| {
+        if counted {
             waiting.fetch_sub(1, Ordering::SeqCst);
         }
     };
+    let uncount = |e: &Entry| uncount_flag(e.counted);
     loop {
         let next_deadline = queue.iter().map(|e| e.deadline).min();
         tokio::select! {
@@ -172,9 +173,10 @@ async fn run(
                 uncount(&e);
                 continue;
             }
+            let counted = e.counted;
             match balancer.route(e.route) {
                 Routed::Placed(placement) => {
-                    uncount(&e);
+                    uncount_flag(counted);
                     let _ = e.position.send(0);
                     if let Err(Ok(placement)) = e.reply.send(Ok(placement)) {
                         // The task went away at the last moment: its dropped placement frees the slot.
@@ -183,12 +185,12 @@ async fn run(
                 }
                 Routed::NoRoom { route, budget_exhausted } => {
                     if budget_exhausted {
-                        uncount(&e);
+                        uncount_flag(counted);
                         let _ = e.reply.send(Err(NotPlaced::BudgetExhausted));
                         continue;
                     }
                     if now >= e.deadline {
-                        uncount(&e);
+                        uncount_flag(counted);
                         let _ = e.reply.send(Err(NotPlaced::Timeout(now - e.waited_since)));
                         continue;
                     }

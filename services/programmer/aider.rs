@@ -1,1 +1,810 @@
-//! (skeleton: filled in by its owner)
+//! One aider attempt: spawn the real aider CLI in a task's worktree, stream its output, enforce
+//! cancellation and the deadline on its whole process group, and report exit, output and usage.
+//!
+//! Why it looks like this (see `shared/notes/AIDER.md` for the measurements):
+//! - aider runs through our embedded launcher ([`LAUNCHER_PY`]) which disables aider's own retry
+//!   loop (the first LLM error is final: our failover owns retrying) and stops aider from reading
+//!   the repository's `.aider.conf.yml` and `.env` files;
+//! - no shell, a cleared environment and a private HOME per run, so nothing from the machine or the
+//!   repository steers aider; every security-relevant flag is passed explicitly and after the
+//!   configured extra flags, so ours win;
+//! - the provider's API base is passed as a command-line setting (which beats any `.env`), the API
+//!   key only through the environment (never on the command line) and is redacted from all output;
+//! - aider runs in its own process group, and every way out of [`run_aider`] (exit, cancel,
+//!   deadline, the future being dropped) kills that group, so no orphan survives an attempt.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde::Serialize;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The launcher script, embedded so the binary is self-contained; written to each run's private
+/// directory before spawning.
+pub const LAUNCHER_PY: &str = include_str!("aider_launcher.py");
+
+/// Git identity of aider's commits.
+const GIT_NAME: &str = "pas-programmer";
+const GIT_EMAIL: &str = "pas-programmer@localhost";
+
+/// How long aider gets between SIGTERM and SIGKILL when cancelled or out of time.
+const TERM_GRACE: Duration = Duration::from_millis(1000);
+/// How long to wait for the output pipes to close after the process group is gone.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The LLM provider API of a model, from its litellm prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    /// `openai/<m>`: OpenAI-compatible chat completions.
+    OpenAi,
+    /// `ollama/<m>` or `ollama_chat/<m>`.
+    Ollama,
+    /// `anthropic/<m>`.
+    Anthropic,
+    /// Anything else: no base/key wiring beyond what litellm does on its own.
+    Other,
+}
+
+impl Provider {
+    /// The provider named by a litellm model name's prefix.
+    pub fn from_model_name(name: &str) -> Self {
+        match name.split_once('/').map(|(p, _)| p) {
+            Some("openai") => Provider::OpenAi,
+            Some("ollama") | Some("ollama_chat") => Provider::Ollama,
+            Some("anthropic") => Provider::Anthropic,
+            _ => Provider::Other,
+        }
+    }
+}
+
+/// The LLM an attempt uses, with everything aider needs to reach and price it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelEndpoint {
+    /// litellm model name, e.g. `openai/gpt-4o-mini`, `ollama/qwen2.5-coder:7b`.
+    pub name: String,
+    /// Which API the name selects (usually [`Provider::from_model_name`]).
+    pub provider: Provider,
+    /// Base URL of the provider API (from our configuration, never from the caller).
+    pub api_base: Option<String>,
+    /// API key; passed through the environment only and redacted from output.
+    pub api_key: Option<String>,
+    /// USD per prompt token (0 for free models); written to the model metadata file so aider
+    /// reports cost.
+    pub input_cost_per_token: f64,
+    /// USD per completion token.
+    pub output_cost_per_token: f64,
+    /// Aider edit format (`diff`, `whole`, …); `None` = `diff`.
+    pub edit_format: Option<String>,
+    /// Context window in tokens, for the metadata file.
+    pub context_limit: u64,
+}
+
+/// Everything one aider attempt needs.
+#[derive(Debug, Clone)]
+pub struct AiderInvocation {
+    /// The venv's python (it must have `aider-chat` installed).
+    pub python: PathBuf,
+    /// The task's worktree (must be inside a git repository; aider would `git init` otherwise).
+    pub workdir: PathBuf,
+    /// The LLM to use.
+    pub model: ModelEndpoint,
+    /// The task description (aider's `--message`).
+    pub message: String,
+    /// Files to add to the chat, relative to `workdir`.
+    pub files: Vec<String>,
+    /// Let aider commit its edits.
+    pub auto_commit: bool,
+    /// Extra aider flags from configuration; placed before ours, so ours win.
+    pub extra_flags: Vec<String>,
+    /// aider `--timeout`: per-read inactivity timeout of one LLM call, in seconds.
+    pub request_timeout_s: u64,
+    /// Program and arguments put in front of `python` (e.g. `strace -f -e trace=connect -o F`
+    /// in tests that watch the network); normally empty.
+    pub launch_prefix: Vec<OsString>,
+    /// Extra environment for the process (normally empty; e.g. git identity overrides).
+    pub extra_env: Vec<(String, String)>,
+}
+
+/// Which pipe a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputStream {
+    /// aider's stdout (with `--no-pretty`, nearly everything).
+    Stdout,
+    /// aider's stderr.
+    Stderr,
+}
+
+/// A piece of aider's output as it arrived (API key already redacted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputChunk {
+    /// The pipe.
+    pub stream: OutputStream,
+    /// The text.
+    pub text: String,
+}
+
+/// LLM usage of one attempt, from aider's analytics log.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct AiderUsage {
+    /// LLM calls that got a reply (`message_send` events).
+    pub llm_calls: u32,
+    /// LLM calls started that never got a reply (`message_send_starting` without `message_send`).
+    pub failed_calls: u32,
+    /// Prompt tokens over all replied calls.
+    pub prompt_tokens: u64,
+    /// Completion tokens over all replied calls.
+    pub completion_tokens: u64,
+    /// Cost in USD over all replied calls (0 unless the model has prices).
+    pub cost_usd: f64,
+}
+
+/// The result of one aider attempt.
+#[derive(Debug, Clone, Default)]
+pub struct AiderRun {
+    /// Exit code, if aider exited (not when killed by a signal).
+    pub exit_code: Option<i32>,
+    /// The signal that ended aider, if any.
+    pub signal: Option<i32>,
+    /// stdout and stderr interleaved in arrival order (key redacted).
+    pub output: String,
+    /// Usage from the analytics log.
+    pub usage: AiderUsage,
+    /// The run was stopped by its cancellation token.
+    pub cancelled: bool,
+    /// The run was stopped by its deadline.
+    pub timed_out: bool,
+    /// Wall time from spawn to the end.
+    pub duration: Duration,
+    /// The process group id aider ran in (gone when this is returned).
+    pub pgid: Option<i32>,
+}
+
+/// Why an attempt could not even be started.
+#[derive(Debug, thiserror::Error)]
+pub enum AiderError {
+    /// The worktree is missing or not inside a git repository.
+    #[error("workdir {0} is not a directory inside a git repository")]
+    NotAGitWorktree(PathBuf),
+    /// The python interpreter is missing.
+    #[error("aider python {0} not found (run scripts/install-aider.sh)")]
+    PythonMissing(PathBuf),
+    /// The private run directory or its files could not be written.
+    #[error("cannot prepare the aider run directory: {0}")]
+    Prepare(#[source] std::io::Error),
+    /// The process could not be spawned.
+    #[error("cannot spawn aider: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// Waiting for the process failed.
+    #[error("waiting for aider failed: {0}")]
+    Wait(#[source] std::io::Error),
+}
+
+/// The private per-run directory: HOME, launcher, settings, metadata and analytics files.
+struct RunDir {
+    dir: tempfile::TempDir,
+}
+
+impl RunDir {
+    fn create(inv: &AiderInvocation) -> Result<Self, AiderError> {
+        let dir = tempfile::Builder::new()
+            .prefix("pas-aider-")
+            .tempdir()
+            .map_err(AiderError::Prepare)?;
+        let rd = RunDir { dir };
+        std::fs::create_dir(rd.home()).map_err(AiderError::Prepare)?;
+        // aider asks git for an identity and warns without one.
+        std::fs::write(
+            rd.home().join(".gitconfig"),
+            format!("[user]\n\tname = {GIT_NAME}\n\temail = {GIT_EMAIL}\n"),
+        )
+        .map_err(AiderError::Prepare)?;
+        std::fs::write(rd.launcher(), LAUNCHER_PY).map_err(AiderError::Prepare)?;
+        std::fs::write(rd.settings(), model_settings_yaml(&inv.model))
+            .map_err(AiderError::Prepare)?;
+        std::fs::write(rd.metadata(), model_metadata_json(&inv.model))
+            .map_err(AiderError::Prepare)?;
+        Ok(rd)
+    }
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+    fn launcher(&self) -> PathBuf {
+        self.dir.path().join("aider_launcher.py")
+    }
+    fn settings(&self) -> PathBuf {
+        self.dir.path().join("model-settings.yml")
+    }
+    fn metadata(&self) -> PathBuf {
+        self.dir.path().join("model-metadata.json")
+    }
+    fn analytics(&self) -> PathBuf {
+        self.dir.path().join("analytics.jsonl")
+    }
+}
+
+/// The `--model-settings-file` content: edit format and no SDK-level retries.
+pub fn model_settings_yaml(model: &ModelEndpoint) -> String {
+    let entry = serde_json::json!([{
+        "name": model.name,
+        "edit_format": model.edit_format.as_deref().unwrap_or("diff"),
+        "extra_params": {"max_retries": 0},
+    }]);
+    // JSON is valid YAML.
+    entry.to_string()
+}
+
+/// The `--model-metadata-file` content: context size and prices keyed by the model name (stops
+/// aider's metadata fetch and makes it report cost).
+pub fn model_metadata_json(model: &ModelEndpoint) -> String {
+    let provider = match model.provider {
+        Provider::OpenAi => "openai",
+        Provider::Ollama => "ollama",
+        Provider::Anthropic => "anthropic",
+        Provider::Other => model.name.split('/').next().unwrap_or("openai"),
+    };
+    serde_json::json!({
+        model.name.clone(): {
+            "max_tokens": model.context_limit,
+            "max_input_tokens": model.context_limit,
+            "max_output_tokens": 8192u64.min(model.context_limit.max(1)),
+            "input_cost_per_token": model.input_cost_per_token,
+            "output_cost_per_token": model.output_cost_per_token,
+            "litellm_provider": provider,
+            "mode": "chat",
+        }
+    })
+    .to_string()
+}
+
+/// The full argument vector after `python launcher.py`.
+pub fn aider_args(
+    inv: &AiderInvocation,
+    settings: &Path,
+    metadata: &Path,
+    analytics: &Path,
+) -> Vec<OsString> {
+    let mut a: Vec<OsString> = inv.extra_flags.iter().map(OsString::from).collect();
+    let mut push = |s: &str| a.push(OsString::from(s));
+    push("--model");
+    push(&inv.model.name);
+    push("--edit-format");
+    push(inv.model.edit_format.as_deref().unwrap_or("diff"));
+    for flag in [
+        "--no-check-update",
+        "--no-analytics",
+        "--no-show-model-warnings",
+        "--no-show-release-notes",
+        "--no-detect-urls",
+        "--no-gitignore",
+        "--no-auto-lint",
+        "--no-auto-test",
+        "--no-pretty",
+        "--no-fancy-input",
+        "--yes-always",
+        "--stream",
+        "--no-attribute-co-authored-by",
+        "--no-suggest-shell-commands",
+    ] {
+        push(flag);
+    }
+    push("--map-tokens");
+    push("0");
+    push("--chat-history-file");
+    push("/dev/null");
+    push("--input-history-file");
+    push("/dev/null");
+    push("--timeout");
+    push(&inv.request_timeout_s.max(1).to_string());
+    push(if inv.auto_commit {
+        "--auto-commits"
+    } else {
+        "--no-auto-commits"
+    });
+    match (inv.model.provider, inv.model.api_base.as_deref()) {
+        (Provider::OpenAi, Some(base)) => {
+            push("--openai-api-base");
+            push(base);
+        }
+        (Provider::Ollama, Some(base)) => {
+            push("--set-env");
+            push(&format!("OLLAMA_API_BASE={base}"));
+        }
+        (Provider::Anthropic, Some(base)) => {
+            push("--set-env");
+            push(&format!("ANTHROPIC_API_BASE={base}"));
+            push("--set-env");
+            push(&format!("ANTHROPIC_BASE_URL={base}"));
+        }
+        _ => {}
+    }
+    if inv.model.provider == Provider::OpenAi && inv.model.api_base.is_some() {
+        // litellm prefers OPENAI_BASE_URL over OPENAI_API_BASE: pin both.
+        if let Some(base) = inv.model.api_base.as_deref() {
+            push("--set-env");
+            push(&format!("OPENAI_BASE_URL={base}"));
+        }
+    }
+    a.push("--model-settings-file".into());
+    a.push(settings.into());
+    a.push("--model-metadata-file".into());
+    a.push(metadata.into());
+    a.push("--analytics-log".into());
+    a.push(analytics.into());
+    a.push("--message".into());
+    a.push(inv.message.clone().into());
+    for f in &inv.files {
+        a.push(f.into());
+    }
+    a
+}
+
+/// The environment variables of the run (everything else is cleared).
+fn environment(inv: &AiderInvocation, home: &Path) -> Vec<(String, String)> {
+    let mut env = vec![
+        (
+            "PATH".to_string(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+        ),
+        ("HOME".to_string(), home.display().to_string()),
+        ("LANG".to_string(), "C.UTF-8".to_string()),
+        ("LC_ALL".to_string(), "C.UTF-8".to_string()),
+        ("PYTHONIOENCODING".to_string(), "utf-8".to_string()),
+        ("PYTHONUNBUFFERED".to_string(), "1".to_string()),
+        (
+            "LITELLM_LOCAL_MODEL_COST_MAP".to_string(),
+            "True".to_string(),
+        ),
+        ("HF_HUB_OFFLINE".to_string(), "1".to_string()),
+        ("COLUMNS".to_string(), "1000".to_string()),
+        ("BROWSER".to_string(), "true".to_string()),
+        ("GIT_AUTHOR_NAME".to_string(), GIT_NAME.to_string()),
+        ("GIT_AUTHOR_EMAIL".to_string(), GIT_EMAIL.to_string()),
+        ("GIT_COMMITTER_NAME".to_string(), GIT_NAME.to_string()),
+        ("GIT_COMMITTER_EMAIL".to_string(), GIT_EMAIL.to_string()),
+        ("GIT_TERMINAL_PROMPT".to_string(), "0".to_string()),
+    ];
+    let key = inv.model.api_key.clone();
+    match inv.model.provider {
+        Provider::OpenAi => {
+            env.push((
+                "OPENAI_API_KEY".into(),
+                key.unwrap_or_else(|| "sk-none".into()),
+            ));
+        }
+        Provider::Anthropic => {
+            env.push((
+                "ANTHROPIC_API_KEY".into(),
+                key.unwrap_or_else(|| "sk-ant-none".into()),
+            ));
+        }
+        Provider::Ollama => {
+            if let Some(k) = key {
+                env.push(("OLLAMA_API_KEY".into(), k));
+            }
+            if let Some(base) = &inv.model.api_base {
+                env.push(("OLLAMA_API_BASE".into(), base.clone()));
+            }
+        }
+        Provider::Other => {}
+    }
+    if let (Provider::Anthropic, Some(base)) = (inv.model.provider, &inv.model.api_base) {
+        env.push(("ANTHROPIC_API_BASE".into(), base.clone()));
+    }
+    env.extend(inv.extra_env.iter().cloned());
+    env
+}
+
+/// Kills the process group when dropped unless disarmed: a dropped run leaves no orphans.
+struct GroupGuard {
+    pgid: Option<Pid>,
+}
+
+impl GroupGuard {
+    fn kill(&self, signal: Signal) {
+        if let Some(pgid) = self.pgid {
+            // ESRCH (group already gone) is the normal case after exit.
+            let _ = killpg(pgid, signal);
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill(Signal::SIGKILL);
+    }
+}
+
+/// Removes every occurrence of a secret from streamed text, even when it is split across chunks.
+#[derive(Debug)]
+pub struct Redactor {
+    secret: Option<String>,
+    pending: String,
+}
+
+/// What a redacted secret is replaced with.
+pub const REDACTED: &str = "[REDACTED]";
+
+impl Redactor {
+    /// Redacts `secret` (nothing when `None` or empty).
+    pub fn new(secret: Option<&str>) -> Self {
+        Redactor {
+            secret: secret.filter(|s| !s.is_empty()).map(str::to_string),
+            pending: String::new(),
+        }
+    }
+
+    /// Feeds text and returns what can be released now (a possible start of the secret is held).
+    pub fn push(&mut self, text: &str) -> String {
+        let Some(secret) = &self.secret else {
+            return text.to_string();
+        };
+        self.pending.push_str(text);
+        let replaced = self.pending.replace(secret.as_str(), REDACTED);
+        // Hold back the longest suffix that is a proper prefix of the secret.
+        let hold = (1..secret.len())
+            .rev()
+            .find(|&n| {
+                replaced.len() >= n
+                    && replaced.is_char_boundary(replaced.len() - n)
+                    && secret.is_char_boundary(n)
+                    && replaced.ends_with(&secret[..n])
+            })
+            .unwrap_or(0);
+        let cut = replaced.len() - hold;
+        self.pending = replaced[cut..].to_string();
+        replaced[..cut].to_string()
+    }
+
+    /// Releases whatever is held at the end of the stream.
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+/// Decodes UTF-8 across read boundaries (an incomplete trailing sequence waits for the next read).
+#[derive(Debug, Default)]
+struct Utf8Stream {
+    rest: Vec<u8>,
+}
+
+impl Utf8Stream {
+    fn push(&mut self, bytes: &[u8]) -> String {
+        self.rest.extend_from_slice(bytes);
+        match std::str::from_utf8(&self.rest) {
+            Ok(s) => {
+                let s = s.to_string();
+                self.rest.clear();
+                s
+            }
+            Err(e) if e.error_len().is_none() => {
+                let valid = e.valid_up_to();
+                let s = String::from_utf8_lossy(&self.rest[..valid]).into_owned();
+                self.rest.drain(..valid);
+                s
+            }
+            Err(_) => {
+                let s = String::from_utf8_lossy(&self.rest).into_owned();
+                self.rest.clear();
+                s
+            }
+        }
+    }
+    fn finish(&mut self) -> String {
+        let s = String::from_utf8_lossy(&self.rest).into_owned();
+        self.rest.clear();
+        s
+    }
+}
+
+/// Reads one pipe to the end, forwarding redacted chunks and appending them to the shared output.
+async fn pump(
+    mut pipe: impl tokio::io::AsyncRead + Unpin,
+    stream: OutputStream,
+    secret: Option<String>,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+    tx: mpsc::Sender<OutputChunk>,
+) {
+    let mut buf = vec![0u8; 8192];
+    let mut utf8 = Utf8Stream::default();
+    let mut redactor = Redactor::new(secret.as_deref());
+    let mut receiver_open = true;
+    loop {
+        let (text, done) = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let tail = utf8.finish();
+                let mut t = redactor.push(&tail);
+                t.push_str(&redactor.finish());
+                (t, true)
+            }
+            Ok(n) => (redactor.push(&utf8.push(&buf[..n])), false),
+        };
+        if !text.is_empty() {
+            if let Ok(mut out) = output.lock() {
+                out.push_str(&text);
+            }
+            if receiver_open {
+                receiver_open = tx.send(OutputChunk { stream, text }).await.is_ok();
+            }
+        }
+        if done {
+            break;
+        }
+    }
+}
+
+/// Sums `message_send` events and counts calls that started but never got a reply.
+pub fn parse_analytics(jsonl: &str) -> AiderUsage {
+    let mut usage = AiderUsage::default();
+    let mut open_call = false;
+    for line in jsonl.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        match v.get("event").and_then(|e| e.as_str()) {
+            Some("message_send_starting") => {
+                if open_call {
+                    usage.failed_calls += 1;
+                }
+                open_call = true;
+            }
+            Some("message_send") => {
+                open_call = false;
+                usage.llm_calls += 1;
+                let p = v.get("properties");
+                let num = |k: &str| {
+                    p.and_then(|p| p.get(k))
+                        .and_then(|x| x.as_f64())
+                        .unwrap_or(0.0)
+                };
+                usage.prompt_tokens += num("prompt_tokens") as u64;
+                usage.completion_tokens += num("completion_tokens") as u64;
+                usage.cost_usd += num("cost");
+            }
+            _ => {}
+        }
+    }
+    if open_call {
+        usage.failed_calls += 1;
+    }
+    usage
+}
+
+/// Runs one aider attempt to the end, to cancellation or to the deadline.
+///
+/// Output chunks go to `output` as they arrive (a closed receiver is fine: the text is still
+/// collected). On cancel or deadline the process group gets SIGTERM, then SIGKILL after 1 s;
+/// dropping the returned future kills the group at once.
+pub async fn run_aider(
+    inv: AiderInvocation,
+    output: mpsc::Sender<OutputChunk>,
+    cancel: CancellationToken,
+    deadline: Instant,
+) -> Result<AiderRun, AiderError> {
+    if !inv.workdir.is_dir() || !is_in_git_repo(&inv.workdir) {
+        return Err(AiderError::NotAGitWorktree(inv.workdir.clone()));
+    }
+    if !inv.python.exists() {
+        return Err(AiderError::PythonMissing(inv.python.clone()));
+    }
+    let run_dir = RunDir::create(&inv)?;
+    let args = aider_args(
+        &inv,
+        &run_dir.settings(),
+        &run_dir.metadata(),
+        &run_dir.analytics(),
+    );
+    let mut cmd = match inv.launch_prefix.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(&inv.python);
+            c
+        }
+        None => Command::new(&inv.python),
+    };
+    cmd.arg(run_dir.launcher())
+        .args(&args)
+        .current_dir(&inv.workdir)
+        .env_clear()
+        .envs(environment(&inv, &run_dir.home()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let started = Instant::now();
+    let mut child: Child = cmd.spawn().map_err(AiderError::Spawn)?;
+    let pgid = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .map(Pid::from_raw);
+    let guard = GroupGuard { pgid };
+    let collected = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut pumps = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        pumps.push(tokio::spawn(pump(
+            out,
+            OutputStream::Stdout,
+            inv.model.api_key.clone(),
+            collected.clone(),
+            output.clone(),
+        )));
+    }
+    if let Some(err) = child.stderr.take() {
+        pumps.push(tokio::spawn(pump(
+            err,
+            OutputStream::Stderr,
+            inv.model.api_key.clone(),
+            collected.clone(),
+            output.clone(),
+        )));
+    }
+    drop(output);
+
+    let mut cancelled = false;
+    let mut timed_out = false;
+    let status = tokio::select! {
+        status = child.wait() => status.map_err(AiderError::Wait)?,
+        () = cancel.cancelled() => {
+            cancelled = true;
+            stop(&mut child, &guard).await?
+        }
+        () = tokio::time::sleep_until(deadline) => {
+            timed_out = true;
+            stop(&mut child, &guard).await?
+        }
+    };
+    // Whatever aider left behind in its group (git, a linter) goes too, so the pipes close.
+    guard.kill(Signal::SIGKILL);
+    for p in pumps {
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, p).await;
+    }
+    let output = collected.lock().map(|s| s.clone()).unwrap_or_default();
+    let analytics = std::fs::read_to_string(run_dir.analytics()).unwrap_or_default();
+    use std::os::unix::process::ExitStatusExt;
+    Ok(AiderRun {
+        exit_code: status.code(),
+        signal: status.signal(),
+        output,
+        usage: parse_analytics(&analytics),
+        cancelled,
+        timed_out,
+        duration: started.elapsed(),
+        pgid: pgid.map(|p| p.as_raw()),
+    })
+}
+
+/// SIGTERM to the group, SIGKILL after [`TERM_GRACE`], then reap.
+async fn stop(
+    child: &mut Child,
+    guard: &GroupGuard,
+) -> Result<std::process::ExitStatus, AiderError> {
+    guard.kill(Signal::SIGTERM);
+    match tokio::time::timeout(TERM_GRACE, child.wait()).await {
+        Ok(status) => status.map_err(AiderError::Wait),
+        Err(_) => {
+            guard.kill(Signal::SIGKILL);
+            child.wait().await.map_err(AiderError::Wait)
+        }
+    }
+}
+
+/// True when `dir` is inside a git work tree (a `.git` dir or file here or in a parent).
+fn is_in_git_repo(dir: &Path) -> bool {
+    dir.ancestors().any(|d| d.join(".git").exists())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redactor_catches_secrets_split_across_chunks() {
+        let mut r = Redactor::new(Some("sk-SECRET"));
+        let mut out = String::new();
+        for piece in ["key is sk-", "SEC", "RET and sk-S", "ECRET!", " sk"] {
+            out.push_str(&r.push(piece));
+        }
+        out.push_str(&r.finish());
+        assert_eq!(out, "key is [REDACTED] and [REDACTED]! sk");
+        let mut none = Redactor::new(None);
+        assert_eq!(none.push("sk-SECRET"), "sk-SECRET");
+    }
+
+    #[test]
+    fn utf8_split_across_reads_is_kept_whole() {
+        let mut u = Utf8Stream::default();
+        let bytes = "héllo".as_bytes();
+        let a = u.push(&bytes[..2]);
+        let b = u.push(&bytes[2..]);
+        assert_eq!(format!("{a}{b}{}", u.finish()), "héllo");
+    }
+
+    #[test]
+    fn analytics_counts_replies_and_failed_calls() {
+        let log = r#"{"event": "launched"}
+{"event": "message_send_starting", "properties": {}}
+{"event": "message_send", "properties": {"prompt_tokens": 100, "completion_tokens": 20, "cost": 0.5}}
+{"event": "message_send_starting", "properties": {}}
+{"event": "message_send", "properties": {"prompt_tokens": 10, "completion_tokens": 2, "cost": 0.25}}
+{"event": "message_send_starting", "properties": {}}
+{"event": "message_send_exception", "properties": {}}
+not json
+"#;
+        let u = parse_analytics(log);
+        assert_eq!(
+            (
+                u.llm_calls,
+                u.failed_calls,
+                u.prompt_tokens,
+                u.completion_tokens
+            ),
+            (2, 1, 110, 22)
+        );
+        assert!((u.cost_usd - 0.75).abs() < 1e-12);
+    }
+
+    fn endpoint(name: &str) -> ModelEndpoint {
+        ModelEndpoint {
+            name: name.into(),
+            provider: Provider::from_model_name(name),
+            api_base: Some("http://127.0.0.1:9/v1".into()),
+            api_key: Some("sk-secret".into()),
+            input_cost_per_token: 1e-6,
+            output_cost_per_token: 2e-6,
+            edit_format: None,
+            context_limit: 32000,
+        }
+    }
+
+    #[test]
+    fn our_flags_come_after_extra_flags_and_the_key_never_is_an_argument() {
+        let inv = AiderInvocation {
+            python: "/x/python".into(),
+            workdir: "/w".into(),
+            model: endpoint("openai/gpt-x"),
+            message: "do it".into(),
+            files: vec!["a.py".into()],
+            auto_commit: true,
+            extra_flags: vec!["--auto-test".into(), "--test-cmd".into(), "touch X".into()],
+            request_timeout_s: 30,
+            launch_prefix: vec![],
+            extra_env: vec![],
+        };
+        let args: Vec<String> = aider_args(&inv, Path::new("s"), Path::new("m"), Path::new("a"))
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let pos = |f: &str| args.iter().position(|a| a == f).unwrap();
+        assert!(pos("--auto-test") < pos("--no-auto-test"));
+        assert_eq!(args[pos("--openai-api-base") + 1], "http://127.0.0.1:9/v1");
+        assert_eq!(args[args.len() - 3..], ["--message", "do it", "a.py"]);
+        assert!(!args.iter().any(|a| a.contains("sk-secret")));
+        let env = environment(&inv, Path::new("/h"));
+        assert!(env.contains(&("OPENAI_API_KEY".into(), "sk-secret".into())));
+        assert!(env.contains(&("HOME".into(), "/h".into())));
+    }
+
+    #[test]
+    fn provider_from_model_prefix_and_metadata_keyed_by_name() {
+        assert_eq!(Provider::from_model_name("ollama_chat/q"), Provider::Ollama);
+        assert_eq!(
+            Provider::from_model_name("anthropic/claude"),
+            Provider::Anthropic
+        );
+        assert_eq!(Provider::from_model_name("gpt-4"), Provider::Other);
+        let meta: serde_json::Value =
+            serde_json::from_str(&model_metadata_json(&endpoint("openai/gpt-x"))).unwrap();
+        assert_eq!(meta["openai/gpt-x"]["input_cost_per_token"], 1e-6);
+        assert_eq!(meta["openai/gpt-x"]["max_input_tokens"], 32000);
+    }
+}

@@ -111,7 +111,7 @@ pub async fn run_attempt(
     };
     let invocation = AiderInvocation {
         python: prog.aider.python.clone(),
-        workdir: worktree.path.clone(),
+        workdir: worktree.path().to_path_buf(),
         home: home.path().to_path_buf(),
         model: endpoint_for(llm),
         message: task.description.clone(),

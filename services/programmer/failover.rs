@@ -68,7 +68,7 @@ pub async fn run_task(
     };
 
     let mut admission = Some(prog.breaker.admit());
-    let starts_on_primary = admission.as_ref().is_some_and(|a| a.uses_primary());
+    let starts_on_primary = admission.as_ref().is_some_and(|a| !a.uses_backup());
     let mut llm = if starts_on_primary { spec.primary.clone() } else { spec.backup.clone() };
     let assigned = Assigned {
         programmer_id: spec.id.clone(),
@@ -122,7 +122,7 @@ pub async fn run_task(
                 result.files_changed = change.files_changed;
                 result.diff = change.diff;
                 result.commit = change.commit;
-                result.branch = worktree.branch.clone();
+                result.branch = worktree.branch().to_string();
                 result.status = TaskState::Succeeded as i32;
                 result.error_class = ErrorClass::None as i32;
                 if let Err(e) = worktree.keep().await {
@@ -194,15 +194,16 @@ fn is_failover_condition(prog: &Programmer, class: ErrorClass) -> bool {
 }
 
 fn report_to_breaker(prog: &Programmer, admission: Admission, outcome: &AttemptOutcome) {
+    let Admission::Primary(ticket) = admission else { return };
     match outcome {
-        AttemptOutcome::LlmFailed { class, .. } if is_failover_condition(prog, *class) => admission.primary_failed(),
+        AttemptOutcome::LlmFailed { class, .. } if is_failover_condition(prog, *class) => ticket.primary_failed(),
         // The primary answered (even if its edit did not apply): it is available.
         AttemptOutcome::Succeeded(_) | AttemptOutcome::EditFailed(_) | AttemptOutcome::LlmFailed { .. } => {
-            admission.primary_succeeded()
+            ticket.primary_succeeded()
         }
-        // No verdict (cancelled, deadline, git or internal error): dropping the admission lets the
-        // breaker treat an unfinished probe as a failure, and ignores a normal attempt.
-        _ => drop(admission),
+        // No verdict (cancelled, deadline, git or internal error): dropping the ticket re-opens
+        // the breaker if it was the half-open probe, and changes nothing otherwise.
+        _ => drop(ticket),
     }
     prog.persist_breaker();
 }

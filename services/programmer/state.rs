@@ -114,7 +114,7 @@ impl Programmer {
 
     /// Writes the breaker's state to the data dir so a restart keeps it (best effort, logged).
     pub fn persist_breaker(&self) {
-        if let Err(e) = self.breaker_store.save(&self.breaker.to_persisted()) {
+        if let Err(e) = self.breaker_store.save_breaker(&self.breaker) {
             tracing::warn!(programmer = %self.spec.id, "could not save the breaker state: {e}");
         }
     }

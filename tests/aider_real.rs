@@ -1,0 +1,564 @@
+//! REAL aider (the venv's `aider-chat`), through our runner, against the real `pas llm-sim` on
+//! 127.0.0.1, in temporary git repositories: edits and commits for each provider API with cost
+//! and no network beyond loopback, every injected fault classified, cancellation and deadline
+//! killing the whole process group, and a hostile repository configuration ignored.
+//!
+//! These tests need the venv (`scripts/install-aider.sh`) and `strace`; without them they FAIL.
+
+mod common;
+
+use common::{Sim, aider_python, git_head, git_repo, repo_changed};
+use pas::contract::v1::ErrorClass;
+use pas::programmer::aider::{
+    AiderInvocation, AiderRun, ModelEndpoint, OutputChunk, Provider, REDACTED, run_aider,
+};
+use pas::programmer::classify::{LlmFailureClass, Outcome, classify};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+const CALC: &str = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n";
+const TASK: &str = "Add docstrings to all functions";
+const API_KEY: &str = "sk-sim-SECRET-7f3a9c";
+
+/// At most this many aider processes at once (2 cores, ~250 MB each).
+static AIDER_SLOTS: Semaphore = Semaphore::const_new(3);
+
+fn endpoint(sim: &Sim, name: &str, priced: bool) -> ModelEndpoint {
+    let provider = Provider::from_model_name(name);
+    let api_base = match provider {
+        Provider::OpenAi => sim.openai_base(),
+        _ => sim.base.clone(),
+    };
+    ModelEndpoint {
+        name: name.to_string(),
+        provider,
+        api_base: Some(api_base),
+        api_key: Some(API_KEY.to_string()),
+        input_cost_per_token: if priced { 3e-6 } else { 0.0 },
+        output_cost_per_token: if priced { 15e-6 } else { 0.0 },
+        edit_format: Some("diff".to_string()),
+        context_limit: 128_000,
+    }
+}
+
+fn invocation(repo: &Path, model: ModelEndpoint, message: &str) -> AiderInvocation {
+    AiderInvocation {
+        python: aider_python(),
+        workdir: repo.to_path_buf(),
+        model,
+        message: message.to_string(),
+        files: vec!["calc.py".to_string()],
+        auto_commit: true,
+        extra_flags: Vec::new(),
+        request_timeout_s: 30,
+        launch_prefix: Vec::new(),
+        extra_env: Vec::new(),
+    }
+}
+
+/// Runs aider to the end and returns the run, the streamed chunks and the classification.
+async fn run(inv: AiderInvocation, within: Duration) -> (AiderRun, Vec<OutputChunk>, Outcome) {
+    let _slot = AIDER_SLOTS.acquire().await.expect("semaphore");
+    let repo = inv.workdir.clone();
+    let base = git_head(&repo);
+    let (tx, mut rx) = mpsc::channel(64);
+    let collector = tokio::spawn(async move {
+        let mut chunks = Vec::new();
+        while let Some(c) = rx.recv().await {
+            chunks.push(c);
+        }
+        chunks
+    });
+    let run = run_aider(inv, tx, CancellationToken::new(), Instant::now() + within)
+        .await
+        .expect("aider starts");
+    let chunks = collector.await.expect("collector");
+    let outcome = classify(&run, repo_changed(&repo, &base));
+    (run, chunks, outcome)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_and_commits_on_each_provider_api_with_cost_and_loopback_only() {
+    let sim = Sim::start();
+    let cases = [
+        ("openai/gpt-4o", true),
+        ("ollama/qwen2.5-coder:7b-instruct", false),
+        ("anthropic/claude-sonnet-4-20250514", true),
+    ];
+    let mut tasks = Vec::new();
+    for (name, priced) in cases {
+        let repo = git_repo(&[("calc.py", CALC)]);
+        let trace_dir = tempfile::tempdir().unwrap();
+        let trace = trace_dir.path().join("connect.log");
+        let mut inv = invocation(repo.path(), endpoint(&sim, name, priced), TASK);
+        inv.launch_prefix = common::strace_prefix(&trace);
+        tasks.push(tokio::spawn(async move {
+            let base = git_head(repo.path());
+            let result = run(inv, Duration::from_secs(120)).await;
+            let trace_text = std::fs::read_to_string(&trace).unwrap_or_default();
+            (name, priced, repo, base, result, trace_text, trace_dir)
+        }));
+    }
+    for t in tasks {
+        let (name, priced, repo, base, (run, chunks, outcome), trace, _dir) = t.await.unwrap();
+        let ctx = format!("{name}:\n{}", run.output);
+        if let Some(dir) = std::env::var_os("PAS_CAPTURE_DIR") {
+            let file = format!("success_{}.txt", name.replace(['/', ':'], "_"));
+            std::fs::write(Path::new(&dir).join(file), &run.output).expect("capture output");
+        }
+        assert_eq!(outcome, Outcome::Success, "{ctx}");
+        assert_eq!(run.exit_code, Some(0), "{ctx}");
+        assert!(run.output.contains("Applied edit to calc.py"), "{ctx}");
+        // Committed, with the docstrings in the new commit.
+        assert_ne!(git_head(repo.path()), base, "{ctx}");
+        let committed = common::git(repo.path(), &["show", "HEAD:calc.py"]);
+        assert!(
+            committed.contains("def add(a, b):\n    \"\"\"Add.\"\"\"\n"),
+            "{committed}"
+        );
+        assert!(
+            committed.contains("def sub(a, b):\n    \"\"\"Sub.\"\"\"\n"),
+            "{committed}"
+        );
+        assert!(
+            common::git(repo.path(), &["status", "--porcelain"])
+                .trim()
+                .is_empty()
+        );
+        // Usage from the analytics log; cost only for priced models.
+        assert_eq!(run.usage.llm_calls, 1, "{ctx}");
+        assert_eq!(run.usage.failed_calls, 0, "{ctx}");
+        assert!(
+            run.usage.prompt_tokens > 100 && run.usage.completion_tokens > 10,
+            "{:?}",
+            run.usage
+        );
+        if priced {
+            let expected =
+                run.usage.prompt_tokens as f64 * 3e-6 + run.usage.completion_tokens as f64 * 15e-6;
+            assert!(
+                (run.usage.cost_usd - expected).abs() < 1e-9,
+                "{:?} vs {expected}",
+                run.usage
+            );
+            assert!(run.output.contains("Cost: $"), "{ctx}");
+        } else {
+            assert_eq!(run.usage.cost_usd, 0.0, "{:?}", run.usage);
+        }
+        // Streamed in pieces, in order, and the same text as the collected output.
+        assert!(chunks.len() > 1, "{name}: output arrives in chunks");
+        let streamed: String = chunks
+            .iter()
+            .filter(|c| c.stream == pas::programmer::aider::OutputStream::Stdout)
+            .map(|c| c.text.as_str())
+            .collect();
+        assert!(streamed.contains("Applied edit to calc.py"));
+        // The network: aider did connect (to the sim), and only ever to loopback.
+        let connects = trace.lines().filter(|l| l.contains("connect(")).count();
+        let to_sim = format!("htons({})", sim.addr.port());
+        assert!(
+            trace
+                .lines()
+                .any(|l| l.contains("connect(") && l.contains(&to_sim)),
+            "{name}: strace saw no connect to the sim ({connects} connects):\n{trace}"
+        );
+        let outside = common::non_loopback_connects(&trace);
+        assert!(
+            outside.is_empty(),
+            "{name}: network attempts beyond loopback:\n{}",
+            outside.join("\n")
+        );
+    }
+    let usage = sim.usage().await;
+    for model in [
+        "gpt-4o",
+        "qwen2.5-coder:7b-instruct",
+        "claude-sonnet-4-20250514",
+    ] {
+        assert_eq!(
+            usage[model]["requests"], 2,
+            "edit + commit message for {model}: {usage}"
+        );
+    }
+}
+
+#[test]
+fn the_loopback_check_catches_a_non_loopback_connect() {
+    // UDP connect() only sets the peer address: no packet leaves the machine.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("connect.log");
+    let prefix = common::strace_prefix(&log);
+    let status = std::process::Command::new(&prefix[0])
+        .args(&prefix[1..])
+        .arg(aider_python())
+        .args([
+            "-c",
+            "import socket\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect(('127.0.0.1', 9))\n\
+             s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.connect(('::1', 9))\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect(('192.0.2.1', 9))\n",
+        ])
+        .status()
+        .expect("run python under strace");
+    assert!(status.success());
+    let trace = std::fs::read_to_string(&log).unwrap();
+    let outside = common::non_loopback_connects(&trace);
+    assert_eq!(outside.len(), 1, "{trace}");
+    assert!(outside[0].contains("192.0.2.1"));
+}
+
+/// One injected fault, what aider must print, and what we must make of it.
+struct FaultCase {
+    fault: &'static str,
+    model: &'static str,
+    expect_line: &'static str,
+    expect: Outcome,
+}
+
+fn llm(class: LlmFailureClass) -> Outcome {
+    Outcome::LlmFailure(class, String::new())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_injected_fault_gives_aiders_line_and_our_class() {
+    use LlmFailureClass::*;
+    let cases = vec![
+        FaultCase {
+            fault: "http_500",
+            model: "openai/f500",
+            expect_line: "litellm.InternalServerError:",
+            expect: llm(ApiError),
+        },
+        FaultCase {
+            fault: "http_503",
+            model: "openai/f503",
+            expect_line: "litellm.ServiceUnavailableError:",
+            expect: llm(ModelUnavailable),
+        },
+        FaultCase {
+            fault: "http_429",
+            model: "openai/f429",
+            expect_line: "litellm.RateLimitError:",
+            expect: llm(RateLimit),
+        },
+        FaultCase {
+            fault: "http_401",
+            model: "openai/f401",
+            expect_line: "litellm.AuthenticationError:",
+            expect: llm(ApiError),
+        },
+        FaultCase {
+            fault: "http_404",
+            model: "openai/f404",
+            expect_line: "litellm.NotFoundError:",
+            expect: llm(ModelUnavailable),
+        },
+        FaultCase {
+            fault: "drop",
+            model: "openai/fdrop",
+            expect_line: "litellm.APIConnectionError:",
+            expect: llm(ApiError),
+        },
+        FaultCase {
+            fault: "hang",
+            model: "openai/fhang",
+            expect_line: "litellm.Timeout:",
+            expect: llm(Timeout),
+        },
+        FaultCase {
+            fault: "empty",
+            model: "openai/fempty",
+            expect_line: "Empty response received from LLM",
+            expect: llm(ApiError),
+        },
+        FaultCase {
+            fault: "malformed",
+            model: "openai/fmalformed",
+            expect_line: "The LLM did not conform to the edit format",
+            expect: Outcome::EditFailure(String::new()),
+        },
+        FaultCase {
+            fault: "no_match",
+            model: "openai/fnomatch",
+            expect_line: "SearchReplaceNoExactMatch",
+            expect: Outcome::EditFailure(String::new()),
+        },
+        FaultCase {
+            fault: "http_500",
+            model: "ollama/f500",
+            expect_line: "litellm.APIConnectionError:",
+            expect: llm(ApiError),
+        },
+        FaultCase {
+            fault: "http_404",
+            model: "ollama/f404",
+            expect_line: "litellm.",
+            expect: llm(ModelUnavailable),
+        },
+        FaultCase {
+            fault: "http_429",
+            model: "anthropic/f429",
+            expect_line: "litellm.RateLimitError:",
+            expect: llm(RateLimit),
+        },
+        FaultCase {
+            fault: "http_503",
+            model: "anthropic/f503",
+            expect_line: "litellm.ServiceUnavailableError:",
+            expect: llm(ModelUnavailable),
+        },
+        FaultCase {
+            fault: "http_529",
+            model: "anthropic/f529",
+            expect_line: "litellm.InternalServerError:",
+            expect: llm(ApiError),
+        },
+        FaultCase {
+            fault: "http_401",
+            model: "anthropic/f401",
+            expect_line: "litellm.AuthenticationError:",
+            expect: llm(ApiError),
+        },
+    ];
+    let script: String = std::iter::once("rules:\n".to_string())
+        .chain(
+            cases
+                .iter()
+                .map(|c| format!("  - {{model: '{}', fault: {}}}\n", c.model, c.fault)),
+        )
+        .collect();
+    let sim = Arc::new(Sim::start_with_script(&script));
+    let mut tasks = Vec::new();
+    for case in cases {
+        let sim = sim.clone();
+        tasks.push(tokio::spawn(async move {
+            let repo = git_repo(&[("calc.py", CALC)]);
+            let base = git_head(repo.path());
+            let mut inv = invocation(repo.path(), endpoint(&sim, case.model, true), TASK);
+            if case.fault == "hang" {
+                inv.request_timeout_s = 3;
+            }
+            let (run, _chunks, outcome) = run(inv, Duration::from_secs(120)).await;
+            assert_eq!(git_head(repo.path()), base, "{}: no commit", case.model);
+            (case, run, outcome)
+        }));
+    }
+    let mut failures = Vec::new();
+    for t in tasks {
+        let (case, run, outcome) = t.await.unwrap();
+        let line_ok = run
+            .output
+            .lines()
+            .any(|l| l.trim_start().starts_with(case.expect_line) || l.contains(case.expect_line));
+        let class_ok = std::mem::discriminant(&outcome) == std::mem::discriminant(&case.expect)
+            && outcome.error_class() == case.expect.error_class();
+        assert!(!run.output.contains(API_KEY), "{}: key leaked", case.model);
+        if !(line_ok && class_ok) || run.exit_code != Some(0) {
+            failures.push(format!(
+                "{} ({}): expected {:?} and a line with {:?}; got {:?} exit {:?}\n{}",
+                case.model,
+                case.fault,
+                case.expect,
+                case.expect_line,
+                outcome,
+                run.exit_code,
+                run.output
+            ));
+        }
+        // A call that got no reply is counted as failed (an empty reply is still a reply).
+        if matches!(outcome, Outcome::LlmFailure(..)) && case.fault != "empty" {
+            assert!(
+                run.usage.failed_calls >= 1,
+                "{}: failed call counted: {:?}",
+                case.model,
+                run.usage
+            );
+        }
+        if let Some(dir) = std::env::var_os("PAS_CAPTURE_DIR") {
+            let name = format!("{}.txt", case.model.replace(['/', ':'], "_"));
+            std::fs::write(Path::new(&dir).join(name), &run.output).expect("capture output");
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n-----\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_mid_stream_kills_the_whole_process_group() {
+    // A long reply streamed one character every 300 ms: aider is mid-stream for minutes.
+    let sim = Sim::start_with_script("rules: [{model: slow, chunk_delay_ms: 300, chunk_chars: 1}]");
+    let repo = git_repo(&[("calc.py", CALC)]);
+    let base = git_head(repo.path());
+    let inv = invocation(repo.path(), endpoint(&sim, "openai/slow", false), TASK);
+    let (tx, mut rx) = mpsc::channel(256);
+    let cancel = CancellationToken::new();
+    let handle = tokio::spawn(run_aider(
+        inv,
+        tx,
+        cancel.clone(),
+        Instant::now() + Duration::from_secs(300),
+    ));
+    // Wait until the LLM reply is streaming through aider's stdout.
+    let mut seen = String::new();
+    let streaming = tokio::time::timeout(Duration::from_secs(90), async {
+        while let Some(c) = rx.recv().await {
+            seen.push_str(&c.text);
+            if seen.contains("I will apply") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        streaming,
+        Ok(true),
+        "aider never streamed the reply:\n{seen}"
+    );
+    let live = common::processes_in_dir(repo.path());
+    assert!(!live.is_empty(), "aider is running in the repo");
+    cancel.cancel();
+    let run = tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .expect("cancel ends the run quickly")
+        .unwrap()
+        .expect("run result");
+    assert!(run.cancelled && !run.timed_out);
+    assert_eq!(
+        classify(&run, repo_changed(repo.path(), &base)),
+        Outcome::Cancelled
+    );
+    assert_eq!(Outcome::Cancelled.error_class(), ErrorClass::Cancelled);
+    let pgid = run.pgid.expect("pgid");
+    assert!(
+        common::processes_in_group(pgid).is_empty(),
+        "group {pgid} still has processes"
+    );
+    assert!(
+        common::processes_in_dir(repo.path()).is_empty(),
+        "processes left in the repo"
+    );
+    assert!(
+        !repo_changed(repo.path(), &base),
+        "a cancelled run applies no edit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_and_dropped_runs_leave_no_processes() {
+    let sim = Sim::start_with_script("rules: [{model: never, fault: hang}]");
+    // Deadline: aider waits on a hung LLM with a long read timeout; our deadline stops it.
+    let repo = git_repo(&[("calc.py", CALC)]);
+    let base = git_head(repo.path());
+    let mut inv = invocation(repo.path(), endpoint(&sim, "openai/never", false), TASK);
+    inv.request_timeout_s = 600;
+    let (tx, _rx) = mpsc::channel(256);
+    let started = Instant::now();
+    let run = run_aider(
+        inv,
+        tx,
+        CancellationToken::new(),
+        Instant::now() + Duration::from_secs(12),
+    )
+    .await
+    .expect("run");
+    assert!(run.timed_out && !run.cancelled, "{}", run.output);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(
+        classify(&run, repo_changed(repo.path(), &base)),
+        Outcome::DeadlineExceeded
+    );
+    assert!(common::processes_in_group(run.pgid.unwrap()).is_empty());
+
+    // Dropped: the future goes away mid-run (e.g. the gRPC stream was cancelled).
+    let repo2 = git_repo(&[("calc.py", CALC)]);
+    let mut inv = invocation(repo2.path(), endpoint(&sim, "openai/never", false), TASK);
+    inv.request_timeout_s = 600;
+    let (tx, mut rx) = mpsc::channel(256);
+    let handle = tokio::spawn(run_aider(
+        inv,
+        tx,
+        CancellationToken::new(),
+        Instant::now() + Duration::from_secs(300),
+    ));
+    // Wait until aider is up and has sent its request (its banner names the model).
+    let up = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut seen = String::new();
+        while let Some(c) = rx.recv().await {
+            seen.push_str(&c.text);
+            if seen.contains("Added calc.py to the chat") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(up, Ok(true));
+    assert!(!common::processes_in_dir(repo2.path()).is_empty());
+    handle.abort();
+    let _ = handle.await;
+    let gone = tokio::time::timeout(Duration::from_secs(5), async {
+        while !common::processes_in_dir(repo2.path()).is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        gone.is_ok(),
+        "dropping the run must kill aider: {:?}",
+        common::processes_in_dir(repo2.path())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_repository_configuration_is_not_obeyed_and_the_key_is_redacted() {
+    let sim = Sim::start();
+    let repo = git_repo(&[
+        ("calc.py", CALC),
+        (
+            ".aider.conf.yml",
+            "auto-test: true\ntest-cmd: touch PWNED_TEST\nauto-lint: true\nlint-cmd: touch PWNED_LINT\nopenai-api-base: http://127.0.0.2:9/v1\n",
+        ),
+        (
+            ".env",
+            "OPENAI_API_BASE=http://127.0.0.2:9/v1\nOPENAI_BASE_URL=http://127.0.0.2:9/v1\nAIDER_AUTO_TEST=true\nAIDER_TEST_CMD=touch PWNED_ENV\n",
+        ),
+    ]);
+    // The task's first line carries the key, so aider echoes it in the reply it streams.
+    let message = format!("Add docstrings ({API_KEY}) to all functions");
+    let mut inv = invocation(
+        repo.path(),
+        endpoint(&sim, "openai/gpt-4o-mini", true),
+        &message,
+    );
+    // Configured extra flags go first, our explicit ones win.
+    inv.extra_flags = vec![
+        "--auto-test".into(),
+        "--test-cmd".into(),
+        "touch PWNED_FLAG".into(),
+    ];
+    let (run, chunks, outcome) = run(inv, Duration::from_secs(120)).await;
+    assert_eq!(outcome, Outcome::Success, "{}", run.output);
+    for f in ["PWNED_TEST", "PWNED_LINT", "PWNED_ENV", "PWNED_FLAG"] {
+        assert!(
+            !repo.path().join(f).exists(),
+            "{f} was created: the repository steered aider\n{}",
+            run.output
+        );
+    }
+    assert_eq!(
+        sim.usage().await["gpt-4o-mini"]["requests"],
+        2,
+        "the sim, not the repo's API base, served aider"
+    );
+    assert!(
+        run.output.contains(REDACTED),
+        "the key echoed by aider is redacted:\n{}",
+        run.output
+    );
+    assert!(!run.output.contains(API_KEY));
+    assert!(chunks.iter().all(|c| !c.text.contains(API_KEY)));
+}
