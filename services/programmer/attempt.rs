@@ -4,7 +4,7 @@
 
 use crate::config::LlmSpec;
 use crate::contract::v1::{ErrorClass, Output, task_event::Kind};
-use crate::programmer::aider::{AiderInvocation, ModelEndpoint, run_aider};
+use crate::programmer::aider::{AiderInvocation, ModelEndpoint, OutputChunk, OutputStream, run_aider};
 use crate::programmer::classify::{Outcome, classify};
 use crate::programmer::state::Programmer;
 use crate::programmer::validate::ValidatedTask;
@@ -75,12 +75,12 @@ pub struct AttemptReport {
 pub fn endpoint_for(llm: &LlmSpec) -> ModelEndpoint {
     ModelEndpoint {
         name: llm.name.clone(),
-        provider: llm.provider.as_str().to_string(),
-        api_base: llm.api_base(),
+        provider: crate::programmer::aider::Provider::from_model_name(&llm.name),
+        api_base: Some(llm.api_base()),
         api_key: llm.api_key(),
         input_cost_per_token: llm.input_cost_per_token,
         output_cost_per_token: llm.output_cost_per_token,
-        edit_format: llm.edit_format.clone(),
+        edit_format: Some(llm.edit_format.clone()),
         context_limit: llm.context_limit,
     }
 }
@@ -105,26 +105,23 @@ pub async fn run_attempt(
         tokens_received,
         cost_usd,
     };
-    let home = match tempfile::Builder::new().prefix("aider-home-").tempdir_in(&prog.scratch_dir) {
-        Ok(h) => h,
-        Err(e) => return report(AttemptOutcome::Internal(format!("cannot create a private HOME: {e}")), 0, 0, 0.0),
-    };
     let invocation = AiderInvocation {
         python: prog.aider.python.clone(),
         workdir: worktree.path().to_path_buf(),
-        home: home.path().to_path_buf(),
         model: endpoint_for(llm),
         message: task.description.clone(),
         files: task.files.clone(),
         auto_commit: prog.spec.limits.auto_commit,
         extra_flags: prog.aider.extra_flags.clone(),
         request_timeout_s: prog.aider.request_timeout_s,
+        launch_prefix: Vec::new(),
+        extra_env: Vec::new(),
     };
 
-    let (tx, mut rx) = mpsc::channel(256);
+    let (tx, mut rx) = mpsc::channel::<OutputChunk>(256);
     let relay = async {
         while let Some(chunk) = rx.recv().await {
-            let output = Output { text: chunk.text, stream: chunk.stream.as_str().to_string(), attempt: number };
+            let output = Output { text: chunk.text, stream: stream_name(chunk.stream).to_string(), attempt: number };
             // A gone caller is noticed by the task's cancellation watcher; keep draining.
             let _ = sink.send(Kind::Output(output)).await;
         }
@@ -146,13 +143,24 @@ pub async fn run_attempt(
         Ok(change) => change,
         Err(e) => return report(AttemptOutcome::GitFailed(e.to_string()), sent, received, cost),
     };
-    let outcome = match classify(&run, !change.files_changed.is_empty()) {
+    let verdict = classify(&run, !change.files_changed.is_empty());
+    let class = verdict.error_class();
+    let outcome = match verdict {
         Outcome::Success => AttemptOutcome::Succeeded(change),
-        Outcome::LlmFailure { class, message } => AttemptOutcome::LlmFailed { class: class.into(), message },
+        Outcome::LlmFailure(_, message) => AttemptOutcome::LlmFailed { class, message },
         Outcome::EditFailure(message) => AttemptOutcome::EditFailed(message),
+        Outcome::Cancelled => AttemptOutcome::Cancelled,
+        Outcome::DeadlineExceeded => AttemptOutcome::DeadlineExceeded,
         Outcome::Other(message) => AttemptOutcome::Internal(message),
     };
     report(outcome, sent, received, cost)
+}
+
+fn stream_name(stream: OutputStream) -> &'static str {
+    match stream {
+        OutputStream::Stdout => "stdout",
+        OutputStream::Stderr => "stderr",
+    }
 }
 
 /// The message of our own commit, used when aider left changes uncommitted.

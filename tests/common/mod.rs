@@ -312,3 +312,4 @@ pub fn strace_prefix(log: &Path) -> Vec<std::ffi::OsString> {
     .chain(std::iter::once(log.as_os_str().to_owned()))
     .collect()
 }
+pub mod pool;

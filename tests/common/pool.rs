@@ -1,0 +1,325 @@
+//! Whole-pool test harness: a temp directory with a config, a workspace root holding real git
+//! repositories, a data dir, the real `pas llm-sim`, and real `pas programmer` / `pas manager`
+//! processes on free 127.0.0.1 ports. Every child is killed when the harness is dropped.
+
+#![allow(dead_code)]
+
+use super::{Sim, aider_python};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// One programmer of a test pool.
+#[derive(Debug, Clone)]
+pub struct TestProgrammer {
+    pub id: String,
+    pub primary: String,
+    pub backup: String,
+    pub capabilities: Vec<String>,
+    /// Per-programmer `max_cost_per_job_usd` override.
+    pub max_cost_per_job_usd: Option<f64>,
+}
+
+impl TestProgrammer {
+    /// A free programmer on two simulated Ollama models.
+    pub fn free(id: &str) -> Self {
+        Self {
+            id: id.into(),
+            primary: format!("ollama/primary-{id}"),
+            backup: format!("ollama/backup-{id}"),
+            capabilities: vec!["fast".into(), "local".into(), "free".into()],
+            max_cost_per_job_usd: None,
+        }
+    }
+
+    /// A paid programmer on simulated OpenAI models (priced in the catalog below).
+    pub fn paid(id: &str) -> Self {
+        Self {
+            id: id.into(),
+            primary: "openai/gpt-4o".into(),
+            backup: "openai/gpt-4o-mini".into(),
+            capabilities: vec!["premium".into(), "paid".into()],
+            max_cost_per_job_usd: None,
+        }
+    }
+}
+
+/// Settings of a test pool; `Default` gives fast failover suitable for tests.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    pub programmers: Vec<TestProgrammer>,
+    pub strategy: String,
+    pub max_queue_per_programmer: u32,
+    pub max_concurrent_per_programmer: u32,
+    pub health_check_interval_s: u64,
+    pub max_retries: u32,
+    pub retry_delay_s: f64,
+    pub failure_threshold: u32,
+    pub window_minutes: f64,
+    pub cooldown_minutes: f64,
+    pub max_daily_spend_usd: f64,
+    pub alert_threshold_usd: f64,
+    pub max_cost_per_job_usd: f64,
+    pub manager_max_queue: u32,
+    pub queue_timeout_s: u64,
+    /// aider's per-read timeout (`aider.request_timeout_s`).
+    pub request_timeout_s: u64,
+    /// Task deadline default (`defaults.timeout_s` and `max_duration_per_job_s`).
+    pub task_timeout_s: u64,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            programmers: vec![TestProgrammer::free("001")],
+            strategy: "least_loaded".into(),
+            max_queue_per_programmer: 5,
+            max_concurrent_per_programmer: 1,
+            health_check_interval_s: 1,
+            max_retries: 2,
+            retry_delay_s: 0.1,
+            failure_threshold: 3,
+            window_minutes: 10.0,
+            cooldown_minutes: 5.0,
+            max_daily_spend_usd: 50.0,
+            alert_threshold_usd: 40.0,
+            max_cost_per_job_usd: 2.5,
+            manager_max_queue: 100,
+            queue_timeout_s: 120,
+            request_timeout_s: 20,
+            task_timeout_s: 120,
+        }
+    }
+}
+
+/// A running child process, killed (SIGKILL) when dropped.
+pub struct ChildGuard {
+    pub child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl ChildGuard {
+    /// Kills the process now (like `kill -9`) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+
+    /// The child's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A test pool on disk; processes are started on demand.
+pub struct TestPool {
+    pub dir: tempfile::TempDir,
+    pub sim: Sim,
+    pub options: PoolOptions,
+    pub config_path: PathBuf,
+    pub workspace_root: PathBuf,
+    pub data_dir: PathBuf,
+    pub ports: BTreeMap<String, u16>,
+    pub manager_port: u16,
+}
+
+/// A free port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+impl TestPool {
+    /// Writes the config for `options` (ports picked now) and starts the simulator.
+    pub fn new(options: PoolOptions) -> Self {
+        Self::with_sim(options, Sim::start())
+    }
+
+    /// Like [`TestPool::new`] with a simulator started by the caller (e.g. with a script).
+    pub fn with_sim(options: PoolOptions, sim: Sim) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let workspace_root = dir.path().join("workspaces");
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir_all(&workspace_root).expect("workspace root");
+        std::fs::create_dir_all(&data_dir).expect("data dir");
+        let ports: BTreeMap<String, u16> = options.programmers.iter().map(|p| (p.id.clone(), free_port())).collect();
+        let manager_port = free_port();
+        let config_path = dir.path().join("pool.yaml");
+        let pool = Self { dir, sim, options, config_path, workspace_root, data_dir, ports, manager_port };
+        std::fs::write(&pool.config_path, pool.config_yaml()).expect("write config");
+        pool
+    }
+
+    /// The YAML of this pool's configuration.
+    pub fn config_yaml(&self) -> String {
+        let o = &self.options;
+        let mut y = String::new();
+        y.push_str(&format!("pool_size: {}\n", o.programmers.len()));
+        y.push_str(&format!(
+            "defaults:\n  timeout_s: {t}\n  max_duration_per_job_s: {t}\n  max_cost_per_job_usd: {}\n",
+            o.max_cost_per_job_usd,
+            t = o.task_timeout_s
+        ));
+        y.push_str("programmers:\n");
+        for p in &o.programmers {
+            y.push_str(&format!(
+                "  - id: \"{}\"\n    port: {}\n    primary_llm: \"{}\"\n    backup_llm: \"{}\"\n    capabilities: [{}]\n",
+                p.id,
+                self.ports[&p.id],
+                p.primary,
+                p.backup,
+                p.capabilities.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ")
+            ));
+            if let Some(c) = p.max_cost_per_job_usd {
+                y.push_str(&format!("    max_cost_per_job_usd: {c}\n"));
+            }
+        }
+        y.push_str(&format!(
+            "load_balancing:\n  strategy: {}\n  prefer_free_models: true\n  max_queue_per_programmer: {}\n  health_check_interval_s: {}\n  max_concurrent_per_programmer: {}\n",
+            o.strategy, o.max_queue_per_programmer, o.health_check_interval_s, o.max_concurrent_per_programmer
+        ));
+        y.push_str(&format!(
+            "failover:\n  enabled: true\n  max_retries: {}\n  retry_delay_s: {}\n  always_failover: true\n  circuit_breaker:\n    enabled: true\n    failure_threshold: {}\n    window_minutes: {}\n    cooldown_minutes: {}\n",
+            o.max_retries, o.retry_delay_s, o.failure_threshold, o.window_minutes, o.cooldown_minutes
+        ));
+        y.push_str(&format!(
+            "cost_optimization:\n  enabled: true\n  prefer_free_over_paid: true\n  max_daily_spend_usd: {}\n  alert_threshold_usd: {}\n",
+            o.max_daily_spend_usd, o.alert_threshold_usd
+        ));
+        y.push_str(&format!(
+            "manager:\n  host: 127.0.0.1\n  port: {}\n  max_queue: {}\n  queue_timeout_s: {}\n  max_dispatch_attempts: 3\n",
+            self.manager_port, o.manager_max_queue, o.queue_timeout_s
+        ));
+        let base = &self.sim.base;
+        y.push_str(&format!(
+            "providers:\n  ollama:\n    api_base: \"{base}\"\n  openai:\n    api_base: \"{base}/v1\"\n    api_key_env: PAS_TEST_OPENAI_KEY\n  anthropic:\n    api_base: \"{base}\"\n    api_key_env: PAS_TEST_ANTHROPIC_KEY\n"
+        ));
+        y.push_str(&format!(
+            "aider:\n  python: \"{}\"\n  request_timeout_s: {}\n",
+            aider_python().display(),
+            o.request_timeout_s
+        ));
+        y.push_str(&format!("workspace_root: \"{}\"\ndata_dir: \"{}\"\n", self.workspace_root.display(), self.data_dir.display()));
+        y
+    }
+
+    /// Creates a git repository `name` under the workspace root with `files` and one commit.
+    pub fn repo(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let path = self.workspace_root.join(name);
+        std::fs::create_dir_all(&path).expect("repo dir");
+        for (rel, content) in files {
+            let file = path.join(rel);
+            std::fs::create_dir_all(file.parent().expect("parent")).expect("parent dir");
+            std::fs::write(&file, content).expect("write file");
+        }
+        super::git(&path, &["init", "-q", "-b", "main"]);
+        super::git(&path, &["add", "-A"]);
+        super::git(&path, &["-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-q", "-m", "initial"]);
+        path
+    }
+
+    /// The sample repository most tests use: `sample` with `src/module.py`.
+    pub fn sample_repo(&self) -> PathBuf {
+        self.repo("sample", &[("src/module.py", SAMPLE_MODULE), ("README.md", "# sample\n")])
+    }
+
+    fn spawn(&self, name: &str, args: &[&str]) -> (ChildGuard, String) {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pas"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .env("PAS_TEST_OPENAI_KEY", "sk-test-openai-secret")
+            .env("PAS_TEST_ANTHROPIC_KEY", "sk-ant-test-secret")
+            .env("RUST_LOG", "info")
+            .env_remove("PAS_WORKSPACE_ROOT")
+            .env_remove("PAS_DATA_DIR")
+            .env_remove("PAS_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .expect("spawn pas");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let mut guard = ChildGuard { child, name: name.into(), log };
+        let Some((_, addr)) = line.trim().split_once(" listening on ") else {
+            guard.kill();
+            panic!("{name} did not start: first line {line:?}\n{}", guard.log_text());
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                sink.clear();
+            }
+        });
+        (guard, addr.to_string())
+    }
+
+    /// Starts programmer `id` on its configured port.
+    pub fn start_programmer(&self, id: &str) -> ChildGuard {
+        self.spawn(&format!("prog-{id}"), &["programmer", "--id", id]).0
+    }
+
+    /// Starts the manager on its configured port.
+    pub fn start_manager(&self) -> ChildGuard {
+        self.spawn("manager", &["manager"]).0
+    }
+
+    /// `http://127.0.0.1:PORT` of programmer `id`.
+    pub fn programmer_url(&self, id: &str) -> String {
+        format!("http://127.0.0.1:{}", self.ports[id])
+    }
+
+    /// `http://127.0.0.1:PORT` of the manager.
+    pub fn manager_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.manager_port)
+    }
+}
+
+/// Waits until `check` holds, polling every 50 ms, up to `timeout`; panics with `what` otherwise.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The sample module: two functions without docstrings.
+pub const SAMPLE_MODULE: &str = "def add(a, b):\n    return a + b\n\n\ndef mul(a, b):\n    return a * b\n";
+
+/// True when `path` exists.
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}
