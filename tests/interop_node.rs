@@ -1,39 +1,40 @@
 //! Interop with Node.js: a client built with @grpc/grpc-js + @grpc/proto-loader straight from
-//! `proto/` (`tests/interop/node/pool_client.js`) dispatches a real task to a real pool (llm-sim,
-//! real aider, real git), reads the stream to its result, and reads the pool status. The client
+//! `proto/` (`tests/interop/node/pool_client.js`) dispatches a real task to a real mesh (llm-sim,
+//! real aider, real git), reads the stream to its result, and reads the mesh status. The client
 //! prints JSON lines; this test checks them.
 //!
 //! Needs `scripts/install-interop.sh` (node_modules) and the aider venv; fails, never skips,
 //! without them.
 
 mod common;
-#[path = "common/pool.rs"]
-mod pool;
+#[path = "interop/support.rs"]
+mod support;
 
-use pool::{Pool, ProgrammerDef, TaskStream};
+use common::pool::TestProgrammer;
 use serde_json::{Value, json};
 use std::process::Command;
 use std::time::Duration;
+use support::{RunningPool, TaskStream};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(150);
 
-fn node(pool: &Pool, args: &[&str]) -> Vec<Value> {
-    let dir = pool::node_client_dir();
+fn node(mesh: &RunningPool, args: &[&str]) -> Vec<Value> {
+    let dir = support::node_client_dir();
     let mut cmd = Command::new("node");
     cmd.arg(dir.join("pool_client.js"))
         .arg("--proto-dir")
-        .arg(pool::proto_dir())
-        .args(["--addr", &pool.manager.target()])
+        .arg(support::proto_dir())
+        .args(["--addr", &mesh.manager_target()])
         .args(args)
         .current_dir(&dir);
-    let out = pool::run_client(cmd, CLIENT_TIMEOUT);
+    let out = support::run_client(cmd, CLIENT_TIMEOUT);
     if !out.status.success() {
         panic!(
             "node client {args:?} failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}\n{}",
             out.status,
             out.stdout,
             out.stderr,
-            pool.logs()
+            mesh.logs()
         );
     }
     out.json_lines()
@@ -41,11 +42,11 @@ fn node(pool: &Pool, args: &[&str]) -> Vec<Value> {
 
 #[test]
 fn node_grpc_js_client_streams_a_dispatch_to_its_result() {
-    let pool = Pool::start(
-        &[ProgrammerDef::fast("001"), ProgrammerDef::fast("002")],
+    let mesh = RunningPool::start(
+        vec![TestProgrammer::free("001"), TestProgrammer::free("002")],
         None,
     );
-    let base = common::git_head(&pool.sample());
+    let base = common::git_head(&mesh.sample());
 
     let request = json!({
         "task_description": "Add docstrings to all functions",
@@ -55,8 +56,8 @@ fn node_grpc_js_client_streams_a_dispatch_to_its_result() {
         "task_id": "node-real-1",
     })
     .to_string();
-    let lines = node(&pool, &["dispatch", "--request", &request]);
-    let context = format!("node dispatch lines: {lines:#?}\n{}", pool.logs());
+    let lines = node(&mesh, &["dispatch", "--request", &request]);
+    let context = format!("node dispatch lines: {lines:#?}\n{}", mesh.logs());
     assert_eq!(
         lines.last(),
         Some(&json!({"end": "OK"})),
@@ -70,8 +71,8 @@ fn node_grpc_js_client_streams_a_dispatch_to_its_result() {
         // proto-loader with `oneofs: true` names the set case in `kind`.
         assert_eq!(ev["kind"], line["kind"], "{context}");
         assert_eq!(
-            pool::as_u64(line.get("seq")),
-            pool::as_u64(ev.get("seq")),
+            support::as_u64(line.get("seq")),
+            support::as_u64(ev.get("seq")),
             "{context}"
         );
         events.push(ev.clone());
@@ -82,14 +83,14 @@ fn node_grpc_js_client_streams_a_dispatch_to_its_result() {
         .into_iter()
         .map(|mut ev| {
             if let Some(obj) = ev.as_object_mut() {
-                obj.retain(|k, v| !(pool::EVENT_KINDS.contains(&k.as_str()) && v.is_null()));
+                obj.retain(|k, v| !(support::EVENT_KINDS.contains(&k.as_str()) && v.is_null()));
             }
             ev
         })
         .collect();
     let stream = TaskStream::check(events, &context);
     assert_eq!(stream.task_id, "node-real-1", "{context}");
-    stream.assert_real_success(&pool.sample(), &context);
+    stream.assert_real_success(&mesh.sample(), &context);
     assert_eq!(
         stream.result_field("base_commit").as_str(),
         Some(base.as_str()),
@@ -103,7 +104,7 @@ fn node_grpc_js_client_streams_a_dispatch_to_its_result() {
         "{context}"
     );
 
-    let lines = node(&pool, &["status"]);
+    let lines = node(&mesh, &["status"]);
     assert_eq!(lines.len(), 1, "{lines:?}");
     let status = &lines[0]["pool_status"];
     assert_eq!(status["pool_size"], 2, "{status:#}");

@@ -1,20 +1,21 @@
 //! Interop with Python: a client generated from `proto/` with grpcio-tools at test time
-//! (`tests/interop/python/pool_client.py`) dispatches a real task to a real pool (llm-sim, real
+//! (`tests/interop/python/pool_client.py`) dispatches a real task to a real mesh (llm-sim, real
 //! aider, real git) and reads the stream to its result, cancels another task mid-stream through
-//! `CancelTask`, and reads the pool status. The client prints JSON lines; this test checks them.
+//! `CancelTask`, and reads the mesh status. The client prints JSON lines; this test checks them.
 //!
 //! Needs `scripts/install-interop.sh` (the `.interop-venv`) and the aider venv; fails, never skips,
 //! without them.
 
 mod common;
-#[path = "common/pool.rs"]
-mod pool;
+#[path = "interop/support.rs"]
+mod support;
 
-use pool::{Pool, ProgrammerDef, TaskStream};
+use common::pool::TestProgrammer;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+use support::{RunningPool, TaskStream};
 
 /// Requests to programmer 003's models never get an answer, so its task is surely still running
 /// when the client cancels it.
@@ -41,15 +42,15 @@ impl PyClient {
     }
 
     /// Runs a client command and returns its JSON lines (the client must exit 0).
-    fn run(&self, args: &[&str], pool: &Pool) -> Vec<Value> {
-        let out = pool::run_client(self.command(args), CLIENT_TIMEOUT);
+    fn run(&self, args: &[&str], mesh: &RunningPool) -> Vec<Value> {
+        let out = support::run_client(self.command(args), CLIENT_TIMEOUT);
         if !out.status.success() {
             panic!(
                 "python client {args:?} failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}\n{}",
                 out.status,
                 out.stdout,
                 out.stderr,
-                pool.logs()
+                mesh.logs()
             );
         }
         out.json_lines()
@@ -71,8 +72,8 @@ fn task_stream(lines: &[Value], context: &str) -> (TaskStream, Vec<Value>) {
             Some(ev) => {
                 // The client's own summary must agree with the event it printed.
                 assert_eq!(
-                    pool::as_u64(line.get("seq")),
-                    pool::as_u64(ev.get("seq")),
+                    support::as_u64(line.get("seq")),
+                    support::as_u64(ev.get("seq")),
                     "{line}"
                 );
                 assert!(
@@ -89,15 +90,19 @@ fn task_stream(lines: &[Value], context: &str) -> (TaskStream, Vec<Value>) {
 
 #[test]
 fn python_generated_client_dispatches_cancels_and_reads_pool_status() {
-    let venv = pool::interop_venv();
-    let slow = ProgrammerDef {
-        id: "003",
-        primary: "ollama/slow-coder:7b",
-        backup: "ollama/slow-coder:14b",
-        capabilities: &["slow", "local", "free"],
+    let venv = support::interop_venv();
+    let slow = TestProgrammer {
+        primary: "ollama/slow-coder:7b".into(),
+        backup: "ollama/slow-coder:14b".into(),
+        capabilities: vec!["slow".into(), "local".into(), "free".into()],
+        ..TestProgrammer::free("003")
     };
-    let pool = Pool::start(
-        &[ProgrammerDef::fast("001"), ProgrammerDef::fast("002"), slow],
+    let mesh = RunningPool::start(
+        vec![
+            TestProgrammer::free("001"),
+            TestProgrammer::free("002"),
+            slow,
+        ],
         Some(HANGING_MODELS),
     );
     let gen_dir = tempfile::tempdir().expect("temp dir");
@@ -105,11 +110,11 @@ fn python_generated_client_dispatches_cancels_and_reads_pool_status() {
         python: venv.join("bin/python"),
         script: Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/python/pool_client.py"),
         gen_dir: gen_dir.path().to_path_buf(),
-        addr: pool.manager.target(),
+        addr: mesh.manager_target(),
     };
 
     // 1. Generate the client from proto/ with grpcio-tools.
-    let proto = pool::proto_dir();
+    let proto = support::proto_dir();
     let mut generate = Command::new(&client.python);
     generate
         .arg(&client.script)
@@ -118,7 +123,7 @@ fn python_generated_client_dispatches_cancels_and_reads_pool_status() {
         .arg(&proto)
         .arg("--out")
         .arg(&client.gen_dir);
-    let out = pool::run_client(generate, Duration::from_secs(60));
+    let out = support::run_client(generate, Duration::from_secs(60));
     out.assert_success("grpc_tools.protoc");
     let generated = &out.json_lines()[0]["generated"];
     for module in [
@@ -140,7 +145,7 @@ fn python_generated_client_dispatches_cancels_and_reads_pool_status() {
     }
 
     // 2. Dispatch a real task and read its stream to the result.
-    let base = common::git_head(&pool.sample());
+    let base = common::git_head(&mesh.sample());
     let request = json!({
         "task_description": "Add docstrings to all functions",
         "files": ["src/module.py"],
@@ -150,12 +155,12 @@ fn python_generated_client_dispatches_cancels_and_reads_pool_status() {
         "task_id": "py-real-1",
     })
     .to_string();
-    let lines = client.run(&["dispatch", "--request", &request], &pool);
-    let context = format!("python dispatch lines: {lines:#?}\n{}", pool.logs());
+    let lines = client.run(&["dispatch", "--request", &request], &mesh);
+    let context = format!("python dispatch lines: {lines:#?}\n{}", mesh.logs());
     let (stream, other) = task_stream(&lines, &context);
     assert_eq!(other, vec![json!({"end": "OK"})], "{context}");
     assert_eq!(stream.task_id, "py-real-1", "{context}");
-    stream.assert_real_success(&pool.sample(), &context);
+    stream.assert_real_success(&mesh.sample(), &context);
     let programmer = stream
         .result_field("programmer_id")
         .as_str()
@@ -171,7 +176,7 @@ fn python_generated_client_dispatches_cancels_and_reads_pool_status() {
         "{context}"
     );
     assert_eq!(
-        common::git_head(&pool.sample()),
+        common::git_head(&mesh.sample()),
         base,
         "the task works on its own branch, not the checkout"
     );
@@ -188,9 +193,9 @@ fn python_generated_client_dispatches_cancels_and_reads_pool_status() {
     .to_string();
     let lines = client.run(
         &["cancel", "--request", &request, "--after", "output"],
-        &pool,
+        &mesh,
     );
-    let context = format!("python cancel lines: {lines:#?}\n{}", pool.logs());
+    let context = format!("python cancel lines: {lines:#?}\n{}", mesh.logs());
     let (stream, other) = task_stream(&lines, &context);
     assert_eq!(
         other.len(),
@@ -233,11 +238,11 @@ fn python_generated_client_dispatches_cancels_and_reads_pool_status() {
         "{context}"
     );
 
-    // 4. The pool status.
-    let lines = client.run(&["status"], &pool);
+    // 4. The mesh status.
+    let lines = client.run(&["status"], &mesh);
     assert_eq!(lines.len(), 1, "{lines:?}");
     let status = &lines[0]["pool_status"];
-    let context = format!("pool status: {status:#}");
+    let context = format!("mesh status: {status:#}");
     assert_eq!(status["pool_size"], 3, "{context}");
     assert_eq!(status["available"], 3, "{context}");
     assert_eq!(status["unavailable"], 0, "{context}");
@@ -284,10 +289,9 @@ fn python_generated_client_dispatches_cancels_and_reads_pool_status() {
         "ollama/slow-coder:7b",
         "{context}"
     );
-    let ports: Vec<u64> = pool
-        .programmers
+    let ports: Vec<u64> = ["001", "002", "003"]
         .iter()
-        .map(|p| u64::from(p.addr.port()))
+        .map(|id| u64::from(mesh.pool.ports[*id]))
         .collect();
     let reported: Vec<u64> = status["programmers"]
         .as_array()

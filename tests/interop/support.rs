@@ -1,246 +1,81 @@
-//! A whole pool for integration tests: `pas llm-sim`, two or three `pas programmer` processes and
-//! `pas manager`, all real processes on 127.0.0.1 with a temporary config, workspace root (holding a
-//! real git repository `sample` with `src/module.py`) and data dir. Plus helpers to run third-party
-//! clients (grpcurl, Python, Node) with a deadline and read their JSON output.
+//! Support for the interop tests (`tests/interop_*.rs`): a running pool on top of the shared
+//! harness ([`crate::common::pool`]), third-party clients (grpcurl, Python, Node) run with a
+//! deadline, and checks of a task stream as those clients print it.
 //!
-//! Include next to `common` (it uses [`crate::common`]'s simulator and git helpers):
+//! Include next to `common`:
 //!
 //! ```ignore
 //! mod common;
-//! #[path = "common/pool.rs"]
-//! mod pool;
+//! #[path = "interop/support.rs"]
+//! mod support;
 //! ```
-//!
-//! Every process is killed when its [`Proc`] is dropped, so a failing test leaves nothing behind.
 
 #![allow(dead_code)]
 
-use crate::common::{self, Sim};
+use crate::common::Sim;
+use crate::common::pool::{ChildGuard, PoolOptions, SAMPLE_MODULE, TestPool, TestProgrammer};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// How long a process may take to print its `listening on` line.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The sample repository's Python file: two functions without docstrings, so llm-sim's docstring
-/// edit changes both.
-pub const MODULE_PY: &str =
-    "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n";
-
-/// One programmer of the test pool.
-#[derive(Debug, Clone)]
-pub struct ProgrammerDef {
-    pub id: &'static str,
-    pub primary: &'static str,
-    pub backup: &'static str,
-    pub capabilities: &'static [&'static str],
+/// A running pool: its programmers and manager (killed first when dropped), then the harness
+/// (simulator and temp directory).
+pub struct RunningPool {
+    /// Programmers in configuration order, then the manager last.
+    procs: Vec<ChildGuard>,
+    /// The harness: config, workspace root (with the `sample` repository), data dir, simulator.
+    pub pool: TestPool,
 }
 
-impl ProgrammerDef {
-    /// A free local programmer on the simulator's default (well-behaved) models.
-    pub fn fast(id: &'static str) -> Self {
-        Self {
-            id,
-            primary: "ollama/qwen2.5-coder:7b-instruct",
-            backup: "ollama/qwen2.5-coder:14b-instruct",
-            capabilities: &["fast", "local", "free"],
-        }
-    }
-}
-
-/// A running child process, killed (and reaped) when dropped.
-pub struct Proc {
-    child: Child,
-    /// What it is ("Prog-001", "Manager-Code", …).
-    pub name: String,
-    /// The address it printed.
-    pub addr: SocketAddr,
-    /// Its stdout and stderr, for failure messages.
-    pub log: PathBuf,
-}
-
-impl Proc {
-    /// Starts `command` (stdout and stderr to `log`) and waits for the line
-    /// `"{name} listening on ADDR"` (an optional `http://` before ADDR is accepted).
-    pub fn start(mut command: Command, name: &str, log: PathBuf) -> Proc {
-        let stderr = std::fs::File::create(&log).expect("create the process log");
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        // Keep draining stdout after the first line: a process whose stdout pipe is closed fails
-        // its next println!.
-        let (tx, rx) = mpsc::channel();
-        let prefix = format!("{name} listening on ");
-        let out_log = log.with_extension("stdout");
-        let wanted = prefix.clone();
-        std::thread::spawn(move || {
-            let mut copy = std::fs::File::create(out_log).ok();
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(f) = copy.as_mut() {
-                    let _ = writeln!(f, "{line}");
-                }
-                if !sent && let Some(rest) = line.trim().strip_prefix(&wanted) {
-                    sent = true;
-                    let _ = tx.send(rest.trim_start_matches("http://").to_string());
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait().ok();
-                panic!(
-                    "{name} did not print {prefix:?} within {START_TIMEOUT:?} (exit: {status:?})\n--- log ---\n{}",
-                    read_or_empty(&log)
-                );
-            }
-        };
-        let addr = addr
-            .parse()
-            .unwrap_or_else(|e| panic!("{name} printed a bad address {addr:?}: {e}"));
-        Proc {
-            child,
-            name: name.to_string(),
-            addr,
-            log,
-        }
-    }
-
-    /// The log so far.
-    pub fn log_text(&self) -> String {
-        read_or_empty(&self.log)
-    }
-
-    /// `HOST:PORT`.
-    pub fn target(&self) -> String {
-        self.addr.to_string()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A running pool. Dropping it kills the manager, the programmers and the simulator (in that
-/// order) and deletes the temporary directory.
-pub struct Pool {
-    /// Manager-Code.
-    pub manager: Proc,
-    /// The programmers, in configuration order.
-    pub programmers: Vec<Proc>,
-    /// The LLM simulator every programmer talks to.
-    pub sim: Sim,
-    /// The configuration file the processes read.
-    pub config: PathBuf,
-    /// The workspace root; `sample` is a git repository in it.
-    pub workspace_root: PathBuf,
-    /// The task store and budget ledger.
-    pub data_dir: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Pool {
-    /// Starts the simulator (with `sim_script`, if any), one `pas programmer` per entry of
-    /// `programmers` and the manager, and waits until the manager sees every programmer available.
-    pub fn start(programmers: &[ProgrammerDef], sim_script: Option<&str>) -> Pool {
-        let aider_python = common::aider_python();
+impl RunningPool {
+    /// Writes the config for `programmers`, creates the `sample` repository, starts the simulator
+    /// (with `sim_script`, if any), every programmer and the manager, and waits until the manager
+    /// sees every programmer available.
+    pub fn start(programmers: Vec<TestProgrammer>, sim_script: Option<&str>) -> RunningPool {
         let sim = match sim_script {
             Some(script) => Sim::start_with_script(script),
             None => Sim::start(),
         };
-        let dir = tempfile::tempdir().expect("temp dir");
-        let workspace_root = dir.path().join("workspaces");
-        let data_dir = dir.path().join("data");
-        std::fs::create_dir_all(&data_dir).expect("mkdir data");
-        make_sample_repo(&workspace_root.join("sample"));
-
-        let ports: Vec<u16> = programmers.iter().map(|_| free_port()).collect();
-        let manager_port = free_port();
-        let config = dir.path().join("programmer_pool.yaml");
-        let yaml = config_yaml(
-            programmers,
-            &ports,
-            manager_port,
-            &sim.base,
-            &aider_python,
-            &workspace_root,
-            &data_dir,
-        );
-        std::fs::write(&config, yaml).expect("write the config");
-
-        let env = [
-            ("PAS_CONFIG", config.as_os_str().to_owned()),
-            ("PAS_WORKSPACE_ROOT", workspace_root.as_os_str().to_owned()),
-            ("PAS_DATA_DIR", data_dir.as_os_str().to_owned()),
-            ("PAS_AIDER_PYTHON", aider_python.as_os_str().to_owned()),
-            ("OLLAMA_API_BASE", sim.base.clone().into()),
-            ("RUST_LOG", "info".into()),
-        ];
-        let pas = |args: &[&str]| {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_pas"));
-            cmd.arg("--config").arg(&config).args(args);
-            for (k, v) in &env {
-                cmd.env(k, v);
-            }
-            cmd
-        };
-        let mut procs = Vec::new();
-        for (def, port) in programmers.iter().zip(&ports) {
-            let port = port.to_string();
-            let name = format!("Prog-{}", def.id);
-            let log = dir.path().join(format!("{name}.log"));
-            procs.push(Proc::start(
-                pas(&["programmer", "--id", def.id, "--port", &port]),
-                &name,
-                log,
-            ));
-        }
-        let manager = Proc::start(
-            pas(&["manager"]),
-            "Manager-Code",
-            dir.path().join("manager.log"),
-        );
-        assert_eq!(
-            manager.addr.port(),
-            manager_port,
-            "the manager must use the configured port"
-        );
-        let pool = Pool {
-            manager,
-            programmers: procs,
+        let n = programmers.len();
+        let pool = TestPool::with_sim(
+            PoolOptions {
+                programmers,
+                ..PoolOptions::default()
+            },
             sim,
-            config,
-            workspace_root,
-            data_dir,
-            dir,
-        };
-        pool.wait_available(programmers.len(), Duration::from_secs(30));
-        pool
+        );
+        pool.sample_repo();
+        let mut procs: Vec<ChildGuard> = pool
+            .options
+            .programmers
+            .iter()
+            .map(|p| pool.start_programmer(&p.id))
+            .collect();
+        procs.push(pool.start_manager());
+        let running = RunningPool { procs, pool };
+        running.wait_available(n, Duration::from_secs(30));
+        running
+    }
+
+    /// The manager's `HOST:PORT` (what grpcurl and the clients dial).
+    pub fn manager_target(&self) -> String {
+        format!("127.0.0.1:{}", self.pool.manager_port)
+    }
+
+    /// Programmer `id`'s `HOST:PORT`.
+    pub fn programmer_target(&self, id: &str) -> String {
+        format!("127.0.0.1:{}", self.pool.ports[id])
     }
 
     /// The `sample` repository.
     pub fn sample(&self) -> PathBuf {
-        self.workspace_root.join("sample")
+        self.pool.workspace_root.join("sample")
     }
 
     /// Polls the manager's `GET /programmer_pool/status` until `n` programmers are available.
     pub fn wait_available(&self, n: usize, timeout: Duration) {
-        let url = format!("http://{}/programmer_pool/status", self.manager.addr);
+        let url = format!("{}/programmer_pool/status", self.pool.manager_url());
         let deadline = Instant::now() + timeout;
         let mut last = Value::Null;
         while Instant::now() < deadline {
@@ -261,10 +96,10 @@ impl Pool {
     /// Every process's log, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        for p in std::iter::once(&self.manager).chain(&self.programmers) {
+        for p in &self.procs {
             out.push_str(&format!("--- {} ---\n{}\n", p.name, p.log_text()));
         }
-        out.push_str(&format!("--- llm-sim ---\n{}\n", self.sim.log_text()));
+        out.push_str(&format!("--- llm-sim ---\n{}\n", self.pool.sim.log_text()));
         out
     }
 }
@@ -284,76 +119,6 @@ pub fn try_get_json(url: &str) -> Option<Value> {
 /// `GET url` as JSON; panics when that fails.
 pub fn get_json(url: &str) -> Value {
     try_get_json(url).unwrap_or_else(|| panic!("GET {url} failed or did not return JSON"))
-}
-
-/// A free port on 127.0.0.1 (bound, read and released; the manager needs programmer ports up-front).
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
-
-/// Creates a git repository at `path` with `src/module.py` ([`MODULE_PY`]) and a README in one commit.
-pub fn make_sample_repo(path: &Path) {
-    std::fs::create_dir_all(path.join("src")).expect("mkdir sample/src");
-    std::fs::write(path.join("src/module.py"), MODULE_PY).expect("write module.py");
-    std::fs::write(path.join("README.md"), "# sample\n").expect("write README");
-    common::git(path, &["init", "-q"]);
-    common::git(path, &["add", "-A"]);
-    common::git(path, &["commit", "-q", "-m", "initial commit"]);
-}
-
-/// The pool's configuration: the given programmers on the given ports, the simulator as the
-/// Ollama endpoint, short health polling and retry delay so tests stay quick.
-fn config_yaml(
-    programmers: &[ProgrammerDef],
-    ports: &[u16],
-    manager_port: u16,
-    sim_base: &str,
-    aider_python: &Path,
-    workspace_root: &Path,
-    data_dir: &Path,
-) -> String {
-    let q = |s: &str| serde_json::to_string(s).expect("quote");
-    let mut y = format!("pool_size: {}\nprogrammers:\n", programmers.len());
-    let mut models = std::collections::BTreeSet::new();
-    for (def, port) in programmers.iter().zip(ports) {
-        let caps: Vec<String> = def.capabilities.iter().map(|c| q(c)).collect();
-        y.push_str(&format!(
-            "  - id: {}\n    port: {port}\n    primary_llm: {}\n    backup_llm: {}\n    capabilities: [{}]\n",
-            q(def.id),
-            q(def.primary),
-            q(def.backup),
-            caps.join(", ")
-        ));
-        models.insert(def.primary);
-        models.insert(def.backup);
-    }
-    y.push_str(
-        "load_balancing:\n  strategy: least_loaded\n  prefer_free_models: true\n  max_queue_per_programmer: 5\n  \
-         health_check_interval_s: 1\n  max_concurrent_per_programmer: 1\n\
-         failover:\n  enabled: true\n  max_retries: 2\n  retry_delay_s: 0.2\n  always_failover: true\n",
-    );
-    y.push_str(&format!(
-        "manager:\n  host: \"127.0.0.1\"\n  port: {manager_port}\n  queue_timeout_s: 120\n"
-    ));
-    y.push_str(&format!(
-        "providers:\n  ollama:\n    api_base_env: OLLAMA_API_BASE\n    api_base: {}\n",
-        q(sim_base)
-    ));
-    y.push_str("llms:\n");
-    for m in models {
-        y.push_str(&format!(
-            "  {}:\n    input_cost_per_token: 0\n    output_cost_per_token: 0\n",
-            q(m)
-        ));
-    }
-    y.push_str(&format!(
-        "aider:\n  python: {}\n  request_timeout_s: 30\nworkspace_root: {}\ndata_dir: {}\n",
-        q(&aider_python.to_string_lossy()),
-        q(&workspace_root.to_string_lossy()),
-        q(&data_dir.to_string_lossy())
-    ));
-    y
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -603,15 +368,15 @@ impl TaskStream {
             "branch and commit expected: {}\n{context}",
             self.result
         );
-        let at_branch = common::git(repo, &["rev-parse", &format!("refs/heads/{branch}")]);
+        let at_branch = crate::common::git(repo, &["rev-parse", &format!("refs/heads/{branch}")]);
         assert_eq!(
             at_branch.trim(),
             commit,
             "branch {branch} must point at the result's commit\n{context}"
         );
-        let changed = common::git(repo, &["show", &format!("{commit}:src/module.py")]);
+        let changed = crate::common::git(repo, &["show", &format!("{commit}:src/module.py")]);
         assert_ne!(
-            changed, MODULE_PY,
+            changed, SAMPLE_MODULE,
             "the commit must change src/module.py\n{context}"
         );
         assert!(
