@@ -18,9 +18,11 @@
 pub mod cli;
 pub mod config;
 pub mod contract;
+pub mod git;
 pub mod llm_sim;
 pub mod manager;
 pub mod programmer;
 pub mod serve;
 pub mod task_events;
 pub mod telemetry;
+pub mod workspace;

@@ -546,3 +546,30 @@ async fn usage_counters_request_log_and_reset() {
     let (status, _) = post(&sim, "/v1/chat/completions", &openai_body("flaky", false)).await;
     assert_eq!(status, 429);
 }
+
+#[tokio::test]
+async fn sigterm_stops_the_simulator_even_with_a_hung_request_open() {
+    let mut sim = Sim::start_with(&["--fault", "hang"]);
+    let url = sim.url("/v1/chat/completions");
+    let hung = tokio::spawn(async move {
+        client()
+            .post(url)
+            .json(&openai_body("any", true))
+            .send()
+            .await
+    });
+    // Wait until the simulator has the request.
+    for _ in 0..100 {
+        if sim.usage().await["any"]["requests"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sim.usage().await["any"]["requests"], 1);
+    let status = sim.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        hung.await.unwrap().is_err(),
+        "the hung request ends with the server"
+    );
+}

@@ -5,7 +5,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pas::programmer::worktree::{GitIdentity, Workspace};
+use pas::programmer::worktree::GitIdentity;
+use pas::workspace::Workspace;
 
 fn git_output(dir: &Path, args: &[&str]) -> std::process::Output {
     Command::new("git")

@@ -7,9 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use pas::programmer::worktree::{
-    GitIdentity, PathError, Workspace, WorkspaceError, WorktreeError, sanitize_task_id,
-};
+use pas::programmer::worktree::{GitIdentity, WorktreeError, sanitize_task_id};
+use pas::workspace::{PathError, Workspace, WorkspaceError};
 
 // ----- helpers -----
 
@@ -184,6 +183,8 @@ async fn check_file_refuses_traversal_absolute_and_symlink_escapes() {
     symlink(f.repo.join("src"), f.repo.join("srclink")).expect("inner symlink");
     symlink(f.repo.join("nowhere"), f.repo.join("dangling")).expect("dangling symlink");
     symlink(f.repo.join(".git/config"), f.repo.join("cfg")).expect("symlink into .git");
+    fs::write(f.repo.join(".aider.conf.yml"), "auto-test: true\n").expect("write");
+    symlink(f.repo.join(".aider.conf.yml"), f.repo.join("conf")).expect("symlink to aider file");
 
     let ok = |p: &str| {
         f.ws.check_file(p)
@@ -210,6 +211,17 @@ async fn check_file_refuses_traversal_absolute_and_symlink_escapes() {
     assert!(matches!(err(".git/config"), PathError::GitDir { .. }));
     assert!(matches!(err("sub/.GIT/hooks/x"), PathError::GitDir { .. }));
     assert!(matches!(err("cfg"), PathError::GitDir { .. }));
+    // Aider's own configuration and state are never task files, directly or through a symlink.
+    for aider in [
+        ".aider.conf.yml",
+        ".aiderignore",
+        "sub/.aider.model.settings.yml",
+        ".aider.tags.cache.v4/cache.db",
+        "conf",
+    ] {
+        let e = err(aider);
+        assert!(matches!(e, PathError::AiderFile { .. }), "{aider:?}: {e:?}");
+    }
     assert!(matches!(
         err("outdir/secret.txt"),
         PathError::EscapesWorkspace { .. }
@@ -598,7 +610,7 @@ async fn a_stuck_lock_fails_with_the_command_and_stderr() {
 #[tokio::test]
 async fn a_creation_cancelled_midway_leaves_nothing_behind() {
     use nix::fcntl::{Flock, FlockArg};
-    use pas::programmer::worktree::WORKTREE_LOCK_FILE;
+    use pas::git::WORKTREE_LOCK_FILE;
 
     let f = fixture().await;
     let base = f.ws.resolve_base(None).await.expect("base");

@@ -144,27 +144,44 @@ pub fn chat_files(messages: &[Message]) -> (Vec<ChatFile>, (&'static str, &'stat
                 .any(|w| bare(w[0]).is_empty() && !bare(w[1]).is_empty() && bare(w[2]) == *open)
         })
         .unwrap_or(FENCES[0]);
-    // Header = (index of the fence-open line); path = previous line; blank line before that.
-    let headers: Vec<usize> = (2..lines.len())
-        .filter(|&i| {
-            bare(lines[i]) == fence.0
-                && !bare(lines[i - 1]).is_empty()
-                && bare(lines[i - 2]).is_empty()
-        })
-        .collect();
+    // Walk the files in order. A file starts with a blank line, its path, and a line that is
+    // exactly the opening fence. No content line starts with the fence (aider picks the fence so),
+    // so the file ends at the first line starting with the closing fence; content without a final
+    // newline puts the closing fence at the end of its last line, followed by a blank line or the
+    // end of the message.
     let mut files = Vec::new();
-    for (n, &h) in headers.iter().enumerate() {
-        let end = headers
-            .get(n + 1)
-            .map(|&next| next - 2)
-            .unwrap_or(lines.len());
-        let body: String = lines[h + 1..end.max(h + 1)].concat();
-        let body = body.strip_suffix('\n').unwrap_or(&body);
-        let content = body.strip_suffix(fence.1).unwrap_or(body).to_string();
-        files.push(ChatFile {
-            path: bare(lines[h - 1]).trim().to_string(),
-            content,
-        });
+    let mut i = 2;
+    while i < lines.len() {
+        let is_header = bare(lines[i]) == fence.0
+            && !bare(lines[i - 1]).is_empty()
+            && bare(lines[i - 2]).is_empty();
+        if !is_header {
+            i += 1;
+            continue;
+        }
+        let path = bare(lines[i - 1]).trim().to_string();
+        let start = i + 1;
+        let mut j = start;
+        let mut content = None;
+        while j < lines.len() {
+            let line = bare(lines[j]);
+            if line.starts_with(fence.1) {
+                content = Some(lines[start..j].concat());
+                break;
+            }
+            let next_blank = lines.get(j + 1).is_none_or(|l| bare(l).is_empty());
+            if line.ends_with(fence.1) && next_blank {
+                let last = &line[..line.len() - fence.1.len()];
+                content = Some(format!("{}{last}", lines[start..j].concat()));
+                break;
+            }
+            j += 1;
+        }
+        let Some(content) = content else {
+            break;
+        };
+        files.push(ChatFile { path, content });
+        i = j + 1;
     }
     (files, fence)
 }
@@ -535,6 +552,26 @@ mod tests {
         let (files, fence) = chat_files(&[m]);
         assert_eq!(fence, ("````", "````"));
         assert_eq!(files[0].content, "use ```rust blocks\n");
+    }
+
+    #[test]
+    fn blank_lines_and_missing_final_newlines_do_not_confuse_the_parser() {
+        let m = files_msg(
+            "\nmain.py\n```\nimport sys\n\nmain()\n```\n\nlib.py\n```\nx = 1```\n\nempty.py\n```\n```\n",
+        );
+        let (files, _) = chat_files(&[m]);
+        let got: Vec<(&str, &str)> = files
+            .iter()
+            .map(|f| (f.path.as_str(), f.content.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("main.py", "import sys\n\nmain()\n"),
+                ("lib.py", "x = 1"),
+                ("empty.py", "")
+            ]
+        );
     }
 
     #[test]

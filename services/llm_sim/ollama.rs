@@ -158,6 +158,7 @@ pub async fn show(body: axum::body::Bytes) -> Response {
         .or_else(|| req.get("model"))
         .and_then(Value::as_str)
         .unwrap_or("sim");
+    tracing::info!(model = name, "ollama show");
     axum::Json(json!({
         "modelfile": format!("FROM {name}\n"), "parameters": "", "template": "{{ .Prompt }}",
         "details": {"format": "gguf", "family": "llama", "parameter_size": "7B",
@@ -170,6 +171,7 @@ pub async fn show(body: axum::body::Bytes) -> Response {
 
 /// `GET /api/tags`: the models the script names exactly plus those seen so far.
 pub async fn tags(State(state): State<SimState>) -> Response {
+    tracing::info!("ollama tags");
     let models: Vec<Value> = state
         .known_models()
         .into_iter()

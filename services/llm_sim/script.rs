@@ -8,6 +8,21 @@
 //!
 //! Scripts come from `--script FILE` (YAML or JSON), from flags (the default behaviour), and at run
 //! time from `POST /_sim/script`, which replaces the script and restarts its counters.
+//!
+//! ```yaml
+//! rules:
+//!   - model: "ollama/qwen2.5-coder:7b-instruct"   # exact, with or without the API prefix
+//!     fault: http_503
+//!     times: 3              # the next 3 requests fail, then the model behaves
+//!   - model: "claude-*"     # glob
+//!     latency_ms: 200       # before the first byte
+//!     chunk_delay_ms: 20    # between streamed chunks
+//!     chunk_chars: 8
+//!   - model: "gpt-4o"
+//!     fault: hang           # none | http_4xx/5xx | drop | hang | malformed | no_match | empty
+//! default:
+//!   fault: none
+//! ```
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -106,6 +106,9 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
     // The caller's view: from acceptance by the manager to the result.
     result.duration_ms = accepted.elapsed().as_millis() as u64;
     mgr.finish_task(&task_id, &sink, result).await;
+    // Ends the disconnect watcher, which holds a clone of the sink: the stream closes only when
+    // every clone is gone.
+    cancel.cancel();
 }
 
 /// Waits for the scheduler to place the task, relaying queue positions. On failure returns the

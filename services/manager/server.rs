@@ -87,10 +87,7 @@ impl ProgrammerPool for PoolService {
         let mgr = self.mgr.clone();
         let req = request.into_inner();
         let root = mgr.config.workspace_root();
-        let checked = req.clone();
-        tokio::task::spawn_blocking(move || validate::validate(&checked, &root))
-            .await
-            .map_err(|e| Status::internal(format!("validation panicked: {e}")))??;
+        validate::validate(&req, &root).await?;
         let task_id = if req.task_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.task_id.clone() };
         let route = self.route_for(&req, &task_id)?;
 

@@ -12,24 +12,33 @@ const MAX_CAPABILITY_LEN: usize = 64;
 /// Most capabilities one task may ask for.
 const MAX_CAPABILITIES: usize = 16;
 
-/// Checks `req`; resolves the workspace under `workspace_root`.
-pub fn validate(req: &DispatchRequest, workspace_root: &Path) -> Result<Workspace, Status> {
+/// Checks `req`; resolves the workspace under `workspace_root`. Async because opening the
+/// workspace runs git; the file-path checks run on the blocking pool.
+pub async fn validate(req: &DispatchRequest, workspace_root: &Path) -> Result<Workspace, Status> {
     workspace::check_id("task_id", &req.task_id, true)?;
     workspace::check_id("run_id", &req.run_id, true)?;
     workspace::check_description(&req.task_description)?;
     if Strategy::try_from(req.strategy).is_err() {
-        return Err(workspace::invalid("strategy", &format!("unknown value {}", req.strategy)));
+        return Err(workspace::invalid(
+            "strategy",
+            &format!("unknown value {}", req.strategy),
+        ));
     }
     if req.capabilities.len() > MAX_CAPABILITIES {
         return Err(workspace::invalid(
             "capabilities",
-            &format!("names {} capabilities; the limit is {MAX_CAPABILITIES}", req.capabilities.len()),
+            &format!(
+                "names {} capabilities; the limit is {MAX_CAPABILITIES}",
+                req.capabilities.len()
+            ),
         ));
     }
     for (i, cap) in req.capabilities.iter().enumerate() {
         let ok = !cap.is_empty()
             && cap.len() <= MAX_CAPABILITY_LEN
-            && cap.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            && cap
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !ok {
             return Err(workspace::invalid(
                 &format!("capabilities[{i}]"),
@@ -40,5 +49,140 @@ pub fn validate(req: &DispatchRequest, workspace_root: &Path) -> Result<Workspac
     if !req.base_ref.is_empty() {
         workspace::check_ref("base_ref", &req.base_ref)?;
     }
-    workspace::open_checked(workspace_root, &req.workspace, &req.files)
+    workspace::open_checked(workspace_root, &req.workspace, &req.files).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::process::Command;
+    use tonic::Code;
+
+    /// `<tmp>/root/proj`, a repository with one commit.
+    fn root() -> (tempfile::TempDir, std::path::PathBuf) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let repo = tmp.path().join("root/proj");
+        fs::create_dir_all(&repo).expect("mkdir");
+        fs::write(repo.join("README.md"), "# demo\n").expect("write");
+        for args in [
+            &["init", "-q", "-b", "main"][..],
+            &["add", "-A"],
+            &["commit", "-q", "-m", "initial"],
+        ] {
+            let out = Command::new("git")
+                .arg("-C")
+                .arg(&repo)
+                .args(args)
+                .env("GIT_AUTHOR_NAME", "T")
+                .env("GIT_AUTHOR_EMAIL", "t@x.test")
+                .env("GIT_COMMITTER_NAME", "T")
+                .env("GIT_COMMITTER_EMAIL", "t@x.test")
+                .output()
+                .expect("git runs (is git installed?)");
+            assert!(out.status.success(), "git {args:?}");
+        }
+        let root = tmp.path().join("root");
+        (tmp, root)
+    }
+
+    fn request() -> DispatchRequest {
+        DispatchRequest {
+            task_description: "Add a usage section".into(),
+            files: vec!["README.md".into(), "docs/usage.md".into()],
+            workspace: "proj".into(),
+            capabilities: vec!["python".into()],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_good_request_resolves_its_workspace() {
+        let (_tmp, root) = root();
+        let ws = validate(&request(), &root).await.expect("valid");
+        assert_eq!(ws.name(), "proj");
+        assert_eq!(
+            ws.path(),
+            fs::canonicalize(root.join("proj")).expect("canon")
+        );
+    }
+
+    #[tokio::test]
+    async fn each_refusal_names_its_field() {
+        let (_tmp, root) = root();
+        let cases = [
+            (
+                DispatchRequest {
+                    task_id: ".x".into(),
+                    ..request()
+                },
+                "task_id",
+            ),
+            (
+                DispatchRequest {
+                    run_id: "a/b".into(),
+                    ..request()
+                },
+                "run_id",
+            ),
+            (
+                DispatchRequest {
+                    task_description: "".into(),
+                    ..request()
+                },
+                "task_description",
+            ),
+            (
+                DispatchRequest {
+                    strategy: 99,
+                    ..request()
+                },
+                "strategy",
+            ),
+            (
+                DispatchRequest {
+                    capabilities: vec!["x".into(); MAX_CAPABILITIES + 1],
+                    ..request()
+                },
+                "capabilities",
+            ),
+            (
+                DispatchRequest {
+                    capabilities: vec!["ok".into(), "no spaces".into()],
+                    ..request()
+                },
+                "capabilities[1]",
+            ),
+            (
+                DispatchRequest {
+                    base_ref: "-b".into(),
+                    ..request()
+                },
+                "base_ref",
+            ),
+            (
+                DispatchRequest {
+                    workspace: "missing".into(),
+                    ..request()
+                },
+                "workspace",
+            ),
+            (
+                DispatchRequest {
+                    files: vec!["a.md".into(), "b.md".into(), "../../etc/passwd".into()],
+                    ..request()
+                },
+                "files[2]",
+            ),
+        ];
+        for (req, field) in cases {
+            let s = validate(&req, &root).await.expect_err(field);
+            assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+            assert!(
+                s.message().starts_with(&format!("{field}: ")),
+                "{:?} should name {field}",
+                s.message()
+            );
+        }
+    }
 }

@@ -310,10 +310,14 @@ pub fn aider_args(
     } else {
         "--no-auto-commits"
     });
+    // The API base goes on the command line, which beats any environment file.
     match (inv.model.provider, inv.model.api_base.as_deref()) {
         (Provider::OpenAi, Some(base)) => {
             push("--openai-api-base");
             push(base);
+            // litellm reads OPENAI_BASE_URL before OPENAI_API_BASE: pin both.
+            push("--set-env");
+            push(&format!("OPENAI_BASE_URL={base}"));
         }
         (Provider::Ollama, Some(base)) => {
             push("--set-env");
@@ -326,13 +330,6 @@ pub fn aider_args(
             push(&format!("ANTHROPIC_BASE_URL={base}"));
         }
         _ => {}
-    }
-    if inv.model.provider == Provider::OpenAi && inv.model.api_base.is_some() {
-        // litellm prefers OPENAI_BASE_URL over OPENAI_API_BASE: pin both.
-        if let Some(base) = inv.model.api_base.as_deref() {
-            push("--set-env");
-            push(&format!("OPENAI_BASE_URL={base}"));
-        }
     }
     a.push("--model-settings-file".into());
     a.push(settings.into());
@@ -665,6 +662,9 @@ pub async fn run_aider(
     };
     // Whatever aider left behind in its group (git, a linter) goes too, so the pipes close.
     guard.kill(Signal::SIGKILL);
+    // The group is gone now; never signal that id again (it could be reused).
+    let mut guard = guard;
+    guard.pgid = None;
     for p in pumps {
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, p).await;
     }

@@ -44,10 +44,7 @@ impl ProgrammerRpc for ProgrammerService {
         let req = request.into_inner();
         let root = prog.workspace_root.clone();
         let limits = prog.spec.limits.clone();
-        // Path checks touch the file system: keep them off the async workers.
-        let task = tokio::task::spawn_blocking(move || validate(req, &limits, &root))
-            .await
-            .map_err(|e| Status::internal(format!("validation panicked: {e}")))??;
+        let task = validate(req, &limits, &root).await?;
         let waiting = prog.queue.try_enter().map_err(|full| {
             Status::resource_exhausted(format!("{} queue is full: {full}", prog.spec.agent))
         })?;

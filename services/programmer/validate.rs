@@ -1,27 +1,27 @@
 //! Validation of an incoming `TaskRequest`: everything is checked before anything runs, and each
 //! violation becomes INVALID_ARGUMENT naming the field, so a caller can fix its request.
+//!
+//! Ids, description, base ref, workspace and file paths are checked with the shared rules of
+//! [`crate::workspace`], the same ones the manager applies at Dispatch; what is the programmer's
+//! own is applying its limits (cost cap, deadline, token cap).
 
 use crate::config::JobLimits;
 use crate::contract::v1::TaskRequest;
-use crate::programmer::worktree::Workspace;
+use crate::workspace::{self, Workspace, invalid};
 use std::path::Path;
 use std::time::Duration;
 use tonic::Status;
 
-/// Largest accepted task description (bytes). Aider sends it to the LLM verbatim.
-pub const MAX_DESCRIPTION_BYTES: usize = 64 * 1024;
-/// Most files one task may name.
-pub const MAX_FILES: usize = 200;
-/// Longest accepted task id / run id.
-pub const MAX_ID_LEN: usize = 128;
-
 /// A request that passed validation, with the programmer's limits applied.
 #[derive(Debug)]
 pub struct ValidatedTask {
+    /// The caller's id, or a fresh UUID when it gave none.
     pub task_id: String,
     pub description: String,
+    /// Task files, relative to the workspace, each vetted against it.
     pub files: Vec<String>,
     pub workspace: Workspace,
+    /// The workspace as the caller named it.
     pub workspace_name: String,
     pub run_id: String,
     pub dry_run: bool,
@@ -35,58 +35,42 @@ pub struct ValidatedTask {
     pub capabilities: Vec<String>,
 }
 
-/// Checks `req` against the workspace root and the programmer's limits.
-pub fn validate(req: TaskRequest, limits: &JobLimits, workspace_root: &Path) -> Result<ValidatedTask, Status> {
-    let task_id = if req.task_id.is_empty() {
-        uuid::Uuid::new_v4().to_string()
-    } else {
-        check_id("task_id", &req.task_id)?;
-        req.task_id
-    };
-    if !req.run_id.is_empty() {
-        check_id("run_id", &req.run_id)?;
-    }
-    if req.task_description.trim().is_empty() {
-        return Err(invalid("task_description", "must not be empty"));
-    }
-    if req.task_description.len() > MAX_DESCRIPTION_BYTES {
-        return Err(invalid(
-            "task_description",
-            &format!("is {} bytes; the limit is {MAX_DESCRIPTION_BYTES}", req.task_description.len()),
-        ));
-    }
-    if req.files.len() > MAX_FILES {
-        return Err(invalid("files", &format!("names {} files; the limit is {MAX_FILES}", req.files.len())));
-    }
-    if req.workspace.is_empty() {
-        return Err(invalid("workspace", "must name a git repository under the workspace root"));
-    }
-    let workspace = Workspace::open(workspace_root, &req.workspace)
-        .map_err(|e| invalid("workspace", &format!("{:?}: {e}", req.workspace)))?;
-    let mut seen = std::collections::HashSet::new();
-    for (i, file) in req.files.iter().enumerate() {
-        workspace
-            .check_file(file)
-            .map_err(|e| invalid(&format!("files[{i}]"), &format!("{file:?}: {e}")))?;
-        if !seen.insert(file.as_str()) {
-            return Err(invalid(&format!("files[{i}]"), &format!("{file:?} is listed twice")));
-        }
-    }
+/// Checks `req` against the workspace root and the programmer's limits. Async because opening
+/// the workspace runs git; the file-path checks run on the blocking pool.
+pub async fn validate(
+    req: TaskRequest,
+    limits: &JobLimits,
+    workspace_root: &Path,
+) -> Result<ValidatedTask, Status> {
+    workspace::check_id("task_id", &req.task_id, true)?;
+    workspace::check_id("run_id", &req.run_id, true)?;
+    workspace::check_description(&req.task_description)?;
     let base_ref = (!req.base_ref.is_empty()).then_some(req.base_ref);
     if let Some(r) = &base_ref {
-        if r.starts_with('-') || r.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(invalid("base_ref", &format!("{r:?} is not a valid git ref")));
-        }
+        workspace::check_ref("base_ref", r)?;
     }
     let max_cost_usd = if req.max_cost_usd == 0.0 {
         limits.max_cost_per_job_usd
     } else if req.max_cost_usd.is_finite() && req.max_cost_usd > 0.0 {
         req.max_cost_usd.min(limits.max_cost_per_job_usd)
     } else {
-        return Err(invalid("max_cost_usd", "must be a positive number of US dollars (or 0 for the default)"));
+        return Err(invalid(
+            "max_cost_usd",
+            "must be a positive number of US dollars (or 0 for the default)",
+        ));
     };
-    let requested = if req.timeout_s == 0 { limits.timeout_s } else { u64::from(req.timeout_s) };
+    let requested = if req.timeout_s == 0 {
+        limits.timeout_s
+    } else {
+        u64::from(req.timeout_s)
+    };
     let deadline = Duration::from_secs(requested.min(limits.max_duration_per_job_s));
+    let workspace = workspace::open_checked(workspace_root, &req.workspace, &req.files).await?;
+    let task_id = if req.task_id.is_empty() {
+        uuid::Uuid::new_v4().to_string()
+    } else {
+        req.task_id
+    };
     Ok(ValidatedTask {
         task_id,
         description: req.task_description,
@@ -103,21 +87,184 @@ pub fn validate(req: TaskRequest, limits: &JobLimits, workspace_root: &Path) -> 
     })
 }
 
-fn check_id(field: &str, value: &str) -> Result<(), Status> {
-    let ok = value.len() <= MAX_ID_LEN
-        && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
-        && !value.starts_with(['.', '-']);
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(
-            field,
-            &format!("{value:?} must be 1-{MAX_ID_LEN} characters of A-Z a-z 0-9 - _ . : (not starting with . or -)"),
-        ))
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::process::Command;
+    use tonic::Code;
 
-/// INVALID_ARGUMENT whose message starts with the offending field.
-pub fn invalid(field: &str, problem: &str) -> Status {
-    Status::invalid_argument(format!("{field}: {problem}"))
+    fn limits() -> JobLimits {
+        JobLimits {
+            timeout_s: 300,
+            max_tokens_per_job: 50_000,
+            max_cost_per_job_usd: 0.5,
+            max_duration_per_job_s: 600,
+            context_limit: 32_000,
+            auto_commit: true,
+            max_fix_iterations: 3,
+        }
+    }
+
+    /// `<tmp>/root/proj`, a repository with one commit.
+    fn root() -> (tempfile::TempDir, std::path::PathBuf) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let repo = tmp.path().join("root/proj");
+        fs::create_dir_all(&repo).expect("mkdir");
+        fs::write(repo.join("README.md"), "# demo\n").expect("write");
+        for args in [
+            &["init", "-q", "-b", "main"][..],
+            &["add", "-A"],
+            &["commit", "-q", "-m", "initial"],
+        ] {
+            let out = Command::new("git")
+                .arg("-C")
+                .arg(&repo)
+                .args(args)
+                .env("GIT_AUTHOR_NAME", "T")
+                .env("GIT_AUTHOR_EMAIL", "t@x.test")
+                .env("GIT_COMMITTER_NAME", "T")
+                .env("GIT_COMMITTER_EMAIL", "t@x.test")
+                .output()
+                .expect("git runs (is git installed?)");
+            assert!(out.status.success(), "git {args:?}");
+        }
+        let root = tmp.path().join("root");
+        (tmp, root)
+    }
+
+    fn request() -> TaskRequest {
+        TaskRequest {
+            task_description: "Add a usage section".into(),
+            files: vec!["README.md".into()],
+            workspace: "proj".into(),
+            ..Default::default()
+        }
+    }
+
+    #[track_caller]
+    fn assert_field(r: Result<ValidatedTask, Status>, field: &str) {
+        let s = r.expect_err("must be refused");
+        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+        assert!(
+            s.message().starts_with(&format!("{field}: ")),
+            "{:?} should name {field}",
+            s.message()
+        );
+    }
+
+    #[tokio::test]
+    async fn applies_defaults_and_caps() {
+        let (_tmp, root) = root();
+        let t = validate(request(), &limits(), &root).await.expect("valid");
+        assert!(uuid::Uuid::parse_str(&t.task_id).is_ok(), "{}", t.task_id);
+        assert_eq!(t.deadline, Duration::from_secs(300));
+        assert_eq!(t.max_cost_usd, 0.5);
+        assert_eq!(t.max_tokens, 50_000);
+        assert_eq!(t.base_ref, None);
+        assert_eq!(t.workspace_name, "proj");
+        assert_eq!(t.workspace.name(), "proj");
+
+        let req = TaskRequest {
+            task_id: "task-7".into(),
+            timeout_s: 10_000,
+            max_cost_usd: 2.0,
+            base_ref: "main".into(),
+            ..request()
+        };
+        let t = validate(req, &limits(), &root).await.expect("valid");
+        assert_eq!(t.task_id, "task-7");
+        assert_eq!(t.deadline, Duration::from_secs(600), "capped");
+        assert_eq!(t.max_cost_usd, 0.5, "capped");
+        assert_eq!(t.base_ref.as_deref(), Some("main"));
+        let req = TaskRequest {
+            timeout_s: 20,
+            max_cost_usd: 0.1,
+            ..request()
+        };
+        let t = validate(req, &limits(), &root).await.expect("valid");
+        assert_eq!(t.deadline, Duration::from_secs(20));
+        assert_eq!(t.max_cost_usd, 0.1);
+    }
+
+    #[tokio::test]
+    async fn each_refusal_names_its_field() {
+        let (_tmp, root) = root();
+        let l = limits();
+        let cases = [
+            (
+                TaskRequest {
+                    task_id: "-x".into(),
+                    ..request()
+                },
+                "task_id",
+            ),
+            (
+                TaskRequest {
+                    run_id: "a b".into(),
+                    ..request()
+                },
+                "run_id",
+            ),
+            (
+                TaskRequest {
+                    task_description: " ".into(),
+                    ..request()
+                },
+                "task_description",
+            ),
+            (
+                TaskRequest {
+                    base_ref: "--orphan".into(),
+                    ..request()
+                },
+                "base_ref",
+            ),
+            (
+                TaskRequest {
+                    max_cost_usd: -1.0,
+                    ..request()
+                },
+                "max_cost_usd",
+            ),
+            (
+                TaskRequest {
+                    max_cost_usd: f64::NAN,
+                    ..request()
+                },
+                "max_cost_usd",
+            ),
+            (
+                TaskRequest {
+                    workspace: "".into(),
+                    ..request()
+                },
+                "workspace",
+            ),
+            (
+                TaskRequest {
+                    workspace: "../x".into(),
+                    ..request()
+                },
+                "workspace",
+            ),
+            (
+                TaskRequest {
+                    files: vec!["README.md".into(), "/etc/passwd".into()],
+                    ..request()
+                },
+                "files[1]",
+            ),
+            (
+                TaskRequest {
+                    files: vec![".aider.conf.yml".into()],
+                    ..request()
+                },
+                "files[0]",
+            ),
+        ];
+        for (req, field) in cases {
+            assert_field(validate(req, &l, &root).await, field);
+        }
+    }
 }

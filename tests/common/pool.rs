@@ -146,6 +146,16 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
+impl Drop for TestPool {
+    fn drop(&mut self) {
+        // PAS_TEST_KEEP=1 keeps the directory (config, logs, repos) for a post-mortem.
+        if std::env::var_os("PAS_TEST_KEEP").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+            eprintln!("kept test pool dir: {}", dir.keep().display());
+        }
+    }
+}
+
 impl TestPool {
     /// Writes the config for `options` (ports picked now) and starts the simulator.
     pub fn new(options: PoolOptions) -> Self {

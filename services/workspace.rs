@@ -1,0 +1,833 @@
+//! Where a task may work: workspace and file-path confinement, and the request checks the manager
+//! and the programmer share.
+//!
+//! The manager validates a `DispatchRequest` up-front and the programmer validates the
+//! `TaskRequest` it receives; both must apply *exactly* the same rules, so a bad path is
+//! INVALID_ARGUMENT at Dispatch and never reaches a programmer. The rules live here, on the lower
+//! floor, because the two are peers that share nothing else.
+//!
+//! - [`Workspace::open`] resolves a caller-supplied workspace name under the configured root and
+//!   refuses anything that escapes it or is not the top level of a git repository with commits.
+//! - [`check_file_in`] / [`Workspace::check_file`] vet a task file path: relative, no `..`, not in
+//!   `.git`, not one of aider's own `.aider*` files, no symlink escape.
+//! - [`open_checked`], [`check_id`], [`check_description`], [`check_ref`] turn those rules into
+//!   INVALID_ARGUMENT [`Status`]es whose message starts with the offending field (`workspace`,
+//!   `files[3]`, `task_id`, …), so a caller can fix its request.
+//!
+//! The programmer's task worktrees extend [`Workspace`] in [`crate::programmer::worktree`].
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use thiserror::Error;
+use tonic::Status;
+
+use crate::git::{Git, GitError, WORKTREE_LOCK_FILE};
+
+/// Largest accepted task description (bytes). Aider sends it to the LLM verbatim.
+pub const MAX_DESCRIPTION_BYTES: usize = 64 * 1024;
+/// Most files one task may name.
+pub const MAX_FILES: usize = 200;
+/// Longest accepted id (task id, run id).
+pub const MAX_ID_LEN: usize = 128;
+/// Longest accepted git ref (bytes): far above any real ref, far below the kernel's limit for one
+/// argument (128 KiB), so an absurd ref is the caller's INVALID_ARGUMENT, not a failed spawn.
+pub const MAX_REF_LEN: usize = 1024;
+
+// ===== errors =====
+
+/// Why a workspace name was refused ([`Workspace::open`]).
+#[derive(Debug, Error)]
+pub enum WorkspaceError {
+    /// Empty name (or one holding a NUL byte).
+    #[error("workspace name {name:?} is empty or contains a NUL byte")]
+    Invalid {
+        /// The name as given.
+        name: String,
+    },
+    /// An absolute path instead of a name relative to the workspace root.
+    #[error("workspace {name:?} is an absolute path; give a path relative to the workspace root")]
+    Absolute {
+        /// The name as given.
+        name: String,
+    },
+    /// The name (through `..` or a symlink) leads outside the workspace root.
+    #[error("workspace {name:?} resolves outside the workspace root")]
+    EscapesRoot {
+        /// The name as given.
+        name: String,
+    },
+    /// Nothing by that name under the root.
+    #[error("workspace {name:?} does not exist under the workspace root")]
+    NotFound {
+        /// The name as given.
+        name: String,
+    },
+    /// Not a directory, not in a git repository, or only a subdirectory of one.
+    #[error("workspace {name:?} is not the top level of a git repository: {detail}")]
+    NotARepo {
+        /// The name as given.
+        name: String,
+        /// What was found instead.
+        detail: String,
+    },
+    /// A git repository whose `HEAD` has no commit yet: there is no base to branch from.
+    #[error("workspace {name:?} is a git repository without commits")]
+    NoCommits {
+        /// The name as given.
+        name: String,
+    },
+    /// The configured root itself cannot be resolved (a server misconfiguration).
+    #[error("workspace root {path} is unusable: {source}")]
+    Root {
+        /// The configured root.
+        path: PathBuf,
+        /// Underlying error.
+        source: io::Error,
+    },
+    /// Inspecting the workspace failed for a reason other than "not found".
+    #[error("cannot inspect workspace {name:?}: {source}")]
+    Io {
+        /// The name as given.
+        name: String,
+        /// Underlying error.
+        source: io::Error,
+    },
+    /// Git itself could not be run.
+    #[error(transparent)]
+    Git(GitError),
+}
+
+impl WorkspaceError {
+    /// `true` when the caller's `workspace` argument is at fault (→ `INVALID_ARGUMENT`), `false`
+    /// for server-side problems (root missing, I/O, git not runnable → `INTERNAL`).
+    pub fn is_invalid_argument(&self) -> bool {
+        !matches!(
+            self,
+            WorkspaceError::Root { .. } | WorkspaceError::Io { .. } | WorkspaceError::Git(_)
+        )
+    }
+}
+
+/// Why a task file path was refused ([`check_file_in`]).
+#[derive(Debug, Error)]
+pub enum PathError {
+    /// Empty path.
+    #[error("file path is empty")]
+    Empty,
+    /// A NUL byte in the path.
+    #[error("file path {path:?} contains a NUL byte")]
+    Nul {
+        /// The path as given.
+        path: String,
+    },
+    /// Absolute instead of relative to the workspace.
+    #[error("file path {path:?} is absolute; give it relative to the workspace")]
+    Absolute {
+        /// The path as given.
+        path: String,
+    },
+    /// A `..` component.
+    #[error("file path {path:?} contains a `..` component")]
+    ParentDir {
+        /// The path as given.
+        path: String,
+    },
+    /// Inside the repository's `.git` (editing git's own files, e.g. `config`, is never a task).
+    #[error("file path {path:?} points into the .git directory")]
+    GitDir {
+        /// The path as given.
+        path: String,
+    },
+    /// One of aider's own files (`.aider.conf.yml`, `.aiderignore`, `.aider.chat.history.md`, …):
+    /// aider reads its configuration from the repository (a `.aider.conf.yml` can even name
+    /// commands to run), and the programmer leaves `.aider*` files out of every result, so such a
+    /// file can never be a task's work.
+    #[error(
+        "file path {path:?} is one of aider's own `.aider*` files (configuration or state), \
+         which aider reads itself and results never include; it cannot be a task file"
+    )]
+    AiderFile {
+        /// The path as given.
+        path: String,
+    },
+    /// A symlink on the way leads outside the workspace.
+    #[error("file path {path:?} resolves outside the workspace, to {resolved}")]
+    EscapesWorkspace {
+        /// The path as given.
+        path: String,
+        /// Where the existing part of it resolves to.
+        resolved: PathBuf,
+    },
+    /// A symlink whose target does not exist (writing through it could create a file anywhere).
+    #[error("file path {path:?} goes through a dangling symlink")]
+    DanglingSymlink {
+        /// The path as given.
+        path: String,
+    },
+    /// Names a directory (or the workspace itself), not a file.
+    #[error("file path {path:?} is a directory, not a file")]
+    IsDirectory {
+        /// The path as given.
+        path: String,
+    },
+    /// An existing ancestor is a file, so the path cannot be created.
+    #[error("file path {path:?} has an ancestor that is not a directory")]
+    ParentNotDirectory {
+        /// The path as given.
+        path: String,
+    },
+    /// Inspecting the path failed for a reason other than "not found".
+    #[error("cannot inspect file path {path:?}: {source}")]
+    Io {
+        /// The path as given.
+        path: String,
+        /// Underlying error.
+        source: io::Error,
+    },
+}
+
+impl PathError {
+    /// `true` when the caller's path is at fault (→ `INVALID_ARGUMENT`), `false` when the file
+    /// system could not be inspected (→ `INTERNAL`).
+    pub fn is_invalid_argument(&self) -> bool {
+        !matches!(self, PathError::Io { .. })
+    }
+}
+
+// ===== workspace =====
+
+/// A git repository (its top level) inside the configured workspace root; canonical path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workspace {
+    name: String,
+    path: PathBuf,
+    /// [`WORKTREE_LOCK_FILE`] in the repository's common git dir.
+    lock_path: PathBuf,
+}
+
+impl Workspace {
+    /// Resolve `name` (relative to `workspace_root`, symlinks resolved) and require it to be
+    /// inside the root and the top level of a git repository with at least one commit.
+    pub async fn open(workspace_root: &Path, name: &str) -> Result<Workspace, WorkspaceError> {
+        let owned = || name.to_string();
+        if name.is_empty() || name.contains('\0') {
+            return Err(WorkspaceError::Invalid { name: owned() });
+        }
+        let rel = Path::new(name);
+        if rel.has_root() || rel.is_absolute() {
+            return Err(WorkspaceError::Absolute { name: owned() });
+        }
+        // Climbing above the root is refused even when the path comes back inside it.
+        if lexically_escapes(rel) {
+            return Err(WorkspaceError::EscapesRoot { name: owned() });
+        }
+        let root = fs::canonicalize(workspace_root).map_err(|source| WorkspaceError::Root {
+            path: workspace_root.to_path_buf(),
+            source,
+        })?;
+        let path = match fs::canonicalize(root.join(rel)) {
+            Ok(p) => p,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(WorkspaceError::NotFound { name: owned() });
+            }
+            Err(source) => {
+                return Err(WorkspaceError::Io {
+                    name: owned(),
+                    source,
+                });
+            }
+        };
+        if !path.starts_with(&root) {
+            return Err(WorkspaceError::EscapesRoot { name: owned() });
+        }
+        if !path.is_dir() {
+            return Err(WorkspaceError::NotARepo {
+                name: owned(),
+                detail: "not a directory".into(),
+            });
+        }
+
+        let toplevel = Git::new(&path).args(["rev-parse", "--show-toplevel"]);
+        let out = toplevel.output().await.map_err(WorkspaceError::Git)?;
+        if !out.status.success() {
+            return Err(WorkspaceError::NotARepo {
+                name: owned(),
+                detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        let top = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let top_canonical = fs::canonicalize(&top).unwrap_or_else(|_| PathBuf::from(&top));
+        if top_canonical != path {
+            return Err(WorkspaceError::NotARepo {
+                name: owned(),
+                detail: format!("it lies inside the repository at {top}"),
+            });
+        }
+
+        let head = Git::new(&path).args(["rev-parse", "--verify", "-q", "HEAD^{commit}"]);
+        let out = head.output().await.map_err(WorkspaceError::Git)?;
+        if !out.status.success() {
+            return Err(WorkspaceError::NoCommits { name: owned() });
+        }
+        let common_dir = Git::new(&path)
+            .args(["rev-parse", "--path-format=absolute", "--git-common-dir"])
+            .run()
+            .await
+            .map_err(WorkspaceError::Git)?;
+        Ok(Workspace {
+            name: owned(),
+            lock_path: Path::new(common_dir.trim()).join(WORKTREE_LOCK_FILE),
+            path,
+        })
+    }
+
+    /// The name as the caller gave it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Canonical path of the repository's top level.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The repository's cross-process worktree lock file (see [`crate::git::WorktreeLock`]).
+    pub(crate) fn lock_path(&self) -> &Path {
+        &self.lock_path
+    }
+
+    /// Vet a task file path against this workspace (see [`check_file_in`]).
+    pub fn check_file(&self, rel: &str) -> Result<(), PathError> {
+        check_file_in(&self.path, rel)
+    }
+}
+
+/// `true` when `..` components climb above the starting directory (`a/../../b`).
+fn lexically_escapes(rel: &Path) -> bool {
+    let mut depth: i64 = 0;
+    for c in rel.components() {
+        match c {
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => return true,
+        }
+        if depth < 0 {
+            return true;
+        }
+    }
+    false
+}
+
+/// `.git` in any letter case: on case-insensitive file systems `.GIT` *is* the git dir.
+fn is_git_dir_name(part: &OsStr) -> bool {
+    part.eq_ignore_ascii_case(".git")
+}
+
+/// Aider's own files and directories all start with `.aider` (`.aider.conf.yml`, `.aiderignore`,
+/// `.aider.tags.cache.v4/`, …); any letter case, as for `.git`.
+fn is_aider_name(part: &OsStr) -> bool {
+    part.as_encoded_bytes()
+        .get(..6)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b".aider"))
+}
+
+/// Vet task file path `rel` against the directory `root` (canonical): relative, no NUL, no `..`
+/// component, not inside `.git`, no `.aider*` component, and — after resolving the symlinks of
+/// the existing part of the path — still inside `root` and still neither in `.git` nor an
+/// `.aider*` file. A file that does not exist yet is fine if its deepest existing ancestor is a
+/// directory inside `root`.
+pub fn check_file_in(root: &Path, rel: &str) -> Result<(), PathError> {
+    let owned = || rel.to_string();
+    if rel.is_empty() {
+        return Err(PathError::Empty);
+    }
+    if rel.contains('\0') {
+        return Err(PathError::Nul { path: owned() });
+    }
+    let path = Path::new(rel);
+    if path.has_root() || path.is_absolute() {
+        return Err(PathError::Absolute { path: owned() });
+    }
+    let mut parts: Vec<&OsStr> = Vec::new();
+    let mut aider = false;
+    for c in path.components() {
+        match c {
+            Component::Normal(part) => {
+                if is_git_dir_name(part) {
+                    return Err(PathError::GitDir { path: owned() });
+                }
+                aider |= is_aider_name(part);
+                parts.push(part);
+            }
+            Component::CurDir => {}
+            Component::ParentDir => return Err(PathError::ParentDir { path: owned() }),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(PathError::Absolute { path: owned() });
+            }
+        }
+    }
+    if parts.is_empty() {
+        return Err(PathError::IsDirectory { path: owned() });
+    }
+    if aider {
+        return Err(PathError::AiderFile { path: owned() });
+    }
+
+    // Walk down while the path exists (symlinks included, dangling or not).
+    let mut existing = root.to_path_buf();
+    let mut missing = 0;
+    for (i, part) in parts.iter().enumerate() {
+        let next = existing.join(part);
+        match fs::symlink_metadata(&next) {
+            Ok(_) => existing = next,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                missing = parts.len() - i;
+                break;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
+                // An ancestor is a regular file.
+                return Err(PathError::ParentNotDirectory { path: owned() });
+            }
+            Err(source) => {
+                return Err(PathError::Io {
+                    path: owned(),
+                    source,
+                });
+            }
+        }
+    }
+    let resolved = match fs::canonicalize(&existing) {
+        Ok(r) => r,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(PathError::DanglingSymlink { path: owned() });
+        }
+        Err(source) => {
+            return Err(PathError::Io {
+                path: owned(),
+                source,
+            });
+        }
+    };
+    let Ok(inside) = resolved.strip_prefix(root) else {
+        return Err(PathError::EscapesWorkspace {
+            path: owned(),
+            resolved,
+        });
+    };
+    // A symlink inside the workspace may still lead into `.git` or to an aider file.
+    let mut inside = inside.components().filter_map(|c| match c {
+        Component::Normal(part) => Some(part),
+        _ => None,
+    });
+    if inside.clone().any(is_git_dir_name) {
+        return Err(PathError::GitDir { path: owned() });
+    }
+    if inside.any(is_aider_name) {
+        return Err(PathError::AiderFile { path: owned() });
+    }
+    match (missing, resolved.is_dir()) {
+        (0, true) => Err(PathError::IsDirectory { path: owned() }),
+        (0, false) | (_, true) => Ok(()),
+        (_, false) => Err(PathError::ParentNotDirectory { path: owned() }),
+    }
+}
+
+// ===== request validation (shared by the manager and the programmer) =====
+
+/// INVALID_ARGUMENT whose message starts with the offending field: `"files[2]: …"`.
+pub fn invalid(field: &str, problem: &str) -> Status {
+    Status::invalid_argument(format!("{field}: {problem}"))
+}
+
+/// An id (task id, run id): 1-[`MAX_ID_LEN`] characters of `A-Za-z0-9-_.:`, not starting with `.`
+/// or `-` (ids end up in branch names, file names and log lines). With `allow_empty`, `""` means
+/// "not given" and passes.
+pub fn check_id(field: &str, value: &str, allow_empty: bool) -> Result<(), Status> {
+    if value.is_empty() {
+        return if allow_empty {
+            Ok(())
+        } else {
+            Err(invalid(field, "must not be empty"))
+        };
+    }
+    let ok = value.len() <= MAX_ID_LEN
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+        && !value.starts_with(['.', '-']);
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            &format!(
+                "{value:?} must be 1-{MAX_ID_LEN} characters of A-Z a-z 0-9 - _ . : \
+                 (not starting with . or -)"
+            ),
+        ))
+    }
+}
+
+/// The task description (field `task_description`): not blank, at most
+/// [`MAX_DESCRIPTION_BYTES`].
+pub fn check_description(text: &str) -> Result<(), Status> {
+    if text.trim().is_empty() {
+        return Err(invalid("task_description", "must not be empty"));
+    }
+    if text.len() > MAX_DESCRIPTION_BYTES {
+        return Err(invalid(
+            "task_description",
+            &format!(
+                "is {} bytes; the limit is {MAX_DESCRIPTION_BYTES}",
+                text.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What is wrong with git ref `r` as something we pass to git, if anything: empty, longer than
+/// [`MAX_REF_LEN`], a leading `-` (git would read an option), whitespace or control characters.
+/// Whether it names a commit is for git to say later. The programmer's worktree code applies the
+/// same rule when it resolves a base ref.
+pub fn ref_problem(r: &str) -> Option<&'static str> {
+    if r.is_empty() {
+        Some("must not be empty")
+    } else if r.len() > MAX_REF_LEN {
+        Some("is too long")
+    } else if r.starts_with('-') {
+        Some("must not start with '-'")
+    } else if r.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("must not contain whitespace or control characters")
+    } else {
+        None
+    }
+}
+
+/// A git ref given by the caller (e.g. field `base_ref`); see [`ref_problem`]. Callers skip an
+/// empty field that means "the default".
+pub fn check_ref(field: &str, r: &str) -> Result<(), Status> {
+    match ref_problem(r) {
+        None => Ok(()),
+        Some(problem) => Err(invalid(field, &format!("{r:?} {problem}"))),
+    }
+}
+
+/// Open workspace `workspace` under `root` and vet every task file against it, as one request
+/// check: field `workspace` for the workspace ([`WorkspaceError`] messages), `files` for more than
+/// [`MAX_FILES`] files, `files[i]` for a refused path ([`PathError`] messages) or one listed twice
+/// (after dropping `.` components and doubled slashes). Server-side failures (root missing, git
+/// not runnable, I/O) are INTERNAL, not the caller's fault.
+pub async fn open_checked(
+    root: &Path,
+    workspace: &str,
+    files: &[String],
+) -> Result<Workspace, Status> {
+    if workspace.is_empty() {
+        return Err(invalid(
+            "workspace",
+            "must name a git repository under the workspace root",
+        ));
+    }
+    if files.len() > MAX_FILES {
+        return Err(invalid(
+            "files",
+            &format!("names {} files; the limit is {MAX_FILES}", files.len()),
+        ));
+    }
+    let ws = Workspace::open(root, workspace).await.map_err(|e| {
+        if e.is_invalid_argument() {
+            invalid("workspace", &e.to_string())
+        } else {
+            Status::internal(format!("workspace: {e}"))
+        }
+    })?;
+    // The path checks are file-system calls: off the async workers.
+    let checked = ws.clone();
+    let files = files.to_vec();
+    tokio::task::spawn_blocking(move || check_files(&checked, &files))
+        .await
+        .map_err(|e| Status::internal(format!("file path checks did not finish: {e}")))??;
+    Ok(ws)
+}
+
+fn check_files(ws: &Workspace, files: &[String]) -> Result<(), Status> {
+    let mut seen: HashMap<PathBuf, usize> = HashMap::with_capacity(files.len());
+    for (i, file) in files.iter().enumerate() {
+        let field = format!("files[{i}]");
+        ws.check_file(file).map_err(|e| {
+            if e.is_invalid_argument() {
+                invalid(&field, &e.to_string())
+            } else {
+                Status::internal(format!("{field}: {e}"))
+            }
+        })?;
+        // Accepted paths have no `..` and no root, so this is their lexical normal form.
+        let normal: PathBuf = Path::new(file)
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .collect();
+        if let Some(first) = seen.insert(normal, i) {
+            return Err(invalid(
+                &field,
+                &format!("{file:?} is listed twice (also as files[{first}])"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+    use std::process::Command;
+    use tonic::Code;
+
+    /// The status is INVALID_ARGUMENT and its message starts with `field: `.
+    #[track_caller]
+    fn assert_field(r: Result<impl std::fmt::Debug, Status>, field: &str) -> String {
+        let s = r.expect_err("must be refused");
+        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+        assert!(
+            s.message().starts_with(&format!("{field}: ")),
+            "message {:?} should name field {field}",
+            s.message()
+        );
+        s.message().to_string()
+    }
+
+    fn git(dir: &Path, args: &[&str]) {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "Test Setup")
+            .env("GIT_AUTHOR_EMAIL", "setup@example.test")
+            .env("GIT_COMMITTER_NAME", "Test Setup")
+            .env("GIT_COMMITTER_EMAIL", "setup@example.test")
+            .output()
+            .expect("git runs (is git installed?)");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `<tmp>/root/proj`: a repository with `README.md` and `src/main.rs`.
+    fn root_with_repo() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("root");
+        let repo = root.join("proj");
+        fs::create_dir_all(repo.join("src")).expect("mkdir");
+        git(&repo, &["init", "-q", "-b", "main"]);
+        fs::write(repo.join("README.md"), "# demo\n").expect("write");
+        fs::write(repo.join("src/main.rs"), "fn main() {}\n").expect("write");
+        git(&repo, &["add", "-A"]);
+        git(&repo, &["commit", "-q", "-m", "initial"]);
+        (tmp, root)
+    }
+
+    fn files(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn lexical_escape_detection() {
+        assert!(lexically_escapes(Path::new("../x")));
+        assert!(lexically_escapes(Path::new("a/../../x")));
+        assert!(!lexically_escapes(Path::new("a/../b")));
+        assert!(!lexically_escapes(Path::new("./a")));
+    }
+
+    #[test]
+    fn invalid_names_the_field() {
+        let s = invalid("files[3]", "is absolute");
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(s.message(), "files[3]: is absolute");
+    }
+
+    #[test]
+    fn ids() {
+        for ok in [
+            "a",
+            "task-1",
+            "5f0c1d2e-8a9b-4c3d-9e8f-0123456789ab",
+            "run:2024.01_x",
+        ] {
+            check_id("task_id", ok, false).unwrap_or_else(|e| panic!("{ok:?}: {e:?}"));
+        }
+        check_id("task_id", &"x".repeat(MAX_ID_LEN), false).expect("max length");
+        check_id("run_id", "", true).expect("empty allowed");
+        let m = assert_field(check_id("run_id", "", false), "run_id");
+        assert!(m.contains("empty"), "{m}");
+        for bad in [
+            "-rf",
+            ".hidden",
+            "a b",
+            "a/b",
+            "a\nb",
+            "ü",
+            "a@{1}",
+            &"x".repeat(MAX_ID_LEN + 1),
+        ] {
+            assert_field(check_id("task_id", bad, true), "task_id");
+        }
+        assert_field(check_id("run_id", "../x", true), "run_id");
+    }
+
+    #[test]
+    fn descriptions() {
+        check_description("Add a README").expect("ok");
+        check_description(&"x".repeat(MAX_DESCRIPTION_BYTES)).expect("at the limit");
+        for bad in ["", "  \n\t "] {
+            let m = assert_field(check_description(bad), "task_description");
+            assert!(m.contains("empty"), "{m}");
+        }
+        let m = assert_field(
+            check_description(&"x".repeat(MAX_DESCRIPTION_BYTES + 1)),
+            "task_description",
+        );
+        assert!(m.contains(&MAX_DESCRIPTION_BYTES.to_string()), "{m}");
+    }
+
+    #[test]
+    fn refs() {
+        for ok in [
+            "main",
+            "HEAD~2",
+            "v1.0^{commit}",
+            "refs/heads/pas/x",
+            "deadbeef",
+        ] {
+            check_ref("base_ref", ok).unwrap_or_else(|e| panic!("{ok:?}: {e:?}"));
+        }
+        for bad in [
+            "",
+            "-x",
+            "--output=/tmp/x",
+            "a b",
+            "main\n",
+            "a\0b",
+            "\tmain",
+            &"r".repeat(MAX_REF_LEN + 1),
+        ] {
+            assert_field(check_ref("base_ref", bad), "base_ref");
+            assert!(ref_problem(bad).is_some(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn aider_names() {
+        for name in [".aider.conf.yml", ".aiderignore", ".AIDER.x", ".aider"] {
+            assert!(is_aider_name(OsStr::new(name)), "{name}");
+        }
+        for name in ["aider.py", ".aide", "x.aider", ".env"] {
+            assert!(!is_aider_name(OsStr::new(name)), "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn open_checked_accepts_a_good_request() {
+        let (_tmp, root) = root_with_repo();
+        let ws = open_checked(
+            &root,
+            "proj",
+            &files(&["README.md", "src/new.rs", "./docs/a.md"]),
+        )
+        .await
+        .expect("valid");
+        assert_eq!(ws.name(), "proj");
+        assert_eq!(
+            ws.path(),
+            fs::canonicalize(root.join("proj")).expect("canon")
+        );
+        open_checked(&root, "proj", &[])
+            .await
+            .expect("no files is fine");
+    }
+
+    #[tokio::test]
+    async fn open_checked_names_the_workspace_field() {
+        let (tmp, root) = root_with_repo();
+        fs::create_dir_all(root.join("plain")).expect("mkdir");
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(&outside).expect("mkdir");
+        symlink(&outside, root.join("escape")).expect("symlink");
+        for (name, expect) in [
+            ("", "must name a git repository"),
+            ("/etc", "absolute"),
+            ("../root/proj", "outside the workspace root"),
+            ("escape", "outside the workspace root"),
+            ("missing", "does not exist"),
+            ("plain", "not the top level of a git repository"),
+            ("proj/src", "not the top level of a git repository"),
+        ] {
+            let m = assert_field(open_checked(&root, name, &[]).await, "workspace");
+            assert!(m.contains(expect), "{name:?}: {m}");
+        }
+        // A missing root is the server's problem, not the caller's.
+        let s = open_checked(&root.join("nope"), "proj", &[])
+            .await
+            .expect_err("root missing");
+        assert_eq!(s.code(), Code::Internal, "{s:?}");
+        assert!(s.message().starts_with("workspace: "), "{}", s.message());
+    }
+
+    #[tokio::test]
+    async fn open_checked_names_the_offending_file() {
+        let (tmp, root) = root_with_repo();
+        let repo = root.join("proj");
+        fs::write(tmp.path().join("secret"), "s").expect("write");
+        symlink(tmp.path().join("secret"), repo.join("secret")).expect("symlink");
+        symlink(repo.join(".git/config"), repo.join("cfg")).expect("symlink");
+        fs::write(repo.join(".aider.conf.yml"), "auto-test: true\n").expect("write");
+        symlink(repo.join(".aider.conf.yml"), repo.join("conf")).expect("symlink");
+
+        for (bad, expect) in [
+            ("", "empty"),
+            ("/etc/passwd", "absolute"),
+            ("../x", "`..`"),
+            (".git/config", ".git"),
+            ("cfg", ".git"),
+            ("secret", "outside the workspace"),
+            ("src", "directory"),
+            ("README.md/x", "not a directory"),
+            (".aider.conf.yml", ".aider*"),
+            (".aiderignore", ".aider*"),
+            ("sub/.aider.chat.history.md", ".aider*"),
+            (".aider.tags.cache.v4/cache.db", ".aider*"),
+            ("conf", ".aider*"),
+        ] {
+            let list = files(&["README.md", bad]);
+            let m = assert_field(open_checked(&root, "proj", &list).await, "files[1]");
+            assert!(m.contains(expect), "{bad:?}: {m}");
+        }
+    }
+
+    #[tokio::test]
+    async fn open_checked_refuses_duplicates_and_too_many_files() {
+        let (_tmp, root) = root_with_repo();
+        for list in [
+            ["README.md", "src/main.rs", "README.md"],
+            ["README.md", "src/main.rs", "./src/main.rs"],
+            ["README.md", "src/main.rs", "src//main.rs"],
+        ] {
+            let m = assert_field(open_checked(&root, "proj", &files(&list)).await, "files[2]");
+            assert!(m.contains("listed twice"), "{m}");
+        }
+        let many: Vec<String> = (0..=MAX_FILES).map(|i| format!("f{i}.txt")).collect();
+        let m = assert_field(open_checked(&root, "proj", &many).await, "files");
+        assert!(m.contains(&MAX_FILES.to_string()), "{m}");
+        let max: Vec<String> = many[..MAX_FILES].to_vec();
+        open_checked(&root, "proj", &max)
+            .await
+            .expect("at the limit");
+    }
+}
