@@ -1,6 +1,6 @@
 //! Interop with Node.js: a client built with @grpc/grpc-js + @grpc/proto-loader straight from
-//! `proto/` (`tests/interop/node/pool_client.js`) dispatches a real task to a real mesh (llm-sim,
-//! real aider, real git), reads the stream to its result, and reads the mesh status. The client
+//! `proto/` (`tests/interop/node/pool_client.js`) dispatches a real task to a real pool (llm-sim,
+//! real aider, real git), reads the stream to its result, and reads the pool status. The client
 //! prints JSON lines; this test checks them.
 //!
 //! Needs `scripts/install-interop.sh` (node_modules) and the aider venv; fails, never skips,

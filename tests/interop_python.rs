@@ -1,7 +1,7 @@
 //! Interop with Python: a client generated from `proto/` with grpcio-tools at test time
-//! (`tests/interop/python/pool_client.py`) dispatches a real task to a real mesh (llm-sim, real
+//! (`tests/interop/python/pool_client.py`) dispatches a real task to a real pool (llm-sim, real
 //! aider, real git) and reads the stream to its result, cancels another task mid-stream through
-//! `CancelTask`, and reads the mesh status. The client prints JSON lines; this test checks them.
+//! `CancelTask`, and reads the pool status. The client prints JSON lines; this test checks them.
 //!
 //! Needs `scripts/install-interop.sh` (the `.interop-venv`) and the aider venv; fails, never skips,
 //! without them.
@@ -238,11 +238,31 @@ fn python_generated_client_dispatches_cancels_and_reads_pool_status() {
         "{context}"
     );
 
-    // 4. The mesh status.
+    // The cancellation reached programmer 003: it counts one cancelled task, runs nothing, and
+    // kept no branch for it.
+    let health_url = format!("http://{}/health", mesh.programmer_target("003"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut health = support::get_json(&health_url);
+    while !(health["cancelled"] == 1 && health["running"] == 0 && health["queue_depth"] == 0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "programmer 003 did not record the cancellation: {health:#}\n{context}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        health = support::get_json(&health_url);
+    }
+    assert_eq!(health["completed"], 0, "{health:#}");
+    let branches = common::git(&mesh.sample(), &["for-each-ref", "--format=%(refname)"]);
+    assert!(
+        !branches.contains("py-cancel-1"),
+        "a cancelled task keeps no branch: {branches}"
+    );
+
+    // 4. The pool status.
     let lines = client.run(&["status"], &mesh);
     assert_eq!(lines.len(), 1, "{lines:?}");
     let status = &lines[0]["pool_status"];
-    let context = format!("mesh status: {status:#}");
+    let context = format!("pool status: {status:#}");
     assert_eq!(status["pool_size"], 3, "{context}");
     assert_eq!(status["available"], 3, "{context}");
     assert_eq!(status["unavailable"], 0, "{context}");

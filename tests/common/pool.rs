@@ -169,8 +169,16 @@ impl TestPool {
         let data_dir = dir.path().join("data");
         std::fs::create_dir_all(&workspace_root).expect("workspace root");
         std::fs::create_dir_all(&data_dir).expect("data dir");
-        let ports: BTreeMap<String, u16> = options.programmers.iter().map(|p| (p.id.clone(), free_port())).collect();
-        let manager_port = free_port();
+        // Released ports can be handed out again: make the picks distinct.
+        let mut picked = std::collections::BTreeSet::new();
+        let mut next_port = || loop {
+            let port = free_port();
+            if picked.insert(port) {
+                return port;
+            }
+        };
+        let ports: BTreeMap<String, u16> = options.programmers.iter().map(|p| (p.id.clone(), next_port())).collect();
+        let manager_port = next_port();
         let config_path = dir.path().join("pool.yaml");
         let pool = Self { dir, sim, options, config_path, workspace_root, data_dir, ports, manager_port };
         std::fs::write(&pool.config_path, pool.config_yaml()).expect("write config");
