@@ -5,7 +5,11 @@ use prost::Message;
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/pas/v1/task.proto", "proto/pas/v1/programmer.proto", "proto/pas/v1/pool.proto"];
+    let protos = [
+        "proto/pas/v1/task.proto",
+        "proto/pas/v1/programmer.proto",
+        "proto/pas/v1/pool.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

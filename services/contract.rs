@@ -9,7 +9,8 @@ pub mod v1 {
 
 /// Encoded `FileDescriptorSet` of `proto/pas/v1`, registered with tonic-reflection so grpcurl can
 /// list and describe the services.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pas_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/pas_descriptor.bin"));
 
 /// Lower-case circuit breaker state name, as the JSON routes and tables show it.
 pub fn circuit_name(state: v1::CircuitState) -> &'static str {

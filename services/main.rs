@@ -11,7 +11,12 @@ use std::process::ExitCode;
 #[command(name = "pas", version, about)]
 struct Cli {
     /// Configuration file.
-    #[arg(long, global = true, env = "PAS_CONFIG", default_value = "configs/pas/programmer_pool.yaml")]
+    #[arg(
+        long,
+        global = true,
+        env = "PAS_CONFIG",
+        default_value = "configs/pas/programmer_pool.yaml"
+    )]
     config: PathBuf,
     /// Log format (logs go to stderr).
     #[arg(long, global = true, value_enum, default_value_t = pas::telemetry::LogFormat::Text)]
@@ -32,6 +37,18 @@ enum Command {
     /// Run the manager (pas.v1.ProgrammerPool + health + reflection + GET /health and
     /// /programmer_pool/status on one port).
     Manager(pas::manager::ManagerArgs),
+    /// Start the manager and the programmers as supervised child processes (restarted with
+    /// backoff when they crash), wait until all are healthy and print a table.
+    Up(pas::cli::up::UpArgs),
+    /// Stop the pool started by `pas up` (SIGTERM, then SIGKILL after a timeout).
+    Down(pas::cli::up::DownArgs),
+    /// `pas down`, then `pas up --detach` (with the previous `--only` unless one is given).
+    Restart(pas::cli::up::UpArgs),
+    /// Show the pool: programmers, LLMs, circuits, queues, budget and alerts.
+    Status(pas::cli::status::StatusArgs),
+    /// Send a task to the pool and follow it live (exit 0 succeeded, 1 failed, 2 bad input,
+    /// 130 cancelled).
+    Dispatch(pas::cli::dispatch::DispatchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,6 +78,11 @@ fn main() -> ExitCode {
             pas::telemetry::init_logging(cli.log_format);
             block_on(async move { pas::manager::run(load_config(&cli.config)?, args).await })
         }
+        Command::Up(args) => pas::cli::up::up(&cli.config, cli.log_format, args),
+        Command::Down(args) => pas::cli::up::down(&cli.config, args),
+        Command::Restart(args) => pas::cli::up::restart(&cli.config, cli.log_format, args),
+        Command::Status(args) => pas::cli::status::run(&cli.config, args),
+        Command::Dispatch(args) => pas::cli::dispatch::run(&cli.config, args),
     }
 }
 

@@ -15,7 +15,10 @@ use tonic::service::Routes;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("server failed: {0}")]
@@ -25,14 +28,18 @@ pub enum ServeError {
 /// Binds `host:port` (port 0 picks a free port; read it back with `local_addr`).
 pub async fn bind(host: &str, port: u16) -> Result<TcpListener, ServeError> {
     let addr = format!("{host}:{port}");
-    TcpListener::bind(&addr).await.map_err(|source| ServeError::Bind { addr, source })
+    TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
 }
 
 /// Adds grpc.health.v1 and both reflection versions (covering our contract and the health
 /// service) to `routes`.
 pub fn with_health_and_reflection(
     routes: Routes,
-    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
 ) -> Result<Routes, ServeError> {
     let builder = || {
         tonic_reflection::server::Builder::configure()
@@ -41,7 +48,10 @@ pub fn with_health_and_reflection(
     };
     let v1 = builder().build_v1()?;
     let v1alpha = builder().build_v1alpha()?;
-    Ok(routes.add_service(health).add_service(v1).add_service(v1alpha))
+    Ok(routes
+        .add_service(health)
+        .add_service(v1)
+        .add_service(v1alpha))
 }
 
 /// Serves `router` (gRPC + JSON routes) on `listener` until `shutdown` resolves, then drains
@@ -51,9 +61,12 @@ pub async fn serve(
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
     Ok(())
 }
 

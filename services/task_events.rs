@@ -102,7 +102,11 @@ mod tests {
     use crate::contract::v1::{Output, TaskState};
 
     fn output(text: &str) -> Kind {
-        Kind::Output(Output { text: text.into(), stream: "stdout".into(), attempt: 1 })
+        Kind::Output(Output {
+            text: text.into(),
+            stream: "stdout".into(),
+            attempt: 1,
+        })
     }
 
     #[tokio::test]
@@ -111,7 +115,10 @@ mod tests {
         assert!(sink.send(output("a")).await);
         let clone = sink.clone();
         assert!(clone.send(output("b")).await);
-        let result = TaskResult { status: TaskState::Succeeded as i32, ..Default::default() };
+        let result = TaskResult {
+            status: TaskState::Succeeded as i32,
+            ..Default::default()
+        };
         assert!(sink.finish(result.clone()).await);
         assert!(!clone.finish(result).await, "second result is dropped");
         assert!(!sink.send(output("late")).await, "nothing after the result");

@@ -28,7 +28,7 @@ const API_KEY: &str = "sk-sim-SECRET-7f3a9c";
 static AIDER_SLOTS: Semaphore = Semaphore::const_new(3);
 
 fn endpoint(sim: &Sim, name: &str, priced: bool) -> ModelEndpoint {
-    let provider = Provider::from_model_name(name);
+    let provider = Provider::from_model_name(name).expect("model name with a provider prefix");
     let api_base = match provider {
         Provider::OpenAi => sim.openai_base(),
         _ => sim.base.clone(),

@@ -5,31 +5,52 @@ mod common;
 use common::pool::{PoolOptions, TestPool, TestProgrammer, wait_until};
 use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
 use pas::contract::v1::task_event::Kind;
-use pas::contract::v1::{DispatchRequest, GetPoolStatusRequest, GetTaskRequest, TaskEvent, TaskResult, TaskState};
+use pas::contract::v1::{
+    DispatchRequest, GetPoolStatusRequest, GetTaskRequest, TaskEvent, TaskResult, TaskState,
+};
 use std::time::Duration;
 use tonic::transport::Channel;
 
 async fn manager(pool: &TestPool) -> ProgrammerPoolClient<Channel> {
-    ProgrammerPoolClient::connect(pool.manager_url()).await.expect("connect to the manager")
+    ProgrammerPoolClient::connect(pool.manager_url())
+        .await
+        .expect("connect to the manager")
 }
 
 async fn wait_available(c: &mut ProgrammerPoolClient<Channel>, n: u32) {
     let c2 = c.clone();
     wait_until(Duration::from_secs(15), "programmers available", || {
         let mut c = c2.clone();
-        async move { c.get_pool_status(GetPoolStatusRequest {}).await.map(|s| s.into_inner().available == n).unwrap_or(false) }
+        async move {
+            c.get_pool_status(GetPoolStatusRequest {})
+                .await
+                .map(|s| s.into_inner().available == n)
+                .unwrap_or(false)
+        }
     })
     .await;
 }
 
-async fn dispatch(c: &mut ProgrammerPoolClient<Channel>, req: DispatchRequest) -> (Vec<TaskEvent>, TaskResult) {
-    let mut stream = c.dispatch(req).await.expect("Dispatch accepted").into_inner();
+async fn dispatch(
+    c: &mut ProgrammerPoolClient<Channel>,
+    req: DispatchRequest,
+) -> (Vec<TaskEvent>, TaskResult) {
+    let mut stream = c
+        .dispatch(req)
+        .await
+        .expect("Dispatch accepted")
+        .into_inner();
     let mut events = Vec::new();
     while let Some(ev) = stream.message().await.expect("stream") {
         events.push(ev);
     }
-    let results: Vec<TaskResult> =
-        events.iter().filter_map(|e| match &e.kind { Some(Kind::Result(r)) => Some(r.clone()), _ => None }).collect();
+    let results: Vec<TaskResult> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Result(r)) => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
     assert_eq!(results.len(), 1, "exactly one result: {events:#?}");
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
@@ -49,43 +70,111 @@ fn request(description: &str) -> DispatchRequest {
 #[tokio::test]
 async fn dispatch_routes_relays_and_records() {
     let options = PoolOptions {
-        programmers: vec![TestProgrammer::free("001"), TestProgrammer::free("002"), TestProgrammer::paid("003")],
+        programmers: vec![
+            TestProgrammer::free("001"),
+            TestProgrammer::free("002"),
+            TestProgrammer::paid("003"),
+        ],
         ..Default::default()
     };
     let pool = TestPool::new(options);
     pool.sample_repo();
-    let _p: Vec<_> = ["001", "002", "003"].iter().map(|id| pool.start_programmer(id)).collect();
+    let _p: Vec<_> = ["001", "002", "003"]
+        .iter()
+        .map(|id| pool.start_programmer(id))
+        .collect();
     let _m = pool.start_manager();
     let mut c = manager(&pool).await;
     wait_available(&mut c, 3).await;
 
     // A dry run is validated and routed, nothing runs.
-    let (events, result) = dispatch(&mut c, DispatchRequest { dry_run: true, capabilities: vec!["fast".into()], ..request("dry") }).await;
+    let (events, result) = dispatch(
+        &mut c,
+        DispatchRequest {
+            dry_run: true,
+            capabilities: vec!["fast".into()],
+            ..request("dry")
+        },
+    )
+    .await;
     assert_eq!(TaskState::try_from(result.status), Ok(TaskState::Succeeded));
     assert!(result.dry_run);
-    assert!(["001", "002"].contains(&result.programmer_id.as_str()), "fast goes to a free programmer");
-    let assigned = events.iter().find_map(|e| match &e.kind { Some(Kind::Assigned(a)) => Some(a.clone()), _ => None }).expect("assigned");
+    assert!(
+        ["001", "002"].contains(&result.programmer_id.as_str()),
+        "fast goes to a free programmer"
+    );
+    let assigned = events
+        .iter()
+        .find_map(|e| match &e.kind {
+            Some(Kind::Assigned(a)) => Some(a.clone()),
+            _ => None,
+        })
+        .expect("assigned");
     assert_eq!(assigned.strategy, "least_loaded");
 
     // A real task: edited on a branch, recorded.
-    let (_, result) = dispatch(&mut c, DispatchRequest { task_id: "task-real-1".into(), ..request("Add docstrings to all functions") }).await;
-    assert_eq!(TaskState::try_from(result.status), Ok(TaskState::Succeeded), "{result:#?}");
+    let (_, result) = dispatch(
+        &mut c,
+        DispatchRequest {
+            task_id: "task-real-1".into(),
+            ..request("Add docstrings to all functions")
+        },
+    )
+    .await;
+    assert_eq!(
+        TaskState::try_from(result.status),
+        Ok(TaskState::Succeeded),
+        "{result:#?}"
+    );
     assert!(!result.diff.is_empty());
-    let record = c.get_task(GetTaskRequest { task_id: "task-real-1".into() }).await.unwrap().into_inner();
+    let record = c
+        .get_task(GetTaskRequest {
+            task_id: "task-real-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(TaskState::try_from(record.state), Ok(TaskState::Succeeded));
     assert_eq!(record.result.unwrap().commit, result.commit);
 
     // Premium work goes only to the paid programmer.
-    let (_, result) = dispatch(&mut c, DispatchRequest { dry_run: true, capabilities: vec!["premium".into()], ..request("premium") }).await;
+    let (_, result) = dispatch(
+        &mut c,
+        DispatchRequest {
+            dry_run: true,
+            capabilities: vec!["premium".into()],
+            ..request("premium")
+        },
+    )
+    .await;
     assert_eq!(result.programmer_id, "003");
 
     // No programmer has "gpu": FAILED_PRECONDITION before any stream.
-    let err = c.dispatch(DispatchRequest { capabilities: vec!["gpu".into()], ..request("x") }).await.unwrap_err();
+    let err = c
+        .dispatch(DispatchRequest {
+            capabilities: vec!["gpu".into()],
+            ..request("x")
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
 
     // The original status JSON.
-    let json: serde_json::Value = reqwest::get(format!("{}/programmer_pool/status", pool.manager_url())).await.unwrap().json().await.unwrap();
-    for key in ["pool_size", "available", "unavailable", "using_backup", "total_queue_depth", "programmers"] {
+    let json: serde_json::Value =
+        reqwest::get(format!("{}/programmer_pool/status", pool.manager_url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    for key in [
+        "pool_size",
+        "available",
+        "unavailable",
+        "using_backup",
+        "total_queue_depth",
+        "programmers",
+    ] {
         assert!(json.get(key).is_some(), "{key} in {json}");
     }
     assert_eq!(json["pool_size"], 3);

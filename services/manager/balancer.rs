@@ -64,7 +64,11 @@ pub struct ProgrammerEndpoint {
 impl ProgrammerEndpoint {
     pub fn new(pool: Arc<PoolView>, member: Arc<Member>) -> Self {
         let client = ProgrammerClient::new(member.channel.clone());
-        Self { pool, member, client }
+        Self {
+            pool,
+            member,
+            client,
+        }
     }
 }
 
@@ -79,7 +83,11 @@ impl Service<TaskRequest> for ProgrammerEndpoint {
         }
         self.member.register_waker(cx.waker());
         // Re-check: the state may have changed between the test and the registration.
-        if self.pool.has_room(&self.member) { Poll::Ready(Ok(())) } else { Poll::Pending }
+        if self.pool.has_room(&self.member) {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
     }
 
     fn call(&mut self, request: TaskRequest) -> Self::Future {
@@ -87,7 +95,11 @@ impl Service<TaskRequest> for ProgrammerEndpoint {
         let mut client = self.client.clone();
         Box::pin(async move {
             let response = client.execute(request).await?;
-            Ok(Upstream { stream: response.into_inner(), _in_flight: in_flight, _load: None })
+            Ok(Upstream {
+                stream: response.into_inner(),
+                _in_flight: in_flight,
+                _load: None,
+            })
         })
     }
 }
@@ -133,7 +145,9 @@ pub struct Placement {
 
 impl std::fmt::Debug for Placement {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Placement").field("member", &self.member.spec.id).finish_non_exhaustive()
+        f.debug_struct("Placement")
+            .field("member", &self.member.spec.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -144,11 +158,15 @@ pub enum Routed {
     /// Nothing in the task's tiers can take it now. `budget_exhausted` when only paid members
     /// can serve it and today's settled spend alone leaves no room for their per-job reservation:
     /// waiting cannot help (unlike reservations of running tasks, spend never comes back today).
-    NoRoom { route: Route, budget_exhausted: bool },
+    NoRoom {
+        route: Box<Route>,
+        budget_exhausted: bool,
+    },
 }
 
 /// Discovery stream type the balancer consumes.
-pub type Discovery = Pin<Box<dyn Stream<Item = Result<MemberChange, std::convert::Infallible>> + Send>>;
+pub type Discovery =
+    Pin<Box<dyn Stream<Item = Result<MemberChange, std::convert::Infallible>> + Send>>;
 
 /// The balancer. Owned by the scheduler task (one place decides, so picks never race).
 pub struct Balancer {
@@ -160,8 +178,19 @@ pub struct Balancer {
 }
 
 impl Balancer {
-    pub fn new(pool: Arc<PoolView>, discover: Discovery, strategies: StrategySet, budget: Arc<BudgetLedger>) -> Self {
-        Self { discover, cache: ReadyCache::default(), pool, strategies, budget }
+    pub fn new(
+        pool: Arc<PoolView>,
+        discover: Discovery,
+        strategies: StrategySet,
+        budget: Arc<BudgetLedger>,
+    ) -> Self {
+        Self {
+            discover,
+            cache: ReadyCache::default(),
+            pool,
+            strategies,
+            budget,
+        }
     }
 
     /// Applies discovery changes and re-polls pending endpoints. Ready when something changed
@@ -173,7 +202,12 @@ impl Balancer {
             match change {
                 Change::Insert(key, member) => {
                     let endpoint = ProgrammerEndpoint::new(self.pool.clone(), member);
-                    let balanced = PeakEwma::new(endpoint, DEFAULT_RTT, DECAY.as_nanos() as f64, UntilStreamEnd);
+                    let balanced = PeakEwma::new(
+                        endpoint,
+                        DEFAULT_RTT,
+                        DECAY.as_nanos() as f64,
+                        UntilStreamEnd,
+                    );
                     self.cache.push(key, balanced);
                 }
                 Change::Remove(key) => {
@@ -184,7 +218,11 @@ impl Balancer {
         let ready_before = self.cache.ready_len();
         // Endpoints never fail (an unavailable one is simply not ready), so errors cannot occur.
         let _ = self.cache.poll_pending(cx);
-        if changed || self.cache.ready_len() > ready_before { Poll::Ready(()) } else { Poll::Pending }
+        if changed || self.cache.ready_len() > ready_before {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     /// Programmers ready to take a task now.
@@ -202,7 +240,11 @@ impl Balancer {
                 if candidates.is_empty() {
                     break;
                 }
-                let picked = match self.strategies.get(route.strategy).pick(&route.group, &candidates) {
+                let picked = match self
+                    .strategies
+                    .get(route.strategy)
+                    .pick(&route.group, &candidates)
+                {
                     Some(i) => candidates[i].index,
                     None => break,
                 };
@@ -234,11 +276,22 @@ impl Balancer {
                 // The programmer stops the task at the amount held for it.
                 request.max_cost_usd = reserved_usd.unwrap_or(0.0);
                 let response = self.cache.call_ready_index(cache_index, request);
-                return Routed::Placed(Placement { member, reserved_usd, response: Box::pin(response) });
+                return Routed::Placed(Placement {
+                    member,
+                    reserved_usd,
+                    response: Box::pin(response),
+                });
             }
         }
-        let only_paid = route.tiers.iter().flatten().all(|&i| self.pool.members[i].spec.paid);
-        Routed::NoRoom { budget_exhausted: spend_blocked && only_paid && !route.request.dry_run, route }
+        let only_paid = route
+            .tiers
+            .iter()
+            .flatten()
+            .all(|&i| self.pool.members[i].spec.paid);
+        Routed::NoRoom {
+            budget_exhausted: spend_blocked && only_paid && !route.request.dry_run,
+            route: Box::new(route),
+        }
     }
 
     /// Reserves the member's per-job cap when it is paid and the task is real. A refusal says
@@ -248,12 +301,18 @@ impl Balancer {
             return Ok(None);
         }
         let amount = member.spec.limits.max_cost_per_job_usd;
-        match self.budget.reserve(&reservation_key(&request.task_id, request.dispatch_attempt), amount) {
+        match self.budget.reserve(
+            &reservation_key(&request.task_id, request.dispatch_attempt),
+            amount,
+        ) {
             Ok(_) => Ok(Some(amount)),
             Err(e) => {
                 tracing::debug!(task_id = %request.task_id, programmer = %member.spec.id, "reservation refused: {e}");
-                let spend_exhausted =
-                    self.budget.snapshot().map(|s| s.spent_usd + amount > s.limit_usd + 1e-9).unwrap_or(false);
+                let spend_exhausted = self
+                    .budget
+                    .snapshot()
+                    .map(|s| s.spent_usd + amount > s.limit_usd + 1e-9)
+                    .unwrap_or(false);
                 Err(spend_exhausted)
             }
         }
@@ -280,7 +339,12 @@ impl Balancer {
             .collect();
         // tower's Cost is only comparable, so the strategies get its rank as the load figure.
         let mut order: Vec<usize> = (0..out.len()).collect();
-        order.sort_by(|&a, &b| out[a].1.partial_cmp(&out[b].1).unwrap_or(std::cmp::Ordering::Equal));
+        order.sort_by(|&a, &b| {
+            out[a]
+                .1
+                .partial_cmp(&out[b].1)
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
         for (rank, &i) in order.iter().enumerate() {
             out[i].0.load = rank as f64;
         }

@@ -28,7 +28,7 @@ pub struct TaskLife {
 
 enum Leg {
     /// The programmer sent the result.
-    Finished(TaskResult),
+    Finished(Box<TaskResult>),
     /// The programmer went away before a result.
     Broken(String),
     Cancelled,
@@ -36,7 +36,14 @@ enum Leg {
 
 /// Runs a task from queue to result. Always sends exactly one result and records it.
 pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
-    let TaskLife { task_id, mut route, mut ticket, sink, cancel, accepted } = life;
+    let TaskLife {
+        task_id,
+        mut route,
+        mut ticket,
+        sink,
+        cancel,
+        accepted,
+    } = life;
     let strategy = route.strategy;
     let mut previous: Option<(String, String)> = None;
     let mut dispatch_attempt = 1u32;
@@ -46,13 +53,21 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
             Ok(p) => p,
             Err(result) => break result,
         };
-        let Placement { member, reserved_usd, response } = placement;
+        let Placement {
+            member,
+            reserved_usd,
+            response,
+        } = placement;
         let programmer = member.spec.id.clone();
         if let Err(e) = mgr.store.set_running(&task_id, &programmer) {
             tracing::warn!(%task_id, "task store: {e}");
         }
         if let Some((from, reason)) = previous.take() {
-            let rerouted = Rerouted { from_programmer: from, to_programmer: programmer.clone(), reason };
+            let rerouted = Rerouted {
+                from_programmer: from,
+                to_programmer: programmer.clone(),
+                reason,
+            };
             sink.send(Kind::Rerouted(rerouted)).await;
         }
         tracing::info!(%task_id, %programmer, strategy = strategy.name(), dispatch_attempt, "task assigned");
@@ -64,10 +79,17 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
             }
         };
         let leg = match upstream {
-            Ok(upstream) => relay(upstream, &sink, &cancel, strategy.name(), dispatch_attempt).await,
+            Ok(upstream) => {
+                relay(upstream, &sink, &cancel, strategy.name(), dispatch_attempt).await
+            }
             Err(status) if status.code() == tonic::Code::InvalidArgument => {
                 mgr.settle(&task_id, dispatch_attempt, reserved_usd, Some(0.0));
-                break ended(TaskState::Failed, ErrorClass::BadRequest, status.message(), &programmer);
+                break ended(
+                    TaskState::Failed,
+                    ErrorClass::BadRequest,
+                    status.message(),
+                    &programmer,
+                );
             }
             Err(status) => {
                 if status.code() == tonic::Code::ResourceExhausted {
@@ -79,13 +101,23 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
         };
         match leg {
             Leg::Finished(result) => {
-                mgr.settle(&task_id, dispatch_attempt, reserved_usd, Some(result.cost_usd));
-                break result;
+                mgr.settle(
+                    &task_id,
+                    dispatch_attempt,
+                    reserved_usd,
+                    Some(result.cost_usd),
+                );
+                break *result;
             }
             Leg::Cancelled => {
                 // The programmer may have spent money before it saw the cancellation: keep the hold.
                 mgr.settle(&task_id, dispatch_attempt, reserved_usd, None);
-                break ended(TaskState::Cancelled, ErrorClass::Cancelled, "cancelled", &programmer);
+                break ended(
+                    TaskState::Cancelled,
+                    ErrorClass::Cancelled,
+                    "cancelled",
+                    &programmer,
+                );
             }
             Leg::Broken(reason) => {
                 mgr.settle(&task_id, dispatch_attempt, reserved_usd, None);
@@ -94,7 +126,12 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                     let msg = format!(
                         "gave up after {dispatch_attempt} programmer(s); last: {programmer}: {reason}"
                     );
-                    break ended(TaskState::Failed, ErrorClass::Unavailable, &msg, &programmer);
+                    break ended(
+                        TaskState::Failed,
+                        ErrorClass::Unavailable,
+                        &msg,
+                        &programmer,
+                    );
                 }
                 dispatch_attempt += 1;
                 route.exclude.push(member.index);
@@ -163,9 +200,13 @@ async fn relay(
         };
         match next {
             Ok(Some(event)) => match event.kind {
-                Some(Kind::Result(result)) => return Leg::Finished(result),
+                Some(Kind::Result(result)) => return Leg::Finished(Box::new(result)),
                 Some(Kind::Assigned(assigned)) => {
-                    let assigned = Assigned { strategy: strategy.to_string(), dispatch_attempt, ..assigned };
+                    let assigned = Assigned {
+                        strategy: strategy.to_string(),
+                        dispatch_attempt,
+                        ..assigned
+                    };
                     sink.send(Kind::Assigned(assigned)).await;
                 }
                 Some(kind) => {
@@ -173,8 +214,16 @@ async fn relay(
                 }
                 None => {}
             },
-            Ok(None) => return Leg::Broken("the programmer's stream ended without a result".into()),
-            Err(status) => return Leg::Broken(format!("stream broke: {}: {}", status.code(), status.message())),
+            Ok(None) => {
+                return Leg::Broken("the programmer's stream ended without a result".into());
+            }
+            Err(status) => {
+                return Leg::Broken(format!(
+                    "stream broke: {}: {}",
+                    status.code(),
+                    status.message()
+                ));
+            }
         }
     }
 }

@@ -17,12 +17,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 use tower::discover::Change;
-use tokio_util::sync::CancellationToken;
 
 /// The service name programmers report in grpc.health.v1.
 pub const PROGRAMMER_HEALTH_SERVICE: &str = "pas.v1.Programmer";
@@ -75,7 +75,9 @@ impl Member {
 
     /// Slots (running + waiting) the programmer offers: from its report, or the config before one.
     pub fn capacity(&self, default: u32) -> u32 {
-        lock(&self.reported).as_ref().map_or(default, |s| s.max_concurrent + s.max_queue)
+        lock(&self.reported)
+            .as_ref()
+            .map_or(default, |s| s.max_concurrent + s.max_queue)
     }
 
     /// Tasks occupying the programmer now: ours in flight plus other callers' as last reported.
@@ -177,7 +179,10 @@ impl PoolView {
     pub fn start_task(self: &Arc<Self>, member: &Arc<Member>) -> InFlight {
         member.in_flight.fetch_add(1, Ordering::SeqCst);
         self.bump();
-        InFlight { member: member.clone(), pool: self.clone() }
+        InFlight {
+            member: member.clone(),
+            pool: self.clone(),
+        }
     }
 
     /// True when `member` is available and has a free slot.
@@ -207,7 +212,10 @@ impl PoolView {
     fn set_reported(&self, member: &Member, status: ProgrammerStatus) {
         let occupied = status.running + status.queue_depth;
         // What the programmer carries beyond the tasks we sent it belongs to other callers.
-        member.external.store(occupied.saturating_sub(member.in_flight()), Ordering::SeqCst);
+        member.external.store(
+            occupied.saturating_sub(member.in_flight()),
+            Ordering::SeqCst,
+        );
         *lock(&member.reported) = Some(status);
         member.wake();
         self.bump();
@@ -226,8 +234,18 @@ pub fn start(
 ) -> mpsc::UnboundedReceiver<Result<MemberChange, std::convert::Infallible>> {
     let (tx, rx) = mpsc::unbounded_channel();
     for member in &pool.members {
-        tokio::spawn(watch_health(pool.clone(), member.clone(), tx.clone(), stop.clone()));
-        tokio::spawn(poll_status(pool.clone(), member.clone(), poll_interval, stop.clone()));
+        tokio::spawn(watch_health(
+            pool.clone(),
+            member.clone(),
+            tx.clone(),
+            stop.clone(),
+        ));
+        tokio::spawn(poll_status(
+            pool.clone(),
+            member.clone(),
+            poll_interval,
+            stop.clone(),
+        ));
     }
     rx
 }
@@ -236,7 +254,11 @@ type ChangeTx = mpsc::UnboundedSender<Result<MemberChange, std::convert::Infalli
 
 fn publish(pool: &PoolView, member: &Arc<Member>, up: bool, tx: &ChangeTx) {
     if pool.set_available(member, up) {
-        let change = if up { Change::Insert(member.index, member.clone()) } else { Change::Remove(member.index) };
+        let change = if up {
+            Change::Insert(member.index, member.clone())
+        } else {
+            Change::Remove(member.index)
+        };
         let _ = tx.send(Ok(change));
         if up {
             tracing::info!(programmer = %member.spec.id, "programmer available");
@@ -248,11 +270,18 @@ fn publish(pool: &PoolView, member: &Arc<Member>, up: bool, tx: &ChangeTx) {
 }
 
 /// Follows the programmer's health stream; any break marks it unavailable and reconnects.
-async fn watch_health(pool: Arc<PoolView>, member: Arc<Member>, tx: ChangeTx, stop: CancellationToken) {
+async fn watch_health(
+    pool: Arc<PoolView>,
+    member: Arc<Member>,
+    tx: ChangeTx,
+    stop: CancellationToken,
+) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let mut client = HealthClient::new(member.channel.clone());
-        let request = HealthCheckRequest { service: PROGRAMMER_HEALTH_SERVICE.into() };
+        let request = HealthCheckRequest {
+            service: PROGRAMMER_HEALTH_SERVICE.into(),
+        };
         let watched = tokio::select! {
             r = client.watch(request) => r,
             _ = stop.cancelled() => return,
@@ -287,11 +316,19 @@ async fn watch_health(pool: Arc<PoolView>, member: Arc<Member>, tx: ChangeTx, st
 }
 
 /// Polls GetStatus every `interval`, or at once when asked for a refresh.
-async fn poll_status(pool: Arc<PoolView>, member: Arc<Member>, interval: Duration, stop: CancellationToken) {
+async fn poll_status(
+    pool: Arc<PoolView>,
+    member: Arc<Member>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
     let mut client = ProgrammerClient::new(member.channel.clone());
     loop {
         if member.is_available() {
-            let call = tokio::time::timeout(interval.max(Duration::from_secs(1)), client.get_status(GetStatusRequest {}));
+            let call = tokio::time::timeout(
+                interval.max(Duration::from_secs(1)),
+                client.get_status(GetStatusRequest {}),
+            );
             if let Ok(Ok(response)) = call.await {
                 pool.set_reported(&member, response.into_inner());
             }

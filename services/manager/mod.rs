@@ -70,7 +70,9 @@ pub struct Manager {
 
 impl std::fmt::Debug for Manager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Manager").field("port", &self.port).finish_non_exhaustive()
+        f.debug_struct("Manager")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
     }
 }
 
@@ -80,8 +82,9 @@ impl Manager {
     pub fn start(config: Arc<Config>, port: u16) -> anyhow::Result<Arc<Self>> {
         let pool_cfg = &config.pool;
         let data_dir = config.data_dir();
-        std::fs::create_dir_all(&data_dir)
-            .map_err(|e| anyhow::anyhow!("cannot create the data dir {}: {e}", data_dir.display()))?;
+        std::fs::create_dir_all(&data_dir).map_err(|e| {
+            anyhow::anyhow!("cannot create the data dir {}: {e}", data_dir.display())
+        })?;
         let cost = &pool_cfg.cost_optimization;
         let budget = Arc::new(BudgetLedger::open(
             data_dir.join("budget.sqlite"),
@@ -94,7 +97,10 @@ impl Manager {
         )?);
         let store = Arc::new(TaskStore::open(data_dir.join("tasks.sqlite"))?);
         if store.recovered_on_open() > 0 {
-            tracing::warn!(tasks = store.recovered_on_open(), "tasks left unfinished by a previous manager were marked failed");
+            tracing::warn!(
+                tasks = store.recovered_on_open(),
+                "tasks left unfinished by a previous manager were marked failed"
+            );
         }
         let stop = CancellationToken::new();
         let pool = PoolView::new(&config)?;
@@ -102,14 +108,21 @@ impl Manager {
         let discovery = membership::start(pool.clone(), poll, stop.clone());
         let balancer = balancer::Balancer::new(
             pool.clone(),
-            Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(discovery)),
+            Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(
+                discovery,
+            )),
             StrategySet::new(),
             budget.clone(),
         );
         let mgr_cfg = &pool_cfg.manager;
-        let scheduler = Scheduler::start(balancer, pool.clone(), mgr_cfg.max_queue as usize, stop.clone());
+        let scheduler = Scheduler::start(
+            balancer,
+            pool.clone(),
+            mgr_cfg.max_queue as usize,
+            stop.clone(),
+        );
         let mgr = Arc::new(Self {
-            default_strategy: StrategyKind::from(pool_cfg.load_balancing.strategy),
+            default_strategy: pool_cfg.load_balancing.strategy,
             queue_timeout: Duration::from_secs(mgr_cfg.queue_timeout_s),
             max_dispatch_attempts: mgr_cfg.max_dispatch_attempts.max(1),
             alerts: status::Alerts::default(),
@@ -133,7 +146,12 @@ impl Manager {
     /// Registers a task as active; returns its cancellation token.
     pub fn register(&self, task_id: &str) -> CancellationToken {
         let cancel = self.stop.child_token();
-        self.active().insert(task_id.to_string(), ActiveTask { cancel: cancel.clone() });
+        self.active().insert(
+            task_id.to_string(),
+            ActiveTask {
+                cancel: cancel.clone(),
+            },
+        );
         cancel
     }
 
@@ -155,7 +173,13 @@ impl Manager {
 
     /// Turns a budget hold into spend: the real cost when known, else the whole hold (the
     /// programmer may have spent it; the ledger must never under-count).
-    pub fn settle(&self, task_id: &str, dispatch_attempt: u32, reserved: Option<f64>, cost: Option<f64>) {
+    pub fn settle(
+        &self,
+        task_id: &str,
+        dispatch_attempt: u32,
+        reserved: Option<f64>,
+        cost: Option<f64>,
+    ) {
         if reserved.is_none() {
             return;
         }
@@ -194,26 +218,37 @@ pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
     let mgr = Manager::start(config.clone(), addr.port())?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<ProgrammerPoolServer<PoolService>>().await;
-    let routes = tonic::service::Routes::new(ProgrammerPoolServer::new(PoolService::new(mgr.clone())));
+    health_reporter
+        .set_serving::<ProgrammerPoolServer<PoolService>>()
+        .await;
+    let routes =
+        tonic::service::Routes::new(ProgrammerPoolServer::new(PoolService::new(mgr.clone())));
     let (m1, m2) = (mgr.clone(), mgr.clone());
     let router = serve::with_health_and_reflection(routes, health_service)?
         .into_axum_router()
-        .route("/health", get(move || {
-            let mgr = m1.clone();
-            async move { axum::Json(status::health_json(&mgr)) }
-        }))
-        .route("/programmer_pool/status", get(move || {
-            let mgr = m2.clone();
-            async move { axum::Json(status::pool_status_json(&status::pool_status(&mgr))) }
-        }));
+        .route(
+            "/health",
+            get(move || {
+                let mgr = m1.clone();
+                async move { axum::Json(status::health_json(&mgr)) }
+            }),
+        )
+        .route(
+            "/programmer_pool/status",
+            get(move || {
+                let mgr = m2.clone();
+                async move { axum::Json(status::pool_status_json(&status::pool_status(&mgr))) }
+            }),
+        );
 
     println!("Manager-Code listening on {addr}");
     tracing::info!(%addr, programmers = mgr.pool.members.len(), strategy = mgr.default_strategy.name(), "manager started");
     let stop = mgr.stop.clone();
     serve::serve(listener, router, async move {
         serve::shutdown_signal().await;
-        health_reporter.set_not_serving::<ProgrammerPoolServer<PoolService>>().await;
+        health_reporter
+            .set_not_serving::<ProgrammerPoolServer<PoolService>>()
+            .await;
         stop.cancel();
     })
     .await?;

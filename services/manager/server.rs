@@ -3,8 +3,8 @@
 
 use crate::contract::v1::programmer_pool_server::ProgrammerPool;
 use crate::contract::v1::{
-    CancelTaskRequest, CancelTaskResponse, DispatchRequest, GetPoolStatusRequest, GetTaskRequest, PoolStatus,
-    TaskRecord, TaskRequest, TaskState, task_event::Kind,
+    CancelTaskRequest, CancelTaskResponse, DispatchRequest, GetPoolStatusRequest, GetTaskRequest,
+    PoolStatus, TaskRecord, TaskRequest, TaskState, task_event::Kind,
 };
 use crate::manager::Manager;
 use crate::manager::balancer::Route;
@@ -48,16 +48,26 @@ impl PoolService {
                 available: true,
             })
             .collect();
-        let prefer_free = req.prefer_free.unwrap_or(mgr.config.pool.load_balancing.prefer_free_models);
-        let needs = TaskNeeds { capabilities: &req.capabilities, prefer_free, dry_run: req.dry_run };
+        let prefer_free = req
+            .prefer_free
+            .unwrap_or(mgr.config.pool.load_balancing.prefer_free_models);
+        let needs = TaskNeeds {
+            capabilities: &req.capabilities,
+            prefer_free,
+            dry_run: req.dry_run,
+        };
         // Up-front, only settled spend can rule paid programmers out: holds of running tasks come
         // back when they settle, so such a task waits instead.
         let budget = match mgr.budget.snapshot() {
-            Ok(s) if mgr.config.pool.cost_optimization.enabled => PaidBudget::Remaining(s.limit_usd - s.spent_usd),
+            Ok(s) if mgr.config.pool.cost_optimization.enabled => {
+                PaidBudget::Remaining(s.limit_usd - s.spent_usd)
+            }
             _ => PaidBudget::Unlimited,
         };
         let tiers = eligibility::eligible(&members, &needs, budget).map_err(|e| match e {
-            EligibilityError::NoneCanServe { .. } => Status::failed_precondition(format!("capabilities: {e}")),
+            EligibilityError::NoneCanServe { .. } => {
+                Status::failed_precondition(format!("capabilities: {e}"))
+            }
             EligibilityError::BudgetExhausted { .. } => Status::resource_exhausted(e.to_string()),
         })?;
         let strategy = StrategyKind::from_proto(req.strategy).unwrap_or(mgr.default_strategy);
@@ -74,7 +84,13 @@ impl PoolService {
             max_cost_usd: 0.0,
             dispatch_attempt: 1,
         };
-        Ok(Route { request, tiers: tiers.tiers, strategy, group: group_key(&req.capabilities), exclude: Vec::new() })
+        Ok(Route {
+            request,
+            tiers: tiers.tiers,
+            strategy,
+            group: group_key(&req.capabilities),
+            exclude: Vec::new(),
+        })
     }
 }
 
@@ -82,19 +98,28 @@ impl PoolService {
 impl ProgrammerPool for PoolService {
     type DispatchStream = ReceiverStream<EventItem>;
 
-    async fn dispatch(&self, request: Request<DispatchRequest>) -> Result<Response<Self::DispatchStream>, Status> {
+    async fn dispatch(
+        &self,
+        request: Request<DispatchRequest>,
+    ) -> Result<Response<Self::DispatchStream>, Status> {
         let accepted = Instant::now();
         let mgr = self.mgr.clone();
         let req = request.into_inner();
         let root = mgr.config.workspace_root();
         validate::validate(&req, &root).await?;
-        let task_id = if req.task_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.task_id.clone() };
+        let task_id = if req.task_id.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            req.task_id.clone()
+        };
         let route = self.route_for(&req, &task_id)?;
 
         let (sink, rx) = TaskEventSink::channel(&task_id, EVENT_BUFFER);
         match mgr.store.insert(&NewTask::from_request(&task_id, &req)) {
             Ok(InsertOutcome::Inserted) => {}
-            Ok(InsertOutcome::AlreadyExists(record)) => return replay(&mgr, *record, sink, rx).await,
+            Ok(InsertOutcome::AlreadyExists(record)) => {
+                return replay(&mgr, *record, sink, rx).await;
+            }
             Err(crate::manager::store::StoreError::Conflict { task_id }) => {
                 return Err(Status::already_exists(format!(
                     "task_id: {task_id:?} is already used by a different request"
@@ -102,11 +127,20 @@ impl ProgrammerPool for PoolService {
             }
             Err(e) => return Err(Status::internal(format!("task store: {e}"))),
         }
-        let max_wait = if req.queue_timeout_s > 0 { Duration::from_secs(req.queue_timeout_s.into()) } else { mgr.queue_timeout };
+        let max_wait = if req.queue_timeout_s > 0 {
+            Duration::from_secs(req.queue_timeout_s.into())
+        } else {
+            mgr.queue_timeout
+        };
         let ticket = match mgr.scheduler.submit(route.clone(), max_wait) {
             Ok(t) => t,
             Err(full) => {
-                let result = dispatch::ended(TaskState::Failed, crate::contract::v1::ErrorClass::Unavailable, &full.to_string(), "");
+                let result = dispatch::ended(
+                    TaskState::Failed,
+                    crate::contract::v1::ErrorClass::Unavailable,
+                    &full.to_string(),
+                    "",
+                );
                 let _ = mgr.store.finish(&task_id, &result);
                 return Err(Status::resource_exhausted(full.to_string()));
             }
@@ -124,16 +158,29 @@ impl ProgrammerPool for PoolService {
         }
         tracing::info!(%task_id, run_id = %req.run_id, capabilities = ?req.capabilities, dry_run = req.dry_run,
             strategy = route.strategy.name(), "task accepted");
-        let life = TaskLife { task_id, route, ticket, sink, cancel, accepted };
+        let life = TaskLife {
+            task_id,
+            route,
+            ticket,
+            sink,
+            cancel,
+            accepted,
+        };
         tokio::spawn(dispatch::run(mgr, life));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn get_pool_status(&self, _: Request<GetPoolStatusRequest>) -> Result<Response<PoolStatus>, Status> {
+    async fn get_pool_status(
+        &self,
+        _: Request<GetPoolStatusRequest>,
+    ) -> Result<Response<PoolStatus>, Status> {
         Ok(Response::new(status::pool_status(&self.mgr)))
     }
 
-    async fn cancel_task(&self, request: Request<CancelTaskRequest>) -> Result<Response<CancelTaskResponse>, Status> {
+    async fn cancel_task(
+        &self,
+        request: Request<CancelTaskRequest>,
+    ) -> Result<Response<CancelTaskResponse>, Status> {
         let task_id = request.into_inner().task_id;
         if task_id.is_empty() {
             return Err(Status::invalid_argument("task_id: must not be empty"));
@@ -144,12 +191,23 @@ impl ProgrammerPool for PoolService {
         let message = if cancelled {
             format!("task {task_id} is being cancelled")
         } else {
-            format!("task {task_id} already finished ({})", previous.as_str_name())
+            format!(
+                "task {task_id} already finished ({})",
+                previous.as_str_name()
+            )
         };
-        Ok(Response::new(CancelTaskResponse { task_id, cancelled, previous_state: previous as i32, message }))
+        Ok(Response::new(CancelTaskResponse {
+            task_id,
+            cancelled,
+            previous_state: previous as i32,
+            message,
+        }))
     }
 
-    async fn get_task(&self, request: Request<GetTaskRequest>) -> Result<Response<TaskRecord>, Status> {
+    async fn get_task(
+        &self,
+        request: Request<GetTaskRequest>,
+    ) -> Result<Response<TaskRecord>, Status> {
         let task_id = request.into_inner().task_id;
         if task_id.is_empty() {
             return Err(Status::invalid_argument("task_id: must not be empty"));
@@ -184,7 +242,9 @@ async fn replay(
         None => Err(Status::already_exists(format!(
             "task_id: task {:?} is already {}; follow it with GetTask or stop it with CancelTask",
             record.task_id,
-            TaskState::try_from(record.state).map(|s| s.as_str_name()).unwrap_or("active")
+            TaskState::try_from(record.state)
+                .map(|s| s.as_str_name())
+                .unwrap_or("active")
         ))),
     }
 }

@@ -3,9 +3,11 @@
 //! available, more than 3 on their backup LLM, daily spend at the alert threshold), each logged
 //! once per transition.
 
-use crate::contract::v1::{Alert, Budget, CircuitState, PoolStatus, ProgrammerState, ProgrammerSummary};
-use crate::manager::Manager;
 use crate::contract::circuit_name;
+use crate::contract::v1::{
+    Alert, Budget, CircuitState, PoolStatus, ProgrammerState, ProgrammerSummary,
+};
+use crate::manager::Manager;
 use crate::task_events::now_unix_ms;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -14,13 +16,21 @@ use std::time::Duration;
 /// "Low availability" fires below this many available programmers (the original's `< 5`), or
 /// below half the pool for pools smaller than ten.
 fn low_availability_threshold(pool_size: usize) -> usize {
-    if pool_size >= 10 { 5 } else { pool_size.div_ceil(2) }
+    if pool_size >= 10 {
+        5
+    } else {
+        pool_size.div_ceil(2)
+    }
 }
 
 /// "High backup usage" fires above this many programmers on their backup (the original's `> 3`),
 /// scaled to 30% for smaller pools.
 fn high_backup_threshold(pool_size: usize) -> usize {
-    if pool_size >= 10 { 3 } else { (pool_size * 3) / 10 }
+    if pool_size >= 10 {
+        3
+    } else {
+        (pool_size * 3) / 10
+    }
 }
 
 /// Active alerts with the time each became active. Transitions are logged once.
@@ -55,7 +65,11 @@ impl Alerts {
     pub fn list(&self) -> Vec<Alert> {
         let map = self.active.lock().unwrap_or_else(|p| p.into_inner());
         map.iter()
-            .map(|(kind, (message, since))| Alert { kind: kind.to_string(), message: message.clone(), since_ms: *since })
+            .map(|(kind, (message, since))| Alert {
+                kind: kind.to_string(),
+                message: message.clone(),
+                since_ms: *since,
+            })
             .collect()
     }
 }
@@ -67,20 +81,29 @@ fn evaluate(mgr: &Manager, s: &PoolStatus) {
     mgr.alerts.set(
         "low_availability",
         (s.available as usize) < low,
-        format!("only {} of {} programmers available (alert below {low})", s.available, s.pool_size),
+        format!(
+            "only {} of {} programmers available (alert below {low})",
+            s.available, s.pool_size
+        ),
     );
     let high = high_backup_threshold(pool_size);
     mgr.alerts.set(
         "high_backup_usage",
         s.using_backup as usize > high,
-        format!("{} programmers are on their backup LLM (alert above {high}): primary LLMs failing?", s.using_backup),
+        format!(
+            "{} programmers are on their backup LLM (alert above {high}): primary LLMs failing?",
+            s.using_backup
+        ),
     );
     if let Some(b) = &s.budget {
         let crossed = b.alert_threshold_usd > 0.0 && b.spent_usd >= b.alert_threshold_usd;
         mgr.alerts.set(
             "budget_threshold",
             crossed,
-            format!("daily spend ${:.2} reached the alert threshold ${:.2} (limit ${:.2})", b.spent_usd, b.alert_threshold_usd, b.limit_usd),
+            format!(
+                "daily spend ${:.2} reached the alert threshold ${:.2} (limit ${:.2})",
+                b.spent_usd, b.alert_threshold_usd, b.limit_usd
+            ),
         );
     }
 }
@@ -103,7 +126,10 @@ pub fn pool_status(mgr: &Manager) -> PoolStatus {
     for m in &mgr.pool.members {
         let up = m.is_available();
         let reported = m.reported();
-        let llm = reported.as_ref().and_then(|r| r.llm.clone()).unwrap_or_default();
+        let llm = reported
+            .as_ref()
+            .and_then(|r| r.llm.clone())
+            .unwrap_or_default();
         let on_backup = up && llm.using_backup;
         available += up as u32;
         using_backup += on_backup as u32;
@@ -115,12 +141,24 @@ pub fn pool_status(mgr: &Manager) -> PoolStatus {
             primary_llm: m.spec.primary.name.clone(),
             backup_llm: m.spec.backup.name.clone(),
             capabilities: m.spec.capabilities.iter().cloned().collect(),
-            state: if up { ProgrammerState::Available } else { ProgrammerState::Unavailable } as i32,
+            state: if up {
+                ProgrammerState::Available
+            } else {
+                ProgrammerState::Unavailable
+            } as i32,
             queue_depth,
             in_flight: m.in_flight(),
-            circuit_state: if reported.is_some() { llm.circuit_state } else { CircuitState::Unspecified as i32 },
+            circuit_state: if reported.is_some() {
+                llm.circuit_state
+            } else {
+                CircuitState::Unspecified as i32
+            },
             using_backup: on_backup,
-            current_llm: if llm.current.is_empty() { m.spec.primary.name.clone() } else { llm.current },
+            current_llm: if llm.current.is_empty() {
+                m.spec.primary.name.clone()
+            } else {
+                llm.current
+            },
             completed: reported.as_ref().map_or(0, |r| r.completed),
             failed: reported.as_ref().map_or(0, |r| r.failed),
             paid: m.spec.paid,

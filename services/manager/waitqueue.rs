@@ -69,11 +69,20 @@ pub struct Ticket {
 
 impl Scheduler {
     /// Starts the scheduler task owning `balancer`; it stops on `stop`.
-    pub fn start(balancer: Balancer, pool: Arc<PoolView>, capacity: usize, stop: CancellationToken) -> Self {
+    pub fn start(
+        balancer: Balancer,
+        pool: Arc<PoolView>,
+        capacity: usize,
+        stop: CancellationToken,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let waiting = Arc::new(AtomicUsize::new(0));
         tokio::spawn(run(balancer, pool, rx, waiting.clone(), stop));
-        Self { tx, waiting, capacity }
+        Self {
+            tx,
+            waiting,
+            capacity,
+        }
     }
 
     /// Tasks waiting now (not yet placed).
@@ -88,11 +97,15 @@ impl Scheduler {
 
     /// Submits a new task at the back of the queue; refused when `capacity` tasks already wait.
     pub fn submit(&self, route: Route, max_wait: std::time::Duration) -> Result<Ticket, QueueFull> {
-        let reserved = self.waiting.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-            (n < self.capacity).then_some(n + 1)
-        });
+        let reserved = self
+            .waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.capacity).then_some(n + 1)
+            });
         if reserved.is_err() {
-            return Err(QueueFull { capacity: self.capacity });
+            return Err(QueueFull {
+                capacity: self.capacity,
+            });
         }
         let (entry, ticket) = entry(route, max_wait, true);
         if self.tx.send(Submit::Back(entry)).is_err() {
@@ -114,8 +127,21 @@ fn entry(route: Route, max_wait: std::time::Duration, counted: bool) -> (Entry, 
     let (position, position_rx) = watch::channel(0);
     let (reply, placement) = oneshot::channel();
     let now = Instant::now();
-    let entry = Entry { route, deadline: now + max_wait, waited_since: now, position, reply, counted };
-    (entry, Ticket { position: position_rx, placement })
+    let entry = Entry {
+        route,
+        deadline: now + max_wait,
+        waited_since: now,
+        position,
+        reply,
+        counted,
+    };
+    (
+        entry,
+        Ticket {
+            position: position_rx,
+            placement,
+        },
+    )
 }
 
 async fn run(
@@ -183,7 +209,10 @@ async fn run(
                         drop(placement);
                     }
                 }
-                Routed::NoRoom { route, budget_exhausted } => {
+                Routed::NoRoom {
+                    route,
+                    budget_exhausted,
+                } => {
                     if budget_exhausted {
                         uncount_flag(counted);
                         let _ = e.reply.send(Err(NotPlaced::BudgetExhausted));
@@ -194,7 +223,7 @@ async fn run(
                         let _ = e.reply.send(Err(NotPlaced::Timeout(now - e.waited_since)));
                         continue;
                     }
-                    e.route = route;
+                    e.route = *route;
                     kept.push_back(e);
                 }
             }

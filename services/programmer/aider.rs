@@ -40,31 +40,8 @@ const TERM_GRACE: Duration = Duration::from_millis(1000);
 /// How long to wait for the output pipes to close after the process group is gone.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The LLM provider API of a model, from its litellm prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Provider {
-    /// `openai/<m>`: OpenAI-compatible chat completions.
-    OpenAi,
-    /// `ollama/<m>` or `ollama_chat/<m>`.
-    Ollama,
-    /// `anthropic/<m>`.
-    Anthropic,
-    /// Anything else: no base/key wiring beyond what litellm does on its own.
-    Other,
-}
-
-impl Provider {
-    /// The provider named by a litellm model name's prefix.
-    pub fn from_model_name(name: &str) -> Self {
-        match name.split_once('/').map(|(p, _)| p) {
-            Some("openai") => Provider::OpenAi,
-            Some("ollama") | Some("ollama_chat") => Provider::Ollama,
-            Some("anthropic") => Provider::Anthropic,
-            _ => Provider::Other,
-        }
-    }
-}
+/// The LLM provider API of a model: the configuration's own type.
+pub use crate::config::Provider;
 
 /// The LLM an attempt uses, with everything aider needs to reach and price it.
 #[derive(Debug, Clone, PartialEq)]
@@ -246,12 +223,7 @@ pub fn model_settings_yaml(model: &ModelEndpoint) -> String {
 /// The `--model-metadata-file` content: context size and prices keyed by the model name (stops
 /// aider's metadata fetch and makes it report cost).
 pub fn model_metadata_json(model: &ModelEndpoint) -> String {
-    let provider = match model.provider {
-        Provider::OpenAi => "openai",
-        Provider::Ollama => "ollama",
-        Provider::Anthropic => "anthropic",
-        Provider::Other => model.name.split('/').next().unwrap_or("openai"),
-    };
+    let provider = model.provider.as_str();
     serde_json::json!({
         model.name.clone(): {
             "max_tokens": model.context_limit,
@@ -319,7 +291,7 @@ pub fn aider_args(
             push("--set-env");
             push(&format!("OPENAI_BASE_URL={base}"));
         }
-        (Provider::Ollama, Some(base)) => {
+        (Provider::Ollama | Provider::OllamaChat, Some(base)) => {
             push("--set-env");
             push(&format!("OLLAMA_API_BASE={base}"));
         }
@@ -384,7 +356,7 @@ fn environment(inv: &AiderInvocation, home: &Path) -> Vec<(String, String)> {
                 key.unwrap_or_else(|| "sk-ant-none".into()),
             ));
         }
-        Provider::Ollama => {
+        Provider::Ollama | Provider::OllamaChat => {
             if let Some(k) = key {
                 env.push(("OLLAMA_API_KEY".into(), k));
             }
@@ -392,7 +364,6 @@ fn environment(inv: &AiderInvocation, home: &Path) -> Vec<(String, String)> {
                 env.push(("OLLAMA_API_BASE".into(), base.clone()));
             }
         }
-        Provider::Other => {}
     }
     if let (Provider::Anthropic, Some(base)) = (inv.model.provider, &inv.model.api_base) {
         env.push(("ANTHROPIC_API_BASE".into(), base.clone()));
@@ -756,7 +727,7 @@ not json
     fn endpoint(name: &str) -> ModelEndpoint {
         ModelEndpoint {
             name: name.into(),
-            provider: Provider::from_model_name(name),
+            provider: Provider::from_model_name(name).unwrap_or(Provider::OpenAi),
             api_base: Some("http://127.0.0.1:9/v1".into()),
             api_key: Some("sk-secret".into()),
             input_cost_per_token: 1e-6,
@@ -796,12 +767,15 @@ not json
 
     #[test]
     fn provider_from_model_prefix_and_metadata_keyed_by_name() {
-        assert_eq!(Provider::from_model_name("ollama_chat/q"), Provider::Ollama);
+        assert_eq!(
+            Provider::from_model_name("ollama_chat/q"),
+            Some(Provider::OllamaChat)
+        );
         assert_eq!(
             Provider::from_model_name("anthropic/claude"),
-            Provider::Anthropic
+            Some(Provider::Anthropic)
         );
-        assert_eq!(Provider::from_model_name("gpt-4"), Provider::Other);
+        assert_eq!(Provider::from_model_name("gpt-4"), None);
         let meta: serde_json::Value =
             serde_json::from_str(&model_metadata_json(&endpoint("openai/gpt-x"))).unwrap();
         assert_eq!(meta["openai/gpt-x"]["input_cost_per_token"], 1e-6);

@@ -4,7 +4,9 @@
 
 use crate::config::LlmSpec;
 use crate::contract::v1::{ErrorClass, Output, task_event::Kind};
-use crate::programmer::aider::{AiderInvocation, ModelEndpoint, OutputChunk, OutputStream, run_aider};
+use crate::programmer::aider::{
+    AiderInvocation, ModelEndpoint, OutputChunk, OutputStream, run_aider,
+};
 use crate::programmer::classify::{Outcome, classify};
 use crate::programmer::state::Programmer;
 use crate::programmer::validate::ValidatedTask;
@@ -52,7 +54,9 @@ impl AttemptOutcome {
     pub fn message(&self) -> &str {
         match self {
             Self::Succeeded(_) => "",
-            Self::LlmFailed { message, .. } | Self::EditFailed(message) | Self::GitFailed(message) => message,
+            Self::LlmFailed { message, .. }
+            | Self::EditFailed(message)
+            | Self::GitFailed(message) => message,
             Self::Internal(message) => message,
             Self::Cancelled => "cancelled",
             Self::DeadlineExceeded => "deadline exceeded",
@@ -75,7 +79,7 @@ pub struct AttemptReport {
 pub fn endpoint_for(llm: &LlmSpec) -> ModelEndpoint {
     ModelEndpoint {
         name: llm.name.clone(),
-        provider: crate::programmer::aider::Provider::from_model_name(&llm.name),
+        provider: llm.provider,
         api_base: Some(llm.api_base()),
         api_key: llm.api_key(),
         input_cost_per_token: llm.input_cost_per_token,
@@ -121,7 +125,11 @@ pub async fn run_attempt(
     let (tx, mut rx) = mpsc::channel::<OutputChunk>(256);
     let relay = async {
         while let Some(chunk) = rx.recv().await {
-            let output = Output { text: chunk.text, stream: stream_name(chunk.stream).to_string(), attempt: number };
+            let output = Output {
+                text: chunk.text,
+                stream: stream_name(chunk.stream).to_string(),
+                attempt: number,
+            };
             // A gone caller is noticed by the task's cancellation watcher; keep draining.
             let _ = sink.send(Kind::Output(output)).await;
         }
@@ -129,7 +137,14 @@ pub async fn run_attempt(
     let (run, ()) = tokio::join!(run_aider(invocation, tx, cancel.clone(), deadline), relay);
     let run = match run {
         Ok(run) => run,
-        Err(e) => return report(AttemptOutcome::Internal(format!("aider could not be run: {e}")), 0, 0, 0.0),
+        Err(e) => {
+            return report(
+                AttemptOutcome::Internal(format!("aider could not be run: {e}")),
+                0,
+                0,
+                0.0,
+            );
+        }
     };
     let (sent, received) = (run.usage.prompt_tokens, run.usage.completion_tokens);
     let cost = sent as f64 * llm.input_cost_per_token + received as f64 * llm.output_cost_per_token;
@@ -141,7 +156,14 @@ pub async fn run_attempt(
     }
     let change = match worktree.finish(&commit_message(&task.description)).await {
         Ok(change) => change,
-        Err(e) => return report(AttemptOutcome::GitFailed(e.to_string()), sent, received, cost),
+        Err(e) => {
+            return report(
+                AttemptOutcome::GitFailed(e.to_string()),
+                sent,
+                received,
+                cost,
+            );
+        }
     };
     let verdict = classify(&run, !change.files_changed.is_empty());
     let class = verdict.error_class();

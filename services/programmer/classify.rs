@@ -13,30 +13,9 @@
 use super::aider::AiderRun;
 use crate::contract::v1::ErrorClass;
 
-/// The failure classes that count for the circuit breaker (the config's `failure_conditions`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LlmFailureClass {
-    /// The LLM did not answer in time (litellm `Timeout`).
-    Timeout,
-    /// The endpoint answered with an error or broke the connection.
-    ApiError,
-    /// HTTP 429.
-    RateLimit,
-    /// The model is not served (503 / 404).
-    ModelUnavailable,
-}
-
-impl LlmFailureClass {
-    /// The name used in configuration (`failure_conditions`) and logs.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            LlmFailureClass::Timeout => "timeout",
-            LlmFailureClass::ApiError => "api_error",
-            LlmFailureClass::RateLimit => "rate_limit",
-            LlmFailureClass::ModelUnavailable => "model_unavailable",
-        }
-    }
-}
+/// The failure classes that count for the circuit breaker: the configuration's
+/// `failure_conditions` type, so a class and its config name are one thing.
+pub use crate::config::FailureCondition as LlmFailureClass;
 
 /// What one attempt amounted to.
 #[derive(Debug, Clone, PartialEq, Eq)]

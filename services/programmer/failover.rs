@@ -8,7 +8,9 @@
 //! Only attempts on the primary are reported to the breaker.
 
 use crate::config::FailureCondition;
-use crate::contract::v1::{Assigned, Attempt, ErrorClass, Failover, TaskResult, TaskState, task_event::Kind};
+use crate::contract::v1::{
+    Assigned, Attempt, ErrorClass, Failover, TaskResult, TaskState, task_event::Kind,
+};
 use crate::programmer::attempt::{AttemptOutcome, AttemptReport, run_attempt};
 use crate::programmer::breaker::Admission;
 use crate::programmer::state::Programmer;
@@ -35,7 +37,11 @@ pub fn max_attempts(failover: &crate::config::Failover) -> u32 {
     if !failover.enabled {
         return 1;
     }
-    let retries = if failover.always_failover { failover.max_retries.max(1) } else { failover.max_retries };
+    let retries = if failover.always_failover {
+        failover.max_retries.max(1)
+    } else {
+        failover.max_retries
+    };
     1 + retries
 }
 
@@ -49,27 +55,51 @@ pub async fn run_task(
     started: Instant,
 ) -> TaskResult {
     let spec = &prog.spec;
-    let mut result = TaskResult { programmer_id: spec.id.clone(), ..Default::default() };
+    let mut result = TaskResult {
+        programmer_id: spec.id.clone(),
+        ..Default::default()
+    };
     let deadline = Instant::now() + task.deadline;
 
     let base_commit = match task.workspace.resolve_base(task.base_ref.as_deref()).await {
         Ok(c) => c,
-        Err(e) => return fail(result, ErrorClass::GitError, format!("base_ref: {e}"), started),
+        Err(e) => {
+            return fail(
+                result,
+                ErrorClass::GitError,
+                format!("base_ref: {e}"),
+                started,
+            );
+        }
     };
     result.base_commit = base_commit.clone();
-    let identity = GitIdentity { name: spec.agent.clone(), email: format!("prog-{}@programmer-pool.local", spec.id) };
+    let identity = GitIdentity {
+        name: spec.agent.clone(),
+        email: format!("prog-{}@programmer-pool.local", spec.id),
+    };
     let worktree = match task
         .workspace
         .create_task_worktree(&prog.worktrees_dir, &task.task_id, &base_commit, &identity)
         .await
     {
         Ok(w) => w,
-        Err(e) => return fail(result, ErrorClass::GitError, format!("cannot create the task worktree: {e}"), started),
+        Err(e) => {
+            return fail(
+                result,
+                ErrorClass::GitError,
+                format!("cannot create the task worktree: {e}"),
+                started,
+            );
+        }
     };
 
     let mut admission = Some(prog.breaker.admit());
     let starts_on_primary = admission.as_ref().is_some_and(|a| !a.uses_backup());
-    let mut llm = if starts_on_primary { spec.primary.clone() } else { spec.backup.clone() };
+    let mut llm = if starts_on_primary {
+        spec.primary.clone()
+    } else {
+        spec.backup.clone()
+    };
     let assigned = Assigned {
         programmer_id: spec.id.clone(),
         llm: llm.name.clone(),
@@ -78,7 +108,14 @@ pub async fn run_task(
     };
     if !sink.send(Kind::Assigned(assigned)).await {
         result.status = TaskState::Cancelled as i32;
-        return finish_with(worktree, result, ErrorClass::Cancelled, "caller went away".into(), started).await;
+        return finish_with(
+            worktree,
+            result,
+            ErrorClass::Cancelled,
+            "caller went away".into(),
+            started,
+        )
+        .await;
     }
     let attempts_allowed = max_attempts(&prog.failover);
     let retry_delay = Duration::from_secs_f64(prog.failover.retry_delay_s.max(0.0));
@@ -86,12 +123,19 @@ pub async fn run_task(
     for number in 1..=attempts_allowed {
         if number > 1 {
             if let Err(e) = worktree.reset().await {
-                return finish_failed(worktree, result, ErrorClass::GitError, format!("worktree reset: {e}"), started)
-                    .await;
+                return finish_failed(
+                    worktree,
+                    result,
+                    ErrorClass::GitError,
+                    format!("worktree reset: {e}"),
+                    started,
+                )
+                .await;
             }
         }
         let on_primary = number == 1 && starts_on_primary;
-        let report: AttemptReport = run_attempt(prog, task, &worktree, &llm, number, sink, &cancel, deadline).await;
+        let report: AttemptReport =
+            run_attempt(prog, task, &worktree, &llm, number, sink, &cancel, deadline).await;
         result.tokens_sent += report.tokens_sent;
         result.tokens_received += report.tokens_received;
         result.cost_usd += report.cost_usd;
@@ -133,8 +177,14 @@ pub async fn run_task(
             }
             AttemptOutcome::Cancelled => {
                 result.status = TaskState::Cancelled as i32;
-                return finish_with(worktree, result, ErrorClass::Cancelled, "cancelled by the caller".into(), started)
-                    .await;
+                return finish_with(
+                    worktree,
+                    result,
+                    ErrorClass::Cancelled,
+                    "cancelled by the caller".into(),
+                    started,
+                )
+                .await;
             }
             AttemptOutcome::DeadlineExceeded => {
                 result.status = TaskState::TimedOut as i32;
@@ -149,7 +199,9 @@ pub async fn run_task(
                 if number < attempts_allowed && is_failover_condition(prog, class) =>
             {
                 let next = spec.backup.clone();
-                prog.counters.failovers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                prog.counters
+                    .failovers
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let reason = format!("{}: {message}", class.as_str_name());
                 tracing::info!(task_id = %task.task_id, from = %llm.name, to = %next.name, attempt = number + 1, %reason, "failover");
                 let event = Failover {
@@ -161,8 +213,14 @@ pub async fn run_task(
                 };
                 if !sink.send(Kind::Failover(event)).await {
                     result.status = TaskState::Cancelled as i32;
-                    return finish_with(worktree, result, ErrorClass::Cancelled, "caller went away".into(), started)
-                        .await;
+                    return finish_with(
+                        worktree,
+                        result,
+                        ErrorClass::Cancelled,
+                        "caller went away".into(),
+                        started,
+                    )
+                    .await;
                 }
                 llm = next;
                 tokio::select! {
@@ -186,7 +244,14 @@ pub async fn run_task(
         }
     }
     // Unreachable in practice: the last attempt always returns above.
-    finish_failed(worktree, result, ErrorClass::Internal, "no attempt was made".into(), started).await
+    finish_failed(
+        worktree,
+        result,
+        ErrorClass::Internal,
+        "no attempt was made".into(),
+        started,
+    )
+    .await
 }
 
 fn is_failover_condition(prog: &Programmer, class: ErrorClass) -> bool {
@@ -194,13 +259,17 @@ fn is_failover_condition(prog: &Programmer, class: ErrorClass) -> bool {
 }
 
 fn report_to_breaker(prog: &Programmer, admission: Admission, outcome: &AttemptOutcome) {
-    let Admission::Primary(ticket) = admission else { return };
+    let Admission::Primary(ticket) = admission else {
+        return;
+    };
     match outcome {
-        AttemptOutcome::LlmFailed { class, .. } if is_failover_condition(prog, *class) => ticket.primary_failed(),
-        // The primary answered (even if its edit did not apply): it is available.
-        AttemptOutcome::Succeeded(_) | AttemptOutcome::EditFailed(_) | AttemptOutcome::LlmFailed { .. } => {
-            ticket.primary_succeeded()
+        AttemptOutcome::LlmFailed { class, .. } if is_failover_condition(prog, *class) => {
+            ticket.primary_failed()
         }
+        // The primary answered (even if its edit did not apply): it is available.
+        AttemptOutcome::Succeeded(_)
+        | AttemptOutcome::EditFailed(_)
+        | AttemptOutcome::LlmFailed { .. } => ticket.primary_succeeded(),
         // No verdict (cancelled, deadline, git or internal error): dropping the ticket re-opens
         // the breaker if it was the half-open probe, and changes nothing otherwise.
         _ => drop(ticket),
@@ -211,7 +280,10 @@ fn report_to_breaker(prog: &Programmer, admission: Admission, outcome: &AttemptO
 fn job_limit_exceeded(task: &ValidatedTask, result: &TaskResult) -> Option<String> {
     let tokens = result.tokens_sent + result.tokens_received;
     if tokens > task.max_tokens {
-        return Some(format!("max_tokens_per_job exceeded: {tokens} tokens used, limit {}", task.max_tokens));
+        return Some(format!(
+            "max_tokens_per_job exceeded: {tokens} tokens used, limit {}",
+            task.max_tokens
+        ));
     }
     if result.cost_usd > task.max_cost_usd {
         return Some(format!(
@@ -231,14 +303,25 @@ fn summarize_failure(result: &TaskResult, last: &str) -> String {
         .attempts
         .iter()
         .map(|a| {
-            let class = ErrorClass::try_from(a.error_class).map(|c| c.as_str_name()).unwrap_or("?");
+            let class = ErrorClass::try_from(a.error_class)
+                .map(|c| c.as_str_name())
+                .unwrap_or("?");
             format!("#{} {}: {} {}", a.number, a.llm, class, a.error_message)
         })
         .collect();
-    format!("all {} attempts failed: {}", result.attempts.len(), parts.join("; "))
+    format!(
+        "all {} attempts failed: {}",
+        result.attempts.len(),
+        parts.join("; ")
+    )
 }
 
-fn fail(mut result: TaskResult, class: ErrorClass, message: String, started: Instant) -> TaskResult {
+fn fail(
+    mut result: TaskResult,
+    class: ErrorClass,
+    message: String,
+    started: Instant,
+) -> TaskResult {
     result.status = TaskState::Failed as i32;
     result.error_class = class as i32;
     result.error_message = message;
@@ -287,17 +370,31 @@ mod tests {
 
     #[test]
     fn always_failover_guarantees_a_backup_try() {
-        let f = FailoverConfig { max_retries: 0, always_failover: true, ..Default::default() };
+        let f = FailoverConfig {
+            max_retries: 0,
+            always_failover: true,
+            ..Default::default()
+        };
         assert_eq!(max_attempts(&f), 2);
-        let f = FailoverConfig { max_retries: 0, always_failover: false, ..Default::default() };
+        let f = FailoverConfig {
+            max_retries: 0,
+            always_failover: false,
+            ..Default::default()
+        };
         assert_eq!(max_attempts(&f), 1);
-        let f = FailoverConfig { enabled: false, ..Default::default() };
+        let f = FailoverConfig {
+            enabled: false,
+            ..Default::default()
+        };
         assert_eq!(max_attempts(&f), 1);
     }
 
     #[test]
     fn llm_classes_map_to_failure_conditions() {
-        assert_eq!(failure_condition(ErrorClass::RateLimit), Some(FailureCondition::RateLimit));
+        assert_eq!(
+            failure_condition(ErrorClass::RateLimit),
+            Some(FailureCondition::RateLimit)
+        );
         assert_eq!(failure_condition(ErrorClass::EditFailed), None);
         assert_eq!(failure_condition(ErrorClass::GitError), None);
     }

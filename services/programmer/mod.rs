@@ -44,17 +44,24 @@ pub struct ProgrammerArgs {
 /// Runs programmer `args.id` until SIGTERM/SIGINT, then drains: stops accepting, lets running tasks
 /// finish for up to `drain_timeout_s`, cancels the rest, and exits.
 pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
-    let spec = config
-        .programmer(&args.id)
-        .ok_or_else(|| anyhow::anyhow!("no programmer with id {:?} in {}", args.id, config.source.display()))?;
+    let spec = config.programmer(&args.id).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no programmer with id {:?} in {}",
+            args.id,
+            config.source.display()
+        )
+    })?;
     let host = args.host.clone().unwrap_or_else(|| spec.host.clone());
     let listener = serve::bind(&host, args.port.unwrap_or(spec.port)).await?;
     let addr = listener.local_addr()?;
     let prog = Arc::new(Programmer::new(&config, &args.id, addr.port())?);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<ProgrammerServer<ProgrammerService>>().await;
-    let routes = tonic::service::Routes::new(ProgrammerServer::new(ProgrammerService::new(prog.clone())));
+    health_reporter
+        .set_serving::<ProgrammerServer<ProgrammerService>>()
+        .await;
+    let routes =
+        tonic::service::Routes::new(ProgrammerServer::new(ProgrammerService::new(prog.clone())));
     let status_prog = prog.clone();
     let router = serve::with_health_and_reflection(routes, health_service)?
         .into_axum_router()
@@ -76,17 +83,31 @@ pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
     let shutdown = async move {
         serve::shutdown_signal().await;
         drain_prog.start_draining();
-        health_reporter.set_not_serving::<ProgrammerServer<ProgrammerService>>().await;
+        health_reporter
+            .set_not_serving::<ProgrammerServer<ProgrammerService>>()
+            .await;
         drain_prog.tasks.close();
         let running = drain_prog.queue.depth();
-        tracing::info!(running = running.running, waiting = running.waiting, "draining");
-        if tokio::time::timeout(drain_timeout, drain_prog.tasks.wait()).await.is_err() {
+        tracing::info!(
+            running = running.running,
+            waiting = running.waiting,
+            "draining"
+        );
+        if tokio::time::timeout(drain_timeout, drain_prog.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("drain timeout: cancelling the remaining tasks");
             drain_prog.shutdown.cancel();
             drain_prog.tasks.wait().await;
         }
-        tracing::info!(completed = drain_prog.counters.completed.load(std::sync::atomic::Ordering::Relaxed),
-            "programmer stopped");
+        tracing::info!(
+            completed = drain_prog
+                .counters
+                .completed
+                .load(std::sync::atomic::Ordering::Relaxed),
+            "programmer stopped"
+        );
     };
     serve::serve(listener, router, shutdown).await?;
     Ok(())

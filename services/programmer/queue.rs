@@ -64,7 +64,11 @@ impl TaskQueue {
         let (changed, _) = watch::channel(0);
         Self {
             shared: Arc::new(Shared {
-                state: Mutex::new(State { running: 0, waiting: VecDeque::new(), next_ticket: 0 }),
+                state: Mutex::new(State {
+                    running: 0,
+                    waiting: VecDeque::new(),
+                    next_ticket: 0,
+                }),
                 max_running: max_running.max(1),
                 max_waiting,
                 changed,
@@ -79,18 +83,28 @@ impl TaskQueue {
         st.next_ticket += 1;
         let immediate = st.waiting.is_empty() && st.running < self.shared.max_running;
         if !immediate && st.waiting.len() >= self.shared.max_waiting {
-            return Err(QueueFull { waiting: st.waiting.len(), limit: self.shared.max_waiting });
+            return Err(QueueFull {
+                waiting: st.waiting.len(),
+                limit: self.shared.max_waiting,
+            });
         }
         st.waiting.push_back(ticket);
         drop(st);
         self.shared.bump();
-        Ok(Waiting { shared: self.shared.clone(), ticket, admitted: false })
+        Ok(Waiting {
+            shared: self.shared.clone(),
+            ticket,
+            admitted: false,
+        })
     }
 
     /// Current occupancy.
     pub fn depth(&self) -> QueueDepth {
         let st = self.shared.lock();
-        QueueDepth { waiting: st.waiting.len(), running: st.running }
+        QueueDepth {
+            waiting: st.waiting.len(),
+            running: st.running,
+        }
     }
 
     /// The configured limits `(max_running, max_waiting)`.
@@ -111,7 +125,10 @@ impl Waiting {
     /// 1-based position among the waiting tasks (1 = next to run).
     pub fn position(&self) -> usize {
         let st = self.shared.lock();
-        st.waiting.iter().position(|t| *t == self.ticket).map_or(0, |p| p + 1)
+        st.waiting
+            .iter()
+            .position(|t| *t == self.ticket)
+            .map_or(0, |p| p + 1)
     }
 
     /// Waits for a slot. `on_position` is called with the 1-based position whenever it changes
@@ -122,14 +139,20 @@ impl Waiting {
         loop {
             {
                 let mut st = self.shared.lock();
-                let pos = st.waiting.iter().position(|t| *t == self.ticket).map_or(0, |p| p + 1);
+                let pos = st
+                    .waiting
+                    .iter()
+                    .position(|t| *t == self.ticket)
+                    .map_or(0, |p| p + 1);
                 if pos == 1 && st.running < self.shared.max_running {
                     st.waiting.pop_front();
                     st.running += 1;
                     drop(st);
                     self.admitted = true;
                     self.shared.bump();
-                    return RunSlot { shared: self.shared.clone() };
+                    return RunSlot {
+                        shared: self.shared.clone(),
+                    };
                 }
                 if pos != last_reported {
                     last_reported = pos;
@@ -182,10 +205,25 @@ mod tests {
         assert_eq!(w.position(), 1);
         let mut reported = Vec::new();
         let slot = w.acquire(|p| reported.push(p)).await;
-        assert!(reported.is_empty(), "no Queued event for a task that runs at once");
-        assert_eq!(q.depth(), QueueDepth { waiting: 0, running: 1 });
+        assert!(
+            reported.is_empty(),
+            "no Queued event for a task that runs at once"
+        );
+        assert_eq!(
+            q.depth(),
+            QueueDepth {
+                waiting: 0,
+                running: 1
+            }
+        );
         drop(slot);
-        assert_eq!(q.depth(), QueueDepth { waiting: 0, running: 0 });
+        assert_eq!(
+            q.depth(),
+            QueueDepth {
+                waiting: 0,
+                running: 0
+            }
+        );
     }
 
     #[tokio::test]
@@ -194,8 +232,20 @@ mod tests {
         let _running = q.try_enter().unwrap().acquire(|_| {}).await;
         let _w1 = q.try_enter().unwrap();
         let _w2 = q.try_enter().unwrap();
-        assert_eq!(q.try_enter().unwrap_err(), QueueFull { waiting: 2, limit: 2 });
-        assert_eq!(q.depth(), QueueDepth { waiting: 2, running: 1 });
+        assert_eq!(
+            q.try_enter().unwrap_err(),
+            QueueFull {
+                waiting: 2,
+                limit: 2
+            }
+        );
+        assert_eq!(
+            q.depth(),
+            QueueDepth {
+                waiting: 2,
+                running: 1
+            }
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -242,7 +292,13 @@ mod tests {
         let next = tokio::spawn(w2.acquire(|_| {}));
         drop(running);
         let _slot = next.await.unwrap();
-        assert_eq!(q.depth(), QueueDepth { waiting: 0, running: 1 });
+        assert_eq!(
+            q.depth(),
+            QueueDepth {
+                waiting: 0,
+                running: 1
+            }
+        );
     }
 
     #[tokio::test]

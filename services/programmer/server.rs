@@ -3,8 +3,8 @@
 
 use crate::contract::v1::programmer_server::Programmer as ProgrammerRpc;
 use crate::contract::v1::{
-    Assigned, ErrorClass, GetStatusRequest, ProgrammerStatus, Queued, TaskRequest, TaskResult, TaskState,
-    task_event::Kind,
+    Assigned, ErrorClass, GetStatusRequest, ProgrammerStatus, Queued, TaskRequest, TaskResult,
+    TaskState, task_event::Kind,
 };
 use crate::programmer::failover::run_task;
 use crate::programmer::state::Programmer;
@@ -36,10 +36,16 @@ impl ProgrammerService {
 impl ProgrammerRpc for ProgrammerService {
     type ExecuteStream = ReceiverStream<EventItem>;
 
-    async fn execute(&self, request: Request<TaskRequest>) -> Result<Response<Self::ExecuteStream>, Status> {
+    async fn execute(
+        &self,
+        request: Request<TaskRequest>,
+    ) -> Result<Response<Self::ExecuteStream>, Status> {
         let prog = self.prog.clone();
         if prog.is_draining() {
-            return Err(Status::unavailable(format!("{} is shutting down", prog.spec.agent)));
+            return Err(Status::unavailable(format!(
+                "{} is shutting down",
+                prog.spec.agent
+            )));
         }
         let req = request.into_inner();
         let root = prog.workspace_root.clone();
@@ -56,7 +62,10 @@ impl ProgrammerRpc for ProgrammerService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn get_status(&self, _: Request<GetStatusRequest>) -> Result<Response<ProgrammerStatus>, Status> {
+    async fn get_status(
+        &self,
+        _: Request<GetStatusRequest>,
+    ) -> Result<Response<ProgrammerStatus>, Status> {
         Ok(Response::new(self.prog.status()))
     }
 }
@@ -88,7 +97,11 @@ async fn drive_task(
             let queued = Queued {
                 position: position as u32,
                 queue: "programmer".into(),
-                reason: format!("{} runs {} task(s) at a time", prog.spec.agent, prog.queue.limits().0),
+                reason: format!(
+                    "{} runs {} task(s) at a time",
+                    prog.spec.agent,
+                    prog.queue.limits().0
+                ),
             };
             sink.send(Kind::Queued(queued)).await;
         }
@@ -105,7 +118,12 @@ async fn drive_task(
 
     let result = if task.dry_run {
         let (llm, using_backup) = prog.current_llm();
-        let assigned = Assigned { programmer_id: prog.spec.id.clone(), llm: llm.to_string(), using_backup, ..Default::default() };
+        let assigned = Assigned {
+            programmer_id: prog.spec.id.clone(),
+            llm: llm.to_string(),
+            using_backup,
+            ..Default::default()
+        };
         sink.send(Kind::Assigned(assigned)).await;
         TaskResult {
             status: TaskState::Succeeded as i32,
@@ -124,7 +142,13 @@ async fn drive_task(
     watcher.abort();
 }
 
-fn ended(prog: &Programmer, status: TaskState, class: ErrorClass, message: &str, started: Instant) -> TaskResult {
+fn ended(
+    prog: &Programmer,
+    status: TaskState,
+    class: ErrorClass,
+    message: &str,
+    started: Instant,
+) -> TaskResult {
     TaskResult {
         status: status as i32,
         programmer_id: prog.spec.id.clone(),

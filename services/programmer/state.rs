@@ -36,7 +36,10 @@ pub enum SetupError {
     #[error("no programmer with id {0:?} in the configuration")]
     UnknownId(String),
     #[error("cannot create {path}: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// One programmer's live state, shared by its gRPC handlers and task drivers.
@@ -68,12 +71,18 @@ pub struct Programmer {
 impl Programmer {
     /// Sets up programmer `id` from `config`, serving on `port`; restores its breaker from the data dir.
     pub fn new(config: &Config, id: &str, port: u16) -> Result<Self, SetupError> {
-        let spec = config.programmer(id).ok_or_else(|| SetupError::UnknownId(id.to_string()))?.clone();
+        let spec = config
+            .programmer(id)
+            .ok_or_else(|| SetupError::UnknownId(id.to_string()))?
+            .clone();
         let own_dir = config.data_dir().join("programmers").join(&spec.id);
         let worktrees_dir = own_dir.join("worktrees");
         let scratch_dir = own_dir.join("scratch");
         for dir in [&worktrees_dir, &scratch_dir] {
-            std::fs::create_dir_all(dir).map_err(|source| SetupError::Dir { path: dir.clone(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| SetupError::Dir {
+                path: dir.clone(),
+                source,
+            })?;
         }
         let pool = &config.pool;
         let cb = &pool.failover.circuit_breaker;
@@ -101,7 +110,10 @@ impl Programmer {
             scratch_dir,
             breaker,
             breaker_store,
-            queue: TaskQueue::new(lb.max_concurrent_per_programmer as usize, lb.max_queue_per_programmer as usize),
+            queue: TaskQueue::new(
+                lb.max_concurrent_per_programmer as usize,
+                lb.max_queue_per_programmer as usize,
+            ),
             counters: Counters::default(),
             started: Instant::now(),
             draining: AtomicBool::new(false),
@@ -132,7 +144,11 @@ impl Programmer {
     /// The LLM a new task would use now and whether it is the backup.
     pub fn current_llm(&self) -> (&str, bool) {
         let snap = self.breaker.snapshot();
-        if snap.using_backup { (&self.spec.backup.name, true) } else { (&self.spec.primary.name, false) }
+        if snap.using_backup {
+            (&self.spec.backup.name, true)
+        } else {
+            (&self.spec.primary.name, false)
+        }
     }
 
     /// The status GetStatus returns and `/health` renders.

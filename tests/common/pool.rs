@@ -177,10 +177,23 @@ impl TestPool {
                 return port;
             }
         };
-        let ports: BTreeMap<String, u16> = options.programmers.iter().map(|p| (p.id.clone(), next_port())).collect();
+        let ports: BTreeMap<String, u16> = options
+            .programmers
+            .iter()
+            .map(|p| (p.id.clone(), next_port()))
+            .collect();
         let manager_port = next_port();
         let config_path = dir.path().join("pool.yaml");
-        let pool = Self { dir, sim, options, config_path, workspace_root, data_dir, ports, manager_port };
+        let pool = Self {
+            dir,
+            sim,
+            options,
+            config_path,
+            workspace_root,
+            data_dir,
+            ports,
+            manager_port,
+        };
         std::fs::write(&pool.config_path, pool.config_yaml()).expect("write config");
         pool
     }
@@ -234,7 +247,11 @@ impl TestPool {
             aider_python().display(),
             o.request_timeout_s
         ));
-        y.push_str(&format!("workspace_root: \"{}\"\ndata_dir: \"{}\"\n", self.workspace_root.display(), self.data_dir.display()));
+        y.push_str(&format!(
+            "workspace_root: \"{}\"\ndata_dir: \"{}\"\n",
+            self.workspace_root.display(),
+            self.data_dir.display()
+        ));
         y
     }
 
@@ -249,13 +266,31 @@ impl TestPool {
         }
         super::git(&path, &["init", "-q", "-b", "main"]);
         super::git(&path, &["add", "-A"]);
-        super::git(&path, &["-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-q", "-m", "initial"]);
+        super::git(
+            &path,
+            &[
+                "-c",
+                "user.name=test",
+                "-c",
+                "user.email=test@example.com",
+                "commit",
+                "-q",
+                "-m",
+                "initial",
+            ],
+        );
         path
     }
 
     /// The sample repository most tests use: `sample` with `src/module.py`.
     pub fn sample_repo(&self) -> PathBuf {
-        self.repo("sample", &[("src/module.py", SAMPLE_MODULE), ("README.md", "# sample\n")])
+        self.repo(
+            "sample",
+            &[
+                ("src/module.py", SAMPLE_MODULE),
+                ("README.md", "# sample\n"),
+            ],
+        )
     }
 
     fn spawn(&self, name: &str, args: &[&str]) -> (ChildGuard, String) {
@@ -280,10 +315,17 @@ impl TestPool {
         let mut reader = BufReader::new(stdout);
         let mut line = String::new();
         let _ = reader.read_line(&mut line);
-        let mut guard = ChildGuard { child, name: name.into(), log };
+        let mut guard = ChildGuard {
+            child,
+            name: name.into(),
+            log,
+        };
         let Some((_, addr)) = line.trim().split_once(" listening on ") else {
             guard.kill();
-            panic!("{name} did not start: first line {line:?}\n{}", guard.log_text());
+            panic!(
+                "{name} did not start: first line {line:?}\n{}",
+                guard.log_text()
+            );
         };
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || {
@@ -297,7 +339,8 @@ impl TestPool {
 
     /// Starts programmer `id` on its configured port.
     pub fn start_programmer(&self, id: &str) -> ChildGuard {
-        self.spawn(&format!("prog-{id}"), &["programmer", "--id", id]).0
+        self.spawn(&format!("prog-{id}"), &["programmer", "--id", id])
+            .0
     }
 
     /// Starts the manager on its configured port.
@@ -335,7 +378,8 @@ where
 }
 
 /// The sample module: two functions without docstrings.
-pub const SAMPLE_MODULE: &str = "def add(a, b):\n    return a + b\n\n\ndef mul(a, b):\n    return a * b\n";
+pub const SAMPLE_MODULE: &str =
+    "def add(a, b):\n    return a + b\n\n\ndef mul(a, b):\n    return a * b\n";
 
 /// True when `path` exists.
 pub fn exists(path: &Path) -> bool {

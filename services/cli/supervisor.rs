@@ -1,0 +1,605 @@
+//! Supervising the mesh's processes: start each child, watch its health, restart it with backoff
+//! when it exits, and stop them all gracefully.
+//!
+//! Every child runs in its own process group (so a terminal's Ctrl-C reaches only the supervisor,
+//! which then stops the children in order, and so a stop also reaches whatever the child spawned),
+//! from an argument vector (never a shell), with stdout and stderr appended to its own log file.
+//! The supervisor never gives up on a child: a crash loop just backs off to the maximum delay.
+
+use super::backoff::Backoff;
+use super::probe;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// One process to keep running.
+#[derive(Debug, Clone)]
+pub struct ChildSpec {
+    /// Short key used on the command line and in files: "manager" or a programmer id.
+    pub key: String,
+    /// Display name, e.g. "Manager-Code" or "Prog-001".
+    pub name: String,
+    /// The executable.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+    /// File its stdout and stderr are appended to.
+    pub log: PathBuf,
+    /// `host:port` its health is checked on.
+    pub addr: String,
+    /// The grpc.health.v1 service name that must report SERVING.
+    pub health_service: String,
+}
+
+/// Timing of the supervision.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Delays between restarts.
+    pub backoff: Backoff,
+    /// How long a child may take to exit after SIGTERM before it gets SIGKILL.
+    pub stop_grace: Duration,
+    /// Health probe period until a child is healthy (and while it is not).
+    pub probe_starting: Duration,
+    /// Health probe period while a child is healthy.
+    pub probe_healthy: Duration,
+    /// Timeout of one health probe.
+    pub probe_timeout: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            backoff: Backoff::default(),
+            stop_grace: Duration::from_secs(40),
+            probe_starting: Duration::from_millis(250),
+            probe_healthy: Duration::from_secs(2),
+            probe_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Where a child is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChildState {
+    /// Running, not yet healthy since its last start.
+    Starting,
+    /// Running and its health check reports SERVING.
+    Healthy,
+    /// Running, was healthy, now fails its health check.
+    Unhealthy,
+    /// Exited; waiting out the backoff before the next start.
+    Restarting,
+    /// Stopped by the supervisor.
+    Stopped,
+}
+
+impl ChildState {
+    /// Lower-case name for tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChildState::Starting => "starting",
+            ChildState::Healthy => "healthy",
+            ChildState::Unhealthy => "unhealthy",
+            ChildState::Restarting => "restarting",
+            ChildState::Stopped => "stopped",
+        }
+    }
+}
+
+/// A child as the supervisor sees it now (also what the state file holds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChildReport {
+    /// See [`ChildSpec::key`].
+    pub key: String,
+    /// See [`ChildSpec::name`].
+    pub name: String,
+    /// See [`ChildSpec::addr`].
+    pub addr: String,
+    /// Process id of the current run (also its process group id); none between runs.
+    pub pid: Option<u32>,
+    /// Current state.
+    pub state: ChildState,
+    /// How many times it was restarted after exiting.
+    pub restarts: u32,
+    /// How its last run ended, e.g. "killed by SIGKILL after 3.1s".
+    pub last_exit: Option<String>,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+/// Errors starting the supervision.
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    #[error("cannot create the log directory {path}: {source}")]
+    LogDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The running supervision of a set of children.
+#[derive(Debug)]
+pub struct Supervisor {
+    slots: Vec<Arc<Slot>>,
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+    changes: watch::Receiver<u64>,
+}
+
+/// Outcome of [`Supervisor::wait_ready`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Readiness {
+    /// Every child is healthy.
+    Ready,
+    /// This child keeps exiting before it ever became healthy.
+    CrashLoop(ChildReport),
+    /// Not every child became healthy in time.
+    TimedOut,
+}
+
+/// Shared state of one child.
+#[derive(Debug)]
+struct Slot {
+    spec: ChildSpec,
+    report: Mutex<ChildReport>,
+    changed: watch::Sender<u64>,
+    /// Whether any run of the child was ever healthy.
+    healthy_once: std::sync::atomic::AtomicBool,
+}
+
+impl Slot {
+    fn update(&self, f: impl FnOnce(&mut ChildReport)) {
+        let mut report = self.report.lock().unwrap_or_else(|p| p.into_inner());
+        let before = report.clone();
+        f(&mut report);
+        if *report != before {
+            drop(report);
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    fn state(&self) -> ChildState {
+        self.report.lock().unwrap_or_else(|p| p.into_inner()).state
+    }
+
+    fn was_healthy(&self) -> bool {
+        self.healthy_once.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Supervisor {
+    /// Starts every child and keeps it running until [`Supervisor::shutdown`].
+    pub fn start(children: Vec<ChildSpec>, policy: Policy) -> Result<Self, SuperviseError> {
+        for spec in &children {
+            if let Some(dir) = spec.log.parent() {
+                std::fs::create_dir_all(dir).map_err(|source| SuperviseError::LogDir {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+            }
+        }
+        let (changed, changes) = watch::channel(0u64);
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let slots: Vec<Arc<Slot>> = children
+            .into_iter()
+            .map(|spec| {
+                Arc::new(Slot {
+                    report: Mutex::new(ChildReport {
+                        key: spec.key.clone(),
+                        name: spec.name.clone(),
+                        addr: spec.addr.clone(),
+                        pid: None,
+                        state: ChildState::Starting,
+                        restarts: 0,
+                        last_exit: None,
+                        log: spec.log.clone(),
+                    }),
+                    spec,
+                    changed: changed.clone(),
+                    healthy_once: Default::default(),
+                })
+            })
+            .collect();
+        for slot in &slots {
+            tasks.spawn(keep_running(slot.clone(), policy.clone(), stop.clone()));
+        }
+        Ok(Self {
+            slots,
+            stop,
+            tasks,
+            changes,
+        })
+    }
+
+    /// Every child's state, in start order.
+    pub fn reports(&self) -> Vec<ChildReport> {
+        self.slots
+            .iter()
+            .map(|s| s.report.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect()
+    }
+
+    /// A receiver that changes whenever any child's report changes.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
+    }
+
+    /// Waits until every child is healthy at once ([`Readiness::Ready`]), a child has exited
+    /// `crash_limit` times without ever becoming healthy ([`Readiness::CrashLoop`]: it will not
+    /// start by itself, so there is no point waiting), or `timeout` passes.
+    pub async fn wait_ready(&self, timeout: Duration, crash_limit: u32) -> Readiness {
+        let mut changes = self.changes();
+        let check = || {
+            if self.slots.iter().all(|s| s.state() == ChildState::Healthy) {
+                return Some(Readiness::Ready);
+            }
+            self.reports()
+                .into_iter()
+                .zip(&self.slots)
+                .find(|(r, s)| r.restarts >= crash_limit && !s.was_healthy())
+                .map(|(r, _)| Readiness::CrashLoop(r))
+        };
+        let wait = async {
+            loop {
+                if let Some(readiness) = check() {
+                    return readiness;
+                }
+                if changes.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or(Readiness::TimedOut)
+    }
+
+    /// Stops every child (SIGTERM to its process group, then SIGKILL after the grace period) and
+    /// waits until all have exited.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        while let Some(joined) = self.tasks.join_next().await {
+            if let Err(e) = joined {
+                tracing::error!("supervision task failed: {e}");
+            }
+        }
+    }
+}
+
+/// Runs one child forever: start, watch, restart after backoff; stop on `stop`.
+async fn keep_running(slot: Arc<Slot>, policy: Policy, stop: CancellationToken) {
+    let mut backoff = policy.backoff.clone();
+    let name = slot.spec.name.clone();
+    loop {
+        let started = Instant::now();
+        let exit = match spawn(&slot.spec) {
+            Ok(mut child) => {
+                let pid = child.id();
+                tracing::info!(child = %name, pid, log = %slot.spec.log.display(), "started");
+                slot.update(|r| {
+                    r.pid = pid;
+                    r.state = ChildState::Starting;
+                });
+                tokio::select! {
+                    status = child.wait() => {
+                        // Whatever the child left in its process group goes with it.
+                        signal_group(pid, Signal::SIGKILL);
+                        match status {
+                            Ok(status) => describe_exit(status),
+                            Err(e) => format!("lost track of it: {e}"),
+                        }
+                    }
+                    never = watch_health(&slot, &policy) => match never {},
+                    _ = stop.cancelled() => {
+                        terminate(&name, &mut child, pid, policy.stop_grace).await;
+                        slot.update(|r| {
+                            r.pid = None;
+                            r.state = ChildState::Stopped;
+                        });
+                        return;
+                    }
+                }
+            }
+            Err(e) => format!("cannot start: {e}"),
+        };
+        let ran_for = started.elapsed();
+        let delay = backoff.after_exit(ran_for);
+        let last_exit = format!("{exit} after {:.1}s", ran_for.as_secs_f64());
+        let restarts = {
+            let mut n = 0;
+            slot.update(|r| {
+                r.pid = None;
+                r.state = ChildState::Restarting;
+                r.restarts += 1;
+                r.last_exit = Some(last_exit.clone());
+                n = r.restarts;
+            });
+            n
+        };
+        tracing::warn!(child = %name, exit = %last_exit, restart = restarts,
+            delay_ms = delay.as_millis() as u64, "child exited; restarting after backoff");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.cancelled() => {
+                slot.update(|r| r.state = ChildState::Stopped);
+                return;
+            }
+        }
+    }
+}
+
+/// Probes the child's health forever, updating its state.
+async fn watch_health(slot: &Slot, policy: &Policy) -> std::convert::Infallible {
+    loop {
+        let healthy = probe::check(
+            &slot.spec.addr,
+            &slot.spec.health_service,
+            policy.probe_timeout,
+        )
+        .await
+        .is_ok();
+        if healthy {
+            slot.healthy_once
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        slot.update(|r| {
+            r.state = match (r.state, healthy) {
+                (_, true) => ChildState::Healthy,
+                (ChildState::Starting, false) => ChildState::Starting,
+                (_, false) => ChildState::Unhealthy,
+            }
+        });
+        let period = if healthy {
+            policy.probe_healthy
+        } else {
+            policy.probe_starting
+        };
+        tokio::time::sleep(period).await;
+    }
+}
+
+/// Starts the child in its own process group with output appended to its log.
+fn spawn(spec: &ChildSpec) -> std::io::Result<Child> {
+    use std::io::Write;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log)?;
+    writeln!(
+        log,
+        "--- pas up: starting {} at {} ---",
+        spec.name,
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    )?;
+    let stderr = log.try_clone()?;
+    Command::new(&spec.program)
+        .args(&spec.args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(stderr))
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+}
+
+/// SIGTERM to the child's group, wait up to `grace`, then SIGKILL; always reaps the child.
+async fn terminate(name: &str, child: &mut Child, pid: Option<u32>, grace: Duration) {
+    signal_group(pid, Signal::SIGTERM);
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => {
+            let exit = status.map_or_else(|e| e.to_string(), describe_exit);
+            tracing::info!(child = %name, %exit, "stopped");
+        }
+        Err(_) => {
+            tracing::warn!(child = %name, grace_s = grace.as_secs_f64(), "did not stop in time; killing it");
+            signal_group(pid, Signal::SIGKILL);
+            let _ = child.wait().await;
+        }
+    }
+    // Anything it spawned into its group and left behind.
+    signal_group(pid, Signal::SIGKILL);
+}
+
+/// Sends `signal` to the process group `pid` (the child is its group's leader). A group that is
+/// already gone is not an error.
+pub fn signal_group(pid: Option<u32>, signal: Signal) {
+    let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 1) else {
+        return;
+    };
+    if let Err(e) = killpg(Pid::from_raw(pid), signal)
+        && e != nix::errno::Errno::ESRCH
+    {
+        tracing::warn!(pgid = pid, ?signal, "cannot signal the process group: {e}");
+    }
+}
+
+/// "exited with status 1", "killed by SIGKILL".
+pub fn describe_exit(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        return format!("exited with status {code}");
+    }
+    match status.signal() {
+        Some(sig) => match Signal::try_from(sig) {
+            Ok(signal) => format!("killed by {}", signal.as_str()),
+            Err(_) => format!("killed by signal {sig}"),
+        },
+        None => "exited".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sleeper(key: &str, dir: &std::path::Path, secs: &str) -> ChildSpec {
+        ChildSpec {
+            key: key.into(),
+            name: format!("sleeper-{key}"),
+            program: "sleep".into(),
+            args: vec![secs.into()],
+            log: dir.join(format!("{key}.log")),
+            // Nothing listens here, so the child never becomes healthy.
+            addr: "127.0.0.1:9".into(),
+            health_service: probe::PROGRAMMER_SERVICE.into(),
+        }
+    }
+
+    fn quick_policy() -> Policy {
+        Policy {
+            backoff: Backoff::new(
+                Duration::from_millis(50),
+                Duration::from_millis(200),
+                Duration::from_secs(60),
+            ),
+            stop_grace: Duration::from_secs(5),
+            probe_starting: Duration::from_millis(100),
+            probe_healthy: Duration::from_millis(100),
+            probe_timeout: Duration::from_millis(200),
+        }
+    }
+
+    async fn wait_for(sup: &Supervisor, what: impl Fn(&[ChildReport]) -> bool) -> Vec<ChildReport> {
+        let mut changes = sup.changes();
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let reports = sup.reports();
+                if what(&reports) {
+                    return reports;
+                }
+                changes.changed().await.unwrap();
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out; last reports: {:#?}", sup.reports()))
+    }
+
+    #[tokio::test]
+    async fn a_crashing_child_is_restarted_and_its_exits_are_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let sup = Supervisor::start(vec![sleeper("a", dir.path(), "0")], quick_policy()).unwrap();
+        let reports = wait_for(&sup, |r| r[0].restarts >= 3).await;
+        assert_eq!(
+            reports[0]
+                .last_exit
+                .as_deref()
+                .map(|s| s.starts_with("exited with status 0")),
+            Some(true),
+            "{reports:?}"
+        );
+        sup.shutdown().await;
+        let log = std::fs::read_to_string(dir.path().join("a.log")).unwrap();
+        assert!(
+            log.matches("--- pas up: starting sleeper-a").count() >= 3,
+            "{log}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_child_that_never_gets_healthy_is_reported_as_a_crash_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let sup = Supervisor::start(
+            vec![
+                sleeper("a", dir.path(), "600"),
+                sleeper("b", dir.path(), "0"),
+            ],
+            quick_policy(),
+        )
+        .unwrap();
+        match sup.wait_ready(Duration::from_secs(20), 3).await {
+            Readiness::CrashLoop(report) => {
+                assert_eq!(report.key, "b");
+                assert!(report.restarts >= 3);
+            }
+            other => panic!("expected a crash loop, got {other:?}"),
+        }
+        // Nothing is healthy (nothing listens on the probe address): a plain time-out.
+        let sup2 =
+            Supervisor::start(vec![sleeper("c", dir.path(), "600")], quick_policy()).unwrap();
+        assert_eq!(
+            sup2.wait_ready(Duration::from_millis(500), 3).await,
+            Readiness::TimedOut
+        );
+        sup.shutdown().await;
+        sup2.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_killed_child_comes_back_with_a_new_pid_and_shutdown_stops_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let sup = Supervisor::start(
+            vec![
+                sleeper("a", dir.path(), "600"),
+                sleeper("b", dir.path(), "600"),
+            ],
+            quick_policy(),
+        )
+        .unwrap();
+        let reports = wait_for(&sup, |r| r.iter().all(|c| c.pid.is_some())).await;
+        let first = reports[0].pid.unwrap();
+        signal_group(Some(first), Signal::SIGKILL);
+        let reports = wait_for(&sup, |r| {
+            r[0].restarts == 1 && r[0].pid.is_some_and(|p| p != first)
+        })
+        .await;
+        assert_eq!(
+            reports[0]
+                .last_exit
+                .as_deref()
+                .map(|s| s.starts_with("killed by SIGKILL")),
+            Some(true),
+            "{reports:?}"
+        );
+        let pids: Vec<u32> = reports.iter().filter_map(|r| r.pid).collect();
+        sup.shutdown().await;
+        for pid in pids {
+            let gone = nix::sys::signal::kill(Pid::from_raw(pid as i32), None).is_err();
+            assert!(gone, "process {pid} still exists after shutdown");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_child_that_ignores_sigterm_is_killed_after_the_grace_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = sleeper("stubborn", dir.path(), "600");
+        // A program that ignores SIGTERM, started without a shell: python's signal module.
+        spec.program = "python3".into();
+        spec.args = vec![
+            "-c".into(),
+            "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(600)"
+                .into(),
+        ];
+        let mut policy = quick_policy();
+        policy.stop_grace = Duration::from_millis(500);
+        let sup = Supervisor::start(vec![spec], policy).unwrap();
+        let reports = wait_for(&sup, |r| r[0].pid.is_some()).await;
+        let pid = reports[0].pid.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await; // let python install its handler
+        let started = std::time::Instant::now();
+        sup.shutdown().await;
+        assert!(started.elapsed() >= Duration::from_millis(500));
+        assert!(nix::sys::signal::kill(Pid::from_raw(pid as i32), None).is_err());
+    }
+
+    #[test]
+    fn exits_are_described() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(1 << 8)),
+            "exited with status 1"
+        );
+        assert_eq!(describe_exit(ExitStatus::from_raw(9)), "killed by SIGKILL");
+    }
+}

@@ -1,0 +1,370 @@
+//! `pas up` / `pas down` / `pas restart` with the real binary and real child processes (the
+//! manager and programmers of a temporary configuration on free ports of 127.0.0.1).
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const PAS: &str = env!("CARGO_BIN_EXE_pas");
+
+/// A temporary pool: config file, data dir, and the ports it uses.
+struct Pool {
+    dir: tempfile::TempDir,
+    manager_port: u16,
+    programmer_ports: Vec<u16>,
+}
+
+/// Ports that were free a moment ago (bound on port 0, then released together).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+impl Pool {
+    fn new(programmers: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = free_ports(programmers + 1);
+        let pool = Self {
+            manager_port: ports[0],
+            programmer_ports: ports[1..].to_vec(),
+            dir,
+        };
+        let mut yaml = format!(
+            "pool_size: {programmers}\nmanager:\n  host: 127.0.0.1\n  port: {}\nprogrammers:\n",
+            pool.manager_port
+        );
+        for (i, port) in pool.programmer_ports.iter().enumerate() {
+            yaml.push_str(&format!(
+                "  - id: \"{:03}\"\n    port: {port}\n    primary_llm: \"ollama/qwen2.5-coder:7b-instruct\"\n    backup_llm: \"ollama/qwen2.5-coder:14b-instruct\"\n    capabilities: [\"fast\", \"free\"]\n",
+                i + 1
+            ));
+        }
+        std::fs::create_dir_all(pool.dir.path().join("ws")).unwrap();
+        std::fs::write(pool.config(), yaml).unwrap();
+        pool
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("pool.yaml")
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// `pas --config <pool> ARGS` with the pool's paths in the environment.
+    fn pas(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(PAS);
+        cmd.arg("--config")
+            .arg(self.config())
+            .args(args)
+            .env("PAS_DATA_DIR", self.data())
+            .env("PAS_WORKSPACE_ROOT", self.dir.path().join("ws"))
+            .env(
+                "PAS_AIDER_PYTHON",
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(".aider-venv/bin/python"),
+            )
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.pas(args).output().expect("cannot run pas");
+        eprintln!(
+            "$ pas {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn state(&self) -> serde_json::Value {
+        let text =
+            std::fs::read_to_string(self.data().join("pas-up.json")).expect("pas-up.json missing");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn ports(&self) -> Vec<u16> {
+        std::iter::once(self.manager_port)
+            .chain(self.programmer_ports.iter().copied())
+            .collect()
+    }
+}
+
+impl Drop for Pool {
+    /// Never leave a pool running after a failed test.
+    fn drop(&mut self) {
+        if self.data().join("pas-up.pid").exists() {
+            let _ = self.pas(&["down", "--timeout-s", "20"]).output();
+        }
+    }
+}
+
+fn alive(pid: u64) -> bool {
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    if nix::sys::signal::kill(pid, None).is_err() {
+        return false;
+    }
+    // A zombie waiting for init to reap it is gone for our purposes.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+fn listening(port: u16) -> bool {
+    TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().unwrap(),
+        Duration::from_millis(500),
+    )
+    .is_ok()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn child<'a>(state: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
+    state["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["key"] == key)
+        .unwrap_or_else(|| panic!("no child {key} in {state}"))
+}
+
+#[test]
+fn up_detach_restarts_a_killed_programmer_and_down_leaves_nothing_behind() {
+    let pool = Pool::new(2);
+    let out = pool.run(&["up", "--detach", "--only", "manager,001,002"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for name in ["Prog-001", "Prog-002", "Manager-Code"] {
+        let row = stdout
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("{stdout}"));
+        assert!(row.contains("healthy"), "{row}");
+    }
+    for port in pool.ports() {
+        assert!(listening(port), "port {port} not listening");
+    }
+    let state = pool.state();
+    assert_eq!(state["ready"], true);
+    let supervisor = state["pid"].as_u64().unwrap();
+    let first = child(&state, "001")["pid"].as_u64().unwrap();
+    let log = pool.data().join("logs/programmer-001.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("Prog-001 listening on"), "{text}");
+
+    // A second `pas up` for the same data directory is refused.
+    let again = pool.run(&["up", "--detach"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already running"));
+
+    // kill -9 a programmer: it comes back with a new pid, healthy, and the restart is logged.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until(
+        "programmer 001 restarted and healthy",
+        Duration::from_secs(30),
+        || {
+            let state = pool.state();
+            let c = child(&state, "001");
+            c["restarts"] == 1
+                && c["state"] == "healthy"
+                && c["pid"].as_u64().is_some_and(|p| p != first)
+        },
+    );
+    let state = pool.state();
+    let c = child(&state, "001");
+    assert!(
+        c["last_exit"]
+            .as_str()
+            .unwrap()
+            .starts_with("killed by SIGKILL"),
+        "{c}"
+    );
+    assert_eq!(child(&state, "002")["restarts"], 0);
+    let supervisor_log = std::fs::read_to_string(pool.data().join("logs/pas-up.log")).unwrap();
+    assert!(
+        supervisor_log.contains("restarting after backoff") && supervisor_log.contains("Prog-001"),
+        "{supervisor_log}"
+    );
+    assert!(listening(pool.programmer_ports[0]));
+
+    let pids: Vec<u64> = state["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["pid"].as_u64().unwrap())
+        .chain([supervisor])
+        .collect();
+    let out = pool.run(&["down"]);
+    assert!(out.status.success());
+    for pid in pids {
+        assert!(!alive(pid), "process {pid} survived pas down");
+    }
+    for port in pool.ports() {
+        assert!(
+            !listening(port),
+            "port {port} still listening after pas down"
+        );
+    }
+    assert!(!pool.data().join("pas-up.pid").exists());
+    assert!(!pool.data().join("pas-up.json").exists());
+
+    // Down again: nothing to do, still success.
+    let out = pool.run(&["down"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not running"));
+}
+
+#[test]
+fn restart_keeps_the_selection_and_replaces_every_process() {
+    let pool = Pool::new(2);
+    assert!(
+        pool.run(&["up", "--detach", "--only", "002"])
+            .status
+            .success()
+    );
+    let before = pool.state();
+    let old = child(&before, "002")["pid"].as_u64().unwrap();
+    assert_eq!(before["children"].as_array().unwrap().len(), 1);
+
+    let out = pool.run(&["restart"]);
+    assert!(out.status.success());
+    let after = pool.state();
+    assert_eq!(after["only"], serde_json::json!(["002"]));
+    assert_eq!(after["children"].as_array().unwrap().len(), 1);
+    assert!(!alive(old), "the old programmer survived the restart");
+    assert_ne!(child(&after, "002")["pid"].as_u64().unwrap(), old);
+    assert!(
+        !listening(pool.programmer_ports[0]),
+        "001 was never selected"
+    );
+    assert!(listening(pool.programmer_ports[1]));
+    assert!(pool.run(&["down"]).status.success());
+    assert!(!listening(pool.programmer_ports[1]));
+}
+
+#[test]
+fn foreground_up_stops_its_children_on_sigterm() {
+    let pool = Pool::new(1);
+    let stderr_path = pool.dir.path().join("up.stderr");
+    let mut up = pool
+        .pas(&["up", "--only", "001"])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(up.stdout.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert!(n > 0, "pas up ended before the pool was up:\n{seen}");
+        seen.push_str(&line);
+        if line.starts_with("pool is up") {
+            break;
+        }
+    }
+    assert!(
+        seen.contains("Prog-001") && seen.contains("healthy"),
+        "{seen}"
+    );
+    let programmer = child(&pool.state(), "001")["pid"].as_u64().unwrap();
+    assert!(listening(pool.programmer_ports[0]));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(up.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = up.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(rest.contains("pool stopped"), "{rest}");
+    // Stopped gracefully: SIGTERM, and the programmer exited by itself.
+    let log = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(log.contains("exited with status 0"), "{log}");
+    assert!(!log.contains("SIGKILL"), "{log}");
+    assert!(!alive(programmer));
+    assert!(!listening(pool.programmer_ports[0]));
+    assert!(!pool.data().join("pas-up.pid").exists());
+}
+
+#[test]
+fn a_busy_port_or_an_unknown_id_is_refused_up_front() {
+    let pool = Pool::new(1);
+    let _squatter = std::net::TcpListener::bind(("127.0.0.1", pool.programmer_ports[0])).unwrap();
+    let out = pool.run(&["up", "--detach"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Prog-001 cannot listen on"), "{stderr}");
+    assert!(!pool.data().join("pas-up.pid").exists());
+
+    let out = pool.run(&["up", "--only", "manager,042"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("\"042\"") && stderr.contains("manager, 001"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_start_programmers_wrapper_drives_pas_up_status_and_down() {
+    let pool = Pool::new(1);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/start_programmers.sh");
+    let wrapper = |args: &[&str]| {
+        let out = Command::new(&script)
+            .args(args)
+            .env("PAS_BIN", PAS)
+            .env("PAS_CONFIG", pool.config())
+            .env("PAS_DATA_DIR", pool.data())
+            .env("PAS_WORKSPACE_ROOT", pool.dir.path().join("ws"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        eprintln!(
+            "$ start_programmers.sh {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let out = wrapper(&["start", "--only", "001"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Prog-001"));
+    assert!(listening(pool.programmer_ports[0]));
+    // Only the programmer runs, so status cannot reach a manager: it says so, shows the
+    // processes `pas up` supervises, and fails.
+    let out = wrapper(&["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Prog-001"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&pool.manager_port.to_string()));
+    let before = child(&pool.state(), "001")["pid"].as_u64().unwrap();
+    assert!(wrapper(&["restart"]).status.success());
+    assert_ne!(child(&pool.state(), "001")["pid"].as_u64().unwrap(), before);
+    assert!(wrapper(&["stop"]).status.success());
+    assert!(!listening(pool.programmer_ports[0]));
+    assert_eq!(wrapper(&["bogus"]).status.code(), Some(2));
+}
