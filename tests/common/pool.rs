@@ -169,12 +169,20 @@ impl TestPool {
         let data_dir = dir.path().join("data");
         std::fs::create_dir_all(&workspace_root).expect("workspace root");
         std::fs::create_dir_all(&data_dir).expect("data dir");
+        // Released ports can be handed out again: make the picks distinct.
+        let mut picked = std::collections::BTreeSet::new();
+        let mut next_port = || loop {
+            let port = free_port();
+            if picked.insert(port) {
+                return port;
+            }
+        };
         let ports: BTreeMap<String, u16> = options
             .programmers
             .iter()
-            .map(|p| (p.id.clone(), free_port()))
+            .map(|p| (p.id.clone(), next_port()))
             .collect();
-        let manager_port = free_port();
+        let manager_port = next_port();
         let config_path = dir.path().join("pool.yaml");
         let pool = Self {
             dir,
