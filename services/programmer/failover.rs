@@ -15,7 +15,7 @@ use crate::programmer::attempt::{AttemptOutcome, AttemptReport, run_attempt};
 use crate::programmer::breaker::Admission;
 use crate::programmer::state::Programmer;
 use crate::programmer::validate::ValidatedTask;
-use crate::programmer::worktree::{GitIdentity, TaskWorktree};
+use crate::programmer::worktree::TaskWorktree;
 use crate::task_events::TaskEventSink;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -73,13 +73,15 @@ pub async fn run_task(
         }
     };
     result.base_commit = base_commit.clone();
-    let identity = GitIdentity {
-        name: spec.agent.clone(),
-        email: format!("prog-{}@programmer-pool.local", spec.id),
-    };
+    let identity = prog.git_identity();
     let worktree = match task
         .workspace
-        .create_task_worktree(&prog.worktrees_dir, &worktree_name(task), &base_commit, &identity)
+        .create_task_worktree(
+            &prog.worktrees_dir,
+            &worktree_name(task),
+            &base_commit,
+            &identity,
+        )
         .await
     {
         Ok(w) => w,

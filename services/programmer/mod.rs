@@ -55,6 +55,10 @@ pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
     let listener = serve::bind(&host, args.port.unwrap_or(spec.port)).await?;
     let addr = listener.local_addr()?;
     let prog = Arc::new(Programmer::new(&config, &args.id, addr.port())?);
+    let swept = worktree::sweep_abandoned(&prog.worktrees_dir, &prog.git_identity()).await;
+    if swept > 0 {
+        tracing::warn!(programmer = %prog.spec.id, worktrees = swept, "removed worktrees abandoned by a previous run");
+    }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
