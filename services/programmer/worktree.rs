@@ -528,26 +528,6 @@ impl Drop for TaskWorktree {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn task_ids_are_sanitized_stably_and_distinctly() {
-        let uuid = "5f0c1d2e-8a9b-4c3d-9e8f-0123456789ab";
-        assert_eq!(sanitize_task_id(uuid).expect("uuid"), uuid);
-        let a = sanitize_task_id("feature/../x y").expect("a");
-        let b = sanitize_task_id("feature/..-x y").expect("b");
-        assert!(a.starts_with("feature----x-y-"), "{a}");
-        assert_ne!(a, b);
-        assert_eq!(a, sanitize_task_id("feature/../x y").expect("again"));
-        assert!(sanitize_task_id("-rf").expect("dash").starts_with("t-rf-"));
-        assert!(sanitize_task_id(&"x".repeat(200)).expect("long").len() <= MAX_TASK_NAME + 9);
-        assert!(sanitize_task_id(" ").is_err());
-        assert!(sanitize_task_id("").is_err());
-    }
-}
-
 // ===== start-up sweep =====
 
 /// Removes task worktrees (and their branches) that a previous run of this programmer left behind
@@ -605,4 +585,24 @@ pub async fn sweep_abandoned(worktrees_dir: &Path, identity: &GitIdentity) -> us
         }
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ids_are_sanitized_stably_and_distinctly() {
+        let uuid = "5f0c1d2e-8a9b-4c3d-9e8f-0123456789ab";
+        assert_eq!(sanitize_task_id(uuid).expect("uuid"), uuid);
+        let a = sanitize_task_id("feature/../x y").expect("a");
+        let b = sanitize_task_id("feature/..-x y").expect("b");
+        assert!(a.starts_with("feature----x-y-"), "{a}");
+        assert_ne!(a, b);
+        assert_eq!(a, sanitize_task_id("feature/../x y").expect("again"));
+        assert!(sanitize_task_id("-rf").expect("dash").starts_with("t-rf-"));
+        assert!(sanitize_task_id(&"x".repeat(200)).expect("long").len() <= MAX_TASK_NAME + 9);
+        assert!(sanitize_task_id(" ").is_err());
+        assert!(sanitize_task_id("").is_err());
+    }
 }
