@@ -67,15 +67,19 @@ pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
     let routes =
         tonic::service::Routes::new(ProgrammerServer::new(ProgrammerService::new(prog.clone())));
     let status_prog = prog.clone();
-    let router = serve::with_health_and_reflection(routes, health_service)?
-        .into_axum_router()
-        .route(
-            "/health",
-            get(move || {
-                let prog = status_prog.clone();
-                async move { axum::Json(health_json(&prog.status())) }
-            }),
-        );
+    let router = serve::with_health_and_reflection(
+        routes,
+        health_service,
+        <ProgrammerServer<ProgrammerService> as tonic::server::NamedService>::NAME,
+    )?
+    .into_axum_router()
+    .route(
+        "/health",
+        get(move || {
+            let prog = status_prog.clone();
+            async move { axum::Json(health_json(&prog.status())) }
+        }),
+    );
 
     // Tests and `pas up` read this line to learn the bound address.
     println!("{} listening on {addr}", prog.spec.agent);
