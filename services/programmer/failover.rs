@@ -204,7 +204,8 @@ pub async fn run_task(
                 prog.counters
                     .failovers
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let reason = format!("{}: {message}", class.as_str_name());
+                let name = failure_condition(class).map_or(class.as_str_name(), |c| c.as_str());
+                let reason = format!("{name}: {message}");
                 tracing::info!(task_id = %task.task_id, from = %llm.name, to = %next.name, attempt = number + 1, %reason, "failover");
                 let event = Failover {
                     from_llm: llm.name.clone(),
