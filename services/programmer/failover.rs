@@ -78,7 +78,7 @@ pub async fn run_task(
         .workspace
         .create_task_worktree(
             &prog.worktrees_dir,
-            &worktree_name(task),
+            &task.task_id,
             &base_commit,
             &identity,
         )
@@ -255,16 +255,6 @@ pub async fn run_task(
         started,
     )
     .await
-}
-
-/// The worktree and branch name of a task: its id, plus the dispatch attempt when the manager
-/// re-routed it (a programmer that died may have left `pas/<id>` behind).
-fn worktree_name(task: &ValidatedTask) -> String {
-    if task.dispatch_attempt > 1 {
-        format!("{}-r{}", task.task_id, task.dispatch_attempt)
-    } else {
-        task.task_id.clone()
-    }
 }
 
 fn is_failover_condition(prog: &Programmer, class: ErrorClass) -> bool {

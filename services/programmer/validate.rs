@@ -33,8 +33,6 @@ pub struct ValidatedTask {
     /// Token cap (sent + received) for the task.
     pub max_tokens: u64,
     pub capabilities: Vec<String>,
-    /// The manager's dispatch attempt (1 when called directly); a re-routed task gets its own branch.
-    pub dispatch_attempt: u32,
 }
 
 /// Checks `req` against the workspace root and the programmer's limits. Async because opening
@@ -86,7 +84,6 @@ pub async fn validate(
         max_cost_usd,
         max_tokens: limits.max_tokens_per_job,
         capabilities: req.capabilities,
-        dispatch_attempt: req.dispatch_attempt.max(1),
     })
 }
 
