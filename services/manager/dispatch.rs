@@ -47,8 +47,8 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
     let strategy = route.strategy;
     let mut previous: Option<(String, String)> = None;
     let mut dispatch_attempt = 1u32;
+    route.request.dispatch_attempt = dispatch_attempt;
     let mut result = loop {
-        route.request.dispatch_attempt = dispatch_attempt;
         let placement = match wait_for_placement(&mut ticket, &sink, &cancel).await {
             Ok(p) => p,
             Err(result) => break result,
@@ -134,6 +134,9 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                     );
                 }
                 dispatch_attempt += 1;
+                // Before re-submitting: the scheduler routes (and reserves budget for) its own
+                // copy of the route, so it must carry the new attempt number.
+                route.request.dispatch_attempt = dispatch_attempt;
                 route.exclude.push(member.index);
                 previous = Some((programmer, reason));
                 ticket = mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout);
