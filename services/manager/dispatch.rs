@@ -59,17 +59,6 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
             response,
         } = placement;
         let programmer = member.spec.id.clone();
-        if let Err(e) = mgr.store.set_running(&task_id, &programmer) {
-            tracing::warn!(%task_id, "task store: {e}");
-        }
-        if let Some((from, reason)) = previous.take() {
-            let rerouted = Rerouted {
-                from_programmer: from,
-                to_programmer: programmer.clone(),
-                reason,
-            };
-            sink.send(Kind::Rerouted(rerouted)).await;
-        }
         tracing::info!(%task_id, %programmer, strategy = strategy.name(), dispatch_attempt, "task assigned");
         let upstream = tokio::select! {
             r = response => r,
@@ -80,6 +69,18 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
         };
         let leg = match upstream {
             Ok(upstream) => {
+                // The programmer took the task: only now is it running there.
+                if let Err(e) = mgr.store.set_running(&task_id, &programmer) {
+                    tracing::warn!(%task_id, "task store: {e}");
+                }
+                if let Some((from, reason)) = previous.take() {
+                    let rerouted = Rerouted {
+                        from_programmer: from,
+                        to_programmer: programmer.clone(),
+                        reason,
+                    };
+                    sink.send(Kind::Rerouted(rerouted)).await;
+                }
                 relay(upstream, &sink, &cancel, strategy.name(), dispatch_attempt).await
             }
             Err(status) if status.code() == tonic::Code::InvalidArgument => {
@@ -91,13 +92,19 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                     &programmer,
                 );
             }
-            Err(status) => {
-                if status.code() == tonic::Code::ResourceExhausted {
-                    // Other callers filled it since its last report: refresh our picture of it.
-                    member.request_refresh();
-                }
-                Leg::Broken(format!("{}: {}", status.code(), status.message()))
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                // Refused at admission: its queue filled since its last report (other callers'
+                // tasks, or slots it has not freed yet after our cancelled ones). The task never
+                // started there, so it is neither lost nor a reason to avoid that programmer:
+                // back to the front of the queue, same attempt, hold released. The programmer
+                // counts as full until it reports again, so the task is not thrown straight back.
+                tracing::info!(%task_id, %programmer, reason = %status.message(), "programmer full at admission; task re-queued");
+                member.refused_at_admission();
+                mgr.release(&task_id, dispatch_attempt, reserved_usd);
+                ticket = mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout);
+                continue;
             }
+            Err(status) => Leg::Broken(format!("{}: {}", status.code(), status.message())),
         };
         match leg {
             Leg::Finished(result) => {

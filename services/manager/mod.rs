@@ -194,6 +194,18 @@ impl Manager {
         }
     }
 
+    /// Drops a budget hold for a dispatch attempt that never reached a programmer, so the
+    /// attempt can reserve again under the same key.
+    pub fn release(&self, task_id: &str, dispatch_attempt: u32, reserved: Option<f64>) {
+        if reserved.is_none() {
+            return;
+        }
+        let key = balancer::reservation_key(task_id, dispatch_attempt);
+        if let Err(e) = self.budget.release(&key) {
+            tracing::error!(%task_id, "budget ledger: {e}");
+        }
+    }
+
     /// Records and sends a task's result, and forgets it as active.
     pub async fn finish_task(&self, task_id: &str, sink: &TaskEventSink, result: TaskResult) {
         let status = TaskState::try_from(result.status).unwrap_or(TaskState::Unspecified);
