@@ -385,3 +385,265 @@ pub const SAMPLE_MODULE: &str =
 pub fn exists(path: &Path) -> bool {
     path.exists()
 }
+
+// ===== Manager-test helpers =====
+//
+// Used by `tests/manager_*.rs`: the shipped config's shape, manager and programmer clients, and
+// the "exactly one result, seq 1..n" check every Dispatch stream must pass.
+
+use pas::contract::v1::programmer_client::ProgrammerClient;
+use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
+use pas::contract::v1::task_event::Kind;
+use pas::contract::v1::{
+    DispatchRequest, GetPoolStatusRequest, PoolStatus, TaskEvent, TaskResult, TaskState,
+};
+use tonic::transport::Channel;
+
+impl TestProgrammer {
+    /// A paid programmer on the simulated Anthropic models, like the shipped 006/007.
+    pub fn paid_anthropic(id: &str) -> Self {
+        Self {
+            id: id.into(),
+            primary: "anthropic/claude-sonnet-4-20250514".into(),
+            backup: "anthropic/claude-3-7-sonnet-20250219".into(),
+            capabilities: vec!["premium".into(), "reasoning".into(), "paid".into()],
+            max_cost_per_job_usd: None,
+        }
+    }
+
+    /// This programmer with other capability tags.
+    pub fn with_capabilities(mut self, caps: &[&str]) -> Self {
+        self.capabilities = caps.iter().map(|c| c.to_string()).collect();
+        self
+    }
+}
+
+/// Ten programmers shaped like the shipped `programmer_pool.yaml`: 001–005 fast/local/free,
+/// 006–007 premium/reasoning/paid (Anthropic), 008 premium/openai/paid (OpenAI),
+/// 009–010 deepseek/local/free. Model names are per programmer for the free ones, so a simulator
+/// script can single one out.
+pub fn shipped_shape() -> Vec<TestProgrammer> {
+    let mut out: Vec<TestProgrammer> = ["001", "002", "003", "004", "005"]
+        .iter()
+        .map(|id| TestProgrammer::free(id))
+        .collect();
+    out.push(TestProgrammer::paid_anthropic("006"));
+    out.push(TestProgrammer::paid_anthropic("007"));
+    out.push(TestProgrammer::paid("008").with_capabilities(&["premium", "openai", "paid"]));
+    for id in ["009", "010"] {
+        out.push(TestProgrammer::free(id).with_capabilities(&["deepseek", "local", "free"]));
+    }
+    out
+}
+
+/// The shipped config's `capability_routing` section (append with [`TestPool::append_config`]).
+pub const SHIPPED_CAPABILITY_ROUTING: &str = "capability_routing:
+  fast: [\"001\", \"002\", \"003\", \"004\", \"005\"]
+  premium: [\"006\", \"007\", \"008\"]
+  reasoning: [\"006\", \"007\", \"008\"]
+  free: [\"001\", \"002\", \"003\", \"004\", \"005\", \"009\", \"010\"]
+  local: [\"001\", \"002\", \"003\", \"004\", \"005\", \"009\", \"010\"]
+  paid: [\"006\", \"007\", \"008\"]
+";
+
+/// The programmer ids of the shipped shape that are free / paid.
+pub const SHIPPED_FREE: [&str; 7] = ["001", "002", "003", "004", "005", "009", "010"];
+pub const SHIPPED_PAID: [&str; 3] = ["006", "007", "008"];
+
+impl TestPool {
+    /// Appends top-level YAML (sections the generated config does not write, such as
+    /// `capability_routing:` or `llms:`) to the config file. Call before starting processes.
+    pub fn append_config(&self, yaml: &str) {
+        let mut text = std::fs::read_to_string(&self.config_path).expect("read config");
+        text.push_str(yaml);
+        std::fs::write(&self.config_path, text).expect("write config");
+    }
+
+    /// Every configured programmer id, in configuration order.
+    pub fn ids(&self) -> Vec<String> {
+        self.options
+            .programmers
+            .iter()
+            .map(|p| p.id.clone())
+            .collect()
+    }
+
+    /// Starts the given programmers; the guards are keyed by id.
+    pub fn start_programmers(&self, ids: &[&str]) -> BTreeMap<String, ChildGuard> {
+        ids.iter()
+            .map(|id| (id.to_string(), self.start_programmer(id)))
+            .collect()
+    }
+
+    /// Starts every configured programmer.
+    pub fn start_all_programmers(&self) -> BTreeMap<String, ChildGuard> {
+        let ids = self.ids();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        self.start_programmers(&ids)
+    }
+
+    /// Pids of processes (aider and its children) still working inside any programmer's
+    /// worktrees under the data dir.
+    pub fn processes_in_worktrees(&self) -> Vec<i32> {
+        let dir = self.data_dir.join("programmers");
+        if !dir.exists() {
+            return Vec::new();
+        }
+        super::processes_in_dir(&dir)
+    }
+
+    /// Waits (up to `timeout`) until no process works inside a programmer's worktrees; returns
+    /// the pids still there (empty when all ended).
+    pub async fn wait_worktree_processes_gone(&self, timeout: Duration) -> Vec<i32> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = self.processes_in_worktrees();
+            if left.is_empty() || tokio::time::Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A client of the test pool's manager.
+pub async fn manager_client(pool: &TestPool) -> ProgrammerPoolClient<Channel> {
+    ProgrammerPoolClient::connect(pool.manager_url())
+        .await
+        .expect("connect to the manager")
+}
+
+/// A client of programmer `id` (direct, bypassing the manager).
+pub async fn programmer_client(pool: &TestPool, id: &str) -> ProgrammerClient<Channel> {
+    ProgrammerClient::connect(pool.programmer_url(id))
+        .await
+        .expect("connect to the programmer")
+}
+
+/// `GetPoolStatus`.
+pub async fn pool_status(c: &ProgrammerPoolClient<Channel>) -> PoolStatus {
+    c.clone()
+        .get_pool_status(GetPoolStatusRequest {})
+        .await
+        .expect("GetPoolStatus")
+        .into_inner()
+}
+
+/// Waits (up to 20 s) until the manager counts exactly `n` programmers available.
+pub async fn wait_available(c: &ProgrammerPoolClient<Channel>, n: u32) {
+    let c = c.clone();
+    wait_until(
+        Duration::from_secs(20),
+        &format!("{n} programmers available"),
+        || {
+            let mut c = c.clone();
+            async move {
+                c.get_pool_status(GetPoolStatusRequest {})
+                    .await
+                    .map(|s| s.into_inner().available == n)
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await;
+}
+
+/// Reads a task stream to its end and checks the contract every stream must keep: exactly one
+/// result, it is the last event, and `seq` runs 1..n. Returns every event and the result.
+pub async fn collect_events(
+    mut stream: tonic::Streaming<TaskEvent>,
+) -> (Vec<TaskEvent>, TaskResult) {
+    let mut events = Vec::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(ev)) => events.push(ev),
+            Ok(None) => break,
+            Err(status) => panic!("task stream broke: {status:?}\nevents so far: {events:#?}"),
+        }
+    }
+    let results: Vec<TaskResult> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Result(r)) => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(results.len(), 1, "exactly one result: {events:#?}");
+    assert!(
+        matches!(
+            events.last().and_then(|e| e.kind.as_ref()),
+            Some(Kind::Result(_))
+        ),
+        "the result is the last event: {events:#?}"
+    );
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=events.len() as u64).collect::<Vec<_>>(),
+        "seq runs 1..n"
+    );
+    (events, results[0].clone())
+}
+
+/// Dispatches `req` through the manager and reads its stream to the end (see [`collect_events`]).
+pub async fn dispatch_collect(
+    c: &ProgrammerPoolClient<Channel>,
+    req: DispatchRequest,
+) -> (Vec<TaskEvent>, TaskResult) {
+    let stream = c
+        .clone()
+        .dispatch(req)
+        .await
+        .expect("Dispatch accepted")
+        .into_inner();
+    collect_events(stream).await
+}
+
+/// A request on the sample repository (`src/module.py`).
+pub fn sample_dispatch(description: &str) -> DispatchRequest {
+    DispatchRequest {
+        task_description: description.into(),
+        files: vec!["src/module.py".into()],
+        workspace: "sample".into(),
+        run_id: "run-mgr".into(),
+        ..Default::default()
+    }
+}
+
+/// The result's state.
+pub fn state_of(result: &TaskResult) -> TaskState {
+    TaskState::try_from(result.status).unwrap_or(TaskState::Unspecified)
+}
+
+/// The programmer ids named by `Assigned` events, in order.
+pub fn assigned_ids(events: &[TaskEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Assigned(a)) => Some(a.programmer_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `Rerouted` events, in order.
+pub fn rerouted(events: &[TaskEvent]) -> Vec<pas::contract::v1::Rerouted> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Rerouted(r)) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `Queued` events, in order.
+pub fn queued(events: &[TaskEvent]) -> Vec<pas::contract::v1::Queued> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Queued(q)) => Some(q.clone()),
+            _ => None,
+        })
+        .collect()
+}
