@@ -7,8 +7,8 @@ mod common;
 use common::Sim;
 use common::pool::{
     PoolOptions, TestPool, TestProgrammer, assigned_ids, collect_events, dispatch_collect,
-    manager_client, pool_status, programmer_client, sample_dispatch, shipped_shape, state_of,
-    wait_available, wait_until,
+    manager_client, pool_status, sample_dispatch, shipped_shape, state_of, wait_available,
+    wait_until,
 };
 use pas::contract::v1::{
     CancelTaskRequest, DispatchRequest, ErrorClass, GetStatusRequest, GetTaskRequest, TaskRecord,
@@ -200,7 +200,7 @@ async fn cancel_and_get_task_for_queued_running_and_finished_tasks() {
         left.is_empty(),
         "aider still running after CancelTask: {left:?}"
     );
-    let mut prog = programmer_client(&pool, "001").await;
+    let mut prog = pool.programmer_client("001").await;
     let c_prog = prog.clone();
     wait_until(
         Duration::from_secs(10),

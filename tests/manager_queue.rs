@@ -109,7 +109,8 @@ async fn sixty_tasks_fill_ten_programmers_with_queue_five_and_all_complete() {
     assert_eq!(full.manager_queue_depth, 0, "all 60 are on programmers");
     for id in &ids {
         // The programmers' own view agrees: one running, five waiting, at their limit.
-        let st = common::pool::programmer_client(&pool, id)
+        let st = pool
+            .programmer_client(id)
             .await
             .get_status(pas::contract::v1::GetStatusRequest {})
             .await

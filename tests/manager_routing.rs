@@ -8,8 +8,8 @@ mod common;
 use common::Sim;
 use common::pool::{
     PoolOptions, SHIPPED_CAPABILITY_ROUTING, SHIPPED_FREE, SHIPPED_PAID, TestPool, assigned_ids,
-    dispatch_collect, manager_client, pool_status, programmer_client, sample_dispatch,
-    shipped_shape, state_of, wait_available, wait_until,
+    dispatch_collect, manager_client, pool_status, sample_dispatch, shipped_shape, state_of,
+    wait_available, wait_until,
 };
 use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
 use pas::contract::v1::{
@@ -263,7 +263,7 @@ async fn occupy(
     id: &str,
     n: usize,
 ) -> Vec<tonic::Streaming<pas::contract::v1::TaskEvent>> {
-    let mut client = programmer_client(pool, id).await;
+    let mut client = pool.programmer_client(id).await;
     let mut streams = Vec::new();
     for i in 0..n {
         let stream = client

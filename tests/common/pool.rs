@@ -391,7 +391,6 @@ pub fn exists(path: &Path) -> bool {
 // Used by `tests/manager_*.rs`: the shipped config's shape, manager and programmer clients, and
 // the "exactly one result, seq 1..n" check every Dispatch stream must pass.
 
-use pas::contract::v1::programmer_client::ProgrammerClient;
 use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
 use pas::contract::v1::task_event::Kind;
 use pas::contract::v1::{
@@ -511,13 +510,6 @@ pub async fn manager_client(pool: &TestPool) -> ProgrammerPoolClient<Channel> {
     ProgrammerPoolClient::connect(pool.manager_url())
         .await
         .expect("connect to the manager")
-}
-
-/// A client of programmer `id` (direct, bypassing the manager).
-pub async fn programmer_client(pool: &TestPool, id: &str) -> ProgrammerClient<Channel> {
-    ProgrammerClient::connect(pool.programmer_url(id))
-        .await
-        .expect("connect to the programmer")
 }
 
 /// `GetPoolStatus`.
@@ -646,4 +638,204 @@ pub fn queued(events: &[TaskEvent]) -> Vec<pas::contract::v1::Queued> {
             _ => None,
         })
         .collect()
+}
+
+// ===== programmer helpers (used by tests/programmer_*.rs) =====
+
+/// A `pas.v1.Programmer` client over a fresh connection.
+pub type ProgrammerClient =
+    pas::contract::v1::programmer_client::ProgrammerClient<tonic::transport::Channel>;
+
+impl ChildGuard {
+    /// Waits up to `timeout` for the process to exit by itself; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl TestPool {
+    /// Connects to programmer `id`.
+    pub async fn programmer_client(&self, id: &str) -> ProgrammerClient {
+        ProgrammerClient::connect(self.programmer_url(id))
+            .await
+            .unwrap_or_else(|e| panic!("connect to programmer {id}: {e}"))
+    }
+
+    /// `GET /health` of programmer `id` (HTTP/1.1 JSON on the gRPC port).
+    pub async fn programmer_health(&self, id: &str) -> serde_json::Value {
+        let url = format!("{}/health", self.programmer_url(id));
+        let resp = reqwest::get(&url)
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
+        resp.json().await.expect("/health JSON")
+    }
+
+    /// Where programmer `id` creates its task worktrees.
+    pub fn worktrees_dir(&self, id: &str) -> PathBuf {
+        self.data_dir.join("programmers").join(id).join("worktrees")
+    }
+}
+
+/// Runs one task on a programmer to its end; returns every event and the result. Asserts the
+/// stream invariants every task must keep: seq numbers 1..n in order, exactly one result, and the
+/// result is the last event.
+pub async fn execute_task(
+    client: &mut ProgrammerClient,
+    req: pas::contract::v1::TaskRequest,
+) -> (
+    Vec<pas::contract::v1::TaskEvent>,
+    pas::contract::v1::TaskResult,
+) {
+    let stream = client
+        .execute(req)
+        .await
+        .unwrap_or_else(|s| panic!("Execute refused: {s:?}"))
+        .into_inner();
+    collect_task(stream).await
+}
+
+/// Reads an Execute stream to its end and checks the invariants of [`execute_task`].
+pub async fn collect_task(
+    mut stream: tonic::Streaming<pas::contract::v1::TaskEvent>,
+) -> (
+    Vec<pas::contract::v1::TaskEvent>,
+    pas::contract::v1::TaskResult,
+) {
+    let mut events = Vec::new();
+    while let Some(ev) = stream.message().await.expect("the event stream breaks off") {
+        events.push(ev);
+    }
+    let result = check_stream(&events);
+    (events, result)
+}
+
+/// The stream invariants (see [`execute_task`]); returns the result.
+pub fn check_stream(events: &[pas::contract::v1::TaskEvent]) -> pas::contract::v1::TaskResult {
+    use pas::contract::v1::task_event::Kind;
+    let results: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Result(r)) => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(results.len(), 1, "exactly one result: {events:#?}");
+    assert!(
+        matches!(
+            events.last().and_then(|e| e.kind.as_ref()),
+            Some(Kind::Result(_))
+        ),
+        "the result is the last event: {events:#?}"
+    );
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=events.len() as u64).collect::<Vec<_>>(),
+        "seq numbers 1..n in order"
+    );
+    results.into_iter().next().expect("one result")
+}
+
+/// The Failover events of a task.
+pub fn failovers(events: &[pas::contract::v1::TaskEvent]) -> Vec<pas::contract::v1::Failover> {
+    use pas::contract::v1::task_event::Kind;
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Failover(f)) => Some(f.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// All streamed output of a task, concatenated in order.
+pub fn output_text(events: &[pas::contract::v1::TaskEvent]) -> String {
+    use pas::contract::v1::task_event::Kind;
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Output(o)) => Some(o.text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The task branches (`pas/*`) of a repository.
+pub fn task_branches(repo: &Path) -> Vec<String> {
+    super::git(
+        repo,
+        &[
+            "for-each-ref",
+            "--format=%(refname:short)",
+            "refs/heads/pas/",
+        ],
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+/// Lines of `git worktree list` (1 = only the main checkout).
+pub fn worktree_count(repo: &Path) -> usize {
+    super::git(repo, &["worktree", "list", "--porcelain"])
+        .lines()
+        .filter(|l| l.starts_with("worktree "))
+        .count()
+}
+
+/// A task request on workspace `workspace` editing `files`.
+pub fn task_request(
+    workspace: &str,
+    description: &str,
+    files: &[&str],
+) -> pas::contract::v1::TaskRequest {
+    pas::contract::v1::TaskRequest {
+        task_description: description.into(),
+        files: files.iter().map(|f| f.to_string()).collect(),
+        workspace: workspace.into(),
+        run_id: "run-test".into(),
+        ..Default::default()
+    }
+}
+
+/// The models named in the simulator's request log, with the kind of each request
+/// (`edit_diff`, `edit_whole`, `commit_message`) and the fault injected, in order.
+pub async fn sim_requests(sim: &Sim) -> Vec<(String, String, String)> {
+    let log = sim.requests().await;
+    let entries = log
+        .as_array()
+        .or_else(|| log.get("requests").and_then(|r| r.as_array()))
+        .cloned()
+        .unwrap_or_else(|| panic!("unexpected /_sim/requests shape: {log}"));
+    entries
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            (s("model"), s("kind"), s("fault"))
+        })
+        .collect()
+}
+
+/// How many edit requests (not commit messages) the simulator got for `model` (wire name).
+pub async fn sim_edit_requests(sim: &Sim, model: &str) -> usize {
+    sim_requests(sim)
+        .await
+        .iter()
+        .filter(|(m, kind, _)| m == model && kind.starts_with("edit"))
+        .count()
 }
