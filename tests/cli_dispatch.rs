@@ -380,6 +380,8 @@ async fn success_plain_and_json(fx: Arc<Fixture>) {
             "litellm.APIConnectionError: ",
             "==> failover: ollama/primary-001 → ollama/backup-001 (attempt 2): ",
             "Added src/module.py to the chat.\n",
+            // Streamed in 16-character pieces, written as they come: one line again.
+            "I will apply \"Add docstrings to all functions\" to 2 file(s).\n",
             "Applied edit to src/module.py\n",
             "── result ──\nstatus     succeeded\ntask       my-task\nprogrammer 001\nmodel      ollama/backup-001 (backup)\nfiles      README.md, src/module.py\n",
             cost_and_duration,
