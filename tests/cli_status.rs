@@ -107,11 +107,19 @@ async fn pas_status_shows_a_real_pool() {
     .await;
 
     // --watch redraws until Ctrl-C, while a real task changes the pool under it.
-    let watch = tokio::process::Command::from(pool.pas_command(&["status", "--watch", "0.3"]))
+    let mut watch = tokio::process::Command::from(pool.pas_command(&["status", "--watch", "0.3"]))
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("spawn pas status --watch");
+    // Read as it goes: a full pipe would stall the redraws.
+    let mut watch_out = watch.stdout.take().expect("piped stdout");
+    let watched_text = tokio::spawn(async move {
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut watch_out, &mut text)
+            .await
+            .map(|_| text)
+    });
 
     // The task: 002's primary fails (its breaker opens at once), the backup edits and is paid.
     let mut dispatch = tokio::process::Command::from(pool.pas_command(&[
@@ -160,12 +168,15 @@ async fn pas_status_shows_a_real_pool() {
         nix::sys::signal::Signal::SIGINT,
     )
     .expect("SIGINT");
-    let watched = tokio::time::timeout(Duration::from_secs(10), watch.wait_with_output())
+    let watched = tokio::time::timeout(Duration::from_secs(10), watch.wait())
         .await
         .expect("pas status --watch did not stop on Ctrl-C")
         .expect("wait for pas status --watch");
-    assert_eq!(watched.status.code(), Some(0));
-    let text = String::from_utf8_lossy(&watched.stdout);
+    assert_eq!(watched.code(), Some(0));
+    let text = watched_text
+        .await
+        .expect("reader task")
+        .expect("read the frames");
     let frames: Vec<&str> = text.split("Pool: ").skip(1).collect();
     assert!(frames.len() >= 3, "{} frames:\n{text}", frames.len());
     // Each frame is fresh: the first shows 002 before the task, a later one after it.
