@@ -726,7 +726,18 @@ fn dispatch_on_pty(mut cmd: std::process::Command) -> (i32, String) {
         }
         String::from_utf8_lossy(&all).into_owned()
     });
-    let status = child.wait().expect("wait for pas dispatch");
+    // Kill it after TASK_LIMIT, so a stuck run fails the case instead of hanging the suite.
+    let deadline = std::time::Instant::now() + TASK_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for pas dispatch") {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            break child.wait().expect("wait for pas dispatch");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let drawn = reader.join().expect("pty reader");
     (status.code().unwrap_or(-1), drawn)
 }
@@ -744,10 +755,8 @@ async fn spinner_on_a_terminal(fx: Arc<Fixture>) {
         "--capability",
         "tty",
     ]);
-    let drawn = tokio::task::spawn_blocking(move || dispatch_on_pty(cmd));
-    let (code, drawn) = tokio::time::timeout(TASK_LIMIT, drawn)
+    let (code, drawn) = tokio::task::spawn_blocking(move || dispatch_on_pty(cmd))
         .await
-        .expect("pas dispatch on a pty did not finish")
         .expect("pty thread");
     assert_eq!(code, 0, "{drawn:?}");
     assert!(
