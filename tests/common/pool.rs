@@ -348,6 +348,65 @@ impl TestPool {
         self.spawn("manager", &["manager"]).0
     }
 
+    /// Starts every configured programmer (configuration order), then the manager last.
+    pub fn start_all(&self) -> Vec<ChildGuard> {
+        let mut procs: Vec<ChildGuard> = self
+            .options
+            .programmers
+            .iter()
+            .map(|p| self.start_programmer(&p.id))
+            .collect();
+        procs.push(self.start_manager());
+        procs
+    }
+
+    /// `pas --config <this pool's config> ARGS…`, with the environment the pool's own processes
+    /// get (test API keys set, `PAS_*` overrides removed) and stdin closed: how an operator runs
+    /// the CLI against this pool. Convert with `tokio::process::Command::from` for async use.
+    pub fn pas_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pas"));
+        cmd.arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .env("PAS_TEST_OPENAI_KEY", "sk-test-openai-secret")
+            .env("PAS_TEST_ANTHROPIC_KEY", "sk-ant-test-secret")
+            .env_remove("PAS_WORKSPACE_ROOT")
+            .env_remove("PAS_DATA_DIR")
+            .env_remove("PAS_CONFIG")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// The manager's `GET /programmer_pool/status` document; None while it cannot be fetched.
+    pub async fn manager_status_json(&self) -> Option<serde_json::Value> {
+        let url = format!("{}/programmer_pool/status", self.manager_url());
+        reqwest::get(url).await.ok()?.json().await.ok()
+    }
+
+    /// Polls the manager's status document until `ready` holds for it; returns that document.
+    /// Panics after `timeout` with the last document seen.
+    pub async fn wait_manager_status(
+        &self,
+        timeout: Duration,
+        what: &str,
+        ready: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = serde_json::Value::Null;
+        loop {
+            if let Some(status) = self.manager_status_json().await {
+                if ready(&status) {
+                    return status;
+                }
+                last = status;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("timed out after {timeout:?} waiting for {what}; last status: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// `http://127.0.0.1:PORT` of programmer `id`.
     pub fn programmer_url(&self, id: &str) -> String {
         format!("http://127.0.0.1:{}", self.ports[id])
