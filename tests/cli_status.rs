@@ -75,6 +75,7 @@ fn pool_status(calls: u32) -> PoolStatus {
         manager_queue_depth: 0,
         manager_queue_capacity: 500,
         strategy: "least_loaded".into(),
+        llm_stats: Vec::new(),
     }
 }
 
