@@ -166,6 +166,7 @@ async fn wait_for_placement(
     sink: &TaskEventSink,
     cancel: &CancellationToken,
 ) -> Result<Placement, TaskResult> {
+    let mut first = true;
     loop {
         tokio::select! {
             placed = &mut ticket.placement => {
@@ -181,6 +182,7 @@ async fn wait_for_placement(
             changed = ticket.position.changed() => {
                 let position = *ticket.position.borrow_and_update();
                 if changed.is_ok() && position > 0 {
+                    telemetry::task_queued("manager", position as usize, std::mem::take(&mut first));
                     let queued = Queued {
                         position,
                         queue: "manager".into(),

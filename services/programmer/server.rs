@@ -103,7 +103,9 @@ async fn drive_task(
     let acquire =
         tracing::Instrument::instrument(acquire, crate::telemetry::spans::queue_wait("programmer"));
     let relay_positions = async {
+        let mut first = true;
         while let Some(position) = positions_rx.recv().await {
+            crate::telemetry::task_queued("programmer", position, std::mem::take(&mut first));
             let queued = Queued {
                 position: position as u32,
                 queue: "programmer".into(),

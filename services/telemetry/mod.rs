@@ -148,6 +148,17 @@ pub fn task_finished(role: Role, result: &TaskResult) {
     self::metrics::task_finished(role, result);
 }
 
+/// Logs that the current task waits in `queue` at `position` (1 = next). Called on every
+/// position change; the `first` one (entering the queue) is an INFO line, the moves up are DEBUG,
+/// so a long queue does not flood the log.
+pub fn task_queued(queue: &'static str, position: usize, first: bool) {
+    if first {
+        tracing::info!(queue, position, "task queued");
+    } else {
+        tracing::debug!(queue, position, "task moved up in the queue");
+    }
+}
+
 /// Installs only the logging subscriber (for commands that serve nothing, like `pas up`).
 pub fn init_logging(format: LogFormat) {
     let _ = tracing_subscriber::registry()

@@ -437,7 +437,8 @@ pub fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
             "series twice: {key}"
         );
     }
-    // Cross-check with the crate's view: same number of samples.
+    // Cross-check with the crate's view: the same number of samples (histogram buckets
+    // expanded; `_sum`/`_count` are separate samples there) and the same values.
     let crate_count: usize = parsed
         .samples
         .iter()
@@ -447,14 +448,32 @@ pub fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
             _ => 1,
         })
         .sum();
-    let plain = samples
-        .keys()
-        .filter(|k| !k.contains("_sum{") && !k.contains("_count{"))
-        .count();
     assert_eq!(
-        crate_count, plain,
-        "prometheus-parse and the strict parser disagree"
+        crate_count,
+        samples.len(),
+        "prometheus-parse and the strict parser disagree on the number of samples"
     );
+    for s in &parsed.samples {
+        let value = match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => continue,
+        };
+        let labels: Vec<(&str, &str)> = s
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let key = series_key(&s.metric, &labels);
+        let mine = samples
+            .get(&key)
+            .unwrap_or_else(|| panic!("{key} missing in the strict parse"));
+        assert!(
+            *mine == value || (mine.is_nan() && value.is_nan()),
+            "{key}: {mine} vs {value}"
+        );
+    }
     samples
 }
 
