@@ -338,3 +338,100 @@ async fn a_callers_traceparent_is_continued_by_manager_programmer_and_aider() {
         "no spans for polls"
     );
 }
+
+/// Waits up to `timeout` for the child to exit; returns how long it took.
+fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "the process did not exit within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_flushes_buffered_spans_and_a_dead_collector_does_not_hold_up_exit() {
+    use pas::contract::v1::TaskRequest;
+    use pas::contract::v1::programmer_client::ProgrammerClient;
+
+    let collector = Collector::start().await;
+    let pool = TestPool::new(PoolOptions::default());
+    pool.sample_repo();
+    // A batch delay far longer than the test: only the exit can send the spans.
+    let env = vec![
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+            collector.endpoint(),
+        ),
+        ("OTEL_BSP_SCHEDULE_DELAY".to_string(), "600000".to_string()),
+    ];
+    let mut prog = support::start_programmer(&pool, "001", &env);
+    let mut client = ProgrammerClient::connect(pool.programmer_url("001"))
+        .await
+        .expect("connect to the programmer");
+    let mut stream = client
+        .execute(TaskRequest {
+            task_id: "flush-1".into(),
+            task_description: "dry".into(),
+            files: vec!["src/module.py".into()],
+            workspace: "sample".into(),
+            dry_run: true,
+            ..Default::default()
+        })
+        .await
+        .expect("Execute accepted")
+        .into_inner();
+    while stream.message().await.expect("stream").is_some() {}
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !collector
+            .spans()
+            .iter()
+            .any(|s| s.name() == "programmer.task"),
+        "nothing exported before the exit"
+    );
+    prog.terminate();
+    wait_exit(&mut prog.child, Duration::from_secs(30));
+    let task = collector
+        .spans()
+        .into_iter()
+        .find(|s| s.name() == "programmer.task")
+        .unwrap_or_else(|| {
+            panic!(
+                "the buffered span was flushed at exit; log:\n{}",
+                prog.log_text()
+            )
+        });
+    assert_eq!(task.attr("task_id").as_deref(), Some("flush-1"));
+
+    // The collector is gone: the programmer still exits promptly (bounded flush).
+    drop(collector);
+    let mut prog = support::start_programmer(&pool, "001", &env);
+    let mut client = ProgrammerClient::connect(pool.programmer_url("001"))
+        .await
+        .expect("connect to the programmer");
+    let mut stream = client
+        .execute(TaskRequest {
+            task_id: "flush-2".into(),
+            task_description: "dry".into(),
+            files: vec!["src/module.py".into()],
+            workspace: "sample".into(),
+            dry_run: true,
+            ..Default::default()
+        })
+        .await
+        .expect("Execute accepted")
+        .into_inner();
+    while stream.message().await.expect("stream").is_some() {}
+    prog.terminate();
+    let took = wait_exit(&mut prog.child, Duration::from_secs(20));
+    assert!(
+        took < Duration::from_secs(10),
+        "exit took {took:?} with an unreachable collector"
+    );
+}

@@ -73,6 +73,9 @@ impl ServiceIdentity {
     }
 }
 
+/// How long a process waits at exit for its last spans to be exported.
+pub const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The installed telemetry of a process. Call [`Telemetry::shutdown`] before the process exits so
 /// spans still in the batch are exported (dropping it skips the flush).
 #[derive(Debug)]
@@ -87,13 +90,16 @@ impl Telemetry {
         self.tracer_provider.is_some()
     }
 
-    /// Flushes and stops the span exporter (a no-op without one). The exporter's shutdown blocks,
-    /// so it runs on a blocking thread while the runtime keeps serving the export call.
+    /// Flushes and stops the span exporter (a no-op without one), waiting at most
+    /// [`SHUTDOWN_TIMEOUT`] so an unreachable collector cannot hold up the exit. The exporter's
+    /// shutdown blocks, so it runs on a blocking thread while the runtime drives the export call.
     pub async fn shutdown(self) {
         let Some(provider) = self.tracer_provider else {
             return;
         };
-        let joined = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        let joined =
+            tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT))
+                .await;
         match joined {
             Ok(Ok(())) => {}
             Ok(Err(e)) => eprintln!("warning: flushing the trace exporter failed: {e}"),
