@@ -329,9 +329,7 @@ fn summarize_failure(result: &TaskResult, last: &str) -> String {
         .attempts
         .iter()
         .map(|a| {
-            let class = ErrorClass::try_from(a.error_class)
-                .map(|c| c.as_str_name())
-                .unwrap_or("?");
+            let class = telemetry::spans::error_class_name(a.error_class);
             format!("#{} {}: {} {}", a.number, a.llm, class, a.error_message)
         })
         .collect();
