@@ -54,7 +54,7 @@ pub fn write_json(section: &Section) -> anyhow::Result<PathBuf> {
 /// A markdown table with `header`, rows added by the caller.
 pub fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
-    t.load_preset(ASCII_MARKDOWN);
+    t.load_style(ASCII_MARKDOWN);
     t.set_header(header.iter().copied());
     t
 }
