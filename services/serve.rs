@@ -34,17 +34,21 @@ pub async fn bind(host: &str, port: u16) -> Result<TcpListener, ServeError> {
 }
 
 /// Adds grpc.health.v1 and both reflection versions (covering our contract and the health
-/// service) to `routes`.
+/// service) to `routes`. Reflection lists only `served` (plus health and reflection itself): the
+/// descriptor set holds both of our services, but each process serves one of them.
 pub fn with_health_and_reflection(
     routes: Routes,
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
+    served: &str,
 ) -> Result<Routes, ServeError> {
     let builder = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::contract::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(served)
+            .with_service_name("grpc.health.v1.Health")
     };
     let v1 = builder().build_v1()?;
     let v1alpha = builder().build_v1alpha()?;

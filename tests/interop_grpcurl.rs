@@ -61,8 +61,11 @@ fn grpcurl_lists_describes_checks_health_and_reads_pool_status() {
     for s in ["pas.v1.ProgrammerPool", "grpc.health.v1.Health"] {
         assert!(services.contains(&s), "manager must list {s}: {services:?}");
     }
-    // Note: reflection lists every service of the registered descriptor set, so the manager also
-    // advertises pas.v1.Programmer (which it does not serve); not asserted either way here.
+    // Each process lists only what it serves.
+    assert!(
+        !services.contains(&"pas.v1.Programmer"),
+        "the manager does not serve pas.v1.Programmer: {services:?}"
+    );
     let services = grpcurl_ok(&mesh, &programmer, &[], &["list"]).stdout;
     let services: Vec<&str> = services.lines().collect();
     for s in ["pas.v1.Programmer", "grpc.health.v1.Health"] {
@@ -71,6 +74,10 @@ fn grpcurl_lists_describes_checks_health_and_reads_pool_status() {
             "programmer must list {s}: {services:?}"
         );
     }
+    assert!(
+        !services.contains(&"pas.v1.ProgrammerPool"),
+        "a programmer does not serve pas.v1.ProgrammerPool: {services:?}"
+    );
 
     // list SERVICE: methods.
     let methods = grpcurl_ok(&mesh, &manager, &[], &["list", "pas.v1.ProgrammerPool"]).stdout;

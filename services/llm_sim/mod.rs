@@ -114,28 +114,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
     // Hung requests never finish, so do not wait for connections on shutdown: just stop.
     tokio::select! {
         served = axum::serve(listener, app) => served.context("server failed")?,
-        () = shutdown_signal() => tracing::info!("llm-sim stopping"),
+        () = crate::serve::shutdown_signal() => tracing::info!("llm-sim stopping"),
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
 }

@@ -224,22 +224,26 @@ pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
     let routes =
         tonic::service::Routes::new(ProgrammerPoolServer::new(PoolService::new(mgr.clone())));
     let (m1, m2) = (mgr.clone(), mgr.clone());
-    let router = serve::with_health_and_reflection(routes, health_service)?
-        .into_axum_router()
-        .route(
-            "/health",
-            get(move || {
-                let mgr = m1.clone();
-                async move { axum::Json(status::health_json(&mgr)) }
-            }),
-        )
-        .route(
-            "/programmer_pool/status",
-            get(move || {
-                let mgr = m2.clone();
-                async move { axum::Json(status::pool_status_json(&status::pool_status(&mgr))) }
-            }),
-        );
+    let router = serve::with_health_and_reflection(
+        routes,
+        health_service,
+        <ProgrammerPoolServer<PoolService> as tonic::server::NamedService>::NAME,
+    )?
+    .into_axum_router()
+    .route(
+        "/health",
+        get(move || {
+            let mgr = m1.clone();
+            async move { axum::Json(status::health_json(&mgr)) }
+        }),
+    )
+    .route(
+        "/programmer_pool/status",
+        get(move || {
+            let mgr = m2.clone();
+            async move { axum::Json(status::pool_status_json(&status::pool_status(&mgr))) }
+        }),
+    );
 
     println!("Manager-Code listening on {addr}");
     tracing::info!(%addr, programmers = mgr.pool.members.len(), strategy = mgr.default_strategy.name(), "manager started");

@@ -15,7 +15,7 @@ use crate::programmer::attempt::{AttemptOutcome, AttemptReport, run_attempt};
 use crate::programmer::breaker::Admission;
 use crate::programmer::state::Programmer;
 use crate::programmer::validate::ValidatedTask;
-use crate::programmer::worktree::{GitIdentity, TaskWorktree};
+use crate::programmer::worktree::TaskWorktree;
 use crate::task_events::TaskEventSink;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -73,13 +73,15 @@ pub async fn run_task(
         }
     };
     result.base_commit = base_commit.clone();
-    let identity = GitIdentity {
-        name: spec.agent.clone(),
-        email: format!("prog-{}@programmer-pool.local", spec.id),
-    };
+    let identity = prog.git_identity();
     let worktree = match task
         .workspace
-        .create_task_worktree(&prog.worktrees_dir, &task.task_id, &base_commit, &identity)
+        .create_task_worktree(
+            &prog.worktrees_dir,
+            &task.task_id,
+            &base_commit,
+            &identity,
+        )
         .await
     {
         Ok(w) => w,
@@ -202,7 +204,8 @@ pub async fn run_task(
                 prog.counters
                     .failovers
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let reason = format!("{}: {message}", class.as_str_name());
+                let name = failure_condition(class).map_or(class.as_str_name(), |c| c.as_str());
+                let reason = format!("{name}: {message}");
                 tracing::info!(task_id = %task.task_id, from = %llm.name, to = %next.name, attempt = number + 1, %reason, "failover");
                 let event = Failover {
                     from_llm: llm.name.clone(),

@@ -55,6 +55,10 @@ pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
     let listener = serve::bind(&host, args.port.unwrap_or(spec.port)).await?;
     let addr = listener.local_addr()?;
     let prog = Arc::new(Programmer::new(&config, &args.id, addr.port())?);
+    let swept = worktree::sweep_abandoned(&prog.worktrees_dir, &prog.git_identity()).await;
+    if swept > 0 {
+        tracing::warn!(programmer = %prog.spec.id, worktrees = swept, "removed worktrees abandoned by a previous run");
+    }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -63,15 +67,19 @@ pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
     let routes =
         tonic::service::Routes::new(ProgrammerServer::new(ProgrammerService::new(prog.clone())));
     let status_prog = prog.clone();
-    let router = serve::with_health_and_reflection(routes, health_service)?
-        .into_axum_router()
-        .route(
-            "/health",
-            get(move || {
-                let prog = status_prog.clone();
-                async move { axum::Json(health_json(&prog.status())) }
-            }),
-        );
+    let router = serve::with_health_and_reflection(
+        routes,
+        health_service,
+        <ProgrammerServer<ProgrammerService> as tonic::server::NamedService>::NAME,
+    )?
+    .into_axum_router()
+    .route(
+        "/health",
+        get(move || {
+            let prog = status_prog.clone();
+            async move { axum::Json(health_json(&prog.status())) }
+        }),
+    );
 
     // Tests and `pas up` read this line to learn the bound address.
     println!("{} listening on {addr}", prog.spec.agent);

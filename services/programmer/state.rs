@@ -6,6 +6,7 @@ use crate::contract::circuit_name;
 use crate::contract::v1::{CircuitState, LlmState, ProgrammerStatus};
 use crate::programmer::breaker::{Breaker, BreakerPolicy, BreakerState, BreakerStore};
 use crate::programmer::queue::TaskQueue;
+use crate::programmer::worktree::GitIdentity;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -122,6 +123,14 @@ impl Programmer {
             tasks: TaskTracker::new(),
             spec,
         })
+    }
+
+    /// Who this programmer's commits are attributed to.
+    pub fn git_identity(&self) -> GitIdentity {
+        GitIdentity {
+            name: self.spec.agent.clone(),
+            email: format!("prog-{}@programmer-pool.local", self.spec.id),
+        }
     }
 
     /// Writes the breaker's state to the data dir so a restart keeps it (best effort, logged).

@@ -528,6 +528,65 @@ impl Drop for TaskWorktree {
     }
 }
 
+// ===== start-up sweep =====
+
+/// Removes task worktrees (and their branches) that a previous run of this programmer left behind
+/// when it was killed (Drop never ran): every directory under `worktrees_dir` belongs to a task
+/// that did not finish, since finished tasks remove theirs. Only `pas/…` branches are deleted.
+/// Returns how many were removed; problems are logged, never fatal.
+pub async fn sweep_abandoned(worktrees_dir: &Path, identity: &GitIdentity) -> usize {
+    let Ok(entries) = fs::read_dir(worktrees_dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let common = Git::new(&dir)
+            .args(["rev-parse", "--path-format=absolute", "--git-common-dir"])
+            .run()
+            .await;
+        let branch = Git::new(&dir)
+            .args(["symbolic-ref", "--short", "HEAD"])
+            .run()
+            .await;
+        match (common, branch) {
+            (Ok(common), Ok(branch)) if branch.trim().starts_with(BRANCH_PREFIX) => {
+                let common = PathBuf::from(common.trim());
+                let Some(repo) = common.parent().map(Path::to_path_buf) else {
+                    continue;
+                };
+                let abandoned = TaskWorktree {
+                    repo,
+                    lock_path: common.join(crate::git::WORKTREE_LOCK_FILE),
+                    path: dir.clone(),
+                    branch: branch.trim().to_string(),
+                    base_commit: String::new(),
+                    identity: identity.clone(),
+                    armed: true,
+                };
+                match abandoned.discard().await {
+                    Ok(()) => removed += 1,
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), "could not remove an abandoned worktree: {e}")
+                    }
+                }
+            }
+            // Not a (complete) worktree: a creation interrupted half-way. Its repository's own
+            // `git worktree prune` cleans the registration; the directory goes now.
+            _ => match fs::remove_dir_all(&dir) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), "could not remove a stale directory: {e}")
+                }
+            },
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

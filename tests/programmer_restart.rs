@@ -1,0 +1,104 @@
+//! A programmer killed with SIGKILL mid-task: its aider dies with it (parent-death signal), and on
+//! restart it removes the worktree and branch the dead run left behind, then serves normally.
+
+mod common;
+
+use common::pool::{PoolOptions, TestPool, wait_until};
+use pas::contract::v1::programmer_client::ProgrammerClient;
+use pas::contract::v1::task_event::Kind;
+use pas::contract::v1::{TaskRequest, TaskState};
+use std::time::Duration;
+
+fn task(id: &str) -> TaskRequest {
+    TaskRequest {
+        task_id: id.into(),
+        task_description: "Add docstrings to all functions".into(),
+        files: vec!["src/module.py".into()],
+        workspace: "sample".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn kill_9_leaves_no_orphan_aider_and_restart_sweeps_the_worktree() {
+    let sim = common::Sim::start_with_script("rules:\n  - model: \"*-001\"\n    fault: hang\n");
+    let pool = TestPool::with_sim(PoolOptions::default(), sim);
+    let repo = pool.sample_repo();
+    let worktrees = pool.data_dir.join("programmers/001/worktrees");
+    let mut prog = pool.start_programmer("001");
+
+    let mut client = ProgrammerClient::connect(pool.programmer_url("001"))
+        .await
+        .unwrap();
+    let mut stream = client.execute(task("doomed")).await.unwrap().into_inner();
+    // Wait until aider is running inside the task worktree.
+    let mut seen_output = false;
+    while !seen_output {
+        match stream.message().await.unwrap() {
+            Some(ev) => seen_output = matches!(ev.kind, Some(Kind::Output(_))),
+            None => panic!("stream ended early"),
+        }
+    }
+    let task_dir = std::fs::read_dir(&worktrees)
+        .unwrap()
+        .flatten()
+        .next()
+        .expect("a task worktree")
+        .path();
+    wait_until(
+        Duration::from_secs(20),
+        "aider running in the worktree",
+        || {
+            let dir = task_dir.clone();
+            async move { !common::processes_in_dir(&dir).is_empty() }
+        },
+    )
+    .await;
+
+    prog.kill();
+    wait_until(
+        Duration::from_secs(5),
+        "aider killed with its programmer",
+        || {
+            let dir = task_dir.clone();
+            async move { common::processes_in_dir(&dir).is_empty() }
+        },
+    )
+    .await;
+    assert!(
+        task_dir.exists(),
+        "the dead run left its worktree behind (nothing could clean it)"
+    );
+    assert!(common::git(&repo, &["branch", "--list", "pas/doomed"]).contains("pas/doomed"));
+
+    // Restart: the leftover worktree and branch are swept before serving.
+    pool.sim.set_script("rules: []\n").await;
+    let _prog = pool.start_programmer("001");
+    assert!(!task_dir.exists(), "abandoned worktree removed on start-up");
+    assert_eq!(common::git(&repo, &["worktree", "list"]).lines().count(), 1);
+    assert!(
+        common::git(&repo, &["branch", "--list", "pas/*"])
+            .trim()
+            .is_empty(),
+        "abandoned branch deleted"
+    );
+
+    // And it serves: the same task id runs again cleanly.
+    let mut client = ProgrammerClient::connect(pool.programmer_url("001"))
+        .await
+        .unwrap();
+    let mut stream = client.execute(task("doomed")).await.unwrap().into_inner();
+    let mut last = None;
+    while let Some(ev) = stream.message().await.unwrap() {
+        last = ev.kind;
+    }
+    let Some(Kind::Result(result)) = last else {
+        panic!("no result")
+    };
+    assert_eq!(
+        TaskState::try_from(result.status),
+        Ok(TaskState::Succeeded),
+        "{result:#?}"
+    );
+    assert_eq!(result.branch, "pas/doomed");
+}
