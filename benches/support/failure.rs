@@ -27,8 +27,14 @@ const SCRIPT: &str = "rules:\n  - model: \"primary-001\"\n    fault: hang\n  - m
 struct Trial {
     removal_ms: f64,
     reroute_ms: f64,
+    /// From the manager's own clock: its "programmer unavailable" log line (µs resolution).
+    manager_removal_ms: Option<f64>,
+    /// From the manager's own clock: the Rerouted event's `timestamp_ms` (ms resolution).
+    manager_reroute_ms: f64,
     rerouted_to: String,
     result: String,
+    /// The rerouted task's error message, if it failed.
+    error: String,
     /// Processes of the killed programmer (aider) still alive 1 s after the kill.
     orphans: Vec<String>,
 }
@@ -40,7 +46,29 @@ pub fn run(trials: usize) -> anyhow::Result<Section> {
     let removal: Vec<f64> = results.iter().map(|t| t.removal_ms).collect();
     let reroute: Vec<f64> = results.iter().map(|t| t.reroute_ms).collect();
     let (rd, rr) = (Dist::of(&removal), Dist::of(&reroute));
+    let mrd = Dist::of(
+        &results
+            .iter()
+            .filter_map(|t| t.manager_removal_ms)
+            .collect::<Vec<_>>(),
+    );
+    let mrr = Dist::of(&results.iter().map(|t| t.manager_reroute_ms).collect::<Vec<_>>());
     let orphans: usize = results.iter().map(|t| t.orphans.len()).sum();
+    let succeeded = results.iter().filter(|t| t.result == "TASK_STATE_SUCCEEDED").count();
+    let errors: std::collections::BTreeSet<&str> = results
+        .iter()
+        .filter(|t| t.result != "TASK_STATE_SUCCEEDED")
+        .map(|t| t.error.as_str())
+        .collect();
+    let outcome = if errors.is_empty() {
+        format!("every rerouted task then succeeded ({succeeded} of {})", results.len())
+    } else {
+        format!(
+            "**only {succeeded} of {} rerouted tasks then succeeded**; errors: {}",
+            results.len(),
+            errors.iter().map(|e| format!("`{e}`")).collect::<Vec<_>>().join(", ")
+        )
+    };
     let mut t = table(&[
         "after kill -9 of a busy programmer",
         "trials",
@@ -50,8 +78,10 @@ pub fn run(trials: usize) -> anyhow::Result<Section> {
         "target ≤ 1000 ms (max)",
     ]);
     for (what, d) in [
-        ("removed from routing (GetPoolStatus)", rd),
-        ("in-flight task rerouted (Rerouted event at the caller)", rr),
+        ("removed from routing: seen by a client polling GetPoolStatus", rd),
+        ("removed from routing: manager's log line (its clock)", mrd),
+        ("in-flight task rerouted: Rerouted event at the caller", rr),
+        ("in-flight task rerouted: event's timestamp_ms (manager's clock, 1 ms resolution)", mrr),
     ] {
         t.add_row(vec![
             what.to_string(),
@@ -65,8 +95,8 @@ pub fn run(trials: usize) -> anyhow::Result<Section> {
     let markdown = format!(
         "### Failure detection\n\n3 programmers + manager (real processes, real aider, llm-sim), \
          `health_check_interval_s: 30` (shipped value). Each trial: a task runs on programmer 001 \
-         (its LLM hangs), 001 gets SIGKILL, a client polls `GetPoolStatus` every 2 ms; the task must \
-         end `SUCCEEDED` on another programmer. Processes of the killed programmer still alive 1 s \
+         (its LLM hangs), 001 gets SIGKILL, a client polls `GetPoolStatus` every 2 ms and reads the \
+         task's stream. Outcome: {outcome}. Processes of the killed programmer still alive 1 s \
          later (orphaned aider runs): {orphans} over {} trials.\n\n{t}\n",
         results.len()
     );
@@ -74,7 +104,10 @@ pub fn run(trials: usize) -> anyhow::Result<Section> {
         "trials": results,
         "removal_ms": rd,
         "reroute_ms": rr,
+        "manager_removal_ms": mrd,
+        "manager_reroute_ms": mrr,
         "orphans_total": orphans,
+        "rerouted_succeeded": succeeded,
         "health_check_interval_s": 30,
         "target": {"max_ms_le": 1000.0},
     });
@@ -101,7 +134,7 @@ async fn trials_on_a_pool(trials: usize) -> anyhow::Result<Vec<Trial>> {
     pool.sample_repo();
     let mut doomed = pool.start_programmer("001");
     let _others = [pool.start_programmer("002"), pool.start_programmer("003")];
-    let _manager = pool.start_manager();
+    let manager = pool.start_manager();
     let mut c = live::manager(&pool).await?;
     let mut out = Vec::new();
     for trial in 1..=trials {
@@ -146,17 +179,31 @@ async fn trials_on_a_pool(trials: usize) -> anyhow::Result<Vec<Trial>> {
                 }
             })
         };
+        let killed_wall = std::time::SystemTime::now();
         let killed_at = Instant::now();
-        doomed.kill();
+        // SIGKILL without waiting here: reaping blocks, and would stall this runtime thread (and
+        // the poller with it) for as long as the kernel takes to tear the process down.
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .context("kill -9 programmer 001")?;
         let removed_at = tokio::time::timeout(Duration::from_secs(60), poller)
             .await
             .context("001 still available 60 s after kill -9")??;
+        tokio::task::block_in_place(|| doomed.kill()); // reap it
         let run: Run = tokio::time::timeout(Duration::from_secs(120), task)
             .await
             .context("the rerouted task did not finish within 120 s")???;
         let rerouted_at = run
             .first(|k| matches!(k, Kind::Rerouted(_)))
             .context("no Rerouted event")?;
+        let rerouted_event_ms = run
+            .events
+            .iter()
+            .find(|(_, e)| matches!(e.kind, Some(Kind::Rerouted(_))))
+            .map(|(_, e)| e.timestamp_ms)
+            .unwrap_or_default();
         let to = run
             .events
             .iter()
@@ -167,9 +214,8 @@ async fn trials_on_a_pool(trials: usize) -> anyhow::Result<Vec<Trial>> {
             .unwrap_or_default();
         let state = TaskState::try_from(run.result.status).unwrap_or(TaskState::Unspecified);
         ensure!(
-            state == TaskState::Succeeded && to != "001",
-            "trial {trial}: expected success elsewhere, got {state:?} on {to}: {}",
-            run.result.error_message
+            to != "001" && !to.is_empty(),
+            "trial {trial}: rerouted to {to:?}, not to another programmer"
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
         let orphans: Vec<String> = children
@@ -186,11 +232,18 @@ async fn trials_on_a_pool(trials: usize) -> anyhow::Result<Vec<Trial>> {
                 );
             }
         }
+        let kill_ms = killed_wall
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+        let logged = unavailable_logged_ms(&manager.log_text(), "001", kill_ms);
         let trial = Trial {
             removal_ms: ms(removed_at - killed_at),
             reroute_ms: ms(rerouted_at - killed_at),
+            manager_removal_ms: logged.map(|t| t - kill_ms),
+            manager_reroute_ms: rerouted_event_ms as f64 - kill_ms,
             rerouted_to: to,
             result: state.as_str_name().to_string(),
+            error: run.result.error_message.clone(),
             orphans,
         };
         eprintln!("failure trial: {trial:?}");
@@ -198,6 +251,38 @@ async fn trials_on_a_pool(trials: usize) -> anyhow::Result<Vec<Trial>> {
         doomed = pool.start_programmer("001");
     }
     Ok(out)
+}
+
+/// Wall-clock time (ms since the epoch) of the first "programmer unavailable" line for `id` in
+/// the manager's log at or after `after_ms` (1 ms of slack for clock rounding).
+fn unavailable_logged_ms(log: &str, id: &str, after_ms: f64) -> Option<f64> {
+    log.lines()
+        .map(strip_ansi)
+        .filter(|l| l.contains("programmer unavailable") && l.contains(&format!("programmer={id}")))
+        .filter_map(|l| {
+            let ts = l.split_whitespace().next()?;
+            let t = chrono::DateTime::parse_from_rfc3339(ts).ok()?;
+            Some(t.timestamp_micros() as f64 / 1000.0)
+        })
+        .find(|&t| t + 1.0 >= after_ms)
+}
+
+/// `text` without ANSI colour sequences (`ESC [ … m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Requests the simulator has seen for 001's models.
