@@ -52,21 +52,36 @@ pub fn run(trials: usize) -> anyhow::Result<Section> {
             .filter_map(|t| t.manager_removal_ms)
             .collect::<Vec<_>>(),
     );
-    let mrr = Dist::of(&results.iter().map(|t| t.manager_reroute_ms).collect::<Vec<_>>());
+    let mrr = Dist::of(
+        &results
+            .iter()
+            .map(|t| t.manager_reroute_ms)
+            .collect::<Vec<_>>(),
+    );
     let orphans: usize = results.iter().map(|t| t.orphans.len()).sum();
-    let succeeded = results.iter().filter(|t| t.result == "TASK_STATE_SUCCEEDED").count();
+    let succeeded = results
+        .iter()
+        .filter(|t| t.result == "TASK_STATE_SUCCEEDED")
+        .count();
     let errors: std::collections::BTreeSet<&str> = results
         .iter()
         .filter(|t| t.result != "TASK_STATE_SUCCEEDED")
         .map(|t| t.error.as_str())
         .collect();
     let outcome = if errors.is_empty() {
-        format!("every rerouted task then succeeded ({succeeded} of {})", results.len())
+        format!(
+            "every rerouted task then succeeded ({succeeded} of {})",
+            results.len()
+        )
     } else {
         format!(
             "**only {succeeded} of {} rerouted tasks then succeeded**; errors: {}",
             results.len(),
-            errors.iter().map(|e| format!("`{e}`")).collect::<Vec<_>>().join(", ")
+            errors
+                .iter()
+                .map(|e| format!("`{e}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     };
     let mut t = table(&[
@@ -78,10 +93,16 @@ pub fn run(trials: usize) -> anyhow::Result<Section> {
         "target ≤ 1000 ms (max)",
     ]);
     for (what, d) in [
-        ("removed from routing: seen by a client polling GetPoolStatus", rd),
+        (
+            "removed from routing: seen by a client polling GetPoolStatus",
+            rd,
+        ),
         ("removed from routing: manager's log line (its clock)", mrd),
         ("in-flight task rerouted: Rerouted event at the caller", rr),
-        ("in-flight task rerouted: event's timestamp_ms (manager's clock, 1 ms resolution)", mrr),
+        (
+            "in-flight task rerouted: event's timestamp_ms (manager's clock, 1 ms resolution)",
+            mrr,
+        ),
     ] {
         t.add_row(vec![
             what.to_string(),
@@ -168,9 +189,10 @@ async fn trials_on_a_pool(trials: usize) -> anyhow::Result<Vec<Trial>> {
             tokio::spawn(async move {
                 loop {
                     if let Ok(s) = pc.get_pool_status(GetPoolStatusRequest {}).await {
-                        let gone = s.into_inner().programmers.iter().any(|p| {
-                            p.id == "001" && p.state != ProgrammerState::Available as i32
-                        });
+                        let gone =
+                            s.into_inner().programmers.iter().any(|p| {
+                                p.id == "001" && p.state != ProgrammerState::Available as i32
+                            });
                         if gone {
                             return Instant::now();
                         }

@@ -7,7 +7,9 @@ use anyhow::{Context, bail};
 use pas::contract::v1::programmer_client::ProgrammerClient;
 use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
 use pas::contract::v1::task_event::Kind;
-use pas::contract::v1::{DispatchRequest, GetPoolStatusRequest, TaskEvent, TaskRequest, TaskResult};
+use pas::contract::v1::{
+    DispatchRequest, GetPoolStatusRequest, TaskEvent, TaskRequest, TaskResult,
+};
 use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -77,10 +79,7 @@ impl Run {
 }
 
 /// Reads a task stream to its end, stamping each event.
-async fn collect(
-    started: Instant,
-    mut stream: tonic::Streaming<TaskEvent>,
-) -> anyhow::Result<Run> {
+async fn collect(started: Instant, mut stream: tonic::Streaming<TaskEvent>) -> anyhow::Result<Run> {
     let mut events = Vec::new();
     while let Some(ev) = stream.message().await.context("task stream")? {
         events.push((Instant::now(), ev));

@@ -29,6 +29,7 @@ struct PoolMem {
     manager: Mem,
     programmers_rss_kib: u64,
     programmers_pss_kib: u64,
+    programmers_anon_kib: u64,
     programmer_max_rss_kib: u64,
 }
 
@@ -51,6 +52,7 @@ fn sample(manager: &ChildGuard, programmers: &[ChildGuard]) -> anyhow::Result<Po
         let m = mem(p.child.id()).with_context(|| format!("{} is gone", p.name))?;
         out.programmers_rss_kib += m.rss_kib;
         out.programmers_pss_kib += m.pss_kib;
+        out.programmers_anon_kib += m.anon_kib;
         out.programmer_max_rss_kib = out.programmer_max_rss_kib.max(m.rss_kib);
     }
     Ok(out)
@@ -221,7 +223,12 @@ async fn measure(
     drop(programmers);
 
     let mut t = table(&["process(es)", "state", "RSS MiB", "PSS MiB", "note"]);
-    let row = |t: &mut comfy_table::Table, what: &str, state: &str, rss: f64, pss: String, note: String| {
+    let row = |t: &mut comfy_table::Table,
+               what: &str,
+               state: &str,
+               rss: f64,
+               pss: String,
+               note: String| {
         t.add_row(vec![
             what.to_string(),
             state.to_string(),
@@ -230,27 +237,93 @@ async fn measure(
             note,
         ]);
     };
-    row(&mut t, "manager", "idle (10 programmers watched)", mib(idle.manager.rss_kib),
-        format!("{:.1}", mib(idle.manager.pss_kib)), String::new());
-    row(&mut t, "manager", &format!("peak under dry-run load ({dry_runs} dispatches, {concurrency} concurrent)"),
-        mib(dry_peak.manager.rss_kib), format!("{:.1}", mib(dry_peak.manager.pss_kib)),
-        format!("{:.0} dispatches/s during the sample", dry_runs as f64 / load_secs));
-    row(&mut t, "manager", "2 s after the load", mib(after_dry.manager.rss_kib),
-        format!("{:.1}", mib(after_dry.manager.pss_kib)), format!("VmHWM {:.1}", mib(after_dry.manager.hwm_kib)));
-    row(&mut t, "one programmer", "idle (p50 of 10)", idle_prog.p50, "".into(),
-        format!("max {:.1}", idle_prog.max));
-    row(&mut t, "one programmer", "peak under dry-run load (max of 10)",
-        mib(dry_peak.programmer_max_rss_kib), "".into(), String::new());
-    row(&mut t, "one programmer (own process)", &format!("peak running real tasks ({real_tasks} sent, {real_ok} succeeded)"),
-        mib(prog_peak), "".into(), format!("after: {:.1} (VmHWM {:.1})", mib(after_real.rss_kib), mib(after_real.hwm_kib)));
-    row(&mut t, "its aider children", "peak while running", mib(aider_peak), "".into(),
-        format!("up to {aider_procs} processes (python); not part of the pool target"));
-    row(&mut t, "pool 10 + 1", "idle", mib(idle.total_rss_kib()), format!("{:.1}", mib(idle.total_pss_kib())),
-        format!("target ≤ {TARGET_MB} MB: RSS {}, PSS {}",
-            verdict_le(mib(idle.total_rss_kib()), TARGET_MB), verdict_le(mib(idle.total_pss_kib()), TARGET_MB)));
-    row(&mut t, "pool 10 + 1", "peak under dry-run load",
+    row(
+        &mut t,
+        "manager",
+        "idle (10 programmers watched)",
+        mib(idle.manager.rss_kib),
+        format!("{:.1}", mib(idle.manager.pss_kib)),
+        String::new(),
+    );
+    row(
+        &mut t,
+        "manager",
+        &format!("peak under dry-run load ({dry_runs} dispatches, {concurrency} concurrent)"),
+        mib(dry_peak.manager.rss_kib),
+        format!("{:.1}", mib(dry_peak.manager.pss_kib)),
+        format!(
+            "{:.0} dispatches/s during the sample",
+            dry_runs as f64 / load_secs
+        ),
+    );
+    row(
+        &mut t,
+        "manager",
+        "2 s after the load",
+        mib(after_dry.manager.rss_kib),
+        format!("{:.1}", mib(after_dry.manager.pss_kib)),
+        format!("VmHWM {:.1}", mib(after_dry.manager.hwm_kib)),
+    );
+    row(
+        &mut t,
+        "one programmer",
+        "idle (p50 of 10)",
+        idle_prog.p50,
+        "".into(),
+        format!("max {:.1}", idle_prog.max),
+    );
+    row(
+        &mut t,
+        "one programmer",
+        "peak under dry-run load (max of 10)",
+        mib(dry_peak.programmer_max_rss_kib),
+        "".into(),
+        String::new(),
+    );
+    row(
+        &mut t,
+        "one programmer (own process)",
+        &format!("peak running real tasks ({real_tasks} sent, {real_ok} succeeded)"),
+        mib(prog_peak),
+        "".into(),
+        format!(
+            "after: {:.1} (VmHWM {:.1})",
+            mib(after_real.rss_kib),
+            mib(after_real.hwm_kib)
+        ),
+    );
+    row(
+        &mut t,
+        "its aider children",
+        "peak while running",
+        mib(aider_peak),
+        "".into(),
+        format!("up to {aider_procs} processes (python); not part of the pool target"),
+    );
+    row(
+        &mut t,
+        "pool 10 + 1",
+        "idle",
+        mib(idle.total_rss_kib()),
+        format!("{:.1}", mib(idle.total_pss_kib())),
+        format!(
+            "target ≤ {TARGET_MB} MB: RSS {}, PSS {}; private (RssAnon) {:.1} MiB",
+            verdict_le(mib(idle.total_rss_kib()), TARGET_MB),
+            verdict_le(mib(idle.total_pss_kib()), TARGET_MB),
+            mib(idle.manager.anon_kib + idle.programmers_anon_kib)
+        ),
+    );
+    row(
+        &mut t,
+        "pool 10 + 1",
+        "peak under dry-run load",
         mib(dry_peak.manager.rss_kib + dry_peak.programmers_rss_kib),
-        format!("{:.1}", mib(dry_peak.manager.pss_kib + dry_peak.programmers_pss_kib)), String::new());
+        format!(
+            "{:.1}",
+            mib(dry_peak.manager.pss_kib + dry_peak.programmers_pss_kib)
+        ),
+        String::new(),
+    );
     let markdown = format!(
         "### Memory\n\nReal `pas` processes (the build under test), RSS from `/proc/PID/status`, PSS \
          from `/proc/PID/smaps_rollup` (shared pages split between the processes mapping them). \

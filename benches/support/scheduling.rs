@@ -224,7 +224,9 @@ pub async fn simulate(kind: StrategyKind, seed: u64, jobs: &[Job], shape: Shape)
             .iter()
             .flat_map(|p| p.running.iter().map(|r| r.1))
             .fold(f64::INFINITY, f64::min);
-        let next_arr = jobs.get(next_arrival).map_or(f64::INFINITY, |j| j.arrival_s);
+        let next_arr = jobs
+            .get(next_arrival)
+            .map_or(f64::INFINITY, |j| j.arrival_s);
         let next = next_end.min(next_arr);
         if !next.is_finite() {
             break;

@@ -17,7 +17,7 @@ use serde_json::json;
 use std::time::Duration;
 
 const SCRIPT: &str = "default:\n  chunk_chars: 4\n  chunk_delay_ms: 0\n";
-const FUNCTIONS: usize = 150;
+const FUNCTIONS: usize = 60;
 
 /// Figures of one run.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -98,7 +98,12 @@ pub fn run(rounds: usize) -> anyhow::Result<Section> {
             format!("{:.0}–{:.0}", ev.min, ev.max),
             format!(
                 "{:.1}",
-                Dist::of(&rs.iter().map(|r| r.bytes_per_s / 1024.0).collect::<Vec<_>>()).p50
+                Dist::of(
+                    &rs.iter()
+                        .map(|r| r.bytes_per_s / 1024.0)
+                        .collect::<Vec<_>>()
+                )
+                .p50
             ),
             format!(
                 "{:.2}",
@@ -114,10 +119,7 @@ pub fn run(rounds: usize) -> anyhow::Result<Section> {
          (min {:.2}×, max {:.2}×, {} rounds). The event rate is bounded by aider (one Python \
          process printing each delta) and by how the programmer's pipe reads coalesce deltas, not \
          by the relay.\n\n{t}\n",
-        rd.p50,
-        rd.min,
-        rd.max,
-        rd.n
+        rd.p50, rd.min, rd.max, rd.n
     );
     let json = json!({
         "runs": rates,
