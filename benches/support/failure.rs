@@ -63,10 +63,12 @@ pub fn run(trials: usize) -> anyhow::Result<Section> {
         .iter()
         .filter(|t| t.result == "TASK_STATE_SUCCEEDED")
         .count();
-    let errors: std::collections::BTreeSet<&str> = results
+    // One line per kind of error: the task ids differ, the message does not.
+    let errors: std::collections::BTreeSet<String> = results
         .iter()
-        .filter(|t| t.result != "TASK_STATE_SUCCEEDED")
-        .map(|t| t.error.as_str())
+        .enumerate()
+        .filter(|(_, t)| t.result != "TASK_STATE_SUCCEEDED")
+        .map(|(i, t)| t.error.replace(&task_id(i + 1), "<task>"))
         .collect();
     let outcome = if errors.is_empty() {
         format!(
@@ -163,7 +165,7 @@ async fn trials_on_a_pool(trials: usize) -> anyhow::Result<Vec<Trial>> {
         let before = count_doomed(&pool).await?;
         let mut dc = c.clone();
         let req = DispatchRequest {
-            task_id: format!("failure-{trial}-{}", std::process::id()),
+            task_id: task_id(trial),
             task_description: "Add docstrings to all functions".into(),
             files: vec!["src/module.py".into()],
             workspace: "sample".into(),
@@ -273,6 +275,11 @@ async fn trials_on_a_pool(trials: usize) -> anyhow::Result<Vec<Trial>> {
         doomed = pool.start_programmer("001");
     }
     Ok(out)
+}
+
+/// The task id of trial `n` (unique per bench process, so reruns on a kept repo do not collide).
+fn task_id(n: usize) -> String {
+    format!("failure-{n}-{}", std::process::id())
 }
 
 /// Wall-clock time (ms since the epoch) of the first "programmer unavailable" line for `id` in
