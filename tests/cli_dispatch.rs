@@ -1,585 +1,719 @@
-//! `pas dispatch` as a user runs it: the real binary against a scripted `pas.v1.ProgrammerPool`
-//! server on 127.0.0.1 (port 0). The script is chosen by the task description, so each test
-//! controls exactly which events, results and errors the command sees.
+//! `pas dispatch` as a user runs it, against a real pool: the real `pas manager` in front of real
+//! `pas programmer`s that run the real Aider CLI on a real git repository, with the project's LLM
+//! simulator standing in for the providers. Nothing is scripted but the simulator's faults.
+//!
+//! One pool serves every case; each case routes to its own programmer by capability, so the
+//! cases run concurrently and each sees exactly the model behaviour it needs:
+//!
+//! | programmer | capability | simulated models                          | cases                         |
+//! |------------|------------|-------------------------------------------|-------------------------------|
+//! | 001        | `flaky`    | primary HTTP 500, backup answers          | success (plain) + `--json`    |
+//! | 002        | `doomed`   | primary and backup HTTP 500               | failed                        |
+//! | 003        | `hang`     | both never answer                         | timed out (`--timeout 2`)     |
+//! | 004        | `slow`     | both answer after 15 s                    | Ctrl-C; the manager dying     |
+//! | 005        | `tty`      | primary HTTP 500, backup answers          | the spinner on a pty          |
+//! | 006        | `premium`  | paid, `max_cost_per_job_usd` over budget  | dry run, idempotency, budget  |
+//!
+//! Needs the aider venv: the harness FAILS with a clear message when it is missing.
 
-use pas::contract::v1::programmer_pool_server::{ProgrammerPool, ProgrammerPoolServer};
-use pas::contract::v1::{
-    Assigned, Attempt, CancelTaskRequest, CancelTaskResponse, DispatchRequest, ErrorClass,
-    Failover, GetPoolStatusRequest, GetTaskRequest, Output, PoolStatus, Queued, Rerouted, Strategy,
-    TaskEvent, TaskRecord, TaskResult, TaskState, task_event::Kind,
-};
-use std::pin::Pin;
+mod common;
+
+use common::pool::{ChildGuard, PoolOptions, TestPool, TestProgrammer};
+use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
+use pas::contract::v1::{GetTaskRequest, TaskRecord, TaskState};
+use std::future::Future;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::sync::{Notify, mpsc};
-use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout};
 
-const PAS: &str = env!("CARGO_BIN_EXE_pas");
+/// How long one real task may take on a loaded 2-core machine (aider starts in 4–13 s).
+const TASK_LIMIT: Duration = Duration::from_secs(240);
 
-const DIFF: &str = "diff --git a/a.py b/a.py\n--- a/a.py\n+++ b/a.py\n@@ -1 +1,2 @@\n+\"\"\"Docs.\"\"\"\n def f(): pass\n";
+/// The simulator's behaviour per model (see the table above).
+const SIM_SCRIPT: &str = r#"
+rules:
+  - model: "primary-001"
+    fault: http_500
+  - model: "primary-002"
+    fault: http_500
+  - model: "backup-002"
+    fault: http_500
+  - model: "*-003"
+    fault: hang
+  - model: "*-004"
+    latency_ms: 15000
+  - model: "primary-005"
+    fault: http_500
+default:
+  fault: none
+"#;
 
-#[derive(Default)]
-struct Recorded {
-    requests: Vec<DispatchRequest>,
-    cancels: Vec<String>,
+const TASK: &str = "Add docstrings to all functions";
+
+/// The running pool shared by every case.
+struct Fixture {
+    pool: TestPool,
+    programmers: Vec<ChildGuard>,
+    /// Taken (and killed) by the last case.
+    manager: Mutex<Option<ChildGuard>>,
 }
 
-#[derive(Clone, Default)]
-struct FakePool {
-    recorded: Arc<Mutex<Recorded>>,
-    cancelled: Arc<Notify>,
-}
+impl Fixture {
+    async fn start() -> Fixture {
+        let free = |id: &str, capability: &str| TestProgrammer {
+            capabilities: vec![capability.into()],
+            ..TestProgrammer::free(id)
+        };
+        let premium = TestProgrammer {
+            // More than the whole day's budget: a real task can never be afforded.
+            max_cost_per_job_usd: Some(100.0),
+            ..TestProgrammer::paid("006")
+        };
+        let options = PoolOptions {
+            programmers: vec![
+                free("001", "flaky"),
+                free("002", "doomed"),
+                free("003", "hang"),
+                free("004", "slow"),
+                free("005", "tty"),
+                premium,
+            ],
+            // Every flaky task fails over (the breaker never opens); a task makes at most two
+            // attempts: primary, then backup.
+            failure_threshold: 100,
+            max_retries: 1,
+            ..PoolOptions::default()
+        };
+        let pool = TestPool::with_sim(options, common::Sim::start_with_script(SIM_SCRIPT));
+        pool.repo(
+            "sample",
+            &[
+                ("src/module.py", common::pool::SAMPLE_MODULE),
+                ("README.md", "# sample\n"),
+            ],
+        );
+        let mut procs = pool.start_all();
+        let manager = procs.pop();
+        let fixture = Fixture {
+            pool,
+            programmers: procs,
+            manager: Mutex::new(manager),
+        };
+        fixture
+            .pool
+            .wait_manager_status(Duration::from_secs(60), "6 programmers available", |s| {
+                s["available"] == 6
+            })
+            .await;
+        fixture
+    }
 
-fn event(task_id: &str, seq: u64, kind: Kind) -> Result<TaskEvent, Status> {
-    Ok(TaskEvent {
-        task_id: task_id.to_string(),
-        seq,
-        timestamp_ms: 1_700_000_000_000 + seq as i64,
-        kind: Some(kind),
-    })
-}
+    /// `pas --config POOL dispatch ARGS…`, stdout and stderr piped (so: plain mode).
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::from(self.pool.pas_command(&["dispatch"]));
+        cmd.args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
 
-fn assigned() -> Kind {
-    Kind::Assigned(Assigned {
-        programmer_id: "003".into(),
-        llm: "ollama/qwen2.5-coder:7b-instruct".into(),
-        using_backup: false,
-        strategy: "least_loaded".into(),
-        dispatch_attempt: 1,
-    })
-}
-
-fn output(text: &str) -> Kind {
-    Kind::Output(Output {
-        text: text.into(),
-        stream: "stdout".into(),
-        attempt: 1,
-    })
-}
-
-fn result(status: TaskState, error: ErrorClass, message: &str) -> Kind {
-    let ok = status == TaskState::Succeeded;
-    Kind::Result(TaskResult {
-        status: status as i32,
-        programmer_id: "003".into(),
-        llm_used: "ollama/qwen2.5-coder:14b-instruct".into(),
-        used_backup: true,
-        files_changed: if ok { vec!["a.py".into()] } else { vec![] },
-        diff: if ok { DIFF.into() } else { String::new() },
-        branch: if ok {
-            "pas/task-1".into()
-        } else {
-            String::new()
-        },
-        commit: if ok {
-            "0123456789abcdef0123".into()
-        } else {
-            String::new()
-        },
-        base_commit: "fedcba9876543210fedc".into(),
-        tokens_sent: 1200,
-        tokens_received: 80,
-        cost_usd: 0.0,
-        duration_ms: 4200,
-        error_class: error as i32,
-        error_message: message.into(),
-        attempts: vec![Attempt {
-            number: 1,
-            llm: "ollama/qwen2.5-coder:7b-instruct".into(),
-            backup: false,
-            error_class: ErrorClass::ApiError as i32,
-            error_message: "litellm.APIConnectionError: connection refused".into(),
-            duration_ms: 900,
-            ..Default::default()
-        }],
-        dry_run: false,
-    })
-}
-
-type EventStream = Pin<Box<dyn Stream<Item = Result<TaskEvent, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl ProgrammerPool for FakePool {
-    type DispatchStream = EventStream;
-
-    async fn dispatch(
-        &self,
-        request: Request<DispatchRequest>,
-    ) -> Result<Response<EventStream>, Status> {
-        let req = request.into_inner();
-        self.recorded.lock().unwrap().requests.push(req.clone());
-        let id = req.task_id.clone();
-        let script = req.task_description.clone();
-        match script.as_str() {
-            "reject" => {
-                return Err(Status::invalid_argument(
-                    "files[0]: \"../x.py\" leaves the workspace",
-                ));
-            }
-            "impossible" => {
-                return Err(Status::failed_precondition(
-                    "no programmer has capability \"gpu\"",
-                ));
-            }
-            "full" => {
-                return Err(Status::resource_exhausted(
-                    "manager queue is full (100 tasks)",
-                ));
-            }
-            _ => {}
+    /// Runs `pas dispatch ARGS…` to the end.
+    async fn dispatch(&self, args: &[&str]) -> Run {
+        let out = tokio::time::timeout(TASK_LIMIT, self.command(args).output())
+            .await
+            .unwrap_or_else(|_| panic!("pas dispatch {args:?} did not finish in {TASK_LIMIT:?}"))
+            .expect("run pas dispatch");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
-        let (tx, rx) = mpsc::channel(16);
-        let cancelled = self.cancelled.clone();
-        tokio::spawn(async move {
-            let send = |seq, kind| {
-                let tx = tx.clone();
-                let id = id.clone();
-                async move {
-                    let _ = tx.send(event(&id, seq, kind)).await;
-                }
-            };
-            match script.as_str() {
-                "succeed" | "slow" => {
-                    let pause = Duration::from_millis(if script == "slow" { 700 } else { 20 });
-                    send(
-                        1,
-                        Kind::Queued(Queued {
-                            position: 1,
-                            queue: "manager".into(),
-                            reason: "all 1 programmers with capability fast are busy".into(),
-                        }),
-                    )
-                    .await;
-                    send(2, assigned()).await;
-                    tokio::time::sleep(pause).await;
-                    send(3, output("Aider v0.86.2\nMain model: ollama/qwen")).await;
-                    tokio::time::sleep(pause).await;
-                    send(4, output("2.5-coder:7b-instruct\n")).await;
-                    send(
-                        5,
-                        Kind::Failover(Failover {
-                            from_llm: "ollama/qwen2.5-coder:7b-instruct".into(),
-                            to_llm: "ollama/qwen2.5-coder:14b-instruct".into(),
-                            reason: "api_error: connection refused".into(),
-                            attempt: 2,
-                            error_class: ErrorClass::ApiError as i32,
-                        }),
-                    )
-                    .await;
-                    tokio::time::sleep(pause).await;
-                    send(
-                        6,
-                        Kind::Rerouted(Rerouted {
-                            from_programmer: "003".into(),
-                            to_programmer: "004".into(),
-                            reason: "stream broke".into(),
-                        }),
-                    )
-                    .await;
-                    send(7, output("Applied edit to a.py\n")).await;
-                    tokio::time::sleep(pause).await;
-                    send(8, result(TaskState::Succeeded, ErrorClass::None, "")).await;
-                }
-                "fail" => {
-                    send(1, assigned()).await;
-                    send(2, output("litellm.APIError: boom\n")).await;
-                    send(
-                        3,
-                        result(
-                            TaskState::Failed,
-                            ErrorClass::ApiError,
-                            "every attempt failed: api_error",
-                        ),
-                    )
-                    .await;
-                }
-                "timeout" => {
-                    send(1, assigned()).await;
-                    send(
-                        2,
-                        result(
-                            TaskState::TimedOut,
-                            ErrorClass::Deadline,
-                            "deadline of 1s passed",
-                        ),
-                    )
-                    .await;
-                }
-                "hang" => {
-                    send(1, assigned()).await;
-                    send(2, output("thinking...\n")).await;
-                    cancelled.notified().await;
-                    send(
-                        3,
-                        result(
-                            TaskState::Cancelled,
-                            ErrorClass::Cancelled,
-                            "cancelled by the caller",
-                        ),
-                    )
-                    .await;
-                }
-                "no-result" => {
-                    send(1, assigned()).await;
-                }
-                other => {
-                    let _ = tx
-                        .send(Err(Status::internal(format!("no script {other:?}"))))
-                        .await;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn get_pool_status(
-        &self,
-        _: Request<GetPoolStatusRequest>,
-    ) -> Result<Response<PoolStatus>, Status> {
-        Err(Status::unimplemented("not scripted"))
+    async fn client(&self) -> ProgrammerPoolClient<tonic::transport::Channel> {
+        ProgrammerPoolClient::connect(self.pool.manager_url())
+            .await
+            .expect("connect to the manager")
     }
 
-    async fn cancel_task(
-        &self,
-        request: Request<CancelTaskRequest>,
-    ) -> Result<Response<CancelTaskResponse>, Status> {
-        let task_id = request.into_inner().task_id;
-        self.recorded.lock().unwrap().cancels.push(task_id.clone());
-        self.cancelled.notify_one();
-        Ok(Response::new(CancelTaskResponse {
-            task_id: task_id.clone(),
-            cancelled: true,
-            previous_state: TaskState::Running as i32,
-            message: format!("task {task_id} is being cancelled"),
-        }))
+    /// The manager's record of `task_id`.
+    async fn record(&self, task_id: &str) -> Result<TaskRecord, tonic::Status> {
+        self.client()
+            .await
+            .get_task(GetTaskRequest {
+                task_id: task_id.into(),
+            })
+            .await
+            .map(|r| r.into_inner())
     }
 
-    async fn get_task(&self, _: Request<GetTaskRequest>) -> Result<Response<TaskRecord>, Status> {
-        Err(Status::unimplemented("not scripted"))
+    fn sample(&self) -> std::path::PathBuf {
+        self.pool.workspace_root.join("sample")
+    }
+
+    /// Every process's log, for the failure message.
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        let manager = self.manager.lock().unwrap_or_else(|p| p.into_inner());
+        for p in self.programmers.iter().chain(manager.as_ref()) {
+            out.push_str(&format!("--- {} ---\n{}\n", p.name, p.log_text()));
+        }
+        out.push_str(&format!("--- llm-sim ---\n{}\n", self.pool.sim.log_text()));
+        out
     }
 }
 
-/// Starts the fake manager on 127.0.0.1:0; returns it and its address.
-async fn start_fake() -> (FakePool, String) {
-    let fake = FakePool::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let service = ProgrammerPoolServer::new(fake.clone());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(incoming),
-    );
-    (fake, addr)
-}
-
+#[derive(Debug)]
 struct Run {
     code: i32,
     stdout: String,
     stderr: String,
 }
 
-/// Runs `pas dispatch` with `args`, stdout and stderr piped (so: plain mode).
-async fn dispatch(addr: &str, args: &[&str]) -> Run {
-    let out = tokio::process::Command::new(PAS)
-        .arg("dispatch")
-        .args(["--manager", addr])
-        .args(args)
-        .stdin(Stdio::null())
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(60), out)
-        .await
-        .expect("pas dispatch did not finish within 60s")
-        .expect("cannot run pas");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_successful_task_streams_events_then_summary_and_diff() {
-    let (fake, addr) = start_fake().await;
-    let run = dispatch(
-        &addr,
-        &[
-            "succeed",
-            "--files",
-            "a.py",
-            "b.py",
-            "--workspace",
-            "demo",
-            "--capability",
-            "fast",
-            "--prefer-free",
-            "--strategy",
-            "capability_match",
-            "--run-id",
-            "run-7",
-            "--timeout",
-            "120",
-            "--base-ref",
-            "main",
-            "--task-id",
-            "my-task",
-        ],
-    )
-    .await;
-    assert_eq!(
-        run.code, 0,
-        "stdout:\n{}\nstderr:\n{}",
-        run.stdout, run.stderr
-    );
-    let expected_in_order = [
-        "==> queued: position 1 in the manager queue (all 1 programmers with capability fast are busy)",
-        "==> assigned to programmer 003: ollama/qwen2.5-coder:7b-instruct [strategy least_loaded]",
-        "Aider v0.86.2\nMain model: ollama/qwen2.5-coder:7b-instruct\n",
-        "==> failover: ollama/qwen2.5-coder:7b-instruct → ollama/qwen2.5-coder:14b-instruct (attempt 2): api_error: connection refused",
-        "==> rerouted: programmer 003 → 004: stream broke",
-        "Applied edit to a.py\n",
-        "── result ──\nstatus     succeeded\ntask       my-task\nprogrammer 003\nmodel      ollama/qwen2.5-coder:14b-instruct (backup)\nfiles      a.py\n",
-        "duration   4.2s\nbranch     pas/task-1\ncommit     0123456789abcdef0123 (from fedcba987654)\n",
-        "── diff ──\n",
-        DIFF,
-    ];
+/// Asserts `pieces` occur in `text` in this order.
+fn assert_in_order(text: &str, pieces: &[&str]) {
     let mut from = 0;
-    for piece in expected_in_order {
-        match run.stdout[from..].find(piece) {
+    for piece in pieces {
+        match text[from..].find(piece) {
             Some(at) => from += at + piece.len(),
-            None => panic!("missing (or out of order) {piece:?} in:\n{}", run.stdout),
+            None => panic!("missing (or out of order) {piece:?} in:\n{text}"),
         }
     }
-    assert!(
-        !run.stdout.contains('\x1b'),
-        "no colours when piped:\n{}",
-        run.stdout
-    );
-
-    let recorded = fake.recorded.lock().unwrap();
-    let req = &recorded.requests[0];
-    assert_eq!(req.task_description, "succeed");
-    assert_eq!(req.files, ["a.py", "b.py"]);
-    assert_eq!(req.workspace, "demo");
-    assert_eq!(req.capabilities, ["fast"]);
-    assert_eq!(req.prefer_free, Some(true));
-    assert_eq!(req.strategy, Strategy::CapabilityMatch as i32);
-    assert_eq!(req.run_id, "run-7");
-    assert_eq!(req.timeout_s, 120);
-    assert_eq!(req.base_ref, "main");
-    assert_eq!(req.task_id, "my-task");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn failed_and_timed_out_tasks_exit_1_with_the_error() {
-    let (_fake, addr) = start_fake().await;
-    let run = dispatch(&addr, &["fail", "--files", "a.py", "--workspace", "demo"]).await;
-    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
-    assert!(run.stdout.contains("status     failed"), "{}", run.stdout);
-    assert!(
-        run.stdout
-            .contains("error      api_error: every attempt failed: api_error"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout.contains("files      none changed"),
-        "{}",
-        run.stdout
-    );
-    assert!(!run.stdout.contains("── diff ──"), "{}", run.stdout);
-
-    let run = dispatch(
-        &addr,
-        &["timeout", "--files", "a.py", "--workspace", "demo"],
-    )
+/// Reads lines from a child's stdout into `seen` until one satisfies `stop` (within
+/// [`TASK_LIMIT`]); panics when the stream ends first.
+async fn read_until(
+    lines: &mut Lines<BufReader<ChildStdout>>,
+    seen: &mut String,
+    stop: impl Fn(&str) -> bool,
+) {
+    let found = tokio::time::timeout(TASK_LIMIT, async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            seen.push_str(&line);
+            seen.push('\n');
+            if stop(&line) {
+                return true;
+            }
+        }
+        false
+    })
     .await;
-    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    match found {
+        Ok(true) => {}
+        Ok(false) => panic!("the stream ended early:\n{seen}"),
+        Err(_) => panic!("nothing expected within {TASK_LIMIT:?}:\n{seen}"),
+    }
+}
+
+/// Reads the rest of a child's stdout and waits for it; returns its exit code and stderr.
+async fn finish(
+    mut child: Child,
+    mut lines: Lines<BufReader<ChildStdout>>,
+    seen: &mut String,
+) -> (i32, String) {
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let read_err = async {
+        let mut text = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await;
+        text
+    };
+    let read_out = async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+    };
+    let ((), err) = tokio::time::timeout(TASK_LIMIT, async { tokio::join!(read_out, read_err) })
+        .await
+        .unwrap_or_else(|_| panic!("pas dispatch did not end:\n{seen}"));
+    let status = child.wait().await.expect("wait for pas dispatch");
+    (status.code().unwrap_or(-1), err)
+}
+
+fn spawn_lines(mut cmd: tokio::process::Command) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut child = cmd.spawn().expect("spawn pas dispatch");
+    let stdout = child.stdout.take().expect("piped stdout");
+    (child, BufReader::new(stdout).lines())
+}
+
+fn sigint(child: &Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id().expect("running child") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The test
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pas_dispatch_against_a_real_pool() {
+    let fx = Arc::new(Fixture::start().await);
+    let mut cases: Vec<(&str, tokio::task::JoinHandle<()>)> = Vec::new();
+    let mut spawn = |name, case: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>| {
+        cases.push((name, tokio::spawn(case)));
+    };
+    spawn(
+        "a successful task and its --json twin",
+        Box::pin(success_plain_and_json(fx.clone())),
+    );
+    spawn("a failed task", Box::pin(failed_task_exits_1(fx.clone())));
+    spawn(
+        "a timed-out task",
+        Box::pin(timed_out_task_exits_1(fx.clone())),
+    );
+    spawn(
+        "rejected requests",
+        Box::pin(rejected_requests_exit_2(fx.clone())),
+    );
+    spawn(
+        "bad command lines",
+        Box::pin(bad_command_lines_exit_2_before_calling_anyone(fx.clone())),
+    );
+    spawn("Ctrl-C", Box::pin(ctrl_c_cancels_the_task(fx.clone())));
+    spawn(
+        "the spinner on a pty",
+        Box::pin(spinner_on_a_terminal(fx.clone())),
+    );
+    let mut failures = Vec::new();
+    for (name, handle) in cases {
+        if let Err(e) = handle.await {
+            failures.push(format!("{name}: {e}"));
+        }
+    }
+    // Last, since it stops the manager: a stream that breaks, then nobody to call.
+    if let Err(e) = tokio::spawn(manager_gone_exits_1(fx.clone())).await {
+        failures.push(format!("the manager dying: {e}"));
+    }
     assert!(
-        run.stdout.contains("status     timed_out"),
-        "{}",
-        run.stdout
+        failures.is_empty(),
+        "{} case(s) failed (their panics are printed above):\n{}\n\n{}",
+        failures.len(),
+        failures.join("\n"),
+        fx.logs()
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn rejected_requests_exit_2_and_print_the_status_message() {
-    let (_fake, addr) = start_fake().await;
-    let run = dispatch(
-        &addr,
-        &["reject", "--files", "../x.py", "--workspace", "demo"],
-    )
+// ---------------------------------------------------------------------------------------------
+// Cases
+// ---------------------------------------------------------------------------------------------
+
+/// `j1` (`--json`) starts on 001; `my-task` (plain, every request flag) is sent while `j1` runs,
+/// so it waits in 001's queue first. Both fail over from the primary (HTTP 500) to the backup and
+/// succeed with a real commit.
+async fn success_plain_and_json(fx: Arc<Fixture>) {
+    let repo = fx.sample();
+    let base = common::git_head(&repo);
+    let (json_child, mut json_lines) = spawn_lines(fx.command(&[
+        TASK,
+        "--files",
+        "src/module.py",
+        "README.md",
+        "--workspace",
+        "sample",
+        "--capability",
+        "flaky",
+        "--json",
+        "--task-id",
+        "j1",
+    ]));
+    let mut json_text = String::new();
+    read_until(&mut json_lines, &mut json_text, |l| {
+        l.contains(r#""type":"assigned""#)
+    })
     .await;
-    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
-    assert!(
-        run.stderr
-            .contains("INVALID_ARGUMENT: files[0]: \"../x.py\" leaves the workspace"),
-        "{}",
-        run.stderr
+
+    let plain = fx.dispatch(&[
+        TASK,
+        "--files",
+        "src/module.py",
+        "README.md",
+        "--workspace",
+        "sample",
+        "--capability",
+        "flaky",
+        "--prefer-free",
+        "--strategy",
+        "capability_match",
+        "--run-id",
+        "run-7",
+        "--timeout",
+        "200",
+        "--base-ref",
+        "main",
+        "--task-id",
+        "my-task",
+    ]);
+    let (plain, (json_code, json_err)) =
+        tokio::join!(plain, finish(json_child, json_lines, &mut json_text));
+
+    // ---- plain ----
+    assert_eq!(plain.code, 0, "{plain}");
+    let commit = common::git(&repo, &["rev-parse", "refs/heads/pas/my-task"]);
+    let commit = commit.trim();
+    let diff = common::git(&repo, &["diff", &base, commit]);
+    assert!(diff.contains("+    \"\"\"Add.\"\"\""), "{diff}");
+    let cost_and_duration = "cost       $0.0000 (";
+    let branch_and_commit = format!(
+        "branch     pas/my-task\ncommit     {commit} (from {})\n",
+        &base[..12]
     );
-    let run = dispatch(
-        &addr,
-        &["impossible", "--workspace", "demo", "--capability", "gpu"],
-    )
-    .await;
-    assert_eq!(run.code, 2, "{}", run.stderr);
-    assert!(run.stderr.contains("FAILED_PRECONDITION"), "{}", run.stderr);
-    let run = dispatch(&addr, &["full", "--workspace", "demo"]).await;
-    assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(
-        run.stderr
-            .contains("RESOURCE_EXHAUSTED: manager queue is full"),
-        "{}",
-        run.stderr
+    assert_in_order(
+        &plain.stdout,
+        &[
+            "==> queued: position 1 in the programmer queue",
+            "==> assigned to programmer 001: ollama/primary-001 [strategy capability_match]\n",
+            "Added src/module.py to the chat.\n",
+            "litellm.APIConnectionError: ",
+            "==> failover: ollama/primary-001 → ollama/backup-001 (attempt 2): ",
+            "Added src/module.py to the chat.\n",
+            // Streamed in 16-character pieces, written as they come: one line again.
+            "I will apply \"Add docstrings to all functions\" to 2 file(s).\n",
+            "Applied edit to src/module.py\n",
+            "── result ──\nstatus     succeeded\ntask       my-task\nprogrammer 001\nmodel      ollama/backup-001 (backup)\nfiles      README.md, src/module.py\n",
+            cost_and_duration,
+            "\nduration   ",
+            &branch_and_commit,
+            "attempts   1. ollama/primary-001 — api_error: litellm.APIConnectionError: ",
+            "           2. ollama/backup-001 (backup) — ok (",
+            "── diff ──\n",
+        ],
     );
-}
+    assert!(
+        plain.stdout.ends_with(&format!("── diff ──\n{diff}")),
+        "the diff, last and complete:\n{plain}"
+    );
+    assert!(
+        !plain.stdout.contains("error      "),
+        "no error line for a success:\n{plain}"
+    );
+    assert!(
+        !plain.stdout.contains('\x1b'),
+        "no colours when piped:\n{plain}"
+    );
+    // The manager recorded the request as the flags said.
+    let record = fx.record("my-task").await.expect("GetTask my-task");
+    assert_eq!(record.state(), TaskState::Succeeded);
+    assert_eq!(record.task_description, TASK);
+    assert_eq!(record.files, ["src/module.py", "README.md"]);
+    assert_eq!(record.workspace, "sample");
+    assert_eq!(record.capabilities, ["flaky"]);
+    assert_eq!(record.run_id, "run-7");
+    assert_eq!(record.programmer_id, "001");
+    let result = record.result.expect("recorded result");
+    assert_eq!(result.commit, commit);
+    assert_eq!(result.base_commit, base, "--base-ref main");
 
-#[tokio::test(flavor = "multi_thread")]
-async fn bad_command_lines_exit_2_before_calling_anyone() {
-    let (fake, addr) = start_fake().await;
-    let run = dispatch(&addr, &["succeed", "--files", "a.py"]).await;
-    assert_eq!(run.code, 2, "missing --workspace: {}", run.stderr);
-    assert!(run.stderr.contains("--workspace"), "{}", run.stderr);
-    let run = dispatch(
-        &addr,
-        &["succeed", "--workspace", "w", "--strategy", "fastest"],
-    )
-    .await;
-    assert_eq!(run.code, 2, "{}", run.stderr);
-    assert!(fake.recorded.lock().unwrap().requests.is_empty());
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn an_unreachable_manager_or_a_stream_without_result_exits_1() {
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead = free.local_addr().unwrap().to_string();
-    drop(free);
-    let run = dispatch(&dead, &["succeed", "--workspace", "w"]).await;
-    assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(run.stderr.contains(&dead), "{}", run.stderr);
-
-    let (_fake, addr) = start_fake().await;
-    let run = dispatch(&addr, &["no-result", "--workspace", "w"]).await;
-    assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(run.stderr.contains("without a result"), "{}", run.stderr);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn json_mode_prints_one_object_per_event_then_the_result() {
-    let (_fake, addr) = start_fake().await;
-    let run = dispatch(
-        &addr,
-        &["succeed", "--workspace", "w", "--json", "--task-id", "j1"],
-    )
-    .await;
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let values: Vec<serde_json::Value> = run
-        .stdout
+    // ---- json ----
+    assert_eq!(json_code, 0, "{json_text}\n{json_err}");
+    let values: Vec<serde_json::Value> = json_text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
-    let types: Vec<&str> = values.iter().map(|v| v["type"].as_str().unwrap()).collect();
-    assert_eq!(
-        types,
-        [
-            "queued", "assigned", "output", "output", "failover", "rerouted", "output", "result"
-        ]
+    let types: Vec<&str> = values
+        .iter()
+        .map(|v| v["type"].as_str().expect("type"))
+        .collect();
+    assert_eq!(types.first(), Some(&"assigned"), "{types:?}");
+    assert_eq!(types.last(), Some(&"result"), "{types:?}");
+    assert_eq!(types.iter().filter(|t| **t == "result").count(), 1);
+    assert_eq!(types.iter().filter(|t| **t == "failover").count(), 1);
+    let failover_at = types.iter().position(|t| *t == "failover").unwrap_or(0);
+    assert!(
+        types[1..failover_at].contains(&"output") && types[failover_at..].contains(&"output"),
+        "output before and after the failover: {types:?}"
     );
-    let seqs: Vec<u64> = values.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (1..=8).collect::<Vec<u64>>());
-    assert!(values.iter().all(|v| v["task_id"] == "j1"));
-    let result = values.last().unwrap();
-    assert_eq!(result["status"], "succeeded");
-    assert_eq!(result["diff"], DIFF);
+    let seqs: Vec<u64> = values
+        .iter()
+        .map(|v| v["seq"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(seqs, (1..=values.len() as u64).collect::<Vec<u64>>());
+    assert!(values.iter().all(|v| v["task_id"] == "j1"), "{json_text}");
+    let failover = &values[failover_at];
+    assert_eq!(failover["from_llm"], "ollama/primary-001");
+    assert_eq!(failover["to_llm"], "ollama/backup-001");
+    assert_eq!(failover["attempt"], 2);
+    assert_eq!(failover["error_class"], "api_error");
+    let output: String = values
+        .iter()
+        .filter(|v| v["type"] == "output")
+        .map(|v| v["text"].as_str().unwrap_or(""))
+        .collect();
+    assert!(
+        output.contains("Applied edit to src/module.py\n"),
+        "{output}"
+    );
+    let result = values.last().expect("result");
+    assert_eq!(result["status"], "succeeded", "{result}");
+    assert_eq!(result["programmer_id"], "001");
+    assert_eq!(result["llm_used"], "ollama/backup-001");
+    assert_eq!(result["used_backup"], true);
+    assert_eq!(result["branch"], "pas/j1");
+    assert_eq!(result["base_commit"], base.as_str());
     assert_eq!(result["attempts"][0]["error_class"], "api_error");
-    assert_eq!(values[4]["to_llm"], "ollama/qwen2.5-coder:14b-instruct");
+    assert_eq!(result["attempts"][1]["error_class"], "none");
+    let j1_commit = result["commit"].as_str().expect("commit");
+    assert_eq!(
+        result["diff"].as_str(),
+        Some(common::git(&repo, &["diff", &base, j1_commit]).as_str()),
+        "the result's diff is the commit's"
+    );
+}
 
-    let run = dispatch(&addr, &["reject", "--workspace", "w", "--json"]).await;
-    assert_eq!(run.code, 2);
-    let error: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+/// 002's primary and backup both fail: exit 1, the error, nothing changed.
+async fn failed_task_exits_1(fx: Arc<Fixture>) {
+    let run = fx
+        .dispatch(&[
+            TASK,
+            "--files",
+            "src/module.py",
+            "--workspace",
+            "sample",
+            "--capability",
+            "doomed",
+        ])
+        .await;
+    assert_eq!(run.code, 1, "{run}");
+    assert_in_order(
+        &run.stdout,
+        &[
+            "==> assigned to programmer 002: ollama/primary-002",
+            "==> failover: ollama/primary-002 → ollama/backup-002 (attempt 2)",
+            "── result ──\nstatus     failed\n",
+            "files      none changed\n",
+            "attempts   1. ollama/primary-002 — api_error: ",
+            "           2. ollama/backup-002 (backup) — api_error: ",
+            "error      api_error: ",
+        ],
+    );
+    assert!(!run.stdout.contains("── diff ──"), "{run}");
+}
+
+/// `--timeout 2` on a model that never answers: the deadline ends the task; exit 1.
+async fn timed_out_task_exits_1(fx: Arc<Fixture>) {
+    let run = fx
+        .dispatch(&[
+            TASK,
+            "--files",
+            "src/module.py",
+            "--workspace",
+            "sample",
+            "--capability",
+            "hang",
+            "--timeout",
+            "2",
+        ])
+        .await;
+    assert_eq!(run.code, 1, "{run}");
+    assert_in_order(
+        &run.stdout,
+        &[
+            "==> assigned to programmer 003: ollama/primary-003",
+            "── result ──\nstatus     timed_out\n",
+            "files      none changed\n",
+            "error      deadline: ",
+        ],
+    );
+}
+
+/// Requests the manager refuses exit 2 with its status message (1 for RESOURCE_EXHAUSTED).
+async fn rejected_requests_exit_2(fx: Arc<Fixture>) {
+    let run = fx
+        .dispatch(&["x", "--files", "../x.py", "--workspace", "sample"])
+        .await;
+    assert_eq!(run.code, 2, "{run}");
+    assert!(
+        run.stderr.contains("error: INVALID_ARGUMENT: files[0]: ")
+            && run.stderr.contains("../x.py"),
+        "{run}"
+    );
+
+    let run = fx
+        .dispatch(&["x", "--workspace", "sample", "--capability", "gpu"])
+        .await;
+    assert_eq!(run.code, 2, "{run}");
+    assert!(
+        run.stderr
+            .contains("error: FAILED_PRECONDITION: capabilities: ")
+            && run.stderr.contains("[gpu]"),
+        "{run}"
+    );
+
+    // A dry run is routed (to the only premium programmer) but nothing runs.
+    let dry = [
+        "dry",
+        "--workspace",
+        "sample",
+        "--capability",
+        "premium",
+        "--dry-run",
+    ];
+    let run = fx
+        .dispatch(&[&dry[..], &["--task-id", "dup"]].concat())
+        .await;
+    assert_eq!(run.code, 0, "{run}");
+    assert_in_order(
+        &run.stdout,
+        &[
+            "==> assigned to programmer 006: openai/gpt-4o",
+            "── result ──\nstatus     succeeded\ntask       dup\nprogrammer 006\n",
+            "dry run    validated and routed; aider was not run\n",
+        ],
+    );
+    // The same id and request again: the recorded result, once more.
+    let again = fx
+        .dispatch(&[&dry[..], &["--task-id", "dup"]].concat())
+        .await;
+    assert_eq!(again.code, 0, "{again}");
+    assert!(
+        again
+            .stdout
+            .contains("status     succeeded\ntask       dup\nprogrammer 006\n"),
+        "{again}"
+    );
+    // The same id for another request: refused.
+    let run = fx
+        .dispatch(&[
+            "other",
+            "--workspace",
+            "sample",
+            "--dry-run",
+            "--task-id",
+            "dup",
+        ])
+        .await;
+    assert_eq!(run.code, 2, "{run}");
+    assert!(
+        run.stderr.contains(
+            "error: ALREADY_EXISTS: task_id: \"dup\" is already used by a different request"
+        ),
+        "{run}"
+    );
+
+    // Only a programmer the day's budget cannot cover holds "premium": refused up front, exit 1.
+    let run = fx
+        .dispatch(&["x", "--workspace", "sample", "--capability", "premium"])
+        .await;
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.stderr
+            .contains("error: RESOURCE_EXHAUSTED: daily budget exhausted"),
+        "{run}"
+    );
+
+    // In JSON mode the refusal is a JSON object on stdout.
+    let run = fx
+        .dispatch(&["x", "--files", "../x.py", "--workspace", "sample", "--json"])
+        .await;
+    assert_eq!(run.code, 2, "{run}");
+    let error: serde_json::Value =
+        serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {run}"));
     assert_eq!(error["type"], "error");
     assert_eq!(error["code"], "INVALID_ARGUMENT");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("files[0]: ")),
+        "{error}"
+    );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn ctrl_c_cancels_the_task_on_the_server_and_exits_130() {
-    let (fake, addr) = start_fake().await;
-    let mut child = tokio::process::Command::new(PAS)
-        .args([
-            "dispatch",
-            "--manager",
-            &addr,
-            "hang",
+/// A command line clap refuses exits 2, and the manager never hears of the task.
+async fn bad_command_lines_exit_2_before_calling_anyone(fx: Arc<Fixture>) {
+    let run = fx
+        .dispatch(&["x", "--files", "a.py", "--task-id", "bad-1"])
+        .await;
+    assert_eq!(run.code, 2, "missing --workspace: {run}");
+    assert!(run.stderr.contains("--workspace"), "{run}");
+    let run = fx
+        .dispatch(&[
+            "x",
             "--workspace",
-            "w",
+            "sample",
+            "--strategy",
+            "fastest",
             "--task-id",
-            "c1",
+            "bad-2",
         ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut seen = String::new();
-    // Wait until the task runs: its output has arrived.
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            seen.push_str(&line);
-            seen.push('\n');
-            if line == "thinking..." {
-                return;
-            }
-        }
-        panic!("stream ended early:\n{seen}");
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no output within 30s:\n{seen}"));
-    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    while let Some(line) = lines.next_line().await.unwrap() {
-        seen.push_str(&line);
-        seen.push('\n');
+        .await;
+    assert_eq!(run.code, 2, "{run}");
+    assert!(run.stderr.contains("fastest"), "{run}");
+    for id in ["bad-1", "bad-2"] {
+        let err = fx.record(id).await.expect_err("never sent");
+        assert_eq!(err.code(), tonic::Code::NotFound, "{id}: {err:?}");
     }
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(130), "{seen}");
-    assert_eq!(fake.recorded.lock().unwrap().cancels, ["c1"]);
-    assert!(seen.contains("==> cancelling task c1"), "{seen}");
-    assert!(seen.contains("status     cancelled"), "{seen}");
 }
 
-/// Runs `pas dispatch` on a pseudo-terminal and returns everything it drew.
-fn dispatch_on_pty(addr: &str, args: &[&str]) -> (i32, String) {
+/// SIGINT while aider waits for the (slow) model: the task is cancelled on the server.
+async fn ctrl_c_cancels_the_task(fx: Arc<Fixture>) {
+    let (child, mut lines) = spawn_lines(fx.command(&[
+        TASK,
+        "--files",
+        "src/module.py",
+        "--workspace",
+        "sample",
+        "--capability",
+        "slow",
+        "--task-id",
+        "c1",
+    ]));
+    let mut seen = String::new();
+    // Aider is up and about to ask the model, which takes 15 s to answer.
+    read_until(&mut lines, &mut seen, |l| {
+        l == "Added src/module.py to the chat."
+    })
+    .await;
+    sigint(&child);
+    let (code, stderr) = finish(child, lines, &mut seen).await;
+    assert_eq!(code, 130, "{seen}\n{stderr}");
+    assert_in_order(
+        &seen,
+        &[
+            "==> assigned to programmer 004: ollama/primary-004",
+            "==> cancelling task c1",
+            "── result ──\nstatus     cancelled\ntask       c1\n",
+        ],
+    );
+    assert!(!seen.contains("Applied edit"), "{seen}");
+    let record = fx.record("c1").await.expect("GetTask c1");
+    assert_eq!(record.state(), TaskState::Cancelled, "{record:?}");
+}
+
+/// Runs `pas dispatch` on a pseudo-terminal and returns its exit code and everything it drew.
+fn dispatch_on_pty(mut cmd: std::process::Command) -> (i32, String) {
     use nix::pty::{Winsize, openpty};
     use std::io::Read;
     let size = Winsize {
         ws_row: 40,
-        ws_col: 120,
+        ws_col: 200,
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
-    let pty = openpty(Some(&size), None).unwrap();
+    let pty = openpty(Some(&size), None).expect("openpty");
     let slave = std::fs::File::from(pty.slave);
-    let mut child = std::process::Command::new(PAS)
-        .arg("dispatch")
-        .args(["--manager", addr])
-        .args(args)
+    let mut child = cmd
         .env("TERM", "xterm-256color")
         .env_remove("NO_COLOR")
-        .stdin(Stdio::null())
-        .stdout(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().expect("dup pty"))
         .stderr(slave)
         .spawn()
-        .unwrap();
-    // The slave's copies now live in the child only, so reading ends (EIO) when it exits.
+        .expect("spawn pas dispatch");
+    // The command holds copies of the slave too: drop them, so that the child's are the only
+    // ones left and reading ends (EIO) when it exits.
+    drop(cmd);
     let mut master = std::fs::File::from(pty.master);
     let reader = std::thread::spawn(move || {
         let mut all = Vec::new();
@@ -592,32 +726,48 @@ fn dispatch_on_pty(addr: &str, args: &[&str]) -> (i32, String) {
         }
         String::from_utf8_lossy(&all).into_owned()
     });
-    let status = child.wait().unwrap();
-    let drawn = reader.join().unwrap();
+    // Kill it after TASK_LIMIT, so a stuck run fails the case instead of hanging the suite.
+    let deadline = std::time::Instant::now() + TASK_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for pas dispatch") {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            break child.wait().expect("wait for pas dispatch");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let drawn = reader.join().expect("pty reader");
     (status.code().unwrap_or(-1), drawn)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn on_a_terminal_a_spinner_shows_the_phase_and_elapsed_time() {
-    let (_fake, addr) = start_fake().await;
-    let drawn = tokio::task::spawn_blocking(move || {
-        dispatch_on_pty(&addr, &["slow", "--files", "a.py", "--workspace", "demo"])
-    });
-    let (code, drawn) = tokio::time::timeout(Duration::from_secs(60), drawn)
+/// On a terminal: a spinner naming the phase and counting seconds, output lines printed whole
+/// above it (aider streams the model's reply in pieces), a coloured summary and diff.
+async fn spinner_on_a_terminal(fx: Arc<Fixture>) {
+    let cmd = fx.pool.pas_command(&[
+        "dispatch",
+        TASK,
+        "--files",
+        "src/module.py",
+        "--workspace",
+        "sample",
+        "--capability",
+        "tty",
+    ]);
+    let (code, drawn) = tokio::task::spawn_blocking(move || dispatch_on_pty(cmd))
         .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(code, 0, "{drawn}");
-    // The spinner line names the phase and counts seconds while the task runs (~3 s).
+        .expect("pty thread");
+    assert_eq!(code, 0, "{drawn:?}");
     assert!(
-        drawn.contains("running on 003 · ollama/qwen2.5-coder:7b-instruct"),
+        drawn.contains("running on 005 · ollama/primary-005"),
         "{drawn:?}"
     );
     assert!(
-        drawn.contains("retrying on ollama/qwen2.5-coder:14b-instruct"),
+        drawn.contains("retrying on ollama/backup-005 (attempt 2)"),
         "{drawn:?}"
     );
-    let elapsed: Vec<&str> = ["[0s]", "[1s]", "[2s]"]
+    let elapsed: Vec<&str> = ["[0s]", "[1s]", "[2s]", "[3s]"]
         .into_iter()
         .filter(|s| drawn.contains(*s))
         .collect();
@@ -625,20 +775,59 @@ async fn on_a_terminal_a_spinner_shows_the_phase_and_elapsed_time() {
         elapsed.len() >= 2,
         "elapsed time not ticking: {elapsed:?} in {drawn:?}"
     );
-    // It is redrawn in place (cursor movement / line clearing), not printed line after line.
+    // Redrawn in place (line clearing / carriage return), not printed line after line.
     assert!(
-        drawn.contains("\x1b[2K") || drawn.contains("\r"),
+        drawn.contains("\x1b[2K") || drawn.contains('\r'),
         "{drawn:?}"
     );
-    // Output lines are printed whole above the spinner, in order; the summary is coloured.
+    // This line reaches `pas dispatch` in several output events (the simulator streams 16
+    // characters at a time); on a terminal it is printed whole.
+    let joined = "I will apply \"Add docstrings to all functions\" to 1 file(s).";
     let a = drawn
-        .find("Main model: ollama/qwen2.5-coder:7b-instruct")
-        .expect("joined output line");
-    let b = drawn
-        .find("Applied edit to a.py")
+        .find("Model: ollama/primary-005")
+        .expect("first attempt's output");
+    let b = drawn.find(joined).expect("a streamed line, printed whole");
+    let c = drawn
+        .find("Applied edit to src/module.py")
         .expect("last output line");
-    assert!(a < b);
+    assert!(a < b && b < c, "output in order: {drawn:?}");
     assert!(drawn.contains("\x1b["), "colours on a terminal");
     assert!(drawn.contains("── result ──"), "{drawn:?}");
-    assert!(drawn.contains("+\"\"\"Docs.\"\"\""), "{drawn:?}");
+    assert!(drawn.contains("+    \"\"\"Add.\"\"\""), "{drawn:?}");
+}
+
+/// The manager dies while a task runs: the stream breaks, exit 1; then it cannot be reached, exit 1.
+async fn manager_gone_exits_1(fx: Arc<Fixture>) {
+    let (child, mut lines) = spawn_lines(fx.command(&[
+        TASK,
+        "--files",
+        "src/module.py",
+        "--workspace",
+        "sample",
+        "--capability",
+        "slow",
+        "--task-id",
+        "orphan",
+    ]));
+    let mut seen = String::new();
+    read_until(&mut lines, &mut seen, |l| l.starts_with("==> assigned")).await;
+    let mut manager = fx
+        .manager
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .expect("the manager runs");
+    manager.kill();
+    let (code, stderr) = finish(child, lines, &mut seen).await;
+    assert_eq!(code, 1, "{seen}\n{stderr}");
+    assert!(stderr.starts_with("error: "), "{seen}\n{stderr}");
+    assert!(!seen.contains("── result ──"), "{seen}");
+
+    let addr = format!("127.0.0.1:{}", fx.pool.manager_port);
+    let run = fx.dispatch(&["x", "--workspace", "sample"]).await;
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.stderr.contains(&addr) && run.stderr.contains("pas up"),
+        "{run}"
+    );
 }

@@ -1,146 +1,54 @@
-//! `pas status` with the real binary against a stand-in manager on 127.0.0.1:0 that serves
-//! `GetPoolStatus` (gRPC) and `/programmer_pool/status` (HTTP JSON) on one port, as the manager does.
+//! `pas status` with the real binary against a real pool: the real `pas manager`, real
+//! programmers running the real Aider CLI, the LLM simulator for the providers.
+//!
+//! The pool: 001 (free, healthy), 002 (paid: its primary `openai/gpt-4o-mini` answers HTTP 500,
+//! its backup `openai/gpt-4o` works, `failure_threshold: 1`) and 003 (configured, never started).
+//! One real task on 002 fails over and opens 002's breaker for real, spends real (simulated) money
+//! past the alert threshold, and so makes the table show a programmer on its backup with an open
+//! circuit, an unavailable one, the day's spend, and two alerts. `--watch` is running meanwhile.
+//!
+//! Needs the aider venv: the harness FAILS with a clear message when it is missing.
 
-use pas::contract::v1::programmer_pool_server::{ProgrammerPool, ProgrammerPoolServer};
-use pas::contract::v1::{
-    Alert, Budget, CancelTaskRequest, CancelTaskResponse, CircuitState, DispatchRequest,
-    GetPoolStatusRequest, GetTaskRequest, PoolStatus, ProgrammerState, ProgrammerSummary,
-    TaskEvent, TaskRecord,
-};
-use std::pin::Pin;
+mod common;
+
+use common::pool::{PoolOptions, TestPool, TestProgrammer};
+use serde_json::Value;
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
-use tokio_stream::Stream;
-use tonic::{Request, Response, Status};
 
 const PAS: &str = env!("CARGO_BIN_EXE_pas");
 
-/// Answers a fixed pool whose 002 has its breaker open; counts the calls.
-#[derive(Clone, Default)]
-struct FakePool {
-    calls: Arc<AtomicU32>,
-}
+/// How long one real task may take on a loaded 2-core machine.
+const TASK_LIMIT: Duration = Duration::from_secs(240);
 
-fn pool_status(calls: u32) -> PoolStatus {
-    let programmer = |id: &str, port, open: bool| ProgrammerSummary {
-        id: id.into(),
-        port,
-        primary_llm: "ollama/qwen2.5-coder:7b-instruct".into(),
-        backup_llm: "ollama/qwen2.5-coder:14b-instruct".into(),
-        capabilities: vec!["fast".into()],
-        state: ProgrammerState::Available as i32,
-        queue_depth: if open { 2 } else { 0 },
-        in_flight: 1,
-        circuit_state: if open {
-            CircuitState::Open
-        } else {
-            CircuitState::Closed
-        } as i32,
-        using_backup: open,
-        current_llm: if open {
-            "ollama/qwen2.5-coder:14b-instruct"
-        } else {
-            "ollama/qwen2.5-coder:7b-instruct"
-        }
-        .into(),
-        completed: 10 + u64::from(calls),
-        failed: 1,
-        paid: false,
+fn options() -> PoolOptions {
+    let paid = TestProgrammer {
+        primary: "openai/gpt-4o-mini".into(),
+        backup: "openai/gpt-4o".into(),
+        ..TestProgrammer::paid("002")
     };
-    PoolStatus {
-        pool_size: 2,
-        available: 2,
-        unavailable: 0,
-        using_backup: 1,
-        total_queue_depth: 2,
+    PoolOptions {
         programmers: vec![
-            programmer("001", 6151, false),
-            programmer("002", 6152, true),
+            TestProgrammer::free("001"),
+            paid,
+            TestProgrammer::free("003"),
         ],
-        budget: Some(Budget {
-            day: "2026-11-24".into(),
-            spent_usd: 12.5,
-            reserved_usd: 2.5,
-            limit_usd: 50.0,
-            remaining_usd: 35.0,
-            alert_threshold_usd: 40.0,
-        }),
-        alerts: vec![Alert {
-            kind: "high_backup_usage".into(),
-            message: "1 programmers are on their backup LLM".into(),
-            since_ms: 1_795_000_000_000,
-        }],
-        manager_queue_depth: 0,
-        manager_queue_capacity: 500,
-        strategy: "least_loaded".into(),
+        failure_threshold: 1,
+        max_retries: 1,
+        // Any real spend crosses it.
+        alert_threshold_usd: 0.001,
+        ..PoolOptions::default()
     }
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<TaskEvent, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl ProgrammerPool for FakePool {
-    type DispatchStream = EventStream;
-
-    async fn dispatch(&self, _: Request<DispatchRequest>) -> Result<Response<EventStream>, Status> {
-        Err(Status::unimplemented("not scripted"))
-    }
-
-    async fn get_pool_status(
-        &self,
-        _: Request<GetPoolStatusRequest>,
-    ) -> Result<Response<PoolStatus>, Status> {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst);
-        Ok(Response::new(pool_status(n)))
-    }
-
-    async fn cancel_task(
-        &self,
-        _: Request<CancelTaskRequest>,
-    ) -> Result<Response<CancelTaskResponse>, Status> {
-        Err(Status::unimplemented("not scripted"))
-    }
-
-    async fn get_task(&self, _: Request<GetTaskRequest>) -> Result<Response<TaskRecord>, Status> {
-        Err(Status::unimplemented("not scripted"))
-    }
-}
-
-async fn start_fake() -> (FakePool, String) {
-    let fake = FakePool::default();
-    let listener = pas::serve::bind("127.0.0.1", 0).await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let calls = fake.calls.clone();
-    let router = tonic::service::Routes::new(ProgrammerPoolServer::new(fake.clone()))
-        .into_axum_router()
-        .route(
-            "/programmer_pool/status",
-            axum::routing::get(move || {
-                let n = calls.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    axum::Json(serde_json::json!({
-                        "pool_size": 2, "available": 2, "calls": n,
-                        "programmers": [{"id": "001"}, {"id": "002"}],
-                    }))
-                }
-            }),
-        );
-    tokio::spawn(pas::serve::serve(listener, router, std::future::pending()));
-    (fake, addr)
-}
-
-async fn status(args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(PAS)
-        .arg("status")
-        .args(args)
-        .stdin(Stdio::null())
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(30), out)
+/// `pas status ARGS…` against the pool (by its configuration) to the end: (code, stdout, stderr).
+async fn status(pool: &TestPool, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::from(pool.pas_command(&["status"]));
+    cmd.args(args).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
         .await
-        .unwrap()
-        .unwrap();
+        .expect("pas status did not finish within 60s")
+        .expect("run pas status");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -148,86 +56,247 @@ async fn status(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_table_shows_programmers_budget_and_alerts() {
-    let (_fake, addr) = start_fake().await;
-    let (code, out, err) = status(&["--manager", &addr]).await;
-    assert_eq!(code, 0, "{err}");
-    assert!(
-        out.starts_with("Pool: 2 of 2 programmers available, 1 on backup LLM, queue 2 (manager 0/500), strategy least_loaded\n"),
-        "{out}"
-    );
-    let row = out.lines().find(|l| l.contains(" 002 ")).unwrap();
-    for cell in [
-        "6152",
-        "available",
-        "ollama/qwen2.5-coder:14b-instruct (backup)",
-        "open",
-        " 2 ",
-        " 10 ",
-        " 1 ",
-    ] {
-        assert!(row.contains(cell), "{cell:?} not in {row}");
-    }
-    let row = out.lines().find(|l| l.contains(" 001 ")).unwrap();
-    assert!(
-        row.contains("ollama/qwen2.5-coder:7b-instruct (primary)") && row.contains("closed"),
-        "{row}"
-    );
-    assert!(out.contains("Budget 2026-11-24: $12.50 spent + $2.50 reserved of $50.00 ($35.00 left; alert at $40.00)"), "{out}");
-    assert!(
-        out.contains("  ! high_backup_usage: 1 programmers are on their backup LLM"),
-        "{out}"
-    );
+/// The cells of programmer `id`'s table row, trimmed.
+fn row_cells(table: &str, id: &str) -> Vec<String> {
+    let row = table
+        .lines()
+        .find(|l| l.starts_with('│') && l.split(['│', '┆']).nth(1).map(str::trim) == Some(id))
+        .unwrap_or_else(|| panic!("no row for {id} in:\n{table}"));
+    row.split(['│', '┆'])
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn programmer<'a>(status: &'a Value, id: &str) -> &'a Value {
+    status["programmers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["id"] == id))
+        .unwrap_or_else(|| panic!("no programmer {id} in {status}"))
+}
+
+fn alert_kinds(status: &Value) -> Vec<String> {
+    let mut kinds: Vec<String> = status["alerts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|a| a["kind"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    kinds.sort();
+    kinds
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn json_prints_the_managers_http_document() {
-    let (_fake, addr) = start_fake().await;
-    let (code, out, err) = status(&["--manager", &addr, "--json"]).await;
-    assert_eq!(code, 0, "{err}");
-    let value: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(value["pool_size"], 2);
-    assert_eq!(value["programmers"][1]["id"], "002");
-}
+async fn pas_status_shows_a_real_pool() {
+    let sim = common::Sim::start_with_script(
+        "rules:\n  - model: \"gpt-4o-mini\"\n    fault: http_500\ndefault:\n  fault: none\n",
+    );
+    let pool = TestPool::with_sim(options(), sim);
+    pool.sample_repo();
+    let _procs = [
+        pool.start_programmer("001"),
+        pool.start_programmer("002"),
+        pool.start_manager(),
+    ];
+    pool.wait_manager_status(Duration::from_secs(60), "001 and 002 available", |s| {
+        s["available"] == 2
+    })
+    .await;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn watch_refreshes_until_interrupted() {
-    let (fake, addr) = start_fake().await;
-    let child = tokio::process::Command::new(PAS)
-        .args(["status", "--manager", &addr, "--watch", "0.3"])
-        .stdin(Stdio::null())
+    // --watch redraws until Ctrl-C, while a real task changes the pool under it.
+    let mut watch = tokio::process::Command::from(pool.pas_command(&["status", "--watch", "0.3"]))
         .stdout(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+        .expect("spawn pas status --watch");
+    // Read as it goes: a full pipe would stall the redraws.
+    let mut watch_out = watch.stdout.take().expect("piped stdout");
+    let watched_text = tokio::spawn(async move {
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut watch_out, &mut text)
+            .await
+            .map(|_| text)
+    });
+
+    // The task: 002's primary fails (its breaker opens at once), the backup edits and is paid.
+    let mut dispatch = tokio::process::Command::from(pool.pas_command(&[
+        "dispatch",
+        "Add docstrings to all functions",
+        "--files",
+        "src/module.py",
+        "--workspace",
+        "sample",
+        "--capability",
+        "premium",
+    ]));
+    dispatch.kill_on_drop(true);
+    let out = tokio::time::timeout(TASK_LIMIT, dispatch.output())
+        .await
+        .expect("pas dispatch did not finish")
+        .expect("run pas dispatch");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("==> failover: openai/gpt-4o-mini → openai/gpt-4o")
+            && stdout.contains("model      openai/gpt-4o (backup)")
+            && !stdout.contains("cost       $0.0000"),
+        "{stdout}"
+    );
+
+    // The manager learns of the open breaker from 002's next health report.
+    let settled = pool
+        .wait_manager_status(Duration::from_secs(30), "002 open and paid for", |s| {
+            let p = programmer(s, "002");
+            p["circuit_state"] == "open"
+                && p["completed"] == 1
+                && s["budget"]["daily_spend_usd"].as_f64().unwrap_or(0.0) > 0.0
+                && s["budget"]["reserved_usd"].as_f64() == Some(0.0)
+                && alert_kinds(s) == ["budget_threshold", "high_backup_usage"]
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::unistd::Pid::from_raw(watch.id().expect("watch runs") as i32),
         nix::sys::signal::Signal::SIGINT,
     )
-    .unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+    .expect("SIGINT");
+    let watched = tokio::time::timeout(Duration::from_secs(10), watch.wait())
         .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let text = String::from_utf8_lossy(&out.stdout);
-    let frames = text.matches("Pool: 2 of 2").count();
-    assert!(frames >= 3, "{frames} frames:\n{text}");
-    assert!(fake.calls.load(Ordering::SeqCst) >= 3);
-    // Each frame is fresh: the counters move between frames.
-    assert!(text.contains(" 10 ") && text.contains(" 11 "), "{text}");
+        .expect("pas status --watch did not stop on Ctrl-C")
+        .expect("wait for pas status --watch");
+    assert_eq!(watched.code(), Some(0));
+    let text = watched_text
+        .await
+        .expect("reader task")
+        .expect("read the frames");
+    let frames: Vec<&str> = text.split("Pool: ").skip(1).collect();
+    assert!(frames.len() >= 3, "{} frames:\n{text}", frames.len());
+    // Each frame is fresh: the first shows 002 before the task, a later one after it.
+    let cells = |frame: &str| row_cells(frame, "002");
+    let first = cells(frames[0]);
+    assert_eq!(
+        first[3..5],
+        ["openai/gpt-4o-mini (primary)", "closed"],
+        "{first:?}"
+    );
+    let last = cells(frames[frames.len() - 1]);
+    assert_eq!(last[3..5], ["openai/gpt-4o (backup)", "open"], "{last:?}");
+
+    // ---- the table ----
+    let (code, table, err) = status(&pool, &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        table.starts_with("Pool: 2 of 3 programmers available, 1 on backup LLM, queue 0 (manager 0/100), strategy least_loaded\n"),
+        "{table}"
+    );
+    let port = |id: &str| pool.ports[id].to_string();
+    assert_eq!(
+        row_cells(&table, "001"),
+        [
+            "001",
+            &port("001"),
+            "available",
+            "ollama/primary-001 (primary)",
+            "closed",
+            "0",
+            "0",
+            "0",
+            "0"
+        ]
+    );
+    assert_eq!(
+        row_cells(&table, "002"),
+        [
+            "002",
+            &port("002"),
+            "available",
+            "openai/gpt-4o (backup)",
+            "open",
+            "0",
+            "0",
+            "1",
+            "0"
+        ]
+    );
+    let row = row_cells(&table, "003");
+    assert_eq!(
+        row[..4],
+        [
+            "003",
+            &port("003"),
+            "unavailable",
+            "ollama/primary-003 (primary)"
+        ]
+    );
+    let b = &settled["budget"];
+    let usd = |key: &str| b[key].as_f64().unwrap_or(f64::NAN);
+    let budget = format!(
+        "Budget {}: ${:.2} spent + $0.00 reserved of $50.00 (${:.2} left; alert at $0.00)\n",
+        b["day"].as_str().unwrap_or("?"),
+        usd("daily_spend_usd"),
+        usd("remaining_usd"),
+    );
+    assert!(table.contains(&budget), "{budget:?} in\n{table}");
+    assert!(table.contains("Alerts (2):\n"), "{table}");
+    assert!(
+        table.contains("  ! high_backup_usage: 1 programmers are on their backup LLM"),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!(
+            "  ! budget_threshold: daily spend ${:.2} reached the alert threshold $0.00",
+            usd("daily_spend_usd")
+        )),
+        "{table}"
+    );
+
+    // ---- --json is the manager's HTTP document, unchanged ----
+    let mut compared = false;
+    for _ in 0..5 {
+        let before = pool.manager_status_json().await.expect("status document");
+        let (code, out, err) = status(&pool, &["--json"]).await;
+        assert_eq!(code, 0, "{err}");
+        let after = pool.manager_status_json().await.expect("status document");
+        if before != after {
+            continue; // the pool moved meanwhile: compare again
+        }
+        let printed: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        assert_eq!(printed, before);
+        compared = true;
+        break;
+    }
+    assert!(compared, "the status document never held still");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_manager_is_an_error() {
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead = free.local_addr().unwrap().to_string();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = free.local_addr().expect("addr").to_string();
     drop(free);
-    let (code, _, err) = status(&["--manager", &dead]).await;
-    assert_eq!(code, 1);
+    let run = |args: Vec<&str>| {
+        let out = std::process::Command::new(PAS)
+            .arg("status")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run pas status");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(vec!["--manager", &dead]);
+    assert_eq!(code, Some(1));
     assert!(err.contains(&dead) && err.contains("pas up"), "{err}");
-    let (code, _, err) = status(&["--manager", &dead, "--json"]).await;
-    assert_eq!(code, 1);
+    let (code, err) = run(vec!["--manager", &dead, "--json"]);
+    assert_eq!(code, Some(1));
     assert!(err.contains("/programmer_pool/status"), "{err}");
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::pool::{PoolOptions, TestPool};
+use common::pool::{self, PoolOptions, TestPool, TestProgrammer};
 use pas::contract::v1::programmer_client::ProgrammerClient;
 use pas::contract::v1::task_event::Kind;
 use pas::contract::v1::{
@@ -10,48 +10,15 @@ use pas::contract::v1::{
 };
 
 async fn client(pool: &TestPool, id: &str) -> ProgrammerClient<tonic::transport::Channel> {
-    ProgrammerClient::connect(pool.programmer_url(id))
-        .await
-        .expect("connect to the programmer")
+    pool.programmer_client(id).await
 }
 
-/// Runs a task to its end; returns every event and the result.
+/// Runs a task to its end; returns every event and the result (stream invariants checked).
 async fn execute(
     client: &mut ProgrammerClient<tonic::transport::Channel>,
     req: TaskRequest,
 ) -> (Vec<TaskEvent>, TaskResult) {
-    let mut stream = client
-        .execute(req)
-        .await
-        .expect("Execute accepted")
-        .into_inner();
-    let mut events = Vec::new();
-    while let Some(ev) = stream.message().await.expect("stream") {
-        events.push(ev);
-    }
-    let results: Vec<&TaskResult> = events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            Some(Kind::Result(r)) => Some(r),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(results.len(), 1, "exactly one result: {events:#?}");
-    assert!(
-        matches!(
-            events.last().and_then(|e| e.kind.as_ref()),
-            Some(Kind::Result(_))
-        ),
-        "result is last"
-    );
-    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
-    assert_eq!(
-        seqs,
-        (1..=events.len() as u64).collect::<Vec<_>>(),
-        "seq numbers 1..n in order"
-    );
-    let result = results[0].clone();
-    (events, result)
+    pool::execute_task(client, req).await
 }
 
 fn task(description: &str, files: &[&str]) -> TaskRequest {
@@ -114,6 +81,15 @@ async fn a_task_edits_the_file_on_its_own_branch_and_streams_in_order() {
         "first event names the LLM: {:?}",
         events[0]
     );
+    // Output chunks arrive in aider's order: the edit is applied, then committed.
+    let out = pool::output_text(&events);
+    let applied = out
+        .find("Applied edit to src/module.py")
+        .unwrap_or_else(|| panic!("no 'Applied edit' line in the stream:\n{out}"));
+    let commit = out
+        .find(&format!("Commit {}", &result.commit[..7]))
+        .unwrap_or_else(|| panic!("no commit line for {} in the stream:\n{out}", result.commit));
+    assert!(applied < commit, "applied before committed:\n{out}");
 
     // The change lives on the task branch; the main checkout is untouched.
     let on_branch = common::git(
@@ -195,4 +171,143 @@ async fn primary_500_fails_over_to_the_backup_and_counts_once() {
     assert_eq!(llm.failures, 1, "breaker counted the primary failure");
     assert!(!llm.circuit_open);
     assert_eq!(status.failovers, 1);
+}
+
+/// A paid model's task reports its cost (catalog prices × the tokens aider's analytics log
+/// counted); a second paid programmer whose `max_cost_per_job_usd` is tiny ends FAILED with
+/// JOB_LIMIT, keeps nothing, and does not spend more on the backup.
+#[tokio::test]
+async fn paid_tasks_report_cost_and_a_tiny_cap_ends_in_job_limit() {
+    let capped = TestProgrammer {
+        max_cost_per_job_usd: Some(0.0001),
+        ..TestProgrammer::paid("002")
+    };
+    let options = PoolOptions {
+        programmers: vec![TestProgrammer::paid("001"), capped],
+        ..PoolOptions::default()
+    };
+    let pool = TestPool::new(options);
+    let repo = pool.sample_repo();
+    let _p1 = pool.start_programmer("001");
+    let _p2 = pool.start_programmer("002");
+    let (mut c1, mut c2) = (client(&pool, "001").await, client(&pool, "002").await);
+
+    let ((_, paid), (events, capped)) = tokio::join!(
+        execute(
+            &mut c1,
+            task("Add docstrings to all functions", &["src/module.py"])
+        ),
+        execute(
+            &mut c2,
+            task("Add docstrings to all functions", &["src/module.py"])
+        ),
+    );
+
+    assert_eq!(
+        TaskState::try_from(paid.status),
+        Ok(TaskState::Succeeded),
+        "{paid:#?}"
+    );
+    assert_eq!(paid.llm_used, "openai/gpt-4o");
+    assert!(
+        paid.tokens_sent > 0 && paid.tokens_received > 0,
+        "{paid:#?}"
+    );
+    assert!(paid.cost_usd > 0.0, "a paid model costs money: {paid:#?}");
+    // openai/gpt-4o in the catalog: $2.50 per million prompt tokens, $10 per million completion.
+    let expected = paid.tokens_sent as f64 * 2.5e-6 + paid.tokens_received as f64 * 10.0e-6;
+    assert!(
+        (paid.cost_usd - expected).abs() < 1e-9,
+        "cost {} = tokens × catalog prices {expected}",
+        paid.cost_usd
+    );
+    assert_eq!(paid.attempts.len(), 1);
+    assert_eq!(paid.attempts[0].cost_usd, paid.cost_usd);
+
+    assert_eq!(
+        TaskState::try_from(capped.status),
+        Ok(TaskState::Failed),
+        "{capped:#?}"
+    );
+    assert_eq!(
+        ErrorClass::try_from(capped.error_class),
+        Ok(ErrorClass::JobLimit),
+        "{capped:#?}"
+    );
+    assert!(
+        capped.error_message.contains("max_cost_per_job_usd")
+            && capped.error_message.contains("$0.0001"),
+        "the message names the cap and its value: {}",
+        capped.error_message
+    );
+    assert!(capped.cost_usd > 0.0001, "{capped:#?}");
+    assert_eq!(capped.attempts.len(), 1, "no second attempt spends more");
+    assert!(pool::failovers(&events).is_empty());
+    assert!(
+        capped.branch.is_empty() && capped.diff.is_empty(),
+        "{capped:#?}"
+    );
+
+    // Only the successful task's branch exists; no worktree is left.
+    let branches = pool::task_branches(&repo);
+    assert_eq!(branches, vec![paid.branch.clone()], "{branches:?}");
+    assert_eq!(pool::worktree_count(&repo), 1);
+    let s2 = c2
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((s2.completed, s2.failed), (0, 1));
+}
+
+/// A repository that ships an `.aider.conf.yml` (auto-test/auto-lint with commands) and a `.env`
+/// asking for the same does not get those commands run through the programmer.
+#[tokio::test]
+async fn a_hostile_aider_config_in_the_repository_is_not_obeyed() {
+    let pool = TestPool::new(PoolOptions::default());
+    let outside = tempfile::tempdir().expect("temp dir");
+    let marker = |name: &str| outside.path().join(name);
+    let conf = format!(
+        "auto-test: true\ntest-cmd: touch {}\nauto-lint: true\nlint-cmd: touch {}\n",
+        marker("PWNED_TEST").display(),
+        marker("PWNED_LINT").display()
+    );
+    let env = format!(
+        "AIDER_AUTO_TEST=true\nAIDER_TEST_CMD=touch {}\n",
+        marker("PWNED_ENV").display()
+    );
+    let repo = pool.repo(
+        "hostile",
+        &[
+            ("src/module.py", pool::SAMPLE_MODULE),
+            (".aider.conf.yml", &conf),
+            (".env", &env),
+        ],
+    );
+    let _prog = pool.start_programmer("001");
+    let mut c = client(&pool, "001").await;
+    let req = TaskRequest {
+        workspace: "hostile".into(),
+        ..task("Add docstrings to all functions", &["src/module.py"])
+    };
+    let (events, result) = execute(&mut c, req).await;
+    assert_eq!(
+        TaskState::try_from(result.status),
+        Ok(TaskState::Succeeded),
+        "{result:#?}"
+    );
+    for name in ["PWNED_TEST", "PWNED_LINT", "PWNED_ENV"] {
+        assert!(
+            !marker(name).exists(),
+            "{name}: the repository's configuration ran a command\n{}",
+            pool::output_text(&events)
+        );
+    }
+    assert_eq!(result.files_changed, vec!["src/module.py".to_string()]);
+    let out = pool::output_text(&events);
+    assert!(
+        !out.contains("Running touch") && !out.contains("PWNED"),
+        "aider was told about the hostile commands:\n{out}"
+    );
+    assert_eq!(pool::worktree_count(&repo), 1);
 }

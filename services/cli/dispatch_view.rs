@@ -522,6 +522,45 @@ mod tests {
         assert!(notice(&event(Kind::Output(Output::default()))).is_none());
     }
 
+    /// A task waiting in the manager's queue and one moved to another programmer: the real pool
+    /// in `tests/cli_dispatch.rs` shows a programmer-queue wait, these need a full pool or a
+    /// programmer dying mid-task.
+    #[test]
+    fn waiting_and_rerouting_are_named_in_notices_and_the_spinner() {
+        let queued = event(Kind::Queued(Queued {
+            position: 3,
+            queue: "manager".into(),
+            reason: "every eligible programmer is busy or unavailable".into(),
+        }));
+        assert_eq!(
+            notice(&queued).unwrap(),
+            "queued: position 3 in the manager queue (every eligible programmer is busy or unavailable)"
+        );
+        assert_eq!(phase(&queued).unwrap(), "queued #3 (manager)");
+        let rerouted = event(Kind::Rerouted(Rerouted {
+            from_programmer: "001".into(),
+            to_programmer: "002".into(),
+            reason: "stream broke".into(),
+        }));
+        assert_eq!(phase(&rerouted).unwrap(), "rerouted to 002");
+        let failover = event(Kind::Failover(Failover {
+            from_llm: "ollama/a".into(),
+            to_llm: "ollama/b".into(),
+            reason: "api_error: boom".into(),
+            attempt: 2,
+            error_class: ErrorClass::ApiError as i32,
+        }));
+        assert_eq!(
+            phase(&failover).unwrap(),
+            "retrying on ollama/b (attempt 2)"
+        );
+        assert_eq!(
+            notice(&failover).unwrap(),
+            "failover: ollama/a → ollama/b (attempt 2): api_error: boom"
+        );
+        assert!(phase(&event(Kind::Output(Output::default()))).is_none());
+    }
+
     #[test]
     fn the_summary_lists_the_result() {
         let r = TaskResult {

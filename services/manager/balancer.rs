@@ -275,6 +275,7 @@ impl Balancer {
                 let mut request = route.request.clone();
                 // The programmer stops the task at the amount held for it.
                 request.max_cost_usd = reserved_usd.unwrap_or(0.0);
+                request.task_id = attempt_task_id(&request.task_id, request.dispatch_attempt);
                 let response = self.cache.call_ready_index(cache_index, request);
                 return Routed::Placed(Placement {
                     member,
@@ -358,6 +359,24 @@ pub fn reservation_key(task_id: &str, dispatch_attempt: u32) -> String {
     format!("{task_id}#{dispatch_attempt}")
 }
 
+/// The task id a programmer is given for one dispatch attempt: the caller's id on the first, a
+/// distinct id (`<id>:attempt-<n>`) on each re-dispatch.
+///
+/// A programmer names the task's branch and worktree after this id, and one that is killed
+/// mid-task leaves both behind in the shared repository (nothing runs to clean up). A re-dispatch
+/// under the same id then failed wherever it landed with "branch pas/<id> already exists". Budget
+/// holds and task records stay keyed by the caller's id; only the programmer sees this one.
+pub fn attempt_task_id(task_id: &str, dispatch_attempt: u32) -> String {
+    if dispatch_attempt <= 1 {
+        return task_id.to_string();
+    }
+    let suffix = format!(":attempt-{dispatch_attempt}");
+    // Ids are ASCII (validated), so any byte index is a char boundary; stay within the id limit.
+    let keep = crate::workspace::MAX_ID_LEN.saturating_sub(suffix.len());
+    let prefix = task_id.get(..task_id.len().min(keep)).unwrap_or(task_id);
+    format!("{prefix}{suffix}")
+}
+
 /// `Service` face of the balancer: readiness processes discovery and pending endpoints (it never
 /// waits: per-request routing decides in `call`), and `call` routes at once.
 impl Service<Route> for Balancer {
@@ -372,5 +391,29 @@ impl Service<Route> for Balancer {
 
     fn call(&mut self, route: Route) -> Self::Future {
         futures::future::ready(Ok(self.route(route)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workspace::{MAX_ID_LEN, check_id};
+
+    #[test]
+    fn each_redispatch_gets_its_own_valid_programmer_task_id() {
+        assert_eq!(attempt_task_id("t-1", 1), "t-1");
+        assert_eq!(attempt_task_id("t-1", 0), "t-1");
+        let second = attempt_task_id("t-1", 2);
+        let third = attempt_task_id("t-1", 3);
+        assert_eq!(second, "t-1:attempt-2");
+        assert_ne!(second, third);
+        // The longest id a caller may use still yields a valid, distinct id.
+        let long = "a".repeat(MAX_ID_LEN);
+        let ids: Vec<String> = (1..=3).map(|n| attempt_task_id(&long, n)).collect();
+        for id in &ids {
+            assert!(check_id("task_id", id, false).is_ok(), "{id}");
+        }
+        assert_ne!(ids[1], ids[0]);
+        assert_ne!(ids[2], ids[1]);
     }
 }

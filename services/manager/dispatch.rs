@@ -47,8 +47,8 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
     let strategy = route.strategy;
     let mut previous: Option<(String, String)> = None;
     let mut dispatch_attempt = 1u32;
+    route.request.dispatch_attempt = dispatch_attempt;
     let mut result = loop {
-        route.request.dispatch_attempt = dispatch_attempt;
         let placement = match wait_for_placement(&mut ticket, &sink, &cancel).await {
             Ok(p) => p,
             Err(result) => break result,
@@ -59,17 +59,6 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
             response,
         } = placement;
         let programmer = member.spec.id.clone();
-        if let Err(e) = mgr.store.set_running(&task_id, &programmer) {
-            tracing::warn!(%task_id, "task store: {e}");
-        }
-        if let Some((from, reason)) = previous.take() {
-            let rerouted = Rerouted {
-                from_programmer: from,
-                to_programmer: programmer.clone(),
-                reason,
-            };
-            sink.send(Kind::Rerouted(rerouted)).await;
-        }
         tracing::info!(%task_id, %programmer, strategy = strategy.name(), dispatch_attempt, "task assigned");
         let upstream = tokio::select! {
             r = response => r,
@@ -80,6 +69,18 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
         };
         let leg = match upstream {
             Ok(upstream) => {
+                // The programmer took the task: only now is it running there.
+                if let Err(e) = mgr.store.set_running(&task_id, &programmer) {
+                    tracing::warn!(%task_id, "task store: {e}");
+                }
+                if let Some((from, reason)) = previous.take() {
+                    let rerouted = Rerouted {
+                        from_programmer: from,
+                        to_programmer: programmer.clone(),
+                        reason,
+                    };
+                    sink.send(Kind::Rerouted(rerouted)).await;
+                }
                 relay(upstream, &sink, &cancel, strategy.name(), dispatch_attempt).await
             }
             Err(status) if status.code() == tonic::Code::InvalidArgument => {
@@ -91,13 +92,19 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                     &programmer,
                 );
             }
-            Err(status) => {
-                if status.code() == tonic::Code::ResourceExhausted {
-                    // Other callers filled it since its last report: refresh our picture of it.
-                    member.request_refresh();
-                }
-                Leg::Broken(format!("{}: {}", status.code(), status.message()))
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                // Refused at admission: its queue filled since its last report (other callers'
+                // tasks, or slots it has not freed yet after our cancelled ones). The task never
+                // started there, so it is neither lost nor a reason to avoid that programmer:
+                // back to the front of the queue, same attempt, hold released. The programmer
+                // counts as full until it reports again, so the task is not thrown straight back.
+                tracing::info!(%task_id, %programmer, reason = %status.message(), "programmer full at admission; task re-queued");
+                member.refused_at_admission();
+                mgr.release(&task_id, dispatch_attempt, reserved_usd);
+                ticket = mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout);
+                continue;
             }
+            Err(status) => Leg::Broken(format!("{}: {}", status.code(), status.message())),
         };
         match leg {
             Leg::Finished(result) => {
@@ -134,6 +141,9 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                     );
                 }
                 dispatch_attempt += 1;
+                // Before re-submitting: the scheduler routes (and reserves budget for) its own
+                // copy of the route, so it must carry the new attempt number.
+                route.request.dispatch_attempt = dispatch_attempt;
                 route.exclude.push(member.index);
                 previous = Some((programmer, reason));
                 ticket = mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout);

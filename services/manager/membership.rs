@@ -52,6 +52,9 @@ pub struct Member {
     /// Tasks the programmer reported that are not ours (other callers), as of the last report.
     external: AtomicU32,
     reported: Mutex<Option<ProgrammerStatus>>,
+    /// The programmer refused a task at admission (its queue was full) since its last report:
+    /// it has no room until it reports again, whatever our counts say.
+    refused: AtomicBool,
     /// The balancer's waker while this member's endpoint is not ready.
     waker: Mutex<Option<Waker>>,
     refresh: Notify,
@@ -93,6 +96,18 @@ impl Member {
     /// Asks the status poller for a fresh report now (e.g. after the programmer said its queue is full).
     pub fn request_refresh(&self) {
         self.refresh.notify_one();
+    }
+
+    /// The programmer refused a task because its queue is full: treat it as full until its next
+    /// report, and ask for that report now.
+    pub fn refused_at_admission(&self) {
+        self.refused.store(true, Ordering::SeqCst);
+        self.request_refresh();
+    }
+
+    /// True while a refusal at admission has not been followed by a report.
+    pub fn is_refusing(&self) -> bool {
+        self.refused.load(Ordering::SeqCst)
     }
 
     /// Remembers the waker to call when this member may have become ready.
@@ -154,6 +169,7 @@ impl PoolView {
                 in_flight: AtomicU32::new(0),
                 external: AtomicU32::new(0),
                 reported: Mutex::new(None),
+                refused: AtomicBool::new(false),
                 waker: Mutex::new(None),
                 refresh: Notify::new(),
             }));
@@ -187,7 +203,9 @@ impl PoolView {
 
     /// True when `member` is available and has a free slot.
     pub fn has_room(&self, member: &Member) -> bool {
-        member.is_available() && member.occupied() < member.capacity(self.default_capacity)
+        member.is_available()
+            && !member.is_refusing()
+            && member.occupied() < member.capacity(self.default_capacity)
     }
 
     /// Number of available members.
@@ -217,6 +235,7 @@ impl PoolView {
             Ordering::SeqCst,
         );
         *lock(&member.reported) = Some(status);
+        member.refused.store(false, Ordering::SeqCst);
         member.wake();
         self.bump();
     }

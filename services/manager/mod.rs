@@ -35,6 +35,9 @@ use strategy::{StrategyKind, StrategySet};
 use tokio_util::sync::CancellationToken;
 use waitqueue::Scheduler;
 
+/// The log line of the once-a-day budget alert (operators and tests grep for it).
+pub const BUDGET_ALERT_LOG: &str = "budget alert: daily spend reached the alert threshold";
+
 /// Command-line arguments of `pas manager`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ManagerArgs {
@@ -64,6 +67,9 @@ pub struct Manager {
     pub max_dispatch_attempts: u32,
     pub alerts: status::Alerts,
     pub port: u16,
+    /// When this process started the manager (Unix ms): alerts recorded before it were raised
+    /// by an earlier process.
+    pub started_ms: i64,
     active: Mutex<HashMap<String, ActiveTask>>,
     pub stop: CancellationToken,
 }
@@ -95,6 +101,23 @@ impl Manager {
             },
             budget::system_clock(),
         )?);
+        let started_ms = crate::task_events::now_unix_ms();
+        if budget.orphans_booked_on_open() > 0 {
+            tracing::warn!(
+                holds = budget.orphans_booked_on_open(),
+                "budget holds left by a previous manager were booked as spent"
+            );
+        }
+        // Those bookings may have crossed the alert threshold without any settlement.
+        match budget.poll_alert() {
+            Ok(true) => {
+                if let Ok(s) = budget.snapshot() {
+                    tracing::warn!(day = %s.day, spent_usd = s.spent_usd, "{BUDGET_ALERT_LOG}");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!("budget ledger: {e}"),
+        }
         let store = Arc::new(TaskStore::open(data_dir.join("tasks.sqlite"))?);
         if store.recovered_on_open() > 0 {
             tracing::warn!(
@@ -132,6 +155,7 @@ impl Manager {
             budget,
             store,
             port,
+            started_ms,
             active: Mutex::new(HashMap::new()),
             stop,
         });
@@ -187,10 +211,22 @@ impl Manager {
         let amount = cost.or(reserved).unwrap_or(0.0);
         match self.budget.settle(&key, amount) {
             Ok(s) if s.alert_crossed => {
-                tracing::warn!(day = %s.day, spent_usd = s.day_spent_usd, "budget alert: daily spend reached the alert threshold");
+                tracing::warn!(day = %s.day, spent_usd = s.day_spent_usd, "{BUDGET_ALERT_LOG}");
             }
             Ok(_) => {}
             Err(e) => tracing::error!(%task_id, "budget ledger: {e}"),
+        }
+    }
+
+    /// Drops a budget hold for a dispatch attempt that never reached a programmer, so the
+    /// attempt can reserve again under the same key.
+    pub fn release(&self, task_id: &str, dispatch_attempt: u32, reserved: Option<f64>) {
+        if reserved.is_none() {
+            return;
+        }
+        let key = balancer::reservation_key(task_id, dispatch_attempt);
+        if let Err(e) = self.budget.release(&key) {
+            tracing::error!(%task_id, "budget ledger: {e}");
         }
     }
 

@@ -135,13 +135,12 @@ impl ProgrammerPool for PoolService {
         let ticket = match mgr.scheduler.submit(route.clone(), max_wait) {
             Ok(t) => t,
             Err(full) => {
-                let result = dispatch::ended(
-                    TaskState::Failed,
-                    crate::contract::v1::ErrorClass::Unavailable,
-                    &full.to_string(),
-                    "",
-                );
-                let _ = mgr.store.finish(&task_id, &result);
+                // Refused, not accepted: the id stays free, so retrying the same request later
+                // runs it (RESOURCE_EXHAUSTED is a "retry later" answer) instead of replaying a
+                // failure the task never had.
+                if let Err(e) = mgr.store.forget_unstarted(&task_id) {
+                    tracing::error!(%task_id, "task store: {e}");
+                }
                 return Err(Status::resource_exhausted(full.to_string()));
             }
         };

@@ -8,6 +8,7 @@ use crate::contract::v1::{
     Alert, Budget, CircuitState, PoolStatus, ProgrammerState, ProgrammerSummary,
 };
 use crate::manager::Manager;
+use crate::manager::budget::BudgetSnapshot;
 use crate::task_events::now_unix_ms;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -42,11 +43,26 @@ pub struct Alerts {
 impl Alerts {
     /// Sets `kind` active (with `message`) or inactive; logs transitions.
     fn set(&self, kind: &'static str, active: bool, message: String) {
+        self.set_since(kind, active, message, now_unix_ms(), true);
+    }
+
+    /// Like [`set`](Self::set) with the time the alert became active, and whether becoming active
+    /// here is news worth a log line (false for an alert restored from an earlier process).
+    fn set_since(
+        &self,
+        kind: &'static str,
+        active: bool,
+        message: String,
+        since_ms: i64,
+        log_raise: bool,
+    ) {
         let mut map = self.active.lock().unwrap_or_else(|p| p.into_inner());
         match (map.contains_key(kind), active) {
             (false, true) => {
-                tracing::warn!(alert = kind, %message, "alert raised");
-                map.insert(kind, (message, now_unix_ms()));
+                if log_raise {
+                    tracing::warn!(alert = kind, %message, "alert raised");
+                }
+                map.insert(kind, (message, since_ms));
             }
             (true, false) => {
                 tracing::info!(alert = kind, "alert cleared");
@@ -74,8 +90,8 @@ impl Alerts {
     }
 }
 
-/// Re-evaluates the alerts from a status snapshot.
-fn evaluate(mgr: &Manager, s: &PoolStatus) {
+/// Re-evaluates the alerts from a status snapshot and the ledger's alert record.
+fn evaluate(mgr: &Manager, s: &PoolStatus, ledger: Option<&BudgetSnapshot>) {
     let pool_size = s.pool_size as usize;
     let low = low_availability_threshold(pool_size);
     mgr.alerts.set(
@@ -95,15 +111,19 @@ fn evaluate(mgr: &Manager, s: &PoolStatus) {
             s.using_backup
         ),
     );
-    if let Some(b) = &s.budget {
-        let crossed = b.alert_threshold_usd > 0.0 && b.spent_usd >= b.alert_threshold_usd;
-        mgr.alerts.set(
+    // The budget alert is the ledger's: it fires once per day, persisted, so a restarted
+    // manager shows it as active since the original time and does not raise it again.
+    if let Some(b) = ledger {
+        let since_ms = b.alert_since_ms.unwrap_or_else(now_unix_ms);
+        mgr.alerts.set_since(
             "budget_threshold",
-            crossed,
+            b.alert_active,
             format!(
                 "daily spend ${:.2} reached the alert threshold ${:.2} (limit ${:.2})",
                 b.spent_usd, b.alert_threshold_usd, b.limit_usd
             ),
+            since_ms,
+            since_ms >= mgr.started_ms,
         );
     }
 }
@@ -164,8 +184,9 @@ pub fn pool_status(mgr: &Manager) -> PoolStatus {
             paid: m.spec.paid,
         });
     }
-    let budget = mgr.budget.snapshot().ok().map(|b| Budget {
-        day: b.day,
+    let ledger = mgr.budget.snapshot().ok();
+    let budget = ledger.as_ref().map(|b| Budget {
+        day: b.day.clone(),
         spent_usd: b.spent_usd,
         reserved_usd: b.reserved_usd,
         limit_usd: b.limit_usd,
@@ -187,7 +208,7 @@ pub fn pool_status(mgr: &Manager) -> PoolStatus {
         manager_queue_capacity: mgr.scheduler.capacity() as u32,
         strategy: mgr.default_strategy.name().to_string(),
     };
-    evaluate(mgr, &status);
+    evaluate(mgr, &status, ledger.as_ref());
     status.alerts = mgr.alerts.list();
     status
 }

@@ -278,6 +278,18 @@ impl TaskStore {
         changed_or_missing(&conn, task_id, n)
     }
 
+    /// Forgets a task that was recorded but then refused before it was queued (the manager's
+    /// queue was full), so the caller may retry under the same id. Only a QUEUED task that never
+    /// started is removed; returns whether one was.
+    pub fn forget_unstarted(&self, task_id: &str) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        let n = conn.execute(
+            "DELETE FROM tasks WHERE task_id = ?1 AND state = ?2 AND started_ms = 0 AND result IS NULL",
+            params![task_id, TaskState::Queued as i32],
+        )?;
+        Ok(n == 1)
+    }
+
     /// The task's record, or `None` for an unknown id.
     pub fn get(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
         read_record(&self.lock(), task_id)
@@ -576,6 +588,30 @@ mod tests {
         // An empty programmer_id in the result keeps the recorded one.
         assert_eq!(rec.programmer_id, "002");
         assert_eq!(rec.result.unwrap().status(), TaskState::Cancelled);
+    }
+
+    #[test]
+    fn only_an_unstarted_task_can_be_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let req = request("x");
+        store.insert(&NewTask::from_request("t1", &req)).unwrap();
+        assert!(store.forget_unstarted("t1").unwrap());
+        assert!(store.get("t1").unwrap().is_none());
+        // The id is free again.
+        assert_eq!(
+            store.insert(&NewTask::from_request("t1", &req)).unwrap(),
+            InsertOutcome::Inserted
+        );
+        store.set_running("t1", "001").unwrap();
+        assert!(!store.forget_unstarted("t1").unwrap(), "running");
+        store.finish("t1", &succeeded("001")).unwrap();
+        assert!(!store.forget_unstarted("t1").unwrap(), "finished");
+        assert!(!store.forget_unstarted("nope").unwrap());
+        assert_eq!(
+            store.get("t1").unwrap().unwrap().state(),
+            TaskState::Succeeded
+        );
     }
 
     #[test]

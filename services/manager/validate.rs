@@ -3,6 +3,7 @@
 //! the same [`crate::workspace`] rules the programmers apply, so a bad path is refused up-front.
 
 use crate::contract::v1::{DispatchRequest, Strategy};
+use crate::git::Git;
 use crate::workspace::{self, Workspace};
 use std::path::Path;
 use tonic::Status;
@@ -49,7 +50,33 @@ pub async fn validate(req: &DispatchRequest, workspace_root: &Path) -> Result<Wo
     if !req.base_ref.is_empty() {
         workspace::check_ref("base_ref", &req.base_ref)?;
     }
-    workspace::open_checked(workspace_root, &req.workspace, &req.files).await
+    let ws = workspace::open_checked(workspace_root, &req.workspace, &req.files).await?;
+    if !req.base_ref.is_empty() {
+        check_base_commit(&ws, &req.base_ref).await?;
+    }
+    Ok(ws)
+}
+
+/// `base_ref` must name a commit of the workspace. Checked here, so a caller's typo is
+/// INVALID_ARGUMENT up-front instead of a task that is queued, routed (and for a paid programmer,
+/// holds budget) only to fail on the programmer with a git error.
+async fn check_base_commit(ws: &Workspace, base_ref: &str) -> Result<(), Status> {
+    let git = Git::new(ws.path())
+        .args(["rev-parse", "--verify", "-q", "--end-of-options"])
+        .arg(format!("{base_ref}^{{commit}}"));
+    let out = git
+        .output()
+        .await
+        .map_err(|e| Status::internal(format!("git: {e}")))?;
+    match out.status.code() {
+        Some(0) => Ok(()),
+        // rev-parse --verify -q: exit 1, no output, when the name resolves to no commit.
+        Some(1) => Err(workspace::invalid(
+            "base_ref",
+            &format!("{base_ref:?} is not a commit in workspace {:?}", ws.name()),
+        )),
+        _ => Err(Status::internal(format!("git: {}", git.failed(&out)))),
+    }
 }
 
 #[cfg(test)]
@@ -105,6 +132,14 @@ mod tests {
             ws.path(),
             fs::canonicalize(root.join("proj")).expect("canon")
         );
+        // A base_ref naming a commit of the workspace passes.
+        for base_ref in ["main", "HEAD", "HEAD~0"] {
+            let req = DispatchRequest {
+                base_ref: base_ref.into(),
+                ..request()
+            };
+            validate(&req, &root).await.expect(base_ref);
+        }
     }
 
     #[tokio::test]
@@ -156,6 +191,20 @@ mod tests {
             (
                 DispatchRequest {
                     base_ref: "-b".into(),
+                    ..request()
+                },
+                "base_ref",
+            ),
+            (
+                DispatchRequest {
+                    base_ref: "no-such-branch".into(),
+                    ..request()
+                },
+                "base_ref",
+            ),
+            (
+                DispatchRequest {
+                    base_ref: "bad..ref".into(),
                     ..request()
                 },
                 "base_ref",

@@ -76,12 +76,7 @@ pub async fn run_task(
     let identity = prog.git_identity();
     let worktree = match task
         .workspace
-        .create_task_worktree(
-            &prog.worktrees_dir,
-            &task.task_id,
-            &base_commit,
-            &identity,
-        )
+        .create_task_worktree(&prog.worktrees_dir, &task.task_id, &base_commit, &identity)
         .await
     {
         Ok(w) => w,
@@ -164,19 +159,6 @@ pub async fn run_task(
 
         let over_limit = job_limit_exceeded(task, &result);
         match report.outcome {
-            AttemptOutcome::Succeeded(change) => {
-                result.files_changed = change.files_changed;
-                result.diff = change.diff;
-                result.commit = change.commit;
-                result.branch = worktree.branch().to_string();
-                result.status = TaskState::Succeeded as i32;
-                result.error_class = ErrorClass::None as i32;
-                if let Err(e) = worktree.keep().await {
-                    tracing::warn!(task_id = %task.task_id, "could not remove the finished worktree: {e}");
-                }
-                result.duration_ms = started.elapsed().as_millis() as u64;
-                return result;
-            }
             AttemptOutcome::Cancelled => {
                 result.status = TaskState::Cancelled as i32;
                 return finish_with(
@@ -193,9 +175,24 @@ pub async fn run_task(
                 let msg = format!("task deadline of {}s exceeded", task.deadline.as_secs());
                 return finish_with(worktree, result, ErrorClass::Deadline, msg, started).await;
             }
+            // A cap is a cap even when the edit applied: the caller asked not to pay more than
+            // this, so the result is not delivered (and no further attempt spends more).
             _ if over_limit.is_some() => {
                 let msg = over_limit.unwrap_or_default();
                 return finish_failed(worktree, result, ErrorClass::JobLimit, msg, started).await;
+            }
+            AttemptOutcome::Succeeded(change) => {
+                result.files_changed = change.files_changed;
+                result.diff = change.diff;
+                result.commit = change.commit;
+                result.branch = worktree.branch().to_string();
+                result.status = TaskState::Succeeded as i32;
+                result.error_class = ErrorClass::None as i32;
+                if let Err(e) = worktree.keep().await {
+                    tracing::warn!(task_id = %task.task_id, "could not remove the finished worktree: {e}");
+                }
+                result.duration_ms = started.elapsed().as_millis() as u64;
+                return result;
             }
             AttemptOutcome::LlmFailed { class, ref message }
                 if number < attempts_allowed && is_failover_condition(prog, class) =>
@@ -290,11 +287,24 @@ fn job_limit_exceeded(task: &ValidatedTask, result: &TaskResult) -> Option<Strin
     }
     if result.cost_usd > task.max_cost_usd {
         return Some(format!(
-            "max_cost_per_job_usd exceeded: ${:.4} spent, limit ${:.2}",
-            result.cost_usd, task.max_cost_usd
+            "max_cost_per_job_usd exceeded: ${} spent, limit ${}",
+            usd(result.cost_usd),
+            usd(task.max_cost_usd)
         ));
     }
     None
+}
+
+/// Dollars with up to six decimals and no trailing zeros, so a small cap (`$0.0001`) is not
+/// printed as `$0.00`.
+fn usd(amount: f64) -> String {
+    let s = format!("{amount:.6}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s.is_empty() || s == "-" {
+        "0".to_string()
+    } else {
+        s.to_string()
+    }
 }
 
 /// The final message of a failed task lists every attempt, so one line tells the whole story.
@@ -390,6 +400,15 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(max_attempts(&f), 1);
+    }
+
+    #[test]
+    fn small_amounts_keep_their_digits() {
+        assert_eq!(usd(0.0001), "0.0001");
+        assert_eq!(usd(0.012345678), "0.012346");
+        assert_eq!(usd(2.5), "2.5");
+        assert_eq!(usd(0.0), "0");
+        assert_eq!(usd(10.0), "10");
     }
 
     #[test]

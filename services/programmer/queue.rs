@@ -77,24 +77,33 @@ impl TaskQueue {
     }
 
     /// Accepts a task or refuses it when every slot is taken and `max_waiting` tasks already wait.
+    ///
+    /// A task that can run at once takes its slot here, not when its driver first polls
+    /// [`Waiting::acquire`]: otherwise it would briefly count as waiting, and a second task arriving
+    /// in that gap could be refused (or reported as queued) although only one task was waiting.
     pub fn try_enter(&self) -> Result<Waiting, QueueFull> {
         let mut st = self.shared.lock();
         let ticket = st.next_ticket;
         st.next_ticket += 1;
         let immediate = st.waiting.is_empty() && st.running < self.shared.max_running;
-        if !immediate && st.waiting.len() >= self.shared.max_waiting {
+        let place = if immediate {
+            st.running += 1;
+            Place::Holding
+        } else if st.waiting.len() >= self.shared.max_waiting {
             return Err(QueueFull {
                 waiting: st.waiting.len(),
                 limit: self.shared.max_waiting,
             });
-        }
-        st.waiting.push_back(ticket);
+        } else {
+            st.waiting.push_back(ticket);
+            Place::Queued
+        };
         drop(st);
         self.shared.bump();
         Ok(Waiting {
             shared: self.shared.clone(),
             ticket,
-            admitted: false,
+            place,
         })
     }
 
@@ -113,16 +122,28 @@ impl TaskQueue {
     }
 }
 
-/// An accepted task that does not hold a slot yet. Dropping it leaves the queue.
+/// An accepted task that may not hold a slot yet. Dropping it leaves the queue (or frees the slot
+/// it was given on entry).
 #[derive(Debug)]
 pub struct Waiting {
     shared: Arc<Shared>,
     ticket: u64,
-    admitted: bool,
+    place: Place,
+}
+
+/// Where an accepted task stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// In the waiting line.
+    Queued,
+    /// Holds a slot that has not been handed out as a [`RunSlot`] yet.
+    Holding,
+    /// Its slot now belongs to a [`RunSlot`].
+    HandedOver,
 }
 
 impl Waiting {
-    /// 1-based position among the waiting tasks (1 = next to run).
+    /// 1-based position among the waiting tasks (1 = next to run); 0 when it already holds a slot.
     pub fn position(&self) -> usize {
         let st = self.shared.lock();
         st.waiting
@@ -132,8 +153,14 @@ impl Waiting {
     }
 
     /// Waits for a slot. `on_position` is called with the 1-based position whenever it changes
-    /// while waiting (not when a slot is free at once).
+    /// while waiting (never for a task that got a slot on entry).
     pub async fn acquire(mut self, mut on_position: impl FnMut(usize)) -> RunSlot {
+        if self.place == Place::Holding {
+            self.place = Place::HandedOver;
+            return RunSlot {
+                shared: self.shared.clone(),
+            };
+        }
         let mut rx = self.shared.changed.subscribe();
         let mut last_reported = 0;
         loop {
@@ -148,7 +175,7 @@ impl Waiting {
                     st.waiting.pop_front();
                     st.running += 1;
                     drop(st);
-                    self.admitted = true;
+                    self.place = Place::HandedOver;
                     self.shared.bump();
                     return RunSlot {
                         shared: self.shared.clone(),
@@ -168,11 +195,12 @@ impl Waiting {
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        if self.admitted {
-            return;
-        }
         let mut st = self.shared.lock();
-        st.waiting.retain(|t| *t != self.ticket);
+        match self.place {
+            Place::HandedOver => return,
+            Place::Holding => st.running = st.running.saturating_sub(1),
+            Place::Queued => st.waiting.retain(|t| *t != self.ticket),
+        }
         drop(st);
         self.shared.bump();
     }
@@ -202,7 +230,7 @@ mod tests {
     async fn first_task_runs_at_once() {
         let q = TaskQueue::new(1, 2);
         let w = q.try_enter().unwrap();
-        assert_eq!(w.position(), 1);
+        assert_eq!(w.position(), 0, "holds a slot, not waiting");
         let mut reported = Vec::new();
         let slot = w.acquire(|p| reported.push(p)).await;
         assert!(
@@ -292,6 +320,36 @@ mod tests {
         let next = tokio::spawn(w2.acquire(|_| {}));
         drop(running);
         let _slot = next.await.unwrap();
+        assert_eq!(
+            q.depth(),
+            QueueDepth {
+                waiting: 0,
+                running: 1
+            }
+        );
+    }
+
+    /// The race the manager would see: a second task arriving before the first task's driver ran
+    /// must be allowed to wait (the first one is running, not waiting).
+    #[tokio::test]
+    async fn a_task_that_runs_at_once_never_counts_as_waiting() {
+        let q = TaskQueue::new(1, 1);
+        let first = q.try_enter().unwrap();
+        assert_eq!(
+            q.depth(),
+            QueueDepth {
+                waiting: 0,
+                running: 1
+            },
+            "the slot is taken on entry"
+        );
+        let second = q.try_enter().expect("room to wait behind the running task");
+        assert_eq!(second.position(), 1);
+        assert!(q.try_enter().is_err(), "the one waiting place is taken");
+        // A task dropped before its driver ran gives its slot back.
+        drop(first);
+        assert_eq!(q.depth().running, 0);
+        let _slot = second.acquire(|_| {}).await;
         assert_eq!(
             q.depth(),
             QueueDepth {

@@ -348,6 +348,65 @@ impl TestPool {
         self.spawn("manager", &["manager"]).0
     }
 
+    /// Starts every configured programmer (configuration order), then the manager last.
+    pub fn start_all(&self) -> Vec<ChildGuard> {
+        let mut procs: Vec<ChildGuard> = self
+            .options
+            .programmers
+            .iter()
+            .map(|p| self.start_programmer(&p.id))
+            .collect();
+        procs.push(self.start_manager());
+        procs
+    }
+
+    /// `pas --config <this pool's config> ARGS…`, with the environment the pool's own processes
+    /// get (test API keys set, `PAS_*` overrides removed) and stdin closed: how an operator runs
+    /// the CLI against this pool. Convert with `tokio::process::Command::from` for async use.
+    pub fn pas_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pas"));
+        cmd.arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .env("PAS_TEST_OPENAI_KEY", "sk-test-openai-secret")
+            .env("PAS_TEST_ANTHROPIC_KEY", "sk-ant-test-secret")
+            .env_remove("PAS_WORKSPACE_ROOT")
+            .env_remove("PAS_DATA_DIR")
+            .env_remove("PAS_CONFIG")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// The manager's `GET /programmer_pool/status` document; None while it cannot be fetched.
+    pub async fn manager_status_json(&self) -> Option<serde_json::Value> {
+        let url = format!("{}/programmer_pool/status", self.manager_url());
+        reqwest::get(url).await.ok()?.json().await.ok()
+    }
+
+    /// Polls the manager's status document until `ready` holds for it; returns that document.
+    /// Panics after `timeout` with the last document seen.
+    pub async fn wait_manager_status(
+        &self,
+        timeout: Duration,
+        what: &str,
+        ready: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = serde_json::Value::Null;
+        loop {
+            if let Some(status) = self.manager_status_json().await {
+                if ready(&status) {
+                    return status;
+                }
+                last = status;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("timed out after {timeout:?} waiting for {what}; last status: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// `http://127.0.0.1:PORT` of programmer `id`.
     pub fn programmer_url(&self, id: &str) -> String {
         format!("http://127.0.0.1:{}", self.ports[id])
@@ -384,4 +443,458 @@ pub const SAMPLE_MODULE: &str =
 /// True when `path` exists.
 pub fn exists(path: &Path) -> bool {
     path.exists()
+}
+
+// ===== Manager-test helpers =====
+//
+// Used by `tests/manager_*.rs`: the shipped config's shape, manager and programmer clients, and
+// the "exactly one result, seq 1..n" check every Dispatch stream must pass.
+
+use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
+use pas::contract::v1::task_event::Kind;
+use pas::contract::v1::{
+    DispatchRequest, GetPoolStatusRequest, PoolStatus, TaskEvent, TaskResult, TaskState,
+};
+use tonic::transport::Channel;
+
+impl TestProgrammer {
+    /// A paid programmer on the simulated Anthropic models, like the shipped 006/007.
+    pub fn paid_anthropic(id: &str) -> Self {
+        Self {
+            id: id.into(),
+            primary: "anthropic/claude-sonnet-4-20250514".into(),
+            backup: "anthropic/claude-3-7-sonnet-20250219".into(),
+            capabilities: vec!["premium".into(), "reasoning".into(), "paid".into()],
+            max_cost_per_job_usd: None,
+        }
+    }
+
+    /// This programmer with other capability tags.
+    pub fn with_capabilities(mut self, caps: &[&str]) -> Self {
+        self.capabilities = caps.iter().map(|c| c.to_string()).collect();
+        self
+    }
+}
+
+/// Ten programmers shaped like the shipped `programmer_pool.yaml`: 001–005 fast/local/free,
+/// 006–007 premium/reasoning/paid (Anthropic), 008 premium/openai/paid (OpenAI),
+/// 009–010 deepseek/local/free. Model names are per programmer for the free ones, so a simulator
+/// script can single one out.
+pub fn shipped_shape() -> Vec<TestProgrammer> {
+    let mut out: Vec<TestProgrammer> = ["001", "002", "003", "004", "005"]
+        .iter()
+        .map(|id| TestProgrammer::free(id))
+        .collect();
+    out.push(TestProgrammer::paid_anthropic("006"));
+    out.push(TestProgrammer::paid_anthropic("007"));
+    out.push(TestProgrammer::paid("008").with_capabilities(&["premium", "openai", "paid"]));
+    for id in ["009", "010"] {
+        out.push(TestProgrammer::free(id).with_capabilities(&["deepseek", "local", "free"]));
+    }
+    out
+}
+
+/// The shipped config's `capability_routing` section (append with [`TestPool::append_config`]).
+pub const SHIPPED_CAPABILITY_ROUTING: &str = "capability_routing:
+  fast: [\"001\", \"002\", \"003\", \"004\", \"005\"]
+  premium: [\"006\", \"007\", \"008\"]
+  reasoning: [\"006\", \"007\", \"008\"]
+  free: [\"001\", \"002\", \"003\", \"004\", \"005\", \"009\", \"010\"]
+  local: [\"001\", \"002\", \"003\", \"004\", \"005\", \"009\", \"010\"]
+  paid: [\"006\", \"007\", \"008\"]
+";
+
+/// The programmer ids of the shipped shape that are free / paid.
+pub const SHIPPED_FREE: [&str; 7] = ["001", "002", "003", "004", "005", "009", "010"];
+pub const SHIPPED_PAID: [&str; 3] = ["006", "007", "008"];
+
+impl TestPool {
+    /// Appends top-level YAML (sections the generated config does not write, such as
+    /// `capability_routing:` or `llms:`) to the config file. Call before starting processes.
+    pub fn append_config(&self, yaml: &str) {
+        let mut text = std::fs::read_to_string(&self.config_path).expect("read config");
+        text.push_str(yaml);
+        std::fs::write(&self.config_path, text).expect("write config");
+    }
+
+    /// Every configured programmer id, in configuration order.
+    pub fn ids(&self) -> Vec<String> {
+        self.options
+            .programmers
+            .iter()
+            .map(|p| p.id.clone())
+            .collect()
+    }
+
+    /// Starts the given programmers; the guards are keyed by id.
+    pub fn start_programmers(&self, ids: &[&str]) -> BTreeMap<String, ChildGuard> {
+        ids.iter()
+            .map(|id| (id.to_string(), self.start_programmer(id)))
+            .collect()
+    }
+
+    /// Starts every configured programmer.
+    pub fn start_all_programmers(&self) -> BTreeMap<String, ChildGuard> {
+        let ids = self.ids();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        self.start_programmers(&ids)
+    }
+
+    /// Pids of processes (aider and its children) still working inside any programmer's
+    /// worktrees under the data dir.
+    pub fn processes_in_worktrees(&self) -> Vec<i32> {
+        let dir = self.data_dir.join("programmers");
+        if !dir.exists() {
+            return Vec::new();
+        }
+        super::processes_in_dir(&dir)
+    }
+
+    /// Waits (up to `timeout`) until no process works inside a programmer's worktrees; returns
+    /// the pids still there (empty when all ended).
+    pub async fn wait_worktree_processes_gone(&self, timeout: Duration) -> Vec<i32> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = self.processes_in_worktrees();
+            if left.is_empty() || tokio::time::Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A client of the test pool's manager.
+pub async fn manager_client(pool: &TestPool) -> ProgrammerPoolClient<Channel> {
+    ProgrammerPoolClient::connect(pool.manager_url())
+        .await
+        .expect("connect to the manager")
+}
+
+/// `GetPoolStatus`.
+pub async fn pool_status(c: &ProgrammerPoolClient<Channel>) -> PoolStatus {
+    c.clone()
+        .get_pool_status(GetPoolStatusRequest {})
+        .await
+        .expect("GetPoolStatus")
+        .into_inner()
+}
+
+/// Waits (up to 20 s) until the manager counts exactly `n` programmers available.
+pub async fn wait_available(c: &ProgrammerPoolClient<Channel>, n: u32) {
+    let c = c.clone();
+    wait_until(
+        Duration::from_secs(20),
+        &format!("{n} programmers available"),
+        || {
+            let mut c = c.clone();
+            async move {
+                c.get_pool_status(GetPoolStatusRequest {})
+                    .await
+                    .map(|s| s.into_inner().available == n)
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await;
+}
+
+/// Reads a task stream to its end and checks the contract every stream must keep: exactly one
+/// result, it is the last event, and `seq` runs 1..n. Returns every event and the result.
+pub async fn collect_events(
+    mut stream: tonic::Streaming<TaskEvent>,
+) -> (Vec<TaskEvent>, TaskResult) {
+    let mut events = Vec::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(ev)) => events.push(ev),
+            Ok(None) => break,
+            Err(status) => panic!("task stream broke: {status:?}\nevents so far: {events:#?}"),
+        }
+    }
+    let results: Vec<TaskResult> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Result(r)) => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(results.len(), 1, "exactly one result: {events:#?}");
+    assert!(
+        matches!(
+            events.last().and_then(|e| e.kind.as_ref()),
+            Some(Kind::Result(_))
+        ),
+        "the result is the last event: {events:#?}"
+    );
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=events.len() as u64).collect::<Vec<_>>(),
+        "seq runs 1..n"
+    );
+    (events, results[0].clone())
+}
+
+/// Dispatches `req` through the manager and reads its stream to the end (see [`collect_events`]).
+pub async fn dispatch_collect(
+    c: &ProgrammerPoolClient<Channel>,
+    req: DispatchRequest,
+) -> (Vec<TaskEvent>, TaskResult) {
+    let stream = c
+        .clone()
+        .dispatch(req)
+        .await
+        .expect("Dispatch accepted")
+        .into_inner();
+    collect_events(stream).await
+}
+
+/// A request on the sample repository (`src/module.py`).
+pub fn sample_dispatch(description: &str) -> DispatchRequest {
+    DispatchRequest {
+        task_description: description.into(),
+        files: vec!["src/module.py".into()],
+        workspace: "sample".into(),
+        run_id: "run-mgr".into(),
+        ..Default::default()
+    }
+}
+
+/// The result's state.
+pub fn state_of(result: &TaskResult) -> TaskState {
+    TaskState::try_from(result.status).unwrap_or(TaskState::Unspecified)
+}
+
+/// The programmer ids named by `Assigned` events, in order.
+pub fn assigned_ids(events: &[TaskEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Assigned(a)) => Some(a.programmer_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `Rerouted` events, in order.
+pub fn rerouted(events: &[TaskEvent]) -> Vec<pas::contract::v1::Rerouted> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Rerouted(r)) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `Queued` events, in order.
+pub fn queued(events: &[TaskEvent]) -> Vec<pas::contract::v1::Queued> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Queued(q)) => Some(q.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+// ===== programmer helpers (used by tests/programmer_*.rs) =====
+
+/// A `pas.v1.Programmer` client over a fresh connection.
+pub type ProgrammerClient =
+    pas::contract::v1::programmer_client::ProgrammerClient<tonic::transport::Channel>;
+
+impl ChildGuard {
+    /// Waits up to `timeout` for the process to exit by itself; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl TestPool {
+    /// Connects to programmer `id`.
+    pub async fn programmer_client(&self, id: &str) -> ProgrammerClient {
+        ProgrammerClient::connect(self.programmer_url(id))
+            .await
+            .unwrap_or_else(|e| panic!("connect to programmer {id}: {e}"))
+    }
+
+    /// `GET /health` of programmer `id` (HTTP/1.1 JSON on the gRPC port).
+    pub async fn programmer_health(&self, id: &str) -> serde_json::Value {
+        let url = format!("{}/health", self.programmer_url(id));
+        let resp = reqwest::get(&url)
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
+        resp.json().await.expect("/health JSON")
+    }
+
+    /// Where programmer `id` creates its task worktrees.
+    pub fn worktrees_dir(&self, id: &str) -> PathBuf {
+        self.data_dir.join("programmers").join(id).join("worktrees")
+    }
+}
+
+/// Runs one task on a programmer to its end; returns every event and the result. Asserts the
+/// stream invariants every task must keep: seq numbers 1..n in order, exactly one result, and the
+/// result is the last event.
+pub async fn execute_task(
+    client: &mut ProgrammerClient,
+    req: pas::contract::v1::TaskRequest,
+) -> (
+    Vec<pas::contract::v1::TaskEvent>,
+    pas::contract::v1::TaskResult,
+) {
+    let stream = client
+        .execute(req)
+        .await
+        .unwrap_or_else(|s| panic!("Execute refused: {s:?}"))
+        .into_inner();
+    collect_task(stream).await
+}
+
+/// Reads an Execute stream to its end and checks the invariants of [`execute_task`].
+pub async fn collect_task(
+    mut stream: tonic::Streaming<pas::contract::v1::TaskEvent>,
+) -> (
+    Vec<pas::contract::v1::TaskEvent>,
+    pas::contract::v1::TaskResult,
+) {
+    let mut events = Vec::new();
+    while let Some(ev) = stream.message().await.expect("the event stream breaks off") {
+        events.push(ev);
+    }
+    let result = check_stream(&events);
+    (events, result)
+}
+
+/// The stream invariants (see [`execute_task`]); returns the result.
+pub fn check_stream(events: &[pas::contract::v1::TaskEvent]) -> pas::contract::v1::TaskResult {
+    use pas::contract::v1::task_event::Kind;
+    let results: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Result(r)) => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(results.len(), 1, "exactly one result: {events:#?}");
+    assert!(
+        matches!(
+            events.last().and_then(|e| e.kind.as_ref()),
+            Some(Kind::Result(_))
+        ),
+        "the result is the last event: {events:#?}"
+    );
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=events.len() as u64).collect::<Vec<_>>(),
+        "seq numbers 1..n in order"
+    );
+    results.into_iter().next().expect("one result")
+}
+
+/// The Failover events of a task.
+pub fn failovers(events: &[pas::contract::v1::TaskEvent]) -> Vec<pas::contract::v1::Failover> {
+    use pas::contract::v1::task_event::Kind;
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Failover(f)) => Some(f.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// All streamed output of a task, concatenated in order.
+pub fn output_text(events: &[pas::contract::v1::TaskEvent]) -> String {
+    use pas::contract::v1::task_event::Kind;
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Output(o)) => Some(o.text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The task branches (`pas/*`) of a repository.
+pub fn task_branches(repo: &Path) -> Vec<String> {
+    super::git(
+        repo,
+        &[
+            "for-each-ref",
+            "--format=%(refname:short)",
+            "refs/heads/pas/",
+        ],
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+/// Lines of `git worktree list` (1 = only the main checkout).
+pub fn worktree_count(repo: &Path) -> usize {
+    super::git(repo, &["worktree", "list", "--porcelain"])
+        .lines()
+        .filter(|l| l.starts_with("worktree "))
+        .count()
+}
+
+/// A task request on workspace `workspace` editing `files`.
+pub fn task_request(
+    workspace: &str,
+    description: &str,
+    files: &[&str],
+) -> pas::contract::v1::TaskRequest {
+    pas::contract::v1::TaskRequest {
+        task_description: description.into(),
+        files: files.iter().map(|f| f.to_string()).collect(),
+        workspace: workspace.into(),
+        run_id: "run-test".into(),
+        ..Default::default()
+    }
+}
+
+/// The models named in the simulator's request log, with the kind of each request
+/// (`edit_diff`, `edit_whole`, `commit_message`) and the fault injected, in order.
+pub async fn sim_requests(sim: &Sim) -> Vec<(String, String, String)> {
+    let log = sim.requests().await;
+    let entries = log
+        .as_array()
+        .or_else(|| log.get("requests").and_then(|r| r.as_array()))
+        .cloned()
+        .unwrap_or_else(|| panic!("unexpected /_sim/requests shape: {log}"));
+    entries
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            (s("model"), s("kind"), s("fault"))
+        })
+        .collect()
+}
+
+/// How many edit requests (not commit messages) the simulator got for `model` (wire name).
+pub async fn sim_edit_requests(sim: &Sim, model: &str) -> usize {
+    sim_requests(sim)
+        .await
+        .iter()
+        .filter(|(m, kind, _)| m == model && kind.starts_with("edit"))
+        .count()
 }

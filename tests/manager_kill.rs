@@ -1,0 +1,305 @@
+//! A programmer killed with SIGKILL mid-task: the manager stops routing to it at once, re-routes
+//! its in-flight task to another programmer of the group (one Rerouted event, exactly one result),
+//! and takes it back when it restarts. Real `pas` processes, real aider, `pas llm-sim`.
+
+mod common;
+
+use common::Sim;
+use common::pool::{
+    PoolOptions, SHIPPED_CAPABILITY_ROUTING, TestPool, TestProgrammer, assigned_ids,
+    collect_events, dispatch_collect, manager_client, pool_status, rerouted, sample_dispatch,
+    shipped_shape, state_of, wait_available, wait_until,
+};
+use pas::contract::v1::{DispatchRequest, GetTaskRequest, ProgrammerState, Strategy, TaskState};
+use std::time::{Duration, Instant};
+
+/// The manager's view of programmer `id`'s state.
+async fn state_in_manager(
+    c: &pas::contract::v1::programmer_pool_client::ProgrammerPoolClient<tonic::transport::Channel>,
+    id: &str,
+) -> ProgrammerState {
+    let st = pool_status(c).await;
+    let p = st
+        .programmers
+        .iter()
+        .find(|p| p.id == id)
+        .unwrap_or_else(|| panic!("{id} in status"));
+    ProgrammerState::try_from(p.state).unwrap_or(ProgrammerState::Unspecified)
+}
+
+#[tokio::test]
+async fn a_killed_programmer_leaves_at_once_its_task_is_rerouted_and_it_rejoins() {
+    // 001's models never answer: a task there is in flight until something breaks it.
+    let sim = Sim::start_with_script(
+        "rules:\n  - model: 'primary-001'\n    fault: hang\n  - model: 'backup-001'\n    fault: hang\n",
+    );
+    let pool = TestPool::with_sim(
+        PoolOptions {
+            programmers: shipped_shape(),
+            request_timeout_s: 300,
+            task_timeout_s: 300,
+            ..PoolOptions::default()
+        },
+        sim,
+    );
+    pool.append_config(SHIPPED_CAPABILITY_ROUTING);
+    let repo = pool.sample_repo();
+    let mut programmers = pool.start_all_programmers();
+    let _manager = pool.start_manager();
+    let c = manager_client(&pool).await;
+    wait_available(&c, 10).await;
+
+    // The victim: capability_match puts it on 001, the first "fast" programmer.
+    let stream = c
+        .clone()
+        .dispatch(DispatchRequest {
+            task_id: "victim".into(),
+            capabilities: vec!["fast".into()],
+            strategy: Strategy::CapabilityMatch as i32,
+            ..sample_dispatch("Add docstrings to all functions")
+        })
+        .await
+        .expect("accepted")
+        .into_inner();
+    let victim = tokio::spawn(collect_events(stream));
+
+    // Wait until aider on 001 is really waiting on its LLM.
+    let sim = &pool.sim;
+    wait_until(
+        Duration::from_secs(60),
+        "aider on 001 to call its model",
+        || async {
+            let reqs = sim.requests().await;
+            reqs.as_array()
+                .is_some_and(|a| a.iter().any(|r| r["model"] == "primary-001"))
+        },
+    )
+    .await;
+    let record = c
+        .clone()
+        .get_task(GetTaskRequest {
+            task_id: "victim".into(),
+        })
+        .await
+        .expect("GetTask")
+        .into_inner();
+    assert_eq!(record.state, TaskState::Running as i32);
+    assert_eq!(record.programmer_id, "001");
+
+    // kill -9, then measure how long the manager keeps counting it available.
+    let killed_at = Instant::now();
+    programmers.get_mut("001").expect("001").kill();
+    loop {
+        let st = pool_status(&c).await;
+        let p = &st.programmers[0];
+        if p.state == ProgrammerState::Unavailable as i32 && st.available == 9 {
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(3),
+            "001 still counted available 3 s after kill -9: {st:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let gone_after = killed_at.elapsed();
+    eprintln!("MEASURED: killed programmer left `available` after {gone_after:?}");
+
+    // Its task moves to another fast programmer and ends there with exactly one result.
+    let (events, result) = tokio::time::timeout(Duration::from_secs(120), victim)
+        .await
+        .expect("the victim finishes")
+        .expect("collector");
+    let moves = rerouted(&events);
+    assert_eq!(moves.len(), 1, "one Rerouted: {events:#?}");
+    assert_eq!(moves[0].from_programmer, "001");
+    assert_eq!(moves[0].to_programmer, result.programmer_id);
+    assert!(!moves[0].reason.is_empty());
+    assert!(
+        ["002", "003", "004", "005"].contains(&result.programmer_id.as_str()),
+        "rerouted within the fast group: {result:#?}"
+    );
+    assert_eq!(state_of(&result), TaskState::Succeeded, "{result:#?}");
+    assert!(!result.diff.is_empty() && !result.commit.is_empty());
+    // The re-dispatch ran under its own id: the killed programmer's branch `pas/victim` is still
+    // in the repository (nothing cleaned up after kill -9) and must not be in the way.
+    assert_ne!(result.branch, "pas/victim");
+    assert!(result.branch.contains("attempt-2"), "{}", result.branch);
+    let assigned = assigned_ids(&events);
+    assert_eq!(
+        assigned.last(),
+        Some(&result.programmer_id),
+        "the last Assigned is the new programmer: {assigned:?}"
+    );
+    // The commit is on the rerouted attempt's branch in the workspace repository.
+    let log = common::git(&repo, &["log", "--format=%H", &result.branch]);
+    assert!(log.contains(&result.commit), "{log}");
+    let record = c
+        .clone()
+        .get_task(GetTaskRequest {
+            task_id: "victim".into(),
+        })
+        .await
+        .expect("GetTask")
+        .into_inner();
+    assert_eq!(record.state, TaskState::Succeeded as i32);
+    assert_eq!(record.programmer_id, result.programmer_id);
+
+    // New tasks avoid it: capability_match would pick 001 first if it could.
+    for _ in 0..5 {
+        let (_, r) = dispatch_collect(
+            &c,
+            DispatchRequest {
+                dry_run: true,
+                capabilities: vec!["fast".into()],
+                strategy: Strategy::CapabilityMatch as i32,
+                ..sample_dispatch("after the kill")
+            },
+        )
+        .await;
+        assert_eq!(r.programmer_id, "002");
+    }
+    for _ in 0..8 {
+        let (_, r) = dispatch_collect(
+            &c,
+            DispatchRequest {
+                dry_run: true,
+                capabilities: vec!["fast".into()],
+                strategy: Strategy::RoundRobin as i32,
+                ..sample_dispatch("after the kill, round robin")
+            },
+        )
+        .await;
+        assert_ne!(r.programmer_id, "001");
+    }
+
+    // Restart it on the same port: it rejoins and takes work again.
+    let restarted_at = Instant::now();
+    programmers.insert("001".into(), pool.start_programmer("001"));
+    wait_available(&c, 10).await;
+    eprintln!(
+        "MEASURED: restarted programmer back in `available` after {:?} (process start included)",
+        restarted_at.elapsed()
+    );
+    assert_eq!(
+        state_in_manager(&c, "001").await,
+        ProgrammerState::Available
+    );
+    let (_, r) = dispatch_collect(
+        &c,
+        DispatchRequest {
+            dry_run: true,
+            capabilities: vec!["fast".into()],
+            strategy: Strategy::CapabilityMatch as i32,
+            ..sample_dispatch("after the restart")
+        },
+    )
+    .await;
+    assert_eq!(r.programmer_id, "001");
+
+    // The aider the killed programmer left behind still hangs on its LLM: end it by pid.
+    let dir = pool.data_dir.join("programmers/001/worktrees");
+    for pid in common::processes_in_dir(&dir) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_rerouted_paid_task_holds_budget_again_and_the_lost_hold_is_booked() {
+    // Two paid programmers on their own priced models; 001's never answer.
+    let sim = Sim::start_with_script("rules:\n  - model: 'slow-*'\n    fault: hang\n");
+    let paid = |id: &str, primary: &str, backup: &str| TestProgrammer {
+        id: id.into(),
+        primary: primary.into(),
+        backup: backup.into(),
+        capabilities: vec!["premium".into(), "paid".into()],
+        max_cost_per_job_usd: None,
+    };
+    let pool = TestPool::with_sim(
+        PoolOptions {
+            programmers: vec![
+                paid("001", "openai/slow-a", "openai/slow-b"),
+                paid("002", "openai/fast-a", "openai/fast-b"),
+            ],
+            max_cost_per_job_usd: 0.5,
+            max_daily_spend_usd: 10.0,
+            alert_threshold_usd: 9.0,
+            request_timeout_s: 300,
+            task_timeout_s: 300,
+            ..PoolOptions::default()
+        },
+        sim,
+    );
+    let mut llms = String::from("llms:\n");
+    for m in ["slow-a", "slow-b", "fast-a", "fast-b"] {
+        llms.push_str(&format!(
+            "  \"openai/{m}\":\n    input_cost_per_token: 2.5e-6\n    output_cost_per_token: 1.0e-5\n"
+        ));
+    }
+    pool.append_config(&llms);
+    pool.sample_repo();
+    let mut programmers = pool.start_all_programmers();
+    let _manager = pool.start_manager();
+    let c = manager_client(&pool).await;
+    wait_available(&c, 2).await;
+
+    let stream = c
+        .clone()
+        .dispatch(DispatchRequest {
+            task_id: "paid-victim".into(),
+            capabilities: vec!["premium".into()],
+            strategy: Strategy::CapabilityMatch as i32,
+            ..sample_dispatch("Add docstrings to all functions")
+        })
+        .await
+        .expect("accepted")
+        .into_inner();
+    let victim = tokio::spawn(collect_events(stream));
+    let sim = &pool.sim;
+    wait_until(
+        Duration::from_secs(60),
+        "aider on 001 to call its model",
+        || async {
+            let reqs = sim.requests().await;
+            reqs.as_array()
+                .is_some_and(|a| a.iter().any(|r| r["model"] == "slow-a"))
+        },
+    )
+    .await;
+    let held = pool_status(&c).await.budget.expect("budget");
+    assert!((held.reserved_usd - 0.5).abs() < 1e-9, "{held:#?}");
+
+    programmers.get_mut("001").expect("001").kill();
+    let (events, result) = tokio::time::timeout(Duration::from_secs(120), victim)
+        .await
+        .expect("the victim finishes (a refused re-reservation would leave it queued)")
+        .expect("collector");
+    assert_eq!(state_of(&result), TaskState::Succeeded, "{result:#?}");
+    assert_eq!(result.programmer_id, "002");
+    assert_eq!(rerouted(&events).len(), 1, "{events:#?}");
+    assert!(
+        result.cost_usd > 0.0 && result.cost_usd < 0.5,
+        "{result:#?}"
+    );
+
+    // The first hold is booked in full (the killed programmer may have spent it), the second
+    // settles to the real cost, nothing stays held.
+    let b = pool_status(&c).await.budget.expect("budget");
+    assert!(b.reserved_usd.abs() < 1e-9, "{b:#?}");
+    assert!(
+        (b.spent_usd - (0.5 + result.cost_usd)).abs() < 1e-6,
+        "spent {} = 0.5 (lost hold) + {} (real cost): {b:#?}",
+        b.spent_usd,
+        result.cost_usd
+    );
+
+    let dir = pool.data_dir.join("programmers/001/worktrees");
+    for pid in common::processes_in_dir(&dir) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! How a task ends early, and how the programmer itself ends: a caller that goes away mid-stream,
+//! the task deadline, and a graceful SIGTERM. Real `pas programmer`, real aider, llm-sim, git.
+//! Every way out must leave no aider process, no worktree and no task branch behind.
+
+mod common;
+
+use common::pool::{self, PoolOptions, TestPool, TestProgrammer};
+use pas::contract::v1::task_event::Kind;
+use pas::contract::v1::{ErrorClass, GetStatusRequest, TaskEvent, TaskRequest, TaskState};
+use std::path::Path;
+use std::time::Duration;
+
+fn docstrings() -> TaskRequest {
+    pool::task_request(
+        "sample",
+        "Add docstrings to all functions",
+        &["src/module.py"],
+    )
+}
+
+/// True while `pid` exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// No process runs in `worktrees`, the directory is empty, the repository has only its main
+/// worktree and no task branch.
+async fn assert_nothing_left(worktrees: &Path, repo: &Path, what: &str) {
+    common::pool::wait_until(Duration::from_secs(20), what, || async {
+        common::processes_in_dir(worktrees).is_empty()
+            && std::fs::read_dir(worktrees).map_or(true, |mut d| d.next().is_none())
+            && pool::worktree_count(repo) == 1
+            && pool::task_branches(repo).is_empty()
+    })
+    .await;
+}
+
+/// Dropping the Execute stream while aider is streaming the LLM's reply cancels the task: the
+/// whole aider process group is killed, the worktree and the task branch are removed, and the
+/// cancellation is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_leaving_mid_stream_kills_aider_and_removes_the_worktree() {
+    // A slow stream: 4 characters every 400 ms.
+    let sim = common::Sim::start_with_script(
+        "rules:\n  - model: \"primary-001\"\n    chunk_delay_ms: 400\n    chunk_chars: 4\n",
+    );
+    let pool = TestPool::with_sim(PoolOptions::default(), sim);
+    let repo = pool.sample_repo();
+    let _prog = pool.start_programmer("001");
+    let worktrees = pool.worktrees_dir("001");
+    let mut c = pool.programmer_client("001").await;
+    let mut stream = c.execute(docstrings()).await.expect("Execute").into_inner();
+
+    // Read until the LLM's reply is being streamed through aider.
+    let mut events: Vec<TaskEvent> = Vec::new();
+    let streaming = tokio::time::timeout(Duration::from_secs(180), async {
+        while let Some(ev) = stream.message().await.expect("stream") {
+            events.push(ev);
+            if pool::output_text(&events).contains("I will apply") {
+                return;
+            }
+        }
+        panic!("the task ended before streaming: {events:#?}");
+    })
+    .await;
+    assert!(streaming.is_ok(), "no streamed reply: {events:#?}");
+    let aider_pids = common::processes_in_dir(&worktrees);
+    assert!(
+        !aider_pids.is_empty(),
+        "aider runs in the task worktree while streaming"
+    );
+    assert_eq!(pool::worktree_count(&repo), 2, "the task's worktree exists");
+    assert_eq!(pool::task_branches(&repo).len(), 1);
+
+    drop(stream);
+    drop(c);
+
+    assert_nothing_left(&worktrees, &repo, "cleanup after the caller left").await;
+    for pid in aider_pids {
+        assert!(!alive(pid), "aider process {pid} survived the cancellation");
+    }
+    let mut c = pool.programmer_client("001").await;
+    common::pool::wait_until(Duration::from_secs(10), "the cancel counted", || {
+        let mut c = c.clone();
+        async move {
+            let s = c
+                .get_status(GetStatusRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            s.cancelled == 1 && s.running == 0
+        }
+    })
+    .await;
+    let s = c
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((s.completed, s.failed), (0, 0), "{s:?}");
+    // The commit-message request never came: aider died mid-reply.
+    let kinds: Vec<_> = pool::sim_requests(&pool.sim).await;
+    assert!(
+        kinds.iter().all(|(_, kind, _)| kind != "commit_message"),
+        "{kinds:?}"
+    );
+    // A cancel is not a verdict on the primary.
+    assert_eq!(s.llm.expect("llm").failures, 0);
+}
+
+/// The task deadline (`timeout_s` in the request) ends a task whose model never answers with
+/// TIMED_OUT, both while aider is still starting (2 s) and while it waits on the hanging model;
+/// nothing is left behind and the breaker counts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_task_deadline_ends_a_hanging_task_with_timed_out_and_nothing_left() {
+    let sim = common::Sim::start_with_script(
+        "rules:\n  - model: \"primary-*\"\n    fault: hang\n  - model: \"backup-*\"\n    fault: hang\n",
+    );
+    let options = PoolOptions {
+        programmers: vec![TestProgrammer::free("001"), TestProgrammer::free("002")],
+        failure_threshold: 1,
+        ..PoolOptions::default()
+    };
+    let pool = TestPool::with_sim(options, sim);
+    let repo = pool.sample_repo();
+    let _p1 = pool.start_programmer("001");
+    let _p2 = pool.start_programmer("002");
+    let mut c1 = pool.programmer_client("001").await;
+    let mut c2 = pool.programmer_client("002").await;
+
+    // 001: 2 s, before aider (≈4 s start-up) reaches the model. 002: 15 s, well after it has
+    // sent its request to the hanging model (aider's own read timeout is 20 s).
+    let short = TaskRequest {
+        timeout_s: 2,
+        ..docstrings()
+    };
+    let long = TaskRequest {
+        timeout_s: 15,
+        ..docstrings()
+    };
+    let ((e1, r1), (e2, r2)) = tokio::join!(
+        pool::execute_task(&mut c1, short),
+        pool::execute_task(&mut c2, long)
+    );
+    for (id, events, result, secs) in [("001", e1, r1, 2u64), ("002", e2, r2, 15)] {
+        assert_eq!(
+            TaskState::try_from(result.status),
+            Ok(TaskState::TimedOut),
+            "{id}: {result:#?}"
+        );
+        assert_eq!(
+            ErrorClass::try_from(result.error_class),
+            Ok(ErrorClass::Deadline)
+        );
+        assert!(
+            result.error_message.contains(&format!("{secs}s")),
+            "{id}: {}",
+            result.error_message
+        );
+        assert!(
+            result.duration_ms >= secs * 1000,
+            "{id}: ended before its deadline: {result:#?}"
+        );
+        assert_eq!(result.attempts.len(), 1, "{id}");
+        assert!(pool::failovers(&events).is_empty(), "{id}: no failover");
+        assert_nothing_left(&pool.worktrees_dir(id), &repo, "cleanup after the deadline").await;
+    }
+    assert_eq!(
+        pool::sim_edit_requests(&pool.sim, "primary-002").await,
+        1,
+        "002's aider was waiting on the model when the deadline hit"
+    );
+    for c in [&mut c1, &mut c2] {
+        let s = c
+            .get_status(GetStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((s.failed, s.running), (1, 0), "{s:?}");
+        let llm = s.llm.expect("llm");
+        assert_eq!(llm.failures, 0, "a deadline is not a verdict: {llm:?}");
+        assert!(!llm.circuit_open);
+    }
+}
+
+/// SIGTERM: the programmer stops accepting (Execute → UNAVAILABLE, grpc health NOT_SERVING,
+/// `/health` says draining), lets the running task finish and deliver its result, and exits 0
+/// even with an idle client connection open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_accepting_finishes_the_running_task_and_exits_0() {
+    // Each reply starts after 3 s, so the task is still running when SIGTERM arrives.
+    let sim = common::Sim::start_with_script(
+        "rules:\n  - model: \"primary-001\"\n    latency_ms: 3000\n",
+    );
+    let pool = TestPool::with_sim(PoolOptions::default(), sim);
+    let repo = pool.sample_repo();
+    let mut prog = pool.start_programmer("001");
+    let mut c = pool.programmer_client("001").await;
+    let stream = c.execute(docstrings()).await.expect("Execute").into_inner();
+    let running = tokio::spawn(pool::collect_task(stream));
+    common::pool::wait_until(
+        Duration::from_secs(180),
+        "aider to ask the model",
+        || async { pool::sim_edit_requests(&pool.sim, "primary-001").await == 1 },
+    )
+    .await;
+
+    prog.terminate();
+    common::pool::wait_until(Duration::from_secs(10), "/health: draining", || async {
+        pool.programmer_health("001").await["status"] == "draining"
+    })
+    .await;
+    let refused = c
+        .execute(docstrings())
+        .await
+        .expect_err("a draining programmer takes no new task");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Channel::from_shared(pool.programmer_url("001"))
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect"),
+    );
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "pas.v1.Programmer".into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner();
+    assert_eq!(
+        serving.status(),
+        tonic_health::pb::health_check_response::ServingStatus::NotServing
+    );
+
+    let (events, result) = running.await.expect("the running task");
+    assert_eq!(
+        TaskState::try_from(result.status),
+        Ok(TaskState::Succeeded),
+        "the running task finished: {result:#?}"
+    );
+    assert!(matches!(events[0].kind, Some(Kind::Assigned(_))));
+    let status = prog
+        .wait_exit(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("no exit after the drain\n{}", prog.log_text()));
+    assert_eq!(status.code(), Some(0), "{}", prog.log_text());
+    drop(c);
+    drop(health);
+    assert_eq!(pool::task_branches(&repo), vec![result.branch.clone()]);
+    assert_eq!(pool::worktree_count(&repo), 1);
+    assert!(common::processes_in_dir(&pool.worktrees_dir("001")).is_empty());
+}
