@@ -226,6 +226,21 @@ async fn bench(runs: usize, dry_runs: usize) {
     let server = summarize(&server_side);
     let attempt = summarize(&attempt_side);
     let c = summarize(&dry);
+    // Per-run parts of the overhead that do not depend on aider's own (noisy) run time.
+    let outside_attempt = summarize(
+        &server_side
+            .iter()
+            .zip(&attempt_side)
+            .map(|(task, attempt)| task.saturating_sub(*attempt))
+            .collect::<Vec<_>>(),
+    );
+    let transport = summarize(
+        &through_programmer
+            .iter()
+            .zip(&server_side)
+            .map(|(client, task)| client.saturating_sub(*task))
+            .collect::<Vec<_>>(),
+    );
     let overhead_p50 = a.p50_ms - b.p50_ms;
     let overhead_p95 = a.p95_ms - b.p95_ms;
     // Per-run pairs: each Execute minus the aider-alone run right after it.
@@ -245,6 +260,11 @@ async fn bench(runs: usize, dry_runs: usize) {
         ("(b) aider alone (run_aider)", &b),
         ("    programmer-side task time", &server),
         ("    programmer-side attempt time", &attempt),
+        (
+            "    task minus attempt (worktree add/remove)",
+            &outside_attempt,
+        ),
+        ("    client minus task (gRPC, validation)", &transport),
         ("(c) dry_run Execute", &c),
     ] {
         table.add_row([
@@ -280,6 +300,8 @@ async fn bench(runs: usize, dry_runs: usize) {
         "programmer_side_task": server,
         "programmer_side_attempt": attempt,
         "dry_run_execute": c,
+        "task_minus_attempt": outside_attempt,
+        "client_minus_task": transport,
         "overhead_ms": {
             "p50_difference": overhead_p50,
             "p95_difference": overhead_p95,
