@@ -161,6 +161,9 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
             }
         }
     };
+    // A task that ended while waiting gives its place in the queue back now.
+    drop(ticket);
+    mgr.scheduler.nudge();
     // The caller's view: from acceptance by the manager to the result.
     result.duration_ms = accepted.elapsed().as_millis() as u64;
     mgr.finish_task(&task_id, &sink, result).await;
