@@ -140,10 +140,30 @@ pub struct TestPool {
     pub manager_port: u16,
 }
 
-/// A free port on 127.0.0.1 (bound, then released).
+/// A free port on 127.0.0.1 for a process the test starts later.
+///
+/// Picked below Linux's ephemeral range (32768+): a port bound with `:0` and released comes from
+/// that range, where any outgoing connection (aider → llm-sim, manager → programmer) may take it
+/// before our process binds it. Below it only explicit binds compete; ports handed out in this
+/// test binary are remembered so two pools never get the same one.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
+    use rand::Rng;
+    use std::sync::{Mutex, OnceLock};
+    static HANDED_OUT: OnceLock<Mutex<std::collections::HashSet<u16>>> = OnceLock::new();
+    let handed = HANDED_OUT.get_or_init(Default::default);
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(20_000..32_000);
+        let mut taken = handed.lock().unwrap_or_else(|p| p.into_inner());
+        if taken.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            taken.insert(port);
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000");
 }
 
 impl Drop for TestPool {
