@@ -134,21 +134,21 @@ async fn the_task_deadline_ends_a_hanging_task_with_timed_out_and_nothing_left()
     let mut c1 = pool.programmer_client("001").await;
     let mut c2 = pool.programmer_client("002").await;
 
-    // 001: 2 s, before aider (≈4 s start-up) reaches the model. 002: 15 s, well after it has
+    // 001: 2 s, before aider (≈4 s start-up) reaches the model. 002: 40 s, well after it has
     // sent its request to the hanging model (aider's own read timeout is 20 s).
     let short = TaskRequest {
         timeout_s: 2,
         ..docstrings()
     };
     let long = TaskRequest {
-        timeout_s: 15,
+        timeout_s: 40,
         ..docstrings()
     };
     let ((e1, r1), (e2, r2)) = tokio::join!(
         pool::execute_task(&mut c1, short),
         pool::execute_task(&mut c2, long)
     );
-    for (id, events, result, secs) in [("001", e1, r1, 2u64), ("002", e2, r2, 15)] {
+    for (id, events, result, secs) in [("001", e1, r1, 2u64), ("002", e2, r2, 40)] {
         assert_eq!(
             TaskState::try_from(result.status),
             Ok(TaskState::TimedOut),
