@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
+use pas::telemetry::ServiceIdentity;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -69,17 +70,20 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check { file }) => {
             pas::cli::config_check::run(file.unwrap_or(cli.config))
         }
-        Command::LlmSim(args) => {
-            pas::telemetry::init_logging(cli.log_format);
-            block_on(pas::llm_sim::run(args))
-        }
-        Command::Programmer(args) => {
-            pas::telemetry::init_logging(cli.log_format);
-            block_on(async move { pas::programmer::run(load_config(&cli.config)?, args).await })
-        }
+        Command::LlmSim(args) => block_on(
+            cli.log_format,
+            ServiceIdentity::other("llm-sim"),
+            pas::llm_sim::run(args),
+        ),
+        Command::Programmer(args) => block_on(
+            cli.log_format,
+            ServiceIdentity::programmer(&args.id),
+            async move { pas::programmer::run(load_config(&cli.config)?, args).await },
+        ),
         Command::Manager(args) => {
-            pas::telemetry::init_logging(cli.log_format);
-            block_on(async move { pas::manager::run(load_config(&cli.config)?, args).await })
+            block_on(cli.log_format, ServiceIdentity::manager(), async move {
+                pas::manager::run(load_config(&cli.config)?, args).await
+            })
         }
         Command::Up(args) => pas::cli::up::up(&cli.config, cli.log_format, args),
         Command::Down(args) => pas::cli::up::down(&cli.config, args),
@@ -95,8 +99,14 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<pas::config::Config> {
     pas::config::Config::load(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))
 }
 
-/// Runs a service future on a multi-threaded runtime and turns its error into exit code 1.
-fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+/// Runs a service future on a multi-threaded runtime with telemetry (logs, OTLP traces when
+/// configured, metrics) installed, flushes the traces at the end, and turns the service's error
+/// into exit code 1.
+fn block_on(
+    log_format: pas::telemetry::LogFormat,
+    service: ServiceIdentity,
+    fut: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -104,7 +114,13 @@ fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitC
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(fut) {
+    let outcome = runtime.block_on(async {
+        let telemetry = pas::telemetry::init(log_format, &service);
+        let outcome = fut.await;
+        telemetry.shutdown().await;
+        outcome
+    });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

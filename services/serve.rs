@@ -3,6 +3,7 @@
 //! The original users ran `curl localhost:6151/health | jq`; the mesh keeps that working on the same
 //! port as the gRPC services. tonic's [`Routes`] turns into an axum router, the JSON routes are added
 //! to it, and `axum::serve` (with HTTP/2 enabled) answers both protocols on one socket.
+//! W3C trace context on incoming calls is picked up by [`crate::telemetry::propagation`].
 //! Every process also registers grpc.health.v1 and reflection (v1 and v1alpha, since grpcurl 1.8
 //! still speaks v1alpha), so `grpcurl list` and health checks work without .proto files.
 
@@ -59,12 +60,16 @@ pub fn with_health_and_reflection(
 }
 
 /// Serves `router` (gRPC + JSON routes) on `listener` until `shutdown` resolves, then drains
-/// in-flight requests.
+/// in-flight requests. Every request passes the trace-context middleware first, so a caller's W3C
+/// `traceparent` becomes the parent of the spans its handler creates.
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let router = router.layer(axum::middleware::from_fn(
+        crate::telemetry::propagation::middleware,
+    ));
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),

@@ -36,6 +36,9 @@ async fn cancel_and_get_task_for_queued_running_and_finished_tasks() {
             programmers: vec![TestProgrammer::free("001")],
             max_concurrent_per_programmer: 1,
             max_queue_per_programmer: 1,
+            // The shipped poll interval: nothing but the task itself may wake the scheduler
+            // when a queued task is cancelled.
+            health_check_interval_s: 30,
             request_timeout_s: 300,
             task_timeout_s: 300,
             ..PoolOptions::default()
@@ -167,10 +170,14 @@ async fn cancel_and_get_task_for_queued_running_and_finished_tasks() {
     assert_eq!(rec.state, TaskState::Cancelled as i32);
     assert!(rec.finished_ms > 0);
     let c2 = c.clone();
-    wait_until(Duration::from_secs(5), "the manager queue to empty", || {
-        let c = c2.clone();
-        async move { pool_status(&c).await.manager_queue_depth == 0 }
-    })
+    wait_until(
+        Duration::from_secs(2),
+        "the cancelled task to leave the manager queue",
+        || {
+            let c = c2.clone();
+            async move { pool_status(&c).await.manager_queue_depth == 0 }
+        },
+    )
     .await;
 
     // Cancel the running one: CANCELLED result, aider killed, nothing left in the repository.

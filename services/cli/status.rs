@@ -10,7 +10,7 @@ use super::rundir::RunDir;
 use crate::contract::circuit_name;
 use crate::contract::v1::programmer_pool_client::ProgrammerPoolClient;
 use crate::contract::v1::{
-    CircuitState, GetPoolStatusRequest, PoolStatus, ProgrammerState, ProgrammerSummary,
+    CircuitState, GetPoolStatusRequest, LlmStats, PoolStatus, ProgrammerState, ProgrammerSummary,
 };
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -248,6 +248,7 @@ pub fn render(s: &PoolStatus) -> String {
     }
     out.push_str(&table.to_string());
     out.push('\n');
+    out.push_str(&render_llm_stats(&s.llm_stats));
     match &s.budget {
         Some(b) => {
             out.push_str(&format!(
@@ -273,6 +274,48 @@ pub fn render(s: &PoolStatus) -> String {
         }
     }
     out
+}
+
+/// Per-LLM task figures (from the manager's finished tasks): p50/p95 duration and success rate.
+fn render_llm_stats(stats: &[LlmStats]) -> String {
+    if stats.is_empty() {
+        return "LLMs: no finished tasks yet\n".to_string();
+    }
+    let mut table = comfy_table::Table::new();
+    table
+        .load_style(comfy_table::presets::UTF8_FULL_CONDENSED)
+        .set_header(["LLM", "TASKS", "SUCCESS", "P50", "P95", "ATTEMPTS (FAILED)"]);
+    for l in stats {
+        let (rate, p50, p95) = if l.tasks == 0 {
+            ("-".to_string(), "-".to_string(), "-".to_string())
+        } else {
+            (
+                format!("{:.0}%", l.success_rate * 100.0),
+                duration_text(l.p50_duration_ms),
+                duration_text(l.p95_duration_ms),
+            )
+        };
+        table.add_row([
+            l.llm.clone(),
+            l.tasks.to_string(),
+            rate,
+            p50,
+            p95,
+            format!("{} ({})", l.attempts, l.attempts_failed),
+        ]);
+    }
+    format!("LLMs (tasks finished since the manager started):\n{table}\n")
+}
+
+/// `850ms`, `4.2s`, `2m05s`.
+fn duration_text(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
 }
 
 fn programmer_row(p: &ProgrammerSummary) -> Vec<String> {
@@ -402,6 +445,16 @@ mod tests {
             manager_queue_depth: 0,
             manager_queue_capacity: 100,
             strategy: "least_loaded".into(),
+            llm_stats: vec![LlmStats {
+                llm: "ollama/a".into(),
+                tasks: 20,
+                succeeded: 19,
+                success_rate: 0.95,
+                p50_duration_ms: 4_200,
+                p95_duration_ms: 65_000,
+                attempts: 22,
+                attempts_failed: 3,
+            }],
         };
         let text = render(&status);
         assert!(text.starts_with("Pool: 1 of 2 programmers available, 1 on backup LLM, queue 4 (manager 0/100), strategy least_loaded\n"), "{text}");
@@ -415,6 +468,13 @@ mod tests {
         }
         assert!(text.contains("Budget 2026-11-24: $1.50 spent + $5.00 reserved of $50.00 ($43.50 left; alert at $40.00)"), "{text}");
         assert!(text.contains("  ! low_availability: only 1 of 2 programmers available (since 1970-01-01 00:00:00Z)"), "{text}");
+        let llm_row = text
+            .lines()
+            .find(|l| l.contains("ollama/a") && l.contains("95%"))
+            .unwrap_or_else(|| panic!("LLM row in {text}"));
+        for cell in ["20", "4.2s", "1m05s", "22 (3)"] {
+            assert!(llm_row.contains(cell), "{cell} missing in {llm_row}");
+        }
     }
 
     #[test]
@@ -422,5 +482,6 @@ mod tests {
         let text = render(&PoolStatus::default());
         assert!(text.contains("Budget: unknown"), "{text}");
         assert!(text.contains("Alerts: none"), "{text}");
+        assert!(text.contains("LLMs: no finished tasks yet"), "{text}");
     }
 }

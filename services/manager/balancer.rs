@@ -94,7 +94,10 @@ impl Service<TaskRequest> for ProgrammerEndpoint {
         let in_flight = self.pool.start_task(&self.member);
         let mut client = self.client.clone();
         Box::pin(async move {
-            let response = client.execute(request).await?;
+            // Polled inside the task's route span: the programmer joins the caller's trace.
+            let response = client
+                .execute(crate::telemetry::propagation::outgoing(request))
+                .await?;
             Ok(Upstream {
                 stream: response.into_inner(),
                 _in_flight: in_flight,
@@ -141,6 +144,8 @@ pub struct Placement {
     /// Dollars reserved from the daily budget for this task (paid programmers only).
     pub reserved_usd: Option<f64>,
     pub response: BoxFuture<'static, Result<Upstream, Status>>,
+    /// Ids of the programmers the strategy chose from (for the routing-decision span).
+    pub candidates: Vec<String>,
 }
 
 impl std::fmt::Debug for Placement {
@@ -277,10 +282,15 @@ impl Balancer {
                 request.max_cost_usd = reserved_usd.unwrap_or(0.0);
                 request.task_id = attempt_task_id(&request.task_id, request.dispatch_attempt);
                 let response = self.cache.call_ready_index(cache_index, request);
+                let candidates = candidates
+                    .iter()
+                    .map(|c| self.pool.members[c.index].spec.id.clone())
+                    .collect();
                 return Routed::Placed(Placement {
                     member,
                     reserved_usd,
                     response: Box::pin(response),
+                    candidates,
                 });
             }
         }

@@ -12,9 +12,11 @@ use crate::manager::Manager;
 use crate::manager::balancer::{Placement, Route, Upstream};
 use crate::manager::waitqueue::{NotPlaced, Ticket};
 use crate::task_events::TaskEventSink;
+use crate::telemetry;
 use std::sync::Arc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Everything the life of one task needs besides the manager.
 pub struct TaskLife {
@@ -49,7 +51,11 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
     let mut dispatch_attempt = 1u32;
     route.request.dispatch_attempt = dispatch_attempt;
     let mut result = loop {
-        let placement = match wait_for_placement(&mut ticket, &sink, &cancel).await {
+        let waiting = wait_for_placement(&mut ticket, &sink, &cancel);
+        let placement = match waiting
+            .instrument(telemetry::spans::queue_wait("manager"))
+            .await
+        {
             Ok(p) => p,
             Err(result) => break result,
         };
@@ -57,11 +63,14 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
             member,
             reserved_usd,
             response,
+            candidates,
         } = placement;
         let programmer = member.spec.id.clone();
+        let leg_span =
+            telemetry::spans::route(strategy.name(), &candidates, &programmer, dispatch_attempt);
         tracing::info!(%task_id, %programmer, strategy = strategy.name(), dispatch_attempt, "task assigned");
         let upstream = tokio::select! {
-            r = response => r,
+            r = response.instrument(leg_span.clone()) => r,
             _ = cancel.cancelled() => {
                 mgr.settle(&task_id, dispatch_attempt, reserved_usd, None);
                 break ended(TaskState::Cancelled, ErrorClass::Cancelled, "cancelled", &programmer);
@@ -81,7 +90,9 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                     };
                     sink.send(Kind::Rerouted(rerouted)).await;
                 }
-                relay(upstream, &sink, &cancel, strategy.name(), dispatch_attempt).await
+                relay(upstream, &sink, &cancel, strategy.name(), dispatch_attempt)
+                    .instrument(leg_span)
+                    .await
             }
             Err(status) if status.code() == tonic::Code::InvalidArgument => {
                 mgr.settle(&task_id, dispatch_attempt, reserved_usd, Some(0.0));
@@ -150,6 +161,9 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
             }
         }
     };
+    // A task that ended while waiting gives its place in the queue back now.
+    drop(ticket);
+    mgr.scheduler.nudge();
     // The caller's view: from acceptance by the manager to the result.
     result.duration_ms = accepted.elapsed().as_millis() as u64;
     mgr.finish_task(&task_id, &sink, result).await;
@@ -165,6 +179,7 @@ async fn wait_for_placement(
     sink: &TaskEventSink,
     cancel: &CancellationToken,
 ) -> Result<Placement, TaskResult> {
+    let mut first = true;
     loop {
         tokio::select! {
             placed = &mut ticket.placement => {
@@ -180,6 +195,7 @@ async fn wait_for_placement(
             changed = ticket.position.changed() => {
                 let position = *ticket.position.borrow_and_update();
                 if changed.is_ok() && position > 0 {
+                    telemetry::task_queued("manager", position as usize, std::mem::take(&mut first));
                     let queued = Queued {
                         position,
                         queue: "manager".into(),

@@ -66,6 +66,8 @@ pub struct Manager {
     pub queue_timeout: Duration,
     pub max_dispatch_attempts: u32,
     pub alerts: status::Alerts,
+    /// Per-LLM task figures for `pas status`, from the tasks finished here.
+    pub llm_stats: crate::telemetry::LlmStats,
     pub port: u16,
     /// When this process started the manager (Unix ms): alerts recorded before it were raised
     /// by an earlier process.
@@ -149,6 +151,7 @@ impl Manager {
             queue_timeout: Duration::from_secs(mgr_cfg.queue_timeout_s),
             max_dispatch_attempts: mgr_cfg.max_dispatch_attempts.max(1),
             alerts: status::Alerts::default(),
+            llm_stats: crate::telemetry::LlmStats::default(),
             config: config.clone(),
             pool,
             scheduler,
@@ -237,6 +240,8 @@ impl Manager {
             tracing::error!(%task_id, "task store: {e}");
         }
         self.active().remove(task_id);
+        crate::telemetry::task_finished(crate::telemetry::Role::Manager, &result);
+        self.llm_stats.record(&result);
         tracing::info!(%task_id, status = status.as_str_name(), programmer = %result.programmer_id,
             llm = %result.llm_used, cost_usd = result.cost_usd, duration_ms = result.duration_ms,
             error = %result.error_message, "task finished");
@@ -259,7 +264,7 @@ pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
         .await;
     let routes =
         tonic::service::Routes::new(ProgrammerPoolServer::new(PoolService::new(mgr.clone())));
-    let (m1, m2) = (mgr.clone(), mgr.clone());
+    let (m1, m2, m3) = (mgr.clone(), mgr.clone(), mgr.clone());
     let router = serve::with_health_and_reflection(
         routes,
         health_service,
@@ -278,6 +283,12 @@ pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
         get(move || {
             let mgr = m2.clone();
             async move { axum::Json(status::pool_status_json(&status::pool_status(&mgr))) }
+        }),
+    )
+    .route(
+        "/metrics",
+        crate::telemetry::metrics::route(move || {
+            crate::telemetry::metrics::pool_gauges(&status::pool_status(&m3))
         }),
     );
 

@@ -157,6 +157,12 @@ impl ProgrammerPool for PoolService {
         }
         tracing::info!(%task_id, run_id = %req.run_id, capabilities = ?req.capabilities, dry_run = req.dry_run,
             strategy = route.strategy.name(), "task accepted");
+        let span = crate::telemetry::spans::manager_task(
+            &task_id,
+            &req.run_id,
+            route.strategy.name(),
+            req.dry_run,
+        );
         let life = TaskLife {
             task_id,
             route,
@@ -165,7 +171,10 @@ impl ProgrammerPool for PoolService {
             cancel,
             accepted,
         };
-        tokio::spawn(dispatch::run(mgr, life));
+        tokio::spawn(tracing::Instrument::instrument(
+            dispatch::run(mgr, life),
+            span,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

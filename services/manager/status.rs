@@ -207,6 +207,7 @@ pub fn pool_status(mgr: &Manager) -> PoolStatus {
         manager_queue_depth: manager_queue,
         manager_queue_capacity: mgr.scheduler.capacity() as u32,
         strategy: mgr.default_strategy.name().to_string(),
+        llm_stats: mgr.llm_stats.snapshot(),
     };
     evaluate(mgr, &status, ledger.as_ref());
     status.alerts = mgr.alerts.list();
@@ -259,6 +260,7 @@ pub fn pool_status_json(s: &PoolStatus) -> serde_json::Value {
             "alert_threshold_usd": budget.alert_threshold_usd,
         },
         "alerts": s.alerts.iter().map(|a| serde_json::json!({"kind": a.kind, "message": a.message, "since_ms": a.since_ms})).collect::<Vec<_>>(),
+        "llm_stats": s.llm_stats.iter().map(|l| serde_json::json!({"llm": l.llm, "tasks": l.tasks, "succeeded": l.succeeded, "success_rate": l.success_rate, "p50_duration_ms": l.p50_duration_ms, "p95_duration_ms": l.p95_duration_ms, "attempts": l.attempts, "attempts_failed": l.attempts_failed})).collect::<Vec<_>>(),
     })
 }
 

@@ -49,6 +49,8 @@ struct Entry {
 enum Submit {
     Back(Entry),
     Front(Entry),
+    /// No new task: just make a pass (drops entries whose task went away).
+    Nudge,
 }
 
 /// Handle to the scheduler. Cheap to clone.
@@ -114,6 +116,14 @@ impl Scheduler {
         Ok(ticket)
     }
 
+    /// Asks for a pass over the queue now. A task that stops waiting (cancelled, caller gone)
+    /// calls this after dropping its [`Ticket`], so its place, which counts towards the queue's
+    /// bound, is given back at once rather than at the next change of the pool (which in a quiet
+    /// pool is the next status poll, up to `health_check_interval_s` away).
+    pub fn nudge(&self) {
+        let _ = self.tx.send(Submit::Nudge);
+    }
+
     /// Re-submits a task that lost its programmer at the front of the queue (it has waited
     /// already); never refused.
     pub fn resubmit(&self, route: Route, max_wait: std::time::Duration) -> Ticket {
@@ -165,6 +175,7 @@ async fn run(
             submitted = rx.recv() => match submitted {
                 Some(Submit::Back(e)) => queue.push_back(e),
                 Some(Submit::Front(e)) => queue.push_front(e),
+                Some(Submit::Nudge) => {}
                 None => return,
             },
             _ = pool_changes.changed() => {}
@@ -183,6 +194,7 @@ async fn run(
             match s {
                 Submit::Back(e) => queue.push_back(e),
                 Submit::Front(e) => queue.push_front(e),
+                Submit::Nudge => {}
             }
         }
         // Bring the balancer up to date (discovery, pending endpoints) before the pass.

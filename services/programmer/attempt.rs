@@ -134,7 +134,12 @@ pub async fn run_attempt(
             let _ = sink.send(Kind::Output(output)).await;
         }
     };
-    let (run, ()) = tokio::join!(run_aider(invocation, tx, cancel.clone(), deadline), relay);
+    let aider_span = crate::telemetry::spans::aider(&llm.name);
+    let aider = run_aider(invocation, tx, cancel.clone(), deadline);
+    let (run, ()) = tokio::join!(
+        tracing::Instrument::instrument(aider, aider_span.clone()),
+        relay
+    );
     let run = match run {
         Ok(run) => run,
         Err(e) => {
@@ -148,6 +153,7 @@ pub async fn run_attempt(
     };
     let (sent, received) = (run.usage.prompt_tokens, run.usage.completion_tokens);
     let cost = sent as f64 * llm.input_cost_per_token + received as f64 * llm.output_cost_per_token;
+    crate::telemetry::spans::record_aider(&aider_span, run.exit_code, sent, received, cost);
     if run.cancelled {
         return report(AttemptOutcome::Cancelled, sent, received, cost);
     }

@@ -17,9 +17,11 @@ use crate::programmer::state::Programmer;
 use crate::programmer::validate::ValidatedTask;
 use crate::programmer::worktree::TaskWorktree;
 use crate::task_events::TaskEventSink;
+use crate::telemetry;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// The class an LLM-class outcome maps to in the config's `failure_conditions`.
 pub fn failure_condition(class: ErrorClass) -> Option<FailureCondition> {
@@ -77,6 +79,7 @@ pub async fn run_task(
     let worktree = match task
         .workspace
         .create_task_worktree(&prog.worktrees_dir, &task.task_id, &base_commit, &identity)
+        .instrument(telemetry::spans::worktree())
         .await
     {
         Ok(w) => w,
@@ -131,8 +134,11 @@ pub async fn run_task(
             }
         }
         let on_primary = number == 1 && starts_on_primary;
+        let span = telemetry::spans::attempt(number, &llm.name, !on_primary);
         let report: AttemptReport =
-            run_attempt(prog, task, &worktree, &llm, number, sink, &cancel, deadline).await;
+            run_attempt(prog, task, &worktree, &llm, number, sink, &cancel, deadline)
+                .instrument(span.clone())
+                .await;
         result.tokens_sent += report.tokens_sent;
         result.tokens_received += report.tokens_received;
         result.cost_usd += report.cost_usd;
@@ -149,6 +155,7 @@ pub async fn run_task(
             tokens_received: report.tokens_received,
             cost_usd: report.cost_usd,
         });
+        telemetry::spans::record_attempt(&span, result.attempts.last());
 
         // Tell the breaker about the primary; a dropped probe admission re-opens it.
         if on_primary {
@@ -203,6 +210,12 @@ pub async fn run_task(
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let name = failure_condition(class).map_or(class.as_str_name(), |c| c.as_str());
                 let reason = format!("{name}: {message}");
+                telemetry::metrics::failover(
+                    &spec.id,
+                    &llm.name,
+                    &next.name,
+                    &telemetry::spans::error_class_name(class as i32),
+                );
                 tracing::info!(task_id = %task.task_id, from = %llm.name, to = %next.name, attempt = number + 1, %reason, "failover");
                 let event = Failover {
                     from_llm: llm.name.clone(),
@@ -316,9 +329,7 @@ fn summarize_failure(result: &TaskResult, last: &str) -> String {
         .attempts
         .iter()
         .map(|a| {
-            let class = ErrorClass::try_from(a.error_class)
-                .map(|c| c.as_str_name())
-                .unwrap_or("?");
+            let class = telemetry::spans::error_class_name(a.error_class);
             format!("#{} {}: {} {}", a.number, a.llm, class, a.error_message)
         })
         .collect();

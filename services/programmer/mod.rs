@@ -66,7 +66,7 @@ pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
         .await;
     let routes =
         tonic::service::Routes::new(ProgrammerServer::new(ProgrammerService::new(prog.clone())));
-    let status_prog = prog.clone();
+    let (status_prog, metrics_prog) = (prog.clone(), prog.clone());
     let router = serve::with_health_and_reflection(
         routes,
         health_service,
@@ -79,6 +79,18 @@ pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
             let prog = status_prog.clone();
             async move { axum::Json(health_json(&prog.status())) }
         }),
+    )
+    .route(
+        "/metrics",
+        crate::telemetry::metrics::route(move || {
+            crate::telemetry::metrics::programmer_gauges(&metrics_prog.status())
+        }),
+    );
+    crate::telemetry::metrics::watch_breaker(
+        prog.breaker.subscribe(),
+        &prog.spec.id,
+        &prog.spec.primary.name,
+        |t: &breaker::Transition| (t.from.as_str(), t.to.as_str()),
     );
 
     // Tests and `pas up` read this line to learn the bound address.

@@ -57,8 +57,16 @@ impl ProgrammerRpc for ProgrammerService {
         let (sink, rx) = TaskEventSink::channel(&task.task_id, EVENT_BUFFER);
         tracing::info!(task_id = %task.task_id, run_id = %task.run_id, workspace = %task.workspace_name,
             dry_run = task.dry_run, "task accepted");
+        let span = crate::telemetry::spans::programmer_task(
+            &task.task_id,
+            &task.run_id,
+            &prog.spec.id,
+            &task.workspace_name,
+            task.dry_run,
+        );
         let driver = drive_task(prog.clone(), task, sink, waiting);
-        prog.tasks.spawn(driver);
+        prog.tasks
+            .spawn(tracing::Instrument::instrument(driver, span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -92,8 +100,12 @@ async fn drive_task(
     let acquire = waiting.acquire(move |position| {
         let _ = positions_tx.send(position);
     });
+    let acquire =
+        tracing::Instrument::instrument(acquire, crate::telemetry::spans::queue_wait("programmer"));
     let relay_positions = async {
+        let mut first = true;
         while let Some(position) = positions_rx.recv().await {
+            crate::telemetry::task_queued("programmer", position, std::mem::take(&mut first));
             let queued = Queued {
                 position: position as u32,
                 queue: "programmer".into(),
@@ -115,6 +127,7 @@ async fn drive_task(
             return;
         }
     };
+    tracing::info!(task_id = %task.task_id, waited_ms = started.elapsed().as_millis() as u64, "task started");
 
     let result = if task.dry_run {
         let (llm, using_backup) = prog.current_llm();
@@ -168,6 +181,7 @@ async fn finish(prog: &Programmer, task: &ValidatedTask, sink: &TaskEventSink, r
         _ => &prog.counters.failed,
     };
     counter.fetch_add(1, Ordering::Relaxed);
+    crate::telemetry::task_finished(crate::telemetry::Role::Programmer, &result);
     tracing::info!(task_id = %task.task_id, run_id = %task.run_id, status = status.as_str_name(),
         llm = %result.llm_used, used_backup = result.used_backup, attempts = result.attempts.len(),
         cost_usd = result.cost_usd, duration_ms = result.duration_ms,
