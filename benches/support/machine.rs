@@ -41,7 +41,10 @@ pub fn run() -> anyhow::Result<Section> {
     } else {
         "release (cargo bench)"
     };
-    let pas = env!("CARGO_BIN_EXE_pas");
+    let pas_path = env!("CARGO_BIN_EXE_pas");
+    let pas = pas_path
+        .strip_prefix(concat!(env!("CARGO_MANIFEST_DIR"), "/"))
+        .unwrap_or(pas_path);
     let mut t = table(&["", ""]);
     let commit_text = format!("{commit}{}", if dirty { " (+ local changes)" } else { "" });
     for (k, v) in [
