@@ -70,6 +70,14 @@ pub async fn serve(
     let router = router.layer(axum::middleware::from_fn(
         crate::telemetry::propagation::middleware,
     ));
+    // TCP_NODELAY on every accepted connection: gRPC streams are many small frames (headers,
+    // one event, trailers), and with Nagle's algorithm each small write after the first waits
+    // for the peer's delayed ACK (~40 ms on Linux), which showed up as ~40 ms per manager hop.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY on an accepted connection: {e}");
+        }
+    });
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),

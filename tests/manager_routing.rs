@@ -323,16 +323,34 @@ async fn least_loaded_picks_the_idle_programmer_under_real_load() {
 
     // least_loaded (the configured default, and asked for explicitly) picks the idle 003.
     for strategy in [Strategy::Unspecified, Strategy::LeastLoaded] {
-        let (events, r) = dispatch_collect(
-            c,
-            DispatchRequest {
-                dry_run: true,
-                capabilities: vec!["fast".into()],
-                strategy: strategy as i32,
-                ..sample_dispatch("least loaded")
-            },
+        let task_id = format!("ll-{}", strategy as i32);
+        let routed = tokio::time::timeout(
+            Duration::from_secs(30),
+            dispatch_collect(
+                c,
+                DispatchRequest {
+                    task_id: task_id.clone(),
+                    dry_run: true,
+                    capabilities: vec!["fast".into()],
+                    strategy: strategy as i32,
+                    ..sample_dispatch("least loaded")
+                },
+            ),
         )
         .await;
+        // An idle programmer answers a dry run at once; one stuck behind a hung task would not.
+        let Ok((events, r)) = routed else {
+            let rec = c
+                .clone()
+                .get_task(GetTaskRequest { task_id })
+                .await
+                .expect("GetTask")
+                .into_inner();
+            panic!(
+                "{strategy:?}: the dry run waited: placed on {:?} instead of the idle 003",
+                rec.programmer_id
+            );
+        };
         assert_eq!(r.programmer_id, "003", "{strategy:?}: {events:#?}");
         assert_eq!(state_of(&r), TaskState::Succeeded);
     }

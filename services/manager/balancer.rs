@@ -7,7 +7,7 @@
 //! membership changes arrive as a tower discovery stream (`Change::Insert/Remove`).
 //!
 //! Routing is per request (capabilities, cost tiers, exclusions), so selection happens in `call`:
-//! the ready endpoints of the best tier that has any are offered to the task's [`Strategy`]; a paid
+//! the ready endpoints of the best tier that has any are offered to the task's [`Strategy`](super::strategy::Strategy); a paid
 //! pick must win a budget reservation first. When nothing fits, `call` answers
 //! [`Routed::NoRoom`] at once and the [scheduler](super::waitqueue) keeps the task waiting.
 //! Routing never falls back to a programmer outside the task's tiers.
@@ -374,7 +374,7 @@ pub fn reservation_key(task_id: &str, dispatch_attempt: u32) -> String {
 ///
 /// A programmer names the task's branch and worktree after this id, and one that is killed
 /// mid-task leaves both behind in the shared repository (nothing runs to clean up). A re-dispatch
-/// under the same id then failed wherever it landed with "branch pas/<id> already exists". Budget
+/// under the same id then failed wherever it landed with "branch `pas/<id>` already exists". Budget
 /// holds and task records stay keyed by the caller's id; only the programmer sees this one.
 pub fn attempt_task_id(task_id: &str, dispatch_attempt: u32) -> String {
     if dispatch_attempt <= 1 {

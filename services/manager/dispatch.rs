@@ -3,7 +3,11 @@
 //! breaks (Rerouted), settle its budget reservation, record it, and end with exactly one result.
 //!
 //! Re-dispatching is safe because every attempt runs in its own worktree and branch on the
-//! programmer side, and a broken stream makes the programmer kill its aider and discard the worktree.
+//! programmer side: each dispatch attempt gets its own programmer-side task id
+//! ([`attempt_task_id`](crate::manager::balancer::attempt_task_id)), so a branch left behind by a
+//! programmer killed mid-task is never in the way, and a broken stream makes a live programmer
+//! kill its aider and discard the worktree. A programmer that refuses a task at admission (queue
+//! full) did not lose it: the task goes back to the front of the queue without a reroute.
 
 use crate::contract::v1::{
     Assigned, ErrorClass, Queued, Rerouted, TaskResult, TaskState, task_event::Kind,
