@@ -632,28 +632,8 @@ pub async fn collect_events(
             Err(status) => panic!("task stream broke: {status:?}\nevents so far: {events:#?}"),
         }
     }
-    let results: Vec<TaskResult> = events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            Some(Kind::Result(r)) => Some(r.clone()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(results.len(), 1, "exactly one result: {events:#?}");
-    assert!(
-        matches!(
-            events.last().and_then(|e| e.kind.as_ref()),
-            Some(Kind::Result(_))
-        ),
-        "the result is the last event: {events:#?}"
-    );
-    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
-    assert_eq!(
-        seqs,
-        (1..=events.len() as u64).collect::<Vec<_>>(),
-        "seq runs 1..n"
-    );
-    (events, results[0].clone())
+    let result = check_stream(&events);
+    (events, result)
 }
 
 /// Dispatches `req` through the manager and reads its stream to the end (see [`collect_events`]).
