@@ -51,6 +51,14 @@ impl ProgrammerRpc for ProgrammerService {
         let root = prog.workspace_root.clone();
         let limits = prog.spec.limits.clone();
         let task = validate(req, &limits, &root).await?;
+        // Draining may have begun while the request was validated (it runs git): a task spawned
+        // after the drain found no tasks left would be cut off when the server stops.
+        if prog.is_draining() {
+            return Err(Status::unavailable(format!(
+                "{} is shutting down",
+                prog.spec.agent
+            )));
+        }
         let waiting = prog.queue.try_enter().map_err(|full| {
             Status::resource_exhausted(format!("{} queue is full: {full}", prog.spec.agent))
         })?;
