@@ -66,8 +66,8 @@ fn state(r: &TaskResult) -> TaskState {
 }
 
 /// Each bad request is refused up-front with INVALID_ARGUMENT naming the field (traversal,
-/// absolute path, symlink escapes, a workspace that is not a repository, empty and oversize
-/// descriptions); a full queue is RESOURCE_EXHAUSTED; afterwards a good task still succeeds.
+/// absolute path, symlink escapes, a workspace that is not a repository, a base ref that names no
+/// commit, empty and oversize descriptions); a full queue is RESOURCE_EXHAUSTED; afterwards a good task still succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_and_a_full_queue_are_refused_and_the_service_keeps_serving() {
     let options = PoolOptions {
@@ -141,6 +141,22 @@ async fn bad_requests_and_a_full_queue_are_refused_and_the_service_keeps_serving
                 ..docstrings()
             },
             "workspace",
+        ),
+        (
+            "unknown base ref",
+            TaskRequest {
+                base_ref: "no-such-branch".into(),
+                ..docstrings()
+            },
+            "base_ref",
+        ),
+        (
+            "option as base ref",
+            TaskRequest {
+                base_ref: "--orphan".into(),
+                ..docstrings()
+            },
+            "base_ref",
         ),
         (
             "empty description",

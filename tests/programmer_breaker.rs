@@ -314,3 +314,88 @@ async fn edit_failures_neither_fail_over_nor_count_for_the_breaker() {
     assert!(pool::task_branches(&repo).is_empty());
     assert_eq!(pool::worktree_count(&repo), 1);
 }
+
+/// The programmer is killed (`kill -9`) while its half-open probe waits on the primary: aider does
+/// not outlive it, and the restarted programmer treats the probe as unanswered — the breaker is
+/// open again for a full cooldown instead of letting the next task probe at once — and removes
+/// the dead task's worktree and branch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_during_the_probe_reopens_the_breaker_and_leaves_nothing_behind() {
+    let sim = common::Sim::start_with_script(
+        "rules:\n  - model: \"primary-001\"\n    fault: http_500\n    times: 1\n",
+    );
+    let options = PoolOptions {
+        failure_threshold: 1,
+        window_minutes: 5.0,
+        cooldown_minutes: 0.05,
+        ..PoolOptions::default()
+    };
+    let pool = TestPool::with_sim(options, sim);
+    let repo = pool.sample_repo();
+    let worktrees = pool.worktrees_dir("001");
+    let mut prog = pool.start_programmer("001");
+    let mut c = pool.programmer_client("001").await;
+
+    // One failure opens the breaker (threshold 1); the task finishes on the backup.
+    let (_, first) = pool::execute_task(&mut c, docstrings()).await;
+    succeeded(&first);
+    assert!(first.used_backup);
+
+    // The primary now hangs; after the 3 s cooldown the next task is the probe.
+    pool.sim
+        .set_script("rules:\n  - model: \"primary-001\"\n    fault: hang\n")
+        .await;
+    common::pool::wait_until(Duration::from_secs(30), "half-open", || {
+        let mut c = c.clone();
+        async move {
+            CircuitState::try_from(llm_state(&mut c).await.circuit_state)
+                == Ok(CircuitState::HalfOpen)
+        }
+    })
+    .await;
+    let mut probe = c.execute(docstrings()).await.expect("Execute").into_inner();
+    let assigned = probe.message().await.expect("stream").expect("an event");
+    assert!(
+        matches!(&assigned.kind, Some(Kind::Assigned(a)) if !a.using_backup),
+        "the probe: {assigned:?}"
+    );
+    common::pool::wait_until(
+        Duration::from_secs(180),
+        "the probe to ask the primary",
+        || async { pool::sim_edit_requests(&pool.sim, "primary-001").await == 2 },
+    )
+    .await;
+    let aider_pids = common::processes_in_dir(&worktrees);
+    assert!(!aider_pids.is_empty(), "aider runs the probe");
+
+    prog.kill();
+    drop(probe);
+    drop(prog);
+    common::pool::wait_until(
+        Duration::from_secs(10),
+        "aider to die with the programmer",
+        || async { common::processes_in_dir(&worktrees).is_empty() },
+    )
+    .await;
+
+    let _prog = pool.start_programmer("001");
+    let mut c = pool.programmer_client("001").await;
+    let llm = llm_state(&mut c).await;
+    assert_eq!(
+        CircuitState::try_from(llm.circuit_state),
+        Ok(CircuitState::Open),
+        "an unanswered probe re-opens the breaker: {llm:?}"
+    );
+    assert!(
+        llm.cooldown_remaining_ms > 1_500,
+        "a fresh cooldown (3 s) starts: {llm:?}"
+    );
+    assert!(llm.using_backup);
+    // The killed task's worktree and branch are gone; the first task's branch stays.
+    assert_eq!(pool::task_branches(&repo), vec![first.branch.clone()]);
+    assert_eq!(pool::worktree_count(&repo), 1);
+    assert!(
+        std::fs::read_dir(&worktrees).map_or(true, |mut d| d.next().is_none()),
+        "worktrees dir emptied"
+    );
+}

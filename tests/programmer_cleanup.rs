@@ -125,6 +125,9 @@ async fn the_task_deadline_ends_a_hanging_task_with_timed_out_and_nothing_left()
     let options = PoolOptions {
         programmers: vec![TestProgrammer::free("001"), TestProgrammer::free("002")],
         failure_threshold: 1,
+        // aider's read timeout beyond the longest deadline, so the hanging request is never
+        // abandoned and re-sent by aider before our deadline ends it.
+        request_timeout_s: 300,
         ..PoolOptions::default()
     };
     let pool = TestPool::with_sim(options, sim);
@@ -135,7 +138,7 @@ async fn the_task_deadline_ends_a_hanging_task_with_timed_out_and_nothing_left()
     let mut c2 = pool.programmer_client("002").await;
 
     // 001: 2 s, before aider (≈4 s start-up) reaches the model. 002: 40 s, well after it has
-    // sent its request to the hanging model (aider's own read timeout is 20 s).
+    // sent its request to the hanging model.
     let short = TaskRequest {
         timeout_s: 2,
         ..docstrings()

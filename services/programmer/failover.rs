@@ -94,6 +94,12 @@ pub async fn run_task(
     };
 
     let mut admission = Some(prog.breaker.admit());
+    if admission.as_ref().is_some_and(Admission::is_probe) {
+        // Saved as "half-open, probe in flight": if the process dies during the probe, the
+        // restarted programmer re-opens the breaker for a full cooldown instead of probing again
+        // at once (the probe never gave a verdict).
+        prog.persist_breaker();
+    }
     let starts_on_primary = admission.as_ref().is_some_and(|a| !a.uses_backup());
     let mut llm = if starts_on_primary {
         spec.primary.clone()
@@ -107,6 +113,9 @@ pub async fn run_task(
         ..Default::default()
     };
     if !sink.send(Kind::Assigned(assigned)).await {
+        // A probe dropped without a verdict re-opens the breaker: save that too.
+        drop(admission.take());
+        prog.persist_breaker();
         result.status = TaskState::Cancelled as i32;
         return finish_with(
             worktree,

@@ -7,6 +7,7 @@
 
 use crate::config::JobLimits;
 use crate::contract::v1::TaskRequest;
+use crate::programmer::worktree::WorktreeError;
 use crate::workspace::{self, Workspace, invalid};
 use std::path::Path;
 use std::time::Duration;
@@ -66,6 +67,17 @@ pub async fn validate(
     };
     let deadline = Duration::from_secs(requested.min(limits.max_duration_per_job_s));
     let workspace = workspace::open_checked(workspace_root, &req.workspace, &req.files).await?;
+    if let Some(r) = &base_ref {
+        // A ref that names no commit is the caller's mistake: say so now, not as a failed task.
+        // (The task resolves it again when it starts, from the repository as it is then.)
+        match workspace.resolve_base(Some(r)).await {
+            Ok(_) => {}
+            Err(e @ (WorktreeError::UnknownRef { .. } | WorktreeError::InvalidRef { .. })) => {
+                return Err(invalid("base_ref", &e.to_string()));
+            }
+            Err(e) => return Err(Status::internal(format!("cannot resolve base_ref: {e}"))),
+        }
+    }
     let task_id = if req.task_id.is_empty() {
         uuid::Uuid::new_v4().to_string()
     } else {
@@ -216,6 +228,13 @@ mod tests {
             (
                 TaskRequest {
                     base_ref: "--orphan".into(),
+                    ..request()
+                },
+                "base_ref",
+            ),
+            (
+                TaskRequest {
+                    base_ref: "no-such-branch".into(),
                     ..request()
                 },
                 "base_ref",
