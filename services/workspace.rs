@@ -211,78 +211,34 @@ pub struct Workspace {
 
 impl Workspace {
     /// Resolve `name` (relative to `workspace_root`, symlinks resolved) and require it to be
-    /// inside the root and the top level of a git repository with at least one commit.
+    /// inside the root and the top level of a git repository with at least one commit. Runs git
+    /// three times; services open workspaces through a [`WorkspaceCache`] instead.
     pub async fn open(workspace_root: &Path, name: &str) -> Result<Workspace, WorkspaceError> {
-        let owned = || name.to_string();
-        if name.is_empty() || name.contains('\0') {
-            return Err(WorkspaceError::Invalid { name: owned() });
-        }
-        let rel = Path::new(name);
-        if rel.has_root() || rel.is_absolute() {
-            return Err(WorkspaceError::Absolute { name: owned() });
-        }
-        // Climbing above the root is refused even when the path comes back inside it.
-        if lexically_escapes(rel) {
-            return Err(WorkspaceError::EscapesRoot { name: owned() });
-        }
-        let root = fs::canonicalize(workspace_root).map_err(|source| WorkspaceError::Root {
-            path: workspace_root.to_path_buf(),
-            source,
-        })?;
-        let path = match fs::canonicalize(root.join(rel)) {
-            Ok(p) => p,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(WorkspaceError::NotFound { name: owned() });
-            }
-            Err(source) => {
-                return Err(WorkspaceError::Io {
-                    name: owned(),
-                    source,
-                });
-            }
-        };
-        if !path.starts_with(&root) {
-            return Err(WorkspaceError::EscapesRoot { name: owned() });
-        }
-        if !path.is_dir() {
-            return Err(WorkspaceError::NotARepo {
-                name: owned(),
-                detail: "not a directory".into(),
-            });
-        }
-
-        let toplevel = Git::new(&path).args(["rev-parse", "--show-toplevel"]);
-        let out = toplevel.output().await.map_err(WorkspaceError::Git)?;
-        if !out.status.success() {
-            return Err(WorkspaceError::NotARepo {
-                name: owned(),
-                detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        let top = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let top_canonical = fs::canonicalize(&top).unwrap_or_else(|_| PathBuf::from(&top));
-        if top_canonical != path {
-            return Err(WorkspaceError::NotARepo {
-                name: owned(),
-                detail: format!("it lies inside the repository at {top}"),
-            });
-        }
-
-        let head = Git::new(&path).args(["rev-parse", "--verify", "-q", "HEAD^{commit}"]);
-        let out = head.output().await.map_err(WorkspaceError::Git)?;
-        if !out.status.success() {
-            return Err(WorkspaceError::NoCommits { name: owned() });
-        }
-        let common_dir = Git::new(&path)
-            .args(["rev-parse", "--path-format=absolute", "--git-common-dir"])
-            .run()
-            .await
-            .map_err(WorkspaceError::Git)?;
+        let path = resolve_under(workspace_root, name)?;
+        let lock_path = verify_repository(&path, name).await?;
         Ok(Workspace {
-            name: owned(),
-            lock_path: Path::new(common_dir.trim()).join(WORKTREE_LOCK_FILE),
+            name: name.to_string(),
+            lock_path,
             path,
         })
+    }
+
+    /// The full commit id `reference` names (`reference^{commit}`), or `None` when it names no
+    /// commit. The caller vets `reference` first ([`ref_problem`]); it is passed after
+    /// `--end-of-options`, so it is never read as an option.
+    pub async fn commit_of(&self, reference: &str) -> Result<Option<String>, GitError> {
+        let git = Git::new(self.path())
+            .args(["rev-parse", "--verify", "-q", "--end-of-options"])
+            .arg(format!("{reference}^{{commit}}"));
+        let out = git.output().await?;
+        match out.status.code() {
+            Some(0) => Ok(Some(
+                String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            )),
+            // rev-parse --verify -q: exit 1, no output, when the name resolves to no commit.
+            Some(1) => Ok(None),
+            _ => Err(git.failed(&out)),
+        }
     }
 
     /// The name as the caller gave it.
@@ -303,6 +259,210 @@ impl Workspace {
     /// Vet a task file path against this workspace (see [`check_file_in`]).
     pub fn check_file(&self, rel: &str) -> Result<(), PathError> {
         check_file_in(&self.path, rel)
+    }
+}
+
+/// The file-system half of [`Workspace::open`]: `name` resolved under the root (symlinks
+/// included) to an existing directory inside it. No process is started.
+fn resolve_under(workspace_root: &Path, name: &str) -> Result<PathBuf, WorkspaceError> {
+    let owned = || name.to_string();
+    if name.is_empty() || name.contains('\0') {
+        return Err(WorkspaceError::Invalid { name: owned() });
+    }
+    let rel = Path::new(name);
+    if rel.has_root() || rel.is_absolute() {
+        return Err(WorkspaceError::Absolute { name: owned() });
+    }
+    // Climbing above the root is refused even when the path comes back inside it.
+    if lexically_escapes(rel) {
+        return Err(WorkspaceError::EscapesRoot { name: owned() });
+    }
+    let root = fs::canonicalize(workspace_root).map_err(|source| WorkspaceError::Root {
+        path: workspace_root.to_path_buf(),
+        source,
+    })?;
+    let path = match fs::canonicalize(root.join(rel)) {
+        Ok(p) => p,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(WorkspaceError::NotFound { name: owned() });
+        }
+        Err(source) => {
+            return Err(WorkspaceError::Io {
+                name: owned(),
+                source,
+            });
+        }
+    };
+    if !path.starts_with(&root) {
+        return Err(WorkspaceError::EscapesRoot { name: owned() });
+    }
+    if !path.is_dir() {
+        return Err(WorkspaceError::NotARepo {
+            name: owned(),
+            detail: "not a directory".into(),
+        });
+    }
+    Ok(path)
+}
+
+/// The git half of [`Workspace::open`]: `path` (canonical) is the top level of a repository whose
+/// `HEAD` names a commit. Returns the repository's worktree lock file (in its common git dir).
+async fn verify_repository(path: &Path, name: &str) -> Result<PathBuf, WorkspaceError> {
+    let owned = || name.to_string();
+    let toplevel = Git::new(path).args(["rev-parse", "--show-toplevel"]);
+    let out = toplevel.output().await.map_err(WorkspaceError::Git)?;
+    if !out.status.success() {
+        return Err(WorkspaceError::NotARepo {
+            name: owned(),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    let top = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let top_canonical = fs::canonicalize(&top).unwrap_or_else(|_| PathBuf::from(&top));
+    if top_canonical != path {
+        return Err(WorkspaceError::NotARepo {
+            name: owned(),
+            detail: format!("it lies inside the repository at {top}"),
+        });
+    }
+
+    let head = Git::new(path).args(["rev-parse", "--verify", "-q", "HEAD^{commit}"]);
+    let out = head.output().await.map_err(WorkspaceError::Git)?;
+    if !out.status.success() {
+        return Err(WorkspaceError::NoCommits { name: owned() });
+    }
+    let common_dir = Git::new(path)
+        .args(["rev-parse", "--path-format=absolute", "--git-common-dir"])
+        .run()
+        .await
+        .map_err(WorkspaceError::Git)?;
+    Ok(Path::new(common_dir.trim()).join(WORKTREE_LOCK_FILE))
+}
+
+// ===== cached opening =====
+
+/// Opens workspaces under one root the way [`Workspace::open`] does, but runs git only when a
+/// repository is new or has changed since it was last verified.
+///
+/// Every task is validated twice (by the manager and by its programmer), and verifying a
+/// repository starts three `git` processes: at a few milliseconds each, that was most of what a
+/// dry-run dispatch cost. What git verified (top level, a commit at `HEAD`, the common dir) only
+/// changes when the repository's `.git` entry or `HEAD` file changes, and git rewrites both by
+/// renaming a lock file over them, which gives them a new inode and ctime. So a verification is
+/// reused while a [`RepoStamp`] of the two is unchanged. The file-system checks (name, root
+/// confinement after resolving symlinks) run on every call; they cost no process.
+///
+/// A branch deleted from under a running pool without touching `.git` or `HEAD` (a loose ref
+/// removed by hand) can leave a stale "has commits" answer: the programmer then fails the task
+/// when it resolves its base commit, with git's error, as it would for any ref that vanished
+/// between validation and start.
+#[derive(Debug)]
+pub struct WorkspaceCache {
+    root: PathBuf,
+    verified: std::sync::Mutex<HashMap<PathBuf, (RepoStamp, PathBuf)>>,
+    /// Verifications that ran git (cache misses).
+    misses: std::sync::atomic::AtomicU64,
+}
+
+/// Repositories remembered at most; past it the cache starts over (they are re-verified).
+const MAX_CACHED_REPOSITORIES: usize = 1024;
+
+impl WorkspaceCache {
+    /// A cache for workspaces under `root` (resolved again on every open).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            verified: Default::default(),
+            misses: Default::default(),
+        }
+    }
+
+    /// How many opens had to verify a repository with git (the rest were answered from the cache).
+    pub fn misses(&self) -> u64 {
+        self.misses.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The configured workspace root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// [`Workspace::open`], reusing an earlier verification of the same unchanged repository.
+    pub async fn open(&self, name: &str) -> Result<Workspace, WorkspaceError> {
+        let path = resolve_under(&self.root, name)?;
+        // Read before verifying: a change during verification then misses on the next call.
+        let stamp = RepoStamp::read(&path);
+        let cached = stamp.and_then(|stamp| {
+            let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+            verified
+                .get(&path)
+                .filter(|(seen, _)| *seen == stamp)
+                .map(|(_, lock_path)| lock_path.clone())
+        });
+        let lock_path = match cached {
+            Some(lock_path) => lock_path,
+            None => {
+                self.misses
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let lock_path = verify_repository(&path, name).await?;
+                if let Some(stamp) = stamp {
+                    let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+                    if verified.len() >= MAX_CACHED_REPOSITORIES {
+                        verified.clear();
+                    }
+                    verified.insert(path.clone(), (stamp, lock_path.clone()));
+                }
+                lock_path
+            }
+        };
+        Ok(Workspace {
+            name: name.to_string(),
+            lock_path,
+            path,
+        })
+    }
+}
+
+/// Identity and change times of a repository's `.git` entry and of `.git/HEAD`: equal stamps
+/// mean git has not rewritten either since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RepoStamp {
+    git: FileStamp,
+    head: Option<FileStamp>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn read(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::symlink_metadata(path).ok()?;
+        Some(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+impl RepoStamp {
+    /// `None` when `<repo>/.git` cannot be read: such a workspace is verified every time.
+    fn read(repo: &Path) -> Option<Self> {
+        let dot_git = repo.join(".git");
+        let git = FileStamp::read(&dot_git)?;
+        Some(Self {
+            git,
+            head: FileStamp::read(&dot_git.join("HEAD")),
+        })
     }
 }
 
@@ -518,13 +678,28 @@ pub fn check_ref(field: &str, r: &str) -> Result<(), Status> {
     }
 }
 
-/// Open workspace `workspace` under `root` and vet every task file against it, as one request
+/// Field `field` (a base ref the caller gave) must name a commit of `ws`: a typo is the caller's
+/// INVALID_ARGUMENT up-front, not a task that is queued, routed and (on a paid programmer) holds
+/// budget only to fail with a git error. The manager and the programmer both apply it.
+pub async fn check_base_ref(ws: &Workspace, field: &str, r: &str) -> Result<(), Status> {
+    check_ref(field, r)?;
+    match ws.commit_of(r).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(invalid(
+            field,
+            &format!("{r:?} is not a commit in workspace {:?}", ws.name()),
+        )),
+        Err(e) => Err(Status::internal(format!("{field}: {e}"))),
+    }
+}
+
+/// Open workspace `workspace` (through the cache) and vet every task file against it, as one request
 /// check: field `workspace` for the workspace ([`WorkspaceError`] messages), `files` for more than
 /// [`MAX_FILES`] files, `files[i]` for a refused path ([`PathError`] messages) or one listed twice
 /// (after dropping `.` components and doubled slashes). Server-side failures (root missing, git
 /// not runnable, I/O) are INTERNAL, not the caller's fault.
 pub async fn open_checked(
-    root: &Path,
+    workspaces: &WorkspaceCache,
     workspace: &str,
     files: &[String],
 ) -> Result<Workspace, Status> {
@@ -540,7 +715,7 @@ pub async fn open_checked(
             &format!("names {} files; the limit is {MAX_FILES}", files.len()),
         ));
     }
-    let ws = Workspace::open(root, workspace).await.map_err(|e| {
+    let ws = workspaces.open(workspace).await.map_err(|e| {
         if e.is_invalid_argument() {
             invalid("workspace", &e.to_string())
         } else {
@@ -733,11 +908,74 @@ mod tests {
         }
     }
 
+    /// The cache answers an unchanged repository without git, and notices what git rewrites:
+    /// HEAD moved to a branch without commits, `.git` removed or replaced.
+    #[tokio::test]
+    async fn the_cache_reverifies_a_repository_git_changed() {
+        let (_tmp, root) = root_with_repo();
+        let cache = WorkspaceCache::new(&root);
+        let first = cache.open("proj").await.expect("open");
+        assert_eq!(cache.open("proj").await.expect("again"), first);
+        assert_eq!(
+            cache.open("./proj").await.expect("same repo").path(),
+            first.path()
+        );
+        assert_eq!(
+            cache.misses(),
+            1,
+            "verified once, then answered from the cache"
+        );
+        assert_eq!(
+            first,
+            Workspace::open(&root, "proj").await.expect("uncached")
+        );
+
+        // HEAD now names a branch without commits: no base to branch from.
+        let repo = root.join("proj");
+        git(&repo, &["checkout", "-q", "--orphan", "empty"]);
+        let e = cache.open("proj").await.expect_err("no commits at HEAD");
+        assert!(matches!(e, WorkspaceError::NoCommits { .. }), "{e}");
+        git(&repo, &["checkout", "-q", "-f", "main"]);
+        cache.open("proj").await.expect("back on main");
+
+        // `.git` gone, then a fresh repository without commits in its place.
+        fs::rename(repo.join(".git"), root.join("saved-git")).expect("move .git away");
+        let e = cache.open("proj").await.expect_err("not a repository");
+        assert!(matches!(e, WorkspaceError::NotARepo { .. }), "{e}");
+        git(&repo, &["init", "-q", "-b", "main"]);
+        let e = cache.open("proj").await.expect_err("no commits");
+        assert!(matches!(e, WorkspaceError::NoCommits { .. }), "{e}");
+    }
+
+    /// Confinement is checked on every open, cached or not: a symlink retargeted outside the
+    /// root after a successful open is refused.
+    #[tokio::test]
+    async fn the_cache_never_skips_the_confinement_checks() {
+        let (tmp, root) = root_with_repo();
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(&outside).expect("mkdir");
+        git(&outside, &["init", "-q", "-b", "main"]);
+        fs::write(outside.join("f"), "x\n").expect("write");
+        git(&outside, &["add", "-A"]);
+        git(&outside, &["commit", "-q", "-m", "outside"]);
+        let link = root.join("link");
+        symlink(root.join("proj"), &link).expect("symlink");
+        let cache = WorkspaceCache::new(&root);
+        cache
+            .open("link")
+            .await
+            .expect("a symlink to a repository inside the root");
+        fs::remove_file(&link).expect("rm link");
+        symlink(&outside, &link).expect("symlink out");
+        let e = cache.open("link").await.expect_err("escapes");
+        assert!(matches!(e, WorkspaceError::EscapesRoot { .. }), "{e}");
+    }
+
     #[tokio::test]
     async fn open_checked_accepts_a_good_request() {
         let (_tmp, root) = root_with_repo();
         let ws = open_checked(
-            &root,
+            &WorkspaceCache::new(&root),
             "proj",
             &files(&["README.md", "src/new.rs", "./docs/a.md"]),
         )
@@ -748,7 +986,7 @@ mod tests {
             ws.path(),
             fs::canonicalize(root.join("proj")).expect("canon")
         );
-        open_checked(&root, "proj", &[])
+        open_checked(&WorkspaceCache::new(&root), "proj", &[])
             .await
             .expect("no files is fine");
     }
@@ -769,11 +1007,14 @@ mod tests {
             ("plain", "not the top level of a git repository"),
             ("proj/src", "not the top level of a git repository"),
         ] {
-            let m = assert_field(open_checked(&root, name, &[]).await, "workspace");
+            let m = assert_field(
+                open_checked(&WorkspaceCache::new(&root), name, &[]).await,
+                "workspace",
+            );
             assert!(m.contains(expect), "{name:?}: {m}");
         }
         // A missing root is the server's problem, not the caller's.
-        let s = open_checked(&root.join("nope"), "proj", &[])
+        let s = open_checked(&WorkspaceCache::new(root.join("nope")), "proj", &[])
             .await
             .expect_err("root missing");
         assert_eq!(s.code(), Code::Internal, "{s:?}");
@@ -806,7 +1047,10 @@ mod tests {
             ("conf", ".aider*"),
         ] {
             let list = files(&["README.md", bad]);
-            let m = assert_field(open_checked(&root, "proj", &list).await, "files[1]");
+            let m = assert_field(
+                open_checked(&WorkspaceCache::new(&root), "proj", &list).await,
+                "files[1]",
+            );
             assert!(m.contains(expect), "{bad:?}: {m}");
         }
     }
@@ -819,14 +1063,20 @@ mod tests {
             ["README.md", "src/main.rs", "./src/main.rs"],
             ["README.md", "src/main.rs", "src//main.rs"],
         ] {
-            let m = assert_field(open_checked(&root, "proj", &files(&list)).await, "files[2]");
+            let m = assert_field(
+                open_checked(&WorkspaceCache::new(&root), "proj", &files(&list)).await,
+                "files[2]",
+            );
             assert!(m.contains("listed twice"), "{m}");
         }
         let many: Vec<String> = (0..=MAX_FILES).map(|i| format!("f{i}.txt")).collect();
-        let m = assert_field(open_checked(&root, "proj", &many).await, "files");
+        let m = assert_field(
+            open_checked(&WorkspaceCache::new(&root), "proj", &many).await,
+            "files",
+        );
         assert!(m.contains(&MAX_FILES.to_string()), "{m}");
         let max: Vec<String> = many[..MAX_FILES].to_vec();
-        open_checked(&root, "proj", &max)
+        open_checked(&WorkspaceCache::new(&root), "proj", &max)
             .await
             .expect("at the limit");
     }

@@ -23,6 +23,7 @@ use crate::contract::v1::programmer_pool_server::ProgrammerPoolServer;
 use crate::contract::v1::{TaskResult, TaskState};
 use crate::serve;
 use crate::task_events::TaskEventSink;
+use crate::workspace::WorkspaceCache;
 use axum::routing::get;
 use budget::{BudgetLedger, BudgetPolicy};
 use membership::PoolView;
@@ -65,6 +66,8 @@ pub struct Manager {
     pub default_strategy: StrategyKind,
     pub queue_timeout: Duration,
     pub max_dispatch_attempts: u32,
+    /// Task `workspace` names resolve under the configured root, verified repositories cached.
+    pub workspaces: WorkspaceCache,
     pub alerts: status::Alerts,
     /// Per-LLM task figures for `pas status`, from the tasks finished here.
     pub llm_stats: crate::telemetry::LlmStats,
@@ -150,6 +153,7 @@ impl Manager {
             default_strategy: pool_cfg.load_balancing.strategy,
             queue_timeout: Duration::from_secs(mgr_cfg.queue_timeout_s),
             max_dispatch_attempts: mgr_cfg.max_dispatch_attempts.max(1),
+            workspaces: WorkspaceCache::new(config.workspace_root()),
             alerts: status::Alerts::default(),
             llm_stats: crate::telemetry::LlmStats::default(),
             config: config.clone(),

@@ -105,8 +105,7 @@ impl ProgrammerPool for PoolService {
         let accepted = Instant::now();
         let mgr = self.mgr.clone();
         let req = request.into_inner();
-        let root = mgr.config.workspace_root();
-        validate::validate(&req, &root).await?;
+        validate::validate(&req, &mgr.workspaces).await?;
         let task_id = if req.task_id.is_empty() {
             uuid::Uuid::new_v4().to_string()
         } else {

@@ -3,9 +3,7 @@
 //! the same [`crate::workspace`] rules the programmers apply, so a bad path is refused up-front.
 
 use crate::contract::v1::{DispatchRequest, Strategy};
-use crate::git::Git;
-use crate::workspace::{self, Workspace};
-use std::path::Path;
+use crate::workspace::{self, Workspace, WorkspaceCache};
 use tonic::Status;
 
 /// Longest capability name.
@@ -13,9 +11,12 @@ const MAX_CAPABILITY_LEN: usize = 64;
 /// Most capabilities one task may ask for.
 const MAX_CAPABILITIES: usize = 16;
 
-/// Checks `req`; resolves the workspace under `workspace_root`. Async because opening the
+/// Checks `req`; resolves the workspace through `workspaces`. Async because opening the
 /// workspace runs git; the file-path checks run on the blocking pool.
-pub async fn validate(req: &DispatchRequest, workspace_root: &Path) -> Result<Workspace, Status> {
+pub async fn validate(
+    req: &DispatchRequest,
+    workspaces: &WorkspaceCache,
+) -> Result<Workspace, Status> {
     workspace::check_id("task_id", &req.task_id, true)?;
     workspace::check_id("run_id", &req.run_id, true)?;
     workspace::check_description(&req.task_description)?;
@@ -47,36 +48,11 @@ pub async fn validate(req: &DispatchRequest, workspace_root: &Path) -> Result<Wo
             ));
         }
     }
+    let ws = workspace::open_checked(workspaces, &req.workspace, &req.files).await?;
     if !req.base_ref.is_empty() {
-        workspace::check_ref("base_ref", &req.base_ref)?;
-    }
-    let ws = workspace::open_checked(workspace_root, &req.workspace, &req.files).await?;
-    if !req.base_ref.is_empty() {
-        check_base_commit(&ws, &req.base_ref).await?;
+        workspace::check_base_ref(&ws, "base_ref", &req.base_ref).await?;
     }
     Ok(ws)
-}
-
-/// `base_ref` must name a commit of the workspace. Checked here, so a caller's typo is
-/// INVALID_ARGUMENT up-front instead of a task that is queued, routed (and for a paid programmer,
-/// holds budget) only to fail on the programmer with a git error.
-async fn check_base_commit(ws: &Workspace, base_ref: &str) -> Result<(), Status> {
-    let git = Git::new(ws.path())
-        .args(["rev-parse", "--verify", "-q", "--end-of-options"])
-        .arg(format!("{base_ref}^{{commit}}"));
-    let out = git
-        .output()
-        .await
-        .map_err(|e| Status::internal(format!("git: {e}")))?;
-    match out.status.code() {
-        Some(0) => Ok(()),
-        // rev-parse --verify -q: exit 1, no output, when the name resolves to no commit.
-        Some(1) => Err(workspace::invalid(
-            "base_ref",
-            &format!("{base_ref:?} is not a commit in workspace {:?}", ws.name()),
-        )),
-        _ => Err(Status::internal(format!("git: {}", git.failed(&out)))),
-    }
 }
 
 #[cfg(test)]
@@ -126,7 +102,9 @@ mod tests {
     #[tokio::test]
     async fn a_good_request_resolves_its_workspace() {
         let (_tmp, root) = root();
-        let ws = validate(&request(), &root).await.expect("valid");
+        let ws = validate(&request(), &WorkspaceCache::new(&root))
+            .await
+            .expect("valid");
         assert_eq!(ws.name(), "proj");
         assert_eq!(
             ws.path(),
@@ -138,7 +116,9 @@ mod tests {
                 base_ref: base_ref.into(),
                 ..request()
             };
-            validate(&req, &root).await.expect(base_ref);
+            validate(&req, &WorkspaceCache::new(&root))
+                .await
+                .expect(base_ref);
         }
     }
 
@@ -225,7 +205,9 @@ mod tests {
             ),
         ];
         for (req, field) in cases {
-            let s = validate(&req, &root).await.expect_err(field);
+            let s = validate(&req, &WorkspaceCache::new(&root))
+                .await
+                .expect_err(field);
             assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
             assert!(
                 s.message().starts_with(&format!("{field}: ")),

@@ -48,9 +48,7 @@ impl ProgrammerRpc for ProgrammerService {
             )));
         }
         let req = request.into_inner();
-        let root = prog.workspace_root.clone();
-        let limits = prog.spec.limits.clone();
-        let task = validate(req, &limits, &root).await?;
+        let task = validate(req, &prog.spec.limits, &prog.workspaces).await?;
         // Draining may have begun while the request was validated (it runs git): a task spawned
         // after the drain found no tasks left would be cut off when the server stops.
         if prog.is_draining() {

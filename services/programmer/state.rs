@@ -7,6 +7,7 @@ use crate::contract::v1::{CircuitState, LlmState, ProgrammerStatus};
 use crate::programmer::breaker::{Breaker, BreakerPolicy, BreakerState, BreakerStore};
 use crate::programmer::queue::TaskQueue;
 use crate::programmer::worktree::GitIdentity;
+use crate::workspace::WorkspaceCache;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -49,8 +50,8 @@ pub struct Programmer {
     pub spec: ProgrammerSpec,
     pub failover: Failover,
     pub aider: AiderSettings,
-    /// Task `workspace` names resolve under this directory.
-    pub workspace_root: PathBuf,
+    /// Task `workspace` names resolve under the configured root, verified repositories cached.
+    pub workspaces: WorkspaceCache,
     /// Task worktrees live here (outside every repository).
     pub worktrees_dir: PathBuf,
     /// Private HOMEs and other per-attempt scratch files.
@@ -106,7 +107,7 @@ impl Programmer {
                 extra_flags: pool.aider.extra_flags.clone(),
                 request_timeout_s: pool.aider.request_timeout_s,
             },
-            workspace_root: config.workspace_root(),
+            workspaces: WorkspaceCache::new(config.workspace_root()),
             worktrees_dir,
             scratch_dir,
             breaker,

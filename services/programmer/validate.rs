@@ -7,9 +7,7 @@
 
 use crate::config::JobLimits;
 use crate::contract::v1::TaskRequest;
-use crate::programmer::worktree::WorktreeError;
-use crate::workspace::{self, Workspace, invalid};
-use std::path::Path;
+use crate::workspace::{self, Workspace, WorkspaceCache, invalid};
 use std::time::Duration;
 use tonic::Status;
 
@@ -36,12 +34,12 @@ pub struct ValidatedTask {
     pub capabilities: Vec<String>,
 }
 
-/// Checks `req` against the workspace root and the programmer's limits. Async because opening
+/// Checks `req` against the workspaces and the programmer's limits. Async because opening
 /// the workspace runs git; the file-path checks run on the blocking pool.
 pub async fn validate(
     req: TaskRequest,
     limits: &JobLimits,
-    workspace_root: &Path,
+    workspaces: &WorkspaceCache,
 ) -> Result<ValidatedTask, Status> {
     workspace::check_id("task_id", &req.task_id, true)?;
     workspace::check_id("run_id", &req.run_id, true)?;
@@ -66,17 +64,10 @@ pub async fn validate(
         u64::from(req.timeout_s)
     };
     let deadline = Duration::from_secs(requested.min(limits.max_duration_per_job_s));
-    let workspace = workspace::open_checked(workspace_root, &req.workspace, &req.files).await?;
+    let workspace = workspace::open_checked(workspaces, &req.workspace, &req.files).await?;
     if let Some(r) = &base_ref {
-        // A ref that names no commit is the caller's mistake: say so now, not as a failed task.
-        // (The task resolves it again when it starts, from the repository as it is then.)
-        match workspace.resolve_base(Some(r)).await {
-            Ok(_) => {}
-            Err(e @ (WorktreeError::UnknownRef { .. } | WorktreeError::InvalidRef { .. })) => {
-                return Err(invalid("base_ref", &e.to_string()));
-            }
-            Err(e) => return Err(Status::internal(format!("cannot resolve base_ref: {e}"))),
-        }
+        // The task resolves it again when it starts, from the repository as it is then.
+        workspace::check_base_ref(&workspace, "base_ref", r).await?;
     }
     let task_id = if req.task_id.is_empty() {
         uuid::Uuid::new_v4().to_string()
@@ -168,7 +159,9 @@ mod tests {
     #[tokio::test]
     async fn applies_defaults_and_caps() {
         let (_tmp, root) = root();
-        let t = validate(request(), &limits(), &root).await.expect("valid");
+        let t = validate(request(), &limits(), &WorkspaceCache::new(&root))
+            .await
+            .expect("valid");
         assert!(uuid::Uuid::parse_str(&t.task_id).is_ok(), "{}", t.task_id);
         assert_eq!(t.deadline, Duration::from_secs(300));
         assert_eq!(t.max_cost_usd, 0.5);
@@ -184,7 +177,9 @@ mod tests {
             base_ref: "main".into(),
             ..request()
         };
-        let t = validate(req, &limits(), &root).await.expect("valid");
+        let t = validate(req, &limits(), &WorkspaceCache::new(&root))
+            .await
+            .expect("valid");
         assert_eq!(t.task_id, "task-7");
         assert_eq!(t.deadline, Duration::from_secs(600), "capped");
         assert_eq!(t.max_cost_usd, 0.5, "capped");
@@ -194,7 +189,9 @@ mod tests {
             max_cost_usd: 0.1,
             ..request()
         };
-        let t = validate(req, &limits(), &root).await.expect("valid");
+        let t = validate(req, &limits(), &WorkspaceCache::new(&root))
+            .await
+            .expect("valid");
         assert_eq!(t.deadline, Duration::from_secs(20));
         assert_eq!(t.max_cost_usd, 0.1);
     }
@@ -283,7 +280,7 @@ mod tests {
             ),
         ];
         for (req, field) in cases {
-            assert_field(validate(req, &l, &root).await, field);
+            assert_field(validate(req, &l, &WorkspaceCache::new(&root)).await, field);
         }
     }
 }

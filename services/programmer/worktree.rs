@@ -151,17 +151,11 @@ impl Workspace {
     }
 
     async fn rev_parse_commit(&self, reference: &str) -> Result<String, WorktreeError> {
-        let git = Git::new(self.path())
-            .args(["rev-parse", "--verify", "-q", "--end-of-options"])
-            .arg(format!("{reference}^{{commit}}"));
-        let out = git.output().await?;
-        match out.status.code() {
-            Some(0) => Ok(String::from_utf8_lossy(&out.stdout).trim().to_string()),
-            Some(1) => Err(WorktreeError::UnknownRef {
+        self.commit_of(reference)
+            .await?
+            .ok_or_else(|| WorktreeError::UnknownRef {
                 reference: reference.to_string(),
-            }),
-            _ => Err(git.failed(&out).into()),
-        }
+            })
     }
 
     /// Create branch `pas/<task>` at `base_commit` and check it out in a new worktree
