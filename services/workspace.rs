@@ -757,27 +757,14 @@ fn check_files(ws: &Workspace, files: &[String]) -> Result<(), Status> {
     Ok(())
 }
 
+/// Temporary repositories for the unit tests of the modules that validate workspaces.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::symlink;
+pub(crate) mod testing {
+    use std::fs;
+    use std::path::{Path, PathBuf};
     use std::process::Command;
-    use tonic::Code;
 
-    /// The status is INVALID_ARGUMENT and its message starts with `field: `.
-    #[track_caller]
-    fn assert_field(r: Result<impl std::fmt::Debug, Status>, field: &str) -> String {
-        let s = r.expect_err("must be refused");
-        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
-        assert!(
-            s.message().starts_with(&format!("{field}: ")),
-            "message {:?} should name field {field}",
-            s.message()
-        );
-        s.message().to_string()
-    }
-
-    fn git(dir: &Path, args: &[&str]) {
+    pub(crate) fn git(dir: &Path, args: &[&str]) {
         let out = Command::new("git")
             .arg("-C")
             .arg(dir)
@@ -796,7 +783,7 @@ mod tests {
     }
 
     /// `<tmp>/root/proj`: a repository with `README.md` and `src/main.rs`.
-    fn root_with_repo() -> (tempfile::TempDir, PathBuf) {
+    pub(crate) fn root_with_repo() -> (tempfile::TempDir, PathBuf) {
         let tmp = tempfile::tempdir().expect("tempdir");
         let root = tmp.path().join("root");
         let repo = root.join("proj");
@@ -807,6 +794,27 @@ mod tests {
         git(&repo, &["add", "-A"]);
         git(&repo, &["commit", "-q", "-m", "initial"]);
         (tmp, root)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{git, root_with_repo};
+    use super::*;
+    use std::os::unix::fs::symlink;
+    use tonic::Code;
+
+    /// The status is INVALID_ARGUMENT and its message starts with `field: `.
+    #[track_caller]
+    fn assert_field(r: Result<impl std::fmt::Debug, Status>, field: &str) -> String {
+        let s = r.expect_err("must be refused");
+        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+        assert!(
+            s.message().starts_with(&format!("{field}: ")),
+            "message {:?} should name field {field}",
+            s.message()
+        );
+        s.message().to_string()
     }
 
     fn files(list: &[&str]) -> Vec<String> {

@@ -24,23 +24,7 @@ pub enum Mode {
     Json,
 }
 
-/// `TASK_STATE_SUCCEEDED` → `succeeded`.
-pub fn state_name(state: i32) -> String {
-    let state = TaskState::try_from(state).unwrap_or(TaskState::Unspecified);
-    short(state.as_str_name(), "TASK_STATE_")
-}
-
-/// `ERROR_CLASS_API_ERROR` → `api_error`.
-pub fn error_class_name(class: i32) -> String {
-    let class = ErrorClass::try_from(class).unwrap_or(ErrorClass::Internal);
-    short(class.as_str_name(), "ERROR_CLASS_")
-}
-
-fn short(name: &str, prefix: &str) -> String {
-    name.strip_prefix(prefix)
-        .unwrap_or(name)
-        .to_ascii_lowercase()
-}
+pub use crate::contract::{error_class_name, state_name};
 
 /// An event as one JSON object: `task_id`, `seq`, `timestamp_ms`, `type` and the event's fields.
 pub fn event_json(event: &TaskEvent) -> Value {
@@ -113,7 +97,7 @@ fn attempt_json(a: &Attempt) -> Value {
 pub fn summary(task_id: &str, r: &TaskResult) -> String {
     let mut lines: Vec<(String, String)> = Vec::new();
     let mut add = |k: &str, v: String| lines.push((k.to_string(), v));
-    add("status", state_name(r.status));
+    add("status", state_name(r.status).to_string());
     add("task", task_id.to_string());
     add(
         "programmer",

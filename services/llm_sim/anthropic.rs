@@ -8,7 +8,7 @@ use super::wire;
 use axum::extract::{OriginalUri, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// Handles a messages request.
 pub async fn messages(
@@ -16,15 +16,9 @@ pub async fn messages(
     OriginalUri(uri): OriginalUri,
     body: axum::body::Bytes,
 ) -> Response {
-    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+    let Some((req, model, stream)) = wire::parse_request(&body, false) else {
         return error(StatusCode::BAD_REQUEST);
     };
-    let model = req
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let mut msgs = Vec::new();
     let system = wire::content_text(req.get("system"));
     if !system.is_empty() {

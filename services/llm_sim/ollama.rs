@@ -20,15 +20,9 @@ pub async fn generate(
     OriginalUri(uri): OriginalUri,
     body: axum::body::Bytes,
 ) -> Response {
-    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+    let Some((req, model, stream)) = wire::parse_request(&body, true) else {
         return error(StatusCode::BAD_REQUEST);
     };
-    let model = req
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(true);
     let mut messages = Vec::new();
     if let Some(system) = req.get("system").and_then(Value::as_str) {
         messages.push(Message::new("system", system));
@@ -49,15 +43,9 @@ pub async fn chat(
     OriginalUri(uri): OriginalUri,
     body: axum::body::Bytes,
 ) -> Response {
-    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+    let Some((req, model, stream)) = wire::parse_request(&body, true) else {
         return error(StatusCode::BAD_REQUEST);
     };
-    let model = req
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(true);
     let messages = wire::messages(req.get("messages"));
     let plan = state.plan(Api::Ollama, uri.path(), &model, stream, &messages);
     if let Some(resp) = wire::gate(&plan, error).await {

@@ -14,15 +14,9 @@ pub async fn chat_completions(
     OriginalUri(uri): OriginalUri,
     body: axum::body::Bytes,
 ) -> Response {
-    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+    let Some((req, model, stream)) = wire::parse_request(&body, false) else {
         return wire::bad_request("body is not JSON");
     };
-    let model = req
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let include_usage = req
         .pointer("/stream_options/include_usage")
         .and_then(Value::as_bool)

@@ -8,6 +8,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
+use serde_json::Value;
 
 /// Pause before a `drop` cuts a stream, so the frames before it are flushed to the client.
 const DROP_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
@@ -148,4 +149,20 @@ pub fn bad_request(why: &str) -> Response {
         axum::Json(serde_json::json!({"error": {"message": why, "type": "invalid_request_error"}})),
     )
         .into_response()
+}
+
+/// A request body's JSON with its `model` (`""` when absent) and `stream` flag (`default_stream`
+/// when absent: the APIs differ); `None` when the body is not JSON.
+pub fn parse_request(body: &[u8], default_stream: bool) -> Option<(Value, String, bool)> {
+    let req = serde_json::from_slice::<Value>(body).ok()?;
+    let model = req
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let stream = req
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(default_stream);
+    Some((req, model, stream))
 }

@@ -59,34 +59,11 @@ pub async fn validate(
 mod tests {
     use super::*;
     use std::fs;
-    use std::process::Command;
     use tonic::Code;
 
     /// `<tmp>/root/proj`, a repository with one commit.
     fn root() -> (tempfile::TempDir, std::path::PathBuf) {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let repo = tmp.path().join("root/proj");
-        fs::create_dir_all(&repo).expect("mkdir");
-        fs::write(repo.join("README.md"), "# demo\n").expect("write");
-        for args in [
-            &["init", "-q", "-b", "main"][..],
-            &["add", "-A"],
-            &["commit", "-q", "-m", "initial"],
-        ] {
-            let out = Command::new("git")
-                .arg("-C")
-                .arg(&repo)
-                .args(args)
-                .env("GIT_AUTHOR_NAME", "T")
-                .env("GIT_AUTHOR_EMAIL", "t@x.test")
-                .env("GIT_COMMITTER_NAME", "T")
-                .env("GIT_COMMITTER_EMAIL", "t@x.test")
-                .output()
-                .expect("git runs (is git installed?)");
-            assert!(out.status.success(), "git {args:?}");
-        }
-        let root = tmp.path().join("root");
-        (tmp, root)
+        crate::workspace::testing::root_with_repo()
     }
 
     fn request() -> DispatchRequest {

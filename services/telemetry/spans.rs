@@ -28,29 +28,7 @@ use opentelemetry::trace::Status;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-/// The name of an outcome as used in span attributes and metric labels (`succeeded`, `failed`,
-/// `cancelled`, `timed_out`, …).
-pub fn outcome_name(state: i32) -> &'static str {
-    match TaskState::try_from(state).unwrap_or(TaskState::Unspecified) {
-        TaskState::Succeeded => "succeeded",
-        TaskState::Failed => "failed",
-        TaskState::Cancelled => "cancelled",
-        TaskState::TimedOut => "timed_out",
-        TaskState::Queued => "queued",
-        TaskState::Running => "running",
-        TaskState::Unspecified => "unknown",
-    }
-}
-
-/// The lower-case name of an error class (`none`, `rate_limit`, `edit_failed`, …).
-pub fn error_class_name(class: i32) -> String {
-    let name = ErrorClass::try_from(class)
-        .map(|c| c.as_str_name())
-        .unwrap_or("ERROR_CLASS_UNSPECIFIED");
-    name.strip_prefix("ERROR_CLASS_")
-        .unwrap_or(name)
-        .to_ascii_lowercase()
-}
+pub use crate::contract::{error_class_name, state_name as outcome_name};
 
 /// A task's life in the manager, from acceptance to its result (a server span: its parent is
 /// the caller's `traceparent`, when sent).
