@@ -83,7 +83,7 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
         let leg = match upstream {
             Ok(upstream) => {
                 // The programmer took the task: only now is it running there.
-                if let Err(e) = mgr.store.set_running(&task_id, &programmer) {
+                if let Err(e) = mgr.store.set_running(&task_id, &programmer).await {
                     tracing::warn!(%task_id, "task store: {e}");
                 }
                 if let Some((from, reason)) = previous.take() {

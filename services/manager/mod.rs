@@ -240,7 +240,7 @@ impl Manager {
     /// Records and sends a task's result, and forgets it as active.
     pub async fn finish_task(&self, task_id: &str, sink: &TaskEventSink, result: TaskResult) {
         let status = TaskState::try_from(result.status).unwrap_or(TaskState::Unspecified);
-        if let Err(e) = self.store.finish(task_id, &result) {
+        if let Err(e) = self.store.finish(task_id, &result).await {
             tracing::error!(%task_id, "task store: {e}");
         }
         self.active().remove(task_id);

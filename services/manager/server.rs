@@ -58,8 +58,9 @@ impl PoolService {
         };
         // Up-front, only settled spend can rule paid programmers out: holds of running tasks come
         // back when they settle, so such a task waits instead.
-        let budget = match mgr.budget.snapshot() {
-            Ok(s) if mgr.config.pool.cost_optimization.enabled => {
+        // A dry run spends nothing, so it needs no look at the ledger.
+        let budget = match (!req.dry_run).then(|| mgr.budget.snapshot()) {
+            Some(Ok(s)) if mgr.config.pool.cost_optimization.enabled => {
                 PaidBudget::Remaining(s.limit_usd - s.spent_usd)
             }
             _ => PaidBudget::Unlimited,
@@ -114,7 +115,11 @@ impl ProgrammerPool for PoolService {
         let route = self.route_for(&req, &task_id)?;
 
         let (sink, rx) = TaskEventSink::channel(&task_id, EVENT_BUFFER);
-        match mgr.store.insert(&NewTask::from_request(&task_id, &req)) {
+        match mgr
+            .store
+            .insert(&NewTask::from_request(&task_id, &req))
+            .await
+        {
             Ok(InsertOutcome::Inserted) => {}
             Ok(InsertOutcome::AlreadyExists(record)) => {
                 return replay(&mgr, *record, sink, rx).await;
@@ -137,7 +142,7 @@ impl ProgrammerPool for PoolService {
                 // Refused, not accepted: the id stays free, so retrying the same request later
                 // runs it (RESOURCE_EXHAUSTED is a "retry later" answer) instead of replaying a
                 // failure the task never had.
-                if let Err(e) = mgr.store.forget_unstarted(&task_id) {
+                if let Err(e) = mgr.store.forget_unstarted(&task_id).await {
                     tracing::error!(%task_id, "task store: {e}");
                 }
                 return Err(Status::resource_exhausted(full.to_string()));
