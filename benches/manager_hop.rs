@@ -1,6 +1,13 @@
-//! What the manager hop costs: latency of a task through the manager vs straight to a programmer
-//! (p50/p99), and dispatch throughput of `dry_run` tasks both ways, measured side by side in one
-//! run on real processes (`pas manager`, ten `pas programmer`s, `pas llm-sim`) on 127.0.0.1.
+//! What the manager hop costs: latency of a task through the manager vs through a bare tonic relay
+//! vs straight to a programmer (p50/p99), and dispatch throughput of `dry_run` tasks all three
+//! ways, measured side by side in one run on real processes (`pas manager`, ten `pas
+//! programmer`s, `pas llm-sim`) on 127.0.0.1.
+//!
+//! The bare tonic hop is [`BareRelay`]: a `pas.v1.ProgrammerPool` server in this process (on its
+//! own runtime) whose `Dispatch` turns the request into a `TaskRequest`, sends it to the
+//! programmer with the fewest open streams and relays that stream as it is. No validation, task
+//! records, queue, budget, health or routing policy: what any gRPC hop costs, and the yardstick
+//! for "manager hop ≤ 1.5× a bare tonic hop".
 //!
 //! Run: `cargo bench --bench manager_hop` (release build). Prints a table and writes
 //! `target/bench/manager_hop.json`. Knobs: `PAS_BENCH_LATENCY_N` (sequential pairs, default 400),
@@ -11,7 +18,8 @@
 //! everything the manager adds to a task: its own validation, the task record in SQLite
 //! (insert, running, finished), scheduling, and relaying the stream. Latency pairs alternate
 //! direct / via manager so both see the same machine load; throughput runs direct first, then
-//! through the manager, each with the same number of concurrent callers.
+//! through the bare relay, then through the manager, each with the same number of concurrent
+//! callers.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -19,8 +27,12 @@ mod common;
 use common::pool::{PoolOptions, TestPool, TestProgrammer, wait_available};
 use pas::contract::v1::programmer_client::ProgrammerClient;
 use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
+use pas::contract::v1::programmer_pool_server::{ProgrammerPool, ProgrammerPoolServer};
 use pas::contract::v1::task_event::Kind;
-use pas::contract::v1::{DispatchRequest, TaskEvent, TaskRequest, TaskState};
+use pas::contract::v1::{
+    CancelTaskRequest, CancelTaskResponse, DispatchRequest, GetPoolStatusRequest, GetTaskRequest,
+    PoolStatus, TaskEvent, TaskRecord, TaskRequest, TaskState,
+};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -67,6 +79,115 @@ fn pool_request() -> DispatchRequest {
     }
 }
 
+/// The bare tonic hop (see the module docs).
+struct BareRelay {
+    programmers: Vec<ProgrammerClient<Channel>>,
+    /// Open streams per programmer, so a programmer is never sent more than it admits.
+    open: Vec<Arc<AtomicUsize>>,
+}
+
+/// Decrements a programmer's open-stream count when the relayed stream is dropped.
+struct OpenStream(Arc<AtomicUsize>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[tonic::async_trait]
+impl ProgrammerPool for BareRelay {
+    type DispatchStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<TaskEvent, tonic::Status>> + Send + 'static>,
+    >;
+
+    async fn dispatch(
+        &self,
+        request: tonic::Request<DispatchRequest>,
+    ) -> Result<tonic::Response<Self::DispatchStream>, tonic::Status> {
+        let req = request.into_inner();
+        let i = (0..self.open.len())
+            .min_by_key(|&i| self.open[i].load(Ordering::SeqCst))
+            .expect("programmers");
+        self.open[i].fetch_add(1, Ordering::SeqCst);
+        let open = OpenStream(self.open[i].clone());
+        let task = TaskRequest {
+            task_id: req.task_id,
+            task_description: req.task_description,
+            files: req.files,
+            workspace: req.workspace,
+            run_id: req.run_id,
+            dry_run: req.dry_run,
+            ..Default::default()
+        };
+        let upstream = self.programmers[i]
+            .clone()
+            .execute(task)
+            .await?
+            .into_inner();
+        let relayed = futures::StreamExt::map(upstream, move |event| {
+            let _open = &open;
+            event
+        });
+        Ok(tonic::Response::new(Box::pin(relayed)))
+    }
+
+    async fn get_pool_status(
+        &self,
+        _: tonic::Request<GetPoolStatusRequest>,
+    ) -> Result<tonic::Response<PoolStatus>, tonic::Status> {
+        Err(tonic::Status::unimplemented("bare relay"))
+    }
+
+    async fn cancel_task(
+        &self,
+        _: tonic::Request<CancelTaskRequest>,
+    ) -> Result<tonic::Response<CancelTaskResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("bare relay"))
+    }
+
+    async fn get_task(
+        &self,
+        _: tonic::Request<GetTaskRequest>,
+    ) -> Result<tonic::Response<TaskRecord>, tonic::Status> {
+        Err(tonic::Status::unimplemented("bare relay"))
+    }
+}
+
+/// Starts a [`BareRelay`] over `urls` on its own two-thread runtime (as a separate process would
+/// have); returns its URL. The runtime lives until the bench exits.
+fn start_bare_relay(urls: Vec<String>) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("relay runtime");
+        rt.block_on(async move {
+            let mut programmers = Vec::new();
+            for url in urls {
+                programmers.push(ProgrammerClient::connect(url).await.expect("programmer"));
+            }
+            let open = programmers.iter().map(|_| Arc::default()).collect();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            tx.send(format!("http://{addr}")).expect("send url");
+            // As the services do: small gRPC writes must not wait for delayed ACKs.
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            tonic::transport::Server::builder()
+                .add_service(ProgrammerPoolServer::new(BareRelay { programmers, open }))
+                .serve_with_incoming(incoming)
+                .await
+                .expect("relay serves");
+        });
+    });
+    rx.recv().expect("relay url")
+}
+
 async fn direct_once(c: &mut ProgrammerClient<Channel>) -> Duration {
     let t = Instant::now();
     let s = c.execute(direct_request()).await.expect("Execute");
@@ -81,15 +202,15 @@ async fn manager_once(c: &mut ProgrammerPoolClient<Channel>) -> Duration {
     t.elapsed()
 }
 
-/// (p50, p90, p99, mean) in microseconds.
-fn percentiles(samples: &mut [Duration]) -> (f64, f64, f64, f64) {
+/// [p50, p90, p99, mean] in microseconds.
+fn percentiles(samples: &mut [Duration]) -> [f64; 4] {
     samples.sort();
     let at = |q: f64| {
         let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
         samples[i].as_secs_f64() * 1e6
     };
     let mean = samples.iter().map(Duration::as_secs_f64).sum::<f64>() / samples.len() as f64;
-    (at(0.50), at(0.90), at(0.99), mean * 1e6)
+    [at(0.50), at(0.90), at(0.99), mean * 1e6]
 }
 
 /// Runs `total` tasks with `concurrency` callers, each calling `one(caller number)` in turn;
@@ -157,21 +278,30 @@ async fn run(latency_n: usize, throughput_n: usize, concurrency: usize) {
         .await
         .expect("programmer 001");
 
-    // ----- latency: alternating pairs -----
+    let relay_url = start_bare_relay(ids.iter().map(|id| pool.programmer_url(id)).collect());
+    let mut relay = ProgrammerPoolClient::connect(relay_url)
+        .await
+        .expect("bare relay");
+
+    // ----- latency: alternating triples -----
     for _ in 0..50 {
         direct_once(&mut direct).await;
+        manager_once(&mut relay).await;
         manager_once(&mut mgr).await;
     }
     let mut d = Vec::with_capacity(latency_n);
+    let mut r = Vec::with_capacity(latency_n);
     let mut m = Vec::with_capacity(latency_n);
     for _ in 0..latency_n {
         d.push(direct_once(&mut direct).await);
+        r.push(manager_once(&mut relay).await);
         m.push(manager_once(&mut mgr).await);
     }
-    let (d50, d90, d99, dmean) = percentiles(&mut d);
-    let (m50, m90, m99, mmean) = percentiles(&mut m);
+    let d = percentiles(&mut d);
+    let r = percentiles(&mut r);
+    let m = percentiles(&mut m);
 
-    // ----- throughput: same callers, direct (spread over the ten) then via the manager -----
+    // ----- throughput: same callers, direct (spread over the ten), bare relay, manager -----
     let clients: Vec<ProgrammerClient<Channel>> = {
         let mut v = Vec::new();
         for id in &ids {
@@ -195,93 +325,97 @@ async fn run(latency_n: usize, throughput_n: usize, concurrency: usize) {
         }
     })
     .await;
-    let mgr_for_tp = mgr.clone();
-    let (mgr_tps, mgr_elapsed) = throughput(throughput_n, concurrency, move |_| {
-        let mut c = mgr_for_tp.clone();
-        async move {
-            let s = c.dispatch(pool_request()).await.expect("Dispatch");
-            drain(s.into_inner()).await;
+    let via = |client: &ProgrammerPoolClient<Channel>| {
+        let client = client.clone();
+        move |_| {
+            let mut c = client.clone();
+            async move {
+                let s = c.dispatch(pool_request()).await.expect("Dispatch");
+                drain(s.into_inner()).await;
+            }
         }
-    })
-    .await;
+    };
+    let (relay_tps, relay_elapsed) = throughput(throughput_n, concurrency, via(&relay)).await;
+    let (mgr_tps, mgr_elapsed) = throughput(throughput_n, concurrency, via(&mgr)).await;
 
     println!();
     println!("manager hop — dry_run tasks, 10 programmers (1 running + 5 waiting each), 127.0.0.1");
+    let row = |name: &str, v: [f64; 4], decimals: usize| {
+        println!(
+            "{name:<36} {:>10.decimals$} {:>10.decimals$} {:>10.decimals$} {:>10.decimals$}",
+            v[0], v[1], v[2], v[3]
+        );
+    };
     println!(
-        "{:<34} {:>12} {:>12} {:>12} {:>12}",
+        "{:<36} {:>10} {:>10} {:>10} {:>10}",
         "latency (sequential, µs)", "p50", "p90", "p99", "mean"
     );
-    println!(
-        "{:<34} {:>12.0} {:>12.0} {:>12.0} {:>12.0}",
-        "direct Execute (programmer 001)", d50, d90, d99, dmean
-    );
-    println!(
-        "{:<34} {:>12.0} {:>12.0} {:>12.0} {:>12.0}",
-        "Dispatch via manager", m50, m90, m99, mmean
-    );
-    println!(
-        "{:<34} {:>12.0} {:>12.0} {:>12.0} {:>12.0}",
-        "added by the hop",
-        m50 - d50,
-        m90 - d90,
-        m99 - d99,
-        mmean - dmean
-    );
-    println!(
-        "{:<34} {:>12.2} {:>12.2} {:>12.2} {:>12.2}",
-        "ratio manager / direct",
-        m50 / d50,
-        m90 / d90,
-        m99 / d99,
-        mmean / dmean
-    );
+    let diff = |a: [f64; 4], b: [f64; 4]| std::array::from_fn::<f64, 4, _>(|i| a[i] - b[i]);
+    let ratio = |a: [f64; 4], b: [f64; 4]| std::array::from_fn::<f64, 4, _>(|i| a[i] / b[i]);
+    row("direct Execute (programmer 001)", d, 0);
+    row("via a bare tonic relay", r, 0);
+    row("Dispatch via manager", m, 0);
+    row("added by the bare relay", diff(r, d), 0);
+    row("added by the manager", diff(m, d), 0);
+    row("ratio manager / bare relay", ratio(m, r), 2);
+    row("ratio manager / direct", ratio(m, d), 2);
     println!();
     println!(
-        "{:<34} {:>12} {:>12} {:>12}",
+        "{:<36} {:>10} {:>10} {:>10}",
         format!("throughput ({concurrency} callers)"),
         "tasks",
         "seconds",
         "tasks/s"
     );
+    for (name, elapsed, tps) in [
+        (
+            "direct Execute (spread over 10)",
+            direct_elapsed,
+            direct_tps,
+        ),
+        ("via a bare tonic relay", relay_elapsed, relay_tps),
+        ("Dispatch via manager", mgr_elapsed, mgr_tps),
+    ] {
+        println!(
+            "{name:<36} {throughput_n:>10} {:>10.2} {tps:>10.1}",
+            elapsed.as_secs_f64()
+        );
+    }
     println!(
-        "{:<34} {:>12} {:>12.2} {:>12.1}",
-        "direct Execute (spread over 10)",
-        throughput_n,
-        direct_elapsed.as_secs_f64(),
-        direct_tps
+        "{:<36} {:>32.2}",
+        "ratio manager / bare relay",
+        mgr_tps / relay_tps
     );
     println!(
-        "{:<34} {:>12} {:>12.2} {:>12.1}",
-        "Dispatch via manager",
-        throughput_n,
-        mgr_elapsed.as_secs_f64(),
-        mgr_tps
-    );
-    println!(
-        "{:<34} {:>12} {:>12} {:>12.2}",
+        "{:<36} {:>32.2}",
         "ratio manager / direct",
-        "",
-        "",
         mgr_tps / direct_tps
     );
 
+    let stats =
+        |v: [f64; 4]| serde_json::json!({"p50": v[0], "p90": v[1], "p99": v[2], "mean": v[3]});
     let json = serde_json::json!({
         "bench": "manager_hop",
         "unit_latency": "microseconds",
         "programmers": 10,
         "latency": {
             "samples": latency_n,
-            "direct": {"p50": d50, "p90": d90, "p99": d99, "mean": dmean},
-            "manager": {"p50": m50, "p90": m90, "p99": m99, "mean": mmean},
-            "added": {"p50": m50 - d50, "p90": m90 - d90, "p99": m99 - d99, "mean": mmean - dmean},
-            "ratio": {"p50": m50 / d50, "p90": m90 / d90, "p99": m99 / d99, "mean": mmean / dmean},
+            "direct": stats(d),
+            "bare_relay": stats(r),
+            "manager": stats(m),
+            "added": stats(diff(m, d)),
+            "added_by_bare_relay": stats(diff(r, d)),
+            "ratio": stats(ratio(m, d)),
+            "ratio_to_bare_relay": stats(ratio(m, r)),
         },
         "throughput": {
             "tasks": throughput_n,
             "concurrency": concurrency,
             "direct_tasks_per_s": direct_tps,
+            "bare_relay_tasks_per_s": relay_tps,
             "manager_tasks_per_s": mgr_tps,
             "ratio": mgr_tps / direct_tps,
+            "ratio_to_bare_relay": mgr_tps / relay_tps,
         },
         "load_average": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
     });

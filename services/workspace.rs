@@ -33,6 +33,8 @@ pub const MAX_DESCRIPTION_BYTES: usize = 64 * 1024;
 pub const MAX_FILES: usize = 200;
 /// Longest accepted id (task id, run id).
 pub const MAX_ID_LEN: usize = 128;
+/// Task file lists up to this long are checked on the calling async worker (see [`open_checked`]).
+const INLINE_FILE_CHECKS: usize = 8;
 /// Longest accepted git ref (bytes): far above any real ref, far below the kernel's limit for one
 /// argument (128 KiB), so an absurd ref is the caller's INVALID_ARGUMENT, not a failed spawn.
 pub const MAX_REF_LEN: usize = 1024;
@@ -722,7 +724,13 @@ pub async fn open_checked(
             Status::internal(format!("workspace: {e}"))
         }
     })?;
-    // The path checks are file-system calls: off the async workers.
+    // The path checks are file-system calls (a few per file). A handful cost less than the
+    // hand-off to the blocking pool, which would put two thread switches on every dispatch;
+    // long lists go off the async workers.
+    if files.len() <= INLINE_FILE_CHECKS {
+        check_files(&ws, files)?;
+        return Ok(ws);
+    }
     let checked = ws.clone();
     let files = files.to_vec();
     tokio::task::spawn_blocking(move || check_files(&checked, &files))

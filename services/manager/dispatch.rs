@@ -82,10 +82,16 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
         };
         let leg = match upstream {
             Ok(upstream) => {
-                // The programmer took the task: only now is it running there.
-                if let Err(e) = mgr.store.set_running(&task_id, &programmer).await {
-                    tracing::warn!(%task_id, "task store: {e}");
-                }
+                // The programmer took the task: only now is it running there. Recorded without
+                // waiting for the commit: the store applies writes in call order, so the result
+                // recorded later still lands after it.
+                let recorded = mgr.store.set_running(&task_id, &programmer);
+                let id = task_id.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = recorded.await {
+                        tracing::warn!(task_id = %id, "task store: {e}");
+                    }
+                });
                 if let Some((from, reason)) = previous.take() {
                     let rerouted = Rerouted {
                         from_programmer: from,

@@ -22,8 +22,15 @@
 //! to one writer thread instead, which takes every write waiting for it, runs each in its own
 //! savepoint (a failing write rolls back alone) inside one transaction, commits once, and only
 //! then answers each caller: an answered write is committed, as before. Under load, many writes
-//! share a commit; alone, a write costs what it did. Reads (`get`) use their own connection (WAL
-//! lets it read while the writer writes) and see every answered write.
+//! share a commit. Writes are applied in the order they were called (one queue), so a caller may
+//! leave a write unawaited (`set_running`) and still know a later `finish` lands after it. Reads
+//! (`get`) use their own connection (WAL lets it read while the writer writes) and see every
+//! answered write.
+//!
+//! WAL checkpoints (copying the log back into the database, with the file syncs that
+//! `synchronous = NORMAL` asks for) would otherwise run inside a commit every thousand pages and
+//! double the average cost of a write; a checkpoint thread runs them instead, every
+//! [`CHECKPOINT_EVERY`] and when the store closes.
 
 use crate::contract::v1::{DispatchRequest, ErrorClass, TaskRecord, TaskResult, TaskState};
 use prost::Message;
@@ -139,6 +146,9 @@ pub struct TaskStore {
     /// Writes for the writer thread; `None` once dropping.
     writes: Option<mpsc::Sender<Write>>,
     writer: Option<JoinHandle<()>>,
+    /// Dropped to stop the checkpoint thread.
+    stop_checkpoints: Option<mpsc::Sender<()>>,
+    checkpointer: Option<JoinHandle<()>>,
     /// The connection `get` reads with.
     reader: Mutex<Connection>,
     recovered: usize,
@@ -162,6 +172,9 @@ type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// Most writes one commit takes (bounds the time a transaction holds the file).
 const MAX_BATCH: usize = 512;
+
+/// How often the checkpoint thread folds the WAL back into the database.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tasks (
@@ -203,26 +216,33 @@ impl TaskStore {
         let mut conn = connect(path)?;
         conn.execute_batch(SCHEMA)?;
         let recovered = recover(&mut conn)?;
+        // Checkpoints are the checkpoint thread's job, not the commits'.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let reader = connect(path)?;
+        let checkpoints = connect(path)?;
+        let thread_error =
+            |e: std::io::Error| StoreError::Commit(format!("cannot start a thread: {e}"));
+        let (stop_checkpoints, stopped) = mpsc::channel::<()>();
+        let checkpointer = std::thread::Builder::new()
+            .name("task-store-checkpoint".into())
+            .spawn(move || checkpoint_until_stopped(checkpoints, stopped))
+            .map_err(thread_error)?;
         let (writes, queue) = mpsc::channel();
         let commits = std::sync::Arc::default();
         let counted = std::sync::Arc::clone(&commits);
         let writer = std::thread::Builder::new()
             .name("task-store".into())
             .spawn(move || write_batches(conn, queue, &counted))
-            .map_err(|e| StoreError::Commit(format!("cannot start the writer thread: {e}")))?;
+            .map_err(thread_error)?;
         Ok(Self {
             writes: Some(writes),
             writer: Some(writer),
+            stop_checkpoints: Some(stop_checkpoints),
+            checkpointer: Some(checkpointer),
             reader: Mutex::new(reader),
             recovered,
             commits,
         })
-    }
-
-    /// How many transactions the writer has committed so far (fewer than writes under load).
-    pub fn commits(&self) -> u64 {
-        self.commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many unfinished tasks of a previous process [`open`](Self::open) marked FAILED.
@@ -230,16 +250,22 @@ impl TaskStore {
         self.recovered
     }
 
+    /// How many transactions the writer has committed so far (fewer than writes under load).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn reader(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock left no transaction open: the connection is consistent.
         self.reader.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `op` on the writer thread, inside the next batch, and answers once it is committed.
-    async fn write<T: Send + 'static>(
+    /// Queues `op` for the writer thread now (so writes apply in call order, awaited or not);
+    /// the future answers once it is committed.
+    fn write<T: Send + 'static>(
         &self,
         op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static {
         let (answer, answered) = oneshot::channel();
         let write: Write = Box::new(move |conn| {
             let out = match conn {
@@ -254,9 +280,14 @@ impl TaskStore {
             });
             (failed, answer)
         });
-        let writes = self.writes.as_ref().ok_or(StoreError::Closed)?;
-        writes.send(write).map_err(|_| StoreError::Closed)?;
-        answered.await.map_err(|_| StoreError::Closed)?
+        let sent = match &self.writes {
+            Some(writes) => writes.send(write).map_err(|_| StoreError::Closed),
+            None => Err(StoreError::Closed),
+        };
+        async move {
+            sent?;
+            answered.await.map_err(|_| StoreError::Closed)?
+        }
     }
 
     /// Records `task` as QUEUED, or tells that its id is already taken by the same request
@@ -268,12 +299,12 @@ impl TaskStore {
 
     /// Marks the task RUNNING on `programmer_id` (again after a reroute: the programmer changes,
     /// `started_ms` keeps the first assignment). Returns false, changing nothing, when the task is
-    /// already finished.
-    pub async fn set_running(
+    /// already finished. Queued at once: the caller may leave the answer unawaited.
+    pub fn set_running(
         &self,
         task_id: &str,
         programmer_id: &str,
-    ) -> Result<bool, StoreError> {
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
         let (task_id, programmer_id) = (task_id.to_owned(), programmer_id.to_owned());
         self.write(move |conn| {
             let n = conn
@@ -291,7 +322,6 @@ impl TaskStore {
                 ])?;
             changed_or_missing(conn, &task_id, n)
         })
-        .await
     }
 
     /// Stores the task's final result; the state becomes `result.status`, which must be terminal.
@@ -348,11 +378,33 @@ impl TaskStore {
 }
 
 impl Drop for TaskStore {
-    /// Lets the writer finish the writes already sent, so a stopping manager loses none.
+    /// Lets the writer finish the writes already sent, so a stopping manager loses none, then
+    /// checkpoints a last time.
     fn drop(&mut self) {
         drop(self.writes.take());
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
+        }
+        drop(self.stop_checkpoints.take());
+        if let Some(checkpointer) = self.checkpointer.take() {
+            let _ = checkpointer.join();
+        }
+    }
+}
+
+/// The checkpoint thread: a passive checkpoint (it never waits for, nor blocks, the writer or a
+/// reader) every [`CHECKPOINT_EVERY`], and a last one when the store closes.
+fn checkpoint_until_stopped(conn: Connection, stopped: mpsc::Receiver<()>) {
+    loop {
+        let closing = !matches!(
+            stopped.recv_timeout(CHECKPOINT_EVERY),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        );
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!("task store: checkpoint failed (retried later): {e}");
+        }
+        if closing {
+            return;
         }
     }
 }
@@ -915,6 +967,37 @@ mod tests {
             store.get("taken").unwrap().unwrap().task_description,
             "first"
         );
+    }
+
+    /// Commits do not checkpoint, yet once the store is closed the database file alone (without
+    /// its WAL) holds every write.
+    #[tokio::test]
+    async fn closing_checkpoints_the_log_into_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        for i in 0..20 {
+            let id = format!("t{i}");
+            store
+                .insert(&NewTask::from_request(&id, &request("x")))
+                .await
+                .unwrap();
+            store.finish(&id, &succeeded("001")).await.unwrap();
+        }
+        drop(store);
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            dir.path().join("tasks.sqlite3"),
+            copy.path().join("tasks.sqlite3"),
+        )
+        .unwrap();
+        let store = open(&copy);
+        for i in 0..20 {
+            let rec = store
+                .get(&format!("t{i}"))
+                .unwrap()
+                .expect("in the database file");
+            assert_eq!(rec.state(), TaskState::Succeeded);
+        }
     }
 
     #[tokio::test]
