@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use store::TaskStore;
-use strategy::{StrategyKind, StrategySet};
+use strategy::{StrategyKind, StrategySet, TierRegistry};
 use tokio_util::sync::CancellationToken;
 use waitqueue::Scheduler;
 
@@ -65,6 +65,8 @@ pub struct Manager {
     pub default_strategy: StrategyKind,
     pub queue_timeout: Duration,
     pub max_dispatch_attempts: u32,
+    /// Interns the tiers admission computes, so the balancer keeps one index per distinct tier.
+    pub tiers: TierRegistry,
     pub alerts: status::Alerts,
     /// Per-LLM task figures for `pas status`, from the tasks finished here.
     pub llm_stats: crate::telemetry::LlmStats,
@@ -150,6 +152,7 @@ impl Manager {
             default_strategy: pool_cfg.load_balancing.strategy,
             queue_timeout: Duration::from_secs(mgr_cfg.queue_timeout_s),
             max_dispatch_attempts: mgr_cfg.max_dispatch_attempts.max(1),
+            tiers: TierRegistry::default(),
             alerts: status::Alerts::default(),
             llm_stats: crate::telemetry::LlmStats::default(),
             config: config.clone(),
