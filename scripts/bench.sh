@@ -7,7 +7,7 @@
 #
 # What it runs, in order, each with `cargo bench` (release profile, so `target/release/pas` is the
 # binary the real-process benchmarks start):
-#   1. benches/routing.rs             criterion: cost of one pick per strategy at 10/100/1,000
+#   1. benches/routing.rs             criterion: cost of one routing decision per strategy at 10/100/1,000
 #   2. benches/manager_hop.rs, benches/programmer_overhead.rs, benches/telemetry_overhead.rs
 #                                     when they exist (other engineers' benchmarks)
 #   3. benches/pool_suite.rs          machine, scheduling (simulation), failure detection, memory,

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod criterion_estimates;
 pub mod failure;
 pub mod live;
 pub mod machine;

@@ -1,53 +1,23 @@
 //! Routing decision cost: reads what `cargo bench --bench routing` (criterion) left in
-//! `target/criterion/pick_<strategy>/<n>/new/estimates.json` and computes, per strategy, the
-//! ratio of the cost of one pick at 1,000 candidates to the cost at 10 (target ≤ 2×).
+//! `target/criterion/` and computes, per strategy, the ratio of the cost of one routing decision
+//! at 1,000 candidates to the cost at 10 (target ≤ 2×): the indexed decision the balancer makes
+//! (`decision/<strategy>`), with the linear `pick/<strategy>` (the former path) for reference.
 //!
 //! It does not run criterion itself: `scripts/bench.sh` runs `benches/routing.rs` first.
 
+use super::criterion_estimates::mean_ns;
 use super::{Section, table, verdict_le};
-use anyhow::Context;
 use pas::manager::strategy::StrategyKind;
-use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use serde_json::json;
 
 const SIZES: [usize; 3] = [10, 100, 1000];
 
-fn criterion_dir() -> PathBuf {
-    super::out_dir()
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-        .join("criterion")
-}
-
-/// Point estimate and 95% interval of the mean, in nanoseconds.
-fn estimate(kind: StrategyKind, n: usize) -> anyhow::Result<(f64, f64, f64)> {
-    let dir = criterion_dir();
-    let candidates = [
-        dir.join(format!("pick_{kind}")).join(n.to_string()),
-        dir.join("pick").join(kind.name()).join(n.to_string()),
-    ];
-    let path = candidates
+/// Mean and 95% interval (ns) of `group` at each of [`SIZES`].
+fn estimates(group: &str) -> anyhow::Result<Vec<(f64, f64, f64)>> {
+    SIZES
         .iter()
-        .map(|d| d.join("new/estimates.json"))
-        .find(|p| p.exists())
-        .with_context(|| {
-            format!(
-                "no criterion result for pick/{kind}/{n} under {} — run `cargo bench --bench routing` first",
-                dir.display()
-            )
-        })?;
-    let v: Value = serde_json::from_str(
-        &std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?,
-    )
-    .with_context(|| format!("parse {}", path.display()))?;
-    let mean = &v["mean"];
-    let f = |x: &Value| x.as_f64().context("estimate not a number");
-    Ok((
-        f(&mean["point_estimate"])?,
-        f(&mean["confidence_interval"]["lower_bound"])?,
-        f(&mean["confidence_interval"]["upper_bound"])?,
-    ))
+        .map(|&n| mean_ns(group, &n.to_string()))
+        .collect()
 }
 
 /// The routing table from criterion's latest results.
@@ -59,32 +29,44 @@ pub fn run() -> anyhow::Result<Section> {
         "1,000 (ns)",
         "1,000 ÷ 10",
         "target ≤ 2×",
+        "linear pick 1,000 ÷ 10",
     ]);
     let mut rows = Vec::new();
     for kind in StrategyKind::ALL {
-        let est: Vec<(f64, f64, f64)> = SIZES
-            .iter()
-            .map(|&n| estimate(kind, n))
-            .collect::<anyhow::Result<_>>()?;
+        let est = estimates(&format!("decision/{kind}"))?;
+        let linear = estimates(&format!("pick/{kind}"))?;
         let ratio = est[2].0 / est[0].0;
+        let linear_ratio = linear[2].0 / linear[0].0;
         t.add_row(vec![
             kind.name().to_string(),
             format!("{:.1}", est[0].0),
             format!("{:.1}", est[1].0),
             format!("{:.1}", est[2].0),
-            format!("{ratio:.1}×"),
+            format!("{ratio:.2}×"),
             verdict_le(ratio, 2.0),
+            format!("{linear_ratio:.1}×"),
         ]);
+        let means = |e: &[(f64, f64, f64)]| {
+            SIZES
+                .iter()
+                .zip(e)
+                .map(|(n, e)| json!({"n": n, "mean": e.0, "ci95": [e.1, e.2]}))
+                .collect::<Vec<_>>()
+        };
         rows.push(json!({
             "strategy": kind.name(),
-            "mean_ns": SIZES.iter().zip(&est).map(|(n, e)| json!({"n": n, "mean": e.0, "ci95": [e.1, e.2]})).collect::<Vec<_>>(),
+            "mean_ns": means(&est),
             "ratio_1000_over_10": ratio,
+            "linear_pick_mean_ns": means(&linear),
+            "linear_pick_ratio_1000_over_10": linear_ratio,
         }));
     }
     let markdown = format!(
         "### Routing decision cost (criterion, `benches/routing.rs`)\n\nMean time of one \
-         `Strategy::pick` over 10, 100 and 1,000 candidates (one in seven without room, so each \
-         strategy scans fully), from criterion's latest run.\n\n{t}\n"
+         routing decision over 10, 100 and 1,000 candidates (one in seven without room), from \
+         criterion's latest run: a pick from the tier's candidate index plus the index updates \
+         of the dispatch and of the stream's end (`decision/<strategy>`). The last column is the \
+         linear `Strategy::pick` over a slice (`pick/<strategy>`, the former path).\n\n{t}\n"
     );
     Ok(Section {
         name: "routing",

@@ -11,14 +11,22 @@
 //! pick must win a budget reservation first. When nothing fits, `call` answers
 //! [`Routed::NoRoom`] at once and the [scheduler](super::waitqueue) keeps the task waiting.
 //! Routing never falls back to a programmer outside the task's tiers.
+//!
+//! A decision does not look at every member: the balancer keeps one [`CandidateIndex`] per
+//! distinct [`Tier`] (built when a route first names it) holding the members whose endpoint is
+//! ready and who have room, with their outstanding tasks. Before each pick it re-reads only the
+//! members the pool marked dirty ([`PoolView::take_dirty`]), so a decision costs
+//! O(dirty · log n + log n), and the strategy compares the PeakEwma cost of the two members p2c
+//! draws instead of ranking every candidate.
 
 use crate::contract::v1::programmer_client::ProgrammerClient;
 use crate::contract::v1::{TaskEvent, TaskRequest};
 use crate::manager::budget::BudgetLedger;
 use crate::manager::membership::{InFlight, Member, MemberChange, PoolView};
-use crate::manager::strategy::{Candidate, StrategyKind, StrategySet};
+use crate::manager::strategy::{CandidateIndex, StrategyKind, StrategySet, Tier};
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
+use std::cmp::Ordering;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -78,13 +86,19 @@ impl Service<TaskRequest> for ProgrammerEndpoint {
     type Future = BoxFuture<'static, Result<Upstream, Status>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        // Ready moves the endpoint into the ReadyCache's ready set (or keeps it there): the
+        // balancer's indexes must re-read the member.
+        let ready = || {
+            self.pool.touch(&self.member);
+            Poll::Ready(Ok(()))
+        };
         if self.pool.has_room(&self.member) {
-            return Poll::Ready(Ok(()));
+            return ready();
         }
         self.member.register_waker(cx.waker());
         // Re-check: the state may have changed between the test and the registration.
         if self.pool.has_room(&self.member) {
-            Poll::Ready(Ok(()))
+            ready()
         } else {
             Poll::Pending
         }
@@ -129,8 +143,9 @@ type Balanced = PeakEwma<ProgrammerEndpoint, UntilStreamEnd>;
 pub struct Route {
     /// The request to send to the chosen programmer.
     pub request: TaskRequest,
-    /// Member indices, best tier first (see `eligibility`).
-    pub tiers: Vec<Vec<usize>>,
+    /// The eligible members, best tier first (see `eligibility`), interned at admission so the
+    /// balancer finds each tier's index by id.
+    pub tiers: Vec<Tier>,
     pub strategy: StrategyKind,
     /// Round-robin group key (the task's capability set).
     pub group: String,
@@ -144,8 +159,24 @@ pub struct Placement {
     /// Dollars reserved from the daily budget for this task (paid programmers only).
     pub reserved_usd: Option<f64>,
     pub response: BoxFuture<'static, Result<Upstream, Status>>,
-    /// Ids of the programmers the strategy chose from (for the routing-decision span).
-    pub candidates: Vec<String>,
+    /// The tier the strategy chose from, and the members it was told to leave out (excluded
+    /// by the route or refused during this decision): see [`Placement::candidate_ids`].
+    pub tier: Tier,
+    pub skipped: Vec<usize>,
+}
+
+impl Placement {
+    /// Ids of the programmers the strategy chose from, in configuration order, for the
+    /// routing-decision span: the tier's members minus the skipped ones. O(n), so it is built by
+    /// the task, not inside the decision.
+    pub fn candidate_ids(&self, pool: &PoolView) -> Vec<String> {
+        self.tier
+            .members
+            .iter()
+            .filter(|i| !self.skipped.contains(i))
+            .map(|&i| pool.members[i].spec.id.clone())
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for Placement {
@@ -180,6 +211,12 @@ pub struct Balancer {
     pool: Arc<PoolView>,
     strategies: StrategySet,
     budget: Arc<BudgetLedger>,
+    /// One index per tier id (see [`Tier`]), built when a route first names the tier.
+    indexes: Vec<Option<CandidateIndex>>,
+    /// For each member, the ids of the tiers whose index holds it.
+    member_tiers: Vec<Vec<usize>>,
+    /// Reused buffer for [`PoolView::take_dirty`].
+    dirty: Vec<usize>,
 }
 
 impl Balancer {
@@ -192,9 +229,12 @@ impl Balancer {
         Self {
             discover,
             cache: ReadyCache::default(),
+            member_tiers: vec![Vec::new(); pool.members.len()],
             pool,
             strategies,
             budget,
+            indexes: Vec::new(),
+            dirty: Vec::new(),
         }
     }
 
@@ -206,6 +246,7 @@ impl Balancer {
             changed = true;
             match change {
                 Change::Insert(key, member) => {
+                    self.pool.touch(&member);
                     let endpoint = ProgrammerEndpoint::new(self.pool.clone(), member);
                     let balanced = PeakEwma::new(
                         endpoint,
@@ -217,6 +258,9 @@ impl Balancer {
                 }
                 Change::Remove(key) => {
                     self.cache.evict(&key);
+                    if let Some(member) = self.pool.members.get(key) {
+                        self.pool.touch(member);
+                    }
                 }
             }
         }
@@ -238,71 +282,126 @@ impl Balancer {
     /// Tries to place `route` now.
     pub fn route(&mut self, route: Route) -> Routed {
         let mut spend_blocked = false;
+        // Members not to offer: the route's exclusions, then those refused in this tier.
+        let mut skip = route.exclude.clone();
         for tier in &route.tiers {
-            let mut refused: Vec<usize> = Vec::new();
+            skip.truncate(route.exclude.len());
+            self.build_index(tier);
             loop {
-                let candidates = self.candidates(tier, &route.exclude, &refused);
-                if candidates.is_empty() {
+                self.reindex_dirty();
+                let Some(index) = self.indexes[tier.id].as_ref() else {
                     break;
-                }
-                let picked = match self
-                    .strategies
-                    .get(route.strategy)
-                    .pick(&route.group, &candidates)
-                {
-                    Some(i) => candidates[i].index,
-                    None => break,
+                };
+                let cache = &self.cache;
+                let cost = |i: usize| cache.get_ready(&i).map(|(_, _, svc)| svc.load());
+                // tower's Cost is only comparable: p2c compares the two it draws.
+                let load =
+                    |a: usize, b: usize| cost(a).partial_cmp(&cost(b)).unwrap_or(Ordering::Equal);
+                let Some(picked) = self.strategies.get(route.strategy).pick_indexed(
+                    &route.group,
+                    index,
+                    &skip,
+                    &load,
+                ) else {
+                    break;
                 };
                 let member = self.pool.members[picked].clone();
                 // Re-poll the chosen endpoint: its state may have changed since it became ready.
                 let Some((cache_index, _, _)) = self.cache.get_ready(&picked) else {
-                    refused.push(picked);
+                    self.pool.touch(&member);
+                    skip.push(picked);
                     continue;
                 };
                 let waker = futures::task::noop_waker();
                 let mut cx = Context::from_waker(&waker);
                 if !matches!(self.cache.check_ready_index(&mut cx, cache_index), Ok(true)) {
-                    refused.push(picked);
+                    // Back to pending: the index must drop it.
+                    self.pool.touch(&member);
+                    skip.push(picked);
                     continue;
                 }
                 let reserved_usd = match self.reserve(&member, &route.request) {
                     Ok(r) => r,
                     Err(exhausted) => {
                         spend_blocked |= exhausted;
-                        refused.push(picked);
+                        skip.push(picked);
                         continue;
                     }
                 };
                 let Some((cache_index, _, _)) = self.cache.get_ready(&picked) else {
-                    refused.push(picked);
+                    self.pool.touch(&member);
+                    skip.push(picked);
                     continue;
                 };
                 let mut request = route.request.clone();
                 // The programmer stops the task at the amount held for it.
                 request.max_cost_usd = reserved_usd.unwrap_or(0.0);
                 request.task_id = attempt_task_id(&request.task_id, request.dispatch_attempt);
+                // Starts the task: in flight +1 and the endpoint back to pending, both of which
+                // mark the member dirty for the next decision.
                 let response = self.cache.call_ready_index(cache_index, request);
-                let candidates = candidates
-                    .iter()
-                    .map(|c| self.pool.members[c.index].spec.id.clone())
-                    .collect();
                 return Routed::Placed(Placement {
                     member,
                     reserved_usd,
                     response: Box::pin(response),
-                    candidates,
+                    tier: tier.clone(),
+                    skipped: skip,
                 });
             }
         }
-        let only_paid = route
-            .tiers
-            .iter()
-            .flatten()
-            .all(|&i| self.pool.members[i].spec.paid);
+        // Evaluated only after a refused paid reservation (O(n), once for a task it then fails).
+        let budget_exhausted = spend_blocked
+            && !route.request.dry_run
+            && route
+                .tiers
+                .iter()
+                .flat_map(|t| t.members.iter())
+                .all(|&i| self.pool.members[i].spec.paid);
         Routed::NoRoom {
-            budget_exhausted: spend_blocked && only_paid && !route.request.dry_run,
+            budget_exhausted,
             route: Box::new(route),
         }
+    }
+
+    /// Member `i` as the indexes hold it: its outstanding tasks (ours in flight plus other
+    /// callers' as last reported, i.e. `queue_depth + in_flight` of the strategies) when its
+    /// endpoint is in the ready set and it has room; `None` otherwise.
+    fn figures(&self, i: usize) -> Option<u64> {
+        let member = &self.pool.members[i];
+        (self.cache.get_ready(&i).is_some() && self.pool.has_room(member))
+            .then(|| u64::from(member.occupied()))
+    }
+
+    /// Builds `tier`'s index the first time a route names it: O(n log n) once per distinct tier.
+    fn build_index(&mut self, tier: &Tier) {
+        if self.indexes.len() <= tier.id {
+            self.indexes.resize_with(tier.id + 1, || None);
+        }
+        if self.indexes[tier.id].is_some() {
+            return;
+        }
+        let mut index = CandidateIndex::new(tier);
+        for &i in tier.members.iter() {
+            index.set(i, self.figures(i));
+            self.member_tiers[i].push(tier.id);
+        }
+        self.indexes[tier.id] = Some(index);
+    }
+
+    /// Re-reads the members whose figures changed into every index that holds them:
+    /// O(dirty · tiers per member · log n).
+    fn reindex_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        self.pool.take_dirty(&mut dirty);
+        for &i in &dirty {
+            let figures = self.figures(i);
+            for &t in &self.member_tiers[i] {
+                if let Some(index) = self.indexes[t].as_mut() {
+                    index.set(i, figures);
+                }
+            }
+        }
+        self.dirty = dirty;
     }
 
     /// Reserves the member's per-job cap when it is paid and the task is real. A refusal says
@@ -327,40 +426,6 @@ impl Balancer {
                 Err(spend_exhausted)
             }
         }
-    }
-
-    /// The ready members of `tier` as the strategies see them, in configuration order.
-    fn candidates(&self, tier: &[usize], exclude: &[usize], refused: &[usize]) -> Vec<Candidate> {
-        let mut out: Vec<(Candidate, Option<tower::load::peak_ewma::Cost>)> = tier
-            .iter()
-            .filter(|i| !exclude.contains(i) && !refused.contains(i))
-            .filter_map(|&i| {
-                let (_, _, svc) = self.cache.get_ready(&i)?;
-                let member = &self.pool.members[i];
-                let candidate = Candidate {
-                    index: i,
-                    // Other callers' tasks on it (its report minus ours); ours are `in_flight`.
-                    queue_depth: member.occupied().saturating_sub(member.in_flight()),
-                    in_flight: member.in_flight(),
-                    has_room: self.pool.has_room(member),
-                    load: 0.0,
-                };
-                Some((candidate, Some(svc.load())))
-            })
-            .collect();
-        // tower's Cost is only comparable, so the strategies get its rank as the load figure.
-        let mut order: Vec<usize> = (0..out.len()).collect();
-        order.sort_by(|&a, &b| {
-            out[a]
-                .1
-                .partial_cmp(&out[b].1)
-                .unwrap_or(std::cmp::Ordering::Equal)
-        });
-        for (rank, &i) in order.iter().enumerate() {
-            out[i].0.load = rank as f64;
-        }
-        out.sort_by_key(|(c, _)| c.index);
-        out.into_iter().map(|(c, _)| c).collect()
     }
 }
 

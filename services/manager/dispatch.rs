@@ -63,11 +63,12 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
             Ok(p) => p,
             Err(result) => break result,
         };
+        let candidates = placement.candidate_ids(&mgr.pool);
         let Placement {
             member,
             reserved_usd,
             response,
-            candidates,
+            ..
         } = placement;
         let programmer = member.spec.id.clone();
         let leg_span =
@@ -120,7 +121,7 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                 // back to the front of the queue, same attempt, hold released. The programmer
                 // counts as full until it reports again, so the task is not thrown straight back.
                 tracing::info!(%task_id, %programmer, reason = %status.message(), "programmer full at admission; task re-queued");
-                member.refused_at_admission();
+                mgr.pool.refused_at_admission(&member);
                 mgr.release(&task_id, dispatch_attempt, reserved_usd);
                 ticket = mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout);
                 continue;

@@ -8,6 +8,11 @@
 //! Availability changes are published as tower discovery changes (`Change::Insert` / `Remove`)
 //! for the [balancer](super::balancer), and every change of availability or load bumps a `watch`
 //! generation that wakes the [scheduler](super::waitqueue).
+//!
+//! Every change of a member's routing figures (in flight, other callers' tasks, reported
+//! capacity, availability, a refusal at admission, its endpoint becoming ready) also marks the
+//! member *dirty* ([`PoolView::touch`]); before it decides, the balancer re-reads the dirty members
+//! into its candidate indexes ([`PoolView::take_dirty`]), so no decision rescans the whole pool.
 
 use crate::config::{Config, ProgrammerSpec};
 use crate::contract::v1::programmer_client::ProgrammerClient;
@@ -58,6 +63,8 @@ pub struct Member {
     /// The balancer's waker while this member's endpoint is not ready.
     waker: Mutex<Option<Waker>>,
     refresh: Notify,
+    /// On the pool's dirty list (its figures changed since the balancer last read them).
+    dirty: AtomicBool,
 }
 
 impl Member {
@@ -98,13 +105,6 @@ impl Member {
         self.refresh.notify_one();
     }
 
-    /// The programmer refused a task because its queue is full: treat it as full until its next
-    /// report, and ask for that report now.
-    pub fn refused_at_admission(&self) {
-        self.refused.store(true, Ordering::SeqCst);
-        self.request_refresh();
-    }
-
     /// True while a refusal at admission has not been followed by a report.
     pub fn is_refusing(&self) -> bool {
         self.refused.load(Ordering::SeqCst)
@@ -135,6 +135,7 @@ pub struct InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.member.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.pool.touch(&self.member);
         self.member.wake();
         self.pool.bump();
     }
@@ -147,6 +148,8 @@ pub struct PoolView {
     /// Default slots per programmer before it reports (`max_concurrent + max_queue` from the config).
     pub default_capacity: u32,
     generation: watch::Sender<u64>,
+    /// Indices of the members whose routing figures changed since the balancer last read them.
+    dirty: Mutex<Vec<usize>>,
 }
 
 impl PoolView {
@@ -172,6 +175,7 @@ impl PoolView {
                 refused: AtomicBool::new(false),
                 waker: Mutex::new(None),
                 refresh: Notify::new(),
+                dirty: AtomicBool::new(false),
             }));
         }
         let (generation, _) = watch::channel(0);
@@ -179,6 +183,7 @@ impl PoolView {
             members,
             default_capacity: lb.max_concurrent_per_programmer + lb.max_queue_per_programmer,
             generation,
+            dirty: Mutex::new(Vec::new()),
         }))
     }
 
@@ -191,9 +196,37 @@ impl PoolView {
         self.generation.send_modify(|g| *g = g.wrapping_add(1));
     }
 
+    /// Marks `member`'s routing figures as changed: call it *after* changing them. O(1); a member
+    /// already on the list is not added twice.
+    pub fn touch(&self, member: &Member) {
+        if !member.dirty.swap(true, Ordering::SeqCst) {
+            lock(&self.dirty).push(member.index);
+        }
+    }
+
+    /// Moves the dirty members' indices into `out` (cleared first) and clears their marks; the
+    /// caller reads their figures afterwards, so a change racing with this is either read now or
+    /// marks the member again.
+    pub fn take_dirty(&self, out: &mut Vec<usize>) {
+        out.clear();
+        std::mem::swap(&mut *lock(&self.dirty), out);
+        for &i in out.iter() {
+            self.members[i].dirty.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// The programmer refused a task because its queue is full: treat it as full until its next
+    /// report, and ask for that report now.
+    pub fn refused_at_admission(&self, member: &Member) {
+        member.refused.store(true, Ordering::SeqCst);
+        self.touch(member);
+        member.request_refresh();
+    }
+
     /// Marks a task in flight on `member` until the returned guard is dropped.
     pub fn start_task(self: &Arc<Self>, member: &Arc<Member>) -> InFlight {
         member.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.touch(member);
         self.bump();
         InFlight {
             member: member.clone(),
@@ -221,6 +254,7 @@ impl PoolView {
     fn set_available(&self, member: &Member, up: bool) -> bool {
         let was = member.available.swap(up, Ordering::SeqCst);
         if was != up {
+            self.touch(member);
             member.wake();
             self.bump();
         }
@@ -236,6 +270,7 @@ impl PoolView {
         );
         *lock(&member.reported) = Some(status);
         member.refused.store(false, Ordering::SeqCst);
+        self.touch(member);
         member.wake();
         self.bump();
     }

@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use store::TaskStore;
-use strategy::{StrategyKind, StrategySet};
+use strategy::{StrategyKind, StrategySet, TierRegistry};
 use tokio_util::sync::CancellationToken;
 use waitqueue::Scheduler;
 
@@ -68,6 +68,8 @@ pub struct Manager {
     pub max_dispatch_attempts: u32,
     /// Task `workspace` names resolve under the configured root, verified repositories cached.
     pub workspaces: WorkspaceCache,
+    /// Interns the tiers admission computes, so the balancer keeps one index per distinct tier.
+    pub tiers: TierRegistry,
     pub alerts: status::Alerts,
     /// Per-LLM task figures for `pas status`, from the tasks finished here.
     pub llm_stats: crate::telemetry::LlmStats,
@@ -154,6 +156,7 @@ impl Manager {
             queue_timeout: Duration::from_secs(mgr_cfg.queue_timeout_s),
             max_dispatch_attempts: mgr_cfg.max_dispatch_attempts.max(1),
             workspaces: WorkspaceCache::new(config.workspace_root()),
+            tiers: TierRegistry::default(),
             alerts: status::Alerts::default(),
             llm_stats: crate::telemetry::LlmStats::default(),
             config: config.clone(),

@@ -87,7 +87,11 @@ impl PoolService {
         };
         Ok(Route {
             request,
-            tiers: tiers.tiers,
+            tiers: tiers
+                .tiers
+                .into_iter()
+                .map(|t| mgr.tiers.intern(t))
+                .collect(),
             strategy,
             group: group_key(&req.capabilities),
             exclude: Vec::new(),

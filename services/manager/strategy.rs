@@ -1,10 +1,17 @@
 //! Routing strategies: which of the eligible programmers with room gets the next task.
 //!
 //! Pure and fast: no I/O, no allocation on the pick path (round robin allocates a group key once per
-//! new group). Callers pass one [`Candidate`] per eligible programmer (see `eligibility`) with the
-//! load figures they track; a strategy returns the *position in that slice* of the candidate it
-//! picks, or `None` when no candidate has room. A strategy never looks beyond the candidates it is
-//! given: routing never falls back to "any programmer".
+//! new group; an indexed p2c pick with skipped members lists their ranks). A strategy picks in one
+//! of two ways, with the same result:
+//! - [`Strategy::pick`] over a slice with one [`Candidate`] per eligible programmer (see
+//!   `eligibility`): a linear scan. It is the reference the indexed pick is tested against, and
+//!   what the scheduling simulation (`benches/support/scheduling.rs`) uses;
+//! - [`Strategy::pick_indexed`] over a [`CandidateIndex`]: the members of one [`Tier`] that can take
+//!   a task now, kept in ordered structures that the balancer updates as members' figures change,
+//!   so a pick costs O(log n + |skipped|) instead of O(n). This is the routing path.
+//!
+//! A strategy never looks beyond the candidates it is given: routing never falls back to "any
+//! programmer".
 //!
 //! | strategy | picks |
 //! |---|---|
@@ -16,10 +23,11 @@
 use crate::contract::v1::Strategy as ProtoStrategy;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::collections::HashMap;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 // ===== Inputs =====
 
@@ -65,6 +73,18 @@ pub trait Strategy: Send + Sync + fmt::Debug {
     /// The position in `candidates` of the one to use, or `None` when none has room. `group` is
     /// the task's capability-set key ([`group_key`]); only round robin keeps state per group.
     fn pick(&self, group: &str, candidates: &[Candidate]) -> Option<usize>;
+
+    /// The configuration index of the one to use among `index`'s members with room, leaving out
+    /// those in `skip` (excluded or refused for this route; a short list), or `None`. The same
+    /// choice [`pick`](Strategy::pick) makes over a slice of the same members in configuration
+    /// order, in O(log n + |skip|). `load` orders two members by their load (only p2c asks).
+    fn pick_indexed(
+        &self,
+        group: &str,
+        index: &CandidateIndex,
+        skip: &[usize],
+        load: &dyn Fn(usize, usize) -> Ordering,
+    ) -> Option<usize>;
 }
 
 /// The four policies by name: the configuration's own `load_balancing.strategy` type, so the
@@ -178,6 +198,16 @@ impl Strategy for LeastLoaded {
             .min_by_key(|(_, c)| (c.outstanding(), c.index))
             .map(|(pos, _)| pos)
     }
+
+    fn pick_indexed(
+        &self,
+        _group: &str,
+        index: &CandidateIndex,
+        skip: &[usize],
+        _load: &dyn Fn(usize, usize) -> Ordering,
+    ) -> Option<usize> {
+        index.least_loaded(skip)
+    }
 }
 
 /// Cycles through a group's candidates in configuration order, skipping those without room. Each
@@ -194,6 +224,25 @@ impl RoundRobin {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Picks with `next(previous index of the group)` → `(index, choice)` and moves the group's
+    /// cursor to the picked index: the one cursor logic both pick paths share.
+    fn advance<T>(
+        &self,
+        group: &str,
+        next: impl FnOnce(Option<usize>) -> Option<(usize, T)>,
+    ) -> Option<T> {
+        // A panic elsewhere cannot leave a cursor half-written: recover the map.
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let (index, choice) = next(last.get(group).copied())?;
+        match last.get_mut(group) {
+            Some(cursor) => *cursor = index,
+            None => {
+                last.insert(group.to_owned(), index);
+            }
+        }
+        Some(choice)
+    }
 }
 
 impl Strategy for RoundRobin {
@@ -202,27 +251,33 @@ impl Strategy for RoundRobin {
     }
 
     fn pick(&self, group: &str, candidates: &[Candidate]) -> Option<usize> {
-        // A panic elsewhere cannot leave a cursor half-written: recover the map.
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let prev = last.get(group).copied();
-        let mut first: Option<(usize, usize)> = None; // (index, pos) with the lowest index
-        let mut next: Option<(usize, usize)> = None; // lowest index after `prev`
-        for (pos, c) in with_room(candidates) {
-            if first.is_none_or(|(i, _)| c.index < i) {
-                first = Some((c.index, pos));
+        self.advance(group, |prev| {
+            let mut first: Option<(usize, usize)> = None; // (index, pos) with the lowest index
+            let mut next: Option<(usize, usize)> = None; // lowest index after `prev`
+            for (pos, c) in with_room(candidates) {
+                if first.is_none_or(|(i, _)| c.index < i) {
+                    first = Some((c.index, pos));
+                }
+                if prev.is_some_and(|p| c.index > p) && next.is_none_or(|(i, _)| c.index < i) {
+                    next = Some((c.index, pos));
+                }
             }
-            if prev.is_some_and(|p| c.index > p) && next.is_none_or(|(i, _)| c.index < i) {
-                next = Some((c.index, pos));
-            }
-        }
-        let (index, pos) = next.or(first)?;
-        match last.get_mut(group) {
-            Some(cursor) => *cursor = index,
-            None => {
-                last.insert(group.to_owned(), index);
-            }
-        }
-        Some(pos)
+            next.or(first)
+        })
+    }
+
+    fn pick_indexed(
+        &self,
+        group: &str,
+        index: &CandidateIndex,
+        skip: &[usize],
+        _load: &dyn Fn(usize, usize) -> Ordering,
+    ) -> Option<usize> {
+        self.advance(group, |prev| {
+            prev.and_then(|p| index.first_from(p.saturating_add(1), skip))
+                .or_else(|| index.first_from(0, skip))
+                .map(|i| (i, i))
+        })
     }
 }
 
@@ -240,6 +295,16 @@ impl Strategy for CapabilityMatch {
         with_room(candidates)
             .min_by_key(|(_, c)| c.index)
             .map(|(pos, _)| pos)
+    }
+
+    fn pick_indexed(
+        &self,
+        _group: &str,
+        index: &CandidateIndex,
+        skip: &[usize],
+        _load: &dyn Fn(usize, usize) -> Ordering,
+    ) -> Option<usize> {
+        index.first_from(0, skip)
     }
 }
 
@@ -273,16 +338,20 @@ impl P2cPeakEwma {
     }
 }
 
-impl Strategy for P2cPeakEwma {
-    fn kind(&self) -> StrategyKind {
-        StrategyKind::P2cPeakEwma
-    }
-
-    fn pick(&self, _group: &str, candidates: &[Candidate]) -> Option<usize> {
-        let k = candidates.iter().filter(|c| c.has_room).count();
+impl P2cPeakEwma {
+    /// The p2c rule over `k` choices in configuration order, `nth(j)` being the `j`-th: none, the
+    /// only one, or two distinct uniformly drawn ones of which `lighter` (a total order: load,
+    /// then configuration index) puts the winner first. Both pick paths share it, so with one
+    /// seed they draw the same numbers and pick the same member.
+    fn choose<T>(
+        &self,
+        k: usize,
+        nth: impl Fn(usize) -> T,
+        lighter: impl Fn(&T, &T) -> Ordering,
+    ) -> Option<T> {
         let (a, b) = match k {
             0 => return None,
-            1 => return with_room(candidates).next().map(|(pos, _)| pos),
+            1 => return Some(nth(0)),
             _ => {
                 let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
                 let a = rng.random_range(0..k);
@@ -290,18 +359,367 @@ impl Strategy for P2cPeakEwma {
                 (a, if b >= a { b + 1 } else { b })
             }
         };
-        let mut picked = with_room(candidates)
-            .enumerate()
-            .filter(|(nth, _)| *nth == a || *nth == b)
-            .map(|(_, pc)| pc);
-        let (pa, ca) = picked.next()?;
-        let (pb, cb) = picked.next()?;
-        let a_wins = ca
-            .load
-            .total_cmp(&cb.load)
-            .then(ca.index.cmp(&cb.index))
-            .is_le();
-        Some(if a_wins { pa } else { pb })
+        let (ca, cb) = (nth(a), nth(b));
+        Some(if lighter(&ca, &cb).is_le() { ca } else { cb })
+    }
+}
+
+impl Strategy for P2cPeakEwma {
+    fn kind(&self) -> StrategyKind {
+        StrategyKind::P2cPeakEwma
+    }
+
+    fn pick(&self, _group: &str, candidates: &[Candidate]) -> Option<usize> {
+        let k = candidates.iter().filter(|c| c.has_room).count();
+        let nth = |j| with_room(candidates).nth(j).expect("j < k");
+        self.choose(k, nth, |(_, a), (_, b)| {
+            a.load.total_cmp(&b.load).then(a.index.cmp(&b.index))
+        })
+        .map(|(pos, _)| pos)
+    }
+
+    fn pick_indexed(
+        &self,
+        _group: &str,
+        index: &CandidateIndex,
+        skip: &[usize],
+        load: &dyn Fn(usize, usize) -> Ordering,
+    ) -> Option<usize> {
+        // Ranks (configuration order among those with room) of the skipped members with room,
+        // so the `j`-th choice is found by select without walking the others.
+        let mut skipped: Vec<usize> = skip.iter().filter_map(|&i| index.rank_of(i)).collect();
+        skipped.sort_unstable();
+        skipped.dedup();
+        let k = index.len() - skipped.len();
+        let nth = |j: usize| {
+            let mut rank = j;
+            for &r in &skipped {
+                if r <= rank {
+                    rank += 1;
+                } else {
+                    break;
+                }
+            }
+            index.nth(rank)
+        };
+        self.choose(k, nth, |&a, &b| load(a, b).then(a.cmp(&b)))
+    }
+}
+
+// ===== The index =====
+
+/// A tier of members that may take a task (see `eligibility`) under a stable id: the balancer
+/// keeps one [`CandidateIndex`] per distinct tier and finds it by id, without hashing the member
+/// list on every decision. Made by a [`TierRegistry`] at admission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tier {
+    /// Dense id from the registry that made it: equal ids mean equal member lists.
+    pub id: usize,
+    /// Configuration indices, ascending.
+    pub members: Arc<[usize]>,
+}
+
+/// Interns tiers: every distinct member list gets one id, for the life of the manager. Tiers come
+/// from capability sets, cost tiers and which paid members the budget covers, all bounded by the
+/// configuration, so the registry stays small.
+#[derive(Debug, Default)]
+pub struct TierRegistry {
+    known: Mutex<HashMap<Arc<[usize]>, usize>>,
+}
+
+impl TierRegistry {
+    /// The tier of `members` (any order; duplicates ignored). O(n) in its length, at admission.
+    pub fn intern(&self, mut members: Vec<usize>) -> Tier {
+        members.sort_unstable();
+        members.dedup();
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((members, &id)) = known.get_key_value(members.as_slice()) {
+            return Tier {
+                id,
+                members: members.clone(),
+            };
+        }
+        let members: Arc<[usize]> = members.into();
+        let id = known.len();
+        known.insert(members.clone(), id);
+        Tier { id, members }
+    }
+}
+
+/// Positions `0..n` as a set with rank and select in O(log n): a Fenwick tree of counts. Only p2c
+/// needs it (the `j`-th member with room), and only a change of *room* updates it.
+#[derive(Debug, Clone)]
+struct RankSet {
+    /// 1-based Fenwick tree: `tree[i]` counts the members in `(i - lowbit(i), i]`.
+    tree: Vec<u32>,
+    len: usize,
+    /// The highest power of two ≤ n (select's first step).
+    top: usize,
+}
+
+impl RankSet {
+    fn new(n: usize) -> Self {
+        Self {
+            tree: vec![0; n + 1],
+            len: 0,
+            top: if n == 0 { 0 } else { 1 << n.ilog2() },
+        }
+    }
+
+    /// Adds (`on`) or removes `pos`, which must not be in the set already / must be in it.
+    fn set(&mut self, pos: usize, on: bool) {
+        let mut i = pos + 1;
+        while i < self.tree.len() {
+            self.tree[i] = if on {
+                self.tree[i] + 1
+            } else {
+                self.tree[i] - 1
+            };
+            i += i & i.wrapping_neg();
+        }
+        if on {
+            self.len += 1;
+        } else {
+            self.len -= 1;
+        }
+    }
+
+    /// Members at positions below `pos`.
+    fn rank(&self, pos: usize) -> usize {
+        let mut i = pos;
+        let mut count = 0;
+        while i > 0 {
+            count += self.tree[i] as usize;
+            i &= i - 1;
+        }
+        count
+    }
+
+    /// The position of the `k`-th member (0-based); `k < len`.
+    fn select(&self, mut k: usize) -> usize {
+        let mut pos = 0;
+        let mut step = self.top;
+        while step > 0 {
+            let next = pos + step;
+            if next < self.tree.len() && (self.tree[next] as usize) <= k {
+                pos = next;
+                k -= self.tree[next] as usize;
+            }
+            step >>= 1;
+        }
+        pos
+    }
+}
+
+/// Positions `0..n` as a 64-ary tree of bit words: level 0 has one bit per position, each level
+/// above one bit per non-empty word of the level below, up to a single word. Insert, remove and
+/// "the first member at or after a position" touch one word per level: O(log₆₄ n), which is two
+/// words up to 4,096 members.
+#[derive(Debug, Clone)]
+struct Bits {
+    levels: Vec<Vec<u64>>,
+}
+
+impl Bits {
+    fn new(n: usize) -> Self {
+        let mut levels = Vec::new();
+        let mut len = n.max(1);
+        loop {
+            let words = len.div_ceil(64);
+            levels.push(vec![0; words]);
+            if words == 1 {
+                return Self { levels };
+            }
+            len = words;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.levels.last().is_none_or(|top| top[0] == 0)
+    }
+
+    fn insert(&mut self, mut pos: usize) {
+        for level in &mut self.levels {
+            let word = &mut level[pos / 64];
+            let was_empty = *word == 0;
+            *word |= 1 << (pos % 64);
+            if !was_empty {
+                return;
+            }
+            pos /= 64;
+        }
+    }
+
+    fn remove(&mut self, mut pos: usize) {
+        for level in &mut self.levels {
+            let word = &mut level[pos / 64];
+            *word &= !(1 << (pos % 64));
+            if *word != 0 {
+                return;
+            }
+            pos /= 64;
+        }
+    }
+
+    /// The lowest position in the set at or after `pos`.
+    fn first_from(&self, mut pos: usize) -> Option<usize> {
+        // Up until a word holds a bit at or after the position, then down along the first bits.
+        let mut level = 0;
+        loop {
+            let word = *self.levels.get(level)?.get(pos / 64)?;
+            let at_or_after = word & (u64::MAX << (pos % 64));
+            if at_or_after != 0 {
+                pos = pos / 64 * 64 + at_or_after.trailing_zeros() as usize;
+                break;
+            }
+            pos = pos / 64 + 1;
+            level += 1;
+        }
+        while level > 0 {
+            level -= 1;
+            pos = pos * 64 + self.levels[level][pos].trailing_zeros() as usize;
+        }
+        Some(pos)
+    }
+}
+
+/// The members of one [`Tier`] that can take a task now, with their load, in structures over the
+/// tier's positions (configuration order) so every strategy picks without scanning the tier:
+/// - [`Bits`] of the positions with room: capability_match (the first) and round robin (the first
+///   after a configuration index), O(log₆₄ n + |skipped|);
+/// - one [`Bits`] per outstanding count (`queue_depth + in_flight`): least_loaded is the first
+///   member of the lowest non-empty count, O(log L + log₆₄ n + |skipped|) for L distinct counts
+///   (a member with room has fewer tasks than its capacity, so L stays below the largest capacity);
+/// - a [`RankSet`] of the positions with room: p2c's `j`-th member, O(log n + |skipped|).
+///
+/// The owner keeps it current with [`set`](CandidateIndex::set) whenever a member's figures
+/// change; nothing is rebuilt per decision.
+#[derive(Debug, Clone)]
+pub struct CandidateIndex {
+    /// Configuration indices of the tier's members, ascending.
+    members: Arc<[usize]>,
+    /// For each configuration index `i` up to the tier's last member + 1, how many members come
+    /// before `i`: a member's position, and where "after `i`" starts, in O(1).
+    below: Vec<u32>,
+    /// Each position's outstanding count while it has room.
+    outstanding: Vec<Option<u64>>,
+    room: Bits,
+    ranks: RankSet,
+    /// Positions with room by outstanding count. Emptied counts stay (bounded, see above), so a
+    /// member moving between two counts never allocates.
+    by_load: BTreeMap<u64, Bits>,
+}
+
+impl CandidateIndex {
+    /// An index over `tier` in which no member has room yet.
+    pub fn new(tier: &Tier) -> Self {
+        let n = tier.members.len();
+        let end = tier.members.last().map_or(0, |&last| last + 2);
+        let below = (0..end)
+            .map(|i| tier.members.partition_point(|&m| m < i) as u32)
+            .collect();
+        Self {
+            members: tier.members.clone(),
+            below,
+            outstanding: vec![None; n],
+            room: Bits::new(n),
+            ranks: RankSet::new(n),
+            by_load: BTreeMap::new(),
+        }
+    }
+
+    /// Configuration indices of the tier's members, ascending.
+    pub fn members(&self) -> &[usize] {
+        &self.members
+    }
+
+    /// Members with room.
+    pub fn len(&self) -> usize {
+        self.ranks.len
+    }
+
+    /// True when no member has room.
+    pub fn is_empty(&self) -> bool {
+        self.ranks.len == 0
+    }
+
+    /// Records member `index`'s figures: `Some(queue_depth + in_flight)` when it can take a task
+    /// now, `None` when it cannot. An index outside the tier is ignored.
+    pub fn set(&mut self, index: usize, outstanding: Option<u64>) {
+        let Some(pos) = self.position(index) else {
+            return;
+        };
+        let old = std::mem::replace(&mut self.outstanding[pos], outstanding);
+        if old == outstanding {
+            return;
+        }
+        if let Some(level) = old.and_then(|o| self.by_load.get_mut(&o)) {
+            level.remove(pos);
+        }
+        if let Some(o) = outstanding {
+            let n = self.members.len();
+            self.by_load
+                .entry(o)
+                .or_insert_with(|| Bits::new(n))
+                .insert(pos);
+        }
+        if old.is_some() != outstanding.is_some() {
+            if outstanding.is_some() {
+                self.room.insert(pos);
+            } else {
+                self.room.remove(pos);
+            }
+            self.ranks.set(pos, outstanding.is_some());
+        }
+    }
+
+    /// How many members have a configuration index below `index`.
+    fn before(&self, index: usize) -> usize {
+        self.below
+            .get(index)
+            .map_or(self.members.len(), |&b| b as usize)
+    }
+
+    /// The position of member `index` in the tier, if it is one.
+    fn position(&self, index: usize) -> Option<usize> {
+        let pos = self.before(index);
+        (self.members.get(pos) == Some(&index)).then_some(pos)
+    }
+
+    /// The configuration index of the `k`-th member with room in configuration order; `k < len`.
+    fn nth(&self, k: usize) -> usize {
+        self.members[self.ranks.select(k)]
+    }
+
+    /// The rank (among those with room) of member `index`, if it has room.
+    fn rank_of(&self, index: usize) -> Option<usize> {
+        let pos = self.position(index)?;
+        self.outstanding[pos].map(|_| self.ranks.rank(pos))
+    }
+
+    /// The first member of `set` at or after configuration index `from`, not in `skip`.
+    fn first_in(&self, set: &Bits, from: usize, skip: &[usize]) -> Option<usize> {
+        let mut pos = self.before(from);
+        loop {
+            let index = self.members[set.first_from(pos)?];
+            if !skip.contains(&index) {
+                return Some(index);
+            }
+            pos = self.before(index) + 1;
+        }
+    }
+
+    /// The first member with room at or after configuration index `from`, not in `skip`.
+    fn first_from(&self, from: usize, skip: &[usize]) -> Option<usize> {
+        self.first_in(&self.room, from, skip)
+    }
+
+    /// The member with room with the lowest `(outstanding, configuration index)`, not in `skip`.
+    fn least_loaded(&self, skip: &[usize]) -> Option<usize> {
+        self.by_load
+            .values()
+            .filter(|level| !level.is_empty())
+            .find_map(|level| self.first_in(level, 0, skip))
     }
 }
 
@@ -458,6 +876,146 @@ mod tests {
         };
         assert_eq!(run(3), run(3));
         assert_ne!(run(3), run(4));
+    }
+
+    /// Drives random figure changes and picks through the index and through the linear
+    /// reference (the balancer's former per-decision slice: the tier's members minus the skipped
+    /// ones, in configuration order) and requires the same pick from every strategy. The two
+    /// strategy sets share a seed, so round-robin cursors and p2c draws evolve alike.
+    #[test]
+    fn indexed_picks_equal_the_linear_reference() {
+        for seed in 0..60u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            // Mostly small tiers (many ties and full members); some past one 64-bit word.
+            let n = if seed % 6 == 5 {
+                rng.random_range(65..=300usize)
+            } else {
+                rng.random_range(1..=40usize)
+            };
+            let mut room: Vec<Option<u64>> = vec![None; n];
+            // Small integers, so loads and outstanding counts tie often.
+            let mut loads: Vec<f64> = (0..n)
+                .map(|_| f64::from(rng.random_range(0..4u8)))
+                .collect();
+            let registry = TierRegistry::default();
+            let tiers: Vec<Tier> = (0..3)
+                .map(|_| registry.intern((0..n).filter(|_| rng.random_bool(0.6)).collect()))
+                .collect();
+            let mut indexes: Vec<CandidateIndex> = tiers.iter().map(CandidateIndex::new).collect();
+            let reference = StrategySet::with_seed(seed);
+            let indexed = StrategySet::with_seed(seed);
+            for step in 0..600 {
+                if rng.random_bool(0.5) {
+                    // A member's figures change (dispatch, stream end, report, health, refusal).
+                    let i = rng.random_range(0..n);
+                    room[i] = (!rng.random_bool(0.3)).then(|| rng.random_range(0..6u64));
+                    loads[i] = f64::from(rng.random_range(0..4u8));
+                    for index in &mut indexes {
+                        index.set(i, room[i]);
+                    }
+                    continue;
+                }
+                let t = rng.random_range(0..tiers.len());
+                let skip: Vec<usize> = (0..rng.random_range(0..4))
+                    .map(|_| rng.random_range(0..n))
+                    .collect();
+                let group = ["fast", "free,local"][rng.random_range(0..2)];
+                let slice: Vec<Candidate> = tiers[t]
+                    .members
+                    .iter()
+                    .filter(|i| !skip.contains(i))
+                    .map(|&i| {
+                        let outstanding = room[i].unwrap_or(0) as u32;
+                        Candidate {
+                            index: i,
+                            queue_depth: outstanding / 2,
+                            in_flight: outstanding - outstanding / 2,
+                            has_room: room[i].is_some(),
+                            load: loads[i],
+                        }
+                    })
+                    .collect();
+                let load = |a: usize, b: usize| loads[a].total_cmp(&loads[b]);
+                for kind in StrategyKind::ALL {
+                    let want = reference
+                        .get(kind)
+                        .pick(group, &slice)
+                        .map(|pos| slice[pos].index);
+                    let got = indexed
+                        .get(kind)
+                        .pick_indexed(group, &indexes[t], &skip, &load);
+                    assert_eq!(got, want, "seed {seed}, step {step}, {kind}");
+                    if let Some(i) = got {
+                        assert!(room[i].is_some() && !skip.contains(&i), "{kind} picked {i}");
+                        assert!(tiers[t].members.contains(&i), "{kind} left the tier");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn indexed_p2c_picks_the_lower_load_of_two_and_honours_skip() {
+        let registry = TierRegistry::default();
+        let tier = registry.intern(vec![0, 1, 2]);
+        let mut index = CandidateIndex::new(&tier);
+        for i in 0..3 {
+            index.set(i, Some(0));
+        }
+        let loads = [9.0, 1.0, 5.0];
+        let load = |a: usize, b: usize| f64::total_cmp(&loads[a], &loads[b]);
+        let p2c = P2cPeakEwma::with_seed(7);
+        let mut counts = [0usize; 3];
+        for _ in 0..300 {
+            counts[p2c.pick_indexed("", &index, &[], &load).unwrap()] += 1;
+        }
+        assert_eq!(counts[0], 0, "the heaviest always loses: {counts:?}");
+        assert!(counts[1] > counts[2] && counts[2] > 0, "{counts:?}");
+        // Skipping the lightest leaves two; skipping two leaves one; all three, none.
+        for _ in 0..20 {
+            assert_eq!(p2c.pick_indexed("", &index, &[1], &load), Some(2));
+        }
+        assert_eq!(p2c.pick_indexed("", &index, &[1, 2], &load), Some(0));
+        assert_eq!(p2c.pick_indexed("", &index, &[2, 1, 0, 1], &load), None);
+        index.set(1, None);
+        assert_eq!(p2c.pick_indexed("", &index, &[2], &load), Some(0));
+    }
+
+    #[test]
+    fn bits_find_the_next_member_across_levels() {
+        // 5,000 positions: three levels of words.
+        let n = 5000;
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut bits = Bits::new(n);
+        let mut oracle = std::collections::BTreeSet::new();
+        for _ in 0..20_000 {
+            let pos = rng.random_range(0..n);
+            if rng.random_bool(0.5) {
+                if oracle.insert(pos) {
+                    bits.insert(pos);
+                }
+            } else if oracle.remove(&pos) {
+                bits.remove(pos);
+            }
+            let from = rng.random_range(0..n + 70);
+            assert_eq!(
+                bits.first_from(from),
+                oracle.range(from..).next().copied(),
+                "from {from}"
+            );
+            assert_eq!(bits.is_empty(), oracle.is_empty());
+        }
+    }
+
+    #[test]
+    fn tiers_are_interned_by_their_members() {
+        let registry = TierRegistry::default();
+        let a = registry.intern(vec![3, 1, 2]);
+        let b = registry.intern(vec![1, 2, 3, 3]);
+        let c = registry.intern(vec![1, 2]);
+        assert_eq!(a, b);
+        assert_eq!(&*a.members, &[1, 2, 3]);
+        assert_ne!(a.id, c.id);
     }
 
     #[test]
