@@ -581,17 +581,28 @@ mod tests {
         let mut spec = sleeper("stubborn", dir.path(), "600");
         // A program that ignores SIGTERM, started without a shell: python's signal module.
         spec.program = "python3".into();
+        // It says when SIGTERM is ignored by creating `ready` (python starts slowly under load).
+        let ready = dir.path().join("ready");
         spec.args = vec![
             "-c".into(),
-            "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(600)"
+            "import signal, sys, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
+             open(sys.argv[1], 'w').close()\ntime.sleep(600)"
                 .into(),
+            ready.clone().into_os_string(),
         ];
         let mut policy = quick_policy();
         policy.stop_grace = Duration::from_millis(500);
         let sup = Supervisor::start(vec![spec], policy).unwrap();
         let reports = wait_for(&sup, |r| r[0].pid.is_some()).await;
         let pid = reports[0].pid.unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await; // let python install its handler
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !ready.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "python never got ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let started = std::time::Instant::now();
         sup.shutdown().await;
         assert!(started.elapsed() >= Duration::from_millis(500));
