@@ -8,7 +8,7 @@ use common::Sim;
 use common::pool::{
     PoolOptions, SHIPPED_CAPABILITY_ROUTING, TestPool, TestProgrammer, assigned_ids,
     collect_events, dispatch_collect, manager_client, pool_status, rerouted, sample_dispatch,
-    shipped_shape, state_of, wait_available, wait_until,
+    shipped_shape, state_of, wait_available, wait_for_model_call,
 };
 use pas::contract::v1::{DispatchRequest, GetTaskRequest, ProgrammerState, Strategy, TaskState};
 use std::time::{Duration, Instant};
@@ -25,6 +25,25 @@ async fn state_in_manager(
         .find(|p| p.id == id)
         .unwrap_or_else(|| panic!("{id} in status"));
     ProgrammerState::try_from(p.state).unwrap_or(ProgrammerState::Unspecified)
+}
+
+/// Dispatches the docstring task `task_id` needing `capability` with capability_match (the first
+/// programmer in configuration order holding it takes it), and returns its event stream.
+async fn dispatch_victim(
+    c: &pas::contract::v1::programmer_pool_client::ProgrammerPoolClient<tonic::transport::Channel>,
+    task_id: &str,
+    capability: &str,
+) -> tonic::Streaming<pas::contract::v1::TaskEvent> {
+    c.clone()
+        .dispatch(DispatchRequest {
+            task_id: task_id.into(),
+            capabilities: vec![capability.into()],
+            strategy: Strategy::CapabilityMatch as i32,
+            ..sample_dispatch("Add docstrings to all functions")
+        })
+        .await
+        .expect("accepted")
+        .into_inner()
 }
 
 #[tokio::test]
@@ -50,31 +69,10 @@ async fn a_killed_programmer_leaves_at_once_its_task_is_rerouted_and_it_rejoins(
     wait_available(&c, 10).await;
 
     // The victim: capability_match puts it on 001, the first "fast" programmer.
-    let stream = c
-        .clone()
-        .dispatch(DispatchRequest {
-            task_id: "victim".into(),
-            capabilities: vec!["fast".into()],
-            strategy: Strategy::CapabilityMatch as i32,
-            ..sample_dispatch("Add docstrings to all functions")
-        })
-        .await
-        .expect("accepted")
-        .into_inner();
-    let victim = tokio::spawn(collect_events(stream));
+    let victim = tokio::spawn(collect_events(dispatch_victim(&c, "victim", "fast").await));
 
     // Wait until aider on 001 is really waiting on its LLM.
-    let sim = &pool.sim;
-    wait_until(
-        Duration::from_secs(60),
-        "aider on 001 to call its model",
-        || async {
-            let reqs = sim.requests().await;
-            reqs.as_array()
-                .is_some_and(|a| a.iter().any(|r| r["model"] == "primary-001"))
-        },
-    )
-    .await;
+    wait_for_model_call(&pool.sim, "primary-001").await;
     let record = c
         .clone()
         .get_task(GetTaskRequest {
@@ -245,29 +243,10 @@ async fn a_rerouted_paid_task_holds_budget_again_and_the_lost_hold_is_booked() {
     let c = manager_client(&pool).await;
     wait_available(&c, 2).await;
 
-    let stream = c
-        .clone()
-        .dispatch(DispatchRequest {
-            task_id: "paid-victim".into(),
-            capabilities: vec!["premium".into()],
-            strategy: Strategy::CapabilityMatch as i32,
-            ..sample_dispatch("Add docstrings to all functions")
-        })
-        .await
-        .expect("accepted")
-        .into_inner();
-    let victim = tokio::spawn(collect_events(stream));
-    let sim = &pool.sim;
-    wait_until(
-        Duration::from_secs(60),
-        "aider on 001 to call its model",
-        || async {
-            let reqs = sim.requests().await;
-            reqs.as_array()
-                .is_some_and(|a| a.iter().any(|r| r["model"] == "slow-a"))
-        },
-    )
-    .await;
+    let victim = tokio::spawn(collect_events(
+        dispatch_victim(&c, "paid-victim", "premium").await,
+    ));
+    wait_for_model_call(&pool.sim, "slow-a").await;
     let held = pool_status(&c).await.budget.expect("budget");
     assert!((held.reserved_usd - 0.5).abs() < 1e-9, "{held:#?}");
 

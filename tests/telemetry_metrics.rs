@@ -9,10 +9,10 @@ mod common;
 mod support;
 
 use common::pool::{PoolOptions, TestPool, TestProgrammer, wait_until};
+use pas::contract::error_class_name;
 use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
 use pas::contract::v1::task_event::Kind;
 use pas::contract::v1::{DispatchRequest, GetPoolStatusRequest, TaskResult, TaskState};
-use pas::telemetry::spans::error_class_name;
 use std::time::Duration;
 use support::{Scrape, scrape};
 use tonic::transport::Channel;

@@ -118,7 +118,7 @@ async fn a_callers_traceparent_is_continued_by_manager_programmer_and_aider() {
     );
     assert_eq!(result.attempts.len(), 2, "primary failed, backup succeeded");
     assert_eq!(result.llm_used, BACKUP);
-    let first_class = pas::telemetry::spans::error_class_name(result.attempts[0].error_class);
+    let first_class = pas::contract::error_class_name(result.attempts[0].error_class);
     assert_ne!(result.attempts[0].error_class, ErrorClass::None as i32);
 
     // Both processes export; wait for the spans of the whole task.

@@ -328,7 +328,7 @@ async fn run_tasks(manager: &str) -> anyhow::Result<Vec<(&'static DemoTask, Task
             println!(
                 "[{}] done: {} on {} in {:.1}s",
                 task.label,
-                dispatch_view::state_name(result.status),
+                crate::contract::state_name(result.status),
                 result.llm_used,
                 result.duration_ms as f64 / 1000.0
             );

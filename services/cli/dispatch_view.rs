@@ -24,7 +24,7 @@ pub enum Mode {
     Json,
 }
 
-pub use crate::contract::{error_class_name, state_name};
+use crate::contract::{error_class_name, state_name};
 
 /// An event as one JSON object: `task_id`, `seq`, `timestamp_ms`, `type` and the event's fields.
 pub fn event_json(event: &TaskEvent) -> Value {

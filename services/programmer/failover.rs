@@ -223,7 +223,7 @@ pub async fn run_task(
                     &spec.id,
                     &llm.name,
                     &next.name,
-                    &telemetry::spans::error_class_name(class as i32),
+                    &crate::contract::error_class_name(class as i32),
                 );
                 tracing::info!(task_id = %task.task_id, from = %llm.name, to = %next.name, attempt = number + 1, %reason, "failover");
                 let event = Failover {
@@ -338,7 +338,7 @@ fn summarize_failure(result: &TaskResult, last: &str) -> String {
         .attempts
         .iter()
         .map(|a| {
-            let class = telemetry::spans::error_class_name(a.error_class);
+            let class = crate::contract::error_class_name(a.error_class);
             format!("#{} {}: {} {}", a.number, a.llm, class, a.error_message)
         })
         .collect();

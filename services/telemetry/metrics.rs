@@ -45,7 +45,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::spans::{error_class_name, outcome_name};
+use crate::contract::{error_class_name, state_name};
 
 /// Histogram buckets (seconds) for task and attempt durations: an aider run takes 4–5 s at best,
 /// a task with failovers a minute or more, the longest allowed ones several minutes.
@@ -279,7 +279,7 @@ pub fn task_finished(role: Role, result: &TaskResult) {
     let outcome = if result.dry_run {
         "dry_run"
     } else {
-        outcome_name(result.status)
+        state_name(result.status)
     };
     let llm = llm_label(&result.llm_used);
     let programmer = result.programmer_id.clone();

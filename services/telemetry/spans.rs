@@ -28,7 +28,7 @@ use opentelemetry::trace::Status;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-pub use crate::contract::{error_class_name, state_name as outcome_name};
+use crate::contract::{error_class_name, state_name};
 
 /// A task's life in the manager, from acceptance to its result (a server span: its parent is
 /// the caller's `traceparent`, when sent).
@@ -153,7 +153,7 @@ pub fn record_aider(
 /// outcome, the programmer (when `with_programmer`: the manager's span does not know it up front),
 /// the LLM of the result, attempts, error class, cost, tokens, duration and the span status.
 pub fn record_result(span: &Span, result: &TaskResult, with_programmer: bool) {
-    span.set_attribute("outcome", outcome_name(result.status));
+    span.set_attribute("outcome", state_name(result.status));
     if with_programmer && !result.programmer_id.is_empty() {
         span.set_attribute("programmer_id", result.programmer_id.clone());
     }
@@ -182,8 +182,8 @@ mod tests {
 
     #[test]
     fn names_are_lower_case_without_prefixes() {
-        assert_eq!(outcome_name(TaskState::TimedOut as i32), "timed_out");
-        assert_eq!(outcome_name(99), "unknown");
+        assert_eq!(state_name(TaskState::TimedOut as i32), "timed_out");
+        assert_eq!(state_name(99), "unknown");
         assert_eq!(error_class_name(ErrorClass::RateLimit as i32), "rate_limit");
         assert_eq!(error_class_name(ErrorClass::None as i32), "none");
     }

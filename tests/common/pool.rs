@@ -891,6 +891,17 @@ pub async fn sim_requests(sim: &Sim) -> Vec<(String, String, String)> {
 }
 
 /// How many edit requests (not commit messages) the simulator got for `model` (wire name).
+/// Waits (up to 60 s: aider starts slowly under load) until the simulator has seen a request for
+/// `model`, i.e. aider on that model's programmer is really waiting on its LLM.
+pub async fn wait_for_model_call(sim: &Sim, model: &str) {
+    wait_until(
+        Duration::from_secs(60),
+        &format!("aider to call {model}"),
+        || async { sim_requests(sim).await.iter().any(|(m, _, _)| m == model) },
+    )
+    .await;
+}
+
 pub async fn sim_edit_requests(sim: &Sim, model: &str) -> usize {
     sim_requests(sim)
         .await
