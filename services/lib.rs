@@ -15,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod contract;
@@ -25,4 +26,5 @@ pub mod programmer;
 pub mod serve;
 pub mod task_events;
 pub mod telemetry;
+pub mod tls;
 pub mod workspace;

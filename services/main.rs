@@ -50,6 +50,12 @@ enum Command {
     /// Send a task to the pool and follow it live (exit 0 succeeded, 1 failed, 2 bad input,
     /// 130 cancelled).
     Dispatch(pas::cli::dispatch::DispatchArgs),
+    /// Development TLS: a CA and certificates for every process of the configuration.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Bearer tokens for the manager's callers.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// The main job: start llm-sim (or use real providers) and the whole pool, run the example
     /// tasks with live progress, show the pool status and the diffs.
     Demo(pas::cli::demo::DemoArgs),
@@ -62,6 +68,19 @@ enum ConfigCommand {
         /// The file to check (default: --config / PAS_CONFIG / configs/pas/programmer_pool.yaml).
         file: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Write a development CA and a certificate + key for the manager, each programmer and the
+    /// CLI into DIR, and print the `tls:` section that uses them.
+    Init(pas::cli::certs::CertsInitArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Print a new random token and the `<name> <role> sha256:<hash>` entry for the manager.
+    New(pas::cli::token::TokenNewArgs),
 }
 
 fn main() -> ExitCode {
@@ -90,6 +109,8 @@ fn main() -> ExitCode {
         Command::Restart(args) => pas::cli::up::restart(&cli.config, cli.log_format, args),
         Command::Status(args) => pas::cli::status::run(&cli.config, args),
         Command::Dispatch(args) => pas::cli::dispatch::run(&cli.config, args),
+        Command::Certs(CertsCommand::Init(args)) => pas::cli::certs::run(&cli.config, args),
+        Command::Token(TokenCommand::New(args)) => pas::cli::token::run(args),
         Command::Demo(args) => pas::cli::demo::run(&cli.config, cli.log_format, args),
     }
 }

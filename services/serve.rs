@@ -7,8 +7,10 @@
 //! Every process also registers grpc.health.v1 and reflection (v1 and v1alpha, since grpcurl 1.8
 //! still speaks v1alpha), so `grpcurl list` and health checks work without .proto files.
 
+use crate::tls::{ClientAuth, TlsFiles, TlsListener};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
@@ -24,6 +26,107 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(
+        "refusing to listen on {host} (reachable from other machines) without {missing}: \
+         configure it (see `pas certs init` and the README's Security section) or pass --insecure"
+    )]
+    Exposed { host: String, missing: String },
+}
+
+/// How a server process secures its port; flattened into `pas manager` and `pas programmer`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SecurityArgs {
+    /// Listen on a non-loopback address without TLS (and, for the manager, without tokens).
+    /// Logs a warning; without this flag such a start is refused.
+    #[arg(long)]
+    pub insecure: bool,
+    /// This process's certificate (PEM); with --tls-key and --tls-ca, wins over the config's `tls:`.
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// This process's private key (PEM).
+    #[arg(long, requires_all = ["tls_cert", "tls_ca"])]
+    pub tls_key: Option<PathBuf>,
+    /// The pool CA certificate (PEM).
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl SecurityArgs {
+    /// The TLS files of process `name`: the flags when given, else the config's `tls:` section.
+    pub fn tls_files(&self, config: &crate::config::Config, name: &str) -> Option<TlsFiles> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(TlsFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => config.tls_files(name),
+        }
+    }
+}
+
+/// Refuses to expose a port beyond loopback without the protections that make it safe, unless
+/// the operator said `--insecure` (then warns). `missing` names what is absent (empty = nothing).
+pub async fn check_exposure(
+    host: &str,
+    missing: &[&str],
+    insecure: bool,
+) -> Result<(), ServeError> {
+    if missing.is_empty() || crate::tls::is_loopback_host(host).await {
+        return Ok(());
+    }
+    let missing = missing.join(" and ");
+    if insecure {
+        tracing::warn!(%host, "listening beyond loopback without {missing} (--insecure): anyone who reaches this port can use it");
+        return Ok(());
+    }
+    Err(ServeError::Exposed {
+        host: host.to_string(),
+        missing,
+    })
+}
+
+/// A bound port: plaintext, or TLS-terminated with the process's certificate.
+#[derive(Debug)]
+pub enum Bound {
+    /// h2c + HTTP/1.1 in the clear.
+    Plain(TcpListener),
+    /// TLS (ALPN h2 and http/1.1), client certificates as configured.
+    Tls(TlsListener),
+}
+
+impl Bound {
+    /// Wraps `listener` in TLS when `tls` is given.
+    pub fn new(
+        listener: TcpListener,
+        tls: Option<(&TlsFiles, ClientAuth)>,
+    ) -> Result<Self, ServeError> {
+        Ok(match tls {
+            None => Bound::Plain(listener),
+            Some((files, auth)) => Bound::Tls(TlsListener::new(
+                listener,
+                crate::tls::server_config(files, auth)?,
+            )?),
+        })
+    }
+
+    /// The address the port is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Bound::Plain(l) => l.local_addr(),
+            Bound::Tls(l) => axum::serve::Listener::local_addr(l),
+        }
+    }
+
+    /// `https` or `http`: how clients reach it.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Bound::Plain(_) => "http",
+            Bound::Tls(_) => "https",
+        }
+    }
 }
 
 /// Binds `host:port` (port 0 picks a free port; read it back with `local_addr`).
@@ -63,7 +166,7 @@ pub fn with_health_and_reflection(
 /// in-flight requests. Every request passes the trace-context middleware first, so a caller's W3C
 /// `traceparent` becomes the parent of the spans its handler creates.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Bound,
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -73,17 +176,28 @@ pub async fn serve(
     // TCP_NODELAY on every accepted connection: gRPC streams are many small frames (headers,
     // one event, trailers), and with Nagle's algorithm each small write after the first waits
     // for the peer's delayed ACK (~40 ms on Linux), which showed up as ~40 ms per manager hop.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY on an accepted connection: {e}");
+    // (The TLS listener sets it in its own accept loop.)
+    match listener {
+        Bound::Plain(listener) => {
+            let listener =
+                axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!("cannot set TCP_NODELAY on an accepted connection: {e}");
+                    }
+                });
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await?;
         }
-    });
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+        Bound::Tls(listener) => {
+            axum::serve(listener, router.into_make_service())
+                .with_graceful_shutdown(shutdown)
+                .await?;
+        }
+    }
     Ok(())
 }
 

@@ -11,7 +11,6 @@
 use crate::cli::supervisor::{Policy, Readiness, Supervisor};
 use crate::cli::{dispatch_view, probe, status, up};
 use crate::config::Config;
-use crate::contract::v1::programmer_pool_client::ProgrammerPoolClient;
 use crate::contract::v1::task_event::Kind;
 use crate::contract::v1::{DispatchRequest, TaskResult, TaskState};
 use crate::telemetry::LogFormat;
@@ -204,12 +203,16 @@ async fn demo(config_path: &Path, log_format: LogFormat, args: DemoArgs) -> anyh
     }
     println!("{}", up::children_table(&supervisor.reports()));
 
-    let manager = probe::connect_addr(&config.pool.manager.host, config.pool.manager.port);
-    let outcome = run_tasks(&manager).await;
+    let manager = crate::channel::connect_addr(&config.pool.manager.host, config.pool.manager.port);
+    let security = crate::channel::ClientSecurity {
+        tls: config.tls_files("client"),
+        token: std::env::var(crate::channel::ENV_TOKEN).ok(),
+    };
+    let outcome = run_tasks(&manager, &security).await;
     let all_ok = match &outcome {
         Ok(results) => {
             heading("Pool status");
-            match status::fetch(&manager).await {
+            match status::fetch(&manager, &security).await {
                 Ok(s) => println!("{}", status::render(&s)),
                 Err(e) => println!("(status unavailable: {e})"),
             }
@@ -262,12 +265,14 @@ fn result_task_id(task: &DemoTask) -> String {
 
 /// Dispatches every demo task at once and prints their events as they arrive, each line tagged
 /// with its task.
-async fn run_tasks(manager: &str) -> anyhow::Result<Vec<(&'static DemoTask, TaskResult)>> {
+async fn run_tasks(
+    manager: &str,
+    security: &crate::channel::ClientSecurity,
+) -> anyhow::Result<Vec<(&'static DemoTask, TaskResult)>> {
     heading("Dispatching tasks (live)");
-    let channel = probe::channel(manager, Duration::from_secs(5))
+    let client = probe::pool_client(manager, Duration::from_secs(5), security)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let client = ProgrammerPoolClient::new(channel);
     let runs = TASKS.iter().map(|task| {
         let mut client = client.clone();
         async move {

@@ -186,11 +186,12 @@ pub fn run(config_path: &Path, args: DispatchArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    ExitCode::from(runtime.block_on(follow(&addr, &args)))
+    let security = crate::channel::ClientSecurity::for_cli(config_path);
+    ExitCode::from(runtime.block_on(follow(&addr, &security, &args)))
 }
 
 /// Sends the task and follows its stream to the end; returns the exit code.
-async fn follow(addr: &str, args: &DispatchArgs) -> u8 {
+async fn follow(addr: &str, security: &crate::channel::ClientSecurity, args: &DispatchArgs) -> u8 {
     let mode = if args.json {
         Mode::Json
     } else if std::io::stdout().is_terminal() {
@@ -212,8 +213,8 @@ async fn follow(addr: &str, args: &DispatchArgs) -> u8 {
         .task_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let channel = match probe::channel(addr, Duration::from_secs(5)).await {
-        Ok(channel) => channel,
+    let mut client = match probe::pool_client(addr, Duration::from_secs(5), security).await {
+        Ok(client) => client,
         Err(e) => {
             report_error(
                 mode,
@@ -223,7 +224,6 @@ async fn follow(addr: &str, args: &DispatchArgs) -> u8 {
             return EXIT_FAILED;
         }
     };
-    let mut client = ProgrammerPoolClient::new(channel);
     let mut canceller = client.clone();
     let mut view = View::new(mode, &format!("dispatching to {addr}"));
 
@@ -298,7 +298,7 @@ async fn follow(addr: &str, args: &DispatchArgs) -> u8 {
 /// Ctrl-C before the stream started: cancel by id (the call itself is dropped too).
 async fn abandon(
     view: &mut View,
-    canceller: &mut ProgrammerPoolClient<tonic::transport::Channel>,
+    canceller: &mut ProgrammerPoolClient<crate::channel::AuthChannel>,
     task_id: &str,
 ) -> u8 {
     view.notice(&format!("cancelling task {task_id}…"), true);
@@ -310,7 +310,7 @@ async fn abandon(
 /// Sends `CancelTask`; reports (but does not fail on) errors.
 async fn request_cancel(
     view: &mut View,
-    canceller: &mut ProgrammerPoolClient<tonic::transport::Channel>,
+    canceller: &mut ProgrammerPoolClient<crate::channel::AuthChannel>,
     task_id: &str,
 ) {
     let call = canceller.cancel_task(CancelTaskRequest {

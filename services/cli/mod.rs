@@ -6,8 +6,10 @@
 //!   [`backoff`], health via [`probe`]) and [`rundir`] (pid, state and log files).
 //! - [`status`]: `pas status`.
 //! - [`dispatch`]: `pas dispatch`, shown live by [`dispatch_view`].
+//! - [`certs`]: `pas certs init` (development CA and certificates); [`token`]: `pas token new`.
 
 pub mod backoff;
+pub mod certs;
 pub mod config_check;
 pub mod demo;
 pub mod dispatch;
@@ -16,4 +18,5 @@ pub mod probe;
 pub mod rundir;
 pub mod status;
 pub mod supervisor;
+pub mod token;
 pub mod up;

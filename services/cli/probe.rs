@@ -5,6 +5,7 @@
 //! down". Each probe opens a fresh connection: a stale connection to a dead process must not
 //! answer for its replacement.
 
+use crate::contract::v1::programmer_pool_client::ProgrammerPoolClient;
 use std::time::Duration;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -17,11 +18,8 @@ pub const MANAGER_SERVICE: &str = "pas.v1.ProgrammerPool";
 /// Why a probe did not say SERVING.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("bad address {addr:?}: {source}")]
-    Address {
-        addr: String,
-        source: tonic::transport::Error,
-    },
+    #[error(transparent)]
+    Channel(#[from] crate::channel::ChannelError),
     #[error("cannot connect to {addr}: {source}")]
     Connect {
         addr: String,
@@ -35,17 +33,6 @@ pub enum ProbeError {
     NotServing { addr: String, status: ServingStatus },
 }
 
-/// The address to connect to for a process configured to listen on `host:port`: wildcard hosts
-/// become loopback, IPv6 hosts get brackets.
-pub fn connect_addr(host: &str, port: u16) -> String {
-    match host {
-        "" | "0.0.0.0" => format!("127.0.0.1:{port}"),
-        "::" | "[::]" => format!("[::1]:{port}"),
-        h if h.contains(':') && !h.starts_with('[') => format!("[{h}]:{port}"),
-        h => format!("{h}:{port}"),
-    }
-}
-
 /// Where to reach the manager: `flag` when given (`host:port`, or a URL whose scheme is
 /// dropped), else the configured `manager.host:port` of `config_path`.
 pub fn manager_addr(
@@ -55,28 +42,26 @@ pub fn manager_addr(
     match flag {
         Some(addr) => Ok(addr
             .trim_start_matches("http://")
+            .trim_start_matches("https://")
             .trim_end_matches('/')
             .to_string()),
         None => {
             let config = crate::config::Config::load(config_path)?;
             let m = &config.pool.manager;
-            Ok(connect_addr(&m.host, m.port))
+            Ok(crate::channel::connect_addr(&m.host, m.port))
         }
     }
 }
 
-/// Opens a gRPC channel to `addr` (`host:port`), failing after `timeout`.
+/// Opens a gRPC channel to `addr` (`host:port`), over TLS when `tls` is given, failing after
+/// `timeout`.
 pub async fn channel(
     addr: &str,
     timeout: Duration,
+    tls: Option<&crate::tls::TlsFiles>,
 ) -> Result<tonic::transport::Channel, ProbeError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|source| ProbeError::Address {
-            addr: addr.to_string(),
-            source,
-        })?
-        .connect_timeout(timeout);
-    endpoint
+    crate::channel::endpoint(addr, tls)?
+        .connect_timeout(timeout)
         .connect()
         .await
         .map_err(|source| ProbeError::Connect {
@@ -85,10 +70,26 @@ pub async fn channel(
         })
 }
 
+/// A `ProgrammerPool` client for the manager at `addr`, carrying `security`'s TLS and token.
+pub async fn pool_client(
+    addr: &str,
+    timeout: Duration,
+    security: &crate::channel::ClientSecurity,
+) -> Result<ProgrammerPoolClient<crate::channel::AuthChannel>, ProbeError> {
+    let channel = channel(addr, timeout, security.tls.as_ref()).await?;
+    let token = crate::channel::BearerToken::new(security.token.as_deref())?;
+    Ok(ProgrammerPoolClient::with_interceptor(channel, token))
+}
+
 /// Checks that `service` on `addr` reports SERVING, within `timeout`.
-pub async fn check(addr: &str, service: &str, timeout: Duration) -> Result<(), ProbeError> {
+pub async fn check(
+    addr: &str,
+    service: &str,
+    timeout: Duration,
+    tls: Option<&crate::tls::TlsFiles>,
+) -> Result<(), ProbeError> {
     let call = async {
-        let mut client = HealthClient::new(channel(addr, timeout).await?);
+        let mut client = HealthClient::new(channel(addr, timeout, tls).await?);
         let response = client
             .check(HealthCheckRequest {
                 service: service.to_string(),
@@ -117,22 +118,12 @@ pub async fn check(addr: &str, service: &str, timeout: Duration) -> Result<(), P
 mod tests {
     use super::*;
 
-    #[test]
-    fn wildcards_become_loopback() {
-        assert_eq!(connect_addr("0.0.0.0", 6151), "127.0.0.1:6151");
-        assert_eq!(connect_addr("", 1), "127.0.0.1:1");
-        assert_eq!(connect_addr("::", 2), "[::1]:2");
-        assert_eq!(connect_addr("::1", 3), "[::1]:3");
-        assert_eq!(connect_addr("127.0.0.1", 4), "127.0.0.1:4");
-        assert_eq!(connect_addr("localhost", 5), "localhost:5");
-    }
-
     #[tokio::test]
     async fn a_closed_port_is_not_healthy() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let err = check(&addr, PROGRAMMER_SERVICE, Duration::from_secs(2))
+        let err = check(&addr, PROGRAMMER_SERVICE, Duration::from_secs(2), None)
             .await
             .unwrap_err();
         assert!(matches!(err, ProbeError::Connect { .. }), "{err}");
@@ -155,14 +146,14 @@ mod tests {
                 .add_service(health)
                 .serve_with_incoming(incoming),
         );
-        check(&addr, PROGRAMMER_SERVICE, Duration::from_secs(5))
+        check(&addr, PROGRAMMER_SERVICE, Duration::from_secs(5), None)
             .await
             .unwrap();
-        let err = check(&addr, MANAGER_SERVICE, Duration::from_secs(5))
+        let err = check(&addr, MANAGER_SERVICE, Duration::from_secs(5), None)
             .await
             .unwrap_err();
         assert!(matches!(err, ProbeError::NotServing { .. }), "{err}");
-        let err = check(&addr, "pas.v1.Nothing", Duration::from_secs(5))
+        let err = check(&addr, "pas.v1.Nothing", Duration::from_secs(5), None)
             .await
             .unwrap_err();
         assert!(matches!(err, ProbeError::Rpc { .. }), "{err}");

@@ -8,7 +8,6 @@
 use super::probe;
 use super::rundir::RunDir;
 use crate::contract::circuit_name;
-use crate::contract::v1::programmer_pool_client::ProgrammerPoolClient;
 use crate::contract::v1::{
     CircuitState, GetPoolStatusRequest, LlmStats, PoolStatus, ProgrammerState, ProgrammerSummary,
 };
@@ -66,6 +65,8 @@ pub fn run(config_path: &Path, args: StatusArgs) -> ExitCode {
     let run_dir = crate::config::Config::load(config_path)
         .ok()
         .map(|c| RunDir::new(c.data_dir()));
+    let security = crate::channel::ClientSecurity::for_cli(config_path);
+    let security = &security;
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -75,7 +76,7 @@ pub fn run(config_path: &Path, args: StatusArgs) -> ExitCode {
     };
     runtime.block_on(async move {
         let Some(every) = args.watch else {
-            return match snapshot(&addr, args.json, run_dir.as_ref(), false).await {
+            return match snapshot(&addr, security, args.json, run_dir.as_ref(), false).await {
                 Ok(text) => {
                     print!("{text}");
                     ExitCode::SUCCESS
@@ -103,7 +104,7 @@ pub fn run(config_path: &Path, args: StatusArgs) -> ExitCode {
             };
         loop {
             let fetched = tokio::select! {
-                fetched = snapshot(&addr, args.json, run_dir.as_ref(), true) => fetched,
+                fetched = snapshot(&addr, security, args.json, run_dir.as_ref(), true) => fetched,
                 _ = interrupt.recv() => return ExitCode::SUCCESS,
             };
             let text = match fetched {
@@ -142,12 +143,13 @@ pub fn run(config_path: &Path, args: StatusArgs) -> ExitCode {
 /// One rendering of the status: the table (plus supervisor line) or the JSON document.
 async fn snapshot(
     addr: &str,
+    security: &crate::channel::ClientSecurity,
     json: bool,
     run_dir: Option<&RunDir>,
     compact: bool,
 ) -> Result<String, StatusError> {
     if json {
-        let value = fetch_json(addr).await?;
+        let value = fetch_json(addr, security).await?;
         let text = if compact {
             serde_json::to_string(&value)
         } else {
@@ -156,7 +158,7 @@ async fn snapshot(
         .unwrap_or_default();
         return Ok(format!("{text}\n"));
     }
-    let status = fetch(addr).await?;
+    let status = fetch(addr, security).await?;
     let mut text = render(&status);
     if let Some(line) = run_dir.and_then(supervisor_line) {
         text.push_str(&line);
@@ -165,9 +167,11 @@ async fn snapshot(
 }
 
 /// `GetPoolStatus` on the manager at `addr`.
-pub async fn fetch(addr: &str) -> Result<PoolStatus, StatusError> {
-    let channel = probe::channel(addr, Duration::from_secs(5)).await?;
-    let mut client = ProgrammerPoolClient::new(channel);
+pub async fn fetch(
+    addr: &str,
+    security: &crate::channel::ClientSecurity,
+) -> Result<PoolStatus, StatusError> {
+    let mut client = probe::pool_client(addr, Duration::from_secs(5), security).await?;
     let call = client.get_pool_status(GetPoolStatusRequest {});
     match tokio::time::timeout(Duration::from_secs(10), call).await {
         Ok(Ok(response)) => Ok(response.into_inner()),
@@ -183,23 +187,34 @@ pub async fn fetch(addr: &str) -> Result<PoolStatus, StatusError> {
 }
 
 /// The manager's `GET /programmer_pool/status` document.
-pub async fn fetch_json(addr: &str) -> Result<serde_json::Value, StatusError> {
-    let url = format!("http://{addr}/programmer_pool/status");
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|source| StatusError::Http {
-            url: url.clone(),
-            source,
-        })?;
-    let response = client
-        .get(&url)
-        .send()
-        .await
-        .map_err(|source| StatusError::Http {
-            url: url.clone(),
-            source,
-        })?;
+pub async fn fetch_json(
+    addr: &str,
+    security: &crate::channel::ClientSecurity,
+) -> Result<serde_json::Value, StatusError> {
+    let scheme = if security.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let url = format!("{scheme}://{addr}/programmer_pool/status");
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+    if let Some(files) = &security.tls {
+        let tls = crate::tls::rustls_client_config(files)
+            .map_err(|e| StatusError::Connect(crate::channel::ChannelError::from(e).into()))?;
+        builder = builder.use_preconfigured_tls(tls);
+    }
+    let client = builder.build().map_err(|source| StatusError::Http {
+        url: url.clone(),
+        source,
+    })?;
+    let mut request = client.get(&url);
+    if let Some(token) = &security.token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.map_err(|source| StatusError::Http {
+        url: url.clone(),
+        source,
+    })?;
     if !response.status().is_success() {
         return Err(StatusError::HttpStatus {
             url,

@@ -39,6 +39,9 @@ pub struct ChildSpec {
     pub addr: String,
     /// The grpc.health.v1 service name that must report SERVING.
     pub health_service: String,
+    /// TLS files the health probe connects with (the pool's `client` certificate; programmers
+    /// require one); `None` = plaintext.
+    pub probe_tls: Option<crate::tls::TlsFiles>,
     /// Variables set on top of the inherited environment (e.g. `pas demo` points the providers
     /// at the simulator this way, so the shipped config loads unchanged).
     pub env: Vec<(OsString, OsString)>,
@@ -350,6 +353,7 @@ async fn watch_health(slot: &Slot, policy: &Policy) -> std::convert::Infallible 
             &slot.spec.addr,
             &slot.spec.health_service,
             policy.probe_timeout,
+            slot.spec.probe_tls.as_ref(),
         )
         .await
         .is_ok();
@@ -458,6 +462,7 @@ mod tests {
             // Nothing listens here, so the child never becomes healthy.
             addr: "127.0.0.1:9".into(),
             health_service: probe::PROGRAMMER_SERVICE.into(),
+            probe_tls: None,
             env: Vec::new(),
         }
     }

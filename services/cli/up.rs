@@ -9,7 +9,7 @@
 //! say the pool is healthy.
 
 use super::backoff::Backoff;
-use super::probe::{self, MANAGER_SERVICE, PROGRAMMER_SERVICE};
+use super::probe::{MANAGER_SERVICE, PROGRAMMER_SERVICE};
 use super::rundir::{self, RunDir, RunDirError, UpState};
 use super::supervisor::{
     self, ChildReport, ChildSpec, Policy, Readiness, SuperviseError, Supervisor,
@@ -143,8 +143,9 @@ pub fn select_children(
             program: program.to_path_buf(),
             args: base(&["programmer", "--id", &p.id]),
             log: logs_dir.join(format!("programmer-{}.log", p.id)),
-            addr: probe::connect_addr(&p.host, p.port),
+            addr: crate::channel::connect_addr(&p.host, p.port),
             health_service: PROGRAMMER_SERVICE.to_string(),
+            probe_tls: config.tls_files("client"),
             env: Vec::new(),
         })
         .collect();
@@ -156,8 +157,9 @@ pub fn select_children(
             program: program.to_path_buf(),
             args: base(&["manager"]),
             log: logs_dir.join("manager.log"),
-            addr: probe::connect_addr(&m.host, m.port),
+            addr: crate::channel::connect_addr(&m.host, m.port),
             health_service: MANAGER_SERVICE.to_string(),
+            probe_tls: config.tls_files("client"),
             env: Vec::new(),
         });
     }

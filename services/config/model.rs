@@ -52,6 +52,13 @@ pub struct PoolConfig {
     /// `PAS_DATA_DIR`, else this key, else `./data` (cwd).
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
+    /// TLS on every listener and channel of the pool (added by the mesh). Without it the processes
+    /// speak plaintext and listen on loopback only unless started with `--insecure`.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Bearer-token authentication of the manager's callers (added by the mesh).
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
 }
 
 /// Limits every programmer inherits unless it overrides them (original `defaults:` section).
@@ -356,4 +363,47 @@ impl Default for AiderConfig {
             request_timeout_s: 120,
         }
     }
+}
+
+/// `tls:` section: the pool CA and each process's certificate and key (PEM files, relative to the
+/// config file's directory). `{name}` in `cert` and `key` becomes `manager`, `programmer-<id>` or
+/// `client` (the CLI), so one section serves every process; `pas certs init DIR` writes files
+/// with exactly these names. A process's `--tls-cert/--tls-key/--tls-ca` flags win.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The pool CA certificate: servers are verified against it, and programmers accept only
+    /// clients holding a certificate it signed.
+    pub ca: PathBuf,
+    /// This process's certificate chain, e.g. `certs/{name}.pem`.
+    pub cert: PathBuf,
+    /// This process's private key, e.g. `certs/{name}-key.pem`.
+    pub key: PathBuf,
+}
+
+/// `auth:` section: who may call the manager. Tokens are stored as hashes (see `pas token new`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// File of `<name> <role> sha256:<hex>` lines (relative to the config file's directory).
+    #[serde(default)]
+    pub tokens_file: Option<PathBuf>,
+    /// Environment variable holding entries in the same format (lines or `;`-separated), e.g.
+    /// from a Kubernetes secret. Both sources may be given.
+    #[serde(default)]
+    pub tokens_env: Option<String>,
+    /// Routes anyone may read without a token: `status` (GetPoolStatus and
+    /// `/programmer_pool/status`) and/or `metrics` (`/metrics`). Health is always open.
+    #[serde(default)]
+    pub open: Vec<OpenRoute>,
+}
+
+/// Read-only routes that `auth.open` can leave open.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum OpenRoute {
+    /// GetPoolStatus and `/programmer_pool/status`.
+    Status,
+    /// `/metrics`.
+    Metrics,
 }

@@ -139,6 +139,7 @@ pub struct Config {
     workspace_root: PathBuf,
     data_dir: PathBuf,
     aider_python: PathBuf,
+    config_dir: PathBuf,
 }
 
 impl Config {
@@ -187,6 +188,7 @@ impl Config {
             pool,
             programmers,
             llms,
+            config_dir,
         })
     }
 
@@ -223,6 +225,26 @@ impl Config {
     /// The Python interpreter that runs aider (absolute).
     pub fn aider_python(&self) -> PathBuf {
         self.aider_python.clone()
+    }
+
+    /// The directory of the config file (absolute): relative paths in the file start here.
+    pub fn config_dir(&self) -> &Path {
+        &self.config_dir
+    }
+
+    /// The TLS files of process `name` (`manager`, `programmer-<id>`, `client`) from the `tls:`
+    /// section, `{name}` substituted and paths made absolute; `None` without the section.
+    pub fn tls_files(&self, name: &str) -> Option<crate::tls::TlsFiles> {
+        let tls = self.pool.tls.as_ref()?;
+        let resolve = |p: &Path| {
+            let text = p.to_string_lossy().replace("{name}", name);
+            absolute(&self.config_dir, Path::new(&text))
+        };
+        Some(crate::tls::TlsFiles {
+            ca: resolve(&tls.ca),
+            cert: resolve(&tls.cert),
+            key: resolve(&tls.key),
+        })
     }
 
     /// Programmers that have `capability` (see [`ProgrammerSpec::capabilities`]), in config order.

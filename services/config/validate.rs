@@ -60,6 +60,7 @@ pub(crate) fn check(pool: &PoolConfig) -> Vec<Finding> {
     check_providers(pool, &root.key("providers"), &mut out);
     check_llms(pool, &root.key("llms"), &mut out);
     check_aider(pool, &root.key("aider"), &mut out);
+    check_security(pool, &root, &mut out);
     for (name, path) in [
         ("workspace_root", &pool.workspace_root),
         ("data_dir", &pool.data_dir),
@@ -72,6 +73,29 @@ pub(crate) fn check(pool: &PoolConfig) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// `tls:` paths must not be empty; `auth:` must name where its tokens are.
+fn check_security(pool: &PoolConfig, root: &KeyPath, out: &mut Vec<Finding>) {
+    if let Some(tls) = &pool.tls {
+        let key = root.key("tls");
+        for (name, path) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
+            if path.as_os_str().is_empty() {
+                out.push(Finding::value(key.key(name), "empty path"));
+            }
+        }
+    }
+    if let Some(auth) = &pool.auth {
+        let key = root.key("auth");
+        if auth.tokens_file.is_none() && auth.tokens_env.is_none() {
+            out.push(Finding::value(
+                key,
+                "name `tokens_file` or `tokens_env` (or both): where the token hashes are",
+            ));
+        } else if auth.tokens_env.as_deref().is_some_and(str::is_empty) {
+            out.push(Finding::value(key.key("tokens_env"), "empty variable name"));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

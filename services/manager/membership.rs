@@ -23,7 +23,7 @@ use std::task::Waker;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -154,11 +154,12 @@ pub struct PoolView {
 
 impl PoolView {
     /// Builds the view from the configuration; channels connect lazily.
-    pub fn new(config: &Config) -> Result<Arc<Self>, tonic::transport::Error> {
+    pub fn new(config: &Config, tls: Option<&crate::tls::TlsFiles>) -> anyhow::Result<Arc<Self>> {
         let lb = &config.pool.load_balancing;
         let mut members = Vec::new();
         for (index, spec) in config.programmers().iter().enumerate() {
-            let channel = Endpoint::from_shared(format!("http://{}:{}", spec.host, spec.port))?
+            let addr = crate::channel::connect_addr(&spec.host, spec.port);
+            let channel = crate::channel::endpoint(&addr, tls)?
                 .connect_timeout(CONNECT_TIMEOUT)
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(10))

@@ -6,6 +6,7 @@
 //! settle) → [`store`]. [`membership`] keeps the balancer's view of the programmers current;
 //! [`status`] renders the pool and its [alerts](status::Alerts).
 
+pub mod auth;
 pub mod balancer;
 pub mod budget;
 pub mod dispatch;
@@ -48,6 +49,9 @@ pub struct ManagerArgs {
     /// Listen on this host instead of the configured one.
     #[arg(long)]
     pub host: Option<String>,
+    /// TLS files and the `--insecure` override.
+    #[command(flatten)]
+    pub security: serve::SecurityArgs,
 }
 
 /// A task the manager is working on now.
@@ -92,7 +96,12 @@ impl std::fmt::Debug for Manager {
 impl Manager {
     /// Builds the manager: opens the ledger and task store in the data dir, starts membership
     /// watchers and the scheduler.
-    pub fn start(config: Arc<Config>, port: u16) -> anyhow::Result<Arc<Self>> {
+    /// `tls`: this manager's files, used as a client of the programmers (which require them).
+    pub fn start(
+        config: Arc<Config>,
+        port: u16,
+        tls: Option<&crate::tls::TlsFiles>,
+    ) -> anyhow::Result<Arc<Self>> {
         let pool_cfg = &config.pool;
         let data_dir = config.data_dir();
         std::fs::create_dir_all(&data_dir).map_err(|e| {
@@ -133,7 +142,7 @@ impl Manager {
             );
         }
         let stop = CancellationToken::new();
-        let pool = PoolView::new(&config)?;
+        let pool = PoolView::new(&config, tls)?;
         let poll = Duration::from_secs(pool_cfg.load_balancing.health_check_interval_s);
         let discovery = membership::start(pool.clone(), poll, stop.clone());
         let balancer = balancer::Balancer::new(
@@ -261,9 +270,29 @@ pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let mgr_cfg = &config.pool.manager;
     let host = args.host.clone().unwrap_or_else(|| mgr_cfg.host.clone());
-    let listener = serve::bind(&host, args.port.unwrap_or(mgr_cfg.port)).await?;
+    let tls = args.security.tls_files(&config, "manager");
+    let authenticator = match &config.pool.auth {
+        Some(auth_cfg) => {
+            let tokens = auth::TokenSet::load(auth_cfg, config.config_dir())?;
+            tracing::info!(tokens = tokens.len(), "caller authentication on");
+            Some(Arc::new(auth::Authenticator::new(auth_cfg, tokens)))
+        }
+        None => None,
+    };
+    let mut missing = Vec::new();
+    if tls.is_none() {
+        missing.push("TLS");
+    }
+    if authenticator.is_none() {
+        missing.push("caller tokens (auth:)");
+    }
+    serve::check_exposure(&host, &missing, args.security.insecure).await?;
+    let listener = serve::Bound::new(
+        serve::bind(&host, args.port.unwrap_or(mgr_cfg.port)).await?,
+        tls.as_ref().map(|f| (f, crate::tls::ClientAuth::Optional)),
+    )?;
     let addr = listener.local_addr()?;
-    let mgr = Manager::start(config.clone(), addr.port())?;
+    let mgr = Manager::start(config.clone(), addr.port(), tls.as_ref())?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -298,6 +327,13 @@ pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
             crate::telemetry::metrics::pool_gauges(&status::pool_status(&m3))
         }),
     );
+    let router = match authenticator {
+        Some(policy) => router.layer(axum::middleware::from_fn_with_state(
+            policy,
+            auth::middleware,
+        )),
+        None => router,
+    };
 
     println!("Manager-Code listening on {addr}");
     tracing::info!(%addr, programmers = mgr.pool.members.len(), strategy = mgr.default_strategy.name(), "manager started");

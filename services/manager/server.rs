@@ -7,6 +7,7 @@ use crate::contract::v1::{
     PoolStatus, TaskRecord, TaskRequest, TaskState, task_event::Kind,
 };
 use crate::manager::Manager;
+use crate::manager::auth;
 use crate::manager::balancer::Route;
 use crate::manager::dispatch::{self, TaskLife};
 use crate::manager::eligibility::{self, EligibilityError, PaidBudget, TaskNeeds};
@@ -109,6 +110,7 @@ impl ProgrammerPool for PoolService {
     ) -> Result<Response<Self::DispatchStream>, Status> {
         let accepted = Instant::now();
         let mgr = self.mgr.clone();
+        let caller = auth::caller_of(&request);
         let req = request.into_inner();
         validate::validate(&req, &mgr.workspaces).await?;
         let task_id = if req.task_id.is_empty() {
@@ -121,7 +123,10 @@ impl ProgrammerPool for PoolService {
         let (sink, rx) = TaskEventSink::channel(&task_id, EVENT_BUFFER);
         match mgr
             .store
-            .insert(&NewTask::from_request(&task_id, &req))
+            .insert(
+                &NewTask::from_request(&task_id, &req)
+                    .owned_by(caller.as_ref().map_or("", |c| c.name.as_str()), &req),
+            )
             .await
         {
             Ok(InsertOutcome::Inserted) => {}
@@ -197,11 +202,12 @@ impl ProgrammerPool for PoolService {
         &self,
         request: Request<CancelTaskRequest>,
     ) -> Result<Response<CancelTaskResponse>, Status> {
+        let caller = auth::caller_of(&request);
         let task_id = request.into_inner().task_id;
         if task_id.is_empty() {
             return Err(Status::invalid_argument("task_id: must not be empty"));
         }
-        let record = self.get_record(&task_id)?;
+        let record = self.get_record(&task_id, caller.as_deref())?;
         let previous = TaskState::try_from(record.state).unwrap_or(TaskState::Unspecified);
         let cancelled = self.mgr.cancel(&task_id);
         let message = if cancelled {
@@ -224,18 +230,27 @@ impl ProgrammerPool for PoolService {
         &self,
         request: Request<GetTaskRequest>,
     ) -> Result<Response<TaskRecord>, Status> {
+        let caller = auth::caller_of(&request);
         let task_id = request.into_inner().task_id;
         if task_id.is_empty() {
             return Err(Status::invalid_argument("task_id: must not be empty"));
         }
-        Ok(Response::new(self.get_record(&task_id)?))
+        Ok(Response::new(self.get_record(&task_id, caller.as_deref())?))
     }
 }
 
 impl PoolService {
-    fn get_record(&self, task_id: &str) -> Result<TaskRecord, Status> {
+    /// The record of `task_id`, when `caller` (None = authentication off) may see it.
+    fn get_record(
+        &self,
+        task_id: &str,
+        caller: Option<&auth::Caller>,
+    ) -> Result<TaskRecord, Status> {
         match self.mgr.store.get(task_id) {
-            Ok(Some(r)) => Ok(r),
+            Ok(Some(r)) if caller.is_none_or(|c| c.may_access(&r.owner)) => Ok(r),
+            Ok(Some(_)) => Err(Status::permission_denied(format!(
+                "task_id: task {task_id:?} was dispatched by another caller"
+            ))),
             Ok(None) => Err(Status::not_found(format!("task_id: no task {task_id:?}"))),
             Err(e) => Err(Status::internal(format!("task store: {e}"))),
         }

@@ -66,6 +66,8 @@ pub struct NewTask {
     pub dry_run: bool,
     /// Identity of the request for idempotency (see [`fingerprint`]).
     pub fingerprint: String,
+    /// The authenticated caller that dispatched it (empty without authentication).
+    pub owner: String,
 }
 
 impl NewTask {
@@ -80,7 +82,28 @@ impl NewTask {
             capabilities: req.capabilities.clone(),
             dry_run: req.dry_run,
             fingerprint: fingerprint(req),
+            owner: String::new(),
         }
+    }
+
+    /// The same task dispatched by caller `owner`. The owner is part of the fingerprint, so a
+    /// different caller repeating the id gets ALREADY_EXISTS instead of the owner's result.
+    pub fn owned_by(mut self, owner: &str, req: &DispatchRequest) -> Self {
+        if !owner.is_empty() {
+            let mut canonical = req.clone();
+            canonical.task_id.clear();
+            let mut hasher = Sha256::new();
+            hasher.update(owner.as_bytes());
+            hasher.update([0u8]);
+            hasher.update(canonical.encode_to_vec());
+            self.fingerprint = hasher
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+        }
+        self.owner = owner.to_owned();
+        self
     }
 }
 
@@ -191,13 +214,14 @@ CREATE TABLE IF NOT EXISTS tasks (
     created_ms       INTEGER NOT NULL,
     started_ms       INTEGER NOT NULL DEFAULT 0,
     finished_ms      INTEGER NOT NULL DEFAULT 0,
-    result           BLOB            -- prost-encoded pas.v1.TaskResult, once finished
+    result           BLOB,           -- prost-encoded pas.v1.TaskResult, once finished
+    owner            TEXT NOT NULL DEFAULT '' -- the caller's token name (empty without auth)
 );
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state);
 ";
 
 const SELECT_RECORD: &str = "SELECT task_id, state, task_description, files, workspace, run_id, capabilities,
-        programmer_id, created_ms, started_ms, finished_ms, result, dry_run FROM tasks WHERE task_id = ?1";
+        programmer_id, created_ms, started_ms, finished_ms, result, dry_run, owner FROM tasks WHERE task_id = ?1";
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -215,6 +239,7 @@ impl TaskStore {
         let path = path.as_ref();
         let mut conn = connect(path)?;
         conn.execute_batch(SCHEMA)?;
+        add_owner_column(&conn)?;
         let recovered = recover(&mut conn)?;
         // Checkpoints are the checkpoint thread's job, not the commits'.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -409,6 +434,17 @@ fn checkpoint_until_stopped(conn: Connection, stopped: mpsc::Receiver<()>) {
     }
 }
 
+/// Stores written before callers were authenticated have no `owner` column: add it (empty).
+fn add_owner_column(conn: &Connection) -> Result<(), StoreError> {
+    let has_owner = conn
+        .prepare("SELECT 1 FROM pragma_table_info('tasks') WHERE name = 'owner'")?
+        .exists([])?;
+    if !has_owner {
+        conn.execute_batch("ALTER TABLE tasks ADD COLUMN owner TEXT NOT NULL DEFAULT ''")?;
+    }
+    Ok(())
+}
+
 /// A connection to the store's file as both of its connections are set up.
 fn connect(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
@@ -484,8 +520,8 @@ fn insert(conn: &Connection, task: &NewTask) -> Result<InsertOutcome, StoreError
         None => {
             conn.prepare_cached(
                 "INSERT INTO tasks (task_id, fingerprint, task_description, files, workspace, run_id,
-                     capabilities, dry_run, state, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                     capabilities, dry_run, state, created_ms, owner)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?
             .execute(params![
                 task.task_id,
@@ -498,6 +534,7 @@ fn insert(conn: &Connection, task: &NewTask) -> Result<InsertOutcome, StoreError
                 task.dry_run,
                 TaskState::Queued as i32,
                 now_ms(),
+                task.owner,
             ])?;
             Ok(InsertOutcome::Inserted)
         }
@@ -554,6 +591,7 @@ struct RawRow {
     finished_ms: i64,
     result: Option<Vec<u8>>,
     dry_run: bool,
+    owner: String,
 }
 
 impl RawRow {
@@ -572,6 +610,7 @@ impl RawRow {
             finished_ms: r.get(10)?,
             result: r.get(11)?,
             dry_run: r.get(12)?,
+            owner: r.get(13)?,
         })
     }
 
@@ -601,6 +640,7 @@ impl RawRow {
             finished_ms: self.finished_ms,
             result,
             dry_run: self.dry_run,
+            owner: self.owner,
         })
     }
 }

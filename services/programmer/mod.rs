@@ -39,6 +39,9 @@ pub struct ProgrammerArgs {
     /// On SIGTERM, how long running tasks may finish before they are cancelled.
     #[arg(long, default_value_t = 30)]
     pub drain_timeout_s: u64,
+    /// TLS files and the `--insecure` override.
+    #[command(flatten)]
+    pub security: serve::SecurityArgs,
 }
 
 /// Runs programmer `args.id` until SIGTERM/SIGINT, then drains: stops accepting, lets running tasks
@@ -52,7 +55,17 @@ pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
         )
     })?;
     let host = args.host.clone().unwrap_or_else(|| spec.host.clone());
-    let listener = serve::bind(&host, args.port.unwrap_or(spec.port)).await?;
+    let tls = args
+        .security
+        .tls_files(&config, &format!("programmer-{}", args.id));
+    let missing: &[&str] = if tls.is_some() { &[] } else { &["TLS"] };
+    serve::check_exposure(&host, missing, args.security.insecure).await?;
+    // Client certificates are required: only holders of a pool certificate (the manager) may
+    // call Execute, which would otherwise skip the manager's authentication and budget.
+    let listener = serve::Bound::new(
+        serve::bind(&host, args.port.unwrap_or(spec.port)).await?,
+        tls.as_ref().map(|f| (f, crate::tls::ClientAuth::Required)),
+    )?;
     let addr = listener.local_addr()?;
     let prog = Arc::new(Programmer::new(&config, &args.id, addr.port())?);
     let swept = worktree::sweep_abandoned(&prog.worktrees_dir, &prog.git_identity()).await;

@@ -1,0 +1,178 @@
+//! Client channels to the mesh's processes: the one place that knows addresses, schemes, TLS and
+//! bearer tokens, for the manager (calling programmers) and the CLI (calling both).
+
+use crate::tls::TlsFiles;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+/// The environment variable the CLI reads its bearer token from.
+pub const ENV_TOKEN: &str = "PAS_TOKEN";
+
+/// How a client reaches the pool: TLS (the pool CA, and a certificate to present when its files
+/// exist) and a bearer token for the manager.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ClientSecurity {
+    /// TLS files; `None` = plaintext (h2c).
+    pub tls: Option<TlsFiles>,
+    /// Bearer token sent as `authorization` metadata; never printed.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for ClientSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSecurity")
+            .field("tls", &self.tls)
+            .field("token", &self.token.as_ref().map(|_| "[REDACTED]"))
+            .finish()
+    }
+}
+
+impl ClientSecurity {
+    /// What the CLI uses: the config's `tls:` files for the `client` name (when the config
+    /// loads and has the section) and `PAS_TOKEN`.
+    pub fn for_cli(config_path: &std::path::Path) -> Self {
+        let tls = crate::config::Config::load(config_path)
+            .ok()
+            .and_then(|c| c.tls_files("client"));
+        Self {
+            tls,
+            token: std::env::var(ENV_TOKEN).ok().filter(|t| !t.is_empty()),
+        }
+    }
+}
+
+/// Why a channel could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// The address does not make a URI.
+    #[error("bad address {addr:?}: {source}")]
+    Address {
+        /// The address.
+        addr: String,
+        /// tonic's reason.
+        source: tonic::transport::Error,
+    },
+    /// The TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The token cannot be sent as a header value.
+    #[error("{ENV_TOKEN}: the token has characters a header cannot carry")]
+    Token,
+}
+
+/// The address to connect to for a process configured to listen on `host:port`: wildcard hosts
+/// become loopback, IPv6 hosts get brackets.
+pub fn connect_addr(host: &str, port: u16) -> String {
+    match host {
+        "" | "0.0.0.0" => format!("127.0.0.1:{port}"),
+        "::" | "[::]" => format!("[::1]:{port}"),
+        h if h.contains(':') && !h.starts_with('[') => format!("[{h}]:{port}"),
+        h => format!("{h}:{port}"),
+    }
+}
+
+/// The host part of a `host:port` address (brackets of IPv6 removed): the name a server's
+/// certificate must carry.
+pub fn host_of(addr: &str) -> &str {
+    let host = match addr.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => addr,
+    };
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// An endpoint for `addr` (`host:port`): `https` with the pool CA (and this client's certificate
+/// when its files exist) when `tls` is given, else `http`.
+pub fn endpoint(addr: &str, tls: Option<&TlsFiles>) -> Result<Endpoint, ChannelError> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let bad = |source| ChannelError::Address {
+        addr: addr.to_string(),
+        source,
+    };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(bad)?;
+    if let Some(files) = tls {
+        let identity = files.cert.exists() && files.key.exists();
+        endpoint = endpoint
+            .tls_config(crate::tls::client_config(files, host_of(addr), identity)?)
+            .map_err(bad)?;
+    }
+    Ok(endpoint)
+}
+
+/// Adds `authorization: Bearer <token>` to every call (nothing without a token).
+#[derive(Clone, Default)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl BearerToken {
+    /// The interceptor for `token`.
+    pub fn new(token: Option<&str>) -> Result<Self, ChannelError> {
+        token
+            .map(|t| {
+                let mut value: MetadataValue<Ascii> = format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| ChannelError::Token)?;
+                value.set_sensitive(true);
+                Ok(value)
+            })
+            .transpose()
+            .map(BearerToken)
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken([REDACTED])")
+    }
+}
+
+impl Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel that carries the caller's token: what the CLI's pool clients run on.
+pub type AuthChannel = InterceptedService<Channel, BearerToken>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_addr_maps_wildcards_to_loopback() {
+        assert_eq!(connect_addr("0.0.0.0", 6151), "127.0.0.1:6151");
+        assert_eq!(connect_addr("", 1), "127.0.0.1:1");
+        assert_eq!(connect_addr("::", 2), "[::1]:2");
+        assert_eq!(connect_addr("::1", 3), "[::1]:3");
+        assert_eq!(connect_addr("127.0.0.1", 4), "127.0.0.1:4");
+        assert_eq!(connect_addr("localhost", 5), "localhost:5");
+    }
+
+    #[test]
+    fn host_of_strips_port_and_brackets() {
+        assert_eq!(host_of("127.0.0.1:6141"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:6141"), "::1");
+        assert_eq!(host_of("pas-manager"), "pas-manager");
+    }
+
+    #[test]
+    fn the_token_is_never_in_debug_output() {
+        let security = ClientSecurity {
+            tls: None,
+            token: Some("pas_secret".into()),
+        };
+        assert!(!format!("{security:?}").contains("pas_secret"));
+        let bearer = BearerToken::new(Some("pas_secret")).unwrap();
+        assert!(!format!("{bearer:?}").contains("pas_secret"));
+    }
+}

@@ -1,0 +1,254 @@
+//! `pas certs init DIR`: a development CA and a certificate for every process of a configuration.
+//!
+//! Writes `ca.pem` + `ca-key.pem`, `manager.pem` + `manager-key.pem`, `programmer-<id>.pem` +
+//! `programmer-<id>-key.pem` for each programmer, and `client.pem` + `client-key.pem` (what the CLI
+//! and operators' tools present to programmers) — exactly the names the config's
+//! `tls: {cert: DIR/{name}.pem, key: DIR/{name}-key.pem}` expects. Server certificates carry the
+//! process's configured host, `localhost`, `127.0.0.1`, `::1`, a `pas-<name>` DNS name and any
+//! `--san` given. Keys are ECDSA P-256, written with mode 0600. Meant for development and tests:
+//! real deployments bring certificates from their own CA (cert-manager, Vault, …).
+
+use crate::config::Config;
+use anyhow::Context;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use std::path::{Path, PathBuf};
+
+/// Arguments of `pas certs init`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CertsInitArgs {
+    /// Directory to write the CA, certificates and keys into (created if missing).
+    pub dir: PathBuf,
+    /// Extra subject alternative name (DNS name or IP) for every server certificate; repeatable.
+    #[arg(long = "san")]
+    pub sans: Vec<String>,
+    /// Days the certificates stay valid.
+    #[arg(long, default_value_t = 365)]
+    pub days: u32,
+    /// Overwrite files that already exist (otherwise refused, so a CA is never replaced by
+    /// accident).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// One certificate to issue.
+struct Subject {
+    /// File stem and `{name}` value: `manager`, `programmer-001`, `client`.
+    name: String,
+    /// Hosts a server certificate must be valid for (empty for the client certificate).
+    hosts: Vec<String>,
+    /// Server (server + client auth) or client only.
+    server: bool,
+}
+
+fn subjects(config: &Config, extra: &[String]) -> Vec<Subject> {
+    let hosts = |host: &str, name: &str| {
+        let mut all: Vec<String> = [
+            host,
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            &format!("pas-{name}"),
+        ]
+        .iter()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
+        .filter(|h| !h.is_empty() && h != "0.0.0.0" && h != "::")
+        .chain(extra.iter().cloned())
+        .collect();
+        all.dedup();
+        let mut seen = std::collections::BTreeSet::new();
+        all.retain(|h| seen.insert(h.clone()));
+        all
+    };
+    let mut out = vec![Subject {
+        name: "manager".into(),
+        hosts: hosts(&config.pool.manager.host, "manager"),
+        server: true,
+    }];
+    for p in config.programmers() {
+        let name = format!("programmer-{}", p.id);
+        out.push(Subject {
+            hosts: hosts(&p.host, &name),
+            name,
+            server: true,
+        });
+    }
+    out.push(Subject {
+        name: "client".into(),
+        hosts: Vec::new(),
+        server: false,
+    });
+    out
+}
+
+fn validity(params: &mut CertificateParams, days: u32) {
+    let date = |d: chrono::DateTime<chrono::Utc>| {
+        use chrono::Datelike;
+        rcgen::date_time_ymd(d.year(), d.month() as u8, d.day() as u8)
+    };
+    let now = chrono::Utc::now();
+    params.not_before = date(now - chrono::Duration::days(1));
+    params.not_after = date(now + chrono::Duration::days(i64::from(days.max(1))));
+}
+
+/// Writes `text` to `path` (mode 0600 for keys), refusing to overwrite unless `force`.
+fn write(path: &Path, text: &str, secret: bool, force: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(if secret { 0o600 } else { 0o644 });
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let mut file = options.open(path).with_context(|| {
+        if path.exists() && !force {
+            format!("{} exists (pass --force to replace it)", path.display())
+        } else {
+            format!("cannot write {}", path.display())
+        }
+    })?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Issues the CA and every certificate of `config` into `args.dir`; returns the files written.
+pub fn init(config: &Config, args: &CertsInitArgs) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let subjects = subjects(config, &args.sans);
+    // Refuse before writing anything, so a partial set is never left behind.
+    if !args.force {
+        let mut names = vec!["ca".to_string()];
+        names.extend(subjects.iter().map(|s| s.name.clone()));
+        for name in names {
+            for file in [format!("{name}.pem"), format!("{name}-key.pem")] {
+                let path = args.dir.join(file);
+                anyhow::ensure!(
+                    !path.exists(),
+                    "{} exists (pass --force to replace the whole set)",
+                    path.display()
+                );
+            }
+        }
+    }
+    let mut written = Vec::new();
+    let mut emit = |name: &str, cert_pem: String, key: &KeyPair| -> anyhow::Result<()> {
+        let cert = args.dir.join(format!("{name}.pem"));
+        let key_path = args.dir.join(format!("{name}-key.pem"));
+        write(&cert, &cert_pem, false, args.force)?;
+        write(&key_path, &key.serialize_pem(), true, args.force)?;
+        written.extend([cert, key_path]);
+        Ok(())
+    };
+
+    let ca_key = KeyPair::generate().context("cannot generate the CA key")?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Programmer Pool development CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    validity(&mut ca_params, args.days);
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    emit("ca", ca_cert.pem(), &ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    for subject in &subjects {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(subject.hosts.clone())
+            .with_context(|| format!("{}: bad host name in {:?}", subject.name, subject.hosts))?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("pas-{}", subject.name));
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = if subject.server {
+            // Servers are clients too: the manager calls programmers with its certificate.
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ]
+        } else {
+            vec![ExtendedKeyUsagePurpose::ClientAuth]
+        };
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, args.days);
+        let cert = params.signed_by(&key, &issuer)?;
+        emit(&subject.name, cert.pem(), &key)?;
+    }
+    Ok(written)
+}
+
+/// Runs `pas certs init`: writes the files and prints the `tls:` section to add.
+pub fn run(config_path: &Path, args: CertsInitArgs) -> std::process::ExitCode {
+    let outcome = Config::load(config_path)
+        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))
+        .and_then(|config| init(&config, &args));
+    match outcome {
+        Ok(files) => {
+            println!(
+                "wrote {} files to {} (development CA: keep ca-key.pem private)",
+                files.len(),
+                args.dir.display()
+            );
+            let dir = std::path::absolute(&args.dir).unwrap_or(args.dir.clone());
+            println!(
+                "\nAdd to the configuration:\n\ntls:\n  ca: {0}/ca.pem\n  cert: {0}/{{name}}.pem\n  key: {0}/{{name}}-key.pem",
+                dir.display()
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_issued_set_sets_up_servers_and_clients_and_is_never_overwritten_silently() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = "pool_size: 1\nprogrammers:\n  - {id: '001', port: 6151, primary_llm: ollama/a, backup_llm: ollama/b}\n";
+        let config = Config::from_yaml(yaml, &dir.path().join("pool.yaml")).unwrap();
+        let args = CertsInitArgs {
+            dir: dir.path().join("certs"),
+            sans: vec!["pas.example".into()],
+            days: 30,
+            force: false,
+        };
+        let files = init(&config, &args).unwrap();
+        assert_eq!(files.len(), 8, "{files:?}");
+        let files_of = |name: &str| crate::tls::TlsFiles {
+            ca: args.dir.join("ca.pem"),
+            cert: args.dir.join(format!("{name}.pem")),
+            key: args.dir.join(format!("{name}-key.pem")),
+        };
+        for name in ["manager", "programmer-001"] {
+            crate::tls::server_config(&files_of(name), crate::tls::ClientAuth::Required).unwrap();
+        }
+        crate::tls::rustls_client_config(&files_of("client")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(args.dir.join("ca-key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "keys are private: {mode:o}");
+        let err = init(&config, &args).unwrap_err().to_string();
+        assert!(err.contains("exists") && err.contains("--force"), "{err}");
+        init(
+            &config,
+            &CertsInitArgs {
+                force: true,
+                ..args.clone()
+            },
+        )
+        .unwrap();
+    }
+}

@@ -1,0 +1,331 @@
+//! TLS for every listener and every client channel of the mesh (rustls, ring provider).
+//!
+//! The pool has one CA. Each process holds a certificate it signed:
+//! - a **programmer** serves TLS and *requires* a client certificate signed by the pool CA, so only
+//!   the manager (and operators holding a pool client certificate) can call `Execute` and skip the
+//!   manager's budget and authentication;
+//! - the **manager** serves TLS and accepts, but does not require, client certificates: its callers
+//!   authenticate with bearer tokens (see `manager::auth`); as a client it presents its own
+//!   certificate to the programmers and verifies theirs against the CA;
+//! - the **CLI** verifies the manager against the CA, and presents the pool's `client`
+//!   certificate when it probes programmers directly (`pas up`).
+//!
+//! Servers answer gRPC (HTTP/2) and the JSON routes (HTTP/1.1) on one port, so the listener offers
+//! both in ALPN. Handshakes run concurrently off the accept loop, each bounded in time, so one slow
+//! or silent client cannot hold up the others (see [`TlsListener`]).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+/// How long a client may take to complete its handshake before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; beyond, accepting waits (the kernel's backlog holds the rest).
+const MAX_HANDSHAKES: usize = 256;
+/// Completed handshakes waiting for the server to take them.
+const READY_BACKLOG: usize = 64;
+
+/// The PEM files of one process: the pool CA, its own certificate chain and private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The pool CA certificate(s): what peers' certificates must be signed by.
+    pub ca: PathBuf,
+    /// This process's certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// This process's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Whether a server asks its clients for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Refuse clients without a certificate signed by the pool CA (programmers).
+    Required,
+    /// Verify a certificate when one is offered, accept clients without one (the manager, whose
+    /// callers authenticate with tokens).
+    Optional,
+}
+
+/// Why TLS could not be set up. Every variant names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or parsed.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong with it (never its content).
+        message: String,
+    },
+    /// rustls refused the certificate/key combination or the CA.
+    #[error("TLS setup with {cert} and {key}: {message}")]
+    Setup {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// rustls's reason.
+        message: String,
+    },
+}
+
+fn file_error(path: &Path, message: impl std::fmt::Display) -> TlsError {
+    TlsError::File {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
+}
+
+/// Reads every certificate of a PEM file (at least one).
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_error(path, format!("cannot read certificates: {e}")))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(path, format!("not a valid PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(file_error(path, "no PEM certificate in the file"));
+    }
+    Ok(certs)
+}
+
+/// Reads the first private key of a PEM file.
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| file_error(path, format!("no usable PEM private key: {e}")))
+}
+
+/// The CA file as a rustls root store.
+fn roots(ca: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut store = rustls::RootCertStore::empty();
+    for cert in read_certs(ca)? {
+        store
+            .add(cert)
+            .map_err(|e| file_error(ca, format!("not a usable CA certificate: {e}")))?;
+    }
+    Ok(store)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The rustls server configuration of a process: its certificate, the pool CA for client
+/// certificates, ALPN `h2` and `http/1.1`.
+pub fn server_config(
+    files: &TlsFiles,
+    client_auth: ClientAuth,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let setup = |message: String| TlsError::Setup {
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+        message,
+    };
+    let certs = read_certs(&files.cert)?;
+    let key = read_key(&files.key)?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots(&files.ca)?),
+        provider(),
+    );
+    let verifier = match client_auth {
+        ClientAuth::Required => verifier.build(),
+        ClientAuth::Optional => verifier.allow_unauthenticated().build(),
+    }
+    .map_err(|e| file_error(&files.ca, format!("cannot verify clients with it: {e}")))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| setup(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| setup(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The tonic client TLS settings for reaching a server named `server_name` (the name or IP its
+/// certificate carries; usually the host from the configuration). With `present_identity`, this
+/// process's certificate is offered to the server (needed by programmers).
+pub fn client_config(
+    files: &TlsFiles,
+    server_name: &str,
+    present_identity: bool,
+) -> Result<tonic::transport::ClientTlsConfig, TlsError> {
+    // Parse first, so a bad file is reported by name now instead of at the first connection.
+    roots(&files.ca)?;
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| file_error(path, format!("cannot read: {e}")))
+    };
+    let mut config = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(read(&files.ca)?))
+        .domain_name(server_name.trim_start_matches('[').trim_end_matches(']'));
+    if present_identity {
+        read_certs(&files.cert)?;
+        read_key(&files.key)?;
+        config = config.identity(tonic::transport::Identity::from_pem(
+            read(&files.cert)?,
+            read(&files.key)?,
+        ));
+    }
+    Ok(config)
+}
+
+/// A rustls client configuration for HTTP clients (reqwest): the pool CA as the only root, and
+/// this client's certificate when its files exist.
+pub fn rustls_client_config(files: &TlsFiles) -> Result<rustls::ClientConfig, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| file_error(&files.ca, e))?
+        .with_root_certificates(roots(&files.ca)?);
+    if files.cert.exists() && files.key.exists() {
+        builder
+            .with_client_auth_cert(read_certs(&files.cert)?, read_key(&files.key)?)
+            .map_err(|e| TlsError::Setup {
+                cert: files.cert.clone(),
+                key: files.key.clone(),
+                message: e.to_string(),
+            })
+    } else {
+        Ok(builder.with_no_client_auth())
+    }
+}
+
+/// A TCP listener whose connections come out TLS-terminated, for `axum::serve`.
+///
+/// An accept loop task takes TCP connections (TCP_NODELAY set) and runs each handshake in its own
+/// task, at most [`MAX_HANDSHAKES`] at once and each within [`HANDSHAKE_TIMEOUT`]; completed
+/// streams wait in a small channel for the server. Failed handshakes (plaintext clients, wrong
+/// CA, no client certificate where one is required) are logged at debug and dropped. Dropping the
+/// listener stops the accept loop.
+#[derive(Debug)]
+pub struct TlsListener {
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local_addr: SocketAddr,
+    accept_loop: tokio::task::JoinHandle<()>,
+}
+
+impl TlsListener {
+    /// Starts terminating TLS on `tcp` with `config`.
+    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+        let local_addr = tcp.local_addr()?;
+        let (tx, ready) = mpsc::channel(READY_BACKLOG);
+        let accept_loop = tokio::spawn(accept_loop(tcp, TlsAcceptor::from(config), tx));
+        Ok(Self {
+            ready,
+            local_addr,
+            accept_loop,
+        })
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.accept_loop.abort();
+    }
+}
+
+async fn accept_loop(
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+) {
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let Ok(permit) = handshakes.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match tcp.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: the condition passes; do not spin.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY on an accepted connection: {e}");
+        }
+        let (acceptor, ready) = (acceptor.clone(), ready.clone());
+        tokio::spawn(async move {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+            drop(permit);
+            match handshake {
+                Ok(Ok(tls)) => {
+                    let _ = ready.send((tls, peer)).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(accepted) => accepted,
+            // The accept loop only ends when the listener is dropped.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local_addr)
+    }
+}
+
+/// True when every address `host` names is a loopback address (`127.0.0.0/8`, `::1`,
+/// `localhost`): such a listener cannot be reached from another machine.
+pub async fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return ip.is_loopback();
+    }
+    match tokio::net::lookup_host((host, 0)).await {
+        Ok(addrs) => {
+            let addrs: Vec<SocketAddr> = addrs.collect();
+            !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn loopback_hosts_are_told_apart_from_reachable_ones() {
+        for host in ["127.0.0.1", "127.0.0.7", "::1", "[::1]", "localhost"] {
+            assert!(is_loopback_host(host).await, "{host}");
+        }
+        for host in ["0.0.0.0", "::", "10.1.2.3", "192.168.0.1"] {
+            assert!(!is_loopback_host(host).await, "{host}");
+        }
+    }
+
+    #[test]
+    fn a_missing_or_empty_file_is_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let err = read_certs(&empty).unwrap_err().to_string();
+        assert!(
+            err.contains("empty.pem") && err.contains("no PEM certificate"),
+            "{err}"
+        );
+        let missing = dir.path().join("missing.pem");
+        let err = read_key(&missing).unwrap_err().to_string();
+        assert!(err.contains("missing.pem"), "{err}");
+    }
+}
