@@ -330,3 +330,4 @@ pub fn strace_prefix(log: &Path) -> Vec<std::ffi::OsString> {
     .collect()
 }
 pub mod pool;
+pub mod secure;
