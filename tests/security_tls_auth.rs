@@ -357,18 +357,19 @@ fn start_or_exit(pool: &TestPool, args: &[&str]) -> (std::process::Child, String
 #[test]
 fn without_tls_and_tokens_only_loopback_is_served_unless_insecure() {
     let pool = one_programmer();
+    const EXPOSED_PROGRAMMER: [&str; 7] = [
+        "programmer",
+        "--id",
+        "001",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "0",
+    ];
     // Refused beyond loopback, with a message that says why and what to do.
     for args in [
         &["manager", "--host", "0.0.0.0", "--port", "0"][..],
-        &[
-            "programmer",
-            "--id",
-            "001",
-            "--host",
-            "0.0.0.0",
-            "--port",
-            "0",
-        ][..],
+        &EXPOSED_PROGRAMMER[..],
     ] {
         let out = pool.pas_command(args).output().expect("run pas");
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -379,19 +380,8 @@ fn without_tls_and_tokens_only_loopback_is_served_unless_insecure() {
         );
     }
     // --insecure starts, with a warning in the log.
-    let (mut child, line) = start_or_exit(
-        &pool,
-        &[
-            "programmer",
-            "--id",
-            "001",
-            "--host",
-            "0.0.0.0",
-            "--port",
-            "0",
-            "--insecure",
-        ],
-    );
+    let insecure = [&EXPOSED_PROGRAMMER[..], &["--insecure"]].concat();
+    let (mut child, line) = start_or_exit(&pool, &insecure);
     assert!(line.contains("listening on 0.0.0.0:"), "{line:?}");
     let _ = child.kill();
     let out = child.wait_with_output().unwrap();
