@@ -9,6 +9,11 @@
 //! records, queue, budget, health or routing policy: what any gRPC hop costs, and the yardstick
 //! for "manager hop ≤ 1.5× a bare tonic hop".
 //!
+//! A second pool, identical but secured as issue 10 asks for exposure beyond loopback (TLS on
+//! every port, mTLS from the manager to the programmers, a bearer token checked on every call:
+//! `tests/common/secure.rs`), runs beside the first; its Dispatch is measured in the same
+//! alternation and the same throughput run, so "what security costs" is a ratio from one run.
+//!
 //! Run: `cargo bench --bench manager_hop` (release build). Prints a table and writes
 //! `target/bench/manager_hop.json`. Knobs: `PAS_BENCH_LATENCY_N` (sequential pairs, default 400),
 //! `PAS_BENCH_THROUGHPUT_N` (tasks per side, default 2000), `PAS_BENCH_CONCURRENCY` (default 32).
@@ -195,9 +200,17 @@ async fn direct_once(c: &mut ProgrammerClient<Channel>) -> Duration {
     t.elapsed()
 }
 
-async fn manager_once(c: &mut ProgrammerPoolClient<Channel>) -> Duration {
+/// A Dispatch of [`pool_request`], with `authorization: Bearer <token>` when a token is given.
+fn pool_call(token: Option<&str>) -> tonic::Request<DispatchRequest> {
+    match token {
+        Some(token) => common::secure::with_token(pool_request(), token),
+        None => tonic::Request::new(pool_request()),
+    }
+}
+
+async fn manager_once(c: &mut ProgrammerPoolClient<Channel>, token: Option<&str>) -> Duration {
     let t = Instant::now();
-    let s = c.dispatch(pool_request()).await.expect("Dispatch");
+    let s = c.dispatch(pool_call(token)).await.expect("Dispatch");
     drain(s.into_inner()).await;
     t.elapsed()
 }
@@ -258,14 +271,15 @@ fn main() {
 async fn run(latency_n: usize, throughput_n: usize, concurrency: usize) {
     // The shipped shape's numbers: ten programmers, one task at a time each, five waiting.
     let ids: Vec<String> = (1..=10).map(|i| format!("{i:03}")).collect();
-    let pool = TestPool::new(PoolOptions {
+    let options = || PoolOptions {
         programmers: ids.iter().map(|id| TestProgrammer::free(id)).collect(),
         max_concurrent_per_programmer: 1,
         max_queue_per_programmer: 5,
         health_check_interval_s: 30,
         manager_max_queue: 1000,
         ..PoolOptions::default()
-    });
+    };
+    let pool = TestPool::new(options());
     pool.sample_repo();
     let _programmers = pool.start_all_programmers();
     let _manager = pool.start_manager();
@@ -273,6 +287,21 @@ async fn run(latency_n: usize, throughput_n: usize, concurrency: usize) {
         .await
         .expect("manager");
     wait_available(&mgr, 10).await;
+
+    // The secured twin: TLS everywhere, mTLS to the programmers, a dispatch token per call.
+    let secure_pool = TestPool::new(options());
+    secure_pool.sample_repo();
+    let secured = common::secure::secure(&secure_pool, "[status]");
+    let _secure_programmers = secure_pool.start_all_programmers();
+    let _secure_manager = secure_pool.start_manager();
+    let mut smgr = ProgrammerPoolClient::new(
+        common::secure::tls_channel(secure_pool.manager_port, &secured.files("client"), false)
+            .await
+            .expect("TLS to the secured manager"),
+    );
+    wait_available(&smgr, 10).await;
+    let token = secured.dispatch.clone();
+    let token = Some(token.as_str());
     // least_loaded with nothing in flight always picks 001: the direct calls go there too.
     let mut direct = ProgrammerClient::connect(pool.programmer_url("001"))
         .await
@@ -286,20 +315,24 @@ async fn run(latency_n: usize, throughput_n: usize, concurrency: usize) {
     // ----- latency: alternating triples -----
     for _ in 0..50 {
         direct_once(&mut direct).await;
-        manager_once(&mut relay).await;
-        manager_once(&mut mgr).await;
+        manager_once(&mut relay, None).await;
+        manager_once(&mut mgr, None).await;
+        manager_once(&mut smgr, token).await;
     }
     let mut d = Vec::with_capacity(latency_n);
     let mut r = Vec::with_capacity(latency_n);
     let mut m = Vec::with_capacity(latency_n);
+    let mut sm = Vec::with_capacity(latency_n);
     for _ in 0..latency_n {
         d.push(direct_once(&mut direct).await);
-        r.push(manager_once(&mut relay).await);
-        m.push(manager_once(&mut mgr).await);
+        r.push(manager_once(&mut relay, None).await);
+        m.push(manager_once(&mut mgr, None).await);
+        sm.push(manager_once(&mut smgr, token).await);
     }
     let d = percentiles(&mut d);
     let r = percentiles(&mut r);
     let m = percentiles(&mut m);
+    let sm = percentiles(&mut sm);
 
     // ----- throughput: same callers, direct (spread over the ten), bare relay, manager -----
     let clients: Vec<ProgrammerClient<Channel>> = {
@@ -325,18 +358,23 @@ async fn run(latency_n: usize, throughput_n: usize, concurrency: usize) {
         }
     })
     .await;
-    let via = |client: &ProgrammerPoolClient<Channel>| {
+    let via = |client: &ProgrammerPoolClient<Channel>, token: Option<&str>| {
         let client = client.clone();
+        let token = token.map(str::to_string);
         move |_| {
             let mut c = client.clone();
+            let call = pool_call(token.as_deref());
             async move {
-                let s = c.dispatch(pool_request()).await.expect("Dispatch");
+                let s = c.dispatch(call).await.expect("Dispatch");
                 drain(s.into_inner()).await;
             }
         }
     };
-    let (relay_tps, relay_elapsed) = throughput(throughput_n, concurrency, via(&relay)).await;
-    let (mgr_tps, mgr_elapsed) = throughput(throughput_n, concurrency, via(&mgr)).await;
+    let (relay_tps, relay_elapsed) =
+        throughput(throughput_n, concurrency, via(&relay, None)).await;
+    let (mgr_tps, mgr_elapsed) = throughput(throughput_n, concurrency, via(&mgr, None)).await;
+    let (secure_tps, secure_elapsed) =
+        throughput(throughput_n, concurrency, via(&smgr, token)).await;
 
     println!();
     println!("manager hop — dry_run tasks, 10 programmers (1 running + 5 waiting each), 127.0.0.1");
@@ -355,10 +393,12 @@ async fn run(latency_n: usize, throughput_n: usize, concurrency: usize) {
     row("direct Execute (programmer 001)", d, 0);
     row("via a bare tonic relay", r, 0);
     row("Dispatch via manager", m, 0);
+    row("Dispatch via manager, TLS + token", sm, 0);
     row("added by the bare relay", diff(r, d), 0);
     row("added by the manager", diff(m, d), 0);
     row("ratio manager / bare relay", ratio(m, r), 2);
     row("ratio manager / direct", ratio(m, d), 2);
+    row("ratio TLS + token / plaintext", ratio(sm, m), 2);
     println!();
     println!(
         "{:<36} {:>10} {:>10} {:>10}",
@@ -375,6 +415,11 @@ async fn run(latency_n: usize, throughput_n: usize, concurrency: usize) {
         ),
         ("via a bare tonic relay", relay_elapsed, relay_tps),
         ("Dispatch via manager", mgr_elapsed, mgr_tps),
+        (
+            "Dispatch via manager, TLS + token",
+            secure_elapsed,
+            secure_tps,
+        ),
     ] {
         println!(
             "{name:<36} {throughput_n:>10} {:>10.2} {tps:>10.1}",
@@ -391,6 +436,11 @@ async fn run(latency_n: usize, throughput_n: usize, concurrency: usize) {
         "ratio manager / direct",
         mgr_tps / direct_tps
     );
+    println!(
+        "{:<36} {:>32.2}",
+        "ratio TLS + token / plaintext",
+        secure_tps / mgr_tps
+    );
 
     let stats =
         |v: [f64; 4]| serde_json::json!({"p50": v[0], "p90": v[1], "p99": v[2], "mean": v[3]});
@@ -403,6 +453,8 @@ async fn run(latency_n: usize, throughput_n: usize, concurrency: usize) {
             "direct": stats(d),
             "bare_relay": stats(r),
             "manager": stats(m),
+            "manager_tls_token": stats(sm),
+            "ratio_tls_token_to_plaintext": stats(ratio(sm, m)),
             "added": stats(diff(m, d)),
             "added_by_bare_relay": stats(diff(r, d)),
             "ratio": stats(ratio(m, d)),
@@ -414,6 +466,8 @@ async fn run(latency_n: usize, throughput_n: usize, concurrency: usize) {
             "direct_tasks_per_s": direct_tps,
             "bare_relay_tasks_per_s": relay_tps,
             "manager_tasks_per_s": mgr_tps,
+            "manager_tls_token_tasks_per_s": secure_tps,
+            "ratio_tls_token_to_plaintext": secure_tps / mgr_tps,
             "ratio": mgr_tps / direct_tps,
             "ratio_to_bare_relay": mgr_tps / relay_tps,
         },
