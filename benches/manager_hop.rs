@@ -370,8 +370,7 @@ async fn run(latency_n: usize, throughput_n: usize, concurrency: usize) {
             }
         }
     };
-    let (relay_tps, relay_elapsed) =
-        throughput(throughput_n, concurrency, via(&relay, None)).await;
+    let (relay_tps, relay_elapsed) = throughput(throughput_n, concurrency, via(&relay, None)).await;
     let (mgr_tps, mgr_elapsed) = throughput(throughput_n, concurrency, via(&mgr, None)).await;
     let (secure_tps, secure_elapsed) =
         throughput(throughput_n, concurrency, via(&smgr, token)).await;

@@ -594,3 +594,17 @@ fn llms_entry_without_a_provider_is_reported_at_its_name() {
     );
     assert_eq!(issue.column, Some(3));
 }
+
+#[test]
+fn auth_without_a_token_source_and_an_unknown_open_route() {
+    let yaml = seed_plus("auth:\n  open: [metrics]\n");
+    expect_only(&yaml, "auth", "open:", "name `tokens_file` or `tokens_env`");
+    let yaml = seed_plus("auth:\n  tokens_env: PAS_TOKENS\n  open: [metric]\n");
+    expect_only(&yaml, "auth.open[0]", "open:", "unknown variant `metric`");
+}
+
+#[test]
+fn tls_needs_all_three_files() {
+    let yaml = seed_plus("tls:\n  ca: certs/ca.pem\n  cert: \"certs/{name}.pem\"\n");
+    expect_only(&yaml, "tls", "ca:", "missing field `key`");
+}

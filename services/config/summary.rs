@@ -157,6 +157,46 @@ pub(crate) fn render(config: &Config) -> String {
             config.workspace_root().display().to_string(),
         ),
         ("Data dir", config.data_dir().display().to_string()),
+        (
+            "TLS",
+            match config.tls_files("{name}") {
+                Some(f) => format!(
+                    "on (CA {}, certificates {}, keys {}; programmers require client certificates)",
+                    f.ca.display(),
+                    f.cert.display(),
+                    f.key.display()
+                ),
+                None => "off (processes listen on loopback only unless --insecure)".into(),
+            },
+        ),
+        (
+            "Caller auth",
+            match &pool.auth {
+                Some(auth) => {
+                    let sources: Vec<String> = auth
+                        .tokens_file
+                        .iter()
+                        .map(|f| format!("file {}", f.display()))
+                        .chain(auth.tokens_env.iter().map(|v| format!("${v}")))
+                        .collect();
+                    let open: Vec<&str> = auth
+                        .open
+                        .iter()
+                        .map(|r| match r {
+                            super::OpenRoute::Status => "status",
+                            super::OpenRoute::Metrics => "metrics",
+                        })
+                        .collect();
+                    format!(
+                        "bearer tokens from {} (open without a token: health{}{})",
+                        sources.join(" and "),
+                        if open.is_empty() { "" } else { ", " },
+                        open.join(", ")
+                    )
+                }
+                None => "off (anyone who reaches the manager's port may call it)".into(),
+            },
+        ),
     ];
     let _ = writeln!(out);
     let width = lines.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0);
