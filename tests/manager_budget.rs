@@ -165,9 +165,14 @@ async fn two_hundred_concurrent_paid_tasks_never_overspend_and_alert_once() {
     assert!(succeeded.len() >= 3, "the budget allowed real work");
     assert!(b.spent_usd <= LIMIT + 1e-9, "{b:#?}");
     assert!(b.reserved_usd.abs() < 1e-9, "no hold left: {b:#?}");
-    assert!(
-        (b.spent_usd - spent_by_results).abs() < 1e-6,
-        "ledger {} = sum of task costs {spent_by_results}",
+    // The ledger books each settlement in whole micro-dollars: compare like with like, exactly
+    // (summing raw float costs and comparing at 1e-6 failed when ten roundings added up to 5e-6).
+    let micros = |usd: f64| (usd * 1_000_000.0).round() as i64;
+    let settled_micros: i64 = succeeded.iter().map(|r| micros(r.cost_usd)).sum();
+    assert_eq!(
+        micros(b.spent_usd),
+        settled_micros,
+        "ledger {} = sum of task costs {spent_by_results} (each rounded to micro-dollars)",
         b.spent_usd
     );
     // The budget really bit: without reservations the 200 tasks would have spent far more.
