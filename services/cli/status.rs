@@ -86,7 +86,7 @@ pub fn run(config_path: &Path, args: StatusArgs) -> ExitCode {
                     if let Some(table) = run_dir.as_ref().and_then(process_table) {
                         print!("{table}");
                     }
-                    eprintln!("error: {e} (is the pool running? `pas up`)");
+                    eprintln!("error: {e} ({})", e.hint());
                     ExitCode::FAILURE
                 }
             };
@@ -226,6 +226,29 @@ pub async fn fetch_json(
         source,
     })?;
     serde_json::from_slice(&body).map_err(|source| StatusError::Json { url, source })
+}
+
+impl StatusError {
+    /// What the operator should try next.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            StatusError::Rpc { status, .. }
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) =>
+            {
+                "set PAS_TOKEN to a token with the read role or more: `pas token new`"
+            }
+            StatusError::HttpStatus { status, .. }
+                if *status == reqwest::StatusCode::UNAUTHORIZED
+                    || *status == reqwest::StatusCode::FORBIDDEN =>
+            {
+                "set PAS_TOKEN to a token with the read role or more: `pas token new`"
+            }
+            _ => "is the pool running? `pas up`",
+        }
+    }
 }
 
 /// The human view: summary line, programmer table, budget, alerts.
