@@ -11,6 +11,7 @@ use crate::tls::{ClientAuth, TlsFiles, TlsListener};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
@@ -185,20 +186,75 @@ pub async fn serve(
                         tracing::debug!("cannot set TCP_NODELAY on an accepted connection: {e}");
                     }
                 });
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(shutdown)
-            .await?;
+            serve_connections(listener, router, shutdown).await;
         }
-        Bound::Tls(listener) => {
-            axum::serve(listener, router.into_make_service())
-                .with_graceful_shutdown(shutdown)
-                .await?;
-        }
+        Bound::Tls(listener) => serve_connections(listener, router, shutdown).await,
     }
     Ok(())
+}
+
+/// How often a server pings an idle HTTP/2 connection, and how long it waits for the answer.
+/// A peer that vanished without closing (host down, network partition, a process frozen) is
+/// noticed within their sum and its streams end, so a programmer stops working for a manager that
+/// is gone instead of finishing — and committing — a task the manager has already rerouted.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// See [`KEEPALIVE_INTERVAL`].
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The accept loop: every connection served by hyper (HTTP/1.1 or HTTP/2, detected per
+/// connection) with HTTP/2 keepalive; on `shutdown`, stop accepting, ask every connection to
+/// finish gracefully (GOAWAY; in-flight streams complete) and wait for them. Like `axum::serve`,
+/// whose builder exposes no HTTP/2 settings, hence this loop.
+async fn serve_connections<L>(
+    mut listener: L,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) where
+    L: axum::serve::Listener,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+    // Dropped at shutdown: every connection's `stop.closed()` resolves.
+    let (stop, stopping) = tokio::sync::watch::channel(());
+    // Every connection holds a receiver; `done.closed()` resolves when the last one ends.
+    let (done, connections) = tokio::sync::watch::channel(());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (io, _peer) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let (stop, alive) = (stop.clone(), connections.clone());
+        tokio::spawn(async move {
+            let mut builder = Builder::new(TokioExecutor::new());
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+            let mut conn =
+                std::pin::pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+            let mut stopped = std::pin::pin!(stop.closed());
+            loop {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::trace!("connection ended: {e}");
+                        }
+                        break;
+                    }
+                    () = &mut stopped => conn.as_mut().graceful_shutdown(),
+                }
+            }
+            drop(alive);
+        });
+    }
+    drop(stopping);
+    drop(listener);
+    drop(connections);
+    done.closed().await;
 }
 
 /// Resolves on SIGINT or SIGTERM: the processes stop accepting and drain on either.
