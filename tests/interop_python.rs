@@ -1,7 +1,10 @@
 //! Interop with Python: a client generated from `proto/` with grpcio-tools at test time
 //! (`tests/interop/python/pool_client.py`) dispatches a real task to a real pool (llm-sim, real
 //! aider, real git) and reads the stream to its result, cancels another task mid-stream through
-//! `CancelTask`, and reads the pool status. The client prints JSON lines; this test checks them.
+//! `CancelTask`, and reads the pool status. Against a secured pool it dispatches a real task over
+//! TLS with a `dispatch` token (`--cacert/--cert/--key/--token`), and its Dispatch is refused with a
+//! `read` token (PERMISSION_DENIED) or none (UNAUTHENTICATED). The client prints JSON lines; this
+//! test checks them.
 //!
 //! Needs `scripts/install-interop.sh` (the `.interop-venv`) and the aider venv; fails, never skips,
 //! without them.
@@ -15,7 +18,7 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use support::{RunningPool, TaskStream};
+use support::{ClientOutput, RunningPool, TaskStream};
 
 /// Requests to programmer 003's models never get an answer, so its task is surely still running
 /// when the client cancels it.
@@ -28,22 +31,84 @@ struct PyClient {
     script: PathBuf,
     gen_dir: PathBuf,
     addr: String,
+    /// Options before the command: TLS and token (empty: plaintext).
+    options: Vec<String>,
 }
 
 impl PyClient {
+    /// Generates the client from `proto/` with grpcio-tools into `gen_dir` (checking the modules
+    /// it wrote) and returns it pointed at `mesh`'s manager, in plaintext.
+    fn generate(mesh: &RunningPool, gen_dir: &Path) -> PyClient {
+        let venv = support::interop_venv();
+        let client = PyClient {
+            python: venv.join("bin/python"),
+            script: Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/interop/python/pool_client.py"),
+            gen_dir: gen_dir.to_path_buf(),
+            addr: mesh.manager_target(),
+            options: Vec::new(),
+        };
+        let mut generate = Command::new(&client.python);
+        generate
+            .arg(&client.script)
+            .arg("generate")
+            .arg("--proto-dir")
+            .arg(support::proto_dir())
+            .arg("--out")
+            .arg(&client.gen_dir);
+        let out = support::run_client(generate, Duration::from_secs(60));
+        out.assert_success("grpc_tools.protoc");
+        let generated = &out.json_lines()[0]["generated"];
+        for module in [
+            "pas/v1/pool_pb2.py",
+            "pas/v1/pool_pb2_grpc.py",
+            "pas/v1/task_pb2.py",
+            "pas/v1/programmer_pb2.py",
+        ] {
+            assert!(
+                generated
+                    .as_array()
+                    .is_some_and(|a| a.contains(&json!(module))),
+                "{module} not generated: {generated}"
+            );
+            assert!(
+                client.gen_dir.join(module).is_file(),
+                "{module} missing on disk"
+            );
+        }
+        client
+    }
+
+    /// The same client with other options (TLS, token).
+    fn with_options(&self, options: Vec<String>) -> PyClient {
+        PyClient {
+            python: self.python.clone(),
+            script: self.script.clone(),
+            gen_dir: self.gen_dir.clone(),
+            addr: self.addr.clone(),
+            options,
+        }
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.python);
         cmd.arg(&self.script)
             .arg("--gen")
             .arg(&self.gen_dir)
             .args(["--addr", &self.addr])
+            .args(&self.options)
             .args(args);
         cmd
     }
 
+    /// Runs a client command to its end, whatever its exit status.
+    fn output(&self, args: &[&str]) -> ClientOutput {
+        support::run_client(self.command(args), CLIENT_TIMEOUT)
+    }
+
     /// Runs a client command and returns its JSON lines (the client must exit 0).
     fn run(&self, args: &[&str], mesh: &RunningPool) -> Vec<Value> {
-        let out = support::run_client(self.command(args), CLIENT_TIMEOUT);
+        let out = self.output(args);
         if !out.status.success() {
             panic!(
                 "python client {args:?} failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}\n{}",
@@ -90,7 +155,6 @@ fn task_stream(lines: &[Value], context: &str) -> (TaskStream, Vec<Value>) {
 
 #[test]
 fn python_generated_client_dispatches_cancels_and_reads_pool_status() {
-    let venv = support::interop_venv();
     let slow = TestProgrammer {
         primary: "ollama/slow-coder:7b".into(),
         backup: "ollama/slow-coder:14b".into(),
@@ -105,44 +169,9 @@ fn python_generated_client_dispatches_cancels_and_reads_pool_status() {
         ],
         Some(HANGING_MODELS),
     );
-    let gen_dir = tempfile::tempdir().expect("temp dir");
-    let client = PyClient {
-        python: venv.join("bin/python"),
-        script: Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/python/pool_client.py"),
-        gen_dir: gen_dir.path().to_path_buf(),
-        addr: mesh.manager_target(),
-    };
-
     // 1. Generate the client from proto/ with grpcio-tools.
-    let proto = support::proto_dir();
-    let mut generate = Command::new(&client.python);
-    generate
-        .arg(&client.script)
-        .arg("generate")
-        .arg("--proto-dir")
-        .arg(&proto)
-        .arg("--out")
-        .arg(&client.gen_dir);
-    let out = support::run_client(generate, Duration::from_secs(60));
-    out.assert_success("grpc_tools.protoc");
-    let generated = &out.json_lines()[0]["generated"];
-    for module in [
-        "pas/v1/pool_pb2.py",
-        "pas/v1/pool_pb2_grpc.py",
-        "pas/v1/task_pb2.py",
-        "pas/v1/programmer_pb2.py",
-    ] {
-        assert!(
-            generated
-                .as_array()
-                .is_some_and(|a| a.contains(&json!(module))),
-            "{module} not generated: {generated}"
-        );
-        assert!(
-            client.gen_dir.join(module).is_file(),
-            "{module} missing on disk"
-        );
-    }
+    let gen_dir = tempfile::tempdir().expect("temp dir");
+    let client = PyClient::generate(&mesh, gen_dir.path());
 
     // 2. Dispatch a real task and read its stream to the result.
     let base = common::git_head(&mesh.sample());
@@ -320,4 +349,46 @@ fn python_generated_client_dispatches_cancels_and_reads_pool_status() {
         .filter_map(|p| p["port"].as_u64())
         .collect();
     assert_eq!(reported, ports, "{context}");
+}
+
+#[test]
+fn python_client_over_tls_with_a_dispatch_token_runs_a_task_and_the_read_token_is_refused() {
+    let mesh = RunningPool::start_secured(vec![TestProgrammer::free("001")], None);
+    let secured = mesh.secured();
+    let gen_dir = tempfile::tempdir().expect("temp dir");
+    let client = PyClient::generate(&mesh, gen_dir.path());
+    let request = support::docstring_request("interop-python-tls", "py-tls-1");
+    let dispatch = ["dispatch", "--request", request.as_str()];
+
+    // TLS without a client certificate: a read token may not dispatch, no token at all is
+    // unauthenticated, and neither reaches a programmer.
+    let read = client.with_options(support::client_tls_args(
+        secured,
+        false,
+        Some(&secured.read),
+    ));
+    read.output(&dispatch)
+        .assert_grpc_error("PERMISSION_DENIED", "Dispatch with the read token");
+    let anonymous = client.with_options(support::client_tls_args(secured, false, None));
+    anonymous
+        .output(&dispatch)
+        .assert_grpc_error("UNAUTHENTICATED", "Dispatch without a token");
+    mesh.assert_no_llm_request("a refused Dispatch runs nothing");
+
+    // TLS with the pool's client certificate and the dispatch token: a real task to its result.
+    let director = client.with_options(support::client_tls_args(
+        secured,
+        true,
+        Some(&secured.dispatch),
+    ));
+    let lines = director.run(&dispatch, &mesh);
+    let context = format!("python TLS dispatch lines: {lines:#?}\n{}", mesh.logs());
+    let (stream, other) = task_stream(&lines, &context);
+    assert_eq!(other, vec![json!({"end": "OK"})], "{context}");
+    assert_eq!(stream.task_id, "py-tls-1", "{context}");
+    stream.assert_real_success(&mesh.sample(), &context);
+
+    // The read token still reads the pool status.
+    let lines = read.run(&["status"], &mesh);
+    assert_eq!(lines[0]["pool_status"]["available"], 1, "{lines:?}");
 }

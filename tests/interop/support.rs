@@ -14,6 +14,7 @@
 
 use crate::common::Sim;
 use crate::common::pool::{ChildGuard, PoolOptions, SAMPLE_MODULE, TestPool, TestProgrammer};
+use crate::common::secure::{Secured, https_client, secure};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -26,6 +27,9 @@ pub struct RunningPool {
     procs: Vec<ChildGuard>,
     /// The harness: config, workspace root (with the `sample` repository), data dir, simulator.
     pub pool: TestPool,
+    /// Certificates and tokens when the pool runs with TLS and bearer tokens
+    /// ([`RunningPool::start_secured`]).
+    pub secured: Option<Secured>,
 }
 
 impl RunningPool {
@@ -33,11 +37,27 @@ impl RunningPool {
     /// (with `sim_script`, if any), every programmer and the manager, and waits until the manager
     /// sees every programmer available.
     pub fn start(programmers: Vec<TestProgrammer>, sim_script: Option<&str>) -> RunningPool {
+        Self::launch(Self::prepare(programmers, sim_script), None)
+    }
+
+    /// Like [`RunningPool::start`], with TLS on every listener (programmers require the pool's
+    /// client certificate) and bearer tokens on the manager: `pas certs init` and one token per
+    /// role ([`secure`]), nothing open without a token but health and reflection.
+    pub fn start_secured(
+        programmers: Vec<TestProgrammer>,
+        sim_script: Option<&str>,
+    ) -> RunningPool {
+        let pool = Self::prepare(programmers, sim_script);
+        let secured = secure(&pool, "[]");
+        Self::launch(pool, Some(secured))
+    }
+
+    /// The harness for `programmers` with the `sample` repository; no process of the pool yet.
+    fn prepare(programmers: Vec<TestProgrammer>, sim_script: Option<&str>) -> TestPool {
         let sim = match sim_script {
             Some(script) => Sim::start_with_script(script),
             None => Sim::start(),
         };
-        let n = programmers.len();
         let pool = TestPool::with_sim(
             PoolOptions {
                 programmers,
@@ -46,16 +66,27 @@ impl RunningPool {
             sim,
         );
         pool.sample_repo();
-        let mut procs: Vec<ChildGuard> = pool
-            .options
-            .programmers
-            .iter()
-            .map(|p| pool.start_programmer(&p.id))
-            .collect();
-        procs.push(pool.start_manager());
-        let running = RunningPool { procs, pool };
+        pool
+    }
+
+    /// Starts every programmer, then the manager, and waits until all are available.
+    fn launch(pool: TestPool, secured: Option<Secured>) -> RunningPool {
+        let n = pool.options.programmers.len();
+        let procs = pool.start_all();
+        let running = RunningPool {
+            procs,
+            pool,
+            secured,
+        };
         running.wait_available(n, Duration::from_secs(30));
         running
+    }
+
+    /// The secured pool's certificates and tokens; panics on a plaintext pool.
+    pub fn secured(&self) -> &Secured {
+        self.secured
+            .as_ref()
+            .expect("a pool started with RunningPool::start_secured")
     }
 
     /// The manager's `HOST:PORT` (what grpcurl and the clients dial).
@@ -73,13 +104,13 @@ impl RunningPool {
         self.pool.workspace_root.join("sample")
     }
 
-    /// Polls the manager's `GET /programmer_pool/status` until `n` programmers are available.
+    /// Polls the manager's `GET /programmer_pool/status` until `n` programmers are available
+    /// (over HTTPS with the `read` token on a secured pool).
     pub fn wait_available(&self, n: usize, timeout: Duration) {
-        let url = format!("{}/programmer_pool/status", self.pool.manager_url());
         let deadline = Instant::now() + timeout;
         let mut last = Value::Null;
         while Instant::now() < deadline {
-            if let Some(v) = try_get_json(&url) {
+            if let Some(v) = self.manager_status() {
                 if v["available"].as_u64().unwrap_or(0) as usize >= n {
                     return;
                 }
@@ -91,6 +122,25 @@ impl RunningPool {
             "the manager did not see {n} programmers available within {timeout:?}; last status: {last}\n{}",
             self.logs()
         );
+    }
+
+    /// The manager's `GET /programmer_pool/status` document; None while it cannot be fetched.
+    pub fn manager_status(&self) -> Option<Value> {
+        let path = "/programmer_pool/status";
+        match &self.secured {
+            None => try_get_json(&format!("{}{path}", self.pool.manager_url())),
+            Some(s) => fetch_json(|| {
+                https_client(&s.files("client"))
+                    .get(format!("https://{}{path}", self.manager_target()))
+                    .bearer_auth(&s.read)
+            }),
+        }
+    }
+
+    /// Asserts the simulator got no LLM request yet: nothing ran aider (`what` says why not).
+    pub fn assert_no_llm_request(&self, what: &str) {
+        let requests = get_json(&self.pool.sim.url("/_sim/requests"));
+        assert_eq!(requests, serde_json::json!([]), "{what}\n{}", self.logs());
     }
 
     /// Every process's log, for failure messages.
@@ -106,12 +156,18 @@ impl RunningPool {
 
 /// `GET url` as JSON; None when the server cannot be reached or the body is not JSON.
 pub fn try_get_json(url: &str) -> Option<Value> {
+    fetch_json(|| reqwest::Client::new().get(url))
+}
+
+/// Sends the request `build` makes (inside a runtime of its own, so build the client there too)
+/// and reads the body as JSON; None when that fails.
+pub fn fetch_json(build: impl FnOnce() -> reqwest::RequestBuilder) -> Option<Value> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let resp = reqwest::get(url).await.ok()?;
+        let resp = build().send().await.ok()?;
         resp.json().await.ok()
     })
 }
@@ -144,6 +200,19 @@ impl ClientOutput {
             self.stderr
         );
         self
+    }
+
+    /// Asserts a Python or Node client's call ended with gRPC status `code` (e.g.
+    /// `PERMISSION_DENIED`): exit status 1 and one line `{"error": {"code": CODE, …}}`.
+    pub fn assert_grpc_error(&self, code: &str, what: &str) {
+        let context = format!(
+            "{what}: the call must fail with {code}:\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.stdout, self.stderr
+        );
+        assert_eq!(self.status.code(), Some(1), "{context}");
+        let lines = self.json_lines();
+        assert_eq!(lines.len(), 1, "{context}");
+        assert_eq!(lines[0]["error"]["code"], code, "{context}");
     }
 
     /// stdout as JSON lines (one object per line).
@@ -201,6 +270,39 @@ pub fn run_client(mut command: Command, timeout: Duration) -> ClientOutput {
         stdout: read_or_empty(&out_path),
         stderr: read_or_empty(&err_path),
     }
+}
+
+/// The TLS options the Python and Node clients take for a secured pool: `--cacert` (the pool
+/// CA), with `client_cert` also `--cert`/`--key` (the pool's `client` certificate), and
+/// `--token TOKEN` when given.
+pub fn client_tls_args(secured: &Secured, client_cert: bool, token: Option<&str>) -> Vec<String> {
+    let files = secured.files("client");
+    let mut args = vec!["--cacert".to_string(), files.ca.display().to_string()];
+    if client_cert {
+        args.extend([
+            "--cert".to_string(),
+            files.cert.display().to_string(),
+            "--key".to_string(),
+            files.key.display().to_string(),
+        ]);
+    }
+    if let Some(token) = token {
+        args.extend(["--token".to_string(), token.to_string()]);
+    }
+    args
+}
+
+/// A DispatchRequest as proto JSON: the task most interop tests run, docstrings for the sample
+/// repository's `src/module.py`, with its run id and task id.
+pub fn docstring_request(run_id: &str, task_id: &str) -> String {
+    serde_json::json!({
+        "task_description": "Add docstrings to all functions",
+        "files": ["src/module.py"],
+        "workspace": "sample",
+        "run_id": run_id,
+        "task_id": task_id,
+    })
+    .to_string()
 }
 
 /// The interop venv (`$PAS_INTEROP_VENV` or `<crate>/.interop-venv`). Panics — so the test fails,

@@ -9,11 +9,15 @@
 //   {"pool_status": {...}}                            status: the GetPoolStatus response
 //
 // Usage:
-//   node pool_client.js --proto-dir proto --addr HOST:PORT dispatch --request JSON
-//   node pool_client.js --proto-dir proto --addr HOST:PORT status
+//   node pool_client.js --proto-dir proto --addr HOST:PORT [TLS] dispatch --request JSON
+//   node pool_client.js --proto-dir proto --addr HOST:PORT [TLS] status
+// Without TLS options the channel is plaintext (h2c). TLS: --cacert CA.pem verifies the server
+// (grpc.credentials.createSsl), --cert/--key present a client certificate, and --token TOKEN sends
+// `authorization: Bearer TOKEN` with every call (call credentials combined with the channel's).
 // Exit status: 0 when the call completed (whatever the task's outcome), 1 on a gRPC error, 2 on usage.
 'use strict';
 
+const fs = require('node:fs');
 const path = require('node:path');
 const { parseArgs } = require('node:util');
 const grpc = require('@grpc/grpc-js');
@@ -25,7 +29,8 @@ function emit(obj) {
 
 function usage(message) {
   process.stderr.write(`${message}\nusage: pool_client.js --proto-dir DIR --addr HOST:PORT ` +
-    '[--timeout S] (dispatch --request JSON | status)\n');
+    '[--timeout S] [--cacert CA.pem [--cert CERT.pem --key KEY.pem] [--token TOKEN]] ' +
+    '(dispatch --request JSON | status)\n');
   process.exit(2);
 }
 
@@ -41,6 +46,24 @@ function loadPool(protoDir) {
     includeDirs: [protoDir],
   });
   return grpc.loadPackageDefinition(definition).pas.v1;
+}
+
+// Plaintext, or TLS with the CA, the optional client certificate and the optional bearer token.
+function credentials(values) {
+  if (!values.cacert) {
+    if (values.cert || values.key || values.token) usage('--cert, --key and --token need --cacert (TLS)');
+    return grpc.credentials.createInsecure();
+  }
+  if (Boolean(values.cert) !== Boolean(values.key)) usage('--cert and --key go together');
+  const read = (file) => (file ? fs.readFileSync(file) : null);
+  const tls = grpc.credentials.createSsl(read(values.cacert), read(values.key), read(values.cert));
+  if (!values.token) return tls;
+  const bearer = grpc.credentials.createFromMetadataGenerator((_params, callback) => {
+    const metadata = new grpc.Metadata();
+    metadata.set('authorization', `Bearer ${values.token}`);
+    callback(null, metadata);
+  });
+  return grpc.credentials.combineChannelCredentials(tls, bearer);
 }
 
 function errorLine(err) {
@@ -104,6 +127,10 @@ async function main() {
         addr: { type: 'string' },
         timeout: { type: 'string', default: '120' },
         request: { type: 'string' },
+        cacert: { type: 'string' },
+        cert: { type: 'string' },
+        key: { type: 'string' },
+        token: { type: 'string' },
       },
     });
   } catch (e) {
@@ -115,7 +142,7 @@ async function main() {
   }
   const timeoutS = Number(values.timeout);
   const pas = loadPool(path.resolve(values['proto-dir']));
-  const client = new pas.ProgrammerPool(values.addr, grpc.credentials.createInsecure());
+  const client = new pas.ProgrammerPool(values.addr, credentials(values));
   let code;
   switch (positionals[0]) {
     case 'dispatch':

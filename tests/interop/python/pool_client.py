@@ -14,9 +14,13 @@ assert on the exact sequence of what the server sent:
 
 Usage:
     pool_client.py generate --proto-dir proto --out DIR
-    pool_client.py --gen DIR --addr HOST:PORT dispatch --request JSON
-    pool_client.py --gen DIR --addr HOST:PORT cancel --request JSON [--after assigned|output]
-    pool_client.py --gen DIR --addr HOST:PORT status
+    pool_client.py --gen DIR --addr HOST:PORT [TLS] dispatch --request JSON
+    pool_client.py --gen DIR --addr HOST:PORT [TLS] cancel --request JSON [--after assigned|output]
+    pool_client.py --gen DIR --addr HOST:PORT [TLS] status
+
+Without TLS options the channel is plaintext (h2c). TLS: --cacert CA.pem verifies the server
+(grpc.ssl_channel_credentials), --cert/--key present a client certificate, and --token TOKEN sends
+`authorization: Bearer TOKEN` with every call (grpc.access_token_call_credentials).
 
 Exit status: 0 when the call(s) completed (whatever the task's outcome), 1 on a gRPC error, 2 on a
 usage or generation error.
@@ -145,11 +149,40 @@ def cmd_status(stub, pool_pb2, args):
     return 0
 
 
+def open_channel(args, parser):
+    """A plaintext channel, or a TLS channel with the CA, the optional client certificate and the
+    optional bearer token as call credentials."""
+    if not args.cacert:
+        if args.cert or args.key or args.token:
+            parser.error("--cert, --key and --token need --cacert (TLS)")
+        return grpc.insecure_channel(args.addr)
+    if bool(args.cert) != bool(args.key):
+        parser.error("--cert and --key go together")
+
+    def read(path):
+        return Path(path).read_bytes() if path else None
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(args.cacert),
+        private_key=read(args.key),
+        certificate_chain=read(args.cert),
+    )
+    if args.token:
+        credentials = grpc.composite_channel_credentials(
+            credentials, grpc.access_token_call_credentials(args.token)
+        )
+    return grpc.secure_channel(args.addr, credentials)
+
+
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gen", help="directory holding the generated modules")
     parser.add_argument("--addr", help="the manager, HOST:PORT")
     parser.add_argument("--timeout", type=float, default=120.0, help="deadline of each call, seconds")
+    parser.add_argument("--cacert", help="TLS: the CA certificate (PEM) the server's must be signed by")
+    parser.add_argument("--cert", help="TLS: a client certificate (PEM) to present")
+    parser.add_argument("--key", help="TLS: the client certificate's private key (PEM)")
+    parser.add_argument("--token", help="bearer token sent as `authorization: Bearer TOKEN` (needs TLS)")
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate")
     g.add_argument("--proto-dir", required=True)
@@ -167,8 +200,9 @@ def main(argv):
     if not args.gen or not args.addr:
         parser.error("--gen and --addr are required for this command")
 
+    channel = open_channel(args, parser)
     pool_pb2, pool_pb2_grpc = load_stubs(args.gen)
-    with grpc.insecure_channel(args.addr) as channel:
+    with channel:
         stub = pool_pb2_grpc.ProgrammerPoolStub(channel)
         handler = {"dispatch": cmd_dispatch, "cancel": cmd_cancel, "status": cmd_status}[args.command]
         return handler(stub, pool_pb2, args)
