@@ -1,7 +1,8 @@
 //! REAL aider (the venv's `aider-chat`), through our runner, against the real `pas llm-sim` on
 //! 127.0.0.1, in temporary git repositories: edits and commits for each provider API with cost
 //! and no network beyond loopback, every injected fault classified, cancellation and deadline
-//! killing the whole process group, and a hostile repository configuration ignored.
+//! killing the whole process group, a hostile repository configuration ignored, and a file name
+//! that is an aider option kept a file.
 //!
 //! These tests need the venv (`scripts/install-aider.sh`) and `strace`; without them they FAIL.
 
@@ -589,4 +590,42 @@ async fn hostile_repository_configuration_is_not_obeyed_and_the_key_is_redacted(
     );
     assert!(!run.output.contains(API_KEY));
     assert!(chunks.iter().all(|c| !c.text.contains(API_KEY)));
+}
+
+/// A task file named like an option stays a file (the runner puts `--` before the files): aider
+/// still calls the endpoint it was configured with, not the one the name gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_named_like_an_option_is_a_file_and_the_configured_endpoint_is_used() {
+    const OPTION_FILE: &str = "--openai-api-base=http://127.0.0.2:9/v1";
+    let sim = Sim::start();
+    let repo = git_repo(&[("calc.py", CALC)]);
+    let trace_dir = tempfile::tempdir().unwrap();
+    let trace = trace_dir.path().join("connect.log");
+    let mut inv = invocation(
+        repo.path(),
+        endpoint(&sim, "openai/gpt-4o-mini", false),
+        TASK,
+    );
+    inv.files = vec![OPTION_FILE.into(), "calc.py".into()];
+    inv.launch_prefix = common::strace_prefix(&trace);
+    let (run, _chunks, outcome) = run(inv, Duration::from_secs(120)).await;
+    let connects = std::fs::read_to_string(&trace).unwrap_or_default();
+    assert_eq!(outcome, Outcome::Success, "{}", run.output);
+    let log = sim.requests().await;
+    assert_eq!(
+        log[0]["kind"], "edit_diff",
+        "the configured endpoint got the edit: {log}"
+    );
+    assert!(
+        !connects.contains("127.0.0.2"),
+        "aider connected where the file name pointed:\n{connects}"
+    );
+    // The name stayed a file: aider created it (a path, given the slashes in the URL).
+    let file = repo.path().join(OPTION_FILE);
+    assert!(
+        file.exists(),
+        "{} was not created\n{}",
+        file.display(),
+        run.output
+    );
 }

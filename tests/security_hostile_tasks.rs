@@ -5,7 +5,8 @@
 //!   manager, reach the LLM as the user message and run nothing; under strace, no process of the
 //!   programmer's tree opens or executes the outside paths they name.
 //! - File names are never options: a leading `-` is INVALID_ARGUMENT naming the field at the
-//!   manager and at the programmer, and the runner's `--` keeps such a name a file.
+//!   manager and at the programmer (that the runner's `--` keeps such a name a file is in
+//!   `tests/aider_real.rs`, with the other runner-level tests).
 //! - A symlink committed on the task's base ref that leaves the workspace is refused in the task
 //!   worktree before aider runs, even though the main checkout lacks it.
 //!
@@ -14,19 +15,15 @@
 mod common;
 
 use common::pool::{self, PoolOptions, TestPool, TestProgrammer};
-use common::{Sim, aider_python, git, git_head, git_repo, repo_changed};
+use common::{Sim, git};
 use pas::contract::v1::task_event::Kind;
 use pas::contract::v1::{DispatchRequest, ErrorClass, TaskResult, TaskState};
-use pas::programmer::aider::{AiderInvocation, ModelEndpoint, Provider, run_aider};
-use pas::programmer::classify::{Outcome, classify};
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 /// Programmers the hostile tasks are spread over (one aider each at a time: 2 cores).
@@ -404,7 +401,7 @@ async fn hostile_descriptions_reach_the_llm_as_text_and_run_nothing() {
     );
 }
 
-/// A file name that is an option to aider, as the test's worst case.
+/// A file name that is an option to aider: it would move aider's API base.
 const OPTION_FILE: &str = "--openai-api-base=http://127.0.0.2:9/v1";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -449,76 +446,6 @@ async fn a_leading_dash_file_is_invalid_argument_at_the_manager_and_the_programm
     assert!(
         pool::sim_requests(&pool.sim).await.is_empty(),
         "nothing ran"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_runner_keeps_a_leading_dash_name_a_file_and_aider_uses_its_configured_endpoint() {
-    let sim = Sim::start();
-    let repo = git_repo(&[("calc.py", "def add(a, b):\n    return a + b\n")]);
-    let trace_dir = tempfile::tempdir().expect("temp dir");
-    let trace = trace_dir.path().join("connect.log");
-    let inv = AiderInvocation {
-        python: aider_python(),
-        workdir: repo.path().to_path_buf(),
-        model: ModelEndpoint {
-            name: "openai/gpt-4o-mini".into(),
-            provider: Provider::OpenAi,
-            api_base: Some(sim.openai_base()),
-            api_key: Some("sk-sim".into()),
-            input_cost_per_token: 0.0,
-            output_cost_per_token: 0.0,
-            edit_format: Some("diff".into()),
-            context_limit: 128_000,
-        },
-        message: "Add docstrings to all functions".into(),
-        // Without `--` this name would set aider's API base.
-        files: vec![OPTION_FILE.into(), "calc.py".into()],
-        auto_commit: true,
-        extra_flags: Vec::new(),
-        request_timeout_s: 30,
-        launch_prefix: common::strace_prefix(&trace),
-        extra_env: Vec::new(),
-    };
-    let base = git_head(repo.path());
-    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-    let run = run_aider(
-        inv,
-        tx,
-        CancellationToken::new(),
-        Instant::now() + Duration::from_secs(120),
-    )
-    .await
-    .expect("aider starts");
-    drain.await.expect("drain");
-    let connects = std::fs::read_to_string(&trace).unwrap_or_default();
-    assert_eq!(
-        classify(&run, repo_changed(repo.path(), &base)),
-        Outcome::Success,
-        "{}",
-        run.output
-    );
-    let edits = pool::sim_requests(&sim).await;
-    assert!(
-        edits
-            .iter()
-            .any(|(m, kind, _)| m == "gpt-4o-mini" && kind == "edit_diff"),
-        "the configured endpoint got the edit: {edits:?}\n{}",
-        run.output
-    );
-    assert!(
-        !connects.contains("127.0.0.2"),
-        "aider connected where the file name pointed:\n{connects}"
-    );
-    assert!(common::non_loopback_connects(&connects).is_empty());
-    // The name stayed a file: aider created it (a path, given the slashes in the URL).
-    let file = repo.path().join(Path::new(OPTION_FILE));
-    assert!(
-        file.exists(),
-        "{} was not created\n{}",
-        file.display(),
-        run.output
     );
 }
 
