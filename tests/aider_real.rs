@@ -592,11 +592,15 @@ async fn hostile_repository_configuration_is_not_obeyed_and_the_key_is_redacted(
     assert!(chunks.iter().all(|c| !c.text.contains(API_KEY)));
 }
 
-/// A task file named like an option stays a file (the runner puts `--` before the files): aider
-/// still calls the endpoint it was configured with, not the one the name gives.
+/// Task files named like options stay files (the runner puts `--` before the files): aider still
+/// calls the endpoint it was configured with, not the one the names give.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_named_like_an_option_is_a_file_and_the_configured_endpoint_is_used() {
-    const OPTION_FILE: &str = "--openai-api-base=http://127.0.0.2:9/v1";
+async fn files_named_like_options_are_files_and_the_configured_endpoint_is_used() {
+    // As options, either would point aider at 127.0.0.2 (litellm reads OPENAI_BASE_URL first).
+    const OPTION_FILES: [&str; 2] = [
+        "--openai-api-base=http://127.0.0.2:9/v1",
+        "--set-env=OPENAI_BASE_URL=http://127.0.0.2:9/v1",
+    ];
     let sim = Sim::start();
     let repo = git_repo(&[("calc.py", CALC)]);
     let trace_dir = tempfile::tempdir().unwrap();
@@ -606,26 +610,30 @@ async fn a_file_named_like_an_option_is_a_file_and_the_configured_endpoint_is_us
         endpoint(&sim, "openai/gpt-4o-mini", false),
         TASK,
     );
-    inv.files = vec![OPTION_FILE.into(), "calc.py".into()];
+    inv.files = OPTION_FILES.iter().map(|f| f.to_string()).collect();
+    inv.files.push("calc.py".into());
     inv.launch_prefix = common::strace_prefix(&trace);
     let (run, _chunks, outcome) = run(inv, Duration::from_secs(120)).await;
     let connects = std::fs::read_to_string(&trace).unwrap_or_default();
+    assert!(
+        !connects.contains("127.0.0.2"),
+        "aider connected where a file name pointed:\n{connects}\n{}",
+        run.output
+    );
     assert_eq!(outcome, Outcome::Success, "{}", run.output);
     let log = sim.requests().await;
     assert_eq!(
         log[0]["kind"], "edit_diff",
         "the configured endpoint got the edit: {log}"
     );
-    assert!(
-        !connects.contains("127.0.0.2"),
-        "aider connected where the file name pointed:\n{connects}"
-    );
-    // The name stayed a file: aider created it (a path, given the slashes in the URL).
-    let file = repo.path().join(OPTION_FILE);
-    assert!(
-        file.exists(),
-        "{} was not created\n{}",
-        file.display(),
-        run.output
-    );
+    // The names stayed files: aider created them (paths, given the slashes in the URLs).
+    for name in OPTION_FILES {
+        let file = repo.path().join(name);
+        assert!(
+            file.exists(),
+            "{} was not created\n{}",
+            file.display(),
+            run.output
+        );
+    }
 }
