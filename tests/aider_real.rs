@@ -637,3 +637,40 @@ async fn files_named_like_options_are_files_and_the_configured_endpoint_is_used(
         );
     }
 }
+
+/// The launcher's last line of defence: even when a task file is a symlink out of the worktree
+/// (request checks refuse that before aider runs; this runner-level call skips them), aider
+/// refuses to write through it and the outside file keeps its content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aider_refuses_to_edit_a_path_that_resolves_outside_the_worktree() {
+    let sim = Sim::start();
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("outside.py");
+    std::fs::write(&target, CALC).unwrap();
+    let repo = git_repo(&[("calc.py", CALC)]);
+    std::os::unix::fs::symlink(&target, repo.path().join("link.py")).unwrap();
+    common::git(repo.path(), &["add", "link.py"]);
+    common::git(repo.path(), &["commit", "-q", "-m", "link out"]);
+    let mut inv = invocation(
+        repo.path(),
+        endpoint(&sim, "openai/gpt-4o-mini", false),
+        TASK,
+    );
+    inv.files = vec!["link.py".into()];
+    let (run, _chunks, outcome) = run(inv, Duration::from_secs(120)).await;
+    assert!(
+        run.output.contains("resolves outside the worktree"),
+        "{}",
+        run.output
+    );
+    assert_ne!(outcome, Outcome::Success, "{}", run.output);
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), CALC);
+    assert!(
+        !outside
+            .path()
+            .read_dir()
+            .unwrap()
+            .any(|e| e.unwrap().path() != target),
+        "nothing created outside"
+    );
+}

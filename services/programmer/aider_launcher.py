@@ -100,40 +100,57 @@ aider.commands.Commands.run = _refuse_command
 
 
 # 5-8. Methods replaced on Coder and on every coder class that overrides them.
-def _no_file_mentions(self, content):
-    return None
-
-
-def _no_shell_commands(self, *args, **kwargs):
-    return ""
-
-
-def _text_unchanged(self, inp):
-    return inp
-
-
-_original_allowed_to_edit = aider.coders.base_coder.Coder.allowed_to_edit
-
-
-def _allowed_to_edit_inside_worktree(self, path, *args, **kwargs):
-    root = os.path.realpath(self.root)
-    if not inside(root, self.abs_root_path(path)) or not inside(WORKTREE, root):
-        self.io.tool_error(f"Refused to edit {path}: it resolves outside the worktree.")
+def _no_file_mentions(_original):
+    def check_for_file_mentions(self, content):
         return None
-    return _original_allowed_to_edit(self, path, *args, **kwargs)
+
+    return check_for_file_mentions
+
+
+def _no_shell_commands(_original):
+    def run_no_shell_commands(self, *args, **kwargs):
+        return ""
+
+    return run_no_shell_commands
+
+
+def _no_url_fetches(_original):
+    def check_for_urls(self, inp):
+        return inp
+
+    return check_for_urls
+
+
+def _confined_to_worktree(original):
+    def allowed_to_edit(self, path, *args, **kwargs):
+        root = os.path.realpath(self.root)
+        if not inside(root, self.abs_root_path(path)) or not inside(WORKTREE, root):
+            self.io.tool_error(f"Refused to edit {path}: it resolves outside the worktree.")
+            return None
+        return original(self, path, *args, **kwargs)
+
+    return allowed_to_edit
 
 
 _REPLACED = {
     "check_for_file_mentions": _no_file_mentions,
     "run_shell_commands": _no_shell_commands,
     "handle_shell_commands": _no_shell_commands,
-    "check_for_urls": _text_unchanged,
-    "allowed_to_edit": _allowed_to_edit_inside_worktree,
+    "check_for_urls": _no_url_fetches,
+    "allowed_to_edit": _confined_to_worktree,
 }
-for _cls in [aider.coders.base_coder.Coder, *aider.coders.__all__]:
-    for _name, _replacement in _REPLACED.items():
-        if _cls is aider.coders.base_coder.Coder or _name in vars(_cls):
-            setattr(_cls, _name, _replacement)
+
+
+def _coder_classes(cls):
+    yield cls
+    for sub in cls.__subclasses__():
+        yield from _coder_classes(sub)
+
+
+for _cls in set(_coder_classes(aider.coders.base_coder.Coder)):
+    for _name, _replace in _REPLACED.items():
+        if _name in vars(_cls):
+            setattr(_cls, _name, _replace(vars(_cls)[_name]))
 
 _original_write_text = aider.io.InputOutput.write_text
 
