@@ -8,11 +8,12 @@
 //!
 //! - [`Workspace::open`] resolves a caller-supplied workspace name under the configured root and
 //!   refuses anything that escapes it or is not the top level of a git repository with commits.
-//! - [`check_file_in`] / [`Workspace::check_file`] vet a task file path: relative, no `..`, not in
-//!   `.git`, not one of aider's own `.aider*` files, no symlink escape.
-//! - [`open_checked`], [`check_id`], [`check_description`], [`check_ref`] turn those rules into
-//!   INVALID_ARGUMENT [`Status`]es whose message starts with the offending field (`workspace`,
-//!   `files[3]`, `task_id`, …), so a caller can fix its request.
+//! - [`check_file_in`] / [`Workspace::check_file`] vet a task file path: relative, no leading `-`
+//!   (never an option on aider's command line), no `..`, not in `.git`, not one of aider's own
+//!   `.aider*` files, no symlink escape.
+//! - [`open_checked`], [`check_files`], [`check_id`], [`check_description`], [`check_ref`] turn
+//!   those rules into INVALID_ARGUMENT [`Status`]es whose message starts with the offending
+//!   field (`workspace`, `files[3]`, `task_id`, …), so a caller can fix its request.
 //!
 //! The programmer's task worktrees extend [`Workspace`] in [`crate::programmer::worktree`].
 
@@ -120,6 +121,13 @@ pub enum PathError {
     /// Empty path.
     #[error("file path is empty")]
     Empty,
+    /// Starts with `-`: aider (and git) would read the name as an option, e.g.
+    /// `--openai-api-base=…` or `--test-cmd=…`. The runner also puts `--` before the files.
+    #[error("file path {path:?} starts with '-', which a command line reads as an option")]
+    LeadingDash {
+        /// The path as given.
+        path: String,
+    },
     /// A NUL byte in the path.
     #[error("file path {path:?} contains a NUL byte")]
     Nul {
@@ -498,8 +506,8 @@ fn is_aider_name(part: &OsStr) -> bool {
         .is_some_and(|p| p.eq_ignore_ascii_case(b".aider"))
 }
 
-/// Vet task file path `rel` against the directory `root` (canonical): relative, no NUL, no `..`
-/// component, not inside `.git`, no `.aider*` component, and — after resolving the symlinks of
+/// Vet task file path `rel` against the directory `root` (canonical): relative, no leading `-`,
+/// no NUL, no `..` component, not inside `.git`, no `.aider*` component, and — after resolving the symlinks of
 /// the existing part of the path — still inside `root` and still neither in `.git` nor an
 /// `.aider*` file. A file that does not exist yet is fine if its deepest existing ancestor is a
 /// directory inside `root`.
@@ -507,6 +515,9 @@ pub fn check_file_in(root: &Path, rel: &str) -> Result<(), PathError> {
     let owned = || rel.to_string();
     if rel.is_empty() {
         return Err(PathError::Empty);
+    }
+    if rel.starts_with('-') {
+        return Err(PathError::LeadingDash { path: owned() });
     }
     if rel.contains('\0') {
         return Err(PathError::Nul { path: owned() });
@@ -724,26 +735,34 @@ pub async fn open_checked(
             Status::internal(format!("workspace: {e}"))
         }
     })?;
+    check_files(ws.path(), files).await?;
+    Ok(ws)
+}
+
+/// Vet every task file against the directory `root` (canonical) as the request check
+/// [`open_checked`] does: `files[i]` names a refused path ([`PathError`] messages) or one listed
+/// twice (after dropping `.` components and doubled slashes); I/O failures are INTERNAL. The
+/// manager and the programmer run it against the workspace at admission, the programmer again
+/// against a task's own worktree at its base commit.
+pub async fn check_files(root: &Path, files: &[String]) -> Result<(), Status> {
     // The path checks are file-system calls (a few per file). A handful cost less than the
     // hand-off to the blocking pool, which would put two thread switches on every dispatch;
     // long lists go off the async workers.
     if files.len() <= INLINE_FILE_CHECKS {
-        check_files(&ws, files)?;
-        return Ok(ws);
+        return check_files_blocking(root, files);
     }
-    let checked = ws.clone();
+    let root = root.to_path_buf();
     let files = files.to_vec();
-    tokio::task::spawn_blocking(move || check_files(&checked, &files))
+    tokio::task::spawn_blocking(move || check_files_blocking(&root, &files))
         .await
-        .map_err(|e| Status::internal(format!("file path checks did not finish: {e}")))??;
-    Ok(ws)
+        .map_err(|e| Status::internal(format!("file path checks did not finish: {e}")))?
 }
 
-fn check_files(ws: &Workspace, files: &[String]) -> Result<(), Status> {
+fn check_files_blocking(root: &Path, files: &[String]) -> Result<(), Status> {
     let mut seen: HashMap<PathBuf, usize> = HashMap::with_capacity(files.len());
     for (i, file) in files.iter().enumerate() {
         let field = format!("files[{i}]");
-        ws.check_file(file).map_err(|e| {
+        check_file_in(root, file).map_err(|e| {
             if e.is_invalid_argument() {
                 invalid(&field, &e.to_string())
             } else {
@@ -1061,6 +1080,9 @@ mod tests {
             ("sub/.aider.chat.history.md", ".aider*"),
             (".aider.tags.cache.v4/cache.db", ".aider*"),
             ("conf", ".aider*"),
+            ("-rf", "starts with '-'"),
+            ("--openai-api-base=http://elsewhere/v1", "starts with '-'"),
+            ("--test-cmd=touch X", "starts with '-'"),
         ] {
             let list = files(&["README.md", bad]);
             let m = assert_field(

@@ -1,7 +1,8 @@
 //! REAL aider (the venv's `aider-chat`), through our runner, against the real `pas llm-sim` on
 //! 127.0.0.1, in temporary git repositories: edits and commits for each provider API with cost
 //! and no network beyond loopback, every injected fault classified, cancellation and deadline
-//! killing the whole process group, and a hostile repository configuration ignored.
+//! killing the whole process group, a hostile repository configuration ignored, and a file name
+//! that is an aider option kept a file.
 //!
 //! These tests need the venv (`scripts/install-aider.sh`) and `strace`; without them they FAIL.
 
@@ -589,4 +590,87 @@ async fn hostile_repository_configuration_is_not_obeyed_and_the_key_is_redacted(
     );
     assert!(!run.output.contains(API_KEY));
     assert!(chunks.iter().all(|c| !c.text.contains(API_KEY)));
+}
+
+/// Task files named like options stay files (the runner puts `--` before the files): aider still
+/// calls the endpoint it was configured with, not the one the names give.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_named_like_options_are_files_and_the_configured_endpoint_is_used() {
+    // As options, either would point aider at 127.0.0.2 (litellm reads OPENAI_BASE_URL first).
+    const OPTION_FILES: [&str; 2] = [
+        "--openai-api-base=http://127.0.0.2:9/v1",
+        "--set-env=OPENAI_BASE_URL=http://127.0.0.2:9/v1",
+    ];
+    let sim = Sim::start();
+    let repo = git_repo(&[("calc.py", CALC)]);
+    let trace_dir = tempfile::tempdir().unwrap();
+    let trace = trace_dir.path().join("connect.log");
+    let mut inv = invocation(
+        repo.path(),
+        endpoint(&sim, "openai/gpt-4o-mini", false),
+        TASK,
+    );
+    inv.files = OPTION_FILES.iter().map(|f| f.to_string()).collect();
+    inv.files.push("calc.py".into());
+    inv.launch_prefix = common::strace_prefix(&trace);
+    let (run, _chunks, outcome) = run(inv, Duration::from_secs(120)).await;
+    let connects = std::fs::read_to_string(&trace).unwrap_or_default();
+    assert!(
+        !connects.contains("127.0.0.2"),
+        "aider connected where a file name pointed:\n{connects}\n{}",
+        run.output
+    );
+    assert_eq!(outcome, Outcome::Success, "{}", run.output);
+    let log = sim.requests().await;
+    assert_eq!(
+        log[0]["kind"], "edit_diff",
+        "the configured endpoint got the edit: {log}"
+    );
+    // The names stayed files: aider created them (paths, given the slashes in the URLs).
+    for name in OPTION_FILES {
+        let file = repo.path().join(name);
+        assert!(
+            file.exists(),
+            "{} was not created\n{}",
+            file.display(),
+            run.output
+        );
+    }
+}
+
+/// The launcher's last line of defence: even when a task file is a symlink out of the worktree
+/// (request checks refuse that before aider runs; this runner-level call skips them), aider
+/// refuses to write through it and the outside file keeps its content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aider_refuses_to_edit_a_path_that_resolves_outside_the_worktree() {
+    let sim = Sim::start();
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("outside.py");
+    std::fs::write(&target, CALC).unwrap();
+    let repo = git_repo(&[("calc.py", CALC)]);
+    std::os::unix::fs::symlink(&target, repo.path().join("link.py")).unwrap();
+    common::git(repo.path(), &["add", "link.py"]);
+    common::git(repo.path(), &["commit", "-q", "-m", "link out"]);
+    let mut inv = invocation(
+        repo.path(),
+        endpoint(&sim, "openai/gpt-4o-mini", false),
+        TASK,
+    );
+    inv.files = vec!["link.py".into()];
+    let (run, _chunks, outcome) = run(inv, Duration::from_secs(120)).await;
+    assert!(
+        run.output.contains("resolves outside the worktree"),
+        "{}",
+        run.output
+    );
+    assert_ne!(outcome, Outcome::Success, "{}", run.output);
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), CALC);
+    assert!(
+        !outside
+            .path()
+            .read_dir()
+            .unwrap()
+            .any(|e| e.unwrap().path() != target),
+        "nothing created outside"
+    );
 }

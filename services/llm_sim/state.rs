@@ -13,6 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How many requests `GET /_sim/requests` remembers.
 const LOG_CAPACITY: usize = 1000;
+/// How much of the last user message a log entry keeps (characters).
+const USER_MESSAGE_CHARS: usize = 4096;
 
 /// Which provider API a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -50,7 +52,7 @@ pub struct ModelUsage {
     pub completion_tokens: u64,
 }
 
-/// One entry of the request log (no prompt bodies).
+/// One entry of the request log (no prompt bodies beyond the start of the last user message).
 #[derive(Debug, Clone, Serialize)]
 pub struct RequestRecord {
     /// 1-based sequence number since start or reset.
@@ -71,6 +73,9 @@ pub struct RequestRecord {
     pub rule: String,
     /// The fault injected (`none` if none).
     pub fault: String,
+    /// The last user message (for an edit: the task as aider sent it), trimmed, at most
+    /// 4096 characters: lets a test see exactly what text reached the LLM.
+    pub user_message: String,
     /// Estimated prompt tokens.
     pub prompt_tokens: u64,
     /// Estimated completion tokens.
@@ -181,6 +186,10 @@ impl SimState {
             kind: kind.as_str().to_string(),
             rule: decision.rule.clone(),
             fault: fault.to_string(),
+            user_message: edit::task(messages)
+                .chars()
+                .take(USER_MESSAGE_CHARS)
+                .collect(),
             prompt_tokens,
             completion_tokens,
         };
@@ -301,6 +310,7 @@ mod tests {
             (2, 1, 4)
         );
         assert_eq!(state.requests().len(), 2);
+        assert_eq!(state.requests()[1].user_message, "abcdefgh");
         state.reset();
         assert!(state.usage().is_empty());
         let p = state.plan(Api::Openai, "/x", "bad", true, &msgs);

@@ -180,6 +180,17 @@ mod tests {
                 },
                 "files[2]",
             ),
+            (
+                DispatchRequest {
+                    files: vec![
+                        "a.md".into(),
+                        "b.md".into(),
+                        "--openai-api-base=http://elsewhere/v1".into(),
+                    ],
+                    ..request()
+                },
+                "files[2]",
+            ),
         ];
         for (req, field) in cases {
             let s = validate(&req, &WorkspaceCache::new(&root))

@@ -5,6 +5,10 @@
 //! - aider runs through our embedded launcher ([`LAUNCHER_PY`]) which disables aider's own retry
 //!   loop (the first LLM error is final: our failover owns retrying) and stops aider from reading
 //!   the repository's `.aider.conf.yml` and `.env` files;
+//! - the task text is data: it is one `--message=<text>` argument, and the launcher makes aider
+//!   send it to the LLM as the user message, never run it as an aider command (`!cmd`, `/run`,
+//!   `/load`, …), add files it mentions, run shell commands the LLM suggests, or edit a path
+//!   outside the worktree; the task files follow `--`, so none is ever read as an option;
 //! - no shell, a cleared environment and a private HOME per run, so nothing from the machine or the
 //!   repository steers aider; every security-relevant flag is passed explicitly and after the
 //!   configured extra flags, so ours win;
@@ -309,8 +313,13 @@ pub fn aider_args(
     a.push(metadata.into());
     a.push("--analytics-log".into());
     a.push(analytics.into());
-    a.push("--message".into());
-    a.push(inv.message.clone().into());
+    // One argument, `--message=<text>`: a description that looks like an option (`--yes-always`)
+    // stays the message's value. The launcher makes aider send it to the LLM as it is, never run
+    // it as one of aider's own `/` or `!` commands.
+    a.push(format!("--message={}", inv.message).into());
+    // The files are positional after `--`, so no name is ever read as an option (the request
+    // checks refuse a leading `-` too).
+    a.push("--".into());
     for f in &inv.files {
         a.push(f.into());
     }
@@ -758,11 +767,47 @@ not json
         let pos = |f: &str| args.iter().position(|a| a == f).unwrap();
         assert!(pos("--auto-test") < pos("--no-auto-test"));
         assert_eq!(args[pos("--openai-api-base") + 1], "http://127.0.0.1:9/v1");
-        assert_eq!(args[args.len() - 3..], ["--message", "do it", "a.py"]);
+        assert_eq!(args[args.len() - 3..], ["--message=do it", "--", "a.py"]);
         assert!(!args.iter().any(|a| a.contains("sk-secret")));
         let env = environment(&inv, Path::new("/h"));
         assert!(env.contains(&("OPENAI_API_KEY".into(), "sk-secret".into())));
         assert!(env.contains(&("HOME".into(), "/h".into())));
+    }
+
+    /// Hostile text stays one `--message=` value, and the files are positional after `--`.
+    #[test]
+    fn the_message_is_one_argument_and_files_follow_a_double_dash() {
+        let message = "--yes-always\n/run touch X --openai-api-base=http://elsewhere/v1";
+        let inv = AiderInvocation {
+            python: "/x/python".into(),
+            workdir: "/w".into(),
+            model: endpoint("openai/gpt-x"),
+            message: message.into(),
+            files: vec!["-rf.py".into(), "--test-cmd=touch X".into()],
+            auto_commit: true,
+            extra_flags: vec![],
+            request_timeout_s: 30,
+            launch_prefix: vec![],
+            extra_env: vec![],
+        };
+        let strings = |inv: &AiderInvocation| -> Vec<String> {
+            aider_args(inv, Path::new("s"), Path::new("m"), Path::new("a"))
+                .into_iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        let args = strings(&inv);
+        let dash = args.iter().position(|a| a == "--").expect("a `--`");
+        assert_eq!(args[dash + 1..], ["-rf.py", "--test-cmd=touch X"]);
+        assert_eq!(args[dash - 1], format!("--message={message}"));
+        assert_eq!(args.iter().filter(|a| *a == "--").count(), 1, "{args:?}");
+        // Everything before the message is what a plain task gets: the text added one argument.
+        let plain = strings(&AiderInvocation {
+            message: "plain".into(),
+            ..inv.clone()
+        });
+        assert_eq!(args[..dash - 1], plain[..dash - 1]);
+        assert_eq!(plain[dash - 1], "--message=plain");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-"""Programmer Pool's aider launcher: runs aider's own main() with three changes.
+"""Programmer Pool's aider launcher: runs aider's own main() with these changes.
 
 1. aider's retry loop is switched off (RETRY_TIMEOUT = 0 in aider.models and
    aider.coders.base_coder), so the first LLM error is final after ~4 s instead of ~88 s:
@@ -10,9 +10,25 @@
 3. aider dies with the programmer: PR_SET_PDEATHSIG makes the kernel SIGKILL this process when
    the programmer that started it dies (even by kill -9), so a crashed programmer leaves no
    orphan aider editing a worktree nobody owns any more.
-4. Nothing else: the arguments are aider's, passed through unchanged.
+4. The task text is data, never a command. aider treats a message starting with "!" or "/" as
+   one of its own commands ("!cmd" and /run are a shell, /load runs a file of commands, /add
+   and /read-only read any file, /web fetches a URL, /git and /test run programs). The caller
+   writes the task, so Commands.is_command is always false and Commands.run refuses: whatever
+   the message holds goes to the LLM as the user message.
+5. Names mentioned in the text are not added to the chat (check_for_file_mentions does
+   nothing), for the user message and for the LLM's reply alike: the files of a task are the
+   ones the programmer vetted, and a committed symlink with a mentioned name could point
+   outside the worktree.
+6. Shell commands the LLM suggests never run (run_shell_commands / handle_shell_commands do
+   nothing), whatever --suggest-shell-commands says: the LLM follows the caller's text.
+7. URLs in the text are never fetched (check_for_urls passes the text through), whatever
+   --detect-urls says: a fetch would reach any address the caller names.
+8. aider refuses to edit or create a path that resolves (realpath, symlinks followed) outside
+   the worktree root (allowed_to_edit), and no file outside it is ever written (write_text):
+   the LLM names the paths of its edits, and the caller steers the LLM.
+9. Nothing else: the arguments are aider's, passed through unchanged.
 
-Usage: python aider_launcher.py <aider arguments...>
+Usage: python aider_launcher.py <aider arguments...>   (run with the worktree as cwd)
 """
 
 import ctypes
@@ -36,7 +52,13 @@ def _die_with_parent():
 
 _die_with_parent()
 
-import aider.coders.base_coder  # noqa: E402  (after the parent-death guard, before the slow imports)
+# The runner starts aider in the task's worktree: nothing outside it is ever written.
+WORKTREE = os.path.realpath(os.getcwd())
+
+import aider.coders  # noqa: E402  (after the parent-death guard, before the slow imports)
+import aider.coders.base_coder  # noqa: E402
+import aider.commands  # noqa: E402
+import aider.io  # noqa: E402
 import aider.main  # noqa: E402
 import aider.models  # noqa: E402
 
@@ -56,6 +78,91 @@ def _no_dotenv_files(*_args, **_kwargs):
 
 aider.main.get_parser = _get_parser_without_default_config_files
 aider.main.load_dotenv_files = _no_dotenv_files
+
+
+def inside(root, path):
+    """True when `path` (symlinks resolved) is `root` itself or lies below it."""
+    real = os.path.realpath(path)
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+# 4. No user text is ever a command.
+def _never_a_command(self, inp):
+    return False
+
+
+def _refuse_command(self, inp):
+    self.io.tool_error("Refused: task text is never run as an aider command.")
+
+
+aider.commands.Commands.is_command = _never_a_command
+aider.commands.Commands.run = _refuse_command
+
+
+# 5-8. Methods replaced on Coder and on every coder class that overrides them.
+def _no_file_mentions(_original):
+    def check_for_file_mentions(self, content):
+        return None
+
+    return check_for_file_mentions
+
+
+def _no_shell_commands(_original):
+    def run_no_shell_commands(self, *args, **kwargs):
+        return ""
+
+    return run_no_shell_commands
+
+
+def _no_url_fetches(_original):
+    def check_for_urls(self, inp):
+        return inp
+
+    return check_for_urls
+
+
+def _confined_to_worktree(original):
+    def allowed_to_edit(self, path, *args, **kwargs):
+        root = os.path.realpath(self.root)
+        if not inside(root, self.abs_root_path(path)) or not inside(WORKTREE, root):
+            self.io.tool_error(f"Refused to edit {path}: it resolves outside the worktree.")
+            return None
+        return original(self, path, *args, **kwargs)
+
+    return allowed_to_edit
+
+
+_REPLACED = {
+    "check_for_file_mentions": _no_file_mentions,
+    "run_shell_commands": _no_shell_commands,
+    "handle_shell_commands": _no_shell_commands,
+    "check_for_urls": _no_url_fetches,
+    "allowed_to_edit": _confined_to_worktree,
+}
+
+
+def _coder_classes(cls):
+    yield cls
+    for sub in cls.__subclasses__():
+        yield from _coder_classes(sub)
+
+
+for _cls in set(_coder_classes(aider.coders.base_coder.Coder)):
+    for _name, _replace in _REPLACED.items():
+        if _name in vars(_cls):
+            setattr(_cls, _name, _replace(vars(_cls)[_name]))
+
+_original_write_text = aider.io.InputOutput.write_text
+
+
+def _write_text_inside_worktree(self, filename, content, *args, **kwargs):
+    if not inside(WORKTREE, filename):
+        self.tool_error(f"Refused to write {filename}: it resolves outside the worktree.")
+        return None
+    return _original_write_text(self, filename, content, *args, **kwargs)
+
+
+aider.io.InputOutput.write_text = _write_text_inside_worktree
 
 if __name__ == "__main__":
     sys.exit(aider.main.main(sys.argv[1:]))

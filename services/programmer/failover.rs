@@ -92,6 +92,20 @@ pub async fn run_task(
             );
         }
     };
+    // Admission vetted the files against the main checkout; aider opens them in this worktree,
+    // at the base commit, where a committed symlink may lead elsewhere. Before aider runs.
+    if let Err(refused) = worktree.check_files(&task.files).await {
+        let class = if refused.code() == tonic::Code::InvalidArgument {
+            ErrorClass::BadRequest
+        } else {
+            ErrorClass::Internal
+        };
+        let message = format!(
+            "{} (in the task's worktree at base commit {base_commit})",
+            refused.message()
+        );
+        return finish_failed(worktree, result, class, message, started).await;
+    }
 
     let mut admission = Some(prog.breaker.admit());
     if admission.as_ref().is_some_and(Admission::is_probe) {

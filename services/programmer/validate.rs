@@ -254,6 +254,17 @@ mod tests {
                 },
                 "files[0]",
             ),
+            (
+                TaskRequest {
+                    files: vec![
+                        "README.md".into(),
+                        "b.md".into(),
+                        "--test-cmd=touch X".into(),
+                    ],
+                    ..request()
+                },
+                "files[2]",
+            ),
         ];
         for (req, field) in cases {
             assert_field(validate(req, &l, &WorkspaceCache::new(&root)).await, field);

@@ -6,7 +6,8 @@
 //!
 //! - [`Workspace::resolve_base`] names the commit a task starts from.
 //! - [`Workspace::create_task_worktree`] creates branch `pas/<task>` at the task's base commit and
-//!   a worktree for it in a directory *outside* the repository. Aider runs there.
+//!   a worktree for it in a directory *outside* the repository. Aider runs there, once
+//!   [`TaskWorktree::check_files`] has vetted the task files against the tree at that commit.
 //! - [`TaskWorktree`] resets between attempts, [`finish`](TaskWorktree::finish)es into a
 //!   [`Change`], and is then either [`keep`](TaskWorktree::keep)-ed (directory removed, branch with
 //!   the result kept) or [`discard`](TaskWorktree::discard)-ed (nothing left). Dropping it without
@@ -31,7 +32,8 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::git::{Git, GitError, WorktreeLock, unstoppable};
-use crate::workspace::{PathError, Workspace, check_file_in, ref_problem};
+use crate::workspace::{Workspace, check_files, ref_problem};
+use tonic::Status;
 
 /// Prefix of every task branch: `pas/<sanitized task id>`.
 pub const BRANCH_PREFIX: &str = "pas/";
@@ -306,9 +308,12 @@ impl TaskWorktree {
         &self.base_commit
     }
 
-    /// Vet a task file path against this worktree (what aider will actually open).
-    pub fn check_file(&self, rel: &str) -> Result<(), PathError> {
-        check_file_in(&self.path, rel)
+    /// Vet the task files against this worktree, i.e. the tree at the task's base commit, which
+    /// is what aider will open: a symlink committed on the base ref that leaves the worktree is
+    /// refused even when the main checkout (checked at admission) lacks it. The error names the
+    /// field, as request validation does (`files[2]: …`). Call it before aider runs.
+    pub async fn check_files(&self, files: &[String]) -> Result<(), Status> {
+        check_files(&self.path, files).await
     }
 
     fn git(&self) -> Git {

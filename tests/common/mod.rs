@@ -306,20 +306,31 @@ pub fn non_loopback_connects(strace_log: &str) -> Vec<String> {
 /// `strace` prefix for [`pas::programmer::aider::AiderInvocation::launch_prefix`] that logs every
 /// `connect(2)` of the whole process tree to `log`. Panics when strace is missing.
 pub fn strace_prefix(log: &Path) -> Vec<std::ffi::OsString> {
+    strace_prefix_for(log, "connect")
+}
+
+/// `strace` prefix that logs the system calls `trace` names (strace's `-e trace=` syntax, e.g.
+/// `%file,%process,connect`) of the whole process tree to `log`, strings up to 256 bytes.
+/// Panics when strace is missing.
+pub fn strace_prefix_for(log: &Path, trace: &str) -> Vec<std::ffi::OsString> {
     let found = Command::new("strace")
         .arg("-V")
         .output()
         .map(|o| o.status.success());
     assert!(
         matches!(found, Ok(true)),
-        "strace is needed to watch aider's network use (apt-get install strace)"
+        "strace is needed to watch aider's system calls (apt-get install strace)"
     );
+    let trace = format!("trace={trace}");
     [
         "strace",
         "-f",
         "-qq",
+        "--seccomp-bpf",
+        "-s",
+        "256",
         "-e",
-        "trace=connect",
+        &trace,
         "-e",
         "signal=none",
         "-o",

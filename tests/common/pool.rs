@@ -314,9 +314,27 @@ impl TestPool {
     }
 
     fn spawn(&self, name: &str, args: &[&str]) -> (ChildGuard, String) {
+        self.spawn_with_prefix(name, &[], args)
+    }
+
+    /// `prefix… pas --config … args…`: `prefix` (e.g. strace) runs the `pas` process.
+    fn spawn_with_prefix(
+        &self,
+        name: &str,
+        prefix: &[std::ffi::OsString],
+        args: &[&str],
+    ) -> (ChildGuard, String) {
         let log = self.dir.path().join(format!("{name}.log"));
         let stderr = std::fs::File::create(&log).expect("log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pas"))
+        let mut cmd = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_pas"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_pas")),
+        };
+        let mut child = cmd
             .arg("--config")
             .arg(&self.config_path)
             .args(args)
@@ -359,7 +377,18 @@ impl TestPool {
 
     /// Starts programmer `id` on its configured port.
     pub fn start_programmer(&self, id: &str) -> ChildGuard {
-        self.spawn(&format!("prog-{id}"), &["programmer", "--id", id])
+        self.start_programmer_with_prefix(id, &[])
+    }
+
+    /// Starts programmer `id` under `prefix` (e.g. [`super::strace_prefix_for`] followed by
+    /// `setpriv --pdeathsig KILL --`, so the programmer dies with the tracer): what it and the
+    /// aider processes it spawns do can be watched.
+    pub fn start_programmer_with_prefix(
+        &self,
+        id: &str,
+        prefix: &[std::ffi::OsString],
+    ) -> ChildGuard {
+        self.spawn_with_prefix(&format!("prog-{id}"), prefix, &["programmer", "--id", id])
             .0
     }
 
