@@ -43,7 +43,7 @@ async fn a_programmer_stops_the_task_of_a_manager_that_stopped_answering() {
     });
     wait_for_model_call(&pool.sim, "primary-001").await;
     assert!(
-        pool.processes_in_worktrees().len() > 0,
+        !pool.processes_in_worktrees().is_empty(),
         "aider runs in the task's worktree"
     );
 
