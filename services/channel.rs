@@ -84,14 +84,19 @@ pub fn host_of(addr: &str) -> &str {
 }
 
 /// An endpoint for `addr` (`host:port`): `https` with the pool CA (and this client's certificate
-/// when its files exist) when `tls` is given, else `http`.
+/// when its files exist) when `tls` is given, else `http`; HTTP/2 keepalive on.
 pub fn endpoint(addr: &str, tls: Option<&TlsFiles>) -> Result<Endpoint, ChannelError> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let bad = |source| ChannelError::Address {
         addr: addr.to_string(),
         source,
     };
-    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(bad)?;
+    // A server that froze or lost its host is noticed, so a followed stream ends instead of
+    // hanging (the same period servers use towards their clients).
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(bad)?
+        .http2_keep_alive_interval(crate::serve::KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(crate::serve::KEEPALIVE_TIMEOUT);
     if let Some(files) = tls {
         let identity = files.cert.exists() && files.key.exists();
         endpoint = endpoint

@@ -162,8 +162,6 @@ impl PoolView {
             let channel = crate::channel::endpoint(&addr, tls)?
                 .connect_timeout(CONNECT_TIMEOUT)
                 .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(5))
                 .connect_lazy();
             members.push(Arc::new(Member {
                 index,
