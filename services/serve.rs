@@ -200,10 +200,14 @@ pub async fn serve(
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// See [`KEEPALIVE_INTERVAL`].
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long open connections get to finish once the process stops serving (its own drain — the
+/// programmer's running tasks, the manager's cancellations — is already done by then).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The accept loop: every connection served by hyper (HTTP/1.1 or HTTP/2, detected per
 /// connection) with HTTP/2 keepalive; on `shutdown`, stop accepting, ask every connection to
-/// finish gracefully (GOAWAY; in-flight streams complete) and wait for them. Like `axum::serve`,
+/// finish gracefully (GOAWAY; in-flight streams complete) and wait for them, at most
+/// [`SHUTDOWN_GRACE`]. Like `axum::serve`,
 /// whose builder exposes no HTTP/2 settings, hence this loop.
 async fn serve_connections<L>(
     mut listener: L,
@@ -236,7 +240,8 @@ async fn serve_connections<L>(
                 .keep_alive_timeout(KEEPALIVE_TIMEOUT);
             let mut conn =
                 std::pin::pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
-            let mut stopped = std::pin::pin!(stop.closed());
+            // Fused: after it fired once (graceful shutdown asked), the loop polls it again.
+            let mut stopped = std::pin::pin!(futures::FutureExt::fuse(stop.closed()));
             loop {
                 tokio::select! {
                     result = conn.as_mut() => {
@@ -254,7 +259,17 @@ async fn serve_connections<L>(
     drop(stopping);
     drop(listener);
     drop(connections);
-    done.closed().await;
+    // Requests in flight finish; what still streams after the grace (subscriptions such as a
+    // health Watch, which never end by themselves) is cut when the process exits.
+    if tokio::time::timeout(SHUTDOWN_GRACE, done.closed())
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            grace_s = SHUTDOWN_GRACE.as_secs(),
+            "connections still open after the shutdown grace are closed"
+        );
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM: the processes stop accepting and drain on either.

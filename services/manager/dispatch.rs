@@ -1,6 +1,6 @@
 //! One task's life in the manager: wait for a programmer (Queued events), start it there
-//! (Assigned), relay its events in order, re-route it when its programmer dies or its stream
-//! breaks (Rerouted), settle its budget reservation, record it, and end with exactly one result.
+//! (Assigned), relay its events in order, re-route it when its programmer dies, its stream
+//! breaks or a shutting-down programmer hands it back unfinished (Rerouted), settle its budget reservation, record it, and end with exactly one result.
 //!
 //! Re-dispatching is safe because every attempt runs in its own worktree and branch on the
 //! programmer side: each dispatch attempt gets its own programmer-side task id
@@ -37,6 +37,8 @@ enum Leg {
     Finished(Box<TaskResult>),
     /// The programmer went away before a result.
     Broken(String),
+    /// The programmer stopped the task unfinished (shutting down) and handed it back.
+    HandedBack(Box<TaskResult>),
     Cancelled,
 }
 
@@ -128,7 +130,8 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
             }
             Err(status) => Leg::Broken(format!("{}: {}", status.code(), status.message())),
         };
-        match leg {
+        // Money a handed-back task spent is known; a broken stream's is not: keep the hold.
+        let (reason, spent) = match leg {
             Leg::Finished(result) => {
                 mgr.settle(
                     &task_id,
@@ -148,29 +151,30 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                     &programmer,
                 );
             }
-            Leg::Broken(reason) => {
-                mgr.settle(&task_id, dispatch_attempt, reserved_usd, None);
-                tracing::warn!(%task_id, %programmer, %reason, "programmer lost the task");
-                if dispatch_attempt >= mgr.max_dispatch_attempts {
-                    let msg = format!(
-                        "gave up after {dispatch_attempt} programmer(s); last: {programmer}: {reason}"
-                    );
-                    break ended(
-                        TaskState::Failed,
-                        ErrorClass::Unavailable,
-                        &msg,
-                        &programmer,
-                    );
-                }
-                dispatch_attempt += 1;
-                // Before re-submitting: the scheduler routes (and reserves budget for) its own
-                // copy of the route, so it must carry the new attempt number.
-                route.request.dispatch_attempt = dispatch_attempt;
-                route.exclude.push(member.index);
-                previous = Some((programmer, reason));
-                ticket = mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout);
-            }
+            Leg::HandedBack(result) => (result.error_message, Some(result.cost_usd)),
+            Leg::Broken(reason) => (reason, None),
+        };
+        // The task is lost there: re-route it.
+        mgr.settle(&task_id, dispatch_attempt, reserved_usd, spent);
+        tracing::warn!(%task_id, %programmer, %reason, "programmer lost the task");
+        if dispatch_attempt >= mgr.max_dispatch_attempts {
+            let msg = format!(
+                "gave up after {dispatch_attempt} programmer(s); last: {programmer}: {reason}"
+            );
+            break ended(
+                TaskState::Failed,
+                ErrorClass::Unavailable,
+                &msg,
+                &programmer,
+            );
         }
+        dispatch_attempt += 1;
+        // Before re-submitting: the scheduler routes (and reserves budget for) its own
+        // copy of the route, so it must carry the new attempt number.
+        route.request.dispatch_attempt = dispatch_attempt;
+        route.exclude.push(member.index);
+        previous = Some((programmer, reason));
+        ticket = mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout);
     };
     // A task that ended while waiting gives its place in the queue back now.
     drop(ticket);
@@ -237,6 +241,11 @@ async fn relay(
         };
         match next {
             Ok(Some(event)) => match event.kind {
+                Some(Kind::Result(result))
+                    if result.error_class == ErrorClass::HandedBack as i32 =>
+                {
+                    return Leg::HandedBack(Box::new(result));
+                }
                 Some(Kind::Result(result)) => return Leg::Finished(Box::new(result)),
                 Some(Kind::Assigned(assigned)) => {
                     let assigned = Assigned {

@@ -348,11 +348,13 @@ async fn watch_health(
                         _ = stop.cancelled() => return,
                     };
                     match next {
-                        Ok(Some(msg)) => {
+                        Ok(Some(msg)) if msg.status == ServingStatus::Serving as i32 => {
                             backoff = BACKOFF_MIN;
-                            let up = msg.status == ServingStatus::Serving as i32;
-                            publish(&pool, &member, up, &tx);
+                            publish(&pool, &member, true, &tx);
                         }
+                        // Draining or stopping: let go of its connection (a Watch that stays
+                        // open would hold a stopping programmer's server) and watch again later.
+                        Ok(Some(_)) => break,
                         Ok(None) | Err(_) => break,
                     }
                 }

@@ -128,7 +128,7 @@ async fn drive_task(
         (slot, ()) = async { tokio::join!(acquire, relay_positions) } => slot,
         _ = cancel.cancelled() => {
             let result = ended(&prog, TaskState::Cancelled, ErrorClass::Cancelled, "cancelled while queued", started);
-            finish(&prog, &task, &sink, result).await;
+            finish(&prog, &task, &sink, handed_back_if_draining(&prog, result)).await;
             watcher.abort();
             return;
         }
@@ -157,8 +157,23 @@ async fn drive_task(
         run_task(&prog, &task, &sink, cancel.clone(), started).await
     };
     drop(slot);
-    finish(&prog, &task, &sink, result).await;
+    finish(&prog, &task, &sink, handed_back_if_draining(&prog, result)).await;
     watcher.abort();
+}
+
+/// A task stopped because this programmer is shutting down (the drain timeout cancelled it) was
+/// not cancelled by its caller: say so with a distinct outcome, so the manager dispatches it again
+/// elsewhere instead of reporting a cancellation nobody asked for.
+fn handed_back_if_draining(prog: &Programmer, mut result: TaskResult) -> TaskResult {
+    if prog.shutdown.is_cancelled() && result.status == TaskState::Cancelled as i32 {
+        result.status = TaskState::Failed as i32;
+        result.error_class = ErrorClass::HandedBack as i32;
+        result.error_message = format!(
+            "{} stopped before finishing (shutting down; drain timeout passed): handed back for rerouting",
+            prog.spec.agent
+        );
+    }
+    result
 }
 
 fn ended(

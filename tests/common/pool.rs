@@ -392,6 +392,12 @@ impl TestPool {
             .0
     }
 
+    /// Starts programmer `id` with extra arguments (e.g. `--drain-timeout-s 1`).
+    pub fn start_programmer_with_args(&self, id: &str, extra: &[&str]) -> ChildGuard {
+        let args = [&["programmer", "--id", id][..], extra].concat();
+        self.spawn(&format!("prog-{id}"), &args).0
+    }
+
     /// Starts the manager on its configured port.
     pub fn start_manager(&self) -> ChildGuard {
         self.spawn("manager", &["manager"]).0

@@ -1,0 +1,89 @@
+//! A programmer that shuts down (SIGTERM) while a task runs past its drain timeout hands the task
+//! back — a distinct outcome, never "cancelled by the caller" — and the manager reroutes it to
+//! another programmer, where it succeeds. The caller sees one Rerouted event and one result.
+
+mod common;
+
+use common::pool::{
+    PoolOptions, TestPool, TestProgrammer, check_stream, manager_client, rerouted, sample_dispatch,
+    state_of, wait_available, wait_for_model_call,
+};
+use pas::contract::v1::TaskState;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_programmer_hands_its_task_back_and_the_manager_reroutes_it() {
+    // 001's models never answer; 002's work.
+    let sim = common::Sim::start_with_script(
+        "rules:\n  - model: \"primary-001\"\n    fault: hang\n  - model: \"backup-001\"\n    fault: hang\n",
+    );
+    let pool = TestPool::with_sim(
+        PoolOptions {
+            programmers: vec![TestProgrammer::free("001"), TestProgrammer::free("002")],
+            // Only the drain timeout can end the task on 001.
+            request_timeout_s: 600,
+            task_timeout_s: 600,
+            ..PoolOptions::default()
+        },
+        sim,
+    );
+    pool.sample_repo();
+    let mut first = pool.start_programmer_with_args("001", &["--drain-timeout-s", "1"]);
+    let _manager = pool.start_manager();
+    let client = manager_client(&pool).await;
+    wait_available(&client, 1).await;
+
+    let mut caller = client.clone();
+    let task = tokio::spawn(async move {
+        let stream = caller
+            .dispatch(sample_dispatch("Add docstrings to all functions"))
+            .await
+            .expect("Dispatch accepted")
+            .into_inner();
+        common::pool::collect_events(stream).await
+    });
+    wait_for_model_call(&pool.sim, "primary-001").await;
+    let _second = pool.start_programmer("002");
+    wait_available(&client, 2).await;
+
+    first.terminate();
+    let exit = first.wait_exit(Duration::from_secs(60));
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "001 drains and exits 0: {exit:?}\n{}",
+        first.log_text()
+    );
+    let (events, result) = tokio::time::timeout(Duration::from_secs(180), task)
+        .await
+        .expect("the task ends")
+        .expect("task join");
+    check_stream(&events);
+    assert_eq!(
+        state_of(&result),
+        TaskState::Succeeded,
+        "rerouted task: {result:#?}\n{}",
+        first.log_text()
+    );
+    assert_eq!(result.programmer_id, "002");
+    let hops = rerouted(&events);
+    assert_eq!(hops.len(), 1, "{hops:?}");
+    assert_eq!(
+        (
+            hops[0].from_programmer.as_str(),
+            hops[0].to_programmer.as_str()
+        ),
+        ("001", "002")
+    );
+    assert!(
+        hops[0].reason.contains("handed back"),
+        "the reason says why: {:?}\n{}",
+        hops[0].reason,
+        first.log_text()
+    );
+    let log = first.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("task finished") && l.contains("handed back")),
+        "001 logs the hand-back:\n{log}"
+    );
+}
