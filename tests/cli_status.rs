@@ -11,9 +11,10 @@
 
 mod common;
 
-use common::pool::{PoolOptions, TestPool, TestProgrammer};
+use common::pool::{PoolOptions, TestPool, TestProgrammer, wait_until};
 use serde_json::Value;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const PAS: &str = env!("CARGO_BIN_EXE_pas");
@@ -69,6 +70,30 @@ fn row_cells(table: &str, id: &str) -> Vec<String> {
         .collect()
 }
 
+/// The frames `pas status --watch` has finished drawing in `text` (the one still being drawn, the
+/// last, is left out until the next begins).
+fn complete_frames(text: &str) -> Vec<&str> {
+    let mut frames: Vec<&str> = text.split("Pool: ").skip(1).collect();
+    frames.pop();
+    frames
+}
+
+/// Waits until a finished frame in the `--watch` output satisfies `shown` (panics with the output
+/// after a generous timeout).
+async fn wait_for_frame(watched: &Mutex<Vec<u8>>, what: &str, shown: impl Fn(&str) -> bool) {
+    wait_until(TASK_LIMIT, what, || {
+        let text = watched_text(watched);
+        let seen = complete_frames(&text).into_iter().any(&shown);
+        async move { seen }
+    })
+    .await;
+}
+
+/// The `--watch` output so far.
+fn watched_text(watched: &Mutex<Vec<u8>>) -> String {
+    String::from_utf8_lossy(&watched.lock().expect("watch buffer")).into_owned()
+}
+
 fn programmer<'a>(status: &'a Value, id: &str) -> &'a Value {
     status["programmers"]
         .as_array()
@@ -112,14 +137,27 @@ async fn pas_status_shows_a_real_pool() {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn pas status --watch");
-    // Read as it goes: a full pipe would stall the redraws.
+    // Read as it goes (a full pipe would stall the redraws) into a buffer the test can watch.
     let mut watch_out = watch.stdout.take().expect("piped stdout");
-    let watched_text = tokio::spawn(async move {
-        let mut text = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut watch_out, &mut text)
-            .await
-            .map(|_| text)
+    let watched = Arc::new(Mutex::new(Vec::new()));
+    let reader = tokio::spawn({
+        let watched = watched.clone();
+        async move {
+            let mut chunk = vec![0u8; 8192];
+            loop {
+                let n = tokio::io::AsyncReadExt::read(&mut watch_out, &mut chunk).await?;
+                if n == 0 {
+                    return Ok::<_, std::io::Error>(());
+                }
+                watched
+                    .lock()
+                    .expect("watch buffer")
+                    .extend_from_slice(&chunk[..n]);
+            }
+        }
     });
+    // The first frame shows the pool before the task (002 on its primary, breaker closed).
+    wait_for_frame(&watched, "a first frame", |_| true).await;
 
     // The task: 002's primary fails (its breaker opens at once), the backup edits and is paid.
     let mut dispatch = tokio::process::Command::from(pool.pas_command(&[
@@ -153,7 +191,7 @@ async fn pas_status_shows_a_real_pool() {
 
     // The manager learns of the open breaker from 002's next health report.
     let settled = pool
-        .wait_manager_status(Duration::from_secs(30), "002 open and paid for", |s| {
+        .wait_manager_status(Duration::from_secs(60), "002 open and paid for", |s| {
             let p = programmer(s, "002");
             p["circuit_state"] == "open"
                 && p["completed"] == 1
@@ -162,21 +200,23 @@ async fn pas_status_shows_a_real_pool() {
                 && alert_kinds(s) == ["budget_threshold", "high_backup_usage"]
         })
         .await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // --watch redraws on its own: wait for a frame that shows the task's outcome.
+    wait_for_frame(&watched, "a frame with 002 on its backup, open", |frame| {
+        row_cells(frame, "002")[3..5] == ["openai/gpt-4o (backup)", "open"]
+    })
+    .await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(watch.id().expect("watch runs") as i32),
         nix::sys::signal::Signal::SIGINT,
     )
     .expect("SIGINT");
-    let watched = tokio::time::timeout(Duration::from_secs(10), watch.wait())
+    let stopped = tokio::time::timeout(Duration::from_secs(60), watch.wait())
         .await
         .expect("pas status --watch did not stop on Ctrl-C")
         .expect("wait for pas status --watch");
-    assert_eq!(watched.code(), Some(0));
-    let text = watched_text
-        .await
-        .expect("reader task")
-        .expect("read the frames");
+    assert_eq!(stopped.code(), Some(0));
+    reader.await.expect("reader task").expect("read the frames");
+    let text = watched_text(&watched);
     let frames: Vec<&str> = text.split("Pool: ").skip(1).collect();
     assert!(frames.len() >= 3, "{} frames:\n{text}", frames.len());
     // Each frame is fresh: the first shows 002 before the task, a later one after it.

@@ -8,10 +8,10 @@ use common::Sim;
 use common::pool::{
     PoolOptions, SHIPPED_CAPABILITY_ROUTING, TestPool, TestProgrammer, assigned_ids,
     collect_events, dispatch_collect, manager_client, pool_status, rerouted, sample_dispatch,
-    shipped_shape, state_of, wait_available, wait_for_model_call,
+    shipped_shape, state_of, wait_available, wait_for_model_call, wait_until,
 };
 use pas::contract::v1::{DispatchRequest, GetTaskRequest, ProgrammerState, Strategy, TaskState};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The manager's view of programmer `id`'s state.
 async fn state_in_manager(
@@ -84,23 +84,18 @@ async fn a_killed_programmer_leaves_at_once_its_task_is_rerouted_and_it_rejoins(
     assert_eq!(record.state, TaskState::Running as i32);
     assert_eq!(record.programmer_id, "001");
 
-    // kill -9, then measure how long the manager keeps counting it available.
-    let killed_at = Instant::now();
+    // kill -9: the manager stops counting it available (how fast is the failure-detection
+    // benchmark's to measure).
     programmers.get_mut("001").expect("001").kill();
-    loop {
-        let st = pool_status(&c).await;
-        let p = &st.programmers[0];
-        if p.state == ProgrammerState::Unavailable as i32 && st.available == 9 {
-            break;
-        }
-        assert!(
-            killed_at.elapsed() < Duration::from_secs(3),
-            "001 still counted available 3 s after kill -9: {st:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let gone_after = killed_at.elapsed();
-    eprintln!("MEASURED: killed programmer left `available` after {gone_after:?}");
+    wait_until(
+        Duration::from_secs(60),
+        "001 unavailable, 9 available",
+        || async {
+            let st = pool_status(&c).await;
+            st.programmers[0].state == ProgrammerState::Unavailable as i32 && st.available == 9
+        },
+    )
+    .await;
 
     // Its task moves to another fast programmer and ends there with exactly one result.
     let (events, result) = tokio::time::timeout(Duration::from_secs(120), victim)
@@ -171,13 +166,8 @@ async fn a_killed_programmer_leaves_at_once_its_task_is_rerouted_and_it_rejoins(
     }
 
     // Restart it on the same port: it rejoins and takes work again.
-    let restarted_at = Instant::now();
     programmers.insert("001".into(), pool.start_programmer("001"));
     wait_available(&c, 10).await;
-    eprintln!(
-        "MEASURED: restarted programmer back in `available` after {:?} (process start included)",
-        restarted_at.elapsed()
-    );
     assert_eq!(
         state_in_manager(&c, "001").await,
         ProgrammerState::Available

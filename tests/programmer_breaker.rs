@@ -13,9 +13,28 @@ use pas::contract::v1::{
 };
 use std::time::Duration;
 
-/// Cooldown of the end-to-end breaker test: 0.2 min = 12 s (long enough to check the open state
-/// and restart the programmer inside it, short enough to wait for).
-const COOLDOWN_MINUTES: f64 = 0.2;
+/// Cooldown of the end-to-end breaker test while it checks the open breaker and restarts the
+/// programmer: far longer than the test, so the breaker is certainly still open after the
+/// restart however slow the machine is.
+const LONG_COOLDOWN_MINUTES: f64 = 60.0;
+
+/// The cooldown the programmer is restarted with to reach half-open: 0.2 min = 12 s from the
+/// moment the breaker opened (the restored breaker applies its cooldown from then).
+const SHORT_COOLDOWN_MINUTES: f64 = 0.2;
+
+/// Kills programmer `id` (`kill -9`) and starts it again with this pool's configuration file as
+/// it is now.
+fn restart(pool: &TestPool, prog: &mut common::pool::ChildGuard, id: &str) {
+    prog.kill();
+    *prog = pool.start_programmer(id);
+}
+
+/// Rewrites the pool's configuration file with `cooldown_minutes` (read by processes started
+/// from now on).
+fn set_cooldown(pool: &mut TestPool, cooldown_minutes: f64) {
+    pool.options.cooldown_minutes = cooldown_minutes;
+    std::fs::write(&pool.config_path, pool.config_yaml()).expect("rewrite the config");
+}
 
 async fn llm_state(c: &mut ProgrammerClient) -> LlmState {
     c.get_status(GetStatusRequest {})
@@ -87,12 +106,13 @@ async fn three_failures_open_the_breaker_one_probe_closes_it_and_a_restart_keeps
     );
     let options = PoolOptions {
         max_concurrent_per_programmer: 4,
-        window_minutes: 5.0,
-        cooldown_minutes: COOLDOWN_MINUTES,
+        // Failures stay in the window for the whole test.
+        window_minutes: 60.0,
+        cooldown_minutes: LONG_COOLDOWN_MINUTES,
         failure_threshold: 3,
         ..PoolOptions::default()
     };
-    let pool = TestPool::with_sim(options, sim);
+    let mut pool = TestPool::with_sim(options, sim);
     let repo = pool.sample_repo();
     let mut prog = pool.start_programmer("001");
     let mut c = pool.programmer_client("001").await;
@@ -120,7 +140,6 @@ async fn three_failures_open_the_breaker_one_probe_closes_it_and_a_restart_keeps
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let opened = tokio::time::Instant::now();
 
     // Both views of the same port agree.
     let llm = llm_state(&mut c).await;
@@ -159,22 +178,35 @@ async fn three_failures_open_the_breaker_one_probe_closes_it_and_a_restart_keeps
     assert_eq!(pool::sim_edit_requests(&pool.sim, "primary-001").await, 3);
 
     // --- kill -9 and restart: the breaker is still open (persisted in the data dir) ---
-    prog.kill();
-    drop(prog);
-    let _prog = pool.start_programmer("001");
+    let before = llm_state(&mut c).await;
+    assert_eq!(
+        CircuitState::try_from(before.circuit_state),
+        Ok(CircuitState::Open),
+        "{before:?}"
+    );
+    restart(&pool, &mut prog, "001");
     let mut c = pool.programmer_client("001").await;
     let llm = llm_state(&mut c).await;
     assert!(llm.circuit_open, "breaker state lost on restart: {llm:?}");
     assert_eq!(llm.failures, 3, "failures in the window survive: {llm:?}");
-    if CircuitState::try_from(llm.circuit_state) == Ok(CircuitState::Open) {
-        // The time that passed before the restart counts against the cooldown.
-        let full = (COOLDOWN_MINUTES * 60_000.0) as u64;
-        let passed = opened.elapsed().as_millis() as u64;
-        assert!(
-            llm.cooldown_remaining_ms <= full.saturating_sub(passed),
-            "cooldown restarted instead of resumed: {llm:?}, {passed} ms since it opened"
-        );
-    }
+    assert_eq!(
+        CircuitState::try_from(llm.circuit_state),
+        Ok(CircuitState::Open),
+        "{llm:?}"
+    );
+    // The time that passed before the restart counts against the cooldown: it goes on from
+    // where it was (a restarted cooldown would be back near the full hour).
+    assert!(
+        llm.cooldown_remaining_ms <= before.cooldown_remaining_ms,
+        "cooldown restarted instead of resumed: {llm:?} after the restart, {before:?} before"
+    );
+
+    // --- restarted with a 12 s cooldown, which counts from when the breaker opened ---
+    set_cooldown(&mut pool, SHORT_COOLDOWN_MINUTES);
+    restart(&pool, &mut prog, "001");
+    let mut c = pool.programmer_client("001").await;
+    let llm = llm_state(&mut c).await;
+    assert!(llm.circuit_open, "breaker state lost on restart: {llm:?}");
 
     // --- after the cooldown: half-open, exactly one probe goes to the primary ---
     common::pool::wait_until(Duration::from_secs(60), "half-open", || {
@@ -330,7 +362,7 @@ async fn a_crash_during_the_probe_reopens_the_breaker_and_leaves_nothing_behind(
         cooldown_minutes: 0.05,
         ..PoolOptions::default()
     };
-    let pool = TestPool::with_sim(options, sim);
+    let mut pool = TestPool::with_sim(options, sim);
     let repo = pool.sample_repo();
     let worktrees = pool.worktrees_dir("001");
     let mut prog = pool.start_programmer("001");
@@ -372,23 +404,32 @@ async fn a_crash_during_the_probe_reopens_the_breaker_and_leaves_nothing_behind(
     drop(probe);
     drop(prog);
     common::pool::wait_until(
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         "aider to die with the programmer",
         || async { common::processes_in_dir(&worktrees).is_empty() },
     )
     .await;
 
+    // Restarted with an hour's cooldown, so that the breaker the restart re-opens is certainly
+    // still open when we look, however slow the start.
+    set_cooldown(&mut pool, LONG_COOLDOWN_MINUTES);
+    let restarting = std::time::Instant::now();
     let _prog = pool.start_programmer("001");
     let mut c = pool.programmer_client("001").await;
     let llm = llm_state(&mut c).await;
+    let since_restart = restarting.elapsed().as_millis() as u64;
     assert_eq!(
         CircuitState::try_from(llm.circuit_state),
         Ok(CircuitState::Open),
         "an unanswered probe re-opens the breaker: {llm:?}"
     );
+    // A fresh cooldown, begun during the restart: no more of it is gone than the restart took
+    // (give or take 2 ms of rounding); one counted from the original opening would be short by
+    // the first cooldown as well.
+    let full = (LONG_COOLDOWN_MINUTES * 60_000.0) as u64;
     assert!(
-        llm.cooldown_remaining_ms > 1_500,
-        "a fresh cooldown (3 s) starts: {llm:?}"
+        llm.cooldown_remaining_ms <= full && llm.cooldown_remaining_ms + since_restart + 2 >= full,
+        "a fresh cooldown starts: {llm:?}, {since_restart} ms since the restart began"
     );
     assert!(llm.using_backup);
     // The killed task's worktree and branch are gone; the first task's branch stays.

@@ -237,6 +237,18 @@ async fn sustained_churn_keeps_the_repository_consistent() {
 
 const CHILD_ENV: &str = "PAS_WORKTREE_CHILD";
 
+/// Polls `ready` every 2 ms until it holds; panics after a minute (something is stuck).
+fn wait_for(what: &str, ready: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 /// Child-process half of `ten_processes_on_one_repository` (ignored so it never runs on its own;
 /// the parent runs it with `--ignored` and the task in the environment).
 #[test]
@@ -244,17 +256,16 @@ const CHILD_ENV: &str = "PAS_WORKTREE_CHILD";
 fn child_programmer_process() {
     let spec = std::env::var(CHILD_ENV).expect("spawned by the parent test with its spec");
     let parts: Vec<&str> = spec.split('\t').collect();
-    let [root, worktrees, base, index, go] = parts[..] else {
+    let [root, worktrees, base, index, sync] = parts[..] else {
         panic!("bad child spec {spec:?}");
     };
     let i: usize = index.parse().expect("index");
-    // Start together with the other nine (the parent creates `go` once all are spawned).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !Path::new(go).exists() {
-        assert!(std::time::Instant::now() < deadline, "parent never said go");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    let sync = Path::new(sync);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // Start together with the other nine: say ready, wait until the parent says go (it does once
+    // all ten are ready).
+    fs::write(sync.join(format!("ready-{i}")), "").expect("ready");
+    wait_for("the parent to say go", || sync.join("go").exists());
     rt.block_on(async {
         let ws = Workspace::open(Path::new(root), "shared")
             .await
@@ -268,6 +279,12 @@ fn child_programmer_process() {
             )
             .await
             .expect("create");
+        // Holding a task worktree: do not finish before another process holds one too, so every
+        // process's work overlaps another's whatever the scheduler does.
+        fs::write(sync.join(format!("holding-{i}")), "").expect("holding");
+        wait_for("another process to hold a worktree", || {
+            (1..=10).any(|j| j != i && sync.join(format!("holding-{j}")).exists())
+        });
         fs::write(
             wt.path().join(format!("proc-{i}.txt")),
             format!("process {i}\n"),
@@ -287,7 +304,8 @@ fn ten_processes_on_one_repository() {
     let worktrees = tmp.path().join("worktrees");
     let base = git(&repo, &["rev-parse", "HEAD"]);
     let exe = std::env::current_exe().expect("test binary");
-    let go = tmp.path().join("go");
+    let sync = tmp.path().join("sync");
+    fs::create_dir(&sync).expect("sync dir");
 
     let children: Vec<_> = (1..=10)
         .map(|i| {
@@ -295,7 +313,7 @@ fn ten_processes_on_one_repository() {
                 "{}\t{}\t{base}\t{i}\t{}",
                 root.display(),
                 worktrees.display(),
-                go.display()
+                sync.display()
             );
             let child = Command::new(&exe)
                 .args([
@@ -312,9 +330,11 @@ fn ten_processes_on_one_repository() {
             (i, child)
         })
         .collect();
-    // Let the children's runtimes come up, then release them all at once.
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    fs::write(&go, "").expect("go");
+    // Release them all at once, when every child is up and waiting.
+    wait_for("all ten children ready", || {
+        (1..=10).all(|i| sync.join(format!("ready-{i}")).exists())
+    });
+    fs::write(sync.join("go"), "").expect("go");
     for (i, child) in children {
         let out = child.wait_with_output().expect("child runs");
         assert!(

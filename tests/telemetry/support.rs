@@ -39,6 +39,8 @@ pub struct Collected {
     /// `service.instance.id` of the exporting process (programmer id), if any.
     pub instance: Option<String>,
     pub span: Span,
+    /// Which export call brought it (1 = the first the collector received).
+    pub export: u64,
 }
 
 impl Collected {
@@ -116,6 +118,8 @@ impl TraceService for Store {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let req = request.into_inner();
         let mut spans = self.spans.lock().unwrap();
+        let mut exports = self.exports.lock().unwrap();
+        *exports += 1;
         for rs in req.resource_spans {
             let attrs = rs.resource.map(|r| r.attributes).unwrap_or_default();
             let service = attr(&attrs, "service.name").unwrap_or_default();
@@ -126,11 +130,11 @@ impl TraceService for Store {
                         service: service.clone(),
                         instance: instance.clone(),
                         span,
+                        export: *exports,
                     });
                 }
             }
         }
-        *self.exports.lock().unwrap() += 1;
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
