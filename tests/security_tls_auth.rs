@@ -95,6 +95,11 @@ async fn programmers_accept_only_pool_certificates_and_the_manager_runs_tasks_ov
             },
             true,
         ),
+        (
+            "a programmer's certificate (servers only)",
+            s.files("programmer-001"),
+            true,
+        ),
     ] {
         let answer = match tls_channel(port, &files, identity).await {
             Ok(channel) => ProgrammerClient::new(channel)

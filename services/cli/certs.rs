@@ -5,7 +5,9 @@
 //! and operators' tools present to programmers) — exactly the names the config's
 //! `tls: {cert: DIR/{name}.pem, key: DIR/{name}-key.pem}` expects. Server certificates carry the
 //! process's configured host, `localhost`, `127.0.0.1`, `::1`, a `pas-<name>` DNS name and any
-//! `--san` given. Keys are ECDSA P-256, written with mode 0600. Meant for development and tests:
+//! `--san` given. Only the manager's and the `client` certificate may act as TLS clients
+//! (clientAuth): a programmer's certificate cannot make another programmer work. Keys are ECDSA
+//! P-256, written with mode 0600. Meant for development and tests:
 //! real deployments bring certificates from their own CA (cert-manager, Vault, …).
 
 use crate::config::Config;
@@ -39,8 +41,11 @@ struct Subject {
     name: String,
     /// Hosts a server certificate must be valid for (empty for the client certificate).
     hosts: Vec<String>,
-    /// Server (server + client auth) or client only.
+    /// May serve TLS (serverAuth).
     server: bool,
+    /// May call a programmer (clientAuth): the manager and the operators' `client` certificate,
+    /// never a programmer — so a programmer's key cannot make another programmer work.
+    client: bool,
 }
 
 fn subjects(config: &Config, extra: &[String]) -> Vec<Subject> {
@@ -66,6 +71,7 @@ fn subjects(config: &Config, extra: &[String]) -> Vec<Subject> {
         name: "manager".into(),
         hosts: hosts(&config.pool.manager.host, "manager"),
         server: true,
+        client: true,
     }];
     for p in config.programmers() {
         let name = format!("programmer-{}", p.id);
@@ -73,12 +79,14 @@ fn subjects(config: &Config, extra: &[String]) -> Vec<Subject> {
             hosts: hosts(&p.host, &name),
             name,
             server: true,
+            client: false,
         });
     }
     out.push(Subject {
         name: "client".into(),
         hosts: Vec::new(),
         server: false,
+        client: true,
     });
     out
 }
@@ -165,15 +173,13 @@ pub fn init(config: &Config, args: &CertsInitArgs) -> anyhow::Result<Vec<PathBuf
             .distinguished_name
             .push(DnType::CommonName, format!("pas-{}", subject.name));
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = if subject.server {
-            // Servers are clients too: the manager calls programmers with its certificate.
-            vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ]
-        } else {
-            vec![ExtendedKeyUsagePurpose::ClientAuth]
-        };
+        params.extended_key_usages = [
+            (subject.server, ExtendedKeyUsagePurpose::ServerAuth),
+            (subject.client, ExtendedKeyUsagePurpose::ClientAuth),
+        ]
+        .into_iter()
+        .filter_map(|(wanted, usage)| wanted.then_some(usage))
+        .collect();
         params.use_authority_key_identifier_extension = true;
         validity(&mut params, args.days);
         let cert = params.signed_by(&key, &issuer)?;
