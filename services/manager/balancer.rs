@@ -149,8 +149,30 @@ pub struct Route {
     pub strategy: StrategyKind,
     /// Round-robin group key (the task's capability set).
     pub group: String,
-    /// Members not to use (a reroute avoids the programmer that failed).
-    pub exclude: Vec<usize>,
+    /// Members not to use (a reroute avoids the programmer that failed), each until it comes back.
+    pub exclude: Vec<Exclusion>,
+}
+
+/// A member a rerouted task avoids: the programmer that lost it, as long as that programmer has not
+/// become available again since. One that restarted (or whose health recovered) is a fresh
+/// candidate, so a task whose only eligible programmer failed once waits for it instead of timing
+/// out in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exclusion {
+    /// The member's index.
+    pub member: usize,
+    /// Its [`Member::comebacks`] when the task left it.
+    pub comebacks: u64,
+}
+
+impl Exclusion {
+    /// Avoid `member` until it next becomes available.
+    pub fn until_back(member: &Member) -> Self {
+        Self {
+            member: member.index,
+            comebacks: member.comebacks(),
+        }
+    }
 }
 
 /// A task placed on a programmer: the `Execute` call is under way.
@@ -282,10 +304,17 @@ impl Balancer {
     /// Tries to place `route` now.
     pub fn route(&mut self, route: Route) -> Routed {
         let mut spend_blocked = false;
-        // Members not to offer: the route's exclusions, then those refused in this tier.
-        let mut skip = route.exclude.clone();
+        // Members not to offer: the route's exclusions still in force, then those refused in this
+        // tier.
+        let mut skip: Vec<usize> = route
+            .exclude
+            .iter()
+            .filter(|e| self.pool.members[e.member].comebacks() == e.comebacks)
+            .map(|e| e.member)
+            .collect();
+        let excluded = skip.len();
         for tier in &route.tiers {
-            skip.truncate(route.exclude.len());
+            skip.truncate(excluded);
             self.build_index(tier);
             loop {
                 self.reindex_dirty();

@@ -13,7 +13,7 @@ use crate::contract::v1::{
     Assigned, ErrorClass, Queued, Rerouted, TaskResult, TaskState, task_event::Kind,
 };
 use crate::manager::Manager;
-use crate::manager::balancer::{Placement, Route, Upstream};
+use crate::manager::balancer::{Exclusion, Placement, Route, Upstream};
 use crate::manager::waitqueue::{NotPlaced, Ticket};
 use crate::task_events::TaskEventSink;
 use crate::telemetry;
@@ -172,7 +172,7 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
         // Before re-submitting: the scheduler routes (and reserves budget for) its own
         // copy of the route, so it must carry the new attempt number.
         route.request.dispatch_attempt = dispatch_attempt;
-        route.exclude.push(member.index);
+        route.exclude.push(Exclusion::until_back(&member));
         previous = Some((programmer, reason));
         ticket = mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout);
     };

@@ -17,7 +17,7 @@
 use crate::config::{Config, ProgrammerSpec};
 use crate::contract::v1::programmer_client::ProgrammerClient;
 use crate::contract::v1::{GetStatusRequest, ProgrammerStatus};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Duration;
@@ -52,6 +52,9 @@ pub struct Member {
     /// The channel every client to this programmer shares (connects lazily, reconnects itself).
     pub channel: Channel,
     available: AtomicBool,
+    /// How many times it became available: a task rerouted away from it avoids it only until it
+    /// comes back (see `balancer::Exclusion`).
+    comebacks: AtomicU64,
     /// Tasks the manager has sent here whose streams have not ended.
     in_flight: AtomicU32,
     /// Tasks the programmer reported that are not ours (other callers), as of the last report.
@@ -71,6 +74,11 @@ impl Member {
     /// Healthy (health stream says SERVING).
     pub fn is_available(&self) -> bool {
         self.available.load(Ordering::SeqCst)
+    }
+
+    /// How many times it has become available so far.
+    pub fn comebacks(&self) -> u64 {
+        self.comebacks.load(Ordering::SeqCst)
     }
 
     /// The last GetStatus answer, if any.
@@ -168,6 +176,7 @@ impl PoolView {
                 spec: spec.clone(),
                 channel,
                 available: AtomicBool::new(false),
+                comebacks: AtomicU64::new(0),
                 in_flight: AtomicU32::new(0),
                 external: AtomicU32::new(0),
                 reported: Mutex::new(None),
@@ -252,6 +261,9 @@ impl PoolView {
 
     fn set_available(&self, member: &Member, up: bool) -> bool {
         let was = member.available.swap(up, Ordering::SeqCst);
+        if up && !was {
+            member.comebacks.fetch_add(1, Ordering::SeqCst);
+        }
         if was != up {
             self.touch(member);
             member.wake();
