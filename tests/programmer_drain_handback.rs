@@ -5,10 +5,9 @@
 mod common;
 
 use common::pool::{
-    PoolOptions, TestPool, TestProgrammer, check_stream, manager_client, rerouted, sample_dispatch,
-    state_of, wait_available, wait_for_model_call,
+    PoolOptions, TestPool, TestProgrammer, expect_one_reroute, manager_client, sample_dispatch,
+    wait_available, wait_for_model_call,
 };
-use pas::contract::v1::TaskState;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,31 +52,14 @@ async fn a_draining_programmer_hands_its_task_back_and_the_manager_reroutes_it()
         "001 drains and exits 0: {exit:?}\n{}",
         first.log_text()
     );
-    let (events, result) = tokio::time::timeout(Duration::from_secs(180), task)
-        .await
-        .expect("the task ends")
-        .expect("task join");
-    check_stream(&events);
-    assert_eq!(
-        state_of(&result),
-        TaskState::Succeeded,
-        "rerouted task: {result:#?}\n{}",
+    let hop = expect_one_reroute(task, Duration::from_secs(180), ("001", "002"), || {
         first.log_text()
-    );
-    assert_eq!(result.programmer_id, "002");
-    let hops = rerouted(&events);
-    assert_eq!(hops.len(), 1, "{hops:?}");
-    assert_eq!(
-        (
-            hops[0].from_programmer.as_str(),
-            hops[0].to_programmer.as_str()
-        ),
-        ("001", "002")
-    );
+    })
+    .await;
     assert!(
-        hops[0].reason.contains("handed back"),
+        hop.reason.contains("handed back"),
         "the reason says why: {:?}\n{}",
-        hops[0].reason,
+        hop.reason,
         first.log_text()
     );
     let log = first.log_text();

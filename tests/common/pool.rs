@@ -712,6 +712,39 @@ pub fn assigned_ids(events: &[TaskEvent]) -> Vec<String> {
         .collect()
 }
 
+/// Awaits a spawned task stream (see [`collect_events`]) for up to `timeout` and asserts it
+/// succeeded on `to` after exactly one reroute, from `from`; returns that `Rerouted` event.
+/// `context` (e.g. a process log) is printed when it did not.
+pub async fn expect_one_reroute(
+    task: tokio::task::JoinHandle<(Vec<TaskEvent>, TaskResult)>,
+    timeout: Duration,
+    (from, to): (&str, &str),
+    context: impl Fn() -> String,
+) -> pas::contract::v1::Rerouted {
+    let (events, result) = tokio::time::timeout(timeout, task)
+        .await
+        .unwrap_or_else(|_| panic!("the task did not end within {timeout:?}\n{}", context()))
+        .expect("task join");
+    check_stream(&events);
+    assert_eq!(
+        state_of(&result),
+        TaskState::Succeeded,
+        "{result:#?}\n{}",
+        context()
+    );
+    assert_eq!(result.programmer_id, to);
+    let hops = rerouted(&events);
+    assert_eq!(hops.len(), 1, "{hops:?}");
+    assert_eq!(
+        (
+            hops[0].from_programmer.as_str(),
+            hops[0].to_programmer.as_str()
+        ),
+        (from, to)
+    );
+    hops[0].clone()
+}
+
 /// The `Rerouted` events, in order.
 pub fn rerouted(events: &[TaskEvent]) -> Vec<pas::contract::v1::Rerouted> {
     events
