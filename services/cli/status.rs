@@ -297,6 +297,12 @@ pub fn render(s: &PoolStatus) -> String {
                 out.push_str(&format!("; alert at ${:.2}", b.alert_threshold_usd));
             }
             out.push_str(")\n");
+            if b.earlier_holds_usd > 0.0 {
+                out.push_str(&format!(
+                    "  + ${:.2} still held by tasks reserved on earlier days (booked there)\n",
+                    b.earlier_holds_usd
+                ));
+            }
         }
         None => out.push_str("Budget: unknown\n"),
     }
@@ -474,6 +480,7 @@ mod tests {
                 limit_usd: 50.0,
                 remaining_usd: 43.5,
                 alert_threshold_usd: 40.0,
+                earlier_holds_usd: 2.5,
             }),
             alerts: vec![Alert {
                 kind: "low_availability".into(),
@@ -504,7 +511,7 @@ mod tests {
         for cell in ["unavailable", "ollama/a (primary)", "closed"] {
             assert!(row2.contains(cell), "{cell} missing in {row2}");
         }
-        assert!(text.contains("Budget 2026-11-24: $1.50 spent + $5.00 reserved of $50.00 ($43.50 left; alert at $40.00)"), "{text}");
+        assert!(text.contains("Budget 2026-11-24: $1.50 spent + $5.00 reserved of $50.00 ($43.50 left; alert at $40.00)\n  + $2.50 still held by tasks reserved on earlier days"), "{text}");
         assert!(text.contains("  ! low_availability: only 1 of 2 programmers available (since 1970-01-01 00:00:00Z)"), "{text}");
         let llm_row = text
             .lines()

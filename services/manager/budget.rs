@@ -94,6 +94,9 @@ pub struct BudgetSnapshot {
     pub spent_usd: f64,
     /// Held for paid tasks reserved today and not yet settled.
     pub reserved_usd: f64,
+    /// Held for paid tasks reserved on earlier days and not yet settled. They count against the
+    /// day they were made (where they settle), not today, but stay visible until settled.
+    pub earlier_holds_usd: f64,
     /// The daily limit.
     pub limit_usd: f64,
     /// `limit - spent - reserved`, never below 0.
@@ -392,6 +395,11 @@ impl BudgetLedger {
         let day = day_of((self.clock)());
         let conn = self.lock();
         let (spent, reserved) = totals(&conn, &day)?;
+        let earlier: i64 = conn.query_row(
+            "SELECT COALESCE(SUM(amount_micros), 0) FROM budget_reservations WHERE day < ?1",
+            params![day],
+            |r| r.get(0),
+        )?;
         let alert_since_ms: Option<i64> = conn
             .query_row(
                 "SELECT fired_ms FROM budget_alerts WHERE day = ?1",
@@ -408,6 +416,7 @@ impl BudgetLedger {
             day,
             spent_usd: to_usd(spent),
             reserved_usd: to_usd(reserved),
+            earlier_holds_usd: to_usd(earlier),
             limit_usd: to_usd(self.limit_micros),
             remaining_usd: to_usd(remaining),
             alert_threshold_usd: self.alert_micros.map(to_usd).unwrap_or(0.0),
@@ -749,13 +758,16 @@ mod tests {
             (snap.spent_usd, snap.reserved_usd, snap.remaining_usd),
             (0.0, 0.0, 10.0)
         );
+        // Yesterday's open hold does not count against today, but it does not vanish either.
+        assert_eq!(snap.earlier_holds_usd, 4.0);
         let r = ledger.reserve("c", 10.0).unwrap();
         assert_eq!(r.day, "2026-11-04");
         // "b" was reserved yesterday: its cost goes to yesterday, today stays full.
         let s = ledger.settle("b", 3.0).unwrap();
         assert_eq!(s.day, "2026-11-03");
         assert_eq!(s.day_spent_usd, 9.0);
-        assert_eq!(ledger.snapshot().unwrap().spent_usd, 0.0);
+        let snap = ledger.snapshot().unwrap();
+        assert_eq!((snap.spent_usd, snap.earlier_holds_usd), (0.0, 0.0));
     }
 
     #[test]
