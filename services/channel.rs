@@ -33,14 +33,26 @@ impl ClientSecurity {
     /// What the CLI uses: the config's `tls:` files for the `client` name (when the config
     /// loads and has the section) and `PAS_TOKEN`.
     pub fn for_cli(config_path: &std::path::Path) -> Self {
-        let tls = crate::config::Config::load(config_path)
-            .ok()
-            .and_then(|c| c.tls_files("client"));
+        Self::for_config(crate::config::Config::load(config_path).ok().as_ref())
+    }
+
+    /// [`ClientSecurity::for_cli`] with the configuration already loaded (or none).
+    pub fn for_config(config: Option<&crate::config::Config>) -> Self {
         Self {
-            tls,
+            tls: config.and_then(|c| c.tls_files("client")),
             token: std::env::var(ENV_TOKEN).ok().filter(|t| !t.is_empty()),
         }
     }
+
+    /// `https` with TLS, else `http`: the URL scheme of gRPC and HTTP calls alike.
+    pub fn scheme(&self) -> &'static str {
+        scheme(self.tls.as_ref())
+    }
+}
+
+/// `https` when TLS files are given, else `http`.
+pub fn scheme(tls: Option<&TlsFiles>) -> &'static str {
+    if tls.is_some() { "https" } else { "http" }
 }
 
 /// Why a channel could not be set up.
@@ -86,7 +98,7 @@ pub fn host_of(addr: &str) -> &str {
 /// An endpoint for `addr` (`host:port`): `https` with the pool CA (and this client's certificate
 /// when its files exist) when `tls` is given, else `http`; HTTP/2 keepalive on.
 pub fn endpoint(addr: &str, tls: Option<&TlsFiles>) -> Result<Endpoint, ChannelError> {
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let scheme = scheme(tls);
     let bad = |source| ChannelError::Address {
         addr: addr.to_string(),
         source,

@@ -120,14 +120,6 @@ impl Bound {
             Bound::Tls(l) => axum::serve::Listener::local_addr(l),
         }
     }
-
-    /// `https` or `http`: how clients reach it.
-    pub fn scheme(&self) -> &'static str {
-        match self {
-            Bound::Plain(_) => "http",
-            Bound::Tls(_) => "https",
-        }
-    }
 }
 
 /// Binds `host:port` (port 0 picks a free port; read it back with `local_addr`).
@@ -207,8 +199,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The accept loop: every connection served by hyper (HTTP/1.1 or HTTP/2, detected per
 /// connection) with HTTP/2 keepalive; on `shutdown`, stop accepting, ask every connection to
 /// finish gracefully (GOAWAY; in-flight streams complete) and wait for them, at most
-/// [`SHUTDOWN_GRACE`]. Like `axum::serve`,
-/// whose builder exposes no HTTP/2 settings, hence this loop.
+/// [`SHUTDOWN_GRACE`]. Like `axum::serve`, whose builder exposes no HTTP/2 settings, hence this
+/// loop.
 async fn serve_connections<L>(
     mut listener: L,
     router: axum::Router,

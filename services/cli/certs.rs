@@ -62,7 +62,6 @@ fn subjects(config: &Config, extra: &[String]) -> Vec<Subject> {
         .filter(|h| !h.is_empty() && h != "0.0.0.0" && h != "::")
         .chain(extra.iter().cloned())
         .collect();
-        all.dedup();
         let mut seen = std::collections::BTreeSet::new();
         all.retain(|h| seen.insert(h.clone()));
         all

@@ -204,10 +204,7 @@ async fn demo(config_path: &Path, log_format: LogFormat, args: DemoArgs) -> anyh
     println!("{}", up::children_table(&supervisor.reports()));
 
     let manager = crate::channel::connect_addr(&config.pool.manager.host, config.pool.manager.port);
-    let security = crate::channel::ClientSecurity {
-        tls: config.tls_files("client"),
-        token: std::env::var(crate::channel::ENV_TOKEN).ok(),
-    };
+    let security = crate::channel::ClientSecurity::for_config(Some(&config));
     let outcome = run_tasks(&manager, &security).await;
     let all_ok = match &outcome {
         Ok(results) => {

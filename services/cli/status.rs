@@ -191,12 +191,7 @@ pub async fn fetch_json(
     addr: &str,
     security: &crate::channel::ClientSecurity,
 ) -> Result<serde_json::Value, StatusError> {
-    let scheme = if security.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let url = format!("{scheme}://{addr}/programmer_pool/status");
+    let url = format!("{}://{addr}/programmer_pool/status", security.scheme());
     let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
     if let Some(files) = &security.tls {
         let tls = crate::tls::rustls_client_config(files)
@@ -231,22 +226,21 @@ pub async fn fetch_json(
 impl StatusError {
     /// What the operator should try next.
     pub fn hint(&self) -> &'static str {
-        match self {
-            StatusError::Rpc { status, .. }
-                if matches!(
-                    status.code(),
-                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
-                ) =>
-            {
-                "set PAS_TOKEN to a token with the read role or more: `pas token new`"
-            }
-            StatusError::HttpStatus { status, .. }
-                if *status == reqwest::StatusCode::UNAUTHORIZED
-                    || *status == reqwest::StatusCode::FORBIDDEN =>
-            {
-                "set PAS_TOKEN to a token with the read role or more: `pas token new`"
-            }
-            _ => "is the pool running? `pas up`",
+        let refused = match self {
+            StatusError::Rpc { status, .. } => matches!(
+                status.code(),
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+            ),
+            StatusError::HttpStatus { status, .. } => matches!(
+                *status,
+                reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN
+            ),
+            _ => false,
+        };
+        if refused {
+            "set PAS_TOKEN to a token with the read role or more: `pas token new`"
+        } else {
+            "is the pool running? `pas up`"
         }
     }
 }

@@ -407,3 +407,13 @@ pub enum OpenRoute {
     /// `/metrics`.
     Metrics,
 }
+
+impl OpenRoute {
+    /// The name as written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::Metrics => "metrics",
+        }
+    }
+}

@@ -179,14 +179,7 @@ pub(crate) fn render(config: &Config) -> String {
                         .map(|f| format!("file {}", f.display()))
                         .chain(auth.tokens_env.iter().map(|v| format!("${v}")))
                         .collect();
-                    let open: Vec<&str> = auth
-                        .open
-                        .iter()
-                        .map(|r| match r {
-                            super::OpenRoute::Status => "status",
-                            super::OpenRoute::Metrics => "metrics",
-                        })
-                        .collect();
+                    let open: Vec<&str> = auth.open.iter().map(|r| r.as_str()).collect();
                     format!(
                         "bearer tokens from {} (open without a token: health{}{})",
                         sources.join(" and "),

@@ -1,6 +1,7 @@
 //! One task's life in the manager: wait for a programmer (Queued events), start it there
 //! (Assigned), relay its events in order, re-route it when its programmer dies, its stream
-//! breaks or a shutting-down programmer hands it back unfinished (Rerouted), settle its budget reservation, record it, and end with exactly one result.
+//! breaks or a shutting-down programmer hands it back unfinished (Rerouted), settle its budget
+//! reservation, record it, and end with exactly one result.
 //!
 //! Re-dispatching is safe because every attempt runs in its own worktree and branch on the
 //! programmer side: each dispatch attempt gets its own programmer-side task id

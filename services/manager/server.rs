@@ -123,10 +123,11 @@ impl ProgrammerPool for PoolService {
         let (sink, rx) = TaskEventSink::channel(&task_id, EVENT_BUFFER);
         match mgr
             .store
-            .insert(
-                &NewTask::from_request(&task_id, &req)
-                    .owned_by(caller.as_ref().map_or("", |c| c.name.as_str()), &req),
-            )
+            .insert(&NewTask::dispatched_by(
+                &task_id,
+                &req,
+                caller.as_ref().map_or("", |c| c.name.as_str()),
+            ))
             .await
         {
             Ok(InsertOutcome::Inserted) => {}

@@ -71,8 +71,16 @@ pub struct NewTask {
 }
 
 impl NewTask {
-    /// The record of `req` under `task_id` (which wins over `req.task_id`, so generated ids work).
+    /// The record of `req` under `task_id` (which wins over `req.task_id`, so generated ids work),
+    /// dispatched without caller authentication.
     pub fn from_request(task_id: &str, req: &DispatchRequest) -> Self {
+        Self::dispatched_by(task_id, req, "")
+    }
+
+    /// The record of `req` under `task_id`, dispatched by caller `owner` (empty without
+    /// authentication). The owner is part of the fingerprint, so a different caller repeating the
+    /// id gets ALREADY_EXISTS instead of the owner's result.
+    pub fn dispatched_by(task_id: &str, req: &DispatchRequest, owner: &str) -> Self {
         Self {
             task_id: task_id.to_owned(),
             task_description: req.task_description.clone(),
@@ -81,40 +89,31 @@ impl NewTask {
             run_id: req.run_id.clone(),
             capabilities: req.capabilities.clone(),
             dry_run: req.dry_run,
-            fingerprint: fingerprint(req),
-            owner: String::new(),
+            fingerprint: fingerprint(req, owner),
+            owner: owner.to_owned(),
         }
-    }
-
-    /// The same task dispatched by caller `owner`. The owner is part of the fingerprint, so a
-    /// different caller repeating the id gets ALREADY_EXISTS instead of the owner's result.
-    pub fn owned_by(mut self, owner: &str, req: &DispatchRequest) -> Self {
-        if !owner.is_empty() {
-            let mut canonical = req.clone();
-            canonical.task_id.clear();
-            let mut hasher = Sha256::new();
-            hasher.update(owner.as_bytes());
-            hasher.update([0u8]);
-            hasher.update(canonical.encode_to_vec());
-            self.fingerprint = hasher
-                .finalize()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-        }
-        self.owner = owner.to_owned();
-        self
     }
 }
 
-/// SHA-256 (hex) of the request's protobuf encoding with `task_id` cleared: two dispatches are
-/// "the same request" when every field but the id is equal (prost encodes fields in tag order, so
-/// the encoding is canonical for this message).
-pub fn fingerprint(req: &DispatchRequest) -> String {
+/// SHA-256 (hex) of the request's protobuf encoding with `task_id` cleared, preceded by the
+/// caller's name and a NUL when there is one: two dispatches are "the same request" when the same
+/// caller sent equal fields but the id (prost encodes fields in tag order, so the encoding is
+/// canonical for this message). Without a caller the hash is of the encoding alone, as stores
+/// written before authentication existed recorded it.
+pub fn fingerprint(req: &DispatchRequest, owner: &str) -> String {
     let mut canonical = req.clone();
     canonical.task_id.clear();
-    let digest = Sha256::digest(canonical.encode_to_vec());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    let mut hasher = Sha256::new();
+    if !owner.is_empty() {
+        hasher.update(owner.as_bytes());
+        hasher.update([0u8]);
+    }
+    hasher.update(canonical.encode_to_vec());
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// What [`TaskStore::insert`] did.
