@@ -105,6 +105,7 @@ impl ProgrammerPool for BareRelay {
     type DispatchStream = std::pin::Pin<
         Box<dyn futures::Stream<Item = Result<TaskEvent, tonic::Status>> + Send + 'static>,
     >;
+    type WatchTaskStream = Self::DispatchStream;
 
     async fn dispatch(
         &self,
@@ -155,6 +156,20 @@ impl ProgrammerPool for BareRelay {
         &self,
         _: tonic::Request<GetTaskRequest>,
     ) -> Result<tonic::Response<TaskRecord>, tonic::Status> {
+        Err(tonic::Status::unimplemented("bare relay"))
+    }
+
+    async fn watch_task(
+        &self,
+        _: tonic::Request<pas::contract::v1::WatchTaskRequest>,
+    ) -> Result<tonic::Response<Self::WatchTaskStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("bare relay"))
+    }
+
+    async fn list_tasks(
+        &self,
+        _: tonic::Request<pas::contract::v1::ListTasksRequest>,
+    ) -> Result<tonic::Response<pas::contract::v1::ListTasksResponse>, tonic::Status> {
         Err(tonic::Status::unimplemented("bare relay"))
     }
 }

@@ -1,13 +1,23 @@
-//! Building a task's event stream: numbering (`seq`), timestamps, and the guarantee that a stream
-//! carries exactly one terminal `result` event.
+//! A task's event log: numbering (`seq`), timestamps, exactly one terminal `result`, an optional
+//! durable [`Journal`], and any number of followers that replay the log and then tail it.
 //!
 //! Both the programmer (which produces events) and the manager (which relays and adds its own)
-//! send through a [`TaskEventSink`], so the numbering rules live in one place.
+//! write through a [`TaskEventSink`], so the numbering rules live in one place. A task's events
+//! do not go to one caller's connection: they go into the task's [`TaskLog`], and every stream
+//! that shows them (Execute, Dispatch, WatchTask) is a [`TaskLog::follow`]er. So a task outlives
+//! the connection that started it, a caller whose stream broke re-attaches from the last seq it
+//! saw, and every follower sees every event once, in order.
+//!
+//! An event is journaled before any follower can see it: a caller never hears of an event that a
+//! restarted process could not replay.
 
-use crate::contract::v1::{TaskEvent, TaskResult, task_event::Kind};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use tokio::sync::mpsc;
+use crate::contract::v1::{Heartbeat, TaskEvent, TaskResult, task_event::Kind};
+use futures::future::BoxFuture;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::watch;
 use tonic::Status;
 
 /// Milliseconds since the Unix epoch, for event timestamps and records.
@@ -18,26 +28,96 @@ pub fn now_unix_ms() -> i64 {
 /// The item type of a server-streaming response.
 pub type EventItem = Result<TaskEvent, Status>;
 
-/// Sends one task's events to its caller in order. Cheap to clone; clones share the numbering.
-#[derive(Debug, Clone)]
-pub struct TaskEventSink {
-    task_id: Arc<str>,
-    tx: mpsc::Sender<EventItem>,
-    seq: Arc<AtomicU64>,
-    finished: Arc<AtomicBool>,
+/// A follower's stream of events, as tonic serves it.
+pub type EventStream = Pin<Box<dyn futures::Stream<Item = EventItem> + Send + 'static>>;
+
+/// Most events a log keeps in memory; older ones are dropped first (a follower asking for them
+/// gets OUT_OF_RANGE naming the oldest kept). The result is always kept: it is last.
+pub const MAX_RETAINED: usize = 10_000;
+
+/// How often an idle WatchTask stream carries a heartbeat.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+
+/// Where a log's events are made durable before followers see them.
+pub trait Journal: Send + Sync + 'static {
+    /// Stores `event` of `task_id`. `upstream_seq` is the seq of the programmer event it relays
+    /// (manager only; 0 for events made here). Resolves once the event is durable.
+    fn append(
+        &self,
+        task_id: &str,
+        event: &TaskEvent,
+        upstream_seq: u64,
+    ) -> BoxFuture<'static, Result<(), String>>;
 }
 
-impl TaskEventSink {
-    /// A sink for `task_id` and the receiving half to hand to tonic (wrap it in a `ReceiverStream`).
-    pub fn channel(task_id: &str, capacity: usize) -> (Self, mpsc::Receiver<EventItem>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        let sink = Self {
+#[derive(Debug, Default)]
+struct LogState {
+    events: VecDeque<TaskEvent>,
+    /// Seq of the latest event (0: none yet).
+    latest: u64,
+    finished: bool,
+}
+
+/// One task's events, in memory (bounded by [`MAX_RETAINED`]) and, with a journal, on disk.
+pub struct TaskLog {
+    task_id: Arc<str>,
+    state: Mutex<LogState>,
+    /// Held from numbering an event until it is published, so events publish in seq order even
+    /// while the journal write is awaited.
+    appending: tokio::sync::Mutex<()>,
+    /// The latest published seq; followers wait on it.
+    published: watch::Sender<u64>,
+    /// How many followers are open now (a programmer's lease watches this).
+    followers: watch::Sender<usize>,
+    journal: Option<Arc<dyn Journal>>,
+}
+
+impl std::fmt::Debug for TaskLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskLog")
+            .field("task_id", &self.task_id)
+            .field("latest", &self.latest_seq())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskLog {
+    /// An empty log for `task_id`.
+    pub fn new(task_id: &str, journal: Option<Arc<dyn Journal>>) -> Arc<Self> {
+        Self::restore(task_id, Vec::new(), journal)
+    }
+
+    /// A log holding `events` already journaled (a restarted process rebuilding its tasks).
+    /// They must be in seq order; the log continues numbering after the last.
+    pub fn restore(
+        task_id: &str,
+        events: Vec<TaskEvent>,
+        journal: Option<Arc<dyn Journal>>,
+    ) -> Arc<Self> {
+        let latest = events.last().map_or(0, |e| e.seq);
+        let finished = events
+            .last()
+            .is_some_and(|e| matches!(e.kind, Some(Kind::Result(_))));
+        let mut events: VecDeque<TaskEvent> = events.into();
+        while events.len() > MAX_RETAINED {
+            events.pop_front();
+        }
+        Arc::new(Self {
             task_id: task_id.into(),
-            tx,
-            seq: Arc::new(AtomicU64::new(0)),
-            finished: Arc::new(AtomicBool::new(false)),
-        };
-        (sink, rx)
+            state: Mutex::new(LogState {
+                events,
+                latest,
+                finished,
+            }),
+            appending: tokio::sync::Mutex::new(()),
+            published: watch::channel(latest).0,
+            followers: watch::channel(0).0,
+            journal,
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, LogState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The task id events are stamped with.
@@ -45,54 +125,226 @@ impl TaskEventSink {
         &self.task_id
     }
 
-    /// Sends a non-terminal event. Returns false when the caller has gone away (or the result was
-    /// already sent); the task should then stop.
-    pub async fn send(&self, kind: Kind) -> bool {
-        if matches!(kind, Kind::Result(_)) {
-            return self.finish_kind(kind).await;
-        }
-        if self.finished.load(Ordering::SeqCst) {
-            return false;
-        }
-        self.push(kind).await
+    /// Seq of the latest published event (0 before the first).
+    pub fn latest_seq(&self) -> u64 {
+        self.state().latest
     }
 
-    /// Sends the terminal result. Only the first call sends; later ones are ignored, so a stream
+    /// True once the terminal result was published.
+    pub fn is_finished(&self) -> bool {
+        self.state().finished
+    }
+
+    /// The result, once published.
+    pub fn result(&self) -> Option<TaskResult> {
+        match self.state().events.back().and_then(|e| e.kind.clone()) {
+            Some(Kind::Result(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The number of open followers, to watch (see the programmer's lease).
+    pub fn followers(&self) -> watch::Receiver<usize> {
+        self.followers.subscribe()
+    }
+
+    /// Appends `kind` unless the result was already appended (then returns false): numbers and
+    /// stamps it, journals it, then lets followers see it.
+    async fn append(&self, kind: Kind, upstream_seq: u64) -> bool {
+        let _turn = self.appending.lock().await;
+        let terminal = matches!(kind, Kind::Result(_));
+        let event = {
+            let state = self.state();
+            if state.finished {
+                return false;
+            }
+            TaskEvent {
+                task_id: self.task_id.to_string(),
+                seq: state.latest + 1,
+                timestamp_ms: now_unix_ms(),
+                kind: Some(kind),
+            }
+        };
+        if let Some(journal) = &self.journal
+            && let Err(e) = journal.append(&self.task_id, &event, upstream_seq).await
+        {
+            // The task goes on: losing durability of one event beats stopping the work.
+            tracing::error!(task_id = %self.task_id, seq = event.seq, "event journal: {e}");
+        }
+        let seq = event.seq;
+        {
+            let mut state = self.state();
+            state.latest = seq;
+            state.finished = terminal;
+            state.events.push_back(event);
+            while state.events.len() > MAX_RETAINED {
+                state.events.pop_front();
+            }
+        }
+        self.published.send_replace(seq);
+        true
+    }
+
+    /// Follows the log: the events with seq > `after_seq`, then new ones as they are published,
+    /// ending after the result. With `heartbeat`, an idle stream carries a [`Heartbeat`] that
+    /// often. OUT_OF_RANGE when events after `after_seq` are no longer kept.
+    pub fn follow(
+        self: &Arc<Self>,
+        after_seq: u64,
+        heartbeat: Option<Duration>,
+    ) -> Result<EventStream, Status> {
+        {
+            let state = self.state();
+            if let Some(oldest) = state.events.front().map(|e| e.seq)
+                && after_seq + 1 < oldest
+            {
+                return Err(out_of_range(&self.task_id, oldest));
+            }
+            if after_seq > state.latest {
+                return Err(Status::out_of_range(format!(
+                    "after_seq: task {:?} has no event {after_seq} yet (latest is {})",
+                    self.task_id, state.latest
+                )));
+            }
+        }
+        let follower = Follower {
+            log: self.clone(),
+            cursor: after_seq,
+            published: self.published.subscribe(),
+            heartbeat,
+            done: false,
+        };
+        self.followers.send_modify(|n| *n += 1);
+        Ok(Box::pin(futures::stream::unfold(follower, |mut f| async {
+            let item = f.next().await?;
+            Some((item, f))
+        })))
+    }
+
+    /// The event after `cursor`: `Ok(Some)`, `Ok(None)` if not published yet, or the seq of the
+    /// oldest kept event when the one after `cursor` was dropped.
+    fn next_after(&self, cursor: u64) -> Result<Option<TaskEvent>, u64> {
+        let state = self.state();
+        let Some(oldest) = state.events.front().map(|e| e.seq) else {
+            return Ok(None);
+        };
+        if cursor + 1 < oldest {
+            return Err(oldest);
+        }
+        let index = usize::try_from(cursor + 1 - oldest).unwrap_or(usize::MAX);
+        Ok(state.events.get(index).cloned())
+    }
+}
+
+fn out_of_range(task_id: &str, oldest: u64) -> Status {
+    Status::out_of_range(format!(
+        "after_seq: events of task {task_id:?} before seq {oldest} are no longer kept; \
+         follow it with after_seq >= {}",
+        oldest - 1
+    ))
+}
+
+/// One open follower of a [`TaskLog`]; counted in [`TaskLog::followers`] until dropped.
+struct Follower {
+    log: Arc<TaskLog>,
+    cursor: u64,
+    published: watch::Receiver<u64>,
+    heartbeat: Option<Duration>,
+    done: bool,
+}
+
+impl Follower {
+    async fn next(&mut self) -> Option<EventItem> {
+        if self.done {
+            return None;
+        }
+        loop {
+            match self.log.next_after(self.cursor) {
+                Ok(Some(event)) => {
+                    self.cursor = event.seq;
+                    self.done = matches!(event.kind, Some(Kind::Result(_)));
+                    return Some(Ok(event));
+                }
+                Ok(None) => {}
+                Err(oldest) => {
+                    // Fell so far behind that the log dropped what it has not read yet.
+                    self.done = true;
+                    return Some(Err(out_of_range(&self.log.task_id, oldest)));
+                }
+            }
+            let idle = async {
+                match self.heartbeat {
+                    Some(every) => tokio::time::sleep(every).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = self.published.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
+                () = idle => {
+                    return Some(Ok(TaskEvent {
+                        task_id: self.log.task_id.to_string(),
+                        seq: 0,
+                        timestamp_ms: now_unix_ms(),
+                        kind: Some(Kind::Heartbeat(Heartbeat { latest_seq: self.log.latest_seq() })),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.log.followers.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Writes one task's events into its [`TaskLog`]. Cheap to clone; clones share the numbering.
+#[derive(Debug, Clone)]
+pub struct TaskEventSink {
+    log: Arc<TaskLog>,
+}
+
+impl TaskEventSink {
+    /// A sink writing into `log`.
+    pub fn new(log: Arc<TaskLog>) -> Self {
+        Self { log }
+    }
+
+    /// The log this sink writes.
+    pub fn log(&self) -> &Arc<TaskLog> {
+        &self.log
+    }
+
+    /// The task id events are stamped with.
+    pub fn task_id(&self) -> &str {
+        self.log.task_id()
+    }
+
+    /// Appends a non-terminal event. Returns false when the result was already sent.
+    pub async fn send(&self, kind: Kind) -> bool {
+        self.log.append(kind, 0).await
+    }
+
+    /// Appends an event relayed from the programmer's event `upstream_seq` (journaled with it, so
+    /// a restarted manager knows where to resume following the programmer).
+    pub async fn send_relayed(&self, kind: Kind, upstream_seq: u64) -> bool {
+        self.log.append(kind, upstream_seq).await
+    }
+
+    /// Appends the terminal result. Only the first call does; later ones are ignored, so a log
     /// never has two results.
     pub async fn finish(&self, result: TaskResult) -> bool {
-        self.finish_kind(Kind::Result(result)).await
-    }
-
-    async fn finish_kind(&self, kind: Kind) -> bool {
-        if self.finished.swap(true, Ordering::SeqCst) {
-            return false;
-        }
-        self.push(kind).await
-    }
-
-    async fn push(&self, kind: Kind) -> bool {
-        let event = TaskEvent {
-            task_id: self.task_id.to_string(),
-            seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
-            timestamp_ms: now_unix_ms(),
-            kind: Some(kind),
-        };
-        self.tx.send(Ok(event)).await.is_ok()
-    }
-
-    /// Resolves when the receiver is dropped: the caller cancelled or disconnected.
-    pub async fn closed(&self) {
-        self.tx.closed().await
-    }
-
-    /// True once the receiver is gone.
-    pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.log.append(Kind::Result(result), 0).await
     }
 
     /// True once the terminal result was sent.
     pub fn is_finished(&self) -> bool {
-        self.finished.load(Ordering::SeqCst)
+        self.log.is_finished()
     }
 }
 
@@ -100,6 +352,7 @@ impl TaskEventSink {
 mod tests {
     use super::*;
     use crate::contract::v1::{Output, TaskState};
+    use futures::StreamExt;
 
     fn output(text: &str) -> Kind {
         Kind::Output(Output {
@@ -109,37 +362,114 @@ mod tests {
         })
     }
 
-    #[tokio::test]
-    async fn numbers_events_and_sends_one_result() {
-        let (sink, mut rx) = TaskEventSink::channel("t1", 16);
-        assert!(sink.send(output("a")).await);
-        let clone = sink.clone();
-        assert!(clone.send(output("b")).await);
-        let result = TaskResult {
+    fn succeeded() -> TaskResult {
+        TaskResult {
             status: TaskState::Succeeded as i32,
             ..Default::default()
-        };
-        assert!(sink.finish(result.clone()).await);
-        assert!(!clone.finish(result).await, "second result is dropped");
-        assert!(!sink.send(output("late")).await, "nothing after the result");
-        drop((sink, clone));
-        let mut seqs = Vec::new();
-        let mut results = 0;
-        while let Some(Ok(ev)) = rx.recv().await {
-            assert_eq!(ev.task_id, "t1");
-            seqs.push(ev.seq);
-            results += matches!(ev.kind, Some(Kind::Result(_))) as usize;
         }
-        assert_eq!(seqs, vec![1, 2, 3]);
-        assert_eq!(results, 1);
+    }
+
+    async fn seqs(mut stream: EventStream) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        while let Some(Ok(ev)) = stream.next().await {
+            seqs.push(ev.seq);
+        }
+        seqs
     }
 
     #[tokio::test]
-    async fn reports_a_gone_caller() {
-        let (sink, rx) = TaskEventSink::channel("t2", 1);
-        drop(rx);
-        assert!(sink.is_closed());
-        assert!(!sink.send(output("x")).await);
-        sink.closed().await;
+    async fn numbers_events_and_keeps_one_result() {
+        let log = TaskLog::new("t1", None);
+        let sink = TaskEventSink::new(log.clone());
+        let live = log.follow(0, None).unwrap();
+        assert!(sink.send(output("a")).await);
+        let clone = sink.clone();
+        assert!(clone.send(output("b")).await);
+        assert!(sink.finish(succeeded()).await);
+        assert!(!clone.finish(succeeded()).await, "second result is dropped");
+        assert!(!sink.send(output("late")).await, "nothing after the result");
+        assert_eq!(seqs(live).await, vec![1, 2, 3]);
+        // A follower that joins later replays, from any point.
+        assert_eq!(seqs(log.follow(0, None).unwrap()).await, vec![1, 2, 3]);
+        assert_eq!(seqs(log.follow(2, None).unwrap()).await, vec![3]);
+        assert_eq!(log.result().map(|r| r.status), Some(succeeded().status));
+    }
+
+    #[tokio::test]
+    async fn followers_are_counted_until_dropped() {
+        let log = TaskLog::new("t2", None);
+        let followers = log.followers();
+        let a = log.follow(0, None).unwrap();
+        let b = log.follow(0, None).unwrap();
+        assert_eq!(*followers.borrow(), 2);
+        drop(a);
+        assert_eq!(*followers.borrow(), 1);
+        drop(b);
+        assert_eq!(*followers.borrow(), 0);
+    }
+
+    #[tokio::test]
+    async fn asking_for_dropped_events_is_out_of_range() {
+        let log = TaskLog::new("t3", None);
+        let sink = TaskEventSink::new(log.clone());
+        for i in 0..MAX_RETAINED + 5 {
+            sink.send(output(&i.to_string())).await;
+        }
+        let err = log.follow(0, None).err().expect("out of range");
+        assert_eq!(err.code(), tonic::Code::OutOfRange);
+        assert!(err.message().contains("before seq 6"), "{}", err.message());
+        assert!(log.follow(5, None).is_ok());
+        let ahead = log
+            .follow(MAX_RETAINED as u64 + 6, None)
+            .err()
+            .expect("ahead");
+        assert_eq!(ahead.code(), tonic::Code::OutOfRange);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_follower_gets_heartbeats_with_the_latest_seq() {
+        let log = TaskLog::new("t4", None);
+        let sink = TaskEventSink::new(log.clone());
+        sink.send(output("a")).await;
+        let mut stream = log.follow(1, Some(HEARTBEAT_EVERY)).unwrap();
+        let beat = stream.next().await.unwrap().unwrap();
+        assert_eq!(beat.seq, 0);
+        assert!(matches!(
+            beat.kind,
+            Some(Kind::Heartbeat(Heartbeat { latest_seq: 1 }))
+        ));
+        sink.finish(succeeded()).await;
+        assert_eq!(stream.next().await.unwrap().unwrap().seq, 2);
+        assert!(stream.next().await.is_none());
+    }
+
+    struct Recorder(Mutex<Vec<(u64, u64)>>);
+    impl Journal for Recorder {
+        fn append(
+            &self,
+            _: &str,
+            event: &TaskEvent,
+            upstream: u64,
+        ) -> BoxFuture<'static, Result<(), String>> {
+            self.0.lock().unwrap().push((event.seq, upstream));
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn events_are_journaled_with_their_upstream_seq_and_restored() {
+        let journal = Arc::new(Recorder(Mutex::new(Vec::new())));
+        let log = TaskLog::new("t5", Some(journal.clone()));
+        let sink = TaskEventSink::new(log.clone());
+        sink.send(output("a")).await;
+        sink.send_relayed(output("b"), 7).await;
+        assert_eq!(*journal.0.lock().unwrap(), vec![(1, 0), (2, 7)]);
+        let events: Vec<TaskEvent> = log.state().events.iter().cloned().collect();
+        let restored = TaskLog::restore("t5", events, None);
+        assert_eq!(restored.latest_seq(), 2);
+        TaskEventSink::new(restored.clone())
+            .finish(succeeded())
+            .await;
+        assert_eq!(seqs(restored.follow(0, None).unwrap()).await, vec![1, 2, 3]);
     }
 }

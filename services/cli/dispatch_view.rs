@@ -49,6 +49,7 @@ pub fn event_json(event: &TaskEvent) -> Value {
             "to_programmer": r.to_programmer, "reason": r.reason,
         }),
         Some(Kind::Result(r)) => result_json(r),
+        Some(Kind::Heartbeat(h)) => json!({ "type": "heartbeat", "latest_seq": h.latest_seq }),
         None => json!({ "type": "unknown" }),
     };
     if let Value::Object(map) = &mut value {
@@ -219,7 +220,7 @@ pub fn notice(event: &TaskEvent) -> Option<String> {
             "rerouted: programmer {} → {}: {}",
             r.from_programmer, r.to_programmer, r.reason
         ),
-        Kind::Output(_) | Kind::Result(_) => return None,
+        Kind::Output(_) | Kind::Result(_) | Kind::Heartbeat(_) => return None,
     })
 }
 

@@ -287,6 +287,10 @@ pub struct ManagerConfig {
     pub queue_timeout_s: u64,
     /// Programmers one task may be dispatched to before giving up (reroutes + 1).
     pub max_dispatch_attempts: u32,
+    /// A task's lease, in seconds: a programmer stops (and hands back) a task nobody has followed
+    /// for this long, so a manager that never comes back leaves no work running; a manager that
+    /// cannot reach a task's programmer for this long knows the task stopped there and reroutes it.
+    pub task_lease_s: u64,
 }
 
 impl Default for ManagerConfig {
@@ -297,6 +301,7 @@ impl Default for ManagerConfig {
             max_queue: 500,
             queue_timeout_s: 600,
             max_dispatch_attempts: 3,
+            task_lease_s: 60,
         }
     }
 }

@@ -133,8 +133,13 @@ pub(crate) fn render(config: &Config) -> String {
         (
             "Manager",
             format!(
-                "{}:{} (queue {}, queue timeout {}s, {} dispatch attempts)",
-                m.host, m.port, m.max_queue, m.queue_timeout_s, m.max_dispatch_attempts
+                "{}:{} (queue {}, queue timeout {}s, {} dispatch attempts, task lease {}s)",
+                m.host,
+                m.port,
+                m.max_queue,
+                m.queue_timeout_s,
+                m.max_dispatch_attempts,
+                m.task_lease_s
             ),
         ),
         (

@@ -337,6 +337,7 @@ fn check_manager(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
         at.key("max_dispatch_attempts"),
         m.max_dispatch_attempts.into(),
     );
+    positive_int(out, at.key("task_lease_s"), m.task_lease_s);
 }
 
 fn check_providers(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {

@@ -255,7 +255,9 @@ impl Authenticator {
         const POOL: &str = "/pas.v1.ProgrammerPool/";
         if let Some(method) = path.strip_prefix(POOL) {
             return match method {
-                "Dispatch" | "GetTask" | "CancelTask" => Need::Role(Role::Dispatch),
+                "Dispatch" | "GetTask" | "CancelTask" | "WatchTask" | "ListTasks" => {
+                    Need::Role(Role::Dispatch)
+                }
                 "GetPoolStatus" if self.open_status => Need::Open,
                 "GetPoolStatus" => Need::Role(Role::Read),
                 _ => Need::Role(Role::Admin),

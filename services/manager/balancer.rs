@@ -54,6 +54,22 @@ pub struct Upstream {
     _load: Option<Handle>,
 }
 
+impl Upstream {
+    /// Follows a task already placed on `member` (re-attached after a broken stream or a manager
+    /// restart): counted in flight there like a task this process started.
+    pub fn follow(
+        pool: &Arc<PoolView>,
+        member: &Arc<Member>,
+        stream: tonic::Streaming<TaskEvent>,
+    ) -> Self {
+        Self {
+            stream,
+            _in_flight: pool.start_task(member),
+            _load: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream").finish_non_exhaustive()
@@ -175,11 +191,25 @@ impl Exclusion {
     }
 }
 
+/// Budget held for one dispatch attempt on a paid programmer. It ends exactly once: settled to
+/// what the attempt cost (or, when that is unknown, to the whole hold), or released when the
+/// attempt never started. The manager's [`settle`](crate::manager::Manager::settle) and
+/// [`release`](crate::manager::Manager::release) take it by value, so it cannot end twice. A hold
+/// is never ended by being dropped: a stopping manager leaves its holds to the next process,
+/// which resumes their tasks.
+#[derive(Debug)]
+pub struct Hold {
+    /// The ledger key (see [`reservation_key`]).
+    pub key: String,
+    /// Dollars held.
+    pub amount_usd: f64,
+}
+
 /// A task placed on a programmer: the `Execute` call is under way.
 pub struct Placement {
     pub member: Arc<Member>,
-    /// Dollars reserved from the daily budget for this task (paid programmers only).
-    pub reserved_usd: Option<f64>,
+    /// Budget reserved for this attempt (paid programmers only).
+    pub hold: Option<Hold>,
     pub response: BoxFuture<'static, Result<Upstream, Status>>,
     /// The tier the strategy chose from, and the members it was told to leave out (excluded
     /// by the route or refused during this decision): see [`Placement::candidate_ids`].
@@ -188,6 +218,16 @@ pub struct Placement {
 }
 
 impl Placement {
+    /// Gives up a placement whose `Execute` was never polled (so never sent): the task did not
+    /// start there, and its hold is released.
+    pub fn abandon(self, budget: &BudgetLedger) {
+        if let Some(hold) = self.hold
+            && let Err(e) = budget.release(&hold.key)
+        {
+            tracing::error!(key = %hold.key, "budget ledger: {e}");
+        }
+    }
+
     /// Ids of the programmers the strategy chose from, in configuration order, for the
     /// routing-decision span: the tier's members minus the skipped ones. O(n), so it is built by
     /// the task, not inside the decision.
@@ -365,13 +405,17 @@ impl Balancer {
                 let mut request = route.request.clone();
                 // The programmer stops the task at the amount held for it.
                 request.max_cost_usd = reserved_usd.unwrap_or(0.0);
+                let hold = reserved_usd.map(|amount_usd| Hold {
+                    key: reservation_key(&request.task_id, request.dispatch_attempt),
+                    amount_usd,
+                });
                 request.task_id = attempt_task_id(&request.task_id, request.dispatch_attempt);
                 // Starts the task: in flight +1 and the endpoint back to pending, both of which
                 // mark the member dirty for the next decision.
                 let response = self.cache.call_ready_index(cache_index, request);
                 return Routed::Placed(Placement {
                     member,
-                    reserved_usd,
+                    hold,
                     response: Box::pin(response),
                     tier: tier.clone(),
                     skipped: skip,
@@ -431,6 +475,11 @@ impl Balancer {
             }
         }
         self.dirty = dirty;
+    }
+
+    /// The ledger holds are reserved in.
+    pub fn budget(&self) -> &Arc<BudgetLedger> {
+        &self.budget
     }
 
     /// Reserves the member's per-job cap when it is paid and the task is real. A refusal says

@@ -169,7 +169,6 @@ pub struct BudgetLedger {
     limit_micros: i64,
     alert_micros: Option<i64>,
     clock: Clock,
-    orphans_booked: usize,
 }
 
 impl std::fmt::Debug for BudgetLedger {
@@ -204,8 +203,9 @@ CREATE TABLE IF NOT EXISTS budget_alerts (
 ";
 
 impl BudgetLedger {
-    /// Opens (creating if needed) the ledger at `path`, in WAL mode with a busy timeout, and books
-    /// every reservation a previous process left open as spent at its reserved amount.
+    /// Opens (creating if needed) the ledger at `path`, in WAL mode with a busy timeout. Holds a
+    /// previous process left open stay: their tasks may still be running (see
+    /// [`book_orphans`](Self::book_orphans)).
     pub fn open(
         path: impl AsRef<Path>,
         policy: BudgetPolicy,
@@ -213,38 +213,70 @@ impl BudgetLedger {
     ) -> Result<Self, BudgetError> {
         let limit_micros = to_micros(policy.max_daily_spend_usd)?;
         let alert_micros = policy.alert_threshold_usd.map(to_micros).transpose()?;
-        let mut conn = Connection::open(path)?;
+        let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
-        let now_ms = clock().timestamp_millis();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let orphans_booked = tx.execute(
-            "INSERT OR IGNORE INTO budget_charges (task_id, day, amount_micros, reserved_micros, kind, booked_ms)
-             SELECT task_id, day, amount_micros, amount_micros, 'orphaned', ?1 FROM budget_reservations",
-            params![now_ms],
-        )?;
-        tx.execute("DELETE FROM budget_reservations", [])?;
-        tx.commit()?;
         Ok(Self {
             conn: Mutex::new(conn),
             policy,
             limit_micros,
             alert_micros,
             clock,
-            orphans_booked,
         })
+    }
+
+    /// Books every open hold whose key is not in `keep` as spent at its reserved amount: a
+    /// restarted manager keeps the holds of the tasks it resumes, and nothing knows what the
+    /// others spent, so the ledger must not under-count. Returns how many were booked.
+    pub fn book_orphans(
+        &self,
+        keep: &std::collections::HashSet<String>,
+    ) -> Result<usize, BudgetError> {
+        let now_ms = (self.clock)().timestamp_millis();
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let orphans: Vec<String> = {
+            let mut stmt = tx.prepare("SELECT task_id FROM budget_reservations")?;
+            let keys = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            keys.collect::<rusqlite::Result<Vec<_>>>()?
+                .into_iter()
+                .filter(|k| !keep.contains(k))
+                .collect()
+        };
+        for key in &orphans {
+            tx.execute(
+                "INSERT OR IGNORE INTO budget_charges (task_id, day, amount_micros, reserved_micros, kind, booked_ms)
+                 SELECT task_id, day, amount_micros, amount_micros, 'orphaned', ?1
+                 FROM budget_reservations WHERE task_id = ?2",
+                params![now_ms, key],
+            )?;
+            tx.execute(
+                "DELETE FROM budget_reservations WHERE task_id = ?1",
+                params![key],
+            )?;
+        }
+        tx.commit()?;
+        Ok(orphans.len())
+    }
+
+    /// The amount held for `task_id` (US dollars), if a hold is open.
+    pub fn held(&self, task_id: &str) -> Result<Option<f64>, BudgetError> {
+        let conn = self.lock();
+        let micros: Option<i64> = conn
+            .query_row(
+                "SELECT amount_micros FROM budget_reservations WHERE task_id = ?1",
+                params![task_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(micros.map(to_usd))
     }
 
     /// The policy this ledger enforces.
     pub fn policy(&self) -> BudgetPolicy {
         self.policy
-    }
-
-    /// How many reservations of a previous process were booked as spent when this ledger opened.
-    pub fn orphans_booked_on_open(&self) -> usize {
-        self.orphans_booked
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -676,6 +708,7 @@ mod tests {
 
         let ledger = open(&dir, policy(50.0, Some(40.0)), clock);
         assert!(!ledger.snapshot().unwrap().alert_active);
+        assert_eq!(ledger.book_orphans(&Default::default()).unwrap(), 1);
         assert!(
             ledger.poll_alert().unwrap(),
             "$45 booked after restart crosses $40"
@@ -715,7 +748,21 @@ mod tests {
         drop(ledger);
 
         let ledger = open(&dir, policy(50.0, None), clock.clone());
-        assert_eq!(ledger.orphans_booked_on_open(), 1);
+        assert_eq!(
+            ledger.held("crashed").unwrap(),
+            Some(5.0),
+            "holds survive a reopen"
+        );
+        assert_eq!(ledger.held("done").unwrap(), None);
+        let keep = std::collections::HashSet::from(["resumed".to_string()]);
+        ledger.reserve("resumed", 2.0).unwrap();
+        assert_eq!(ledger.book_orphans(&keep).unwrap(), 1);
+        assert_eq!(
+            ledger.held("resumed").unwrap(),
+            Some(2.0),
+            "a kept hold stays"
+        );
+        ledger.release("resumed").unwrap();
         let snap = ledger.snapshot().unwrap();
         assert_eq!(
             snap.spent_usd, 6.5,
@@ -733,7 +780,7 @@ mod tests {
 
         // A clean reopen books nothing more.
         let ledger = open(&dir, policy(50.0, None), clock);
-        assert_eq!(ledger.orphans_booked_on_open(), 0);
+        assert_eq!(ledger.book_orphans(&keep).unwrap(), 0);
         assert_eq!(ledger.snapshot().unwrap().spent_usd, 6.5);
     }
 

@@ -1,24 +1,50 @@
-//! One task's life in the manager: wait for a programmer (Queued events), start it there
-//! (Assigned), relay its events in order, re-route it when its programmer dies, its stream
-//! breaks or a shutting-down programmer hands it back unfinished (Rerouted), settle its budget
-//! reservation, record it, and end with exactly one result.
+//! One task's life in the manager, as a state machine read top-down in [`run`]:
 //!
-//! Re-dispatching is safe because every attempt runs in its own worktree and branch on the
-//! programmer side: each dispatch attempt gets its own programmer-side task id
-//! ([`attempt_task_id`](crate::manager::balancer::attempt_task_id)), so a branch left behind by a
-//! programmer killed mid-task is never in the way, and a broken stream makes a live programmer
-//! kill its aider and discard the worktree. A programmer that refuses a task at admission (queue
-//! full) did not lose it: the task goes back to the front of the queue without a reroute.
+//! ```text
+//!   Wait ──placed──▶ Start ──taken──▶ Relay ──result──▶ Done
+//!    ▲                 │  └─refused─▶ Wait        │ ▲
+//!    │                 └─no answer─▶ Follow ◀─broken┘ │
+//!    │                                 │  └─found─────┘
+//!    └──────────── Lost ◀──not there───┘   (or handed back)
+//! ```
+//!
+//! - **Wait**: queued in the scheduler (Queued events) until it places the task.
+//! - **Start**: the programmer's Execute answer: taken (Assigned, relayed), refused at admission
+//!   (back to the front of the queue, hold released), a bad request (failed), or no clear answer.
+//! - **Relay**: the programmer's events go into the task's log (journaled, with the programmer's
+//!   seq) until its result. A caller's cancel is passed on with the programmer's CancelTask and the
+//!   relay goes on to the programmer's own result, so what it spent is known.
+//! - **Follow**: the stream broke (or a restarted manager resumes a placed task, or Execute had no
+//!   clear answer): follow the task on the same programmer again with WatchTask from the last seq
+//!   relayed. The task is lost there only when that programmer says so: it does not have the task
+//!   (NOT_FOUND), its process is gone (connection refused), or it stayed unreachable for the
+//!   task's lease (after which it stops the task itself). A broken connection alone never makes a
+//!   task run twice.
+//! - **Lost**: settle what the attempt cost (known for a hand-back, else the whole hold; released
+//!   when it never started there) and dispatch it again elsewhere (Rerouted), up to
+//!   `max_dispatch_attempts`.
+//! - **Done**: record the result and publish it: exactly one per task.
+//!
+//! A stopping manager leaves its tasks as they are (running on programmers, holds open, queued
+//! ones recorded): the next process resumes them ([`Start::Placed`], or queued again in order).
+//!
+//! Every dispatch attempt has its own programmer-side task id
+//! ([`attempt_task_id`](crate::manager::balancer::attempt_task_id)), and a task's kept branch is
+//! created only if absent, so even a task wrongly thought lost cannot keep two edits.
 
+use crate::contract::v1::programmer_client::ProgrammerClient;
 use crate::contract::v1::{
-    Assigned, ErrorClass, Queued, Rerouted, TaskResult, TaskState, task_event::Kind,
+    Assigned, CancelTaskRequest, ErrorClass, Queued, Rerouted, TaskEvent, TaskResult, TaskState,
+    WatchTaskRequest, task_event::Kind,
 };
 use crate::manager::Manager;
-use crate::manager::balancer::{Exclusion, Placement, Route, Upstream};
+use crate::manager::balancer::{Exclusion, Hold, Placement, Route, Upstream, attempt_task_id};
+use crate::manager::membership::Member;
 use crate::manager::waitqueue::{NotPlaced, Ticket};
 use crate::task_events::TaskEventSink;
 use crate::telemetry;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -27,185 +53,347 @@ use tracing::Instrument;
 pub struct TaskLife {
     pub task_id: String,
     pub route: Route,
-    pub ticket: Ticket,
+    pub start: Start,
     pub sink: TaskEventSink,
     pub cancel: CancellationToken,
     pub accepted: Instant,
 }
 
-enum Leg {
-    /// The programmer sent the result.
-    Finished(Box<TaskResult>),
-    /// The programmer went away before a result.
-    Broken(String),
-    /// The programmer stopped the task unfinished (shutting down) and handed it back.
-    HandedBack(Box<TaskResult>),
-    Cancelled,
+/// Where a task's life begins.
+pub enum Start {
+    /// Accepted (or resumed while queued): wait for a placement.
+    Queued(Ticket),
+    /// A restarted manager resuming a task the previous process had placed.
+    Placed(Resumed),
 }
 
-/// Runs a task from queue to result. Always sends exactly one result and records it.
+/// A placed task taken over from a previous manager process.
+pub struct Resumed {
+    pub member: Arc<Member>,
+    /// Its hold, still open in the ledger.
+    pub hold: Option<Hold>,
+    /// The last programmer event the previous process relayed.
+    pub upstream_seq: u64,
+}
+
+/// The states of a task's life (see the module docs).
+enum Step {
+    Wait(Ticket),
+    Start(Placement),
+    Relay(OnProgrammer, Upstream),
+    Follow(OnProgrammer),
+    Lost(OnProgrammer, Loss),
+    Done(TaskResult),
+    /// The manager is stopping: the task is left for the next process, not ended.
+    Abandon,
+}
+
+/// A task on one programmer in one dispatch attempt.
+struct OnProgrammer {
+    member: Arc<Member>,
+    hold: Option<Hold>,
+    /// Its programmer-side id.
+    attempt_id: String,
+    /// The last programmer event relayed.
+    after_seq: u64,
+    /// Whether the programmer took it (else it never started there).
+    started: bool,
+}
+
+/// Why a task left a programmer unfinished.
+struct Loss {
+    reason: String,
+    /// What it spent there, when the programmer said.
+    spent: Option<f64>,
+}
+
+/// Runs a task to its result (or, when the manager stops, leaves it for the next process).
 pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
     let TaskLife {
         task_id,
         mut route,
-        mut ticket,
+        start,
         sink,
         cancel,
         accepted,
     } = life;
     let strategy = route.strategy;
     let mut previous: Option<(String, String)> = None;
-    let mut dispatch_attempt = 1u32;
-    route.request.dispatch_attempt = dispatch_attempt;
-    let mut result = loop {
-        let waiting = wait_for_placement(&mut ticket, &sink, &cancel);
-        let placement = match waiting
-            .instrument(telemetry::spans::queue_wait("manager"))
-            .await
-        {
-            Ok(p) => p,
-            Err(result) => break result,
-        };
-        let candidates = placement.candidate_ids(&mgr.pool);
-        let Placement {
-            member,
-            reserved_usd,
-            response,
-            ..
-        } = placement;
-        let programmer = member.spec.id.clone();
-        let leg_span =
-            telemetry::spans::route(strategy.name(), &candidates, &programmer, dispatch_attempt);
-        tracing::info!(%task_id, %programmer, strategy = strategy.name(), dispatch_attempt, "task assigned");
-        let upstream = tokio::select! {
-            r = response.instrument(leg_span.clone()) => r,
-            _ = cancel.cancelled() => {
-                mgr.settle(&task_id, dispatch_attempt, reserved_usd, None);
-                break ended(TaskState::Cancelled, ErrorClass::Cancelled, "cancelled", &programmer);
-            }
-        };
-        let leg = match upstream {
-            Ok(upstream) => {
-                // The programmer took the task: only now is it running there. Recorded without
-                // waiting for the commit: the store applies writes in call order, so the result
-                // recorded later still lands after it.
-                let recorded = mgr.store.set_running(&task_id, &programmer);
-                let id = task_id.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = recorded.await {
-                        tracing::warn!(task_id = %id, "task store: {e}");
-                    }
-                });
-                if let Some((from, reason)) = previous.take() {
-                    let rerouted = Rerouted {
-                        from_programmer: from,
-                        to_programmer: programmer.clone(),
-                        reason,
-                    };
-                    sink.send(Kind::Rerouted(rerouted)).await;
-                }
-                relay(upstream, &sink, &cancel, strategy.name(), dispatch_attempt)
-                    .instrument(leg_span)
-                    .await
-            }
-            Err(status) if status.code() == tonic::Code::InvalidArgument => {
-                mgr.settle(&task_id, dispatch_attempt, reserved_usd, Some(0.0));
-                break ended(
-                    TaskState::Failed,
-                    ErrorClass::BadRequest,
-                    status.message(),
-                    &programmer,
-                );
-            }
-            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
-                // Refused at admission: its queue filled since its last report (other callers'
-                // tasks, or slots it has not freed yet after our cancelled ones). The task never
-                // started there, so it is neither lost nor a reason to avoid that programmer:
-                // back to the front of the queue, same attempt, hold released. The programmer
-                // counts as full until it reports again, so the task is not thrown straight back.
-                tracing::info!(%task_id, %programmer, reason = %status.message(), "programmer full at admission; task re-queued");
-                mgr.pool.refused_at_admission(&member);
-                mgr.release(&task_id, dispatch_attempt, reserved_usd);
-                ticket = mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout);
-                continue;
-            }
-            Err(status) => Leg::Broken(format!("{}: {}", status.code(), status.message())),
-        };
-        // Money a handed-back task spent is known; a broken stream's is not: keep the hold.
-        let (reason, spent) = match leg {
-            Leg::Finished(result) => {
-                mgr.settle(
-                    &task_id,
-                    dispatch_attempt,
-                    reserved_usd,
-                    Some(result.cost_usd),
-                );
-                break *result;
-            }
-            Leg::Cancelled => {
-                // The programmer may have spent money before it saw the cancellation: keep the hold.
-                mgr.settle(&task_id, dispatch_attempt, reserved_usd, None);
-                break ended(
-                    TaskState::Cancelled,
-                    ErrorClass::Cancelled,
-                    "cancelled",
-                    &programmer,
-                );
-            }
-            Leg::HandedBack(result) => (result.error_message, Some(result.cost_usd)),
-            Leg::Broken(reason) => (reason, None),
-        };
-        // The task is lost there: re-route it.
-        mgr.settle(&task_id, dispatch_attempt, reserved_usd, spent);
-        tracing::warn!(%task_id, %programmer, %reason, "programmer lost the task");
-        if dispatch_attempt >= mgr.max_dispatch_attempts {
-            let msg = format!(
-                "gave up after {dispatch_attempt} programmer(s); last: {programmer}: {reason}"
-            );
-            break ended(
-                TaskState::Failed,
-                ErrorClass::Unavailable,
-                &msg,
-                &programmer,
-            );
-        }
-        dispatch_attempt += 1;
-        // Before re-submitting: the scheduler routes (and reserves budget for) its own
-        // copy of the route, so it must carry the new attempt number.
-        route.request.dispatch_attempt = dispatch_attempt;
-        route.exclude.push(Exclusion::until_back(&member));
-        previous = Some((programmer, reason));
-        ticket = mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout);
+    let mut step = match start {
+        Start::Queued(ticket) => Step::Wait(ticket),
+        Start::Placed(resumed) => Step::Follow(OnProgrammer {
+            attempt_id: attempt_task_id(&task_id, route.request.dispatch_attempt),
+            member: resumed.member,
+            hold: resumed.hold,
+            after_seq: resumed.upstream_seq,
+            started: true,
+        }),
     };
-    // A task that ended while waiting gives its place in the queue back now.
-    drop(ticket);
-    mgr.scheduler.nudge();
+    let mut result = loop {
+        let dispatch_attempt = route.request.dispatch_attempt;
+        step = match step {
+            Step::Wait(mut ticket) => {
+                let waiting = wait_for_placement(&mgr, &mut ticket, &sink, &cancel);
+                let placed = waiting
+                    .instrument(telemetry::spans::queue_wait("manager"))
+                    .await;
+                // Placed or not, it holds no place in the queue any more.
+                drop(ticket);
+                mgr.scheduler.nudge();
+                match placed {
+                    Ok(placement) => Step::Start(placement),
+                    Err(end) => end,
+                }
+            }
+
+            Step::Start(placement) => {
+                let candidates = placement.candidate_ids(&mgr.pool);
+                let Placement {
+                    member,
+                    hold,
+                    response,
+                    ..
+                } = placement;
+                let programmer = member.spec.id.clone();
+                let leg_span = telemetry::spans::route(
+                    strategy.name(),
+                    &candidates,
+                    &programmer,
+                    dispatch_attempt,
+                );
+                tracing::info!(%task_id, %programmer, strategy = strategy.name(), dispatch_attempt, "task assigned");
+                let on = OnProgrammer {
+                    attempt_id: attempt_task_id(&task_id, dispatch_attempt),
+                    member: member.clone(),
+                    hold,
+                    after_seq: 0,
+                    started: false,
+                };
+                // Not raced with the caller's cancel: admission answers at once, and a task it
+                // took is then cancelled on the programmer, which reports what it spent.
+                match response.instrument(leg_span).await {
+                    Ok(upstream) => {
+                        taken(
+                            &mgr,
+                            &task_id,
+                            &programmer,
+                            dispatch_attempt,
+                            &mut previous,
+                            &sink,
+                        )
+                        .await;
+                        Step::Relay(
+                            OnProgrammer {
+                                started: true,
+                                ..on
+                            },
+                            upstream,
+                        )
+                    }
+                    Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                        mgr.release(&task_id, on.hold);
+                        Step::Done(ended(
+                            TaskState::Failed,
+                            ErrorClass::BadRequest,
+                            status.message(),
+                            &programmer,
+                        ))
+                    }
+                    Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                        // Refused at admission: its queue filled since its last report. The task
+                        // never started there, so it is neither lost nor a reason to avoid that
+                        // programmer: back to the front of the queue, same attempt, hold
+                        // released. The programmer counts as full until it reports again.
+                        tracing::info!(%task_id, %programmer, reason = %status.message(), "programmer full at admission; task re-queued");
+                        mgr.pool.refused_at_admission(&member);
+                        mgr.release(&task_id, on.hold);
+                        Step::Wait(mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout))
+                    }
+                    Err(status) => {
+                        // No clear answer (the connection failed around the call): whether the
+                        // programmer took the task, only it can say.
+                        tracing::warn!(%task_id, %programmer, "Execute failed ({}: {}); asking whether the task started", status.code(), status.message());
+                        Step::Follow(on)
+                    }
+                }
+            }
+
+            Step::Relay(mut on, mut upstream) => {
+                let relayed = relay(
+                    &mgr,
+                    &mut upstream,
+                    &mut on,
+                    &sink,
+                    &cancel,
+                    strategy.name(),
+                    dispatch_attempt,
+                )
+                .await;
+                drop(upstream);
+                match relayed {
+                    Relayed::Result(result)
+                        if result.error_class == ErrorClass::HandedBack as i32 =>
+                    {
+                        let loss = Loss {
+                            spent: Some(result.cost_usd),
+                            reason: result.error_message,
+                        };
+                        Step::Lost(on, loss)
+                    }
+                    Relayed::Result(result) => {
+                        mgr.settle(&task_id, on.hold, Some(result.cost_usd));
+                        Step::Done(*result)
+                    }
+                    Relayed::Broken(reason) => {
+                        tracing::warn!(%task_id, programmer = %on.member.spec.id, %reason, after_seq = on.after_seq, "stream broke; following the task again");
+                        Step::Follow(on)
+                    }
+                    Relayed::Stopping => Step::Abandon,
+                }
+            }
+
+            Step::Follow(on) => match follow(&mgr, &on, &cancel).await {
+                Ok(stream) => {
+                    let programmer = on.member.spec.id.clone();
+                    if !on.started {
+                        taken(
+                            &mgr,
+                            &task_id,
+                            &programmer,
+                            dispatch_attempt,
+                            &mut previous,
+                            &sink,
+                        )
+                        .await;
+                    }
+                    tracing::info!(%task_id, %programmer, after_seq = on.after_seq, "following the task again");
+                    let upstream = Upstream::follow(&mgr.pool, &on.member, stream);
+                    Step::Relay(
+                        OnProgrammer {
+                            started: true,
+                            ..on
+                        },
+                        upstream,
+                    )
+                }
+                Err(Gone::NotThere(reason)) => Step::Lost(
+                    on,
+                    Loss {
+                        reason,
+                        spent: None,
+                    },
+                ),
+                Err(Gone::Cancelled) => {
+                    // Cancelled while its programmer cannot be reached: what it spent there is
+                    // unknown (kept as the whole hold); that programmer stops it when the lease
+                    // runs out.
+                    let programmer = on.member.spec.id.clone();
+                    if on.started {
+                        mgr.settle(&task_id, on.hold, None);
+                    } else {
+                        mgr.release(&task_id, on.hold);
+                    }
+                    Step::Done(ended(
+                        TaskState::Cancelled,
+                        ErrorClass::Cancelled,
+                        "cancelled",
+                        &programmer,
+                    ))
+                }
+                Err(Gone::Stopping) => Step::Abandon,
+            },
+
+            Step::Lost(on, loss) => {
+                let programmer = on.member.spec.id.clone();
+                let Loss { reason, spent } = loss;
+                // Known spend (a hand-back) settles exactly; a task that never started there
+                // releases its hold; otherwise nobody knows what it spent: the whole hold.
+                match (on.started, spent) {
+                    (_, Some(cost)) => mgr.settle(&task_id, on.hold, Some(cost)),
+                    (false, None) => mgr.release(&task_id, on.hold),
+                    (true, None) => mgr.settle(&task_id, on.hold, None),
+                }
+                tracing::warn!(%task_id, %programmer, %reason, "programmer lost the task");
+                if dispatch_attempt >= mgr.max_dispatch_attempts {
+                    let msg = format!(
+                        "gave up after {dispatch_attempt} programmer(s); last: {programmer}: {reason}"
+                    );
+                    Step::Done(ended(
+                        TaskState::Failed,
+                        ErrorClass::Unavailable,
+                        &msg,
+                        &programmer,
+                    ))
+                } else {
+                    // Before re-submitting: the scheduler routes (and reserves budget for) its
+                    // own copy of the route, so it must carry the new attempt number.
+                    route.request.dispatch_attempt = dispatch_attempt + 1;
+                    route.exclude.push(Exclusion::until_back(&on.member));
+                    previous = Some((programmer, reason));
+                    Step::Wait(mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout))
+                }
+            }
+
+            Step::Done(result) => break result,
+            Step::Abandon => {
+                tracing::info!(%task_id, "manager stopping: the task is left to the next manager");
+                return;
+            }
+        };
+    };
     // The caller's view: from acceptance by the manager to the result.
     result.duration_ms = accepted.elapsed().as_millis() as u64;
     mgr.finish_task(&task_id, &sink, result).await;
-    // Ends the disconnect watcher, which holds a clone of the sink: the stream closes only when
-    // every clone is gone.
-    cancel.cancel();
 }
 
-/// Waits for the scheduler to place the task, relaying queue positions. On failure returns the
-/// task's final result.
+/// The programmer took the task (attempt `dispatch_attempt`): record it running there and, after
+/// a reroute, say where it went.
+async fn taken(
+    mgr: &Manager,
+    task_id: &str,
+    programmer: &str,
+    dispatch_attempt: u32,
+    previous: &mut Option<(String, String)>,
+    sink: &TaskEventSink,
+) {
+    // Not awaited: the store applies writes in call order, so the events and the result
+    // journaled later still land after it.
+    let recorded = mgr.store.set_running(task_id, programmer, dispatch_attempt);
+    let id = task_id.to_owned();
+    tokio::spawn(async move {
+        if let Err(e) = recorded.await {
+            tracing::warn!(task_id = %id, "task store: {e}");
+        }
+    });
+    if let Some((from, reason)) = previous.take() {
+        let rerouted = Rerouted {
+            from_programmer: from,
+            to_programmer: programmer.to_owned(),
+            reason,
+        };
+        sink.send(Kind::Rerouted(rerouted)).await;
+    }
+}
+
+/// Waits for the scheduler to place the task, relaying queue positions. Otherwise: the step
+/// that ends the task (or abandons it when the manager stops).
 async fn wait_for_placement(
+    mgr: &Manager,
     ticket: &mut Ticket,
     sink: &TaskEventSink,
     cancel: &CancellationToken,
-) -> Result<Placement, TaskResult> {
+) -> Result<Placement, Step> {
+    let failed = |class, message: &str| Step::Done(ended(TaskState::Failed, class, message, ""));
     let mut first = true;
     loop {
         tokio::select! {
             placed = &mut ticket.placement => {
                 return match placed {
                     Ok(Ok(p)) => Ok(p),
-                    Ok(Err(NotPlaced::BudgetExhausted)) => Err(ended(TaskState::Failed, ErrorClass::BudgetExhausted,
-                        &NotPlaced::BudgetExhausted.to_string(), "")),
-                    Ok(Err(e @ NotPlaced::Timeout(_))) => Err(ended(TaskState::Failed, ErrorClass::QueueTimeout, &e.to_string(), "")),
-                    Ok(Err(e @ NotPlaced::ShuttingDown)) => Err(ended(TaskState::Failed, ErrorClass::Unavailable, &e.to_string(), "")),
-                    Err(_) => Err(ended(TaskState::Failed, ErrorClass::Unavailable, "the scheduler stopped", "")),
+                    Ok(Err(NotPlaced::BudgetExhausted)) => Err(failed(ErrorClass::BudgetExhausted,
+                        &NotPlaced::BudgetExhausted.to_string())),
+                    Ok(Err(e @ NotPlaced::Timeout(_))) => Err(failed(ErrorClass::QueueTimeout, &e.to_string())),
+                    Ok(Err(NotPlaced::ShuttingDown)) | Err(_) => Err(Step::Abandon),
                 };
             }
             changed = ticket.position.changed() => {
@@ -221,58 +409,194 @@ async fn wait_for_placement(
                 }
             }
             _ = cancel.cancelled() => {
-                return Err(ended(TaskState::Cancelled, ErrorClass::Cancelled, "cancelled while queued", ""));
+                // The scheduler may have placed the task a moment ago: close the channel (a
+                // later placement bounces back to the scheduler, which releases it) and give up
+                // one already sent, so no hold outlives the task.
+                ticket.placement.close();
+                if let Ok(Ok(placement)) = ticket.placement.try_recv() {
+                    placement.abandon(&mgr.budget);
+                }
+                return Err(Step::Done(ended(TaskState::Cancelled, ErrorClass::Cancelled, "cancelled while queued", "")));
             }
         }
     }
 }
 
-/// Relays the programmer's events to the caller until the result, a break, or cancellation.
+/// How a relay ended.
+enum Relayed {
+    Result(Box<TaskResult>),
+    Broken(String),
+    Stopping,
+}
+
+/// Relays the programmer's events into the task's log until its result, a break, or the manager
+/// stopping. A caller's cancel is passed on once; the relay then waits for the programmer's
+/// result (a cancelled one, or the real one if the task had just finished).
 async fn relay(
-    mut upstream: Upstream,
+    mgr: &Manager,
+    upstream: &mut Upstream,
+    on: &mut OnProgrammer,
     sink: &TaskEventSink,
     cancel: &CancellationToken,
     strategy: &str,
     dispatch_attempt: u32,
-) -> Leg {
+) -> Relayed {
+    let mut cancel_sent = false;
     loop {
         let next = tokio::select! {
             m = upstream.stream.message() => m,
-            _ = cancel.cancelled() => return Leg::Cancelled,
+            _ = cancel.cancelled(), if !cancel_sent => {
+                cancel_sent = true;
+                cancel_on_programmer(&on.member, &on.attempt_id).await;
+                continue;
+            }
+            _ = mgr.stop.cancelled() => return Relayed::Stopping,
         };
-        match next {
-            Ok(Some(event)) => match event.kind {
-                Some(Kind::Result(result))
-                    if result.error_class == ErrorClass::HandedBack as i32 =>
-                {
-                    return Leg::HandedBack(Box::new(result));
-                }
-                Some(Kind::Result(result)) => return Leg::Finished(Box::new(result)),
-                Some(Kind::Assigned(assigned)) => {
-                    let assigned = Assigned {
-                        strategy: strategy.to_string(),
-                        dispatch_attempt,
-                        ..assigned
-                    };
-                    sink.send(Kind::Assigned(assigned)).await;
-                }
-                Some(kind) => {
-                    sink.send(kind).await;
-                }
-                None => {}
-            },
+        let event: TaskEvent = match next {
+            Ok(Some(event)) => event,
             Ok(None) => {
-                return Leg::Broken("the programmer's stream ended without a result".into());
+                return Relayed::Broken("the programmer's stream ended without a result".into());
             }
             Err(status) => {
-                return Leg::Broken(format!(
+                return Relayed::Broken(format!(
                     "stream broke: {}: {}",
                     status.code(),
                     status.message()
                 ));
             }
+        };
+        // Heartbeats carry seq 0; anything at or before the cursor was relayed already.
+        if event.seq <= on.after_seq {
+            continue;
+        }
+        let seq = event.seq;
+        match event.kind {
+            Some(Kind::Result(result)) => {
+                on.after_seq = seq;
+                return Relayed::Result(Box::new(result));
+            }
+            Some(Kind::Assigned(assigned)) => {
+                let assigned = Assigned {
+                    strategy: strategy.to_string(),
+                    dispatch_attempt,
+                    ..assigned
+                };
+                sink.send_relayed(Kind::Assigned(assigned), seq).await;
+            }
+            Some(Kind::Heartbeat(_)) | None => {}
+            Some(kind) => {
+                sink.send_relayed(kind, seq).await;
+            }
+        }
+        on.after_seq = seq;
+    }
+}
+
+/// Asks the programmer to stop the task (best effort: when it cannot be reached, the relay or the
+/// follow-up decides, and the programmer's lease stops an orphan).
+async fn cancel_on_programmer(member: &Member, attempt_id: &str) {
+    let mut client = ProgrammerClient::new(member.channel.clone());
+    let request = CancelTaskRequest {
+        task_id: attempt_id.to_owned(),
+    };
+    let call = client.cancel_task(telemetry::propagation::outgoing(request));
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(status)) => {
+            tracing::warn!(task_id = %attempt_id, programmer = %member.spec.id, "CancelTask failed: {}", status.message());
+        }
+        Err(_) => {
+            tracing::warn!(task_id = %attempt_id, programmer = %member.spec.id, "CancelTask timed out");
         }
     }
+}
+
+/// How long one call to re-attach or cancel may take before it counts as no answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest pause between attempts to follow a task again.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// Why following a task on its programmer again failed.
+enum Gone {
+    /// The programmer does not run the task (any more): it is lost there.
+    NotThere(String),
+    /// The caller cancelled meanwhile.
+    Cancelled,
+    /// The manager is stopping.
+    Stopping,
+}
+
+/// Follows the task on its programmer again with WatchTask from the last seq relayed, retrying
+/// while the programmer cannot be reached, for up to the task's lease.
+async fn follow(
+    mgr: &Manager,
+    on: &OnProgrammer,
+    cancel: &CancellationToken,
+) -> Result<tonic::Streaming<TaskEvent>, Gone> {
+    let programmer = &on.member.spec.id;
+    let deadline = Instant::now() + mgr.task_lease;
+    let mut delay = Duration::from_millis(50);
+    let mut client = ProgrammerClient::new(on.member.channel.clone());
+    loop {
+        let request = WatchTaskRequest {
+            task_id: on.attempt_id.clone(),
+            after_seq: on.after_seq,
+        };
+        let call = tokio::time::timeout(
+            CALL_TIMEOUT,
+            client.watch_task(telemetry::propagation::outgoing(request)),
+        );
+        let answer = tokio::select! {
+            a = call => a,
+            _ = cancel.cancelled() => return Err(Gone::Cancelled),
+            _ = mgr.stop.cancelled() => return Err(Gone::Stopping),
+        };
+        let error = match answer {
+            Ok(Ok(response)) => return Ok(response.into_inner()),
+            Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
+                return Err(Gone::NotThere(format!(
+                    "{programmer} does not have the task: {}",
+                    status.message()
+                )));
+            }
+            Ok(Err(status)) if is_connection_refused(&status) => {
+                return Err(Gone::NotThere(format!(
+                    "{programmer} is not running (connection refused): the task stopped with its process"
+                )));
+            }
+            Ok(Err(status)) => format!("{}: {}", status.code(), status.message()),
+            Err(_) => format!("no answer within {} s", CALL_TIMEOUT.as_secs()),
+        };
+        if Instant::now() >= deadline {
+            return Err(Gone::NotThere(format!(
+                "{programmer} unreachable for the task's lease ({} s), so it has stopped the task; last error: {error}",
+                mgr.task_lease.as_secs()
+            )));
+        }
+        tracing::info!(task_id = %on.attempt_id, %programmer, %error, retry_in_ms = delay.as_millis() as u64,
+            "cannot follow the task yet");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = cancel.cancelled() => return Err(Gone::Cancelled),
+            _ = mgr.stop.cancelled() => return Err(Gone::Stopping),
+        }
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
+    }
+}
+
+/// True when the call failed because nothing listens at the programmer's address: its process
+/// is gone, and with it every task it ran.
+fn is_connection_refused(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    status.message().contains("Connection refused")
 }
 
 /// A result the manager makes itself (the task never reached or lost its programmer).

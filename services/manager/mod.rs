@@ -12,6 +12,7 @@ pub mod budget;
 pub mod dispatch;
 pub mod eligibility;
 pub mod membership;
+pub mod resume;
 pub mod server;
 pub mod status;
 pub mod store;
@@ -23,9 +24,10 @@ use crate::config::Config;
 use crate::contract::v1::programmer_pool_server::ProgrammerPoolServer;
 use crate::contract::v1::{TaskResult, TaskState};
 use crate::serve;
-use crate::task_events::TaskEventSink;
+use crate::task_events::{TaskEventSink, TaskLog};
 use crate::workspace::WorkspaceCache;
 use axum::routing::get;
+use balancer::Hold;
 use budget::{BudgetLedger, BudgetPolicy};
 use membership::PoolView;
 use server::PoolService;
@@ -58,6 +60,7 @@ pub struct ManagerArgs {
 #[derive(Debug)]
 struct ActiveTask {
     cancel: CancellationToken,
+    log: Arc<TaskLog>,
 }
 
 /// The manager's shared state.
@@ -70,6 +73,9 @@ pub struct Manager {
     pub default_strategy: StrategyKind,
     pub queue_timeout: Duration,
     pub max_dispatch_attempts: u32,
+    /// A programmer stops a task nobody followed this long; a manager that cannot reach a task's
+    /// programmer this long knows it stopped.
+    pub task_lease: Duration,
     /// Task `workspace` names resolve under the configured root, verified repositories cached.
     pub workspaces: WorkspaceCache,
     /// Interns the tiers admission computes, so the balancer keeps one index per distinct tier.
@@ -118,27 +124,11 @@ impl Manager {
             budget::system_clock(),
         )?);
         let started_ms = crate::task_events::now_unix_ms();
-        if budget.orphans_booked_on_open() > 0 {
-            tracing::warn!(
-                holds = budget.orphans_booked_on_open(),
-                "budget holds left by a previous manager were booked as spent"
-            );
-        }
-        // Those bookings may have crossed the alert threshold without any settlement.
-        match budget.poll_alert() {
-            Ok(true) => {
-                if let Ok(s) = budget.snapshot() {
-                    tracing::warn!(day = %s.day, spent_usd = s.spent_usd, "{BUDGET_ALERT_LOG}");
-                }
-            }
-            Ok(false) => {}
-            Err(e) => tracing::error!("budget ledger: {e}"),
-        }
         let store = Arc::new(TaskStore::open(data_dir.join("tasks.sqlite"))?);
         if store.recovered_on_open() > 0 {
             tracing::warn!(
                 tasks = store.recovered_on_open(),
-                "tasks left unfinished by a previous manager were marked failed"
+                "tasks left unfinished by a manager too old to resume them were marked failed"
             );
         }
         let stop = CancellationToken::new();
@@ -164,6 +154,7 @@ impl Manager {
             default_strategy: pool_cfg.load_balancing.strategy,
             queue_timeout: Duration::from_secs(mgr_cfg.queue_timeout_s),
             max_dispatch_attempts: mgr_cfg.max_dispatch_attempts.max(1),
+            task_lease: Duration::from_secs(mgr_cfg.task_lease_s.max(1)),
             workspaces: WorkspaceCache::new(config.workspace_root()),
             tiers: TierRegistry::default(),
             alerts: status::Alerts::default(),
@@ -178,6 +169,7 @@ impl Manager {
             active: Mutex::new(HashMap::new()),
             stop,
         });
+        resume::unfinished_tasks(&mgr)?;
         tokio::spawn(status::watch_alerts(mgr.clone()));
         Ok(mgr)
     }
@@ -186,16 +178,33 @@ impl Manager {
         self.active.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a task as active; returns its cancellation token.
-    pub fn register(&self, task_id: &str) -> CancellationToken {
-        let cancel = self.stop.child_token();
+    /// Registers a task as active with its event log; returns its cancellation token (only a
+    /// caller's CancelTask fires it: a stopping manager leaves its tasks to the next one).
+    pub fn register(&self, task_id: &str, log: Arc<TaskLog>) -> CancellationToken {
+        let cancel = CancellationToken::new();
         self.active().insert(
             task_id.to_string(),
             ActiveTask {
                 cancel: cancel.clone(),
+                log,
             },
         );
         cancel
+    }
+
+    /// The event log of an active task.
+    pub fn active_log(&self, task_id: &str) -> Option<Arc<TaskLog>> {
+        self.active().get(task_id).map(|t| t.log.clone())
+    }
+
+    /// A new event log for `task_id`, journaled in the task store.
+    pub fn new_log(
+        &self,
+        task_id: &str,
+        events: Vec<crate::contract::v1::TaskEvent>,
+    ) -> Arc<TaskLog> {
+        let journal: Arc<dyn crate::task_events::Journal> = self.store.clone();
+        TaskLog::restore(task_id, events, Some(journal))
     }
 
     /// Cancels an active task; false when it is not active here.
@@ -216,19 +225,12 @@ impl Manager {
 
     /// Turns a budget hold into spend: the real cost when known, else the whole hold (the
     /// programmer may have spent it; the ledger must never under-count).
-    pub fn settle(
-        &self,
-        task_id: &str,
-        dispatch_attempt: u32,
-        reserved: Option<f64>,
-        cost: Option<f64>,
-    ) {
-        if reserved.is_none() {
+    pub fn settle(&self, task_id: &str, hold: Option<Hold>, cost: Option<f64>) {
+        let Some(hold) = hold else {
             return;
-        }
-        let key = balancer::reservation_key(task_id, dispatch_attempt);
-        let amount = cost.or(reserved).unwrap_or(0.0);
-        match self.budget.settle(&key, amount) {
+        };
+        let amount = cost.unwrap_or(hold.amount_usd);
+        match self.budget.settle(&hold.key, amount) {
             Ok(s) if s.alert_crossed => {
                 tracing::warn!(day = %s.day, spent_usd = s.day_spent_usd, "{BUDGET_ALERT_LOG}");
             }
@@ -237,14 +239,12 @@ impl Manager {
         }
     }
 
-    /// Drops a budget hold for a dispatch attempt that never reached a programmer, so the
+    /// Drops a budget hold for a dispatch attempt that never started on a programmer, so the
     /// attempt can reserve again under the same key.
-    pub fn release(&self, task_id: &str, dispatch_attempt: u32, reserved: Option<f64>) {
-        if reserved.is_none() {
-            return;
-        }
-        let key = balancer::reservation_key(task_id, dispatch_attempt);
-        if let Err(e) = self.budget.release(&key) {
+    pub fn release(&self, task_id: &str, hold: Option<Hold>) {
+        if let Some(hold) = hold
+            && let Err(e) = self.budget.release(&hold.key)
+        {
             tracing::error!(%task_id, "budget ledger: {e}");
         }
     }

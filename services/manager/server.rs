@@ -4,24 +4,26 @@
 use crate::contract::v1::programmer_pool_server::ProgrammerPool;
 use crate::contract::v1::{
     CancelTaskRequest, CancelTaskResponse, DispatchRequest, GetPoolStatusRequest, GetTaskRequest,
-    PoolStatus, TaskRecord, TaskRequest, TaskState, task_event::Kind,
+    ListTasksRequest, ListTasksResponse, PoolStatus, TaskEvent, TaskRecord, TaskRequest, TaskState,
+    WatchTaskRequest, task_event::Kind,
 };
 use crate::manager::Manager;
 use crate::manager::auth;
 use crate::manager::balancer::Route;
-use crate::manager::dispatch::{self, TaskLife};
+use crate::manager::dispatch::{self, Start, TaskLife};
 use crate::manager::eligibility::{self, EligibilityError, PaidBudget, TaskNeeds};
 use crate::manager::store::{InsertOutcome, NewTask};
 use crate::manager::strategy::{StrategyKind, group_key};
 use crate::manager::{status, validate};
-use crate::task_events::{EventItem, TaskEventSink};
+use crate::task_events::{EventStream, HEARTBEAT_EVERY, TaskEventSink, TaskLog};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-const EVENT_BUFFER: usize = 256;
+/// ListTasks page size when the caller names none, and the largest it may ask for.
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 1000;
 
 /// The gRPC face of the [`Manager`].
 #[derive(Debug, Clone)]
@@ -33,76 +35,76 @@ impl PoolService {
     pub fn new(mgr: Arc<Manager>) -> Self {
         Self { mgr }
     }
+}
 
-    /// The programmers that may take `req`, best tier first, or why none ever can.
-    fn route_for(&self, req: &DispatchRequest, task_id: &str) -> Result<Route, Status> {
-        let mgr = &self.mgr;
-        let members: Vec<eligibility::Member> = mgr
-            .pool
-            .members
-            .iter()
-            .map(|m| eligibility::Member {
-                id: m.spec.id.clone(),
-                capabilities: m.spec.capabilities.clone(),
-                paid: m.spec.paid,
-                max_cost_per_job_usd: m.spec.limits.max_cost_per_job_usd,
-                available: true,
-            })
-            .collect();
-        let prefer_free = req
-            .prefer_free
-            .unwrap_or(mgr.config.pool.load_balancing.prefer_free_models);
-        let needs = TaskNeeds {
-            capabilities: &req.capabilities,
-            prefer_free,
-            dry_run: req.dry_run,
-        };
-        // Up-front, only settled spend can rule paid programmers out: holds of running tasks come
-        // back when they settle, so such a task waits instead.
-        // A dry run spends nothing, so it needs no look at the ledger.
-        let budget = match (!req.dry_run).then(|| mgr.budget.snapshot()) {
-            Some(Ok(s)) if mgr.config.pool.cost_optimization.enabled => {
-                PaidBudget::Remaining(s.limit_usd - s.spent_usd)
-            }
-            _ => PaidBudget::Unlimited,
-        };
-        let tiers = eligibility::eligible(&members, &needs, budget).map_err(|e| match e {
-            EligibilityError::NoneCanServe { .. } => {
-                Status::failed_precondition(format!("capabilities: {e}"))
-            }
-            EligibilityError::BudgetExhausted { .. } => Status::resource_exhausted(e.to_string()),
-        })?;
-        let strategy = StrategyKind::from_proto(req.strategy).unwrap_or(mgr.default_strategy);
-        let request = TaskRequest {
-            task_id: task_id.to_string(),
-            task_description: req.task_description.clone(),
-            files: req.files.clone(),
-            workspace: req.workspace.clone(),
-            run_id: req.run_id.clone(),
-            dry_run: req.dry_run,
-            timeout_s: req.timeout_s,
-            capabilities: req.capabilities.clone(),
-            base_ref: req.base_ref.clone(),
-            max_cost_usd: 0.0,
-            dispatch_attempt: 1,
-        };
-        Ok(Route {
-            request,
-            tiers: tiers
-                .tiers
-                .into_iter()
-                .map(|t| mgr.tiers.intern(t))
-                .collect(),
-            strategy,
-            group: group_key(&req.capabilities),
-            exclude: Vec::new(),
+/// The programmers that may take `req`, best tier first, or why none ever can.
+pub fn route_for(mgr: &Manager, req: &DispatchRequest, task_id: &str) -> Result<Route, Status> {
+    let members: Vec<eligibility::Member> = mgr
+        .pool
+        .members
+        .iter()
+        .map(|m| eligibility::Member {
+            id: m.spec.id.clone(),
+            capabilities: m.spec.capabilities.clone(),
+            paid: m.spec.paid,
+            max_cost_per_job_usd: m.spec.limits.max_cost_per_job_usd,
+            available: true,
         })
-    }
+        .collect();
+    let prefer_free = req
+        .prefer_free
+        .unwrap_or(mgr.config.pool.load_balancing.prefer_free_models);
+    let needs = TaskNeeds {
+        capabilities: &req.capabilities,
+        prefer_free,
+        dry_run: req.dry_run,
+    };
+    // Up-front, only settled spend can rule paid programmers out: holds of running tasks come
+    // back when they settle, so such a task waits instead.
+    // A dry run spends nothing, so it needs no look at the ledger.
+    let budget = match (!req.dry_run).then(|| mgr.budget.snapshot()) {
+        Some(Ok(s)) if mgr.config.pool.cost_optimization.enabled => {
+            PaidBudget::Remaining(s.limit_usd - s.spent_usd)
+        }
+        _ => PaidBudget::Unlimited,
+    };
+    let tiers = eligibility::eligible(&members, &needs, budget).map_err(|e| match e {
+        EligibilityError::NoneCanServe { .. } => {
+            Status::failed_precondition(format!("capabilities: {e}"))
+        }
+        EligibilityError::BudgetExhausted { .. } => Status::resource_exhausted(e.to_string()),
+    })?;
+    let strategy = StrategyKind::from_proto(req.strategy).unwrap_or(mgr.default_strategy);
+    let request = TaskRequest {
+        task_id: task_id.to_string(),
+        task_description: req.task_description.clone(),
+        files: req.files.clone(),
+        workspace: req.workspace.clone(),
+        run_id: req.run_id.clone(),
+        dry_run: req.dry_run,
+        timeout_s: req.timeout_s,
+        capabilities: req.capabilities.clone(),
+        base_ref: req.base_ref.clone(),
+        max_cost_usd: 0.0,
+        dispatch_attempt: 1,
+    };
+    Ok(Route {
+        request,
+        tiers: tiers
+            .tiers
+            .into_iter()
+            .map(|t| mgr.tiers.intern(t))
+            .collect(),
+        strategy,
+        group: group_key(&req.capabilities),
+        exclude: Vec::new(),
+    })
 }
 
 #[tonic::async_trait]
 impl ProgrammerPool for PoolService {
-    type DispatchStream = ReceiverStream<EventItem>;
+    type DispatchStream = EventStream;
+    type WatchTaskStream = EventStream;
 
     async fn dispatch(
         &self,
@@ -118,9 +120,8 @@ impl ProgrammerPool for PoolService {
         } else {
             req.task_id.clone()
         };
-        let route = self.route_for(&req, &task_id)?;
+        let route = route_for(&mgr, &req, &task_id)?;
 
-        let (sink, rx) = TaskEventSink::channel(&task_id, EVENT_BUFFER);
         match mgr
             .store
             .insert(&NewTask::dispatched_by(
@@ -132,7 +133,8 @@ impl ProgrammerPool for PoolService {
         {
             Ok(InsertOutcome::Inserted) => {}
             Ok(InsertOutcome::AlreadyExists(record)) => {
-                return replay(&mgr, *record, sink, rx).await;
+                // The same request again: attach to the task, from its first event.
+                return Ok(Response::new(follow(&mgr, &record, 0, None)?));
             }
             Err(crate::manager::store::StoreError::Conflict { task_id }) => {
                 return Err(Status::already_exists(format!(
@@ -158,17 +160,12 @@ impl ProgrammerPool for PoolService {
                 return Err(Status::resource_exhausted(full.to_string()));
             }
         };
-        let cancel = mgr.register(&task_id);
-        // The caller cancelling or disconnecting drops the receiver: cancel the task.
-        {
-            let (sink, cancel) = (sink.clone(), cancel.clone());
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = sink.closed() => cancel.cancel(),
-                    _ = cancel.cancelled() => {}
-                }
-            });
-        }
+        // The caller follows the task's log: a broken stream leaves the task running (the caller
+        // re-attaches; CancelTask stops it).
+        let log = mgr.new_log(&task_id, Vec::new());
+        let stream = log.follow(0, None)?;
+        let sink = TaskEventSink::new(log.clone());
+        let cancel = mgr.register(&task_id, log);
         tracing::info!(%task_id, run_id = %req.run_id, capabilities = ?req.capabilities, dry_run = req.dry_run,
             strategy = route.strategy.name(), "task accepted");
         let span = crate::telemetry::spans::manager_task(
@@ -180,7 +177,7 @@ impl ProgrammerPool for PoolService {
         let life = TaskLife {
             task_id,
             route,
-            ticket,
+            start: Start::Queued(ticket),
             sink,
             cancel,
             accepted,
@@ -189,7 +186,73 @@ impl ProgrammerPool for PoolService {
             dispatch::run(mgr, life),
             span,
         ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(stream))
+    }
+
+    async fn watch_task(
+        &self,
+        request: Request<WatchTaskRequest>,
+    ) -> Result<Response<Self::WatchTaskStream>, Status> {
+        let caller = auth::caller_of(&request);
+        let WatchTaskRequest { task_id, after_seq } = request.into_inner();
+        if task_id.is_empty() {
+            return Err(Status::invalid_argument("task_id: must not be empty"));
+        }
+        let record = self.get_record(&task_id, caller.as_deref())?;
+        Ok(Response::new(follow(
+            &self.mgr,
+            &record,
+            after_seq,
+            Some(HEARTBEAT_EVERY),
+        )?))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
+        let caller = auth::caller_of(&request);
+        let req = request.into_inner();
+        let page_size = match req.page_size {
+            0 => DEFAULT_PAGE,
+            n if n > MAX_PAGE => {
+                return Err(Status::invalid_argument(format!(
+                    "page_size: at most {MAX_PAGE}, got {n}"
+                )));
+            }
+            n => n,
+        };
+        if let Some(bad) = req
+            .states
+            .iter()
+            .find(|s| TaskState::try_from(**s).is_err())
+        {
+            return Err(Status::invalid_argument(format!(
+                "states: {bad} is not a TaskState"
+            )));
+        }
+        // Callers see their own tasks; admins (and everyone without authentication) see all.
+        let owner = caller
+            .as_deref()
+            .filter(|c| !c.may_access(""))
+            .map(|c| c.name.as_str());
+        let listed = self.mgr.store.list(
+            owner,
+            &req.run_id,
+            &req.states,
+            page_size as usize,
+            &req.page_token,
+        );
+        let (tasks, next_page_token) = listed.map_err(|e| match e {
+            crate::manager::store::StoreError::BadPageToken(_) => {
+                Status::invalid_argument(e.to_string())
+            }
+            e => Status::internal(format!("task store: {e}")),
+        })?;
+        Ok(Response::new(ListTasksResponse {
+            tasks,
+            next_page_token,
+        }))
     }
 
     async fn get_pool_status(
@@ -258,25 +321,45 @@ impl PoolService {
     }
 }
 
-/// A repeated dispatch of a finished task replays its result; of a live one is refused.
-async fn replay(
+/// Follows a task's events after `after_seq`: live from its log while it is active, replayed from
+/// the journal once it has finished (a task finished before events were journaled replays its
+/// result alone).
+fn follow(
     mgr: &Manager,
-    record: TaskRecord,
-    sink: TaskEventSink,
-    rx: tokio::sync::mpsc::Receiver<EventItem>,
-) -> Result<Response<ReceiverStream<EventItem>>, Status> {
-    let _ = mgr;
-    match record.result {
-        Some(result) => {
-            sink.send(Kind::Result(result)).await;
-            Ok(Response::new(ReceiverStream::new(rx)))
-        }
-        None => Err(Status::already_exists(format!(
-            "task_id: task {:?} is already {}; follow it with GetTask or stop it with CancelTask",
-            record.task_id,
-            TaskState::try_from(record.state)
-                .map(|s| s.as_str_name())
-                .unwrap_or("active")
-        ))),
+    record: &TaskRecord,
+    after_seq: u64,
+    heartbeat: Option<std::time::Duration>,
+) -> Result<EventStream, Status> {
+    if let Some(log) = mgr.active_log(&record.task_id) {
+        return log.follow(after_seq, heartbeat);
     }
+    let Some(result) = &record.result else {
+        // Accepted a moment ago and not registered yet, or being resumed by a starting manager.
+        return Err(Status::unavailable(format!(
+            "task_id: task {:?} is being set up; retry in a moment",
+            record.task_id
+        )));
+    };
+    let events = mgr
+        .store
+        .events(&record.task_id)
+        .map_err(|e| Status::internal(format!("task store: {e}")))?;
+    let journaled = events
+        .last()
+        .is_some_and(|e| matches!(e.kind, Some(Kind::Result(_))));
+    let log = if journaled {
+        TaskLog::restore(&record.task_id, events, None)
+    } else {
+        TaskLog::restore(
+            &record.task_id,
+            vec![TaskEvent {
+                task_id: record.task_id.clone(),
+                seq: 1,
+                timestamp_ms: record.finished_ms,
+                kind: Some(Kind::Result(result.clone())),
+            }],
+            None,
+        )
+    };
+    log.follow(after_seq, heartbeat)
 }

@@ -11,8 +11,13 @@
 //!   [`StoreError::Conflict`] (ALREADY_EXISTS at the API).
 //! - States only move forward: QUEUED → RUNNING → one terminal state. The first result wins;
 //!   later `set_running`/`finish` calls on a finished task change nothing and return `false`.
-//! - After a restart no task is left QUEUED or RUNNING: [`TaskStore::open`] fails them with error
-//!   class UNAVAILABLE and the message "manager restarted" (their streams died with the old process).
+//! - Every event a caller can see is in table `task_events` (the manager's [`Journal`]): a caller
+//!   re-attaching with WatchTask, to this process or the next, sees each event once, in order.
+//! - A restarted manager takes its unfinished tasks back ([`TaskStore::unfinished`]): each row keeps
+//!   the whole request, the dispatch attempt it is on, and its events record the programmer-side
+//!   seq they relay, so the task is followed again where it was. Only rows of stores written before
+//!   requests were kept cannot be resumed: [`TaskStore::open`] fails those with error class
+//!   UNAVAILABLE and the message "manager restarted".
 //!
 //! # Group commit
 //!
@@ -32,7 +37,10 @@
 //! double the average cost of a write; a checkpoint thread runs them instead, every
 //! [`CHECKPOINT_EVERY`] and when the store closes.
 
-use crate::contract::v1::{DispatchRequest, ErrorClass, TaskRecord, TaskResult, TaskState};
+use crate::contract::v1::{
+    DispatchRequest, ErrorClass, TaskEvent, TaskRecord, TaskResult, TaskState,
+};
+use crate::task_events::Journal;
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
@@ -68,6 +76,8 @@ pub struct NewTask {
     pub fingerprint: String,
     /// The authenticated caller that dispatched it (empty without authentication).
     pub owner: String,
+    /// The whole request (prost-encoded, `task_id` set), so a restarted manager can run it.
+    pub request: Vec<u8>,
 }
 
 impl NewTask {
@@ -91,6 +101,11 @@ impl NewTask {
             dry_run: req.dry_run,
             fingerprint: fingerprint(req, owner),
             owner: owner.to_owned(),
+            request: DispatchRequest {
+                task_id: task_id.to_owned(),
+                ..req.clone()
+            }
+            .encode_to_vec(),
         }
     }
 }
@@ -114,6 +129,27 @@ pub fn fingerprint(req: &DispatchRequest, owner: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// A task a previous manager process left unfinished (see [`TaskStore::unfinished`]).
+#[derive(Debug, Clone)]
+pub struct Unfinished {
+    pub task_id: String,
+    /// The request as accepted.
+    pub request: DispatchRequest,
+    pub owner: String,
+    pub created_ms: i64,
+    /// Where it runs, when it had been placed.
+    pub placed: Option<Placed>,
+}
+
+/// The placement an unfinished task was on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    pub programmer_id: String,
+    pub dispatch_attempt: u32,
+    /// The last programmer event it relayed: follow the programmer from here.
+    pub upstream_seq: u64,
 }
 
 /// What [`TaskStore::insert`] did.
@@ -159,6 +195,9 @@ pub enum StoreError {
     /// The writer thread is gone (the store is shutting down).
     #[error("task store is closed")]
     Closed,
+    /// A ListTasks page token that this store did not hand out.
+    #[error("page_token: {0:?} is not a token from a previous page")]
+    BadPageToken(String),
 }
 
 // ===== The store =====
@@ -214,13 +253,26 @@ CREATE TABLE IF NOT EXISTS tasks (
     started_ms       INTEGER NOT NULL DEFAULT 0,
     finished_ms      INTEGER NOT NULL DEFAULT 0,
     result           BLOB,           -- prost-encoded pas.v1.TaskResult, once finished
-    owner            TEXT NOT NULL DEFAULT '' -- the caller's token name (empty without auth)
+    owner            TEXT NOT NULL DEFAULT '', -- the caller's token name (empty without auth)
+    request          BLOB,           -- prost-encoded pas.v1.DispatchRequest
+    dispatch_attempt INTEGER NOT NULL DEFAULT 0, -- the placement it is on (0: never placed)
+    last_seq         INTEGER NOT NULL DEFAULT 0  -- seq of its latest journaled event
 );
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state);
+CREATE INDEX IF NOT EXISTS tasks_created ON tasks(created_ms, task_id);
+CREATE TABLE IF NOT EXISTS task_events (
+    task_id      TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    attempt      INTEGER NOT NULL, -- the task's dispatch attempt when it was journaled
+    upstream_seq INTEGER NOT NULL, -- the programmer event it relays (0: made by the manager)
+    event        BLOB NOT NULL,    -- prost-encoded pas.v1.TaskEvent
+    PRIMARY KEY (task_id, seq)
+) WITHOUT ROWID;
 ";
 
-const SELECT_RECORD: &str = "SELECT task_id, state, task_description, files, workspace, run_id, capabilities,
-        programmer_id, created_ms, started_ms, finished_ms, result, dry_run, owner FROM tasks WHERE task_id = ?1";
+const RECORD_COLUMNS: &str =
+    "task_id, state, task_description, files, workspace, run_id, capabilities,
+        programmer_id, created_ms, started_ms, finished_ms, result, dry_run, owner, last_seq";
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -237,8 +289,8 @@ impl TaskStore {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref();
         let mut conn = connect(path)?;
+        add_columns(&conn)?;
         conn.execute_batch(SCHEMA)?;
-        add_owner_column(&conn)?;
         let recovered = recover(&mut conn)?;
         // Checkpoints are the checkpoint thread's job, not the commits'.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -321,19 +373,21 @@ impl TaskStore {
         self.write(move |conn| insert(conn, &task)).await
     }
 
-    /// Marks the task RUNNING on `programmer_id` (again after a reroute: the programmer changes,
-    /// `started_ms` keeps the first assignment). Returns false, changing nothing, when the task is
-    /// already finished. Queued at once: the caller may leave the answer unawaited.
+    /// Marks the task RUNNING on `programmer_id` in dispatch attempt `dispatch_attempt` (again
+    /// after a reroute: the programmer changes, `started_ms` keeps the first assignment). Returns
+    /// false, changing nothing, when the task is already finished. Queued at once: the caller may
+    /// leave the answer unawaited; events journaled after it belong to this attempt.
     pub fn set_running(
         &self,
         task_id: &str,
         programmer_id: &str,
+        dispatch_attempt: u32,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
         let (task_id, programmer_id) = (task_id.to_owned(), programmer_id.to_owned());
         self.write(move |conn| {
             let n = conn
                 .prepare_cached(
-                    "UPDATE tasks SET state = ?1, programmer_id = ?2,
+                    "UPDATE tasks SET state = ?1, programmer_id = ?2, dispatch_attempt = ?6,
                          started_ms = CASE WHEN started_ms = 0 THEN ?3 ELSE started_ms END
                      WHERE task_id = ?4 AND state IN (?5, ?1)",
                 )?
@@ -342,10 +396,160 @@ impl TaskStore {
                     programmer_id,
                     now_ms(),
                     task_id,
-                    TaskState::Queued as i32
+                    TaskState::Queued as i32,
+                    dispatch_attempt,
                 ])?;
             changed_or_missing(conn, &task_id, n)
         })
+    }
+
+    /// Journals one event of a task (see [`Journal`]).
+    pub fn append_event(
+        &self,
+        task_id: &str,
+        event: &TaskEvent,
+        upstream_seq: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let (task_id, seq, encoded) = (task_id.to_owned(), event.seq, event.encode_to_vec());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO task_events (task_id, seq, attempt, upstream_seq, event)
+                 VALUES (?1, ?2, (SELECT dispatch_attempt FROM tasks WHERE task_id = ?1), ?3, ?4)",
+            )?
+            .execute(params![task_id, seq as i64, upstream_seq as i64, encoded])?;
+            conn.prepare_cached("UPDATE tasks SET last_seq = ?2 WHERE task_id = ?1")?
+                .execute(params![task_id, seq as i64])?;
+            Ok(())
+        })
+    }
+
+    /// Every journaled event of `task_id`, in seq order.
+    pub fn events(&self, task_id: &str) -> Result<Vec<TaskEvent>, StoreError> {
+        let conn = self.reader();
+        let mut stmt =
+            conn.prepare_cached("SELECT event FROM task_events WHERE task_id = ?1 ORDER BY seq")?;
+        let rows = stmt.query_map(params![task_id], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut events = Vec::new();
+        for row in rows {
+            let bytes = row?;
+            events.push(
+                TaskEvent::decode(bytes.as_slice()).map_err(|e| StoreError::Corrupt {
+                    task_id: task_id.to_owned(),
+                    field: "event",
+                    detail: e.to_string(),
+                })?,
+            );
+        }
+        Ok(events)
+    }
+
+    /// The tasks a previous process left QUEUED or RUNNING, oldest first, with what resuming
+    /// them needs.
+    pub fn unfinished(&self) -> Result<Vec<Unfinished>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare(
+            "SELECT t.task_id, t.request, t.owner, t.state, t.programmer_id, t.dispatch_attempt,
+                    t.created_ms,
+                    (SELECT COALESCE(MAX(e.upstream_seq), 0) FROM task_events e
+                      WHERE e.task_id = t.task_id AND e.attempt = t.dispatch_attempt)
+             FROM tasks t WHERE t.state IN (?1, ?2) AND t.request IS NOT NULL
+             ORDER BY t.created_ms, t.task_id",
+        )?;
+        let rows = stmt.query_map(
+            params![TaskState::Queued as i32, TaskState::Running as i32],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i32>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, u32>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, i64>(7)?,
+                ))
+            },
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (task_id, request, owner, state, programmer_id, attempt, created_ms, upstream) =
+                row?;
+            let request =
+                DispatchRequest::decode(request.as_slice()).map_err(|e| StoreError::Corrupt {
+                    task_id: task_id.clone(),
+                    field: "request",
+                    detail: e.to_string(),
+                })?;
+            let placed = (state == TaskState::Running as i32 && attempt > 0).then(|| Placed {
+                programmer_id,
+                dispatch_attempt: attempt,
+                upstream_seq: u64::try_from(upstream).unwrap_or(0),
+            });
+            out.push(Unfinished {
+                task_id,
+                request,
+                owner,
+                created_ms,
+                placed,
+            });
+        }
+        Ok(out)
+    }
+
+    /// One page of task records, newest first: those `owner` may see (`None`: all), filtered by
+    /// run id and states. The token is the last record's `created_ms/task_id`.
+    pub fn list(
+        &self,
+        owner: Option<&str>,
+        run_id: &str,
+        states: &[i32],
+        page_size: usize,
+        page_token: &str,
+    ) -> Result<(Vec<TaskRecord>, String), StoreError> {
+        let (before_ms, before_id) = match page_token.split_once('/') {
+            Some((ms, id)) => (
+                ms.parse::<i64>()
+                    .map_err(|_| StoreError::BadPageToken(page_token.to_owned()))?,
+                id.to_owned(),
+            ),
+            None if page_token.is_empty() => (i64::MAX, String::new()),
+            None => return Err(StoreError::BadPageToken(page_token.to_owned())),
+        };
+        let states_json = serde_json::to_string(states).unwrap_or_else(|_| "[]".into());
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {RECORD_COLUMNS} FROM tasks
+             WHERE (created_ms < ?1 OR (created_ms = ?1 AND task_id < ?2))
+               AND (?3 IS NULL OR owner = ?3)
+               AND (?4 = '' OR run_id = ?4)
+               AND (?5 = '[]' OR state IN (SELECT value FROM json_each(?5)))
+             ORDER BY created_ms DESC, task_id DESC LIMIT ?6"
+        ))?;
+        let rows = stmt.query_map(
+            params![
+                before_ms,
+                before_id,
+                owner,
+                run_id,
+                states_json,
+                (page_size + 1) as i64
+            ],
+            RawRow::from_row,
+        )?;
+        let mut records = Vec::new();
+        for row in rows {
+            records.push(row?.into_record()?);
+        }
+        let next = if records.len() > page_size {
+            records.truncate(page_size);
+            records
+                .last()
+                .map(|r| format!("{}/{}", r.created_ms, r.task_id))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((records, next))
     }
 
     /// Stores the task's final result; the state becomes `result.status`, which must be terminal.
@@ -433,13 +637,29 @@ fn checkpoint_until_stopped(conn: Connection, stopped: mpsc::Receiver<()>) {
     }
 }
 
-/// Stores written before callers were authenticated have no `owner` column: add it (empty).
-fn add_owner_column(conn: &Connection) -> Result<(), StoreError> {
-    let has_owner = conn
-        .prepare("SELECT 1 FROM pragma_table_info('tasks') WHERE name = 'owner'")?
+/// Stores written by earlier versions lack later columns: add them (rows keep their defaults;
+/// a row without a request cannot be resumed after a restart).
+fn add_columns(conn: &Connection) -> Result<(), StoreError> {
+    let has_table = conn
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tasks'")?
         .exists([])?;
-    if !has_owner {
-        conn.execute_batch("ALTER TABLE tasks ADD COLUMN owner TEXT NOT NULL DEFAULT ''")?;
+    if !has_table {
+        return Ok(());
+    }
+    for (column, definition) in [
+        ("owner", "TEXT NOT NULL DEFAULT ''"),
+        ("request", "BLOB"),
+        ("dispatch_attempt", "INTEGER NOT NULL DEFAULT 0"),
+        ("last_seq", "INTEGER NOT NULL DEFAULT 0"),
+    ] {
+        let exists = conn
+            .prepare("SELECT 1 FROM pragma_table_info('tasks') WHERE name = ?1")?
+            .exists([column])?;
+        if !exists {
+            conn.execute_batch(&format!(
+                "ALTER TABLE tasks ADD COLUMN {column} {definition}"
+            ))?;
+        }
     }
     Ok(())
 }
@@ -519,8 +739,8 @@ fn insert(conn: &Connection, task: &NewTask) -> Result<InsertOutcome, StoreError
         None => {
             conn.prepare_cached(
                 "INSERT INTO tasks (task_id, fingerprint, task_description, files, workspace, run_id,
-                     capabilities, dry_run, state, created_ms, owner)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                     capabilities, dry_run, state, created_ms, owner, request)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?
             .execute(params![
                 task.task_id,
@@ -534,6 +754,7 @@ fn insert(conn: &Connection, task: &NewTask) -> Result<InsertOutcome, StoreError
                 TaskState::Queued as i32,
                 now_ms(),
                 task.owner,
+                task.request,
             ])?;
             Ok(InsertOutcome::Inserted)
         }
@@ -591,6 +812,7 @@ struct RawRow {
     result: Option<Vec<u8>>,
     dry_run: bool,
     owner: String,
+    last_seq: i64,
 }
 
 impl RawRow {
@@ -610,6 +832,7 @@ impl RawRow {
             result: r.get(11)?,
             dry_run: r.get(12)?,
             owner: r.get(13)?,
+            last_seq: r.get(14)?,
         })
     }
 
@@ -640,24 +863,29 @@ impl RawRow {
             result,
             dry_run: self.dry_run,
             owner: self.owner,
+            last_seq: u64::try_from(self.last_seq).unwrap_or(0),
         })
     }
 }
 
 fn read_record(conn: &Connection, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
     let raw = conn
-        .prepare_cached(SELECT_RECORD)?
+        .prepare_cached(&format!(
+            "SELECT {RECORD_COLUMNS} FROM tasks WHERE task_id = ?1"
+        ))?
         .query_row(params![task_id], RawRow::from_row)
         .optional()?;
     raw.map(RawRow::into_record).transpose()
 }
 
-/// Fails every QUEUED/RUNNING task left by a previous process; returns how many.
+/// Fails every QUEUED/RUNNING task left by a previous process that cannot be resumed (its row
+/// predates stored requests); returns how many.
 fn recover(conn: &mut Connection) -> Result<usize, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let open: Vec<(String, String, bool, i64)> = {
         let mut stmt = tx.prepare(
-            "SELECT task_id, programmer_id, dry_run, created_ms FROM tasks WHERE state IN (?1, ?2)",
+            "SELECT task_id, programmer_id, dry_run, created_ms FROM tasks
+             WHERE state IN (?1, ?2) AND request IS NULL",
         )?;
         let rows = stmt.query_map(
             params![TaskState::Queued as i32, TaskState::Running as i32],
@@ -688,6 +916,19 @@ fn recover(conn: &mut Connection) -> Result<usize, StoreError> {
     }
     tx.commit()?;
     Ok(open.len())
+}
+
+/// The store journals the manager's task events (see [`TaskStore::append_event`]).
+impl Journal for TaskStore {
+    fn append(
+        &self,
+        task_id: &str,
+        event: &TaskEvent,
+        upstream_seq: u64,
+    ) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        let written = self.append_event(task_id, event, upstream_seq);
+        Box::pin(async move { written.await.map_err(|e| e.to_string()) })
+    }
 }
 
 // ===== Tests =====
@@ -753,7 +994,7 @@ mod tests {
         assert_eq!((rec.started_ms, rec.finished_ms), (0, 0));
         assert!(rec.result.is_none());
 
-        assert!(store.set_running("t1", "003").await.unwrap());
+        assert!(store.set_running("t1", "003", 1).await.unwrap());
         let rec = store.get("t1").unwrap().unwrap();
         assert_eq!(rec.state(), TaskState::Running);
         assert_eq!(rec.programmer_id, "003");
@@ -776,7 +1017,7 @@ mod tests {
             .insert(&NewTask::from_request("t1", &req))
             .await
             .unwrap();
-        store.set_running("t1", "001").await.unwrap();
+        store.set_running("t1", "001", 1).await.unwrap();
 
         // Same request (even with a different task_id field inside it): attach.
         let mut same = req.clone();
@@ -824,11 +1065,11 @@ mod tests {
             .insert(&NewTask::from_request("t1", &request("x")))
             .await
             .unwrap();
-        store.set_running("t1", "001").await.unwrap();
+        store.set_running("t1", "001", 1).await.unwrap();
         // Rerouted: programmer changes, started_ms stays.
         let first_start = store.get("t1").unwrap().unwrap().started_ms;
         std::thread::sleep(std::time::Duration::from_millis(5));
-        assert!(store.set_running("t1", "002").await.unwrap());
+        assert!(store.set_running("t1", "002", 1).await.unwrap());
         let rec = store.get("t1").unwrap().unwrap();
         assert_eq!(
             (rec.programmer_id.as_str(), rec.started_ms),
@@ -841,7 +1082,7 @@ mod tests {
         };
         assert!(store.finish("t1", &cancelled).await.unwrap());
         assert!(!store.finish("t1", &succeeded("002")).await.unwrap());
-        assert!(!store.set_running("t1", "003").await.unwrap());
+        assert!(!store.set_running("t1", "003", 1).await.unwrap());
         let rec = store.get("t1").unwrap().unwrap();
         assert_eq!(rec.state(), TaskState::Cancelled);
         // An empty programmer_id in the result keeps the recorded one.
@@ -868,7 +1109,7 @@ mod tests {
                 .unwrap(),
             InsertOutcome::Inserted
         );
-        store.set_running("t1", "001").await.unwrap();
+        store.set_running("t1", "001", 1).await.unwrap();
         assert!(!store.forget_unstarted("t1").await.unwrap(), "running");
         store.finish("t1", &succeeded("001")).await.unwrap();
         assert!(!store.forget_unstarted("t1").await.unwrap(), "finished");
@@ -885,7 +1126,7 @@ mod tests {
         let store = open(&dir);
         assert!(store.get("nope").unwrap().is_none());
         assert!(matches!(
-            store.set_running("nope", "001").await,
+            store.set_running("nope", "001", 1).await,
             Err(StoreError::NotFound(_))
         ));
         assert!(matches!(
@@ -911,7 +1152,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reopen_fails_unfinished_tasks_and_keeps_finished_ones() {
+    async fn reopen_resumes_unfinished_tasks_and_fails_only_those_without_a_request() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
         store
@@ -924,35 +1165,112 @@ mod tests {
             .insert(&NewTask::from_request("running", &dry))
             .await
             .unwrap();
-        store.set_running("running", "004").await.unwrap();
+        store.set_running("running", "004", 2).await.unwrap();
+        let relayed = |seq| TaskEvent {
+            task_id: "running".into(),
+            seq,
+            ..Default::default()
+        };
+        store.append_event("running", &relayed(1), 5).await.unwrap();
+        store.append_event("running", &relayed(2), 9).await.unwrap();
+        store.append_event("running", &relayed(3), 0).await.unwrap();
+        store
+            .insert(&NewTask::from_request("legacy", &request("old")))
+            .await
+            .unwrap();
         store
             .insert(&NewTask::from_request("done", &request("c")))
             .await
             .unwrap();
-        store.set_running("done", "001").await.unwrap();
+        store.set_running("done", "001", 1).await.unwrap();
         store.finish("done", &succeeded("001")).await.unwrap();
         drop(store);
+        // A row written before requests were kept.
+        Connection::open(dir.path().join("tasks.sqlite3"))
+            .unwrap()
+            .execute(
+                "UPDATE tasks SET request = NULL WHERE task_id = 'legacy'",
+                [],
+            )
+            .unwrap();
 
         let store = open(&dir);
-        assert_eq!(store.recovered_on_open(), 2);
-        for (id, programmer, dry_run) in [("queued", "", false), ("running", "004", true)] {
-            let rec = store.get(id).unwrap().unwrap();
-            assert_eq!(rec.state(), TaskState::Failed, "{id}");
-            assert!(rec.finished_ms > 0);
-            assert_eq!(rec.programmer_id, programmer);
-            let result = rec.result.unwrap();
-            assert_eq!(result.status(), TaskState::Failed);
-            assert_eq!(result.error_class(), ErrorClass::Unavailable);
-            assert_eq!(result.error_message, RESTART_MESSAGE);
-            assert_eq!(result.programmer_id, programmer);
-            assert_eq!(result.dry_run, dry_run);
-        }
+        assert_eq!(store.recovered_on_open(), 1);
+        let legacy = store.get("legacy").unwrap().unwrap();
+        assert_eq!(legacy.state(), TaskState::Failed);
+        let result = legacy.result.unwrap();
+        assert_eq!(result.error_class(), ErrorClass::Unavailable);
+        assert_eq!(result.error_message, RESTART_MESSAGE);
+
+        let unfinished = store.unfinished().unwrap();
+        let ids: Vec<&str> = unfinished.iter().map(|u| u.task_id.as_str()).collect();
+        assert_eq!(ids, ["queued", "running"], "oldest first");
+        assert_eq!(unfinished[0].placed, None);
+        assert_eq!(unfinished[0].request.task_description, "a");
+        assert_eq!(unfinished[0].request.task_id, "queued");
+        assert_eq!(
+            unfinished[1].placed,
+            Some(Placed {
+                programmer_id: "004".into(),
+                dispatch_attempt: 2,
+                upstream_seq: 9,
+            })
+        );
+        assert!(unfinished[1].request.dry_run);
+        assert_eq!(store.get("running").unwrap().unwrap().last_seq, 3);
+        let seqs: Vec<u64> = store
+            .events("running")
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3]);
         let done = store.get("done").unwrap().unwrap();
         assert_eq!(done.state(), TaskState::Succeeded);
         assert_eq!(done.result, Some(succeeded("001")));
-        drop(store);
+    }
 
-        assert_eq!(open(&dir).recovered_on_open(), 0);
+    #[tokio::test]
+    async fn lists_newest_first_filtered_and_paged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        for i in 0..5 {
+            let mut req = request(&format!("t{i}"));
+            req.run_id = if i % 2 == 0 { "even" } else { "odd" }.into();
+            let owner = if i == 4 { "bob" } else { "alice" };
+            store
+                .insert(&NewTask::dispatched_by(&format!("t{i}"), &req, owner))
+                .await
+                .unwrap();
+        }
+        store.finish("t0", &succeeded("001")).await.unwrap();
+        let ids = |records: &[TaskRecord]| -> Vec<String> {
+            records.iter().map(|r| r.task_id.clone()).collect()
+        };
+        let (page, next) = store.list(None, "", &[], 2, "").unwrap();
+        assert_eq!(page.len(), 2);
+        let mut all = ids(&page);
+        let (page, next) = store.list(None, "", &[], 2, &next).unwrap();
+        all.extend(ids(&page));
+        let (page, last) = store.list(None, "", &[], 2, &next).unwrap();
+        all.extend(ids(&page));
+        assert_eq!(last, "");
+        let mut expected: Vec<String> = (0..5).map(|i| format!("t{i}")).collect();
+        let mut sorted = all.clone();
+        sorted.sort();
+        expected.sort();
+        assert_eq!(sorted, expected, "every task once across pages");
+        let (even, _) = store.list(None, "even", &[], 50, "").unwrap();
+        assert_eq!(even.len(), 3);
+        let queued = [TaskState::Queued as i32];
+        let (open_even, _) = store.list(None, "even", &queued, 50, "").unwrap();
+        assert_eq!(open_even.len(), 2, "t0 finished");
+        let (bobs, _) = store.list(Some("bob"), "", &[], 50, "").unwrap();
+        assert_eq!(ids(&bobs), ["t4"]);
+        assert!(matches!(
+            store.list(None, "", &[], 2, "garbage"),
+            Err(StoreError::BadPageToken(_))
+        ));
     }
 
     /// Writes sent together share a commit, and one that fails (a conflicting id) rolls back
@@ -983,7 +1301,7 @@ mod tests {
                         .insert(&NewTask::from_request(&id, &request("x")))
                         .await;
                     assert!(matches!(r, Ok(InsertOutcome::Inserted)), "{r:?}");
-                    assert!(store.set_running(&id, "001").await.unwrap());
+                    assert!(store.set_running(&id, "001", 1).await.unwrap());
                     assert!(store.finish(&id, &succeeded("001")).await.unwrap());
                 })
             })
@@ -1080,7 +1398,7 @@ mod tests {
             .await
             .unwrap();
         ledger.reserve("t1", 5.0).unwrap();
-        store.set_running("t1", "006").await.unwrap();
+        store.set_running("t1", "006", 1).await.unwrap();
         ledger.settle("t1", 1.0).unwrap();
         store.finish("t1", &succeeded("006")).await.unwrap();
         assert_eq!(

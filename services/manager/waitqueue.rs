@@ -217,8 +217,10 @@ async fn run(
                     uncount_flag(counted);
                     let _ = e.position.send(0);
                     if let Err(Ok(placement)) = e.reply.send(Ok(placement)) {
-                        // The task went away at the last moment: its dropped placement frees the slot.
-                        drop(placement);
+                        // The task went away at the last moment: its Execute never starts
+                        // (the call is sent when first polled), so its hold is released and the
+                        // dropped placement frees the slot.
+                        placement.abandon(balancer.budget());
                     }
                 }
                 Routed::NoRoom {

@@ -10,6 +10,7 @@ pub mod breaker;
 pub mod classify;
 pub mod failover;
 pub mod queue;
+pub mod runs;
 pub mod server;
 pub mod state;
 pub mod validate;

@@ -1,24 +1,23 @@
-//! The `pas.v1.Programmer` gRPC service: admission (validate, queue), one spawned driver per task,
-//! cancellation when the caller goes away, and status.
+//! The `pas.v1.Programmer` gRPC service: admission (validate, queue), one spawned driver per task
+//! that runs it to its end whether or not anyone follows it (within its lease), following a task
+//! (Execute, WatchTask), CancelTask, and status.
 
 use crate::contract::v1::programmer_server::Programmer as ProgrammerRpc;
 use crate::contract::v1::{
-    Assigned, ErrorClass, GetStatusRequest, ProgrammerStatus, Queued, TaskRequest, TaskResult,
-    TaskState, task_event::Kind,
+    Assigned, CancelTaskRequest, CancelTaskResponse, ErrorClass, GetStatusRequest,
+    ProgrammerStatus, Queued, TaskRequest, TaskResult, TaskState, WatchTaskRequest,
+    task_event::Kind,
 };
 use crate::programmer::failover::run_task;
+use crate::programmer::runs::{LEASE_EXPIRED, Run};
 use crate::programmer::state::Programmer;
 use crate::programmer::validate::{ValidatedTask, validate};
-use crate::task_events::{EventItem, TaskEventSink};
+use crate::task_events::{EventStream, HEARTBEAT_EVERY, TaskEventSink};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-
-/// Buffered events per task stream; output chunks wait (back-pressure) beyond this.
-const EVENT_BUFFER: usize = 256;
 
 /// The gRPC face of a [`Programmer`].
 #[derive(Debug, Clone)]
@@ -34,13 +33,18 @@ impl ProgrammerService {
 
 #[tonic::async_trait]
 impl ProgrammerRpc for ProgrammerService {
-    type ExecuteStream = ReceiverStream<EventItem>;
+    type ExecuteStream = EventStream;
+    type WatchTaskStream = EventStream;
 
     async fn execute(
         &self,
         request: Request<TaskRequest>,
     ) -> Result<Response<Self::ExecuteStream>, Status> {
         let prog = self.prog.clone();
+        // A task this programmer already has (the manager re-sending it): attach, start nothing.
+        if let Some(run) = prog.runs.get(&request.get_ref().task_id) {
+            return Ok(Response::new(run.log.follow(0, None)?));
+        }
         if prog.is_draining() {
             return Err(Status::unavailable(format!(
                 "{} is shutting down",
@@ -60,7 +64,13 @@ impl ProgrammerRpc for ProgrammerService {
         let waiting = prog.queue.try_enter().map_err(|full| {
             Status::resource_exhausted(format!("{} queue is full: {full}", prog.spec.agent))
         })?;
-        let (sink, rx) = TaskEventSink::channel(&task.task_id, EVENT_BUFFER);
+        let run = match prog.runs.start(&task.task_id, prog.shutdown.child_token()) {
+            Ok(run) => run,
+            // Accepted by a concurrent Execute with the same id meanwhile: follow that one.
+            Err(existing) => return Ok(Response::new(existing.log.follow(0, None)?)),
+        };
+        // Followed from the first event before the driver can publish any.
+        let stream = run.log.follow(0, None)?;
         tracing::info!(task_id = %task.task_id, run_id = %task.run_id, workspace = %task.workspace_name,
             dry_run = task.dry_run, "task accepted");
         let span = crate::telemetry::spans::programmer_task(
@@ -70,10 +80,58 @@ impl ProgrammerRpc for ProgrammerService {
             &task.workspace_name,
             task.dry_run,
         );
-        let driver = drive_task(prog.clone(), task, sink, waiting);
+        let driver = drive_task(prog.clone(), task, run, waiting);
         prog.tasks
             .spawn(tracing::Instrument::instrument(driver, span));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(stream))
+    }
+
+    async fn watch_task(
+        &self,
+        request: Request<WatchTaskRequest>,
+    ) -> Result<Response<Self::WatchTaskStream>, Status> {
+        let WatchTaskRequest { task_id, after_seq } = request.into_inner();
+        let run = self.prog.runs.get(&task_id).ok_or_else(|| {
+            Status::not_found(format!(
+                "task_id: {} has no task {task_id:?} (it does not run here)",
+                self.prog.spec.agent
+            ))
+        })?;
+        Ok(Response::new(
+            run.log.follow(after_seq, Some(HEARTBEAT_EVERY))?,
+        ))
+    }
+
+    async fn cancel_task(
+        &self,
+        request: Request<CancelTaskRequest>,
+    ) -> Result<Response<CancelTaskResponse>, Status> {
+        let task_id = request.into_inner().task_id;
+        let Some(run) = self.prog.runs.get(&task_id) else {
+            return Ok(Response::new(CancelTaskResponse {
+                message: format!("{} has no task {task_id:?}", self.prog.spec.agent),
+                task_id,
+                ..Default::default()
+            }));
+        };
+        let previous = run.log.result().map_or(TaskState::Running, |r| r.status());
+        let cancelled = !run.log.is_finished();
+        if cancelled {
+            run.cancel.cancel();
+        }
+        Ok(Response::new(CancelTaskResponse {
+            message: if cancelled {
+                format!("task {task_id} is being cancelled")
+            } else {
+                format!(
+                    "task {task_id} already finished ({})",
+                    previous.as_str_name()
+                )
+            },
+            task_id,
+            cancelled,
+            previous_state: previous as i32,
+        }))
     }
 
     async fn get_status(
@@ -88,19 +146,14 @@ impl ProgrammerRpc for ProgrammerService {
 async fn drive_task(
     prog: Arc<Programmer>,
     task: ValidatedTask,
-    sink: TaskEventSink,
+    run: Run,
     waiting: crate::programmer::queue::Waiting,
 ) {
     let started = Instant::now();
-    let cancel = prog.shutdown.child_token();
-    // The caller cancelling the call or disconnecting drops the receiver: stop the task.
-    let watcher = {
-        let (sink, cancel) = (sink.clone(), cancel.clone());
-        tokio::spawn(async move {
-            sink.closed().await;
-            cancel.cancel();
-        })
-    };
+    let cancel = run.cancel.clone();
+    let sink = TaskEventSink::new(run.log.clone());
+    // Nobody following the task for a whole lease: whoever placed it is gone; stop it.
+    let lease = tokio::spawn(hold_lease(run.clone(), prog.lease));
 
     let (positions_tx, mut positions_rx) = mpsc::unbounded_channel();
     let acquire = waiting.acquire(move |position| {
@@ -128,8 +181,8 @@ async fn drive_task(
         (slot, ()) = async { tokio::join!(acquire, relay_positions) } => slot,
         _ = cancel.cancelled() => {
             let result = ended(&prog, TaskState::Cancelled, ErrorClass::Cancelled, "cancelled while queued", started);
-            finish(&prog, &task, &sink, handed_back_if_draining(&prog, result)).await;
-            watcher.abort();
+            finish(&prog, &task, &sink, handed_back(&prog, &run, result)).await;
+            lease.abort();
             return;
         }
     };
@@ -157,22 +210,55 @@ async fn drive_task(
         run_task(&prog, &task, &sink, cancel.clone(), started).await
     };
     drop(slot);
-    finish(&prog, &task, &sink, handed_back_if_draining(&prog, result)).await;
-    watcher.abort();
+    finish(&prog, &task, &sink, handed_back(&prog, &run, result)).await;
+    lease.abort();
 }
 
-/// A task stopped because this programmer is shutting down (the drain timeout cancelled it) was
-/// not cancelled by its caller: say so with a distinct outcome, so the manager dispatches it again
-/// elsewhere instead of reporting a cancellation nobody asked for.
-fn handed_back_if_draining(prog: &Programmer, mut result: TaskResult) -> TaskResult {
-    if prog.shutdown.is_cancelled() && result.status == TaskState::Cancelled as i32 {
-        result.status = TaskState::Failed as i32;
-        result.error_class = ErrorClass::HandedBack as i32;
-        result.error_message = format!(
-            "{} stopped before finishing (shutting down; drain timeout passed): handed back for rerouting",
-            prog.spec.agent
-        );
+/// Stops `run` (handed back) once no stream has followed it for `lease`.
+async fn hold_lease(run: Run, lease: std::time::Duration) {
+    let mut followers = run.log.followers();
+    loop {
+        // Wait until nobody follows…
+        if followers.wait_for(|n| *n == 0).await.is_err() {
+            return;
+        }
+        // …and give someone a lease's time to follow again.
+        match tokio::time::timeout(lease, followers.wait_for(|n| *n > 0)).await {
+            Ok(Ok(_)) => continue,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::warn!(task_id = %run.log.task_id(), lease_s = lease.as_secs(),
+                    "no manager followed the task for its lease: stopping it");
+                run.hand_back(format!(
+                    "{LEASE_EXPIRED}: nobody followed the task for {} s",
+                    lease.as_secs()
+                ));
+                return;
+            }
+        }
     }
+}
+
+/// A task stopped because this programmer is shutting down (the drain timeout cancelled it) or
+/// because its lease expired was not cancelled by its caller: say so with a distinct outcome, so
+/// the manager dispatches it again elsewhere instead of reporting a cancellation nobody asked for.
+fn handed_back(prog: &Programmer, run: &Run, mut result: TaskResult) -> TaskResult {
+    if result.status != TaskState::Cancelled as i32 {
+        return result;
+    }
+    let why = if prog.shutdown.is_cancelled() {
+        format!(
+            "{} stopped before finishing (shutting down; drain timeout passed)",
+            prog.spec.agent
+        )
+    } else if let Some(reason) = run.handed_back_reason() {
+        format!("{} stopped the task: {reason}", prog.spec.agent)
+    } else {
+        return result;
+    };
+    result.status = TaskState::Failed as i32;
+    result.error_class = ErrorClass::HandedBack as i32;
+    result.error_message = format!("{why}: handed back for rerouting");
     result
 }
 
@@ -208,4 +294,5 @@ async fn finish(prog: &Programmer, task: &ValidatedTask, sink: &TaskEventSink, r
         cost_usd = result.cost_usd, duration_ms = result.duration_ms,
         error = %result.error_message, "task finished");
     sink.finish(result).await;
+    prog.runs.finished(&task.task_id);
 }

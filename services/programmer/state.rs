@@ -6,9 +6,11 @@ use crate::contract::circuit_name;
 use crate::contract::v1::{CircuitState, LlmState, ProgrammerStatus};
 use crate::programmer::breaker::{Breaker, BreakerPolicy, BreakerState, BreakerStore};
 use crate::programmer::queue::TaskQueue;
+use crate::programmer::runs::TaskRuns;
 use crate::programmer::worktree::GitIdentity;
 use crate::workspace::WorkspaceCache;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -68,6 +70,12 @@ pub struct Programmer {
     pub shutdown: CancellationToken,
     /// Every task driver, so a drain can wait for them.
     pub tasks: TaskTracker,
+    /// The accepted tasks by id: event logs (journaled), cancellation, lease.
+    pub runs: Arc<TaskRuns>,
+    /// How long a task may go unfollowed before it is stopped and handed back.
+    pub lease: Duration,
+    /// Tasks a previous process left running, handed back at start-up.
+    pub interrupted_on_start: usize,
 }
 
 impl Programmer {
@@ -95,6 +103,12 @@ impl Programmer {
             cooldown: Duration::from_secs_f64(cb.cooldown_minutes * 60.0),
         };
         let breaker_store = BreakerStore::new(own_dir.join("breaker.json"));
+        let events_dir = own_dir.join("events");
+        let (runs, interrupted_on_start) =
+            TaskRuns::open(events_dir.clone(), &spec.id).map_err(|source| SetupError::Dir {
+                path: events_dir,
+                source,
+            })?;
         let breaker = match breaker_store.load() {
             Some(saved) => Breaker::restore(policy, saved),
             None => Breaker::new(policy),
@@ -122,6 +136,9 @@ impl Programmer {
             port,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            runs: Arc::new(runs),
+            lease: Duration::from_secs(pool.manager.task_lease_s),
+            interrupted_on_start,
             spec,
         })
     }

@@ -1,0 +1,155 @@
+//! A restarted manager takes back every task the previous process left unfinished, instead of
+//! failing it: a placed task is followed again on its programmer from the last event the previous
+//! process relayed (its budget hold kept), a queued one goes back into the queue in its original
+//! order. Their event logs are rebuilt from the journal, so callers re-attach with WatchTask (or
+//! Dispatch with the same id) and see every event once. Holds whose tasks are not resumed are
+//! booked as spent: nothing knows what they cost.
+
+use crate::contract::v1::{ErrorClass, TaskState};
+use crate::manager::Manager;
+use crate::manager::balancer::{Hold, reservation_key};
+use crate::manager::dispatch::{self, Resumed, Start, TaskLife, ended};
+use crate::manager::server::route_for;
+use crate::manager::store::Unfinished;
+use crate::task_events::{TaskEventSink, now_unix_ms};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Resumes the unfinished tasks of the store and books the holds nobody resumes.
+pub fn unfinished_tasks(mgr: &Arc<Manager>) -> anyhow::Result<()> {
+    let tasks = mgr.store.unfinished()?;
+    let mut keep = HashSet::new();
+    let mut queued = Vec::new();
+    let (mut followed, mut failed) = (0usize, 0usize);
+    for task in tasks {
+        let Unfinished {
+            task_id,
+            request,
+            created_ms,
+            placed,
+            ..
+        } = task;
+        let log = mgr.new_log(&task_id, mgr.store.events(&task_id)?);
+        let sink = TaskEventSink::new(log.clone());
+        let cancel = mgr.register(&task_id, log);
+        let age = Duration::from_millis(u64::try_from(now_unix_ms() - created_ms).unwrap_or(0));
+        let accepted = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        let mut route = match route_for(mgr, &request, &task_id) {
+            Ok(route) => route,
+            Err(status) => {
+                // The configuration changed under it: no programmer here can ever take it.
+                failed += 1;
+                let result = ended(
+                    TaskState::Failed,
+                    ErrorClass::Unavailable,
+                    &format!(
+                        "cannot resume after a manager restart: {}",
+                        status.message()
+                    ),
+                    "",
+                );
+                let mgr = mgr.clone();
+                tokio::spawn(async move { mgr.finish_task(&task_id, &sink, result).await });
+                continue;
+            }
+        };
+        let member = placed
+            .as_ref()
+            .and_then(|p| mgr.pool.member(&p.programmer_id).cloned());
+        let start = match (placed, member) {
+            (Some(placed), Some(member)) => {
+                route.request.dispatch_attempt = placed.dispatch_attempt;
+                let key = reservation_key(&task_id, placed.dispatch_attempt);
+                let hold = mgr.budget.held(&key)?.map(|amount_usd| Hold {
+                    key: key.clone(),
+                    amount_usd,
+                });
+                keep.insert(key);
+                followed += 1;
+                Start::Placed(Resumed {
+                    member,
+                    hold,
+                    upstream_seq: placed.upstream_seq,
+                })
+            }
+            (placed, _) => {
+                // Never placed, or on a programmer no longer configured (a new attempt).
+                route.request.dispatch_attempt = placed.map_or(1, |p| p.dispatch_attempt + 1);
+                queued.push((task_id, route, sink, cancel, accepted));
+                continue;
+            }
+        };
+        spawn(mgr, task_id, route, start, sink, cancel, accepted);
+    }
+    // Each goes to the front of the queue: newest first leaves the oldest at the front.
+    let resumed_queued = queued.len();
+    for (task_id, route, sink, cancel, accepted) in queued.into_iter().rev() {
+        let ticket = mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout);
+        spawn(
+            mgr,
+            task_id,
+            route,
+            Start::Queued(ticket),
+            sink,
+            cancel,
+            accepted,
+        );
+    }
+    if followed + resumed_queued + failed > 0 {
+        tracing::warn!(
+            followed,
+            queued = resumed_queued,
+            failed,
+            "resumed the tasks a previous manager left unfinished"
+        );
+    }
+    let booked = mgr.budget.book_orphans(&keep)?;
+    if booked > 0 {
+        tracing::warn!(
+            holds = booked,
+            "budget holds of tasks nobody resumes were booked as spent"
+        );
+    }
+    // Those bookings may have crossed the alert threshold without any settlement.
+    match mgr.budget.poll_alert() {
+        Ok(true) => {
+            if let Ok(s) = mgr.budget.snapshot() {
+                tracing::warn!(day = %s.day, spent_usd = s.spent_usd, "{}", crate::manager::BUDGET_ALERT_LOG);
+            }
+        }
+        Ok(false) => {}
+        Err(e) => tracing::error!("budget ledger: {e}"),
+    }
+    Ok(())
+}
+
+fn spawn(
+    mgr: &Arc<Manager>,
+    task_id: String,
+    route: crate::manager::balancer::Route,
+    start: Start,
+    sink: TaskEventSink,
+    cancel: tokio_util::sync::CancellationToken,
+    accepted: Instant,
+) {
+    let span = crate::telemetry::spans::manager_task(
+        &task_id,
+        &route.request.run_id,
+        route.strategy.name(),
+        route.request.dry_run,
+    );
+    let life = TaskLife {
+        task_id,
+        route,
+        start,
+        sink,
+        cancel,
+        accepted,
+    };
+    tokio::spawn(tracing::Instrument::instrument(
+        dispatch::run(mgr.clone(), life),
+        span,
+    ));
+}
