@@ -12,7 +12,7 @@ use common::pool::{
 };
 use pas::contract::v1::{
     CancelTaskRequest, DispatchRequest, ErrorClass, GetStatusRequest, GetTaskRequest, TaskRecord,
-    TaskState,
+    TaskState, task_event::Kind,
 };
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -87,14 +87,21 @@ async fn cancel_and_get_task_for_queued_running_and_finished_tasks() {
     assert_eq!(rec.task_description, "Add docstrings to all functions");
     assert_eq!(rec.files, vec!["src/module.py"]);
 
-    // The same id while it runs: refused, pointing at GetTask/CancelTask.
-    let err = c
+    // The same id while it runs: attaches to the task (its events from the first), starts
+    // nothing; leaving again does not stop it.
+    let mut attached = c
         .clone()
         .dispatch(running_req.clone())
         .await
-        .expect_err("a live task id");
-    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
-    assert!(err.message().contains("task_id"), "{err:?}");
+        .expect("a live task id attaches")
+        .into_inner();
+    let first = attached.message().await.unwrap().expect("an event");
+    assert_eq!(first.seq, 1, "{first:?}");
+    assert!(
+        matches!(first.kind, Some(Kind::Assigned(ref a)) if a.programmer_id == "001"),
+        "{first:?}"
+    );
+    drop(attached);
 
     // A dry run waits behind it on the programmer (placed: RUNNING as far as the manager
     // knows), and a third task waits in the manager's queue.
@@ -308,9 +315,9 @@ async fn a_finished_task_id_replays_its_result_and_a_different_request_conflicts
     assert!(first_events.len() > 2);
     let sim_requests = pool.sim.requests().await.as_array().map(Vec::len);
 
-    // The same request again: one event, the recorded result; nothing runs again.
+    // The same request again: the recorded events, replayed; nothing runs again.
     let (events, replayed) = dispatch_collect(&c, req.clone()).await;
-    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events, first_events);
     assert_eq!(replayed, first);
     assert_eq!(events[0].task_id, "idem-1");
     assert_eq!(
@@ -347,9 +354,9 @@ async fn a_finished_task_id_replays_its_result_and_a_different_request_conflicts
         dry_run: true,
         ..sample_dispatch("dry")
     };
-    let (_, a) = dispatch_collect(&c, dry.clone()).await;
+    let (first_events, a) = dispatch_collect(&c, dry.clone()).await;
     let (events, b) = dispatch_collect(&c, dry).await;
-    assert_eq!((events.len(), &a), (1, &b));
+    assert_eq!((events, &a), (first_events, &b));
 }
 
 #[tokio::test]

@@ -35,7 +35,7 @@ async fn a_task_whose_only_programmer_died_runs_there_when_it_comes_back() {
     pool.sample_repo();
     let mut solo = pool.start_programmer("001");
     let _other = pool.start_programmer("002");
-    let _manager = pool.start_manager();
+    let manager = pool.start_manager();
     let client = manager_client(&pool).await;
     wait_available(&client, 2).await;
 
@@ -58,7 +58,11 @@ async fn a_task_whose_only_programmer_died_runs_there_when_it_comes_back() {
     let solo = pool.start_programmer("001");
     // Far less than the queue timeout: only the comeback can place the task in time.
     expect_one_reroute(task, Duration::from_secs(120), ("001", "001"), || {
-        solo.log_text()
+        format!(
+            "programmer 001:\n{}\nmanager:\n{}",
+            solo.log_text(),
+            manager.log_text()
+        )
     })
     .await;
 }

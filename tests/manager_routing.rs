@@ -257,7 +257,7 @@ async fn capability_groups_and_tiers_are_never_crossed() {
 }
 
 /// Starts a real task directly on programmer `id` (bypassing the manager) and returns its open
-/// stream: the task holds its place on the programmer until the stream is dropped.
+/// stream: the task holds its place on the programmer until it is cancelled (`load-<id>-<i>`).
 async fn occupy(
     pool: &TestPool,
     id: &str,
@@ -412,8 +412,20 @@ async fn least_loaded_picks_the_idle_programmer_under_real_load() {
         other => panic!("last event is not a result: {other:?}"),
     }
 
-    // Release the load: every hung aider is killed when its stream goes away.
+    // Release the load: tasks outlive their streams, so each is cancelled on its programmer.
     drop(load);
+    for (id, depth) in wanted {
+        let n = if depth == 0 { 0 } else { depth as usize + 1 };
+        let mut client = s.pool.programmer_client(id).await;
+        for i in 0..n {
+            client
+                .cancel_task(pas::contract::v1::CancelTaskRequest {
+                    task_id: format!("load-{id}-{i}"),
+                })
+                .await
+                .expect("CancelTask");
+        }
+    }
     let left = s
         .pool
         .wait_worktree_processes_gone(Duration::from_secs(15))

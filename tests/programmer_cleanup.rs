@@ -1,4 +1,5 @@
-//! How a task ends early, and how the programmer itself ends: a caller that goes away mid-stream,
+//! How a task ends early, and how the programmer itself ends: a caller that goes away mid-stream
+//! (the task goes on until its lease expires), CancelTask,
 //! the task deadline, and a graceful SIGTERM. Real `pas programmer`, real aider, llm-sim, git.
 //! Every way out must leave no aider process, no worktree and no task branch behind.
 
@@ -6,7 +7,10 @@ mod common;
 
 use common::pool::{self, PoolOptions, TestPool, TestProgrammer};
 use pas::contract::v1::task_event::Kind;
-use pas::contract::v1::{ErrorClass, GetStatusRequest, TaskEvent, TaskRequest, TaskState};
+use pas::contract::v1::{
+    CancelTaskRequest, ErrorClass, GetStatusRequest, TaskEvent, TaskRequest, TaskState,
+    WatchTaskRequest,
+};
 use std::path::Path;
 use std::time::Duration;
 
@@ -41,21 +45,32 @@ async fn assert_nothing_left(worktrees: &Path, repo: &Path, what: &str) {
     .await;
 }
 
-/// Dropping the Execute stream while aider is streaming the LLM's reply cancels the task: the
-/// whole aider process group is killed, the worktree and the task branch are removed, and the
-/// cancellation is counted.
+/// A caller leaving mid-stream does not stop the task: following it again with WatchTask from
+/// the last seq seen continues exactly there (no gap, no repeat). Once nobody has followed it for
+/// the lease, the programmer stops it: the whole aider process group is killed, the worktree and
+/// the task branch are removed, and the result — still there to replay — says it was handed back
+/// because the lease expired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_caller_leaving_mid_stream_kills_aider_and_removes_the_worktree() {
+async fn a_task_outlives_its_caller_until_the_lease_expires_then_nothing_is_left() {
     // A slow stream: 4 characters every 400 ms.
     let sim = common::Sim::start_with_script(
         "rules:\n  - model: \"primary-001\"\n    chunk_delay_ms: 400\n    chunk_chars: 4\n",
     );
-    let pool = TestPool::with_sim(PoolOptions::default(), sim);
+    let options = PoolOptions {
+        task_lease_s: 3,
+        ..PoolOptions::default()
+    };
+    let pool = TestPool::with_sim(options, sim);
     let repo = pool.sample_repo();
     let _prog = pool.start_programmer("001");
     let worktrees = pool.worktrees_dir("001");
     let mut c = pool.programmer_client("001").await;
-    let mut stream = c.execute(docstrings()).await.expect("Execute").into_inner();
+    let request = TaskRequest {
+        task_id: "outlives-1".into(),
+        ..docstrings()
+    };
+    let task_id = request.task_id.clone();
+    let mut stream = c.execute(request).await.expect("Execute").into_inner();
 
     // Read until the LLM's reply is being streamed through aider.
     let mut events: Vec<TaskEvent> = Vec::new();
@@ -75,43 +90,130 @@ async fn a_caller_leaving_mid_stream_kills_aider_and_removes_the_worktree() {
         !aider_pids.is_empty(),
         "aider runs in the task worktree while streaming"
     );
-    assert_eq!(pool::worktree_count(&repo), 2, "the task's worktree exists");
-    assert_eq!(pool::task_branches(&repo).len(), 1);
-
     drop(stream);
+
+    // Back within the lease: the task still runs, and the stream continues where it was.
+    let last = events.last().expect("events").seq;
+    let mut again = c
+        .watch_task(WatchTaskRequest {
+            task_id: task_id.clone(),
+            after_seq: last,
+        })
+        .await
+        .expect("WatchTask")
+        .into_inner();
+    let next = loop {
+        let ev = again.message().await.expect("watch").expect("an event");
+        if !matches!(ev.kind, Some(Kind::Heartbeat(_))) {
+            break ev;
+        }
+    };
+    assert_eq!(next.seq, last + 1, "{next:?}");
+    assert!(
+        aider_pids.iter().all(|&pid| alive(pid)),
+        "aider kept running while nobody listened"
+    );
+    drop(again);
     drop(c);
 
-    assert_nothing_left(&worktrees, &repo, "cleanup after the caller left").await;
+    // Nobody follows it for the lease: stopped, nothing left.
+    assert_nothing_left(&worktrees, &repo, "cleanup after the lease expired").await;
     for pid in aider_pids {
-        assert!(!alive(pid), "aider process {pid} survived the cancellation");
+        assert!(!alive(pid), "aider process {pid} survived the lease");
     }
     let mut c = pool.programmer_client("001").await;
-    common::pool::wait_until(Duration::from_secs(10), "the cancel counted", || {
-        let mut c = c.clone();
-        async move {
-            let s = c
-                .get_status(GetStatusRequest {})
-                .await
-                .unwrap()
-                .into_inner();
-            s.cancelled == 1 && s.running == 0
-        }
-    })
-    .await;
+    let replay = c
+        .watch_task(WatchTaskRequest {
+            task_id: task_id.clone(),
+            after_seq: 0,
+        })
+        .await
+        .expect("WatchTask after the end")
+        .into_inner();
+    let (replayed, result) = pool::collect_events(replay).await;
+    assert_eq!(
+        replayed.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=replayed.len() as u64).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    assert_eq!(
+        result.error_class,
+        ErrorClass::HandedBack as i32,
+        "{result:?}"
+    );
+    assert!(result.error_message.contains("lease expired"), "{result:?}");
     let s = c
         .get_status(GetStatusRequest {})
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((s.completed, s.failed), (0, 0), "{s:?}");
+    assert_eq!((s.completed, s.running), (0, 0), "{s:?}");
     // The commit-message request never came: aider died mid-reply.
     let kinds: Vec<_> = pool::sim_requests(&pool.sim).await;
     assert!(
         kinds.iter().all(|(_, kind, _)| kind != "commit_message"),
         "{kinds:?}"
     );
-    // A cancel is not a verdict on the primary.
+    // A stop is not a verdict on the primary.
     assert_eq!(s.llm.expect("llm").failures, 0);
+}
+
+/// CancelTask stops a running task at once: aider killed, worktree and branch removed, the
+/// result CANCELLED, and the cancellation counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_task_kills_aider_and_removes_the_worktree() {
+    let sim = common::Sim::start_with_script(
+        "rules:\n  - model: \"primary-001\"\n    chunk_delay_ms: 400\n    chunk_chars: 4\n",
+    );
+    let pool = TestPool::with_sim(PoolOptions::default(), sim);
+    let repo = pool.sample_repo();
+    let _prog = pool.start_programmer("001");
+    let worktrees = pool.worktrees_dir("001");
+    let mut c = pool.programmer_client("001").await;
+    let request = TaskRequest {
+        task_id: "cancelled-1".into(),
+        ..docstrings()
+    };
+    let task_id = request.task_id.clone();
+    let mut stream = c.execute(request).await.expect("Execute").into_inner();
+    let mut events: Vec<TaskEvent> = Vec::new();
+    while let Some(ev) = stream.message().await.expect("stream") {
+        events.push(ev);
+        if pool::output_text(&events).contains("I will apply") {
+            break;
+        }
+    }
+    let aider_pids = common::processes_in_dir(&worktrees);
+    assert!(!aider_pids.is_empty(), "aider runs: {events:#?}");
+    let answer = c
+        .cancel_task(CancelTaskRequest {
+            task_id: task_id.clone(),
+        })
+        .await
+        .expect("CancelTask")
+        .into_inner();
+    assert!(answer.cancelled, "{answer:?}");
+    while let Some(ev) = stream.message().await.expect("stream") {
+        events.push(ev);
+    }
+    let result = pool::check_stream(&events);
+    assert_eq!(result.status, TaskState::Cancelled as i32, "{result:?}");
+    assert_nothing_left(&worktrees, &repo, "cleanup after CancelTask").await;
+    for pid in aider_pids {
+        assert!(!alive(pid), "aider process {pid} survived the cancellation");
+    }
+    let s = c
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((s.cancelled, s.completed, s.failed), (1, 0, 0), "{s:?}");
+    let again = c
+        .cancel_task(CancelTaskRequest { task_id })
+        .await
+        .expect("CancelTask again")
+        .into_inner();
+    assert!(!again.cancelled, "a finished task: {again:?}");
 }
 
 /// The task deadline (`timeout_s` in the request) ends a task whose model never answers with

@@ -1,7 +1,7 @@
 //! HTTP/2 keepalive on every server: a programmer notices a manager that is gone without closing
-//! its connection (here: frozen with SIGSTOP, as a crashed host or a network partition looks) and
-//! stops the task it was running for it, instead of working on — and committing — a task the
-//! manager may already have rerouted.
+//! its connection (here: frozen with SIGSTOP, as a crashed host or a network partition looks),
+//! and once nobody has followed the task for its lease it stops the task and hands it back,
+//! instead of working on — and committing — a task nobody will collect.
 
 mod common;
 
@@ -25,6 +25,7 @@ async fn a_programmer_stops_the_task_of_a_manager_that_stopped_answering() {
             // connection can.
             request_timeout_s: 600,
             task_timeout_s: 600,
+            task_lease_s: 3,
             ..PoolOptions::default()
         },
         sim,
@@ -52,11 +53,11 @@ async fn a_programmer_stops_the_task_of_a_manager_that_stopped_answering() {
     kill(manager_pid, Signal::SIGSTOP).expect("SIGSTOP the manager");
     let finished = |log: &str| {
         log.lines()
-            .any(|l| l.contains("task finished") && l.contains("CANCELLED"))
+            .any(|l| l.contains("task finished") && l.contains("lease expired"))
     };
     wait_until(
         Duration::from_secs(90),
-        "the programmer to cancel the task of the frozen manager",
+        "the programmer to hand back the task of the frozen manager",
         || async { finished(&programmer.log_text()) },
     )
     .await;

@@ -98,6 +98,10 @@ struct OnProgrammer {
     after_seq: u64,
     /// Whether the programmer took it (else it never started there).
     started: bool,
+    /// Avoid this programmer on a reroute, until it comes back after the placement: taken when
+    /// the task was placed, so a programmer that restarted since (and handed the task back from
+    /// its journal) is a candidate again at once.
+    exclusion: Exclusion,
 }
 
 /// Why a task left a programmer unfinished.
@@ -123,6 +127,7 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
         Start::Queued(ticket) => Step::Wait(ticket),
         Start::Placed(resumed) => Step::Follow(OnProgrammer {
             attempt_id: attempt_task_id(&task_id, route.request.dispatch_attempt),
+            exclusion: Exclusion::until_back(&resumed.member),
             member: resumed.member,
             hold: resumed.hold,
             after_seq: resumed.upstream_seq,
@@ -164,6 +169,7 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                 tracing::info!(%task_id, %programmer, strategy = strategy.name(), dispatch_attempt, "task assigned");
                 let on = OnProgrammer {
                     attempt_id: attempt_task_id(&task_id, dispatch_attempt),
+                    exclusion: Exclusion::until_back(&member),
                     member: member.clone(),
                     hold,
                     after_seq: 0,
@@ -328,7 +334,7 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                     // Before re-submitting: the scheduler routes (and reserves budget for) its
                     // own copy of the route, so it must carry the new attempt number.
                     route.request.dispatch_attempt = dispatch_attempt + 1;
-                    route.exclude.push(Exclusion::until_back(&on.member));
+                    route.exclude.push(on.exclusion);
                     previous = Some((programmer, reason));
                     Step::Wait(mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout))
                 }

@@ -68,6 +68,8 @@ pub struct PoolOptions {
     pub request_timeout_s: u64,
     /// Task deadline default (`defaults.timeout_s` and `max_duration_per_job_s`).
     pub task_timeout_s: u64,
+    /// `manager.task_lease_s`: how long a programmer runs a task nobody follows.
+    pub task_lease_s: u64,
 }
 
 impl Default for PoolOptions {
@@ -90,6 +92,7 @@ impl Default for PoolOptions {
             queue_timeout_s: 120,
             request_timeout_s: 20,
             task_timeout_s: 120,
+            task_lease_s: 30,
         }
     }
 }
@@ -255,8 +258,8 @@ impl TestPool {
             o.max_daily_spend_usd, o.alert_threshold_usd
         ));
         y.push_str(&format!(
-            "manager:\n  host: 127.0.0.1\n  port: {}\n  max_queue: {}\n  queue_timeout_s: {}\n  max_dispatch_attempts: 3\n",
-            self.manager_port, o.manager_max_queue, o.queue_timeout_s
+            "manager:\n  host: 127.0.0.1\n  port: {}\n  max_queue: {}\n  queue_timeout_s: {}\n  max_dispatch_attempts: 3\n  task_lease_s: {}\n",
+            self.manager_port, o.manager_max_queue, o.queue_timeout_s, o.task_lease_s
         ));
         let base = &self.sim.base;
         y.push_str(&format!(
