@@ -16,6 +16,7 @@ use crate::contract::v1::{
 use crate::manager::Manager;
 use crate::manager::balancer::{Exclusion, Placement, Route, Upstream};
 use crate::manager::waitqueue::{NotPlaced, Ticket};
+use crate::money::Usd;
 use crate::task_events::TaskEventSink;
 use crate::telemetry;
 use std::sync::Arc;
@@ -109,7 +110,7 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                     .await
             }
             Err(status) if status.code() == tonic::Code::InvalidArgument => {
-                mgr.settle(&task_id, dispatch_attempt, reserved_usd, Some(0.0));
+                mgr.settle(&task_id, dispatch_attempt, reserved_usd, Some(Usd::ZERO));
                 break ended(
                     TaskState::Failed,
                     ErrorClass::BadRequest,
@@ -134,12 +135,7 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
         // Money a handed-back task spent is known; a broken stream's is not: keep the hold.
         let (reason, spent) = match leg {
             Leg::Finished(result) => {
-                mgr.settle(
-                    &task_id,
-                    dispatch_attempt,
-                    reserved_usd,
-                    Some(result.cost_usd),
-                );
+                mgr.settle(&task_id, dispatch_attempt, reserved_usd, result.cost());
                 break *result;
             }
             Leg::Cancelled => {
@@ -152,7 +148,7 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                     &programmer,
                 );
             }
-            Leg::HandedBack(result) => (result.error_message, Some(result.cost_usd)),
+            Leg::HandedBack(result) => (result.error_message.clone(), result.cost()),
             Leg::Broken(reason) => (reason, None),
         };
         // The task is lost there: re-route it.

@@ -22,6 +22,7 @@ pub mod waitqueue;
 use crate::config::Config;
 use crate::contract::v1::programmer_pool_server::ProgrammerPoolServer;
 use crate::contract::v1::{TaskResult, TaskState};
+use crate::money::Usd;
 use crate::serve;
 use crate::task_events::TaskEventSink;
 use crate::workspace::WorkspaceCache;
@@ -110,11 +111,7 @@ impl Manager {
         let cost = &pool_cfg.cost_optimization;
         let budget = Arc::new(BudgetLedger::open(
             data_dir.join("budget.sqlite"),
-            BudgetPolicy {
-                enabled: cost.enabled,
-                max_daily_spend_usd: cost.max_daily_spend_usd,
-                alert_threshold_usd: cost.alert_threshold_usd,
-            },
+            BudgetPolicy::from_config(cost)?,
             budget::system_clock(),
         )?);
         let started_ms = crate::task_events::now_unix_ms();
@@ -128,7 +125,7 @@ impl Manager {
         match budget.poll_alert() {
             Ok(true) => {
                 if let Ok(s) = budget.snapshot() {
-                    tracing::warn!(day = %s.day, spent_usd = s.spent_usd, "{BUDGET_ALERT_LOG}");
+                    tracing::warn!(day = %s.day, spent_usd = %s.spent, "{BUDGET_ALERT_LOG}");
                 }
             }
             Ok(false) => {}
@@ -220,17 +217,17 @@ impl Manager {
         &self,
         task_id: &str,
         dispatch_attempt: u32,
-        reserved: Option<f64>,
-        cost: Option<f64>,
+        reserved: Option<Usd>,
+        cost: Option<Usd>,
     ) {
         if reserved.is_none() {
             return;
         }
         let key = balancer::reservation_key(task_id, dispatch_attempt);
-        let amount = cost.or(reserved).unwrap_or(0.0);
+        let amount = cost.or(reserved).unwrap_or(Usd::ZERO);
         match self.budget.settle(&key, amount) {
             Ok(s) if s.alert_crossed => {
-                tracing::warn!(day = %s.day, spent_usd = s.day_spent_usd, "{BUDGET_ALERT_LOG}");
+                tracing::warn!(day = %s.day, spent_usd = %s.day_spent, "{BUDGET_ALERT_LOG}");
             }
             Ok(_) => {}
             Err(e) => tracing::error!(%task_id, "budget ledger: {e}"),
@@ -239,7 +236,7 @@ impl Manager {
 
     /// Drops a budget hold for a dispatch attempt that never reached a programmer, so the
     /// attempt can reserve again under the same key.
-    pub fn release(&self, task_id: &str, dispatch_attempt: u32, reserved: Option<f64>) {
+    pub fn release(&self, task_id: &str, dispatch_attempt: u32, reserved: Option<Usd>) {
         if reserved.is_none() {
             return;
         }
