@@ -7,6 +7,8 @@ pub mod v1 {
     tonic::include_proto!("pas.v1");
 }
 
+use crate::money::Usd;
+
 /// Encoded `FileDescriptorSet` of `proto/pas/v1`, registered with tonic-reflection so grpcurl can
 /// list and describe the services.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
@@ -45,5 +47,62 @@ pub fn circuit_name(state: v1::CircuitState) -> &'static str {
         v1::CircuitState::Open => "open",
         v1::CircuitState::HalfOpen => "half_open",
         v1::CircuitState::Unspecified => "unknown",
+    }
+}
+
+/// Money on the contract: each cost travels as exact `uint64 …_nanousd` plus a derived
+/// `double …_usd` for display. These keep the two together, and read the exact one.
+impl v1::TaskResult {
+    /// What the task cost, as the ledger counts it: `cost_nanousd`; from a programmer older than
+    /// that field (it is 0 there while `cost_usd` is not), the double, converted once. `None`
+    /// when that double is not money (negative, NaN, infinite): the cost is unknown.
+    pub fn cost(&self) -> Option<Usd> {
+        if self.cost_nanousd != 0 || self.cost_usd == 0.0 {
+            return Some(Usd::from_contract(self.cost_nanousd));
+        }
+        Usd::from_usd(self.cost_usd).ok()
+    }
+
+    /// Sets `cost_nanousd` and its display twin `cost_usd`.
+    pub fn set_cost(&mut self, cost: Usd) {
+        self.cost_nanousd = cost.to_contract();
+        self.cost_usd = cost.as_usd_f64();
+    }
+}
+
+impl v1::Attempt {
+    /// Sets `cost_nanousd` and its display twin `cost_usd`.
+    pub fn set_cost(&mut self, cost: Usd) {
+        self.cost_nanousd = cost.to_contract();
+        self.cost_usd = cost.as_usd_f64();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_cost_reads_the_integer_and_falls_back_to_an_old_programmers_double() {
+        let mut r = v1::TaskResult::default();
+        assert_eq!(r.cost(), Some(Usd::ZERO));
+        r.set_cost(Usd::from_nanos(12_345_678_901));
+        assert_eq!((r.cost_nanousd, r.cost_usd), (12_345_678_901, 12.345678901));
+        assert_eq!(r.cost(), Some(Usd::from_nanos(12_345_678_901)));
+        // An older programmer sends only the double.
+        let old = v1::TaskResult {
+            cost_usd: 0.25,
+            ..Default::default()
+        };
+        assert_eq!(old.cost(), Some(Usd::from_nanos(250_000_000)));
+        let bad = v1::TaskResult {
+            cost_usd: f64::NAN,
+            ..Default::default()
+        };
+        assert_eq!(
+            bad.cost(),
+            None,
+            "unknown: the manager keeps the whole hold"
+        );
     }
 }

@@ -9,7 +9,8 @@
 //! - [`manager`]: `pas.v1.ProgrammerPool` — routing, queues, budget, task records.
 //! - [`programmer`]: `pas.v1.Programmer` — validation, queue, failover, breaker, aider, worktrees.
 //! - [`llm_sim`]: an offline OpenAI/Ollama/Anthropic-compatible LLM simulator with fault injection.
-//! - Lower floor: [`config`], [`contract`], [`serve`] (gRPC + HTTP JSON on one port), [`telemetry`].
+//! - Lower floor: [`config`], [`contract`], [`money`] (integer nano-dollars), [`serve`] (gRPC +
+//!   HTTP JSON on one port), [`telemetry`].
 //!
 //! See `ARCHITECTURE.md` for the code map and invariants.
 
@@ -22,6 +23,7 @@ pub mod contract;
 pub mod git;
 pub mod llm_sim;
 pub mod manager;
+pub mod money;
 pub mod programmer;
 pub mod serve;
 pub mod task_events;

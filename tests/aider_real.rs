@@ -10,6 +10,7 @@ mod common;
 
 use common::{Sim, aider_python, git_head, git_repo, repo_changed};
 use pas::contract::v1::ErrorClass;
+use pas::money::Usd;
 use pas::programmer::aider::{
     AiderInvocation, AiderRun, ModelEndpoint, OutputChunk, Provider, REDACTED, run_aider,
 };
@@ -139,16 +140,20 @@ async fn edits_and_commits_on_each_provider_api_with_cost_and_loopback_only() {
             run.usage
         );
         if priced {
-            let expected =
-                run.usage.prompt_tokens as f64 * 3e-6 + run.usage.completion_tokens as f64 * 15e-6;
+            // litellm's float product and ours, each rounded to a nano-dollar once: they may
+            // only differ where the two floats straddle a half nano-dollar.
+            let expected = Usd::from_usd(
+                run.usage.prompt_tokens as f64 * 3e-6 + run.usage.completion_tokens as f64 * 15e-6,
+            )
+            .expect("money");
             assert!(
-                (run.usage.cost_usd - expected).abs() < 1e-9,
+                (run.usage.cost.nanos() - expected.nanos()).abs() <= 1,
                 "{:?} vs {expected}",
                 run.usage
             );
             assert!(run.output.contains("Cost: $"), "{ctx}");
         } else {
-            assert_eq!(run.usage.cost_usd, 0.0, "{:?}", run.usage);
+            assert_eq!(run.usage.cost, Usd::ZERO, "{:?}", run.usage);
         }
         // Streamed in pieces, in order, and the same text as the collected output.
         assert!(chunks.len() > 1, "{name}: output arrives in chunks");

@@ -588,7 +588,8 @@ async fn status_and_health_json_keep_the_original_fields() {
     );
     curl_jq(
         &status_url,
-        ".budget.limit_usd == 50 and .budget.daily_spend_usd == 0 and .alerts == []",
+        ".budget.limit_usd == 50 and .budget.daily_spend_usd == 0 and .alerts == [] \
+         and .budget.limit_nanousd == 50000000000 and .budget.daily_spend_nanousd == 0",
     );
 
     // The manager's /health: status with a pool summary.

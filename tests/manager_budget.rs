@@ -63,21 +63,27 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-/// Samples the ledger every 20 ms until `done`: the highest `spent + reserved` and `reserved` seen.
+/// Nano-dollars (the ledger's unit) of a dollar amount this test configured.
+fn nanos(usd: f64) -> u64 {
+    (usd * 1e9).round() as u64
+}
+
+/// Samples the ledger every 20 ms until `done`: the highest `spent + reserved` and `reserved` seen,
+/// in nano-dollars.
 fn sample_ledger(
     c: &ProgrammerPoolClient<Channel>,
     done: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(u32, f64, f64)> {
+) -> tokio::task::JoinHandle<(u32, u64, u64)> {
     let c = c.clone();
     tokio::spawn(async move {
-        let (mut n, mut peak_total, mut peak_reserved) = (0u32, 0.0f64, 0.0f64);
+        let (mut n, mut peak_total, mut peak_reserved) = (0u32, 0u64, 0u64);
         while !done.load(Ordering::SeqCst) {
             let b = budget_of(&pool_status(&c).await);
             n += 1;
-            peak_total = peak_total.max(b.spent_usd + b.reserved_usd);
-            peak_reserved = peak_reserved.max(b.reserved_usd);
+            peak_total = peak_total.max(b.spent_nanousd + b.reserved_nanousd);
+            peak_reserved = peak_reserved.max(b.reserved_nanousd);
             assert!(
-                b.spent_usd + b.reserved_usd <= b.limit_usd + 1e-9,
+                b.spent_nanousd + b.reserved_nanousd <= b.limit_nanousd,
                 "spent + reserved over the limit: {b:#?}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -160,46 +166,52 @@ async fn two_hundred_concurrent_paid_tasks_never_overspend_and_alert_once() {
     }
     done.store(true, Ordering::SeqCst);
     let (samples, peak_total, peak_reserved) = sampler.await.expect("sampler");
-    let spent_by_results: f64 = succeeded.iter().map(|r| r.cost_usd).sum();
+    let spent_by_results: u64 = succeeded.iter().map(|r| r.cost_nanousd).sum();
     let b = budget_of(&pool_status(&c).await);
     eprintln!(
-        "MEASURED: 200 paid tasks in {:?}: {} ran (costs {:?}), {budget_failed} stopped by the budget in the queue, \
-         {refused} refused at dispatch; ledger spent ${:.6} reserved ${:.6}; {samples} samples, peak spent+reserved ${peak_total:.6}, peak reserved ${peak_reserved:.6}",
+        "MEASURED: 200 paid tasks in {:?}: {} ran (costs in n$ {:?}), {budget_failed} stopped by the budget in the queue, \
+         {refused} refused at dispatch; ledger spent {} n$ reserved {} n$; {samples} samples, peak spent+reserved {peak_total} n$, peak reserved {peak_reserved} n$",
         started.elapsed(),
         succeeded.len(),
-        succeeded.iter().map(|r| r.cost_usd).collect::<Vec<_>>(),
-        b.spent_usd,
-        b.reserved_usd,
+        succeeded.iter().map(|r| r.cost_nanousd).collect::<Vec<_>>(),
+        b.spent_nanousd,
+        b.reserved_nanousd,
     );
 
     // Never overspent, and the ledger is exactly what the tasks cost.
     assert_eq!(succeeded.len() + budget_failed + refused, 200);
     assert!(succeeded.len() >= 3, "the budget allowed real work");
-    assert!(b.spent_usd <= LIMIT + 1e-9, "{b:#?}");
-    assert!(b.reserved_usd.abs() < 1e-9, "no hold left: {b:#?}");
-    // The ledger books each settlement in whole micro-dollars: compare like with like, exactly
-    // (summing raw float costs and comparing at 1e-6 failed when ten roundings added up to 5e-6).
-    let micros = |usd: f64| (usd * 1_000_000.0).round() as i64;
-    let settled_micros: i64 = succeeded.iter().map(|r| micros(r.cost_usd)).sum();
+    assert_eq!(b.limit_nanousd, nanos(LIMIT), "{b:#?}");
+    assert!(b.spent_nanousd <= nanos(LIMIT), "{b:#?}");
+    assert_eq!(b.reserved_nanousd, 0, "no hold left: {b:#?}");
+    // Integers end to end: the ledger is the sum of the results' costs, to the nano-dollar (a
+    // micro-dollar ledger of float costs once differed by 5 µ$ over ten settlements).
     assert_eq!(
-        micros(b.spent_usd),
-        settled_micros,
-        "ledger {} = sum of task costs {spent_by_results} (each rounded to micro-dollars)",
-        b.spent_usd
+        b.spent_nanousd, spent_by_results,
+        "ledger = sum of the task results' cost_nanousd: {b:#?}"
     );
+    assert_eq!(
+        b.spent_usd,
+        b.spent_nanousd as f64 / 1e9,
+        "the double is derived"
+    );
+    for r in &succeeded {
+        let attempts: u64 = r.attempts.iter().map(|a| a.cost_nanousd).sum();
+        assert_eq!(
+            r.cost_nanousd, attempts,
+            "a task costs its attempts: {r:#?}"
+        );
+    }
     // The budget really bit: without reservations the 200 tasks would have spent far more.
-    let cheapest = succeeded
-        .iter()
-        .map(|r| r.cost_usd)
-        .fold(f64::INFINITY, f64::min);
-    assert!(cheapest > 0.0 && cheapest < JOB, "{cheapest}");
+    let cheapest = succeeded.iter().map(|r| r.cost_nanousd).min().unwrap_or(0);
+    assert!(cheapest > 0 && cheapest < nanos(JOB), "{cheapest}");
     assert!(
-        b.spent_usd + JOB > LIMIT,
+        b.spent_nanousd + nanos(JOB) > nanos(LIMIT),
         "stopped only when no further hold fits: {b:#?}"
     );
-    assert!(200.0 * cheapest > LIMIT, "200 runs would overspend");
+    assert!(200 * cheapest > nanos(LIMIT), "200 runs would overspend");
     assert!(
-        peak_reserved <= 3.0 * JOB + 1e-9,
+        peak_reserved <= 3 * nanos(JOB),
         "at most three holds at once: {peak_reserved}"
     );
     for r in &succeeded {
@@ -221,10 +233,7 @@ async fn two_hundred_concurrent_paid_tasks_never_overspend_and_alert_once() {
     wait_available(&c, 10).await;
     let after = pool_status(&c).await;
     let b2 = budget_of(&after);
-    assert!(
-        (b2.spent_usd - b.spent_usd).abs() < 1e-9,
-        "{b2:#?} vs {b:#?}"
-    );
+    assert_eq!(b2.spent_nanousd, b.spent_nanousd, "{b2:#?} vs {b:#?}");
     assert_eq!(b2.day, b.day);
     assert_eq!(
         budget_alert_since(&after),
@@ -266,9 +275,9 @@ async fn two_hundred_concurrent_paid_tasks_never_overspend_and_alert_once() {
     .await;
     assert_eq!(state_of(&r), TaskState::Succeeded, "{r:#?}");
     assert!(SHIPPED_FREE.contains(&r.programmer_id.as_str()), "{r:#?}");
-    assert_eq!(r.cost_usd, 0.0);
+    assert_eq!((r.cost_nanousd, r.cost_usd), (0, 0.0));
     let b3 = budget_of(&pool_status(&c).await);
-    assert!((b3.spent_usd - b.spent_usd).abs() < 1e-9);
+    assert_eq!(b3.spent_nanousd, b.spent_nanousd);
 
     // The restarted manager never raised the alert again. Where it could have: at start-up (the
     // ledger's own line, logged before the manager listens), at the first status evaluation (the
@@ -354,7 +363,10 @@ async fn an_exhausted_budget_moves_mixed_work_to_free_and_refuses_paid_only_work
         }
     })
     .await;
-    assert!((budget_of(&pool_status(&c).await).reserved_usd - 1.0).abs() < 1e-9);
+    assert_eq!(
+        budget_of(&pool_status(&c).await).reserved_nanousd,
+        nanos(1.0)
+    );
     // Cancelled mid-run: the programmer may have spent its hold, so the whole hold is booked.
     c.clone()
         .cancel_task(CancelTaskRequest {
@@ -365,8 +377,8 @@ async fn an_exhausted_budget_moves_mixed_work_to_free_and_refuses_paid_only_work
     let (_, r) = on_paid.await.expect("task");
     assert_eq!(state_of(&r), TaskState::Cancelled);
     let b = budget_of(&pool_status(&c).await);
-    assert!((b.spent_usd - 1.0).abs() < 1e-9, "{b:#?}");
-    assert!(b.reserved_usd.abs() < 1e-9, "{b:#?}");
+    assert_eq!(b.spent_nanousd, nanos(1.0), "{b:#?}");
+    assert_eq!(b.reserved_nanousd, 0, "{b:#?}");
 
     // $0.50 left < $1.00 per job: the same kind of task now runs on free 002, with or without
     // the preference for free models.
@@ -387,8 +399,9 @@ async fn an_exhausted_budget_moves_mixed_work_to_free_and_refuses_paid_only_work
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("budget"), "{err:?}");
     let b2 = budget_of(&pool_status(&c).await);
-    assert!(
-        (b2.spent_usd - 1.0).abs() < 1e-9,
+    assert_eq!(
+        b2.spent_nanousd,
+        nanos(1.0),
         "free work costs nothing: {b2:#?}"
     );
     let left = pool

@@ -237,8 +237,10 @@ async fn a_rerouted_paid_task_holds_budget_again_and_the_lost_hold_is_booked() {
         dispatch_victim(&c, "paid-victim", "premium").await,
     ));
     wait_for_model_call(&pool.sim, "slow-a").await;
+    // max_cost_per_job_usd: 0.5, in nano-dollars.
+    const HOLD: u64 = 500_000_000;
     let held = pool_status(&c).await.budget.expect("budget");
-    assert!((held.reserved_usd - 0.5).abs() < 1e-9, "{held:#?}");
+    assert_eq!(held.reserved_nanousd, HOLD, "{held:#?}");
 
     programmers.get_mut("001").expect("001").kill();
     let (events, result) = tokio::time::timeout(Duration::from_secs(120), victim)
@@ -249,19 +251,18 @@ async fn a_rerouted_paid_task_holds_budget_again_and_the_lost_hold_is_booked() {
     assert_eq!(result.programmer_id, "002");
     assert_eq!(rerouted(&events).len(), 1, "{events:#?}");
     assert!(
-        result.cost_usd > 0.0 && result.cost_usd < 0.5,
+        result.cost_nanousd > 0 && result.cost_nanousd < HOLD,
         "{result:#?}"
     );
 
     // The first hold is booked in full (the killed programmer may have spent it), the second
     // settles to the real cost, nothing stays held.
     let b = pool_status(&c).await.budget.expect("budget");
-    assert!(b.reserved_usd.abs() < 1e-9, "{b:#?}");
-    assert!(
-        (b.spent_usd - (0.5 + result.cost_usd)).abs() < 1e-6,
-        "spent {} = 0.5 (lost hold) + {} (real cost): {b:#?}",
-        b.spent_usd,
-        result.cost_usd
+    assert_eq!(b.reserved_nanousd, 0, "{b:#?}");
+    assert_eq!(
+        b.spent_nanousd,
+        HOLD + result.cost_nanousd,
+        "spent = $0.50 (lost hold) + the real cost, to the nano-dollar: {b:#?}"
     );
 
     let dir = pool.data_dir.join("programmers/001/worktrees");

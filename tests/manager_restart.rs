@@ -129,7 +129,7 @@ async fn ten_real_tasks_survive_a_killed_manager_and_callers_reattach() {
 
     let _manager = pool.start_manager();
     let c = manager_client(&pool).await;
-    let mut total_micros = 0i64;
+    let mut total_nanos = 0u64;
     for (id, before) in ids.iter().zip(seen) {
         // Re-attach from the last seq this caller saw.
         let after_seq = before.last().map_or(0, |e| e.seq);
@@ -184,7 +184,7 @@ async fn ten_real_tasks_survive_a_killed_manager_and_callers_reattach() {
             "{id}: its branch {} exists",
             result.branch
         );
-        total_micros += (result.cost_usd * 1e6).round() as i64;
+        total_nanos += result.cost_nanousd;
     }
     assert_eq!(
         task_branches(&repo).len(),
@@ -192,11 +192,10 @@ async fn ten_real_tasks_survive_a_killed_manager_and_callers_reattach() {
         "one kept branch per task"
     );
     let budget = pool_status(&c).await.budget.expect("budget");
-    assert_eq!(budget.reserved_usd, 0.0, "no hold left: {budget:?}");
+    assert_eq!(budget.reserved_nanousd, 0, "no hold left: {budget:?}");
     assert_eq!(
-        (budget.spent_usd * 1e6).round() as i64,
-        total_micros,
-        "spend is the sum of the real costs: {budget:?}"
+        budget.spent_nanousd, total_nanos,
+        "spend is the sum of the real costs, to the nano-dollar: {budget:?}"
     );
-    assert!(total_micros > 0);
+    assert!(total_nanos > 0);
 }

@@ -69,7 +69,11 @@ async fn a_task_edits_the_file_on_its_own_branch_and_streams_in_order() {
         result.tokens_sent > 0 && result.tokens_received > 0,
         "tokens from the analytics log"
     );
-    assert_eq!(result.cost_usd, 0.0, "local models are free");
+    assert_eq!(
+        (result.cost_nanousd, result.cost_usd),
+        (0, 0.0),
+        "local models are free"
+    );
     assert!(
         events
             .iter()
@@ -215,13 +219,19 @@ async fn paid_tasks_report_cost_and_a_tiny_cap_ends_in_job_limit() {
     );
     assert!(paid.cost_usd > 0.0, "a paid model costs money: {paid:#?}");
     // openai/gpt-4o in the catalog: $2.50 per million prompt tokens, $10 per million completion.
-    let expected = paid.tokens_sent as f64 * 2.5e-6 + paid.tokens_received as f64 * 10.0e-6;
-    assert!(
-        (paid.cost_usd - expected).abs() < 1e-9,
-        "cost {} = tokens × catalog prices {expected}",
-        paid.cost_usd
+    // In nano-dollars a token costs a whole number: 2500 n$ sent, 10000 n$ received.
+    let expected = paid.tokens_sent * 2_500 + paid.tokens_received * 10_000;
+    assert_eq!(
+        paid.cost_nanousd, expected,
+        "cost = tokens × catalog prices, exactly: {paid:#?}"
+    );
+    assert_eq!(
+        paid.cost_usd,
+        expected as f64 / 1e9,
+        "the double is derived"
     );
     assert_eq!(paid.attempts.len(), 1);
+    assert_eq!(paid.attempts[0].cost_nanousd, paid.cost_nanousd);
     assert_eq!(paid.attempts[0].cost_usd, paid.cost_usd);
 
     assert_eq!(

@@ -475,6 +475,7 @@ mod tests {
                 remaining_usd: 43.5,
                 alert_threshold_usd: 40.0,
                 earlier_holds_usd: 2.5,
+                ..Default::default()
             }),
             alerts: vec![Alert {
                 kind: "low_availability".into(),

@@ -8,6 +8,7 @@ use super::catalog::{self, Provider};
 use super::locate::KeyPath;
 use super::model::PoolConfig;
 use super::validate::Finding;
+use crate::money::Usd;
 
 /// A model as a programmer uses it: how to reach it and what it costs.
 ///
@@ -62,10 +63,17 @@ impl LlmSpec {
         lookup(var).filter(|v| !v.is_empty())
     }
 
-    /// What a call with these token counts costs, in US dollars.
-    pub fn cost_usd(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
-        prompt_tokens as f64 * self.input_cost_per_token
-            + completion_tokens as f64 * self.output_cost_per_token
+    /// What these token counts cost at the catalog prices: the product is taken in floats (a
+    /// price per token is a fraction of a nano-dollar for some models) and rounded to a whole
+    /// nano-dollar once, here, so an attempt's cost is an integer from the start. Prices are
+    /// checked finite and >= 0 when the configuration loads; were one not, the cost would be the
+    /// most there is, never nothing.
+    pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> Usd {
+        Usd::from_usd(
+            prompt_tokens as f64 * self.input_cost_per_token
+                + completion_tokens as f64 * self.output_cost_per_token,
+        )
+        .unwrap_or(Usd::MAX)
     }
 }
 
@@ -190,7 +198,12 @@ mod tests {
         assert_eq!(spec.api_key_env.as_deref(), Some("OPENAI_API_KEY"));
         let env = |v: &str| (v == "OPENAI_API_KEY").then(|| "sk-test".to_string());
         assert_eq!(spec.api_key_with(env).as_deref(), Some("sk-test"));
-        assert!((spec.cost_usd(1_000_000, 100_000) - 3.5).abs() < 1e-9);
+        assert_eq!(
+            spec.cost(1_000_000, 100_000),
+            Usd::from_nanos(3_500_000_000)
+        );
+        // One token of a cheap model is a fraction of a micro-dollar, and kept.
+        assert_eq!(spec.cost(1, 0), Usd::from_nanos(2_500));
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::contract::v1::{TaskEvent, TaskRequest};
 use crate::manager::budget::BudgetLedger;
 use crate::manager::membership::{InFlight, Member, MemberChange, PoolView};
 use crate::manager::strategy::{CandidateIndex, StrategyKind, StrategySet, Tier};
+use crate::money::Usd;
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use std::cmp::Ordering;
@@ -201,8 +202,8 @@ impl Exclusion {
 pub struct Hold {
     /// The ledger key (see [`reservation_key`]).
     pub key: String,
-    /// Dollars held.
-    pub amount_usd: f64,
+    /// The amount held.
+    pub amount: Usd,
 }
 
 /// A task placed on a programmer: the `Execute` call is under way.
@@ -404,10 +405,12 @@ impl Balancer {
                 };
                 let mut request = route.request.clone();
                 // The programmer stops the task at the amount held for it.
-                request.max_cost_usd = reserved_usd.unwrap_or(0.0);
-                let hold = reserved_usd.map(|amount_usd| Hold {
+                let cap = reserved_usd.unwrap_or(Usd::ZERO);
+                (request.max_cost_nanousd, request.max_cost_usd) =
+                    (cap.to_contract(), cap.as_usd_f64());
+                let hold = reserved_usd.map(|amount| Hold {
                     key: reservation_key(&request.task_id, request.dispatch_attempt),
-                    amount_usd,
+                    amount,
                 });
                 request.task_id = attempt_task_id(&request.task_id, request.dispatch_attempt);
                 // Starts the task: in flight +1 and the endpoint back to pending, both of which
@@ -484,11 +487,15 @@ impl Balancer {
 
     /// Reserves the member's per-job cap when it is paid and the task is real. A refusal says
     /// whether settled spend alone leaves no room (`true`) or running tasks' holds do (`false`).
-    fn reserve(&self, member: &Member, request: &TaskRequest) -> Result<Option<f64>, bool> {
+    fn reserve(&self, member: &Member, request: &TaskRequest) -> Result<Option<Usd>, bool> {
         if !member.spec.paid || request.dry_run {
             return Ok(None);
         }
-        let amount = member.spec.limits.max_cost_per_job_usd;
+        // Validated positive and finite when the configuration was loaded.
+        let amount = Usd::from_usd(member.spec.limits.max_cost_per_job_usd).map_err(|e| {
+            tracing::error!(programmer = %member.spec.id, "max_cost_per_job_usd: {e}");
+            false
+        })?;
         match self.budget.reserve(
             &reservation_key(&request.task_id, request.dispatch_attempt),
             amount,
@@ -499,7 +506,7 @@ impl Balancer {
                 let spend_exhausted = self
                     .budget
                     .snapshot()
-                    .map(|s| s.spent_usd + amount > s.limit_usd + 1e-9)
+                    .map(|s| s.spent.saturating_add(amount) > s.limit)
                     .unwrap_or(false);
                 Err(spend_exhausted)
             }

@@ -16,8 +16,9 @@
 //!
 //! # Invariants
 //!
-//! - Money is stored as integer micro-dollars (no float drift over thousands of settlements) and
-//!   exposed as `f64` US dollars.
+//! - Money is [`Usd`]: integer nano-dollars in and out, stored as such (columns `*_nanos`), so the
+//!   day's spend is exactly the sum of the costs settled. A ledger written by a version that stored
+//!   micro-dollars (`*_micros`) is migrated on open, every figure × 1000.
 //! - The budget-threshold alert fires at most once per UTC day, and the "fired" mark is persisted, so
 //!   a restarted manager does not fire it again.
 //! - Restart is conservative: a reservation left behind by a previous process (it crashed before
@@ -31,6 +32,8 @@
 //! All methods are synchronous and short (one small SQLite transaction). The ledger is `Send + Sync`;
 //! async callers may call it directly or through `spawn_blocking`.
 
+use crate::config::model::CostOptimization;
+use crate::money::{MoneyError, Usd};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::path::Path;
@@ -48,15 +51,26 @@ pub fn system_clock() -> Clock {
     Arc::new(Utc::now)
 }
 
-/// The budget rules (the configuration's `cost_optimization` section, as plain values).
+/// The budget rules (the configuration's `cost_optimization` section, as integer money).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BudgetPolicy {
     /// When false, reservations are never refused (spend is still recorded) and no alert fires.
     pub enabled: bool,
     /// Spend plus holds may not exceed this per UTC day.
-    pub max_daily_spend_usd: f64,
+    pub max_daily_spend: Usd,
     /// Settled spend at or above this raises the budget alert, once per day. `None` = no alert.
-    pub alert_threshold_usd: Option<f64>,
+    pub alert_threshold: Option<Usd>,
+}
+
+impl BudgetPolicy {
+    /// The policy of a `cost_optimization` section: its dollar figures become [`Usd`] here, once.
+    pub fn from_config(cost: &CostOptimization) -> Result<Self, MoneyError> {
+        Ok(Self {
+            enabled: cost.enabled,
+            max_daily_spend: Usd::from_usd(cost.max_daily_spend_usd)?,
+            alert_threshold: cost.alert_threshold_usd.map(Usd::from_usd).transpose()?,
+        })
+    }
 }
 
 /// A hold on the budget for one paid task, made by [`BudgetLedger::reserve`].
@@ -66,8 +80,8 @@ pub struct Reservation {
     pub task_id: String,
     /// The UTC day ("YYYY-MM-DD") the hold, and later its settlement, is booked on.
     pub day: String,
-    /// The amount held, in US dollars (rounded to micro-dollars).
-    pub amount_usd: f64,
+    /// The amount held.
+    pub amount: Usd,
 }
 
 /// What [`BudgetLedger::settle`] did.
@@ -78,8 +92,8 @@ pub struct Settlement {
     pub settled: bool,
     /// The day the cost was booked on (empty when `settled` is false).
     pub day: String,
-    /// That day's settled spend after this settlement, in US dollars.
-    pub day_spent_usd: f64,
+    /// That day's settled spend after this settlement.
+    pub day_spent: Usd,
     /// True exactly once per day: when this settlement made the day's spend reach the alert
     /// threshold for the first time. The caller raises the `budget_threshold` alert.
     pub alert_crossed: bool,
@@ -91,18 +105,18 @@ pub struct BudgetSnapshot {
     /// Today, "YYYY-MM-DD" (UTC).
     pub day: String,
     /// Settled spend today (including reservations orphaned by a previous process).
-    pub spent_usd: f64,
+    pub spent: Usd,
     /// Held for paid tasks reserved today and not yet settled.
-    pub reserved_usd: f64,
+    pub reserved: Usd,
     /// Held for paid tasks reserved on earlier days and not yet settled. They count against the
     /// day they were made (where they settle), not today, but stay visible until settled.
-    pub earlier_holds_usd: f64,
+    pub earlier_holds: Usd,
     /// The daily limit.
-    pub limit_usd: f64,
+    pub limit: Usd,
     /// `limit - spent - reserved`, never below 0.
-    pub remaining_usd: f64,
+    pub remaining: Usd,
     /// The alert threshold (0 when none is configured).
-    pub alert_threshold_usd: f64,
+    pub alert_threshold: Usd,
     /// True once today's alert has fired (stays true for the rest of the day).
     pub alert_active: bool,
     /// When today's alert fired, milliseconds since the Unix epoch.
@@ -114,17 +128,17 @@ pub struct BudgetSnapshot {
 pub enum BudgetError {
     /// The reservation would take the day over its limit (maps to RESOURCE_EXHAUSTED).
     #[error(
-        "daily budget exhausted: spent ${spent:.2} + reserved ${reserved:.2} + requested ${requested:.2} exceeds the limit of ${limit:.2}"
+        "daily budget exhausted: spent {spent} + reserved {reserved} + requested {requested} exceeds the limit of {limit}"
     )]
     Exhausted {
-        /// Settled spend today, US dollars.
-        spent: f64,
-        /// Held today, US dollars.
-        reserved: f64,
-        /// The daily limit, US dollars.
-        limit: f64,
-        /// The amount that was asked for, US dollars.
-        requested: f64,
+        /// Settled spend today.
+        spent: Usd,
+        /// Held today.
+        reserved: Usd,
+        /// The daily limit.
+        limit: Usd,
+        /// The amount that was asked for.
+        requested: Usd,
     },
     /// The task already has a reservation or a settled charge; one task is charged once.
     #[error("task {task_id} already has a budget reservation or charge")]
@@ -132,28 +146,19 @@ pub enum BudgetError {
         /// The task id.
         task_id: String,
     },
-    /// A negative, NaN or infinite amount.
-    #[error("invalid amount ${0}: must be a finite number >= 0")]
-    InvalidAmount(f64),
+    /// A negative amount.
+    #[error("invalid amount {0}: must be >= 0")]
+    InvalidAmount(Usd),
     /// The SQLite file could not be opened, read or written.
     #[error("budget ledger storage: {0}")]
     Storage(#[from] rusqlite::Error),
 }
 
-// ===== Money =====
-
-const MICROS_PER_USD: f64 = 1_000_000.0;
-
-fn to_micros(usd: f64) -> Result<i64, BudgetError> {
-    if !usd.is_finite() || usd < 0.0 {
-        return Err(BudgetError::InvalidAmount(usd));
+fn non_negative(amount: Usd) -> Result<Usd, BudgetError> {
+    if amount < Usd::ZERO {
+        return Err(BudgetError::InvalidAmount(amount));
     }
-    // `as` saturates for absurdly large values, which is what a limit check wants.
-    Ok((usd * MICROS_PER_USD).round() as i64)
-}
-
-fn to_usd(micros: i64) -> f64 {
-    micros as f64 / MICROS_PER_USD
+    Ok(amount)
 }
 
 fn day_of(t: DateTime<Utc>) -> String {
@@ -166,8 +171,6 @@ fn day_of(t: DateTime<Utc>) -> String {
 pub struct BudgetLedger {
     conn: Mutex<Connection>,
     policy: BudgetPolicy,
-    limit_micros: i64,
-    alert_micros: Option<i64>,
     clock: Clock,
 }
 
@@ -179,21 +182,22 @@ impl std::fmt::Debug for BudgetLedger {
     }
 }
 
+/// Amounts are nano-dollars (`Usd::nanos`).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS budget_reservations (
-    task_id       TEXT PRIMARY KEY,
-    day           TEXT NOT NULL,
-    amount_micros INTEGER NOT NULL,
-    created_ms    INTEGER NOT NULL
+    task_id      TEXT PRIMARY KEY,
+    day          TEXT NOT NULL,
+    amount_nanos INTEGER NOT NULL,
+    created_ms   INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS budget_reservations_day ON budget_reservations(day);
 CREATE TABLE IF NOT EXISTS budget_charges (
-    task_id         TEXT PRIMARY KEY,
-    day             TEXT NOT NULL,
-    amount_micros   INTEGER NOT NULL,
-    reserved_micros INTEGER NOT NULL,
-    kind            TEXT NOT NULL,   -- 'settled' | 'orphaned' (left by a previous process)
-    booked_ms       INTEGER NOT NULL
+    task_id        TEXT PRIMARY KEY,
+    day            TEXT NOT NULL,
+    amount_nanos   INTEGER NOT NULL,
+    reserved_nanos INTEGER NOT NULL,
+    kind           TEXT NOT NULL,   -- 'settled' | 'orphaned' (left by a previous process)
+    booked_ms      INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS budget_charges_day ON budget_charges(day);
 CREATE TABLE IF NOT EXISTS budget_alerts (
@@ -203,26 +207,27 @@ CREATE TABLE IF NOT EXISTS budget_alerts (
 ";
 
 impl BudgetLedger {
-    /// Opens (creating if needed) the ledger at `path`, in WAL mode with a busy timeout. Holds a
-    /// previous process left open stay: their tasks may still be running (see
-    /// [`book_orphans`](Self::book_orphans)).
+    /// Opens (creating if needed) the ledger at `path`, in WAL mode with a busy timeout, and
+    /// migrates a micro-dollar ledger of an older version to nano-dollars. Holds a previous process
+    /// left open stay: their tasks may still be running (see [`book_orphans`](Self::book_orphans)).
     pub fn open(
         path: impl AsRef<Path>,
         policy: BudgetPolicy,
         clock: Clock,
     ) -> Result<Self, BudgetError> {
-        let limit_micros = to_micros(policy.max_daily_spend_usd)?;
-        let alert_micros = policy.alert_threshold_usd.map(to_micros).transpose()?;
-        let conn = Connection::open(path)?;
+        non_negative(policy.max_daily_spend)?;
+        policy.alert_threshold.map(non_negative).transpose()?;
+        let mut conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(SCHEMA)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        migrate_micros_to_nanos(&tx)?;
+        tx.execute_batch(SCHEMA)?;
+        tx.commit()?;
         Ok(Self {
             conn: Mutex::new(conn),
             policy,
-            limit_micros,
-            alert_micros,
             clock,
         })
     }
@@ -247,8 +252,8 @@ impl BudgetLedger {
         };
         for key in &orphans {
             tx.execute(
-                "INSERT OR IGNORE INTO budget_charges (task_id, day, amount_micros, reserved_micros, kind, booked_ms)
-                 SELECT task_id, day, amount_micros, amount_micros, 'orphaned', ?1
+                "INSERT OR IGNORE INTO budget_charges (task_id, day, amount_nanos, reserved_nanos, kind, booked_ms)
+                 SELECT task_id, day, amount_nanos, amount_nanos, 'orphaned', ?1
                  FROM budget_reservations WHERE task_id = ?2",
                 params![now_ms, key],
             )?;
@@ -261,17 +266,17 @@ impl BudgetLedger {
         Ok(orphans.len())
     }
 
-    /// The amount held for `task_id` (US dollars), if a hold is open.
-    pub fn held(&self, task_id: &str) -> Result<Option<f64>, BudgetError> {
+    /// The amount held for `task_id`, if a hold is open.
+    pub fn held(&self, task_id: &str) -> Result<Option<Usd>, BudgetError> {
         let conn = self.lock();
         let micros: Option<i64> = conn
             .query_row(
-                "SELECT amount_micros FROM budget_reservations WHERE task_id = ?1",
+                "SELECT amount_nanos FROM budget_reservations WHERE task_id = ?1",
                 params![task_id],
                 |r| r.get(0),
             )
             .optional()?;
-        Ok(micros.map(to_usd))
+        Ok(micros.map(Usd::from_nanos))
     }
 
     /// The policy this ledger enforces.
@@ -285,10 +290,10 @@ impl BudgetLedger {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Holds `amount_usd` for `task_id` on today's ledger, or refuses when the day would go over
-    /// its limit (never refuses when the policy is disabled).
-    pub fn reserve(&self, task_id: &str, amount_usd: f64) -> Result<Reservation, BudgetError> {
-        let amount = to_micros(amount_usd)?;
+    /// Holds `amount` for `task_id` on today's ledger, or refuses when the day would go over its
+    /// limit (never refuses when the policy is disabled).
+    pub fn reserve(&self, task_id: &str, amount: Usd) -> Result<Reservation, BudgetError> {
+        let amount = non_negative(amount)?;
         let now = (self.clock)();
         let day = day_of(now);
         let mut conn = self.lock();
@@ -306,38 +311,38 @@ impl BudgetLedger {
         }
         let (spent, reserved) = totals(&tx, &day)?;
         if self.policy.enabled
-            && spent.saturating_add(reserved).saturating_add(amount) > self.limit_micros
+            && spent.saturating_add(reserved).saturating_add(amount) > self.policy.max_daily_spend
         {
             return Err(BudgetError::Exhausted {
-                spent: to_usd(spent),
-                reserved: to_usd(reserved),
-                limit: to_usd(self.limit_micros),
-                requested: to_usd(amount),
+                spent,
+                reserved,
+                limit: self.policy.max_daily_spend,
+                requested: amount,
             });
         }
         tx.execute(
-            "INSERT INTO budget_reservations (task_id, day, amount_micros, created_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![task_id, day, amount, now.timestamp_millis()],
+            "INSERT INTO budget_reservations (task_id, day, amount_nanos, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![task_id, day, amount.nanos(), now.timestamp_millis()],
         )?;
         tx.commit()?;
         Ok(Reservation {
             task_id: task_id.to_owned(),
             day,
-            amount_usd: to_usd(amount),
+            amount,
         })
     }
 
-    /// Converts `task_id`'s hold into spend of `actual_cost_usd` on the day the hold was made, and
+    /// Converts `task_id`'s hold into spend of `actual_cost` on the day the hold was made, and
     /// reports whether that made the day cross the alert threshold for the first time. A second
     /// call (or a call without a hold) changes nothing and returns `settled: false`.
-    pub fn settle(&self, task_id: &str, actual_cost_usd: f64) -> Result<Settlement, BudgetError> {
-        let cost = to_micros(actual_cost_usd)?;
+    pub fn settle(&self, task_id: &str, actual_cost: Usd) -> Result<Settlement, BudgetError> {
+        let cost = non_negative(actual_cost)?;
         let now_ms = (self.clock)().timestamp_millis();
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let held: Option<(String, i64)> = tx
             .query_row(
-                "SELECT day, amount_micros FROM budget_reservations WHERE task_id = ?1",
+                "SELECT day, amount_nanos FROM budget_reservations WHERE task_id = ?1",
                 params![task_id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -346,7 +351,7 @@ impl BudgetLedger {
             return Ok(Settlement {
                 settled: false,
                 day: String::new(),
-                day_spent_usd: 0.0,
+                day_spent: Usd::ZERO,
                 alert_crossed: false,
             });
         };
@@ -355,9 +360,9 @@ impl BudgetLedger {
             params![task_id],
         )?;
         tx.execute(
-            "INSERT INTO budget_charges (task_id, day, amount_micros, reserved_micros, kind, booked_ms)
+            "INSERT INTO budget_charges (task_id, day, amount_nanos, reserved_nanos, kind, booked_ms)
              VALUES (?1, ?2, ?3, ?4, 'settled', ?5)",
-            params![task_id, day, cost, reserved, now_ms],
+            params![task_id, day, cost.nanos(), reserved, now_ms],
         )?;
         let (spent, _) = totals(&tx, &day)?;
         let alert_crossed = self.mark_alert(&tx, &day, spent, now_ms)?;
@@ -365,7 +370,7 @@ impl BudgetLedger {
         Ok(Settlement {
             settled: true,
             day,
-            day_spent_usd: to_usd(spent),
+            day_spent: spent,
             alert_crossed,
         })
     }
@@ -390,10 +395,10 @@ impl BudgetLedger {
         &self,
         conn: &Connection,
         day: &str,
-        spent: i64,
+        spent: Usd,
         now_ms: i64,
     ) -> rusqlite::Result<bool> {
-        match self.alert_micros {
+        match self.policy.alert_threshold {
             Some(threshold) if self.policy.enabled && spent >= threshold => Ok(conn.execute(
                 "INSERT OR IGNORE INTO budget_alerts (day, fired_ms) VALUES (?1, ?2)",
                 params![day, now_ms],
@@ -413,13 +418,13 @@ impl BudgetLedger {
         Ok(n == 1)
     }
 
-    /// What is left today for new reservations, in US dollars, or `None` when the budget is
-    /// disabled (unlimited). Advisory: a later [`reserve`](Self::reserve) is the real check.
-    pub fn remaining_usd(&self) -> Result<Option<f64>, BudgetError> {
+    /// What is left today for new reservations, or `None` when the budget is disabled
+    /// (unlimited). Advisory: a later [`reserve`](Self::reserve) is the real check.
+    pub fn remaining(&self) -> Result<Option<Usd>, BudgetError> {
         if !self.policy.enabled {
             return Ok(None);
         }
-        Ok(Some(self.snapshot()?.remaining_usd))
+        Ok(Some(self.snapshot()?.remaining))
     }
 
     /// Today's figures. A new UTC day starts from 0.
@@ -428,7 +433,7 @@ impl BudgetLedger {
         let conn = self.lock();
         let (spent, reserved) = totals(&conn, &day)?;
         let earlier: i64 = conn.query_row(
-            "SELECT COALESCE(SUM(amount_micros), 0) FROM budget_reservations WHERE day < ?1",
+            "SELECT COALESCE(SUM(amount_nanos), 0) FROM budget_reservations WHERE day < ?1",
             params![day],
             |r| r.get(0),
         )?;
@@ -439,33 +444,67 @@ impl BudgetLedger {
                 |r| r.get(0),
             )
             .optional()?;
-        let remaining = self
-            .limit_micros
+        let limit = self.policy.max_daily_spend;
+        let remaining = limit
             .saturating_sub(spent)
             .saturating_sub(reserved)
-            .max(0);
+            .max(Usd::ZERO);
         Ok(BudgetSnapshot {
             day,
-            spent_usd: to_usd(spent),
-            reserved_usd: to_usd(reserved),
-            earlier_holds_usd: to_usd(earlier),
-            limit_usd: to_usd(self.limit_micros),
-            remaining_usd: to_usd(remaining),
-            alert_threshold_usd: self.alert_micros.map(to_usd).unwrap_or(0.0),
+            spent,
+            reserved,
+            earlier_holds: Usd::from_nanos(earlier),
+            limit,
+            remaining,
+            alert_threshold: self.policy.alert_threshold.unwrap_or(Usd::ZERO),
             alert_active: alert_since_ms.is_some(),
             alert_since_ms,
         })
     }
 }
 
-/// (settled spend, open holds) of `day`, in micro-dollars.
-fn totals(conn: &Connection, day: &str) -> rusqlite::Result<(i64, i64)> {
+/// (settled spend, open holds) of `day`.
+fn totals(conn: &Connection, day: &str) -> rusqlite::Result<(Usd, Usd)> {
     conn.query_row(
-        "SELECT (SELECT COALESCE(SUM(amount_micros), 0) FROM budget_charges WHERE day = ?1),
-                (SELECT COALESCE(SUM(amount_micros), 0) FROM budget_reservations WHERE day = ?1)",
+        "SELECT (SELECT COALESCE(SUM(amount_nanos), 0) FROM budget_charges WHERE day = ?1),
+                (SELECT COALESCE(SUM(amount_nanos), 0) FROM budget_reservations WHERE day = ?1)",
         params![day],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| Ok((Usd::from_nanos(r.get(0)?), Usd::from_nanos(r.get(1)?))),
     )
+}
+
+/// Nano-dollars per micro-dollar: the factor of the migration from the older micro-dollar ledger.
+const NANOS_PER_MICRO: i64 = 1_000;
+
+/// Brings the tables of a ledger written by an older version (integer micro-dollars in
+/// `amount_micros` / `reserved_micros`) to nano-dollars, in the caller's transaction: each column
+/// is renamed and multiplied by 1000, so every figure is kept exactly. Tables already in
+/// nano-dollars, or not there yet, are left alone, so running it on every open is harmless.
+fn migrate_micros_to_nanos(tx: &Connection) -> rusqlite::Result<()> {
+    for (table, column) in [
+        ("budget_reservations", "amount"),
+        ("budget_charges", "amount"),
+        ("budget_charges", "reserved"),
+    ] {
+        let old = format!("{column}_micros");
+        let old_exists: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+            params![table, old],
+            |r| r.get(0),
+        )?;
+        if !old_exists {
+            continue;
+        }
+        let new = format!("{column}_nanos");
+        // Capped so the product stays an INTEGER (SQLite turns an overflowing one into a REAL);
+        // the cap is $9.2 billion, far beyond any hold or cost.
+        tx.execute_batch(&format!(
+            "ALTER TABLE {table} RENAME COLUMN {old} TO {new};
+             UPDATE {table} SET {new} = MIN({new}, {cap}) * {NANOS_PER_MICRO};",
+            cap = i64::MAX / NANOS_PER_MICRO,
+        ))?;
+    }
+    Ok(())
 }
 
 // ===== Tests =====
@@ -475,6 +514,11 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
     use std::sync::atomic::{AtomicI64, Ordering};
+
+    /// Dollars in tests (always valid).
+    fn usd(dollars: f64) -> Usd {
+        Usd::from_usd(dollars).unwrap()
+    }
 
     /// A clock tests can move: seconds since the epoch in an atomic.
     fn manual_clock(start: DateTime<Utc>) -> (Clock, Arc<AtomicI64>) {
@@ -495,8 +539,8 @@ mod tests {
     fn policy(limit: f64, alert: Option<f64>) -> BudgetPolicy {
         BudgetPolicy {
             enabled: true,
-            max_daily_spend_usd: limit,
-            alert_threshold_usd: alert,
+            max_daily_spend: usd(limit),
+            alert_threshold: alert.map(usd),
         }
     }
 
@@ -513,26 +557,26 @@ mod tests {
         let handles: Vec<_> = (0..200)
             .map(|i| {
                 let l = ledger.clone();
-                std::thread::spawn(move || l.reserve(&format!("t{i}"), 0.30))
+                std::thread::spawn(move || l.reserve(&format!("t{i}"), usd(0.30)))
             })
             .collect();
-        let mut ok = 0.0;
+        let mut ok = Usd::ZERO;
         let mut granted = 0;
         for h in handles {
             match h.join().unwrap() {
                 Ok(r) => {
                     granted += 1;
-                    ok += r.amount_usd;
+                    ok = ok.saturating_add(r.amount);
                 }
                 Err(BudgetError::Exhausted { .. }) => {}
                 Err(e) => panic!("unexpected error {e}"),
             }
         }
         assert_eq!(granted, 33);
-        assert!(ok <= 10.0 + 1e-9, "reserved {ok}");
+        assert_eq!(ok, usd(9.9), "reserved {ok}");
         let s = ledger.snapshot().unwrap();
-        assert_eq!(s.reserved_usd, 9.9);
-        assert_eq!(s.remaining_usd, 0.1);
+        assert_eq!(s.reserved, usd(9.9));
+        assert_eq!(s.remaining, usd(0.1));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -544,7 +588,7 @@ mod tests {
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let l = ledger.clone();
-                tokio::task::spawn_blocking(move || l.reserve(&format!("t{i}"), 5.0).is_ok())
+                tokio::task::spawn_blocking(move || l.reserve(&format!("t{i}"), usd(5.0)).is_ok())
             })
             .collect();
         let mut granted = 0;
@@ -554,7 +598,7 @@ mod tests {
             }
         }
         assert_eq!(granted, 10);
-        assert_eq!(ledger.snapshot().unwrap().reserved_usd, 50.0);
+        assert_eq!(ledger.snapshot().unwrap().reserved, usd(50.0));
     }
 
     #[test]
@@ -562,23 +606,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (clock, _) = manual_clock(noon());
         let ledger = open(&dir, policy(10.0, None), clock);
-        ledger.reserve("a", 4.0).unwrap();
-        ledger.settle("a", 3.0).unwrap();
-        ledger.reserve("b", 5.0).unwrap();
-        match ledger.reserve("c", 2.5) {
+        ledger.reserve("a", usd(4.0)).unwrap();
+        ledger.settle("a", usd(3.0)).unwrap();
+        ledger.reserve("b", usd(5.0)).unwrap();
+        match ledger.reserve("c", usd(2.5)) {
             Err(BudgetError::Exhausted {
                 spent,
                 reserved,
                 limit,
                 requested,
             }) => {
-                assert_eq!((spent, reserved, limit, requested), (3.0, 5.0, 10.0, 2.5));
+                assert_eq!(
+                    (spent, reserved, limit, requested),
+                    (usd(3.0), usd(5.0), usd(10.0), usd(2.5))
+                );
             }
             other => panic!("expected Exhausted, got {other:?}"),
         }
         // Exactly up to the limit is allowed.
-        ledger.reserve("c", 2.0).unwrap();
-        assert_eq!(ledger.snapshot().unwrap().remaining_usd, 0.0);
+        ledger.reserve("c", usd(2.0)).unwrap();
+        assert_eq!(ledger.snapshot().unwrap().remaining, usd(0.0));
     }
 
     #[test]
@@ -586,26 +633,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (clock, _) = manual_clock(noon());
         let ledger = open(&dir, policy(10.0, None), clock);
-        ledger.reserve("a", 5.0).unwrap();
-        ledger.reserve("b", 5.0).unwrap();
+        ledger.reserve("a", usd(5.0)).unwrap();
+        ledger.reserve("b", usd(5.0)).unwrap();
         assert!(matches!(
-            ledger.reserve("c", 1.0),
+            ledger.reserve("c", usd(1.0)),
             Err(BudgetError::Exhausted { .. })
         ));
-        let s = ledger.settle("a", 0.25).unwrap();
+        let s = ledger.settle("a", usd(0.25)).unwrap();
         assert!(s.settled);
-        assert_eq!(s.day_spent_usd, 0.25);
-        ledger.reserve("c", 4.75).unwrap();
+        assert_eq!(s.day_spent, usd(0.25));
+        ledger.reserve("c", usd(4.75)).unwrap();
         assert!(matches!(
-            ledger.reserve("d", 0.01),
+            ledger.reserve("d", usd(0.01)),
             Err(BudgetError::Exhausted { .. })
         ));
         // Settling above the hold books the real cost.
-        ledger.settle("b", 6.0).unwrap();
+        ledger.settle("b", usd(6.0)).unwrap();
         let snap = ledger.snapshot().unwrap();
-        assert_eq!(snap.spent_usd, 6.25);
-        assert_eq!(snap.reserved_usd, 4.75);
-        assert_eq!(snap.remaining_usd, 0.0);
+        assert_eq!(snap.spent, usd(6.25));
+        assert_eq!(snap.reserved, usd(4.75));
+        assert_eq!(snap.remaining, usd(0.0));
     }
 
     #[test]
@@ -613,50 +660,47 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (clock, _) = manual_clock(noon());
         let ledger = open(&dir, policy(10.0, None), clock);
-        ledger.reserve("a", 2.0).unwrap();
-        assert!(ledger.settle("a", 1.0).unwrap().settled);
-        assert!(!ledger.settle("a", 1.0).unwrap().settled);
+        ledger.reserve("a", usd(2.0)).unwrap();
+        assert!(ledger.settle("a", usd(1.0)).unwrap().settled);
+        assert!(!ledger.settle("a", usd(1.0)).unwrap().settled);
         assert!(!ledger.release("a").unwrap());
-        assert_eq!(ledger.snapshot().unwrap().spent_usd, 1.0);
+        assert_eq!(ledger.snapshot().unwrap().spent, usd(1.0));
 
-        ledger.reserve("b", 2.0).unwrap();
+        ledger.reserve("b", usd(2.0)).unwrap();
         assert!(ledger.release("b").unwrap());
         assert!(!ledger.release("b").unwrap());
-        assert!(!ledger.settle("b", 1.0).unwrap().settled);
+        assert!(!ledger.settle("b", usd(1.0)).unwrap().settled);
         let snap = ledger.snapshot().unwrap();
-        assert_eq!((snap.spent_usd, snap.reserved_usd), (1.0, 0.0));
+        assert_eq!((snap.spent, snap.reserved), (usd(1.0), Usd::ZERO));
         // A released task may be reserved again (e.g. rerouted to another paid programmer);
         // a settled one may not be charged twice.
-        ledger.reserve("b", 2.0).unwrap();
+        ledger.reserve("b", usd(2.0)).unwrap();
         assert!(matches!(
-            ledger.reserve("b", 2.0),
+            ledger.reserve("b", usd(2.0)),
             Err(BudgetError::Duplicate { .. })
         ));
         assert!(matches!(
-            ledger.reserve("a", 2.0),
+            ledger.reserve("a", usd(2.0)),
             Err(BudgetError::Duplicate { .. })
         ));
     }
 
     #[test]
-    fn invalid_amounts_are_refused() {
+    fn negative_amounts_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (clock, _) = manual_clock(noon());
         let ledger = open(&dir, policy(10.0, None), clock);
+        let minus = Usd::ZERO.saturating_sub(Usd::from_nanos(1));
         assert!(matches!(
-            ledger.reserve("a", -1.0),
+            ledger.reserve("a", minus),
             Err(BudgetError::InvalidAmount(_))
         ));
+        ledger.reserve("a", usd(1.0)).unwrap();
         assert!(matches!(
-            ledger.reserve("a", f64::NAN),
+            ledger.settle("a", minus),
             Err(BudgetError::InvalidAmount(_))
         ));
-        ledger.reserve("a", 1.0).unwrap();
-        assert!(matches!(
-            ledger.settle("a", f64::INFINITY),
-            Err(BudgetError::InvalidAmount(_))
-        ));
-        assert!(ledger.settle("a", 0.0).unwrap().settled);
+        assert!(ledger.settle("a", Usd::ZERO).unwrap().settled);
     }
 
     #[test]
@@ -667,13 +711,13 @@ mod tests {
         let mut fired = 0;
         for i in 0..12 {
             let id = format!("t{i}");
-            ledger.reserve(&id, 5.0).unwrap();
-            let s = ledger.settle(&id, 4.0).unwrap();
+            ledger.reserve(&id, usd(5.0)).unwrap();
+            let s = ledger.settle(&id, usd(4.0)).unwrap();
             if s.alert_crossed {
                 fired += 1;
                 // 10 × $4 = $40: the tenth settlement reaches the threshold.
                 assert_eq!(i, 9);
-                assert_eq!(s.day_spent_usd, 40.0);
+                assert_eq!(s.day_spent, usd(40.0));
             }
         }
         assert_eq!(fired, 1);
@@ -685,14 +729,14 @@ mod tests {
         // Same day after a restart: already fired, stays quiet.
         let ledger = open(&dir, policy(50.0, Some(40.0)), clock);
         assert!(ledger.snapshot().unwrap().alert_active);
-        ledger.reserve("late", 1.0).unwrap();
-        assert!(!ledger.settle("late", 1.0).unwrap().alert_crossed);
+        ledger.reserve("late", usd(1.0)).unwrap();
+        assert!(!ledger.settle("late", usd(1.0)).unwrap().alert_crossed);
 
         // Next day: inactive until crossed again.
         secs.fetch_add(86_400, Ordering::SeqCst);
         assert!(!ledger.snapshot().unwrap().alert_active);
-        ledger.reserve("next", 45.0).unwrap();
-        assert!(ledger.settle("next", 41.0).unwrap().alert_crossed);
+        ledger.reserve("next", usd(45.0)).unwrap();
+        assert!(ledger.settle("next", usd(41.0)).unwrap().alert_crossed);
     }
 
     #[test]
@@ -700,10 +744,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (clock, _) = manual_clock(noon());
         let ledger = open(&dir, policy(50.0, Some(40.0)), clock.clone());
-        ledger.reserve("a", 30.0).unwrap();
-        ledger.settle("a", 30.0).unwrap();
+        ledger.reserve("a", usd(30.0)).unwrap();
+        ledger.settle("a", usd(30.0)).unwrap();
         assert!(!ledger.poll_alert().unwrap(), "$30 is below the threshold");
-        ledger.reserve("crashed", 15.0).unwrap();
+        ledger.reserve("crashed", usd(15.0)).unwrap();
         drop(ledger);
 
         let ledger = open(&dir, policy(50.0, Some(40.0)), clock);
@@ -722,19 +766,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (clock, _) = manual_clock(noon());
         let ledger = open(&dir, policy(50.0, None), clock.clone());
-        ledger.reserve("a", 49.0).unwrap();
-        assert!(!ledger.settle("a", 49.0).unwrap().alert_crossed);
+        ledger.reserve("a", usd(49.0)).unwrap();
+        assert!(!ledger.settle("a", usd(49.0)).unwrap().alert_crossed);
         assert!(!ledger.snapshot().unwrap().alert_active);
 
         let dir2 = tempfile::tempdir().unwrap();
         let off = BudgetPolicy {
             enabled: false,
-            max_daily_spend_usd: 50.0,
-            alert_threshold_usd: Some(1.0),
+            max_daily_spend: usd(50.0),
+            alert_threshold: Some(usd(1.0)),
         };
         let ledger = open(&dir2, off, clock);
-        ledger.reserve("a", 49.0).unwrap();
-        assert!(!ledger.settle("a", 49.0).unwrap().alert_crossed);
+        ledger.reserve("a", usd(49.0)).unwrap();
+        assert!(!ledger.settle("a", usd(49.0)).unwrap().alert_crossed);
     }
 
     #[test]
@@ -742,38 +786,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (clock, _) = manual_clock(noon());
         let ledger = open(&dir, policy(50.0, None), clock.clone());
-        ledger.reserve("done", 5.0).unwrap();
-        ledger.settle("done", 1.5).unwrap();
-        ledger.reserve("crashed", 5.0).unwrap();
+        ledger.reserve("done", usd(5.0)).unwrap();
+        ledger.settle("done", usd(1.5)).unwrap();
+        ledger.reserve("crashed", usd(5.0)).unwrap();
         drop(ledger);
 
         let ledger = open(&dir, policy(50.0, None), clock.clone());
         assert_eq!(
             ledger.held("crashed").unwrap(),
-            Some(5.0),
+            Some(usd(5.0)),
             "holds survive a reopen"
         );
         assert_eq!(ledger.held("done").unwrap(), None);
         let keep = std::collections::HashSet::from(["resumed".to_string()]);
-        ledger.reserve("resumed", 2.0).unwrap();
+        ledger.reserve("resumed", usd(2.0)).unwrap();
         assert_eq!(ledger.book_orphans(&keep).unwrap(), 1);
         assert_eq!(
             ledger.held("resumed").unwrap(),
-            Some(2.0),
+            Some(usd(2.0)),
             "a kept hold stays"
         );
         ledger.release("resumed").unwrap();
         let snap = ledger.snapshot().unwrap();
         assert_eq!(
-            snap.spent_usd, 6.5,
+            snap.spent,
+            usd(6.5),
             "orphaned hold counted as spent at its reserved amount"
         );
-        assert_eq!(snap.reserved_usd, 0.0);
-        assert_eq!(snap.remaining_usd, 43.5);
+        assert_eq!(snap.reserved, usd(0.0));
+        assert_eq!(snap.remaining, usd(43.5));
         // The orphan cannot be settled or charged again.
-        assert!(!ledger.settle("crashed", 0.1).unwrap().settled);
+        assert!(!ledger.settle("crashed", usd(0.1)).unwrap().settled);
         assert!(matches!(
-            ledger.reserve("crashed", 1.0),
+            ledger.reserve("crashed", usd(1.0)),
             Err(BudgetError::Duplicate { .. })
         ));
         drop(ledger);
@@ -781,7 +826,7 @@ mod tests {
         // A clean reopen books nothing more.
         let ledger = open(&dir, policy(50.0, None), clock);
         assert_eq!(ledger.book_orphans(&keep).unwrap(), 0);
-        assert_eq!(ledger.snapshot().unwrap().spent_usd, 6.5);
+        assert_eq!(ledger.snapshot().unwrap().spent, usd(6.5));
     }
 
     #[test]
@@ -789,11 +834,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (clock, secs) = manual_clock(Utc.with_ymd_and_hms(2026, 11, 3, 23, 59, 0).unwrap());
         let ledger = open(&dir, policy(10.0, None), clock);
-        ledger.reserve("a", 6.0).unwrap();
-        ledger.settle("a", 6.0).unwrap();
-        ledger.reserve("b", 4.0).unwrap();
+        ledger.reserve("a", usd(6.0)).unwrap();
+        ledger.settle("a", usd(6.0)).unwrap();
+        ledger.reserve("b", usd(4.0)).unwrap();
         assert!(matches!(
-            ledger.reserve("c", 1.0),
+            ledger.reserve("c", usd(1.0)),
             Err(BudgetError::Exhausted { .. })
         ));
         assert_eq!(ledger.snapshot().unwrap().day, "2026-11-03");
@@ -802,19 +847,19 @@ mod tests {
         let snap = ledger.snapshot().unwrap();
         assert_eq!(snap.day, "2026-11-04");
         assert_eq!(
-            (snap.spent_usd, snap.reserved_usd, snap.remaining_usd),
-            (0.0, 0.0, 10.0)
+            (snap.spent, snap.reserved, snap.remaining),
+            (Usd::ZERO, Usd::ZERO, usd(10.0))
         );
         // Yesterday's open hold does not count against today, but it does not vanish either.
-        assert_eq!(snap.earlier_holds_usd, 4.0);
-        let r = ledger.reserve("c", 10.0).unwrap();
+        assert_eq!(snap.earlier_holds, usd(4.0));
+        let r = ledger.reserve("c", usd(10.0)).unwrap();
         assert_eq!(r.day, "2026-11-04");
         // "b" was reserved yesterday: its cost goes to yesterday, today stays full.
-        let s = ledger.settle("b", 3.0).unwrap();
+        let s = ledger.settle("b", usd(3.0)).unwrap();
         assert_eq!(s.day, "2026-11-03");
-        assert_eq!(s.day_spent_usd, 9.0);
+        assert_eq!(s.day_spent, usd(9.0));
         let snap = ledger.snapshot().unwrap();
-        assert_eq!((snap.spent_usd, snap.earlier_holds_usd), (0.0, 0.0));
+        assert_eq!((snap.spent, snap.earlier_holds), (Usd::ZERO, Usd::ZERO));
     }
 
     #[test]
@@ -823,30 +868,100 @@ mod tests {
         let (clock, _) = manual_clock(noon());
         let off = BudgetPolicy {
             enabled: false,
-            max_daily_spend_usd: 1.0,
-            alert_threshold_usd: None,
+            max_daily_spend: usd(1.0),
+            alert_threshold: None,
         };
         let ledger = open(&dir, off, clock);
         for i in 0..20 {
-            ledger.reserve(&format!("t{i}"), 5.0).unwrap();
+            ledger.reserve(&format!("t{i}"), usd(5.0)).unwrap();
         }
-        ledger.settle("t0", 2.0).unwrap();
+        ledger.settle("t0", usd(2.0)).unwrap();
         let snap = ledger.snapshot().unwrap();
-        assert_eq!((snap.spent_usd, snap.reserved_usd), (2.0, 95.0));
-        assert_eq!(ledger.remaining_usd().unwrap(), None);
+        assert_eq!((snap.spent, snap.reserved), (usd(2.0), usd(95.0)));
+        assert_eq!(ledger.remaining().unwrap(), None);
     }
 
     #[test]
-    fn micro_dollars_do_not_drift() {
+    fn the_ledger_is_exactly_the_sum_of_sub_micro_dollar_costs() {
         let dir = tempfile::tempdir().unwrap();
         let (clock, _) = manual_clock(noon());
         let ledger = open(&dir, policy(1000.0, None), clock);
-        for i in 0..1000 {
+        // Costs finer than a micro-dollar (a micro-dollar ledger rounded each of these and the
+        // ten roundings added up to 5 µ$ off the sum).
+        let costs: Vec<Usd> = (0..1000)
+            .map(|i| Usd::from_nanos(100_000_500 + i))
+            .collect();
+        for (i, &cost) in costs.iter().enumerate() {
             let id = format!("t{i}");
-            ledger.reserve(&id, 0.5).unwrap();
-            ledger.settle(&id, 0.1).unwrap();
+            ledger.reserve(&id, usd(0.5)).unwrap();
+            ledger.settle(&id, cost).unwrap();
         }
-        // 1000 × 0.1 summed in f64 is 99.9999999999986; in micro-dollars it is exact.
-        assert_eq!(ledger.snapshot().unwrap().spent_usd, 100.0);
+        let sum: Usd = costs.iter().copied().sum();
+        assert_eq!(ledger.snapshot().unwrap().spent, sum);
+        assert_eq!(sum.nanos(), 100_000_500_000 + 499_500);
+    }
+
+    /// The schema of the micro-dollar version, as it created it.
+    const OLD_MICRO_SCHEMA: &str = "
+        CREATE TABLE budget_reservations (
+            task_id TEXT PRIMARY KEY, day TEXT NOT NULL, amount_micros INTEGER NOT NULL,
+            created_ms INTEGER NOT NULL);
+        CREATE INDEX budget_reservations_day ON budget_reservations(day);
+        CREATE TABLE budget_charges (
+            task_id TEXT PRIMARY KEY, day TEXT NOT NULL, amount_micros INTEGER NOT NULL,
+            reserved_micros INTEGER NOT NULL, kind TEXT NOT NULL, booked_ms INTEGER NOT NULL);
+        CREATE INDEX budget_charges_day ON budget_charges(day);
+        CREATE TABLE budget_alerts (day TEXT PRIMARY KEY, fired_ms INTEGER NOT NULL);";
+
+    #[test]
+    fn a_micro_dollar_ledger_of_the_old_version_opens_with_every_figure_times_1000() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.sqlite3");
+        {
+            let old = Connection::open(&path).unwrap();
+            old.pragma_update(None, "journal_mode", "WAL").unwrap();
+            old.execute_batch(OLD_MICRO_SCHEMA).unwrap();
+            old.execute_batch(
+                "INSERT INTO budget_charges VALUES ('done#1', '2026-11-03', 1234567, 5000000, 'settled', 1);
+                 INSERT INTO budget_charges VALUES ('old#1', '2026-11-02', 7, 5000000, 'settled', 1);
+                 INSERT INTO budget_reservations VALUES ('crashed#1', '2026-11-03', 2500001, 1);
+                 INSERT INTO budget_alerts VALUES ('2026-11-03', 42);",
+            )
+            .unwrap();
+        }
+        let (clock, secs) = manual_clock(noon());
+        let ledger = open(&dir, policy(50.0, Some(40.0)), clock.clone());
+        assert_eq!(
+            ledger.held("crashed#1").unwrap(),
+            Some(Usd::from_nanos(2_500_001_000))
+        );
+        assert_eq!(ledger.book_orphans(&Default::default()).unwrap(), 1);
+        let snap = ledger.snapshot().unwrap();
+        assert_eq!(snap.day, "2026-11-03");
+        // 1_234_567 µ$ settled + 2_500_001 µ$ orphaned hold, each × 1000 exactly.
+        assert_eq!(snap.spent, Usd::from_nanos(1_234_567_000 + 2_500_001_000));
+        assert_eq!(snap.reserved, Usd::ZERO);
+        assert_eq!(snap.alert_since_ms, Some(42), "the alert mark is kept");
+        secs.fetch_sub(86_400, Ordering::SeqCst);
+        assert_eq!(ledger.snapshot().unwrap().spent, Usd::from_nanos(7_000));
+        secs.fetch_add(86_400, Ordering::SeqCst);
+        // The migrated file works as a new one, and opening it again migrates nothing twice.
+        ledger.reserve("next#1", usd(1.0)).unwrap();
+        ledger.settle("next#1", Usd::from_nanos(1)).unwrap();
+        drop(ledger);
+        let ledger = open(&dir, policy(50.0, Some(40.0)), clock);
+        assert_eq!(
+            ledger.snapshot().unwrap().spent,
+            Usd::from_nanos(1_234_567_000 + 2_500_001_000 + 1)
+        );
+        let conn = Connection::open(&path).unwrap();
+        let reserved: i64 = conn
+            .query_row(
+                "SELECT reserved_nanos FROM budget_charges WHERE task_id = 'done#1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(reserved, 5_000_000_000);
     }
 }

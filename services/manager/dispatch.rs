@@ -41,6 +41,7 @@ use crate::manager::Manager;
 use crate::manager::balancer::{Exclusion, Hold, Placement, Route, Upstream, attempt_task_id};
 use crate::manager::membership::Member;
 use crate::manager::waitqueue::{NotPlaced, Ticket};
+use crate::money::Usd;
 use crate::task_events::TaskEventSink;
 use crate::telemetry;
 use std::sync::Arc;
@@ -108,7 +109,7 @@ struct OnProgrammer {
 struct Loss {
     reason: String,
     /// What it spent there, when the programmer said.
-    spent: Option<f64>,
+    spent: Option<Usd>,
 }
 
 /// Runs a task to its result (or, when the manager stops, leaves it for the next process).
@@ -241,13 +242,13 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                         if result.error_class == ErrorClass::HandedBack as i32 =>
                     {
                         let loss = Loss {
-                            spent: Some(result.cost_usd),
+                            spent: result.cost(),
                             reason: result.error_message,
                         };
                         Step::Lost(on, loss)
                     }
                     Relayed::Result(result) => {
-                        mgr.settle(&task_id, on.hold, Some(result.cost_usd));
+                        mgr.settle(&task_id, on.hold, result.cost());
                         Step::Done(*result)
                     }
                     Relayed::Broken(reason) => {

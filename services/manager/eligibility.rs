@@ -26,6 +26,7 @@
 //! The budget figure is advisory (read before routing); the reservation made at dispatch is the
 //! real check, and a refused reservation sends the manager back to the next choice.
 
+use crate::money::Usd;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One configured programmer, as eligibility sees it.
@@ -59,22 +60,19 @@ pub struct TaskNeeds<'a> {
 pub enum PaidBudget {
     /// Budget disabled: paid members are never excluded for cost.
     Unlimited,
-    /// US dollars left today (limit − spent − reserved).
-    Remaining(f64),
+    /// Money left today (limit − spent − reserved).
+    Remaining(Usd),
 }
 
 impl PaidBudget {
-    /// True when a reservation of `amount_usd` fits (compared in micro-dollars, like the ledger).
+    /// True when a reservation of `amount_usd` fits (compared as [`Usd`], like the ledger; an
+    /// amount that is not money never fits).
     pub fn covers(self, amount_usd: f64) -> bool {
         match self {
             Self::Unlimited => true,
-            Self::Remaining(left) => micros(amount_usd) <= micros(left),
+            Self::Remaining(left) => Usd::from_usd(amount_usd).is_ok_and(|amount| amount <= left),
         }
     }
-}
-
-fn micros(usd: f64) -> i64 {
-    (usd * 1_000_000.0).round() as i64
 }
 
 /// The members that may take the task, best tier first; each tier in configuration order.
@@ -161,7 +159,7 @@ pub fn eligible(
             .map(|&i| members[i].max_cost_per_job_usd)
             .fold(f64::INFINITY, f64::min);
         let remaining_usd = match budget {
-            PaidBudget::Remaining(left) => left,
+            PaidBudget::Remaining(left) => left.as_usd_f64(),
             PaidBudget::Unlimited => f64::INFINITY, // unreachable: Unlimited covers everything
         };
         return Err(EligibilityError::BudgetExhausted {
@@ -260,8 +258,8 @@ mod tests {
         }
     }
 
-    const PLENTY: PaidBudget = PaidBudget::Remaining(50.0);
-    const BROKE: PaidBudget = PaidBudget::Remaining(4.99);
+    const PLENTY: PaidBudget = PaidBudget::Remaining(Usd::from_nanos(50_000_000_000));
+    const BROKE: PaidBudget = PaidBudget::Remaining(Usd::from_nanos(4_990_000_000));
 
     #[test]
     fn capability_groups_come_from_tags_and_routing() {
@@ -364,7 +362,12 @@ mod tests {
             );
         }
         // Exactly the job cap left is enough.
-        let e = eligible(&pool, &needs(&any, true), PaidBudget::Remaining(5.0)).unwrap();
+        let e = eligible(
+            &pool,
+            &needs(&any, true),
+            PaidBudget::Remaining(Usd::from_nanos(5_000_000_000)),
+        )
+        .unwrap();
         assert_eq!(e.tiers.len(), 2);
     }
 
@@ -402,7 +405,7 @@ mod tests {
             prefer_free: true,
             dry_run: true,
         };
-        let e = eligible(&pool, &task, PaidBudget::Remaining(0.0)).unwrap();
+        let e = eligible(&pool, &task, PaidBudget::Remaining(Usd::ZERO)).unwrap();
         assert_eq!(ids(&pool, &e.tiers[0]), ["006", "007", "008"]);
         assert_eq!(reservation_usd(&pool[5], true), None);
         assert_eq!(reservation_usd(&pool[5], false), Some(5.0));

@@ -23,6 +23,7 @@ pub mod waitqueue;
 use crate::config::Config;
 use crate::contract::v1::programmer_pool_server::ProgrammerPoolServer;
 use crate::contract::v1::{TaskResult, TaskState};
+use crate::money::Usd;
 use crate::serve;
 use crate::task_events::{TaskEventSink, TaskLog};
 use crate::workspace::WorkspaceCache;
@@ -116,11 +117,7 @@ impl Manager {
         let cost = &pool_cfg.cost_optimization;
         let budget = Arc::new(BudgetLedger::open(
             data_dir.join("budget.sqlite"),
-            BudgetPolicy {
-                enabled: cost.enabled,
-                max_daily_spend_usd: cost.max_daily_spend_usd,
-                alert_threshold_usd: cost.alert_threshold_usd,
-            },
+            BudgetPolicy::from_config(cost)?,
             budget::system_clock(),
         )?);
         let started_ms = crate::task_events::now_unix_ms();
@@ -225,14 +222,14 @@ impl Manager {
 
     /// Turns a budget hold into spend: the real cost when known, else the whole hold (the
     /// programmer may have spent it; the ledger must never under-count).
-    pub fn settle(&self, task_id: &str, hold: Option<Hold>, cost: Option<f64>) {
+    pub fn settle(&self, task_id: &str, hold: Option<Hold>, cost: Option<Usd>) {
         let Some(hold) = hold else {
             return;
         };
-        let amount = cost.unwrap_or(hold.amount_usd);
+        let amount = cost.unwrap_or(hold.amount);
         match self.budget.settle(&hold.key, amount) {
             Ok(s) if s.alert_crossed => {
-                tracing::warn!(day = %s.day, spent_usd = s.day_spent_usd, "{BUDGET_ALERT_LOG}");
+                tracing::warn!(day = %s.day, spent_usd = %s.day_spent, "{BUDGET_ALERT_LOG}");
             }
             Ok(_) => {}
             Err(e) => tracing::error!(%task_id, "budget ledger: {e}"),

@@ -62,9 +62,9 @@ pub fn unfinished_tasks(mgr: &Arc<Manager>) -> anyhow::Result<()> {
             (Some(placed), Some(member)) => {
                 route.request.dispatch_attempt = placed.dispatch_attempt;
                 let key = reservation_key(&task_id, placed.dispatch_attempt);
-                let hold = mgr.budget.held(&key)?.map(|amount_usd| Hold {
+                let hold = mgr.budget.held(&key)?.map(|amount| Hold {
                     key: key.clone(),
-                    amount_usd,
+                    amount,
                 });
                 keep.insert(key);
                 followed += 1;
@@ -116,7 +116,7 @@ pub fn unfinished_tasks(mgr: &Arc<Manager>) -> anyhow::Result<()> {
     match mgr.budget.poll_alert() {
         Ok(true) => {
             if let Ok(s) = mgr.budget.snapshot() {
-                tracing::warn!(day = %s.day, spent_usd = s.spent_usd, "{}", crate::manager::BUDGET_ALERT_LOG);
+                tracing::warn!(day = %s.day, spent_usd = %s.spent, "{}", crate::manager::BUDGET_ALERT_LOG);
             }
         }
         Ok(false) => {}

@@ -64,7 +64,7 @@ pub fn route_for(mgr: &Manager, req: &DispatchRequest, task_id: &str) -> Result<
     // A dry run spends nothing, so it needs no look at the ledger.
     let budget = match (!req.dry_run).then(|| mgr.budget.snapshot()) {
         Some(Ok(s)) if mgr.config.pool.cost_optimization.enabled => {
-            PaidBudget::Remaining(s.limit_usd - s.spent_usd)
+            PaidBudget::Remaining(s.limit.saturating_sub(s.spent))
         }
         _ => PaidBudget::Unlimited,
     };
@@ -86,6 +86,7 @@ pub fn route_for(mgr: &Manager, req: &DispatchRequest, task_id: &str) -> Result<
         capabilities: req.capabilities.clone(),
         base_ref: req.base_ref.clone(),
         max_cost_usd: 0.0,
+        max_cost_nanousd: 0,
         dispatch_attempt: 1,
     };
     Ok(Route {

@@ -120,7 +120,9 @@ fn evaluate(mgr: &Manager, s: &PoolStatus, ledger: Option<&BudgetSnapshot>) {
             b.alert_active,
             format!(
                 "daily spend ${:.2} reached the alert threshold ${:.2} (limit ${:.2})",
-                b.spent_usd, b.alert_threshold_usd, b.limit_usd
+                b.spent.as_usd_f64(),
+                b.alert_threshold.as_usd_f64(),
+                b.limit.as_usd_f64()
             ),
             since_ms,
             since_ms >= mgr.started_ms,
@@ -187,12 +189,18 @@ pub fn pool_status(mgr: &Manager) -> PoolStatus {
     let ledger = mgr.budget.snapshot().ok();
     let budget = ledger.as_ref().map(|b| Budget {
         day: b.day.clone(),
-        spent_usd: b.spent_usd,
-        reserved_usd: b.reserved_usd,
-        earlier_holds_usd: b.earlier_holds_usd,
-        limit_usd: b.limit_usd,
-        remaining_usd: b.remaining_usd,
-        alert_threshold_usd: b.alert_threshold_usd,
+        spent_usd: b.spent.as_usd_f64(),
+        reserved_usd: b.reserved.as_usd_f64(),
+        earlier_holds_usd: b.earlier_holds.as_usd_f64(),
+        limit_usd: b.limit.as_usd_f64(),
+        remaining_usd: b.remaining.as_usd_f64(),
+        alert_threshold_usd: b.alert_threshold.as_usd_f64(),
+        spent_nanousd: b.spent.to_contract(),
+        reserved_nanousd: b.reserved.to_contract(),
+        earlier_holds_nanousd: b.earlier_holds.to_contract(),
+        limit_nanousd: b.limit.to_contract(),
+        remaining_nanousd: b.remaining.to_contract(),
+        alert_threshold_nanousd: b.alert_threshold.to_contract(),
     });
     let manager_queue = mgr.scheduler.depth() as u32;
     let pool_size = mgr.pool.members.len() as u32;
@@ -260,6 +268,12 @@ pub fn pool_status_json(s: &PoolStatus) -> serde_json::Value {
             "limit_usd": budget.limit_usd,
             "remaining_usd": budget.remaining_usd,
             "alert_threshold_usd": budget.alert_threshold_usd,
+            "daily_spend_nanousd": budget.spent_nanousd,
+            "reserved_nanousd": budget.reserved_nanousd,
+            "earlier_holds_nanousd": budget.earlier_holds_nanousd,
+            "limit_nanousd": budget.limit_nanousd,
+            "remaining_nanousd": budget.remaining_nanousd,
+            "alert_threshold_nanousd": budget.alert_threshold_nanousd,
         },
         "alerts": s.alerts.iter().map(|a| serde_json::json!({"kind": a.kind, "message": a.message, "since_ms": a.since_ms})).collect::<Vec<_>>(),
         "llm_stats": s.llm_stats.iter().map(|l| serde_json::json!({"llm": l.llm, "tasks": l.tasks, "succeeded": l.succeeded, "success_rate": l.success_rate, "p50_duration_ms": l.p50_duration_ms, "p95_duration_ms": l.p95_duration_ms, "attempts": l.attempts, "attempts_failed": l.attempts_failed})).collect::<Vec<_>>(),

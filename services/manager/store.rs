@@ -1381,14 +1381,15 @@ mod tests {
     #[tokio::test]
     async fn shares_a_file_with_the_budget_ledger() {
         use crate::manager::budget::{BudgetLedger, BudgetPolicy, Clock};
+        use crate::money::Usd;
         use chrono::TimeZone;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("manager.sqlite3");
         let store = TaskStore::open(&path).unwrap();
         let policy = BudgetPolicy {
             enabled: true,
-            max_daily_spend_usd: 10.0,
-            alert_threshold_usd: None,
+            max_daily_spend: Usd::from_nanos(10_000_000_000),
+            alert_threshold: None,
         };
         let clock: Clock =
             std::sync::Arc::new(|| chrono::Utc.with_ymd_and_hms(2026, 11, 3, 12, 0, 0).unwrap());
@@ -1397,14 +1398,19 @@ mod tests {
             .insert(&NewTask::from_request("t1", &request("x")))
             .await
             .unwrap();
-        ledger.reserve("t1", 5.0).unwrap();
+        ledger
+            .reserve("t1", Usd::from_nanos(5_000_000_000))
+            .unwrap();
         store.set_running("t1", "006", 1).await.unwrap();
-        ledger.settle("t1", 1.0).unwrap();
+        ledger.settle("t1", Usd::from_nanos(1_000_000_000)).unwrap();
         store.finish("t1", &succeeded("006")).await.unwrap();
         assert_eq!(
             store.get("t1").unwrap().unwrap().state(),
             TaskState::Succeeded
         );
-        assert_eq!(ledger.snapshot().unwrap().spent_usd, 1.0);
+        assert_eq!(
+            ledger.snapshot().unwrap().spent,
+            Usd::from_nanos(1_000_000_000)
+        );
     }
 }

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::money::Usd;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::Serialize;
@@ -125,8 +126,9 @@ pub struct AiderUsage {
     pub prompt_tokens: u64,
     /// Completion tokens over all replied calls.
     pub completion_tokens: u64,
-    /// Cost in USD over all replied calls (0 unless the model has prices).
-    pub cost_usd: f64,
+    /// Cost over all replied calls (0 unless the model has prices): each call's reported dollars
+    /// become [`Usd`] as they are read (a cost that is not money counts as 0), then add up exactly.
+    pub cost: Usd,
 }
 
 /// The result of one aider attempt.
@@ -545,7 +547,8 @@ pub fn parse_analytics(jsonl: &str) -> AiderUsage {
                 };
                 usage.prompt_tokens += num("prompt_tokens") as u64;
                 usage.completion_tokens += num("completion_tokens") as u64;
-                usage.cost_usd += num("cost");
+                let cost = Usd::from_usd(num("cost")).unwrap_or(Usd::ZERO);
+                usage.cost = usage.cost.saturating_add(cost);
             }
             _ => {}
         }
@@ -730,7 +733,22 @@ not json
             ),
             (2, 1, 110, 22)
         );
-        assert!((u.cost_usd - 0.75).abs() < 1e-12);
+        assert_eq!(u.cost, Usd::from_nanos(750_000_000));
+    }
+
+    #[test]
+    fn analytics_costs_become_integers_per_call_and_add_up_exactly() {
+        // Ten calls at 0.1 µ$ + 0.35 n$ each: a micro-dollar per call would lose all of it.
+        let call = r#"{"event": "message_send", "properties": {"prompt_tokens": 1, "completion_tokens": 0, "cost": 1.0035e-7}}"#;
+        let bad = r#"{"event": "message_send", "properties": {"cost": -5.0}}"#;
+        let log = format!("{}\n{bad}\n", [call; 10].join("\n"));
+        let u = parse_analytics(&log);
+        assert_eq!(u.llm_calls, 11);
+        assert_eq!(
+            u.cost,
+            Usd::from_nanos(10 * 100),
+            "a negative cost counts as 0"
+        );
     }
 
     fn endpoint(name: &str) -> ModelEndpoint {

@@ -4,6 +4,7 @@
 
 use crate::config::LlmSpec;
 use crate::contract::v1::{ErrorClass, Output, task_event::Kind};
+use crate::money::Usd;
 use crate::programmer::aider::{
     AiderInvocation, ModelEndpoint, OutputChunk, OutputStream, run_aider,
 };
@@ -71,7 +72,8 @@ pub struct AttemptReport {
     pub duration: Duration,
     pub tokens_sent: u64,
     pub tokens_received: u64,
-    pub cost_usd: f64,
+    /// What the attempt's tokens cost, an integer from the moment it is computed.
+    pub cost: Usd,
 }
 
 /// The endpoint aider is pointed at for `llm`: base and key come from the catalog's provider
@@ -102,12 +104,12 @@ pub async fn run_attempt(
     deadline: Instant,
 ) -> AttemptReport {
     let started = Instant::now();
-    let report = |outcome, tokens_sent, tokens_received, cost_usd| AttemptReport {
+    let report = |outcome, tokens_sent, tokens_received, cost| AttemptReport {
         outcome,
         duration: started.elapsed(),
         tokens_sent,
         tokens_received,
-        cost_usd,
+        cost,
     };
     let invocation = AiderInvocation {
         python: prog.aider.python.clone(),
@@ -147,12 +149,12 @@ pub async fn run_attempt(
                 AttemptOutcome::Internal(format!("aider could not be run: {e}")),
                 0,
                 0,
-                0.0,
+                Usd::ZERO,
             );
         }
     };
     let (sent, received) = (run.usage.prompt_tokens, run.usage.completion_tokens);
-    let cost = sent as f64 * llm.input_cost_per_token + received as f64 * llm.output_cost_per_token;
+    let cost = llm.cost(sent, received);
     crate::telemetry::spans::record_aider(&aider_span, run.exit_code, sent, received, cost);
     if run.cancelled {
         return report(AttemptOutcome::Cancelled, sent, received, cost);

@@ -11,6 +11,7 @@ use crate::config::FailureCondition;
 use crate::contract::v1::{
     Assigned, Attempt, ErrorClass, Failover, TaskResult, TaskState, task_event::Kind,
 };
+use crate::money::Usd;
 use crate::programmer::attempt::{AttemptOutcome, AttemptReport, run_attempt};
 use crate::programmer::breaker::Admission;
 use crate::programmer::state::Programmer;
@@ -143,6 +144,8 @@ pub async fn run_task(
     let attempts_allowed = max_attempts(&prog.failover);
     let retry_delay = Duration::from_secs_f64(prog.failover.retry_delay_s.max(0.0));
 
+    // The task's cost: the attempts' integer costs, summed exactly.
+    let mut cost = Usd::ZERO;
     for number in 1..=attempts_allowed {
         if number > 1 {
             if let Err(e) = worktree.reset().await {
@@ -164,10 +167,11 @@ pub async fn run_task(
                 .await;
         result.tokens_sent += report.tokens_sent;
         result.tokens_received += report.tokens_received;
-        result.cost_usd += report.cost_usd;
+        cost = cost.saturating_add(report.cost);
+        result.set_cost(cost);
         result.llm_used = llm.name.clone();
         result.used_backup = !on_primary;
-        result.attempts.push(Attempt {
+        let mut attempt = Attempt {
             number,
             llm: llm.name.clone(),
             backup: !on_primary,
@@ -176,8 +180,10 @@ pub async fn run_task(
             duration_ms: report.duration.as_millis() as u64,
             tokens_sent: report.tokens_sent,
             tokens_received: report.tokens_received,
-            cost_usd: report.cost_usd,
-        });
+            ..Default::default()
+        };
+        attempt.set_cost(report.cost);
+        result.attempts.push(attempt);
         telemetry::spans::record_attempt(&span, result.attempts.last());
 
         // Tell the breaker about the primary; a dropped probe admission re-opens it.
@@ -187,7 +193,7 @@ pub async fn run_task(
             }
         }
 
-        let over_limit = job_limit_exceeded(task, &result);
+        let over_limit = job_limit_exceeded(task, &result, cost);
         match report.outcome {
             AttemptOutcome::Cancelled => {
                 result.status = TaskState::Cancelled as i32;
@@ -313,7 +319,7 @@ fn report_to_breaker(prog: &Programmer, admission: Admission, outcome: &AttemptO
     prog.persist_breaker();
 }
 
-fn job_limit_exceeded(task: &ValidatedTask, result: &TaskResult) -> Option<String> {
+fn job_limit_exceeded(task: &ValidatedTask, result: &TaskResult, cost: Usd) -> Option<String> {
     let tokens = result.tokens_sent + result.tokens_received;
     if tokens > task.max_tokens {
         return Some(format!(
@@ -321,26 +327,13 @@ fn job_limit_exceeded(task: &ValidatedTask, result: &TaskResult) -> Option<Strin
             task.max_tokens
         ));
     }
-    if result.cost_usd > task.max_cost_usd {
+    if cost > task.max_cost {
         return Some(format!(
-            "max_cost_per_job_usd exceeded: ${} spent, limit ${}",
-            usd(result.cost_usd),
-            usd(task.max_cost_usd)
+            "max_cost_per_job_usd exceeded: {cost} spent, limit {}",
+            task.max_cost
         ));
     }
     None
-}
-
-/// Dollars with up to six decimals and no trailing zeros, so a small cap (`$0.0001`) is not
-/// printed as `$0.00`.
-fn usd(amount: f64) -> String {
-    let s = format!("{amount:.6}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s.is_empty() || s == "-" {
-        "0".to_string()
-    } else {
-        s.to_string()
-    }
 }
 
 /// The final message of a failed task lists every attempt, so one line tells the whole story.
@@ -434,15 +427,6 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(max_attempts(&f), 1);
-    }
-
-    #[test]
-    fn small_amounts_keep_their_digits() {
-        assert_eq!(usd(0.0001), "0.0001");
-        assert_eq!(usd(0.012345678), "0.012346");
-        assert_eq!(usd(2.5), "2.5");
-        assert_eq!(usd(0.0), "0");
-        assert_eq!(usd(10.0), "10");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use crate::config::JobLimits;
 use crate::contract::v1::TaskRequest;
+use crate::money::Usd;
 use crate::workspace::{self, Workspace, WorkspaceCache, invalid};
 use std::time::Duration;
 use tonic::Status;
@@ -27,8 +28,8 @@ pub struct ValidatedTask {
     /// Time the task may run once it holds a slot.
     pub deadline: Duration,
     pub base_ref: Option<String>,
-    /// Cost cap for the task in US dollars.
-    pub max_cost_usd: f64,
+    /// Cost cap for the task.
+    pub max_cost: Usd,
     /// Token cap (sent + received) for the task.
     pub max_tokens: u64,
     pub capabilities: Vec<String>,
@@ -48,16 +49,26 @@ pub async fn validate(
     if let Some(r) = &base_ref {
         workspace::check_ref("base_ref", r)?;
     }
-    let max_cost_usd = if req.max_cost_usd == 0.0 {
-        limits.max_cost_per_job_usd
-    } else if req.max_cost_usd.is_finite() && req.max_cost_usd > 0.0 {
-        req.max_cost_usd.min(limits.max_cost_per_job_usd)
+    // Validated positive and finite when the configuration was loaded.
+    let configured = Usd::from_usd(limits.max_cost_per_job_usd)
+        .map_err(|e| Status::internal(format!("max_cost_per_job_usd: {e}")))?;
+    // The exact field wins; the double is for callers that predate it.
+    let requested = if req.max_cost_nanousd != 0 {
+        Some(Usd::from_contract(req.max_cost_nanousd))
+    } else if req.max_cost_usd == 0.0 {
+        None
     } else {
-        return Err(invalid(
-            "max_cost_usd",
-            "must be a positive number of US dollars (or 0 for the default)",
-        ));
+        let cap = Usd::from_usd(req.max_cost_usd)
+            .ok()
+            .filter(|_| req.max_cost_usd > 0.0);
+        Some(cap.ok_or_else(|| {
+            invalid(
+                "max_cost_usd",
+                "must be a positive number of US dollars (or 0 for the default)",
+            )
+        })?)
     };
+    let max_cost = requested.map_or(configured, |cap| cap.min(configured));
     let requested = if req.timeout_s == 0 {
         limits.timeout_s
     } else {
@@ -84,7 +95,7 @@ pub async fn validate(
         dry_run: req.dry_run,
         deadline,
         base_ref,
-        max_cost_usd,
+        max_cost,
         max_tokens: limits.max_tokens_per_job,
         capabilities: req.capabilities,
     })
@@ -140,7 +151,7 @@ mod tests {
             .expect("valid");
         assert!(uuid::Uuid::parse_str(&t.task_id).is_ok(), "{}", t.task_id);
         assert_eq!(t.deadline, Duration::from_secs(300));
-        assert_eq!(t.max_cost_usd, 0.5);
+        assert_eq!(t.max_cost, Usd::from_nanos(500_000_000));
         assert_eq!(t.max_tokens, 50_000);
         assert_eq!(t.base_ref, None);
         assert_eq!(t.workspace_name, "proj");
@@ -158,7 +169,7 @@ mod tests {
             .expect("valid");
         assert_eq!(t.task_id, "task-7");
         assert_eq!(t.deadline, Duration::from_secs(600), "capped");
-        assert_eq!(t.max_cost_usd, 0.5, "capped");
+        assert_eq!(t.max_cost, Usd::from_nanos(500_000_000), "capped");
         assert_eq!(t.base_ref.as_deref(), Some("main"));
         let req = TaskRequest {
             timeout_s: 20,
@@ -169,7 +180,19 @@ mod tests {
             .await
             .expect("valid");
         assert_eq!(t.deadline, Duration::from_secs(20));
-        assert_eq!(t.max_cost_usd, 0.1);
+        assert_eq!(t.max_cost, Usd::from_nanos(100_000_000));
+        // The exact field wins over the double, and is capped the same way.
+        for (nanos, expected) in [(123_456_789, 123_456_789), (u64::MAX, 500_000_000)] {
+            let req = TaskRequest {
+                max_cost_usd: 0.1,
+                max_cost_nanousd: nanos,
+                ..request()
+            };
+            let t = validate(req, &limits(), &WorkspaceCache::new(&root))
+                .await
+                .expect("valid");
+            assert_eq!(t.max_cost, Usd::from_nanos(expected));
+        }
     }
 
     #[tokio::test]

@@ -24,6 +24,7 @@
 //! log line that reports the outcome is not preceded by a copy of it.
 
 use crate::contract::v1::{Attempt, ErrorClass, TaskResult, TaskState};
+use crate::money::Usd;
 use opentelemetry::trace::Status;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -139,14 +140,14 @@ pub fn record_aider(
     exit_code: Option<i32>,
     tokens_sent: u64,
     tokens_received: u64,
-    cost_usd: f64,
+    cost: Usd,
 ) {
     if let Some(code) = exit_code {
         span.set_attribute("exit_code", i64::from(code));
     }
     span.set_attribute("tokens_sent", tokens_sent as i64);
     span.set_attribute("tokens_received", tokens_received as i64);
-    span.set_attribute("cost_usd", cost_usd);
+    span.set_attribute("cost_usd", cost.as_usd_f64());
 }
 
 /// Records a task's result on `span` (a `manager.task` or `programmer.task` span):
