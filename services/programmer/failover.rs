@@ -15,7 +15,7 @@ use crate::programmer::attempt::{AttemptOutcome, AttemptReport, run_attempt};
 use crate::programmer::breaker::Admission;
 use crate::programmer::state::Programmer;
 use crate::programmer::validate::ValidatedTask;
-use crate::programmer::worktree::TaskWorktree;
+use crate::programmer::worktree::{TaskWorktree, WorktreeError};
 use crate::task_events::TaskEventSink;
 use crate::telemetry;
 use std::time::Duration;
@@ -78,11 +78,18 @@ pub async fn run_task(
     let identity = prog.git_identity();
     let worktree = match task
         .workspace
-        .create_task_worktree(&prog.worktrees_dir, &task.task_id, &base_commit, &identity)
+        .create_task_worktree(
+            &prog.worktrees_dir,
+            &task.task_id,
+            &task.origin_task_id,
+            &base_commit,
+            &identity,
+        )
         .instrument(telemetry::spans::worktree())
         .await
     {
         Ok(w) => w,
+        Err(e @ WorktreeError::AlreadyKept { .. }) => return already_kept(result, e, started),
         Err(e) => {
             return fail(
                 result,
@@ -212,17 +219,30 @@ pub async fn run_task(
                 return finish_failed(worktree, result, ErrorClass::JobLimit, msg, started).await;
             }
             AttemptOutcome::Succeeded(change) => {
-                result.files_changed = change.files_changed;
-                result.diff = change.diff;
-                result.commit = change.commit;
-                result.branch = worktree.branch().to_string();
-                result.status = TaskState::Succeeded as i32;
-                result.error_class = ErrorClass::None as i32;
-                if let Err(e) = worktree.keep().await {
-                    tracing::warn!(task_id = %task.task_id, "could not remove the finished worktree: {e}");
-                }
-                result.duration_ms = started.elapsed().as_millis() as u64;
-                return result;
+                let kept_branch = worktree.kept_branch().to_string();
+                return match worktree.keep(&change).await {
+                    Ok(()) => {
+                        result.files_changed = change.files_changed;
+                        result.diff = change.diff;
+                        result.commit = change.commit;
+                        result.branch = kept_branch;
+                        result.status = TaskState::Succeeded as i32;
+                        result.error_class = ErrorClass::None as i32;
+                        result.duration_ms = started.elapsed().as_millis() as u64;
+                        result
+                    }
+                    Err(e @ WorktreeError::AlreadyKept { .. }) => {
+                        tracing::warn!(task_id = %task.task_id, origin = %task.origin_task_id, "{e}");
+                        already_kept(result, e, started)
+                    }
+                    // `keep` removed the worktree and scratch branch: nothing is left to discard.
+                    Err(e) => fail(
+                        result,
+                        ErrorClass::GitError,
+                        format!("could not keep the result on {kept_branch}: {e}"),
+                        started,
+                    ),
+                };
             }
             AttemptOutcome::LlmFailed { class, ref message }
                 if number < attempts_allowed && is_failover_condition(prog, class) =>
@@ -361,6 +381,16 @@ fn summarize_failure(result: &TaskResult, last: &str) -> String {
         result.attempts.len(),
         parts.join("; ")
     )
+}
+
+/// Ends a task whose result another attempt of it already kept: a failure, final (the manager
+/// does not reroute a plain failed result), naming the branch and commit that exist.
+fn already_kept(mut result: TaskResult, e: WorktreeError, started: Instant) -> TaskResult {
+    if let WorktreeError::AlreadyKept { branch, commit } = &e {
+        result.branch = branch.clone();
+        result.commit = commit.clone().unwrap_or_default();
+    }
+    fail(result, ErrorClass::AlreadyKept, e.to_string(), started)
 }
 
 fn fail(

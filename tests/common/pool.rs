@@ -733,6 +733,10 @@ pub async fn expect_one_reroute(
         context()
     );
     assert_eq!(result.programmer_id, to);
+    // Every dispatch attempt keeps its result under the caller's id, never its own.
+    let task_id = &events.first().expect("events").task_id;
+    let name = pas::programmer::worktree::sanitize_task_id(task_id).expect("task id");
+    assert_eq!(result.branch, format!("pas/{name}"), "{result:#?}");
     let hops = rerouted(&events);
     assert_eq!(hops.len(), 1, "{hops:?}");
     assert_eq!(
@@ -902,7 +906,8 @@ pub fn output_text(events: &[pas::contract::v1::TaskEvent]) -> String {
         .collect()
 }
 
-/// The task branches (`pas/*`) of a repository.
+/// Every branch programmers made in a repository: kept results (`pas/*`) and the scratch branches
+/// of attempts still running or left by a killed programmer (`pas-work/*`).
 pub fn task_branches(repo: &Path) -> Vec<String> {
     super::git(
         repo,
@@ -910,6 +915,7 @@ pub fn task_branches(repo: &Path) -> Vec<String> {
             "for-each-ref",
             "--format=%(refname:short)",
             "refs/heads/pas/",
+            "refs/heads/pas-work/",
         ],
     )
     .lines()
