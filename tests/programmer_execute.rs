@@ -335,16 +335,7 @@ async fn an_attempt_of_an_already_kept_task_fails_already_kept_without_calling_t
         },
     )
     .await;
-    assert_eq!(
-        TaskState::try_from(result.status),
-        Ok(TaskState::Failed),
-        "{result:#?}"
-    );
-    assert_eq!(
-        ErrorClass::try_from(result.error_class),
-        Ok(ErrorClass::AlreadyKept),
-        "{result:#?}"
-    );
+    pool::assert_failed_with(&result, ErrorClass::AlreadyKept);
     assert!(
         result.error_message.contains("already kept") && result.error_message.contains("pas/k"),
         "{}",

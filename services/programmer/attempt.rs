@@ -5,7 +5,7 @@
 use crate::config::LlmSpec;
 use crate::contract::v1::{ErrorClass, Output, task_event::Kind};
 use crate::programmer::aider::{
-    AiderInvocation, ModelEndpoint, OutputChunk, OutputStream, run_aider,
+    AiderInvocation, ModelEndpoint, OutputChunk, OutputStream, UsageCap, run_aider,
 };
 use crate::programmer::classify::{Outcome, classify};
 use crate::programmer::state::Programmer;
@@ -32,6 +32,9 @@ pub enum AttemptOutcome {
     Cancelled,
     /// The task deadline passed.
     DeadlineExceeded,
+    /// The task's token or cost cap was crossed while aider ran, and aider was stopped: which cap,
+    /// with the figures.
+    CapReached(String),
     /// Aider could not be run or ended unexpectedly.
     Internal(String),
 }
@@ -46,6 +49,7 @@ impl AttemptOutcome {
             Self::GitFailed(_) => ErrorClass::GitError,
             Self::Cancelled => ErrorClass::Cancelled,
             Self::DeadlineExceeded => ErrorClass::Deadline,
+            Self::CapReached(_) => ErrorClass::JobLimit,
             Self::Internal(_) => ErrorClass::Internal,
         }
     }
@@ -56,8 +60,9 @@ impl AttemptOutcome {
             Self::Succeeded(_) => "",
             Self::LlmFailed { message, .. }
             | Self::EditFailed(message)
-            | Self::GitFailed(message) => message,
-            Self::Internal(message) => message,
+            | Self::GitFailed(message)
+            | Self::CapReached(message)
+            | Self::Internal(message) => message,
             Self::Cancelled => "cancelled",
             Self::DeadlineExceeded => "deadline exceeded",
         }
@@ -89,7 +94,8 @@ pub fn endpoint_for(llm: &LlmSpec) -> ModelEndpoint {
     }
 }
 
-/// Runs attempt `number` of `task` on `llm`.
+/// Runs attempt `number` of `task` on `llm`; aider is stopped as soon as the task's usage crosses
+/// `cap` (which carries what earlier attempts used).
 #[allow(clippy::too_many_arguments)]
 pub async fn run_attempt(
     prog: &Programmer,
@@ -97,6 +103,7 @@ pub async fn run_attempt(
     worktree: &TaskWorktree,
     llm: &LlmSpec,
     number: u32,
+    cap: UsageCap,
     sink: &TaskEventSink,
     cancel: &CancellationToken,
     deadline: Instant,
@@ -109,10 +116,11 @@ pub async fn run_attempt(
         tokens_received,
         cost_usd,
     };
+    let model = endpoint_for(llm);
     let invocation = AiderInvocation {
         python: prog.aider.python.clone(),
         workdir: worktree.path().to_path_buf(),
-        model: endpoint_for(llm),
+        model: model.clone(),
         message: task.description.clone(),
         files: task.files.clone(),
         auto_commit: prog.spec.limits.auto_commit,
@@ -120,6 +128,7 @@ pub async fn run_attempt(
         request_timeout_s: prog.aider.request_timeout_s,
         launch_prefix: Vec::new(),
         extra_env: Vec::new(),
+        usage_cap: Some(cap),
     };
 
     let (tx, mut rx) = mpsc::channel::<OutputChunk>(256);
@@ -152,8 +161,11 @@ pub async fn run_attempt(
         }
     };
     let (sent, received) = (run.usage.prompt_tokens, run.usage.completion_tokens);
-    let cost = sent as f64 * llm.input_cost_per_token + received as f64 * llm.output_cost_per_token;
+    let cost = model.cost_of(sent, received);
     crate::telemetry::spans::record_aider(&aider_span, run.exit_code, sent, received, cost);
+    if let Some(why) = run.cap_reached {
+        return report(AttemptOutcome::CapReached(why), sent, received, cost);
+    }
     if run.cancelled {
         return report(AttemptOutcome::Cancelled, sent, received, cost);
     }

@@ -5,12 +5,15 @@
 //! programmer waits `retry_delay_s`, resets the worktree to the task's base commit and retries on
 //! the backup, at most `max_retries` times (`always_failover` guarantees one backup try). Edit
 //! failures, git errors and caller errors end the task without a retry and never touch the breaker.
-//! Only attempts on the primary are reported to the breaker.
+//! Only attempts on the primary are reported to the breaker. The task's token and cost caps cover
+//! all its attempts: each attempt is given what the earlier ones used ([`UsageCap`]) and is stopped
+//! the moment the total crosses a cap (ERROR_CLASS_JOB_LIMIT, never a failover).
 
 use crate::config::FailureCondition;
 use crate::contract::v1::{
     Assigned, Attempt, ErrorClass, Failover, TaskResult, TaskState, task_event::Kind,
 };
+use crate::programmer::aider::UsageCap;
 use crate::programmer::attempt::{AttemptOutcome, AttemptReport, run_attempt};
 use crate::programmer::breaker::Admission;
 use crate::programmer::state::Programmer;
@@ -165,10 +168,26 @@ pub async fn run_task(
         }
         let on_primary = number == 1 && starts_on_primary;
         let span = telemetry::spans::attempt(number, &llm.name, !on_primary);
-        let report: AttemptReport =
-            run_attempt(prog, task, &worktree, &llm, number, sink, &cancel, deadline)
-                .instrument(span.clone())
-                .await;
+        // The caps cover the whole task: this attempt may use what the earlier ones left.
+        let cap = UsageCap {
+            max_tokens: task.max_tokens,
+            max_cost_usd: task.max_cost_usd,
+            prior_tokens: result.tokens_sent + result.tokens_received,
+            prior_cost_usd: result.cost_usd,
+        };
+        let report: AttemptReport = run_attempt(
+            prog,
+            task,
+            &worktree,
+            &llm,
+            number,
+            cap.clone(),
+            sink,
+            &cancel,
+            deadline,
+        )
+        .instrument(span.clone())
+        .await;
         result.tokens_sent += report.tokens_sent;
         result.tokens_received += report.tokens_received;
         result.cost_usd += report.cost_usd;
@@ -194,7 +213,7 @@ pub async fn run_task(
             }
         }
 
-        let over_limit = job_limit_exceeded(task, &result);
+        let over_limit = cap.exceeded(report.tokens_sent + report.tokens_received, report.cost_usd);
         match report.outcome {
             AttemptOutcome::Cancelled => {
                 result.status = TaskState::Cancelled as i32;
@@ -211,6 +230,15 @@ pub async fn run_task(
                 result.status = TaskState::TimedOut as i32;
                 let msg = format!("task deadline of {}s exceeded", task.deadline.as_secs());
                 return finish_with(worktree, result, ErrorClass::Deadline, msg, started).await;
+            }
+            // Crossed while aider ran, and aider was stopped there: never a failover (the next
+            // attempt could only spend more). The figures are the attempt's final ones.
+            AttemptOutcome::CapReached(seen) => {
+                let msg = format!(
+                    "{}; aider was stopped during attempt {number}",
+                    over_limit.unwrap_or(seen)
+                );
+                return finish_failed(worktree, result, ErrorClass::JobLimit, msg, started).await;
             }
             // A cap is a cap even when the edit applied: the caller asked not to pay more than
             // this, so the result is not delivered (and no further attempt spends more).
@@ -322,45 +350,17 @@ fn report_to_breaker(prog: &Programmer, admission: Admission, outcome: &AttemptO
         AttemptOutcome::LlmFailed { class, .. } if is_failover_condition(prog, *class) => {
             ticket.primary_failed()
         }
-        // The primary answered (even if its edit did not apply): it is available.
+        // The primary answered (even if its edit did not apply, or the answer crossed a cap): it
+        // is available.
         AttemptOutcome::Succeeded(_)
         | AttemptOutcome::EditFailed(_)
+        | AttemptOutcome::CapReached(_)
         | AttemptOutcome::LlmFailed { .. } => ticket.primary_succeeded(),
         // No verdict (cancelled, deadline, git or internal error): dropping the ticket re-opens
         // the breaker if it was the half-open probe, and changes nothing otherwise.
         _ => drop(ticket),
     }
     prog.persist_breaker();
-}
-
-fn job_limit_exceeded(task: &ValidatedTask, result: &TaskResult) -> Option<String> {
-    let tokens = result.tokens_sent + result.tokens_received;
-    if tokens > task.max_tokens {
-        return Some(format!(
-            "max_tokens_per_job exceeded: {tokens} tokens used, limit {}",
-            task.max_tokens
-        ));
-    }
-    if result.cost_usd > task.max_cost_usd {
-        return Some(format!(
-            "max_cost_per_job_usd exceeded: ${} spent, limit ${}",
-            usd(result.cost_usd),
-            usd(task.max_cost_usd)
-        ));
-    }
-    None
-}
-
-/// Dollars with up to six decimals and no trailing zeros, so a small cap (`$0.0001`) is not
-/// printed as `$0.00`.
-fn usd(amount: f64) -> String {
-    let s = format!("{amount:.6}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s.is_empty() || s == "-" {
-        "0".to_string()
-    } else {
-        s.to_string()
-    }
 }
 
 /// The final message of a failed task lists every attempt, so one line tells the whole story.
@@ -464,15 +464,6 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(max_attempts(&f), 1);
-    }
-
-    #[test]
-    fn small_amounts_keep_their_digits() {
-        assert_eq!(usd(0.0001), "0.0001");
-        assert_eq!(usd(0.012345678), "0.012346");
-        assert_eq!(usd(2.5), "2.5");
-        assert_eq!(usd(0.0), "0");
-        assert_eq!(usd(10.0), "10");
     }
 
     #[test]

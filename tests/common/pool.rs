@@ -882,6 +882,23 @@ pub fn check_stream(events: &[pas::contract::v1::TaskEvent]) -> pas::contract::v
     results.into_iter().next().expect("one result")
 }
 
+/// Asserts that a task failed with `class` (the result is printed when not).
+#[track_caller]
+pub fn assert_failed_with(
+    result: &pas::contract::v1::TaskResult,
+    class: pas::contract::v1::ErrorClass,
+) {
+    use pas::contract::v1::{ErrorClass, TaskState};
+    assert_eq!(
+        (
+            TaskState::try_from(result.status),
+            ErrorClass::try_from(result.error_class)
+        ),
+        (Ok(TaskState::Failed), Ok(class)),
+        "{result:#?}"
+    );
+}
+
 /// The Failover events of a task.
 pub fn failovers(events: &[pas::contract::v1::TaskEvent]) -> Vec<pas::contract::v1::Failover> {
     use pas::contract::v1::task_event::Kind;
