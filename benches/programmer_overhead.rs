@@ -151,6 +151,7 @@ async fn bench(runs: usize, dry_runs: usize) {
         request_timeout_s: config.pool.aider.request_timeout_s,
         launch_prefix: Vec::new(),
         extra_env: Vec::new(),
+        usage_cap: None,
     };
 
     let execute = |client: &mut pool::ProgrammerClient, dry_run: bool| {

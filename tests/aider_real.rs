@@ -59,6 +59,7 @@ fn invocation(repo: &Path, model: ModelEndpoint, message: &str) -> AiderInvocati
         request_timeout_s: 30,
         launch_prefix: Vec::new(),
         extra_env: Vec::new(),
+        usage_cap: None,
     }
 }
 

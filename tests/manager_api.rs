@@ -243,7 +243,7 @@ async fn cancel_and_get_task_for_queued_running_and_finished_tasks() {
         (1, 0),
         "only the dry run completed: {st:#?}"
     );
-    let branches = common::git(&repo, &["branch", "--list", "pas/*"]);
+    let branches = common::git(&repo, &["branch", "--list", "pas/*", "pas-work/*"]);
     assert!(branches.trim().is_empty(), "task branch left: {branches}");
     let rec = get_task(&c, "running-1").await;
     assert_eq!(rec.state, TaskState::Cancelled as i32);

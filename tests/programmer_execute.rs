@@ -321,3 +321,42 @@ async fn a_hostile_aider_config_in_the_repository_is_not_obeyed() {
     );
     assert_eq!(pool::worktree_count(&repo), 1);
 }
+
+/// A dispatch attempt of a task whose result another attempt already kept (`pas/<origin>`) is
+/// refused before aider runs: a distinct, final failure naming the branch and commit that exist,
+/// and nothing of it is left in the repository.
+#[tokio::test]
+async fn an_attempt_of_an_already_kept_task_fails_already_kept_without_calling_the_llm() {
+    let pool = TestPool::new(PoolOptions::default());
+    let repo = pool.sample_repo();
+    let base = common::git_head(&repo);
+    // Attempt 1 of task "k" kept its result (made by hand here).
+    common::git(&repo, &["branch", "pas/k", &base]);
+    let _prog = pool.start_programmer("001");
+    let mut c = client(&pool, "001").await;
+
+    let (_, result) = execute(
+        &mut c,
+        TaskRequest {
+            task_id: "k:attempt-2".into(),
+            origin_task_id: "k".into(),
+            dispatch_attempt: 2,
+            ..task("Add docstrings to all functions", &["src/module.py"])
+        },
+    )
+    .await;
+    pool::assert_failed_with(&result, ErrorClass::AlreadyKept);
+    assert!(
+        result.error_message.contains("already kept") && result.error_message.contains("pas/k"),
+        "{}",
+        result.error_message
+    );
+    assert_eq!(
+        (result.branch.as_str(), result.commit.as_str()),
+        ("pas/k", base.as_str())
+    );
+    assert!(result.attempts.is_empty(), "no LLM paid: {result:#?}");
+    assert!(pool::sim_requests(&pool.sim).await.is_empty());
+    assert_eq!(pool::task_branches(&repo), vec!["pas/k".to_string()]);
+    assert_eq!(pool::worktree_count(&repo), 1);
+}

@@ -69,7 +69,15 @@ async fn kill_9_leaves_no_orphan_aider_and_restart_sweeps_the_worktree() {
         task_dir.exists(),
         "the dead run left its worktree behind (nothing could clean it)"
     );
-    assert!(common::git(&repo, &["branch", "--list", "pas/doomed"]).contains("pas/doomed"));
+    // The attempt's scratch branch; no result was kept.
+    assert!(
+        common::git(&repo, &["branch", "--list", "pas-work/doomed"]).contains("pas-work/doomed")
+    );
+    assert!(
+        common::git(&repo, &["branch", "--list", "pas/*"])
+            .trim()
+            .is_empty()
+    );
 
     // Restart: the leftover worktree and branch are swept before serving.
     pool.sim.set_script("rules: []\n").await;
@@ -77,7 +85,7 @@ async fn kill_9_leaves_no_orphan_aider_and_restart_sweeps_the_worktree() {
     assert!(!task_dir.exists(), "abandoned worktree removed on start-up");
     assert_eq!(common::git(&repo, &["worktree", "list"]).lines().count(), 1);
     assert!(
-        common::git(&repo, &["branch", "--list", "pas/*"])
+        common::git(&repo, &["branch", "--list", "pas-work/*", "pas/*"])
             .trim()
             .is_empty(),
         "abandoned branch deleted"

@@ -96,7 +96,13 @@ async fn ten_programmers_on_one_repository() {
             tokio::spawn(async move {
                 barrier.wait().await;
                 let wt = ws
-                    .create_task_worktree(&worktrees, &format!("task-{i}"), &base, &identity(i))
+                    .create_task_worktree(
+                        &worktrees,
+                        &format!("task-{i}"),
+                        &format!("task-{i}"),
+                        &base,
+                        &identity(i),
+                    )
                     .await
                     .map_err(|e| format!("task {i} create: {e}"))?;
                 let file = format!("task-{i}.txt");
@@ -106,7 +112,9 @@ async fn ten_programmers_on_one_repository() {
                     .finish(&format!("task {i}"))
                     .await
                     .map_err(|e| format!("task {i} finish: {e}"))?;
-                wt.keep().await.map_err(|e| format!("task {i} keep: {e}"))?;
+                wt.keep(&change)
+                    .await
+                    .map_err(|e| format!("task {i} keep: {e}"))?;
                 Ok::<_, String>((i, file, change))
             })
         })
@@ -182,7 +190,7 @@ async fn sustained_churn_keeps_the_repository_consistent() {
                 for round in 0..3 {
                     let id = format!("p{p}-r{round}");
                     let wt = ws
-                        .create_task_worktree(&worktrees, &id, &base, &identity(p))
+                        .create_task_worktree(&worktrees, &id, &id, &base, &identity(p))
                         .await
                         .map_err(|e| format!("{id} create: {e}"))?;
                     fs::write(wt.path().join("failed-attempt.txt"), "x")
@@ -198,7 +206,9 @@ async fn sustained_churn_keeps_the_repository_consistent() {
                         return Err(format!("{id}: unexpected files {:?}", change.files_changed));
                     }
                     if (p + round) % 2 == 0 {
-                        wt.keep().await.map_err(|e| format!("{id} keep: {e}"))?;
+                        wt.keep(&change)
+                            .await
+                            .map_err(|e| format!("{id} keep: {e}"))?;
                         kept.push(format!("pas/{id}"));
                     } else {
                         wt.discard()
@@ -274,6 +284,7 @@ fn child_programmer_process() {
             .create_task_worktree(
                 Path::new(worktrees),
                 &format!("proc-{i}"),
+                &format!("proc-{i}"),
                 base,
                 &identity(i),
             )
@@ -292,7 +303,7 @@ fn child_programmer_process() {
         .expect("write");
         let change = wt.finish(&format!("process {i}")).await.expect("finish");
         assert_eq!(change.files_changed, vec![format!("proc-{i}.txt")]);
-        wt.keep().await.expect("keep");
+        wt.keep(&change).await.expect("keep");
     });
 }
 

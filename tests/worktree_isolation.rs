@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use pas::programmer::worktree::{GitIdentity, WorktreeError, sanitize_task_id};
+use pas::programmer::worktree::{
+    Change, GitIdentity, TaskWorktree, WorktreeError, sanitize_task_id, sweep_abandoned,
+};
 use pas::workspace::{PathError, Workspace, WorkspaceError};
 
 // ----- helpers -----
@@ -291,19 +293,22 @@ async fn create_finish_keep_leaves_exactly_the_branch() {
     let f = fixture().await;
     let base = f.ws.resolve_base(None).await.expect("base");
     let wt =
-        f.ws.create_task_worktree(&f.worktrees, "task-1", &base, &identity())
+        f.ws.create_task_worktree(&f.worktrees, "task-1", "task-1", &base, &identity())
             .await
             .expect("create");
-    assert_eq!(wt.branch(), "pas/task-1");
+    // The attempt works on a scratch branch; the result is kept under the task's own name.
+    assert_eq!(wt.branch(), "pas-work/task-1");
+    assert_eq!(wt.kept_branch(), "pas/task-1");
     assert_eq!(wt.base_commit(), base);
     assert!(wt.path().is_dir());
     assert!(!wt.path().starts_with(&f.repo), "worktree outside the repo");
     assert_eq!(worktree_count(&f.repo), 2);
     assert_eq!(
         git(wt.path(), &["rev-parse", "--abbrev-ref", "HEAD"]),
-        "pas/task-1"
+        "pas-work/task-1"
     );
-    assert_eq!(git(&f.repo, &["rev-parse", "pas/task-1"]), base);
+    assert_eq!(git(&f.repo, &["rev-parse", "pas-work/task-1"]), base);
+    assert_eq!(branches(&f.repo), vec!["main", "pas-work/task-1"]);
 
     fs::write(wt.path().join("hello.txt"), "hello\n").expect("write");
     fs::write(
@@ -318,7 +323,7 @@ async fn create_finish_keep_leaves_exactly_the_branch() {
     assert!(change.diff.contains("println!"), "{}", change.diff);
 
     let path = wt.path().to_path_buf();
-    wt.keep().await.expect("keep");
+    wt.keep(&change).await.expect("keep");
     assert!(!path.exists(), "worktree directory removed");
     assert_eq!(worktree_count(&f.repo), 1);
     assert_eq!(branches(&f.repo), vec!["main", "pas/task-1"]);
@@ -341,7 +346,7 @@ async fn finish_includes_commits_aider_made_and_excludes_aider_files() {
     let f = fixture().await;
     let base = f.ws.resolve_base(None).await.expect("base");
     let wt =
-        f.ws.create_task_worktree(&f.worktrees, "task-2", &base, &identity())
+        f.ws.create_task_worktree(&f.worktrees, "task-2", "task-2", &base, &identity())
             .await
             .expect("create");
     // Like aider with auto-commits: one committed edit, one left in the working tree.
@@ -358,12 +363,16 @@ async fn finish_includes_commits_aider_made_and_excludes_aider_files() {
     assert_eq!(
         git(
             &f.repo,
-            &["rev-list", "--count", &format!("{base}..pas/task-2")]
+            &["rev-list", "--count", &format!("{base}..pas-work/task-2")]
         ),
         "2"
     );
+    assert_eq!(
+        git(&f.repo, &["rev-parse", "pas-work/task-2"]),
+        change.commit
+    );
+    wt.keep(&change).await.expect("keep");
     assert_eq!(git(&f.repo, &["rev-parse", "pas/task-2"]), change.commit);
-    wt.keep().await.expect("keep");
     assert_eq!(worktree_count(&f.repo), 1);
 }
 
@@ -372,7 +381,7 @@ async fn empty_change_reports_the_base_and_discard_leaves_nothing() {
     let f = fixture().await;
     let base = f.ws.resolve_base(None).await.expect("base");
     let wt =
-        f.ws.create_task_worktree(&f.worktrees, "task-3", &base, &identity())
+        f.ws.create_task_worktree(&f.worktrees, "task-3", "task-3", &base, &identity())
             .await
             .expect("create");
     let change = wt.finish("nothing").await.expect("finish");
@@ -397,7 +406,7 @@ async fn reset_returns_to_the_base_for_the_next_attempt() {
     let f = fixture().await;
     let base = f.ws.resolve_base(None).await.expect("base");
     let wt =
-        f.ws.create_task_worktree(&f.worktrees, "task-4", &base, &identity())
+        f.ws.create_task_worktree(&f.worktrees, "task-4", "task-4", &base, &identity())
             .await
             .expect("create");
     fs::write(wt.path().join("README.md"), "changed\n").expect("write");
@@ -413,7 +422,7 @@ async fn reset_returns_to_the_base_for_the_next_attempt() {
 
     wt.reset().await.expect("reset");
     assert_eq!(git(wt.path(), &["rev-parse", "HEAD"]), base);
-    assert_eq!(git(&f.repo, &["rev-parse", "pas/task-4"]), base);
+    assert_eq!(git(&f.repo, &["rev-parse", "pas-work/task-4"]), base);
     assert_eq!(git(wt.path(), &["status", "--porcelain", "--ignored"]), "");
     assert_eq!(
         fs::read_to_string(wt.path().join("README.md")).expect("read"),
@@ -424,7 +433,7 @@ async fn reset_returns_to_the_base_for_the_next_attempt() {
     fs::write(wt.path().join("second.txt"), "2\n").expect("write");
     let change = wt.finish("attempt 2").await.expect("finish");
     assert_eq!(change.files_changed, vec!["second.txt"]);
-    assert_eq!(git(&f.repo, &["rev-parse", "pas/task-4^"]), base);
+    assert_eq!(git(&f.repo, &["rev-parse", "pas-work/task-4^"]), base);
     wt.discard().await.expect("discard");
 }
 
@@ -433,7 +442,7 @@ async fn dropping_an_unfinished_worktree_cleans_up() {
     let f = fixture().await;
     let base = f.ws.resolve_base(None).await.expect("base");
     let wt =
-        f.ws.create_task_worktree(&f.worktrees, "task-5", &base, &identity())
+        f.ws.create_task_worktree(&f.worktrees, "task-5", "task-5", &base, &identity())
             .await
             .expect("create");
     fs::write(wt.path().join("half.txt"), "half done").expect("write");
@@ -455,18 +464,19 @@ async fn cancelled_task_leaves_nothing_behind() {
     let (created_tx, created_rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
         let wt = ws
-            .create_task_worktree(&worktrees, "task-6", &base, &identity())
+            .create_task_worktree(&worktrees, "task-6", "task-6", &base, &identity())
             .await
             .expect("create");
         fs::write(wt.path().join("x.txt"), "x").expect("write");
         let _ = created_tx.send(wt.path().to_path_buf());
         // "aider" runs for a long time; the task is cancelled meanwhile.
         tokio::time::sleep(Duration::from_secs(3600)).await;
-        wt.keep().await
+        let change = wt.finish("never").await.expect("finish");
+        wt.keep(&change).await
     });
     let path = created_rx.await.expect("worktree created");
     assert!(path.is_dir());
-    assert_eq!(branches(&f.repo), vec!["main", "pas/task-6"]);
+    assert_eq!(branches(&f.repo), vec!["main", "pas-work/task-6"]);
     task.abort();
     assert!(task.await.expect_err("aborted").is_cancelled());
     assert!(!path.exists());
@@ -482,11 +492,12 @@ async fn task_ids_are_sanitized_for_refs_and_paths() {
     let base = f.ws.resolve_base(None).await.expect("base");
     let id = "../../evil branch~1^:?*[lock";
     let wt =
-        f.ws.create_task_worktree(&f.worktrees, id, &base, &identity())
+        f.ws.create_task_worktree(&f.worktrees, id, id, &base, &identity())
             .await
             .expect("create");
     let name = sanitize_task_id(id).expect("sanitize");
-    assert_eq!(wt.branch(), format!("pas/{name}"));
+    assert_eq!(wt.branch(), format!("pas-work/{name}"));
+    assert_eq!(wt.kept_branch(), format!("pas/{name}"));
     assert_eq!(
         wt.path(),
         fs::canonicalize(&f.worktrees).expect("dir").join(&name)
@@ -495,21 +506,28 @@ async fn task_ids_are_sanitized_for_refs_and_paths() {
         &f.repo,
         &["check-ref-format", &format!("refs/heads/{}", wt.branch())],
     );
+    git(
+        &f.repo,
+        &[
+            "check-ref-format",
+            &format!("refs/heads/{}", wt.kept_branch()),
+        ],
+    );
     wt.discard().await.expect("discard");
     assert_eq!(branches(&f.repo), vec!["main"]);
 
     assert!(matches!(
-        f.ws.create_task_worktree(&f.worktrees, "", &base, &identity())
+        f.ws.create_task_worktree(&f.worktrees, "", "", &base, &identity())
             .await,
         Err(WorktreeError::InvalidTaskId { .. })
     ));
     assert!(matches!(
-        f.ws.create_task_worktree(&f.worktrees, "t", "--orphan", &identity())
+        f.ws.create_task_worktree(&f.worktrees, "t", "t", "--orphan", &identity())
             .await,
         Err(WorktreeError::InvalidRef { .. })
     ));
     assert!(matches!(
-        f.ws.create_task_worktree(&f.worktrees, "t", "deadbeef", &identity())
+        f.ws.create_task_worktree(&f.worktrees, "t", "t", "deadbeef", &identity())
             .await,
         Err(WorktreeError::UnknownRef { .. })
     ));
@@ -520,7 +538,7 @@ async fn a_duplicate_task_id_does_not_disturb_the_first() {
     let f = fixture().await;
     let base = f.ws.resolve_base(None).await.expect("base");
     let first =
-        f.ws.create_task_worktree(&f.worktrees, "dup", &base, &identity())
+        f.ws.create_task_worktree(&f.worktrees, "dup", "dup", &base, &identity())
             .await
             .expect("create");
     fs::write(first.path().join("mine.txt"), "mine").expect("write");
@@ -528,7 +546,7 @@ async fn a_duplicate_task_id_does_not_disturb_the_first() {
     // Same id, different worktrees dir: the branch is taken.
     let other_dir = f.worktrees.with_file_name("worktrees-2");
     let second =
-        f.ws.create_task_worktree(&other_dir, "dup", &base, &identity())
+        f.ws.create_task_worktree(&other_dir, "dup", "dup", &base, &identity())
             .await;
     assert!(
         matches!(second, Err(WorktreeError::BranchExists { .. })),
@@ -536,7 +554,7 @@ async fn a_duplicate_task_id_does_not_disturb_the_first() {
     );
     // Same id, same dir: the directory is taken.
     let third =
-        f.ws.create_task_worktree(&f.worktrees, "dup", &base, &identity())
+        f.ws.create_task_worktree(&f.worktrees, "dup", "dup", &base, &identity())
             .await;
     assert!(
         matches!(third, Err(WorktreeError::WorktreeExists { .. })),
@@ -547,7 +565,7 @@ async fn a_duplicate_task_id_does_not_disturb_the_first() {
     assert_eq!(worktree_count(&f.repo), 2);
     let change = first.finish("mine").await.expect("finish");
     assert_eq!(change.files_changed, vec!["mine.txt"]);
-    first.keep().await.expect("keep");
+    first.keep(&change).await.expect("keep");
     assert_eq!(branches(&f.repo), vec!["main", "pas/dup"]);
 }
 
@@ -556,7 +574,7 @@ async fn worktrees_inside_the_repository_are_refused() {
     let f = fixture().await;
     let base = f.ws.resolve_base(None).await.expect("base");
     let r =
-        f.ws.create_task_worktree(&f.repo.join(".pas-worktrees"), "t", &base, &identity())
+        f.ws.create_task_worktree(&f.repo.join(".pas-worktrees"), "t", "t", &base, &identity())
             .await;
     assert!(
         matches!(r, Err(WorktreeError::WorktreesDirInsideRepo { .. })),
@@ -565,13 +583,152 @@ async fn worktrees_inside_the_repository_are_refused() {
     assert_eq!(branches(&f.repo), vec!["main"]);
 }
 
+// ----- at most one kept result per task -----
+
+/// Writes `file` in the worktree and finishes: one attempt's successful edit.
+async fn edit(wt: &TaskWorktree, file: &str) -> Change {
+    fs::write(wt.path().join(file), format!("{file}\n")).expect("write");
+    wt.finish(file).await.expect("finish")
+}
+
+#[tokio::test]
+async fn two_attempts_of_one_task_keep_exactly_one_branch() {
+    let f = fixture().await;
+    let base = f.ws.resolve_base(None).await.expect("base");
+    // Dispatch attempt 1 (a programmer thought lost, still running) and attempt 2 (the reroute)
+    // run at the same time, on two programmers with their own worktrees directories.
+    let first =
+        f.ws.create_task_worktree(&f.worktrees, "t", "t", &base, &identity())
+            .await
+            .expect("attempt 1");
+    let other_dir = f.worktrees.with_file_name("worktrees-2");
+    let second =
+        f.ws.create_task_worktree(&other_dir, "t:attempt-2", "t", &base, &identity())
+            .await
+            .expect("attempt 2");
+    assert_ne!(first.branch(), second.branch(), "own scratch branches");
+    assert_eq!(first.kept_branch(), "pas/t");
+    assert_eq!(second.kept_branch(), "pas/t");
+
+    // Both succeed, with different edits.
+    let one = edit(&first, "one.txt").await;
+    let two = edit(&second, "two.txt").await;
+    assert_ne!(one.commit, two.commit);
+
+    // The second to keep is refused by git, whatever the order in time.
+    second.keep(&two).await.expect("the first keep wins");
+    let refused = first.keep(&one).await.expect_err("a second kept result");
+    match &refused {
+        WorktreeError::AlreadyKept { branch, commit } => {
+            assert_eq!(branch, "pas/t");
+            assert_eq!(commit.as_deref(), Some(two.commit.as_str()));
+        }
+        other => panic!("expected AlreadyKept, got {other:?}"),
+    }
+    assert!(refused.to_string().contains("already kept"), "{refused}");
+
+    // Exactly one branch holds the task's result: attempt 2's; attempt 1 left nothing.
+    assert_eq!(branches(&f.repo), vec!["main", "pas/t"]);
+    assert_eq!(git(&f.repo, &["rev-parse", "pas/t"]), two.commit);
+    assert_eq!(worktree_count(&f.repo), 1);
+    for dir in [&f.worktrees, &other_dir] {
+        assert_eq!(fs::read_dir(dir).expect("dir").count(), 0, "{dir:?}");
+    }
+
+    // A third attempt is refused before it starts (no LLM paid for a result that cannot be kept).
+    let third =
+        f.ws.create_task_worktree(&f.worktrees, "t:attempt-3", "t", &base, &identity())
+            .await;
+    assert!(
+        matches!(third, Err(WorktreeError::AlreadyKept { .. })),
+        "{third:?}"
+    );
+    assert_eq!(branches(&f.repo), vec!["main", "pas/t"]);
+}
+
+#[tokio::test]
+async fn concurrent_keeps_of_one_task_leave_one_winner() {
+    let f = fixture().await;
+    let base = f.ws.resolve_base(None).await.expect("base");
+    let mut attempts = Vec::new();
+    for n in 1..=4 {
+        let id = format!("race:attempt-{n}");
+        let wt =
+            f.ws.create_task_worktree(&f.worktrees, &id, "race", &base, &identity())
+                .await
+                .expect("create");
+        let change = edit(&wt, &format!("attempt-{n}.txt")).await;
+        attempts.push((wt, change));
+    }
+    // All four keep at once: git's ref lock, not timing, picks one.
+    let outcomes = futures::future::join_all(
+        attempts
+            .into_iter()
+            .map(|(wt, change)| async move { (wt.keep(&change).await, change.commit) }),
+    )
+    .await;
+    let winners: Vec<&String> = outcomes
+        .iter()
+        .filter(|(r, _)| r.is_ok())
+        .map(|(_, c)| c)
+        .collect();
+    assert_eq!(winners.len(), 1, "{outcomes:?}");
+    for (r, _) in &outcomes {
+        if let Err(e) = r {
+            assert!(matches!(e, WorktreeError::AlreadyKept { .. }), "{e:?}");
+        }
+    }
+    assert_eq!(branches(&f.repo), vec!["main", "pas/race"]);
+    assert_eq!(git(&f.repo, &["rev-parse", "pas/race"]), *winners[0]);
+    assert_eq!(worktree_count(&f.repo), 1);
+}
+
+#[tokio::test]
+async fn the_sweep_removes_a_killed_attempts_scratch_branch_and_never_a_kept_one() {
+    let f = fixture().await;
+    let base = f.ws.resolve_base(None).await.expect("base");
+    // Attempt 1 of task "k" and an unrelated task run on a programmer that is then killed:
+    // nothing runs to clean up (no Drop).
+    for (id, origin) in [("k", "k"), ("other", "other")] {
+        let wt =
+            f.ws.create_task_worktree(&f.worktrees, id, origin, &base, &identity())
+                .await
+                .expect("create");
+        std::mem::forget(wt);
+    }
+    // Attempt 2 of "k", rerouted to another programmer, keeps its result.
+    let kept =
+        f.ws.create_task_worktree(
+            &f.worktrees.with_file_name("worktrees-2"),
+            "k:attempt-2",
+            "k",
+            &base,
+            &identity(),
+        )
+        .await
+        .expect("create");
+    let change = edit(&kept, "kept.txt").await;
+    kept.keep(&change).await.expect("keep");
+    assert_eq!(
+        branches(&f.repo),
+        vec!["main", "pas-work/k", "pas-work/other", "pas/k"]
+    );
+
+    // The killed programmer restarts: its scratch worktrees and branches go, the result stays.
+    let removed = sweep_abandoned(&f.worktrees, &identity()).await;
+    assert_eq!(removed, 2);
+    assert_eq!(branches(&f.repo), vec!["main", "pas/k"]);
+    assert_eq!(git(&f.repo, &["rev-parse", "pas/k"]), change.commit);
+    assert_eq!(worktree_count(&f.repo), 1);
+}
+
 // ----- lock contention -----
 
 #[tokio::test]
 async fn a_briefly_held_ref_lock_is_waited_out() {
     let f = fixture().await;
     let base = f.ws.resolve_base(None).await.expect("base");
-    let lock = f.repo.join(".git/refs/heads/pas/locked.lock");
+    let lock = f.repo.join(".git/refs/heads/pas-work/locked.lock");
     fs::create_dir_all(lock.parent().expect("parent")).expect("mkdir");
     fs::write(&lock, "").expect("hold the lock");
     let release = {
@@ -582,7 +739,7 @@ async fn a_briefly_held_ref_lock_is_waited_out() {
         })
     };
     let wt =
-        f.ws.create_task_worktree(&f.worktrees, "locked", &base, &identity())
+        f.ws.create_task_worktree(&f.worktrees, "locked", "locked", &base, &identity())
             .await
             .expect("create succeeds once the lock is released");
     release.await.expect("release task");
@@ -593,11 +750,11 @@ async fn a_briefly_held_ref_lock_is_waited_out() {
 async fn a_stuck_lock_fails_with_the_command_and_stderr() {
     let f = fixture().await;
     let base = f.ws.resolve_base(None).await.expect("base");
-    let lock = f.repo.join(".git/refs/heads/pas/stuck.lock");
+    let lock = f.repo.join(".git/refs/heads/pas-work/stuck.lock");
     fs::create_dir_all(lock.parent().expect("parent")).expect("mkdir");
     fs::write(&lock, "").expect("hold the lock");
     let err =
-        f.ws.create_task_worktree(&f.worktrees, "stuck", &base, &identity())
+        f.ws.create_task_worktree(&f.worktrees, "stuck", "stuck", &base, &identity())
             .await
             .expect_err("a lock that is never released fails after bounded retries");
     let text = err.to_string();
@@ -625,11 +782,11 @@ async fn a_creation_cancelled_midway_leaves_nothing_behind() {
 
     let (ws, worktrees) = (f.ws.clone(), f.worktrees.clone());
     let task = tokio::spawn(async move {
-        ws.create_task_worktree(&worktrees, "cancel-me", &base, &identity())
+        ws.create_task_worktree(&worktrees, "cancel-me", "cancel-me", &base, &identity())
             .await
     });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !branches(&f.repo).contains(&"pas/cancel-me".to_string()) {
+    while !branches(&f.repo).contains(&"pas-work/cancel-me".to_string()) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "branch never created"

@@ -69,12 +69,26 @@ impl LlmSpec {
     /// checked finite and >= 0 when the configuration loads; were one not, the cost would be the
     /// most there is, never nothing.
     pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> Usd {
-        Usd::from_usd(
-            prompt_tokens as f64 * self.input_cost_per_token
-                + completion_tokens as f64 * self.output_cost_per_token,
+        token_cost(
+            prompt_tokens,
+            completion_tokens,
+            self.input_cost_per_token,
+            self.output_cost_per_token,
         )
-        .unwrap_or(Usd::MAX)
     }
+}
+
+/// What `prompt` and `completion` tokens cost at per-token prices, rounded once to nano-dollars.
+/// An unusable price (it cannot happen: prices are validated at load) charges the maximum, so the
+/// ledger never under-counts.
+pub fn token_cost(
+    prompt: u64,
+    completion: u64,
+    input_per_token: f64,
+    output_per_token: f64,
+) -> Usd {
+    Usd::from_usd(prompt as f64 * input_per_token + completion as f64 * output_per_token)
+        .unwrap_or(Usd::MAX)
 }
 
 /// Resolves `name` against the file's `llms:` entries and the built-in catalog.

@@ -23,7 +23,7 @@ mod validate;
 
 pub use catalog::Provider;
 pub use error::{ConfigError, ConfigIssue};
-pub use llm::LlmSpec;
+pub use llm::{LlmSpec, token_cost};
 pub use locate::KeyPath;
 pub use model::*;
 pub use spec::{

@@ -76,6 +76,7 @@ impl SimArgs {
             };
             extra.push(Rule {
                 model: pattern.to_string(),
+                after: 0,
                 behaviour: Behaviour {
                     fault: fault.parse()?,
                     times,

@@ -4,7 +4,9 @@
 //! or by glob (`gpt-*`, `qwen?.5*`), against both the name on the wire (`llama3`) and the name with
 //! its API in front (`ollama/llama3`), so a script can use the names from the pool configuration.
 //! A rule's fault can be limited to the next N requests (`times: 3`), after which the model
-//! behaves: that is how a test makes a primary fail three times and then recover.
+//! behaves: that is how a test makes a primary fail three times and then recover. A rule can
+//! also start late (`after: 1`): the first N requests it matches fall through to the rules below
+//! it, so a test can let aider's first call through and make its next one hang.
 //!
 //! Scripts come from `--script FILE` (YAML or JSON), from flags (the default behaviour), and at run
 //! time from `POST /_sim/script`, which replaces the script and restarts its counters.
@@ -19,6 +21,7 @@
 //!     chunk_delay_ms: 20    # between streamed chunks
 //!     chunk_chars: 8
 //!   - model: "gpt-4o"
+//!     after: 1              # the first matching request skips this rule (answers normally)
 //!     fault: hang           # none | http_4xx/5xx | drop | hang | malformed | no_match | empty
 //! default:
 //!   fault: none
@@ -133,6 +136,10 @@ pub struct Behaviour {
 pub struct Rule {
     /// Exact model name or glob (`*`, `?`), matched against `model` and `api/model`.
     pub model: String,
+    /// The rule applies from the (N+1)-th request it matches on; the first N fall through to
+    /// the rules after it (then the default). 0 = from the first request.
+    #[serde(default)]
+    pub after: u32,
     /// What the matching models do.
     #[serde(flatten)]
     pub behaviour: Behaviour,
@@ -204,6 +211,8 @@ pub struct Engine {
     script: Script,
     /// Remaining faulty requests per rule (index = rule index; last = default).
     remaining: Vec<Option<u32>>,
+    /// Requests still to let through per rule before it applies (its `after`, counting down).
+    skip: Vec<u32>,
 }
 
 impl Engine {
@@ -215,7 +224,12 @@ impl Engine {
             .map(|r| r.behaviour.times)
             .chain(std::iter::once(script.default.times))
             .collect();
-        Engine { script, remaining }
+        let skip = script.rules.iter().map(|r| r.after).collect();
+        Engine {
+            script,
+            remaining,
+            skip,
+        }
     }
 
     /// The script being run.
@@ -231,11 +245,24 @@ impl Engine {
     /// Decides the behaviour of one request to `model` on `api`, consuming one "times" count.
     pub fn decide(&mut self, api: &str, model: &str) -> Decision {
         let qualified = format!("{api}/{model}");
+        let skip = &mut self.skip;
         let index = self
             .script
             .rules
             .iter()
-            .position(|r| matches(&r.model, model) || matches(&r.model, &qualified))
+            .enumerate()
+            .position(|(i, r)| {
+                if !(matches(&r.model, model) || matches(&r.model, &qualified)) {
+                    return false;
+                }
+                match skip.get_mut(i) {
+                    Some(left) if *left > 0 => {
+                        *left -= 1;
+                        false
+                    }
+                    _ => true,
+                }
+            })
             .unwrap_or(self.script.rules.len());
         let (label, behaviour) = match self.script.rules.get(index) {
             Some(rule) => (rule.model.clone(), &rule.behaviour),
@@ -322,6 +349,38 @@ mod tests {
             vec![Fault::Http(503), Fault::Http(503), Fault::None, Fault::None]
         );
         assert_eq!(e.remaining()[0], Some(0));
+    }
+
+    #[test]
+    fn after_lets_the_first_requests_through_to_the_next_rules() {
+        let script = Script::parse(
+            "rules:\n  - model: p\n    after: 1\n    fault: hang\n  - model: p\n    after: 1\n    fault: http_500\ndefault:\n  fault: no_match\n",
+        )
+        .unwrap();
+        let mut e = Engine::new(script);
+        let decided: Vec<(Fault, String)> = (0..4)
+            .map(|_| {
+                let d = e.decide("openai", "p");
+                (d.fault, d.rule)
+            })
+            .collect();
+        assert_eq!(
+            decided,
+            vec![
+                // Skips both rules (each counts it), so the default answers.
+                (Fault::NoMatch, "default".to_string()),
+                (Fault::Hang, "p".to_string()),
+                (Fault::Hang, "p".to_string()),
+                (Fault::Hang, "p".to_string()),
+            ]
+        );
+        // Other models are not counted.
+        let mut e = Engine::new(
+            Script::parse("rules:\n  - model: p\n    after: 1\n    fault: hang\n").unwrap(),
+        );
+        assert_eq!(e.decide("openai", "q").fault, Fault::None);
+        assert_eq!(e.decide("openai", "p").fault, Fault::None);
+        assert_eq!(e.decide("openai", "p").fault, Fault::Hang);
     }
 
     #[test]

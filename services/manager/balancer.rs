@@ -412,6 +412,11 @@ impl Balancer {
                     key: reservation_key(&request.task_id, request.dispatch_attempt),
                     amount,
                 });
+                // Only the programmer-side id changes per attempt; the caller's id goes along
+                // unchanged, so every attempt competes for the same kept branch.
+                if request.origin_task_id.is_empty() {
+                    request.origin_task_id = request.task_id.clone();
+                }
                 request.task_id = attempt_task_id(&request.task_id, request.dispatch_attempt);
                 // Starts the task: in flight +1 and the endpoint back to pending, both of which
                 // mark the member dirty for the next decision.
@@ -522,10 +527,12 @@ pub fn reservation_key(task_id: &str, dispatch_attempt: u32) -> String {
 /// The task id a programmer is given for one dispatch attempt: the caller's id on the first, a
 /// distinct id (`<id>:attempt-<n>`) on each re-dispatch.
 ///
-/// A programmer names the task's branch and worktree after this id, and one that is killed
-/// mid-task leaves both behind in the shared repository (nothing runs to clean up). A re-dispatch
-/// under the same id then failed wherever it landed with "branch `pas/<id>` already exists". Budget
-/// holds and task records stay keyed by the caller's id; only the programmer sees this one.
+/// A programmer names the attempt's scratch branch and worktree after this id, and one that is
+/// killed mid-task leaves both behind in the shared repository (nothing runs to clean up). A
+/// re-dispatch under the same id would fail wherever it landed with "branch already exists".
+/// The branch a result is kept on is named after the caller's id instead
+/// (`TaskRequest.origin_task_id`, unchanged by this function), so only one attempt can keep one.
+/// Budget holds and task records stay keyed by the caller's id; only the programmer sees this one.
 pub fn attempt_task_id(task_id: &str, dispatch_attempt: u32) -> String {
     if dispatch_attempt <= 1 {
         return task_id.to_string();

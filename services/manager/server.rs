@@ -88,6 +88,9 @@ pub fn route_for(mgr: &Manager, req: &DispatchRequest, task_id: &str) -> Result<
         max_cost_usd: 0.0,
         max_cost_nanousd: 0,
         dispatch_attempt: 1,
+        // Stays the caller's id on every dispatch attempt (the balancer rewrites only task_id,
+        // see `attempt_task_id`): the programmer keeps at most one result under it.
+        origin_task_id: task_id.to_string(),
     };
     Ok(Route {
         request,

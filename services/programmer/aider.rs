@@ -15,7 +15,12 @@
 //! - the provider's API base is passed as a command-line setting (which beats any `.env`), the API
 //!   key only through the environment (never on the command line) and is redacted from all output;
 //! - aider runs in its own process group, and every way out of [`run_aider`] (exit, cancel,
-//!   deadline, the future being dropped) kills that group, so no orphan survives an attempt.
+//!   deadline, usage cap, the future being dropped) kills that group, so no orphan survives an
+//!   attempt;
+//! - a task's token and cost caps hold *during* a run, not only between attempts: with a
+//!   [`UsageCap`], the analytics log (one `message_send` line per LLM reply, written as it
+//!   happens) is tailed every [`USAGE_POLL`], and the run is stopped the moment the task's total
+//!   crosses a cap, instead of letting aider start its next (possibly long) LLM call.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -44,6 +49,9 @@ const GIT_EMAIL: &str = "pas-programmer@localhost";
 const TERM_GRACE: Duration = Duration::from_millis(1000);
 /// How long to wait for the output pipes to close after the process group is gone.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a capped run reads the new lines of aider's analytics log. Each LLM reply is logged
+/// once it is complete, so this bounds how long aider runs past the reply that crossed the cap.
+pub const USAGE_POLL: Duration = Duration::from_millis(200);
 
 /// The LLM provider API of a model: the configuration's own type.
 pub use crate::config::Provider;
@@ -70,6 +78,55 @@ pub struct ModelEndpoint {
     pub context_limit: u64,
 }
 
+impl ModelEndpoint {
+    /// What `prompt` and `completion` tokens cost on this model, in USD: the one formula for the
+    /// cap during a run and for the attempt's reported cost.
+    pub fn cost_of(&self, prompt: u64, completion: u64) -> Usd {
+        crate::config::token_cost(
+            prompt,
+            completion,
+            self.input_cost_per_token,
+            self.output_cost_per_token,
+        )
+    }
+}
+
+/// A task's token and cost caps, and what its earlier attempts already used: the run is stopped
+/// when earlier + this run cross either cap.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageCap {
+    /// `max_tokens_per_job`: tokens sent + received over the whole task.
+    pub max_tokens: u64,
+    /// `max_cost_per_job_usd` (or the amount the manager reserved): money over the whole task.
+    pub max_cost: Usd,
+    /// Tokens the task's earlier attempts used.
+    pub prior_tokens: u64,
+    /// What the task's earlier attempts spent.
+    pub prior_cost: Usd,
+}
+
+impl UsageCap {
+    /// Why the task is over a cap once a run used `tokens` and `cost` on top of the earlier
+    /// attempts (the message names the cap, the task's figures and the limit), or `None`.
+    pub fn exceeded(&self, tokens: u64, cost: Usd) -> Option<String> {
+        let tokens = self.prior_tokens + tokens;
+        let cost = self.prior_cost.saturating_add(cost);
+        if tokens > self.max_tokens {
+            return Some(format!(
+                "max_tokens_per_job exceeded: {tokens} tokens used, limit {}",
+                self.max_tokens
+            ));
+        }
+        if cost > self.max_cost {
+            return Some(format!(
+                "max_cost_per_job_usd exceeded: {cost} spent, limit {}",
+                self.max_cost
+            ));
+        }
+        None
+    }
+}
+
 /// Everything one aider attempt needs.
 #[derive(Debug, Clone)]
 pub struct AiderInvocation {
@@ -94,6 +151,8 @@ pub struct AiderInvocation {
     pub launch_prefix: Vec<OsString>,
     /// Extra environment for the process (normally empty; e.g. git identity overrides).
     pub extra_env: Vec<(String, String)>,
+    /// Stop the run as soon as the task's usage crosses these caps (`None`: never watched).
+    pub usage_cap: Option<UsageCap>,
 }
 
 /// Which pipe a chunk came from.
@@ -146,6 +205,8 @@ pub struct AiderRun {
     pub cancelled: bool,
     /// The run was stopped by its deadline.
     pub timed_out: bool,
+    /// The run was stopped by its [`UsageCap`]: which cap, with the figures seen at that moment.
+    pub cap_reached: Option<String>,
     /// Wall time from spawn to the end.
     pub duration: Duration,
     /// The process group id aider ran in (gone when this is returned).
@@ -523,21 +584,33 @@ async fn pump(
 
 /// Sums `message_send` events and counts calls that started but never got a reply.
 pub fn parse_analytics(jsonl: &str) -> AiderUsage {
-    let mut usage = AiderUsage::default();
-    let mut open_call = false;
-    for line in jsonl.lines() {
+    let mut parser = UsageParser::default();
+    jsonl.lines().for_each(|line| parser.line(line));
+    parser.finish()
+}
+
+/// The analytics log read line by line: usage so far, and whether a call is waiting for its reply.
+#[derive(Debug, Default)]
+struct UsageParser {
+    usage: AiderUsage,
+    open_call: bool,
+}
+
+impl UsageParser {
+    fn line(&mut self, line: &str) {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
+            return;
         };
+        let usage = &mut self.usage;
         match v.get("event").and_then(|e| e.as_str()) {
             Some("message_send_starting") => {
-                if open_call {
+                if self.open_call {
                     usage.failed_calls += 1;
                 }
-                open_call = true;
+                self.open_call = true;
             }
             Some("message_send") => {
-                open_call = false;
+                self.open_call = false;
                 usage.llm_calls += 1;
                 let p = v.get("properties");
                 let num = |k: &str| {
@@ -553,10 +626,61 @@ pub fn parse_analytics(jsonl: &str) -> AiderUsage {
             _ => {}
         }
     }
-    if open_call {
-        usage.failed_calls += 1;
+
+    /// The usage of the whole log: a call still open at its end never got a reply.
+    fn finish(mut self) -> AiderUsage {
+        if self.open_call {
+            self.usage.failed_calls += 1;
+        }
+        self.usage
     }
-    usage
+}
+
+/// Follows the analytics log while aider writes it: each [`poll`](Self::poll) reads only the bytes
+/// added since the last one and parses the complete lines among them.
+#[derive(Debug)]
+struct AnalyticsTail {
+    path: PathBuf,
+    offset: u64,
+    partial: Vec<u8>,
+    parser: UsageParser,
+}
+
+impl AnalyticsTail {
+    fn new(path: PathBuf) -> Self {
+        AnalyticsTail {
+            path,
+            offset: 0,
+            partial: Vec::new(),
+            parser: UsageParser::default(),
+        }
+    }
+
+    /// Usage of the replies logged so far. A log not written yet counts as empty; a read error
+    /// leaves the figures as they were (the next poll tries again).
+    async fn poll(&mut self) -> &AiderUsage {
+        use tokio::io::AsyncSeekExt;
+        let mut added = Vec::new();
+        if let Ok(mut file) = tokio::fs::File::open(&self.path).await {
+            if file
+                .seek(std::io::SeekFrom::Start(self.offset))
+                .await
+                .is_ok()
+            {
+                if let Ok(n) = file.read_to_end(&mut added).await {
+                    self.offset += n as u64;
+                }
+            }
+        }
+        self.partial.extend_from_slice(&added);
+        if let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') {
+            let complete: Vec<u8> = self.partial.drain(..=end).collect();
+            String::from_utf8_lossy(&complete)
+                .lines()
+                .for_each(|line| self.parser.line(line));
+        }
+        &self.parser.usage
+    }
 }
 
 /// Runs one aider attempt to the end, to cancellation or to the deadline.
@@ -632,15 +756,36 @@ pub async fn run_aider(
 
     let mut cancelled = false;
     let mut timed_out = false;
-    let status = tokio::select! {
-        status = child.wait() => status.map_err(AiderError::Wait)?,
-        () = cancel.cancelled() => {
-            cancelled = true;
-            stop(&mut child, &guard).await?
-        }
-        () = tokio::time::sleep_until(deadline) => {
-            timed_out = true;
-            stop(&mut child, &guard).await?
+    let mut cap_reached = None;
+    let mut tail = inv
+        .usage_cap
+        .as_ref()
+        .map(|cap| (cap, AnalyticsTail::new(run_dir.analytics())));
+    let mut poll = tokio::time::interval(USAGE_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let status = loop {
+        tokio::select! {
+            // Cancel safe: a wait interrupted by a poll tick is simply waited on again.
+            status = child.wait() => break status.map_err(AiderError::Wait)?,
+            () = cancel.cancelled() => {
+                cancelled = true;
+                break stop(&mut child, &guard).await?;
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                timed_out = true;
+                break stop(&mut child, &guard).await?;
+            }
+            _ = poll.tick(), if tail.is_some() => {
+                let Some((cap, tail)) = tail.as_mut() else { continue };
+                let usage = tail.poll().await;
+                let tokens = usage.prompt_tokens + usage.completion_tokens;
+                let cost = inv.model.cost_of(usage.prompt_tokens, usage.completion_tokens);
+                if let Some(why) = cap.exceeded(tokens, cost) {
+                    tracing::info!(%why, "usage cap crossed while aider runs: stopping it");
+                    cap_reached = Some(why);
+                    break stop(&mut child, &guard).await?;
+                }
+            }
         }
     };
     // Whatever aider left behind in its group (git, a linter) goes too, so the pipes close.
@@ -661,6 +806,7 @@ pub async fn run_aider(
         usage: parse_analytics(&analytics),
         cancelled,
         timed_out,
+        cap_reached,
         duration: started.elapsed(),
         pgid: pgid.map(|p| p.as_raw()),
     })
@@ -751,6 +897,58 @@ not json
         );
     }
 
+    #[test]
+    fn a_cap_counts_earlier_attempts_and_names_the_figures() {
+        let cap = UsageCap {
+            max_tokens: 1000,
+            max_cost: Usd::from_nanos(10_000_000),
+            prior_tokens: 900,
+            prior_cost: Usd::from_nanos(4_000_000),
+        };
+        assert_eq!(
+            cap.exceeded(100, Usd::from_nanos(6_000_000)),
+            None,
+            "exactly at the caps is allowed"
+        );
+        assert_eq!(
+            cap.exceeded(101, Usd::ZERO).as_deref(),
+            Some("max_tokens_per_job exceeded: 1001 tokens used, limit 1000")
+        );
+        assert_eq!(
+            cap.exceeded(0, Usd::from_nanos(6_500_000)).as_deref(),
+            Some("max_cost_per_job_usd exceeded: $0.0105 spent, limit $0.01")
+        );
+    }
+
+    /// The tail reads only what was appended, and a line still being written waits for its end.
+    #[tokio::test]
+    async fn the_analytics_tail_follows_a_growing_log() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("analytics.jsonl");
+        let mut tail = AnalyticsTail::new(path.clone());
+        assert_eq!(*tail.poll().await, AiderUsage::default(), "no log yet");
+
+        let mut log = std::fs::File::create(&path).expect("create");
+        let reply = r#"{"event": "message_send", "properties": {"prompt_tokens": 100, "completion_tokens": 20}}"#;
+        write!(log, "{{\"event\": \"message_send_starting\"}}\n{reply}\n").expect("write");
+        let (head, rest) = reply.split_at(30);
+        write!(log, "{head}").expect("write");
+        let usage = tail.poll().await.clone();
+        assert_eq!((usage.llm_calls, usage.prompt_tokens), (1, 100));
+        writeln!(log, "{rest}").expect("write");
+        let usage = tail.poll().await.clone();
+        assert_eq!(
+            (
+                usage.llm_calls,
+                usage.prompt_tokens,
+                usage.completion_tokens
+            ),
+            (2, 200, 40)
+        );
+        assert_eq!(tail.poll().await.llm_calls, 2, "nothing read twice");
+    }
+
     fn endpoint(name: &str) -> ModelEndpoint {
         ModelEndpoint {
             name: name.into(),
@@ -777,6 +975,7 @@ not json
             request_timeout_s: 30,
             launch_prefix: vec![],
             extra_env: vec![],
+            usage_cap: None,
         };
         let args: Vec<String> = aider_args(&inv, Path::new("s"), Path::new("m"), Path::new("a"))
             .into_iter()
@@ -807,6 +1006,7 @@ not json
             request_timeout_s: 30,
             launch_prefix: vec![],
             extra_env: vec![],
+            usage_cap: None,
         };
         let strings = |inv: &AiderInvocation| -> Vec<String> {
             aider_args(inv, Path::new("s"), Path::new("m"), Path::new("a"))

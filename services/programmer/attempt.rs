@@ -6,7 +6,7 @@ use crate::config::LlmSpec;
 use crate::contract::v1::{ErrorClass, Output, task_event::Kind};
 use crate::money::Usd;
 use crate::programmer::aider::{
-    AiderInvocation, ModelEndpoint, OutputChunk, OutputStream, run_aider,
+    AiderInvocation, ModelEndpoint, OutputChunk, OutputStream, UsageCap, run_aider,
 };
 use crate::programmer::classify::{Outcome, classify};
 use crate::programmer::state::Programmer;
@@ -33,6 +33,9 @@ pub enum AttemptOutcome {
     Cancelled,
     /// The task deadline passed.
     DeadlineExceeded,
+    /// The task's token or cost cap was crossed while aider ran, and aider was stopped: which cap,
+    /// with the figures.
+    CapReached(String),
     /// Aider could not be run or ended unexpectedly.
     Internal(String),
 }
@@ -47,6 +50,7 @@ impl AttemptOutcome {
             Self::GitFailed(_) => ErrorClass::GitError,
             Self::Cancelled => ErrorClass::Cancelled,
             Self::DeadlineExceeded => ErrorClass::Deadline,
+            Self::CapReached(_) => ErrorClass::JobLimit,
             Self::Internal(_) => ErrorClass::Internal,
         }
     }
@@ -57,8 +61,9 @@ impl AttemptOutcome {
             Self::Succeeded(_) => "",
             Self::LlmFailed { message, .. }
             | Self::EditFailed(message)
-            | Self::GitFailed(message) => message,
-            Self::Internal(message) => message,
+            | Self::GitFailed(message)
+            | Self::CapReached(message)
+            | Self::Internal(message) => message,
             Self::Cancelled => "cancelled",
             Self::DeadlineExceeded => "deadline exceeded",
         }
@@ -91,7 +96,8 @@ pub fn endpoint_for(llm: &LlmSpec) -> ModelEndpoint {
     }
 }
 
-/// Runs attempt `number` of `task` on `llm`.
+/// Runs attempt `number` of `task` on `llm`; aider is stopped as soon as the task's usage crosses
+/// `cap` (which carries what earlier attempts used).
 #[allow(clippy::too_many_arguments)]
 pub async fn run_attempt(
     prog: &Programmer,
@@ -99,6 +105,7 @@ pub async fn run_attempt(
     worktree: &TaskWorktree,
     llm: &LlmSpec,
     number: u32,
+    cap: UsageCap,
     sink: &TaskEventSink,
     cancel: &CancellationToken,
     deadline: Instant,
@@ -111,10 +118,11 @@ pub async fn run_attempt(
         tokens_received,
         cost,
     };
+    let model = endpoint_for(llm);
     let invocation = AiderInvocation {
         python: prog.aider.python.clone(),
         workdir: worktree.path().to_path_buf(),
-        model: endpoint_for(llm),
+        model: model.clone(),
         message: task.description.clone(),
         files: task.files.clone(),
         auto_commit: prog.spec.limits.auto_commit,
@@ -122,6 +130,7 @@ pub async fn run_attempt(
         request_timeout_s: prog.aider.request_timeout_s,
         launch_prefix: Vec::new(),
         extra_env: Vec::new(),
+        usage_cap: Some(cap),
     };
 
     let (tx, mut rx) = mpsc::channel::<OutputChunk>(256);
@@ -154,8 +163,11 @@ pub async fn run_attempt(
         }
     };
     let (sent, received) = (run.usage.prompt_tokens, run.usage.completion_tokens);
-    let cost = llm.cost(sent, received);
+    let cost = model.cost_of(sent, received);
     crate::telemetry::spans::record_aider(&aider_span, run.exit_code, sent, received, cost);
+    if let Some(why) = run.cap_reached {
+        return report(AttemptOutcome::CapReached(why), sent, received, cost);
+    }
     if run.cancelled {
         return report(AttemptOutcome::Cancelled, sent, received, cost);
     }

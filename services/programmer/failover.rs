@@ -5,18 +5,21 @@
 //! programmer waits `retry_delay_s`, resets the worktree to the task's base commit and retries on
 //! the backup, at most `max_retries` times (`always_failover` guarantees one backup try). Edit
 //! failures, git errors and caller errors end the task without a retry and never touch the breaker.
-//! Only attempts on the primary are reported to the breaker.
+//! Only attempts on the primary are reported to the breaker. The task's token and cost caps cover
+//! all its attempts: each attempt is given what the earlier ones used ([`UsageCap`]) and is stopped
+//! the moment the total crosses a cap (ERROR_CLASS_JOB_LIMIT, never a failover).
 
 use crate::config::FailureCondition;
 use crate::contract::v1::{
     Assigned, Attempt, ErrorClass, Failover, TaskResult, TaskState, task_event::Kind,
 };
 use crate::money::Usd;
+use crate::programmer::aider::UsageCap;
 use crate::programmer::attempt::{AttemptOutcome, AttemptReport, run_attempt};
 use crate::programmer::breaker::Admission;
 use crate::programmer::state::Programmer;
 use crate::programmer::validate::ValidatedTask;
-use crate::programmer::worktree::TaskWorktree;
+use crate::programmer::worktree::{TaskWorktree, WorktreeError};
 use crate::task_events::TaskEventSink;
 use crate::telemetry;
 use std::time::Duration;
@@ -79,11 +82,18 @@ pub async fn run_task(
     let identity = prog.git_identity();
     let worktree = match task
         .workspace
-        .create_task_worktree(&prog.worktrees_dir, &task.task_id, &base_commit, &identity)
+        .create_task_worktree(
+            &prog.worktrees_dir,
+            &task.task_id,
+            &task.origin_task_id,
+            &base_commit,
+            &identity,
+        )
         .instrument(telemetry::spans::worktree())
         .await
     {
         Ok(w) => w,
+        Err(e @ WorktreeError::AlreadyKept { .. }) => return already_kept(result, e, started),
         Err(e) => {
             return fail(
                 result,
@@ -161,10 +171,26 @@ pub async fn run_task(
         }
         let on_primary = number == 1 && starts_on_primary;
         let span = telemetry::spans::attempt(number, &llm.name, !on_primary);
-        let report: AttemptReport =
-            run_attempt(prog, task, &worktree, &llm, number, sink, &cancel, deadline)
-                .instrument(span.clone())
-                .await;
+        // The caps cover the whole task: this attempt may use what the earlier ones left.
+        let cap = UsageCap {
+            max_tokens: task.max_tokens,
+            max_cost: task.max_cost,
+            prior_tokens: result.tokens_sent + result.tokens_received,
+            prior_cost: cost,
+        };
+        let report: AttemptReport = run_attempt(
+            prog,
+            task,
+            &worktree,
+            &llm,
+            number,
+            cap.clone(),
+            sink,
+            &cancel,
+            deadline,
+        )
+        .instrument(span.clone())
+        .await;
         result.tokens_sent += report.tokens_sent;
         result.tokens_received += report.tokens_received;
         cost = cost.saturating_add(report.cost);
@@ -193,7 +219,7 @@ pub async fn run_task(
             }
         }
 
-        let over_limit = job_limit_exceeded(task, &result, cost);
+        let over_limit = cap.exceeded(report.tokens_sent + report.tokens_received, report.cost);
         match report.outcome {
             AttemptOutcome::Cancelled => {
                 result.status = TaskState::Cancelled as i32;
@@ -211,6 +237,15 @@ pub async fn run_task(
                 let msg = format!("task deadline of {}s exceeded", task.deadline.as_secs());
                 return finish_with(worktree, result, ErrorClass::Deadline, msg, started).await;
             }
+            // Crossed while aider ran, and aider was stopped there: never a failover (the next
+            // attempt could only spend more). The figures are the attempt's final ones.
+            AttemptOutcome::CapReached(seen) => {
+                let msg = format!(
+                    "{}; aider was stopped during attempt {number}",
+                    over_limit.unwrap_or(seen)
+                );
+                return finish_failed(worktree, result, ErrorClass::JobLimit, msg, started).await;
+            }
             // A cap is a cap even when the edit applied: the caller asked not to pay more than
             // this, so the result is not delivered (and no further attempt spends more).
             _ if over_limit.is_some() => {
@@ -218,17 +253,30 @@ pub async fn run_task(
                 return finish_failed(worktree, result, ErrorClass::JobLimit, msg, started).await;
             }
             AttemptOutcome::Succeeded(change) => {
-                result.files_changed = change.files_changed;
-                result.diff = change.diff;
-                result.commit = change.commit;
-                result.branch = worktree.branch().to_string();
-                result.status = TaskState::Succeeded as i32;
-                result.error_class = ErrorClass::None as i32;
-                if let Err(e) = worktree.keep().await {
-                    tracing::warn!(task_id = %task.task_id, "could not remove the finished worktree: {e}");
-                }
-                result.duration_ms = started.elapsed().as_millis() as u64;
-                return result;
+                let kept_branch = worktree.kept_branch().to_string();
+                return match worktree.keep(&change).await {
+                    Ok(()) => {
+                        result.files_changed = change.files_changed;
+                        result.diff = change.diff;
+                        result.commit = change.commit;
+                        result.branch = kept_branch;
+                        result.status = TaskState::Succeeded as i32;
+                        result.error_class = ErrorClass::None as i32;
+                        result.duration_ms = started.elapsed().as_millis() as u64;
+                        result
+                    }
+                    Err(e @ WorktreeError::AlreadyKept { .. }) => {
+                        tracing::warn!(task_id = %task.task_id, origin = %task.origin_task_id, "{e}");
+                        already_kept(result, e, started)
+                    }
+                    // `keep` removed the worktree and scratch branch: nothing is left to discard.
+                    Err(e) => fail(
+                        result,
+                        ErrorClass::GitError,
+                        format!("could not keep the result on {kept_branch}: {e}"),
+                        started,
+                    ),
+                };
             }
             AttemptOutcome::LlmFailed { class, ref message }
                 if number < attempts_allowed && is_failover_condition(prog, class) =>
@@ -308,32 +356,17 @@ fn report_to_breaker(prog: &Programmer, admission: Admission, outcome: &AttemptO
         AttemptOutcome::LlmFailed { class, .. } if is_failover_condition(prog, *class) => {
             ticket.primary_failed()
         }
-        // The primary answered (even if its edit did not apply): it is available.
+        // The primary answered (even if its edit did not apply, or the answer crossed a cap): it
+        // is available.
         AttemptOutcome::Succeeded(_)
         | AttemptOutcome::EditFailed(_)
+        | AttemptOutcome::CapReached(_)
         | AttemptOutcome::LlmFailed { .. } => ticket.primary_succeeded(),
         // No verdict (cancelled, deadline, git or internal error): dropping the ticket re-opens
         // the breaker if it was the half-open probe, and changes nothing otherwise.
         _ => drop(ticket),
     }
     prog.persist_breaker();
-}
-
-fn job_limit_exceeded(task: &ValidatedTask, result: &TaskResult, cost: Usd) -> Option<String> {
-    let tokens = result.tokens_sent + result.tokens_received;
-    if tokens > task.max_tokens {
-        return Some(format!(
-            "max_tokens_per_job exceeded: {tokens} tokens used, limit {}",
-            task.max_tokens
-        ));
-    }
-    if cost > task.max_cost {
-        return Some(format!(
-            "max_cost_per_job_usd exceeded: {cost} spent, limit {}",
-            task.max_cost
-        ));
-    }
-    None
 }
 
 /// The final message of a failed task lists every attempt, so one line tells the whole story.
@@ -354,6 +387,16 @@ fn summarize_failure(result: &TaskResult, last: &str) -> String {
         result.attempts.len(),
         parts.join("; ")
     )
+}
+
+/// Ends a task whose result another attempt of it already kept: a failure, final (the manager
+/// does not reroute a plain failed result), naming the branch and commit that exist.
+fn already_kept(mut result: TaskResult, e: WorktreeError, started: Instant) -> TaskResult {
+    if let WorktreeError::AlreadyKept { branch, commit } = &e {
+        result.branch = branch.clone();
+        result.commit = commit.clone().unwrap_or_default();
+    }
+    fail(result, ErrorClass::AlreadyKept, e.to_string(), started)
 }
 
 fn fail(

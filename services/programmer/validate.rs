@@ -17,6 +17,9 @@ use tonic::Status;
 pub struct ValidatedTask {
     /// The caller's id, or a fresh UUID when it gave none.
     pub task_id: String,
+    /// The id shared by every dispatch attempt of the task (`TaskRequest.origin_task_id`, or
+    /// `task_id` when empty): names the one branch its result may be kept on.
+    pub origin_task_id: String,
     pub description: String,
     /// Task files, relative to the workspace, each vetted against it.
     pub files: Vec<String>,
@@ -44,6 +47,7 @@ pub async fn validate(
 ) -> Result<ValidatedTask, Status> {
     workspace::check_id("task_id", &req.task_id, true)?;
     workspace::check_id("run_id", &req.run_id, true)?;
+    workspace::check_id("origin_task_id", &req.origin_task_id, true)?;
     workspace::check_description(&req.task_description)?;
     let base_ref = (!req.base_ref.is_empty()).then_some(req.base_ref);
     if let Some(r) = &base_ref {
@@ -85,8 +89,14 @@ pub async fn validate(
     } else {
         req.task_id
     };
+    let origin_task_id = if req.origin_task_id.is_empty() {
+        task_id.clone()
+    } else {
+        req.origin_task_id
+    };
     Ok(ValidatedTask {
         task_id,
+        origin_task_id,
         description: req.task_description,
         files: req.files,
         workspace,
@@ -150,6 +160,7 @@ mod tests {
             .await
             .expect("valid");
         assert!(uuid::Uuid::parse_str(&t.task_id).is_ok(), "{}", t.task_id);
+        assert_eq!(t.origin_task_id, t.task_id, "one attempt: its own origin");
         assert_eq!(t.deadline, Duration::from_secs(300));
         assert_eq!(t.max_cost, Usd::from_nanos(500_000_000));
         assert_eq!(t.max_tokens, 50_000);
@@ -168,6 +179,7 @@ mod tests {
             .await
             .expect("valid");
         assert_eq!(t.task_id, "task-7");
+        assert_eq!(t.origin_task_id, "task-7");
         assert_eq!(t.deadline, Duration::from_secs(600), "capped");
         assert_eq!(t.max_cost, Usd::from_nanos(500_000_000), "capped");
         assert_eq!(t.base_ref.as_deref(), Some("main"));
@@ -193,6 +205,19 @@ mod tests {
                 .expect("valid");
             assert_eq!(t.max_cost, Usd::from_nanos(expected));
         }
+        // A re-dispatch names the caller's task it belongs to.
+        let req = TaskRequest {
+            task_id: "task-7:attempt-2".into(),
+            origin_task_id: "task-7".into(),
+            ..request()
+        };
+        let t = validate(req, &limits(), &WorkspaceCache::new(&root))
+            .await
+            .expect("valid");
+        assert_eq!(
+            (t.task_id.as_str(), t.origin_task_id.as_str()),
+            ("task-7:attempt-2", "task-7")
+        );
     }
 
     #[tokio::test]
@@ -213,6 +238,13 @@ mod tests {
                     ..request()
                 },
                 "run_id",
+            ),
+            (
+                TaskRequest {
+                    origin_task_id: "../x".into(),
+                    ..request()
+                },
+                "origin_task_id",
             ),
             (
                 TaskRequest {

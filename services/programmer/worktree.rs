@@ -5,13 +5,25 @@
 //! a [`Workspace`] (opened and vetted by the lower floor, [`crate::workspace`]):
 //!
 //! - [`Workspace::resolve_base`] names the commit a task starts from.
-//! - [`Workspace::create_task_worktree`] creates branch `pas/<task>` at the task's base commit and
-//!   a worktree for it in a directory *outside* the repository. Aider runs there, once
+//! - [`Workspace::create_task_worktree`] creates the *scratch* branch `pas-work/<task>` (the
+//!   programmer-side task id of this dispatch attempt) at the task's base commit and a worktree
+//!   for it in a directory *outside* the repository. Aider runs there, once
 //!   [`TaskWorktree::check_files`] has vetted the task files against the tree at that commit.
 //! - [`TaskWorktree`] resets between attempts, [`finish`](TaskWorktree::finish)es into a
-//!   [`Change`], and is then either [`keep`](TaskWorktree::keep)-ed (directory removed, branch with
-//!   the result kept) or [`discard`](TaskWorktree::discard)-ed (nothing left). Dropping it without
-//!   either discards it (cancellation leaves nothing behind).
+//!   [`Change`], and is then either [`keep`](TaskWorktree::keep)-ed or
+//!   [`discard`](TaskWorktree::discard)-ed (nothing left). Dropping it without either discards it
+//!   (cancellation leaves nothing behind).
+//!
+//! # At most one kept result per task
+//!
+//! The manager may dispatch one caller task more than once (a programmer thought lost may still be
+//! running it). Every dispatch attempt has its own scratch branch, but a result is kept on the
+//! branch `pas/<origin task>`, named after the caller's id that all attempts share, and `keep`
+//! creates it with `git update-ref <ref> <commit> ""`: the empty old value means "only if it does
+//! not exist", checked and written atomically under git's ref lock. So git, not timing, decides:
+//! the first attempt to keep wins, a later one gets [`WorktreeError::AlreadyKept`] and its edit is
+//! discarded. The scratch branch and worktree go either way; a scratch branch left by a killed
+//! programmer is removed by [`sweep_abandoned`], which never touches a `pas/` branch.
 //!
 //! # Why concurrent programmers never race on `index.lock`
 //!
@@ -35,8 +47,15 @@ use crate::git::{Git, GitError, WorktreeLock, unstoppable};
 use crate::workspace::{Workspace, check_files, ref_problem};
 use tonic::Status;
 
-/// Prefix of every task branch: `pas/<sanitized task id>`.
+/// Prefix of the branch a task's result is kept on: `pas/<sanitized origin task id>`. Made only by
+/// [`TaskWorktree::keep`], only if absent, and never deleted by the programmer.
 pub const BRANCH_PREFIX: &str = "pas/";
+
+/// Prefix of a dispatch attempt's scratch branch: `pas-work/<sanitized programmer-side task id>`.
+/// A separate namespace rather than `pas/work/…`: git stores refs as paths, so scratch refs under
+/// `pas/work/` would make a task named `work` impossible to keep (`pas/work` cannot be both a ref
+/// and a directory of refs).
+pub const SCRATCH_PREFIX: &str = "pas-work/";
 
 /// Longest sanitized task id used in branch and directory names.
 const MAX_TASK_NAME: usize = 64;
@@ -90,11 +109,23 @@ pub enum WorktreeError {
         /// The id as given.
         task_id: String,
     },
-    /// The task branch already exists (a task id used twice, or a leftover to inspect).
+    /// The scratch branch already exists (a programmer-side task id used twice, or a leftover of
+    /// a killed programmer not swept yet).
     #[error("branch {branch} already exists")]
     BranchExists {
         /// The full branch name.
         branch: String,
+    },
+    /// Another attempt of the same task already kept its result: at most one is kept per task.
+    #[error(
+        "another attempt of this task already kept its result on branch {branch}{}; nothing of this attempt was kept",
+        commit.as_deref().map(|c| format!(" (commit {c})")).unwrap_or_default()
+    )]
+    AlreadyKept {
+        /// The kept branch, `pas/<origin task>`.
+        branch: String,
+        /// Its commit, when it could be read.
+        commit: Option<String>,
     },
     /// The worktree directory already exists.
     #[error("worktree directory {path} already exists")]
@@ -160,18 +191,25 @@ impl Workspace {
             })
     }
 
-    /// Create branch `pas/<task>` at `base_commit` and check it out in a new worktree
-    /// `<worktrees_dir>/<task>` (the directory is created if needed and must lie outside the
-    /// repository). `task_id` is sanitized with [`sanitize_task_id`].
+    /// Create the scratch branch `pas-work/<task>` at `base_commit` and check it out in a new
+    /// worktree `<worktrees_dir>/<task>` (the directory is created if needed and must lie outside
+    /// the repository). `task_id` is this dispatch attempt's id, `origin_task_id` the caller's
+    /// (the same for every attempt; pass `task_id` when there is only one): a successful result is
+    /// kept on `pas/<origin>`. Both are sanitized with [`sanitize_task_id`].
+    ///
+    /// Fails with [`WorktreeError::AlreadyKept`] when that branch exists already, before any LLM is
+    /// paid for: [`TaskWorktree::keep`] would refuse the result anyway.
     pub async fn create_task_worktree(
         &self,
         worktrees_dir: &Path,
         task_id: &str,
+        origin_task_id: &str,
         base_commit: &str,
         identity: &GitIdentity,
     ) -> Result<TaskWorktree, WorktreeError> {
         let name = sanitize_task_id(task_id)?;
-        let branch = format!("{BRANCH_PREFIX}{name}");
+        let branch = format!("{SCRATCH_PREFIX}{name}");
+        let kept_branch = format!("{BRANCH_PREFIX}{}", sanitize_task_id(origin_task_id)?);
         if base_commit.len() < 4
             || base_commit.len() > 64
             || !base_commit.bytes().all(|b| b.is_ascii_hexdigit())
@@ -182,6 +220,12 @@ impl Workspace {
             });
         }
         let base = self.rev_parse_commit(base_commit).await?;
+        if let Some(commit) = self.commit_of(&format!("refs/heads/{kept_branch}")).await? {
+            return Err(WorktreeError::AlreadyKept {
+                branch: kept_branch,
+                commit: Some(commit),
+            });
+        }
 
         let io_err = |path: &Path| {
             let path = path.to_path_buf();
@@ -205,13 +249,14 @@ impl Workspace {
             lock_path: self.lock_path().to_path_buf(),
             path,
             branch,
+            kept_branch,
+            task_id: task_id.to_string(),
             base_commit: base,
             identity: identity.clone(),
             armed: false,
         };
-        let task_id = task_id.to_string();
         let path = wt.path.clone();
-        unstoppable(move || wt.create_blocking(&task_id))
+        unstoppable(move || wt.create_blocking())
             .await
             .map_err(|source| WorktreeError::Io { path, source })?
     }
@@ -269,7 +314,8 @@ pub struct Change {
     pub diff: String,
 }
 
-/// One task's worktree on branch `pas/<task>`; see the module docs for its life cycle.
+/// One dispatch attempt's worktree on its scratch branch `pas-work/<task>`, and the branch
+/// `pas/<origin task>` its result would be kept on; see the module docs for its life cycle.
 ///
 /// If it is dropped without [`keep`](Self::keep) or [`discard`](Self::discard) (the task was
 /// cancelled, timed out or panicked), `Drop` discards it: worktree and branch are removed with
@@ -285,7 +331,12 @@ pub struct TaskWorktree {
     repo: PathBuf,
     lock_path: PathBuf,
     path: PathBuf,
+    /// The scratch branch checked out in the worktree: `pas-work/<task>`.
     branch: String,
+    /// Where [`keep`](Self::keep) puts the result: `pas/<origin task>`, shared by all attempts.
+    kept_branch: String,
+    /// The programmer-side task id (for ref log messages).
+    task_id: String,
     base_commit: String,
     identity: GitIdentity,
     /// Still ours to clean up on drop.
@@ -298,9 +349,14 @@ impl TaskWorktree {
         &self.path
     }
 
-    /// The task branch, e.g. `pas/5f0c…`.
+    /// The scratch branch checked out in the worktree, e.g. `pas-work/5f0c…-attempt-2-…`.
     pub fn branch(&self) -> &str {
         &self.branch
+    }
+
+    /// The branch [`keep`](Self::keep) creates for the result, e.g. `pas/5f0c…` (the caller's id).
+    pub fn kept_branch(&self) -> &str {
+        &self.kept_branch
     }
 
     /// Full sha of the commit the task started from.
@@ -320,24 +376,40 @@ impl TaskWorktree {
         Git::new(&self.path).envs(self.identity.env())
     }
 
-    /// Create the branch, then the worktree; runs on the blocking pool ([`unstoppable`]).
-    fn create_blocking(mut self, task_id: &str) -> Result<TaskWorktree, WorktreeError> {
-        let refname = format!("refs/heads/{}", self.branch);
-        // Atomic create-if-absent: the empty old value makes a concurrent duplicate fail here,
-        // before it could touch anyone's worktree.
+    /// `git update-ref -m <why> refs/heads/<branch> <commit> ""`: creates the branch only if it
+    /// does not exist — the empty old value makes git check and write under the ref's lock, so of
+    /// concurrent creators exactly one succeeds. `Ok(false)`: it existed. Blocking.
+    fn create_branch_if_absent(
+        &self,
+        branch: &str,
+        commit: &str,
+        why: String,
+    ) -> Result<bool, WorktreeError> {
+        let refname = format!("refs/heads/{branch}");
         let create = Git::new(&self.repo)
             .envs(self.identity.env())
             .args(["update-ref", "-m"])
-            .arg(format!("pas: branch for task {task_id}"))
-            .args([refname.as_str(), self.base_commit.as_str(), ""]);
+            .arg(why)
+            .args([refname.as_str(), commit, ""]);
         let out = create.output_blocking()?;
-        if !out.status.success() {
-            if String::from_utf8_lossy(&out.stderr).contains("reference already exists") {
-                return Err(WorktreeError::BranchExists {
-                    branch: self.branch.clone(),
-                });
-            }
-            return Err(create.failed(&out).into());
+        if out.status.success() {
+            return Ok(true);
+        }
+        if String::from_utf8_lossy(&out.stderr).contains("reference already exists") {
+            return Ok(false);
+        }
+        Err(create.failed(&out).into())
+    }
+
+    /// Create the branch, then the worktree; runs on the blocking pool ([`unstoppable`]).
+    fn create_blocking(mut self) -> Result<TaskWorktree, WorktreeError> {
+        // Atomic create-if-absent: a concurrent duplicate fails here, before it could touch
+        // anyone's worktree.
+        let why = format!("pas: scratch branch for task {}", self.task_id);
+        if !self.create_branch_if_absent(&self.branch, &self.base_commit, why)? {
+            return Err(WorktreeError::BranchExists {
+                branch: self.branch.clone(),
+            });
         }
         // The branch is ours from here on: any early return drops `self`, which removes the
         // (possibly half-made) worktree and the branch.
@@ -381,7 +453,7 @@ impl TaskWorktree {
             Some(0) => {}
             Some(1) => {
                 let message = if commit_message.trim().is_empty() {
-                    format!("pas: result of {}", self.branch)
+                    format!("pas: result of {}", self.kept_branch)
                 } else {
                     commit_message.to_string()
                 };
@@ -440,35 +512,69 @@ impl TaskWorktree {
         })
     }
 
-    /// Remove the worktree directory, keep the branch (with the result) for the caller to merge.
-    /// Runs to completion even if the caller's future is dropped (the branch is then kept).
-    pub async fn keep(mut self) -> Result<(), WorktreeError> {
+    /// Keep `change` (from [`finish`](Self::finish)) for the caller to merge: create
+    /// [`kept_branch`](Self::kept_branch) at its commit only if no attempt of the task kept one
+    /// before ([`WorktreeError::AlreadyKept`] otherwise: then nothing of this attempt is kept),
+    /// then remove the worktree and the scratch branch either way. Once the kept branch exists,
+    /// a failed clean-up is only logged (the start-up sweep finishes it). Runs to completion even
+    /// if the caller's future is dropped.
+    pub async fn keep(mut self, change: &Change) -> Result<(), WorktreeError> {
+        let path = self.path.clone();
+        let commit = change.commit.clone();
+        unstoppable(move || {
+            self.armed = false;
+            let why = format!("pas: result of task {}", self.task_id);
+            let kept = self.create_branch_if_absent(&self.kept_branch, &commit, why);
+            let cleaned = self.discard_blocking();
+            match kept? {
+                true => {
+                    if let Err(e) = cleaned {
+                        tracing::warn!(branch = %self.branch, "result kept, but the scratch worktree or branch could not be removed: {e}");
+                    }
+                    tracing::debug!(kept = %self.kept_branch, "result kept, scratch worktree and branch removed");
+                    Ok(())
+                }
+                false => Err(WorktreeError::AlreadyKept {
+                    commit: self.kept_commit_blocking(),
+                    branch: self.kept_branch.clone(),
+                }),
+            }
+        })
+        .await
+        .map_err(|source| WorktreeError::Io { path, source })?
+    }
+
+    /// Remove the worktree directory and delete the scratch branch: nothing is left behind.
+    /// Runs to completion even if the caller's future is dropped.
+    pub async fn discard(mut self) -> Result<(), WorktreeError> {
         let path = self.path.clone();
         unstoppable(move || {
             self.armed = false;
-            self.remove_worktree_blocking()?;
-            tracing::debug!(branch = %self.branch, "task worktree removed, branch kept");
+            self.discard_blocking()?;
+            tracing::debug!(branch = %self.branch, "task worktree and branch discarded");
             Ok(())
         })
         .await
         .map_err(|source| WorktreeError::Io { path, source })?
     }
 
-    /// Remove the worktree directory and delete the branch: nothing is left behind.
-    /// Runs to completion even if the caller's future is dropped.
-    pub async fn discard(mut self) -> Result<(), WorktreeError> {
-        let path = self.path.clone();
-        unstoppable(move || {
-            self.armed = false;
-            let removed = self.remove_worktree_blocking();
-            let deleted = self.delete_branch().run_blocking();
-            removed?;
-            deleted?;
-            tracing::debug!(branch = %self.branch, "task worktree and branch discarded");
-            Ok(())
-        })
-        .await
-        .map_err(|source| WorktreeError::Io { path, source })?
+    /// Worktree removal and scratch branch deletion, both tried; the first error is returned.
+    fn discard_blocking(&self) -> Result<(), WorktreeError> {
+        let removed = self.remove_worktree_blocking();
+        let deleted = self.delete_branch().run_blocking();
+        removed?;
+        Ok(deleted?)
+    }
+
+    /// The commit of the kept branch, if it can be read (for the AlreadyKept message).
+    fn kept_commit_blocking(&self) -> Option<String> {
+        let out = Git::new(&self.repo)
+            .args(["rev-parse", "--verify", "-q", "--end-of-options"])
+            .arg(format!("refs/heads/{}", self.kept_branch))
+            .output_blocking()
+            .ok()?;
+        let commit = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !commit.is_empty()).then_some(commit)
     }
 
     /// The repository's cross-process worktree lock; blocks (blocking pool or `Drop` only).
@@ -510,18 +616,14 @@ impl Drop for TaskWorktree {
             return;
         }
         self.armed = false;
-        let removed = self.remove_worktree_blocking();
-        let deleted = self.delete_branch().run_blocking();
-        match (removed, deleted) {
-            (Ok(()), Ok(())) => {
+        match self.discard_blocking() {
+            Ok(()) => {
                 tracing::debug!(branch = %self.branch, "unfinished task worktree discarded");
             }
-            (removed, deleted) => tracing::warn!(
+            Err(e) => tracing::warn!(
                 branch = %self.branch,
                 path = %self.path.display(),
-                remove_error = ?removed.err(),
-                delete_error = ?deleted.err(),
-                "could not fully discard an unfinished task worktree"
+                "could not fully discard an unfinished task worktree: {e}"
             ),
         }
     }
@@ -529,10 +631,12 @@ impl Drop for TaskWorktree {
 
 // ===== start-up sweep =====
 
-/// Removes task worktrees (and their branches) that a previous run of this programmer left behind
-/// when it was killed (Drop never ran): every directory under `worktrees_dir` belongs to a task
-/// that did not finish, since finished tasks remove theirs. Only `pas/…` branches are deleted.
-/// Returns how many were removed; problems are logged, never fatal.
+/// Removes task worktrees (and their scratch branches) that a previous run of this programmer left
+/// behind when it was killed (Drop never ran): every directory under `worktrees_dir` belongs to a
+/// task that did not finish, since finished tasks remove theirs. Only scratch (`pas-work/…`)
+/// branches are deleted; a kept `pas/…` branch is a result and is never touched (a worktree on
+/// any other branch only loses its directory). Returns how many were removed; problems are logged,
+/// never fatal.
 pub async fn sweep_abandoned(worktrees_dir: &Path, identity: &GitIdentity) -> usize {
     let Ok(entries) = fs::read_dir(worktrees_dir) else {
         return 0;
@@ -552,7 +656,7 @@ pub async fn sweep_abandoned(worktrees_dir: &Path, identity: &GitIdentity) -> us
             .run()
             .await;
         match (common, branch) {
-            (Ok(common), Ok(branch)) if branch.trim().starts_with(BRANCH_PREFIX) => {
+            (Ok(common), Ok(branch)) if branch.trim().starts_with(SCRATCH_PREFIX) => {
                 let common = PathBuf::from(common.trim());
                 let Some(repo) = common.parent().map(Path::to_path_buf) else {
                     continue;
@@ -562,6 +666,8 @@ pub async fn sweep_abandoned(worktrees_dir: &Path, identity: &GitIdentity) -> us
                     lock_path: common.join(crate::git::WORKTREE_LOCK_FILE),
                     path: dir.clone(),
                     branch: branch.trim().to_string(),
+                    kept_branch: String::new(),
+                    task_id: String::new(),
                     base_commit: String::new(),
                     identity: identity.clone(),
                     armed: true,

@@ -736,6 +736,10 @@ pub async fn expect_one_reroute(
         context()
     );
     assert_eq!(result.programmer_id, to);
+    // Every dispatch attempt keeps its result under the caller's id, never its own.
+    let task_id = &events.first().expect("events").task_id;
+    let name = pas::programmer::worktree::sanitize_task_id(task_id).expect("task id");
+    assert_eq!(result.branch, format!("pas/{name}"), "{result:#?}");
     let hops = rerouted(&events);
     assert_eq!(hops.len(), 1, "{hops:?}");
     assert_eq!(
@@ -881,6 +885,23 @@ pub fn check_stream(events: &[pas::contract::v1::TaskEvent]) -> pas::contract::v
     results.into_iter().next().expect("one result")
 }
 
+/// Asserts that a task failed with `class` (the result is printed when not).
+#[track_caller]
+pub fn assert_failed_with(
+    result: &pas::contract::v1::TaskResult,
+    class: pas::contract::v1::ErrorClass,
+) {
+    use pas::contract::v1::{ErrorClass, TaskState};
+    assert_eq!(
+        (
+            TaskState::try_from(result.status),
+            ErrorClass::try_from(result.error_class)
+        ),
+        (Ok(TaskState::Failed), Ok(class)),
+        "{result:#?}"
+    );
+}
+
 /// The Failover events of a task.
 pub fn failovers(events: &[pas::contract::v1::TaskEvent]) -> Vec<pas::contract::v1::Failover> {
     use pas::contract::v1::task_event::Kind;
@@ -905,7 +926,8 @@ pub fn output_text(events: &[pas::contract::v1::TaskEvent]) -> String {
         .collect()
 }
 
-/// The task branches (`pas/*`) of a repository.
+/// Every branch programmers made in a repository: kept results (`pas/*`) and the scratch branches
+/// of attempts still running or left by a killed programmer (`pas-work/*`).
 pub fn task_branches(repo: &Path) -> Vec<String> {
     super::git(
         repo,
@@ -913,6 +935,7 @@ pub fn task_branches(repo: &Path) -> Vec<String> {
             "for-each-ref",
             "--format=%(refname:short)",
             "refs/heads/pas/",
+            "refs/heads/pas-work/",
         ],
     )
     .lines()
