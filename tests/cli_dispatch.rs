@@ -10,7 +10,7 @@
 //! | 001        | `flaky`    | primary HTTP 500, backup answers          | success (plain) + `--json`    |
 //! | 002        | `doomed`   | primary and backup HTTP 500               | failed                        |
 //! | 003        | `hang`     | both never answer                         | timed out (`--timeout 2`)     |
-//! | 004        | `slow`     | both answer after 15 s                    | Ctrl-C; the manager dying     |
+//! | 004        | `slow`     | both answer after 15 s                    | Ctrl-C; the manager gone      |
 //! | 005        | `tty`      | primary HTTP 500, backup answers          | the spinner on a pty          |
 //! | 006        | `premium`  | paid, `max_cost_per_job_usd` over budget  | dry run, idempotency, budget  |
 //!
@@ -796,7 +796,9 @@ async fn spinner_on_a_terminal(fx: Arc<Fixture>) {
     assert!(drawn.contains("+    \"\"\"Add.\"\"\""), "{drawn:?}");
 }
 
-/// The manager dies while a task runs: the stream breaks, exit 1; then it cannot be reached, exit 1.
+/// The manager dies while a task runs and stays away: `pas dispatch` says it lost the stream,
+/// tries to re-attach for `--reattach-timeout-s`, then gives up with exit 1 and the command that
+/// follows the task later; then a new dispatch cannot reach anyone, exit 1.
 async fn manager_gone_exits_1(fx: Arc<Fixture>) {
     let (child, mut lines) = spawn_lines(fx.command(&[
         TASK,
@@ -808,6 +810,8 @@ async fn manager_gone_exits_1(fx: Arc<Fixture>) {
         "slow",
         "--task-id",
         "orphan",
+        "--reattach-timeout-s",
+        "1",
     ]));
     let mut seen = String::new();
     read_until(&mut lines, &mut seen, |l| l.starts_with("==> assigned")).await;
@@ -820,7 +824,16 @@ async fn manager_gone_exits_1(fx: Arc<Fixture>) {
     manager.kill();
     let (code, stderr) = finish(child, lines, &mut seen).await;
     assert_eq!(code, 1, "{seen}\n{stderr}");
-    assert!(stderr.starts_with("error: "), "{seen}\n{stderr}");
+    assert!(
+        seen.contains("==> lost the stream of task orphan (")
+            && seen.contains("re-attaching after seq "),
+        "{seen}\n{stderr}"
+    );
+    assert!(
+        stderr.starts_with("error: UNAVAILABLE: gave up re-attaching to task orphan after 1s")
+            && stderr.contains("follow it with `pas watch orphan --after-seq "),
+        "{seen}\n{stderr}"
+    );
     assert!(!seen.contains("── result ──"), "{seen}");
 
     let addr = format!("127.0.0.1:{}", fx.pool.manager_port);
