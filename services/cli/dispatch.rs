@@ -77,7 +77,7 @@ pub struct DispatchArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Task id (also an idempotency key: the same id and request attaches to the running task).
-    /// Default: a new UUID.
+    /// Default: a new UUID v4, chosen before the first call so a broken stream can re-attach.
     #[arg(long, value_name = "ID")]
     pub task_id: Option<String>,
     /// Your run identifier, echoed in records and logs.
@@ -242,5 +242,31 @@ mod tests {
         assert!(parse(&["x", "--workspace", "w", "--prefer-free", "--no-prefer-free"]).is_err());
         assert!(parse(&["x", "--workspace", "w", "--strategy", "fastest"]).is_err());
         assert!(parse(&["x"]).is_err(), "--workspace is required");
+    }
+
+    #[test]
+    fn detach_and_the_follow_flags_parse() {
+        let args = parse(&["x", "--workspace", "w"]).unwrap();
+        assert!(!args.detach && !args.follow.json);
+        assert_eq!(args.follow.reattach_timeout_s, 300);
+        let args = parse(&[
+            "x",
+            "--workspace",
+            "w",
+            "--detach",
+            "--json",
+            "--reattach-timeout-s",
+            "0",
+            "--no-diff",
+            "--manager",
+            "http://127.0.0.1:6141/",
+        ])
+        .unwrap();
+        assert!(args.detach && args.follow.json && args.follow.no_diff);
+        assert_eq!(args.follow.reattach_timeout_s, 0);
+        assert_eq!(
+            args.follow.manager.as_deref(),
+            Some("http://127.0.0.1:6141/")
+        );
     }
 }

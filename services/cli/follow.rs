@@ -384,10 +384,7 @@ impl Follower {
     /// Shows one event unless it is a heartbeat or was shown already; the exit code once it is
     /// the result.
     fn show(&mut self, event: &TaskEvent) -> Option<u8> {
-        if matches!(event.kind, Some(Kind::Heartbeat(_))) {
-            return None;
-        }
-        if event.seq != 0 && event.seq <= self.last_seq {
+        if !is_new(event, self.last_seq) {
             return None;
         }
         self.last_seq = self.last_seq.max(event.seq);
@@ -564,6 +561,13 @@ impl Follower {
     }
 }
 
+/// Whether `event` is still to be shown after the events up to `last_seq`: heartbeats never are
+/// (they are not task events), and a replay after a re-attach repeats nothing already shown. An
+/// event without a seq (a manager older than seq numbers) is always shown.
+fn is_new(event: &TaskEvent, last_seq: u64) -> bool {
+    !matches!(event.kind, Some(Kind::Heartbeat(_))) && (event.seq == 0 || event.seq > last_seq)
+}
+
 /// One `WatchTask` call on a fresh connection (a connection to a dead manager must not stand for
 /// its replacement); a connection failure is UNAVAILABLE.
 async fn watch_once(
@@ -645,6 +649,27 @@ mod tests {
         assert_eq!(exit_for_status(Code::Unavailable), 1);
         assert_eq!(exit_for_status(Code::NotFound), 1);
         assert_eq!(exit_for_status(Code::Cancelled), 130);
+    }
+
+    #[test]
+    fn heartbeats_and_events_already_shown_are_skipped() {
+        use crate::contract::v1::{Heartbeat, Output};
+        let event = |seq, kind| TaskEvent {
+            task_id: "t".into(),
+            seq,
+            timestamp_ms: 0,
+            kind: Some(kind),
+        };
+        let output = |seq| event(seq, Kind::Output(Output::default()));
+        assert!(is_new(&output(1), 0));
+        assert!(is_new(&output(5), 4));
+        assert!(!is_new(&output(4), 4), "shown before the stream broke");
+        assert!(!is_new(&output(2), 4));
+        assert!(!is_new(
+            &event(0, Kind::Heartbeat(Heartbeat { latest_seq: 4 })),
+            0
+        ));
+        assert!(is_new(&output(0), 9), "no seq: an old manager");
     }
 
     #[test]
