@@ -47,9 +47,15 @@ enum Command {
     Restart(pas::cli::up::UpArgs),
     /// Show the pool: programmers, LLMs, circuits, queues, budget and alerts.
     Status(pas::cli::status::StatusArgs),
-    /// Send a task to the pool and follow it live (exit 0 succeeded, 1 failed, 2 bad input,
-    /// 130 cancelled).
+    /// Send a task to the pool and follow it live, re-attaching if the stream breaks (exit 0
+    /// succeeded, 1 failed, 2 bad input, 130 cancelled). Ctrl-C cancels the task; --detach leaves
+    /// it running.
     Dispatch(pas::cli::dispatch::DispatchArgs),
+    /// Follow a dispatched task by id: replay its events, then live until its result (same view
+    /// and exit codes as dispatch). Ctrl-C stops watching; the task runs on.
+    Watch(pas::cli::watch::WatchArgs),
+    /// List the manager's tasks, newest first (filter by run id and state).
+    Tasks(pas::cli::tasks::TasksArgs),
     /// Development TLS: a CA and certificates for every process of the configuration.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -109,6 +115,8 @@ fn main() -> ExitCode {
         Command::Restart(args) => pas::cli::up::restart(&cli.config, cli.log_format, args),
         Command::Status(args) => pas::cli::status::run(&cli.config, args),
         Command::Dispatch(args) => pas::cli::dispatch::run(&cli.config, args),
+        Command::Watch(args) => pas::cli::watch::run(&cli.config, args),
+        Command::Tasks(args) => pas::cli::tasks::run(&cli.config, args),
         Command::Certs(CertsCommand::Init(args)) => pas::cli::certs::run(&cli.config, args),
         Command::Token(TokenCommand::New(args)) => pas::cli::token::run(args),
         Command::Demo(args) => pas::cli::demo::run(&cli.config, cli.log_format, args),

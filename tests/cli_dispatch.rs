@@ -10,7 +10,7 @@
 //! | 001        | `flaky`    | primary HTTP 500, backup answers          | success (plain) + `--json`    |
 //! | 002        | `doomed`   | primary and backup HTTP 500               | failed                        |
 //! | 003        | `hang`     | both never answer                         | timed out (`--timeout 2`)     |
-//! | 004        | `slow`     | both answer after 15 s                    | Ctrl-C; the manager dying     |
+//! | 004        | `slow`     | both answer after 15 s                    | Ctrl-C; the manager gone      |
 //! | 005        | `tty`      | primary HTTP 500, backup answers          | the spinner on a pty          |
 //! | 006        | `premium`  | paid, `max_cost_per_job_usd` over budget  | dry run, idempotency, budget  |
 //!
@@ -18,18 +18,13 @@
 
 mod common;
 
+use common::cli::{self, Run, TASK_LIMIT, assert_in_order, finish, read_until, spawn_lines};
 use common::pool::{ChildGuard, PoolOptions, TestPool, TestProgrammer};
 use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
 use pas::contract::v1::{GetTaskRequest, TaskRecord, TaskState};
 use std::future::Future;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout};
-
-/// How long one real task may take on a loaded 2-core machine (aider starts in 4–13 s).
-const TASK_LIMIT: Duration = Duration::from_secs(240);
 
 /// The simulator's behaviour per model (see the table above).
 const SIM_SCRIPT: &str = r#"
@@ -50,7 +45,7 @@ default:
   fault: none
 "#;
 
-const TASK: &str = "Add docstrings to all functions";
+const TASK: &str = cli::SAMPLE_TASK;
 
 /// The running pool shared by every case.
 struct Fixture {
@@ -112,25 +107,14 @@ impl Fixture {
 
     /// `pas --config POOL dispatch ARGS…`, stdout and stderr piped (so: plain mode).
     fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::from(self.pool.pas_command(&["dispatch"]));
-        cmd.args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        let mut cmd = cli::command(&self.pool, &["dispatch"]);
+        cmd.args(args);
         cmd
     }
 
     /// Runs `pas dispatch ARGS…` to the end.
     async fn dispatch(&self, args: &[&str]) -> Run {
-        let out = tokio::time::timeout(TASK_LIMIT, self.command(args).output())
-            .await
-            .unwrap_or_else(|_| panic!("pas dispatch {args:?} did not finish in {TASK_LIMIT:?}"))
-            .expect("run pas dispatch");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        cli::run_to_end(self.command(args), &format!("pas dispatch {args:?}")).await
     }
 
     async fn client(&self) -> ProgrammerPoolClient<tonic::transport::Channel> {
@@ -164,95 +148,6 @@ impl Fixture {
         out.push_str(&format!("--- llm-sim ---\n{}\n", self.pool.sim.log_text()));
         out
     }
-}
-
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Asserts `pieces` occur in `text` in this order.
-fn assert_in_order(text: &str, pieces: &[&str]) {
-    let mut from = 0;
-    for piece in pieces {
-        match text[from..].find(piece) {
-            Some(at) => from += at + piece.len(),
-            None => panic!("missing (or out of order) {piece:?} in:\n{text}"),
-        }
-    }
-}
-
-/// Reads lines from a child's stdout into `seen` until one satisfies `stop` (within
-/// [`TASK_LIMIT`]); panics when the stream ends first.
-async fn read_until(
-    lines: &mut Lines<BufReader<ChildStdout>>,
-    seen: &mut String,
-    stop: impl Fn(&str) -> bool,
-) {
-    let found = tokio::time::timeout(TASK_LIMIT, async {
-        while let Some(line) = lines.next_line().await.expect("read stdout") {
-            seen.push_str(&line);
-            seen.push('\n');
-            if stop(&line) {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    match found {
-        Ok(true) => {}
-        Ok(false) => panic!("the stream ended early:\n{seen}"),
-        Err(_) => panic!("nothing expected within {TASK_LIMIT:?}:\n{seen}"),
-    }
-}
-
-/// Reads the rest of a child's stdout and waits for it; returns its exit code and stderr.
-async fn finish(
-    mut child: Child,
-    mut lines: Lines<BufReader<ChildStdout>>,
-    seen: &mut String,
-) -> (i32, String) {
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let read_err = async {
-        let mut text = String::new();
-        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await;
-        text
-    };
-    let read_out = async {
-        while let Some(line) = lines.next_line().await.expect("read stdout") {
-            seen.push_str(&line);
-            seen.push('\n');
-        }
-    };
-    let ((), err) = tokio::time::timeout(TASK_LIMIT, async { tokio::join!(read_out, read_err) })
-        .await
-        .unwrap_or_else(|_| panic!("pas dispatch did not end:\n{seen}"));
-    let status = child.wait().await.expect("wait for pas dispatch");
-    (status.code().unwrap_or(-1), err)
-}
-
-fn spawn_lines(mut cmd: tokio::process::Command) -> (Child, Lines<BufReader<ChildStdout>>) {
-    let mut child = cmd.spawn().expect("spawn pas dispatch");
-    let stdout = child.stdout.take().expect("piped stdout");
-    (child, BufReader::new(stdout).lines())
-}
-
-fn sigint(child: &Child) {
-    let pid = nix::unistd::Pid::from_raw(child.id().expect("running child") as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -659,7 +554,8 @@ async fn bad_command_lines_exit_2_before_calling_anyone(fx: Arc<Fixture>) {
 
 /// SIGINT while aider waits for the (slow) model: the task is cancelled on the server.
 async fn ctrl_c_cancels_the_task(fx: Arc<Fixture>) {
-    let (child, mut lines) = spawn_lines(fx.command(&[
+    // Aider is up and about to ask the model, which takes 15 s to answer.
+    let (code, seen, stderr) = cli::interrupt_once_aider_is_up(fx.command(&[
         TASK,
         "--files",
         "src/module.py",
@@ -669,15 +565,8 @@ async fn ctrl_c_cancels_the_task(fx: Arc<Fixture>) {
         "slow",
         "--task-id",
         "c1",
-    ]));
-    let mut seen = String::new();
-    // Aider is up and about to ask the model, which takes 15 s to answer.
-    read_until(&mut lines, &mut seen, |l| {
-        l == "Added src/module.py to the chat."
-    })
+    ]))
     .await;
-    sigint(&child);
-    let (code, stderr) = finish(child, lines, &mut seen).await;
     assert_eq!(code, 130, "{seen}\n{stderr}");
     assert_in_order(
         &seen,
@@ -745,16 +634,9 @@ fn dispatch_on_pty(mut cmd: std::process::Command) -> (i32, String) {
 /// On a terminal: a spinner naming the phase and counting seconds, output lines printed whole
 /// above it (aider streams the model's reply in pieces), a coloured summary and diff.
 async fn spinner_on_a_terminal(fx: Arc<Fixture>) {
-    let cmd = fx.pool.pas_command(&[
-        "dispatch",
-        TASK,
-        "--files",
-        "src/module.py",
-        "--workspace",
-        "sample",
-        "--capability",
-        "tty",
-    ]);
+    let cmd = fx
+        .pool
+        .pas_command(&[&["dispatch"][..], &cli::sample_task("tty")].concat());
     let (code, drawn) = tokio::task::spawn_blocking(move || dispatch_on_pty(cmd))
         .await
         .expect("pty thread");
@@ -796,7 +678,9 @@ async fn spinner_on_a_terminal(fx: Arc<Fixture>) {
     assert!(drawn.contains("+    \"\"\"Add.\"\"\""), "{drawn:?}");
 }
 
-/// The manager dies while a task runs: the stream breaks, exit 1; then it cannot be reached, exit 1.
+/// The manager dies while a task runs and stays away: `pas dispatch` says it lost the stream,
+/// tries to re-attach for `--reattach-timeout-s`, then gives up with exit 1 and the command that
+/// follows the task later; then a new dispatch cannot reach anyone, exit 1.
 async fn manager_gone_exits_1(fx: Arc<Fixture>) {
     let (child, mut lines) = spawn_lines(fx.command(&[
         TASK,
@@ -808,6 +692,8 @@ async fn manager_gone_exits_1(fx: Arc<Fixture>) {
         "slow",
         "--task-id",
         "orphan",
+        "--reattach-timeout-s",
+        "1",
     ]));
     let mut seen = String::new();
     read_until(&mut lines, &mut seen, |l| l.starts_with("==> assigned")).await;
@@ -820,7 +706,16 @@ async fn manager_gone_exits_1(fx: Arc<Fixture>) {
     manager.kill();
     let (code, stderr) = finish(child, lines, &mut seen).await;
     assert_eq!(code, 1, "{seen}\n{stderr}");
-    assert!(stderr.starts_with("error: "), "{seen}\n{stderr}");
+    assert!(
+        seen.contains("==> lost the stream of task orphan (")
+            && seen.contains("re-attaching after seq "),
+        "{seen}\n{stderr}"
+    );
+    assert!(
+        stderr.starts_with("error: UNAVAILABLE: gave up re-attaching to task orphan after 1s")
+            && stderr.contains("follow it with `pas watch orphan --after-seq "),
+        "{seen}\n{stderr}"
+    );
     assert!(!seen.contains("── result ──"), "{seen}");
 
     let addr = format!("127.0.0.1:{}", fx.pool.manager_port);

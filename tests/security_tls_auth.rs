@@ -302,6 +302,8 @@ async fn tokens_decide_who_may_call_what_and_see_which_task() {
         "--workspace",
         "sample",
         "--dry-run",
+        "--task-id",
+        "tls-cli-1",
     ];
     let out = cli(Some(&s.dispatch), &dispatch_args);
     assert!(
@@ -309,6 +311,48 @@ async fn tokens_decide_who_may_call_what_and_see_which_task() {
         "pas dispatch with PAS_TOKEN: {}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+    // pas watch and pas tasks connect the same way: TLS from the config, PAS_TOKEN; a dispatch
+    // token sees its own task, another caller's token does not.
+    let text = |out: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let out = cli(Some(&s.dispatch), &["watch", "tls-cli-1"]);
+    assert!(
+        out.status.success() && text(&out).contains("task       tls-cli-1"),
+        "{}",
+        text(&out)
+    );
+    let out = cli(Some(&s.other), &["watch", "tls-cli-1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("error: PERMISSION_DENIED: "),
+        "{}",
+        text(&out)
+    );
+    let listed = |token: &str| {
+        let out = cli(Some(token), &["tasks", "--json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let tasks: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        tasks
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|t| t["task_id"].as_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(listed(&s.dispatch).contains(&"tls-cli-1".to_string()));
+    assert!(listed(&s.admin).contains(&"tls-cli-1".to_string()));
+    assert!(!listed(&s.other).contains(&"tls-cli-1".to_string()));
+    let out = cli(None, &["tasks"]);
+    assert!(
+        out.status.code() == Some(1) && text(&out).contains("error: UNAUTHENTICATED: "),
+        "{}",
+        text(&out)
     );
     let out = cli(None, &dispatch_args);
     let text = format!(

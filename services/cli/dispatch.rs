@@ -1,37 +1,20 @@
 //! `pas dispatch "task" --files … --workspace W`: send a task to the pool and follow it live.
 //!
-//! Streams the manager's `Dispatch` events through a [`View`], then prints the summary and the
-//! diff. Ctrl-C (or SIGTERM) asks the manager to cancel the task (`CancelTask`) and waits briefly
-//! for the CANCELLED result; a second Ctrl-C quits at once.
+//! The task always has an id before the first call (the user's `--task-id`, else a new UUID v4),
+//! so that if the stream breaks the [`Follower`] can re-attach to it with `WatchTask`. Ctrl-C (or
+//! SIGTERM) cancels the task (`CancelTask`) and waits briefly for the CANCELLED result; a second
+//! Ctrl-C quits at once. `--detach` returns once the manager accepted the task and leaves it
+//! running, printing the id to follow it with `pas watch`.
 //!
-//! Exit codes: 0 succeeded, 1 failed / timed out / pool unreachable or full, 2 bad input
-//! (INVALID_ARGUMENT, FAILED_PRECONDITION, ALREADY_EXISTS, OUT_OF_RANGE; the status message is
-//! printed), 130 cancelled.
+//! Exit codes (see [`super::follow`]): 0 succeeded (or accepted, with `--detach`), 1 failed /
+//! timed out / pool unreachable or full, 2 bad input (INVALID_ARGUMENT, FAILED_PRECONDITION,
+//! ALREADY_EXISTS, OUT_OF_RANGE; the status message is printed), 130 cancelled.
 
-use super::dispatch_view::{Mode, View};
-use super::probe;
-use crate::contract::v1::programmer_pool_client::ProgrammerPoolClient;
-use crate::contract::v1::{
-    CancelTaskRequest, DispatchRequest, Strategy, TaskResult, TaskState, task_event::Kind,
-};
-use std::io::IsTerminal;
+use super::follow::{self, FollowArgs, Follower, OnInterrupt};
+use crate::channel::ClientSecurity;
+use crate::contract::v1::{DispatchRequest, Strategy};
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
-use tokio::signal::unix::{SignalKind, signal};
-use tonic::Code;
-
-/// Exit code: the task succeeded.
-pub const EXIT_SUCCEEDED: u8 = 0;
-/// Exit code: the task failed or timed out, or the pool could not take it.
-pub const EXIT_FAILED: u8 = 1;
-/// Exit code: the request was rejected as invalid (or cannot ever be served as asked).
-pub const EXIT_BAD_INPUT: u8 = 2;
-/// Exit code: the task was cancelled (128 + SIGINT, as shells report Ctrl-C).
-pub const EXIT_CANCELLED: u8 = 130;
-
-/// How long to wait for the CANCELLED result after asking the manager to cancel.
-const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
 /// Routing strategy override, spelled as in the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -93,11 +76,8 @@ pub struct DispatchArgs {
     /// Validate and route only: aider is not run and nothing is charged.
     #[arg(long)]
     pub dry_run: bool,
-    /// Print every event as a JSON line, then the result as a JSON line.
-    #[arg(long)]
-    pub json: bool,
     /// Task id (also an idempotency key: the same id and request attaches to the running task).
-    /// Default: a new UUID.
+    /// Default: a new UUID v4, chosen before the first call so a broken stream can re-attach.
     #[arg(long, value_name = "ID")]
     pub task_id: Option<String>,
     /// Your run identifier, echoed in records and logs.
@@ -112,12 +92,12 @@ pub struct DispatchArgs {
     /// Git ref to branch from (default: the workspace's HEAD).
     #[arg(long, value_name = "REF")]
     pub base_ref: Option<String>,
-    /// The manager's address (`host:port`); default: the configured manager.
-    #[arg(long, value_name = "ADDR")]
-    pub manager: Option<String>,
-    /// Do not print the diff after the summary.
+    /// Return as soon as the manager accepted the task, leaving it running, and print its id
+    /// (follow it with `pas watch ID`). Without it, Ctrl-C cancels the task.
     #[arg(long)]
-    pub no_diff: bool,
+    pub detach: bool,
+    #[command(flatten)]
+    pub follow: FollowArgs,
 }
 
 impl DispatchArgs {
@@ -149,218 +129,46 @@ impl DispatchArgs {
     }
 }
 
-/// The exit code for a finished task.
-pub fn exit_for_result(result: &TaskResult) -> u8 {
-    match TaskState::try_from(result.status).unwrap_or(TaskState::Unspecified) {
-        TaskState::Succeeded => EXIT_SUCCEEDED,
-        TaskState::Cancelled => EXIT_CANCELLED,
-        _ => EXIT_FAILED,
-    }
-}
-
-/// The exit code for a call that ended with a gRPC error instead of a result.
-pub fn exit_for_status(code: Code) -> u8 {
-    match code {
-        Code::InvalidArgument
-        | Code::FailedPrecondition
-        | Code::AlreadyExists
-        | Code::OutOfRange => EXIT_BAD_INPUT,
-        Code::Cancelled => EXIT_CANCELLED,
-        _ => EXIT_FAILED,
-    }
-}
-
 /// Runs `pas dispatch`.
 pub fn run(config_path: &Path, args: DispatchArgs) -> ExitCode {
-    let addr = match probe::manager_addr(config_path, args.manager.as_deref()) {
-        Ok(addr) => addr,
-        Err(e) => {
-            eprintln!("error: no --manager given and the configuration is unusable:\n{e}");
-            return ExitCode::from(EXIT_FAILED);
-        }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_FAILED);
-        }
-    };
-    let security = crate::channel::ClientSecurity::for_cli(config_path);
-    ExitCode::from(runtime.block_on(follow(&addr, &security, &args)))
+    let manager = args.follow.manager.clone();
+    follow::run_client(config_path, manager.as_deref(), move |addr, security| {
+        dispatch(addr, security, args)
+    })
 }
 
-/// Sends the task and follows its stream to the end; returns the exit code.
-async fn follow(addr: &str, security: &crate::channel::ClientSecurity, args: &DispatchArgs) -> u8 {
-    let mode = if args.json {
-        Mode::Json
-    } else if std::io::stdout().is_terminal() {
-        Mode::Live
-    } else {
-        Mode::Plain
-    };
-    let (mut interrupt, mut terminate) = match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(i), Ok(t)) => (i, t),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("error: cannot handle signals: {e}");
-            return EXIT_FAILED;
-        }
-    };
+/// Sends the task and follows it to the end (or, with `--detach`, until accepted); returns the
+/// exit code.
+async fn dispatch(addr: String, security: ClientSecurity, args: DispatchArgs) -> u8 {
+    // Chosen here, not by the manager: re-attaching after a broken stream needs the id.
     let task_id = args
         .task_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let mut client = match probe::pool_client(addr, Duration::from_secs(5), security).await {
-        Ok(client) => client,
-        Err(e) => {
-            report_error(
-                mode,
-                Code::Unavailable,
-                &format!("{e} (is the pool running? `pas up`)"),
-            );
-            return EXIT_FAILED;
-        }
+    let phase = format!("dispatching to {addr}");
+    let mut follower = match Follower::start(
+        addr,
+        security,
+        &args.follow,
+        task_id,
+        OnInterrupt::Cancel,
+        &phase,
+    )
+    .await
+    {
+        Ok(follower) => follower,
+        Err(code) => return code,
     };
-    let mut canceller = client.clone();
-    let mut view = View::new(mode, &format!("dispatching to {addr}"));
-
-    let request = args.request(&task_id);
-    let call = client.dispatch(request);
-    let mut stream = tokio::select! {
-        response = call => match response {
-            Ok(response) => response.into_inner(),
-            Err(status) => {
-                view.stop_spinner();
-                report_error(mode, status.code(), status.message());
-                return exit_for_status(status.code());
-            }
-        },
-        _ = interrupt.recv() => return abandon(&mut view, &mut canceller, &task_id).await,
-        _ = terminate.recv() => return abandon(&mut view, &mut canceller, &task_id).await,
+    let mut client = follower.client();
+    let call = client.dispatch(args.request(follower.task_id()));
+    let response = tokio::select! {
+        response = call => response,
+        () = follower.interrupted() => return follower.abandon().await,
     };
-
-    let mut cancel_deadline: Option<tokio::time::Instant> = None;
-    loop {
-        let wait_cancel = async {
-            match cancel_deadline {
-                Some(deadline) => tokio::time::sleep_until(deadline).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            message = stream.message() => match message {
-                Ok(Some(event)) => {
-                    if let Some(Kind::Result(result)) = &event.kind {
-                        if mode == Mode::Json {
-                            view.event(&event);
-                            view.stop_spinner();
-                        } else {
-                            view.finish(&event.task_id, result, !args.no_diff);
-                        }
-                        return exit_for_result(result);
-                    }
-                    view.event(&event);
-                }
-                Ok(None) => {
-                    view.stop_spinner();
-                    report_error(mode, Code::Internal, "the manager closed the stream without a result");
-                    return if cancel_deadline.is_some() { EXIT_CANCELLED } else { EXIT_FAILED };
-                }
-                Err(status) => {
-                    view.stop_spinner();
-                    report_error(mode, status.code(), status.message());
-                    return if cancel_deadline.is_some() { EXIT_CANCELLED } else { exit_for_status(status.code()) };
-                }
-            },
-            _ = async { tokio::select! { _ = interrupt.recv() => {}, _ = terminate.recv() => {} } } => {
-                if cancel_deadline.is_some() {
-                    view.stop_spinner();
-                    eprintln!("interrupted again: not waiting for the manager to confirm");
-                    return EXIT_CANCELLED;
-                }
-                cancel_deadline = Some(tokio::time::Instant::now() + CANCEL_WAIT);
-                view.notice(&format!("cancelling task {task_id}… (Ctrl-C again to quit without waiting)"), true);
-                view.set_phase("cancelling");
-                request_cancel(&mut view, &mut canceller, &task_id).await;
-            }
-            _ = wait_cancel => {
-                view.stop_spinner();
-                eprintln!("the manager did not confirm the cancellation within {}s", CANCEL_WAIT.as_secs());
-                return EXIT_CANCELLED;
-            }
-        }
-    }
-}
-
-/// Ctrl-C before the stream started: cancel by id (the call itself is dropped too).
-async fn abandon(
-    view: &mut View,
-    canceller: &mut ProgrammerPoolClient<crate::channel::AuthChannel>,
-    task_id: &str,
-) -> u8 {
-    view.notice(&format!("cancelling task {task_id}…"), true);
-    request_cancel(view, canceller, task_id).await;
-    view.stop_spinner();
-    EXIT_CANCELLED
-}
-
-/// Sends `CancelTask`; reports (but does not fail on) errors.
-async fn request_cancel(
-    view: &mut View,
-    canceller: &mut ProgrammerPoolClient<crate::channel::AuthChannel>,
-    task_id: &str,
-) {
-    let call = canceller.cancel_task(CancelTaskRequest {
-        task_id: task_id.to_string(),
-    });
-    match tokio::time::timeout(Duration::from_secs(5), call).await {
-        Ok(Ok(response)) => {
-            let r = response.into_inner();
-            if !r.cancelled && !r.message.is_empty() {
-                view.notice(&r.message, true);
-            }
-        }
-        Ok(Err(status)) if status.code() == Code::NotFound => {}
-        Ok(Err(status)) => view.notice(&format!("CancelTask failed: {}", status.message()), true),
-        Err(_) => view.notice("CancelTask got no answer within 5s", true),
-    }
-}
-
-/// Prints a gRPC failure: a JSON line in JSON mode, else `error: CODE: message` on stderr.
-fn report_error(mode: Mode, code: Code, message: &str) {
-    let name = code_name(code);
-    if mode == Mode::Json {
-        println!(
-            "{}",
-            serde_json::json!({ "type": "error", "code": name, "message": message })
-        );
-    }
-    eprintln!("error: {name}: {message}");
-}
-
-/// `Code::InvalidArgument` → `INVALID_ARGUMENT`, as gRPC documents them.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
+    match response {
+        Err(status) => follower.fail(&status),
+        Ok(_) if args.detach => follower.leave(),
+        Ok(response) => follower.run(response.into_inner()).await,
     }
 }
 
@@ -437,19 +245,28 @@ mod tests {
     }
 
     #[test]
-    fn exit_codes_follow_the_outcome() {
-        let result = |s: TaskState| TaskResult {
-            status: s as i32,
-            ..Default::default()
-        };
-        assert_eq!(exit_for_result(&result(TaskState::Succeeded)), 0);
-        assert_eq!(exit_for_result(&result(TaskState::Failed)), 1);
-        assert_eq!(exit_for_result(&result(TaskState::TimedOut)), 1);
-        assert_eq!(exit_for_result(&result(TaskState::Cancelled)), 130);
-        assert_eq!(exit_for_status(Code::InvalidArgument), 2);
-        assert_eq!(exit_for_status(Code::FailedPrecondition), 2);
-        assert_eq!(exit_for_status(Code::ResourceExhausted), 1);
-        assert_eq!(exit_for_status(Code::Unavailable), 1);
-        assert_eq!(exit_for_status(Code::Cancelled), 130);
+    fn detach_and_the_follow_flags_parse() {
+        let args = parse(&["x", "--workspace", "w"]).unwrap();
+        assert!(!args.detach && !args.follow.json);
+        assert_eq!(args.follow.reattach_timeout_s, 300);
+        let args = parse(&[
+            "x",
+            "--workspace",
+            "w",
+            "--detach",
+            "--json",
+            "--reattach-timeout-s",
+            "0",
+            "--no-diff",
+            "--manager",
+            "http://127.0.0.1:6141/",
+        ])
+        .unwrap();
+        assert!(args.detach && args.follow.json && args.follow.no_diff);
+        assert_eq!(args.follow.reattach_timeout_s, 0);
+        assert_eq!(
+            args.follow.manager.as_deref(),
+            Some("http://127.0.0.1:6141/")
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! How `pas dispatch` shows a task's stream: live on a terminal (an indicatif spinner with the
+//! How `pas dispatch` and `pas watch` show a task's stream: live on a terminal (an indicatif spinner with the
 //! elapsed time under the scrolling output), plain lines when piped, or one JSON object per event.
 //!
 //! Aider's output is relayed as it arrives. On a terminal it is printed a line at a time above the
@@ -313,6 +313,18 @@ impl View {
                 self.end_line();
                 println_flush(&line);
             }
+        }
+    }
+
+    /// A line about the stream itself rather than the task (lost, re-attached, left running):
+    /// in JSON mode `value` as a JSON line on stdout (so a program reading the events sees it in
+    /// place) and `text` on stderr; otherwise `text` as a notice.
+    pub fn announce(&mut self, value: Value, text: &str, warn: bool) {
+        if self.mode == Mode::Json {
+            println_flush(&value.to_string());
+            eprintln!("{text}");
+        } else {
+            self.notice(text, warn);
         }
     }
 

@@ -261,20 +261,17 @@ pub fn render(s: &PoolStatus) -> String {
             &s.strategy
         },
     );
-    let mut table = comfy_table::Table::new();
-    table
-        .load_style(comfy_table::presets::UTF8_FULL_CONDENSED)
-        .set_header([
-            "ID",
-            "PORT",
-            "STATE",
-            "LLM IN USE",
-            "CIRCUIT",
-            "QUEUE",
-            "IN FLIGHT",
-            "DONE",
-            "FAILED",
-        ]);
+    let mut table = super::table(&[
+        "ID",
+        "PORT",
+        "STATE",
+        "LLM IN USE",
+        "CIRCUIT",
+        "QUEUE",
+        "IN FLIGHT",
+        "DONE",
+        "FAILED",
+    ]);
     for p in &s.programmers {
         table.add_row(programmer_row(p));
     }
@@ -319,10 +316,7 @@ fn render_llm_stats(stats: &[LlmStats]) -> String {
     if stats.is_empty() {
         return "LLMs: no finished tasks yet\n".to_string();
     }
-    let mut table = comfy_table::Table::new();
-    table
-        .load_style(comfy_table::presets::UTF8_FULL_CONDENSED)
-        .set_header(["LLM", "TASKS", "SUCCESS", "P50", "P95", "ATTEMPTS (FAILED)"]);
+    let mut table = super::table(&["LLM", "TASKS", "SUCCESS", "P50", "P95", "ATTEMPTS (FAILED)"]);
     for l in stats {
         let (rate, p50, p95) = if l.tasks == 0 {
             ("-".to_string(), "-".to_string(), "-".to_string())
@@ -345,8 +339,8 @@ fn render_llm_stats(stats: &[LlmStats]) -> String {
     format!("LLMs (tasks finished since the manager started):\n{table}\n")
 }
 
-/// `850ms`, `4.2s`, `2m05s`.
-fn duration_text(ms: u64) -> String {
+/// `850ms`, `4.2s`, `2m05s`: a duration as the tables show it (also `pas tasks`).
+pub fn duration_text(ms: u64) -> String {
     if ms < 1000 {
         format!("{ms}ms")
     } else if ms < 60_000 {

@@ -567,18 +567,15 @@ fn reap_leftovers(run: &RunDir) {
 
 /// The children as a table: process, pid, address, state, restarts, last exit, log.
 pub fn children_table(children: &[ChildReport]) -> comfy_table::Table {
-    let mut table = comfy_table::Table::new();
-    table
-        .load_style(comfy_table::presets::UTF8_FULL_CONDENSED)
-        .set_header([
-            "PROCESS",
-            "PID",
-            "ADDRESS",
-            "STATE",
-            "RESTARTS",
-            "LAST EXIT",
-            "LOG",
-        ]);
+    let mut table = super::table(&[
+        "PROCESS",
+        "PID",
+        "ADDRESS",
+        "STATE",
+        "RESTARTS",
+        "LAST EXIT",
+        "LOG",
+    ]);
     for c in children {
         table.add_row([
             c.name.clone(),

@@ -340,5 +340,6 @@ pub fn strace_prefix_for(log: &Path, trace: &str) -> Vec<std::ffi::OsString> {
     .chain(std::iter::once(log.as_os_str().to_owned()))
     .collect()
 }
+pub mod cli;
 pub mod pool;
 pub mod secure;
