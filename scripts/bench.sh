@@ -12,6 +12,7 @@
 #                                     when they exist (other engineers' benchmarks)
 #   3. benches/pool_suite.rs          machine, scheduling (simulation), failure detection, memory,
 #                                     streaming, and the routing ratio computed from step 1
+#   4. tests/chaos.rs at 1,000 dry-run + 50 real tasks and 20 kills (its invariants asserted)
 # Output: target/bench/*.json (figures), target/bench/*.txt (each benchmark's stdout),
 # target/bench/*.log (stderr), and BENCHMARKS.md's generated block between the markers.
 # Needs the aider venv (.aider-venv, see scripts/install-aider.sh): pool_suite FAILS without it.
@@ -63,6 +64,20 @@ for b in manager_hop programmer_overhead telemetry_overhead; do
 done
 run_bench pool_suite "${quick[@]}"
 
+# The chaos test at its large size (the suite runs it small): 1,000 dry-run and 50 real tasks while
+# programmers and the manager are killed at seeded random points. It asserts its invariants; the
+# summary (tasks, kills, outcomes, seconds, seed) goes into BENCHMARKS.md.
+chaos_size=(PAS_CHAOS_DRY=1000 PAS_CHAOS_REAL=50 PAS_CHAOS_KILLS=20)
+if ((${#quick[@]})); then chaos_size=(PAS_CHAOS_DRY=300 PAS_CHAOS_REAL=10 PAS_CHAOS_KILLS=8); fi
+echo "== chaos: ${chaos_size[*]} cargo test --test chaos" >&2
+if env "${chaos_size[@]}" PAS_AIDER_PYTHON="$root/.aider-venv/bin/python" \
+    cargo test --test chaos -- --nocapture >"$out/chaos.log" 2>&1; then
+    echo "   ok: $out/chaos.log" >&2
+else
+    echo "   FAILED (see $out/chaos.log)" >&2
+    failed+=(chaos)
+fi
+
 # ----- BENCHMARKS.md's generated block -----
 generated="$out/BENCHMARKS.generated.md"
 {
@@ -90,6 +105,12 @@ generated="$out/BENCHMARKS.generated.md"
         fi
         echo
     done
+    echo "### chaos (\`tests/chaos.rs\` at the large size)"
+    echo
+    echo '```text'
+    grep -E '^(chaos|test result)' "$out/chaos.log" || tail -n 20 "$out/chaos.log"
+    echo '```'
+    echo
     echo "Raw criterion output of \`benches/routing.rs\` is in \`target/bench/routing.txt\`;"
     echo "every figure above is also in \`target/bench/*.json\`."
 } >"$generated"

@@ -149,15 +149,17 @@ async fn tasks_survive_random_kills_of_programmers_and_the_manager() {
         requests.swap(i, rng.random_range(0..=i));
     }
     let total = requests.len();
+    let started = std::time::Instant::now();
 
     // Chaos by progress: after every few finished tasks, kill something and restart it.
     let finished = Arc::new(AtomicUsize::new(0));
-    let mut kill_points: Vec<(usize, Option<usize>)> = (0..8)
-        .map(|_| {
+    let kills = env_or("PAS_CHAOS_KILLS", 8);
+    let mut kill_points: Vec<(usize, Option<usize>)> = (0..kills)
+        .map(|k| {
             let at = rng.random_range(1..total.max(2));
-            // None: the manager; Some(i): programmer i.
-            let victim =
-                (rng.random_range(0..5) < 4).then(|| rng.random_range(0..PROGRAMMERS.len()));
+            // None: the manager (at least once a run); Some(i): programmer i.
+            let manager = k == 0 || rng.random_range(0..5) == 0;
+            let victim = (!manager).then(|| rng.random_range(0..PROGRAMMERS.len()));
             (at, victim)
         })
         .collect();
@@ -258,7 +260,10 @@ async fn tasks_survive_random_kills_of_programmers_and_the_manager() {
             paid_costs += result.cost_nanousd;
         }
     }
-    eprintln!("chaos outcomes: {outcomes:?}");
+    eprintln!(
+        "chaos summary: {total} tasks ({dry} dry-run, {real} real), {kills} kills, outcomes {outcomes:?}, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     assert_eq!(
         outcomes.get("Succeeded").copied().unwrap_or(0)
             + outcomes.get("Failed").copied().unwrap_or(0),

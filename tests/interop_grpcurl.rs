@@ -112,14 +112,21 @@ fn grpcurl_lists_describes_checks_health_and_reads_pool_status() {
             "pas.v1.ProgrammerPool.CancelTask",
             "pas.v1.ProgrammerPool.Dispatch",
             "pas.v1.ProgrammerPool.GetPoolStatus",
-            "pas.v1.ProgrammerPool.GetTask"
+            "pas.v1.ProgrammerPool.GetTask",
+            "pas.v1.ProgrammerPool.ListTasks",
+            "pas.v1.ProgrammerPool.WatchTask"
         ]
     );
     let methods = grpcurl_ok(&mesh, &programmer, &[], &["list", "pas.v1.Programmer"]).stdout;
     let methods: Vec<&str> = methods.lines().collect();
     assert_eq!(
         methods,
-        ["pas.v1.Programmer.Execute", "pas.v1.Programmer.GetStatus"]
+        [
+            "pas.v1.Programmer.Execute",
+            "pas.v1.Programmer.GetStatus",
+            "pas.v1.Programmer.StopTask",
+            "pas.v1.Programmer.WatchTask"
+        ]
     );
 
     // describe: both services with their streaming signatures and the proto comments, and a message.

@@ -13,8 +13,7 @@ use common::pool::{
 };
 use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
 use pas::contract::v1::{
-    Budget, CancelTaskRequest, DispatchRequest, ErrorClass, GetTaskRequest, Strategy, TaskResult,
-    TaskState,
+    Budget, DispatchRequest, ErrorClass, GetTaskRequest, Strategy, TaskResult, TaskState,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -327,7 +326,7 @@ async fn an_exhausted_budget_moves_mixed_work_to_free_and_refuses_paid_only_work
         "llms:\n  \"openai/paid-a\":\n    input_cost_per_token: 2.5e-6\n    output_cost_per_token: 1.0e-5\n  \"openai/paid-b\":\n    input_cost_per_token: 2.5e-6\n    output_cost_per_token: 1.0e-5\n",
     );
     pool.sample_repo();
-    let _p = pool.start_all_programmers();
+    let mut programmers = pool.start_all_programmers();
     let _m = pool.start_manager();
     let c = manager_client(&pool).await;
     wait_available(&c, 2).await;
@@ -367,18 +366,18 @@ async fn an_exhausted_budget_moves_mixed_work_to_free_and_refuses_paid_only_work
         budget_of(&pool_status(&c).await).reserved_nanousd,
         nanos(1.0)
     );
-    // Cancelled mid-run: the programmer may have spent its hold, so the whole hold is booked.
-    c.clone()
-        .cancel_task(CancelTaskRequest {
-            task_id: "on-paid".into(),
-        })
-        .await
-        .expect("CancelTask");
+    // Lost mid-run (its programmer killed): what it spent there is unknown, so the whole hold is
+    // booked; the task is rerouted to free 002 and succeeds there.
+    programmers.get_mut("001").expect("001").kill();
     let (_, r) = on_paid.await.expect("task");
-    assert_eq!(state_of(&r), TaskState::Cancelled);
+    assert_eq!(state_of(&r), TaskState::Succeeded, "{r:#?}");
+    assert_eq!(r.programmer_id, "002", "{r:#?}");
     let b = budget_of(&pool_status(&c).await);
     assert_eq!(b.spent_nanousd, nanos(1.0), "{b:#?}");
     assert_eq!(b.reserved_nanousd, 0, "{b:#?}");
+    // 001 is back: from here on only the budget keeps work off it.
+    programmers.insert("001".into(), pool.start_programmer("001"));
+    wait_available(&c, 2).await;
 
     // $0.50 left < $1.00 per job: the same kind of task now runs on free 002, with or without
     // the preference for free models.
@@ -407,5 +406,8 @@ async fn an_exhausted_budget_moves_mixed_work_to_free_and_refuses_paid_only_work
     let left = pool
         .wait_worktree_processes_gone(Duration::from_secs(60))
         .await;
-    assert!(left.is_empty(), "aider left running after cancel: {left:?}");
+    assert!(
+        left.is_empty(),
+        "aider left running after its programmer died: {left:?}"
+    );
 }

@@ -412,18 +412,18 @@ async fn least_loaded_picks_the_idle_programmer_under_real_load() {
         other => panic!("last event is not a result: {other:?}"),
     }
 
-    // Release the load: tasks outlive their streams, so each is cancelled on its programmer.
+    // Release the load: tasks outlive their streams, so each is stopped on its programmer.
     drop(load);
     for (id, depth) in wanted {
         let n = if depth == 0 { 0 } else { depth as usize + 1 };
         let mut client = s.pool.programmer_client(id).await;
         for i in 0..n {
             client
-                .cancel_task(pas::contract::v1::CancelTaskRequest {
+                .stop_task(pas::contract::v1::StopTaskRequest {
                     task_id: format!("load-{id}-{i}"),
                 })
                 .await
-                .expect("CancelTask");
+                .expect("StopTask");
         }
     }
     let left = s

@@ -7,7 +7,8 @@ mod common;
 use common::pool::{self, PoolOptions, ProgrammerClient, TestPool};
 use pas::contract::v1::task_event::Kind;
 use pas::contract::v1::{
-    ErrorClass, GetStatusRequest, ProgrammerStatus, TaskEvent, TaskRequest, TaskResult, TaskState,
+    ErrorClass, GetStatusRequest, ProgrammerStatus, StopTaskRequest, TaskEvent, TaskRequest,
+    TaskResult, TaskState,
 };
 use std::time::Duration;
 use tonic::Code;
@@ -223,9 +224,17 @@ async fn bad_requests_and_a_full_queue_are_refused_and_the_service_keeps_serving
     let s = status(&mut c).await;
     assert_eq!((s.running, s.queue_depth, s.max_queue), (1, 1, 1), "{s:?}");
 
-    // Callers give up on both; the programmer frees the slot and the place.
-    running.rest.abort();
-    waiting.rest.abort();
+    // Callers give up on both (StopTask: tasks outlive their streams); the programmer frees the
+    // slot and the place.
+    for given_up in [running, waiting] {
+        c.stop_task(StopTaskRequest {
+            task_id: given_up.first.task_id.clone(),
+        })
+        .await
+        .expect("StopTask");
+        let (_, result) = given_up.rest.await.expect("stream");
+        assert_eq!(state(&result), TaskState::Cancelled, "{result:#?}");
+    }
     common::pool::wait_until(Duration::from_secs(20), "both cancelled", || {
         let mut c = c.clone();
         async move {
@@ -299,7 +308,13 @@ async fn status_counts_every_outcome_and_waiting_tasks_see_their_position() {
     assert_eq!(health["running"], 1, "{health}");
 
     // The last one gives up while waiting.
-    d.rest.abort();
+    c.stop_task(StopTaskRequest {
+        task_id: d.first.task_id.clone(),
+    })
+    .await
+    .expect("StopTask");
+    let (_, stopped) = d.rest.await.expect("d");
+    assert_eq!(state(&stopped), TaskState::Cancelled, "{stopped:#?}");
     common::pool::wait_until(
         Duration::from_secs(20),
         "the waiting task cancelled",

@@ -1,5 +1,5 @@
 //! How a task ends early, and how the programmer itself ends: a caller that goes away mid-stream
-//! (the task goes on until its lease expires), CancelTask,
+//! (the task goes on until its lease expires), StopTask,
 //! the task deadline, and a graceful SIGTERM. Real `pas programmer`, real aider, llm-sim, git.
 //! Every way out must leave no aider process, no worktree and no task branch behind.
 
@@ -8,7 +8,7 @@ mod common;
 use common::pool::{self, PoolOptions, TestPool, TestProgrammer};
 use pas::contract::v1::task_event::Kind;
 use pas::contract::v1::{
-    CancelTaskRequest, ErrorClass, GetStatusRequest, TaskEvent, TaskRequest, TaskState,
+    ErrorClass, GetStatusRequest, StopTaskRequest, TaskEvent, TaskRequest, TaskState,
     WatchTaskRequest,
 };
 use std::path::Path;
@@ -158,10 +158,10 @@ async fn a_task_outlives_its_caller_until_the_lease_expires_then_nothing_is_left
     assert_eq!(s.llm.expect("llm").failures, 0);
 }
 
-/// CancelTask stops a running task at once: aider killed, worktree and branch removed, the
+/// StopTask stops a running task at once: aider killed, worktree and branch removed, the
 /// result CANCELLED, and the cancellation counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_task_kills_aider_and_removes_the_worktree() {
+async fn stop_task_kills_aider_and_removes_the_worktree() {
     let sim = common::Sim::start_with_script(
         "rules:\n  - model: \"primary-001\"\n    chunk_delay_ms: 400\n    chunk_chars: 4\n",
     );
@@ -186,19 +186,19 @@ async fn cancel_task_kills_aider_and_removes_the_worktree() {
     let aider_pids = common::processes_in_dir(&worktrees);
     assert!(!aider_pids.is_empty(), "aider runs: {events:#?}");
     let answer = c
-        .cancel_task(CancelTaskRequest {
+        .stop_task(StopTaskRequest {
             task_id: task_id.clone(),
         })
         .await
-        .expect("CancelTask")
+        .expect("StopTask")
         .into_inner();
-    assert!(answer.cancelled, "{answer:?}");
+    assert!(answer.stopped, "{answer:?}");
     while let Some(ev) = stream.message().await.expect("stream") {
         events.push(ev);
     }
     let result = pool::check_stream(&events);
     assert_eq!(result.status, TaskState::Cancelled as i32, "{result:?}");
-    assert_nothing_left(&worktrees, &repo, "cleanup after CancelTask").await;
+    assert_nothing_left(&worktrees, &repo, "cleanup after StopTask").await;
     for pid in aider_pids {
         assert!(!alive(pid), "aider process {pid} survived the cancellation");
     }
@@ -209,11 +209,11 @@ async fn cancel_task_kills_aider_and_removes_the_worktree() {
         .into_inner();
     assert_eq!((s.cancelled, s.completed, s.failed), (1, 0, 0), "{s:?}");
     let again = c
-        .cancel_task(CancelTaskRequest { task_id })
+        .stop_task(StopTaskRequest { task_id })
         .await
-        .expect("CancelTask again")
+        .expect("StopTask again")
         .into_inner();
-    assert!(!again.cancelled, "a finished task: {again:?}");
+    assert!(!again.stopped, "a finished task: {again:?}");
 }
 
 /// The task deadline (`timeout_s` in the request) ends a task whose model never answers with

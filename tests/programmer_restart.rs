@@ -6,7 +6,7 @@ mod common;
 use common::pool::{PoolOptions, TestPool, wait_until};
 use pas::contract::v1::programmer_client::ProgrammerClient;
 use pas::contract::v1::task_event::Kind;
-use pas::contract::v1::{TaskRequest, TaskState};
+use pas::contract::v1::{ErrorClass, TaskRequest, TaskState};
 use std::time::Duration;
 
 fn task(id: &str) -> TaskRequest {
@@ -91,22 +91,36 @@ async fn kill_9_leaves_no_orphan_aider_and_restart_sweeps_the_worktree() {
         "abandoned branch deleted"
     );
 
-    // And it serves: the same task id runs again cleanly.
+    // The programmer's journal remembers the task: asked again under the same id, it answers
+    // that the task ended with the process that ran it (handed back, for the manager to run it
+    // elsewhere under a new attempt id) instead of running it a second time.
     let mut client = ProgrammerClient::connect(pool.programmer_url("001"))
         .await
         .unwrap();
-    let mut stream = client.execute(task("doomed")).await.unwrap().into_inner();
-    let mut last = None;
-    while let Some(ev) = stream.message().await.unwrap() {
-        last = ev.kind;
-    }
-    let Some(Kind::Result(result)) = last else {
-        panic!("no result")
+    let last_kind = |mut stream: tonic::Streaming<pas::contract::v1::TaskEvent>| async move {
+        let mut last = None;
+        while let Some(ev) = stream.message().await.unwrap() {
+            last = ev.kind;
+        }
+        match last {
+            Some(Kind::Result(result)) => result,
+            other => panic!("no result: {other:?}"),
+        }
     };
+    let again = last_kind(client.execute(task("doomed")).await.unwrap().into_inner()).await;
+    assert_eq!(
+        again.error_class,
+        ErrorClass::HandedBack as i32,
+        "{again:#?}"
+    );
+    assert!(again.error_message.contains("restarted"), "{again:#?}");
+
+    // And it serves: a new task runs cleanly.
+    let result = last_kind(client.execute(task("reborn")).await.unwrap().into_inner()).await;
     assert_eq!(
         TaskState::try_from(result.status),
         Ok(TaskState::Succeeded),
         "{result:#?}"
     );
-    assert_eq!(result.branch, "pas/doomed");
+    assert_eq!(result.branch, "pas/reborn");
 }

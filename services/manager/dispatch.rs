@@ -12,7 +12,7 @@
 //! - **Start**: the programmer's Execute answer: taken (Assigned, relayed), refused at admission
 //!   (back to the front of the queue, hold released), a bad request (failed), or no clear answer.
 //! - **Relay**: the programmer's events go into the task's log (journaled, with the programmer's
-//!   seq) until its result. A caller's cancel is passed on with the programmer's CancelTask and the
+//!   seq) until its result. A caller's cancel is passed on with the programmer's StopTask and the
 //!   relay goes on to the programmer's own result, so what it spent is known.
 //! - **Follow**: the stream broke (or a restarted manager resumes a placed task, or Execute had no
 //!   clear answer): follow the task on the same programmer again with WatchTask from the last seq
@@ -34,7 +34,7 @@
 
 use crate::contract::v1::programmer_client::ProgrammerClient;
 use crate::contract::v1::{
-    Assigned, CancelTaskRequest, ErrorClass, Queued, Rerouted, TaskEvent, TaskResult, TaskState,
+    Assigned, ErrorClass, Queued, Rerouted, StopTaskRequest, TaskEvent, TaskResult, TaskState,
     WatchTaskRequest, task_event::Kind,
 };
 use crate::manager::Manager;
@@ -176,19 +176,22 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                     after_seq: 0,
                     started: false,
                 };
+                // Write-ahead: the placement is durable before Execute is sent (the call goes out
+                // when `response` is first polled), so a manager that dies at any point after
+                // this knows where to look for the task; before it, nothing was sent and the
+                // next process releases the hold.
+                if let Err(e) = mgr
+                    .store
+                    .set_running(&task_id, &programmer, dispatch_attempt)
+                    .await
+                {
+                    tracing::warn!(%task_id, "task store: {e}");
+                }
                 // Not raced with the caller's cancel: admission answers at once, and a task it
                 // took is then cancelled on the programmer, which reports what it spent.
                 match response.instrument(leg_span).await {
                     Ok(upstream) => {
-                        taken(
-                            &mgr,
-                            &task_id,
-                            &programmer,
-                            dispatch_attempt,
-                            &mut previous,
-                            &sink,
-                        )
-                        .await;
+                        taken(&programmer, &mut previous, &sink).await;
                         Step::Relay(
                             OnProgrammer {
                                 started: true,
@@ -263,15 +266,7 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                 Ok(stream) => {
                     let programmer = on.member.spec.id.clone();
                     if !on.started {
-                        taken(
-                            &mgr,
-                            &task_id,
-                            &programmer,
-                            dispatch_attempt,
-                            &mut previous,
-                            &sink,
-                        )
-                        .await;
+                        taken(&programmer, &mut previous, &sink).await;
                     }
                     tracing::info!(%task_id, %programmer, after_seq = on.after_seq, "following the task again");
                     let upstream = Upstream::follow(&mgr.pool, &on.member, stream);
@@ -283,8 +278,13 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                         upstream,
                     )
                 }
-                Err(Gone::NotThere(reason)) => Step::Lost(
-                    on,
+                Err(Gone::NotThere { reason, never_had }) => Step::Lost(
+                    // A programmer journals every task it accepts: one that does not have the
+                    // task never started it, and spent nothing on it.
+                    OnProgrammer {
+                        started: on.started && !never_had,
+                        ..on
+                    },
                     Loss {
                         reason,
                         spent: None,
@@ -353,25 +353,8 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
     mgr.finish_task(&task_id, &sink, result).await;
 }
 
-/// The programmer took the task (attempt `dispatch_attempt`): record it running there and, after
-/// a reroute, say where it went.
-async fn taken(
-    mgr: &Manager,
-    task_id: &str,
-    programmer: &str,
-    dispatch_attempt: u32,
-    previous: &mut Option<(String, String)>,
-    sink: &TaskEventSink,
-) {
-    // Not awaited: the store applies writes in call order, so the events and the result
-    // journaled later still land after it.
-    let recorded = mgr.store.set_running(task_id, programmer, dispatch_attempt);
-    let id = task_id.to_owned();
-    tokio::spawn(async move {
-        if let Err(e) = recorded.await {
-            tracing::warn!(task_id = %id, "task store: {e}");
-        }
-    });
+/// The programmer took the task: after a reroute, say where it went.
+async fn taken(programmer: &str, previous: &mut Option<(String, String)>, sink: &TaskEventSink) {
     if let Some((from, reason)) = previous.take() {
         let rerouted = Rerouted {
             from_programmer: from,
@@ -503,17 +486,17 @@ async fn relay(
 /// follow-up decides, and the programmer's lease stops an orphan).
 async fn cancel_on_programmer(member: &Member, attempt_id: &str) {
     let mut client = ProgrammerClient::new(member.channel.clone());
-    let request = CancelTaskRequest {
+    let request = StopTaskRequest {
         task_id: attempt_id.to_owned(),
     };
-    let call = client.cancel_task(telemetry::propagation::outgoing(request));
+    let call = client.stop_task(telemetry::propagation::outgoing(request));
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(Ok(_)) => {}
         Ok(Err(status)) => {
-            tracing::warn!(task_id = %attempt_id, programmer = %member.spec.id, "CancelTask failed: {}", status.message());
+            tracing::warn!(task_id = %attempt_id, programmer = %member.spec.id, "StopTask failed: {}", status.message());
         }
         Err(_) => {
-            tracing::warn!(task_id = %attempt_id, programmer = %member.spec.id, "CancelTask timed out");
+            tracing::warn!(task_id = %attempt_id, programmer = %member.spec.id, "StopTask timed out");
         }
     }
 }
@@ -525,8 +508,9 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
 
 /// Why following a task on its programmer again failed.
 enum Gone {
-    /// The programmer does not run the task (any more): it is lost there.
-    NotThere(String),
+    /// The programmer does not run the task (any more): it is lost there. `never_had`: it says
+    /// it has no such task (NOT_FOUND), rather than being gone or unreachable.
+    NotThere { reason: String, never_had: bool },
     /// The caller cancelled meanwhile.
     Cancelled,
     /// The manager is stopping.
@@ -561,24 +545,30 @@ async fn follow(
         let error = match answer {
             Ok(Ok(response)) => return Ok(response.into_inner()),
             Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
-                return Err(Gone::NotThere(format!(
-                    "{programmer} does not have the task: {}",
-                    status.message()
-                )));
+                return Err(Gone::NotThere {
+                    reason: format!("{programmer} does not have the task: {}", status.message()),
+                    never_had: true,
+                });
             }
             Ok(Err(status)) if is_connection_refused(&status) => {
-                return Err(Gone::NotThere(format!(
-                    "{programmer} is not running (connection refused): the task stopped with its process"
-                )));
+                return Err(Gone::NotThere {
+                    reason: format!(
+                        "{programmer} is not running (connection refused): the task stopped with its process"
+                    ),
+                    never_had: false,
+                });
             }
             Ok(Err(status)) => format!("{}: {}", status.code(), status.message()),
             Err(_) => format!("no answer within {} s", CALL_TIMEOUT.as_secs()),
         };
         if Instant::now() >= deadline {
-            return Err(Gone::NotThere(format!(
-                "{programmer} unreachable for the task's lease ({} s), so it has stopped the task; last error: {error}",
-                mgr.task_lease.as_secs()
-            )));
+            return Err(Gone::NotThere {
+                reason: format!(
+                    "{programmer} unreachable for the task's lease ({} s), so it has stopped the task; last error: {error}",
+                    mgr.task_lease.as_secs()
+                ),
+                never_had: false,
+            });
         }
         tracing::info!(task_id = %on.attempt_id, %programmer, %error, retry_in_ms = delay.as_millis() as u64,
             "cannot follow the task yet");

@@ -77,6 +77,12 @@ pub fn unfinished_tasks(mgr: &Arc<Manager>) -> anyhow::Result<()> {
             (placed, _) => {
                 // Never placed, or on a programmer no longer configured (a new attempt).
                 route.request.dispatch_attempt = placed.map_or(1, |p| p.dispatch_attempt + 1);
+                // A hold reserved for this attempt before the previous process died: its Execute
+                // was never sent (placements are recorded before it is), so nothing was spent.
+                let key = reservation_key(&task_id, route.request.dispatch_attempt);
+                if mgr.budget.release(&key)? {
+                    tracing::info!(%task_id, "released the hold of a placement that was never sent");
+                }
                 queued.push((task_id, route, sink, cancel, accepted));
                 continue;
             }

@@ -1,12 +1,11 @@
 //! The `pas.v1.Programmer` gRPC service: admission (validate, queue), one spawned driver per task
 //! that runs it to its end whether or not anyone follows it (within its lease), following a task
-//! (Execute, WatchTask), CancelTask, and status.
+//! (Execute, WatchTask), StopTask, and status.
 
 use crate::contract::v1::programmer_server::Programmer as ProgrammerRpc;
 use crate::contract::v1::{
-    Assigned, CancelTaskRequest, CancelTaskResponse, ErrorClass, GetStatusRequest,
-    ProgrammerStatus, Queued, TaskRequest, TaskResult, TaskState, WatchTaskRequest,
-    task_event::Kind,
+    Assigned, ErrorClass, GetStatusRequest, ProgrammerStatus, Queued, StopTaskRequest,
+    StopTaskResponse, TaskRequest, TaskResult, TaskState, WatchTaskRequest, task_event::Kind,
 };
 use crate::programmer::failover::run_task;
 use crate::programmer::runs::{LEASE_EXPIRED, Run};
@@ -102,26 +101,26 @@ impl ProgrammerRpc for ProgrammerService {
         ))
     }
 
-    async fn cancel_task(
+    async fn stop_task(
         &self,
-        request: Request<CancelTaskRequest>,
-    ) -> Result<Response<CancelTaskResponse>, Status> {
+        request: Request<StopTaskRequest>,
+    ) -> Result<Response<StopTaskResponse>, Status> {
         let task_id = request.into_inner().task_id;
         let Some(run) = self.prog.runs.get(&task_id) else {
-            return Ok(Response::new(CancelTaskResponse {
+            return Ok(Response::new(StopTaskResponse {
                 message: format!("{} has no task {task_id:?}", self.prog.spec.agent),
                 task_id,
                 ..Default::default()
             }));
         };
         let previous = run.log.result().map_or(TaskState::Running, |r| r.status());
-        let cancelled = !run.log.is_finished();
-        if cancelled {
+        let stopped = !run.log.is_finished();
+        if stopped {
             run.cancel.cancel();
         }
-        Ok(Response::new(CancelTaskResponse {
-            message: if cancelled {
-                format!("task {task_id} is being cancelled")
+        Ok(Response::new(StopTaskResponse {
+            message: if stopped {
+                format!("task {task_id} is being stopped")
             } else {
                 format!(
                     "task {task_id} already finished ({})",
@@ -129,7 +128,7 @@ impl ProgrammerRpc for ProgrammerService {
                 )
             },
             task_id,
-            cancelled,
+            stopped,
             previous_state: previous as i32,
         }))
     }
