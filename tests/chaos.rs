@@ -51,6 +51,14 @@ async fn connect(pool: &TestPool) -> ProgrammerPoolClient<Channel> {
     }
 }
 
+/// Errors a caller retries: the manager is gone, restarting, or still resuming its tasks.
+fn retryable(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    )
+}
+
 /// Runs one task to its result as a persistent caller would: dispatch with a fixed id, and on any
 /// break follow it again from the last seq seen (Dispatch again until the manager knows the id).
 async fn run_caller(pool: Arc<TestPool>, req: DispatchRequest) -> Vec<TaskEvent> {
@@ -67,10 +75,19 @@ async fn run_caller(pool: Arc<TestPool>, req: DispatchRequest) -> Vec<TaskEvent>
             })
             .await
         };
-        let Ok(stream) = stream else {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
-            continue;
+        let stream = match stream {
+            Ok(stream) => stream,
+            // The manager is down or still resuming its tasks: try again.
+            Err(status) if retryable(&status) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+                continue;
+            }
+            Err(status) => panic!(
+                "{}: {status:?} after {} events: {events:#?}",
+                req.task_id,
+                events.len()
+            ),
         };
         let mut stream = stream.into_inner();
         while let Ok(Some(event)) = stream.message().await {
@@ -223,8 +240,18 @@ async fn tasks_survive_random_kills_of_programmers_and_the_manager() {
             })
         })
         .collect();
-    for caller in callers {
-        caller.await.expect("caller");
+    // Bounded: a caller that cannot get its result fails the test instead of hanging it.
+    let all = futures::future::join_all(callers);
+    let joined = tokio::time::timeout(Duration::from_secs(60 * 20), all)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "callers still waiting after 20 min ({} of {total} finished)",
+                finished.load(Ordering::SeqCst)
+            )
+        });
+    for caller in joined {
+        caller.expect("caller");
     }
     chaos.abort();
 

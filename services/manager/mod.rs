@@ -246,19 +246,17 @@ impl Manager {
         }
     }
 
-    /// Records and sends a task's result, and forgets it as active.
+    /// Records and publishes a task's result (one durable write), and forgets it as active.
     pub async fn finish_task(&self, task_id: &str, sink: &TaskEventSink, result: TaskResult) {
         let status = TaskState::try_from(result.status).unwrap_or(TaskState::Unspecified);
-        if let Err(e) = self.store.finish(task_id, &result).await {
-            tracing::error!(%task_id, "task store: {e}");
-        }
-        self.active().remove(task_id);
         crate::telemetry::task_finished(crate::telemetry::Role::Manager, &result);
         self.llm_stats.record(&result);
         tracing::info!(%task_id, status = status.as_str_name(), programmer = %result.programmer_id,
             llm = %result.llm_used, cost_usd = result.cost_usd, duration_ms = result.duration_ms,
             error = %result.error_message, "task finished");
+        // Journaling the result event also records the task finished, in one write.
         sink.finish(result).await;
+        self.active().remove(task_id);
     }
 }
 

@@ -326,8 +326,7 @@ impl PoolService {
 }
 
 /// Follows a task's events after `after_seq`: live from its log while it is active, replayed from
-/// the journal once it has finished (a task finished before events were journaled replays its
-/// result alone).
+/// the journal once it has finished.
 fn follow(
     mgr: &Manager,
     record: &TaskRecord,
@@ -348,22 +347,20 @@ fn follow(
         .store
         .events(&record.task_id)
         .map_err(|e| Status::internal(format!("task store: {e}")))?;
-    let journaled = events
+    // A task finished before its result was journaled with it (a store written by an older
+    // version) gets its recorded result as the event after the last one journaled.
+    let mut events = events;
+    if !events
         .last()
-        .is_some_and(|e| matches!(e.kind, Some(Kind::Result(_))));
-    let log = if journaled {
-        TaskLog::restore(&record.task_id, events, None)
-    } else {
-        TaskLog::restore(
-            &record.task_id,
-            vec![TaskEvent {
-                task_id: record.task_id.clone(),
-                seq: 1,
-                timestamp_ms: record.finished_ms,
-                kind: Some(Kind::Result(result.clone())),
-            }],
-            None,
-        )
-    };
+        .is_some_and(|e| matches!(e.kind, Some(Kind::Result(_))))
+    {
+        events.push(TaskEvent {
+            task_id: record.task_id.clone(),
+            seq: events.last().map_or(0, |e| e.seq) + 1,
+            timestamp_ms: record.finished_ms,
+            kind: Some(Kind::Result(result.clone())),
+        });
+    }
+    let log = TaskLog::restore(&record.task_id, events, None);
     log.follow(after_seq, heartbeat)
 }

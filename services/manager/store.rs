@@ -38,7 +38,7 @@
 //! [`CHECKPOINT_EVERY`] and when the store closes.
 
 use crate::contract::v1::{
-    DispatchRequest, ErrorClass, TaskEvent, TaskRecord, TaskResult, TaskState,
+    DispatchRequest, ErrorClass, TaskEvent, TaskRecord, TaskResult, TaskState, task_event::Kind,
 };
 use crate::task_events::Journal;
 use prost::Message;
@@ -403,7 +403,9 @@ impl TaskStore {
         })
     }
 
-    /// Journals one event of a task (see [`Journal`]).
+    /// Journals one event of a task (see [`Journal`]). The result event also finishes the task's
+    /// row ([`finish`](Self::finish)) in the same write, so a crash can never leave a finished
+    /// task without its result event, or a journaled result on an unfinished task.
     pub fn append_event(
         &self,
         task_id: &str,
@@ -411,7 +413,15 @@ impl TaskStore {
         upstream_seq: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let (task_id, seq, encoded) = (task_id.to_owned(), event.seq, event.encode_to_vec());
+        let result = match &event.kind {
+            Some(Kind::Result(result)) => Some(result.clone()),
+            _ => None,
+        };
         self.write(move |conn| {
+            if let Some(result) = &result {
+                check_terminal(result)?;
+                finish_row(conn, &task_id, result)?;
+            }
             conn.prepare_cached(
                 "INSERT OR REPLACE INTO task_events (task_id, seq, attempt, upstream_seq, event)
                  VALUES (?1, ?2, (SELECT dispatch_attempt FROM tasks WHERE task_id = ?1), ?3, ?4)",
@@ -555,31 +565,10 @@ impl TaskStore {
     /// Stores the task's final result; the state becomes `result.status`, which must be terminal.
     /// Returns false, changing nothing, when the task already has a result (the first one wins).
     pub async fn finish(&self, task_id: &str, result: &TaskResult) -> Result<bool, StoreError> {
-        let status = result.status();
-        if status == TaskState::Unspecified || is_open(status) {
-            return Err(StoreError::NotTerminal(status));
-        }
-        let (task_id, programmer_id) = (task_id.to_owned(), result.programmer_id.clone());
-        let encoded = result.encode_to_vec();
-        self.write(move |conn| {
-            let n = conn
-                .prepare_cached(
-                    "UPDATE tasks SET state = ?1, finished_ms = ?2, result = ?3,
-                         programmer_id = CASE WHEN ?4 = '' THEN programmer_id ELSE ?4 END
-                     WHERE task_id = ?5 AND state IN (?6, ?7)",
-                )?
-                .execute(params![
-                    status as i32,
-                    now_ms(),
-                    encoded,
-                    programmer_id,
-                    task_id,
-                    TaskState::Queued as i32,
-                    TaskState::Running as i32,
-                ])?;
-            changed_or_missing(conn, &task_id, n)
-        })
-        .await
+        check_terminal(result)?;
+        let (task_id, result) = (task_id.to_owned(), result.clone());
+        self.write(move |conn| finish_row(conn, &task_id, &result))
+            .await
     }
 
     /// Forgets a task that was recorded but then refused before it was queued (the manager's
@@ -762,6 +751,34 @@ fn insert(conn: &Connection, task: &NewTask) -> Result<InsertOutcome, StoreError
 }
 
 // ===== Helpers =====
+
+fn check_terminal(result: &TaskResult) -> Result<(), StoreError> {
+    let status = result.status();
+    if status == TaskState::Unspecified || is_open(status) {
+        return Err(StoreError::NotTerminal(status));
+    }
+    Ok(())
+}
+
+/// Stores the final result (see [`TaskStore::finish`]), inside the writer's transaction.
+fn finish_row(conn: &Connection, task_id: &str, result: &TaskResult) -> Result<bool, StoreError> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE tasks SET state = ?1, finished_ms = ?2, result = ?3,
+                 programmer_id = CASE WHEN ?4 = '' THEN programmer_id ELSE ?4 END
+             WHERE task_id = ?5 AND state IN (?6, ?7)",
+        )?
+        .execute(params![
+            result.status,
+            now_ms(),
+            result.encode_to_vec(),
+            result.programmer_id,
+            task_id,
+            TaskState::Queued as i32,
+            TaskState::Running as i32,
+        ])?;
+    changed_or_missing(conn, task_id, n)
+}
 
 fn changed_or_missing(
     conn: &Connection,
@@ -1228,6 +1245,48 @@ mod tests {
         let done = store.get("done").unwrap().unwrap();
         assert_eq!(done.state(), TaskState::Succeeded);
         assert_eq!(done.result, Some(succeeded("001")));
+    }
+
+    /// The result event and the finished row are one write: a crash cannot split them.
+    #[tokio::test]
+    async fn journaling_the_result_event_finishes_the_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        store
+            .insert(&NewTask::from_request("t1", &request("x")))
+            .await
+            .unwrap();
+        let event = |seq, kind| TaskEvent {
+            task_id: "t1".into(),
+            seq,
+            timestamp_ms: 1,
+            kind: Some(kind),
+        };
+        store
+            .append_event("t1", &event(1, Kind::Result(succeeded("002"))), 0)
+            .await
+            .unwrap();
+        let record = store.get("t1").unwrap().unwrap();
+        assert_eq!(record.state(), TaskState::Succeeded);
+        assert_eq!(record.result, Some(succeeded("002")));
+        assert_eq!(record.last_seq, 1);
+        assert!(store.unfinished().unwrap().is_empty());
+        // A result that is not terminal is refused, and nothing of it is written.
+        store
+            .insert(&NewTask::from_request("t2", &request("y")))
+            .await
+            .unwrap();
+        let open_result = TaskResult {
+            status: TaskState::Running as i32,
+            ..Default::default()
+        };
+        assert!(matches!(
+            store
+                .append_event("t2", &event(1, Kind::Result(open_result)), 0)
+                .await,
+            Err(StoreError::NotTerminal(TaskState::Running))
+        ));
+        assert!(store.events("t2").unwrap().is_empty());
     }
 
     #[tokio::test]
