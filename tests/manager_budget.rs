@@ -9,7 +9,7 @@ use common::Sim;
 use common::pool::{
     PoolOptions, SHIPPED_CAPABILITY_ROUTING, SHIPPED_FREE, SHIPPED_PAID, TestPool, TestProgrammer,
     collect_events, dispatch_collect, manager_client, pool_status, sample_dispatch, shipped_shape,
-    state_of, wait_available, wait_until,
+    state_of, wait_available, wait_for_model_call, wait_until,
 };
 use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
 use pas::contract::v1::{
@@ -362,6 +362,8 @@ async fn an_exhausted_budget_moves_mixed_work_to_free_and_refuses_paid_only_work
         }
     })
     .await;
+    // Running there for real: aider is waiting on 001's model.
+    wait_for_model_call(&pool.sim, "paid-a").await;
     assert_eq!(
         budget_of(&pool_status(&c).await).reserved_nanousd,
         nanos(1.0)

@@ -77,7 +77,7 @@ async fn ten_real_tasks_survive_a_killed_manager_and_callers_reattach() {
         sim,
     );
     let repo = pool.sample_repo();
-    let _programmers = pool.start_all_programmers();
+    let programmers = pool.start_all_programmers();
     let mut manager = pool.start_manager();
     let c = manager_client(&pool).await;
     wait_available(&c, 5).await;
@@ -104,7 +104,12 @@ async fn ten_real_tasks_survive_a_killed_manager_and_callers_reattach() {
                     return false;
                 }
             }
-            sim_requests(&pool.sim).await.len() >= 3
+            // Accepted by their programmers (the manager records a placement before it sends it).
+            let accepted: usize = programmers
+                .values()
+                .map(|p| p.log_text().matches("task accepted").count())
+                .sum();
+            accepted >= TASKS && sim_requests(&pool.sim).await.len() >= 3
         },
     )
     .await;
