@@ -349,12 +349,13 @@ impl TaskEventSink {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::contract::v1::{Output, TaskState};
     use futures::StreamExt;
 
-    fn output(text: &str) -> Kind {
+    /// An output chunk, for tests of event logs.
+    pub(crate) fn output(text: &str) -> Kind {
         Kind::Output(Output {
             text: text.into(),
             stream: "stdout".into(),

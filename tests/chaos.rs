@@ -22,7 +22,6 @@ use pas::contract::v1::task_event::Kind;
 use pas::contract::v1::{DispatchRequest, TaskEvent, TaskResult, TaskState, WatchTaskRequest};
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
@@ -47,6 +46,7 @@ async fn connect(pool: &TestPool) -> ProgrammerPoolClient<Channel> {
         if let Ok(c) = ProgrammerPoolClient::connect(url.clone()).await {
             return c;
         }
+        // The event is the port accepting again; nothing announces it to a caller, so poll.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -169,7 +169,9 @@ async fn tasks_survive_random_kills_of_programmers_and_the_manager() {
     let started = std::time::Instant::now();
 
     // Chaos by progress: after every few finished tasks, kill something and restart it.
-    let finished = Arc::new(AtomicUsize::new(0));
+    // Results so far; the chaos driver waits on it (no polling).
+    let (finished, _) = tokio::sync::watch::channel(0usize);
+    let finished = Arc::new(finished);
     let kills = env_or("PAS_CHAOS_KILLS", 8);
     let mut kill_points: Vec<(usize, Option<usize>)> = (0..kills)
         .map(|k| {
@@ -190,8 +192,8 @@ async fn tasks_survive_random_kills_of_programmers_and_the_manager() {
         );
         tokio::spawn(async move {
             for (at, victim) in kill_points {
-                while finished.load(Ordering::SeqCst) < at {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                if finished.subscribe().wait_for(|n| *n >= at).await.is_err() {
+                    return;
                 }
                 match victim {
                     Some(i) => {
@@ -234,7 +236,7 @@ async fn tasks_survive_random_kills_of_programmers_and_the_manager() {
                         return;
                     };
                     let events = run_caller(pool.clone(), req.clone()).await;
-                    finished.fetch_add(1, Ordering::SeqCst);
+                    finished.send_modify(|n| *n += 1);
                     results.lock().await.push((req, events));
                 }
             })
@@ -247,7 +249,7 @@ async fn tasks_survive_random_kills_of_programmers_and_the_manager() {
         .unwrap_or_else(|_| {
             panic!(
                 "callers still waiting after 20 min ({} of {total} finished)",
-                finished.load(Ordering::SeqCst)
+                *finished.borrow()
             )
         });
     for caller in joined {

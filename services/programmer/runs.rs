@@ -152,11 +152,10 @@ impl TaskRuns {
         Some(run)
     }
 
-    /// Registers a new task, or returns the existing one with that id (`Err`).
+    /// Registers a new task, or returns the one in memory with that id (`Err`: a concurrent
+    /// Execute took it). The caller has already asked [`get`](Self::get), which also reads the
+    /// task's file, so only memory is checked here: no second read on the admission path.
     pub fn start(&self, task_id: &str, cancel: CancellationToken) -> Result<Run, Run> {
-        if let Some(existing) = self.get(task_id) {
-            return Err(existing);
-        }
         let mut runs = self.runs();
         if let Some(existing) = runs.get(task_id) {
             return Err(existing.clone());
@@ -247,17 +246,9 @@ impl Journal for FileJournal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::v1::Output;
     use crate::task_events::TaskEventSink;
+    use crate::task_events::tests::output;
     use futures::StreamExt;
-
-    fn output(text: &str) -> Kind {
-        Kind::Output(Output {
-            text: text.into(),
-            stream: "stdout".into(),
-            attempt: 1,
-        })
-    }
 
     #[tokio::test]
     async fn a_task_running_when_the_process_died_is_handed_back_on_open() {
