@@ -152,6 +152,8 @@ async fn bench(runs: usize, dry_runs: usize) {
         launch_prefix: Vec::new(),
         extra_env: Vec::new(),
         usage_cap: None,
+        nice: 0,
+        max_memory_mib: 0,
     };
 
     let execute = |client: &mut pool::ProgrammerClient, dry_run: bool| {

@@ -158,11 +158,14 @@ pub fn with_health_and_reflection(
 /// Serves `router` (gRPC + JSON routes) on `listener` until `shutdown` resolves, then drains
 /// in-flight requests. Every request passes the trace-context middleware first, so a caller's W3C
 /// `traceparent` becomes the parent of the spans its handler creates.
+/// `limits` bound what one connection may open (`limits.http2_max_concurrent_streams`).
 pub async fn serve(
     listener: Bound,
     router: axum::Router,
+    limits: &crate::config::LimitsConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let max_streams = limits.http2_max_concurrent_streams;
     let router = router.layer(axum::middleware::from_fn(
         crate::telemetry::propagation::middleware,
     ));
@@ -178,9 +181,9 @@ pub async fn serve(
                         tracing::debug!("cannot set TCP_NODELAY on an accepted connection: {e}");
                     }
                 });
-            serve_connections(listener, router, shutdown).await;
+            serve_connections(listener, router, max_streams, shutdown).await;
         }
-        Bound::Tls(listener) => serve_connections(listener, router, shutdown).await,
+        Bound::Tls(listener) => serve_connections(listener, router, max_streams, shutdown).await,
     }
     Ok(())
 }
@@ -200,13 +203,15 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// connection) with HTTP/2 keepalive; on `shutdown`, stop accepting, ask every connection to
 /// finish gracefully (GOAWAY; in-flight streams complete) and wait for them, at most
 /// [`SHUTDOWN_GRACE`]. Like `axum::serve`, whose builder exposes no HTTP/2 settings, hence this
-/// loop.
+/// loop. Every request carries its connection's [`PeerAddr`](crate::manager::admission::PeerAddr)
+/// in its extensions.
 async fn serve_connections<L>(
     mut listener: L,
     router: axum::Router,
+    max_streams: u32,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) where
-    L: axum::serve::Listener,
+    L: axum::serve::Listener<Addr = SocketAddr>,
 {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
@@ -217,11 +222,18 @@ async fn serve_connections<L>(
     let (done, connections) = tokio::sync::watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (io, _peer) = tokio::select! {
+        let (io, peer) = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
-        let service = TowerToHyperService::new(router.clone());
+        let peer = crate::manager::admission::PeerAddr(peer);
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut request: http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(peer);
+                request
+            },
+        ));
         let (stop, alive) = (stop.clone(), connections.clone());
         tokio::spawn(async move {
             let mut builder = Builder::new(TokioExecutor::new());
@@ -229,7 +241,8 @@ async fn serve_connections<L>(
                 .http2()
                 .timer(TokioTimer::new())
                 .keep_alive_interval(KEEPALIVE_INTERVAL)
-                .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .max_concurrent_streams(max_streams);
             let mut conn =
                 std::pin::pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
             // Fused: after it fired once (graceful shutdown asked), the loop polls it again.

@@ -22,6 +22,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use thiserror::Error;
 use tonic::Status;
@@ -366,12 +367,28 @@ async fn verify_repository(path: &Path, name: &str) -> Result<PathBuf, Workspace
 /// removed by hand) can leave a stale "has commits" answer: the programmer then fails the task
 /// when it resolves its base commit, with git's error, as it would for any ref that vanished
 /// between validation and start.
+///
+/// Opening is single-flight: requests that arrive together for a repository not yet verified
+/// wait for one verification (a burst of callers must not start one set of `git` processes
+/// each), and a name that is not a repository at all (no `.git` entry) is remembered as such
+/// until one appears, so repeating a bad request costs no process either.
 #[derive(Debug)]
 pub struct WorkspaceCache {
     root: PathBuf,
-    verified: std::sync::Mutex<HashMap<PathBuf, (RepoStamp, PathBuf)>>,
+    verified: std::sync::Mutex<HashMap<PathBuf, Verdict>>,
+    /// One lock per repository being verified now: the single flight.
+    flights: std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
     /// Verifications that ran git (cache misses).
     misses: std::sync::atomic::AtomicU64,
+}
+
+/// What a verification found, valid while the repository's stamp is unchanged.
+#[derive(Debug, Clone)]
+enum Verdict {
+    /// A repository with commits: its worktree lock path.
+    Repository(RepoStamp, PathBuf),
+    /// No `.git` entry: not the top level of a repository (git's explanation kept).
+    NotARepo(String),
 }
 
 /// Repositories remembered at most; past it the cache starts over (they are re-verified).
@@ -383,6 +400,7 @@ impl WorkspaceCache {
         Self {
             root: root.into(),
             verified: Default::default(),
+            flights: Default::default(),
             misses: Default::default(),
         }
     }
@@ -400,29 +418,20 @@ impl WorkspaceCache {
     /// [`Workspace::open`], reusing an earlier verification of the same unchanged repository.
     pub async fn open(&self, name: &str) -> Result<Workspace, WorkspaceError> {
         let path = resolve_under(&self.root, name)?;
-        // Read before verifying: a change during verification then misses on the next call.
-        let stamp = RepoStamp::read(&path);
-        let cached = stamp.and_then(|stamp| {
-            let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-            verified
-                .get(&path)
-                .filter(|(seen, _)| *seen == stamp)
-                .map(|(_, lock_path)| lock_path.clone())
-        });
-        let lock_path = match cached {
-            Some(lock_path) => lock_path,
+        let lock_path = match self.cached(&path, name) {
+            Some(found) => found?,
             None => {
-                self.misses
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let lock_path = verify_repository(&path, name).await?;
-                if let Some(stamp) = stamp {
-                    let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-                    if verified.len() >= MAX_CACHED_REPOSITORIES {
-                        verified.clear();
+                let flight = self.flight(&path);
+                let verified = {
+                    let _turn = flight.lock().await;
+                    // Whoever held the flight before us may have verified it meanwhile.
+                    match self.cached(&path, name) {
+                        Some(found) => found,
+                        None => self.verify(&path, name).await,
                     }
-                    verified.insert(path.clone(), (stamp, lock_path.clone()));
-                }
-                lock_path
+                };
+                self.land(&path, flight);
+                verified?
             }
         };
         Ok(Workspace {
@@ -430,6 +439,64 @@ impl WorkspaceCache {
             lock_path,
             path,
         })
+    }
+
+    /// The remembered answer for `path`, when its stamp still matches.
+    fn cached(&self, path: &Path, name: &str) -> Option<Result<PathBuf, WorkspaceError>> {
+        let stamp = RepoStamp::read(path);
+        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        match (verified.get(path)?, stamp) {
+            (Verdict::Repository(seen, lock_path), Some(stamp)) if *seen == stamp => {
+                Some(Ok(lock_path.clone()))
+            }
+            (Verdict::NotARepo(detail), None) => Some(Err(WorkspaceError::NotARepo {
+                name: name.to_string(),
+                detail: detail.clone(),
+            })),
+            _ => None,
+        }
+    }
+
+    /// Runs git to verify `path` and remembers what can be remembered.
+    async fn verify(&self, path: &Path, name: &str) -> Result<PathBuf, WorkspaceError> {
+        self.misses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("pas_workspace_verifications_total").increment(1);
+        // Read before verifying: a change during verification then misses on the next call.
+        let stamp = RepoStamp::read(path);
+        let found = verify_repository(path, name).await;
+        let verdict = match (&found, stamp) {
+            (Ok(lock_path), Some(stamp)) => Some(Verdict::Repository(stamp, lock_path.clone())),
+            (Err(WorkspaceError::NotARepo { detail, .. }), None) => {
+                Some(Verdict::NotARepo(detail.clone()))
+            }
+            // A repository without commits gains one without touching what the stamp covers,
+            // and server-side failures may pass: neither is remembered.
+            _ => None,
+        };
+        if let Some(verdict) = verdict {
+            let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+            if verified.len() >= MAX_CACHED_REPOSITORIES {
+                verified.clear();
+            }
+            verified.insert(path.to_path_buf(), verdict);
+        }
+        found
+    }
+
+    /// The flight lock of `path`, shared by everyone verifying it now.
+    fn flight(&self, path: &Path) -> Arc<tokio::sync::Mutex<()>> {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        flights.entry(path.to_path_buf()).or_default().clone()
+    }
+
+    /// Done with `flight`: the last one out removes it, so the map holds only flights in the air.
+    fn land(&self, path: &Path, flight: Arc<tokio::sync::Mutex<()>>) {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        // Ours and the map's: nobody else is waiting on it.
+        if Arc::strong_count(&flight) == 2 {
+            flights.remove(path);
+        }
     }
 }
 
@@ -706,6 +773,17 @@ pub async fn check_base_ref(ws: &Workspace, field: &str, r: &str) -> Result<(), 
     }
 }
 
+/// `files` names at most [`MAX_FILES`] files (INVALID_ARGUMENT `files` otherwise).
+pub fn check_file_count(files: &[String]) -> Result<(), Status> {
+    if files.len() > MAX_FILES {
+        return Err(invalid(
+            "files",
+            &format!("names {} files; the limit is {MAX_FILES}", files.len()),
+        ));
+    }
+    Ok(())
+}
+
 /// Open workspace `workspace` (through the cache) and vet every task file against it, as one request
 /// check: field `workspace` for the workspace ([`WorkspaceError`] messages), `files` for more than
 /// [`MAX_FILES`] files, `files[i]` for a refused path ([`PathError`] messages) or one listed twice
@@ -722,12 +800,7 @@ pub async fn open_checked(
             "must name a git repository under the workspace root",
         ));
     }
-    if files.len() > MAX_FILES {
-        return Err(invalid(
-            "files",
-            &format!("names {} files; the limit is {MAX_FILES}", files.len()),
-        ));
-    }
+    check_file_count(files)?;
     let ws = workspaces.open(workspace).await.map_err(|e| {
         if e.is_invalid_argument() {
             invalid("workspace", &e.to_string())
@@ -980,6 +1053,43 @@ mod tests {
         git(&repo, &["init", "-q", "-b", "main"]);
         let e = cache.open("proj").await.expect_err("no commits");
         assert!(matches!(e, WorkspaceError::NoCommits { .. }), "{e}");
+    }
+
+    /// Requests that arrive together for a repository not yet verified share one verification
+    /// (one set of git processes), and a name that is no repository is remembered as such.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_opens_verifies_once() {
+        let (_tmp, root) = root_with_repo();
+        fs::create_dir(root.join("plain")).expect("plain dir");
+        let cache = Arc::new(WorkspaceCache::new(&root));
+        let opens: Vec<_> = (0..32)
+            .map(|i| {
+                let cache = cache.clone();
+                let name = if i % 2 == 0 { "proj" } else { "plain" };
+                tokio::spawn(async move { (name, cache.open(name).await) })
+            })
+            .collect();
+        for open in opens {
+            let (name, opened) = open.await.expect("join");
+            match name {
+                "proj" => {
+                    opened.expect("a repository");
+                }
+                _ => assert!(
+                    matches!(opened, Err(WorkspaceError::NotARepo { .. })),
+                    "{opened:?}"
+                ),
+            }
+        }
+        assert_eq!(
+            cache.misses(),
+            2,
+            "one verification per name, not per request"
+        );
+        assert!(
+            cache.flights.lock().expect("flights").is_empty(),
+            "no flight left in the air"
+        );
     }
 
     /// Confinement is checked on every open, cached or not: a symlink retargeted outside the

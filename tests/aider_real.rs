@@ -60,6 +60,8 @@ fn invocation(repo: &Path, model: ModelEndpoint, message: &str) -> AiderInvocati
         launch_prefix: Vec::new(),
         extra_env: Vec::new(),
         usage_cap: None,
+        nice: 0,
+        max_memory_mib: 0,
     }
 }
 

@@ -59,6 +59,42 @@ pub struct PoolConfig {
     /// Bearer-token authentication of the manager's callers (added by the mesh).
     #[serde(default)]
     pub auth: Option<AuthConfig>,
+    /// What a server accepts before it refuses with RESOURCE_EXHAUSTED (added by the mesh).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// `limits:` section: every bound on what the services accept, in one place. Past a bound a call
+/// is refused at once (RESOURCE_EXHAUSTED naming the limit, with `google.rpc.RetryInfo`), so a
+/// burst of callers gets fast answers instead of piling up work. The queue capacities keep their
+/// original keys (`manager.max_queue`, `load_balancing.max_queue_per_programmer`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// HTTP/2 streams one connection may have open at once (every process).
+    pub http2_max_concurrent_streams: u32,
+    /// Calls to the manager's task API (pas.v1.ProgrammerPool) being admitted at once; more are
+    /// shed. Health, reflection, /health and /metrics are never shed.
+    pub max_in_flight_rpcs: u32,
+    /// Tasks one caller may have queued or running at once (a caller is its bearer token's name,
+    /// or its IP address when authentication is off).
+    pub per_caller_max_tasks: u32,
+    /// Calls per second one caller may make to the task API, sustained.
+    pub per_caller_rate_per_s: u32,
+    /// Calls one caller may make in a burst above that rate.
+    pub per_caller_burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            http2_max_concurrent_streams: 256,
+            max_in_flight_rpcs: 1024,
+            per_caller_max_tasks: 1000,
+            per_caller_rate_per_s: 500,
+            per_caller_burst: 2000,
+        }
+    }
 }
 
 /// Limits every programmer inherits unless it overrides them (original `defaults:` section).
@@ -79,6 +115,10 @@ pub struct JobDefaults {
     pub auto_commit: bool,
     /// Aider's reflection limit (original `max_fix_iterations`; informational).
     pub max_fix_iterations: u32,
+    /// Memory ceiling of the aider process of one attempt, MiB (its data segment, RLIMIT_DATA,
+    /// set by the launcher): an aider that needs more fails its own task with
+    /// ERROR_CLASS_RESOURCE_LIMIT, and nothing else (added by the mesh).
+    pub max_memory_per_job_mib: u64,
 }
 
 impl Default for JobDefaults {
@@ -91,6 +131,7 @@ impl Default for JobDefaults {
             context_limit: 131_072,
             auto_commit: true,
             max_fix_iterations: 3,
+            max_memory_per_job_mib: 2048,
         }
     }
 }
@@ -124,6 +165,8 @@ pub struct ProgrammerConfig {
     pub auto_commit: Option<bool>,
     #[serde(default)]
     pub max_fix_iterations: Option<u32>,
+    #[serde(default)]
+    pub max_memory_per_job_mib: Option<u64>,
 }
 
 /// Original `load_balancing:` section.
@@ -356,6 +399,8 @@ pub struct AiderConfig {
     pub extra_flags: Vec<String>,
     /// Per-read inactivity timeout passed to aider's `--timeout`, seconds.
     pub request_timeout_s: u64,
+    /// CPU niceness aider runs at (0-19), so the services stay responsive on a saturated host.
+    pub nice: u8,
 }
 
 impl Default for AiderConfig {
@@ -366,6 +411,7 @@ impl Default for AiderConfig {
             edit_format: "diff".into(),
             extra_flags: Vec::new(),
             request_timeout_s: 120,
+            nice: 10,
         }
     }
 }

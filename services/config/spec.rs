@@ -44,6 +44,8 @@ pub struct JobLimits {
     pub auto_commit: bool,
     /// Aider's reflection limit.
     pub max_fix_iterations: u32,
+    /// Memory ceiling of one aider process, MiB.
+    pub max_memory_per_job_mib: u64,
 }
 
 /// One programmer, ready to run: LLMs resolved, limits merged, capabilities expanded.
@@ -344,6 +346,9 @@ fn resolve_programmers(pool: &PoolConfig, llms: &BTreeMap<String, LlmSpec>) -> V
                     context_limit: p.context_limit.unwrap_or(d.context_limit),
                     auto_commit: p.auto_commit.unwrap_or(d.auto_commit),
                     max_fix_iterations: p.max_fix_iterations.unwrap_or(d.max_fix_iterations),
+                    max_memory_per_job_mib: p
+                        .max_memory_per_job_mib
+                        .unwrap_or(d.max_memory_per_job_mib),
                 },
             })
         })

@@ -60,6 +60,7 @@ pub(crate) fn check(pool: &PoolConfig) -> Vec<Finding> {
     check_providers(pool, &root.key("providers"), &mut out);
     check_llms(pool, &root.key("llms"), &mut out);
     check_aider(pool, &root.key("aider"), &mut out);
+    check_limits(pool, &root.key("limits"), &mut out);
     check_security(pool, &root, &mut out);
     for (name, path) in [
         ("workspace_root", &pool.workspace_root),
@@ -219,6 +220,7 @@ fn check_programmers(pool: &PoolConfig, out: &mut Vec<Finding>) {
             ("max_tokens_per_job", p.max_tokens_per_job),
             ("max_duration_per_job_s", p.max_duration_per_job_s),
             ("context_limit", p.context_limit),
+            ("max_memory_per_job_mib", p.max_memory_per_job_mib),
         ];
         for (name, value) in overrides {
             if let Some(value) = value {
@@ -241,6 +243,11 @@ fn check_defaults(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
         d.max_duration_per_job_s,
     );
     positive_int(out, at.key("context_limit"), d.context_limit);
+    positive_int(
+        out,
+        at.key("max_memory_per_job_mib"),
+        d.max_memory_per_job_mib,
+    );
     positive_float(out, at.key("max_cost_per_job_usd"), d.max_cost_per_job_usd);
 }
 
@@ -340,6 +347,22 @@ fn check_manager(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
     positive_int(out, at.key("task_lease_s"), m.task_lease_s);
 }
 
+fn check_limits(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
+    let l = &pool.limits;
+    for (key, value) in [
+        (
+            "http2_max_concurrent_streams",
+            l.http2_max_concurrent_streams,
+        ),
+        ("max_in_flight_rpcs", l.max_in_flight_rpcs),
+        ("per_caller_max_tasks", l.per_caller_max_tasks),
+        ("per_caller_rate_per_s", l.per_caller_rate_per_s),
+        ("per_caller_burst", l.per_caller_burst),
+    ] {
+        positive_int(out, at.key(key), value.into());
+    }
+}
+
 fn check_providers(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
     for (name, provider) in &pool.providers {
         let section = at.key(name.as_str());
@@ -411,6 +434,12 @@ fn check_aider(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
     non_empty(out, at.key("version"), &a.version, "version");
     edit_format(out, at.key("edit_format"), &a.edit_format);
     positive_int(out, at.key("request_timeout_s"), a.request_timeout_s);
+    if a.nice > 19 {
+        out.push(Finding::value(
+            at.key("nice"),
+            format!("must be 0-19 (found {})", a.nice),
+        ));
+    }
     if a.python
         .as_deref()
         .is_some_and(|p: &Path| p.as_os_str().is_empty())

@@ -38,6 +38,7 @@ use crate::contract::v1::{
     WatchTaskRequest, task_event::Kind,
 };
 use crate::manager::Manager;
+use crate::manager::admission::TaskSlot;
 use crate::manager::balancer::{Exclusion, Hold, Placement, Route, Upstream, attempt_task_id};
 use crate::manager::membership::Member;
 use crate::manager::waitqueue::{NotPlaced, Ticket};
@@ -58,6 +59,9 @@ pub struct TaskLife {
     pub sink: TaskEventSink,
     pub cancel: CancellationToken,
     pub accepted: Instant,
+    /// The caller's task slot (`limits.per_caller_max_tasks`), given back when the life ends;
+    /// none for a task a restarted manager resumed.
+    pub slot: Option<TaskSlot>,
 }
 
 /// Where a task's life begins.
@@ -121,6 +125,7 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
         sink,
         cancel,
         accepted,
+        slot: _slot,
     } = life;
     let strategy = route.strategy;
     let mut previous: Option<(String, String)> = None;

@@ -6,6 +6,7 @@
 //! settle) → [`store`]. [`membership`] keeps the balancer's view of the programmers current;
 //! [`status`] renders the pool and its [alerts](status::Alerts).
 
+pub mod admission;
 pub mod auth;
 pub mod balancer;
 pub mod budget;
@@ -82,6 +83,8 @@ pub struct Manager {
     /// Interns the tiers admission computes, so the balancer keeps one index per distinct tier.
     pub tiers: TierRegistry,
     pub alerts: status::Alerts,
+    /// The `limits:` on calls and per-caller tasks (the queue bound is the scheduler's).
+    pub admission: Arc<admission::Admission>,
     /// Per-LLM task figures for `pas status`, from the tasks finished here.
     pub llm_stats: crate::telemetry::LlmStats,
     pub port: u16,
@@ -155,6 +158,7 @@ impl Manager {
             workspaces: WorkspaceCache::new(config.workspace_root()),
             tiers: TierRegistry::default(),
             alerts: status::Alerts::default(),
+            admission: admission::Admission::new(&pool_cfg.limits),
             llm_stats: crate::telemetry::LlmStats::default(),
             config: config.clone(),
             pool,
@@ -322,6 +326,11 @@ pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
             crate::telemetry::metrics::pool_gauges(&status::pool_status(&m3))
         }),
     );
+    // Layers run outside-in: authentication first (the caller is known), then the limits.
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        mgr.admission.clone(),
+        admission::middleware,
+    ));
     let router = match authenticator {
         Some(policy) => router.layer(axum::middleware::from_fn_with_state(
             policy,
@@ -333,7 +342,7 @@ pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
     println!("Manager-Code listening on {addr}");
     tracing::info!(%addr, programmers = mgr.pool.members.len(), strategy = mgr.default_strategy.name(), "manager started");
     let stop = mgr.stop.clone();
-    serve::serve(listener, router, async move {
+    serve::serve(listener, router, &config.pool.limits, async move {
         serve::shutdown_signal().await;
         health_reporter
             .set_not_serving::<ProgrammerPoolServer<PoolService>>()

@@ -153,6 +153,7 @@ fn spawn(
         sink,
         cancel,
         accepted,
+        slot: None,
     };
     tokio::spawn(tracing::Instrument::instrument(
         dispatch::run(mgr.clone(), life),

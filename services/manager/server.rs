@@ -8,6 +8,7 @@ use crate::contract::v1::{
     WatchTaskRequest, task_event::Kind,
 };
 use crate::manager::Manager;
+use crate::manager::admission;
 use crate::manager::auth;
 use crate::manager::balancer::Route;
 use crate::manager::dispatch::{self, Start, TaskLife};
@@ -35,7 +36,46 @@ impl PoolService {
     pub fn new(mgr: Arc<Manager>) -> Self {
         Self { mgr }
     }
+
+    /// Records a new task `task_id` for `req`, or, when the id is known for the same request,
+    /// a stream attached to it from its first event (ALREADY_EXISTS when the id names a
+    /// different request).
+    async fn insert(
+        &self,
+        req: &DispatchRequest,
+        task_id: &str,
+        caller: Option<&auth::Caller>,
+    ) -> Result<Inserted, Status> {
+        let owner = caller.map_or("", |c| c.name.as_str());
+        match self
+            .mgr
+            .store
+            .insert(&NewTask::dispatched_by(task_id, req, owner))
+            .await
+        {
+            Ok(InsertOutcome::Inserted) => Ok(Inserted::New),
+            Ok(InsertOutcome::AlreadyExists(record)) => {
+                Ok(Inserted::Known(follow(&self.mgr, &record, 0, None)?))
+            }
+            Err(crate::manager::store::StoreError::Conflict { task_id }) => {
+                Err(Status::already_exists(format!(
+                    "task_id: {task_id:?} is already used by a different request"
+                )))
+            }
+            Err(e) => Err(Status::internal(format!("task store: {e}"))),
+        }
+    }
 }
+
+/// What [`PoolService::insert`] found.
+enum Inserted {
+    New,
+    Known(EventStream),
+}
+
+/// What a caller refused for a full queue is told to wait: tasks leave the queue as programmers
+/// finish them, which takes seconds at the least.
+const QUEUE_FULL_RETRY: Duration = Duration::from_secs(1);
 
 /// The programmers that may take `req`, best tier first, or why none ever can.
 pub fn route_for(mgr: &Manager, req: &DispatchRequest, task_id: &str) -> Result<Route, Status> {
@@ -117,53 +157,44 @@ impl ProgrammerPool for PoolService {
         let accepted = Instant::now();
         let mgr = self.mgr.clone();
         let caller = auth::caller_of(&request);
+        let caller_key = admission::caller_key(request.extensions());
         let req = request.into_inner();
-        validate::validate(&req, &mgr.workspaces).await?;
+        // Admission, cheapest first: nothing below the queue place touches a disk or starts a
+        // process, so a refused call costs neither (see `admission`).
+        validate::check_fields(&req)?;
+        if !req.task_id.is_empty() && mgr.store.get(&req.task_id).ok().flatten().is_some() {
+            // A known id adds no work: it attaches (or is told it names another request),
+            // whatever the limits say.
+            return match self.insert(&req, &req.task_id, caller.as_deref()).await? {
+                Inserted::New => Err(Status::internal(format!(
+                    "task store: {:?} vanished while being attached to",
+                    req.task_id
+                ))),
+                Inserted::Known(stream) => Ok(Response::new(stream)),
+            };
+        }
+        let slot = mgr.admission.task_slot(caller_key)?;
+        let place = mgr
+            .scheduler
+            .reserve()
+            .map_err(|full| admission::refusal("manager.max_queue", full, QUEUE_FULL_RETRY))?;
+        validate::check_workspace(&req, &mgr.workspaces).await?;
         let task_id = if req.task_id.is_empty() {
             uuid::Uuid::new_v4().to_string()
         } else {
             req.task_id.clone()
         };
         let route = route_for(&mgr, &req, &task_id)?;
-
-        match mgr
-            .store
-            .insert(&NewTask::dispatched_by(
-                &task_id,
-                &req,
-                caller.as_ref().map_or("", |c| c.name.as_str()),
-            ))
-            .await
-        {
-            Ok(InsertOutcome::Inserted) => {}
-            Ok(InsertOutcome::AlreadyExists(record)) => {
-                // The same request again: attach to the task, from its first event.
-                return Ok(Response::new(follow(&mgr, &record, 0, None)?));
-            }
-            Err(crate::manager::store::StoreError::Conflict { task_id }) => {
-                return Err(Status::already_exists(format!(
-                    "task_id: {task_id:?} is already used by a different request"
-                )));
-            }
-            Err(e) => return Err(Status::internal(format!("task store: {e}"))),
+        if let Inserted::Known(stream) = self.insert(&req, &task_id, caller.as_deref()).await? {
+            // The same id arrived twice at once: the first one runs it, this one follows.
+            return Ok(Response::new(stream));
         }
         let max_wait = if req.queue_timeout_s > 0 {
             Duration::from_secs(req.queue_timeout_s.into())
         } else {
             mgr.queue_timeout
         };
-        let ticket = match mgr.scheduler.submit(route.clone(), max_wait) {
-            Ok(t) => t,
-            Err(full) => {
-                // Refused, not accepted: the id stays free, so retrying the same request later
-                // runs it (RESOURCE_EXHAUSTED is a "retry later" answer) instead of replaying a
-                // failure the task never had.
-                if let Err(e) = mgr.store.forget_unstarted(&task_id).await {
-                    tracing::error!(%task_id, "task store: {e}");
-                }
-                return Err(Status::resource_exhausted(full.to_string()));
-            }
-        };
+        let ticket = place.submit(route.clone(), max_wait);
         // The caller follows the task's log: a broken stream leaves the task running (the caller
         // re-attaches; CancelTask stops it).
         let log = mgr.new_log(&task_id, Vec::new());
@@ -185,6 +216,7 @@ impl ProgrammerPool for PoolService {
             sink,
             cancel,
             accepted,
+            slot: Some(slot),
         };
         tokio::spawn(tracing::Instrument::instrument(
             dispatch::run(mgr, life),

@@ -571,23 +571,6 @@ impl TaskStore {
             .await
     }
 
-    /// Forgets a task that was recorded but then refused before it was queued (the manager's
-    /// queue was full), so the caller may retry under the same id. Only a QUEUED task that never
-    /// started is removed; returns whether one was.
-    pub async fn forget_unstarted(&self, task_id: &str) -> Result<bool, StoreError> {
-        let task_id = task_id.to_owned();
-        self.write(move |conn| {
-            let n = conn
-                .prepare_cached(
-                    "DELETE FROM tasks
-                     WHERE task_id = ?1 AND state = ?2 AND started_ms = 0 AND result IS NULL",
-                )?
-                .execute(params![task_id, TaskState::Queued as i32])?;
-            Ok(n == 1)
-        })
-        .await
-    }
-
     /// The task's record, or `None` for an unknown id.
     pub fn get(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
         read_record(&self.reader(), task_id)
@@ -1105,36 +1088,6 @@ mod tests {
         // An empty programmer_id in the result keeps the recorded one.
         assert_eq!(rec.programmer_id, "002");
         assert_eq!(rec.result.unwrap().status(), TaskState::Cancelled);
-    }
-
-    #[tokio::test]
-    async fn only_an_unstarted_task_can_be_forgotten() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir);
-        let req = request("x");
-        store
-            .insert(&NewTask::from_request("t1", &req))
-            .await
-            .unwrap();
-        assert!(store.forget_unstarted("t1").await.unwrap());
-        assert!(store.get("t1").unwrap().is_none());
-        // The id is free again.
-        assert_eq!(
-            store
-                .insert(&NewTask::from_request("t1", &req))
-                .await
-                .unwrap(),
-            InsertOutcome::Inserted
-        );
-        store.set_running("t1", "001", 1).await.unwrap();
-        assert!(!store.forget_unstarted("t1").await.unwrap(), "running");
-        store.finish("t1", &succeeded("001")).await.unwrap();
-        assert!(!store.forget_unstarted("t1").await.unwrap(), "finished");
-        assert!(!store.forget_unstarted("nope").await.unwrap());
-        assert_eq!(
-            store.get("t1").unwrap().unwrap().state(),
-            TaskState::Succeeded
-        );
     }
 
     #[tokio::test]

@@ -11,12 +11,20 @@ const MAX_CAPABILITY_LEN: usize = 64;
 /// Most capabilities one task may ask for.
 const MAX_CAPABILITIES: usize = 16;
 
-/// Checks `req`; resolves the workspace through `workspaces`. Async because opening the
-/// workspace runs git; the file-path checks run on the blocking pool.
+/// Checks `req`; resolves the workspace through `workspaces` ([`check_fields`], then
+/// [`check_workspace`]).
 pub async fn validate(
     req: &DispatchRequest,
     workspaces: &WorkspaceCache,
 ) -> Result<Workspace, Status> {
+    check_fields(req)?;
+    check_workspace(req, workspaces).await
+}
+
+/// The checks that need nothing but the request: no file system, no process. Admission runs
+/// them before it takes a place for the task, so a malformed request is told what is wrong even
+/// when the pool is full.
+pub fn check_fields(req: &DispatchRequest) -> Result<(), Status> {
     workspace::check_id("task_id", &req.task_id, true)?;
     workspace::check_id("run_id", &req.run_id, true)?;
     workspace::check_description(&req.task_description)?;
@@ -48,6 +56,15 @@ pub async fn validate(
             ));
         }
     }
+    workspace::check_file_count(&req.files)
+}
+
+/// The checks against the workspace: the repository (opened once however many requests name it
+/// together, see [`WorkspaceCache`]), the task files, and `base_ref`.
+pub async fn check_workspace(
+    req: &DispatchRequest,
+    workspaces: &WorkspaceCache,
+) -> Result<Workspace, Status> {
     let ws = workspace::open_checked(workspaces, &req.workspace, &req.files).await?;
     if !req.base_ref.is_empty() {
         workspace::check_base_ref(&ws, "base_ref", &req.base_ref).await?;

@@ -97,8 +97,10 @@ impl Scheduler {
         self.capacity
     }
 
-    /// Submits a new task at the back of the queue; refused when `capacity` tasks already wait.
-    pub fn submit(&self, route: Route, max_wait: std::time::Duration) -> Result<Ticket, QueueFull> {
+    /// Reserves a place at the back of the queue, refused when `capacity` tasks already wait (or
+    /// hold a reservation). Admission takes the place before it records or checks anything
+    /// costly, so a refusal costs no I/O; a reservation dropped unused gives the place back.
+    pub fn reserve(&self) -> Result<QueuePlace, QueueFull> {
         let reserved = self
             .waiting
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
@@ -109,11 +111,14 @@ impl Scheduler {
                 capacity: self.capacity,
             });
         }
-        let (entry, ticket) = entry(route, max_wait, true);
-        if self.tx.send(Submit::Back(entry)).is_err() {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-        }
-        Ok(ticket)
+        Ok(QueuePlace {
+            scheduler: Some(self.clone()),
+        })
+    }
+
+    /// Reserves a place and submits at once (see [`reserve`](Self::reserve)).
+    pub fn submit(&self, route: Route, max_wait: std::time::Duration) -> Result<Ticket, QueueFull> {
+        Ok(self.reserve()?.submit(route, max_wait))
     }
 
     /// Asks for a pass over the queue now. A task that stops waiting (cancelled, caller gone)
@@ -130,6 +135,35 @@ impl Scheduler {
         let (entry, ticket) = entry(route, max_wait, false);
         let _ = self.tx.send(Submit::Front(entry));
         ticket
+    }
+}
+
+/// A reserved place in the queue (see [`Scheduler::reserve`]): submit a task into it, or drop
+/// it to give the place back.
+#[derive(Debug)]
+pub struct QueuePlace {
+    scheduler: Option<Scheduler>,
+}
+
+impl QueuePlace {
+    /// Submits a task at the back of the queue into this place.
+    pub fn submit(mut self, route: Route, max_wait: std::time::Duration) -> Ticket {
+        let scheduler = self.scheduler.take().expect("a place is submitted once");
+        let (entry, ticket) = entry(route, max_wait, true);
+        if scheduler.tx.send(Submit::Back(entry)).is_err() {
+            // The scheduler is gone (shutting down): the ticket's reply is dropped with the
+            // entry, so the task learns it was not placed.
+            scheduler.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        ticket
+    }
+}
+
+impl Drop for QueuePlace {
+    fn drop(&mut self) {
+        if let Some(scheduler) = self.scheduler.take() {
+            scheduler.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 

@@ -153,6 +153,11 @@ pub struct AiderInvocation {
     pub extra_env: Vec<(String, String)>,
     /// Stop the run as soon as the task's usage crosses these caps (`None`: never watched).
     pub usage_cap: Option<UsageCap>,
+    /// CPU niceness the launcher sets before aider starts (`aider.nice`), so the services
+    /// outrank their workers on a saturated host.
+    pub nice: u8,
+    /// The launcher's memory ceiling, MiB (`defaults.max_memory_per_job_mib`; 0 = none).
+    pub max_memory_mib: u64,
 }
 
 /// Which pipe a chunk came from.
@@ -413,6 +418,12 @@ fn environment(inv: &AiderInvocation, home: &Path) -> Vec<(String, String)> {
         ("GIT_COMMITTER_NAME".to_string(), GIT_NAME.to_string()),
         ("GIT_COMMITTER_EMAIL".to_string(), GIT_EMAIL.to_string()),
         ("GIT_TERMINAL_PROMPT".to_string(), "0".to_string()),
+        // Read by the launcher before anything else (see aider_launcher.py, item 10).
+        ("PAS_AIDER_NICE".to_string(), inv.nice.to_string()),
+        (
+            "PAS_AIDER_MAX_MEMORY_MIB".to_string(),
+            inv.max_memory_mib.to_string(),
+        ),
     ];
     let key = inv.model.api_key.clone();
     match inv.model.provider {
@@ -976,6 +987,8 @@ not json
             launch_prefix: vec![],
             extra_env: vec![],
             usage_cap: None,
+            nice: 0,
+            max_memory_mib: 0,
         };
         let args: Vec<String> = aider_args(&inv, Path::new("s"), Path::new("m"), Path::new("a"))
             .into_iter()
@@ -1007,6 +1020,8 @@ not json
             launch_prefix: vec![],
             extra_env: vec![],
             usage_cap: None,
+            nice: 0,
+            max_memory_mib: 0,
         };
         let strings = |inv: &AiderInvocation| -> Vec<String> {
             aider_args(inv, Path::new("s"), Path::new("m"), Path::new("a"))

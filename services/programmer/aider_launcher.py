@@ -27,16 +27,23 @@
    the worktree root (allowed_to_edit), and no file outside it is ever written (write_text):
    the LLM names the paths of its edits, and the caller steers the LLM.
 9. Nothing else: the arguments are aider's, passed through unchanged.
+10. aider is a worker, not a peer of the services: it runs at niceness PAS_AIDER_NICE (the
+   config's aider.nice) under a memory ceiling of PAS_AIDER_MAX_MEMORY_MIB MiB (defaults.max_memory_per_job_mib;
+   RLIMIT_DATA, which needs no privileges and covers the heap and anonymous mappings). An aider
+   that needs more gets MemoryError; the launcher then prints one line naming the ceiling and
+   exits 75, which fails this task alone (ERROR_CLASS_RESOURCE_LIMIT).
 
 Usage: python aider_launcher.py <aider arguments...>   (run with the worktree as cwd)
 """
 
 import ctypes
 import os
+import resource
 import signal
 import sys
 
 PR_SET_PDEATHSIG = 1
+MEMORY_EXIT = 75
 
 
 def _die_with_parent():
@@ -52,15 +59,50 @@ def _die_with_parent():
 
 _die_with_parent()
 
+
+def _limit_resources():
+    os.nice(int(os.environ.get("PAS_AIDER_NICE", "0") or 0))
+    mib = int(os.environ.get("PAS_AIDER_MAX_MEMORY_MIB", "0") or 0)
+    if mib > 0:
+        ceiling = mib * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_DATA, (ceiling, ceiling))
+    return mib
+
+
+MEMORY_CEILING_MIB = _limit_resources()
+
+
+def _out_of_memory():
+    # Whatever was allocated is dropped with the frame that raised; this line needs little.
+    sys.stderr.write(
+        "pas: aider ran out of memory under its ceiling of "
+        f"{MEMORY_CEILING_MIB} MiB (defaults.max_memory_per_job_mib)\n"
+    )
+    sys.stderr.flush()
+    os._exit(MEMORY_EXIT)
+
+
+def _memory_error_hook(kind, value, traceback):
+    if issubclass(kind, MemoryError):
+        _out_of_memory()
+    sys.__excepthook__(kind, value, traceback)
+
+
+# A MemoryError nobody catches, on any thread, ends the run with the launcher's line.
+sys.excepthook = _memory_error_hook
+
 # The runner starts aider in the task's worktree: nothing outside it is ever written.
 WORKTREE = os.path.realpath(os.getcwd())
 
-import aider.coders  # noqa: E402  (after the parent-death guard, before the slow imports)
-import aider.coders.base_coder  # noqa: E402
-import aider.commands  # noqa: E402
-import aider.io  # noqa: E402
-import aider.main  # noqa: E402
-import aider.models  # noqa: E402
+try:
+    import aider.coders  # noqa: E402  (after the parent-death guard, before the slow imports)
+    import aider.coders.base_coder  # noqa: E402
+    import aider.commands  # noqa: E402
+    import aider.io  # noqa: E402
+    import aider.main  # noqa: E402
+    import aider.models  # noqa: E402
+except MemoryError:
+    _out_of_memory()
 
 aider.models.RETRY_TIMEOUT = 0
 aider.coders.base_coder.RETRY_TIMEOUT = 0
@@ -165,4 +207,8 @@ def _write_text_inside_worktree(self, filename, content, *args, **kwargs):
 aider.io.InputOutput.write_text = _write_text_inside_worktree
 
 if __name__ == "__main__":
-    sys.exit(aider.main.main(sys.argv[1:]))
+    try:
+        code = aider.main.main(sys.argv[1:])
+    except MemoryError:
+        _out_of_memory()
+    sys.exit(code)

@@ -36,6 +36,8 @@ pub enum AttemptOutcome {
     /// The task's token or cost cap was crossed while aider ran, and aider was stopped: which cap,
     /// with the figures.
     CapReached(String),
+    /// aider ran out of memory under its ceiling (`defaults.max_memory_per_job_mib`).
+    MemoryCeiling(String),
     /// Aider could not be run or ended unexpectedly.
     Internal(String),
 }
@@ -51,6 +53,7 @@ impl AttemptOutcome {
             Self::Cancelled => ErrorClass::Cancelled,
             Self::DeadlineExceeded => ErrorClass::Deadline,
             Self::CapReached(_) => ErrorClass::JobLimit,
+            Self::MemoryCeiling(_) => ErrorClass::ResourceLimit,
             Self::Internal(_) => ErrorClass::Internal,
         }
     }
@@ -63,6 +66,7 @@ impl AttemptOutcome {
             | Self::EditFailed(message)
             | Self::GitFailed(message)
             | Self::CapReached(message)
+            | Self::MemoryCeiling(message)
             | Self::Internal(message) => message,
             Self::Cancelled => "cancelled",
             Self::DeadlineExceeded => "deadline exceeded",
@@ -131,6 +135,8 @@ pub async fn run_attempt(
         launch_prefix: Vec::new(),
         extra_env: Vec::new(),
         usage_cap: Some(cap),
+        nice: prog.aider.nice,
+        max_memory_mib: prog.spec.limits.max_memory_per_job_mib,
     };
 
     let (tx, mut rx) = mpsc::channel::<OutputChunk>(256);
@@ -191,6 +197,7 @@ pub async fn run_attempt(
         Outcome::Success => AttemptOutcome::Succeeded(change),
         Outcome::LlmFailure(_, message) => AttemptOutcome::LlmFailed { class, message },
         Outcome::EditFailure(message) => AttemptOutcome::EditFailed(message),
+        Outcome::MemoryCeiling(message) => AttemptOutcome::MemoryCeiling(message),
         Outcome::Cancelled => AttemptOutcome::Cancelled,
         Outcome::DeadlineExceeded => AttemptOutcome::DeadlineExceeded,
         Outcome::Other(message) => AttemptOutcome::Internal(message),

@@ -26,6 +26,8 @@ pub enum Outcome {
     LlmFailure(LlmFailureClass, String),
     /// The LLM answered but its edit could not be applied (endpoint healthy; no breaker count).
     EditFailure(String),
+    /// aider ran out of memory under its ceiling (`defaults.max_memory_per_job_mib`): the launcher's line.
+    MemoryCeiling(String),
     /// The run was cancelled by its token.
     Cancelled,
     /// The run hit its deadline.
@@ -46,6 +48,7 @@ impl Outcome {
                 LlmFailureClass::ModelUnavailable => ErrorClass::ModelUnavailable,
             },
             Outcome::EditFailure(_) => ErrorClass::EditFailed,
+            Outcome::MemoryCeiling(_) => ErrorClass::ResourceLimit,
             Outcome::Cancelled => ErrorClass::Cancelled,
             Outcome::DeadlineExceeded => ErrorClass::Deadline,
             Outcome::Other(_) => ErrorClass::Internal,
@@ -56,7 +59,10 @@ impl Outcome {
     pub fn message(&self) -> &str {
         match self {
             Outcome::Success => "",
-            Outcome::LlmFailure(_, m) | Outcome::EditFailure(m) | Outcome::Other(m) => m,
+            Outcome::LlmFailure(_, m)
+            | Outcome::EditFailure(m)
+            | Outcome::MemoryCeiling(m)
+            | Outcome::Other(m) => m,
             Outcome::Cancelled => "cancelled",
             Outcome::DeadlineExceeded => "deadline exceeded",
         }
@@ -87,6 +93,10 @@ const EDIT_FAILURES: &[&str] = &[
     "Only 3 reflections allowed, stopping.",
 ];
 
+/// The line the launcher prints when aider ran out of memory under its ceiling (see
+/// aider_launcher.py); it names the ceiling.
+const MEMORY_CEILING: &str = "pas: aider ran out of memory under its ceiling";
+
 const EMPTY_RESPONSE: &str = "Empty response received from LLM";
 const APPLIED: &str = "Applied edit to";
 
@@ -97,6 +107,10 @@ pub fn classify(run: &AiderRun, repo_changed: bool) -> Outcome {
     }
     if run.timed_out {
         return Outcome::DeadlineExceeded;
+    }
+    // Out of memory first: a MemoryError inside litellm may also print as an LLM error.
+    if let Some(line) = run.output.lines().find(|l| l.contains(MEMORY_CEILING)) {
+        return Outcome::MemoryCeiling(line.trim().to_string());
     }
     // The last LLM error wins: with retries off there is normally exactly one.
     let mut llm: Option<(LlmFailureClass, String)> = None;

@@ -143,6 +143,6 @@ pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
             "programmer stopped"
         );
     };
-    serve::serve(listener, router, shutdown).await?;
+    serve::serve(listener, router, &config.pool.limits, shutdown).await?;
     Ok(())
 }

@@ -23,6 +23,8 @@ pub struct AiderSettings {
     pub python: PathBuf,
     pub extra_flags: Vec<String>,
     pub request_timeout_s: u64,
+    /// `aider.nice`, applied by the launcher.
+    pub nice: u8,
 }
 
 /// Counters since start, reported in GetStatus.
@@ -120,6 +122,7 @@ impl Programmer {
                 python: config.aider_python(),
                 extra_flags: pool.aider.extra_flags.clone(),
                 request_timeout_s: pool.aider.request_timeout_s,
+                nice: pool.aider.nice,
             },
             workspaces: WorkspaceCache::new(config.workspace_root()),
             worktrees_dir,

@@ -211,6 +211,14 @@ fn describe() {
         "Failovers inside the tasks the manager finished, from one LLM to another"
     );
     describe_counter!(
+        "pas_admission_refusals_total",
+        "Calls the manager refused with RESOURCE_EXHAUSTED, by the limit they hit (limits.*, manager.max_queue)"
+    );
+    describe_counter!(
+        "pas_workspace_verifications_total",
+        "Workspace repositories verified with git (cache misses; a burst for one repository costs one)"
+    );
+    describe_counter!(
         "pas_routing_decisions_total",
         "Tasks placed on a programmer, by strategy"
     );

@@ -1,0 +1,290 @@
+//! The manager's limits on what it accepts (`limits:` in the configuration), decided before any
+//! work is done for a call, so that a burst of callers gets fast answers and the control plane
+//! (health, status, metrics) keeps its share of the process.
+//!
+//! Three layers, each refusing with RESOURCE_EXHAUSTED that names the limit and carries
+//! `google.rpc.RetryInfo` (see [`refusal`]):
+//! - **calls in flight**: at most `max_in_flight_rpcs` calls to the task API are being admitted
+//!   at once; one more is shed at once (the [`middleware`], which leaves grpc.health, reflection,
+//!   `/health` and `/metrics` alone);
+//! - **per-caller rate**: a caller — its bearer token's name, or its IP address when
+//!   authentication is off — may make `per_caller_rate_per_s` calls per second with bursts of
+//!   `per_caller_burst` (a GCRA token bucket on tokio's clock);
+//! - **per-caller tasks**: a caller may have `per_caller_max_tasks` tasks queued or running
+//!   ([`Admission::task_slot`]; the slot is held by the task's life and given back when it ends).
+//!
+//! The queue bound itself (`manager.max_queue`) is the scheduler's ([`super::waitqueue`]).
+
+use crate::config::LimitsConfig;
+use crate::manager::auth::Caller;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The gRPC path prefix of the calls the limits apply to.
+const TASK_API: &str = "/pas.v1.ProgrammerPool/";
+/// What a shed call is told to wait before retrying: the time a busy manager takes to admit a
+/// few hundred calls.
+const SHED_RETRY: Duration = Duration::from_millis(50);
+/// When a caller is at its task limit, the soonest one of its tasks could end is unknown; this
+/// is a polite first retry.
+const TASKS_RETRY: Duration = Duration::from_secs(1);
+/// Past this many callers tracked, idle ones are forgotten (their state is the default anyway).
+const SWEEP_AT: usize = 4096;
+
+/// A refusal by limit `limit` (the configuration key, e.g. `limits.per_caller_rate_per_s`):
+/// RESOURCE_EXHAUSTED, `message` naming the limit, and RetryInfo saying when to try again.
+pub fn refusal(limit: &str, message: impl std::fmt::Display, retry_after: Duration) -> Status {
+    metrics::counter!("pas_admission_refusals_total", "limit" => limit.to_string()).increment(1);
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        format!("{limit}: {message}"),
+        ErrorDetails::with_retry_info(Some(retry_after)),
+    )
+}
+
+/// The peer address of a connection, put in every request's extensions by the server
+/// ([`crate::serve`]), so limits can tell callers apart when there are no tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Who a call counts against: its token's name, else its IP address, else one shared bucket.
+pub fn caller_key(extensions: &http::Extensions) -> Arc<str> {
+    if let Some(caller) = extensions.get::<Arc<Caller>>() {
+        return format!("token {}", caller.name).into();
+    }
+    match extensions.get::<PeerAddr>() {
+        Some(PeerAddr(addr)) => format!("address {}", addr.ip()).into(),
+        None => "address unknown".into(),
+    }
+}
+
+/// Per caller: tasks held and the rate bucket.
+#[derive(Debug)]
+struct CallerState {
+    tasks: u32,
+    /// GCRA's theoretical arrival time: the bucket is full when it is not after now.
+    tat: Instant,
+}
+
+/// The manager's admission limits (see the module docs). Shared by the middleware and the
+/// Dispatch handler.
+#[derive(Debug)]
+pub struct Admission {
+    limits: LimitsConfig,
+    in_flight: Arc<Semaphore>,
+    callers: Mutex<HashMap<Arc<str>, CallerState>>,
+}
+
+impl Admission {
+    pub fn new(limits: &LimitsConfig) -> Arc<Self> {
+        Arc::new(Self {
+            limits: limits.clone(),
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight_rpcs as usize)),
+            callers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn callers(&self) -> MutexGuard<'_, HashMap<Arc<str>, CallerState>> {
+        // Every critical section is a few assignments: a poisoned map is still consistent.
+        self.callers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One call by `caller`, against its rate: refused when its bucket is empty.
+    pub fn check_rate(&self, caller: &Arc<str>) -> Result<(), Status> {
+        let now = Instant::now();
+        let rate = self.limits.per_caller_rate_per_s.max(1);
+        let interval = Duration::from_secs(1) / rate;
+        let tolerance = interval * self.limits.per_caller_burst.saturating_sub(1);
+        let mut callers = self.callers();
+        if callers.len() >= SWEEP_AT {
+            callers.retain(|_, c| c.tasks > 0 || c.tat > now);
+        }
+        let state = callers
+            .entry(caller.clone())
+            .or_insert(CallerState { tasks: 0, tat: now });
+        let tat = state.tat.max(now);
+        if tat > now + tolerance {
+            let retry = tat - now - tolerance;
+            return Err(refusal(
+                "limits.per_caller_rate_per_s",
+                format!(
+                    "{caller} made more than {rate} calls per second (bursts of {}); retry in {} ms",
+                    self.limits.per_caller_burst,
+                    retry.as_millis().max(1)
+                ),
+                retry,
+            ));
+        }
+        state.tat = tat + interval;
+        Ok(())
+    }
+
+    /// A task slot for `caller`, held for the task's life; refused at `per_caller_max_tasks`.
+    pub fn task_slot(self: &Arc<Self>, caller: Arc<str>) -> Result<TaskSlot, Status> {
+        let max = self.limits.per_caller_max_tasks;
+        let mut callers = self.callers();
+        let state = callers.entry(caller.clone()).or_insert(CallerState {
+            tasks: 0,
+            tat: Instant::now(),
+        });
+        if state.tasks >= max {
+            return Err(refusal(
+                "limits.per_caller_max_tasks",
+                format!("{caller} already has {max} tasks queued or running"),
+                TASKS_RETRY,
+            ));
+        }
+        state.tasks += 1;
+        Ok(TaskSlot {
+            admission: self.clone(),
+            caller,
+        })
+    }
+
+    /// Tasks `caller` holds now.
+    pub fn tasks_of(&self, caller: &str) -> u32 {
+        self.callers().get(caller).map_or(0, |c| c.tasks)
+    }
+
+    /// A permit to be admitted now, or None when `max_in_flight_rpcs` calls already are.
+    fn try_enter(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.in_flight.clone().try_acquire_owned().ok()
+    }
+}
+
+/// One of a caller's task slots (see [`Admission::task_slot`]); given back on drop.
+#[derive(Debug)]
+pub struct TaskSlot {
+    admission: Arc<Admission>,
+    caller: Arc<str>,
+}
+
+impl Drop for TaskSlot {
+    fn drop(&mut self) {
+        let mut callers = self.admission.callers();
+        if let Some(state) = callers.get_mut(&self.caller) {
+            state.tasks = state.tasks.saturating_sub(1);
+            if state.tasks == 0 && state.tat <= Instant::now() {
+                callers.remove(&self.caller);
+            }
+        }
+    }
+}
+
+/// The axum middleware in front of the task API: sheds calls past `max_in_flight_rpcs` and
+/// calls past the caller's rate, before any handler runs. Runs after authentication (the caller
+/// is known); every other path passes untouched.
+pub async fn middleware(
+    axum::extract::State(admission): axum::extract::State<Arc<Admission>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if !request.uri().path().starts_with(TASK_API) {
+        return next.run(request).await;
+    }
+    let Some(_permit) = admission.try_enter() else {
+        let max = admission.limits.max_in_flight_rpcs;
+        return refusal(
+            "limits.max_in_flight_rpcs",
+            format!("the manager is admitting {max} calls already"),
+            SHED_RETRY,
+        )
+        .into_http::<axum::body::Body>();
+    };
+    if let Err(refused) = admission.check_rate(&caller_key(request.extensions())) {
+        return refused.into_http::<axum::body::Body>();
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(rate: u32, burst: u32, tasks: u32) -> LimitsConfig {
+        LimitsConfig {
+            per_caller_rate_per_s: rate,
+            per_caller_burst: burst,
+            per_caller_max_tasks: tasks,
+            ..LimitsConfig::default()
+        }
+    }
+
+    fn retry_of(status: &Status) -> Duration {
+        status
+            .get_details_retry_info()
+            .and_then(|r| r.retry_delay)
+            .expect("RetryInfo with a delay")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_gets_its_burst_then_its_rate() {
+        let admission = Admission::new(&limits(10, 5, 100));
+        let alice: Arc<str> = "token alice".into();
+        let bob: Arc<str> = "token bob".into();
+        for _ in 0..5 {
+            admission.check_rate(&alice).expect("within the burst");
+        }
+        let refused = admission.check_rate(&alice).expect_err("burst used up");
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+        assert!(
+            refused
+                .message()
+                .starts_with("limits.per_caller_rate_per_s: token alice"),
+            "{}",
+            refused.message()
+        );
+        assert_eq!(retry_of(&refused), Duration::from_millis(100));
+        // Another caller is not affected.
+        admission.check_rate(&bob).expect("bob has his own bucket");
+        // After the advertised delay, exactly one more call fits.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        admission.check_rate(&alice).expect("one token refilled");
+        admission.check_rate(&alice).expect_err("only one");
+        // A second of quiet refills the whole burst.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        for _ in 0..5 {
+            admission.check_rate(&alice).expect("refilled burst");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn task_slots_are_per_caller_and_given_back() {
+        let admission = Admission::new(&limits(1000, 1000, 2));
+        let alice: Arc<str> = "token alice".into();
+        let a1 = admission.task_slot(alice.clone()).expect("first");
+        let _a2 = admission.task_slot(alice.clone()).expect("second");
+        let refused = admission.task_slot(alice.clone()).expect_err("third");
+        assert!(
+            refused
+                .message()
+                .starts_with("limits.per_caller_max_tasks: token alice already has 2"),
+            "{}",
+            refused.message()
+        );
+        assert_eq!(retry_of(&refused), TASKS_RETRY);
+        let _b = admission.task_slot("token bob".into()).expect("bob");
+        drop(a1);
+        assert_eq!(admission.tasks_of("token alice"), 1);
+        let _a3 = admission.task_slot(alice).expect("a slot came back");
+    }
+
+    #[test]
+    fn callers_are_told_apart_by_token_then_address() {
+        let mut ext = http::Extensions::new();
+        assert_eq!(&*caller_key(&ext), "address unknown");
+        ext.insert(PeerAddr("10.1.2.3:5555".parse().expect("addr")));
+        assert_eq!(&*caller_key(&ext), "address 10.1.2.3");
+        ext.insert(Arc::new(Caller {
+            name: "alice".into(),
+            role: crate::manager::auth::Role::Dispatch,
+        }));
+        assert_eq!(&*caller_key(&ext), "token alice");
+    }
+}
