@@ -488,6 +488,43 @@ fn mounts_of_kind(deployment: &Value, c: &Value, kind: &str) -> Vec<String> {
         .collect()
 }
 
+/// `path` is a file of a Secret volume mounted in `c` (and, when the rendering holds that Secret,
+/// the Secret has that key).
+fn assert_secret_file(render: &Render, deployment: &Value, c: &Value, path: &str) {
+    let (dir, file) = path.rsplit_once('/').unwrap();
+    let mount = c["volumeMounts"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|m| m["mountPath"].as_str() == Some(dir))
+        .unwrap_or_else(|| panic!("{}: nothing mounted at {dir} for {path}", render.name));
+    let volume = deployment["spec"]["template"]["spec"]["volumes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    let name = volume["secret"]["secretName"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}: {path} is not on a Secret volume", render.name));
+    if let Some(secret) = render
+        .of_kind("Secret")
+        .find(|s| s["metadata"]["name"].as_str() == Some(name))
+    {
+        assert!(
+            !secret["data"][file].is_null() || !secret["stringData"][file].is_null(),
+            "{}: Secret {name} has no {file} (for {path})",
+            render.name
+        );
+    } else {
+        assert!(
+            render.external_secrets.contains(&name),
+            "{}: Secret {name} (for {path}) is neither rendered nor external",
+            render.name
+        );
+    }
+}
+
 /// What the deployment's first volume of `kind` names in `field` (a claim, a Secret).
 fn first_volume<'a>(deployment: &'a Value, kind: &str, field: &str) -> &'a str {
     deployment["spec"]["template"]["spec"]["volumes"]
@@ -568,6 +605,15 @@ fn check_render(render: &Render) {
         render.name
     );
     check_probes(render, mc, mport, "pas.v1.ProgrammerPool", tls);
+    // The files the config names for the manager ({name} = manager) are in its Secrets.
+    for key in ["ca", "cert", "key"] {
+        if let Some(path) = config["tls"][key].as_str() {
+            assert_secret_file(render, manager, mc, &path.replace("{name}", "manager"));
+        }
+    }
+    if let Some(path) = config["auth"]["tokens_file"].as_str() {
+        assert_secret_file(render, manager, mc, path);
+    }
     assert!(
         mounts_of_kind(manager, mc, "persistentVolumeClaim").contains(&"/var/lib/pas".to_string()),
         "{}: the manager's data dir is on a PersistentVolumeClaim",
@@ -667,16 +713,11 @@ fn check_render(render: &Render) {
         );
 
         // TLS flags name files that a Secret volume provides.
-        let secret_dirs = mounts_of_kind(d, c, "secret");
         for f in ["--tls-cert", "--tls-key", "--tls-ca"] {
             match flag(&args, f) {
                 Some(path) => {
                     assert!(tls, "{what}: {f} without tls in the config");
-                    let dir = Path::new(&path).parent().unwrap().to_str().unwrap();
-                    assert!(
-                        secret_dirs.iter().any(|m| m == dir),
-                        "{what}: {f} {path} is on a Secret volume"
-                    );
+                    assert_secret_file(render, d, c, &path);
                 }
                 None => assert!(
                     !tls,
