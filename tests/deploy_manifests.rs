@@ -803,6 +803,39 @@ fn check_render(render: &Render) {
         );
     }
 
+    // --- a NetworkPolicy in front of programmers must let the manager through ---------------
+    let manager_labels = &manager["spec"]["template"]["metadata"]["labels"];
+    for policy in render.of_kind("NetworkPolicy") {
+        let selector = &policy["spec"]["podSelector"]["matchLabels"];
+        if !pod_labels.iter().any(|l| labels_match(selector, l)) {
+            continue;
+        }
+        let lets_manager_in = policy["spec"]["ingress"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .any(|rule| {
+                let from_manager = rule["from"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .any(|peer| {
+                        peer["namespaceSelector"].is_null()
+                            && labels_match(&peer["podSelector"]["matchLabels"], manager_labels)
+                    });
+                let port_ok = rule["ports"].as_sequence().into_iter().flatten().any(|p| {
+                    p["port"].as_str() == Some("grpc")
+                        || p["port"].as_i64() == Some(as_i64(&config["discovery"]["port"]))
+                });
+                from_manager && port_ok
+            });
+        assert!(
+            lets_manager_in,
+            "{}: NetworkPolicy {:?} keeps the manager from its programmers",
+            render.name, policy["metadata"]["name"]
+        );
+    }
+
     check_secrets(render);
     assert_config_checks(
         &format!("{}: pool config", render.name),
@@ -920,6 +953,11 @@ fn kustomize_base_and_overlays_render_validate_and_match_the_binary() {
             "production: resource limits"
         );
     }
+    assert_eq!(
+        prod.of_kind("NetworkPolicy").count(),
+        1,
+        "production: a NetworkPolicy"
+    );
     assert!(
         !p["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"].is_null(),
         "production: anti-affinity"
@@ -991,6 +1029,11 @@ fn helm_chart_lints_renders_validates_and_matches_the_binary() {
             .sum::<i64>(),
         10,
         "production values: the original ten programmers"
+    );
+    assert_eq!(
+        prod.of_kind("NetworkPolicy").count(),
+        1,
+        "production values: a NetworkPolicy"
     );
 
     // The chart creating every Secret from real files (--set-file, never in a values file).
