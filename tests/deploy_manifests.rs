@@ -10,6 +10,9 @@
 //!   config's `discovery:`, probes use the services' grpc.health names (or, over TLS, what kubelet
 //!   can reach), the programmers' grace period covers preStop + drain, the manager's data is on a
 //!   PersistentVolumeClaim, and every referenced Secret is rendered (or documented as external).
+//! - The dev overlay's llm-sim, manager and programmer start from their rendered command lines and
+//!   environment (loopback instead of 0.0.0.0; the programmer listed statically, as no cluster DNS
+//!   is here): the manager counts the programmer available, and SIGTERM drains it to exit 0.
 //! - The chart renders what kustomize renders (the dev overlay and the chart's defaults: same pool
 //!   config, command lines, probes and Services).
 //! - deploy/compose/compose.yaml validates against the vendored compose-spec schema, its commands
@@ -202,6 +205,11 @@ fn kustomize(tools: &Tools, dir: &Path, name: &str) -> Render {
     Render::new(name, yaml, "pas")
 }
 
+fn kustomize_dev(tools: &Tools) -> Render {
+    let dir = Path::new(ROOT).join("deploy/kubernetes/overlays/dev");
+    kustomize(tools, &dir, "kustomize dev")
+}
+
 fn helm_template(tools: &Tools, name: &str, extra: &[&str]) -> Render {
     let yaml = stdout_of(
         Command::new(&tools.helm)
@@ -264,17 +272,26 @@ fn container<'a>(deployment: &'a Value, name: &str) -> &'a Value {
         })
 }
 
-/// The container's args with `$(VAR)` expanded as kubelet does (fieldRef values made up).
+/// The container's environment as kubelet sets it (`valueFrom` values made up: `pod-name-from-field`).
+fn container_env(c: &Value) -> Vec<(String, String)> {
+    c["env"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let name = e["name"].as_str().unwrap().to_string();
+            let value = match e["value"].as_str() {
+                Some(v) => v.to_string(),
+                None => format!("{}-from-field", name.to_lowercase().replace('_', "-")),
+            };
+            (name, value)
+        })
+        .collect()
+}
+
+/// The container's args with `$(VAR)` expanded as kubelet does.
 fn expanded_args(c: &Value) -> Vec<String> {
-    let mut vars: Vec<(String, String)> = Vec::new();
-    for e in c["env"].as_sequence().into_iter().flatten() {
-        let name = e["name"].as_str().unwrap().to_string();
-        let value = match e["value"].as_str() {
-            Some(v) => v.to_string(),
-            None => format!("{}-from-field", name.to_lowercase().replace('_', "-")),
-        };
-        vars.push((name, value));
-    }
+    let vars = container_env(c);
     str_list(&c["args"])
         .into_iter()
         .map(|a| {
@@ -282,6 +299,13 @@ fn expanded_args(c: &Value) -> Vec<String> {
                 .fold(a, |a, (n, v)| a.replace(&format!("$({n})"), v))
         })
         .collect()
+}
+
+/// `args` with the value of `--flag` (either form) replaced.
+fn with_flag(args: &[String], name: &str, value: &str) -> Vec<String> {
+    let mut out = without_flags(args, &[name]);
+    out.extend([name.to_string(), value.to_string()]);
+    out
 }
 
 /// The value of `--flag V` or `--flag=V` in `args`.
@@ -913,7 +937,7 @@ fn kustomize_base_and_overlays_render_validate_and_match_the_binary() {
     let base = kustomize(tools, &root.join("base"), "kustomize base");
     validate(tools, &base);
 
-    let dev = kustomize(tools, &root.join("overlays/dev"), "kustomize dev");
+    let dev = kustomize_dev(tools);
     validate(tools, &dev);
     check_render(&dev);
     assert_eq!(dev.deployments("programmer").len(), 1);
@@ -1111,11 +1135,7 @@ fn normalized(v: &Value) -> Value {
 #[test]
 fn helm_chart_renders_what_kustomize_renders() {
     let Some(tools) = tools() else { return };
-    let dev = kustomize(
-        tools,
-        &Path::new(ROOT).join("deploy/kubernetes/overlays/dev"),
-        "kustomize dev",
-    );
+    let dev = kustomize_dev(tools);
     let chart = helm_template(tools, "helm default values", &[]);
 
     assert_eq!(
@@ -1355,4 +1375,199 @@ fn containerfile_parses_lints_and_builds_what_the_manifests_run() {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pods started from their manifests' command lines
+
+/// A `pas` process started as a pod's container would start it; killed when dropped.
+struct Pod {
+    child: std::process::Child,
+    /// What it printed as `… listening on ADDR`.
+    addr: String,
+    log: PathBuf,
+}
+
+impl Pod {
+    /// Runs `pas args` with the container's environment plus `env`, and waits for its
+    /// `listening on` line (the process exits instead when it refuses its command line or config).
+    fn start(name: &str, args: &[String], env: &[(String, String)], dir: &Path) -> Pod {
+        use std::io::BufRead;
+        let log = dir.join(format!("{name}.log"));
+        let mut child = Command::new(PAS)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env_remove("PAS_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = lines.by_ref().map_while(Result::ok).find_map(|l| {
+            l.split_once(" listening on ")
+                .map(|(_, a)| a.trim_start_matches("http://").to_string())
+        });
+        // Keep draining stdout so the process never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        let mut pod = Pod {
+            child,
+            addr: String::new(),
+            log,
+        };
+        match addr {
+            Some(addr) => pod.addr = addr,
+            None => panic!(
+                "{name} (pas {}) did not start:\n{}",
+                args.join(" "),
+                pod.log_text()
+            ),
+        }
+        pod
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port free on 127.0.0.1 now (the programmer's port must be in the manager's config up front).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The manager's `pas status --json` view.
+fn pool_status(addr: &str) -> Option<serde_json::Value> {
+    let out = pas(&[
+        "status".into(),
+        "--manager".into(),
+        addr.into(),
+        "--json".into(),
+    ]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+#[test]
+fn dev_overlay_pods_start_from_their_command_lines() {
+    let Some(tools) = tools() else { return };
+    let dev = kustomize_dev(tools);
+    let dir = tempfile::tempdir().unwrap();
+    let manager_c = container(dev.one_deployment("manager"), "manager");
+    let programmer_c = container(dev.one_deployment("programmer"), "programmer");
+    let sim_c = container(dev.one_deployment("llm-sim"), "llm-sim");
+
+    // The ConfigMap's config, with the programmer that DNS would find listed statically (no
+    // cluster DNS here); paths the pods take from their environment point into `dir`.
+    let programmer_args = expanded_args(programmer_c);
+    let port = free_port();
+    let mut entry = static_entry(&programmer_args, 0);
+    let id = flag(&programmer_args, "--id").unwrap();
+    entry["id"] = id.clone().into();
+    entry["host"] = "127.0.0.1".into();
+    entry["port"] = u64::from(port).into();
+    let mut config = dev.pool_config();
+    let map = config.as_mapping_mut().unwrap();
+    map.remove("discovery");
+    map.insert("pool_size".into(), 1.into());
+    map.insert("programmers".into(), Value::Sequence(vec![entry]));
+    let config_path = dir.path().join("pool.yaml");
+    std::fs::write(&config_path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    let config_arg = config_path.display().to_string();
+
+    let python = std::env::var("PAS_AIDER_PYTHON")
+        .unwrap_or_else(|_| format!("{ROOT}/.aider-venv/bin/python"));
+    let env = |c: &Value, pod: &str| -> Vec<(String, String)> {
+        let mut env = container_env(c);
+        for (k, v) in &mut env {
+            if k == "PAS_DATA_DIR" || k == "PAS_WORKSPACE_ROOT" {
+                *v = dir.path().join(pod).join(&v[1..]).display().to_string();
+            }
+        }
+        env.push(("PAS_AIDER_PYTHON".into(), python.clone()));
+        env
+    };
+    // Loopback instead of 0.0.0.0 (tests never listen beyond it); everything else as rendered.
+    let local = |args: Vec<String>, port: &str| {
+        let args = with_flag(&args, "--config", &config_arg);
+        let args = with_flag(&args, "--host", "127.0.0.1");
+        with_flag(&args, "--port", port)
+    };
+
+    let sim_args = with_flag(&expanded_args(sim_c), "--listen", "127.0.0.1:0");
+    let sim_args = with_flag(&sim_args, "--config", &config_arg);
+    let _sim = Pod::start("llm-sim", &sim_args, &env(sim_c, "sim"), dir.path());
+
+    let mut programmer_args = local(programmer_args, &port.to_string());
+    let knows_flags = pas(&[programmer_args.clone(), vec!["--help".into()]].concat());
+    if !knows_flags.status.success() {
+        pending(
+            "dev programmer pod start",
+            "the programmer runs without --primary-llm/--backup-llm/--capabilities/--region (its config entry gives them)",
+        );
+        programmer_args = without_flags(&programmer_args, &PENDING_FLAGS);
+    }
+    let mut programmer = Pod::start(
+        "programmer",
+        &programmer_args,
+        &env(programmer_c, "programmer"),
+        dir.path(),
+    );
+    let manager = Pod::start(
+        "manager",
+        &local(expanded_args(manager_c), "0"),
+        &env(manager_c, "manager"),
+        dir.path(),
+    );
+
+    // The manager reaches the programmer: wait for the pool to count it available.
+    let mut last = None;
+    for _ in 0..300 {
+        last = pool_status(&manager.addr);
+        if last.as_ref().is_some_and(|s| s["available"] == 1) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let status = last.unwrap_or_default();
+    assert_eq!(
+        status["available"],
+        1,
+        "the manager never saw its programmer available: {status}\nmanager:\n{}\nprogrammer:\n{}",
+        manager.log_text(),
+        programmer.log_text()
+    );
+    assert_eq!(
+        status["programmers"][0]["id"].as_str(),
+        Some(id.as_str()),
+        "{status}"
+    );
+
+    // SIGTERM (what kubelet sends after preStop): the programmer drains and exits 0.
+    let pid = nix::unistd::Pid::from_raw(programmer.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let exit = programmer.child.wait().unwrap();
+    assert!(
+        exit.success(),
+        "programmer after SIGTERM: {exit}\n{}",
+        programmer.log_text()
+    );
+    assert!(
+        programmer.log_text().contains("draining"),
+        "{}",
+        programmer.log_text()
+    );
 }
