@@ -12,7 +12,8 @@
 //!   PersistentVolumeClaim, and every referenced Secret is rendered (or documented as external).
 //! - The dev overlay's llm-sim, manager and programmer start from their rendered command lines and
 //!   environment (loopback instead of 0.0.0.0; the programmer listed statically, as no cluster DNS
-//!   is here): the manager counts the programmer available, and SIGTERM drains it to exit 0.
+//!   is here): every gRPC probe's service is SERVING in grpc.health, the manager counts the
+//!   programmer available, and SIGTERM drains it to exit 0.
 //! - The chart renders what kustomize renders (the dev overlay and the chart's defaults: same pool
 //!   config, command lines, probes and Services).
 //! - deploy/compose/compose.yaml validates against the vendored compose-spec schema, its commands
@@ -1461,6 +1462,28 @@ fn pool_status(addr: &str) -> Option<serde_json::Value> {
         .flatten()
 }
 
+/// What grpc.health.v1 Check answers for `service` at `addr` (what kubelet's gRPC probe asks).
+fn grpc_health(addr: &str, service: &str) -> i32 {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        let request = tonic_health::pb::HealthCheckRequest {
+            service: service.to_string(),
+        };
+        client
+            .check(request)
+            .await
+            .unwrap_or_else(|e| panic!("grpc.health Check {service:?} at {addr}: {e}"))
+            .into_inner()
+            .status
+    })
+}
+
 #[test]
 fn dev_overlay_pods_start_from_their_command_lines() {
     let Some(tools) = tools() else { return };
@@ -1555,6 +1578,19 @@ fn dev_overlay_pods_start_from_their_command_lines() {
         Some(id.as_str()),
         "{status}"
     );
+
+    // Every gRPC probe of the manifests asks about a service the process reports SERVING.
+    for (pod, c) in [(&manager, manager_c), (&programmer, programmer_c)] {
+        for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+            let service = c[probe]["grpc"]["service"].as_str().unwrap();
+            assert_eq!(
+                grpc_health(&pod.addr, service),
+                tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+                "{probe} of {:?}: grpc.health says {service:?} is not SERVING",
+                c["name"]
+            );
+        }
+    }
 
     // SIGTERM (what kubelet sends after preStop): the programmer drains and exits 0.
     let pid = nix::unistd::Pid::from_raw(programmer.child.id() as i32);
