@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh machine: installs the pinned aider venv if missing,
 # then builds every target (benchmarks included) and runs the Rust test suite (unit tests, and whole-system tests that start the real
-# `pas` binaries, real aider and real git on 127.0.0.1).
+# `pas` binaries, real aider and real git on 127.0.0.1). The deploy/ manifests are rendered and
+# validated offline with the pinned kubectl, helm and kubernetes-validate (scripts/install-deploy-tools.sh).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 scripts/install-aider.sh
 scripts/install-interop.sh
+scripts/install-deploy-tools.sh
 export PAS_AIDER_PYTHON="$root/.aider-venv/bin/python"
 cargo build --all-targets --locked
 cargo test --lib --bins --tests --locked --no-fail-fast -- --test-threads="${PAS_TEST_THREADS:-2}"
