@@ -500,7 +500,8 @@ impl WorkspaceCache {
     }
 }
 
-/// Identity and change times of a repository's `.git` entry and of `.git/HEAD`: equal stamps
+/// Identity of a repository's `.git` entry (and the change times of a `.git` file) and of
+/// `.git/HEAD` with its change times: equal stamps
 /// mean git has not rewritten either since.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct RepoStamp {
@@ -535,7 +536,15 @@ impl RepoStamp {
     /// `None` when `<repo>/.git` cannot be read: such a workspace is verified every time.
     fn read(repo: &Path) -> Option<Self> {
         let dot_git = repo.join(".git");
-        let git = FileStamp::read(&dot_git)?;
+        let mut git = FileStamp::read(&dot_git)?;
+        if dot_git.is_dir() {
+            // A `.git` directory's times change whenever git creates or removes an entry in it
+            // (a lock file, `worktrees/` when a programmer adds a worktree), none of which
+            // changes what was verified; replacing the directory changes its inode.
+            git.size = 0;
+            git.mtime = (0, 0);
+            git.ctime = (0, 0);
+        }
         Some(Self {
             git,
             head: FileStamp::read(&dot_git.join("HEAD")),

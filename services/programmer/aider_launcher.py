@@ -30,8 +30,9 @@
 10. aider is a worker, not a peer of the services: it runs at niceness PAS_AIDER_NICE (the
    config's aider.nice) under a memory ceiling of PAS_AIDER_MAX_MEMORY_MIB MiB (defaults.max_memory_per_job_mib;
    RLIMIT_DATA, which needs no privileges and covers the heap and anonymous mappings). An aider
-   that needs more gets MemoryError; the launcher then prints one line naming the ceiling and
-   exits 75, which fails this task alone (ERROR_CLASS_RESOURCE_LIMIT).
+   that needs more gets MemoryError — uncaught, on any thread, or caught by aider and reported
+   through its tool_error — and the launcher then prints one line naming the ceiling and exits
+   75, which fails this task alone (ERROR_CLASS_RESOURCE_LIMIT).
 
 Usage: python aider_launcher.py <aider arguments...>   (run with the worktree as cwd)
 """
@@ -41,6 +42,7 @@ import os
 import resource
 import signal
 import sys
+import threading
 
 PR_SET_PDEATHSIG = 1
 MEMORY_EXIT = 75
@@ -205,6 +207,29 @@ def _write_text_inside_worktree(self, filename, content, *args, **kwargs):
 
 
 aider.io.InputOutput.write_text = _write_text_inside_worktree
+
+# 10. aider reports the errors it catches through tool_error, inside the except block that caught
+# them (str(MemoryError()) is empty, so its message says nothing): a MemoryError being handled
+# there ends the run with the launcher's line instead.
+_original_tool_error = aider.io.InputOutput.tool_error
+
+
+def _tool_error_noticing_memory(self, *args, **kwargs):
+    if isinstance(sys.exc_info()[1], MemoryError):
+        _out_of_memory()
+    return _original_tool_error(self, *args, **kwargs)
+
+
+aider.io.InputOutput.tool_error = _tool_error_noticing_memory
+
+
+def _thread_memory_error_hook(hook_args):
+    if issubclass(hook_args.exc_type, MemoryError):
+        _out_of_memory()
+    threading.__excepthook__(hook_args)
+
+
+threading.excepthook = _thread_memory_error_hook
 
 if __name__ == "__main__":
     try:
