@@ -2,7 +2,7 @@
 //! quality, streaming, and the routing-cost ratio from criterion's results.
 //!
 //! Run: `cargo bench --bench pool_suite [-- SECTION… | --quick]` with SECTION among `machine`,
-//! `scheduling`, `failure`, `memory`, `streaming`, `routing` (default: all; `routing` needs
+//! `scheduling`, `failure`, `memory`, `streaming`, `routing`, `overload` (default: all; `routing` needs
 //! `cargo bench --bench routing` first). `scripts/bench.sh` runs every benchmark and rebuilds the
 //! tables of `BENCHMARKS.md`.
 //!
@@ -21,13 +21,14 @@ mod support;
 use anyhow::bail;
 use support::Section;
 
-const SECTIONS: [&str; 6] = [
+const SECTIONS: [&str; 7] = [
     "machine",
     "scheduling",
     "failure",
     "memory",
     "streaming",
     "routing",
+    "overload",
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -69,6 +70,13 @@ fn main() -> anyhow::Result<()> {
             }
             "streaming" => support::streaming::run(if quick { 1 } else { 5 }),
             "routing" => support::routing::run(),
+            "overload" => {
+                if quick {
+                    support::overload::run(&[1000], std::time::Duration::from_secs(5))
+                } else {
+                    support::overload::run(&[1000, 10_000], std::time::Duration::from_secs(30))
+                }
+            }
             _ => unreachable!("checked above"),
         };
         match section {

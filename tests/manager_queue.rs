@@ -156,7 +156,9 @@ async fn sixty_tasks_fill_ten_programmers_with_queue_five_and_all_complete() {
         assert_eq!(tip.trim(), r.commit, "{events:#?}");
     }
     assert_eq!(branches.len(), 10, "one branch per real task");
-    let waited: Vec<&str> = results
+    // The 61st (last) task waited in the manager's queue; where it waits once placed depends on
+    // which programmer frees a place first, so only the 50 dry runs are counted here.
+    let waited: Vec<&str> = results[..results.len() - 1]
         .iter()
         .filter(|(events, _)| queued(events).iter().any(|q| q.queue == "programmer"))
         .map(|(_, r)| r.programmer_id.as_str())

@@ -5,12 +5,12 @@
 
 mod common;
 
-use common::Sim;
 use common::pool::{
     ChildGuard, PoolOptions, TestPool, TestProgrammer, collect_events, manager_client, pool_status,
     sample_dispatch, state_of, wait_available, wait_until,
 };
 use common::secure::{self, with_token};
+use common::{Sim, zombie_children};
 use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
 use pas::contract::v1::{
     CancelTaskRequest, DispatchRequest, ErrorClass, GetTaskRequest, TaskState,
@@ -22,30 +22,6 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
-
-/// Children of `pid` that have exited but were not reaped (state `Z` in /proc).
-fn zombie_children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid …; comm may hold spaces, so split after its closing paren.
-        let Some((_, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next();
-        let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
-        if state == Some("Z") && ppid == Some(pid) {
-            out.push(child);
-        }
-    }
-    out
-}
 
 /// The value of the counter `name{labels}` in the manager's /metrics (0 when absent).
 async fn counter(pool: &TestPool, series: &str) -> u64 {

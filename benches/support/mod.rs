@@ -11,6 +11,7 @@ pub mod failure;
 pub mod live;
 pub mod machine;
 pub mod memory;
+pub mod overload;
 pub mod routing;
 pub mod scheduling;
 pub mod streaming;
@@ -161,28 +162,11 @@ pub fn mib(kib: u64) -> f64 {
 
 /// `(pid, ppid)` of every live (non-zombie) process.
 fn process_parents() -> Vec<(u32, u32)> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // After the parenthesised command: state ppid ...
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next().unwrap_or("Z");
-        if let (false, Some(ppid)) = (state == "Z", fields.next().and_then(|p| p.parse().ok())) {
-            out.push((pid, ppid));
-        }
-    }
-    out
+    crate::common::processes()
+        .into_iter()
+        .filter(|&(_, state, _)| state != 'Z')
+        .map(|(pid, _, ppid)| (pid, ppid))
+        .collect()
 }
 
 /// Every live descendant of `pid` (children, grandchildren, …).

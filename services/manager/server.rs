@@ -162,9 +162,10 @@ impl ProgrammerPool for PoolService {
         // Admission, cheapest first: nothing below the queue place touches a disk or starts a
         // process, so a refused call costs neither (see `admission`).
         validate::check_fields(&req)?;
-        if !req.task_id.is_empty() && mgr.store.get(&req.task_id).ok().flatten().is_some() {
-            // A known id adds no work: it attaches (or is told it names another request),
-            // whatever the limits say.
+        if !req.task_id.is_empty() && mgr.active_log(&req.task_id).is_some() {
+            // The id of a task running here adds no work: it attaches (or is told it names
+            // another request), whatever the limits say. (A finished task's id is looked up in
+            // the store only once admitted: a refusal reads nothing, and its retry replays.)
             return match self.insert(&req, &req.task_id, caller.as_deref()).await? {
                 Inserted::New => Err(Status::internal(format!(
                     "task store: {:?} vanished while being attached to",

@@ -45,7 +45,7 @@ impl Sim {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("llm-sim.log");
         let stderr = std::fs::File::create(&log).expect("create sim log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pas"))
+        let mut child = Command::new(pas_binary())
             .args(["llm-sim", "--listen", "127.0.0.1:0"])
             .args(args)
             .stdin(Stdio::null())
@@ -153,6 +153,48 @@ impl Drop for Sim {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `pas` binary the harness runs: cargo's build of this crate (a [`pool::TestPool`] may be
+/// pointed at another build, see its `binary`).
+pub fn pas_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pas"))
+}
+
+/// `(pid, state, ppid)` of every process in /proc (state `Z` = exited, not yet reaped).
+pub fn processes() -> Vec<(u32, char, u32)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid …; comm may hold spaces and parens, so split at the last one.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().and_then(|s| s.chars().next());
+        let ppid = fields.next().and_then(|p| p.parse().ok());
+        if let (Some(state), Some(ppid)) = (state, ppid) {
+            out.push((pid, state, ppid));
+        }
+    }
+    out
+}
+
+/// Children of `pid` that have exited but were not reaped yet.
+pub fn zombie_children(pid: u32) -> Vec<u32> {
+    processes()
+        .into_iter()
+        .filter(|&(_, state, ppid)| state == 'Z' && ppid == pid)
+        .map(|(child, _, _)| child)
+        .collect()
 }
 
 /// Runs git in `dir` with a fixed identity; panics with git's stderr on failure.

@@ -145,6 +145,9 @@ pub struct TestPool {
     pub data_dir: PathBuf,
     pub ports: BTreeMap<String, u16>,
     pub manager_port: u16,
+    /// The `pas` binary its processes run (this crate's build unless a benchmark compares with
+    /// an earlier one).
+    pub binary: PathBuf,
 }
 
 /// A free port on 127.0.0.1 for a process the test starts later.
@@ -220,6 +223,7 @@ impl TestPool {
             data_dir,
             ports,
             manager_port,
+            binary: super::pas_binary(),
         };
         std::fs::write(&pool.config_path, pool.config_yaml()).expect("write config");
         pool
@@ -327,27 +331,39 @@ impl TestPool {
         self.spawn_with_prefix(name, &[], args)
     }
 
-    /// `prefix… pas --config … args…`: `prefix` (e.g. strace) runs the `pas` process.
     fn spawn_with_prefix(
         &self,
         name: &str,
         prefix: &[std::ffi::OsString],
         args: &[&str],
     ) -> (ChildGuard, String) {
+        self.spawn_with_env(name, prefix, args, &[])
+    }
+
+    /// `prefix… pas --config … args…` with `env` added: `prefix` (e.g. strace) runs the `pas`
+    /// process.
+    fn spawn_with_env(
+        &self,
+        name: &str,
+        prefix: &[std::ffi::OsString],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (ChildGuard, String) {
         let log = self.dir.path().join(format!("{name}.log"));
         let stderr = std::fs::File::create(&log).expect("log file");
         let mut cmd = match prefix.split_first() {
             Some((program, rest)) => {
                 let mut c = Command::new(program);
-                c.args(rest).arg(env!("CARGO_BIN_EXE_pas"));
+                c.args(rest).arg(&self.binary);
                 c
             }
-            None => Command::new(env!("CARGO_BIN_EXE_pas")),
+            None => Command::new(&self.binary),
         };
         let mut child = cmd
             .arg("--config")
             .arg(&self.config_path)
             .args(args)
+            .envs(env.iter().copied())
             .env("PAS_TEST_OPENAI_KEY", "sk-test-openai-secret")
             .env("PAS_TEST_ANTHROPIC_KEY", "sk-ant-test-secret")
             .env("RUST_LOG", "info")
@@ -413,6 +429,11 @@ impl TestPool {
         self.spawn("manager", &["manager"]).0
     }
 
+    /// Starts the manager with extra environment (e.g. `LD_PRELOAD` of another allocator).
+    pub fn start_manager_with_env(&self, env: &[(&str, &str)]) -> ChildGuard {
+        self.spawn_with_env("manager", &[], &["manager"], env).0
+    }
+
     /// Starts every configured programmer (configuration order), then the manager last.
     pub fn start_all(&self) -> Vec<ChildGuard> {
         let mut procs: Vec<ChildGuard> = self
@@ -429,7 +450,7 @@ impl TestPool {
     /// get (test API keys set, `PAS_*` overrides removed) and stdin closed: how an operator runs
     /// the CLI against this pool. Convert with `tokio::process::Command::from` for async use.
     pub fn pas_command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pas"));
+        let mut cmd = Command::new(&self.binary);
         cmd.arg("--config")
             .arg(&self.config_path)
             .args(args)

@@ -1,0 +1,350 @@
+//! Overload (issue 17): a burst of concurrent `Dispatch` calls against a freshly started pool of
+//! ten programmers (the shipped shape and queue bounds: at most ~560 tasks can be admitted), its
+//! model answering after 60 s, so that every call past the room must be refused at once.
+//!
+//! Per case — cold (the workspace never opened) or warm (one dry run first), 1,000 or 10,000
+//! streams (100 per HTTP/2 connection, as `h2load -c N/100 -m 100` would), this build or an earlier
+//! one (`PAS_BENCH_BASELINE=path/to/pas`), the system allocator or another one preloaded into the
+//! manager (`LD_PRELOAD`, Debian's libjemalloc2 / libmimalloc2.0 when installed):
+//! - calls answered per second (first call sent → last answer, admitted or refused);
+//! - refusal latency p50 / p99 at the client;
+//! - grpc.health.v1 Check from an already-connected client every 20 ms during the burst (5 s
+//!   deadline): p99 and failures;
+//! - the manager's RSS idle, peak during the burst, and 30 s after it;
+//! - the most zombie children of the manager seen at once (sampled every 20 ms).
+
+use super::{Dist, Section, mib, ms, table, verdict_le};
+use crate::common::pool::{PoolOptions, TestPool, shipped_shape};
+use crate::common::{Sim, pas_binary, zombie_children};
+use anyhow::Context;
+use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
+use pas::contract::v1::{DispatchRequest, GetPoolStatusRequest};
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+/// Streams per HTTP/2 connection.
+const STREAMS_PER_CONNECTION: usize = 100;
+const JEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+const MIMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2.0";
+
+#[derive(Debug, Clone)]
+struct Case {
+    build: &'static str,
+    binary: PathBuf,
+    allocator: &'static str,
+    preload: Option<&'static str>,
+    streams: usize,
+    warm: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct Outcome {
+    build: &'static str,
+    allocator: &'static str,
+    streams: usize,
+    warm: bool,
+    admitted: usize,
+    refused: usize,
+    other_errors: usize,
+    answered_per_s: f64,
+    refusal_p50_ms: f64,
+    refusal_p99_ms: f64,
+    health_checks: usize,
+    health_p99_ms: f64,
+    health_failures: usize,
+    rss_idle_mib: f64,
+    rss_peak_mib: f64,
+    rss_after_mib: f64,
+    zombies_peak: usize,
+}
+
+/// Runs the cases: this build cold/warm at each size; the baseline likewise when given; the
+/// other allocators for the largest cold burst.
+pub fn run(sizes: &[usize], after: Duration) -> anyhow::Result<Section> {
+    let this = pas_binary();
+    let baseline = std::env::var_os("PAS_BENCH_BASELINE").map(PathBuf::from);
+    let mut cases = Vec::new();
+    for &streams in sizes {
+        for warm in [false, true] {
+            if let Some(base) = &baseline {
+                cases.push(Case {
+                    build: "before",
+                    binary: base.clone(),
+                    allocator: "system",
+                    preload: None,
+                    streams,
+                    warm,
+                });
+            }
+            cases.push(Case {
+                build: "this",
+                binary: this.clone(),
+                allocator: "system",
+                preload: None,
+                streams,
+                warm,
+            });
+        }
+    }
+    let largest = sizes.iter().copied().max().unwrap_or(1000);
+    for (allocator, lib) in [("jemalloc", JEMALLOC), ("mimalloc", MIMALLOC)] {
+        if std::path::Path::new(lib).exists() {
+            cases.push(Case {
+                build: "this",
+                binary: this.clone(),
+                allocator,
+                preload: Some(lib),
+                streams: largest,
+                warm: false,
+            });
+        } else {
+            eprintln!("overload: {lib} not installed, {allocator} skipped");
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut outcomes = Vec::new();
+    for case in &cases {
+        eprintln!("overload: {case:?}");
+        let outcome = rt
+            .block_on(measure(case, after))
+            .with_context(|| format!("case {case:?}"))?;
+        eprintln!("overload: {outcome:?}");
+        outcomes.push(outcome);
+    }
+    Ok(report(&outcomes, after))
+}
+
+async fn measure(case: &Case, after: Duration) -> anyhow::Result<Outcome> {
+    let sim = Sim::start_with_script("default:\n  latency_ms: 60000\n");
+    let pool = TestPool::with_sim(
+        PoolOptions {
+            programmers: shipped_shape(),
+            max_concurrent_per_programmer: 1,
+            max_queue_per_programmer: 5,
+            manager_max_queue: 500,
+            queue_timeout_s: 600,
+            request_timeout_s: 600,
+            task_timeout_s: 600,
+            health_check_interval_s: 30,
+            ..PoolOptions::default()
+        },
+        sim,
+    );
+    pool.append_config(crate::common::pool::SHIPPED_CAPABILITY_ROUTING);
+    pool.sample_repo();
+    // The programmers and the manager run the case's build; only the manager gets the
+    // allocator under comparison.
+    let mut pool = pool;
+    pool.binary = case.binary.clone();
+    let manager_env: Vec<(&str, &str)> = case
+        .preload
+        .map(|lib| ("LD_PRELOAD", lib))
+        .into_iter()
+        .collect();
+    let _programmers = pool.start_all_programmers();
+    let manager = pool.start_manager_with_env(&manager_env);
+    let pid = manager.pid();
+    let mut c = ProgrammerPoolClient::connect(pool.manager_url()).await?;
+    super::live::wait_available(&mut c, 10, Duration::from_secs(60)).await?;
+    if case.warm {
+        let req = DispatchRequest {
+            dry_run: true,
+            ..crate::common::pool::sample_dispatch("open the workspace")
+        };
+        let mut stream = c.clone().dispatch(req).await?.into_inner();
+        while stream.message().await?.is_some() {}
+    }
+    let _ = c.get_pool_status(GetPoolStatusRequest {}).await?;
+    let rss_idle = super::mem(pid).map_or(0, |m| m.rss_kib);
+
+    // Every connection made before the burst starts, like a load generator's.
+    let connections = case.streams.div_ceil(STREAMS_PER_CONNECTION);
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let channel = Endpoint::from_shared(pool.manager_url())?
+            .connect()
+            .await
+            .context("connect")?;
+        clients.push(ProgrammerPoolClient::new(channel));
+    }
+    let mut health = HealthClient::new(Channel::from_shared(pool.manager_url())?.connect().await?);
+
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let (mut peak, mut zombies) = (0u64, 0usize);
+            while !done.load(Ordering::Relaxed) {
+                peak = peak.max(super::mem(pid).map_or(0, |m| m.rss_kib));
+                zombies = zombies.max(zombie_children(pid).len());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (peak, zombies)
+        })
+    };
+    let prober = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let (mut latencies, mut failures) = (Vec::new(), 0usize);
+            while !done.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let mut req = tonic::Request::new(HealthCheckRequest {
+                    service: "pas.v1.ProgrammerPool".into(),
+                });
+                req.set_timeout(Duration::from_secs(5));
+                match health.check(req).await {
+                    Ok(_) => latencies.push(ms(t.elapsed())),
+                    Err(_) => failures += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (latencies, failures)
+        })
+    };
+
+    let started = Instant::now();
+    let calls: Vec<_> = (0..case.streams)
+        .map(|i| {
+            let mut client = clients[i % connections].clone();
+            tokio::spawn(async move {
+                let req = DispatchRequest {
+                    task_id: format!("burst-{i}"),
+                    ..crate::common::pool::sample_dispatch(&format!("Add docstrings ({i})"))
+                };
+                let t = Instant::now();
+                let answer = client.dispatch(req).await;
+                let at = Instant::now();
+                // An admitted task's stream is dropped: the task runs on (it outlives streams).
+                (answer.map(drop).map_err(|s| s.code()), ms(at - t), at)
+            })
+        })
+        .collect();
+    let (mut admitted, mut other_errors) = (0, 0);
+    let mut refusals = Vec::new();
+    let mut last = started;
+    for call in calls {
+        let (answer, latency, at) = call.await?;
+        last = last.max(at);
+        match answer {
+            Ok(()) => admitted += 1,
+            Err(Code::ResourceExhausted) => refusals.push(latency),
+            Err(_) => other_errors += 1,
+        }
+    }
+    let elapsed = last - started;
+    // Health and memory are watched a moment past the last answer (the tail of the work).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    done.store(true, Ordering::Relaxed);
+    let (rss_peak, zombies_peak) = sampler.await?;
+    let (health_latencies, health_failures) = prober.await?;
+    drop(clients);
+    tokio::time::sleep(after).await;
+    let rss_after = super::mem(pid).map_or(0, |m| m.rss_kib);
+    let refusal = Dist::of(&refusals);
+    Ok(Outcome {
+        build: case.build,
+        allocator: case.allocator,
+        streams: case.streams,
+        warm: case.warm,
+        admitted,
+        refused: refusals.len(),
+        other_errors,
+        answered_per_s: case.streams as f64 / elapsed.as_secs_f64(),
+        refusal_p50_ms: refusal.p50,
+        refusal_p99_ms: super::percentile(&refusals, 99.0),
+        health_checks: health_latencies.len(),
+        health_p99_ms: super::percentile(&health_latencies, 99.0),
+        health_failures,
+        rss_idle_mib: mib(rss_idle),
+        rss_peak_mib: mib(rss_peak.max(rss_idle)),
+        rss_after_mib: mib(rss_after),
+        zombies_peak,
+    })
+}
+
+fn report(outcomes: &[Outcome], after: Duration) -> Section {
+    let mut t = table(&[
+        "build",
+        "allocator",
+        "burst",
+        "admitted / refused / other",
+        "answers/s",
+        "refusal p50 / p99 ms",
+        "health p99 ms (checks, failures)",
+        "manager RSS idle / peak / after MiB",
+        "zombies (peak)",
+    ]);
+    for o in outcomes {
+        t.add_row(vec![
+            o.build.to_string(),
+            o.allocator.to_string(),
+            format!("{} {}", if o.warm { "warm" } else { "cold" }, o.streams),
+            format!("{} / {} / {}", o.admitted, o.refused, o.other_errors),
+            format!("{:.0}", o.answered_per_s),
+            format!("{:.1} / {:.1}", o.refusal_p50_ms, o.refusal_p99_ms),
+            format!(
+                "{:.1} ({}, {})",
+                o.health_p99_ms, o.health_checks, o.health_failures
+            ),
+            format!(
+                "{:.1} / {:.1} / {:.1}",
+                o.rss_idle_mib, o.rss_peak_mib, o.rss_after_mib
+            ),
+            o.zombies_peak.to_string(),
+        ]);
+    }
+    let mut md = String::from("### Overload (`pool_suite overload`)\n\n");
+    md.push_str(&format!("{t}\n\n"));
+    md.push_str(&format!(
+        "Ten programmers of the shipped shape and bounds, model latency 60 s; each burst is one \
+         `Dispatch` per stream, {STREAMS_PER_CONNECTION} streams per HTTP/2 connection, all sent at \
+         once from this process; `after` is {} s after the last answer. Targets for the cold \
+         10,000 burst of this build: ≥ 10,000 answers/s, health p99 ≤ 100 ms with no failure, \
+         peak RSS ≤ idle + 64 MiB, after ≤ 1.5 × idle.\n\n",
+        after.as_secs()
+    ));
+    if let Some(o) = outcomes
+        .iter()
+        .filter(|o| o.build == "this" && o.allocator == "system" && !o.warm)
+        .max_by_key(|o| o.streams)
+    {
+        md.push_str(&format!(
+            "- cold {}: {:.0} answers/s ({}); health p99 {:.1} ms, {} failures ({}); peak RSS \
+             idle + {:.1} MiB ({}); after {:.2} × idle ({}).\n\n",
+            o.streams,
+            o.answered_per_s,
+            if o.answered_per_s >= 10_000.0 {
+                "met".to_string()
+            } else {
+                format!("missed by {:.2}×", 10_000.0 / o.answered_per_s.max(1.0))
+            },
+            o.health_p99_ms,
+            o.health_failures,
+            if o.health_failures == 0 {
+                verdict_le(o.health_p99_ms, 100.0)
+            } else {
+                "missed: failures".to_string()
+            },
+            o.rss_peak_mib - o.rss_idle_mib,
+            verdict_le(o.rss_peak_mib - o.rss_idle_mib, 64.0),
+            o.rss_after_mib / o.rss_idle_mib.max(0.1),
+            verdict_le(o.rss_after_mib / o.rss_idle_mib.max(0.1), 1.5),
+        ));
+    }
+    Section {
+        name: "overload",
+        markdown: md,
+        json: json!({ "after_s": after.as_secs(), "cases": outcomes }),
+    }
+}
