@@ -91,6 +91,7 @@ pub fn route_for(mgr: &Manager, req: &DispatchRequest, task_id: &str) -> Result<
         // Stays the caller's id on every dispatch attempt (the balancer rewrites only task_id,
         // see `attempt_task_id`): the programmer keeps at most one result under it.
         origin_task_id: task_id.to_string(),
+        repo_url: req.repo_url.clone(),
     };
     Ok(Route {
         request,
@@ -118,7 +119,7 @@ impl ProgrammerPool for PoolService {
         let mgr = self.mgr.clone();
         let caller = auth::caller_of(&request);
         let req = request.into_inner();
-        validate::validate(&req, &mgr.workspaces).await?;
+        validate::validate(&req, &mgr.workspaces, mgr.repo_allow.as_ref()).await?;
         let task_id = if req.task_id.is_empty() {
             uuid::Uuid::new_v4().to_string()
         } else {
