@@ -414,6 +414,24 @@ impl Cluster {
         }
     }
 
+    /// Waits (event: a log line) until process `name` logged a line holding every one of `needles`.
+    fn wait_log(&self, name: &str, needles: &[&str]) {
+        let proc = self.procs.iter().find(|p| p.name == name).expect("process");
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        while !proc
+            .log_text()
+            .lines()
+            .any(|l| needles.iter().all(|n| l.contains(n)))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} never logged {needles:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn logs(&self) -> String {
         self.procs
             .iter()
@@ -544,28 +562,53 @@ fn tasks_on_other_hosts_fetch_over_git_and_push_exactly_the_reported_diff_over_t
     }
 }
 
+/// Dispatches `task` and waits for its assignment; returns the dispatch, its event channel, the
+/// events so far and the programmer it went to.
+fn dispatch_until_assigned(
+    cluster: &Cluster,
+    task: &str,
+) -> (Child, mpsc::Receiver<Value>, Vec<Value>, String) {
+    let (child, rx) = cluster.dispatch(task);
+    let mut events = Vec::new();
+    loop {
+        let ev = rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("no assignment ({e}): {events:#?}\n{}", cluster.logs()));
+        events.push(ev.clone());
+        if ev["type"] == "assigned" {
+            let host = ev["programmer_id"].as_str().expect("id").to_string();
+            return (child, rx, events, host);
+        }
+    }
+}
+
+/// A final result that names the one branch of `task` on the git host: SUCCEEDED (with exactly
+/// its diff there), or ALREADY_KEPT (another attempt's branch landed first). Returns both names.
+#[track_caller]
+fn assert_one_landed(cluster: &Cluster, result: &Value, task: &str) -> (String, String) {
+    let status = result["status"].as_str().unwrap_or_default().to_string();
+    let class = result["error_class"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        status == "succeeded" || class == "already_kept",
+        "{result:#}\n{}",
+        cluster.logs()
+    );
+    assert_on_git_host(&cluster.bare, result, task);
+    (status, class)
+}
+
 #[test]
 fn a_partitioned_programmer_host_leaves_no_duplicate_branch() {
     let Some(cluster) = Cluster::start("b", 30) else {
         return;
     };
     let task = "mh-part";
-    let (mut child, rx) = cluster.dispatch(task);
-    let mut events = Vec::new();
     // The task is on some programmer host: cut that host off from the manager (git and the LLM
     // host stay reachable), while it works.
-    let host = loop {
-        let ev = rx
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|e| panic!("no assignment ({e}): {events:#?}\n{}", cluster.logs()));
-        events.push(ev.clone());
-        if ev["type"] == "assigned" {
-            break ev["programmer_id"]
-                .as_str()
-                .expect("programmer id")
-                .to_string();
-        }
-    };
+    let (mut child, rx, mut events, host) = dispatch_until_assigned(&cluster, task);
     cluster.net.partition(&format!("p{host}"), MANAGER_IP);
     // The cut-off host finishes the task and pushes its branch (event: the branch appears on the
     // git host) although the manager cannot hear it.
@@ -580,20 +623,50 @@ fn a_partitioned_programmer_host_leaves_no_duplicate_branch() {
         std::thread::sleep(Duration::from_millis(100));
     }
     cluster.net.heal(&format!("p{host}"));
+    // Followed after the partition healed, or rerouted and refused by the branch that exists.
     let result = result_of(&rx, &mut events);
     let _ = child.wait();
-    // Followed after the partition healed (SUCCEEDED), or rerouted and refused by the branch
-    // that exists (ALREADY_KEPT): either way the result names the one branch on the git host.
-    let status = result["status"].as_str().unwrap_or_default();
-    let class = result["error_class"].as_str().unwrap_or_default();
-    assert!(
-        status == "succeeded" || class == "already_kept",
-        "{result:#}\n{}",
-        cluster.logs()
-    );
-    assert_on_git_host(&cluster.bare, &result, task);
+    let (status, class) = assert_one_landed(&cluster, &result, task);
     eprintln!(
         "multi_host partition: programmer {host} cut off, result {status} {class} from {}",
+        result["programmer_id"]
+    );
+}
+
+#[test]
+fn a_host_cut_off_past_the_lease_is_rerouted_and_still_one_branch_lands() {
+    // A short lease: the manager gives up on the cut-off host and reroutes while the cut-off host
+    // either finishes and pushes, or stops the task nobody follows. Git decides which attempt's
+    // branch lands; never both.
+    let Some(cluster) = Cluster::start("c", 5) else {
+        return;
+    };
+    let task = "mh-reroute";
+    let (mut child, rx, mut events, host) = dispatch_until_assigned(&cluster, task);
+    cluster.net.partition(&format!("p{host}"), MANAGER_IP);
+    // Healed only once the caller has its result: the task finished without the cut-off host.
+    let result = result_of(&rx, &mut events);
+    cluster.net.heal(&format!("p{host}"));
+    let _ = child.wait();
+    let rerouted: Vec<&Value> = events.iter().filter(|e| e["type"] == "rerouted").collect();
+    assert!(
+        !rerouted.is_empty() && rerouted[0]["from_programmer"] == host.as_str(),
+        "rerouted away from the cut-off host {host}: {events:#?}\n{}",
+        cluster.logs()
+    );
+    assert_ne!(result["programmer_id"], host.as_str(), "{result:#}");
+    let (status, class) = assert_one_landed(&cluster, &result, task);
+    // The cut-off host's own attempt ends too (pushed, refused by the branch that exists, or
+    // stopped for want of a follower): the branch still holds the result's commit.
+    cluster.wait_log(&format!("programmer-{host}"), &[task, "task finished"]);
+    assert_eq!(
+        ref_commit(&cluster.bare, &format!("refs/heads/pas/{task}")).as_deref(),
+        result["commit"].as_str(),
+        "nothing overwrote the kept branch\n{}",
+        cluster.logs()
+    );
+    eprintln!(
+        "multi_host reroute: {host} cut off, result {status} {class} from {}",
         result["programmer_id"]
     );
 }
