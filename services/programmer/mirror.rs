@@ -519,4 +519,34 @@ mod tests {
                 .is_err()
         );
     }
+
+    #[tokio::test]
+    async fn a_killed_programmers_worktree_of_a_mirror_is_swept() {
+        use crate::programmer::worktree::{GitIdentity, sweep_abandoned};
+        let (tmp, _srv, _work, url) = server();
+        let mirrors = mirrors_in(tmp.path());
+        let (ws, base) = mirrors
+            .fetch(&mirrors.remote(&url), None)
+            .await
+            .expect("fetch");
+        let identity = GitIdentity {
+            name: "t".into(),
+            email: "t@x.test".into(),
+        };
+        let worktrees = tmp.path().join("worktrees");
+        let wt = ws
+            .create_task_worktree(&worktrees, "t-1", "t-1", &base, &identity)
+            .await
+            .expect("worktree");
+        // A killed programmer never runs Drop.
+        std::mem::forget(wt);
+        assert_eq!(rev(ws.path(), "refs/heads/pas-work/t-1"), base);
+        assert_eq!(sweep_abandoned(&worktrees, &identity).await, 1);
+        assert_eq!(
+            rev(ws.path(), "refs/heads/pas-work/t-1"),
+            "",
+            "scratch branch deleted"
+        );
+        assert!(!worktrees.join("t-1").exists());
+    }
 }
