@@ -1,6 +1,6 @@
 //! Multi-host: the pool spread over "hosts" that are Linux network namespaces on one bridge — a
-//! manager host, three programmer hosts, a git server host (`git daemon`) and an LLM host
-//! (`pas llm-sim`) — talking TLS between hosts over their namespace IPs. No directory is shared
+//! manager host, three programmer hosts, a git server host (`git daemon`), an LLM host
+//! (`pas llm-sim`) and a DNS host (dnsmasq) — talking TLS between hosts over their namespace IPs. No directory is shared
 //! between hosts except the binaries (and the aider venv): each host has its own config, data
 //! dir, workspace root and only its own certificate and key. The repository exists only on the
 //! git host; programmers fetch it over `git://` and push their result branch back.
@@ -9,7 +9,9 @@
 //! permitted — every test prints `SKIPPED multi_host: <reason>` and passes. The tools come from
 //! `scripts/install-netns-tools.sh` (Debian iproute2 + nftables, idempotent).
 //!
-//! Discovery is static (the manager's config lists programmers by namespace IP).
+//! Names are served by dnsmasq on a DNS host: programmers fetch `git://git.pool.test:9418/…` and
+//! reach the LLM at `llm.pool.test`. Discovery of programmers is static (the manager's config
+//! lists them by namespace IP, which their certificates carry as SANs).
 
 mod common;
 
@@ -26,6 +28,11 @@ const SUBNET: &str = "10.213.0";
 const MANAGER_IP: &str = "10.213.0.10";
 const GIT_IP: &str = "10.213.0.20";
 const LLM_IP: &str = "10.213.0.30";
+/// The DNS host (dnsmasq): every host resolves through it (`/etc/netns/<ns>/resolv.conf`, which
+/// `ip netns exec` mounts over `/etc/resolv.conf`), and the git and LLM hosts are named.
+const DNS_IP: &str = "10.213.0.53";
+const GIT_NAME: &str = "git.pool.test";
+const LLM_NAME: &str = "llm.pool.test";
 /// Programmer id and host octet. Ports differ too (6151…6153): the config check refuses a port
 /// used twice even on different hosts.
 const PROGRAMMERS: [(&str, &str); 3] = [("001", "11"), ("002", "12"), ("003", "13")];
@@ -98,6 +105,10 @@ impl Net {
         let peer = format!("v{host}");
         must(&["ip", "netns", "add", &ns]);
         self.made.push(ns.clone());
+        let etc = Path::new("/etc/netns").join(&ns);
+        std::fs::create_dir_all(&etc).expect("/etc/netns/<ns>");
+        std::fs::write(etc.join("resolv.conf"), format!("nameserver {DNS_IP}\n"))
+            .expect("resolv.conf");
         must(&[
             "ip", "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &peer, "netns",
             &sw,
@@ -160,6 +171,7 @@ impl Drop for Net {
     fn drop(&mut self) {
         for ns in self.made.iter().rev() {
             let _ = run(&["ip", "netns", "del", ns]);
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(ns));
         }
     }
 }
@@ -191,6 +203,51 @@ fn start_pas(prefix: &[String], dir: &Path, name: &str, args: &[&str]) -> ChildG
     guard
 }
 
+/// dnsmasq on the DNS host, answering for the git and LLM hosts' names only; ready once it
+/// logged `started`.
+fn start_dns(net: &Net, hosts: &Path) -> ChildGuard {
+    let dir = hosts.join("dns");
+    std::fs::create_dir_all(&dir).expect("dns host dir");
+    let log = dir.join("dnsmasq.log");
+    let exec = net.exec("dns");
+    let child = Command::new(&exec[0])
+        .args(&exec[1..])
+        .args([
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--log-facility=-",
+            "--bind-interfaces",
+            "--user=root",
+            "--pid-file",
+        ])
+        .arg(format!("--listen-address={DNS_IP}"))
+        .arg(format!("--host-record={GIT_NAME},{GIT_IP}"))
+        .arg(format!("--host-record={LLM_NAME},{LLM_IP}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).expect("log")))
+        .spawn()
+        .expect("spawn dnsmasq");
+    let guard = ChildGuard {
+        child,
+        name: "dnsmasq".into(),
+        log,
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !guard.log_text().contains("started") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dnsmasq did not start: {}",
+            guard.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    guard
+}
+
 // ===== the hosts' configuration =====
 
 /// The pool's configuration as every host sees it; paths are relative to the host's own
@@ -210,7 +267,7 @@ fn config_yaml(lease_s: u64) -> String {
         "manager:\n  host: \"{MANAGER_IP}\"\n  port: 6141\n  task_lease_s: {lease_s}\n"
     ));
     y.push_str(&format!(
-        "providers:\n  ollama:\n    api_base: \"http://{LLM_IP}:11434\"\n"
+        "providers:\n  ollama:\n    api_base: \"http://{LLM_NAME}:11434\"\n"
     ));
     y.push_str(&format!(
         "aider:\n  python: \"{}\"\n  request_timeout_s: 60\n",
@@ -221,7 +278,7 @@ fn config_yaml(lease_s: u64) -> String {
         "tls:\n  ca: certs/ca.pem\n  cert: \"certs/{name}.pem\"\n  key: \"certs/{name}-key.pem\"\n",
     );
     y.push_str(&format!(
-        "repositories:\n  allow: [\"git://{GIT_IP}:9418/*\"]\n"
+        "repositories:\n  allow: [\"git://{GIT_NAME}:9418/*\"]\n"
     ));
     y
 }
@@ -268,6 +325,7 @@ impl Cluster {
         }
         net.host("git", "20");
         net.host("llm", "30");
+        net.host("dns", "53");
 
         let root = tempfile::tempdir().expect("temp dir");
         // Certificates: issued once (like an operator with a CA), each host gets only its own.
@@ -328,7 +386,7 @@ impl Cluster {
             9418,
         );
 
-        let mut procs = Vec::new();
+        let mut procs = vec![start_dns(&net, &hosts)];
         let llm_dir = hosts.join("llm");
         std::fs::create_dir_all(&llm_dir).expect("llm host dir");
         procs.push(start_pas(
@@ -441,7 +499,7 @@ impl Cluster {
 
     /// `pas dispatch --json` on the manager host; events arrive on the channel as they are printed.
     fn dispatch(&self, task_id: &str) -> (Child, mpsc::Receiver<Value>) {
-        let url = format!("git://{GIT_IP}:9418/sample.git");
+        let url = format!("git://{GIT_NAME}:9418/sample.git");
         let mut child = self
             .cli(&[
                 "dispatch",
