@@ -202,25 +202,36 @@ impl Mirrors {
     pub fn remote(&self, url: &RepoUrl) -> Remote {
         let mut env: Vec<(&'static str, String)> =
             vec![("GIT_ALLOW_PROTOCOL", ALLOWED_PROTOCOLS.to_string())];
-        if let (true, Some(key)) = (url.is_ssh(), &self.ssh_key_file) {
-            env.push(("GIT_SSH_COMMAND", ssh_command(key)));
+        if url.is_ssh() {
+            env.push(("GIT_SSH_COMMAND", ssh_command(self.ssh_key_file.as_deref())));
         }
-        let token = self
-            .https_token_env
-            .as_deref()
-            .and_then(|var| std::env::var(var).ok())
-            .filter(|t| !t.is_empty());
-        if let (true, Some(token)) = (url.is_https(), token) {
-            let basic =
-                base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"));
-            env.extend([
-                ("GIT_CONFIG_COUNT", "1".to_string()),
-                ("GIT_CONFIG_KEY_0", "http.extraHeader".to_string()),
-                (
-                    "GIT_CONFIG_VALUE_0",
-                    format!("Authorization: Basic {basic}"),
-                ),
-            ]);
+        if url.is_https() {
+            // A stalled server fails the transfer instead of holding the mirror's lock forever.
+            let mut config = vec![
+                ("http.lowSpeedLimit", "1000".to_string()),
+                ("http.lowSpeedTime", "60".to_string()),
+            ];
+            let token = self
+                .https_token_env
+                .as_deref()
+                .and_then(|var| std::env::var(var).ok())
+                .filter(|t| !t.is_empty());
+            if let Some(token) = token {
+                let basic = base64::engine::general_purpose::STANDARD
+                    .encode(format!("x-access-token:{token}"));
+                config.push(("http.extraHeader", format!("Authorization: Basic {basic}")));
+            }
+            const KEYS: [&str; 3] = ["GIT_CONFIG_KEY_0", "GIT_CONFIG_KEY_1", "GIT_CONFIG_KEY_2"];
+            const VALUES: [&str; 3] = [
+                "GIT_CONFIG_VALUE_0",
+                "GIT_CONFIG_VALUE_1",
+                "GIT_CONFIG_VALUE_2",
+            ];
+            env.push(("GIT_CONFIG_COUNT", config.len().to_string()));
+            for (i, (key, value)) in config.into_iter().enumerate() {
+                env.push((KEYS[i], key.to_string()));
+                env.push((VALUES[i], value));
+            }
         }
         Remote {
             url: url.clone(),
@@ -264,11 +275,19 @@ impl Mirrors {
     }
 }
 
-/// `ssh -i '<key>' -o IdentitiesOnly=yes -o BatchMode=yes`: git runs `GIT_SSH_COMMAND` through a
-/// shell, so the key path is single-quoted (any `'` in it escaped), never spliced in raw.
-fn ssh_command(key: &Path) -> String {
-    let quoted = key.to_string_lossy().replace('\'', r"'\''");
-    format!("ssh -i '{quoted}' -o IdentitiesOnly=yes -o BatchMode=yes")
+/// `ssh [-i '<key>' -o IdentitiesOnly=yes] -o BatchMode=yes -o ConnectTimeout=30 -o
+/// ServerAliveInterval=15 -o ServerAliveCountMax=4`: never a prompt, and a dead server fails the
+/// transfer within about a minute instead of holding the mirror's lock. Git runs
+/// `GIT_SSH_COMMAND` through a shell, so the key path is single-quoted (any `'` escaped), never
+/// spliced in raw.
+fn ssh_command(key: Option<&Path>) -> String {
+    let identity = key.map_or_else(String::new, |key| {
+        let quoted = key.to_string_lossy().replace('\'', r"'\''");
+        format!(" -i '{quoted}' -o IdentitiesOnly=yes")
+    });
+    format!(
+        "ssh{identity} -o BatchMode=yes -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4"
+    )
 }
 
 fn fetch_blocking(
@@ -374,9 +393,10 @@ mod tests {
     #[test]
     fn ssh_command_quotes_the_key_path() {
         assert_eq!(
-            ssh_command(Path::new("/k/it's key")),
-            r"ssh -i '/k/it'\''s key' -o IdentitiesOnly=yes -o BatchMode=yes"
+            ssh_command(Some(Path::new("/k/it's key"))),
+            r"ssh -i '/k/it'\''s key' -o IdentitiesOnly=yes -o BatchMode=yes -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4"
         );
+        assert!(ssh_command(None).starts_with("ssh -o BatchMode=yes"));
     }
 
     #[test]
@@ -393,7 +413,8 @@ mod tests {
         // The token is absent from the environment here: no header, no failure.
         let https = RepoUrl::parse("https://h/x.git").expect("url");
         let r = mirrors.remote(&https);
-        assert!(!r.env.iter().any(|(k, _)| *k == "GIT_CONFIG_KEY_0"));
+        assert!(!r.env.iter().any(|(_, v)| v.contains("Authorization")));
+        assert!(r.env.contains(&("GIT_CONFIG_COUNT", "2".to_string())));
         assert!(!r.env.iter().any(|(k, _)| *k == "GIT_SSH_COMMAND"));
         let ssh = RepoUrl::parse("git@h:x.git").expect("url");
         let r = mirrors.remote(&ssh);
