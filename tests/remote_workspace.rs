@@ -15,9 +15,14 @@ use pas::contract::v1::{DispatchRequest, ErrorClass, TaskRequest, TaskState};
 use std::path::{Path, PathBuf};
 use tonic::Code;
 
+/// The secret the programmers' `https_token_env` names (the harness's test OpenAI key).
+const TOKEN: &str = "sk-test-openai-secret";
+
 const SAMPLE_FILES: [(&str, &str); 2] = [("src/module.py", SAMPLE_MODULE), ("README.md", "# s\n")];
 
-/// A pool whose config allows `allow`; the served repositories live in `<pool>/served`.
+/// A pool whose config allows the patterns `allow` returns; the served repositories live in
+/// `<pool>/served`. Its programmers' https token is `$PAS_TEST_OPENAI_KEY`, which the harness
+/// sets on every process to [`TOKEN`].
 fn pool_allowing(programmers: &[&str], allow: impl FnOnce(&Path) -> String) -> (TestPool, PathBuf) {
     let pool = TestPool::new(PoolOptions {
         programmers: programmers
@@ -28,8 +33,10 @@ fn pool_allowing(programmers: &[&str], allow: impl FnOnce(&Path) -> String) -> (
     });
     let served = pool.dir.path().join("served");
     std::fs::create_dir_all(&served).expect("served dir");
-    let pattern = allow(&served);
-    pool.append_config(&format!("repositories:\n  allow: [\"{pattern}\"]\n"));
+    let patterns = allow(&served);
+    pool.append_config(&format!(
+        "repositories:\n  allow: [\"{patterns}\"]\n  https_token_env: PAS_TEST_OPENAI_KEY\n"
+    ));
     (pool, served)
 }
 
@@ -182,7 +189,9 @@ async fn two_tasks_on_one_url_share_the_hosts_mirror_and_push_their_own_branches
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_urls_name_repo_url_and_credentials_never_leak() {
-    let (pool, served) = pool_allowing(&["001"], |served| format!("file://{}/*", served.display()));
+    let (pool, served) = pool_allowing(&["001"], |served| {
+        format!("file://{}/*\", \"https://127.0.0.1:1/*", served.display())
+    });
     let bare = bare_repo(&served, "sample", &SAMPLE_FILES);
     let allowed = format!("file://{}", bare.display());
     let procs = pool.start_all();
@@ -270,11 +279,25 @@ async fn refused_urls_name_repo_url_and_credentials_never_leak() {
     );
     assert!(pas_branches(&bare).is_empty());
 
+    // An https remote gets the programmer's own token (through git's environment); the remote
+    // is unreachable, and neither the failure nor any log shows the token, raw or encoded.
+    let (_, result) =
+        dispatch_collect(&c, remote_request("r-8", "https://127.0.0.1:1/x.git")).await;
+    assert_failed_with(&result, ErrorClass::GitError);
+    let encoded = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{TOKEN}"))
+    };
+    let text = format!("{result:?}");
+    assert!(text.contains("https://127.0.0.1:1/x.git"), "{text}");
+    for leak in [TOKEN, encoded.as_str()] {
+        assert!(!text.contains(leak), "{text}");
+    }
+
     for p in &procs {
-        assert!(
-            !p.log_text().contains(secret),
-            "{} logged the secret",
-            p.name
-        );
+        let log = p.log_text();
+        for leak in [secret, TOKEN, encoded.as_str()] {
+            assert!(!log.contains(leak), "{} logged a secret", p.name);
+        }
     }
 }
