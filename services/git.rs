@@ -253,7 +253,8 @@ fn lock_backoff(attempt: u32) -> Duration {
 
 // ===== cross-process worktree lock =====
 
-/// Held while adding or removing a worktree of one repository; unlocks on drop (or when the
+/// Held while adding or removing a worktree of one repository (and, on a file next to a
+/// programmer's mirror, while fetching it: `programmer::mirror`); unlocks on drop (or when the
 /// process dies).
 #[derive(Debug)]
 pub(crate) struct WorktreeLock {

@@ -218,7 +218,14 @@ pub struct Workspace {
     path: PathBuf,
     /// [`WORKTREE_LOCK_FILE`] in the repository's common git dir.
     lock_path: PathBuf,
+    /// Where the branches that count for "already kept" live: `refs/heads/` in a local
+    /// workspace, [`MIRROR_REMOTE_REFS`] in a mirror (the remote's branches as last fetched).
+    kept_refs: &'static str,
 }
+
+/// Where a programmer's bare mirror of a `repo_url` keeps the remote's branches (`+refs/heads/*`
+/// is fetched there, pruned), apart from the mirror's own scratch branches in `refs/heads/`.
+pub const MIRROR_REMOTE_REFS: &str = "refs/remotes/origin/";
 
 impl Workspace {
     /// Resolve `name` (relative to `workspace_root`, symlinks resolved) and require it to be
@@ -231,7 +238,25 @@ impl Workspace {
             name: name.to_string(),
             lock_path,
             path,
+            kept_refs: "refs/heads/",
         })
+    }
+
+    /// A programmer's bare mirror of a remote repository at `path` (canonical), named by its URL:
+    /// task worktrees are made from it like from a local workspace, and a branch the remote
+    /// already has under [`MIRROR_REMOTE_REFS`] counts as kept.
+    pub fn mirror(url: &str, path: PathBuf) -> Workspace {
+        Workspace {
+            name: url.to_string(),
+            lock_path: path.join(WORKTREE_LOCK_FILE),
+            path,
+            kept_refs: MIRROR_REMOTE_REFS,
+        }
+    }
+
+    /// The ref under which branch `branch` (e.g. `pas/<task>`) counts as already kept.
+    pub fn kept_ref(&self, branch: &str) -> String {
+        format!("{}{branch}", self.kept_refs)
     }
 
     /// The full commit id `reference` names (`reference^{commit}`), or `None` when it names no
@@ -438,6 +463,7 @@ impl WorkspaceCache {
             name: name.to_string(),
             lock_path,
             path,
+            kept_refs: "refs/heads/",
         })
     }
 
@@ -582,12 +608,10 @@ fn is_aider_name(part: &OsStr) -> bool {
         .is_some_and(|p| p.eq_ignore_ascii_case(b".aider"))
 }
 
-/// Vet task file path `rel` against the directory `root` (canonical): relative, no leading `-`,
-/// no NUL, no `..` component, not inside `.git`, no `.aider*` component, and — after resolving the symlinks of
-/// the existing part of the path — still inside `root` and still neither in `.git` nor an
-/// `.aider*` file. A file that does not exist yet is fine if its deepest existing ancestor is a
-/// directory inside `root`.
-pub fn check_file_in(root: &Path, rel: &str) -> Result<(), PathError> {
+/// The lexical half of [`check_file_in`], for a task whose repository is not on this host yet (a
+/// `repo_url`): relative, no leading `-`, no NUL, no `..`, not in `.git`, no `.aider*` component.
+/// Returns the path's components. The file-system half runs later, in the task's worktree.
+pub fn check_file_name(rel: &str) -> Result<Vec<&OsStr>, PathError> {
     let owned = || rel.to_string();
     if rel.is_empty() {
         return Err(PathError::Empty);
@@ -626,6 +650,17 @@ pub fn check_file_in(root: &Path, rel: &str) -> Result<(), PathError> {
     if aider {
         return Err(PathError::AiderFile { path: owned() });
     }
+    Ok(parts)
+}
+
+/// Vet task file path `rel` against the directory `root` (canonical): relative, no leading `-`,
+/// no NUL, no `..` component, not inside `.git`, no `.aider*` component, and — after resolving the symlinks of
+/// the existing part of the path — still inside `root` and still neither in `.git` nor an
+/// `.aider*` file. A file that does not exist yet is fine if its deepest existing ancestor is a
+/// directory inside `root`.
+pub fn check_file_in(root: &Path, rel: &str) -> Result<(), PathError> {
+    let owned = || rel.to_string();
+    let parts = check_file_name(rel)?;
 
     // Walk down while the path exists (symlinks included, dangling or not).
     let mut existing = root.to_path_buf();
@@ -831,20 +866,32 @@ pub async fn check_files(root: &Path, files: &[String]) -> Result<(), Status> {
     // hand-off to the blocking pool, which would put two thread switches on every dispatch;
     // long lists go off the async workers.
     if files.len() <= INLINE_FILE_CHECKS {
-        return check_files_blocking(root, files);
+        return check_files_blocking(Some(root), files);
     }
     let root = root.to_path_buf();
     let files = files.to_vec();
-    tokio::task::spawn_blocking(move || check_files_blocking(&root, &files))
+    tokio::task::spawn_blocking(move || check_files_blocking(Some(&root), &files))
         .await
         .map_err(|e| Status::internal(format!("file path checks did not finish: {e}")))?
 }
 
-fn check_files_blocking(root: &Path, files: &[String]) -> Result<(), Status> {
+/// The request check of [`check_files`] without a directory to check against: the lexical rules of
+/// [`check_file_name`], the [`MAX_FILES`] limit and duplicates. For a task on a `repo_url`, whose
+/// files are checked against its worktree once the repository is fetched.
+pub fn check_file_names(files: &[String]) -> Result<(), Status> {
+    check_file_count(files)?;
+    check_files_blocking(None, files)
+}
+
+fn check_files_blocking(root: Option<&Path>, files: &[String]) -> Result<(), Status> {
     let mut seen: HashMap<PathBuf, usize> = HashMap::with_capacity(files.len());
     for (i, file) in files.iter().enumerate() {
         let field = format!("files[{i}]");
-        check_file_in(root, file).map_err(|e| {
+        match root {
+            Some(root) => check_file_in(root, file),
+            None => check_file_name(file).map(drop),
+        }
+        .map_err(|e| {
             if e.is_invalid_argument() {
                 invalid(&field, &e.to_string())
             } else {

@@ -608,3 +608,54 @@ fn tls_needs_all_three_files() {
     let yaml = seed_plus("tls:\n  ca: certs/ca.pem\n  cert: \"certs/{name}.pem\"\n");
     expect_only(&yaml, "tls", "ca:", "missing field `key`");
 }
+
+#[test]
+fn repositories_patterns_paths_and_keys_are_checked() {
+    let yaml = seed_plus(
+        "repositories:\n  allow: [\"git://ok.example/*\", \"\", \"not a url\"]\n  ssh_key_file: \"\"\n  https_token_env: \"\"\n",
+    );
+    let found = issues(&yaml);
+    let issues = &found;
+    let line = line_of(&yaml, "allow:");
+    expect_issue(issues, "repositories.allow[1]", line, "empty pattern");
+    expect_issue(issues, "repositories.allow[2]", line, "whitespace");
+    expect_issue(
+        issues,
+        "repositories.ssh_key_file",
+        line_of(&yaml, "ssh_key_file"),
+        "empty path",
+    );
+    expect_issue(
+        issues,
+        "repositories.https_token_env",
+        line_of(&yaml, "https_token_env"),
+        "empty variable name",
+    );
+    assert_eq!(issues.len(), 4, "{issues:#?}");
+    let typo = seed_plus("repositories:\n  alow: [\"git://x/*\"]\n");
+    let typo_found = self::issues(&typo);
+    assert!(
+        typo_found.iter().any(|i| i.message.contains("alow")),
+        "{typo_found:#?}"
+    );
+}
+
+#[test]
+fn repositories_resolve_against_the_config_and_data_dirs() {
+    let yaml =
+        seed_plus("repositories:\n  allow: [\"git://git.example/*\"]\n  ssh_key_file: keys/id\n");
+    let config =
+        Config::from_yaml_with(&yaml, Path::new(SOURCE), &PathEnv::in_dir("/w")).expect("valid");
+    let repos = config.repositories().expect("section");
+    assert_eq!(repos.mirror_dir, config.data_dir().join("mirrors"));
+    assert_eq!(
+        repos.ssh_key_file,
+        Some(config.config_dir().join("keys/id"))
+    );
+    assert!(repos.push, "push defaults to true");
+    let url = pas::repo_url::RepoUrl::parse("git://git.example/a.git").expect("url");
+    assert!(repos.allow.allows(&url));
+    let plain = Config::from_yaml_with(&seed(), Path::new(SOURCE), &PathEnv::in_dir("/w"))
+        .expect("the seed loads unchanged");
+    assert!(plain.repositories().is_none());
+}

@@ -54,8 +54,13 @@ pub struct DispatchArgs {
     #[arg(long, num_args = 1.., value_name = "FILE")]
     pub files: Vec<String>,
     /// The repository, relative to the configured workspace root.
-    #[arg(long, value_name = "DIR")]
-    pub workspace: String,
+    #[arg(long, value_name = "DIR", required_unless_present = "repo_url")]
+    pub workspace: Option<String>,
+    /// A repository URL the programmer fetches itself instead of `--workspace` (ssh://, https://,
+    /// git://, file://); it must match the programmers' `repositories.allow`. The result is
+    /// pushed there as `pas/<task id>`.
+    #[arg(long, value_name = "URL", conflicts_with = "workspace")]
+    pub repo_url: Option<String>,
     /// A capability the programmer must have (repeat or comma-separate for several).
     #[arg(
         long = "capability",
@@ -118,7 +123,8 @@ impl DispatchArgs {
                 (_, true) => Some(false),
                 _ => None,
             },
-            workspace: self.workspace.clone(),
+            workspace: self.workspace.clone().unwrap_or_default(),
+            repo_url: self.repo_url.clone().unwrap_or_default(),
             strategy: self.strategy.map_or(Strategy::Unspecified, Strategy::from) as i32,
             timeout_s: self.timeout.unwrap_or(0),
             dry_run: self.dry_run,
@@ -241,7 +247,21 @@ mod tests {
         assert_eq!(req.prefer_free, Some(false));
         assert!(parse(&["x", "--workspace", "w", "--prefer-free", "--no-prefer-free"]).is_err());
         assert!(parse(&["x", "--workspace", "w", "--strategy", "fastest"]).is_err());
-        assert!(parse(&["x"]).is_err(), "--workspace is required");
+        assert!(
+            parse(&["x"]).is_err(),
+            "--workspace or --repo-url is required"
+        );
+        let req = parse(&["x", "--repo-url", "git://h/r.git"])
+            .unwrap()
+            .request("t");
+        assert_eq!(
+            (req.repo_url.as_str(), req.workspace.as_str()),
+            ("git://h/r.git", "")
+        );
+        assert!(
+            parse(&["x", "--repo-url", "git://h/r.git", "--workspace", "w"]).is_err(),
+            "one or the other"
+        );
     }
 
     #[test]

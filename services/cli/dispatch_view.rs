@@ -73,6 +73,8 @@ pub fn result_json(r: &TaskResult) -> Value {
         "branch": r.branch,
         "commit": r.commit,
         "base_commit": r.base_commit,
+        "pushed_ref": r.pushed_ref,
+        "pushed_commit": r.pushed_commit,
         "tokens_sent": r.tokens_sent,
         "tokens_received": r.tokens_received,
         "cost_usd": r.cost_usd,
@@ -142,6 +144,12 @@ pub fn summary(task_id: &str, r: &TaskResult) -> String {
             format!(" (from {})", abbrev(&r.base_commit))
         };
         add("commit", format!("{}{base}", r.commit));
+    }
+    if !r.pushed_ref.is_empty() {
+        add(
+            "pushed",
+            format!("{} ({})", r.pushed_ref, abbrev(&r.pushed_commit)),
+        );
     }
     for (i, a) in r.attempts.iter().enumerate() {
         let outcome = if a.error_class == ErrorClass::None as i32 {

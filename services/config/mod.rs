@@ -28,5 +28,5 @@ pub use locate::KeyPath;
 pub use model::*;
 pub use spec::{
     Config, DEFAULT_HOST, ENV_AIDER_PYTHON, ENV_DATA_DIR, ENV_WORKSPACE_ROOT, JobLimits, PathEnv,
-    ProgrammerSpec,
+    ProgrammerSpec, RepoSettings,
 };

@@ -59,6 +59,10 @@ pub struct PoolConfig {
     /// Bearer-token authentication of the manager's callers (added by the mesh).
     #[serde(default)]
     pub auth: Option<AuthConfig>,
+    /// Remote repositories programmers may fetch for a task's `repo_url` (added by the mesh).
+    /// Without it a programmer refuses every `repo_url`.
+    #[serde(default)]
+    pub repositories: Option<RepositoriesConfig>,
     /// What a server accepts before it refuses with RESOURCE_EXHAUSTED (added by the mesh).
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -467,4 +471,35 @@ impl OpenRoute {
             Self::Metrics => "metrics",
         }
     }
+}
+
+/// `repositories:` section: which remote repositories a task may name (`repo_url`) and how a
+/// programmer reaches them. Credentials come from here (the programmer's own files and
+/// environment), never from the caller.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoriesConfig {
+    /// Wildmatch patterns a `repo_url` must match as a whole (`*` any characters, `?` one), e.g.
+    /// `git://git.example/*`. An empty list allows nothing.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Where a programmer keeps its bare mirror of each repository (relative to the config file's
+    /// directory); default `<data_dir>/mirrors`.
+    #[serde(default)]
+    pub mirror_dir: Option<PathBuf>,
+    /// Push a successful result to the remote as `refs/heads/pas/<task>` (create-only). With
+    /// `false` the result stays on that branch in the programmer's mirror.
+    #[serde(default = "yes")]
+    pub push: bool,
+    /// SSH private key for `ssh://` and `user@host:path` URLs (relative to the config file).
+    #[serde(default)]
+    pub ssh_key_file: Option<PathBuf>,
+    /// Name of an environment variable holding a token for `https://` URLs (sent as HTTP basic
+    /// auth through git's environment, never on a command line).
+    #[serde(default)]
+    pub https_token_env: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }

@@ -129,6 +129,21 @@ impl PathEnv {
     }
 }
 
+/// The `repositories:` section, resolved ([`Config::repositories`]).
+#[derive(Debug, Clone)]
+pub struct RepoSettings {
+    /// Which `repo_url`s may be fetched.
+    pub allow: crate::repo_url::AllowList,
+    /// Where the bare mirrors live (absolute).
+    pub mirror_dir: PathBuf,
+    /// Push successful results to the remote.
+    pub push: bool,
+    /// SSH key for ssh URLs (absolute).
+    pub ssh_key_file: Option<PathBuf>,
+    /// Environment variable with an https token.
+    pub https_token_env: Option<String>,
+}
+
 /// A loaded and validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -246,6 +261,25 @@ impl Config {
             ca: resolve(&tls.ca),
             cert: resolve(&tls.cert),
             key: resolve(&tls.key),
+        })
+    }
+
+    /// The `repositories:` section with paths resolved (mirror_dir default `<data_dir>/mirrors`);
+    /// `None` without the section (then no `repo_url` is accepted by a programmer).
+    pub fn repositories(&self) -> Option<RepoSettings> {
+        let repos = self.pool.repositories.as_ref()?;
+        Some(RepoSettings {
+            allow: crate::repo_url::AllowList::new(&repos.allow),
+            mirror_dir: repos.mirror_dir.as_ref().map_or_else(
+                || self.data_dir.join("mirrors"),
+                |p| absolute(&self.config_dir, p),
+            ),
+            push: repos.push,
+            ssh_key_file: repos
+                .ssh_key_file
+                .as_ref()
+                .map(|p| absolute(&self.config_dir, p)),
+            https_token_env: repos.https_token_env.clone(),
         })
     }
 

@@ -62,6 +62,7 @@ pub(crate) fn check(pool: &PoolConfig) -> Vec<Finding> {
     check_aider(pool, &root.key("aider"), &mut out);
     check_limits(pool, &root.key("limits"), &mut out);
     check_security(pool, &root, &mut out);
+    check_repositories(pool, &root.key("repositories"), &mut out);
     for (name, path) in [
         ("workspace_root", &pool.workspace_root),
         ("data_dir", &pool.data_dir),
@@ -96,6 +97,41 @@ fn check_security(pool: &PoolConfig, root: &KeyPath, out: &mut Vec<Finding>) {
         } else if auth.tokens_env.as_deref().is_some_and(str::is_empty) {
             out.push(Finding::value(key.key("tokens_env"), "empty variable name"));
         }
+    }
+}
+
+/// `repositories:` patterns must be usable, paths and variable names not empty.
+fn check_repositories(pool: &PoolConfig, key: &KeyPath, out: &mut Vec<Finding>) {
+    let Some(repos) = &pool.repositories else {
+        return;
+    };
+    for (i, pattern) in repos.allow.iter().enumerate() {
+        let problem = if pattern.is_empty() {
+            Some("empty pattern")
+        } else if pattern.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            Some("a pattern must not contain whitespace or control characters")
+        } else if !pattern.contains("://") && !pattern.contains(':') {
+            Some("a pattern is matched against whole URLs, e.g. `git://host/*`")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            out.push(Finding::value(key.key("allow").index(i), problem));
+        }
+    }
+    for (name, path) in [
+        ("mirror_dir", &repos.mirror_dir),
+        ("ssh_key_file", &repos.ssh_key_file),
+    ] {
+        if path.as_deref().is_some_and(|p| p.as_os_str().is_empty()) {
+            out.push(Finding::value(key.key(name), "empty path"));
+        }
+    }
+    if repos.https_token_env.as_deref().is_some_and(str::is_empty) {
+        out.push(Finding::value(
+            key.key("https_token_env"),
+            "empty variable name",
+        ));
     }
 }
 

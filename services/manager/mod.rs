@@ -80,6 +80,9 @@ pub struct Manager {
     pub task_lease: Duration,
     /// Task `workspace` names resolve under the configured root, verified repositories cached.
     pub workspaces: WorkspaceCache,
+    /// The configuration's `repositories.allow`, when it has that section: a `repo_url` outside
+    /// it is refused at Dispatch (the programmers, which hold the credentials, check it again).
+    pub repo_allow: Option<crate::repo_url::AllowList>,
     /// Interns the tiers admission computes, so the balancer keeps one index per distinct tier.
     pub tiers: TierRegistry,
     pub alerts: status::Alerts,
@@ -156,6 +159,7 @@ impl Manager {
             max_dispatch_attempts: mgr_cfg.max_dispatch_attempts.max(1),
             task_lease: Duration::from_secs(mgr_cfg.task_lease_s.max(1)),
             workspaces: WorkspaceCache::new(config.workspace_root()),
+            repo_allow: config.repositories().map(|r| r.allow),
             tiers: TierRegistry::default(),
             alerts: status::Alerts::default(),
             admission: admission::Admission::new(&pool_cfg.limits),

@@ -131,6 +131,7 @@ pub fn route_for(mgr: &Manager, req: &DispatchRequest, task_id: &str) -> Result<
         // Stays the caller's id on every dispatch attempt (the balancer rewrites only task_id,
         // see `attempt_task_id`): the programmer keeps at most one result under it.
         origin_task_id: task_id.to_string(),
+        repo_url: req.repo_url.clone(),
     };
     Ok(Route {
         request,
@@ -161,7 +162,7 @@ impl ProgrammerPool for PoolService {
         let req = request.into_inner();
         // Admission, cheapest first: nothing below the queue place touches a disk or starts a
         // process, so a refused call costs neither (see `admission`).
-        validate::check_fields(&req)?;
+        validate::check_fields(&req, mgr.repo_allow.as_ref())?;
         if !req.task_id.is_empty() && mgr.active_log(&req.task_id).is_some() {
             // The id of a task running here adds no work: it attaches (or is told it names
             // another request), whatever the limits say. (A finished task's id is looked up in

@@ -3,6 +3,7 @@
 //! the same [`crate::workspace`] rules the programmers apply, so a bad path is refused up-front.
 
 use crate::contract::v1::{DispatchRequest, Strategy};
+use crate::repo_url::{AllowList, check_repo_url};
 use crate::workspace::{self, Workspace, WorkspaceCache};
 use tonic::Status;
 
@@ -11,20 +12,24 @@ const MAX_CAPABILITY_LEN: usize = 64;
 /// Most capabilities one task may ask for.
 const MAX_CAPABILITIES: usize = 16;
 
-/// Checks `req`; resolves the workspace through `workspaces` ([`check_fields`], then
-/// [`check_workspace`]).
+/// Checks `req` ([`check_fields`], then [`check_workspace`]). Exactly one of `workspace` and
+/// `repo_url` must be set. Returns the opened local workspace.
 pub async fn validate(
     req: &DispatchRequest,
     workspaces: &WorkspaceCache,
-) -> Result<Workspace, Status> {
-    check_fields(req)?;
+    allow: Option<&AllowList>,
+) -> Result<Option<Workspace>, Status> {
+    check_fields(req, allow)?;
     check_workspace(req, workspaces).await
 }
 
 /// The checks that need nothing but the request: no file system, no process. Admission runs
 /// them before it takes a place for the task, so a malformed request is told what is wrong even
-/// when the pool is full.
-pub fn check_fields(req: &DispatchRequest) -> Result<(), Status> {
+/// when the pool is full. A `repo_url`, which the manager cannot open, is checked entirely here:
+/// its syntax, against `allow` when the configuration has a `repositories:` section, and the
+/// file names lexically (the programmer is the authority: it checks again and vets the files in
+/// the fetched tree).
+pub fn check_fields(req: &DispatchRequest, allow: Option<&AllowList>) -> Result<(), Status> {
     workspace::check_id("task_id", &req.task_id, true)?;
     workspace::check_id("run_id", &req.run_id, true)?;
     workspace::check_description(&req.task_description)?;
@@ -56,20 +61,37 @@ pub fn check_fields(req: &DispatchRequest) -> Result<(), Status> {
             ));
         }
     }
+    if !req.repo_url.is_empty() {
+        if !req.workspace.is_empty() {
+            return Err(workspace::invalid(
+                "repo_url",
+                "give either workspace or repo_url, not both",
+            ));
+        }
+        check_repo_url("repo_url", &req.repo_url, allow)?;
+        if !req.base_ref.is_empty() {
+            workspace::check_ref("base_ref", &req.base_ref)?;
+        }
+        return workspace::check_file_names(&req.files);
+    }
     workspace::check_file_count(&req.files)
 }
 
-/// The checks against the workspace: the repository (opened once however many requests name it
-/// together, see [`WorkspaceCache`]), the task files, and `base_ref`.
+/// The checks against a local workspace: the repository (opened once however many requests name
+/// it together, see [`WorkspaceCache`]), the task files, and `base_ref`. Nothing for a
+/// `repo_url` task ([`check_fields`] covered it).
 pub async fn check_workspace(
     req: &DispatchRequest,
     workspaces: &WorkspaceCache,
-) -> Result<Workspace, Status> {
+) -> Result<Option<Workspace>, Status> {
+    if !req.repo_url.is_empty() {
+        return Ok(None);
+    }
     let ws = workspace::open_checked(workspaces, &req.workspace, &req.files).await?;
     if !req.base_ref.is_empty() {
         workspace::check_base_ref(&ws, "base_ref", &req.base_ref).await?;
     }
-    Ok(ws)
+    Ok(Some(ws))
 }
 
 #[cfg(test)]
@@ -96,9 +118,10 @@ mod tests {
     #[tokio::test]
     async fn a_good_request_resolves_its_workspace() {
         let (_tmp, root) = root();
-        let ws = validate(&request(), &WorkspaceCache::new(&root))
+        let ws = validate(&request(), &WorkspaceCache::new(&root), None)
             .await
-            .expect("valid");
+            .expect("valid")
+            .expect("a local workspace");
         assert_eq!(ws.name(), "proj");
         assert_eq!(
             ws.path(),
@@ -110,7 +133,7 @@ mod tests {
                 base_ref: base_ref.into(),
                 ..request()
             };
-            validate(&req, &WorkspaceCache::new(&root))
+            validate(&req, &WorkspaceCache::new(&root), None)
                 .await
                 .expect(base_ref);
         }
@@ -210,7 +233,7 @@ mod tests {
             ),
         ];
         for (req, field) in cases {
-            let s = validate(&req, &WorkspaceCache::new(&root))
+            let s = validate(&req, &WorkspaceCache::new(&root), None)
                 .await
                 .expect_err(field);
             assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
@@ -219,6 +242,65 @@ mod tests {
                 "{:?} should name {field}",
                 s.message()
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_repo_url_is_checked_without_a_local_repository() {
+        let (_tmp, root) = root();
+        let ws = WorkspaceCache::new(&root);
+        let remote = |url: &str| DispatchRequest {
+            workspace: String::new(),
+            repo_url: url.into(),
+            base_ref: "main".into(),
+            ..request()
+        };
+        // Without a `repositories:` section the manager checks syntax only.
+        let opened = validate(&remote("git://git.test/a.git"), &ws, None)
+            .await
+            .expect("valid");
+        assert!(opened.is_none());
+        let allow = AllowList::new(["git://git.test/*"]);
+        validate(&remote("git://git.test/a.git"), &ws, Some(&allow))
+            .await
+            .expect("allowed");
+        let cases = [
+            (remote("git://other.test/a.git"), "repo_url"),
+            (remote("ext::sh -c id"), "repo_url"),
+            (remote("https://x:pw@git.test/a.git"), "repo_url"),
+            (
+                DispatchRequest {
+                    workspace: "proj".into(),
+                    ..remote("git://git.test/a.git")
+                },
+                "repo_url",
+            ),
+            (
+                DispatchRequest {
+                    base_ref: "-x".into(),
+                    ..remote("git://git.test/a.git")
+                },
+                "base_ref",
+            ),
+            (
+                DispatchRequest {
+                    files: vec!["-rf".into()],
+                    ..remote("git://git.test/a.git")
+                },
+                "files[0]",
+            ),
+        ];
+        for (req, field) in cases {
+            let s = validate(&req, &ws, Some(&allow))
+                .await
+                .expect_err("refused");
+            assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+            assert!(
+                s.message().starts_with(&format!("{field}: ")),
+                "{:?} should name {field}",
+                s.message()
+            );
+            assert!(!s.message().contains("pw@"), "{}", s.message());
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::programmer::aider::UsageCap;
 use crate::programmer::attempt::{AttemptOutcome, AttemptReport, run_attempt};
 use crate::programmer::breaker::Admission;
 use crate::programmer::state::Programmer;
-use crate::programmer::validate::ValidatedTask;
+use crate::programmer::validate::{TaskRepo, ValidatedTask};
 use crate::programmer::worktree::{TaskWorktree, WorktreeError};
 use crate::task_events::TaskEventSink;
 use crate::telemetry;
@@ -67,21 +67,33 @@ pub async fn run_task(
     };
     let deadline = Instant::now() + task.deadline;
 
-    let base_commit = match task.workspace.resolve_base(task.base_ref.as_deref()).await {
-        Ok(c) => c,
-        Err(e) => {
-            return fail(
-                result,
-                ErrorClass::GitError,
-                format!("base_ref: {e}"),
-                started,
-            );
+    // A local workspace, or this host's mirror of the task's remote, fetched now.
+    let (workspace, base_commit) = match &task.repo {
+        TaskRepo::Local(ws) => match ws.resolve_base(task.base_ref.as_deref()).await {
+            Ok(c) => (ws.clone(), c),
+            Err(e) => {
+                return fail(
+                    result,
+                    ErrorClass::GitError,
+                    format!("base_ref: {e}"),
+                    started,
+                );
+            }
+        },
+        TaskRepo::Remote(remote) => {
+            let Some(mirrors) = prog.mirrors.as_ref() else {
+                let msg = "repo_url: this programmer has no repositories: section".to_string();
+                return fail(result, ErrorClass::BadRequest, msg, started);
+            };
+            match mirrors.fetch(remote, task.base_ref.as_deref()).await {
+                Ok(fetched) => fetched,
+                Err(e) => return fail(result, ErrorClass::GitError, e.to_string(), started),
+            }
         }
     };
     result.base_commit = base_commit.clone();
     let identity = prog.git_identity();
-    let worktree = match task
-        .workspace
+    let created = workspace
         .create_task_worktree(
             &prog.worktrees_dir,
             &task.task_id,
@@ -90,11 +102,17 @@ pub async fn run_task(
             &identity,
         )
         .instrument(telemetry::spans::worktree())
-        .await
-    {
-        Ok(w) => w,
-        Err(e @ WorktreeError::AlreadyKept { .. }) => return already_kept(result, e, started),
-        Err(e) => {
+        .await;
+    let worktree = match (created, &task.repo) {
+        (Ok(mut w), TaskRepo::Remote(remote)) => {
+            if prog.mirrors.as_ref().is_some_and(|m| m.push()) {
+                w.push_to(remote.clone());
+            }
+            w
+        }
+        (Ok(w), TaskRepo::Local(_)) => w,
+        (Err(e @ WorktreeError::AlreadyKept { .. }), _) => return already_kept(result, e, started),
+        (Err(e), _) => {
             return fail(
                 result,
                 ErrorClass::GitError,
@@ -255,7 +273,11 @@ pub async fn run_task(
             AttemptOutcome::Succeeded(change) => {
                 let kept_branch = worktree.kept_branch().to_string();
                 return match worktree.keep(&change).await {
-                    Ok(()) => {
+                    Ok(pushed) => {
+                        if let Some(pushed_ref) = pushed {
+                            result.pushed_ref = pushed_ref;
+                            result.pushed_commit = change.commit.clone();
+                        }
                         result.files_changed = change.files_changed;
                         result.diff = change.diff;
                         result.commit = change.commit;
@@ -270,6 +292,9 @@ pub async fn run_task(
                         already_kept(result, e, started)
                     }
                     // `keep` removed the worktree and scratch branch: nothing is left to discard.
+                    Err(e @ WorktreeError::PushFailed { .. }) => {
+                        fail(result, ErrorClass::PushFailed, e.to_string(), started)
+                    }
                     Err(e) => fail(
                         result,
                         ErrorClass::GitError,

@@ -9,6 +9,7 @@ pub mod attempt;
 pub mod breaker;
 pub mod classify;
 pub mod failover;
+pub mod mirror;
 pub mod queue;
 pub mod runs;
 pub mod server;

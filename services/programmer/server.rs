@@ -51,7 +51,13 @@ impl ProgrammerRpc for ProgrammerService {
             )));
         }
         let req = request.into_inner();
-        let task = validate(req, &prog.spec.limits, &prog.workspaces).await?;
+        let task = validate(
+            req,
+            &prog.spec.limits,
+            &prog.workspaces,
+            prog.mirrors.as_ref(),
+        )
+        .await?;
         // Draining may have begun while the request was validated (it runs git): a task spawned
         // after the drain found no tasks left would be cut off when the server stops.
         if prog.is_draining() {

@@ -5,6 +5,7 @@ use crate::config::{Config, Failover, ProgrammerSpec};
 use crate::contract::circuit_name;
 use crate::contract::v1::{CircuitState, LlmState, ProgrammerStatus};
 use crate::programmer::breaker::{Breaker, BreakerPolicy, BreakerState, BreakerStore};
+use crate::programmer::mirror::Mirrors;
 use crate::programmer::queue::TaskQueue;
 use crate::programmer::runs::TaskRuns;
 use crate::programmer::worktree::GitIdentity;
@@ -56,6 +57,9 @@ pub struct Programmer {
     pub aider: AiderSettings,
     /// Task `workspace` names resolve under the configured root, verified repositories cached.
     pub workspaces: WorkspaceCache,
+    /// Bare mirrors of the remote repositories tasks name (`repo_url`) and the `repositories:`
+    /// settings; `None` without that section (every `repo_url` is refused).
+    pub mirrors: Option<Mirrors>,
     /// Task worktrees live here (outside every repository).
     pub worktrees_dir: PathBuf,
     /// Private HOMEs and other per-attempt scratch files.
@@ -125,6 +129,7 @@ impl Programmer {
                 nice: pool.aider.nice,
             },
             workspaces: WorkspaceCache::new(config.workspace_root()),
+            mirrors: Mirrors::new(config.repositories()),
             worktrees_dir,
             scratch_dir,
             breaker,

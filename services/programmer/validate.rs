@@ -8,6 +8,8 @@
 use crate::config::JobLimits;
 use crate::contract::v1::TaskRequest;
 use crate::money::Usd;
+use crate::programmer::mirror::{Mirrors, Remote};
+use crate::repo_url::check_repo_url;
 use crate::workspace::{self, Workspace, WorkspaceCache, invalid};
 use std::time::Duration;
 use tonic::Status;
@@ -21,10 +23,12 @@ pub struct ValidatedTask {
     /// `task_id` when empty): names the one branch its result may be kept on.
     pub origin_task_id: String,
     pub description: String,
-    /// Task files, relative to the workspace, each vetted against it.
+    /// Task files, relative to the workspace, each vetted against it (for a remote: lexically
+    /// now, against the task's worktree once fetched).
     pub files: Vec<String>,
-    pub workspace: Workspace,
-    /// The workspace as the caller named it.
+    /// Where the task works: a local workspace or a remote repository.
+    pub repo: TaskRepo,
+    /// The workspace as the caller named it (for a remote: its URL).
     pub workspace_name: String,
     pub run_id: String,
     pub dry_run: bool,
@@ -38,12 +42,23 @@ pub struct ValidatedTask {
     pub capabilities: Vec<String>,
 }
 
-/// Checks `req` against the workspaces and the programmer's limits. Async because opening
-/// the workspace runs git; the file-path checks run on the blocking pool.
+/// Where a task works.
+#[derive(Debug)]
+pub enum TaskRepo {
+    /// A repository under the workspace root, opened and verified.
+    Local(Workspace),
+    /// A `repo_url` this programmer allows, with its credentials; fetched when the task starts.
+    Remote(Remote),
+}
+
+/// Checks `req` against the workspaces (or, for a `repo_url`, the `repositories:` settings in
+/// `mirrors`) and the programmer's limits. Exactly one of `workspace` and `repo_url` must be set.
+/// Async because opening the workspace runs git; the file-path checks run on the blocking pool.
 pub async fn validate(
     req: TaskRequest,
     limits: &JobLimits,
     workspaces: &WorkspaceCache,
+    mirrors: Option<&Mirrors>,
 ) -> Result<ValidatedTask, Status> {
     workspace::check_id("task_id", &req.task_id, true)?;
     workspace::check_id("run_id", &req.run_id, true)?;
@@ -79,11 +94,37 @@ pub async fn validate(
         u64::from(req.timeout_s)
     };
     let deadline = Duration::from_secs(requested.min(limits.max_duration_per_job_s));
-    let workspace = workspace::open_checked(workspaces, &req.workspace, &req.files).await?;
-    if let Some(r) = &base_ref {
-        // The task resolves it again when it starts, from the repository as it is then.
-        workspace::check_base_ref(&workspace, "base_ref", r).await?;
-    }
+    let (repo, workspace_name) = match (req.workspace.is_empty(), req.repo_url.is_empty()) {
+        (false, false) => {
+            return Err(invalid(
+                "repo_url",
+                "give either workspace or repo_url, not both",
+            ));
+        }
+        (true, false) => {
+            // The programmer is the authority: without `repositories:` nothing is allowed.
+            let empty = crate::repo_url::AllowList::default();
+            let allow = mirrors.map_or(&empty, Mirrors::allow);
+            let url = check_repo_url("repo_url", &req.repo_url, Some(allow))?;
+            let mirrors = mirrors.ok_or_else(|| {
+                invalid(
+                    "repo_url",
+                    &format!("{:?} is not in repositories.allow", url.as_str()),
+                )
+            })?;
+            workspace::check_file_names(&req.files)?;
+            // The base ref is resolved after the fetch, when the task starts.
+            (TaskRepo::Remote(mirrors.remote(&url)), url.to_string())
+        }
+        (_, true) => {
+            let ws = workspace::open_checked(workspaces, &req.workspace, &req.files).await?;
+            if let Some(r) = &base_ref {
+                // The task resolves it again when it starts, from the repository as it is then.
+                workspace::check_base_ref(&ws, "base_ref", r).await?;
+            }
+            (TaskRepo::Local(ws), req.workspace)
+        }
+    };
     let task_id = if req.task_id.is_empty() {
         uuid::Uuid::new_v4().to_string()
     } else {
@@ -99,8 +140,8 @@ pub async fn validate(
         origin_task_id,
         description: req.task_description,
         files: req.files,
-        workspace,
-        workspace_name: req.workspace,
+        repo,
+        workspace_name,
         run_id: req.run_id,
         dry_run: req.dry_run,
         deadline,
@@ -157,7 +198,7 @@ mod tests {
     #[tokio::test]
     async fn applies_defaults_and_caps() {
         let (_tmp, root) = root();
-        let t = validate(request(), &limits(), &WorkspaceCache::new(&root))
+        let t = validate(request(), &limits(), &WorkspaceCache::new(&root), None)
             .await
             .expect("valid");
         assert!(uuid::Uuid::parse_str(&t.task_id).is_ok(), "{}", t.task_id);
@@ -167,7 +208,7 @@ mod tests {
         assert_eq!(t.max_tokens, 50_000);
         assert_eq!(t.base_ref, None);
         assert_eq!(t.workspace_name, "proj");
-        assert_eq!(t.workspace.name(), "proj");
+        assert!(matches!(&t.repo, TaskRepo::Local(ws) if ws.name() == "proj"));
 
         let req = TaskRequest {
             task_id: "task-7".into(),
@@ -176,7 +217,7 @@ mod tests {
             base_ref: "main".into(),
             ..request()
         };
-        let t = validate(req, &limits(), &WorkspaceCache::new(&root))
+        let t = validate(req, &limits(), &WorkspaceCache::new(&root), None)
             .await
             .expect("valid");
         assert_eq!(t.task_id, "task-7");
@@ -189,7 +230,7 @@ mod tests {
             max_cost_usd: 0.1,
             ..request()
         };
-        let t = validate(req, &limits(), &WorkspaceCache::new(&root))
+        let t = validate(req, &limits(), &WorkspaceCache::new(&root), None)
             .await
             .expect("valid");
         assert_eq!(t.deadline, Duration::from_secs(20));
@@ -201,7 +242,7 @@ mod tests {
                 max_cost_nanousd: nanos,
                 ..request()
             };
-            let t = validate(req, &limits(), &WorkspaceCache::new(&root))
+            let t = validate(req, &limits(), &WorkspaceCache::new(&root), None)
                 .await
                 .expect("valid");
             assert_eq!(t.max_cost, Usd::from_nanos(expected));
@@ -212,7 +253,7 @@ mod tests {
             origin_task_id: "task-7".into(),
             ..request()
         };
-        let t = validate(req, &limits(), &WorkspaceCache::new(&root))
+        let t = validate(req, &limits(), &WorkspaceCache::new(&root), None)
             .await
             .expect("valid");
         assert_eq!(
@@ -323,7 +364,101 @@ mod tests {
             ),
         ];
         for (req, field) in cases {
-            assert_field(validate(req, &l, &WorkspaceCache::new(&root)).await, field);
+            assert_field(
+                validate(req, &l, &WorkspaceCache::new(&root), None).await,
+                field,
+            );
         }
+    }
+
+    fn mirrors(dir: &std::path::Path, allow: &[&str]) -> Mirrors {
+        Mirrors::new(Some(crate::config::RepoSettings {
+            allow: crate::repo_url::AllowList::new(allow),
+            mirror_dir: dir.join("mirrors"),
+            push: true,
+            ssh_key_file: None,
+            https_token_env: None,
+        }))
+        .expect("settings")
+    }
+
+    fn remote_request(url: &str) -> TaskRequest {
+        TaskRequest {
+            workspace: String::new(),
+            repo_url: url.into(),
+            ..request()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_repo_url_is_allowed_by_the_programmers_list_only() {
+        let (tmp, root) = root();
+        let ws = WorkspaceCache::new(&root);
+        let m = mirrors(tmp.path(), &["git://git.test/*"]);
+        let t = validate(
+            remote_request("git://git.test/a.git"),
+            &limits(),
+            &ws,
+            Some(&m),
+        )
+        .await
+        .expect("allowed");
+        assert!(
+            matches!(&t.repo, TaskRepo::Remote(r) if r.url().as_str() == "git://git.test/a.git")
+        );
+        assert_eq!(t.workspace_name, "git://git.test/a.git");
+
+        let s = validate(
+            remote_request("git://other.test/a.git"),
+            &limits(),
+            &ws,
+            Some(&m),
+        )
+        .await
+        .expect_err("not allowed");
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(
+            s.message(),
+            "repo_url: \"git://other.test/a.git\" is not in repositories.allow"
+        );
+        // No `repositories:` section: nothing is allowed.
+        assert_field(
+            validate(remote_request("git://git.test/a.git"), &limits(), &ws, None).await,
+            "repo_url",
+        );
+        // Both, or credentials in the URL (never echoed).
+        let both = TaskRequest {
+            workspace: "proj".into(),
+            ..remote_request("git://git.test/a.git")
+        };
+        assert_field(validate(both, &limits(), &ws, Some(&m)).await, "repo_url");
+        let s = validate(
+            remote_request("https://u:hunter2@git.test/a.git"),
+            &limits(),
+            &ws,
+            Some(&m),
+        )
+        .await
+        .expect_err("credentials");
+        assert!(s.message().starts_with("repo_url: "), "{}", s.message());
+        assert!(!s.message().contains("hunter2"), "{}", s.message());
+        // Neither: the workspace is named as missing.
+        let neither = TaskRequest {
+            workspace: String::new(),
+            ..request()
+        };
+        assert_field(
+            validate(neither, &limits(), &ws, Some(&m)).await,
+            "workspace",
+        );
+        // Files are checked lexically before the repository is fetched.
+        let bad_file = TaskRequest {
+            files: vec!["ok.md".into(), "../x".into()],
+            ..remote_request("git://git.test/a.git")
+        };
+        assert_field(
+            validate(bad_file, &limits(), &ws, Some(&m)).await,
+            "files[1]",
+        );
     }
 }

@@ -44,6 +44,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::git::{Git, GitError, WorktreeLock, unstoppable};
+use crate::programmer::mirror::{Kept, Remote};
 use crate::workspace::{Workspace, check_files, ref_problem};
 use tonic::Status;
 
@@ -126,6 +127,17 @@ pub enum WorktreeError {
         branch: String,
         /// Its commit, when it could be read.
         commit: Option<String>,
+    },
+    /// Pushing the kept branch to the task's remote failed for another reason than the branch
+    /// existing there (unreachable, refused, authentication). Nothing was pushed.
+    #[error("could not push {branch} to {url}: {source}")]
+    PushFailed {
+        /// The branch, `pas/<origin task>`.
+        branch: String,
+        /// The remote (no credentials).
+        url: String,
+        /// What git said (boxed: the error stays small on every other path).
+        source: Box<GitError>,
     },
     /// The worktree directory already exists.
     #[error("worktree directory {path} already exists")]
@@ -220,7 +232,7 @@ impl Workspace {
             });
         }
         let base = self.rev_parse_commit(base_commit).await?;
-        if let Some(commit) = self.commit_of(&format!("refs/heads/{kept_branch}")).await? {
+        if let Some(commit) = self.commit_of(&self.kept_ref(&kept_branch)).await? {
             return Err(WorktreeError::AlreadyKept {
                 branch: kept_branch,
                 commit: Some(commit),
@@ -253,6 +265,7 @@ impl Workspace {
             task_id: task_id.to_string(),
             base_commit: base,
             identity: identity.clone(),
+            push: None,
             armed: false,
         };
         let path = wt.path.clone();
@@ -339,6 +352,9 @@ pub struct TaskWorktree {
     task_id: String,
     base_commit: String,
     identity: GitIdentity,
+    /// For a task on a `repo_url`: [`keep`](Self::keep) pushes the kept branch there,
+    /// create-only, instead of creating it in the (mirror) repository.
+    push: Option<Remote>,
     /// Still ours to clean up on drop.
     armed: bool,
 }
@@ -357,6 +373,12 @@ impl TaskWorktree {
     /// The branch [`keep`](Self::keep) creates for the result, e.g. `pas/5f0c…` (the caller's id).
     pub fn kept_branch(&self) -> &str {
         &self.kept_branch
+    }
+
+    /// Keep results by pushing `pas/<origin task>` to `remote` (create-only) rather than by
+    /// creating the branch locally: the task's repository is a mirror of that remote.
+    pub fn push_to(&mut self, remote: Remote) {
+        self.push = Some(remote);
     }
 
     /// Full sha of the commit the task started from.
@@ -515,27 +537,44 @@ impl TaskWorktree {
     /// Keep `change` (from [`finish`](Self::finish)) for the caller to merge: create
     /// [`kept_branch`](Self::kept_branch) at its commit only if no attempt of the task kept one
     /// before ([`WorktreeError::AlreadyKept`] otherwise: then nothing of this attempt is kept),
-    /// then remove the worktree and the scratch branch either way. Once the kept branch exists,
-    /// a failed clean-up is only logged (the start-up sweep finishes it). Runs to completion even
-    /// if the caller's future is dropped.
-    pub async fn keep(mut self, change: &Change) -> Result<(), WorktreeError> {
+    /// then remove the worktree and the scratch branch either way. With a [`push_to`](Self::push_to)
+    /// remote the branch is created *there* (a create-only push; the full ref pushed is returned),
+    /// otherwise in the repository. Once the kept branch exists, a failed clean-up is only logged
+    /// (the start-up sweep finishes it). Runs to completion even if the caller's future is dropped.
+    pub async fn keep(mut self, change: &Change) -> Result<Option<String>, WorktreeError> {
         let path = self.path.clone();
         let commit = change.commit.clone();
         unstoppable(move || {
             self.armed = false;
-            let why = format!("pas: result of task {}", self.task_id);
-            let kept = self.create_branch_if_absent(&self.kept_branch, &commit, why);
+            let refname = format!("refs/heads/{}", self.kept_branch);
+            let kept = match &self.push {
+                None => {
+                    let why = format!("pas: result of task {}", self.task_id);
+                    self.create_branch_if_absent(&self.kept_branch, &commit, why)
+                        .map(|created| match created {
+                            true => Kept::Created,
+                            false => Kept::Exists(None),
+                        })
+                }
+                Some(remote) => remote
+                    .push_create_only(&self.repo, &commit, &refname)
+                    .map_err(|source| WorktreeError::PushFailed {
+                        branch: self.kept_branch.clone(),
+                        url: remote.url().to_string(),
+                        source: Box::new(source),
+                    }),
+            };
             let cleaned = self.discard_blocking();
             match kept? {
-                true => {
+                Kept::Created => {
                     if let Err(e) = cleaned {
                         tracing::warn!(branch = %self.branch, "result kept, but the scratch worktree or branch could not be removed: {e}");
                     }
-                    tracing::debug!(kept = %self.kept_branch, "result kept, scratch worktree and branch removed");
-                    Ok(())
+                    tracing::debug!(kept = %self.kept_branch, pushed = self.push.is_some(), "result kept, scratch worktree and branch removed");
+                    Ok(self.push.is_some().then_some(refname))
                 }
-                false => Err(WorktreeError::AlreadyKept {
-                    commit: self.kept_commit_blocking(),
+                Kept::Exists(existing) => Err(WorktreeError::AlreadyKept {
+                    commit: existing.or_else(|| self.kept_commit_blocking()),
                     branch: self.kept_branch.clone(),
                 }),
             }
@@ -658,8 +697,14 @@ pub async fn sweep_abandoned(worktrees_dir: &Path, identity: &GitIdentity) -> us
         match (common, branch) {
             (Ok(common), Ok(branch)) if branch.trim().starts_with(SCRATCH_PREFIX) => {
                 let common = PathBuf::from(common.trim());
-                let Some(repo) = common.parent().map(Path::to_path_buf) else {
-                    continue;
+                // A mirror (bare) is its own common dir; a workspace's is its `.git`.
+                let repo = if common.file_name().is_some_and(|n| n == ".git") {
+                    let Some(parent) = common.parent() else {
+                        continue;
+                    };
+                    parent.to_path_buf()
+                } else {
+                    common.clone()
                 };
                 let abandoned = TaskWorktree {
                     repo,
@@ -670,6 +715,7 @@ pub async fn sweep_abandoned(worktrees_dir: &Path, identity: &GitIdentity) -> us
                     task_id: String::new(),
                     base_commit: String::new(),
                     identity: identity.clone(),
+                    push: None,
                     armed: true,
                 };
                 match abandoned.discard().await {

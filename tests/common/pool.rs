@@ -359,26 +359,14 @@ impl TestPool {
             }
             None => Command::new(&self.binary),
         };
-        let mut child = cmd
-            .arg("--config")
+        cmd.arg("--config")
             .arg(&self.config_path)
             .args(args)
             .envs(env.iter().copied())
             .env("PAS_TEST_OPENAI_KEY", "sk-test-openai-secret")
-            .env("PAS_TEST_ANTHROPIC_KEY", "sk-ant-test-secret")
-            .env("RUST_LOG", "info")
-            .env_remove("PAS_WORKSPACE_ROOT")
-            .env_remove("PAS_DATA_DIR")
-            .env_remove("PAS_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .expect("spawn pas");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        let _ = reader.read_line(&mut line);
+            .env("PAS_TEST_ANTHROPIC_KEY", "sk-ant-test-secret");
+        let mut child = server_process(&mut cmd, stderr).spawn().expect("spawn pas");
+        let line = first_line_then_drain(&mut child);
         let mut guard = ChildGuard {
             child,
             name: name.into(),
@@ -391,13 +379,6 @@ impl TestPool {
                 guard.log_text()
             );
         };
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut sink = String::new();
-            while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
-                sink.clear();
-            }
-        });
         (guard, addr.to_string())
     }
 
@@ -502,6 +483,33 @@ impl TestPool {
     pub fn manager_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.manager_port)
     }
+}
+
+/// `cmd` set up as a test's `pas` server: info logs, no `PAS_*` path overrides from the test's
+/// own environment, stdin closed, stdout piped (for [`first_line_then_drain`]), stderr to `log`.
+pub fn server_process(cmd: &mut Command, log: std::fs::File) -> &mut Command {
+    cmd.env("RUST_LOG", "info")
+        .env_remove("PAS_WORKSPACE_ROOT")
+        .env_remove("PAS_DATA_DIR")
+        .env_remove("PAS_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+}
+
+/// The first line `child` prints on its piped stdout (a `pas` server prints `… listening on
+/// ADDR` once it serves); the rest is drained by a thread so the child never blocks on a full pipe.
+pub fn first_line_then_drain(child: &mut Child) -> String {
+    let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut line = String::new();
+    let _ = reader.read_line(&mut line);
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            sink.clear();
+        }
+    });
+    line
 }
 
 /// Waits until `check` holds, polling every 50 ms, up to `timeout`; panics with `what` otherwise.
