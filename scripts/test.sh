@@ -7,6 +7,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 scripts/install-aider.sh
 scripts/install-interop.sh
+scripts/install-dns.sh
 export PAS_AIDER_PYTHON="$root/.aider-venv/bin/python"
 cargo build --all-targets --locked
 cargo test --lib --bins --tests --locked --no-fail-fast -- --test-threads="${PAS_TEST_THREADS:-2}"

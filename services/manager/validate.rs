@@ -20,6 +20,9 @@ pub async fn validate(
     workspace::check_id("task_id", &req.task_id, true)?;
     workspace::check_id("run_id", &req.run_id, true)?;
     workspace::check_description(&req.task_description)?;
+    if let Some(problem) = crate::config::region_problem(&req.region) {
+        return Err(workspace::invalid("region", &problem));
+    }
     if Strategy::try_from(req.strategy).is_err() {
         return Err(workspace::invalid(
             "strategy",
@@ -144,6 +147,13 @@ mod tests {
                     ..request()
                 },
                 "capabilities[1]",
+            ),
+            (
+                DispatchRequest {
+                    region: "eu west".into(),
+                    ..request()
+                },
+                "region",
             ),
             (
                 DispatchRequest {

@@ -341,5 +341,6 @@ pub fn strace_prefix_for(log: &Path, trace: &str) -> Vec<std::ffi::OsString> {
     .collect()
 }
 pub mod cli;
+pub mod dns;
 pub mod pool;
 pub mod secure;
