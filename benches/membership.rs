@@ -55,7 +55,9 @@ fn member_addr(i: usize, port: u16) -> String {
 /// The child: one size, one JSON line on stdout.
 async fn child(n: usize, config_path: &str, port: u16) {
     let config = Arc::new(Config::load(std::path::Path::new(config_path)).expect("config"));
-    let mgr = Manager::start(config.clone(), 0, None).await.expect("manager");
+    let mgr = Manager::start(config.clone(), 0, None)
+        .await
+        .expect("manager");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (rss0, anon0) = own_memory();
     let started = Instant::now();

@@ -5,7 +5,9 @@
 mod common;
 
 use common::dns::DnsPool;
-use common::pool::{PoolOptions, dispatch_collect, manager_client, pool_status, sample_dispatch, state_of};
+use common::pool::{
+    PoolOptions, dispatch_collect, manager_client, pool_status, sample_dispatch, state_of,
+};
 use pas::contract::v1::{DispatchRequest, ProgrammerState, TaskState};
 use std::collections::BTreeSet;
 use std::time::Duration;
