@@ -70,18 +70,23 @@ async fn dry_run_on(
     result.programmer_id
 }
 
+/// A DNS pool on `127.0.<net>.N` (1 s re-resolve, the sample repository) whose every LLM call
+/// takes `latency_ms`, so a real task is still running when its programmer's record goes.
+fn slow_dns_pool(net: u8, latency_ms: u64) -> DnsPool {
+    let sim = common::Sim::start_with_script(&format!("default:\n  latency_ms: {latency_ms}\n"));
+    let dns_pool = DnsPool::with_sim(PoolOptions::default(), net, 1, sim);
+    dns_pool.pool.sample_repo();
+    dns_pool
+}
+
 #[tokio::test]
 async fn dns_records_bring_programmers_in_and_removing_one_drains_it() {
-    // Every LLM call takes a while, so the one real task is still running when its
-    // programmer's record goes (the manager notices within one 1 s re-resolve).
-    let sim = common::Sim::start_with_script("default:\n  latency_ms: 6000\n");
-    let dns_pool = DnsPool::with_sim(PoolOptions::default(), 71, 1, sim);
+    let dns_pool = slow_dns_pool(71, 6000);
     let pool = &dns_pool.pool;
-    pool.sample_repo();
     let _a = dns_pool.start_programmer("dns-a", 1, "fast,local,free", "eu");
     let _b = dns_pool.start_programmer("dns-b", 2, "fast,local,free", "eu");
     let _c = dns_pool.start_programmer("dns-c", 3, "fast,gpu", "us");
-    dns_pool.dns.set_records(&[dns_pool.ip(1), dns_pool.ip(2)]);
+    dns_pool.publish(&[1, 2]);
     let manager = pool.start_manager();
     let c = manager_client(pool).await;
 
@@ -118,9 +123,7 @@ async fn dns_records_bring_programmers_in_and_removing_one_drains_it() {
     );
 
     // A record added: dns-c joins at the next re-resolve and takes what only it can serve.
-    dns_pool
-        .dns
-        .set_records(&[dns_pool.ip(1), dns_pool.ip(2), dns_pool.ip(3)]);
+    dns_pool.publish(&[1, 2, 3]);
     wait_status(&c, "dns-c available", |s| {
         ids_in(s, ProgrammerState::Available) == ["dns-a", "dns-b", "dns-c"] && s.pool_size == 3
     })
@@ -149,9 +152,7 @@ async fn dns_records_bring_programmers_in_and_removing_one_drains_it() {
     };
     let staying = if on == "dns-a" { 2 } else { 1 };
     // Its record goes while the task runs there: the member drains.
-    dns_pool
-        .dns
-        .set_records(&[dns_pool.ip(staying), dns_pool.ip(3)]);
+    dns_pool.publish(&[staying, 3]);
     let s = wait_status(&c, "the task's programmer draining", |s| {
         ids_in(s, ProgrammerState::Draining) == [on.clone()]
     })
@@ -208,9 +209,7 @@ async fn a_task_prefers_its_region_and_fails_over_only_when_none_there_can_take_
     let _eu1 = dns_pool.start_programmer("eu-1", 1, "fast", "eu-west");
     let _eu2 = dns_pool.start_programmer("eu-2", 2, "fast", "eu-west");
     let mut us1 = dns_pool.start_programmer("us-1", 3, "fast", "us-east");
-    dns_pool
-        .dns
-        .set_records(&[dns_pool.ip(1), dns_pool.ip(2), dns_pool.ip(3)]);
+    dns_pool.publish(&[1, 2, 3]);
     let _manager = pool.start_manager();
     let c = manager_client(pool).await;
     wait_status(&c, "three programmers available", |s| s.available == 3).await;
@@ -246,4 +245,62 @@ async fn a_task_prefers_its_region_and_fails_over_only_when_none_there_can_take_
     let _us1 = dns_pool.start_programmer("us-1", 3, "fast", "us-east");
     wait_status(&c, "us-1 back", |s| s.available == 3).await;
     assert_eq!(dry_run_on(&c, &["fast"], "us-east").await, "us-1");
+}
+
+#[tokio::test]
+async fn a_member_that_left_dns_and_then_died_has_its_running_task_rerouted() {
+    let dns_pool = slow_dns_pool(73, 4000);
+    let pool = &dns_pool.pool;
+    let mut guards = std::collections::BTreeMap::from([
+        ("dns-a", dns_pool.start_programmer("dns-a", 1, "fast", "")),
+        ("dns-b", dns_pool.start_programmer("dns-b", 2, "fast", "")),
+    ]);
+    dns_pool.publish(&[1, 2]);
+    let _manager = pool.start_manager();
+    let c = manager_client(pool).await;
+    wait_status(&c, "both available", |s| s.available == 2).await;
+
+    let client = c.clone();
+    let task = tokio::spawn(async move {
+        dispatch_collect(
+            &client,
+            DispatchRequest {
+                task_id: "rerouted-after-leaving".into(),
+                ..sample_dispatch("Add a function multiply(a, b) that returns a * b")
+            },
+        )
+        .await
+    });
+    let s = wait_status(&c, "the task in flight", |s| {
+        s.programmers.iter().any(|p| p.in_flight == 1)
+    })
+    .await;
+    let on = s
+        .programmers
+        .iter()
+        .find(|p| p.in_flight == 1)
+        .expect("busy")
+        .id
+        .clone();
+    let (other, other_n) = if on == "dns-a" {
+        ("dns-b", 2)
+    } else {
+        ("dns-a", 1)
+    };
+    // Its record goes (it drains), then its process dies mid-task: the dispatch rules reroute.
+    dns_pool.publish(&[other_n]);
+    wait_status(&c, "draining", |s| {
+        ids_in(s, ProgrammerState::Draining) == [on.clone()]
+    })
+    .await;
+    guards.get_mut(on.as_str()).expect("guard").kill();
+    common::pool::expect_one_reroute(task, Duration::from_secs(180), (&on, other), || {
+        pool.dir.path().display().to_string()
+    })
+    .await;
+    let s = wait_status(&c, "the dead member gone", |s| {
+        s.programmers.iter().all(|p| p.id != on)
+    })
+    .await;
+    assert_eq!((s.pool_size, s.available), (1, 1));
 }

@@ -29,8 +29,7 @@ async fn forty_nine_programmers_found_by_dns_are_all_healthy_and_all_take_tasks(
             dns_pool.start_programmer(&format!("p{n:02}"), n, "fast,local,free", region)
         })
         .collect();
-    let addrs: Vec<_> = (1..=MEMBERS).map(|n| dns_pool.ip(n)).collect();
-    dns_pool.dns.set_records(&addrs);
+    dns_pool.publish(&(1..=MEMBERS).collect::<Vec<u8>>());
     let _manager = pool.start_manager();
     let c = manager_client(pool).await;
 

@@ -161,6 +161,12 @@ impl DnsPool {
         Ipv4Addr::new(127, 0, self.net, n)
     }
 
+    /// Makes the DNS name resolve to exactly programmers number `ns` (see [`DnsPool::ip`]).
+    pub fn publish(&self, ns: &[u8]) {
+        let addrs: Vec<Ipv4Addr> = ns.iter().map(|&n| self.ip(n)).collect();
+        self.dns.set_records(&addrs);
+    }
+
     /// Starts programmer `id` on `127.0.<net>.<n>:<port>`, described by flags only.
     pub fn start_programmer(
         &self,
