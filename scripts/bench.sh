@@ -8,8 +8,10 @@
 # What it runs, in order, each with `cargo bench` (release profile, so `target/release/pas` is the
 # binary the real-process benchmarks start):
 #   1. benches/routing.rs             criterion: cost of one routing decision per strategy at 10/100/1,000
-#   2. benches/manager_hop.rs, benches/programmer_overhead.rs, benches/telemetry_overhead.rs
-#                                     when they exist (other engineers' benchmarks)
+#   2. benches/manager_hop.rs, benches/programmer_overhead.rs, benches/telemetry_overhead.rs,
+#      benches/membership.rs          when they exist (membership: manager memory and routing
+#                                     cost at 10/49/1,000 members; needs dnsmasq, see
+#                                     scripts/install-dns.sh)
 #   3. benches/pool_suite.rs          machine, scheduling (simulation), failure detection, memory,
 #                                     streaming, and the routing ratio computed from step 1
 #   4. tests/chaos.rs at 1,000 dry-run + 50 real tasks and 20 kills (its invariants asserted)
@@ -54,7 +56,7 @@ has_bench() {
 
 run_bench routing
 others=()
-for b in manager_hop programmer_overhead telemetry_overhead; do
+for b in manager_hop programmer_overhead telemetry_overhead membership; do
     if has_bench "$b"; then
         run_bench "$b"
         others+=("$b")

@@ -97,6 +97,10 @@ pub struct DispatchArgs {
     /// Git ref to branch from (default: the workspace's HEAD).
     #[arg(long, value_name = "REF")]
     pub base_ref: Option<String>,
+    /// Preferred region (e.g. eu-west): a programmer there when one can take the task, another
+    /// region's only when none can.
+    #[arg(long, value_name = "REGION", env = "PAS_DISPATCH_REGION")]
+    pub region: Option<String>,
     /// Return as soon as the manager accepted the task, leaving it running, and print its id
     /// (follow it with `pas watch ID`). Without it, Ctrl-C cancels the task.
     #[arg(long)]
@@ -131,6 +135,7 @@ impl DispatchArgs {
             task_id: task_id.to_string(),
             base_ref: self.base_ref.clone().unwrap_or_default(),
             queue_timeout_s: self.queue_timeout.unwrap_or(0),
+            region: self.region.clone().unwrap_or_default(),
         }
     }
 }

@@ -261,9 +261,20 @@ pub fn render(s: &PoolStatus) -> String {
             &s.strategy
         },
     );
-    let mut table = super::table(&[
-        "ID",
-        "PORT",
+    // Programmers found by DNS share a port on many hosts: show their addresses then, and the
+    // region column only when some programmer has one (a static pool's table is unchanged).
+    let hosts: std::collections::BTreeSet<&str> = s
+        .programmers
+        .iter()
+        .map(|p| p.address.rsplit_once(':').map_or("", |(host, _)| host))
+        .collect();
+    let by_address = hosts.len() > 1;
+    let regions = s.programmers.iter().any(|p| !p.region.is_empty());
+    let mut header = vec!["ID", if by_address { "ADDRESS" } else { "PORT" }];
+    if regions {
+        header.push("REGION");
+    }
+    header.extend([
         "STATE",
         "LLM IN USE",
         "CIRCUIT",
@@ -272,8 +283,17 @@ pub fn render(s: &PoolStatus) -> String {
         "DONE",
         "FAILED",
     ]);
+    let mut table = super::table(&header);
     for p in &s.programmers {
-        table.add_row(programmer_row(p));
+        let mut row = programmer_row(p);
+        if by_address {
+            row[1] = p.address.clone();
+        }
+        if regions {
+            let region = if p.region.is_empty() { "-" } else { &p.region };
+            row.insert(2, region.to_string());
+        }
+        table.add_row(row);
     }
     out.push_str(&table.to_string());
     out.push('\n');
@@ -354,6 +374,7 @@ fn programmer_row(p: &ProgrammerSummary) -> Vec<String> {
     let state = match ProgrammerState::try_from(p.state) {
         Ok(ProgrammerState::Available) => "available",
         Ok(ProgrammerState::Unavailable) => "unavailable",
+        Ok(ProgrammerState::Draining) => "draining",
         _ => "unknown",
     };
     let which = if p.using_backup { "backup" } else { "primary" };
@@ -446,6 +467,8 @@ mod tests {
             completed: 7,
             failed: 3,
             paid: false,
+            region: String::new(),
+            address: "127.0.0.1:6151".into(),
         }
     }
 

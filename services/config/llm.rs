@@ -40,6 +40,24 @@ pub struct LlmSpec {
 }
 
 impl LlmSpec {
+    /// A model known only by its name and whether it costs money: what a manager knows of the
+    /// LLM of a programmer found by DNS whose model its own catalog lacks. Enough to show it and
+    /// count its tasks; only the programmer, with its own catalog, runs aider on it.
+    pub fn named(name: &str, free: bool) -> Self {
+        Self {
+            name: name.to_string(),
+            provider: Provider::OpenAi,
+            input_cost_per_token: 0.0,
+            output_cost_per_token: 0.0,
+            free,
+            edit_format: String::new(),
+            context_limit: 0,
+            api_base_env: String::new(),
+            default_api_base: String::new(),
+            api_key_env: None,
+        }
+    }
+
     /// The provider's base URL now: `$api_base_env` when set and non-empty, else the configured default.
     pub fn api_base(&self) -> String {
         self.api_base_with(|name| std::env::var(name).ok())

@@ -27,6 +27,7 @@ pub use llm::{LlmSpec, token_cost};
 pub use locate::KeyPath;
 pub use model::*;
 pub use spec::{
-    Config, DEFAULT_HOST, ENV_AIDER_PYTHON, ENV_DATA_DIR, ENV_WORKSPACE_ROOT, JobLimits, PathEnv,
-    ProgrammerSpec, RepoSettings,
+    Config, DEFAULT_HOST, ENV_AIDER_PYTHON, ENV_DATA_DIR, ENV_WORKSPACE_ROOT, JobLimits,
+    MAX_REGION_LEN, PathEnv, ProgrammerOverrides, ProgrammerSpec, RepoSettings, SpecError,
+    region_problem,
 };

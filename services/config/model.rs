@@ -20,6 +20,9 @@ pub struct PoolConfig {
     #[serde(default)]
     pub defaults: JobDefaults,
     /// The programmers, in configuration order (capability_match picks the first that fits).
+    /// With `discovery.mode: dns` the list may be empty: an entry then only gives defaults to the
+    /// programmer that reports its id.
+    #[serde(default)]
     pub programmers: Vec<ProgrammerConfig>,
     #[serde(default)]
     pub load_balancing: LoadBalancing,
@@ -66,6 +69,10 @@ pub struct PoolConfig {
     /// What a server accepts before it refuses with RESOURCE_EXHAUSTED (added by the mesh).
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// How the manager finds its programmers (added by the mesh): the `programmers:` list
+    /// (`static`, the default) or a DNS name re-resolved on a period (`dns`).
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
 }
 
 /// `limits:` section: every bound on what the services accept, in one place. Past a bound a call
@@ -98,6 +105,54 @@ impl Default for LimitsConfig {
             per_caller_rate_per_s: 500,
             per_caller_burst: 2000,
         }
+    }
+}
+
+/// How the manager finds programmers.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DiscoveryMode {
+    /// The `programmers:` list, fixed for the manager's life (the original behaviour).
+    #[default]
+    Static,
+    /// The addresses a DNS name resolves to; members join and leave as the answer changes.
+    Dns,
+}
+
+/// `discovery:` section. With `mode: dns` the manager resolves `name` every `refresh_s` seconds
+/// (and at once when a member's connection breaks), connects to every address in the answer, and
+/// learns each programmer's id, LLMs, capabilities, region and limits from its `GetStatus`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    pub mode: DiscoveryMode,
+    /// The DNS name: A/AAAA records (e.g. a Kubernetes headless Service), or SRV records when the
+    /// name starts with `_` (e.g. `_grpc._tcp.pas-programmers.pas.svc.cluster.local`).
+    pub name: Option<String>,
+    /// Port of the programmers behind A/AAAA answers (SRV answers carry their own).
+    pub port: Option<u16>,
+    /// Re-resolve period in seconds.
+    pub refresh_s: u64,
+    /// DNS server to ask, `ip:port`; default: the system's resolv.conf.
+    pub resolver: Option<String>,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            mode: DiscoveryMode::Static,
+            name: None,
+            port: None,
+            refresh_s: 10,
+            resolver: None,
+        }
+    }
+}
+
+impl DiscoveryConfig {
+    /// True when the name asks for SRV records (`_service._proto.name`).
+    pub fn is_srv(&self) -> bool {
+        self.name.as_deref().is_some_and(|n| n.starts_with('_'))
     }
 }
 
@@ -171,6 +226,10 @@ pub struct ProgrammerConfig {
     pub max_fix_iterations: Option<u32>,
     #[serde(default)]
     pub max_memory_per_job_mib: Option<u64>,
+    /// Where it runs (e.g. `eu-west`): the manager prefers programmers of a task's region and
+    /// uses other regions only when none there can take the task. Empty or absent: no region.
+    #[serde(default)]
+    pub region: Option<String>,
 }
 
 /// Original `load_balancing:` section.

@@ -68,6 +68,50 @@ pub struct ProgrammerSpec {
     pub limits: JobLimits,
     /// The primary or the backup costs money, so dispatches are charged to the daily budget.
     pub paid: bool,
+    /// Where it runs (empty: no region). Tasks that ask for a region prefer its programmers.
+    pub region: String,
+}
+
+/// Longest region name (a DNS label's length: regions often name zones).
+pub const MAX_REGION_LEN: usize = 63;
+
+/// Why `region` is not a usable region name (`None`: it is; empty means "no region"). Regions
+/// appear in logs, metrics and status tables: letters, digits, `-`, `_` and `.`, at most
+/// [`MAX_REGION_LEN`] characters.
+pub fn region_problem(region: &str) -> Option<String> {
+    let ok = region.len() <= MAX_REGION_LEN
+        && region
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    (!ok).then(|| {
+        format!("{region:?} must be at most {MAX_REGION_LEN} characters of A-Z a-z 0-9 - _ .")
+    })
+}
+
+/// What `pas programmer` flags say about a programmer, for an id the file does not list (or to
+/// override a listed one's fields): a programmer found by DNS describes itself this way.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProgrammerOverrides {
+    pub primary_llm: Option<String>,
+    pub backup_llm: Option<String>,
+    /// Capability tags (replace the listed ones when given).
+    pub capabilities: Option<Vec<String>>,
+    pub region: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+}
+
+/// Why [`Config::programmer_with`] could not build a programmer from the file and the flags.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    /// The id is not listed and the flags do not name both LLMs.
+    #[error(
+        "no programmer with id {id:?} in {file}: give --primary-llm and --backup-llm (and optionally --capabilities, --region) to run it from flags"
+    )]
+    Unlisted { id: String, file: String },
+    /// A flag's value is not usable.
+    #[error("{flag}: {message}")]
+    Flag { flag: &'static str, message: String },
 }
 
 impl ProgrammerSpec {
@@ -219,6 +263,110 @@ impl Config {
         self.programmers.iter().find(|p| p.id == id)
     }
 
+    /// Programmer `id` as `pas programmer` runs it: its entry in the file (if any) with the
+    /// flags' values winning; an unlisted id takes its LLMs, capabilities and region from the
+    /// flags and its limits from `defaults:` (a pod started as `--id $(POD_NAME)`).
+    pub fn programmer_with(
+        &self,
+        id: &str,
+        flags: &ProgrammerOverrides,
+    ) -> Result<ProgrammerSpec, SpecError> {
+        let flag = |flag: &'static str, message: String| SpecError::Flag { flag, message };
+        if let Some(problem) = id_problem(id) {
+            return Err(flag("--id", problem));
+        }
+        let model = |flag_name: &'static str, name: &str| {
+            self.resolve_llm(name, flag_name)
+                .map_err(|message| flag(flag_name, format!("model {name:?}: {message}")))
+        };
+        let primary = flags
+            .primary_llm
+            .as_deref()
+            .map(|n| model("--primary-llm", n))
+            .transpose()?;
+        let backup = flags
+            .backup_llm
+            .as_deref()
+            .map(|n| model("--backup-llm", n))
+            .transpose()?;
+        let mut spec = match (self.programmer(id), primary, backup) {
+            (Some(listed), primary, backup) => {
+                let mut spec = listed.clone();
+                spec.primary = primary.unwrap_or(spec.primary);
+                spec.backup = backup.unwrap_or(spec.backup);
+                spec
+            }
+            (None, Some(primary), Some(backup)) => ProgrammerSpec {
+                id: id.to_string(),
+                agent: format!("Prog-{id}"),
+                host: DEFAULT_HOST.to_string(),
+                port: 0,
+                primary,
+                backup,
+                tags: Vec::new(),
+                capabilities: BTreeSet::new(),
+                limits: default_limits(&self.pool),
+                paid: false,
+                region: String::new(),
+            },
+            (None, _, _) => {
+                return Err(SpecError::Unlisted {
+                    id: id.to_string(),
+                    file: self.source.display().to_string(),
+                });
+            }
+        };
+        spec.paid = !spec.primary.free || !spec.backup.free;
+        if let Some(tags) = &flags.capabilities {
+            let tags: Vec<String> = tags
+                .iter()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect();
+            spec.capabilities = tags.iter().cloned().collect();
+            for (capability, members) in &self.pool.capability_routing {
+                if members.iter().any(|m| m == id) {
+                    spec.capabilities.insert(capability.clone());
+                }
+            }
+            spec.tags = tags;
+        }
+        if let Some(region) = &flags.region {
+            if let Some(problem) = region_problem(region) {
+                return Err(flag("--region", problem));
+            }
+            spec.region = region.clone();
+        }
+        if let Some(host) = &flags.host {
+            spec.host = host.clone();
+        }
+        if let Some(port) = flags.port {
+            spec.port = port;
+        }
+        Ok(spec)
+    }
+
+    /// The `defaults:` limits: those of a programmer the file does not list.
+    pub fn default_limits(&self) -> JobLimits {
+        default_limits(&self.pool)
+    }
+
+    /// Model `name` from this file's catalog, or resolved like a name the file uses (built-in
+    /// catalog, provider prefix); the error says why not. `used_at` names where it came from.
+    fn resolve_llm(&self, name: &str, used_at: &str) -> Result<LlmSpec, String> {
+        if let Some(known) = self.llms.get(name) {
+            return Ok(known.clone());
+        }
+        llm::resolve(&self.pool, name, &KeyPath::root().key(used_at)).map_err(|f| f.message)
+    }
+
+    /// What this manager can know of model `name` that a programmer reported: the catalog's
+    /// entry when it resolves here, else [`LlmSpec::named`] with the programmer's `free` figure.
+    pub fn describe_llm(&self, name: &str, free: bool) -> LlmSpec {
+        self.resolve_llm(name, "llm")
+            .unwrap_or_else(|_| LlmSpec::named(name, free))
+    }
+
     /// A model by name: every model a programmer names, and every `llms:` entry, is here.
     pub fn llm(&self, name: &str) -> Option<&LlmSpec> {
         self.llms.get(name)
@@ -346,6 +494,35 @@ fn resolve_llms(pool: &PoolConfig, findings: &mut Vec<Finding>) -> BTreeMap<Stri
     llms
 }
 
+/// Why `id` cannot name a programmer (it names branches, directories and metric labels).
+fn id_problem(id: &str) -> Option<String> {
+    let ok = !id.is_empty()
+        && id.len() <= 63
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    (!ok).then(|| {
+        format!(
+            "{id:?} must be 1-63 characters of letters, digits, '-' and '_' (it names branches)"
+        )
+    })
+}
+
+/// The `defaults:` limits, for a programmer with no overrides of its own.
+fn default_limits(pool: &PoolConfig) -> JobLimits {
+    let d = &pool.defaults;
+    JobLimits {
+        timeout_s: d.timeout_s,
+        max_tokens_per_job: d.max_tokens_per_job,
+        max_cost_per_job_usd: d.max_cost_per_job_usd,
+        max_duration_per_job_s: d.max_duration_per_job_s,
+        context_limit: d.context_limit,
+        auto_commit: d.auto_commit,
+        max_fix_iterations: d.max_fix_iterations,
+        max_memory_per_job_mib: d.max_memory_per_job_mib,
+    }
+}
+
 /// Builds the programmer specs. Only called after validation and LLM resolution succeeded.
 fn resolve_programmers(pool: &PoolConfig, llms: &BTreeMap<String, LlmSpec>) -> Vec<ProgrammerSpec> {
     let d = &pool.defaults;
@@ -384,6 +561,7 @@ fn resolve_programmers(pool: &PoolConfig, llms: &BTreeMap<String, LlmSpec>) -> V
                         .max_memory_per_job_mib
                         .unwrap_or(d.max_memory_per_job_mib),
                 },
+                region: p.region.clone().unwrap_or_default(),
             })
         })
         .collect()

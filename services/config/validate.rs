@@ -5,7 +5,7 @@
 
 use super::catalog::{self, ENDPOINT_KEYS};
 use super::locate::KeyPath;
-use super::model::PoolConfig;
+use super::model::{DiscoveryMode, PoolConfig};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
@@ -57,6 +57,7 @@ pub(crate) fn check(pool: &PoolConfig) -> Vec<Finding> {
     check_capability_routing(pool, &root.key("capability_routing"), &mut out);
     check_cost(pool, &root.key("cost_optimization"), &mut out);
     check_manager(pool, &root.key("manager"), &mut out);
+    check_discovery(pool, &root.key("discovery"), &mut out);
     check_providers(pool, &root.key("providers"), &mut out);
     check_llms(pool, &root.key("llms"), &mut out);
     check_aider(pool, &root.key("aider"), &mut out);
@@ -179,13 +180,15 @@ fn non_empty(out: &mut Vec<Finding>, key: KeyPath, value: &str, what: &str) {
 fn check_programmers(pool: &PoolConfig, out: &mut Vec<Finding>) {
     let root = KeyPath::root();
     let list = root.key("programmers");
-    if pool.programmers.is_empty() {
+    // Found by DNS, the pool's members are not listed: the list only gives defaults by id.
+    let listed_pool = pool.discovery.mode == DiscoveryMode::Static;
+    if listed_pool && pool.programmers.is_empty() {
         out.push(Finding::value(
             list.clone(),
             "no programmers: list at least one",
         ));
     }
-    if pool.pool_size as usize != pool.programmers.len() {
+    if listed_pool && pool.pool_size as usize != pool.programmers.len() {
         out.push(Finding::value(
             root.key("pool_size"),
             format!(
@@ -266,6 +269,39 @@ fn check_programmers(pool: &PoolConfig, out: &mut Vec<Finding>) {
         if let Some(cost) = p.max_cost_per_job_usd {
             positive_float(out, at.key("max_cost_per_job_usd"), cost);
         }
+        if let Some(problem) = p.region.as_deref().and_then(super::spec::region_problem) {
+            out.push(Finding::value(at.key("region"), problem));
+        }
+    }
+}
+
+fn check_discovery(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
+    let d = &pool.discovery;
+    positive_int(out, at.key("refresh_s"), d.refresh_s);
+    if let Some(resolver) = &d.resolver
+        && resolver.parse::<std::net::SocketAddr>().is_err()
+    {
+        out.push(Finding::value(
+            at.key("resolver"),
+            format!("{resolver:?} is not an ip:port address (e.g. 10.0.0.2:53)"),
+        ));
+    }
+    if d.port == Some(0) {
+        out.push(Finding::value(at.key("port"), "must be greater than 0"));
+    }
+    if d.mode != DiscoveryMode::Dns {
+        return;
+    }
+    match d.name.as_deref().map(str::trim) {
+        None | Some("") => out.push(Finding::value(
+            at.key("mode"),
+            "mode dns needs `name:` (the DNS name the programmers are found under)",
+        )),
+        Some(_) if !d.is_srv() && d.port.is_none() => out.push(Finding::value(
+            at.key("name"),
+            "an A/AAAA name needs `port:` (only SRV names, starting with `_`, carry ports)",
+        )),
+        Some(_) => {}
     }
 }
 

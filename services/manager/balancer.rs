@@ -233,11 +233,12 @@ impl Placement {
     /// routing-decision span: the tier's members minus the skipped ones. O(n), so it is built by
     /// the task, not inside the decision.
     pub fn candidate_ids(&self, pool: &PoolView) -> Vec<String> {
+        let members = pool.members();
         self.tier
             .members
             .iter()
             .filter(|i| !self.skipped.contains(i))
-            .map(|&i| pool.members[i].spec.id.clone())
+            .map(|&i| members[i].spec.id.clone())
             .collect()
     }
 }
@@ -292,7 +293,7 @@ impl Balancer {
         Self {
             discover,
             cache: ReadyCache::default(),
-            member_tiers: vec![Vec::new(); pool.members.len()],
+            member_tiers: Vec::new(),
             pool,
             strategies,
             budget,
@@ -321,7 +322,7 @@ impl Balancer {
                 }
                 Change::Remove(key) => {
                     self.cache.evict(&key);
-                    if let Some(member) = self.pool.members.get(key) {
+                    if let Some(member) = self.pool.members().get(key) {
                         self.pool.touch(member);
                     }
                 }
@@ -345,12 +346,14 @@ impl Balancer {
     /// Tries to place `route` now.
     pub fn route(&mut self, route: Route) -> Routed {
         let mut spend_blocked = false;
+        // Every member the route's tiers name is in this snapshot (they joined before admission).
+        let members = self.pool.members();
         // Members not to offer: the route's exclusions still in force, then those refused in this
         // tier.
         let mut skip: Vec<usize> = route
             .exclude
             .iter()
-            .filter(|e| self.pool.members[e.member].comebacks() == e.comebacks)
+            .filter(|e| members[e.member].comebacks() == e.comebacks)
             .map(|e| e.member)
             .collect();
         let excluded = skip.len();
@@ -375,7 +378,7 @@ impl Balancer {
                 ) else {
                     break;
                 };
-                let member = self.pool.members[picked].clone();
+                let member = members[picked].clone();
                 // Re-poll the chosen endpoint: its state may have changed since it became ready.
                 let Some((cache_index, _, _)) = self.cache.get_ready(&picked) else {
                     self.pool.touch(&member);
@@ -437,7 +440,7 @@ impl Balancer {
                 .tiers
                 .iter()
                 .flat_map(|t| t.members.iter())
-                .all(|&i| self.pool.members[i].spec.paid);
+                .all(|&i| members[i].spec.paid);
         Routed::NoRoom {
             budget_exhausted,
             route: Box::new(route),
@@ -447,8 +450,8 @@ impl Balancer {
     /// Member `i` as the indexes hold it: its outstanding tasks (ours in flight plus other
     /// callers' as last reported, i.e. `queue_depth + in_flight` of the strategies) when its
     /// endpoint is in the ready set and it has room; `None` otherwise.
-    fn figures(&self, i: usize) -> Option<u64> {
-        let member = &self.pool.members[i];
+    fn figures(&self, member: &Member) -> Option<u64> {
+        let i = member.index;
         (self.cache.get_ready(&i).is_some() && self.pool.has_room(member))
             .then(|| u64::from(member.occupied()))
     }
@@ -462,8 +465,14 @@ impl Balancer {
             return;
         }
         let mut index = CandidateIndex::new(tier);
+        let members = self.pool.members();
+        if let Some(&last) = tier.members.last()
+            && self.member_tiers.len() <= last
+        {
+            self.member_tiers.resize_with(last + 1, Vec::new);
+        }
         for &i in tier.members.iter() {
-            index.set(i, self.figures(i));
+            index.set(i, self.figures(&members[i]));
             self.member_tiers[i].push(tier.id);
         }
         self.indexes[tier.id] = Some(index);
@@ -474,9 +483,15 @@ impl Balancer {
     fn reindex_dirty(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
         self.pool.take_dirty(&mut dirty);
+        let members = self.pool.members();
         for &i in &dirty {
-            let figures = self.figures(i);
-            for &t in &self.member_tiers[i] {
+            // A member no tier names yet (it joined after every index was built) has nothing to
+            // update: an index built later reads it then.
+            let Some(tiers) = self.member_tiers.get(i) else {
+                continue;
+            };
+            let figures = self.figures(&members[i]);
+            for &t in tiers {
                 if let Some(index) = self.indexes[t].as_mut() {
                     index.set(i, figures);
                 }

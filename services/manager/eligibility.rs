@@ -195,11 +195,43 @@ pub fn eligible(
     })
 }
 
+/// Orders `tiers` for a task that asks for a region: every tier's members of the region first
+/// (tier order kept), then the same tiers' members of other regions, empty tiers dropped. The
+/// balancer tries tiers in order, so another region is used only when no member of the task's
+/// region can take the task (eligible, with room and budget): the cost rules inside each half
+/// are unchanged, and no member outside the eligible tiers is ever added.
+pub fn prefer_region(tiers: Vec<Vec<usize>>, in_region: impl Fn(usize) -> bool) -> Vec<Vec<usize>> {
+    let (near, far): (Vec<Vec<usize>>, Vec<Vec<usize>>) = tiers
+        .into_iter()
+        .map(|t| t.into_iter().partition(|&i| in_region(i)))
+        .unzip();
+    near.into_iter()
+        .chain(far)
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
 // ===== Tests =====
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn region_members_come_first_in_every_tier_and_others_follow() {
+        // Tiers: free [0, 1, 2], paid [3, 4]; region holds 1 and 4.
+        let near = |i: usize| i == 1 || i == 4;
+        assert_eq!(
+            prefer_region(vec![vec![0, 1, 2], vec![3, 4]], near),
+            vec![vec![1], vec![4], vec![0, 2], vec![3]]
+        );
+        // Nobody in the region: the tiers as they were. Everybody: likewise.
+        assert_eq!(
+            prefer_region(vec![vec![0, 2], vec![3]], near),
+            vec![vec![0, 2], vec![3]]
+        );
+        assert_eq!(prefer_region(vec![vec![1, 4]], near), vec![vec![1, 4]]);
+    }
 
     /// The shipped pool: 001–005 fast/local/free, 006–007 premium/reasoning (Claude, $5),
     /// 008 premium/openai ($5), 009–010 deepseek/local/free; groups as in `capability_routing`.

@@ -1,6 +1,13 @@
 //! Which programmers are up, and how busy they are.
 //!
-//! Per configured programmer the manager keeps one lazily-connected tonic channel and two watchers:
+//! The members are the configured programmers (`discovery.mode: static`) or the programmers found
+//! under a DNS name ([`discovery`](super::discovery)): those *join* while the manager runs and
+//! *leave* when their address leaves DNS. A member's index (its key in the balancer, the strategy's
+//! indexes and exclusions) is its position in an append-only list, never reused: a member that
+//! leaves stays in the list, drains (no new tasks; its running tasks finish or are rerouted by the
+//! dispatch rules) and is then left out of status and metrics ([`Member::is_gone`]).
+//!
+//! Per member the manager keeps one lazily-connected tonic channel and two watchers:
 //! - a grpc.health.v1 `Watch` stream (reconnected with backoff): a programmer that dies breaks the
 //!   stream at once, so it stops receiving tasks within milliseconds, not at the next poll;
 //! - a `GetStatus` poll every `health_check_interval_s` for queue depth and LLM/breaker state.
@@ -46,9 +53,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// One programmer as the manager tracks it.
 #[derive(Debug)]
 pub struct Member {
-    /// Position in the configuration (routing tie-breaks and round-robin order follow it).
+    /// Position in the pool's member list: configuration order, then joining order (routing
+    /// tie-breaks and round-robin order follow it).
     pub index: usize,
     pub spec: ProgrammerSpec,
+    /// `host:port` the channel connects to.
+    pub address: String,
+    /// Its address left DNS: no new tasks; gone from status once none of ours runs there.
+    left: AtomicBool,
+    /// Stops its watchers when it leaves (a child of the manager's stop token).
+    watch_stop: CancellationToken,
     /// The channel every client to this programmer shares (connects lazily, reconnects itself).
     pub channel: Channel,
     available: AtomicBool,
@@ -71,9 +85,46 @@ pub struct Member {
 }
 
 impl Member {
-    /// Healthy (health stream says SERVING).
+    /// A member for `spec`, reached over `channel` at `address`, at position `index`.
+    fn new(
+        index: usize,
+        spec: ProgrammerSpec,
+        address: String,
+        channel: Channel,
+        stop: &CancellationToken,
+    ) -> Self {
+        Self {
+            index,
+            spec,
+            address,
+            left: AtomicBool::new(false),
+            watch_stop: stop.child_token(),
+            channel,
+            available: AtomicBool::new(false),
+            comebacks: AtomicU64::new(0),
+            in_flight: AtomicU32::new(0),
+            external: AtomicU32::new(0),
+            reported: Mutex::new(None),
+            refused: AtomicBool::new(false),
+            waker: Mutex::new(None),
+            refresh: Notify::new(),
+            dirty: AtomicBool::new(false),
+        }
+    }
+
+    /// Healthy (health stream says SERVING) and still a member.
     pub fn is_available(&self) -> bool {
         self.available.load(Ordering::SeqCst)
+    }
+
+    /// Its address left DNS: it takes no new task (it may still be running ours).
+    pub fn has_left(&self) -> bool {
+        self.left.load(Ordering::SeqCst)
+    }
+
+    /// Left and drained: no task of ours runs there any more, so status and metrics omit it.
+    pub fn is_gone(&self) -> bool {
+        self.has_left() && self.in_flight() == 0
     }
 
     /// How many times it has become available so far.
@@ -149,50 +200,146 @@ impl Drop for InFlight {
     }
 }
 
-/// The manager's view of every programmer, in configuration order.
+/// The manager's view of every programmer, in configuration order then joining order.
 #[derive(Debug)]
 pub struct PoolView {
-    pub members: Vec<Arc<Member>>,
+    /// Every member that ever joined, by index (append-only, copied on join: readers take a
+    /// snapshot with [`PoolView::members`] and never hold the lock).
+    members: Mutex<Arc<Vec<Arc<Member>>>>,
     /// Default slots per programmer before it reports (`max_concurrent + max_queue` from the config).
     pub default_capacity: u32,
     generation: watch::Sender<u64>,
     /// Indices of the members whose routing figures changed since the balancer last read them.
     dirty: Mutex<Vec<usize>>,
+    /// Where a joining member's watchers report (set by [`start`]).
+    watchers: std::sync::OnceLock<Watchers>,
+    /// Asks DNS discovery to re-resolve now (a member's connection broke).
+    resolve_now: Notify,
+    /// Client TLS for channels to joining members.
+    tls: Option<crate::tls::TlsFiles>,
+    /// The manager's stop: every member's watchers stop on it (or when the member leaves).
+    stop: CancellationToken,
+}
+
+/// What a member's watchers need, kept so members that join later get theirs.
+#[derive(Debug)]
+struct Watchers {
+    tx: ChangeTx,
+    poll_interval: Duration,
 }
 
 impl PoolView {
     /// Builds the view from the configuration; channels connect lazily.
-    pub fn new(config: &Config, tls: Option<&crate::tls::TlsFiles>) -> anyhow::Result<Arc<Self>> {
+    /// With `discovery.mode: static` the members are the configured programmers; with `dns`
+    /// the view starts empty and members [join](Self::join) as DNS finds them.
+    /// Members' watchers stop on `stop`.
+    pub fn new(
+        config: &Config,
+        tls: Option<&crate::tls::TlsFiles>,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<Arc<Self>> {
         let lb = &config.pool.load_balancing;
-        let mut members = Vec::new();
-        for (index, spec) in config.programmers().iter().enumerate() {
-            let addr = crate::channel::connect_addr(&spec.host, spec.port);
-            let channel = crate::channel::endpoint(&addr, tls)?
-                .connect_timeout(CONNECT_TIMEOUT)
-                .tcp_nodelay(true)
-                .connect_lazy();
-            members.push(Arc::new(Member {
-                index,
-                spec: spec.clone(),
-                channel,
-                available: AtomicBool::new(false),
-                comebacks: AtomicU64::new(0),
-                in_flight: AtomicU32::new(0),
-                external: AtomicU32::new(0),
-                reported: Mutex::new(None),
-                refused: AtomicBool::new(false),
-                waker: Mutex::new(None),
-                refresh: Notify::new(),
-                dirty: AtomicBool::new(false),
-            }));
-        }
         let (generation, _) = watch::channel(0);
-        Ok(Arc::new(Self {
-            members,
+        let pool = Arc::new(Self {
+            members: Mutex::new(Arc::new(Vec::new())),
             default_capacity: lb.max_concurrent_per_programmer + lb.max_queue_per_programmer,
             generation,
             dirty: Mutex::new(Vec::new()),
-        }))
+            watchers: std::sync::OnceLock::new(),
+            resolve_now: Notify::new(),
+            tls: tls.cloned(),
+            stop: stop.clone(),
+        });
+        if config.pool.discovery.mode == crate::config::DiscoveryMode::Static {
+            let mut members = Vec::new();
+            for (index, spec) in config.programmers().iter().enumerate() {
+                let address = crate::channel::connect_addr(&spec.host, spec.port);
+                let channel = pool.channel(&address)?;
+                members.push(Arc::new(Member::new(
+                    index,
+                    spec.clone(),
+                    address,
+                    channel,
+                    stop,
+                )));
+            }
+            *lock(&pool.members) = Arc::new(members);
+        }
+        Ok(pool)
+    }
+
+    /// A lazily-connecting channel to a programmer at `address` (`host:port`).
+    pub fn channel(&self, address: &str) -> anyhow::Result<Channel> {
+        Ok(crate::channel::endpoint(address, self.tls.as_ref())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy())
+    }
+
+    /// Every member that ever joined, by index (left ones included: check
+    /// [`Member::has_left`]). A snapshot: members joining later are not in it.
+    pub fn members(&self) -> Arc<Vec<Arc<Member>>> {
+        lock(&self.members).clone()
+    }
+
+    /// The member at `index` (indices come from this view, so it exists).
+    pub fn at(&self, index: usize) -> Arc<Member> {
+        lock(&self.members)[index].clone()
+    }
+
+    /// Adds a member found by discovery, reached over `channel`, and starts its watchers. The
+    /// caller checked its id is not a present member's.
+    pub fn join(
+        self: &Arc<Self>,
+        spec: ProgrammerSpec,
+        address: String,
+        channel: Channel,
+    ) -> Arc<Member> {
+        let stop = &self.stop;
+        let member = {
+            let mut members = lock(&self.members);
+            let member = Arc::new(Member::new(members.len(), spec, address, channel, stop));
+            let mut grown = Vec::with_capacity(members.len() + 1);
+            grown.extend(members.iter().cloned());
+            grown.push(member.clone());
+            *members = Arc::new(grown);
+            member
+        };
+        tracing::info!(programmer = %member.spec.id, address = %member.address,
+            region = %member.spec.region, "programmer joined");
+        if let Some(w) = self.watchers.get() {
+            spawn_watchers(self.clone(), &member, w);
+        }
+        self.bump();
+        member
+    }
+
+    /// The member's address left DNS: it takes no new task, its watchers stop, and it is left out
+    /// of status once no task of ours runs there (its running tasks finish, or are rerouted by
+    /// the dispatch rules if its process goes away).
+    pub fn leave(&self, member: &Arc<Member>) {
+        if member.left.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tracing::info!(programmer = %member.spec.id, address = %member.address,
+            in_flight = member.in_flight(), "programmer left: draining");
+        member.watch_stop.cancel();
+        if let Some(w) = self.watchers.get() {
+            publish(self, member, false, &w.tx);
+        }
+        self.touch(member);
+        member.wake();
+        self.bump();
+    }
+
+    /// Wakes DNS discovery to re-resolve now (no-op in static mode).
+    pub fn request_resolve(&self) {
+        self.resolve_now.notify_one();
+    }
+
+    /// Resolves when someone asked for a re-resolve.
+    pub async fn resolve_requested(&self) {
+        self.resolve_now.notified().await;
     }
 
     /// A receiver that changes whenever availability or load changes.
@@ -218,8 +365,9 @@ impl PoolView {
     pub fn take_dirty(&self, out: &mut Vec<usize>) {
         out.clear();
         std::mem::swap(&mut *lock(&self.dirty), out);
+        let members = self.members();
         for &i in out.iter() {
-            self.members[i].dirty.store(false, Ordering::SeqCst);
+            members[i].dirty.store(false, Ordering::SeqCst);
         }
     }
 
@@ -242,21 +390,31 @@ impl PoolView {
         }
     }
 
-    /// True when `member` is available and has a free slot.
+    /// True when `member` is available, still a member, and has a free slot.
     pub fn has_room(&self, member: &Member) -> bool {
         member.is_available()
+            && !member.has_left()
             && !member.is_refusing()
             && member.occupied() < member.capacity(self.default_capacity)
     }
 
     /// Number of available members.
     pub fn available_count(&self) -> usize {
-        self.members.iter().filter(|m| m.is_available()).count()
+        self.members()
+            .iter()
+            .filter(|m| m.is_available() && !m.has_left())
+            .count()
     }
 
-    /// Looks a member up by programmer id.
-    pub fn member(&self, id: &str) -> Option<&Arc<Member>> {
-        self.members.iter().find(|m| m.spec.id == id)
+    /// Looks a member up by programmer id: the present one, else the latest that left.
+    pub fn member(&self, id: &str) -> Option<Arc<Member>> {
+        let members = self.members();
+        let mut with_id = members.iter().rev().filter(|m| m.spec.id == id);
+        let latest = with_id.next()?;
+        if !latest.has_left() {
+            return Some(latest.clone());
+        }
+        Some(with_id.find(|m| !m.has_left()).unwrap_or(latest).clone())
     }
 
     fn set_available(&self, member: &Member, up: bool) -> bool {
@@ -291,28 +449,30 @@ impl PoolView {
 pub type MemberChange = Change<usize, Arc<Member>>;
 
 /// Starts the health watcher and status poller of every member. Changes of availability are sent
-/// on the returned receiver (the balancer's discovery stream). Everything stops on `stop`.
+/// on the returned receiver (the balancer's discovery stream). Members that join later get theirs
+/// when they join. Everything stops on the stop token given to [`PoolView::new`], a member's
+/// watchers also when it leaves.
 pub fn start(
     pool: Arc<PoolView>,
     poll_interval: Duration,
-    stop: CancellationToken,
 ) -> mpsc::UnboundedReceiver<Result<MemberChange, std::convert::Infallible>> {
     let (tx, rx) = mpsc::unbounded_channel();
-    for member in &pool.members {
-        tokio::spawn(watch_health(
-            pool.clone(),
-            member.clone(),
-            tx.clone(),
-            stop.clone(),
-        ));
-        tokio::spawn(poll_status(
-            pool.clone(),
-            member.clone(),
-            poll_interval,
-            stop.clone(),
-        ));
+    let watchers = pool.watchers.get_or_init(|| Watchers { tx, poll_interval });
+    for member in pool.members().iter() {
+        spawn_watchers(pool.clone(), member, watchers);
     }
     rx
+}
+
+fn spawn_watchers(pool: Arc<PoolView>, member: &Arc<Member>, w: &Watchers) {
+    let stop = member.watch_stop.clone();
+    tokio::spawn(watch_health(
+        pool.clone(),
+        member.clone(),
+        w.tx.clone(),
+        stop.clone(),
+    ));
+    tokio::spawn(poll_status(pool, member.clone(), w.poll_interval, stop));
 }
 
 type ChangeTx = mpsc::UnboundedSender<Result<MemberChange, std::convert::Infallible>>;
@@ -371,6 +531,8 @@ async fn watch_health(
                     }
                 }
                 publish(&pool, &member, false, &tx);
+                // Its address may have changed or left: DNS discovery looks again now.
+                pool.request_resolve();
             }
             Err(_) => publish(&pool, &member, false, &tx),
         }

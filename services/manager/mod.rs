@@ -10,6 +10,7 @@ pub mod admission;
 pub mod auth;
 pub mod balancer;
 pub mod budget;
+pub mod discovery;
 pub mod dispatch;
 pub mod eligibility;
 pub mod membership;
@@ -108,9 +109,10 @@ impl std::fmt::Debug for Manager {
 
 impl Manager {
     /// Builds the manager: opens the ledger and task store in the data dir, starts membership
-    /// watchers and the scheduler.
+    /// watchers and the scheduler; with DNS discovery, waits for the first answer's programmers
+    /// to join before resuming unfinished tasks (they may be placed on them).
     /// `tls`: this manager's files, used as a client of the programmers (which require them).
-    pub fn start(
+    pub async fn start(
         config: Arc<Config>,
         port: u16,
         tls: Option<&crate::tls::TlsFiles>,
@@ -135,9 +137,9 @@ impl Manager {
             );
         }
         let stop = CancellationToken::new();
-        let pool = PoolView::new(&config, tls)?;
+        let pool = PoolView::new(&config, tls, &stop)?;
         let poll = Duration::from_secs(pool_cfg.load_balancing.health_check_interval_s);
-        let discovery = membership::start(pool.clone(), poll, stop.clone());
+        let discovery = membership::start(pool.clone(), poll);
         let balancer = balancer::Balancer::new(
             pool.clone(),
             Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(
@@ -174,6 +176,9 @@ impl Manager {
             active: Mutex::new(HashMap::new()),
             stop,
         });
+        if config.pool.discovery.mode == crate::config::DiscoveryMode::Dns {
+            discovery::start(mgr.pool.clone(), config.clone(), mgr.stop.clone()).await?;
+        }
         resume::unfinished_tasks(&mgr)?;
         tokio::spawn(status::watch_alerts(mgr.clone()));
         Ok(mgr)
@@ -295,7 +300,7 @@ pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
         tls.as_ref().map(|f| (f, crate::tls::ClientAuth::Optional)),
     )?;
     let addr = listener.local_addr()?;
-    let mgr = Manager::start(config.clone(), addr.port(), tls.as_ref())?;
+    let mgr = Manager::start(config.clone(), addr.port(), tls.as_ref()).await?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -344,7 +349,7 @@ pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
     };
 
     println!("Manager-Code listening on {addr}");
-    tracing::info!(%addr, programmers = mgr.pool.members.len(), strategy = mgr.default_strategy.name(), "manager started");
+    tracing::info!(%addr, programmers = mgr.pool.members().len(), strategy = mgr.default_strategy.name(), "manager started");
     let stop = mgr.stop.clone();
     serve::serve(listener, router, &config.pool.limits, async move {
         serve::shutdown_signal().await;

@@ -57,7 +57,7 @@ pub fn unfinished_tasks(mgr: &Arc<Manager>) -> anyhow::Result<()> {
         };
         let member = placed
             .as_ref()
-            .and_then(|p| mgr.pool.member(&p.programmer_id).cloned());
+            .and_then(|p| mgr.pool.member(&p.programmer_id));
         let start = match (placed, member) {
             (Some(placed), Some(member)) => {
                 route.request.dispatch_attempt = placed.dispatch_attempt;

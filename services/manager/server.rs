@@ -13,6 +13,7 @@ use crate::manager::auth;
 use crate::manager::balancer::Route;
 use crate::manager::dispatch::{self, Start, TaskLife};
 use crate::manager::eligibility::{self, EligibilityError, PaidBudget, TaskNeeds};
+use crate::manager::membership::Member;
 use crate::manager::store::{InsertOutcome, NewTask};
 use crate::manager::strategy::{StrategyKind, group_key};
 use crate::manager::{status, validate};
@@ -79,9 +80,11 @@ const QUEUE_FULL_RETRY: Duration = Duration::from_secs(1);
 
 /// The programmers that may take `req`, best tier first, or why none ever can.
 pub fn route_for(mgr: &Manager, req: &DispatchRequest, task_id: &str) -> Result<Route, Status> {
-    let members: Vec<eligibility::Member> = mgr
-        .pool
-        .members
+    // Only present members are eligible: one that left DNS takes no new task. `present[k]` is
+    // the pool index of the k-th.
+    let all = mgr.pool.members();
+    let present: Vec<&Arc<Member>> = all.iter().filter(|m| !m.has_left()).collect();
+    let members: Vec<eligibility::Member> = present
         .iter()
         .map(|m| eligibility::Member {
             id: m.spec.id.clone(),
@@ -114,6 +117,16 @@ pub fn route_for(mgr: &Manager, req: &DispatchRequest, task_id: &str) -> Result<
         }
         EligibilityError::BudgetExhausted { .. } => Status::resource_exhausted(e.to_string()),
     })?;
+    let tiers: Vec<Vec<usize>> = tiers
+        .tiers
+        .into_iter()
+        .map(|t| t.into_iter().map(|k| present[k].index).collect())
+        .collect();
+    let tiers = if req.region.is_empty() {
+        tiers
+    } else {
+        eligibility::prefer_region(tiers, |i| all[i].spec.region == req.region)
+    };
     let strategy = StrategyKind::from_proto(req.strategy).unwrap_or(mgr.default_strategy);
     let request = TaskRequest {
         task_id: task_id.to_string(),
@@ -135,11 +148,7 @@ pub fn route_for(mgr: &Manager, req: &DispatchRequest, task_id: &str) -> Result<
     };
     Ok(Route {
         request,
-        tiers: tiers
-            .tiers
-            .into_iter()
-            .map(|t| mgr.tiers.intern(t))
-            .collect(),
+        tiers: tiers.into_iter().map(|t| mgr.tiers.intern(t)).collect(),
         strategy,
         group: group_key(&req.capabilities),
         exclude: Vec::new(),

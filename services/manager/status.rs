@@ -145,8 +145,13 @@ pub async fn watch_alerts(mgr: Arc<Manager>) {
 pub fn pool_status(mgr: &Manager) -> PoolStatus {
     let mut programmers = Vec::new();
     let (mut available, mut using_backup, mut queue_total) = (0u32, 0u32, 0u32);
-    for m in &mgr.pool.members {
-        let up = m.is_available();
+    let members = mgr.pool.members();
+    let mut pool_size = 0u32;
+    // A member that left DNS is listed (draining) until none of our tasks runs there.
+    for m in members.iter().filter(|m| !m.is_gone()) {
+        let draining = m.has_left();
+        pool_size += u32::from(!draining);
+        let up = m.is_available() && !draining;
         let reported = m.reported();
         let llm = reported
             .as_ref()
@@ -163,7 +168,9 @@ pub fn pool_status(mgr: &Manager) -> PoolStatus {
             primary_llm: m.spec.primary.name.clone(),
             backup_llm: m.spec.backup.name.clone(),
             capabilities: m.spec.capabilities.iter().cloned().collect(),
-            state: if up {
+            state: if draining {
+                ProgrammerState::Draining
+            } else if up {
                 ProgrammerState::Available
             } else {
                 ProgrammerState::Unavailable
@@ -184,6 +191,8 @@ pub fn pool_status(mgr: &Manager) -> PoolStatus {
             completed: reported.as_ref().map_or(0, |r| r.completed),
             failed: reported.as_ref().map_or(0, |r| r.failed),
             paid: m.spec.paid,
+            region: m.spec.region.clone(),
+            address: m.address.clone(),
         });
     }
     let ledger = mgr.budget.snapshot().ok();
@@ -203,7 +212,6 @@ pub fn pool_status(mgr: &Manager) -> PoolStatus {
         alert_threshold_nanousd: b.alert_threshold.to_contract(),
     });
     let manager_queue = mgr.scheduler.depth() as u32;
-    let pool_size = mgr.pool.members.len() as u32;
     let mut status = PoolStatus {
         pool_size,
         available,
@@ -230,7 +238,8 @@ pub fn pool_status_json(s: &PoolStatus) -> serde_json::Value {
         .programmers
         .iter()
         .map(|p| {
-            let circuit = CircuitState::try_from(p.circuit_state).unwrap_or(CircuitState::Unspecified);
+            let circuit =
+                CircuitState::try_from(p.circuit_state).unwrap_or(CircuitState::Unspecified);
             serde_json::json!({
                 "id": p.id,
                 "port": p.port,
@@ -238,7 +247,11 @@ pub fn pool_status_json(s: &PoolStatus) -> serde_json::Value {
                 "backup_llm": p.backup_llm,
                 "current_llm": p.current_llm,
                 "capabilities": p.capabilities,
-                "state": if p.state == ProgrammerState::Available as i32 { "available" } else { "unavailable" },
+                "state": match ProgrammerState::try_from(p.state) {
+                    Ok(ProgrammerState::Available) => "available",
+                    Ok(ProgrammerState::Draining) => "draining",
+                    _ => "unavailable",
+                },
                 "queue_depth": p.queue_depth,
                 "in_flight": p.in_flight,
                 "circuit_state": circuit_name(circuit),
@@ -246,6 +259,8 @@ pub fn pool_status_json(s: &PoolStatus) -> serde_json::Value {
                 "completed": p.completed,
                 "failed": p.failed,
                 "paid": p.paid,
+                "region": p.region,
+                "address": p.address,
             })
         })
         .collect();

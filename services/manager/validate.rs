@@ -33,6 +33,9 @@ pub fn check_fields(req: &DispatchRequest, allow: Option<&AllowList>) -> Result<
     workspace::check_id("task_id", &req.task_id, true)?;
     workspace::check_id("run_id", &req.run_id, true)?;
     workspace::check_description(&req.task_description)?;
+    if let Some(problem) = crate::config::region_problem(&req.region) {
+        return Err(workspace::invalid("region", &problem));
+    }
     if Strategy::try_from(req.strategy).is_err() {
         return Err(workspace::invalid(
             "strategy",
@@ -184,6 +187,13 @@ mod tests {
                     ..request()
                 },
                 "capabilities[1]",
+            ),
+            (
+                DispatchRequest {
+                    region: "eu west".into(),
+                    ..request()
+                },
+                "region",
             ),
             (
                 DispatchRequest {

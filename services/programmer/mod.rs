@@ -29,15 +29,33 @@ use std::time::Duration;
 /// Command-line arguments of `pas programmer`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProgrammerArgs {
-    /// Which programmer of the configuration to run (e.g. 001).
+    /// Which programmer to run (e.g. 001, or a pod's name): its entry in the configuration, if
+    /// any, gives its settings; the flags below win over the entry, and describe an unlisted id.
     #[arg(long, env = "PROGRAMMER_ID")]
     pub id: String,
     /// Listen on this port instead of the configured one (0 = any free port).
-    #[arg(long)]
+    #[arg(long, env = "PAS_PORT")]
     pub port: Option<u16>,
     /// Listen on this host instead of the configured one.
-    #[arg(long)]
+    #[arg(long, env = "PAS_HOST")]
     pub host: Option<String>,
+    /// Primary LLM (a model name of the catalog); required for an id the file does not list.
+    #[arg(long, env = "PAS_PRIMARY_LLM", value_name = "MODEL")]
+    pub primary_llm: Option<String>,
+    /// Backup LLM; required for an id the file does not list.
+    #[arg(long, env = "PAS_BACKUP_LLM", value_name = "MODEL")]
+    pub backup_llm: Option<String>,
+    /// Capability tags, comma-separated (replace the listed ones when given).
+    #[arg(
+        long,
+        env = "PAS_CAPABILITIES",
+        value_delimiter = ',',
+        value_name = "A,B,C"
+    )]
+    pub capabilities: Option<Vec<String>>,
+    /// Where this programmer runs (e.g. eu-west); managers prefer a task's region.
+    #[arg(long, env = "PAS_REGION")]
+    pub region: Option<String>,
     /// On SIGTERM, how long running tasks may finish before they are cancelled.
     #[arg(long, default_value_t = 30)]
     pub drain_timeout_s: u64,
@@ -49,14 +67,18 @@ pub struct ProgrammerArgs {
 /// Runs programmer `args.id` until SIGTERM/SIGINT, then drains: stops accepting, lets running tasks
 /// finish for up to `drain_timeout_s`, cancels the rest, and exits.
 pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
-    let spec = config.programmer(&args.id).ok_or_else(|| {
-        anyhow::anyhow!(
-            "no programmer with id {:?} in {}",
-            args.id,
-            config.source.display()
-        )
-    })?;
-    let host = args.host.clone().unwrap_or_else(|| spec.host.clone());
+    let spec = config.programmer_with(
+        &args.id,
+        &crate::config::ProgrammerOverrides {
+            primary_llm: args.primary_llm.clone(),
+            backup_llm: args.backup_llm.clone(),
+            capabilities: args.capabilities.clone(),
+            region: args.region.clone(),
+            host: args.host.clone(),
+            port: args.port,
+        },
+    )?;
+    let host = spec.host.clone();
     let tls = args
         .security
         .tls_files(&config, &format!("programmer-{}", args.id));
@@ -65,11 +87,11 @@ pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
     // Client certificates are required: only holders of a pool certificate (the manager) may
     // call Execute, which would otherwise skip the manager's authentication and budget.
     let listener = serve::Bound::new(
-        serve::bind(&host, args.port.unwrap_or(spec.port)).await?,
+        serve::bind(&host, spec.port).await?,
         tls.as_ref().map(|f| (f, crate::tls::ClientAuth::Required)),
     )?;
     let addr = listener.local_addr()?;
-    let prog = Arc::new(Programmer::new(&config, &args.id, addr.port())?);
+    let prog = Arc::new(Programmer::new(&config, spec, addr.port())?);
     let swept = worktree::sweep_abandoned(&prog.worktrees_dir, &prog.git_identity()).await;
     if swept > 0 {
         tracing::warn!(programmer = %prog.spec.id, worktrees = swept, "removed worktrees abandoned by a previous run");

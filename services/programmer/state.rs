@@ -40,8 +40,6 @@ pub struct Counters {
 /// Errors while setting a programmer up.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("no programmer with id {0:?} in the configuration")]
-    UnknownId(String),
     #[error("cannot create {path}: {source}")]
     Dir {
         path: PathBuf,
@@ -85,12 +83,10 @@ pub struct Programmer {
 }
 
 impl Programmer {
-    /// Sets up programmer `id` from `config`, serving on `port`; restores its breaker from the data dir.
-    pub fn new(config: &Config, id: &str, port: u16) -> Result<Self, SetupError> {
-        let spec = config
-            .programmer(id)
-            .ok_or_else(|| SetupError::UnknownId(id.to_string()))?
-            .clone();
+    /// Sets up programmer `spec` (from the file and the flags, see
+    /// [`Config::programmer_with`]) with `config`'s pool settings, serving on `port`; restores
+    /// its breaker from the data dir.
+    pub fn new(config: &Config, spec: ProgrammerSpec, port: u16) -> Result<Self, SetupError> {
         let own_dir = config.data_dir().join("programmers").join(&spec.id);
         let worktrees_dir = own_dir.join("worktrees");
         let scratch_dir = own_dir.join("scratch");
@@ -222,6 +218,12 @@ impl Programmer {
             failovers: self.counters.failovers.load(Ordering::Relaxed),
             cancelled: self.counters.cancelled.load(Ordering::Relaxed),
             uptime_ms: self.started.elapsed().as_millis() as u64,
+            region: self.spec.region.clone(),
+            paid: self.spec.paid,
+            max_cost_per_job_nanousd: crate::money::Usd::from_usd(
+                self.spec.limits.max_cost_per_job_usd,
+            )
+            .map_or(0, |u| u.to_contract()),
         }
     }
 }

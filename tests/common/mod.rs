@@ -383,6 +383,7 @@ pub fn strace_prefix_for(log: &Path, trace: &str) -> Vec<std::ffi::OsString> {
     .collect()
 }
 pub mod cli;
+pub mod dns;
 pub mod gitserver;
 pub mod pool;
 pub mod secure;
