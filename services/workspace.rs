@@ -546,15 +546,18 @@ struct FileStamp {
 
 impl FileStamp {
     fn read(path: &Path) -> Option<Self> {
+        Some(Self::of(&fs::symlink_metadata(path).ok()?))
+    }
+
+    fn of(m: &fs::Metadata) -> Self {
         use std::os::unix::fs::MetadataExt;
-        let m = fs::symlink_metadata(path).ok()?;
-        Some(Self {
+        Self {
             dev: m.dev(),
             ino: m.ino(),
             size: m.size(),
             mtime: (m.mtime(), m.mtime_nsec()),
             ctime: (m.ctime(), m.ctime_nsec()),
-        })
+        }
     }
 }
 
@@ -562,8 +565,9 @@ impl RepoStamp {
     /// `None` when `<repo>/.git` cannot be read: such a workspace is verified every time.
     fn read(repo: &Path) -> Option<Self> {
         let dot_git = repo.join(".git");
-        let mut git = FileStamp::read(&dot_git)?;
-        if dot_git.is_dir() {
+        let meta = fs::symlink_metadata(&dot_git).ok()?;
+        let mut git = FileStamp::of(&meta);
+        if meta.is_dir() {
             // A `.git` directory's times change whenever git creates or removes an entry in it
             // (a lock file, `worktrees/` when a programmer adds a worktree), none of which
             // changes what was verified; replacing the directory changes its inode.

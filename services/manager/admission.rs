@@ -34,7 +34,9 @@ const SHED_RETRY: Duration = Duration::from_millis(50);
 /// When a caller is at its task limit, the soonest one of its tasks could end is unknown; this
 /// is a polite first retry.
 const TASKS_RETRY: Duration = Duration::from_secs(1);
-/// Past this many callers tracked, idle ones are forgotten (their state is the default anyway).
+/// Past this many callers tracked, idle ones are forgotten (their state is the default anyway);
+/// the next sweep waits until the map has doubled from what the last one left, so a crowd of
+/// busy callers costs one pass per doubling, not one per call.
 const SWEEP_AT: usize = 4096;
 
 /// A refusal by limit `limit` (the configuration key, e.g. `limits.per_caller_rate_per_s`):
@@ -78,7 +80,14 @@ struct CallerState {
 pub struct Admission {
     limits: LimitsConfig,
     in_flight: Arc<Semaphore>,
-    callers: Mutex<HashMap<Arc<str>, CallerState>>,
+    callers: Mutex<Callers>,
+}
+
+/// The per-caller states and when to sweep them next.
+#[derive(Debug)]
+struct Callers {
+    map: HashMap<Arc<str>, CallerState>,
+    sweep_at: usize,
 }
 
 impl Admission {
@@ -86,11 +95,14 @@ impl Admission {
         Arc::new(Self {
             limits: limits.clone(),
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight_rpcs as usize)),
-            callers: Mutex::new(HashMap::new()),
+            callers: Mutex::new(Callers {
+                map: HashMap::new(),
+                sweep_at: SWEEP_AT,
+            }),
         })
     }
 
-    fn callers(&self) -> MutexGuard<'_, HashMap<Arc<str>, CallerState>> {
+    fn callers(&self) -> MutexGuard<'_, Callers> {
         // Every critical section is a few assignments: a poisoned map is still consistent.
         self.callers.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -102,10 +114,12 @@ impl Admission {
         let interval = Duration::from_secs(1) / rate;
         let tolerance = interval * self.limits.per_caller_burst.saturating_sub(1);
         let mut callers = self.callers();
-        if callers.len() >= SWEEP_AT {
-            callers.retain(|_, c| c.tasks > 0 || c.tat > now);
+        if callers.map.len() >= callers.sweep_at {
+            callers.map.retain(|_, c| c.tasks > 0 || c.tat > now);
+            callers.sweep_at = (callers.map.len() * 2).max(SWEEP_AT);
         }
         let state = callers
+            .map
             .entry(caller.clone())
             .or_insert(CallerState { tasks: 0, tat: now });
         let tat = state.tat.max(now);
@@ -129,7 +143,7 @@ impl Admission {
     pub fn task_slot(self: &Arc<Self>, caller: Arc<str>) -> Result<TaskSlot, Status> {
         let max = self.limits.per_caller_max_tasks;
         let mut callers = self.callers();
-        let state = callers.entry(caller.clone()).or_insert(CallerState {
+        let state = callers.map.entry(caller.clone()).or_insert(CallerState {
             tasks: 0,
             tat: Instant::now(),
         });
@@ -148,8 +162,9 @@ impl Admission {
     }
 
     /// Tasks `caller` holds now.
+    #[cfg(test)]
     pub fn tasks_of(&self, caller: &str) -> u32 {
-        self.callers().get(caller).map_or(0, |c| c.tasks)
+        self.callers().map.get(caller).map_or(0, |c| c.tasks)
     }
 
     /// A permit to be admitted now, or None when `max_in_flight_rpcs` calls already are.
@@ -168,10 +183,10 @@ pub struct TaskSlot {
 impl Drop for TaskSlot {
     fn drop(&mut self) {
         let mut callers = self.admission.callers();
-        if let Some(state) = callers.get_mut(&self.caller) {
+        if let Some(state) = callers.map.get_mut(&self.caller) {
             state.tasks = state.tasks.saturating_sub(1);
             if state.tasks == 0 && state.tat <= Instant::now() {
-                callers.remove(&self.caller);
+                callers.map.remove(&self.caller);
             }
         }
     }

@@ -116,11 +116,6 @@ impl Scheduler {
         })
     }
 
-    /// Reserves a place and submits at once (see [`reserve`](Self::reserve)).
-    pub fn submit(&self, route: Route, max_wait: std::time::Duration) -> Result<Ticket, QueueFull> {
-        Ok(self.reserve()?.submit(route, max_wait))
-    }
-
     /// Asks for a pass over the queue now. A task that stops waiting (cancelled, caller gone)
     /// calls this after dropping its [`Ticket`], so its place, which counts towards the queue's
     /// bound, is given back at once rather than at the next change of the pool (which in a quiet
