@@ -16,8 +16,7 @@
 #                                     streaming, the routing ratio computed from step 1, and overload
 #                                     (bursts of 1,000 / 10,000 Dispatch calls; with
 #                                     PAS_BENCH_BASELINE=path/to/an/earlier/pas the same bursts against
-#                                     that build, side by side; jemalloc and mimalloc preloaded into
-#                                     the manager when Debian's libjemalloc2 / libmimalloc2.0 are there)
+#                                     that build, side by side; health on the main and admin ports)
 #   4. tests/chaos.rs at 1,000 dry-run + 50 real tasks and 20 kills (its invariants asserted)
 # Output: target/bench/*.json (figures), target/bench/*.txt (each benchmark's stdout),
 # target/bench/*.log (stderr), and BENCHMARKS.md's generated block between the markers.
@@ -68,12 +67,6 @@ for b in manager_hop programmer_overhead telemetry_overhead membership; do
         echo "== $b: not in this tree, skipped" >&2
     fi
 done
-# The overload section compares allocators preloaded into the manager: install them when we can.
-libs=(/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/x86_64-linux-gnu/libmimalloc.so.2.0)
-if [[ ! -e ${libs[0]} || ! -e ${libs[1]} ]] && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q libjemalloc2 libmimalloc2.0 >&2 ||
-        echo "== jemalloc/mimalloc not installed: overload measures the system allocator only" >&2
-fi
 run_bench pool_suite "${quick[@]}"
 
 # The chaos test at its large size (the suite runs it small): 1,000 dry-run and 50 real tasks while

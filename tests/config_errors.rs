@@ -276,6 +276,27 @@ fn port_shared_with_the_manager() {
 }
 
 #[test]
+fn admin_port_shared_with_the_manager_or_a_programmer() {
+    let yaml = seed_plus("manager:\n  port: 6141\n  admin_port: 6141\n");
+    expect_only(
+        &yaml,
+        "manager.admin_port",
+        "admin_port: 6141",
+        "duplicate port 6141 (also used by the manager's port)",
+    );
+    let yaml = seed_plus("manager:\n  admin_port: 6151\n");
+    let issues = issues(&yaml);
+    let line = line_of(&yaml, "id: \"001\"") + 1;
+    expect_issue(
+        &issues,
+        "programmers[0].port",
+        line,
+        "duplicate port 6151 (also used by the manager's probes (admin_port))",
+    );
+    assert_eq!(issues.len(), 1, "{issues:#?}");
+}
+
+#[test]
 fn port_zero() {
     let yaml = seed_with("port: 6160", "port: 0");
     expect_only(

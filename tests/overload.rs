@@ -6,8 +6,8 @@
 mod common;
 
 use common::pool::{
-    ChildGuard, PoolOptions, TestPool, TestProgrammer, collect_events, manager_client, pool_status,
-    sample_dispatch, state_of, wait_available, wait_until,
+    ChildGuard, PoolOptions, TestPool, TestProgrammer, collect_events, free_port, manager_client,
+    pool_status, sample_dispatch, state_of, wait_available, wait_until,
 };
 use common::secure::{self, with_token};
 use common::{Sim, zombie_children};
@@ -78,7 +78,11 @@ async fn a_burst_past_capacity_is_refused_at_once_exactly_and_cheaply() {
     let pool = hanging_pool(&["001", "002"], 3);
     pool.sample_repo();
     let _programmers = pool.start_all_programmers();
-    let manager: ChildGuard = pool.start_manager();
+    // The probes are also served on a port of their own (its own thread).
+    let admin_port = free_port();
+    let manager: ChildGuard =
+        pool.start_manager_with_args(&["--admin-port", &admin_port.to_string()]);
+    let admin_url = format!("http://127.0.0.1:{admin_port}");
     let c = manager_client(&pool).await;
     wait_available(&c, 2).await;
 
@@ -120,6 +124,13 @@ async fn a_burst_past_capacity_is_refused_at_once_exactly_and_cheaply() {
             .await
             .expect("health channel"),
     );
+    let mut admin_health = HealthClient::new(
+        Channel::from_shared(admin_url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("admin health channel"),
+    );
     let calls: Vec<_> = (0..BURST)
         .map(|i| {
             let c = c.clone();
@@ -132,15 +143,17 @@ async fn a_burst_past_capacity_is_refused_at_once_exactly_and_cheaply() {
             })
         })
         .collect();
-    // Health is answered while the burst is being refused.
-    let during = health
-        .check(HealthCheckRequest {
-            service: "pas.v1.ProgrammerPool".into(),
-        })
-        .await
-        .expect("health during the burst")
-        .into_inner();
-    assert_eq!(during.status(), ServingStatus::Serving);
+    // Health is answered while the burst is being refused, on both ports.
+    for health in [&mut health, &mut admin_health] {
+        let during = health
+            .check(HealthCheckRequest {
+                service: "pas.v1.ProgrammerPool".into(),
+            })
+            .await
+            .expect("health during the burst")
+            .into_inner();
+        assert_eq!(during.status(), ServingStatus::Serving);
+    }
 
     let mut admitted = Vec::new();
     let mut refused = Vec::new();
@@ -212,6 +225,39 @@ async fn a_burst_past_capacity_is_refused_at_once_exactly_and_cheaply() {
         .expect("health after the burst")
         .into_inner();
     assert_eq!(after.status(), ServingStatus::Serving);
+    // The admin port answers the probes and nothing else: the JSON health and metrics (the same
+    // counters as the main port), but no task calls.
+    let health_json: serde_json::Value = reqwest::get(format!("{admin_url}/health"))
+        .await
+        .expect("GET /health on the admin port")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(health_json["status"], "ok", "{health_json}");
+    let metrics = reqwest::get(format!("{admin_url}/metrics"))
+        .await
+        .expect("GET /metrics on the admin port")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("pas_admission_refusals_total{limit=\"manager.max_queue\"}"),
+        "{metrics}"
+    );
+    let mut admin_tasks = ProgrammerPoolClient::new(
+        Channel::from_shared(admin_url)
+            .expect("url")
+            .connect()
+            .await
+            .expect("admin channel"),
+    );
+    let err = admin_tasks
+        .get_task(GetTaskRequest {
+            task_id: "burst-00".into(),
+        })
+        .await
+        .expect_err("no task calls on the admin port");
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
     wait_until(
         Duration::from_secs(10),
         "no zombie child of the manager",

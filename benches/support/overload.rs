@@ -4,12 +4,12 @@
 //!
 //! Per case — cold (the workspace never opened) or warm (one dry run first), 1,000 or 10,000
 //! streams (100 per HTTP/2 connection, as `h2load -c N/100 -m 100` would), this build or an earlier
-//! one (`PAS_BENCH_BASELINE=path/to/pas`), the system allocator or another one preloaded into the
-//! manager (`LD_PRELOAD`, Debian's libjemalloc2 / libmimalloc2.0 when installed):
+//! one (`PAS_BENCH_BASELINE=path/to/pas`; this build links mimalloc, chosen by an earlier run of this
+//! benchmark that preloaded glibc, jemalloc and mimalloc into one build — BENCHMARKS.md):
 //! - calls answered per second (first call sent → last answer, admitted or refused);
 //! - refusal latency p50 / p99 at the client;
 //! - grpc.health.v1 Check from an already-connected client every 20 ms during the burst (5 s
-//!   deadline): p99 and failures;
+//!   deadline), on the main port and on the admin port (this build): p99 and failures;
 //! - the manager's RSS idle, peak during the burst, and 30 s after it;
 //! - the most zombie children of the manager seen at once (sampled every 20 ms).
 
@@ -32,15 +32,14 @@ use tonic_health::pb::health_client::HealthClient;
 
 /// Streams per HTTP/2 connection.
 const STREAMS_PER_CONNECTION: usize = 100;
-const JEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
-const MIMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2.0";
 
 #[derive(Debug, Clone)]
 struct Case {
     build: &'static str,
     binary: PathBuf,
     allocator: &'static str,
-    preload: Option<&'static str>,
+    /// Whether the build serves its probes on an admin port too (`--admin-port`, this build).
+    admin_port: bool,
     streams: usize,
     warm: bool,
 }
@@ -60,6 +59,8 @@ struct Outcome {
     health_checks: usize,
     health_p99_ms: f64,
     health_failures: usize,
+    /// The same on the admin port (p99 ms, checks, failures), when the build has one.
+    admin_health: Option<(f64, usize, usize)>,
     rss_idle_mib: f64,
     rss_peak_mib: f64,
     rss_after_mib: f64,
@@ -79,7 +80,7 @@ pub fn run(sizes: &[usize], after: Duration) -> anyhow::Result<Section> {
                     build: "before",
                     binary: base.clone(),
                     allocator: "system",
-                    preload: None,
+                    admin_port: false,
                     streams,
                     warm,
                 });
@@ -87,26 +88,11 @@ pub fn run(sizes: &[usize], after: Duration) -> anyhow::Result<Section> {
             cases.push(Case {
                 build: "this",
                 binary: this.clone(),
-                allocator: "system",
-                preload: None,
+                allocator: "mimalloc",
+                admin_port: true,
                 streams,
                 warm,
             });
-        }
-    }
-    let largest = sizes.iter().copied().max().unwrap_or(1000);
-    for (allocator, lib) in [("jemalloc", JEMALLOC), ("mimalloc", MIMALLOC)] {
-        if std::path::Path::new(lib).exists() {
-            cases.push(Case {
-                build: "this",
-                binary: this.clone(),
-                allocator,
-                preload: Some(lib),
-                streams: largest,
-                warm: false,
-            });
-        } else {
-            eprintln!("overload: {lib} not installed, {allocator} skipped");
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -143,17 +129,16 @@ async fn measure(case: &Case, after: Duration) -> anyhow::Result<Outcome> {
     );
     pool.append_config(crate::common::pool::SHIPPED_CAPABILITY_ROUTING);
     pool.sample_repo();
-    // The programmers and the manager run the case's build; only the manager gets the
-    // allocator under comparison.
+    // The programmers and the manager run the case's build.
     let mut pool = pool;
     pool.binary = case.binary.clone();
-    let manager_env: Vec<(&str, &str)> = case
-        .preload
-        .map(|lib| ("LD_PRELOAD", lib))
-        .into_iter()
-        .collect();
     let _programmers = pool.start_all_programmers();
-    let manager = pool.start_manager_with_env(&manager_env);
+    let admin_port = crate::common::pool::free_port();
+    let manager = if case.admin_port {
+        pool.start_manager_with_args(&["--admin-port", &admin_port.to_string()])
+    } else {
+        pool.start_manager()
+    };
     let pid = manager.pid();
     let mut c = ProgrammerPoolClient::connect(pool.manager_url()).await?;
     super::live::wait_available(&mut c, 10, Duration::from_secs(60)).await?;
@@ -178,9 +163,15 @@ async fn measure(case: &Case, after: Duration) -> anyhow::Result<Outcome> {
             .context("connect")?;
         clients.push(ProgrammerPoolClient::new(channel));
     }
-    let mut health = HealthClient::new(Channel::from_shared(pool.manager_url())?.connect().await?);
-
     let done = Arc::new(AtomicBool::new(false));
+    let prober = probe_health(pool.manager_url(), done.clone()).await?;
+    let admin_prober = if case.admin_port {
+        Some(probe_health(format!("http://127.0.0.1:{admin_port}"), done.clone()).await?)
+    } else {
+        None
+    };
+
+
     let sampler = {
         let done = done.clone();
         tokio::spawn(async move {
@@ -193,26 +184,6 @@ async fn measure(case: &Case, after: Duration) -> anyhow::Result<Outcome> {
             (peak, zombies)
         })
     };
-    let prober = {
-        let done = done.clone();
-        tokio::spawn(async move {
-            let (mut latencies, mut failures) = (Vec::new(), 0usize);
-            while !done.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                let mut req = tonic::Request::new(HealthCheckRequest {
-                    service: "pas.v1.ProgrammerPool".into(),
-                });
-                req.set_timeout(Duration::from_secs(5));
-                match health.check(req).await {
-                    Ok(_) => latencies.push(ms(t.elapsed())),
-                    Err(_) => failures += 1,
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            (latencies, failures)
-        })
-    };
-
     let started = Instant::now();
     let calls: Vec<_> = (0..case.streams)
         .map(|i| {
@@ -248,6 +219,10 @@ async fn measure(case: &Case, after: Duration) -> anyhow::Result<Outcome> {
     done.store(true, Ordering::Relaxed);
     let (rss_peak, zombies_peak) = sampler.await?;
     let (health_latencies, health_failures) = prober.await?;
+    let admin = match admin_prober {
+        Some(p) => Some(p.await?),
+        None => None,
+    };
     drop(clients);
     tokio::time::sleep(after).await;
     let rss_after = super::mem(pid).map_or(0, |m| m.rss_kib);
@@ -266,11 +241,43 @@ async fn measure(case: &Case, after: Duration) -> anyhow::Result<Outcome> {
         health_checks: health_latencies.len(),
         health_p99_ms: super::percentile(&health_latencies, 99.0),
         health_failures,
+        admin_health: admin.map(|(latencies, failures)| {
+            (
+                super::percentile(&latencies, 99.0),
+                latencies.len(),
+                failures,
+            )
+        }),
         rss_idle_mib: mib(rss_idle),
         rss_peak_mib: mib(rss_peak.max(rss_idle)),
         rss_after_mib: mib(rss_after),
         zombies_peak,
     })
+}
+
+/// grpc.health.v1 Check every 20 ms on `url` from a connection made now, until `done`: the
+/// latencies of the answers and the number of failures (5 s deadline).
+async fn probe_health(
+    url: String,
+    done: Arc<AtomicBool>,
+) -> anyhow::Result<tokio::task::JoinHandle<(Vec<f64>, usize)>> {
+    let mut health = HealthClient::new(Channel::from_shared(url)?.connect().await?);
+    Ok(tokio::spawn(async move {
+        let (mut latencies, mut failures) = (Vec::new(), 0usize);
+        while !done.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            let mut req = tonic::Request::new(HealthCheckRequest {
+                service: "pas.v1.ProgrammerPool".into(),
+            });
+            req.set_timeout(Duration::from_secs(5));
+            match health.check(req).await {
+                Ok(_) => latencies.push(ms(t.elapsed())),
+                Err(_) => failures += 1,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (latencies, failures)
+    }))
 }
 
 fn report(outcomes: &[Outcome], after: Duration) -> Section {
@@ -281,7 +288,8 @@ fn report(outcomes: &[Outcome], after: Duration) -> Section {
         "admitted / refused / other",
         "answers/s",
         "refusal p50 / p99 ms",
-        "health p99 ms (checks, failures)",
+        "health p99 ms (checks, failures): main port",
+        "admin port",
         "manager RSS idle / peak / after MiB",
         "zombies (peak)",
     ]);
@@ -297,6 +305,9 @@ fn report(outcomes: &[Outcome], after: Duration) -> Section {
                 "{:.1} ({}, {})",
                 o.health_p99_ms, o.health_checks, o.health_failures
             ),
+            o.admin_health.map_or("–".to_string(), |(p99, n, failed)| {
+                format!("{p99:.1} ({n}, {failed})")
+            }),
             format!(
                 "{:.1} / {:.1} / {:.1}",
                 o.rss_idle_mib, o.rss_peak_mib, o.rss_after_mib
@@ -316,12 +327,22 @@ fn report(outcomes: &[Outcome], after: Duration) -> Section {
     ));
     if let Some(o) = outcomes
         .iter()
-        .filter(|o| o.build == "this" && o.allocator == "system" && !o.warm)
+        .filter(|o| o.build == "this" && !o.warm)
         .max_by_key(|o| o.streams)
     {
+        let health = |(p99, _, failures): (f64, usize, usize)| {
+            format!(
+                "p99 {p99:.1} ms, {failures} failures ({})",
+                if failures == 0 {
+                    verdict_le(p99, 100.0)
+                } else {
+                    "missed: failures".to_string()
+                }
+            )
+        };
         md.push_str(&format!(
-            "- cold {}: {:.0} answers/s ({}); health p99 {:.1} ms, {} failures ({}); peak RSS \
-             idle + {:.1} MiB ({}); after {:.2} × idle ({}).\n\n",
+            "- cold {}: {:.0} answers/s ({}); health on the admin port {}, on the main port {}; \
+             peak RSS idle + {:.1} MiB ({}); after {:.2} × idle ({}).\n\n",
             o.streams,
             o.answered_per_s,
             if o.answered_per_s >= 10_000.0 {
@@ -329,13 +350,8 @@ fn report(outcomes: &[Outcome], after: Duration) -> Section {
             } else {
                 format!("missed by {:.2}×", 10_000.0 / o.answered_per_s.max(1.0))
             },
-            o.health_p99_ms,
-            o.health_failures,
-            if o.health_failures == 0 {
-                verdict_le(o.health_p99_ms, 100.0)
-            } else {
-                "missed: failures".to_string()
-            },
+            o.admin_health.map_or("not served".to_string(), health),
+            health((o.health_p99_ms, o.health_checks, o.health_failures)),
             o.rss_peak_mib - o.rss_idle_mib,
             verdict_le(o.rss_peak_mib - o.rss_idle_mib, 64.0),
             o.rss_after_mib / o.rss_idle_mib.max(0.1),

@@ -397,6 +397,10 @@ pub struct ManagerConfig {
     /// for this long, so a manager that never comes back leaves no work running; a manager that
     /// cannot reach a task's programmer for this long knows the task stopped there and reroutes it.
     pub task_lease_s: u64,
+    /// A second port answering only the probes (grpc.health.v1, `/health`, `/metrics`,
+    /// `/programmer_pool/status`) from a thread of its own, so a burst of calls on `port` cannot
+    /// delay them: point Kubernetes probes and monitoring here. None: probes on `port` only.
+    pub admin_port: Option<u16>,
 }
 
 impl Default for ManagerConfig {
@@ -408,6 +412,7 @@ impl Default for ManagerConfig {
             queue_timeout_s: 600,
             max_dispatch_attempts: 3,
             task_lease_s: 60,
+            admin_port: None,
         }
     }
 }

@@ -207,6 +207,20 @@ fn check_programmers(pool: &PoolConfig, out: &mut Vec<Finding>) {
     if pool.manager.port != 0 {
         ports.insert(pool.manager.port, "the manager".to_string());
     }
+    match pool.manager.admin_port {
+        Some(0) => out.push(Finding::value(
+            KeyPath::root().key("manager").key("admin_port"),
+            "port 0 is not allowed: probes need a fixed port (omit the key for none)",
+        )),
+        Some(port) if ports.contains_key(&port) => out.push(Finding::value(
+            KeyPath::root().key("manager").key("admin_port"),
+            format!("duplicate port {port} (also used by the manager's port)"),
+        )),
+        Some(port) => {
+            ports.insert(port, "the manager's probes (admin_port)".to_string());
+        }
+        None => {}
+    }
     for (i, p) in pool.programmers.iter().enumerate() {
         let at = list.index(i);
         if p.id.trim().is_empty() {

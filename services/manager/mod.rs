@@ -54,6 +54,11 @@ pub struct ManagerArgs {
     /// Listen on this host instead of the configured one.
     #[arg(long)]
     pub host: Option<String>,
+    /// Serve the probes (grpc.health.v1, `/health`, `/metrics`, `/programmer_pool/status`) also on
+    /// this port, from a thread of their own, instead of the configured `manager.admin_port`
+    /// (0 = any free port).
+    #[arg(long)]
+    pub admin_port: Option<u16>,
     /// TLS files and the `--insecure` override.
     #[command(flatten)]
     pub security: serve::SecurityArgs,
@@ -308,48 +313,53 @@ pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
         .await;
     let routes =
         tonic::service::Routes::new(ProgrammerPoolServer::new(PoolService::new(mgr.clone())));
-    let (m1, m2, m3) = (mgr.clone(), mgr.clone(), mgr.clone());
     let router = serve::with_health_and_reflection(
         routes,
-        health_service,
+        health_service.clone(),
         <ProgrammerPoolServer<PoolService> as tonic::server::NamedService>::NAME,
     )?
     .into_axum_router()
-    .route(
-        "/health",
-        get(move || {
-            let mgr = m1.clone();
-            async move { axum::Json(status::health_json(&mgr)) }
-        }),
-    )
-    .route(
-        "/programmer_pool/status",
-        get(move || {
-            let mgr = m2.clone();
-            async move { axum::Json(status::pool_status_json(&status::pool_status(&mgr))) }
-        }),
-    )
-    .route(
-        "/metrics",
-        crate::telemetry::metrics::route(move || {
-            crate::telemetry::metrics::pool_gauges(&status::pool_status(&m3))
-        }),
-    );
+    .merge(probe_routes(&mgr));
     // Layers run outside-in: authentication first (the caller is known), then the limits.
     let router = router.layer(axum::middleware::from_fn_with_state(
         mgr.admission.clone(),
         admission::middleware,
     ));
-    let router = match authenticator {
+    let authenticate = |router: axum::Router| match &authenticator {
         Some(policy) => router.layer(axum::middleware::from_fn_with_state(
-            policy,
+            policy.clone(),
             auth::middleware,
         )),
         None => router,
     };
+    let router = authenticate(router);
+    let admin = match args.admin_port.or(mgr_cfg.admin_port) {
+        Some(port) => Some(serve::bind(&host, port).await?),
+        None => None,
+    };
 
     println!("Manager-Code listening on {addr}");
     tracing::info!(%addr, programmers = mgr.pool.members().len(), strategy = mgr.default_strategy.name(), "manager started");
+    if let Some(admin) = admin {
+        let admin_addr = admin.local_addr()?;
+        let probes = authenticate(
+            tonic::service::Routes::new(health_service)
+                .into_axum_router()
+                .merge(probe_routes(&mgr)),
+        );
+        let stop = mgr.stop.clone();
+        serve::serve_on_own_thread(
+            "pas-admin",
+            admin,
+            tls.clone().map(|f| (f, crate::tls::ClientAuth::Optional)),
+            probes,
+            config.pool.limits.clone(),
+            stop.cancelled_owned(),
+        )?;
+        println!("Manager-Code probes on {admin_addr}");
+        tracing::info!(addr = %admin_addr, "probes served on their own thread");
+    }
+
     let stop = mgr.stop.clone();
     serve::serve(listener, router, &config.pool.limits, async move {
         serve::shutdown_signal().await;
@@ -360,4 +370,31 @@ pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
     })
     .await?;
     Ok(())
+}
+
+/// The JSON probes every manager port answers: `/health`, `/programmer_pool/status` (the original
+/// shapes) and `/metrics`.
+fn probe_routes(mgr: &Arc<Manager>) -> axum::Router {
+    let (m1, m2, m3) = (mgr.clone(), mgr.clone(), mgr.clone());
+    axum::Router::new()
+        .route(
+            "/health",
+            get(move || {
+                let mgr = m1.clone();
+                async move { axum::Json(status::health_json(&mgr)) }
+            }),
+        )
+        .route(
+            "/programmer_pool/status",
+            get(move || {
+                let mgr = m2.clone();
+                async move { axum::Json(status::pool_status_json(&status::pool_status(&mgr))) }
+            }),
+        )
+        .route(
+            "/metrics",
+            crate::telemetry::metrics::route(move || {
+                crate::telemetry::metrics::pool_gauges(&status::pool_status(&m3))
+            }),
+        )
 }

@@ -415,6 +415,14 @@ impl TestPool {
         self.spawn_with_env("manager", &[], &["manager"], env).0
     }
 
+    /// Starts the manager with extra arguments after `manager` (e.g. `--admin-port`).
+    pub fn start_manager_with_args(&self, args: &[&str]) -> ChildGuard {
+        let all: Vec<&str> = std::iter::once("manager")
+            .chain(args.iter().copied())
+            .collect();
+        self.spawn_with_env("manager", &[], &all, &[]).0
+    }
+
     /// Starts every configured programmer (configuration order), then the manager last.
     pub fn start_all(&self) -> Vec<ChildGuard> {
         let mut procs: Vec<ChildGuard> = self
