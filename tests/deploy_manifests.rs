@@ -629,7 +629,17 @@ fn check_render(render: &Render) {
         "{}",
         render.name
     );
-    check_probes(render, mc, mport, "pas.v1.ProgrammerPool", tls);
+    // The probes ask the admin port (served by a thread of its own), given on the command line.
+    let admin_port = flag(&margs, "--admin-port")
+        .map(|p| p.parse::<i64>().unwrap())
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: the manager has no --admin-port: {margs:?}",
+                render.name
+            )
+        });
+    assert_ne!(admin_port, mport, "{}", render.name);
+    check_probes(render, mc, admin_port, "pas.v1.ProgrammerPool", tls);
     // The files the config names for the manager ({name} = manager) are in its Secrets.
     for key in ["ca", "cert", "key"] {
         if let Some(path) = config["tls"][key].as_str() {
@@ -1549,9 +1559,14 @@ fn dev_overlay_pods_start_from_their_command_lines() {
         &env(programmer_c, "programmer"),
         dir.path(),
     );
+    let admin_port = free_port();
     let manager = Pod::start(
         "manager",
-        &local(expanded_args(manager_c), "0"),
+        &with_flag(
+            &local(expanded_args(manager_c), "0"),
+            "--admin-port",
+            &admin_port.to_string(),
+        ),
         &env(manager_c, "manager"),
         dir.path(),
     );
@@ -1580,11 +1595,15 @@ fn dev_overlay_pods_start_from_their_command_lines() {
     );
 
     // Every gRPC probe of the manifests asks about a service the process reports SERVING.
-    for (pod, c) in [(&manager, manager_c), (&programmer, programmer_c)] {
+    let manager_probes = format!("127.0.0.1:{admin_port}");
+    for (addr, c) in [
+        (&manager_probes, manager_c),
+        (&programmer.addr, programmer_c),
+    ] {
         for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
             let service = c[probe]["grpc"]["service"].as_str().unwrap();
             assert_eq!(
-                grpc_health(&pod.addr, service),
+                grpc_health(addr, service),
                 tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
                 "{probe} of {:?}: grpc.health says {service:?} is not SERVING",
                 c["name"]

@@ -171,7 +171,6 @@ async fn measure(case: &Case, after: Duration) -> anyhow::Result<Outcome> {
         None
     };
 
-
     let sampler = {
         let done = done.clone();
         tokio::spawn(async move {

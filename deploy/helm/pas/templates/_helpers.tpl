@@ -89,7 +89,7 @@ demand a client certificate in the handshake; the manager watches their grpc.hea
 {{- else if eq $.component "manager" }}
   httpGet:
     path: /health
-    port: grpc
+    port: admin
     scheme: HTTPS
 {{- else }}
   tcpSocket:
