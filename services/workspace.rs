@@ -405,6 +405,11 @@ pub struct WorkspaceCache {
     flights: std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
     /// Verifications that ran git (cache misses).
     misses: std::sync::atomic::AtomicU64,
+    /// Base refs found to name a commit, by repository, with the refs' stamp then: asking again
+    /// while nothing under the stamp changed starts no process.
+    base_refs: std::sync::Mutex<HashMap<(PathBuf, String), RefsStamp>>,
+    /// Base-ref checks that ran git.
+    ref_lookups: std::sync::atomic::AtomicU64,
 }
 
 /// What a verification found, valid while the repository's stamp is unchanged.
@@ -427,12 +432,49 @@ impl WorkspaceCache {
             verified: Default::default(),
             flights: Default::default(),
             misses: Default::default(),
+            base_refs: Default::default(),
+            ref_lookups: Default::default(),
         }
+    }
+
+    /// [`check_base_ref`], remembering a ref that named a commit while the repository's refs
+    /// (`HEAD`, `packed-refs`, `refs/heads/`, `refs/tags/`: git renames a new file into place,
+    /// changing the directory or file stamp) are unchanged, so a stream of tasks on one base ref
+    /// costs one `git rev-parse`, not one each. Only "it exists" is remembered, never "it does
+    /// not"; a nested branch (`refs/heads/a/b`) deleted by hand can leave a stale yes, and the
+    /// programmer then fails the task with git's error when it resolves its base.
+    pub async fn check_base_ref(&self, ws: &Workspace, field: &str, r: &str) -> Result<(), Status> {
+        check_ref(field, r)?;
+        let key = (ws.path().to_path_buf(), r.to_string());
+        let stamp = RefsStamp::read(ws.path());
+        {
+            let known = self.base_refs.lock().unwrap_or_else(|e| e.into_inner());
+            if stamp.is_some() && known.get(&key) == stamp.as_ref() {
+                return Ok(());
+            }
+        }
+        self.ref_lookups
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("pas_base_ref_lookups_total").increment(1);
+        check_base_ref(ws, field, r).await?;
+        if let Some(stamp) = stamp {
+            let mut known = self.base_refs.lock().unwrap_or_else(|e| e.into_inner());
+            if known.len() >= MAX_CACHED_REPOSITORIES * 4 {
+                known.clear();
+            }
+            known.insert(key, stamp);
+        }
+        Ok(())
     }
 
     /// How many opens had to verify a repository with git (the rest were answered from the cache).
     pub fn misses(&self) -> u64 {
         self.misses.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many base-ref checks had to run git.
+    pub fn ref_lookups(&self) -> u64 {
+        self.ref_lookups.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The configured workspace root.
@@ -558,6 +600,29 @@ impl FileStamp {
             mtime: (m.mtime(), m.mtime_nsec()),
             ctime: (m.ctime(), m.ctime_nsec()),
         }
+    }
+}
+
+/// What a base ref's meaning depends on: the repository ([`RepoStamp`]: `.git` and `HEAD`) and
+/// the places git writes refs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RefsStamp {
+    repo: RepoStamp,
+    packed: Option<FileStamp>,
+    heads: Option<FileStamp>,
+    tags: Option<FileStamp>,
+}
+
+impl RefsStamp {
+    /// `None` when `<repo>/.git` cannot be read (then nothing is remembered).
+    fn read(repo: &Path) -> Option<Self> {
+        let dot_git = repo.join(".git");
+        Some(Self {
+            repo: RepoStamp::read(repo)?,
+            packed: FileStamp::read(&dot_git.join("packed-refs")),
+            heads: FileStamp::read(&dot_git.join("refs/heads")),
+            tags: FileStamp::read(&dot_git.join("refs/tags")),
+        })
     }
 }
 
@@ -1113,6 +1178,50 @@ mod tests {
         git(&repo, &["init", "-q", "-b", "main"]);
         let e = cache.open("proj").await.expect_err("no commits");
         assert!(matches!(e, WorkspaceError::NoCommits { .. }), "{e}");
+    }
+
+    /// A base ref that named a commit is not looked up again while the refs are unchanged; a new
+    /// or deleted branch makes it look again, and a ref that names nothing is never remembered.
+    #[tokio::test]
+    async fn base_refs_are_looked_up_once_while_the_refs_are_unchanged() {
+        let (_tmp, root) = root_with_repo();
+        let repo = root.join("proj");
+        let cache = WorkspaceCache::new(&root);
+        let ws = cache.open("proj").await.expect("open");
+        for _ in 0..3 {
+            cache
+                .check_base_ref(&ws, "base_ref", "main")
+                .await
+                .expect("main is a commit");
+        }
+        assert_eq!(cache.ref_lookups(), 1, "one git process for three checks");
+        for _ in 0..2 {
+            assert_field(
+                cache.check_base_ref(&ws, "base_ref", "nope").await,
+                "base_ref",
+            );
+        }
+        assert_eq!(
+            cache.ref_lookups(),
+            3,
+            "a missing ref is looked up every time"
+        );
+
+        git(&repo, &["branch", "feature"]);
+        cache
+            .check_base_ref(&ws, "base_ref", "feature")
+            .await
+            .expect("the new branch is found");
+        cache
+            .check_base_ref(&ws, "base_ref", "main")
+            .await
+            .expect("main again");
+        assert_eq!(cache.ref_lookups(), 5, "refs changed: main looked up again");
+        git(&repo, &["branch", "-q", "-D", "feature"]);
+        assert_field(
+            cache.check_base_ref(&ws, "base_ref", "feature").await,
+            "base_ref",
+        );
     }
 
     /// Requests that arrive together for a repository not yet verified share one verification

@@ -92,7 +92,9 @@ pub async fn check_workspace(
     }
     let ws = workspace::open_checked(workspaces, &req.workspace, &req.files).await?;
     if !req.base_ref.is_empty() {
-        workspace::check_base_ref(&ws, "base_ref", &req.base_ref).await?;
+        workspaces
+            .check_base_ref(&ws, "base_ref", &req.base_ref)
+            .await?;
     }
     Ok(Some(ws))
 }

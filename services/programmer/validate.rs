@@ -120,7 +120,7 @@ pub async fn validate(
             let ws = workspace::open_checked(workspaces, &req.workspace, &req.files).await?;
             if let Some(r) = &base_ref {
                 // The task resolves it again when it starts, from the repository as it is then.
-                workspace::check_base_ref(&ws, "base_ref", r).await?;
+                workspaces.check_base_ref(&ws, "base_ref", r).await?;
             }
             (TaskRepo::Local(ws), req.workspace)
         }
