@@ -7,7 +7,8 @@
 //!   whose models never answer, one paid) with `limits.per_caller_max_tasks: 2`: the original
 //!   `await pool.dispatch_task(...)` result dict with a real edit (diff, branch, commit, cost),
 //!   the sync variant with a paid model's exact cost, streaming in order to one result,
-//!   re-attaching with WatchTask after leaving the stream, GetTask and paged ListTasks, cancelling
+//!   re-attaching with WatchTask after leaving the stream, GetTask and paged ListTasks, the
+//!   automatic re-attach after a broken connection (a TCP proxy the test cuts), cancelling
 //!   a running task, the pool status, typed errors (INVALID_ARGUMENT, NOT_FOUND, and
 //!   RESOURCE_EXHAUSTED with RetryInfo's delay);
 //! - `tests/test_secured.py` on a pool with TLS and bearer tokens: a wrong or missing token is
@@ -109,7 +110,7 @@ fn python_package_from_a_fresh_venv_drives_a_real_pool() {
         Some(HANGING_MODELS),
         "limits:\n  per_caller_max_tasks: 2\n",
     );
-    pytest(&python, "test_plain.py", &pool_env(&mesh), 8, &mesh);
+    pytest(&python, "test_plain.py", &pool_env(&mesh), 9, &mesh);
     drop(mesh);
 
     // The pool with TLS and tokens.

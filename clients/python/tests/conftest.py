@@ -14,7 +14,9 @@ PAS_TEST_TOKEN_READ / PAS_TEST_TOKEN_DISPATCH   (secured tests) a read and a dis
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,3 +64,69 @@ def pool() -> Pool:
 def no_ambient_token(monkeypatch: pytest.MonkeyPatch) -> None:
     """A token in the environment must not decide what these tests send."""
     monkeypatch.delenv("PAS_TOKEN", raising=False)
+
+
+class SeverableProxy:
+    """A TCP proxy in front of the manager whose connections the test can break at will (a real
+    broken connection: both sockets shut down mid-stream). New connections are still accepted."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self._upstream = (host, int(port))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        #: The proxy's host:port, for the client.
+        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        #: Connections accepted so far.
+        self.connections = 0
+        #: Times sever() ran.
+        self.severed = 0
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def __enter__(self) -> SeverableProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self.sever()
+
+    def sever(self) -> None:
+        """Breaks every open connection."""
+        with self._lock:
+            sockets, self._open = self._open, []
+            self.severed += 1
+        for s in sockets:
+            _shutdown(s)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self._upstream)
+            with self._lock:
+                self.connections += 1
+                self._open += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(src, dst), daemon=True).start()
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        _shutdown(src)
+        _shutdown(dst)
+
+
+def _shutdown(s: socket.socket) -> None:
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

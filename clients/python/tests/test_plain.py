@@ -15,7 +15,7 @@ from decimal import Decimal
 
 import grpc
 import pytest
-from conftest import DOCSTRINGS, MODULE, Pool
+from conftest import DOCSTRINGS, MODULE, Pool, SeverableProxy
 
 import pas_client
 from pas_client import (
@@ -163,6 +163,53 @@ def test_watch_task_reattaches_after_the_stream_is_dropped(pool: Pool) -> None:
     ids = [r.task_id for r in listed]
     assert ids[0] == "py-watch-1", ids
     assert set(ids) == {"py-async-1", "py-sync-paid-1", "py-stream-1", "py-watch-1"}, ids
+
+
+def test_a_broken_connection_is_reattached_without_gap_or_repeat(pool: Pool) -> None:
+    """The connection to the manager breaks right after the assignment (a proxy shuts both
+    sockets); dispatch_task (sync) and stream_task (asyncio) follow the task again with
+    WatchTask on a new connection and deliver every event once, in order, to the result."""
+    seen: list[TaskEvent] = []
+    with SeverableProxy(pool.address) as proxy:
+
+        def break_after_assignment(event: TaskEvent) -> None:
+            seen.append(event)
+            if event.WhichOneof("kind") == "assigned":
+                proxy.sever()
+
+        with get_programmer_pool_sync(proxy.address, workspace="sample") as programmer_pool:
+            result = programmer_pool.dispatch_task(
+                DOCSTRINGS,
+                [MODULE],
+                RUN_ID,
+                ["fast"],
+                task_id="py-reattach-1",
+                on_event=break_after_assignment,
+            )
+        sync_connections = proxy.connections
+
+    check_real_edit(pool, result, "py-reattach-1")
+    check_stream(seen, "py-reattach-1")
+    assert sync_connections >= 2, "the stream was re-attached on a new connection"
+
+    async def main() -> tuple[list[TaskEvent], int]:
+        events: list[TaskEvent] = []
+        with SeverableProxy(pool.address) as proxy:
+            async with get_programmer_pool(proxy.address, workspace="sample") as programmer_pool:
+                stream = programmer_pool.stream_task(
+                    DOCSTRINGS, [MODULE], RUN_ID, ["fast"], task_id="py-reattach-2"
+                )
+                async with aclosing(stream) as task_events:
+                    async for event in task_events:
+                        events.append(event)
+                        if event.WhichOneof("kind") == "assigned":
+                            proxy.sever()
+            return events, proxy.connections
+
+    events, async_connections = asyncio.run(main())
+    check_stream(events, "py-reattach-2")
+    assert events[-1].result.status == TaskState.Value("TASK_STATE_SUCCEEDED")
+    assert async_connections >= 2, "the stream was re-attached on a new connection"
 
 
 def test_cancel_task_stops_a_running_task(pool: Pool) -> None:

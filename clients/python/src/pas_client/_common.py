@@ -224,3 +224,55 @@ def list_request(
 def is_heartbeat(event: task_pb2.TaskEvent) -> bool:
     """WatchTask's liveness events (seq 0) are not part of a task's stream."""
     return event.WhichOneof("kind") == "heartbeat"
+
+
+#: Broken-connection codes after which a followed task is re-attached with WatchTask.
+REATTACH_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL})
+#: Re-attach attempts in a row (without an event in between) before the error is raised.
+DEFAULT_REATTACH = 5
+#: The first wait before re-attaching; doubled per failed attempt, at most MAX_REATTACH_DELAY_S.
+FIRST_REATTACH_DELAY_S = 0.2
+MAX_REATTACH_DELAY_S = 5.0
+
+
+class Follower:
+    """One task's stream followed across broken connections (the sync and asyncio loops share it).
+
+    An accepted task outlives its stream, so when the connection breaks (UNAVAILABLE, INTERNAL)
+    the client follows the task again with WatchTask from the last seq it saw, after a short
+    doubling wait; every event is passed on once, in order (a replayed seq is dropped).
+    Dispatch streams are re-attached only once the pool accepted the task (an event arrived).
+    """
+
+    def __init__(
+        self, task_id: str, after_seq: int, reattach: int, heartbeats: bool, accepted: bool
+    ) -> None:
+        self.task_id = task_id
+        self.last_seq = after_seq
+        self._accepted = accepted
+        self._left = self._reattach = reattach
+        self._heartbeats = heartbeats
+
+    def admit(self, event: task_pb2.TaskEvent) -> bool:
+        """Whether to pass `event` on: not a seq already passed, not an unwanted heartbeat."""
+        if is_heartbeat(event):
+            return self._heartbeats
+        if event.seq <= self.last_seq:
+            return False
+        self.task_id = event.task_id or self.task_id
+        self.last_seq = event.seq
+        self._accepted = bool(self.task_id)
+        self._left = self._reattach
+        return True
+
+    def retry_after(self, err: grpc.RpcError) -> float | None:
+        """Seconds to wait before re-attaching after `err`, or None: raise it."""
+        if not self._accepted or self._left <= 0 or err.code() not in REATTACH_CODES:
+            return None
+        self._left -= 1
+        attempt = self._reattach - self._left
+        return float(min(FIRST_REATTACH_DELAY_S * 2 ** (attempt - 1), MAX_REATTACH_DELAY_S))
+
+    def watch_request(self) -> task_pb2.WatchTaskRequest:
+        """The WatchTask request that continues after the last event passed on."""
+        return task_pb2.WatchTaskRequest(task_id=self.task_id, after_seq=self.last_seq)

@@ -12,7 +12,14 @@ import grpc.aio
 from pas.v1 import pool_pb2, pool_pb2_grpc, task_pb2
 from typing_extensions import Unpack
 
-from ._common import DEFAULT_ADDRESS, DispatchOptions, PoolBase, is_heartbeat, list_request
+from ._common import (
+    DEFAULT_ADDRESS,
+    DEFAULT_REATTACH,
+    DispatchOptions,
+    Follower,
+    PoolBase,
+    list_request,
+)
 from .errors import from_rpc_error
 from .results import ResultCollector, TaskResultDict
 
@@ -63,6 +70,7 @@ class AsyncProgrammerPool(PoolBase):
         *,
         on_event: EventHook | None = None,
         timeout: float | None = None,
+        reattach: int = DEFAULT_REATTACH,
         **options: Unpack[DispatchOptions],
     ) -> TaskResultDict:
         """Runs a task to its end and returns the result dict (see :class:`TaskResultDict`).
@@ -82,6 +90,7 @@ class AsyncProgrammerPool(PoolBase):
             capabilities,
             prefer_free,
             timeout=timeout,
+            reattach=reattach,
             **options,
         ):
             collector.feed(event)
@@ -100,6 +109,7 @@ class AsyncProgrammerPool(PoolBase):
         prefer_free: bool | None = True,
         *,
         timeout: float | None = None,
+        reattach: int = DEFAULT_REATTACH,
         **options: Unpack[DispatchOptions],
     ) -> AsyncGenerator[task_pb2.TaskEvent, None]:
         """Dispatches a task and yields its ``pas.v1.TaskEvent`` messages as they arrive.
@@ -113,7 +123,8 @@ class AsyncProgrammerPool(PoolBase):
             task_description, files, run_id, capabilities, prefer_free, options
         )
         call = self._stub().Dispatch(request, timeout=timeout, metadata=self._conn.metadata)
-        async with aclosing(_events(call)) as events:
+        follower = Follower(options.get("task_id", ""), 0, reattach, False, accepted=False)
+        async with aclosing(self._follow(call, follower, timeout)) as events:
             async for event in events:
                 yield event
 
@@ -124,16 +135,19 @@ class AsyncProgrammerPool(PoolBase):
         *,
         heartbeats: bool = False,
         timeout: float | None = None,
+        reattach: int = DEFAULT_REATTACH,
     ) -> AsyncGenerator[task_pb2.TaskEvent, None]:
         """Follows a task: its events with seq > ``after_seq``, then live until its result.
 
         This re-attaches after a broken or abandoned stream (``after_seq`` = the last seq seen),
         and works for finished tasks too (replay). WatchTask's heartbeats (seq 0) are skipped
-        unless ``heartbeats``.
+        unless ``heartbeats``. A broken connection is re-attached as in stream_task.
         """
-        request = task_pb2.WatchTaskRequest(task_id=task_id, after_seq=after_seq)
-        call = self._stub().WatchTask(request, timeout=timeout, metadata=self._conn.metadata)
-        async with aclosing(_events(call, heartbeats)) as events:
+        follower = Follower(task_id, after_seq, reattach, heartbeats, accepted=True)
+        call = self._stub().WatchTask(
+            follower.watch_request(), timeout=timeout, metadata=self._conn.metadata
+        )
+        async with aclosing(self._follow(call, follower, timeout)) as events:
             async for event in events:
                 yield event
 
@@ -174,6 +188,32 @@ class AsyncProgrammerPool(PoolBase):
             if not token:
                 return
 
+    async def _follow(
+        self, call: Any, follower: Follower, timeout: float | None
+    ) -> AsyncGenerator[task_pb2.TaskEvent, None]:
+        """A task stream's events, re-attached with WatchTask after a broken connection (see
+        Follower); errors typed; the call cancelled if the reader leaves early."""
+        try:
+            while True:
+                try:
+                    async for event in call:
+                        if follower.admit(event):
+                            yield event
+                    return
+                except grpc.RpcError as err:
+                    delay = follower.retry_after(err)
+                    if delay is None:
+                        raise from_rpc_error(err) from err
+                await asyncio.sleep(delay)
+                call = self._stub().WatchTask(
+                    follower.watch_request(),
+                    timeout=timeout,
+                    metadata=self._conn.metadata,
+                    wait_for_ready=True,
+                )
+        finally:
+            call.cancel()
+
     async def _unary(self, method: str, request: Any, timeout: float | None) -> Any:
         try:
             return await getattr(self._stub(), method)(
@@ -181,19 +221,6 @@ class AsyncProgrammerPool(PoolBase):
             )
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
-
-
-async def _events(call: Any, heartbeats: bool = True) -> AsyncGenerator[task_pb2.TaskEvent, None]:
-    """A streaming call's messages (without heartbeats unless `heartbeats`); errors typed; the
-    call cancelled if the reader leaves early."""
-    try:
-        async for event in call:
-            if heartbeats or not is_heartbeat(event):
-                yield event
-    except grpc.RpcError as err:
-        raise from_rpc_error(err) from err
-    finally:
-        call.cancel()
 
 
 def get_programmer_pool(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -9,7 +10,14 @@ import grpc
 from pas.v1 import pool_pb2, pool_pb2_grpc, task_pb2
 from typing_extensions import Unpack
 
-from ._common import DEFAULT_ADDRESS, DispatchOptions, PoolBase, is_heartbeat, list_request
+from ._common import (
+    DEFAULT_ADDRESS,
+    DEFAULT_REATTACH,
+    DispatchOptions,
+    Follower,
+    PoolBase,
+    list_request,
+)
 from .errors import from_rpc_error
 from .results import ResultCollector, TaskResultDict
 
@@ -57,6 +65,7 @@ class ProgrammerPool(PoolBase):
         *,
         on_event: Callable[[task_pb2.TaskEvent], None] | None = None,
         timeout: float | None = None,
+        reattach: int = DEFAULT_REATTACH,
         **options: Unpack[DispatchOptions],
     ) -> TaskResultDict:
         """Runs a task to its end and returns the result dict (see :class:`TaskResultDict`).
@@ -75,6 +84,7 @@ class ProgrammerPool(PoolBase):
             capabilities,
             prefer_free,
             timeout=timeout,
+            reattach=reattach,
             **options,
         ):
             collector.feed(event)
@@ -91,6 +101,7 @@ class ProgrammerPool(PoolBase):
         prefer_free: bool | None = True,
         *,
         timeout: float | None = None,
+        reattach: int = DEFAULT_REATTACH,
         **options: Unpack[DispatchOptions],
     ) -> Iterator[task_pb2.TaskEvent]:
         """Dispatches a task and yields its ``pas.v1.TaskEvent`` messages as they arrive.
@@ -98,13 +109,17 @@ class ProgrammerPool(PoolBase):
         Events carry ``seq`` 1, 2, … and exactly one ``kind`` (queued, assigned, output,
         failover, rerouted, result); the last one carries ``result``. Leaving the loop early
         closes the stream but not the task: it runs on, and ``watch_task(task_id, last_seq)``
-        picks it up again (choose a ``task_id`` to be able to).
+        picks it up again (choose a ``task_id`` to be able to). If the connection breaks once
+        the task was accepted, the stream re-attaches itself with WatchTask (up to ``reattach``
+        attempts in a row, waits doubling from 0.2 s; 0: raise at once) and goes on without a
+        gap or a repeated event.
         """
         request = self._dispatch_request(
             task_description, files, run_id, capabilities, prefer_free, options
         )
-        return self._events(
-            self._stub.Dispatch(request, timeout=timeout, metadata=self._conn.metadata)
+        call = self._stub.Dispatch(request, timeout=timeout, metadata=self._conn.metadata)
+        return self._follow(
+            call, Follower(options.get("task_id", ""), 0, reattach, False, accepted=False), timeout
         )
 
     def watch_task(
@@ -114,16 +129,19 @@ class ProgrammerPool(PoolBase):
         *,
         heartbeats: bool = False,
         timeout: float | None = None,
+        reattach: int = DEFAULT_REATTACH,
     ) -> Iterator[task_pb2.TaskEvent]:
         """Follows a task: its events with seq > ``after_seq``, then live until its result.
 
         This re-attaches after a broken or abandoned stream (``after_seq`` = the last seq seen),
         and works for finished tasks too (replay). WatchTask's heartbeats (seq 0) are skipped
-        unless ``heartbeats``.
+        unless ``heartbeats``. A broken connection is re-attached as in stream_task.
         """
-        request = task_pb2.WatchTaskRequest(task_id=task_id, after_seq=after_seq)
-        call = self._stub.WatchTask(request, timeout=timeout, metadata=self._conn.metadata)
-        return self._events(call, heartbeats)
+        follower = Follower(task_id, after_seq, reattach, heartbeats, accepted=True)
+        call = self._stub.WatchTask(
+            follower.watch_request(), timeout=timeout, metadata=self._conn.metadata
+        )
+        return self._follow(call, follower, timeout)
 
     def get_pool_status(self, *, timeout: float | None = None) -> pool_pb2.PoolStatus:
         """Every programmer's state, the budget and the active alerts (``pas.v1.PoolStatus``)."""
@@ -167,18 +185,31 @@ class ProgrammerPool(PoolBase):
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
 
-    @staticmethod
-    def _events(call: Any, heartbeats: bool = True) -> Iterator[task_pb2.TaskEvent]:
-        """A streaming call's messages (without heartbeats unless `heartbeats`); errors typed;
-        the call cancelled if the reader leaves early."""
+    def _follow(
+        self, call: Any, follower: Follower, timeout: float | None
+    ) -> Iterator[task_pb2.TaskEvent]:
+        """A task stream's events, re-attached with WatchTask after a broken connection (see
+        Follower); errors typed; the call cancelled if the reader leaves early."""
         try:
-            for event in call:
-                if heartbeats or not is_heartbeat(event):
-                    yield event
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
+            while True:
+                try:
+                    for event in call:
+                        if follower.admit(event):
+                            yield event
+                    return
+                except grpc.RpcError as err:
+                    delay = follower.retry_after(err)
+                    if delay is None:
+                        raise from_rpc_error(err) from err
+                time.sleep(delay)
+                call = self._stub.WatchTask(
+                    follower.watch_request(),
+                    timeout=timeout,
+                    metadata=self._conn.metadata,
+                    wait_for_ready=True,
+                )
         finally:
-            call.cancel()  # a no-op once the stream ended; ends it when the caller left early
+            call.cancel()  # a no-op once the stream ended; ends it when the reader left early
 
 
 def get_programmer_pool_sync(
