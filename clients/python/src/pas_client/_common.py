@@ -11,6 +11,8 @@ from typing import Any, TypedDict, Union
 import grpc
 from pas.v1 import pool_pb2, task_pb2
 
+from .errors import Unavailable
+
 #: The manager's address when none is given (the original Manager-Code port).
 DEFAULT_ADDRESS = "127.0.0.1:6141"
 #: Environment variable read for the bearer token when `token` is not given (as `pas` does).
@@ -233,6 +235,8 @@ DEFAULT_REATTACH = 5
 #: The first wait before re-attaching; doubled per failed attempt, at most MAX_REATTACH_DELAY_S.
 FIRST_REATTACH_DELAY_S = 0.2
 MAX_REATTACH_DELAY_S = 5.0
+#: How long one re-attach attempt waits for the channel to connect again.
+REATTACH_CONNECT_S = 30.0
 
 
 class Follower:
@@ -272,6 +276,14 @@ class Follower:
         self._left -= 1
         attempt = self._reattach - self._left
         return float(min(FIRST_REATTACH_DELAY_S * 2 ** (attempt - 1), MAX_REATTACH_DELAY_S))
+
+    def unreachable(self) -> Unavailable:
+        """The error when the manager stays unreachable for REATTACH_CONNECT_S."""
+        return Unavailable(
+            grpc.StatusCode.UNAVAILABLE,
+            f"the manager stayed unreachable for {REATTACH_CONNECT_S:g} s; task {self.task_id} "
+            f"runs on: follow it later with watch_task({self.task_id!r}, {self.last_seq})",
+        )
 
     def watch_request(self) -> task_pb2.WatchTaskRequest:
         """The WatchTask request that continues after the last event passed on."""

@@ -15,6 +15,7 @@ from typing_extensions import Unpack
 from ._common import (
     DEFAULT_ADDRESS,
     DEFAULT_REATTACH,
+    REATTACH_CONNECT_S,
     DispatchOptions,
     Follower,
     PoolBase,
@@ -123,7 +124,9 @@ class AsyncProgrammerPool(PoolBase):
             task_description, files, run_id, capabilities, prefer_free, options
         )
         call = self._stub().Dispatch(request, timeout=timeout, metadata=self._conn.metadata)
-        follower = Follower(options.get("task_id", ""), 0, reattach, False, accepted=False)
+        follower = Follower(
+            options.get("task_id", ""), 0, reattach, heartbeats=False, accepted=False
+        )
         async with aclosing(self._follow(call, follower, timeout)) as events:
             async for event in events:
                 yield event
@@ -143,7 +146,7 @@ class AsyncProgrammerPool(PoolBase):
         and works for finished tasks too (replay). WatchTask's heartbeats (seq 0) are skipped
         unless ``heartbeats``. A broken connection is re-attached as in stream_task.
         """
-        follower = Follower(task_id, after_seq, reattach, heartbeats, accepted=True)
+        follower = Follower(task_id, after_seq, reattach, heartbeats=heartbeats, accepted=True)
         call = self._stub().WatchTask(
             follower.watch_request(), timeout=timeout, metadata=self._conn.metadata
         )
@@ -205,11 +208,14 @@ class AsyncProgrammerPool(PoolBase):
                     if delay is None:
                         raise from_rpc_error(err) from err
                 await asyncio.sleep(delay)
-                call = self._stub().WatchTask(
-                    follower.watch_request(),
-                    timeout=timeout,
-                    metadata=self._conn.metadata,
-                    wait_for_ready=True,
+                stub = self._stub()
+                assert self._channel is not None  # _stub() opened it
+                try:
+                    await asyncio.wait_for(self._channel.channel_ready(), REATTACH_CONNECT_S)
+                except asyncio.TimeoutError:
+                    raise follower.unreachable() from None
+                call = stub.WatchTask(
+                    follower.watch_request(), timeout=timeout, metadata=self._conn.metadata
                 )
         finally:
             call.cancel()

@@ -13,6 +13,7 @@ from typing_extensions import Unpack
 from ._common import (
     DEFAULT_ADDRESS,
     DEFAULT_REATTACH,
+    REATTACH_CONNECT_S,
     DispatchOptions,
     Follower,
     PoolBase,
@@ -119,7 +120,9 @@ class ProgrammerPool(PoolBase):
         )
         call = self._stub.Dispatch(request, timeout=timeout, metadata=self._conn.metadata)
         return self._follow(
-            call, Follower(options.get("task_id", ""), 0, reattach, False, accepted=False), timeout
+            call,
+            Follower(options.get("task_id", ""), 0, reattach, heartbeats=False, accepted=False),
+            timeout,
         )
 
     def watch_task(
@@ -137,7 +140,7 @@ class ProgrammerPool(PoolBase):
         and works for finished tasks too (replay). WatchTask's heartbeats (seq 0) are skipped
         unless ``heartbeats``. A broken connection is re-attached as in stream_task.
         """
-        follower = Follower(task_id, after_seq, reattach, heartbeats, accepted=True)
+        follower = Follower(task_id, after_seq, reattach, heartbeats=heartbeats, accepted=True)
         call = self._stub.WatchTask(
             follower.watch_request(), timeout=timeout, metadata=self._conn.metadata
         )
@@ -202,11 +205,13 @@ class ProgrammerPool(PoolBase):
                     if delay is None:
                         raise from_rpc_error(err) from err
                 time.sleep(delay)
-                call = self._stub.WatchTask(
-                    follower.watch_request(),
-                    timeout=timeout,
-                    metadata=self._conn.metadata,
-                    wait_for_ready=True,
+                stub = self._stub
+                try:
+                    grpc.channel_ready_future(self._channel).result(timeout=REATTACH_CONNECT_S)
+                except grpc.FutureTimeoutError:
+                    raise follower.unreachable() from None
+                call = stub.WatchTask(
+                    follower.watch_request(), timeout=timeout, metadata=self._conn.metadata
                 )
         finally:
             call.cancel()  # a no-op once the stream ended; ends it when the reader left early
