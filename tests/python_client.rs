@@ -15,6 +15,9 @@
 //!   UNAUTHENTICATED, a read token reads the status and may not dispatch, the dispatch token runs
 //!   a real task over TLS.
 //!
+//! First `tests/test_units.py`: what needs no pool (connection options, re-attach bookkeeping,
+//! money).
+//!
 //! Needs python3 with venv and the wheelhouse the script fills (from the package index on its first
 //! run), and the aider venv; fails, never skips, without them.
 
@@ -52,7 +55,13 @@ fn install_package(dir: &Path) -> PathBuf {
 
 /// Runs pytest on `clients/python/tests/<file>` with `env`, and checks that it passed and ran
 /// exactly `tests` tests (none skipped or deselected).
-fn pytest(python: &Path, file: &str, env: &[(&str, String)], tests: usize, mesh: &RunningPool) {
+fn pytest(
+    python: &Path,
+    file: &str,
+    env: &[(&str, String)],
+    tests: usize,
+    mesh: Option<&RunningPool>,
+) {
     let package = crate_dir().join("clients/python");
     let mut cmd = Command::new(python);
     cmd.current_dir(&package)
@@ -69,7 +78,7 @@ fn pytest(python: &Path, file: &str, env: &[(&str, String)], tests: usize, mesh:
         out.status,
         out.stdout,
         out.stderr,
-        mesh.logs()
+        mesh.map(RunningPool::logs).unwrap_or_default()
     );
     assert!(out.status.success(), "{context}");
     let summary = out.stdout.lines().last().unwrap_or_default();
@@ -93,6 +102,9 @@ fn python_package_from_a_fresh_venv_drives_a_real_pool() {
     let dir = tempfile::tempdir().expect("temp dir");
     let python = install_package(dir.path());
 
+    // What needs no pool: connection options, re-attach bookkeeping, money.
+    pytest(&python, "test_units.py", &[], 5, None);
+
     // The plaintext pool.
     let slow = TestProgrammer {
         primary: "ollama/slow-coder:7b".into(),
@@ -110,7 +122,7 @@ fn python_package_from_a_fresh_venv_drives_a_real_pool() {
         Some(HANGING_MODELS),
         "limits:\n  per_caller_max_tasks: 2\n",
     );
-    pytest(&python, "test_plain.py", &pool_env(&mesh), 9, &mesh);
+    pytest(&python, "test_plain.py", &pool_env(&mesh), 9, Some(&mesh));
     drop(mesh);
 
     // The pool with TLS and tokens.
@@ -122,5 +134,5 @@ fn python_package_from_a_fresh_venv_drives_a_real_pool() {
         ("PAS_TEST_TOKEN_READ", secured.read.clone()),
         ("PAS_TEST_TOKEN_DISPATCH", secured.dispatch.clone()),
     ]);
-    pytest(&python, "test_secured.py", &env, 3, &mesh);
+    pytest(&python, "test_secured.py", &env, 3, Some(&mesh));
 }

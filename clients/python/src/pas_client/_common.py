@@ -67,6 +67,8 @@ class Connection:
         use_tls = tls if tls is not None else (scheme_tls or has_certs)
         if not use_tls and (scheme_tls or has_certs):
             raise ValueError("tls=False contradicts an https:// address or certificate options")
+        if use_tls and scheme_tls is False:
+            raise ValueError("an http:// address is plaintext: use https:// for TLS")
         credentials = (
             grpc.ssl_channel_credentials(
                 root_certificates=_pem(root_certificates),
