@@ -8,6 +8,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 scripts/install-aider.sh
 scripts/install-interop.sh
+scripts/install-python-client.sh
 scripts/install-deploy-tools.sh
 scripts/install-dns.sh
 export PAS_AIDER_PYTHON="$root/.aider-venv/bin/python"

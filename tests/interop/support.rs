@@ -40,6 +40,18 @@ impl RunningPool {
         Self::launch(Self::prepare(programmers, sim_script), None)
     }
 
+    /// Like [`RunningPool::start`], with `yaml` appended to the configuration (top-level sections
+    /// the harness does not write, e.g. `limits:`).
+    pub fn start_with_config(
+        programmers: Vec<TestProgrammer>,
+        sim_script: Option<&str>,
+        yaml: &str,
+    ) -> RunningPool {
+        let pool = Self::prepare(programmers, sim_script);
+        pool.append_config(yaml);
+        Self::launch(pool, None)
+    }
+
     /// Like [`RunningPool::start`], with TLS on every listener (programmers require the pool's
     /// client certificate) and bearer tokens on the manager: `pas certs init` and one token per
     /// role ([`secure`]), nothing open without a token but health and reflection.
