@@ -7,12 +7,6 @@ use pas::telemetry::ServiceIdentity;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// mimalloc instead of glibc's malloc, chosen by the `overload` benchmark (BENCHMARKS.md): after a
-/// burst of 10,000 calls glibc kept the manager's peak heap (3.5x idle 30 s later), jemalloc as
-/// much, mimalloc gave back the most at the same throughput.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Programmer Pool: a gRPC mesh of AI programmers (Aider) behind a load-balancing manager.
 #[derive(Debug, Parser)]
 #[command(name = "pas", version, about)]

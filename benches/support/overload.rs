@@ -4,8 +4,8 @@
 //!
 //! Per case — cold (the workspace never opened) or warm (one dry run first), 1,000 or 10,000
 //! streams (100 per HTTP/2 connection, as `h2load -c N/100 -m 100` would), this build or an earlier
-//! one (`PAS_BENCH_BASELINE=path/to/pas`; this build links mimalloc, chosen by an earlier run of this
-//! benchmark that preloaded glibc, jemalloc and mimalloc into one build — BENCHMARKS.md):
+//! one (`PAS_BENCH_BASELINE=path/to/pas`; the allocator was chosen by earlier runs of this benchmark —
+//! glibc, jemalloc and mimalloc preloaded, mimalloc linked in — BENCHMARKS.md):
 //! - calls answered per second (first call sent → last answer, admitted or refused);
 //! - refusal latency p50 / p99 at the client;
 //! - grpc.health.v1 Check from an already-connected client every 20 ms during the burst (5 s
@@ -88,7 +88,7 @@ pub fn run(sizes: &[usize], after: Duration) -> anyhow::Result<Section> {
             cases.push(Case {
                 build: "this",
                 binary: this.clone(),
-                allocator: "mimalloc",
+                allocator: "system",
                 admin_port: true,
                 streams,
                 warm,
