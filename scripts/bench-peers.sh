@@ -1,0 +1,287 @@
+#!/usr/bin/env bash
+# bench-peers: the manager side by side with LiteLLM proxy and Portkey gateway (issue 18).
+# (header filled in below)
+set -euo pipefail
+
+LITELLM_VERSION="${LITELLM_VERSION:-1.108.7}"
+PORTKEY_VERSION="${PORTKEY_VERSION:-1.15.2}"
+GRPCIO_TOOLS_VERSION="1.85.1"   # protoc for the gRPC request body (same pins as scripts/install-interop.sh)
+PROTOBUF_VERSION="7.36.2"
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cache="${PAS_BENCH_PEERS_CACHE:-$root/target/bench-peers-cache}"
+log() { printf '[bench-peers %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ----- what the machine needs (Debian, as root) -------------------------------------------------
+install_debian() {
+  local missing=()
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+  command -v h2load >/dev/null || missing+=(nghttp2-client)
+  command -v node >/dev/null || missing+=(nodejs)
+  command -v npm >/dev/null || missing+=(npm)
+  /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+  command -v git >/dev/null || missing+=(git)
+  command -v curl >/dev/null || missing+=(curl)
+  command -v ps >/dev/null || missing+=(procps)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  [ "$(id -u)" = 0 ] || die "missing Debian packages ${missing[*]}: run as root or install them"
+  log "apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# ----- the peers, pinned, into the cache ---------------------------------------------------------
+pip_has() { # VENV NAME VERSION
+  [ -x "$1/bin/python" ] && [ "$("$1/bin/python" -c "import importlib.metadata as m; print(m.version('$2'))" 2>/dev/null)" = "$3" ]
+}
+install_peers() {
+  mkdir -p "$cache"
+  printf '*\n' >"$cache/.gitignore"
+  local venv="$cache/litellm-venv"
+  if ! pip_has "$venv" litellm "$LITELLM_VERSION"; then
+    log "installing litellm[proxy]==$LITELLM_VERSION into $venv"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "litellm[proxy]==$LITELLM_VERSION"
+    pip_has "$venv" litellm "$LITELLM_VERSION" || die "litellm $LITELLM_VERSION did not install"
+  fi
+  local pb="$cache/proto-venv"
+  if ! pip_has "$pb" grpcio-tools "$GRPCIO_TOOLS_VERSION"; then
+    log "installing grpcio-tools==$GRPCIO_TOOLS_VERSION protobuf==$PROTOBUF_VERSION into $pb"
+    /usr/bin/python3 -m venv "$pb"
+    "$pb/bin/pip" install --quiet --disable-pip-version-check "grpcio-tools==$GRPCIO_TOOLS_VERSION" "protobuf==$PROTOBUF_VERSION"
+  fi
+  local pk="$cache/portkey"
+  if [ "$(node -p "require('$pk/node_modules/@portkey-ai/gateway/package.json').version" 2>/dev/null)" != "$PORTKEY_VERSION" ]; then
+    log "installing @portkey-ai/gateway@$PORTKEY_VERSION into $pk"
+    mkdir -p "$pk"
+    [ -f "$pk/package.json" ] || printf '{"name":"pas-bench-peers-portkey","private":true}\n' >"$pk/package.json"
+    (cd "$pk" && npm install --no-audit --no-fund --loglevel=error --save-exact "@portkey-ai/gateway@$PORTKEY_VERSION")
+  fi
+}
+
+# ----- settings ---------------------------------------------------------------------------------
+PAS_BIN="${PAS_BIN:-$root/target/release/pas}"
+PHASE_S="${PAS_BENCH_PEERS_SECONDS:-10}"   # target length of one measured phase
+WARMUP_S="${PAS_BENCH_PEERS_WARMUP_S:-3}"  # warm-up before each phase (also sizes its request count)
+CALLERS="${PAS_BENCH_PEERS_CALLERS:-1 32}"
+SYSTEMS="${PAS_BENCH_PEERS_SYSTEMS:-pas portkey litellm}"
+BASE="${PAS_BENCH_PEERS_PORT:-27000}"      # ports BASE+1..BASE+41 on 127.0.0.1
+OUT_JSON="${PAS_BENCH_PEERS_JSON:-$root/target/bench/peers.json}"
+LOAD_NOTE="${PAS_BENCH_PEERS_NOTE:-}"
+MODEL="bench-model"
+NGINX_DIRECT=$((BASE + 11)); LITELLM_PORT=$((BASE + 20)); PORTKEY_PORT=$((BASE + 21))
+MANAGER_PORT=$((BASE + 30)); PROG_DIRECT=$((BASE + 41))
+nginx_port() { echo $((BASE + $1)); }      # backend 1..10
+prog_port() { echo $((BASE + 30 + $1)); }  # programmer 1..10
+
+run="" pids=()
+cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -n "$run" ] && [ -z "${PAS_BENCH_PEERS_KEEP:-}" ]; then rm -rf "$run"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Waits until `curl ARGS` succeeds (up to $1 seconds) while the last process started lives.
+wait_http() {
+  local secs="$1" pid="${pids[-1]}"; shift
+  local deadline=$((SECONDS + secs))
+  until curl -fsS -o /dev/null --max-time 2 "$@" 2>/dev/null; do
+    [ "$SECONDS" -lt "$deadline" ] && kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.2
+  done
+}
+py() { /usr/bin/python3 "$root/scripts/bench-peers/$1" "${@:2}"; }
+
+# ----- the fixed-response upstream: nginx, 10 backends + 1 for the direct baseline ---------------
+CANNED='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":1,"total_tokens":10}}'
+start_nginx() {
+  mkdir -p "$run/nginx/tmp"
+  {
+    echo "worker_processes auto; daemon off; pid $run/nginx/nginx.pid; error_log $run/nginx/error.log warn;"
+    echo "events { worker_connections 4096; }"
+    echo "http {"
+    echo "  log_format status '\$status'; access_log off; keepalive_requests 1000000; keepalive_timeout 300s;"
+    echo "  client_body_temp_path $run/nginx/tmp/body; proxy_temp_path $run/nginx/tmp/proxy;"
+    echo "  fastcgi_temp_path $run/nginx/tmp/fcgi; uwsgi_temp_path $run/nginx/tmp/uwsgi; scgi_temp_path $run/nginx/tmp/scgi;"
+    local i port
+    for i in $(seq 1 10) direct; do
+      if [ "$i" = direct ]; then port=$NGINX_DIRECT; else port=$(nginx_port "$i"); fi
+      echo "  server { listen 127.0.0.1:$port; access_log $run/nginx/backend-$i.log status;"
+      echo "    location / { default_type application/json; return 200 '$CANNED'; } }"
+    done
+    echo "}"
+  } >"$run/nginx/nginx.conf"
+  nginx -t -q -c "$run/nginx/nginx.conf" -p "$run/nginx" || die "nginx config invalid"
+  nginx -c "$run/nginx/nginx.conf" -p "$run/nginx" 2>>"$run/nginx/error.log" &
+  pids+=($!); NGINX_PID=$!
+  wait_http 20 -X POST "http://127.0.0.1:$NGINX_DIRECT/v1/chat/completions" || die "nginx did not start"
+  : >"$run/nginx/backend-direct.log"
+}
+nginx_backend_logs() { local i; for i in $(seq 1 10); do echo "$run/nginx/backend-$i.log"; done; }
+
+# ----- our manager: 10 programmers (dry runs) + 1 for the direct baseline --------------------------
+start_pas() {
+  local d="$run/pas" i
+  mkdir -p "$d/ws/sample/src" "$d/data"
+  printf 'def greet(name):\n    return "hello " + name\n' >"$d/ws/sample/src/module.py"
+  git -C "$d/ws/sample" init -q -b main
+  git -C "$d/ws/sample" add -A
+  git -C "$d/ws/sample" -c user.name=bench -c user.email=bench@localhost commit -qm initial
+  # Like manager_hop's pool, but a programmer admits 32 tasks at once: a dry run costs it nothing,
+  # so it stands in for a fixed-response upstream (as nginx does for the peers) and the direct
+  # baseline with 32 callers measures no queue in front of one slot. Per-caller limits are
+  # lifted: h2load is one caller (one IP).
+  {
+    echo "pool_size: 10"
+    echo "programmers:"
+    for i in $(seq 1 10); do
+      printf '  - id: "%03d"\n    port: %s\n    primary_llm: "ollama/qwen2.5-coder:7b-instruct"\n    backup_llm: "ollama/qwen2.5-coder:14b-instruct"\n    capabilities: ["fast", "local", "free"]\n' "$i" "$(prog_port "$i")"
+    done
+    cat <<YAML
+load_balancing:
+  strategy: least_loaded
+  prefer_free_models: true
+  max_queue_per_programmer: 32
+  max_concurrent_per_programmer: 32
+  health_check_interval_s: 30
+manager:
+  host: 127.0.0.1
+  port: $MANAGER_PORT
+  max_queue: 1000
+limits:
+  per_caller_rate_per_s: 1000000
+  per_caller_burst: 1000000
+  per_caller_max_tasks: 1000000
+providers:
+  ollama:
+    api_base: "http://127.0.0.1:9"
+aider:
+  python: "/usr/bin/python3"
+workspace_root: "$d/ws"
+data_dir: "$d/data"
+YAML
+  } >"$d/pool.yaml"
+  "$PAS_BIN" --config "$d/pool.yaml" config check >"$d/config-check.txt" 2>&1 || { cat "$d/config-check.txt" >&2; die "pas config invalid"; }
+  for i in $(seq 1 10); do
+    "$PAS_BIN" --config "$d/pool.yaml" programmer --id "$(printf %03d "$i")" >/dev/null 2>"$d/prog-$i.log" &
+    pids+=($!)
+  done
+  "$PAS_BIN" --config "$d/pool.yaml" programmer --id direct --port "$PROG_DIRECT" \
+    --primary-llm ollama/qwen2.5-coder:7b-instruct --backup-llm ollama/qwen2.5-coder:14b-instruct \
+    --capabilities fast,local,free >/dev/null 2>"$d/prog-direct.log" &
+  pids+=($!)
+  for i in $(seq 1 10); do wait_http 30 "http://127.0.0.1:$(prog_port "$i")/health" || die "programmer $i did not start"; done
+  wait_http 30 "http://127.0.0.1:$PROG_DIRECT/health" || die "direct programmer did not start"
+  "$PAS_BIN" --config "$d/pool.yaml" manager >/dev/null 2>"$d/manager.log" &
+  pids+=($!); PAS_PID=$!
+  local deadline=$((SECONDS + 30))
+  until curl -fsS "http://127.0.0.1:$MANAGER_PORT/metrics" 2>/dev/null | grep -q '^pas_pool_programmers{state="available"} 10$'; do
+    [ "$SECONDS" -lt "$deadline" ] || die "the manager does not see 10 available programmers"
+    sleep 0.2
+  done
+  "$cache/proto-venv/bin/python" "$root/scripts/bench-peers/grpc_body.py" "$root/proto" "$d"
+}
+# Server-side success counts (JSON: ok, bad, per_backend) — h2load counts a gRPC error as a success.
+pas_counts_backends() { # the 10 programmers' own task counters, and the manager's
+  local urls=() i
+  for i in $(seq 1 10); do urls+=("http://127.0.0.1:$(prog_port "$i")/metrics"); done
+  py report.py metrics --router "http://127.0.0.1:$MANAGER_PORT/metrics" "${urls[@]}"
+}
+pas_counts_direct() { py report.py metrics "http://127.0.0.1:$PROG_DIRECT/metrics"; }
+nginx_counts_backends() { # shellcheck disable=SC2046
+  py report.py nginx $(nginx_backend_logs)
+}
+nginx_counts_direct() { py report.py nginx "$run/nginx/backend-direct.log"; }
+
+# ----- LiteLLM proxy: 10 deployments of one model name, least-busy, no database, no telemetry ----
+start_litellm() {
+  local d="$run/litellm" i
+  mkdir -p "$d"
+  {
+    echo "model_list:"
+    for i in $(seq 1 10); do
+      printf '  - model_name: %s\n    litellm_params:\n      model: openai/%s\n      api_base: http://127.0.0.1:%s/v1\n      api_key: sk-bench\n' \
+        "$MODEL" "$MODEL" "$(nginx_port "$i")"
+    done
+    cat <<YAML
+router_settings:
+  routing_strategy: least-busy
+litellm_settings:
+  telemetry: false
+general_settings:
+  # No caller authentication, as for the manager and Portkey here (1.108 refuses to start
+  # without a master key unless told so).
+  dangerously_permit_weak_or_unset_master_key: true
+YAML
+  } >"$d/config.yaml"
+  # No DATABASE_URL: no database. LITELLM_LOCAL_MODEL_COST_MAP: the bundled price map, no fetch.
+  (cd "$d" && exec env -u DATABASE_URL LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_TELEMETRY=False \
+    DISABLE_ADMIN_UI=True NO_DOCS=True NO_REDOC=True \
+    "$cache/litellm-venv/bin/litellm" --config "$d/config.yaml" --host 127.0.0.1 --port "$LITELLM_PORT" \
+    >"$d/litellm.log" 2>&1) &
+  pids+=($!); LITELLM_PID=$!
+  wait_http 180 "http://127.0.0.1:$LITELLM_PORT/health/liveliness" || { tail -30 "$d/litellm.log" >&2; die "LiteLLM did not start"; }
+}
+
+# ----- Portkey gateway: loadbalance over 10 targets (x-portkey-config) ---------------------------
+start_portkey() {
+  local d="$run/portkey"
+  mkdir -p "$d"
+  (cd "$d" && exec node "$cache/portkey/node_modules/@portkey-ai/gateway/build/start-server.js" \
+    --port="$PORTKEY_PORT" --headless >"$d/portkey.log" 2>&1) &
+  pids+=($!); PORTKEY_PID=$!
+  wait_http 60 "http://127.0.0.1:$PORTKEY_PORT/" || { tail -30 "$d/portkey.log" >&2; die "Portkey did not start"; }
+  PORTKEY_CONFIG=$(/usr/bin/python3 - "$BASE" <<'PY'
+import json, sys
+base = int(sys.argv[1])
+print(json.dumps({"strategy": {"mode": "loadbalance"}, "targets": [
+    {"provider": "openai", "api_key": "sk-bench", "custom_host": f"http://127.0.0.1:{base + i}/v1", "weight": 1}
+    for i in range(1, 11)]}, separators=(",", ":")))
+PY
+)
+}
+
+# ----- one measured phase -----------------------------------------------------------------------
+# measure SYSTEM KIND CALLERS COUNTS_FN ROUTER_PID URL [h2load args…]
+# A warm-up run (WARMUP_S seconds unmeasured, then WARMUP_S seconds whose rate sizes the request
+# count: ≈ PHASE_S seconds at that rate); the measured run then sends exactly that many requests,
+# so every one can be matched with a server-side success. Router CPU is read around the measured
+# run only.
+phase_no=0
+measure() {
+  local system="$1" kind="$2" callers="$3" counts="$4" rpid="$5" url="$6"; shift 6
+  phase_no=$((phase_no + 1))
+  local p; p="$run/results/$(printf 'phase-%02d' "$phase_no")-$system-$kind-c$callers"
+  log "$system $kind, $callers caller(s): warm-up ${WARMUP_S}s"
+  h2load -c "$callers" -m 1 --warm-up-time="$WARMUP_S" -D "$WARMUP_S" "$@" "$url" >"$p.warmup.txt" 2>&1 || true
+  local rate n
+  rate=$(sed -n 's/.* \([0-9.]*\) req\/s.*/\1/p' "$p.warmup.txt" | head -1)
+  n=$(/usr/bin/python3 -c "import sys; print(max(200, int(float(sys.argv[1] or 0) * $PHASE_S)))" "${rate:-0}")
+  settle "$counts" >"$p.before.json"
+  local cpu0=0 cpu1=0
+  [ "$rpid" != - ] && cpu0=$(py procs.py cpu "$rpid")
+  log "$system $kind, $callers caller(s): $n requests"
+  h2load -c "$callers" -m 1 -n "$n" --log-file="$p.log" "$@" "$url" >"$p.h2load.txt" 2>&1 || true
+  [ "$rpid" != - ] && cpu1=$(py procs.py cpu "$rpid")
+  settle "$counts" >"$p.after.json"
+  py report.py phase "$p.json" system="$system" kind="$kind" callers="$callers" requests="$n" \
+    h2load_out="$p.h2load.txt" log="$p.log" before="$p.before.json" after="$p.after.json" \
+    cpu_before="$cpu0" cpu_after="$cpu1"
+}
+# Prints the counts once three readings 0.5 s apart agree (late responses, e.g. of requests the
+# duration-bound warm-up abandoned, have landed).
+settle() {
+  local a b same=0
+  a=$("$1")
+  for _ in $(seq 1 60); do
+    sleep 0.5
+    b=$("$1")
+    if [ "$a" = "$b" ]; then same=$((same + 1)); [ "$same" -ge 2 ] && break; else same=0; fi
+    a="$b"
+  done
+  printf '%s\n' "$a"
+}
