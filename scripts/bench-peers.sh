@@ -1,6 +1,35 @@
 #!/usr/bin/env bash
-# bench-peers: the manager side by side with LiteLLM proxy and Portkey gateway (issue 18).
-# (header filled in below)
+# bench-peers: the manager side by side with LiteLLM proxy and Portkey gateway (issue 18), each
+# routing over 10 backends to a fixed-response upstream, one load generator (h2load) for all.
+#
+#   ours     pas manager (least_loaded) over 10 pas programmers answering dry runs (no aider), gRPC
+#            over HTTP/2; direct baseline: Execute on an 11th programmer
+#   portkey  @portkey-ai/gateway (Node.js), x-portkey-config loadbalance over 10 openai targets
+#   litellm  litellm[proxy], 10 deployments of one model name, routing_strategy least-busy, no
+#            database, no telemetry
+#   the peers' backends: nginx, 10 server blocks answering a canned /v1/chat/completions JSON;
+#            direct baseline: an 11th server block
+#
+# Per system and per load (1 caller, 32 callers = h2load -c N -m 1: N connections, one request at
+# a time each, for HTTP/1.1 and HTTP/2 alike): a warm-up, then the direct baseline, then the same
+# through the router. Every request is checked on the server side — h2load counts a gRPC error as
+# a success (HTTP 200, the error in the trailers): for ours the programmers' and the manager's
+# dry-run result counters (/metrics), for the peers the nginx access logs (one line per request,
+# per backend, which also shows the spread over the 10 backends).
+# Prints a markdown table; writes JSON to target/bench/peers.json (and the table beside it).
+#
+# Reproduce on a fresh Debian 12 machine, as root, from the repository:
+#   cargo build --release && scripts/bench-peers.sh
+# It installs what is missing: nginx-light, nghttp2-client (h2load), nodejs, npm, python3-venv
+# from Debian; litellm[proxy] and @portkey-ai/gateway (pinned below) into the cache folder
+# target/bench-peers-cache (PAS_BENCH_PEERS_CACHE), from PyPI and npm; grpcio-tools for the
+# gRPC request body. `scripts/bench-peers.sh install` installs only.
+#
+# Knobs (environment): PAS_BIN (default target/release/pas), PAS_BENCH_PEERS_SECONDS (measured
+# phase length, default 10), PAS_BENCH_PEERS_WARMUP_S (3), PAS_BENCH_PEERS_CALLERS ("1 32"),
+# PAS_BENCH_PEERS_SYSTEMS ("pas portkey litellm"), PAS_BENCH_PEERS_PORT (27000: ports +1..+41 on
+# 127.0.0.1), PAS_BENCH_PEERS_JSON, PAS_BENCH_PEERS_NOTE (load note printed with the table),
+# PAS_BENCH_PEERS_KEEP=1 (keep the work dir with every log and h2load output).
 set -euo pipefail
 
 LITELLM_VERSION="${LITELLM_VERSION:-1.108.7}"
@@ -285,3 +314,98 @@ settle() {
   done
   printf '%s\n' "$a"
 }
+
+# ----- main -------------------------------------------------------------------------------------
+main() {
+  install_debian
+  install_peers
+  [ -x "$PAS_BIN" ] || die "no pas binary at $PAS_BIN: run 'cargo build --release' or set PAS_BIN"
+  run=$(mktemp -d /tmp/pas-bench-peers.XXXXXX)
+  mkdir -p "$run/results"
+  log "work dir $run (PAS_BENCH_PEERS_KEEP=1 keeps it)"
+
+  start_nginx
+  local s
+  for s in $SYSTEMS; do "start_$s"; done
+  local chat='{"model":"bench-model","messages":[{"role":"user","content":"Say ok."}],"max_tokens":1}'
+  printf '%s' "$chat" >"$run/chat.json"
+
+  # Idle memory of each router: started, nothing sent yet.
+  declare -A idle peak_file sampler
+  for s in $SYSTEMS; do
+    local pid_var; pid_var="$(echo "$s" | tr a-z A-Z)_PID"
+    idle[$s]=$(py procs.py mem "${!pid_var}")
+  done
+
+  local c pid
+  for s in $SYSTEMS; do
+    local pid_var; pid_var="$(echo "$s" | tr a-z A-Z)_PID"; pid=${!pid_var}
+    peak_file[$s]="$run/results/peak-$s.txt"
+    py procs.py sample "$pid" "${peak_file[$s]}" & sampler[$s]=$!
+    for c in $CALLERS; do
+      case "$s" in
+        pas)
+          local grpc=(-H 'content-type: application/grpc' -H 'te: trailers')
+          measure pas direct "$c" pas_counts_direct - "http://127.0.0.1:$PROG_DIRECT/pas.v1.Programmer/Execute" \
+            -d "$run/pas/execute.bin" "${grpc[@]}"
+          measure pas router "$c" pas_counts_backends "$pid" "http://127.0.0.1:$MANAGER_PORT/pas.v1.ProgrammerPool/Dispatch" \
+            -d "$run/pas/dispatch.bin" "${grpc[@]}" ;;
+        litellm|portkey)
+          local h1=(--h1 -d "$run/chat.json" -H 'content-type: application/json' -H 'authorization: Bearer sk-bench')
+          measure "$s" direct "$c" nginx_counts_direct - "http://127.0.0.1:$NGINX_DIRECT/v1/chat/completions" "${h1[@]}"
+          if [ "$s" = litellm ]; then
+            measure litellm router "$c" nginx_counts_backends "$pid" "http://127.0.0.1:$LITELLM_PORT/v1/chat/completions" "${h1[@]}"
+          else
+            measure portkey router "$c" nginx_counts_backends "$pid" "http://127.0.0.1:$PORTKEY_PORT/v1/chat/completions" \
+              "${h1[@]}" -H "x-portkey-config: $PORTKEY_CONFIG"
+          fi ;;
+      esac
+    done
+    kill "${sampler[$s]}" 2>/dev/null || true; wait "${sampler[$s]}" 2>/dev/null || true
+  done
+
+  # Versions and settings, then the table.
+  local pas_version node_version nginx_version h2load_version
+  pas_version=$("$PAS_BIN" --version | awk '{print $2}')
+  node_version=$(node --version)
+  nginx_version=$(nginx -v 2>&1 | sed 's/.*nginx\///')
+  h2load_version=$(h2load --version | head -1 | sed 's/.*nghttp2\///')
+  SYSTEMS="$SYSTEMS" IDLE="$(for s in $SYSTEMS; do echo "$s ${idle[$s]}"; done)" \
+  PEAK="$(for s in $SYSTEMS; do echo "$s $(cat "${peak_file[$s]}" 2>/dev/null || echo '0 0')"; done)" \
+  /usr/bin/python3 - "$run/results/meta.json" <<PY
+import json, os, platform, sys, datetime
+idle = {l.split()[0]: [int(x) for x in l.split()[1:3]] for l in os.environ["IDLE"].splitlines() if l.strip()}
+peak = {l.split()[0]: [int(x) for x in l.split()[1:3]] for l in os.environ["PEAK"].splitlines() if l.strip()}
+for s in peak:  # the peak is at least the idle figure
+    peak[s] = [max(a, b) for a, b in zip(peak[s], idle[s])]
+what = {
+  "pas": "pas manager $pas_version (release binary $PAS_BIN, least_loaded) over 10 pas programmers answering dry runs; "
+         "gRPC over HTTP/2; direct = Execute on an 11th programmer; success = the programmers' and the manager's "
+         "dry-run result counters (/metrics); router CPU and memory = the manager process",
+  "portkey": "@portkey-ai/gateway $PORTKEY_VERSION on Node.js $node_version (one process), x-portkey-config loadbalance "
+             "over 10 openai targets (custom_host = the 10 nginx backends); direct = nginx; success = nginx access-log 200s",
+  "litellm": "litellm[proxy] $LITELLM_VERSION (uvicorn, default 1 worker), 10 deployments of one model name, "
+             "routing_strategy least-busy, no database, no telemetry; direct = nginx; success = nginx access-log 200s",
+}
+versions = {"pas": "$pas_version", "portkey": "$PORTKEY_VERSION", "litellm": "$LITELLM_VERSION"}
+meta = {
+  "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+  "host": platform.node(), "cpus": os.cpu_count(), "loadavg_at_end": open("/proc/loadavg").read().split()[:3],
+  "load_note": "$LOAD_NOTE" or "loadavg " + " ".join(open("/proc/loadavg").read().split()[:3]) + " at the end",
+  "h2load": "$h2load_version", "nginx": "$nginx_version", "node": "$node_version",
+  "per_phase_s": $PHASE_S, "warmup_s": $WARMUP_S, "callers": [int(c) for c in "$CALLERS".split()],
+  "systems": "$SYSTEMS".split(),
+  "system_info": {s: {"version": versions[s], "what": what[s], "idle_kib": idle[s], "peak_kib": peak[s]} for s in "$SYSTEMS".split()},
+}
+json.dump(meta, open(sys.argv[1], "w"), indent=1)
+PY
+  mkdir -p "$(dirname "$OUT_JSON")"
+  py report.py final "$run/results" "$OUT_JSON" | tee "$run/results/table.md"
+  cp "$run/results/table.md" "${OUT_JSON%.json}.md"
+}
+
+case "${1:-}" in
+  install) install_debian; install_peers ;;
+  "") main ;;
+  *) die "usage: $0 [install]" ;;
+esac
