@@ -27,7 +27,7 @@
 #
 # Knobs (environment): PAS_BIN (default target/release/pas), PAS_BENCH_PEERS_SECONDS (measured
 # phase length, default 10), PAS_BENCH_PEERS_WARMUP_S (3), PAS_BENCH_PEERS_CALLERS ("1 32"),
-# PAS_BENCH_PEERS_SYSTEMS ("pas portkey litellm"), PAS_BENCH_PEERS_PORT (27000: ports +1..+41 on
+# PAS_BENCH_PEERS_ROUNDS (3), PAS_BENCH_PEERS_SYSTEMS ("pas portkey litellm"), PAS_BENCH_PEERS_PORT (27000: ports +1..+41 on
 # 127.0.0.1), PAS_BENCH_PEERS_JSON, PAS_BENCH_PEERS_NOTE (load note printed with the table),
 # PAS_BENCH_PEERS_KEEP=1 (keep the work dir with every log and h2load output).
 set -euo pipefail
@@ -94,13 +94,13 @@ PAS_BIN="${PAS_BIN:-$root/target/release/pas}"
 PHASE_S="${PAS_BENCH_PEERS_SECONDS:-10}"   # target length of one measured phase
 WARMUP_S="${PAS_BENCH_PEERS_WARMUP_S:-3}"  # warm-up before each phase (also sizes its request count)
 CALLERS="${PAS_BENCH_PEERS_CALLERS:-1 32}"
+ROUNDS="${PAS_BENCH_PEERS_ROUNDS:-3}"      # direct/router alternations per comparison
 SYSTEMS="${PAS_BENCH_PEERS_SYSTEMS:-pas portkey litellm}"
 BASE="${PAS_BENCH_PEERS_PORT:-27000}"      # ports BASE+1..BASE+41 on 127.0.0.1
 OUT_JSON="${PAS_BENCH_PEERS_JSON:-$root/target/bench/peers.json}"
 LOAD_NOTE="${PAS_BENCH_PEERS_NOTE:-}"
 MODEL="bench-model"
-NGINX_DIRECT=$((BASE + 11)); LITELLM_PORT=$((BASE + 20)); PORTKEY_PORT=$((BASE + 21))
-MANAGER_PORT=$((BASE + 30)); PROG_DIRECT=$((BASE + 41))
+LITELLM_PORT=$((BASE + 20)); PORTKEY_PORT=$((BASE + 21)); MANAGER_PORT=$((BASE + 30))
 nginx_port() { echo $((BASE + $1)); }      # backend 1..10
 prog_port() { echo $((BASE + 30 + $1)); }  # programmer 1..10
 
@@ -133,12 +133,12 @@ start_nginx() {
     echo "worker_processes auto; daemon off; pid $run/nginx/nginx.pid; error_log $run/nginx/error.log warn;"
     echo "events { worker_connections 4096; }"
     echo "http {"
-    echo "  log_format status '\$status'; access_log off; keepalive_requests 1000000; keepalive_timeout 300s;"
+    echo "  log_format status '\$status \$request_method \$uri \$msec \$request_length \"\$http_user_agent\"'; access_log off; keepalive_requests 1000000; keepalive_timeout 300s;"
     echo "  client_body_temp_path $run/nginx/tmp/body; proxy_temp_path $run/nginx/tmp/proxy;"
     echo "  fastcgi_temp_path $run/nginx/tmp/fcgi; uwsgi_temp_path $run/nginx/tmp/uwsgi; scgi_temp_path $run/nginx/tmp/scgi;"
     local i port
-    for i in $(seq 1 10) direct; do
-      if [ "$i" = direct ]; then port=$NGINX_DIRECT; else port=$(nginx_port "$i"); fi
+    for i in $(seq 1 10); do
+      port=$(nginx_port "$i")
       echo "  server { listen 127.0.0.1:$port; access_log $run/nginx/backend-$i.log status;"
       echo "    location / { default_type application/json; return 200 '$CANNED'; } }"
     done
@@ -147,8 +147,8 @@ start_nginx() {
   nginx -t -q -c "$run/nginx/nginx.conf" -p "$run/nginx" || die "nginx config invalid"
   nginx -c "$run/nginx/nginx.conf" -p "$run/nginx" 2>>"$run/nginx/error.log" &
   pids+=($!); NGINX_PID=$!
-  wait_http 20 -X POST "http://127.0.0.1:$NGINX_DIRECT/v1/chat/completions" || die "nginx did not start"
-  : >"$run/nginx/backend-direct.log"
+  wait_http 20 -X POST "http://127.0.0.1:$(nginx_port 10)/v1/chat/completions" || die "nginx did not start"
+  : >"$run/nginx/backend-10.log"
 }
 nginx_backend_logs() { local i; for i in $(seq 1 10); do echo "$run/nginx/backend-$i.log"; done; }
 
@@ -199,12 +199,7 @@ YAML
     "$PAS_BIN" --config "$d/pool.yaml" programmer --id "$(printf %03d "$i")" >/dev/null 2>"$d/prog-$i.log" &
     pids+=($!)
   done
-  "$PAS_BIN" --config "$d/pool.yaml" programmer --id direct --port "$PROG_DIRECT" \
-    --primary-llm ollama/qwen2.5-coder:7b-instruct --backup-llm ollama/qwen2.5-coder:14b-instruct \
-    --capabilities fast,local,free >/dev/null 2>"$d/prog-direct.log" &
-  pids+=($!)
   for i in $(seq 1 10); do wait_http 30 "http://127.0.0.1:$(prog_port "$i")/health" || die "programmer $i did not start"; done
-  wait_http 30 "http://127.0.0.1:$PROG_DIRECT/health" || die "direct programmer did not start"
   "$PAS_BIN" --config "$d/pool.yaml" manager >/dev/null 2>"$d/manager.log" &
   pids+=($!); PAS_PID=$!
   local deadline=$((SECONDS + 30))
@@ -220,11 +215,15 @@ pas_counts_backends() { # the 10 programmers' own task counters, and the manager
   for i in $(seq 1 10); do urls+=("http://127.0.0.1:$(prog_port "$i")/metrics"); done
   py report.py metrics --router "http://127.0.0.1:$MANAGER_PORT/metrics" "${urls[@]}"
 }
-pas_counts_direct() { py report.py metrics "http://127.0.0.1:$PROG_DIRECT/metrics"; }
+pas_counts_direct() { # the 10 programmers' own task counters
+  local urls=() i
+  for i in $(seq 1 10); do urls+=("http://127.0.0.1:$(prog_port "$i")/metrics"); done
+  py report.py metrics "${urls[@]}"
+}
 nginx_counts_backends() { # shellcheck disable=SC2046
   py report.py nginx $(nginx_backend_logs)
 }
-nginx_counts_direct() { py report.py nginx "$run/nginx/backend-direct.log"; }
+
 
 # ----- LiteLLM proxy: 10 deployments of one model name, least-busy, no database, no telemetry ----
 start_litellm() {
@@ -274,31 +273,97 @@ PY
 )
 }
 
-# ----- one measured phase -----------------------------------------------------------------------
-# measure SYSTEM KIND CALLERS COUNTS_FN ROUTER_PID URL [h2load args…]
-# A warm-up run (WARMUP_S seconds unmeasured, then WARMUP_S seconds whose rate sizes the request
-# count: ≈ PHASE_S seconds at that rate); the measured run then sends exactly that many requests,
-# so every one can be matched with a server-side success. Router CPU is read around the measured
-# run only.
+# ----- one comparison: a system's direct baseline and its router, same load --------------------
+# The target of each side is set by `targets SYSTEM`: URL, server-side count function, router pid
+# ("-" for the direct side) and h2load arguments. Both sides are warmed up first (WARMUP_S seconds
+# unmeasured, then WARMUP_S seconds whose rate sizes the request count: ≈ PHASE_S seconds in all
+# at that rate); then ROUNDS rounds alternate direct and router, so drifting machine load hits
+# both alike. Each run sends an exact number of requests, so every one can be matched with a
+# server-side success. Router CPU is read around each measured run only.
+targets() {
+  local grpc=(-H 'content-type: application/grpc' -H 'te: trailers')
+  local h1=(--h1 -d "$run/chat.json" -H 'content-type: application/json' -H 'authorization: Bearer sk-bench')
+  case "$1" in
+    pas)
+      D_URL="http://127.0.0.1:PORT/pas.v1.Programmer/Execute" D_PORT=prog_port D_COUNTS=pas_counts_direct
+      D_ARGS=(-d "$run/pas/execute.bin" "${grpc[@]}")
+      R_URL="http://127.0.0.1:$MANAGER_PORT/pas.v1.ProgrammerPool/Dispatch" R_COUNTS=pas_counts_backends R_PID=$PAS_PID
+      R_ARGS=(-d "$run/pas/dispatch.bin" "${grpc[@]}") ;;
+    litellm|portkey)
+      D_URL="http://127.0.0.1:PORT/v1/chat/completions" D_PORT=nginx_port D_COUNTS=nginx_counts_backends D_ARGS=("${h1[@]}")
+      R_COUNTS=nginx_counts_backends R_ARGS=("${h1[@]}")
+      if [ "$1" = litellm ]; then
+        R_URL="http://127.0.0.1:$LITELLM_PORT/v1/chat/completions" R_PID=$LITELLM_PID
+      else
+        R_URL="http://127.0.0.1:$PORTKEY_PORT/v1/chat/completions" R_PID=$PORTKEY_PID
+        R_ARGS+=(-H "x-portkey-config: $PORTKEY_CONFIG")
+      fi ;;
+  esac
+}
+compare() {
+  local system="$1" callers="$2" nd nr r
+  targets "$system"
+  nd=$(warmup "$system" direct "$callers" "$D_URL" "${D_ARGS[@]}")
+  nr=$(warmup "$system" router "$callers" "$R_URL" "${R_ARGS[@]}")
+  for r in $(seq 1 "$ROUNDS"); do
+    measure "$system" direct "$callers" "$r" "$nd" "$D_COUNTS" - "$D_URL" "${D_ARGS[@]}"
+    measure "$system" router "$callers" "$r" "$nr" "$R_COUNTS" "$R_PID" "$R_URL" "${R_ARGS[@]}"
+  done
+}
+# warmup SYSTEM KIND CALLERS URL [h2load args…] -> requests per measured round
+warmup() {
+  local system="$1" kind="$2" callers="$3" url="$4"; shift 4
+  local out="$run/results/warmup-$system-$kind-c$callers.txt" rate
+  log "$system $kind, $callers caller(s): warm-up 2 x ${WARMUP_S}s"
+  if [ "$kind" = direct ]; then # split over the backends as in `measure`
+    local i ci hp=()
+    for i in $(seq 1 10); do
+      ci=$(( callers / 10 + (i <= callers % 10 ? 1 : 0) ))
+      [ "$ci" -gt 0 ] || continue
+      h2load -c "$ci" -m 1 --warm-up-time="$WARMUP_S" -D "$WARMUP_S" "$@" "${url/PORT/$("$D_PORT" "$i")}" >"$out.$i" 2>&1 &
+      hp+=($!)
+    done
+    wait "${hp[@]}" || true
+    cat "$out".* >"$out"
+  else
+    h2load -c "$callers" -m 1 --warm-up-time="$WARMUP_S" -D "$WARMUP_S" "$@" "$url" >"$out" 2>&1 || true
+  fi
+  rate=$(sed -n 's/^finished in .* \([0-9.]*\) req\/s.*/\1/p' "$out" | awk '{s += $1} END {print s + 0}')
+  /usr/bin/python3 -c "import sys; print(max(100, int(float(sys.argv[1] or 0) * $PHASE_S / $ROUNDS)))" "${rate:-0}"
+}
+# measure SYSTEM KIND CALLERS ROUND N COUNTS_FN ROUTER_PID URL [h2load args…]
 phase_no=0
 measure() {
-  local system="$1" kind="$2" callers="$3" counts="$4" rpid="$5" url="$6"; shift 6
+  local system="$1" kind="$2" callers="$3" round="$4" n="$5" counts="$6" rpid="$7" url="$8"; shift 8
   phase_no=$((phase_no + 1))
-  local p; p="$run/results/$(printf 'phase-%02d' "$phase_no")-$system-$kind-c$callers"
-  log "$system $kind, $callers caller(s): warm-up ${WARMUP_S}s"
-  h2load -c "$callers" -m 1 --warm-up-time="$WARMUP_S" -D "$WARMUP_S" "$@" "$url" >"$p.warmup.txt" 2>&1 || true
-  local rate n
-  rate=$(sed -n 's/.* \([0-9.]*\) req\/s.*/\1/p' "$p.warmup.txt" | head -1)
-  n=$(/usr/bin/python3 -c "import sys; print(max(200, int(float(sys.argv[1] or 0) * $PHASE_S)))" "${rate:-0}")
+  local p; p="$run/results/$(printf 'phase-%02d' "$phase_no")-$system-$kind-c$callers-r$round"
   settle "$counts" >"$p.before.json"
   local cpu0=0 cpu1=0
   [ "$rpid" != - ] && cpu0=$(py procs.py cpu "$rpid")
-  log "$system $kind, $callers caller(s): $n requests"
-  h2load -c "$callers" -m 1 -n "$n" --log-file="$p.log" "$@" "$url" >"$p.h2load.txt" 2>&1 || true
+  log "$system $kind, $callers caller(s), round $round: $n requests"
+  if [ "$kind" = direct ]; then
+    # Straight to the same 10 backends the router uses, the callers split evenly over them
+    # (1 caller: backend 1), one h2load per backend running at once.
+    local i ci ni hp=() outs=() logs=() total=0
+    for i in $(seq 1 10); do
+      ci=$(( callers / 10 + (i <= callers % 10 ? 1 : 0) ))
+      [ "$ci" -gt 0 ] || continue
+      ni=$(( n * ci / callers )); total=$((total + ni))
+      h2load -c "$ci" -m 1 -n "$ni" --log-file="$p.$i.log" "$@" "${url/PORT/$("$D_PORT" "$i")}" >"$p.$i.h2load.txt" 2>&1 &
+      hp+=($!); outs+=("$p.$i.h2load.txt"); logs+=("$p.$i.log")
+    done
+    wait "${hp[@]}" || true
+    cat "${logs[@]}" >"$p.log"
+    n=$total
+    ( IFS=,; echo "${outs[*]}" ) >"$p.h2load.list"
+  else
+    h2load -c "$callers" -m 1 -n "$n" --log-file="$p.log" "$@" "$url" >"$p.h2load.txt" 2>&1 || true
+    echo "$p.h2load.txt" >"$p.h2load.list"
+  fi
   [ "$rpid" != - ] && cpu1=$(py procs.py cpu "$rpid")
   settle "$counts" >"$p.after.json"
-  py report.py phase "$p.json" system="$system" kind="$kind" callers="$callers" requests="$n" \
-    h2load_out="$p.h2load.txt" log="$p.log" before="$p.before.json" after="$p.after.json" \
+  py report.py phase "$p.json" system="$system" kind="$kind" callers="$callers" round="$round" requests="$n" \
+    h2load_out="$(cat "$p.h2load.list")" log="$p.log" before="$p.before.json" after="$p.after.json" \
     cpu_before="$cpu0" cpu_after="$cpu1"
 }
 # Prints the counts once three readings 0.5 s apart agree (late responses, e.g. of requests the
@@ -341,26 +406,9 @@ main() {
   for s in $SYSTEMS; do
     local pid_var; pid_var="$(echo "$s" | tr a-z A-Z)_PID"; pid=${!pid_var}
     peak_file[$s]="$run/results/peak-$s.txt"
-    py procs.py sample "$pid" "${peak_file[$s]}" & sampler[$s]=$!
-    for c in $CALLERS; do
-      case "$s" in
-        pas)
-          local grpc=(-H 'content-type: application/grpc' -H 'te: trailers')
-          measure pas direct "$c" pas_counts_direct - "http://127.0.0.1:$PROG_DIRECT/pas.v1.Programmer/Execute" \
-            -d "$run/pas/execute.bin" "${grpc[@]}"
-          measure pas router "$c" pas_counts_backends "$pid" "http://127.0.0.1:$MANAGER_PORT/pas.v1.ProgrammerPool/Dispatch" \
-            -d "$run/pas/dispatch.bin" "${grpc[@]}" ;;
-        litellm|portkey)
-          local h1=(--h1 -d "$run/chat.json" -H 'content-type: application/json' -H 'authorization: Bearer sk-bench')
-          measure "$s" direct "$c" nginx_counts_direct - "http://127.0.0.1:$NGINX_DIRECT/v1/chat/completions" "${h1[@]}"
-          if [ "$s" = litellm ]; then
-            measure litellm router "$c" nginx_counts_backends "$pid" "http://127.0.0.1:$LITELLM_PORT/v1/chat/completions" "${h1[@]}"
-          else
-            measure portkey router "$c" nginx_counts_backends "$pid" "http://127.0.0.1:$PORTKEY_PORT/v1/chat/completions" \
-              "${h1[@]}" -H "x-portkey-config: $PORTKEY_CONFIG"
-          fi ;;
-      esac
-    done
+    /usr/bin/python3 "$root/scripts/bench-peers/procs.py" sample "$pid" "${peak_file[$s]}" &
+    sampler[$s]=$!; pids+=($!)
+    for c in $CALLERS; do compare "$s" "$c"; done
     kill "${sampler[$s]}" 2>/dev/null || true; wait "${sampler[$s]}" 2>/dev/null || true
   done
 
@@ -380,20 +428,21 @@ for s in peak:  # the peak is at least the idle figure
     peak[s] = [max(a, b) for a, b in zip(peak[s], idle[s])]
 what = {
   "pas": "pas manager $pas_version (release binary $PAS_BIN, least_loaded) over 10 pas programmers answering dry runs; "
-         "gRPC over HTTP/2; direct = Execute on an 11th programmer; success = the programmers' and the manager's "
+         "gRPC over HTTP/2; direct = Execute on the same programmers; success = the programmers' and the manager's "
          "dry-run result counters (/metrics); router CPU and memory = the manager process",
   "portkey": "@portkey-ai/gateway $PORTKEY_VERSION on Node.js $node_version (one process), x-portkey-config loadbalance "
-             "over 10 openai targets (custom_host = the 10 nginx backends); direct = nginx; success = nginx access-log 200s",
+             "over 10 openai targets (custom_host = the 10 nginx backends); direct = the same nginx backends; success = nginx access-log 200s",
   "litellm": "litellm[proxy] $LITELLM_VERSION (uvicorn, default 1 worker), 10 deployments of one model name, "
-             "routing_strategy least-busy, no database, no telemetry; direct = nginx; success = nginx access-log 200s",
+             "routing_strategy least-busy, no database, no telemetry; direct = the same nginx backends; success = nginx access-log 200s",
 }
 versions = {"pas": "$pas_version", "portkey": "$PORTKEY_VERSION", "litellm": "$LITELLM_VERSION"}
 meta = {
   "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
   "host": platform.node(), "cpus": os.cpu_count(), "loadavg_at_end": open("/proc/loadavg").read().split()[:3],
-  "load_note": "$LOAD_NOTE" or "loadavg " + " ".join(open("/proc/loadavg").read().split()[:3]) + " at the end",
+  "load_note": "$LOAD_NOTE" or "no note on machine load",
   "h2load": "$h2load_version", "nginx": "$nginx_version", "node": "$node_version",
-  "per_phase_s": $PHASE_S, "warmup_s": $WARMUP_S, "callers": [int(c) for c in "$CALLERS".split()],
+  "per_phase_s": $PHASE_S, "warmup_s": $WARMUP_S, "rounds": $ROUNDS,
+  "pressure_avg300": {k: open(f"/proc/pressure/{k}").read().split()[3] for k in ("cpu", "io") if os.path.exists(f"/proc/pressure/{k}")}, "callers": [int(c) for c in "$CALLERS".split()],
   "systems": "$SYSTEMS".split(),
   "system_info": {s: {"version": versions[s], "what": what[s], "idle_kib": idle[s], "peak_kib": peak[s]} for s in "$SYSTEMS".split()},
 }

@@ -2,7 +2,7 @@
 
   procs.py cpu PID            utime+stime of PID and all its descendants, in seconds
   procs.py mem PID            "RSS_KIB PSS_KIB" of PID and all its descendants (smaps_rollup)
-  procs.py sample PID OUT     until killed: every 0.2 s the tree's memory; keeps the peak of each
+  procs.py sample PID OUT     while PID and the caller live: every 0.2 s the tree's memory; keeps the peak of each
                               figure in OUT ("RSS_KIB PSS_KIB"), rewritten on every new peak
 
 A router with workers (uvicorn, node) is the process the script started plus its descendants,
@@ -72,8 +72,9 @@ def main() -> None:
     elif cmd == "mem":
         print(*memory_kib(root))
     elif cmd == "sample":
-        out, peak = sys.argv[3], (0, 0)
-        while True:
+        out, peak, parent = sys.argv[3], (0, 0), os.getppid()
+        # Ends with the router or with the script that started it.
+        while os.path.exists(f"/proc/{root}") and os.getppid() == parent:
             rss, pss = memory_kib(root)
             if rss > peak[0] or pss > peak[1]:
                 peak = (max(rss, peak[0]), max(pss, peak[1]))

@@ -46,20 +46,27 @@ def metrics(urls: list[str]) -> dict:
 
 
 def nginx(logs: list[str]) -> dict:
-    ok = bad = 0
+    """Chat completions answered 200 (ok), answered otherwise (bad), and other requests a router
+    made on its own (other: e.g. LiteLLM asks each deployment something once, by itself)."""
+    ok = bad = other = 0
     per: dict[str, int] = {}
     for log in logs:
         name = pathlib.Path(log).stem
-        n_ok = n_bad = 0
+        n_ok = 0
         if pathlib.Path(log).exists():
             for line in open(log):
-                if line.strip() == "200":
+                cols = line.split(" ")
+                if len(cols) < 3:
+                    continue
+                if cols[1:3] != ["POST", "/v1/chat/completions"]:
+                    other += 1
+                elif cols[0] == "200":
                     n_ok += 1
-                elif line.strip():
-                    n_bad += 1
+                else:
+                    bad += 1
         per[name] = n_ok
-        ok, bad = ok + n_ok, bad + n_bad
-    return {"ok": ok, "bad": bad, "per_backend": per}
+        ok += n_ok
+    return {"ok": ok, "bad": bad, "other": other, "per_backend": per}
 
 
 def delta(before: dict, after: dict) -> dict:
@@ -93,12 +100,13 @@ def percentile(sorted_us: list[int], q: float) -> float:
     return sorted_us[i] / 1000.0
 
 
-def latencies(log: str) -> dict:
+def latencies(*logs: str) -> dict:
     us = []
-    for line in open(log):
-        cols = line.split("\t")
-        if len(cols) >= 3 and cols[1] == "200":
-            us.append(int(cols[2]))
+    for log in logs:
+        for line in open(log):
+            cols = line.split("\t")
+            if len(cols) >= 3 and cols[1] == "200":
+                us.append(int(cols[2]))
     us.sort()
     mean = sum(us) / len(us) / 1000.0 if us else float("nan")
     return {"n": len(us), "p50_ms": percentile(us, 0.50), "p90_ms": percentile(us, 0.90),
@@ -107,8 +115,13 @@ def latencies(log: str) -> dict:
 
 def phase(out: str, kv: list[str]) -> None:
     a = dict(x.split("=", 1) for x in kv)
-    rec = {"system": a["system"], "kind": a["kind"], "callers": int(a["callers"]), "requests": int(a["requests"])}
-    rec["h2load"] = h2load_summary(open(a["h2load_out"]).read())
+    rec = {"system": a["system"], "kind": a["kind"], "callers": int(a["callers"]), "round": int(a["round"]),
+           "requests": int(a["requests"]), "log": a["log"]}
+    # The direct side may be several h2load runs at once (one per backend): add them up.
+    parts = [h2load_summary(open(f).read()) for f in a["h2load_out"].split(",")]
+    rec["h2load"] = {k: sum(x.get(k, 0) for x in parts) for k in parts[0] if k not in ("seconds", "req_per_s")}
+    rec["h2load"]["seconds"] = max(x.get("seconds", 0.0) for x in parts)
+    rec["h2load"]["req_per_s"] = rec["h2load"].get("succeeded", 0) / rec["h2load"]["seconds"] if rec["h2load"]["seconds"] else 0.0
     rec["latency"] = latencies(a["log"])
     rec["server"] = delta(json.load(open(a["before"])), json.load(open(a["after"])))
     if "cpu_before" in a:
@@ -144,38 +157,60 @@ def final(results: str, out: str) -> None:
     meta = json.load(open(d / "meta.json"))
     phases = [json.load(open(p)) for p in sorted(d.glob("phase-*.json")) if p.name.count(".") == 1]
     systems = meta["systems"]
+    def combined(sysname: str, kind: str, callers: int):
+        """The rounds of one side of one comparison, added up."""
+        runs = [p for p in phases if (p["system"], p["kind"], p["callers"]) == (sysname, kind, callers)]
+        if not runs:
+            return None
+        requests = sum(p["requests"] for p in runs)
+        seconds = sum(p["h2load"].get("seconds", 0.0) for p in runs)
+        return {
+            "rounds": len(runs), "requests": requests,
+            "latency": latencies(*(p["log"] for p in runs)),
+            "req_per_s": requests / seconds if seconds else float("nan"),
+            "ok": sum(p["server"]["ok"] for p in runs),
+            "cpu_s": sum(p.get("router_cpu_s", 0.0) for p in runs),
+            "per_backend": {k: sum(p["server"]["per_backend"].get(k, 0) for p in runs)
+                            for k in sorted({k for p in runs for k in p["server"]["per_backend"]})},
+            "other": sum(p["server"].get("other", 0) for p in runs),
+            "verified": all(p["verified"] for p in runs),
+            "problems": [f"round {p['round']} {p['kind']}: {x}" for p in runs for x in p["problems"]],
+        }
+
     rows = []
     for sysname in systems:
         s = meta["system_info"][sysname]
         for callers in meta["callers"]:
-            get = lambda kind: next((p for p in phases if p["system"] == sysname and p["kind"] == kind and p["callers"] == callers), None)
-            direct, router = get("direct"), get("router")
+            direct, router = combined(sysname, "direct", callers), combined(sysname, "router", callers)
             if not direct or not router:
                 continue
-            row = {
+            per = router["per_backend"].values()
+            rows.append({
                 "system": sysname, "version": s["version"], "callers": callers,
+                "direct_requests": direct["requests"], "router_requests": router["requests"],
                 "direct_p50_ms": direct["latency"]["p50_ms"], "direct_p99_ms": direct["latency"]["p99_ms"],
                 "router_p50_ms": router["latency"]["p50_ms"], "router_p99_ms": router["latency"]["p99_ms"],
                 "added_p50_ms": router["latency"]["p50_ms"] - direct["latency"]["p50_ms"],
                 "added_p99_ms": router["latency"]["p99_ms"] - direct["latency"]["p99_ms"],
-                "direct_req_per_s": direct["h2load"].get("req_per_s"), "router_req_per_s": router["h2load"].get("req_per_s"),
-                "router_cpu_ms_per_req": 1000.0 * router["router_cpu_s"] / max(1, router["server"]["ok"]),
-                "backends_used": router.get("backends_used"),
-                "backend_min": min(router["server"]["per_backend"].values() or [0]),
-                "backend_max": max(router["server"]["per_backend"].values() or [0]),
+                "direct_req_per_s": direct["req_per_s"], "router_req_per_s": router["req_per_s"],
+                "router_cpu_ms_per_req": 1000.0 * router["cpu_s"] / max(1, router["ok"]),
+                "backends_used": sum(1 for v in per if v > 0),
+                "backend_min": min(per or [0]), "backend_max": max(per or [0]),
+                "router_side_requests": router["other"],
                 "idle_rss_mib": s["idle_kib"][0] / 1024, "idle_pss_mib": s["idle_kib"][1] / 1024,
                 "peak_rss_mib": s["peak_kib"][0] / 1024, "peak_pss_mib": s["peak_kib"][1] / 1024,
                 "verified": direct["verified"] and router["verified"],
                 "problems": direct["problems"] + router["problems"],
-            }
-            rows.append(row)
+            })
     doc = {"meta": meta, "rows": rows, "phases": phases}
     pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
     json.dump(doc, open(out, "w"), indent=1)
 
-    print(f"bench-peers — {meta['date']} — {meta['host']} ({meta['cpus']} CPUs); load: {meta['load_note']}")
+    pressure = ", ".join(f"{k} {v}" for k, v in meta.get("pressure_avg300", {}).items())
+    print(f"bench-peers — {meta['date']} — {meta['host']} ({meta['cpus']} CPUs); {meta['load_note']}; "
+          f"loadavg at the end {' '.join(meta['loadavg_at_end'])}; pressure (share of time stalled, 5 min) {pressure}")
     print(f"h2load {meta['h2load']}: HTTP/2 (gRPC) to ours, HTTP/1.1 to the peers; {meta['per_phase_s']} s per phase after a "
-          f"{meta['warmup_s']} s warm-up; N callers = -c N -m 1 (N connections, one request at a time each)")
+          f"{meta['warmup_s']} s warm-up, in {meta['rounds']} alternating direct/router rounds; N callers = -c N -m 1 (N connections, one request at a time each)")
     print()
     print("| system | callers | direct p50 / p99 (ms) | via router p50 / p99 (ms) | added p50 | added p99 | "
           "throughput direct → router (req/s) | router CPU / req | backends (min–max req) | RSS idle → peak | PSS idle → peak | verified |")
