@@ -449,8 +449,11 @@ meta = {
 json.dump(meta, open(sys.argv[1], "w"), indent=1)
 PY
   mkdir -p "$(dirname "$OUT_JSON")"
-  py report.py final "$run/results" "$OUT_JSON" | tee "$run/results/table.md"
+  local status=0
+  py report.py final "$run/results" "$OUT_JSON" >"$run/results/table.md" || status=$?
+  cat "$run/results/table.md"
   cp "$run/results/table.md" "${OUT_JSON%.json}.md"
+  [ "$status" = 0 ] || die "some requests were not verified on the server side (see the table)"
 }
 
 case "${1:-}" in

@@ -6,7 +6,8 @@
   report.py nginx LOG...                count the status lines of nginx access logs -> same JSON
                                         (per_backend keyed by log file name)
   report.py phase OUT.json key=value... h2load stdout + --log-file + counts -> one phase record
-  report.py final RESULTS_DIR OUT.json  all phase records -> markdown table (stdout) + JSON
+  report.py final RESULTS_DIR OUT.json  all phase records -> markdown table (stdout) + JSON;
+                                        exit 1 if a request was not verified server-side
 
 Latency percentiles come from h2load's --log-file (per request: start, status, microseconds to the
 end of the response), not from its summary, which only has mean, sd and max.
@@ -229,6 +230,8 @@ def final(results: str, out: str) -> None:
     for sysname in systems:
         print(f"- {sysname}: {meta['system_info'][sysname]['what']}")
     print(f"\nJSON: {out}")
+    if not all(r["verified"] for r in rows):
+        sys.exit(1)
 
 
 def main() -> None:
