@@ -3,19 +3,21 @@
 # routing over 10 backends to a fixed-response upstream, one load generator (h2load) for all.
 #
 #   ours     pas manager (least_loaded) over 10 pas programmers answering dry runs (no aider), gRPC
-#            over HTTP/2; direct baseline: Execute on an 11th programmer
+#            over HTTP/2
 #   portkey  @portkey-ai/gateway (Node.js), x-portkey-config loadbalance over 10 openai targets
 #   litellm  litellm[proxy], 10 deployments of one model name, routing_strategy least-busy, no
 #            database, no telemetry
-#   the peers' backends: nginx, 10 server blocks answering a canned /v1/chat/completions JSON;
-#            direct baseline: an 11th server block
+#   the peers' backends: nginx, 10 server blocks answering a canned /v1/chat/completions JSON
+# Direct baseline of each system: the same 10 backends without the router, the callers split
+# evenly over them (1 caller: backend 1), one h2load per backend at once.
 #
 # Per system and per load (1 caller, 32 callers = h2load -c N -m 1: N connections, one request at
-# a time each, for HTTP/1.1 and HTTP/2 alike): a warm-up, then the direct baseline, then the same
-# through the router. Every request is checked on the server side — h2load counts a gRPC error as
-# a success (HTTP 200, the error in the trailers): for ours the programmers' and the manager's
-# dry-run result counters (/metrics), for the peers the nginx access logs (one line per request,
-# per backend, which also shows the spread over the 10 backends).
+# a time each, for HTTP/1.1 and HTTP/2 alike): a warm-up of both sides, then ROUNDS rounds of the
+# direct baseline and the same through the router. Every request is checked on the server side —
+# h2load counts a gRPC error as a success (HTTP 200, the error in the trailers): for ours the
+# programmers' and the manager's dry-run result counters (/metrics), for the peers the nginx
+# access logs (one line per request, per backend, which also shows the spread over the 10
+# backends). Exits 1 if a request was not confirmed there.
 # Prints a markdown table; writes JSON to target/bench/peers.json (and the table beside it).
 #
 # Reproduce on a fresh Debian 12 machine, as root, from the repository:
@@ -27,7 +29,7 @@
 #
 # Knobs (environment): PAS_BIN (default target/release/pas), PAS_BENCH_PEERS_SECONDS (measured
 # phase length, default 10), PAS_BENCH_PEERS_WARMUP_S (3), PAS_BENCH_PEERS_CALLERS ("1 32"),
-# PAS_BENCH_PEERS_ROUNDS (3), PAS_BENCH_PEERS_SYSTEMS ("pas portkey litellm"), PAS_BENCH_PEERS_PORT (27000: ports +1..+41 on
+# PAS_BENCH_PEERS_ROUNDS (3), PAS_BENCH_PEERS_SYSTEMS ("pas portkey litellm"), PAS_BENCH_PEERS_PORT (27000: ports +1..+40 on
 # 127.0.0.1), PAS_BENCH_PEERS_JSON, PAS_BENCH_PEERS_NOTE (load note printed with the table),
 # PAS_BENCH_PEERS_KEEP=1 (keep the work dir with every log and h2load output).
 set -euo pipefail
@@ -96,7 +98,7 @@ WARMUP_S="${PAS_BENCH_PEERS_WARMUP_S:-3}"  # warm-up before each phase (also siz
 CALLERS="${PAS_BENCH_PEERS_CALLERS:-1 32}"
 ROUNDS="${PAS_BENCH_PEERS_ROUNDS:-3}"      # direct/router alternations per comparison
 SYSTEMS="${PAS_BENCH_PEERS_SYSTEMS:-pas portkey litellm}"
-BASE="${PAS_BENCH_PEERS_PORT:-27000}"      # ports BASE+1..BASE+41 on 127.0.0.1
+BASE="${PAS_BENCH_PEERS_PORT:-27000}"      # ports BASE+1..BASE+40 on 127.0.0.1
 OUT_JSON="${PAS_BENCH_PEERS_JSON:-$root/target/bench/peers.json}"
 LOAD_NOTE="${PAS_BENCH_PEERS_NOTE:-}"
 MODEL="bench-model"
@@ -125,7 +127,7 @@ wait_http() {
 }
 py() { /usr/bin/python3 "$root/scripts/bench-peers/$1" "${@:2}"; }
 
-# ----- the fixed-response upstream: nginx, 10 backends + 1 for the direct baseline ---------------
+# ----- the fixed-response upstream: nginx, 10 backends (for the routers and the direct baseline) --
 CANNED='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":1,"total_tokens":10}}'
 start_nginx() {
   mkdir -p "$run/nginx/tmp"
@@ -152,7 +154,7 @@ start_nginx() {
 }
 nginx_backend_logs() { local i; for i in $(seq 1 10); do echo "$run/nginx/backend-$i.log"; done; }
 
-# ----- our manager: 10 programmers (dry runs) + 1 for the direct baseline --------------------------
+# ----- our manager over 10 programmers answering dry runs -------------------------------------------
 start_pas() {
   local d="$run/pas" i
   mkdir -p "$d/ws/sample/src" "$d/data"
