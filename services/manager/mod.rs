@@ -13,6 +13,7 @@ pub mod budget;
 pub mod discovery;
 pub mod dispatch;
 pub mod eligibility;
+pub mod http;
 pub mod membership;
 pub mod resume;
 pub mod server;
@@ -306,8 +307,8 @@ pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
     health_reporter
         .set_serving::<ProgrammerPoolServer<PoolService>>()
         .await;
-    let routes =
-        tonic::service::Routes::new(ProgrammerPoolServer::new(PoolService::new(mgr.clone())));
+    let service = PoolService::new(mgr.clone());
+    let routes = tonic::service::Routes::new(ProgrammerPoolServer::new(service.clone()));
     let (m1, m2, m3) = (mgr.clone(), mgr.clone(), mgr.clone());
     let router = serve::with_health_and_reflection(
         routes,
@@ -334,7 +335,9 @@ pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
         crate::telemetry::metrics::route(move || {
             crate::telemetry::metrics::pool_gauges(&status::pool_status(&m3))
         }),
-    );
+    )
+    // The HTTP/JSON API (`/v1/…`, the same service in process) and the dashboard at `/`.
+    .merge(http::router(service));
     // Layers run outside-in: authentication first (the caller is known), then the limits.
     let router = router.layer(axum::middleware::from_fn_with_state(
         mgr.admission.clone(),
