@@ -85,9 +85,10 @@ async fn the_dashboard_shows_live_output_an_open_breaker_and_the_budget_moving()
     );
     assert_eq!(
         browser
-            .eval("document.getElementById('dispatch-form').hidden")
+            .eval("getComputedStyle(document.getElementById('dispatch-form')).display")
             .await,
-        true
+        "none",
+        "no token: no dispatch form"
     );
     browser.screenshot(&shots.join("01-pool.png")).await;
 

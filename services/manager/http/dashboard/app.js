@@ -171,7 +171,8 @@ function renderBudget(b) {
   const spent = Number(b.spentNanousd || 0);
   const reserved = Number(b.reservedNanousd || 0);
   const alert = Number(b.alertThresholdNanousd || 0);
-  const width = (v) => (limit > 0 ? Math.min(300, (300 * v) / limit) : 0);
+  // Any spend shows (at least 2 units of 300), however small next to the limit.
+  const width = (v) => (limit > 0 && v > 0 ? Math.min(300, Math.max(2, (300 * v) / limit)) : 0);
   $('gauge-spent').setAttribute('width', width(spent).toFixed(2));
   $('gauge-reserved').setAttribute('x', width(spent).toFixed(2));
   $('gauge-reserved').setAttribute('width', Math.max(0, width(spent + reserved) - width(spent)).toFixed(2));
