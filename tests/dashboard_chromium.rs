@@ -193,13 +193,52 @@ async fn the_dashboard_shows_live_output_an_open_breaker_and_the_budget_moving()
         true
     );
 
-    let cancelled: serde_json::Value = http
-        .post(url("/v1/tasks/dash-live:cancel"))
+    // With a token typed in (this pool runs without `auth:`, so any token is accepted), the page
+    // offers dispatch and cancel; its cancel button stops the running task.
+    browser
+        .eval(
+            "document.getElementById('token').value = 'pas_dashboard_test'; \
+             document.getElementById('token-form').requestSubmit(); \
+             document.querySelector('#tasks tr[data-task=\"dash-live\"]').click()",
+        )
+        .await;
+    browser
+        .wait_for(
+            "document.getElementById('mode').dataset.mode === 'dispatch' \
+             && getComputedStyle(document.getElementById('dispatch-form')).display !== 'none' \
+             && document.getElementById('task-id').textContent === 'dash-live' \
+             && document.getElementById('task-state').dataset.state === 'running' \
+             && !document.getElementById('cancel-task').hidden",
+            Duration::from_secs(60),
+            "dispatch mode with a cancel button for the running task",
+            "[document.querySelector('header').innerText, document.getElementById('task-section').innerText]",
+        )
+        .await;
+    assert_eq!(
+        browser.eval("sessionStorage.getItem('pas.token')").await,
+        "pas_dashboard_test",
+        "the token is kept in the tab's sessionStorage"
+    );
+    browser
+        .eval("document.getElementById('cancel-task').click()")
+        .await;
+    browser
+        .wait_for(
+            "document.getElementById('task-state').dataset.state === 'cancelled' \
+             && !!document.querySelector('#tasks tr[data-task=\"dash-live\"][data-state=cancelled]')",
+            TASK_LIMIT,
+            "dash-live cancelled from the page",
+            "document.getElementById('task-section').innerText",
+        )
+        .await;
+    browser.screenshot(&shots.join("05-cancelled.png")).await;
+    let record: serde_json::Value = http
+        .get(url("/v1/tasks/dash-live"))
         .send()
         .await
-        .expect("cancel")
+        .expect("GET")
         .json()
         .await
         .expect("JSON");
-    assert_eq!(cancelled["cancelled"], true, "{cancelled}");
+    assert_eq!(record["state"], "TASK_STATE_CANCELLED", "{record}");
 }

@@ -267,8 +267,10 @@ async function loadTasks() {
     tr.addEventListener('click', () => select(t.taskId, true));
     return tr;
   }));
-  // Unless the user picked one, follow the newest running (else queued) task.
-  if (!state.pinned) {
+  // Unless the user picked one, follow the newest running (else queued) task — once the one
+  // followed now has finished (a running task is never swapped for a newer one).
+  const followed = $('task-state').dataset.state;
+  if (!state.pinned && !(state.selected && (followed === 'running' || followed === 'queued'))) {
     const live = tasks.find((t) => t.state === 'TASK_STATE_RUNNING') || tasks.find((t) => t.state === 'TASK_STATE_QUEUED');
     if (live && live.taskId !== state.selected) select(live.taskId, false);
   }
