@@ -231,3 +231,27 @@ async fn pool_events(State(service): State<PoolService>, parts: Parts) -> Respon
     let caller = parts.extensions.get::<Arc<Caller>>().cloned();
     sse::pool_events(service, caller, first)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_stand_for_their_grpc_methods() {
+        let pool = |m: &str| Some(format!("/pas.v1.ProgrammerPool/{m}"));
+        let of = |method: Method, path: &str| rpc_of(&method, path).map(str::to_string);
+        assert_eq!(of(Method::POST, "/v1/tasks"), pool("Dispatch"));
+        assert_eq!(of(Method::GET, "/v1/tasks"), pool("ListTasks"));
+        assert_eq!(of(Method::GET, "/v1/tasks/t1"), pool("GetTask"));
+        assert_eq!(of(Method::GET, "/v1/tasks/t1/events"), pool("WatchTask"));
+        assert_eq!(of(Method::POST, "/v1/tasks/t1:cancel"), pool("CancelTask"));
+        assert_eq!(of(Method::GET, "/v1/pool"), pool("GetPoolStatus"));
+        assert_eq!(of(Method::GET, "/v1/pool/events"), pool("GetPoolStatus"));
+        // Anything else is no method: it needs a read token and finds no route.
+        assert_eq!(of(Method::POST, "/v1/tasks/t1"), None);
+        assert_eq!(of(Method::DELETE, "/v1/tasks"), None);
+        assert_eq!(of(Method::GET, "/v1/tasks/t1/events/more"), None);
+        assert_eq!(of(Method::GET, "/programmer_pool/status"), None);
+        assert!(is_api("/v1/pool") && !is_api("/health"));
+    }
+}
