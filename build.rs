@@ -19,6 +19,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        .compile_fds(fds)?;
+        // `prost::Name` on every message: the HTTP/JSON face finds a message's descriptor by its
+        // full name (`services/manager/http/json.rs`).
+        .compile_fds_with_config(fds, {
+            let mut config = prost_build::Config::new();
+            config.enable_type_names();
+            config
+        })?;
     Ok(())
 }

@@ -11,6 +11,7 @@ scripts/install-interop.sh
 scripts/install-python-client.sh
 scripts/install-deploy-tools.sh
 scripts/install-dns.sh
+scripts/install-chromium.sh
 export PAS_AIDER_PYTHON="$root/.aider-venv/bin/python"
 cargo build --all-targets --locked
 cargo test --lib --bins --tests --locked --no-fail-fast -- --test-threads="${PAS_TEST_THREADS:-2}"

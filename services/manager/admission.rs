@@ -194,26 +194,29 @@ impl Drop for TaskSlot {
 
 /// The axum middleware in front of the task API: sheds calls past `max_in_flight_rpcs` and
 /// calls past the caller's rate, before any handler runs. Runs after authentication (the caller
-/// is known); every other path passes untouched.
+/// is known); the HTTP/JSON routes count as the calls they make; every other path passes
+/// untouched.
 pub async fn middleware(
     axum::extract::State(admission): axum::extract::State<Arc<Admission>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    if !request.uri().path().starts_with(TASK_API) {
+    let path = request.uri().path();
+    // The HTTP/JSON routes count as the calls they make.
+    if !path.starts_with(TASK_API) && super::http::rpc_of(request.method(), path).is_none() {
         return next.run(request).await;
     }
     let Some(_permit) = admission.try_enter() else {
         let max = admission.limits.max_in_flight_rpcs;
-        return refusal(
+        let refused = refusal(
             "limits.max_in_flight_rpcs",
             format!("the manager is admitting {max} calls already"),
             SHED_RETRY,
-        )
-        .into_http::<axum::body::Body>();
+        );
+        return super::http::refusal(path, refused);
     };
     if let Err(refused) = admission.check_rate(&caller_key(request.extensions())) {
-        return refused.into_http::<axum::body::Body>();
+        return super::http::refusal(path, refused);
     }
     next.run(request).await
 }

@@ -249,7 +249,8 @@ impl Authenticator {
         }
     }
 
-    /// What calling `path` needs. Unknown paths need a `read` token, so nothing new is open by
+    /// What calling `path` needs (an HTTP/JSON route is asked as the gRPC method it calls; the
+    /// dashboard's assets are open). Unknown paths need a `read` token, so nothing new is open by
     /// accident; unknown methods of our own service need `admin`.
     pub fn need(&self, path: &str) -> Need {
         const POOL: &str = "/pas.v1.ProgrammerPool/";
@@ -266,6 +267,7 @@ impl Authenticator {
         if path.starts_with("/grpc.health.v1.Health/")
             || path.starts_with("/grpc.reflection.")
             || path == "/health"
+            || super::http::dashboard::is_asset(path)
         {
             return Need::Open;
         }
@@ -347,12 +349,18 @@ pub async fn middleware(
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match auth.check(request.uri().path(), authorization) {
+    // An HTTP/JSON route is checked as the gRPC method it calls (same roles, same messages).
+    let path = request.uri().path();
+    let rpc = super::http::rpc_of(request.method(), path);
+    match auth.check(rpc.unwrap_or(path), authorization) {
         Ok(caller) => {
             if let Some(caller) = caller {
                 request.extensions_mut().insert(caller);
             }
             next.run(request).await
+        }
+        Err(refusal) if super::http::is_api(request.uri().path()) => {
+            super::http::error::response(&refusal.status())
         }
         Err(refusal) => {
             let is_grpc = request

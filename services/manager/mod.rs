@@ -13,6 +13,7 @@ pub mod budget;
 pub mod discovery;
 pub mod dispatch;
 pub mod eligibility;
+pub mod http;
 pub mod membership;
 pub mod resume;
 pub mod server;
@@ -311,15 +312,17 @@ pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
     health_reporter
         .set_serving::<ProgrammerPoolServer<PoolService>>()
         .await;
-    let routes =
-        tonic::service::Routes::new(ProgrammerPoolServer::new(PoolService::new(mgr.clone())));
+    let service = PoolService::new(mgr.clone());
+    let routes = tonic::service::Routes::new(ProgrammerPoolServer::new(service.clone()));
     let router = serve::with_health_and_reflection(
         routes,
         health_service.clone(),
         <ProgrammerPoolServer<PoolService> as tonic::server::NamedService>::NAME,
     )?
     .into_axum_router()
-    .merge(probe_routes(&mgr));
+    .merge(probe_routes(&mgr))
+    // The HTTP/JSON API (`/v1/…`, the same service in process) and the dashboard at `/`.
+    .merge(http::router(service));
     // Layers run outside-in: authentication first (the caller is known), then the limits.
     let router = router.layer(axum::middleware::from_fn_with_state(
         mgr.admission.clone(),

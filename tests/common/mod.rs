@@ -382,8 +382,10 @@ pub fn strace_prefix_for(log: &Path, trace: &str) -> Vec<std::ffi::OsString> {
     .chain(std::iter::once(log.as_os_str().to_owned()))
     .collect()
 }
+pub mod browser;
 pub mod cli;
 pub mod dns;
 pub mod gitserver;
 pub mod pool;
 pub mod secure;
+pub mod sse;
