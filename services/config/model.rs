@@ -266,6 +266,7 @@ pub enum StrategyName {
     RoundRobin,
     CapabilityMatch,
     P2cPeakEwma,
+    LeastExpectedWait,
 }
 
 impl StrategyName {
@@ -276,6 +277,7 @@ impl StrategyName {
             Self::RoundRobin => "round_robin",
             Self::CapabilityMatch => "capability_match",
             Self::P2cPeakEwma => "p2c_peak_ewma",
+            Self::LeastExpectedWait => "least_expected_wait",
         }
     }
 }
