@@ -76,7 +76,8 @@ pub struct DispatchArgs {
     /// Prefer free (local) models over paid ones.
     #[arg(long, conflicts_with = "no_prefer_free")]
     pub prefer_free: bool,
-    /// Do not prefer free models (default: the configuration's prefer_free_models).
+    /// Do not prefer free models (default: the configuration's prefer_free_models and
+    /// prefer_free_over_paid).
     #[arg(long)]
     pub no_prefer_free: bool,
     /// Routing strategy for this task (default: the configured one).

@@ -8,8 +8,8 @@
 //!
 //! The mean weighs each sample by `2^(-age / half_life)`, so a model that became slower (or a
 //! provider that recovered) moves the figure within a few half-lives, however many old samples
-//! there were. The prior counts as one sample taken when the LLM was first asked about, so it
-//! fades the same way.
+//! there were. The prior counts as a tenth of a sample taken when the LLM was first asked about:
+//! the first finished task nearly replaces it, and it fades the same way.
 //!
 //! Routing reads the *published* figure, which changes only when the estimate moved by more than
 //! [`PUBLISH_CHANGE`] since it was last published: the balancer then re-reads the members on that
@@ -29,6 +29,8 @@ pub const PRIOR: Duration = Duration::from_secs(60);
 pub const HALF_LIFE: Duration = Duration::from_secs(600);
 /// Relative change of the estimate that is published to routing.
 pub const PUBLISH_CHANGE: f64 = 0.10;
+/// How many samples the prior counts for: a tenth, so the first finished task nearly replaces it.
+const PRIOR_WEIGHT: f64 = 0.1;
 
 #[derive(Debug)]
 struct Entry {
@@ -81,8 +83,8 @@ impl DurationEstimates {
             map.insert(
                 llm.to_owned(),
                 Entry {
-                    sum_ms: self.prior_ms as f64,
-                    weight: 1.0,
+                    sum_ms: self.prior_ms as f64 * PRIOR_WEIGHT,
+                    weight: PRIOR_WEIGHT,
                     at: Instant::now(),
                     published_ms: self.prior_ms,
                 },
@@ -186,9 +188,9 @@ mod tests {
     async fn unseen_llms_have_the_prior_and_samples_move_it() {
         let d = DurationEstimates::new(Duration::from_secs(60), Duration::from_secs(600));
         assert_eq!(d.estimate_ms("a"), 60_000);
-        // One sample of 20 s next to the prior (weight 1 each): the mean is 40 s.
+        // One sample of 20 s next to the prior (a tenth of a sample): (6 + 20) / 1.1 s.
         d.record_sample("a", 20_000);
-        assert_eq!(d.estimate_ms("a"), 40_000);
+        assert_eq!(d.estimate_ms("a"), 23_636);
         let mut changed = Vec::new();
         d.take_changed(&mut changed);
         assert_eq!(changed, vec!["a".to_string()]);
@@ -205,9 +207,9 @@ mod tests {
         }
         assert_eq!(d.estimate_ms("m"), 10_000);
         // The model becomes four times slower. Right away, one slow sample among ten moves the
-        // mean by 27 % (published: more than 10 %).
+        // mean by 30 % (published: more than 10 %).
         d.record_sample("m", 40_000);
-        assert_eq!(d.estimate_ms("m"), 12_727);
+        assert_eq!(d.estimate_ms("m"), 12_970);
         // Ten half-lives later the old samples weigh ~1/1024: the next slow sample dominates.
         tokio::time::advance(Duration::from_secs(1000)).await;
         d.record_sample("m", 40_000);
@@ -235,7 +237,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_result_books_its_attempts_to_the_first_llm() {
         let d = DurationEstimates::new(Duration::from_secs(1), Duration::from_secs(600));
-        // Primary failed after 3 s, backup took 7 s: 10 s booked to the primary.
+        // Primary failed after 3 s, backup took 7 s: 10 s booked to the primary, next to the
+        // prior of 1 s (a tenth of a sample).
         d.record(&result(
             TaskState::Succeeded,
             &[
@@ -243,7 +246,7 @@ mod tests {
                 ("b", 7_000, ErrorClass::None),
             ],
         ));
-        assert_eq!(d.estimate_ms("p"), 5_500);
+        assert_eq!(d.estimate_ms("p"), 9_182);
         assert_eq!(d.estimate_ms("b"), 1_000);
         // Cancelled, dry or attempt-less tasks say nothing.
         d.record(&result(
