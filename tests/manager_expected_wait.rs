@@ -106,7 +106,7 @@ async fn the_slow_models_programmers_get_fewer_tasks() {
     let (fast, slow) = (on(&["001", "002"]), on(&["003", "004"]));
     assert_eq!(fast + slow, 12);
     assert!(
-        slow < fast && slow <= 4,
+        slow < fast,
         "the slow model's programmers should get fewer tasks than the fast ones: \
          fast {fast}, slow {slow} ({counts:?})"
     );
