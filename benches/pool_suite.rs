@@ -2,7 +2,7 @@
 //! quality, streaming, and the routing-cost ratio from criterion's results.
 //!
 //! Run: `cargo bench --bench pool_suite [-- SECTION… | --quick]` with SECTION among `machine`,
-//! `scheduling`, `failure`, `memory`, `streaming`, `routing`, `overload` (default: all; `routing` needs
+//! `scheduling`, `heterogeneous`, `failure`, `memory`, `streaming`, `routing`, `overload` (default: all; `routing` needs
 //! `cargo bench --bench routing` first). `scripts/bench.sh` runs every benchmark and rebuilds the
 //! tables of `BENCHMARKS.md`.
 //!
@@ -21,9 +21,10 @@ mod support;
 use anyhow::bail;
 use support::Section;
 
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "machine",
     "scheduling",
+    "heterogeneous",
     "failure",
     "memory",
     "streaming",
@@ -60,6 +61,9 @@ fn main() -> anyhow::Result<()> {
         let section: anyhow::Result<Section> = match name {
             "machine" => support::machine::run(),
             "scheduling" => support::scheduling::run(1000, if quick { 3 } else { 20 }),
+            "heterogeneous" => {
+                support::scheduling::run_heterogeneous(1000, if quick { 3 } else { 20 })
+            }
             "failure" => support::failure::run(if quick { 2 } else { 10 }),
             "memory" => {
                 if quick {

@@ -14,7 +14,8 @@
 //! - `pick/<strategy>`: the linear [`Strategy::pick`] over a prepared slice, the former routing
 //!   path and the reference the index is tested against.
 //!
-//! Candidates have varied outstanding counts and loads, and one in seven has no room.
+//! Candidates have varied outstanding counts, loads and expected times per task (three LLM
+//! speeds), and one in seven has no room (busy: least_expected_wait may hold a task for it).
 
 #![forbid(unsafe_code)]
 
@@ -23,7 +24,7 @@ mod criterion_estimates;
 
 use criterion::{BenchmarkId, Criterion, criterion_group};
 use pas::manager::strategy::{
-    Candidate, CandidateIndex, StrategyKind, StrategySet, Tier, TierRegistry,
+    Candidate, CandidateIndex, Figures, StrategyKind, StrategySet, Tier, TierRegistry,
 };
 use std::hint::black_box;
 
@@ -37,6 +38,15 @@ fn candidates(n: usize) -> Vec<Candidate> {
             in_flight: ((i * 104_729) % 3) as u32,
             has_room: i % 7 != 3,
             load: ((i * 31) % 97) as f64 / 10.0,
+            available: true,
+            // Three LLM speeds (least_expected_wait's expected time per task); the busy members
+            // are on a much slower one, so least_expected_wait places the task instead of
+            // holding it for them (a hold decides nothing and changes no figure).
+            task_ms: if i % 7 != 3 {
+                [20_000, 45_000, 120_000][(i * 13) % 3]
+            } else {
+                10_000_000
+            },
         })
         .collect()
 }
@@ -46,7 +56,14 @@ fn indexed(cands: &[Candidate]) -> (Tier, CandidateIndex) {
     let tier = TierRegistry::default().intern(cands.iter().map(|c| c.index).collect());
     let mut index = CandidateIndex::new(&tier);
     for c in cands {
-        index.set(c.index, c.has_room.then(|| c.outstanding()));
+        index.update(
+            c.index,
+            Some(Figures {
+                outstanding: c.outstanding(),
+                has_room: c.has_room,
+                task_ms: c.task_ms,
+            }),
+        );
     }
     (tier, index)
 }
@@ -66,9 +83,18 @@ fn decision(c: &mut Criterion) {
                         .pick_indexed(black_box("fast,free"), &index, black_box(&[]), &load)
                         .expect("candidates with room");
                     let outstanding = cands[picked].outstanding();
-                    index.set(picked, None); // dispatched: its endpoint is pending
-                    index.set(picked, Some(outstanding + 1)); // ready again, one more in flight
-                    index.set(picked, Some(outstanding)); // the task's stream ended
+                    let task_ms = cands[picked].task_ms;
+                    let figures = |outstanding, has_room| {
+                        Some(Figures {
+                            outstanding,
+                            has_room,
+                            task_ms,
+                        })
+                    };
+                    // Dispatched: one more in flight, its endpoint pending (busy).
+                    index.update(picked, figures(outstanding + 1, false));
+                    index.update(picked, figures(outstanding + 1, true)); // ready again
+                    index.update(picked, figures(outstanding, true)); // the task's stream ended
                     picked
                 })
             });

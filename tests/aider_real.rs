@@ -62,6 +62,7 @@ fn invocation(repo: &Path, model: ModelEndpoint, message: &str) -> AiderInvocati
         usage_cap: None,
         nice: 0,
         max_memory_mib: 0,
+        max_reflections: 3,
     }
 }
 

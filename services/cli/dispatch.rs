@@ -31,6 +31,9 @@ pub enum StrategyArg {
     /// Power of two random choices by peak-EWMA latency.
     #[value(name = "p2c_peak_ewma", alias = "p2c-peak-ewma")]
     P2cPeakEwma,
+    /// Where the task is expected to finish first (work there × its LLM's measured duration).
+    #[value(name = "least_expected_wait", alias = "least-expected-wait")]
+    LeastExpectedWait,
 }
 
 impl From<StrategyArg> for Strategy {
@@ -40,6 +43,7 @@ impl From<StrategyArg> for Strategy {
             StrategyArg::RoundRobin => Strategy::RoundRobin,
             StrategyArg::CapabilityMatch => Strategy::CapabilityMatch,
             StrategyArg::P2cPeakEwma => Strategy::P2cPeakEwma,
+            StrategyArg::LeastExpectedWait => Strategy::LeastExpectedWait,
         }
     }
 }
@@ -72,7 +76,8 @@ pub struct DispatchArgs {
     /// Prefer free (local) models over paid ones.
     #[arg(long, conflicts_with = "no_prefer_free")]
     pub prefer_free: bool,
-    /// Do not prefer free models (default: the configuration's prefer_free_models).
+    /// Do not prefer free models (default: the configuration's prefer_free_models and
+    /// prefer_free_over_paid).
     #[arg(long)]
     pub no_prefer_free: bool,
     /// Routing strategy for this task (default: the configured one).

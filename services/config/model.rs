@@ -75,6 +75,15 @@ pub struct PoolConfig {
     pub discovery: DiscoveryConfig,
 }
 
+impl PoolConfig {
+    /// Whether a task that does not say (`prefer_free` unset) tries free programmers before paid
+    /// ones: the original file states the preference twice, as `load_balancing.prefer_free_models`
+    /// and `cost_optimization.prefer_free_over_paid`, and either set to false turns it off.
+    pub fn prefer_free_default(&self) -> bool {
+        self.load_balancing.prefer_free_models && self.cost_optimization.prefer_free_over_paid
+    }
+}
+
 /// `limits:` section: every bound on what the services accept, in one place. Past a bound a call
 /// is refused at once (RESOURCE_EXHAUSTED naming the limit, with `google.rpc.RetryInfo`), so a
 /// burst of callers gets fast answers instead of piling up work. The queue capacities keep their
@@ -160,19 +169,23 @@ impl DiscoveryConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobDefaults {
-    /// Default task deadline in seconds when the request gives none.
+    /// The whole task's deadline in seconds (every attempt and failover pause) when the request
+    /// gives none.
     pub timeout_s: u64,
     /// A task stops when its attempts have used more tokens than this.
     pub max_tokens_per_job: u64,
     /// A task stops when its cost exceeds this; the manager reserves this amount before a paid dispatch.
     pub max_cost_per_job_usd: f64,
-    /// Hard cap on a task's deadline in seconds (a request's timeout_s cannot exceed it).
+    /// The longest one aider run (one attempt) may take, in seconds; the task's deadline
+    /// (`timeout_s`) is not cut to it.
     pub max_duration_per_job_s: u64,
-    /// Model context size in tokens (informational; passed to aider's model metadata).
+    /// Context size in tokens written into aider's model metadata for LLMs the catalog does not
+    /// know; a programmer's own `context_limit` replaces its LLMs' figure.
     pub context_limit: u64,
     /// Commit the edit on the task's branch (aider auto-commits).
     pub auto_commit: bool,
-    /// Aider's reflection limit (original `max_fix_iterations`; informational).
+    /// Aider's reflection limit (original `max_fix_iterations`): how many times one aider run
+    /// sends a failed edit back to the model for a fix.
     pub max_fix_iterations: u32,
     /// Memory ceiling of the aider process of one attempt, MiB (its data segment, RLIMIT_DATA,
     /// set by the launcher): an aider that needs more fails its own task with
@@ -266,6 +279,7 @@ pub enum StrategyName {
     RoundRobin,
     CapabilityMatch,
     P2cPeakEwma,
+    LeastExpectedWait,
 }
 
 impl StrategyName {
@@ -276,6 +290,7 @@ impl StrategyName {
             Self::RoundRobin => "round_robin",
             Self::CapabilityMatch => "capability_match",
             Self::P2cPeakEwma => "p2c_peak_ewma",
+            Self::LeastExpectedWait => "least_expected_wait",
         }
     }
 }

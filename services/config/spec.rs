@@ -529,8 +529,14 @@ fn resolve_programmers(pool: &PoolConfig, llms: &BTreeMap<String, LlmSpec>) -> V
     pool.programmers
         .iter()
         .filter_map(|p| {
-            let primary = llms.get(&p.primary_llm)?.clone();
-            let backup = llms.get(&p.backup_llm)?.clone();
+            let mut primary = llms.get(&p.primary_llm)?.clone();
+            let mut backup = llms.get(&p.backup_llm)?.clone();
+            // A programmer's own context_limit is the window its models run with here (e.g. an
+            // Ollama host's num_ctx): it replaces the catalog's figure in aider's model metadata.
+            if let Some(context_limit) = p.context_limit {
+                primary.context_limit = context_limit;
+                backup.context_limit = context_limit;
+            }
             let mut capabilities: BTreeSet<String> = p.capabilities.iter().cloned().collect();
             for (capability, members) in &pool.capability_routing {
                 if members.contains(&p.id) {

@@ -18,12 +18,20 @@
 //! members the pool marked dirty ([`PoolView::take_dirty`]), so a decision costs
 //! O(dirty · log n + log n), and the strategy compares the PeakEwma cost of the two members p2c
 //! draws instead of ranking every candidate.
+//!
+//! For least_expected_wait the index also holds busy members (available, no room) and each
+//! member's expected time per task: its current LLM's published duration estimate
+//! ([`DurationEstimates`]) ÷ its slots. When an estimate is republished the members on that LLM
+//! are marked dirty. A strategy that picks nobody while a member with room remains has *held*
+//! the task for a busy member that would finish it sooner: the task waits (NoRoom) instead of
+//! spilling into the next tier.
 
 use crate::contract::v1::programmer_client::ProgrammerClient;
 use crate::contract::v1::{TaskEvent, TaskRequest};
 use crate::manager::budget::BudgetLedger;
+use crate::manager::durations::DurationEstimates;
 use crate::manager::membership::{InFlight, Member, MemberChange, PoolView};
-use crate::manager::strategy::{CandidateIndex, StrategyKind, StrategySet, Tier};
+use crate::manager::strategy::{CandidateIndex, Figures, StrategyKind, StrategySet, Tier};
 use crate::money::Usd;
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
@@ -281,6 +289,10 @@ pub struct Balancer {
     member_tiers: Vec<Vec<usize>>,
     /// Reused buffer for [`PoolView::take_dirty`].
     dirty: Vec<usize>,
+    /// Per-LLM task durations (least_expected_wait's `task_ms`).
+    durations: Arc<DurationEstimates>,
+    /// Reused buffer for [`DurationEstimates::take_changed`].
+    changed_llms: Vec<String>,
 }
 
 impl Balancer {
@@ -289,8 +301,11 @@ impl Balancer {
         discover: Discovery,
         strategies: StrategySet,
         budget: Arc<BudgetLedger>,
+        durations: Arc<DurationEstimates>,
     ) -> Self {
         Self {
+            durations,
+            changed_llms: Vec::new(),
             discover,
             cache: ReadyCache::default(),
             member_tiers: Vec::new(),
@@ -376,6 +391,14 @@ impl Balancer {
                     &skip,
                     &load,
                 ) else {
+                    if index.any_with_room(&skip) {
+                        // Held for a busy member that finishes it sooner: wait, do not spill
+                        // into the next tier.
+                        return Routed::NoRoom {
+                            budget_exhausted: false,
+                            route: Box::new(route),
+                        };
+                    }
                     break;
                 };
                 let member = members[picked].clone();
@@ -447,13 +470,21 @@ impl Balancer {
         }
     }
 
-    /// Member `i` as the indexes hold it: its outstanding tasks (ours in flight plus other
-    /// callers' as last reported, i.e. `queue_depth + in_flight` of the strategies) when its
-    /// endpoint is in the ready set and it has room; `None` otherwise.
-    fn figures(&self, member: &Member) -> Option<u64> {
+    /// Member `i` as the indexes hold it: `None` when it is down or left; else its outstanding
+    /// tasks (ours in flight plus other callers' as last reported, i.e. `queue_depth + in_flight`
+    /// of the strategies), whether it has room (its endpoint is in the ready set and it has a
+    /// free slot), and its expected time per task.
+    fn figures(&self, member: &Member) -> Option<Figures> {
+        if !member.is_available() || member.has_left() {
+            return None;
+        }
         let i = member.index;
-        (self.cache.get_ready(&i).is_some() && self.pool.has_room(member))
-            .then(|| u64::from(member.occupied()))
+        let estimate = member.with_current_llm(|llm| self.durations.estimate_ms(llm));
+        Some(Figures {
+            outstanding: u64::from(member.occupied()),
+            has_room: self.cache.get_ready(&i).is_some() && self.pool.has_room(member),
+            task_ms: estimate.div_ceil(u64::from(member.slots(self.pool.default_concurrent))),
+        })
     }
 
     /// Builds `tier`'s index the first time a route names it: O(n log n) once per distinct tier.
@@ -472,7 +503,7 @@ impl Balancer {
             self.member_tiers.resize_with(last + 1, Vec::new);
         }
         for &i in tier.members.iter() {
-            index.set(i, self.figures(&members[i]));
+            index.update(i, self.figures(&members[i]));
             self.member_tiers[i].push(tier.id);
         }
         self.indexes[tier.id] = Some(index);
@@ -480,10 +511,20 @@ impl Balancer {
 
     /// Re-reads the members whose figures changed into every index that holds them:
     /// O(dirty · tiers per member · log n).
+    /// An LLM whose duration estimate was republished first marks its members dirty (O(n), only
+    /// when an estimate moved by more than `durations::PUBLISH_CHANGE`).
     fn reindex_dirty(&mut self) {
+        let members = self.pool.members();
+        self.durations.take_changed(&mut self.changed_llms);
+        if !self.changed_llms.is_empty() {
+            for member in members.iter() {
+                if member.with_current_llm(|llm| self.changed_llms.iter().any(|c| c == llm)) {
+                    self.pool.touch(member);
+                }
+            }
+        }
         let mut dirty = std::mem::take(&mut self.dirty);
         self.pool.take_dirty(&mut dirty);
-        let members = self.pool.members();
         for &i in &dirty {
             // A member no tier names yet (it joined after every index was built) has nothing to
             // update: an index built later reads it then.
@@ -493,7 +534,7 @@ impl Balancer {
             let figures = self.figures(&members[i]);
             for &t in tiers {
                 if let Some(index) = self.indexes[t].as_mut() {
-                    index.set(i, figures);
+                    index.update(i, figures);
                 }
             }
         }

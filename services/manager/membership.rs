@@ -149,6 +149,29 @@ impl Member {
             .map_or(default, |s| s.max_concurrent + s.max_queue)
     }
 
+    /// Tasks it runs at once: from its report, or `default` (the config) before one.
+    pub fn slots(&self, default: u32) -> u32 {
+        lock(&self.reported)
+            .as_ref()
+            .map_or(default, |s| s.max_concurrent)
+            .max(1)
+    }
+
+    /// Calls `f` with the LLM a new task would use there now: as last reported (its backup while
+    /// its breaker is open), the configured primary before any report.
+    pub fn with_current_llm<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        let reported = lock(&self.reported);
+        match reported
+            .as_ref()
+            .and_then(|s| s.llm.as_ref())
+            .map(|l| l.current.as_str())
+            .filter(|c| !c.is_empty())
+        {
+            Some(current) => f(current),
+            None => f(&self.spec.primary.name),
+        }
+    }
+
     /// Tasks occupying the programmer now: ours in flight plus other callers' as last reported.
     pub fn occupied(&self) -> u32 {
         self.in_flight() + self.external.load(Ordering::SeqCst)
@@ -208,6 +231,8 @@ pub struct PoolView {
     members: Mutex<Arc<Vec<Arc<Member>>>>,
     /// Default slots per programmer before it reports (`max_concurrent + max_queue` from the config).
     pub default_capacity: u32,
+    /// Default tasks a programmer runs at once before it reports (`max_concurrent_per_programmer`).
+    pub default_concurrent: u32,
     generation: watch::Sender<u64>,
     /// Indices of the members whose routing figures changed since the balancer last read them.
     dirty: Mutex<Vec<usize>>,
@@ -243,6 +268,7 @@ impl PoolView {
         let pool = Arc::new(Self {
             members: Mutex::new(Arc::new(Vec::new())),
             default_capacity: lb.max_concurrent_per_programmer + lb.max_queue_per_programmer,
+            default_concurrent: lb.max_concurrent_per_programmer,
             generation,
             dirty: Mutex::new(Vec::new()),
             watchers: std::sync::OnceLock::new(),

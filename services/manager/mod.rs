@@ -12,6 +12,7 @@ pub mod balancer;
 pub mod budget;
 pub mod discovery;
 pub mod dispatch;
+pub mod durations;
 pub mod eligibility;
 pub mod http;
 pub mod membership;
@@ -97,6 +98,8 @@ pub struct Manager {
     pub admission: Arc<admission::Admission>,
     /// Per-LLM task figures for `pas status`, from the tasks finished here.
     pub llm_stats: crate::telemetry::LlmStats,
+    /// Per-LLM decayed task durations (least_expected_wait), from the same results.
+    pub durations: Arc<durations::DurationEstimates>,
     pub port: u16,
     /// When this process started the manager (Unix ms): alerts recorded before it were raised
     /// by an earlier process.
@@ -144,6 +147,7 @@ impl Manager {
         }
         let stop = CancellationToken::new();
         let pool = PoolView::new(&config, tls, &stop)?;
+        let durations = Arc::new(durations::DurationEstimates::default());
         let poll = Duration::from_secs(pool_cfg.load_balancing.health_check_interval_s);
         let discovery = membership::start(pool.clone(), poll);
         let balancer = balancer::Balancer::new(
@@ -153,6 +157,7 @@ impl Manager {
             )),
             StrategySet::new(),
             budget.clone(),
+            durations.clone(),
         );
         let mgr_cfg = &pool_cfg.manager;
         let scheduler = Scheduler::start(
@@ -172,6 +177,7 @@ impl Manager {
             alerts: status::Alerts::default(),
             admission: admission::Admission::new(&pool_cfg.limits),
             llm_stats: crate::telemetry::LlmStats::default(),
+            durations,
             config: config.clone(),
             pool,
             scheduler,
@@ -270,6 +276,7 @@ impl Manager {
         let status = TaskState::try_from(result.status).unwrap_or(TaskState::Unspecified);
         crate::telemetry::task_finished(crate::telemetry::Role::Manager, &result);
         self.llm_stats.record(&result);
+        self.durations.record(&result);
         tracing::info!(%task_id, status = status.as_str_name(), programmer = %result.programmer_id,
             llm = %result.llm_used, cost_usd = result.cost_usd, duration_ms = result.duration_ms,
             error = %result.error_message, "task finished");

@@ -96,7 +96,7 @@ pub fn route_for(mgr: &Manager, req: &DispatchRequest, task_id: &str) -> Result<
         .collect();
     let prefer_free = req
         .prefer_free
-        .unwrap_or(mgr.config.pool.load_balancing.prefer_free_models);
+        .unwrap_or(mgr.config.pool.prefer_free_default());
     let needs = TaskNeeds {
         capabilities: &req.capabilities,
         prefer_free,

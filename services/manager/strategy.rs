@@ -19,12 +19,13 @@
 //! | [`RoundRobin`] | next in configuration order after the group's previous pick, wrapping |
 //! | [`CapabilityMatch`] | first in configuration order (the original document's rule) |
 //! | [`P2cPeakEwma`] | two distinct random candidates, the lower `load` wins (tower's p2c idea) |
+//! | [`LeastExpectedWait`] | lowest expected finish `(outstanding + 1) × task_ms`; none (the task waits) when a busy member would finish it sooner than any with room |
 
 use crate::contract::v1::Strategy as ProtoStrategy;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -45,6 +46,12 @@ pub struct Candidate {
     pub has_room: bool,
     /// Peak-EWMA latency estimate (tower's `PeakEwma` load): only [`P2cPeakEwma`] reads it.
     pub load: f64,
+    /// Healthy and still a member, with room or not: only [`LeastExpectedWait`] reads it, to hold
+    /// a task for a busy member that would finish it sooner than any member with room.
+    pub available: bool,
+    /// Expected milliseconds per task per slot of the LLM it would use now (its measured task
+    /// duration ÷ the tasks it runs at once): only [`LeastExpectedWait`] reads it.
+    pub task_ms: u64,
 }
 
 impl Candidate {
@@ -52,6 +59,18 @@ impl Candidate {
     pub fn outstanding(&self) -> u64 {
         u64::from(self.queue_depth) + u64::from(self.in_flight)
     }
+
+    /// When a task sent here now is expected to finish, ms from now ([`expected_finish_ms`]).
+    pub fn expected_finish_ms(&self) -> u64 {
+        expected_finish_ms(self.outstanding(), self.task_ms)
+    }
+}
+
+/// When a task sent now to a member with `outstanding` tasks, each taking `task_ms` per slot, is
+/// expected to finish: `(outstanding + 1) × task_ms` (saturating; `task_ms` at least 1, so with
+/// equal durations it orders members like least_loaded).
+pub fn expected_finish_ms(outstanding: u64, task_ms: u64) -> u64 {
+    outstanding.saturating_add(1).saturating_mul(task_ms.max(1))
 }
 
 /// The round-robin key of a task's capability set: sorted, de-duplicated, comma-joined, so
@@ -87,17 +106,18 @@ pub trait Strategy: Send + Sync + fmt::Debug {
     ) -> Option<usize>;
 }
 
-/// The four policies by name: the configuration's own `load_balancing.strategy` type, so the
+/// The policies by name: the configuration's own `load_balancing.strategy` type, so the
 /// config, the contract and the router share one list.
 pub use crate::config::StrategyName as StrategyKind;
 
 impl StrategyKind {
     /// Every kind, in the contract's order.
-    pub const ALL: [StrategyKind; 4] = [
+    pub const ALL: [StrategyKind; 5] = [
         Self::LeastLoaded,
         Self::RoundRobin,
         Self::CapabilityMatch,
         Self::P2cPeakEwma,
+        Self::LeastExpectedWait,
     ];
 
     /// The configuration / `Assigned.strategy` name.
@@ -113,6 +133,7 @@ impl StrategyKind {
             ProtoStrategy::RoundRobin => Some(Self::RoundRobin),
             ProtoStrategy::CapabilityMatch => Some(Self::CapabilityMatch),
             ProtoStrategy::P2cPeakEwma => Some(Self::P2cPeakEwma),
+            ProtoStrategy::LeastExpectedWait => Some(Self::LeastExpectedWait),
         }
     }
 }
@@ -126,7 +147,7 @@ impl fmt::Display for StrategyKind {
 /// An unknown strategy name.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
-    "unknown load-balancing strategy {0:?} (expected least_loaded, round_robin, capability_match or p2c_peak_ewma)"
+    "unknown load-balancing strategy {0:?} (expected least_loaded, round_robin, capability_match, p2c_peak_ewma or least_expected_wait)"
 )]
 pub struct UnknownStrategy(pub String);
 
@@ -149,6 +170,7 @@ pub struct StrategySet {
     round_robin: RoundRobin,
     capability_match: CapabilityMatch,
     p2c: P2cPeakEwma,
+    least_expected_wait: LeastExpectedWait,
 }
 
 impl StrategySet {
@@ -172,6 +194,7 @@ impl StrategySet {
             StrategyKind::RoundRobin => &self.round_robin,
             StrategyKind::CapabilityMatch => &self.capability_match,
             StrategyKind::P2cPeakEwma => &self.p2c,
+            StrategyKind::LeastExpectedWait => &self.least_expected_wait,
         }
     }
 }
@@ -406,6 +429,44 @@ impl Strategy for P2cPeakEwma {
     }
 }
 
+/// Places a task where it is expected to finish first: the lowest `(outstanding + 1) × task_ms`
+/// (see [`expected_finish_ms`]), ties → configuration order. `task_ms` is the member's current
+/// LLM's measured task duration per slot (`manager::durations`), so two tasks queued on a slow
+/// model weigh more than two on a fast one.
+///
+/// Unlike the others it may decline: when the lowest expected finish belongs to an available
+/// member *without* room (a fast programmer that is busy), sending the task to a slower one with
+/// room would finish it later, so it picks none and the task waits for that member (ties go to
+/// the member with room). Among members of equal speed a member with room always wins (it has
+/// fewer tasks than a full one), so holding happens only on a pool of mixed speeds.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LeastExpectedWait;
+
+impl Strategy for LeastExpectedWait {
+    fn kind(&self) -> StrategyKind {
+        StrategyKind::LeastExpectedWait
+    }
+
+    fn pick(&self, _group: &str, candidates: &[Candidate]) -> Option<usize> {
+        let (pos, best) = candidates
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.has_room || c.available)
+            .min_by_key(|(_, c)| (c.expected_finish_ms(), !c.has_room, c.index))?;
+        best.has_room.then_some(pos)
+    }
+
+    fn pick_indexed(
+        &self,
+        _group: &str,
+        index: &CandidateIndex,
+        skip: &[usize],
+        _load: &dyn Fn(usize, usize) -> Ordering,
+    ) -> Option<usize> {
+        index.least_expected_wait(skip)
+    }
+}
+
 // ===== The index =====
 
 /// A tier of members that may take a task (see `eligibility`) under a stable id: the balancer
@@ -590,7 +651,9 @@ impl Bits {
 /// - one [`Bits`] per outstanding count (`queue_depth + in_flight`): least_loaded is the first
 ///   member of the lowest non-empty count, O(log L + log₆₄ n + |skipped|) for L distinct counts
 ///   (a member with room has fewer tasks than its capacity, so L stays below the largest capacity);
-/// - a [`RankSet`] of the positions with room: p2c's `j`-th member, O(log n + |skipped|).
+/// - a [`RankSet`] of the positions with room: p2c's `j`-th member, O(log n + |skipped|);
+/// - the available members (with room or busy) ordered by expected finish: least_expected_wait is
+///   the first not skipped, O(log n + |skipped|).
 ///
 /// The owner keeps it current with [`set`](CandidateIndex::set) whenever a member's figures
 /// change; nothing is rebuilt per decision.
@@ -608,6 +671,23 @@ pub struct CandidateIndex {
     /// Positions with room by outstanding count. Emptied counts stay (bounded, see above), so a
     /// member moving between two counts never allocates.
     by_load: BTreeMap<u64, Bits>,
+    /// Each position's outstanding count while it is available *without* room (busy).
+    busy: Vec<Option<u64>>,
+    /// Each position's expected milliseconds per task ([`Figures::task_ms`]); 1 until told.
+    task_ms: Vec<u64>,
+    /// Available positions by `(expected finish, busy, position)`.
+    by_wait: BTreeSet<(u64, bool, usize)>,
+}
+
+/// What a [`CandidateIndex`] holds of one available member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Figures {
+    /// `queue_depth + in_flight`.
+    pub outstanding: u64,
+    /// It can take a task now (else it is busy: available, but full or its endpoint pending).
+    pub has_room: bool,
+    /// Expected milliseconds per task per slot of the LLM it would use now.
+    pub task_ms: u64,
 }
 
 impl CandidateIndex {
@@ -625,6 +705,9 @@ impl CandidateIndex {
             room: Bits::new(n),
             ranks: RankSet::new(n),
             by_load: BTreeMap::new(),
+            busy: vec![None; n],
+            task_ms: vec![1; n],
+            by_wait: BTreeSet::new(),
         }
     }
 
@@ -644,11 +727,66 @@ impl CandidateIndex {
     }
 
     /// Records member `index`'s figures: `Some(queue_depth + in_flight)` when it can take a task
-    /// now, `None` when it cannot. An index outside the tier is ignored.
+    /// now, `None` when it cannot (and is not counted as busy). Its expected time per task stays
+    /// what it was. An index outside the tier is ignored.
     pub fn set(&mut self, index: usize, outstanding: Option<u64>) {
         let Some(pos) = self.position(index) else {
             return;
         };
+        let task_ms = self.task_ms[pos];
+        self.update_at(
+            pos,
+            outstanding.map(|outstanding| Figures {
+                outstanding,
+                has_room: true,
+                task_ms,
+            }),
+        );
+    }
+
+    /// Records member `index`'s figures in full: `None` when it is not available (down, left);
+    /// an available member without room is busy ([`LeastExpectedWait`] may hold a task for it).
+    /// An index outside the tier is ignored.
+    pub fn update(&mut self, index: usize, figures: Option<Figures>) {
+        if let Some(pos) = self.position(index) {
+            self.update_at(pos, figures);
+        }
+    }
+
+    /// The `by_wait` entry of position `pos` as its figures stand.
+    fn wait_entry(&self, pos: usize) -> Option<(u64, bool, usize)> {
+        let (outstanding, busy) = match (self.outstanding[pos], self.busy[pos]) {
+            (Some(o), _) => (o, false),
+            (None, Some(o)) => (o, true),
+            (None, None) => return None,
+        };
+        Some((
+            expected_finish_ms(outstanding, self.task_ms[pos]),
+            busy,
+            pos,
+        ))
+    }
+
+    fn update_at(&mut self, pos: usize, figures: Option<Figures>) {
+        let before = self.wait_entry(pos);
+        self.busy[pos] = figures.filter(|f| !f.has_room).map(|f| f.outstanding);
+        if let Some(f) = figures {
+            self.task_ms[pos] = f.task_ms.max(1);
+        }
+        self.set_room(pos, figures.filter(|f| f.has_room).map(|f| f.outstanding));
+        let after = self.wait_entry(pos);
+        if before != after {
+            if let Some(e) = before {
+                self.by_wait.remove(&e);
+            }
+            if let Some(e) = after {
+                self.by_wait.insert(e);
+            }
+        }
+    }
+
+    /// Moves position `pos` in the room structures: `Some(outstanding)` with room, `None` without.
+    fn set_room(&mut self, pos: usize, outstanding: Option<u64>) {
         let old = std::mem::replace(&mut self.outstanding[pos], outstanding);
         if old == outstanding {
             return;
@@ -714,6 +852,23 @@ impl CandidateIndex {
         self.first_in(&self.room, from, skip)
     }
 
+    /// The available member, not in `skip`, with the lowest `(expected finish, busy,
+    /// configuration index)` when it has room; `None` when it is busy (the task is better held
+    /// for it) or nobody is available.
+    fn least_expected_wait(&self, skip: &[usize]) -> Option<usize> {
+        let &(_, busy, pos) = self
+            .by_wait
+            .iter()
+            .find(|(_, _, pos)| !skip.contains(&self.members[*pos]))?;
+        (!busy).then(|| self.members[pos])
+    }
+
+    /// True when some member not in `skip` has room: a strategy that picked none of them held
+    /// the task back (only [`LeastExpectedWait`] does).
+    pub fn any_with_room(&self, skip: &[usize]) -> bool {
+        self.first_from(0, skip).is_some()
+    }
+
     /// The member with room with the lowest `(outstanding, configuration index)`, not in `skip`.
     fn least_loaded(&self, skip: &[usize]) -> Option<usize> {
         self.by_load
@@ -736,6 +891,8 @@ mod tests {
             in_flight: 0,
             has_room: true,
             load: 0.0,
+            available: true,
+            task_ms: 1,
         }
     }
 
@@ -893,6 +1050,10 @@ mod tests {
                 rng.random_range(1..=40usize)
             };
             let mut room: Vec<Option<u64>> = vec![None; n];
+            // Available without room (busy), with this outstanding count.
+            let mut busy: Vec<Option<u64>> = vec![None; n];
+            // Few distinct durations, so expected finishes tie often.
+            let mut task_ms: Vec<u64> = vec![1; n];
             // Small integers, so loads and outstanding counts tie often.
             let mut loads: Vec<f64> = (0..n)
                 .map(|_| f64::from(rng.random_range(0..4u8)))
@@ -909,9 +1070,29 @@ mod tests {
                     // A member's figures change (dispatch, stream end, report, health, refusal).
                     let i = rng.random_range(0..n);
                     room[i] = (!rng.random_bool(0.3)).then(|| rng.random_range(0..6u64));
+                    busy[i] = (room[i].is_none() && rng.random_bool(0.5))
+                        .then(|| rng.random_range(4..8u64));
                     loads[i] = f64::from(rng.random_range(0..4u8));
+                    // A third of the members keep 1 ms per task and, when not busy, are
+                    // recorded with the short form (which keeps the time per task).
+                    let short_form = i % 3 == 0;
+                    if !short_form && rng.random_bool(0.5) {
+                        task_ms[i] = [1, 2, 3, 10][rng.random_range(0..4)];
+                    }
                     for index in &mut indexes {
-                        index.set(i, room[i]);
+                        if short_form && busy[i].is_none() {
+                            index.set(i, room[i]);
+                        } else {
+                            let figures = room[i]
+                                .map(|o| (o, true))
+                                .or(busy[i].map(|o| (o, false)))
+                                .map(|(outstanding, has_room)| Figures {
+                                    outstanding,
+                                    has_room,
+                                    task_ms: task_ms[i],
+                                });
+                            index.update(i, figures);
+                        }
                     }
                     continue;
                 }
@@ -925,13 +1106,15 @@ mod tests {
                     .iter()
                     .filter(|i| !skip.contains(i))
                     .map(|&i| {
-                        let outstanding = room[i].unwrap_or(0) as u32;
+                        let outstanding = room[i].or(busy[i]).unwrap_or(0) as u32;
                         Candidate {
                             index: i,
                             queue_depth: outstanding / 2,
                             in_flight: outstanding - outstanding / 2,
                             has_room: room[i].is_some(),
                             load: loads[i],
+                            available: room[i].is_some() || busy[i].is_some(),
+                            task_ms: task_ms[i],
                         }
                     })
                     .collect();
@@ -952,6 +1135,76 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn least_expected_wait_weighs_work_by_duration_and_holds_for_a_faster_busy_member() {
+        let lew = LeastExpectedWait;
+        // Fast (10 ms per task) with 2 tasks: finishes a new one at 30; slow (100 ms) idle: 100.
+        let fast = Candidate {
+            in_flight: 2,
+            task_ms: 10,
+            ..cand(0, 0)
+        };
+        let slow = Candidate {
+            task_ms: 100,
+            ..cand(1, 0)
+        };
+        assert_eq!(lew.pick("", &[fast, slow]), Some(0));
+        // least_loaded counts tasks only and picks the idle slow one.
+        assert_eq!(LeastLoaded.pick("", &[fast, slow]), Some(1));
+        // The fast one is full (5 tasks → 60): still sooner than the slow one, so the task waits.
+        let full = Candidate {
+            in_flight: 5,
+            has_room: false,
+            ..fast
+        };
+        assert_eq!(lew.pick("", &[full, slow]), None);
+        // With 10 tasks (110) it is later than the slow one: the slow one gets it.
+        let swamped = Candidate {
+            in_flight: 10,
+            ..full
+        };
+        assert_eq!(lew.pick("", &[swamped, slow]), Some(1));
+        // A member that is down never holds a task.
+        let down = Candidate {
+            available: false,
+            ..full
+        };
+        assert_eq!(lew.pick("", &[down, slow]), Some(1));
+        // Equal durations: exactly least_loaded's choice.
+        let c: Vec<_> = [3, 1, 2]
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| cand(i, q))
+            .collect();
+        assert_eq!(lew.pick("", &c), LeastLoaded.pick("", &c));
+
+        // The same through the index, with skip.
+        let registry = TierRegistry::default();
+        let tier = registry.intern(vec![0, 1]);
+        let mut index = CandidateIndex::new(&tier);
+        let f = |outstanding, has_room, task_ms| {
+            Some(Figures {
+                outstanding,
+                has_room,
+                task_ms,
+            })
+        };
+        let no_load = |_: usize, _: usize| Ordering::Equal;
+        index.update(0, f(5, false, 10));
+        index.update(1, f(0, true, 100));
+        assert_eq!(lew.pick_indexed("", &index, &[], &no_load), None);
+        assert!(index.any_with_room(&[]), "held back, not short of room");
+        // An excluded fast member holds nothing back.
+        assert_eq!(lew.pick_indexed("", &index, &[0], &no_load), Some(1));
+        index.update(0, f(2, true, 10));
+        assert_eq!(lew.pick_indexed("", &index, &[], &no_load), Some(0));
+        // Its breaker opens: it now runs on a slow backup (200 ms per task).
+        index.update(0, f(2, true, 200));
+        assert_eq!(lew.pick_indexed("", &index, &[], &no_load), Some(1));
+        index.update(1, None);
+        assert_eq!(lew.pick_indexed("", &index, &[], &no_load), Some(0));
     }
 
     #[test]

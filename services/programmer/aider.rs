@@ -158,6 +158,9 @@ pub struct AiderInvocation {
     pub nice: u8,
     /// The launcher's memory ceiling, MiB (`defaults.max_memory_per_job_mib`; 0 = none).
     pub max_memory_mib: u64,
+    /// Aider's reflection limit (`max_fix_iterations`): how many times it may send the model's
+    /// failed edit back for a fix within one run; the launcher sets `Coder.max_reflections`.
+    pub max_reflections: u32,
 }
 
 /// Which pipe a chunk came from.
@@ -282,6 +285,65 @@ impl RunDir {
 }
 
 /// The `--model-settings-file` content: edit format and no SDK-level retries.
+/// The interpreter's aider is not the one the configuration pins (`aider.version`), or cannot be
+/// asked: the programmer refuses to start rather than run an aider whose flags and behaviour the
+/// launcher was not written for.
+#[derive(Debug, thiserror::Error)]
+pub enum AiderVersionError {
+    #[error(
+        "aider.version: the configuration pins aider-chat {expected}, but {python} has {found} \
+         installed (run scripts/install-aider.sh, or set aider.version to {found})"
+    )]
+    Mismatch {
+        python: String,
+        expected: String,
+        found: String,
+    },
+    #[error("aider.python: cannot ask {python} for its aider-chat version: {reason}")]
+    Unreadable { python: String, reason: String },
+}
+
+/// Asks `python` (isolated mode: no user site, no PYTHON* variables) which aider-chat it has and
+/// compares it with `expected`.
+pub async fn check_installed_version(
+    python: &Path,
+    expected: &str,
+) -> Result<(), AiderVersionError> {
+    let shown = python.display().to_string();
+    let unreadable = |reason: String| AiderVersionError::Unreadable {
+        python: shown.clone(),
+        reason,
+    };
+    let run = Command::new(python)
+        .args([
+            "-I",
+            "-c",
+            "import importlib.metadata as m; print(m.version('aider-chat'))",
+        ])
+        .env_clear()
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .map_err(|_| unreadable("no answer within 60 s".into()))?
+        .map_err(|e| unreadable(e.to_string()))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr.lines().last().unwrap_or_default().trim().to_string();
+        return Err(unreadable(format!("{}: {last}", out.status)));
+    }
+    let found = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if found != expected.trim() {
+        return Err(AiderVersionError::Mismatch {
+            python: shown,
+            expected: expected.trim().to_string(),
+            found,
+        });
+    }
+    Ok(())
+}
+
 pub fn model_settings_yaml(model: &ModelEndpoint) -> String {
     let entry = serde_json::json!([{
         "name": model.name,
@@ -423,6 +485,10 @@ fn environment(inv: &AiderInvocation, home: &Path) -> Vec<(String, String)> {
         (
             "PAS_AIDER_MAX_MEMORY_MIB".to_string(),
             inv.max_memory_mib.to_string(),
+        ),
+        (
+            "PAS_AIDER_MAX_REFLECTIONS".to_string(),
+            inv.max_reflections.to_string(),
         ),
     ];
     let key = inv.model.api_key.clone();
@@ -989,6 +1055,7 @@ not json
             usage_cap: None,
             nice: 0,
             max_memory_mib: 0,
+            max_reflections: 3,
         };
         let args: Vec<String> = aider_args(&inv, Path::new("s"), Path::new("m"), Path::new("a"))
             .into_iter()
@@ -1022,6 +1089,7 @@ not json
             usage_cap: None,
             nice: 0,
             max_memory_mib: 0,
+            max_reflections: 3,
         };
         let strings = |inv: &AiderInvocation| -> Vec<String> {
             aider_args(inv, Path::new("s"), Path::new("m"), Path::new("a"))

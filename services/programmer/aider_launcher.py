@@ -33,6 +33,8 @@
    that needs more gets MemoryError — uncaught, on any thread, or caught by aider and reported
    through its tool_error — and the launcher then prints one line naming the ceiling and exits
    75, which fails this task alone (ERROR_CLASS_RESOURCE_LIMIT).
+11. PAS_AIDER_MAX_REFLECTIONS (defaults.max_fix_iterations) is aider's reflection limit: how many
+   times one run sends a failed edit back to the model for a fix (Coder.max_reflections).
 
 Usage: python aider_launcher.py <aider arguments...>   (run with the worktree as cwd)
 """
@@ -108,6 +110,12 @@ except MemoryError:
 
 aider.models.RETRY_TIMEOUT = 0
 aider.coders.base_coder.RETRY_TIMEOUT = 0
+
+# 11. defaults.max_fix_iterations: how many times aider sends a failed edit back to the model for a
+# fix (its reflection limit), on Coder and every coder class.
+_MAX_REFLECTIONS = os.environ.get("PAS_AIDER_MAX_REFLECTIONS", "")
+if _MAX_REFLECTIONS.isdigit():
+    aider.coders.base_coder.Coder.max_reflections = int(_MAX_REFLECTIONS)
 
 _original_get_parser = aider.main.get_parser
 

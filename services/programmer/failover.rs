@@ -196,6 +196,9 @@ pub async fn run_task(
             prior_tokens: result.tokens_sent + result.tokens_received,
             prior_cost: cost,
         };
+        // One aider run is bounded by max_duration_per_job_s as well as by the task's deadline.
+        let run_limit = Duration::from_secs(spec.limits.max_duration_per_job_s);
+        let attempt_deadline = deadline.min(Instant::now() + run_limit);
         let report: AttemptReport = run_attempt(
             prog,
             task,
@@ -205,7 +208,7 @@ pub async fn run_task(
             cap.clone(),
             sink,
             &cancel,
-            deadline,
+            attempt_deadline,
         )
         .instrument(span.clone())
         .await;
@@ -252,7 +255,14 @@ pub async fn run_task(
             }
             AttemptOutcome::DeadlineExceeded => {
                 result.status = TaskState::TimedOut as i32;
-                let msg = format!("task deadline of {}s exceeded", task.deadline.as_secs());
+                let msg = if attempt_deadline < deadline {
+                    format!(
+                        "attempt {number} ran past max_duration_per_job_s ({}s): aider was stopped",
+                        run_limit.as_secs()
+                    )
+                } else {
+                    format!("task deadline of {}s exceeded", task.deadline.as_secs())
+                };
                 return finish_with(worktree, result, ErrorClass::Deadline, msg, started).await;
             }
             // Crossed while aider ran, and aider was stopped there: never a failover (the next

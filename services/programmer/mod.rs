@@ -78,6 +78,8 @@ pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
             port: args.port,
         },
     )?;
+    // The aider this programmer would run is the pinned one, or it does not start.
+    aider::check_installed_version(&config.aider_python(), &config.pool.aider.version).await?;
     let host = spec.host.clone();
     let tls = args
         .security

@@ -93,7 +93,9 @@ pub async fn validate(
     } else {
         u64::from(req.timeout_s)
     };
-    let deadline = Duration::from_secs(requested.min(limits.max_duration_per_job_s));
+    // The whole task's deadline (every attempt, failover pauses included). It is not cut to
+    // max_duration_per_job_s, which bounds each aider run instead (see `failover`).
+    let deadline = Duration::from_secs(requested);
     let (repo, workspace_name) = match (req.workspace.is_empty(), req.repo_url.is_empty()) {
         (false, false) => {
             return Err(invalid(
@@ -196,6 +198,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_default_deadline_is_not_cut_to_the_per_run_limit() {
+        let (_tmp, root) = root();
+        // The shipped values: 900 s per task, 600 s per aider run.
+        let shipped = JobLimits {
+            timeout_s: 900,
+            max_duration_per_job_s: 600,
+            ..limits()
+        };
+        let t = validate(request(), &shipped, &WorkspaceCache::new(&root), None)
+            .await
+            .expect("valid");
+        assert_eq!(t.deadline, Duration::from_secs(900));
+    }
+
+    #[tokio::test]
     async fn applies_defaults_and_caps() {
         let (_tmp, root) = root();
         let t = validate(request(), &limits(), &WorkspaceCache::new(&root), None)
@@ -222,7 +239,11 @@ mod tests {
             .expect("valid");
         assert_eq!(t.task_id, "task-7");
         assert_eq!(t.origin_task_id, "task-7");
-        assert_eq!(t.deadline, Duration::from_secs(600), "capped");
+        assert_eq!(
+            t.deadline,
+            Duration::from_secs(10_000),
+            "the request's deadline stands: max_duration_per_job_s bounds each aider run"
+        );
         assert_eq!(t.max_cost, Usd::from_nanos(500_000_000), "capped");
         assert_eq!(t.base_ref.as_deref(), Some("main"));
         let req = TaskRequest {

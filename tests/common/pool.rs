@@ -615,9 +615,24 @@ impl TestPool {
     /// Appends top-level YAML (sections the generated config does not write, such as
     /// `capability_routing:` or `llms:`) to the config file. Call before starting processes.
     pub fn append_config(&self, yaml: &str) {
-        let mut text = std::fs::read_to_string(&self.config_path).expect("read config");
-        text.push_str(yaml);
-        std::fs::write(&self.config_path, text).expect("write config");
+        self.edit_config(|text| text + yaml);
+    }
+
+    /// Rewrites the config file: `edit` gets its text and returns the new one (e.g. to add a key
+    /// to a section the generated config writes). Call before starting processes.
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.config_path).expect("read config");
+        std::fs::write(&self.config_path, edit(text)).expect("write config");
+    }
+
+    /// Adds `key: value` to programmer `id`'s entry (a per-programmer override such as
+    /// `max_fix_iterations: 1`). Call before starting processes.
+    pub fn set_programmer_key(&self, id: &str, key: &str, value: &str) {
+        let entry = format!("  - id: \"{id}\"\n");
+        self.edit_config(|text| {
+            assert!(text.contains(&entry), "no programmer {id} in the config");
+            text.replacen(&entry, &format!("{entry}    {key}: {value}\n"), 1)
+        });
     }
 
     /// Every configured programmer id, in configuration order.
