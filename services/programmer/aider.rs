@@ -284,7 +284,6 @@ impl RunDir {
     }
 }
 
-/// The `--model-settings-file` content: edit format and no SDK-level retries.
 /// The interpreter's aider is not the one the configuration pins (`aider.version`), or cannot be
 /// asked: the programmer refuses to start rather than run an aider whose flags and behaviour the
 /// launcher was not written for.
@@ -344,6 +343,7 @@ pub async fn check_installed_version(
     Ok(())
 }
 
+/// The `--model-settings-file` content: edit format and no SDK-level retries.
 pub fn model_settings_yaml(model: &ModelEndpoint) -> String {
     let entry = serde_json::json!([{
         "name": model.name,
