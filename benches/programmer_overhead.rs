@@ -154,6 +154,7 @@ async fn bench(runs: usize, dry_runs: usize) {
         usage_cap: None,
         nice: 0,
         max_memory_mib: 0,
+        warm: None,
     };
 
     let execute = |client: &mut pool::ProgrammerClient, dry_run: bool| {

@@ -137,6 +137,7 @@ pub async fn run_attempt(
         usage_cap: Some(cap),
         nice: prog.aider.nice,
         max_memory_mib: prog.spec.limits.max_memory_per_job_mib,
+        warm: prog.aider.warm.clone(),
     };
 
     let (tx, mut rx) = mpsc::channel::<OutputChunk>(256);
