@@ -745,7 +745,7 @@ pub async fn run_aider(
     );
     let env = environment(&inv, &run_dir.home());
     let started = Instant::now();
-    let mut process = spawn(&inv, &run_dir, &args, &env).await?;
+    let mut process = spawn(&inv, &run_dir, &args, &env, deadline, &cancel).await?;
     let pgid = process.pgid();
     let guard = GroupGuard { pgid };
     let collected = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
@@ -845,14 +845,18 @@ enum Process {
 
 /// Starts aider for `inv` in its worktree with `args` and `env`: on a warm worker when the
 /// programmer has them and one takes the task, else cold (the same arguments and environment).
+/// (A cancel or the deadline while waiting for a warm zygote still importing: cold, and the
+/// caller stops it at once.)
 async fn spawn(
     inv: &AiderInvocation,
     run_dir: &RunDir,
     args: &[OsString],
     env: &[(String, String)],
+    deadline: Instant,
+    cancel: &CancellationToken,
 ) -> Result<Process, AiderError> {
     if let (Some(warm), true) = (&inv.warm, inv.launch_prefix.is_empty()) {
-        if let Some(child) = warm.launch(&inv.workdir, args, env).await {
+        if let Some(child) = warm.launch(&inv.workdir, args, env, deadline, cancel).await {
             tracing::info!(pid = child.pid.as_raw(), warm = true, "aider started");
             return Ok(Process::Warm(Box::new(child)));
         }

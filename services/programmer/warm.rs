@@ -38,6 +38,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// The zygote script, embedded like the launcher and written next to it.
 pub const ZYGOTE_PY: &str = include_str!("aider_zygote.py");
@@ -225,14 +226,20 @@ impl WarmPool {
 
     /// Hands a task to an idle worker: `cwd`, `argv` (aider's arguments, after the launcher) and
     /// `env` (the whole environment) exactly as a cold start would use them. `None` when no warm
-    /// worker could take it — the caller then starts the task cold; nothing ran.
+    /// worker could take it — the caller then starts the task cold; nothing ran. Waiting for a
+    /// zygote still importing ends at `deadline` or on `cancel`.
     pub async fn launch(
         &self,
         cwd: &Path,
         argv: &[OsString],
         env: &[(String, String)],
+        deadline: Instant,
+        cancel: &CancellationToken,
     ) -> Option<WarmChild> {
-        let jobs = self.jobs().await?;
+        let jobs = tokio::select! {
+            jobs = self.jobs(deadline) => jobs?,
+            () = cancel.cancelled() => return None,
+        };
         let task = task_line(cwd, argv, env)?;
         let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).ok()?;
         let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).ok()?;
@@ -291,11 +298,13 @@ impl WarmPool {
         })
     }
 
-    /// The job socket of a ready zygote, waiting for one still importing.
-    async fn jobs(&self) -> Option<Arc<OwnedFd>> {
+    /// The job socket of a ready zygote, waiting for one still importing (at most [`READY_WAIT`],
+    /// and not past `deadline`).
+    async fn jobs(&self, deadline: Instant) -> Option<Arc<OwnedFd>> {
         let mut rx = self.state.subscribe();
         let settled = rx.wait_for(|s| !matches!(s, ZygoteState::Starting));
-        match tokio::time::timeout(READY_WAIT, settled).await {
+        let until = deadline.min(Instant::now() + READY_WAIT);
+        match tokio::time::timeout_at(until, settled).await {
             Ok(Ok(state)) => match &*state {
                 ZygoteState::Ready(jobs) => Some(jobs.clone()),
                 _ => None,
