@@ -78,7 +78,7 @@ fn main() -> anyhow::Result<()> {
                     support::overload::run(&[1000, 10_000], std::time::Duration::from_secs(30))
                 }
             }
-            "task_start" => support::task_start::run(if quick { 3 } else { 10 }, 20),
+            "task_start" => support::task_start::run(if quick { 3 } else { 8 }, 20),
             _ => unreachable!("checked above"),
         };
         match section {

@@ -144,6 +144,9 @@ fn pool(mode: &'static str, programmers: usize, script: &str) -> Pool {
         max_retries: 1,
         // Every failover task must try its primary first: the breaker never opens.
         failure_threshold: 1_000_000,
+        // A busy 2-core machine can take long to start ten cold interpreters at once.
+        task_timeout_s: 900,
+        request_timeout_s: 300,
         ..PoolOptions::default()
     };
     let pool = TestPool::with_sim(options, Sim::start_with_script(script)).with_aider_start(mode);
