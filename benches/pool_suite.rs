@@ -2,7 +2,7 @@
 //! quality, streaming, and the routing-cost ratio from criterion's results.
 //!
 //! Run: `cargo bench --bench pool_suite [-- SECTION… | --quick]` with SECTION among `machine`,
-//! `scheduling`, `heterogeneous`, `failure`, `memory`, `streaming`, `routing`, `overload` (default: all; `routing` needs
+//! `scheduling`, `heterogeneous`, `failure`, `memory`, `streaming`, `routing`, `overload`, `task_start` (default: all; `routing` needs
 //! `cargo bench --bench routing` first). `scripts/bench.sh` runs every benchmark and rebuilds the
 //! tables of `BENCHMARKS.md`.
 //!
@@ -21,7 +21,7 @@ mod support;
 use anyhow::bail;
 use support::Section;
 
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "machine",
     "scheduling",
     "heterogeneous",
@@ -30,6 +30,7 @@ const SECTIONS: [&str; 8] = [
     "streaming",
     "routing",
     "overload",
+    "task_start",
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -81,6 +82,7 @@ fn main() -> anyhow::Result<()> {
                     support::overload::run(&[1000, 10_000], std::time::Duration::from_secs(30))
                 }
             }
+            "task_start" => support::task_start::run(if quick { 3 } else { 8 }, 20),
             _ => unreachable!("checked above"),
         };
         match section {

@@ -155,6 +155,7 @@ async fn bench(runs: usize, dry_runs: usize) {
         nice: 0,
         max_memory_mib: 0,
         max_reflections: 3,
+        warm: None,
     };
 
     let execute = |client: &mut pool::ProgrammerClient, dry_run: bool| {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh machine: installs the pinned aider venv if missing,
-# then builds every target (benchmarks included) and runs the Rust test suite (unit tests, and whole-system tests that start the real
+# then builds every target (benchmarks included) and runs the Rust test suite (aider warm; a
+# representative set again with PAS_TEST_AIDER_START=cold) (unit tests, and whole-system tests that start the real
 # `pas` binaries, real aider and real git on 127.0.0.1). The deploy/ manifests are rendered and
 # validated offline with the pinned kubectl, helm and kubernetes-validate (scripts/install-deploy-tools.sh).
 set -euo pipefail
@@ -15,3 +16,8 @@ scripts/install-chromium.sh
 export PAS_AIDER_PYTHON="$root/.aider-venv/bin/python"
 cargo build --all-targets --locked
 cargo test --lib --bins --tests --locked --no-fail-fast -- --test-threads="${PAS_TEST_THREADS:-2}"
+# The suites above start aider warm (aider.start: warm, the default); a representative set runs
+# again on the cold path (the fallback, and the comparison).
+PAS_TEST_AIDER_START=cold cargo test --locked --no-fail-fast --test aider_real \
+  --test security_hostile_tasks --test programmer_execute --test programmer_restart \
+  -- --test-threads="${PAS_TEST_THREADS:-2}"

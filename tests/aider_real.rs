@@ -15,6 +15,7 @@ use pas::programmer::aider::{
     AiderInvocation, AiderRun, ModelEndpoint, OutputChunk, Provider, REDACTED, run_aider,
 };
 use pas::programmer::classify::{LlmFailureClass, Outcome, classify};
+use pas::programmer::warm::{READY_WAIT, WarmPool};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +64,7 @@ fn invocation(repo: &Path, model: ModelEndpoint, message: &str) -> AiderInvocati
         nice: 0,
         max_memory_mib: 0,
         max_reflections: 3,
+        warm: common::warm_pool(),
     }
 }
 
@@ -79,9 +81,19 @@ async fn run(inv: AiderInvocation, within: Duration) -> (AiderRun, Vec<OutputChu
         }
         chunks
     });
+    // The suite's own workers always take a task (other pools are tested for their fallback).
+    let suite_pool = |w: &Arc<WarmPool>| common::warm_pool().is_some_and(|g| Arc::ptr_eq(w, &g));
+    let expect_warm = inv.warm.as_ref().is_some_and(suite_pool) && inv.launch_prefix.is_empty();
+    let checked = inv.warm.is_none() || expect_warm;
     let run = run_aider(inv, tx, CancellationToken::new(), Instant::now() + within)
         .await
         .expect("aider starts");
+    if checked {
+        assert_eq!(
+            run.warm, expect_warm,
+            "started warm when the suite runs warm"
+        );
+    }
     let chunks = collector.await.expect("collector");
     let outcome = classify(&run, repo_changed(&repo, &base));
     (run, chunks, outcome)
@@ -680,4 +692,87 @@ async fn aider_refuses_to_edit_a_path_that_resolves_outside_the_worktree() {
             .any(|e| e.unwrap().path() != target),
         "nothing created outside"
     );
+}
+
+/// The same task, cold and on a warm worker: both succeed with the same change, and only the warm
+/// one ran on a forked worker (whatever `PAS_TEST_AIDER_START` says).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_ends_alike_cold_and_warm() {
+    let sim = Sim::start();
+    let warm = own_warm_pool(1).await;
+    let mut changed = Vec::new();
+    for pool in [None, Some(warm.clone())] {
+        let repo = git_repo(&[("calc.py", CALC)]);
+        let base = git_head(repo.path());
+        let mut inv = invocation(repo.path(), endpoint(&sim, "openai/gpt-4o", true), TASK);
+        inv.warm = pool.clone();
+        let (run, chunks, outcome) = run(inv, Duration::from_secs(120)).await;
+        assert_eq!(outcome, Outcome::Success, "{}", run.output);
+        assert_eq!(run.warm, pool.is_some(), "{}", run.output);
+        assert!(!chunks.is_empty(), "output streamed");
+        assert!(run.usage.llm_calls >= 1 && run.usage.cost > Usd::ZERO);
+        changed.push(common::git(
+            repo.path(),
+            &["diff", "--name-only", &base, "HEAD"],
+        ));
+    }
+    assert_eq!(changed[0], changed[1]);
+    assert_eq!(changed[0].trim(), "calc.py");
+}
+
+/// An idle worker that crashes is replaced by its zygote and the next task still runs warm; a
+/// zygote that dies is restarted (tasks meanwhile start cold) and serves warm again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_worker_or_zygote_is_replaced_and_tasks_still_run() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let sim = Sim::start();
+    let warm = own_warm_pool(1).await;
+    let task = |warm: &Arc<WarmPool>| {
+        let repo = git_repo(&[("calc.py", CALC)]);
+        let mut inv = invocation(repo.path(), endpoint(&sim, "openai/gpt-4o", false), TASK);
+        inv.warm = Some(warm.clone());
+        (repo, inv)
+    };
+
+    let zygote = warm.zygote_pid().expect("a zygote runs");
+    let idle = common::descendants(zygote);
+    assert_eq!(idle.len(), 1, "one idle worker: {idle:?}");
+    kill(Pid::from_raw(idle[0] as i32), Signal::SIGKILL).expect("kill the idle worker");
+    let (_repo, inv) = task(&warm);
+    let (done, _, outcome) = run(inv, Duration::from_secs(120)).await;
+    assert_eq!(outcome, Outcome::Success, "{}", done.output);
+    assert!(done.warm, "a replacement worker took the task");
+    assert_ne!(done.pgid, Some(idle[0] as i32));
+
+    kill(Pid::from_raw(zygote as i32), Signal::SIGKILL).expect("kill the zygote");
+    let (_repo, inv) = task(&warm);
+    let (done, _, outcome) = run(inv, Duration::from_secs(120)).await;
+    assert_eq!(
+        outcome,
+        Outcome::Success,
+        "cold or warm, it runs: {}",
+        done.output
+    );
+    assert!(warm.wait_ready(READY_WAIT).await, "the zygote is back");
+    assert_ne!(warm.zygote_pid(), Some(zygote));
+    let (_repo, inv) = task(&warm);
+    let (done, _, outcome) = run(inv, Duration::from_secs(120)).await;
+    assert_eq!(outcome, Outcome::Success, "{}", done.output);
+    assert!(done.warm, "warm again after the restart");
+}
+
+/// A pool of this test's own (started on this test's runtime, which outlives its use).
+async fn own_warm_pool(workers: usize) -> Arc<WarmPool> {
+    let warm = Arc::new(
+        WarmPool::new(
+            aider_python(),
+            workers,
+            pas::programmer::aider::neutral_environment,
+        )
+        .expect("warm pool"),
+    );
+    warm.start();
+    assert!(warm.wait_ready(READY_WAIT).await, "warm workers ready");
+    warm
 }

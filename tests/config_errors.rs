@@ -680,3 +680,18 @@ fn repositories_resolve_against_the_config_and_data_dirs() {
         .expect("the seed loads unchanged");
     assert!(plain.repositories().is_none());
 }
+
+#[test]
+fn warm_aider_workers_out_of_range_and_an_unknown_start_mode() {
+    let yaml = seed_plus("aider:\n  start: warm\n  warm_workers: 0\n");
+    let issue = expect_only(
+        &yaml,
+        "aider.warm_workers",
+        "warm_workers: 0",
+        "must be 1-64",
+    );
+    assert!(issue.message.contains("start: cold"), "{issue}");
+    let yaml = seed_plus("aider:\n  start: hot\n");
+    let issues = issues(&yaml);
+    expect_issue(&issues, "aider.start", line_of(&yaml, "start: hot"), "warm");
+}

@@ -55,6 +55,10 @@ async fn kill_9_leaves_no_orphan_aider_and_restart_sweeps_the_worktree() {
     )
     .await;
 
+    // Everything the programmer started: the running aider and, warm, the zygote and its idle
+    // workers.
+    let tree = common::descendants(prog.pid());
+    assert!(!tree.is_empty());
     prog.kill();
     wait_until(
         Duration::from_secs(5),
@@ -62,6 +66,15 @@ async fn kill_9_leaves_no_orphan_aider_and_restart_sweeps_the_worktree() {
         || {
             let dir = task_dir.clone();
             async move { common::processes_in_dir(&dir).is_empty() }
+        },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(5),
+        "every process the programmer started gone (zygote, idle workers)",
+        || {
+            let tree = tree.clone();
+            async move { !tree.iter().any(|&p| common::alive(p)) }
         },
     )
     .await;

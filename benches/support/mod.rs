@@ -15,6 +15,7 @@ pub mod overload;
 pub mod routing;
 pub mod scheduling;
 pub mod streaming;
+pub mod task_start;
 
 use anyhow::Context;
 use comfy_table::{Table, presets::ASCII_MARKDOWN};

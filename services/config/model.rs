@@ -484,6 +484,23 @@ pub struct AiderConfig {
     pub request_timeout_s: u64,
     /// CPU niceness aider runs at (0-19), so the services stay responsive on a saturated host.
     pub nice: u8,
+    /// How attempts start aider: `warm` (a pre-imported worker forked from the programmer's
+    /// zygote, falling back to cold when none is ready) or `cold` (a new interpreter each time).
+    pub start: AiderStart,
+    /// Idle warm workers each programmer keeps ready; default: its concurrency
+    /// (`load_balancing.max_concurrent_per_programmer`).
+    pub warm_workers: Option<u32>,
+}
+
+/// `aider.start`: how an attempt gets its aider process.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AiderStart {
+    /// A warm worker (aider already imported); cold when none is ready.
+    #[default]
+    Warm,
+    /// A new Python interpreter per attempt.
+    Cold,
 }
 
 impl Default for AiderConfig {
@@ -495,6 +512,8 @@ impl Default for AiderConfig {
             extra_flags: Vec::new(),
             request_timeout_s: 120,
             nice: 10,
+            start: AiderStart::Warm,
+            warm_workers: None,
         }
     }
 }

@@ -515,6 +515,9 @@ fn edit_format(out: &mut Vec<Finding>, key: KeyPath, format: &str) {
     }
 }
 
+/// The most idle warm workers one programmer may keep (each holds a forked interpreter).
+const MAX_WARM_WORKERS: u32 = 64;
+
 fn check_aider(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
     let a = &pool.aider;
     non_empty(out, at.key("version"), &a.version, "version");
@@ -524,6 +527,15 @@ fn check_aider(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
         out.push(Finding::value(
             at.key("nice"),
             format!("must be 0-19 (found {})", a.nice),
+        ));
+    }
+    if let Some(n) = a
+        .warm_workers
+        .filter(|n| !(1..=MAX_WARM_WORKERS).contains(n))
+    {
+        out.push(Finding::value(
+            at.key("warm_workers"),
+            format!("must be 1-{MAX_WARM_WORKERS} (found {n}; use `start: cold` for none)"),
         ));
     }
     if a.python

@@ -25,9 +25,11 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::money::Usd;
+use crate::programmer::warm::{WarmChild, WarmPool};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::Serialize;
@@ -161,6 +163,9 @@ pub struct AiderInvocation {
     /// Aider's reflection limit (`max_fix_iterations`): how many times it may send the model's
     /// failed edit back for a fix within one run; the launcher sets `Coder.max_reflections`.
     pub max_reflections: u32,
+    /// The programmer's warm workers (`aider.start: warm`): the attempt runs on one of them when
+    /// one takes it, else cold; `None` (or a `launch_prefix`) = always cold.
+    pub warm: Option<Arc<WarmPool>>,
 }
 
 /// Which pipe a chunk came from.
@@ -219,6 +224,8 @@ pub struct AiderRun {
     pub duration: Duration,
     /// The process group id aider ran in (gone when this is returned).
     pub pgid: Option<i32>,
+    /// aider ran on a warm worker (false: a cold process).
+    pub warm: bool,
 }
 
 /// Why an attempt could not even be started.
@@ -456,9 +463,10 @@ pub fn aider_args(
     a
 }
 
-/// The environment variables of the run (everything else is cleared).
-fn environment(inv: &AiderInvocation, home: &Path) -> Vec<(String, String)> {
-    let mut env = vec![
+/// The environment every aider process starts from, with `home` as HOME: no key, no task setting.
+/// A warm zygote imports aider with exactly this (see [`super::warm`]).
+pub fn neutral_environment(home: &Path) -> Vec<(String, String)> {
+    vec![
         (
             "PATH".to_string(),
             std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
@@ -480,6 +488,13 @@ fn environment(inv: &AiderInvocation, home: &Path) -> Vec<(String, String)> {
         ("GIT_COMMITTER_NAME".to_string(), GIT_NAME.to_string()),
         ("GIT_COMMITTER_EMAIL".to_string(), GIT_EMAIL.to_string()),
         ("GIT_TERMINAL_PROMPT".to_string(), "0".to_string()),
+    ]
+}
+
+/// The environment variables of the run (everything else is cleared).
+fn environment(inv: &AiderInvocation, home: &Path) -> Vec<(String, String)> {
+    let mut env = neutral_environment(home);
+    env.extend([
         // Read by the launcher before anything else (see aider_launcher.py, item 10).
         ("PAS_AIDER_NICE".to_string(), inv.nice.to_string()),
         (
@@ -490,7 +505,7 @@ fn environment(inv: &AiderInvocation, home: &Path) -> Vec<(String, String)> {
             "PAS_AIDER_MAX_REFLECTIONS".to_string(),
             inv.max_reflections.to_string(),
         ),
-    ];
+    ]);
     let key = inv.model.api_key.clone();
     match inv.model.provider {
         Provider::OpenAi => {
@@ -522,11 +537,21 @@ fn environment(inv: &AiderInvocation, home: &Path) -> Vec<(String, String)> {
 }
 
 /// Kills the process group when dropped unless disarmed: a dropped run leaves no orphans.
-struct GroupGuard {
+pub(crate) struct GroupGuard {
     pgid: Option<Pid>,
 }
 
 impl GroupGuard {
+    /// Guards group `pgid`.
+    pub(crate) fn new(pgid: Pid) -> Self {
+        Self { pgid: Some(pgid) }
+    }
+
+    /// The group is gone (or someone else guards it now): never signal that id again.
+    pub(crate) fn disarm(mut self) {
+        self.pgid = None;
+    }
+
     fn kill(&self, signal: Signal) {
         if let Some(pgid) = self.pgid {
             // ESRCH (group already gone) is the normal case after exit.
@@ -784,46 +809,17 @@ pub async fn run_aider(
         &run_dir.metadata(),
         &run_dir.analytics(),
     );
-    let mut cmd = match inv.launch_prefix.split_first() {
-        Some((program, rest)) => {
-            let mut c = Command::new(program);
-            c.args(rest).arg(&inv.python);
-            c
-        }
-        None => Command::new(&inv.python),
-    };
-    cmd.arg(run_dir.launcher())
-        .args(&args)
-        .current_dir(&inv.workdir)
-        .env_clear()
-        .envs(environment(&inv, &run_dir.home()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+    let env = environment(&inv, &run_dir.home());
     let started = Instant::now();
-    let mut child: Child = cmd.spawn().map_err(AiderError::Spawn)?;
-    let pgid = child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .map(Pid::from_raw);
+    let mut process = spawn(&inv, &run_dir, &args, &env, deadline, &cancel).await?;
+    let pgid = process.pgid();
     let guard = GroupGuard { pgid };
     let collected = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let mut pumps = Vec::new();
-    if let Some(out) = child.stdout.take() {
+    for (pipe, stream) in process.take_pipes() {
         pumps.push(tokio::spawn(pump(
-            out,
-            OutputStream::Stdout,
-            inv.model.api_key.clone(),
-            collected.clone(),
-            output.clone(),
-        )));
-    }
-    if let Some(err) = child.stderr.take() {
-        pumps.push(tokio::spawn(pump(
-            err,
-            OutputStream::Stderr,
+            pipe,
+            stream,
             inv.model.api_key.clone(),
             collected.clone(),
             output.clone(),
@@ -843,14 +839,14 @@ pub async fn run_aider(
     let status = loop {
         tokio::select! {
             // Cancel safe: a wait interrupted by a poll tick is simply waited on again.
-            status = child.wait() => break status.map_err(AiderError::Wait)?,
+            status = process.wait() => break status?,
             () = cancel.cancelled() => {
                 cancelled = true;
-                break stop(&mut child, &guard).await?;
+                break stop(&mut process, &guard).await?;
             }
             () = tokio::time::sleep_until(deadline) => {
                 timed_out = true;
-                break stop(&mut child, &guard).await?;
+                break stop(&mut process, &guard).await?;
             }
             _ = poll.tick(), if tail.is_some() => {
                 let Some((cap, tail)) = tail.as_mut() else { continue };
@@ -860,7 +856,7 @@ pub async fn run_aider(
                 if let Some(why) = cap.exceeded(tokens, cost) {
                     tracing::info!(%why, "usage cap crossed while aider runs: stopping it");
                     cap_reached = Some(why);
-                    break stop(&mut child, &guard).await?;
+                    break stop(&mut process, &guard).await?;
                 }
             }
         }
@@ -868,17 +864,15 @@ pub async fn run_aider(
     // Whatever aider left behind in its group (git, a linter) goes too, so the pipes close.
     guard.kill(Signal::SIGKILL);
     // The group is gone now; never signal that id again (it could be reused).
-    let mut guard = guard;
-    guard.pgid = None;
+    guard.disarm();
     for p in pumps {
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, p).await;
     }
     let output = collected.lock().map(|s| s.clone()).unwrap_or_default();
     let analytics = std::fs::read_to_string(run_dir.analytics()).unwrap_or_default();
-    use std::os::unix::process::ExitStatusExt;
     Ok(AiderRun {
-        exit_code: status.code(),
-        signal: status.signal(),
+        exit_code: status.code,
+        signal: status.signal,
         output,
         usage: parse_analytics(&analytics),
         cancelled,
@@ -886,20 +880,134 @@ pub async fn run_aider(
         cap_reached,
         duration: started.elapsed(),
         pgid: pgid.map(|p| p.as_raw()),
+        warm: matches!(process, Process::Warm(_)),
     })
 }
 
 /// SIGTERM to the group, SIGKILL after [`TERM_GRACE`], then reap.
-async fn stop(
-    child: &mut Child,
-    guard: &GroupGuard,
-) -> Result<std::process::ExitStatus, AiderError> {
+async fn stop(process: &mut Process, guard: &GroupGuard) -> Result<Exit, AiderError> {
     guard.kill(Signal::SIGTERM);
-    match tokio::time::timeout(TERM_GRACE, child.wait()).await {
-        Ok(status) => status.map_err(AiderError::Wait),
+    match tokio::time::timeout(TERM_GRACE, process.wait()).await {
+        Ok(status) => status,
         Err(_) => {
             guard.kill(Signal::SIGKILL);
-            child.wait().await.map_err(AiderError::Wait)
+            process.wait().await
+        }
+    }
+}
+
+/// How an aider process ended.
+#[derive(Debug, Clone, Copy)]
+struct Exit {
+    code: Option<i32>,
+    signal: Option<i32>,
+}
+
+/// A running aider: a cold process we spawned, or a warm worker a zygote forked for us.
+enum Process {
+    Cold(Child),
+    Warm(Box<WarmChild>),
+}
+
+/// Starts aider for `inv` in its worktree with `args` and `env`: on a warm worker when the
+/// programmer has them and one takes the task, else cold (the same arguments and environment).
+/// (A cancel or the deadline while waiting for a warm zygote still importing: cold, and the
+/// caller stops it at once.)
+async fn spawn(
+    inv: &AiderInvocation,
+    run_dir: &RunDir,
+    args: &[OsString],
+    env: &[(String, String)],
+    deadline: Instant,
+    cancel: &CancellationToken,
+) -> Result<Process, AiderError> {
+    if let (Some(warm), true) = (&inv.warm, inv.launch_prefix.is_empty()) {
+        if let Some(child) = warm.launch(&inv.workdir, args, env, deadline, cancel).await {
+            tracing::info!(pid = child.pid.as_raw(), warm = true, "aider started");
+            return Ok(Process::Warm(Box::new(child)));
+        }
+    }
+    let mut cmd = match inv.launch_prefix.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(&inv.python);
+            c
+        }
+        None => Command::new(&inv.python),
+    };
+    cmd.arg(run_dir.launcher())
+        .args(args)
+        .current_dir(&inv.workdir)
+        .env_clear()
+        .envs(env.iter().cloned())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = cmd.spawn().map_err(AiderError::Spawn)?;
+    tracing::info!(pid = child.id(), warm = false, "aider started");
+    Ok(Process::Cold(child))
+}
+
+type Pipe = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+
+impl Process {
+    /// The process group aider runs in (its own pid in both cases).
+    fn pgid(&self) -> Option<Pid> {
+        match self {
+            Process::Cold(child) => child
+                .id()
+                .and_then(|id| i32::try_from(id).ok())
+                .map(Pid::from_raw),
+            Process::Warm(w) => Some(w.pid),
+        }
+    }
+
+    /// stdout and stderr, once.
+    fn take_pipes(&mut self) -> Vec<(Pipe, OutputStream)> {
+        let mut pipes: Vec<(Pipe, OutputStream)> = Vec::new();
+        match self {
+            Process::Cold(child) => {
+                if let Some(out) = child.stdout.take() {
+                    pipes.push((Box::new(out), OutputStream::Stdout));
+                }
+                if let Some(err) = child.stderr.take() {
+                    pipes.push((Box::new(err), OutputStream::Stderr));
+                }
+            }
+            Process::Warm(w) => {
+                if let Some(out) = w.stdout.take() {
+                    pipes.push((Box::new(out), OutputStream::Stdout));
+                }
+                if let Some(err) = w.stderr.take() {
+                    pipes.push((Box::new(err), OutputStream::Stderr));
+                }
+            }
+        }
+        pipes
+    }
+
+    /// Waits for the end (cancel safe: polled again after an interruption).
+    async fn wait(&mut self) -> Result<Exit, AiderError> {
+        match self {
+            Process::Cold(child) => {
+                use std::os::unix::process::ExitStatusExt;
+                let status = child.wait().await.map_err(AiderError::Wait)?;
+                Ok(Exit {
+                    code: status.code(),
+                    signal: status.signal(),
+                })
+            }
+            Process::Warm(w) => {
+                let exit = (&mut w.exit)
+                    .await
+                    .map_err(|e| AiderError::Wait(std::io::Error::other(e)))?;
+                Ok(Exit {
+                    code: exit.code,
+                    signal: exit.signal,
+                })
+            }
         }
     }
 }
@@ -1056,6 +1164,7 @@ not json
             nice: 0,
             max_memory_mib: 0,
             max_reflections: 3,
+            warm: None,
         };
         let args: Vec<String> = aider_args(&inv, Path::new("s"), Path::new("m"), Path::new("a"))
             .into_iter()
@@ -1090,6 +1199,7 @@ not json
             nice: 0,
             max_memory_mib: 0,
             max_reflections: 3,
+            warm: None,
         };
         let strings = |inv: &AiderInvocation| -> Vec<String> {
             aider_args(inv, Path::new("s"), Path::new("m"), Path::new("a"))

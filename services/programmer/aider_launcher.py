@@ -36,6 +36,11 @@
 11. PAS_AIDER_MAX_REFLECTIONS (defaults.max_fix_iterations) is aider's reflection limit: how many
    times one run sends a failed edit back to the model for a fix (Coder.max_reflections).
 
+11. Warm start (aider_zygote.py): the same module is imported once by a programmer's zygote with a
+   neutral environment, and each forked worker calls begin_task() once it stands in its task's
+   worktree with its task's environment, then run() with the task's arguments: the patches above
+   are the ones the cold path applies, made once before the fork.
+
 Usage: python aider_launcher.py <aider arguments...>   (run with the worktree as cwd)
 """
 
@@ -73,7 +78,23 @@ def _limit_resources():
     return mib
 
 
-MEMORY_CEILING_MIB = _limit_resources()
+# The task's worktree (nothing outside it is ever written) and memory ceiling: see begin_task().
+WORKTREE = None
+MEMORY_CEILING_MIB = 0
+
+
+def begin_task():
+    """Takes this process's task settings from its cwd (the worktree) and environment.
+
+    Cold: at start, before the slow imports. Warm: in the forked worker, after it entered the
+    worktree and took the task's environment, before aider's main().
+    """
+    global WORKTREE, MEMORY_CEILING_MIB
+    WORKTREE = os.path.realpath(os.getcwd())
+    MEMORY_CEILING_MIB = _limit_resources()
+
+
+begin_task()
 
 
 def _out_of_memory():
@@ -95,9 +116,6 @@ def _memory_error_hook(kind, value, traceback):
 # A MemoryError nobody catches, on any thread, ends the run with the launcher's line.
 sys.excepthook = _memory_error_hook
 
-# The runner starts aider in the task's worktree: nothing outside it is ever written.
-WORKTREE = os.path.realpath(os.getcwd())
-
 try:
     import aider.coders  # noqa: E402  (after the parent-death guard, before the slow imports)
     import aider.coders.base_coder  # noqa: E402
@@ -111,11 +129,14 @@ except MemoryError:
 aider.models.RETRY_TIMEOUT = 0
 aider.coders.base_coder.RETRY_TIMEOUT = 0
 
-# 11. defaults.max_fix_iterations: how many times aider sends a failed edit back to the model for a
-# fix (its reflection limit), on Coder and every coder class.
-_MAX_REFLECTIONS = os.environ.get("PAS_AIDER_MAX_REFLECTIONS", "")
-if _MAX_REFLECTIONS.isdigit():
-    aider.coders.base_coder.Coder.max_reflections = int(_MAX_REFLECTIONS)
+
+def _apply_reflection_limit():
+    """11. defaults.max_fix_iterations: how many times aider sends a failed edit back to the model
+    for a fix (its reflection limit), on Coder and so every coder class. Read when the task runs,
+    not at import: a warm worker imported this module before it had the task's environment."""
+    limit = os.environ.get("PAS_AIDER_MAX_REFLECTIONS", "")
+    if limit.isdigit():
+        aider.coders.base_coder.Coder.max_reflections = int(limit)
 
 _original_get_parser = aider.main.get_parser
 
@@ -239,9 +260,15 @@ def _thread_memory_error_hook(hook_args):
 
 threading.excepthook = _thread_memory_error_hook
 
-if __name__ == "__main__":
+
+def run(argv):
+    """aider's main() on `argv`; its exit code."""
+    _apply_reflection_limit()
     try:
-        code = aider.main.main(sys.argv[1:])
+        return aider.main.main(argv)
     except MemoryError:
         _out_of_memory()
-    sys.exit(code)
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))

@@ -138,6 +138,7 @@ pub async fn run_attempt(
         nice: prog.aider.nice,
         max_memory_mib: prog.spec.limits.max_memory_per_job_mib,
         max_reflections: prog.spec.limits.max_fix_iterations,
+        warm: prog.aider.warm.clone(),
     };
 
     let (tx, mut rx) = mpsc::channel::<OutputChunk>(256);

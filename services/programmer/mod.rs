@@ -15,6 +15,7 @@ pub mod runs;
 pub mod server;
 pub mod state;
 pub mod validate;
+pub mod warm;
 pub mod worktree;
 
 use crate::config::Config;
@@ -94,6 +95,7 @@ pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
     )?;
     let addr = listener.local_addr()?;
     let prog = Arc::new(Programmer::new(&config, spec, addr.port())?);
+    prog.start_warm_workers();
     let swept = worktree::sweep_abandoned(&prog.worktrees_dir, &prog.git_identity()).await;
     if swept > 0 {
         tracing::warn!(programmer = %prog.spec.id, worktrees = swept, "removed worktrees abandoned by a previous run");

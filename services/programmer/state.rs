@@ -1,13 +1,14 @@
 //! The state one programmer process keeps: its configuration, queue, breaker and counters, and
 //! the status it reports (GetStatus and `GET /health` share one snapshot).
 
-use crate::config::{Config, Failover, ProgrammerSpec};
+use crate::config::{AiderStart, Config, Failover, ProgrammerSpec};
 use crate::contract::circuit_name;
 use crate::contract::v1::{CircuitState, LlmState, ProgrammerStatus};
 use crate::programmer::breaker::{Breaker, BreakerPolicy, BreakerState, BreakerStore};
 use crate::programmer::mirror::Mirrors;
 use crate::programmer::queue::TaskQueue;
 use crate::programmer::runs::TaskRuns;
+use crate::programmer::warm::WarmPool;
 use crate::programmer::worktree::GitIdentity;
 use crate::workspace::WorkspaceCache;
 use std::path::PathBuf;
@@ -26,6 +27,9 @@ pub struct AiderSettings {
     pub request_timeout_s: u64,
     /// `aider.nice`, applied by the launcher.
     pub nice: u8,
+    /// The warm workers (`aider.start: warm`), started by [`Programmer::start_warm_workers`];
+    /// `None` with `aider.start: cold`.
+    pub warm: Option<Arc<WarmPool>>,
 }
 
 /// Counters since start, reported in GetStatus.
@@ -45,6 +49,8 @@ pub enum SetupError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot prepare the warm aider workers: {0}")]
+    Warm(#[source] std::io::Error),
 }
 
 /// One programmer's live state, shared by its gRPC handlers and task drivers.
@@ -116,6 +122,19 @@ impl Programmer {
             None => Breaker::new(policy),
         };
         let lb = &pool.load_balancing;
+        let warm = match pool.aider.start {
+            AiderStart::Cold => None,
+            AiderStart::Warm => Some(Arc::new(
+                WarmPool::new(
+                    config.aider_python(),
+                    pool.aider
+                        .warm_workers
+                        .unwrap_or(lb.max_concurrent_per_programmer) as usize,
+                    crate::programmer::aider::neutral_environment,
+                )
+                .map_err(SetupError::Warm)?,
+            )),
+        };
         Ok(Self {
             failover: pool.failover.clone(),
             aider: AiderSettings {
@@ -123,6 +142,7 @@ impl Programmer {
                 extra_flags: pool.aider.extra_flags.clone(),
                 request_timeout_s: pool.aider.request_timeout_s,
                 nice: pool.aider.nice,
+                warm,
             },
             workspaces: WorkspaceCache::new(config.workspace_root()),
             mirrors: Mirrors::new(config.repositories()),
@@ -145,6 +165,14 @@ impl Programmer {
             interrupted_on_start,
             spec,
         })
+    }
+
+    /// Brings the warm aider workers up in the background (`aider.start: warm`); attempts start
+    /// cold until they are ready (or wait for a zygote still importing).
+    pub fn start_warm_workers(&self) {
+        if let Some(warm) = &self.aider.warm {
+            warm.start();
+        }
     }
 
     /// Who this programmer's commits are attributed to.

@@ -188,6 +188,32 @@ pub fn processes() -> Vec<(u32, char, u32)> {
     out
 }
 
+/// Live descendants of `pid` (children, their children, …; zombies excluded).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let procs = processes();
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            procs
+                .iter()
+                .filter(|&&(child, state, ppid)| ppid == parent && state != 'Z' && child != pid)
+                .map(|&(child, _, _)| child),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// True when `pid` still runs (exited-but-unreaped counts as gone).
+pub fn alive(pid: u32) -> bool {
+    processes()
+        .iter()
+        .any(|&(p, state, _)| p == pid && state != 'Z')
+}
+
 /// Children of `pid` that have exited but were not reaped yet.
 pub fn zombie_children(pid: u32) -> Vec<u32> {
     processes()
@@ -266,6 +292,59 @@ pub fn aider_python() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// How the suites start aider: warm (the default, like the product) unless `PAS_TEST_AIDER_START=cold`
+/// asks for the cold path (`scripts/test.sh` runs a representative set that way).
+pub fn aider_start_cold() -> bool {
+    std::env::var("PAS_TEST_AIDER_START").is_ok_and(|v| v == "cold")
+}
+
+/// The `aider.start` value generated configurations carry.
+pub fn aider_start() -> &'static str {
+    if aider_start_cold() { "cold" } else { "warm" }
+}
+
+/// Warm aider workers for tests that call `run_aider` directly (`None` when the suites run cold):
+/// one zygote for the whole test binary, on a thread of its own that lives as long as the process
+/// (the zygote's parent-death signal follows the thread that spawned it), ready when returned.
+pub fn warm_pool() -> Option<std::sync::Arc<pas::programmer::warm::WarmPool>> {
+    use pas::programmer::warm::{READY_WAIT, WarmPool};
+    use std::sync::{Arc, OnceLock};
+    static POOL: OnceLock<Arc<WarmPool>> = OnceLock::new();
+    if aider_start_cold() {
+        return None;
+    }
+    let pool = POOL.get_or_init(|| {
+        let pool = Arc::new(
+            WarmPool::new(
+                aider_python(),
+                3,
+                pas::programmer::aider::neutral_environment,
+            )
+            .expect("warm pool"),
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let started = pool.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                started.start();
+                let ready = started.wait_ready(READY_WAIT).await;
+                tx.send(ready).expect("report");
+                std::future::pending::<()>().await
+            })
+        });
+        assert!(
+            rx.recv().expect("warm pool thread"),
+            "warm aider workers not ready"
+        );
+        pool
+    });
+    Some(pool.clone())
 }
 
 /// Pids of live processes in process group `pgid` (from `/proc/*/stat`; zombies excluded).

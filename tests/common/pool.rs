@@ -148,6 +148,9 @@ pub struct TestPool {
     /// The `pas` binary its processes run (this crate's build unless a benchmark compares with
     /// an earlier one).
     pub binary: PathBuf,
+    /// `aider.start` in the config: the suite's mode ([`super::aider_start`]) unless a test or
+    /// benchmark asks for one ([`TestPool::with_aider_start`]).
+    pub aider_start: &'static str,
 }
 
 /// A free port on 127.0.0.1 for a process the test starts later.
@@ -224,6 +227,7 @@ impl TestPool {
             ports,
             manager_port,
             binary: super::pas_binary(),
+            aider_start: super::aider_start(),
         };
         std::fs::write(&pool.config_path, pool.config_yaml()).expect("write config");
         pool
@@ -277,9 +281,10 @@ impl TestPool {
             "providers:\n  ollama:\n    api_base: \"{base}\"\n  openai:\n    api_base: \"{base}/v1\"\n    api_key_env: PAS_TEST_OPENAI_KEY\n  anthropic:\n    api_base: \"{base}\"\n    api_key_env: PAS_TEST_ANTHROPIC_KEY\n"
         ));
         y.push_str(&format!(
-            "aider:\n  python: \"{}\"\n  request_timeout_s: {}\n",
+            "aider:\n  python: \"{}\"\n  request_timeout_s: {}\n  start: {}\n",
             aider_python().display(),
-            o.request_timeout_s
+            o.request_timeout_s,
+            self.aider_start
         ));
         y.push_str(&format!(
             "workspace_root: \"{}\"\ndata_dir: \"{}\"\n",
@@ -287,6 +292,14 @@ impl TestPool {
             self.data_dir.display()
         ));
         y
+    }
+
+    /// The same pool with `aider.start: start` (`warm` or `cold`) whatever the suite's mode, for the
+    /// tests and benchmarks that compare the two; call before starting any process.
+    pub fn with_aider_start(mut self, start: &'static str) -> Self {
+        self.aider_start = start;
+        std::fs::write(&self.config_path, self.config_yaml()).expect("write config");
+        self
     }
 
     /// Creates a git repository `name` under the workspace root with `files` and one commit.
