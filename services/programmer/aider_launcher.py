@@ -34,9 +34,12 @@
    through its tool_error — and the launcher then prints one line naming the ceiling and exits
    75, which fails this task alone (ERROR_CLASS_RESOURCE_LIMIT).
 11. PAS_AIDER_MAX_REFLECTIONS (defaults.max_fix_iterations) is aider's reflection limit: how many
-   times one run sends a failed edit back to the model for a fix (Coder.max_reflections).
+   times one run sends a failed edit back to the model for a fix (Coder.max_reflections), read
+   when the task runs.
+12. The model info our --model-metadata-file gives (context limit, costs) wins over litellm's own
+   lookup, cold and warm alike.
 
-11. Warm start (aider_zygote.py): the same module is imported once by a programmer's zygote with a
+13. Warm start (aider_zygote.py): the same module is imported once by a programmer's zygote with a
    neutral environment, and each forked worker calls begin_task() once it stands in its task's
    worktree with its task's environment, then run() with the task's arguments: the patches above
    are the ones the cold path applies, made once before the fork.
@@ -137,6 +140,22 @@ def _apply_reflection_limit():
     limit = os.environ.get("PAS_AIDER_MAX_REFLECTIONS", "")
     if limit.isdigit():
         aider.coders.base_coder.Coder.max_reflections = int(limit)
+
+# 12. Our --model-metadata-file (the configuration's context limit and costs per model) decides a
+# model's info. Cold, aider reads it first because litellm is not loaded yet when it asks; in a warm
+# worker litellm was preloaded, and aider then prefers litellm's own lookup (for ollama/* a query
+# to the server), which would silently drop a programmer's context_limit.
+_original_get_model_info = aider.models.ModelInfoManager.get_model_info
+
+
+def _configured_model_info_first(self, model):
+    configured = self.local_model_metadata.get(model)
+    if configured:
+        return configured
+    return _original_get_model_info(self, model)
+
+
+aider.models.ModelInfoManager.get_model_info = _configured_model_info_first
 
 _original_get_parser = aider.main.get_parser
 
