@@ -278,7 +278,7 @@ async fn success_plain_and_json(fx: Arc<Fixture>) {
             // Streamed in 16-character pieces, written as they come: one line again.
             "I will apply \"Add docstrings to all functions\" to 2 file(s).\n",
             "Applied edit to src/module.py\n",
-            "── result ──\nstatus     succeeded\ntask       my-task\nprogrammer 001\nmodel      ollama/backup-001 (backup)\nfiles      README.md, src/module.py\n",
+            "── result ──\nstatus     succeeded\ntask       my-task\nprogrammer 001 (free)\nmodel      ollama/backup-001 (backup)\nfiles      README.md, src/module.py\n",
             cost_and_duration,
             "\nduration   ",
             &branch_and_commit,
@@ -464,7 +464,7 @@ async fn rejected_requests_exit_2(fx: Arc<Fixture>) {
         &run.stdout,
         &[
             "==> assigned to programmer 006: openai/gpt-4o",
-            "── result ──\nstatus     succeeded\ntask       dup\nprogrammer 006\n",
+            "── result ──\nstatus     succeeded\ntask       dup\nprogrammer 006 (paid)\n",
             "dry run    validated and routed; aider was not run\n",
         ],
     );
@@ -476,7 +476,7 @@ async fn rejected_requests_exit_2(fx: Arc<Fixture>) {
     assert!(
         again
             .stdout
-            .contains("status     succeeded\ntask       dup\nprogrammer 006\n"),
+            .contains("status     succeeded\ntask       dup\nprogrammer 006 (paid)\n"),
         "{again}"
     );
     // The same id for another request: refused.

@@ -243,7 +243,7 @@ async fn watch_replays_a_finished_task(fx: &Fixture, r1_events: &[Value]) {
         &[
             "==> assigned to programmer 001: ollama/primary-001",
             "Applied edit to src/module.py",
-            "── result ──\nstatus     succeeded\ntask       r1\nprogrammer 001\n",
+            "── result ──\nstatus     succeeded\ntask       r1\nprogrammer 001 (free)\n",
             "── diff ──",
         ],
     );

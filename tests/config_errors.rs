@@ -297,6 +297,24 @@ fn admin_port_shared_with_the_manager_or_a_programmer() {
 }
 
 #[test]
+fn escalation_that_cannot_fire_or_names_an_unknown_failure() {
+    let yaml = seed_plus("escalation:\n  enabled: true\n  on: []\n");
+    expect_only(
+        &yaml,
+        "escalation.on",
+        "  on: []",
+        "no failure escalates while escalation.enabled is true",
+    );
+    let yaml = seed_plus("escalation:\n  on: [edit_failed, nothing_changed]\n");
+    expect_only(
+        &yaml,
+        "escalation.on[1]",
+        "nothing_changed",
+        "unknown variant `nothing_changed`",
+    );
+}
+
+#[test]
 fn port_zero() {
     let yaml = seed_with("port: 6160", "port: 0");
     expect_only(

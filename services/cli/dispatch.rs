@@ -80,6 +80,13 @@ pub struct DispatchArgs {
     /// prefer_free_over_paid).
     #[arg(long)]
     pub no_prefer_free: bool,
+    /// If the task fails on a free programmer for a task-level reason (edit failed, no edit, every
+    /// LLM attempt failed), dispatch it once more to a paid one within the daily budget.
+    #[arg(long, conflicts_with = "no_escalate")]
+    pub escalate: bool,
+    /// Never escalate this task (default: the configuration's escalation.enabled).
+    #[arg(long)]
+    pub no_escalate: bool,
     /// Routing strategy for this task (default: the configured one).
     #[arg(long, value_enum)]
     pub strategy: Option<StrategyArg>,
@@ -128,6 +135,11 @@ impl DispatchArgs {
                 .filter(|c| !c.is_empty())
                 .collect(),
             prefer_free: match (self.prefer_free, self.no_prefer_free) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
+            escalate: match (self.escalate, self.no_escalate) {
                 (true, _) => Some(true),
                 (_, true) => Some(false),
                 _ => None,
@@ -217,6 +229,7 @@ mod tests {
             "--capability",
             "local",
             "--prefer-free",
+            "--escalate",
             "--strategy",
             "round_robin",
             "--dry-run",
@@ -236,6 +249,7 @@ mod tests {
         assert_eq!(req.workspace, "demo");
         assert_eq!(req.capabilities, ["fast", "free", "local"]);
         assert_eq!(req.prefer_free, Some(true));
+        assert_eq!(req.escalate, Some(true));
         assert_eq!(req.strategy, Strategy::RoundRobin as i32);
         assert!(req.dry_run);
         assert_eq!(req.run_id, "run-1");
@@ -249,6 +263,7 @@ mod tests {
     fn prefer_free_is_tri_state_and_defaults_are_empty() {
         let req = parse(&["x", "--workspace", "w"]).unwrap().request("t");
         assert_eq!(req.prefer_free, None);
+        assert_eq!(req.escalate, None);
         assert_eq!(req.strategy, Strategy::Unspecified as i32);
         assert!(req.files.is_empty() && req.capabilities.is_empty());
         let req = parse(&["x", "--workspace", "w", "--no-prefer-free"])

@@ -48,6 +48,10 @@ pub fn event_json(event: &TaskEvent) -> Value {
             "type": "rerouted", "from_programmer": r.from_programmer,
             "to_programmer": r.to_programmer, "reason": r.reason,
         }),
+        Some(Kind::Escalated(x)) => json!({
+            "type": "escalated", "from_programmer": x.from_programmer, "from_tier": x.from_tier,
+            "to_tier": x.to_tier, "reason": x.reason, "dispatch_attempt": x.dispatch_attempt,
+        }),
         Some(Kind::Result(r)) => result_json(r),
         Some(Kind::Heartbeat(h)) => json!({ "type": "heartbeat", "latest_seq": h.latest_seq }),
         None => json!({ "type": "unknown" }),
@@ -82,13 +86,15 @@ pub fn result_json(r: &TaskResult) -> Value {
         "error_class": error_class_name(r.error_class),
         "error_message": r.error_message,
         "dry_run": r.dry_run,
+        "tier": r.tier,
+        "escalation": r.escalation,
         "attempts": r.attempts.iter().map(attempt_json).collect::<Vec<_>>(),
     })
 }
 
 fn attempt_json(a: &Attempt) -> Value {
     json!({
-        "number": a.number, "llm": a.llm, "backup": a.backup,
+        "number": a.number, "llm": a.llm, "backup": a.backup, "programmer_id": a.programmer_id,
         "error_class": error_class_name(a.error_class), "error_message": a.error_message,
         "duration_ms": a.duration_ms, "tokens_sent": a.tokens_sent,
         "tokens_received": a.tokens_received, "cost_usd": a.cost_usd,
@@ -102,14 +108,15 @@ pub fn summary(task_id: &str, r: &TaskResult) -> String {
     let mut add = |k: &str, v: String| lines.push((k.to_string(), v));
     add("status", state_name(r.status).to_string());
     add("task", task_id.to_string());
-    add(
-        "programmer",
-        if r.programmer_id.is_empty() {
-            "-".into()
-        } else {
-            r.programmer_id.clone()
-        },
-    );
+    let programmer = if r.programmer_id.is_empty() {
+        "-".to_string()
+    } else {
+        r.programmer_id.clone()
+    };
+    add("programmer", programmer + &tier_suffix(&r.tier));
+    if !r.escalation.is_empty() {
+        add("escalation", r.escalation.clone());
+    }
     if !r.llm_used.is_empty() {
         let which = if r.used_backup { "backup" } else { "primary" };
         add("model", format!("{} ({which})", r.llm_used));
@@ -228,8 +235,24 @@ pub fn notice(event: &TaskEvent) -> Option<String> {
             "rerouted: programmer {} → {}: {}",
             r.from_programmer, r.to_programmer, r.reason
         ),
+        Kind::Escalated(x) => format!(
+            "escalated: {} programmer {} failed ({}) → {} tier",
+            x.from_tier,
+            x.from_programmer,
+            first_line(&x.reason),
+            x.to_tier
+        ),
         Kind::Output(_) | Kind::Result(_) | Kind::Heartbeat(_) => return None,
     })
+}
+
+/// " (free)" / " (paid)" after a programmer id, when the result names its tier.
+fn tier_suffix(tier: &str) -> String {
+    if tier.is_empty() {
+        String::new()
+    } else {
+        format!(" ({tier})")
+    }
 }
 
 /// Short spinner text for the task's phase.
@@ -239,6 +262,7 @@ fn phase(event: &TaskEvent) -> Option<String> {
         Kind::Assigned(a) => format!("running on {} · {}", a.programmer_id, a.llm),
         Kind::Failover(f) => format!("retrying on {} (attempt {})", f.to_llm, f.attempt),
         Kind::Rerouted(r) => format!("rerouted to {}", r.to_programmer),
+        Kind::Escalated(x) => format!("escalating to the {} tier", x.to_tier),
         _ => return None,
     })
 }
@@ -290,7 +314,10 @@ impl View {
                     pb.set_message(p);
                 }
                 if let Some(line) = notice(event) {
-                    let warn = matches!(event.kind, Some(Kind::Failover(_) | Kind::Rerouted(_)));
+                    let warn = matches!(
+                        event.kind,
+                        Some(Kind::Failover(_) | Kind::Rerouted(_) | Kind::Escalated(_))
+                    );
                     self.notice(&line, warn);
                 }
             }

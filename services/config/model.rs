@@ -33,6 +33,9 @@ pub struct PoolConfig {
     pub capability_routing: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub cost_optimization: CostOptimization,
+    /// Free → paid escalation of tasks that fail for a task-level reason (added by the mesh).
+    #[serde(default)]
+    pub escalation: EscalationConfig,
     /// Manager process settings (added by the mesh).
     #[serde(default)]
     pub manager: ManagerConfig,
@@ -392,6 +395,55 @@ impl Default for CostOptimization {
             prefer_free_over_paid: true,
             max_daily_spend_usd: 50.0,
             alert_threshold_usd: None,
+        }
+    }
+}
+
+/// `escalation:` section (added by the mesh): a task that fails on a free programmer for a
+/// task-level reason is dispatched once more to a paid programmer, within the daily budget (the
+/// original design's "route expensive tasks to cheaper models first").
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EscalationConfig {
+    /// Escalate the tasks that do not say (`DispatchRequest.escalate` unset). Off by default:
+    /// paid work is spent only where the configuration or the caller asks for it.
+    pub enabled: bool,
+    /// The failures that escalate.
+    pub on: Vec<EscalationTrigger>,
+}
+
+impl Default for EscalationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            on: vec![
+                EscalationTrigger::EditFailed,
+                EscalationTrigger::NoEdit,
+                EscalationTrigger::AttemptsExhausted,
+            ],
+        }
+    }
+}
+
+/// A task-level failure that may escalate (`escalation.on`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EscalationTrigger {
+    /// The model's edit could not be applied (ERROR_CLASS_EDIT_FAILED: malformed, no match).
+    EditFailed,
+    /// The model proposed no edit (ERROR_CLASS_NO_EDIT).
+    NoEdit,
+    /// Every LLM attempt failed (primary and backup), or every programmer tried lost the task.
+    AttemptsExhausted,
+}
+
+impl EscalationTrigger {
+    /// The name the configuration, events and results use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EditFailed => "edit_failed",
+            Self::NoEdit => "no_edit",
+            Self::AttemptsExhausted => "attempts_exhausted",
         }
     }
 }

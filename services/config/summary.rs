@@ -131,6 +131,15 @@ pub(crate) fn render(config: &Config) -> String {
             },
         ),
         (
+            "Escalation",
+            if pool.escalation.enabled {
+                let on: Vec<&str> = pool.escalation.on.iter().map(|t| t.as_str()).collect();
+                format!("free → paid on {} (within the budget)", on.join(", "))
+            } else {
+                "off (a request's escalate turns it on)".to_string()
+            },
+        ),
+        (
             "Manager",
             format!(
                 "{}:{} (queue {}, queue timeout {}s, {} dispatch attempts, task lease {}s)",

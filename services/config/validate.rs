@@ -56,6 +56,7 @@ pub(crate) fn check(pool: &PoolConfig) -> Vec<Finding> {
     check_failover(pool, &root.key("failover"), &mut out);
     check_capability_routing(pool, &root.key("capability_routing"), &mut out);
     check_cost(pool, &root.key("cost_optimization"), &mut out);
+    check_escalation(pool, &root.key("escalation"), &mut out);
     check_manager(pool, &root.key("manager"), &mut out);
     check_discovery(pool, &root.key("discovery"), &mut out);
     check_providers(pool, &root.key("providers"), &mut out);
@@ -411,6 +412,16 @@ fn check_cost(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
                 ),
             ));
         }
+    }
+}
+
+fn check_escalation(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
+    let e = &pool.escalation;
+    if e.enabled && e.on.is_empty() {
+        out.push(Finding::value(
+            at.key("on"),
+            "no failure escalates while escalation.enabled is true: list edit_failed, no_edit and/or attempts_exhausted (or set enabled: false)",
+        ));
     }
 }
 

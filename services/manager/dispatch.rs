@@ -1,11 +1,12 @@
 //! One task's life in the manager, as a state machine read top-down in [`run`]:
 //!
 //! ```text
-//!   Wait ──placed──▶ Start ──taken──▶ Relay ──result──▶ Done
-//!    ▲                 │  └─refused─▶ Wait        │ ▲
-//!    │                 └─no answer─▶ Follow ◀─broken┘ │
-//!    │                                 │  └─found─────┘
-//!    └──────────── Lost ◀──not there───┘   (or handed back)
+//!   Wait ──placed──▶ Start ──taken──▶ Relay ──result──▶ Finished ──▶ Done
+//!    ▲ ▲               │  └─refused─▶ Wait        │ ▲              │
+//!    │ │               └─no answer─▶ Follow ◀─broken┘ │              │ escalates
+//!    │ │                                 │  └─found─────┘              │ (free → paid, once)
+//!    │ └──────────── Lost ◀──not there───┘   (or handed back)          │
+//!    └──────────────────────────────────────────────────────────────────┘
 //! ```
 //!
 //! - **Wait**: queued in the scheduler (Queued events) until it places the task.
@@ -22,8 +23,13 @@
 //!   task run twice.
 //! - **Lost**: settle what the attempt cost (known for a hand-back, else the whole hold; released
 //!   when it never started there) and dispatch it again elsewhere (Rerouted), up to
-//!   `max_dispatch_attempts`.
-//! - **Done**: record the result and publish it: exactly one per task.
+//!   `max_dispatch_attempts` (per leg), after which the task is Finished as failed.
+//! - **Finished**: a programmer's result, spend settled. A task that asked to escalate and failed
+//!   on a free programmer for a task-level reason goes once more to the paid tier when the budget
+//!   allows ([`escalation`](crate::manager::escalation)): an Escalated event is journaled, then
+//!   it waits for a paid programmer (a new leg, with dispatch attempts of its own).
+//! - **Done**: record the result (an escalated task's with its free leg merged in) and publish
+//!   it: exactly one per task.
 //!
 //! A stopping manager leaves its tasks as they are (running on programmers, holds open, queued
 //! ones recorded): the next process resumes them ([`Start::Placed`], or queued again in order).
@@ -40,6 +46,7 @@ use crate::contract::v1::{
 use crate::manager::Manager;
 use crate::manager::admission::TaskSlot;
 use crate::manager::balancer::{Exclusion, Hold, Placement, Route, Upstream, attempt_task_id};
+use crate::manager::escalation::{self, Decision, Escalation};
 use crate::manager::membership::Member;
 use crate::manager::waitqueue::{NotPlaced, Ticket};
 use crate::money::Usd;
@@ -62,6 +69,8 @@ pub struct TaskLife {
     /// The caller's task slot (`limits.per_caller_max_tasks`), given back when the life ends;
     /// none for a task a restarted manager resumed.
     pub slot: Option<TaskSlot>,
+    /// Whether the task may still escalate to the paid tier, or already did.
+    pub escalation: Escalation,
 }
 
 /// Where a task's life begins.
@@ -88,6 +97,8 @@ enum Step {
     Relay(OnProgrammer, Upstream),
     Follow(OnProgrammer),
     Lost(OnProgrammer, Loss),
+    /// A result from (or, after the last loss, about) this programmer: escalate, or Done.
+    Finished(Arc<Member>, Box<TaskResult>),
     Done(TaskResult),
     /// The manager is stopping: the task is left for the next process, not ended.
     Abandon,
@@ -126,6 +137,7 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
         cancel,
         accepted,
         slot: _slot,
+        mut escalation,
     } = life;
     let strategy = route.strategy;
     let mut previous: Option<(String, String)> = None;
@@ -257,7 +269,7 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                     }
                     Relayed::Result(result) => {
                         mgr.settle(&task_id, on.hold, result.cost());
-                        Step::Done(*result)
+                        Step::Finished(on.member, result)
                     }
                     Relayed::Broken(reason) => {
                         tracing::warn!(%task_id, programmer = %on.member.spec.id, %reason, after_seq = on.after_seq, "stream broke; following the task again");
@@ -326,16 +338,18 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                     (true, None) => mgr.settle(&task_id, on.hold, None),
                 }
                 tracing::warn!(%task_id, %programmer, %reason, "programmer lost the task");
-                if dispatch_attempt >= mgr.max_dispatch_attempts {
+                let tried = dispatch_attempt + 1 - escalation.leg_start();
+                if tried >= mgr.max_dispatch_attempts {
                     let msg = format!(
-                        "gave up after {dispatch_attempt} programmer(s); last: {programmer}: {reason}"
+                        "gave up after {tried} programmer(s); last: {programmer}: {reason}"
                     );
-                    Step::Done(ended(
+                    let result = ended(
                         TaskState::Failed,
                         ErrorClass::Unavailable,
                         &msg,
                         &programmer,
-                    ))
+                    );
+                    Step::Finished(on.member, Box::new(result))
                 } else {
                     // Before re-submitting: the scheduler routes (and reserves budget for) its
                     // own copy of the route, so it must carry the new attempt number.
@@ -346,6 +360,35 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                 }
             }
 
+            Step::Finished(member, mut result) => {
+                result.tier = escalation::tier_name(member.spec.paid).to_string();
+                for attempt in &mut result.attempts {
+                    if attempt.programmer_id.is_empty() {
+                        attempt.programmer_id.clone_from(&member.spec.id);
+                    }
+                }
+                let from = (member.spec.id.as_str(), member.spec.paid);
+                let next_attempt = dispatch_attempt + 1;
+                match escalation::decide(&mgr, &escalation, &task_id, from, &result, next_attempt) {
+                    Decision::Escalate(escalated) => {
+                        let (paid_route, event) = *escalated;
+                        tracing::warn!(%task_id, from = %member.spec.id, reason = %event.reason,
+                            dispatch_attempt = next_attempt, "task escalated to the paid tier");
+                        sink.send(Kind::Escalated(event.clone())).await;
+                        escalation = Escalation::Escalated(Box::new(event));
+                        route = paid_route;
+                        previous = None;
+                        Step::Wait(mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout))
+                    }
+                    Decision::Refused(why) => {
+                        tracing::info!(%task_id, from = %member.spec.id, %why, "task not escalated");
+                        result.escalation = why;
+                        Step::Done(*result)
+                    }
+                    Decision::No => Step::Done(*result),
+                }
+            }
+
             Step::Done(result) => break result,
             Step::Abandon => {
                 tracing::info!(%task_id, "manager stopping: the task is left to the next manager");
@@ -353,6 +396,9 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
             }
         };
     };
+    if let Escalation::Escalated(escalated) = &escalation {
+        result = escalation::merge_into(escalated, result);
+    }
     // The caller's view: from acceptance by the manager to the result.
     result.duration_ms = accepted.elapsed().as_millis() as u64;
     mgr.finish_task(&task_id, &sink, result).await;

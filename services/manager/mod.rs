@@ -14,6 +14,7 @@ pub mod discovery;
 pub mod dispatch;
 pub mod durations;
 pub mod eligibility;
+pub mod escalation;
 pub mod http;
 pub mod membership;
 pub mod resume;

@@ -9,7 +9,8 @@ use crate::contract::v1::{ErrorClass, TaskState};
 use crate::manager::Manager;
 use crate::manager::balancer::{Hold, reservation_key};
 use crate::manager::dispatch::{self, Resumed, Start, TaskLife, ended};
-use crate::manager::server::route_for;
+use crate::manager::escalation::Escalation;
+use crate::manager::server::{TierChoice, route_on};
 use crate::manager::store::Unfinished;
 use crate::task_events::{TaskEventSink, now_unix_ms};
 use std::collections::HashSet;
@@ -31,12 +32,20 @@ pub fn unfinished_tasks(mgr: &Arc<Manager>) -> anyhow::Result<()> {
             placed,
             ..
         } = task;
-        let log = mgr.new_log(&task_id, mgr.store.events(&task_id)?);
+        let events = mgr.store.events(&task_id)?;
+        let escalation = Escalation::resumed(&mgr.config.pool.escalation, request.clone(), &events);
+        let log = mgr.new_log(&task_id, events);
         let sink = TaskEventSink::new(log.clone());
         let cancel = mgr.register(&task_id, log);
         let age = Duration::from_millis(u64::try_from(now_unix_ms() - created_ms).unwrap_or(0));
         let accepted = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-        let mut route = match route_for(mgr, &request, &task_id) {
+        // An escalated task resumes on its paid leg.
+        let tiers = match escalation {
+            Escalation::Escalated(_) => TierChoice::PaidOnly,
+            _ => TierChoice::AsRequested,
+        };
+        let routed = route_on(mgr, &request, &task_id, tiers);
+        let mut route = match routed {
             Ok(route) => route,
             Err(status) => {
                 // The configuration changed under it: no programmer here can ever take it.
@@ -55,6 +64,9 @@ pub fn unfinished_tasks(mgr: &Arc<Manager>) -> anyhow::Result<()> {
                 continue;
             }
         };
+        // A placement before the current leg (the free programmer of an escalated task) is over.
+        let leg_start = escalation.leg_start();
+        let placed = placed.filter(|p| p.dispatch_attempt >= leg_start);
         let member = placed
             .as_ref()
             .and_then(|p| mgr.pool.member(&p.programmer_id));
@@ -68,40 +80,45 @@ pub fn unfinished_tasks(mgr: &Arc<Manager>) -> anyhow::Result<()> {
                 });
                 keep.insert(key);
                 followed += 1;
-                Start::Placed(Resumed {
+                Some(Start::Placed(Resumed {
                     member,
                     hold,
                     upstream_seq: placed.upstream_seq,
-                })
+                }))
             }
             (placed, _) => {
                 // Never placed, or on a programmer no longer configured (a new attempt).
-                route.request.dispatch_attempt = placed.map_or(1, |p| p.dispatch_attempt + 1);
+                route.request.dispatch_attempt =
+                    placed.map_or(leg_start, |p| p.dispatch_attempt + 1);
                 // A hold reserved for this attempt before the previous process died: its Execute
                 // was never sent (placements are recorded before it is), so nothing was spent.
                 let key = reservation_key(&task_id, route.request.dispatch_attempt);
                 if mgr.budget.release(&key)? {
                     tracing::info!(%task_id, "released the hold of a placement that was never sent");
                 }
-                queued.push((task_id, route, sink, cancel, accepted));
-                continue;
+                None
             }
         };
-        spawn(mgr, task_id, route, start, sink, cancel, accepted);
-    }
-    // Each goes to the front of the queue: newest first leaves the oldest at the front.
-    let resumed_queued = queued.len();
-    for (task_id, route, sink, cancel, accepted) in queued.into_iter().rev() {
-        let ticket = mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout);
-        spawn(
-            mgr,
+        let pending = Pending {
             task_id,
             route,
-            Start::Queued(ticket),
             sink,
             cancel,
             accepted,
-        );
+            escalation,
+        };
+        match start {
+            Some(start) => spawn(mgr, pending.life(start)),
+            None => queued.push(pending),
+        }
+    }
+    // Each goes to the front of the queue: newest first leaves the oldest at the front.
+    let resumed_queued = queued.len();
+    for pending in queued.into_iter().rev() {
+        let ticket = mgr
+            .scheduler
+            .resubmit(pending.route.clone(), mgr.queue_timeout);
+        spawn(mgr, pending.life(Start::Queued(ticket)));
     }
     if followed + resumed_queued + failed > 0 {
         tracing::warn!(
@@ -131,30 +148,38 @@ pub fn unfinished_tasks(mgr: &Arc<Manager>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn(
-    mgr: &Arc<Manager>,
+/// A resumed task, before it knows where its life starts.
+struct Pending {
     task_id: String,
     route: crate::manager::balancer::Route,
-    start: Start,
     sink: TaskEventSink,
     cancel: tokio_util::sync::CancellationToken,
     accepted: Instant,
-) {
+    escalation: Escalation,
+}
+
+impl Pending {
+    fn life(self, start: Start) -> TaskLife {
+        TaskLife {
+            task_id: self.task_id,
+            route: self.route,
+            start,
+            sink: self.sink,
+            cancel: self.cancel,
+            accepted: self.accepted,
+            slot: None,
+            escalation: self.escalation,
+        }
+    }
+}
+
+fn spawn(mgr: &Arc<Manager>, life: TaskLife) {
     let span = crate::telemetry::spans::manager_task(
-        &task_id,
-        &route.request.run_id,
-        route.strategy.name(),
-        route.request.dry_run,
+        &life.task_id,
+        &life.route.request.run_id,
+        life.route.strategy.name(),
+        life.route.request.dry_run,
     );
-    let life = TaskLife {
-        task_id,
-        route,
-        start,
-        sink,
-        cancel,
-        accepted,
-        slot: None,
-    };
     tokio::spawn(tracing::Instrument::instrument(
         dispatch::run(mgr.clone(), life),
         span,

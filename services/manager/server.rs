@@ -13,6 +13,7 @@ use crate::manager::auth;
 use crate::manager::balancer::Route;
 use crate::manager::dispatch::{self, Start, TaskLife};
 use crate::manager::eligibility::{self, EligibilityError, PaidBudget, TaskNeeds};
+use crate::manager::escalation::Escalation;
 use crate::manager::membership::Member;
 use crate::manager::store::{InsertOutcome, NewTask};
 use crate::manager::strategy::{StrategyKind, group_key};
@@ -78,12 +79,34 @@ enum Inserted {
 /// finish them, which takes seconds at the least.
 const QUEUE_FULL_RETRY: Duration = Duration::from_secs(1);
 
+/// Which programmers a route may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TierChoice {
+    /// Every programmer the request allows (free first when it prefers free).
+    AsRequested,
+    /// Paid programmers only: an escalated task's second leg (see `escalation`).
+    PaidOnly,
+}
+
 /// The programmers that may take `req`, best tier first, or why none ever can.
 pub fn route_for(mgr: &Manager, req: &DispatchRequest, task_id: &str) -> Result<Route, Status> {
+    route_on(mgr, req, task_id, TierChoice::AsRequested)
+}
+
+/// [`route_for`], restricted to the tiers `choice` allows.
+pub fn route_on(
+    mgr: &Manager,
+    req: &DispatchRequest,
+    task_id: &str,
+    choice: TierChoice,
+) -> Result<Route, Status> {
     // Only present members are eligible: one that left DNS takes no new task. `present[k]` is
     // the pool index of the k-th.
     let all = mgr.pool.members();
-    let present: Vec<&Arc<Member>> = all.iter().filter(|m| !m.has_left()).collect();
+    let present: Vec<&Arc<Member>> = all
+        .iter()
+        .filter(|m| !m.has_left() && (choice == TierChoice::AsRequested || m.spec.paid))
+        .collect();
     let members: Vec<eligibility::Member> = present
         .iter()
         .map(|m| eligibility::Member {
@@ -112,6 +135,16 @@ pub fn route_for(mgr: &Manager, req: &DispatchRequest, task_id: &str) -> Result<
         _ => PaidBudget::Unlimited,
     };
     let tiers = eligibility::eligible(&members, &needs, budget).map_err(|e| match e {
+        EligibilityError::NoneCanServe { .. } if choice == TierChoice::PaidOnly => {
+            Status::failed_precondition(if req.capabilities.is_empty() {
+                "no paid programmer is configured".to_string()
+            } else {
+                format!(
+                    "no paid programmer has all of the capabilities [{}]",
+                    req.capabilities.join(", ")
+                )
+            })
+        }
         EligibilityError::NoneCanServe { .. } => {
             Status::failed_precondition(format!("capabilities: {e}"))
         }
@@ -220,6 +253,7 @@ impl ProgrammerPool for PoolService {
             route.strategy.name(),
             req.dry_run,
         );
+        let escalation = Escalation::for_request(&mgr.config.pool.escalation, req);
         let life = TaskLife {
             task_id,
             route,
@@ -228,6 +262,7 @@ impl ProgrammerPool for PoolService {
             cancel,
             accepted,
             slot: Some(slot),
+            escalation,
         };
         tokio::spawn(tracing::Instrument::instrument(
             dispatch::run(mgr, life),

@@ -790,7 +790,50 @@ impl AnalyticsTail {
 /// Output chunks go to `output` as they arrive (a closed receiver is fine: the text is still
 /// collected). On cancel or deadline the process group gets SIGTERM, then SIGKILL after 1 s;
 /// dropping the returned future kills the group at once.
+///
+/// A warm worker killed before aider made any LLM call, by nobody here (its zygote died as it
+/// took the task, and the worker with it), did not run the task: the attempt runs cold instead.
 pub async fn run_aider(
+    inv: AiderInvocation,
+    output: mpsc::Sender<OutputChunk>,
+    cancel: CancellationToken,
+    deadline: Instant,
+) -> Result<AiderRun, AiderError> {
+    let cold = inv.warm.is_some().then(|| {
+        let inv = AiderInvocation {
+            warm: None,
+            ..inv.clone()
+        };
+        (inv, output.clone())
+    });
+    let run = run_once(inv, output, cancel.clone(), deadline).await?;
+    match cold {
+        Some((inv, output)) if run.lost_with_its_zygote() => {
+            tracing::warn!(
+                "the warm aider worker was killed before it reached the LLM (its zygote died): running the attempt cold"
+            );
+            run_once(inv, output, cancel, deadline).await
+        }
+        _ => Ok(run),
+    }
+}
+
+impl AiderRun {
+    /// A warm run that ended by SIGKILL nobody here sent (not a cancel, deadline or usage cap)
+    /// before any LLM call: the worker died with its zygote; the task never reached the model.
+    fn lost_with_its_zygote(&self) -> bool {
+        self.warm
+            && self.signal == Some(Signal::SIGKILL as i32)
+            && !self.cancelled
+            && !self.timed_out
+            && self.cap_reached.is_none()
+            && self.usage.llm_calls == 0
+            && self.usage.failed_calls == 0
+    }
+}
+
+/// One aider process for the attempt (see [`run_aider`]).
+async fn run_once(
     inv: AiderInvocation,
     output: mpsc::Sender<OutputChunk>,
     cancel: CancellationToken,

@@ -27,6 +27,8 @@ pub enum AttemptOutcome {
     LlmFailed { class: ErrorClass, message: String },
     /// The LLM answered but no edit applied.
     EditFailed(String),
+    /// The LLM answered but proposed no edit (the repository did not change).
+    NoEdit(String),
     /// A git operation failed.
     GitFailed(String),
     /// The caller cancelled.
@@ -49,6 +51,7 @@ impl AttemptOutcome {
             Self::Succeeded(_) => ErrorClass::None,
             Self::LlmFailed { class, .. } => *class,
             Self::EditFailed(_) => ErrorClass::EditFailed,
+            Self::NoEdit(_) => ErrorClass::NoEdit,
             Self::GitFailed(_) => ErrorClass::GitError,
             Self::Cancelled => ErrorClass::Cancelled,
             Self::DeadlineExceeded => ErrorClass::Deadline,
@@ -64,6 +67,7 @@ impl AttemptOutcome {
             Self::Succeeded(_) => "",
             Self::LlmFailed { message, .. }
             | Self::EditFailed(message)
+            | Self::NoEdit(message)
             | Self::GitFailed(message)
             | Self::CapReached(message)
             | Self::MemoryCeiling(message)
@@ -199,6 +203,7 @@ pub async fn run_attempt(
         Outcome::Success => AttemptOutcome::Succeeded(change),
         Outcome::LlmFailure(_, message) => AttemptOutcome::LlmFailed { class, message },
         Outcome::EditFailure(message) => AttemptOutcome::EditFailed(message),
+        Outcome::NoEdit(message) => AttemptOutcome::NoEdit(message),
         Outcome::MemoryCeiling(message) => AttemptOutcome::MemoryCeiling(message),
         Outcome::Cancelled => AttemptOutcome::Cancelled,
         Outcome::DeadlineExceeded => AttemptOutcome::DeadlineExceeded,

@@ -28,11 +28,14 @@ pub enum Outcome {
     EditFailure(String),
     /// aider ran out of memory under its ceiling (`defaults.max_memory_per_job_mib`): the launcher's line.
     MemoryCeiling(String),
+    /// aider finished normally but the repository did not change: the model proposed no edit
+    /// (or one that changed nothing). Endpoint healthy; a stronger model may do better.
+    NoEdit(String),
     /// The run was cancelled by its token.
     Cancelled,
     /// The run hit its deadline.
     DeadlineExceeded,
-    /// Anything else (bad arguments, setup failure, no change made, killed by a signal…).
+    /// Anything else (bad arguments, setup failure, killed by a signal…).
     Other(String),
 }
 
@@ -49,6 +52,7 @@ impl Outcome {
             },
             Outcome::EditFailure(_) => ErrorClass::EditFailed,
             Outcome::MemoryCeiling(_) => ErrorClass::ResourceLimit,
+            Outcome::NoEdit(_) => ErrorClass::NoEdit,
             Outcome::Cancelled => ErrorClass::Cancelled,
             Outcome::DeadlineExceeded => ErrorClass::Deadline,
             Outcome::Other(_) => ErrorClass::Internal,
@@ -62,6 +66,7 @@ impl Outcome {
             Outcome::LlmFailure(_, m)
             | Outcome::EditFailure(m)
             | Outcome::MemoryCeiling(m)
+            | Outcome::NoEdit(m)
             | Outcome::Other(m) => m,
             Outcome::Cancelled => "cancelled",
             Outcome::DeadlineExceeded => "deadline exceeded",
@@ -142,10 +147,10 @@ pub fn classify(run: &AiderRun, repo_changed: bool) -> Outcome {
         return Outcome::EditFailure(message);
     }
     match (run.exit_code, run.signal) {
-        (Some(0), _) if applied => Outcome::Other(
+        (Some(0), _) if applied => Outcome::NoEdit(
             "aider reported an applied edit but the repository did not change".to_string(),
         ),
-        (Some(0), _) => Outcome::Other("aider finished without applying any edit".to_string()),
+        (Some(0), _) => Outcome::NoEdit("aider finished without applying any edit".to_string()),
         (Some(code), _) => Outcome::Other(format!(
             "aider exited with status {code}{}",
             last_line(&run.output)
@@ -237,7 +242,7 @@ mod tests {
         for (text, kind, _, _) in CAPTURED {
             if *kind == "ok" {
                 // "Applied edit to" but git shows no change.
-                assert!(matches!(classify(&run(text), false), Outcome::Other(_)));
+                assert!(matches!(classify(&run(text), false), Outcome::NoEdit(_)));
             } else {
                 // Failures stay failures even if the tree happens to be dirty.
                 assert_eq!(classify(&run(text), true), classify(&run(text), false));
@@ -245,7 +250,7 @@ mod tests {
         }
         assert!(matches!(
             classify(&run("Aider v0.86.2\n"), true),
-            Outcome::Other(_)
+            Outcome::NoEdit(_)
         ));
     }
 

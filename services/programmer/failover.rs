@@ -395,6 +395,7 @@ fn report_to_breaker(prog: &Programmer, admission: Admission, outcome: &AttemptO
         // is available.
         AttemptOutcome::Succeeded(_)
         | AttemptOutcome::EditFailed(_)
+        | AttemptOutcome::NoEdit(_)
         | AttemptOutcome::CapReached(_)
         | AttemptOutcome::LlmFailed { .. } => ticket.primary_succeeded(),
         // No verdict (cancelled, deadline, git or internal error): dropping the ticket re-opens

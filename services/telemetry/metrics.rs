@@ -172,6 +172,10 @@ fn describe() {
         "Failovers inside a task, from one LLM to another, by reason (error class)"
     );
     describe_counter!(
+        "pas_escalations_total",
+        "Tasks that failed on a free programmer for a task-level reason and asked to escalate, by outcome (escalated/refused) and trigger"
+    );
+    describe_counter!(
         "pas_breaker_transitions_total",
         "Circuit breaker state changes of a programmer's primary LLM"
     );
@@ -347,6 +351,13 @@ pub fn breaker_transition(programmer_id: &str, llm: &str, from: &'static str, to
     counter!("pas_breaker_transitions_total", "programmer_id" => programmer_id.to_string(),
         "llm" => llm.to_string(), "from" => from, "to" => to)
     .increment(1);
+}
+
+/// Counts a task that failed on a free programmer for a task-level reason and asked to escalate:
+/// `outcome` is `escalated` or `refused` (the budget or the pool could not take it), `trigger`
+/// the failure (edit_failed, no_edit, attempts_exhausted).
+pub fn escalation(outcome: &'static str, trigger: &'static str) {
+    counter!("pas_escalations_total", "outcome" => outcome, "trigger" => trigger).increment(1);
 }
 
 /// Counts a routing decision of the manager.

@@ -836,6 +836,17 @@ pub fn rerouted(events: &[TaskEvent]) -> Vec<pas::contract::v1::Rerouted> {
         .collect()
 }
 
+/// The `Escalated` events, in order.
+pub fn escalated(events: &[TaskEvent]) -> Vec<pas::contract::v1::Escalated> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Escalated(x)) => Some(x.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The `Queued` events, in order.
 pub fn queued(events: &[TaskEvent]) -> Vec<pas::contract::v1::Queued> {
     events

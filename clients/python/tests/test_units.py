@@ -44,6 +44,9 @@ def test_dispatch_request_fields() -> None:
     assert request.strategy == 2  # STRATEGY_ROUND_ROBIN
     unset = dispatch_request("t", ["a.py"], "r", ["fast"], None, None, {"repo_url": "file:///r"})
     assert not unset.HasField("prefer_free") and unset.workspace == ""
+    assert not unset.HasField("escalate")
+    never = dispatch_request("t", ["a.py"], None, None, True, "s", {"escalate": False})
+    assert never.HasField("escalate") and never.escalate is False
     with pytest.raises(TypeError, match="list of paths"):
         dispatch_request("t", "a.py", None, None, True, "s", {})
     with pytest.raises(TypeError, match="unknown dispatch options"):

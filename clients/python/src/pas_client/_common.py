@@ -158,6 +158,8 @@ class DispatchOptions(TypedDict, total=False):
 
     ``workspace`` defaults to the pool object's; ``strategy`` is a short name such as
     "least_loaded" (or a Strategy value); 0 / empty / False mean the pool's defaults.
+    ``escalate``: True sends a task that fails on a free programmer for a task-level reason once
+    more to a paid one (within the budget), False never; unset: the pool's ``escalation.enabled``.
     """
 
     workspace: str
@@ -169,6 +171,7 @@ class DispatchOptions(TypedDict, total=False):
     base_ref: str
     queue_timeout_s: int
     region: str
+    escalate: bool
 
 
 def dispatch_request(

@@ -27,6 +27,7 @@ class AttemptDict(TypedDict):
     number: int
     llm: str
     backup: bool
+    programmer_id: str
     error_class: str
     error_message: str
     duration_ms: int
@@ -43,6 +44,8 @@ class TaskResultDict(TypedDict):
     "timed_out"; ``success`` is ``status == "succeeded"``. ``output`` is the text of every
     ``output`` event (Aider's stdout and stderr as relayed, in order). ``error_class`` is the
     ErrorClass name in lower case without its prefix ("none", "api_error", "cancelled", …).
+    ``tier`` is "free" or "paid", the tier of the programmer that did the work; ``escalation``
+    says whether the task escalated from the free tier (see ``DispatchOptions.escalate``).
     """
 
     programmer_id: str
@@ -68,6 +71,8 @@ class TaskResultDict(TypedDict):
     dry_run: bool
     pushed_ref: str
     pushed_commit: str
+    tier: str
+    escalation: str
     attempts: list[AttemptDict]
 
 
@@ -114,11 +119,14 @@ def result_dict(result: task_pb2.TaskResult, task_id: str, output: str) -> TaskR
         dry_run=result.dry_run,
         pushed_ref=result.pushed_ref,
         pushed_commit=result.pushed_commit,
+        tier=result.tier,
+        escalation=result.escalation,
         attempts=[
             AttemptDict(
                 number=a.number,
                 llm=a.llm,
                 backup=a.backup,
+                programmer_id=a.programmer_id,
                 error_class=error_class_name(a.error_class),
                 error_message=a.error_message,
                 duration_ms=a.duration_ms,

@@ -332,13 +332,17 @@ function showEvent(event) {
     out.append(el('span', { class: 'note' }, `\n[failover ${event.failover.fromLlm} → ${event.failover.toLlm}: ${event.failover.reason || ''}]\n`));
   } else if (event.rerouted) {
     out.append(el('span', { class: 'note' }, `\n[rerouted ${event.rerouted.fromProgrammer} → ${event.rerouted.toProgrammer}]\n`));
+  } else if (event.escalated) {
+    const x = event.escalated;
+    out.append(el('span', { class: 'note' }, `\n[escalated: ${x.fromTier} programmer ${x.fromProgrammer} failed (${x.reason || ''}) → ${x.toTier} tier]\n`));
   } else if (event.result) {
     const r = event.result;
     setTaskState(short(r.status, 'TASK_STATE_'));
     $('task-summary').textContent =
-      `${short(r.status, 'TASK_STATE_')} on ${r.programmerId || '-'} with ${r.llmUsed || '-'}` +
+      `${short(r.status, 'TASK_STATE_')} on ${r.programmerId || '-'}${r.tier ? ` (${r.tier})` : ''} with ${r.llmUsed || '-'}` +
       ` · ${((Number(r.durationMs || 0)) / 1000).toFixed(1)} s · ${usd(r.costNanousd)}` +
-      (r.branch ? ` · branch ${r.branch}` : '') + (r.errorMessage ? ` · ${r.errorMessage}` : '');
+      (r.branch ? ` · branch ${r.branch}` : '') + (r.errorMessage ? ` · ${r.errorMessage}` : '') +
+      (r.escalation ? ` · ${r.escalation}` : '');
     showDiff(r.diff || '');
     scheduleTasks();
     return true;
