@@ -310,7 +310,7 @@ async fn an_exhausted_budget_moves_mixed_work_to_free_and_refuses_paid_only_work
                     backup: "openai/paid-b".into(),
                     capabilities: vec!["python".into(), "paid".into()],
                     max_cost_per_job_usd: None,
-                    max_memory_per_job_mib: None,
+                    memory_limit_mb: None,
                 },
                 TestProgrammer::free("002").with_capabilities(&["python", "free"]),
             ],

@@ -208,7 +208,7 @@ async fn a_rerouted_paid_task_holds_budget_again_and_the_lost_hold_is_booked() {
         backup: backup.into(),
         capabilities: vec!["premium".into(), "paid".into()],
         max_cost_per_job_usd: None,
-        max_memory_per_job_mib: None,
+        memory_limit_mb: None,
     };
     let pool = TestPool::with_sim(
         PoolOptions {

@@ -377,7 +377,7 @@ async fn an_aider_past_its_memory_ceiling_fails_its_task_and_nothing_else() {
     let pool = TestPool::new(PoolOptions {
         programmers: vec![
             TestProgrammer {
-                max_memory_per_job_mib: Some(100),
+                memory_limit_mb: Some(100),
                 ..TestProgrammer::free("001")
             },
             TestProgrammer::free("002"),
@@ -420,9 +420,9 @@ async fn an_aider_past_its_memory_ceiling_fails_its_task_and_nothing_else() {
         "{failed:#?}"
     );
     assert!(
-        failed.error_message.contains(
-            "ran out of memory under its ceiling of 100 MiB (defaults.max_memory_per_job_mib)"
-        ),
+        failed
+            .error_message
+            .contains("ran out of memory under its ceiling of 100 MiB (aider.memory_limit_mb)"),
         "{}",
         failed.error_message
     );

@@ -190,10 +190,6 @@ pub struct JobDefaults {
     /// Aider's reflection limit (original `max_fix_iterations`): how many times one aider run
     /// sends a failed edit back to the model for a fix.
     pub max_fix_iterations: u32,
-    /// Memory ceiling of the aider process of one attempt, MiB (its data segment, RLIMIT_DATA,
-    /// set by the launcher): an aider that needs more fails its own task with
-    /// ERROR_CLASS_RESOURCE_LIMIT, and nothing else (added by the mesh).
-    pub max_memory_per_job_mib: u64,
 }
 
 impl Default for JobDefaults {
@@ -206,7 +202,6 @@ impl Default for JobDefaults {
             context_limit: 131_072,
             auto_commit: true,
             max_fix_iterations: 3,
-            max_memory_per_job_mib: 2048,
         }
     }
 }
@@ -240,8 +235,9 @@ pub struct ProgrammerConfig {
     pub auto_commit: Option<bool>,
     #[serde(default)]
     pub max_fix_iterations: Option<u32>,
+    /// This programmer's `aider.memory_limit_mb`.
     #[serde(default)]
-    pub max_memory_per_job_mib: Option<u64>,
+    pub memory_limit_mb: Option<u64>,
     /// Where it runs (e.g. `eu-west`): the manager prefers programmers of a task's region and
     /// uses other regions only when none there can take the task. Empty or absent: no region.
     #[serde(default)]
@@ -542,6 +538,10 @@ pub struct AiderConfig {
     /// Idle warm workers each programmer keeps ready; default: its concurrency
     /// (`load_balancing.max_concurrent_per_programmer`).
     pub warm_workers: Option<u32>,
+    /// Memory ceiling of the aider process of one attempt, MiB (its data segment, RLIMIT_DATA,
+    /// set by the launcher): an aider that needs more fails its own task with
+    /// ERROR_CLASS_RESOURCE_LIMIT, and nothing else. A programmer's `memory_limit_mb` wins.
+    pub memory_limit_mb: u64,
 }
 
 /// `aider.start`: how an attempt gets its aider process.
@@ -566,6 +566,7 @@ impl Default for AiderConfig {
             nice: 10,
             start: AiderStart::Warm,
             warm_workers: None,
+            memory_limit_mb: 2048,
         }
     }
 }

@@ -45,7 +45,7 @@ pub struct JobLimits {
     /// Aider's reflection limit.
     pub max_fix_iterations: u32,
     /// Memory ceiling of one aider process, MiB.
-    pub max_memory_per_job_mib: u64,
+    pub memory_limit_mb: u64,
 }
 
 /// One programmer, ready to run: LLMs resolved, limits merged, capabilities expanded.
@@ -519,7 +519,7 @@ fn default_limits(pool: &PoolConfig) -> JobLimits {
         context_limit: d.context_limit,
         auto_commit: d.auto_commit,
         max_fix_iterations: d.max_fix_iterations,
-        max_memory_per_job_mib: d.max_memory_per_job_mib,
+        memory_limit_mb: pool.aider.memory_limit_mb,
     }
 }
 
@@ -563,9 +563,7 @@ fn resolve_programmers(pool: &PoolConfig, llms: &BTreeMap<String, LlmSpec>) -> V
                     context_limit: p.context_limit.unwrap_or(d.context_limit),
                     auto_commit: p.auto_commit.unwrap_or(d.auto_commit),
                     max_fix_iterations: p.max_fix_iterations.unwrap_or(d.max_fix_iterations),
-                    max_memory_per_job_mib: p
-                        .max_memory_per_job_mib
-                        .unwrap_or(d.max_memory_per_job_mib),
+                    memory_limit_mb: p.memory_limit_mb.unwrap_or(pool.aider.memory_limit_mb),
                 },
                 region: p.region.clone().unwrap_or_default(),
             })

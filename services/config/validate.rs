@@ -274,7 +274,7 @@ fn check_programmers(pool: &PoolConfig, out: &mut Vec<Finding>) {
             ("max_tokens_per_job", p.max_tokens_per_job),
             ("max_duration_per_job_s", p.max_duration_per_job_s),
             ("context_limit", p.context_limit),
-            ("max_memory_per_job_mib", p.max_memory_per_job_mib),
+            ("memory_limit_mb", p.memory_limit_mb),
         ];
         for (name, value) in overrides {
             if let Some(value) = value {
@@ -330,11 +330,6 @@ fn check_defaults(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
         d.max_duration_per_job_s,
     );
     positive_int(out, at.key("context_limit"), d.context_limit);
-    positive_int(
-        out,
-        at.key("max_memory_per_job_mib"),
-        d.max_memory_per_job_mib,
-    );
     positive_float(out, at.key("max_cost_per_job_usd"), d.max_cost_per_job_usd);
 }
 
@@ -534,6 +529,7 @@ fn check_aider(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
     non_empty(out, at.key("version"), &a.version, "version");
     edit_format(out, at.key("edit_format"), &a.edit_format);
     positive_int(out, at.key("request_timeout_s"), a.request_timeout_s);
+    positive_int(out, at.key("memory_limit_mb"), a.memory_limit_mb);
     if a.nice > 19 {
         out.push(Finding::value(
             at.key("nice"),

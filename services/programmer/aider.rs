@@ -158,7 +158,7 @@ pub struct AiderInvocation {
     /// CPU niceness the launcher sets before aider starts (`aider.nice`), so the services
     /// outrank their workers on a saturated host.
     pub nice: u8,
-    /// The launcher's memory ceiling, MiB (`defaults.max_memory_per_job_mib`; 0 = none).
+    /// The launcher's memory ceiling, MiB (`aider.memory_limit_mb`; 0 = none).
     pub max_memory_mib: u64,
     /// Aider's reflection limit (`max_fix_iterations`): how many times it may send the model's
     /// failed edit back for a fix within one run; the launcher sets `Coder.max_reflections`.

@@ -28,7 +28,7 @@
    the LLM names the paths of its edits, and the caller steers the LLM.
 9. Nothing else: the arguments are aider's, passed through unchanged.
 10. aider is a worker, not a peer of the services: it runs at niceness PAS_AIDER_NICE (the
-   config's aider.nice) under a memory ceiling of PAS_AIDER_MAX_MEMORY_MIB MiB (defaults.max_memory_per_job_mib;
+   config's aider.nice) under a memory ceiling of PAS_AIDER_MAX_MEMORY_MIB MiB (aider.memory_limit_mb;
    RLIMIT_DATA, which needs no privileges and covers the heap and anonymous mappings). An aider
    that needs more gets MemoryError — uncaught, on any thread, or caught by aider and reported
    through its tool_error — and the launcher then prints one line naming the ceiling and exits
@@ -104,7 +104,7 @@ def _out_of_memory():
     # Whatever was allocated is dropped with the frame that raised; this line needs little.
     sys.stderr.write(
         "pas: aider ran out of memory under its ceiling of "
-        f"{MEMORY_CEILING_MIB} MiB (defaults.max_memory_per_job_mib)\n"
+        f"{MEMORY_CEILING_MIB} MiB (aider.memory_limit_mb)\n"
     )
     sys.stderr.flush()
     os._exit(MEMORY_EXIT)

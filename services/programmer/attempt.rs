@@ -38,7 +38,7 @@ pub enum AttemptOutcome {
     /// The task's token or cost cap was crossed while aider ran, and aider was stopped: which cap,
     /// with the figures.
     CapReached(String),
-    /// aider ran out of memory under its ceiling (`defaults.max_memory_per_job_mib`).
+    /// aider ran out of memory under its ceiling (`aider.memory_limit_mb`).
     MemoryCeiling(String),
     /// Aider could not be run or ended unexpectedly.
     Internal(String),
@@ -140,7 +140,7 @@ pub async fn run_attempt(
         extra_env: Vec::new(),
         usage_cap: Some(cap),
         nice: prog.aider.nice,
-        max_memory_mib: prog.spec.limits.max_memory_per_job_mib,
+        max_memory_mib: prog.spec.limits.memory_limit_mb,
         max_reflections: prog.spec.limits.max_fix_iterations,
         warm: prog.aider.warm.clone(),
     };

@@ -26,7 +26,7 @@ pub enum Outcome {
     LlmFailure(LlmFailureClass, String),
     /// The LLM answered but its edit could not be applied (endpoint healthy; no breaker count).
     EditFailure(String),
-    /// aider ran out of memory under its ceiling (`defaults.max_memory_per_job_mib`): the launcher's line.
+    /// aider ran out of memory under its ceiling (`aider.memory_limit_mb`): the launcher's line.
     MemoryCeiling(String),
     /// aider finished normally but the repository did not change: the model proposed no edit
     /// (or one that changed nothing). Endpoint healthy; a stronger model may do better.

@@ -168,7 +168,7 @@ mod tests {
             context_limit: 32_000,
             auto_commit: true,
             max_fix_iterations: 3,
-            max_memory_per_job_mib: 2048,
+            memory_limit_mb: 2048,
         }
     }
 

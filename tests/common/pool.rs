@@ -20,8 +20,8 @@ pub struct TestProgrammer {
     pub capabilities: Vec<String>,
     /// Per-programmer `max_cost_per_job_usd` override.
     pub max_cost_per_job_usd: Option<f64>,
-    /// Per-programmer `max_memory_per_job_mib` override (aider's memory ceiling).
-    pub max_memory_per_job_mib: Option<u64>,
+    /// Per-programmer `memory_limit_mb` override (aider's memory ceiling).
+    pub memory_limit_mb: Option<u64>,
 }
 
 impl TestProgrammer {
@@ -33,7 +33,7 @@ impl TestProgrammer {
             backup: format!("ollama/backup-{id}"),
             capabilities: vec!["fast".into(), "local".into(), "free".into()],
             max_cost_per_job_usd: None,
-            max_memory_per_job_mib: None,
+            memory_limit_mb: None,
         }
     }
 
@@ -45,7 +45,7 @@ impl TestProgrammer {
             backup: "openai/gpt-4o-mini".into(),
             capabilities: vec!["premium".into(), "paid".into()],
             max_cost_per_job_usd: None,
-            max_memory_per_job_mib: None,
+            memory_limit_mb: None,
         }
     }
 }
@@ -256,8 +256,8 @@ impl TestPool {
             if let Some(c) = p.max_cost_per_job_usd {
                 y.push_str(&format!("    max_cost_per_job_usd: {c}\n"));
             }
-            if let Some(m) = p.max_memory_per_job_mib {
-                y.push_str(&format!("    max_memory_per_job_mib: {m}\n"));
+            if let Some(m) = p.memory_limit_mb {
+                y.push_str(&format!("    memory_limit_mb: {m}\n"));
             }
         }
         y.push_str(&format!(
@@ -581,7 +581,7 @@ impl TestProgrammer {
             backup: "anthropic/claude-3-7-sonnet-20250219".into(),
             capabilities: vec!["premium".into(), "reasoning".into(), "paid".into()],
             max_cost_per_job_usd: None,
-            max_memory_per_job_mib: None,
+            memory_limit_mb: None,
         }
     }
 
