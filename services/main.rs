@@ -98,17 +98,27 @@ fn main() -> ExitCode {
         Command::LlmSim(args) => block_on(
             cli.log_format,
             ServiceIdentity::other("llm-sim"),
+            1.0,
             pas::llm_sim::run(args),
         ),
-        Command::Programmer(args) => block_on(
-            cli.log_format,
-            ServiceIdentity::programmer(&args.id),
-            async move { pas::programmer::run(load_config(&cli.config)?, args).await },
-        ),
+        Command::Programmer(args) => {
+            let config = load_config(&cli.config);
+            block_on(
+                cli.log_format,
+                ServiceIdentity::programmer(&args.id),
+                sample_ratio(&config),
+                async move { pas::programmer::run(config?, args).await },
+            )
+        }
         Command::Manager(args) => {
-            block_on(cli.log_format, ServiceIdentity::manager(), async move {
-                pas::manager::run(load_config(&cli.config)?, args).await
-            })
+            let config = load_config(&cli.config);
+            let ratio = sample_ratio(&config);
+            block_on(
+                cli.log_format,
+                ServiceIdentity::manager(),
+                ratio,
+                async move { pas::manager::run(config?, args).await },
+            )
         }
         Command::Up(args) => pas::cli::up::up(&cli.config, cli.log_format, args),
         Command::Down(args) => pas::cli::up::down(&cli.config, args),
@@ -128,12 +138,21 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<pas::config::Config> {
     pas::config::Config::load(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))
 }
 
+/// `telemetry.sample_ratio` of a loaded configuration (an invalid one is reported by the service,
+/// with every span kept meanwhile).
+fn sample_ratio(config: &anyhow::Result<pas::config::Config>) -> f64 {
+    config
+        .as_ref()
+        .map_or(1.0, |c| c.pool.telemetry.sample_ratio)
+}
+
 /// Runs a service future on a multi-threaded runtime with telemetry (logs, OTLP traces when
-/// configured, metrics) installed, flushes the traces at the end, and turns the service's error
-/// into exit code 1.
+/// configured and sampled at `sample_ratio`, metrics) installed, flushes the traces at the end,
+/// and turns the service's error into exit code 1.
 fn block_on(
     log_format: pas::telemetry::LogFormat,
     service: ServiceIdentity,
+    sample_ratio: f64,
     fut: impl std::future::Future<Output = anyhow::Result<()>>,
 ) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
@@ -144,7 +163,7 @@ fn block_on(
         }
     };
     let outcome = runtime.block_on(async {
-        let telemetry = pas::telemetry::init(log_format, &service);
+        let telemetry = pas::telemetry::init(log_format, &service, sample_ratio);
         let outcome = fut.await;
         telemetry.shutdown().await;
         outcome

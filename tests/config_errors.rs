@@ -315,6 +315,17 @@ fn escalation_that_cannot_fire_or_names_an_unknown_failure() {
 }
 
 #[test]
+fn sample_ratio_outside_zero_to_one() {
+    let yaml = seed_plus("telemetry:\n  sample_ratio: 1.5\n");
+    expect_only(
+        &yaml,
+        "telemetry.sample_ratio",
+        "sample_ratio: 1.5",
+        "must be between 0.0 and 1.0 (found 1.5)",
+    );
+}
+
+#[test]
 fn port_zero() {
     let yaml = seed_with("port: 6160", "port: 0");
     expect_only(

@@ -344,19 +344,45 @@ async fn dry_run(
     client: &mut pas::contract::v1::programmer_client::ProgrammerClient<Channel>,
     task_id: &str,
 ) {
+    dry_run_traced(client, task_id, None).await
+}
+
+/// [`dry_run`] with the caller's `traceparent`, when given.
+async fn dry_run_traced(
+    client: &mut pas::contract::v1::programmer_client::ProgrammerClient<Channel>,
+    task_id: &str,
+    traceparent: Option<&str>,
+) {
+    let mut request = tonic::Request::new(pas::contract::v1::TaskRequest {
+        task_id: task_id.into(),
+        task_description: "dry".into(),
+        files: vec!["src/module.py".into()],
+        workspace: "sample".into(),
+        dry_run: true,
+        ..Default::default()
+    });
+    if let Some(tp) = traceparent {
+        request
+            .metadata_mut()
+            .insert("traceparent", tp.parse().expect("metadata value"));
+    }
     let mut stream = client
-        .execute(pas::contract::v1::TaskRequest {
-            task_id: task_id.into(),
-            task_description: "dry".into(),
-            files: vec!["src/module.py".into()],
-            workspace: "sample".into(),
-            dry_run: true,
-            ..Default::default()
-        })
+        .execute(request)
         .await
         .expect("Execute accepted")
         .into_inner();
     while stream.message().await.expect("stream").is_some() {}
+}
+
+/// Stops the programmer with SIGTERM (which flushes what it recorded) and returns the spans the
+/// collector has.
+fn stop_and_collect(prog: &mut common::pool::ChildGuard, collector: &Collector) -> Vec<Collected> {
+    prog.terminate();
+    let exit = prog
+        .wait_exit(Duration::from_secs(60))
+        .expect("the programmer exits on SIGTERM");
+    assert!(exit.success(), "{exit:?}\n{}", prog.log_text());
+    collector.spans()
 }
 
 /// The `programmer.task` span of `task_id` among `spans`.
@@ -391,12 +417,7 @@ async fn sigterm_flushes_buffered_spans_and_a_dead_collector_does_not_hold_up_ex
     // arrive together, in the one call the exit makes.
     dry_run(&mut client, "flush-marker").await;
     assert_eq!(collector.exports(), 0, "nothing exported before the exit");
-    prog.terminate();
-    let exit = prog
-        .wait_exit(Duration::from_secs(60))
-        .expect("the programmer exits on SIGTERM");
-    assert!(exit.success(), "{exit:?}\n{}", prog.log_text());
-    let spans = collector.spans();
+    let spans = stop_and_collect(&mut prog, &collector);
     let buffered = |task_id: &str| {
         programmer_task(&spans, task_id).unwrap_or_else(|| {
             panic!(
@@ -429,5 +450,46 @@ async fn sigterm_flushes_buffered_spans_and_a_dead_collector_does_not_hold_up_ex
         prog.log_text().contains("programmer stopped"),
         "{}",
         prog.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_ratio_zero_drops_new_traces_but_follows_a_callers_sampled_one() {
+    use pas::contract::v1::programmer_client::ProgrammerClient;
+
+    let collector = Collector::start().await;
+    let pool = TestPool::new(PoolOptions::default());
+    pool.append_config("telemetry:\n  sample_ratio: 0.0\n");
+    pool.sample_repo();
+    let env = vec![(
+        "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+        collector.endpoint(),
+    )];
+    let mut prog = support::start_programmer(&pool, "001", &env);
+    let mut client = ProgrammerClient::connect(pool.programmer_url("001"))
+        .await
+        .expect("connect to the programmer");
+    for i in 0..5 {
+        dry_run(&mut client, &format!("unsampled-{i}")).await;
+    }
+    let trace_id = random_hex(16);
+    let traceparent = format!("00-{trace_id}-{}-01", random_hex(8));
+    dry_run_traced(&mut client, "sampled-by-caller", Some(&traceparent)).await;
+    // SIGTERM flushes whatever was recorded.
+    let spans = stop_and_collect(&mut prog, &collector);
+    let kept = programmer_task(&spans, "sampled-by-caller").unwrap_or_else(|| {
+        panic!(
+            "the caller's sampled trace is kept: {spans:#?}\n{}",
+            prog.log_text()
+        )
+    });
+    assert_eq!(kept.trace_id(), trace_id);
+    for i in 0..5 {
+        let id = format!("unsampled-{i}");
+        assert!(programmer_task(&spans, &id).is_none(), "{id} was sampled");
+    }
+    assert!(
+        spans.iter().all(|s| s.trace_id() == trace_id),
+        "only the caller's trace was recorded: {spans:#?}"
     );
 }

@@ -76,6 +76,25 @@ pub struct PoolConfig {
     /// (`static`, the default) or a DNS name re-resolved on a period (`dns`).
     #[serde(default)]
     pub discovery: DiscoveryConfig,
+    /// Traces (added by the mesh); export itself is configured by the `OTEL_*` variables.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// `telemetry:` section.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Share of traces started here that are recorded and exported (0.0–1.0), decided by trace
+    /// id; a caller's sampled `traceparent` is always followed (parent-based), so one trace is
+    /// kept or dropped whole across manager, programmer and aider.
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { sample_ratio: 1.0 }
+    }
 }
 
 impl PoolConfig {

@@ -65,6 +65,13 @@ pub(crate) fn check(pool: &PoolConfig) -> Vec<Finding> {
     check_limits(pool, &root.key("limits"), &mut out);
     check_security(pool, &root, &mut out);
     check_repositories(pool, &root.key("repositories"), &mut out);
+    let ratio = pool.telemetry.sample_ratio;
+    if !(0.0..=1.0).contains(&ratio) {
+        out.push(Finding::value(
+            root.key("telemetry").key("sample_ratio"),
+            format!("must be between 0.0 and 1.0 (found {ratio})"),
+        ));
+    }
     for (name, path) in [
         ("workspace_root", &pool.workspace_root),
         ("data_dir", &pool.data_dir),

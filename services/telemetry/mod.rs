@@ -112,10 +112,10 @@ impl Telemetry {
 /// Prometheus recorder for this process. Must run inside a tokio runtime (the OTLP exporter is a
 /// tonic client). Problems with the exporter are reported on stderr and leave the process
 /// running without export: telemetry never stops the service.
-pub fn init(format: LogFormat, service: &ServiceIdentity) -> Telemetry {
+pub fn init(format: LogFormat, service: &ServiceIdentity, sample_ratio: f64) -> Telemetry {
     let mut warning = None;
     let tracer_provider = if otel::export_configured() {
-        match otel::tracer_provider(service) {
+        match otel::tracer_provider(service, sample_ratio) {
             Ok(p) => Some(p),
             Err(e) => {
                 warning = Some(format!(

@@ -14,7 +14,7 @@ use super::ServiceIdentity;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::registry::LookupSpan;
@@ -51,16 +51,32 @@ pub fn resource(service: &ServiceIdentity) -> Resource {
 }
 
 /// A tracer provider exporting in batches over OTLP/gRPC (tonic). Needs a tokio runtime.
+/// `sample_ratio` (`telemetry.sample_ratio`) is the share of new traces recorded; a sampled
+/// parent (the caller's `traceparent`) is always followed.
 pub fn tracer_provider(
     service: &ServiceIdentity,
+    sample_ratio: f64,
 ) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .build()?;
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
+        .with_sampler(sampler(sample_ratio))
         .with_resource(resource(service))
         .build())
+}
+
+/// Parent-based: a trace is kept or dropped whole; new traces by trace id at `ratio`.
+fn sampler(ratio: f64) -> Sampler {
+    let root = if ratio >= 1.0 {
+        Sampler::AlwaysOn
+    } else if ratio <= 0.0 {
+        Sampler::AlwaysOff
+    } else {
+        Sampler::TraceIdRatioBased(ratio)
+    };
+    Sampler::ParentBased(Box::new(root))
 }
 
 /// The `tracing` → OpenTelemetry bridge for `provider`, limited to this crate's INFO spans.
