@@ -287,7 +287,27 @@ def run(argv):
         return aider.main.main(argv)
     except MemoryError:
         _out_of_memory()
+    except SystemExit as e:
+        return e.code
+
+
+def finish(code):
+    """Ends this process with aider's exit status, without interpreter finalization: aider has
+    written everything by now (its output, the analytics log, git), and tearing down the module
+    graph of aider and litellm only costs CPU and delays the programmer (a failover waits for it).
+    """
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        sys.stderr.write(f"{code}\n")
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    finish(run(sys.argv[1:]))

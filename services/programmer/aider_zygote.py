@@ -17,7 +17,8 @@ is a copy of the warm interpreter (pages shared until written) waiting for one t
    imports set, as they would have in a cold process), sets stdin to /dev/null and stdout/stderr
    to the pipes, dies with the zygote (PR_SET_PDEATHSIG), takes the task's niceness and memory
    ceiling (aider_launcher.begin_task), resets the state aider derived from HOME at import, and
-   runs aider_launcher.run(argv). One task per worker: it exits afterwards.
+   runs aider_launcher.run(argv). One task per worker: it exits afterwards, without interpreter
+   finalization (aider_launcher.finish).
 4. The zygote forks a replacement as soon as a worker takes a task or an idle worker dies. Idle
    workers that keep dying (2 x WORKERS deaths without a task taken) end the zygote (exit 3): the
    programmer restarts it with a backoff and starts tasks cold meanwhile.
@@ -25,6 +26,7 @@ is a copy of the warm interpreter (pages shared until written) waiting for one t
 Usage: python aider_zygote.py WORKERS   (fd 0: the job socket; stdout: "ready")
 """
 
+import gc
 import json
 import os
 import selectors
@@ -97,7 +99,7 @@ def _worker(zygote):
     aider_launcher.begin_task()
     _reset_home_state()
     sys.argv = [aider_launcher.__file__] + task["argv"]
-    sys.exit(aider_launcher.run(task["argv"]))
+    aider_launcher.finish(aider_launcher.run(task["argv"]))
 
 
 class Zygote:
@@ -115,6 +117,9 @@ class Zygote:
 
     def fork_worker(self):
         mine, theirs = socket.socketpair()
+        # Everything imported so far leaves the collector's generations: a worker's collections
+        # then never touch (and so never copy) the pages it shares with the zygote.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
             signal.set_wakeup_fd(-1)
