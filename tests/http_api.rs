@@ -72,6 +72,16 @@ fn final_status(events: &[Value]) -> String {
         .to_string()
 }
 
+/// Sends `request`; the manager must answer it (with any status).
+async fn send(request: reqwest::RequestBuilder) -> reqwest::Response {
+    request.send().await.expect("the manager answers")
+}
+
+/// Sends `request` and reads its JSON answer.
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    send(request).await.json().await.expect("a JSON body")
+}
+
 /// Asserts `response` is the JSON error `{code, message}` with `status`; returns the message.
 async fn error_of(response: reqwest::Response, status: StatusCode, code: i64) -> String {
     assert_eq!(response.status(), status, "{response:?}");
@@ -99,14 +109,7 @@ async fn every_route_answers_like_the_grpc_service() {
     let url = |path: &str| format!("{}{path}", pool.manager_url());
 
     // --- GET /v1/pool: GetPoolStatus in grpcurl's JSON ---
-    let got: Value = http
-        .get(url("/v1/pool"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got: Value = json_of(http.get(url("/v1/pool"))).await;
     assert_eq!(got["poolSize"], 1, "{got}");
     assert_eq!(
         got["programmers"][0]["state"], "PROGRAMMER_STATE_AVAILABLE",
@@ -119,7 +122,7 @@ async fn every_route_answers_like_the_grpc_service() {
     );
 
     // --- GET /v1/pool/events: a snapshot now, more as the pool changes ---
-    let mut pool_events = Reader::new(http.get(url("/v1/pool/events")).send().await.unwrap());
+    let mut pool_events = Reader::new(send(http.get(url("/v1/pool/events"))).await);
     let first = pool_events
         .next_event(QUICK)
         .await
@@ -127,12 +130,7 @@ async fn every_route_answers_like_the_grpc_service() {
     assert_eq!(first.json()["poolSize"], 1);
 
     // --- POST /v1/tasks: Dispatch, its events as SSE ---
-    let response = http
-        .post(url("/v1/tasks"))
-        .json(&task_body("http-1"))
-        .send()
-        .await
-        .unwrap();
+    let response = send(http.post(url("/v1/tasks")).json(&task_body("http-1"))).await;
     assert_eq!(response.status(), StatusCode::OK);
     let events = task_events(&Reader::new(response).events_to_end(TASK_LIMIT).await);
     let n = events.len() as u64;
@@ -159,14 +157,7 @@ async fn every_route_answers_like_the_grpc_service() {
     }
 
     // --- GET /v1/tasks/{id}: GetTask ---
-    let record: Value = http
-        .get(url("/v1/tasks/http-1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let record: Value = json_of(http.get(url("/v1/tasks/http-1"))).await;
     assert_eq!(record["state"], "TASK_STATE_SUCCEEDED", "{record}");
     assert!(
         record["result"]["diff"]
@@ -185,9 +176,10 @@ async fn every_route_answers_like_the_grpc_service() {
     assert_eq!(record, to_json(&grpc), "same as GetTask");
 
     // --- GET /v1/tasks: ListTasks with its fields as query parameters ---
-    let listed: Value = http
-        .get(url("/v1/tasks?runId=run-http&states=TASK_STATE_SUCCEEDED&states=TASK_STATE_FAILED&pageSize=10"))
-        .send().await.unwrap().json().await.unwrap();
+    let listed: Value = json_of(http.get(url(
+        "/v1/tasks?runId=run-http&states=TASK_STATE_SUCCEEDED&states=TASK_STATE_FAILED&pageSize=10",
+    )))
+    .await;
     assert_eq!(listed["tasks"][0]["taskId"], "http-1", "{listed}");
     let grpc = c
         .clone()
@@ -201,36 +193,25 @@ async fn every_route_answers_like_the_grpc_service() {
         .unwrap()
         .into_inner();
     assert_eq!(listed, to_json(&grpc), "same as ListTasks");
-    let none: Value = http
-        .get(url("/v1/tasks?run_id=run-http&states=TASK_STATE_CANCELLED"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let none: Value =
+        json_of(http.get(url("/v1/tasks?run_id=run-http&states=TASK_STATE_CANCELLED"))).await;
     assert_eq!(none, json!({}), "no tasks: defaults are left out");
 
     // --- GET /v1/tasks/{id}/events: the same events replayed; Last-Event-ID continues ---
-    let replay = Reader::new(
-        http.get(url("/v1/tasks/http-1/events"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .events_to_end(QUICK)
-    .await;
+    let replay = Reader::new(send(http.get(url("/v1/tasks/http-1/events"))).await)
+        .events_to_end(QUICK)
+        .await;
     assert_eq!(
         task_events(&replay),
         events,
         "the replay is the dispatch stream"
     );
     let after_2 = Reader::new(
-        http.get(url("/v1/tasks/http-1/events"))
-            .header("Last-Event-ID", "2")
-            .send()
-            .await
-            .unwrap(),
+        send(
+            http.get(url("/v1/tasks/http-1/events"))
+                .header("Last-Event-ID", "2"),
+        )
+        .await,
     )
     .events_to_end(QUICK)
     .await;
@@ -240,12 +221,7 @@ async fn every_route_answers_like_the_grpc_service() {
     pool.sim
         .set_script("default:\n  chunk_delay_ms: 40\n  chunk_chars: 4\n")
         .await;
-    let response = http
-        .post(url("/v1/tasks"))
-        .json(&task_body("http-2"))
-        .send()
-        .await
-        .unwrap();
+    let response = send(http.post(url("/v1/tasks")).json(&task_body("http-2"))).await;
     let mut reader = Reader::new(response);
     let mut seen = Vec::new();
     while !seen.iter().any(|e: &Value| e["output"].is_object()) {
@@ -259,11 +235,11 @@ async fn every_route_answers_like_the_grpc_service() {
     drop(reader); // the connection closes mid-task
     let last_id = seen.last().unwrap()["seq"].as_str().unwrap().to_string();
     let rest = Reader::new(
-        http.get(url("/v1/tasks/http-2/events"))
-            .header("Last-Event-ID", &last_id)
-            .send()
-            .await
-            .unwrap(),
+        send(
+            http.get(url("/v1/tasks/http-2/events"))
+                .header("Last-Event-ID", &last_id),
+        )
+        .await,
     )
     .events_to_end(TASK_LIMIT)
     .await;
@@ -279,24 +255,14 @@ async fn every_route_answers_like_the_grpc_service() {
         "TASK_STATE_SUCCEEDED",
         "the drop cancelled nothing"
     );
-    let replay = Reader::new(
-        http.get(url("/v1/tasks/http-2/events"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .events_to_end(QUICK)
-    .await;
+    let replay = Reader::new(send(http.get(url("/v1/tasks/http-2/events"))).await)
+        .events_to_end(QUICK)
+        .await;
     assert_eq!(task_events(&replay), seen, "resumed = the whole stream");
 
     // --- a running task: heartbeats, the per-caller limit (429), cancel ---
     pool.sim.set_script("default:\n  fault: hang\n").await;
-    let response = http
-        .post(url("/v1/tasks"))
-        .json(&task_body("http-3"))
-        .send()
-        .await
-        .unwrap();
+    let response = send(http.post(url("/v1/tasks")).json(&task_body("http-3"))).await;
     let mut running = Reader::new(response);
     loop {
         let event = running.next_event(TASK_LIMIT).await.expect("events").json();
@@ -304,24 +270,14 @@ async fn every_route_answers_like_the_grpc_service() {
             break;
         }
     }
-    let refused = http
-        .post(url("/v1/tasks"))
-        .json(&task_body("http-4"))
-        .send()
-        .await
-        .unwrap();
+    let refused = send(http.post(url("/v1/tasks")).json(&task_body("http-4"))).await;
     assert_eq!(refused.headers()["retry-after"], "1", "{refused:?}");
     let message = error_of(refused, StatusCode::TOO_MANY_REQUESTS, 8).await;
     assert!(
         message.starts_with("limits.per_caller_max_tasks: "),
         "{message}"
     );
-    let mut watch = Reader::new(
-        http.get(url("/v1/tasks/http-3/events"))
-            .send()
-            .await
-            .unwrap(),
-    );
+    let mut watch = Reader::new(send(http.get(url("/v1/tasks/http-3/events"))).await);
     loop {
         if let Item::Comment(c) = watch.next_within(QUICK).await.expect("the watch goes on") {
             if c.starts_with("heartbeat latest_seq=") {
@@ -329,14 +285,7 @@ async fn every_route_answers_like_the_grpc_service() {
             }
         }
     }
-    let cancelled: Value = http
-        .post(url("/v1/tasks/http-3:cancel"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cancelled: Value = json_of(http.post(url("/v1/tasks/http-3:cancel"))).await;
     assert_eq!(cancelled["cancelled"], true, "{cancelled}");
     assert_eq!(
         cancelled["previousState"], "TASK_STATE_RUNNING",
@@ -344,14 +293,7 @@ async fn every_route_answers_like_the_grpc_service() {
     );
     let rest = task_events(&running.events_to_end(TASK_LIMIT).await);
     assert_eq!(final_status(&rest), "TASK_STATE_CANCELLED", "{rest:#?}");
-    let finished: Value = http
-        .post(url("/v1/tasks/http-1:cancel"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let finished: Value = json_of(http.post(url("/v1/tasks/http-1:cancel"))).await;
     assert_eq!(
         finished["cancelled"],
         Value::Null,
@@ -412,48 +354,39 @@ async fn every_route_answers_like_the_grpc_service() {
     .await;
     assert!(message.starts_with("task_id: "), "{message}");
     let message = error_of(
-        http.get(url("/v1/tasks/no-such-task"))
-            .send()
-            .await
-            .unwrap(),
+        send(http.get(url("/v1/tasks/no-such-task"))).await,
         StatusCode::NOT_FOUND,
         5,
     )
     .await;
     assert_eq!(message, "task_id: no task \"no-such-task\"");
     let message = error_of(
-        http.get(url("/v1/tasks?pageSize=5000"))
-            .send()
-            .await
-            .unwrap(),
+        send(http.get(url("/v1/tasks?pageSize=5000"))).await,
         StatusCode::BAD_REQUEST,
         3,
     )
     .await;
     assert!(message.starts_with("page_size: "), "{message}");
     let message = error_of(
-        http.get(url("/v1/tasks?colour=red")).send().await.unwrap(),
+        send(http.get(url("/v1/tasks?colour=red"))).await,
         StatusCode::BAD_REQUEST,
         3,
     )
     .await;
     assert!(message.starts_with("colour: "), "{message}");
     let message = error_of(
-        http.get(url("/v1/tasks/http-1/events"))
-            .header("Last-Event-ID", "yesterday")
-            .send()
-            .await
-            .unwrap(),
+        send(
+            http.get(url("/v1/tasks/http-1/events"))
+                .header("Last-Event-ID", "yesterday"),
+        )
+        .await,
         StatusCode::BAD_REQUEST,
         3,
     )
     .await;
     assert!(message.starts_with("Last-Event-ID: "), "{message}");
     error_of(
-        http.post(url("/v1/tasks/http-1:frobnicate"))
-            .send()
-            .await
-            .unwrap(),
+        send(http.post(url("/v1/tasks/http-1:frobnicate"))).await,
         StatusCode::NOT_FOUND,
         5,
     )
@@ -461,17 +394,10 @@ async fn every_route_answers_like_the_grpc_service() {
 
     // --- the routes that were there keep working; the dashboard is served ---
     for path in ["/health", "/programmer_pool/status", "/metrics", "/"] {
-        let r = http.get(url(path)).send().await.unwrap();
+        let r = send(http.get(url(path))).await;
         assert_eq!(r.status(), StatusCode::OK, "{path}");
     }
-    let page = http
-        .get(url("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = send(http.get(url("/"))).await.text().await.unwrap();
     assert!(page.contains("/dashboard/app.js"), "{page}");
     drop(m);
 }
@@ -495,11 +421,11 @@ async fn http_routes_authenticate_like_grpc() {
         if let Some(t) = token {
             r = r.bearer_auth(t);
         }
-        r.send()
+        r
     };
     // Available over mTLS, seen through HTTP with a read token.
     common::pool::wait_until(QUICK, "programmer 001 available", || async {
-        match get("/v1/pool", Some(&s.read)).await {
+        match get("/v1/pool", Some(&s.read)).send().await {
             Ok(r) if r.status().is_success() => {
                 r.json::<Value>().await.is_ok_and(|v| v["available"] == 1)
             }
@@ -509,29 +435,29 @@ async fn http_routes_authenticate_like_grpc() {
     .await;
 
     // No token: 401 with the gRPC message; the dashboard's page itself is open.
-    let refused = get("/v1/pool", None).await.unwrap();
+    let refused = send(get("/v1/pool", None)).await;
     assert_eq!(refused.headers()["www-authenticate"], "Bearer");
     let message = error_of(refused, StatusCode::UNAUTHORIZED, 16).await;
     assert!(message.starts_with("missing bearer token"), "{message}");
     error_of(
-        get("/v1/tasks", Some("pas_wrong")).await.unwrap(),
+        send(get("/v1/tasks", Some("pas_wrong"))).await,
         StatusCode::UNAUTHORIZED,
         16,
     )
     .await;
-    assert_eq!(get("/", None).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(send(get("/", None)).await.status(), StatusCode::OK);
 
     // A read token cannot dispatch (403, naming the method and the roles).
     let mut body = task_body("secure-1");
     body["dryRun"] = json!(true);
     let message = error_of(
-        https
-            .post(url("/v1/tasks"))
-            .bearer_auth(&s.read)
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
+        send(
+            https
+                .post(url("/v1/tasks"))
+                .bearer_auth(&s.read)
+                .json(&body),
+        )
+        .await,
         StatusCode::FORBIDDEN,
         7,
     )
@@ -542,25 +468,20 @@ async fn http_routes_authenticate_like_grpc() {
     );
 
     // The dispatch token can; its task is its own.
-    let response = https
-        .post(url("/v1/tasks"))
-        .bearer_auth(&s.dispatch)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response = send(
+        https
+            .post(url("/v1/tasks"))
+            .bearer_auth(&s.dispatch)
+            .json(&body),
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::OK);
     let events = task_events(&Reader::new(response).events_to_end(TASK_LIMIT).await);
     assert_eq!(final_status(&events), "TASK_STATE_SUCCEEDED", "{events:#?}");
-    let record: Value = get("/v1/tasks/secure-1", Some(&s.dispatch))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let record: Value = json_of(get("/v1/tasks/secure-1", Some(&s.dispatch))).await;
     assert_eq!(record["owner"], "director", "{record}");
     let message = error_of(
-        get("/v1/tasks/secure-1", Some(&s.other)).await.unwrap(),
+        send(get("/v1/tasks/secure-1", Some(&s.other))).await,
         StatusCode::FORBIDDEN,
         7,
     )
@@ -581,30 +502,20 @@ async fn http_routes_authenticate_like_grpc() {
         .await
         .expect_err("another caller's task");
     assert_eq!(message, grpc.message(), "the same message as gRPC");
-    let theirs: Value = get("/v1/tasks", Some(&s.other))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let theirs: Value = json_of(get("/v1/tasks", Some(&s.other))).await;
     assert_eq!(theirs, json!({}), "another caller lists none of it");
-    let all: Value = get("/v1/tasks", Some(&s.admin))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all: Value = json_of(get("/v1/tasks", Some(&s.admin))).await;
     assert_eq!(
         all["tasks"][0]["taskId"], "secure-1",
         "admins see all: {all}"
     );
     let message = error_of(
-        https
-            .post(url("/v1/tasks/secure-1:cancel"))
-            .bearer_auth(&s.other)
-            .send()
-            .await
-            .unwrap(),
+        send(
+            https
+                .post(url("/v1/tasks/secure-1:cancel"))
+                .bearer_auth(&s.other),
+        )
+        .await,
         StatusCode::FORBIDDEN,
         7,
     )

@@ -192,6 +192,8 @@ impl Browser {
                     shot.display()
                 );
             }
+            // The page's state is read by evaluating `expression`; the DevTools protocol has no
+            // event for "this expression became true", so this is the poll period of that wait.
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

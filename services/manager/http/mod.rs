@@ -100,8 +100,20 @@ fn grpc_request<T>(parts: &Parts, message: T) -> tonic::Request<T> {
 }
 
 /// A body or query that is not the message: INVALID_ARGUMENT naming the field.
-fn bad_json(e: json::JsonError) -> Response {
-    error::response(&Status::invalid_argument(e.to_string()))
+fn bad_json(e: json::JsonError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+/// What the routes that take query parameters extract.
+type QueryPairs = Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>;
+
+/// The query string of a request read into message `M` (its fields as parameters); a query that
+/// is not one, or names no field of `M`, is INVALID_ARGUMENT.
+fn query_message<M: prost::Message + prost::Name + Default>(
+    query: QueryPairs,
+) -> Result<M, Status> {
+    let Query(pairs) = query.map_err(|e| Status::invalid_argument(format!("query: {e}")))?;
+    json::from_query::<M>(&pairs).map_err(bad_json)
 }
 
 /// A JSON answer from a unary call.
@@ -116,7 +128,7 @@ fn unary<M: prost::Message + prost::Name>(result: Result<tonic::Response<M>, Sta
 async fn dispatch(State(service): State<PoolService>, parts: Parts, body: Bytes) -> Response {
     let request: DispatchRequest = match json::from_json(&body) {
         Ok(r) => r,
-        Err(e) => return bad_json(e),
+        Err(e) => return error::response(&bad_json(e)),
     };
     match service.dispatch(grpc_request(&parts, request)).await {
         Ok(stream) => sse::task_events(stream.into_inner()),
@@ -128,15 +140,11 @@ async fn dispatch(State(service): State<PoolService>, parts: Parts, body: Bytes)
 async fn list_tasks(
     State(service): State<PoolService>,
     parts: Parts,
-    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+    query: QueryPairs,
 ) -> Response {
-    let pairs = match query {
-        Ok(Query(pairs)) => pairs,
-        Err(e) => return error::response(&Status::invalid_argument(format!("query: {e}"))),
-    };
-    match json::from_query::<ListTasksRequest>(&pairs) {
+    match query_message::<ListTasksRequest>(query) {
         Ok(request) => unary(service.list_tasks(grpc_request(&parts, request)).await),
-        Err(e) => bad_json(e),
+        Err(status) => error::response(&status),
     }
 }
 
@@ -178,15 +186,11 @@ async fn watch_task(
     State(service): State<PoolService>,
     Path(task_id): Path<String>,
     parts: Parts,
-    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+    query: QueryPairs,
 ) -> Response {
-    let pairs = match query {
-        Ok(Query(pairs)) => pairs,
-        Err(e) => return error::response(&Status::invalid_argument(format!("query: {e}"))),
-    };
-    let mut request = match json::from_query::<WatchTaskRequest>(&pairs) {
+    let mut request = match query_message::<WatchTaskRequest>(query) {
         Ok(r) => r,
-        Err(e) => return bad_json(e),
+        Err(status) => return error::response(&status),
     };
     request.task_id = task_id;
     if let Some(last) = parts.headers.get("last-event-id") {

@@ -116,7 +116,7 @@ class AsyncProgrammerPool(PoolBase):
         """Dispatches a task and yields its ``pas.v1.TaskEvent`` messages as they arrive.
 
         Events carry ``seq`` 1, 2, … and exactly one ``kind`` (queued, assigned, output,
-        failover, rerouted, result); the last one carries ``result``. To leave early, wrap it in
+        failover, rerouted, escalated, result); the last one carries ``result``. To leave early, wrap it in
         ``contextlib.aclosing(...)``: the stream closes, the task runs on, and
         ``watch_task(task_id, last_seq)`` picks it up again (choose a ``task_id`` to be able to).
         """

@@ -108,7 +108,7 @@ class ProgrammerPool(PoolBase):
         """Dispatches a task and yields its ``pas.v1.TaskEvent`` messages as they arrive.
 
         Events carry ``seq`` 1, 2, … and exactly one ``kind`` (queued, assigned, output,
-        failover, rerouted, result); the last one carries ``result``. Leaving the loop early
+        failover, rerouted, escalated, result); the last one carries ``result``. Leaving the loop early
         closes the stream but not the task: it runs on, and ``watch_task(task_id, last_seq)``
         picks it up again (choose a ``task_id`` to be able to). If the connection breaks once
         the task was accepted, the stream re-attaches itself with WatchTask (up to ``reattach``
