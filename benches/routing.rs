@@ -47,6 +47,7 @@ fn candidates(n: usize) -> Vec<Candidate> {
             } else {
                 10_000_000
             },
+            slots: 1,
         })
         .collect()
 }
@@ -62,6 +63,7 @@ fn indexed(cands: &[Candidate]) -> (Tier, CandidateIndex) {
                 outstanding: c.outstanding(),
                 has_room: c.has_room,
                 task_ms: c.task_ms,
+                slots: c.slots,
             }),
         );
     }
@@ -80,7 +82,7 @@ fn decision(c: &mut Criterion) {
             group.bench_function(BenchmarkId::from_parameter(n), |b| {
                 b.iter(|| {
                     let picked = strategy
-                        .pick_indexed(black_box("fast,free"), &index, black_box(&[]), &load)
+                        .pick_indexed(black_box("fast,free"), &index, black_box(&[]), &load, 1)
                         .expect("candidates with room");
                     let outstanding = cands[picked].outstanding();
                     let task_ms = cands[picked].task_ms;
@@ -89,6 +91,7 @@ fn decision(c: &mut Criterion) {
                             outstanding,
                             has_room,
                             task_ms,
+                            slots: 1,
                         })
                     };
                     // Dispatched: one more in flight, its endpoint pending (busy).
@@ -111,7 +114,7 @@ fn pick(c: &mut Criterion) {
             let cands = candidates(n);
             group.bench_with_input(BenchmarkId::from_parameter(n), &cands, |b, cands| {
                 let strategy = set.get(kind);
-                b.iter(|| strategy.pick(black_box("fast,free"), black_box(cands)))
+                b.iter(|| strategy.pick(black_box("fast,free"), black_box(cands), 1))
             });
         }
         group.finish();

@@ -265,6 +265,7 @@ pub async fn simulate(
                     task_ms: durations
                         .estimate_ms(llms.llms[llms.llm_at(i, now)].0)
                         .div_ceil(u64::from(shape.max_concurrent.max(1))),
+                    slots: shape.max_concurrent.max(1),
                 })
                 .collect();
             let costs: Vec<_> = room.iter().map(|&i| progs[i].ewma.load()).collect();
@@ -277,7 +278,7 @@ pub async fn simulate(
             for (rank, &i) in order.iter().enumerate() {
                 cands[i].load = rank as f64;
             }
-            let Some(pos) = strategy.pick("", &cands) else {
+            let Some(pos) = strategy.pick("", &cands, waiting.len() as u64) else {
                 break;
             };
             waiting.pop_front();

@@ -176,6 +176,9 @@ pub struct Route {
     pub group: String,
     /// Members not to use (a reroute avoids the programmer that failed), each until it comes back.
     pub exclude: Vec<Exclusion>,
+    /// Tasks waiting in the manager's queue when this route is tried, this one included: the
+    /// backlog least_expected_wait weighs (set by the scheduler before each try; 1 otherwise).
+    pub waiting: u64,
 }
 
 /// A member a rerouted task avoids: the programmer that lost it, as long as that programmer has not
@@ -390,6 +393,7 @@ impl Balancer {
                     index,
                     &skip,
                     &load,
+                    route.waiting,
                 ) else {
                     if index.any_with_room(&skip) {
                         // Held for a busy member that finishes it sooner: wait, do not spill
@@ -480,10 +484,12 @@ impl Balancer {
         }
         let i = member.index;
         let estimate = member.with_current_llm(|llm| self.durations.estimate_ms(llm));
+        let slots = member.slots(self.pool.default_concurrent).max(1);
         Some(Figures {
             outstanding: u64::from(member.occupied()),
             has_room: self.cache.get_ready(&i).is_some() && self.pool.has_room(member),
-            task_ms: estimate.div_ceil(u64::from(member.slots(self.pool.default_concurrent))),
+            task_ms: estimate.div_ceil(u64::from(slots)),
+            slots,
         })
     }
 

@@ -185,6 +185,7 @@ pub fn route_on(
         strategy,
         group: group_key(&req.capabilities),
         exclude: Vec::new(),
+        waiting: 1,
     })
 }
 

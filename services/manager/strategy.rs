@@ -19,7 +19,7 @@
 //! | [`RoundRobin`] | next in configuration order after the group's previous pick, wrapping |
 //! | [`CapabilityMatch`] | first in configuration order (the original document's rule) |
 //! | [`P2cPeakEwma`] | two distinct random candidates, the lower `load` wins (tower's p2c idea) |
-//! | [`LeastExpectedWait`] | lowest expected finish `(outstanding + 1) × task_ms`; none (the task waits) when a busy member would finish it sooner than any with room |
+//! | [`LeastExpectedWait`] | lowest expected finish `(outstanding + 1) × task_ms` while the pool has work to drain; near the end of a backlog, no slower member than a long task can afford; none (the task waits) when a busy member is the better choice |
 
 use crate::contract::v1::Strategy as ProtoStrategy;
 use rand::rngs::StdRng;
@@ -52,6 +52,8 @@ pub struct Candidate {
     /// Expected milliseconds per task per slot of the LLM it would use now (its measured task
     /// duration ÷ the tasks it runs at once): only [`LeastExpectedWait`] reads it.
     pub task_ms: u64,
+    /// Tasks it runs at once (its concurrency, at least 1): only [`LeastExpectedWait`] reads it.
+    pub slots: u32,
 }
 
 impl Candidate {
@@ -64,6 +66,16 @@ impl Candidate {
     pub fn expected_finish_ms(&self) -> u64 {
         expected_finish_ms(self.outstanding(), self.task_ms)
     }
+
+    /// When a task sent here now would finish if it were a long one ([`long_finish_ms`]).
+    pub fn long_finish_ms(&self) -> u64 {
+        long_finish_ms(self.outstanding(), self.task_ms, self.slots)
+    }
+
+    /// It has room and a slot that would start a task at once (not queue it).
+    fn has_free_slot(&self) -> bool {
+        self.has_room && self.outstanding() < u64::from(self.slots.max(1))
+    }
 }
 
 /// When a task sent now to a member with `outstanding` tasks, each taking `task_ms` per slot, is
@@ -71,6 +83,45 @@ impl Candidate {
 /// equal durations it orders members like least_loaded).
 pub fn expected_finish_ms(outstanding: u64, task_ms: u64) -> u64 {
     outstanding.saturating_add(1).saturating_mul(task_ms.max(1))
+}
+
+/// How many times its model's mean a *long* task takes: [`LeastExpectedWait`] sends a task to a
+/// member that is not the soonest choice only if even a task this long would finish there before
+/// the pool has drained its work. Task durations are heavy-tailed (aider runs on one model spread
+/// over an order of magnitude); for log-normal durations with σ = 1 (the routing simulation's)
+/// 3× the mean is about the 95th percentile.
+pub const LONG_TASK_FACTOR: u64 = 3;
+
+/// When a task sent now to a member with `outstanding` tasks would finish if it took
+/// [`LONG_TASK_FACTOR`] × the model's mean: the work ahead of it, `outstanding × task_ms`, plus
+/// the long task itself on one slot, `LONG_TASK_FACTOR × task_ms × slots` (saturating).
+pub fn long_finish_ms(outstanding: u64, task_ms: u64, slots: u32) -> u64 {
+    let task_ms = task_ms.max(1);
+    outstanding.saturating_mul(task_ms).saturating_add(
+        LONG_TASK_FACTOR
+            .saturating_mul(task_ms)
+            .saturating_mul(u64::from(slots.max(1))),
+    )
+}
+
+/// Fixed-point scale of a member's rate (tasks per ms) in [`drain_ms`]: exact integer sums, so
+/// the indexed pick and the linear one agree to the millisecond.
+const RATE_ONE: u64 = 1 << 40;
+
+/// A member's rate for [`drain_ms`]: `RATE_ONE ÷ task_ms` (tasks per ms, fixed point).
+fn rate_of(task_ms: u64) -> u64 {
+    RATE_ONE / task_ms.max(1)
+}
+
+/// When the available members, running at their measured speeds, are expected to have done
+/// `work` tasks (their outstanding ones plus `waiting` in the manager's queue), ms from now:
+/// `work ÷ Σ rate`. `None` when no member is available.
+fn drain_ms(work: u64, rate_sum: u64) -> Option<u64> {
+    if rate_sum == 0 {
+        return None;
+    }
+    let ms = u128::from(work) * u128::from(RATE_ONE) / u128::from(rate_sum);
+    Some(u64::try_from(ms).unwrap_or(u64::MAX))
 }
 
 /// The round-robin key of a task's capability set: sorted, de-duplicated, comma-joined, so
@@ -91,7 +142,9 @@ pub trait Strategy: Send + Sync + fmt::Debug {
 
     /// The position in `candidates` of the one to use, or `None` when none has room. `group` is
     /// the task's capability-set key ([`group_key`]); only round robin keeps state per group.
-    fn pick(&self, group: &str, candidates: &[Candidate]) -> Option<usize>;
+    /// `waiting` is how many tasks wait in the manager's queue, this one included (at least 1):
+    /// only [`LeastExpectedWait`] reads it.
+    fn pick(&self, group: &str, candidates: &[Candidate], waiting: u64) -> Option<usize>;
 
     /// The configuration index of the one to use among `index`'s members with room, leaving out
     /// those in `skip` (excluded or refused for this route; a short list), or `None`. The same
@@ -103,6 +156,7 @@ pub trait Strategy: Send + Sync + fmt::Debug {
         index: &CandidateIndex,
         skip: &[usize],
         load: &dyn Fn(usize, usize) -> Ordering,
+        waiting: u64,
     ) -> Option<usize>;
 }
 
@@ -216,7 +270,7 @@ impl Strategy for LeastLoaded {
         StrategyKind::LeastLoaded
     }
 
-    fn pick(&self, _group: &str, candidates: &[Candidate]) -> Option<usize> {
+    fn pick(&self, _group: &str, candidates: &[Candidate], _waiting: u64) -> Option<usize> {
         with_room(candidates)
             .min_by_key(|(_, c)| (c.outstanding(), c.index))
             .map(|(pos, _)| pos)
@@ -228,6 +282,7 @@ impl Strategy for LeastLoaded {
         index: &CandidateIndex,
         skip: &[usize],
         _load: &dyn Fn(usize, usize) -> Ordering,
+        _waiting: u64,
     ) -> Option<usize> {
         index.least_loaded(skip)
     }
@@ -273,7 +328,7 @@ impl Strategy for RoundRobin {
         StrategyKind::RoundRobin
     }
 
-    fn pick(&self, group: &str, candidates: &[Candidate]) -> Option<usize> {
+    fn pick(&self, group: &str, candidates: &[Candidate], _waiting: u64) -> Option<usize> {
         self.advance(group, |prev| {
             let mut first: Option<(usize, usize)> = None; // (index, pos) with the lowest index
             let mut next: Option<(usize, usize)> = None; // lowest index after `prev`
@@ -295,6 +350,7 @@ impl Strategy for RoundRobin {
         index: &CandidateIndex,
         skip: &[usize],
         _load: &dyn Fn(usize, usize) -> Ordering,
+        _waiting: u64,
     ) -> Option<usize> {
         self.advance(group, |prev| {
             prev.and_then(|p| index.first_from(p.saturating_add(1), skip))
@@ -314,7 +370,7 @@ impl Strategy for CapabilityMatch {
         StrategyKind::CapabilityMatch
     }
 
-    fn pick(&self, _group: &str, candidates: &[Candidate]) -> Option<usize> {
+    fn pick(&self, _group: &str, candidates: &[Candidate], _waiting: u64) -> Option<usize> {
         with_room(candidates)
             .min_by_key(|(_, c)| c.index)
             .map(|(pos, _)| pos)
@@ -326,6 +382,7 @@ impl Strategy for CapabilityMatch {
         index: &CandidateIndex,
         skip: &[usize],
         _load: &dyn Fn(usize, usize) -> Ordering,
+        _waiting: u64,
     ) -> Option<usize> {
         index.first_from(0, skip)
     }
@@ -392,7 +449,7 @@ impl Strategy for P2cPeakEwma {
         StrategyKind::P2cPeakEwma
     }
 
-    fn pick(&self, _group: &str, candidates: &[Candidate]) -> Option<usize> {
+    fn pick(&self, _group: &str, candidates: &[Candidate], _waiting: u64) -> Option<usize> {
         let k = candidates.iter().filter(|c| c.has_room).count();
         let nth = |j| with_room(candidates).nth(j).expect("j < k");
         self.choose(k, nth, |(_, a), (_, b)| {
@@ -407,6 +464,7 @@ impl Strategy for P2cPeakEwma {
         index: &CandidateIndex,
         skip: &[usize],
         load: &dyn Fn(usize, usize) -> Ordering,
+        _waiting: u64,
     ) -> Option<usize> {
         // Ranks (configuration order among those with room) of the skipped members with room,
         // so the `j`-th choice is found by select without walking the others.
@@ -429,16 +487,29 @@ impl Strategy for P2cPeakEwma {
     }
 }
 
-/// Places a task where it is expected to finish first: the lowest `(outstanding + 1) × task_ms`
-/// (see [`expected_finish_ms`]), ties → configuration order. `task_ms` is the member's current
-/// LLM's measured task duration per slot (`manager::durations`), so two tasks queued on a slow
-/// model weigh more than two on a fast one.
+/// Places a task where it is expected to finish first, without starving slower members while
+/// the pool has a backlog, and without betting the end of a backlog on a slow one.
 ///
-/// Unlike the others it may decline: when the lowest expected finish belongs to an available
-/// member *without* room (a fast programmer that is busy), sending the task to a slower one with
-/// room would finish it later, so it picks none and the task waits for that member (ties go to
-/// the member with room). Among members of equal speed a member with room always wins (it has
-/// fewer tasks than a full one), so holding happens only on a pool of mixed speeds.
+/// Its figures: a member's expected finish `(outstanding + 1) × task_ms`
+/// ([`expected_finish_ms`]; `task_ms` is its current LLM's measured duration per slot,
+/// `manager::durations`, so two tasks queued on a slow model weigh more than two on a fast one);
+/// its *long* finish, the same for a task [`LONG_TASK_FACTOR`] × as long ([`long_finish_ms`]);
+/// and the pool's drain time, when the available members at their speeds will have done their
+/// outstanding tasks plus the `waiting` ones (`Σ work ÷ Σ 1/task_ms`). In order:
+///
+/// 1. the member with the lowest expected finish (ties: with room first, then configuration
+///    order), if it has room and even a long task would finish there before the pool drains;
+/// 2. else the member with a free slot (it would start the task at once) and the lowest expected
+///    finish, on the same condition: while a backlog lasts an idle member is worth using even if
+///    it is slower than a busy one (that is the pool's throughput), and a noisy estimate cannot
+///    shut a slow model out for good;
+/// 3. else the member with the lowest long finish: near the end of a backlog a task goes where
+///    even a long run ends soonest, which keeps long tasks off slow models when nothing else is
+///    left to run. If that member is busy (a fast programmer, full), it picks none and the task
+///    waits for it.
+///
+/// On a pool of equal speeds every step picks least_loaded's choice (the lowest outstanding count,
+/// ties in configuration order), so it differs only on a pool of mixed speeds.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LeastExpectedWait;
 
@@ -447,13 +518,32 @@ impl Strategy for LeastExpectedWait {
         StrategyKind::LeastExpectedWait
     }
 
-    fn pick(&self, _group: &str, candidates: &[Candidate]) -> Option<usize> {
-        let (pos, best) = candidates
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.has_room || c.available)
-            .min_by_key(|(_, c)| (c.expected_finish_ms(), !c.has_room, c.index))?;
-        best.has_room.then_some(pos)
+    fn pick(&self, _group: &str, candidates: &[Candidate], waiting: u64) -> Option<usize> {
+        let available = || {
+            candidates
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.has_room || c.available)
+        };
+        let (work, rate) = available().fold((0u64, 0u64), |(w, r), (_, c)| {
+            (w.saturating_add(c.outstanding()), r + rate_of(c.task_ms))
+        });
+        let drain = drain_ms(work.saturating_add(waiting.max(1)), rate)?;
+        let (pos, soonest) =
+            available().min_by_key(|(_, c)| (c.expected_finish_ms(), !c.has_room, c.index))?;
+        if soonest.has_room && soonest.long_finish_ms() <= drain {
+            return Some(pos);
+        }
+        if let Some((pos, free)) = available()
+            .filter(|(_, c)| c.has_free_slot())
+            .min_by_key(|(_, c)| (c.expected_finish_ms(), c.index))
+            && free.long_finish_ms() <= drain
+        {
+            return Some(pos);
+        }
+        let (pos, safest) =
+            available().min_by_key(|(_, c)| (c.long_finish_ms(), !c.has_room, c.index))?;
+        safest.has_room.then_some(pos)
     }
 
     fn pick_indexed(
@@ -462,8 +552,9 @@ impl Strategy for LeastExpectedWait {
         index: &CandidateIndex,
         skip: &[usize],
         _load: &dyn Fn(usize, usize) -> Ordering,
+        waiting: u64,
     ) -> Option<usize> {
-        index.least_expected_wait(skip)
+        index.least_expected_wait(skip, waiting)
     }
 }
 
@@ -652,8 +743,9 @@ impl Bits {
 ///   member of the lowest non-empty count, O(log L + log₆₄ n + |skipped|) for L distinct counts
 ///   (a member with room has fewer tasks than its capacity, so L stays below the largest capacity);
 /// - a [`RankSet`] of the positions with room: p2c's `j`-th member, O(log n + |skipped|);
-/// - the available members (with room or busy) ordered by expected finish: least_expected_wait is
-///   the first not skipped, O(log n + |skipped|).
+/// - the available members (with room or busy) ordered by expected finish and by long finish, the
+///   members with a free slot by expected finish, and the sums of the available members' work and
+///   speed: least_expected_wait looks at the first not skipped of each, O(log n + |skipped|²).
 ///
 /// The owner keeps it current with [`set`](CandidateIndex::set) whenever a member's figures
 /// change; nothing is rebuilt per decision.
@@ -675,8 +767,29 @@ pub struct CandidateIndex {
     busy: Vec<Option<u64>>,
     /// Each position's expected milliseconds per task ([`Figures::task_ms`]); 1 until told.
     task_ms: Vec<u64>,
+    /// Each position's slots ([`Figures::slots`]); 1 until told.
+    slots: Vec<u32>,
     /// Available positions by `(expected finish, busy, position)`.
     by_wait: BTreeSet<(u64, bool, usize)>,
+    /// Available positions by `(long finish, busy, position)` ([`long_finish_ms`]).
+    by_long: BTreeSet<(u64, bool, usize)>,
+    /// Positions with room and a free slot by `(expected finish, position)`.
+    by_free: BTreeSet<(u64, usize)>,
+    /// Σ outstanding over the available positions.
+    work_sum: u64,
+    /// Σ [`rate_of`] over the available positions.
+    rate_sum: u64,
+}
+
+/// Where one available position stands in least_expected_wait's structures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WaitKeys {
+    expected_finish: u64,
+    long_finish: u64,
+    busy: bool,
+    free_slot: bool,
+    outstanding: u64,
+    rate: u64,
 }
 
 /// What a [`CandidateIndex`] holds of one available member.
@@ -688,6 +801,8 @@ pub struct Figures {
     pub has_room: bool,
     /// Expected milliseconds per task per slot of the LLM it would use now.
     pub task_ms: u64,
+    /// Tasks it runs at once (at least 1).
+    pub slots: u32,
 }
 
 impl CandidateIndex {
@@ -707,7 +822,12 @@ impl CandidateIndex {
             by_load: BTreeMap::new(),
             busy: vec![None; n],
             task_ms: vec![1; n],
+            slots: vec![1; n],
             by_wait: BTreeSet::new(),
+            by_long: BTreeSet::new(),
+            by_free: BTreeSet::new(),
+            work_sum: 0,
+            rate_sum: 0,
         }
     }
 
@@ -733,13 +853,14 @@ impl CandidateIndex {
         let Some(pos) = self.position(index) else {
             return;
         };
-        let task_ms = self.task_ms[pos];
+        let (task_ms, slots) = (self.task_ms[pos], self.slots[pos]);
         self.update_at(
             pos,
             outstanding.map(|outstanding| Figures {
                 outstanding,
                 has_room: true,
                 task_ms,
+                slots,
             }),
         );
     }
@@ -753,35 +874,53 @@ impl CandidateIndex {
         }
     }
 
-    /// The `by_wait` entry of position `pos` as its figures stand.
-    fn wait_entry(&self, pos: usize) -> Option<(u64, bool, usize)> {
+    /// Position `pos`'s least_expected_wait keys as its figures stand; `None` when unavailable.
+    fn wait_keys(&self, pos: usize) -> Option<WaitKeys> {
         let (outstanding, busy) = match (self.outstanding[pos], self.busy[pos]) {
             (Some(o), _) => (o, false),
             (None, Some(o)) => (o, true),
             (None, None) => return None,
         };
-        Some((
-            expected_finish_ms(outstanding, self.task_ms[pos]),
+        let (task_ms, slots) = (self.task_ms[pos], self.slots[pos]);
+        Some(WaitKeys {
+            expected_finish: expected_finish_ms(outstanding, task_ms),
+            long_finish: long_finish_ms(outstanding, task_ms, slots),
             busy,
-            pos,
-        ))
+            free_slot: !busy && outstanding < u64::from(slots.max(1)),
+            outstanding,
+            rate: rate_of(task_ms),
+        })
     }
 
     fn update_at(&mut self, pos: usize, figures: Option<Figures>) {
-        let before = self.wait_entry(pos);
+        let before = self.wait_keys(pos);
         self.busy[pos] = figures.filter(|f| !f.has_room).map(|f| f.outstanding);
         if let Some(f) = figures {
             self.task_ms[pos] = f.task_ms.max(1);
+            self.slots[pos] = f.slots.max(1);
         }
         self.set_room(pos, figures.filter(|f| f.has_room).map(|f| f.outstanding));
-        let after = self.wait_entry(pos);
-        if before != after {
-            if let Some(e) = before {
-                self.by_wait.remove(&e);
+        let after = self.wait_keys(pos);
+        if before == after {
+            return;
+        }
+        if let Some(k) = before {
+            self.by_wait.remove(&(k.expected_finish, k.busy, pos));
+            self.by_long.remove(&(k.long_finish, k.busy, pos));
+            if k.free_slot {
+                self.by_free.remove(&(k.expected_finish, pos));
             }
-            if let Some(e) = after {
-                self.by_wait.insert(e);
+            self.work_sum -= k.outstanding;
+            self.rate_sum -= k.rate;
+        }
+        if let Some(k) = after {
+            self.by_wait.insert((k.expected_finish, k.busy, pos));
+            self.by_long.insert((k.long_finish, k.busy, pos));
+            if k.free_slot {
+                self.by_free.insert((k.expected_finish, pos));
             }
+            self.work_sum += k.outstanding;
+            self.rate_sum += k.rate;
         }
     }
 
@@ -852,15 +991,37 @@ impl CandidateIndex {
         self.first_in(&self.room, from, skip)
     }
 
-    /// The available member, not in `skip`, with the lowest `(expected finish, busy,
-    /// configuration index)` when it has room; `None` when it is busy (the task is better held
-    /// for it) or nobody is available.
-    fn least_expected_wait(&self, skip: &[usize]) -> Option<usize> {
-        let &(_, busy, pos) = self
-            .by_wait
-            .iter()
-            .find(|(_, _, pos)| !skip.contains(&self.members[*pos]))?;
-        (!busy).then(|| self.members[pos])
+    /// [`LeastExpectedWait`]'s pick among the members not in `skip` (see there), `waiting`
+    /// tasks in the manager's queue: `None` when the task is better held for a busy member or
+    /// nobody is available.
+    fn least_expected_wait(&self, skip: &[usize], waiting: u64) -> Option<usize> {
+        let (mut work, mut rate) = (self.work_sum, self.rate_sum);
+        for (k, &i) in skip.iter().enumerate() {
+            if skip[..k].contains(&i) {
+                continue;
+            }
+            if let Some(keys) = self.position(i).and_then(|pos| self.wait_keys(pos)) {
+                work -= keys.outstanding;
+                rate -= keys.rate;
+            }
+        }
+        let drain = drain_ms(work.saturating_add(waiting.max(1)), rate)?;
+        let fits = |pos: usize| {
+            self.wait_keys(pos)
+                .is_some_and(|k| !k.busy && k.long_finish <= drain)
+        };
+        let not_skipped = |pos: &usize| !skip.contains(&self.members[*pos]);
+        let (_, _, soonest) = *self.by_wait.iter().find(|e| not_skipped(&e.2))?;
+        if fits(soonest) {
+            return Some(self.members[soonest]);
+        }
+        if let Some(&(_, free)) = self.by_free.iter().find(|e| not_skipped(&e.1))
+            && fits(free)
+        {
+            return Some(self.members[free]);
+        }
+        let &(_, busy, safest) = self.by_long.iter().find(|e| not_skipped(&e.2))?;
+        (!busy).then(|| self.members[safest])
     }
 
     /// True when some member not in `skip` has room: a strategy that picked none of them held
@@ -893,6 +1054,7 @@ mod tests {
             load: 0.0,
             available: true,
             task_ms: 1,
+            slots: 1,
         }
     }
 
@@ -914,7 +1076,7 @@ mod tests {
             .enumerate()
             .map(|(i, &q)| cand(i, q))
             .collect();
-        assert_eq!(LeastLoaded.pick("", &c), Some(2));
+        assert_eq!(LeastLoaded.pick("", &c, 1), Some(2));
     }
 
     #[test]
@@ -926,12 +1088,12 @@ mod tests {
             .collect();
         c[2].in_flight = 4; // 0 + 4
         c[4].in_flight = 1; // 1 + 1 = 2, ties with [1] (2 + 0)
-        assert_eq!(LeastLoaded.pick("", &c), Some(1));
+        assert_eq!(LeastLoaded.pick("", &c, 1), Some(1));
         c[1].has_room = false;
-        assert_eq!(LeastLoaded.pick("", &c), Some(4));
+        assert_eq!(LeastLoaded.pick("", &c, 1), Some(4));
         // Ties are decided by configuration index, not slice position.
         let c = vec![cand(7, 1), cand(3, 1), cand(5, 1)];
-        assert_eq!(LeastLoaded.pick("", &c), Some(1));
+        assert_eq!(LeastLoaded.pick("", &c, 1), Some(1));
     }
 
     #[test]
@@ -942,8 +1104,8 @@ mod tests {
         }
         let set = StrategySet::with_seed(1);
         for kind in StrategyKind::ALL {
-            assert_eq!(set.get(kind).pick("g", &c), None, "{kind}");
-            assert_eq!(set.get(kind).pick("g", &[]), None, "{kind}");
+            assert_eq!(set.get(kind).pick("g", &c, 1), None, "{kind}");
+            assert_eq!(set.get(kind).pick("g", &[], 1), None, "{kind}");
         }
     }
 
@@ -951,10 +1113,10 @@ mod tests {
     fn round_robin_cycles_and_skips_full() {
         let rr = RoundRobin::new();
         let mut c: Vec<_> = (0..4).map(|i| cand(i, 0)).collect();
-        let picks: Vec<_> = (0..6).map(|_| rr.pick("fast", &c).unwrap()).collect();
+        let picks: Vec<_> = (0..6).map(|_| rr.pick("fast", &c, 1).unwrap()).collect();
         assert_eq!(picks, vec![0, 1, 2, 3, 0, 1]);
         c[2].has_room = false;
-        let picks: Vec<_> = (0..4).map(|_| rr.pick("fast", &c).unwrap()).collect();
+        let picks: Vec<_> = (0..4).map(|_| rr.pick("fast", &c, 1).unwrap()).collect();
         assert_eq!(picks, vec![3, 0, 1, 3]);
     }
 
@@ -963,34 +1125,34 @@ mod tests {
         let rr = RoundRobin::new();
         let fast: Vec<_> = (0..5).map(|i| cand(i, 0)).collect();
         let premium: Vec<_> = (5..8).map(|i| cand(i, 0)).collect();
-        assert_eq!(rr.pick("fast", &fast), Some(0));
-        assert_eq!(rr.pick("fast", &fast), Some(1));
-        assert_eq!(rr.pick("premium", &premium), Some(0)); // index 5
-        assert_eq!(rr.pick("fast", &fast), Some(2));
-        assert_eq!(rr.pick("premium", &premium), Some(1)); // index 6
-        assert_eq!(rr.pick("premium", &premium), Some(2)); // index 7
-        assert_eq!(rr.pick("premium", &premium), Some(0)); // wraps to 5
-        assert_eq!(rr.pick("fast", &fast), Some(3));
+        assert_eq!(rr.pick("fast", &fast, 1), Some(0));
+        assert_eq!(rr.pick("fast", &fast, 1), Some(1));
+        assert_eq!(rr.pick("premium", &premium, 1), Some(0)); // index 5
+        assert_eq!(rr.pick("fast", &fast, 1), Some(2));
+        assert_eq!(rr.pick("premium", &premium, 1), Some(1)); // index 6
+        assert_eq!(rr.pick("premium", &premium, 1), Some(2)); // index 7
+        assert_eq!(rr.pick("premium", &premium, 1), Some(0)); // wraps to 5
+        assert_eq!(rr.pick("fast", &fast, 1), Some(3));
     }
 
     #[test]
     fn round_robin_follows_config_index_when_candidates_change() {
         let rr = RoundRobin::new();
         let all: Vec<_> = (0..4).map(|i| cand(i, 0)).collect();
-        assert_eq!(rr.pick("", &all), Some(0));
-        assert_eq!(rr.pick("", &all), Some(1));
+        assert_eq!(rr.pick("", &all, 1), Some(0));
+        assert_eq!(rr.pick("", &all, 1), Some(1));
         // Programmer 2 disappears from the slice: the next after index 1 is index 3 (position 1).
         let without_2 = vec![all[0], all[3], all[1]];
-        assert_eq!(rr.pick("", &without_2), Some(1));
-        assert_eq!(rr.pick("", &all), Some(0));
+        assert_eq!(rr.pick("", &without_2, 1), Some(1));
+        assert_eq!(rr.pick("", &all, 1), Some(0));
     }
 
     #[test]
     fn capability_match_respects_config_order() {
         let mut c = vec![cand(4, 0), cand(2, 9), cand(3, 0)];
-        assert_eq!(CapabilityMatch.pick("", &c), Some(1)); // index 2, despite its queue
+        assert_eq!(CapabilityMatch.pick("", &c, 1), Some(1)); // index 2, despite its queue
         c[1].has_room = false;
-        assert_eq!(CapabilityMatch.pick("", &c), Some(2)); // index 3
+        assert_eq!(CapabilityMatch.pick("", &c, 1), Some(2)); // index 3
     }
 
     #[test]
@@ -998,12 +1160,12 @@ mod tests {
         let p2c = P2cPeakEwma::with_seed(7);
         let c = loads(&[9.0, 1.0]);
         for _ in 0..50 {
-            assert_eq!(p2c.pick("", &c), Some(1));
+            assert_eq!(p2c.pick("", &c, 1), Some(1));
         }
         // Alone with room, even a heavy candidate is picked.
         let mut c = loads(&[9.0, 1.0]);
         c[1].has_room = false;
-        assert_eq!(p2c.pick("", &c), Some(0));
+        assert_eq!(p2c.pick("", &c, 1), Some(0));
     }
 
     #[test]
@@ -1013,7 +1175,7 @@ mod tests {
         c[1].has_room = false; // the lightest is full
         let mut counts = [0usize; 5];
         for _ in 0..2000 {
-            counts[p2c.pick("", &c).unwrap()] += 1;
+            counts[p2c.pick("", &c, 1).unwrap()] += 1;
         }
         assert_eq!(counts[0], 0, "heaviest must always lose its comparison");
         assert_eq!(counts[1], 0, "full candidate must never be picked");
@@ -1029,7 +1191,9 @@ mod tests {
         let c = loads(&[3.0, 1.0, 4.0, 1.5, 5.0, 9.0, 2.0, 6.0]);
         let run = |seed| {
             let p = P2cPeakEwma::with_seed(seed);
-            (0..30).map(|_| p.pick("", &c).unwrap()).collect::<Vec<_>>()
+            (0..30)
+                .map(|_| p.pick("", &c, 1).unwrap())
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(3), run(3));
         assert_ne!(run(3), run(4));
@@ -1054,6 +1218,7 @@ mod tests {
             let mut busy: Vec<Option<u64>> = vec![None; n];
             // Few distinct durations, so expected finishes tie often.
             let mut task_ms: Vec<u64> = vec![1; n];
+            let mut slots: Vec<u32> = vec![1; n];
             // Small integers, so loads and outstanding counts tie often.
             let mut loads: Vec<f64> = (0..n)
                 .map(|_| f64::from(rng.random_range(0..4u8)))
@@ -1078,6 +1243,7 @@ mod tests {
                     let short_form = i % 3 == 0;
                     if !short_form && rng.random_bool(0.5) {
                         task_ms[i] = [1, 2, 3, 10][rng.random_range(0..4)];
+                        slots[i] = rng.random_range(1..=3);
                     }
                     for index in &mut indexes {
                         if short_form && busy[i].is_none() {
@@ -1090,6 +1256,7 @@ mod tests {
                                     outstanding,
                                     has_room,
                                     task_ms: task_ms[i],
+                                    slots: slots[i],
                                 });
                             index.update(i, figures);
                         }
@@ -1115,18 +1282,22 @@ mod tests {
                             load: loads[i],
                             available: room[i].is_some() || busy[i].is_some(),
                             task_ms: task_ms[i],
+                            slots: slots[i],
                         }
                     })
                     .collect();
                 let load = |a: usize, b: usize| loads[a].total_cmp(&loads[b]);
+                // From a lone task to a backlog that keeps every member busy.
+                let waiting = [1, 2, 5, 40][rng.random_range(0..4)];
                 for kind in StrategyKind::ALL {
                     let want = reference
                         .get(kind)
-                        .pick(group, &slice)
+                        .pick(group, &slice, waiting)
                         .map(|pos| slice[pos].index);
-                    let got = indexed
-                        .get(kind)
-                        .pick_indexed(group, &indexes[t], &skip, &load);
+                    let got =
+                        indexed
+                            .get(kind)
+                            .pick_indexed(group, &indexes[t], &skip, &load, waiting);
                     assert_eq!(got, want, "seed {seed}, step {step}, {kind}");
                     if let Some(i) = got {
                         assert!(room[i].is_some() && !skip.contains(&i), "{kind} picked {i}");
@@ -1150,35 +1321,48 @@ mod tests {
             task_ms: 100,
             ..cand(1, 0)
         };
-        assert_eq!(lew.pick("", &[fast, slow]), Some(0));
+        assert_eq!(lew.pick("", &[fast, slow], 1), Some(0));
         // least_loaded counts tasks only and picks the idle slow one.
-        assert_eq!(LeastLoaded.pick("", &[fast, slow]), Some(1));
-        // The fast one is full (5 tasks → 60): still sooner than the slow one, so the task waits.
+        assert_eq!(LeastLoaded.pick("", &[fast, slow], 1), Some(1));
+        // The fast one is full (5 tasks → 60): still sooner than the slow one, so a lone task
+        // waits for it.
         let full = Candidate {
             in_flight: 5,
             has_room: false,
             ..fast
         };
-        assert_eq!(lew.pick("", &[full, slow]), None);
-        // With 10 tasks (110) it is later than the slow one: the slow one gets it.
+        assert_eq!(lew.pick("", &[full, slow], 1), None);
+        // With 40 tasks waiting the pool needs ~410 ms to drain: even a long task (3 × 100) ends
+        // on the idle slow member before that, so it is used.
+        assert_eq!(lew.pick("", &[full, slow], 40), Some(1));
+        // 10 tasks on the fast one (110) against the idle slow one (100): close, and a long task
+        // on the slow one (300) would end after the fast one's long finish (130): it waits.
         let swamped = Candidate {
             in_flight: 10,
             ..full
         };
-        assert_eq!(lew.pick("", &[swamped, slow]), Some(1));
+        assert_eq!(lew.pick("", &[swamped, slow], 1), None);
+        // With 30 (long finish 330) the slow one is the safer bet too.
+        let swamped = Candidate {
+            in_flight: 30,
+            ..full
+        };
+        assert_eq!(lew.pick("", &[swamped, slow], 1), Some(1));
         // A member that is down never holds a task.
         let down = Candidate {
             available: false,
             ..full
         };
-        assert_eq!(lew.pick("", &[down, slow]), Some(1));
-        // Equal durations: exactly least_loaded's choice.
+        assert_eq!(lew.pick("", &[down, slow], 1), Some(1));
+        // Equal durations: exactly least_loaded's choice, with or without a backlog.
         let c: Vec<_> = [3, 1, 2]
             .iter()
             .enumerate()
             .map(|(i, &q)| cand(i, q))
             .collect();
-        assert_eq!(lew.pick("", &c), LeastLoaded.pick("", &c));
+        for waiting in [1, 3, 100] {
+            assert_eq!(lew.pick("", &c, waiting), LeastLoaded.pick("", &c, waiting));
+        }
 
         // The same through the index, with skip.
         let registry = TierRegistry::default();
@@ -1189,22 +1373,55 @@ mod tests {
                 outstanding,
                 has_room,
                 task_ms,
+                slots: 1,
             })
         };
         let no_load = |_: usize, _: usize| Ordering::Equal;
         index.update(0, f(5, false, 10));
         index.update(1, f(0, true, 100));
-        assert_eq!(lew.pick_indexed("", &index, &[], &no_load), None);
+        assert_eq!(lew.pick_indexed("", &index, &[], &no_load, 1), None);
         assert!(index.any_with_room(&[]), "held back, not short of room");
+        assert_eq!(lew.pick_indexed("", &index, &[], &no_load, 40), Some(1));
         // An excluded fast member holds nothing back.
-        assert_eq!(lew.pick_indexed("", &index, &[0], &no_load), Some(1));
+        assert_eq!(lew.pick_indexed("", &index, &[0], &no_load, 1), Some(1));
         index.update(0, f(2, true, 10));
-        assert_eq!(lew.pick_indexed("", &index, &[], &no_load), Some(0));
+        assert_eq!(lew.pick_indexed("", &index, &[], &no_load, 1), Some(0));
         // Its breaker opens: it now runs on a slow backup (200 ms per task).
         index.update(0, f(2, true, 200));
-        assert_eq!(lew.pick_indexed("", &index, &[], &no_load), Some(1));
+        assert_eq!(lew.pick_indexed("", &index, &[], &no_load, 1), Some(1));
         index.update(1, None);
-        assert_eq!(lew.pick_indexed("", &index, &[], &no_load), Some(0));
+        assert_eq!(lew.pick_indexed("", &index, &[], &no_load, 1), Some(0));
+    }
+
+    #[test]
+    fn least_expected_wait_keeps_long_tasks_off_a_slow_member_at_the_end_of_a_backlog() {
+        let lew = LeastExpectedWait;
+        // Fast (10 ms), full with 5 tasks (a new one would finish at 60; a long one at 80), and
+        // slow (50 ms) idle (50; long 150): by the mean the slow member is sooner.
+        let fast = Candidate {
+            in_flight: 5,
+            has_room: false,
+            task_ms: 10,
+            ..cand(0, 0)
+        };
+        let slow = Candidate {
+            task_ms: 50,
+            ..cand(1, 0)
+        };
+        // A backlog of 20: the pool drains in ~208 ms, after a long task on the slow member
+        // would end (150): it takes the task.
+        assert_eq!(lew.pick("", &[fast, slow], 20), Some(1));
+        // The last task: the pool drains in ~50 ms; a long task would end at 150 on the slow
+        // member and at 80 on the fast one, so it waits for the fast one.
+        assert_eq!(lew.pick("", &[fast, slow], 1), None);
+        // Two slots: a long task occupies one slot of the slow member for 3 × 2 × 30 ms.
+        let two_slots = Candidate {
+            task_ms: 30,
+            slots: 2,
+            ..slow
+        };
+        assert_eq!(two_slots.long_finish_ms(), 180);
+        assert_eq!(two_slots.expected_finish_ms(), 30);
     }
 
     #[test]
@@ -1220,18 +1437,18 @@ mod tests {
         let p2c = P2cPeakEwma::with_seed(7);
         let mut counts = [0usize; 3];
         for _ in 0..300 {
-            counts[p2c.pick_indexed("", &index, &[], &load).unwrap()] += 1;
+            counts[p2c.pick_indexed("", &index, &[], &load, 1).unwrap()] += 1;
         }
         assert_eq!(counts[0], 0, "the heaviest always loses: {counts:?}");
         assert!(counts[1] > counts[2] && counts[2] > 0, "{counts:?}");
         // Skipping the lightest leaves two; skipping two leaves one; all three, none.
         for _ in 0..20 {
-            assert_eq!(p2c.pick_indexed("", &index, &[1], &load), Some(2));
+            assert_eq!(p2c.pick_indexed("", &index, &[1], &load, 1), Some(2));
         }
-        assert_eq!(p2c.pick_indexed("", &index, &[1, 2], &load), Some(0));
-        assert_eq!(p2c.pick_indexed("", &index, &[2, 1, 0, 1], &load), None);
+        assert_eq!(p2c.pick_indexed("", &index, &[1, 2], &load, 1), Some(0));
+        assert_eq!(p2c.pick_indexed("", &index, &[2, 1, 0, 1], &load, 1), None);
         index.set(1, None);
-        assert_eq!(p2c.pick_indexed("", &index, &[2], &load), Some(0));
+        assert_eq!(p2c.pick_indexed("", &index, &[2], &load, 1), Some(0));
     }
 
     #[test]

@@ -235,12 +235,15 @@ async fn run(
 
         let now = Instant::now();
         let mut kept = VecDeque::with_capacity(queue.len());
-        for mut e in queue.drain(..) {
+        let mut pass = queue.drain(..);
+        while let Some(mut e) = pass.next() {
             if e.reply.is_closed() {
                 uncount(&e);
                 continue;
             }
             let counted = e.counted;
+            // The backlog as the pass reaches this task: those held so far, it, and the rest.
+            e.route.waiting = (kept.len() + 1 + pass.len()) as u64;
             match balancer.route(e.route) {
                 Routed::Placed(placement) => {
                     uncount_flag(counted);
@@ -271,6 +274,7 @@ async fn run(
                 }
             }
         }
+        drop(pass);
         for (i, e) in kept.iter().enumerate() {
             let position = i as u32 + 1;
             if *e.position.borrow() != position {
