@@ -2,8 +2,11 @@
 
 The zygote starts with a neutral environment (no API key, an empty HOME), imports
 aider_launcher.py (aider, its patches, the parent-death signal: it dies with the programmer) and
-litellm with its local cost map, then forks WORKERS idle workers and prints "ready". Each worker
-is a copy of the warm interpreter (pages shared until written) waiting for one task:
+litellm with its local cost map, does once the task-independent work each task would otherwise
+repeat before its first LLM request (_prepare_before_fork: the modules aider and litellm import
+lazily on that way, tiktoken's encoding among them; aider's bundled model metadata, parsed; the
+platform string aider puts in its prompt), then forks WORKERS idle workers and prints "ready".
+Each worker is a copy of the warm interpreter (pages shared until written) waiting for one task:
 
 1. fd 0 is a SOCK_SEQPACKET socket shared with the programmer. An idle worker blocks in recvmsg
    on it; each message (one byte) carries three fds: the task's stdout and stderr pipes and a
@@ -27,8 +30,10 @@ Usage: python aider_zygote.py WORKERS   (fd 0: the job socket; stdout: "ready")
 """
 
 import gc
+import importlib
 import json
 import os
+import platform
 import selectors
 import signal
 import socket
@@ -44,6 +49,87 @@ from aider.llm import litellm  # noqa: E402
 
 litellm._load_litellm()
 aider.main.load_slow_imports(swallow=True)
+
+# Modules aider and litellm import lazily on every task's way to its first LLM request (profiled:
+# litellm's token counter, which loads tiktoken's cl100k_base encoding; the HTTP transport; the
+# provider code litellm runs for ollama, openai and anthropic models, the OpenAI SDK's resources
+# among it). A name a future litellm no longer has is skipped: it only costs the worker the import.
+PRELOADED_MODULES = (
+    "litellm.litellm_core_utils.token_counter",
+    "litellm.litellm_core_utils.get_supported_openai_params",
+    "litellm.litellm_core_utils.llm_request_utils",
+    "litellm.llms.ollama.completion.transformation",
+    "litellm.llms.litellm_proxy.chat.transformation",
+    "litellm.llms.openai_like.dynamic_config",
+    "litellm.llms.openai.chat.gpt_audio_transformation",
+    "litellm.llms.vertex_ai.vertex_ai_partner_models.anthropic.transformation",
+    "litellm.llms.anthropic.completion",
+    "openai.resources",
+    "openai.lib.streaming.chat",
+    "httpcore",
+)
+# Response types whose pydantic schemas are built on first use (profiled: ~12 ms per task before
+# its first request, litellm's Message the largest), built here instead.
+PREBUILT_MODELS = (
+    ("litellm.types.utils", "Message"),
+    ("litellm.types.utils", "Choices"),
+    ("litellm.types.utils", "Usage"),
+    ("litellm.types.utils", "ModelResponse"),
+    ("litellm.types.utils", "Delta"),
+    ("litellm.types.utils", "StreamingChoices"),
+    ("litellm.types.utils", "ModelResponseStream"),
+    ("openai.types.chat.parsed_chat_completion", "ParsedChatCompletion"),
+    ("openai.types.chat.parsed_chat_completion", "ParsedChoice"),
+    ("openai.types.chat.parsed_chat_completion", "ParsedChatCompletionMessage"),
+)
+
+
+def _memoize_bundled_model_metadata():
+    """aider parses its bundled resources/model-metadata.json on every run with json5's
+    pure-Python parser (~0.25 s). Parsed here once: a worker's json5.loads of that exact text
+    returns a fresh copy of the same objects (a JSON round trip, checked equal here); any other
+    text is parsed by json5 as before."""
+    import importlib_resources
+    import json5
+
+    text = importlib_resources.files("aider.resources").joinpath("model-metadata.json").read_text()
+    parsed = json5.loads(text)
+    frozen = json.dumps(parsed)
+    if json.loads(frozen) != parsed:
+        return
+
+    class _Json5:
+        def __getattr__(self, name):
+            return getattr(json5, name)
+
+        @staticmethod
+        def loads(s, *args, **kwargs):
+            if not args and not kwargs and s == text:
+                return json.loads(frozen)
+            return json5.loads(s, *args, **kwargs)
+
+    aider.models.json5 = _Json5()
+
+
+def _prepare_before_fork():
+    """Task-independent work every worker would otherwise repeat before its first LLM request."""
+    for name in PRELOADED_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    for module, name in PREBUILT_MODELS:
+        try:
+            getattr(importlib.import_module(module), name).model_rebuild()
+        except Exception:  # noqa: BLE001  (not built here: built on first use, as before)
+            pass
+    _memoize_bundled_model_metadata()
+    # aider writes platform.platform() into every system prompt; the first call on Linux runs
+    # `uname -p` in a subprocess. The answer is the machine's, cached by the platform module.
+    platform.platform()
+
+
+_prepare_before_fork()
 
 # What the imports put in the environment (aider.llm sets OR_SITE_URL, LITELLM_MODE, ...): a cold
 # process has these on top of its task's environment, so a warm worker gets them too.
