@@ -9,9 +9,14 @@
 //! saw, and every follower sees every event once, in order.
 //!
 //! An event is journaled before any follower can see it: a caller never hears of an event that a
-//! restarted process could not replay.
+//! restarted process could not replay. Journal writes are queued in seq order as events are
+//! numbered, and an event is *published* (made visible to followers) once its write is durable,
+//! so a producer does not wait for the disk between two events: a burst of events shares one
+//! commit (the store commits queued writes together). Only the result is awaited by its producer,
+//! which therefore knows, when `finish` returns, that the task's end is durable and published.
 
 use crate::contract::v1::{Heartbeat, TaskEvent, TaskResult, task_event::Kind};
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -35,6 +40,10 @@ pub type EventStream = Pin<Box<dyn futures::Stream<Item = EventItem> + Send + 's
 /// gets OUT_OF_RANGE naming the oldest kept). The result is always kept: it is last.
 pub const MAX_RETAINED: usize = 10_000;
 
+/// Most events of one log that may be numbered but not yet durable: past it, a producer waits
+/// for its event's journal write (so a flood of output cannot queue without bound).
+pub const MAX_UNPUBLISHED: u64 = 256;
+
 /// How often an idle WatchTask stream carries a heartbeat.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
@@ -52,21 +61,20 @@ pub trait Journal: Send + Sync + 'static {
 
 #[derive(Debug, Default)]
 struct LogState {
+    /// Numbered events, in seq order; followers see those up to the published seq.
     events: VecDeque<TaskEvent>,
-    /// Seq of the latest event (0: none yet).
+    /// Seq of the latest numbered event (0: none yet).
     latest: u64,
-    finished: bool,
+    /// The result was numbered: nothing more is appended.
+    closed: bool,
 }
 
 /// One task's events, in memory (bounded by [`MAX_RETAINED`]) and, with a journal, on disk.
 pub struct TaskLog {
     task_id: Arc<str>,
     state: Mutex<LogState>,
-    /// Held from numbering an event until it is published, so events publish in seq order even
-    /// while the journal write is awaited.
-    appending: tokio::sync::Mutex<()>,
-    /// The latest published seq; followers wait on it.
-    published: watch::Sender<u64>,
+    /// The latest published seq (every event up to it is durable); followers wait on it.
+    published: Arc<watch::Sender<u64>>,
     /// How many followers are open now (a programmer's lease watches this).
     followers: watch::Sender<usize>,
     journal: Option<Arc<dyn Journal>>,
@@ -95,7 +103,7 @@ impl TaskLog {
         journal: Option<Arc<dyn Journal>>,
     ) -> Arc<Self> {
         let latest = events.last().map_or(0, |e| e.seq);
-        let finished = events
+        let closed = events
             .last()
             .is_some_and(|e| matches!(e.kind, Some(Kind::Result(_))));
         let mut events: VecDeque<TaskEvent> = events.into();
@@ -107,10 +115,9 @@ impl TaskLog {
             state: Mutex::new(LogState {
                 events,
                 latest,
-                finished,
+                closed,
             }),
-            appending: tokio::sync::Mutex::new(()),
-            published: watch::channel(latest).0,
+            published: Arc::new(watch::channel(latest).0),
             followers: watch::channel(0).0,
             journal,
         })
@@ -127,18 +134,23 @@ impl TaskLog {
 
     /// Seq of the latest published event (0 before the first).
     pub fn latest_seq(&self) -> u64 {
-        self.state().latest
+        *self.published.borrow()
     }
 
     /// True once the terminal result was published.
     pub fn is_finished(&self) -> bool {
-        self.state().finished
+        self.result().is_some()
     }
 
     /// The result, once published.
     pub fn result(&self) -> Option<TaskResult> {
-        match self.state().events.back().and_then(|e| e.kind.clone()) {
-            Some(Kind::Result(r)) => Some(r),
+        let published = self.latest_seq();
+        match self.state().events.back() {
+            Some(TaskEvent {
+                seq,
+                kind: Some(Kind::Result(r)),
+                ..
+            }) if *seq <= published => Some(r.clone()),
             _ => None,
         }
     }
@@ -149,39 +161,55 @@ impl TaskLog {
     }
 
     /// Appends `kind` unless the result was already appended (then returns false): numbers and
-    /// stamps it, journals it, then lets followers see it.
+    /// stamps it and queues its journal write (in seq order, under the state lock), then
+    /// publishes it once the write is durable. A non-terminal event returns without waiting for
+    /// that (unless [`MAX_UNPUBLISHED`] events are already waiting); the result returns once it
+    /// is published.
     async fn append(&self, kind: Kind, upstream_seq: u64) -> bool {
-        let _turn = self.appending.lock().await;
         let terminal = matches!(kind, Kind::Result(_));
-        let event = {
-            let state = self.state();
-            if state.finished {
+        let (seq, durable) = {
+            let mut state = self.state();
+            if state.closed {
                 return false;
             }
-            TaskEvent {
+            let event = TaskEvent {
                 task_id: self.task_id.to_string(),
                 seq: state.latest + 1,
                 timestamp_ms: now_unix_ms(),
                 kind: Some(kind),
-            }
-        };
-        if let Some(journal) = &self.journal
-            && let Err(e) = journal.append(&self.task_id, &event, upstream_seq).await
-        {
-            // The task goes on: losing durability of one event beats stopping the work.
-            tracing::error!(task_id = %self.task_id, seq = event.seq, "event journal: {e}");
-        }
-        let seq = event.seq;
-        {
-            let mut state = self.state();
+            };
+            let durable = self
+                .journal
+                .as_ref()
+                .map(|journal| journal.append(&self.task_id, &event, upstream_seq));
+            let seq = event.seq;
             state.latest = seq;
-            state.finished = terminal;
+            state.closed = terminal;
             state.events.push_back(event);
             while state.events.len() > MAX_RETAINED {
                 state.events.pop_front();
             }
+            (seq, durable)
+        };
+        let publish = Publish {
+            task_id: self.task_id.clone(),
+            seq,
+            published: self.published.clone(),
+        };
+        let Some(mut durable) = durable else {
+            publish.now(Ok(()));
+            return true;
+        };
+        // A journal that wrote at once (the programmer's file) publishes here, without a task.
+        if let Some(written) = (&mut durable).now_or_never() {
+            publish.now(written);
+            return true;
         }
-        self.published.send_replace(seq);
+        if terminal || seq - self.latest_seq() > MAX_UNPUBLISHED {
+            publish.now(durable.await);
+        } else {
+            tokio::spawn(async move { publish.now(durable.await) });
+        }
         true
     }
 
@@ -200,10 +228,11 @@ impl TaskLog {
             {
                 return Err(out_of_range(&self.task_id, oldest));
             }
-            if after_seq > state.latest {
+            let published = self.latest_seq();
+            if after_seq > published {
                 return Err(Status::out_of_range(format!(
-                    "after_seq: task {:?} has no event {after_seq} yet (latest is {})",
-                    self.task_id, state.latest
+                    "after_seq: task {:?} has no event {after_seq} yet (latest is {published})",
+                    self.task_id
                 )));
             }
         }
@@ -224,6 +253,9 @@ impl TaskLog {
     /// The event after `cursor`: `Ok(Some)`, `Ok(None)` if not published yet, or the seq of the
     /// oldest kept event when the one after `cursor` was dropped.
     fn next_after(&self, cursor: u64) -> Result<Option<TaskEvent>, u64> {
+        if cursor >= self.latest_seq() {
+            return Ok(None);
+        }
         let state = self.state();
         let Some(oldest) = state.events.front().map(|e| e.seq) else {
             return Ok(None);
@@ -233,6 +265,31 @@ impl TaskLog {
         }
         let index = usize::try_from(cursor + 1 - oldest).unwrap_or(usize::MAX);
         Ok(state.events.get(index).cloned())
+    }
+}
+
+/// Publishes one numbered event once its journal write has ended.
+struct Publish {
+    task_id: Arc<str>,
+    seq: u64,
+    published: Arc<watch::Sender<u64>>,
+}
+
+impl Publish {
+    /// Makes the event (and, since the journal commits in order, every earlier one) visible to
+    /// followers. A failed write is logged and the event published anyway: losing durability of
+    /// one event beats stopping the work.
+    fn now(self, written: Result<(), String>) {
+        if let Err(e) = written {
+            tracing::error!(task_id = %self.task_id, seq = self.seq, "event journal: {e}");
+        }
+        self.published.send_if_modified(|p| {
+            let newer = self.seq > *p;
+            if newer {
+                *p = self.seq;
+            }
+            newer
+        });
     }
 }
 

@@ -506,10 +506,13 @@ impl TestPool {
     }
 }
 
-/// `cmd` set up as a test's `pas` server: info logs, no `PAS_*` path overrides from the test's
-/// own environment, stdin closed, stdout piped (for [`first_line_then_drain`]), stderr to `log`.
+/// `cmd` set up as a test's `pas` server: info logs (the shipped default; a benchmark may set
+/// `PAS_BENCH_SERVER_LOG` to another `RUST_LOG` filter to measure what logging costs), no `PAS_*`
+/// path overrides from the test's own environment, stdin closed, stdout piped (for
+/// [`first_line_then_drain`]), stderr to `log`.
 pub fn server_process(cmd: &mut Command, log: std::fs::File) -> &mut Command {
-    cmd.env("RUST_LOG", "info")
+    let filter = std::env::var("PAS_BENCH_SERVER_LOG").unwrap_or_else(|_| "info".into());
+    cmd.env("RUST_LOG", filter)
         .env_remove("PAS_WORKSPACE_ROOT")
         .env_remove("PAS_DATA_DIR")
         .env_remove("PAS_CONFIG")
