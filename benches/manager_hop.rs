@@ -294,7 +294,9 @@ async fn run(latency_n: usize, throughput_n: usize, concurrency: usize) {
         manager_max_queue: 1000,
         ..PoolOptions::default()
     };
-    let pool = TestPool::new(options());
+    // Dry runs never start aider: cold, so no warm zygotes import aider on both cores while the
+    // hop is measured (twelve of them made every figure several times slower).
+    let pool = TestPool::new(options()).with_aider_start("cold");
     pool.sample_repo();
     let _programmers = pool.start_all_programmers();
     let _manager = pool.start_manager();
@@ -304,7 +306,7 @@ async fn run(latency_n: usize, throughput_n: usize, concurrency: usize) {
     wait_available(&mgr, 10).await;
 
     // The secured twin: TLS everywhere, mTLS to the programmers, a dispatch token per call.
-    let secure_pool = TestPool::new(options());
+    let secure_pool = TestPool::new(options()).with_aider_start("cold");
     secure_pool.sample_repo();
     let secured = common::secure::secure(&secure_pool, "[status]");
     let _secure_programmers = secure_pool.start_all_programmers();

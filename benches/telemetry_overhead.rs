@@ -45,7 +45,9 @@ async fn start(env: &[(String, String)]) -> Running {
         max_queue_per_programmer: 50,
         manager_max_queue: 1000,
         ..Default::default()
-    });
+    })
+    // Dry runs never start aider: no warm zygotes competing for the cores.
+    .with_aider_start("cold");
     pool.sample_repo();
     let mut procs = vec![
         support::start_programmer(&pool, "001", env),

@@ -10,8 +10,10 @@
 //! ```
 //!
 //! - **Wait**: queued in the scheduler (Queued events) until it places the task.
-//! - **Start**: the programmer's Execute answer: taken (Assigned, relayed), refused at admission
-//!   (back to the front of the queue, hold released), a bad request (failed), or no clear answer.
+//! - **Start**: first the task's record, if admission queued its insert without waiting for it
+//!   (a made-up id; failed without one, nothing sent); then the programmer's Execute answer:
+//!   taken (Assigned, relayed), refused at admission (back to the front of the queue, hold
+//!   released), a bad request (failed), or no clear answer.
 //! - **Relay**: the programmer's events go into the task's log (journaled, with the programmer's
 //!   seq) until its result. A caller's cancel is passed on with the programmer's StopTask and the
 //!   relay goes on to the programmer's own result, so what it spent is known.
@@ -71,7 +73,16 @@ pub struct TaskLife {
     pub slot: Option<TaskSlot>,
     /// Whether the task may still escalate to the paid tier, or already did.
     pub escalation: Escalation,
+    /// The task's record, when its insert was queued but not awaited at admission (a task id the
+    /// manager made up cannot be taken): awaited before the task is sent to a programmer.
+    pub recorded: Option<Recorded>,
 }
+
+/// A queued insert of a task's record (see [`TaskLife::recorded`]).
+pub type Recorded = futures::future::BoxFuture<
+    'static,
+    Result<crate::manager::store::InsertOutcome, crate::manager::store::StoreError>,
+>;
 
 /// Where a task's life begins.
 pub enum Start {
@@ -138,6 +149,7 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
         accepted,
         slot: _slot,
         mut escalation,
+        mut recorded,
     } = life;
     let strategy = route.strategy;
     let mut previous: Option<(String, String)> = None;
@@ -166,6 +178,26 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                 match placed {
                     Ok(placement) => Step::Start(placement),
                     Err(end) => end,
+                }
+            }
+
+            // Its record first: the write was queued at admission (every event so far was
+            // journaled after it), so this is normally long done. Without a record the task is
+            // not sent: its hold is released and Execute never goes out.
+            Step::Start(placement) if recorded.is_some() => {
+                match recorded.take().expect("checked").await {
+                    Ok(_) => Step::Start(placement),
+                    Err(e) => {
+                        tracing::error!(%task_id, "task store: the task was not recorded: {e}");
+                        let programmer = placement.member.spec.id.clone();
+                        mgr.release(&task_id, placement.hold);
+                        Step::Done(ended(
+                            TaskState::Failed,
+                            ErrorClass::Internal,
+                            &format!("task store: the task was not recorded: {e}"),
+                            &programmer,
+                        ))
+                    }
                 }
             }
 

@@ -169,6 +169,7 @@ impl Pending {
             accepted: self.accepted,
             slot: None,
             escalation: self.escalation,
+            recorded: None,
         }
     }
 }

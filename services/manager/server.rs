@@ -224,16 +224,29 @@ impl ProgrammerPool for PoolService {
             .reserve()
             .map_err(|full| admission::refusal("manager.max_queue", full, QUEUE_FULL_RETRY))?;
         validate::check_workspace(&req, &mgr.workspaces).await?;
-        let task_id = if req.task_id.is_empty() {
+        let made_up_id = req.task_id.is_empty();
+        let task_id = if made_up_id {
             uuid::Uuid::new_v4().to_string()
         } else {
             req.task_id.clone()
         };
         let route = route_for(&mgr, &req, &task_id)?;
-        if let Inserted::Known(stream) = self.insert(&req, &task_id, caller.as_deref()).await? {
-            // The same id arrived twice at once: the first one runs it, this one follows.
-            return Ok(Response::new(stream));
-        }
+        let recorded = if made_up_id {
+            // A fresh id cannot be taken, so the record is queued without waiting for the disk:
+            // the caller learns the id from the first event, which is journaled after it, and
+            // the task's life awaits it before sending the task to a programmer.
+            let owner = caller.as_deref().map_or("", |c| c.name.as_str());
+            let write = mgr
+                .store
+                .insert(&NewTask::dispatched_by(&task_id, &req, owner));
+            Some(Box::pin(write) as dispatch::Recorded)
+        } else {
+            if let Inserted::Known(stream) = self.insert(&req, &task_id, caller.as_deref()).await? {
+                // The same id arrived twice at once: the first one runs it, this one follows.
+                return Ok(Response::new(stream));
+            }
+            None
+        };
         let max_wait = if req.queue_timeout_s > 0 {
             Duration::from_secs(req.queue_timeout_s.into())
         } else {
@@ -264,6 +277,7 @@ impl ProgrammerPool for PoolService {
             accepted,
             slot: Some(slot),
             escalation,
+            recorded,
         };
         tokio::spawn(tracing::Instrument::instrument(
             dispatch::run(mgr, life),

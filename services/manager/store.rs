@@ -367,10 +367,14 @@ impl TaskStore {
     }
 
     /// Records `task` as QUEUED, or tells that its id is already taken by the same request
-    /// (`AlreadyExists`, with the current record) or by a different one (`Conflict`).
-    pub async fn insert(&self, task: &NewTask) -> Result<InsertOutcome, StoreError> {
+    /// (`AlreadyExists`, with the current record) or by a different one (`Conflict`). Queued at
+    /// once, like every write: a write queued after it applies after it.
+    pub fn insert(
+        &self,
+        task: &NewTask,
+    ) -> impl Future<Output = Result<InsertOutcome, StoreError>> + Send + 'static {
         let task = task.clone();
-        self.write(move |conn| insert(conn, &task)).await
+        self.write(move |conn| insert(conn, &task))
     }
 
     /// Marks the task RUNNING on `programmer_id` in dispatch attempt `dispatch_attempt` (again
