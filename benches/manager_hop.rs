@@ -43,6 +43,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
+/// Per-caller limits far above what one benchmark process can send.
+const UNLIMITED_CALLER: &str = "limits:\n  per_caller_rate_per_s: 10000000\n  per_caller_burst: 10000000\n  per_caller_max_tasks: 100000\n";
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -297,6 +300,9 @@ async fn run(latency_n: usize, throughput_n: usize, concurrency: usize) {
     // Dry runs never start aider: cold, so no warm zygotes import aider on both cores while the
     // hop is measured (twelve of them made every figure several times slower).
     let pool = TestPool::new(options()).with_aider_start("cold");
+    // One load generator is one caller: the per-caller rate limit (500/s, bursts of 2,000) would
+    // refuse a longer throughput run. The hop is measured, not the limiter (see `overload`).
+    pool.append_config(UNLIMITED_CALLER);
     pool.sample_repo();
     let _programmers = pool.start_all_programmers();
     let _manager = pool.start_manager();
@@ -307,6 +313,7 @@ async fn run(latency_n: usize, throughput_n: usize, concurrency: usize) {
 
     // The secured twin: TLS everywhere, mTLS to the programmers, a dispatch token per call.
     let secure_pool = TestPool::new(options()).with_aider_start("cold");
+    secure_pool.append_config(UNLIMITED_CALLER);
     secure_pool.sample_repo();
     let secured = common::secure::secure(&secure_pool, "[status]");
     let _secure_programmers = secure_pool.start_all_programmers();
