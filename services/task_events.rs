@@ -501,6 +501,63 @@ pub(crate) mod tests {
         assert!(stream.next().await.is_none());
     }
 
+    /// A journal whose writes end only when the test says so, in order (like the store's
+    /// writer): seq `n` is durable once `durable(n)` was called.
+    struct Gated(Mutex<Vec<tokio::sync::oneshot::Sender<()>>>);
+    impl Journal for Gated {
+        fn append(&self, _: &str, _: &TaskEvent, _: u64) -> BoxFuture<'static, Result<(), String>> {
+            let (done, written) = tokio::sync::oneshot::channel();
+            self.0.lock().unwrap().push(done);
+            Box::pin(async move { written.await.map_err(|e| e.to_string()) })
+        }
+    }
+    impl Gated {
+        fn durable(&self, upto: usize) {
+            for done in self.0.lock().unwrap().drain(..upto) {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_are_published_only_once_durable_and_a_producer_does_not_wait_between_them() {
+        let journal = Arc::new(Gated(Mutex::new(Vec::new())));
+        let log = TaskLog::new("t6", Some(journal.clone()));
+        let sink = TaskEventSink::new(log.clone());
+        let mut live = log.follow(0, None).unwrap();
+        // Two events queued without waiting for their writes.
+        assert!(sink.send(output("a")).await);
+        assert!(sink.send(output("b")).await);
+        assert_eq!(
+            log.latest_seq(),
+            0,
+            "nothing is published before it is durable"
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), live.next())
+                .await
+                .is_err(),
+            "a follower sees nothing yet"
+        );
+        let after = log.follow(0, None).unwrap();
+        journal.durable(1);
+        assert_eq!(live.next().await.unwrap().unwrap().seq, 1);
+        assert_eq!(log.latest_seq(), 1);
+        // The result waits for its own write; until then the task is not finished.
+        let finishing = tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.finish(succeeded()).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!log.is_finished() && log.result().is_none());
+        assert!(!sink.send(output("late")).await, "nothing after the result");
+        journal.durable(2);
+        assert!(finishing.await.unwrap());
+        assert!(log.is_finished());
+        assert_eq!(seqs(live).await, vec![2, 3]);
+        assert_eq!(seqs(after).await, vec![1, 2, 3]);
+    }
+
     struct Recorder(Mutex<Vec<(u64, u64)>>);
     impl Journal for Recorder {
         fn append(

@@ -32,7 +32,9 @@
    RLIMIT_DATA, which needs no privileges and covers the heap and anonymous mappings). An aider
    that needs more gets MemoryError — uncaught, on any thread, or caught by aider and reported
    through its tool_error — and the launcher then prints one line naming the ceiling and exits
-   75, which fails this task alone (ERROR_CLASS_RESOURCE_LIMIT).
+   75, which fails this task alone (ERROR_CLASS_RESOURCE_LIMIT). A process that already holds
+   more than the ceiling when it takes its task (a warm worker carries the zygote's imports) ends
+   the same way at once, before a native library can abort on a failed allocation.
 11. PAS_AIDER_MAX_REFLECTIONS (defaults.max_fix_iterations) is aider's reflection limit: how many
    times one run sends a failed edit back to the model for a fix (Coder.max_reflections), read
    when the task runs.
@@ -72,13 +74,43 @@ def _die_with_parent():
 _die_with_parent()
 
 
+def _data_in_use():
+    """Bytes this process already holds of what RLIMIT_DATA counts (VmData); 0 if unknown."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmData:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def _limit_resources():
+    """Takes the task's niceness and memory ceiling. A process that already holds more than the
+    ceiling (a warm worker inherits the zygote's imported aider) ends at once with the
+    out-of-memory line: under the ceiling it could not allocate anything, and a native library
+    failing an allocation aborts instead of raising MemoryError."""
     os.nice(int(os.environ.get("PAS_AIDER_NICE", "0") or 0))
     mib = int(os.environ.get("PAS_AIDER_MAX_MEMORY_MIB", "0") or 0)
     if mib > 0:
         ceiling = mib * 1024 * 1024
+        in_use = _data_in_use()
+        if in_use >= ceiling:
+            _out_of_memory(mib, f" (it holds {in_use // (1024 * 1024)} MiB before it starts)")
         resource.setrlimit(resource.RLIMIT_DATA, (ceiling, ceiling))
     return mib
+
+
+def _out_of_memory(ceiling_mib=None, detail=""):
+    # Whatever was allocated is dropped with the frame that raised; this line needs little.
+    mib = MEMORY_CEILING_MIB if ceiling_mib is None else ceiling_mib
+    sys.stderr.write(
+        f"pas: aider ran out of memory under its ceiling of {mib} MiB "
+        f"(aider.memory_limit_mb){detail}\n"
+    )
+    sys.stderr.flush()
+    os._exit(MEMORY_EXIT)
 
 
 # The task's worktree (nothing outside it is ever written) and memory ceiling: see begin_task().
@@ -98,16 +130,6 @@ def begin_task():
 
 
 begin_task()
-
-
-def _out_of_memory():
-    # Whatever was allocated is dropped with the frame that raised; this line needs little.
-    sys.stderr.write(
-        "pas: aider ran out of memory under its ceiling of "
-        f"{MEMORY_CEILING_MIB} MiB (aider.memory_limit_mb)\n"
-    )
-    sys.stderr.flush()
-    os._exit(MEMORY_EXIT)
 
 
 def _memory_error_hook(kind, value, traceback):
