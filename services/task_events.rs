@@ -205,7 +205,7 @@ impl TaskLog {
             publish.now(written);
             return true;
         }
-        if terminal || seq - self.latest_seq() > MAX_UNPUBLISHED {
+        if terminal || seq.saturating_sub(self.latest_seq()) > MAX_UNPUBLISHED {
             publish.now(durable.await);
         } else {
             tokio::spawn(async move { publish.now(durable.await) });
