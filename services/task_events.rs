@@ -191,24 +191,20 @@ impl TaskLog {
             }
             (seq, durable)
         };
-        let publish = Publish {
-            task_id: self.task_id.clone(),
-            seq,
-            published: self.published.clone(),
-        };
         let Some(mut durable) = durable else {
-            publish.now(Ok(()));
+            publish(&self.published, &self.task_id, seq, Ok(()));
             return true;
         };
         // A journal that wrote at once (the programmer's file) publishes here, without a task.
         if let Some(written) = (&mut durable).now_or_never() {
-            publish.now(written);
+            publish(&self.published, &self.task_id, seq, written);
             return true;
         }
         if terminal || seq.saturating_sub(self.latest_seq()) > MAX_UNPUBLISHED {
-            publish.now(durable.await);
+            publish(&self.published, &self.task_id, seq, durable.await);
         } else {
-            tokio::spawn(async move { publish.now(durable.await) });
+            let (published, task_id) = (self.published.clone(), self.task_id.clone());
+            tokio::spawn(async move { publish(&published, &task_id, seq, durable.await) });
         }
         true
     }
@@ -268,29 +264,21 @@ impl TaskLog {
     }
 }
 
-/// Publishes one numbered event once its journal write has ended.
-struct Publish {
-    task_id: Arc<str>,
-    seq: u64,
-    published: Arc<watch::Sender<u64>>,
-}
-
-impl Publish {
-    /// Makes the event (and, since the journal commits in order, every earlier one) visible to
-    /// followers. A failed write is logged and the event published anyway: losing durability of
-    /// one event beats stopping the work.
-    fn now(self, written: Result<(), String>) {
-        if let Err(e) = written {
-            tracing::error!(task_id = %self.task_id, seq = self.seq, "event journal: {e}");
-        }
-        self.published.send_if_modified(|p| {
-            let newer = self.seq > *p;
-            if newer {
-                *p = self.seq;
-            }
-            newer
-        });
+/// Publishes event `seq` of `task_id` once its journal write has ended: makes it (and, since
+/// the journal commits in order, every earlier one) visible to followers. A failed write is
+/// logged and the event published anyway: losing durability of one event beats stopping the
+/// work.
+fn publish(published: &watch::Sender<u64>, task_id: &str, seq: u64, written: Result<(), String>) {
+    if let Err(e) = written {
+        tracing::error!(%task_id, seq, "event journal: {e}");
     }
+    published.send_if_modified(|p| {
+        let newer = seq > *p;
+        if newer {
+            *p = seq;
+        }
+        newer
+    });
 }
 
 fn out_of_range(task_id: &str, oldest: u64) -> Status {

@@ -48,13 +48,7 @@ impl PoolService {
         task_id: &str,
         caller: Option<&auth::Caller>,
     ) -> Result<Inserted, Status> {
-        let owner = caller.map_or("", |c| c.name.as_str());
-        match self
-            .mgr
-            .store
-            .insert(&NewTask::dispatched_by(task_id, req, owner))
-            .await
-        {
+        match self.mgr.store.insert(&new_task(req, task_id, caller)).await {
             Ok(InsertOutcome::Inserted) => Ok(Inserted::New),
             Ok(InsertOutcome::AlreadyExists(record)) => {
                 Ok(Inserted::Known(follow(&self.mgr, &record, 0, None)?))
@@ -67,6 +61,11 @@ impl PoolService {
             Err(e) => Err(Status::internal(format!("task store: {e}"))),
         }
     }
+}
+
+/// The record of a new task `task_id` for `req`, owned by its caller (empty without auth).
+fn new_task(req: &DispatchRequest, task_id: &str, caller: Option<&auth::Caller>) -> NewTask {
+    NewTask::dispatched_by(task_id, req, caller.map_or("", |c| c.name.as_str()))
 }
 
 /// What [`PoolService::insert`] found.
@@ -235,10 +234,9 @@ impl ProgrammerPool for PoolService {
             // A fresh id cannot be taken, so the record is queued without waiting for the disk:
             // the caller learns the id from the first event, which is journaled after it, and
             // the task's life awaits it before sending the task to a programmer.
-            let owner = caller.as_deref().map_or("", |c| c.name.as_str());
             let write = mgr
                 .store
-                .insert(&NewTask::dispatched_by(&task_id, &req, owner));
+                .insert(&new_task(&req, &task_id, caller.as_deref()));
             Some(Box::pin(write) as dispatch::Recorded)
         } else {
             if let Inserted::Known(stream) = self.insert(&req, &task_id, caller.as_deref()).await? {
