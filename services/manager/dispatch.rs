@@ -172,31 +172,14 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                 let placed = waiting
                     .instrument(telemetry::spans::queue_wait("manager"))
                     .await;
-                // Placed or not, it holds no place in the queue any more.
+                // Placed or not, it holds no place in the queue any more. A placed task's place
+                // was given back when it was placed; one that stopped waiting asks for a pass.
                 drop(ticket);
-                mgr.scheduler.nudge();
                 match placed {
                     Ok(placement) => Step::Start(placement),
-                    Err(end) => end,
-                }
-            }
-
-            // Its record first: the write was queued at admission (every event so far was
-            // journaled after it), so this is normally long done. Without a record the task is
-            // not sent: its hold is released and Execute never goes out.
-            Step::Start(placement) if recorded.is_some() => {
-                match recorded.take().expect("checked").await {
-                    Ok(_) => Step::Start(placement),
-                    Err(e) => {
-                        tracing::error!(%task_id, "task store: the task was not recorded: {e}");
-                        let programmer = placement.member.spec.id.clone();
-                        mgr.release(&task_id, placement.hold);
-                        Step::Done(ended(
-                            TaskState::Failed,
-                            ErrorClass::Internal,
-                            &format!("task store: the task was not recorded: {e}"),
-                            &programmer,
-                        ))
+                    Err(end) => {
+                        mgr.scheduler.nudge();
+                        end
                     }
                 }
             }
@@ -210,6 +193,30 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                     ..
                 } = placement;
                 let programmer = member.spec.id.clone();
+                // Write-ahead: the placement is durable before Execute is sent (the call goes out
+                // when `response` is first polled), so a manager that dies at any point after
+                // this knows where to look for the task; before it, nothing was sent and the
+                // next process releases the hold. A record queued at admission (a made-up id)
+                // is committed with it, in the same transaction, and checked first: without a
+                // record the task is not sent, its hold is released.
+                let running = mgr
+                    .store
+                    .set_running(&task_id, &programmer, dispatch_attempt);
+                if let Some(record) = recorded.take()
+                    && let Err(e) = record.await
+                {
+                    tracing::error!(%task_id, "task store: the task was not recorded: {e}");
+                    mgr.release(&task_id, hold);
+                    break ended(
+                        TaskState::Failed,
+                        ErrorClass::Internal,
+                        &format!("task store: the task was not recorded: {e}"),
+                        &programmer,
+                    );
+                }
+                if let Err(e) = running.await {
+                    tracing::warn!(%task_id, "task store: {e}");
+                }
                 let leg_span = telemetry::spans::route(
                     strategy.name(),
                     &candidates,
@@ -225,17 +232,6 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                     after_seq: 0,
                     started: false,
                 };
-                // Write-ahead: the placement is durable before Execute is sent (the call goes out
-                // when `response` is first polled), so a manager that dies at any point after
-                // this knows where to look for the task; before it, nothing was sent and the
-                // next process releases the hold.
-                if let Err(e) = mgr
-                    .store
-                    .set_running(&task_id, &programmer, dispatch_attempt)
-                    .await
-                {
-                    tracing::warn!(%task_id, "task store: {e}");
-                }
                 // Not raced with the caller's cancel: admission answers at once, and a task it
                 // took is then cancelled on the programmer, which reports what it spent.
                 match response.instrument(leg_span).await {

@@ -231,12 +231,13 @@ impl ProgrammerPool for PoolService {
         };
         let route = route_for(&mgr, &req, &task_id)?;
         let recorded = if made_up_id {
-            // A fresh id cannot be taken, so the record is queued without waiting for the disk:
-            // the caller learns the id from the first event, which is journaled after it, and
-            // the task's life awaits it before sending the task to a programmer.
+            // A fresh id cannot be taken, so the record is queued without waiting for the disk,
+            // to be committed with the next write: the caller learns the id from the first
+            // event, which is journaled after it, and the task's life awaits it (with its
+            // placement's write) before sending the task to a programmer.
             let write = mgr
                 .store
-                .insert(&new_task(&req, &task_id, caller.as_deref()));
+                .insert_with_next(&new_task(&req, &task_id, caller.as_deref()));
             Some(Box::pin(write) as dispatch::Recorded)
         } else {
             if let Inserted::Known(stream) = self.insert(&req, &task_id, caller.as_deref()).await? {

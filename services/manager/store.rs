@@ -255,8 +255,17 @@ struct Writes {
 struct Queue {
     pending: VecDeque<Write>,
     /// Someone (a caller or the overflow thread) is committing: a new write only queues. While
-    /// false, `pending` is empty.
+    /// false, `pending` holds only writes queued [`Commit::WithNext`].
     committing: bool,
+}
+
+/// When a write is committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    /// At once: the caller commits the queue unless someone else is committing it.
+    Now,
+    /// With the next write committed now, or when the caller awaits it.
+    WithNext,
 }
 
 /// Most writes one commit takes (bounds the time a transaction holds the file).
@@ -376,11 +385,12 @@ impl TaskStore {
         self.reader.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `op` now (so writes apply in call order, awaited or not) and, if nobody is
-    /// committing, commits the queue on this thread before returning (see the module docs); the
-    /// future answers once `op` is committed.
+    /// Queues `op` now (so writes apply in call order, awaited or not) and, with
+    /// [`Commit::Now`] if nobody is committing, commits the queue on this thread before returning
+    /// (see the module docs); the future answers once `op` is committed.
     fn write<T, Op>(
         &self,
+        when: Commit,
         op: Op,
     ) -> impl Future<Output = Result<T, StoreError>> + Send + use<T, Op>
     where
@@ -403,15 +413,20 @@ impl TaskStore {
         });
         let sent = match &self.overflow {
             Some(overflow) => {
-                if self.writes.enqueue(write) {
+                if self.writes.enqueue(write, when == Commit::Now) {
                     self.writes.commit_queued(INLINE_BATCHES, Some(overflow));
                 }
                 Ok(())
             }
             None => Err(StoreError::Closed),
         };
+        let flush =
+            (when == Commit::WithNext).then(|| (self.writes.clone(), self.overflow.clone()));
         async move {
             sent?;
+            if let Some((writes, overflow)) = flush {
+                writes.flush(INLINE_BATCHES, overflow.as_ref());
+            }
             answered.await.map_err(|_| StoreError::Closed)?
         }
     }
@@ -424,7 +439,20 @@ impl TaskStore {
         task: &NewTask,
     ) -> impl Future<Output = Result<InsertOutcome, StoreError>> + Send + use<> {
         let task = task.clone();
-        self.write(move |conn| insert(conn, &task))
+        self.write(Commit::Now, move |conn| insert(conn, &task))
+    }
+
+    /// [`insert`](Self::insert) for a task whose id this process made up (so it cannot be taken):
+    /// queued now, committed with the next write of any task (its own placement's
+    /// [`set_running`](Self::set_running), or its first event: a caller learns the id only from
+    /// an event journaled after it) or when the future is awaited, whichever comes first. Saves
+    /// a lone task one commit of its own.
+    pub fn insert_with_next(
+        &self,
+        task: &NewTask,
+    ) -> impl Future<Output = Result<InsertOutcome, StoreError>> + Send + use<> {
+        let task = task.clone();
+        self.write(Commit::WithNext, move |conn| insert(conn, &task))
     }
 
     /// Marks the task RUNNING on `programmer_id` in dispatch attempt `dispatch_attempt` (again
@@ -438,7 +466,7 @@ impl TaskStore {
         dispatch_attempt: u32,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
         let (task_id, programmer_id) = (task_id.to_owned(), programmer_id.to_owned());
-        self.write(move |conn| {
+        self.write(Commit::Now, move |conn| {
             let n = conn
                 .prepare_cached(
                     "UPDATE tasks SET state = ?1, programmer_id = ?2, dispatch_attempt = ?6,
@@ -471,7 +499,7 @@ impl TaskStore {
             Some(Kind::Result(result)) => Some(result.clone()),
             _ => None,
         };
-        self.write(move |conn| {
+        self.write(Commit::Now, move |conn| {
             if let Some(result) = &result {
                 check_terminal(result)?;
                 finish_row(conn, &task_id, result)?;
@@ -621,7 +649,7 @@ impl TaskStore {
     pub async fn finish(&self, task_id: &str, result: &TaskResult) -> Result<bool, StoreError> {
         check_terminal(result)?;
         let (task_id, result) = (task_id.to_owned(), result.clone());
-        self.write(move |conn| finish_row(conn, &task_id, &result))
+        self.write(Commit::Now, move |conn| finish_row(conn, &task_id, &result))
             .await
     }
 
@@ -639,6 +667,8 @@ impl Drop for TaskStore {
         if let Some(overflow) = self.overflow_thread.take() {
             let _ = overflow.join();
         }
+        // Writes queued to go with a next one that never came.
+        self.writes.flush(usize::MAX, None);
         drop(self.stop_checkpoints.take());
         if let Some(checkpointer) = self.checkpointer.take() {
             let _ = checkpointer.join();
@@ -704,11 +734,23 @@ impl Writes {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `write`; true when nobody was committing, so the caller must commit now.
-    fn enqueue(&self, write: Write) -> bool {
+    /// Queues `write`; true when `lead` and nobody was committing, so the caller must commit now.
+    fn enqueue(&self, write: Write, lead: bool) -> bool {
         let mut queue = self.queue();
         queue.pending.push_back(write);
-        !std::mem::replace(&mut queue.committing, true)
+        lead && !std::mem::replace(&mut queue.committing, true)
+    }
+
+    /// Commits what is queued if nobody is committing (writes queued [`Commit::WithNext`] wait
+    /// for this or for the next committer).
+    fn flush(&self, max_batches: usize, overflow: Option<&mpsc::Sender<()>>) {
+        let lead = {
+            let mut queue = self.queue();
+            !queue.pending.is_empty() && !std::mem::replace(&mut queue.committing, true)
+        };
+        if lead {
+            self.commit_queued(max_batches, overflow);
+        }
     }
 
     /// Run by the one committer: commits batches of the queued writes until the queue is empty,
@@ -757,20 +799,33 @@ fn commit_batch(conn: &Connection, batch: Vec<Write>, commits: &AtomicU64) {
         // A committer panicked inside a transaction: its writes were never answered as written.
         let _ = run("ROLLBACK");
     }
+    let alone = batch.len() == 1;
     let mut answers = Vec::with_capacity(batch.len());
     let mut pending = batch.into_iter();
     let outcome = (|| {
         run("BEGIN IMMEDIATE")?;
-        for write in pending.by_ref() {
-            run("SAVEPOINT write")?;
+        if alone {
+            // No other write to protect: a failed one rolls the transaction back whole.
+            let write = pending.next().expect("a batch holds a write");
             let (failed, answer) = write(Some(conn));
             answers.push(answer);
             if failed {
-                run("ROLLBACK TO write")?;
+                run("ROLLBACK")?;
+                return Ok(());
             }
-            run("RELEASE write")?;
+            run("COMMIT")?;
+        } else {
+            for write in pending.by_ref() {
+                run("SAVEPOINT write")?;
+                let (failed, answer) = write(Some(conn));
+                answers.push(answer);
+                if failed {
+                    run("ROLLBACK TO write")?;
+                }
+                run("RELEASE write")?;
+            }
+            run("COMMIT")?;
         }
-        run("COMMIT")?;
         commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     })()
@@ -1381,6 +1436,28 @@ mod tests {
         ));
     }
 
+    /// A committer held inside its transaction, on a thread of its own, until `release` is sent;
+    /// the handle answers with its write's future once released.
+    fn hold_a_commit(
+        store: &std::sync::Arc<TaskStore>,
+    ) -> (
+        tokio::task::JoinHandle<impl Future<Output = Result<(), StoreError>> + use<>>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let (started, has_started) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let store = store.clone();
+        let held = tokio::task::spawn_blocking(move || {
+            store.write(Commit::Now, move |_| {
+                started.send(()).unwrap();
+                released.recv().unwrap();
+                Ok(())
+            })
+        });
+        has_started.recv().unwrap();
+        (held, release)
+    }
+
     /// Writes queued while a commit runs share the next one, and one that fails (a conflicting
     /// id) rolls back alone: every other write of its batch is committed and answered as such.
     /// Then writes from many tasks at once: each answered write is on disk.
@@ -1394,21 +1471,7 @@ mod tests {
             .unwrap();
         store.finish("taken", &succeeded("001")).await.unwrap();
         let before = store.commits();
-
-        // A committer held inside its transaction, on a thread of its own.
-        let (started, has_started) = std::sync::mpsc::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let held = {
-            let store = store.clone();
-            tokio::task::spawn_blocking(move || {
-                store.write(move |_| {
-                    started.send(()).unwrap();
-                    released.recv().unwrap();
-                    Ok(())
-                })
-            })
-        };
-        has_started.recv().unwrap();
+        let (held, release) = hold_a_commit(&store);
         // Queued behind it, in call order; every sixth is a different request under a taken id.
         let inserts: Vec<_> = (0..300)
             .map(|i| {
@@ -1467,19 +1530,7 @@ mod tests {
     async fn a_burst_is_finished_by_the_overflow_thread() {
         let dir = tempfile::tempdir().unwrap();
         let store = std::sync::Arc::new(open(&dir));
-        let (started, has_started) = std::sync::mpsc::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let held = {
-            let store = store.clone();
-            tokio::task::spawn_blocking(move || {
-                store.write(move |_| {
-                    started.send(()).unwrap();
-                    released.recv().unwrap();
-                    Ok(())
-                })
-            })
-        };
-        has_started.recv().unwrap();
+        let (held, release) = hold_a_commit(&store);
         // More than INLINE_BATCHES - 1 batches wait behind the held one.
         let n = MAX_BATCH * INLINE_BATCHES + 1;
         let inserts: Vec<_> = (0..n)
@@ -1495,6 +1546,35 @@ mod tests {
         drop(store);
         let store = open(&dir);
         assert_eq!(store.unfinished().unwrap().len(), n);
+    }
+
+    /// A record queued to go with the next write is committed in that write's transaction, or
+    /// when its own future is awaited, or when the store closes: never lost, never alone when
+    /// another write follows.
+    #[tokio::test]
+    async fn a_record_queued_with_the_next_write_shares_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let before = store.commits();
+        let record = store.insert_with_next(&NewTask::from_request("a", &request("x")));
+        assert!(store.get("a").unwrap().is_none(), "not committed yet");
+        assert_eq!(store.commits(), before);
+        // The placement's write commits both, in one transaction.
+        assert!(store.set_running("a", "001", 1).await.unwrap());
+        assert!(matches!(record.await, Ok(InsertOutcome::Inserted)));
+        assert_eq!(store.commits(), before + 1);
+        assert_eq!(store.get("a").unwrap().unwrap().state(), TaskState::Running);
+
+        // Awaited alone, it commits itself.
+        let record = store.insert_with_next(&NewTask::from_request("b", &request("x")));
+        assert!(matches!(record.await, Ok(InsertOutcome::Inserted)));
+        assert_eq!(store.commits(), before + 2);
+
+        // Never awaited and followed by nothing: the closing store commits it.
+        drop(store.insert_with_next(&NewTask::from_request("c", &request("x"))));
+        drop(store);
+        let store = open(&dir);
+        assert_eq!(store.get("c").unwrap().unwrap().state(), TaskState::Queued);
     }
 
     /// Commits do not checkpoint, yet once the store is closed the database file alone (without

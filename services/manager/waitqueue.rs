@@ -1,11 +1,12 @@
 //! The manager's wait queue and the scheduler that owns the balancer.
 //!
 //! Every task is submitted here. One scheduler task owns the [`Balancer`]; on every change of the
-//! pool (a slot frees, a programmer comes or goes, a report arrives) and on every submission it
-//! walks the queue in FIFO order and places each task that now fits. A task whose capability group
-//! is full does not block tasks of other groups behind it, and within a group the older task is
-//! always offered a slot first. Waiting tasks see their position (Queued events). The queue is
-//! bounded: past `capacity` a submission is refused (RESOURCE_EXHAUSTED), so memory stays bounded.
+//! pool while tasks wait (a slot frees, a programmer comes or goes, a report arrives) and on every
+//! submission it walks the queue in FIFO order and places each task that now fits. A task whose
+//! capability group is full does not block tasks of other groups behind it, and within a group the
+//! older task is always offered a slot first. Waiting tasks see their position (Queued events). The
+//! queue is bounded: past `capacity` a submission is refused (RESOURCE_EXHAUSTED), so memory stays
+//! bounded.
 
 use crate::manager::balancer::{Balancer, Placement, Route, Routed};
 use crate::manager::membership::PoolView;
@@ -207,7 +208,10 @@ async fn run(
                 Some(Submit::Nudge) => {}
                 None => return,
             },
-            _ = pool_changes.changed() => {}
+            // With nothing waiting, a change of the pool concerns no one here: the next
+            // submission's pass reads the pool as it is then (and the scheduler is not woken
+            // twice per dispatch, for its placement and its end).
+            _ = pool_changes.changed(), if !queue.is_empty() => {}
             _ = poll_fn(|cx| match balancer.poll_changes(cx) { Poll::Ready(()) => Poll::Ready(()), Poll::Pending => Poll::Pending }) => {}
             _ = async { match next_deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {}
             _ = stop.cancelled() => {

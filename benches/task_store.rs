@@ -1,0 +1,118 @@
+//! What the task store's writes cost on a dispatch's path: the writes a dry-run task makes, one
+//! after another as a lone caller's task makes them (record, running, the relayed Assigned event,
+//! the result), each awaited — every one is a commit of its own then, and the sum is the store's
+//! share of the manager hop's sequential latency (`manager_hop`).
+//!
+//! Run: `TMPDIR=/dev/shm cargo bench --bench task_store` (tmpfs, as `manager_hop` runs: on a disk
+//! the WAL's writes add the device's noise). `PAS_BENCH_TASKS` sets the number of tasks (default
+//! 5,000). Prints p50 / p90 / p99 / mean in µs per write kind and per task, and the commits made.
+
+#![forbid(unsafe_code)]
+
+use pas::contract::v1::{
+    Assigned, DispatchRequest, TaskEvent, TaskResult, TaskState, task_event::Kind,
+};
+use pas::manager::store::{NewTask, TaskStore};
+use std::time::{Duration, Instant};
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
+}
+
+fn row(name: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    let mean = samples.iter().sum::<Duration>().as_secs_f64() * 1e6 / samples.len() as f64;
+    println!(
+        "{name:<28} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.9),
+        percentile(&samples, 0.99),
+        mean
+    );
+}
+
+fn event(task_id: &str, seq: u64, kind: Kind) -> TaskEvent {
+    TaskEvent {
+        task_id: task_id.to_string(),
+        seq,
+        timestamp_ms: 0,
+        kind: Some(kind),
+    }
+}
+
+async fn run(tasks: usize) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = TaskStore::open(dir.path().join("tasks.sqlite3")).expect("store");
+    let request = DispatchRequest {
+        task_description: "Add a usage section to the README".into(),
+        files: vec!["README.md".into()],
+        workspace: "proj".into(),
+        capabilities: vec!["python".into()],
+        dry_run: true,
+        ..Default::default()
+    };
+    let (mut insert, mut running, mut assigned, mut result, mut task) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for i in 0..tasks {
+        let id = format!("task-{i:08}");
+        let started = Instant::now();
+        let t = Instant::now();
+        store
+            .insert(&NewTask::from_request(&id, &request))
+            .await
+            .expect("insert");
+        insert.push(t.elapsed());
+        let t = Instant::now();
+        store.set_running(&id, "001", 1).await.expect("running");
+        running.push(t.elapsed());
+        let t = Instant::now();
+        let kind = Kind::Assigned(Assigned {
+            programmer_id: "001".into(),
+            llm: "qwen2.5-coder:7b".into(),
+            ..Default::default()
+        });
+        store
+            .append_event(&id, &event(&id, 1, kind), 1)
+            .await
+            .expect("assigned");
+        assigned.push(t.elapsed());
+        let t = Instant::now();
+        let done = Kind::Result(TaskResult {
+            status: TaskState::Succeeded as i32,
+            programmer_id: "001".into(),
+            dry_run: true,
+            ..Default::default()
+        });
+        store
+            .append_event(&id, &event(&id, 2, done), 2)
+            .await
+            .expect("result");
+        result.push(t.elapsed());
+        task.push(started.elapsed());
+    }
+    println!("task store — {tasks} dry-run tasks' writes, one caller, each awaited (µs)");
+    println!(
+        "{:<28} {:>9} {:>9} {:>9} {:>9}",
+        "write", "p50", "p90", "p99", "mean"
+    );
+    row("insert (record)", insert);
+    row("set_running", running);
+    row("journal Assigned", assigned);
+    row("journal result (finishes)", result);
+    row("all four, one task", task);
+    println!("commits: {} for {} writes", store.commits(), tasks * 4);
+}
+
+fn main() {
+    let tasks = std::env::var("PAS_BENCH_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(run(tasks));
+}
