@@ -19,6 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // prost with small per-call buffers (`services/contract.rs`, `LeanCodec`).
+        .codec_path("crate::contract::LeanCodec")
         // `prost::Name` on every message: the HTTP/JSON face finds a message's descriptor by its
         // full name (`services/manager/http/json.rs`).
         .compile_fds_with_config(fds, {

@@ -9,6 +9,51 @@ pub mod v1 {
 
 use crate::money::Usd;
 
+/// How many bytes a gRPC call's encode and decode buffers start with (tonic's default is 8 KiB,
+/// allocated up front for every call, each way). Our messages are mostly a few hundred bytes, and
+/// a manager holds two such buffers per running task (the caller's stream it encodes, the
+/// programmer's it decodes): at 8 KiB, 560 admitted tasks held 9 MiB of them. A larger message
+/// grows the buffer as it needs (in steps of this size, amortised by `BytesMut`).
+pub const CODEC_BUFFER_BYTES: usize = 1024;
+
+/// How much a server stream batches into one send when several messages are ready (tonic's
+/// default).
+const CODEC_YIELD_THRESHOLD: usize = 32 * 1024;
+
+/// The protobuf codec of every `pas.v1` service, client and server (`build.rs` names it): prost's,
+/// with [`CODEC_BUFFER_BYTES`] buffers.
+#[derive(Debug, Clone, Copy)]
+pub struct LeanCodec<T, U>(std::marker::PhantomData<(T, U)>);
+
+impl<T, U> Default for LeanCodec<T, U> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<T, U> tonic::codec::Codec for LeanCodec<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = <tonic_prost::ProstCodec<T, U> as tonic::codec::Codec>::Encoder;
+    type Decoder = <tonic_prost::ProstCodec<T, U> as tonic::codec::Codec>::Decoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstCodec::<T, U>::raw_encoder(buffer_settings())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstCodec::<T, U>::raw_decoder(buffer_settings())
+    }
+}
+
+fn buffer_settings() -> tonic::codec::BufferSettings {
+    tonic::codec::BufferSettings::new(CODEC_BUFFER_BYTES, CODEC_YIELD_THRESHOLD)
+}
+
 /// Encoded `FileDescriptorSet` of `proto/pas/v1`, registered with tonic-reflection so grpcurl can
 /// list and describe the services.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
