@@ -168,7 +168,10 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
         let dispatch_attempt = route.request.dispatch_attempt;
         step = match step {
             Step::Wait(mut ticket) => {
-                let waiting = wait_for_placement(&mgr, &mut ticket, &sink, &cancel);
+                // Boxed, like every other rare or passing await of this loop: the task's future
+                // is as large as its largest state for as long as the task lives (thousands of
+                // tasks may wait or run at once), so only the relay's state stays inline.
+                let waiting = Box::pin(wait_for_placement(&mgr, &mut ticket, &sink, &cancel));
                 let placed = waiting
                     .instrument(telemetry::spans::queue_wait("manager"))
                     .await;
@@ -236,7 +239,7 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                 // took is then cancelled on the programmer, which reports what it spent.
                 match response.instrument(leg_span).await {
                     Ok(upstream) => {
-                        taken(&programmer, &mut previous, &sink).await;
+                        Box::pin(taken(&programmer, &mut previous, &sink)).await;
                         Step::Relay(
                             OnProgrammer {
                                 started: true,
@@ -307,11 +310,11 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                 }
             }
 
-            Step::Follow(on) => match follow(&mgr, &on, &cancel).await {
+            Step::Follow(on) => match Box::pin(follow(&mgr, &on, &cancel)).await {
                 Ok(stream) => {
                     let programmer = on.member.spec.id.clone();
                     if !on.started {
-                        taken(&programmer, &mut previous, &sink).await;
+                        Box::pin(taken(&programmer, &mut previous, &sink)).await;
                     }
                     tracing::info!(%task_id, %programmer, after_seq = on.after_seq, "following the task again");
                     let upstream = Upstream::follow(&mgr.pool, &on.member, stream);
@@ -402,7 +405,7 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                         let (paid_route, event) = *escalated;
                         tracing::warn!(%task_id, from = %member.spec.id, reason = %event.reason,
                             dispatch_attempt = next_attempt, "task escalated to the paid tier");
-                        sink.send(Kind::Escalated(event.clone())).await;
+                        Box::pin(sink.send(Kind::Escalated(event.clone()))).await;
                         escalation = Escalation::Escalated(Box::new(event));
                         route = paid_route;
                         previous = None;
@@ -429,7 +432,7 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
     }
     // The caller's view: from acceptance by the manager to the result.
     result.duration_ms = accepted.elapsed().as_millis() as u64;
-    mgr.finish_task(&task_id, &sink, result).await;
+    Box::pin(mgr.finish_task(&task_id, &sink, result)).await;
 }
 
 /// The programmer took the task: after a reroute, say where it went.
@@ -516,7 +519,7 @@ async fn relay(
             m = upstream.stream.message() => m,
             _ = cancel.cancelled(), if !cancel_sent => {
                 cancel_sent = true;
-                cancel_on_programmer(&on.member, &on.attempt_id).await;
+                Box::pin(cancel_on_programmer(&on.member, &on.attempt_id)).await;
                 continue;
             }
             _ = mgr.stop.cancelled() => return Relayed::Stopping,
