@@ -25,7 +25,8 @@
 # It installs what is missing: nginx-light, nghttp2-client (h2load), nodejs, npm, python3-venv
 # from Debian; litellm[proxy] and @portkey-ai/gateway (pinned below) into the cache folder
 # target/bench-peers-cache (PAS_BENCH_PEERS_CACHE), from PyPI and npm; grpcio-tools for the
-# gRPC request body. `scripts/bench-peers.sh install` installs only.
+# gRPC request body; the pinned aider venv (scripts/install-aider.sh: the programmers check it at
+# start-up). `scripts/bench-peers.sh install` installs only.
 #
 # Knobs (environment): PAS_BIN (default target/release/pas), PAS_BENCH_PEERS_SECONDS (measured
 # phase length, default 10), PAS_BENCH_PEERS_WARMUP_S (3), PAS_BENCH_PEERS_CALLERS ("1 32"),
@@ -40,6 +41,7 @@ GRPCIO_TOOLS_VERSION="1.85.1"   # protoc for the gRPC request body (same pins as
 PROTOBUF_VERSION="7.36.2"
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
+AIDER_PYTHON="${PAS_AIDER_PYTHON:-${PAS_AIDER_VENV:-$root/.aider-venv}/bin/python}"
 cache="${PAS_BENCH_PEERS_CACHE:-$root/target/bench-peers-cache}"
 log() { printf '[bench-peers %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -191,7 +193,10 @@ providers:
   ollama:
     api_base: "http://127.0.0.1:9"
 aider:
-  python: "/usr/bin/python3"
+  # Dry runs never start aider, but a programmer checks the pinned aider at start-up; no warm
+  # workers (they would only take CPU from the measurement).
+  python: "$AIDER_PYTHON"
+  start: cold
 workspace_root: "$d/ws"
 data_dir: "$d/data"
 YAML
@@ -386,6 +391,7 @@ settle() {
 main() {
   install_debian
   install_peers
+  "$root/scripts/install-aider.sh" >&2
   [ -x "$PAS_BIN" ] || die "no pas binary at $PAS_BIN: run 'cargo build --release' or set PAS_BIN"
   run=$(mktemp -d /tmp/pas-bench-peers.XXXXXX)
   mkdir -p "$run/results"
@@ -459,7 +465,7 @@ PY
 }
 
 case "${1:-}" in
-  install) install_debian; install_peers ;;
+  install) install_debian; install_peers; "$root/scripts/install-aider.sh" >&2 ;;
   "") main ;;
   *) die "usage: $0 [install]" ;;
 esac

@@ -88,6 +88,8 @@ pub type Recorded = futures::future::BoxFuture<
 pub enum Start {
     /// Accepted (or resumed while queued): wait for a placement.
     Queued(Ticket),
+    /// Accepted and placed at once (nothing was waiting).
+    Routed(Placement),
     /// A restarted manager resuming a task the previous process had placed.
     Placed(Resumed),
 }
@@ -155,6 +157,7 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
     let mut previous: Option<(String, String)> = None;
     let mut step = match start {
         Start::Queued(ticket) => Step::Wait(ticket),
+        Start::Routed(placement) => Step::Start(placement),
         Start::Placed(resumed) => Step::Follow(OnProgrammer {
             attempt_id: attempt_task_id(&task_id, route.request.dispatch_attempt),
             exclusion: Exclusion::until_back(&resumed.member),

@@ -17,6 +17,7 @@ use crate::manager::escalation::Escalation;
 use crate::manager::membership::Member;
 use crate::manager::store::{InsertOutcome, NewTask};
 use crate::manager::strategy::{StrategyKind, group_key};
+use crate::manager::waitqueue::Submitted;
 use crate::manager::{status, validate};
 use crate::task_events::{EventStream, HEARTBEAT_EVERY, TaskEventSink, TaskLog};
 use std::sync::Arc;
@@ -251,7 +252,10 @@ impl ProgrammerPool for PoolService {
         } else {
             mgr.queue_timeout
         };
-        let ticket = place.submit(route.clone(), max_wait);
+        let start = match place.submit(route.clone(), max_wait) {
+            Submitted::Placed(placement) => Start::Routed(placement),
+            Submitted::Queued(ticket) => Start::Queued(ticket),
+        };
         // The caller follows the task's log: a broken stream leaves the task running (the caller
         // re-attaches; CancelTask stops it).
         let log = mgr.new_log(&task_id, Vec::new());
@@ -270,7 +274,7 @@ impl ProgrammerPool for PoolService {
         let life = TaskLife {
             task_id,
             route,
-            start: Start::Queued(ticket),
+            start,
             sink,
             cancel,
             accepted,

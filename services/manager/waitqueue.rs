@@ -7,13 +7,18 @@
 //! older task is always offered a slot first. Waiting tasks see their position (Queued events). The
 //! queue is bounded: past `capacity` a submission is refused (RESOURCE_EXHAUSTED), so memory stays
 //! bounded.
+//!
+//! When nothing waits (no entry in the queue or on its way to it), a submission is routed at once
+//! on the caller's task instead ([`QueuePlace::submit`]): FIFO order cannot be broken with nobody
+//! ahead, and a lone task then costs no hand-off to the scheduler task and back. The balancer is
+//! shared behind a lock for that; the caller only tries the lock, so it never waits for a pass.
 
 use crate::manager::balancer::{Balancer, Placement, Route, Routed};
 use crate::manager::membership::PoolView;
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -55,11 +60,34 @@ enum Submit {
 }
 
 /// Handle to the scheduler. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Scheduler {
     tx: mpsc::UnboundedSender<Submit>,
     waiting: Arc<AtomicUsize>,
+    /// Entries sent to the scheduler and not yet answered (placed, refused, or dropped), counted
+    /// or not: while it is 0 nothing waits, and a submission may be routed at once.
+    queued: Arc<AtomicUsize>,
+    balancer: Arc<Mutex<Balancer>>,
     capacity: usize,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("waiting", &self.waiting)
+            .field("queued", &self.queued)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What became of a submission.
+pub enum Submitted<Q = Ticket> {
+    /// Routed at once (nothing was waiting).
+    Placed(Placement),
+    /// For the queue: the ticket that follows it there (or, inside this module, the route to
+    /// queue).
+    Queued(Q),
 }
 
 /// A submitted task: its position while it waits, and the placement when it comes.
@@ -79,12 +107,48 @@ impl Scheduler {
         stop: CancellationToken,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let waiting = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(run(balancer, pool, rx, waiting.clone(), stop));
-        Self {
+        let scheduler = Self {
             tx,
-            waiting,
+            waiting: Arc::default(),
+            queued: Arc::default(),
+            balancer: Arc::new(Mutex::new(balancer)),
             capacity,
+        };
+        tokio::spawn(run(scheduler.clone(), pool, rx, stop));
+        scheduler
+    }
+
+    /// Sends `entry` to the scheduler task, counted in `queued` until it is answered.
+    /// False when the scheduler is gone (the entry is dropped: its task learns it was not placed).
+    fn send(&self, submit: Submit) -> bool {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        let sent = self.tx.send(submit).is_ok();
+        if !sent {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+        sent
+    }
+
+    /// Routes `route` now if nothing waits and the balancer is free (not in a pass); otherwise
+    /// gives the route back.
+    fn route_now(&self, mut route: Route) -> Submitted<Route> {
+        let Ok(mut balancer) = self.balancer.try_lock() else {
+            return Submitted::Queued(route);
+        };
+        // Checked under the lock: an entry sent after this gets a pass of its own after us.
+        if self.queued.load(Ordering::SeqCst) != 0 {
+            return Submitted::Queued(route);
+        }
+        // Brings the balancer up to date as a pass would (discovery, endpoints ready again). No
+        // waker is left with it that the scheduler would need: nothing waits, and the next entry's
+        // pass polls it again with the scheduler's own.
+        let waker = futures::task::noop_waker();
+        let _ = balancer.poll_changes(&mut std::task::Context::from_waker(&waker));
+        route.waiting = 1;
+        match balancer.route(route) {
+            Routed::Placed(placement) => Submitted::Placed(placement),
+            // The queue decides again (and says why, e.g. the budget).
+            Routed::NoRoom { route, .. } => Submitted::Queued(*route),
         }
     }
 
@@ -125,11 +189,15 @@ impl Scheduler {
         let _ = self.tx.send(Submit::Nudge);
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Balancer> {
+        self.balancer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Re-submits a task that lost its programmer at the front of the queue (it has waited
     /// already); never refused.
     pub fn resubmit(&self, route: Route, max_wait: std::time::Duration) -> Ticket {
         let (entry, ticket) = entry(route, max_wait, false);
-        let _ = self.tx.send(Submit::Front(entry));
+        self.send(Submit::Front(entry));
         ticket
     }
 }
@@ -142,16 +210,24 @@ pub struct QueuePlace {
 }
 
 impl QueuePlace {
-    /// Submits a task at the back of the queue into this place.
-    pub fn submit(mut self, route: Route, max_wait: std::time::Duration) -> Ticket {
+    /// Submits a task into this place: routed at once when nothing waits (the place is given
+    /// back), else queued at the back.
+    pub fn submit(mut self, route: Route, max_wait: std::time::Duration) -> Submitted {
         let scheduler = self.scheduler.take().expect("a place is submitted once");
+        let route = match scheduler.route_now(route) {
+            Submitted::Placed(placement) => {
+                scheduler.waiting.fetch_sub(1, Ordering::SeqCst);
+                return Submitted::Placed(placement);
+            }
+            Submitted::Queued(route) => route,
+        };
         let (entry, ticket) = entry(route, max_wait, true);
-        if scheduler.tx.send(Submit::Back(entry)).is_err() {
+        if !scheduler.send(Submit::Back(entry)) {
             // The scheduler is gone (shutting down): the ticket's reply is dropped with the
             // entry, so the task learns it was not placed.
             scheduler.waiting.fetch_sub(1, Ordering::SeqCst);
         }
-        ticket
+        Submitted::Queued(ticket)
     }
 }
 
@@ -185,17 +261,18 @@ fn entry(route: Route, max_wait: std::time::Duration, counted: bool) -> (Entry, 
 }
 
 async fn run(
-    mut balancer: Balancer,
+    scheduler: Scheduler,
     pool: Arc<PoolView>,
     mut rx: mpsc::UnboundedReceiver<Submit>,
-    waiting: Arc<AtomicUsize>,
     stop: CancellationToken,
 ) {
     let mut queue: VecDeque<Entry> = VecDeque::new();
     let mut pool_changes = pool.subscribe();
+    // Every entry leaves the queue through here (answered or dropped).
     let uncount_flag = |counted: bool| {
+        scheduler.queued.fetch_sub(1, Ordering::SeqCst);
         if counted {
-            waiting.fetch_sub(1, Ordering::SeqCst);
+            scheduler.waiting.fetch_sub(1, Ordering::SeqCst);
         }
     };
     let uncount = |e: &Entry| uncount_flag(e.counted);
@@ -212,7 +289,7 @@ async fn run(
             // submission's pass reads the pool as it is then (and the scheduler is not woken
             // twice per dispatch, for its placement and its end).
             _ = pool_changes.changed(), if !queue.is_empty() => {}
-            _ = poll_fn(|cx| match balancer.poll_changes(cx) { Poll::Ready(()) => Poll::Ready(()), Poll::Pending => Poll::Pending }) => {}
+            _ = poll_fn(|cx| scheduler.lock().poll_changes(cx)) => {}
             _ = async { match next_deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {}
             _ = stop.cancelled() => {
                 for e in queue.drain(..) {
@@ -230,10 +307,12 @@ async fn run(
                 Submit::Nudge => {}
             }
         }
-        // Bring the balancer up to date (discovery, pending endpoints) before the pass.
-        poll_fn(|cx| {
+        // The pass holds the balancer (a submission meanwhile goes to the queue), brought up to
+        // date first (discovery, pending endpoints).
+        let mut balancer = poll_fn(|cx| {
+            let mut balancer = scheduler.lock();
             let _ = balancer.poll_changes(cx);
-            Poll::Ready(())
+            Poll::Ready(balancer)
         })
         .await;
 
@@ -285,6 +364,7 @@ async fn run(
                 let _ = e.position.send(position);
             }
         }
+        drop(balancer);
         queue = kept;
     }
 }
