@@ -66,29 +66,29 @@ async fn run(tasks: usize) {
         let t = Instant::now();
         store.set_running(&id, "001", 1).await.expect("running");
         running.push(t.elapsed());
-        let t = Instant::now();
-        let kind = Kind::Assigned(Assigned {
+        let assigned_event = Kind::Assigned(Assigned {
             programmer_id: "001".into(),
             llm: "qwen2.5-coder:7b".into(),
             ..Default::default()
         });
-        store
-            .append_event(&id, &event(&id, 1, kind), 1)
-            .await
-            .expect("assigned");
-        assigned.push(t.elapsed());
-        let t = Instant::now();
-        let done = Kind::Result(TaskResult {
+        let result_event = Kind::Result(TaskResult {
             status: TaskState::Succeeded as i32,
             programmer_id: "001".into(),
             dry_run: true,
             ..Default::default()
         });
-        store
-            .append_event(&id, &event(&id, 2, done), 2)
-            .await
-            .expect("result");
-        result.push(t.elapsed());
+        for (seq, (kind, samples)) in [(assigned_event, &mut assigned), (result_event, &mut result)]
+            .into_iter()
+            .enumerate()
+        {
+            let seq = seq as u64 + 1;
+            let t = Instant::now();
+            store
+                .append_event(&id, &event(&id, seq, kind), seq)
+                .await
+                .expect("journal");
+            samples.push(t.elapsed());
+        }
         task.push(started.elapsed());
     }
     println!("task store — {tasks} dry-run tasks' writes, one caller, each awaited (µs)");

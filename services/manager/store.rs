@@ -438,8 +438,7 @@ impl TaskStore {
         &self,
         task: &NewTask,
     ) -> impl Future<Output = Result<InsertOutcome, StoreError>> + Send + use<> {
-        let task = task.clone();
-        self.write(Commit::Now, move |conn| insert(conn, &task))
+        self.insert_when(Commit::Now, task)
     }
 
     /// [`insert`](Self::insert) for a task whose id this process made up (so it cannot be taken):
@@ -451,8 +450,16 @@ impl TaskStore {
         &self,
         task: &NewTask,
     ) -> impl Future<Output = Result<InsertOutcome, StoreError>> + Send + use<> {
+        self.insert_when(Commit::WithNext, task)
+    }
+
+    fn insert_when(
+        &self,
+        when: Commit,
+        task: &NewTask,
+    ) -> impl Future<Output = Result<InsertOutcome, StoreError>> + Send + use<> {
         let task = task.clone();
-        self.write(Commit::WithNext, move |conn| insert(conn, &task))
+        self.write(when, move |conn| insert(conn, &task))
     }
 
     /// Marks the task RUNNING on `programmer_id` in dispatch attempt `dispatch_attempt` (again
