@@ -157,7 +157,11 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
     let mut previous: Option<(String, String)> = None;
     let mut step = match start {
         Start::Queued(ticket) => Step::Wait(ticket),
-        Start::Routed(placement) => Step::Start(placement),
+        Start::Routed(placement) => {
+            // Placed at admission: its queue wait, in the trace as every task's is, was nil.
+            drop(telemetry::spans::queue_wait("manager"));
+            Step::Start(placement)
+        }
         Start::Placed(resumed) => Step::Follow(OnProgrammer {
             attempt_id: attempt_task_id(&task_id, route.request.dispatch_attempt),
             exclusion: Exclusion::until_back(&resumed.member),

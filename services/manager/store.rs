@@ -420,12 +420,14 @@ impl TaskStore {
             }
             None => Err(StoreError::Closed),
         };
-        let flush =
-            (when == Commit::WithNext).then(|| (self.writes.clone(), self.overflow.clone()));
+        // Not a handle on the overflow thread: a future kept past the store's drop would keep
+        // that thread (which the drop joins) waiting. Whoever flushes here commits the queue
+        // to its end, normally just this write.
+        let flush = (when == Commit::WithNext).then(|| self.writes.clone());
         async move {
             sent?;
-            if let Some((writes, overflow)) = flush {
-                writes.flush(INLINE_BATCHES, overflow.as_ref());
+            if let Some(writes) = flush {
+                writes.flush(usize::MAX, None);
             }
             answered.await.map_err(|_| StoreError::Closed)?
         }
@@ -1577,9 +1579,11 @@ mod tests {
         assert!(matches!(record.await, Ok(InsertOutcome::Inserted)));
         assert_eq!(store.commits(), before + 2);
 
-        // Never awaited and followed by nothing: the closing store commits it.
-        drop(store.insert_with_next(&NewTask::from_request("c", &request("x"))));
+        // Followed by nothing and still unawaited when the store closes: the closing store
+        // commits it (and does not wait for the future), which then answers.
+        let kept = store.insert_with_next(&NewTask::from_request("c", &request("x")));
         drop(store);
+        assert!(matches!(kept.await, Ok(InsertOutcome::Inserted)));
         let store = open(&dir);
         assert_eq!(store.get("c").unwrap().unwrap().state(), TaskState::Queued);
     }
