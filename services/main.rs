@@ -7,6 +7,13 @@ use pas::telemetry::ServiceIdentity;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// jemalloc with its background thread: it gives the pages a burst freed back to the system within
+/// seconds (`dirty_decay_ms`), where glibc's allocator kept them for good, and it allocates from
+/// per-CPU arenas without glibc's arena growth across tokio's threads (BENCHMARKS.md, "Overload").
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Programmer Pool: a gRPC mesh of AI programmers (Aider) behind a load-balancing manager.
 #[derive(Debug, Parser)]
 #[command(name = "pas", version, about)]

@@ -72,9 +72,21 @@ struct Outcome {
 pub fn run(sizes: &[usize], after: Duration) -> anyhow::Result<Section> {
     let this = pas_binary();
     let baseline = std::env::var_os("PAS_BENCH_BASELINE").map(PathBuf::from);
+    let sizes: Vec<usize> = match std::env::var("PAS_BENCH_OVERLOAD_SIZES") {
+        Ok(list) => list
+            .split(',')
+            .map(|n| n.trim().parse())
+            .collect::<Result<_, _>>()
+            .context("PAS_BENCH_OVERLOAD_SIZES: comma-separated stream counts")?,
+        Err(_) => sizes.to_vec(),
+    };
+    let warmth: &[bool] = match std::env::var("PAS_BENCH_OVERLOAD_WARM").as_deref() {
+        Ok("0") => &[false],
+        _ => &[false, true],
+    };
     let mut cases = Vec::new();
-    for &streams in sizes {
-        for warm in [false, true] {
+    for &streams in &sizes {
+        for &warm in warmth {
             if let Some(base) = &baseline {
                 cases.push(Case {
                     build: "before",
@@ -88,7 +100,12 @@ pub fn run(sizes: &[usize], after: Duration) -> anyhow::Result<Section> {
             cases.push(Case {
                 build: "this",
                 binary: this.clone(),
-                allocator: "system",
+                // services/main.rs links jemalloc in on Linux.
+                allocator: if cfg!(target_os = "linux") {
+                    "jemalloc"
+                } else {
+                    "system"
+                },
                 admin_port: true,
                 streams,
                 warm,
@@ -134,11 +151,13 @@ async fn measure(case: &Case, after: Duration) -> anyhow::Result<Outcome> {
     pool.binary = case.binary.clone();
     let _programmers = pool.start_all_programmers();
     let admin_port = crate::common::pool::free_port();
-    let manager = if case.admin_port {
-        pool.start_manager_with_args(&["--admin-port", &admin_port.to_string()])
+    let admin_port_arg = admin_port.to_string();
+    let args: &[&str] = if case.admin_port {
+        &["--admin-port", &admin_port_arg]
     } else {
-        pool.start_manager()
+        &[]
     };
+    let manager = pool.start_manager_with_args(args);
     let pid = manager.pid();
     let mut c = ProgrammerPoolClient::connect(pool.manager_url()).await?;
     super::live::wait_available(&mut c, 10, Duration::from_secs(60)).await?;
