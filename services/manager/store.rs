@@ -296,8 +296,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     result           BLOB,           -- prost-encoded pas.v1.TaskResult, once finished
     owner            TEXT NOT NULL DEFAULT '', -- the caller's token name (empty without auth)
     request          BLOB,           -- prost-encoded pas.v1.DispatchRequest
-    dispatch_attempt INTEGER NOT NULL DEFAULT 0, -- the placement it is on (0: never placed)
-    last_seq         INTEGER NOT NULL DEFAULT 0  -- seq of its latest journaled event
+    dispatch_attempt INTEGER NOT NULL DEFAULT 0  -- the placement it is on (0: never placed)
+    -- Stores of earlier releases also have `last_seq`, no longer written: a record's latest seq is
+    -- read from task_events, so journaling an event does not rewrite the task's row.
 );
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state);
 CREATE INDEX IF NOT EXISTS tasks_created ON tasks(created_ms, task_id);
@@ -313,7 +314,8 @@ CREATE TABLE IF NOT EXISTS task_events (
 
 const RECORD_COLUMNS: &str =
     "task_id, state, task_description, files, workspace, run_id, capabilities,
-        programmer_id, created_ms, started_ms, finished_ms, result, dry_run, owner, last_seq";
+        programmer_id, created_ms, started_ms, finished_ms, result, dry_run, owner,
+        (SELECT COALESCE(MAX(seq), 0) FROM task_events WHERE task_events.task_id = tasks.task_id)";
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -518,8 +520,6 @@ impl TaskStore {
                  VALUES (?1, ?2, (SELECT dispatch_attempt FROM tasks WHERE task_id = ?1), ?3, ?4)",
             )?
             .execute(params![task_id, seq as i64, upstream_seq as i64, encoded])?;
-            conn.prepare_cached("UPDATE tasks SET last_seq = ?2 WHERE task_id = ?1")?
-                .execute(params![task_id, seq as i64])?;
             Ok(())
         })
     }
@@ -715,7 +715,6 @@ fn add_columns(conn: &Connection) -> Result<(), StoreError> {
         ("owner", "TEXT NOT NULL DEFAULT ''"),
         ("request", "BLOB"),
         ("dispatch_attempt", "INTEGER NOT NULL DEFAULT 0"),
-        ("last_seq", "INTEGER NOT NULL DEFAULT 0"),
     ] {
         let exists = conn
             .prepare("SELECT 1 FROM pragma_table_info('tasks') WHERE name = ?1")?
