@@ -317,7 +317,11 @@ fn resolve_under(workspace_root: &Path, name: &str) -> Result<PathBuf, Workspace
         path: workspace_root.to_path_buf(),
         source,
     })?;
-    let path = match fs::canonicalize(root.join(rel)) {
+    let path = match plain_path_under(&root, rel) {
+        Some(plain) => Ok(plain),
+        None => fs::canonicalize(root.join(rel)),
+    };
+    let path = match path {
         Ok(p) => p,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(WorkspaceError::NotFound { name: owned() });
@@ -339,6 +343,25 @@ fn resolve_under(workspace_root: &Path, name: &str) -> Result<PathBuf, Workspace
         });
     }
     Ok(path)
+}
+
+/// `root.join(rel)` when every component of `rel` exists and none is a symlink: then that path is
+/// already canonical (`root` is, and `rel` has no `..`), and resolving it again would cost a
+/// `readlink` per component of the whole path on every request. `None` sends the caller to
+/// `fs::canonicalize`, which also explains any failure.
+fn plain_path_under(root: &Path, rel: &Path) -> Option<PathBuf> {
+    let mut path = root.to_path_buf();
+    for part in rel.components() {
+        match part {
+            Component::Normal(part) => path.push(part),
+            Component::CurDir => continue,
+            _ => return None,
+        }
+        if fs::symlink_metadata(&path).ok()?.file_type().is_symlink() {
+            return None;
+        }
+    }
+    Some(path)
 }
 
 /// The git half of [`Workspace::open`]: `path` (canonical) is the top level of a repository whose
@@ -734,10 +757,17 @@ pub fn check_file_in(root: &Path, rel: &str) -> Result<(), PathError> {
     // Walk down while the path exists (symlinks included, dangling or not).
     let mut existing = root.to_path_buf();
     let mut missing = 0;
+    // Whether the existing part holds a symlink, and what its last component is.
+    let mut symlinked = false;
+    let mut last: Option<fs::Metadata> = None;
     for (i, part) in parts.iter().enumerate() {
         let next = existing.join(part);
         match fs::symlink_metadata(&next) {
-            Ok(_) => existing = next,
+            Ok(meta) => {
+                symlinked |= meta.file_type().is_symlink();
+                last = Some(meta);
+                existing = next;
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 missing = parts.len() - i;
                 break;
@@ -754,7 +784,13 @@ pub fn check_file_in(root: &Path, rel: &str) -> Result<(), PathError> {
             }
         }
     }
-    let resolved = match fs::canonicalize(&existing) {
+    // Without a symlink on the way, `root` (canonical) joined with plain names is the resolved
+    // path already: no `readlink` per component of it.
+    let resolved = match (symlinked, &last) {
+        (false, Some(_)) => Ok(existing),
+        _ => fs::canonicalize(&existing),
+    };
+    let resolved = match resolved {
         Ok(r) => r,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(PathError::DanglingSymlink { path: owned() });
@@ -783,7 +819,11 @@ pub fn check_file_in(root: &Path, rel: &str) -> Result<(), PathError> {
     if inside.any(is_aider_name) {
         return Err(PathError::AiderFile { path: owned() });
     }
-    match (missing, resolved.is_dir()) {
+    let is_dir = match (symlinked, &last) {
+        (false, Some(meta)) => meta.is_dir(),
+        _ => resolved.is_dir(),
+    };
+    match (missing, is_dir) {
         (0, true) => Err(PathError::IsDirectory { path: owned() }),
         (0, false) | (_, true) => Ok(()),
         (_, false) => Err(PathError::ParentNotDirectory { path: owned() }),
