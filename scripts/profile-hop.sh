@@ -13,7 +13,7 @@ bench=$(ls -t target/release/deps/manager_hop-* | grep -v '\.d$' | head -1)
 
 # One manager_hop run per measurement; prints the plaintext manager's pid and /metrics port.
 start() {
-  TMPDIR=/dev/shm PAS_BENCH_LATENCY_N=4000 PAS_BENCH_THROUGHPUT_N=100 "$bench" >"$out/$1.bench.txt" 2>"$out/$1.bench.log" &
+  TMPDIR=/dev/shm PAS_BENCH_LATENCY_N=12000 PAS_BENCH_THROUGHPUT_N=100 "$bench" >"$out/$1.bench.txt" 2>"$out/$1.bench.log" &
   bench_pid=$!
   manager=""
   for _ in $(seq 1 150); do

@@ -57,6 +57,18 @@ pub trait Journal: Send + Sync + 'static {
         event: &TaskEvent,
         upstream_seq: u64,
     ) -> BoxFuture<'static, Result<(), String>>;
+
+    /// [`append`](Self::append) for an event nobody waits on yet (not a result): the journal
+    /// may hold the write back briefly to commit it with the next one, so events that arrive
+    /// together, of one task or many, share a commit. It is still durable before it resolves.
+    fn append_soon(
+        &self,
+        task_id: &str,
+        event: &TaskEvent,
+        upstream_seq: u64,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        self.append(task_id, event, upstream_seq)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -163,8 +175,8 @@ impl TaskLog {
     /// Appends `kind` unless the result was already appended (then returns false): numbers and
     /// stamps it and queues its journal write (in seq order, under the state lock), then
     /// publishes it once the write is durable. A non-terminal event returns without waiting for
-    /// that (unless [`MAX_UNPUBLISHED`] events are already waiting); the result returns once it
-    /// is published.
+    /// that (unless [`MAX_UNPUBLISHED`] events are already waiting), and its write may share a
+    /// later commit ([`Journal::append_soon`]); the result returns once it is published.
     async fn append(&self, kind: Kind, upstream_seq: u64) -> bool {
         let terminal = matches!(kind, Kind::Result(_));
         let (seq, durable) = {
@@ -178,10 +190,13 @@ impl TaskLog {
                 timestamp_ms: now_unix_ms(),
                 kind: Some(kind),
             };
-            let durable = self
-                .journal
-                .as_ref()
-                .map(|journal| journal.append(&self.task_id, &event, upstream_seq));
+            let durable = self.journal.as_ref().map(|journal| {
+                if terminal {
+                    journal.append(&self.task_id, &event, upstream_seq)
+                } else {
+                    journal.append_soon(&self.task_id, &event, upstream_seq)
+                }
+            });
             let seq = event.seq;
             state.latest = seq;
             state.closed = terminal;

@@ -1,6 +1,6 @@
 //! `pas dispatch "task" --files … --workspace W`: send a task to the pool and follow it live.
 //!
-//! The task always has an id before the first call (the user's `--task-id`, else a new UUID v4),
+//! The task always has an id before the first call (the user's `--task-id`, else a new time-ordered UUID v7),
 //! so that if the stream breaks the [`Follower`] can re-attach to it with `WatchTask`. Ctrl-C (or
 //! SIGTERM) cancels the task (`CancelTask`) and waits briefly for the CANCELLED result; a second
 //! Ctrl-C quits at once. `--detach` returns once the manager accepted the task and leaves it
@@ -94,7 +94,7 @@ pub struct DispatchArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Task id (also an idempotency key: the same id and request attaches to the running task).
-    /// Default: a new UUID v4, chosen before the first call so a broken stream can re-attach.
+    /// Default: a new time-ordered UUID v7, chosen before the first call so a broken stream can re-attach.
     #[arg(long, value_name = "ID")]
     pub task_id: Option<String>,
     /// Your run identifier, echoed in records and logs.
@@ -172,7 +172,7 @@ async fn dispatch(addr: String, security: ClientSecurity, args: DispatchArgs) ->
     let task_id = args
         .task_id
         .clone()
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let phase = format!("dispatching to {addr}");
     let mut follower = match Follower::start(
         addr,

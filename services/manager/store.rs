@@ -41,6 +41,13 @@
 //! their own connection (WAL lets it read while a write is committed) and see every answered
 //! write.
 //!
+//! Not every write needs a commit of its own. A record of a task id the manager made up waits
+//! for the task's next write ([`TaskStore::insert_with_next`]); an event nobody waits on yet
+//! (anything but a result) waits up to [`EVENT_DELAY`] for another write to commit it
+//! ([`TaskStore::append_event_soon`]). A dry run's Assigned then shares its result's commit, and
+//! under load the events of many tasks share one: two commits per dispatch instead of three. A
+//! follower still sees an event only once it is committed, at most that delay later.
+//!
 //! WAL checkpoints (copying the log back into the database, with the file syncs that
 //! `synchronous = NORMAL` asks for) would otherwise run inside a commit every thousand pages and
 //! double the average cost of a write; a checkpoint thread runs them instead, every
@@ -266,6 +273,9 @@ enum Commit {
     Now,
     /// With the next write committed now, or when the caller awaits it.
     WithNext,
+    /// With the next write committed now, or once this long has passed since the caller first
+    /// awaited it (a commit delay: writes nobody waits on yet share commits).
+    Within(Duration),
 }
 
 /// Most writes one commit takes (bounds the time a transaction holds the file).
@@ -274,6 +284,10 @@ const MAX_BATCH: usize = 512;
 /// Most batches a caller commits on its own thread before it hands the queue to the overflow
 /// thread (one is its own write's; a second takes what queued meanwhile).
 const INLINE_BATCHES: usize = 2;
+
+/// Longest an event nobody waits on yet waits for another write to share its commit
+/// ([`TaskStore::append_event_soon`]): a follower sees it at most this much later.
+pub const EVENT_DELAY: Duration = Duration::from_millis(2);
 
 /// How often the checkpoint thread folds the WAL back into the database.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
@@ -425,10 +439,18 @@ impl TaskStore {
         // Not a handle on the overflow thread: a future kept past the store's drop would keep
         // that thread (which the drop joins) waiting. Whoever flushes here commits the queue
         // to its end, normally just this write.
-        let flush = (when == Commit::WithNext).then(|| self.writes.clone());
+        let flush = (when != Commit::Now).then(|| self.writes.clone());
         async move {
             sent?;
+            let mut answered = answered;
             if let Some(writes) = flush {
+                if let Commit::Within(delay) = when {
+                    tokio::select! {
+                        biased;
+                        answer = &mut answered => return answer.map_err(|_| StoreError::Closed)?,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
                 writes.flush(usize::MAX, None);
             }
             answered.await.map_err(|_| StoreError::Closed)?
@@ -505,12 +527,35 @@ impl TaskStore {
         event: &TaskEvent,
         upstream_seq: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        self.append_event_when(Commit::Now, task_id, event, upstream_seq)
+    }
+
+    /// [`append_event`](Self::append_event) committed with the next write, or [`EVENT_DELAY`]
+    /// after it is first awaited: for an event nobody waits on yet. A programmer's Assigned and
+    /// result a moment later then share one commit, and under load the events of many tasks do.
+    pub fn append_event_soon(
+        &self,
+        task_id: &str,
+        event: &TaskEvent,
+        upstream_seq: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let when = Commit::Within(EVENT_DELAY);
+        self.append_event_when(when, task_id, event, upstream_seq)
+    }
+
+    fn append_event_when(
+        &self,
+        when: Commit,
+        task_id: &str,
+        event: &TaskEvent,
+        upstream_seq: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let (task_id, seq, encoded) = (task_id.to_owned(), event.seq, event.encode_to_vec());
         let result = match &event.kind {
             Some(Kind::Result(result)) => Some(result.clone()),
             _ => None,
         };
-        self.write(Commit::Now, move |conn| {
+        self.write(when, move |conn| {
             if let Some(result) = &result {
                 check_terminal(result)?;
                 finish_row(conn, &task_id, result)?;
@@ -1088,6 +1133,16 @@ impl Journal for TaskStore {
         let written = self.append_event(task_id, event, upstream_seq);
         Box::pin(async move { written.await.map_err(|e| e.to_string()) })
     }
+
+    fn append_soon(
+        &self,
+        task_id: &str,
+        event: &TaskEvent,
+        upstream_seq: u64,
+    ) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        let written = self.append_event_soon(task_id, event, upstream_seq);
+        Box::pin(async move { written.await.map_err(|e| e.to_string()) })
+    }
 }
 
 // ===== Tests =====
@@ -1585,6 +1640,64 @@ mod tests {
         assert!(matches!(kept.await, Ok(InsertOutcome::Inserted)));
         let store = open(&dir);
         assert_eq!(store.get("c").unwrap().unwrap().state(), TaskState::Queued);
+    }
+
+    /// An event nobody waits on yet shares the next write's commit (a task's result a moment
+    /// later), or, if none comes, commits alone [`EVENT_DELAY`] after it is first awaited.
+    #[tokio::test(start_paused = true)]
+    async fn an_event_nobody_waits_on_shares_the_next_commit_or_waits_its_delay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        store
+            .insert(&NewTask::from_request("a", &request("x")))
+            .await
+            .unwrap();
+        store.set_running("a", "001", 1).await.unwrap();
+        let event = |seq| TaskEvent {
+            task_id: "a".into(),
+            seq,
+            ..Default::default()
+        };
+        let before = store.commits();
+        let mut assigned = Box::pin(store.append_event_soon("a", &event(1), 1));
+        // Polled once (as the task's log does), it waits for company, not for the disk.
+        assert!(futures::poll!(assigned.as_mut()).is_pending());
+        assert_eq!(store.commits(), before);
+        assert!(store.events("a").unwrap().is_empty());
+        // The result's write commits both, in one transaction, with no time passing.
+        let at = tokio::time::Instant::now();
+        store
+            .append_event(
+                "a",
+                &TaskEvent {
+                    kind: Some(Kind::Result(succeeded("001"))),
+                    ..event(2)
+                },
+                2,
+            )
+            .await
+            .unwrap();
+        assigned.await.unwrap();
+        assert_eq!(store.commits(), before + 1);
+        assert_eq!(at.elapsed(), Duration::ZERO);
+        assert_eq!(store.events("a").unwrap().len(), 2);
+
+        // Alone, it commits once its delay has passed after it was first awaited.
+        store
+            .insert(&NewTask::from_request("b", &request("x")))
+            .await
+            .unwrap();
+        let lone = TaskEvent {
+            task_id: "b".into(),
+            seq: 1,
+            ..Default::default()
+        };
+        let before = store.commits();
+        let at = tokio::time::Instant::now();
+        store.append_event_soon("b", &lone, 1).await.unwrap();
+        assert_eq!(at.elapsed(), EVENT_DELAY);
+        assert_eq!(store.commits(), before + 1);
+        assert_eq!(store.events("b").unwrap().len(), 1);
     }
 
     /// Commits do not checkpoint, yet once the store is closed the database file alone (without
