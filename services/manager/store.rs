@@ -314,7 +314,12 @@ CREATE TABLE IF NOT EXISTS tasks (
     -- Stores of earlier releases also have `last_seq`, no longer written: a record's latest seq is
     -- read from task_events, so journaling an event does not rewrite the task's row.
 );
-CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state);
+-- Only the open tasks (QUEUED = 1, RUNNING = 2; see OPEN_STATES): a handful of entries, so a task's
+-- state changes touch one small index page, shared by a whole commit under load, where an index
+-- of every task's state wrote a page in each state's region per change. Stores of earlier
+-- releases had that index (tasks_state): dropped.
+DROP INDEX IF EXISTS tasks_state;
+CREATE INDEX IF NOT EXISTS tasks_open ON tasks(state) WHERE state IN (1, 2);
 CREATE INDEX IF NOT EXISTS tasks_created ON tasks(created_ms, task_id);
 CREATE TABLE IF NOT EXISTS task_events (
     task_id      TEXT NOT NULL,
@@ -325,6 +330,11 @@ CREATE TABLE IF NOT EXISTS task_events (
     PRIMARY KEY (task_id, seq)
 ) WITHOUT ROWID;
 ";
+
+/// The open states (QUEUED, RUNNING) as SQL literals: SQLite uses the partial index `tasks_open`
+/// only for a query whose WHERE names its states literally (not as bound parameters).
+const OPEN_STATES: &str = "state IN (1, 2)";
+const _: () = assert!(TaskState::Queued as i32 == 1 && TaskState::Running as i32 == 2);
 
 const RECORD_COLUMNS: &str =
     "task_id, state, task_description, files, workspace, run_id, capabilities,
@@ -593,29 +603,19 @@ impl TaskStore {
     /// them needs.
     pub fn unfinished(&self) -> Result<Vec<Unfinished>, StoreError> {
         let conn = self.reader();
-        let mut stmt = conn.prepare(
-            "SELECT t.task_id, t.request, t.owner, t.state, t.programmer_id, t.dispatch_attempt,
-                    t.created_ms,
-                    (SELECT COALESCE(MAX(e.upstream_seq), 0) FROM task_events e
-                      WHERE e.task_id = t.task_id AND e.attempt = t.dispatch_attempt)
-             FROM tasks t WHERE t.state IN (?1, ?2) AND t.request IS NOT NULL
-             ORDER BY t.created_ms, t.task_id",
-        )?;
-        let rows = stmt.query_map(
-            params![TaskState::Queued as i32, TaskState::Running as i32],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i32>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, u32>(5)?,
-                    r.get::<_, i64>(6)?,
-                    r.get::<_, i64>(7)?,
-                ))
-            },
-        )?;
+        let mut stmt = conn.prepare(&unfinished_query())?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i32>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, u32>(5)?,
+                r.get::<_, i64>(6)?,
+                r.get::<_, i64>(7)?,
+            ))
+        })?;
         let mut out = Vec::new();
         for row in rows {
             let (task_id, request, owner, state, programmer_id, attempt, created_ms, upstream) =
@@ -1082,19 +1082,28 @@ fn read_record(conn: &Connection, task_id: &str) -> Result<Option<TaskRecord>, S
     raw.map(RawRow::into_record).transpose()
 }
 
+/// The query of [`TaskStore::unfinished`] (its plan is tested to use `tasks_open`).
+fn unfinished_query() -> String {
+    format!(
+        "SELECT t.task_id, t.request, t.owner, t.state, t.programmer_id, t.dispatch_attempt,
+                t.created_ms,
+                (SELECT COALESCE(MAX(e.upstream_seq), 0) FROM task_events e
+                  WHERE e.task_id = t.task_id AND e.attempt = t.dispatch_attempt)
+         FROM tasks t WHERE t.{OPEN_STATES} AND t.request IS NOT NULL
+         ORDER BY t.created_ms, t.task_id"
+    )
+}
+
 /// Fails every QUEUED/RUNNING task left by a previous process that cannot be resumed (its row
 /// predates stored requests); returns how many.
 fn recover(conn: &mut Connection) -> Result<usize, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let open: Vec<(String, String, bool, i64)> = {
-        let mut stmt = tx.prepare(
+        let mut stmt = tx.prepare(&format!(
             "SELECT task_id, programmer_id, dry_run, created_ms FROM tasks
-             WHERE state IN (?1, ?2) AND request IS NULL",
-        )?;
-        let rows = stmt.query_map(
-            params![TaskState::Queued as i32, TaskState::Running as i32],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )?;
+                 WHERE {OPEN_STATES} AND request IS NULL"
+        ))?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
     let now = now_ms();
@@ -1698,6 +1707,36 @@ mod tests {
         assert_eq!(at.elapsed(), EVENT_DELAY);
         assert_eq!(store.commits(), before + 1);
         assert_eq!(store.events("b").unwrap().len(), 1);
+    }
+
+    /// Finding the open tasks at start-up reads the partial index of open tasks, not every row.
+    #[test]
+    fn open_tasks_are_found_through_their_partial_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let conn = store.reader();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", unfinished_query()))
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|step| step.contains("INDEX tasks_open")),
+            "{plan:?}"
+        );
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tasks'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(
+            !indexes.iter().any(|name| name == "tasks_state"),
+            "{indexes:?}"
+        );
     }
 
     /// Commits do not checkpoint, yet once the store is closed the database file alone (without
