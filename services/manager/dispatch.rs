@@ -233,7 +233,7 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                     &programmer,
                     dispatch_attempt,
                 );
-                tracing::info!(%task_id, %programmer, strategy = strategy.name(), dispatch_attempt, "task assigned");
+                tracing::debug!(%task_id, %programmer, strategy = strategy.name(), dispatch_attempt, "task assigned");
                 let on = OnProgrammer {
                     attempt_id: attempt_task_id(&task_id, dispatch_attempt),
                     exclusion: Exclusion::until_back(&member),

@@ -191,7 +191,7 @@ async fn drive_task(
             return;
         }
     };
-    tracing::info!(task_id = %task.task_id, waited_ms = started.elapsed().as_millis() as u64, "task started");
+    tracing::debug!(task_id = %task.task_id, waited_ms = started.elapsed().as_millis() as u64, "task started");
 
     let result = if task.dry_run {
         let (llm, using_backup) = prog.current_llm();
