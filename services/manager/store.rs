@@ -1280,15 +1280,20 @@ mod tests {
         );
     }
 
+    /// Records task `id` and marks it RUNNING on programmer 001, attempt 1.
+    async fn insert_running(store: &TaskStore, id: &str) {
+        store
+            .insert(&NewTask::from_request(id, &request("x")))
+            .await
+            .unwrap();
+        store.set_running(id, "001", 1).await.unwrap();
+    }
+
     #[tokio::test]
     async fn first_result_wins_and_finished_tasks_do_not_restart() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        store
-            .insert(&NewTask::from_request("t1", &request("x")))
-            .await
-            .unwrap();
-        store.set_running("t1", "001", 1).await.unwrap();
+        insert_running(&store, "t1").await;
         // Rerouted: programmer changes, started_ms stays.
         let first_start = store.get("t1").unwrap().unwrap().started_ms;
         std::thread::sleep(std::time::Duration::from_millis(5));
@@ -1657,11 +1662,7 @@ mod tests {
     async fn an_event_nobody_waits_on_shares_the_next_commit_or_waits_its_delay() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        store
-            .insert(&NewTask::from_request("a", &request("x")))
-            .await
-            .unwrap();
-        store.set_running("a", "001", 1).await.unwrap();
+        insert_running(&store, "a").await;
         let event = |seq| TaskEvent {
             task_id: "a".into(),
             seq,
