@@ -785,10 +785,12 @@ pub fn check_file_in(root: &Path, rel: &str) -> Result<(), PathError> {
         }
     }
     // Without a symlink on the way, `root` (canonical) joined with plain names is the resolved
-    // path already: no `readlink` per component of it.
-    let resolved = match (symlinked, &last) {
-        (false, Some(_)) => Ok(existing),
-        _ => fs::canonicalize(&existing),
+    // path already (no `readlink` per component of it), and its last component's metadata is
+    // the resolved one.
+    let plain = last.filter(|_| !symlinked);
+    let resolved = match plain {
+        Some(_) => Ok(existing),
+        None => fs::canonicalize(&existing),
     };
     let resolved = match resolved {
         Ok(r) => r,
@@ -819,10 +821,7 @@ pub fn check_file_in(root: &Path, rel: &str) -> Result<(), PathError> {
     if inside.any(is_aider_name) {
         return Err(PathError::AiderFile { path: owned() });
     }
-    let is_dir = match (symlinked, &last) {
-        (false, Some(meta)) => meta.is_dir(),
-        _ => resolved.is_dir(),
-    };
+    let is_dir = plain.map_or_else(|| resolved.is_dir(), |meta| meta.is_dir());
     match (missing, is_dir) {
         (0, true) => Err(PathError::IsDirectory { path: owned() }),
         (0, false) | (_, true) => Ok(()),

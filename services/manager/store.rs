@@ -423,7 +423,7 @@ impl TaskStore {
         T: Send + 'static,
         Op: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let (answer, answered) = oneshot::channel();
+        let (answer, mut answered) = oneshot::channel();
         let write: Write = Box::new(move |conn| {
             let out = match conn {
                 Some(conn) => op(conn),
@@ -452,7 +452,6 @@ impl TaskStore {
         let flush = (when != Commit::Now).then(|| self.writes.clone());
         async move {
             sent?;
-            let mut answered = answered;
             if let Some(writes) = flush {
                 if let Commit::Within(delay) = when {
                     tokio::select! {
@@ -1139,8 +1138,7 @@ impl Journal for TaskStore {
         event: &TaskEvent,
         upstream_seq: u64,
     ) -> futures::future::BoxFuture<'static, Result<(), String>> {
-        let written = self.append_event(task_id, event, upstream_seq);
-        Box::pin(async move { written.await.map_err(|e| e.to_string()) })
+        journaled(self.append_event(task_id, event, upstream_seq))
     }
 
     fn append_soon(
@@ -1149,9 +1147,15 @@ impl Journal for TaskStore {
         event: &TaskEvent,
         upstream_seq: u64,
     ) -> futures::future::BoxFuture<'static, Result<(), String>> {
-        let written = self.append_event_soon(task_id, event, upstream_seq);
-        Box::pin(async move { written.await.map_err(|e| e.to_string()) })
+        journaled(self.append_event_soon(task_id, event, upstream_seq))
     }
+}
+
+/// A store write as the [`Journal`] answers it.
+fn journaled(
+    written: impl Future<Output = Result<(), StoreError>> + Send + 'static,
+) -> futures::future::BoxFuture<'static, Result<(), String>> {
+    Box::pin(async move { written.await.map_err(|e| e.to_string()) })
 }
 
 // ===== Tests =====
