@@ -50,6 +50,7 @@ use crate::manager::admission::TaskSlot;
 use crate::manager::balancer::{Exclusion, Hold, Placement, Route, Upstream, attempt_task_id};
 use crate::manager::escalation::{self, Decision, Escalation};
 use crate::manager::membership::Member;
+use crate::manager::stages;
 use crate::manager::waitqueue::{NotPlaced, Ticket};
 use crate::money::Usd;
 use crate::task_events::TaskEventSink;
@@ -153,6 +154,7 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
         mut escalation,
         mut recorded,
     } = life;
+    stages::at(&task_id, "life");
     let strategy = route.strategy;
     let mut previous: Option<(String, String)> = None;
     let mut step = match start {
@@ -227,6 +229,7 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                 if let Err(e) = running.await {
                     tracing::warn!(%task_id, "task store: {e}");
                 }
+                stages::at(&task_id, "recorded");
                 let leg_span = telemetry::spans::route(
                     strategy.name(),
                     &candidates,
@@ -244,7 +247,9 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                 };
                 // Not raced with the caller's cancel: admission answers at once, and a task it
                 // took is then cancelled on the programmer, which reports what it spent.
-                match response.instrument(leg_span).await {
+                let answered = response.instrument(leg_span).await;
+                stages::at(&task_id, "answered");
+                match answered {
                     Ok(upstream) => {
                         Box::pin(taken(&programmer, &mut previous, &sink)).await;
                         Step::Relay(
@@ -439,7 +444,9 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
     }
     // The caller's view: from acceptance by the manager to the result.
     result.duration_ms = accepted.elapsed().as_millis() as u64;
+    stages::at(&task_id, "result");
     Box::pin(mgr.finish_task(&task_id, &sink, result)).await;
+    stages::at(&task_id, "finished");
 }
 
 /// The programmer took the task: after a reroute, say where it went.
@@ -561,6 +568,7 @@ async fn relay(
                     ..assigned
                 };
                 sink.send_relayed(Kind::Assigned(assigned), seq).await;
+                stages::at(sink.task_id(), "relayed");
             }
             Some(Kind::Heartbeat(_)) | None => {}
             Some(kind) => {

@@ -18,7 +18,7 @@ use crate::manager::membership::Member;
 use crate::manager::store::{InsertOutcome, NewTask};
 use crate::manager::strategy::{StrategyKind, group_key};
 use crate::manager::waitqueue::Submitted;
-use crate::manager::{status, validate};
+use crate::manager::{stages, status, validate};
 use crate::task_events::{EventStream, HEARTBEAT_EVERY, TaskEventSink, TaskLog};
 use std::sync::Arc;
 use std::time::Duration;
@@ -202,6 +202,7 @@ impl ProgrammerPool for PoolService {
         let mgr = self.mgr.clone();
         let caller = auth::caller_of(&request);
         let caller_key = admission::caller_key(request.extensions());
+        let mut stages = stages::Marks::begin(request.extensions(), caller.is_some());
         let req = request.into_inner();
         // Admission, cheapest first: nothing below the queue place touches a disk or starts a
         // process, so a refused call costs neither (see `admission`).
@@ -224,6 +225,7 @@ impl ProgrammerPool for PoolService {
             .reserve()
             .map_err(|full| admission::refusal("manager.max_queue", full, QUEUE_FULL_RETRY))?;
         validate::check_workspace(&req, &mgr.workspaces).await?;
+        stages.at("workspace");
         let made_up_id = req.task_id.is_empty();
         let task_id = if made_up_id {
             // Time-ordered (UUID v7): the task store's keys on the id then grow at their end, so
@@ -233,6 +235,7 @@ impl ProgrammerPool for PoolService {
             req.task_id.clone()
         };
         let route = route_for(&mgr, &req, &task_id)?;
+        stages.at("routed");
         let recorded = if made_up_id {
             // A fresh id cannot be taken, so the record is queued without waiting for the disk,
             // to be committed with the next write: the caller learns the id from the first
@@ -260,8 +263,9 @@ impl ProgrammerPool for PoolService {
         };
         // The caller follows the task's log: a broken stream leaves the task running (the caller
         // re-attaches; CancelTask stops it).
+        stages.at("submitted");
         let log = mgr.new_log(&task_id, Vec::new());
-        let stream = log.follow(0, None)?;
+        let stream = stages::on_result(log.follow(0, None)?, &task_id);
         let sink = TaskEventSink::new(log.clone());
         let cancel = mgr.register(&task_id, log);
         // One info line per task, when it finishes (manager::finish_task); the steps before it
@@ -275,6 +279,8 @@ impl ProgrammerPool for PoolService {
             req.dry_run,
         );
         let escalation = Escalation::for_request(&mgr.config.pool.escalation, req);
+        stages.at("spawned");
+        stages.attach(&task_id);
         let life = TaskLife {
             task_id,
             route,

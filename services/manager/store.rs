@@ -24,9 +24,14 @@
 //! Every dispatch writes several times (insert, running, events, finished), and a SQLite commit
 //! costs far more than the statement it commits (tens to a hundred microseconds for the WAL
 //! append), so one commit per write capped the manager's dispatch rate. Writes are therefore
-//! group-committed: whoever commits takes every write waiting, runs each in its own savepoint (a
-//! failing write rolls back alone) inside one transaction, commits once, and only then answers
-//! each caller: an answered write is committed. Under load, many writes share a commit.
+//! group-committed: whoever commits takes every write waiting, runs them inside one transaction,
+//! commits once, and only then answers each caller: an answered write is committed. Under load,
+//! many writes share a commit. A failing write fails alone: when one fails, the transaction is
+//! rolled back and the batch run again with each write in its own savepoint, so the failed one
+//! rolls back without the others. Writes rarely fail (a conflicting task id), so a batch does not
+//! pay for savepoints up front (a savepoint and its release cost about 5 µs per write, 20 µs of a
+//! lone dispatch's two commits: BENCHMARKS.md, "Hot path, part 5"); a write is therefore an
+//! operation that can run again, from the same state, with the same outcome.
 //!
 //! Who commits is decided by flat combining, not by a writer thread: a write is queued, and if
 //! nobody is committing, the caller commits the queue itself, on its own thread, at once. So an
@@ -243,11 +248,14 @@ impl std::fmt::Debug for TaskStore {
     }
 }
 
-/// One write: runs inside the batch's transaction and returns whether it failed (its savepoint
-/// is then rolled back) and how to answer its caller once the commit's outcome is known. Given no
-/// connection, it does not run and answers that it was not written.
-type Write = Box<dyn FnOnce(Option<&Connection>) -> (bool, Answer) + Send>;
-type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// One queued write: its operation, which runs inside the batch's transaction (again, from the
+/// same state, if the batch is rolled back and run with savepoints) and returns whether it
+/// failed; and its answer, called once the commit's outcome is known, with what the last run of
+/// the operation returned (an answer whose operation never ran says it was not written).
+struct Write {
+    run: Box<dyn FnMut(&Connection) -> bool + Send>,
+    answer: Box<dyn FnOnce(Result<(), String>) + Send>,
+}
 
 /// The writes waiting for a commit and the one connection that commits them.
 struct Writes {
@@ -417,26 +425,33 @@ impl TaskStore {
     fn write<T, Op>(
         &self,
         when: Commit,
-        op: Op,
+        mut op: Op,
     ) -> impl Future<Output = Result<T, StoreError>> + Send + use<T, Op>
     where
         T: Send + 'static,
-        Op: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        Op: FnMut(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (answer, mut answered) = oneshot::channel();
-        let write: Write = Box::new(move |conn| {
-            let out = match conn {
-                Some(conn) => op(conn),
-                None => Err(StoreError::Commit(
-                    "an earlier write of its batch failed; this one was not run".into(),
-                )),
-            };
-            let failed = out.is_err();
-            let answer: Answer = Box::new(move |commit| {
+        // What the operation's last run returned, for the answer.
+        let out: Arc<Mutex<Option<Result<T, StoreError>>>> = Arc::default();
+        let ran = Arc::clone(&out);
+        let write = Write {
+            run: Box::new(move |conn| {
+                let result = op(conn);
+                let failed = result.is_err();
+                *ran.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+                failed
+            }),
+            answer: Box::new(move |commit| {
+                let out = out.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let out = out.unwrap_or_else(|| {
+                    Err(StoreError::Commit(
+                        "an earlier write of its batch failed; this one was not run".into(),
+                    ))
+                });
                 let _ = answer.send(commit.map_err(StoreError::Commit).and(out));
-            });
-            (failed, answer)
-        });
+            }),
+        };
         let sent = match &self.overflow {
             Some(overflow) => {
                 if self.writes.enqueue(write, when == Commit::Now) {
@@ -843,41 +858,46 @@ impl Writes {
     }
 }
 
-/// One transaction for `batch`, each write in its own savepoint; answers every write after the
-/// commit (or its failure).
-fn commit_batch(conn: &Connection, batch: Vec<Write>, commits: &AtomicU64) {
+/// One transaction for `batch`; answers every write after the commit (or its failure). The
+/// writes run one after another; if one fails, the transaction is rolled back and the batch run
+/// again with each write in its own savepoint, so only the failed ones roll back.
+fn commit_batch(conn: &Connection, mut batch: Vec<Write>, commits: &AtomicU64) {
     let run = |sql: &str| conn.prepare_cached(sql)?.execute([]).map(drop);
     if !conn.is_autocommit() {
         // A committer panicked inside a transaction: its writes were never answered as written.
         let _ = run("ROLLBACK");
     }
-    let alone = batch.len() == 1;
-    let mut answers = Vec::with_capacity(batch.len());
-    let mut pending = batch.into_iter();
+    // How many writes have run (in the latest attempt): those are answered with what they
+    // returned, the rest (after a failed statement) as not written.
+    let mut ran = 0;
     let outcome = (|| {
         run("BEGIN IMMEDIATE")?;
-        if alone {
-            // No other write to protect: a failed one rolls the transaction back whole.
-            let write = pending.next().expect("a batch holds a write");
-            let (failed, answer) = write(Some(conn));
-            answers.push(answer);
-            if failed {
-                run("ROLLBACK")?;
+        let mut failed = false;
+        for write in &mut batch {
+            ran += 1;
+            if (write.run)(conn) {
+                failed = true;
+                break;
+            }
+        }
+        if failed {
+            // A lone write has nothing else to protect: it rolls back whole.
+            run("ROLLBACK")?;
+            if batch.len() == 1 {
                 return Ok(());
             }
-            run("COMMIT")?;
-        } else {
-            for write in pending.by_ref() {
+            ran = 0;
+            run("BEGIN IMMEDIATE")?;
+            for write in &mut batch {
+                ran += 1;
                 run("SAVEPOINT write")?;
-                let (failed, answer) = write(Some(conn));
-                answers.push(answer);
-                if failed {
+                if (write.run)(conn) {
                     run("ROLLBACK TO write")?;
                 }
                 run("RELEASE write")?;
             }
-            run("COMMIT")?;
         }
+        run("COMMIT")?;
         commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     })()
@@ -887,12 +907,12 @@ fn commit_batch(conn: &Connection, batch: Vec<Write>, commits: &AtomicU64) {
         tracing::error!("task store: a batch of writes was not committed: {e}");
         e.to_string()
     });
-    for answer in answers {
-        answer(outcome.clone());
-    }
-    for write in pending {
-        let (_, answer) = write(None);
-        answer(Ok(()));
+    for (i, write) in batch.into_iter().enumerate() {
+        if i < ran {
+            (write.answer)(outcome.clone());
+        } else {
+            (write.answer)(Ok(()));
+        }
     }
 }
 
