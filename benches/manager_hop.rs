@@ -7,7 +7,9 @@
 //! own runtime) whose `Dispatch` turns the request into a `TaskRequest`, sends it to the
 //! programmer with the fewest open streams and relays that stream as it is. No validation, task
 //! records, queue, budget, health or routing policy: what any gRPC hop costs, and the yardstick
-//! for "manager hop ≤ 1.5× a bare tonic hop".
+//! for "manager hop ≤ 1.5× a bare tonic hop". The same relay is also served by the manager's
+//! server stack (`pas::serve`: hyper with protocol detection, axum routing, the trace-context and
+//! admission middlewares), so "what the stack costs" is measured apart from what the manager does.
 //!
 //! A second pool, identical but secured as issue 10 asks for exposure beyond loopback (TLS on
 //! every port, mTLS from the manager to the programmers, a bearer token checked on every call:
@@ -179,7 +181,15 @@ impl ProgrammerPool for BareRelay {
 
 /// Starts a [`BareRelay`] over `urls` on its own two-thread runtime (as a separate process would
 /// have); returns its URL. The runtime lives until the bench exits.
-fn start_bare_relay(urls: Vec<String>) -> String {
+/// How a relay is served: tonic's own server, or the manager's server stack (`pas::serve`: hyper
+/// with HTTP/1.1 + HTTP/2 detection, axum routing, the trace-context and admission middlewares).
+#[derive(Clone, Copy, PartialEq)]
+enum RelayServer {
+    Tonic,
+    PasStack,
+}
+
+fn start_bare_relay(urls: Vec<String>, server: RelayServer) -> String {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -198,11 +208,34 @@ fn start_bare_relay(urls: Vec<String>) -> String {
                 .expect("bind");
             let addr = listener.local_addr().expect("addr");
             tx.send(format!("http://{addr}")).expect("send url");
+            let relay = ProgrammerPoolServer::new(BareRelay { programmers, open });
+            if server == RelayServer::PasStack {
+                // The manager's own stack around the same handler (see `manager::run`), so the
+                // difference between the two relays is what the stack costs.
+                // The pools' limits (`UNLIMITED_CALLER`): one caller makes every call here.
+                let limits = pas::config::LimitsConfig {
+                    per_caller_rate_per_s: 10_000_000,
+                    per_caller_burst: 10_000_000,
+                    per_caller_max_tasks: 100_000,
+                    ..Default::default()
+                };
+                let router = tonic::service::Routes::new(relay).into_axum_router().layer(
+                    axum::middleware::from_fn_with_state(
+                        pas::manager::admission::Admission::new(&limits),
+                        pas::manager::admission::middleware,
+                    ),
+                );
+                let bound = pas::serve::Bound::new(listener, None).expect("plaintext listener");
+                pas::serve::serve(bound, router, &limits, std::future::pending())
+                    .await
+                    .expect("relay serves");
+                return;
+            }
             // As the services do: small gRPC writes must not wait for delayed ACKs.
             let incoming =
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             tonic::transport::Server::builder()
-                .add_service(ProgrammerPoolServer::new(BareRelay { programmers, open }))
+                .add_service(relay)
                 .serve_with_incoming(incoming)
                 .await
                 .expect("relay serves");
@@ -331,30 +364,39 @@ async fn run(latency_n: usize, throughput_n: usize, concurrency: usize) {
         .await
         .expect("programmer 001");
 
-    let relay_url = start_bare_relay(ids.iter().map(|id| pool.programmer_url(id)).collect());
+    let urls: Vec<String> = ids.iter().map(|id| pool.programmer_url(id)).collect();
+    let relay_url = start_bare_relay(urls.clone(), RelayServer::Tonic);
     let mut relay = ProgrammerPoolClient::connect(relay_url)
         .await
         .expect("bare relay");
+    let stacked_url = start_bare_relay(urls, RelayServer::PasStack);
+    let mut stacked = ProgrammerPoolClient::connect(stacked_url)
+        .await
+        .expect("bare relay in pas's server stack");
 
     // ----- latency: alternating triples -----
     for _ in 0..50 {
         direct_once(&mut direct).await;
         manager_once(&mut relay, None).await;
+        manager_once(&mut stacked, None).await;
         manager_once(&mut mgr, None).await;
         manager_once(&mut smgr, token).await;
     }
     let mut d = Vec::with_capacity(latency_n);
     let mut r = Vec::with_capacity(latency_n);
+    let mut rs = Vec::with_capacity(latency_n);
     let mut m = Vec::with_capacity(latency_n);
     let mut sm = Vec::with_capacity(latency_n);
     for _ in 0..latency_n {
         d.push(direct_once(&mut direct).await);
         r.push(manager_once(&mut relay, None).await);
+        rs.push(manager_once(&mut stacked, None).await);
         m.push(manager_once(&mut mgr, None).await);
         sm.push(manager_once(&mut smgr, token).await);
     }
     let d = percentiles(&mut d);
     let r = percentiles(&mut r);
+    let rs = percentiles(&mut rs);
     let m = percentiles(&mut m);
     let sm = percentiles(&mut sm);
 
@@ -395,6 +437,8 @@ async fn run(latency_n: usize, throughput_n: usize, concurrency: usize) {
         }
     };
     let (relay_tps, relay_elapsed) = throughput(throughput_n, concurrency, via(&relay, None)).await;
+    let (stacked_tps, stacked_elapsed) =
+        throughput(throughput_n, concurrency, via(&stacked, None)).await;
     let (mgr_tps, mgr_elapsed) = throughput(throughput_n, concurrency, via(&mgr, None)).await;
     let (secure_tps, secure_elapsed) =
         throughput(throughput_n, concurrency, via(&smgr, token)).await;
@@ -415,10 +459,12 @@ async fn run(latency_n: usize, throughput_n: usize, concurrency: usize) {
     let ratio = |a: [f64; 4], b: [f64; 4]| std::array::from_fn::<f64, 4, _>(|i| a[i] / b[i]);
     row("direct Execute (programmer 001)", d, 0);
     row("via a bare tonic relay", r, 0);
+    row("via the bare relay, pas server stack", rs, 0);
     row("Dispatch via manager", m, 0);
     row("Dispatch via manager, TLS + token", sm, 0);
     row("added by the bare relay", diff(r, d), 0);
     row("added by the manager", diff(m, d), 0);
+    row("added by pas's server stack", diff(rs, r), 0);
     row("ratio manager / bare relay", ratio(m, r), 2);
     row("ratio manager / direct", ratio(m, d), 2);
     row("ratio TLS + token / plaintext", ratio(sm, m), 2);
@@ -437,6 +483,11 @@ async fn run(latency_n: usize, throughput_n: usize, concurrency: usize) {
             direct_tps,
         ),
         ("via a bare tonic relay", relay_elapsed, relay_tps),
+        (
+            "via the bare relay, pas server stack",
+            stacked_elapsed,
+            stacked_tps,
+        ),
         ("Dispatch via manager", mgr_elapsed, mgr_tps),
         (
             "Dispatch via manager, TLS + token",
@@ -475,6 +526,7 @@ async fn run(latency_n: usize, throughput_n: usize, concurrency: usize) {
             "samples": latency_n,
             "direct": stats(d),
             "bare_relay": stats(r),
+            "bare_relay_pas_server_stack": stats(rs),
             "manager": stats(m),
             "manager_tls_token": stats(sm),
             "ratio_tls_token_to_plaintext": stats(ratio(sm, m)),
@@ -488,6 +540,7 @@ async fn run(latency_n: usize, throughput_n: usize, concurrency: usize) {
             "concurrency": concurrency,
             "direct_tasks_per_s": direct_tps,
             "bare_relay_tasks_per_s": relay_tps,
+            "bare_relay_pas_server_stack_tasks_per_s": stacked_tps,
             "manager_tasks_per_s": mgr_tps,
             "manager_tls_token_tasks_per_s": secure_tps,
             "ratio_tls_token_to_plaintext": secure_tps / mgr_tps,
