@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Where a lone dispatch's time goes in the manager (BENCHMARKS.md, "Hot path, part 5"): builds
-# benches/manager_hop.rs and `pas` with the `hop-probe` feature (services/manager/stages.rs) in a
+# benches/manager_hop.rs and `pas` with the `hop-probe` feature (services/telemetry/stages.rs) in a
 # target directory of their own, runs the bench's sequential phase with PAS_HOP_STAGES set, and
 # prints, per stage of the dispatch path, when it was reached (µs after the request entered the
 # manager's first middleware) and how long the step to it took, p50 and p90 over the run (the
@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=target/hop-probe
-cargo bench --bench manager_hop --features hop-probe --no-run 2>/dev/null
+cargo bench --bench manager_hop --features hop-probe --no-run
 bench=$(ls -t "$CARGO_TARGET_DIR"/release/deps/manager_hop-* | grep -v '\.d$' | head -1)
 stages="$PWD/$CARGO_TARGET_DIR/stages.txt"
 rm -f "$stages"

@@ -19,7 +19,6 @@ pub mod http;
 pub mod membership;
 pub mod resume;
 pub mod server;
-pub mod stages;
 pub mod status;
 pub mod store;
 pub mod strategy;

@@ -248,13 +248,46 @@ impl std::fmt::Debug for TaskStore {
     }
 }
 
-/// One queued write: its operation, which runs inside the batch's transaction (again, from the
-/// same state, if the batch is rolled back and run with savepoints) and returns whether it
-/// failed; and its answer, called once the commit's outcome is known, with what the last run of
-/// the operation returned (an answer whose operation never ran says it was not written).
-struct Write {
-    run: Box<dyn FnMut(&Connection) -> bool + Send>,
-    answer: Box<dyn FnOnce(Result<(), String>) + Send>,
+/// One queued write (see [`commit_batch`]).
+trait Write: Send {
+    /// Runs the operation inside the batch's transaction (again, from the same state, if the
+    /// batch is rolled back and run with savepoints); true when it failed.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Answers the caller once the commit's outcome is known, with what the last run returned
+    /// (a write that never ran says it was not written).
+    fn answer(self: Box<Self>, commit: Result<(), String>);
+}
+
+/// A [`Write`] of `op`, answering on `answer`.
+struct Queued<T, Op> {
+    op: Op,
+    /// What the last run of `op` returned.
+    out: Option<Result<T, StoreError>>,
+    answer: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, Op> Write for Queued<T, Op>
+where
+    T: Send,
+    Op: FnMut(&Connection) -> Result<T, StoreError> + Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let out = (self.op)(conn);
+        let failed = out.is_err();
+        self.out = Some(out);
+        failed
+    }
+
+    fn answer(self: Box<Self>, commit: Result<(), String>) {
+        let out = self.out.unwrap_or_else(|| {
+            Err(StoreError::Commit(
+                "an earlier write of its batch failed; this one was not run".into(),
+            ))
+        });
+        let _ = self
+            .answer
+            .send(commit.map_err(StoreError::Commit).and(out));
+    }
 }
 
 /// The writes waiting for a commit and the one connection that commits them.
@@ -268,7 +301,7 @@ struct Writes {
 
 #[derive(Default)]
 struct Queue {
-    pending: VecDeque<Write>,
+    pending: VecDeque<Box<dyn Write>>,
     /// Someone (a caller or the overflow thread) is committing: a new write only queues. While
     /// false, `pending` holds only writes queued [`Commit::WithNext`].
     committing: bool,
@@ -425,33 +458,18 @@ impl TaskStore {
     fn write<T, Op>(
         &self,
         when: Commit,
-        mut op: Op,
+        op: Op,
     ) -> impl Future<Output = Result<T, StoreError>> + Send + use<T, Op>
     where
         T: Send + 'static,
         Op: FnMut(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (answer, mut answered) = oneshot::channel();
-        // What the operation's last run returned, for the answer.
-        let out: Arc<Mutex<Option<Result<T, StoreError>>>> = Arc::default();
-        let ran = Arc::clone(&out);
-        let write = Write {
-            run: Box::new(move |conn| {
-                let result = op(conn);
-                let failed = result.is_err();
-                *ran.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
-                failed
-            }),
-            answer: Box::new(move |commit| {
-                let out = out.lock().unwrap_or_else(|e| e.into_inner()).take();
-                let out = out.unwrap_or_else(|| {
-                    Err(StoreError::Commit(
-                        "an earlier write of its batch failed; this one was not run".into(),
-                    ))
-                });
-                let _ = answer.send(commit.map_err(StoreError::Commit).and(out));
-            }),
-        };
+        let write = Box::new(Queued {
+            op,
+            out: None,
+            answer,
+        });
         let sent = match &self.overflow {
             Some(overflow) => {
                 if self.writes.enqueue(write, when == Commit::Now) {
@@ -802,7 +820,7 @@ impl Writes {
     }
 
     /// Queues `write`; true when `lead` and nobody was committing, so the caller must commit now.
-    fn enqueue(&self, write: Write, lead: bool) -> bool {
+    fn enqueue(&self, write: Box<dyn Write>, lead: bool) -> bool {
         let mut queue = self.queue();
         queue.pending.push_back(write);
         lead && !std::mem::replace(&mut queue.committing, true)
@@ -836,7 +854,7 @@ impl Writes {
         let _role = Role(self);
         let mut done = 0;
         loop {
-            let batch: Vec<Write> = {
+            let batch: Vec<Box<dyn Write>> = {
                 let mut queue = self.queue();
                 if queue.pending.is_empty() {
                     queue.committing = false;
@@ -861,7 +879,7 @@ impl Writes {
 /// One transaction for `batch`; answers every write after the commit (or its failure). The
 /// writes run one after another; if one fails, the transaction is rolled back and the batch run
 /// again with each write in its own savepoint, so only the failed ones roll back.
-fn commit_batch(conn: &Connection, mut batch: Vec<Write>, commits: &AtomicU64) {
+fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn Write>>, commits: &AtomicU64) {
     let run = |sql: &str| conn.prepare_cached(sql)?.execute([]).map(drop);
     if !conn.is_autocommit() {
         // A committer panicked inside a transaction: its writes were never answered as written.
@@ -875,7 +893,7 @@ fn commit_batch(conn: &Connection, mut batch: Vec<Write>, commits: &AtomicU64) {
         let mut failed = false;
         for write in &mut batch {
             ran += 1;
-            if (write.run)(conn) {
+            if write.run(conn) {
                 failed = true;
                 break;
             }
@@ -891,7 +909,7 @@ fn commit_batch(conn: &Connection, mut batch: Vec<Write>, commits: &AtomicU64) {
             for write in &mut batch {
                 ran += 1;
                 run("SAVEPOINT write")?;
-                if (write.run)(conn) {
+                if write.run(conn) {
                     run("ROLLBACK TO write")?;
                 }
                 run("RELEASE write")?;
@@ -908,11 +926,7 @@ fn commit_batch(conn: &Connection, mut batch: Vec<Write>, commits: &AtomicU64) {
         e.to_string()
     });
     for (i, write) in batch.into_iter().enumerate() {
-        if i < ran {
-            (write.answer)(outcome.clone());
-        } else {
-            (write.answer)(Ok(()));
-        }
+        write.answer(if i < ran { outcome.clone() } else { Ok(()) });
     }
 }
 

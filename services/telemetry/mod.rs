@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod otel;
 pub mod propagation;
 pub mod spans;
+pub mod stages;
 
 pub use self::metrics::Role;
 pub use llm_stats::LlmStats;

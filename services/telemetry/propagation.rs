@@ -71,7 +71,7 @@ pub fn outgoing<T>(message: T) -> tonic::Request<T> {
 /// axum middleware: runs the rest of the request with the caller's trace as the current
 /// OpenTelemetry context when it sent a valid `traceparent`.
 pub async fn middleware(mut request: Request, next: Next) -> Response {
-    crate::manager::stages::entered(request.extensions_mut());
+    super::stages::entered(request.extensions_mut());
     let cx = extract(request.headers());
     if cx.span().span_context().is_valid() {
         next.run(request).with_context(cx).await
