@@ -26,6 +26,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_fds_with_config(fds, {
             let mut config = prost_build::Config::new();
             config.enable_type_names();
+            // A task's events are held by value everywhere (its in-memory log, the relay's
+            // locals, every follower's queue): the two large kinds are boxed so a `TaskEvent`
+            // is ~130 bytes instead of 512, the size of its largest kind (BENCHMARKS.md,
+            // "Overload", run 5: memory per running task).
+            config.boxed(".pas.v1.TaskEvent.kind.result");
+            config.boxed(".pas.v1.TaskEvent.kind.escalated");
             config
         })?;
     Ok(())

@@ -60,7 +60,7 @@ async fn drain(mut stream: tonic::Streaming<TaskEvent>) {
     let mut result = None;
     while let Some(ev) = stream.message().await.expect("stream") {
         if let Some(Kind::Result(r)) = ev.kind {
-            result = Some(r);
+            result = Some(*r);
         }
     }
     let r = result.expect("a result");

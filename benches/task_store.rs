@@ -71,12 +71,12 @@ async fn run(tasks: usize) {
             llm: "qwen2.5-coder:7b".into(),
             ..Default::default()
         });
-        let result_event = Kind::Result(TaskResult {
+        let result_event = Kind::Result(Box::new(TaskResult {
             status: TaskState::Succeeded as i32,
             programmer_id: "001".into(),
             dry_run: true,
             ..Default::default()
-        });
+        }));
         for (seq, (kind, samples)) in [(assigned_event, &mut assigned), (result_event, &mut result)]
             .into_iter()
             .enumerate()

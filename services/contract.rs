@@ -10,13 +10,13 @@ pub mod v1 {
 use crate::money::Usd;
 
 /// How many bytes a gRPC call's encode and decode buffers start with (tonic's default is 8 KiB,
-/// allocated up front for every call, each way). Our messages are mostly a few hundred bytes, and
-/// a manager holds two such buffers per running task (the caller's stream it encodes, the
-/// programmer's it decodes). Only the touched part of a buffer is resident, so the gain is less
-/// than the 14 KiB a task allocates less: 1.3 MiB of RSS with 560 tasks running (BENCHMARKS.md,
-/// "Overload"). A larger message grows the buffer as it needs (in steps of this size, amortised
-/// by `BytesMut`).
-pub const CODEC_BUFFER_BYTES: usize = 1024;
+/// allocated up front for every call, each way). Our messages are mostly a few hundred bytes or
+/// less (an event is ~100 bytes encoded), and a manager holds such a buffer for each running
+/// task's programmer stream (it decodes) and each open caller stream (it encodes), for as long
+/// as they live. 8 KiB → 1 KiB gave back 1.3 MiB of RSS with 560 tasks running, 1 KiB → 256
+/// bytes a further share (BENCHMARKS.md, "Overload", runs 3 and 5). A larger message grows the
+/// buffer as it needs (in steps of this size, amortised by `BytesMut`).
+pub const CODEC_BUFFER_BYTES: usize = 256;
 
 /// How much a server stream batches into one send when several messages are ready (tonic's
 /// default).

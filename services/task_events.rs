@@ -162,7 +162,7 @@ impl TaskLog {
                 seq,
                 kind: Some(Kind::Result(r)),
                 ..
-            }) if *seq <= published => Some(r.clone()),
+            }) if *seq <= published => Some(TaskResult::clone(r)),
             _ => None,
         }
     }
@@ -399,7 +399,7 @@ impl TaskEventSink {
     /// Appends the terminal result. Only the first call does; later ones are ignored, so a log
     /// never has two results.
     pub async fn finish(&self, result: TaskResult) -> bool {
-        self.log.append(Kind::Result(result), 0).await
+        self.log.append(Kind::Result(Box::new(result)), 0).await
     }
 
     /// True once the terminal result was sent.

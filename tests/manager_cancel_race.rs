@@ -93,7 +93,7 @@ async fn a_thousand_cancels_racing_placements_leave_no_hold() {
                     let mut result = None;
                     while let Some(event) = stream.message().await.expect("stream") {
                         if let Some(Kind::Result(r)) = event.kind {
-                            result = Some(r);
+                            result = Some(*r);
                         }
                     }
                     result.expect("a result")

@@ -47,7 +47,7 @@ async fn dispatch(
     let results: Vec<TaskResult> = events
         .iter()
         .filter_map(|e| match &e.kind {
-            Some(Kind::Result(r)) => Some(r.clone()),
+            Some(Kind::Result(r)) => Some(TaskResult::clone(r)),
             _ => None,
         })
         .collect();

@@ -36,7 +36,7 @@ async fn run_task(c: &mut ProgrammerPoolClient<Channel>, id: &str) -> TaskResult
     let mut result = None;
     while let Some(ev) = stream.message().await.expect("stream") {
         if let Some(Kind::Result(r)) = ev.kind {
-            result = Some(r);
+            result = Some(*r);
         }
     }
     let result = result.expect("a result");

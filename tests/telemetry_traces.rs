@@ -40,7 +40,7 @@ async fn dispatch(
     let mut result = None;
     while let Some(ev) = stream.message().await.expect("stream") {
         if let Some(Kind::Result(r)) = ev.kind {
-            result = Some(r);
+            result = Some(*r);
         }
     }
     result.expect("a result")

@@ -88,7 +88,7 @@ async fn collect(started: Instant, mut stream: tonic::Streaming<TaskEvent>) -> a
         .iter()
         .rev()
         .find_map(|(_, e)| match &e.kind {
-            Some(Kind::Result(r)) => Some(r.clone()),
+            Some(Kind::Result(r)) => Some(TaskResult::clone(r)),
             _ => None,
         })
         .context("the stream ended without a result")?;

@@ -91,8 +91,8 @@ pub fn run(sizes: &[usize], after: Duration) -> anyhow::Result<Section> {
                 cases.push(Case {
                     build: "before",
                     binary: base.clone(),
-                    allocator: "system",
-                    admin_port: false,
+                    allocator: allocator_of(base),
+                    admin_port: has_admin_port(base),
                     streams,
                     warm,
                 });
@@ -126,6 +126,24 @@ pub fn run(sizes: &[usize], after: Duration) -> anyhow::Result<Section> {
         outcomes.push(outcome);
     }
     Ok(report(&outcomes, after))
+}
+
+/// The allocator a `pas` binary was linked with: jemalloc's prefixed symbols are in the binary
+/// when it was (releases before `64c2293` used the system allocator).
+fn allocator_of(binary: &std::path::Path) -> &'static str {
+    let linked = std::fs::read(binary)
+        .map(|bytes| bytes.windows(6).any(|w| w == b"_rjem_"))
+        .unwrap_or(false);
+    if linked { "jemalloc" } else { "system" }
+}
+
+/// Whether a `pas` binary's manager has `--admin-port` (releases before it had only the main
+/// port).
+fn has_admin_port(binary: &std::path::Path) -> bool {
+    std::process::Command::new(binary)
+        .args(["manager", "--help"])
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("--admin-port"))
 }
 
 async fn measure(case: &Case, after: Duration) -> anyhow::Result<Outcome> {

@@ -313,7 +313,7 @@ async fn run_tasks(
                             }
                         }
                     }
-                    Some(Kind::Result(r)) => result = Some(r.clone()),
+                    Some(Kind::Result(r)) => result = Some(TaskResult::clone(r)),
                     _ => {
                         if let Some(notice) = dispatch_view::notice(&event) {
                             println!("[{}] {notice}", task.label);

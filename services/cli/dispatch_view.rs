@@ -521,11 +521,11 @@ mod tests {
             attempt: 1,
         })));
         assert_eq!(v["text"], "hi\n");
-        let v = event_json(&event(Kind::Result(TaskResult {
+        let v = event_json(&event(Kind::Result(Box::new(TaskResult {
             status: TaskState::TimedOut as i32,
             error_class: ErrorClass::Deadline as i32,
             ..Default::default()
-        })));
+        }))));
         assert_eq!(v["status"], "timed_out");
         assert_eq!(v["error_class"], "deadline");
     }

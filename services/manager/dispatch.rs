@@ -142,7 +142,11 @@ struct Loss {
 }
 
 /// Runs a task to its result (or, when the manager stops, leaves it for the next process).
-pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
+///
+/// Not an `async fn`: that would keep the whole `TaskLife` in its future beside the fields taken
+/// out of it, for as long as the task lives. The future captures each field once, and the first
+/// step is decided before it.
+pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send {
     let TaskLife {
         task_id,
         mut route,
@@ -150,13 +154,10 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
         sink,
         cancel,
         accepted,
-        slot: _slot,
+        slot,
         mut escalation,
         mut recorded,
     } = life;
-    stages::at(&task_id, "life");
-    let strategy = route.strategy;
-    let mut previous: Option<(String, String)> = None;
     let mut step = match start {
         Start::Queued(ticket) => Step::Wait(ticket),
         Start::Routed(placement) => {
@@ -173,85 +174,168 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
             started: true,
         }),
     };
-    let mut result = loop {
-        let dispatch_attempt = route.request.dispatch_attempt;
-        step = match step {
-            Step::Wait(mut ticket) => {
-                // Boxed, like every other rare or passing await of this loop: the task's future
-                // is as large as its largest state for as long as the task lives (thousands of
-                // tasks may wait or run at once), so only the relay's state stays inline.
-                let waiting = Box::pin(wait_for_placement(&mgr, &mut ticket, &sink, &cancel));
-                let placed = waiting
-                    .instrument(telemetry::spans::queue_wait("manager"))
-                    .await;
-                // Placed or not, it holds no place in the queue any more. A placed task's place
-                // was given back when it was placed; one that stopped waiting asks for a pass.
-                drop(ticket);
-                match placed {
-                    Ok(placement) => Step::Start(placement),
-                    Err(end) => {
-                        mgr.scheduler.nudge();
-                        end
+    async move {
+        let _slot = slot;
+        stages::at(&task_id, "life");
+        let strategy = route.strategy;
+        let mut previous: Option<(String, String)> = None;
+        let mut result = loop {
+            let dispatch_attempt = route.request.dispatch_attempt;
+            step = match step {
+                Step::Wait(mut ticket) => {
+                    // Boxed, like every other rare or passing await of this loop: the task's future
+                    // is as large as its largest state for as long as the task lives (thousands of
+                    // tasks may wait or run at once), so only the relay's state stays inline.
+                    let waiting = Box::pin(wait_for_placement(&mgr, &mut ticket, &sink, &cancel));
+                    let placed = waiting
+                        .instrument(telemetry::spans::queue_wait("manager"))
+                        .await;
+                    // Placed or not, it holds no place in the queue any more. A placed task's place
+                    // was given back when it was placed; one that stopped waiting asks for a pass.
+                    drop(ticket);
+                    match placed {
+                        Ok(placement) => Step::Start(placement),
+                        Err(end) => {
+                            mgr.scheduler.nudge();
+                            end
+                        }
                     }
                 }
-            }
 
-            Step::Start(placement) => {
-                let candidates = placement.candidate_ids(&mgr.pool);
-                let Placement {
-                    member,
-                    hold,
-                    response,
-                    ..
-                } = placement;
-                let programmer = member.spec.id.clone();
-                // Write-ahead: the placement is durable before Execute is sent (the call goes out
-                // when `response` is first polled), so a manager that dies at any point after
-                // this knows where to look for the task; before it, nothing was sent and the
-                // next process releases the hold. A record queued at admission (a made-up id)
-                // is committed with it, in the same transaction, and checked first: without a
-                // record the task is not sent, its hold is released.
-                let running = mgr
-                    .store
-                    .set_running(&task_id, &programmer, dispatch_attempt);
-                if let Some(record) = recorded.take()
-                    && let Err(e) = record.await
-                {
-                    tracing::error!(%task_id, "task store: the task was not recorded: {e}");
-                    mgr.release(&task_id, hold);
-                    break ended(
-                        TaskState::Failed,
-                        ErrorClass::Internal,
-                        &format!("task store: the task was not recorded: {e}"),
+                Step::Start(placement) => {
+                    let candidates = placement.candidate_ids(&mgr.pool);
+                    let Placement {
+                        member,
+                        hold,
+                        response,
+                        ..
+                    } = placement;
+                    let programmer = member.spec.id.clone();
+                    // Write-ahead: the placement is durable before Execute is sent (the call goes out
+                    // when `response` is first polled), so a manager that dies at any point after
+                    // this knows where to look for the task; before it, nothing was sent and the
+                    // next process releases the hold. A record queued at admission (a made-up id)
+                    // is committed with it, in the same transaction, and checked first: without a
+                    // record the task is not sent, its hold is released.
+                    let running = mgr
+                        .store
+                        .set_running(&task_id, &programmer, dispatch_attempt);
+                    if let Some(record) = recorded.take()
+                        && let Err(e) = record.await
+                    {
+                        tracing::error!(%task_id, "task store: the task was not recorded: {e}");
+                        mgr.release(&task_id, hold);
+                        break ended(
+                            TaskState::Failed,
+                            ErrorClass::Internal,
+                            &format!("task store: the task was not recorded: {e}"),
+                            &programmer,
+                        );
+                    }
+                    if let Err(e) = running.await {
+                        tracing::warn!(%task_id, "task store: {e}");
+                    }
+                    stages::at(&task_id, "recorded");
+                    let leg_span = telemetry::spans::route(
+                        strategy.name(),
+                        &candidates,
                         &programmer,
+                        dispatch_attempt,
                     );
+                    tracing::debug!(%task_id, %programmer, strategy = strategy.name(), dispatch_attempt, "task assigned");
+                    let on = OnProgrammer {
+                        attempt_id: attempt_task_id(&task_id, dispatch_attempt),
+                        exclusion: Exclusion::until_back(&member),
+                        member: member.clone(),
+                        hold,
+                        after_seq: 0,
+                        started: false,
+                    };
+                    // Not raced with the caller's cancel: admission answers at once, and a task it
+                    // took is then cancelled on the programmer, which reports what it spent.
+                    let answered = response.instrument(leg_span).await;
+                    stages::at(&task_id, "answered");
+                    match answered {
+                        Ok(upstream) => {
+                            Box::pin(taken(&programmer, &mut previous, &sink)).await;
+                            Step::Relay(
+                                OnProgrammer {
+                                    started: true,
+                                    ..on
+                                },
+                                upstream,
+                            )
+                        }
+                        Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                            mgr.release(&task_id, on.hold);
+                            Step::Done(ended(
+                                TaskState::Failed,
+                                ErrorClass::BadRequest,
+                                status.message(),
+                                &programmer,
+                            ))
+                        }
+                        Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                            // Refused at admission: its queue filled since its last report. The task
+                            // never started there, so it is neither lost nor a reason to avoid that
+                            // programmer: back to the front of the queue, same attempt, hold
+                            // released. The programmer counts as full until it reports again.
+                            tracing::info!(%task_id, %programmer, reason = %status.message(), "programmer full at admission; task re-queued");
+                            mgr.pool.refused_at_admission(&member);
+                            mgr.release(&task_id, on.hold);
+                            Step::Wait(mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout))
+                        }
+                        Err(status) => {
+                            // No clear answer (the connection failed around the call): whether the
+                            // programmer took the task, only it can say.
+                            tracing::warn!(%task_id, %programmer, "Execute failed ({}: {}); asking whether the task started", status.code(), status.message());
+                            Step::Follow(on)
+                        }
+                    }
                 }
-                if let Err(e) = running.await {
-                    tracing::warn!(%task_id, "task store: {e}");
+
+                Step::Relay(mut on, mut upstream) => {
+                    let relayed = relay(
+                        &mgr,
+                        &mut upstream,
+                        &mut on,
+                        &sink,
+                        &cancel,
+                        strategy.name(),
+                        dispatch_attempt,
+                    )
+                    .await;
+                    drop(upstream);
+                    match relayed {
+                        Relayed::Result(result)
+                            if result.error_class == ErrorClass::HandedBack as i32 =>
+                        {
+                            let loss = Loss {
+                                spent: result.cost(),
+                                reason: result.error_message,
+                            };
+                            Step::Lost(on, loss)
+                        }
+                        Relayed::Result(result) => {
+                            mgr.settle(&task_id, on.hold, result.cost());
+                            Step::Finished(on.member, result)
+                        }
+                        Relayed::Broken(reason) => {
+                            tracing::warn!(%task_id, programmer = %on.member.spec.id, %reason, after_seq = on.after_seq, "stream broke; following the task again");
+                            Step::Follow(on)
+                        }
+                        Relayed::Stopping => Step::Abandon,
+                    }
                 }
-                stages::at(&task_id, "recorded");
-                let leg_span = telemetry::spans::route(
-                    strategy.name(),
-                    &candidates,
-                    &programmer,
-                    dispatch_attempt,
-                );
-                tracing::debug!(%task_id, %programmer, strategy = strategy.name(), dispatch_attempt, "task assigned");
-                let on = OnProgrammer {
-                    attempt_id: attempt_task_id(&task_id, dispatch_attempt),
-                    exclusion: Exclusion::until_back(&member),
-                    member: member.clone(),
-                    hold,
-                    after_seq: 0,
-                    started: false,
-                };
-                // Not raced with the caller's cancel: admission answers at once, and a task it
-                // took is then cancelled on the programmer, which reports what it spent.
-                let answered = response.instrument(leg_span).await;
-                stages::at(&task_id, "answered");
-                match answered {
-                    Ok(upstream) => {
-                        Box::pin(taken(&programmer, &mut previous, &sink)).await;
+
+                Step::Follow(on) => match Box::pin(follow(&mgr, &on, &cancel)).await {
+                    Ok(stream) => {
+                        let programmer = on.member.spec.id.clone();
+                        if !on.started {
+                            Box::pin(taken(&programmer, &mut previous, &sink)).await;
+                        }
+                        tracing::info!(%task_id, %programmer, after_seq = on.after_seq, "following the task again");
+                        let upstream = Upstream::follow(&mgr.pool, &on.member, stream);
                         Step::Relay(
                             OnProgrammer {
                                 started: true,
@@ -260,193 +344,123 @@ pub async fn run(mgr: Arc<Manager>, life: TaskLife) {
                             upstream,
                         )
                     }
-                    Err(status) if status.code() == tonic::Code::InvalidArgument => {
-                        mgr.release(&task_id, on.hold);
+                    Err(Gone::NotThere { reason, never_had }) => Step::Lost(
+                        // A programmer journals every task it accepts: one that does not have the
+                        // task never started it, and spent nothing on it.
+                        OnProgrammer {
+                            started: on.started && !never_had,
+                            ..on
+                        },
+                        Loss {
+                            reason,
+                            spent: None,
+                        },
+                    ),
+                    Err(Gone::Cancelled) => {
+                        // Cancelled while its programmer cannot be reached: what it spent there is
+                        // unknown (kept as the whole hold); that programmer stops it when the lease
+                        // runs out.
+                        let programmer = on.member.spec.id.clone();
+                        if on.started {
+                            mgr.settle(&task_id, on.hold, None);
+                        } else {
+                            mgr.release(&task_id, on.hold);
+                        }
                         Step::Done(ended(
-                            TaskState::Failed,
-                            ErrorClass::BadRequest,
-                            status.message(),
+                            TaskState::Cancelled,
+                            ErrorClass::Cancelled,
+                            "cancelled",
                             &programmer,
                         ))
                     }
-                    Err(status) if status.code() == tonic::Code::ResourceExhausted => {
-                        // Refused at admission: its queue filled since its last report. The task
-                        // never started there, so it is neither lost nor a reason to avoid that
-                        // programmer: back to the front of the queue, same attempt, hold
-                        // released. The programmer counts as full until it reports again.
-                        tracing::info!(%task_id, %programmer, reason = %status.message(), "programmer full at admission; task re-queued");
-                        mgr.pool.refused_at_admission(&member);
-                        mgr.release(&task_id, on.hold);
-                        Step::Wait(mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout))
-                    }
-                    Err(status) => {
-                        // No clear answer (the connection failed around the call): whether the
-                        // programmer took the task, only it can say.
-                        tracing::warn!(%task_id, %programmer, "Execute failed ({}: {}); asking whether the task started", status.code(), status.message());
-                        Step::Follow(on)
-                    }
-                }
-            }
+                    Err(Gone::Stopping) => Step::Abandon,
+                },
 
-            Step::Relay(mut on, mut upstream) => {
-                let relayed = relay(
-                    &mgr,
-                    &mut upstream,
-                    &mut on,
-                    &sink,
-                    &cancel,
-                    strategy.name(),
-                    dispatch_attempt,
-                )
-                .await;
-                drop(upstream);
-                match relayed {
-                    Relayed::Result(result)
-                        if result.error_class == ErrorClass::HandedBack as i32 =>
-                    {
-                        let loss = Loss {
-                            spent: result.cost(),
-                            reason: result.error_message,
-                        };
-                        Step::Lost(on, loss)
-                    }
-                    Relayed::Result(result) => {
-                        mgr.settle(&task_id, on.hold, result.cost());
-                        Step::Finished(on.member, result)
-                    }
-                    Relayed::Broken(reason) => {
-                        tracing::warn!(%task_id, programmer = %on.member.spec.id, %reason, after_seq = on.after_seq, "stream broke; following the task again");
-                        Step::Follow(on)
-                    }
-                    Relayed::Stopping => Step::Abandon,
-                }
-            }
-
-            Step::Follow(on) => match Box::pin(follow(&mgr, &on, &cancel)).await {
-                Ok(stream) => {
+                Step::Lost(on, loss) => {
                     let programmer = on.member.spec.id.clone();
-                    if !on.started {
-                        Box::pin(taken(&programmer, &mut previous, &sink)).await;
+                    let Loss { reason, spent } = loss;
+                    // Known spend (a hand-back) settles exactly; a task that never started there
+                    // releases its hold; otherwise nobody knows what it spent: the whole hold.
+                    match (on.started, spent) {
+                        (_, Some(cost)) => mgr.settle(&task_id, on.hold, Some(cost)),
+                        (false, None) => mgr.release(&task_id, on.hold),
+                        (true, None) => mgr.settle(&task_id, on.hold, None),
                     }
-                    tracing::info!(%task_id, %programmer, after_seq = on.after_seq, "following the task again");
-                    let upstream = Upstream::follow(&mgr.pool, &on.member, stream);
-                    Step::Relay(
-                        OnProgrammer {
-                            started: true,
-                            ..on
-                        },
-                        upstream,
-                    )
-                }
-                Err(Gone::NotThere { reason, never_had }) => Step::Lost(
-                    // A programmer journals every task it accepts: one that does not have the
-                    // task never started it, and spent nothing on it.
-                    OnProgrammer {
-                        started: on.started && !never_had,
-                        ..on
-                    },
-                    Loss {
-                        reason,
-                        spent: None,
-                    },
-                ),
-                Err(Gone::Cancelled) => {
-                    // Cancelled while its programmer cannot be reached: what it spent there is
-                    // unknown (kept as the whole hold); that programmer stops it when the lease
-                    // runs out.
-                    let programmer = on.member.spec.id.clone();
-                    if on.started {
-                        mgr.settle(&task_id, on.hold, None);
+                    tracing::warn!(%task_id, %programmer, %reason, "programmer lost the task");
+                    let tried = dispatch_attempt + 1 - escalation.leg_start();
+                    if tried >= mgr.max_dispatch_attempts {
+                        let msg = format!(
+                            "gave up after {tried} programmer(s); last: {programmer}: {reason}"
+                        );
+                        let result = ended(
+                            TaskState::Failed,
+                            ErrorClass::Unavailable,
+                            &msg,
+                            &programmer,
+                        );
+                        Step::Finished(on.member, Box::new(result))
                     } else {
-                        mgr.release(&task_id, on.hold);
-                    }
-                    Step::Done(ended(
-                        TaskState::Cancelled,
-                        ErrorClass::Cancelled,
-                        "cancelled",
-                        &programmer,
-                    ))
-                }
-                Err(Gone::Stopping) => Step::Abandon,
-            },
-
-            Step::Lost(on, loss) => {
-                let programmer = on.member.spec.id.clone();
-                let Loss { reason, spent } = loss;
-                // Known spend (a hand-back) settles exactly; a task that never started there
-                // releases its hold; otherwise nobody knows what it spent: the whole hold.
-                match (on.started, spent) {
-                    (_, Some(cost)) => mgr.settle(&task_id, on.hold, Some(cost)),
-                    (false, None) => mgr.release(&task_id, on.hold),
-                    (true, None) => mgr.settle(&task_id, on.hold, None),
-                }
-                tracing::warn!(%task_id, %programmer, %reason, "programmer lost the task");
-                let tried = dispatch_attempt + 1 - escalation.leg_start();
-                if tried >= mgr.max_dispatch_attempts {
-                    let msg = format!(
-                        "gave up after {tried} programmer(s); last: {programmer}: {reason}"
-                    );
-                    let result = ended(
-                        TaskState::Failed,
-                        ErrorClass::Unavailable,
-                        &msg,
-                        &programmer,
-                    );
-                    Step::Finished(on.member, Box::new(result))
-                } else {
-                    // Before re-submitting: the scheduler routes (and reserves budget for) its
-                    // own copy of the route, so it must carry the new attempt number.
-                    route.request.dispatch_attempt = dispatch_attempt + 1;
-                    route.exclude.push(on.exclusion);
-                    previous = Some((programmer, reason));
-                    Step::Wait(mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout))
-                }
-            }
-
-            Step::Finished(member, mut result) => {
-                result.tier = escalation::tier_name(member.spec.paid).to_string();
-                for attempt in &mut result.attempts {
-                    if attempt.programmer_id.is_empty() {
-                        attempt.programmer_id.clone_from(&member.spec.id);
-                    }
-                }
-                let from = (member.spec.id.as_str(), member.spec.paid);
-                let next_attempt = dispatch_attempt + 1;
-                match escalation::decide(&mgr, &escalation, &task_id, from, &result, next_attempt) {
-                    Decision::Escalate(escalated) => {
-                        let (paid_route, event) = *escalated;
-                        tracing::warn!(%task_id, from = %member.spec.id, reason = %event.reason,
-                            dispatch_attempt = next_attempt, "task escalated to the paid tier");
-                        Box::pin(sink.send(Kind::Escalated(event.clone()))).await;
-                        escalation = Escalation::Escalated(Box::new(event));
-                        route = paid_route;
-                        previous = None;
+                        // Before re-submitting: the scheduler routes (and reserves budget for) its
+                        // own copy of the route, so it must carry the new attempt number.
+                        route.request.dispatch_attempt = dispatch_attempt + 1;
+                        route.exclude.push(on.exclusion);
+                        previous = Some((programmer, reason));
                         Step::Wait(mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout))
                     }
-                    Decision::Refused(why) => {
-                        tracing::info!(%task_id, from = %member.spec.id, %why, "task not escalated");
-                        result.escalation = why;
-                        Step::Done(*result)
-                    }
-                    Decision::No => Step::Done(*result),
                 }
-            }
 
-            Step::Done(result) => break result,
-            Step::Abandon => {
-                tracing::info!(%task_id, "manager stopping: the task is left to the next manager");
-                return;
-            }
+                Step::Finished(member, mut result) => {
+                    result.tier = escalation::tier_name(member.spec.paid).to_string();
+                    for attempt in &mut result.attempts {
+                        if attempt.programmer_id.is_empty() {
+                            attempt.programmer_id.clone_from(&member.spec.id);
+                        }
+                    }
+                    let from = (member.spec.id.as_str(), member.spec.paid);
+                    let next_attempt = dispatch_attempt + 1;
+                    match escalation::decide(
+                        &mgr,
+                        &escalation,
+                        &task_id,
+                        from,
+                        &result,
+                        next_attempt,
+                    ) {
+                        Decision::Escalate(escalated) => {
+                            let (paid_route, event) = *escalated;
+                            tracing::warn!(%task_id, from = %member.spec.id, reason = %event.reason,
+                            dispatch_attempt = next_attempt, "task escalated to the paid tier");
+                            Box::pin(sink.send(Kind::Escalated(Box::new(event.clone())))).await;
+                            escalation = Escalation::Escalated(Box::new(event));
+                            route = paid_route;
+                            previous = None;
+                            Step::Wait(mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout))
+                        }
+                        Decision::Refused(why) => {
+                            tracing::info!(%task_id, from = %member.spec.id, %why, "task not escalated");
+                            result.escalation = why;
+                            Step::Done(*result)
+                        }
+                        Decision::No => Step::Done(*result),
+                    }
+                }
+
+                Step::Done(result) => break result,
+                Step::Abandon => {
+                    tracing::info!(%task_id, "manager stopping: the task is left to the next manager");
+                    return;
+                }
+            };
         };
-    };
-    if let Escalation::Escalated(escalated) = &escalation {
-        result = escalation::merge_into(escalated, result);
+        if let Escalation::Escalated(escalated) = &escalation {
+            result = escalation::merge_into(escalated, result);
+        }
+        // The caller's view: from acceptance by the manager to the result.
+        result.duration_ms = accepted.elapsed().as_millis() as u64;
+        stages::at(&task_id, "result");
+        Box::pin(mgr.finish_task(&task_id, &sink, result)).await;
+        stages::at(&task_id, "finished");
     }
-    // The caller's view: from acceptance by the manager to the result.
-    result.duration_ms = accepted.elapsed().as_millis() as u64;
-    stages::at(&task_id, "result");
-    Box::pin(mgr.finish_task(&task_id, &sink, result)).await;
-    stages::at(&task_id, "finished");
 }
 
 /// The programmer took the task: after a reroute, say where it went.
@@ -559,7 +573,7 @@ async fn relay(
         match event.kind {
             Some(Kind::Result(result)) => {
                 on.after_seq = seq;
-                return Relayed::Result(Box::new(result));
+                return Relayed::Result(result);
             }
             Some(Kind::Assigned(assigned)) => {
                 let assigned = Assigned {
@@ -567,12 +581,13 @@ async fn relay(
                     dispatch_attempt,
                     ..assigned
                 };
-                sink.send_relayed(Kind::Assigned(assigned), seq).await;
+                // Boxed: a journal write is a passing state, the relay's wait the lasting one.
+                Box::pin(sink.send_relayed(Kind::Assigned(assigned), seq)).await;
                 stages::at(sink.task_id(), "relayed");
             }
             Some(Kind::Heartbeat(_)) | None => {}
             Some(kind) => {
-                sink.send_relayed(kind, seq).await;
+                Box::pin(sink.send_relayed(kind, seq)).await;
             }
         }
         on.after_seq = seq;

@@ -79,7 +79,7 @@ impl Escalation {
             _ => None,
         });
         match escalated {
-            Some(x) => Self::Escalated(Box::new(x)),
+            Some(x) => Self::Escalated(x),
             None => Self::for_request(config, req),
         }
     }
@@ -275,7 +275,7 @@ mod tests {
             ..Default::default()
         };
         let events = vec![
-            event(Kind::Escalated(escalated)),
+            event(Kind::Escalated(Box::new(escalated))),
             event(Kind::Output(Default::default())),
         ];
         let e = Escalation::resumed(&on, DispatchRequest::default(), &events);

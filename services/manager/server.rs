@@ -465,7 +465,7 @@ fn follow(
             task_id: record.task_id.clone(),
             seq: events.last().map_or(0, |e| e.seq) + 1,
             timestamp_ms: record.finished_ms,
-            kind: Some(Kind::Result(result.clone())),
+            kind: Some(Kind::Result(Box::new(result.clone()))),
         });
     }
     let log = TaskLog::restore(&record.task_id, events, None);

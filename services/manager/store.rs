@@ -1482,7 +1482,7 @@ mod tests {
             kind: Some(kind),
         };
         store
-            .append_event("t1", &event(1, Kind::Result(succeeded("002"))), 0)
+            .append_event("t1", &event(1, Kind::Result(Box::new(succeeded("002")))), 0)
             .await
             .unwrap();
         let record = store.get("t1").unwrap().unwrap();
@@ -1501,7 +1501,7 @@ mod tests {
         };
         assert!(matches!(
             store
-                .append_event("t2", &event(1, Kind::Result(open_result)), 0)
+                .append_event("t2", &event(1, Kind::Result(Box::new(open_result))), 0)
                 .await,
             Err(StoreError::NotTerminal(TaskState::Running))
         ));
@@ -1718,7 +1718,7 @@ mod tests {
             .append_event(
                 "a",
                 &TaskEvent {
-                    kind: Some(Kind::Result(succeeded("001"))),
+                    kind: Some(Kind::Result(Box::new(succeeded("001")))),
                     ..event(2)
                 },
                 2,

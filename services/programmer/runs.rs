@@ -112,7 +112,7 @@ impl TaskRuns {
                     task_id: last.task_id.clone(),
                     seq: last.seq + 1,
                     timestamp_ms: crate::task_events::now_unix_ms(),
-                    kind: Some(Kind::Result(result)),
+                    kind: Some(Kind::Result(Box::new(result))),
                 };
                 journal.write(&event)?;
                 interrupted += 1;

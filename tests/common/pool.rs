@@ -844,7 +844,7 @@ pub fn escalated(events: &[TaskEvent]) -> Vec<pas::contract::v1::Escalated> {
     events
         .iter()
         .filter_map(|e| match &e.kind {
-            Some(Kind::Escalated(x)) => Some(x.clone()),
+            Some(Kind::Escalated(x)) => Some(pas::contract::v1::Escalated::clone(x)),
             _ => None,
         })
         .collect()
@@ -951,7 +951,7 @@ pub fn check_stream(events: &[pas::contract::v1::TaskEvent]) -> pas::contract::v
     let results: Vec<_> = events
         .iter()
         .filter_map(|e| match &e.kind {
-            Some(Kind::Result(r)) => Some(r.clone()),
+            Some(Kind::Result(r)) => Some(pas::contract::v1::TaskResult::clone(r)),
             _ => None,
         })
         .collect();

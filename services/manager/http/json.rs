@@ -142,11 +142,11 @@ mod tests {
             task_id: "t1".into(),
             seq: 3,
             timestamp_ms: 1_700_000_000_000,
-            kind: Some(EventKind::Result(TaskResult {
+            kind: Some(EventKind::Result(Box::new(TaskResult {
                 status: TaskState::Succeeded as i32,
                 cost_nanousd: 12,
                 ..Default::default()
-            })),
+            }))),
         };
         assert_eq!(
             to_json(&event),
