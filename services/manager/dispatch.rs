@@ -158,13 +158,12 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
         mut escalation,
         mut recorded,
     } = life;
+    // Placed at admission: its queue wait, in the trace as every task's is, was nil (the span is
+    // made inside the future, under the task's span).
+    let routed = matches!(start, Start::Routed(_));
     let mut step = match start {
         Start::Queued(ticket) => Step::Wait(ticket),
-        Start::Routed(placement) => {
-            // Placed at admission: its queue wait, in the trace as every task's is, was nil.
-            drop(telemetry::spans::queue_wait("manager"));
-            Step::Start(placement)
-        }
+        Start::Routed(placement) => Step::Start(placement),
         Start::Placed(resumed) => Step::Follow(OnProgrammer {
             attempt_id: attempt_task_id(&task_id, route.request.dispatch_attempt),
             exclusion: Exclusion::until_back(&resumed.member),
@@ -177,15 +176,18 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
     async move {
         let _slot = slot;
         stages::at(&task_id, "life");
+        if routed {
+            drop(telemetry::spans::queue_wait("manager"));
+        }
         let strategy = route.strategy;
         let mut previous: Option<(String, String)> = None;
         let mut result = loop {
             let dispatch_attempt = route.request.dispatch_attempt;
             step = match step {
                 Step::Wait(mut ticket) => {
-                    // Boxed, like every other rare or passing await of this loop: the task's future
-                    // is as large as its largest state for as long as the task lives (thousands of
-                    // tasks may wait or run at once), so only the relay's state stays inline.
+                    // Boxed, like every other await of this loop: the task's future is as large as
+                    // its largest state for as long as the task lives (thousands of tasks may wait
+                    // or run at once), so each state's room is allocated only while it lasts.
                     let waiting = Box::pin(wait_for_placement(&mgr, &mut ticket, &sink, &cancel));
                     let placed = waiting
                         .instrument(telemetry::spans::queue_wait("manager"))
@@ -202,7 +204,10 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                     }
                 }
 
-                Step::Start(placement) => {
+                // Boxed, like every passing state: its locals (the placement, the store's write,
+                // the Execute call and its answer) would otherwise keep ~0.9 KiB of room in the
+                // task's future for the task's whole life.
+                Step::Start(placement) => Box::pin(async {
                     let candidates = placement.candidate_ids(&mgr.pool);
                     let Placement {
                         member,
@@ -225,12 +230,12 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                     {
                         tracing::error!(%task_id, "task store: the task was not recorded: {e}");
                         mgr.release(&task_id, hold);
-                        break ended(
+                        return Step::Done(ended(
                             TaskState::Failed,
                             ErrorClass::Internal,
                             &format!("task store: the task was not recorded: {e}"),
                             &programmer,
-                        );
+                        ));
                     }
                     if let Err(e) = running.await {
                         tracing::warn!(%task_id, "task store: {e}");
@@ -292,10 +297,14 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                             Step::Follow(on)
                         }
                     }
-                }
+                })
+                .await,
 
                 Step::Relay(mut on, mut upstream) => {
-                    let relayed = relay(
+                    // Boxed too: while a task waits in the queue (for most tasks of a deep
+                    // queue, their longest state) its future would otherwise keep room for the
+                    // relay's state as well.
+                    let relayed = Box::pin(relay(
                         &mgr,
                         &mut upstream,
                         &mut on,
@@ -303,7 +312,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                         &cancel,
                         strategy.name(),
                         dispatch_attempt,
-                    )
+                    ))
                     .await;
                     drop(upstream);
                     match relayed {
@@ -427,10 +436,13 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                         next_attempt,
                     ) {
                         Decision::Escalate(escalated) => {
-                            let (paid_route, event) = *escalated;
+                            // Unboxed only after the await: held across it, the route and the
+                            // event would size every task's future.
+                            let event = &escalated.1;
                             tracing::warn!(%task_id, from = %member.spec.id, reason = %event.reason,
                             dispatch_attempt = next_attempt, "task escalated to the paid tier");
                             Box::pin(sink.send(Kind::Escalated(Box::new(event.clone())))).await;
+                            let (paid_route, event) = *escalated;
                             escalation = Escalation::Escalated(Box::new(event));
                             route = paid_route;
                             previous = None;
