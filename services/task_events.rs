@@ -398,8 +398,8 @@ impl TaskEventSink {
 
     /// Appends the terminal result. Only the first call does; later ones are ignored, so a log
     /// never has two results.
-    pub async fn finish(&self, result: TaskResult) -> bool {
-        self.log.append(Kind::Result(Box::new(result)), 0).await
+    pub async fn finish(&self, result: impl Into<Box<TaskResult>>) -> bool {
+        self.log.append(Kind::Result(result.into()), 0).await
     }
 
     /// True once the terminal result was sent.

@@ -71,7 +71,10 @@ struct Outcome {
 /// other allocators for the largest cold burst.
 pub fn run(sizes: &[usize], after: Duration) -> anyhow::Result<Section> {
     let this = pas_binary();
-    let baseline = std::env::var_os("PAS_BENCH_BASELINE").map(PathBuf::from);
+    // The baseline with its allocator and whether it has the admin port, read once.
+    let baseline = std::env::var_os("PAS_BENCH_BASELINE")
+        .map(PathBuf::from)
+        .map(|base| (allocator_of(&base), has_admin_port(&base), base));
     let sizes: Vec<usize> = match std::env::var("PAS_BENCH_OVERLOAD_SIZES") {
         Ok(list) => list
             .split(',')
@@ -87,12 +90,12 @@ pub fn run(sizes: &[usize], after: Duration) -> anyhow::Result<Section> {
     let mut cases = Vec::new();
     for &streams in &sizes {
         for &warm in warmth {
-            if let Some(base) = &baseline {
+            if let Some((allocator, admin_port, base)) = &baseline {
                 cases.push(Case {
                     build: "before",
                     binary: base.clone(),
-                    allocator: allocator_of(base),
-                    admin_port: has_admin_port(base),
+                    allocator,
+                    admin_port: *admin_port,
                     streams,
                     warm,
                 });

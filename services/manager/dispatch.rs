@@ -108,12 +108,14 @@ pub struct Resumed {
 enum Step {
     Wait(Ticket),
     Start(Placement),
-    Relay(OnProgrammer, Upstream),
+    /// The programmer's stream boxed: every step is kept in the task's future for its whole life,
+    /// so the largest variant sizes every task, waiting ones included.
+    Relay(OnProgrammer, Box<Upstream>),
     Follow(OnProgrammer),
     Lost(OnProgrammer, Loss),
     /// A result from (or, after the last loss, about) this programmer: escalate, or Done.
     Finished(Arc<Member>, Box<TaskResult>),
-    Done(TaskResult),
+    Done(Box<TaskResult>),
     /// The manager is stopping: the task is left for the next process, not ended.
     Abandon,
 }
@@ -268,7 +270,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                                     started: true,
                                     ..on
                                 },
-                                upstream,
+                                Box::new(upstream),
                             )
                         }
                         Err(status) if status.code() == tonic::Code::InvalidArgument => {
@@ -350,7 +352,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                                 started: true,
                                 ..on
                             },
-                            upstream,
+                            Box::new(upstream),
                         )
                     }
                     Err(Gone::NotThere { reason, never_had }) => Step::Lost(
@@ -407,7 +409,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                             &msg,
                             &programmer,
                         );
-                        Step::Finished(on.member, Box::new(result))
+                        Step::Finished(on.member, result)
                     } else {
                         // Before re-submitting: the scheduler routes (and reserves budget for) its
                         // own copy of the route, so it must carry the new attempt number.
@@ -451,9 +453,9 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                         Decision::Refused(why) => {
                             tracing::info!(%task_id, from = %member.spec.id, %why, "task not escalated");
                             result.escalation = why;
-                            Step::Done(*result)
+                            Step::Done(result)
                         }
-                        Decision::No => Step::Done(*result),
+                        Decision::No => Step::Done(result),
                     }
                 }
 
@@ -465,7 +467,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
             };
         };
         if let Escalation::Escalated(escalated) = &escalation {
-            result = escalation::merge_into(escalated, result);
+            result = Box::new(escalation::merge_into(escalated, *result));
         }
         // The caller's view: from acceptance by the manager to the result.
         result.duration_ms = accepted.elapsed().as_millis() as u64;
@@ -720,13 +722,19 @@ fn is_connection_refused(status: &tonic::Status) -> bool {
     status.message().contains("Connection refused")
 }
 
-/// A result the manager makes itself (the task never reached or lost its programmer).
-pub fn ended(status: TaskState, class: ErrorClass, message: &str, programmer: &str) -> TaskResult {
-    TaskResult {
+/// A result the manager makes itself (the task never reached or lost its programmer); boxed, as
+/// a result travels from its source to the task's log.
+pub fn ended(
+    status: TaskState,
+    class: ErrorClass,
+    message: &str,
+    programmer: &str,
+) -> Box<TaskResult> {
+    Box::new(TaskResult {
         status: status as i32,
         programmer_id: programmer.to_string(),
         error_class: class as i32,
         error_message: message.to_string(),
         ..Default::default()
-    }
+    })
 }

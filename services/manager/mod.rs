@@ -273,7 +273,7 @@ impl Manager {
     }
 
     /// Records and publishes a task's result (one durable write), and forgets it as active.
-    pub async fn finish_task(&self, task_id: &str, sink: &TaskEventSink, result: TaskResult) {
+    pub async fn finish_task(&self, task_id: &str, sink: &TaskEventSink, result: Box<TaskResult>) {
         let status = TaskState::try_from(result.status).unwrap_or(TaskState::Unspecified);
         crate::telemetry::task_finished(crate::telemetry::Role::Manager, &result);
         self.llm_stats.record(&result);
