@@ -762,12 +762,80 @@ async fn a_crashed_worker_or_zygote_is_replaced_and_tasks_still_run() {
     assert!(done.warm, "warm again after the restart");
 }
 
+/// aider is a worker, not a peer of the services: a warm zygote imports aider (seconds of a core
+/// per programmer when a pool starts) at the programmer's niceness, its idle workers inherit it,
+/// and a worker that takes a task runs at the task's niceness — the same value, not added again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_workers_import_and_run_at_the_configured_niceness() {
+    const NICE: i32 = 7;
+    // The model answers after 3 s, so the worker is seen while it runs the task.
+    let sim = Sim::start_with_script("default:\n  latency_ms: 3000\n");
+    let warm = own_warm_pool_at(1, NICE as u8).await;
+    let zygote = warm.zygote_pid().expect("a zygote runs");
+    assert_eq!(
+        stat_of(zygote).1,
+        NICE,
+        "the zygote imported aider at aider.nice"
+    );
+    let idle = common::descendants(zygote);
+    assert_eq!(idle.len(), 1, "one idle worker: {idle:?}");
+    assert_eq!(stat_of(idle[0]).1, NICE, "an idle worker inherits it");
+
+    let repo = git_repo(&[("calc.py", CALC)]);
+    let mut inv = invocation(repo.path(), endpoint(&sim, "openai/gpt-4o", false), TASK);
+    inv.nice = NICE as u8;
+    inv.warm = Some(warm.clone());
+    let task = tokio::spawn(run(inv, Duration::from_secs(120)));
+    // The worker that takes the task leads a process group of its own.
+    let (worker, nice) = loop {
+        let taken = common::descendants(zygote).into_iter().find_map(|pid| {
+            let (pgid, nice) = stat_of(pid);
+            (pgid == pid as i32).then_some((pid, nice))
+        });
+        if let Some(found) = taken {
+            break found;
+        }
+        assert!(
+            !task.is_finished(),
+            "the task ended before its worker was seen"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(nice, NICE, "the task runs at aider.nice, not twice that");
+    let (done, _, outcome) = task.await.expect("task");
+    assert_eq!(outcome, Outcome::Success, "{}", done.output);
+    assert!(done.warm);
+    assert_eq!(done.pgid, Some(worker as i32), "that worker ran the task");
+}
+
+/// A process's process group and niceness, from `/proc/PID/stat`.
+fn stat_of(pid: u32) -> (i32, i32) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // pid (comm) state ppid pgrp … nice is the 19th field: the 17th after the comm.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or(i32::MIN)
+    };
+    (field(2), field(16))
+}
+
 /// A pool of this test's own (started on this test's runtime, which outlives its use).
 async fn own_warm_pool(workers: usize) -> Arc<WarmPool> {
+    own_warm_pool_at(workers, 0).await
+}
+
+/// [`own_warm_pool`] whose zygote imports at niceness `nice`.
+async fn own_warm_pool_at(workers: usize, nice: u8) -> Arc<WarmPool> {
     let warm = Arc::new(
         WarmPool::new(
             aider_python(),
             workers,
+            nice,
             pas::programmer::aider::neutral_environment,
         )
         .expect("warm pool"),

@@ -86,12 +86,21 @@ def _data_in_use():
     return 0
 
 
+def _take_niceness(target):
+    """Runs at niceness `target`, absolute, not added to what the process has: a warm worker
+    inherits its zygote's niceness, which is already the programmer's aider.nice. Only raised:
+    lowering it needs a privilege the services should not count on."""
+    current = os.nice(0)
+    if target > current:
+        os.nice(target - current)
+
+
 def _limit_resources():
     """Takes the task's niceness and memory ceiling. A process that already holds more than the
     ceiling (a warm worker inherits the zygote's imported aider) ends at once with the
     out-of-memory line: under the ceiling it could not allocate anything, and a native library
     failing an allocation aborts instead of raising MemoryError."""
-    os.nice(int(os.environ.get("PAS_AIDER_NICE", "0") or 0))
+    _take_niceness(int(os.environ.get("PAS_AIDER_NICE", "0") or 0))
     mib = int(os.environ.get("PAS_AIDER_MAX_MEMORY_MIB", "0") or 0)
     if mib > 0:
         ceiling = mib * 1024 * 1024

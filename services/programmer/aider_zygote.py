@@ -42,7 +42,10 @@ import sys
 NEUTRAL_ENV = dict(os.environ)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import aider_launcher  # noqa: E402  (dies with the programmer; imports and patches aider)
+# Dies with the programmer, takes aider's niceness (PAS_AIDER_NICE, the programmer's aider.nice:
+# the imports take seconds of a core per programmer when a pool starts, and must not compete with
+# the services; the workers inherit it), then imports and patches aider.
+import aider_launcher  # noqa: E402
 import aider.main  # noqa: E402
 import aider.models  # noqa: E402
 from aider.llm import litellm  # noqa: E402

@@ -130,6 +130,7 @@ impl Programmer {
                     pool.aider
                         .warm_workers
                         .unwrap_or(lb.max_concurrent_per_programmer) as usize,
+                    pool.aider.nice,
                     crate::programmer::aider::neutral_environment,
                 )
                 .map_err(SetupError::Warm)?,

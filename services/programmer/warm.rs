@@ -105,10 +105,14 @@ pub struct WarmPool {
 
 impl WarmPool {
     /// Prepares a pool of `workers` idle workers run by `python`; [`start`](Self::start) brings
-    /// the zygote up. `neutral_env(home)` is the environment the zygote imports with.
+    /// the zygote up. `neutral_env(home)` is the environment the zygote imports with; `nice` is
+    /// the niceness it imports at (the programmer's `aider.nice`): the import is aider's work,
+    /// seconds of a core per programmer when a pool starts, and must not compete with the
+    /// services at their priority. Its workers inherit it.
     pub fn new(
         python: PathBuf,
         workers: usize,
+        nice: u8,
         neutral_env: impl FnOnce(&Path) -> Vec<(String, String)>,
     ) -> std::io::Result<Self> {
         let dir = tempfile::Builder::new().prefix("pas-warm-").tempdir()?;
@@ -122,7 +126,12 @@ impl WarmPool {
         Ok(Self {
             python,
             workers: workers.max(1),
-            neutral_env: neutral_env(&home),
+            neutral_env: {
+                let mut env = neutral_env(&home);
+                // Read by the zygote before its imports (aider_zygote.py).
+                env.push(("PAS_AIDER_NICE".to_string(), nice.to_string()));
+                env
+            },
             dir,
             state: watch::Sender::new(ZygoteState::Starting),
             zygote: AtomicU32::new(0),

@@ -320,6 +320,7 @@ pub fn warm_pool() -> Option<std::sync::Arc<pas::programmer::warm::WarmPool>> {
             WarmPool::new(
                 aider_python(),
                 3,
+                0,
                 pas::programmer::aider::neutral_environment,
             )
             .expect("warm pool"),
