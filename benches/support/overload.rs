@@ -11,7 +11,9 @@
 //! - grpc.health.v1 Check from an already-connected client every 20 ms during the burst (5 s
 //!   deadline), on the main port and on the admin port (this build): p99 and failures;
 //! - the manager's RSS idle, peak during the burst, and 30 s after it;
-//! - the most zombie children of the manager seen at once (sampled every 20 ms).
+//! - the most zombie children of the manager seen at once, and how old the oldest one got (sampled
+//!   every 20 ms: a zombie seen in samples spanning `s` ms was at most `s` + 20 ms old when last
+//!   seen; the figure is that bound).
 
 use super::{Dist, Section, mib, ms, table, verdict_le};
 use crate::common::pool::{PoolOptions, TestPool, shipped_shape};
@@ -20,6 +22,7 @@ use anyhow::Context;
 use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
 use pas::contract::v1::{DispatchRequest, GetPoolStatusRequest};
 use serde_json::json;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +32,9 @@ use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
+
+/// How often the manager's RSS and zombie children are sampled during a burst.
+const ZOMBIE_SAMPLING: Duration = Duration::from_millis(20);
 
 /// Streams per HTTP/2 connection.
 const STREAMS_PER_CONNECTION: usize = 100;
@@ -65,6 +71,8 @@ struct Outcome {
     rss_peak_mib: f64,
     rss_after_mib: f64,
     zombies_peak: usize,
+    /// The oldest zombie's age bound in ms (0: none seen).
+    zombie_oldest_ms: f64,
 }
 
 /// Runs the cases: this build cold/warm at each size; the baseline likewise when given; the
@@ -214,13 +222,22 @@ async fn measure(case: &Case, after: Duration) -> anyhow::Result<Outcome> {
     let sampler = {
         let done = done.clone();
         tokio::spawn(async move {
-            let (mut peak, mut zombies) = (0u64, 0usize);
+            let (mut peak, mut zombies, mut oldest) = (0u64, 0usize, Duration::ZERO);
+            // Each zombie's first sighting (a pid gone from the zombies is forgotten: pids recur).
+            let mut seen: HashMap<u32, Instant> = HashMap::new();
             while !done.load(Ordering::Relaxed) {
                 peak = peak.max(super::mem(pid).map_or(0, |m| m.rss_kib));
-                zombies = zombies.max(zombie_children(pid).len());
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                let now_zombies = zombie_children(pid);
+                zombies = zombies.max(now_zombies.len());
+                let now = Instant::now();
+                seen.retain(|z, _| now_zombies.contains(z));
+                for z in now_zombies {
+                    let first = *seen.entry(z).or_insert(now);
+                    oldest = oldest.max(now - first + ZOMBIE_SAMPLING);
+                }
+                tokio::time::sleep(ZOMBIE_SAMPLING).await;
             }
-            (peak, zombies)
+            (peak, zombies, oldest)
         })
     };
     let started = Instant::now();
@@ -256,7 +273,7 @@ async fn measure(case: &Case, after: Duration) -> anyhow::Result<Outcome> {
     // Health and memory are watched a moment past the last answer (the tail of the work).
     tokio::time::sleep(Duration::from_millis(500)).await;
     done.store(true, Ordering::Relaxed);
-    let (rss_peak, zombies_peak) = sampler.await?;
+    let (rss_peak, zombies_peak, zombie_oldest) = sampler.await?;
     let (health_latencies, health_failures) = prober.await?;
     let admin = match admin_prober {
         Some(p) => Some(p.await?),
@@ -291,6 +308,7 @@ async fn measure(case: &Case, after: Duration) -> anyhow::Result<Outcome> {
         rss_peak_mib: mib(rss_peak.max(rss_idle)),
         rss_after_mib: mib(rss_after),
         zombies_peak,
+        zombie_oldest_ms: ms(zombie_oldest),
     })
 }
 
@@ -360,7 +378,7 @@ fn report(outcomes: &[Outcome], after: Duration) -> Section {
         "health p99 ms (checks, failures): main port",
         "admin port",
         "manager RSS idle / peak / after MiB",
-        "zombies (peak)",
+        "zombies: peak / oldest ms",
     ]);
     for o in outcomes {
         t.add_row(vec![
@@ -381,7 +399,7 @@ fn report(outcomes: &[Outcome], after: Duration) -> Section {
                 "{:.1} / {:.1} / {:.1}",
                 o.rss_idle_mib, o.rss_peak_mib, o.rss_after_mib
             ),
-            o.zombies_peak.to_string(),
+            format!("{} / {:.0}", o.zombies_peak, o.zombie_oldest_ms),
         ]);
     }
     let mut md = String::from("### Overload (`pool_suite overload`)\n\n");
@@ -391,7 +409,7 @@ fn report(outcomes: &[Outcome], after: Duration) -> Section {
          `Dispatch` per stream, {STREAMS_PER_CONNECTION} streams per HTTP/2 connection, all sent at \
          once from this process; `after` is {} s after the last answer. Targets for the cold \
          10,000 burst of this build: ≥ 10,000 answers/s, health p99 ≤ 100 ms with no failure, \
-         peak RSS ≤ idle + 64 MiB, after ≤ 1.5 × idle.\n\n",
+         peak RSS ≤ idle + 64 MiB, after ≤ 1.5 × idle, no zombie older than a second.\n\n",
         after.as_secs()
     ));
     if let Some(o) = outcomes
@@ -411,7 +429,7 @@ fn report(outcomes: &[Outcome], after: Duration) -> Section {
         };
         md.push_str(&format!(
             "- cold {}: {:.0} answers/s ({}); health on the admin port {}, on the main port {}; \
-             peak RSS idle + {:.1} MiB ({}); after {:.2} × idle ({}).\n\n",
+             peak RSS idle + {:.1} MiB ({}); after {:.2} × idle ({}); oldest zombie ≤ {:.0} ms ({}).\n\n",
             o.streams,
             o.answered_per_s,
             if o.answered_per_s >= 10_000.0 {
@@ -425,6 +443,8 @@ fn report(outcomes: &[Outcome], after: Duration) -> Section {
             verdict_le(o.rss_peak_mib - o.rss_idle_mib, 64.0),
             o.rss_after_mib / o.rss_idle_mib.max(0.1),
             verdict_le(o.rss_after_mib / o.rss_idle_mib.max(0.1), 1.5),
+            o.zombie_oldest_ms,
+            verdict_le(o.zombie_oldest_ms, 1000.0),
         ));
     }
     Section {

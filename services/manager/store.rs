@@ -355,13 +355,22 @@ CREATE TABLE IF NOT EXISTS tasks (
     -- Stores of earlier releases also have `last_seq`, no longer written: a record's latest seq is
     -- read from task_events, so journaling an event does not rewrite the task's row.
 );
--- Only the open tasks (QUEUED = 1, RUNNING = 2; see OPEN_STATES): a handful of entries, so a task's
--- state changes touch one small index page, shared by a whole commit under load, where an index
--- of every task's state wrote a page in each state's region per change. Stores of earlier
--- releases had that index (tasks_state): dropped.
+-- No index but the task id's: each index is one more page in the WAL per commit (a commit of a
+-- lone dispatch wrote 4 and 3 pages with the two indexes of earlier releases, 2 and 2 without:
+-- BENCHMARKS.md, Hot path, part 6). Rows are in the order they were recorded (rowid), which
+-- lists use; the open tasks a restart looks for lie at or after the `open_from` mark below.
+-- Stores of earlier releases had indexes of states and creation times: dropped.
 DROP INDEX IF EXISTS tasks_state;
-CREATE INDEX IF NOT EXISTS tasks_open ON tasks(state) WHERE state IN (1, 2);
-CREATE INDEX IF NOT EXISTS tasks_created ON tasks(created_ms, task_id);
+DROP INDEX IF EXISTS tasks_open;
+DROP INDEX IF EXISTS tasks_created;
+-- `open_from`: a task recorded at or before the oldest open one (every later task is after it in
+-- rowid order). Moved forward by the checkpoint thread (see `advance_open_mark`); a store
+-- without it is searched whole. Named by task id, not rowid: VACUUM may renumber rowids (it keeps
+-- their order).
+CREATE TABLE IF NOT EXISTS task_store_marks (
+    name    TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS task_events (
     task_id      TEXT NOT NULL,
     seq          INTEGER NOT NULL,
@@ -372,15 +381,20 @@ CREATE TABLE IF NOT EXISTS task_events (
 ) WITHOUT ROWID;
 ";
 
-/// The open states (QUEUED, RUNNING) as SQL literals: SQLite uses the partial index `tasks_open`
-/// only for a query whose WHERE names its states literally (not as bound parameters).
+/// The open states (QUEUED, RUNNING) as SQL literals.
 const OPEN_STATES: &str = "state IN (1, 2)";
+
+/// The rowid of the `open_from` mark's task (0 without one): no task before it is open.
+const OPEN_FROM: &str = "COALESCE((SELECT t.rowid FROM tasks t JOIN task_store_marks m
+     ON t.task_id = m.task_id WHERE m.name = 'open_from'), 0)";
 const _: () = assert!(TaskState::Queued as i32 == 1 && TaskState::Running as i32 == 2);
 
 const RECORD_COLUMNS: &str =
     "task_id, state, task_description, files, workspace, run_id, capabilities,
         programmer_id, created_ms, started_ms, finished_ms, result, dry_run, owner,
         (SELECT COALESCE(MAX(seq), 0) FROM task_events WHERE task_events.task_id = tasks.task_id)";
+/// How many columns [`RECORD_COLUMNS`] names (a query may add its own after them).
+const RECORD_COLUMN_COUNT: usize = 15;
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -406,16 +420,17 @@ impl TaskStore {
         let checkpoints = connect(path)?;
         let thread_error =
             |e: std::io::Error| StoreError::Commit(format!("cannot start a thread: {e}"));
-        let (stop_checkpoints, stopped) = mpsc::channel::<()>();
-        let checkpointer = std::thread::Builder::new()
-            .name("task-store-checkpoint".into())
-            .spawn(move || checkpoint_until_stopped(checkpoints, stopped))
-            .map_err(thread_error)?;
         let writes = Arc::new(Writes {
             queue: Mutex::default(),
             conn: Mutex::new(conn),
             commits: AtomicU64::new(0),
         });
+        let (stop_checkpoints, stopped) = mpsc::channel::<()>();
+        let marked = Arc::clone(&writes);
+        let checkpointer = std::thread::Builder::new()
+            .name("task-store-checkpoint".into())
+            .spawn(move || checkpoint_until_stopped(checkpoints, &marked, stopped))
+            .map_err(thread_error)?;
         let (overflow, woken) = mpsc::channel::<()>();
         let shared = Arc::clone(&writes);
         let overflow_thread = std::thread::Builder::new()
@@ -674,8 +689,9 @@ impl TaskStore {
         Ok(out)
     }
 
-    /// One page of task records, newest first: those `owner` may see (`None`: all), filtered by
-    /// run id and states. The token is the last record's `created_ms/task_id`.
+    /// One page of task records, newest first (in the order they were recorded): those `owner`
+    /// may see (`None`: all), filtered by run id and states. The token is the last record's
+    /// place in that order (its rowid).
     pub fn list(
         &self,
         owner: Option<&str>,
@@ -684,50 +700,41 @@ impl TaskStore {
         page_size: usize,
         page_token: &str,
     ) -> Result<(Vec<TaskRecord>, String), StoreError> {
-        let (before_ms, before_id) = match page_token.split_once('/') {
-            Some((ms, id)) => (
-                ms.parse::<i64>()
-                    .map_err(|_| StoreError::BadPageToken(page_token.to_owned()))?,
-                id.to_owned(),
-            ),
-            None if page_token.is_empty() => (i64::MAX, String::new()),
-            None => return Err(StoreError::BadPageToken(page_token.to_owned())),
+        let before = match page_token {
+            "" => i64::MAX,
+            token => token
+                .parse::<i64>()
+                .map_err(|_| StoreError::BadPageToken(page_token.to_owned()))?,
         };
         let states_json = serde_json::to_string(states).unwrap_or_else(|_| "[]".into());
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {RECORD_COLUMNS} FROM tasks
-             WHERE (created_ms < ?1 OR (created_ms = ?1 AND task_id < ?2))
-               AND (?3 IS NULL OR owner = ?3)
-               AND (?4 = '' OR run_id = ?4)
-               AND (?5 = '[]' OR state IN (SELECT value FROM json_each(?5)))
-             ORDER BY created_ms DESC, task_id DESC LIMIT ?6"
+            "SELECT {RECORD_COLUMNS}, rowid FROM tasks
+             WHERE rowid < ?1
+               AND (?2 IS NULL OR owner = ?2)
+               AND (?3 = '' OR run_id = ?3)
+               AND (?4 = '[]' OR state IN (SELECT value FROM json_each(?4)))
+             ORDER BY rowid DESC LIMIT ?5"
         ))?;
         let rows = stmt.query_map(
-            params![
-                before_ms,
-                before_id,
-                owner,
-                run_id,
-                states_json,
-                (page_size + 1) as i64
-            ],
-            RawRow::from_row,
+            params![before, owner, run_id, states_json, (page_size + 1) as i64],
+            |r| Ok((RawRow::from_row(r)?, r.get::<_, i64>(RECORD_COLUMN_COUNT)?)),
         )?;
         let mut records = Vec::new();
         for row in rows {
-            records.push(row?.into_record()?);
+            let (raw, rowid) = row?;
+            records.push((raw.into_record()?, rowid));
         }
         let next = if records.len() > page_size {
             records.truncate(page_size);
             records
                 .last()
-                .map(|r| format!("{}/{}", r.created_ms, r.task_id))
+                .map(|(_, rowid)| rowid.to_string())
                 .unwrap_or_default()
         } else {
             String::new()
         };
-        Ok((records, next))
+        Ok((records.into_iter().map(|(r, _)| r).collect(), next))
     }
 
     /// Stores the task's final result; the state becomes `result.status`, which must be terminal.
@@ -762,14 +769,24 @@ impl Drop for TaskStore {
     }
 }
 
-/// The checkpoint thread: a passive checkpoint (it never waits for, nor blocks, the writer or a
-/// reader) every [`CHECKPOINT_EVERY`], and a last one when the store closes.
-fn checkpoint_until_stopped(conn: Connection, stopped: mpsc::Receiver<()>) {
+/// The checkpoint thread: every [`CHECKPOINT_EVERY`], and a last time when the store closes,
+/// moves the `open_from` mark forward ([`advance_open_mark`]) and runs a passive checkpoint (it
+/// never waits for, nor blocks, the writer or a reader).
+fn checkpoint_until_stopped(conn: Connection, writes: &Writes, stopped: mpsc::Receiver<()>) {
+    let mut mark = None;
     loop {
         let closing = !matches!(
             stopped.recv_timeout(CHECKPOINT_EVERY),
             Err(mpsc::RecvTimeoutError::Timeout)
         );
+        match advance_open_mark(&conn, writes, mark.take()) {
+            Ok(moved) => mark = moved,
+            Err(e) => tracing::warn!("task store: open-task mark not moved (retried later): {e}"),
+        }
+        if closing {
+            // The store's last flush has run: nothing else would commit the mark.
+            writes.flush(usize::MAX, None);
+        }
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::warn!("task store: checkpoint failed (retried later): {e}");
         }
@@ -777,6 +794,48 @@ fn checkpoint_until_stopped(conn: Connection, stopped: mpsc::Receiver<()>) {
             return;
         }
     }
+}
+
+/// Moves the `open_from` mark (see the schema) to the oldest open task, or to the newest task
+/// when none is open, reading from the mark `last` (the stored one when `None`): what it reads
+/// is one snapshot, so a task recorded after it lies after the newest task it saw. The mark only
+/// moves forward, so every task is passed over about once however long the store lives. The
+/// new mark is queued to be committed with the next write of any task (a stale mark is only
+/// slower at a restart, never wrong); returns it.
+fn advance_open_mark(
+    conn: &Connection,
+    writes: &Writes,
+    last: Option<String>,
+) -> Result<Option<String>, StoreError> {
+    let from = match &last {
+        Some(_) => "(SELECT rowid FROM tasks WHERE task_id = ?1)".to_owned(),
+        None => OPEN_FROM.to_owned(),
+    };
+    let mark: Option<String> = conn
+        .prepare_cached(&format!(
+            "SELECT COALESCE(
+                 (SELECT task_id FROM tasks WHERE rowid >= COALESCE({from}, 0) AND {OPEN_STATES}
+                   ORDER BY rowid LIMIT 1),
+                 (SELECT task_id FROM tasks ORDER BY rowid DESC LIMIT 1))"
+        ))?
+        .query_row(rusqlite::params_from_iter(last.iter()), |r| r.get(0))?;
+    if let Some(task_id) = mark.as_ref().filter(|&m| Some(m) != last.as_ref()) {
+        let (answer, _unheard) = oneshot::channel();
+        let task_id = task_id.clone();
+        let write = Queued {
+            op: move |conn: &Connection| -> Result<(), StoreError> {
+                conn.prepare_cached(
+                    "INSERT OR REPLACE INTO task_store_marks (name, task_id) VALUES ('open_from', ?1)",
+                )?
+                .execute(params![task_id])?;
+                Ok(())
+            },
+            out: None,
+            answer,
+        };
+        writes.enqueue(Box::new(write), false);
+    }
+    Ok(mark.or(last))
 }
 
 /// Stores written by earlier versions lack later columns: add them (rows keep their defaults;
@@ -1115,15 +1174,16 @@ fn read_record(conn: &Connection, task_id: &str) -> Result<Option<TaskRecord>, S
     raw.map(RawRow::into_record).transpose()
 }
 
-/// The query of [`TaskStore::unfinished`] (its plan is tested to use `tasks_open`).
+/// The query of [`TaskStore::unfinished`]: the tasks from the `open_from` mark on (its plan is
+/// tested to read only those).
 fn unfinished_query() -> String {
     format!(
         "SELECT t.task_id, t.request, t.owner, t.state, t.programmer_id, t.dispatch_attempt,
                 t.created_ms,
                 (SELECT COALESCE(MAX(e.upstream_seq), 0) FROM task_events e
                   WHERE e.task_id = t.task_id AND e.attempt = t.dispatch_attempt)
-         FROM tasks t WHERE t.{OPEN_STATES} AND t.request IS NOT NULL
-         ORDER BY t.created_ms, t.task_id"
+         FROM tasks t WHERE t.rowid >= {OPEN_FROM} AND t.{OPEN_STATES} AND t.request IS NOT NULL
+         ORDER BY t.rowid"
     )
 }
 
@@ -1134,7 +1194,7 @@ fn recover(conn: &mut Connection) -> Result<usize, StoreError> {
     let open: Vec<(String, String, bool, i64)> = {
         let mut stmt = tx.prepare(&format!(
             "SELECT task_id, programmer_id, dry_run, created_ms FROM tasks
-                 WHERE {OPEN_STATES} AND request IS NULL"
+                 WHERE rowid >= {OPEN_FROM} AND {OPEN_STATES} AND request IS NULL"
         ))?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
         rows.collect::<rusqlite::Result<_>>()?
@@ -1748,13 +1808,73 @@ mod tests {
         assert_eq!(store.events("b").unwrap().len(), 1);
     }
 
-    /// Finding the open tasks at start-up reads the partial index of open tasks, not every row.
-    #[test]
-    fn open_tasks_are_found_through_their_partial_index() {
+    /// The stored `open_from` mark, as the checkpoint thread leaves it.
+    fn stored_mark(dir: &tempfile::TempDir) -> Option<String> {
+        let conn = Connection::open(dir.path().join("tasks.sqlite3")).unwrap();
+        conn.query_row(
+            "SELECT task_id FROM task_store_marks WHERE name = 'open_from'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .unwrap()
+    }
+
+    /// Moves the mark as the checkpoint thread does, and commits it.
+    fn advance(store: &TaskStore, last: Option<String>) -> Option<String> {
+        let mark = advance_open_mark(&store.reader(), &store.writes, last).unwrap();
+        store.writes.flush(usize::MAX, None);
+        mark
+    }
+
+    /// The tasks table has no index but its ids' (each index was one more page written per
+    /// commit); a restart finds the open tasks from the `open_from` mark on, which the checkpoint
+    /// thread moves to the oldest open task (to the newest task when none is open), and reads
+    /// only the rows from there.
+    #[tokio::test]
+    async fn open_tasks_are_found_from_the_mark_of_the_oldest_one() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        let conn = store.reader();
-        let plan: Vec<String> = conn
+        let ids: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
+        for id in &ids {
+            insert_running(&store, id).await;
+        }
+        for id in &ids {
+            if id != "t3" && id != "t7" {
+                assert!(store.finish(id, &succeeded("001")).await.unwrap());
+            }
+        }
+        assert_eq!(
+            stored_mark(&dir),
+            None,
+            "no mark yet: a restart reads every row"
+        );
+        let mark = advance(&store, None);
+        assert_eq!(mark.as_deref(), Some("t3"));
+        assert_eq!(stored_mark(&dir).as_deref(), Some("t3"));
+        let open_ids = |store: &TaskStore| -> Vec<String> {
+            store
+                .unfinished()
+                .unwrap()
+                .into_iter()
+                .map(|u| u.task_id)
+                .collect()
+        };
+        assert_eq!(open_ids(&store), ["t3", "t7"]);
+
+        // The oldest open task finishes: the mark moves to the next one, then past the newest.
+        store.finish("t3", &succeeded("001")).await.unwrap();
+        let mark = advance(&store, mark);
+        assert_eq!(mark.as_deref(), Some("t7"));
+        store.finish("t7", &succeeded("001")).await.unwrap();
+        let mark = advance(&store, mark);
+        assert_eq!(mark.as_deref(), Some("t9"), "none open: the newest task");
+        assert_eq!(stored_mark(&dir).as_deref(), Some("t9"));
+        // A task recorded after the mark is found.
+        insert_running(&store, "t10").await;
+        assert_eq!(open_ids(&store), ["t10"]);
+        let plan: Vec<String> = store
+            .reader()
             .prepare(&format!("EXPLAIN QUERY PLAN {}", unfinished_query()))
             .unwrap()
             .query_map([], |r| r.get::<_, String>(3))
@@ -1762,20 +1882,103 @@ mod tests {
             .collect::<rusqlite::Result<_>>()
             .unwrap();
         assert!(
-            plan.iter().any(|step| step.contains("INDEX tasks_open")),
-            "{plan:?}"
+            plan.iter()
+                .any(|step| step.starts_with("SEARCH t USING INTEGER PRIMARY KEY (rowid>?)")),
+            "reads from the mark on: {plan:?}"
         );
-        let indexes: Vec<String> = conn
+        let indexes: Vec<String> = store
+            .reader()
             .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tasks'")
             .unwrap()
             .query_map([], |r| r.get(0))
             .unwrap()
             .collect::<rusqlite::Result<_>>()
             .unwrap();
-        assert!(
-            !indexes.iter().any(|name| name == "tasks_state"),
-            "{indexes:?}"
-        );
+        assert_eq!(indexes, ["sqlite_autoindex_tasks_1"], "only the ids' index");
+
+        // Closed and reopened (the closing store moves and commits the mark a last time), the
+        // open task is taken back.
+        drop(store);
+        assert_eq!(stored_mark(&dir).as_deref(), Some("t10"));
+        let store = open(&dir);
+        assert_eq!(open_ids(&store), ["t10"]);
+    }
+
+    /// VACUUM may renumber rowids (SQLite says so; it keeps their order): the mark names a task,
+    /// not a rowid, so the open tasks are still found after one.
+    #[tokio::test]
+    async fn the_mark_survives_a_vacuum() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        for i in 0..50 {
+            insert_running(&store, &format!("t{i:02}")).await;
+        }
+        for i in 0..50 {
+            if i != 40 {
+                store
+                    .finish(&format!("t{i:02}"), &succeeded("001"))
+                    .await
+                    .unwrap();
+            }
+        }
+        // Leaves gaps in the rowids that VACUUM closes: rows deleted by hand.
+        store
+            .writes
+            .conn
+            .lock()
+            .unwrap()
+            .execute("DELETE FROM tasks WHERE task_id < 't30'", [])
+            .unwrap();
+        assert_eq!(advance(&store, None).as_deref(), Some("t40"));
+        drop(store);
+        Connection::open(dir.path().join("tasks.sqlite3"))
+            .unwrap()
+            .execute_batch("VACUUM")
+            .unwrap();
+        let store = open(&dir);
+        let open: Vec<String> = store
+            .unfinished()
+            .unwrap()
+            .into_iter()
+            .map(|u| u.task_id)
+            .collect();
+        assert_eq!(open, ["t40"]);
+    }
+
+    /// Stores of earlier releases had indexes of states and creation times: they are dropped,
+    /// and their open tasks are found without a mark (every row is read once).
+    #[tokio::test]
+    async fn indexes_of_earlier_releases_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        insert_running(&store, "old").await;
+        drop(store);
+        let conn = Connection::open(dir.path().join("tasks.sqlite3")).unwrap();
+        conn.execute_batch(
+            "DELETE FROM task_store_marks;
+             CREATE INDEX tasks_open ON tasks(state) WHERE state IN (1, 2);
+             CREATE INDEX tasks_created ON tasks(created_ms, task_id);
+             CREATE INDEX tasks_state ON tasks(state);",
+        )
+        .unwrap();
+        drop(conn);
+        let store = open(&dir);
+        let open: Vec<String> = store
+            .unfinished()
+            .unwrap()
+            .into_iter()
+            .map(|u| u.task_id)
+            .collect();
+        assert_eq!(open, ["old"]);
+        let indexes: i64 = store
+            .reader()
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tasks'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 1, "only the ids' index");
     }
 
     /// Commits do not checkpoint, yet once the store is closed the database file alone (without
