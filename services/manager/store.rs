@@ -1820,6 +1820,12 @@ mod tests {
         .unwrap()
     }
 
+    /// The ids of the tasks a restart would take back, in order.
+    fn open_ids(store: &TaskStore) -> Vec<String> {
+        let open = store.unfinished().unwrap();
+        open.into_iter().map(|u| u.task_id).collect()
+    }
+
     /// Moves the mark as the checkpoint thread does, and commits it.
     fn advance(store: &TaskStore, last: Option<String>) -> Option<String> {
         let mark = advance_open_mark(&store.reader(), &store.writes, last).unwrap();
@@ -1852,14 +1858,6 @@ mod tests {
         let mark = advance(&store, None);
         assert_eq!(mark.as_deref(), Some("t3"));
         assert_eq!(stored_mark(&dir).as_deref(), Some("t3"));
-        let open_ids = |store: &TaskStore| -> Vec<String> {
-            store
-                .unfinished()
-                .unwrap()
-                .into_iter()
-                .map(|u| u.task_id)
-                .collect()
-        };
         assert_eq!(open_ids(&store), ["t3", "t7"]);
 
         // The oldest open task finishes: the mark moves to the next one, then past the newest.
@@ -1936,13 +1934,7 @@ mod tests {
             .execute_batch("VACUUM")
             .unwrap();
         let store = open(&dir);
-        let open: Vec<String> = store
-            .unfinished()
-            .unwrap()
-            .into_iter()
-            .map(|u| u.task_id)
-            .collect();
-        assert_eq!(open, ["t40"]);
+        assert_eq!(open_ids(&store), ["t40"]);
     }
 
     /// Stores of earlier releases had indexes of states and creation times: they are dropped,
@@ -1963,13 +1955,7 @@ mod tests {
         .unwrap();
         drop(conn);
         let store = open(&dir);
-        let open: Vec<String> = store
-            .unfinished()
-            .unwrap()
-            .into_iter()
-            .map(|u| u.task_id)
-            .collect();
-        assert_eq!(open, ["old"]);
+        assert_eq!(open_ids(&store), ["old"]);
         let indexes: i64 = store
             .reader()
             .query_row(
