@@ -508,6 +508,14 @@ impl TaskStore {
                         () = tokio::time::sleep(delay) => {}
                     }
                 }
+                // Committed with another write already: a flush now would commit only what was
+                // queued after it (another task's record, the open-task mark) in a commit of its
+                // own.
+                match answered.try_recv() {
+                    Ok(answer) => return answer,
+                    Err(oneshot::error::TryRecvError::Closed) => return Err(StoreError::Closed),
+                    Err(oneshot::error::TryRecvError::Empty) => {}
+                }
                 writes.flush(usize::MAX, None);
             }
             answered.await.map_err(|_| StoreError::Closed)?
@@ -1752,6 +1760,24 @@ mod tests {
         assert!(matches!(kept.await, Ok(InsertOutcome::Inserted)));
         let store = open(&dir);
         assert_eq!(store.get("c").unwrap().unwrap().state(), TaskState::Queued);
+    }
+
+    /// A write already committed with another one commits nothing when it is awaited: what was
+    /// queued after it (another task's record, the checkpoint thread's open-task mark) waits for
+    /// its own next write instead of taking a commit of its own.
+    #[tokio::test]
+    async fn awaiting_a_committed_write_commits_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let a = store.insert_with_next(&NewTask::from_request("a", &request("x")));
+        assert!(store.set_running("a", "001", 1).await.unwrap());
+        let before = store.commits();
+        let b = store.insert_with_next(&NewTask::from_request("b", &request("x")));
+        assert!(matches!(a.await, Ok(InsertOutcome::Inserted)));
+        assert_eq!(store.commits(), before, "b waits for a write of its own");
+        assert!(store.get("b").unwrap().is_none());
+        assert!(matches!(b.await, Ok(InsertOutcome::Inserted)));
+        assert_eq!(store.commits(), before + 1);
     }
 
     /// An event nobody waits on yet shares the next write's commit (a task's result a moment
