@@ -799,6 +799,8 @@ async fn warm_workers_import_and_run_at_the_configured_niceness() {
             !task.is_finished(),
             "the task ended before its worker was seen"
         );
+        // Polling /proc for that state: no event announces a fork (the model's 3 s answer keeps
+        // the worker there long after it is seen).
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     assert_eq!(nice, NICE, "the task runs at aider.nice, not twice that");

@@ -815,18 +815,16 @@ fn advance_open_mark(
     writes: &Writes,
     last: Option<String>,
 ) -> Result<Option<String>, StoreError> {
-    let from = match &last {
-        Some(_) => "(SELECT rowid FROM tasks WHERE task_id = ?1)".to_owned(),
-        None => OPEN_FROM.to_owned(),
-    };
     let mark: Option<String> = conn
         .prepare_cached(&format!(
             "SELECT COALESCE(
-                 (SELECT task_id FROM tasks WHERE rowid >= COALESCE({from}, 0) AND {OPEN_STATES}
+                 (SELECT task_id FROM tasks
+                   WHERE rowid >= COALESCE((SELECT rowid FROM tasks WHERE task_id = ?1), {OPEN_FROM})
+                     AND {OPEN_STATES}
                    ORDER BY rowid LIMIT 1),
                  (SELECT task_id FROM tasks ORDER BY rowid DESC LIMIT 1))"
         ))?
-        .query_row(rusqlite::params_from_iter(last.iter()), |r| r.get(0))?;
+        .query_row(params![last], |r| r.get(0))?;
     if let Some(task_id) = mark.as_ref().filter(|&m| Some(m) != last.as_ref()) {
         let (answer, _unheard) = oneshot::channel();
         let task_id = task_id.clone();
@@ -1834,16 +1832,33 @@ mod tests {
         assert_eq!(store.events("b").unwrap().len(), 1);
     }
 
+    /// A connection of its own to the store's file, as a tool outside the manager opens it.
+    fn raw_connection(dir: &tempfile::TempDir) -> Connection {
+        Connection::open(dir.path().join("tasks.sqlite3")).unwrap()
+    }
+
+    /// The indexes of the tasks table.
+    fn task_indexes(store: &TaskStore) -> Vec<String> {
+        store
+            .reader()
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tasks'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
     /// The stored `open_from` mark, as the checkpoint thread leaves it.
     fn stored_mark(dir: &tempfile::TempDir) -> Option<String> {
-        let conn = Connection::open(dir.path().join("tasks.sqlite3")).unwrap();
-        conn.query_row(
-            "SELECT task_id FROM task_store_marks WHERE name = 'open_from'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()
-        .unwrap()
+        raw_connection(dir)
+            .query_row(
+                "SELECT task_id FROM task_store_marks WHERE name = 'open_from'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap()
     }
 
     /// The ids of the tasks a restart would take back, in order.
@@ -1910,15 +1925,11 @@ mod tests {
                 .any(|step| step.starts_with("SEARCH t USING INTEGER PRIMARY KEY (rowid>?)")),
             "reads from the mark on: {plan:?}"
         );
-        let indexes: Vec<String> = store
-            .reader()
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tasks'")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
-        assert_eq!(indexes, ["sqlite_autoindex_tasks_1"], "only the ids' index");
+        assert_eq!(
+            task_indexes(&store),
+            ["sqlite_autoindex_tasks_1"],
+            "only the ids' index"
+        );
 
         // Closed and reopened (the closing store moves and commits the mark a last time), the
         // open task is taken back.
@@ -1955,10 +1966,7 @@ mod tests {
             .unwrap();
         assert_eq!(advance(&store, None).as_deref(), Some("t40"));
         drop(store);
-        Connection::open(dir.path().join("tasks.sqlite3"))
-            .unwrap()
-            .execute_batch("VACUUM")
-            .unwrap();
+        raw_connection(&dir).execute_batch("VACUUM").unwrap();
         let store = open(&dir);
         assert_eq!(open_ids(&store), ["t40"]);
     }
@@ -1971,26 +1979,17 @@ mod tests {
         let store = open(&dir);
         insert_running(&store, "old").await;
         drop(store);
-        let conn = Connection::open(dir.path().join("tasks.sqlite3")).unwrap();
-        conn.execute_batch(
-            "DELETE FROM task_store_marks;
-             CREATE INDEX tasks_open ON tasks(state) WHERE state IN (1, 2);
-             CREATE INDEX tasks_created ON tasks(created_ms, task_id);
-             CREATE INDEX tasks_state ON tasks(state);",
-        )
-        .unwrap();
-        drop(conn);
-        let store = open(&dir);
-        assert_eq!(open_ids(&store), ["old"]);
-        let indexes: i64 = store
-            .reader()
-            .query_row(
-                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tasks'",
-                [],
-                |r| r.get(0),
+        raw_connection(&dir)
+            .execute_batch(
+                "DELETE FROM task_store_marks;
+                 CREATE INDEX tasks_open ON tasks(state) WHERE state IN (1, 2);
+                 CREATE INDEX tasks_created ON tasks(created_ms, task_id);
+                 CREATE INDEX tasks_state ON tasks(state);",
             )
             .unwrap();
-        assert_eq!(indexes, 1, "only the ids' index");
+        let store = open(&dir);
+        assert_eq!(open_ids(&store), ["old"]);
+        assert_eq!(task_indexes(&store).len(), 1, "only the ids' index");
     }
 
     /// Commits do not checkpoint, yet once the store is closed the database file alone (without
