@@ -194,6 +194,11 @@ fn start_bare_relay(urls: Vec<String>, server: RelayServer) -> String {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            // Named, so a profile of the bench tells the relay's threads from the callers'.
+            .thread_name(match server {
+                RelayServer::Tonic => "bare-relay",
+                RelayServer::PasStack => "relay-pas-stack",
+            })
             .enable_all()
             .build()
             .expect("relay runtime");

@@ -232,7 +232,7 @@ impl Workspace {
     /// inside the root and the top level of a git repository with at least one commit. Runs git
     /// three times; services open workspaces through a [`WorkspaceCache`] instead.
     pub async fn open(workspace_root: &Path, name: &str) -> Result<Workspace, WorkspaceError> {
-        let path = resolve_under(workspace_root, name)?;
+        let path = resolve_under(&canonical_root(workspace_root)?, name)?;
         let lock_path = verify_repository(&path, name).await?;
         Ok(Workspace {
             name: name.to_string(),
@@ -298,9 +298,18 @@ impl Workspace {
     }
 }
 
-/// The file-system half of [`Workspace::open`]: `name` resolved under the root (symlinks
+/// The configured workspace root with its symlinks resolved, which every resolved workspace must
+/// lie under.
+fn canonical_root(workspace_root: &Path) -> Result<PathBuf, WorkspaceError> {
+    fs::canonicalize(workspace_root).map_err(|source| WorkspaceError::Root {
+        path: workspace_root.to_path_buf(),
+        source,
+    })
+}
+
+/// The file-system half of [`Workspace::open`]: `name` resolved under `root` (canonical; symlinks
 /// included) to an existing directory inside it. No process is started.
-fn resolve_under(workspace_root: &Path, name: &str) -> Result<PathBuf, WorkspaceError> {
+fn resolve_under(root: &Path, name: &str) -> Result<PathBuf, WorkspaceError> {
     let owned = || name.to_string();
     if name.is_empty() || name.contains('\0') {
         return Err(WorkspaceError::Invalid { name: owned() });
@@ -313,13 +322,10 @@ fn resolve_under(workspace_root: &Path, name: &str) -> Result<PathBuf, Workspace
     if lexically_escapes(rel) {
         return Err(WorkspaceError::EscapesRoot { name: owned() });
     }
-    let root = fs::canonicalize(workspace_root).map_err(|source| WorkspaceError::Root {
-        path: workspace_root.to_path_buf(),
-        source,
-    })?;
-    let path = match plain_path_under(&root, rel) {
-        Some(plain) => Ok(plain),
-        None => fs::canonicalize(root.join(rel)),
+    // Without a symlink on the way, the last component's metadata is the resolved one.
+    let (path, plain_is_dir) = match plain_path_under(root, rel) {
+        Some((plain, is_dir)) => (Ok(plain), Some(is_dir)),
+        None => (fs::canonicalize(root.join(rel)), None),
     };
     let path = match path {
         Ok(p) => p,
@@ -333,10 +339,10 @@ fn resolve_under(workspace_root: &Path, name: &str) -> Result<PathBuf, Workspace
             });
         }
     };
-    if !path.starts_with(&root) {
+    if !path.starts_with(root) {
         return Err(WorkspaceError::EscapesRoot { name: owned() });
     }
-    if !path.is_dir() {
+    if !plain_is_dir.unwrap_or_else(|| path.is_dir()) {
         return Err(WorkspaceError::NotARepo {
             name: owned(),
             detail: "not a directory".into(),
@@ -347,21 +353,25 @@ fn resolve_under(workspace_root: &Path, name: &str) -> Result<PathBuf, Workspace
 
 /// `root.join(rel)` when every component of `rel` exists and none is a symlink: then that path is
 /// already canonical (`root` is, and `rel` has no `..`), and resolving it again would cost a
-/// `readlink` per component of the whole path on every request. `None` sends the caller to
+/// `readlink` per component of the whole path on every request. Also says whether it is a
+/// directory (its last component's metadata is the resolved one). `None` sends the caller to
 /// `fs::canonicalize`, which also explains any failure.
-fn plain_path_under(root: &Path, rel: &Path) -> Option<PathBuf> {
+fn plain_path_under(root: &Path, rel: &Path) -> Option<(PathBuf, bool)> {
     let mut path = root.to_path_buf();
+    let mut is_dir = true;
     for part in rel.components() {
         match part {
             Component::Normal(part) => path.push(part),
             Component::CurDir => continue,
             _ => return None,
         }
-        if fs::symlink_metadata(&path).ok()?.file_type().is_symlink() {
+        let meta = fs::symlink_metadata(&path).ok()?;
+        if meta.file_type().is_symlink() {
             return None;
         }
+        is_dir = meta.is_dir();
     }
-    Some(path)
+    Some((path, is_dir))
 }
 
 /// The git half of [`Workspace::open`]: `path` (canonical) is the top level of a repository whose
@@ -423,6 +433,10 @@ async fn verify_repository(path: &Path, name: &str) -> Result<PathBuf, Workspace
 #[derive(Debug)]
 pub struct WorkspaceCache {
     root: PathBuf,
+    /// `root` with its symlinks resolved, once that succeeded: the root is the operator's, fixed
+    /// while the service runs, so resolving it again (a `readlink` per component) on every
+    /// request would only cost time. Unset until the root exists.
+    canonical_root: std::sync::OnceLock<PathBuf>,
     verified: std::sync::Mutex<HashMap<PathBuf, Verdict>>,
     /// One lock per repository being verified now: the single flight.
     flights: std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
@@ -448,10 +462,12 @@ enum Verdict {
 const MAX_CACHED_REPOSITORIES: usize = 1024;
 
 impl WorkspaceCache {
-    /// A cache for workspaces under `root` (resolved again on every open).
+    /// A cache for workspaces under `root` (its symlinks resolved once, at the first open that
+    /// finds it).
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             root: root.into(),
+            canonical_root: Default::default(),
             verified: Default::default(),
             flights: Default::default(),
             misses: Default::default(),
@@ -507,7 +523,7 @@ impl WorkspaceCache {
 
     /// [`Workspace::open`], reusing an earlier verification of the same unchanged repository.
     pub async fn open(&self, name: &str) -> Result<Workspace, WorkspaceError> {
-        let path = resolve_under(&self.root, name)?;
+        let path = resolve_under(self.canonical_root()?, name)?;
         let lock_path = match self.cached(&path, name) {
             Some(found) => found?,
             None => {
@@ -530,6 +546,15 @@ impl WorkspaceCache {
             path,
             kept_refs: "refs/heads/",
         })
+    }
+
+    /// The root, resolved at the first call that finds it.
+    fn canonical_root(&self) -> Result<&Path, WorkspaceError> {
+        if let Some(root) = self.canonical_root.get() {
+            return Ok(root);
+        }
+        let root = canonical_root(&self.root)?;
+        Ok(self.canonical_root.get_or_init(|| root))
     }
 
     /// The remembered answer for `path`, when its stamp still matches.

@@ -995,44 +995,44 @@ fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn Write>>, commits: &Ato
     }
 }
 
-/// Insert one task (see [`TaskStore::insert`]), inside the batch's transaction.
+/// Insert one task (see [`TaskStore::insert`]), inside the batch's transaction. A new id (the
+/// common case) costs the insert alone; only an id already taken is looked up.
 fn insert(conn: &Connection, task: &NewTask) -> Result<InsertOutcome, StoreError> {
-    let existing: Option<String> = conn
-        .prepare_cached("SELECT fingerprint FROM tasks WHERE task_id = ?1")?
-        .query_row(params![task.task_id], |r| r.get(0))
-        .optional()?;
-    match existing {
-        Some(fp) if fp == task.fingerprint => {
-            let record = read_record(conn, &task.task_id)?
-                .ok_or_else(|| StoreError::NotFound(task.task_id.clone()))?;
-            Ok(InsertOutcome::AlreadyExists(Box::new(record)))
-        }
-        Some(_) => Err(StoreError::Conflict {
-            task_id: task.task_id.clone(),
-        }),
-        None => {
-            conn.prepare_cached(
-                "INSERT INTO tasks (task_id, fingerprint, task_description, files, workspace, run_id,
-                     capabilities, dry_run, state, created_ms, owner, request)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            )?
-            .execute(params![
-                task.task_id,
-                task.fingerprint,
-                task.task_description,
-                to_json(&task.files),
-                task.workspace,
-                task.run_id,
-                to_json(&task.capabilities),
-                task.dry_run,
-                TaskState::Queued as i32,
-                now_ms(),
-                task.owner,
-                task.request,
-            ])?;
-            Ok(InsertOutcome::Inserted)
-        }
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO tasks (task_id, fingerprint, task_description, files, workspace, run_id,
+                 capabilities, dry_run, state, created_ms, owner, request)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             ON CONFLICT (task_id) DO NOTHING",
+        )?
+        .execute(params![
+            task.task_id,
+            task.fingerprint,
+            task.task_description,
+            to_json(&task.files),
+            task.workspace,
+            task.run_id,
+            to_json(&task.capabilities),
+            task.dry_run,
+            TaskState::Queued as i32,
+            now_ms(),
+            task.owner,
+            task.request,
+        ])?;
+    if inserted > 0 {
+        return Ok(InsertOutcome::Inserted);
     }
+    let existing: String = conn
+        .prepare_cached("SELECT fingerprint FROM tasks WHERE task_id = ?1")?
+        .query_row(params![task.task_id], |r| r.get(0))?;
+    if existing != task.fingerprint {
+        return Err(StoreError::Conflict {
+            task_id: task.task_id.clone(),
+        });
+    }
+    let record = read_record(conn, &task.task_id)?
+        .ok_or_else(|| StoreError::NotFound(task.task_id.clone()))?;
+    Ok(InsertOutcome::AlreadyExists(Box::new(record)))
 }
 
 // ===== Helpers =====
