@@ -106,6 +106,7 @@ fn main() -> ExitCode {
             cli.log_format,
             ServiceIdentity::other("llm-sim"),
             1.0,
+            0,
             pas::llm_sim::run(args),
         ),
         Command::Programmer(args) => {
@@ -114,16 +115,20 @@ fn main() -> ExitCode {
                 cli.log_format,
                 ServiceIdentity::programmer(&args.id),
                 sample_ratio(&config),
+                0,
                 async move { pas::programmer::run(config?, args).await },
             )
         }
         Command::Manager(args) => {
             let config = load_config(&cli.config);
             let ratio = sample_ratio(&config);
+            // An invalid configuration is reported by the service, on the default runtime.
+            let threads = config.as_ref().map_or(1, |c| c.pool.manager.worker_threads);
             block_on(
                 cli.log_format,
                 ServiceIdentity::manager(),
                 ratio,
+                threads as usize,
                 async move { pas::manager::run(config?, args).await },
             )
         }
@@ -153,16 +158,30 @@ fn sample_ratio(config: &anyhow::Result<pas::config::Config>) -> f64 {
         .map_or(1.0, |c| c.pool.telemetry.sample_ratio)
 }
 
-/// Runs a service future on a multi-threaded runtime with telemetry (logs, OTLP traces when
-/// configured and sampled at `sample_ratio`, metrics) installed, flushes the traces at the end,
-/// and turns the service's error into exit code 1.
+/// Runs a service future on a runtime of `threads` threads (1: current-thread, 0: one worker per
+/// core) with telemetry (logs, OTLP traces when configured and sampled at `sample_ratio`,
+/// metrics) installed, flushes the traces at the end, and turns the service's error into exit
+/// code 1.
 fn block_on(
     log_format: pas::telemetry::LogFormat,
     service: ServiceIdentity,
     sample_ratio: f64,
+    threads: usize,
     fut: impl std::future::Future<Output = anyhow::Result<()>>,
 ) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match threads {
+        // tokio's basic scheduler, where more threads would bring no benefit (as linkerd2-proxy
+        // does on one core).
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Runtime::new(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -297,6 +297,25 @@ fn admin_port_shared_with_the_manager_or_a_programmer() {
 }
 
 #[test]
+fn manager_worker_threads_past_the_limit() {
+    let yaml = seed_plus("manager:\n  worker_threads: 5000\n");
+    expect_only(
+        &yaml,
+        "manager.worker_threads",
+        "worker_threads: 5000",
+        "5000 threads; at most 1024 (1: one thread, 0: one per core)",
+    );
+    let yaml = seed_plus("manager:\n  worker_threads: 4\n");
+    let config = Config::from_yaml_with(&yaml, Path::new(SOURCE), &PathEnv::in_dir("/w"))
+        .expect("4 threads are fine");
+    assert_eq!(config.pool.manager.worker_threads, 4);
+    // The original file names no threads: the manager runs on one.
+    let config = Config::from_yaml_with(&seed(), Path::new(SOURCE), &PathEnv::in_dir("/w"))
+        .expect("the seed loads");
+    assert_eq!(config.pool.manager.worker_threads, 1);
+}
+
+#[test]
 fn escalation_that_cannot_fire_or_names_an_unknown_failure() {
     let yaml = seed_plus("escalation:\n  enabled: true\n  on: []\n");
     expect_only(

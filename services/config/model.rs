@@ -483,6 +483,12 @@ pub struct ManagerConfig {
     /// `/programmer_pool/status`) from a thread of its own, so a burst of calls on `port` cannot
     /// delay them: point Kubernetes probes and monitoring here. None: probes on `port` only.
     pub admin_port: Option<u16>,
+    /// Threads of the manager's async runtime. 1 (the default): tokio's current-thread scheduler,
+    /// so a task's steps (accept, record, Execute, relay, result) follow each other on one thread
+    /// with no hand-off or wake-up between threads; one core carries thousands of dispatches a
+    /// second (BENCHMARKS.md, "Hot path, part 7"), and the probes on `admin_port` have a thread of
+    /// their own anyway. N > 1: a multi-threaded runtime with N workers; 0: one per core.
+    pub worker_threads: u32,
 }
 
 impl Default for ManagerConfig {
@@ -495,6 +501,7 @@ impl Default for ManagerConfig {
             max_dispatch_attempts: 3,
             task_lease_s: 60,
             admin_port: None,
+            worker_threads: 1,
         }
     }
 }

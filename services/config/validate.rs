@@ -215,6 +215,15 @@ fn check_programmers(pool: &PoolConfig, out: &mut Vec<Finding>) {
     if pool.manager.port != 0 {
         ports.insert(pool.manager.port, "the manager".to_string());
     }
+    if pool.manager.worker_threads > MAX_WORKER_THREADS {
+        out.push(Finding::value(
+            KeyPath::root().key("manager").key("worker_threads"),
+            format!(
+                "{} threads; at most {MAX_WORKER_THREADS} (1: one thread, 0: one per core)",
+                pool.manager.worker_threads
+            ),
+        ));
+    }
     match pool.manager.admin_port {
         Some(0) => out.push(Finding::value(
             KeyPath::root().key("manager").key("admin_port"),
@@ -530,6 +539,10 @@ fn edit_format(out: &mut Vec<Finding>, key: KeyPath, format: &str) {
 
 /// The most idle warm workers one programmer may keep (each holds a forked interpreter).
 const MAX_WARM_WORKERS: u32 = 64;
+
+/// Most threads `manager.worker_threads` may ask for: far above any core count the manager
+/// could use, far below a typo's thousands of idle threads.
+const MAX_WORKER_THREADS: u32 = 1024;
 
 fn check_aider(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {
     let a = &pool.aider;
