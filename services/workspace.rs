@@ -324,7 +324,7 @@ fn resolve_under(root: &Path, name: &str) -> Result<PathBuf, WorkspaceError> {
     }
     // Without a symlink on the way, the last component's metadata is the resolved one.
     let (path, plain_is_dir) = match plain_path_under(root, rel) {
-        Some((plain, is_dir)) => (Ok(plain), Some(is_dir)),
+        Some((plain, is_dir)) => (Ok(plain), is_dir),
         None => (fs::canonicalize(root.join(rel)), None),
     };
     let path = match path {
@@ -354,11 +354,11 @@ fn resolve_under(root: &Path, name: &str) -> Result<PathBuf, WorkspaceError> {
 /// `root.join(rel)` when every component of `rel` exists and none is a symlink: then that path is
 /// already canonical (`root` is, and `rel` has no `..`), and resolving it again would cost a
 /// `readlink` per component of the whole path on every request. Also says whether it is a
-/// directory (its last component's metadata is the resolved one). `None` sends the caller to
-/// `fs::canonicalize`, which also explains any failure.
-fn plain_path_under(root: &Path, rel: &Path) -> Option<(PathBuf, bool)> {
+/// directory, from its last component's metadata (none read when `rel` names the root itself).
+/// `None` sends the caller to `fs::canonicalize`, which also explains any failure.
+fn plain_path_under(root: &Path, rel: &Path) -> Option<(PathBuf, Option<bool>)> {
     let mut path = root.to_path_buf();
-    let mut is_dir = true;
+    let mut is_dir = None;
     for part in rel.components() {
         match part {
             Component::Normal(part) => path.push(part),
@@ -369,7 +369,7 @@ fn plain_path_under(root: &Path, rel: &Path) -> Option<(PathBuf, bool)> {
         if meta.file_type().is_symlink() {
             return None;
         }
-        is_dir = meta.is_dir();
+        is_dir = Some(meta.is_dir());
     }
     Some((path, is_dir))
 }
