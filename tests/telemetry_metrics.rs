@@ -274,6 +274,9 @@ async fn metrics_follow_success_failover_breaker_and_availability() {
         ),
         3.0
     );
+    // Each of the three tasks, run one after another, commits its placement and its result.
+    let commits = delta(&m0, &m1, "pas_task_store_commits_total", &[]);
+    assert!(commits >= 6.0, "task store commits: {commits}");
     // The ledger keeps micro-dollars: each of the three settlements rounds by up to 0.5 µ$.
     let ledger = m1.value("pas_budget_daily_spend_usd", &[]);
     assert!(

@@ -982,6 +982,7 @@ fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn Write>>, commits: &Ato
         }
         run("COMMIT")?;
         commits.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("pas_task_store_commits_total").increment(1);
         Ok(())
     })()
     .map_err(|e: rusqlite::Error| {

@@ -223,6 +223,10 @@ fn describe() {
         "Workspace repositories verified with git (cache misses; a burst for one repository costs one)"
     );
     describe_counter!(
+        "pas_task_store_commits_total",
+        "Transactions the task store committed; writes share them under load (group commit), so against pas_pool_tasks_total it shows how many commits a task cost"
+    );
+    describe_counter!(
         "pas_routing_decisions_total",
         "Tasks placed on a programmer, by strategy"
     );
