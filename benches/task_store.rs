@@ -6,13 +6,19 @@
 //! Run: `TMPDIR=/dev/shm cargo bench --bench task_store` (tmpfs, as `manager_hop` runs: on a disk
 //! the WAL's writes add the device's noise). `PAS_BENCH_TASKS` sets the number of tasks (default
 //! 5,000). Prints p50 / p90 / p99 / mean in µs per write kind and per task, and the commits made.
+//!
+//! Then the budget ledger's two writes of a paid dispatch (the hold before it is placed, the
+//! settlement after its result) with 0, 1,000, 10,000 and 50,000 charges already booked that day:
+//! what a hold costs on the scheduler's path as a busy day goes on.
 
 #![forbid(unsafe_code)]
 
 use pas::contract::v1::{
     Assigned, DispatchRequest, TaskEvent, TaskResult, TaskState, task_event::Kind,
 };
+use pas::manager::budget::{BudgetLedger, BudgetPolicy};
 use pas::manager::store::{NewTask, TaskStore};
+use pas::money::Usd;
 use std::time::{Duration, Instant};
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -148,6 +154,50 @@ async fn as_dispatched(tasks: usize, request: &DispatchRequest) {
     println!("commits: {} for {} writes", store.commits(), tasks * 4);
 }
 
+/// The ledger's hold and settlement of a paid dispatch, by how many charges the day has already.
+fn ledger_by_day_volume() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let policy = BudgetPolicy {
+        enabled: true,
+        max_daily_spend: Usd::from_usd(1_000_000.0).expect("limit"),
+        alert_threshold: None,
+    };
+    let ledger = BudgetLedger::open(
+        dir.path().join("budget.sqlite"),
+        policy,
+        pas::manager::budget::system_clock(),
+    )
+    .expect("ledger");
+    let cent = Usd::from_usd(0.01).expect("amount");
+    println!("budget ledger — a paid dispatch's hold and settlement, by charges booked today (µs)");
+    println!(
+        "{:<28} {:>9} {:>9} {:>9} {:>9}",
+        "write", "p50", "p90", "p99", "mean"
+    );
+    let mut booked = 0;
+    for day_volume in [0, 1_000, 10_000, 50_000] {
+        while booked < day_volume {
+            let key = format!("fill-{booked}");
+            ledger.reserve(&key, cent).expect("reserve");
+            ledger.settle(&key, cent).expect("settle");
+            booked += 1;
+        }
+        let (mut holds, mut settlements) = (vec![], vec![]);
+        for i in 0..500 {
+            let key = format!("probe-{day_volume}-{i}");
+            let t = Instant::now();
+            ledger.reserve(&key, cent).expect("reserve");
+            holds.push(t.elapsed());
+            let t = Instant::now();
+            ledger.settle(&key, cent).expect("settle");
+            settlements.push(t.elapsed());
+        }
+        booked += 500;
+        row(&format!("hold, {day_volume} charges"), holds);
+        row(&format!("settlement, {day_volume} charges"), settlements);
+    }
+}
+
 fn main() {
     let tasks = std::env::var("PAS_BENCH_TASKS")
         .ok()
@@ -159,4 +209,5 @@ fn main() {
         .build()
         .expect("runtime")
         .block_on(run(tasks));
+    ledger_by_day_volume();
 }

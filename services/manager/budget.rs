@@ -36,6 +36,7 @@ use crate::config::model::CostOptimization;
 use crate::money::{MoneyError, Usd};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -169,9 +170,60 @@ fn day_of(t: DateTime<Utc>) -> String {
 
 /// The persisted daily ledger. See the module docs for the rules.
 pub struct BudgetLedger {
-    conn: Mutex<Connection>,
+    ledger: Mutex<Ledger>,
     policy: BudgetPolicy,
     clock: Clock,
+}
+
+/// The ledger's connection and, beside it, each day's totals as its rows sum them.
+struct Ledger {
+    conn: Connection,
+    /// Settled spend and open holds by day: summed from the rows the first time a day is asked
+    /// about, then moved by every write as it commits. This process is the file's only writer
+    /// (see the module docs), so they stay what the rows sum to, and a reservation or settlement
+    /// costs no scan of the day's rows (one was 0.7 ms at 10,000 charges in a day and 4 ms at
+    /// 50,000, on the scheduler's path of every paid dispatch).
+    days: HashMap<String, DayTotals>,
+}
+
+/// One day's settled spend and open holds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct DayTotals {
+    spent: Usd,
+    reserved: Usd,
+}
+
+/// Days whose totals are kept at most; past it they are summed again when asked about.
+const MAX_CACHED_DAYS: usize = 64;
+
+impl Ledger {
+    /// The totals of `day`, summed from the rows (in the caller's transaction, when it has one)
+    /// unless already known.
+    fn totals(&mut self, day: &str) -> rusqlite::Result<DayTotals> {
+        if let Some(totals) = self.days.get(day) {
+            return Ok(*totals);
+        }
+        let (spent, reserved) = totals(&self.conn, day)?;
+        let totals = DayTotals { spent, reserved };
+        self.remember(day, totals);
+        Ok(totals)
+    }
+
+    /// Keeps `totals` as those of `day` (what its rows sum to now).
+    fn remember(&mut self, day: &str, totals: DayTotals) {
+        if self.days.len() >= MAX_CACHED_DAYS && !self.days.contains_key(day) {
+            self.days.clear();
+        }
+        self.days.insert(day.to_owned(), totals);
+    }
+
+    /// Takes a committed release of `amount` held on `day` into the known totals (a day not
+    /// known is summed when next asked about, the release included).
+    fn released(&mut self, day: &str, amount: Usd) {
+        if let Some(totals) = self.days.get_mut(day) {
+            totals.reserved = totals.reserved.saturating_sub(amount);
+        }
+    }
 }
 
 impl std::fmt::Debug for BudgetLedger {
@@ -226,7 +278,10 @@ impl BudgetLedger {
         tx.execute_batch(SCHEMA)?;
         tx.commit()?;
         Ok(Self {
-            conn: Mutex::new(conn),
+            ledger: Mutex::new(Ledger {
+                conn,
+                days: HashMap::new(),
+            }),
             policy,
             clock,
         })
@@ -240,8 +295,10 @@ impl BudgetLedger {
         keep: &std::collections::HashSet<String>,
     ) -> Result<usize, BudgetError> {
         let now_ms = (self.clock)().timestamp_millis();
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut ledger = self.lock();
+        let tx = ledger
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let orphans: Vec<String> = {
             let mut stmt = tx.prepare("SELECT task_id FROM budget_reservations")?;
             let keys = stmt.query_map([], |r| r.get::<_, String>(0))?;
@@ -263,13 +320,16 @@ impl BudgetLedger {
             )?;
         }
         tx.commit()?;
+        // Once, at start-up: summed again when next asked about.
+        ledger.days.clear();
         Ok(orphans.len())
     }
 
     /// The amount held for `task_id`, if a hold is open.
     pub fn held(&self, task_id: &str) -> Result<Option<Usd>, BudgetError> {
-        let conn = self.lock();
-        let micros: Option<i64> = conn
+        let ledger = self.lock();
+        let micros: Option<i64> = ledger
+            .conn
             .query_row(
                 "SELECT amount_nanos FROM budget_reservations WHERE task_id = ?1",
                 params![task_id],
@@ -284,10 +344,15 @@ impl BudgetLedger {
         self.policy
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
+    fn lock(&self) -> MutexGuard<'_, Ledger> {
         // A panic while holding the lock dropped its transaction (rolled back), so the connection
-        // is still consistent: recover it rather than poisoning the whole manager.
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+        // is still consistent: recover it rather than poisoning the whole manager. The totals
+        // may have missed a committed write: they are summed again.
+        self.ledger.lock().unwrap_or_else(|e| {
+            let mut ledger = e.into_inner();
+            ledger.days.clear();
+            ledger
+        })
     }
 
     /// Holds `amount` for `task_id` on today's ledger, or refuses when the day would go over its
@@ -296,8 +361,11 @@ impl BudgetLedger {
         let amount = non_negative(amount)?;
         let now = (self.clock)();
         let day = day_of(now);
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut ledger = self.lock();
+        let DayTotals { spent, reserved } = ledger.totals(&day)?;
+        let tx = ledger
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let taken: bool = tx.query_row(
             "SELECT EXISTS(SELECT 1 FROM budget_reservations WHERE task_id = ?1)
                  OR EXISTS(SELECT 1 FROM budget_charges WHERE task_id = ?1)",
@@ -309,7 +377,6 @@ impl BudgetLedger {
                 task_id: task_id.to_owned(),
             });
         }
-        let (spent, reserved) = totals(&tx, &day)?;
         if self.policy.enabled
             && spent.saturating_add(reserved).saturating_add(amount) > self.policy.max_daily_spend
         {
@@ -325,6 +392,8 @@ impl BudgetLedger {
             params![task_id, day, amount.nanos(), now.timestamp_millis()],
         )?;
         tx.commit()?;
+        let reserved = reserved.saturating_add(amount);
+        ledger.remember(&day, DayTotals { spent, reserved });
         Ok(Reservation {
             task_id: task_id.to_owned(),
             day,
@@ -338,8 +407,11 @@ impl BudgetLedger {
     pub fn settle(&self, task_id: &str, actual_cost: Usd) -> Result<Settlement, BudgetError> {
         let cost = non_negative(actual_cost)?;
         let now_ms = (self.clock)().timestamp_millis();
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut ledger = self.lock();
+        let ledger = &mut *ledger;
+        let tx = ledger
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let held: Option<(String, i64)> = tx
             .query_row(
                 "SELECT day, amount_nanos FROM budget_reservations WHERE task_id = ?1",
@@ -364,9 +436,21 @@ impl BudgetLedger {
              VALUES (?1, ?2, ?3, ?4, 'settled', ?5)",
             params![task_id, day, cost.nanos(), reserved, now_ms],
         )?;
-        let (spent, _) = totals(&tx, &day)?;
+        let after = match ledger.days.get(&day) {
+            Some(before) => DayTotals {
+                spent: before.spent.saturating_add(cost),
+                reserved: before.reserved.saturating_sub(Usd::from_nanos(reserved)),
+            },
+            // Summed in this transaction: the hold is gone from it and the charge in it already.
+            None => {
+                let (spent, reserved) = totals(&tx, &day)?;
+                DayTotals { spent, reserved }
+            }
+        };
+        let spent = after.spent;
         let alert_crossed = self.mark_alert(&tx, &day, spent, now_ms)?;
         tx.commit()?;
+        ledger.remember(&day, after);
         Ok(Settlement {
             settled: true,
             day,
@@ -382,9 +466,11 @@ impl BudgetLedger {
     pub fn poll_alert(&self) -> Result<bool, BudgetError> {
         let now = (self.clock)();
         let day = day_of(now);
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (spent, _) = totals(&tx, &day)?;
+        let mut ledger = self.lock();
+        let spent = ledger.totals(&day)?.spent;
+        let tx = ledger
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let fired = self.mark_alert(&tx, &day, spent, now.timestamp_millis())?;
         tx.commit()?;
         Ok(fired)
@@ -410,12 +496,20 @@ impl BudgetLedger {
     /// Drops `task_id`'s hold (the task never ran on a paid model). Returns false when there was
     /// none (already released or settled): calling it twice is harmless.
     pub fn release(&self, task_id: &str) -> Result<bool, BudgetError> {
-        let conn = self.lock();
-        let n = conn.execute(
-            "DELETE FROM budget_reservations WHERE task_id = ?1",
-            params![task_id],
-        )?;
-        Ok(n == 1)
+        let mut ledger = self.lock();
+        let released: Option<(String, i64)> = ledger
+            .conn
+            .query_row(
+                "DELETE FROM budget_reservations WHERE task_id = ?1 RETURNING day, amount_nanos",
+                params![task_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((day, amount)) = released else {
+            return Ok(false);
+        };
+        ledger.released(&day, Usd::from_nanos(amount));
+        Ok(true)
     }
 
     /// What is left today for new reservations, or `None` when the budget is disabled
@@ -430,8 +524,9 @@ impl BudgetLedger {
     /// Today's figures. A new UTC day starts from 0.
     pub fn snapshot(&self) -> Result<BudgetSnapshot, BudgetError> {
         let day = day_of((self.clock)());
-        let conn = self.lock();
-        let (spent, reserved) = totals(&conn, &day)?;
+        let mut ledger = self.lock();
+        let DayTotals { spent, reserved } = ledger.totals(&day)?;
+        let conn = &ledger.conn;
         let earlier: i64 = conn.query_row(
             "SELECT COALESCE(SUM(amount_nanos), 0) FROM budget_reservations WHERE day < ?1",
             params![day],
@@ -546,6 +641,72 @@ mod tests {
 
     fn open(dir: &tempfile::TempDir, p: BudgetPolicy, clock: Clock) -> BudgetLedger {
         BudgetLedger::open(dir.path().join("ledger.sqlite3"), p, clock).unwrap()
+    }
+
+    /// Every known day's totals, checked against what its rows sum to.
+    fn assert_totals_match_rows(ledger: &BudgetLedger) {
+        let state = ledger.lock();
+        assert!(!state.days.is_empty(), "some day's totals are known");
+        for (day, known) in &state.days {
+            let (spent, reserved) = totals(&state.conn, day).unwrap();
+            assert_eq!(*known, DayTotals { spent, reserved }, "day {day}");
+        }
+    }
+
+    /// The day totals a reservation checks against are kept in memory, moved by each write:
+    /// across reservations, refusals, settlements above and below the hold, releases, a hold
+    /// settled the next day and orphans booked, they stay what the rows sum to, and a ledger
+    /// opened afresh on the file (which sums them) agrees.
+    #[test]
+    fn known_day_totals_stay_what_the_rows_sum_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let (clock, secs) = manual_clock(noon());
+        let ledger = open(&dir, policy(1.0, Some(0.5)), clock.clone());
+        ledger.reserve("a", usd(0.30)).unwrap();
+        ledger.reserve("b", usd(0.30)).unwrap();
+        ledger.reserve("c", usd(0.30)).unwrap();
+        assert!(matches!(
+            ledger.reserve("d", usd(0.30)),
+            Err(BudgetError::Exhausted { .. })
+        ));
+        assert!(matches!(
+            ledger.reserve("a", usd(0.01)),
+            Err(BudgetError::Duplicate { .. })
+        ));
+        assert_totals_match_rows(&ledger);
+        assert!(ledger.settle("a", usd(0.10)).unwrap().settled);
+        let higher = ledger.settle("b", usd(0.45)).unwrap();
+        assert_eq!(higher.day_spent, usd(0.55));
+        assert!(higher.alert_crossed);
+        assert!(ledger.release("c").unwrap());
+        assert!(!ledger.release("c").unwrap());
+        ledger.reserve("e", usd(0.20)).unwrap();
+        ledger.reserve("f", usd(0.20)).unwrap();
+        assert_totals_match_rows(&ledger);
+        let today = ledger.snapshot().unwrap();
+        assert_eq!((today.spent, today.reserved), (usd(0.55), usd(0.40)));
+
+        // The next day: yesterday's hold settles on yesterday.
+        secs.fetch_add(24 * 3600, Ordering::SeqCst);
+        ledger.reserve("g", usd(0.25)).unwrap();
+        let late = ledger.settle("e", usd(0.05)).unwrap();
+        assert_eq!(late.day, "2026-11-03");
+        assert_eq!(late.day_spent, usd(0.60));
+        assert_totals_match_rows(&ledger);
+        let next = ledger.snapshot().unwrap();
+        assert_eq!((next.spent, next.reserved), (Usd::ZERO, usd(0.25)));
+        assert_eq!(next.earlier_holds, usd(0.20));
+
+        // A restart books the holds nobody resumes ("f", "g") as spent.
+        drop(ledger);
+        let reopened = open(&dir, policy(1.0, Some(0.5)), clock);
+        let fresh = reopened.snapshot().unwrap();
+        assert_eq!((fresh.spent, fresh.reserved), (next.spent, next.reserved));
+        assert_eq!(reopened.book_orphans(&Default::default()).unwrap(), 2);
+        let booked = reopened.snapshot().unwrap();
+        assert_eq!((booked.spent, booked.reserved), (usd(0.25), Usd::ZERO));
+        assert_eq!(booked.earlier_holds, Usd::ZERO);
+        assert_totals_match_rows(&reopened);
     }
 
     #[test]
