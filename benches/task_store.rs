@@ -10,6 +10,10 @@
 //! Then the budget ledger's two writes of a paid dispatch (the hold before it is placed, the
 //! settlement after its result) with 0, 1,000, 10,000 and 50,000 charges already booked that day:
 //! what a hold costs on the scheduler's path as a busy day goes on.
+//!
+//! Last, ListTasks with a filter that matches nothing, on a store of `PAS_BENCH_LIST_TASKS` tasks
+//! (default 100,000): one page (at most `LIST_SCAN_ROWS` records examined) against every page to
+//! the end (the whole store, which one call read before pages were bounded).
 
 #![forbid(unsafe_code)]
 
@@ -17,7 +21,7 @@ use pas::contract::v1::{
     Assigned, DispatchRequest, TaskEvent, TaskResult, TaskState, task_event::Kind,
 };
 use pas::manager::budget::{BudgetLedger, BudgetPolicy};
-use pas::manager::store::{NewTask, TaskStore};
+use pas::manager::store::{LIST_SCAN_ROWS, NewTask, TaskStore};
 use pas::money::Usd;
 use std::time::{Duration, Instant};
 
@@ -47,17 +51,29 @@ fn event(task_id: &str, seq: u64, kind: Kind) -> TaskEvent {
     }
 }
 
-async fn run(tasks: usize) {
+/// A new store in a temporary directory (kept while the directory handle lives).
+fn fresh_store() -> (tempfile::TempDir, TaskStore) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let store = TaskStore::open(dir.path().join("tasks.sqlite3")).expect("store");
-    let request = DispatchRequest {
+    (dir, store)
+}
+
+/// The dry run every task of this benchmark records, in run `run_id`.
+fn sample_request(run_id: &str) -> DispatchRequest {
+    DispatchRequest {
         task_description: "Add a usage section to the README".into(),
         files: vec!["README.md".into()],
         workspace: "proj".into(),
         capabilities: vec!["python".into()],
+        run_id: run_id.into(),
         dry_run: true,
         ..Default::default()
-    };
+    }
+}
+
+async fn run(tasks: usize) {
+    let (_dir, store) = fresh_store();
+    let request = sample_request("");
     let (mut insert, mut running, mut assigned, mut result, mut task) =
         (vec![], vec![], vec![], vec![], vec![]);
     for i in 0..tasks {
@@ -116,8 +132,7 @@ async fn run(tasks: usize) {
 /// placement (commit 1, awaited before Execute is sent), the Assigned event with the result
 /// (commit 2, awaited before the caller sees the result).
 async fn as_dispatched(tasks: usize, request: &DispatchRequest) {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let store = TaskStore::open(dir.path().join("tasks.sqlite3")).expect("store");
+    let (_dir, store) = fresh_store();
     let (mut placed, mut finished, mut task) = (vec![], vec![], vec![]);
     for i in 0..tasks {
         let id = format!("task-{i:08}");
@@ -198,6 +213,50 @@ fn ledger_by_day_volume() {
     }
 }
 
+/// ListTasks with a filter that matches no task: one page, and every page to the end.
+async fn sparse_listing(tasks: usize) {
+    let (_dir, store) = fresh_store();
+    let request = sample_request("common");
+    let mut writes = Vec::with_capacity(tasks);
+    for i in 0..tasks {
+        writes.push(
+            store.insert_with_next(&NewTask::from_request(&format!("task-{i:08}"), &request)),
+        );
+    }
+    for write in writes {
+        write.await.expect("insert");
+    }
+    let list = |token: String| store.list(None, "rare".into(), vec![], 50, token);
+    let (mut first, mut all, mut pages) = (vec![], vec![], 0);
+    for _ in 0..20 {
+        let t = Instant::now();
+        let (page, _) = list(String::new()).await.expect("list");
+        assert!(page.is_empty());
+        first.push(t.elapsed());
+        let t = Instant::now();
+        let (mut token, mut n) = (String::new(), 0);
+        loop {
+            let (_, next) = list(token).await.expect("list");
+            n += 1;
+            if next.is_empty() {
+                break;
+            }
+            token = next;
+        }
+        all.push(t.elapsed());
+        pages = n;
+    }
+    println!(
+        "ListTasks, a filter matching none of {tasks} tasks (µs; {LIST_SCAN_ROWS} examined per page, {pages} pages)"
+    );
+    println!(
+        "{:<28} {:>9} {:>9} {:>9} {:>9}",
+        "call", "p50", "p90", "p99", "mean"
+    );
+    row("one page", first);
+    row("every page to the end", all);
+}
+
 fn main() {
     let tasks = std::env::var("PAS_BENCH_TASKS")
         .ok()
@@ -210,4 +269,13 @@ fn main() {
         .expect("runtime")
         .block_on(run(tasks));
     ledger_by_day_volume();
+    let listed = std::env::var("PAS_BENCH_LIST_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(sparse_listing(listed));
 }

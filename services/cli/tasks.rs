@@ -111,6 +111,7 @@ pub fn run(config_path: &Path, args: TasksArgs) -> ExitCode {
             let mut token = String::new();
             let more = loop {
                 let want = (limit - tasks.len()).min(args.page_size as usize) as u32;
+                let sent = token.clone();
                 let page = match client.list_tasks(args.request(want, token)).await {
                     Ok(page) => page.into_inner(),
                     Err(status) => {
@@ -118,10 +119,11 @@ pub fn run(config_path: &Path, args: TasksArgs) -> ExitCode {
                         return exit_for_status(status.code());
                     }
                 };
-                let empty = page.tasks.is_empty();
                 tasks.extend(page.tasks);
                 token = page.next_page_token;
-                if token.is_empty() || empty {
+                // A page may be short, even empty, with more below it (the manager examines a
+                // window of tasks per page); only a page without a new token is the last.
+                if token.is_empty() || token == sent {
                     break false;
                 }
                 if tasks.len() >= limit {

@@ -347,13 +347,17 @@ impl ProgrammerPool for PoolService {
             .as_deref()
             .filter(|c| !c.may_access(""))
             .map(|c| c.name.as_str());
-        let listed = self.mgr.store.list(
-            owner,
-            &req.run_id,
-            &req.states,
-            page_size as usize,
-            &req.page_token,
-        );
+        let listed = self
+            .mgr
+            .store
+            .list(
+                owner.map(str::to_owned),
+                req.run_id,
+                req.states,
+                page_size as usize,
+                req.page_token,
+            )
+            .await;
         let (tasks, next_page_token) = listed.map_err(|e| match e {
             crate::manager::store::StoreError::BadPageToken(_) => {
                 Status::invalid_argument(e.to_string())

@@ -237,6 +237,10 @@ pub struct TaskStore {
     checkpointer: Option<JoinHandle<()>>,
     /// The connection `get` reads with.
     reader: Mutex<Connection>,
+    /// The connection [`list`](Self::list) reads with, on the blocking pool: a page of a filter
+    /// that matches few tasks reads thousands of rows, and neither the runtime's thread nor
+    /// `get`'s connection waits for it.
+    lister: Arc<Mutex<Connection>>,
     recovered: usize,
 }
 
@@ -417,6 +421,7 @@ impl TaskStore {
         // Checkpoints are the checkpoint thread's job, not the commits'.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let reader = connect(path)?;
+        let lister = Arc::new(Mutex::new(connect(path)?));
         let checkpoints = connect(path)?;
         let thread_error =
             |e: std::io::Error| StoreError::Commit(format!("cannot start a thread: {e}"));
@@ -448,6 +453,7 @@ impl TaskStore {
             stop_checkpoints: Some(stop_checkpoints),
             checkpointer: Some(checkpointer),
             reader: Mutex::new(reader),
+            lister,
             recovered,
         })
     }
@@ -697,52 +703,27 @@ impl TaskStore {
         Ok(out)
     }
 
-    /// One page of task records, newest first (in the order they were recorded): those `owner`
-    /// may see (`None`: all), filtered by run id and states. The token is the last record's
-    /// place in that order (its rowid).
-    pub fn list(
+    /// A page of the task records `owner` may see (all when `None`), newest first, filtered by
+    /// `run_id` (when not empty) and `states` (when not empty), and the token of the next page
+    /// (empty after the last one). A page examines at most [`LIST_SCAN_ROWS`] records: when the
+    /// filter matches few of them, the page is shorter than `page_size` (even empty) and its token
+    /// goes on below them, so no call reads a whole store. Runs on the blocking pool.
+    pub async fn list(
         &self,
-        owner: Option<&str>,
-        run_id: &str,
-        states: &[i32],
+        owner: Option<String>,
+        run_id: String,
+        states: Vec<i32>,
         page_size: usize,
-        page_token: &str,
+        page_token: String,
     ) -> Result<(Vec<TaskRecord>, String), StoreError> {
-        let before = match page_token {
-            "" => i64::MAX,
-            token => token
-                .parse::<i64>()
-                .map_err(|_| StoreError::BadPageToken(page_token.to_owned()))?,
-        };
-        let states_json = serde_json::to_string(states).unwrap_or_else(|_| "[]".into());
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {RECORD_COLUMNS}, rowid FROM tasks
-             WHERE rowid < ?1
-               AND (?2 IS NULL OR owner = ?2)
-               AND (?3 = '' OR run_id = ?3)
-               AND (?4 = '[]' OR state IN (SELECT value FROM json_each(?4)))
-             ORDER BY rowid DESC LIMIT ?5"
-        ))?;
-        let rows = stmt.query_map(
-            params![before, owner, run_id, states_json, (page_size + 1) as i64],
-            |r| Ok((RawRow::from_row(r)?, r.get::<_, i64>(RECORD_COLUMN_COUNT)?)),
-        )?;
-        let mut records = Vec::new();
-        for row in rows {
-            let (raw, rowid) = row?;
-            records.push((raw.into_record()?, rowid));
-        }
-        let next = if records.len() > page_size {
-            records.truncate(page_size);
-            records
-                .last()
-                .map(|(_, rowid)| rowid.to_string())
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok((records.into_iter().map(|(r, _)| r).collect(), next))
+        let lister = Arc::clone(&self.lister);
+        tokio::task::spawn_blocking(move || {
+            let conn = lister.lock().unwrap_or_else(|e| e.into_inner());
+            let filter = (owner.as_deref(), run_id.as_str(), states.as_slice());
+            list_page(&conn, filter, page_size, &page_token, LIST_SCAN_ROWS)
+        })
+        .await
+        .map_err(|e| StoreError::Commit(format!("listing tasks did not finish: {e}")))?
     }
 
     /// Stores the task's final result; the state becomes `result.status`, which must be terminal.
@@ -758,6 +739,74 @@ impl TaskStore {
     pub fn get(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
         read_record(&self.reader(), task_id)
     }
+}
+
+/// Most task records one [`TaskStore::list`] page examines.
+pub const LIST_SCAN_ROWS: i64 = 5_000;
+
+/// One page of [`TaskStore::list`]: the records with rowids in the window of `scan_rows` below
+/// the token (the newest ones without a token) that match `(owner, run_id, states)`.
+fn list_page(
+    conn: &Connection,
+    (owner, run_id, states): (Option<&str>, &str, &[i32]),
+    page_size: usize,
+    page_token: &str,
+    scan_rows: i64,
+) -> Result<(Vec<TaskRecord>, String), StoreError> {
+    let before = match page_token {
+        "" => conn.query_row("SELECT COALESCE(MAX(rowid), 0) + 1 FROM tasks", [], |r| {
+            r.get::<_, i64>(0)
+        })?,
+        token => token
+            .parse::<i64>()
+            .map_err(|_| StoreError::BadPageToken(page_token.to_owned()))?,
+    };
+    let floor = before.saturating_sub(scan_rows);
+    let states_json = serde_json::to_string(states).unwrap_or_else(|_| "[]".into());
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {RECORD_COLUMNS}, rowid FROM tasks
+         WHERE rowid < ?1 AND rowid >= ?6
+           AND (?2 IS NULL OR owner = ?2)
+           AND (?3 = '' OR run_id = ?3)
+           AND (?4 = '[]' OR state IN (SELECT value FROM json_each(?4)))
+         ORDER BY rowid DESC LIMIT ?5"
+    ))?;
+    let rows = stmt.query_map(
+        params![
+            before,
+            owner,
+            run_id,
+            states_json,
+            (page_size + 1) as i64,
+            floor
+        ],
+        |r| Ok((RawRow::from_row(r)?, r.get::<_, i64>(RECORD_COLUMN_COUNT)?)),
+    )?;
+    let mut records = Vec::new();
+    for row in rows {
+        let (raw, rowid) = row?;
+        records.push((raw.into_record()?, rowid));
+    }
+    let next = if records.len() > page_size {
+        records.truncate(page_size);
+        records
+            .last()
+            .map(|(_, rowid)| rowid.to_string())
+            .unwrap_or_default()
+    } else {
+        // The window is read to its end: go on below it if anything is there.
+        let more: bool = conn.query_row(
+            "SELECT EXISTS(SELECT 1 FROM tasks WHERE rowid < ?1)",
+            params![floor],
+            |r| r.get(0),
+        )?;
+        if more {
+            floor.to_string()
+        } else {
+            String::new()
+        }
+    };
+    Ok((records.into_iter().map(|(r, _)| r).collect(), next))
 }
 
 impl Drop for TaskStore {
@@ -1592,12 +1641,12 @@ mod tests {
         let ids = |records: &[TaskRecord]| -> Vec<String> {
             records.iter().map(|r| r.task_id.clone()).collect()
         };
-        let (page, next) = store.list(None, "", &[], 2, "").unwrap();
+        let (page, next) = list(&store, None, "", &[], 2, "").await.unwrap();
         assert_eq!(page.len(), 2);
         let mut all = ids(&page);
-        let (page, next) = store.list(None, "", &[], 2, &next).unwrap();
+        let (page, next) = list(&store, None, "", &[], 2, &next).await.unwrap();
         all.extend(ids(&page));
-        let (page, last) = store.list(None, "", &[], 2, &next).unwrap();
+        let (page, last) = list(&store, None, "", &[], 2, &next).await.unwrap();
         all.extend(ids(&page));
         assert_eq!(last, "");
         let mut expected: Vec<String> = (0..5).map(|i| format!("t{i}")).collect();
@@ -1605,17 +1654,73 @@ mod tests {
         sorted.sort();
         expected.sort();
         assert_eq!(sorted, expected, "every task once across pages");
-        let (even, _) = store.list(None, "even", &[], 50, "").unwrap();
+        let (even, _) = list(&store, None, "even", &[], 50, "").await.unwrap();
         assert_eq!(even.len(), 3);
         let queued = [TaskState::Queued as i32];
-        let (open_even, _) = store.list(None, "even", &queued, 50, "").unwrap();
+        let (open_even, _) = list(&store, None, "even", &queued, 50, "").await.unwrap();
         assert_eq!(open_even.len(), 2, "t0 finished");
-        let (bobs, _) = store.list(Some("bob"), "", &[], 50, "").unwrap();
+        let (bobs, _) = list(&store, Some("bob"), "", &[], 50, "").await.unwrap();
         assert_eq!(ids(&bobs), ["t4"]);
         assert!(matches!(
-            store.list(None, "", &[], 2, "garbage"),
+            list(&store, None, "", &[], 2, "garbage").await,
             Err(StoreError::BadPageToken(_))
         ));
+    }
+
+    async fn list(
+        store: &TaskStore,
+        owner: Option<&str>,
+        run_id: &str,
+        states: &[i32],
+        page_size: usize,
+        token: &str,
+    ) -> Result<(Vec<TaskRecord>, String), StoreError> {
+        let (owner, run_id, states) =
+            (owner.map(str::to_owned), run_id.to_owned(), states.to_vec());
+        store
+            .list(owner, run_id, states, page_size, token.to_owned())
+            .await
+    }
+
+    /// A filter that matches few tasks does not read the whole store in one call: each page
+    /// examines one window of rows, is shorter than asked (even empty) when few match there, and
+    /// its token goes on below the window, until every match has been listed once, newest first.
+    #[tokio::test]
+    async fn a_sparse_filter_is_listed_window_by_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        for i in 0..10 {
+            let mut req = request(&format!("t{i}"));
+            req.run_id = if i == 1 || i == 8 { "rare" } else { "common" }.into();
+            let task = NewTask::from_request(&format!("t{i}"), &req);
+            store.insert(&task).await.unwrap();
+        }
+        let conn = raw_connection(&dir);
+        let filter = (None, "rare", &[][..]);
+        let (mut found, mut pages, mut short_pages) = (vec![], 0, 0);
+        let mut token = String::new();
+        loop {
+            let (page, next) = list_page(&conn, filter, 50, &token, 3).unwrap();
+            pages += 1;
+            if page.is_empty() && !next.is_empty() {
+                short_pages += 1;
+            }
+            found.extend(page.into_iter().map(|r| r.task_id));
+            if next.is_empty() {
+                break;
+            }
+            token = next;
+        }
+        assert_eq!(found, ["t8", "t1"]);
+        assert_eq!(pages, 4, "ten rows, three per window");
+        assert!(short_pages > 0, "an empty page still carries a token");
+        // A page of a filter that matches enough stops at the page size, as before.
+        let (page, next) = list_page(&conn, (None, "common", &[][..]), 2, "", 3).unwrap();
+        assert_eq!(
+            page.iter().map(|r| r.task_id.as_str()).collect::<Vec<_>>(),
+            ["t9", "t7"]
+        );
+        assert!(!next.is_empty());
     }
 
     /// A committer held inside its transaction, on a thread of its own, until `release` is sent;
