@@ -215,6 +215,9 @@ pub enum StoreError {
     /// The transaction holding this write failed to commit (the write did not happen).
     #[error("task store commit failed: {0}")]
     Commit(String),
+    /// A read run off the async runtime did not finish (it panicked, or the runtime is stopping).
+    #[error("task store read did not finish: {0}")]
+    Unfinished(String),
     /// The store is closing: it takes no more writes.
     #[error("task store is closed")]
     Closed,
@@ -723,7 +726,7 @@ impl TaskStore {
             list_page(&conn, filter, page_size, &page_token, LIST_SCAN_ROWS)
         })
         .await
-        .map_err(|e| StoreError::Commit(format!("listing tasks did not finish: {e}")))?
+        .map_err(|e| StoreError::Unfinished(format!("listing tasks: {e}")))?
     }
 
     /// Stores the task's final result; the state becomes `result.status`, which must be terminal.
