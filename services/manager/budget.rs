@@ -347,10 +347,11 @@ impl BudgetLedger {
     fn lock(&self) -> MutexGuard<'_, Ledger> {
         // A panic while holding the lock dropped its transaction (rolled back), so the connection
         // is still consistent: recover it rather than poisoning the whole manager. The totals
-        // may have missed a committed write: they are summed again.
+        // may have missed a committed write: they are summed again, once.
         self.ledger.lock().unwrap_or_else(|e| {
             let mut ledger = e.into_inner();
             ledger.days.clear();
+            self.ledger.clear_poison();
             ledger
         })
     }
@@ -707,6 +708,30 @@ mod tests {
         assert_eq!((booked.spent, booked.reserved), (usd(0.25), Usd::ZERO));
         assert_eq!(booked.earlier_holds, Usd::ZERO);
         assert_totals_match_rows(&reopened);
+    }
+
+    /// A panic while the ledger is locked (here: inside a hold's check) leaves the ledger usable,
+    /// with totals that are what the rows sum to.
+    #[test]
+    fn a_panic_under_the_lock_leaves_true_totals() {
+        let dir = tempfile::tempdir().unwrap();
+        let (clock, _) = manual_clock(noon());
+        let ledger = Arc::new(open(&dir, policy(10.0, None), clock));
+        ledger.reserve("a", usd(1.0)).unwrap();
+        let poisoner = ledger.clone();
+        let panicked = std::thread::spawn(move || {
+            let mut state = poisoner.lock();
+            // A wrong figure left behind by the panic.
+            state.days.values_mut().for_each(|t| t.reserved = Usd::ZERO);
+            panic!("while holding the ledger");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(ledger.ledger.is_poisoned());
+        ledger.reserve("b", usd(2.0)).unwrap();
+        assert!(!ledger.ledger.is_poisoned(), "recovered once");
+        assert_eq!(ledger.snapshot().unwrap().reserved, usd(3.0));
+        assert_totals_match_rows(&ledger);
     }
 
     #[test]
