@@ -197,14 +197,12 @@ struct DayTotals {
 const MAX_CACHED_DAYS: usize = 64;
 
 impl Ledger {
-    /// The totals of `day`, summed from the rows (in the caller's transaction, when it has one)
-    /// unless already known.
+    /// The totals of `day`, summed from the rows unless already known.
     fn totals(&mut self, day: &str) -> rusqlite::Result<DayTotals> {
         if let Some(totals) = self.days.get(day) {
             return Ok(*totals);
         }
-        let (spent, reserved) = totals(&self.conn, day)?;
-        let totals = DayTotals { spent, reserved };
+        let totals = totals(&self.conn, day)?;
         self.remember(day, totals);
         Ok(totals)
     }
@@ -443,10 +441,7 @@ impl BudgetLedger {
                 reserved: before.reserved.saturating_sub(Usd::from_nanos(reserved)),
             },
             // Summed in this transaction: the hold is gone from it and the charge in it already.
-            None => {
-                let (spent, reserved) = totals(&tx, &day)?;
-                DayTotals { spent, reserved }
-            }
+            None => totals(&tx, &day)?,
         };
         let spent = after.spent;
         let alert_crossed = self.mark_alert(&tx, &day, spent, now_ms)?;
@@ -559,13 +554,18 @@ impl BudgetLedger {
     }
 }
 
-/// (settled spend, open holds) of `day`.
-fn totals(conn: &Connection, day: &str) -> rusqlite::Result<(Usd, Usd)> {
+/// The settled spend and open holds of `day`, summed from its rows.
+fn totals(conn: &Connection, day: &str) -> rusqlite::Result<DayTotals> {
     conn.query_row(
         "SELECT (SELECT COALESCE(SUM(amount_nanos), 0) FROM budget_charges WHERE day = ?1),
                 (SELECT COALESCE(SUM(amount_nanos), 0) FROM budget_reservations WHERE day = ?1)",
         params![day],
-        |r| Ok((Usd::from_nanos(r.get(0)?), Usd::from_nanos(r.get(1)?))),
+        |r| {
+            Ok(DayTotals {
+                spent: Usd::from_nanos(r.get(0)?),
+                reserved: Usd::from_nanos(r.get(1)?),
+            })
+        },
     )
 }
 
@@ -649,8 +649,7 @@ mod tests {
         let state = ledger.lock();
         assert!(!state.days.is_empty(), "some day's totals are known");
         for (day, known) in &state.days {
-            let (spent, reserved) = totals(&state.conn, day).unwrap();
-            assert_eq!(*known, DayTotals { spent, reserved }, "day {day}");
+            assert_eq!(*known, totals(&state.conn, day).unwrap(), "day {day}");
         }
     }
 
