@@ -14,15 +14,21 @@
 //! Last, ListTasks with a filter that matches nothing, on a store of `PAS_BENCH_LIST_TASKS` tasks
 //! (default 100,000): one page (at most `LIST_SCAN_ROWS` records examined) against every page to
 //! the end (the whole store, which one call read before pages were bounded).
+//!
+//! And WatchTask on a finished task of 100 to 50,000 events: the one read of every event that a
+//! call made on the runtime's thread before, against what it makes there now (the last event)
+//! and the pages of `REPLAY_PAGE` events its follower reads on the blocking pool.
 
 #![forbid(unsafe_code)]
 
+use pas::contract::v1::Output;
 use pas::contract::v1::{
     Assigned, DispatchRequest, TaskEvent, TaskResult, TaskState, task_event::Kind,
 };
 use pas::manager::budget::{BudgetLedger, BudgetPolicy};
 use pas::manager::store::{LIST_SCAN_ROWS, NewTask, TaskStore};
 use pas::money::Usd;
+use pas::task_events::REPLAY_PAGE;
 use std::time::{Duration, Instant};
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -257,6 +263,66 @@ async fn sparse_listing(tasks: usize) {
     row("every page to the end", all);
 }
 
+/// WatchTask on a finished task of `n` events, read whole (as before) and as it is read now.
+async fn replay_by_task_length() {
+    println!(
+        "WatchTask on a finished task (µs; the whole read was on the runtime's thread, now only the last event is; {REPLAY_PAGE} events per page)"
+    );
+    println!(
+        "{:<28} {:>9} {:>9} {:>9} {:>9}",
+        "events / read", "p50", "p90", "p99", "mean"
+    );
+    for n in [100u64, 1_000, 10_000, 50_000] {
+        let (_dir, store) = fresh_store();
+        let task = format!("task-{n}");
+        store
+            .insert(&NewTask::from_request(&task, &sample_request("r")))
+            .await
+            .expect("insert");
+        let mut writes = Vec::new();
+        for seq in 1..=n {
+            let chunk = Kind::Output(Output {
+                text: format!("aider output line {seq:>8} of the task\n"),
+                stream: "stdout".into(),
+                attempt: 1,
+            });
+            writes.push(store.append_event_soon(&task, &event(&task, seq, chunk), seq));
+        }
+        for write in writes {
+            write.await.expect("journal");
+        }
+        let rounds = if n >= 10_000 { 20 } else { 200 };
+        let (mut whole, mut last, mut page, mut pages) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..rounds {
+            let t = Instant::now();
+            assert_eq!(store.events(&task).expect("events").len() as u64, n);
+            whole.push(t.elapsed());
+            let t = Instant::now();
+            assert!(store.last_event(&task).expect("last").is_some());
+            last.push(t.elapsed());
+            let t = Instant::now();
+            let first = store.events_after(task.clone(), 0, REPLAY_PAGE).await;
+            page.push(t.elapsed());
+            assert!(!first.expect("page").is_empty());
+            let t = Instant::now();
+            let (mut after, mut read) = (0, 0);
+            loop {
+                let got = store.events_after(task.clone(), after, REPLAY_PAGE).await;
+                let got = got.expect("page");
+                let Some(end) = got.last() else { break };
+                after = end.seq;
+                read += got.len() as u64;
+            }
+            assert_eq!(read, n);
+            pages.push(t.elapsed());
+        }
+        row(&format!("{n} / whole, before"), whole);
+        row(&format!("{n} / last event, now"), last);
+        row(&format!("{n} / one page, now"), page);
+        row(&format!("{n} / every page, now"), pages);
+    }
+}
+
 fn main() {
     let tasks = std::env::var("PAS_BENCH_TASKS")
         .ok()
@@ -277,5 +343,8 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime")
-        .block_on(sparse_listing(listed));
+        .block_on(async {
+            sparse_listing(listed).await;
+            replay_by_task_length().await;
+        });
 }

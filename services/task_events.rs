@@ -36,8 +36,9 @@ pub type EventItem = Result<TaskEvent, Status>;
 /// A follower's stream of events, as tonic serves it.
 pub type EventStream = Pin<Box<dyn futures::Stream<Item = EventItem> + Send + 'static>>;
 
-/// Most events a log keeps in memory; older ones are dropped first (a follower asking for them
-/// gets OUT_OF_RANGE naming the oldest kept). The result is always kept: it is last.
+/// Most events a log keeps in memory; older ones are dropped first. A follower asking for them
+/// reads them back from the journal when it [`replays`](Journal::replays), and gets OUT_OF_RANGE
+/// naming the oldest kept otherwise. The result is always kept: it is last.
 pub const MAX_RETAINED: usize = 10_000;
 
 /// Most events of one log that may be numbered but not yet durable: past it, a producer waits
@@ -69,7 +70,29 @@ pub trait Journal: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<(), String>> {
         self.append(task_id, event, upstream_seq)
     }
+
+    /// True when [`replay`](Self::replay) reads back what this journal stored, so a follower
+    /// may ask for events its log no longer keeps in memory.
+    fn replays(&self) -> bool {
+        false
+    }
+
+    /// Up to `limit` stored events of `task_id` with seq > `after_seq`, in seq order (empty when
+    /// this journal cannot read back: see [`replays`](Self::replays)). A follower reads the
+    /// events its log dropped from memory here, a page at a time.
+    fn replay(
+        &self,
+        _task_id: &str,
+        _after_seq: u64,
+        _limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<TaskEvent>, String>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
+
+/// Most events a follower reads back from the journal at once: what it holds in memory while
+/// it replays events its log no longer keeps.
+pub const REPLAY_PAGE: usize = 512;
 
 #[derive(Debug, Default)]
 struct LogState {
@@ -225,8 +248,9 @@ impl TaskLog {
     }
 
     /// Follows the log: the events with seq > `after_seq`, then new ones as they are published,
-    /// ending after the result. With `heartbeat`, an idle stream carries a [`Heartbeat`] that
-    /// often. OUT_OF_RANGE when events after `after_seq` are no longer kept.
+    /// ending after the result. Events no longer kept in memory are read back from the journal,
+    /// a page at a time; OUT_OF_RANGE when the journal cannot read back. With `heartbeat`, an
+    /// idle stream carries a [`Heartbeat`] that often.
     pub fn follow(
         self: &Arc<Self>,
         after_seq: u64,
@@ -236,6 +260,7 @@ impl TaskLog {
             let state = self.state();
             if let Some(oldest) = state.events.front().map(|e| e.seq)
                 && after_seq + 1 < oldest
+                && !self.journal.as_ref().is_some_and(|j| j.replays())
             {
                 return Err(out_of_range(&self.task_id, oldest));
             }
@@ -250,6 +275,7 @@ impl TaskLog {
         let follower = Follower {
             log: self.clone(),
             cursor: after_seq,
+            replayed: VecDeque::new(),
             published: self.published.subscribe(),
             heartbeat,
             done: false,
@@ -308,6 +334,8 @@ fn out_of_range(task_id: &str, oldest: u64) -> Status {
 struct Follower {
     log: Arc<TaskLog>,
     cursor: u64,
+    /// A page read back from the journal, not yet yielded (events the log no longer keeps).
+    replayed: VecDeque<TaskEvent>,
     published: watch::Receiver<u64>,
     heartbeat: Option<Duration>,
     done: bool,
@@ -319,7 +347,11 @@ impl Follower {
             return None;
         }
         loop {
-            match self.log.next_after(self.cursor) {
+            let next = match self.replayed.pop_front() {
+                Some(event) => Ok(Some(event)),
+                None => self.log.next_after(self.cursor),
+            };
+            match next {
                 Ok(Some(event)) => {
                     self.cursor = event.seq;
                     self.done = matches!(event.kind, Some(Kind::Result(_)));
@@ -327,9 +359,14 @@ impl Follower {
                 }
                 Ok(None) => {}
                 Err(oldest) => {
-                    // Fell so far behind that the log dropped what it has not read yet.
-                    self.done = true;
-                    return Some(Err(out_of_range(&self.log.task_id, oldest)));
+                    // The log dropped what this follower has not read yet: read it back.
+                    match self.read_back(oldest).await {
+                        Ok(()) => continue,
+                        Err(status) => {
+                            self.done = true;
+                            return Some(Err(status));
+                        }
+                    }
                 }
             }
             let idle = async {
@@ -354,6 +391,40 @@ impl Follower {
                 }
             }
         }
+    }
+}
+
+impl Follower {
+    /// Fills `replayed` with the journal's next page after the cursor; OUT_OF_RANGE (naming
+    /// `oldest`, the log's oldest kept event) when the journal cannot read back or has nothing
+    /// after the cursor.
+    async fn read_back(&mut self, oldest: u64) -> Result<(), Status> {
+        let Some(journal) = self.log.journal.as_ref().filter(|j| j.replays()) else {
+            return Err(out_of_range(&self.log.task_id, oldest));
+        };
+        let page = journal
+            .replay(&self.log.task_id, self.cursor, REPLAY_PAGE)
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "task {:?}: reading back its events: {e}",
+                    self.log.task_id
+                ))
+            })?;
+        if page.is_empty() {
+            return Err(out_of_range(&self.log.task_id, oldest));
+        }
+        // What the log still keeps comes from the log: it may not be published yet. A journal
+        // that lost an event's write (see `publish`) leaves a gap, skipped rather than fatal.
+        let cursor = self.cursor;
+        self.replayed = page
+            .into_iter()
+            .filter(|e| e.seq > cursor && e.seq < oldest)
+            .collect();
+        if self.replayed.is_empty() {
+            self.cursor = oldest - 1;
+        }
+        Ok(())
     }
 }
 
@@ -485,6 +556,84 @@ pub(crate) mod tests {
             .err()
             .expect("ahead");
         assert_eq!(ahead.code(), tonic::Code::OutOfRange);
+    }
+
+    /// A journal that keeps every event and reads them back, as the manager's store does.
+    #[derive(Default)]
+    struct Kept(Mutex<Vec<TaskEvent>>);
+    impl Journal for Kept {
+        fn append(
+            &self,
+            _: &str,
+            event: &TaskEvent,
+            _: u64,
+        ) -> BoxFuture<'static, Result<(), String>> {
+            self.0.lock().unwrap().push(event.clone());
+            Box::pin(async { Ok(()) })
+        }
+        fn replays(&self) -> bool {
+            true
+        }
+        fn replay(
+            &self,
+            _: &str,
+            after_seq: u64,
+            limit: usize,
+        ) -> BoxFuture<'static, Result<Vec<TaskEvent>, String>> {
+            let page: Vec<TaskEvent> = self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|e| e.seq > after_seq)
+                .take(limit)
+                .cloned()
+                .collect();
+            Box::pin(async move { Ok(page) })
+        }
+    }
+
+    #[tokio::test]
+    async fn events_no_longer_kept_are_read_back_from_a_journal_that_replays() {
+        let journal = Arc::new(Kept::default());
+        let log = TaskLog::new("t7", Some(journal.clone()));
+        let sink = TaskEventSink::new(log.clone());
+        // A follower that reads nothing while the log runs far past its window.
+        let mut lagging = log.follow(0, None).unwrap();
+        let total = MAX_RETAINED + 2 * REPLAY_PAGE + 7;
+        for i in 0..total {
+            sink.send(output(&i.to_string())).await;
+        }
+        sink.finish(succeeded()).await;
+        assert!(
+            log.state().events.front().unwrap().seq > 1,
+            "the log dropped its oldest events"
+        );
+        let every: Vec<u64> = (1..=total as u64 + 1).collect();
+        let mut seen = Vec::new();
+        while let Some(event) = lagging.next().await {
+            seen.push(event.expect("no error").seq);
+        }
+        assert_eq!(
+            seen, every,
+            "the lagging follower read every event once, in order"
+        );
+        assert_eq!(seqs(log.follow(0, None).unwrap()).await, every);
+        assert_eq!(
+            seqs(log.follow(REPLAY_PAGE as u64 + 3, None).unwrap()).await,
+            every[REPLAY_PAGE + 3..]
+        );
+        // A gap the journal lost (a failed write) is skipped, not fatal.
+        journal.0.lock().unwrap().retain(|e| e.seq != 5);
+        let gapped = seqs(log.follow(0, None).unwrap()).await;
+        assert_eq!(gapped.len(), every.len() - 1);
+        assert!(!gapped.contains(&5) && gapped.windows(2).all(|w| w[0] < w[1]));
+        // A journal that lost everything before the window: OUT_OF_RANGE, as without one.
+        journal.0.lock().unwrap().clear();
+        let mut lost = log.follow(0, None).unwrap();
+        let err = lost.next().await.unwrap().expect_err("out of range");
+        assert_eq!(err.code(), tonic::Code::OutOfRange);
+        assert!(lost.next().await.is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,7 +4,7 @@
 //!
 //! Watching only looks: Ctrl-C stops following (exit 130) and leaves the task running, saying
 //! how to continue (`pas watch ID --after-seq N`). An unknown id is NOT_FOUND (exit 1); an
-//! `--after-seq` beyond the task's events, or before those still kept, is OUT_OF_RANGE (exit 2).
+//! `--after-seq` beyond the task's events is OUT_OF_RANGE (exit 2).
 
 use super::follow::{self, FollowArgs, Follower, OnInterrupt};
 use std::path::Path;

@@ -19,7 +19,7 @@ use crate::manager::store::{InsertOutcome, NewTask};
 use crate::manager::strategy::{StrategyKind, group_key};
 use crate::manager::waitqueue::Submitted;
 use crate::manager::{status, validate};
-use crate::task_events::{EventStream, HEARTBEAT_EVERY, TaskEventSink, TaskLog};
+use crate::task_events::{EventStream, HEARTBEAT_EVERY, TaskEventSink};
 use crate::telemetry::stages;
 use std::sync::Arc;
 use std::time::Duration;
@@ -454,24 +454,24 @@ fn follow(
             record.task_id
         )));
     };
-    let events = mgr
+    // Only the last event is read here; the follower reads the others back from the journal, a
+    // page at a time on the blocking pool, so a task of tens of thousands of events neither
+    // holds the runtime's thread nor sits in memory whole.
+    let last = mgr
         .store
-        .events(&record.task_id)
+        .last_event(&record.task_id)
         .map_err(|e| Status::internal(format!("task store: {e}")))?;
-    // A task finished before its result was journaled with it (a store written by an older
-    // version) gets its recorded result as the event after the last one journaled.
-    let mut events = events;
-    if !events
-        .last()
-        .is_some_and(|e| matches!(e.kind, Some(Kind::Result(_))))
-    {
-        events.push(TaskEvent {
+    let last = match last {
+        Some(event) if matches!(event.kind, Some(Kind::Result(_))) => event,
+        // A task finished before its result was journaled with it (a store written by an older
+        // version) gets its recorded result as the event after the last one journaled.
+        other => TaskEvent {
             task_id: record.task_id.clone(),
-            seq: events.last().map_or(0, |e| e.seq) + 1,
+            seq: other.map_or(0, |e| e.seq) + 1,
             timestamp_ms: record.finished_ms,
             kind: Some(Kind::Result(Box::new(result.clone()))),
-        });
-    }
-    let log = TaskLog::restore(&record.task_id, events, None);
-    log.follow(after_seq, heartbeat)
+        },
+    };
+    mgr.new_log(&record.task_id, vec![last])
+        .follow(after_seq, heartbeat)
 }

@@ -240,10 +240,11 @@ pub struct TaskStore {
     checkpointer: Option<JoinHandle<()>>,
     /// The connection `get` reads with.
     reader: Mutex<Connection>,
-    /// The connection [`list`](Self::list) reads with, on the blocking pool: a page of a filter
-    /// that matches few tasks reads thousands of rows, and neither the runtime's thread nor
-    /// `get`'s connection waits for it.
-    lister: Arc<Mutex<Connection>>,
+    /// The connection pages are read with, on the blocking pool ([`list`](Self::list)'s, and
+    /// [`events_after`](Self::events_after)'s): a page of a filter that matches few tasks reads
+    /// thousands of rows, a task's events may be tens of thousands, and neither the runtime's
+    /// thread nor `get`'s connection waits for them.
+    pager: Arc<Mutex<Connection>>,
     recovered: usize,
 }
 
@@ -424,7 +425,7 @@ impl TaskStore {
         // Checkpoints are the checkpoint thread's job, not the commits'.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let reader = connect(path)?;
-        let lister = Arc::new(Mutex::new(connect(path)?));
+        let pager = Arc::new(Mutex::new(connect(path)?));
         let checkpoints = connect(path)?;
         let thread_error =
             |e: std::io::Error| StoreError::Commit(format!("cannot start a thread: {e}"));
@@ -456,7 +457,7 @@ impl TaskStore {
             stop_checkpoints: Some(stop_checkpoints),
             checkpointer: Some(checkpointer),
             reader: Mutex::new(reader),
-            lister,
+            pager,
             recovered,
         })
     }
@@ -643,24 +644,41 @@ impl TaskStore {
         })
     }
 
-    /// Every journaled event of `task_id`, in seq order.
+    /// Every journaled event of `task_id`, in seq order (a restarting manager rebuilding a task;
+    /// followers read pages: [`events_after`](Self::events_after)).
     pub fn events(&self, task_id: &str) -> Result<Vec<TaskEvent>, StoreError> {
-        let conn = self.reader();
-        let mut stmt =
-            conn.prepare_cached("SELECT event FROM task_events WHERE task_id = ?1 ORDER BY seq")?;
-        let rows = stmt.query_map(params![task_id], |r| r.get::<_, Vec<u8>>(0))?;
-        let mut events = Vec::new();
-        for row in rows {
-            let bytes = row?;
-            events.push(
-                TaskEvent::decode(bytes.as_slice()).map_err(|e| StoreError::Corrupt {
-                    task_id: task_id.to_owned(),
-                    field: "event",
-                    detail: e.to_string(),
-                })?,
-            );
+        events_page(&self.reader(), task_id, 0, None)
+    }
+
+    /// Up to `limit` journaled events of `task_id` with seq > `after_seq`, in seq order. Runs on
+    /// the blocking pool.
+    pub fn events_after(
+        &self,
+        task_id: String,
+        after_seq: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<TaskEvent>, StoreError>> + Send + 'static {
+        let pager = Arc::clone(&self.pager);
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let conn = pager.lock().unwrap_or_else(|e| e.into_inner());
+                events_page(&conn, &task_id, after_seq, Some(limit))
+            })
+            .await
+            .map_err(|e| StoreError::Unfinished(format!("reading events: {e}")))?
         }
-        Ok(events)
+    }
+
+    /// The latest journaled event of `task_id` (`None` when it has none): one row, read at once.
+    pub fn last_event(&self, task_id: &str) -> Result<Option<TaskEvent>, StoreError> {
+        let conn = self.reader();
+        let bytes = conn
+            .prepare_cached(
+                "SELECT event FROM task_events WHERE task_id = ?1 ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row(params![task_id], |r| r.get::<_, Vec<u8>>(0))
+            .optional()?;
+        bytes.map(|b| decode_event(task_id, &b)).transpose()
     }
 
     /// The tasks a previous process left QUEUED or RUNNING, oldest first, with what resuming
@@ -719,9 +737,9 @@ impl TaskStore {
         page_size: usize,
         page_token: String,
     ) -> Result<(Vec<TaskRecord>, String), StoreError> {
-        let lister = Arc::clone(&self.lister);
+        let pager = Arc::clone(&self.pager);
         tokio::task::spawn_blocking(move || {
-            let conn = lister.lock().unwrap_or_else(|e| e.into_inner());
+            let conn = pager.lock().unwrap_or_else(|e| e.into_inner());
             let filter = (owner.as_deref(), run_id.as_str(), states.as_slice());
             list_page(&conn, filter, page_size, &page_token, LIST_SCAN_ROWS)
         })
@@ -810,6 +828,35 @@ fn list_page(
         }
     };
     Ok((records.into_iter().map(|(r, _)| r).collect(), next))
+}
+
+/// The events of `task_id` with seq > `after_seq`, in seq order, at most `limit` (all without).
+fn events_page(
+    conn: &Connection,
+    task_id: &str,
+    after_seq: u64,
+    limit: Option<usize>,
+) -> Result<Vec<TaskEvent>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT event FROM task_events WHERE task_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    // SQLite reads a negative LIMIT as none.
+    let limit = limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+    let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(params![task_id, after, limit], |r| r.get::<_, Vec<u8>>(0))?;
+    let mut events = Vec::new();
+    for row in rows {
+        events.push(decode_event(task_id, &row?)?);
+    }
+    Ok(events)
+}
+
+fn decode_event(task_id: &str, bytes: &[u8]) -> Result<TaskEvent, StoreError> {
+    TaskEvent::decode(bytes).map_err(|e| StoreError::Corrupt {
+        task_id: task_id.to_owned(),
+        field: "event",
+        detail: e.to_string(),
+    })
 }
 
 impl Drop for TaskStore {
@@ -1302,6 +1349,20 @@ impl Journal for TaskStore {
     ) -> futures::future::BoxFuture<'static, Result<(), String>> {
         journaled(self.append_event_soon(task_id, event, upstream_seq))
     }
+
+    fn replays(&self) -> bool {
+        true
+    }
+
+    fn replay(
+        &self,
+        task_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> futures::future::BoxFuture<'static, Result<Vec<TaskEvent>, String>> {
+        let page = self.events_after(task_id.to_owned(), after_seq, limit);
+        Box::pin(async move { page.await.map_err(|e| e.to_string()) })
+    }
 }
 
 /// A store write as the [`Journal`] answers it.
@@ -1625,6 +1686,55 @@ mod tests {
             Err(StoreError::NotTerminal(TaskState::Running))
         ));
         assert!(store.events("t2").unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn events_are_read_back_a_page_at_a_time_and_the_last_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        for id in ["t1", "t2"] {
+            store
+                .insert(&NewTask::from_request(id, &request("x")))
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.last_event("t1").unwrap(), None);
+        let event = |task_id: &str, seq| TaskEvent {
+            task_id: task_id.into(),
+            seq,
+            timestamp_ms: i64::try_from(seq).unwrap(),
+            kind: Some(Kind::Output(crate::contract::v1::Output {
+                text: format!("chunk {seq}"),
+                ..Default::default()
+            })),
+        };
+        for seq in 1..=25 {
+            for id in ["t1", "t2"] {
+                store.append_event(id, &event(id, seq), 0).await.unwrap();
+            }
+        }
+        let seqs = |events: Vec<TaskEvent>| events.iter().map(|e| e.seq).collect::<Vec<_>>();
+        let page = store.events_after("t1".into(), 0, 10).await.unwrap();
+        assert_eq!(page[3], event("t1", 4), "whole events, of this task only");
+        assert_eq!(seqs(page), (1..=10).collect::<Vec<_>>());
+        let rest = store.events_after("t1".into(), 20, 10).await.unwrap();
+        assert_eq!(seqs(rest), (21..=25).collect::<Vec<_>>());
+        assert!(
+            store
+                .events_after("t1".into(), 25, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store
+                .events_after("t9".into(), 0, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.last_event("t2").unwrap(), Some(event("t2", 25)));
+        assert_eq!(store.events("t2").unwrap().len(), 25);
     }
 
     #[tokio::test]

@@ -77,7 +77,7 @@ class FailedPrecondition(PoolError):
 
 
 class OutOfRange(PoolError):
-    """WatchTask asked for events older than the pool keeps; the message names the oldest."""
+    """WatchTask asked for events after the task's latest one; the message says which."""
 
 
 class Unavailable(PoolError):
