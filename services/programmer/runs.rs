@@ -144,8 +144,9 @@ impl TaskRuns {
         if first.task_id != task_id {
             return None;
         }
+        let journal: Arc<dyn Journal> = self.journal.clone();
         let run = Run {
-            log: TaskLog::restore(task_id, events, None),
+            log: TaskLog::restore(task_id, events, Some(journal)),
             cancel: CancellationToken::new(),
             handed_back: Arc::default(),
         };
@@ -187,16 +188,39 @@ impl TaskRuns {
 
 /// Reads a task's event file; a torn last record (the process died mid-write) is ignored.
 fn read_events(path: &Path) -> std::io::Result<Vec<TaskEvent>> {
-    let bytes = std::fs::read(path)?;
-    let mut buf = bytes.as_slice();
+    Ok(decode_events(&std::fs::read(path)?, 0, usize::MAX))
+}
+
+/// Up to `limit` events of an event file's `bytes` with seq > `after_seq`, in file (seq) order;
+/// the records before them are read for their seq only. Stops at a torn record.
+fn decode_events(bytes: &[u8], after_seq: u64, limit: usize) -> Vec<TaskEvent> {
+    /// A `pas.v1.TaskEvent` read for its seq alone (prost skips the other fields unread).
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct SeqOnly {
+        #[prost(uint64, tag = "2")]
+        seq: u64,
+    }
+    let mut buf = bytes;
     let mut events = Vec::new();
-    while !buf.is_empty() {
-        match TaskEvent::decode_length_delimited(&mut buf) {
+    while !buf.is_empty() && events.len() < limit {
+        let Ok(len) = prost::decode_length_delimiter(&mut buf) else {
+            break;
+        };
+        let Some((record, rest)) = buf.split_at_checked(len) else {
+            break;
+        };
+        buf = rest;
+        match SeqOnly::decode(record) {
+            Ok(SeqOnly { seq }) if seq <= after_seq => continue,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+        match TaskEvent::decode(record) {
             Ok(event) => events.push(event),
             Err(_) => break,
         }
     }
-    Ok(events)
+    events
 }
 
 /// Appends each event to its task's file; the result is synced to disk.
@@ -241,6 +265,32 @@ impl Journal for FileJournal {
         let out = self.write(event).map_err(|e| e.to_string());
         Box::pin(async move { out })
     }
+
+    fn replays(&self) -> bool {
+        true
+    }
+
+    /// Reads the task's file on the blocking pool (the whole file per page: a follower reads
+    /// back only what its log dropped, such as a manager catching up after a long restart).
+    fn replay(
+        &self,
+        task_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<TaskEvent>, String>> {
+        let path = self.path(task_id);
+        Box::pin(async move {
+            let Some(path) = path else {
+                return Ok(Vec::new());
+            };
+            let read = tokio::task::spawn_blocking(move || {
+                std::fs::read(&path).map(|bytes| decode_events(&bytes, after_seq, limit))
+            });
+            read.await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+        })
+    }
 }
 
 #[cfg(test)]
@@ -249,6 +299,51 @@ mod tests {
     use crate::task_events::TaskEventSink;
     use crate::task_events::tests::output;
     use futures::StreamExt;
+
+    #[tokio::test]
+    async fn events_past_those_kept_in_memory_are_read_back_from_the_file() {
+        use crate::task_events::{MAX_RETAINED, REPLAY_PAGE};
+        let dir = tempfile::tempdir().unwrap();
+        let events = dir.path().join("events");
+        let total = (MAX_RETAINED + REPLAY_PAGE + 9) as u64;
+        let every: Vec<u64> = (1..=total + 1).collect();
+        let seqs = |stream: crate::task_events::EventStream| async move {
+            let items: Vec<_> = stream.collect().await;
+            items
+                .into_iter()
+                .map(|item| item.expect("no error").seq)
+                .collect::<Vec<u64>>()
+        };
+        {
+            let (runs, _) = TaskRuns::open(events.clone(), "001").unwrap();
+            let run = runs.start("long", CancellationToken::new()).unwrap();
+            // A follower that reads nothing while the task runs far past the log's window (a
+            // manager that was away).
+            let lagging = run.log.follow(0, None).unwrap();
+            let sink = TaskEventSink::new(run.log.clone());
+            for i in 0..total {
+                sink.send(output(&format!("line {i}"))).await;
+            }
+            sink.finish(TaskResult {
+                status: TaskState::Succeeded as i32,
+                ..Default::default()
+            })
+            .await;
+            assert_eq!(seqs(lagging).await, every);
+            assert_eq!(seqs(run.log.follow(3, None).unwrap()).await, every[3..]);
+        }
+        // After a restart the task is read back from its file, and still replayed whole.
+        let (runs, interrupted) = TaskRuns::open(events, "001").unwrap();
+        assert_eq!(interrupted, 0);
+        let run = runs.get("long").expect("read back from its file");
+        let mut replayed = Vec::new();
+        let mut stream = run.log.follow(0, None).unwrap();
+        while let Some(event) = stream.next().await {
+            replayed.push(event.unwrap());
+        }
+        assert_eq!(replayed.iter().map(|e| e.seq).collect::<Vec<_>>(), every);
+        assert_eq!(replayed[41].kind, Some(output("line 41")));
+    }
 
     #[tokio::test]
     async fn a_task_running_when_the_process_died_is_handed_back_on_open() {
