@@ -342,6 +342,41 @@ async fn create_finish_keep_leaves_exactly_the_branch() {
 }
 
 #[tokio::test]
+async fn a_change_too_large_for_a_result_is_cut_and_kept_whole_in_its_commit() {
+    use pas::programmer::worktree::MAX_DIFF_BYTES;
+    let f = fixture().await;
+    let base = f.ws.resolve_base(None).await.expect("base");
+    let wt =
+        f.ws.create_task_worktree(&f.worktrees, "big-1", "big-1", &base, &identity())
+            .await
+            .expect("create");
+    // A generated file of 3 MiB: its diff alone is past what a gRPC client reads by default.
+    let line = "0123456789abcdef".repeat(4) + "\n";
+    let lines = 3 * 1024 * 1024 / line.len();
+    fs::write(wt.path().join("generated.txt"), line.repeat(lines)).expect("write");
+    fs::write(wt.path().join("README.md"), "# demo, changed\n").expect("write");
+    let change = wt.finish("Generate").await.expect("finish");
+    assert!(change.truncated);
+    assert_eq!(change.files_changed, vec!["README.md", "generated.txt"]);
+    assert!(change.diff.len() <= MAX_DIFF_BYTES, "{}", change.diff.len());
+    assert!(change.diff.len() > MAX_DIFF_BYTES - line.len() - 1);
+    assert!(change.diff.ends_with('\n'));
+    assert!(change.diff.contains("# demo, changed"));
+    // The commit holds the whole change.
+    let kept = git(
+        wt.path(),
+        &["show", &format!("{}:generated.txt", change.commit)],
+    );
+    assert_eq!(kept.lines().count(), lines);
+    // A small change is not cut.
+    let small =
+        f.ws.create_task_worktree(&f.worktrees, "small-1", "small-1", &base, &identity())
+            .await
+            .expect("create");
+    assert!(!edit(&small, "hello.txt").await.truncated);
+}
+
+#[tokio::test]
 async fn finish_includes_commits_aider_made_and_excludes_aider_files() {
     let f = fixture().await;
     let base = f.ws.resolve_base(None).await.expect("base");

@@ -74,6 +74,7 @@ pub fn result_json(r: &TaskResult) -> Value {
         "used_backup": r.used_backup,
         "files_changed": r.files_changed,
         "diff": r.diff,
+        "change_truncated": r.change_truncated,
         "branch": r.branch,
         "commit": r.commit,
         "base_commit": r.base_commit,
@@ -443,6 +444,12 @@ impl View {
             println!("── diff ──");
             for line in result.diff.lines() {
                 println!("{}", self.diff_line(line));
+            }
+            if result.change_truncated {
+                println!(
+                    "── diff cut at 1 MiB; the whole change: git show {} ──",
+                    result.commit
+                );
             }
         }
         let _ = std::io::stdout().flush();

@@ -290,6 +290,7 @@ pub async fn run_task(
                         }
                         result.files_changed = change.files_changed;
                         result.diff = change.diff;
+                        result.change_truncated = change.truncated;
                         result.commit = change.commit;
                         result.branch = kept_branch;
                         result.status = TaskState::Succeeded as i32;

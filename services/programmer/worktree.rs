@@ -325,6 +325,42 @@ pub struct Change {
     pub files_changed: Vec<String>,
     /// `git diff base commit` (text; non-UTF-8 bytes replaced, binary files summarised by git).
     pub diff: String,
+    /// True when `diff` or `files_changed` was cut to fit a result ([`MAX_DIFF_BYTES`],
+    /// [`MAX_FILES_CHANGED_BYTES`]); `commit` holds the whole change either way.
+    pub truncated: bool,
+}
+
+/// Most bytes of diff a result carries. gRPC clients refuse messages over 4 MiB by default (tonic,
+/// grpcio, grpc-js, grpcurl), and a result that one cannot read can never be delivered: the
+/// manager's relay, and any caller, would break on it at every attempt to re-attach. The diff is
+/// cut at the end of a line; the whole change is the result's commit.
+pub const MAX_DIFF_BYTES: usize = 1024 * 1024;
+
+/// Most bytes of paths a result's `files_changed` carries (see [`MAX_DIFF_BYTES`]).
+pub const MAX_FILES_CHANGED_BYTES: usize = 1024 * 1024;
+
+/// `files_changed` and `diff` cut to fit a result; true when either was cut.
+fn fit_in_result(mut files: Vec<String>, mut diff: String) -> (Vec<String>, String, bool) {
+    let mut truncated = false;
+    if diff.len() > MAX_DIFF_BYTES {
+        let mut end = MAX_DIFF_BYTES;
+        while !diff.is_char_boundary(end) {
+            end -= 1;
+        }
+        // At the end of the last whole line (a line longer than the cap is cut where it is).
+        let end = diff[..end].rfind('\n').map_or(end, |newline| newline + 1);
+        diff.truncate(end);
+        truncated = true;
+    }
+    let mut bytes = 0;
+    if let Some(over) = files.iter().position(|path| {
+        bytes += path.len();
+        bytes > MAX_FILES_CHANGED_BYTES
+    }) {
+        files.truncate(over);
+        truncated = true;
+    }
+    (files, diff, truncated)
 }
 
 /// One dispatch attempt's worktree on its scratch branch `pas-work/<task>`, and the branch
@@ -523,14 +559,17 @@ impl TaskWorktree {
             .args(range)
             .run()
             .await?;
+        let files = names
+            .split('\0')
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect();
+        let (files_changed, diff, truncated) = fit_in_result(files, diff);
         Ok(Change {
             commit: head,
-            files_changed: names
-                .split('\0')
-                .filter(|n| !n.is_empty())
-                .map(str::to_string)
-                .collect(),
+            files_changed,
             diff,
+            truncated,
         })
     }
 
@@ -741,6 +780,32 @@ pub async fn sweep_abandoned(worktrees_dir: &Path, identity: &GitIdentity) -> us
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_change_too_large_for_a_result_is_cut_at_a_line_end() {
+        let small = (vec!["a.txt".to_string()], "+a\n".to_string());
+        assert_eq!(
+            fit_in_result(small.0.clone(), small.1.clone()),
+            (small.0, small.1, false)
+        );
+        let line = format!("+{}\n", "é".repeat(40));
+        let diff = line.repeat(2 * MAX_DIFF_BYTES / line.len());
+        let (files, cut, truncated) = fit_in_result(vec!["big.txt".into()], diff.clone());
+        assert!(truncated);
+        assert_eq!(files, vec!["big.txt"]);
+        assert!(cut.len() <= MAX_DIFF_BYTES && cut.len() > MAX_DIFF_BYTES - line.len());
+        assert!(diff.starts_with(&cut) && cut.ends_with('\n'));
+        // One line longer than the cap is cut inside it, at a character boundary.
+        let (_, cut, truncated) = fit_in_result(vec![], "é".repeat(MAX_DIFF_BYTES));
+        assert!(truncated && cut.len() == MAX_DIFF_BYTES);
+        // Paths are kept whole, in order, up to the cap.
+        let path = "src/generated/".to_string() + &"x".repeat(86);
+        let paths = vec![path; 2 * MAX_FILES_CHANGED_BYTES / 100];
+        let (files, diff, truncated) = fit_in_result(paths.clone(), String::new());
+        assert!(truncated && diff.is_empty());
+        assert_eq!(files.len(), MAX_FILES_CHANGED_BYTES / 100);
+        assert_eq!(files[..], paths[..files.len()]);
+    }
 
     #[test]
     fn task_ids_are_sanitized_stably_and_distinctly() {

@@ -46,6 +46,8 @@ class TaskResultDict(TypedDict):
     ErrorClass name in lower case without its prefix ("none", "api_error", "cancelled", …).
     ``tier`` is "free" or "paid", the tier of the programmer that did the work; ``escalation``
     says whether the task escalated from the free tier (see ``DispatchOptions.escalate``).
+    ``change_truncated`` is true when ``diff`` or ``files_changed`` was cut to keep the result
+    under gRPC's 4 MiB message limit (the diff at 1 MiB); ``commit`` holds the whole change.
     """
 
     programmer_id: str
@@ -73,6 +75,7 @@ class TaskResultDict(TypedDict):
     pushed_commit: str
     tier: str
     escalation: str
+    change_truncated: bool
     attempts: list[AttemptDict]
 
 
@@ -121,6 +124,7 @@ def result_dict(result: task_pb2.TaskResult, task_id: str, output: str) -> TaskR
         pushed_commit=result.pushed_commit,
         tier=result.tier,
         escalation=result.escalation,
+        change_truncated=result.change_truncated,
         attempts=[
             AttemptDict(
                 number=a.number,
