@@ -728,7 +728,8 @@ impl TaskStore {
     /// `run_id` (when not empty) and `states` (when not empty), and the token of the next page
     /// (empty after the last one). A page examines at most [`LIST_SCAN_ROWS`] records: when the
     /// filter matches few of them, the page is shorter than `page_size` (even empty) and its token
-    /// goes on below them, so no call reads a whole store. Runs on the blocking pool.
+    /// goes on below them, so no call reads a whole store. A page also ends early rather than
+    /// hold more than [`LIST_PAGE_BYTES`]. Runs on the blocking pool.
     pub async fn list(
         &self,
         owner: Option<String>,
@@ -764,6 +765,11 @@ impl TaskStore {
 
 /// Most task records one [`TaskStore::list`] page examines.
 pub const LIST_SCAN_ROWS: i64 = 5_000;
+
+/// Most bytes of records one [`TaskStore::list`] page holds (unless its first record alone is
+/// larger): a record carries its result, diff included (up to 1 MiB), and gRPC clients refuse
+/// messages over 4 MiB by default, so a page of a few large results would reach no client.
+pub const LIST_PAGE_BYTES: usize = 2 * 1024 * 1024;
 
 /// One page of [`TaskStore::list`]: the records with rowids in the window of `scan_rows` below
 /// the token (the newest ones without a token) that match `(owner, run_id, states)`.
@@ -803,13 +809,20 @@ fn list_page(
         ],
         |r| Ok((RawRow::from_row(r)?, r.get::<_, i64>(RECORD_COLUMN_COUNT)?)),
     )?;
-    let mut records = Vec::new();
+    let (mut records, mut bytes, mut ended_early) = (Vec::new(), 0, false);
     for row in rows {
         let (raw, rowid) = row?;
-        records.push((raw.into_record()?, rowid));
+        let record = raw.into_record()?;
+        bytes += record.encoded_len();
+        // Past page_size, or past the page's bytes (a record alone may be larger): the page
+        // ends before this record, which starts the next one.
+        if records.len() == page_size || (bytes > LIST_PAGE_BYTES && !records.is_empty()) {
+            ended_early = true;
+            break;
+        }
+        records.push((record, rowid));
     }
-    let next = if records.len() > page_size {
-        records.truncate(page_size);
+    let next = if ended_early {
         records
             .last()
             .map(|(_, rowid)| rowid.to_string())
@@ -1793,6 +1806,50 @@ mod tests {
         store
             .list(owner, run_id, states, page_size, token.to_owned())
             .await
+    }
+
+    /// Large results (a diff may be 1 MiB) end a page before it outgrows what a gRPC client
+    /// reads by default; every task is still listed once, newest first, and a record larger
+    /// than a page comes alone.
+    #[tokio::test]
+    async fn a_page_of_large_results_ends_before_it_outgrows_a_grpc_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let diff = |lines: usize| "+generated line\n".repeat(lines);
+        let sizes = [40_000, 60_000, 60_000, 10, 200_000, 60_000];
+        for (i, lines) in sizes.iter().enumerate() {
+            let id = format!("t{i}");
+            store
+                .insert(&NewTask::from_request(&id, &request("x")))
+                .await
+                .unwrap();
+            let result = TaskResult {
+                diff: diff(*lines),
+                ..succeeded("002")
+            };
+            assert!(store.finish(&id, &result).await.unwrap());
+        }
+        let (mut token, mut pages) = (String::new(), Vec::new());
+        loop {
+            let (page, next) = list(&store, None, "", &[], 50, &token).await.unwrap();
+            let bytes: usize = page.iter().map(Message::encoded_len).sum();
+            assert!(
+                bytes <= LIST_PAGE_BYTES || page.len() == 1,
+                "{bytes} bytes in {} records",
+                page.len()
+            );
+            pages.push(page.iter().map(|r| r.task_id.clone()).collect::<Vec<_>>());
+            if next.is_empty() {
+                break;
+            }
+            token = next;
+        }
+        // t5 (0.96 MB) and t4 (3.2 MB, from a programmer that did not cut diffs) do not fit in
+        // one page; t4 comes alone; t3, t2 and t1 (1.92 MB) fit; t0 (0.64 MB) more does not.
+        assert_eq!(
+            pages,
+            vec![vec!["t5"], vec!["t4"], vec!["t3", "t2", "t1"], vec!["t0"]]
+        );
     }
 
     /// A filter that matches few tasks does not read the whole store in one call: each page
