@@ -1,8 +1,12 @@
-//! WatchTask on a finished task with more events than a task log keeps in memory
-//! (`MAX_RETAINED`): the manager reads them back from its journal a page at a time, so a caller
-//! re-attaching from seq 0, or from any seq, gets every event once, in order, to the result.
-//! The store is written by the real `TaskStore` (as a previous manager process would leave it),
-//! then served by the real `pas manager`.
+//! A manager serving tasks larger than one message or one log: the store is written by the real
+//! `TaskStore` (as a previous manager process would leave it), then served by the real
+//! `pas manager` to a tonic client with its default limits.
+//!
+//! - WatchTask on a finished task with more events than a task log keeps in memory
+//!   (`MAX_RETAINED`): the manager reads them back from its journal a page at a time, so a caller
+//!   re-attaching from seq 0, or from any seq, gets every event once, in order, to the result.
+//! - ListTasks over tasks whose results carry large diffs: each page stays under the 4 MiB a
+//!   gRPC client reads by default, and every task is listed once.
 
 mod common;
 
@@ -10,7 +14,7 @@ use common::pool::{PoolOptions, TestPool, collect_events, manager_client, sample
 use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
 use pas::contract::v1::task_event::Kind;
 use pas::contract::v1::{
-    GetTaskRequest, Output, TaskEvent, TaskResult, TaskState, WatchTaskRequest,
+    GetTaskRequest, ListTasksRequest, Output, TaskEvent, TaskResult, TaskState, WatchTaskRequest,
 };
 use pas::manager::store::{NewTask, TaskStore};
 use pas::task_events::{MAX_RETAINED, REPLAY_PAGE};
@@ -119,4 +123,55 @@ async fn a_finished_task_of_more_events_than_a_log_keeps_is_replayed_whole() {
         .await
         .expect_err("past the last event");
     assert_eq!(ahead.code(), tonic::Code::OutOfRange, "{ahead:?}");
+}
+
+#[tokio::test]
+async fn tasks_with_large_results_are_listed_in_pages_a_client_can_read() {
+    let pool = TestPool::new(PoolOptions::default());
+    let ids: Vec<String> = (0..8).map(|i| format!("big-{i}")).collect();
+    {
+        let store = TaskStore::open(pool.data_dir.join("tasks.sqlite")).expect("open the store");
+        for id in &ids {
+            let request = sample_dispatch("regenerate the fixtures");
+            store
+                .insert(&NewTask::from_request(id, &request))
+                .await
+                .expect("insert");
+            // A diff just under the 1 MiB a programmer puts in a result.
+            let result = TaskResult {
+                status: TaskState::Succeeded as i32,
+                programmer_id: "001".into(),
+                diff: "+a generated line of the fixture\n".repeat(30_000),
+                ..Default::default()
+            };
+            assert!(store.finish(id, &result).await.expect("finish"));
+        }
+    }
+    let _manager = pool.start_manager();
+    let c = manager_client(&pool).await;
+    let (mut token, mut listed, mut pages) = (String::new(), Vec::new(), 0);
+    loop {
+        let page = c
+            .clone()
+            .list_tasks(ListTasksRequest {
+                page_size: 50,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("ListTasks page {pages}: {e:?}"))
+            .into_inner();
+        pages += 1;
+        listed.extend(page.tasks.into_iter().map(|t| {
+            assert!(t.result.is_some_and(|r| r.diff.len() > 900_000));
+            t.task_id
+        }));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(listed, newest_first);
+    assert!(pages >= 4, "{pages} pages for 8 results of ~1 MB");
 }
