@@ -22,7 +22,9 @@
 //!   relayed. The task is lost there only when that programmer says so: it does not have the task
 //!   (NOT_FOUND), its process is gone (connection refused), or it stayed unreachable for the
 //!   task's lease (after which it stops the task itself). A broken connection alone never makes a
-//!   task run twice.
+//!   task run twice. A stream that breaks again each time it is followed, carrying nothing, is
+//!   followed after a growing pause, and after the task's lease the task is stopped there and
+//!   lost ([`Breaks`]).
 //! - **Lost**: settle what the attempt cost (known for a hand-back, else the whole hold; released
 //!   when it never started there) and dispatch it again elsewhere (Rerouted), up to
 //!   `max_dispatch_attempts` (per leg), after which the task is Finished as failed.
@@ -134,6 +136,51 @@ struct OnProgrammer {
     /// the task was placed, so a programmer that restarted since (and handed the task back from
     /// its journal) is a candidate again at once.
     exclusion: Exclusion,
+    /// Its stream's breaks since it last carried anything.
+    breaks: Breaks,
+}
+
+/// The breaks of a task's stream on one programmer since the stream last carried anything (an
+/// event or a heartbeat). A connection that drops is followed again at once. A stream that breaks
+/// every time it is followed (the programmer answers WatchTask, then fails the stream: a journal
+/// it can no longer read back, an event the manager cannot decode) is followed again after a
+/// growing pause, and given up as lost once it has carried nothing for the task's lease, instead
+/// of being followed again without end, a log line each time.
+#[derive(Default)]
+struct Breaks {
+    /// Breaks in a row with nothing carried between them.
+    count: u32,
+    /// When the first of them happened.
+    since: Option<Instant>,
+}
+
+impl Breaks {
+    /// The stream carried something: it works.
+    fn heard(&mut self) {
+        if self.count > 0 {
+            *self = Breaks::default();
+        }
+    }
+
+    /// Counts a break; true when the stream has carried nothing for `lease` since the first break
+    /// of the run.
+    fn broke(&mut self, lease: Duration) -> bool {
+        let now = Instant::now();
+        let since = *self.since.get_or_insert(now);
+        self.count += 1;
+        now.duration_since(since) >= lease
+    }
+
+    /// The pause before following again: none after a first break, then from
+    /// [`FIRST_RETRY_DELAY`] doubling up to [`MAX_RETRY_DELAY`].
+    fn pause(&self) -> Duration {
+        match self.count {
+            0 | 1 => Duration::ZERO,
+            n => FIRST_RETRY_DELAY
+                .saturating_mul(1 << (n - 2).min(16))
+                .min(MAX_RETRY_DELAY),
+        }
+    }
 }
 
 /// Why a task left a programmer unfinished.
@@ -173,6 +220,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
             hold: resumed.hold,
             after_seq: resumed.upstream_seq,
             started: true,
+            breaks: Breaks::default(),
         }),
     };
     async move {
@@ -257,6 +305,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                         hold,
                         after_seq: 0,
                         started: false,
+                        breaks: Breaks::default(),
                     };
                     // Not raced with the caller's cancel: admission answers at once, and a task it
                     // took is then cancelled on the programmer, which reports what it spent.
@@ -331,8 +380,27 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                             mgr.settle(&task_id, on.hold, result.cost());
                             Step::Finished(on.member, result)
                         }
+                        Relayed::Broken(reason) if on.breaks.broke(mgr.task_lease) => {
+                            // The programmer answers but its stream carries nothing: stopped
+                            // there (best effort; else its lease stops it), the task is lost.
+                            let reason = format!(
+                                "its stream broke {} times in a row, carrying nothing for {} s; last: {reason}",
+                                on.breaks.count,
+                                mgr.task_lease.as_secs()
+                            );
+                            Box::pin(cancel_on_programmer(&on.member, &on.attempt_id)).await;
+                            Step::Lost(
+                                on,
+                                Loss {
+                                    reason,
+                                    spent: None,
+                                },
+                            )
+                        }
                         Relayed::Broken(reason) => {
-                            tracing::warn!(%task_id, programmer = %on.member.spec.id, %reason, after_seq = on.after_seq, "stream broke; following the task again");
+                            tracing::warn!(%task_id, programmer = %on.member.spec.id, %reason, after_seq = on.after_seq,
+                                breaks = on.breaks.count, retry_in_ms = on.breaks.pause().as_millis() as u64,
+                                "stream broke; following the task again");
                             Step::Follow(on)
                         }
                         Relayed::Stopping => Step::Abandon,
@@ -579,6 +647,7 @@ async fn relay(
                 ));
             }
         };
+        on.breaks.heard();
         // Heartbeats carry seq 0; anything at or before the cursor was relayed already.
         if event.seq <= on.after_seq {
             continue;
@@ -629,6 +698,8 @@ async fn cancel_on_programmer(member: &Member, attempt_id: &str) {
 
 /// How long one call to re-attach or cancel may take before it counts as no answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// First pause between attempts to follow a task again.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
 /// Longest pause between attempts to follow a task again.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
 
@@ -643,16 +714,25 @@ enum Gone {
     Stopping,
 }
 
-/// Follows the task on its programmer again with WatchTask from the last seq relayed, retrying
-/// while the programmer cannot be reached, for up to the task's lease.
+/// Follows the task on its programmer again with WatchTask from the last seq relayed (after the
+/// pause its stream's breaks call for), retrying while the programmer cannot be reached, for up
+/// to the task's lease.
 async fn follow(
     mgr: &Manager,
     on: &OnProgrammer,
     cancel: &CancellationToken,
 ) -> Result<tonic::Streaming<TaskEvent>, Gone> {
     let programmer = &on.member.spec.id;
+    let pause = on.breaks.pause();
+    if !pause.is_zero() {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            _ = cancel.cancelled() => return Err(Gone::Cancelled),
+            _ = mgr.stop.cancelled() => return Err(Gone::Stopping),
+        }
+    }
     let deadline = Instant::now() + mgr.task_lease;
-    let mut delay = Duration::from_millis(50);
+    let mut delay = FIRST_RETRY_DELAY;
     let mut client = ProgrammerClient::new(on.member.channel.clone());
     loop {
         let request = WatchTaskRequest {
@@ -737,4 +817,62 @@ pub fn ended(
         error_message: message.to_string(),
         ..Default::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_keeps_breaking_is_followed_ever_more_slowly_then_given_up() {
+        let lease = Duration::from_secs(60);
+        let ms = Duration::from_millis;
+        let mut breaks = Breaks::default();
+        let first = Instant::now();
+        let mut pauses = Vec::new();
+        while !breaks.broke(lease) {
+            let pause = breaks.pause();
+            pauses.push(pause);
+            // The follow, then the next break, a moment after the pause.
+            tokio::time::advance(pause + ms(1)).await;
+            assert!(pauses.len() < 1000, "never given up");
+        }
+        // A first break (a dropped connection) is followed again at once.
+        assert_eq!(
+            pauses[..8],
+            [
+                ms(0),
+                ms(50),
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1600),
+                ms(2000)
+            ]
+        );
+        assert!(pauses[8..].iter().all(|p| *p == MAX_RETRY_DELAY));
+        // Given up at the first break after the lease: no earlier, and not a pause later.
+        let given_up = first.elapsed();
+        assert!(given_up >= lease, "{given_up:?}");
+        assert!(given_up <= lease + MAX_RETRY_DELAY + ms(1), "{given_up:?}");
+        assert_eq!(breaks.count as usize, pauses.len() + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_carries_something_between_breaks_is_never_given_up() {
+        let lease = Duration::from_secs(60);
+        let mut breaks = Breaks::default();
+        // 2,500 s of breaks, far past the lease, each after a heartbeat.
+        for _ in 0..500 {
+            assert!(!breaks.broke(lease));
+            assert_eq!(breaks.pause(), Duration::ZERO);
+            tokio::time::advance(Duration::from_secs(5)).await;
+            breaks.heard();
+        }
+        // Once it carries nothing, the pauses start over.
+        assert!(!breaks.broke(lease));
+        assert!(!breaks.broke(lease));
+        assert_eq!(breaks.pause(), FIRST_RETRY_DELAY);
+    }
 }
