@@ -18,6 +18,10 @@
 //! And WatchTask on a finished task of 100 to 50,000 events: the one read of every event that a
 //! call made on the runtime's thread before, against what it makes there now (the last event)
 //! and the pages of `REPLAY_PAGE` events its follower reads on the blocking pool.
+//!
+//! And the programmer's side of that replay: a follower from seq 0 of a finished task of 20,000 to
+//! 100,000 events, the ones its log no longer keeps read back from the task's event file a page
+//! at a time.
 
 #![forbid(unsafe_code)]
 
@@ -323,6 +327,50 @@ async fn replay_by_task_length() {
     }
 }
 
+/// A programmer's WatchTask from seq 0 on a finished task of `n` events: all but the latest
+/// `MAX_RETAINED` come back from the task's event file, a page at a time.
+async fn programmer_replay_by_task_length() {
+    use futures::StreamExt;
+    use pas::programmer::runs::TaskRuns;
+    use pas::task_events::{MAX_RETAINED, TaskEventSink};
+    println!(
+        "A programmer's WatchTask from seq 0 on a finished task (µs; the {MAX_RETAINED} latest events in memory, the rest read back from its file, {REPLAY_PAGE} a page)"
+    );
+    println!(
+        "{:<28} {:>9} {:>9} {:>9} {:>9}",
+        "events", "p50", "p90", "p99", "mean"
+    );
+    for n in [20_000u64, 50_000, 100_000] {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let (runs, _) = TaskRuns::open(dir.path().join("events"), "001").expect("open");
+        let run = runs
+            .start("task", tokio_util::sync::CancellationToken::new())
+            .expect("start");
+        let sink = TaskEventSink::new(run.log.clone());
+        for seq in 1..=n {
+            sink.send(Kind::Output(Output {
+                text: format!("aider output line {seq:>8} of the task\n"),
+                stream: "stdout".into(),
+                attempt: 1,
+            }))
+            .await;
+        }
+        sink.finish(TaskResult {
+            status: TaskState::Succeeded as i32,
+            ..Default::default()
+        })
+        .await;
+        let mut samples = Vec::new();
+        for _ in 0..10 {
+            let t = Instant::now();
+            let read = run.log.follow(0, None).expect("follow").count().await;
+            samples.push(t.elapsed());
+            assert_eq!(read as u64, n + 1);
+        }
+        row(&format!("{n}"), samples);
+    }
+}
+
 fn main() {
     let tasks = std::env::var("PAS_BENCH_TASKS")
         .ok()
@@ -346,5 +394,6 @@ fn main() {
         .block_on(async {
             sparse_listing(listed).await;
             replay_by_task_length().await;
+            programmer_replay_by_task_length().await;
         });
 }

@@ -17,9 +17,9 @@ use crate::task_events::{Journal, TaskLog};
 use futures::future::BoxFuture;
 use prost::Message;
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{BufRead, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -78,7 +78,10 @@ impl TaskRuns {
     /// result. Returns the registry and how many tasks were ended so.
     pub fn open(dir: PathBuf, programmer_id: &str) -> std::io::Result<(Self, usize)> {
         std::fs::create_dir_all(&dir)?;
-        let journal = Arc::new(FileJournal { dir: dir.clone() });
+        let journal = Arc::new(FileJournal {
+            dir: dir.clone(),
+            pages: Arc::default(),
+        });
         let mut interrupted = 0;
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
@@ -188,46 +191,85 @@ impl TaskRuns {
 
 /// Reads a task's event file; a torn last record (the process died mid-write) is ignored.
 fn read_events(path: &Path) -> std::io::Result<Vec<TaskEvent>> {
-    Ok(decode_events(&std::fs::read(path)?, 0, usize::MAX))
+    let mut file = std::io::BufReader::new(std::fs::File::open(path)?);
+    Ok(read_records(&mut file, 0, usize::MAX).0)
 }
 
-/// Up to `limit` events of an event file's `bytes` with seq > `after_seq`, in file (seq) order;
-/// the records before them are read for their seq only. Stops at a torn record.
-fn decode_events(bytes: &[u8], after_seq: u64, limit: usize) -> Vec<TaskEvent> {
+/// A record longer than this is not one we wrote: the file is read no further.
+const MAX_RECORD_BYTES: u64 = 64 << 20;
+
+/// Up to `limit` events with seq > `after_seq` read from an event file's records, in file (seq)
+/// order, the records before them read for their seq only; and the bytes read up to the end of
+/// the last record returned (or of every record read, when none was). Stops at a torn record.
+fn read_records(file: &mut impl BufRead, after_seq: u64, limit: usize) -> (Vec<TaskEvent>, u64) {
     /// A `pas.v1.TaskEvent` read for its seq alone (prost skips the other fields unread).
     #[derive(Clone, PartialEq, prost::Message)]
     struct SeqOnly {
         #[prost(uint64, tag = "2")]
         seq: u64,
     }
-    let mut buf = bytes;
-    let mut events = Vec::new();
-    while !buf.is_empty() && events.len() < limit {
-        let Ok(len) = prost::decode_length_delimiter(&mut buf) else {
+    let (mut events, mut read, mut record) = (Vec::new(), 0u64, Vec::new());
+    while events.len() < limit {
+        let Some(len) = read_length(file) else { break };
+        if len.bytes > MAX_RECORD_BYTES {
             break;
-        };
-        let Some((record, rest)) = buf.split_at_checked(len) else {
+        }
+        record.resize(len.bytes as usize, 0);
+        if file.read_exact(&mut record).is_err() {
             break;
-        };
-        buf = rest;
-        match SeqOnly::decode(record) {
-            Ok(SeqOnly { seq }) if seq <= after_seq => continue,
-            Ok(_) => {}
+        }
+        match SeqOnly::decode(record.as_slice()) {
+            Ok(SeqOnly { seq }) if seq <= after_seq => {}
+            Ok(_) => match TaskEvent::decode(record.as_slice()) {
+                Ok(event) => events.push(event),
+                Err(_) => break,
+            },
             Err(_) => break,
         }
-        match TaskEvent::decode(record) {
-            Ok(event) => events.push(event),
-            Err(_) => break,
+        read += len.width + len.bytes;
+    }
+    (events, read)
+}
+
+/// A record's length prefix: the length, and the prefix's own width.
+struct Length {
+    bytes: u64,
+    width: u64,
+}
+
+/// Reads a record's length prefix (a protobuf varint); `None` at the end of the file or in a
+/// torn one.
+fn read_length(file: &mut impl BufRead) -> Option<Length> {
+    let mut prefix = [0u8; 10];
+    for width in 0..prefix.len() {
+        let mut byte = [0u8];
+        file.read_exact(&mut byte).ok()?;
+        prefix[width] = byte[0];
+        if byte[0] < 0x80 {
+            let bytes = prost::decode_length_delimiter(&prefix[..=width]).ok()? as u64;
+            let width = width as u64 + 1;
+            return Some(Length { bytes, width });
         }
     }
-    events
+    None
 }
 
 /// Appends each event to its task's file; the result is synced to disk.
 #[derive(Debug)]
 struct FileJournal {
     dir: PathBuf,
+    /// Where the next page of a task's file starts, by the task and the last seq of the page
+    /// before: a follower reading a long task back page by page reads each record once, not the
+    /// whole file for every page. Offsets stay true: a file is only appended to.
+    pages: Arc<Mutex<PageStarts>>,
 }
+
+/// See [`FileJournal::pages`].
+type PageStarts = HashMap<(String, u64), u64>;
+
+/// Page starts kept at most (then forgotten all at once: a page without one reads from the
+/// start of its file, as every page did before).
+const MAX_PAGE_STARTS: usize = 1024;
 
 impl FileJournal {
     fn path(&self, task_id: &str) -> Option<PathBuf> {
@@ -270,22 +312,36 @@ impl Journal for FileJournal {
         true
     }
 
-    /// Reads the task's file on the blocking pool (the whole file per page: a follower reads
-    /// back only what its log dropped, such as a manager catching up after a long restart).
+    /// Reads a page of the task's file on the blocking pool, from where the page before ended
+    /// when known (a follower reads back only what its log dropped, such as a manager catching up
+    /// after a long restart).
     fn replay(
         &self,
         task_id: &str,
         after_seq: u64,
         limit: usize,
     ) -> BoxFuture<'static, Result<Vec<TaskEvent>, String>> {
-        let path = self.path(task_id);
+        let Some(path) = self.path(task_id) else {
+            return Box::pin(async { Ok(Vec::new()) });
+        };
+        let (pages, task_id) = (self.pages.clone(), task_id.to_string());
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            let starts = || pages.lock().unwrap_or_else(PoisonError::into_inner);
+            let key = (task_id, after_seq);
+            let start = starts().get(&key).copied().unwrap_or(0);
+            let mut file = std::io::BufReader::new(std::fs::File::open(path)?);
+            file.seek(SeekFrom::Start(start))?;
+            let (events, read) = read_records(&mut file, after_seq, limit);
+            if let Some(last) = events.last() {
+                let mut starts = starts();
+                if starts.len() >= MAX_PAGE_STARTS {
+                    starts.clear();
+                }
+                starts.insert((key.0, last.seq), start + read);
+            }
+            Ok(events)
+        });
         Box::pin(async move {
-            let Some(path) = path else {
-                return Ok(Vec::new());
-            };
-            let read = tokio::task::spawn_blocking(move || {
-                std::fs::read(&path).map(|bytes| decode_events(&bytes, after_seq, limit))
-            });
             read.await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())
@@ -343,6 +399,44 @@ mod tests {
         }
         assert_eq!(replayed.iter().map(|e| e.seq).collect::<Vec<_>>(), every);
         assert_eq!(replayed[41].kind, Some(output("line 41")));
+    }
+
+    #[tokio::test]
+    async fn a_long_task_is_read_back_from_where_the_page_before_ended() {
+        use crate::task_events::{MAX_RETAINED, REPLAY_PAGE};
+        let dir = tempfile::tempdir().unwrap();
+        let (runs, _) = TaskRuns::open(dir.path().join("events"), "001").unwrap();
+        let run = runs.start("long", CancellationToken::new()).unwrap();
+        let mut follower = run.log.follow(0, None).unwrap();
+        let sink = TaskEventSink::new(run.log.clone());
+        let total = (MAX_RETAINED + 3 * REPLAY_PAGE) as u64;
+        for i in 0..total {
+            sink.send(output(&format!("line {i}"))).await;
+        }
+        let mut seqs = Vec::new();
+        for _ in 0..REPLAY_PAGE {
+            seqs.push(follower.next().await.unwrap().unwrap().seq);
+        }
+        // The first page read, its records are made unreadable: the next pages start after them,
+        // so they never see it (a page that read the file from its start would stop there).
+        let path = runs.dir().join(format!("long.{EXT}"));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[..64].fill(0xff);
+        std::fs::write(&path, &bytes).unwrap();
+        for _ in REPLAY_PAGE as u64..total {
+            seqs.push(follower.next().await.unwrap().expect("no error").seq);
+        }
+        assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
+        // A follower with no page before reads from the start, and stops at the damage.
+        assert!(
+            run.log
+                .follow(0, None)
+                .unwrap()
+                .next()
+                .await
+                .unwrap()
+                .is_err()
+        );
     }
 
     #[tokio::test]
