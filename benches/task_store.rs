@@ -17,7 +17,8 @@
 //!
 //! And WatchTask on a finished task of 100 to 50,000 events: the one read of every event that a
 //! call made on the runtime's thread before, against what it makes there now (the last event)
-//! and the pages of `REPLAY_PAGE` events its follower reads on the blocking pool.
+//! and the pages of `REPLAY_PAGE` events its follower reads on the blocking pool; and what a
+//! restarted manager reads to resume such a task (before, "whole": every event).
 //!
 //! And the programmer's side of that replay: a follower from seq 0 of a finished task of 20,000 to
 //! 100,000 events, the ones its log no longer keeps read back from the task's event file a page
@@ -32,7 +33,7 @@ use pas::contract::v1::{
 use pas::manager::budget::{BudgetLedger, BudgetPolicy};
 use pas::manager::store::{LIST_SCAN_ROWS, NewTask, TaskStore};
 use pas::money::Usd;
-use pas::task_events::REPLAY_PAGE;
+use pas::task_events::{MAX_RETAINED, REPLAY_PAGE};
 use std::time::{Duration, Instant};
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -297,6 +298,7 @@ async fn replay_by_task_length() {
         }
         let rounds = if n >= 10_000 { 20 } else { 200 };
         let (mut whole, mut last, mut page, mut pages) = (vec![], vec![], vec![], vec![]);
+        let mut resumed = vec![];
         for _ in 0..rounds {
             let t = Instant::now();
             assert_eq!(store.events(&task).expect("events").len() as u64, n);
@@ -319,11 +321,19 @@ async fn replay_by_task_length() {
             }
             assert_eq!(read, n);
             pages.push(t.elapsed());
+            // What a restarted manager reads to resume the task: the events its log keeps, and
+            // (a task that may escalate, with older events) the manager's own events.
+            let t = Instant::now();
+            let kept = store.latest_events(&task, MAX_RETAINED).expect("latest");
+            assert!(store.own_events(&task).expect("own").is_empty());
+            resumed.push(t.elapsed());
+            assert_eq!(kept.len() as u64, n.min(MAX_RETAINED as u64));
         }
         row(&format!("{n} / whole, before"), whole);
         row(&format!("{n} / last event, now"), last);
         row(&format!("{n} / one page, now"), page);
         row(&format!("{n} / every page, now"), pages);
+        row(&format!("{n} / resume's read, now"), resumed);
     }
 }
 
@@ -332,7 +342,7 @@ async fn replay_by_task_length() {
 async fn programmer_replay_by_task_length() {
     use futures::StreamExt;
     use pas::programmer::runs::TaskRuns;
-    use pas::task_events::{MAX_RETAINED, TaskEventSink};
+    use pas::task_events::TaskEventSink;
     println!(
         "A programmer's WatchTask from seq 0 on a finished task (µs; the {MAX_RETAINED} latest events in memory, the rest read back from its file, {REPLAY_PAGE} a page)"
     );

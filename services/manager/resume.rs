@@ -5,14 +5,16 @@
 //! Dispatch with the same id) and see every event once. Holds whose tasks are not resumed are
 //! booked as spent: nothing knows what they cost.
 
+use crate::config::EscalationConfig;
+use crate::contract::v1::{DispatchRequest, TaskEvent};
 use crate::contract::v1::{ErrorClass, TaskState};
 use crate::manager::Manager;
 use crate::manager::balancer::{Hold, reservation_key};
 use crate::manager::dispatch::{self, Resumed, Start, TaskLife, ended};
 use crate::manager::escalation::Escalation;
 use crate::manager::server::{TierChoice, route_on};
-use crate::manager::store::Unfinished;
-use crate::task_events::{TaskEventSink, now_unix_ms};
+use crate::manager::store::{StoreError, TaskStore, Unfinished};
+use crate::task_events::{MAX_RETAINED, TaskEventSink, now_unix_ms};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,8 +34,15 @@ pub fn unfinished_tasks(mgr: &Arc<Manager>) -> anyhow::Result<()> {
             placed,
             ..
         } = task;
-        let events = mgr.store.events(&task_id)?;
-        let escalation = Escalation::resumed(&mgr.config.pool.escalation, request.clone(), &events);
+        // What its log keeps in memory; its followers read older events back from the journal.
+        let events = mgr.store.latest_events(&task_id, MAX_RETAINED)?;
+        let escalation = escalation_of(
+            &mgr.store,
+            &mgr.config.pool.escalation,
+            &task_id,
+            &request,
+            &events,
+        )?;
         let log = mgr.new_log(&task_id, events);
         let sink = TaskEventSink::new(log.clone());
         let cancel = mgr.register(&task_id, log);
@@ -148,6 +157,24 @@ pub fn unfinished_tasks(mgr: &Arc<Manager>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether a resumed task escalated, from `kept`, its latest events. A task that may escalate
+/// and has older events than those is looked up among the events the manager journaled itself
+/// (its Escalated event is one): only those are decoded, not the programmers' output.
+fn escalation_of(
+    store: &TaskStore,
+    config: &EscalationConfig,
+    task_id: &str,
+    request: &DispatchRequest,
+    kept: &[TaskEvent],
+) -> Result<Escalation, StoreError> {
+    Ok(match Escalation::resumed(config, request.clone(), kept) {
+        Escalation::Armed(_) if kept.first().is_some_and(|e| e.seq > 1) => {
+            Escalation::resumed(config, request.clone(), &store.own_events(task_id)?)
+        }
+        escalation => escalation,
+    })
+}
+
 /// A resumed task, before it knows where its life starts.
 struct Pending {
     task_id: String,
@@ -185,4 +212,78 @@ fn spawn(mgr: &Arc<Manager>, life: TaskLife) {
         dispatch::run(mgr.clone(), life),
         span,
     ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::v1::task_event::Kind;
+    use crate::contract::v1::{Escalated, Output};
+    use crate::manager::store::NewTask;
+
+    #[tokio::test]
+    async fn an_escalation_older_than_the_kept_events_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TaskStore::open(dir.path().join("tasks.sqlite3")).unwrap();
+        let on = EscalationConfig {
+            enabled: true,
+            ..EscalationConfig::default()
+        };
+        let request = DispatchRequest::default();
+        let event = |task: &str, seq, kind| TaskEvent {
+            task_id: task.into(),
+            seq,
+            kind: Some(kind),
+            ..Default::default()
+        };
+        // "paid": escalated first, then more output on its paid leg than a log keeps;
+        // "free": the same output, never escalated.
+        let output = || {
+            Kind::Output(Output {
+                text: "line\n".into(),
+                ..Default::default()
+            })
+        };
+        let total = MAX_RETAINED as u64 + 5;
+        let mut writes = Vec::new();
+        for task in ["paid", "free"] {
+            store
+                .insert(&NewTask::from_request(task, &request))
+                .await
+                .unwrap();
+            // The manager's own event (upstream seq 0), or the programmer's first.
+            let (first, upstream) = match task {
+                "paid" => {
+                    let escalated = Escalated {
+                        dispatch_attempt: 4,
+                        ..Default::default()
+                    };
+                    (Kind::Escalated(Box::new(escalated)), 0)
+                }
+                _ => (output(), 1),
+            };
+            writes.push(store.append_event_soon(task, &event(task, 1, first), upstream));
+            for seq in 2..=total {
+                writes.push(store.append_event_soon(task, &event(task, seq, output()), seq));
+            }
+        }
+        for write in writes {
+            write.await.unwrap();
+        }
+        let kept = store.latest_events("paid", MAX_RETAINED).unwrap();
+        assert_eq!(kept.len(), MAX_RETAINED);
+        assert_eq!(
+            kept.first().map(|e| e.seq),
+            Some(total + 1 - MAX_RETAINED as u64)
+        );
+        assert_eq!(kept.last().map(|e| e.seq), Some(total));
+        let paid = escalation_of(&store, &on, "paid", &request, &kept).unwrap();
+        assert!(matches!(paid, Escalation::Escalated(_)));
+        assert_eq!(paid.leg_start(), 4);
+        let kept = store.latest_events("free", MAX_RETAINED).unwrap();
+        let free = escalation_of(&store, &on, "free", &request, &kept).unwrap();
+        assert!(matches!(free, Escalation::Armed(_)));
+        assert_eq!(store.own_events("free").unwrap().len(), 0);
+        assert_eq!(store.own_events("paid").unwrap().len(), 1);
+    }
 }

@@ -644,10 +644,37 @@ impl TaskStore {
         })
     }
 
-    /// Every journaled event of `task_id`, in seq order (a restarting manager rebuilding a task;
-    /// followers read pages: [`events_after`](Self::events_after)).
+    /// Every journaled event of `task_id`, in seq order (followers read pages:
+    /// [`events_after`](Self::events_after)).
     pub fn events(&self, task_id: &str) -> Result<Vec<TaskEvent>, StoreError> {
         events_page(&self.reader(), task_id, 0, None)
+    }
+
+    /// The latest `limit` journaled events of `task_id`, in seq order: what a restarting manager
+    /// keeps in memory for a task it resumes (its followers read the older ones back).
+    pub fn latest_events(&self, task_id: &str, limit: usize) -> Result<Vec<TaskEvent>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT event FROM task_events WHERE task_id = ?1 ORDER BY seq DESC LIMIT ?2",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![task_id, limit], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut events = rows
+            .map(|row| decode_event(task_id, &row?))
+            .collect::<Result<Vec<_>, _>>()?;
+        events.reverse();
+        Ok(events)
+    }
+
+    /// The events of `task_id` the manager made itself (not relayed from a programmer: queue
+    /// positions, reroutes, escalations), in seq order; only those are decoded.
+    pub fn own_events(&self, task_id: &str) -> Result<Vec<TaskEvent>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT event FROM task_events WHERE task_id = ?1 AND upstream_seq = 0 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![task_id], |r| r.get::<_, Vec<u8>>(0))?;
+        rows.map(|row| decode_event(task_id, &row?)).collect()
     }
 
     /// Up to `limit` journaled events of `task_id` with seq > `after_seq`, in seq order. Runs on
