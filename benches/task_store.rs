@@ -325,7 +325,9 @@ async fn replay_by_task_length() {
             // (a task that may escalate, with older events) the manager's own events.
             let t = Instant::now();
             let kept = store.latest_events(&task, MAX_RETAINED).expect("latest");
-            assert!(store.own_events(&task).expect("own").is_empty());
+            if kept.first().is_some_and(|e| e.seq > 1) {
+                assert!(store.own_events(&task).expect("own").is_empty());
+            }
             resumed.push(t.elapsed());
             assert_eq!(kept.len() as u64, n.min(MAX_RETAINED as u64));
         }
