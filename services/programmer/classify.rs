@@ -59,9 +59,9 @@ impl Outcome {
         }
     }
 
-    /// The human-readable message ("" for success).
+    /// The human-readable message ("" for success), at most [`MAX_MESSAGE_BYTES`].
     pub fn message(&self) -> &str {
-        match self {
+        let message = match self {
             Outcome::Success => "",
             Outcome::LlmFailure(_, m)
             | Outcome::EditFailure(m)
@@ -70,9 +70,16 @@ impl Outcome {
             | Outcome::Other(m) => m,
             Outcome::Cancelled => "cancelled",
             Outcome::DeadlineExceeded => "deadline exceeded",
-        }
+        };
+        crate::programmer::worktree::at_most(message, MAX_MESSAGE_BYTES)
     }
 }
+
+/// Most bytes of an attempt's message. It is a line of aider's output, whose start says what
+/// went wrong, and a line can hold a whole LLM response (litellm prints the body of an error). A
+/// task's result carries every attempt's message twice (the attempt's and the summary) and must
+/// stay far below gRPC's 4 MiB message limit, or it can never be delivered.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
 
 /// litellm exception names and their class, most specific first.
 const LLM_ERRORS: &[(&str, LlmFailureClass)] = &[
@@ -311,6 +318,21 @@ mod tests {
             ErrorClass::Internal
         );
         assert_eq!(ModelUnavailable.as_str(), "model_unavailable");
+    }
+
+    #[test]
+    fn a_message_is_the_start_of_a_line_however_long_the_line() {
+        // An error line holding a whole response body (multi-byte characters, so the cut must
+        // find a character boundary), 6 MB: more than a gRPC message may hold.
+        let body = "é".repeat(3 << 20);
+        let line = format!("litellm.BadRequestError: OpenAIException - {body}");
+        let outcome = classify(&run(&format!("Thinking...\n{line}\n")), false);
+        assert_eq!(outcome.error_class(), ErrorClass::ApiError);
+        let message = outcome.message();
+        assert!(message.len() <= MAX_MESSAGE_BYTES && message.len() > MAX_MESSAGE_BYTES - 4);
+        assert!(line.starts_with(message));
+        assert!(message.starts_with("litellm.BadRequestError: OpenAIException - é"));
+        assert_eq!(Outcome::Other("short".into()).message(), "short");
     }
 
     #[test]

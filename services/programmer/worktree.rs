@@ -339,14 +339,21 @@ pub const MAX_DIFF_BYTES: usize = 1024 * 1024;
 /// Most bytes of paths a result's `files_changed` carries (see [`MAX_DIFF_BYTES`]).
 pub const MAX_FILES_CHANGED_BYTES: usize = 1024 * 1024;
 
+/// The longest start of `text` of at most `max_bytes` that ends between two characters (what a
+/// result's text fields are cut to).
+pub fn at_most(text: &str, max_bytes: usize) -> &str {
+    let mut end = max_bytes.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// `files_changed` and `diff` cut to fit a result; true when either was cut.
 fn fit_in_result(mut files: Vec<String>, mut diff: String) -> (Vec<String>, String, bool) {
     let mut truncated = false;
     if diff.len() > MAX_DIFF_BYTES {
-        let mut end = MAX_DIFF_BYTES;
-        while !diff.is_char_boundary(end) {
-            end -= 1;
-        }
+        let end = at_most(&diff, MAX_DIFF_BYTES).len();
         // At the end of the last whole line (a line longer than the cap is cut where it is).
         let end = diff[..end].rfind('\n').map_or(end, |newline| newline + 1);
         diff.truncate(end);
