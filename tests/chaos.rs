@@ -29,18 +29,6 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
-/// The commit `branch` points at in `repo`.
-fn git_rev_parse(repo: &std::path::Path, branch: &str) -> String {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(["rev-parse", "--verify", "--end-of-options", branch])
-        .output()
-        .expect("git rev-parse");
-    assert!(out.status.success(), "git rev-parse {branch}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -312,7 +300,11 @@ async fn tasks_survive_random_kills_of_programmers_and_the_manager() {
                     [&result.branch],
                     "{id}: the branch it names: {result:#?}"
                 );
-                let tip = git_rev_parse(&repo, &result.branch);
+                let tip = common::git(
+                    &repo,
+                    &["rev-parse", "--verify", "--end-of-options", &result.branch],
+                );
+                let tip = tip.trim();
                 assert_eq!(tip, result.commit, "{id}: the commit it names: {result:#?}");
             }
             _ => assert!(

@@ -653,15 +653,13 @@ impl TaskStore {
     /// The latest `limit` journaled events of `task_id`, in seq order: what a restarting manager
     /// keeps in memory for a task it resumes (its followers read the older ones back).
     pub fn latest_events(&self, task_id: &str, limit: usize) -> Result<Vec<TaskEvent>, StoreError> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(
-            "SELECT event FROM task_events WHERE task_id = ?1 ORDER BY seq DESC LIMIT ?2",
-        )?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = stmt.query_map(params![task_id, limit], |r| r.get::<_, Vec<u8>>(0))?;
-        let mut events = rows
-            .map(|row| decode_event(task_id, &row?))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut events = query_events(
+            &self.reader(),
+            task_id,
+            "SELECT event FROM task_events WHERE task_id = ?1 ORDER BY seq DESC LIMIT ?2",
+            params![task_id, limit],
+        )?;
         events.reverse();
         Ok(events)
     }
@@ -669,12 +667,12 @@ impl TaskStore {
     /// The events of `task_id` the manager made itself (not relayed from a programmer: queue
     /// positions, reroutes, escalations), in seq order; only those are decoded.
     pub fn own_events(&self, task_id: &str) -> Result<Vec<TaskEvent>, StoreError> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(
+        query_events(
+            &self.reader(),
+            task_id,
             "SELECT event FROM task_events WHERE task_id = ?1 AND upstream_seq = 0 ORDER BY seq",
-        )?;
-        let rows = stmt.query_map(params![task_id], |r| r.get::<_, Vec<u8>>(0))?;
-        rows.map(|row| decode_event(task_id, &row?)).collect()
+            params![task_id],
+        )
     }
 
     /// Up to `limit` journaled events of `task_id` with seq > `after_seq`, in seq order. Runs on
@@ -877,18 +875,27 @@ fn events_page(
     after_seq: u64,
     limit: Option<usize>,
 ) -> Result<Vec<TaskEvent>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT event FROM task_events WHERE task_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-    )?;
     // SQLite reads a negative LIMIT as none.
     let limit = limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
     let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
-    let rows = stmt.query_map(params![task_id, after, limit], |r| r.get::<_, Vec<u8>>(0))?;
-    let mut events = Vec::new();
-    for row in rows {
-        events.push(decode_event(task_id, &row?)?);
-    }
-    Ok(events)
+    query_events(
+        conn,
+        task_id,
+        "SELECT event FROM task_events WHERE task_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        params![task_id, after, limit],
+    )
+}
+
+/// The events of `task_id` that `sql` selects (one `event` column), decoded in the order read.
+fn query_events(
+    conn: &Connection,
+    task_id: &str,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<TaskEvent>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params, |r| r.get::<_, Vec<u8>>(0))?;
+    rows.map(|row| decode_event(task_id, &row?)).collect()
 }
 
 fn decode_event(task_id: &str, bytes: &[u8]) -> Result<TaskEvent, StoreError> {

@@ -196,7 +196,7 @@ fn read_events(path: &Path) -> std::io::Result<Vec<TaskEvent>> {
 }
 
 /// A record longer than this is not one we wrote: the file is read no further.
-const MAX_RECORD_BYTES: u64 = 64 << 20;
+const MAX_RECORD_BYTES: usize = 64 << 20;
 
 /// Up to `limit` events with seq > `after_seq` read from an event file's records, in file (seq)
 /// order, the records before them read for their seq only; and the bytes read up to the end of
@@ -211,10 +211,10 @@ fn read_records(file: &mut impl BufRead, after_seq: u64, limit: usize) -> (Vec<T
     let (mut events, mut read, mut record) = (Vec::new(), 0u64, Vec::new());
     while events.len() < limit {
         let Some(len) = read_length(file) else { break };
-        if len.bytes > MAX_RECORD_BYTES {
+        if len > MAX_RECORD_BYTES {
             break;
         }
-        record.resize(len.bytes as usize, 0);
+        record.resize(len, 0);
         if file.read_exact(&mut record).is_err() {
             break;
         }
@@ -226,29 +226,21 @@ fn read_records(file: &mut impl BufRead, after_seq: u64, limit: usize) -> (Vec<T
             },
             Err(_) => break,
         }
-        read += len.width + len.bytes;
+        read += (prost::length_delimiter_len(len) + len) as u64;
     }
     (events, read)
 }
 
-/// A record's length prefix: the length, and the prefix's own width.
-struct Length {
-    bytes: u64,
-    width: u64,
-}
-
-/// Reads a record's length prefix (a protobuf varint); `None` at the end of the file or in a
-/// torn one.
-fn read_length(file: &mut impl BufRead) -> Option<Length> {
+/// Reads a record's length prefix (a protobuf varint, as `encode_length_delimited` wrote it);
+/// `None` at the end of the file or in a torn one.
+fn read_length(file: &mut impl BufRead) -> Option<usize> {
     let mut prefix = [0u8; 10];
     for width in 0..prefix.len() {
         let mut byte = [0u8];
         file.read_exact(&mut byte).ok()?;
         prefix[width] = byte[0];
         if byte[0] < 0x80 {
-            let bytes = prost::decode_length_delimiter(&prefix[..=width]).ok()? as u64;
-            let width = width as u64 + 1;
-            return Some(Length { bytes, width });
+            return prost::decode_length_delimiter(&prefix[..=width]).ok();
         }
     }
     None
