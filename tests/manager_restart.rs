@@ -56,26 +56,29 @@ async fn state(c: &ProgrammerPoolClient<Channel>, task_id: &str) -> TaskState {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_real_tasks_survive_a_killed_manager_and_callers_reattach() {
-    // Replies stream slowly, so the tasks are still running when the manager dies.
+/// Paid programmers `ids` whose model replies stream slowly, so tasks are still running when a
+/// process is killed; tasks wait in the manager's queue for at most `queue_timeout_s`.
+fn slow_paid_pool(ids: &[&str], queue_timeout_s: u64) -> TestPool {
     let sim = Sim::start_with_script("default:\n  chunk_delay_ms: 100\n  chunk_chars: 8\n");
-    let pool = TestPool::with_sim(
+    TestPool::with_sim(
         PoolOptions {
-            programmers: ["001", "002", "003", "004", "005"]
-                .into_iter()
-                .map(TestProgrammer::paid)
-                .collect(),
+            programmers: ids.iter().copied().map(TestProgrammer::paid).collect(),
             max_concurrent_per_programmer: 2,
             max_cost_per_job_usd: 0.5,
             max_daily_spend_usd: 50.0,
+            queue_timeout_s,
             request_timeout_s: 300,
             task_timeout_s: 300,
             task_lease_s: 120,
             ..PoolOptions::default()
         },
         sim,
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_real_tasks_survive_a_killed_manager_and_callers_reattach() {
+    let pool = slow_paid_pool(&["001", "002", "003", "004", "005"], 120);
     let repo = pool.sample_repo();
     let programmers = pool.start_all_programmers();
     let mut manager = pool.start_manager();
@@ -203,4 +206,120 @@ async fn ten_real_tasks_survive_a_killed_manager_and_callers_reattach() {
         "spend is the sum of the real costs, to the nano-dollar: {budget:?}"
     );
     assert!(total_nanos > 0);
+}
+
+/// A manager killed after it reserved budget for a task's next attempt and before it recorded the
+/// placement (so before Execute was sent) leaves a hold that spent nothing. The next manager
+/// releases it: booked as an orphan it would stay charged, and its key, which the task's next
+/// attempt reserves under, would be taken for good — the task then waited in the queue until it
+/// timed out (found by the chaos test: a premium task waited 600 s beside idle paid programmers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_left_for_an_attempt_never_sent_is_released_and_the_attempt_runs() {
+    // Before the fix the task waited this long in the queue, then failed.
+    let pool = slow_paid_pool(&["003", "004"], 30);
+    let repo = pool.sample_repo();
+    let mut programmers = pool.start_all_programmers();
+    let mut manager = pool.start_manager();
+    let c = manager_client(&pool).await;
+    wait_available(&c, 2).await;
+
+    let id = "unsent-hold";
+    let req = DispatchRequest {
+        task_id: id.into(),
+        capabilities: vec!["premium".into()],
+        ..sample_dispatch("Add docstrings to all functions")
+    };
+    let caller = tokio::spawn(read_until_broken(c.clone(), req));
+    wait_until(
+        Duration::from_secs(120),
+        "the task running on its programmer and the model answering",
+        || async {
+            // Journaled by its programmer before aider's first request: a restarted programmer
+            // hands it back (an attempt it never journaled would be NOT_FOUND there, and its hold
+            // released rather than settled).
+            state(&c, id).await == TaskState::Running && !sim_requests(&pool.sim).await.is_empty()
+        },
+    )
+    .await;
+    kill(Pid::from_raw(manager.pid() as i32), Signal::SIGKILL).expect("kill -9 the manager");
+    manager.kill();
+    caller.await.expect("caller");
+
+    // What the killed manager would have left had it died between reserving attempt 2's hold
+    // and recording attempt 2's placement: a second hold, like the first, for "<id>#2".
+    let ledger_path = pool.data_dir.join("budget.sqlite");
+    let ledger = rusqlite::Connection::open(&ledger_path).expect("open the budget ledger");
+    let copied = ledger
+        .execute(
+            "INSERT INTO budget_reservations (task_id, day, amount_nanos, created_ms)
+             SELECT ?1 || '#2', day, amount_nanos, created_ms FROM budget_reservations
+             WHERE task_id = ?1 || '#1'",
+            [id],
+        )
+        .expect("add the hold");
+    assert_eq!(copied, 1, "attempt 1 holds budget");
+    drop(ledger);
+    // The programmers restart too, so attempt 1 is lost and the task needs attempt 2.
+    for (name, p) in programmers.iter_mut() {
+        p.kill();
+        *p = pool.start_programmer(name);
+    }
+
+    let _manager = pool.start_manager();
+    let c = manager_client(&pool).await;
+    let stream = c
+        .clone()
+        .watch_task(WatchTaskRequest {
+            task_id: id.into(),
+            after_seq: 0,
+        })
+        .await
+        .expect("WatchTask")
+        .into_inner();
+    let mut stream = stream;
+    let mut events = Vec::new();
+    while let Some(event) = stream.message().await.expect("the event stream breaks off") {
+        // A task that waits in the queue is sent heartbeats (seq 0, not journaled).
+        if !matches!(event.kind, Some(Kind::Heartbeat(_))) {
+            events.push(event);
+        }
+    }
+    let result = check_stream(&events);
+    assert_eq!(state_of(&result), TaskState::Succeeded, "{result:#?}");
+    let attempts: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Assigned(a)) => Some(a.dispatch_attempt),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        attempts.last(),
+        Some(&2),
+        "it ran on attempt 2: {events:#?}"
+    );
+    assert!(
+        task_branches(&repo).iter().any(|b| b == &result.branch),
+        "its branch {} exists",
+        result.branch
+    );
+    let budget = pool_status(&c).await.budget.expect("budget");
+    assert_eq!(budget.reserved_nanousd, 0, "no hold left: {budget:?}");
+    // Attempt 2's hold was reserved anew and settled; nothing was booked as an orphan.
+    let ledger = rusqlite::Connection::open(&ledger_path).expect("open the budget ledger");
+    let charges: Vec<(String, String)> = ledger
+        .prepare("SELECT task_id, kind FROM budget_charges ORDER BY task_id")
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()
+        })
+        .expect("read the charges");
+    assert_eq!(
+        charges,
+        [
+            (format!("{id}#1"), "settled".to_string()),
+            (format!("{id}#2"), "settled".to_string())
+        ],
+        "charges"
+    );
 }

@@ -568,6 +568,13 @@ impl Balancer {
             amount,
         ) {
             Ok(_) => Ok(Some(amount)),
+            Err(e @ crate::manager::budget::BudgetError::Duplicate { .. }) => {
+                // Each attempt reserves under its own key once: a key already taken means a
+                // hold was left behind by a path that should have released it. The task cannot be
+                // placed on a paid programmer under this attempt; say so loudly.
+                tracing::error!(task_id = %request.task_id, programmer = %member.spec.id, "reservation refused: {e}");
+                Err(false)
+            }
             Err(e) => {
                 tracing::debug!(task_id = %request.task_id, programmer = %member.spec.id, "reservation refused: {e}");
                 let spend_exhausted = self

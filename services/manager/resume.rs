@@ -79,6 +79,17 @@ pub fn unfinished_tasks(mgr: &Arc<Manager>) -> anyhow::Result<()> {
         let member = placed
             .as_ref()
             .and_then(|p| mgr.pool.member(&p.programmer_id));
+        // The attempt after the recorded placement (the first attempt when there is none) was
+        // never sent: placements are recorded before their Execute is. A hold the previous process
+        // reserved for it (it died between the reservation and the record) spent nothing, so it
+        // is released, not booked as an orphan: booked, its key would be taken for good, and the
+        // task's next attempt could never reserve it (it waited in the queue until it timed out).
+        let unsent = placed
+            .as_ref()
+            .map_or(leg_start, |p| p.dispatch_attempt + 1);
+        if mgr.budget.release(&reservation_key(&task_id, unsent))? {
+            tracing::info!(%task_id, dispatch_attempt = unsent, "released the hold of a placement that was never sent");
+        }
         let start = match (placed, member) {
             (Some(placed), Some(member)) => {
                 route.request.dispatch_attempt = placed.dispatch_attempt;
@@ -95,16 +106,9 @@ pub fn unfinished_tasks(mgr: &Arc<Manager>) -> anyhow::Result<()> {
                     upstream_seq: placed.upstream_seq,
                 }))
             }
-            (placed, _) => {
-                // Never placed, or on a programmer no longer configured (a new attempt).
-                route.request.dispatch_attempt =
-                    placed.map_or(leg_start, |p| p.dispatch_attempt + 1);
-                // A hold reserved for this attempt before the previous process died: its Execute
-                // was never sent (placements are recorded before it is), so nothing was spent.
-                let key = reservation_key(&task_id, route.request.dispatch_attempt);
-                if mgr.budget.release(&key)? {
-                    tracing::info!(%task_id, "released the hold of a placement that was never sent");
-                }
+            _ => {
+                // Never placed, or on a programmer no longer configured: the unsent attempt.
+                route.request.dispatch_attempt = unsent;
                 None
             }
         };
