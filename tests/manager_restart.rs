@@ -276,15 +276,7 @@ async fn a_hold_left_for_an_attempt_never_sent_is_released_and_the_attempt_runs(
         .await
         .expect("WatchTask")
         .into_inner();
-    let mut stream = stream;
-    let mut events = Vec::new();
-    while let Some(event) = stream.message().await.expect("the event stream breaks off") {
-        // A task that waits in the queue is sent heartbeats (seq 0, not journaled).
-        if !matches!(event.kind, Some(Kind::Heartbeat(_))) {
-            events.push(event);
-        }
-    }
-    let result = check_stream(&events);
+    let (events, result) = collect_events(stream).await;
     assert_eq!(state_of(&result), TaskState::Succeeded, "{result:#?}");
     let attempts: Vec<u32> = events
         .iter()

@@ -137,3 +137,97 @@ async fn kill_9_leaves_no_orphan_aider_and_restart_sweeps_the_worktree() {
     );
     assert_eq!(result.branch, "pas/reborn");
 }
+
+/// A programmer killed after an attempt kept the task's edit (its branch `pas/<task>` exists)
+/// and before the result was journaled: restarted, it ends the task with the kept edit as its
+/// result, and the manager, on the task's last dispatch attempt, waits for it instead of giving
+/// up on a process that is gone. Before, the task ended "gave up after 1 programmer(s)" with its
+/// edit on the branch, named by no result (found by the chaos test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_kept_just_before_a_kill_is_the_tasks_result_after_restart() {
+    use common::pool::{
+        collect_events, manager_client, sample_dispatch, sim_requests, state_of, task_branches,
+        wait_available,
+    };
+    use nix::fcntl::{Flock, FlockArg};
+    use pas::contract::v1::DispatchRequest;
+    use pas::git::WORKTREE_LOCK_FILE;
+
+    // Replies stream slowly: there is time to take the lock below while aider runs.
+    let sim = common::Sim::start_with_script("default:\n  chunk_delay_ms: 50\n  chunk_chars: 16\n");
+    let pool = TestPool::with_sim(
+        PoolOptions {
+            task_lease_s: 120,
+            ..PoolOptions::default()
+        },
+        sim,
+    );
+    // One dispatch attempt: the one that kept the edit is the task's last.
+    pool.edit_config(|c| c.replace("max_dispatch_attempts: 3", "max_dispatch_attempts: 1"));
+    let repo = pool.sample_repo();
+    let mut prog = pool.start_programmer("001");
+    let _manager = pool.start_manager();
+    let c = manager_client(&pool).await;
+    wait_available(&c, 1).await;
+
+    let id = "kept-then-killed";
+    let request = DispatchRequest {
+        task_id: id.into(),
+        ..sample_dispatch("Add docstrings to all functions")
+    };
+    let caller = c
+        .clone()
+        .dispatch(request)
+        .await
+        .expect("Dispatch")
+        .into_inner();
+    wait_until(
+        Duration::from_secs(60),
+        "aider asking the model",
+        || async { !sim_requests(&pool.sim).await.is_empty() },
+    )
+    .await;
+    // The task's worktree exists. Holding the repository's worktree lock stops the programmer
+    // right after it keeps the edit, when it removes that worktree: the branch exists, the
+    // result is not journaled yet.
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(repo.join(".git").join(WORKTREE_LOCK_FILE))
+        .expect("lock file");
+    let held = Flock::lock(lock_file, FlockArg::LockExclusive).expect("hold the lock");
+    let branch = format!("pas/{id}");
+    wait_until(
+        Duration::from_secs(120),
+        "the edit kept on its branch",
+        || async { task_branches(&repo).contains(&branch) },
+    )
+    .await;
+    prog.kill();
+    drop(held);
+    assert!(
+        !prog.log_text().contains("task finished"),
+        "killed before its result: {}",
+        prog.log_text()
+    );
+    let _prog = pool.start_programmer("001");
+
+    let (_, result) = collect_events(caller).await;
+    assert_eq!(state_of(&result), TaskState::Succeeded, "{result:#?}");
+    assert_eq!(result.branch, branch);
+    let tip = common::git(
+        &repo,
+        &["rev-parse", "--verify", "--end-of-options", &branch],
+    );
+    assert_eq!(
+        result.commit,
+        tip.trim(),
+        "the commit it names is the branch's"
+    );
+    assert!(
+        !result.diff.is_empty() && !result.files_changed.is_empty(),
+        "{result:#?}"
+    );
+    assert_eq!(task_branches(&repo), [branch], "one kept branch");
+}

@@ -20,8 +20,9 @@
 //! - **Follow**: the stream broke (or a restarted manager resumes a placed task, or Execute had no
 //!   clear answer): follow the task on the same programmer again with WatchTask from the last seq
 //!   relayed. The task is lost there only when that programmer says so: it does not have the task
-//!   (NOT_FOUND), its process is gone (connection refused), or it stayed unreachable for the
-//!   task's lease (after which it stops the task itself). A broken connection alone never makes a
+//!   (NOT_FOUND), its process is gone (connection refused; on the task's last attempt it is waited
+//!   for instead, since restarted it can say whether it kept the edit), or it stayed unreachable
+//!   for the task's lease (after which it stops the task itself). A broken connection alone never makes a
 //!   task run twice. A stream that breaks again each time it is followed, carrying nothing, is
 //!   followed after a growing pause, and after the task's lease the task is stopped there and
 //!   lost ([`Breaks`]).
@@ -407,7 +408,9 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                     }
                 }
 
-                Step::Follow(on) => match Box::pin(follow(&mgr, &on, &cancel)).await {
+                Step::Follow(on) => {
+                    let last = dispatch_attempt + 1 - escalation.leg_start() >= mgr.max_dispatch_attempts;
+                    match Box::pin(follow(&mgr, &on, &cancel, last)).await {
                     Ok(stream) => {
                         let programmer = on.member.spec.id.clone();
                         if !on.started {
@@ -453,7 +456,8 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                         ))
                     }
                     Err(Gone::Stopping) => Step::Abandon,
-                },
+                    }
+                }
 
                 Step::Lost(on, loss) => {
                     let programmer = on.member.spec.id.clone();
@@ -717,10 +721,16 @@ enum Gone {
 /// Follows the task on its programmer again with WatchTask from the last seq relayed (after the
 /// pause its stream's breaks call for), retrying while the programmer cannot be reached, for up
 /// to the task's lease.
+///
+/// A programmer whose process is gone (connection refused) has lost the task, and the task is
+/// dispatched elsewhere at once — except on its `last_attempt`, when no other attempt can follow:
+/// then the programmer is waited for like an unreachable one, up to the lease. Restarted, it tells
+/// how the attempt ended, and only it can: it may have kept the task's edit before it died.
 async fn follow(
     mgr: &Manager,
     on: &OnProgrammer,
     cancel: &CancellationToken,
+    last_attempt: bool,
 ) -> Result<tonic::Streaming<TaskEvent>, Gone> {
     let programmer = &on.member.spec.id;
     let pause = on.breaks.pause();
@@ -756,7 +766,7 @@ async fn follow(
                     never_had: true,
                 });
             }
-            Ok(Err(status)) if is_connection_refused(&status) => {
+            Ok(Err(status)) if is_connection_refused(&status) && !last_attempt => {
                 return Err(Gone::NotThere {
                     reason: format!(
                         "{programmer} is not running (connection refused): the task stopped with its process"

@@ -282,21 +282,39 @@ pub async fn run_task(
             }
             AttemptOutcome::Succeeded(change) => {
                 let kept_branch = worktree.kept_branch().to_string();
+                // The result keeping the edit makes, recorded before the branch is created when
+                // it is created here (not pushed): a process killed between the two then ends the
+                // task with it on restart instead of handing back a task whose edit is kept.
+                let mut succeeded = TaskResult {
+                    files_changed: change.files_changed.clone(),
+                    diff: change.diff.clone(),
+                    change_truncated: change.truncated,
+                    commit: change.commit.clone(),
+                    branch: kept_branch.clone(),
+                    status: TaskState::Succeeded as i32,
+                    error_class: ErrorClass::None as i32,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    ..result.clone()
+                };
+                if let Some(repo) = worktree.keeps_in() {
+                    let (runs, task_id) = (prog.runs.clone(), task.task_id.clone());
+                    let (repo, record) = (repo.to_path_buf(), succeeded.clone());
+                    // A write and an fsync: on the blocking pool, like the keep itself.
+                    let recorded =
+                        crate::git::unstoppable(move || runs.keeping(&task_id, &repo, &record))
+                            .await;
+                    if let Err(e) = recorded.and_then(|r| r) {
+                        tracing::warn!(task_id = %task.task_id, "cannot record the result before keeping it: {e}");
+                    }
+                }
                 return match worktree.keep(&change).await {
                     Ok(pushed) => {
                         if let Some(pushed_ref) = pushed {
-                            result.pushed_ref = pushed_ref;
-                            result.pushed_commit = change.commit.clone();
+                            succeeded.pushed_ref = pushed_ref;
+                            succeeded.pushed_commit = change.commit;
                         }
-                        result.files_changed = change.files_changed;
-                        result.diff = change.diff;
-                        result.change_truncated = change.truncated;
-                        result.commit = change.commit;
-                        result.branch = kept_branch;
-                        result.status = TaskState::Succeeded as i32;
-                        result.error_class = ErrorClass::None as i32;
-                        result.duration_ms = started.elapsed().as_millis() as u64;
-                        result
+                        succeeded.duration_ms = started.elapsed().as_millis() as u64;
+                        succeeded
                     }
                     Err(e @ WorktreeError::AlreadyKept { .. }) => {
                         tracing::warn!(task_id = %task.task_id, origin = %task.origin_task_id, "{e}");

@@ -9,6 +9,12 @@
 //! task ended — a task that was running when the process died gets a HANDED_BACK result on
 //! start-up, so the manager knows to run it elsewhere.
 //!
+//! Unless it had kept its edit: before an attempt creates the task's kept branch, the result that
+//! keeping makes is recorded beside the task's events ([`TaskRuns::keeping`], `<task>.keeping`),
+//! and a task that died after that is ended on start-up with that result when the branch is there
+//! at the recorded commit. Otherwise the edit would be on `pas/<task>` while the task's result said
+//! it was handed back, and on its last dispatch attempt the task would fail with its edit kept.
+//!
 //! Finished tasks stay in memory for [`KEEP_IN_MEMORY`] and on disk for [`KEEP_ON_DISK`].
 
 use crate::contract::v1::{ErrorClass, TaskEvent, TaskResult, TaskState, task_event::Kind};
@@ -31,6 +37,19 @@ pub const KEEP_ON_DISK: Duration = Duration::from_secs(24 * 3600);
 
 /// Extension of event files.
 const EXT: &str = "events";
+
+/// Extension of a task's keep record (see [`TaskRuns::keeping`]).
+const KEEPING_EXT: &str = "keeping";
+
+/// What a task recorded before keeping its edit: the repository the kept branch is created in,
+/// and the result that keeping makes (its branch and commit among it).
+#[derive(Clone, PartialEq, prost::Message)]
+struct KeepRecord {
+    #[prost(string, tag = "1")]
+    repo: String,
+    #[prost(message, optional, tag = "2")]
+    result: Option<TaskResult>,
+}
 
 /// Why a task's lease ended it.
 pub const LEASE_EXPIRED: &str = "lease expired";
@@ -70,6 +89,8 @@ pub struct TaskRuns {
     dir: PathBuf,
     journal: Arc<FileJournal>,
     runs: Mutex<HashMap<String, Run>>,
+    /// Tasks with a keep record on disk, removed once their result is journaled.
+    keep_records: Mutex<std::collections::HashSet<String>>,
 }
 
 impl TaskRuns {
@@ -85,24 +106,35 @@ impl TaskRuns {
         let mut interrupted = 0;
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
-            if path.extension().is_none_or(|e| e != EXT) {
+            let Some(ext) = path.extension() else {
+                continue;
+            };
+            // A keep record outlives its task's events only if the process died between
+            // removing the one and the other.
+            if ext == KEEPING_EXT && !path.with_extension(EXT).exists() {
+                let _ = std::fs::remove_file(&path);
+            }
+            if ext != EXT {
                 continue;
             }
+            let keeping = path.with_extension(KEEPING_EXT);
             let age = std::fs::metadata(&path)
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| t.elapsed().ok());
             if age.is_some_and(|a| a > KEEP_ON_DISK) {
+                let _ = std::fs::remove_file(&keeping);
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
             let events = read_events(&path)?;
             let Some(last) = events.last() else {
+                let _ = std::fs::remove_file(&keeping);
                 let _ = std::fs::remove_file(&path);
                 continue;
             };
             if !matches!(last.kind, Some(Kind::Result(_))) {
-                let result = TaskResult {
+                let result = kept_before_it_died(&keeping).unwrap_or_else(|| TaskResult {
                     status: TaskState::Failed as i32,
                     programmer_id: programmer_id.to_string(),
                     error_class: ErrorClass::HandedBack as i32,
@@ -110,7 +142,7 @@ impl TaskRuns {
                         "programmer {programmer_id} restarted while the task ran: handed back for rerouting"
                     ),
                     ..Default::default()
-                };
+                });
                 let event = TaskEvent {
                     task_id: last.task_id.clone(),
                     seq: last.seq + 1,
@@ -120,15 +152,44 @@ impl TaskRuns {
                 journal.write(&event)?;
                 interrupted += 1;
             }
+            let _ = std::fs::remove_file(&keeping);
         }
         Ok((
             Self {
                 dir,
                 journal,
                 runs: Mutex::new(HashMap::new()),
+                keep_records: Mutex::default(),
             },
             interrupted,
         ))
+    }
+
+    /// Records, before an attempt of `task_id` keeps its edit in `repo` (creates the kept branch
+    /// there), the `result` keeping it makes, synced to disk: if the process dies after the branch
+    /// exists and before the result is journaled, the next process ends the task with this result
+    /// instead of handing it back. Removed when the task's result is journaled
+    /// ([`finished`](Self::finished)).
+    pub fn keeping(&self, task_id: &str, repo: &Path, result: &TaskResult) -> std::io::Result<()> {
+        let invalid =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_string());
+        let path = self
+            .journal
+            .path(task_id)
+            .ok_or_else(|| invalid("task id unusable as a file name"))?
+            .with_extension(KEEPING_EXT);
+        let record = KeepRecord {
+            repo: repo
+                .to_str()
+                .ok_or_else(|| invalid("repository path is not UTF-8"))?
+                .to_string(),
+            result: Some(result.clone()),
+        };
+        let mut file = std::fs::File::create(&path)?;
+        file.write_all(&record.encode_to_vec())?;
+        file.sync_data()?;
+        lock(&self.keep_records).insert(task_id.to_string());
+        Ok(())
     }
 
     fn runs(&self) -> MutexGuard<'_, HashMap<String, Run>> {
@@ -176,6 +237,11 @@ impl TaskRuns {
 
     /// The task has its result: it leaves memory after [`KEEP_IN_MEMORY`] (its file stays).
     pub fn finished(self: &Arc<Self>, task_id: &str) {
+        if lock(&self.keep_records).remove(task_id)
+            && let Some(path) = self.journal.path(task_id)
+        {
+            let _ = std::fs::remove_file(path.with_extension(KEEPING_EXT));
+        }
         let (runs, task_id) = (self.clone(), task_id.to_string());
         tokio::spawn(async move {
             tokio::time::sleep(KEEP_IN_MEMORY).await;
@@ -187,6 +253,32 @@ impl TaskRuns {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// The result a task recorded before keeping its edit ([`TaskRuns::keeping`]), when its kept
+/// branch is there at the recorded commit: the edit was kept, and this is the task's result.
+/// `None` without a record, with one that cannot be read, or when the branch is absent or holds
+/// another attempt's commit (the keep never happened, or lost to another attempt).
+fn kept_before_it_died(record: &Path) -> Option<TaskResult> {
+    let bytes = std::fs::read(record).ok()?;
+    let KeepRecord { repo, result } = KeepRecord::decode(bytes.as_slice()).ok()?;
+    let result = result?;
+    let out = crate::git::Git::new(Path::new(&repo))
+        .args(["rev-parse", "--verify", "-q", "--end-of-options"])
+        .arg(format!("refs/heads/{}^{{commit}}", result.branch))
+        .output_blocking()
+        .ok()?;
+    let tip = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || result.commit.is_empty() || tip.trim() != result.commit {
+        return None;
+    }
+    tracing::warn!(branch = %result.branch, commit = %result.commit,
+        "a task kept its edit before the process died: its result is the kept edit");
+    Some(result)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Reads a task's event file; a torn last record (the process died mid-write) is ignored.
@@ -428,6 +520,88 @@ mod tests {
                 .await
                 .unwrap()
                 .is_err()
+        );
+    }
+
+    /// Runs git in `repo` (the tests' own repository), returning its trimmed stdout.
+    fn git(repo: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(repo)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    #[tokio::test]
+    async fn a_task_that_kept_its_edit_before_the_process_died_ends_with_that_edit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (events, repo) = (dir.path().join("events"), dir.path().join("repo"));
+        std::fs::create_dir_all(&repo).unwrap();
+        git(&repo, &["init", "-q"]);
+        git(&repo, &["commit", "-q", "--allow-empty", "-m", "base"]);
+        let base = git(&repo, &["rev-parse", "HEAD"]);
+        git(&repo, &["commit", "-q", "--allow-empty", "-m", "edit"]);
+        let edit = git(&repo, &["rev-parse", "HEAD"]);
+        let kept = |task: &str, commit: &str| TaskResult {
+            status: TaskState::Succeeded as i32,
+            branch: format!("pas/{task}"),
+            commit: commit.to_string(),
+            diff: "+edit\n".into(),
+            ..Default::default()
+        };
+        {
+            let runs = Arc::new(TaskRuns::open(events.clone(), "001").unwrap().0);
+            // kept: the branch is there at the recorded commit. never-kept: killed between the
+            // record and the branch. lost-race: another attempt's branch (another commit).
+            for task in ["kept", "never-kept", "lost-race", "journaled"] {
+                let run = runs.start(task, CancellationToken::new()).unwrap();
+                TaskEventSink::new(run.log.clone())
+                    .send(output("working"))
+                    .await;
+                runs.keeping(task, &repo, &kept(task, &edit)).unwrap();
+            }
+            git(&repo, &["branch", "pas/kept", &edit]);
+            git(&repo, &["branch", "pas/lost-race", &base]);
+            git(&repo, &["branch", "pas/journaled", &edit]);
+            // One whose result was journaled: its record goes with it.
+            let journaled = runs.get("journaled").unwrap();
+            TaskEventSink::new(journaled.log.clone())
+                .finish(kept("journaled", &edit))
+                .await;
+            runs.finished("journaled");
+            assert!(!events.join("journaled.keeping").exists());
+            assert!(events.join("kept.keeping").exists());
+        }
+        // The process died; a new one opens the same files.
+        let (runs, interrupted) = TaskRuns::open(events.clone(), "001").unwrap();
+        assert_eq!(interrupted, 3);
+        let result = |task: &str| runs.get(task).and_then(|r| r.log.result()).unwrap();
+        assert_eq!(
+            result("kept"),
+            kept("kept", &edit),
+            "the kept edit is its result"
+        );
+        for task in ["never-kept", "lost-race"] {
+            assert_eq!(
+                result(task).error_class,
+                ErrorClass::HandedBack as i32,
+                "{task}: {:?}",
+                result(task)
+            );
+        }
+        assert_eq!(result("journaled").status, TaskState::Succeeded as i32);
+        let left: Vec<_> = std::fs::read_dir(&events)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == KEEPING_EXT))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "no keep record outlives the restart: {left:?}"
         );
     }
 

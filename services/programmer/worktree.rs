@@ -418,6 +418,12 @@ impl TaskWorktree {
         &self.kept_branch
     }
 
+    /// The repository [`keep`](Self::keep) creates the kept branch in; `None` when it pushes the
+    /// branch to a remote instead.
+    pub fn keeps_in(&self) -> Option<&Path> {
+        self.push.is_none().then_some(self.repo.as_path())
+    }
+
     /// Keep results by pushing `pas/<origin task>` to `remote` (create-only) rather than by
     /// creating the branch locally: the task's repository is a mirror of that remote.
     pub fn push_to(&mut self, remote: Remote) {

@@ -734,13 +734,16 @@ pub async fn wait_available(c: &ProgrammerPoolClient<Channel>, n: u32) {
 }
 
 /// Reads a task stream to its end and checks the contract every stream must keep: exactly one
-/// result, it is the last event, and `seq` runs 1..n. Returns every event and the result.
+/// result, it is the last event, and `seq` runs 1..n. Returns every event but heartbeats (seq 0,
+/// sent while a followed task is quiet, e.g. waiting in a queue) and the result.
 pub async fn collect_events(
     mut stream: tonic::Streaming<TaskEvent>,
 ) -> (Vec<TaskEvent>, TaskResult) {
+    use pas::contract::v1::task_event::Kind;
     let mut events = Vec::new();
     loop {
         match stream.message().await {
+            Ok(Some(ev)) if matches!(ev.kind, Some(Kind::Heartbeat(_))) => {}
             Ok(Some(ev)) => events.push(ev),
             Ok(None) => break,
             Err(status) => panic!("task stream broke: {status:?}\nevents so far: {events:#?}"),
