@@ -278,6 +278,9 @@ async fn tasks_survive_random_kills_of_programmers_and_the_manager() {
             ),
             _ => format!("{state:?}"),
         };
+        if state != TaskState::Succeeded {
+            eprintln!("chaos: {} {outcome}: {}", req.task_id, result.error_message);
+        }
         *outcomes.entry(outcome).or_default() += 1;
         if req.dry_run {
             continue;
