@@ -359,6 +359,49 @@ async fn a_finished_task_id_replays_its_result_and_a_different_request_conflicts
     assert_eq!((events, &a), (first_events, &b));
 }
 
+/// `manager.task_retention_s`: a finished task is remembered that long after it ended, then
+/// deleted (GetTask NOT_FOUND, and its id names a new task), while an unfinished one is kept.
+#[tokio::test]
+async fn a_finished_task_is_forgotten_after_its_retention() {
+    let pool = TestPool::new(PoolOptions::default());
+    pool.edit_config(|c| c.replace("  task_lease_s:", "  task_retention_s: 1\n  task_lease_s:"));
+    pool.sample_repo();
+    let _p = pool.start_all_programmers();
+    let _m = pool.start_manager();
+    let c = manager_client(&pool).await;
+    wait_available(&c, 1).await;
+
+    let dry = DispatchRequest {
+        task_id: "short-lived".into(),
+        dry_run: true,
+        ..sample_dispatch("dry")
+    };
+    let (first_events, first) = dispatch_collect(&c, dry.clone()).await;
+    assert_eq!(state_of(&first), TaskState::Succeeded, "{first:#?}");
+    wait_until(Duration::from_secs(60), "the task forgotten", || async {
+        match c
+            .clone()
+            .get_task(GetTaskRequest {
+                task_id: "short-lived".into(),
+            })
+            .await
+        {
+            Ok(_) => false,
+            Err(status) if status.code() == tonic::Code::NotFound => true,
+            Err(status) => panic!("GetTask: {status:?}"),
+        }
+    })
+    .await;
+    // The same id and request again: a new task (it runs; its events are new ones).
+    let (events, again) = dispatch_collect(&c, dry).await;
+    assert_eq!(state_of(&again), TaskState::Succeeded, "{again:#?}");
+    assert_eq!(events.len(), first_events.len());
+    assert!(
+        events[0].timestamp_ms > first_events.last().unwrap().timestamp_ms,
+        "new events, not a replay"
+    );
+}
+
 #[tokio::test]
 async fn bad_input_is_invalid_argument_naming_the_field_and_nothing_is_recorded() {
     let pool = TestPool::new(PoolOptions::default());

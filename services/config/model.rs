@@ -479,6 +479,11 @@ pub struct ManagerConfig {
     /// for this long, so a manager that never comes back leaves no work running; a manager that
     /// cannot reach a task's programmer for this long knows the task stopped there and reroutes it.
     pub task_lease_s: u64,
+    /// How long a finished task's record and events stay in the task store, in seconds, counted
+    /// from its end: GetTask, WatchTask, ListTasks and idempotent re-dispatch see it this long,
+    /// then it is deleted (a Dispatch reusing its id then starts a new task). 0 keeps every task
+    /// forever (the store's file then only grows). Unfinished tasks are never deleted.
+    pub task_retention_s: u64,
     /// A second port answering only the probes (grpc.health.v1, `/health`, `/metrics`,
     /// `/programmer_pool/status`) from a thread of its own, so a burst of calls on `port` cannot
     /// delay them: point Kubernetes probes and monitoring here. None: probes on `port` only.
@@ -500,6 +505,7 @@ impl Default for ManagerConfig {
             queue_timeout_s: 600,
             max_dispatch_attempts: 3,
             task_lease_s: 60,
+            task_retention_s: 7 * 24 * 3600,
             admin_port: None,
             worker_threads: 1,
         }

@@ -142,13 +142,17 @@ pub(crate) fn render(config: &Config) -> String {
         (
             "Manager",
             format!(
-                "{}:{} (queue {}, queue timeout {}s, {} dispatch attempts, task lease {}s)",
+                "{}:{} (queue {}, queue timeout {}s, {} dispatch attempts, task lease {}s, {})",
                 m.host,
                 m.port,
                 m.max_queue,
                 m.queue_timeout_s,
                 m.max_dispatch_attempts,
-                m.task_lease_s
+                m.task_lease_s,
+                match m.task_retention_s {
+                    0 => "finished tasks kept forever".to_string(),
+                    s => format!("finished tasks kept {s}s"),
+                }
             ),
         ),
         (

@@ -140,6 +140,8 @@ impl Manager {
         )?);
         let started_ms = crate::task_events::now_unix_ms();
         let store = Arc::new(TaskStore::open(data_dir.join("tasks.sqlite"))?);
+        let retention = config.pool.manager.task_retention_s;
+        store.keep_finished_for((retention > 0).then(|| Duration::from_secs(retention)));
         if store.recovered_on_open() > 0 {
             tracing::warn!(
                 tasks = store.recovered_on_open(),

@@ -57,6 +57,18 @@
 //! `synchronous = NORMAL` asks for) would otherwise run inside a commit every thousand pages and
 //! double the average cost of a write; a checkpoint thread runs them instead, every
 //! [`CHECKPOINT_EVERY`] and when the store closes.
+//!
+//! # Retention
+//!
+//! A finished task is kept for the retention the manager sets ([`TaskStore::keep_finished_for`],
+//! `manager.task_retention_s`), counted from its end, then its record and events are deleted
+//! ([`forget_finished`]), so the file stops growing with every task ever run. The checkpoint thread
+//! does it, on its own connection, off the dispatch path: each pass looks at the oldest
+//! [`FORGET_SCAN_ROWS`] records only (rows are in the order they were recorded, so the expired ones
+//! are at the front) and stops after [`FORGET_MAX_EVENTS`] events, so one pass holds the file for
+//! milliseconds; passes follow each other every [`CHECKPOINT_EVERY`] while they find expired
+//! tasks. Unfinished tasks are never deleted. Freed pages are reused by later tasks (the file is
+//! not shrunk).
 
 use crate::contract::v1::{
     DispatchRequest, ErrorClass, TaskEvent, TaskRecord, TaskResult, TaskState, task_event::Kind,
@@ -246,6 +258,9 @@ pub struct TaskStore {
     /// thread nor `get`'s connection waits for them.
     pager: Arc<Mutex<Connection>>,
     recovered: usize,
+    /// How long finished tasks are kept, in milliseconds (0: forever); read by the checkpoint
+    /// thread before each retention pass.
+    retention_ms: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for TaskStore {
@@ -436,9 +451,11 @@ impl TaskStore {
         });
         let (stop_checkpoints, stopped) = mpsc::channel::<()>();
         let marked = Arc::clone(&writes);
+        let retention_ms = Arc::new(AtomicU64::new(0));
+        let retention = Arc::clone(&retention_ms);
         let checkpointer = std::thread::Builder::new()
             .name("task-store-checkpoint".into())
-            .spawn(move || checkpoint_until_stopped(checkpoints, &marked, stopped))
+            .spawn(move || checkpoint_until_stopped(checkpoints, &marked, stopped, &retention))
             .map_err(thread_error)?;
         let (overflow, woken) = mpsc::channel::<()>();
         let shared = Arc::clone(&writes);
@@ -459,7 +476,17 @@ impl TaskStore {
             reader: Mutex::new(reader),
             pager,
             recovered,
+            retention_ms,
         })
+    }
+
+    /// Keeps finished tasks for `retention` after they ended, then deletes them (see the module
+    /// docs, "Retention"); `None` keeps them forever (the default).
+    pub fn keep_finished_for(&self, retention: Option<Duration>) {
+        let ms = retention.map_or(0, |r| {
+            u64::try_from(r.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
+        self.retention_ms.store(ms, Ordering::Relaxed);
     }
 
     /// How many unfinished tasks of a previous process [`open`](Self::open) marked FAILED.
@@ -924,10 +951,18 @@ impl Drop for TaskStore {
 }
 
 /// The checkpoint thread: every [`CHECKPOINT_EVERY`], and a last time when the store closes,
-/// moves the `open_from` mark forward ([`advance_open_mark`]) and runs a passive checkpoint (it
-/// never waits for, nor blocks, the writer or a reader).
-fn checkpoint_until_stopped(conn: Connection, writes: &Writes, stopped: mpsc::Receiver<()>) {
+/// moves the `open_from` mark forward ([`advance_open_mark`]), deletes expired finished tasks
+/// when a retention is set ([`forget_finished`]: every pass while it finds some, else once per
+/// retention, at most a minute apart), and runs a passive checkpoint (it never waits for, nor
+/// blocks, the writer or a reader).
+fn checkpoint_until_stopped(
+    mut conn: Connection,
+    writes: &Writes,
+    stopped: mpsc::Receiver<()>,
+    retention_ms: &AtomicU64,
+) {
     let mut mark = None;
+    let mut next_forget = std::time::Instant::now();
     loop {
         let closing = !matches!(
             stopped.recv_timeout(CHECKPOINT_EVERY),
@@ -936,6 +971,29 @@ fn checkpoint_until_stopped(conn: Connection, writes: &Writes, stopped: mpsc::Re
         match advance_open_mark(&conn, writes, mark.take()) {
             Ok(moved) => mark = moved,
             Err(e) => tracing::warn!("task store: open-task mark not moved (retried later): {e}"),
+        }
+        let retention = retention_ms.load(Ordering::Relaxed);
+        let now = std::time::Instant::now();
+        if retention > 0 && !closing && now >= next_forget {
+            let cutoff = now_ms().saturating_sub(i64::try_from(retention).unwrap_or(i64::MAX));
+            let idle = Duration::from_millis(retention).clamp(CHECKPOINT_EVERY, FORGET_IDLE_EVERY);
+            next_forget =
+                match forget_finished(&mut conn, cutoff, FORGET_SCAN_ROWS, FORGET_MAX_EVENTS) {
+                    Ok(0) => now + idle,
+                    Ok(forgotten) => {
+                        tracing::debug!(
+                            tasks = forgotten,
+                            "task store: finished tasks past their retention deleted"
+                        );
+                        now
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "task store: expired tasks not deleted (retried later): {e}"
+                        );
+                        now + idle
+                    }
+                };
         }
         if closing {
             // The store's last flush has run: nothing else would commit the mark.
@@ -948,6 +1006,52 @@ fn checkpoint_until_stopped(conn: Connection, writes: &Writes, stopped: mpsc::Re
             return;
         }
     }
+}
+
+/// Most records a retention pass looks at (the oldest ones).
+pub const FORGET_SCAN_ROWS: i64 = 2_000;
+
+/// A retention pass deletes no further task once it has deleted this many events.
+pub const FORGET_MAX_EVENTS: u64 = 50_000;
+
+/// Longest pause between retention passes that found nothing to delete.
+const FORGET_IDLE_EVERY: Duration = Duration::from_secs(60);
+
+/// One retention pass: among the oldest `scan_rows` records, deletes the finished tasks that ended
+/// before `cutoff_ms` (Unix milliseconds) with their events, in one transaction, stopping after
+/// the task that brings the events deleted to `max_events`. Returns how many tasks it deleted.
+///
+/// A deleted task may be the `open_from` mark's: the mark then names no task, and a restart
+/// searches the records from the first (all of them still there are after the deleted ones).
+fn forget_finished(
+    conn: &mut Connection,
+    cutoff_ms: i64,
+    scan_rows: i64,
+    max_events: u64,
+) -> Result<usize, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let expired: Vec<String> = tx
+        .prepare_cached(&format!(
+            "SELECT task_id FROM (SELECT task_id, state, finished_ms FROM tasks ORDER BY rowid LIMIT ?1)
+             WHERE NOT ({OPEN_STATES}) AND finished_ms > 0 AND finished_ms < ?2"
+        ))?
+        .query_map(params![scan_rows, cutoff_ms], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let (mut tasks, mut events) = (0, 0u64);
+    for task_id in &expired {
+        let deleted = tx
+            .prepare_cached("DELETE FROM task_events WHERE task_id = ?1")?
+            .execute(params![task_id])?;
+        tx.prepare_cached("DELETE FROM tasks WHERE task_id = ?1")?
+            .execute(params![task_id])?;
+        tasks += 1;
+        events += deleted as u64;
+        if events >= max_events {
+            break;
+        }
+    }
+    tx.commit()?;
+    Ok(tasks)
 }
 
 /// Moves the `open_from` mark (see the schema) to the oldest open task, or to the newest task
@@ -1454,6 +1558,91 @@ mod tests {
             cost_usd: 0.0125,
             ..Default::default()
         }
+    }
+
+    /// Records `ids` in order, each with `events` events; those in `finished` get a result.
+    async fn recorded(store: &TaskStore, ids: &[&str], finished: &[&str], events: u64) {
+        for &id in ids {
+            store
+                .insert(&NewTask::from_request(id, &request(id)))
+                .await
+                .unwrap();
+            store.set_running(id, "001", 1).await.unwrap();
+            for seq in 1..=events {
+                let event = TaskEvent {
+                    task_id: id.into(),
+                    seq,
+                    kind: Some(Kind::Heartbeat(Default::default())),
+                    ..Default::default()
+                };
+                store.append_event(id, &event, seq).await.unwrap();
+            }
+            if finished.contains(&id) {
+                assert!(store.finish(id, &succeeded("001")).await.unwrap());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn finished_tasks_past_their_retention_are_deleted_with_their_events_open_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        // "open" is recorded first: a pass that looks at one record finds nothing to delete.
+        recorded(&store, &["open", "a", "b", "c"], &["a", "b", "c"], 3).await;
+        let mut conn = connect(&dir.path().join("tasks.sqlite3")).unwrap();
+        let later = now_ms() + 60_000;
+        assert_eq!(forget_finished(&mut conn, later, 1, 1_000).unwrap(), 0);
+        // Ended after the cutoff: kept.
+        assert_eq!(forget_finished(&mut conn, 1, 10, 1_000).unwrap(), 0);
+        // One task's events reach the pass's bound: one task per pass.
+        assert_eq!(forget_finished(&mut conn, later, 10, 3).unwrap(), 1);
+        assert!(store.get("a").unwrap().is_none());
+        assert!(store.events("a").unwrap().is_empty());
+        assert!(store.get("b").unwrap().is_some());
+        assert_eq!(forget_finished(&mut conn, later, 10, 1_000).unwrap(), 2);
+        for id in ["b", "c"] {
+            assert!(store.get(id).unwrap().is_none(), "{id}");
+            assert!(store.events(id).unwrap().is_empty(), "{id}");
+        }
+        let running = store
+            .get("open")
+            .unwrap()
+            .expect("an open task is never deleted");
+        assert_eq!(running.state(), TaskState::Running);
+        assert_eq!(store.events("open").unwrap().len(), 3);
+        // Its id is free again: a new request under it is a new task.
+        assert_eq!(
+            store
+                .insert(&NewTask::from_request("a", &request("another")))
+                .await
+                .unwrap(),
+            InsertOutcome::Inserted
+        );
+        // A restart still finds the open task (the mark may name a deleted one).
+        drop(store);
+        let reopened = open(&dir);
+        let unfinished: Vec<String> = reopened
+            .unfinished()
+            .unwrap()
+            .into_iter()
+            .map(|u| u.task_id)
+            .collect();
+        assert_eq!(unfinished, ["open", "a"]);
+    }
+
+    #[tokio::test]
+    async fn the_checkpoint_thread_deletes_tasks_once_their_retention_has_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        recorded(&store, &["kept", "gone"], &["gone"], 2).await;
+        store.keep_finished_for(Some(Duration::from_millis(1)));
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while store.get("gone").unwrap().is_some() {
+            assert!(std::time::Instant::now() < deadline, "never deleted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(store.events("gone").unwrap().is_empty());
+        assert!(store.get("kept").unwrap().is_some(), "unfinished: kept");
     }
 
     #[tokio::test]
