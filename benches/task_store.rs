@@ -23,6 +23,11 @@
 //! And the programmer's side of that replay: a follower from seq 0 of a finished task of 20,000 to
 //! 100,000 events, the ones its log no longer keeps read back from the task's event file a page
 //! at a time.
+//!
+//! Last, retention: lone dispatches' writes on a store of `PAS_BENCH_BACKLOG` finished tasks
+//! (default 50,000, 10 events each), with retention off and while the checkpoint thread deletes
+//! that backlog (every task already past a retention of 1 ms): what the deletion passes cost the
+//! dispatch path, which shares the file's one write lock with them.
 
 #![forbid(unsafe_code)]
 
@@ -383,29 +388,144 @@ async fn programmer_replay_by_task_length() {
     }
 }
 
-fn main() {
-    let tasks = std::env::var("PAS_BENCH_TASKS")
+/// The writes of one dry-run dispatch as the manager makes them (record + placement, then the
+/// Assigned event with the result, then the result recorded in the task's row), each awaited.
+async fn dispatch_writes(store: &TaskStore, id: &str, request: &DispatchRequest) {
+    let recorded = store.insert_with_next(&NewTask::from_request(id, request));
+    store.set_running(id, "001", 1).await.expect("running");
+    recorded.await.expect("insert");
+    let result = TaskResult {
+        status: TaskState::Succeeded as i32,
+        programmer_id: "001".into(),
+        dry_run: true,
+        ..Default::default()
+    };
+    let assigned = Kind::Assigned(Assigned::default());
+    let journaled = store.append_event_soon(id, &event(id, 1, assigned), 1);
+    let last = Kind::Result(Box::new(result.clone()));
+    store
+        .append_event(id, &event(id, 2, last), 2)
+        .await
+        .expect("result");
+    journaled.await.expect("assigned");
+    store.finish(id, &result).await.expect("finish");
+}
+
+/// Records `tasks` finished tasks of `events` events each, their writes queued a thousand
+/// tasks at a time (group-committed: quick to build).
+async fn finished_backlog(store: &TaskStore, tasks: usize, events: u64, request: &DispatchRequest) {
+    let result = TaskResult {
+        status: TaskState::Succeeded as i32,
+        ..Default::default()
+    };
+    for chunk in (0..tasks).collect::<Vec<_>>().chunks(1000) {
+        let mut writes: Vec<futures::future::BoxFuture<'_, ()>> = Vec::new();
+        for &i in chunk {
+            let id = format!("old-{i:08}");
+            let recorded = store.insert_with_next(&NewTask::from_request(&id, request));
+            writes.push(Box::pin(async move {
+                recorded.await.expect("insert");
+            }));
+            for seq in 1..=events {
+                let output = Kind::Output(Output {
+                    text: "a line of aider's output\n".into(),
+                    ..Default::default()
+                });
+                let journaled = store.append_event_soon(&id, &event(&id, seq, output), seq);
+                writes.push(Box::pin(async move { journaled.await.expect("event") }));
+            }
+            // An async fn: queued when first polled, which join_all does in this order.
+            let result = result.clone();
+            writes.push(Box::pin(async move {
+                store.finish(&id, &result).await.expect("finish");
+            }));
+        }
+        futures::future::join_all(writes).await;
+    }
+}
+
+async fn retention_beside_dispatches(backlog: usize, events: u64, tasks: usize) {
+    println!(
+        "task store retention — {tasks} lone dispatches' writes (each awaited) on a store of \
+         {backlog} finished tasks of {events} events (µs per dispatch)"
+    );
+    println!(
+        "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>14}",
+        "", "p50", "p90", "p99", "mean", "max", "tasks deleted"
+    );
+    let request = sample_request("");
+    for (name, retention) in [
+        ("retention off", None),
+        ("deleting the backlog", Some(Duration::from_millis(1))),
+    ] {
+        let (dir, store) = fresh_store();
+        finished_backlog(&store, backlog, events, &request).await;
+        let counter = rusqlite::Connection::open(dir.path().join("tasks.sqlite3")).expect("open");
+        // The backlog's records left (dispatched tasks, past 1 ms too, may be deleted as well).
+        let backlog_left = || -> i64 {
+            counter
+                .query_row(
+                    "SELECT COUNT(*) FROM tasks WHERE task_id LIKE 'old-%'",
+                    [],
+                    |r| r.get(0),
+                )
+                .expect("count")
+        };
+        store.keep_finished_for(retention);
+        if retention.is_some() {
+            // Measured once the passes have begun (the first is up to a second away).
+            while backlog_left() >= backlog as i64 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let before = backlog_left();
+        let mut samples = Vec::with_capacity(tasks);
+        for i in 0..tasks {
+            let id = format!("new-{i:08}");
+            let started = Instant::now();
+            dispatch_writes(&store, &id, &request).await;
+            samples.push(started.elapsed());
+        }
+        let deleted = before - backlog_left();
+        let max = samples.iter().max().copied().unwrap_or_default();
+        samples.sort();
+        let mean = samples.iter().sum::<Duration>().as_secs_f64() * 1e6 / samples.len() as f64;
+        println!(
+            "{name:<28} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>14}",
+            percentile(&samples, 0.5),
+            percentile(&samples, 0.9),
+            percentile(&samples, 0.99),
+            mean,
+            max.as_secs_f64() * 1e6,
+            deleted
+        );
+    }
+}
+
+/// `name`'s value from the environment, or `default`.
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5000);
+        .unwrap_or(default)
+}
+
+fn main() {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime")
-        .block_on(run(tasks));
+        .block_on(run(env_or("PAS_BENCH_TASKS", 5000)));
     ledger_by_day_volume();
-    let listed = std::env::var("PAS_BENCH_LIST_TASKS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime")
         .block_on(async {
-            sparse_listing(listed).await;
+            sparse_listing(env_or("PAS_BENCH_LIST_TASKS", 100_000)).await;
             replay_by_task_length().await;
             programmer_replay_by_task_length().await;
+            retention_beside_dispatches(env_or("PAS_BENCH_BACKLOG", 50_000), 10, 20_000).await;
         });
 }

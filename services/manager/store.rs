@@ -63,12 +63,15 @@
 //! A finished task is kept for the retention the manager sets ([`TaskStore::keep_finished_for`],
 //! `manager.task_retention_s`), counted from its end, then its record and events are deleted
 //! ([`forget_finished`]), so the file stops growing with every task ever run. The checkpoint thread
-//! does it, on its own connection, off the dispatch path: each pass looks at the oldest
-//! [`FORGET_SCAN_ROWS`] records only (rows are in the order they were recorded, so the expired ones
-//! are at the front) and stops after [`FORGET_MAX_EVENTS`] events, so one pass holds the file for
-//! milliseconds; passes follow each other every [`CHECKPOINT_EVERY`] while they find expired
-//! tasks. Unfinished tasks are never deleted. Freed pages are reused by later tasks (the file is
-//! not shrunk).
+//! does it in small passes: each looks at the oldest [`FORGET_SCAN_ROWS`] records only (rows are in
+//! the order they were recorded, so the expired ones are at the front) and deletes at most
+//! [`FORGET_MAX_TASKS`] tasks or about [`FORGET_MAX_EVENTS`] events. A pass is a write like any
+//! other, which the checkpoint thread queues and commits itself ([`forget_expired`]): a caller's
+//! write queued meanwhile is committed right after it, so it waits for at most the pass ahead of it
+//! (~1.5 ms) and never sleeps in SQLite's busy handler, as it did while passes ran as transactions
+//! on a connection of their own (BENCHMARKS.md, "Task store retention"). Passes follow each other
+//! while they find expired tasks, at most [`FORGET_PASSES`] a second. Unfinished tasks are never
+//! deleted. Freed pages are reused by later tasks (the file is not shrunk).
 
 use crate::contract::v1::{
     DispatchRequest, ErrorClass, TaskEvent, TaskRecord, TaskResult, TaskState, task_event::Kind,
@@ -956,7 +959,7 @@ impl Drop for TaskStore {
 /// retention, at most a minute apart), and runs a passive checkpoint (it never waits for, nor
 /// blocks, the writer or a reader).
 fn checkpoint_until_stopped(
-    mut conn: Connection,
+    conn: Connection,
     writes: &Writes,
     stopped: mpsc::Receiver<()>,
     retention_ms: &AtomicU64,
@@ -977,23 +980,24 @@ fn checkpoint_until_stopped(
         if retention > 0 && !closing && now >= next_forget {
             let cutoff = now_ms().saturating_sub(i64::try_from(retention).unwrap_or(i64::MAX));
             let idle = Duration::from_millis(retention).clamp(CHECKPOINT_EVERY, FORGET_IDLE_EVERY);
-            next_forget =
-                match forget_finished(&mut conn, cutoff, FORGET_SCAN_ROWS, FORGET_MAX_EVENTS) {
-                    Ok(0) => now + idle,
-                    Ok(forgotten) => {
-                        tracing::debug!(
-                            tasks = forgotten,
-                            "task store: finished tasks past their retention deleted"
-                        );
-                        now
-                    }
-                    Err(e) => {
-                        tracing::warn!(
-                            "task store: expired tasks not deleted (retried later): {e}"
-                        );
-                        now + idle
-                    }
-                };
+            next_forget = match forget_expired(writes, cutoff) {
+                Ok(Forgotten {
+                    tasks: 0,
+                    events: 0,
+                }) => now + idle,
+                Ok(forgotten) => {
+                    tracing::debug!(
+                        tasks = forgotten.tasks,
+                        events = forgotten.events,
+                        "task store: finished tasks past their retention deleted"
+                    );
+                    now
+                }
+                Err(e) => {
+                    tracing::warn!("task store: expired tasks not deleted (retried later): {e}");
+                    now + idle
+                }
+            };
         }
         if closing {
             // The store's last flush has run: nothing else would commit the mark.
@@ -1011,47 +1015,111 @@ fn checkpoint_until_stopped(
 /// Most records a retention pass looks at (the oldest ones).
 pub const FORGET_SCAN_ROWS: i64 = 2_000;
 
+/// Most tasks a retention pass deletes (one transaction: a write queued meanwhile waits for it).
+pub const FORGET_MAX_TASKS: usize = 50;
+
 /// A retention pass deletes no further task once it has deleted this many events.
-pub const FORGET_MAX_EVENTS: u64 = 50_000;
+pub const FORGET_MAX_EVENTS: u64 = 1_000;
+
+/// Most retention passes per tick of the checkpoint thread (so at most
+/// `FORGET_PASSES × FORGET_MAX_TASKS` tasks deleted a second).
+const FORGET_PASSES: usize = 40;
 
 /// Longest pause between retention passes that found nothing to delete.
 const FORGET_IDLE_EVERY: Duration = Duration::from_secs(60);
 
-/// One retention pass: among the oldest `scan_rows` records, deletes the finished tasks that ended
-/// before `cutoff_ms` (Unix milliseconds) with their events, in one transaction, stopping after
-/// the task that brings the events deleted to `max_events`. Returns how many tasks it deleted.
+/// What retention passes deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Forgotten {
+    tasks: usize,
+    events: u64,
+}
+
+/// Up to [`FORGET_PASSES`] retention passes ([`forget_finished`]) for tasks that ended before
+/// `cutoff_ms`, each a write of its own that this thread commits itself: a write a caller queues
+/// meanwhile is committed after it by this thread, so the caller's thread (the manager's one
+/// runtime thread) never waits on SQLite's write lock for it, as it would for a transaction on
+/// another connection. Stops at the first pass that finds no more to delete.
+fn forget_expired(writes: &Writes, cutoff_ms: i64) -> Result<Forgotten, StoreError> {
+    let mut total = Forgotten::default();
+    for _ in 0..FORGET_PASSES {
+        let (answer, answered) = oneshot::channel();
+        let pass = Queued {
+            op: move |conn: &Connection| {
+                forget_finished(
+                    conn,
+                    cutoff_ms,
+                    FORGET_SCAN_ROWS,
+                    FORGET_MAX_TASKS,
+                    FORGET_MAX_EVENTS,
+                )
+            },
+            out: None,
+            answer,
+        };
+        writes.enqueue(Box::new(pass), false);
+        // Commits it here unless a caller is committing (it then goes in the caller's next batch).
+        writes.flush(usize::MAX, None);
+        let pass = answered.blocking_recv().map_err(|_| StoreError::Closed)??;
+        total.tasks += pass.tasks;
+        total.events += pass.events;
+        if pass.tasks < FORGET_MAX_TASKS && pass.events < FORGET_MAX_EVENTS {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// One retention pass, inside the batch's transaction: among the oldest `scan_rows` records, the
+/// finished tasks that ended before `cutoff_ms` (Unix milliseconds) are deleted, at most
+/// `max_tasks`, with their events, at most about `max_events` in all. A task's events go oldest
+/// first, its record with its last event: a task with more events than a pass deletes is deleted
+/// over several passes (meanwhile a replay of it from seq 0 finds its first events gone), and its
+/// id is never free while events of it remain. Runs again from the same state with the same
+/// outcome (a write may be run twice, see [`commit_batch`]).
 ///
 /// A deleted task may be the `open_from` mark's: the mark then names no task, and a restart
 /// searches the records from the first (all of them still there are after the deleted ones).
 fn forget_finished(
-    conn: &mut Connection,
+    conn: &Connection,
     cutoff_ms: i64,
     scan_rows: i64,
+    max_tasks: usize,
     max_events: u64,
-) -> Result<usize, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let expired: Vec<String> = tx
+) -> Result<Forgotten, StoreError> {
+    let expired: Vec<String> = conn
         .prepare_cached(&format!(
             "SELECT task_id FROM (SELECT task_id, state, finished_ms FROM tasks ORDER BY rowid LIMIT ?1)
-             WHERE NOT ({OPEN_STATES}) AND finished_ms > 0 AND finished_ms < ?2"
+             WHERE NOT ({OPEN_STATES}) AND finished_ms > 0 AND finished_ms < ?2 LIMIT ?3"
         ))?
-        .query_map(params![scan_rows, cutoff_ms], |r| r.get(0))?
+        .query_map(params![scan_rows, cutoff_ms, max_tasks as i64], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    let (mut tasks, mut events) = (0, 0u64);
+    let mut done = Forgotten::default();
     for task_id in &expired {
-        let deleted = tx
-            .prepare_cached("DELETE FROM task_events WHERE task_id = ?1")?
+        let budget = max_events.saturating_sub(done.events).max(1);
+        let deleted = conn
+            .prepare_cached(
+                "DELETE FROM task_events WHERE task_id = ?1 AND seq IN
+                   (SELECT seq FROM task_events WHERE task_id = ?1 ORDER BY seq LIMIT ?2)",
+            )?
+            .execute(params![task_id, i64::try_from(budget).unwrap_or(i64::MAX)])?
+            as u64;
+        done.events += deleted;
+        let more = deleted == budget
+            && conn
+                .prepare_cached("SELECT EXISTS(SELECT 1 FROM task_events WHERE task_id = ?1)")?
+                .query_row(params![task_id], |r| r.get::<_, bool>(0))?;
+        if more {
+            break;
+        }
+        conn.prepare_cached("DELETE FROM tasks WHERE task_id = ?1")?
             .execute(params![task_id])?;
-        tx.prepare_cached("DELETE FROM tasks WHERE task_id = ?1")?
-            .execute(params![task_id])?;
-        tasks += 1;
-        events += deleted as u64;
-        if events >= max_events {
+        done.tasks += 1;
+        if done.events >= max_events {
             break;
         }
     }
-    tx.commit()?;
-    Ok(tasks)
+    Ok(done)
 }
 
 /// Moves the `open_from` mark (see the schema) to the oldest open task, or to the newest task
@@ -1589,17 +1657,36 @@ mod tests {
         let store = open(&dir);
         // "open" is recorded first: a pass that looks at one record finds nothing to delete.
         recorded(&store, &["open", "a", "b", "c"], &["a", "b", "c"], 3).await;
-        let mut conn = connect(&dir.path().join("tasks.sqlite3")).unwrap();
+        let conn = connect(&dir.path().join("tasks.sqlite3")).unwrap();
         let later = now_ms() + 60_000;
-        assert_eq!(forget_finished(&mut conn, later, 1, 1_000).unwrap(), 0);
+        let pass = |cutoff, scan_rows, max_tasks, max_events| {
+            let done = forget_finished(&conn, cutoff, scan_rows, max_tasks, max_events).unwrap();
+            (done.tasks, done.events)
+        };
+        assert_eq!(pass(later, 1, 100, 1_000), (0, 0));
         // Ended after the cutoff: kept.
-        assert_eq!(forget_finished(&mut conn, 1, 10, 1_000).unwrap(), 0);
-        // One task's events reach the pass's bound: one task per pass.
-        assert_eq!(forget_finished(&mut conn, later, 10, 3).unwrap(), 1);
+        assert_eq!(pass(1, 10, 100, 1_000), (0, 0));
+        // A task with more events than a pass deletes: its oldest events go first, its record
+        // (and its id) stays until its last event goes.
+        assert_eq!(pass(later, 10, 100, 2), (0, 2));
+        assert!(store.get("a").unwrap().is_some());
+        assert_eq!(
+            store
+                .events("a")
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect::<Vec<_>>(),
+            [3]
+        );
+        assert_eq!(pass(later, 10, 100, 1), (1, 1));
         assert!(store.get("a").unwrap().is_none());
         assert!(store.events("a").unwrap().is_empty());
         assert!(store.get("b").unwrap().is_some());
-        assert_eq!(forget_finished(&mut conn, later, 10, 1_000).unwrap(), 2);
+        // The pass's bound on tasks.
+        assert_eq!(pass(later, 10, 1, 1_000), (1, 3));
+        assert!(store.get("b").unwrap().is_none());
+        assert_eq!(pass(later, 10, 100, 1_000), (1, 3));
         for id in ["b", "c"] {
             assert!(store.get(id).unwrap().is_none(), "{id}");
             assert!(store.events(id).unwrap().is_empty(), "{id}");
