@@ -138,13 +138,10 @@ async fn kill_9_leaves_no_orphan_aider_and_restart_sweeps_the_worktree() {
     assert_eq!(result.branch, "pas/reborn");
 }
 
-/// A programmer killed after an attempt kept the task's edit (its branch `pas/<task>` exists)
-/// and before the result was journaled: restarted, it ends the task with the kept edit as its
-/// result, and the manager, on the task's last dispatch attempt, waits for it instead of giving
-/// up on a process that is gone. Before, the task ended "gave up after 1 programmer(s)" with its
-/// edit on the branch, named by no result (found by the chaos test).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_edit_kept_just_before_a_kill_is_the_tasks_result_after_restart() {
+/// A task on programmer 001 whose attempt keeps its edit (branch `pas/<id>`), 001 killed right
+/// after that, before it journals the result, then restarted. `programmers` are started (001
+/// first) with `max_dispatch_attempts`; the task's result must be that kept edit.
+async fn an_edit_kept_just_before_a_kill(programmers: &[&str], max_dispatch_attempts: u32) {
     use common::pool::{
         collect_events, manager_client, sample_dispatch, sim_requests, state_of, task_branches,
         wait_available,
@@ -157,13 +154,21 @@ async fn an_edit_kept_just_before_a_kill_is_the_tasks_result_after_restart() {
     let sim = common::Sim::start_with_script("default:\n  chunk_delay_ms: 50\n  chunk_chars: 16\n");
     let pool = TestPool::with_sim(
         PoolOptions {
+            programmers: programmers
+                .iter()
+                .map(|&id| common::pool::TestProgrammer::free(id))
+                .collect(),
             task_lease_s: 120,
             ..PoolOptions::default()
         },
         sim,
     );
-    // One dispatch attempt: the one that kept the edit is the task's last.
-    pool.edit_config(|c| c.replace("max_dispatch_attempts: 3", "max_dispatch_attempts: 1"));
+    pool.edit_config(|c| {
+        c.replace(
+            "max_dispatch_attempts: 3",
+            &format!("max_dispatch_attempts: {max_dispatch_attempts}"),
+        )
+    });
     let repo = pool.sample_repo();
     let mut prog = pool.start_programmer("001");
     let _manager = pool.start_manager();
@@ -187,6 +192,11 @@ async fn an_edit_kept_just_before_a_kill_is_the_tasks_result_after_restart() {
         || async { !sim_requests(&pool.sim).await.is_empty() },
     )
     .await;
+    // The others start now: the task is on 001.
+    let _others: Vec<_> = programmers[1..]
+        .iter()
+        .map(|id| pool.start_programmer(id))
+        .collect();
     // The task's worktree exists. Holding the repository's worktree lock stops the programmer
     // right after it keeps the edit, when it removes that worktree: the branch exists, the
     // result is not journaled yet.
@@ -230,4 +240,21 @@ async fn an_edit_kept_just_before_a_kill_is_the_tasks_result_after_restart() {
         "{result:#?}"
     );
     assert_eq!(task_branches(&repo), [branch], "one kept branch");
+}
+
+/// On the task's last dispatch attempt: the manager waits for the killed programmer instead of
+/// giving up on a process that is gone, and the restarted programmer ends the attempt with the
+/// kept edit. Before, the task ended "gave up after 1 programmer(s)" with its edit on the branch,
+/// named by no result (found by the chaos test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_kept_just_before_a_kill_is_the_tasks_result_after_restart() {
+    an_edit_kept_just_before_a_kill(&["001"], 1).await;
+}
+
+/// With attempts left: the task is rerouted at once, the next attempt finds the branch and ends
+/// ALREADY_KEPT, and the manager then asks the lost attempt's programmer (waiting for it to
+/// come back) for that attempt's result: the kept edit. Before, the task failed ALREADY_KEPT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_kept_before_a_kill_and_rerouted_is_the_tasks_result() {
+    an_edit_kept_just_before_a_kill(&["001", "002"], 3).await;
 }

@@ -29,7 +29,10 @@
 //! - **Lost**: settle what the attempt cost (known for a hand-back, else the whole hold; released
 //!   when it never started there) and dispatch it again elsewhere (Rerouted), up to
 //!   `max_dispatch_attempts` (per leg), after which the task is Finished as failed.
-//! - **Finished**: a programmer's result, spend settled. A task that asked to escalate and failed
+//! - **Finished**: a programmer's result, spend settled. An ALREADY_KEPT result (another attempt
+//!   kept the task's edit) is replaced by that attempt's own result when an attempt lost with its
+//!   programmer turns out to have kept it: the restarted programmer ends it with the kept edit
+//!   ([`kept_by_a_lost_attempt`]). A task that asked to escalate and failed
 //!   on a free programmer for a task-level reason goes once more to the paid tier when the budget
 //!   allows ([`escalation`](crate::manager::escalation)): an Escalated event is journaled, then
 //!   it waits for a paid programmer (a new leg, with dispatch attempts of its own).
@@ -232,6 +235,8 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
         }
         let strategy = route.strategy;
         let mut previous: Option<(String, String)> = None;
+        // Attempts lost on programmers that had started them, for an ALREADY_KEPT result.
+        let mut lost: Vec<LostAttempt> = Vec::new();
         let mut result = loop {
             let dispatch_attempt = route.request.dispatch_attempt;
             step = match step {
@@ -470,6 +475,13 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                         (true, None) => mgr.settle(&task_id, on.hold, None),
                     }
                     tracing::warn!(%task_id, %programmer, %reason, "programmer lost the task");
+                    if on.started {
+                        lost.push(LostAttempt {
+                            member: on.member.clone(),
+                            attempt_id: on.attempt_id.clone(),
+                            after_seq: on.after_seq,
+                        });
+                    }
                     let tried = dispatch_attempt + 1 - escalation.leg_start();
                     if tried >= mgr.max_dispatch_attempts {
                         let msg = format!(
@@ -492,7 +504,15 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                     }
                 }
 
-                Step::Finished(member, mut result) => {
+                Step::Finished(member, result) => {
+                    // Another attempt kept the task's edit: one lost with its programmer, which
+                    // (restarted) ends it with the kept edit as its result. That is the task's.
+                    let kept = if result.error_class == ErrorClass::AlreadyKept as i32 {
+                        Box::pin(kept_by_a_lost_attempt(&mgr, &lost, &result, &cancel)).await
+                    } else {
+                        None
+                    };
+                    let (member, mut result) = kept.unwrap_or((member, result));
                     result.tier = escalation::tier_name(member.spec.paid).to_string();
                     for attempt in &mut result.attempts {
                         if attempt.programmer_id.is_empty() {
@@ -547,6 +567,61 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
         Box::pin(mgr.finish_task(&task_id, &sink, result)).await;
         stages::at(&task_id, "finished");
     }
+}
+
+/// A dispatch attempt lost on a programmer that had started it.
+struct LostAttempt {
+    member: Arc<Member>,
+    attempt_id: String,
+    /// The last of its events relayed.
+    after_seq: u64,
+}
+
+/// The result of the lost attempt that kept the task's edit, `already_kept` naming that edit's
+/// branch and commit: each lost attempt's programmer is asked (newest first), waited for up to the
+/// lease if its process is gone ([`follow`] as on a last attempt). A programmer killed after it
+/// kept the edit and before it journaled the result ends the attempt, on restart, with the result
+/// it recorded before keeping (see `programmer::runs`): Succeeded, on that branch and commit.
+async fn kept_by_a_lost_attempt(
+    mgr: &Manager,
+    lost: &[LostAttempt],
+    already_kept: &TaskResult,
+    cancel: &CancellationToken,
+) -> Option<(Arc<Member>, Box<TaskResult>)> {
+    for attempt in lost.iter().rev() {
+        let on = OnProgrammer {
+            member: attempt.member.clone(),
+            hold: None,
+            attempt_id: attempt.attempt_id.clone(),
+            after_seq: attempt.after_seq,
+            started: true,
+            exclusion: Exclusion::until_back(&attempt.member),
+            breaks: Breaks::default(),
+        };
+        let Ok(mut stream) = follow(mgr, &on, cancel, true).await else {
+            continue;
+        };
+        let ended = tokio::time::timeout(mgr.task_lease, async {
+            while let Ok(Some(event)) = stream.message().await {
+                if let Some(Kind::Result(result)) = event.kind {
+                    return Some(result);
+                }
+            }
+            None
+        });
+        let Ok(Some(result)) = ended.await else {
+            continue;
+        };
+        if result.status == TaskState::Succeeded as i32
+            && result.branch == already_kept.branch
+            && result.commit == already_kept.commit
+        {
+            tracing::warn!(task_id = %attempt.attempt_id, programmer = %attempt.member.spec.id,
+                branch = %result.branch, "an attempt lost with its programmer had kept the task's edit: its result is the task's");
+            return Some((attempt.member.clone(), result));
+        }
+    }
+    None
 }
 
 /// The programmer took the task: after a reroute, say where it went.
