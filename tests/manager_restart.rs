@@ -16,7 +16,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
 use pas::contract::v1::task_event::Kind;
-use pas::contract::v1::{DispatchRequest, GetTaskRequest, TaskEvent, TaskState, WatchTaskRequest};
+use pas::contract::v1::{
+    DispatchRequest, GetTaskRequest, TaskEvent, TaskResult, TaskState, WatchTaskRequest,
+};
 use std::time::Duration;
 use tonic::transport::Channel;
 
@@ -208,22 +210,20 @@ async fn ten_real_tasks_survive_a_killed_manager_and_callers_reattach() {
     assert!(total_nanos > 0);
 }
 
-/// A manager killed after it reserved budget for a task's next attempt and before it recorded the
-/// placement (so before Execute was sent) leaves a hold that spent nothing. The next manager
-/// releases it: booked as an orphan it would stay charged, and its key, which the task's next
-/// attempt reserves under, would be taken for good — the task then waited in the queue until it
-/// timed out (found by the chaos test: a premium task waited 600 s beside idle paid programmers).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hold_left_for_an_attempt_never_sent_is_released_and_the_attempt_runs() {
-    // Before the fix the task waited this long in the queue, then failed.
-    let pool = slow_paid_pool(&["003", "004"], 30);
-    let repo = pool.sample_repo();
+/// Runs premium task `id` on a pool of two paid programmers until its programmer is running it
+/// and the model answers; kills the manager; applies `left_behind` (the durable state a manager
+/// killed at some other instant would have left); restarts both programmers (the running attempt
+/// is handed back, keeping nothing) and the manager; and follows the task to its end from seq 0.
+/// Returns its events (Assigned ones tell the attempts) and its result; the processes stop.
+async fn after_a_manager_kill(
+    pool: &TestPool,
+    id: &str,
+    left_behind: impl FnOnce(&TestPool),
+) -> (Vec<TaskEvent>, TaskResult) {
     let mut programmers = pool.start_all_programmers();
     let mut manager = pool.start_manager();
-    let c = manager_client(&pool).await;
+    let c = manager_client(pool).await;
     wait_available(&c, 2).await;
-
-    let id = "unsent-hold";
     let req = DispatchRequest {
         task_id: id.into(),
         capabilities: vec!["premium".into()],
@@ -244,29 +244,13 @@ async fn a_hold_left_for_an_attempt_never_sent_is_released_and_the_attempt_runs(
     kill(Pid::from_raw(manager.pid() as i32), Signal::SIGKILL).expect("kill -9 the manager");
     manager.kill();
     caller.await.expect("caller");
-
-    // What the killed manager would have left had it died between reserving attempt 2's hold
-    // and recording attempt 2's placement: a second hold, like the first, for "<id>#2".
-    let ledger_path = pool.data_dir.join("budget.sqlite");
-    let ledger = rusqlite::Connection::open(&ledger_path).expect("open the budget ledger");
-    let copied = ledger
-        .execute(
-            "INSERT INTO budget_reservations (task_id, day, amount_nanos, created_ms)
-             SELECT ?1 || '#2', day, amount_nanos, created_ms FROM budget_reservations
-             WHERE task_id = ?1 || '#1'",
-            [id],
-        )
-        .expect("add the hold");
-    assert_eq!(copied, 1, "attempt 1 holds budget");
-    drop(ledger);
-    // The programmers restart too, so attempt 1 is lost and the task needs attempt 2.
+    left_behind(pool);
     for (name, p) in programmers.iter_mut() {
         p.kill();
         *p = pool.start_programmer(name);
     }
-
     let _manager = pool.start_manager();
-    let c = manager_client(&pool).await;
+    let c = manager_client(pool).await;
     let stream = c
         .clone()
         .watch_task(WatchTaskRequest {
@@ -276,15 +260,49 @@ async fn a_hold_left_for_an_attempt_never_sent_is_released_and_the_attempt_runs(
         .await
         .expect("WatchTask")
         .into_inner();
-    let (events, result) = collect_events(stream).await;
-    assert_eq!(state_of(&result), TaskState::Succeeded, "{result:#?}");
-    let attempts: Vec<u32> = events
+    collect_events(stream).await
+}
+
+/// The dispatch attempts of a task's Assigned events, in order.
+fn assigned_attempts(events: &[TaskEvent]) -> Vec<u32> {
+    events
         .iter()
         .filter_map(|e| match &e.kind {
             Some(Kind::Assigned(a)) => Some(a.dispatch_attempt),
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+/// A manager killed after it reserved budget for a task's next attempt and before it recorded the
+/// placement (so before Execute was sent) leaves a hold that spent nothing. The next manager
+/// releases it: booked as an orphan it would stay charged, and its key, which the task's next
+/// attempt reserves under, would be taken for good — the task then waited in the queue until it
+/// timed out (found by the chaos test: a premium task waited 600 s beside idle paid programmers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_left_for_an_attempt_never_sent_is_released_and_the_attempt_runs() {
+    // Before the fix the task waited this long in the queue, then failed.
+    let pool = slow_paid_pool(&["003", "004"], 30);
+    let repo = pool.sample_repo();
+    let id = "unsent-hold";
+    let ledger_path = pool.data_dir.join("budget.sqlite");
+    let (events, result) = after_a_manager_kill(&pool, id, |_| {
+        // Had it died between reserving attempt 2's hold and recording attempt 2's placement:
+        // a second hold, like the first, for "<id>#2".
+        let ledger = rusqlite::Connection::open(&ledger_path).expect("open the budget ledger");
+        let copied = ledger
+            .execute(
+                "INSERT INTO budget_reservations (task_id, day, amount_nanos, created_ms)
+                 SELECT ?1 || '#2', day, amount_nanos, created_ms FROM budget_reservations
+                 WHERE task_id = ?1 || '#1'",
+                [id],
+            )
+            .expect("add the hold");
+        assert_eq!(copied, 1, "attempt 1 holds budget");
+    })
+    .await;
+    assert_eq!(state_of(&result), TaskState::Succeeded, "{result:#?}");
+    let attempts = assigned_attempts(&events);
     assert_eq!(
         attempts.last(),
         Some(&2),
@@ -295,9 +313,7 @@ async fn a_hold_left_for_an_attempt_never_sent_is_released_and_the_attempt_runs(
         "its branch {} exists",
         result.branch
     );
-    let budget = pool_status(&c).await.budget.expect("budget");
-    assert_eq!(budget.reserved_nanousd, 0, "no hold left: {budget:?}");
-    // Attempt 2's hold was reserved anew and settled; nothing was booked as an orphan.
+    // Attempt 2's hold was reserved anew and settled; nothing was booked as an orphan or left.
     let ledger = rusqlite::Connection::open(&ledger_path).expect("open the budget ledger");
     let charges: Vec<(String, String)> = ledger
         .prepare("SELECT task_id, kind FROM budget_charges ORDER BY task_id")
@@ -313,5 +329,41 @@ async fn a_hold_left_for_an_attempt_never_sent_is_released_and_the_attempt_runs(
             (format!("{id}#2"), "settled".to_string())
         ],
         "charges"
+    );
+    let held: i64 = ledger
+        .query_row("SELECT COUNT(*) FROM budget_reservations", [], |r| r.get(0))
+        .expect("count holds");
+    assert_eq!(held, 0, "no hold left");
+}
+
+/// A placement a killed manager recorded but never sent (it died before Execute) tried nothing on
+/// its programmer: the next manager finds that programmer never had the attempt (NOT_FOUND) and
+/// dispatches the task again, even when that placement was the task's last dispatch attempt.
+/// Before, the attempt counted as a programmer tried and the task ended "gave up after 3
+/// programmer(s)" (found by the chaos test: three premium tasks so, in a run of six kills).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placement_never_sent_does_not_use_up_a_dispatch_attempt() {
+    let pool = slow_paid_pool(&["003", "004"], 120);
+    pool.sample_repo();
+    let id = "unsent-placement";
+    let (events, result) = after_a_manager_kill(&pool, id, |pool| {
+        // Had it died between recording the task's third (last) placement and sending it: the
+        // record says attempt 3, on a programmer that never heard of it.
+        let store = rusqlite::Connection::open(pool.data_dir.join("tasks.sqlite")).expect("open");
+        let updated = store
+            .execute(
+                "UPDATE tasks SET dispatch_attempt = 3 WHERE task_id = ?1",
+                [id],
+            )
+            .expect("record attempt 3");
+        assert_eq!(updated, 1);
+    })
+    .await;
+    assert_eq!(state_of(&result), TaskState::Succeeded, "{result:#?}");
+    let attempts = assigned_attempts(&events);
+    assert_eq!(
+        attempts.last(),
+        Some(&4),
+        "it ran on attempt 4: {events:#?}"
     );
 }

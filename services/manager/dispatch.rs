@@ -28,7 +28,8 @@
 //!   lost ([`Breaks`]).
 //! - **Lost**: settle what the attempt cost (known for a hand-back, else the whole hold; released
 //!   when it never started there) and dispatch it again elsewhere (Rerouted), up to
-//!   `max_dispatch_attempts` (per leg), after which the task is Finished as failed.
+//!   `max_dispatch_attempts` (per leg; an attempt the programmer never had does not count), after
+//!   which the task is Finished as failed.
 //! - **Finished**: a programmer's result, spend settled. An ALREADY_KEPT result (another attempt
 //!   kept the task's edit) is replaced by that attempt's own result when an attempt lost with its
 //!   programmer turns out to have kept it: the restarted programmer ends it with the kept edit
@@ -237,6 +238,8 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
         let mut previous: Option<(String, String)> = None;
         // Attempts lost on programmers that had started them, for an ALREADY_KEPT result.
         let mut lost: Vec<LostAttempt> = Vec::new();
+        // Attempts lost on programmers that never had them (see `tried`).
+        let mut unsent = 0u32;
         let mut result = loop {
             let dispatch_attempt = route.request.dispatch_attempt;
             step = match step {
@@ -414,7 +417,8 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                 }
 
                 Step::Follow(on) => {
-                    let last = dispatch_attempt + 1 - escalation.leg_start() >= mgr.max_dispatch_attempts;
+                    let last = tried(&mgr, dispatch_attempt, escalation.leg_start(), unsent)
+                        >= mgr.max_dispatch_attempts;
                     match Box::pin(follow(&mgr, &on, &cancel, last)).await {
                     Ok(stream) => {
                         let programmer = on.member.spec.id.clone();
@@ -481,8 +485,10 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                             attempt_id: on.attempt_id.clone(),
                             after_seq: on.after_seq,
                         });
+                    } else {
+                        unsent += 1;
                     }
-                    let tried = dispatch_attempt + 1 - escalation.leg_start();
+                    let tried = tried(&mgr, dispatch_attempt, escalation.leg_start(), unsent);
                     if tried >= mgr.max_dispatch_attempts {
                         let msg = format!(
                             "gave up after {tried} programmer(s); last: {programmer}: {reason}"
@@ -567,6 +573,15 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
         Box::pin(mgr.finish_task(&task_id, &sink, result)).await;
         stages::at(&task_id, "finished");
     }
+}
+
+/// How many programmers the task has been tried on in its current leg, up to and including
+/// `dispatch_attempt`: attempts are numbered per placement, but an attempt the programmer never
+/// had (`unsent`: a manager that recorded the placement died before sending it, or Execute got no
+/// answer and the programmer says it has no such task) tried nothing there. Those are not counted,
+/// up to `max_dispatch_attempts` of them, so a task is placed at most twice that often.
+fn tried(mgr: &Manager, dispatch_attempt: u32, leg_start: u32, unsent: u32) -> u32 {
+    (dispatch_attempt + 1 - leg_start).saturating_sub(unsent.min(mgr.max_dispatch_attempts))
 }
 
 /// A dispatch attempt lost on a programmer that had started it.
