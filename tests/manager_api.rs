@@ -360,7 +360,8 @@ async fn a_finished_task_id_replays_its_result_and_a_different_request_conflicts
 }
 
 /// `manager.task_retention_s`: a finished task is remembered that long after it ended, then
-/// deleted (GetTask NOT_FOUND, and its id names a new task), while an unfinished one is kept.
+/// deleted (GetTask NOT_FOUND, and its id names a new task). That unfinished tasks are kept is
+/// checked by the store's unit tests.
 #[tokio::test]
 async fn a_finished_task_is_forgotten_after_its_retention() {
     let pool = TestPool::new(PoolOptions::default());

@@ -955,7 +955,7 @@ impl Drop for TaskStore {
 
 /// The checkpoint thread: every [`CHECKPOINT_EVERY`], and a last time when the store closes,
 /// moves the `open_from` mark forward ([`advance_open_mark`]), deletes expired finished tasks
-/// when a retention is set ([`forget_finished`]: every pass while it finds some, else once per
+/// when a retention is set ([`forget_expired`]: every tick while it finds some, else once per
 /// retention, at most a minute apart), and runs a passive checkpoint (it never waits for, nor
 /// blocks, the writer or a reader).
 fn checkpoint_until_stopped(

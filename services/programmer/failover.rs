@@ -301,7 +301,7 @@ pub async fn run_task(
                     let (repo, record) = (repo.to_path_buf(), succeeded.clone());
                     // A write and an fsync: on the blocking pool, like the keep itself.
                     let recorded =
-                        crate::git::unstoppable(move || runs.keeping(&task_id, &repo, &record))
+                        crate::git::unstoppable(move || runs.keeping(&task_id, &repo, record))
                             .await;
                     if let Err(e) = recorded.and_then(|r| r) {
                         tracing::warn!(task_id = %task.task_id, "cannot record the result before keeping it: {e}");

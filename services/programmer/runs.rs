@@ -67,19 +67,13 @@ pub struct Run {
 impl Run {
     /// Stops the task because nobody may want it any more (`reason` goes into its result).
     pub fn hand_back(&self, reason: String) {
-        self.handed_back
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert(reason);
+        lock(&self.handed_back).get_or_insert(reason);
         self.cancel.cancel();
     }
 
     /// The reason given to [`hand_back`](Self::hand_back), if it was called.
     pub fn handed_back_reason(&self) -> Option<String> {
-        self.handed_back
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.handed_back).clone()
     }
 }
 
@@ -104,55 +98,61 @@ impl TaskRuns {
             pages: Arc::default(),
         });
         let mut interrupted = 0;
+        let (mut events_files, mut keep_records) = (Vec::new(), std::collections::HashSet::new());
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
-            let Some(ext) = path.extension() else {
-                continue;
-            };
-            // A keep record outlives its task's events only if the process died between
-            // removing the one and the other.
-            if ext == KEEPING_EXT && !path.with_extension(EXT).exists() {
-                let _ = std::fs::remove_file(&path);
+            match path.extension() {
+                Some(ext) if ext == EXT => events_files.push(path),
+                Some(ext) if ext == KEEPING_EXT => drop(keep_records.insert(path)),
+                _ => {}
             }
-            if ext != EXT {
-                continue;
-            }
-            let keeping = path.with_extension(KEEPING_EXT);
+        }
+        for path in events_files {
+            // Read (for an interrupted task) and removed with the pass over its events file.
+            let record = keep_records.take(&path.with_extension(KEEPING_EXT));
             let age = std::fs::metadata(&path)
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| t.elapsed().ok());
-            if age.is_some_and(|a| a > KEEP_ON_DISK) {
-                let _ = std::fs::remove_file(&keeping);
-                let _ = std::fs::remove_file(&path);
-                continue;
-            }
-            let events = read_events(&path)?;
-            let Some(last) = events.last() else {
-                let _ = std::fs::remove_file(&keeping);
-                let _ = std::fs::remove_file(&path);
-                continue;
+            // A file past KEEP_ON_DISK is removed unread, like an empty one.
+            let events = match age {
+                Some(age) if age > KEEP_ON_DISK => Vec::new(),
+                _ => read_events(&path)?,
             };
-            if !matches!(last.kind, Some(Kind::Result(_))) {
-                let result = kept_before_it_died(&keeping).unwrap_or_else(|| TaskResult {
-                    status: TaskState::Failed as i32,
-                    programmer_id: programmer_id.to_string(),
-                    error_class: ErrorClass::HandedBack as i32,
-                    error_message: format!(
-                        "programmer {programmer_id} restarted while the task ran: handed back for rerouting"
-                    ),
-                    ..Default::default()
-                });
-                let event = TaskEvent {
-                    task_id: last.task_id.clone(),
-                    seq: last.seq + 1,
-                    timestamp_ms: crate::task_events::now_unix_ms(),
-                    kind: Some(Kind::Result(Box::new(result))),
-                };
-                journal.write(&event)?;
-                interrupted += 1;
+            match events.last() {
+                None => {
+                    let _ = std::fs::remove_file(&path);
+                }
+                Some(last) if !matches!(last.kind, Some(Kind::Result(_))) => {
+                    let kept = record.as_deref().and_then(kept_before_it_died);
+                    let result = kept.unwrap_or_else(|| TaskResult {
+                        status: TaskState::Failed as i32,
+                        programmer_id: programmer_id.to_string(),
+                        error_class: ErrorClass::HandedBack as i32,
+                        error_message: format!(
+                            "programmer {programmer_id} restarted while the task ran: handed back for rerouting"
+                        ),
+                        ..Default::default()
+                    });
+                    let event = TaskEvent {
+                        task_id: last.task_id.clone(),
+                        seq: last.seq + 1,
+                        timestamp_ms: crate::task_events::now_unix_ms(),
+                        kind: Some(Kind::Result(Box::new(result))),
+                    };
+                    journal.write(&event)?;
+                    interrupted += 1;
+                }
+                Some(_) => {}
             }
-            let _ = std::fs::remove_file(&keeping);
+            if let Some(record) = record {
+                let _ = std::fs::remove_file(record);
+            }
+        }
+        // A keep record outlives its task's events only if the process died between removing the
+        // one and the other.
+        for record in keep_records {
+            let _ = std::fs::remove_file(record);
         }
         Ok((
             Self {
@@ -170,7 +170,7 @@ impl TaskRuns {
     /// exists and before the result is journaled, the next process ends the task with this result
     /// instead of handing it back. Removed when the task's result is journaled
     /// ([`finished`](Self::finished)).
-    pub fn keeping(&self, task_id: &str, repo: &Path, result: &TaskResult) -> std::io::Result<()> {
+    pub fn keeping(&self, task_id: &str, repo: &Path, result: TaskResult) -> std::io::Result<()> {
         let invalid =
             |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_string());
         let path = self
@@ -183,7 +183,7 @@ impl TaskRuns {
                 .to_str()
                 .ok_or_else(|| invalid("repository path is not UTF-8"))?
                 .to_string(),
-            result: Some(result.clone()),
+            result: Some(result),
         };
         let mut file = std::fs::File::create(&path)?;
         file.write_all(&record.encode_to_vec())?;
@@ -193,7 +193,7 @@ impl TaskRuns {
     }
 
     fn runs(&self) -> MutexGuard<'_, HashMap<String, Run>> {
-        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.runs)
     }
 
     /// The task `task_id`, in memory or read back from its file; `None` when this programmer
@@ -277,6 +277,7 @@ fn kept_before_it_died(record: &Path) -> Option<TaskResult> {
     Some(result)
 }
 
+/// Locks `mutex`, recovering it if a panic poisoned it (every value it guards stays consistent).
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -410,7 +411,7 @@ impl Journal for FileJournal {
         };
         let (pages, task_id) = (self.pages.clone(), task_id.to_string());
         let read = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-            let starts = || pages.lock().unwrap_or_else(PoisonError::into_inner);
+            let starts = || lock(&pages);
             let key = (task_id, after_seq);
             let start = starts().get(&key).copied().unwrap_or(0);
             let mut file = std::io::BufReader::new(std::fs::File::open(path)?);
@@ -562,7 +563,7 @@ mod tests {
                 TaskEventSink::new(run.log.clone())
                     .send(output("working"))
                     .await;
-                runs.keeping(task, &repo, &kept(task, &edit)).unwrap();
+                runs.keeping(task, &repo, kept(task, &edit)).unwrap();
             }
             git(&repo, &["branch", "pas/kept", &edit]);
             git(&repo, &["branch", "pas/lost-race", &base]);
