@@ -102,7 +102,7 @@ async fn run(tasks: usize) {
             .expect("insert");
         insert.push(t.elapsed());
         let t = Instant::now();
-        store.set_running(&id, "001", 1).await.expect("running");
+        store.set_running(&id, "001", 1, 0).await.expect("running");
         running.push(t.elapsed());
         let assigned_event = Kind::Assigned(Assigned {
             programmer_id: "001".into(),
@@ -154,7 +154,7 @@ async fn as_dispatched(tasks: usize, request: &DispatchRequest) {
         let id = format!("task-{i:08}");
         let started = Instant::now();
         let recorded = store.insert_with_next(&NewTask::from_request(&id, request));
-        store.set_running(&id, "001", 1).await.expect("running");
+        store.set_running(&id, "001", 1, 0).await.expect("running");
         recorded.await.expect("insert");
         placed.push(started.elapsed());
         let t = Instant::now();
@@ -392,7 +392,7 @@ async fn programmer_replay_by_task_length() {
 /// Assigned event with the result, then the result recorded in the task's row), each awaited.
 async fn dispatch_writes(store: &TaskStore, id: &str, request: &DispatchRequest) {
     let recorded = store.insert_with_next(&NewTask::from_request(id, request));
-    store.set_running(id, "001", 1).await.expect("running");
+    store.set_running(id, "001", 1, 0).await.expect("running");
     recorded.await.expect("insert");
     let result = TaskResult {
         status: TaskState::Succeeded as i32,

@@ -343,27 +343,50 @@ async fn a_hold_left_for_an_attempt_never_sent_is_released_and_the_attempt_runs(
 /// programmer(s)" (found by the chaos test: three premium tasks so, in a run of six kills).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_placement_never_sent_does_not_use_up_a_dispatch_attempt() {
+    // Had it died between recording the task's third (last) placement and sending it: the record
+    // says attempt 3, on a programmer that never heard of it.
+    let events = after_an_unsent_placement("unsent-placement", 3, 0).await;
+    assert_eq!(
+        assigned_attempts(&events).last(),
+        Some(&4),
+        "it ran on attempt 4: {events:#?}"
+    );
+}
+
+/// The attempts never sent that one manager found are still not counted by the next: the count
+/// is recorded with each placement. Before, it was kept in memory only, and a task whose unsent
+/// attempts spanned two manager restarts ended "gave up after 3 programmer(s)" with fewer tried
+/// (seen once in the chaos test, as "gave up after 4").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_never_sent_stay_uncounted_across_manager_restarts() {
+    // Attempts 1–3, one of them never sent (as an earlier manager found), then a fourth placement
+    // recorded and never sent: two programmers tried, the task has a third to go.
+    let events = after_an_unsent_placement("unsent-twice", 4, 1).await;
+    assert_eq!(
+        assigned_attempts(&events).last(),
+        Some(&5),
+        "it ran on attempt 5: {events:#?}"
+    );
+}
+
+/// Kills the manager while a premium task runs and leaves the task's record placed on
+/// `attempt`, with `unsent_before` of its earlier attempts never sent, as a manager killed between
+/// recording that placement and sending it would; returns the task's events once it succeeded
+/// under the next manager.
+async fn after_an_unsent_placement(id: &str, attempt: u32, unsent_before: u32) -> Vec<TaskEvent> {
     let pool = slow_paid_pool(&["003", "004"], 120);
     pool.sample_repo();
-    let id = "unsent-placement";
     let (events, result) = after_a_manager_kill(&pool, id, |pool| {
-        // Had it died between recording the task's third (last) placement and sending it: the
-        // record says attempt 3, on a programmer that never heard of it.
         let store = rusqlite::Connection::open(pool.data_dir.join("tasks.sqlite")).expect("open");
         let updated = store
             .execute(
-                "UPDATE tasks SET dispatch_attempt = 3 WHERE task_id = ?1",
-                [id],
+                "UPDATE tasks SET dispatch_attempt = ?2, unsent_attempts = ?3 WHERE task_id = ?1",
+                rusqlite::params![id, attempt, unsent_before],
             )
-            .expect("record attempt 3");
+            .expect("record the placement");
         assert_eq!(updated, 1);
     })
     .await;
     assert_eq!(state_of(&result), TaskState::Succeeded, "{result:#?}");
-    let attempts = assigned_attempts(&events);
-    assert_eq!(
-        attempts.last(),
-        Some(&4),
-        "it ran on attempt 4: {events:#?}"
-    );
+    events
 }

@@ -84,6 +84,9 @@ pub struct TaskLife {
     /// The task's record, when its insert was queued but not awaited at admission (a task id the
     /// manager made up cannot be taken): awaited before the task is sent to a programmer.
     pub recorded: Option<Recorded>,
+    /// How many attempts of its current leg were lost on programmers that never had them (see
+    /// [`tried`]): none for a new task; for a resumed one, as its record says.
+    pub unsent: u32,
 }
 
 /// A queued insert of a task's record (see [`TaskLife::recorded`]).
@@ -211,6 +214,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
         slot,
         mut escalation,
         mut recorded,
+        mut unsent,
     } = life;
     // Placed at admission: its queue wait, in the trace as every task's is, was nil (the span is
     // made inside the future, under the task's span).
@@ -238,8 +242,6 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
         let mut previous: Option<(String, String)> = None;
         // Attempts lost on programmers that had started them, for an ALREADY_KEPT result.
         let mut lost: Vec<LostAttempt> = Vec::new();
-        // Attempts lost on programmers that never had them (see `tried`).
-        let mut unsent = 0u32;
         let mut result = loop {
             let dispatch_attempt = route.request.dispatch_attempt;
             step = match step {
@@ -283,7 +285,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                     // record the task is not sent, its hold is released.
                     let running = mgr
                         .store
-                        .set_running(&task_id, &programmer, dispatch_attempt);
+                        .set_running(&task_id, &programmer, dispatch_attempt, unsent);
                     if let Some(record) = recorded.take()
                         && let Err(e) = record.await
                     {
@@ -546,6 +548,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                             escalation = Escalation::Escalated(Box::new(event));
                             route = paid_route;
                             previous = None;
+                            unsent = 0;
                             Step::Wait(mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout))
                         }
                         Decision::Refused(why) => {

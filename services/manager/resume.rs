@@ -79,6 +79,8 @@ pub fn unfinished_tasks(mgr: &Arc<Manager>) -> anyhow::Result<()> {
         let member = placed
             .as_ref()
             .and_then(|p| mgr.pool.member(&p.programmer_id));
+        // Attempts of this leg their programmers never had go on not counting as tried.
+        let unsent_before = placed.as_ref().map_or(0, |p| p.unsent_before);
         // The attempt after the recorded placement (the first attempt when there is none) was
         // never sent: placements are recorded before their Execute is. A hold the previous process
         // reserved for it (it died between the reservation and the record) spent nothing, so it
@@ -119,6 +121,7 @@ pub fn unfinished_tasks(mgr: &Arc<Manager>) -> anyhow::Result<()> {
             cancel,
             accepted,
             escalation,
+            unsent: unsent_before,
         };
         match start {
             Some(start) => spawn(mgr, pending.life(start)),
@@ -187,6 +190,7 @@ struct Pending {
     cancel: tokio_util::sync::CancellationToken,
     accepted: Instant,
     escalation: Escalation,
+    unsent: u32,
 }
 
 impl Pending {
@@ -201,6 +205,7 @@ impl Pending {
             slot: None,
             escalation: self.escalation,
             recorded: None,
+            unsent: self.unsent,
         }
     }
 }

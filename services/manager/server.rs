@@ -292,6 +292,7 @@ impl ProgrammerPool for PoolService {
             slot: Some(slot),
             escalation,
             recorded,
+            unsent: 0,
         };
         tokio::spawn(tracing::Instrument::instrument(
             dispatch::run(mgr, life),

@@ -186,6 +186,9 @@ pub struct Unfinished {
 pub struct Placed {
     pub programmer_id: String,
     pub dispatch_attempt: u32,
+    /// How many attempts of its leg before this one their programmer never had: a restarted
+    /// manager goes on counting from there, so those still do not count as programmers tried.
+    pub unsent_before: u32,
     /// The last programmer event it relayed: follow the programmer from here.
     pub upstream_seq: u64,
 }
@@ -377,7 +380,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     result           BLOB,           -- prost-encoded pas.v1.TaskResult, once finished
     owner            TEXT NOT NULL DEFAULT '', -- the caller's token name (empty without auth)
     request          BLOB,           -- prost-encoded pas.v1.DispatchRequest
-    dispatch_attempt INTEGER NOT NULL DEFAULT 0  -- the placement it is on (0: never placed)
+    dispatch_attempt INTEGER NOT NULL DEFAULT 0, -- the placement it is on (0: never placed)
+    unsent_attempts  INTEGER NOT NULL DEFAULT 0  -- attempts of its leg before that placement that
+                                                 -- their programmer never had (not tried there)
     -- Stores of earlier releases also have `last_seq`, no longer written: a record's latest seq is
     -- read from task_events, so journaling an event does not rewrite the task's row.
 );
@@ -594,7 +599,8 @@ impl TaskStore {
     }
 
     /// Marks the task RUNNING on `programmer_id` in dispatch attempt `dispatch_attempt` (again
-    /// after a reroute: the programmer changes, `started_ms` keeps the first assignment). Returns
+    /// after a reroute: the programmer changes, `started_ms` keeps the first assignment), with
+    /// `unsent_before` of its leg's earlier attempts never sent ([`Placed::unsent_before`]). Returns
     /// false, changing nothing, when the task is already finished. Queued at once: the caller may
     /// leave the answer unawaited; events journaled after it belong to this attempt.
     pub fn set_running(
@@ -602,12 +608,14 @@ impl TaskStore {
         task_id: &str,
         programmer_id: &str,
         dispatch_attempt: u32,
+        unsent_before: u32,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
         let (task_id, programmer_id) = (task_id.to_owned(), programmer_id.to_owned());
         self.write(Commit::Now, move |conn| {
             let n = conn
                 .prepare_cached(
                     "UPDATE tasks SET state = ?1, programmer_id = ?2, dispatch_attempt = ?6,
+                         unsent_attempts = ?7,
                          started_ms = CASE WHEN started_ms = 0 THEN ?3 ELSE started_ms END
                      WHERE task_id = ?4 AND state IN (?5, ?1)",
                 )?
@@ -618,6 +626,7 @@ impl TaskStore {
                     task_id,
                     TaskState::Queued as i32,
                     dispatch_attempt,
+                    unsent_before,
                 ])?;
             changed_or_missing(conn, &task_id, n)
         })
@@ -751,12 +760,22 @@ impl TaskStore {
                 r.get::<_, u32>(5)?,
                 r.get::<_, i64>(6)?,
                 r.get::<_, i64>(7)?,
+                r.get::<_, u32>(8)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (task_id, request, owner, state, programmer_id, attempt, created_ms, upstream) =
-                row?;
+            let (
+                task_id,
+                request,
+                owner,
+                state,
+                programmer_id,
+                attempt,
+                created_ms,
+                upstream,
+                unsent_before,
+            ) = row?;
             let request =
                 DispatchRequest::decode(request.as_slice()).map_err(|e| StoreError::Corrupt {
                     task_id: task_id.clone(),
@@ -766,6 +785,7 @@ impl TaskStore {
             let placed = (state == TaskState::Running as i32 && attempt > 0).then(|| Placed {
                 programmer_id,
                 dispatch_attempt: attempt,
+                unsent_before,
                 upstream_seq: u64::try_from(upstream).unwrap_or(0),
             });
             out.push(Unfinished {
@@ -1175,6 +1195,7 @@ fn add_columns(conn: &Connection) -> Result<(), StoreError> {
         ("owner", "TEXT NOT NULL DEFAULT ''"),
         ("request", "BLOB"),
         ("dispatch_attempt", "INTEGER NOT NULL DEFAULT 0"),
+        ("unsent_attempts", "INTEGER NOT NULL DEFAULT 0"),
     ] {
         let exists = conn
             .prepare("SELECT 1 FROM pragma_table_info('tasks') WHERE name = ?1")?
@@ -1506,7 +1527,8 @@ fn unfinished_query() -> String {
         "SELECT t.task_id, t.request, t.owner, t.state, t.programmer_id, t.dispatch_attempt,
                 t.created_ms,
                 (SELECT COALESCE(MAX(e.upstream_seq), 0) FROM task_events e
-                  WHERE e.task_id = t.task_id AND e.attempt = t.dispatch_attempt)
+                  WHERE e.task_id = t.task_id AND e.attempt = t.dispatch_attempt),
+                t.unsent_attempts
          FROM tasks t WHERE t.rowid >= {OPEN_FROM} AND t.{OPEN_STATES} AND t.request IS NOT NULL
          ORDER BY t.rowid"
     )
@@ -1635,7 +1657,7 @@ mod tests {
                 .insert(&NewTask::from_request(id, &request(id)))
                 .await
                 .unwrap();
-            store.set_running(id, "001", 1).await.unwrap();
+            store.set_running(id, "001", 1, 0).await.unwrap();
             for seq in 1..=events {
                 let event = TaskEvent {
                     task_id: id.into(),
@@ -1758,7 +1780,7 @@ mod tests {
         assert_eq!((rec.started_ms, rec.finished_ms), (0, 0));
         assert!(rec.result.is_none());
 
-        assert!(store.set_running("t1", "003", 1).await.unwrap());
+        assert!(store.set_running("t1", "003", 1, 0).await.unwrap());
         let rec = store.get("t1").unwrap().unwrap();
         assert_eq!(rec.state(), TaskState::Running);
         assert_eq!(rec.programmer_id, "003");
@@ -1781,7 +1803,7 @@ mod tests {
             .insert(&NewTask::from_request("t1", &req))
             .await
             .unwrap();
-        store.set_running("t1", "001", 1).await.unwrap();
+        store.set_running("t1", "001", 1, 0).await.unwrap();
 
         // Same request (even with a different task_id field inside it): attach.
         let mut same = req.clone();
@@ -1827,7 +1849,7 @@ mod tests {
             .insert(&NewTask::from_request(id, &request("x")))
             .await
             .unwrap();
-        store.set_running(id, "001", 1).await.unwrap();
+        store.set_running(id, "001", 1, 0).await.unwrap();
     }
 
     #[tokio::test]
@@ -1838,7 +1860,7 @@ mod tests {
         // Rerouted: programmer changes, started_ms stays.
         let first_start = store.get("t1").unwrap().unwrap().started_ms;
         std::thread::sleep(std::time::Duration::from_millis(5));
-        assert!(store.set_running("t1", "002", 1).await.unwrap());
+        assert!(store.set_running("t1", "002", 1, 0).await.unwrap());
         let rec = store.get("t1").unwrap().unwrap();
         assert_eq!(
             (rec.programmer_id.as_str(), rec.started_ms),
@@ -1851,7 +1873,7 @@ mod tests {
         };
         assert!(store.finish("t1", &cancelled).await.unwrap());
         assert!(!store.finish("t1", &succeeded("002")).await.unwrap());
-        assert!(!store.set_running("t1", "003", 1).await.unwrap());
+        assert!(!store.set_running("t1", "003", 1, 0).await.unwrap());
         let rec = store.get("t1").unwrap().unwrap();
         assert_eq!(rec.state(), TaskState::Cancelled);
         // An empty programmer_id in the result keeps the recorded one.
@@ -1865,7 +1887,7 @@ mod tests {
         let store = open(&dir);
         assert!(store.get("nope").unwrap().is_none());
         assert!(matches!(
-            store.set_running("nope", "001", 1).await,
+            store.set_running("nope", "001", 1, 0).await,
             Err(StoreError::NotFound(_))
         ));
         assert!(matches!(
@@ -1904,7 +1926,7 @@ mod tests {
             .insert(&NewTask::from_request("running", &dry))
             .await
             .unwrap();
-        store.set_running("running", "004", 2).await.unwrap();
+        store.set_running("running", "004", 2, 1).await.unwrap();
         let relayed = |seq| TaskEvent {
             task_id: "running".into(),
             seq,
@@ -1921,7 +1943,7 @@ mod tests {
             .insert(&NewTask::from_request("done", &request("c")))
             .await
             .unwrap();
-        store.set_running("done", "001", 1).await.unwrap();
+        store.set_running("done", "001", 1, 0).await.unwrap();
         store.finish("done", &succeeded("001")).await.unwrap();
         drop(store);
         // A row written before requests were kept.
@@ -1952,6 +1974,7 @@ mod tests {
             Some(Placed {
                 programmer_id: "004".into(),
                 dispatch_attempt: 2,
+                unsent_before: 1,
                 upstream_seq: 9,
             })
         );
@@ -2269,7 +2292,7 @@ mod tests {
                 let store = store.clone();
                 tokio::spawn(async move {
                     let id = format!("t{i}");
-                    assert!(store.set_running(&id, "001", 1).await.unwrap());
+                    assert!(store.set_running(&id, "001", 1, 0).await.unwrap());
                     assert!(store.finish(&id, &succeeded("001")).await.unwrap());
                 })
             })
@@ -2327,7 +2350,7 @@ mod tests {
         assert!(store.get("a").unwrap().is_none(), "not committed yet");
         assert_eq!(store.commits(), before);
         // The placement's write commits both, in one transaction.
-        assert!(store.set_running("a", "001", 1).await.unwrap());
+        assert!(store.set_running("a", "001", 1, 0).await.unwrap());
         assert!(matches!(record.await, Ok(InsertOutcome::Inserted)));
         assert_eq!(store.commits(), before + 1);
         assert_eq!(store.get("a").unwrap().unwrap().state(), TaskState::Running);
@@ -2354,7 +2377,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
         let a = store.insert_with_next(&NewTask::from_request("a", &request("x")));
-        assert!(store.set_running("a", "001", 1).await.unwrap());
+        assert!(store.set_running("a", "001", 1, 0).await.unwrap());
         let before = store.commits();
         let b = store.insert_with_next(&NewTask::from_request("b", &request("x")));
         assert!(matches!(a.await, Ok(InsertOutcome::Inserted)));
@@ -2653,7 +2676,7 @@ mod tests {
         ledger
             .reserve("t1", Usd::from_nanos(5_000_000_000))
             .unwrap();
-        store.set_running("t1", "006", 1).await.unwrap();
+        store.set_running("t1", "006", 1, 0).await.unwrap();
         ledger.settle("t1", Usd::from_nanos(1_000_000_000)).unwrap();
         store.finish("t1", &succeeded("006")).await.unwrap();
         assert_eq!(
