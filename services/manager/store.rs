@@ -56,7 +56,9 @@
 //! WAL checkpoints (copying the log back into the database, with the file syncs that
 //! `synchronous = NORMAL` asks for) would otherwise run inside a commit every thousand pages and
 //! double the average cost of a write; a checkpoint thread runs them instead, every
-//! [`CHECKPOINT_EVERY`] and when the store closes.
+//! [`CHECKPOINT_EVERY`] and when the store closes, and starts the WAL over each time (under
+//! steady writes a WAL only checkpointed passively never does, and grows for as long as they go
+//! on).
 //!
 //! # Retention
 //!
@@ -348,6 +350,12 @@ enum Commit {
     Within(Duration),
 }
 
+/// Longest [`Writes::as_committer`] waits for the committer's role.
+const ROLE_WAIT: Duration = Duration::from_millis(100);
+
+/// How often [`Writes::as_committer`] looks whether the committer's role is free.
+const ROLE_POLL: Duration = Duration::from_micros(100);
+
 /// Most writes one commit takes (bounds the time a transaction holds the file).
 const MAX_BATCH: usize = 512;
 
@@ -450,6 +458,8 @@ impl TaskStore {
         let reader = connect(path)?;
         let pager = Arc::new(Mutex::new(connect(path)?));
         let checkpoints = connect(path)?;
+        // It never waits on a lock (see `checkpoint`).
+        checkpoints.busy_timeout(Duration::ZERO)?;
         let thread_error =
             |e: std::io::Error| StoreError::Commit(format!("cannot start a thread: {e}"));
         let writes = Arc::new(Writes {
@@ -976,8 +986,8 @@ impl Drop for TaskStore {
 /// The checkpoint thread: every [`CHECKPOINT_EVERY`], and a last time when the store closes,
 /// moves the `open_from` mark forward ([`advance_open_mark`]), deletes expired finished tasks
 /// when a retention is set ([`forget_expired`]: every tick while it finds some, else once per
-/// retention, at most a minute apart), and runs a passive checkpoint (it never waits for, nor
-/// blocks, the writer or a reader).
+/// retention, at most a minute apart), and checkpoints the WAL and starts it over
+/// ([`checkpoint`]: it never waits for a reader, and holds up no caller's thread).
 fn checkpoint_until_stopped(
     conn: Connection,
     writes: &Writes,
@@ -1023,13 +1033,39 @@ fn checkpoint_until_stopped(
             // The store's last flush has run: nothing else would commit the mark.
             writes.flush(usize::MAX, None);
         }
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        if let Err(e) = checkpoint(&conn, writes) {
             tracing::warn!("task store: checkpoint failed (retried later): {e}");
         }
         if closing {
             return;
         }
     }
+}
+
+/// Folds the WAL back into the database and starts it over.
+///
+/// A passive checkpoint copies frames without holding up a write, but it never starts the WAL
+/// over: under steady writes the WAL then grew for as long as they went on (about 80 MB a second
+/// under `manager_hop`'s 32 callers, each page a fresh allocation of the filesystem's, the file
+/// never shrinking). So the bulk is copied passively, then a RESTART checkpoint copies the frames
+/// committed meanwhile and starts the WAL over, with the committer's role held
+/// ([`Writes::as_committer`]): a caller meanwhile only queues its write (no thread of theirs
+/// waits) and it is committed right after. A reader still on the WAL makes the RESTART give up at
+/// once (busy, retried at the next tick), since this connection never waits on a lock.
+///
+/// The WAL file keeps the size of the busiest interval between two checkpoints (~100 MB at
+/// 5,000 dispatches a second), reused from its start each time. Not truncated: SQLite truncates
+/// it (`journal_size_limit`) in the first commit after the WAL starts over, on the caller's thread,
+/// and that commit then took up to 49 ms (`benches/task_store.rs`, tmpfs) against 0.4–7 ms.
+/// Nor is each page of a fresh file allocated again (~5 % of the manager's CPU at that load).
+fn checkpoint(conn: &Connection, writes: &Writes) -> rusqlite::Result<()> {
+    let frames = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))?;
+    if frames > 0 {
+        writes
+            .as_committer(|| conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())))
+            .transpose()?;
+    }
+    Ok(())
 }
 
 /// Most records a retention pass looks at (the oldest ones).
@@ -1221,6 +1257,34 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
 impl Writes {
     fn queue(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` with the committer's role held, so that nothing is committed meanwhile (a write
+    /// queued meanwhile waits for it without blocking its caller's thread), then commits what
+    /// queued. Waits for a committer at work to finish (commits take tens of microseconds); None,
+    /// without running `f`, when the role stayed taken for [`ROLE_WAIT`].
+    fn as_committer<T>(&self, f: impl FnOnce() -> T) -> Option<T> {
+        /// Gives the role back if `f` unwinds, so later writes are not queued forever.
+        struct Held<'a>(&'a Writes);
+        impl Drop for Held<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.queue().committing = false;
+                }
+            }
+        }
+        let deadline = std::time::Instant::now() + ROLE_WAIT;
+        while std::mem::replace(&mut self.queue().committing, true) {
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(ROLE_POLL);
+        }
+        let held = Held(self);
+        let out = f();
+        drop(held);
+        self.commit_queued(usize::MAX, None);
+        Some(out)
     }
 
     /// Queues `write`; true when `lead` and nobody was committing, so the caller must commit now.
@@ -1752,6 +1816,67 @@ mod tests {
         }
         assert!(store.events("gone").unwrap().is_empty());
         assert!(store.get("kept").unwrap().is_some(), "unfinished: kept");
+    }
+
+    /// Under writes that never pause, the WAL still starts over at checkpoints (so it stays the
+    /// size of about a second of writes). Before, checkpoints were passive only: the WAL started
+    /// over only after one that finished between two commits, which under steady load never
+    /// happened, and a manager's WAL grew for as long as the load lasted (BENCHMARKS.md, "The WAL
+    /// started over").
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_starts_over_while_writes_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(&dir));
+        // The WAL header's checkpoint sequence number: one more each time the WAL starts over.
+        let wal = dir.path().join("tasks.sqlite3-wal");
+        let restarts = || {
+            let header = std::fs::read(&wal).unwrap_or_default();
+            header
+                .get(12..16)
+                .map_or(0, |n| u32::from_be_bytes(n.try_into().unwrap()))
+        };
+        let before = restarts();
+        // Writers that keep a commit going at all times (each waits for its own).
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let id = format!("w{w}-{n}");
+                        store
+                            .insert(&NewTask::from_request(&id, &request("steady")))
+                            .await
+                            .unwrap();
+                        store.set_running(&id, "001", 1, 0).await.unwrap();
+                    }
+                    n
+                })
+            })
+            .collect();
+        // A WAL that never starts over grows by gigabytes a minute here: stopped at 1 GiB.
+        let wal_size = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while restarts() < before + 2
+            && wal_size() < 1 << 30
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.store(true, Ordering::Relaxed);
+        let mut written = 0;
+        for writer in writers {
+            written += writer.await.unwrap();
+        }
+        assert!(
+            restarts() >= before + 2,
+            "the WAL started over {} time(s) in {written} tasks' writes; it is {} bytes",
+            restarts() - before,
+            wal_size()
+        );
+        assert!(store.get("w0-1").unwrap().is_some(), "nothing lost");
     }
 
     #[tokio::test]
