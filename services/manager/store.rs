@@ -1045,7 +1045,7 @@ fn checkpoint_until_stopped(
 /// Folds the WAL back into the database and starts it over.
 ///
 /// A passive checkpoint copies frames without holding up a write, but it never starts the WAL
-/// over: under steady writes the WAL then grew for as long as they went on (about 80 MB a second
+/// over: under steady writes the WAL then grew for as long as they went on (about 95 MB a second
 /// under `manager_hop`'s 32 callers, each page a fresh allocation of the filesystem's, the file
 /// never shrinking). So the bulk is copied passively, then a RESTART checkpoint copies the frames
 /// committed meanwhile and starts the WAL over, with the committer's role held
@@ -1053,7 +1053,7 @@ fn checkpoint_until_stopped(
 /// waits) and it is committed right after. A reader still on the WAL makes the RESTART give up at
 /// once (busy, retried at the next tick), since this connection never waits on a lock.
 ///
-/// The WAL file keeps the size of the busiest interval between two checkpoints (~100 MB at
+/// The WAL file keeps the size of the busiest interval between two checkpoints (~200 MB at
 /// 5,000 dispatches a second), reused from its start each time. Not truncated: SQLite truncates
 /// it (`journal_size_limit`) in the first commit after the WAL starts over, on the caller's thread,
 /// and that commit then took up to 49 ms (`benches/task_store.rs`, tmpfs) against 0.4–7 ms.
@@ -1830,10 +1830,13 @@ mod tests {
         // The WAL header's checkpoint sequence number: one more each time the WAL starts over.
         let wal = dir.path().join("tasks.sqlite3-wal");
         let restarts = || {
-            let header = std::fs::read(&wal).unwrap_or_default();
-            header
-                .get(12..16)
-                .map_or(0, |n| u32::from_be_bytes(n.try_into().unwrap()))
+            use std::io::Read;
+            let mut header = [0u8; 16];
+            std::fs::File::open(&wal)
+                .and_then(|mut f| f.read_exact(&mut header))
+                .map_or(0, |()| {
+                    u32::from_be_bytes(header[12..16].try_into().unwrap())
+                })
         };
         let before = restarts();
         // Writers that keep a commit going at all times (each waits for its own).
