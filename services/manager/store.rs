@@ -1044,10 +1044,10 @@ fn checkpoint_until_stopped(
 
 /// Folds the WAL back into the database and starts it over.
 ///
-/// A passive checkpoint copies frames without holding up a write, but it never starts the WAL
-/// over: under steady writes the WAL then grew for as long as they went on (about 95 MB a second
-/// under `manager_hop`'s 32 callers, each page a fresh allocation of the filesystem's, the file
-/// never shrinking). So the bulk is copied passively, then a RESTART checkpoint copies the frames
+/// A passive checkpoint copies frames without holding up a write, but the WAL starts over only
+/// after one that caught up with the last frame, which under steady writes none does: the WAL
+/// grew for as long as they went on (about 95 MB a second under `manager_hop`'s 32 callers, each
+/// page a fresh allocation of the filesystem's, the file never shrinking). So the bulk is copied passively, then a RESTART checkpoint copies the frames
 /// committed meanwhile and starts the WAL over, with the committer's role held
 /// ([`Writes::as_committer`]): a caller meanwhile only queues its write (no thread of theirs
 /// waits) and it is committed right after. A reader still on the WAL makes the RESTART give up at
@@ -1254,6 +1254,18 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// The committer's role, held: given back if its holder unwinds, so later writes are not queued
+/// forever (a holder that returns gives it back itself, in [`Writes::commit_queued`]).
+struct Role<'a>(&'a Writes);
+
+impl Drop for Role<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.queue().committing = false;
+        }
+    }
+}
+
 impl Writes {
     fn queue(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
@@ -1264,15 +1276,6 @@ impl Writes {
     /// queued. Waits for a committer at work to finish (commits take tens of microseconds); None,
     /// without running `f`, when the role stayed taken for [`ROLE_WAIT`].
     fn as_committer<T>(&self, f: impl FnOnce() -> T) -> Option<T> {
-        /// Gives the role back if `f` unwinds, so later writes are not queued forever.
-        struct Held<'a>(&'a Writes);
-        impl Drop for Held<'_> {
-            fn drop(&mut self) {
-                if std::thread::panicking() {
-                    self.0.queue().committing = false;
-                }
-            }
-        }
         let deadline = std::time::Instant::now() + ROLE_WAIT;
         while std::mem::replace(&mut self.queue().committing, true) {
             if std::time::Instant::now() >= deadline {
@@ -1280,9 +1283,9 @@ impl Writes {
             }
             std::thread::sleep(ROLE_POLL);
         }
-        let held = Held(self);
+        let role = Role(self);
         let out = f();
-        drop(held);
+        drop(role);
         self.commit_queued(usize::MAX, None);
         Some(out)
     }
@@ -1310,15 +1313,6 @@ impl Writes {
     /// or, after `max_batches`, wakes the overflow thread to go on (the committer's role passes to
     /// it). A committer that panics gives the role up and fails its batch's writes (`Closed`).
     fn commit_queued(&self, max_batches: usize, overflow: Option<&mpsc::Sender<()>>) {
-        /// Ends the committer's role if it unwinds, so later writes are not queued forever.
-        struct Role<'a>(&'a Writes);
-        impl Drop for Role<'_> {
-            fn drop(&mut self) {
-                if std::thread::panicking() {
-                    self.0.queue().committing = false;
-                }
-            }
-        }
         let _role = Role(self);
         let mut done = 0;
         loop {
