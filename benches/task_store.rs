@@ -36,7 +36,7 @@ use pas::contract::v1::{
     Assigned, DispatchRequest, TaskEvent, TaskResult, TaskState, task_event::Kind,
 };
 use pas::manager::budget::{BudgetLedger, BudgetPolicy};
-use pas::manager::store::{LIST_SCAN_ROWS, NewTask, TaskStore};
+use pas::manager::store::{LIST_SCAN_ROWS, NewTask, STORE_VFS, TaskStore};
 use pas::money::Usd;
 use pas::task_events::{MAX_RETAINED, REPLAY_PAGE};
 use std::time::{Duration, Instant};
@@ -460,7 +460,13 @@ async fn retention_beside_dispatches(backlog: usize, events: u64, tasks: usize) 
     ] {
         let (dir, store) = fresh_store();
         finished_backlog(&store, backlog, events, &request).await;
-        let counter = rusqlite::Connection::open(dir.path().join("tasks.sqlite3")).expect("open");
+        // Opened as the store opens its own (only this process may while the store is open).
+        let counter = rusqlite::Connection::open_with_flags_and_vfs(
+            dir.path().join("tasks.sqlite3"),
+            rusqlite::OpenFlags::default(),
+            STORE_VFS,
+        )
+        .expect("open");
         // The backlog's records left (dispatched tasks, past 1 ms too, may be deleted as well).
         let backlog_left = || -> i64 {
             counter

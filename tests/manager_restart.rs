@@ -8,9 +8,9 @@ mod common;
 
 use common::Sim;
 use common::pool::{
-    PoolOptions, TestPool, TestProgrammer, check_stream, collect_events, manager_client,
-    pool_status, sample_dispatch, sim_requests, state_of, task_branches, wait_available,
-    wait_until,
+    PoolOptions, TestPool, TestProgrammer, check_stream, collect_events, dispatch_collect,
+    manager_client, pool_status, sample_dispatch, sim_requests, state_of, task_branches,
+    wait_available, wait_until,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -389,4 +389,41 @@ async fn after_an_unsent_placement(id: &str, attempt: u32, unsent_before: u32) -
     .await;
     assert_eq!(state_of(&result), TaskState::Succeeded, "{result:#?}");
     events
+}
+
+/// A manager keeps its task store to itself while it runs (`pas::manager::store::STORE_VFS`): a
+/// second manager started on the same data dir exits with an error that names the store, instead
+/// of recording and placing tasks beside the first, and the first goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_manager_on_the_same_data_dir_is_refused_and_the_first_serves_on() {
+    let pool = TestPool::new(PoolOptions {
+        programmers: vec![TestProgrammer::free("001")],
+        ..PoolOptions::default()
+    });
+    pool.sample_repo();
+    let _programmer = pool.start_programmer("001");
+    let _manager = pool.start_manager();
+    let client = manager_client(&pool).await;
+    wait_available(&client, 1).await;
+
+    let second = tokio::process::Command::from(pool.pas_command(&["manager", "--port", "0"]))
+        .kill_on_drop(true)
+        .output();
+    // Only a guard against hanging: the second manager gives up after the store's busy timeout.
+    let out = tokio::time::timeout(Duration::from_secs(120), second)
+        .await
+        .expect("the second manager exits by itself")
+        .expect("run pas manager");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the second manager ran: {stderr}");
+    let store = pool.data_dir.join("tasks.sqlite");
+    let expected = format!("task store {}: in use by another process", store.display());
+    assert!(stderr.contains(&expected), "{stderr}");
+
+    let req = DispatchRequest {
+        dry_run: true,
+        ..sample_dispatch("after a second manager was refused")
+    };
+    let (events, result) = dispatch_collect(&client, req).await;
+    assert_eq!(state_of(&result), TaskState::Succeeded, "{events:#?}");
 }
