@@ -1074,10 +1074,10 @@ fn checkpoint_until_stopped(
 /// A passive checkpoint copies frames without holding up a write, but the WAL starts over only
 /// after one that caught up with the last frame, which under steady writes none does: the WAL
 /// grew for as long as they went on (about 95 MB a second under `manager_hop`'s 32 callers, each
-/// page a fresh allocation of the filesystem's, the file never shrinking). So the bulk is copied passively, then a RESTART checkpoint copies the frames
-/// committed meanwhile and starts the WAL over, with the committer's role held
-/// ([`Writes::as_committer`]): a caller meanwhile only queues its write (no thread of theirs
-/// waits) and it is committed right after. A reader still on the WAL makes the RESTART give up at
+/// page a fresh allocation of the filesystem's, the file never shrinking). So the bulk is copied
+/// passively, then a RESTART checkpoint copies the frames committed meanwhile and starts the WAL
+/// over, with the committer's role held ([`Writes::as_committer`]): a caller meanwhile only queues
+/// its write (no thread of theirs waits) and it is committed right after. A reader still on the WAL makes the RESTART give up at
 /// once (busy, retried at the next tick), since this connection never waits on a lock.
 ///
 /// The WAL file keeps the size of the busiest interval between two checkpoints (~200 MB at
@@ -1774,7 +1774,7 @@ mod tests {
         let store = open(&dir);
         // "open" is recorded first: a pass that looks at one record finds nothing to delete.
         recorded(&store, &["open", "a", "b", "c"], &["a", "b", "c"], 3).await;
-        let conn = connect(&dir.path().join("tasks.sqlite3")).unwrap();
+        let conn = raw_connection(&dir);
         let later = now_ms() + 60_000;
         let pass = |cutoff, scan_rows, max_tasks, max_events| {
             let done = forget_finished(&conn, cutoff, scan_rows, max_tasks, max_events).unwrap();
@@ -2603,8 +2603,7 @@ mod tests {
     /// A connection of its own to the store's file, as a tool opens it (in this process while the
     /// store is open: only the process that holds the file may, see [`STORE_VFS`]).
     fn raw_connection(dir: &tempfile::TempDir) -> Connection {
-        let path = dir.path().join("tasks.sqlite3");
-        Connection::open_with_flags_and_vfs(path, OpenFlags::default(), STORE_VFS).unwrap()
+        connect(&dir.path().join("tasks.sqlite3")).unwrap()
     }
 
     /// The indexes of the tasks table.
