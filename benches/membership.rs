@@ -63,7 +63,7 @@ async fn child(n: usize, config_path: &str, port: u16) {
     let started = Instant::now();
     for i in 0..n {
         let address = member_addr(i, port);
-        let channel = mgr.pool.channel(&address).expect("channel");
+        let link = mgr.pool.link(&address).expect("channel");
         let spec = pas::config::ProgrammerSpec {
             id: format!("m{i:04}"),
             agent: format!("Prog-m{i:04}"),
@@ -77,7 +77,7 @@ async fn child(n: usize, config_path: &str, port: u16) {
             paid: false,
             region: if i % 2 == 0 { "even" } else { "odd" }.to_string(),
         };
-        mgr.pool.join(spec, address, channel);
+        mgr.pool.join(spec, address, link);
     }
     let deadline = Instant::now() + Duration::from_secs(300);
     while mgr.pool.available_count() < n {

@@ -130,6 +130,50 @@ pub async fn bind(host: &str, port: u16) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
+/// Binds `count` listening sockets on `host:port` that share the port (`SO_REUSEPORT`: the kernel
+/// spreads new connections over them), one for each runtime that serves it; with `count` 1, one
+/// plain socket as [`bind`] makes it. Port 0 picks a free port for all of them.
+///
+/// A port another socket holds is refused as [`bind`] refuses it: the port is first bound alone,
+/// without `SO_REUSEPORT`, and only once that succeeded let go and bound as a group. So a second
+/// process started on the same port (a second manager by mistake) fails to start instead of
+/// joining the group and silently taking a share of the callers.
+pub async fn bind_shared(
+    host: &str,
+    port: u16,
+    count: usize,
+) -> Result<Vec<TcpListener>, ServeError> {
+    let first = bind(host, port).await?;
+    if count <= 1 {
+        return Ok(vec![first]);
+    }
+    let at = first.local_addr()?;
+    drop(first);
+    let addr = at.to_string();
+    let shared = || -> std::io::Result<TcpListener> {
+        let socket = if at.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(at)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    (0..count)
+        .map(|_| {
+            shared().map_err(|source| ServeError::Bind {
+                addr: addr.clone(),
+                source,
+            })
+        })
+        .collect()
+}
+
+/// The accept backlog of each socket [`bind_shared`] makes (what `TcpListener::bind` uses).
+const LISTEN_BACKLOG: u32 = 1024;
+
 /// Adds grpc.health.v1 and both reflection versions (covering our contract and the health
 /// service) to `routes`. Reflection lists only `served` (plus health and reflection itself): the
 /// descriptor set holds both of our services, but each process serves one of them.
@@ -194,7 +238,8 @@ pub async fn serve(
 /// and a health check sharing those queues waits behind all of it (478 ms at p99 under 10,000
 /// concurrent dispatches); on a thread of its own it waits only for the OS scheduler. This is what
 /// linkerd2-proxy does with its admin server. `listener` is bound by the caller (so a port in use
-/// fails the start-up), then moved to the thread's runtime.
+/// fails the start-up), then moved to the thread's runtime. `on_thread` runs first on the new
+/// thread (to mark what the thread is for, see `manager::runtimes`).
 pub fn serve_on_own_thread(
     name: &str,
     listener: TcpListener,
@@ -202,12 +247,14 @@ pub fn serve_on_own_thread(
     router: axum::Router,
     limits: crate::config::LimitsConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    on_thread: impl FnOnce() + Send + 'static,
 ) -> Result<std::thread::JoinHandle<()>, ServeError> {
     let listener = listener.into_std()?;
     let thread_name = name.to_string();
     let spawned = std::thread::Builder::new()
         .name(thread_name.clone())
         .spawn(move || {
+            on_thread();
             let served = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

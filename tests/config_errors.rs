@@ -316,6 +316,33 @@ fn manager_worker_threads_past_the_limit() {
 }
 
 #[test]
+fn manager_runtimes_past_the_limit_or_beside_worker_threads() {
+    let yaml = seed_plus("manager:\n  runtimes: 5000\n");
+    expect_only(
+        &yaml,
+        "manager.runtimes",
+        "runtimes: 5000",
+        "5000 runtimes; at most 1024 (1: one runtime, 0: one per core)",
+    );
+    // Each runtime has one thread: the two ways to use more cores exclude each other.
+    let yaml = seed_plus("manager:\n  runtimes: 2\n  worker_threads: 2\n");
+    expect_only(
+        &yaml,
+        "manager.runtimes",
+        "runtimes: 2",
+        "2 one-thread runtimes and worker_threads: 2 exclude each other",
+    );
+    let yaml = seed_plus("manager:\n  runtimes: 0\n");
+    let config = Config::from_yaml_with(&yaml, Path::new(SOURCE), &PathEnv::in_dir("/w"))
+        .expect("one runtime per core is fine");
+    assert_eq!(config.pool.manager.runtimes, 0);
+    // The original file names none: one runtime.
+    let config = Config::from_yaml_with(&seed(), Path::new(SOURCE), &PathEnv::in_dir("/w"))
+        .expect("the seed loads");
+    assert_eq!(config.pool.manager.runtimes, 1);
+}
+
+#[test]
 fn escalation_that_cannot_fire_or_names_an_unknown_failure() {
     let yaml = seed_plus("escalation:\n  enabled: true\n  on: []\n");
     expect_only(

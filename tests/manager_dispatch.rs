@@ -180,3 +180,89 @@ async fn dispatch_routes_relays_and_records() {
     assert_eq!(json["pool_size"], 3);
     assert_eq!(json["available"], 3);
 }
+
+/// `manager.runtimes: 2`: two one-thread runtimes share the manager's port, each accepting its own
+/// share of the connections and opening its own channels to the programmers. Callers on sixteen
+/// connections of their own are all served (the kernel spreads connections over the two sockets by
+/// address and port: all sixteen on one socket has a chance of 2 in 65,536), each task is recorded
+/// with its result, the second runtime opens channels of its own, and a second manager started
+/// on the same port is refused there instead of joining the port and taking a share of the callers.
+#[tokio::test]
+async fn two_runtimes_share_the_port_and_a_second_manager_cannot_join_it() {
+    let options = PoolOptions {
+        programmers: vec![TestProgrammer::free("001"), TestProgrammer::free("002")],
+        max_concurrent_per_programmer: 8,
+        ..Default::default()
+    };
+    let pool = TestPool::new(options);
+    pool.edit_config(|yaml| yaml.replacen("manager:\n", "manager:\n  runtimes: 2\n", 1));
+    pool.sample_repo();
+    let _p = pool.start_programmers(&["001", "002"]);
+    let m = pool.start_manager();
+    let mut c = manager(&pool).await;
+    wait_available(&mut c, 2).await;
+
+    let callers: Vec<_> = (0..16)
+        .map(|i| {
+            let url = pool.manager_url();
+            tokio::spawn(async move {
+                // A connection of its own (a new channel), not a stream on a shared one.
+                let mut c = ProgrammerPoolClient::connect(url).await.expect("connect");
+                let req = DispatchRequest {
+                    task_id: format!("runtimes-{i}"),
+                    dry_run: true,
+                    ..request("on a connection of its own")
+                };
+                dispatch(&mut c, req).await.1
+            })
+        })
+        .collect();
+    for (i, caller) in callers.into_iter().enumerate() {
+        let result = caller.await.expect("caller");
+        assert_eq!(
+            TaskState::try_from(result.status),
+            Ok(TaskState::Succeeded),
+            "{result:?}"
+        );
+        let record = c
+            .get_task(GetTaskRequest {
+                task_id: format!("runtimes-{i}"),
+            })
+            .await
+            .expect("GetTask")
+            .into_inner();
+        assert_eq!(
+            TaskState::try_from(record.state),
+            Ok(TaskState::Succeeded),
+            "{record:?}"
+        );
+    }
+    // The main runtime's channels exist from the start; the second runtime opened its own for
+    // the tasks its callers sent.
+    let opened = |log: &str| {
+        log.lines().any(|l| {
+            l.contains("channel to the programmer opened by a serving runtime")
+                && l.contains("runtime=1")
+        })
+    };
+    assert!(opened(&m.log_text()), "{}", m.log_text());
+
+    let out = pool.run_until_exit(&["manager"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the second manager ran: {stderr}");
+    let port = pool.manager_url().rsplit(':').next().unwrap().to_string();
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    // The first serves on.
+    let (_, result) = dispatch(
+        &mut c,
+        DispatchRequest {
+            dry_run: true,
+            ..request("after a second manager was refused")
+        },
+    )
+    .await;
+    assert_eq!(TaskState::try_from(result.status), Ok(TaskState::Succeeded));
+}

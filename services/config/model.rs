@@ -494,6 +494,13 @@ pub struct ManagerConfig {
     /// second (BENCHMARKS.md, "Hot path, part 7"), and the probes on `admin_port` have a thread of
     /// their own anyway. N > 1: a multi-threaded runtime with N workers; 0: one per core.
     pub worker_threads: u32,
+    /// One-thread runtimes serving `port`, each accepting its own share of the connections (the
+    /// kernel spreads them over one listening socket per runtime, `SO_REUSEPORT`) and holding its
+    /// own connections to the programmers, so a task's steps stay on the thread that accepted its
+    /// caller while many callers' connections spread over the cores. 1 (the default): one
+    /// runtime, as `worker_threads` makes it; N > 1: N such runtimes (`worker_threads` must then
+    /// stay 1); 0: one per core.
+    pub runtimes: u32,
 }
 
 impl Default for ManagerConfig {
@@ -508,6 +515,7 @@ impl Default for ManagerConfig {
             task_retention_s: 7 * 24 * 3600,
             admin_port: None,
             worker_threads: 1,
+            runtimes: 1,
         }
     }
 }

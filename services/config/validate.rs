@@ -215,12 +215,28 @@ fn check_programmers(pool: &PoolConfig, out: &mut Vec<Finding>) {
     if pool.manager.port != 0 {
         ports.insert(pool.manager.port, "the manager".to_string());
     }
-    if pool.manager.worker_threads > MAX_WORKER_THREADS {
+    let threads = |key: &str, n: u32, what: &str| {
+        (n > MAX_WORKER_THREADS).then(|| {
+            Finding::value(
+                KeyPath::root().key("manager").key(key),
+                format!(
+                    "{n} {what}; at most {MAX_WORKER_THREADS} (1: one {what_one}, 0: one per core)",
+                    what_one = what.trim_end_matches('s')
+                ),
+            )
+        })
+    };
+    let too_many_threads = threads("worker_threads", pool.manager.worker_threads, "threads");
+    let too_many_runtimes = threads("runtimes", pool.manager.runtimes, "runtimes");
+    let runtimes_ok = too_many_runtimes.is_none();
+    out.extend(too_many_threads.into_iter().chain(too_many_runtimes));
+    if runtimes_ok && pool.manager.runtimes != 1 && pool.manager.worker_threads != 1 {
         out.push(Finding::value(
-            KeyPath::root().key("manager").key("worker_threads"),
+            KeyPath::root().key("manager").key("runtimes"),
             format!(
-                "{} threads; at most {MAX_WORKER_THREADS} (1: one thread, 0: one per core)",
-                pool.manager.worker_threads
+                "{} one-thread runtimes and worker_threads: {} exclude each other: each runtime \
+                 has one thread (set worker_threads: 1, or runtimes: 1)",
+                pool.manager.runtimes, pool.manager.worker_threads
             ),
         ));
     }
@@ -540,7 +556,7 @@ fn edit_format(out: &mut Vec<Finding>, key: KeyPath, format: &str) {
 /// The most idle warm workers one programmer may keep (each holds a forked interpreter).
 const MAX_WARM_WORKERS: u32 = 64;
 
-/// Most threads `manager.worker_threads` may ask for: far above any core count the manager
+/// Most threads `manager.worker_threads` (or runtimes `manager.runtimes`) may ask for: far above any core count the manager
 /// could use, far below a typo's thousands of idle threads.
 const MAX_WORKER_THREADS: u32 = 1024;
 

@@ -41,7 +41,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tonic::Status;
-use tonic::transport::Channel;
 use tower::Service;
 use tower::discover::Change;
 use tower::load::peak_ewma::Handle;
@@ -91,17 +90,11 @@ impl std::fmt::Debug for Upstream {
 pub struct ProgrammerEndpoint {
     pool: Arc<PoolView>,
     member: Arc<Member>,
-    client: ProgrammerClient<Channel>,
 }
 
 impl ProgrammerEndpoint {
     pub fn new(pool: Arc<PoolView>, member: Arc<Member>) -> Self {
-        let client = ProgrammerClient::new(member.channel.clone());
-        Self {
-            pool,
-            member,
-            client,
-        }
+        Self { pool, member }
     }
 }
 
@@ -131,8 +124,11 @@ impl Service<TaskRequest> for ProgrammerEndpoint {
 
     fn call(&mut self, request: TaskRequest) -> Self::Future {
         let in_flight = self.pool.start_task(&self.member);
-        let mut client = self.client.clone();
+        let member = self.member.clone();
         Box::pin(async move {
+            // The channel of the runtime that polls the call (the task's own, see `runtimes`),
+            // which need not be the one that placed it (the scheduler's, for a task that waited).
+            let mut client = ProgrammerClient::new(member.channel());
             // Polled inside the task's route span: the programmer joins the caller's trace.
             let response = client
                 .execute(crate::telemetry::propagation::outgoing(request))

@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 /// How long one GetStatus of a joining programmer may take.
 const JOIN_CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -188,7 +188,7 @@ pub fn spec_from_status(
 /// A programmer at an address whose GetStatus answered.
 struct Joined {
     addr: SocketAddr,
-    channel: Channel,
+    link: (Endpoint, Channel),
     status: ProgrammerStatus,
 }
 
@@ -246,18 +246,18 @@ impl Discovery {
     /// Asks `addr` for its status until it answers (or the task is aborted).
     fn spawn_join(&self, addr: SocketAddr) -> JoinHandle<()> {
         let address = addr.to_string();
-        let channel = self.pool.channel(&address);
+        let link = self.pool.link(&address);
         let tx = self.joined_tx.clone();
         let stop = self.stop.clone();
         tokio::spawn(async move {
-            let channel = match channel {
-                Ok(c) => c,
+            let link = match link {
+                Ok(l) => l,
                 Err(e) => {
                     tracing::error!(%address, "DNS discovery: cannot make a channel: {e}");
                     return;
                 }
             };
-            let mut client = ProgrammerClient::new(channel.clone());
+            let mut client = ProgrammerClient::new(link.1.clone());
             let mut backoff = JOIN_BACKOFF_MIN;
             loop {
                 let call =
@@ -266,7 +266,7 @@ impl Discovery {
                     Ok(Ok(status)) => {
                         let _ = tx.send(Joined {
                             addr,
-                            channel,
+                            link,
                             status: status.into_inner(),
                         });
                         return;
@@ -302,9 +302,7 @@ impl Discovery {
             return;
         }
         let spec = spec_from_status(&self.config, joined.addr, &joined.status);
-        let member = self
-            .pool
-            .join(spec, joined.addr.to_string(), joined.channel);
+        let member = self.pool.join(spec, joined.addr.to_string(), joined.link);
         self.known.insert(joined.addr, Known::Member(member));
     }
 

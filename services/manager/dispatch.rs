@@ -777,7 +777,7 @@ async fn relay(
 /// Asks the programmer to stop the task (best effort: when it cannot be reached, the relay or the
 /// follow-up decides, and the programmer's lease stops an orphan).
 async fn cancel_on_programmer(member: &Member, attempt_id: &str) {
-    let mut client = ProgrammerClient::new(member.channel.clone());
+    let mut client = ProgrammerClient::new(member.channel());
     let request = StopTaskRequest {
         task_id: attempt_id.to_owned(),
     };
@@ -836,7 +836,7 @@ async fn follow(
     }
     let deadline = Instant::now() + mgr.task_lease;
     let mut delay = FIRST_RETRY_DELAY;
-    let mut client = ProgrammerClient::new(on.member.channel.clone());
+    let mut client = ProgrammerClient::new(on.member.channel());
     loop {
         let request = WatchTaskRequest {
             task_id: on.attempt_id.clone(),

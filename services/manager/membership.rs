@@ -25,12 +25,12 @@ use crate::config::{Config, ProgrammerSpec};
 use crate::contract::v1::programmer_client::ProgrammerClient;
 use crate::contract::v1::{GetStatusRequest, ProgrammerStatus};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::Waker;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -63,8 +63,12 @@ pub struct Member {
     left: AtomicBool,
     /// Stops its watchers when it leaves (a child of the manager's stop token).
     watch_stop: CancellationToken,
-    /// The channel every client to this programmer shares (connects lazily, reconnects itself).
-    pub channel: Channel,
+    /// Where its channels connect (they connect lazily and reconnect themselves).
+    endpoint: Endpoint,
+    /// Its channel on each of the manager's serving runtimes (see `runtimes`), every client on
+    /// that runtime sharing it: slot 0's is made with the member, the others' on first use, on
+    /// their runtime, which then runs their connection.
+    channels: Box<[OnceLock<Channel>]>,
     available: AtomicBool,
     /// How many times it became available: a task rerouted away from it avoids it only until it
     /// comes back (see `balancer::Exclusion`).
@@ -85,21 +89,28 @@ pub struct Member {
 }
 
 impl Member {
-    /// A member for `spec`, reached over `channel` at `address`, at position `index`.
+    /// A member for `spec`, reached through `endpoint` at `address` (over `channel` from the main
+    /// runtime), at position `index`, with a channel slot for each of `runtimes` runtimes.
     fn new(
         index: usize,
         spec: ProgrammerSpec,
         address: String,
-        channel: Channel,
+        link: (Endpoint, Channel),
+        runtimes: usize,
         stop: &CancellationToken,
     ) -> Self {
+        let (endpoint, channel) = link;
+        let channels: Box<[OnceLock<Channel>]> =
+            (0..runtimes.max(1)).map(|_| OnceLock::new()).collect();
+        let _ = channels[0].set(channel);
         Self {
             index,
             spec,
             address,
             left: AtomicBool::new(false),
             watch_stop: stop.child_token(),
-            channel,
+            endpoint,
+            channels,
             available: AtomicBool::new(false),
             comebacks: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
@@ -110,6 +121,19 @@ impl Member {
             refresh: Notify::new(),
             dirty: AtomicBool::new(false),
         }
+    }
+
+    /// The channel to this programmer for the calling thread: its serving runtime's own (made on
+    /// first use there), the main runtime's on any other thread.
+    pub fn channel(&self) -> Channel {
+        let runtime = super::runtimes::current();
+        let slot = self.channels.get(runtime).unwrap_or(&self.channels[0]);
+        slot.get_or_init(|| {
+            // Once per programmer and runtime.
+            tracing::info!(programmer = %self.spec.id, runtime, "channel to the programmer opened by a serving runtime");
+            self.endpoint.connect_lazy()
+        })
+        .clone()
     }
 
     /// Healthy (health stream says SERVING) and still a member.
@@ -237,11 +261,13 @@ pub struct PoolView {
     /// Indices of the members whose routing figures changed since the balancer last read them.
     dirty: Mutex<Vec<usize>>,
     /// Where a joining member's watchers report (set by [`start`]).
-    watchers: std::sync::OnceLock<Watchers>,
+    watchers: OnceLock<Watchers>,
     /// Asks DNS discovery to re-resolve now (a member's connection broke).
     resolve_now: Notify,
     /// Client TLS for channels to joining members.
     tls: Option<crate::tls::TlsFiles>,
+    /// The manager's serving runtimes: each member keeps a channel for each.
+    runtimes: usize,
     /// The manager's stop: every member's watchers stop on it (or when the member leaves).
     stop: CancellationToken,
 }
@@ -271,21 +297,23 @@ impl PoolView {
             default_concurrent: lb.max_concurrent_per_programmer,
             generation,
             dirty: Mutex::new(Vec::new()),
-            watchers: std::sync::OnceLock::new(),
+            watchers: OnceLock::new(),
             resolve_now: Notify::new(),
             tls: tls.cloned(),
+            runtimes: super::runtimes::count(config.pool.manager.runtimes),
             stop: stop.clone(),
         });
         if config.pool.discovery.mode == crate::config::DiscoveryMode::Static {
             let mut members = Vec::new();
             for (index, spec) in config.programmers().iter().enumerate() {
                 let address = crate::channel::connect_addr(&spec.host, spec.port);
-                let channel = pool.channel(&address)?;
+                let link = pool.link(&address)?;
                 members.push(Arc::new(Member::new(
                     index,
                     spec.clone(),
                     address,
-                    channel,
+                    link,
+                    pool.runtimes,
                     stop,
                 )));
             }
@@ -294,12 +322,14 @@ impl PoolView {
         Ok(pool)
     }
 
-    /// A lazily-connecting channel to a programmer at `address` (`host:port`).
-    pub fn channel(&self, address: &str) -> anyhow::Result<Channel> {
-        Ok(crate::channel::endpoint(address, self.tls.as_ref())?
+    /// Where a programmer at `address` (`host:port`) is reached, and a lazily-connecting channel
+    /// there (made on the calling thread's runtime).
+    pub fn link(&self, address: &str) -> anyhow::Result<(Endpoint, Channel)> {
+        let endpoint = crate::channel::endpoint(address, self.tls.as_ref())?
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy())
+            .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
+        Ok((endpoint, channel))
     }
 
     /// Every member that ever joined, by index (left ones included: check
@@ -313,18 +343,25 @@ impl PoolView {
         lock(&self.members)[index].clone()
     }
 
-    /// Adds a member found by discovery, reached over `channel`, and starts its watchers. The
-    /// caller checked its id is not a present member's.
+    /// Adds a member found by discovery, reached over `link` (see [`PoolView::link`]), and starts
+    /// its watchers. The caller checked its id is not a present member's.
     pub fn join(
         self: &Arc<Self>,
         spec: ProgrammerSpec,
         address: String,
-        channel: Channel,
+        link: (Endpoint, Channel),
     ) -> Arc<Member> {
         let stop = &self.stop;
         let member = {
             let mut members = lock(&self.members);
-            let member = Arc::new(Member::new(members.len(), spec, address, channel, stop));
+            let member = Arc::new(Member::new(
+                members.len(),
+                spec,
+                address,
+                link,
+                self.runtimes,
+                stop,
+            ));
             let mut grown = Vec::with_capacity(members.len() + 1);
             grown.extend(members.iter().cloned());
             grown.push(member.clone());
@@ -529,7 +566,7 @@ async fn watch_health(
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        let mut client = HealthClient::new(member.channel.clone());
+        let mut client = HealthClient::new(member.channel());
         let request = HealthCheckRequest {
             service: PROGRAMMER_HEALTH_SERVICE.into(),
         };
@@ -577,7 +614,7 @@ async fn poll_status(
     interval: Duration,
     stop: CancellationToken,
 ) {
-    let mut client = ProgrammerClient::new(member.channel.clone());
+    let mut client = ProgrammerClient::new(member.channel());
     loop {
         if member.is_available() {
             let call = tokio::time::timeout(

@@ -18,6 +18,7 @@ pub mod escalation;
 pub mod http;
 pub mod membership;
 pub mod resume;
+pub mod runtimes;
 pub mod server;
 pub mod status;
 pub mod store;
@@ -311,8 +312,18 @@ pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
         missing.push("caller tokens (auth:)");
     }
     serve::check_exposure(&host, &missing, args.security.insecure).await?;
+    // One listening socket per serving runtime (see `runtimes`); the first is this one's.
+    let mut listeners = serve::bind_shared(
+        &host,
+        args.port.unwrap_or(mgr_cfg.port),
+        runtimes::count(mgr_cfg.runtimes),
+    )
+    .await?
+    .into_iter();
     let listener = serve::Bound::new(
-        serve::bind(&host, args.port.unwrap_or(mgr_cfg.port)).await?,
+        listeners
+            .next()
+            .expect("bind_shared binds at least one socket"),
         tls.as_ref().map(|f| (f, crate::tls::ClientAuth::Optional)),
     )?;
     let addr = listener.local_addr()?;
@@ -368,9 +379,30 @@ pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
             probes,
             config.pool.limits.clone(),
             stop.cancelled_owned(),
+            || {},
         )?;
         println!("Manager-Code probes on {admin_addr}");
         tracing::info!(addr = %admin_addr, "probes served on their own thread");
+    }
+
+    // The other serving runtimes, each on its own thread with its own share of the connections.
+    let mut serving = Vec::new();
+    for (slot, listener) in (1..).zip(listeners) {
+        serving.push(serve::serve_on_own_thread(
+            &format!("pas-serve-{slot}"),
+            listener,
+            tls.clone().map(|f| (f, crate::tls::ClientAuth::Optional)),
+            router.clone(),
+            config.pool.limits.clone(),
+            mgr.stop.clone().cancelled_owned(),
+            move || runtimes::enter(slot),
+        )?);
+    }
+    if !serving.is_empty() {
+        tracing::info!(
+            runtimes = serving.len() + 1,
+            "port served by one-thread runtimes sharing it"
+        );
     }
 
     let stop = mgr.stop.clone();
@@ -380,6 +412,13 @@ pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
             .set_not_serving::<ProgrammerPoolServer<PoolService>>()
             .await;
         stop.cancel();
+    })
+    .await?;
+    // The other runtimes stopped accepting with this one; their connections get the same grace.
+    tokio::task::spawn_blocking(move || {
+        for thread in serving {
+            let _ = thread.join();
+        }
     })
     .await?;
     Ok(())

@@ -661,6 +661,18 @@ impl TestPool {
     }
 
     /// Starts the given programmers; the guards are keyed by id.
+    /// Runs `pas ARGS` on this pool's configuration to its exit and returns what it printed: for
+    /// a process expected to refuse to start. The 120 s are only a guard against hanging.
+    pub async fn run_until_exit(&self, args: &[&str]) -> std::process::Output {
+        let run = tokio::process::Command::from(self.pas_command(args))
+            .kill_on_drop(true)
+            .output();
+        tokio::time::timeout(Duration::from_secs(120), run)
+            .await
+            .unwrap_or_else(|_| panic!("pas {args:?} did not exit by itself"))
+            .unwrap_or_else(|e| panic!("run pas {args:?}: {e}"))
+    }
+
     pub fn start_programmers(&self, ids: &[&str]) -> BTreeMap<String, ChildGuard> {
         ids.iter()
             .map(|id| (id.to_string(), self.start_programmer(id)))
