@@ -186,7 +186,8 @@ async fn dispatch_routes_relays_and_records() {
 /// connections of their own are all served (the kernel spreads connections over the two sockets by
 /// address and port: all sixteen on one socket has a chance of 2 in 65,536), each task is recorded
 /// with its result, the second runtime opens channels of its own, and a second manager started
-/// on the same port is refused there instead of joining the port and taking a share of the callers.
+/// on the same port is refused there instead of joining the port and taking a share of the callers;
+/// SIGTERM then stops the manager, both runtimes, with exit code 0.
 #[tokio::test]
 async fn two_runtimes_share_the_port_and_a_second_manager_cannot_join_it() {
     let options = PoolOptions {
@@ -198,7 +199,7 @@ async fn two_runtimes_share_the_port_and_a_second_manager_cannot_join_it() {
     pool.edit_config(|yaml| yaml.replacen("manager:\n", "manager:\n  runtimes: 2\n", 1));
     pool.sample_repo();
     let _p = pool.start_programmers(&["001", "002"]);
-    let m = pool.start_manager();
+    let mut m = pool.start_manager();
     let mut c = manager(&pool).await;
     wait_available(&mut c, 2).await;
 
@@ -265,4 +266,19 @@ async fn two_runtimes_share_the_port_and_a_second_manager_cannot_join_it() {
     )
     .await;
     assert_eq!(TaskState::try_from(result.status), Ok(TaskState::Succeeded));
+
+    // SIGTERM stops both runtimes: the main one waits for the other's thread, then exits 0.
+    drop(c);
+    m.terminate();
+    wait_until(
+        Duration::from_secs(60),
+        "the manager to exit on SIGTERM",
+        || {
+            let exited = matches!(m.child.try_wait(), Ok(Some(_)));
+            async move { exited }
+        },
+    )
+    .await;
+    let status = m.child.try_wait().expect("exit status").expect("exited");
+    assert!(status.success(), "{status:?}\n{}", m.log_text());
 }
