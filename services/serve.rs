@@ -130,9 +130,10 @@ pub async fn bind(host: &str, port: u16) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
-/// Binds `count` listening sockets on `host:port` that share the port (`SO_REUSEPORT`: the kernel
-/// spreads new connections over them), one for each runtime that serves it; with `count` 1, one
-/// plain socket as [`bind`] makes it. Port 0 picks a free port for all of them.
+/// Binds `count` (at least one) listening sockets on `host:port` that share the port
+/// (`SO_REUSEPORT`: the kernel spreads new connections over them), one for each runtime that
+/// serves it: the first, and the others; with `count` 1, one plain socket as [`bind`] makes it.
+/// Port 0 picks a free port for all of them.
 ///
 /// A port another socket holds is refused as [`bind`] refuses it: the port is first bound alone,
 /// without `SO_REUSEPORT`, and only once that succeeded let go and bound as a group. So a second
@@ -142,15 +143,15 @@ pub async fn bind_shared(
     host: &str,
     port: u16,
     count: usize,
-) -> Result<Vec<TcpListener>, ServeError> {
+) -> Result<(TcpListener, Vec<TcpListener>), ServeError> {
     let first = bind(host, port).await?;
     if count <= 1 {
-        return Ok(vec![first]);
+        return Ok((first, Vec::new()));
     }
     let at = first.local_addr()?;
     drop(first);
     let addr = at.to_string();
-    let shared = || -> std::io::Result<TcpListener> {
+    let open = || -> std::io::Result<TcpListener> {
         let socket = if at.is_ipv4() {
             tokio::net::TcpSocket::new_v4()?
         } else {
@@ -161,14 +162,15 @@ pub async fn bind_shared(
         socket.bind(at)?;
         socket.listen(LISTEN_BACKLOG)
     };
-    (0..count)
-        .map(|_| {
-            shared().map_err(|source| ServeError::Bind {
-                addr: addr.clone(),
-                source,
-            })
+    let shared = || {
+        open().map_err(|source| ServeError::Bind {
+            addr: addr.clone(),
+            source,
         })
-        .collect()
+    };
+    let first = shared()?;
+    let others = (1..count).map(|_| shared()).collect::<Result<_, _>>()?;
+    Ok((first, others))
 }
 
 /// The accept backlog of each socket [`bind_shared`] makes (what `TcpListener::bind` uses).

@@ -215,19 +215,19 @@ fn check_programmers(pool: &PoolConfig, out: &mut Vec<Finding>) {
     if pool.manager.port != 0 {
         ports.insert(pool.manager.port, "the manager".to_string());
     }
-    let threads = |key: &str, n: u32, what: &str| {
+    // `unit`: what the key counts, in the singular.
+    let threads = |key: &str, n: u32, unit: &str| {
         (n > MAX_WORKER_THREADS).then(|| {
             Finding::value(
                 KeyPath::root().key("manager").key(key),
                 format!(
-                    "{n} {what}; at most {MAX_WORKER_THREADS} (1: one {what_one}, 0: one per core)",
-                    what_one = what.trim_end_matches('s')
+                    "{n} {unit}s; at most {MAX_WORKER_THREADS} (1: one {unit}, 0: one per core)"
                 ),
             )
         })
     };
-    let too_many_threads = threads("worker_threads", pool.manager.worker_threads, "threads");
-    let too_many_runtimes = threads("runtimes", pool.manager.runtimes, "runtimes");
+    let too_many_threads = threads("worker_threads", pool.manager.worker_threads, "thread");
+    let too_many_runtimes = threads("runtimes", pool.manager.runtimes, "runtime");
     let runtimes_ok = too_many_runtimes.is_none();
     out.extend(too_many_threads.into_iter().chain(too_many_runtimes));
     if runtimes_ok && pool.manager.runtimes != 1 && pool.manager.worker_threads != 1 {
@@ -556,8 +556,8 @@ fn edit_format(out: &mut Vec<Finding>, key: KeyPath, format: &str) {
 /// The most idle warm workers one programmer may keep (each holds a forked interpreter).
 const MAX_WARM_WORKERS: u32 = 64;
 
-/// Most threads `manager.worker_threads` (or runtimes `manager.runtimes`) may ask for: far above any core count the manager
-/// could use, far below a typo's thousands of idle threads.
+/// Most threads `manager.worker_threads` (or runtimes `manager.runtimes`) may ask for: far above
+/// any core count the manager could use, far below a typo's thousands of idle threads.
 const MAX_WORKER_THREADS: u32 = 1024;
 
 fn check_aider(pool: &PoolConfig, at: &KeyPath, out: &mut Vec<Finding>) {

@@ -312,18 +312,15 @@ pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
         missing.push("caller tokens (auth:)");
     }
     serve::check_exposure(&host, &missing, args.security.insecure).await?;
-    // One listening socket per serving runtime (see `runtimes`); the first is this one's.
-    let mut listeners = serve::bind_shared(
+    // One listening socket per serving runtime (see `runtimes`): this one's, and the others'.
+    let (listener, others) = serve::bind_shared(
         &host,
         args.port.unwrap_or(mgr_cfg.port),
         runtimes::count(mgr_cfg.runtimes),
     )
-    .await?
-    .into_iter();
+    .await?;
     let listener = serve::Bound::new(
-        listeners
-            .next()
-            .expect("bind_shared binds at least one socket"),
+        listener,
         tls.as_ref().map(|f| (f, crate::tls::ClientAuth::Optional)),
     )?;
     let addr = listener.local_addr()?;
@@ -387,7 +384,7 @@ pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
 
     // The other serving runtimes, each on its own thread with its own share of the connections.
     let mut serving = Vec::new();
-    for (slot, listener) in (1..).zip(listeners) {
+    for (slot, listener) in (1..).zip(others) {
         serving.push(serve::serve_on_own_thread(
             &format!("pas-serve-{slot}"),
             listener,

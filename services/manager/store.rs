@@ -1077,8 +1077,9 @@ fn checkpoint_until_stopped(
 /// page a fresh allocation of the filesystem's, the file never shrinking). So the bulk is copied
 /// passively, then a RESTART checkpoint copies the frames committed meanwhile and starts the WAL
 /// over, with the committer's role held ([`Writes::as_committer`]): a caller meanwhile only queues
-/// its write (no thread of theirs waits) and it is committed right after. A reader still on the WAL makes the RESTART give up at
-/// once (busy, retried at the next tick), since this connection never waits on a lock.
+/// its write (no thread of theirs waits) and it is committed right after. A reader still on the
+/// WAL makes the RESTART give up at once (busy, retried at the next tick), since this connection
+/// never waits on a lock.
 ///
 /// The WAL file keeps the size of the busiest interval between two checkpoints (~200 MB at
 /// 5,000 dispatches a second), reused from its start each time. Not truncated: SQLite truncates
