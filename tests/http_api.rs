@@ -9,7 +9,7 @@ mod common;
 
 use common::pool::{
     PoolOptions, TestPool, TestProgrammer, manager_client, pool_status, sample_dispatch,
-    wait_available,
+    wait_reported,
 };
 use common::secure::{self, Secured, with_token};
 use common::sse::{Item, Reader};
@@ -104,7 +104,8 @@ async fn every_route_answers_like_the_grpc_service() {
     let _p = pool.start_all_programmers();
     let m = pool.start_manager();
     let c = manager_client(&pool).await;
-    wait_available(&c, 1).await;
+    // The programmer's own report must be in too: the snapshots below are compared whole.
+    wait_reported(&c, 1).await;
     let http = reqwest::Client::new();
     let url = |path: &str| format!("{}{path}", pool.manager_url());
 

@@ -2,12 +2,10 @@
 
 mod common;
 
-use common::pool::{PoolOptions, TestPool, TestProgrammer, wait_until};
+use common::pool::{PoolOptions, TestPool, TestProgrammer, wait_available, wait_until};
 use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
 use pas::contract::v1::task_event::Kind;
-use pas::contract::v1::{
-    DispatchRequest, GetPoolStatusRequest, GetTaskRequest, TaskEvent, TaskResult, TaskState,
-};
+use pas::contract::v1::{DispatchRequest, GetTaskRequest, TaskEvent, TaskResult, TaskState};
 use std::time::Duration;
 use tonic::transport::Channel;
 
@@ -15,20 +13,6 @@ async fn manager(pool: &TestPool) -> ProgrammerPoolClient<Channel> {
     ProgrammerPoolClient::connect(pool.manager_url())
         .await
         .expect("connect to the manager")
-}
-
-async fn wait_available(c: &mut ProgrammerPoolClient<Channel>, n: u32) {
-    let c2 = c.clone();
-    wait_until(Duration::from_secs(15), "programmers available", || {
-        let mut c = c2.clone();
-        async move {
-            c.get_pool_status(GetPoolStatusRequest {})
-                .await
-                .map(|s| s.into_inner().available == n)
-                .unwrap_or(false)
-        }
-    })
-    .await;
 }
 
 async fn dispatch(
@@ -85,7 +69,7 @@ async fn dispatch_routes_relays_and_records() {
         .collect();
     let _m = pool.start_manager();
     let mut c = manager(&pool).await;
-    wait_available(&mut c, 3).await;
+    wait_available(&c, 3).await;
 
     // A dry run is validated and routed, nothing runs.
     let (events, result) = dispatch(
@@ -201,7 +185,7 @@ async fn two_runtimes_share_the_port_and_a_second_manager_cannot_join_it() {
     let _p = pool.start_programmers(&["001", "002"]);
     let mut m = pool.start_manager();
     let mut c = manager(&pool).await;
-    wait_available(&mut c, 2).await;
+    wait_available(&c, 2).await;
 
     let callers: Vec<_> = (0..16)
         .map(|i| {

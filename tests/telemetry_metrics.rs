@@ -8,7 +8,7 @@ mod common;
 #[path = "telemetry/support.rs"]
 mod support;
 
-use common::pool::{PoolOptions, TestPool, TestProgrammer, wait_until};
+use common::pool::{PoolOptions, TestPool, TestProgrammer, wait_available};
 use pas::contract::error_class_name;
 use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
 use pas::contract::v1::task_event::Kind;
@@ -71,17 +71,7 @@ async fn metrics_follow_success_failover_breaker_and_availability() {
     let mut c = ProgrammerPoolClient::connect(mgr_url.clone())
         .await
         .expect("connect to the manager");
-    let c2 = c.clone();
-    wait_until(Duration::from_secs(20), "programmer available", || {
-        let mut c = c2.clone();
-        async move {
-            c.get_pool_status(GetPoolStatusRequest {})
-                .await
-                .map(|s| s.into_inner().available == 1)
-                .unwrap_or(false)
-        }
-    })
-    .await;
+    wait_available(&c, 1).await;
 
     let p0 = scrape(&prog_url).await;
     let m0 = scrape(&mgr_url).await;

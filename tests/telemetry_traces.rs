@@ -8,10 +8,10 @@ mod common;
 mod support;
 
 use common::Sim;
-use common::pool::{PoolOptions, TestPool, TestProgrammer, wait_until};
+use common::pool::{PoolOptions, TestPool, TestProgrammer, wait_pool};
 use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
 use pas::contract::v1::task_event::Kind;
-use pas::contract::v1::{DispatchRequest, ErrorClass, GetPoolStatusRequest, TaskResult, TaskState};
+use pas::contract::v1::{DispatchRequest, ErrorClass, TaskResult, TaskState};
 use std::time::Duration;
 use support::{Collected, Collector};
 use tonic::transport::Channel;
@@ -83,15 +83,8 @@ async fn a_callers_traceparent_is_continued_by_manager_programmer_and_aider() {
     let mut c = ProgrammerPoolClient::connect(pool.manager_url())
         .await
         .expect("connect to the manager");
-    let c2 = c.clone();
-    wait_until(Duration::from_secs(60), "programmer available", || {
-        let mut c = c2.clone();
-        async move {
-            c.get_pool_status(GetPoolStatusRequest {})
-                .await
-                .map(|s| s.into_inner().available == 1)
-                .unwrap_or(false)
-        }
+    wait_pool(&c, Duration::from_secs(60), "programmer available", |s| {
+        s.available == 1
     })
     .await;
 

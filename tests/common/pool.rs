@@ -726,20 +726,51 @@ pub async fn pool_status(c: &ProgrammerPoolClient<Channel>) -> PoolStatus {
         .into_inner()
 }
 
+/// Waits (up to `timeout`) until the manager's `GetPoolStatus` satisfies `holds`; panics naming
+/// `what` otherwise. A status call that fails (the manager still starting) counts as not yet.
+pub async fn wait_pool(
+    c: &ProgrammerPoolClient<Channel>,
+    timeout: Duration,
+    what: &str,
+    holds: impl Fn(&PoolStatus) -> bool,
+) {
+    let holds = &holds;
+    wait_until(timeout, what, || {
+        let mut c = c.clone();
+        async move {
+            c.get_pool_status(GetPoolStatusRequest {})
+                .await
+                .is_ok_and(|s| holds(s.get_ref()))
+        }
+    })
+    .await;
+}
+
 /// Waits (up to 20 s) until the manager counts exactly `n` programmers available.
 pub async fn wait_available(c: &ProgrammerPoolClient<Channel>, n: u32) {
-    let c = c.clone();
-    wait_until(
+    wait_pool(
+        c,
         Duration::from_secs(20),
         &format!("{n} programmers available"),
-        || {
-            let mut c = c.clone();
-            async move {
-                c.get_pool_status(GetPoolStatusRequest {})
-                    .await
-                    .map(|s| s.into_inner().available == n)
-                    .unwrap_or(false)
-            }
+        |s| s.available == n,
+    )
+    .await;
+}
+
+/// Waits until `n` programmers are available and each has sent the manager its own status report
+/// (its circuit state is known). Availability comes from the health check, the report from a
+/// separate poll, so a snapshot taken after [`wait_available`] alone may still change.
+pub async fn wait_reported(c: &ProgrammerPoolClient<Channel>, n: u32) {
+    use pas::contract::v1::CircuitState;
+    wait_pool(
+        c,
+        Duration::from_secs(20),
+        &format!("{n} programmers available and reported"),
+        |s| {
+            s.available == n
+                && s.programmers
+                    .iter()
+                    .all(|p| p.circuit_state != CircuitState::Unspecified as i32)
         },
     )
     .await;
