@@ -115,8 +115,8 @@ impl TaskRuns {
                 .ok()
                 .and_then(|t| t.elapsed().ok());
             // A file past KEEP_ON_DISK is removed unread, like an empty one.
-            let events = match age {
-                Some(age) if age > KEEP_ON_DISK => Vec::new(),
+            let (events, whole) = match age {
+                Some(age) if age > KEEP_ON_DISK => (Vec::new(), 0),
                 _ => read_events(&path)?,
             };
             match events.last() {
@@ -140,6 +140,12 @@ impl TaskRuns {
                         timestamp_ms: crate::task_events::now_unix_ms(),
                         kind: Some(Kind::Result(Box::new(result))),
                     };
+                    // A torn record at the end (the host lost power before the kernel wrote
+                    // the file out) goes first: a result appended after it could not be read.
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&path)?
+                        .set_len(whole)?;
                     journal.write(&event)?;
                     interrupted += 1;
                 }
@@ -203,7 +209,7 @@ impl TaskRuns {
             return Some(run.clone());
         }
         let path = self.journal.path(task_id)?;
-        let events = read_events(&path).ok()?;
+        let (events, _) = read_events(&path).ok()?;
         let first = events.first()?;
         if first.task_id != task_id {
             return None;
@@ -282,10 +288,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Reads a task's event file; a torn last record (the process died mid-write) is ignored.
-fn read_events(path: &Path) -> std::io::Result<Vec<TaskEvent>> {
+/// Reads a task's event file: its events and the length of the whole records holding them; a
+/// torn last record (the process or its host died mid-write) is ignored.
+fn read_events(path: &Path) -> std::io::Result<(Vec<TaskEvent>, u64)> {
     let mut file = std::io::BufReader::new(std::fs::File::open(path)?);
-    Ok(read_records(&mut file, 0, usize::MAX).0)
+    Ok(read_records(&mut file, 0, usize::MAX))
 }
 
 /// A record longer than this is not one we wrote: the file is read no further.
@@ -339,7 +346,14 @@ fn read_length(file: &mut impl BufRead) -> Option<usize> {
     None
 }
 
-/// Appends each event to its task's file; the result is synced to disk.
+/// Appends each event to its task's file. Nothing is synced: a written event is in the kernel's
+/// page cache, which outlives the process, so a programmer killed at any point finds every event
+/// it journaled (the durability the manager's task store has at `synchronous = NORMAL`). A sync per
+/// result cost a dry run more than half its time on a VM's disk and gave a lone caller's dispatch a
+/// tail of milliseconds (BENCHMARKS.md "Peers: the programmer's sync"); what it bought — a result
+/// that survives a power loss of the programmer's host — the pool gets otherwise: the manager
+/// records a result before its caller hears of it, and a task whose programmer lost it is handed
+/// to another programmer.
 #[derive(Debug)]
 struct FileJournal {
     dir: PathBuf,
@@ -374,9 +388,6 @@ impl FileJournal {
             .append(true)
             .open(path)?;
         file.write_all(&event.encode_length_delimited_to_vec())?;
-        if matches!(event.kind, Some(Kind::Result(_))) {
-            file.sync_data()?;
-        }
         Ok(())
     }
 }
@@ -649,5 +660,39 @@ mod tests {
             Some(TaskState::Succeeded as i32)
         );
         assert!(runs.get("unknown").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_record_is_cut_before_the_handed_back_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = dir.path().join("events");
+        {
+            let (runs, _) = TaskRuns::open(events.clone(), "001").unwrap();
+            let run = runs.start("t-1", CancellationToken::new()).unwrap();
+            TaskEventSink::new(run.log.clone())
+                .send(output("working"))
+                .await;
+        }
+        // What a power loss can leave: a record's length prefix without all of its bytes.
+        let file = events.join("t-1.events");
+        let mut torn = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap();
+        torn.write_all(&[40, 8, 2]).unwrap();
+        drop(torn);
+        let (_, interrupted) = TaskRuns::open(events.clone(), "001").unwrap();
+        assert_eq!(interrupted, 1);
+        // The next start reads the handed-back result from the file: the task ended once.
+        let (runs, interrupted) = TaskRuns::open(events, "001").unwrap();
+        assert_eq!(
+            interrupted, 0,
+            "the result was written after the torn record"
+        );
+        let result = runs
+            .get("t-1")
+            .and_then(|r| r.log.result())
+            .expect("a result");
+        assert_eq!(result.error_class, ErrorClass::HandedBack as i32);
     }
 }
