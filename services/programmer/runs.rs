@@ -32,8 +32,13 @@ use tokio_util::sync::CancellationToken;
 /// How long a finished task's log stays in memory (later it is read back from its file).
 pub const KEEP_IN_MEMORY: Duration = Duration::from_secs(600);
 
-/// How long a task's event file is kept (removed at start-up once older).
+/// How long a task's event file is kept after its last write (removed at start-up once older,
+/// and by the sweep every [`SWEEP_EVERY`] while the programmer runs).
 pub const KEEP_ON_DISK: Duration = Duration::from_secs(24 * 3600);
+
+/// How often a running programmer looks for event files past [`KEEP_ON_DISK`]: without it a
+/// programmer that runs for weeks would keep a file for every task it ever ran.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
 /// Extension of event files.
 const EXT: &str = "events";
@@ -110,14 +115,11 @@ impl TaskRuns {
         for path in events_files {
             // Read (for an interrupted task) and removed with the pass over its events file.
             let record = keep_records.take(&path.with_extension(KEEPING_EXT));
-            let age = std::fs::metadata(&path)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok());
             // A file past KEEP_ON_DISK is removed unread, like an empty one.
-            let (events, whole) = match age {
-                Some(age) if age > KEEP_ON_DISK => (Vec::new(), 0),
-                _ => read_events(&path)?,
+            let (events, whole) = if expired(&path) {
+                (Vec::new(), 0)
+            } else {
+                read_events(&path)?
             };
             match events.last() {
                 None => {
@@ -259,6 +261,60 @@ impl TaskRuns {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Removes the event files last written more than [`KEEP_ON_DISK`] ago, except those of tasks
+    /// still in memory (a task can run quietly for long). Returns how many were removed. Reads the
+    /// whole directory: run it on the blocking pool.
+    pub fn sweep_expired(&self) -> std::io::Result<usize> {
+        let in_memory: std::collections::HashSet<PathBuf> = self
+            .runs()
+            .keys()
+            .filter_map(|task_id| self.journal.path(task_id))
+            .collect();
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|ext| ext == EXT)
+                && !in_memory.contains(&path)
+                && expired(&path)
+                && std::fs::remove_file(&path).is_ok()
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Runs [`sweep_expired`](Self::sweep_expired) every [`SWEEP_EVERY`] until `stop`.
+    pub async fn sweep_until(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+                _ = stop.cancelled() => return,
+            }
+            let runs = self.clone();
+            match tokio::task::spawn_blocking(move || runs.sweep_expired()).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(removed)) => tracing::info!(
+                    removed,
+                    dir = %self.dir.display(),
+                    "removed event files of tasks finished over a day ago"
+                ),
+                Ok(Err(e)) => tracing::warn!(dir = %self.dir.display(), error = %e,
+                    "could not sweep the event files"),
+                Err(_) => return, // The runtime is shutting down.
+            }
+        }
+    }
+}
+
+/// Whether the file at `path` was last written more than [`KEEP_ON_DISK`] ago.
+fn expired(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > KEEP_ON_DISK)
 }
 
 /// The result a task recorded before keeping its edit ([`TaskRuns::keeping`]), when its kept
@@ -660,6 +716,61 @@ mod tests {
             Some(TaskState::Succeeded as i32)
         );
         assert!(runs.get("unknown").is_none());
+    }
+
+    /// Makes the file at `path` look last written `ago`.
+    fn age_file(path: &Path, ago: Duration) {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - ago)
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweep_removes_files_past_a_day_but_not_a_running_tasks() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = dir.path().join("events");
+        let runs = Arc::new(TaskRuns::open(events.clone(), "001").unwrap().0);
+        for task_id in ["old", "recent", "running"] {
+            let run = runs.start(task_id, CancellationToken::new()).unwrap();
+            let sink = TaskEventSink::new(run.log.clone());
+            sink.send(output("working")).await;
+            if task_id != "running" {
+                sink.finish(TaskResult::default()).await;
+                runs.runs().remove(task_id); // As KEEP_IN_MEMORY later.
+            }
+        }
+        let day_and_more = KEEP_ON_DISK + Duration::from_secs(60);
+        age_file(&events.join("old.events"), day_and_more);
+        age_file(&events.join("running.events"), day_and_more);
+        age_file(&events.join("recent.events"), KEEP_ON_DISK / 2);
+
+        let stop = CancellationToken::new();
+        let sweeping = tokio::spawn(runs.clone().sweep_until(stop.clone()));
+        tokio::time::sleep(SWEEP_EVERY - Duration::from_secs(1)).await;
+        assert!(events.join("old.events").exists(), "not before SWEEP_EVERY");
+        // The sweep runs on the blocking pool: wait for its effect (on the paused clock).
+        for _ in 0..600 {
+            if !events.join("old.events").exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert!(
+            !events.join("old.events").exists(),
+            "swept after SWEEP_EVERY"
+        );
+        assert!(events.join("recent.events").exists());
+        assert!(
+            events.join("running.events").exists(),
+            "its task is in memory"
+        );
+        assert!(runs.get("old").is_none(), "gone for good");
+        assert!(runs.get("recent").is_some());
+        stop.cancel();
+        sweeping.await.unwrap();
     }
 
     #[tokio::test]
