@@ -266,23 +266,30 @@ impl TaskRuns {
     /// still in memory (a task can run quietly for long). Returns how many were removed. Reads the
     /// whole directory: run it on the blocking pool.
     pub fn sweep_expired(&self) -> std::io::Result<usize> {
-        let in_memory: std::collections::HashSet<PathBuf> = self
-            .runs()
-            .keys()
-            .filter_map(|task_id| self.journal.path(task_id))
-            .collect();
         let mut removed = 0;
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
             if path.extension().is_some_and(|ext| ext == EXT)
-                && !in_memory.contains(&path)
                 && expired(&path)
+                && !self.in_memory(&path)
                 && std::fs::remove_file(&path).is_ok()
             {
                 removed += 1;
             }
         }
         Ok(removed)
+    }
+
+    /// Whether the task whose events are in the file at `path` is in memory (the file names
+    /// its task in every record; only the first is read).
+    fn in_memory(&self, path: &Path) -> bool {
+        let Ok(file) = std::fs::File::open(path) else {
+            return false;
+        };
+        let (first, _) = read_records(&mut std::io::BufReader::new(file), 0, 1);
+        first
+            .first()
+            .is_some_and(|event| self.runs().contains_key(&event.task_id))
     }
 
     /// Runs [`sweep_expired`](Self::sweep_expired) every [`SWEEP_EVERY`] until `stop`.
