@@ -96,8 +96,8 @@ pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let prog = Arc::new(Programmer::new(&config, spec, addr.port())?);
     prog.start_warm_workers();
-    // Event files older than a day go while the programmer runs, not only at its next start.
-    tokio::spawn(prog.runs.clone().sweep_until(prog.shutdown.child_token()));
+    // Finished tasks leave memory, and event files older than a day the disk, while it runs.
+    tokio::spawn(prog.runs.clone().keep_tidy(prog.shutdown.child_token()));
     let swept = worktree::sweep_abandoned(&prog.worktrees_dir, &prog.git_identity()).await;
     if swept > 0 {
         tracing::warn!(programmer = %prog.spec.id, worktrees = swept, "removed worktrees abandoned by a previous run");

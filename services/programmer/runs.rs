@@ -15,14 +15,15 @@
 //! at the recorded commit. Otherwise the edit would be on `pas/<task>` while the task's result said
 //! it was handed back, and on its last dispatch attempt the task would fail with its edit kept.
 //!
-//! Finished tasks stay in memory for [`KEEP_IN_MEMORY`] and on disk for [`KEEP_ON_DISK`].
+//! Finished tasks stay in memory for [`KEEP_IN_MEMORY`] (at most [`MAX_FINISHED_IN_MEMORY`] of
+//! them) and on disk for [`KEEP_ON_DISK`].
 
 use crate::contract::v1::{ErrorClass, TaskEvent, TaskResult, TaskState, task_event::Kind};
 use crate::programmer::worktree::sanitize_task_id;
 use crate::task_events::{Journal, TaskLog};
 use futures::future::BoxFuture;
 use prost::Message;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -31,6 +32,11 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a finished task's log stays in memory (later it is read back from its file).
 pub const KEEP_IN_MEMORY: Duration = Duration::from_secs(600);
+
+/// Most finished tasks kept in memory at once: past it the longest finished leave early (and
+/// are read back from their files like any other). Without it a flood of dry runs — thousands a
+/// second — held each for [`KEEP_IN_MEMORY`]: ~100 MiB per programmer after 50 s of bench-peers.
+pub const MAX_FINISHED_IN_MEMORY: usize = 1_000;
 
 /// How long a task's event file is kept after its last write (removed at start-up once older,
 /// and by the sweep every [`SWEEP_EVERY`] while the programmer runs).
@@ -88,6 +94,11 @@ pub struct TaskRuns {
     dir: PathBuf,
     journal: Arc<FileJournal>,
     runs: Mutex<HashMap<String, Run>>,
+    /// The finished tasks still in [`runs`](Self::runs), in the order they finished, each with
+    /// when it is due to leave memory.
+    finished: Mutex<VecDeque<(tokio::time::Instant, String)>>,
+    /// Wakes [`keep_tidy`](Self::keep_tidy) when a task finishes while none waited to leave.
+    first_finished: tokio::sync::Notify,
     /// Tasks with a keep record on disk, removed once their result is journaled.
     keep_records: Mutex<std::collections::HashSet<String>>,
 }
@@ -167,6 +178,8 @@ impl TaskRuns {
                 dir,
                 journal,
                 runs: Mutex::new(HashMap::new()),
+                finished: Mutex::default(),
+                first_finished: tokio::sync::Notify::new(),
                 keep_records: Mutex::default(),
             },
             interrupted,
@@ -243,18 +256,45 @@ impl TaskRuns {
         Ok(run)
     }
 
-    /// The task has its result: it leaves memory after [`KEEP_IN_MEMORY`] (its file stays).
-    pub fn finished(self: &Arc<Self>, task_id: &str) {
+    /// The task has its result: it leaves memory after [`KEEP_IN_MEMORY`], or earlier once
+    /// [`MAX_FINISHED_IN_MEMORY`] tasks finished after it (its file stays).
+    pub fn finished(&self, task_id: &str) {
         if lock(&self.keep_records).remove(task_id)
             && let Some(path) = self.journal.path(task_id)
         {
             let _ = std::fs::remove_file(path.with_extension(KEEPING_EXT));
         }
-        let (runs, task_id) = (self.clone(), task_id.to_string());
-        tokio::spawn(async move {
-            tokio::time::sleep(KEEP_IN_MEMORY).await;
-            runs.runs().remove(&task_id);
-        });
+        let mut finished = lock(&self.finished);
+        finished.push_back((
+            tokio::time::Instant::now() + KEEP_IN_MEMORY,
+            task_id.to_string(),
+        ));
+        if finished.len() == 1 {
+            self.first_finished.notify_one();
+        }
+        if finished.len() > MAX_FINISHED_IN_MEMORY {
+            let mut runs = self.runs();
+            while finished.len() > MAX_FINISHED_IN_MEMORY {
+                if let Some((_, oldest)) = finished.pop_front() {
+                    runs.remove(&oldest);
+                }
+            }
+        }
+    }
+
+    /// Removes from memory the finished tasks whose [`KEEP_IN_MEMORY`] is over; returns when the
+    /// next one is due, if any.
+    fn forget_due(&self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        let mut finished = lock(&self.finished);
+        while let Some((due, _)) = finished.front() {
+            if *due > now {
+                return Some(*due);
+            }
+            if let Some((_, task_id)) = finished.pop_front() {
+                self.runs().remove(&task_id);
+            }
+        }
+        None
     }
 
     /// Where the event files are.
@@ -292,13 +332,20 @@ impl TaskRuns {
             .is_some_and(|event| self.runs().contains_key(&event.task_id))
     }
 
-    /// Runs [`sweep_expired`](Self::sweep_expired) every [`SWEEP_EVERY`] until `stop`.
-    pub async fn sweep_until(self: Arc<Self>, stop: CancellationToken) {
+    /// The registry's housekeeping, until `stop`: finished tasks leave memory when their
+    /// [`KEEP_IN_MEMORY`] is over (one timer for all of them), and
+    /// [`sweep_expired`](Self::sweep_expired) runs every [`SWEEP_EVERY`].
+    pub async fn keep_tidy(self: Arc<Self>, stop: CancellationToken) {
+        let mut next_sweep = tokio::time::Instant::now() + SWEEP_EVERY;
         loop {
+            let next_due = self.forget_due(tokio::time::Instant::now());
             tokio::select! {
-                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+                _ = tokio::time::sleep_until(next_sweep) => {}
+                _ = tokio::time::sleep_until(next_due.unwrap_or(next_sweep)), if next_due.is_some() => continue,
+                _ = self.first_finished.notified(), if next_due.is_none() => continue,
                 _ = stop.cancelled() => return,
             }
+            next_sweep += SWEEP_EVERY;
             let runs = self.clone();
             match tokio::task::spawn_blocking(move || runs.sweep_expired()).await {
                 Ok(Ok(0)) => {}
@@ -746,7 +793,7 @@ mod tests {
             sink.send(output("working")).await;
             if task_id != "running" {
                 sink.finish(TaskResult::default()).await;
-                runs.runs().remove(task_id); // As KEEP_IN_MEMORY later.
+                runs.finished(task_id); // Out of memory KEEP_IN_MEMORY later, before the sweep.
             }
         }
         let day_and_more = KEEP_ON_DISK + Duration::from_secs(60);
@@ -755,7 +802,7 @@ mod tests {
         age_file(&events.join("recent.events"), KEEP_ON_DISK / 2);
 
         let stop = CancellationToken::new();
-        let sweeping = tokio::spawn(runs.clone().sweep_until(stop.clone()));
+        let sweeping = tokio::spawn(runs.clone().keep_tidy(stop.clone()));
         tokio::time::sleep(SWEEP_EVERY - Duration::from_secs(1)).await;
         assert!(events.join("old.events").exists(), "not before SWEEP_EVERY");
         // The sweep runs on the blocking pool: wait for its effect (on the paused clock).
@@ -778,6 +825,62 @@ mod tests {
         assert!(runs.get("recent").is_some());
         stop.cancel();
         sweeping.await.unwrap();
+    }
+
+    /// Starts and finishes task `task_id` in `runs`.
+    async fn run_to_its_end(runs: &TaskRuns, task_id: &str) {
+        let run = runs.start(task_id, CancellationToken::new()).unwrap();
+        TaskEventSink::new(run.log.clone())
+            .finish(TaskResult {
+                status: TaskState::Succeeded as i32,
+                ..Default::default()
+            })
+            .await;
+        runs.finished(task_id);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_task_leaves_memory_after_keep_in_memory_and_stays_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = Arc::new(TaskRuns::open(dir.path().join("events"), "001").unwrap().0);
+        let stop = CancellationToken::new();
+        let tidying = tokio::spawn(runs.clone().keep_tidy(stop.clone()));
+        run_to_its_end(&runs, "t-1").await;
+        tokio::time::sleep(KEEP_IN_MEMORY - Duration::from_secs(1)).await;
+        assert!(runs.runs().contains_key("t-1"), "still in memory");
+        run_to_its_end(&runs, "t-2").await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!runs.runs().contains_key("t-1"), "left memory when due");
+        assert!(runs.runs().contains_key("t-2"), "not due yet");
+        tokio::time::sleep(KEEP_IN_MEMORY).await;
+        assert!(runs.runs().is_empty());
+        for task_id in ["t-1", "t-2"] {
+            let result = runs.get(task_id).and_then(|r| r.log.result());
+            assert_eq!(result.map(|r| r.status), Some(TaskState::Succeeded as i32));
+        }
+        stop.cancel();
+        tidying.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn past_max_finished_in_memory_the_longest_finished_leave_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = TaskRuns::open(dir.path().join("events"), "001").unwrap().0;
+        let running = runs.start("running", CancellationToken::new()).unwrap();
+        for i in 0..MAX_FINISHED_IN_MEMORY + 2 {
+            run_to_its_end(&runs, &format!("t-{i}")).await;
+        }
+        // The running task and the newest MAX_FINISHED_IN_MEMORY finished ones.
+        assert_eq!(runs.runs().len(), MAX_FINISHED_IN_MEMORY + 1);
+        assert!(!runs.runs().contains_key("t-0") && !runs.runs().contains_key("t-1"));
+        assert!(runs.runs().contains_key("t-2") && runs.runs().contains_key("running"));
+        let result = runs.get("t-0").and_then(|r| r.log.result());
+        assert_eq!(
+            result.map(|r| r.status),
+            Some(TaskState::Succeeded as i32),
+            "read back"
+        );
+        drop(running);
     }
 
     #[tokio::test]
