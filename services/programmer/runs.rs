@@ -265,30 +265,24 @@ impl TaskRuns {
             let _ = std::fs::remove_file(path.with_extension(KEEPING_EXT));
         }
         let mut finished = lock(&self.finished);
-        finished.push_back((
-            tokio::time::Instant::now() + KEEP_IN_MEMORY,
-            task_id.to_string(),
-        ));
+        let now = tokio::time::Instant::now();
+        finished.push_back((now + KEEP_IN_MEMORY, task_id.to_string()));
         if finished.len() == 1 {
             self.first_finished.notify_one();
         }
-        if finished.len() > MAX_FINISHED_IN_MEMORY {
-            let mut runs = self.runs();
-            while finished.len() > MAX_FINISHED_IN_MEMORY {
-                if let Some((_, oldest)) = finished.pop_front() {
-                    runs.remove(&oldest);
-                }
-            }
-        }
+        self.forget(&mut finished, now);
     }
 
-    /// Removes from memory the finished tasks whose [`KEEP_IN_MEMORY`] is over; returns when the
-    /// next one is due, if any.
-    fn forget_due(&self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
-        let mut finished = lock(&self.finished);
-        while let Some((due, _)) = finished.front() {
-            if *due > now {
-                return Some(*due);
+    /// Removes from memory the finished tasks whose [`KEEP_IN_MEMORY`] is over, and the longest
+    /// finished past [`MAX_FINISHED_IN_MEMORY`]; returns when the next one is due, if any.
+    fn forget(
+        &self,
+        finished: &mut VecDeque<(tokio::time::Instant, String)>,
+        now: tokio::time::Instant,
+    ) -> Option<tokio::time::Instant> {
+        while let Some(&(due, _)) = finished.front() {
+            if due > now && finished.len() <= MAX_FINISHED_IN_MEMORY {
+                return Some(due);
             }
             if let Some((_, task_id)) = finished.pop_front() {
                 self.runs().remove(&task_id);
@@ -338,7 +332,7 @@ impl TaskRuns {
     pub async fn keep_tidy(self: Arc<Self>, stop: CancellationToken) {
         let mut next_sweep = tokio::time::Instant::now() + SWEEP_EVERY;
         loop {
-            let next_due = self.forget_due(tokio::time::Instant::now());
+            let next_due = self.forget(&mut lock(&self.finished), tokio::time::Instant::now());
             tokio::select! {
                 _ = tokio::time::sleep_until(next_sweep) => {}
                 _ = tokio::time::sleep_until(next_due.unwrap_or(next_sweep)), if next_due.is_some() => continue,
