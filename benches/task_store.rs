@@ -197,6 +197,7 @@ fn ledger_by_day_volume() {
         dir.path().join("budget.sqlite"),
         policy,
         pas::manager::budget::system_clock(),
+        pas::config::Durability::ProcessCrash,
     )
     .expect("ledger");
     let cent = Usd::from_usd(0.01).expect("amount");

@@ -770,3 +770,22 @@ fn warm_aider_workers_out_of_range_and_an_unknown_start_mode() {
     let issues = issues(&yaml);
     expect_issue(&issues, "aider.start", line_of(&yaml, "start: hot"), "warm");
 }
+
+#[test]
+fn an_unknown_durability_names_the_ones_there_are() {
+    let yaml = seed_plus("durability: power_outage\n");
+    let issue = expect_only(
+        &yaml,
+        "durability",
+        "power_outage",
+        "unknown variant `power_outage`",
+    );
+    assert!(
+        issue.message.contains("process_crash") && issue.message.contains("power_loss"),
+        "{issue}"
+    );
+    let yaml = seed_plus("durability: power_loss\n");
+    let config = Config::from_yaml_with(&yaml, Path::new(SOURCE), &PathEnv::in_dir("/w"))
+        .expect("power_loss is a durability");
+    assert_eq!(config.pool.durability, pas::config::Durability::PowerLoss);
+}

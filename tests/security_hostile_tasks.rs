@@ -23,7 +23,6 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 use tonic::Code;
 
 /// Programmers the hostile tasks are spread over (one aider each at a time: 2 cores).
@@ -143,49 +142,10 @@ async fn tripwire() -> (u16, Arc<AtomicUsize>) {
     (port, hits)
 }
 
-/// `strace` (the [`TOUCHING`] calls and `connect` of the whole tree) then `setpriv --pdeathsig
-/// KILL`, so the traced programmer dies with its tracer even when the test is torn down by
-/// SIGKILL.
+/// The programmer under `strace` (the [`TOUCHING`] calls and `connect` of the whole tree), dying
+/// with its tracer ([`common::traced_prefix`]).
 fn traced(log: &Path) -> Vec<OsString> {
-    let mut prefix = common::strace_prefix_for(log, &format!("{},connect", TOUCHING.join(",")));
-    prefix.extend(["setpriv", "--pdeathsig", "KILL", "--"].map(OsString::from));
-    prefix
-}
-
-/// Pids whose parent is `pid`.
-fn children_of(pid: u32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(child) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(pid) {
-            out.push(child);
-        }
-    }
-    out
-}
-
-/// Stops a programmer started under [`traced`]: SIGKILL to the programmer itself (its tasks are
-/// over), then strace exits with its last tracee, its log complete.
-fn stop_traced(guard: &mut pool::ChildGuard) {
-    for pid in children_of(guard.pid()) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    assert!(
-        guard.wait_exit(Duration::from_secs(30)).is_some(),
-        "strace did not end after its programmer"
-    );
+    common::traced_prefix(log, &format!("{},connect", TOUCHING.join(",")))
 }
 
 /// System calls that open, execute, create, change or remove their path argument (a symlink's
@@ -314,7 +274,7 @@ async fn hostile_descriptions_reach_the_llm_as_text_and_run_nothing() {
     }
     // Every aider run is over: stop the programmers so the strace logs are complete.
     for guard in &mut programmers {
-        stop_traced(guard);
+        guard.stop_traced();
     }
 
     // Every violation is collected, so one run shows all that went wrong.

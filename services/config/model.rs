@@ -79,6 +79,41 @@ pub struct PoolConfig {
     /// Traces (added by the mesh); export itself is configured by the `OTEL_*` variables.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// What the manager's records and the programmers' results survive (added by the mesh).
+    #[serde(default)]
+    pub durability: Durability,
+}
+
+/// `durability:` — what a written record survives, for the manager's task store and budget
+/// ledger and for each programmer's event files.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// A crash of any process, at any instant (the default): records are written to the
+    /// kernel, which outlives the process, and synced about once a second (the store's
+    /// checkpoints). A host that loses power, or a node whose kernel dies, may lose its last
+    /// second of records; the pool then reroutes what a programmer no longer has. Costs no disk
+    /// wait on a task's path.
+    #[default]
+    ProcessCrash,
+    /// Also a power loss of the host: every commit of the manager's store and ledger is synced
+    /// before anyone hears of it (SQLite `synchronous = FULL`), and a programmer syncs each
+    /// result's event file (and its directory) before it reports the result. Each costs a disk
+    /// flush (about a millisecond on a VM's disk), taken off the manager's runtime thread:
+    /// the store's commits then run on its commit thread, where the writes queued meanwhile
+    /// share the next one.
+    PowerLoss,
+}
+
+impl Durability {
+    /// SQLite's `synchronous` setting for this durability (WAL mode): NORMAL syncs only at
+    /// checkpoints, FULL syncs the WAL at every commit.
+    pub fn sqlite_synchronous(self) -> &'static str {
+        match self {
+            Self::ProcessCrash => "NORMAL",
+            Self::PowerLoss => "FULL",
+        }
+    }
 }
 
 /// `telemetry:` section.

@@ -1,5 +1,6 @@
 //! The human-readable summary `pas config check` prints for a valid configuration.
 
+use super::model::Durability;
 use super::spec::Config;
 use std::fmt::Write as _;
 
@@ -175,6 +176,17 @@ pub(crate) fn render(config: &Config) -> String {
             config.workspace_root().display().to_string(),
         ),
         ("Data dir", config.data_dir().display().to_string()),
+        (
+            "Durability",
+            match pool.durability {
+                Durability::ProcessCrash => {
+                    "process crash (records synced about once a second)".into()
+                }
+                Durability::PowerLoss => {
+                    "power loss (every commit and each result synced before it is reported)".into()
+                }
+            },
+        ),
         (
             "TLS",
             match config.tls_files("{name}") {

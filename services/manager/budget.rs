@@ -32,7 +32,7 @@
 //! All methods are synchronous and short (one small SQLite transaction). The ledger is `Send + Sync`;
 //! async callers may call it directly or through `spawn_blocking`.
 
-use crate::config::model::CostOptimization;
+use crate::config::model::{CostOptimization, Durability};
 use crate::money::{MoneyError, Usd};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -260,17 +260,20 @@ impl BudgetLedger {
     /// Opens (creating if needed) the ledger at `path`, in WAL mode with a busy timeout, and
     /// migrates a micro-dollar ledger of an older version to nano-dollars. Holds a previous process
     /// left open stay: their tasks may still be running (see [`book_orphans`](Self::book_orphans)).
+    /// With [`Durability::PowerLoss`] each reservation and settlement is synced before it returns
+    /// (SQLite `synchronous = FULL`), on the caller's thread.
     pub fn open(
         path: impl AsRef<Path>,
         policy: BudgetPolicy,
         clock: Clock,
+        durability: Durability,
     ) -> Result<Self, BudgetError> {
         non_negative(policy.max_daily_spend)?;
         policy.alert_threshold.map(non_negative).transpose()?;
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "synchronous", durability.sqlite_synchronous())?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         migrate_micros_to_nanos(&tx)?;
         tx.execute_batch(SCHEMA)?;
@@ -641,7 +644,13 @@ mod tests {
     }
 
     fn open(dir: &tempfile::TempDir, p: BudgetPolicy, clock: Clock) -> BudgetLedger {
-        BudgetLedger::open(dir.path().join("ledger.sqlite3"), p, clock).unwrap()
+        BudgetLedger::open(
+            dir.path().join("ledger.sqlite3"),
+            p,
+            clock,
+            Durability::ProcessCrash,
+        )
+        .unwrap()
     }
 
     /// Every known day's totals, checked against what its rows sum to.
@@ -1064,6 +1073,27 @@ mod tests {
         let snap = ledger.snapshot().unwrap();
         assert_eq!((snap.spent, snap.reserved), (usd(2.0), usd(95.0)));
         assert_eq!(ledger.remaining().unwrap(), None);
+    }
+
+    #[test]
+    fn power_loss_durability_syncs_every_ledger_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let synchronous = |durability| -> i64 {
+            let ledger = BudgetLedger::open(
+                dir.path().join("ledger.sqlite3"),
+                policy(10.0, None),
+                manual_clock(noon()).0,
+                durability,
+            )
+            .unwrap();
+            let state = ledger.lock();
+            state
+                .conn
+                .pragma_query_value(None, "synchronous", |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(synchronous(Durability::PowerLoss), 2, "FULL");
+        assert_eq!(synchronous(Durability::ProcessCrash), 1, "NORMAL");
     }
 
     #[test]

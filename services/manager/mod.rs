@@ -138,9 +138,13 @@ impl Manager {
             data_dir.join("budget.sqlite"),
             BudgetPolicy::from_config(cost)?,
             budget::system_clock(),
+            pool_cfg.durability,
         )?);
         let started_ms = crate::task_events::now_unix_ms();
-        let store = Arc::new(TaskStore::open(data_dir.join("tasks.sqlite"))?);
+        let store = Arc::new(TaskStore::open_with(
+            data_dir.join("tasks.sqlite"),
+            pool_cfg.durability,
+        )?);
         let retention = config.pool.manager.task_retention_s;
         store.keep_finished_for((retention > 0).then(|| Duration::from_secs(retention)));
         if store.recovered_on_open() > 0 {

@@ -80,6 +80,7 @@
 //! while they find expired tasks, at most [`FORGET_PASSES`] a second. Unfinished tasks are never
 //! deleted. Freed pages are reused by later tasks (the file is not shrunk).
 
+use crate::config::Durability;
 use crate::contract::v1::{
     DispatchRequest, ErrorClass, TaskEvent, TaskRecord, TaskResult, TaskState, task_event::Kind,
 };
@@ -268,8 +269,6 @@ pub enum StoreError {
 pub struct TaskStore {
     /// The write queue, its connection and who commits (shared with the overflow thread).
     writes: Arc<Writes>,
-    /// Wakes the overflow thread to commit what a caller left queued; `None` once dropping.
-    overflow: Option<mpsc::Sender<()>>,
     overflow_thread: Option<JoinHandle<()>>,
     /// Dropped to stop the checkpoint thread.
     stop_checkpoints: Option<mpsc::Sender<()>>,
@@ -344,6 +343,13 @@ struct Writes {
     conn: Mutex<Connection>,
     /// Transactions committed (each holds one or more writes).
     commits: AtomicU64,
+    /// Wakes the overflow thread to commit what a caller left queued; `None` once the store
+    /// drops (a future kept past the drop then commits on its own thread, never waits).
+    overflow: Mutex<Option<mpsc::Sender<()>>>,
+    /// Batches an async caller commits on its own thread before the overflow thread takes
+    /// over: [`INLINE_BATCHES`], or none when every commit waits for the disk
+    /// ([`Durability::PowerLoss`]), which the runtime's thread must not do.
+    caller_batches: usize,
 }
 
 #[derive(Default)]
@@ -462,9 +468,19 @@ fn is_open(state: TaskState) -> bool {
 impl TaskStore {
     /// Opens (creating if needed) the store at `path` in WAL mode, fails every task a previous
     /// process left QUEUED or RUNNING (error class UNAVAILABLE, message "manager restarted"), and
-    /// starts the thread that commits what callers leave queued under load.
+    /// starts the thread that commits what callers leave queued under load. Durable across a
+    /// process crash ([`Durability::ProcessCrash`]); see [`open_with`](Self::open_with).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path, Durability::ProcessCrash)
+    }
+
+    /// [`open`](Self::open) with the given durability. With [`Durability::PowerLoss`] every
+    /// commit is synced (SQLite `synchronous = FULL`) and runs on the overflow thread, never on
+    /// an async caller's: callers wait for the disk without holding the runtime's thread, and the
+    /// writes queued during one sync share the next commit.
+    pub fn open_with(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StoreError> {
         let path = path.as_ref();
+        let connect = |path: &Path| connect(path, durability);
         // The first read takes the file for this process, or finds it taken.
         let in_use = |e: StoreError| match e {
             StoreError::Storage(rusqlite::Error::SqliteFailure(f, _))
@@ -489,10 +505,16 @@ impl TaskStore {
         checkpoints.busy_timeout(Duration::ZERO)?;
         let thread_error =
             |e: std::io::Error| StoreError::Commit(format!("cannot start a thread: {e}"));
+        let (overflow, woken) = mpsc::channel::<()>();
         let writes = Arc::new(Writes {
             queue: Mutex::default(),
             conn: Mutex::new(conn),
             commits: AtomicU64::new(0),
+            overflow: Mutex::new(Some(overflow)),
+            caller_batches: match durability {
+                Durability::ProcessCrash => INLINE_BATCHES,
+                Durability::PowerLoss => 0,
+            },
         });
         let (stop_checkpoints, stopped) = mpsc::channel::<()>();
         let marked = Arc::clone(&writes);
@@ -502,19 +524,17 @@ impl TaskStore {
             .name("task-store-checkpoint".into())
             .spawn(move || checkpoint_until_stopped(checkpoints, &marked, stopped, &retention))
             .map_err(thread_error)?;
-        let (overflow, woken) = mpsc::channel::<()>();
         let shared = Arc::clone(&writes);
         let overflow_thread = std::thread::Builder::new()
             .name("task-store".into())
             .spawn(move || {
                 while woken.recv().is_ok() {
-                    shared.commit_queued(usize::MAX, None);
+                    shared.commit_queued(usize::MAX);
                 }
             })
             .map_err(thread_error)?;
         Ok(Self {
             writes,
-            overflow: Some(overflow),
             overflow_thread: Some(overflow_thread),
             stop_checkpoints: Some(stop_checkpoints),
             checkpointer: Some(checkpointer),
@@ -567,21 +587,13 @@ impl TaskStore {
             out: None,
             answer,
         });
-        let sent = match &self.overflow {
-            Some(overflow) => {
-                if self.writes.enqueue(write, when == Commit::Now) {
-                    self.writes.commit_queued(INLINE_BATCHES, Some(overflow));
-                }
-                Ok(())
-            }
-            None => Err(StoreError::Closed),
-        };
-        // Not a handle on the overflow thread: a future kept past the store's drop would keep
-        // that thread (which the drop joins) waiting. Whoever flushes here commits the queue
-        // to its end, normally just this write.
+        if self.writes.enqueue(write, when == Commit::Now) {
+            self.writes.commit_queued(self.writes.caller_batches);
+        }
+        // Whoever flushes here commits the queue to its end, normally just this write (or hands
+        // it to the overflow thread, when callers commit nothing themselves).
         let flush = (when != Commit::Now).then(|| self.writes.clone());
         async move {
-            sent?;
             if let Some(writes) = flush {
                 if let Commit::Within(delay) = when {
                     tokio::select! {
@@ -598,7 +610,11 @@ impl TaskStore {
                     Err(oneshot::error::TryRecvError::Closed) => return Err(StoreError::Closed),
                     Err(oneshot::error::TryRecvError::Empty) => {}
                 }
-                writes.flush(usize::MAX, None);
+                let batches = match writes.caller_batches {
+                    0 => 0,
+                    _ => usize::MAX,
+                };
+                writes.flush(batches);
             }
             answered.await.map_err(|_| StoreError::Closed)?
         }
@@ -997,12 +1013,12 @@ impl Drop for TaskStore {
     /// Lets the overflow thread finish the writes already queued, so a stopping manager loses
     /// none, then checkpoints a last time.
     fn drop(&mut self) {
-        drop(self.overflow.take());
+        drop(self.writes.overflow().take());
         if let Some(overflow) = self.overflow_thread.take() {
             let _ = overflow.join();
         }
         // Writes queued to go with a next one that never came.
-        self.writes.flush(usize::MAX, None);
+        self.writes.flush(usize::MAX);
         drop(self.stop_checkpoints.take());
         if let Some(checkpointer) = self.checkpointer.take() {
             let _ = checkpointer.join();
@@ -1058,7 +1074,7 @@ fn checkpoint_until_stopped(
         }
         if closing {
             // The store's last flush has run: nothing else would commit the mark.
-            writes.flush(usize::MAX, None);
+            writes.flush(usize::MAX);
         }
         if let Err(e) = checkpoint(&conn, writes) {
             tracing::warn!("task store: checkpoint failed (retried later): {e}");
@@ -1143,7 +1159,7 @@ fn forget_expired(writes: &Writes, cutoff_ms: i64) -> Result<Forgotten, StoreErr
         };
         writes.enqueue(Box::new(pass), false);
         // Commits it here unless a caller is committing (it then goes in the caller's next batch).
-        writes.flush(usize::MAX, None);
+        writes.flush(usize::MAX);
         let pass = answered.blocking_recv().map_err(|_| StoreError::Closed)??;
         total.tasks += pass.tasks;
         total.events += pass.events;
@@ -1284,11 +1300,11 @@ fn add_columns(conn: &Connection) -> Result<(), StoreError> {
 pub const STORE_VFS: &str = "unix-excl";
 
 /// A connection to the store's file as each of its connections is set up.
-fn connect(path: &Path) -> Result<Connection, StoreError> {
+fn connect(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags_and_vfs(path, OpenFlags::default(), STORE_VFS)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "synchronous", durability.sqlite_synchronous())?;
     Ok(conn)
 }
 
@@ -1309,6 +1325,10 @@ impl Writes {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn overflow(&self) -> MutexGuard<'_, Option<mpsc::Sender<()>>> {
+        self.overflow.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Runs `f` with the committer's role held, so that nothing is committed meanwhile (a write
     /// queued meanwhile waits for it without blocking its caller's thread), then commits what
     /// queued. Waits for a committer at work to finish (commits take tens of microseconds); None,
@@ -1324,7 +1344,7 @@ impl Writes {
         let role = Role(self);
         let out = f();
         drop(role);
-        self.commit_queued(usize::MAX, None);
+        self.commit_queued(usize::MAX);
         Some(out)
     }
 
@@ -1337,20 +1357,20 @@ impl Writes {
 
     /// Commits what is queued if nobody is committing (writes queued [`Commit::WithNext`] wait
     /// for this or for the next committer).
-    fn flush(&self, max_batches: usize, overflow: Option<&mpsc::Sender<()>>) {
+    fn flush(&self, max_batches: usize) {
         let lead = {
             let mut queue = self.queue();
             !queue.pending.is_empty() && !std::mem::replace(&mut queue.committing, true)
         };
         if lead {
-            self.commit_queued(max_batches, overflow);
+            self.commit_queued(max_batches);
         }
     }
 
     /// Run by the one committer: commits batches of the queued writes until the queue is empty,
     /// or, after `max_batches`, wakes the overflow thread to go on (the committer's role passes to
     /// it). A committer that panics gives the role up and fails its batch's writes (`Closed`).
-    fn commit_queued(&self, max_batches: usize, overflow: Option<&mpsc::Sender<()>>) {
+    fn commit_queued(&self, max_batches: usize) {
         let _role = Role(self);
         let mut done = 0;
         loop {
@@ -1361,7 +1381,7 @@ impl Writes {
                     return;
                 }
                 if done == max_batches
-                    && let Some(overflow) = overflow
+                    && let Some(overflow) = self.overflow().as_ref()
                     && overflow.send(()).is_ok()
                 {
                     return;
@@ -2604,7 +2624,7 @@ mod tests {
     /// A connection of its own to the store's file, as a tool opens it (in this process while the
     /// store is open: only the process that holds the file may, see [`STORE_VFS`]).
     fn raw_connection(dir: &tempfile::TempDir) -> Connection {
-        connect(&dir.path().join("tasks.sqlite3")).unwrap()
+        connect(&dir.path().join("tasks.sqlite3"), Durability::ProcessCrash).unwrap()
     }
 
     /// The indexes of the tasks table.
@@ -2640,7 +2660,7 @@ mod tests {
     /// Moves the mark as the checkpoint thread does, and commits it.
     fn advance(store: &TaskStore, last: Option<String>) -> Option<String> {
         let mark = advance_open_mark(&store.reader(), &store.writes, last).unwrap();
-        store.writes.flush(usize::MAX, None);
+        store.writes.flush(usize::MAX);
         mark
     }
 
@@ -2814,6 +2834,47 @@ mod tests {
         ));
     }
 
+    /// `durability: power_loss`: every commit is synced (FULL), so it must not run on an async
+    /// caller's thread: a write returns before its commit, which the store's own thread makes.
+    #[tokio::test]
+    async fn with_power_loss_durability_commits_are_synced_and_off_the_callers_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tasks.sqlite3");
+        let store = Arc::new(TaskStore::open_with(&path, Durability::PowerLoss).unwrap());
+        let synchronous = |conn: &Connection| -> i64 {
+            conn.pragma_query_value(None, "synchronous", |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(synchronous(&store.writes.conn.lock().unwrap()), 2, "FULL");
+        assert_eq!(synchronous(&store.reader()), 2, "FULL");
+        let before = store.commits();
+        // Whoever commits needs the committing connection, held here: a caller that committed
+        // on its own thread would wait for it and never return.
+        let held = store.writes.conn.lock().unwrap();
+        let (sent, returned) = mpsc::channel();
+        let caller = Arc::clone(&store);
+        std::thread::spawn(move || {
+            let inserted = caller.insert(&NewTask::from_request("t1", &request("x")));
+            let _ = sent.send(inserted);
+        });
+        let inserted = returned
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the write returned without committing on its caller's thread");
+        assert_eq!(
+            store.commits(),
+            before,
+            "nothing committed while the connection is held"
+        );
+        drop(held);
+        assert_eq!(inserted.await.unwrap(), InsertOutcome::Inserted);
+        assert_eq!(store.commits(), before + 1);
+
+        // The default keeps SQLite's NORMAL.
+        drop(store);
+        let store = TaskStore::open(&path).unwrap();
+        assert_eq!(synchronous(&store.writes.conn.lock().unwrap()), 1, "NORMAL");
+    }
+
     #[tokio::test]
     async fn shares_a_file_with_the_budget_ledger() {
         use crate::manager::budget::{BudgetLedger, BudgetPolicy, Clock};
@@ -2829,7 +2890,7 @@ mod tests {
         };
         let clock: Clock =
             std::sync::Arc::new(|| chrono::Utc.with_ymd_and_hms(2026, 11, 3, 12, 0, 0).unwrap());
-        let ledger = BudgetLedger::open(&path, policy, clock).unwrap();
+        let ledger = BudgetLedger::open(&path, policy, clock, Durability::ProcessCrash).unwrap();
         store
             .insert(&NewTask::from_request("t1", &request("x")))
             .await

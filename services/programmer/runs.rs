@@ -18,6 +18,7 @@
 //! Finished tasks stay in memory for [`KEEP_IN_MEMORY`] (at most [`MAX_FINISHED_IN_MEMORY`] of
 //! them) and on disk for [`KEEP_ON_DISK`].
 
+use crate::config::Durability;
 use crate::contract::v1::{ErrorClass, TaskEvent, TaskResult, TaskState, task_event::Kind};
 use crate::programmer::worktree::sanitize_task_id;
 use crate::task_events::{Journal, TaskLog};
@@ -108,10 +109,22 @@ impl TaskRuns {
     /// [`KEEP_ON_DISK`] and ends every task a previous process left running with a HANDED_BACK
     /// result. Returns the registry and how many tasks were ended so.
     pub fn open(dir: PathBuf, programmer_id: &str) -> std::io::Result<(Self, usize)> {
+        Self::open_with(dir, programmer_id, Durability::ProcessCrash)
+    }
+
+    /// [`open`](Self::open) with the given durability: with [`Durability::PowerLoss`] each
+    /// result's file, and the directory that names it, is synced before the result is reported
+    /// (on the blocking pool, not on the runtime's thread).
+    pub fn open_with(
+        dir: PathBuf,
+        programmer_id: &str,
+        durability: Durability,
+    ) -> std::io::Result<(Self, usize)> {
         std::fs::create_dir_all(&dir)?;
         let journal = Arc::new(FileJournal {
             dir: dir.clone(),
             pages: Arc::default(),
+            sync_results: durability == Durability::PowerLoss,
         });
         let mut interrupted = 0;
         let (mut events_files, mut keep_records) = (Vec::new(), std::collections::HashSet::new());
@@ -159,7 +172,10 @@ impl TaskRuns {
                         .write(true)
                         .open(&path)?
                         .set_len(whole)?;
-                    journal.write(&event)?;
+                    let file = journal.write(&event)?;
+                    if journal.sync_results {
+                        sync_to_disk(&file, &dir)?;
+                    }
                     interrupted += 1;
                 }
                 Some(_) => {}
@@ -450,14 +466,15 @@ fn read_length(file: &mut impl BufRead) -> Option<usize> {
     None
 }
 
-/// Appends each event to its task's file. Nothing is synced: a written event is in the kernel's
-/// page cache, which outlives the process, so a programmer killed at any point finds every event
-/// it journaled (the durability the manager's task store has at `synchronous = NORMAL`). A sync per
-/// result cost a dry run more than half its time on a VM's disk and gave a lone caller's dispatch a
-/// tail of milliseconds (BENCHMARKS.md "Peers: the programmer's sync"); what it bought — a result
-/// that survives a power loss of the programmer's host — the pool gets otherwise: the manager
-/// records a result before its caller hears of it, and a task whose programmer lost it is handed
-/// to another programmer.
+/// Appends each event to its task's file. By default nothing is synced: a written event is in the
+/// kernel's page cache, which outlives the process, so a programmer killed at any point finds every
+/// event it journaled (the durability the manager's task store has at `synchronous = NORMAL`). A
+/// sync per result cost a dry run more than half its time on a VM's disk and gave a lone caller's
+/// dispatch a tail of milliseconds (BENCHMARKS.md "Peers: the programmer's sync"); what it buys — a
+/// result that survives a power loss of the programmer's host — the pool gets otherwise: the
+/// manager records a result before its caller hears of it, and a task whose programmer lost it is
+/// handed to another programmer. An operator who wants it anyway sets `durability: power_loss`
+/// ([`FileJournal::sync_results`]).
 #[derive(Debug)]
 struct FileJournal {
     dir: PathBuf,
@@ -465,6 +482,16 @@ struct FileJournal {
     /// before: a follower reading a long task back page by page reads each record once, not the
     /// whole file for every page. Offsets stay true: a file is only appended to.
     pages: Arc<Mutex<PageStarts>>,
+    /// Sync a result's file and the directory before the result is reported
+    /// ([`Durability::PowerLoss`]); nothing is synced otherwise.
+    sync_results: bool,
+}
+
+/// Syncs what was written to `file` in `dir`, and `dir` itself (a file created since the
+/// directory was last synced is not found after a power loss without it).
+fn sync_to_disk(file: &std::fs::File, dir: &Path) -> std::io::Result<()> {
+    file.sync_data()?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// See [`FileJournal::pages`].
@@ -480,7 +507,8 @@ impl FileJournal {
         Some(self.dir.join(format!("{name}.{EXT}")))
     }
 
-    fn write(&self, event: &TaskEvent) -> std::io::Result<()> {
+    /// Appends `event` to its task's file; returns the file (to sync, when asked).
+    fn write(&self, event: &TaskEvent) -> std::io::Result<std::fs::File> {
         let path = self.path(&event.task_id).ok_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -492,7 +520,7 @@ impl FileJournal {
             .append(true)
             .open(path)?;
         file.write_all(&event.encode_length_delimited_to_vec())?;
-        Ok(())
+        Ok(file)
     }
 }
 
@@ -504,8 +532,19 @@ impl Journal for FileJournal {
         _upstream_seq: u64,
     ) -> BoxFuture<'static, Result<(), String>> {
         // A few hundred bytes appended to a file in the page cache: cheaper than a hand-off.
-        let out = self.write(event).map_err(|e| e.to_string());
-        Box::pin(async move { out })
+        let written = self.write(event);
+        match written {
+            Ok(file) if self.sync_results && matches!(event.kind, Some(Kind::Result(_))) => {
+                let dir = self.dir.clone();
+                Box::pin(async move {
+                    tokio::task::spawn_blocking(move || sync_to_disk(&file, &dir))
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| e.to_string())
+                })
+            }
+            written => Box::pin(async move { written.map(drop).map_err(|e| e.to_string()) }),
+        }
     }
 
     fn replays(&self) -> bool {

@@ -113,10 +113,12 @@ impl Programmer {
         let breaker_store = BreakerStore::new(own_dir.join("breaker.json"));
         let events_dir = own_dir.join("events");
         let (runs, interrupted_on_start) =
-            TaskRuns::open(events_dir.clone(), &spec.id).map_err(|source| SetupError::Dir {
-                path: events_dir,
-                source,
-            })?;
+            TaskRuns::open_with(events_dir.clone(), &spec.id, pool.durability).map_err(
+                |source| SetupError::Dir {
+                    path: events_dir,
+                    source,
+                },
+            )?;
         let breaker = match breaker_store.load() {
             Some(saved) => Breaker::restore(policy, saved),
             None => Breaker::new(policy),

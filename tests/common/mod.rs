@@ -462,6 +462,15 @@ pub fn strace_prefix_for(log: &Path, trace: &str) -> Vec<std::ffi::OsString> {
     .chain(std::iter::once(log.as_os_str().to_owned()))
     .collect()
 }
+/// [`strace_prefix_for`] then `setpriv --pdeathsig KILL --`: the traced process dies with its
+/// tracer even when the test is torn down by SIGKILL. Stop it with
+/// [`pool::ChildGuard::stop_traced`], which leaves the log complete.
+pub fn traced_prefix(log: &Path, trace: &str) -> Vec<std::ffi::OsString> {
+    let mut prefix = strace_prefix_for(log, trace);
+    prefix.extend(["setpriv", "--pdeathsig", "KILL", "--"].map(std::ffi::OsString::from));
+    prefix
+}
+
 pub mod browser;
 pub mod cli;
 pub mod dns;

@@ -423,6 +423,11 @@ impl TestPool {
         self.spawn("manager", &["manager"]).0
     }
 
+    /// Starts the manager under `prefix` (e.g. [`super::traced_prefix`]).
+    pub fn start_manager_with_prefix(&self, prefix: &[std::ffi::OsString]) -> ChildGuard {
+        self.spawn_with_prefix("manager", prefix, &["manager"]).0
+    }
+
     /// Starts the manager with extra environment (e.g. `LD_PRELOAD` of another allocator).
     pub fn start_manager_with_env(&self, env: &[(&str, &str)]) -> ChildGuard {
         self.spawn_with_env("manager", &[], &["manager"], env).0
@@ -932,6 +937,43 @@ impl ChildGuard {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Stops a process started under [`super::traced_prefix`]: SIGKILL to the traced process
+    /// (the tracer's child), then strace exits with its last tracee, its log complete.
+    pub fn stop_traced(&mut self) {
+        for pid in children_of(self.pid()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        assert!(
+            self.wait_exit(Duration::from_secs(30)).is_some(),
+            "strace did not end after {}",
+            self.name
+        );
+    }
+}
+
+/// Pids whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
 }
 
 impl TestPool {

@@ -1,0 +1,86 @@
+//! `durability: power_loss`, end to end with real `pas` processes under `strace`: the manager
+//! syncs its task store's WAL at every commit (SQLite `synchronous = FULL`), and a programmer
+//! syncs each task's event file and the directory that names it once the task has its result.
+//! Without the key (the default, durable across a process crash) neither happens per task: the
+//! store's WAL is synced only at its checkpoints, about once a second, and event files never.
+//!
+//! Needs `strace` and `setpriv`, like `tests/security_hostile_tasks.rs`.
+
+mod common;
+
+use common::pool::{self, PoolOptions, TestPool};
+use pas::contract::v1::{DispatchRequest, TaskState};
+use std::path::Path;
+
+/// Dry runs dispatched one after another: far more than the store's checkpoints (one a second)
+/// could sync while they run.
+const TASKS: usize = 20;
+
+/// `fdatasync` and `fsync` of the process tree, each file descriptor shown with its path (`-y`).
+fn syncs_traced(log: &Path) -> Vec<std::ffi::OsString> {
+    let mut prefix = common::traced_prefix(log, "fdatasync,fsync");
+    prefix.insert(1, "-y".into());
+    prefix
+}
+
+/// The lines of an strace log that sync a file whose path ends with `suffix` (a call strace
+/// splits across threads is counted once, by its first half).
+fn syncs_of(log: &str, suffix: &str) -> usize {
+    log.lines()
+        .filter(|line| line.contains("sync(") && !line.contains("resumed>"))
+        .filter(|line| line.contains(&format!("{suffix}>")))
+        .count()
+}
+
+#[tokio::test]
+async fn power_loss_durability_syncs_every_commit_and_every_result() {
+    let pool = TestPool::new(PoolOptions::default());
+    pool.sample_repo();
+    pool.append_config("durability: power_loss\n");
+    let (manager_log, programmer_log) = (
+        pool.dir.path().join("strace-manager.log"),
+        pool.dir.path().join("strace-001.log"),
+    );
+    let mut programmer = pool.start_programmer_with_prefix("001", &syncs_traced(&programmer_log));
+    let mut manager = pool.start_manager_with_prefix(&syncs_traced(&manager_log));
+    let client = pool::manager_client(&pool).await;
+    pool::wait_available(&client, 1).await;
+
+    let ids: Vec<String> = (0..TASKS).map(|i| format!("durable-{i}")).collect();
+    for id in &ids {
+        let req = DispatchRequest {
+            task_id: id.clone(),
+            dry_run: true,
+            ..pool::sample_dispatch("durable")
+        };
+        let (events, result) = pool::dispatch_collect(&client, req).await;
+        assert_eq!(pool::state_of(&result), TaskState::Succeeded, "{events:#?}");
+    }
+    programmer.stop_traced();
+    manager.stop_traced();
+
+    let programmer_syncs = std::fs::read_to_string(&programmer_log).expect("programmer's trace");
+    let unsynced: Vec<&String> = ids
+        .iter()
+        .filter(|id| syncs_of(&programmer_syncs, &format!("/events/{id}.events")) == 0)
+        .collect();
+    assert!(
+        unsynced.is_empty(),
+        "event files never synced: {unsynced:?}\n{programmer_syncs}"
+    );
+    assert!(
+        syncs_of(&programmer_syncs, "/events") >= TASKS,
+        "the events directory was not synced once per result:\n{programmer_syncs}"
+    );
+    let manager_syncs = std::fs::read_to_string(&manager_log).expect("manager's trace");
+    eprintln!(
+        "{TASKS} tasks: {} event file syncs, {} of the events directory; {} WAL syncs",
+        syncs_of(&programmer_syncs, ".events"),
+        syncs_of(&programmer_syncs, "/events"),
+        syncs_of(&manager_syncs, "/tasks.sqlite-wal"),
+    );
+    assert!(
+        syncs_of(&manager_syncs, "/tasks.sqlite-wal") >= TASKS,
+        "the store's WAL was synced fewer times than one a task ({TASKS}):\n{manager_syncs}"
+    );
+}
