@@ -32,7 +32,9 @@
 # phase length, default 10), PAS_BENCH_PEERS_WARMUP_S (3), PAS_BENCH_PEERS_CALLERS ("1 32"),
 # PAS_BENCH_PEERS_ROUNDS (3), PAS_BENCH_PEERS_SYSTEMS ("pas portkey litellm"), PAS_BENCH_PEERS_PORT (27000: ports +1..+40 on
 # 127.0.0.1), PAS_BENCH_PEERS_JSON, PAS_BENCH_PEERS_NOTE (load note printed with the table),
-# PAS_BENCH_PEERS_KEEP=1 (keep the work dir with every log and h2load output).
+# PAS_BENCH_PEERS_KEEP=1 (keep the work dir with every log and h2load output),
+# PAS_BENCH_PEERS_DURABILITY (the pool's `durability`, default process_crash; power_loss measures
+# a sync per commit and per result on the work dir's disk, under /tmp).
 set -euo pipefail
 
 LITELLM_VERSION="${LITELLM_VERSION:-1.108.7}"
@@ -199,6 +201,7 @@ aider:
   start: cold
 workspace_root: "$d/ws"
 data_dir: "$d/data"
+durability: ${PAS_BENCH_PEERS_DURABILITY:-process_crash}
 YAML
   } >"$d/pool.yaml"
   "$PAS_BIN" --config "$d/pool.yaml" config check >"$d/config-check.txt" 2>&1 || { cat "$d/config-check.txt" >&2; die "pas config invalid"; }
