@@ -403,6 +403,68 @@ async fn a_finished_task_is_forgotten_after_its_retention() {
     );
 }
 
+/// `manager.task_retention_max_tasks`: past the cap, the oldest finished tasks are deleted
+/// however recently they ended, and the newest stay.
+#[tokio::test]
+async fn past_the_record_cap_the_oldest_finished_tasks_are_forgotten() {
+    let pool = TestPool::new(PoolOptions::default());
+    pool.edit_config(|c| {
+        c.replace(
+            "  task_lease_s:",
+            "  task_retention_max_tasks: 3\n  task_lease_s:",
+        )
+    });
+    pool.sample_repo();
+    let _p = pool.start_all_programmers();
+    let _m = pool.start_manager();
+    let c = manager_client(&pool).await;
+    wait_available(&c, 1).await;
+
+    let ids: Vec<String> = (0..6).map(|i| format!("capped-{i}")).collect();
+    for id in &ids {
+        let dry = DispatchRequest {
+            task_id: id.clone(),
+            dry_run: true,
+            ..sample_dispatch("dry")
+        };
+        let (_, result) = dispatch_collect(&c, dry).await;
+        assert_eq!(state_of(&result), TaskState::Succeeded, "{result:#?}");
+    }
+    let known = |id: String| {
+        let c = c.clone();
+        async move {
+            match c.clone().get_task(GetTaskRequest { task_id: id }).await {
+                Ok(_) => true,
+                Err(status) if status.code() == tonic::Code::NotFound => false,
+                Err(status) => panic!("GetTask: {status:?}"),
+            }
+        }
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "the three oldest forgotten",
+        || {
+            let ids = ids.clone();
+            let known = &known;
+            async move {
+                for id in &ids[..3] {
+                    if known(id.clone()).await {
+                        return false;
+                    }
+                }
+                true
+            }
+        },
+    )
+    .await;
+    for id in &ids[3..] {
+        assert!(
+            known(id.clone()).await,
+            "{id}: among the newest three, kept"
+        );
+    }
+}
+
 #[tokio::test]
 async fn bad_input_is_invalid_argument_naming_the_field_and_nothing_is_recorded() {
     let pool = TestPool::new(PoolOptions::default());

@@ -519,6 +519,11 @@ pub struct ManagerConfig {
     /// then it is deleted (a Dispatch reusing its id then starts a new task). 0 keeps every task
     /// forever (the store's file then only grows). Unfinished tasks are never deleted.
     pub task_retention_s: u64,
+    /// The most task records the store keeps, whatever their age: once more were recorded since
+    /// the oldest one kept, the oldest finished ones are deleted (about 2,000 a second at most).
+    /// Bounds the store's file under floods of short tasks, which a week's retention does not.
+    /// 0: no cap. Unfinished tasks are never deleted.
+    pub task_retention_max_tasks: u64,
     /// A second port answering only the probes (grpc.health.v1, `/health`, `/metrics`,
     /// `/programmer_pool/status`) from a thread of its own, so a burst of calls on `port` cannot
     /// delay them: point Kubernetes probes and monitoring here. None: probes on `port` only.
@@ -548,6 +553,7 @@ impl Default for ManagerConfig {
             max_dispatch_attempts: 3,
             task_lease_s: 60,
             task_retention_s: 7 * 24 * 3600,
+            task_retention_max_tasks: 1_000_000,
             admin_port: None,
             worker_threads: 1,
             runtimes: 1,

@@ -150,9 +150,12 @@ pub(crate) fn render(config: &Config) -> String {
                 m.queue_timeout_s,
                 m.max_dispatch_attempts,
                 m.task_lease_s,
-                match m.task_retention_s {
-                    0 => "finished tasks kept forever".to_string(),
-                    s => format!("finished tasks kept {s}s"),
+                match (m.task_retention_s, m.task_retention_max_tasks) {
+                    (0, 0) => "finished tasks kept forever".to_string(),
+                    (s, 0) => format!("finished tasks kept {s}s"),
+                    (0, n) => format!("finished tasks kept while among the last {n} recorded"),
+                    (s, n) =>
+                        format!("finished tasks kept {s}s, while among the last {n} recorded"),
                 }
             ),
         ),

@@ -147,6 +147,8 @@ impl Manager {
         )?);
         let retention = config.pool.manager.task_retention_s;
         store.keep_finished_for((retention > 0).then(|| Duration::from_secs(retention)));
+        let max_tasks = config.pool.manager.task_retention_max_tasks;
+        store.keep_at_most((max_tasks > 0).then_some(max_tasks));
         if store.recovered_on_open() > 0 {
             tracing::warn!(
                 tasks = store.recovered_on_open(),

@@ -79,6 +79,14 @@
 //! on a connection of their own (BENCHMARKS.md, "Task store retention"). Passes follow each other
 //! while they find expired tasks, at most [`FORGET_PASSES`] a second. Unfinished tasks are never
 //! deleted. Freed pages are reused by later tasks (the file is not shrunk).
+//!
+//! Age alone does not bound the file: at a dry-run flood's thousands of tasks a second, a week
+//! is billions of records. So the manager also caps how many it keeps
+//! ([`TaskStore::keep_at_most`], `manager.task_retention_max_tasks`): once more records were
+//! made since the oldest one kept than the cap ([`records_span`], two index lookups, compared
+//! every checkpoint), the same passes delete the oldest finished tasks whatever their age. The
+//! cap is reached at the passes' pace (`FORGET_PASSES × FORGET_MAX_TASKS`, 2,000 tasks a second),
+//! so a flood faster than that overshoots it until the flood ends.
 
 use crate::config::Durability;
 use crate::contract::v1::{
@@ -281,9 +289,19 @@ pub struct TaskStore {
     /// thread nor `get`'s connection waits for them.
     pager: Arc<Mutex<Connection>>,
     recovered: usize,
-    /// How long finished tasks are kept, in milliseconds (0: forever); read by the checkpoint
-    /// thread before each retention pass.
-    retention_ms: Arc<AtomicU64>,
+    /// How long and how many finished tasks are kept; read by the checkpoint thread.
+    retention: Arc<Retention>,
+}
+
+/// What the store keeps of finished tasks (see the module docs, "Retention"); read by the
+/// checkpoint thread before each retention pass. 0 sets no bound of that kind.
+#[derive(Debug, Default)]
+struct Retention {
+    /// Milliseconds after a task's end.
+    ms: AtomicU64,
+    /// Records: once more than this many were recorded since the oldest one still kept, the
+    /// oldest finished ones go whatever their age.
+    max_tasks: AtomicU64,
 }
 
 impl std::fmt::Debug for TaskStore {
@@ -518,11 +536,11 @@ impl TaskStore {
         });
         let (stop_checkpoints, stopped) = mpsc::channel::<()>();
         let marked = Arc::clone(&writes);
-        let retention_ms = Arc::new(AtomicU64::new(0));
-        let retention = Arc::clone(&retention_ms);
+        let retention = Arc::new(Retention::default());
+        let kept = Arc::clone(&retention);
         let checkpointer = std::thread::Builder::new()
             .name("task-store-checkpoint".into())
-            .spawn(move || checkpoint_until_stopped(checkpoints, &marked, stopped, &retention))
+            .spawn(move || checkpoint_until_stopped(checkpoints, &marked, stopped, &kept))
             .map_err(thread_error)?;
         let shared = Arc::clone(&writes);
         let overflow_thread = std::thread::Builder::new()
@@ -541,7 +559,7 @@ impl TaskStore {
             reader: Mutex::new(reader),
             pager,
             recovered,
-            retention_ms,
+            retention,
         })
     }
 
@@ -551,7 +569,16 @@ impl TaskStore {
         let ms = retention.map_or(0, |r| {
             u64::try_from(r.as_millis()).unwrap_or(u64::MAX).max(1)
         });
-        self.retention_ms.store(ms, Ordering::Relaxed);
+        self.retention.ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Keeps the records of at most about `tasks` tasks: once more were recorded since the
+    /// oldest one kept, the oldest finished ones are deleted whatever their age (unfinished ones
+    /// never are), at the retention passes' pace (see the module docs, "Retention"); `None` sets
+    /// no cap (the default).
+    pub fn keep_at_most(&self, tasks: Option<u64>) {
+        let tasks = tasks.map_or(0, |n| n.max(1));
+        self.retention.max_tasks.store(tasks, Ordering::Relaxed);
     }
 
     /// How many unfinished tasks of a previous process [`open`](Self::open) marked FAILED.
@@ -1035,10 +1062,13 @@ fn checkpoint_until_stopped(
     conn: Connection,
     writes: &Writes,
     stopped: mpsc::Receiver<()>,
-    retention_ms: &AtomicU64,
+    retention: &Retention,
 ) {
     let mut mark = None;
     let mut next_forget = std::time::Instant::now();
+    // When the cap is next compared with the records' span (a pass that found nothing while
+    // over it, because the oldest records are of unfinished tasks, puts it off).
+    let mut next_cap = next_forget;
     loop {
         let closing = !matches!(
             stopped.recv_timeout(CHECKPOINT_EVERY),
@@ -1048,28 +1078,45 @@ fn checkpoint_until_stopped(
             Ok(moved) => mark = moved,
             Err(e) => tracing::warn!("task store: open-task mark not moved (retried later): {e}"),
         }
-        let retention = retention_ms.load(Ordering::Relaxed);
+        let retention_ms = retention.ms.load(Ordering::Relaxed);
+        let max_tasks = retention.max_tasks.load(Ordering::Relaxed);
         let now = std::time::Instant::now();
-        if retention > 0 && !closing && now >= next_forget {
-            let cutoff = now_ms().saturating_sub(i64::try_from(retention).unwrap_or(i64::MAX));
-            let idle = Duration::from_millis(retention).clamp(CHECKPOINT_EVERY, FORGET_IDLE_EVERY);
-            next_forget = match forget_expired(writes, cutoff) {
+        let aged = retention_ms > 0 && now >= next_forget;
+        let over_cap = max_tasks > 0
+            && now >= next_cap
+            && records_span(&conn).is_ok_and(|span| span > max_tasks);
+        if !closing && (aged || over_cap) {
+            let cutoff = match retention_ms {
+                0 => 0,
+                ms => now_ms().saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX)),
+            };
+            let keep_newest = match max_tasks {
+                0 => i64::MAX,
+                n => i64::try_from(n).unwrap_or(i64::MAX),
+            };
+            let idle =
+                Duration::from_millis(retention_ms).clamp(CHECKPOINT_EVERY, FORGET_IDLE_EVERY);
+            let found = match forget_expired(writes, cutoff, keep_newest) {
                 Ok(Forgotten {
                     tasks: 0,
                     events: 0,
-                }) => now + idle,
+                }) => false,
                 Ok(forgotten) => {
                     tracing::debug!(
                         tasks = forgotten.tasks,
                         events = forgotten.events,
                         "task store: finished tasks past their retention deleted"
                     );
-                    now
+                    true
                 }
                 Err(e) => {
                     tracing::warn!("task store: expired tasks not deleted (retried later): {e}");
-                    now + idle
+                    false
                 }
+            };
+            (next_forget, next_cap) = match found {
+                true => (now, now),
+                false => (now + idle, now + FORGET_IDLE_EVERY),
             };
         }
         if closing {
@@ -1140,7 +1187,11 @@ struct Forgotten {
 /// meanwhile is committed after it by this thread, so the caller's thread (the manager's one
 /// runtime thread) never waits on SQLite's write lock for it, as it would for a transaction on
 /// another connection. Stops at the first pass that finds no more to delete.
-fn forget_expired(writes: &Writes, cutoff_ms: i64) -> Result<Forgotten, StoreError> {
+fn forget_expired(
+    writes: &Writes,
+    cutoff_ms: i64,
+    keep_newest: i64,
+) -> Result<Forgotten, StoreError> {
     let mut total = Forgotten::default();
     for _ in 0..FORGET_PASSES {
         let (answer, answered) = oneshot::channel();
@@ -1149,6 +1200,7 @@ fn forget_expired(writes: &Writes, cutoff_ms: i64) -> Result<Forgotten, StoreErr
                 forget_finished(
                     conn,
                     cutoff_ms,
+                    keep_newest,
                     FORGET_SCAN_ROWS,
                     FORGET_MAX_TASKS,
                     FORGET_MAX_EVENTS,
@@ -1171,8 +1223,8 @@ fn forget_expired(writes: &Writes, cutoff_ms: i64) -> Result<Forgotten, StoreErr
 }
 
 /// One retention pass, inside the batch's transaction: among the oldest `scan_rows` records, the
-/// finished tasks that ended before `cutoff_ms` (Unix milliseconds) are deleted, at most
-/// `max_tasks`, with their events, at most about `max_events` in all. A task's events go oldest
+/// finished tasks that ended before `cutoff_ms` (Unix milliseconds), or that were recorded before
+/// the newest `keep_newest` records, are deleted, at most `max_tasks`, with their events, at most about `max_events` in all. A task's events go oldest
 /// first, its record with its last event: a task with more events than a pass deletes is deleted
 /// over several passes (meanwhile a replay of it from seq 0 finds its first events gone), and its
 /// id is never free while events of it remain. Runs again from the same state with the same
@@ -1183,16 +1235,23 @@ fn forget_expired(writes: &Writes, cutoff_ms: i64) -> Result<Forgotten, StoreErr
 fn forget_finished(
     conn: &Connection,
     cutoff_ms: i64,
+    keep_newest: i64,
     scan_rows: i64,
     max_tasks: usize,
     max_events: u64,
 ) -> Result<Forgotten, StoreError> {
     let expired: Vec<String> = conn
         .prepare_cached(&format!(
-            "SELECT task_id FROM (SELECT task_id, state, finished_ms FROM tasks ORDER BY rowid LIMIT ?1)
-             WHERE NOT ({OPEN_STATES}) AND finished_ms > 0 AND finished_ms < ?2 LIMIT ?3"
+            "SELECT task_id FROM
+               (SELECT rowid AS r, task_id, state, finished_ms FROM tasks ORDER BY rowid LIMIT ?1)
+             WHERE NOT ({OPEN_STATES}) AND finished_ms > 0
+               AND (finished_ms < ?2 OR r <= (SELECT MAX(rowid) FROM tasks) - ?4)
+             LIMIT ?3"
         ))?
-        .query_map(params![scan_rows, cutoff_ms, max_tasks as i64], |r| r.get(0))?
+        .query_map(
+            params![scan_rows, cutoff_ms, max_tasks as i64, keep_newest],
+            |r| r.get(0),
+        )?
         .collect::<rusqlite::Result<_>>()?;
     let mut done = Forgotten::default();
     for task_id in &expired {
@@ -1220,6 +1279,17 @@ fn forget_finished(
         }
     }
     Ok(done)
+}
+
+/// How many records were made from the oldest one still kept to the newest, both included (a
+/// record deleted in between still counts): what [`Retention::max_tasks`] bounds. Two lookups
+/// at the ends of the rowid index, however many records there are.
+fn records_span(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.prepare_cached(
+        "SELECT COALESCE((SELECT MAX(rowid) FROM tasks) - (SELECT MIN(rowid) FROM tasks) + 1, 0)",
+    )?
+    .query_row([], |r| r.get::<_, i64>(0))
+    .map(|span| u64::try_from(span).unwrap_or(0))
 }
 
 /// Moves the `open_from` mark (see the schema) to the oldest open task, or to the newest task
@@ -1798,7 +1868,8 @@ mod tests {
         let conn = raw_connection(&dir);
         let later = now_ms() + 60_000;
         let pass = |cutoff, scan_rows, max_tasks, max_events| {
-            let done = forget_finished(&conn, cutoff, scan_rows, max_tasks, max_events).unwrap();
+            let done =
+                forget_finished(&conn, cutoff, i64::MAX, scan_rows, max_tasks, max_events).unwrap();
             (done.tasks, done.events)
         };
         assert_eq!(pass(later, 1, 100, 1_000), (0, 0));
@@ -1853,6 +1924,43 @@ mod tests {
             .map(|u| u.task_id)
             .collect();
         assert_eq!(unfinished, ["open", "a"]);
+    }
+
+    /// `manager.task_retention_max_tasks`: past the cap, the oldest finished tasks go whatever
+    /// their age; an unfinished one stays, and so does every task among the newest records.
+    #[tokio::test]
+    async fn past_the_cap_the_oldest_finished_tasks_are_deleted_whatever_their_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        recorded(
+            &store,
+            &["open", "a", "b", "c", "d"],
+            &["a", "b", "c", "d"],
+            2,
+        )
+        .await;
+        let conn = raw_connection(&dir);
+        assert_eq!(records_span(&conn).unwrap(), 5);
+        // No age limit (nothing ended before the epoch): only the cap deletes.
+        let pass = |keep_newest| {
+            let done = forget_finished(&conn, 0, keep_newest, 10, 100, 1_000).unwrap();
+            (done.tasks, done.events)
+        };
+        assert_eq!(pass(i64::MAX), (0, 0), "no cap: nothing");
+        assert_eq!(pass(5), (0, 0), "within the cap");
+        assert_eq!(pass(2), (2, 4), "a and b, recorded before the newest two");
+        for gone in ["a", "b"] {
+            assert!(store.get(gone).unwrap().is_none(), "{gone}");
+            assert!(store.events(gone).unwrap().is_empty(), "{gone}");
+        }
+        for kept in ["open", "c", "d"] {
+            assert!(store.get(kept).unwrap().is_some(), "{kept}");
+        }
+        // The span now starts at the unfinished task: over the cap, yet nothing more to delete.
+        assert_eq!(records_span(&conn).unwrap(), 5);
+        assert_eq!(pass(2), (0, 0));
+        let d = store.get("d").unwrap().unwrap();
+        assert_eq!(d.state(), TaskState::Succeeded);
     }
 
     #[tokio::test]
