@@ -1065,10 +1065,7 @@ fn checkpoint_until_stopped(
     retention: &Retention,
 ) {
     let mut mark = None;
-    let mut next_forget = std::time::Instant::now();
-    // When the cap is next compared with the records' span (a pass that found nothing while
-    // over it, because the oldest records are of unfinished tasks, puts it off).
-    let mut next_cap = next_forget;
+    let mut passes = PassSchedule::starting(std::time::Instant::now());
     loop {
         let closing = !matches!(
             stopped.recv_timeout(CHECKPOINT_EVERY),
@@ -1081,9 +1078,9 @@ fn checkpoint_until_stopped(
         let retention_ms = retention.ms.load(Ordering::Relaxed);
         let max_tasks = retention.max_tasks.load(Ordering::Relaxed);
         let now = std::time::Instant::now();
-        let aged = retention_ms > 0 && now >= next_forget;
+        let aged = retention_ms > 0 && now >= passes.next_forget;
         let over_cap = max_tasks > 0
-            && now >= next_cap
+            && now >= passes.next_cap
             && records_span(&conn).is_ok_and(|span| span > max_tasks);
         if !closing && (aged || over_cap) {
             let cutoff = match retention_ms {
@@ -1114,10 +1111,7 @@ fn checkpoint_until_stopped(
                     false
                 }
             };
-            (next_forget, next_cap) = match found {
-                true => (now, now),
-                false => (now + idle, now + FORGET_IDLE_EVERY),
-            };
+            passes.after(now, found, over_cap, idle);
         }
         if closing {
             // The store's last flush has run: nothing else would commit the mark.
@@ -1279,6 +1273,40 @@ fn forget_finished(
         }
     }
     Ok(done)
+}
+
+/// When the checkpoint thread next runs retention passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PassSchedule {
+    /// For age: at once while passes find tasks, else after an idle pause.
+    next_forget: std::time::Instant,
+    /// When the cap is next compared with the records' span.
+    next_cap: std::time::Instant,
+}
+
+impl PassSchedule {
+    fn starting(now: std::time::Instant) -> Self {
+        Self {
+            next_forget: now,
+            next_cap: now,
+        }
+    }
+
+    /// After passes at `now` that `found` tasks to delete or not, run because of age or
+    /// because the records were `over_cap`. Only passes that found nothing while over the cap
+    /// put its check off (the oldest records are then of unfinished tasks); a pass run for age
+    /// alone does not, or a store filling up right after one would wait an idle pause before
+    /// the cap is looked at again.
+    fn after(&mut self, now: std::time::Instant, found: bool, over_cap: bool, idle: Duration) {
+        if found {
+            *self = Self::starting(now);
+            return;
+        }
+        self.next_forget = now + idle;
+        if over_cap {
+            self.next_cap = now + FORGET_IDLE_EVERY;
+        }
+    }
 }
 
 /// How many records were made from the oldest one still kept to the newest, both included (a
@@ -1961,6 +1989,24 @@ mod tests {
         assert_eq!(pass(2), (0, 0));
         let d = store.get("d").unwrap().unwrap();
         assert_eq!(d.state(), TaskState::Succeeded);
+    }
+
+    #[test]
+    fn a_pass_for_age_that_found_nothing_does_not_put_off_the_cap() {
+        let start = std::time::Instant::now();
+        let idle = Duration::from_secs(60);
+        let mut passes = PassSchedule::starting(start);
+        // The first tick's pass for age, on an empty store: the cap is still looked at next tick.
+        passes.after(start, false, false, idle);
+        assert_eq!(passes.next_forget, start + idle);
+        assert_eq!(passes.next_cap, start);
+        // Over the cap with nothing to delete (unfinished tasks first): both wait.
+        let later = start + CHECKPOINT_EVERY;
+        passes.after(later, false, true, idle);
+        assert_eq!(passes.next_cap, later + FORGET_IDLE_EVERY);
+        // A pass that deleted something: the next one at once.
+        passes.after(later, true, true, idle);
+        assert_eq!(passes, PassSchedule::starting(later));
     }
 
     #[tokio::test]
