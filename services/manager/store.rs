@@ -63,7 +63,7 @@
 //! double the average cost of a write; a checkpoint thread runs them instead, every
 //! [`CHECKPOINT_EVERY`] and when the store closes, and starts the WAL over each time (under
 //! steady writes a WAL only checkpointed passively never does, and grows for as long as they go
-//! on).
+//! on); once writes quiet down after a burst it also cuts the WAL file back to nothing.
 //!
 //! # Retention
 //!
@@ -293,15 +293,17 @@ pub struct TaskStore {
     retention: Arc<Retention>,
 }
 
-/// What the store keeps of finished tasks (see the module docs, "Retention"); read by the
-/// checkpoint thread before each retention pass. 0 sets no bound of that kind.
-#[derive(Debug, Default)]
+/// What the store keeps of finished tasks (see the module docs, "Retention") and of its WAL
+/// file; read by the checkpoint thread at each tick. 0 sets no bound of that kind.
+#[derive(Debug)]
 struct Retention {
     /// Milliseconds after a task's end.
     ms: AtomicU64,
     /// Records: once more than this many were recorded since the oldest one still kept, the
     /// oldest finished ones go whatever their age.
     max_tasks: AtomicU64,
+    /// Bytes: a WAL file larger than this is cut back once writes quiet down ([`checkpoint`]).
+    wal_shrink_above: AtomicU64,
 }
 
 impl std::fmt::Debug for TaskStore {
@@ -536,7 +538,11 @@ impl TaskStore {
         });
         let (stop_checkpoints, stopped) = mpsc::channel::<()>();
         let marked = Arc::clone(&writes);
-        let retention = Arc::new(Retention::default());
+        let retention = Arc::new(Retention {
+            ms: AtomicU64::new(0),
+            max_tasks: AtomicU64::new(0),
+            wal_shrink_above: AtomicU64::new(WAL_SHRINK_ABOVE),
+        });
         let kept = Arc::clone(&retention);
         let checkpointer = std::thread::Builder::new()
             .name("task-store-checkpoint".into())
@@ -579,6 +585,14 @@ impl TaskStore {
     pub fn keep_at_most(&self, tasks: Option<u64>) {
         let tasks = tasks.map_or(0, |n| n.max(1));
         self.retention.max_tasks.store(tasks, Ordering::Relaxed);
+    }
+
+    /// Cuts the WAL file back to nothing once writes quiet down after it grew past `bytes`
+    /// (default [`WAL_SHRINK_ABOVE`]; see [`checkpoint`]).
+    pub fn shrink_wal_above(&self, bytes: u64) {
+        self.retention
+            .wal_shrink_above
+            .store(bytes, Ordering::Relaxed);
     }
 
     /// How many unfinished tasks of a previous process [`open`](Self::open) marked FAILED.
@@ -1066,6 +1080,8 @@ fn checkpoint_until_stopped(
 ) {
     let mut mark = None;
     let mut passes = PassSchedule::starting(std::time::Instant::now());
+    // The store's commits at the last checkpoint.
+    let mut commits_then = writes.commits.load(Ordering::Relaxed);
     loop {
         let closing = !matches!(
             stopped.recv_timeout(CHECKPOINT_EVERY),
@@ -1117,7 +1133,10 @@ fn checkpoint_until_stopped(
             // The store's last flush has run: nothing else would commit the mark.
             writes.flush(usize::MAX);
         }
-        if let Err(e) = checkpoint(&conn, writes) {
+        let shrink_above = retention.wal_shrink_above.load(Ordering::Relaxed);
+        let commits = writes.commits.load(Ordering::Relaxed);
+        let recent = commits.saturating_sub(std::mem::replace(&mut commits_then, commits));
+        if let Err(e) = checkpoint(&conn, writes, shrink_above, recent) {
             tracing::warn!("task store: checkpoint failed (retried later): {e}");
         }
         if closing {
@@ -1138,20 +1157,60 @@ fn checkpoint_until_stopped(
 /// WAL makes the RESTART give up at once (busy, retried at the next tick), since this connection
 /// never waits on a lock.
 ///
-/// The WAL file keeps the size of the busiest interval between two checkpoints (~200 MB at
-/// 5,000 dispatches a second), reused from its start each time. Not truncated: SQLite truncates
-/// it (`journal_size_limit`) in the first commit after the WAL starts over, on the caller's thread,
-/// and that commit then took up to 49 ms (`benches/task_store.rs`, tmpfs) against 0.4–7 ms.
-/// Nor is each page of a fresh file allocated again (~5 % of the manager's CPU at that load).
-fn checkpoint(conn: &Connection, writes: &Writes) -> rusqlite::Result<()> {
+/// While writes go on, the WAL file keeps the size of the busiest interval between two
+/// checkpoints (~200 MB at 5,000 dispatches a second), reused from its start each time: SQLite's
+/// own limit (`journal_size_limit`) would truncate it in the first commit after the WAL starts
+/// over, on a caller's thread, and that commit then took up to 49 ms (`benches/task_store.rs`,
+/// tmpfs) against 0.4–7 ms; nor is each page of a fresh file allocated again (~5 % of the
+/// manager's CPU at that load). Once the writes quiet down — a WAL file over `shrink_above`
+/// and at most [`QUIET_COMMITS`] commits since the last checkpoint (`commits`) — this thread
+/// cuts it back to nothing (a TRUNCATE checkpoint, the committer's role held like the RESTART),
+/// so a burst does not leave its size on disk for as long as the manager runs.
+fn checkpoint(
+    conn: &Connection,
+    writes: &Writes,
+    shrink_above: u64,
+    commits: u64,
+) -> rusqlite::Result<()> {
+    // The WAL's frames, also when all were checkpointed and none written since: only the next
+    // write starts the WAL over.
     let frames = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))?;
-    if frames > 0 {
-        writes
-            .as_committer(|| conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())))
-            .transpose()?;
+    let wal_len = conn
+        .path()
+        .and_then(|db| std::fs::metadata(format!("{db}-wal")).ok())
+        .map_or(0, |m| m.len());
+    let shrink = wal_len > shrink_above && commits <= QUIET_COMMITS;
+    if frames == 0 && !shrink {
+        return Ok(());
+    }
+    let mode = if shrink { "TRUNCATE" } else { "RESTART" };
+    let started = std::time::Instant::now();
+    let busy = writes
+        .as_committer(|| {
+            conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                r.get::<_, i64>(0)
+            })
+        })
+        .transpose()?;
+    if shrink && busy == Some(0) {
+        tracing::info!(
+            wal_mib = wal_len >> 20,
+            took_ms = started.elapsed().as_millis() as u64,
+            "task store: the WAL file cut back after a busy spell"
+        );
     }
     Ok(())
 }
+
+/// Default of [`TaskStore::shrink_wal_above`]: a WAL file over this is cut back once writes
+/// quiet down (see [`checkpoint`]). A few seconds of a dispatch flood; far above an hour of
+/// real tasks.
+pub const WAL_SHRINK_ABOVE: u64 = 64 << 20;
+
+/// Most commits between two checkpoints for the writes to count as quiet ([`checkpoint`]): a few
+/// tasks' worth, so cutting the WAL back (tens of milliseconds for a large file, while writes
+/// queue) holds up only those.
+const QUIET_COMMITS: u64 = 16;
 
 /// Most records a retention pass looks at (the oldest ones).
 pub const FORGET_SCAN_ROWS: i64 = 2_000;
@@ -1989,6 +2048,35 @@ mod tests {
         assert_eq!(pass(2), (0, 0));
         let d = store.get("d").unwrap().unwrap();
         assert_eq!(d.state(), TaskState::Succeeded);
+    }
+
+    /// A burst grows the WAL file; once writes stop, the checkpoint thread cuts it back to
+    /// nothing, and the store still reads and writes.
+    #[tokio::test]
+    async fn a_wal_grown_by_a_burst_is_cut_back_once_writes_quiet_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        store.shrink_wal_above(256 << 10);
+        let ids: Vec<String> = (0..200).map(|i| format!("burst-{i}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        recorded(&store, &refs, &refs, 2).await;
+        let wal = dir.path().join("tasks.sqlite3-wal");
+        let wal_len = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while wal_len() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the WAL file stayed at {} bytes",
+                wal_len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            store.get("burst-199").unwrap().unwrap().state(),
+            TaskState::Succeeded
+        );
+        recorded(&store, &["after"], &["after"], 1).await;
+        assert!(store.get("after").unwrap().is_some());
     }
 
     #[test]
