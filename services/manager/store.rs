@@ -1163,23 +1163,33 @@ fn checkpoint_until_stopped(
 /// over, on a caller's thread, and that commit then took up to 49 ms (`benches/task_store.rs`,
 /// tmpfs) against 0.4–7 ms; nor is each page of a fresh file allocated again (~5 % of the
 /// manager's CPU at that load). Once the writes quiet down — a WAL file over `shrink_above`
-/// and at most [`QUIET_COMMITS`] commits since the last checkpoint (`commits`) — this thread
-/// cuts it back to nothing (a TRUNCATE checkpoint, the committer's role held like the RESTART),
-/// so a burst does not leave its size on disk for as long as the manager runs.
+/// and less than 1/16 of that written since the last checkpoint — this thread cuts it back to
+/// nothing (a TRUNCATE checkpoint, the committer's role held like the RESTART), so a burst does
+/// not leave its size on disk for as long as the manager runs; at that pace the file cannot
+/// grow past `shrink_above` again within a tick, so cuts never follow each other.
 fn checkpoint(
     conn: &Connection,
     writes: &Writes,
     shrink_above: u64,
     commits: u64,
 ) -> rusqlite::Result<()> {
-    // The WAL's frames, also when all were checkpointed and none written since: only the next
-    // write starts the WAL over.
+    // The WAL's frames. The first commit after the last tick's RESTART started the WAL over, so
+    // with `commits` since then these are the frames written since; without, the old ones
+    // (only a write starts the WAL over).
     let frames = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))?;
     let wal_len = conn
         .path()
         .and_then(|db| std::fs::metadata(format!("{db}-wal")).ok())
         .map_or(0, |m| m.len());
-    let shrink = wal_len > shrink_above && commits <= QUIET_COMMITS;
+    let written = match commits {
+        0 => 0,
+        // Each frame is a page and its 24-byte header.
+        _ => {
+            let page = conn.query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))?;
+            u64::try_from(frames.saturating_mul(page + 24)).unwrap_or(0)
+        }
+    };
+    let shrink = wal_len > shrink_above && written < shrink_above / 16;
     if frames == 0 && !shrink {
         return Ok(());
     }
@@ -1206,11 +1216,6 @@ fn checkpoint(
 /// quiet down (see [`checkpoint`]). A few seconds of a dispatch flood; far above an hour of
 /// real tasks.
 pub const WAL_SHRINK_ABOVE: u64 = 64 << 20;
-
-/// Most commits between two checkpoints for the writes to count as quiet ([`checkpoint`]): a few
-/// tasks' worth, so cutting the WAL back (tens of milliseconds for a large file, while writes
-/// queue) holds up only those.
-const QUIET_COMMITS: u64 = 16;
 
 /// Most records a retention pass looks at (the oldest ones).
 pub const FORGET_SCAN_ROWS: i64 = 2_000;
@@ -2050,20 +2055,39 @@ mod tests {
         assert_eq!(d.state(), TaskState::Succeeded);
     }
 
-    /// A burst grows the WAL file; once writes stop, the checkpoint thread cuts it back to
-    /// nothing, and the store still reads and writes.
+    /// A burst grows the WAL file; once writes quiet down (a light writer goes on), the
+    /// checkpoint thread cuts it back, and the store still reads and writes.
     #[tokio::test]
     async fn a_wal_grown_by_a_burst_is_cut_back_once_writes_quiet_down() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir);
-        store.shrink_wal_above(256 << 10);
+        let store = Arc::new(open(&dir));
+        // Quiet: under 128 KiB written in a tick.
+        store.shrink_wal_above(2 << 20);
         let ids: Vec<String> = (0..200).map(|i| format!("burst-{i}")).collect();
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         recorded(&store, &refs, &refs, 2).await;
         let wal = dir.path().join("tasks.sqlite3-wal");
         let wal_len = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+        assert!(wal_len() > 2 << 20, "the burst grew the WAL: {}", wal_len());
+        // A light load: an event every 500 ms (a few pages a second).
+        recorded(&store, &["light"], &[], 0).await;
+        let writer = {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for seq in 1.. {
+                    let event = TaskEvent {
+                        task_id: "light".into(),
+                        seq,
+                        kind: Some(Kind::Heartbeat(Default::default())),
+                        ..Default::default()
+                    };
+                    store.append_event("light", &event, seq).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            })
+        };
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while wal_len() > 0 {
+        while wal_len() > 2 << 20 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the WAL file stayed at {} bytes",
@@ -2071,6 +2095,7 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        writer.abort();
         assert_eq!(
             store.get("burst-199").unwrap().unwrap().state(),
             TaskState::Succeeded
