@@ -366,10 +366,11 @@ struct Writes {
     /// Wakes the overflow thread to commit what a caller left queued; `None` once the store
     /// drops (a future kept past the drop then commits on its own thread, never waits).
     overflow: Mutex<Option<mpsc::Sender<()>>>,
-    /// Batches an async caller commits on its own thread before the overflow thread takes
-    /// over: [`INLINE_BATCHES`], or none when every commit waits for the disk
-    /// ([`Durability::PowerLoss`]), which the runtime's thread must not do.
-    caller_batches: usize,
+    /// Whether an async caller commits on its own thread (up to [`INLINE_BATCHES`] when it
+    /// writes, the queue to its end when it flushes) before the overflow thread takes over; not
+    /// when every commit waits for the disk ([`Durability::PowerLoss`]), which the runtime's
+    /// thread must not do: the overflow thread then makes every commit.
+    callers_commit: bool,
 }
 
 #[derive(Default)]
@@ -531,10 +532,7 @@ impl TaskStore {
             conn: Mutex::new(conn),
             commits: AtomicU64::new(0),
             overflow: Mutex::new(Some(overflow)),
-            caller_batches: match durability {
-                Durability::ProcessCrash => INLINE_BATCHES,
-                Durability::PowerLoss => 0,
-            },
+            callers_commit: durability == Durability::ProcessCrash,
         });
         let (stop_checkpoints, stopped) = mpsc::channel::<()>();
         let marked = Arc::clone(&writes);
@@ -629,7 +627,11 @@ impl TaskStore {
             answer,
         });
         if self.writes.enqueue(write, when == Commit::Now) {
-            self.writes.commit_queued(self.writes.caller_batches);
+            self.writes.commit_queued(if self.writes.callers_commit {
+                INLINE_BATCHES
+            } else {
+                0
+            });
         }
         // Whoever flushes here commits the queue to its end, normally just this write (or hands
         // it to the overflow thread, when callers commit nothing themselves).
@@ -651,11 +653,7 @@ impl TaskStore {
                     Err(oneshot::error::TryRecvError::Closed) => return Err(StoreError::Closed),
                     Err(oneshot::error::TryRecvError::Empty) => {}
                 }
-                let batches = match writes.caller_batches {
-                    0 => 0,
-                    _ => usize::MAX,
-                };
-                writes.flush(batches);
+                writes.flush(if writes.callers_commit { usize::MAX } else { 0 });
             }
             answered.await.map_err(|_| StoreError::Closed)?
         }

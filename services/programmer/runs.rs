@@ -173,7 +173,7 @@ impl TaskRuns {
                         .open(&path)?
                         .set_len(whole)?;
                     let file = journal.write(&event)?;
-                    if journal.sync_results {
+                    if journal.syncs(&event) {
                         sync_to_disk(&file, &dir)?;
                     }
                     interrupted += 1;
@@ -507,6 +507,11 @@ impl FileJournal {
         Some(self.dir.join(format!("{name}.{EXT}")))
     }
 
+    /// Whether `event` is synced once written: a result, with [`FileJournal::sync_results`].
+    fn syncs(&self, event: &TaskEvent) -> bool {
+        self.sync_results && matches!(event.kind, Some(Kind::Result(_)))
+    }
+
     /// Appends `event` to its task's file; returns the file (to sync, when asked).
     fn write(&self, event: &TaskEvent) -> std::io::Result<std::fs::File> {
         let path = self.path(&event.task_id).ok_or_else(|| {
@@ -534,7 +539,7 @@ impl Journal for FileJournal {
         // A few hundred bytes appended to a file in the page cache: cheaper than a hand-off.
         let written = self.write(event);
         match written {
-            Ok(file) if self.sync_results && matches!(event.kind, Some(Kind::Result(_))) => {
+            Ok(file) if self.syncs(event) => {
                 let dir = self.dir.clone();
                 Box::pin(async move {
                     tokio::task::spawn_blocking(move || sync_to_disk(&file, &dir))
