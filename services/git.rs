@@ -12,6 +12,17 @@
 //! never take the index lock opportunistically, and `gc.auto=0`, so no command starts a background
 //! gc that would lock shared files. Async commands are *not* killed when their future is dropped:
 //! killing git in the middle of a ref update is what leaves stale lock files behind.
+//! aider's own git commands (its auto-commits) get the same configuration through the
+//! environment ([`config_env`]).
+//!
+//! # Durable commits
+//!
+//! By default git syncs packs but neither loose objects nor refs, so after a power loss a branch
+//! can be gone, or name a commit whose objects are. A [`Git`] made [`synced`](Git::synced) (and
+//! aider's commits under [`config_env`]`(true)`) runs with git's own hardening,
+//! `core.fsync=committed,derived-metadata` and `core.fsyncMethod=fsync`: each object and ref
+//! file is synced before git reports success. The programmer asks for it with
+//! `durability: power_loss`, so a result it reported names a branch that survives.
 //!
 //! # Lock contention
 //!
@@ -78,6 +89,43 @@ pub(crate) struct Git {
     dir: PathBuf,
     args: Vec<OsString>,
     env: Vec<(&'static str, String)>,
+    synced: bool,
+}
+
+/// The configuration every git process we start runs with (see the module docs).
+const PINNED_CONFIG: [(&str, &str); 6] = [
+    ("gc.auto", "0"),
+    ("maintenance.auto", "false"),
+    ("core.hooksPath", "/dev/null"),
+    ("core.fsmonitor", "false"),
+    ("commit.gpgSign", "false"),
+    ("core.quotePath", "false"),
+];
+
+/// Added to [`PINNED_CONFIG`] when what git writes must survive a power loss.
+const SYNCED_CONFIG: [(&str, &str); 2] = [
+    ("core.fsync", "committed,derived-metadata"),
+    ("core.fsyncMethod", "fsync"),
+];
+
+/// The configuration a git process runs with: [`PINNED_CONFIG`], and [`SYNCED_CONFIG`] when
+/// `synced`.
+fn config(synced: bool) -> impl Iterator<Item = (&'static str, &'static str)> {
+    let extra: &[(&str, &str)] = if synced { &SYNCED_CONFIG } else { &[] };
+    PINNED_CONFIG.into_iter().chain(extra.iter().copied())
+}
+
+/// The same configuration as environment variables (`GIT_CONFIG_COUNT`, `GIT_CONFIG_KEY_<n>`,
+/// `GIT_CONFIG_VALUE_<n>`; git gives them the precedence of `-c`), for git processes we do not
+/// start ourselves: aider's, which commit its edits.
+pub fn config_env(synced: bool) -> Vec<(String, String)> {
+    let pairs: Vec<_> = config(synced).collect();
+    let mut env = vec![("GIT_CONFIG_COUNT".to_string(), pairs.len().to_string())];
+    for (n, (key, value)) in pairs.into_iter().enumerate() {
+        env.push((format!("GIT_CONFIG_KEY_{n}"), key.to_string()));
+        env.push((format!("GIT_CONFIG_VALUE_{n}"), value.to_string()));
+    }
+    env
 }
 
 impl Git {
@@ -87,7 +135,15 @@ impl Git {
             dir: dir.to_path_buf(),
             args: Vec::new(),
             env: Vec::new(),
+            synced: false,
         }
+    }
+
+    /// When `synced`, git syncs every object and ref it writes before it exits (see "Durable
+    /// commits" in the module docs).
+    pub(crate) fn synced(mut self, synced: bool) -> Self {
+        self.synced = synced;
+        self
     }
 
     pub(crate) fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
@@ -127,15 +183,8 @@ impl Git {
 
     fn std_command(&self) -> std::process::Command {
         let mut cmd = std::process::Command::new("git");
-        for config in [
-            "gc.auto=0",
-            "maintenance.auto=false",
-            "core.hooksPath=/dev/null",
-            "core.fsmonitor=false",
-            "commit.gpgSign=false",
-            "core.quotePath=false",
-        ] {
-            cmd.arg("-c").arg(config);
+        for (key, value) in config(self.synced) {
+            cmd.arg("-c").arg(format!("{key}={value}"));
         }
         cmd.arg("-C").arg(&self.dir).args(&self.args);
         for var in [

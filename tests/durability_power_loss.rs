@@ -84,3 +84,59 @@ async fn power_loss_durability_syncs_every_commit_and_every_result() {
         "the store's WAL was synced fewer times than one a task ({TASKS}):\n{manager_syncs}"
     );
 }
+
+/// The index of the first line of `log` that syncs a file whose path contains `part`.
+fn first_sync_of(log: &str, part: &str) -> Option<usize> {
+    log.lines()
+        .filter(|line| line.contains("sync(") && !line.contains("resumed>"))
+        .position(|line| line.contains(part))
+}
+
+/// A real task (aider against the simulator, aider's auto-commit on, as shipped) under
+/// `power_loss`: git syncs the objects of the task's commit and the kept branch's ref before
+/// the programmer syncs the result's event file. Git's defaults sync neither loose objects nor
+/// refs, so without the key a power loss could keep a result that names a branch that is gone,
+/// or a branch whose commit is.
+#[tokio::test]
+async fn power_loss_durability_syncs_the_commit_and_the_kept_branch_before_the_result() {
+    let pool = TestPool::new(PoolOptions::default());
+    let repo = pool.sample_repo();
+    pool.append_config("durability: power_loss\n");
+    let programmer_log = pool.dir.path().join("strace-001.log");
+    let mut programmer = pool.start_programmer_with_prefix("001", &syncs_traced(&programmer_log));
+    let mut manager = pool.start_manager();
+    let client = pool::manager_client(&pool).await;
+    pool::wait_available(&client, 1).await;
+
+    let id = "kept-durable";
+    let req = DispatchRequest {
+        task_id: id.into(),
+        ..pool::sample_dispatch("add a docstring to add()")
+    };
+    let (events, result) = pool::dispatch_collect(&client, req).await;
+    assert_eq!(pool::state_of(&result), TaskState::Succeeded, "{events:#?}");
+    assert!(!result.files_changed.is_empty(), "no edit: {result:#?}");
+    programmer.stop_traced();
+    manager.kill();
+
+    let log = std::fs::read_to_string(&programmer_log).expect("programmer's trace");
+    let objects = repo.join(".git/objects/");
+    let kept_ref = repo.join(format!(".git/refs/heads/pas/{id}"));
+    let result_file = format!("/events/{id}.events>");
+    let (Some(object), Some(branch), Some(result_synced)) = (
+        first_sync_of(&log, &objects.display().to_string()),
+        first_sync_of(&log, &kept_ref.display().to_string()),
+        first_sync_of(&log, &result_file),
+    ) else {
+        panic!(
+            "a commit object ({}), the kept branch ({}) or the result ({result_file}) was never synced:\n{log}",
+            objects.display(),
+            kept_ref.display()
+        );
+    };
+    assert!(
+        object < result_synced && branch < result_synced,
+        "the result was synced (sync #{result_synced}) before the commit's objects (#{object}) \
+         or the kept branch (#{branch}):\n{log}"
+    );
+}

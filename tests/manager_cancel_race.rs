@@ -9,8 +9,8 @@ mod common;
 
 use common::Sim;
 use common::pool::{
-    PoolOptions, TestPool, TestProgrammer, manager_client, pool_status, sample_dispatch, state_of,
-    wait_available, wait_for_model_call, wait_until,
+    self, PoolOptions, TestPool, TestProgrammer, pool_status, sample_dispatch, state_of,
+    wait_for_model_call, wait_until,
 };
 use pas::contract::v1::task_event::Kind;
 use pas::contract::v1::{CancelTaskRequest, DispatchRequest, TaskState};
@@ -39,10 +39,7 @@ async fn a_thousand_cancels_racing_placements_leave_no_hold() {
         sim,
     );
     pool.sample_repo();
-    let _programmer = pool.start_programmer("001");
-    let _manager = pool.start_manager();
-    let c = manager_client(&pool).await;
-    wait_available(&c, 1).await;
+    let (_programmer, _manager, c) = pool::start_one(&pool).await;
 
     // The blocker: runs aider against a model that never answers, holding the only slot.
     let blocker = DispatchRequest {

@@ -8,7 +8,7 @@ mod common;
 
 use common::Sim;
 use common::pool::{
-    PoolOptions, TestPool, TestProgrammer, check_stream, collect_events, dispatch_collect,
+    self, PoolOptions, TestPool, TestProgrammer, check_stream, collect_events, dispatch_collect,
     manager_client, pool_status, sample_dispatch, sim_requests, state_of, task_branches,
     wait_available, wait_until,
 };
@@ -401,10 +401,7 @@ async fn a_second_manager_on_the_same_data_dir_is_refused_and_the_first_serves_o
         ..PoolOptions::default()
     });
     pool.sample_repo();
-    let _programmer = pool.start_programmer("001");
-    let _manager = pool.start_manager();
-    let client = manager_client(&pool).await;
-    wait_available(&client, 1).await;
+    let (_programmer, _manager, client) = pool::start_one(&pool).await;
 
     // The second manager gives up after the store's busy timeout.
     let out = pool.run_until_exit(&["manager", "--port", "0"]).await;

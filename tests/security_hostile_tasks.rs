@@ -368,10 +368,7 @@ const OPTION_FILE: &str = "--openai-api-base=http://127.0.0.2:9/v1";
 async fn a_leading_dash_file_is_invalid_argument_at_the_manager_and_the_programmer() {
     let pool = TestPool::new(PoolOptions::default());
     pool.sample_repo();
-    let _programmer = pool.start_programmer("001");
-    let _manager = pool.start_manager();
-    let client = pool::manager_client(&pool).await;
-    pool::wait_available(&client, 1).await;
+    let (_programmer, _manager, client) = pool::start_one(&pool).await;
 
     let files = ["src/module.py", "README.md", OPTION_FILE];
     let refused = client
@@ -424,10 +421,7 @@ async fn a_symlink_on_the_base_ref_that_leaves_the_workspace_fails_the_task_befo
     git(&repo, &["checkout", "-q", "main"]);
     assert!(!repo.join("src/link.py").exists());
 
-    let _programmer = pool.start_programmer("001");
-    let _manager = pool.start_manager();
-    let client = pool::manager_client(&pool).await;
-    pool::wait_available(&client, 1).await;
+    let (_programmer, _manager, client) = pool::start_one(&pool).await;
     let (events, result) = pool::dispatch_collect(
         &client,
         DispatchRequest {
@@ -463,4 +457,60 @@ async fn a_symlink_on_the_base_ref_that_leaves_the_workspace_fails_the_task_befo
         .unwrap_or_default();
     assert!(left.is_empty(), "worktrees left: {left:?}");
     assert_eq!(outside.snapshot(), before);
+}
+
+/// A repository whose configuration names commands — a `post-commit` hook (which `--no-verify`
+/// does not skip) and a `core.fsmonitor` program, both run by any git that reads the config —
+/// gets a real task with aider's auto-commit on: the task's edit is committed and kept, and
+/// neither command runs, in our git processes or in aider's (which get our settings through
+/// `GIT_CONFIG_*`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_s_hooks_and_fsmonitor_never_run_in_a_task() {
+    let outside = Outside::new();
+    let pool = TestPool::new(PoolOptions::default());
+    let repo = pool.sample_repo();
+    let script = |marker: &str| {
+        format!(
+            "#!/bin/sh\necho \"$0 $*\" >> {}\nexit 0\n",
+            outside.path(marker).display()
+        )
+    };
+    let hook = repo.join(".git/hooks/post-commit");
+    let monitor = outside.path("fsmonitor.sh");
+    for (path, marker) in [(&hook, "marker-hook"), (&monitor, "marker-fsmonitor")] {
+        std::fs::write(path, script(marker)).expect("write script");
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+    }
+    git(
+        &repo,
+        &["config", "core.fsmonitor", &monitor.display().to_string()],
+    );
+    // The commands are live: plain git in the repository runs both.
+    git(&repo, &["commit", "-q", "--allow-empty", "-m", "arm"]);
+    git(&repo, &["status", "--short"]);
+    for marker in ["marker-hook", "marker-fsmonitor"] {
+        assert!(
+            outside.path(marker).exists(),
+            "{marker}: the fixture's command did not run"
+        );
+        std::fs::remove_file(outside.path(marker)).expect("reset marker");
+    }
+
+    let (_programmer, _manager, client) = pool::start_one(&pool).await;
+    let (events, result) = pool::dispatch_collect(
+        &client,
+        pool::sample_dispatch("Add docstrings to all functions"),
+    )
+    .await;
+    let ctx = format!("{result:?}\n{events:#?}");
+    assert_eq!(pool::state_of(&result), TaskState::Succeeded, "{ctx}");
+    assert!(!result.files_changed.is_empty(), "{ctx}");
+    for marker in ["marker-hook", "marker-fsmonitor"] {
+        let ran = std::fs::read_to_string(outside.path(marker)).unwrap_or_default();
+        assert!(
+            ran.is_empty(),
+            "{marker}: the repository's command ran:\n{ran}\n{ctx}"
+        );
+    }
 }

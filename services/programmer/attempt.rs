@@ -137,7 +137,8 @@ pub async fn run_attempt(
         extra_flags: prog.aider.extra_flags.clone(),
         request_timeout_s: prog.aider.request_timeout_s,
         launch_prefix: Vec::new(),
-        extra_env: Vec::new(),
+        // aider's auto-commits: the same git settings as ours.
+        extra_env: worktree.git_env(),
         usage_cap: Some(cap),
         nice: prog.aider.nice,
         max_memory_mib: prog.spec.limits.memory_limit_mb,

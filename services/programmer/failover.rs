@@ -9,7 +9,7 @@
 //! all its attempts: each attempt is given what the earlier ones used ([`UsageCap`]) and is stopped
 //! the moment the total crosses a cap (ERROR_CLASS_JOB_LIMIT, never a failover).
 
-use crate::config::FailureCondition;
+use crate::config::{Durability, FailureCondition};
 use crate::contract::v1::{
     Assigned, Attempt, ErrorClass, Failover, TaskResult, TaskState, task_event::Kind,
 };
@@ -103,6 +103,12 @@ pub async fn run_task(
         )
         .instrument(telemetry::spans::worktree())
         .await;
+    let created = created.map(|mut w| {
+        if prog.durability == Durability::PowerLoss {
+            w.sync_writes();
+        }
+        w
+    });
     let worktree = match (created, &task.repo) {
         (Ok(mut w), TaskRepo::Remote(remote)) => {
             if prog.mirrors.as_ref().is_some_and(|m| m.push()) {

@@ -1,7 +1,7 @@
 //! The state one programmer process keeps: its configuration, queue, breaker and counters, and
 //! the status it reports (GetStatus and `GET /health` share one snapshot).
 
-use crate::config::{AiderStart, Config, Failover, ProgrammerSpec};
+use crate::config::{AiderStart, Config, Durability, Failover, ProgrammerSpec};
 use crate::contract::circuit_name;
 use crate::contract::v1::{CircuitState, LlmState, ProgrammerStatus};
 use crate::programmer::breaker::{Breaker, BreakerPolicy, BreakerState, BreakerStore};
@@ -86,6 +86,9 @@ pub struct Programmer {
     pub lease: Duration,
     /// Tasks a previous process left running, handed back at start-up.
     pub interrupted_on_start: usize,
+    /// What a reported result survives (`durability`): with `power_loss` its event file and
+    /// its commits and kept branch are synced before it is reported.
+    pub durability: Durability,
 }
 
 impl Programmer {
@@ -166,6 +169,7 @@ impl Programmer {
             runs: Arc::new(runs),
             lease: Duration::from_secs(pool.manager.task_lease_s),
             interrupted_on_start,
+            durability: pool.durability,
             spec,
         })
     }

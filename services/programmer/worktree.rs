@@ -266,6 +266,7 @@ impl Workspace {
             base_commit: base,
             identity: identity.clone(),
             push: None,
+            synced: false,
             armed: false,
         };
         let path = wt.path.clone();
@@ -398,6 +399,9 @@ pub struct TaskWorktree {
     /// For a task on a `repo_url`: [`keep`](Self::keep) pushes the kept branch there,
     /// create-only, instead of creating it in the (mirror) repository.
     push: Option<Remote>,
+    /// Commits and the kept branch synced by git before it reports them
+    /// ([`sync_writes`](Self::sync_writes)).
+    synced: bool,
     /// Still ours to clean up on drop.
     armed: bool,
 }
@@ -430,6 +434,20 @@ impl TaskWorktree {
         self.push = Some(remote);
     }
 
+    /// Make every commit of the task (ours and aider's, through [`git_env`](Self::git_env)) and
+    /// the kept branch durable across a power loss: git syncs each object and ref it writes
+    /// before it exits (`durability: power_loss`; see [`crate::git`], "Durable commits").
+    pub fn sync_writes(&mut self) {
+        self.synced = true;
+    }
+
+    /// The git configuration for the git processes aider starts in this worktree, as
+    /// environment variables: the same pinned settings as ours (no hooks, no fsmonitor, no
+    /// signing, no background gc) and, after [`sync_writes`](Self::sync_writes), git's syncing.
+    pub fn git_env(&self) -> Vec<(String, String)> {
+        crate::git::config_env(self.synced)
+    }
+
     /// Full sha of the commit the task started from.
     pub fn base_commit(&self) -> &str {
         &self.base_commit
@@ -444,7 +462,9 @@ impl TaskWorktree {
     }
 
     fn git(&self) -> Git {
-        Git::new(&self.path).envs(self.identity.env())
+        Git::new(&self.path)
+            .envs(self.identity.env())
+            .synced(self.synced)
     }
 
     /// `git update-ref -m <why> refs/heads/<branch> <commit> ""`: creates the branch only if it
@@ -459,6 +479,7 @@ impl TaskWorktree {
         let refname = format!("refs/heads/{branch}");
         let create = Git::new(&self.repo)
             .envs(self.identity.env())
+            .synced(self.synced)
             .args(["update-ref", "-m"])
             .arg(why)
             .args([refname.as_str(), commit, ""]);
@@ -768,6 +789,7 @@ pub async fn sweep_abandoned(worktrees_dir: &Path, identity: &GitIdentity) -> us
                     base_commit: String::new(),
                     identity: identity.clone(),
                     push: None,
+                    synced: false,
                     armed: true,
                 };
                 match abandoned.discard().await {

@@ -722,6 +722,16 @@ pub async fn manager_client(pool: &TestPool) -> ProgrammerPoolClient<Channel> {
         .expect("connect to the manager")
 }
 
+/// Starts programmer `001` and the manager, and waits until the manager counts it available:
+/// the pool most single-task tests need. Keep both guards alive for the test.
+pub async fn start_one(pool: &TestPool) -> (ChildGuard, ChildGuard, ProgrammerPoolClient<Channel>) {
+    let programmer = pool.start_programmer("001");
+    let manager = pool.start_manager();
+    let client = manager_client(pool).await;
+    wait_available(&client, 1).await;
+    (programmer, manager, client)
+}
+
 /// `GetPoolStatus`.
 pub async fn pool_status(c: &ProgrammerPoolClient<Channel>) -> PoolStatus {
     c.clone()
