@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::pool::{self, PoolOptions, TestPool};
+use common::pool::{self, PoolOptions, TestPool, TestProgrammer};
 use pas::contract::v1::{DispatchRequest, TaskState};
 use std::path::Path;
 
@@ -138,5 +138,58 @@ async fn power_loss_durability_syncs_the_commit_and_the_kept_branch_before_the_r
         object < result_synced && branch < result_synced,
         "the result was synced (sync #{result_synced}) before the commit's objects (#{object}) \
          or the kept branch (#{branch}):\n{log}"
+    );
+}
+
+/// A paid task under `power_loss`: the budget ledger's WAL is synced for its hold and again for
+/// its settlement, each time on a thread of the blocking pool, never on the manager's main
+/// thread once it serves: that thread runs every task and dispatch, and a flush there (SQLite
+/// `synchronous = FULL` in the reservation) held every caller.
+#[tokio::test]
+async fn power_loss_durability_syncs_the_budget_ledger_off_the_manager_s_thread() {
+    let pool = TestPool::new(PoolOptions {
+        programmers: vec![TestProgrammer::paid("001")],
+        ..PoolOptions::default()
+    });
+    pool.sample_repo();
+    pool.append_config("durability: power_loss\n");
+    let manager_log = pool.dir.path().join("strace-manager.log");
+    let _programmer = pool.start_programmer("001");
+    let mut manager = pool.start_manager_with_prefix(&syncs_traced(&manager_log));
+    let client = pool::manager_client(&pool).await;
+    pool::wait_available(&client, 1).await;
+    let main_thread = manager.traced_pid();
+
+    let req = DispatchRequest {
+        task_id: "paid-durable".into(),
+        ..pool::sample_dispatch("add a docstring to add()")
+    };
+    let (events, result) = pool::dispatch_collect(&client, req).await;
+    assert_eq!(pool::state_of(&result), TaskState::Succeeded, "{events:#?}");
+    assert!(result.cost_nanousd > 0, "not a paid run: {result:#?}");
+    manager.stop_traced();
+
+    let log = std::fs::read_to_string(&manager_log).expect("manager's trace");
+    // The manager opens the ledger, then the task store: what SQLite synced while it made the
+    // ledger's files (on the main thread, once) comes before the store's first line.
+    let opened = log
+        .find("/tasks.sqlite")
+        .expect("the task store's files in the trace");
+    let ledger_syncs: Vec<&str> = log[opened..]
+        .lines()
+        .filter(|line| line.contains("sync(") && !line.contains("resumed>"))
+        .filter(|line| line.contains("/budget.sqlite-wal>"))
+        .collect();
+    assert!(
+        ledger_syncs.len() >= 2,
+        "the ledger's WAL was not synced for the hold and the settlement:\n{log}"
+    );
+    let on_main: Vec<&&str> = ledger_syncs
+        .iter()
+        .filter(|line| line.split_whitespace().next() == Some(&main_thread.to_string()))
+        .collect();
+    assert!(
+        on_main.is_empty(),
+        "synced on the manager's main thread ({main_thread}): {on_main:#?}"
     );
 }

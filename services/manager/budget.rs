@@ -29,8 +29,20 @@
 //! - A disabled budget never refuses, but still records spend so status pages stay truthful; it never
 //!   raises the alert.
 //!
-//! All methods are synchronous and short (one small SQLite transaction). The ledger is `Send + Sync`;
-//! async callers may call it directly or through `spawn_blocking`.
+//! All methods are synchronous and short (one small SQLite transaction, never a disk flush). The
+//! ledger is `Send + Sync`; async callers may call it directly or through `spawn_blocking`.
+//!
+//! # Durable across a power loss, off the caller's thread
+//!
+//! With [`Durability::PowerLoss`] a commit is not durable when the method returns: it is in the
+//! WAL, which the kernel holds (that survives a process crash). [`BudgetLedger::durable`] makes
+//! every commit made so far survive a power loss as well: it syncs the WAL file on the blocking
+//! pool, one sync for all the commits made before it started, and callers await it before they
+//! act on a commit (a hold before its Execute is sent, a settlement before the result is
+//! published). The reservation is called on the manager's one runtime thread, inside the
+//! balancer's decision; a sync there (SQLite `synchronous = FULL`, as before) held every dispatch
+//! of the manager for a disk flush per paid task. SQLite's own checkpoints (every thousand pages
+//! of the WAL, a few hundred paid tasks) still sync in the commit that starts them.
 
 use crate::config::model::{CostOptimization, Durability};
 use crate::money::{MoneyError, Usd};
@@ -38,8 +50,10 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use tokio::sync::watch;
 
 // ===== Public types =====
 
@@ -153,6 +167,14 @@ pub enum BudgetError {
     /// The SQLite file could not be opened, read or written.
     #[error("budget ledger storage: {0}")]
     Storage(#[from] rusqlite::Error),
+    /// The WAL file could not be opened or synced (`durability: power_loss`).
+    #[error("budget ledger: cannot sync {path}: {reason}")]
+    Sync {
+        /// The WAL file.
+        path: std::path::PathBuf,
+        /// What failed.
+        reason: String,
+    },
 }
 
 fn non_negative(amount: Usd) -> Result<Usd, BudgetError> {
@@ -173,6 +195,61 @@ pub struct BudgetLedger {
     ledger: Mutex<Ledger>,
     policy: BudgetPolicy,
     clock: Clock,
+    /// With [`Durability::PowerLoss`]: what [`durable`](Self::durable) syncs.
+    wal_sync: Option<Arc<WalSync>>,
+}
+
+/// Syncs the ledger's WAL file for [`BudgetLedger::durable`]: commits are counted as they are
+/// made, and a sync makes every commit counted before it started durable.
+struct WalSync {
+    /// The WAL file, open for as long as the ledger (a sync through a descriptor opened after a
+    /// failed write-back could miss the failure).
+    wal: std::fs::File,
+    /// Commits made (bumped after each commit).
+    committed: AtomicU64,
+    /// Commits known durable; waiters watch it.
+    synced: watch::Sender<u64>,
+    /// A sync is on the blocking pool (one at a time; waiters that come meanwhile wait for the next).
+    syncing: AtomicBool,
+    /// The first failed sync: from then on nothing counts as durable (the kernel may have dropped
+    /// the pages whose write-back failed).
+    failed: Mutex<Option<String>>,
+}
+
+impl WalSync {
+    /// Syncs on the blocking pool unless a sync is running; wakes every waiter when done.
+    fn start(self: &Arc<Self>) {
+        if self.syncing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let sync = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            // Read before the sync: every commit counted by now is in the file the sync flushes.
+            let upto = sync.committed.load(Ordering::Acquire);
+            let synced = sync.wal.sync_data();
+            // Cleared before waiters wake, so a waiter that needs a later commit starts the next.
+            sync.syncing.store(false, Ordering::Release);
+            match synced {
+                Ok(()) => {
+                    sync.synced.send_modify(|s| *s = (*s).max(upto));
+                }
+                Err(e) => {
+                    tracing::error!("budget ledger: cannot sync its WAL file: {e}");
+                    let mut failed = sync.failed.lock().unwrap_or_else(|e| e.into_inner());
+                    failed.get_or_insert_with(|| e.to_string());
+                    drop(failed);
+                    sync.synced.send_modify(|_| {});
+                }
+            }
+        });
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// The ledger's connection and, beside it, each day's totals as its rows sum them.
@@ -260,8 +337,8 @@ impl BudgetLedger {
     /// Opens (creating if needed) the ledger at `path`, in WAL mode with a busy timeout, and
     /// migrates a micro-dollar ledger of an older version to nano-dollars. Holds a previous process
     /// left open stay: their tasks may still be running (see [`book_orphans`](Self::book_orphans)).
-    /// With [`Durability::PowerLoss`] each reservation and settlement is synced before it returns
-    /// (SQLite `synchronous = FULL`), on the caller's thread.
+    /// With [`Durability::PowerLoss`] commits are synced by [`durable`](Self::durable), off the
+    /// caller's thread (see the module docs).
     pub fn open(
         path: impl AsRef<Path>,
         policy: BudgetPolicy,
@@ -270,14 +347,37 @@ impl BudgetLedger {
     ) -> Result<Self, BudgetError> {
         non_negative(policy.max_daily_spend)?;
         policy.alert_threshold.map(non_negative).transpose()?;
+        let path = path.as_ref();
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", durability.sqlite_synchronous())?;
+        // Never a flush inside a commit: with `power_loss` the WAL is synced by `durable`.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         migrate_micros_to_nanos(&tx)?;
         tx.execute_batch(SCHEMA)?;
         tx.commit()?;
+        let wal_sync = match durability {
+            Durability::ProcessCrash => None,
+            Durability::PowerLoss => {
+                // The commit above made the WAL file; it stays while the connection is open.
+                let mut wal = path.as_os_str().to_owned();
+                wal.push("-wal");
+                let wal = std::path::PathBuf::from(wal);
+                let file = std::fs::File::open(&wal).map_err(|e| BudgetError::Sync {
+                    path: wal.clone(),
+                    reason: e.to_string(),
+                })?;
+                Some(Arc::new(WalSync {
+                    wal: file,
+                    // What `open` wrote counts: the first `durable` syncs it.
+                    committed: AtomicU64::new(1),
+                    synced: watch::Sender::new(0),
+                    syncing: AtomicBool::new(false),
+                    failed: Mutex::new(None),
+                }))
+            }
+        };
         Ok(Self {
             ledger: Mutex::new(Ledger {
                 conn,
@@ -285,7 +385,41 @@ impl BudgetLedger {
             }),
             policy,
             clock,
+            wal_sync,
         })
+    }
+
+    /// Resolves once every commit this ledger made before the call survives a power loss
+    /// (`durability: power_loss`: the WAL file synced on the blocking pool, one sync for the
+    /// commits of many callers); at once otherwise. Await it before acting on a commit: before
+    /// a held task is sent, before a settled task's result is published.
+    pub async fn durable(&self) -> Result<(), BudgetError> {
+        let Some(sync) = &self.wal_sync else {
+            return Ok(());
+        };
+        let target = sync.committed.load(Ordering::Acquire);
+        let mut synced = sync.synced.subscribe();
+        loop {
+            if let Some(reason) = sync.failure() {
+                return Err(BudgetError::Sync {
+                    path: "the ledger's WAL file".into(),
+                    reason,
+                });
+            }
+            if *synced.borrow_and_update() >= target {
+                return Ok(());
+            }
+            sync.start();
+            // The sender lives in `sync`, which this call holds: `changed` cannot fail.
+            let _ = synced.changed().await;
+        }
+    }
+
+    /// Counts a commit for [`durable`](Self::durable); call after each one.
+    fn committed(&self) {
+        if let Some(sync) = &self.wal_sync {
+            sync.committed.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// Books every open hold whose key is not in `keep` as spent at its reserved amount: a
@@ -321,6 +455,7 @@ impl BudgetLedger {
             )?;
         }
         tx.commit()?;
+        self.committed();
         // Once, at start-up: summed again when next asked about.
         ledger.days.clear();
         Ok(orphans.len())
@@ -394,6 +529,7 @@ impl BudgetLedger {
             params![task_id, day, amount.nanos(), now.timestamp_millis()],
         )?;
         tx.commit()?;
+        self.committed();
         let reserved = reserved.saturating_add(amount);
         ledger.remember(&day, DayTotals { spent, reserved });
         Ok(Reservation {
@@ -449,6 +585,7 @@ impl BudgetLedger {
         let spent = after.spent;
         let alert_crossed = self.mark_alert(&tx, &day, spent, now_ms)?;
         tx.commit()?;
+        self.committed();
         ledger.remember(&day, after);
         Ok(Settlement {
             settled: true,
@@ -472,6 +609,7 @@ impl BudgetLedger {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let fired = self.mark_alert(&tx, &day, spent, now.timestamp_millis())?;
         tx.commit()?;
+        self.committed();
         Ok(fired)
     }
 
@@ -507,6 +645,7 @@ impl BudgetLedger {
         let Some((day, amount)) = released else {
             return Ok(false);
         };
+        self.committed();
         ledger.released(&day, Usd::from_nanos(amount));
         Ok(true)
     }
@@ -1075,25 +1214,59 @@ mod tests {
         assert_eq!(ledger.remaining().unwrap(), None);
     }
 
-    #[test]
-    fn power_loss_durability_syncs_every_ledger_commit() {
+    #[tokio::test]
+    async fn power_loss_durability_syncs_commits_when_asked_never_inside_them() {
         let dir = tempfile::tempdir().unwrap();
-        let synchronous = |durability| -> i64 {
-            let ledger = BudgetLedger::open(
+        let open = |durability| {
+            BudgetLedger::open(
                 dir.path().join("ledger.sqlite3"),
-                policy(10.0, None),
+                policy(100.0, None),
                 manual_clock(noon()).0,
                 durability,
             )
-            .unwrap();
+            .unwrap()
+        };
+        let synchronous = |ledger: &BudgetLedger| -> i64 {
             let state = ledger.lock();
             state
                 .conn
                 .pragma_query_value(None, "synchronous", |r| r.get(0))
                 .unwrap()
         };
-        assert_eq!(synchronous(Durability::PowerLoss), 2, "FULL");
-        assert_eq!(synchronous(Durability::ProcessCrash), 1, "NORMAL");
+        // The default: nothing to sync, `durable` is immediate.
+        let crash = open(Durability::ProcessCrash);
+        assert_eq!(synchronous(&crash), 1, "NORMAL");
+        assert!(crash.wal_sync.is_none());
+        crash.reserve("a", usd(1.0)).unwrap();
+        crash.durable().await.unwrap();
+        drop(crash);
+
+        // power_loss: a commit does not flush (NORMAL); `durable` syncs what came before it.
+        let ledger = Arc::new(open(Durability::PowerLoss));
+        assert_eq!(synchronous(&ledger), 1, "NORMAL: no flush inside a commit");
+        let sync = ledger.wal_sync.clone().expect("a WAL sync");
+        for i in 0..20 {
+            ledger.reserve(&format!("t{i}"), usd(1.0)).unwrap();
+        }
+        ledger.settle("t0", usd(0.5)).unwrap();
+        assert!(ledger.release("t1").unwrap());
+        let made = sync.committed.load(Ordering::Acquire);
+        assert!(
+            *sync.synced.borrow() < made,
+            "nothing synced before it was asked for"
+        );
+        // Many waiters at once share syncs, and each sees its commits durable.
+        let waiters: Vec<_> = (0..8)
+            .map(|_| {
+                let ledger = Arc::clone(&ledger);
+                tokio::spawn(async move { ledger.durable().await })
+            })
+            .collect();
+        for waiter in waiters {
+            waiter.await.unwrap().unwrap();
+        }
+        assert!(*sync.synced.borrow() >= made);
+        assert!(sync.failure().is_none());
     }
 
     #[test]

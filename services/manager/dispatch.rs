@@ -242,6 +242,9 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
         let mut previous: Option<(String, String)> = None;
         // Attempts lost on programmers that had started them, for an ALREADY_KEPT result.
         let mut lost: Vec<LostAttempt> = Vec::new();
+        // A budget hold was made for the task: its settlement is made durable before the result
+        // is published (`BudgetLedger::durable`).
+        let mut held = false;
         let mut result = loop {
             let dispatch_attempt = route.request.dispatch_attempt;
             step = match step {
@@ -300,6 +303,21 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                     }
                     if let Err(e) = running.await {
                         tracing::warn!(%task_id, "task store: {e}");
+                    }
+                    // The hold too, before the programmer may spend it (with `power_loss` the
+                    // ledger syncs off this thread; at once otherwise).
+                    if hold.is_some() {
+                        held = true;
+                        if let Err(e) = mgr.budget.durable().await {
+                            tracing::error!(%task_id, "{e}");
+                            mgr.release(&task_id, hold);
+                            return Step::Done(ended(
+                                TaskState::Failed,
+                                ErrorClass::Internal,
+                                &e.to_string(),
+                                &programmer,
+                            ));
+                        }
                     }
                     stages::at(&task_id, "recorded");
                     let leg_span = telemetry::spans::route(
@@ -573,6 +591,11 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
         // The caller's view: from acceptance by the manager to the result.
         result.duration_ms = accepted.elapsed().as_millis() as u64;
         stages::at(&task_id, "result");
+        if held && let Err(e) = mgr.budget.durable().await {
+            // The settlement is in the ledger's WAL (it survives a process crash); a host that
+            // loses power now books the hold as spent on restart, never less.
+            tracing::error!(%task_id, "{e}");
+        }
         Box::pin(mgr.finish_task(&task_id, &sink, result)).await;
         stages::at(&task_id, "finished");
     }

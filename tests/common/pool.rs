@@ -948,6 +948,14 @@ impl ChildGuard {
         self.child.id()
     }
 
+    /// The pid of the process started under [`super::traced_prefix`] (the tracer's child), which
+    /// is also the thread id of its main thread in the trace.
+    pub fn traced_pid(&self) -> i32 {
+        *children_of(self.pid())
+            .first()
+            .unwrap_or_else(|| panic!("{} has no traced process", self.name))
+    }
+
     /// Stops a process started under [`super::traced_prefix`]: SIGKILL to the traced process
     /// (the tracer's child), then strace exits with its last tracee, its log complete.
     pub fn stop_traced(&mut self) {
