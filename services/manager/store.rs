@@ -2158,6 +2158,17 @@ mod tests {
     /// over only after one that finished between two commits, which under steady load never
     /// happened, and a manager's WAL grew for as long as the load lasted (BENCHMARKS.md, "The WAL
     /// started over").
+    /// The checkpoint sequence number in the header of WAL file `wal`: one more each time the
+    /// WAL starts over (`None` before the file has a header).
+    fn wal_sequence(wal: &Path) -> Option<u32> {
+        use std::io::Read;
+        let mut header = [0u8; 16];
+        std::fs::File::open(wal)
+            .and_then(|mut f| f.read_exact(&mut header))
+            .map(|()| u32::from_be_bytes(header[12..16].try_into().unwrap()))
+            .ok()
+    }
+
     /// A checkpoint starts the WAL over itself, before it returns: at `synchronous = NORMAL` the
     /// commit that writes a WAL's first frame flushes the WAL's header to disk, and that commit
     /// used to be the next caller's, on the manager's runtime thread (`strace` showed the flush
@@ -2168,14 +2179,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
         let wal = dir.path().join("tasks.sqlite3-wal");
-        let sequence = || {
-            use std::io::Read;
-            let mut header = [0u8; 16];
-            std::fs::File::open(&wal)
-                .and_then(|mut f| f.read_exact(&mut header))
-                .map(|()| u32::from_be_bytes(header[12..16].try_into().unwrap()))
-                .ok()
-        };
+        let sequence = || wal_sequence(&wal);
         for n in 0..5 {
             let id = format!("t{n}");
             store
@@ -2199,15 +2203,7 @@ mod tests {
         let store = Arc::new(open(&dir));
         // The WAL header's checkpoint sequence number: one more each time the WAL starts over.
         let wal = dir.path().join("tasks.sqlite3-wal");
-        let restarts = || {
-            use std::io::Read;
-            let mut header = [0u8; 16];
-            std::fs::File::open(&wal)
-                .and_then(|mut f| f.read_exact(&mut header))
-                .map_or(0, |()| {
-                    u32::from_be_bytes(header[12..16].try_into().unwrap())
-                })
-        };
+        let restarts = || wal_sequence(&wal).unwrap_or(0);
         let before = restarts();
         // Writers that keep a commit going at all times (each waits for its own).
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
