@@ -443,6 +443,11 @@ CREATE TABLE IF NOT EXISTS tasks (
 -- BENCHMARKS.md, Hot path, part 6). Rows are in the order they were recorded (rowid), which
 -- lists use; the open tasks a restart looks for lie at or after the `open_from` mark below.
 -- Stores of earlier releases had indexes of states and creation times: dropped.
+-- The one exception, `tasks_by_owner`, holds only the tasks of authenticated callers (owner set):
+-- a caller who is not an admin lists only their own tasks, and without it a page of theirs read
+-- every other caller's records too (a window of them at a time). A pool without tokens writes no
+-- entry of it.
+CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks(owner) WHERE owner != '';
 DROP INDEX IF EXISTS tasks_state;
 DROP INDEX IF EXISTS tasks_open;
 DROP INDEX IF EXISTS tasks_created;
@@ -894,7 +899,8 @@ impl TaskStore {
 
     /// A page of the task records `owner` may see (all when `None`), newest first, filtered by
     /// `run_id` (when not empty) and `states` (when not empty), and the token of the next page
-    /// (empty after the last one). A page examines at most [`LIST_SCAN_ROWS`] records: when the
+    /// (empty after the last one). A page examines at most [`LIST_SCAN_ROWS`] records (of the
+    /// owner's only, when one is named: `tasks_by_owner`): when the
     /// filter matches few of them, the page is shorter than `page_size` (even empty) and its token
     /// goes on below them, so no call reads a whole store. A page also ends early rather than
     /// hold more than [`LIST_PAGE_BYTES`]. Runs on the blocking pool.
@@ -939,8 +945,13 @@ pub const LIST_SCAN_ROWS: i64 = 5_000;
 /// messages over 4 MiB by default, so a page of a few large results would reach no client.
 pub const LIST_PAGE_BYTES: usize = 2 * 1024 * 1024;
 
-/// One page of [`TaskStore::list`]: the records with rowids in the window of `scan_rows` below
-/// the token (the newest ones without a token) that match `(owner, run_id, states)`.
+/// The rowids of owner `?2`'s records below `?1`, newest first, at most `?3` (`tasks_by_owner`).
+const OWNED_BELOW: &str = "SELECT rowid FROM tasks WHERE owner = ?2 AND owner != '' AND rowid < ?1
+     ORDER BY rowid DESC LIMIT ?3";
+
+/// One page of [`TaskStore::list`]: of the records examined — the `scan_rows` below the token
+/// (the newest ones without a token) of `owner`'s when one is named (through `tasks_by_owner`),
+/// of all otherwise — those that match `(owner, run_id, states)`.
 fn list_page(
     conn: &Connection,
     (owner, run_id, states): (Option<&str>, &str, &[i32]),
@@ -956,12 +967,31 @@ fn list_page(
             .parse::<i64>()
             .map_err(|_| StoreError::BadPageToken(page_token.to_owned()))?,
     };
-    let floor = before.saturating_sub(scan_rows);
+    // An owner's records are found through `tasks_by_owner`, which holds every owner but ''.
+    let owned = owner.filter(|o| !o.is_empty());
+    // The lowest rowid examined: the window's floor, or the owner's `scan_rows`-th record below
+    // the token (0 when they have fewer).
+    let floor = match owned {
+        None => before.saturating_sub(scan_rows),
+        Some(owner) => conn
+            .prepare_cached(&format!(
+                "SELECT COALESCE(MIN(rowid), 0), COUNT(*) FROM ({OWNED_BELOW})"
+            ))?
+            .query_row(params![before, owner, scan_rows], |r| {
+                let (lowest, examined) = (r.get::<_, i64>(0)?, r.get::<_, i64>(1)?);
+                Ok(if examined < scan_rows { 0 } else { lowest })
+            })?,
+    };
     let states_json = serde_json::to_string(states).unwrap_or_else(|_| "[]".into());
+    // Spelled out (no `?2 IS NULL OR …`, and `owner != ''`) so SQLite uses `tasks_by_owner`.
+    let of_owner = match (owner, owned) {
+        (_, Some(_)) => "owner = ?2 AND owner != ''",
+        (Some(_), None) => "owner = ?2",
+        (None, _) => "?2 IS NULL",
+    };
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {RECORD_COLUMNS}, rowid FROM tasks
-         WHERE rowid < ?1 AND rowid >= ?6
-           AND (?2 IS NULL OR owner = ?2)
+         WHERE rowid < ?1 AND rowid >= ?6 AND {of_owner}
            AND (?3 = '' OR run_id = ?3)
            AND (?4 = '[]' OR state IN (SELECT value FROM json_each(?4)))
          ORDER BY rowid DESC LIMIT ?5"
@@ -996,10 +1026,10 @@ fn list_page(
             .map(|(_, rowid)| rowid.to_string())
             .unwrap_or_default()
     } else {
-        // The window is read to its end: go on below it if anything is there.
+        // What was examined is read to its end: go on below it if anything is there.
         let more: bool = conn.query_row(
-            "SELECT EXISTS(SELECT 1 FROM tasks WHERE rowid < ?1)",
-            params![floor],
+            &format!("SELECT EXISTS(SELECT 1 FROM tasks WHERE rowid < ?1 AND {of_owner})"),
+            params![floor, owner],
             |r| r.get(0),
         )?;
         if more {
@@ -2720,6 +2750,70 @@ mod tests {
         assert!(!next.is_empty());
     }
 
+    /// A caller who is not an admin lists only their own tasks: a page examines their records
+    /// only (through the `tasks_by_owner` index, which SQLite's plan names), so ten of theirs
+    /// among other callers' are listed in full pages however far apart they lie, and a filter
+    /// within them is still bounded per page. Tasks without an owner have no index entry.
+    #[tokio::test]
+    async fn an_owner_s_tasks_are_listed_through_their_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        for i in 0..60 {
+            let owner = match i % 6 {
+                0 => "bob",
+                1 => "",
+                _ => "alice",
+            };
+            let mut req = request(&format!("t{i}"));
+            req.run_id = if i == 0 || i == 54 { "rare" } else { "common" }.into();
+            store
+                .insert(&NewTask::dispatched_by(&format!("t{i}"), &req, owner))
+                .await
+                .unwrap();
+        }
+        let conn = raw_connection(&dir);
+        let listed = |filter: (Option<&str>, &str, &[i32]), page_size, scan_rows| {
+            let (mut pages, mut token) = (vec![], String::new());
+            loop {
+                let (page, next) = list_page(&conn, filter, page_size, &token, scan_rows).unwrap();
+                pages.push(page.into_iter().map(|r| r.task_id).collect::<Vec<_>>());
+                if next.is_empty() {
+                    return pages;
+                }
+                token = next;
+            }
+        };
+        // Bob's ten tasks lie six rows apart: windows of five rows would find at most one each.
+        let bob: Vec<String> = (0..10).rev().map(|i| format!("t{}", i * 6)).collect();
+        assert_eq!(listed((Some("bob"), "", &[]), 5, 5), [&bob[..5], &bob[5..]]);
+        // A filter within bob's tasks examines five of them a page.
+        assert_eq!(
+            listed((Some("bob"), "rare", &[]), 50, 5),
+            [vec!["t54".to_string()], vec!["t0".to_string()]]
+        );
+        // No owner: every record, the window as before.
+        assert_eq!(listed((None, "", &[]), 100, 1000).concat().len(), 60);
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {OWNED_BELOW}"))
+            .unwrap()
+            .query_map(params![i64::MAX, "bob", 5], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|step| step.contains("tasks_by_owner")),
+            "{plan:?}"
+        );
+        let indexed: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM tasks INDEXED BY tasks_by_owner WHERE owner != ''",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexed, 50, "the ten tasks without an owner have no entry");
+    }
+
     /// A committer held inside its transaction, on a thread of its own, until `release` is sent;
     /// the handle answers with its write's future once released.
     fn hold_a_commit(
@@ -3031,8 +3125,8 @@ mod tests {
         );
         assert_eq!(
             task_indexes(&store),
-            ["sqlite_autoindex_tasks_1"],
-            "only the ids' index"
+            ["sqlite_autoindex_tasks_1", "tasks_by_owner"],
+            "only the ids' index, and the owners' (empty without authentication)"
         );
 
         // Closed and reopened (the closing store moves and commits the mark a last time), the
@@ -3093,7 +3187,11 @@ mod tests {
             .unwrap();
         let store = open(&dir);
         assert_eq!(open_ids(&store), ["old"]);
-        assert_eq!(task_indexes(&store).len(), 1, "only the ids' index");
+        assert_eq!(
+            task_indexes(&store),
+            ["sqlite_autoindex_tasks_1", "tasks_by_owner"],
+            "only the ids' index, and the owners'"
+        );
     }
 
     /// Commits do not checkpoint, yet once the store is closed the database file alone (without
