@@ -230,15 +230,23 @@ fn ledger_by_day_volume() {
     }
 }
 
-/// ListTasks with a filter that matches no task: one page, and every page to the end.
+/// ListTasks with a filter that matches no task: one page, and every page to the end; then
+/// callers who see only their own tasks, 1 % and 0.01 % of them.
 async fn sparse_listing(tasks: usize) {
     let (_dir, store) = fresh_store();
     let request = sample_request("common");
     let mut writes = Vec::with_capacity(tasks);
     for i in 0..tasks {
-        writes.push(
-            store.insert_with_next(&NewTask::from_request(&format!("task-{i:08}"), &request)),
-        );
+        let owner = match i {
+            _ if i % 10_000 == 0 => "rare",
+            _ if i % 100 == 0 => "tenant",
+            _ => "",
+        };
+        writes.push(store.insert_with_next(&NewTask::dispatched_by(
+            &format!("task-{i:08}"),
+            &request,
+            owner,
+        )));
     }
     for write in writes {
         write.await.expect("insert");
@@ -272,6 +280,42 @@ async fn sparse_listing(tasks: usize) {
     );
     row("one page", first);
     row("every page to the end", all);
+
+    // `tenant` has every 100th task, `rare` every 10,000th (those are not `tenant`'s).
+    for (owner, count) in [
+        ("tenant", tasks.div_ceil(100) - tasks.div_ceil(10_000)),
+        ("rare", tasks.div_ceil(10_000)),
+    ] {
+        let own = |token: String| store.list(Some(owner.into()), String::new(), vec![], 50, token);
+        let (mut first, mut all, mut pages) = (vec![], vec![], 0);
+        for _ in 0..20 {
+            let t = Instant::now();
+            own(String::new()).await.expect("list");
+            first.push(t.elapsed());
+            let t = Instant::now();
+            let (mut token, mut n, mut listed) = (String::new(), 0, 0);
+            loop {
+                let (page, next) = own(token).await.expect("list");
+                (n, listed) = (n + 1, listed + page.len());
+                if next.is_empty() {
+                    break;
+                }
+                token = next;
+            }
+            assert_eq!(listed, count);
+            all.push(t.elapsed());
+            pages = n;
+        }
+        println!(
+            "ListTasks by a caller who sees only their own {count} of the {tasks} tasks (µs; 50 a page, {pages} pages)"
+        );
+        println!(
+            "{:<28} {:>9} {:>9} {:>9} {:>9}",
+            "call", "p50", "p90", "p99", "mean"
+        );
+        row("one page", first);
+        row("every page to the end", all);
+    }
 }
 
 /// WatchTask on a finished task of `n` events, read whole (as before) and as it is read now.
