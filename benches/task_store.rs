@@ -32,11 +32,12 @@
 #![forbid(unsafe_code)]
 
 use pas::contract::v1::Output;
+use pas::contract::v1::TaskRecord;
 use pas::contract::v1::{
     Assigned, DispatchRequest, TaskEvent, TaskResult, TaskState, task_event::Kind,
 };
 use pas::manager::budget::{BudgetLedger, BudgetPolicy};
-use pas::manager::store::{LIST_SCAN_ROWS, NewTask, STORE_VFS, TaskStore};
+use pas::manager::store::{LIST_SCAN_ROWS, NewTask, STORE_VFS, StoreError, TaskStore};
 use pas::money::Usd;
 use pas::task_events::{MAX_RETAINED, REPLAY_PAGE};
 use std::time::{Duration, Instant};
@@ -251,71 +252,73 @@ async fn sparse_listing(tasks: usize) {
     for write in writes {
         write.await.expect("insert");
     }
-    let list = |token: String| store.list(None, "rare".into(), vec![], 50, token);
-    let (mut first, mut all, mut pages) = (vec![], vec![], 0);
-    for _ in 0..20 {
-        let t = Instant::now();
-        let (page, _) = list(String::new()).await.expect("list");
-        assert!(page.is_empty());
-        first.push(t.elapsed());
-        let t = Instant::now();
-        let (mut token, mut n) = (String::new(), 0);
-        loop {
-            let (_, next) = list(token).await.expect("list");
-            n += 1;
-            if next.is_empty() {
-                break;
-            }
-            token = next;
-        }
-        all.push(t.elapsed());
-        pages = n;
-    }
-    println!(
-        "ListTasks, a filter matching none of {tasks} tasks (µs; {LIST_SCAN_ROWS} examined per page, {pages} pages)"
+    let (first, all, pages, listed) =
+        time_pages(|token| store.list(None, "rare".into(), vec![], 50, token)).await;
+    assert_eq!(listed, 0);
+    listing_table(
+        &format!(
+            "ListTasks, a filter matching none of {tasks} tasks (µs; {LIST_SCAN_ROWS} examined per page, {pages} pages)"
+        ),
+        first,
+        all,
     );
-    println!(
-        "{:<28} {:>9} {:>9} {:>9} {:>9}",
-        "call", "p50", "p90", "p99", "mean"
-    );
-    row("one page", first);
-    row("every page to the end", all);
 
     // `tenant` has every 100th task, `rare` every 10,000th (those are not `tenant`'s).
     for (owner, count) in [
         ("tenant", tasks.div_ceil(100) - tasks.div_ceil(10_000)),
         ("rare", tasks.div_ceil(10_000)),
     ] {
-        let own = |token: String| store.list(Some(owner.into()), String::new(), vec![], 50, token);
-        let (mut first, mut all, mut pages) = (vec![], vec![], 0);
-        for _ in 0..20 {
-            let t = Instant::now();
-            own(String::new()).await.expect("list");
-            first.push(t.elapsed());
-            let t = Instant::now();
-            let (mut token, mut n, mut listed) = (String::new(), 0, 0);
-            loop {
-                let (page, next) = own(token).await.expect("list");
-                (n, listed) = (n + 1, listed + page.len());
-                if next.is_empty() {
-                    break;
-                }
-                token = next;
-            }
-            assert_eq!(listed, count);
-            all.push(t.elapsed());
-            pages = n;
-        }
-        println!(
-            "ListTasks by a caller who sees only their own {count} of the {tasks} tasks (µs; 50 a page, {pages} pages)"
+        let (first, all, pages, listed) =
+            time_pages(|token| store.list(Some(owner.into()), String::new(), vec![], 50, token))
+                .await;
+        assert_eq!(listed, count);
+        listing_table(
+            &format!(
+                "ListTasks by a caller who sees only their own {count} of the {tasks} tasks (µs; 50 a page, {pages} pages)"
+            ),
+            first,
+            all,
         );
-        println!(
-            "{:<28} {:>9} {:>9} {:>9} {:>9}",
-            "call", "p50", "p90", "p99", "mean"
-        );
-        row("one page", first);
-        row("every page to the end", all);
     }
+}
+
+/// Times `list` (a ListTasks call given a page token) 20 times: its first page, and every page to
+/// the end. Returns both samples, the pages of a whole listing and the records it listed.
+async fn time_pages<F, Fut>(list: F) -> (Vec<Duration>, Vec<Duration>, usize, usize)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<TaskRecord>, String), StoreError>>,
+{
+    let (mut first, mut all, mut pages, mut listed) = (vec![], vec![], 0, 0);
+    for _ in 0..20 {
+        let t = Instant::now();
+        list(String::new()).await.expect("list");
+        first.push(t.elapsed());
+        let t = Instant::now();
+        let mut token = String::new();
+        (pages, listed) = (0, 0);
+        loop {
+            let (page, next) = list(token).await.expect("list");
+            (pages, listed) = (pages + 1, listed + page.len());
+            if next.is_empty() {
+                break;
+            }
+            token = next;
+        }
+        all.push(t.elapsed());
+    }
+    (first, all, pages, listed)
+}
+
+/// One ListTasks table: the first page and a whole listing.
+fn listing_table(title: &str, first: Vec<Duration>, all: Vec<Duration>) {
+    println!("{title}");
+    println!(
+        "{:<28} {:>9} {:>9} {:>9} {:>9}",
+        "call", "p50", "p90", "p99", "mean"
+    );
+    row("one page", first);
+    row("every page to the end", all);
 }
 
 /// WatchTask on a finished task of `n` events, read whole (as before) and as it is read now.
