@@ -219,6 +219,10 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
     // Placed at admission: its queue wait, in the trace as every task's is, was nil (the span is
     // made inside the future, under the task's span).
     let routed = matches!(start, Start::Routed(_));
+    // A budget hold was made for the task (by this process, or by the one that placed a resumed
+    // task): its settlement is made durable before the result is published
+    // (`BudgetLedger::durable`).
+    let mut held = matches!(&start, Start::Placed(resumed) if resumed.hold.is_some());
     let mut step = match start {
         Start::Queued(ticket) => Step::Wait(ticket),
         Start::Routed(placement) => Step::Start(placement),
@@ -242,9 +246,6 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
         let mut previous: Option<(String, String)> = None;
         // Attempts lost on programmers that had started them, for an ALREADY_KEPT result.
         let mut lost: Vec<LostAttempt> = Vec::new();
-        // A budget hold was made for the task: its settlement is made durable before the result
-        // is published (`BudgetLedger::durable`).
-        let mut held = false;
         let mut result = loop {
             let dispatch_attempt = route.request.dispatch_attempt;
             step = match step {
