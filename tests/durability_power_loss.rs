@@ -23,13 +23,18 @@ fn syncs_traced(log: &Path) -> Vec<std::ffi::OsString> {
     prefix
 }
 
-/// The lines of an strace log that sync a file whose path ends with `suffix` (a call strace
-/// splits across threads is counted once, by its first half).
+/// How many sync calls of an strace log sync a file whose path ends with `suffix`.
 fn syncs_of(log: &str, suffix: &str) -> usize {
-    log.lines()
-        .filter(|line| line.contains("sync(") && !line.contains("resumed>"))
+    sync_calls(log)
         .filter(|line| line.contains(&format!("{suffix}>")))
         .count()
+}
+
+/// The lines of an strace log that are sync calls (a call strace splits across threads once, by
+/// its first half).
+fn sync_calls(log: &str) -> impl Iterator<Item = &str> {
+    log.lines()
+        .filter(|line| line.contains("sync(") && !line.contains("resumed>"))
 }
 
 #[tokio::test]
@@ -87,9 +92,7 @@ async fn power_loss_durability_syncs_every_commit_and_every_result() {
 
 /// The index of the first line of `log` that syncs a file whose path contains `part`.
 fn first_sync_of(log: &str, part: &str) -> Option<usize> {
-    log.lines()
-        .filter(|line| line.contains("sync(") && !line.contains("resumed>"))
-        .position(|line| line.contains(part))
+    sync_calls(log).position(|line| line.contains(part))
 }
 
 /// A real task (aider against the simulator, aider's auto-commit on, as shipped) under
@@ -175,9 +178,7 @@ async fn power_loss_durability_syncs_the_budget_ledger_off_the_manager_s_thread(
     let opened = log
         .find("/tasks.sqlite")
         .expect("the task store's files in the trace");
-    let ledger_syncs: Vec<&str> = log[opened..]
-        .lines()
-        .filter(|line| line.contains("sync(") && !line.contains("resumed>"))
+    let ledger_syncs: Vec<&str> = sync_calls(&log[opened..])
         .filter(|line| line.contains("/budget.sqlite-wal>"))
         .collect();
     assert!(

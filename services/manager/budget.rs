@@ -202,6 +202,8 @@ pub struct BudgetLedger {
 /// Syncs the ledger's WAL file for [`BudgetLedger::durable`]: commits are counted as they are
 /// made, and a sync makes every commit counted before it started durable.
 struct WalSync {
+    /// Where the WAL file is (for errors).
+    path: std::path::PathBuf,
     /// The WAL file, open for as long as the ledger (a sync through a descriptor opened after a
     /// failed write-back could miss the failure).
     wal: std::fs::File,
@@ -369,6 +371,7 @@ impl BudgetLedger {
                     reason: e.to_string(),
                 })?;
                 Some(Arc::new(WalSync {
+                    path: wal,
                     wal: file,
                     // What `open` wrote counts: the first `durable` syncs it.
                     committed: AtomicU64::new(1),
@@ -402,7 +405,7 @@ impl BudgetLedger {
         loop {
             if let Some(reason) = sync.failure() {
                 return Err(BudgetError::Sync {
-                    path: "the ledger's WAL file".into(),
+                    path: sync.path.clone(),
                     reason,
                 });
             }

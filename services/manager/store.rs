@@ -1202,9 +1202,8 @@ fn checkpoint(
     shrink_above: u64,
     commits: u64,
 ) -> rusqlite::Result<()> {
-    // The WAL's frames. The first commit after the last tick's RESTART started the WAL over, so
-    // with `commits` since then these are the frames written since; without, the old ones
-    // (only a write starts the WAL over).
+    // The WAL's frames: since the last tick's checkpoint started the WAL over
+    // (`start_wal_over`), or, when that checkpoint found a reader, since an earlier one.
     let frames = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))?;
     let wal_len = conn
         .path()

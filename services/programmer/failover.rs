@@ -103,13 +103,7 @@ pub async fn run_task(
         )
         .instrument(telemetry::spans::worktree())
         .await;
-    let created = created.map(|mut w| {
-        if prog.durability == Durability::PowerLoss {
-            w.sync_writes();
-        }
-        w
-    });
-    let worktree = match (created, &task.repo) {
+    let mut worktree = match (created, &task.repo) {
         (Ok(mut w), TaskRepo::Remote(remote)) => {
             if prog.mirrors.as_ref().is_some_and(|m| m.push()) {
                 w.push_to(remote.clone());
@@ -127,6 +121,9 @@ pub async fn run_task(
             );
         }
     };
+    if prog.durability == Durability::PowerLoss {
+        worktree.sync_writes();
+    }
     // Admission vetted the files against the main checkout; aider opens them in this worktree,
     // at the base commit, where a committed symlink may lead elsewhere. Before aider runs.
     if let Err(refused) = worktree.check_files(&task.files).await {
