@@ -118,6 +118,113 @@ pub fn endpoint(addr: &str, tls: Option<&TlsFiles>) -> Result<Endpoint, ChannelE
     Ok(endpoint)
 }
 
+/// Makes channels to one server that may run for as long as the process: its endpoint (HTTP/2
+/// keepalive, connect timeout) and, with TLS, the process's client settings *as they are when
+/// each connection is made* ([`crate::tls::ClientTls`]), so a renewed certificate or CA is used
+/// from the next connection on instead of from the next restart. (tonic's own TLS settings are
+/// fixed when the endpoint is made; here the handshake is ours, and the channel runs HTTP/2
+/// over the stream it returns.) What the manager reaches its programmers with.
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    endpoint: Endpoint,
+    tls: Option<TlsDial>,
+}
+
+impl Dialer {
+    /// A dialer for `addr` (`host:port`): TLS with `tls`'s current settings when given (the
+    /// server must present a certificate for the host of `addr`), else h2c.
+    pub fn new(addr: &str, tls: Option<&crate::tls::ClientTls>) -> Result<Self, ChannelError> {
+        let bad = |source| ChannelError::Address {
+            addr: addr.to_string(),
+            source,
+        };
+        // `http`: with TLS the stream is already TLS when tonic gets it.
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(bad)?
+            .http2_keep_alive_interval(crate::serve::KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(crate::serve::KEEPALIVE_TIMEOUT)
+            .tcp_nodelay(true);
+        let tls = match tls {
+            None => None,
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::try_from(host_of(addr).to_string())
+                    .map_err(|e| crate::tls::TlsError::File {
+                        path: std::path::PathBuf::from(addr),
+                        message: format!("not a name a certificate can carry: {e}"),
+                    })?;
+                Some(TlsDial {
+                    config: config.clone(),
+                    server_name: name,
+                })
+            }
+        };
+        Ok(Self { endpoint, tls })
+    }
+
+    /// The same dialer with `edit` applied to its endpoint (timeouts and the like).
+    pub fn with_endpoint(mut self, edit: impl FnOnce(Endpoint) -> Endpoint) -> Self {
+        self.endpoint = edit(self.endpoint);
+        self
+    }
+
+    /// A channel that connects on first use (and reconnects by itself), on the calling runtime.
+    pub fn connect_lazy(&self) -> Channel {
+        match &self.tls {
+            None => self.endpoint.connect_lazy(),
+            Some(dial) => self.endpoint.connect_with_connector_lazy(dial.clone()),
+        }
+    }
+}
+
+/// The TCP connection and TLS handshake of a [`Dialer`]: the settings read at each connection.
+#[derive(Clone)]
+struct TlsDial {
+    config: crate::tls::ClientTls,
+    server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsDial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsDial")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl tower::Service<http::Uri> for TlsDial {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future = futures::future::BoxFuture<'static, std::io::Result<Self::Response>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connector = tokio_rustls::TlsConnector::from(self.config.borrow().clone());
+        let name = self.server_name.clone();
+        Box::pin(async move {
+            let invalid = |what: &str| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_string())
+            };
+            let host = uri
+                .host()
+                .ok_or_else(|| invalid("no host in the address"))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let port = uri
+                .port_u16()
+                .ok_or_else(|| invalid("no port in the address"))?;
+            let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
+}
+
 /// Adds `authorization: Bearer <token>` to every call (nothing without a token).
 #[derive(Clone, Default)]
 pub struct BearerToken(Option<MetadataValue<Ascii>>);

@@ -25,6 +25,7 @@ pub mod llm_sim;
 pub mod manager;
 pub mod money;
 pub mod programmer;
+pub mod reload;
 pub mod repo_url;
 pub mod serve;
 pub mod task_events;

@@ -88,6 +88,9 @@ enum CertsCommand {
     /// Write a development CA and a certificate + key for the manager, each programmer and the
     /// CLI into DIR, and print the `tls:` section that uses them.
     Init(pas::cli::certs::CertsInitArgs),
+    /// Issue every certificate + key in DIR again with the CA already there (ca.pem stays):
+    /// running processes take the new ones up without a restart (within 10 s, or on SIGHUP).
+    Renew(pas::cli::certs::CertsRenewArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +143,7 @@ fn main() -> ExitCode {
         Command::Watch(args) => pas::cli::watch::run(&cli.config, args),
         Command::Tasks(args) => pas::cli::tasks::run(&cli.config, args),
         Command::Certs(CertsCommand::Init(args)) => pas::cli::certs::run(&cli.config, args),
+        Command::Certs(CertsCommand::Renew(args)) => pas::cli::certs::run_renew(&cli.config, args),
         Command::Token(TokenCommand::New(args)) => pas::cli::token::run(args),
         Command::Demo(args) => pas::cli::demo::run(&cli.config, cli.log_format, args),
     }

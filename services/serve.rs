@@ -7,7 +7,7 @@
 //! Every process also registers grpc.health.v1 and reflection (v1 and v1alpha, since grpcurl 1.8
 //! still speaks v1alpha), so `grpcurl list` and health checks work without .proto files.
 
-use crate::tls::{ClientAuth, TlsFiles, TlsListener};
+use crate::tls::{ServerTls, TlsFiles, TlsListener};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -99,17 +99,11 @@ pub enum Bound {
 }
 
 impl Bound {
-    /// Wraps `listener` in TLS when `tls` is given.
-    pub fn new(
-        listener: TcpListener,
-        tls: Option<(&TlsFiles, ClientAuth)>,
-    ) -> Result<Self, ServeError> {
+    /// Wraps `listener` in TLS when `tls` is given (see [`crate::tls::reloading_server_config`]).
+    pub fn new(listener: TcpListener, tls: Option<ServerTls>) -> Result<Self, ServeError> {
         Ok(match tls {
             None => Bound::Plain(listener),
-            Some((files, auth)) => Bound::Tls(TlsListener::new(
-                listener,
-                crate::tls::server_config(files, auth)?,
-            )?),
+            Some(config) => Bound::Tls(TlsListener::new(listener, config)?),
         })
     }
 
@@ -245,7 +239,7 @@ pub async fn serve(
 pub fn serve_on_own_thread(
     name: &str,
     listener: TcpListener,
-    tls: Option<(TlsFiles, ClientAuth)>,
+    tls: Option<ServerTls>,
     router: axum::Router,
     limits: crate::config::LimitsConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -264,7 +258,7 @@ pub fn serve_on_own_thread(
                 .and_then(|runtime| {
                     runtime.block_on(async move {
                         let listener = TcpListener::from_std(listener)?;
-                        let bound = Bound::new(listener, tls.as_ref().map(|(f, a)| (f, *a)))?;
+                        let bound = Bound::new(listener, tls)?;
                         serve(bound, router, &limits, shutdown).await
                     })
                 });

@@ -12,7 +12,8 @@
 //!
 //! Servers answer gRPC (HTTP/2) and the JSON routes (HTTP/1.1) on one port, so the listener offers
 //! both in ALPN. Handshakes run concurrently off the accept loop, each bounded in time, so one slow
-//! or silent client cannot hold up the others (see [`TlsListener`]).
+//! or silent client cannot hold up the others (see [`TlsListener`]). A server's certificate, key
+//! and CA are re-read when their files change ([`reloading_server_config`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -103,7 +104,7 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 }
 
 /// The CA file as a rustls root store.
-fn roots(ca: &Path) -> Result<rustls::RootCertStore, TlsError> {
+pub fn root_store(ca: &Path) -> Result<rustls::RootCertStore, TlsError> {
     let mut store = rustls::RootCertStore::empty();
     for cert in read_certs(ca)? {
         store
@@ -131,7 +132,7 @@ pub fn server_config(
     let certs = read_certs(&files.cert)?;
     let key = read_key(&files.key)?;
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots(&files.ca)?),
+        Arc::new(root_store(&files.ca)?),
         provider(),
     );
     let verifier = match client_auth {
@@ -149,6 +150,53 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// A server's TLS settings as they are now: re-read while the process runs when its files
+/// change (see [`crate::reload`]). Each new connection's handshake uses the current ones.
+pub type ServerTls = tokio::sync::watch::Receiver<Arc<rustls::ServerConfig>>;
+
+/// [`server_config`], kept current with its files (the CA, certificate and key) while the
+/// process runs. Fails as `server_config` does at start-up; later a set that does not load is
+/// logged and the last good one kept. Call inside a tokio runtime.
+pub fn reloading_server_config(
+    files: &TlsFiles,
+    client_auth: ClientAuth,
+) -> Result<ServerTls, TlsError> {
+    reloading("TLS certificate", files, move |files| {
+        server_config(files, client_auth)
+    })
+}
+
+/// `build(files)` now, and again whenever one of the files changes (see [`crate::reload`]).
+fn reloading<T: Send + Sync + 'static>(
+    what: &'static str,
+    files: &TlsFiles,
+    build: impl Fn(&TlsFiles) -> Result<T, TlsError> + Send + 'static,
+) -> Result<tokio::sync::watch::Receiver<T>, TlsError> {
+    let initial = build(files)?;
+    let watched = vec![files.ca.clone(), files.cert.clone(), files.key.clone()];
+    let files = files.clone();
+    Ok(crate::reload::reloaded(what, watched, initial, move || {
+        build(&files)
+    }))
+}
+
+/// A client's TLS settings as they are now (see [`reloading_client_config`]): each new
+/// connection's handshake uses the current ones.
+pub type ClientTls = tokio::sync::watch::Receiver<Arc<rustls::ClientConfig>>;
+
+/// The client settings a process uses toward the pool's servers — the pool CA as the only root,
+/// its own certificate when its files exist, ALPN `h2` — kept current with the files while it
+/// runs: a renewed client certificate, or a new CA, is presented and trusted from the next
+/// connection on (see `channel::Dialer`). Call inside a tokio runtime.
+pub fn reloading_client_config(files: &TlsFiles) -> Result<ClientTls, TlsError> {
+    fn build(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        let mut config = rustls_client_config(files)?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+    reloading("TLS client certificate", files, build)
+}
+
 /// The tonic client TLS settings for reaching a server named `server_name` (the name or IP its
 /// certificate carries; usually the host from the configuration). With `present_identity`, this
 /// process's certificate is offered to the server (needed by programmers).
@@ -158,7 +206,7 @@ pub fn client_config(
     present_identity: bool,
 ) -> Result<tonic::transport::ClientTlsConfig, TlsError> {
     // Parse first, so a bad file is reported by name now instead of at the first connection.
-    roots(&files.ca)?;
+    root_store(&files.ca)?;
     let read = |path: &Path| {
         std::fs::read(path).map_err(|e| file_error(path, format!("cannot read: {e}")))
     };
@@ -182,7 +230,7 @@ pub fn rustls_client_config(files: &TlsFiles) -> Result<rustls::ClientConfig, Tl
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| file_error(&files.ca, e))?
-        .with_root_certificates(roots(&files.ca)?);
+        .with_root_certificates(root_store(&files.ca)?);
     if files.cert.exists() && files.key.exists() {
         builder
             .with_client_auth_cert(read_certs(&files.cert)?, read_key(&files.key)?)
@@ -211,11 +259,11 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    /// Starts terminating TLS on `tcp` with `config`.
-    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+    /// Starts terminating TLS on `tcp` with `config` (as it is when each connection comes).
+    pub fn new(tcp: TcpListener, config: ServerTls) -> std::io::Result<Self> {
         let local_addr = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(READY_BACKLOG);
-        let accept_loop = tokio::spawn(accept_loop(tcp, TlsAcceptor::from(config), tx));
+        let accept_loop = tokio::spawn(accept_loop(tcp, config, tx));
         Ok(Self {
             ready,
             local_addr,
@@ -232,7 +280,7 @@ impl Drop for TlsListener {
 
 async fn accept_loop(
     tcp: TcpListener,
-    acceptor: TlsAcceptor,
+    config: ServerTls,
     ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
@@ -252,7 +300,9 @@ async fn accept_loop(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!("cannot set TCP_NODELAY on an accepted connection: {e}");
         }
-        let (acceptor, ready) = (acceptor.clone(), ready.clone());
+        // The settings as they are now: a renewed certificate serves from the next connection.
+        let acceptor = TlsAcceptor::from(config.borrow().clone());
+        let ready = ready.clone();
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
             drop(permit);

@@ -4,9 +4,7 @@
 
 mod common;
 
-use common::pool::{
-    TestPool, TestProgrammer, collect_events, sample_dispatch, state_of, wait_until,
-};
+use common::pool::{TestPool, TestProgrammer, collect_events, sample_dispatch, state_of};
 use common::secure::{self, Secured, plain_channel, tls_channel, with_token};
 use pas::contract::v1::programmer_client::ProgrammerClient;
 use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
@@ -37,22 +35,7 @@ async fn manager(pool: &TestPool, s: &Secured) -> ProgrammerPoolClient<Channel> 
 /// Waits until the manager, over TLS, sees its programmer available: proof that its own channel
 /// to the programmer (mTLS with the manager's certificate) works.
 async fn wait_programmer_available(client: &ProgrammerPoolClient<Channel>, s: &Secured) {
-    let token = s.read.clone();
-    wait_until(
-        Duration::from_secs(30),
-        "the manager to see programmer 001 over mTLS",
-        || {
-            let mut c = client.clone();
-            let token = token.clone();
-            async move {
-                c.get_pool_status(with_token(GetPoolStatusRequest {}, &token))
-                    .await
-                    .map(|s| s.into_inner().available == 1)
-                    .unwrap_or(false)
-            }
-        },
-    )
-    .await;
+    secure::wait_available_over_tls(client, &s.read, 1, Duration::from_secs(30)).await;
 }
 
 fn code_of<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> Code {

@@ -1,4 +1,6 @@
-//! `pas certs init DIR`: a development CA and a certificate for every process of a configuration.
+//! `pas certs init DIR`: a development CA and a certificate for every process of a configuration;
+//! `pas certs renew DIR`: every certificate but the CA's issued again (running processes take
+//! the new ones up without a restart, see [`crate::reload`]).
 //!
 //! Writes `ca.pem` + `ca-key.pem`, `manager.pem` + `manager-key.pem`, `programmer-<id>.pem` +
 //! `programmer-<id>-key.pem` for each programmer, and `client.pem` + `client-key.pem` (what the CLI
@@ -153,47 +155,174 @@ pub fn init(config: &Config, args: &CertsInitArgs) -> anyhow::Result<Vec<PathBuf
     };
 
     let ca_key = KeyPair::generate().context("cannot generate the CA key")?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Programmer Pool development CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    validity(&mut ca_params, args.days);
+    let ca_params = ca_params(args.days)?;
     let ca_cert = ca_params.self_signed(&ca_key)?;
     emit("ca", ca_cert.pem(), &ca_key)?;
     let issuer = Issuer::new(ca_params, ca_key);
 
     for subject in &subjects {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(subject.hosts.clone())
-            .with_context(|| format!("{}: bad host name in {:?}", subject.name, subject.hosts))?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("pas-{}", subject.name));
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = [
-            (subject.server, ExtendedKeyUsagePurpose::ServerAuth),
-            (subject.client, ExtendedKeyUsagePurpose::ClientAuth),
-        ]
-        .into_iter()
-        .filter_map(|(wanted, usage)| wanted.then_some(usage))
-        .collect();
-        params.use_authority_key_identifier_extension = true;
-        validity(&mut params, args.days);
-        let cert = params.signed_by(&key, &issuer)?;
+        let (cert, key) = issue(subject, &issuer, args.days)?;
         emit(&subject.name, cert.pem(), &key)?;
     }
     Ok(written)
 }
 
+/// The development CA's certificate parameters: what `init` self-signs, and what `renew`
+/// issues with again (the same name, so the certificates it issues chain to the CA on disk).
+fn ca_params(days: u32) -> anyhow::Result<CertificateParams> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Programmer Pool development CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    validity(&mut params, days);
+    Ok(params)
+}
+
+/// A new key and a certificate for it, signed by `issuer`.
+fn issue(
+    subject: &Subject,
+    issuer: &Issuer<'_, KeyPair>,
+    days: u32,
+) -> anyhow::Result<(rcgen::Certificate, KeyPair)> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(subject.hosts.clone())
+        .with_context(|| format!("{}: bad host name in {:?}", subject.name, subject.hosts))?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("pas-{}", subject.name));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = [
+        (subject.server, ExtendedKeyUsagePurpose::ServerAuth),
+        (subject.client, ExtendedKeyUsagePurpose::ClientAuth),
+    ]
+    .into_iter()
+    .filter_map(|(wanted, usage)| wanted.then_some(usage))
+    .collect();
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, days);
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert, key))
+}
+
+/// Arguments of `pas certs renew`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CertsRenewArgs {
+    /// Directory of a set `pas certs init` wrote: its `ca.pem` and `ca-key.pem` stay, every
+    /// other certificate and key is issued again.
+    pub dir: PathBuf,
+    /// Extra subject alternative name (DNS name or IP) for every server certificate; repeatable.
+    #[arg(long = "san")]
+    pub sans: Vec<String>,
+    /// Days the new certificates stay valid.
+    #[arg(long, default_value_t = 365)]
+    pub days: u32,
+}
+
+/// Issues every process's certificate and key of `config` again with the CA in `args.dir`
+/// (which stays): what a running pool takes up without a restart, since each process re-reads
+/// its certificate when its files change. Each file is replaced whole (written beside it, then
+/// renamed over it), so a process never reads half a file; every new certificate is checked to
+/// chain to `ca.pem` before any file is replaced (a CA that `init` did not make is refused).
+/// Returns the files written.
+pub fn renew(config: &Config, args: &CertsRenewArgs) -> anyhow::Result<Vec<PathBuf>> {
+    let ca_pem = args.dir.join("ca.pem");
+    let ca_key_path = args.dir.join("ca-key.pem");
+    let ca_key_pem = std::fs::read_to_string(&ca_key_path)
+        .with_context(|| format!("cannot read the CA key {}", ca_key_path.display()))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem)
+        .with_context(|| format!("{}: not a PEM private key", ca_key_path.display()))?;
+    let issuer = Issuer::new(ca_params(args.days)?, ca_key);
+    let verifier = chain_checker(&ca_pem)?;
+    let mut issued = Vec::new();
+    for subject in subjects(config, &args.sans) {
+        let (cert, key) = issue(&subject, &issuer, args.days)?;
+        verifier(&subject, cert.der()).with_context(|| {
+            format!(
+                "a certificate issued with {} does not chain to {}: renew only a set `pas certs init` wrote",
+                ca_key_path.display(),
+                ca_pem.display()
+            )
+        })?;
+        issued.push((subject.name, cert.pem(), key.serialize_pem()));
+    }
+    let mut written = Vec::new();
+    for (name, cert, key) in issued {
+        // The key first: a process that reads between the two renames sees a pair that does
+        // not match, refuses it and keeps its previous one until the certificate lands.
+        let key_path = args.dir.join(format!("{name}-key.pem"));
+        replace(&key_path, &key, true)?;
+        let cert_path = args.dir.join(format!("{name}.pem"));
+        replace(&cert_path, &cert, false)?;
+        written.extend([cert_path, key_path]);
+    }
+    Ok(written)
+}
+
+/// Checks that a certificate issued for a subject chains to the CA in `ca_pem` (as a server,
+/// for `localhost`, when it is one; as a client otherwise).
+fn chain_checker(
+    ca_pem: &Path,
+) -> anyhow::Result<impl Fn(&Subject, &rustls::pki_types::CertificateDer<'_>) -> anyhow::Result<()>>
+{
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::{ServerName, UnixTime};
+    let roots = std::sync::Arc::new(crate::tls::root_store(ca_pem)?);
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let servers = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        roots.clone(),
+        provider.clone(),
+    )
+    .build()?;
+    let clients =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider).build()?;
+    Ok(
+        move |subject: &Subject, cert: &rustls::pki_types::CertificateDer<'_>| {
+            if subject.server {
+                let name = ServerName::try_from("localhost")?;
+                servers.verify_server_cert(cert, &[], &name, &[], UnixTime::now())?;
+            } else {
+                clients.verify_client_cert(cert, &[], UnixTime::now())?;
+            }
+            Ok(())
+        },
+    )
+}
+
+/// Replaces `path` with `text` whole: written to a file beside it, then renamed over it (mode
+/// 0600 for keys).
+fn replace(path: &Path, text: &str, secret: bool) -> anyhow::Result<()> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".new");
+    let fresh = PathBuf::from(name);
+    let _ = std::fs::remove_file(&fresh);
+    write(&fresh, text, secret, false)?;
+    std::fs::rename(&fresh, path).with_context(|| format!("cannot replace {}", path.display()))
+}
+
+/// Runs `pas certs renew`: issues the set again with its CA and says how processes take it up.
+pub fn run_renew(config_path: &Path, args: CertsRenewArgs) -> std::process::ExitCode {
+    with_config(
+        config_path,
+        |config| renew(config, &args),
+        |files| {
+            println!(
+                "renewed {} files in {} with its CA (ca.pem unchanged); running processes take them up within {} s, or at once on SIGHUP",
+                files.len(),
+                args.dir.display(),
+                crate::reload::CHECK_EVERY.as_secs()
+            );
+        },
+    )
+}
+
 /// Runs `pas certs init`: writes the files and prints the `tls:` section to add.
 pub fn run(config_path: &Path, args: CertsInitArgs) -> std::process::ExitCode {
-    let outcome = Config::load(config_path)
-        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))
-        .and_then(|config| init(&config, &args));
-    match outcome {
-        Ok(files) => {
+    with_config(
+        config_path,
+        |config| init(config, &args),
+        |files| {
             println!(
                 "wrote {} files to {} (development CA: keep ca-key.pem private)",
                 files.len(),
@@ -204,6 +333,23 @@ pub fn run(config_path: &Path, args: CertsInitArgs) -> std::process::ExitCode {
                 "\nAdd to the configuration:\n\ntls:\n  ca: {0}/ca.pem\n  cert: {0}/{{name}}.pem\n  key: {0}/{{name}}-key.pem",
                 dir.display()
             );
+        },
+    )
+}
+
+/// Loads the configuration, runs `issue` with it and `report`s the files written; an error
+/// (of either) goes to stderr with exit status 1.
+fn with_config(
+    config_path: &Path,
+    issue: impl FnOnce(&Config) -> anyhow::Result<Vec<PathBuf>>,
+    report: impl FnOnce(&[PathBuf]),
+) -> std::process::ExitCode {
+    let outcome = Config::load(config_path)
+        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))
+        .and_then(|config| issue(&config));
+    match outcome {
+        Ok(files) => {
+            report(&files);
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
@@ -255,5 +401,67 @@ mod tests {
             },
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_renewed_set_keeps_its_ca_and_a_foreign_ca_key_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = "pool_size: 1\nprogrammers:\n  - {id: '001', port: 6151, primary_llm: ollama/a, backup_llm: ollama/b}\n";
+        let config = Config::from_yaml(yaml, &dir.path().join("pool.yaml")).unwrap();
+        let init_args = |path: &str| CertsInitArgs {
+            dir: dir.path().join(path),
+            sans: Vec::new(),
+            days: 30,
+            force: false,
+        };
+        init(&config, &init_args("certs")).unwrap();
+        let certs = dir.path().join("certs");
+        let read = |name: &str| std::fs::read(certs.join(name)).unwrap();
+        let (ca, manager, manager_key) =
+            (read("ca.pem"), read("manager.pem"), read("manager-key.pem"));
+        let args = CertsRenewArgs {
+            dir: certs.clone(),
+            sans: Vec::new(),
+            days: 30,
+        };
+        let written = renew(&config, &args).unwrap();
+        assert_eq!(written.len(), 6, "every pair but the CA's: {written:?}");
+        assert_eq!(read("ca.pem"), ca, "the CA stays");
+        assert_ne!(read("manager.pem"), manager);
+        assert_ne!(read("manager-key.pem"), manager_key);
+        let files_of = |name: &str| crate::tls::TlsFiles {
+            ca: certs.join("ca.pem"),
+            cert: certs.join(format!("{name}.pem")),
+            key: certs.join(format!("{name}-key.pem")),
+        };
+        for name in ["manager", "programmer-001"] {
+            crate::tls::server_config(&files_of(name), crate::tls::ClientAuth::Required).unwrap();
+        }
+        crate::tls::rustls_client_config(&files_of("client")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(certs.join("manager-key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "keys stay private: {mode:o}");
+        assert!(
+            !certs.join("manager.pem.new").exists(),
+            "nothing left beside"
+        );
+
+        // A CA key that did not make ca.pem: refused, nothing replaced.
+        init(&config, &init_args("other")).unwrap();
+        std::fs::copy(
+            dir.path().join("other/ca-key.pem"),
+            certs.join("ca-key.pem"),
+        )
+        .unwrap();
+        let before = read("manager.pem");
+        let err = format!("{:#}", renew(&config, &args).unwrap_err());
+        assert!(
+            err.contains("does not chain to") && err.contains("ca.pem"),
+            "{err}"
+        );
+        assert_eq!(read("manager.pem"), before);
     }
 }

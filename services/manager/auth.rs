@@ -222,6 +222,13 @@ impl TokenSet {
     }
 }
 
+mod tokens {
+    /// A token set that never changes (its sender is dropped: the value stays readable).
+    pub(super) fn fixed(set: super::TokenSet) -> tokio::sync::watch::Receiver<super::TokenSet> {
+        tokio::sync::watch::channel(set).1
+    }
+}
+
 /// What a request needs from its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
@@ -234,19 +241,51 @@ pub enum Need {
 /// The manager's authentication policy: the tokens and which routes are open.
 #[derive(Debug)]
 pub struct Authenticator {
-    tokens: TokenSet,
+    /// The tokens as they are now (re-read when the tokens file changes: see
+    /// [`reloading`](Self::reloading)).
+    tokens: tokio::sync::watch::Receiver<TokenSet>,
     open_status: bool,
     open_metrics: bool,
 }
 
 impl Authenticator {
-    /// The policy of an `auth:` section with its tokens loaded.
+    /// The policy of an `auth:` section with its tokens loaded (kept as they are).
     pub fn new(auth: &AuthConfig, tokens: TokenSet) -> Self {
+        Self::with(auth, tokens::fixed(tokens))
+    }
+
+    /// The policy of an `auth:` section, its tokens loaded now and re-read whenever
+    /// `auth.tokens_file` changes (see [`crate::reload`]): a token deleted from the file is
+    /// refused from the next request on, a new one accepted, without a restart. A file that
+    /// does not load then is logged with its line, and the tokens read before stay in force.
+    /// (`auth.tokens_env` is read with it; the environment of a running process does not
+    /// change.) Call inside a tokio runtime.
+    pub fn reloading(auth: &AuthConfig, config_dir: &Path) -> Result<Self, AuthError> {
+        let tokens = TokenSet::load(auth, config_dir)?;
+        let Some(file) = &auth.tokens_file else {
+            return Ok(Self::new(auth, tokens));
+        };
+        let (auth_cfg, dir) = (auth.clone(), config_dir.to_path_buf());
+        let tokens = crate::reload::reloaded(
+            "caller tokens",
+            vec![config_dir.join(file)],
+            tokens,
+            move || TokenSet::load(&auth_cfg, &dir),
+        );
+        Ok(Self::with(auth, tokens))
+    }
+
+    fn with(auth: &AuthConfig, tokens: tokio::sync::watch::Receiver<TokenSet>) -> Self {
         Self {
             tokens,
             open_status: auth.open.contains(&OpenRoute::Status),
             open_metrics: auth.open.contains(&OpenRoute::Metrics),
         }
+    }
+
+    /// How many tokens are accepted now.
+    pub fn token_count(&self) -> usize {
+        self.tokens.borrow().len()
     }
 
     /// What calling `path` needs (an HTTP/JSON route is asked as the gRPC method it calls; the
@@ -288,7 +327,7 @@ impl Authenticator {
         let need = self.need(path);
         let token = authorization.and_then(bearer);
         let caller = match token {
-            Some(token) => self.tokens.verify(token),
+            Some(token) => self.tokens.borrow().verify(token),
             None => None,
         };
         match (need, caller) {

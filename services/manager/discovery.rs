@@ -15,6 +15,7 @@
 //! A failed lookup (server unreachable, SERVFAIL) changes nothing: a DNS outage must not empty
 //! the pool. Only an answer that the name has no records empties it.
 
+use crate::channel::Dialer;
 use crate::config::{Config, DiscoveryConfig, ProgrammerSpec};
 use crate::contract::v1::programmer_client::ProgrammerClient;
 use crate::contract::v1::{GetStatusRequest, ProgrammerStatus};
@@ -30,7 +31,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// How long one GetStatus of a joining programmer may take.
 const JOIN_CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -188,7 +189,7 @@ pub fn spec_from_status(
 /// A programmer at an address whose GetStatus answered.
 struct Joined {
     addr: SocketAddr,
-    link: (Endpoint, Channel),
+    link: (Dialer, Channel),
     status: ProgrammerStatus,
 }
 

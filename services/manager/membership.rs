@@ -21,6 +21,7 @@
 //! member *dirty* ([`PoolView::touch`]); before it decides, the balancer re-reads the dirty members
 //! into its candidate indexes ([`PoolView::take_dirty`]), so no decision rescans the whole pool.
 
+use crate::channel::Dialer;
 use crate::config::{Config, ProgrammerSpec};
 use crate::contract::v1::programmer_client::ProgrammerClient;
 use crate::contract::v1::{GetStatusRequest, ProgrammerStatus};
@@ -30,7 +31,7 @@ use std::task::Waker;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -64,7 +65,7 @@ pub struct Member {
     /// Stops its watchers when it leaves (a child of the manager's stop token).
     watch_stop: CancellationToken,
     /// Where its channels connect (they connect lazily and reconnect themselves).
-    endpoint: Endpoint,
+    dialer: Dialer,
     /// Its channel on each of the manager's serving runtimes (see `runtimes`), every client on
     /// that runtime sharing it: slot 0's is made with the member, the others' on first use, on
     /// their runtime, which then runs their connection.
@@ -89,17 +90,17 @@ pub struct Member {
 }
 
 impl Member {
-    /// A member for `spec`, reached through `endpoint` at `address` (over `channel` from the main
+    /// A member for `spec`, reached through `dialer` at `address` (over `channel` from the main
     /// runtime), at position `index`, with a channel slot for each of `runtimes` runtimes.
     fn new(
         index: usize,
         spec: ProgrammerSpec,
         address: String,
-        link: (Endpoint, Channel),
+        link: (Dialer, Channel),
         runtimes: usize,
         stop: &CancellationToken,
     ) -> Self {
-        let (endpoint, channel) = link;
+        let (dialer, channel) = link;
         let channels: Box<[OnceLock<Channel>]> =
             (0..runtimes.max(1)).map(|_| OnceLock::new()).collect();
         let _ = channels[0].set(channel);
@@ -109,7 +110,7 @@ impl Member {
             address,
             left: AtomicBool::new(false),
             watch_stop: stop.child_token(),
-            endpoint,
+            dialer,
             channels,
             available: AtomicBool::new(false),
             comebacks: AtomicU64::new(0),
@@ -131,7 +132,7 @@ impl Member {
         slot.get_or_init(|| {
             // Once per programmer and runtime.
             tracing::info!(programmer = %self.spec.id, runtime, "channel to the programmer opened by a serving runtime");
-            self.endpoint.connect_lazy()
+            self.dialer.connect_lazy()
         })
         .clone()
     }
@@ -264,8 +265,9 @@ pub struct PoolView {
     watchers: OnceLock<Watchers>,
     /// Asks DNS discovery to re-resolve now (a member's connection broke).
     resolve_now: Notify,
-    /// Client TLS for channels to joining members.
-    tls: Option<crate::tls::TlsFiles>,
+    /// Client TLS for channels to members (kept current with its files: a new connection
+    /// uses the settings of its time).
+    tls: Option<crate::tls::ClientTls>,
     /// The manager's serving runtimes: each member keeps a channel for each.
     runtimes: usize,
     /// The manager's stop: every member's watchers stop on it (or when the member leaves).
@@ -299,7 +301,7 @@ impl PoolView {
             dirty: Mutex::new(Vec::new()),
             watchers: OnceLock::new(),
             resolve_now: Notify::new(),
-            tls: tls.cloned(),
+            tls: tls.map(crate::tls::reloading_client_config).transpose()?,
             runtimes: super::runtimes::count(config.pool.manager.runtimes),
             stop: stop.clone(),
         });
@@ -324,12 +326,11 @@ impl PoolView {
 
     /// Where a programmer at `address` (`host:port`) is reached, and a lazily-connecting channel
     /// there (made on the calling thread's runtime).
-    pub fn link(&self, address: &str) -> anyhow::Result<(Endpoint, Channel)> {
-        let endpoint = crate::channel::endpoint(address, self.tls.as_ref())?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
-        let channel = endpoint.connect_lazy();
-        Ok((endpoint, channel))
+    pub fn link(&self, address: &str) -> anyhow::Result<(Dialer, Channel)> {
+        let dialer = Dialer::new(address, self.tls.as_ref())?
+            .with_endpoint(|e| e.connect_timeout(CONNECT_TIMEOUT));
+        let channel = dialer.connect_lazy();
+        Ok((dialer, channel))
     }
 
     /// Every member that ever joined, by index (left ones included: check
@@ -349,7 +350,7 @@ impl PoolView {
         self: &Arc<Self>,
         spec: ProgrammerSpec,
         address: String,
-        link: (Endpoint, Channel),
+        link: (Dialer, Channel),
     ) -> Arc<Member> {
         let stop = &self.stop;
         let member = {

@@ -304,9 +304,9 @@ pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
     let tls = args.security.tls_files(&config, "manager");
     let authenticator = match &config.pool.auth {
         Some(auth_cfg) => {
-            let tokens = auth::TokenSet::load(auth_cfg, config.config_dir())?;
-            tracing::info!(tokens = tokens.len(), "caller authentication on");
-            Some(Arc::new(auth::Authenticator::new(auth_cfg, tokens)))
+            let policy = auth::Authenticator::reloading(auth_cfg, config.config_dir())?;
+            tracing::info!(tokens = policy.token_count(), "caller authentication on");
+            Some(Arc::new(policy))
         }
         None => None,
     };
@@ -325,10 +325,12 @@ pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
         runtimes::count(mgr_cfg.runtimes),
     )
     .await?;
-    let listener = serve::Bound::new(
-        listener,
-        tls.as_ref().map(|f| (f, crate::tls::ClientAuth::Optional)),
-    )?;
+    // One set of server settings for every port and runtime, kept current with its files.
+    let server_tls = tls
+        .as_ref()
+        .map(|f| crate::tls::reloading_server_config(f, crate::tls::ClientAuth::Optional))
+        .transpose()?;
+    let listener = serve::Bound::new(listener, server_tls.clone())?;
     let addr = listener.local_addr()?;
     let mgr = Manager::start(config.clone(), addr.port(), tls.as_ref()).await?;
 
@@ -378,7 +380,7 @@ pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
         serve::serve_on_own_thread(
             "pas-admin",
             admin,
-            tls.clone().map(|f| (f, crate::tls::ClientAuth::Optional)),
+            server_tls.clone(),
             probes,
             config.pool.limits.clone(),
             stop.cancelled_owned(),
@@ -394,7 +396,7 @@ pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
         serving.push(serve::serve_on_own_thread(
             &format!("pas-serve-{slot}"),
             listener,
-            tls.clone().map(|f| (f, crate::tls::ClientAuth::Optional)),
+            server_tls.clone(),
             router.clone(),
             config.pool.limits.clone(),
             mgr.stop.clone().cancelled_owned(),

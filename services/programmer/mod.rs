@@ -89,10 +89,11 @@ pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
     serve::check_exposure(&host, missing, args.security.insecure).await?;
     // Client certificates are required: only holders of a pool certificate (the manager) may
     // call Execute, which would otherwise skip the manager's authentication and budget.
-    let listener = serve::Bound::new(
-        serve::bind(&host, spec.port).await?,
-        tls.as_ref().map(|f| (f, crate::tls::ClientAuth::Required)),
-    )?;
+    let server_tls = tls
+        .as_ref()
+        .map(|f| crate::tls::reloading_server_config(f, crate::tls::ClientAuth::Required))
+        .transpose()?;
+    let listener = serve::Bound::new(serve::bind(&host, spec.port).await?, server_tls)?;
     let addr = listener.local_addr()?;
     let prog = Arc::new(Programmer::new(&config, spec, addr.port())?);
     prog.start_warm_workers();

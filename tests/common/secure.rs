@@ -130,3 +130,31 @@ pub fn with_token<T>(request: T, token: &str) -> tonic::Request<T> {
     );
     request
 }
+
+/// Waits (up to `timeout`) until the manager `client` talks to, asked with `token`, sees `n`
+/// programmers available: proof that its own channels to them (mTLS with the manager's
+/// certificate) work.
+pub async fn wait_available_over_tls(
+    client: &pas::contract::v1::programmer_pool_client::ProgrammerPoolClient<Channel>,
+    token: &str,
+    n: u32,
+    timeout: std::time::Duration,
+) {
+    super::pool::wait_until(
+        timeout,
+        &format!("the manager to see {n} programmer(s) available over mTLS"),
+        || {
+            let mut c = client.clone();
+            let token = token.to_string();
+            async move {
+                c.get_pool_status(with_token(
+                    pas::contract::v1::GetPoolStatusRequest {},
+                    &token,
+                ))
+                .await
+                .is_ok_and(|s| s.into_inner().available == n)
+            }
+        },
+    )
+    .await;
+}

@@ -1,0 +1,177 @@
+//! Credentials re-read while a process runs: a server's TLS certificate, key and CA, and the
+//! manager's caller tokens.
+//!
+//! Certificates are renewed in place (cert-manager rewrites a Kubernetes Secret's files, `pas
+//! certs renew` rewrites a development set) and a leaked token is revoked by deleting its line;
+//! neither should need a restart, which drops every connection and makes every caller
+//! re-attach. So each such value is a [`watch`] channel that a task keeps current: on SIGHUP, and
+//! every [`CHECK_EVERY`], it reads the files, and when their bytes changed builds the value again
+//! with the same code that built it at start-up. A value that does not build (a half-written
+//! file, a malformed entry) is logged once, naming the file and what is wrong, and the last good
+//! value stays in force: a mistake never turns the process's security off or locks every caller
+//! out. Readers take the current value per connection (TLS) or per request (tokens); what was
+//! accepted before stays accepted (an open connection keeps its handshake).
+//!
+//! The configuration file itself is read once, at start-up.
+
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often the files are compared with what was last read (SIGHUP compares at once).
+pub const CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// Keeps `initial` — built from `files` at start-up by `build` — current while the process runs
+/// (see the module docs): returns the receiver to read it from. `what` names the value in the
+/// log ("TLS certificate", "caller tokens"). Must be called inside a tokio runtime; the task
+/// stops with it.
+pub fn reloaded<T, E>(
+    what: &'static str,
+    files: Vec<PathBuf>,
+    initial: T,
+    build: impl Fn() -> Result<T, E> + Send + 'static,
+) -> watch::Receiver<T>
+where
+    T: Send + Sync + 'static,
+    E: std::fmt::Display,
+{
+    let (current, receiver) = watch::channel(initial);
+    // What the files held when `initial` was built (read after it: a change in between is
+    // only built once more).
+    let mut seen = contents(&files);
+    // Registered before this returns (not when the task first runs): from then on SIGHUP
+    // reloads instead of ending the process, before it reports itself started.
+    let mut hangup = sighup();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            let asked = tokio::select! {
+                _ = tick.tick() => false,
+                Some(()) = next(&mut hangup) => true,
+                () = current.closed() => return,
+            };
+            let now = contents(&files);
+            if now == seen {
+                if asked {
+                    tracing::info!(what, "SIGHUP: {what} unchanged");
+                }
+                continue;
+            }
+            seen = now;
+            let names = names(&files);
+            match build() {
+                Ok(value) => {
+                    current.send_replace(value);
+                    tracing::info!(what, files = %names, "{what} reloaded");
+                }
+                Err(e) => tracing::error!(
+                    what,
+                    files = %names,
+                    "{what} not reloaded, the ones read before stay in force: {e}"
+                ),
+            }
+        }
+    });
+    receiver
+}
+
+/// Each file's bytes (`None`: unreadable now — a change like any other).
+fn contents(files: &[PathBuf]) -> Vec<Option<Vec<u8>>> {
+    files.iter().map(|f| std::fs::read(f).ok()).collect()
+}
+
+fn names(files: &[PathBuf]) -> String {
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    names.join(", ")
+}
+
+/// SIGHUP as a stream (`None` where signals cannot be had: then only the timer reloads).
+fn sighup() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+
+async fn next(hangup: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match hangup {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value built from one file: its text, refused when it says "bad".
+    fn build(path: PathBuf) -> impl Fn() -> Result<String, String> {
+        move || {
+            let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+            match text.trim() {
+                "bad" => Err(format!("{}: bad content", path.display())),
+                good => Ok(good.to_string()),
+            }
+        }
+    }
+
+    /// Waits for `changed` at most one check period (of tokio's paused clock).
+    async fn within_a_check<E: std::fmt::Debug>(changed: impl Future<Output = Result<(), E>>) {
+        tokio::time::timeout(CHECK_EVERY + Duration::from_millis(1), changed)
+            .await
+            .expect("seen within one check")
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_file_is_built_again_and_a_bad_one_keeps_the_last_good_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tokens");
+        std::fs::write(&file, "one").unwrap();
+        let mut value = reloaded(
+            "test value",
+            vec![file.clone()],
+            "one".to_string(),
+            build(file.clone()),
+        );
+        // Unchanged: nothing is sent however long it runs.
+        tokio::time::sleep(CHECK_EVERY * 3).await;
+        assert!(!value.has_changed().unwrap());
+
+        std::fs::write(&file, "two").unwrap();
+        within_a_check(value.changed()).await;
+        assert_eq!(*value.borrow_and_update(), "two");
+
+        // A value that does not build: the last good one stays, and it is not retried while
+        // the file stays as it is.
+        std::fs::write(&file, "bad").unwrap();
+        tokio::time::sleep(CHECK_EVERY * 3).await;
+        assert!(!value.has_changed().unwrap());
+        assert_eq!(*value.borrow(), "two");
+
+        // A file gone is a change too, and keeps the last good value as well.
+        std::fs::remove_file(&file).unwrap();
+        tokio::time::sleep(CHECK_EVERY * 2).await;
+        assert_eq!(*value.borrow(), "two");
+
+        // Fixed: built again.
+        std::fs::write(&file, "three").unwrap();
+        within_a_check(value.changed()).await;
+        assert_eq!(*value.borrow_and_update(), "three");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_task_ends_when_every_reader_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cert");
+        std::fs::write(&file, "one").unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let build = build(file.clone());
+        // The builder, and the sender it holds, go with the task.
+        let value = reloaded("test value", vec![file], String::new(), move || {
+            let _held = &tx;
+            build()
+        });
+        drop(value);
+        assert!(rx.await.is_err(), "the task ended and dropped its builder");
+    }
+}

@@ -1,0 +1,260 @@
+//! Credentials re-read while the processes run (`services/reload.rs`), with real processes:
+//! `pas certs renew` rewrites every certificate of a running pool and both the manager and the
+//! programmer serve the new ones (on SIGHUP) without a restart, connections made before keep
+//! working; a token deleted from the tokens file is refused and a new one accepted; a tokens file
+//! that does not load is reported with its line and the tokens read before stay in force; a file
+//! fixed later is taken up by the periodic check alone; after a whole new CA, the manager
+//! reaches a programmer on the new set with its own new client certificate.
+
+mod common;
+
+use common::pool::{
+    TestPool, TestProgrammer, collect_events, sample_dispatch, state_of, wait_until,
+};
+use common::secure::{self, Secured, tls_channel, with_token};
+use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
+use pas::contract::v1::{GetPoolStatusRequest, TaskState};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// A certificate's SHA-256 (hex), to compare certificates in readable failures.
+fn fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The fingerprint of the certificate a TLS server on `127.0.0.1:port` presents, to a client
+/// trusting the pool CA of `s` and presenting the pool's `client` certificate (programmers
+/// require one).
+async fn served_certificate(port: u16, s: &Secured) -> String {
+    let files = s.files("client");
+    let config = pas::tls::rustls_client_config(&files).expect("client TLS config");
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let (_, session) = tls.get_ref();
+    fingerprint(&session.peer_certificates().expect("a server certificate")[0])
+}
+
+/// The fingerprint of the leaf certificate in a PEM file.
+fn certificate_in(path: &Path) -> String {
+    fingerprint(&pas::tls::read_certs(path).expect("PEM certificate")[0])
+}
+
+fn sighup(child: &std::process::Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("send SIGHUP");
+}
+
+/// Waits until `line` is in `log` `times` times.
+async fn wait_log(log: &Path, line: &str, times: usize, timeout: Duration) {
+    wait_until(
+        timeout,
+        &format!("{line:?} × {times} in {}", log.display()),
+        || async {
+            std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .matches(line)
+                .count()
+                >= times
+        },
+    )
+    .await;
+}
+
+async fn pool_status_code(client: &ProgrammerPoolClient<Channel>, token: &str) -> Code {
+    match client
+        .clone()
+        .get_pool_status(with_token(GetPoolStatusRequest {}, token))
+        .await
+    {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+/// Runs `pas ARGS…` for `pool`; panics with its stderr unless it succeeds.
+fn pas_succeeds(pool: &TestPool, args: &[&str]) {
+    let out = pool.pas_command(args).output().expect("run pas");
+    assert!(
+        out.status.success(),
+        "pas {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A dry run through the manager (to the programmer and back) succeeds.
+async fn dry_run_succeeds(client: &ProgrammerPoolClient<Channel>, token: &str) {
+    let mut dry = sample_dispatch("Add docstrings to all functions");
+    dry.dry_run = true;
+    let stream = client
+        .clone()
+        .dispatch(with_token(dry, token))
+        .await
+        .expect("dry run accepted")
+        .into_inner();
+    let (_, result) = collect_events(stream).await;
+    assert_eq!(state_of(&result), TaskState::Succeeded, "{result:?}");
+}
+
+#[tokio::test]
+async fn renewed_certificates_and_changed_tokens_are_taken_up_without_a_restart() {
+    let pool = TestPool::new(common::pool::PoolOptions {
+        programmers: vec![TestProgrammer::free("001")],
+        ..Default::default()
+    });
+    pool.sample_repo();
+    let s = secure::secure(&pool, "[]");
+    let programmer = pool.start_programmer("001");
+    let mut mgr = pool.start_manager();
+    let (manager_port, programmer_port) = (pool.manager_port, pool.ports["001"]);
+    let client = ProgrammerPoolClient::new(
+        tls_channel(manager_port, &s.files("client"), false)
+            .await
+            .expect("TLS connection to the manager"),
+    );
+    secure::wait_available_over_tls(&client, &s.read, 1, Duration::from_secs(30)).await;
+    let manager_pem = s.certs.join("manager.pem");
+    let programmer_pem = s.certs.join("programmer-001.pem");
+    let first = certificate_in(&manager_pem);
+    assert_eq!(served_certificate(manager_port, &s).await, first);
+    assert_eq!(
+        served_certificate(programmer_port, &s).await,
+        certificate_in(&programmer_pem)
+    );
+
+    // Every certificate renewed with the pool's CA, then SIGHUP: both serve the new ones.
+    pas_succeeds(&pool, &["certs", "renew", &s.certs.to_string_lossy()]);
+    let renewed = certificate_in(&manager_pem);
+    assert_ne!(renewed, first, "renew issued a new certificate");
+    sighup(&mgr.child);
+    sighup(&programmer.child);
+    let wait = Duration::from_secs(30);
+    wait_log(&mgr.log, "TLS certificate reloaded", 1, wait).await;
+    wait_log(&programmer.log, "TLS certificate reloaded", 1, wait).await;
+    assert_eq!(served_certificate(manager_port, &s).await, renewed);
+    assert_eq!(
+        served_certificate(programmer_port, &s).await,
+        certificate_in(&programmer_pem)
+    );
+    // The connection made before the renewal still serves, and the manager still reaches its
+    // programmer over mTLS (its channel's handshake was made with the old certificates; a
+    // dry run goes to the programmer and back).
+    assert_eq!(pool_status_code(&client, &s.read).await, Code::Ok);
+    dry_run_succeeds(&client, &s.dispatch).await;
+    // Both processes are the ones started before: neither restarted.
+    assert!(mgr.log_text().matches("manager started").count() == 1);
+
+    // Tokens: `director` deleted, `newcomer` added.
+    let hash = pas::manager::auth::token_hash;
+    let newcomer = pas::manager::auth::new_token();
+    let tokens_file = pool.dir.path().join("tokens.txt");
+    let tokens = format!(
+        "watcher read {}\nnewcomer dispatch {}\nops admin {}\n",
+        hash(&s.read),
+        hash(&newcomer),
+        hash(&s.admin)
+    );
+    std::fs::write(&tokens_file, &tokens).unwrap();
+    assert_eq!(
+        pool_status_code(&client, &s.dispatch).await,
+        Code::Ok,
+        "not yet re-read"
+    );
+    sighup(&mgr.child);
+    wait_log(&mgr.log, "caller tokens reloaded", 1, wait).await;
+    assert_eq!(
+        pool_status_code(&client, &s.dispatch).await,
+        Code::Unauthenticated,
+        "a deleted token is refused"
+    );
+    assert_eq!(pool_status_code(&client, &newcomer).await, Code::Ok);
+
+    // A file that does not load: named with its line, and the tokens read before stay.
+    std::fs::write(&tokens_file, format!("{tokens}broken entry\n")).unwrap();
+    sighup(&mgr.child);
+    let named = format!("{}:4", tokens_file.display());
+    wait_log(&mgr.log, &named, 1, wait).await;
+    assert!(
+        mgr.log_text().contains("caller tokens not reloaded"),
+        "{}",
+        mgr.log_text()
+    );
+    assert_eq!(pool_status_code(&client, &newcomer).await, Code::Ok);
+    assert_eq!(
+        pool_status_code(&client, &s.dispatch).await,
+        Code::Unauthenticated
+    );
+
+    // Fixed without a signal: the periodic check takes it up (within CHECK_EVERY).
+    let later = pas::manager::auth::new_token();
+    std::fs::write(
+        &tokens_file,
+        format!("{tokens}latecomer read {}\n", hash(&later)),
+    )
+    .unwrap();
+    let periodic = pas::reload::CHECK_EVERY * 3;
+    wait_log(&mgr.log, "caller tokens reloaded", 2, periodic).await;
+    assert_eq!(pool_status_code(&client, &later).await, Code::Ok);
+
+    // A new CA and a whole new set (`init --force`): the manager takes up its new client
+    // certificate and the new CA as well, so a programmer started on the new set is reached
+    // over mTLS without restarting the manager (it trusts only the new CA, and requires a client
+    // certificate the new CA signed).
+    pas_succeeds(
+        &pool,
+        &["certs", "init", "--force", &s.certs.to_string_lossy()],
+    );
+    let client_reloads = mgr
+        .log_text()
+        .matches("TLS client certificate reloaded")
+        .count();
+    assert!(
+        client_reloads >= 1,
+        "the renewal reloaded the client side too"
+    );
+    sighup(&mgr.child);
+    wait_log(
+        &mgr.log,
+        "TLS client certificate reloaded",
+        client_reloads + 1,
+        wait,
+    )
+    .await;
+    drop(programmer);
+    let programmer = pool.start_programmer("001");
+    let client = ProgrammerPoolClient::new(
+        tls_channel(manager_port, &s.files("client"), false)
+            .await
+            .expect("TLS connection to the manager with the new CA"),
+    );
+    secure::wait_available_over_tls(&client, &s.read, 1, Duration::from_secs(60)).await;
+    dry_run_succeeds(&client, &newcomer).await;
+
+    // No token, old or new, ever reaches a log.
+    for log in [mgr.log_text(), programmer.log_text()] {
+        for token in s
+            .tokens()
+            .into_iter()
+            .chain([newcomer.as_str(), later.as_str()])
+        {
+            assert!(!log.contains(token), "a token in a log");
+        }
+    }
+    assert!(
+        mgr.child.try_wait().is_ok_and(|exit| exit.is_none()),
+        "the manager still runs"
+    );
+}
