@@ -143,6 +143,7 @@ async fn renewed_certificates_and_changed_tokens_are_taken_up_without_a_restart(
     sighup(&programmer.child);
     let wait = Duration::from_secs(30);
     wait_log(&mgr.log, "TLS certificate reloaded", 1, wait).await;
+    wait_log(&mgr.log, "TLS client certificate reloaded", 1, wait).await;
     wait_log(&programmer.log, "TLS certificate reloaded", 1, wait).await;
     assert_eq!(served_certificate(manager_port, &s).await, renewed);
     assert_eq!(
@@ -168,11 +169,6 @@ async fn renewed_certificates_and_changed_tokens_are_taken_up_without_a_restart(
         hash(&s.admin)
     );
     std::fs::write(&tokens_file, &tokens).unwrap();
-    assert_eq!(
-        pool_status_code(&client, &s.dispatch).await,
-        Code::Ok,
-        "not yet re-read"
-    );
     sighup(&mgr.child);
     wait_log(&mgr.log, "caller tokens reloaded", 1, wait).await;
     assert_eq!(
@@ -213,17 +209,14 @@ async fn renewed_certificates_and_changed_tokens_are_taken_up_without_a_restart(
     // certificate and the new CA as well, so a programmer started on the new set is reached
     // over mTLS without restarting the manager (it trusts only the new CA, and requires a client
     // certificate the new CA signed).
-    pas_succeeds(
-        &pool,
-        &["certs", "init", "--force", &s.certs.to_string_lossy()],
-    );
+    // Counted before the new set is written: the periodic check may take it up before SIGHUP.
     let client_reloads = mgr
         .log_text()
         .matches("TLS client certificate reloaded")
         .count();
-    assert!(
-        client_reloads >= 1,
-        "the renewal reloaded the client side too"
+    pas_succeeds(
+        &pool,
+        &["certs", "init", "--force", &s.certs.to_string_lossy()],
     );
     sighup(&mgr.child);
     wait_log(
