@@ -64,13 +64,17 @@ where
             match build() {
                 Ok(value) => {
                     current.send_replace(value);
+                    crate::telemetry::metrics::credential_reload(what, true);
                     tracing::info!(what, files = %names, "{what} reloaded");
                 }
-                Err(e) => tracing::error!(
-                    what,
-                    files = %names,
-                    "{what} not reloaded, the ones read before stay in force: {e}"
-                ),
+                Err(e) => {
+                    crate::telemetry::metrics::credential_reload(what, false);
+                    tracing::error!(
+                        what,
+                        files = %names,
+                        "{what} not reloaded, the ones read before stay in force: {e}"
+                    )
+                }
             }
         }
     });

@@ -161,17 +161,27 @@ pub fn reloading_server_config(
     files: &TlsFiles,
     client_auth: ClientAuth,
 ) -> Result<ServerTls, TlsError> {
-    reloading("TLS certificate", files, move |files| {
+    reloading("TLS certificate", "server", files, move |files| {
         server_config(files, client_auth)
     })
 }
 
-/// `build(files)` now, and again whenever one of the files changes (see [`crate::reload`]).
+/// `build(files)` now, and again whenever one of the files changes (see [`crate::reload`]); each
+/// time it succeeds, the expiry of the certificate presented as `role` is published
+/// ([`crate::telemetry::metrics::certificate_expiry`]).
 fn reloading<T: Send + Sync + 'static>(
     what: &'static str,
+    role: &'static str,
     files: &TlsFiles,
     build: impl Fn(&TlsFiles) -> Result<T, TlsError> + Send + 'static,
 ) -> Result<tokio::sync::watch::Receiver<T>, TlsError> {
+    let build = move |files: &TlsFiles| {
+        let value = build(files)?;
+        if let Some(not_after) = not_after(&files.cert) {
+            crate::telemetry::metrics::certificate_expiry(role, not_after);
+        }
+        Ok(value)
+    };
     let initial = build(files)?;
     let watched = vec![files.ca.clone(), files.cert.clone(), files.key.clone()];
     let files = files.clone();
@@ -194,7 +204,15 @@ pub fn reloading_client_config(files: &TlsFiles) -> Result<ClientTls, TlsError> 
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(config))
     }
-    reloading("TLS client certificate", files, build)
+    reloading("TLS client certificate", "client", files, build)
+}
+
+/// When the first certificate in the PEM file at `path` stops being valid, Unix seconds (`None`
+/// when it cannot be read).
+pub fn not_after(path: &Path) -> Option<i64> {
+    let der = read_certs(path).ok()?.into_iter().next()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 /// The tonic client TLS settings for reaching a server named `server_name` (the name or IP its

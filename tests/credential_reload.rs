@@ -85,6 +85,32 @@ async fn pool_status_code(client: &ProgrammerPoolClient<Channel>, token: &str) -
     }
 }
 
+/// The manager's `/metrics` (over HTTPS, with a `read` token): the value of the series `name`
+/// whose labels include `labels` (`None` when there is none).
+async fn metric(
+    pool: &TestPool,
+    s: &Secured,
+    name: &str,
+    labels: Vec<(&str, &str)>,
+) -> Option<f64> {
+    let text = secure::https_client(&s.files("client"))
+        .get(format!("https://127.0.0.1:{}/metrics", pool.manager_port))
+        .bearer_auth(&s.read)
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    text.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let matches = series.strip_prefix(name)?.starts_with('{')
+            && labels.iter().all(|l| series.contains(l.as_str()));
+        matches.then(|| value.parse().expect("a number"))
+    })
+}
+
 /// Runs `pas ARGS…` for `pool`; panics with its stderr unless it succeeds.
 fn pas_succeeds(pool: &TestPool, args: &[&str]) {
     let out = pool.pas_command(args).output().expect("run pas");
@@ -129,6 +155,17 @@ async fn renewed_certificates_and_changed_tokens_are_taken_up_without_a_restart(
     let manager_pem = s.certs.join("manager.pem");
     let programmer_pem = s.certs.join("programmer-001.pem");
     let first = certificate_in(&manager_pem);
+    // The expiry of what the manager presents, as a server and to its programmers.
+    let scrape = |name: &'static str, labels| metric(&pool, &s, name, labels);
+    let expiry = |role| {
+        scrape(
+            "pas_tls_certificate_expiry_timestamp_seconds",
+            vec![("role", role)],
+        )
+    };
+    let not_after = |path: &Path| pas::tls::not_after(path).expect("a readable certificate") as f64;
+    assert_eq!(expiry("server").await, Some(not_after(&manager_pem)));
+    assert_eq!(expiry("client").await, Some(not_after(&manager_pem)));
     assert_eq!(served_certificate(manager_port, &s).await, first);
     assert_eq!(
         served_certificate(programmer_port, &s).await,
@@ -136,7 +173,10 @@ async fn renewed_certificates_and_changed_tokens_are_taken_up_without_a_restart(
     );
 
     // Every certificate renewed with the pool's CA, then SIGHUP: both serve the new ones.
-    pas_succeeds(&pool, &["certs", "renew", &s.certs.to_string_lossy()]);
+    pas_succeeds(
+        &pool,
+        &["certs", "renew", "--days", "30", &s.certs.to_string_lossy()],
+    );
     let renewed = certificate_in(&manager_pem);
     assert_ne!(renewed, first, "renew issued a new certificate");
     sighup(&mgr.child);
@@ -146,6 +186,28 @@ async fn renewed_certificates_and_changed_tokens_are_taken_up_without_a_restart(
     wait_log(&mgr.log, "TLS client certificate reloaded", 1, wait).await;
     wait_log(&programmer.log, "TLS certificate reloaded", 1, wait).await;
     assert_eq!(served_certificate(manager_port, &s).await, renewed);
+    // The gauges follow: a 30-day certificate now, on both sides; the reload counted.
+    let renewed_until = not_after(&manager_pem);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let day = 86_400.0;
+    assert!(
+        (now + 29.0 * day..now + 31.0 * day).contains(&renewed_until),
+        "renewed for 30 days: {renewed_until} (now {now})"
+    );
+    assert_eq!(expiry("server").await, Some(renewed_until));
+    assert_eq!(expiry("client").await, Some(renewed_until));
+    let reloads = |what, outcome| {
+        scrape(
+            "pas_credential_reloads_total",
+            vec![("what", what), ("outcome", outcome)],
+        )
+    };
+    let failing = |what| scrape("pas_credential_reload_failing", vec![("what", what)]);
+    assert!(reloads("TLS certificate", "reloaded").await >= Some(1.0));
+    assert_eq!(failing("TLS certificate").await, Some(0.0));
     assert_eq!(
         served_certificate(programmer_port, &s).await,
         certificate_in(&programmer_pem)
@@ -183,6 +245,12 @@ async fn renewed_certificates_and_changed_tokens_are_taken_up_without_a_restart(
     sighup(&mgr.child);
     let named = format!("{}:4", tokens_file.display());
     wait_log(&mgr.log, &named, 1, wait).await;
+    assert!(reloads("caller tokens", "failed").await >= Some(1.0));
+    assert_eq!(
+        failing("caller tokens").await,
+        Some(1.0),
+        "the files on disk do not load"
+    );
     assert!(
         mgr.log_text().contains("caller tokens not reloaded"),
         "{}",
@@ -204,6 +272,7 @@ async fn renewed_certificates_and_changed_tokens_are_taken_up_without_a_restart(
     let periodic = pas::reload::CHECK_EVERY * 3;
     wait_log(&mgr.log, "caller tokens reloaded", 2, periodic).await;
     assert_eq!(pool_status_code(&client, &later).await, Code::Ok);
+    assert_eq!(failing("caller tokens").await, Some(0.0));
 
     // A new CA and a whole new set (`init --force`): the manager takes up its new client
     // certificate and the new CA as well, so a programmer started on the new set is reached

@@ -22,6 +22,10 @@
 //!   `pas_programmer_using_backup`, `pas_programmer_draining`, `pas_breaker_state{programmer_id,llm}`
 //!   (0 closed, 1 open, 2 half-open), `pas_breaker_failures_in_window`.
 //!
+//! Every process with TLS or caller tokens (see `reload`):
+//! - `pas_credential_reloads_total{what,outcome}`, `pas_credential_reload_failing{what}`,
+//!   `pas_tls_certificate_expiry_timestamp_seconds{role}` (server; the manager's client side too).
+//!
 //! The manager:
 //! - `pas_pool_tasks_total{programmer_id,llm,outcome}`, `pas_pool_task_duration_seconds{llm,outcome}`
 //!   (the caller's view: acceptance to result), `pas_pool_failovers_total{from_llm,to_llm}`.
@@ -139,8 +143,39 @@ fn scrape_response() -> Response {
     }
 }
 
+/// A credential set (`what`: "TLS certificate", "TLS client certificate", "caller tokens") was
+/// read again because its files changed (see `reload`): `reloaded`, or `failed` (the files do not
+/// load, the set read before stays in force). `pas_credential_reload_failing{what}` is 1 from a
+/// failure until the next success: the files on disk are not what the process uses.
+pub fn credential_reload(what: &'static str, reloaded: bool) {
+    let outcome = if reloaded { "reloaded" } else { "failed" };
+    counter!("pas_credential_reloads_total", "what" => what, "outcome" => outcome).increment(1);
+    gauge!("pas_credential_reload_failing", "what" => what).set(if reloaded { 0.0 } else { 1.0 });
+}
+
+/// When the certificate this process presents as `role` (`server`, `client`) stops being valid,
+/// Unix seconds: set at start-up and at each reload, for an alert well before it (a renewal that
+/// never reached the files, or files that stopped loading, show here first).
+pub fn certificate_expiry(role: &'static str, not_after_unix_s: i64) {
+    gauge!("pas_tls_certificate_expiry_timestamp_seconds", "role" => role)
+        .set(not_after_unix_s as f64);
+}
+
 /// HELP lines (and units) for every metric.
 fn describe() {
+    describe_counter!(
+        "pas_credential_reloads_total",
+        "Credential sets read again after their files changed, by what and outcome (reloaded/failed)"
+    );
+    describe_gauge!(
+        "pas_credential_reload_failing",
+        "1 while the credential files on disk do not load (the set read before is in use)"
+    );
+    describe_gauge!(
+        "pas_tls_certificate_expiry_timestamp_seconds",
+        Unit::Seconds,
+        "When the certificate this process presents (role server/client) expires, Unix time"
+    );
     describe_counter!(
         "pas_programmer_tasks_total",
         "Tasks finished by this programmer, by the LLM of the result and outcome"
