@@ -282,15 +282,19 @@ async fn two_hundred_concurrent_paid_tasks_never_overspend_and_alert_once() {
     // ledger's own line, logged before the manager listens), at the first status evaluation (the
     // "alert raised" line comes with putting the alert in the active list, and the status above
     // already listed it), or by clearing and raising it later (an "alert cleared" line first).
-    // The manager logs "task finished" for the free task before its result reaches us, so its
-    // log is complete up to a point after all of those, a whole real task later.
+    // Once the manager has logged "task finished" for the free task (right after its result
+    // reached us), its log is complete up to a point after all of those, a whole real task later.
     assert_eq!(
         budget_alert_since(&pool_status(&c).await),
         since,
         "still the original alert"
     );
-    let log = manager.log_text();
     let finished = "task finished task_id=free-after-restart";
+    wait_until(Duration::from_secs(30), finished, || async {
+        count_lines(&manager.log_text(), finished) > 0
+    })
+    .await;
+    let log = manager.log_text();
     assert_eq!(count_lines(&log, finished), 1, "{finished:?} in\n{log}");
     assert_eq!(count_lines(&log, ALERT_LINE), 0, "{log}");
     assert_eq!(count_lines(&log, ALERT_RAISED), 0, "{log}");

@@ -281,18 +281,31 @@ impl Manager {
         }
     }
 
-    /// Records and publishes a task's result (one durable write), and forgets it as active.
+    /// Records and publishes a task's result (one durable write), forgets it as active, and logs
+    /// its "task finished" line.
+    ///
+    /// The line comes after the publish, once the caller's stream — woken by it, on this
+    /// thread — has had its turn: formatting and writing it took 8–11 µs that every caller waited
+    /// for on a lone dispatch (BENCHMARKS "Hot path, part 14"). So a caller may hear of its result
+    /// just before the line is in the log. Metrics and the routing figures are still updated
+    /// before the publish (a scrape right after the result counts it).
     pub async fn finish_task(&self, task_id: &str, sink: &TaskEventSink, result: Box<TaskResult>) {
         let status = TaskState::try_from(result.status).unwrap_or(TaskState::Unspecified);
         crate::telemetry::task_finished(crate::telemetry::Role::Manager, &result);
         self.llm_stats.record(&result);
         self.durations.record(&result);
-        tracing::info!(%task_id, status = status.as_str_name(), programmer = %result.programmer_id,
-            llm = %result.llm_used, cost_usd = result.cost_usd, duration_ms = result.duration_ms,
-            error = %result.error_message, "task finished");
+        let (programmer, llm, error) = (
+            result.programmer_id.clone(),
+            result.llm_used.clone(),
+            result.error_message.clone(),
+        );
+        let (cost_usd, duration_ms) = (result.cost_usd, result.duration_ms);
         // Journaling the result event also records the task finished, in one write.
         sink.finish(result).await;
         self.active().remove(task_id);
+        tokio::task::yield_now().await;
+        tracing::info!(%task_id, status = status.as_str_name(), %programmer, %llm, cost_usd,
+            duration_ms, %error, "task finished");
     }
 }
 
