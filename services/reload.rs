@@ -81,6 +81,28 @@ where
     receiver
 }
 
+/// Takes SIGHUP for this process from now on, whatever it has to re-read: it never ends a
+/// manager or a programmer (`pas up` passes it on to its children), and it is logged once per
+/// signal — with `reloads` false as "nothing to re-read" (no TLS files, no tokens file). The
+/// reloaders ([`reloaded`]) get the same signal. Call inside a tokio runtime, before the process
+/// reports itself started.
+pub fn take_sighup(reloads: bool) {
+    let Some(mut hangup) = sighup() else {
+        return;
+    };
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            if reloads {
+                tracing::info!(
+                    "SIGHUP: credential files re-read; the sets that changed are reloaded"
+                );
+            } else {
+                tracing::info!("SIGHUP: nothing to re-read (no TLS files, no tokens file)");
+            }
+        }
+    });
+}
+
 /// Each file's bytes (`None`: unreadable now — a change like any other).
 fn contents(files: &[PathBuf]) -> Vec<Option<Vec<u8>>> {
     files.iter().map(|f| std::fs::read(f).ok()).collect()

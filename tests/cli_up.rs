@@ -209,6 +209,59 @@ fn up_detach_restarts_a_killed_programmer_and_down_leaves_nothing_behind() {
     );
     assert!(listening(pool.programmer_ports[0]));
 
+    // SIGHUP to the supervisor is passed on to every child, which takes it (here, with nothing
+    // to re-read) and keeps running: no child exits, none restarts.
+    let before: Vec<(String, u64, u64)> = state["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let key = c["key"].as_str().unwrap().to_string();
+            (
+                key,
+                c["pid"].as_u64().unwrap(),
+                c["restarts"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(supervisor as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let logs = pool.data().join("logs");
+    for name in ["manager.log", "programmer-001.log", "programmer-002.log"] {
+        wait_until(
+            &format!("SIGHUP taken by {name}"),
+            Duration::from_secs(30),
+            || {
+                std::fs::read_to_string(logs.join(name))
+                    .unwrap_or_default()
+                    .contains("SIGHUP: nothing to re-read")
+            },
+        );
+    }
+    let supervisor_log = std::fs::read_to_string(logs.join("pas-up.log")).unwrap();
+    assert!(
+        supervisor_log.contains("SIGHUP passed on to the children")
+            && supervisor_log.contains("children=3"),
+        "{supervisor_log}"
+    );
+    let state = pool.state();
+    for (key, pid, restarts) in &before {
+        let c = child(&state, key);
+        assert_eq!(
+            (
+                c["pid"].as_u64(),
+                c["restarts"].as_u64(),
+                c["state"].as_str()
+            ),
+            (Some(*pid), Some(*restarts), Some("healthy")),
+            "{key} after SIGHUP: {c}"
+        );
+    }
+    assert!(alive(supervisor));
+
     let pids: Vec<u64> = state["children"]
         .as_array()
         .unwrap()

@@ -237,6 +237,29 @@ impl Supervisor {
             .collect()
     }
 
+    /// Sends `signal` to every child that is healthy now — to the process alone, not its group
+    /// (a programmer's git and aider processes must not get it) — and returns how many got it.
+    /// A child still starting is skipped: it reads its files as it starts, and may not take the
+    /// signal yet (SIGHUP would end it).
+    pub fn signal_healthy(&self, signal: Signal) -> usize {
+        let mut sent = 0;
+        for report in self.reports() {
+            let pid = report
+                .pid
+                .and_then(|p| i32::try_from(p).ok())
+                .filter(|p| *p > 1);
+            if let (ChildState::Healthy, Some(pid)) = (report.state, pid) {
+                match nix::sys::signal::kill(Pid::from_raw(pid), signal) {
+                    Ok(()) => sent += 1,
+                    Err(e) => {
+                        tracing::warn!(child = %report.name, pid, ?signal, "cannot signal the child: {e}")
+                    }
+                }
+            }
+        }
+        sent
+    }
+
     /// A receiver that changes whenever any child's report changes.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()

@@ -82,6 +82,8 @@ pub enum UpError {
     CurrentExe(std::io::Error),
     #[error("cannot start the background supervisor: {0}")]
     Detach(std::io::Error),
+    #[error("cannot take SIGHUP (to pass it on to the children): {0}")]
+    Signal(std::io::Error),
     #[error(transparent)]
     RunDir(#[from] RunDirError),
     #[error(transparent)]
@@ -290,6 +292,10 @@ async fn foreground(
         stop_grace: Duration::from_secs(args.stop_timeout_s),
         ..Policy::default()
     };
+    // Taken before any child starts: from here on SIGHUP is passed on to the children (once they
+    // are up), never the end of the pool.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(UpError::Signal)?;
     let sup = Arc::new(Supervisor::start(children, policy)?);
     let base = UpState {
         pid: std::process::id(),
@@ -317,7 +323,19 @@ async fn foreground(
                 std::process::id(),
                 run.logs_dir().display()
             );
-            crate::serve::shutdown_signal().await;
+            // SIGHUP (`kill -HUP <supervisor pid>`, or its terminal going away) is passed on:
+            // each child re-reads its credential files (see `reload`).
+            let stop = crate::serve::shutdown_signal();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    () = &mut stop => break,
+                    Some(()) = hangup.recv() => {
+                        let sent = sup.signal_healthy(nix::sys::signal::Signal::SIGHUP);
+                        tracing::info!(children = sent, "SIGHUP passed on to the children");
+                    }
+                }
+            }
             println!("stopping the pool…");
             true
         }

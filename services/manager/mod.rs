@@ -380,6 +380,12 @@ pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
         None => None,
     };
 
+    let tokens_file = config
+        .pool
+        .auth
+        .as_ref()
+        .is_some_and(|a| a.tokens_file.is_some());
+    crate::reload::take_sighup(tls.is_some() || tokens_file);
     println!("Manager-Code listening on {addr}");
     tracing::info!(%addr, programmers = mgr.pool.members().len(), strategy = mgr.default_strategy.name(), "manager started");
     if let Some(admin) = admin {

@@ -137,6 +137,7 @@ pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
         |t: &breaker::Transition| (t.from.as_str(), t.to.as_str()),
     );
 
+    crate::reload::take_sighup(tls.is_some());
     // Tests and `pas up` read this line to learn the bound address.
     println!("{} listening on {addr}", prog.spec.agent);
     tracing::info!(programmer = %prog.spec.id, %addr, primary = %prog.spec.primary.name,
