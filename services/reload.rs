@@ -15,6 +15,7 @@
 //! The configuration file itself is read once, at start-up.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -29,11 +30,11 @@ pub fn reloaded<T, E>(
     what: &'static str,
     files: Vec<PathBuf>,
     initial: T,
-    build: impl Fn() -> Result<T, E> + Send + 'static,
+    build: impl Fn() -> Result<T, E> + Send + Sync + 'static,
 ) -> watch::Receiver<T>
 where
     T: Send + Sync + 'static,
-    E: std::fmt::Display,
+    E: std::fmt::Display + Send + 'static,
 {
     let (current, receiver) = watch::channel(initial);
     // What the files held when `initial` was built (read after it: a change in between is
@@ -42,6 +43,7 @@ where
     // Registered before this returns (not when the task first runs): from then on SIGHUP
     // reloads instead of ending the process, before it reports itself started.
     let mut hangup = sighup();
+    let (files, build) = (Arc::new(files), Arc::new(build));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(CHECK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -52,22 +54,29 @@ where
                 Some(()) = next(&mut hangup) => true,
                 () = current.closed() => return,
             };
-            let now = contents(&files);
-            if now == seen {
-                if asked {
-                    tracing::info!(what, "SIGHUP: {what} unchanged");
-                }
-                continue;
-            }
+            // Reading and building off the runtime's threads: the manager serves every caller
+            // on one, and a file system can be slow.
+            let (files_now, build_now, before) = (files.clone(), build.clone(), seen.clone());
+            let checked = tokio::task::spawn_blocking(move || {
+                let now = contents(&files_now);
+                let built = (now != before).then(|| build_now());
+                (now, built)
+            })
+            .await;
+            let Ok((now, built)) = checked else {
+                return; // The runtime is shutting down.
+            };
             seen = now;
             let names = names(&files);
-            match build() {
-                Ok(value) => {
+            match built {
+                None if asked => tracing::info!(what, "SIGHUP: {what} unchanged"),
+                None => {}
+                Some(Ok(value)) => {
                     current.send_replace(value);
                     crate::telemetry::metrics::credential_reload(what, true);
                     tracing::info!(what, files = %names, "{what} reloaded");
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     crate::telemetry::metrics::credential_reload(what, false);
                     tracing::error!(
                         what,

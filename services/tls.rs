@@ -173,7 +173,7 @@ fn reloading<T: Send + Sync + 'static>(
     what: &'static str,
     role: &'static str,
     files: &TlsFiles,
-    build: impl Fn(&TlsFiles) -> Result<T, TlsError> + Send + 'static,
+    build: impl Fn(&TlsFiles) -> Result<T, TlsError> + Send + Sync + 'static,
 ) -> Result<tokio::sync::watch::Receiver<T>, TlsError> {
     let build = move |files: &TlsFiles| {
         let value = build(files)?;
