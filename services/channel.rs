@@ -69,6 +69,14 @@ pub enum ChannelError {
     /// The TLS files are unusable.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The host of a TLS address cannot be checked against a certificate.
+    #[error("{addr}: the host is not a name a certificate can carry: {reason}")]
+    ServerName {
+        /// The address.
+        addr: String,
+        /// rustls's reason.
+        reason: String,
+    },
     /// The token cannot be sent as a header value.
     #[error("{ENV_TOKEN}: the token has characters a header cannot carry")]
     Token,
@@ -148,9 +156,9 @@ impl Dialer {
             None => None,
             Some(config) => {
                 let name = rustls::pki_types::ServerName::try_from(host_of(addr).to_string())
-                    .map_err(|e| crate::tls::TlsError::File {
-                        path: std::path::PathBuf::from(addr),
-                        message: format!("not a name a certificate can carry: {e}"),
+                    .map_err(|e| ChannelError::ServerName {
+                        addr: addr.to_string(),
+                        reason: e.to_string(),
                     })?;
                 Some(TlsDial {
                     config: config.clone(),

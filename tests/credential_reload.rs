@@ -3,7 +3,7 @@
 //! programmer serve the new ones (on SIGHUP) without a restart, connections made before keep
 //! working; a token deleted from the tokens file is refused and a new one accepted; a tokens file
 //! that does not load is reported with its line and the tokens read before stay in force; a file
-//! fixed later is taken up by the periodic check alone; after a whole new CA, the manager
+//! fixed later is taken up by the periodic check alone; a file emptied revokes every token; after a whole new CA, the manager
 //! reaches a programmer on the new set with its own new client certificate.
 
 mod common;
@@ -273,6 +273,27 @@ async fn renewed_certificates_and_changed_tokens_are_taken_up_without_a_restart(
     wait_log(&mgr.log, "caller tokens reloaded", 2, periodic).await;
     assert_eq!(pool_status_code(&client, &later).await, Code::Ok);
     assert_eq!(failing("caller tokens").await, Some(0.0));
+
+    // Every line deleted: every token is revoked (not kept, as a file that does not load is).
+    let reloads_so_far = mgr.log_text().matches("caller tokens reloaded").count();
+    std::fs::write(&tokens_file, "# every caller revoked\n").unwrap();
+    sighup(&mgr.child);
+    wait_log(&mgr.log, "caller tokens reloaded", reloads_so_far + 1, wait).await;
+    assert!(
+        mgr.log_text().contains("no tokens left in"),
+        "{}",
+        mgr.log_text()
+    );
+    for token in [&s.read, &s.admin, &newcomer, &later] {
+        assert_eq!(
+            pool_status_code(&client, token).await,
+            Code::Unauthenticated
+        );
+    }
+    std::fs::write(&tokens_file, &tokens).unwrap();
+    sighup(&mgr.child);
+    wait_log(&mgr.log, "caller tokens reloaded", reloads_so_far + 2, wait).await;
+    assert_eq!(pool_status_code(&client, &newcomer).await, Code::Ok);
 
     // A new CA and a whole new set (`init --force`): the manager takes up its new client
     // certificate and the new CA as well, so a programmer started on the new set is reached

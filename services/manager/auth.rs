@@ -222,13 +222,6 @@ impl TokenSet {
     }
 }
 
-mod tokens {
-    /// A token set that never changes (its sender is dropped: the value stays readable).
-    pub(super) fn fixed(set: super::TokenSet) -> tokio::sync::watch::Receiver<super::TokenSet> {
-        tokio::sync::watch::channel(set).1
-    }
-}
-
 /// What a request needs from its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
@@ -251,15 +244,18 @@ pub struct Authenticator {
 impl Authenticator {
     /// The policy of an `auth:` section with its tokens loaded (kept as they are).
     pub fn new(auth: &AuthConfig, tokens: TokenSet) -> Self {
-        Self::with(auth, tokens::fixed(tokens))
+        // Its sender dropped at once: the value stays readable and never changes.
+        Self::with(auth, tokio::sync::watch::channel(tokens).1)
     }
 
     /// The policy of an `auth:` section, its tokens loaded now and re-read whenever
     /// `auth.tokens_file` changes (see [`crate::reload`]): a token deleted from the file is
     /// refused from the next request on, a new one accepted, without a restart. A file that
-    /// does not load then is logged with its line, and the tokens read before stay in force.
-    /// (`auth.tokens_env` is read with it; the environment of a running process does not
-    /// change.) Call inside a tokio runtime.
+    /// does not load then is logged with its line, and the tokens read before stay in force;
+    /// but a file left without any entry revokes them all (every call that needs a token is
+    /// refused until one is added): deleting the last line is how the last token is revoked.
+    /// (At start-up no token at all is an error. `auth.tokens_env` is read with the file; the
+    /// environment of a running process does not change.) Call inside a tokio runtime.
     pub fn reloading(auth: &AuthConfig, config_dir: &Path) -> Result<Self, AuthError> {
         let tokens = TokenSet::load(auth, config_dir)?;
         let Some(file) = &auth.tokens_file else {
@@ -270,7 +266,15 @@ impl Authenticator {
             "caller tokens",
             vec![config_dir.join(file)],
             tokens,
-            move || TokenSet::load(&auth_cfg, &dir),
+            move || match TokenSet::load(&auth_cfg, &dir) {
+                Err(AuthError::Empty(sources)) => {
+                    tracing::warn!(
+                        "auth: no tokens left in {sources}: every call that needs a token is refused"
+                    );
+                    Ok(TokenSet::default())
+                }
+                loaded => loaded,
+            },
         );
         Ok(Self::with(auth, tokens))
     }
