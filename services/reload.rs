@@ -1,5 +1,5 @@
-//! Credentials re-read while a process runs: a server's TLS certificate, key and CA, and the
-//! manager's caller tokens.
+//! Credentials re-read while a process runs: a server's TLS certificate, key and CA, the
+//! manager's client certificate and CA toward its programmers, and its caller tokens.
 //!
 //! Certificates are renewed in place (cert-manager rewrites a Kubernetes Secret's files, `pas
 //! certs renew` rewrites a development set) and a leaked token is revoked by deleting its line;
@@ -9,10 +9,13 @@
 //! with the same code that built it at start-up. A value that does not build (a half-written
 //! file, a malformed entry) is logged once, naming the file and what is wrong, and the last good
 //! value stays in force: a mistake never turns the process's security off or locks every caller
-//! out. Readers take the current value per connection (TLS) or per request (tokens); what was
-//! accepted before stays accepted (an open connection keeps its handshake).
+//! out (a tokens file emptied on purpose is the one exception: see
+//! `manager::auth::Authenticator::reloading`). The files are read and the value built on the
+//! blocking pool. Readers take the current value per connection (TLS) or per request (tokens);
+//! what was accepted before stays accepted (an open connection keeps its handshake).
 //!
-//! The configuration file itself is read once, at start-up.
+//! SIGHUP never ends a manager or a programmer ([`take_sighup`]); `pas up` passes it on to its
+//! children. The configuration file itself is read once, at start-up.
 
 use std::path::PathBuf;
 use std::sync::Arc;
