@@ -166,28 +166,82 @@ pub fn reloading_server_config(
     })
 }
 
+/// A certificate in use that expires sooner than this is warned about in the log (at start-up,
+/// at each reload, and every [`EXPIRY_CHECK_EVERY`]), for operators who alert on logs rather
+/// than on `pas_tls_certificate_expiry_timestamp_seconds`.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// How often a running process looks again at when the certificate it presents expires.
+const EXPIRY_CHECK_EVERY: Duration = Duration::from_secs(6 * 3600);
+
 /// `build(files)` now, and again whenever one of the files changes (see [`crate::reload`]); each
 /// time it succeeds, the expiry of the certificate presented as `role` is published
-/// ([`crate::telemetry::metrics::certificate_expiry`]).
+/// ([`crate::telemetry::metrics::certificate_expiry`]) and, when near, logged ([`expiry_notice`]),
+/// as it is every [`EXPIRY_CHECK_EVERY`] while the process runs.
 fn reloading<T: Send + Sync + 'static>(
     what: &'static str,
     role: &'static str,
     files: &TlsFiles,
     build: impl Fn(&TlsFiles) -> Result<T, TlsError> + Send + Sync + 'static,
 ) -> Result<tokio::sync::watch::Receiver<T>, TlsError> {
+    // When the certificate in use expires (Unix seconds; unknown: never).
+    let in_use = Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX));
+    let noted = in_use.clone();
     let build = move |files: &TlsFiles| {
         let value = build(files)?;
         if let Some(not_after) = not_after(&files.cert) {
             crate::telemetry::metrics::certificate_expiry(role, not_after);
+            noted.store(not_after, std::sync::atomic::Ordering::Relaxed);
+            log_expiry(what, not_after);
         }
         Ok(value)
     };
     let initial = build(files)?;
     let watched = vec![files.ca.clone(), files.cert.clone(), files.key.clone()];
     let files = files.clone();
-    Ok(crate::reload::reloaded(what, watched, initial, move || {
-        build(&files)
-    }))
+    let current = crate::reload::reloaded(what, watched, initial, move || build(&files));
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(EXPIRY_CHECK_EVERY);
+        every.tick().await; // The start-up's build has just said it.
+        loop {
+            every.tick().await;
+            log_expiry(what, in_use.load(std::sync::atomic::Ordering::Relaxed));
+        }
+    });
+    Ok(current)
+}
+
+/// Logs [`expiry_notice`] for the certificate of `what` expiring at `not_after`, if any.
+fn log_expiry(what: &str, not_after: i64) {
+    match expiry_notice(what, not_after, chrono::Utc::now().timestamp()) {
+        Some((true, message)) => tracing::error!("{message}"),
+        Some((false, message)) => tracing::warn!("{message}"),
+        None => {}
+    }
+}
+
+/// What to say about a certificate of `what` that expires at `not_after` when it is `now` (both
+/// Unix seconds): `(expired, message)`, or nothing while more than [`EXPIRY_WARNING`] is left.
+pub fn expiry_notice(what: &str, not_after: i64, now: i64) -> Option<(bool, String)> {
+    let left = not_after.saturating_sub(now);
+    let when = chrono::DateTime::from_timestamp(not_after, 0)
+        .map_or_else(|| not_after.to_string(), |t| t.to_rfc3339());
+    if left <= 0 {
+        return Some((
+            true,
+            format!(
+                "{what} in use expired at {when}: peers refuse it; renew it (pas certs renew, or your CA)"
+            ),
+        ));
+    }
+    let warning = i64::try_from(EXPIRY_WARNING.as_secs()).unwrap_or(i64::MAX);
+    (left < warning).then(|| {
+        let (days, hours) = (left / 86_400, left % 86_400 / 3600);
+        (
+            false,
+            format!("{what} in use expires at {when}, in {days} d {hours} h: renew it"),
+        )
+    })
 }
 
 /// A client's TLS settings as they are now (see [`reloading_client_config`]): each new
@@ -380,6 +434,27 @@ mod tests {
         for host in ["0.0.0.0", "::", "10.1.2.3", "192.168.0.1"] {
             assert!(!is_loopback_host(host).await, "{host}");
         }
+    }
+
+    #[test]
+    fn a_certificate_near_or_past_its_expiry_is_told_apart() {
+        let now = 1_800_000_000;
+        let day = 86_400;
+        assert_eq!(expiry_notice("TLS certificate", now + 15 * day, now), None);
+        let (expired, message) =
+            expiry_notice("TLS certificate", now + 13 * day + 7200, now).unwrap();
+        assert!(!expired);
+        assert!(
+            message.contains("in 13 d 2 h") && message.contains("2027-"),
+            "{message}"
+        );
+        let (expired, message) = expiry_notice("TLS certificate", now - 1, now).unwrap();
+        assert!(expired && message.contains("expired at"), "{message}");
+        assert_eq!(
+            expiry_notice("TLS certificate", i64::MAX, now),
+            None,
+            "unknown: never"
+        );
     }
 
     #[test]

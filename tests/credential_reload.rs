@@ -175,7 +175,7 @@ async fn renewed_certificates_and_changed_tokens_are_taken_up_without_a_restart(
     // Every certificate renewed with the pool's CA, then SIGHUP: both serve the new ones.
     pas_succeeds(
         &pool,
-        &["certs", "renew", "--days", "30", &s.certs.to_string_lossy()],
+        &["certs", "renew", "--days", "10", &s.certs.to_string_lossy()],
     );
     let renewed = certificate_in(&manager_pem);
     assert_ne!(renewed, first, "renew issued a new certificate");
@@ -186,7 +186,8 @@ async fn renewed_certificates_and_changed_tokens_are_taken_up_without_a_restart(
     wait_log(&mgr.log, "TLS client certificate reloaded", 1, wait).await;
     wait_log(&programmer.log, "TLS certificate reloaded", 1, wait).await;
     assert_eq!(served_certificate(manager_port, &s).await, renewed);
-    // The gauges follow: a 30-day certificate now, on both sides; the reload counted.
+    // The gauges follow: a 10-day certificate now, on both sides; the reload counted; and the
+    // log warns that it expires within two weeks (both sides again).
     let renewed_until = not_after(&manager_pem);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -194,11 +195,24 @@ async fn renewed_certificates_and_changed_tokens_are_taken_up_without_a_restart(
         .as_secs_f64();
     let day = 86_400.0;
     assert!(
-        (now + 29.0 * day..now + 31.0 * day).contains(&renewed_until),
-        "renewed for 30 days: {renewed_until} (now {now})"
+        (now + 9.0 * day..now + 11.0 * day).contains(&renewed_until),
+        "renewed for 10 days: {renewed_until} (now {now})"
     );
     assert_eq!(expiry("server").await, Some(renewed_until));
     assert_eq!(expiry("client").await, Some(renewed_until));
+    for what in ["TLS certificate", "TLS client certificate"] {
+        let warned = format!("{what} in use expires at");
+        assert!(
+            mgr.log_text().contains(&warned),
+            "{warned:?} in\n{}",
+            mgr.log_text()
+        );
+    }
+    assert!(
+        programmer
+            .log_text()
+            .contains("TLS certificate in use expires at")
+    );
     let reloads = |what, outcome| {
         scrape(
             "pas_credential_reloads_total",
