@@ -142,16 +142,9 @@ impl Dialer {
     /// A dialer for `addr` (`host:port`): TLS with `tls`'s current settings when given (the
     /// server must present a certificate for the host of `addr`), else h2c.
     pub fn new(addr: &str, tls: Option<&crate::tls::ClientTls>) -> Result<Self, ChannelError> {
-        let bad = |source| ChannelError::Address {
-            addr: addr.to_string(),
-            source,
-        };
-        // `http`: with TLS the stream is already TLS when tonic gets it.
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(bad)?
-            .http2_keep_alive_interval(crate::serve::KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(crate::serve::KEEPALIVE_TIMEOUT)
-            .tcp_nodelay(true);
+        // `http` (the endpoint without TLS): with TLS the stream is already TLS when tonic
+        // gets it.
+        let endpoint = endpoint(addr, None)?.tcp_nodelay(true);
         let tls = match tls {
             None => None,
             Some(config) => {

@@ -46,6 +46,7 @@ where
     // Registered before this returns (not when the task first runs): from then on SIGHUP
     // reloads instead of ending the process, before it reports itself started.
     let mut hangup = sighup();
+    let names = names(&files);
     let (files, build) = (Arc::new(files), Arc::new(build));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(CHECK_EVERY);
@@ -70,7 +71,6 @@ where
                 return; // The runtime is shutting down.
             };
             seen = now;
-            let names = names(&files);
             match built {
                 None if asked => tracing::info!(what, "SIGHUP: {what} unchanged"),
                 None => {}

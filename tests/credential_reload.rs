@@ -7,6 +7,8 @@
 //! reaches a programmer on the new set with its own new client certificate.
 
 mod common;
+#[path = "telemetry/support.rs"]
+mod support;
 
 use common::pool::{
     TestPool, TestProgrammer, collect_events, sample_dispatch, state_of, wait_until,
@@ -85,8 +87,8 @@ async fn pool_status_code(client: &ProgrammerPoolClient<Channel>, token: &str) -
     }
 }
 
-/// The manager's `/metrics` (over HTTPS, with a `read` token): the value of the series `name`
-/// whose labels include `labels` (`None` when there is none).
+/// The manager's `/metrics` (over HTTPS, with a `read` token, checked as Prometheus text): the
+/// value of the series `name` with exactly `labels` (`None` when there is none).
 async fn metric(
     pool: &TestPool,
     s: &Secured,
@@ -102,13 +104,8 @@ async fn metric(
         .text()
         .await
         .expect("metrics text");
-    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    text.lines().find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let matches = series.strip_prefix(name)?.starts_with('{')
-            && labels.iter().all(|l| series.contains(l.as_str()));
-        matches.then(|| value.parse().expect("a number"))
-    })
+    let samples = support::parse_exposition(&text);
+    support::Scrape { text, samples }.get(name, &labels)
 }
 
 /// Runs `pas ARGS…` for `pool`; panics with its stderr unless it succeeds.
