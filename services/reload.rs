@@ -1,5 +1,5 @@
-//! Credentials re-read while a process runs: a server's TLS certificate, key and CA, the
-//! manager's client certificate and CA toward its programmers, and its caller tokens.
+//! Files re-read while a process runs: a server's TLS certificate, key and CA, the manager's
+//! client certificate and CA toward its programmers, its caller tokens, and the configuration.
 //!
 //! Certificates are renewed in place (cert-manager rewrites a Kubernetes Secret's files, `pas
 //! certs renew` rewrites a development set) and a leaked token is revoked by deleting its line;
@@ -14,8 +14,12 @@
 //! blocking pool. Readers take the current value per connection (TLS) or per request (tokens);
 //! what was accepted before stays accepted (an open connection keeps its handshake).
 //!
+//! The configuration file is watched the same way ([`configuration`]); the manager applies what
+//! it can of a new version at once (`manager::reconfigure`), a programmer names the changed keys
+//! as waiting for its restart ([`log_unapplied`]).
+//!
 //! SIGHUP never ends a manager or a programmer ([`take_sighup`]); `pas up` passes it on to its
-//! children. The configuration file itself is read once, at start-up.
+//! children.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -76,11 +80,11 @@ where
                 None => {}
                 Some(Ok(value)) => {
                     current.send_replace(value);
-                    crate::telemetry::metrics::credential_reload(what, true);
+                    crate::telemetry::metrics::reload(what, true);
                     tracing::info!(what, files = %names, "{what} reloaded");
                 }
                 Some(Err(e)) => {
-                    crate::telemetry::metrics::credential_reload(what, false);
+                    crate::telemetry::metrics::reload(what, false);
                     tracing::error!(
                         what,
                         files = %names,
@@ -93,23 +97,57 @@ where
     receiver
 }
 
-/// Takes SIGHUP for this process from now on, whatever it has to re-read: it never ends a
-/// manager or a programmer (`pas up` passes it on to its children), and it is logged once per
-/// signal — with `reloads` false as "nothing to re-read" (no TLS files, no tokens file). The
-/// reloaders ([`reloaded`]) get the same signal. Call inside a tokio runtime, before the process
-/// reports itself started.
-pub fn take_sighup(reloads: bool) {
+/// Takes SIGHUP for this process from now on: it never ends a manager or a programmer (`pas up`
+/// passes it on to its children), and it is logged once per signal. The reloaders
+/// ([`reloaded`], [`configuration`]) get the same signal. Call inside a tokio runtime, before
+/// the process reports itself started.
+pub fn take_sighup() {
     let Some(mut hangup) = sighup() else {
         return;
     };
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            if reloads {
-                tracing::info!(
-                    "SIGHUP: credential files re-read; the sets that changed are reloaded"
-                );
-            } else {
-                tracing::info!("SIGHUP: nothing to re-read (no TLS files, no tokens file)");
+            tracing::info!(
+                "SIGHUP: the configuration and credential files re-read; what changed is applied"
+            );
+        }
+    });
+}
+
+/// The process's configuration file, kept current like the credentials ([`reloaded`], `what` =
+/// "configuration"): a version that does not load — or fails `check`, for what the process
+/// derives from it — is logged with its file, line and key, and the one in force stays. What a
+/// new version changes is for the process to apply (the manager:
+/// `manager::reconfigure`; a programmer: [`log_unapplied`]).
+pub fn configuration(
+    initial: Arc<crate::config::Config>,
+    check: impl Fn(&crate::config::Config) -> anyhow::Result<()> + Send + Sync + 'static,
+) -> watch::Receiver<Arc<crate::config::Config>> {
+    let source = initial.source.clone();
+    reloaded(CONFIGURATION, vec![source.clone()], initial, move || {
+        let config = crate::config::Config::load(&source)?;
+        check(&config)?;
+        anyhow::Ok(Arc::new(config))
+    })
+}
+
+/// What [`configuration`] calls the configuration (log lines and the metrics' `what`).
+pub const CONFIGURATION: &str = "configuration";
+
+/// For a process that applies no setting while it runs (a programmer): each new version of the
+/// file from `versions` is logged as a warning naming the keys that changed, read only at
+/// start-up, so an edit nobody restarted for is seen in the log instead of silently ignored.
+pub fn log_unapplied(mut versions: watch::Receiver<Arc<crate::config::Config>>) {
+    // Compared with the version in force, not the last one read: every key still waiting for
+    // the restart stays named.
+    let in_force = versions.borrow().clone();
+    tokio::spawn(async move {
+        while versions.changed().await.is_ok() {
+            let new = versions.borrow_and_update().clone();
+            let changed = crate::config::diff::changed_keys(&in_force.pool, &new.pool);
+            if !changed.is_empty() {
+                tracing::warn!(file = %new.source.display(), keys = %changed.join(", "),
+                    "configuration changed in settings read only at start-up: they apply when the process restarts");
             }
         }
     });

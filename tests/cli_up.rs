@@ -237,7 +237,7 @@ fn up_detach_restarts_a_killed_programmer_and_down_leaves_nothing_behind() {
             || {
                 std::fs::read_to_string(logs.join(name))
                     .unwrap_or_default()
-                    .contains("SIGHUP: nothing to re-read")
+                    .contains("SIGHUP: the configuration and credential files re-read")
             },
         );
     }

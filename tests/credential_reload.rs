@@ -212,11 +212,11 @@ async fn renewed_certificates_and_changed_tokens_are_taken_up_without_a_restart(
     );
     let reloads = |what, outcome| {
         scrape(
-            "pas_credential_reloads_total",
+            "pas_reloads_total",
             vec![("what", what), ("outcome", outcome)],
         )
     };
-    let failing = |what| scrape("pas_credential_reload_failing", vec![("what", what)]);
+    let failing = |what| scrape("pas_reload_failing", vec![("what", what)]);
     assert!(reloads("TLS certificate", "reloaded").await >= Some(1.0));
     assert_eq!(failing("TLS certificate").await, Some(0.0));
     assert_eq!(

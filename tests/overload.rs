@@ -6,8 +6,8 @@
 mod common;
 
 use common::pool::{
-    ChildGuard, PoolOptions, TestPool, TestProgrammer, collect_events, free_port, manager_client,
-    pool_status, sample_dispatch, state_of, wait_available, wait_until,
+    ChildGuard, PoolOptions, TestPool, TestProgrammer, admit, collect_events, free_port,
+    manager_client, pool_status, sample_dispatch, state_of, wait_available, wait_until,
 };
 use common::secure::{self, with_token};
 use common::{Sim, zombie_children};
@@ -55,22 +55,6 @@ fn hanging_pool(programmers: &[&str], manager_max_queue: u32) -> TestPool {
         },
         sim,
     )
-}
-
-/// Dispatches `req` and returns once it was admitted (its first event arrived; the stream is
-/// then followed in the background so the task stays followed) or refused.
-async fn admit(
-    c: &ProgrammerPoolClient<Channel>,
-    req: tonic::Request<DispatchRequest>,
-) -> Result<(), tonic::Status> {
-    let mut stream = c.clone().dispatch(req).await?.into_inner();
-    let first = stream.message().await?;
-    assert!(
-        first.is_some(),
-        "an admitted task's stream starts with an event"
-    );
-    tokio::spawn(collect_events(stream));
-    Ok(())
 }
 
 #[tokio::test]

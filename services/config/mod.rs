@@ -8,10 +8,12 @@
 //! - `llm`: model names → [`LlmSpec`].
 //! - `spec`: the validated [`Config`] the services run on.
 //! - `summary`: the text `pas config check` prints.
+//! - [`diff`]: which keys changed between two versions of the file (a re-read configuration).
 //!
 //! Typical use: `let config = Config::load(path)?;` then `config.programmers()`, `config.llm(name)`.
 
 pub mod catalog;
+pub mod diff;
 mod error;
 mod llm;
 pub mod locate;

@@ -78,14 +78,15 @@ struct CallerState {
 /// Dispatch handler.
 #[derive(Debug)]
 pub struct Admission {
-    limits: LimitsConfig,
     in_flight: Arc<Semaphore>,
     callers: Mutex<Callers>,
 }
 
-/// The per-caller states and when to sweep them next.
+/// The per-caller states and when to sweep them next, with the limits they are held to (under
+/// the same lock, so a re-read configuration's limits apply from the next call on).
 #[derive(Debug)]
 struct Callers {
+    limits: LimitsConfig,
     map: HashMap<Arc<str>, CallerState>,
     sweep_at: usize,
 }
@@ -93,9 +94,9 @@ struct Callers {
 impl Admission {
     pub fn new(limits: &LimitsConfig) -> Arc<Self> {
         Arc::new(Self {
-            limits: limits.clone(),
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight_rpcs as usize)),
             callers: Mutex::new(Callers {
+                limits: limits.clone(),
                 map: HashMap::new(),
                 sweep_at: SWEEP_AT,
             }),
@@ -110,10 +111,13 @@ impl Admission {
     /// One call by `caller`, against its rate: refused when its bucket is empty.
     pub fn check_rate(&self, caller: &Arc<str>) -> Result<(), Status> {
         let now = Instant::now();
-        let rate = self.limits.per_caller_rate_per_s.max(1);
-        let interval = Duration::from_secs(1) / rate;
-        let tolerance = interval * self.limits.per_caller_burst.saturating_sub(1);
         let mut callers = self.callers();
+        let (rate, burst) = (
+            callers.limits.per_caller_rate_per_s.max(1),
+            callers.limits.per_caller_burst,
+        );
+        let interval = Duration::from_secs(1) / rate;
+        let tolerance = interval * burst.saturating_sub(1);
         if callers.map.len() >= callers.sweep_at {
             callers.map.retain(|_, c| c.tasks > 0 || c.tat > now);
             callers.sweep_at = (callers.map.len() * 2).max(SWEEP_AT);
@@ -129,7 +133,7 @@ impl Admission {
                 "limits.per_caller_rate_per_s",
                 format!(
                     "{caller} made more than {rate} calls per second (bursts of {}); retry in {} ms",
-                    self.limits.per_caller_burst,
+                    burst,
                     retry.as_millis().max(1)
                 ),
                 retry,
@@ -141,8 +145,8 @@ impl Admission {
 
     /// A task slot for `caller`, held for the task's life; refused at `per_caller_max_tasks`.
     pub fn task_slot(self: &Arc<Self>, caller: Arc<str>) -> Result<TaskSlot, Status> {
-        let max = self.limits.per_caller_max_tasks;
         let mut callers = self.callers();
+        let max = callers.limits.per_caller_max_tasks;
         let state = callers.map.entry(caller.clone()).or_insert(CallerState {
             tasks: 0,
             tat: Instant::now(),
@@ -165,6 +169,32 @@ impl Admission {
     #[cfg(test)]
     pub fn tasks_of(&self, caller: &str) -> u32 {
         self.callers().map.get(caller).map_or(0, |c| c.tasks)
+    }
+
+    /// Holds callers to `limits` from the next call on (a re-read configuration). Tasks already
+    /// admitted keep their slots; a caller over a lowered `per_caller_max_tasks` is refused new
+    /// tasks until it is under it. A lowered `max_in_flight_rpcs` takes its permits back as the
+    /// calls holding them end.
+    pub fn set_limits(&self, limits: &LimitsConfig) {
+        let before = std::mem::replace(&mut self.callers().limits, limits.clone());
+        let (was, now) = (
+            before.max_in_flight_rpcs as usize,
+            limits.max_in_flight_rpcs as usize,
+        );
+        if now > was {
+            self.in_flight.add_permits(now - was);
+        } else if now < was {
+            let owed = (was - now) - self.in_flight.forget_permits(was - now);
+            if owed > 0 {
+                // Held by calls in progress: taken back as they end.
+                let in_flight = self.in_flight.clone();
+                tokio::spawn(async move {
+                    if let Ok(permits) = in_flight.acquire_many_owned(owed as u32).await {
+                        permits.forget();
+                    }
+                });
+            }
+        }
     }
 
     /// A permit to be admitted now, or None when `max_in_flight_rpcs` calls already are.
@@ -207,7 +237,7 @@ pub async fn middleware(
         return next.run(request).await;
     }
     let Some(_permit) = admission.try_enter() else {
-        let max = admission.limits.max_in_flight_rpcs;
+        let max = admission.callers().limits.max_in_flight_rpcs;
         let refused = refusal(
             "limits.max_in_flight_rpcs",
             format!("the manager is admitting {max} calls already"),
@@ -239,6 +269,60 @@ mod tests {
             .get_details_retry_info()
             .and_then(|r| r.retry_delay)
             .expect("RetryInfo with a delay")
+    }
+
+    /// Limits set while the manager runs (a re-read configuration) apply from the next call:
+    /// a lowered task bound refuses a caller already at it, slots held stay held; a lowered
+    /// in-flight bound takes back the permits held as their calls end.
+    #[tokio::test]
+    async fn limits_set_while_running_apply_from_the_next_call() {
+        let admission = Admission::new(&LimitsConfig {
+            max_in_flight_rpcs: 2,
+            ..limits(1000, 1000, 2)
+        });
+        let held = admission.task_slot("alice".into()).unwrap();
+        let lower = LimitsConfig {
+            max_in_flight_rpcs: 1,
+            ..limits(1000, 1000, 1)
+        };
+        let (first, second) = (admission.try_enter(), admission.try_enter());
+        assert!(first.is_some() && second.is_some());
+        admission.set_limits(&lower);
+        let refused = admission.task_slot("alice".into()).unwrap_err();
+        assert!(
+            refused
+                .message()
+                .starts_with("limits.per_caller_max_tasks: alice already has 1"),
+            "{refused:?}"
+        );
+        assert_eq!(admission.tasks_of("alice"), 1);
+        drop(held);
+        let _slot = admission
+            .task_slot("alice".into())
+            .expect("under the bound again");
+
+        // Both permits held: the one owed is taken back when a call ends.
+        drop(first);
+        while admission.in_flight.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            admission.try_enter().is_none(),
+            "one call in flight, bound 1"
+        );
+        drop(second);
+        let only = admission.try_enter().expect("the bound's one permit");
+        assert!(admission.try_enter().is_none());
+        drop(only);
+
+        // Raised: permits added at once.
+        admission.set_limits(&LimitsConfig {
+            max_in_flight_rpcs: 3,
+            ..lower
+        });
+        let three: Vec<_> = (0..3).map_while(|_| admission.try_enter()).collect();
+        assert_eq!(three.len(), 3);
+        assert!(admission.try_enter().is_none());
     }
 
     #[tokio::test(start_paused = true)]

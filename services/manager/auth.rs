@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What a token may do. Ordered: a larger role may do everything a smaller one may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -237,8 +238,9 @@ pub struct Authenticator {
     /// The tokens as they are now (re-read when the tokens file changes: see
     /// [`reloading`](Self::reloading)).
     tokens: tokio::sync::watch::Receiver<TokenSet>,
-    open_status: bool,
-    open_metrics: bool,
+    /// `auth.open` (a re-read configuration may change it: [`set_open`](Self::set_open)).
+    open_status: AtomicBool,
+    open_metrics: AtomicBool,
 }
 
 impl Authenticator {
@@ -282,9 +284,17 @@ impl Authenticator {
     fn with(auth: &AuthConfig, tokens: tokio::sync::watch::Receiver<TokenSet>) -> Self {
         Self {
             tokens,
-            open_status: auth.open.contains(&OpenRoute::Status),
-            open_metrics: auth.open.contains(&OpenRoute::Metrics),
+            open_status: AtomicBool::new(auth.open.contains(&OpenRoute::Status)),
+            open_metrics: AtomicBool::new(auth.open.contains(&OpenRoute::Metrics)),
         }
+    }
+
+    /// Leaves `open` readable without a token from the next request on, and only those.
+    pub fn set_open(&self, open: &[OpenRoute]) {
+        self.open_status
+            .store(open.contains(&OpenRoute::Status), Ordering::Relaxed);
+        self.open_metrics
+            .store(open.contains(&OpenRoute::Metrics), Ordering::Relaxed);
     }
 
     /// How many tokens are accepted now.
@@ -302,7 +312,7 @@ impl Authenticator {
                 "Dispatch" | "GetTask" | "CancelTask" | "WatchTask" | "ListTasks" => {
                     Need::Role(Role::Dispatch)
                 }
-                "GetPoolStatus" if self.open_status => Need::Open,
+                "GetPoolStatus" if self.open_status.load(Ordering::Relaxed) => Need::Open,
                 "GetPoolStatus" => Need::Role(Role::Read),
                 _ => Need::Role(Role::Admin),
             };
@@ -315,8 +325,8 @@ impl Authenticator {
             return Need::Open;
         }
         match path {
-            "/programmer_pool/status" if self.open_status => Need::Open,
-            "/metrics" if self.open_metrics => Need::Open,
+            "/programmer_pool/status" if self.open_status.load(Ordering::Relaxed) => Need::Open,
+            "/metrics" if self.open_metrics.load(Ordering::Relaxed) => Need::Open,
             _ => Need::Role(Role::Read),
         }
     }

@@ -193,7 +193,8 @@ fn day_of(t: DateTime<Utc>) -> String {
 /// The persisted daily ledger. See the module docs for the rules.
 pub struct BudgetLedger {
     ledger: Mutex<Ledger>,
-    policy: BudgetPolicy,
+    /// The `cost_optimization` rules in force (a re-read configuration may change them).
+    policy: Mutex<BudgetPolicy>,
     clock: Clock,
     /// With [`Durability::PowerLoss`]: what [`durable`](Self::durable) syncs.
     wal_sync: Option<Arc<WalSync>>,
@@ -306,7 +307,7 @@ impl Ledger {
 impl std::fmt::Debug for BudgetLedger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BudgetLedger")
-            .field("policy", &self.policy)
+            .field("policy", &self.policy())
             .finish_non_exhaustive()
     }
 }
@@ -386,7 +387,7 @@ impl BudgetLedger {
                 conn,
                 days: HashMap::new(),
             }),
-            policy,
+            policy: Mutex::new(policy),
             clock,
             wal_sync,
         })
@@ -480,7 +481,16 @@ impl BudgetLedger {
 
     /// The policy this ledger enforces.
     pub fn policy(&self) -> BudgetPolicy {
-        self.policy
+        *self.policy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Enforces `policy` from the next hold on (a re-read configuration): today's spend and holds
+    /// stay as recorded, so a limit lowered below them refuses every paid task until tomorrow.
+    pub fn set_policy(&self, policy: BudgetPolicy) -> Result<(), BudgetError> {
+        non_negative(policy.max_daily_spend)?;
+        policy.alert_threshold.map(non_negative).transpose()?;
+        *self.policy.lock().unwrap_or_else(|p| p.into_inner()) = policy;
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, Ledger> {
@@ -517,13 +527,14 @@ impl BudgetLedger {
                 task_id: task_id.to_owned(),
             });
         }
-        if self.policy.enabled
-            && spent.saturating_add(reserved).saturating_add(amount) > self.policy.max_daily_spend
+        let policy = self.policy();
+        if policy.enabled
+            && spent.saturating_add(reserved).saturating_add(amount) > policy.max_daily_spend
         {
             return Err(BudgetError::Exhausted {
                 spent,
                 reserved,
-                limit: self.policy.max_daily_spend,
+                limit: policy.max_daily_spend,
                 requested: amount,
             });
         }
@@ -624,8 +635,9 @@ impl BudgetLedger {
         spent: Usd,
         now_ms: i64,
     ) -> rusqlite::Result<bool> {
-        match self.policy.alert_threshold {
-            Some(threshold) if self.policy.enabled && spent >= threshold => Ok(conn.execute(
+        let policy = self.policy();
+        match policy.alert_threshold {
+            Some(threshold) if policy.enabled && spent >= threshold => Ok(conn.execute(
                 "INSERT OR IGNORE INTO budget_alerts (day, fired_ms) VALUES (?1, ?2)",
                 params![day, now_ms],
             )? == 1),
@@ -656,7 +668,7 @@ impl BudgetLedger {
     /// What is left today for new reservations, or `None` when the budget is disabled
     /// (unlimited). Advisory: a later [`reserve`](Self::reserve) is the real check.
     pub fn remaining(&self) -> Result<Option<Usd>, BudgetError> {
-        if !self.policy.enabled {
+        if !self.policy().enabled {
             return Ok(None);
         }
         Ok(Some(self.snapshot()?.remaining))
@@ -680,7 +692,8 @@ impl BudgetLedger {
                 |r| r.get(0),
             )
             .optional()?;
-        let limit = self.policy.max_daily_spend;
+        let policy = self.policy();
+        let limit = policy.max_daily_spend;
         let remaining = limit
             .saturating_sub(spent)
             .saturating_sub(reserved)
@@ -692,7 +705,7 @@ impl BudgetLedger {
             earlier_holds: Usd::from_nanos(earlier),
             limit,
             remaining,
-            alert_threshold: self.policy.alert_threshold.unwrap_or(Usd::ZERO),
+            alert_threshold: policy.alert_threshold.unwrap_or(Usd::ZERO),
             alert_active: alert_since_ms.is_some(),
             alert_since_ms,
         })
@@ -802,6 +815,33 @@ mod tests {
         for (day, known) in &state.days {
             assert_eq!(*known, totals(&state.conn, day).unwrap(), "day {day}");
         }
+    }
+
+    /// A policy set while the manager runs (a re-read configuration) holds from the next
+    /// reservation on; what was spent and held before stays; a negative limit is refused.
+    #[test]
+    fn a_policy_set_while_running_holds_from_the_next_reservation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (clock, _) = manual_clock(noon());
+        let ledger = open(&dir, policy(1.0, None), clock);
+        ledger.reserve("a", usd(0.60)).unwrap();
+        assert!(ledger.reserve("b", usd(0.30)).is_ok());
+        ledger.set_policy(policy(1.0, None)).unwrap();
+        ledger.set_policy(policy(0.5, None)).unwrap();
+        assert!(matches!(
+            ledger.reserve("c", usd(0.01)),
+            Err(BudgetError::Exhausted { .. })
+        ));
+        assert_eq!(ledger.snapshot().unwrap().limit, usd(0.5));
+        assert_eq!(ledger.snapshot().unwrap().reserved, usd(0.90));
+        ledger.set_policy(policy(2.0, None)).unwrap();
+        assert!(ledger.reserve("c", usd(1.0)).is_ok());
+        let negative = BudgetPolicy {
+            max_daily_spend: Usd::from_nanos(-1),
+            ..policy(1.0, None)
+        };
+        assert!(ledger.set_policy(negative).is_err());
+        assert_eq!(ledger.policy(), policy(2.0, None));
     }
 
     /// The day totals a reservation checks against are kept in memory, moved by each write:

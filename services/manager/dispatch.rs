@@ -369,7 +369,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                             tracing::info!(%task_id, %programmer, reason = %status.message(), "programmer full at admission; task re-queued");
                             mgr.pool.refused_at_admission(&member);
                             mgr.release(&task_id, on.hold);
-                            Step::Wait(mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout))
+                            Step::Wait(mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout()))
                         }
                         Err(status) => {
                             // No clear answer (the connection failed around the call): whether the
@@ -439,7 +439,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
 
                 Step::Follow(on) => {
                     let last = tried(&mgr, dispatch_attempt, escalation.leg_start(), unsent)
-                        >= mgr.max_dispatch_attempts;
+                        >= mgr.max_dispatch_attempts();
                     match Box::pin(follow(&mgr, &on, &cancel, last)).await {
                     Ok(stream) => {
                         let programmer = on.member.spec.id.clone();
@@ -510,7 +510,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                         unsent += 1;
                     }
                     let tried = tried(&mgr, dispatch_attempt, escalation.leg_start(), unsent);
-                    if tried >= mgr.max_dispatch_attempts {
+                    if tried >= mgr.max_dispatch_attempts() {
                         let msg = format!(
                             "gave up after {tried} programmer(s); last: {programmer}: {reason}"
                         );
@@ -527,7 +527,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                         route.request.dispatch_attempt = dispatch_attempt + 1;
                         route.exclude.push(on.exclusion);
                         previous = Some((programmer, reason));
-                        Step::Wait(mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout))
+                        Step::Wait(mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout()))
                     }
                 }
 
@@ -568,7 +568,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                             route = paid_route;
                             previous = None;
                             unsent = 0;
-                            Step::Wait(mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout))
+                            Step::Wait(mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout()))
                         }
                         Decision::Refused(why) => {
                             tracing::info!(%task_id, from = %member.spec.id, %why, "task not escalated");
@@ -608,7 +608,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
 /// answer and the programmer says it has no such task) tried nothing there. Those are not counted,
 /// up to `max_dispatch_attempts` of them, so a task is placed at most twice that often.
 fn tried(mgr: &Manager, dispatch_attempt: u32, leg_start: u32, unsent: u32) -> u32 {
-    (dispatch_attempt + 1 - leg_start).saturating_sub(unsent.min(mgr.max_dispatch_attempts))
+    (dispatch_attempt + 1 - leg_start).saturating_sub(unsent.min(mgr.max_dispatch_attempts()))
 }
 
 /// A dispatch attempt lost on a programmer that had started it.

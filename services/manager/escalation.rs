@@ -121,7 +121,7 @@ pub fn decide(
     if paid {
         return Decision::No;
     }
-    let Some(trigger) = trigger_of(result).filter(|t| mgr.config.pool.escalation.on.contains(t))
+    let Some(trigger) = trigger_of(result).filter(|t| mgr.config().pool.escalation.on.contains(t))
     else {
         return Decision::No;
     };

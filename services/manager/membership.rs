@@ -281,6 +281,21 @@ struct Watchers {
     poll_interval: Duration,
 }
 
+/// What [`PoolView::reconcile`] changed, by programmer id.
+#[derive(Debug, Default, PartialEq)]
+pub struct Reconciled {
+    pub joined: Vec<String>,
+    pub left: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+impl Reconciled {
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.joined.is_empty() && self.left.is_empty() && self.changed.is_empty()
+    }
+}
+
 impl PoolView {
     /// Builds the view from the configuration; channels connect lazily.
     /// With `discovery.mode: static` the members are the configured programmers; with `dns`
@@ -394,6 +409,50 @@ impl PoolView {
         self.touch(member);
         member.wake();
         self.bump();
+    }
+
+    /// Static discovery with a re-read `programmers:` list: a listed id that is not a present
+    /// member joins; a present member no longer listed leaves (draining: it takes no new task,
+    /// its running ones finish there); a member whose entry changed (address, LLMs, limits,
+    /// capabilities, region) leaves and joins again as its new entry. Every address is checked
+    /// before anything changes, so a list that cannot be used changes nothing. Joined members
+    /// come after the others in capability_match's configuration order until the next restart.
+    pub fn reconcile(self: &Arc<Self>, specs: &[ProgrammerSpec]) -> anyhow::Result<Reconciled> {
+        let present: Vec<Arc<Member>> = self
+            .members()
+            .iter()
+            .filter(|m| !m.has_left())
+            .cloned()
+            .collect();
+        let mut joining = Vec::new();
+        let mut done = Reconciled::default();
+        for spec in specs {
+            let address = crate::channel::connect_addr(&spec.host, spec.port);
+            match present.iter().find(|m| m.spec.id == spec.id) {
+                Some(m) if m.spec == *spec && m.address == address => {}
+                found => {
+                    let link = self.link(&address)?;
+                    joining.push((spec.clone(), address, link, found.cloned()));
+                }
+            }
+        }
+        for member in &present {
+            if !specs.iter().any(|s| s.id == member.spec.id) {
+                self.leave(member);
+                done.left.push(member.spec.id.clone());
+            }
+        }
+        for (spec, address, link, replaced) in joining {
+            match replaced {
+                Some(old) => {
+                    self.leave(&old);
+                    done.changed.push(spec.id.clone());
+                }
+                None => done.joined.push(spec.id.clone()),
+            }
+            self.join(spec, address, link);
+        }
+        Ok(done)
     }
 
     /// Wakes DNS discovery to re-resolve now (no-op in static mode).

@@ -17,6 +17,7 @@ pub mod eligibility;
 pub mod escalation;
 pub mod http;
 pub mod membership;
+pub mod reconfigure;
 pub mod resume;
 pub mod runtimes;
 pub mod server;
@@ -77,14 +78,14 @@ struct ActiveTask {
 
 /// The manager's shared state.
 pub struct Manager {
-    pub config: Arc<Config>,
+    /// The configuration in force: the file as read at start-up, or as re-read since
+    /// ([`reconfigure`]). Settings read from it per task (the default strategy, the queue
+    /// timeout, dispatch attempts, escalation, free-first) follow a re-read at once.
+    config: std::sync::RwLock<Arc<Config>>,
     pub pool: Arc<PoolView>,
     pub scheduler: Scheduler,
     pub budget: Arc<BudgetLedger>,
     pub store: Arc<TaskStore>,
-    pub default_strategy: StrategyKind,
-    pub queue_timeout: Duration,
-    pub max_dispatch_attempts: u32,
     /// A programmer stops a task nobody followed this long; a manager that cannot reach a task's
     /// programmer this long knows it stopped.
     pub task_lease: Duration,
@@ -177,9 +178,6 @@ impl Manager {
             stop.clone(),
         );
         let mgr = Arc::new(Self {
-            default_strategy: pool_cfg.load_balancing.strategy,
-            queue_timeout: Duration::from_secs(mgr_cfg.queue_timeout_s),
-            max_dispatch_attempts: mgr_cfg.max_dispatch_attempts.max(1),
             task_lease: Duration::from_secs(mgr_cfg.task_lease_s.max(1)),
             workspaces: WorkspaceCache::new(config.workspace_root()),
             repo_allow: config.repositories().map(|r| r.allow),
@@ -188,7 +186,7 @@ impl Manager {
             admission: admission::Admission::new(&pool_cfg.limits),
             llm_stats: crate::telemetry::LlmStats::default(),
             durations,
-            config: config.clone(),
+            config: std::sync::RwLock::new(config.clone()),
             pool,
             scheduler,
             budget,
@@ -204,6 +202,34 @@ impl Manager {
         resume::unfinished_tasks(&mgr)?;
         tokio::spawn(status::watch_alerts(mgr.clone()));
         Ok(mgr)
+    }
+
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts `config` in force for everything that reads it per task (see [`reconfigure`]).
+    fn set_config(&self, config: Arc<Config>) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
+    }
+
+    /// The strategy of a task that names none (`load_balancing.strategy`).
+    pub fn default_strategy(&self) -> StrategyKind {
+        self.config().pool.load_balancing.strategy
+    }
+
+    /// How long a task may wait for a programmer (`manager.queue_timeout_s`).
+    pub fn queue_timeout(&self) -> Duration {
+        Duration::from_secs(self.config().pool.manager.queue_timeout_s)
+    }
+
+    /// Programmers one task may be dispatched to (`manager.max_dispatch_attempts`, at least 1).
+    pub fn max_dispatch_attempts(&self) -> u32 {
+        self.config().pool.manager.max_dispatch_attempts.max(1)
     }
 
     fn active(&self) -> std::sync::MutexGuard<'_, HashMap<String, ActiveTask>> {
@@ -380,14 +406,10 @@ pub async fn run(config: Config, args: ManagerArgs) -> anyhow::Result<()> {
         None => None,
     };
 
-    let tokens_file = config
-        .pool
-        .auth
-        .as_ref()
-        .is_some_and(|a| a.tokens_file.is_some());
-    crate::reload::take_sighup(tls.is_some() || tokens_file);
+    crate::reload::take_sighup();
+    reconfigure::watch(mgr.clone(), authenticator.clone());
     println!("Manager-Code listening on {addr}");
-    tracing::info!(%addr, programmers = mgr.pool.members().len(), strategy = mgr.default_strategy.name(), "manager started");
+    tracing::info!(%addr, programmers = mgr.pool.members().len(), strategy = mgr.default_strategy().name(), "manager started");
     if let Some(admin) = admin {
         let admin_addr = admin.local_addr()?;
         let probes = authenticate(

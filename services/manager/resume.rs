@@ -38,7 +38,7 @@ pub fn unfinished_tasks(mgr: &Arc<Manager>) -> anyhow::Result<()> {
         let events = mgr.store.latest_events(&task_id, MAX_RETAINED)?;
         let escalation = escalation_of(
             &mgr.store,
-            &mgr.config.pool.escalation,
+            &mgr.config().pool.escalation,
             &task_id,
             &request,
             &events,
@@ -133,7 +133,7 @@ pub fn unfinished_tasks(mgr: &Arc<Manager>) -> anyhow::Result<()> {
     for pending in queued.into_iter().rev() {
         let ticket = mgr
             .scheduler
-            .resubmit(pending.route.clone(), mgr.queue_timeout);
+            .resubmit(pending.route.clone(), mgr.queue_timeout());
         spawn(mgr, pending.life(Start::Queued(ticket)));
     }
     if followed + resumed_queued + failed > 0 {

@@ -103,6 +103,7 @@ pub fn route_on(
 ) -> Result<Route, Status> {
     // Only present members are eligible: one that left DNS takes no new task. `present[k]` is
     // the pool index of the k-th.
+    let config = mgr.config();
     let all = mgr.pool.members();
     let present: Vec<&Arc<Member>> = all
         .iter()
@@ -118,9 +119,7 @@ pub fn route_on(
             available: true,
         })
         .collect();
-    let prefer_free = req
-        .prefer_free
-        .unwrap_or(mgr.config.pool.prefer_free_default());
+    let prefer_free = req.prefer_free.unwrap_or(config.pool.prefer_free_default());
     let needs = TaskNeeds {
         capabilities: &req.capabilities,
         prefer_free,
@@ -130,7 +129,7 @@ pub fn route_on(
     // back when they settle, so such a task waits instead.
     // A dry run spends nothing, so it needs no look at the ledger.
     let budget = match (!req.dry_run).then(|| mgr.budget.snapshot()) {
-        Some(Ok(s)) if mgr.config.pool.cost_optimization.enabled => {
+        Some(Ok(s)) if mgr.budget.policy().enabled => {
             PaidBudget::Remaining(s.limit.saturating_sub(s.spent))
         }
         _ => PaidBudget::Unlimited,
@@ -161,7 +160,8 @@ pub fn route_on(
     } else {
         eligibility::prefer_region(tiers, |i| all[i].spec.region == req.region)
     };
-    let strategy = StrategyKind::from_proto(req.strategy).unwrap_or(mgr.default_strategy);
+    let strategy =
+        StrategyKind::from_proto(req.strategy).unwrap_or(config.pool.load_balancing.strategy);
     let request = TaskRequest {
         task_id: task_id.to_string(),
         task_description: req.task_description.clone(),
@@ -256,7 +256,7 @@ impl ProgrammerPool for PoolService {
         let max_wait = if req.queue_timeout_s > 0 {
             Duration::from_secs(req.queue_timeout_s.into())
         } else {
-            mgr.queue_timeout
+            mgr.queue_timeout()
         };
         let start = match place.submit(route.clone(), max_wait) {
             Submitted::Placed(placement) => Start::Routed(placement),
@@ -279,7 +279,7 @@ impl ProgrammerPool for PoolService {
             route.strategy.name(),
             req.dry_run,
         );
-        let escalation = Escalation::for_request(&mgr.config.pool.escalation, req);
+        let escalation = Escalation::for_request(&mgr.config().pool.escalation, req);
         stages.at("spawned");
         stages.attach(&task_id);
         let life = TaskLife {

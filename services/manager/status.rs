@@ -223,7 +223,7 @@ pub fn pool_status(mgr: &Manager) -> PoolStatus {
         alerts: Vec::new(),
         manager_queue_depth: manager_queue,
         manager_queue_capacity: mgr.scheduler.capacity() as u32,
-        strategy: mgr.default_strategy.name().to_string(),
+        strategy: mgr.default_strategy().name().to_string(),
         llm_stats: mgr.llm_stats.snapshot(),
     };
     evaluate(mgr, &status, ledger.as_ref());

@@ -68,7 +68,8 @@ pub struct Scheduler {
     /// or not: while it is 0 nothing waits, and a submission may be routed at once.
     queued: Arc<AtomicUsize>,
     balancer: Arc<Mutex<Balancer>>,
-    capacity: usize,
+    /// The queue's bound (`manager.max_queue`; a re-read configuration may change it).
+    capacity: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -112,7 +113,7 @@ impl Scheduler {
             waiting: Arc::default(),
             queued: Arc::default(),
             balancer: Arc::new(Mutex::new(balancer)),
-            capacity,
+            capacity: Arc::new(AtomicUsize::new(capacity)),
         };
         tokio::spawn(run(scheduler.clone(), pool, rx, stop));
         scheduler
@@ -159,22 +160,27 @@ impl Scheduler {
 
     /// The queue's bound.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.capacity.load(Ordering::Relaxed)
+    }
+
+    /// Bounds the queue to `capacity` from the next reservation on. Tasks already waiting keep
+    /// their places when it is lowered below their number; new ones are refused until fewer wait.
+    pub fn set_capacity(&self, capacity: usize) {
+        self.capacity.store(capacity, Ordering::Relaxed);
     }
 
     /// Reserves a place at the back of the queue, refused when `capacity` tasks already wait (or
     /// hold a reservation). Admission takes the place before it records or checks anything
     /// costly, so a refusal costs no I/O; a reservation dropped unused gives the place back.
     pub fn reserve(&self) -> Result<QueuePlace, QueueFull> {
+        let capacity = self.capacity();
         let reserved = self
             .waiting
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < self.capacity).then_some(n + 1)
+                (n < capacity).then_some(n + 1)
             });
         if reserved.is_err() {
-            return Err(QueueFull {
-                capacity: self.capacity,
-            });
+            return Err(QueueFull { capacity });
         }
         Ok(QueuePlace {
             scheduler: Some(self.clone()),

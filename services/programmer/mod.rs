@@ -137,7 +137,13 @@ pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
         |t: &breaker::Transition| (t.from.as_str(), t.to.as_str()),
     );
 
-    crate::reload::take_sighup(tls.is_some());
+    crate::reload::take_sighup();
+    // A programmer reads its settings once: an edit of the file is named in the log as waiting
+    // for its restart.
+    crate::reload::log_unapplied(crate::reload::configuration(
+        Arc::new(config.clone()),
+        |_| Ok(()),
+    ));
     // Tests and `pas up` read this line to learn the bound address.
     println!("{} listening on {addr}", prog.spec.agent);
     tracing::info!(programmer = %prog.spec.id, %addr, primary = %prog.spec.primary.name,

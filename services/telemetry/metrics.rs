@@ -22,8 +22,8 @@
 //!   `pas_programmer_using_backup`, `pas_programmer_draining`, `pas_breaker_state{programmer_id,llm}`
 //!   (0 closed, 1 open, 2 half-open), `pas_breaker_failures_in_window`.
 //!
-//! Every process with TLS or caller tokens (see `reload`):
-//! - `pas_credential_reloads_total{what,outcome}`, `pas_credential_reload_failing{what}`,
+//! Every manager and programmer (see `reload`; `what` is the configuration, or a credential set):
+//! - `pas_reloads_total{what,outcome}`, `pas_reload_failing{what}`,
 //!   `pas_tls_certificate_expiry_timestamp_seconds{role}` (server; the manager's client side too).
 //!
 //! The manager:
@@ -143,14 +143,14 @@ fn scrape_response() -> Response {
     }
 }
 
-/// A credential set (`what`: "TLS certificate", "TLS client certificate", "caller tokens") was
-/// read again because its files changed (see `reload`): `reloaded`, or `failed` (the files do not
-/// load, the set read before stays in force). `pas_credential_reload_failing{what}` is 1 from a
+/// A set re-read from its files (`what`: "TLS certificate", "TLS client certificate", "caller
+/// tokens", "configuration") because they changed (see `reload`): `reloaded`, or `failed` (the
+/// files do not load, the set read before stays in force). `pas_reload_failing{what}` is 1 from a
 /// failure until the next success: the files on disk are not what the process uses.
-pub fn credential_reload(what: &'static str, reloaded: bool) {
+pub fn reload(what: &'static str, reloaded: bool) {
     let outcome = if reloaded { "reloaded" } else { "failed" };
-    counter!("pas_credential_reloads_total", "what" => what, "outcome" => outcome).increment(1);
-    gauge!("pas_credential_reload_failing", "what" => what).set(if reloaded { 0.0 } else { 1.0 });
+    counter!("pas_reloads_total", "what" => what, "outcome" => outcome).increment(1);
+    gauge!("pas_reload_failing", "what" => what).set(if reloaded { 0.0 } else { 1.0 });
 }
 
 /// When the certificate this process presents as `role` (`server`, `client`) stops being valid,
@@ -164,12 +164,12 @@ pub fn certificate_expiry(role: &'static str, not_after_unix_s: i64) {
 /// HELP lines (and units) for every metric.
 fn describe() {
     describe_counter!(
-        "pas_credential_reloads_total",
-        "Credential sets read again after their files changed, by what and outcome (reloaded/failed)"
+        "pas_reloads_total",
+        "Credential sets and the configuration read again after their files changed, by what and outcome (reloaded/failed)"
     );
     describe_gauge!(
-        "pas_credential_reload_failing",
-        "1 while the credential files on disk do not load (the set read before is in use)"
+        "pas_reload_failing",
+        "1 while the files on disk do not load (the set read before is in use)"
     );
     describe_gauge!(
         "pas_tls_certificate_expiry_timestamp_seconds",

@@ -640,10 +640,13 @@ impl TestPool {
     }
 
     /// Rewrites the config file: `edit` gets its text and returns the new one (e.g. to add a key
-    /// to a section the generated config writes). Call before starting processes.
+    /// to a section the generated config writes). The file is replaced whole (a rename), so a
+    /// running process that re-reads it never sees it half-written.
     pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
         let text = std::fs::read_to_string(&self.config_path).expect("read config");
-        std::fs::write(&self.config_path, edit(text)).expect("write config");
+        let next = self.config_path.with_extension("yaml.next");
+        std::fs::write(&next, edit(text)).expect("write config");
+        std::fs::rename(&next, &self.config_path).expect("replace config");
     }
 
     /// Adds `key: value` to programmer `id`'s entry (a per-programmer override such as
@@ -789,6 +792,22 @@ pub async fn wait_reported(c: &ProgrammerPoolClient<Channel>, n: u32) {
         },
     )
     .await;
+}
+
+/// Dispatches `req` and returns once it was admitted (its first event arrived; the stream is
+/// then followed in the background so the task stays followed) or refused.
+pub async fn admit(
+    c: &ProgrammerPoolClient<Channel>,
+    req: impl tonic::IntoRequest<DispatchRequest>,
+) -> Result<(), tonic::Status> {
+    let mut stream = c.clone().dispatch(req).await?.into_inner();
+    let first = stream.message().await?;
+    assert!(
+        first.is_some(),
+        "an admitted task's stream starts with an event"
+    );
+    tokio::spawn(collect_events(stream));
+    Ok(())
 }
 
 /// Reads a task stream to its end and checks the contract every stream must keep: exactly one

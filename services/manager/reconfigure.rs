@@ -1,0 +1,180 @@
+//! The configuration file re-read while the manager runs.
+//!
+//! An operator who raises the daily budget, throttles a caller, adds a programmer host or opens
+//! `/metrics` edits `programmer_pool.yaml`; a restart to apply it would drop every caller's
+//! connection. So the file is watched like the credential files ([`crate::reload`]: on SIGHUP
+//! and every [`CHECK_EVERY`](crate::reload::CHECK_EVERY), read and validated off the runtime's
+//! threads). A file that does not load is logged with its file, line and key, and the
+//! configuration in force stays. One that loads is compared key by key with the one in force
+//! ([`changed_keys`]), and:
+//!
+//! - the keys in [`LIVE`] apply at once — the programmers of static discovery join, leave or
+//!   are replaced ([`PoolView::reconcile`]); `limits` (but the HTTP/2 stream bound), the queue's
+//!   bound, timeout and dispatch attempts, retention, the default strategy and free-first,
+//!   `cost_optimization` (the budget), `escalation`, and `auth.open`;
+//! - every other changed key is named in one warning as read only at start-up (ports, TLS
+//!   paths, the data dir, durability, discovery, the lease the programmers share, …): the
+//!   running process keeps its value until it restarts.
+//!
+//! The log says which keys were applied and which were not; `/metrics` counts the reloads
+//! (`pas_reloads_total{what="configuration"}`). Tasks already admitted keep what admitted them
+//! (a slot under a lowered per-caller bound, a place in a shortened queue, a budget hold).
+
+use crate::config::diff::changed_keys;
+use crate::config::{Config, DiscoveryMode};
+use crate::manager::Manager;
+use crate::manager::auth::Authenticator;
+use crate::manager::budget::BudgetPolicy;
+use crate::reload::CONFIGURATION;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The keys a running manager applies (a key applies with every key under it). With DNS
+/// discovery the programmers' entries only give defaults to programmers as they join, so
+/// `programmers` and what resolves their entries are then read at start-up only.
+pub const LIVE: &[&str] = &[
+    "limits.max_in_flight_rpcs",
+    "limits.per_caller_max_tasks",
+    "limits.per_caller_rate_per_s",
+    "limits.per_caller_burst",
+    "manager.max_queue",
+    "manager.queue_timeout_s",
+    "manager.max_dispatch_attempts",
+    "manager.task_retention_s",
+    "manager.task_retention_max_tasks",
+    "load_balancing.strategy",
+    "load_balancing.prefer_free_models",
+    "cost_optimization",
+    "escalation",
+    "auth.open",
+];
+
+/// What resolves the programmers' entries (applied by [`PoolView::reconcile`] with static
+/// discovery).
+///
+/// [`PoolView::reconcile`]: crate::manager::membership::PoolView::reconcile
+const PROGRAMMER_KEYS: &[&str] = &[
+    "pool_size",
+    "programmers",
+    "defaults",
+    "capability_routing",
+    "llms",
+];
+
+/// Watches the manager's configuration file from now on (see the module docs). `auth`: the
+/// caller authentication in force, if any (for `auth.open`). Call inside the manager's runtime,
+/// before it reports itself started (SIGHUP then reloads instead of ending it).
+pub fn watch(mgr: Arc<Manager>, auth: Option<Arc<Authenticator>>) {
+    // What the manager derives from the file must build too, or nothing of it applies.
+    let mut current = crate::reload::configuration(mgr.config(), |config| {
+        BudgetPolicy::from_config(&config.pool.cost_optimization)
+            .map_err(|e| anyhow::anyhow!("{}: cost_optimization: {e}", config.source.display()))?;
+        Ok(())
+    });
+    tokio::spawn(async move {
+        while current.changed().await.is_ok() {
+            let new = current.borrow_and_update().clone();
+            apply(&mgr, auth.as_deref(), new);
+        }
+    });
+}
+
+/// Puts `new` in force: the [`LIVE`] keys now, the others named in a warning.
+pub fn apply(mgr: &Manager, auth: Option<&Authenticator>, new: Arc<Config>) {
+    let old = mgr.config();
+    let changed = changed_keys(&old.pool, &new.pool);
+    let static_pool = old.pool.discovery.mode == DiscoveryMode::Static
+        && new.pool.discovery.mode == DiscoveryMode::Static;
+    let (live, later): (Vec<&String>, Vec<&String>) = changed
+        .iter()
+        .partition(|key| under(key, LIVE) || (static_pool && under(key, PROGRAMMER_KEYS)));
+    if changed.is_empty() {
+        tracing::info!(file = %new.source.display(), "configuration re-read: no setting changed");
+        return;
+    }
+    let mut applied: Vec<String> = Vec::new();
+    if static_pool && live.iter().any(|k| under(k, PROGRAMMER_KEYS)) {
+        match mgr.pool.reconcile(new.programmers()) {
+            Ok(done) => {
+                if !done.is_empty() {
+                    applied.push(format!(
+                        "programmers (joined [{}], left [{}], replaced [{}])",
+                        done.joined.join(", "),
+                        done.left.join(", "),
+                        done.changed.join(", ")
+                    ));
+                }
+            }
+            Err(e) => {
+                // Checked before anything changed: the whole file waits for the next good one
+                // (counted as a failed reload after the read that succeeded).
+                crate::telemetry::metrics::reload(CONFIGURATION, false);
+                tracing::error!(file = %new.source.display(),
+                    "configuration not applied, the one read before stays in force: programmers: {e}");
+                return;
+            }
+        }
+    }
+    let (pool, was) = (&new.pool, &old.pool);
+    if pool.limits != was.limits {
+        mgr.admission.set_limits(&pool.limits);
+    }
+    if pool.manager.max_queue != was.manager.max_queue {
+        mgr.scheduler.set_capacity(pool.manager.max_queue as usize);
+    }
+    let retention = pool.manager.task_retention_s;
+    mgr.store
+        .keep_finished_for((retention > 0).then(|| Duration::from_secs(retention)));
+    let max_tasks = pool.manager.task_retention_max_tasks;
+    mgr.store.keep_at_most((max_tasks > 0).then_some(max_tasks));
+    if let Ok(policy) = BudgetPolicy::from_config(&pool.cost_optimization)
+        && let Err(e) = mgr.budget.set_policy(policy)
+    {
+        tracing::error!("cost_optimization not applied: {e}");
+    }
+    if let (Some(auth), Some(section)) = (auth, &pool.auth) {
+        auth.set_open(&section.open);
+    }
+    // Read per task from here on: strategy, queue timeout, attempts, escalation, free-first.
+    mgr.set_config(new.clone());
+    applied.extend(
+        live.iter()
+            .filter(|k| !under(k, PROGRAMMER_KEYS))
+            .map(|k| k.to_string()),
+    );
+    if !applied.is_empty() {
+        tracing::info!(file = %new.source.display(), applied = %applied.join(", "),
+            "configuration reloaded");
+    }
+    if !later.is_empty() {
+        let later: Vec<&str> = later.iter().map(|k| k.as_str()).collect();
+        tracing::warn!(file = %new.source.display(), keys = %later.join(", "),
+            "configuration changed in settings read only at start-up: they apply when the process restarts");
+    }
+}
+
+/// Whether `key` is one of `keys` or under one of them.
+fn under(key: &str, keys: &[&str]) -> bool {
+    keys.iter()
+        .any(|k| key == *k || (key.starts_with(k) && key.as_bytes().get(k.len()) == Some(&b'.')))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_under_its_own_section_only() {
+        assert!(under("cost_optimization.max_daily_spend_usd", LIVE));
+        assert!(under("limits.per_caller_burst", LIVE));
+        assert!(!under("limits.http2_max_concurrent_streams", LIVE));
+        assert!(!under("auth.tokens_file", LIVE));
+        assert!(under("auth.open", LIVE));
+        assert!(
+            !under("auth", LIVE),
+            "auth added or removed as a whole needs a restart"
+        );
+        assert!(!under("escalation_x", LIVE));
+        assert!(under("llms.my-model.cost_per_1k_input", PROGRAMMER_KEYS));
+    }
+}
