@@ -421,3 +421,98 @@ fn the_start_programmers_wrapper_drives_pas_up_status_and_down() {
     assert!(!listening(pool.programmer_ports[0]));
     assert_eq!(wrapper(&["bogus"]).status.code(), Some(2));
 }
+
+/// The manager's status (`pas status --json`), or None while it does not answer.
+fn manager_status(pool: &Pool) -> Option<serde_json::Value> {
+    let out = pool.pas(&["status", "--json"]).output().ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// The state of programmer `id` in the manager's status.
+fn programmer_state(status: &serde_json::Value, id: &str) -> Option<String> {
+    status["programmers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["id"] == id)
+        .and_then(|p| p["state"].as_str().map(str::to_string))
+}
+
+#[test]
+fn sighup_starts_a_programmer_added_to_the_file_and_stops_one_removed() {
+    let pool = Pool::new(3);
+    let full = std::fs::read_to_string(pool.config()).unwrap();
+    let without = |text: &str, id: &str, left: usize| {
+        let start = text.find(&format!("  - id: \"{id}\"\n")).unwrap();
+        let end = text[start + 1..]
+            .find("  - id: ")
+            .map_or(text.len(), |i| start + 1 + i);
+        format!("{}{}", &text[..start], &text[end..])
+            .replacen("pool_size: 3\n", &format!("pool_size: {left}\n"), 1)
+            .replacen("pool_size: 2\n", &format!("pool_size: {left}\n"), 1)
+    };
+    let rewrite = |text: String| {
+        let next = pool.dir.path().join("pool.yaml.next");
+        std::fs::write(&next, text).unwrap();
+        std::fs::rename(&next, pool.config()).unwrap();
+    };
+    rewrite(without(&full, "003", 2));
+    assert!(pool.run(&["up", "--detach"]).status.success());
+    let supervisor = pool.state()["pid"].as_u64().unwrap() as i32;
+    let hup = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(supervisor),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap()
+    };
+    assert!(!listening(pool.programmer_ports[2]));
+
+    // 003 added: started by the supervisor, taken into the pool by the manager.
+    rewrite(full.clone());
+    hup();
+    wait_until(
+        "003 started, healthy, and available in the manager",
+        Duration::from_secs(60),
+        || {
+            let state = pool.state();
+            let started = state["children"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["key"] == "003" && c["state"] == "healthy");
+            started
+                && manager_status(&pool)
+                    .is_some_and(|s| programmer_state(&s, "003").as_deref() == Some("available"))
+        },
+    );
+    let removed_pid = child(&pool.state(), "002")["pid"].as_u64().unwrap();
+
+    // 002 removed: out of the manager's pool, its process stopped, out of the supervisor's list.
+    rewrite(without(&full, "002", 2));
+    hup();
+    wait_until(
+        "002 stopped and out of the pool",
+        Duration::from_secs(60),
+        || {
+            let state = pool.state();
+            let gone = state["children"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["key"] != "002");
+            gone && !alive(removed_pid)
+                && manager_status(&pool).is_some_and(|s| programmer_state(&s, "002").is_none())
+        },
+    );
+    assert!(!listening(pool.programmer_ports[1]));
+    let log = std::fs::read_to_string(pool.data().join("logs/pas-up.log")).unwrap();
+    assert!(
+        log.contains("programmer added to the configuration: starting it")
+            && log.contains("programmer removed from the configuration: stopping it"),
+        "{log}"
+    );
+    for key in ["manager", "001", "003"] {
+        assert_eq!(child(&pool.state(), key)["restarts"], 0, "{key}");
+    }
+    assert!(pool.run(&["down"]).status.success());
+}

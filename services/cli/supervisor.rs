@@ -137,10 +137,14 @@ pub enum SuperviseError {
 /// The running supervision of a set of children.
 #[derive(Debug)]
 pub struct Supervisor {
-    slots: Vec<Arc<Slot>>,
+    /// The children, in start order (added ones last; a removed one leaves once it stopped).
+    slots: Arc<Mutex<Vec<Arc<Slot>>>>,
     stop: CancellationToken,
-    tasks: JoinSet<()>,
+    tasks: Mutex<JoinSet<()>>,
     changes: watch::Receiver<u64>,
+    /// Sends to `changes` (a child added or removed is a change too).
+    changed: watch::Sender<u64>,
+    policy: Policy,
 }
 
 /// Outcome of [`Supervisor::wait_ready`].
@@ -158,6 +162,8 @@ pub enum Readiness {
 #[derive(Debug)]
 struct Slot {
     spec: ChildSpec,
+    /// Stops this child alone ([`Supervisor::remove`]); a child of the supervisor's own.
+    stop: CancellationToken,
     report: Mutex<ChildReport>,
     changed: watch::Sender<u64>,
     /// Whether any run of the child was ever healthy.
@@ -196,42 +202,88 @@ impl Supervisor {
             }
         }
         let (changed, changes) = watch::channel(0u64);
-        let stop = CancellationToken::new();
-        let mut tasks = JoinSet::new();
-        let slots: Vec<Arc<Slot>> = children
-            .into_iter()
-            .map(|spec| {
-                Arc::new(Slot {
-                    report: Mutex::new(ChildReport {
-                        key: spec.key.clone(),
-                        name: spec.name.clone(),
-                        addr: spec.addr.clone(),
-                        pid: None,
-                        state: ChildState::Starting,
-                        restarts: 0,
-                        last_exit: None,
-                        log: spec.log.clone(),
-                    }),
-                    spec,
-                    changed: changed.clone(),
-                    healthy_once: Default::default(),
-                })
-            })
-            .collect();
-        for slot in &slots {
-            tasks.spawn(keep_running(slot.clone(), policy.clone(), stop.clone()));
-        }
-        Ok(Self {
-            slots,
-            stop,
-            tasks,
+        let sup = Self {
+            slots: Arc::default(),
+            stop: CancellationToken::new(),
+            tasks: Mutex::new(JoinSet::new()),
             changes,
-        })
+            changed,
+            policy,
+        };
+        for spec in children {
+            sup.add(spec)?;
+        }
+        Ok(sup)
+    }
+
+    /// Starts one more child (a programmer added to the configuration) and keeps it running
+    /// like the others.
+    pub fn add(&self, spec: ChildSpec) -> Result<(), SuperviseError> {
+        if let Some(dir) = spec.log.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| SuperviseError::LogDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let slot = Arc::new(Slot {
+            report: Mutex::new(ChildReport {
+                key: spec.key.clone(),
+                name: spec.name.clone(),
+                addr: spec.addr.clone(),
+                pid: None,
+                state: ChildState::Starting,
+                restarts: 0,
+                last_exit: None,
+                log: spec.log.clone(),
+            }),
+            spec,
+            stop: self.stop.child_token(),
+            changed: self.changed.clone(),
+            healthy_once: Default::default(),
+        });
+        lock(&self.slots).push(slot.clone());
+        self.changed.send_modify(|n| *n += 1);
+        let (slots, changed, policy) = (
+            self.slots.clone(),
+            self.changed.clone(),
+            self.policy.clone(),
+        );
+        lock(&self.tasks).spawn(async move {
+            keep_running(slot.clone(), policy, slot.stop.clone()).await;
+            // Removed on its own (not the whole pool stopping): it leaves the list.
+            if slot.stop.is_cancelled() {
+                lock(&slots).retain(|s| !Arc::ptr_eq(s, &slot));
+                changed.send_modify(|n| *n += 1);
+            }
+        });
+        Ok(())
+    }
+
+    /// Stops child `key` (SIGTERM, then SIGKILL after the grace period) and drops it from the
+    /// list once it exited; false when there is no such child.
+    pub fn remove(&self, key: &str) -> bool {
+        let slots = lock(&self.slots);
+        match slots.iter().find(|s| s.spec.key == key) {
+            Some(slot) => {
+                slot.stop.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The keys and specs of the children supervised now.
+    pub fn specs(&self) -> Vec<ChildSpec> {
+        lock(&self.slots).iter().map(|s| s.spec.clone()).collect()
+    }
+
+    fn slots(&self) -> Vec<Arc<Slot>> {
+        lock(&self.slots).clone()
     }
 
     /// Every child's state, in start order.
     pub fn reports(&self) -> Vec<ChildReport> {
-        self.slots
+        self.slots()
             .iter()
             .map(|s| s.report.lock().unwrap_or_else(|p| p.into_inner()).clone())
             .collect()
@@ -271,12 +323,13 @@ impl Supervisor {
     pub async fn wait_ready(&self, timeout: Duration, crash_limit: u32) -> Readiness {
         let mut changes = self.changes();
         let check = || {
-            if self.slots.iter().all(|s| s.state() == ChildState::Healthy) {
+            let slots = self.slots();
+            if slots.iter().all(|s| s.state() == ChildState::Healthy) {
                 return Some(Readiness::Ready);
             }
-            self.reports()
-                .into_iter()
-                .zip(&self.slots)
+            slots
+                .iter()
+                .map(|s| (lock(&s.report).clone(), s))
                 .find(|(r, s)| r.restarts >= crash_limit && !s.was_healthy())
                 .map(|(r, _)| Readiness::CrashLoop(r))
         };
@@ -297,14 +350,19 @@ impl Supervisor {
 
     /// Stops every child (SIGTERM to its process group, then SIGKILL after the grace period) and
     /// waits until all have exited.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
         self.stop.cancel();
-        while let Some(joined) = self.tasks.join_next().await {
+        let mut tasks = std::mem::take(&mut *lock(&self.tasks));
+        while let Some(joined) = tasks.join_next().await {
             if let Err(e) = joined {
                 tracing::error!("supervision task failed: {e}");
             }
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Runs one child forever: start, watch, restart after backoff; stop on `stop`.

@@ -324,15 +324,28 @@ async fn foreground(
                 run.logs_dir().display()
             );
             // SIGHUP (`kill -HUP <supervisor pid>`, or its terminal going away) is passed on:
-            // each child re-reads its credential files (see `reload`).
+            // each child re-reads its configuration and credential files (see `reload`). With
+            // the whole pool supervised, programmers added to the file are started first (the
+            // manager then finds them) and removed ones stopped after.
             let stop = crate::serve::shutdown_signal();
             tokio::pin!(stop);
+            let children_of = |config: &Config| {
+                select_children(config, &config_abs, &[], &exe, log_format, &run.logs_dir())
+            };
             loop {
                 tokio::select! {
                     () = &mut stop => break,
                     Some(()) = hangup.recv() => {
+                        let removed = if args.only.is_empty() {
+                            follow_programmers(&sup, &config_abs, children_of)
+                        } else {
+                            Vec::new()
+                        };
                         let sent = sup.signal_healthy(nix::sys::signal::Signal::SIGHUP);
                         tracing::info!(children = sent, "SIGHUP passed on to the children");
+                        for key in removed {
+                            sup.remove(&key);
+                        }
                     }
                 }
             }
@@ -387,6 +400,58 @@ async fn foreground(
         println!("pool stopped");
     }
     Ok(ok)
+}
+
+/// The programmers of the configuration as re-read now against the ones supervised: starts each
+/// programmer added (or whose address changed: the old process is stopped), and returns the keys
+/// of those no longer configured, for the caller to stop once the manager heard of it. A file
+/// that does not load changes nothing (each child logs why, with the line, as it re-reads it); a
+/// new programmer whose port is taken is not started (logged).
+fn follow_programmers(
+    sup: &Supervisor,
+    config_path: &Path,
+    children_of: impl Fn(&Config) -> Result<Vec<ChildSpec>, UpError>,
+) -> Vec<String> {
+    let (config, wanted) = match Config::load(config_path)
+        .map_err(UpError::from)
+        .and_then(|c| children_of(&c).map(|w| (c, w)))
+    {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::error!("configuration re-read: programmers unchanged: {e}");
+            return Vec::new();
+        }
+    };
+    let programmers = |specs: Vec<ChildSpec>| -> Vec<ChildSpec> {
+        specs.into_iter().filter(|s| s.key != MANAGER_KEY).collect()
+    };
+    let (wanted, running) = (programmers(wanted), programmers(sup.specs()));
+    for spec in &wanted {
+        let before = running.iter().find(|r| r.key == spec.key);
+        if before.is_some_and(|r| r.addr == spec.addr) {
+            continue;
+        }
+        if let Some(old) = before {
+            tracing::info!(child = %spec.name, from = %old.addr, to = %spec.addr, "programmer moved in the configuration: restarting it");
+            sup.remove(&old.key);
+        } else if let Err(e) = check_ports_free(&config, std::slice::from_ref(spec)) {
+            tracing::error!(child = %spec.name, "programmer added to the configuration not started: {e}");
+            continue;
+        } else {
+            tracing::info!(child = %spec.name, addr = %spec.addr, "programmer added to the configuration: starting it");
+        }
+        if let Err(e) = sup.add(spec.clone()) {
+            tracing::error!(child = %spec.name, "cannot start it: {e}");
+        }
+    }
+    running
+        .into_iter()
+        .filter(|r| !wanted.iter().any(|w| w.key == r.key))
+        .map(|r| {
+            tracing::info!(child = %r.name, "programmer removed from the configuration: stopping it");
+            r.key
+        })
+        .collect()
 }
 
 /// Keeps the state file in step with the children and the start-up phase.
