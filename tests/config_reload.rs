@@ -138,14 +138,19 @@ async fn a_re_read_file_adds_a_programmer_and_applies_limits_and_budget_at_once(
     // only at start-up.
     pool.edit_config(|_| {
         let text = set_key(&full, "max_daily_spend_usd", "123.5");
+        // 001's entry changes (its first key of that name): the manager replaces its member.
+        let text = set_key(&text, "capabilities", "[\"fast\", \"reloaded\"]");
         set_key(&text, "max_queue", "7")
             + "limits:\n  per_caller_max_tasks: 1\n  http2_max_concurrent_streams: 100\n"
     });
     sighup(&manager);
-    wait_log(&manager, "configuration reloaded", 1).await;
-    let applied = lines_with(&manager, "configuration reloaded").join("\n");
+    // The applied keys' line, then the warning naming the others (two lines of one reload).
+    wait_log(&manager, "applied=", 1).await;
+    wait_log(&manager, "read only at start-up", 1).await;
+    let applied = lines_with(&manager, "applied=").join("\n");
     for key in [
         "joined [003]",
+        "replaced [001]",
         "limits.per_caller_max_tasks",
         "cost_optimization.max_daily_spend_usd",
         "manager.max_queue",
@@ -175,6 +180,23 @@ async fn a_re_read_file_adds_a_programmer_and_applies_limits_and_budget_at_once(
         "{refused:?}"
     );
     let status = pool_status(&c).await;
+    // The replaced 001 takes new tasks with its new entry; its old member is listed as draining
+    // while one of the tasks placed before runs there.
+    let with_id = |state: ProgrammerState| {
+        status
+            .programmers
+            .iter()
+            .filter(|p| p.id == "001" && p.state == state as i32)
+            .collect::<Vec<_>>()
+    };
+    let available = with_id(ProgrammerState::Available);
+    assert_eq!(available.len(), 1, "{:?}", status.programmers);
+    assert_eq!(available[0].capabilities, ["fast", "reloaded"]);
+    for old in with_id(ProgrammerState::Draining) {
+        assert_eq!(old.capabilities, ["fast", "free", "local"]);
+        assert!(old.in_flight > 0, "{old:?}");
+    }
+    assert_eq!(status.pool_size, 3);
     assert_ne!(limit_before, 123_500_000_000);
     assert_eq!(status.budget.unwrap().limit_nanousd, 123_500_000_000);
     assert_eq!(status.manager_queue_capacity, 7);
@@ -225,9 +247,9 @@ async fn a_file_that_does_not_load_changes_nothing_and_a_fixed_one_removes_a_pro
     // Fixed, without 002.
     pool.edit_config(|_| without_programmer(&good, "002", 1));
     sighup(&manager);
-    wait_log(&manager, "configuration reloaded", 1).await;
+    wait_log(&manager, "applied=", 1).await;
     assert!(
-        lines_with(&manager, "configuration reloaded")
+        lines_with(&manager, "applied=")
             .join("\n")
             .contains("left [002]"),
         "{}",

@@ -289,13 +289,6 @@ pub struct Reconciled {
     pub changed: Vec<String>,
 }
 
-impl Reconciled {
-    /// Nothing changed.
-    pub fn is_empty(&self) -> bool {
-        self.joined.is_empty() && self.left.is_empty() && self.changed.is_empty()
-    }
-}
-
 impl PoolView {
     /// Builds the view from the configuration; channels connect lazily.
     /// With `discovery.mode: static` the members are the configured programmers; with `dns`

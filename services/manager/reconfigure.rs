@@ -95,16 +95,12 @@ pub fn apply(mgr: &Manager, auth: Option<&Authenticator>, new: Arc<Config>) {
     let mut applied: Vec<String> = Vec::new();
     if static_pool && live.iter().any(|k| under(k, PROGRAMMER_KEYS)) {
         match mgr.pool.reconcile(new.programmers()) {
-            Ok(done) => {
-                if !done.is_empty() {
-                    applied.push(format!(
-                        "programmers (joined [{}], left [{}], replaced [{}])",
-                        done.joined.join(", "),
-                        done.left.join(", "),
-                        done.changed.join(", ")
-                    ));
-                }
-            }
+            Ok(done) => applied.push(format!(
+                "programmers (joined [{}], left [{}], replaced [{}])",
+                done.joined.join(", "),
+                done.left.join(", "),
+                done.changed.join(", ")
+            )),
             Err(e) => {
                 // Checked before anything changed: the whole file waits for the next good one
                 // (counted as a failed reload after the read that succeeded).
@@ -137,11 +133,9 @@ pub fn apply(mgr: &Manager, auth: Option<&Authenticator>, new: Arc<Config>) {
     }
     // Read per task from here on: strategy, queue timeout, attempts, escalation, free-first.
     mgr.set_config(new.clone());
-    applied.extend(
-        live.iter()
-            .filter(|k| !under(k, PROGRAMMER_KEYS))
-            .map(|k| k.to_string()),
-    );
+    // Every live key by name (the programmers' ones too: an `llms` entry no programmer uses
+    // changes no member, and is still in force).
+    applied.extend(live.iter().map(|k| k.to_string()));
     if !applied.is_empty() {
         tracing::info!(file = %new.source.display(), applied = %applied.join(", "),
             "configuration reloaded");
