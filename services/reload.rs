@@ -12,7 +12,8 @@
 //! out (a tokens file emptied on purpose is the one exception: see
 //! `manager::auth::Authenticator::reloading`). The files are read and the value built on the
 //! blocking pool. Readers take the current value per connection (TLS) or per request (tokens);
-//! what was accepted before stays accepted (an open connection keeps its handshake).
+//! what was accepted before stays accepted, but for an open TLS connection whose client
+//! certificate the renewed settings no longer trust: that one is closed (`tls::TlsConnection`).
 //!
 //! The configuration file is watched the same way ([`configuration`]); the manager applies what
 //! it can of a new version at once (`manager::reconfigure`), a programmer names the changed keys

@@ -280,12 +280,32 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// programmer's running tasks, the manager's cancellations — is already done by then).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// A connection that may stop being trusted while it is open: resolves when it has to be closed.
+pub trait Revocable {
+    fn revoked(&self) -> futures::future::BoxFuture<'static, ()>;
+}
+
+/// Plaintext: nothing to revoke (loopback-only, or `--insecure`).
+impl Revocable for tokio::net::TcpStream {
+    fn revoked(&self) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(std::future::pending())
+    }
+}
+
+/// Its client certificate no longer trusted after a renewal ([`crate::tls::TlsConnection::untrusted`]).
+impl Revocable for crate::tls::TlsConnection {
+    fn revoked(&self) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(self.untrusted())
+    }
+}
+
 /// The accept loop: every connection served by hyper (HTTP/1.1 or HTTP/2, detected per
 /// connection) with HTTP/2 keepalive; on `shutdown`, stop accepting, ask every connection to
 /// finish gracefully (GOAWAY; in-flight streams complete) and wait for them, at most
 /// [`SHUTDOWN_GRACE`]. Like `axum::serve`, whose builder exposes no HTTP/2 settings, hence this
 /// loop. Every request carries its connection's [`PeerAddr`](crate::manager::admission::PeerAddr)
-/// in its extensions.
+/// in its extensions. A connection that is [revoked](Revocable) is closed at once, its streams
+/// cut (the pool's clients follow a broken stream again with WatchTask, over a new connection).
 async fn serve_connections<L>(
     mut listener: L,
     router: axum::Router,
@@ -293,6 +313,7 @@ async fn serve_connections<L>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) where
     L: axum::serve::Listener<Addr = SocketAddr>,
+    L::Io: Revocable,
 {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
@@ -316,6 +337,7 @@ async fn serve_connections<L>(
             },
         ));
         let (stop, alive) = (stop.clone(), connections.clone());
+        let mut revoked = io.revoked();
         tokio::spawn(async move {
             let mut builder = Builder::new(TokioExecutor::new());
             builder
@@ -337,6 +359,7 @@ async fn serve_connections<L>(
                         break;
                     }
                     () = &mut stopped => conn.as_mut().graceful_shutdown(),
+                    () = &mut revoked => break,
                 }
             }
             drop(alive);

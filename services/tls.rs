@@ -124,6 +124,23 @@ pub fn server_config(
     files: &TlsFiles,
     client_auth: ClientAuth,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    Ok(server_settings(files, client_auth)?.config)
+}
+
+/// A server's TLS settings: the rustls configuration handshakes are made with, and the verifier
+/// of client certificates inside it, kept beside it so that a connection's client certificate
+/// can be checked again when the settings are renewed ([`TlsConnection::untrusted`]).
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub config: Arc<rustls::ServerConfig>,
+    pub clients: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+}
+
+/// [`server_config`] with its client verifier.
+pub fn server_settings(
+    files: &TlsFiles,
+    client_auth: ClientAuth,
+) -> Result<ServerSettings, TlsError> {
     let setup = |message: String| TlsError::Setup {
         cert: files.cert.clone(),
         key: files.key.clone(),
@@ -143,16 +160,19 @@ pub fn server_config(
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| setup(e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_single_cert(certs, key)
         .map_err(|e| setup(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(ServerSettings {
+        config: Arc::new(config),
+        clients: verifier,
+    })
 }
 
 /// A server's TLS settings as they are now: re-read while the process runs when its files
 /// change (see [`crate::reload`]). Each new connection's handshake uses the current ones.
-pub type ServerTls = tokio::sync::watch::Receiver<Arc<rustls::ServerConfig>>;
+pub type ServerTls = tokio::sync::watch::Receiver<ServerSettings>;
 
 /// [`server_config`], kept current with its files (the CA, certificate and key) while the
 /// process runs. Fails as `server_config` does at start-up; later a set that does not load is
@@ -162,7 +182,7 @@ pub fn reloading_server_config(
     client_auth: ClientAuth,
 ) -> Result<ServerTls, TlsError> {
     reloading("TLS certificate", "server", files, move |files| {
-        server_config(files, client_auth)
+        server_settings(files, client_auth)
     })
 }
 
@@ -325,7 +345,7 @@ pub fn rustls_client_config(files: &TlsFiles) -> Result<rustls::ClientConfig, Tl
 /// listener stops the accept loop.
 #[derive(Debug)]
 pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Receiver<(TlsConnection, SocketAddr)>,
     local_addr: SocketAddr,
     accept_loop: tokio::task::JoinHandle<()>,
 }
@@ -353,7 +373,7 @@ impl Drop for TlsListener {
 async fn accept_loop(
     tcp: TcpListener,
     config: ServerTls,
-    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Sender<(TlsConnection, SocketAddr)>,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
@@ -373,14 +393,26 @@ async fn accept_loop(
             tracing::debug!("cannot set TCP_NODELAY on an accepted connection: {e}");
         }
         // The settings as they are now: a renewed certificate serves from the next connection.
-        let acceptor = TlsAcceptor::from(config.borrow().clone());
+        // Marked seen: the connection's client certificate is checked again at the next renewal.
+        let mut settings = config.clone();
+        let acceptor = TlsAcceptor::from(settings.borrow_and_update().config.clone());
         let ready = ready.clone();
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
             drop(permit);
             match handshake {
                 Ok(Ok(tls)) => {
-                    let _ = ready.send((tls, peer)).await;
+                    let client_chain = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect());
+                    let connection = TlsConnection {
+                        stream: tls,
+                        client_chain,
+                        settings,
+                    };
+                    let _ = ready.send((connection, peer)).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -389,8 +421,98 @@ async fn accept_loop(
     }
 }
 
+/// An accepted TLS connection: the stream, the client certificate chain its handshake verified
+/// (if the client presented one), and the server's settings as they were then.
+#[derive(Debug)]
+pub struct TlsConnection {
+    stream: TlsStream<TcpStream>,
+    client_chain: Option<Vec<CertificateDer<'static>>>,
+    settings: ServerTls,
+}
+
+impl TlsConnection {
+    /// Resolves once the server's settings were renewed and this connection's client certificate
+    /// does not verify under them (a new CA, a certificate taken out of trust): the connection is
+    /// then to be closed, its streams with it — it was let in by a trust that no longer holds.
+    /// Never resolves for a client without a certificate (tokens authenticate each of its calls)
+    /// or while every renewal still trusts it (a routine renewal under the same CA disturbs
+    /// nothing).
+    pub fn untrusted(&self) -> impl Future<Output = ()> + Send + 'static {
+        untrusted_after_renewal(self.client_chain.clone(), self.settings.clone())
+    }
+}
+
+async fn untrusted_after_renewal(
+    chain: Option<Vec<CertificateDer<'static>>>,
+    mut settings: ServerTls,
+) {
+    let Some((end_entity, intermediates)) = chain.as_deref().and_then(|c| c.split_first()) else {
+        return std::future::pending().await;
+    };
+    loop {
+        if settings.changed().await.is_err() {
+            // The settings are no longer kept (the process is stopping).
+            return std::future::pending().await;
+        }
+        let clients = settings.borrow_and_update().clients.clone();
+        let now = rustls::pki_types::UnixTime::now();
+        if let Err(e) = clients.verify_client_cert(end_entity, intermediates, now) {
+            tracing::warn!(
+                "a connection's client certificate is not trusted by the renewed TLS settings ({e}): closing it"
+            );
+            return;
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for TlsConnection {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsConnection {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = TlsConnection;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -425,6 +547,69 @@ pub async fn is_loopback_host(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection's client certificate is checked again at each renewal of the server's
+    /// settings: a renewal under the same CA keeps it (a re-issued server certificate, say), one
+    /// under a new CA ends it; a client without a certificate is never ended by a renewal.
+    #[tokio::test]
+    async fn a_renewal_ends_a_connection_only_when_its_client_certificate_is_no_longer_trusted() {
+        use crate::cli::certs::{CertsInitArgs, CertsRenewArgs, init, renew};
+        use futures::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = "pool_size: 1\nprogrammers:\n  - {id: '001', port: 6151, primary_llm: ollama/a, backup_llm: ollama/b}\n";
+        let config = crate::config::Config::from_yaml(yaml, &dir.path().join("pool.yaml")).unwrap();
+        let set = |name: &str| {
+            let certs = dir.path().join(name);
+            init(
+                &config,
+                &CertsInitArgs {
+                    dir: certs.clone(),
+                    sans: Vec::new(),
+                    days: 30,
+                    force: true,
+                },
+            )
+            .unwrap();
+            certs
+        };
+        let (first, other) = (set("first"), set("other"));
+        let files = |certs: &Path, name: &str| TlsFiles {
+            ca: certs.join("ca.pem"),
+            cert: certs.join(format!("{name}.pem")),
+            key: certs.join(format!("{name}-key.pem")),
+        };
+        let settings = |certs: &Path| {
+            server_settings(&files(certs, "programmer-001"), ClientAuth::Required).unwrap()
+        };
+        let client_chain = read_certs(&first.join("client.pem")).unwrap();
+        let (renew_settings, current) = tokio::sync::watch::channel(settings(&first));
+        let mut with_cert = Box::pin(untrusted_after_renewal(Some(client_chain), current.clone()));
+        let mut without_cert = Box::pin(untrusted_after_renewal(None, current.clone()));
+        // Every certificate re-issued by the same CA: still trusted.
+        renew(
+            &config,
+            &CertsRenewArgs {
+                dir: first.clone(),
+                sans: Vec::new(),
+                days: 30,
+            },
+        )
+        .unwrap();
+        renew_settings.send_replace(settings(&first));
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        assert!((&mut with_cert).now_or_never().is_none(), "same CA: kept");
+        // A new CA: the connection's client certificate no longer verifies.
+        renew_settings.send_replace(settings(&other));
+        tokio::time::timeout(std::time::Duration::from_secs(10), &mut with_cert)
+            .await
+            .expect("ended under a new CA");
+        assert!(
+            (&mut without_cert).now_or_never().is_none(),
+            "no certificate: kept"
+        );
+    }
 
     #[tokio::test]
     async fn loopback_hosts_are_told_apart_from_reachable_ones() {

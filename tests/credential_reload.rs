@@ -108,6 +108,26 @@ async fn metric(
     support::Scrape { text, samples }.get(name, &labels)
 }
 
+/// A health Watch on the manager over a connection of its own, made with the pool's `client`
+/// certificate as the files are now; returned after its first answer.
+async fn health_watch(
+    port: u16,
+    s: &Secured,
+) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
+    let channel = tls_channel(port, &s.files("client"), true)
+        .await
+        .expect("TLS connection to the manager");
+    let mut stream = tonic_health::pb::health_client::HealthClient::new(channel)
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health Watch")
+        .into_inner();
+    assert!(stream.message().await.expect("first answer").is_some());
+    stream
+}
+
 /// Runs `pas ARGS…` for `pool`; panics with its stderr unless it succeeds.
 fn pas_succeeds(pool: &TestPool, args: &[&str]) {
     let out = pool.pas_command(args).output().expect("run pas");
@@ -170,6 +190,8 @@ async fn renewed_certificates_and_changed_tokens_are_taken_up_without_a_restart(
     );
 
     // Every certificate renewed with the pool's CA, then SIGHUP: both serve the new ones.
+    // A connection made before, whose client certificate the same CA still trusts, stays open.
+    let mut same_ca = health_watch(manager_port, &s).await;
     pas_succeeds(
         &pool,
         &["certs", "renew", "--days", "10", &s.certs.to_string_lossy()],
@@ -228,6 +250,10 @@ async fn renewed_certificates_and_changed_tokens_are_taken_up_without_a_restart(
     // dry run goes to the programmer and back).
     assert_eq!(pool_status_code(&client, &s.read).await, Code::Ok);
     dry_run_succeeds(&client, &s.dispatch).await;
+    assert!(
+        futures::FutureExt::now_or_never(same_ca.message()).is_none(),
+        "a stream on a connection the renewal still trusts goes on"
+    );
     // Both processes are the ones started before: neither restarted.
     assert!(mgr.log_text().matches("manager started").count() == 1);
 
@@ -315,6 +341,10 @@ async fn renewed_certificates_and_changed_tokens_are_taken_up_without_a_restart(
         .log_text()
         .matches("TLS client certificate reloaded")
         .count();
+    let server_reloads = mgr.log_text().matches("TLS certificate reloaded").count();
+    // A connection made with a client certificate of the old CA: closed once the manager trusts
+    // only the new one (it was let in by a trust that no longer holds).
+    let mut old_ca = health_watch(manager_port, &s).await;
     pas_succeeds(
         &pool,
         &["certs", "init", "--force", &s.certs.to_string_lossy()],
@@ -327,6 +357,19 @@ async fn renewed_certificates_and_changed_tokens_are_taken_up_without_a_restart(
         wait,
     )
     .await;
+    wait_log(
+        &mgr.log,
+        "TLS certificate reloaded",
+        server_reloads + 1,
+        wait,
+    )
+    .await;
+    tokio::time::timeout(wait, async {
+        while let Ok(Some(_)) = old_ca.message().await {}
+    })
+    .await
+    .expect("the connection of a client the new CA does not trust is closed");
+    wait_log(&mgr.log, "not trusted by the renewed TLS settings", 1, wait).await;
     drop(programmer);
     let programmer = pool.start_programmer("001");
     let client = ProgrammerPoolClient::new(
