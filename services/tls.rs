@@ -284,8 +284,12 @@ pub fn reloading_client_config(files: &TlsFiles) -> Result<ClientTls, TlsError> 
 /// When the first certificate in the PEM file at `path` stops being valid, Unix seconds (`None`
 /// when it cannot be read).
 pub fn not_after(path: &Path) -> Option<i64> {
-    let der = read_certs(path).ok()?.into_iter().next()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    not_after_der(&read_certs(path).ok()?.into_iter().next()?)
+}
+
+/// When a certificate stops being valid (Unix seconds), if it parses.
+fn not_after_der(der: &CertificateDer<'_>) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     Some(cert.validity().not_after.timestamp())
 }
 
@@ -432,11 +436,11 @@ pub struct TlsConnection {
 
 impl TlsConnection {
     /// Resolves once the server's settings were renewed and this connection's client certificate
-    /// does not verify under them (a new CA, a certificate taken out of trust): the connection is
-    /// then to be closed, its streams with it — it was let in by a trust that no longer holds.
-    /// Never resolves for a client without a certificate (tokens authenticate each of its calls)
-    /// or while every renewal still trusts it (a routine renewal under the same CA disturbs
-    /// nothing).
+    /// does not verify under them (a new CA, a certificate taken out of trust), or once that
+    /// certificate expires: the connection is then to be closed, its streams with it — it was let
+    /// in by a trust that no longer holds. Never resolves for a client without a certificate
+    /// (tokens authenticate each of its calls), nor while its certificate is valid and every
+    /// renewal still trusts it (a routine renewal under the same CA disturbs nothing).
     pub fn untrusted(&self) -> impl Future<Output = ()> + Send + 'static {
         untrusted_after_renewal(self.client_chain.clone(), self.settings.clone())
     }
@@ -449,10 +453,31 @@ async fn untrusted_after_renewal(
     let Some((end_entity, intermediates)) = chain.as_deref().and_then(|c| c.split_first()) else {
         return std::future::pending().await;
     };
+    // When the certificate expires, on tokio's clock (unknown: never).
+    let expired = not_after_der(end_entity).map(|not_after| {
+        let left = not_after.saturating_sub(chrono::Utc::now().timestamp());
+        tokio::time::sleep(Duration::from_secs(u64::try_from(left).unwrap_or(0)))
+    });
+    let expired = async move {
+        match expired {
+            Some(sleep) => sleep.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expired);
     loop {
-        if settings.changed().await.is_err() {
-            // The settings are no longer kept (the process is stopping).
-            return std::future::pending().await;
+        let changed = tokio::select! {
+            changed = settings.changed() => changed,
+            () = &mut expired => {
+                tracing::warn!("a connection's client certificate expired: closing it");
+                return;
+            }
+        };
+        if changed.is_err() {
+            // The settings are no longer kept (the process is stopping): only expiry remains.
+            expired.await;
+            tracing::warn!("a connection's client certificate expired: closing it");
+            return;
         }
         let clients = settings.borrow_and_update().clients.clone();
         let now = rustls::pki_types::UnixTime::now();
@@ -608,6 +633,45 @@ mod tests {
         assert!(
             (&mut without_cert).now_or_never().is_none(),
             "no certificate: kept"
+        );
+    }
+
+    /// A connection whose client certificate expires is ended then, renewal or not (tokio's
+    /// clock, paused: it runs ahead to the expiry once nothing else is left to do).
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_ended_when_its_client_certificate_expires() {
+        use crate::cli::certs::{CertsInitArgs, init};
+        use futures::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = "pool_size: 1\nprogrammers:\n  - {id: '001', port: 6151, primary_llm: ollama/a, backup_llm: ollama/b}\n";
+        let config = crate::config::Config::from_yaml(yaml, &dir.path().join("pool.yaml")).unwrap();
+        let certs = dir.path().join("certs");
+        let args = CertsInitArgs {
+            dir: certs.clone(),
+            sans: Vec::new(),
+            days: 2,
+            force: false,
+        };
+        init(&config, &args).unwrap();
+        let files = TlsFiles {
+            ca: certs.join("ca.pem"),
+            cert: certs.join("programmer-001.pem"),
+            key: certs.join("programmer-001-key.pem"),
+        };
+        let chain = read_certs(&certs.join("client.pem")).unwrap();
+        let left = not_after_der(&chain[0]).unwrap() - chrono::Utc::now().timestamp();
+        let (_keep, current) =
+            tokio::sync::watch::channel(server_settings(&files, ClientAuth::Required).unwrap());
+        let started = tokio::time::Instant::now();
+        let mut ended = Box::pin(untrusted_after_renewal(Some(chain), current));
+        assert!((&mut ended).now_or_never().is_none(), "valid: kept");
+        tokio::time::timeout(Duration::from_secs(30 * 86_400), ended)
+            .await
+            .expect("ended at the expiry");
+        let after = started.elapsed().as_secs();
+        assert!(
+            after + 5 >= u64::try_from(left).unwrap(),
+            "ended after {after} s, expiring in {left} s"
         );
     }
 
