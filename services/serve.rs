@@ -282,19 +282,20 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// A connection that may stop being trusted while it is open: resolves when it has to be closed.
 pub trait Revocable {
-    fn revoked(&self) -> futures::future::BoxFuture<'static, ()>;
+    /// Called once, before the connection is served.
+    fn revoked(&mut self) -> futures::future::BoxFuture<'static, ()>;
 }
 
 /// Plaintext: nothing to revoke (loopback-only, or `--insecure`).
 impl Revocable for tokio::net::TcpStream {
-    fn revoked(&self) -> futures::future::BoxFuture<'static, ()> {
+    fn revoked(&mut self) -> futures::future::BoxFuture<'static, ()> {
         Box::pin(std::future::pending())
     }
 }
 
 /// Its client certificate no longer trusted after a renewal ([`crate::tls::TlsConnection::untrusted`]).
 impl Revocable for crate::tls::TlsConnection {
-    fn revoked(&self) -> futures::future::BoxFuture<'static, ()> {
+    fn revoked(&mut self) -> futures::future::BoxFuture<'static, ()> {
         Box::pin(self.untrusted())
     }
 }
@@ -324,7 +325,7 @@ async fn serve_connections<L>(
     let (done, connections) = tokio::sync::watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (io, peer) = tokio::select! {
+        let (mut io, peer) = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };

@@ -441,8 +441,9 @@ impl TlsConnection {
     /// in by a trust that no longer holds. Never resolves for a client without a certificate
     /// (tokens authenticate each of its calls), nor while its certificate is valid and every
     /// renewal still trusts it (a routine renewal under the same CA disturbs nothing).
-    pub fn untrusted(&self) -> impl Future<Output = ()> + Send + 'static {
-        untrusted_after_renewal(self.client_chain.clone(), self.settings.clone())
+    /// Called once, when the connection is served: the chain moves into the future.
+    pub fn untrusted(&mut self) -> impl Future<Output = ()> + Send + 'static {
+        untrusted_after_renewal(self.client_chain.take(), self.settings.clone())
     }
 }
 
@@ -465,19 +466,18 @@ async fn untrusted_after_renewal(
         }
     };
     tokio::pin!(expired);
+    // False once the settings are no longer kept (the process is stopping): only expiry remains.
+    let mut kept = true;
     loop {
-        let changed = tokio::select! {
-            changed = settings.changed() => changed,
+        tokio::select! {
+            changed = settings.changed(), if kept => kept = changed.is_ok(),
             () = &mut expired => {
                 tracing::warn!("a connection's client certificate expired: closing it");
                 return;
             }
-        };
-        if changed.is_err() {
-            // The settings are no longer kept (the process is stopping): only expiry remains.
-            expired.await;
-            tracing::warn!("a connection's client certificate expired: closing it");
-            return;
+        }
+        if !kept {
+            continue;
         }
         let clients = settings.borrow_and_update().clients.clone();
         let now = rustls::pki_types::UnixTime::now();

@@ -428,6 +428,15 @@ fn manager_status(pool: &Pool) -> Option<serde_json::Value> {
     serde_json::from_slice(&out.stdout).ok()
 }
 
+/// The state of child `key` in the supervisor's state file, or None when it is not listed.
+fn child_state(state: &serde_json::Value, key: &str) -> Option<String> {
+    state["children"]
+        .as_array()?
+        .iter()
+        .find(|c| c["key"] == key)
+        .and_then(|c| c["state"].as_str().map(str::to_string))
+}
+
 /// The state of programmer `id` in the manager's status.
 fn programmer_state(status: &serde_json::Value, id: &str) -> Option<String> {
     status["programmers"]
@@ -474,13 +483,7 @@ fn sighup_starts_a_programmer_added_to_the_file_and_stops_one_removed() {
         "003 started, healthy, and available in the manager",
         Duration::from_secs(60),
         || {
-            let state = pool.state();
-            let started = state["children"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|c| c["key"] == "003" && c["state"] == "healthy");
-            started
+            child_state(&pool.state(), "003").as_deref() == Some("healthy")
                 && manager_status(&pool)
                     .is_some_and(|s| programmer_state(&s, "003").as_deref() == Some("available"))
         },
@@ -494,13 +497,8 @@ fn sighup_starts_a_programmer_added_to_the_file_and_stops_one_removed() {
         "002 stopped and out of the pool",
         Duration::from_secs(60),
         || {
-            let state = pool.state();
-            let gone = state["children"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|c| c["key"] != "002");
-            gone && !alive(removed_pid)
+            child_state(&pool.state(), "002").is_none()
+                && !alive(removed_pid)
                 && manager_status(&pool).is_some_and(|s| programmer_state(&s, "002").is_none())
         },
     );

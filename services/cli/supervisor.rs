@@ -172,7 +172,7 @@ struct Slot {
 
 impl Slot {
     fn update(&self, f: impl FnOnce(&mut ChildReport)) {
-        let mut report = self.report.lock().unwrap_or_else(|p| p.into_inner());
+        let mut report = lock(&self.report);
         let before = report.clone();
         f(&mut report);
         if *report != before {
@@ -182,7 +182,7 @@ impl Slot {
     }
 
     fn state(&self) -> ChildState {
-        self.report.lock().unwrap_or_else(|p| p.into_inner()).state
+        lock(&self.report).state
     }
 
     fn was_healthy(&self) -> bool {
@@ -285,7 +285,7 @@ impl Supervisor {
     pub fn reports(&self) -> Vec<ChildReport> {
         self.slots()
             .iter()
-            .map(|s| s.report.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .map(|s| lock(&s.report).clone())
             .collect()
     }
 

@@ -146,10 +146,7 @@ impl Manager {
             data_dir.join("tasks.sqlite"),
             pool_cfg.durability,
         )?);
-        let retention = config.pool.manager.task_retention_s;
-        store.keep_finished_for((retention > 0).then(|| Duration::from_secs(retention)));
-        let max_tasks = config.pool.manager.task_retention_max_tasks;
-        store.keep_at_most((max_tasks > 0).then_some(max_tasks));
+        store.retain_as(&config.pool.manager);
         if store.recovered_on_open() > 0 {
             tracing::warn!(
                 tasks = store.recovered_on_open(),

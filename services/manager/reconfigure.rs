@@ -27,7 +27,6 @@ use crate::manager::auth::Authenticator;
 use crate::manager::budget::BudgetPolicy;
 use crate::reload::CONFIGURATION;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The keys a running manager applies (a key applies with every key under it). With DNS
 /// discovery the programmers' entries only give defaults to programmers as they join, so
@@ -85,13 +84,14 @@ pub fn apply(mgr: &Manager, auth: Option<&Authenticator>, new: Arc<Config>) {
     let changed = changed_keys(&old.pool, &new.pool);
     let static_pool = old.pool.discovery.mode == DiscoveryMode::Static
         && new.pool.discovery.mode == DiscoveryMode::Static;
-    let (live, later): (Vec<&String>, Vec<&String>) = changed
-        .iter()
-        .partition(|key| under(key, LIVE) || (static_pool && under(key, PROGRAMMER_KEYS)));
     if changed.is_empty() {
         tracing::info!(file = %new.source.display(), "configuration re-read: no setting changed");
         return;
     }
+    let (live, later): (Vec<&str>, Vec<&str>) = changed
+        .iter()
+        .map(String::as_str)
+        .partition(|key| under(key, LIVE) || (static_pool && under(key, PROGRAMMER_KEYS)));
     let mut applied: Vec<String> = Vec::new();
     if static_pool && live.iter().any(|k| under(k, PROGRAMMER_KEYS)) {
         match mgr.pool.reconcile(new.programmers()) {
@@ -118,11 +118,7 @@ pub fn apply(mgr: &Manager, auth: Option<&Authenticator>, new: Arc<Config>) {
     if pool.manager.max_queue != was.manager.max_queue {
         mgr.scheduler.set_capacity(pool.manager.max_queue as usize);
     }
-    let retention = pool.manager.task_retention_s;
-    mgr.store
-        .keep_finished_for((retention > 0).then(|| Duration::from_secs(retention)));
-    let max_tasks = pool.manager.task_retention_max_tasks;
-    mgr.store.keep_at_most((max_tasks > 0).then_some(max_tasks));
+    mgr.store.retain_as(&pool.manager);
     if let Ok(policy) = BudgetPolicy::from_config(&pool.cost_optimization)
         && let Err(e) = mgr.budget.set_policy(policy)
     {
@@ -141,7 +137,6 @@ pub fn apply(mgr: &Manager, auth: Option<&Authenticator>, new: Arc<Config>) {
             "configuration reloaded");
     }
     if !later.is_empty() {
-        let later: Vec<&str> = later.iter().map(|k| k.as_str()).collect();
         tracing::warn!(file = %new.source.display(), keys = %later.join(", "),
             "configuration changed in settings read only at start-up: they apply when the process restarts");
     }

@@ -573,6 +573,15 @@ impl TaskStore {
         })
     }
 
+    /// The retention of `manager:` (`task_retention_s`, `task_retention_max_tasks`; 0 is none),
+    /// at start-up and when a re-read configuration changes it.
+    pub fn retain_as(&self, manager: &crate::config::ManagerConfig) {
+        let age = manager.task_retention_s;
+        self.keep_finished_for((age > 0).then(|| Duration::from_secs(age)));
+        let tasks = manager.task_retention_max_tasks;
+        self.keep_at_most((tasks > 0).then_some(tasks));
+    }
+
     /// Keeps finished tasks for `retention` after they ended, then deletes them (see the module
     /// docs, "Retention"); `None` keeps them forever (the default).
     pub fn keep_finished_for(&self, retention: Option<Duration>) {
