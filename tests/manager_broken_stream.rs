@@ -14,87 +14,10 @@ use common::pool::{
     PoolOptions, TestPool, TestProgrammer, dispatch_collect, manager_client, rerouted, state_of,
     wait_available, wait_until,
 };
-use pas::contract::v1::programmer_client::ProgrammerClient;
-use pas::contract::v1::programmer_server::{Programmer, ProgrammerServer};
-use pas::contract::v1::{
-    GetStatusRequest, ProgrammerStatus, StopTaskRequest, StopTaskResponse, TaskEvent, TaskRequest,
-    TaskState, WatchTaskRequest,
-};
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use common::proxy::Faults;
+use pas::contract::v1::TaskState;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio_stream::{Stream, StreamExt};
-use tonic::transport::Channel;
-use tonic::{Request, Response, Status};
-
-type EventStream = Pin<Box<dyn Stream<Item = Result<TaskEvent, Status>> + Send>>;
-
-/// What the proxy saw.
-#[derive(Default)]
-struct Seen {
-    executes: AtomicU32,
-    watch_calls: AtomicU32,
-    stops: AtomicU32,
-}
-
-/// A `pas.v1.Programmer` in front of a real programmer, with broken task streams.
-struct BreakingProxy {
-    upstream: ProgrammerClient<Channel>,
-    seen: Arc<Seen>,
-}
-
-#[tonic::async_trait]
-impl Programmer for BreakingProxy {
-    type ExecuteStream = EventStream;
-    type WatchTaskStream = EventStream;
-
-    async fn execute(
-        &self,
-        request: Request<TaskRequest>,
-    ) -> Result<Response<EventStream>, Status> {
-        self.seen.executes.fetch_add(1, Ordering::SeqCst);
-        let upstream = self
-            .upstream
-            .clone()
-            .execute(request.into_inner())
-            .await?
-            .into_inner();
-        // The first event (Assigned) goes through, then the stream breaks.
-        let cut = upstream
-            .take(1)
-            .chain(tokio_stream::once(Err(Status::unavailable(
-                "proxy: connection reset",
-            ))));
-        Ok(Response::new(Box::pin(cut)))
-    }
-
-    async fn watch_task(
-        &self,
-        _request: Request<WatchTaskRequest>,
-    ) -> Result<Response<EventStream>, Status> {
-        self.seen.watch_calls.fetch_add(1, Ordering::SeqCst);
-        let broken = tokio_stream::once(Err(Status::data_loss(
-            "proxy: the task's events cannot be read back",
-        )));
-        Ok(Response::new(Box::pin(broken)))
-    }
-
-    async fn stop_task(
-        &self,
-        request: Request<StopTaskRequest>,
-    ) -> Result<Response<StopTaskResponse>, Status> {
-        self.seen.stops.fetch_add(1, Ordering::SeqCst);
-        self.upstream.clone().stop_task(request.into_inner()).await
-    }
-
-    async fn get_status(
-        &self,
-        request: Request<GetStatusRequest>,
-    ) -> Result<Response<ProgrammerStatus>, Status> {
-        self.upstream.clone().get_status(request.into_inner()).await
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_breaks_whenever_followed_is_given_up_after_the_lease() {
@@ -117,29 +40,16 @@ async fn a_stream_that_breaks_whenever_followed_is_given_up_after_the_lease() {
     pool.sample_repo();
 
     // The real 001 on a port of its own; the proxy on the port the configuration gives 001.
-    let real_port = common::pool::free_port();
-    let _real = pool.start_programmer_with_args("001", &["--port", &real_port.to_string()]);
-    let upstream = ProgrammerClient::connect(format!("http://127.0.0.1:{real_port}"))
-        .await
-        .expect("connect to the real 001");
-    let seen = Arc::new(Seen::default());
-    let proxy = BreakingProxy {
-        upstream,
-        seen: seen.clone(),
-    };
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<ProgrammerServer<BreakingProxy>>()
-        .await;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", pool.ports["001"]))
-        .await
-        .expect("bind 001's configured port");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(ProgrammerServer::new(proxy))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (_real, seen) = common::proxy::start_behind(
+        &pool,
+        "001",
+        Faults {
+            cut_streams: true,
+            break_watches: true,
+            ..Faults::default()
+        },
+    )
+    .await;
 
     // 002 starts once the task runs on 001, and takes it when 001 loses it.
     let manager = pool.start_manager();

@@ -1,15 +1,78 @@
 //! A task rerouted away from the only programmer that may take it waits for that programmer and
 //! runs there once it is back, instead of waiting out the whole queue timeout (the failed
-//! programmer is avoided only until it becomes available again).
+//! programmer is avoided only until it becomes available again); and when that programmer never
+//! went down, the task goes back to it at once (an exclusion is soft: it holds only while another
+//! programmer could take the task).
 
 mod common;
 
 use common::pool::{
-    PoolOptions, TestPool, TestProgrammer, expect_one_reroute, manager_client, wait_available,
-    wait_for_model_call,
+    PoolOptions, TestPool, TestProgrammer, admit, expect_one_reroute, manager_client, pool_status,
+    wait_available, wait_for_model_call, wait_pool, wait_until,
 };
-use pas::contract::v1::DispatchRequest;
+use common::proxy::Faults;
+use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
+use pas::contract::v1::{CancelTaskRequest, DispatchRequest, TaskEvent, TaskResult};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// A pool with the sample repository whose tasks may wait 600 s in the manager's queue and whose
+/// model calls may hang as long: far beyond the tests' own waits, so a task that ends in time was
+/// placed by what the test shows, not by a timeout.
+fn patient_pool(options: PoolOptions, sim: common::Sim) -> TestPool {
+    let pool = TestPool::with_sim(
+        PoolOptions {
+            request_timeout_s: 600,
+            task_timeout_s: 600,
+            queue_timeout_s: 600,
+            ..options
+        },
+        sim,
+    );
+    pool.sample_repo();
+    pool
+}
+
+/// 001 alone may take "solo" tasks; 002 is up beside it for other work.
+fn only_001_can_solo() -> PoolOptions {
+    PoolOptions {
+        programmers: vec![
+            TestProgrammer::free("001").with_capabilities(&["solo"]),
+            TestProgrammer::free("002").with_capabilities(&["other"]),
+        ],
+        ..PoolOptions::default()
+    }
+}
+
+/// 001's first Execute fails on the wire: 001 never had that attempt, and its health stays
+/// SERVING throughout, so it never "comes back".
+const REFUSE_ONE_EXECUTE: Faults = Faults {
+    refuse_executes: 1,
+    cut_streams: false,
+    break_watches: false,
+};
+
+/// The sample task, for programmers with `capability` (and under the caller's `task_id`).
+fn solo_request(capability: &str, task_id: Option<&str>) -> DispatchRequest {
+    DispatchRequest {
+        task_id: task_id.unwrap_or_default().into(),
+        capabilities: vec![capability.into()],
+        ..common::pool::sample_dispatch("Add docstrings to all functions")
+    }
+}
+
+/// Dispatches [`solo_request`] and follows it to its end in the background.
+fn spawn_dispatch(
+    client: &ProgrammerPoolClient<Channel>,
+    capability: &str,
+    task_id: Option<&str>,
+) -> JoinHandle<(Vec<TaskEvent>, TaskResult)> {
+    let client = client.clone();
+    let request = solo_request(capability, task_id);
+    tokio::spawn(async move { common::pool::dispatch_collect(&client, request).await })
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_whose_only_programmer_died_runs_there_when_it_comes_back() {
@@ -18,40 +81,14 @@ async fn a_task_whose_only_programmer_died_runs_there_when_it_comes_back() {
     let sim = common::Sim::start_with_script(
         "rules:\n  - model: \"primary-001\"\n    fault: hang\n    times: 1\n",
     );
-    let pool = TestPool::with_sim(
-        PoolOptions {
-            programmers: vec![
-                TestProgrammer::free("001").with_capabilities(&["solo"]),
-                TestProgrammer::free("002").with_capabilities(&["other"]),
-            ],
-            request_timeout_s: 600,
-            task_timeout_s: 600,
-            // Far beyond the test's own waits: only the comeback can place the task in time.
-            queue_timeout_s: 600,
-            ..PoolOptions::default()
-        },
-        sim,
-    );
-    pool.sample_repo();
+    let pool = patient_pool(only_001_can_solo(), sim);
     let mut solo = pool.start_programmer("001");
     let _other = pool.start_programmer("002");
     let manager = pool.start_manager();
     let client = manager_client(&pool).await;
     wait_available(&client, 2).await;
 
-    let mut caller = client.clone();
-    let task = tokio::spawn(async move {
-        let request = DispatchRequest {
-            capabilities: vec!["solo".into()],
-            ..common::pool::sample_dispatch("Add docstrings to all functions")
-        };
-        let stream = caller
-            .dispatch(request)
-            .await
-            .expect("Dispatch accepted")
-            .into_inner();
-        common::pool::collect_events(stream).await
-    });
+    let task = spawn_dispatch(&client, "solo", None);
     wait_for_model_call(&pool.sim, "primary-001").await;
     solo.kill();
     wait_available(&client, 1).await;
@@ -65,4 +102,95 @@ async fn a_task_whose_only_programmer_died_runs_there_when_it_comes_back() {
         )
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_only_programmer_failed_a_call_without_going_down_runs_there_again() {
+    let pool = patient_pool(only_001_can_solo(), common::Sim::start());
+    let (_real, seen) = common::proxy::start_behind(&pool, "001", REFUSE_ONE_EXECUTE).await;
+    let _other = pool.start_programmer("002");
+    let manager = pool.start_manager();
+    let client = manager_client(&pool).await;
+    wait_available(&client, 2).await;
+
+    let task = spawn_dispatch(&client, "solo", None);
+    // Far less than the queue timeout: only going back to 001 at once ends the task in time.
+    let reroute = expect_one_reroute(task, Duration::from_secs(120), ("001", "001"), || {
+        manager.log_text()
+    })
+    .await;
+    // Asked after the failed call, 001 said it never had that attempt.
+    assert!(
+        reroute.reason.contains("does not have the task"),
+        "{reroute:?}"
+    );
+    assert_eq!(seen.executes.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerouted_task_waits_for_a_busy_programmer_rather_than_go_back_to_the_one_that_failed_it()
+{
+    // 002's first model call hangs: with one task running and one queued there, 002 is full
+    // until they are cancelled.
+    let sim = common::Sim::start_with_script(
+        "rules:\n  - model: \"primary-002\"\n    fault: hang\n    times: 1\n",
+    );
+    let pool = patient_pool(
+        PoolOptions {
+            programmers: vec![
+                TestProgrammer::free("001").with_capabilities(&["solo"]),
+                TestProgrammer::free("002").with_capabilities(&["solo", "busy"]),
+            ],
+            max_concurrent_per_programmer: 1,
+            max_queue_per_programmer: 1,
+            ..PoolOptions::default()
+        },
+        sim,
+    );
+    let (_real, seen) = common::proxy::start_behind(&pool, "001", REFUSE_ONE_EXECUTE).await;
+    let _busy = pool.start_programmer("002");
+    let manager = pool.start_manager();
+    let client = manager_client(&pool).await;
+    wait_available(&client, 2).await;
+
+    // Fill 002 with two tasks only it may take.
+    let fillers = ["busy-1", "busy-2"];
+    for id in fillers {
+        admit(&client, solo_request("busy", Some(id)))
+            .await
+            .expect("filler admitted");
+    }
+    wait_for_model_call(&pool.sim, "primary-002").await;
+    wait_pool(&client, Duration::from_secs(60), "002 full", |s| {
+        s.programmers
+            .iter()
+            .any(|p| p.id == "002" && p.in_flight == 2)
+    })
+    .await;
+
+    let task = spawn_dispatch(&client, "solo", None);
+    // The task failed on 001 and then either waits in the manager's queue for 002 (right) or went
+    // back to 001 (wrong: 001 would get a second Execute).
+    wait_until(
+        Duration::from_secs(60),
+        "the task rerouted and waiting",
+        || async {
+            seen.executes.load(Ordering::SeqCst) >= 2
+                || (seen.executes.load(Ordering::SeqCst) == 1
+                    && pool_status(&client).await.manager_queue_depth == 1)
+        },
+    )
+    .await;
+    for id in fillers {
+        client
+            .clone()
+            .cancel_task(CancelTaskRequest { task_id: id.into() })
+            .await
+            .expect("CancelTask");
+    }
+    expect_one_reroute(task, Duration::from_secs(120), ("001", "002"), || {
+        manager.log_text()
+    })
+    .await;
+    assert_eq!(seen.executes.load(Ordering::SeqCst), 1);
 }

@@ -170,7 +170,8 @@ pub struct Route {
     pub strategy: StrategyKind,
     /// Round-robin group key (the task's capability set).
     pub group: String,
-    /// Members not to use (a reroute avoids the programmer that failed), each until it comes back.
+    /// Members to avoid (a reroute avoids the programmer that failed), each until it comes back
+    /// and only while another member could take the task (see [`Balancer::route`]).
     pub exclude: Vec<Exclusion>,
     /// Tasks waiting in the manager's queue when this route is tried, this one included: the
     /// backlog least_expected_wait weighs (set by the scheduler before each try; 1 otherwise).
@@ -180,7 +181,8 @@ pub struct Route {
 /// A member a rerouted task avoids: the programmer that lost it, as long as that programmer has not
 /// become available again since. One that restarted (or whose health recovered) is a fresh
 /// candidate, so a task whose only eligible programmer failed once waits for it instead of timing
-/// out in the queue.
+/// out in the queue; and one that never went down is tried again when no other member could take
+/// the task (the avoidance is soft: [`Balancer::route`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exclusion {
     /// The member's index.
@@ -358,18 +360,65 @@ impl Balancer {
     }
 
     /// Tries to place `route` now.
+    ///
+    /// The route's exclusions are soft: when nothing else can take the task — every other
+    /// member of its tiers is down, gone, or refused for today's budget — an avoided member that
+    /// is up gets it again (bounded by `max_dispatch_attempts` like any reroute), instead of the
+    /// task waiting out the queue timeout for a comeback that a programmer which never went down
+    /// will not make. A busy member that is up still holds the task away from the avoided one.
     pub fn route(&mut self, route: Route) -> Routed {
-        let mut spend_blocked = false;
-        // Every member the route's tiers name is in this snapshot (they joined before admission).
         let members = self.pool.members();
-        // Members not to offer: the route's exclusions still in force, then those refused in this
-        // tier.
-        let mut skip: Vec<usize> = route
+        let avoided: Vec<usize> = route
             .exclude
             .iter()
             .filter(|e| members[e.member].comebacks() == e.comebacks)
             .map(|e| e.member)
             .collect();
+        let mut spend_refused = Vec::new();
+        match self.route_avoiding(&members, route, &avoided, &mut spend_refused) {
+            Routed::NoRoom {
+                route,
+                budget_exhausted: false,
+            } if !avoided.is_empty()
+                && !Self::another_can_take(&members, &route, &avoided, &spend_refused) =>
+            {
+                self.route_avoiding(&members, *route, &[], &mut spend_refused)
+            }
+            routed => routed,
+        }
+    }
+
+    /// Whether a member of `route`'s tiers outside `avoided` could take it now or once it has
+    /// room: up, not gone, and not refused for the budget in this decision. O(n), and only for a
+    /// rerouted task nothing took.
+    fn another_can_take(
+        members: &[Arc<Member>],
+        route: &Route,
+        avoided: &[usize],
+        spend_refused: &[usize],
+    ) -> bool {
+        route
+            .tiers
+            .iter()
+            .flat_map(|t| t.members.iter())
+            .filter(|i| !avoided.contains(i) && !spend_refused.contains(i))
+            .any(|&i| members[i].is_available() && !members[i].has_left())
+    }
+
+    /// One pass over `route`'s tiers, best first, never offering a member in `avoided`; members
+    /// refused for the budget are added to `spend_refused`.
+    /// `members` is the pool's snapshot: every member the route's tiers name is in it (they
+    /// joined before admission).
+    fn route_avoiding(
+        &mut self,
+        members: &[Arc<Member>],
+        route: Route,
+        avoided: &[usize],
+        spend_refused: &mut Vec<usize>,
+    ) -> Routed {
+        let mut spend_blocked = false;
+        // Members not to offer: those avoided, then those refused in this tier.
+        let mut skip = avoided.to_vec();
         let excluded = skip.len();
         for tier in &route.tiers {
             skip.truncate(excluded);
@@ -420,6 +469,7 @@ impl Balancer {
                     Ok(r) => r,
                     Err(exhausted) => {
                         spend_blocked |= exhausted;
+                        spend_refused.push(picked);
                         skip.push(picked);
                         continue;
                     }

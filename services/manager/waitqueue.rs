@@ -63,7 +63,11 @@ enum Submit {
 #[derive(Clone)]
 pub struct Scheduler {
     tx: mpsc::UnboundedSender<Submit>,
+    /// Places taken in the bounded queue (admitted tasks not yet placed).
     waiting: Arc<AtomicUsize>,
+    /// Re-submissions not yet answered (rerouted, re-queued, resumed or escalated tasks): they
+    /// wait in the same queue, outside its bound.
+    resubmitted: Arc<AtomicUsize>,
     /// Entries sent to the scheduler and not yet answered (placed, refused, or dropped), counted
     /// or not: while it is 0 nothing waits, and a submission may be routed at once.
     queued: Arc<AtomicUsize>,
@@ -76,6 +80,7 @@ impl std::fmt::Debug for Scheduler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Scheduler")
             .field("waiting", &self.waiting)
+            .field("resubmitted", &self.resubmitted)
             .field("queued", &self.queued)
             .field("capacity", &self.capacity)
             .finish_non_exhaustive()
@@ -111,6 +116,7 @@ impl Scheduler {
         let scheduler = Self {
             tx,
             waiting: Arc::default(),
+            resubmitted: Arc::default(),
             queued: Arc::default(),
             balancer: Arc::new(Mutex::new(balancer)),
             capacity: Arc::new(AtomicUsize::new(capacity)),
@@ -153,9 +159,10 @@ impl Scheduler {
         }
     }
 
-    /// Tasks waiting now (not yet placed).
+    /// Tasks waiting now (not yet placed): admitted ones, and re-submitted ones, which wait
+    /// outside the bound.
     pub fn depth(&self) -> usize {
-        self.waiting.load(Ordering::SeqCst)
+        self.waiting.load(Ordering::SeqCst) + self.resubmitted.load(Ordering::SeqCst)
     }
 
     /// The queue's bound.
@@ -203,7 +210,10 @@ impl Scheduler {
     /// already); never refused.
     pub fn resubmit(&self, route: Route, max_wait: std::time::Duration) -> Ticket {
         let (entry, ticket) = entry(route, max_wait, false);
-        self.send(Submit::Front(entry));
+        self.resubmitted.fetch_add(1, Ordering::SeqCst);
+        if !self.send(Submit::Front(entry)) {
+            self.resubmitted.fetch_sub(1, Ordering::SeqCst);
+        }
         ticket
     }
 }
@@ -279,6 +289,8 @@ async fn run(
         scheduler.queued.fetch_sub(1, Ordering::SeqCst);
         if counted {
             scheduler.waiting.fetch_sub(1, Ordering::SeqCst);
+        } else {
+            scheduler.resubmitted.fetch_sub(1, Ordering::SeqCst);
         }
     };
     let uncount = |e: &Entry| uncount_flag(e.counted);

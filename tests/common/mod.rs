@@ -476,5 +476,6 @@ pub mod cli;
 pub mod dns;
 pub mod gitserver;
 pub mod pool;
+pub mod proxy;
 pub mod secure;
 pub mod sse;

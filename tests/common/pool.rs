@@ -806,7 +806,8 @@ pub async fn admit(
         first.is_some(),
         "an admitted task's stream starts with an event"
     );
-    tokio::spawn(collect_events(stream));
+    // Drained, not checked: its first event was read here.
+    tokio::spawn(async move { while let Ok(Some(_)) = stream.message().await {} });
     Ok(())
 }
 
