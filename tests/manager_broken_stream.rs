@@ -1,6 +1,12 @@
+//! Faults on the wire between the manager and a programmer that stays up.
+//!
 //! A task whose stream breaks every time the manager follows it again is given up on that
 //! programmer after the task's lease: stopped there, rerouted, finished elsewhere. Before, the
 //! manager followed it again at once, without end (a WatchTask call and two log lines each time).
+//!
+//! An attempt whose Execute answer was lost after the programmer took the task, and which the
+//! manager then cannot reach for the lease, may have spent money: its whole hold is booked, not
+//! released as if it had never started.
 //!
 //! The real programmer 001 runs behind a gRPC proxy in this test (its configured port is the
 //! proxy's): the proxy forwards Execute, StopTask and GetStatus, cuts Execute's stream after its
@@ -11,8 +17,8 @@
 mod common;
 
 use common::pool::{
-    PoolOptions, TestPool, TestProgrammer, dispatch_collect, manager_client, rerouted, state_of,
-    wait_available, wait_until,
+    PoolOptions, TestProgrammer, dispatch_collect, expect_one_reroute, manager_client,
+    patient_pool, pool_status, rerouted, state_of, wait_available, wait_until,
 };
 use common::proxy::Faults;
 use pas::contract::v1::TaskState;
@@ -26,18 +32,14 @@ async fn a_stream_that_breaks_whenever_followed_is_given_up_after_the_lease() {
         "rules:\n  - model: \"primary-001\"\n    fault: hang\n    times: 1\n",
     );
     let lease_s = 3;
-    let pool = TestPool::with_sim(
+    let pool = patient_pool(
         PoolOptions {
             programmers: vec![TestProgrammer::free("001"), TestProgrammer::free("002")],
-            request_timeout_s: 600,
-            task_timeout_s: 600,
-            queue_timeout_s: 600,
             task_lease_s: lease_s,
             ..PoolOptions::default()
         },
         sim,
     );
-    pool.sample_repo();
 
     // The real 001 on a port of its own; the proxy on the port the configuration gives 001.
     let (_real, seen) = common::proxy::start_behind(
@@ -105,5 +107,66 @@ async fn a_stream_that_breaks_whenever_followed_is_given_up_after_the_lease() {
     assert!(
         seen.stops.load(Ordering::SeqCst) >= 1,
         "no StopTask reached 001\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_whose_execute_answer_was_lost_keeps_its_whole_hold() {
+    // 001's model calls hang: the task runs there, unseen, until 001 stops it after the lease.
+    // 002 runs on another model. capability_match places the task on 001 first (configuration
+    // order).
+    let sim = common::Sim::start_with_script(
+        "rules:\n  - model: \"claude-sonnet-4-20250514\"\n    fault: hang\n",
+    );
+    let lease_s = 3;
+    let hold_nanousd = 2_500_000_000;
+    let pool = patient_pool(
+        PoolOptions {
+            programmers: vec![
+                TestProgrammer::paid_anthropic("001"),
+                TestProgrammer::paid("002"),
+            ],
+            strategy: "capability_match".into(),
+            max_cost_per_job_usd: 2.5,
+            task_lease_s: lease_s,
+            ..PoolOptions::default()
+        },
+        sim,
+    );
+    // 001 takes the task, but its answer to Execute is lost and no WatchTask reaches it.
+    let (_real, seen) = common::proxy::start_behind(
+        &pool,
+        "001",
+        Faults {
+            lose_execute_answers: 1,
+            refuse_watches: true,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let _other = pool.start_programmer("002");
+    let manager = pool.start_manager();
+    let client = manager_client(&pool).await;
+    wait_available(&client, 2).await;
+
+    let request = common::pool::sample_dispatch("Add docstrings to all functions");
+    let caller = client.clone();
+    let task = tokio::spawn(async move { dispatch_collect(&caller, request).await });
+    let reroute = expect_one_reroute(task, Duration::from_secs(120), ("001", "002"), || {
+        manager.log_text()
+    })
+    .await;
+    assert!(
+        reroute.reason.contains("unreachable for the task's lease"),
+        "{reroute:?}"
+    );
+    assert_eq!(seen.executes.load(Ordering::SeqCst), 1);
+    // What 001 spent is unknown: its whole hold is booked (before, it was released, as for an
+    // attempt that never started), beside what 002 spent.
+    let budget = pool_status(&client).await.budget.expect("budget");
+    assert!(
+        budget.spent_nanousd >= hold_nanousd,
+        "{budget:?}\nmanager:\n{}",
+        manager.log_text()
     );
 }

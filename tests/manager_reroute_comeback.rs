@@ -2,38 +2,24 @@
 //! runs there once it is back, instead of waiting out the whole queue timeout (the failed
 //! programmer is avoided only until it becomes available again); and when that programmer never
 //! went down, the task goes back to it at once (an exclusion is soft: it holds only while another
-//! programmer could take the task).
+//! programmer could take the task). A rerouted task that waits again keeps its caller's queue
+//! timeout.
 
 mod common;
 
 use common::pool::{
-    PoolOptions, TestPool, TestProgrammer, admit, expect_one_reroute, manager_client, pool_status,
-    wait_available, wait_for_model_call, wait_pool, wait_until,
+    ChildGuard, PoolOptions, TestPool, TestProgrammer, admit, dispatch_collect, expect_one_reroute,
+    manager_client, patient_pool, pool_status, state_of, wait_available, wait_for_model_call,
+    wait_pool, wait_until,
 };
-use common::proxy::Faults;
+use common::proxy::{Faults, Seen};
 use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
-use pas::contract::v1::{CancelTaskRequest, DispatchRequest, TaskEvent, TaskResult};
+use pas::contract::v1::{CancelTaskRequest, DispatchRequest, TaskEvent, TaskResult, TaskState};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
-
-/// A pool with the sample repository whose tasks may wait 600 s in the manager's queue and whose
-/// model calls may hang as long: far beyond the tests' own waits, so a task that ends in time was
-/// placed by what the test shows, not by a timeout.
-fn patient_pool(options: PoolOptions, sim: common::Sim) -> TestPool {
-    let pool = TestPool::with_sim(
-        PoolOptions {
-            request_timeout_s: 600,
-            task_timeout_s: 600,
-            queue_timeout_s: 600,
-            ..options
-        },
-        sim,
-    );
-    pool.sample_repo();
-    pool
-}
 
 /// 001 alone may take "solo" tasks; 002 is up beside it for other work.
 fn only_001_can_solo() -> PoolOptions {
@@ -50,8 +36,10 @@ fn only_001_can_solo() -> PoolOptions {
 /// SERVING throughout, so it never "comes back".
 const REFUSE_ONE_EXECUTE: Faults = Faults {
     refuse_executes: 1,
+    lose_execute_answers: 0,
     cut_streams: false,
     break_watches: false,
+    refuse_watches: false,
 };
 
 /// The sample task, for programmers with `capability` (and under the caller's `task_id`).
@@ -127,70 +115,124 @@ async fn a_task_whose_only_programmer_failed_a_call_without_going_down_runs_ther
     assert_eq!(seen.executes.load(Ordering::SeqCst), 2);
 }
 
+/// 001 (behind a proxy whose first Execute fails on the wire) and 002 may both take "solo"
+/// tasks; 002 is full with two tasks only it may take (`FILLERS`: the first hangs in its model
+/// call, the second waits behind it) until they are cancelled.
+struct BusyPool {
+    _pool: TestPool,
+    client: ProgrammerPoolClient<Channel>,
+    manager: ChildGuard,
+    seen: Arc<Seen>,
+    _programmers: [ChildGuard; 2],
+}
+
+const FILLERS: [&str; 2] = ["busy-1", "busy-2"];
+
+impl BusyPool {
+    async fn start() -> Self {
+        let sim = common::Sim::start_with_script(
+            "rules:\n  - model: \"primary-002\"\n    fault: hang\n    times: 1\n",
+        );
+        let pool = patient_pool(
+            PoolOptions {
+                programmers: vec![
+                    TestProgrammer::free("001").with_capabilities(&["solo"]),
+                    TestProgrammer::free("002").with_capabilities(&["solo", "busy"]),
+                ],
+                max_concurrent_per_programmer: 1,
+                max_queue_per_programmer: 1,
+                ..PoolOptions::default()
+            },
+            sim,
+        );
+        let (real, seen) = common::proxy::start_behind(&pool, "001", REFUSE_ONE_EXECUTE).await;
+        let busy = pool.start_programmer("002");
+        let manager = pool.start_manager();
+        let client = manager_client(&pool).await;
+        wait_available(&client, 2).await;
+        for id in FILLERS {
+            admit(&client, solo_request("busy", Some(id)))
+                .await
+                .expect("filler admitted");
+        }
+        wait_for_model_call(&pool.sim, "primary-002").await;
+        wait_pool(&client, Duration::from_secs(60), "002 full", |s| {
+            s.programmers
+                .iter()
+                .any(|p| p.id == "002" && p.in_flight == 2)
+        })
+        .await;
+        Self {
+            _pool: pool,
+            client,
+            manager,
+            seen,
+            _programmers: [real, busy],
+        }
+    }
+
+    /// Waits until the task failed on 001 and then either waits in the manager's queue (for
+    /// 002) or went back to 001 (a second Execute there).
+    async fn wait_rerouted(&self) {
+        wait_until(
+            Duration::from_secs(60),
+            "the task rerouted and waiting",
+            || async {
+                let executes = self.seen.executes.load(Ordering::SeqCst);
+                executes >= 2
+                    || (executes == 1 && pool_status(&self.client).await.manager_queue_depth == 1)
+            },
+        )
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rerouted_task_waits_for_a_busy_programmer_rather_than_go_back_to_the_one_that_failed_it()
 {
-    // 002's first model call hangs: with one task running and one queued there, 002 is full
-    // until they are cancelled.
-    let sim = common::Sim::start_with_script(
-        "rules:\n  - model: \"primary-002\"\n    fault: hang\n    times: 1\n",
-    );
-    let pool = patient_pool(
-        PoolOptions {
-            programmers: vec![
-                TestProgrammer::free("001").with_capabilities(&["solo"]),
-                TestProgrammer::free("002").with_capabilities(&["solo", "busy"]),
-            ],
-            max_concurrent_per_programmer: 1,
-            max_queue_per_programmer: 1,
-            ..PoolOptions::default()
-        },
-        sim,
-    );
-    let (_real, seen) = common::proxy::start_behind(&pool, "001", REFUSE_ONE_EXECUTE).await;
-    let _busy = pool.start_programmer("002");
-    let manager = pool.start_manager();
-    let client = manager_client(&pool).await;
-    wait_available(&client, 2).await;
-
-    // Fill 002 with two tasks only it may take.
-    let fillers = ["busy-1", "busy-2"];
-    for id in fillers {
-        admit(&client, solo_request("busy", Some(id)))
-            .await
-            .expect("filler admitted");
-    }
-    wait_for_model_call(&pool.sim, "primary-002").await;
-    wait_pool(&client, Duration::from_secs(60), "002 full", |s| {
-        s.programmers
-            .iter()
-            .any(|p| p.id == "002" && p.in_flight == 2)
-    })
-    .await;
-
-    let task = spawn_dispatch(&client, "solo", None);
-    // The task failed on 001 and then either waits in the manager's queue for 002 (right) or went
-    // back to 001 (wrong: 001 would get a second Execute).
-    wait_until(
-        Duration::from_secs(60),
-        "the task rerouted and waiting",
-        || async {
-            seen.executes.load(Ordering::SeqCst) >= 2
-                || (seen.executes.load(Ordering::SeqCst) == 1
-                    && pool_status(&client).await.manager_queue_depth == 1)
-        },
-    )
-    .await;
-    for id in fillers {
-        client
+    let busy = BusyPool::start().await;
+    let task = spawn_dispatch(&busy.client, "solo", None);
+    busy.wait_rerouted().await;
+    for id in FILLERS {
+        busy.client
             .clone()
             .cancel_task(CancelTaskRequest { task_id: id.into() })
             .await
             .expect("CancelTask");
     }
     expect_one_reroute(task, Duration::from_secs(120), ("001", "002"), || {
-        manager.log_text()
+        busy.manager.log_text()
     })
     .await;
-    assert_eq!(seen.executes.load(Ordering::SeqCst), 1);
+    assert_eq!(busy.seen.executes.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerouted_task_keeps_its_caller_s_queue_timeout() {
+    // The manager's own queue timeout is 600 s; this caller allows 2 s of waiting. 002 stays full.
+    let busy = BusyPool::start().await;
+    let client = busy.client.clone();
+    let request = DispatchRequest {
+        queue_timeout_s: 2,
+        ..solo_request("solo", None)
+    };
+    let task = tokio::spawn(async move { dispatch_collect(&client, request).await });
+    busy.wait_rerouted().await;
+    let (events, result) = tokio::time::timeout(Duration::from_secs(120), task)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the task did not end within 120 s (its caller's queue timeout was 2 s)\n{}",
+                busy.manager.log_text()
+            )
+        })
+        .expect("task join");
+    assert_eq!(state_of(&result), TaskState::Failed, "{result:#?}");
+    assert!(
+        result.error_message.contains("in the manager's queue"),
+        "{result:#?}"
+    );
+    // It waited again after 001 lost it (no Rerouted event: it was never taken elsewhere).
+    assert!(!common::pool::queued(&events).is_empty(), "{events:#?}");
+    assert_eq!(busy.seen.executes.load(Ordering::SeqCst), 1);
 }

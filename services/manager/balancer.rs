@@ -176,6 +176,9 @@ pub struct Route {
     /// Tasks waiting in the manager's queue when this route is tried, this one included: the
     /// backlog least_expected_wait weighs (set by the scheduler before each try; 1 otherwise).
     pub waiting: u64,
+    /// The caller's own bound on each wait in the manager's queue (`queue_timeout_s`), kept for
+    /// every re-queue of the task; `None`: `manager.queue_timeout_s` as configured at that time.
+    pub queue_timeout: Option<std::time::Duration>,
 }
 
 /// A member a rerouted task avoids: the programmer that lost it, as long as that programmer has not
@@ -375,12 +378,12 @@ impl Balancer {
             .map(|e| e.member)
             .collect();
         let mut spend_refused = Vec::new();
+        // A first pass that found the budget exhausted did not try the avoided members, whose
+        // per-job caps may still fit: they get their second pass too.
         match self.route_avoiding(&members, route, &avoided, &mut spend_refused) {
-            Routed::NoRoom {
-                route,
-                budget_exhausted: false,
-            } if !avoided.is_empty()
-                && !Self::another_can_take(&members, &route, &avoided, &spend_refused) =>
+            Routed::NoRoom { route, .. }
+                if !avoided.is_empty()
+                    && !Self::another_can_take(&members, &route, &avoided, &spend_refused) =>
             {
                 self.route_avoiding(&members, *route, &[], &mut spend_refused)
             }

@@ -27,9 +27,10 @@
 //!   followed after a growing pause, and after the task's lease the task is stopped there and
 //!   lost ([`Breaks`]).
 //! - **Lost**: settle what the attempt cost (known for a hand-back, else the whole hold; released
-//!   when it never started there) and dispatch it again elsewhere (Rerouted), up to
-//!   `max_dispatch_attempts` (per leg; an attempt the programmer never had does not count), after
-//!   which the task is Finished as failed.
+//!   only when it never started there: an attempt whose Execute had no clear answer and whose
+//!   programmer never said otherwise may be spending, see [`Started::Maybe`]) and dispatch it
+//!   again elsewhere (Rerouted), up to `max_dispatch_attempts` (per leg; an attempt the programmer
+//!   never had does not count), after which the task is Finished as failed.
 //! - **Finished**: a programmer's result, spend settled. An ALREADY_KEPT result (another attempt
 //!   kept the task's edit) is replaced by that attempt's own result when an attempt lost with its
 //!   programmer turns out to have kept it: the restarted programmer ends it with the kept edit
@@ -138,14 +139,29 @@ struct OnProgrammer {
     attempt_id: String,
     /// The last programmer event relayed.
     after_seq: u64,
-    /// Whether the programmer took it (else it never started there).
-    started: bool,
+    /// Whether the programmer took it, as far as the manager knows.
+    started: Started,
     /// Avoid this programmer on a reroute, until it comes back after the placement: taken when
     /// the task was placed, so a programmer that restarted since (and handed the task back from
     /// its journal) is a candidate again at once.
     exclusion: Exclusion,
     /// Its stream's breaks since it last carried anything.
     breaks: Breaks,
+}
+
+/// Whether a programmer took an attempt, as far as the manager knows: what the attempt's hold,
+/// the count of attempts tried and the search for a kept edit go by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Started {
+    /// It never started there: Execute not answered yet, refused at admission, or the programmer
+    /// said it never had it (it journals every task it accepts). Its hold is released.
+    No,
+    /// Execute failed without a clear answer (the connection failed around the call): it may
+    /// have, until the programmer says. Treated as started unless it says otherwise, so an
+    /// attempt that may be spending keeps its hold and counts as tried.
+    Maybe,
+    /// It answered Execute, or a follow found the task there.
+    Yes,
 }
 
 /// The breaks of a task's stream on one programmer since the stream last carried anything (an
@@ -232,7 +248,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
             member: resumed.member,
             hold: resumed.hold,
             after_seq: resumed.upstream_seq,
-            started: true,
+            started: Started::Yes,
             breaks: Breaks::default(),
         }),
     };
@@ -334,7 +350,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                         member: member.clone(),
                         hold,
                         after_seq: 0,
-                        started: false,
+                        started: Started::No,
                         breaks: Breaks::default(),
                     };
                     // Not raced with the caller's cancel: admission answers at once, and a task it
@@ -346,7 +362,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                             Box::pin(taken(&programmer, &mut previous, &sink)).await;
                             Step::Relay(
                                 OnProgrammer {
-                                    started: true,
+                                    started: Started::Yes,
                                     ..on
                                 },
                                 Box::new(upstream),
@@ -369,13 +385,16 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                             tracing::info!(%task_id, %programmer, reason = %status.message(), "programmer full at admission; task re-queued");
                             mgr.pool.refused_at_admission(&member);
                             mgr.release(&task_id, on.hold);
-                            Step::Wait(mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout()))
+                            Step::Wait(mgr.scheduler.resubmit(route.clone(), mgr.max_wait(&route)))
                         }
                         Err(status) => {
                             // No clear answer (the connection failed around the call): whether the
                             // programmer took the task, only it can say.
                             tracing::warn!(%task_id, %programmer, "Execute failed ({}: {}); asking whether the task started", status.code(), status.message());
-                            Step::Follow(on)
+                            Step::Follow(OnProgrammer {
+                                started: Started::Maybe,
+                                ..on
+                            })
                         }
                     }
                 })
@@ -443,14 +462,14 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                     match Box::pin(follow(&mgr, &on, &cancel, last)).await {
                     Ok(stream) => {
                         let programmer = on.member.spec.id.clone();
-                        if !on.started {
+                        if on.started != Started::Yes {
                             Box::pin(taken(&programmer, &mut previous, &sink)).await;
                         }
                         tracing::info!(%task_id, %programmer, after_seq = on.after_seq, "following the task again");
                         let upstream = Upstream::follow(&mgr.pool, &on.member, stream);
                         Step::Relay(
                             OnProgrammer {
-                                started: true,
+                                started: Started::Yes,
                                 ..on
                             },
                             Box::new(upstream),
@@ -460,7 +479,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                         // A programmer journals every task it accepts: one that does not have the
                         // task never started it, and spent nothing on it.
                         OnProgrammer {
-                            started: on.started && !never_had,
+                            started: if never_had { Started::No } else { on.started },
                             ..on
                         },
                         Loss {
@@ -473,7 +492,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                         // unknown (kept as the whole hold); that programmer stops it when the lease
                         // runs out.
                         let programmer = on.member.spec.id.clone();
-                        if on.started {
+                        if on.started != Started::No {
                             mgr.settle(&task_id, on.hold, None);
                         } else {
                             mgr.release(&task_id, on.hold);
@@ -493,14 +512,15 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                     let programmer = on.member.spec.id.clone();
                     let Loss { reason, spent } = loss;
                     // Known spend (a hand-back) settles exactly; a task that never started there
-                    // releases its hold; otherwise nobody knows what it spent: the whole hold.
-                    match (on.started, spent) {
+                    // releases its hold; otherwise (started, or maybe) nobody knows what it spent:
+                    // the whole hold.
+                    match (on.started != Started::No, spent) {
                         (_, Some(cost)) => mgr.settle(&task_id, on.hold, Some(cost)),
                         (false, None) => mgr.release(&task_id, on.hold),
                         (true, None) => mgr.settle(&task_id, on.hold, None),
                     }
                     tracing::warn!(%task_id, %programmer, %reason, "programmer lost the task");
-                    if on.started {
+                    if on.started != Started::No {
                         lost.push(LostAttempt {
                             member: on.member.clone(),
                             attempt_id: on.attempt_id.clone(),
@@ -527,7 +547,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                         route.request.dispatch_attempt = dispatch_attempt + 1;
                         route.exclude.push(on.exclusion);
                         previous = Some((programmer, reason));
-                        Step::Wait(mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout()))
+                        Step::Wait(mgr.scheduler.resubmit(route.clone(), mgr.max_wait(&route)))
                     }
                 }
 
@@ -568,7 +588,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                             route = paid_route;
                             previous = None;
                             unsent = 0;
-                            Step::Wait(mgr.scheduler.resubmit(route.clone(), mgr.queue_timeout()))
+                            Step::Wait(mgr.scheduler.resubmit(route.clone(), mgr.max_wait(&route)))
                         }
                         Decision::Refused(why) => {
                             tracing::info!(%task_id, from = %member.spec.id, %why, "task not escalated");
@@ -636,7 +656,7 @@ async fn kept_by_a_lost_attempt(
             hold: None,
             attempt_id: attempt.attempt_id.clone(),
             after_seq: attempt.after_seq,
-            started: true,
+            started: Started::Yes,
             exclusion: Exclusion::until_back(&attempt.member),
             breaks: Breaks::default(),
         };

@@ -35,7 +35,7 @@ use crate::serve;
 use crate::task_events::{TaskEventSink, TaskLog};
 use crate::workspace::WorkspaceCache;
 use axum::routing::get;
-use balancer::Hold;
+use balancer::{Hold, Route};
 use budget::{BudgetLedger, BudgetPolicy};
 use membership::PoolView;
 use server::PoolService;
@@ -222,6 +222,12 @@ impl Manager {
     /// How long a task may wait for a programmer (`manager.queue_timeout_s`).
     pub fn queue_timeout(&self) -> Duration {
         Duration::from_secs(self.config().pool.manager.queue_timeout_s)
+    }
+
+    /// How long `route`'s task may wait in the queue this time: the caller's own bound, on its
+    /// first wait and after every reroute, re-queue or escalation alike; else the configured one.
+    pub fn max_wait(&self, route: &Route) -> Duration {
+        route.queue_timeout.unwrap_or_else(|| self.queue_timeout())
     }
 
     /// Programmers one task may be dispatched to (`manager.max_dispatch_attempts`, at least 1).

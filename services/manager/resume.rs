@@ -133,7 +133,7 @@ pub fn unfinished_tasks(mgr: &Arc<Manager>) -> anyhow::Result<()> {
     for pending in queued.into_iter().rev() {
         let ticket = mgr
             .scheduler
-            .resubmit(pending.route.clone(), mgr.queue_timeout());
+            .resubmit(pending.route.clone(), mgr.max_wait(&pending.route));
         spawn(mgr, pending.life(Start::Queued(ticket)));
     }
     if followed + resumed_queued + failed > 0 {

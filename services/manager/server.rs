@@ -187,6 +187,8 @@ pub fn route_on(
         group: group_key(&req.capabilities),
         exclude: Vec::new(),
         waiting: 1,
+        queue_timeout: (req.queue_timeout_s > 0)
+            .then(|| Duration::from_secs(req.queue_timeout_s.into())),
     })
 }
 
@@ -253,12 +255,7 @@ impl ProgrammerPool for PoolService {
             }
             None
         };
-        let max_wait = if req.queue_timeout_s > 0 {
-            Duration::from_secs(req.queue_timeout_s.into())
-        } else {
-            mgr.queue_timeout()
-        };
-        let start = match place.submit(route.clone(), max_wait) {
+        let start = match place.submit(route.clone(), mgr.max_wait(&route)) {
             Submitted::Placed(placement) => Start::Routed(placement),
             Submitted::Queued(ticket) => Start::Queued(ticket),
         };

@@ -811,6 +811,23 @@ pub async fn admit(
     Ok(())
 }
 
+/// A pool with the sample repository whose tasks may wait 600 s in the manager's queue and whose
+/// model calls may hang as long: far beyond the tests' own waits, so a task that ends in time was
+/// placed by what the test shows, not by a timeout.
+pub fn patient_pool(options: PoolOptions, sim: Sim) -> TestPool {
+    let pool = TestPool::with_sim(
+        PoolOptions {
+            request_timeout_s: 600,
+            task_timeout_s: 600,
+            queue_timeout_s: 600,
+            ..options
+        },
+        sim,
+    );
+    pool.sample_repo();
+    pool
+}
+
 /// Reads a task stream to its end and checks the contract every stream must keep: exactly one
 /// result, it is the last event, and `seq` runs 1..n. Returns every event but heartbeats (seq 0,
 /// sent while a followed task is quiet, e.g. waiting in a queue) and the result.

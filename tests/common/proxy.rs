@@ -1,7 +1,8 @@
 //! A `pas.v1.Programmer` in front of a real programmer, with the faults a real programmer has no
-//! switch for: an Execute that fails on the wire before reaching it, a task stream cut after its
-//! first event, a WatchTask that cannot read the task back. Everything else is forwarded to the
-//! real process, and health answers SERVING, so the manager sees a programmer that stays up.
+//! switch for: an Execute that fails on the wire before reaching it, or whose answer is lost after
+//! the programmer took the task; a task stream cut after its first event; a WatchTask that cannot
+//! read the task back, or cannot reach the programmer. Everything else is forwarded to the real
+//! process, and health answers SERVING, so the manager sees a programmer that stays up.
 
 use super::pool::{ChildGuard, TestPool};
 use pas::contract::v1::programmer_client::ProgrammerClient;
@@ -25,10 +26,15 @@ pub struct Faults {
     /// The first this many Execute calls fail with UNAVAILABLE without reaching the programmer:
     /// what a connection failing around the call looks like.
     pub refuse_executes: u32,
+    /// The next this many Execute calls reach the programmer, which takes the task (its first
+    /// event comes back), and then fail with UNAVAILABLE: the answer lost on the way back.
+    pub lose_execute_answers: u32,
     /// Every forwarded Execute stream breaks after its first event.
     pub cut_streams: bool,
     /// Every WatchTask answers a stream that fails at once (DATA_LOSS).
     pub break_watches: bool,
+    /// Every WatchTask fails with UNAVAILABLE without reaching the programmer.
+    pub refuse_watches: bool,
 }
 
 /// What the proxy saw.
@@ -60,12 +66,19 @@ impl Programmer for FaultyProgrammer {
                 "proxy: connection reset before the call",
             ));
         }
-        let upstream = self
+        let mut upstream = self
             .upstream
             .clone()
             .execute(request.into_inner())
             .await?
             .into_inner();
+        if n < self.faults.refuse_executes + self.faults.lose_execute_answers {
+            // Taken there (its first event came), then the stream is dropped.
+            upstream.message().await?;
+            return Err(Status::unavailable(
+                "proxy: connection reset after the call",
+            ));
+        }
         if !self.faults.cut_streams {
             return Ok(Response::new(Box::pin(upstream)));
         }
@@ -83,6 +96,9 @@ impl Programmer for FaultyProgrammer {
         request: Request<WatchTaskRequest>,
     ) -> Result<Response<EventStream>, Status> {
         self.seen.watch_calls.fetch_add(1, Ordering::SeqCst);
+        if self.faults.refuse_watches {
+            return Err(Status::unavailable("proxy: connection reset"));
+        }
         if self.faults.break_watches {
             let broken = tokio_stream::once(Err(Status::data_loss(
                 "proxy: the task's events cannot be read back",
