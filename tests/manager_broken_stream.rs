@@ -4,6 +4,9 @@
 //! programmer after the task's lease: stopped there, rerouted, finished elsewhere. Before, the
 //! manager followed it again at once, without end (a WatchTask call and two log lines each time).
 //!
+//! A task whose stream breaks after its caller's cancel was passed on is followed to the
+//! programmer's own result (what it spent known), not ended at once as cancelled.
+//!
 //! An attempt whose Execute answer was lost after the programmer took the task, and which the
 //! manager then cannot reach for the lease, may have spent money: its whole hold is booked, not
 //! released as if it had never started.
@@ -21,16 +24,24 @@ use common::pool::{
     patient_pool, pool_status, rerouted, state_of, wait_available, wait_until,
 };
 use common::proxy::Faults;
-use pas::contract::v1::TaskState;
+use pas::contract::v1::{CancelTaskRequest, DispatchRequest, TaskState};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+/// A simulator whose calls to `model` hang (the first `times` of them; all when `None`).
+fn sim_hanging(model: &str, times: Option<u32>) -> common::Sim {
+    let times = times
+        .map(|n| format!("    times: {n}\n"))
+        .unwrap_or_default();
+    common::Sim::start_with_script(&format!(
+        "rules:\n  - model: \"{model}\"\n    fault: hang\n{times}"
+    ))
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_breaks_whenever_followed_is_given_up_after_the_lease() {
     // 001's first model call hangs: the task cannot finish there before the manager gives up.
-    let sim = common::Sim::start_with_script(
-        "rules:\n  - model: \"primary-001\"\n    fault: hang\n    times: 1\n",
-    );
+    let sim = sim_hanging("primary-001", Some(1));
     let lease_s = 3;
     let pool = patient_pool(
         PoolOptions {
@@ -115,9 +126,7 @@ async fn an_attempt_whose_execute_answer_was_lost_keeps_its_whole_hold() {
     // 001's model calls hang: the task runs there, unseen, until 001 stops it after the lease.
     // 002 runs on another model. capability_match places the task on 001 first (configuration
     // order).
-    let sim = common::Sim::start_with_script(
-        "rules:\n  - model: \"claude-sonnet-4-20250514\"\n    fault: hang\n",
-    );
+    let sim = sim_hanging("claude-sonnet-4-20250514", None);
     let lease_s = 3;
     let hold_nanousd = 2_500_000_000;
     let pool = patient_pool(
@@ -168,5 +177,70 @@ async fn an_attempt_whose_execute_answer_was_lost_keeps_its_whole_hold() {
         budget.spent_nanousd >= hold_nanousd,
         "{budget:?}\nmanager:\n{}",
         manager.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_breaks_after_a_cancel_is_followed_to_the_programmer_s_own_result() {
+    // 001's model calls hang: the task runs until it is cancelled.
+    let sim = sim_hanging("claude-sonnet-4-20250514", None);
+    let hold_nanousd = 2_500_000_000;
+    let pool = patient_pool(
+        PoolOptions {
+            programmers: vec![TestProgrammer::paid_anthropic("001")],
+            max_cost_per_job_usd: 2.5,
+            ..PoolOptions::default()
+        },
+        sim,
+    );
+    // The task's stream to the manager breaks when the StopTask comes, before 001 has it.
+    let (_real, seen) = common::proxy::start_behind(
+        &pool,
+        "001",
+        Faults {
+            cut_streams_on_stop: true,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let manager = pool.start_manager();
+    let client = manager_client(&pool).await;
+    wait_available(&client, 1).await;
+
+    let request = DispatchRequest {
+        task_id: "cancel-me".into(),
+        ..common::pool::sample_dispatch("Add docstrings to all functions")
+    };
+    let caller = client.clone();
+    let task = tokio::spawn(async move { dispatch_collect(&caller, request).await });
+    common::pool::wait_for_model_call(&pool.sim, "claude-sonnet-4-20250514").await;
+    client
+        .clone()
+        .cancel_task(CancelTaskRequest {
+            task_id: "cancel-me".into(),
+        })
+        .await
+        .expect("CancelTask");
+    let (_events, result) = tokio::time::timeout(Duration::from_secs(120), task)
+        .await
+        .unwrap_or_else(|_| panic!("the task never ended\nmanager:\n{}", manager.log_text()))
+        .expect("the caller's task");
+    let log = manager.log_text();
+    assert_eq!(
+        state_of(&result),
+        TaskState::Cancelled,
+        "{result:#?}\n{log}"
+    );
+    assert_eq!(seen.stops.load(Ordering::SeqCst), 1, "{log}");
+    assert!(
+        seen.watch_calls.load(Ordering::SeqCst) >= 1,
+        "never followed again\n{log}"
+    );
+    // 001 said what it spent (its model call never answered): not the whole hold, as a result
+    // made up by the manager would have booked.
+    let budget = pool_status(&client).await.budget.expect("budget");
+    assert!(
+        budget.spent_nanousd < hold_nanousd && budget.reserved_nanousd == 0,
+        "{budget:?}\n{log}"
     );
 }

@@ -38,6 +38,7 @@ const REFUSE_ONE_EXECUTE: Faults = Faults {
     refuse_executes: 1,
     lose_execute_answers: 0,
     cut_streams: false,
+    cut_streams_on_stop: false,
     break_watches: false,
     refuse_watches: false,
 };

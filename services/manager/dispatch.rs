@@ -16,7 +16,9 @@
 //!   released), a bad request (failed), or no clear answer.
 //! - **Relay**: the programmer's events go into the task's log (journaled, with the programmer's
 //!   seq) until its result. A caller's cancel is passed on with the programmer's StopTask and the
-//!   relay goes on to the programmer's own result, so what it spent is known.
+//!   relay goes on to the programmer's own result, so what it spent is known — across a stream
+//!   that breaks after it too (followed again, [`OnProgrammer::stop_sent`]). A cancelled task is
+//!   neither dispatched again when lost nor escalated.
 //! - **Follow**: the stream broke (or a restarted manager resumes a placed task, or Execute had no
 //!   clear answer): follow the task on the same programmer again with WatchTask from the last seq
 //!   relayed. The task is lost there only when that programmer says so: it does not have the task
@@ -147,6 +149,10 @@ struct OnProgrammer {
     exclusion: Exclusion,
     /// Its stream's breaks since it last carried anything.
     breaks: Breaks,
+    /// The caller's cancel was passed on (StopTask): the programmer ends the task itself, with
+    /// what it spent, so a stream that breaks after it is followed to that result rather than
+    /// ended at once as cancelled with its spend unknown.
+    stop_sent: bool,
 }
 
 /// Whether a programmer took an attempt, as far as the manager knows: what the attempt's hold,
@@ -250,6 +256,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
             after_seq: resumed.upstream_seq,
             started: Started::Yes,
             breaks: Breaks::default(),
+            stop_sent: false,
         }),
     };
     async move {
@@ -352,6 +359,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                         after_seq: 0,
                         started: Started::No,
                         breaks: Breaks::default(),
+                        stop_sent: false,
                     };
                     // Not raced with the caller's cancel: admission answers at once, and a task it
                     // took is then cancelled on the programmer, which reports what it spent.
@@ -530,7 +538,16 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                         unsent += 1;
                     }
                     let tried = tried(&mgr, dispatch_attempt, escalation.leg_start(), unsent);
-                    if tried >= mgr.max_dispatch_attempts() {
+                    if cancel.is_cancelled() {
+                        // Lost after the caller cancelled (the programmer went away while it was
+                        // followed to its own result): not dispatched again.
+                        Step::Done(ended(
+                            TaskState::Cancelled,
+                            ErrorClass::Cancelled,
+                            &format!("cancelled; then {reason}"),
+                            &programmer,
+                        ))
+                    } else if tried >= mgr.max_dispatch_attempts() {
                         let msg = format!(
                             "gave up after {tried} programmer(s); last: {programmer}: {reason}"
                         );
@@ -568,14 +585,13 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                     }
                     let from = (member.spec.id.as_str(), member.spec.paid);
                     let next_attempt = dispatch_attempt + 1;
-                    match escalation::decide(
-                        &mgr,
-                        &escalation,
-                        &task_id,
-                        from,
-                        &result,
-                        next_attempt,
-                    ) {
+                    // A task its caller cancelled goes nowhere else, whatever its result.
+                    let decision = if cancel.is_cancelled() {
+                        Decision::No
+                    } else {
+                        escalation::decide(&mgr, &escalation, &task_id, from, &result, next_attempt)
+                    };
+                    match decision {
                         Decision::Escalate(escalated) => {
                             // Unboxed only after the await: held across it, the route and the
                             // event would size every task's future.
@@ -659,6 +675,7 @@ async fn kept_by_a_lost_attempt(
             started: Started::Yes,
             exclusion: Exclusion::until_back(&attempt.member),
             breaks: Breaks::default(),
+            stop_sent: false,
         };
         let Ok(mut stream) = follow(mgr, &on, cancel, true).await else {
             continue;
@@ -764,12 +781,11 @@ async fn relay(
     strategy: &str,
     dispatch_attempt: u32,
 ) -> Relayed {
-    let mut cancel_sent = false;
     loop {
         let next = tokio::select! {
             m = upstream.stream.message() => m,
-            _ = cancel.cancelled(), if !cancel_sent => {
-                cancel_sent = true;
+            _ = cancel.cancelled(), if !on.stop_sent => {
+                on.stop_sent = true;
                 Box::pin(cancel_on_programmer(&on.member, &on.attempt_id)).await;
                 continue;
             }
@@ -874,7 +890,7 @@ async fn follow(
     if !pause.is_zero() {
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
-            _ = cancel.cancelled() => return Err(Gone::Cancelled),
+            _ = cancel.cancelled(), if !on.stop_sent => return Err(Gone::Cancelled),
             _ = mgr.stop.cancelled() => return Err(Gone::Stopping),
         }
     }
@@ -892,7 +908,7 @@ async fn follow(
         );
         let answer = tokio::select! {
             a = call => a,
-            _ = cancel.cancelled() => return Err(Gone::Cancelled),
+            _ = cancel.cancelled(), if !on.stop_sent => return Err(Gone::Cancelled),
             _ = mgr.stop.cancelled() => return Err(Gone::Stopping),
         };
         let error = match answer {
@@ -927,7 +943,7 @@ async fn follow(
             "cannot follow the task yet");
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            _ = cancel.cancelled() => return Err(Gone::Cancelled),
+            _ = cancel.cancelled(), if !on.stop_sent => return Err(Gone::Cancelled),
             _ = mgr.stop.cancelled() => return Err(Gone::Stopping),
         }
         delay = (delay * 2).min(MAX_RETRY_DELAY);

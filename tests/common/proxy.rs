@@ -31,6 +31,9 @@ pub struct Faults {
     pub lose_execute_answers: u32,
     /// Every forwarded Execute stream breaks after its first event.
     pub cut_streams: bool,
+    /// Every forwarded Execute stream breaks when a StopTask arrives, before the StopTask is
+    /// forwarded (so the programmer's own result can only be read back with WatchTask).
+    pub cut_streams_on_stop: bool,
     /// Every WatchTask answers a stream that fails at once (DATA_LOSS).
     pub break_watches: bool,
     /// Every WatchTask fails with UNAVAILABLE without reaching the programmer.
@@ -49,6 +52,8 @@ struct FaultyProgrammer {
     upstream: ProgrammerClient<Channel>,
     faults: Faults,
     seen: Arc<Seen>,
+    /// Set when a StopTask arrived (for `cut_streams_on_stop`).
+    stopped: tokio::sync::watch::Sender<bool>,
 }
 
 #[tonic::async_trait]
@@ -78,6 +83,16 @@ impl Programmer for FaultyProgrammer {
             return Err(Status::unavailable(
                 "proxy: connection reset after the call",
             ));
+        }
+        if self.faults.cut_streams_on_stop {
+            let mut stopped = self.stopped.subscribe();
+            let until_stopped = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            let cut = futures::StreamExt::take_until(upstream, until_stopped).chain(
+                tokio_stream::once(Err(Status::unavailable("proxy: connection reset"))),
+            );
+            return Ok(Response::new(Box::pin(cut)));
         }
         if !self.faults.cut_streams {
             return Ok(Response::new(Box::pin(upstream)));
@@ -119,6 +134,7 @@ impl Programmer for FaultyProgrammer {
         request: Request<StopTaskRequest>,
     ) -> Result<Response<StopTaskResponse>, Status> {
         self.seen.stops.fetch_add(1, Ordering::SeqCst);
+        self.stopped.send_replace(true);
         self.upstream.clone().stop_task(request.into_inner()).await
     }
 
@@ -141,6 +157,7 @@ pub async fn serve(port: u16, upstream_port: u16, faults: Faults) -> Arc<Seen> {
         upstream,
         faults,
         seen: seen.clone(),
+        stopped: tokio::sync::watch::channel(false).0,
     };
     let (health, health_service) = tonic_health::server::health_reporter();
     health
