@@ -395,6 +395,20 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                             mgr.release(&task_id, on.hold);
                             Step::Wait(mgr.scheduler.resubmit(route.clone(), mgr.max_wait(&route)))
                         }
+                        Err(status) if is_connection_refused(&status) => {
+                            // Nothing listens at its address: the call was never sent (a request
+                            // goes out only on a connection made), so the task never started there
+                            // and there is nothing to follow, on a last attempt either.
+                            Step::Lost(
+                                on,
+                                Loss {
+                                    reason: format!(
+                                        "{programmer} is not running (connection refused): Execute never reached it"
+                                    ),
+                                    spent: None,
+                                },
+                            )
+                        }
                         Err(status) => {
                             // No clear answer (the connection failed around the call): whether the
                             // programmer took the task, only it can say.
