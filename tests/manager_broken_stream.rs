@@ -7,6 +7,9 @@
 //! A task whose stream breaks after its caller's cancel was passed on is followed to the
 //! programmer's own result (what it spent known), not ended at once as cancelled.
 //!
+//! A programmer that refuses every task at its admission while it reports room does not hold a
+//! task past its caller's queue timeout: each refusal sends the task back to the same wait.
+//!
 //! An attempt whose Execute answer was lost after the programmer took the task, and which the
 //! manager then cannot reach for the lease, may have spent money: its whole hold is booked, not
 //! released as if it had never started.
@@ -19,14 +22,44 @@
 
 mod common;
 
+use common::pool::{ChildGuard, TestPool};
 use common::pool::{
     PoolOptions, TestProgrammer, dispatch_collect, expect_one_reroute, manager_client,
     patient_pool, pool_status, rerouted, state_of, wait_available, wait_until,
 };
-use common::proxy::Faults;
+use common::proxy::{Faults, Seen};
+use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
 use pas::contract::v1::{CancelTaskRequest, DispatchRequest, TaskState};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tonic::transport::Channel;
+
+/// The real 001 behind the proxy with `faults`, the programmers `others` beside it, and the
+/// manager, every programmer available to it.
+struct Behind {
+    seen: Arc<Seen>,
+    manager: ChildGuard,
+    client: ProgrammerPoolClient<Channel>,
+    _programmers: Vec<ChildGuard>,
+}
+
+impl Behind {
+    async fn start(pool: &TestPool, faults: Faults, others: &[&str]) -> Self {
+        let (real, seen) = common::proxy::start_behind(pool, "001", faults).await;
+        let mut programmers = vec![real];
+        programmers.extend(others.iter().map(|id| pool.start_programmer(id)));
+        let manager = pool.start_manager();
+        let client = manager_client(pool).await;
+        wait_available(&client, programmers.len() as u32).await;
+        Self {
+            seen,
+            manager,
+            client,
+            _programmers: programmers,
+        }
+    }
+}
 
 /// A simulator whose calls to `model` hang (the first `times` of them; all when `None`).
 fn sim_hanging(model: &str, times: Option<u32>) -> common::Sim {
@@ -143,20 +176,17 @@ async fn an_attempt_whose_execute_answer_was_lost_keeps_its_whole_hold() {
         sim,
     );
     // 001 takes the task, but its answer to Execute is lost and no WatchTask reaches it.
-    let (_real, seen) = common::proxy::start_behind(
+    let behind = Behind::start(
         &pool,
-        "001",
         Faults {
             lose_execute_answers: 1,
             refuse_watches: true,
             ..Faults::default()
         },
+        &["002"],
     )
     .await;
-    let _other = pool.start_programmer("002");
-    let manager = pool.start_manager();
-    let client = manager_client(&pool).await;
-    wait_available(&client, 2).await;
+    let (seen, manager, client) = (&behind.seen, &behind.manager, &behind.client);
 
     let request = common::pool::sample_dispatch("Add docstrings to all functions");
     let caller = client.clone();
@@ -172,7 +202,7 @@ async fn an_attempt_whose_execute_answer_was_lost_keeps_its_whole_hold() {
     assert_eq!(seen.executes.load(Ordering::SeqCst), 1);
     // What 001 spent is unknown: its whole hold is booked (before, it was released, as for an
     // attempt that never started), beside what 002 spent.
-    let budget = pool_status(&client).await.budget.expect("budget");
+    let budget = pool_status(client).await.budget.expect("budget");
     assert!(
         budget.spent_nanousd >= hold_nanousd,
         "{budget:?}\nmanager:\n{}",
@@ -194,18 +224,16 @@ async fn a_stream_that_breaks_after_a_cancel_is_followed_to_the_programmer_s_own
         sim,
     );
     // The task's stream to the manager breaks when the StopTask comes, before 001 has it.
-    let (_real, seen) = common::proxy::start_behind(
+    let behind = Behind::start(
         &pool,
-        "001",
         Faults {
             cut_streams_on_stop: true,
             ..Faults::default()
         },
+        &[],
     )
     .await;
-    let manager = pool.start_manager();
-    let client = manager_client(&pool).await;
-    wait_available(&client, 1).await;
+    let (seen, manager, client) = (&behind.seen, &behind.manager, &behind.client);
 
     let request = DispatchRequest {
         task_id: "cancel-me".into(),
@@ -238,9 +266,49 @@ async fn a_stream_that_breaks_after_a_cancel_is_followed_to_the_programmer_s_own
     );
     // 001 said what it spent (its model call never answered): not the whole hold, as a result
     // made up by the manager would have booked.
-    let budget = pool_status(&client).await.budget.expect("budget");
+    let budget = pool_status(client).await.budget.expect("budget");
     assert!(
         budget.spent_nanousd < hold_nanousd && budget.reserved_nanousd == 0,
         "{budget:?}\n{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_programmer_that_keeps_refusing_at_admission_does_not_hold_a_task_past_its_queue_timeout()
+{
+    let pool = patient_pool(PoolOptions::default(), common::Sim::start());
+    let behind = Behind::start(
+        &pool,
+        Faults {
+            refuse_admission: true,
+            ..Faults::default()
+        },
+        &[],
+    )
+    .await;
+    let (seen, manager, client) = (&behind.seen, &behind.manager, &behind.client);
+
+    // The manager's own queue timeout is 600 s; this caller allows 2 s.
+    let request = DispatchRequest {
+        queue_timeout_s: 2,
+        ..common::pool::sample_dispatch("Add docstrings to all functions")
+    };
+    let caller = client.clone();
+    let task = tokio::spawn(async move { dispatch_collect(&caller, request).await });
+    let (_events, result) = tokio::time::timeout(Duration::from_secs(120), task)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the task did not end within 120 s (its caller's queue timeout was 2 s); {} Executes refused\nmanager:\n{}",
+                seen.executes.load(Ordering::SeqCst),
+                manager.log_text()
+            )
+        })
+        .expect("the caller's task");
+    assert_eq!(state_of(&result), TaskState::Failed, "{result:#?}");
+    assert!(
+        result.error_message.contains("in the manager's queue"),
+        "{result:#?}"
+    );
+    assert!(seen.executes.load(Ordering::SeqCst) >= 1);
 }

@@ -37,6 +37,7 @@ fn only_001_can_solo() -> PoolOptions {
 const REFUSE_ONE_EXECUTE: Faults = Faults {
     refuse_executes: 1,
     lose_execute_answers: 0,
+    refuse_admission: false,
     cut_streams: false,
     cut_streams_on_stop: false,
     break_watches: false,

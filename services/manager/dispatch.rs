@@ -269,6 +269,9 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
         let mut previous: Option<(String, String)> = None;
         // Attempts lost on programmers that had started them, for an ALREADY_KEPT result.
         let mut lost: Vec<LostAttempt> = Vec::new();
+        // When the task's current wait for a programmer began: at admission, then at each
+        // reroute or escalation. A refusal at a programmer's admission does not start a new one.
+        let mut wait_began = accepted;
         let mut result = loop {
             let dispatch_attempt = route.request.dispatch_attempt;
             step = match step {
@@ -393,7 +396,10 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                             tracing::info!(%task_id, %programmer, reason = %status.message(), "programmer full at admission; task re-queued");
                             mgr.pool.refused_at_admission(&member);
                             mgr.release(&task_id, on.hold);
-                            Step::Wait(mgr.scheduler.resubmit(route.clone(), mgr.max_wait(&route)))
+                            // The same wait goes on, with what is left of it: a programmer that
+                            // keeps refusing while it reports room cannot hold the task for ever.
+                            let left = mgr.max_wait(&route).saturating_sub(wait_began.elapsed());
+                            Step::Wait(mgr.scheduler.resubmit(route.clone(), left))
                         }
                         Err(status) if is_connection_refused(&status) => {
                             // Nothing listens at its address: the call was never sent (a request
@@ -578,6 +584,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                         route.request.dispatch_attempt = dispatch_attempt + 1;
                         route.exclude.push(on.exclusion);
                         previous = Some((programmer, reason));
+                        wait_began = Instant::now();
                         Step::Wait(mgr.scheduler.resubmit(route.clone(), mgr.max_wait(&route)))
                     }
                 }
@@ -618,6 +625,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                             route = paid_route;
                             previous = None;
                             unsent = 0;
+                            wait_began = Instant::now();
                             Step::Wait(mgr.scheduler.resubmit(route.clone(), mgr.max_wait(&route)))
                         }
                         Decision::Refused(why) => {

@@ -29,6 +29,9 @@ pub struct Faults {
     /// The next this many Execute calls reach the programmer, which takes the task (its first
     /// event comes back), and then fail with UNAVAILABLE: the answer lost on the way back.
     pub lose_execute_answers: u32,
+    /// Every Execute is refused as at a full programmer's admission (RESOURCE_EXHAUSTED) while
+    /// GetStatus, forwarded, keeps reporting room.
+    pub refuse_admission: bool,
     /// Every forwarded Execute stream breaks after its first event.
     pub cut_streams: bool,
     /// Every forwarded Execute stream breaks when a StopTask arrives, before the StopTask is
@@ -66,6 +69,9 @@ impl Programmer for FaultyProgrammer {
         request: Request<TaskRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let n = self.seen.executes.fetch_add(1, Ordering::SeqCst);
+        if self.faults.refuse_admission {
+            return Err(Status::resource_exhausted("proxy: the queue is full"));
+        }
         if n < self.faults.refuse_executes {
             return Err(Status::unavailable(
                 "proxy: connection reset before the call",
