@@ -370,6 +370,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                     stages::at(&task_id, "answered");
                     match answered {
                         Ok(upstream) => {
+                            mgr.pool.admitted(&member);
                             Box::pin(taken(&programmer, &mut previous, &sink)).await;
                             Step::Relay(
                                 OnProgrammer {

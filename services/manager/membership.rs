@@ -82,6 +82,8 @@ pub struct Member {
     /// The programmer refused a task at admission (its queue was full) since its last report:
     /// it has no room until it reports again, whatever our counts say.
     refused: AtomicBool,
+    /// Refusals at admission since a task was last admitted there.
+    refusals: AtomicU32,
     /// The balancer's waker while this member's endpoint is not ready.
     waker: Mutex<Option<Waker>>,
     refresh: Notify,
@@ -118,6 +120,7 @@ impl Member {
             external: AtomicU32::new(0),
             reported: Mutex::new(None),
             refused: AtomicBool::new(false),
+            refusals: AtomicU32::new(0),
             waker: Mutex::new(None),
             refresh: Notify::new(),
             dirty: AtomicBool::new(false),
@@ -488,11 +491,23 @@ impl PoolView {
     }
 
     /// The programmer refused a task because its queue is full: treat it as full until its next
-    /// report, and ask for that report now.
+    /// report. A first refusal asks for that report now (its last one was just out of date); a
+    /// second in a row, with no task admitted between, waits for the next scheduled one: its
+    /// reports and its admission disagree, and asking again at once would only have the task
+    /// refused again, hundreds of times a second.
     pub fn refused_at_admission(&self, member: &Member) {
         member.refused.store(true, Ordering::SeqCst);
         self.touch(member);
-        member.request_refresh();
+        if member.refusals.fetch_add(1, Ordering::SeqCst) == 0 {
+            member.request_refresh();
+        }
+    }
+
+    /// The programmer admitted a task: a later refusal is a first one again.
+    pub fn admitted(&self, member: &Member) {
+        if member.refusals.load(Ordering::Relaxed) != 0 {
+            member.refusals.store(0, Ordering::SeqCst);
+        }
     }
 
     /// Marks a task in flight on `member` until the returned guard is dropped.
