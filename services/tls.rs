@@ -455,13 +455,13 @@ async fn untrusted_after_renewal(
         return std::future::pending().await;
     };
     // When the certificate expires, on tokio's clock (unknown: never).
-    let expired = not_after_der(end_entity).map(|not_after| {
-        let left = not_after.saturating_sub(chrono::Utc::now().timestamp());
-        tokio::time::sleep(Duration::from_secs(u64::try_from(left).unwrap_or(0)))
-    });
+    let left = not_after_der(end_entity)
+        .map(|not_after| not_after.saturating_sub(chrono::Utc::now().timestamp()));
     let expired = async move {
-        match expired {
-            Some(sleep) => sleep.await,
+        match left {
+            Some(left) => {
+                tokio::time::sleep(Duration::from_secs(u64::try_from(left).unwrap_or(0))).await
+            }
             None => std::future::pending().await,
         }
     };

@@ -170,6 +170,13 @@ enum Started {
     Yes,
 }
 
+impl Started {
+    /// Whether the attempt may have spent money there: anything but a known "no".
+    fn maybe(self) -> bool {
+        self != Self::No
+    }
+}
+
 /// The breaks of a task's stream on one programmer since the stream last carried anything (an
 /// event or a heartbeat). A connection that drops is followed again at once. A stream that breaks
 /// every time it is followed (the programmer answers WatchTask, then fails the stream: a journal
@@ -521,7 +528,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                         // unknown (kept as the whole hold); that programmer stops it when the lease
                         // runs out.
                         let programmer = on.member.spec.id.clone();
-                        if on.started != Started::No {
+                        if on.started.maybe() {
                             mgr.settle(&task_id, on.hold, None);
                         } else {
                             mgr.release(&task_id, on.hold);
@@ -543,13 +550,13 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                     // Known spend (a hand-back) settles exactly; a task that never started there
                     // releases its hold; otherwise (started, or maybe) nobody knows what it spent:
                     // the whole hold.
-                    match (on.started != Started::No, spent) {
+                    match (on.started.maybe(), spent) {
                         (_, Some(cost)) => mgr.settle(&task_id, on.hold, Some(cost)),
                         (false, None) => mgr.release(&task_id, on.hold),
                         (true, None) => mgr.settle(&task_id, on.hold, None),
                     }
                     tracing::warn!(%task_id, %programmer, %reason, "programmer lost the task");
-                    if on.started != Started::No {
+                    if on.started.maybe() {
                         lost.push(LostAttempt {
                             member: on.member.clone(),
                             attempt_id: on.attempt_id.clone(),

@@ -219,15 +219,13 @@ impl Manager {
         self.config().pool.load_balancing.strategy
     }
 
-    /// How long a task may wait for a programmer (`manager.queue_timeout_s`).
-    pub fn queue_timeout(&self) -> Duration {
-        Duration::from_secs(self.config().pool.manager.queue_timeout_s)
-    }
-
     /// How long `route`'s task may wait in the queue this time: the caller's own bound, on its
-    /// first wait and after every reroute, re-queue or escalation alike; else the configured one.
+    /// first wait and after every reroute, re-queue or escalation alike; else
+    /// `manager.queue_timeout_s` as configured now.
     pub fn max_wait(&self, route: &Route) -> Duration {
-        route.queue_timeout.unwrap_or_else(|| self.queue_timeout())
+        route
+            .queue_timeout
+            .unwrap_or_else(|| Duration::from_secs(self.config().pool.manager.queue_timeout_s))
     }
 
     /// Programmers one task may be dispatched to (`manager.max_dispatch_attempts`, at least 1).
