@@ -391,9 +391,38 @@ async fn after_an_unsent_placement(id: &str, attempt: u32, unsent_before: u32) -
     events
 }
 
-/// A manager keeps its task store to itself while it runs (`pas::manager::store::STORE_VFS`): a
-/// second manager started on the same data dir exits with an error that names the store, instead
-/// of recording and placing tasks beside the first, and the first goes on serving.
+/// A process holding only the task store (here this test, as a `sqlite3` shell would) keeps a
+/// manager from starting on it: the manager exits naming the store, after its ledger opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_whose_task_store_another_process_holds_exits_naming_it() {
+    let pool = TestPool::new(PoolOptions {
+        programmers: vec![TestProgrammer::free("001")],
+        ..PoolOptions::default()
+    });
+    std::fs::create_dir_all(&pool.data_dir).expect("data dir");
+    let store = pool.data_dir.join("tasks.sqlite");
+    let held = rusqlite::Connection::open_with_flags_and_vfs(
+        &store,
+        rusqlite::OpenFlags::default(),
+        pas::manager::store::STORE_VFS,
+    )
+    .expect("open the store's file");
+    // The first read takes the file for this process.
+    held.pragma_update(None, "journal_mode", "WAL")
+        .expect("take the file");
+
+    let out = pool.run_until_exit(&["manager", "--port", "0"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the manager ran: {stderr}");
+    let expected = format!("task store {}: in use by another process", store.display());
+    assert!(stderr.contains(&expected), "{stderr}");
+    drop(held);
+}
+
+/// A manager keeps its budget ledger and its task store to itself while it runs
+/// (`pas::manager::store::STORE_VFS`): a second manager started on the same data dir exits with an
+/// error that names the ledger (opened first), instead of booking the first one's live holds as
+/// orphans and placing tasks beside it, and the first goes on serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_manager_on_the_same_data_dir_is_refused_and_the_first_serves_on() {
     let pool = TestPool::new(PoolOptions {
@@ -403,12 +432,15 @@ async fn a_second_manager_on_the_same_data_dir_is_refused_and_the_first_serves_o
     pool.sample_repo();
     let (_programmer, _manager, client) = pool::start_one(&pool).await;
 
-    // The second manager gives up after the store's busy timeout.
+    // The second manager gives up after the ledger's busy timeout.
     let out = pool.run_until_exit(&["manager", "--port", "0"]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the second manager ran: {stderr}");
-    let store = pool.data_dir.join("tasks.sqlite");
-    let expected = format!("task store {}: in use by another process", store.display());
+    let ledger = pool.data_dir.join("budget.sqlite");
+    let expected = format!(
+        "budget ledger {}: in use by another process",
+        ledger.display()
+    );
     assert!(stderr.contains(&expected), "{stderr}");
 
     let req = DispatchRequest {

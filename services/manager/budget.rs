@@ -24,8 +24,11 @@
 //! - Restart is conservative: a reservation left behind by a previous process (it crashed before
 //!   settling) is booked as spent at its reserved amount when the ledger is opened. We cannot know
 //!   what the task really cost; assuming the cap means the budget can only be under-, never
-//!   over-spent. Consequence: two live processes must not share one ledger file. Call
-//!   [`BudgetLedger::poll_alert`] after opening: the booked orphans may have crossed the threshold.
+//!   over-spent. Consequence: two live processes must not share one ledger file, and they cannot:
+//!   the ledger opens its file with [`STORE_VFS`], as the task store does, so a second process
+//!   (another manager on the same data dir) is refused ([`BudgetError::InUse`]) instead of booking
+//!   the first one's live holds as orphans. Call [`BudgetLedger::poll_alert`] after opening: the
+//!   booked orphans may have crossed the threshold.
 //! - A disabled budget never refuses, but still records spend so status pages stay truthful; it never
 //!   raises the alert.
 //!
@@ -45,9 +48,10 @@
 //! of the WAL, a few hundred paid tasks) still sync in the commit that starts them.
 
 use crate::config::model::{CostOptimization, Durability};
+use crate::manager::store::STORE_VFS;
 use crate::money::{MoneyError, Usd};
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -174,6 +178,15 @@ pub enum BudgetError {
         path: std::path::PathBuf,
         /// What failed.
         reason: String,
+    },
+    /// Another process holds the ledger's file (see [`STORE_VFS`]).
+    #[error(
+        "budget ledger {path}: in use by another process (another manager on the same data dir?); \
+         a manager keeps its ledger to itself while it runs"
+    )]
+    InUse {
+        /// The ledger's file.
+        path: String,
     },
 }
 
@@ -351,9 +364,18 @@ impl BudgetLedger {
         non_negative(policy.max_daily_spend)?;
         policy.alert_threshold.map(non_negative).transpose()?;
         let path = path.as_ref();
-        let mut conn = Connection::open(path)?;
+        let mut conn = Connection::open_with_flags_and_vfs(path, OpenFlags::default(), STORE_VFS)?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // The first read takes the file for this process, or finds it taken.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::DatabaseBusy => {
+                    BudgetError::InUse {
+                        path: path.display().to_string(),
+                    }
+                }
+                e => e.into(),
+            })?;
         // Never a flush inside a commit: with `power_loss` the WAL is synced by `durable`.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -1385,6 +1407,8 @@ mod tests {
             ledger.snapshot().unwrap().spent,
             Usd::from_nanos(1_234_567_000 + 2_500_001_000 + 1)
         );
+        // Closed first: the ledger keeps its file to itself while it is open.
+        drop(ledger);
         let conn = Connection::open(&path).unwrap();
         let reserved: i64 = conn
             .query_row(

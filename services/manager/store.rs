@@ -1512,7 +1512,8 @@ fn add_columns(conn: &Connection) -> Result<(), StoreError> {
 /// releases `fcntl` locks on the shared index: about 5 µs less per commit, a quarter of a lone
 /// dispatch's two commits (BENCHMARKS.md, "Hot path, part 12"). A second process (another
 /// manager on the same data dir, or a `sqlite3` shell) cannot open the file while a manager
-/// has it: [`StoreError::InUse`].
+/// has it: [`StoreError::InUse`]. The budget ledger opens its file with it too, for the same
+/// reasons (`BudgetError::InUse`).
 pub const STORE_VFS: &str = "unix-excl";
 
 /// A connection to the store's file as each of its connections is set up.
