@@ -48,10 +48,10 @@
 //! of the WAL, a few hundred paid tasks) still sync in the commit that starts them.
 
 use crate::config::model::{CostOptimization, Durability};
-use crate::manager::store::STORE_VFS;
+use crate::manager::store::{STORE_VFS, held_by_another_process};
 use crate::money::{MoneyError, Usd};
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -369,11 +369,9 @@ impl BudgetLedger {
         // The first read takes the file for this process, or finds it taken.
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::DatabaseBusy => {
-                    BudgetError::InUse {
-                        path: path.display().to_string(),
-                    }
-                }
+                e if held_by_another_process(&e) => BudgetError::InUse {
+                    path: path.display().to_string(),
+                },
                 e => e.into(),
             })?;
         // Never a flush inside a commit: with `power_loss` the WAL is synced by `durable`.

@@ -510,13 +510,9 @@ impl TaskStore {
         let connect = |path: &Path| connect(path, durability);
         // The first read takes the file for this process, or finds it taken.
         let in_use = |e: StoreError| match e {
-            StoreError::Storage(rusqlite::Error::SqliteFailure(f, _))
-                if f.code == ErrorCode::DatabaseBusy =>
-            {
-                StoreError::InUse {
-                    path: path.display().to_string(),
-                }
-            }
+            StoreError::Storage(e) if held_by_another_process(&e) => StoreError::InUse {
+                path: path.display().to_string(),
+            },
             e => e,
         };
         let mut conn = connect(path).map_err(in_use)?;
@@ -1515,6 +1511,12 @@ fn add_columns(conn: &Connection) -> Result<(), StoreError> {
 /// has it: [`StoreError::InUse`]. The budget ledger opens its file with it too, for the same
 /// reasons (`BudgetError::InUse`).
 pub const STORE_VFS: &str = "unix-excl";
+
+/// Whether `e`, from the first read of a file opened with [`STORE_VFS`], says another process
+/// holds that file (it stayed busy for the connection's whole busy timeout).
+pub fn held_by_another_process(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::DatabaseBusy)
+}
 
 /// A connection to the store's file as each of its connections is set up.
 fn connect(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
