@@ -267,6 +267,29 @@ async fn metrics_follow_success_failover_breaker_and_availability() {
     // Each of the three tasks, run one after another, commits its placement and its result.
     let commits = delta(&m0, &m1, "pas_task_store_commits_total", &[]);
     assert!(commits >= 6.0, "task store commits: {commits}");
+    // Those commits make the store's checkpoint thread start the WAL over at its next tick
+    // (once a second), holding the store's writes meanwhile: the hold is measured.
+    let holds = "pas_task_store_checkpoint_hold_seconds_count";
+    let mut m2 = scrape(&mgr_url).await;
+    for _ in 0..300 {
+        if delta(&m0, &m2, holds, &[]) >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        m2 = scrape(&mgr_url).await;
+    }
+    assert!(
+        delta(&m0, &m2, holds, &[]) >= 1.0,
+        "no checkpoint hold measured"
+    );
+    assert!(
+        m2.get(
+            "pas_task_store_checkpoint_hold_seconds_bucket",
+            &[("le", "0.0005")]
+        )
+        .is_some(),
+        "the hold's own buckets (from half a millisecond), not the task durations'"
+    );
     // The ledger keeps micro-dollars: each of the three settlements rounds by up to 0.5 µ$.
     let ledger = m1.value("pas_budget_daily_spend_usd", &[]);
     assert!(
