@@ -1614,51 +1614,60 @@ fn open_connection(path: &Path, durability: Durability) -> Result<Connection, St
 /// one ([`StoreConn`] holds it and drops its connection first).
 #[derive(Debug)]
 struct StoreFile {
-    db: std::fs::File,
+    /// `None` only while it closes ([`Drop`]).
+    db: Option<std::fs::File>,
     /// The WAL file's path (it carries no lock: opened and closed at each flush).
     wal: std::path::PathBuf,
+    /// The database file's path, its directory resolved: its key in [`OPEN_STORE_FILES`].
+    key: std::path::PathBuf,
 }
+
+/// Every [`StoreFile`] of this process, by key; an entry leaves once its handle is closed.
+static OPEN_STORE_FILES: Mutex<Vec<(std::path::PathBuf, std::sync::Weak<StoreFile>)>> =
+    Mutex::new(Vec::new());
 
 impl StoreFile {
     /// The process's handle on the file at `path`: the one already open (a second store on the
     /// same file in this process; closing a second descriptor would drop the first one's lock),
-    /// else a new one ([`open`](Self::open)).
+    /// else a new one. A handle still closing is waited for, so its close cannot drop the lock
+    /// of the connections that a new handle is opened for.
     fn shared(path: &Path) -> std::io::Result<Arc<Self>> {
-        static OPEN: Mutex<Vec<(std::path::PathBuf, std::sync::Weak<StoreFile>)>> =
-            Mutex::new(Vec::new());
         // The file may not exist yet: its directory, resolved, and its name.
         let dir = match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.canonicalize()?,
             _ => std::env::current_dir()?,
         };
         let key = dir.join(path.file_name().unwrap_or_default());
-        let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
-        open.retain(|(_, file)| file.strong_count() > 0);
-        if let Some(file) = open
-            .iter()
-            .find(|(k, _)| *k == key)
-            .and_then(|(_, f)| f.upgrade())
-        {
-            return Ok(file);
+        loop {
+            let mut open = OPEN_STORE_FILES.lock().unwrap_or_else(|e| e.into_inner());
+            let Some((_, known)) = open.iter().find(|(k, _)| *k == key) else {
+                let file = Arc::new(Self::open(key.clone())?);
+                open.push((key, Arc::downgrade(&file)));
+                return Ok(file);
+            };
+            if let Some(file) = known.upgrade() {
+                return Ok(file);
+            }
+            // Its last holder is dropping it: its entry leaves once its descriptor is closed.
+            drop(open);
+            std::thread::yield_now();
         }
-        let file = Arc::new(Self::open(&key)?);
-        open.push((key, Arc::downgrade(&file)));
-        Ok(file)
     }
 
-    /// Opens (creating it empty, which SQLite takes for an empty database) the file at `path`.
-    fn open(path: &Path) -> std::io::Result<Self> {
+    /// Opens (creating it empty, which SQLite takes for an empty database) the file at `key`.
+    fn open(key: std::path::PathBuf) -> std::io::Result<Self> {
         let db = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(path)?;
-        let mut wal = path.as_os_str().to_owned();
+            .open(&key)?;
+        let mut wal = key.as_os_str().to_owned();
         wal.push("-wal");
         Ok(Self {
-            db,
+            db: Some(db),
             wal: wal.into(),
+            key,
         })
     }
 
@@ -1669,7 +1678,17 @@ impl StoreFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        self.db.sync_data()
+        self.db.as_ref().map_or(Ok(()), std::fs::File::sync_data)
+    }
+}
+
+impl Drop for StoreFile {
+    /// Closes the descriptor and removes the entry in one step under the registry's lock
+    /// (see [`StoreFile::shared`]).
+    fn drop(&mut self) {
+        let mut open = OPEN_STORE_FILES.lock().unwrap_or_else(|e| e.into_inner());
+        drop(self.db.take());
+        open.retain(|(k, known)| *k != self.key || known.strong_count() > 0);
     }
 }
 
