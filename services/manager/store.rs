@@ -1231,10 +1231,7 @@ fn checkpoint(
     // The WAL's frames: since the last tick's checkpoint started the WAL over
     // (`start_wal_over`), or, when that checkpoint found a reader, since an earlier one.
     let frames = passive_checkpoint(conn)?;
-    let wal_len = conn
-        .path()
-        .and_then(|db| std::fs::metadata(format!("{db}-wal")).ok())
-        .map_or(0, |m| m.len());
+    let wal_len = std::fs::metadata(&conn.file.wal).map_or(0, |m| m.len());
     let written = match commits {
         0 => 0,
         // Each frame is a page and its 24-byte header.
@@ -1616,7 +1613,8 @@ fn open_connection(path: &Path, durability: Durability) -> Result<Connection, St
 struct StoreFile {
     /// `None` only while it closes ([`Drop`]).
     db: Option<std::fs::File>,
-    /// The WAL file's path (it carries no lock: opened and closed at each flush).
+    /// The WAL file's path (it carries no lock: opened and closed at each flush; its size is read
+    /// at each checkpoint).
     wal: std::path::PathBuf,
     /// The database file's path, its directory resolved: its key in [`OPEN_STORE_FILES`].
     key: std::path::PathBuf,
