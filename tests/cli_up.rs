@@ -1,6 +1,8 @@
 //! `pas up` / `pas down` / `pas restart` with the real binary and real child processes (the
 //! manager and programmers of a temporary configuration on free ports of 127.0.0.1).
 
+mod common;
+
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -15,15 +17,10 @@ struct Pool {
     programmer_ports: Vec<u16>,
 }
 
-/// Ports that were free a moment ago (bound on port 0, then released together).
+/// Ports free for the pool (common::pool::free_port: below the ephemeral range, where an outgoing
+/// connection cannot take one before the pool binds it).
 fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    (0..n).map(|_| common::pool::free_port()).collect()
 }
 
 impl Pool {

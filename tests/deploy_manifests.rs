@@ -30,6 +30,9 @@
 //! Tools come from scripts/install-deploy-tools.sh (pinned, cached in .deploy-tools/). The tests
 //! skip, saying why, only when that script cannot install them (no package registry).
 
+mod common;
+
+use common::pool::free_port;
 use serde_yaml::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -1447,15 +1450,6 @@ impl Drop for Pod {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A port free on 127.0.0.1 now (the programmer's port must be in the manager's config up front).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The manager's `pas status --json` view.
