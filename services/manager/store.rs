@@ -61,10 +61,11 @@
 //! WAL checkpoints (copying the log back into the database, with the file syncs that
 //! `synchronous = NORMAL` asks for) would otherwise run inside a commit every thousand pages and
 //! double the average cost of a write; a checkpoint thread runs them instead, every
-//! [`CHECKPOINT_EVERY`] and when the store closes, and starts the WAL over each time (under
-//! steady writes a WAL only checkpointed passively never does, and grows for as long as they go
-//! on), writing the new WAL's header itself, so its flush never falls to a caller's commit;
-//! once writes quiet down after a burst it also cuts the WAL file back to nothing.
+//! [`CHECKPOINT_EVERY`] and when the store closes, and starts the WAL over every
+//! [`RESTART_EVERY_TICKS`] ticks (under steady writes a WAL only checkpointed passively never
+//! does, and grows for as long as they go on), writing the new WAL's header itself, so its flush
+//! never falls to a caller's commit; once writes quiet down after a burst it also cuts the WAL
+//! file back to nothing.
 //!
 //! # Retention
 //!
@@ -1129,6 +1130,7 @@ fn checkpoint_until_stopped(
     let mut passes = PassSchedule::starting(std::time::Instant::now());
     // The store's commits at the last checkpoint.
     let mut commits_then = writes.commits.load(Ordering::Relaxed);
+    let mut wal = WalTicks::default();
     loop {
         let closing = !matches!(
             stopped.recv_timeout(CHECKPOINT_EVERY),
@@ -1183,7 +1185,11 @@ fn checkpoint_until_stopped(
         let shrink_above = retention.wal_shrink_above.load(Ordering::Relaxed);
         let commits = writes.commits.load(Ordering::Relaxed);
         let recent = commits.saturating_sub(std::mem::replace(&mut commits_then, commits));
-        if let Err(e) = checkpoint(&conn, writes, shrink_above, recent) {
+        if closing {
+            // The last checkpoint leaves the WAL started over.
+            wal.since_restart = RESTART_EVERY_TICKS;
+        }
+        if let Err(e) = checkpoint(&conn, writes, shrink_above, recent, &mut wal) {
             tracing::warn!("task store: checkpoint failed (retried later): {e}");
         }
         if closing {
@@ -1192,7 +1198,8 @@ fn checkpoint_until_stopped(
     }
 }
 
-/// Folds the WAL back into the database and starts it over.
+/// Folds the WAL back into the database and, at every [`RESTART_EVERY_TICKS`]th tick that
+/// found commits, starts it over.
 ///
 /// A passive checkpoint copies frames without holding up a write, but the WAL starts over only
 /// after one that caught up with the last frame, which under steady writes none does: the WAL
@@ -1210,10 +1217,11 @@ fn checkpoint_until_stopped(
 /// RESTART's own flushes (SQLite flushes the WAL before it copies and the database before the
 /// WAL starts over) find the last moment's writes, not a second's. On an ext4 disk under
 /// bench-peers' 32 callers that halved the median hold (18–28 ms to 8–12 ms; BENCHMARKS.md,
-/// "Peers: the checkpoint's hold"); on tmpfs a flush costs nothing.
+/// "Peers: the checkpoint's hold"); on tmpfs a flush costs nothing. Only every
+/// [`RESTART_EVERY_TICKS`]th tick holds the role at all; the others copy passively.
 ///
 /// While writes go on, the WAL file keeps the size of the busiest interval between two
-/// checkpoints (~200 MB at 5,000 dispatches a second), reused from its start each time: SQLite's
+/// start-overs (~200 MB a second at 5,000 dispatches a second), reused from its start each time: SQLite's
 /// own limit (`journal_size_limit`) would truncate it in the first commit after the WAL starts
 /// over, on a caller's thread, and that commit then took up to 49 ms (`benches/task_store.rs`,
 /// tmpfs) against 0.4–7 ms; nor is each page of a fresh file allocated again (~5 % of the
@@ -1227,17 +1235,26 @@ fn checkpoint(
     writes: &Writes,
     shrink_above: u64,
     commits: u64,
+    wal: &mut WalTicks,
 ) -> rusqlite::Result<()> {
-    // The WAL's frames: since the last tick's checkpoint started the WAL over
-    // (`start_wal_over`), or, when that checkpoint found a reader, since an earlier one.
-    let frames = passive_checkpoint(conn)?;
+    // The WAL's frames: since the WAL last started over (`start_wal_over`, or SQLite itself for
+    // the next writer once a checkpoint copied every frame and nobody read the WAL).
+    let (frames, copied) = passive_checkpoint(conn)?;
+    // Fewer than at the last tick: it started over meanwhile.
+    let fresh = match frames - std::mem::replace(&mut wal.frames, frames) {
+        n if n < 0 => {
+            wal.since_restart = 0;
+            frames
+        }
+        n => n,
+    };
     let wal_len = std::fs::metadata(&conn.file.wal).map_or(0, |m| m.len());
     let written = match commits {
         0 => 0,
         // Each frame is a page and its 24-byte header.
         _ => {
             let page = conn.query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))?;
-            u64::try_from(frames.saturating_mul(page + 24)).unwrap_or(0)
+            u64::try_from(fresh.saturating_mul(page + 24)).unwrap_or(0)
         }
     };
     let shrink = wal_len > shrink_above && written < shrink_above / 16;
@@ -1245,6 +1262,10 @@ fn checkpoint(
     // (`start_wal_over`) or of a RESTART that found a reader: nothing worth a checkpoint, which
     // would start the WAL over again every tick of an idle store.
     if (frames == 0 || commits == 0) && !shrink {
+        return Ok(());
+    }
+    if !wal.start_over_now(copied == frames) && !shrink {
+        // The passive copy above keeps the database current; the WAL grows on until a later tick.
         return Ok(());
     }
     let mode = if shrink { "TRUNCATE" } else { "RESTART" };
@@ -1271,6 +1292,9 @@ fn checkpoint(
             restarted
         })
         .transpose()?;
+    if busy == Some(0) {
+        wal.started_over();
+    }
     if shrink && busy == Some(0) {
         tracing::info!(
             wal_mib = wal_len >> 20,
@@ -1283,9 +1307,11 @@ fn checkpoint(
 
 /// A PASSIVE checkpoint: copies what it can of the WAL into the database without holding up a
 /// write (at `synchronous = NORMAL` or `FULL` SQLite flushes the WAL to disk first). Returns the
-/// WAL's frames when it started.
-fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
+/// WAL's frames when it started and how many of them are now in the database.
+fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get(1)?, r.get(2)?))
+    })
 }
 
 /// Most PASSIVE checkpoints [`catch_up`] runs after a tick's first one.
@@ -1294,6 +1320,47 @@ const CATCH_UP_PASSES: usize = 3;
 /// Fewer new frames than this since the previous PASSIVE checkpoint: caught up (a few
 /// milliseconds of a dispatch flood's commits, about 1 MiB of 4 KiB pages).
 const CAUGHT_UP_FRAMES: i64 = 256;
+
+/// Under steady writes the WAL starts over at every this many checkpoint ticks that found
+/// commits (and when the store closes, and whenever a burst's WAL file is cut back), not at
+/// each: every start-over holds every dispatch for the RESTART within the committer's role,
+/// three flushes to disk however few frames are left to copy (~2 ms each on this VM's idle ext4
+/// disk, 4–15 ms under a dispatch flood's writes); under bench-peers' 32 callers the dispatches
+/// that met a hold were 13–40 % of the slowest 1 % in two runs. A quiet store's tick, whose
+/// passive copy took every frame, still starts it over at once ([`WalTicks::start_over_now`]).
+/// The price: under steady writes the WAL file keeps the size of three ticks' writes instead of
+/// one's (~200 MB a tick at 5,000 dispatches a second), still cut back once writes quiet down.
+/// BENCHMARKS.md, "Peers: fewer holds".
+pub const RESTART_EVERY_TICKS: u32 = 3;
+
+/// What the checkpoint thread knows of the WAL between ticks ([`checkpoint`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct WalTicks {
+    /// Ticks with commits since the WAL last started over.
+    since_restart: u32,
+    /// The WAL's frames at the last tick (to tell what that tick's writes added).
+    frames: i64,
+}
+
+impl WalTicks {
+    /// Counts a tick with commits, and says whether it starts the WAL over: every
+    /// [`RESTART_EVERY_TICKS`]th, or at once when the tick's passive copy took every frame. Then
+    /// nothing is left to copy within the committer's role but what was committed since (at a
+    /// real tasks' pace, seldom anything), and, left alone, SQLite would start the WAL over in
+    /// the next caller's commit, flushing its header on that caller's thread ([`start_wal_over`]).
+    fn start_over_now(&mut self, caught_up: bool) -> bool {
+        self.since_restart = self.since_restart.saturating_add(1);
+        caught_up || self.since_restart >= RESTART_EVERY_TICKS
+    }
+
+    /// The WAL started over: its one frame is [`start_wal_over`]'s.
+    fn started_over(&mut self) {
+        *self = Self {
+            since_restart: 0,
+            frames: 1,
+        };
+    }
+}
 
 /// Runs PASSIVE checkpoints, with no role held, until one finds few frames beyond the previous
 /// one's (`frames`: the first one's), at most [`CATCH_UP_PASSES`]. Under a dispatch flood the
@@ -1304,7 +1371,7 @@ const CAUGHT_UP_FRAMES: i64 = 256;
 /// Returns how many passes it ran.
 fn catch_up(conn: &Connection, mut frames: i64) -> rusqlite::Result<usize> {
     for pass in 1..=CATCH_UP_PASSES {
-        let now = passive_checkpoint(conn)?;
+        let (now, _) = passive_checkpoint(conn)?;
         // Fewer frames than before: the WAL started over meanwhile (SQLite does it for the
         // next writer once a checkpoint copied every frame and nobody reads the WAL).
         let fresh = now - std::mem::replace(&mut frames, now);
@@ -2379,7 +2446,7 @@ mod tests {
     }
 
     /// Under writes that never pause, the WAL still starts over at checkpoints (so it stays the
-    /// size of about a second of writes). Before, checkpoints were passive only: the WAL started
+    /// size of [`RESTART_EVERY_TICKS`] seconds of writes). Before, checkpoints were passive only: the WAL started
     /// over only after one that finished between two commits, which under steady load never
     /// happened, and a manager's WAL grew for as long as the load lasted (BENCHMARKS.md, "The WAL
     /// started over").
@@ -2405,6 +2472,7 @@ mod tests {
         let store = open(&dir);
         let wal = dir.path().join("tasks.sqlite3-wal");
         let sequence = || wal_sequence(&wal);
+        let mut ticks = WalTicks::default();
         for n in 0..5 {
             let id = format!("t{n}");
             store
@@ -2412,7 +2480,8 @@ mod tests {
                 .await
                 .unwrap();
             let before = sequence();
-            checkpoint(&store.reader(), &store.writes, u64::MAX, 1).unwrap();
+            // Every round's passive copy takes every frame: the WAL starts over at once.
+            checkpoint(&store.reader(), &store.writes, u64::MAX, 1, &mut ticks).unwrap();
             assert_ne!(
                 sequence(),
                 before,
@@ -2420,6 +2489,29 @@ mod tests {
             );
         }
         assert!(store.get("t4").unwrap().is_some());
+    }
+
+    /// Under steady writes (no tick's passive copy takes every frame) only every
+    /// [`RESTART_EVERY_TICKS`]th tick with commits starts the WAL over and holds the committer's
+    /// role; a tick whose copy caught up starts it over at once (the quiet store's case, run
+    /// with real files in `a_checkpoint_starts_the_wal_over_before_any_caller_writes`).
+    #[test]
+    fn the_wal_starts_over_every_few_ticks_unless_caught_up() {
+        let mut ticks = WalTicks::default();
+        let mut tick = |caught_up: bool| {
+            let now = ticks.start_over_now(caught_up);
+            if now {
+                ticks.started_over();
+            }
+            now
+        };
+        let every = usize::try_from(RESTART_EVERY_TICKS).unwrap();
+        let steady: Vec<bool> = (0..2 * every).map(|_| tick(false)).collect();
+        let expected: Vec<bool> = (1..=2 * every).map(|n| n % every == 0).collect();
+        assert_eq!(steady, expected, "ticks that started the WAL over");
+        assert!(!tick(false));
+        assert!(tick(true), "caught up: at once");
+        assert!(!tick(false), "counted from the last start-over");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2450,11 +2542,12 @@ mod tests {
                 })
             })
             .collect();
-        // A WAL that never starts over grows by gigabytes a minute here: stopped at 1 GiB.
+        // A WAL that never starts over grows by gigabytes a minute here: stopped at 4 GiB (one
+        // that does keeps the size of three seconds of these writes, under 1 GiB).
         let wal_size = || std::fs::metadata(&wal).map_or(0, |m| m.len());
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while restarts() < before + 2
-            && wal_size() < 1 << 30
+            && wal_size() < 4 << 30
             && std::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -3275,7 +3368,7 @@ mod tests {
             }
         };
         write(10);
-        let first = passive_checkpoint(&conn).unwrap();
+        let (first, _) = passive_checkpoint(&conn).unwrap();
         assert_eq!(catch_up(&conn, first).unwrap(), 1, "nothing new: one pass");
         write(CAUGHT_UP_FRAMES + 10);
         assert_eq!(
