@@ -268,7 +268,9 @@ async fn metrics_follow_success_failover_breaker_and_availability() {
     let commits = delta(&m0, &m1, "pas_task_store_commits_total", &[]);
     assert!(commits >= 6.0, "task store commits: {commits}");
     // Those commits make the store's checkpoint thread start the WAL over at its next tick
-    // (once a second), holding the store's writes meanwhile: the hold is measured.
+    // (once a second when no commit comes during its copy, as here once the tasks are done;
+    // every third under steady writes), holding the store's writes meanwhile: the hold is
+    // measured.
     let holds = "pas_task_store_checkpoint_hold_seconds_count";
     let mut m2 = scrape(&mgr_url).await;
     for _ in 0..300 {

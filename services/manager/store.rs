@@ -1239,7 +1239,11 @@ fn checkpoint(
 ) -> rusqlite::Result<()> {
     // The WAL's frames: since the WAL last started over (`start_wal_over`, or SQLite itself for
     // the next writer once a checkpoint copied every frame and nobody read the WAL).
-    let (frames, copied) = passive_checkpoint(conn)?;
+    let commits_before = writes.commits.load(Ordering::Relaxed);
+    let (frames, _) = passive_checkpoint(conn)?;
+    // No commit while it copied: it took every frame (a commit that landed between the count and
+    // the copy's start is taken too, and only makes this look busier than it was).
+    let quiet = writes.commits.load(Ordering::Relaxed) == commits_before;
     // Fewer than at the last tick: it started over meanwhile.
     let fresh = match frames - std::mem::replace(&mut wal.frames, frames) {
         n if n < 0 => {
@@ -1264,7 +1268,7 @@ fn checkpoint(
     if (frames == 0 || commits == 0) && !shrink {
         return Ok(());
     }
-    if !wal.start_over_now(copied == frames) && !shrink {
+    if !wal.start_over_now(quiet) && !shrink {
         // The passive copy above keeps the database current; the WAL grows on until a later tick.
         return Ok(());
     }
@@ -1326,8 +1330,8 @@ const CAUGHT_UP_FRAMES: i64 = 256;
 /// each: every start-over holds every dispatch for the RESTART within the committer's role,
 /// three flushes to disk however few frames are left to copy (~2 ms each on this VM's idle ext4
 /// disk, 4–15 ms under a dispatch flood's writes); under bench-peers' 32 callers the dispatches
-/// that met a hold were 13–40 % of the slowest 1 % in two runs. A quiet store's tick, whose
-/// passive copy took every frame, still starts it over at once ([`WalTicks::start_over_now`]).
+/// that met a hold were 13–40 % of the slowest 1 % in two runs. A tick with no commit during its
+/// passive copy still starts it over at once ([`WalTicks::start_over_now`]).
 /// The price: under steady writes the WAL file keeps the size of three ticks' writes instead of
 /// one's (~200 MB a tick at 5,000 dispatches a second), still cut back once writes quiet down.
 /// BENCHMARKS.md, "Peers: fewer holds".
@@ -1344,13 +1348,14 @@ struct WalTicks {
 
 impl WalTicks {
     /// Counts a tick with commits, and says whether it starts the WAL over: every
-    /// [`RESTART_EVERY_TICKS`]th, or at once when the tick's passive copy took every frame. Then
-    /// nothing is left to copy within the committer's role but what was committed since (at a
-    /// real tasks' pace, seldom anything), and, left alone, SQLite would start the WAL over in
-    /// the next caller's commit, flushing its header on that caller's thread ([`start_wal_over`]).
-    fn start_over_now(&mut self, caught_up: bool) -> bool {
+    /// [`RESTART_EVERY_TICKS`]th, or at once when no commit came while the tick's passive copy
+    /// ran (`quiet`): that copy then took every frame, so little is left for the committer's
+    /// role, and, left alone, SQLite would start the WAL over in the next caller's commit,
+    /// flushing its header on that caller's thread ([`start_wal_over`]). Under steady writes
+    /// commits come during every copy.
+    fn start_over_now(&mut self, quiet: bool) -> bool {
         self.since_restart = self.since_restart.saturating_add(1);
-        caught_up || self.since_restart >= RESTART_EVERY_TICKS
+        quiet || self.since_restart >= RESTART_EVERY_TICKS
     }
 
     /// The WAL started over: its one frame is [`start_wal_over`]'s.
@@ -2480,7 +2485,7 @@ mod tests {
                 .await
                 .unwrap();
             let before = sequence();
-            // Every round's passive copy takes every frame: the WAL starts over at once.
+            // No commit during any round's passive copy: the WAL starts over at once.
             checkpoint(&store.reader(), &store.writes, u64::MAX, 1, &mut ticks).unwrap();
             assert_ne!(
                 sequence(),
@@ -2491,15 +2496,15 @@ mod tests {
         assert!(store.get("t4").unwrap().is_some());
     }
 
-    /// Under steady writes (no tick's passive copy takes every frame) only every
+    /// Under steady writes (commits during every tick's passive copy) only every
     /// [`RESTART_EVERY_TICKS`]th tick with commits starts the WAL over and holds the committer's
-    /// role; a tick whose copy caught up starts it over at once (the quiet store's case, run
-    /// with real files in `a_checkpoint_starts_the_wal_over_before_any_caller_writes`).
+    /// role; a quiet tick starts it over at once (the case run with real files in
+    /// `a_checkpoint_starts_the_wal_over_before_any_caller_writes`).
     #[test]
-    fn the_wal_starts_over_every_few_ticks_unless_caught_up() {
+    fn the_wal_starts_over_every_few_ticks_unless_quiet() {
         let mut ticks = WalTicks::default();
-        let mut tick = |caught_up: bool| {
-            let now = ticks.start_over_now(caught_up);
+        let mut tick = |quiet: bool| {
+            let now = ticks.start_over_now(quiet);
             if now {
                 ticks.started_over();
             }
@@ -2510,7 +2515,7 @@ mod tests {
         let expected: Vec<bool> = (1..=2 * every).map(|n| n % every == 0).collect();
         assert_eq!(steady, expected, "ticks that started the WAL over");
         assert!(!tick(false));
-        assert!(tick(true), "caught up: at once");
+        assert!(tick(true), "quiet: at once");
         assert!(!tick(false), "counted from the last start-over");
     }
 

@@ -272,7 +272,7 @@ fn describe() {
     describe_histogram!(
         "pas_task_store_checkpoint_hold_seconds",
         Unit::Seconds,
-        "How long each checkpoint that starts the task store's WAL over held its writes (once a second under writes): every dispatch's commit meanwhile waits"
+        "How long each checkpoint that starts the task store's WAL over held its writes (every third second under steady writes, each second with commits otherwise): every dispatch's commit meanwhile waits"
     );
     describe_counter!(
         "pas_routing_decisions_total",
