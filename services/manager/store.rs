@@ -1221,8 +1221,8 @@ fn checkpoint_until_stopped(
 /// [`RESTART_EVERY_TICKS`]th tick holds the role at all; the others copy passively.
 ///
 /// While writes go on, the WAL file keeps the size of the busiest interval between two
-/// start-overs (~200 MB a second at 5,000 dispatches a second), reused from its start each time: SQLite's
-/// own limit (`journal_size_limit`) would truncate it in the first commit after the WAL starts
+/// start-overs (~200 MB a second at 5,000 dispatches a second), reused from its start each time:
+/// SQLite's own limit (`journal_size_limit`) would truncate it in the first commit after the WAL starts
 /// over, on a caller's thread, and that commit then took up to 49 ms (`benches/task_store.rs`,
 /// tmpfs) against 0.4–7 ms; nor is each page of a fresh file allocated again (~5 % of the
 /// manager's CPU at that load). Once the writes quiet down — a WAL file over `shrink_above`
@@ -1240,7 +1240,7 @@ fn checkpoint(
     // The WAL's frames: since the WAL last started over (`start_wal_over`, or SQLite itself for
     // the next writer once a checkpoint copied every frame and nobody read the WAL).
     let commits_before = writes.commits.load(Ordering::Relaxed);
-    let (frames, _) = passive_checkpoint(conn)?;
+    let frames = passive_checkpoint(conn)?;
     // No commit while it copied: it took every frame (a commit that landed between the count and
     // the copy's start is taken too, and only makes this look busier than it was).
     let quiet = writes.commits.load(Ordering::Relaxed) == commits_before;
@@ -1311,11 +1311,9 @@ fn checkpoint(
 
 /// A PASSIVE checkpoint: copies what it can of the WAL into the database without holding up a
 /// write (at `synchronous = NORMAL` or `FULL` SQLite flushes the WAL to disk first). Returns the
-/// WAL's frames when it started and how many of them are now in the database.
-fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-        Ok((r.get(1)?, r.get(2)?))
-    })
+/// WAL's frames when it started.
+fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
 }
 
 /// Most PASSIVE checkpoints [`catch_up`] runs after a tick's first one.
@@ -1331,9 +1329,9 @@ const CAUGHT_UP_FRAMES: i64 = 256;
 /// three flushes to disk however few frames are left to copy (~2 ms each on this VM's idle ext4
 /// disk, 4–15 ms under a dispatch flood's writes); under bench-peers' 32 callers the dispatches
 /// that met a hold were 13–40 % of the slowest 1 % in two runs. A tick with no commit during its
-/// passive copy still starts it over at once ([`WalTicks::start_over_now`]).
-/// The price: under steady writes the WAL file keeps the size of three ticks' writes instead of
-/// one's (~200 MB a tick at 5,000 dispatches a second), still cut back once writes quiet down.
+/// passive copy still starts it over at once ([`WalTicks::start_over_now`]). The price: under
+/// steady writes the WAL file keeps the size of three ticks' writes instead of one's (83–126 MiB
+/// against 31–61 MiB under bench-peers' 32 callers here), still cut back once writes quiet down.
 /// BENCHMARKS.md, "Peers: fewer holds".
 pub const RESTART_EVERY_TICKS: u32 = 3;
 
@@ -1376,7 +1374,7 @@ impl WalTicks {
 /// Returns how many passes it ran.
 fn catch_up(conn: &Connection, mut frames: i64) -> rusqlite::Result<usize> {
     for pass in 1..=CATCH_UP_PASSES {
-        let (now, _) = passive_checkpoint(conn)?;
+        let now = passive_checkpoint(conn)?;
         // Fewer frames than before: the WAL started over meanwhile (SQLite does it for the
         // next writer once a checkpoint copied every frame and nobody reads the WAL).
         let fresh = now - std::mem::replace(&mut frames, now);
@@ -2450,11 +2448,6 @@ mod tests {
         assert!(store.get("kept").unwrap().is_some(), "unfinished: kept");
     }
 
-    /// Under writes that never pause, the WAL still starts over at checkpoints (so it stays the
-    /// size of [`RESTART_EVERY_TICKS`] seconds of writes). Before, checkpoints were passive only: the WAL started
-    /// over only after one that finished between two commits, which under steady load never
-    /// happened, and a manager's WAL grew for as long as the load lasted (BENCHMARKS.md, "The WAL
-    /// started over").
     /// The checkpoint sequence number in the header of WAL file `wal`: one more each time the
     /// WAL starts over (`None` before the file has a header).
     fn wal_sequence(wal: &Path) -> Option<u32> {
@@ -2519,6 +2512,11 @@ mod tests {
         assert!(!tick(false), "counted from the last start-over");
     }
 
+    /// Under writes that never pause, the WAL still starts over at checkpoints (so it stays the
+    /// size of [`RESTART_EVERY_TICKS`] seconds of writes). Before, checkpoints were passive only:
+    /// the WAL started over only after one that finished between two commits, which under steady load never
+    /// happened, and a manager's WAL grew for as long as the load lasted (BENCHMARKS.md, "The WAL
+    /// started over").
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_wal_starts_over_while_writes_go_on() {
         let dir = tempfile::tempdir().unwrap();
@@ -3373,7 +3371,7 @@ mod tests {
             }
         };
         write(10);
-        let (first, _) = passive_checkpoint(&conn).unwrap();
+        let first = passive_checkpoint(&conn).unwrap();
         assert_eq!(catch_up(&conn, first).unwrap(), 1, "nothing new: one pass");
         write(CAUGHT_UP_FRAMES + 10);
         assert_eq!(

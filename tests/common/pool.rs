@@ -1215,11 +1215,13 @@ pub async fn sim_requests(sim: &Sim) -> Vec<(String, String, String)> {
 }
 
 /// How many edit requests (not commit messages) the simulator got for `model` (wire name).
-/// Waits (up to 60 s: aider starts slowly under load) until the simulator has seen a request for
-/// `model`, i.e. aider on that model's programmer is really waiting on its LLM.
+/// Waits until the simulator has seen a request for `model`, i.e. aider on that model's
+/// programmer is really waiting on its LLM. Bounded at 240 s: aider starts slowly under load,
+/// and 60 s was exceeded twice on 2026-12-06 (`manager_budget`, beside its sibling test's 200
+/// concurrent paid tasks on a 2-core machine whose cores were saturated).
 pub async fn wait_for_model_call(sim: &Sim, model: &str) {
     wait_until(
-        Duration::from_secs(60),
+        Duration::from_secs(240),
         &format!("aider to call {model}"),
         || async { sim_requests(sim).await.iter().any(|(m, _, _)| m == model) },
     )
