@@ -1187,7 +1187,7 @@ fn checkpoint_until_stopped(
         let recent = commits.saturating_sub(std::mem::replace(&mut commits_then, commits));
         if closing {
             // The last checkpoint leaves the WAL started over.
-            wal.since_restart = RESTART_EVERY_TICKS;
+            wal.start_over_next();
         }
         if let Err(e) = checkpoint(&conn, writes, shrink_above, recent, &mut wal) {
             tracing::warn!("task store: checkpoint failed (retried later): {e}");
@@ -1222,13 +1222,13 @@ fn checkpoint_until_stopped(
 ///
 /// While writes go on, the WAL file keeps the size of the busiest interval between two
 /// start-overs (~200 MB a second at 5,000 dispatches a second), reused from its start each time:
-/// SQLite's own limit (`journal_size_limit`) would truncate it in the first commit after the WAL starts
-/// over, on a caller's thread, and that commit then took up to 49 ms (`benches/task_store.rs`,
-/// tmpfs) against 0.4–7 ms; nor is each page of a fresh file allocated again (~5 % of the
-/// manager's CPU at that load). Once the writes quiet down — a WAL file over `shrink_above`
-/// and less than 1/16 of that written since the last checkpoint — this thread cuts it back to
-/// nothing (a TRUNCATE checkpoint, the committer's role held like the RESTART), so a burst does
-/// not leave its size on disk for as long as the manager runs; at that pace the file cannot
+/// SQLite's own limit (`journal_size_limit`) would truncate it in the first commit after the WAL
+/// starts over, on a caller's thread, and that commit then took up to 49 ms
+/// (`benches/task_store.rs`, tmpfs) against 0.4–7 ms; nor is each page of a fresh file allocated
+/// again (~5 % of the manager's CPU at that load). Once the writes quiet down — a WAL file over
+/// `shrink_above` and less than 1/16 of that written since the last checkpoint — this thread cuts
+/// it back to nothing (a TRUNCATE checkpoint, the committer's role held like the RESTART), so a
+/// burst does not leave its size on disk for as long as the manager runs; at that pace the file cannot
 /// grow past `shrink_above` again within a tick, so cuts never follow each other.
 fn checkpoint(
     conn: &StoreConn,
@@ -1354,6 +1354,11 @@ impl WalTicks {
     fn start_over_now(&mut self, quiet: bool) -> bool {
         self.since_restart = self.since_restart.saturating_add(1);
         quiet || self.since_restart >= RESTART_EVERY_TICKS
+    }
+
+    /// Makes the next tick with commits start the WAL over, whatever the count.
+    fn start_over_next(&mut self) {
+        self.since_restart = RESTART_EVERY_TICKS;
     }
 
     /// The WAL started over: its one frame is [`start_wal_over`]'s.
@@ -2514,9 +2519,9 @@ mod tests {
 
     /// Under writes that never pause, the WAL still starts over at checkpoints (so it stays the
     /// size of [`RESTART_EVERY_TICKS`] seconds of writes). Before, checkpoints were passive only:
-    /// the WAL started over only after one that finished between two commits, which under steady load never
-    /// happened, and a manager's WAL grew for as long as the load lasted (BENCHMARKS.md, "The WAL
-    /// started over").
+    /// the WAL started over only after one that finished between two commits, which under steady
+    /// load never happened, and a manager's WAL grew for as long as the load lasted
+    /// (BENCHMARKS.md, "The WAL started over").
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_wal_starts_over_while_writes_go_on() {
         let dir = tempfile::tempdir().unwrap();
