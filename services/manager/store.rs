@@ -1228,8 +1228,8 @@ fn checkpoint_until_stopped(
 /// again (~5 % of the manager's CPU at that load). Once the writes quiet down — a WAL file over
 /// `shrink_above` and less than 1/16 of that written since the last checkpoint — this thread cuts
 /// it back to nothing (a TRUNCATE checkpoint, the committer's role held like the RESTART), so a
-/// burst does not leave its size on disk for as long as the manager runs; at that pace the file cannot
-/// grow past `shrink_above` again within a tick, so cuts never follow each other.
+/// burst does not leave its size on disk for as long as the manager runs; at that pace the file
+/// cannot grow past `shrink_above` again within a tick, so cuts never follow each other.
 fn checkpoint(
     conn: &StoreConn,
     writes: &Writes,
