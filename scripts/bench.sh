@@ -74,9 +74,9 @@ run_bench pool_suite "${quick[@]}"
 # summary (tasks, kills, outcomes, seconds, seed) goes into BENCHMARKS.md.
 chaos_size=(PAS_CHAOS_DRY=1000 PAS_CHAOS_REAL=50 PAS_CHAOS_KILLS=20)
 if ((${#quick[@]})); then chaos_size=(PAS_CHAOS_DRY=300 PAS_CHAOS_REAL=10 PAS_CHAOS_KILLS=8); fi
-echo "== chaos: ${chaos_size[*]} cargo test --test chaos" >&2
+echo "== chaos: ${chaos_size[*]} cargo test --test integration chaos::" >&2
 if env "${chaos_size[@]}" PAS_AIDER_PYTHON="$root/.aider-venv/bin/python" \
-    cargo test --test chaos -- --nocapture >"$out/chaos.log" 2>&1; then
+    cargo test --test integration chaos:: -- --nocapture >"$out/chaos.log" 2>&1; then
     echo "   ok: $out/chaos.log" >&2
 else
     echo "   FAILED (see $out/chaos.log)" >&2

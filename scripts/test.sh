@@ -18,6 +18,7 @@ cargo build --all-targets --locked
 cargo test --lib --bins --tests --locked --no-fail-fast -- --test-threads="${PAS_TEST_THREADS:-2}"
 # The suites above start aider warm (aider.start: warm, the default); a representative set runs
 # again on the cold path (the fallback, and the comparison).
-PAS_TEST_AIDER_START=cold cargo test --locked --no-fail-fast --test aider_real \
-  --test security_hostile_tasks --test programmer_execute --test programmer_restart \
-  -- --test-threads="${PAS_TEST_THREADS:-2}"
+# (Every integration test is a module of one binary, tests/main.rs: a module's name filters it.)
+PAS_TEST_AIDER_START=cold cargo test --locked --no-fail-fast --test integration \
+  -- --test-threads="${PAS_TEST_THREADS:-2}" \
+  aider_real:: security_hostile_tasks:: programmer_execute:: programmer_restart::

@@ -6,7 +6,7 @@
 //!
 //! These tests need the venv (`scripts/install-aider.sh`) and `strace`; without them they FAIL.
 
-mod common;
+use crate::common;
 
 use common::{Sim, aider_python, git_head, git_repo, repo_changed};
 use pas::contract::v1::ErrorClass;

@@ -12,7 +12,7 @@
 //! The suite runs a small size (seeded by `PAS_CHAOS_SEED`, random otherwise and printed);
 //! `PAS_CHAOS_DRY=1000 PAS_CHAOS_REAL=50` is the large size (see BENCHMARKS.md, "chaos").
 
-mod common;
+use crate::common;
 
 use common::Sim;
 use common::pool::{

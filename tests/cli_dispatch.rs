@@ -16,7 +16,7 @@
 //!
 //! Needs the aider venv: the harness FAILS with a clear message when it is missing.
 
-mod common;
+use crate::common;
 
 use common::cli::{self, Run, TASK_LIMIT, assert_in_order, finish, read_until, spawn_lines};
 use common::pool::{ChildGuard, PoolOptions, TestPool, TestProgrammer};

@@ -15,7 +15,7 @@
 //! | 001        | `slow`     | replies streamed 8 characters / 100 ms | `r1`: the manager restart  |
 //! | 002        | `hang`     | never answer                           | `d1`: detach, watch, cancel|
 
-mod common;
+use crate::common;
 
 use common::cli::{self, Run, assert_in_order, finish, read_until, spawn_lines};
 use common::pool::{ChildGuard, PoolOptions, TestPool, TestProgrammer, manager_client};

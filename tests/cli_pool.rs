@@ -3,7 +3,7 @@
 //! `pas dispatch` (success with failover, dry run, bad input, Ctrl-C) and `pas down`.
 //! Needs the aider venv: the harness FAILS with a clear message when it is missing.
 
-mod common;
+use crate::common;
 
 use common::pool::{PoolOptions, TestPool, TestProgrammer};
 use std::io::BufRead;

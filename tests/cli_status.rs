@@ -9,7 +9,7 @@
 //!
 //! Needs the aider venv: the harness FAILS with a clear message when it is missing.
 
-mod common;
+use crate::common;
 
 use common::pool::{PoolOptions, TestPool, TestProgrammer, wait_until};
 use serde_json::Value;

@@ -1,7 +1,7 @@
 //! `pas up` / `pas down` / `pas restart` with the real binary and real child processes (the
 //! manager and programmers of a temporary configuration on free ports of 127.0.0.1).
 
-mod common;
+use crate::common;
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

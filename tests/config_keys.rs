@@ -11,7 +11,7 @@
 //! - `aider.version` is checked at programmer start-up against the venv's aider;
 //! - `cost_optimization.prefer_free_over_paid: false` turns the free-first preference off.
 
-mod common;
+use crate::common;
 
 use common::Sim;
 use common::pool::{

@@ -6,9 +6,8 @@
 //! and a programmer removed from a fixed file leaves the pool; a programmer names its own
 //! changed settings as waiting for its restart.
 
-mod common;
-#[path = "telemetry/support.rs"]
-mod support;
+use crate::common;
+use crate::telemetry_support as support;
 
 use common::Sim;
 use common::pool::{

@@ -6,9 +6,8 @@
 //! fixed later is taken up by the periodic check alone; a file emptied revokes every token; after a whole new CA, the manager
 //! reaches a programmer on the new set with its own new client certificate.
 
-mod common;
-#[path = "telemetry/support.rs"]
-mod support;
+use crate::common;
+use crate::telemetry_support as support;
 
 use common::pool::{
     TestPool, TestProgrammer, collect_events, sample_dispatch, state_of, wait_until,

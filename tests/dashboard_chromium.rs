@@ -8,7 +8,7 @@
 //! Needs the Debian package `chromium` (scripts/install-chromium.sh, run by scripts/test.sh); the
 //! test is skipped, saying so, only when it is not installed. Needs the aider venv.
 
-mod common;
+use crate::common;
 
 use common::browser::{Browser, screenshot_dir};
 use common::pool::{PoolOptions, TestPool, TestProgrammer, manager_client, wait_available};

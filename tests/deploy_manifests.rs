@@ -30,7 +30,7 @@
 //! Tools come from scripts/install-deploy-tools.sh (pinned, cached in .deploy-tools/). The tests
 //! skip, saying why, only when that script cannot install them (no package registry).
 
-mod common;
+use crate::common;
 
 use common::pool::free_port;
 use serde_yaml::Value;

@@ -8,7 +8,7 @@
 //! - a task's region is preferred, and another region is used only when none of the task's
 //!   region can take it (here: its only programmer died), and again the region once it is back.
 
-mod common;
+use crate::common;
 
 use common::dns::DnsPool;
 use common::pool::{

@@ -2,7 +2,7 @@
 //! one shared port, found by the manager in a real DNS server (dnsmasq) and described only by
 //! their GetStatus. All join and are healthy, and round-robin dry-run tasks reach every one.
 
-mod common;
+use crate::common;
 
 use common::dns::DnsPool;
 use common::pool::{

@@ -6,7 +6,7 @@
 //!
 //! Needs `strace` and `setpriv`, like `tests/security_hostile_tasks.rs`.
 
-mod common;
+use crate::common;
 
 use common::pool::{self, PoolOptions, TestPool, TestProgrammer};
 use pas::contract::v1::{DispatchRequest, TaskState};

@@ -5,7 +5,7 @@
 //! 401, 403, 404, 409, 429 with Retry-After) with the same messages as gRPC.
 //! Real `pas manager` / `pas programmer`, real aider, `pas llm-sim`.
 
-mod common;
+use crate::common;
 
 use common::pool::{
     PoolOptions, TestPool, TestProgrammer, manager_client, pool_status, sample_dispatch,

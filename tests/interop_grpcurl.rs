@@ -7,9 +7,8 @@
 //! without a token or with too small a role, and a programmer reached only with the pool's client
 //! certificate (`-cert`/`-key`).
 
-mod common;
-#[path = "interop/support.rs"]
-mod support;
+use crate::common;
+use crate::interop_support as support;
 
 use common::pool::TestProgrammer;
 use serde_json::{Value, json};

@@ -9,9 +9,8 @@
 //! Needs `scripts/install-interop.sh` (the `.interop-venv`) and the aider venv; fails, never skips,
 //! without them.
 
-mod common;
-#[path = "interop/support.rs"]
-mod support;
+use crate::common;
+use crate::interop_support as support;
 
 use common::pool::TestProgrammer;
 use serde_json::{Value, json};

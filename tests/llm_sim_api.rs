@@ -2,7 +2,7 @@
 //! stream and non-stream mode with its wire format, scripted faults, runtime script changes and
 //! usage counters.
 
-mod common;
+use crate::common;
 
 use common::Sim;
 use futures::StreamExt;

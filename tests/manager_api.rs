@@ -2,7 +2,7 @@
 //! idempotent re-dispatch, INVALID_ARGUMENT naming the field, and the original HTTP JSON
 //! (`curl /programmer_pool/status | jq`, `/health`). Real processes, real aider, `pas llm-sim`.
 
-mod common;
+use crate::common;
 
 use common::Sim;
 use common::pool::{

@@ -21,7 +21,7 @@
 //! that can no longer read its task back (or sends an event the manager cannot decode) looks
 //! like. The real programmer has no switch for that fault.
 
-mod common;
+use crate::common;
 
 use common::pool::{ChildGuard, TestPool};
 use common::pool::{

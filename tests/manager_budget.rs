@@ -3,7 +3,7 @@
 //! the spend, and an exhausted budget sends mixed work to free programmers and refuses paid-only
 //! work. Paid runs are real aider runs against `pas llm-sim`, charged tokens × catalog price.
 
-mod common;
+use crate::common;
 
 use common::Sim;
 use common::pool::{

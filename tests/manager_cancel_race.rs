@@ -5,7 +5,7 @@
 //! on its model, so the raced tasks can be placed (queued on the programmer, holding budget) but
 //! never start aider. Real `pas` processes, `pas llm-sim`.
 
-mod common;
+use crate::common;
 
 use common::Sim;
 use common::pool::{

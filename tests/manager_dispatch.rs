@@ -1,6 +1,6 @@
 //! The manager end to end: real `pas manager` in front of real programmers.
 
-mod common;
+use crate::common;
 
 use common::pool::{PoolOptions, TestPool, TestProgrammer, wait_available, wait_until};
 use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;

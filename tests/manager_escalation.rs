@@ -5,7 +5,7 @@
 //! budget unable to cover a paid job the task is not escalated and its result says why. A manager
 //! killed during the paid leg resumes it there, not on the free programmer.
 
-mod common;
+use crate::common;
 
 use common::Sim;
 use common::pool::{

@@ -6,7 +6,7 @@
 //! programmers: a task there is expected to finish sooner even behind several others. least_loaded
 //! would split the batch evenly (it counts tasks, not their length).
 
-mod common;
+use crate::common;
 
 use common::Sim;
 use common::pool::{

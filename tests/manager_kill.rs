@@ -2,7 +2,7 @@
 //! its in-flight task to another programmer of the group (one Rerouted event, exactly one result),
 //! and takes it back when it restarts. Real `pas` processes, real aider, `pas llm-sim`.
 
-mod common;
+use crate::common;
 
 use common::Sim;
 use common::pool::{

@@ -8,7 +8,7 @@
 //! - ListTasks over tasks whose results carry large diffs: each page stays under the 4 MiB a
 //!   gRPC client reads by default, and every task is listed once.
 
-mod common;
+use crate::common;
 
 use common::pool::{PoolOptions, TestPool, collect_events, manager_client, sample_dispatch};
 use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;

@@ -1,7 +1,7 @@
 //! Queueing through the real manager: a burst that fills every programmer's queue completes
 //! with nothing refused; past the manager's own bound a dispatch is RESOURCE_EXHAUSTED.
 
-mod common;
+use crate::common;
 
 use common::Sim;
 use common::pool::{

@@ -5,7 +5,7 @@
 //! programmer could take the task). A rerouted task that waits again keeps its caller's queue
 //! timeout.
 
-mod common;
+use crate::common;
 
 use common::pool::{
     ChildGuard, PoolOptions, TestPool, TestProgrammer, admit, dispatch_collect, expect_one_reroute,

@@ -4,7 +4,7 @@
 //! once, in order; every task ends with one result and one kept branch; the budget holds become
 //! exactly the settled real costs. Real `pas` processes, real aider, real git, `pas llm-sim`.
 
-mod common;
+use crate::common;
 
 use common::Sim;
 use common::pool::{

@@ -3,7 +3,7 @@
 //! `pas programmer` processes, `pas llm-sim`), `dry_run` tasks where only routing matters, and real
 //! aider runs against a hanging simulated model where a test needs programmers under load.
 
-mod common;
+use crate::common;
 
 use common::Sim;
 use common::pool::{

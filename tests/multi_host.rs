@@ -13,7 +13,7 @@
 //! reach the LLM at `llm.pool.test`. Discovery of programmers is static (the manager's config
 //! lists them by namespace IP, which their certificates carry as SANs).
 
-mod common;
+use crate::common;
 
 use common::gitserver::{GitDaemon, bare_repo, diff, pas_branches, ref_commit};
 use common::pool::{ChildGuard, SAMPLE_MODULE, first_line_then_drain, server_process};

@@ -3,7 +3,7 @@
 //! limits refuse one caller while another is admitted; an aider that needs more memory than its
 //! ceiling fails its own task and nothing else.
 
-mod common;
+use crate::common;
 
 use common::pool::{
     ChildGuard, PoolOptions, TestPool, TestProgrammer, admit, collect_events, free_port,

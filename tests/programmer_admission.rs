@@ -2,7 +2,7 @@
 //! field, a full queue RESOURCE_EXHAUSTED, and the service keeps serving; waiting tasks see their
 //! position; GetStatus/`/health` count what happened. Real `pas programmer`, aider, llm-sim, git.
 
-mod common;
+use crate::common;
 
 use common::pool::{self, PoolOptions, ProgrammerClient, TestPool};
 use pas::contract::v1::task_event::Kind;

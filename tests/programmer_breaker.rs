@@ -4,7 +4,7 @@
 //! tests prove the wiring: which LLM real tasks use, what `/health` and GetStatus show, that the
 //! state is persisted across a restart, and that edit failures never count.
 
-mod common;
+use crate::common;
 
 use common::pool::{self, PoolOptions, ProgrammerClient, TestPool};
 use pas::contract::v1::task_event::Kind;

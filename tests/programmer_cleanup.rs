@@ -3,7 +3,7 @@
 //! the task deadline, and a graceful SIGTERM. Real `pas programmer`, real aider, llm-sim, git.
 //! Every way out must leave no aider process, no worktree and no task branch behind.
 
-mod common;
+use crate::common;
 
 use common::pool::{self, PoolOptions, TestPool, TestProgrammer};
 use pas::contract::v1::task_event::Kind;

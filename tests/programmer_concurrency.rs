@@ -1,7 +1,7 @@
 //! Ten `pas programmer` processes work on ONE repository at the same time (the original ran ten
 //! aider processes in one working tree and raced on `.git/index.lock`). Real aider, llm-sim, git.
 
-mod common;
+use crate::common;
 
 use common::pool::{self, PoolOptions, TestPool, TestProgrammer};
 use pas::contract::v1::TaskState;

@@ -2,7 +2,7 @@
 //! back — a distinct outcome, never "cancelled by the caller" — and the manager reroutes it to
 //! another programmer, where it succeeds. The caller sees one Rerouted event and one result.
 
-mod common;
+use crate::common;
 
 use common::pool::{
     PoolOptions, TestPool, TestProgrammer, expect_one_reroute, manager_client, sample_dispatch,

@@ -1,6 +1,6 @@
 //! The programmer end to end: real `pas programmer`, real aider, real git, llm-sim.
 
-mod common;
+use crate::common;
 
 use common::pool::{self, PoolOptions, TestPool, TestProgrammer};
 use pas::contract::v1::programmer_client::ProgrammerClient;

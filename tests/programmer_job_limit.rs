@@ -2,7 +2,7 @@
 //! aider runs and stops it the moment the task's spend crosses the cap — not when the attempt
 //! ends. Real `pas programmer`, real aider, real git, llm-sim.
 
-mod common;
+use crate::common;
 
 use common::pool::{self, PoolOptions, TestPool, TestProgrammer};
 use pas::contract::v1::{ErrorClass, TaskRequest};

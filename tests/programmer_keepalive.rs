@@ -3,7 +3,7 @@
 //! and once nobody has followed the task for its lease it stops the task and hands it back,
 //! instead of working on — and committing — a task nobody will collect.
 
-mod common;
+use crate::common;
 
 use common::pool::{
     PoolOptions, TestPool, TestProgrammer, manager_client, sample_dispatch, wait_available,

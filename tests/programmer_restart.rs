@@ -1,7 +1,7 @@
 //! A programmer killed with SIGKILL mid-task: its aider dies with it (parent-death signal), and on
 //! restart it removes the worktree and branch the dead run left behind, then serves normally.
 
-mod common;
+use crate::common;
 
 use common::pool::{PoolOptions, TestPool, wait_until};
 use pas::contract::v1::programmer_client::ProgrammerClient;

@@ -21,9 +21,8 @@
 //! Needs python3 with venv and the wheelhouse the script fills (from the package index on its first
 //! run), and the aider venv; fails, never skips, without them.
 
-mod common;
-#[path = "interop/support.rs"]
-mod support;
+use crate::common;
+use crate::interop_support as support;
 
 use common::pool::TestProgrammer;
 use std::path::{Path, PathBuf};

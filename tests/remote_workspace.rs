@@ -4,7 +4,7 @@
 //! `git daemon` on 127.0.0.1 (git://) or a bare repository reached over file://; the pool's
 //! workspace root stays empty, so nothing is shared with the programmer but the URL.
 
-mod common;
+use crate::common;
 
 use common::gitserver::{GitDaemon, bare_repo, diff, pas_branches, ref_commit};
 use common::pool::{

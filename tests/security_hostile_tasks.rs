@@ -12,7 +12,7 @@
 //!
 //! These tests need the aider venv (`scripts/install-aider.sh`), `strace` and `setpriv`.
 
-mod common;
+use crate::common;
 
 use common::pool::{self, PoolOptions, TestPool, TestProgrammer};
 use common::{Sim, git};

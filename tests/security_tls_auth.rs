@@ -2,7 +2,7 @@
 //! port, programmers that require a pool client certificate (mTLS), bearer tokens with roles and
 //! task ownership on the manager, tokens never in logs, and the loopback-only default.
 
-mod common;
+use crate::common;
 
 use common::pool::{TestPool, TestProgrammer, collect_events, sample_dispatch, state_of};
 use common::secure::{self, Secured, plain_channel, tls_channel, with_token};

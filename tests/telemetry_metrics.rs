@@ -4,9 +4,8 @@
 //! Prometheus text; counters and gauges must move exactly as the task results say. Also checks
 //! the per-LLM figures in `GetPoolStatus` and `pas status`.
 
-mod common;
-#[path = "telemetry/support.rs"]
-mod support;
+use crate::common;
+use crate::telemetry_support as support;
 
 use common::pool::{PoolOptions, TestPool, TestProgrammer, wait_available};
 use pas::contract::error_class_name;

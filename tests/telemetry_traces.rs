@@ -3,9 +3,8 @@
 //! collector running inside this test. The task fails over (the primary answers 503 once), so the
 //! trace shows both attempts, their aider runs and the failover.
 
-mod common;
-#[path = "telemetry/support.rs"]
-mod support;
+use crate::common;
+use crate::telemetry_support as support;
 
 use common::Sim;
 use common::pool::{PoolOptions, TestPool, TestProgrammer, wait_pool};

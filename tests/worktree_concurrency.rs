@@ -329,7 +329,7 @@ fn ten_processes_on_one_repository() {
             let child = Command::new(&exe)
                 .args([
                     "--exact",
-                    "child_programmer_process",
+                    "worktree_concurrency::child_programmer_process",
                     "--ignored",
                     "--nocapture",
                 ])

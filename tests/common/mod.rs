@@ -1,7 +1,8 @@
 //! Shared helpers for integration tests: the real `pas llm-sim` on 127.0.0.1:0, temporary git
 //! repositories, and the aider venv's python.
 //!
-//! Include with `mod common;` from a file under `tests/`. Every helper works with real processes
+//! Declared once by `tests/main.rs` (the one integration-test binary; a test file names it
+//! `crate::common`) and by each bench with `#[path]`. Every helper works with real processes
 //! and real files; nothing is mocked.
 
 #![allow(dead_code)]

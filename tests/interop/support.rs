@@ -2,13 +2,8 @@
 //! harness ([`crate::common::pool`]), third-party clients (grpcurl, Python, Node) run with a
 //! deadline, and checks of a task stream as those clients print it.
 //!
-//! Include next to `common`:
-//!
-//! ```ignore
-//! mod common;
-//! #[path = "interop/support.rs"]
-//! mod support;
-//! ```
+//! Declared once by `tests/main.rs` as `interop_support`; a test file takes it with
+//! `use crate::interop_support as support;`.
 
 #![allow(dead_code)]
 

@@ -3,13 +3,8 @@
 //! `opentelemetry.proto.collector.trace.v1.TraceService`), `pas` processes started with extra
 //! environment (the OTel variables), `/metrics` scraping and a strict check of the Prometheus text.
 //!
-//! Include next to `common`:
-//!
-//! ```ignore
-//! mod common;
-//! #[path = "telemetry/support.rs"]
-//! mod support;
-//! ```
+//! Declared once by `tests/main.rs` as `telemetry_support` (a test file takes it with
+//! `use crate::telemetry_support as support;`) and by the overhead benchmark with `#[path]`.
 
 #![allow(dead_code)]
 

@@ -1,7 +1,7 @@
 """Settings of the pool under test, from the environment tests/python_client.rs sets.
 
 These tests need a running pool (llm-sim, manager, programmers, real aider): the Rust test
-`cargo test --test python_client` starts one and runs them. By hand, against a pool of your own:
+`cargo test --test integration python_client::` starts one and runs them. By hand, against a pool of your own:
 
     PAS_TEST_ADDRESS=127.0.0.1:6141 PAS_TEST_SAMPLE=/path/to/workspaces/sample pytest -m plain
 
@@ -50,7 +50,7 @@ class Pool:
 def _env(name: str) -> str:
     value = os.environ.get(name)
     if not value:
-        pytest.fail(f"{name} is not set: run these tests through `cargo test --test python_client`")
+        pytest.fail(f"{name} is not set: run these tests through `cargo test --test integration python_client::`")
     return value
 
 
