@@ -134,6 +134,7 @@ async fn a_programmer_refuses_to_start_on_another_aider_version() {
 async fn routed_with_prefer_free_over_paid(value: bool) -> String {
     let pool = TestPool::new(PoolOptions {
         programmers: vec![TestProgrammer::paid("001"), TestProgrammer::free("002")],
+        runs_aider: false,
         ..PoolOptions::default()
     });
     pool.edit_config(|text| {

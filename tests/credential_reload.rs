@@ -155,6 +155,7 @@ async fn dry_run_succeeds(client: &ProgrammerPoolClient<Channel>, token: &str) {
 async fn renewed_certificates_and_changed_tokens_are_taken_up_without_a_restart() {
     let pool = TestPool::new(common::pool::PoolOptions {
         programmers: vec![TestProgrammer::free("001")],
+        runs_aider: false,
         ..Default::default()
     });
     pool.sample_repo();

@@ -203,7 +203,14 @@ async fn dns_records_bring_programmers_in_and_removing_one_drains_it() {
 
 #[tokio::test]
 async fn a_task_prefers_its_region_and_fails_over_only_when_none_there_can_take_it() {
-    let dns_pool = DnsPool::new(PoolOptions::default(), 72, 1);
+    let dns_pool = DnsPool::new(
+        PoolOptions {
+            runs_aider: false,
+            ..PoolOptions::default()
+        },
+        72,
+        1,
+    );
     let pool = &dns_pool.pool;
     pool.sample_repo();
     let _eu1 = dns_pool.start_programmer("eu-1", 1, "fast", "eu-west");

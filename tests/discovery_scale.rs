@@ -18,6 +18,7 @@ const MEMBERS: u8 = 49;
 async fn forty_nine_programmers_found_by_dns_are_all_healthy_and_all_take_tasks() {
     let options = PoolOptions {
         strategy: "round_robin".into(),
+        runs_aider: false,
         ..PoolOptions::default()
     };
     let dns_pool = DnsPool::new(options, 74, 2);

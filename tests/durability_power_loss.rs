@@ -39,7 +39,10 @@ fn sync_calls(log: &str) -> impl Iterator<Item = &str> {
 
 #[tokio::test]
 async fn power_loss_durability_syncs_every_commit_and_every_result() {
-    let pool = TestPool::new(PoolOptions::default());
+    let pool = TestPool::new(PoolOptions {
+        runs_aider: false,
+        ..PoolOptions::default()
+    });
     pool.sample_repo();
     pool.append_config("durability: power_loss\n");
     let (manager_log, programmer_log) = (

@@ -409,6 +409,7 @@ async fn every_route_answers_like_the_grpc_service() {
 async fn http_routes_authenticate_like_grpc() {
     let pool = TestPool::new(PoolOptions {
         programmers: vec![TestProgrammer::free("001")],
+        runs_aider: false,
         ..PoolOptions::default()
     });
     pool.sample_repo();

@@ -364,7 +364,10 @@ async fn a_finished_task_id_replays_its_result_and_a_different_request_conflicts
 /// checked by the store's unit tests.
 #[tokio::test]
 async fn a_finished_task_is_forgotten_after_its_retention() {
-    let pool = TestPool::new(PoolOptions::default());
+    let pool = TestPool::new(PoolOptions {
+        runs_aider: false,
+        ..PoolOptions::default()
+    });
     pool.edit_config(|c| c.replace("  task_lease_s:", "  task_retention_s: 1\n  task_lease_s:"));
     pool.sample_repo();
     let _p = pool.start_all_programmers();
@@ -407,7 +410,10 @@ async fn a_finished_task_is_forgotten_after_its_retention() {
 /// however recently they ended, and the newest stay.
 #[tokio::test]
 async fn past_the_record_cap_the_oldest_finished_tasks_are_forgotten() {
-    let pool = TestPool::new(PoolOptions::default());
+    let pool = TestPool::new(PoolOptions {
+        runs_aider: false,
+        ..PoolOptions::default()
+    });
     pool.edit_config(|c| {
         c.replace(
             "  task_lease_s:",
@@ -467,7 +473,10 @@ async fn past_the_record_cap_the_oldest_finished_tasks_are_forgotten() {
 
 #[tokio::test]
 async fn bad_input_is_invalid_argument_naming_the_field_and_nothing_is_recorded() {
-    let pool = TestPool::new(PoolOptions::default());
+    let pool = TestPool::new(PoolOptions {
+        runs_aider: false,
+        ..PoolOptions::default()
+    });
     let repo = pool.sample_repo();
     std::os::unix::fs::symlink("/etc", repo.join("escape")).expect("symlink");
     common::git(&repo, &["add", "escape"]);
@@ -658,6 +667,7 @@ fn curl_jq(url: &str, filter: &str) -> String {
 async fn status_and_health_json_keep_the_original_fields() {
     let pool = TestPool::new(PoolOptions {
         programmers: shipped_shape(),
+        runs_aider: false,
         ..PoolOptions::default()
     });
     pool.sample_repo();

@@ -281,6 +281,7 @@ async fn a_programmer_that_keeps_refusing_at_admission_does_not_hold_a_task_past
     let pool = patient_pool(
         PoolOptions {
             health_check_interval_s: 60,
+            runs_aider: false,
             ..PoolOptions::default()
         },
         common::Sim::start(),

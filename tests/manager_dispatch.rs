@@ -177,6 +177,7 @@ async fn two_runtimes_share_the_port_and_a_second_manager_cannot_join_it() {
     let options = PoolOptions {
         programmers: vec![TestProgrammer::free("001"), TestProgrammer::free("002")],
         max_concurrent_per_programmer: 8,
+        runs_aider: false,
         ..Default::default()
     };
     let pool = TestPool::new(options);

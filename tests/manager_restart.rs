@@ -427,6 +427,7 @@ async fn a_manager_whose_task_store_another_process_holds_exits_naming_it() {
 async fn a_second_manager_on_the_same_data_dir_is_refused_and_the_first_serves_on() {
     let pool = TestPool::new(PoolOptions {
         programmers: vec![TestProgrammer::free("001")],
+        runs_aider: false,
         ..PoolOptions::default()
     });
     pool.sample_repo();

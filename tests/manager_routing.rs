@@ -28,6 +28,15 @@ struct Shipped {
     client: ProgrammerPoolClient<Channel>,
 }
 
+/// The shipped shape for a test of dry runs only (no aider: its programmers start cold).
+async fn shipped_dry_runs() -> Shipped {
+    let options = PoolOptions {
+        runs_aider: false,
+        ..PoolOptions::default()
+    };
+    shipped(options, Sim::start()).await
+}
+
 async fn shipped(options: PoolOptions, sim: Sim) -> Shipped {
     let pool = TestPool::with_sim(
         PoolOptions {
@@ -78,7 +87,7 @@ fn ids(list: &[&str]) -> Vec<String> {
 
 #[tokio::test]
 async fn round_robin_cycles_each_capability_group_in_config_order() {
-    let s = shipped(PoolOptions::default(), Sim::start()).await;
+    let s = shipped_dry_runs().await;
     let c = &s.client;
 
     // "fast" cycles 001..005 twice, in order; "deepseek" interleaved keeps its own cursor.
@@ -123,7 +132,7 @@ async fn round_robin_cycles_each_capability_group_in_config_order() {
 
 #[tokio::test]
 async fn capability_match_takes_the_first_holder_in_config_order() {
-    let s = shipped(PoolOptions::default(), Sim::start()).await;
+    let s = shipped_dry_runs().await;
     let c = &s.client;
     for _ in 0..3 {
         assert_eq!(route(c, &["fast"], Strategy::CapabilityMatch).await, "001");
@@ -164,7 +173,7 @@ async fn capability_match_takes_the_first_holder_in_config_order() {
 
 #[tokio::test]
 async fn capability_groups_and_tiers_are_never_crossed() {
-    let s = shipped(PoolOptions::default(), Sim::start()).await;
+    let s = shipped_dry_runs().await;
     let c = &s.client;
 
     // Sequential round robin visits every holder; concurrent least_loaded spreads the load;

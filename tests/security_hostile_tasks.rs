@@ -366,7 +366,10 @@ const OPTION_FILE: &str = "--openai-api-base=http://127.0.0.2:9/v1";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leading_dash_file_is_invalid_argument_at_the_manager_and_the_programmer() {
-    let pool = TestPool::new(PoolOptions::default());
+    let pool = TestPool::new(PoolOptions {
+        runs_aider: false,
+        ..PoolOptions::default()
+    });
     pool.sample_repo();
     let (_programmer, _manager, client) = pool::start_one(&pool).await;
 

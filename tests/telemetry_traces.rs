@@ -389,7 +389,10 @@ async fn sigterm_flushes_buffered_spans_and_a_dead_collector_does_not_hold_up_ex
     use pas::contract::v1::programmer_client::ProgrammerClient;
 
     let collector = Collector::start().await;
-    let pool = TestPool::new(PoolOptions::default());
+    let pool = TestPool::new(PoolOptions {
+        runs_aider: false,
+        ..PoolOptions::default()
+    });
     pool.sample_repo();
     // A batch delay far longer than the test: only the exit can send the spans.
     let env = vec![
@@ -450,7 +453,10 @@ async fn sample_ratio_zero_drops_new_traces_but_follows_a_callers_sampled_one() 
     use pas::contract::v1::programmer_client::ProgrammerClient;
 
     let collector = Collector::start().await;
-    let pool = TestPool::new(PoolOptions::default());
+    let pool = TestPool::new(PoolOptions {
+        runs_aider: false,
+        ..PoolOptions::default()
+    });
     pool.append_config("telemetry:\n  sample_ratio: 0.0\n");
     pool.sample_repo();
     let env = vec![(

@@ -74,6 +74,12 @@ pub struct PoolOptions {
     pub task_timeout_s: u64,
     /// `manager.task_lease_s`: how long a programmer runs a task nobody follows.
     pub task_lease_s: u64,
+    /// Whether the test runs aider on this pool's programmers. `false` — a test of dry runs,
+    /// refusals, routing or status only — starts them with `aider.start: cold`: a warm
+    /// programmer's zygote spends ~6 s of CPU importing aider at start-up (0.16 s for the whole
+    /// programmer cold), which such a test never uses, on a suite that is CPU-bound
+    /// (BENCHMARKS.md, "Test suite time"). A real task dispatched anyway still runs, cold.
+    pub runs_aider: bool,
 }
 
 impl Default for PoolOptions {
@@ -97,6 +103,7 @@ impl Default for PoolOptions {
             request_timeout_s: 20,
             task_timeout_s: 120,
             task_lease_s: 30,
+            runs_aider: true,
         }
     }
 }
@@ -217,6 +224,11 @@ impl TestPool {
             .collect();
         let manager_port = next_port();
         let config_path = dir.path().join("pool.yaml");
+        let aider_start = if options.runs_aider {
+            super::aider_start()
+        } else {
+            "cold"
+        };
         let pool = Self {
             dir,
             sim,
@@ -227,7 +239,7 @@ impl TestPool {
             ports,
             manager_port,
             binary: super::pas_binary(),
-            aider_start: super::aider_start(),
+            aider_start,
         };
         std::fs::write(&pool.config_path, pool.config_yaml()).expect("write config");
         pool
