@@ -624,14 +624,15 @@ impl Balancer {
                 tracing::error!(task_id = %request.task_id, programmer = %member.spec.id, "reservation refused: {e}");
                 Err(false)
             }
+            Err(crate::manager::budget::BudgetError::Exhausted { spent, limit, .. }) => {
+                tracing::debug!(task_id = %request.task_id, programmer = %member.spec.id, "reservation refused: the budget cannot cover it");
+                // The refusal's own figures, no second read of the ledger: this runs for every
+                // paid task waiting in the queue at every change of the pool.
+                Err(spent.saturating_add(amount) > limit)
+            }
             Err(e) => {
                 tracing::debug!(task_id = %request.task_id, programmer = %member.spec.id, "reservation refused: {e}");
-                let spend_exhausted = self
-                    .budget
-                    .snapshot()
-                    .map(|s| s.spent.saturating_add(amount) > s.limit)
-                    .unwrap_or(false);
-                Err(spend_exhausted)
+                Err(false)
             }
         }
     }
