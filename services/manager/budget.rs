@@ -7,9 +7,10 @@
 //! # Life of a paid task's money
 //!
 //! 1. [`BudgetLedger::reserve`] holds the programmer's `max_cost_per_job_usd` *before* the dispatch.
-//!    The check and the hold are one `BEGIN IMMEDIATE` transaction, so concurrent dispatches can
-//!    never together overspend: `spent + reserved + amount > limit` is refused with
-//!    [`BudgetError::Exhausted`].
+//!    The check (against the day's totals kept in memory) and the hold (one `BEGIN IMMEDIATE`
+//!    transaction) are made under the ledger's one lock, in the one process the file belongs to,
+//!    so concurrent dispatches can never together overspend: `spent + reserved + amount > limit`
+//!    is refused with [`BudgetError::Exhausted`], before any SQL.
 //! 2. [`BudgetLedger::settle`] turns the hold into spend of the *real* cost (lower or higher than the
 //!    hold), booked on the day the reservation was made. [`BudgetLedger::release`] drops a hold for
 //!    a task that never ran. Both are idempotent.
@@ -530,10 +531,10 @@ impl BudgetLedger {
     ///
     /// A refusal is decided from the day's totals kept in memory, before any SQL: a paid task
     /// waiting in the queue for room is offered to the ledger again at every change of the pool,
-    /// and with a transaction and two parsed queries per refusal, 190 such tasks waiting kept a
-    /// (debug-build) manager busy, 37 % of its CPU in SQLite's parser (BENCHMARKS.md, "Test suite
-    /// time"). So a key already held is reported as [`BudgetError::Duplicate`] only when the hold
-    /// would fit.
+    /// and with a transaction and a query per refusal (and the balancer's snapshot after it), 190
+    /// such tasks waiting kept a (debug-build) manager busy, 37 % of its CPU in SQLite's parser
+    /// (BENCHMARKS.md, "Test suite time"). So a key already held is reported as
+    /// [`BudgetError::Duplicate`] only when the hold would fit.
     pub fn reserve(&self, task_id: &str, amount: Usd) -> Result<Reservation, BudgetError> {
         let amount = non_negative(amount)?;
         let now = (self.clock)();
