@@ -1,7 +1,7 @@
 //! Every integration test of the project, in one test binary: each `tests/<name>.rs` file is a
 //! module of it, with the shared helpers (`common`, and the telemetry and interop support) compiled
-//! once. As 56 binaries, each compiled the helpers again and was linked on its own, which made the
-//! test build the larger part of a clean CI run (BENCHMARKS.md, "Test suite time").
+//! once. As 56 binaries, each compiled the helpers again and was linked on its own; the project's
+//! own crates took 293 s of a 555 s clean build here, 98 s now (BENCHMARKS.md, "Test suite time").
 //!
 //! Run one file's tests with its module name as the filter, e.g.
 //! `cargo test --test integration manager_budget::`, or one test with `--exact` and its full name
