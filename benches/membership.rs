@@ -76,6 +76,7 @@ async fn child(n: usize, config_path: &str, port: u16) {
             limits: config.default_limits(),
             paid: false,
             region: if i % 2 == 0 { "even" } else { "odd" }.to_string(),
+            aider_start: pas::config::AiderStart::Cold,
         };
         mgr.pool.join(spec, address, link);
     }

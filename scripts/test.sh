@@ -19,6 +19,11 @@ cargo test --lib --bins --tests --locked --no-fail-fast -- --test-threads="${PAS
 # The suites above start aider warm (aider.start: warm, the default); a representative set runs
 # again on the cold path (the fallback, and the comparison).
 # (Every integration test is a module of one binary, tests/main.rs: a module's name filters it.)
+# Skipped there: the three tests of the warm workers themselves, which make their own warm pools
+# whatever the suite's mode (they would only run a second time, the same).
 PAS_TEST_AIDER_START=cold cargo test --locked --no-fail-fast --test integration \
   -- --test-threads="${PAS_TEST_THREADS:-2}" \
-  aider_real:: security_hostile_tasks:: programmer_execute:: programmer_restart::
+  aider_real:: security_hostile_tasks:: programmer_execute:: programmer_restart:: \
+  --skip aider_real::a_task_ends_alike_cold_and_warm \
+  --skip aider_real::a_crashed_worker_or_zygote_is_replaced_and_tasks_still_run \
+  --skip aider_real::warm_workers_import_and_run_at_the_configured_niceness

@@ -62,8 +62,10 @@ impl Fixture {
             ..TestProgrammer::free(id)
         };
         let premium = TestProgrammer {
-            // More than the whole day's budget: a real task can never be afforded.
+            // More than the whole day's budget: a real task can never be afforded (so it never
+            // runs aider).
             max_cost_per_job_usd: Some(100.0),
+            runs_aider: false,
             ..TestProgrammer::paid("006")
         };
         let options = PoolOptions {

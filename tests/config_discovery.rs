@@ -1,7 +1,9 @@
 //! The `discovery:` section, `programmers[].region`, and a programmer described by flags
 //! (`Config::programmer_with`): what loads, and what is refused with file, line and key.
 
-use pas::config::{Config, ConfigError, DiscoveryMode, PathEnv, ProgrammerOverrides, SpecError};
+use pas::config::{
+    AiderStart, Config, ConfigError, DiscoveryMode, PathEnv, ProgrammerOverrides, SpecError,
+};
 use std::path::Path;
 
 fn seed() -> String {
@@ -98,6 +100,7 @@ fn an_unlisted_programmer_is_described_by_flags_and_defaults() {
         region: Some("eu-west".into()),
         host: Some("0.0.0.0".into()),
         port: Some(6151),
+        aider_start: None,
     };
     let spec = config
         .programmer_with("pas-programmer-7f9c", &flags)
@@ -109,6 +112,10 @@ fn an_unlisted_programmer_is_described_by_flags_and_defaults() {
     assert_eq!(spec.region, "eu-west");
     assert_eq!((spec.host.as_str(), spec.port), ("0.0.0.0", 6151));
     assert_eq!(spec.limits, config.default_limits());
+    assert_eq!(
+        spec.aider_start, config.pool.aider.start,
+        "aider.start by default"
+    );
 
     // Without both LLMs an unlisted id is refused, naming the flags to give.
     let err = config
@@ -137,6 +144,7 @@ fn an_unlisted_programmer_is_described_by_flags_and_defaults() {
             "001",
             &ProgrammerOverrides {
                 region: Some("us-east".into()),
+                aider_start: Some(AiderStart::Cold),
                 ..Default::default()
             },
         )
@@ -146,4 +154,6 @@ fn an_unlisted_programmer_is_described_by_flags_and_defaults() {
         config.programmer("001").expect("001").primary
     );
     assert_eq!(listed.region, "us-east");
+    assert_eq!(config.pool.aider.start, AiderStart::Warm);
+    assert_eq!(listed.aider_start, AiderStart::Cold, "--aider-start wins");
 }

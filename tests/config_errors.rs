@@ -771,6 +771,33 @@ fn warm_aider_workers_out_of_range_and_an_unknown_start_mode() {
     expect_issue(&issues, "aider.start", line_of(&yaml, "start: hot"), "warm");
 }
 
+/// A programmer's own `aider_start` wins over `aider.start` for that programmer alone; a bad
+/// one is named with its programmer's index, line and the modes there are.
+#[test]
+fn a_programmers_own_aider_start_wins_and_a_bad_one_is_named() {
+    let entry = "  - id: \"002\"\n    port: 6152\n";
+    let yaml = seed_with(entry, &format!("{entry}    aider_start: cold\n"));
+    let config = Config::from_yaml_with(&yaml, Path::new(SOURCE), &PathEnv::in_dir("/w"))
+        .expect("aider_start: cold on one programmer loads");
+    let start = |id: &str| config.programmer(id).expect(id).aider_start;
+    assert_eq!(config.pool.aider.start, pas::config::AiderStart::Warm);
+    assert_eq!(start("002"), pas::config::AiderStart::Cold);
+    assert_eq!(
+        start("001"),
+        pas::config::AiderStart::Warm,
+        "the others keep aider.start"
+    );
+    let yaml = seed_with(entry, &format!("{entry}    aider_start: hot\n"));
+    let issues = issues(&yaml);
+    let issue = expect_issue(
+        &issues,
+        "programmers[1].aider_start",
+        line_of(&yaml, "aider_start: hot"),
+        "warm",
+    );
+    assert!(issue.message.contains("cold"), "{issue}");
+}
+
 #[test]
 fn an_unknown_durability_names_the_ones_there_are() {
     let yaml = seed_plus("durability: power_outage\n");

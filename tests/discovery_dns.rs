@@ -83,9 +83,11 @@ fn slow_dns_pool(net: u8, latency_ms: u64) -> DnsPool {
 async fn dns_records_bring_programmers_in_and_removing_one_drains_it() {
     let dns_pool = slow_dns_pool(71, 6000);
     let pool = &dns_pool.pool;
+    // The real task below runs on dns-a or dns-b (most often dns-a: dns-b runs it cold).
     let _a = dns_pool.start_programmer("dns-a", 1, "fast,local,free", "eu");
-    let _b = dns_pool.start_programmer("dns-b", 2, "fast,local,free", "eu");
-    let _c = dns_pool.start_programmer("dns-c", 3, "fast,gpu", "us");
+    let cold = ["--aider-start", "cold"];
+    let _b = dns_pool.start_programmer_with("dns-b", 2, "fast,local,free", "eu", &cold);
+    let _c = dns_pool.start_programmer_with("dns-c", 3, "fast,gpu", "us", &cold);
     dns_pool.publish(&[1, 2]);
     let manager = pool.start_manager();
     let c = manager_client(pool).await;
@@ -129,6 +131,16 @@ async fn dns_records_bring_programmers_in_and_removing_one_drains_it() {
     })
     .await;
     assert_eq!(dry_run_on(&c, &["gpu"], "").await, "dns-c");
+    // `--aider-start cold` wins over aider.start (the suite's mode).
+    for (p, start) in [(&_a, common::aider_start()), (&_b, "cold"), (&_c, "cold")] {
+        let log = p.log_text();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("programmer started")
+                    && l.contains(&format!("aider_start={start}"))),
+            "{log}"
+        );
+    }
 
     // A real task on dns-a or dns-b (the two that hold "free").
     let req = DispatchRequest {

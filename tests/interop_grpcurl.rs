@@ -67,7 +67,11 @@ fn grpcurl_over_ok(
 
 fn two_programmers() -> RunningPool {
     RunningPool::start(
-        vec![TestProgrammer::free("001"), TestProgrammer::free("002")],
+        // The real task runs on 001 (002 would run it cold).
+        vec![
+            TestProgrammer::free("001"),
+            TestProgrammer::free("002").without_aider(),
+        ],
         None,
     )
 }

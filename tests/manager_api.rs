@@ -297,7 +297,11 @@ async fn cancel_and_get_task_for_queued_running_and_finished_tasks() {
 #[tokio::test]
 async fn a_finished_task_id_replays_its_result_and_a_different_request_conflicts() {
     let pool = TestPool::new(PoolOptions {
-        programmers: vec![TestProgrammer::free("001"), TestProgrammer::free("002")],
+        // The one real task runs on 001 (least_loaded, first of equals).
+        programmers: vec![
+            TestProgrammer::free("001"),
+            TestProgrammer::free("002").without_aider(),
+        ],
         ..PoolOptions::default()
     });
     pool.sample_repo();

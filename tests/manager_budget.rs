@@ -8,8 +8,8 @@ use crate::common;
 use common::Sim;
 use common::pool::{
     PoolOptions, SHIPPED_CAPABILITY_ROUTING, SHIPPED_FREE, SHIPPED_PAID, TestPool, TestProgrammer,
-    collect_events, dispatch_collect, manager_client, pool_status, sample_dispatch, shipped_shape,
-    state_of, wait_available, wait_for_model_call, wait_until,
+    aider_only_on, collect_events, dispatch_collect, manager_client, pool_status, sample_dispatch,
+    shipped_shape, state_of, wait_available, wait_for_model_call, wait_until,
 };
 use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
 use pas::contract::v1::{
@@ -101,7 +101,9 @@ async fn two_hundred_concurrent_paid_tasks_never_overspend_and_alert_once() {
     const ALERT: f64 = 0.05;
     let pool = TestPool::with_sim(
         PoolOptions {
-            programmers: shipped_shape(),
+            // aider runs on the paid programmers and, at the end, on the first free one (least
+            // loaded); another free one would run that task cold.
+            programmers: aider_only_on(shipped_shape(), &["001", "006", "007", "008"]),
             max_cost_per_job_usd: JOB,
             max_daily_spend_usd: LIMIT,
             alert_threshold_usd: ALERT,
@@ -313,8 +315,7 @@ async fn an_exhausted_budget_moves_mixed_work_to_free_and_refuses_paid_only_work
                     primary: "openai/paid-a".into(),
                     backup: "openai/paid-b".into(),
                     capabilities: vec!["python".into(), "paid".into()],
-                    max_cost_per_job_usd: None,
-                    memory_limit_mb: None,
+                    ..TestProgrammer::free("001")
                 },
                 TestProgrammer::free("002").with_capabilities(&["python", "free"]),
             ],

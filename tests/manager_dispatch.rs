@@ -54,10 +54,11 @@ fn request(description: &str) -> DispatchRequest {
 #[tokio::test]
 async fn dispatch_routes_relays_and_records() {
     let options = PoolOptions {
+        // The one real task runs on 001 (least_loaded, first of equals).
         programmers: vec![
             TestProgrammer::free("001"),
-            TestProgrammer::free("002"),
-            TestProgrammer::paid("003"),
+            TestProgrammer::free("002").without_aider(),
+            TestProgrammer::paid("003").without_aider(),
         ],
         ..Default::default()
     };
@@ -70,6 +71,19 @@ async fn dispatch_routes_relays_and_records() {
     let _m = pool.start_manager();
     let mut c = manager(&pool).await;
     wait_available(&c, 3).await;
+    // A programmer's own aider_start wins over aider.start (the suite's mode).
+    for (p, start) in [
+        (&_p[0], common::aider_start()),
+        (&_p[1], "cold"),
+        (&_p[2], "cold"),
+    ] {
+        let log = p.log_text();
+        let line = log
+            .lines()
+            .find(|l| l.contains("programmer started"))
+            .unwrap_or_else(|| panic!("no start line: {log}"));
+        assert!(line.contains(&format!("aider_start={start}")), "{line}");
+    }
 
     // A dry run is validated and routed, nothing runs.
     let (events, result) = dispatch(

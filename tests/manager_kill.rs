@@ -6,7 +6,7 @@ use crate::common;
 
 use common::Sim;
 use common::pool::{
-    PoolOptions, SHIPPED_CAPABILITY_ROUTING, TestPool, TestProgrammer, assigned_ids,
+    PoolOptions, SHIPPED_CAPABILITY_ROUTING, TestPool, TestProgrammer, aider_only_on, assigned_ids,
     collect_events, dispatch_collect, manager_client, pool_status, rerouted, sample_dispatch,
     shipped_shape, state_of, wait_available, wait_for_model_call, wait_until,
 };
@@ -54,7 +54,9 @@ async fn a_killed_programmer_leaves_at_once_its_task_is_rerouted_and_it_rejoins(
     );
     let pool = TestPool::with_sim(
         PoolOptions {
-            programmers: shipped_shape(),
+            // aider runs on 001 (the victim's first programmer) and 002 (where capability_match
+            // reroutes it); a reroute elsewhere in the fast group runs cold.
+            programmers: aider_only_on(shipped_shape(), &["001", "002"]),
             request_timeout_s: 300,
             task_timeout_s: 300,
             ..PoolOptions::default()
@@ -207,8 +209,7 @@ async fn a_rerouted_paid_task_holds_budget_again_and_the_lost_hold_is_booked() {
         primary: primary.into(),
         backup: backup.into(),
         capabilities: vec!["premium".into(), "paid".into()],
-        max_cost_per_job_usd: None,
-        memory_limit_mb: None,
+        ..TestProgrammer::free(id)
     };
     let pool = TestPool::with_sim(
         PoolOptions {

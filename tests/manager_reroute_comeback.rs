@@ -26,7 +26,9 @@ fn only_001_can_solo() -> PoolOptions {
     PoolOptions {
         programmers: vec![
             TestProgrammer::free("001").with_capabilities(&["solo"]),
-            TestProgrammer::free("002").with_capabilities(&["other"]),
+            TestProgrammer::free("002")
+                .with_capabilities(&["other"])
+                .without_aider(),
         ],
         ..PoolOptions::default()
     }
@@ -137,8 +139,12 @@ impl BusyPool {
         );
         let pool = patient_pool(
             PoolOptions {
+                // 001 never runs aider: its first Execute fails on the wire, and the task
+                // rerouted from it waits for 002.
                 programmers: vec![
-                    TestProgrammer::free("001").with_capabilities(&["solo"]),
+                    TestProgrammer::free("001")
+                        .with_capabilities(&["solo"])
+                        .without_aider(),
                     TestProgrammer::free("002").with_capabilities(&["solo", "busy"]),
                 ],
                 max_concurrent_per_programmer: 1,

@@ -8,9 +8,9 @@ use crate::common;
 
 use common::Sim;
 use common::pool::{
-    self, PoolOptions, TestPool, TestProgrammer, check_stream, collect_events, dispatch_collect,
-    manager_client, pool_status, sample_dispatch, sim_requests, state_of, task_branches,
-    wait_available, wait_until,
+    self, PoolOptions, TestPool, TestProgrammer, aider_only_on, check_stream, collect_events,
+    dispatch_collect, manager_client, pool_status, sample_dispatch, sim_requests, state_of,
+    task_branches, wait_available, wait_until,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -60,11 +60,14 @@ async fn state(c: &ProgrammerPoolClient<Channel>, task_id: &str) -> TaskState {
 
 /// Paid programmers `ids` whose model replies stream slowly, so tasks are still running when a
 /// process is killed; tasks wait in the manager's queue for at most `queue_timeout_s`.
-fn slow_paid_pool(ids: &[&str], queue_timeout_s: u64) -> TestPool {
+fn slow_paid_pool(ids: &[&str], aider_on: &[&str], queue_timeout_s: u64) -> TestPool {
     let sim = Sim::start_with_script("default:\n  chunk_delay_ms: 100\n  chunk_chars: 8\n");
     TestPool::with_sim(
         PoolOptions {
-            programmers: ids.iter().copied().map(TestProgrammer::paid).collect(),
+            programmers: aider_only_on(
+                ids.iter().copied().map(TestProgrammer::paid).collect(),
+                aider_on,
+            ),
             max_concurrent_per_programmer: 2,
             max_cost_per_job_usd: 0.5,
             max_daily_spend_usd: 50.0,
@@ -80,7 +83,8 @@ fn slow_paid_pool(ids: &[&str], queue_timeout_s: u64) -> TestPool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_real_tasks_survive_a_killed_manager_and_callers_reattach() {
-    let pool = slow_paid_pool(&["001", "002", "003", "004", "005"], 120);
+    let all = ["001", "002", "003", "004", "005"];
+    let pool = slow_paid_pool(&all, &all, 120);
     let repo = pool.sample_repo();
     let programmers = pool.start_all_programmers();
     let mut manager = pool.start_manager();
@@ -282,7 +286,8 @@ fn assigned_attempts(events: &[TaskEvent]) -> Vec<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_left_for_an_attempt_never_sent_is_released_and_the_attempt_runs() {
     // Before the fix the task waited this long in the queue, then failed.
-    let pool = slow_paid_pool(&["003", "004"], 30);
+    // The task runs on 003, the first of its equals (least_loaded).
+    let pool = slow_paid_pool(&["003", "004"], &["003"], 30);
     let repo = pool.sample_repo();
     let id = "unsent-hold";
     let ledger_path = pool.data_dir.join("budget.sqlite");
@@ -374,7 +379,7 @@ async fn attempts_never_sent_stay_uncounted_across_manager_restarts() {
 /// recording that placement and sending it would; returns the task's events once it succeeded
 /// under the next manager.
 async fn after_an_unsent_placement(id: &str, attempt: u32, unsent_before: u32) -> Vec<TaskEvent> {
-    let pool = slow_paid_pool(&["003", "004"], 120);
+    let pool = slow_paid_pool(&["003", "004"], &["003"], 120);
     pool.sample_repo();
     let (events, result) = after_a_manager_kill(&pool, id, |pool| {
         let store = rusqlite::Connection::open(pool.data_dir.join("tasks.sqlite")).expect("open");

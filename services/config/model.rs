@@ -296,6 +296,11 @@ pub struct ProgrammerConfig {
     /// uses other regions only when none there can take the task. Empty or absent: no region.
     #[serde(default)]
     pub region: Option<String>,
+    /// This programmer's `aider.start`: a warm zygote holds ~200 MiB and spends seconds of a
+    /// core importing aider when the programmer starts, which a programmer that rarely gets a
+    /// task (a paid tier kept in reserve, a host short of memory) may be better without.
+    #[serde(default)]
+    pub aider_start: Option<AiderStart>,
 }
 
 /// Original `load_balancing:` section.
@@ -626,7 +631,7 @@ pub struct AiderConfig {
 }
 
 /// `aider.start`: how an attempt gets its aider process.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum AiderStart {
     /// A warm worker (aider already imported); cold when none is ready.
@@ -634,6 +639,16 @@ pub enum AiderStart {
     Warm,
     /// A new Python interpreter per attempt.
     Cold,
+}
+
+impl AiderStart {
+    /// The value as the file spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Warm => "warm",
+            Self::Cold => "cold",
+        }
+    }
 }
 
 impl Default for AiderConfig {

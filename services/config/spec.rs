@@ -7,7 +7,7 @@
 use super::error::{ConfigError, ConfigIssue};
 use super::llm::{self, LlmSpec};
 use super::locate::{KeyPath, Segment, SourceMap};
-use super::model::PoolConfig;
+use super::model::{AiderStart, PoolConfig};
 use super::parse;
 use super::validate::{self, Finding, Point};
 use std::collections::{BTreeMap, BTreeSet};
@@ -70,6 +70,8 @@ pub struct ProgrammerSpec {
     pub paid: bool,
     /// Where it runs (empty: no region). Tasks that ask for a region prefer its programmers.
     pub region: String,
+    /// How its attempts start aider: its own `aider_start`, else `aider.start`.
+    pub aider_start: AiderStart,
 }
 
 /// Longest region name (a DNS label's length: regions often name zones).
@@ -99,6 +101,7 @@ pub struct ProgrammerOverrides {
     pub region: Option<String>,
     pub host: Option<String>,
     pub port: Option<u16>,
+    pub aider_start: Option<AiderStart>,
 }
 
 /// Why [`Config::programmer_with`] could not build a programmer from the file and the flags.
@@ -308,6 +311,7 @@ impl Config {
                 limits: default_limits(&self.pool),
                 paid: false,
                 region: String::new(),
+                aider_start: self.pool.aider.start,
             },
             (None, _, _) => {
                 return Err(SpecError::Unlisted {
@@ -339,6 +343,9 @@ impl Config {
         }
         if let Some(host) = &flags.host {
             spec.host = host.clone();
+        }
+        if let Some(start) = flags.aider_start {
+            spec.aider_start = start;
         }
         if let Some(port) = flags.port {
             spec.port = port;
@@ -566,6 +573,7 @@ fn resolve_programmers(pool: &PoolConfig, llms: &BTreeMap<String, LlmSpec>) -> V
                     memory_limit_mb: p.memory_limit_mb.unwrap_or(pool.aider.memory_limit_mb),
                 },
                 region: p.region.clone().unwrap_or_default(),
+                aider_start: p.aider_start.unwrap_or(pool.aider.start),
             })
         })
         .collect()

@@ -183,6 +183,8 @@ pub fn spec_from_status(
         limits,
         paid: status.paid,
         region: status.region.clone(),
+        // The programmer's own business (it starts its aider); the manager never reads it.
+        aider_start: listed.map_or(config.pool.aider.start, |p| p.aider_start),
     }
 }
 

@@ -57,6 +57,10 @@ pub struct ProgrammerArgs {
     /// Where this programmer runs (e.g. eu-west); managers prefer a task's region.
     #[arg(long, env = "PAS_REGION")]
     pub region: Option<String>,
+    /// How its attempts start aider (`warm` or `cold`), instead of its entry's `aider_start` or
+    /// `aider.start`: e.g. `cold` for a rarely used programmer on a host short of memory.
+    #[arg(long, env = "PAS_AIDER_START", value_enum)]
+    pub aider_start: Option<crate::config::AiderStart>,
     /// On SIGTERM, how long running tasks may finish before they are cancelled.
     #[arg(long, default_value_t = 30)]
     pub drain_timeout_s: u64,
@@ -77,6 +81,7 @@ pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
             region: args.region.clone(),
             host: args.host.clone(),
             port: args.port,
+            aider_start: args.aider_start,
         },
     )?;
     // The aider this programmer would run is the pinned one, or it does not start.
@@ -146,8 +151,13 @@ pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
     ));
     // Tests and `pas up` read this line to learn the bound address.
     println!("{} listening on {addr}", prog.spec.agent);
+    let aider_start = if prog.aider.warm.is_some() {
+        "warm"
+    } else {
+        "cold"
+    };
     tracing::info!(programmer = %prog.spec.id, %addr, primary = %prog.spec.primary.name,
-        backup = %prog.spec.backup.name, "programmer started");
+        backup = %prog.spec.backup.name, %aider_start, "programmer started");
 
     let drain_prog = prog.clone();
     let drain_timeout = Duration::from_secs(args.drain_timeout_s);

@@ -27,8 +27,8 @@ pub struct AiderSettings {
     pub request_timeout_s: u64,
     /// `aider.nice`, applied by the launcher.
     pub nice: u8,
-    /// The warm workers (`aider.start: warm`), started by [`Programmer::start_warm_workers`];
-    /// `None` with `aider.start: cold`.
+    /// The warm workers (`aider.start: warm`, or the programmer's own `aider_start`), started
+    /// by [`Programmer::start_warm_workers`]; `None` when cold.
     pub warm: Option<Arc<WarmPool>>,
 }
 
@@ -127,7 +127,7 @@ impl Programmer {
             None => Breaker::new(policy),
         };
         let lb = &pool.load_balancing;
-        let warm = match pool.aider.start {
+        let warm = match spec.aider_start {
             AiderStart::Cold => None,
             AiderStart::Warm => Some(Arc::new(
                 WarmPool::new(

@@ -175,6 +175,20 @@ impl DnsPool {
         capabilities: &str,
         region: &str,
     ) -> ChildGuard {
+        self.start_programmer_with(id, n, capabilities, region, &[])
+    }
+
+    /// [`Self::start_programmer`] with `extra` flags, e.g. `--aider-start cold` for a programmer
+    /// the test runs no aider on (it spares the warm zygote's seconds of CPU, see
+    /// `PoolOptions::runs_aider`).
+    pub fn start_programmer_with(
+        &self,
+        id: &str,
+        n: u8,
+        capabilities: &str,
+        region: &str,
+        extra: &[&str],
+    ) -> ChildGuard {
         let host = self.ip(n).to_string();
         let port = self.port.to_string();
         let mut args = vec![
@@ -192,6 +206,7 @@ impl DnsPool {
         if !region.is_empty() {
             args.extend(["--region", region]);
         }
+        args.extend(extra);
         self.pool.start_programmer_with_args(id, &args)
     }
 }

@@ -22,6 +22,10 @@ pub struct TestProgrammer {
     pub max_cost_per_job_usd: Option<f64>,
     /// Per-programmer `memory_limit_mb` override (aider's memory ceiling).
     pub memory_limit_mb: Option<u64>,
+    /// Whether the test runs aider on this programmer; `false` starts it with its own
+    /// `aider_start: cold` (see [`PoolOptions::runs_aider`], the same for a whole pool), e.g. the
+    /// free programmers of a test whose real tasks all go to the paid ones.
+    pub runs_aider: bool,
 }
 
 impl TestProgrammer {
@@ -34,6 +38,7 @@ impl TestProgrammer {
             capabilities: vec!["fast".into(), "local".into(), "free".into()],
             max_cost_per_job_usd: None,
             memory_limit_mb: None,
+            runs_aider: true,
         }
     }
 
@@ -46,6 +51,15 @@ impl TestProgrammer {
             capabilities: vec!["premium".into(), "paid".into()],
             max_cost_per_job_usd: None,
             memory_limit_mb: None,
+            runs_aider: true,
+        }
+    }
+
+    /// The same programmer for a test that runs no aider on it (see [`Self::runs_aider`]).
+    pub fn without_aider(self) -> Self {
+        Self {
+            runs_aider: false,
+            ..self
         }
     }
 }
@@ -270,6 +284,9 @@ impl TestPool {
             }
             if let Some(m) = p.memory_limit_mb {
                 y.push_str(&format!("    memory_limit_mb: {m}\n"));
+            }
+            if !p.runs_aider {
+                y.push_str("    aider_start: cold\n");
             }
         }
         y.push_str(&format!(
@@ -602,6 +619,7 @@ impl TestProgrammer {
             capabilities: vec!["premium".into(), "reasoning".into(), "paid".into()],
             max_cost_per_job_usd: None,
             memory_limit_mb: None,
+            runs_aider: true,
         }
     }
 
@@ -628,6 +646,22 @@ pub fn shipped_shape() -> Vec<TestProgrammer> {
         out.push(TestProgrammer::free(id).with_capabilities(&["deepseek", "local", "free"]));
     }
     out
+}
+
+/// `programmers` with aider kept to the ones in `ids` (the others start with
+/// `aider_start: cold`, see [`TestProgrammer::runs_aider`]): for a test whose real tasks go to
+/// those alone. One that gets a real task anyway still runs it, cold.
+pub fn aider_only_on(programmers: Vec<TestProgrammer>, ids: &[&str]) -> Vec<TestProgrammer> {
+    programmers
+        .into_iter()
+        .map(|p| {
+            if ids.contains(&p.id.as_str()) {
+                p
+            } else {
+                p.without_aider()
+            }
+        })
+        .collect()
 }
 
 /// The shipped config's `capability_routing` section (append with [`TestPool::append_config`]).
