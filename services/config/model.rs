@@ -641,16 +641,6 @@ pub enum AiderStart {
     Cold,
 }
 
-impl AiderStart {
-    /// The value as the file spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Warm => "warm",
-            Self::Cold => "cold",
-        }
-    }
-}
-
 impl Default for AiderConfig {
     fn default() -> Self {
         Self {
