@@ -133,13 +133,7 @@ async fn dns_records_bring_programmers_in_and_removing_one_drains_it() {
     assert_eq!(dry_run_on(&c, &["gpu"], "").await, "dns-c");
     // `--aider-start cold` wins over aider.start (the suite's mode).
     for (p, start) in [(&_a, common::aider_start()), (&_b, "cold"), (&_c, "cold")] {
-        let log = p.log_text();
-        assert!(
-            log.lines()
-                .any(|l| l.contains("programmer started")
-                    && l.contains(&format!("aider_start={start}"))),
-            "{log}"
-        );
+        assert_eq!(p.started_aider(), start, "{}", p.name);
     }
 
     // A real task on dns-a or dns-b (the two that hold "free").

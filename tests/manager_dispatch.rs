@@ -77,12 +77,7 @@ async fn dispatch_routes_relays_and_records() {
         (&_p[1], "cold"),
         (&_p[2], "cold"),
     ] {
-        let log = p.log_text();
-        let line = log
-            .lines()
-            .find(|l| l.contains("programmer started"))
-            .unwrap_or_else(|| panic!("no start line: {log}"));
-        assert!(line.contains(&format!("aider_start={start}")), "{line}");
+        assert_eq!(p.started_aider(), start, "{}", p.name);
     }
 
     // A dry run is validated and routed, nothing runs.

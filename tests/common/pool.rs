@@ -148,6 +148,18 @@ impl ChildGuard {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// How a programmer starts aider (`warm` or `cold`), as its start line says; panics with
+    /// the log if the line is not there yet.
+    pub fn started_aider(&self) -> String {
+        let log = self.log_text();
+        log.lines()
+            .find(|l| l.contains("programmer started"))
+            .and_then(|l| l.split_once("aider_start="))
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no start line naming aider_start in {}:\n{log}", self.name))
+    }
 }
 
 impl Drop for ChildGuard {
