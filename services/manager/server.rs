@@ -80,6 +80,23 @@ enum Inserted {
 /// finish them, which takes seconds at the least.
 const QUEUE_FULL_RETRY: Duration = Duration::from_secs(1);
 
+/// How long a new task's response headers wait for its first event (Queued or Assigned).
+/// Sent together, they leave in one write and the caller's client wakes once for both; a dry run,
+/// whose events follow at once, then reaches its caller in a single write. A programmer slow to
+/// answer only delays the headers this much.
+const HEADERS_AWAIT_FIRST_EVENT: Duration = Duration::from_millis(20);
+
+/// `stream` once its first event is ready, or after [`HEADERS_AWAIT_FIRST_EVENT`].
+async fn with_first_event(stream: EventStream) -> EventStream {
+    let mut stream = futures::StreamExt::peekable(stream);
+    let _ = tokio::time::timeout(
+        HEADERS_AWAIT_FIRST_EVENT,
+        std::pin::Pin::new(&mut stream).peek(),
+    )
+    .await;
+    Box::pin(stream)
+}
+
 /// Which programmers a route may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TierChoice {
@@ -295,7 +312,7 @@ impl ProgrammerPool for PoolService {
             dispatch::run(mgr, life),
             span,
         ));
-        Ok(Response::new(stream))
+        Ok(Response::new(with_first_event(stream).await))
     }
 
     async fn watch_task(
@@ -472,4 +489,49 @@ fn follow(
     };
     mgr.new_log(&record.task_id, vec![last])
         .follow(after_seq, heartbeat)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::v1::TaskEvent;
+    use futures::StreamExt;
+
+    fn event(seq: u64) -> crate::task_events::EventItem {
+        Ok(TaskEvent {
+            seq,
+            ..Default::default()
+        })
+    }
+
+    /// A first event that is ready goes out with the headers: no time passes.
+    #[tokio::test(start_paused = true)]
+    async fn headers_leave_with_a_first_event_that_is_ready() {
+        let started = Instant::now();
+        let stream: EventStream = Box::pin(futures::stream::iter([event(1), event(2)]));
+        let mut stream = with_first_event(stream).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        let seqs: Vec<u64> = (&mut stream).map(|e| e.unwrap().seq).collect().await;
+        assert_eq!(
+            seqs,
+            vec![1, 2],
+            "the peeked event is still delivered, first"
+        );
+    }
+
+    /// A first event that is late (a programmer slow to answer) holds the headers for
+    /// [`HEADERS_AWAIT_FIRST_EVENT`] only; the stream still delivers it when it comes.
+    #[tokio::test(start_paused = true)]
+    async fn a_late_first_event_holds_the_headers_only_briefly() {
+        let started = Instant::now();
+        let late = futures::stream::once(async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            event(1)
+        });
+        let mut stream = with_first_event(Box::pin(late)).await;
+        assert_eq!(started.elapsed(), HEADERS_AWAIT_FIRST_EVENT);
+        assert_eq!(stream.next().await.unwrap().unwrap().seq, 1);
+        assert_eq!(started.elapsed(), Duration::from_secs(3600));
+        assert!(stream.next().await.is_none());
+    }
 }
