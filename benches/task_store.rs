@@ -37,7 +37,7 @@ use pas::contract::v1::{
     Assigned, DispatchRequest, TaskEvent, TaskResult, TaskState, task_event::Kind,
 };
 use pas::manager::budget::{BudgetLedger, BudgetPolicy};
-use pas::manager::store::{LIST_SCAN_ROWS, NewTask, STORE_VFS, StoreError, TaskStore};
+use pas::manager::store::{Commit, LIST_SCAN_ROWS, NewTask, STORE_VFS, StoreError, TaskStore};
 use pas::money::Usd;
 use pas::task_events::{MAX_RETAINED, REPLAY_PAGE};
 use std::time::{Duration, Instant};
@@ -103,7 +103,10 @@ async fn run(tasks: usize) {
             .expect("insert");
         insert.push(t.elapsed());
         let t = Instant::now();
-        store.set_running(&id, "001", 1, 0).await.expect("running");
+        store
+            .set_running(Commit::Now, &id, "001", 1, 0)
+            .await
+            .expect("running");
         running.push(t.elapsed());
         let assigned_event = Kind::Assigned(Assigned {
             programmer_id: "001".into(),
@@ -155,7 +158,10 @@ async fn as_dispatched(tasks: usize, request: &DispatchRequest) {
         let id = format!("task-{i:08}");
         let started = Instant::now();
         let recorded = store.insert_with_next(&NewTask::from_request(&id, request));
-        store.set_running(&id, "001", 1, 0).await.expect("running");
+        store
+            .set_running(Commit::Now, &id, "001", 1, 0)
+            .await
+            .expect("running");
         recorded.await.expect("insert");
         placed.push(started.elapsed());
         let t = Instant::now();
@@ -440,7 +446,10 @@ async fn programmer_replay_by_task_length() {
 /// Assigned event with the result, then the result recorded in the task's row), each awaited.
 async fn dispatch_writes(store: &TaskStore, id: &str, request: &DispatchRequest) {
     let recorded = store.insert_with_next(&NewTask::from_request(id, request));
-    store.set_running(id, "001", 1, 0).await.expect("running");
+    store
+        .set_running(Commit::Now, id, "001", 1, 0)
+        .await
+        .expect("running");
     recorded.await.expect("insert");
     let result = TaskResult {
         status: TaskState::Succeeded as i32,

@@ -396,7 +396,7 @@ main() {
   install_peers
   "$root/scripts/install-aider.sh" >&2
   [ -x "$PAS_BIN" ] || die "no pas binary at $PAS_BIN: run 'cargo build --release' or set PAS_BIN"
-  run=$(mktemp -d /tmp/pas-bench-peers.XXXXXX)
+  run=$(mktemp -d "${TMPDIR:-/tmp}/pas-bench-peers.XXXXXX")
   mkdir -p "$run/results"
   log "work dir $run (PAS_BENCH_PEERS_KEEP=1 keeps it)"
 

@@ -1,6 +1,7 @@
 //! The manager end to end: real `pas manager` in front of real programmers.
 
 use crate::common;
+use crate::telemetry_support::scrape;
 
 use common::pool::{PoolOptions, TestPool, TestProgrammer, wait_available, wait_until};
 use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
@@ -104,6 +105,47 @@ async fn dispatch_routes_relays_and_records() {
         })
         .expect("assigned");
     assert_eq!(assigned.strategy, "least_loaded");
+
+    // Dry runs one after another: each is recorded with where it ran, though a dry run's record
+    // and placement are committed with its events rather than before its Execute. So they take
+    // fewer than two store commits each (a real task takes two at the least: its placement
+    // before Execute, its result), with room for a loaded machine that splits some task's first
+    // event from its result and for the checkpoint thread's own writes.
+    const DRY_RUNS: usize = 20;
+    let commits = "pas_task_store_commits_total";
+    let before = scrape(&pool.manager_url()).await.value(commits, &[]);
+    let mut ran = Vec::new();
+    for _ in 0..DRY_RUNS {
+        let (events, result) = dispatch(
+            &mut c,
+            DispatchRequest {
+                dry_run: true,
+                ..request("dry, again")
+            },
+        )
+        .await;
+        ran.push((events[0].task_id.clone(), result.programmer_id));
+    }
+    let spent = scrape(&pool.manager_url()).await.value(commits, &[]) - before;
+    assert!(
+        spent < 1.5 * DRY_RUNS as f64,
+        "{spent} commits for {DRY_RUNS} dry runs"
+    );
+    for (task_id, programmer) in ran {
+        let record = c
+            .get_task(GetTaskRequest {
+                task_id: task_id.clone(),
+            })
+            .await
+            .expect("GetTask")
+            .into_inner();
+        assert_eq!(TaskState::try_from(record.state), Ok(TaskState::Succeeded));
+        assert_eq!(record.programmer_id, programmer, "{task_id}");
+        assert!(
+            record.started_ms > 0 && record.finished_ms >= record.started_ms,
+            "{record:#?}"
+        );
+    }
 
     // A real task: edited on a branch, recorded.
     let (_, result) = dispatch(

@@ -11,7 +11,8 @@
 //!
 //! - **Wait**: queued in the scheduler (Queued events) until it places the task.
 //! - **Start**: first the task's record, if admission queued its insert without waiting for it
-//!   (a made-up id; failed without one, nothing sent); then the programmer's Execute answer:
+//!   (a made-up id; failed without one, nothing sent), and its placement (a dry run's two are
+//!   committed with its first event or result instead); then the programmer's Execute answer:
 //!   taken (Assigned, relayed), refused at admission (back to the front of the queue, hold
 //!   released), a bad request (failed), or no clear answer.
 //! - **Relay**: the programmer's events go into the task's log (journaled, with the programmer's
@@ -60,6 +61,7 @@ use crate::manager::admission::TaskSlot;
 use crate::manager::balancer::{Exclusion, Hold, Placement, Route, Upstream, attempt_task_id};
 use crate::manager::escalation::{self, Decision, Escalation};
 use crate::manager::membership::Member;
+use crate::manager::store::Commit;
 use crate::manager::waitqueue::{NotPlaced, Ticket};
 use crate::money::Usd;
 use crate::task_events::TaskEventSink;
@@ -85,7 +87,8 @@ pub struct TaskLife {
     /// Whether the task may still escalate to the paid tier, or already did.
     pub escalation: Escalation,
     /// The task's record, when its insert was queued but not awaited at admission (a task id the
-    /// manager made up cannot be taken): awaited before the task is sent to a programmer.
+    /// manager made up cannot be taken): awaited before the task is sent to a programmer (a dry
+    /// run's after its result, with which it is committed: see the Start step).
     pub recorded: Option<Recorded>,
     /// How many attempts of its current leg were lost on programmers that never had them (see
     /// [`tried`]): none for a new task; for a resumed one, as its record says.
@@ -252,6 +255,9 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
     // task): its settlement is made durable before the result is published
     // (`BudgetLedger::durable`).
     let mut held = matches!(&start, Start::Placed(resumed) if resumed.hold.is_some());
+    // A dry run's record and placements, committed with its events rather than before its
+    // Execute (see Start): awaited once its result is, to report a write that failed.
+    let mut dry_run_writes: Option<futures::future::BoxFuture<'static, ()>> = None;
     let mut step = match start {
         Start::Queued(ticket) => Step::Wait(ticket),
         Start::Routed(placement) => Step::Start(placement),
@@ -320,23 +326,60 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                     // next process releases the hold. A record queued at admission (a made-up id)
                     // is committed with it, in the same transaction, and checked first: without a
                     // record the task is not sent, its hold is released.
-                    let running = mgr
-                        .store
-                        .set_running(&task_id, &programmer, dispatch_attempt, unsent);
-                    if let Some(record) = recorded.take()
-                        && let Err(e) = record.await
-                    {
-                        tracing::error!(%task_id, "task store: the task was not recorded: {e}");
-                        mgr.release(&task_id, hold);
-                        return Step::Done(ended(
-                            TaskState::Failed,
-                            ErrorClass::Internal,
-                            &format!("task store: the task was not recorded: {e}"),
+                    //
+                    // A dry run is the exception: it changes nothing anywhere and holds no budget,
+                    // so there is nothing a restarted manager would need to find. Its record and
+                    // placement are queued, not committed, and go with the next commit: its first
+                    // event's or its result's (a caller learns of the task only from an event, which
+                    // is published once committed, so never of a task GetTask could miss). A lone
+                    // dry run then costs one commit, not two; a manager that dies before it leaves
+                    // no trace of the task, or a record that runs the dry run again.
+                    if route.request.dry_run && hold.is_none() {
+                        let running = mgr.store.set_running(
+                            Commit::WithNext,
+                            &task_id,
                             &programmer,
-                        ));
-                    }
-                    if let Err(e) = running.await {
-                        tracing::warn!(%task_id, "task store: {e}");
+                            dispatch_attempt,
+                            unsent,
+                        );
+                        let (record, earlier) = (recorded.take(), dry_run_writes.take());
+                        let id = task_id.clone();
+                        dry_run_writes = Some(Box::pin(async move {
+                            if let Some(earlier) = earlier {
+                                earlier.await;
+                            }
+                            if let Some(record) = record
+                                && let Err(e) = record.await
+                            {
+                                tracing::error!(task_id = %id, "task store: the dry run was not recorded: {e}");
+                            }
+                            if let Err(e) = running.await {
+                                tracing::warn!(task_id = %id, "task store: {e}");
+                            }
+                        }));
+                    } else {
+                        let running = mgr.store.set_running(
+                            Commit::Now,
+                            &task_id,
+                            &programmer,
+                            dispatch_attempt,
+                            unsent,
+                        );
+                        if let Some(record) = recorded.take()
+                            && let Err(e) = record.await
+                        {
+                            tracing::error!(%task_id, "task store: the task was not recorded: {e}");
+                            mgr.release(&task_id, hold);
+                            return Step::Done(ended(
+                                TaskState::Failed,
+                                ErrorClass::Internal,
+                                &format!("task store: the task was not recorded: {e}"),
+                                &programmer,
+                            ));
+                        }
+                        if let Err(e) = running.await {
+                            tracing::warn!(%task_id, "task store: {e}");
+                        }
                     }
                     // The hold too, before the programmer may spend it (with `power_loss` the
                     // ledger syncs off this thread; at once otherwise).
@@ -664,6 +707,10 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
             tracing::error!(%task_id, "{e}");
         }
         Box::pin(mgr.finish_task(&task_id, &sink, result)).await;
+        // Committed with the result (or earlier): their outcome, for the log.
+        if let Some(writes) = dry_run_writes {
+            writes.await;
+        }
         stages::at(&task_id, "finished");
     }
 }

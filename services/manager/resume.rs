@@ -82,7 +82,8 @@ pub fn unfinished_tasks(mgr: &Arc<Manager>) -> anyhow::Result<()> {
         // Attempts of this leg their programmers never had go on not counting as tried.
         let unsent_before = placed.as_ref().map_or(0, |p| p.unsent_before);
         // The attempt after the recorded placement (the first attempt when there is none) was
-        // never sent: placements are recorded before their Execute is. A hold the previous process
+        // never sent: placements are recorded before their Execute is (a dry run's may not be,
+        // which at worst runs it again: it changes nothing). A hold the previous process
         // reserved for it (it died between the reservation and the record) spent nothing, so it
         // is released, not booked as an orphan: booked, its key would be taken for good, and the
         // task's next attempt could never reserve it (it waited in the queue until it timed out).

@@ -260,7 +260,8 @@ impl ProgrammerPool for PoolService {
             // A fresh id cannot be taken, so the record is queued without waiting for the disk,
             // to be committed with the next write: the caller learns the id from the first
             // event, which is journaled after it, and the task's life awaits it (with its
-            // placement's write) before sending the task to a programmer.
+            // placement's write) before sending the task to a programmer (a dry run's goes
+            // with its events: see `dispatch`'s Start step).
             let write = mgr
                 .store
                 .insert_with_next(&new_task(&req, &task_id, caller.as_deref()));

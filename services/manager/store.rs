@@ -394,7 +394,7 @@ struct Queue {
 
 /// When a write is committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Commit {
+pub enum Commit {
     /// At once: the caller commits the queue unless someone else is committing it.
     Now,
     /// With the next write committed now, or when the caller awaits it.
@@ -718,17 +718,20 @@ impl TaskStore {
     /// Marks the task RUNNING on `programmer_id` in dispatch attempt `dispatch_attempt` (again
     /// after a reroute: the programmer changes, `started_ms` keeps the first assignment), with
     /// `unsent_before` of its leg's earlier attempts never sent ([`Placed::unsent_before`]). Returns
-    /// false, changing nothing, when the task is already finished. Queued at once: the caller may
-    /// leave the answer unawaited; events journaled after it belong to this attempt.
+    /// false, changing nothing, when the task is already finished. Queued at once, committed `when`
+    /// says (a dry run's placement need not be durable before its Execute is sent: with the next
+    /// write); the caller may leave the answer unawaited; events journaled after it belong to this
+    /// attempt.
     pub fn set_running(
         &self,
+        when: Commit,
         task_id: &str,
         programmer_id: &str,
         dispatch_attempt: u32,
         unsent_before: u32,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
         let (task_id, programmer_id) = (task_id.to_owned(), programmer_id.to_owned());
-        self.write(Commit::Now, move |conn| {
+        self.write(when, move |conn| {
             let n = conn
                 .prepare_cached(
                     "UPDATE tasks SET state = ?1, programmer_id = ?2, dispatch_attempt = ?6,
@@ -2251,7 +2254,10 @@ mod tests {
                 .insert(&NewTask::from_request(id, &request(id)))
                 .await
                 .unwrap();
-            store.set_running(id, "001", 1, 0).await.unwrap();
+            store
+                .set_running(Commit::Now, id, "001", 1, 0)
+                .await
+                .unwrap();
             for seq in 1..=events {
                 let event = TaskEvent {
                     task_id: id.into(),
@@ -2544,7 +2550,10 @@ mod tests {
                             .insert(&NewTask::from_request(&id, &request("steady")))
                             .await
                             .unwrap();
-                        store.set_running(&id, "001", 1, 0).await.unwrap();
+                        store
+                            .set_running(Commit::Now, &id, "001", 1, 0)
+                            .await
+                            .unwrap();
                     }
                     n
                 })
@@ -2600,7 +2609,12 @@ mod tests {
         assert_eq!((rec.started_ms, rec.finished_ms), (0, 0));
         assert!(rec.result.is_none());
 
-        assert!(store.set_running("t1", "003", 1, 0).await.unwrap());
+        assert!(
+            store
+                .set_running(Commit::Now, "t1", "003", 1, 0)
+                .await
+                .unwrap()
+        );
         let rec = store.get("t1").unwrap().unwrap();
         assert_eq!(rec.state(), TaskState::Running);
         assert_eq!(rec.programmer_id, "003");
@@ -2623,7 +2637,10 @@ mod tests {
             .insert(&NewTask::from_request("t1", &req))
             .await
             .unwrap();
-        store.set_running("t1", "001", 1, 0).await.unwrap();
+        store
+            .set_running(Commit::Now, "t1", "001", 1, 0)
+            .await
+            .unwrap();
 
         // Same request (even with a different task_id field inside it): attach.
         let mut same = req.clone();
@@ -2664,12 +2681,26 @@ mod tests {
     }
 
     /// Records task `id` and marks it RUNNING on programmer 001, attempt 1.
+    /// Journals `task_id`'s result (Succeeded on 001) as its event `seq`, committed at once.
+    async fn append_result(store: &TaskStore, task_id: &str, seq: u64) {
+        let result = TaskEvent {
+            task_id: task_id.into(),
+            seq,
+            kind: Some(Kind::Result(Box::new(succeeded("001")))),
+            ..Default::default()
+        };
+        store.append_event(task_id, &result, seq).await.unwrap();
+    }
+
     async fn insert_running(store: &TaskStore, id: &str) {
         store
             .insert(&NewTask::from_request(id, &request("x")))
             .await
             .unwrap();
-        store.set_running(id, "001", 1, 0).await.unwrap();
+        store
+            .set_running(Commit::Now, id, "001", 1, 0)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
@@ -2680,7 +2711,12 @@ mod tests {
         // Rerouted: programmer changes, started_ms stays.
         let first_start = store.get("t1").unwrap().unwrap().started_ms;
         std::thread::sleep(std::time::Duration::from_millis(5));
-        assert!(store.set_running("t1", "002", 1, 0).await.unwrap());
+        assert!(
+            store
+                .set_running(Commit::Now, "t1", "002", 1, 0)
+                .await
+                .unwrap()
+        );
         let rec = store.get("t1").unwrap().unwrap();
         assert_eq!(
             (rec.programmer_id.as_str(), rec.started_ms),
@@ -2693,7 +2729,12 @@ mod tests {
         };
         assert!(store.finish("t1", &cancelled).await.unwrap());
         assert!(!store.finish("t1", &succeeded("002")).await.unwrap());
-        assert!(!store.set_running("t1", "003", 1, 0).await.unwrap());
+        assert!(
+            !store
+                .set_running(Commit::Now, "t1", "003", 1, 0)
+                .await
+                .unwrap()
+        );
         let rec = store.get("t1").unwrap().unwrap();
         assert_eq!(rec.state(), TaskState::Cancelled);
         // An empty programmer_id in the result keeps the recorded one.
@@ -2707,7 +2748,7 @@ mod tests {
         let store = open(&dir);
         assert!(store.get("nope").unwrap().is_none());
         assert!(matches!(
-            store.set_running("nope", "001", 1, 0).await,
+            store.set_running(Commit::Now, "nope", "001", 1, 0).await,
             Err(StoreError::NotFound(_))
         ));
         assert!(matches!(
@@ -2746,7 +2787,10 @@ mod tests {
             .insert(&NewTask::from_request("running", &dry))
             .await
             .unwrap();
-        store.set_running("running", "004", 2, 1).await.unwrap();
+        store
+            .set_running(Commit::Now, "running", "004", 2, 1)
+            .await
+            .unwrap();
         let relayed = |seq| TaskEvent {
             task_id: "running".into(),
             seq,
@@ -2763,7 +2807,10 @@ mod tests {
             .insert(&NewTask::from_request("done", &request("c")))
             .await
             .unwrap();
-        store.set_running("done", "001", 1, 0).await.unwrap();
+        store
+            .set_running(Commit::Now, "done", "001", 1, 0)
+            .await
+            .unwrap();
         store.finish("done", &succeeded("001")).await.unwrap();
         drop(store);
         // A row written before requests were kept.
@@ -3176,7 +3223,12 @@ mod tests {
                 let store = store.clone();
                 tokio::spawn(async move {
                     let id = format!("t{i}");
-                    assert!(store.set_running(&id, "001", 1, 0).await.unwrap());
+                    assert!(
+                        store
+                            .set_running(Commit::Now, &id, "001", 1, 0)
+                            .await
+                            .unwrap()
+                    );
                     assert!(store.finish(&id, &succeeded("001")).await.unwrap());
                 })
             })
@@ -3234,7 +3286,12 @@ mod tests {
         assert!(store.get("a").unwrap().is_none(), "not committed yet");
         assert_eq!(store.commits(), before);
         // The placement's write commits both, in one transaction.
-        assert!(store.set_running("a", "001", 1, 0).await.unwrap());
+        assert!(
+            store
+                .set_running(Commit::Now, "a", "001", 1, 0)
+                .await
+                .unwrap()
+        );
         assert!(matches!(record.await, Ok(InsertOutcome::Inserted)));
         assert_eq!(store.commits(), before + 1);
         assert_eq!(store.get("a").unwrap().unwrap().state(), TaskState::Running);
@@ -3261,7 +3318,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
         let a = store.insert_with_next(&NewTask::from_request("a", &request("x")));
-        assert!(store.set_running("a", "001", 1, 0).await.unwrap());
+        assert!(
+            store
+                .set_running(Commit::Now, "a", "001", 1, 0)
+                .await
+                .unwrap()
+        );
         let before = store.commits();
         let b = store.insert_with_next(&NewTask::from_request("b", &request("x")));
         assert!(matches!(a.await, Ok(InsertOutcome::Inserted)));
@@ -3291,17 +3353,7 @@ mod tests {
         assert!(store.events("a").unwrap().is_empty());
         // The result's write commits both, in one transaction, with no time passing.
         let at = tokio::time::Instant::now();
-        store
-            .append_event(
-                "a",
-                &TaskEvent {
-                    kind: Some(Kind::Result(Box::new(succeeded("001")))),
-                    ..event(2)
-                },
-                2,
-            )
-            .await
-            .unwrap();
+        append_result(&store, "a", 2).await;
         assigned.await.unwrap();
         assert_eq!(store.commits(), before + 1);
         assert_eq!(at.elapsed(), Duration::ZERO);
@@ -3323,6 +3375,37 @@ mod tests {
         assert_eq!(at.elapsed(), EVENT_DELAY);
         assert_eq!(store.commits(), before + 1);
         assert_eq!(store.events("b").unwrap().len(), 1);
+    }
+
+    /// A dry run's record and placement, both queued to go with the next write, are committed
+    /// with its events: with its first event and its result, one commit for the whole task, and
+    /// nothing of it durable before then.
+    #[tokio::test(start_paused = true)]
+    async fn a_dry_runs_record_and_placement_go_with_its_events_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let before = store.commits();
+        let record = store.insert_with_next(&NewTask::from_request("a", &request("x")));
+        let running = store.set_running(Commit::WithNext, "a", "001", 1, 0);
+        let event = |seq| TaskEvent {
+            task_id: "a".into(),
+            seq,
+            ..Default::default()
+        };
+        let mut assigned = Box::pin(store.append_event_soon("a", &event(1), 1));
+        assert!(futures::poll!(assigned.as_mut()).is_pending());
+        assert_eq!(store.commits(), before);
+        assert!(store.get("a").unwrap().is_none(), "nothing committed yet");
+        append_result(&store, "a", 2).await;
+        assert_eq!(store.commits(), before + 1);
+        assigned.await.unwrap();
+        assert!(matches!(record.await, Ok(InsertOutcome::Inserted)));
+        assert!(running.await.unwrap(), "placed before it finished");
+        assert_eq!(store.commits(), before + 1, "awaiting them commits nothing");
+        let task = store.get("a").unwrap().unwrap();
+        assert_eq!(task.state(), TaskState::Succeeded);
+        assert_eq!(task.programmer_id, "001");
+        assert_eq!(store.events("a").unwrap().len(), 2);
     }
 
     /// A store in a directory that does not exist is refused with an error naming its file.
@@ -3673,7 +3756,10 @@ mod tests {
         ledger
             .reserve("t1", Usd::from_nanos(5_000_000_000))
             .unwrap();
-        store.set_running("t1", "006", 1, 0).await.unwrap();
+        store
+            .set_running(Commit::Now, "t1", "006", 1, 0)
+            .await
+            .unwrap();
         ledger.settle("t1", Usd::from_nanos(1_000_000_000)).unwrap();
         store.finish("t1", &succeeded("006")).await.unwrap();
         assert_eq!(
