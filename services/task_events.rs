@@ -125,6 +125,16 @@ impl std::fmt::Debug for TaskLog {
 }
 
 impl TaskLog {
+    /// Bytes of the events this log holds in memory, as encoded: what keeping a finished log
+    /// costs its process.
+    pub fn retained_bytes(&self) -> usize {
+        self.state()
+            .events
+            .iter()
+            .map(prost::Message::encoded_len)
+            .sum()
+    }
+
     /// An empty log for `task_id`.
     pub fn new(task_id: &str, journal: Option<Arc<dyn Journal>>) -> Arc<Self> {
         Self::restore(task_id, Vec::new(), journal)

@@ -16,7 +16,8 @@
 //! it was handed back, and on its last dispatch attempt the task would fail with its edit kept.
 //!
 //! Finished tasks stay in memory for [`KEEP_IN_MEMORY`] (at most [`MAX_FINISHED_IN_MEMORY`] of
-//! them) and on disk for [`KEEP_ON_DISK`].
+//! them, holding at most [`MAX_FINISHED_BYTES_IN_MEMORY`] of events) and on disk for
+//! [`KEEP_ON_DISK`].
 
 use crate::config::Durability;
 use crate::contract::v1::{ErrorClass, TaskEvent, TaskResult, TaskState, task_event::Kind};
@@ -38,6 +39,13 @@ pub const KEEP_IN_MEMORY: Duration = Duration::from_secs(600);
 /// are read back from their files like any other). Without it a flood of dry runs — thousands a
 /// second — held each for [`KEEP_IN_MEMORY`]: ~100 MiB per programmer after 50 s of bench-peers.
 pub const MAX_FINISHED_IN_MEMORY: usize = 1_000;
+
+/// Most bytes (events, as encoded) the finished tasks kept in memory may hold together: past it
+/// the longest finished leave early, as past [`MAX_FINISHED_IN_MEMORY`]. A real task's log holds
+/// up to `MAX_RETAINED` events of output, so a thousand chatty tasks finished within
+/// [`KEEP_IN_MEMORY`] could otherwise hold gigabytes; the newest finished task stays whatever
+/// its size.
+pub const MAX_FINISHED_BYTES_IN_MEMORY: usize = 64 << 20;
 
 /// How long a task's event file is kept after its last write (removed at start-up once older,
 /// and by the sweep every [`SWEEP_EVERY`] while the programmer runs).
@@ -89,6 +97,15 @@ impl Run {
     }
 }
 
+/// The finished tasks kept in memory, in the order they finished (see [`TaskRuns::finished`]).
+#[derive(Debug, Default)]
+struct Finished {
+    /// Each with when it is due to leave memory and the bytes its log holds.
+    queue: VecDeque<(tokio::time::Instant, String, usize)>,
+    /// The sum of those bytes.
+    bytes: usize,
+}
+
 /// The tasks of this programmer, running and recently finished.
 #[derive(Debug)]
 pub struct TaskRuns {
@@ -96,8 +113,8 @@ pub struct TaskRuns {
     journal: Arc<FileJournal>,
     runs: Mutex<HashMap<String, Run>>,
     /// The finished tasks still in [`runs`](Self::runs), in the order they finished, each with
-    /// when it is due to leave memory.
-    finished: Mutex<VecDeque<(tokio::time::Instant, String)>>,
+    /// when it is due to leave memory and the bytes its log holds.
+    finished: Mutex<Finished>,
     /// Wakes [`keep_tidy`](Self::keep_tidy) when a task finishes while none waited to leave.
     first_finished: tokio::sync::Notify,
     /// Tasks with a keep record on disk, removed once their result is journaled.
@@ -273,34 +290,46 @@ impl TaskRuns {
     }
 
     /// The task has its result: it leaves memory after [`KEEP_IN_MEMORY`], or earlier once
-    /// [`MAX_FINISHED_IN_MEMORY`] tasks finished after it (its file stays).
+    /// [`MAX_FINISHED_IN_MEMORY`] tasks finished after it or the finished ones hold more than
+    /// [`MAX_FINISHED_BYTES_IN_MEMORY`] (its file stays).
     pub fn finished(&self, task_id: &str) {
         if lock(&self.keep_records).remove(task_id)
             && let Some(path) = self.journal.path(task_id)
         {
             let _ = std::fs::remove_file(path.with_extension(KEEPING_EXT));
         }
+        let bytes = self
+            .runs()
+            .get(task_id)
+            .map_or(0, |run| run.log.retained_bytes());
         let mut finished = lock(&self.finished);
         let now = tokio::time::Instant::now();
-        finished.push_back((now + KEEP_IN_MEMORY, task_id.to_string()));
-        if finished.len() == 1 {
+        finished
+            .queue
+            .push_back((now + KEEP_IN_MEMORY, task_id.to_string(), bytes));
+        finished.bytes += bytes;
+        if finished.queue.len() == 1 {
             self.first_finished.notify_one();
         }
         self.forget(&mut finished, now);
     }
 
     /// Removes from memory the finished tasks whose [`KEEP_IN_MEMORY`] is over, and the longest
-    /// finished past [`MAX_FINISHED_IN_MEMORY`]; returns when the next one is due, if any.
+    /// finished past [`MAX_FINISHED_IN_MEMORY`] or [`MAX_FINISHED_BYTES_IN_MEMORY`] (never the
+    /// newest); returns when the next one is due, if any.
     fn forget(
         &self,
-        finished: &mut VecDeque<(tokio::time::Instant, String)>,
+        finished: &mut Finished,
         now: tokio::time::Instant,
     ) -> Option<tokio::time::Instant> {
-        while let Some(&(due, _)) = finished.front() {
-            if due > now && finished.len() <= MAX_FINISHED_IN_MEMORY {
+        while let Some(&(due, _, _)) = finished.queue.front() {
+            let over = finished.queue.len() > MAX_FINISHED_IN_MEMORY
+                || (finished.bytes > MAX_FINISHED_BYTES_IN_MEMORY && finished.queue.len() > 1);
+            if due > now && !over {
                 return Some(due);
             }
-            if let Some((_, task_id)) = finished.pop_front() {
+            if let Some((_, task_id, bytes)) = finished.queue.pop_front() {
+                finished.bytes -= bytes;
                 self.runs().remove(&task_id);
             }
         }
@@ -867,13 +896,22 @@ mod tests {
 
     /// Starts and finishes task `task_id` in `runs`.
     async fn run_to_its_end(runs: &TaskRuns, task_id: &str) {
+        run_with_output(runs, task_id, 0).await;
+    }
+
+    /// Runs `task_id` to its result after one output event of `output_bytes` bytes (none for 0).
+    async fn run_with_output(runs: &TaskRuns, task_id: &str, output_bytes: usize) {
         let run = runs.start(task_id, CancellationToken::new()).unwrap();
-        TaskEventSink::new(run.log.clone())
-            .finish(TaskResult {
-                status: TaskState::Succeeded as i32,
-                ..Default::default()
-            })
-            .await;
+        let sink = TaskEventSink::new(run.log.clone());
+        if output_bytes > 0 {
+            sink.send(crate::task_events::tests::output(&"x".repeat(output_bytes)))
+                .await;
+        }
+        sink.finish(TaskResult {
+            status: TaskState::Succeeded as i32,
+            ..Default::default()
+        })
+        .await;
         runs.finished(task_id);
     }
 
@@ -898,6 +936,36 @@ mod tests {
         }
         stop.cancel();
         tidying.await.unwrap();
+    }
+
+    /// Past [`MAX_FINISHED_BYTES_IN_MEMORY`] the longest finished leave memory, whatever their
+    /// count, and are read back from their files; the newest stays even alone over the budget.
+    #[tokio::test]
+    async fn past_max_finished_bytes_in_memory_the_longest_finished_leave_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = TaskRuns::open(dir.path().join("events"), "001").unwrap().0;
+        // Four logs of a bit over a quarter of the budget each: the fourth puts the finished
+        // ones over it, so the first leaves.
+        let quarter = MAX_FINISHED_BYTES_IN_MEMORY / 4 + 1024;
+        for i in 0..4 {
+            run_with_output(&runs, &format!("big-{i}"), quarter).await;
+        }
+        assert!(
+            !runs.runs().contains_key("big-0"),
+            "the longest finished left"
+        );
+        for i in 1..4 {
+            assert!(
+                runs.runs().contains_key(&format!("big-{i}")),
+                "big-{i} stays"
+            );
+        }
+        let replayed = runs.get("big-0").expect("read back from its file");
+        assert_eq!(replayed.log.latest_seq(), 2, "its output and its result");
+        // One log over the whole budget: every other finished one leaves, it stays.
+        run_with_output(&runs, "huge", MAX_FINISHED_BYTES_IN_MEMORY + 1).await;
+        let kept: Vec<String> = runs.runs().keys().cloned().collect();
+        assert_eq!(kept, vec!["huge".to_string()]);
     }
 
     #[tokio::test]
