@@ -334,14 +334,15 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                     // is published once committed, so never of a task GetTask could miss). A lone
                     // dry run then costs one commit, not two; a manager that dies before it leaves
                     // no trace of the task, or a record that runs the dry run again.
-                    if route.request.dry_run && hold.is_none() {
-                        let running = mgr.store.set_running(
-                            Commit::WithNext,
-                            &task_id,
-                            &programmer,
-                            dispatch_attempt,
-                            unsent,
-                        );
+                    let dry_run = route.request.dry_run && hold.is_none();
+                    let running = mgr.store.set_running(
+                        if dry_run { Commit::WithNext } else { Commit::Now },
+                        &task_id,
+                        &programmer,
+                        dispatch_attempt,
+                        unsent,
+                    );
+                    if dry_run {
                         let (record, earlier) = (recorded.take(), dry_run_writes.take());
                         let id = task_id.clone();
                         dry_run_writes = Some(Box::pin(async move {
@@ -358,13 +359,6 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                             }
                         }));
                     } else {
-                        let running = mgr.store.set_running(
-                            Commit::Now,
-                            &task_id,
-                            &programmer,
-                            dispatch_attempt,
-                            unsent,
-                        );
                         if let Some(record) = recorded.take()
                             && let Err(e) = record.await
                         {

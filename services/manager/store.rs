@@ -2680,7 +2680,6 @@ mod tests {
         );
     }
 
-    /// Records task `id` and marks it RUNNING on programmer 001, attempt 1.
     /// Journals `task_id`'s result (Succeeded on 001) as its event `seq`, committed at once.
     async fn append_result(store: &TaskStore, task_id: &str, seq: u64) {
         let result = TaskEvent {
@@ -2692,6 +2691,7 @@ mod tests {
         store.append_event(task_id, &result, seq).await.unwrap();
     }
 
+    /// Records task `id` and marks it RUNNING on programmer 001, attempt 1.
     async fn insert_running(store: &TaskStore, id: &str) {
         store
             .insert(&NewTask::from_request(id, &request("x")))
