@@ -194,7 +194,7 @@ async fn bench(runs: usize, dry_runs: usize) {
             let elapsed = started.elapsed();
             let _ = drain.await;
             assert!(
-                run.output.contains("Applied edit to"),
+                run.output.text().contains("Applied edit to"),
                 "the direct run applied its edit:\n{}",
                 run.output
             );

@@ -41,6 +41,13 @@ pub type EventStream = Pin<Box<dyn futures::Stream<Item = EventItem> + Send + 's
 /// naming the oldest kept otherwise. The result is always kept: it is last.
 pub const MAX_RETAINED: usize = 10_000;
 
+/// Most bytes (events, as encoded) a log keeps in memory, however few the events: a running
+/// aider task's output arrives in chunks of up to 8 KiB, so [`MAX_RETAINED`] alone would let one
+/// chatty task hold ~80 MB in the programmer and as much again in the manager. Past it the
+/// oldest events are dropped, as past [`MAX_RETAINED`]; the newest event always stays. A live
+/// follower reads from memory while it keeps within this much of the newest event.
+pub const MAX_RETAINED_BYTES: usize = 2 << 20;
+
 /// Most events of one log that may be numbered but not yet durable: past it, a producer waits
 /// for its event's journal write (so a flood of output cannot queue without bound).
 pub const MAX_UNPUBLISHED: u64 = 256;
@@ -98,13 +105,32 @@ pub const REPLAY_PAGE: usize = 512;
 struct LogState {
     /// Numbered events, in seq order; followers see those up to the published seq.
     events: VecDeque<TaskEvent>,
+    /// Bytes of `events`, as encoded.
+    bytes: usize,
     /// Seq of the latest numbered event (0: none yet).
     latest: u64,
     /// The result was numbered: nothing more is appended.
     closed: bool,
 }
 
-/// One task's events, in memory (bounded by [`MAX_RETAINED`]) and, with a journal, on disk.
+impl LogState {
+    /// Keeps `event` (the newest), then drops the oldest events past [`MAX_RETAINED`] or
+    /// [`MAX_RETAINED_BYTES`].
+    fn keep(&mut self, event: TaskEvent) {
+        self.bytes += prost::Message::encoded_len(&event);
+        self.events.push_back(event);
+        while self.events.len() > 1
+            && (self.events.len() > MAX_RETAINED || self.bytes > MAX_RETAINED_BYTES)
+        {
+            if let Some(dropped) = self.events.pop_front() {
+                self.bytes -= prost::Message::encoded_len(&dropped);
+            }
+        }
+    }
+}
+
+/// One task's events, in memory (bounded by [`MAX_RETAINED`] and [`MAX_RETAINED_BYTES`]) and,
+/// with a journal, on disk.
 pub struct TaskLog {
     task_id: Arc<str>,
     state: Mutex<LogState>,
@@ -128,11 +154,7 @@ impl TaskLog {
     /// Bytes of the events this log holds in memory, as encoded: what keeping a finished log
     /// costs its process.
     pub fn retained_bytes(&self) -> usize {
-        self.state()
-            .events
-            .iter()
-            .map(prost::Message::encoded_len)
-            .sum()
+        self.state().bytes
     }
 
     /// An empty log for `task_id`.
@@ -151,17 +173,17 @@ impl TaskLog {
         let closed = events
             .last()
             .is_some_and(|e| matches!(e.kind, Some(Kind::Result(_))));
-        let mut events: VecDeque<TaskEvent> = events.into();
-        while events.len() > MAX_RETAINED {
-            events.pop_front();
+        let mut state = LogState {
+            latest,
+            closed,
+            ..LogState::default()
+        };
+        for event in events {
+            state.keep(event);
         }
         Arc::new(Self {
             task_id: task_id.into(),
-            state: Mutex::new(LogState {
-                events,
-                latest,
-                closed,
-            }),
+            state: Mutex::new(state),
             published: Arc::new(watch::channel(latest).0),
             followers: watch::channel(0).0,
             journal,
@@ -233,10 +255,7 @@ impl TaskLog {
             let seq = event.seq;
             state.latest = seq;
             state.closed = terminal;
-            state.events.push_back(event);
-            while state.events.len() > MAX_RETAINED {
-                state.events.pop_front();
-            }
+            state.keep(event);
             (seq, durable)
         };
         let Some(mut durable) = durable else {
@@ -646,6 +665,117 @@ pub(crate) mod tests {
         assert!(lost.next().await.is_none());
     }
 
+    /// A journal whose writes end only when the test says so, in order (like the store's
+    /// writer), and that reads back only the writes that ended: a slow disk.
+    #[derive(Default)]
+    struct Gated {
+        pending: Mutex<Vec<(TaskEvent, tokio::sync::oneshot::Sender<()>)>>,
+        durable: Kept,
+    }
+    impl Journal for Gated {
+        fn append(
+            &self,
+            _: &str,
+            event: &TaskEvent,
+            _: u64,
+        ) -> BoxFuture<'static, Result<(), String>> {
+            let (done, written) = tokio::sync::oneshot::channel();
+            self.pending.lock().unwrap().push((event.clone(), done));
+            Box::pin(async move { written.await.map_err(|e| e.to_string()) })
+        }
+        fn replays(&self) -> bool {
+            true
+        }
+        fn replay(
+            &self,
+            task_id: &str,
+            after_seq: u64,
+            limit: usize,
+        ) -> BoxFuture<'static, Result<Vec<TaskEvent>, String>> {
+            self.durable.replay(task_id, after_seq, limit)
+        }
+    }
+    impl Gated {
+        fn all_durable(&self) {
+            let pending = self.pending.lock().unwrap().len();
+            self.durable(pending);
+        }
+        /// Makes the oldest `upto` pending writes durable.
+        fn durable(&self, upto: usize) {
+            for (event, done) in self.pending.lock().unwrap().drain(..upto) {
+                self.durable.0.lock().unwrap().push(event);
+                let _ = done.send(());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chatty_log_keeps_at_most_its_byte_budget_and_followers_read_the_rest_back() {
+        let journal = Arc::new(Gated::default());
+        let log = TaskLog::new("t8", Some(journal.clone()));
+        let sink = TaskEventSink::new(log.clone());
+        let mut live = log.follow(0, None).unwrap();
+        // Large chunks, more than the budget holds, written while the journal has made none of
+        // them durable yet.
+        let chunk = "x".repeat(16 << 10);
+        let chunks = MAX_RETAINED_BYTES / chunk.len() + 40;
+        assert!(
+            (chunks as u64) < MAX_UNPUBLISHED,
+            "the producer never waits here"
+        );
+        for i in 0..chunks {
+            assert!(sink.send(output(&format!("{i} {chunk}"))).await);
+        }
+        let kept_bytes: usize = log
+            .state()
+            .events
+            .iter()
+            .map(prost::Message::encoded_len)
+            .sum();
+        assert_eq!(log.retained_bytes(), kept_bytes);
+        assert!(log.retained_bytes() <= MAX_RETAINED_BYTES);
+        let oldest = log.state().events.front().unwrap().seq;
+        assert!(
+            oldest > 30,
+            "the oldest events left memory (oldest kept: {oldest})"
+        );
+        journal.all_durable();
+        // The live follower reads every event once, in order: the dropped ones from the journal.
+        for seq in 1..=chunks as u64 {
+            let event = live.next().await.unwrap().expect("no error");
+            assert_eq!(event.seq, seq);
+            let Some(Kind::Output(out)) = event.kind else {
+                panic!("output expected")
+            };
+            assert!(out.text.starts_with(&format!("{} ", seq - 1)));
+        }
+        // One event larger than the whole budget still stays, as the newest.
+        let huge = "y".repeat(MAX_RETAINED_BYTES + 1);
+        let finishing = tokio::spawn({
+            let sink = sink.clone();
+            async move {
+                sink.send(output(&huge)).await;
+                sink.finish(succeeded()).await
+            }
+        });
+        while !finishing.is_finished() {
+            journal.all_durable();
+            tokio::task::yield_now().await;
+        }
+        assert!(finishing.await.unwrap());
+        assert_eq!(
+            log.state().events.len(),
+            1,
+            "only the result is left in memory"
+        );
+        assert!(log.result().is_some());
+        assert_eq!(seqs(live).await, vec![chunks as u64 + 1, chunks as u64 + 2]);
+        // A log restored from many large events keeps the same budget.
+        let restored = TaskLog::restore("t8", journal.durable.0.lock().unwrap().clone(), None);
+        assert!(restored.retained_bytes() <= MAX_RETAINED_BYTES);
+        assert!(restored.is_finished());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_idle_follower_gets_heartbeats_with_the_latest_seq() {
         let log = TaskLog::new("t4", None);
@@ -663,27 +793,9 @@ pub(crate) mod tests {
         assert!(stream.next().await.is_none());
     }
 
-    /// A journal whose writes end only when the test says so, in order (like the store's
-    /// writer): seq `n` is durable once `durable(n)` was called.
-    struct Gated(Mutex<Vec<tokio::sync::oneshot::Sender<()>>>);
-    impl Journal for Gated {
-        fn append(&self, _: &str, _: &TaskEvent, _: u64) -> BoxFuture<'static, Result<(), String>> {
-            let (done, written) = tokio::sync::oneshot::channel();
-            self.0.lock().unwrap().push(done);
-            Box::pin(async move { written.await.map_err(|e| e.to_string()) })
-        }
-    }
-    impl Gated {
-        fn durable(&self, upto: usize) {
-            for done in self.0.lock().unwrap().drain(..upto) {
-                let _ = done.send(());
-            }
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn events_are_published_only_once_durable_and_a_producer_does_not_wait_between_them() {
-        let journal = Arc::new(Gated(Mutex::new(Vec::new())));
+        let journal = Arc::new(Gated::default());
         let log = TaskLog::new("t6", Some(journal.clone()));
         let sink = TaskEventSink::new(log.clone());
         let mut live = log.follow(0, None).unwrap();

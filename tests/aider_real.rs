@@ -126,11 +126,14 @@ async fn edits_and_commits_on_each_provider_api_with_cost_and_loopback_only() {
         let ctx = format!("{name}:\n{}", run.output);
         if let Some(dir) = std::env::var_os("PAS_CAPTURE_DIR") {
             let file = format!("success_{}.txt", name.replace(['/', ':'], "_"));
-            std::fs::write(Path::new(&dir).join(file), &run.output).expect("capture output");
+            std::fs::write(Path::new(&dir).join(file), run.output.text()).expect("capture output");
         }
         assert_eq!(outcome, Outcome::Success, "{ctx}");
         assert_eq!(run.exit_code, Some(0), "{ctx}");
-        assert!(run.output.contains("Applied edit to calc.py"), "{ctx}");
+        assert!(
+            run.output.text().contains("Applied edit to calc.py"),
+            "{ctx}"
+        );
         // Committed, with the docstrings in the new commit.
         assert_ne!(git_head(repo.path()), base, "{ctx}");
         let committed = common::git(repo.path(), &["show", "HEAD:calc.py"]);
@@ -167,7 +170,7 @@ async fn edits_and_commits_on_each_provider_api_with_cost_and_loopback_only() {
                 "{:?} vs {expected}",
                 run.usage
             );
-            assert!(run.output.contains("Cost: $"), "{ctx}");
+            assert!(run.output.text().contains("Cost: $"), "{ctx}");
         } else {
             assert_eq!(run.usage.cost, Usd::ZERO, "{:?}", run.usage);
         }
@@ -372,13 +375,17 @@ async fn each_injected_fault_gives_aiders_line_and_our_class() {
     let mut failures = Vec::new();
     for t in tasks {
         let (case, run, outcome) = t.await.unwrap();
-        let line_ok = run
-            .output
-            .lines()
-            .any(|l| l.trim_start().starts_with(case.expect_line) || l.contains(case.expect_line));
+        let line_ok =
+            run.output.text().lines().any(|l| {
+                l.trim_start().starts_with(case.expect_line) || l.contains(case.expect_line)
+            });
         let class_ok = std::mem::discriminant(&outcome) == std::mem::discriminant(&case.expect)
             && outcome.error_class() == case.expect.error_class();
-        assert!(!run.output.contains(API_KEY), "{}: key leaked", case.model);
+        assert!(
+            !run.output.text().contains(API_KEY),
+            "{}: key leaked",
+            case.model
+        );
         if !(line_ok && class_ok) || run.exit_code != Some(0) {
             failures.push(format!(
                 "{} ({}): expected {:?} and a line with {:?}; got {:?} exit {:?}\n{}",
@@ -402,7 +409,7 @@ async fn each_injected_fault_gives_aiders_line_and_our_class() {
         }
         if let Some(dir) = std::env::var_os("PAS_CAPTURE_DIR") {
             let name = format!("{}.txt", case.model.replace(['/', ':'], "_"));
-            std::fs::write(Path::new(&dir).join(name), &run.output).expect("capture output");
+            std::fs::write(Path::new(&dir).join(name), run.output.text()).expect("capture output");
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n-----\n"));
@@ -603,11 +610,11 @@ async fn hostile_repository_configuration_is_not_obeyed_and_the_key_is_redacted(
     assert_eq!(kinds.first(), Some(&"edit_diff"), "{log}");
     assert!(kinds[1..].iter().all(|k| *k == "commit_message"), "{log}");
     assert!(
-        run.output.contains(REDACTED),
+        run.output.text().contains(REDACTED),
         "the key echoed by aider is redacted:\n{}",
         run.output
     );
-    assert!(!run.output.contains(API_KEY));
+    assert!(!run.output.text().contains(API_KEY));
     assert!(chunks.iter().all(|c| !c.text.contains(API_KEY)));
 }
 
@@ -678,7 +685,7 @@ async fn aider_refuses_to_edit_a_path_that_resolves_outside_the_worktree() {
     inv.files = vec!["link.py".into()];
     let (run, _chunks, outcome) = run(inv, Duration::from_secs(120)).await;
     assert!(
-        run.output.contains("resolves outside the worktree"),
+        run.output.text().contains("resolves outside the worktree"),
         "{}",
         run.output
     );

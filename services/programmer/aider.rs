@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::money::Usd;
+use crate::programmer::classify::AiderOutput;
 use crate::programmer::warm::{WarmChild, WarmPool};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -210,8 +211,8 @@ pub struct AiderRun {
     pub exit_code: Option<i32>,
     /// The signal that ended aider, if any.
     pub signal: Option<i32>,
-    /// stdout and stderr interleaved in arrival order (key redacted).
-    pub output: String,
+    /// stdout and stderr interleaved in arrival order (key redacted), as the classifier read it.
+    pub output: AiderOutput,
     /// Usage from the analytics log.
     pub usage: AiderUsage,
     /// The run was stopped by its cancellation token.
@@ -653,7 +654,7 @@ async fn pump(
     mut pipe: impl tokio::io::AsyncRead + Unpin,
     stream: OutputStream,
     secret: Option<String>,
-    output: std::sync::Arc<std::sync::Mutex<String>>,
+    output: std::sync::Arc<std::sync::Mutex<AiderOutput>>,
     tx: mpsc::Sender<OutputChunk>,
 ) {
     let mut buf = vec![0u8; 8192];
@@ -672,7 +673,7 @@ async fn pump(
         };
         if !text.is_empty() {
             if let Ok(mut out) = output.lock() {
-                out.push_str(&text);
+                out.push(&text);
             }
             if receiver_open {
                 receiver_open = tx.send(OutputChunk { stream, text }).await.is_ok();
@@ -857,7 +858,7 @@ async fn run_once(
     let mut process = spawn(&inv, &run_dir, &args, &env, deadline, &cancel).await?;
     let pgid = process.pgid();
     let guard = GroupGuard { pgid };
-    let collected = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let collected = std::sync::Arc::new(std::sync::Mutex::new(AiderOutput::default()));
     let mut pumps = Vec::new();
     for (pipe, stream) in process.take_pipes() {
         pumps.push(tokio::spawn(pump(
@@ -911,7 +912,13 @@ async fn run_once(
     for p in pumps {
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, p).await;
     }
-    let output = collected.lock().map(|s| s.clone()).unwrap_or_default();
+    let output = collected
+        .lock()
+        .map(|mut output| {
+            output.finish();
+            std::mem::take(&mut *output)
+        })
+        .unwrap_or_default();
     let analytics = std::fs::read_to_string(run_dir.analytics()).unwrap_or_default();
     Ok(AiderRun {
         exit_code: status.code,

@@ -120,50 +120,181 @@ pub fn classify(run: &AiderRun, repo_changed: bool) -> Outcome {
     if run.timed_out {
         return Outcome::DeadlineExceeded;
     }
+    let seen = &run.output.seen;
     // Out of memory first: a MemoryError inside litellm may also print as an LLM error.
-    if let Some(line) = run.output.lines().find(|l| l.contains(MEMORY_CEILING)) {
-        return Outcome::MemoryCeiling(line.trim().to_string());
+    if let Some(line) = &seen.memory_ceiling {
+        return Outcome::MemoryCeiling(line.clone());
     }
-    // The last LLM error wins: with retries off there is normally exactly one.
-    let mut llm: Option<(LlmFailureClass, String)> = None;
-    let mut edit: Option<String> = None;
-    let mut applied = false;
-    for line in run.output.lines() {
-        let t = line.trim();
-        if let Some(found) = llm_error(t) {
-            llm = Some(found);
-        } else if t.contains(EMPTY_RESPONSE) {
-            llm = Some((LlmFailureClass::ApiError, t.to_string()));
-        }
-        if let Some(marker) = EDIT_FAILURES.iter().find(|m| t.contains(**m)) {
-            if edit.is_none() || *marker == "Only 3 reflections allowed, stopping." {
-                edit = Some(t.to_string());
-            }
-        }
-        if t.starts_with(APPLIED) {
-            applied = true;
-        }
-    }
-    if applied && repo_changed {
+    if seen.applied && repo_changed {
         return Outcome::Success;
     }
-    if let Some((class, message)) = llm {
-        return Outcome::LlmFailure(class, message);
+    if let Some((class, message)) = &seen.llm {
+        return Outcome::LlmFailure(*class, message.clone());
     }
-    if let Some(message) = edit {
-        return Outcome::EditFailure(message);
+    if let Some(message) = &seen.edit {
+        return Outcome::EditFailure(message.clone());
     }
     match (run.exit_code, run.signal) {
-        (Some(0), _) if applied => Outcome::NoEdit(
+        (Some(0), _) if seen.applied => Outcome::NoEdit(
             "aider reported an applied edit but the repository did not change".to_string(),
         ),
         (Some(0), _) => Outcome::NoEdit("aider finished without applying any edit".to_string()),
         (Some(code), _) => Outcome::Other(format!(
             "aider exited with status {code}{}",
-            last_line(&run.output)
+            if seen.last_line.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", seen.last_line)
+            }
         )),
         (None, Some(sig)) => Outcome::Other(format!("aider was killed by signal {sig}")),
         (None, None) => Outcome::Other("aider ended without an exit status".to_string()),
+    }
+}
+
+/// Most bytes of one output line the classifier reads at once: a longer line (aider streaming a
+/// reply without a newline) is read in pieces of about this size, so what the classifier holds
+/// stays bounded.
+const MAX_LINE_BYTES: usize = 64 << 10;
+
+/// Bytes of an attempt's output kept as text from its start, and again from its end (see
+/// [`AiderOutput::text`]).
+const KEPT_TEXT_BYTES: usize = 64 << 10;
+
+/// An attempt's output (stdout and stderr in arrival order, key redacted), read as it arrives:
+/// the classifier's findings over every line, and the output's first and last
+/// [`KEPT_TEXT_BYTES`] as text. Nothing here grows with the output: a task whose aider prints
+/// for its whole deadline costs its programmer no more memory than a short one (its output
+/// still reaches followers whole, as events).
+#[derive(Debug, Clone, Default)]
+pub struct AiderOutput {
+    /// What the classifier found, line by line.
+    pub seen: Seen,
+    /// The line not yet ended by a newline.
+    line: String,
+    head: String,
+    tail: String,
+    /// Bytes between `head` and `tail` that were not kept.
+    left_out: usize,
+}
+
+/// What the classifier found in the output lines read so far.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    /// The launcher's out-of-memory line (the first).
+    pub memory_ceiling: Option<String>,
+    /// The last LLM failure: with retries off there is normally exactly one.
+    pub llm: Option<(LlmFailureClass, String)>,
+    /// The first edit failure, or the reflections' limit when it was reached.
+    pub edit: Option<String>,
+    /// aider said it applied an edit.
+    pub applied: bool,
+    /// The last line that is not blank, trimmed.
+    pub last_line: String,
+}
+
+impl AiderOutput {
+    /// `text` read whole, as if it were an attempt's entire output.
+    pub fn of(text: &str) -> Self {
+        let mut output = Self::default();
+        output.push(text);
+        output.finish();
+        output
+    }
+
+    /// Reads the next piece of output (any split: a line may span pieces).
+    pub fn push(&mut self, text: &str) {
+        self.keep_text(text);
+        let mut pieces = text.split('\n');
+        let first = pieces.next().unwrap_or_default();
+        self.line.push_str(first);
+        for piece in pieces {
+            self.end_line();
+            self.line.push_str(piece);
+        }
+        if self.line.len() > MAX_LINE_BYTES {
+            self.end_line();
+        }
+    }
+
+    /// Reads the last line, which no newline ended. Call once the output is over.
+    pub fn finish(&mut self) {
+        if !self.line.is_empty() {
+            self.end_line();
+        }
+    }
+
+    /// The output as text: all of it, or its first and last [`KEPT_TEXT_BYTES`] with a line
+    /// between them saying how much was left out.
+    pub fn text(&self) -> String {
+        if self.left_out == 0 {
+            return format!("{}{}", self.head, self.tail);
+        }
+        format!(
+            "{}\n[pas: {} bytes of aider's output left out]\n{}",
+            self.head, self.left_out, self.tail
+        )
+    }
+
+    fn keep_text(&mut self, mut text: &str) {
+        // The head takes text until it is full; from then on everything goes to the tail.
+        if self.tail.is_empty() && self.head.len() < KEPT_TEXT_BYTES {
+            let room =
+                crate::programmer::worktree::at_most(text, KEPT_TEXT_BYTES - self.head.len());
+            self.head.push_str(room);
+            text = &text[room.len()..];
+        }
+        self.tail.push_str(text);
+        if self.tail.len() > 2 * KEPT_TEXT_BYTES {
+            let mut cut = self.tail.len() - KEPT_TEXT_BYTES;
+            while !self.tail.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.left_out += cut;
+            self.tail.drain(..cut);
+        }
+    }
+
+    fn end_line(&mut self) {
+        let line = std::mem::take(&mut self.line);
+        self.seen.read(&line);
+        self.line = line;
+        self.line.clear();
+    }
+}
+
+/// The output as [`AiderOutput::text`] gives it.
+impl std::fmt::Display for AiderOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text())
+    }
+}
+
+impl Seen {
+    /// Reads one line of output.
+    fn read(&mut self, line: &str) {
+        let t = line.trim();
+        if t.is_empty() {
+            return;
+        }
+        if self.memory_ceiling.is_none() && t.contains(MEMORY_CEILING) {
+            self.memory_ceiling = Some(t.to_string());
+        }
+        if let Some(found) = llm_error(t) {
+            self.llm = Some(found);
+        } else if t.contains(EMPTY_RESPONSE) {
+            self.llm = Some((LlmFailureClass::ApiError, t.to_string()));
+        }
+        if let Some(marker) = EDIT_FAILURES.iter().find(|m| t.contains(**m))
+            && (self.edit.is_none() || *marker == "Only 3 reflections allowed, stopping.")
+        {
+            self.edit = Some(t.to_string());
+        }
+        if t.starts_with(APPLIED) {
+            self.applied = true;
+        }
+        self.last_line.clear();
+        self.last_line.push_str(t);
     }
 }
 
@@ -204,16 +335,6 @@ fn llm_error(line: &str) -> Option<(LlmFailureClass, String)> {
     None
 }
 
-fn last_line(output: &str) -> String {
-    output
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .map(|l| format!(": {l}"))
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,7 +342,7 @@ mod tests {
     fn run(output: &str) -> AiderRun {
         AiderRun {
             exit_code: Some(0),
-            output: output.to_string(),
+            output: AiderOutput::of(output),
             ..AiderRun::default()
         }
     }
@@ -242,6 +363,98 @@ mod tests {
                 "expected {kind} {class:?} {marker:?}, got {outcome:?} for:\n{text}"
             );
         }
+    }
+
+    /// `text` read in pieces of `size` bytes (cut on char boundaries), as the pipes give it.
+    fn in_pieces(text: &str, size: usize) -> AiderOutput {
+        let mut output = AiderOutput::default();
+        let mut rest = text;
+        while !rest.is_empty() {
+            let mut end = size.min(rest.len());
+            while !rest.is_char_boundary(end) {
+                end += 1;
+            }
+            output.push(&rest[..end]);
+            rest = &rest[end..];
+        }
+        output.finish();
+        output
+    }
+
+    #[test]
+    fn output_read_in_any_pieces_classifies_as_read_whole() {
+        for (text, kind, _, _) in CAPTURED {
+            let whole = classify(&run(text), *kind == "ok");
+            for size in [1, 2, 7, 100, 8192] {
+                let r = AiderRun {
+                    output: in_pieces(text, size),
+                    ..run("")
+                };
+                assert_eq!(classify(&r, *kind == "ok"), whole, "pieces of {size}");
+                assert_eq!(r.output.text(), *text, "short output is kept whole");
+            }
+        }
+        // The last line needs no newline, and a piece may end mid-line.
+        let r = AiderRun {
+            exit_code: Some(3),
+            output: in_pieces("starting\n  boom at the end  ", 3),
+            ..AiderRun::default()
+        };
+        assert_eq!(
+            classify(&r, false),
+            Outcome::Other("aider exited with status 3: boom at the end".into())
+        );
+    }
+
+    #[test]
+    fn a_flood_of_output_is_classified_whole_but_kept_only_at_its_ends() {
+        // Tens of MB, as an aider printing for its whole deadline could: the edit is applied
+        // early, a rate limit hits in the middle, and a line far longer than any buffer follows.
+        let mut output = AiderOutput::default();
+        let mut pushed = 0;
+        let mut push = |output: &mut AiderOutput, text: &str| {
+            pushed += text.len();
+            output.push(text);
+        };
+        push(&mut output, "Aider v0.86.2\nApplied edit to calc.py\n");
+        let noise = "some streamed reply text, line after line\n".repeat(200);
+        for i in 0..2_000 {
+            push(&mut output, &noise);
+            if i == 1_000 {
+                push(
+                    &mut output,
+                    "litellm.RateLimitError: RateLimitError: OpenAIException - slow down\n",
+                );
+            }
+        }
+        let long = "z".repeat(1000);
+        for _ in 0..1_000 {
+            push(&mut output, &long);
+            assert!(output.line.len() <= MAX_LINE_BYTES, "{}", output.line.len());
+        }
+        push(&mut output, "\nthe end\n");
+        output.finish();
+        let r = AiderRun { output, ..run("") };
+        assert_eq!(classify(&r, true), Outcome::Success);
+        match classify(&r, false) {
+            Outcome::LlmFailure(LlmFailureClass::RateLimit, m) => assert!(m.contains("slow down")),
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(r.output.seen.last_line, "the end");
+        let (head, tail) = (r.output.head.len(), r.output.tail.len());
+        assert_eq!(
+            head + r.output.left_out + tail,
+            pushed,
+            "every byte is counted"
+        );
+        assert!(head <= KEPT_TEXT_BYTES && tail <= 2 * KEPT_TEXT_BYTES);
+        let text = r.output.text();
+        assert!(text.starts_with("Aider v0.86.2\nApplied edit to calc.py\n"));
+        assert!(text.ends_with("zzz\nthe end\n"));
+        assert!(text.contains(&format!(
+            "\n[pas: {} bytes of aider's output left out]\n",
+            r.output.left_out
+        )));
     }
 
     #[test]
@@ -279,7 +492,7 @@ mod tests {
         assert_eq!(classify(&r, false), Outcome::DeadlineExceeded);
         let r = AiderRun {
             exit_code: Some(2),
-            output: "aider: error: unrecognized arguments: --bogus\n".into(),
+            output: AiderOutput::of("aider: error: unrecognized arguments: --bogus\n"),
             ..AiderRun::default()
         };
         match classify(&r, false) {

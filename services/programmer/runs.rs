@@ -42,7 +42,7 @@ pub const MAX_FINISHED_IN_MEMORY: usize = 1_000;
 
 /// Most bytes (events, as encoded) the finished tasks kept in memory may hold together: past it
 /// the longest finished leave early, as past [`MAX_FINISHED_IN_MEMORY`]. A real task's log holds
-/// up to `MAX_RETAINED` events of output, so a thousand chatty tasks finished within
+/// up to `MAX_RETAINED_BYTES` (2 MiB) of output, so a thousand chatty tasks finished within
 /// [`KEEP_IN_MEMORY`] could otherwise hold gigabytes; the newest finished task stays whatever
 /// its size.
 pub const MAX_FINISHED_BYTES_IN_MEMORY: usize = 64 << 20;
@@ -899,13 +899,17 @@ mod tests {
         run_with_output(runs, task_id, 0).await;
     }
 
-    /// Runs `task_id` to its result after one output event of `output_bytes` bytes (none for 0).
+    /// Runs `task_id` to its result after `output_bytes` bytes of output in events of at most
+    /// 64 KiB (none for 0).
     async fn run_with_output(runs: &TaskRuns, task_id: &str, output_bytes: usize) {
         let run = runs.start(task_id, CancellationToken::new()).unwrap();
         let sink = TaskEventSink::new(run.log.clone());
-        if output_bytes > 0 {
-            sink.send(crate::task_events::tests::output(&"x".repeat(output_bytes)))
+        let mut left = output_bytes;
+        while left > 0 {
+            let chunk = left.min(64 << 10);
+            sink.send(crate::task_events::tests::output(&"x".repeat(chunk)))
                 .await;
+            left -= chunk;
         }
         sink.finish(TaskResult {
             status: TaskState::Succeeded as i32,
@@ -939,33 +943,43 @@ mod tests {
     }
 
     /// Past [`MAX_FINISHED_BYTES_IN_MEMORY`] the longest finished leave memory, whatever their
-    /// count, and are read back from their files; the newest stays even alone over the budget.
+    /// count, and are read back from their files. Each log keeps at most `MAX_RETAINED_BYTES`
+    /// itself, so it takes many chatty tasks.
     #[tokio::test]
     async fn past_max_finished_bytes_in_memory_the_longest_finished_leave_first() {
+        use crate::task_events::MAX_RETAINED_BYTES;
         let dir = tempfile::tempdir().unwrap();
         let runs = TaskRuns::open(dir.path().join("events"), "001").unwrap().0;
-        // Four logs of a bit over a quarter of the budget each: the fourth puts the finished
-        // ones over it, so the first leaves.
-        let quarter = MAX_FINISHED_BYTES_IN_MEMORY / 4 + 1024;
-        for i in 0..4 {
-            run_with_output(&runs, &format!("big-{i}"), quarter).await;
+        // Each task prints more than its log keeps: the log holds just under its budget.
+        let chatty = MAX_RETAINED_BYTES + (256 << 10);
+        run_with_output(&runs, "chatty-0", chatty).await;
+        let per_log = runs.get("chatty-0").unwrap().log.retained_bytes();
+        assert!(
+            per_log <= MAX_RETAINED_BYTES && per_log > MAX_RETAINED_BYTES / 2,
+            "{per_log}"
+        );
+        let fit = MAX_FINISHED_BYTES_IN_MEMORY / per_log;
+        for i in 1..=fit {
+            run_with_output(&runs, &format!("chatty-{i}"), chatty).await;
         }
         assert!(
-            !runs.runs().contains_key("big-0"),
+            !runs.runs().contains_key("chatty-0"),
             "the longest finished left"
         );
-        for i in 1..4 {
+        for i in 1..=fit {
             assert!(
-                runs.runs().contains_key(&format!("big-{i}")),
-                "big-{i} stays"
+                runs.runs().contains_key(&format!("chatty-{i}")),
+                "chatty-{i} stays"
             );
         }
-        let replayed = runs.get("big-0").expect("read back from its file");
-        assert_eq!(replayed.log.latest_seq(), 2, "its output and its result");
-        // One log over the whole budget: every other finished one leaves, it stays.
-        run_with_output(&runs, "huge", MAX_FINISHED_BYTES_IN_MEMORY + 1).await;
-        let kept: Vec<String> = runs.runs().keys().cloned().collect();
-        assert_eq!(kept, vec!["huge".to_string()]);
+        let in_memory: usize = runs.runs().values().map(|r| r.log.retained_bytes()).sum();
+        assert!(in_memory <= MAX_FINISHED_BYTES_IN_MEMORY, "{in_memory}");
+        let replayed = runs.get("chatty-0").expect("read back from its file");
+        assert_eq!(
+            replayed.log.latest_seq(),
+            chatty.div_ceil(64 << 10) as u64 + 1,
+            "its output and its result"
+        );
     }
 
     #[tokio::test]
