@@ -370,7 +370,10 @@ measure() {
     h2load -c "$callers" -m 1 -n "$n" --log-file="$p.log" "$@" "$url" >"$p.h2load.txt" 2>&1 || true
     echo "$p.h2load.txt" >"$p.h2load.list"
   fi
-  [ "$rpid" != - ] && cpu1=$(py procs.py cpu "$rpid")
+  if [ "$rpid" != - ]; then
+    cpu1=$(py procs.py cpu "$rpid")
+    py procs.py peak "$rpid" "$PEAK_FILE"
+  fi
   settle "$counts" >"$p.after.json"
   py report.py phase "$p.json" system="$system" kind="$kind" callers="$callers" round="$round" requests="$n" \
     h2load_out="$(cat "$p.h2load.list")" log="$p.log" before="$p.before.json" after="$p.after.json" \
@@ -407,20 +410,20 @@ main() {
   printf '%s' "$chat" >"$run/chat.json"
 
   # Idle memory of each router: started, nothing sent yet.
-  declare -A idle peak_file sampler
+  declare -A idle peak_file
   for s in $SYSTEMS; do
     local pid_var; pid_var="$(echo "$s" | tr a-z A-Z)_PID"
     idle[$s]=$(py procs.py mem "${!pid_var}")
+    py procs.py reset-peak "${!pid_var}"
   done
 
   local c pid
   for s in $SYSTEMS; do
     local pid_var; pid_var="$(echo "$s" | tr a-z A-Z)_PID"; pid=${!pid_var}
     peak_file[$s]="$run/results/peak-$s.txt"
-    /usr/bin/python3 "$root/scripts/bench-peers/procs.py" sample "$pid" "${peak_file[$s]}" &
-    sampler[$s]=$!; pids+=($!)
+    # Read after each of its router phases, not while one runs (see procs.py's `peak`).
+    PEAK_FILE="${peak_file[$s]}"
     for c in $CALLERS; do compare "$s" "$c"; done
-    kill "${sampler[$s]}" 2>/dev/null || true; wait "${sampler[$s]}" 2>/dev/null || true
   done
 
   # Versions and settings, then the table.

@@ -2,8 +2,18 @@
 
   procs.py cpu PID            utime+stime of PID and all its descendants, in seconds
   procs.py mem PID            "RSS_KIB PSS_KIB" of PID and all its descendants (smaps_rollup)
-  procs.py sample PID OUT     while PID and the caller live: every 0.2 s the tree's memory; keeps the peak of each
-                              figure in OUT ("RSS_KIB PSS_KIB"), rewritten on every new peak
+  procs.py reset-peak PID     sets each process's peak RSS (VmHWM) to its RSS now (clear_refs 5; root), so
+                              `peak` reports the peak under load, not the one of start-up
+  procs.py peak PID OUT       the tree's peak memory so far into OUT ("RSS_KIB PSS_KIB", each the larger of
+                              OUT's and the one read now): RSS as the sum of each process's own peak
+                              (VmHWM, kept by the kernel), PSS as it is now (smaps_rollup)
+
+The peak is read between load phases, never while one runs: reading smaps_rollup walks the
+process's page tables under its mmap lock, and a sampler that read it every 0.2 s during the
+phases stalled the router 2-3 ms each time, a 202 ms period in pas's one-caller tail (found
+2026-12-07; BENCHMARKS.md, "Peers"). The kernel's VmHWM needs no sampling for RSS; PSS, which
+has no high-water mark, is read right after each router phase, before the router frees anything
+it kept for the load.
 
 A router with workers (uvicorn, node) is the process the script started plus its descendants,
 looked up anew at every reading, so workers started late are counted.
@@ -11,7 +21,6 @@ looked up anew at every reading, so workers started late are counted.
 
 import os
 import sys
-import time
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -65,23 +74,45 @@ def memory_kib(root: int) -> tuple[int, int]:
     return rss, pss
 
 
+def rss_peak_kib(root: int) -> int:
+    """The sum of each process's peak RSS (VmHWM in /proc/PID/status) over the tree."""
+    total = 0
+    for pid in tree(root):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            continue
+    return total
+
+
 def main() -> None:
     cmd, root = sys.argv[1], int(sys.argv[2])
     if cmd == "cpu":
         print(f"{cpu_seconds(root):.2f}")
     elif cmd == "mem":
         print(*memory_kib(root))
-    elif cmd == "sample":
-        out, peak, parent = sys.argv[3], (0, 0), os.getppid()
-        # Ends with the router or with the script that started it.
-        while os.path.exists(f"/proc/{root}") and os.getppid() == parent:
-            rss, pss = memory_kib(root)
-            if rss > peak[0] or pss > peak[1]:
-                peak = (max(rss, peak[0]), max(pss, peak[1]))
-                with open(out + ".tmp", "w") as f:
-                    f.write(f"{peak[0]} {peak[1]}\n")
-                os.replace(out + ".tmp", out)
-            time.sleep(0.2)
+    elif cmd == "reset-peak":
+        for pid in tree(root):
+            try:
+                with open(f"/proc/{pid}/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                continue
+    elif cmd == "peak":
+        out = sys.argv[3]
+        try:
+            with open(out) as f:
+                old = [int(x) for x in f.read().split()[:2]]
+        except (OSError, ValueError):
+            old = [0, 0]
+        rss, pss = rss_peak_kib(root), memory_kib(root)[1]
+        with open(out + ".tmp", "w") as f:
+            f.write(f"{max(rss, old[0])} {max(pss, old[1])}\n")
+        os.replace(out + ".tmp", out)
     else:
         sys.exit(f"unknown command {cmd}")
 
