@@ -39,7 +39,7 @@ use pas::contract::v1::{
 use pas::manager::budget::{BudgetLedger, BudgetPolicy};
 use pas::manager::store::{Commit, LIST_SCAN_ROWS, NewTask, STORE_VFS, StoreError, TaskStore};
 use pas::money::Usd;
-use pas::task_events::{MAX_RETAINED, REPLAY_PAGE};
+use pas::task_events::{MAX_RETAINED, MAX_RETAINED_BYTES, REPLAY_PAGE};
 use std::time::{Duration, Instant};
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -383,7 +383,9 @@ async fn replay_by_task_length() {
             // What a restarted manager reads to resume the task: the events its log keeps, and
             // (a task that may escalate, with older events) the manager's own events.
             let t = Instant::now();
-            let kept = store.latest_events(&task, MAX_RETAINED).expect("latest");
+            let kept = store
+                .latest_events(&task, MAX_RETAINED, MAX_RETAINED_BYTES)
+                .expect("latest");
             if kept.first().is_some_and(|e| e.seq > 1) {
                 assert!(store.own_events(&task).expect("own").is_empty());
             }

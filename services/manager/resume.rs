@@ -14,7 +14,7 @@ use crate::manager::dispatch::{self, Resumed, Start, TaskLife, ended};
 use crate::manager::escalation::Escalation;
 use crate::manager::server::{TierChoice, route_on};
 use crate::manager::store::{StoreError, TaskStore, Unfinished};
-use crate::task_events::{MAX_RETAINED, TaskEventSink, now_unix_ms};
+use crate::task_events::{MAX_RETAINED, MAX_RETAINED_BYTES, TaskEventSink, now_unix_ms};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +35,9 @@ pub fn unfinished_tasks(mgr: &Arc<Manager>) -> anyhow::Result<()> {
             ..
         } = task;
         // What its log keeps in memory; its followers read older events back from the journal.
-        let events = mgr.store.latest_events(&task_id, MAX_RETAINED)?;
+        let events = mgr
+            .store
+            .latest_events(&task_id, MAX_RETAINED, MAX_RETAINED_BYTES)?;
         let escalation = escalation_of(
             &mgr.store,
             &mgr.config().pool.escalation,
@@ -280,7 +282,9 @@ mod tests {
         for write in writes {
             write.await.unwrap();
         }
-        let kept = store.latest_events("paid", MAX_RETAINED).unwrap();
+        let kept = store
+            .latest_events("paid", MAX_RETAINED, usize::MAX)
+            .unwrap();
         assert_eq!(kept.len(), MAX_RETAINED);
         assert_eq!(
             kept.first().map(|e| e.seq),
@@ -290,7 +294,9 @@ mod tests {
         let paid = escalation_of(&store, &on, "paid", &request, &kept).unwrap();
         assert!(matches!(paid, Escalation::Escalated(_)));
         assert_eq!(paid.leg_start(), 4);
-        let kept = store.latest_events("free", MAX_RETAINED).unwrap();
+        let kept = store
+            .latest_events("free", MAX_RETAINED, usize::MAX)
+            .unwrap();
         let free = escalation_of(&store, &on, "free", &request, &kept).unwrap();
         assert!(matches!(free, Escalation::Armed(_)));
         assert_eq!(store.own_events("free").unwrap().len(), 0);

@@ -809,16 +809,31 @@ impl TaskStore {
         events_page(&self.reader(), task_id, 0, None)
     }
 
-    /// The latest `limit` journaled events of `task_id`, in seq order: what a restarting manager
-    /// keeps in memory for a task it resumes (its followers read the older ones back).
-    pub fn latest_events(&self, task_id: &str, limit: usize) -> Result<Vec<TaskEvent>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut events = query_events(
-            &self.reader(),
-            task_id,
+    /// The latest journaled events of `task_id`, at most `limit` of them and `max_bytes` (as
+    /// encoded; the latest one whatever its size), in seq order: what a restarting manager keeps
+    /// in memory for a task it resumes (its followers read the older ones back). Rows are read
+    /// newest first and no further than the bounds, so a chatty task costs the restart no more
+    /// than its log will keep.
+    pub fn latest_events(
+        &self,
+        task_id: &str,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<TaskEvent>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
             "SELECT event FROM task_events WHERE task_id = ?1 ORDER BY seq DESC LIMIT ?2",
-            params![task_id, limit],
         )?;
+        let mut rows = stmt.query(params![task_id, i64::try_from(limit).unwrap_or(i64::MAX)])?;
+        let (mut events, mut bytes) = (Vec::new(), 0);
+        while let Some(row) = rows.next()? {
+            let encoded: Vec<u8> = row.get(0)?;
+            bytes += encoded.len();
+            if bytes > max_bytes && !events.is_empty() {
+                break;
+            }
+            events.push(decode_event(task_id, &encoded)?);
+        }
         events.reverse();
         Ok(events)
     }
@@ -3406,6 +3421,52 @@ mod tests {
         assert_eq!(task.state(), TaskState::Succeeded);
         assert_eq!(task.programmer_id, "001");
         assert_eq!(store.events("a").unwrap().len(), 2);
+    }
+
+    /// A resumed task's latest events are read within the byte bound as well as the count, the
+    /// latest always among them.
+    #[tokio::test]
+    async fn latest_events_stop_at_their_byte_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        store
+            .insert(&NewTask::from_request("a", &request("x")))
+            .await
+            .unwrap();
+        let event = |seq, bytes| TaskEvent {
+            task_id: "a".into(),
+            seq,
+            kind: Some(Kind::Output(crate::contract::v1::Output {
+                text: "x".repeat(bytes),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let events: Vec<TaskEvent> = (1..=40).map(|seq| event(seq, 1000)).collect();
+        let writes: Vec<_> = events
+            .iter()
+            .map(|e| store.append_event_soon("a", e, 0))
+            .collect();
+        for write in writes {
+            write.await.unwrap();
+        }
+        let all = store.latest_events("a", 100, usize::MAX).unwrap();
+        assert_eq!(all.len(), 40);
+        let size = prost::Message::encoded_len(&all[0]);
+        let kept = store.latest_events("a", 100, 10 * size + size / 2).unwrap();
+        let seqs: Vec<u64> = kept.iter().map(|e| e.seq).collect();
+        assert_eq!(
+            seqs,
+            (31..=40).collect::<Vec<_>>(),
+            "the latest ten, in order"
+        );
+        assert_eq!(store.latest_events("a", 5, usize::MAX).unwrap().len(), 5);
+        store
+            .append_event_soon("a", &event(41, 5000), 0)
+            .await
+            .unwrap();
+        let huge = store.latest_events("a", 100, size).unwrap();
+        assert_eq!(huge.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![41]);
     }
 
     /// A store in a directory that does not exist is refused with an error naming its file.
