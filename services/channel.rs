@@ -1,6 +1,7 @@
 //! Client channels to the mesh's processes: the one place that knows addresses, schemes, TLS and
 //! bearer tokens, for the manager (calling programmers) and the CLI (calling both).
 
+use crate::coalesce::Coalesced;
 use crate::tls::TlsFiles;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -169,12 +170,53 @@ impl Dialer {
     }
 
     /// A channel that connects on first use (and reconnects by itself), on the calling runtime.
+    /// Its writes are [`Coalesced`]: a request's HEADERS and DATA leave in one write.
     pub fn connect_lazy(&self) -> Channel {
         match &self.tls {
-            None => self.endpoint.connect_lazy(),
+            None => self.endpoint.connect_with_connector_lazy(PlainDial),
             Some(dial) => self.endpoint.connect_with_connector_lazy(dial.clone()),
         }
     }
+}
+
+/// The TCP connection of a [`Dialer`] without TLS (`TCP_NODELAY`, writes [`Coalesced`]).
+#[derive(Debug, Clone, Copy)]
+struct PlainDial;
+
+impl tower::Service<http::Uri> for PlainDial {
+    type Response = hyper_util::rt::TokioIo<Coalesced<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future = futures::future::BoxFuture<'static, std::io::Result<Self::Response>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        Box::pin(async move {
+            let tcp = connect_tcp(&uri).await?;
+            Ok(hyper_util::rt::TokioIo::new(Coalesced::new(tcp)))
+        })
+    }
+}
+
+/// The TCP connection to `uri`'s host and port, `TCP_NODELAY` set.
+async fn connect_tcp(uri: &http::Uri) -> std::io::Result<tokio::net::TcpStream> {
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_string());
+    let host = uri
+        .host()
+        .ok_or_else(|| invalid("no host in the address"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri
+        .port_u16()
+        .ok_or_else(|| invalid("no port in the address"))?;
+    let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
 }
 
 /// The TCP connection and TLS handshake of a [`Dialer`]: the settings read at each connection.
@@ -193,7 +235,8 @@ impl std::fmt::Debug for TlsDial {
 }
 
 impl tower::Service<http::Uri> for TlsDial {
-    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Response =
+        hyper_util::rt::TokioIo<Coalesced<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>;
     type Error = std::io::Error;
     type Future = futures::future::BoxFuture<'static, std::io::Result<Self::Response>>;
 
@@ -208,20 +251,9 @@ impl tower::Service<http::Uri> for TlsDial {
         let connector = tokio_rustls::TlsConnector::from(self.config.borrow().clone());
         let name = self.server_name.clone();
         Box::pin(async move {
-            let invalid = |what: &str| {
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_string())
-            };
-            let host = uri
-                .host()
-                .ok_or_else(|| invalid("no host in the address"))?;
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let port = uri
-                .port_u16()
-                .ok_or_else(|| invalid("no port in the address"))?;
-            let tcp = tokio::net::TcpStream::connect((host, port)).await?;
-            tcp.set_nodelay(true)?;
+            let tcp = connect_tcp(&uri).await?;
             let tls = connector.connect(name, tcp).await?;
-            Ok(hyper_util::rt::TokioIo::new(tls))
+            Ok(hyper_util::rt::TokioIo::new(Coalesced::new(tls)))
         })
     }
 }

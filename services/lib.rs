@@ -18,6 +18,7 @@
 
 pub mod channel;
 pub mod cli;
+pub mod coalesce;
 pub mod config;
 pub mod contract;
 pub mod git;
