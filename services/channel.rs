@@ -3,6 +3,7 @@
 
 use crate::coalesce::Coalesced;
 use crate::tls::TlsFiles;
+use tokio_util::either::Either;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -172,34 +173,19 @@ impl Dialer {
     /// A channel that connects on first use (and reconnects by itself), on the calling runtime.
     /// Its writes are [`Coalesced`]: a request's HEADERS and DATA leave in one write.
     pub fn connect_lazy(&self) -> Channel {
-        match &self.tls {
-            None => self.endpoint.connect_with_connector_lazy(PlainDial),
-            Some(dial) => self.endpoint.connect_with_connector_lazy(dial.clone()),
-        }
-    }
-}
-
-/// The TCP connection of a [`Dialer`] without TLS (`TCP_NODELAY`, writes [`Coalesced`]).
-#[derive(Debug, Clone, Copy)]
-struct PlainDial;
-
-impl tower::Service<http::Uri> for PlainDial {
-    type Response = hyper_util::rt::TokioIo<Coalesced<tokio::net::TcpStream>>;
-    type Error = std::io::Error;
-    type Future = futures::future::BoxFuture<'static, std::io::Result<Self::Response>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        Box::pin(async move {
-            let tcp = connect_tcp(&uri).await?;
-            Ok(hyper_util::rt::TokioIo::new(Coalesced::new(tcp)))
-        })
+        let tls = self.tls.clone();
+        self.endpoint
+            .connect_with_connector_lazy(tower::service_fn(move |uri: http::Uri| {
+                let tls = tls.clone();
+                async move {
+                    let tcp = connect_tcp(&uri).await?;
+                    let io = match tls {
+                        None => Either::Left(tcp),
+                        Some(dial) => Either::Right(dial.handshake(tcp).await?),
+                    };
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(Coalesced::new(io)))
+                }
+            }))
     }
 }
 
@@ -219,7 +205,7 @@ async fn connect_tcp(uri: &http::Uri) -> std::io::Result<tokio::net::TcpStream> 
     Ok(tcp)
 }
 
-/// The TCP connection and TLS handshake of a [`Dialer`]: the settings read at each connection.
+/// The TLS handshake of a [`Dialer`]: the settings read at each connection.
 #[derive(Clone)]
 struct TlsDial {
     config: crate::tls::ClientTls,
@@ -234,27 +220,14 @@ impl std::fmt::Debug for TlsDial {
     }
 }
 
-impl tower::Service<http::Uri> for TlsDial {
-    type Response =
-        hyper_util::rt::TokioIo<Coalesced<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>;
-    type Error = std::io::Error;
-    type Future = futures::future::BoxFuture<'static, std::io::Result<Self::Response>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
+impl TlsDial {
+    /// TLS over `tcp` with the client settings as they are now.
+    async fn handshake(
+        self,
+        tcp: tokio::net::TcpStream,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
         let connector = tokio_rustls::TlsConnector::from(self.config.borrow().clone());
-        let name = self.server_name.clone();
-        Box::pin(async move {
-            let tcp = connect_tcp(&uri).await?;
-            let tls = connector.connect(name, tcp).await?;
-            Ok(hyper_util::rt::TokioIo::new(Coalesced::new(tls)))
-        })
+        connector.connect(self.server_name, tcp).await
     }
 }
 

@@ -110,16 +110,6 @@ mod tests {
         writes: Arc<Mutex<Vec<Vec<u8>>>>,
     }
 
-    impl<T: AsyncRead + Unpin> AsyncRead for Recorded<T> {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<Result<()>> {
-            Pin::new(&mut self.inner).poll_read(cx, buf)
-        }
-    }
-
     impl<T: AsyncWrite + Unpin> AsyncWrite for Recorded<T> {
         fn poll_write(
             mut self: Pin<&mut Self>,
@@ -180,10 +170,14 @@ mod tests {
                 .serve_with_incoming(tokio_stream::once(Ok::<_, std::io::Error>(server_io))),
         );
         let writes = Arc::new(Mutex::new(Vec::new()));
-        let mut io = Some(Recorded {
-            inner: client_io,
-            writes: writes.clone(),
-        });
+        let (read, write) = tokio::io::split(client_io);
+        let mut io = Some(tokio::io::join(
+            read,
+            Recorded {
+                inner: write,
+                writes: writes.clone(),
+            },
+        ));
         let channel = tonic::transport::Endpoint::from_static("http://coalesced.test")
             .connect_with_connector(tower::service_fn(move |_: http::Uri| {
                 let io = io
