@@ -14,6 +14,11 @@
 //! request's body among them) runs first and queues its frames; the connection task then writes
 //! everything in one go. The burst ends with the writer's flush. Nothing waits on a timer: the
 //! hold lasts only as long as the tasks ready at that moment take to run.
+//!
+//! The manager's client connections to its programmers use it (`channel::Dialer`), where it
+//! paid: +6 % dispatch throughput, no change in a lone dispatch's latency. Servers' accepted
+//! connections do not: there each hop's answer waited a round, and a lone dispatch through the
+//! manager lost ~25 µs at p50 (measured and left out, part 21).
 
 use std::io::{IoSlice, Result};
 use std::pin::Pin;
