@@ -443,34 +443,43 @@ fn programmer_state(status: &serde_json::Value, id: &str) -> Option<String> {
         .and_then(|p| p["state"].as_str().map(str::to_string))
 }
 
+/// `text` (a pool's configuration) without programmer `id`, `pool_size` set to `left`.
+fn config_without(text: &str, id: &str, left: usize) -> String {
+    let start = text.find(&format!("  - id: \"{id}\"\n")).unwrap();
+    let end = text[start + 1..]
+        .find("  - id: ")
+        .map_or(text.len(), |i| start + 1 + i);
+    format!("{}{}", &text[..start], &text[end..])
+        .replacen("pool_size: 3\n", &format!("pool_size: {left}\n"), 1)
+        .replacen("pool_size: 2\n", &format!("pool_size: {left}\n"), 1)
+}
+
+/// Replaces `pool`'s configuration file with `text` at once (a rename).
+fn rewrite_config(pool: &Pool, text: String) {
+    let next = pool.dir.path().join("pool.yaml.next");
+    std::fs::write(&next, text).unwrap();
+    std::fs::rename(&next, pool.config()).unwrap();
+}
+
+/// Sends SIGHUP to the supervisor of `pool` (`pas up`).
+fn hup_supervisor(pool: &Pool) {
+    let supervisor = pool.state()["pid"].as_u64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(supervisor),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap()
+}
+
 #[test]
 fn sighup_starts_a_programmer_added_to_the_file_and_stops_one_removed() {
     let pool = Pool::new(3);
     let full = std::fs::read_to_string(pool.config()).unwrap();
-    let without = |text: &str, id: &str, left: usize| {
-        let start = text.find(&format!("  - id: \"{id}\"\n")).unwrap();
-        let end = text[start + 1..]
-            .find("  - id: ")
-            .map_or(text.len(), |i| start + 1 + i);
-        format!("{}{}", &text[..start], &text[end..])
-            .replacen("pool_size: 3\n", &format!("pool_size: {left}\n"), 1)
-            .replacen("pool_size: 2\n", &format!("pool_size: {left}\n"), 1)
-    };
-    let rewrite = |text: String| {
-        let next = pool.dir.path().join("pool.yaml.next");
-        std::fs::write(&next, text).unwrap();
-        std::fs::rename(&next, pool.config()).unwrap();
-    };
+    let without = config_without;
+    let rewrite = |text: String| rewrite_config(&pool, text);
     rewrite(without(&full, "003", 2));
     assert!(pool.run(&["up", "--detach"]).status.success());
-    let supervisor = pool.state()["pid"].as_u64().unwrap() as i32;
-    let hup = || {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(supervisor),
-            nix::sys::signal::Signal::SIGHUP,
-        )
-        .unwrap()
-    };
+    let hup = || hup_supervisor(&pool);
     assert!(!listening(pool.programmer_ports[2]));
 
     // 003 added: started by the supervisor, taken into the pool by the manager.
@@ -509,5 +518,38 @@ fn sighup_starts_a_programmer_added_to_the_file_and_stops_one_removed() {
     for key in ["manager", "001", "003"] {
         assert_eq!(child(&pool.state(), key)["restarts"], 0, "{key}");
     }
+    assert!(pool.run(&["down"]).status.success());
+}
+
+/// Under `pas up --only`, SIGHUP follows the selected programmers only: one removed from the file
+/// stops; one added to the file is not started (it was not selected).
+#[test]
+fn sighup_under_only_stops_a_selected_programmer_removed_and_starts_none() {
+    let pool = Pool::new(3);
+    let full = std::fs::read_to_string(pool.config()).unwrap();
+    rewrite_config(&pool, config_without(&full, "003", 2));
+    assert!(
+        pool.run(&["up", "--detach", "--only", "001,002"])
+            .status
+            .success()
+    );
+    let removed_pid = child(&pool.state(), "002")["pid"].as_u64().unwrap();
+    // 003 back in the file, 002 out of it.
+    rewrite_config(&pool, config_without(&full, "002", 2));
+    hup_supervisor(&pool);
+    wait_until("002 stopped", Duration::from_secs(60), || {
+        child_state(&pool.state(), "002").is_none() && !alive(removed_pid)
+    });
+    // The pass that stopped 002 would have started 003 before it: it did not.
+    assert!(child_state(&pool.state(), "003").is_none());
+    assert!(!listening(pool.programmer_ports[2]));
+    assert!(!listening(pool.programmer_ports[1]));
+    assert_eq!(child(&pool.state(), "001")["restarts"], 0);
+    let log = std::fs::read_to_string(pool.data().join("logs/pas-up.log")).unwrap();
+    assert!(
+        log.contains("programmer removed from the configuration: stopping it")
+            && !log.contains("programmer added to the configuration"),
+        "{log}"
+    );
     assert!(pool.run(&["down"]).status.success());
 }

@@ -324,23 +324,30 @@ async fn foreground(
                 run.logs_dir().display()
             );
             // SIGHUP (`kill -HUP <supervisor pid>`, or its terminal going away) is passed on:
-            // each child re-reads its configuration and credential files (see `reload`). With
-            // the whole pool supervised, programmers added to the file are started first (the
-            // manager then finds them) and removed ones stopped after.
+            // each child re-reads its configuration and credential files (see `reload`).
+            // Programmers added to the file are started first (the manager then finds them) and
+            // removed ones stopped after; with `--only`, only the selected ones are followed
+            // (one removed from the file stops, one moved restarts, none is added).
             let stop = crate::serve::shutdown_signal();
             tokio::pin!(stop);
             let children_of = |config: &Config| {
-                select_children(config, &config_abs, &[], &exe, log_format, &run.logs_dir())
+                let Some(only) = still_selected(config, &args.only) else {
+                    return Ok(Vec::new());
+                };
+                select_children(
+                    config,
+                    &config_abs,
+                    &only,
+                    &exe,
+                    log_format,
+                    &run.logs_dir(),
+                )
             };
             loop {
                 tokio::select! {
                     () = &mut stop => break,
                     Some(()) = hangup.recv() => {
-                        let removed = if args.only.is_empty() {
-                            follow_programmers(&sup, &config_abs, children_of)
-                        } else {
-                            Vec::new()
-                        };
+                        let removed = follow_programmers(&sup, &config_abs, children_of);
                         let sent = sup.signal_healthy(nix::sys::signal::Signal::SIGHUP);
                         tracing::info!(children = sent, "SIGHUP passed on to the children");
                         for key in removed {
@@ -400,6 +407,21 @@ async fn foreground(
         println!("pool stopped");
     }
     Ok(ok)
+}
+
+/// What `--only` selects in a re-read `config`: the selected keys it still has (all of them
+/// when `only` is empty); `None` when it has none of them left, so nothing stays selected.
+fn still_selected(config: &Config, only: &[String]) -> Option<Vec<String>> {
+    if only.is_empty() {
+        return Some(Vec::new());
+    }
+    let kept: Vec<String> = only
+        .iter()
+        .map(|k| k.trim())
+        .filter(|k| *k == MANAGER_KEY || config.programmer(k).is_some())
+        .map(str::to_string)
+        .collect();
+    (!kept.is_empty()).then_some(kept)
 }
 
 /// The programmers of the configuration as re-read now against the ones supervised: starts each
