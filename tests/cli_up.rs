@@ -238,11 +238,14 @@ fn up_detach_restarts_a_killed_programmer_and_down_leaves_nothing_behind() {
             },
         );
     }
-    let supervisor_log = std::fs::read_to_string(logs.join("pas-up.log")).unwrap();
-    assert!(
-        supervisor_log.contains("SIGHUP passed on to the children")
-            && supervisor_log.contains("children=3"),
-        "{supervisor_log}"
+    // The supervisor logs once it signalled them all, so a child may log first: wait for it.
+    wait_until(
+        "the supervisor's line: SIGHUP passed on to 3 children",
+        Duration::from_secs(30),
+        || {
+            let log = std::fs::read_to_string(logs.join("pas-up.log")).unwrap_or_default();
+            log.contains("SIGHUP passed on to the children") && log.contains("children=3")
+        },
     );
     let state = pool.state();
     for (key, pid, restarts) in &before {
