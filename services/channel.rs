@@ -145,8 +145,9 @@ impl Dialer {
     /// server must present a certificate for the host of `addr`), else h2c.
     pub fn new(addr: &str, tls: Option<&crate::tls::ClientTls>) -> Result<Self, ChannelError> {
         // `http` (the endpoint without TLS): with TLS the stream is already TLS when tonic
-        // gets it.
-        let endpoint = endpoint(addr, None)?.tcp_nodelay(true);
+        // gets it. The TCP connection is ours too (`connect_tcp`, `TCP_NODELAY`): the
+        // endpoint's own TCP settings would not reach it.
+        let endpoint = endpoint(addr, None)?;
         let tls = match tls {
             None => None,
             Some(config) => {

@@ -478,16 +478,13 @@ fn hup_supervisor(pool: &Pool) {
 fn sighup_starts_a_programmer_added_to_the_file_and_stops_one_removed() {
     let pool = Pool::new(3);
     let full = std::fs::read_to_string(pool.config()).unwrap();
-    let without = config_without;
-    let rewrite = |text: String| rewrite_config(&pool, text);
-    rewrite(without(&full, "003", 2));
+    rewrite_config(&pool, config_without(&full, "003", 2));
     assert!(pool.run(&["up", "--detach"]).status.success());
-    let hup = || hup_supervisor(&pool);
     assert!(!listening(pool.programmer_ports[2]));
 
     // 003 added: started by the supervisor, taken into the pool by the manager.
-    rewrite(full.clone());
-    hup();
+    rewrite_config(&pool, full.clone());
+    hup_supervisor(&pool);
     wait_until(
         "003 started, healthy, and available in the manager",
         Duration::from_secs(60),
@@ -500,8 +497,8 @@ fn sighup_starts_a_programmer_added_to_the_file_and_stops_one_removed() {
     let removed_pid = child(&pool.state(), "002")["pid"].as_u64().unwrap();
 
     // 002 removed: out of the manager's pool, its process stopped, out of the supervisor's list.
-    rewrite(without(&full, "002", 2));
-    hup();
+    rewrite_config(&pool, config_without(&full, "002", 2));
+    hup_supervisor(&pool);
     wait_until(
         "002 stopped and out of the pool",
         Duration::from_secs(60),
