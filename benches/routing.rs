@@ -55,7 +55,7 @@ fn candidates(n: usize) -> Vec<Candidate> {
 /// The candidates' tier and its index, as the balancer holds them.
 fn indexed(cands: &[Candidate]) -> (Tier, CandidateIndex) {
     let tier = TierRegistry::default().intern(cands.iter().map(|c| c.index).collect());
-    let mut index = CandidateIndex::new(&tier);
+    let mut index = CandidateIndex::new(&tier, |i| i);
     for c in cands {
         index.update(
             c.index,

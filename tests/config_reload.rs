@@ -3,20 +3,24 @@
 //! callers to a lowered per-caller task limit and the budget to a new daily limit at once, and
 //! names the changed settings it reads only at start-up; a file that does not load is logged
 //! with its file, line and key while the manager keeps serving on the configuration in force,
-//! and a programmer removed from a fixed file leaves the pool; a programmer names its own
-//! changed settings as waiting for its restart.
+//! and a programmer removed from a fixed file leaves the pool; routing (capability_match's
+//! first choice, round robin's cycle, the status list) follows the re-read file's order of
+//! programmers, joined, replaced and moved ones included; a programmer names its own changed
+//! settings as waiting for its restart.
 
 use crate::common;
 use crate::telemetry_support as support;
 
 use common::Sim;
 use common::pool::{
-    ChildGuard, PoolOptions, TestPool, TestProgrammer, admit, manager_client, pool_status,
-    sample_dispatch, wait_available, wait_until,
+    ChildGuard, PoolOptions, TestPool, TestProgrammer, admit, dispatch_collect, manager_client,
+    pool_status, sample_dispatch, state_of, wait_available, wait_until,
 };
-use pas::contract::v1::{DispatchRequest, ProgrammerState};
+use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
+use pas::contract::v1::{DispatchRequest, ProgrammerState, Strategy, TaskState};
 use std::time::Duration;
 use tonic::Code;
+use tonic::transport::Channel;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -53,22 +57,37 @@ async fn metric(pool: &TestPool, name: &str, labels: &[(&str, &str)]) -> Option<
     support::scrape(&pool.manager_url()).await.get(name, labels)
 }
 
-/// The config text without programmer `id`'s entry, one programmer fewer in `pool_size`.
-fn without_programmer(text: &str, id: &str, pool_size: usize) -> String {
-    let start = text
-        .find(&format!("  - id: \"{id}\"\n"))
-        .expect("the programmer's entry");
-    let rest = &text[start + 1..];
-    let end = start
-        + 1
-        + rest
-            .find("  - id: ")
-            .or_else(|| rest.find("load_balancing:"))
-            .expect("the entry's end");
-    let text = format!("{}{}", &text[..start], &text[end..]);
-    text.replacen(
-        &format!("pool_size: {}\n", pool_size + 1),
-        &format!("pool_size: {pool_size}\n"),
+/// The config text with only the programmers `ids`, in that order (entries as they are), and
+/// `pool_size` to match.
+fn with_programmers(text: &str, ids: &[&str]) -> String {
+    let head_end =
+        text.find("programmers:\n").expect("a programmers section") + "programmers:\n".len();
+    let tail_start = text
+        .find("load_balancing:")
+        .expect("a load_balancing section");
+    // Each entry runs from its "  - id:" line to the next one.
+    let mut entries: Vec<String> = Vec::new();
+    for line in text[head_end..tail_start].split_inclusive('\n') {
+        match entries.last_mut() {
+            Some(entry) if !line.starts_with("  - id: ") => entry.push_str(line),
+            _ => entries.push(line.to_string()),
+        }
+    }
+    let entry = |id: &str| {
+        entries
+            .iter()
+            .find(|e| e.starts_with(&format!("  - id: \"{id}\"\n")))
+            .unwrap_or_else(|| panic!("no programmer {id} in the config"))
+    };
+    let listed: String = ids.iter().map(|id| entry(id).as_str()).collect();
+    let head = &text[..head_end];
+    let pool_size = head
+        .lines()
+        .find(|l| l.starts_with("pool_size: "))
+        .expect("pool_size");
+    format!("{head}{listed}{}", &text[tail_start..]).replacen(
+        pool_size,
+        &format!("pool_size: {}", ids.len()),
         1,
     )
 }
@@ -122,7 +141,7 @@ async fn a_re_read_file_adds_a_programmer_and_applies_limits_and_budget_at_once(
     let full = std::fs::read_to_string(&pool.config_path).unwrap();
     let _programmers = pool.start_all_programmers();
     // The manager starts on a file without 003 (its process runs already).
-    pool.edit_config(|text| without_programmer(&text, "003", 2));
+    pool.edit_config(|text| with_programmers(&text, &["001", "002"]));
     let manager = pool.start_manager();
     let c = manager_client(&pool).await;
     wait_available(&c, 2).await;
@@ -244,7 +263,7 @@ async fn a_file_that_does_not_load_changes_nothing_and_a_fixed_one_removes_a_pro
         .expect("a task is admitted");
 
     // Fixed, without 002.
-    pool.edit_config(|_| without_programmer(&good, "002", 1));
+    pool.edit_config(|_| with_programmers(&good, &["001"]));
     sighup(&manager);
     wait_log(&manager, "applied=", 1).await;
     assert!(
@@ -275,4 +294,100 @@ async fn a_file_that_does_not_load_changes_nothing_and_a_fixed_one_removes_a_pro
     wait_log(programmer, "read only at start-up", 1).await;
     let line = lines_with(programmer, "read only at start-up").join("\n");
     assert!(line.contains("failover.max_retries"), "{line}");
+}
+
+/// A dry run routed by `strategy`; returns the programmer it went to.
+async fn routed(c: &ProgrammerPoolClient<Channel>, strategy: Strategy) -> String {
+    let (_, result) = dispatch_collect(
+        c,
+        DispatchRequest {
+            dry_run: true,
+            capabilities: vec!["fast".into()],
+            strategy: strategy as i32,
+            ..sample_dispatch("route me")
+        },
+    )
+    .await;
+    assert_eq!(state_of(&result), TaskState::Succeeded, "{result:#?}");
+    result.programmer_id
+}
+
+/// The ids GetPoolStatus lists that take tasks, in its order.
+async fn listed(c: &ProgrammerPoolClient<Channel>) -> Vec<String> {
+    pool_status(c)
+        .await
+        .programmers
+        .into_iter()
+        .filter(|p| p.state == ProgrammerState::Available as i32)
+        .map(|p| p.id)
+        .collect()
+}
+
+#[tokio::test]
+async fn routing_follows_the_re_read_order_of_programmers() {
+    let pool = TestPool::new(PoolOptions {
+        programmers: ["001", "002", "003"]
+            .iter()
+            .map(|id| TestProgrammer::free(id).without_aider())
+            .collect(),
+        runs_aider: false,
+        ..PoolOptions::default()
+    });
+    pool.sample_repo();
+    let full = std::fs::read_to_string(&pool.config_path).unwrap();
+    let _programmers = pool.start_all_programmers();
+    pool.edit_config(|_| with_programmers(&full, &["002", "003"]));
+    let manager = pool.start_manager();
+    let c = manager_client(&pool).await;
+    wait_available(&c, 2).await;
+    assert_eq!(routed(&c, Strategy::CapabilityMatch).await, "002");
+
+    // 003 moved to the front and 001 added between: the file's order, not the joining order.
+    pool.edit_config(|_| with_programmers(&full, &["003", "001", "002"]));
+    sighup(&manager);
+    wait_log(&manager, "applied=", 1).await;
+    wait_available(&c, 3).await;
+    assert_eq!(listed(&c).await, ["003", "001", "002"]);
+    for _ in 0..2 {
+        assert_eq!(routed(&c, Strategy::CapabilityMatch).await, "003");
+    }
+    let cycle = [
+        routed(&c, Strategy::RoundRobin).await,
+        routed(&c, Strategy::RoundRobin).await,
+        routed(&c, Strategy::RoundRobin).await,
+    ];
+    let at = ["003", "001", "002"]
+        .iter()
+        .position(|id| *id == cycle[0])
+        .expect("a listed programmer");
+    let expected: Vec<&str> = (0..3)
+        .map(|k| ["003", "001", "002"][(at + k) % 3])
+        .collect();
+    assert_eq!(
+        cycle,
+        expected.as_slice(),
+        "round robin cycles in the file's order"
+    );
+
+    // 002 replaced (a changed entry) and moved to the front, 003 gone: the new 002 is first.
+    pool.edit_config(|_| {
+        let text = with_programmers(&full, &["002", "001"]);
+        text.replacen(
+            "backup_llm: \"ollama/backup-002\"",
+            "backup_llm: \"ollama/backup-001\"",
+            1,
+        )
+    });
+    sighup(&manager);
+    wait_log(&manager, "applied=", 2).await;
+    let applied = lines_with(&manager, "applied=").join("\n");
+    assert!(
+        applied.contains("replaced [002]") && applied.contains("left [003]"),
+        "{applied}"
+    );
+    wait_until(WAIT, "002 and 001 listed, in that order", || async {
+        listed(&c).await == ["002", "001"]
+    })
+    .await;
+    assert_eq!(routed(&c, Strategy::CapabilityMatch).await, "002");
 }

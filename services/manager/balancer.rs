@@ -287,8 +287,11 @@ pub struct Balancer {
     pool: Arc<PoolView>,
     strategies: StrategySet,
     budget: Arc<BudgetLedger>,
-    /// One index per tier id (see [`Tier`]), built when a route first names the tier.
+    /// One index per tier id (see [`Tier`]), built when a route first names the tier, in the
+    /// routing order of `order_epoch`.
     indexes: Vec<Option<CandidateIndex>>,
+    /// The pool's order epoch the indexes were built in ([`PoolView::order_epoch`]).
+    order_epoch: u64,
     /// For each member, the ids of the tiers whose index holds it.
     member_tiers: Vec<Vec<usize>>,
     /// Reused buffer for [`PoolView::take_dirty`].
@@ -317,6 +320,7 @@ impl Balancer {
             strategies,
             budget,
             indexes: Vec::new(),
+            order_epoch: 0,
             dirty: Vec::new(),
         }
     }
@@ -370,6 +374,7 @@ impl Balancer {
     /// task waiting out the queue timeout for a comeback that a programmer which never went down
     /// will not make. A busy member that is up still holds the task away from the avoided one.
     pub fn route(&mut self, route: Route) -> Routed {
+        self.follow_order();
         let members = self.pool.members();
         let avoided: Vec<usize> = route
             .exclude
@@ -542,7 +547,19 @@ impl Balancer {
         })
     }
 
-    /// Builds `tier`'s index the first time a route names it: O(n log n) once per distinct tier.
+    /// Drops every index when the members' routing order changed (a re-read configuration):
+    /// each is built again, in the new order, when a route next names its tier.
+    fn follow_order(&mut self) {
+        let epoch = self.pool.order_epoch();
+        if epoch != self.order_epoch {
+            self.order_epoch = epoch;
+            self.indexes.clear();
+            self.member_tiers.clear();
+        }
+    }
+
+    /// Builds `tier`'s index the first time a route names it (members in their routing order):
+    /// O(n log n) once per distinct tier and routing order.
     fn build_index(&mut self, tier: &Tier) {
         if self.indexes.len() <= tier.id {
             self.indexes.resize_with(tier.id + 1, || None);
@@ -550,8 +567,8 @@ impl Balancer {
         if self.indexes[tier.id].is_some() {
             return;
         }
-        let mut index = CandidateIndex::new(tier);
         let members = self.pool.members();
+        let mut index = CandidateIndex::new(tier, |i| members[i].rank());
         if let Some(&last) = tier.members.last()
             && self.member_tiers.len() <= last
         {

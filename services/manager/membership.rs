@@ -7,6 +7,12 @@
 //! leaves stays in the list, drains (no new tasks; its running tasks finish or are rerouted by the
 //! dispatch rules) and is then left out of status and metrics ([`Member::is_gone`]).
 //!
+//! The routing order (capability_match's "first", round robin's cycle, every tie-break) is each
+//! member's *rank* ([`Member::rank`]): its place in the configuration's `programmers` list, so a
+//! programmer added, replaced or moved by a re-read file takes its place in the file's order
+//! ([`PoolView::reconcile`]); members found by DNS rank in joining order. A change of ranks bumps
+//! [`PoolView::order_epoch`], and the balancer rebuilds its indexes in the new order.
+//!
 //! Per member the manager keeps one lazily-connected tonic channel and two watchers:
 //! - a grpc.health.v1 `Watch` stream (reconnected with backoff): a programmer that dies breaks the
 //!   stream at once, so it stops receiving tasks within milliseconds, not at the next poll;
@@ -25,7 +31,7 @@ use crate::channel::Dialer;
 use crate::config::{Config, ProgrammerSpec};
 use crate::contract::v1::programmer_client::ProgrammerClient;
 use crate::contract::v1::{GetStatusRequest, ProgrammerStatus};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::Waker;
 use std::time::Duration;
@@ -54,9 +60,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// One programmer as the manager tracks it.
 #[derive(Debug)]
 pub struct Member {
-    /// Position in the pool's member list: configuration order, then joining order (routing
-    /// tie-breaks and round-robin order follow it).
+    /// Position in the pool's member list (append-only: configuration order at start-up, then
+    /// joining order). Its identity in the balancer; routing follows [`Member::rank`].
     pub index: usize,
+    /// Its place in the routing order (see the module docs): the index until a re-read
+    /// configuration places it.
+    rank: AtomicUsize,
     pub spec: ProgrammerSpec,
     /// `host:port` the channel connects to.
     pub address: String,
@@ -108,6 +117,7 @@ impl Member {
         let _ = channels[0].set(channel);
         Self {
             index,
+            rank: AtomicUsize::new(index),
             spec,
             address,
             left: AtomicBool::new(false),
@@ -138,6 +148,12 @@ impl Member {
             self.dialer.connect_lazy()
         })
         .clone()
+    }
+
+    /// Its place in the routing order: capability_match takes the first with room, round robin
+    /// cycles in it, and every tie goes to the lower rank.
+    pub fn rank(&self) -> usize {
+        self.rank.load(Ordering::Acquire)
     }
 
     /// Healthy (health stream says SERVING) and still a member.
@@ -264,6 +280,8 @@ pub struct PoolView {
     generation: watch::Sender<u64>,
     /// Indices of the members whose routing figures changed since the balancer last read them.
     dirty: Mutex<Vec<usize>>,
+    /// Counts the changes of the members' ranks (see [`PoolView::order_epoch`]).
+    order_epoch: AtomicU64,
     /// Where a joining member's watchers report (set by [`start`]).
     watchers: OnceLock<Watchers>,
     /// Asks DNS discovery to re-resolve now (a member's connection broke).
@@ -310,6 +328,7 @@ impl PoolView {
             default_concurrent: lb.max_concurrent_per_programmer,
             generation,
             dirty: Mutex::new(Vec::new()),
+            order_epoch: AtomicU64::new(0),
             watchers: OnceLock::new(),
             resolve_now: Notify::new(),
             tls: tls.map(crate::tls::reloading_client_config).transpose()?,
@@ -411,8 +430,9 @@ impl PoolView {
     /// member joins; a present member no longer listed leaves (draining: it takes no new task,
     /// its running ones finish there); a member whose entry changed (address, LLMs, limits,
     /// capabilities, region) leaves and joins again as its new entry. Every address is checked
-    /// before anything changes, so a list that cannot be used changes nothing. Joined members
-    /// come after the others in capability_match's configuration order until the next restart.
+    /// before anything changes, so a list that cannot be used changes nothing. Every listed
+    /// member then ranks at its place in the list (members that left rank after them), so
+    /// routing follows the file's order ([`PoolView::order_epoch`]).
     pub fn reconcile(self: &Arc<Self>, specs: &[ProgrammerSpec]) -> anyhow::Result<Reconciled> {
         let present: Vec<Arc<Member>> = self
             .members()
@@ -448,7 +468,38 @@ impl PoolView {
             }
             self.join(spec, address, link);
         }
+        self.rank_as_listed(specs);
         Ok(done)
+    }
+
+    /// Ranks each present member at its place in `specs` and every member that left after
+    /// them; bumps the order epoch (and wakes the scheduler) when a rank changed.
+    fn rank_as_listed(&self, specs: &[ProgrammerSpec]) {
+        let places: std::collections::HashMap<&str, usize> = specs
+            .iter()
+            .enumerate()
+            .map(|(place, s)| (s.id.as_str(), place))
+            .collect();
+        let members = self.members();
+        let mut moved = false;
+        for member in members.iter() {
+            let listed = (!member.has_left())
+                .then(|| places.get(member.spec.id.as_str()).copied())
+                .flatten();
+            let rank = listed.unwrap_or(specs.len() + member.index);
+            moved |= member.rank.swap(rank, Ordering::AcqRel) != rank;
+        }
+        if moved {
+            self.order_epoch.fetch_add(1, Ordering::AcqRel);
+            self.bump();
+        }
+    }
+
+    /// Changes whenever members' ranks change: an index built in the order of an older epoch
+    /// must be built again. Read it *before* reading ranks, so a change racing with the read is
+    /// seen at the next look.
+    pub fn order_epoch(&self) -> u64 {
+        self.order_epoch.load(Ordering::Acquire)
     }
 
     /// Wakes DNS discovery to re-resolve now (no-op in static mode).

@@ -9,6 +9,7 @@ use crate::contract::v1::{
 };
 use crate::manager::Manager;
 use crate::manager::budget::BudgetSnapshot;
+use crate::manager::membership::Member;
 use crate::task_events::now_unix_ms;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -147,8 +148,11 @@ pub fn pool_status(mgr: &Manager) -> PoolStatus {
     let (mut available, mut using_backup, mut queue_total) = (0u32, 0u32, 0u32);
     let members = mgr.pool.members();
     let mut pool_size = 0u32;
-    // A member that left DNS is listed (draining) until none of our tasks runs there.
-    for m in members.iter().filter(|m| !m.is_gone()) {
+    // A member that left DNS is listed (draining) until none of our tasks runs there; in routing
+    // order (the configuration's), the draining ones last.
+    let mut listed: Vec<&Arc<Member>> = members.iter().filter(|m| !m.is_gone()).collect();
+    listed.sort_by_key(|m| (m.rank(), m.index));
+    for m in listed {
         let draining = m.has_left();
         pool_size += u32::from(!draining);
         let up = m.is_available() && !draining;

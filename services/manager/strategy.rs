@@ -35,7 +35,8 @@ use std::sync::{Arc, Mutex};
 /// One eligible programmer as a strategy sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Candidate {
-    /// Position in the configuration's `programmers` list: the tie-breaker and round-robin order.
+    /// Its place in the routing order (the configuration's `programmers` list, see
+    /// `membership::Member::rank`): the tie-breaker and round-robin order.
     pub index: usize,
     /// Tasks waiting on the programmer, as it last reported.
     pub queue_depth: u32,
@@ -146,10 +147,11 @@ pub trait Strategy: Send + Sync + fmt::Debug {
     /// only [`LeastExpectedWait`] reads it.
     fn pick(&self, group: &str, candidates: &[Candidate], waiting: u64) -> Option<usize>;
 
-    /// The configuration index of the one to use among `index`'s members with room, leaving out
-    /// those in `skip` (excluded or refused for this route; a short list), or `None`. The same
-    /// choice [`pick`](Strategy::pick) makes over a slice of the same members in configuration
-    /// order, in O(log n + |skip|). `load` orders two members by their load (only p2c asks).
+    /// The member index of the one to use among `index`'s members with room, leaving out those
+    /// in `skip` (excluded or refused for this route; a short list), or `None`. The same choice
+    /// [`pick`](Strategy::pick) makes over a slice of the same members whose
+    /// [`Candidate::index`] is their rank in `index`'s routing order, in O(log n + |skip|).
+    /// `load` orders two members by their load (only p2c asks).
     fn pick_indexed(
         &self,
         group: &str,
@@ -289,9 +291,11 @@ impl Strategy for LeastLoaded {
 }
 
 /// Cycles through a group's candidates in configuration order, skipping those without room. Each
-/// group (capability set) has its own cursor: the configuration index it picked last. Keying the
-/// cursor by configuration index (not by position) keeps the cycle fair when candidates come and
-/// go between picks. Groups are bounded by the capability sets that pass eligibility.
+/// group (capability set) has its own cursor: the place in the routing order it picked last.
+/// Keying the cursor by that place (not by position in a list) keeps the cycle fair when
+/// candidates come and go between picks, and a re-read configuration that reorders the members
+/// continues the cycle from the same place. Groups are bounded by the capability sets that pass
+/// eligibility.
 #[derive(Debug, Default)]
 pub struct RoundRobin {
     last: Mutex<HashMap<String, usize>>,
@@ -303,8 +307,8 @@ impl RoundRobin {
         Self::default()
     }
 
-    /// Picks with `next(previous index of the group)` → `(index, choice)` and moves the group's
-    /// cursor to the picked index: the one cursor logic both pick paths share.
+    /// Picks with `next(the group's previous place)` → `(place, choice)` and moves the group's
+    /// cursor to the picked place: the one cursor logic both pick paths share.
     fn advance<T>(
         &self,
         group: &str,
@@ -353,9 +357,8 @@ impl Strategy for RoundRobin {
         _waiting: u64,
     ) -> Option<usize> {
         self.advance(group, |prev| {
-            prev.and_then(|p| index.first_from(p.saturating_add(1), skip))
-                .or_else(|| index.first_from(0, skip))
-                .map(|i| (i, i))
+            prev.and_then(|p| index.first_after(p, skip))
+                .or_else(|| index.first(skip))
         })
     }
 }
@@ -384,7 +387,7 @@ impl Strategy for CapabilityMatch {
         _load: &dyn Fn(usize, usize) -> Ordering,
         _waiting: u64,
     ) -> Option<usize> {
-        index.first_from(0, skip)
+        index.first(skip).map(|(_, i)| i)
     }
 }
 
@@ -421,7 +424,7 @@ impl P2cPeakEwma {
 impl P2cPeakEwma {
     /// The p2c rule over `k` choices in configuration order, `nth(j)` being the `j`-th: none, the
     /// only one, or two distinct uniformly drawn ones of which `lighter` (a total order: load,
-    /// then configuration index) puts the winner first. Both pick paths share it, so with one
+    /// then routing order) puts the winner first. Both pick paths share it, so with one
     /// seed they draw the same numbers and pick the same member.
     fn choose<T>(
         &self,
@@ -466,7 +469,7 @@ impl Strategy for P2cPeakEwma {
         load: &dyn Fn(usize, usize) -> Ordering,
         _waiting: u64,
     ) -> Option<usize> {
-        // Ranks (configuration order among those with room) of the skipped members with room,
+        // Ranks (routing order among those with room) of the skipped members with room,
         // so the `j`-th choice is found by select without walking the others.
         let mut skipped: Vec<usize> = skip.iter().filter_map(|&i| index.rank_of(i)).collect();
         skipped.sort_unstable();
@@ -483,7 +486,9 @@ impl Strategy for P2cPeakEwma {
             }
             index.nth(rank)
         };
-        self.choose(k, nth, |&a, &b| load(a, b).then(a.cmp(&b)))
+        self.choose(k, nth, |&a, &b| {
+            load(a, b).then_with(|| index.position(a).cmp(&index.position(b)))
+        })
     }
 }
 
@@ -736,9 +741,10 @@ impl Bits {
 }
 
 /// The members of one [`Tier`] that can take a task now, with their load, in structures over the
-/// tier's positions (configuration order) so every strategy picks without scanning the tier:
+/// tier's positions (the members in routing order, each member's *rank* given when the index is
+/// built: configuration order) so every strategy picks without scanning the tier:
 /// - [`Bits`] of the positions with room: capability_match (the first) and round robin (the first
-///   after a configuration index), O(log₆₄ n + |skipped|);
+///   after a rank), O(log₆₄ n + |skipped|);
 /// - one [`Bits`] per outstanding count (`queue_depth + in_flight`): least_loaded is the first
 ///   member of the lowest non-empty count, O(log L + log₆₄ n + |skipped|) for L distinct counts
 ///   (a member with room has fewer tasks than its capacity, so L stays below the largest capacity);
@@ -748,14 +754,17 @@ impl Bits {
 ///   speed: least_expected_wait looks at the first not skipped of each, O(log n + |skipped|²).
 ///
 /// The owner keeps it current with [`set`](CandidateIndex::set) whenever a member's figures
-/// change; nothing is rebuilt per decision.
+/// change; nothing is rebuilt per decision. When the routing order changes (a re-read
+/// configuration), the owner builds it again.
 #[derive(Debug, Clone)]
 pub struct CandidateIndex {
-    /// Configuration indices of the tier's members, ascending.
-    members: Arc<[usize]>,
-    /// For each configuration index `i` up to the tier's last member + 1, how many members come
-    /// before `i`: a member's position, and where "after `i`" starts, in O(1).
-    below: Vec<u32>,
+    /// Member indices of the tier's members, in routing order (by rank, then member index).
+    members: Vec<usize>,
+    /// The rank of each position (ascending): where "after a rank" starts, by binary search.
+    ranks_in_order: Vec<usize>,
+    /// For each member index up to the tier's last member, its position ([`NOT_HERE`] for one
+    /// outside the tier): O(1).
+    positions: Vec<u32>,
     /// Each position's outstanding count while it has room.
     outstanding: Vec<Option<u64>>,
     room: Bits,
@@ -805,17 +814,26 @@ pub struct Figures {
     pub slots: u32,
 }
 
+/// [`CandidateIndex::positions`]' mark of a member index outside the tier.
+const NOT_HERE: u32 = u32::MAX;
+
 impl CandidateIndex {
-    /// An index over `tier` in which no member has room yet.
-    pub fn new(tier: &Tier) -> Self {
+    /// An index over `tier` in which no member has room yet, its members ordered by
+    /// `rank(member index)` (ties by member index).
+    pub fn new(tier: &Tier, rank: impl Fn(usize) -> usize) -> Self {
         let n = tier.members.len();
-        let end = tier.members.last().map_or(0, |&last| last + 2);
-        let below = (0..end)
-            .map(|i| tier.members.partition_point(|&m| m < i) as u32)
-            .collect();
+        let mut ordered: Vec<(usize, usize)> = tier.members.iter().map(|&i| (rank(i), i)).collect();
+        ordered.sort_unstable();
+        let members: Vec<usize> = ordered.iter().map(|&(_, i)| i).collect();
+        let end = tier.members.last().map_or(0, |&last| last + 1);
+        let mut positions = vec![NOT_HERE; end];
+        for (pos, &i) in members.iter().enumerate() {
+            positions[i] = pos as u32;
+        }
         Self {
-            members: tier.members.clone(),
-            below,
+            members,
+            ranks_in_order: ordered.iter().map(|&(r, _)| r).collect(),
+            positions,
             outstanding: vec![None; n],
             room: Bits::new(n),
             ranks: RankSet::new(n),
@@ -829,11 +847,6 @@ impl CandidateIndex {
             work_sum: 0,
             rate_sum: 0,
         }
-    }
-
-    /// Configuration indices of the tier's members, ascending.
-    pub fn members(&self) -> &[usize] {
-        &self.members
     }
 
     /// Members with room.
@@ -950,20 +963,15 @@ impl CandidateIndex {
         }
     }
 
-    /// How many members have a configuration index below `index`.
-    fn before(&self, index: usize) -> usize {
-        self.below
-            .get(index)
-            .map_or(self.members.len(), |&b| b as usize)
-    }
-
-    /// The position of member `index` in the tier, if it is one.
+    /// The position (place in routing order) of member `index` in the tier, if it is one.
     fn position(&self, index: usize) -> Option<usize> {
-        let pos = self.before(index);
-        (self.members.get(pos) == Some(&index)).then_some(pos)
+        self.positions
+            .get(index)
+            .filter(|&&pos| pos != NOT_HERE)
+            .map(|&pos| pos as usize)
     }
 
-    /// The configuration index of the `k`-th member with room in configuration order; `k < len`.
+    /// The member index of the `k`-th member with room in routing order; `k < len`.
     fn nth(&self, k: usize) -> usize {
         self.members[self.ranks.select(k)]
     }
@@ -974,21 +982,35 @@ impl CandidateIndex {
         self.outstanding[pos].map(|_| self.ranks.rank(pos))
     }
 
-    /// The first member of `set` at or after configuration index `from`, not in `skip`.
-    fn first_in(&self, set: &Bits, from: usize, skip: &[usize]) -> Option<usize> {
-        let mut pos = self.before(from);
+    /// The first member of `set` at or after position `from`, not in `skip`: its position and
+    /// member index.
+    fn first_in(&self, set: &Bits, from: usize, skip: &[usize]) -> Option<(usize, usize)> {
+        let mut pos = from;
         loop {
-            let index = self.members[set.first_from(pos)?];
+            pos = set.first_from(pos)?;
+            let index = self.members[pos];
             if !skip.contains(&index) {
-                return Some(index);
+                return Some((pos, index));
             }
-            pos = self.before(index) + 1;
+            pos += 1;
         }
     }
 
-    /// The first member with room at or after configuration index `from`, not in `skip`.
-    fn first_from(&self, from: usize, skip: &[usize]) -> Option<usize> {
+    /// The first member with room in routing order, not in `skip`: its rank and member index.
+    fn first(&self, skip: &[usize]) -> Option<(usize, usize)> {
+        self.first_with_room_from(0, skip)
+    }
+
+    /// The first member with room whose rank is above `rank`, not in `skip`: its rank and
+    /// member index.
+    fn first_after(&self, rank: usize, skip: &[usize]) -> Option<(usize, usize)> {
+        let from = self.ranks_in_order.partition_point(|&r| r <= rank);
+        self.first_with_room_from(from, skip)
+    }
+
+    fn first_with_room_from(&self, from: usize, skip: &[usize]) -> Option<(usize, usize)> {
         self.first_in(&self.room, from, skip)
+            .map(|(pos, index)| (self.ranks_in_order[pos], index))
     }
 
     /// [`LeastExpectedWait`]'s pick among the members not in `skip` (see there), `waiting`
@@ -1027,15 +1049,17 @@ impl CandidateIndex {
     /// True when some member not in `skip` has room: a strategy that picked none of them held
     /// the task back (only [`LeastExpectedWait`] does).
     pub fn any_with_room(&self, skip: &[usize]) -> bool {
-        self.first_from(0, skip).is_some()
+        self.first(skip).is_some()
     }
 
-    /// The member with room with the lowest `(outstanding, configuration index)`, not in `skip`.
+    /// The member with room with the lowest `(outstanding, place in routing order)`, not in
+    /// `skip`.
     fn least_loaded(&self, skip: &[usize]) -> Option<usize> {
         self.by_load
             .values()
             .filter(|level| !level.is_empty())
             .find_map(|level| self.first_in(level, 0, skip))
+            .map(|(_, index)| index)
     }
 }
 
@@ -1044,6 +1068,7 @@ impl CandidateIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::seq::SliceRandom;
 
     fn cand(index: usize, queue_depth: u32) -> Candidate {
         Candidate {
@@ -1201,7 +1226,8 @@ mod tests {
 
     /// Drives random figure changes and picks through the index and through the linear
     /// reference (the balancer's former per-decision slice: the tier's members minus the skipped
-    /// ones, in configuration order) and requires the same pick from every strategy. The two
+    /// ones, in routing order — configuration order, or a shuffled one) and requires the same
+    /// pick from every strategy. The two
     /// strategy sets share a seed, so round-robin cursors and p2c draws evolve alike.
     #[test]
     fn indexed_picks_equal_the_linear_reference() {
@@ -1223,11 +1249,20 @@ mod tests {
             let mut loads: Vec<f64> = (0..n)
                 .map(|_| f64::from(rng.random_range(0..4u8)))
                 .collect();
+            // Each member's rank in the routing order: the configuration order for a third of
+            // the seeds, else a shuffle (a re-read configuration that reordered the members).
+            let mut rank: Vec<usize> = (0..n).collect();
+            if seed % 3 != 0 {
+                rank.shuffle(&mut rng);
+            }
             let registry = TierRegistry::default();
             let tiers: Vec<Tier> = (0..3)
                 .map(|_| registry.intern((0..n).filter(|_| rng.random_bool(0.6)).collect()))
                 .collect();
-            let mut indexes: Vec<CandidateIndex> = tiers.iter().map(CandidateIndex::new).collect();
+            let mut indexes: Vec<CandidateIndex> = tiers
+                .iter()
+                .map(|t| CandidateIndex::new(t, |i| rank[i]))
+                .collect();
             let reference = StrategySet::with_seed(seed);
             let indexed = StrategySet::with_seed(seed);
             for step in 0..600 {
@@ -1268,14 +1303,14 @@ mod tests {
                     .map(|_| rng.random_range(0..n))
                     .collect();
                 let group = ["fast", "free,local"][rng.random_range(0..2)];
-                let slice: Vec<Candidate> = tiers[t]
+                let mut slice: Vec<Candidate> = tiers[t]
                     .members
                     .iter()
                     .filter(|i| !skip.contains(i))
                     .map(|&i| {
                         let outstanding = room[i].or(busy[i]).unwrap_or(0) as u32;
                         Candidate {
-                            index: i,
+                            index: rank[i],
                             queue_depth: outstanding / 2,
                             in_flight: outstanding - outstanding / 2,
                             has_room: room[i].is_some(),
@@ -1286,14 +1321,20 @@ mod tests {
                         }
                     })
                     .collect();
+                // In routing order, as p2c's draws count the candidates in it.
+                slice.sort_by_key(|c| c.index);
                 let load = |a: usize, b: usize| loads[a].total_cmp(&loads[b]);
+                let mut member_at_rank = vec![0; n];
+                for (i, &r) in rank.iter().enumerate() {
+                    member_at_rank[r] = i;
+                }
                 // From a lone task to a backlog that keeps every member busy.
                 let waiting = [1, 2, 5, 40][rng.random_range(0..4)];
                 for kind in StrategyKind::ALL {
                     let want = reference
                         .get(kind)
                         .pick(group, &slice, waiting)
-                        .map(|pos| slice[pos].index);
+                        .map(|pos| member_at_rank[slice[pos].index]);
                     let got =
                         indexed
                             .get(kind)
@@ -1367,7 +1408,7 @@ mod tests {
         // The same through the index, with skip.
         let registry = TierRegistry::default();
         let tier = registry.intern(vec![0, 1]);
-        let mut index = CandidateIndex::new(&tier);
+        let mut index = CandidateIndex::new(&tier, |i| i);
         let f = |outstanding, has_room, task_ms| {
             Some(Figures {
                 outstanding,
@@ -1428,7 +1469,7 @@ mod tests {
     fn indexed_p2c_picks_the_lower_load_of_two_and_honours_skip() {
         let registry = TierRegistry::default();
         let tier = registry.intern(vec![0, 1, 2]);
-        let mut index = CandidateIndex::new(&tier);
+        let mut index = CandidateIndex::new(&tier, |i| i);
         for i in 0..3 {
             index.set(i, Some(0));
         }
