@@ -5,8 +5,9 @@
 //! with its file, line and key while the manager keeps serving on the configuration in force,
 //! and a programmer removed from a fixed file leaves the pool; routing (capability_match's
 //! first choice, round robin's cycle, the status list) follows the re-read file's order of
-//! programmers, joined, replaced and moved ones included; a programmer names its own changed
-//! settings as waiting for its restart.
+//! programmers, joined, replaced and moved ones included; under DNS discovery the members are
+//! described again with the re-read entries and a changed `discovery` key resolves at once; a
+//! programmer names its own changed settings as waiting for its restart.
 
 use crate::common;
 use crate::telemetry_support as support;
@@ -390,4 +391,80 @@ async fn routing_follows_the_re_read_order_of_programmers() {
     })
     .await;
     assert_eq!(routed(&c, Strategy::CapabilityMatch).await, "002");
+}
+
+#[tokio::test]
+async fn dns_discovery_follows_the_re_read_entries_and_discovery_keys() {
+    // A re-resolve period far beyond the test: only the reload's own lookup can find dns-b.
+    let dns_pool = common::dns::DnsPool::new(
+        PoolOptions {
+            runs_aider: false,
+            ..PoolOptions::default()
+        },
+        75,
+        3600,
+    );
+    let pool = &dns_pool.pool;
+    pool.sample_repo();
+    let cold = ["--aider-start", "cold"];
+    let _a = dns_pool.start_programmer_with("dns-a", 1, "fast", "", &cold);
+    let _b = dns_pool.start_programmer_with("dns-b", 2, "fast", "", &cold);
+    dns_pool.publish(&[1]);
+    let manager = pool.start_manager();
+    let c = manager_client(pool).await;
+    wait_available(&c, 1).await;
+    let gpu = || DispatchRequest {
+        dry_run: true,
+        capabilities: vec!["gpu-group".into()],
+        ..sample_dispatch("needs the gpu group")
+    };
+    let refused = admit(&c, gpu())
+        .await
+        .expect_err("no member is in gpu-group");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+
+    // dns-b's record comes; the file lists dns-a (entries give DNS members what their status
+    // does not say) in a routing group, and a shorter period.
+    dns_pool.publish(&[1, 2]);
+    let port = dns_pool.port;
+    pool.edit_config(|text| {
+        let entry = format!(
+            "programmers:\n  - id: \"dns-a\"\n    port: {port}\n    primary_llm: \"ollama/primary-dns\"\n    backup_llm: \"ollama/backup-dns\"\n"
+        );
+        let text = text
+            .replacen("programmers: []\n", &entry, 1)
+            .replacen("pool_size: 0\n", "pool_size: 1\n", 1);
+        set_key(&text, "refresh_s", "3599") + "capability_routing:\n  gpu-group: [\"dns-a\"]\n"
+    });
+    sighup(&manager);
+    wait_log(&manager, "applied=", 1).await;
+    let applied = lines_with(&manager, "applied=").join("\n");
+    for key in ["capability_routing", "discovery.refresh_s"] {
+        assert!(applied.contains(key), "{key:?} not in {applied}");
+    }
+    assert!(
+        lines_with(&manager, "read only at start-up").is_empty(),
+        "{}",
+        manager.log_text()
+    );
+    wait_log(&manager, "described again", 1).await;
+    assert!(
+        lines_with(&manager, "described again")
+            .join("\n")
+            .contains("replaced=dns-a"),
+        "{}",
+        manager.log_text()
+    );
+    // The lookup the reload made found dns-b; dns-a, described again, serves the group.
+    wait_available(&c, 2).await;
+    let (_, result) = dispatch_collect(&c, gpu()).await;
+    assert_eq!(state_of(&result), TaskState::Succeeded, "{result:#?}");
+    assert_eq!(result.programmer_id, "dns-a");
+    let status = pool_status(&c).await;
+    let a = status
+        .programmers
+        .iter()
+        .find(|p| p.id == "dns-a" && p.state == ProgrammerState::Available as i32)
+        .expect("dns-a available");
+    assert!(a.capabilities.contains(&"gpu-group".to_string()), "{a:?}");
 }

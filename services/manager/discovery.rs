@@ -14,6 +14,12 @@
 //!
 //! A failed lookup (server unreachable, SERVFAIL) changes nothing: a DNS outage must not empty
 //! the pool. Only an answer that the name has no records empties it.
+//!
+//! A re-read configuration file (`manager::reconfigure`) reaches the loop too: a changed name,
+//! port, period or resolver is used from the next lookup on (at once), and every member is
+//! described again from its last status with the new entries (`programmers`, `defaults`,
+//! `capability_routing`, `llms`): one whose description changed leaves and joins again as the new
+//! one, as a changed entry does under static discovery (its running tasks finish under the old).
 
 use crate::channel::Dialer;
 use crate::config::{Config, DiscoveryConfig, ProgrammerSpec};
@@ -28,7 +34,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -199,8 +205,8 @@ struct Joined {
 enum Known {
     /// Asking it for its status.
     Joining(JoinHandle<()>),
-    /// In the pool.
-    Member(Arc<Member>),
+    /// In the pool, with the status it joined with (described again from its latest one).
+    Member(Arc<Member>, Box<ProgrammerStatus>),
 }
 
 /// The discovery loop's state.
@@ -209,6 +215,8 @@ struct Discovery {
     config: Arc<Config>,
     target: Target,
     resolver: TokioResolver,
+    /// The re-resolve period (`discovery.refresh_s`).
+    refresh: Duration,
     known: HashMap<SocketAddr, Known>,
     joined_tx: mpsc::UnboundedSender<Joined>,
     stop: CancellationToken,
@@ -233,7 +241,7 @@ impl Discovery {
         for addr in gone {
             match self.known.remove(&addr) {
                 Some(Known::Joining(task)) => task.abort(),
-                Some(Known::Member(member)) => self.pool.leave(&member),
+                Some(Known::Member(member, _)) => self.pool.leave(&member),
                 None => {}
             }
         }
@@ -306,7 +314,65 @@ impl Discovery {
         }
         let spec = spec_from_status(&self.config, joined.addr, &joined.status);
         let member = self.pool.join(spec, joined.addr.to_string(), joined.link);
-        self.known.insert(joined.addr, Known::Member(member));
+        self.known
+            .insert(joined.addr, Known::Member(member, Box::new(joined.status)));
+    }
+
+    /// Puts a re-read configuration in force (see the module docs). A file that switched
+    /// discovery mode changes nothing here: that takes a restart, and the reload says so.
+    fn reconfigure(&mut self, new: Arc<Config>) {
+        let cfg = &new.pool.discovery;
+        if cfg.mode != crate::config::DiscoveryMode::Dns {
+            return;
+        }
+        if *cfg != self.config.pool.discovery {
+            match Target::from_config(cfg).and_then(|t| Ok((t, resolver(cfg)?))) {
+                Ok((target, resolver)) => {
+                    tracing::info!(name = %target.name, srv = target.srv, refresh_s = cfg.refresh_s.max(1),
+                        "DNS discovery: resolving as the re-read configuration says");
+                    self.target = target;
+                    self.resolver = resolver;
+                    self.refresh = Duration::from_secs(cfg.refresh_s.max(1));
+                    self.pool.request_resolve();
+                }
+                Err(e) => tracing::error!(
+                    "DNS discovery: the re-read discovery section cannot be used, resolving as before: {e}"
+                ),
+            }
+        }
+        self.config = new;
+        let mut replaced = Vec::new();
+        for (addr, known) in &mut self.known {
+            let Known::Member(member, joined_with) = known else {
+                continue;
+            };
+            if member.has_left() {
+                continue;
+            }
+            let status = member
+                .reported()
+                .unwrap_or_else(|| joined_with.as_ref().clone());
+            let spec = spec_from_status(&self.config, *addr, &status);
+            if spec == member.spec {
+                continue;
+            }
+            let link = match self.pool.link(&member.address) {
+                Ok(link) => link,
+                Err(e) => {
+                    tracing::error!(programmer = %member.spec.id, address = %member.address,
+                        "DNS discovery: cannot make a channel, the member stays as it was: {e}");
+                    continue;
+                }
+            };
+            self.pool.leave(member);
+            replaced.push(spec.id.clone());
+            *member = self.pool.join(spec, addr.to_string(), link);
+        }
+        if !replaced.is_empty() {
+            replaced.sort();
+            tracing::info!(replaced = %replaced.join(", "),
+                "DNS discovery: programmers described again with the re-read entries");
+        }
     }
 
     fn joining(&self) -> usize {
@@ -333,13 +399,15 @@ fn id_problem(id: &str) -> Option<&'static str> {
 }
 
 /// Starts DNS discovery for `pool`: resolves once and waits (up to a few seconds) for the
-/// programmers of that answer to join, then keeps resolving in the background until `stop`.
+/// programmers of that answer to join, then keeps resolving in the background until `stop`,
+/// following `config` as it is re-read.
 pub async fn start(
     pool: Arc<PoolView>,
-    config: Arc<Config>,
+    mut config: watch::Receiver<Arc<Config>>,
     stop: CancellationToken,
 ) -> Result<(), DiscoveryError> {
-    let cfg = &config.pool.discovery;
+    let current = config.borrow_and_update().clone();
+    let cfg = &current.pool.discovery;
     let target = Target::from_config(cfg)?;
     let resolver = resolver(cfg)?;
     let refresh = Duration::from_secs(cfg.refresh_s.max(1));
@@ -347,9 +415,10 @@ pub async fn start(
     tracing::info!(name = %target.name, srv = target.srv, refresh_s = refresh.as_secs(), "DNS discovery started");
     let mut discovery = Discovery {
         pool,
-        config: config.clone(),
+        config: current.clone(),
         target,
         resolver,
+        refresh,
         known: HashMap::new(),
         joined_tx,
         stop: stop.clone(),
@@ -366,7 +435,7 @@ pub async fn start(
     tokio::spawn(async move {
         let mut last = tokio::time::Instant::now();
         loop {
-            let next = last + refresh;
+            let next = last + discovery.refresh;
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {}
                 _ = discovery.pool.resolve_requested() => {
@@ -374,6 +443,15 @@ pub async fn start(
                 }
                 Some(joined) = joined_rx.recv() => {
                     discovery.joined(joined);
+                    continue;
+                }
+                changed = config.changed() => {
+                    // The manager (the sender) is gone only as the process ends.
+                    if changed.is_err() {
+                        break;
+                    }
+                    let new = config.borrow_and_update().clone();
+                    discovery.reconfigure(new);
                     continue;
                 }
                 _ = stop.cancelled() => break,

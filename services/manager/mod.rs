@@ -80,8 +80,9 @@ struct ActiveTask {
 pub struct Manager {
     /// The configuration in force: the file as read at start-up, or as re-read since
     /// ([`reconfigure`]). Settings read from it per task (the default strategy, the queue
-    /// timeout, dispatch attempts, escalation, free-first) follow a re-read at once.
-    config: std::sync::RwLock<Arc<Config>>,
+    /// timeout, dispatch attempts, escalation, free-first) follow a re-read at once; DNS
+    /// discovery follows it too (it subscribes).
+    config: tokio::sync::watch::Sender<Arc<Config>>,
     pub pool: Arc<PoolView>,
     pub scheduler: Scheduler,
     pub budget: Arc<BudgetLedger>,
@@ -183,7 +184,7 @@ impl Manager {
             admission: admission::Admission::new(&pool_cfg.limits),
             llm_stats: crate::telemetry::LlmStats::default(),
             durations,
-            config: std::sync::RwLock::new(config.clone()),
+            config: tokio::sync::watch::Sender::new(config.clone()),
             pool,
             scheduler,
             budget,
@@ -194,7 +195,7 @@ impl Manager {
             stop,
         });
         if config.pool.discovery.mode == crate::config::DiscoveryMode::Dns {
-            discovery::start(mgr.pool.clone(), config.clone(), mgr.stop.clone()).await?;
+            discovery::start(mgr.pool.clone(), mgr.config.subscribe(), mgr.stop.clone()).await?;
         }
         resume::unfinished_tasks(&mgr)?;
         tokio::spawn(status::watch_alerts(mgr.clone()));
@@ -203,15 +204,12 @@ impl Manager {
 
     /// The configuration in force now.
     pub fn config(&self) -> Arc<Config> {
-        self.config
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.config.borrow().clone()
     }
 
     /// Puts `config` in force for everything that reads it per task (see [`reconfigure`]).
     fn set_config(&self, config: Arc<Config>) {
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
+        self.config.send_replace(config);
     }
 
     /// The strategy of a task that names none (`load_balancing.strategy`).

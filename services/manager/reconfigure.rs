@@ -8,13 +8,16 @@
 //! configuration in force stays. One that loads is compared key by key with the one in force
 //! ([`changed_keys`]), and:
 //!
-//! - the keys in [`LIVE`] apply at once — the programmers of static discovery join, leave or
-//!   are replaced ([`PoolView::reconcile`]); `limits` (but the HTTP/2 stream bound), the queue's
-//!   bound, timeout and dispatch attempts, retention, the default strategy and free-first,
-//!   `cost_optimization` (the budget), `escalation`, and `auth.open`;
+//! - the keys in [`LIVE`] apply at once — the programmers of static discovery join, leave, are
+//!   replaced or move in the routing order ([`PoolView::reconcile`]); under DNS discovery the
+//!   members are described again with the new entries and the name, port, period and resolver
+//!   are used from the next lookup (`discovery`, which follows the configuration in force);
+//!   `limits` (but the HTTP/2 stream bound), the queue's bound, timeout and dispatch attempts,
+//!   retention, the default strategy and free-first, `cost_optimization` (the budget),
+//!   `escalation`, and `auth.open`;
 //! - every other changed key is named in one warning as read only at start-up (ports, TLS
-//!   paths, the data dir, durability, discovery, the lease the programmers share, …): the
-//!   running process keeps its value until it restarts.
+//!   paths, the data dir, durability, the discovery mode, the lease the programmers share, …):
+//!   the running process keeps its value until it restarts.
 //!
 //! The log says which keys were applied and which were not; `/metrics` counts the reloads
 //! (`pas_reloads_total{what="configuration"}`). Tasks already admitted keep what admitted them
@@ -28,9 +31,8 @@ use crate::manager::budget::BudgetPolicy;
 use crate::reload::CONFIGURATION;
 use std::sync::Arc;
 
-/// The keys a running manager applies (a key applies with every key under it). With DNS
-/// discovery the programmers' entries only give defaults to programmers as they join, so
-/// `programmers` and what resolves their entries are then read at start-up only.
+/// The keys a running manager applies (a key applies with every key under it), whatever its
+/// discovery; [`PROGRAMMER_KEYS`] and [`DNS_KEYS`] apply too while the discovery mode stays.
 pub const LIVE: &[&str] = &[
     "limits.max_in_flight_rpcs",
     "limits.per_caller_max_tasks",
@@ -48,8 +50,8 @@ pub const LIVE: &[&str] = &[
     "auth.open",
 ];
 
-/// What resolves the programmers' entries (applied by [`PoolView::reconcile`] with static
-/// discovery).
+/// What resolves the programmers' entries: applied by [`PoolView::reconcile`] with static
+/// discovery, by describing the members again with DNS discovery.
 ///
 /// [`PoolView::reconcile`]: crate::manager::membership::PoolView::reconcile
 const PROGRAMMER_KEYS: &[&str] = &[
@@ -58,6 +60,14 @@ const PROGRAMMER_KEYS: &[&str] = &[
     "defaults",
     "capability_routing",
     "llms",
+];
+
+/// What DNS discovery resolves, and how often (the mode itself needs a restart).
+const DNS_KEYS: &[&str] = &[
+    "discovery.name",
+    "discovery.port",
+    "discovery.refresh_s",
+    "discovery.resolver",
 ];
 
 /// Watches the manager's configuration file from now on (see the module docs). `auth`: the
@@ -82,16 +92,19 @@ pub fn watch(mgr: Arc<Manager>, auth: Option<Arc<Authenticator>>) {
 pub fn apply(mgr: &Manager, auth: Option<&Authenticator>, new: Arc<Config>) {
     let old = mgr.config();
     let changed = changed_keys(&old.pool, &new.pool);
-    let static_pool = old.pool.discovery.mode == DiscoveryMode::Static
-        && new.pool.discovery.mode == DiscoveryMode::Static;
+    let same_mode = old.pool.discovery.mode == new.pool.discovery.mode;
+    let static_pool = same_mode && new.pool.discovery.mode == DiscoveryMode::Static;
+    let dns_pool = same_mode && new.pool.discovery.mode == DiscoveryMode::Dns;
     if changed.is_empty() {
         tracing::info!(file = %new.source.display(), "configuration re-read: no setting changed");
         return;
     }
-    let (live, later): (Vec<&str>, Vec<&str>) = changed
-        .iter()
-        .map(String::as_str)
-        .partition(|key| under(key, LIVE) || (static_pool && under(key, PROGRAMMER_KEYS)));
+    let (live, later): (Vec<&str>, Vec<&str>) =
+        changed.iter().map(String::as_str).partition(|key| {
+            under(key, LIVE)
+                || (same_mode && under(key, PROGRAMMER_KEYS))
+                || (dns_pool && under(key, DNS_KEYS))
+        });
     let mut applied: Vec<String> = Vec::new();
     if static_pool && live.iter().any(|k| under(k, PROGRAMMER_KEYS)) {
         match mgr.pool.reconcile(new.programmers()) {
@@ -127,7 +140,8 @@ pub fn apply(mgr: &Manager, auth: Option<&Authenticator>, new: Arc<Config>) {
     if let (Some(auth), Some(section)) = (auth, &pool.auth) {
         auth.set_open(&section.open);
     }
-    // Read per task from here on: strategy, queue timeout, attempts, escalation, free-first.
+    // Read per task from here on: strategy, queue timeout, attempts, escalation, free-first;
+    // DNS discovery takes its keys and the programmers' entries from it.
     mgr.set_config(new.clone());
     // Every live key by name (the programmers' ones too: an `llms` entry no programmer uses
     // changes no member, and is still in force).
@@ -165,5 +179,10 @@ mod tests {
         );
         assert!(!under("escalation_x", LIVE));
         assert!(under("llms.my-model.cost_per_1k_input", PROGRAMMER_KEYS));
+        assert!(under("discovery.refresh_s", DNS_KEYS));
+        assert!(
+            !under("discovery.mode", DNS_KEYS) && !under("discovery.mode", LIVE),
+            "a switch of discovery mode needs a restart"
+        );
     }
 }
