@@ -135,19 +135,40 @@ pub fn configuration(
 /// What [`configuration`] calls the configuration (log lines and the metrics' `what`).
 pub const CONFIGURATION: &str = "configuration";
 
-/// For a process that applies no setting while it runs (a programmer): each new version of the
-/// file from `versions` is logged as a warning naming the keys that changed, read only at
-/// start-up, so an edit nobody restarted for is seen in the log instead of silently ignored.
-pub fn log_unapplied(mut versions: watch::Receiver<Arc<crate::config::Config>>) {
-    // Compared with the version in force, not the last one read: every key still waiting for
-    // the restart stays named.
-    let in_force = versions.borrow().clone();
+/// For a process that applies a few settings while it runs (a programmer: `live` keys): each
+/// new version of the file from `versions` whose `live` keys changed is handed to `apply` and
+/// the keys logged as applied; every other key that differs from the version read at start-up
+/// is named in a warning as read only at start-up, so an edit nobody restarted for is seen in
+/// the log instead of silently ignored.
+pub fn follow(
+    mut versions: watch::Receiver<Arc<crate::config::Config>>,
+    live: &'static [&'static str],
+    apply: impl Fn(&crate::config::Config) + Send + 'static,
+) {
+    use crate::config::diff::{changed_keys, under};
+    // Read only at start-up: compared with the version then, so every key still waiting for the
+    // restart stays named. Live: compared with the version last applied.
+    let at_start = versions.borrow().clone();
+    let mut applied = at_start.clone();
     tokio::spawn(async move {
         while versions.changed().await.is_ok() {
             let new = versions.borrow_and_update().clone();
-            let changed = crate::config::diff::changed_keys(&in_force.pool, &new.pool);
-            if !changed.is_empty() {
-                tracing::warn!(file = %new.source.display(), keys = %changed.join(", "),
+            let now_live: Vec<String> = changed_keys(&applied.pool, &new.pool)
+                .into_iter()
+                .filter(|k| under(k, live))
+                .collect();
+            if !now_live.is_empty() {
+                apply(&new);
+                applied = new.clone();
+                tracing::info!(file = %new.source.display(), applied = %now_live.join(", "),
+                    "configuration reloaded");
+            }
+            let later: Vec<String> = changed_keys(&at_start.pool, &new.pool)
+                .into_iter()
+                .filter(|k| !under(k, live))
+                .collect();
+            if !later.is_empty() {
+                tracing::warn!(file = %new.source.display(), keys = %later.join(", "),
                     "configuration changed in settings read only at start-up: they apply when the process restarts");
             }
         }

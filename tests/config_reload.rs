@@ -288,13 +288,63 @@ async fn a_file_that_does_not_load_changes_nothing_and_a_fixed_one_removes_a_pro
     })
     .await;
 
-    // A programmer applies nothing while it runs: it names what changed.
+    // A programmer applies its live settings and names the others as waiting for its restart.
     let programmer = &programmers["001"];
-    pool.edit_config(|text| set_key(&text, "max_retries", "7"));
+    pool.edit_config(|text| {
+        let text = set_key(&text, "max_retries", "7");
+        set_key(&text, "max_queue_per_programmer", "9")
+    });
     sighup(programmer);
     wait_log(programmer, "read only at start-up", 1).await;
-    let line = lines_with(programmer, "read only at start-up").join("\n");
-    assert!(line.contains("failover.max_retries"), "{line}");
+    let applied = lines_with(programmer, "applied=").join("\n");
+    assert!(
+        applied.contains("applied=failover.max_retries"),
+        "{applied}"
+    );
+    let later = lines_with(programmer, "read only at start-up").join("\n");
+    assert!(
+        later.contains("load_balancing.max_queue_per_programmer")
+            && !later.contains("failover.max_retries"),
+        "{later}"
+    );
+}
+
+#[tokio::test]
+async fn a_programmer_runs_its_next_task_under_the_re_read_failover_settings() {
+    // Every model answers 500: each attempt fails and fails over, until the attempts run out.
+    let sim = Sim::start_with_script("default:\n  fault: http_500\n");
+    let pool = TestPool::with_sim(
+        PoolOptions {
+            max_retries: 1,
+            ..PoolOptions::default()
+        },
+        sim,
+    );
+    pool.sample_repo();
+    let programmer = pool.start_programmer("001");
+    let mut c = pool.programmer_client("001").await;
+    let task = || {
+        common::pool::task_request(
+            "sample",
+            "Add docstrings to all functions",
+            &["src/module.py"],
+        )
+    };
+    let attempts = |r: &pas::contract::v1::TaskResult| r.attempts.len();
+    let (_, before) = common::pool::execute_task(&mut c, task()).await;
+    assert_eq!(state_of(&before), TaskState::Failed, "{before:#?}");
+    assert_eq!(attempts(&before), 2, "1 + max_retries: {before:#?}");
+
+    pool.edit_config(|text| set_key(&text, "max_retries", "3"));
+    sighup(&programmer);
+    wait_log(&programmer, "applied=failover.max_retries", 1).await;
+    let (_, after) = common::pool::execute_task(&mut c, task()).await;
+    assert_eq!(state_of(&after), TaskState::Failed, "{after:#?}");
+    assert_eq!(
+        attempts(&after),
+        4,
+        "1 + the re-read max_retries: {after:#?}"
+    );
 }
 
 /// A dry run routed by `strategy`; returns the programmer it went to.

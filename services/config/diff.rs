@@ -18,6 +18,13 @@ pub fn changed_keys(old: &PoolConfig, new: &PoolConfig) -> Vec<String> {
     changed
 }
 
+/// Whether `key` is one of `keys` or under one of them (`limits.per_caller_burst` is under
+/// `limits`; `escalation_x` is not under `escalation`).
+pub fn under(key: &str, keys: &[&str]) -> bool {
+    keys.iter()
+        .any(|k| key == *k || (key.starts_with(k) && key.as_bytes().get(k.len()) == Some(&b'.')))
+}
+
 fn as_value(config: &PoolConfig) -> Value {
     // The model is plain data (strings, numbers, maps with string keys): it always serializes.
     serde_json::to_value(config).unwrap_or(Value::Null)

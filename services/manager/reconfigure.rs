@@ -23,7 +23,7 @@
 //! (`pas_reloads_total{what="configuration"}`). Tasks already admitted keep what admitted them
 //! (a slot under a lowered per-caller bound, a place in a shortened queue, a budget hold).
 
-use crate::config::diff::changed_keys;
+use crate::config::diff::{changed_keys, under};
 use crate::config::{Config, DiscoveryMode};
 use crate::manager::Manager;
 use crate::manager::auth::Authenticator;
@@ -154,12 +154,6 @@ pub fn apply(mgr: &Manager, auth: Option<&Authenticator>, new: Arc<Config>) {
         tracing::warn!(file = %new.source.display(), keys = %later.join(", "),
             "configuration changed in settings read only at start-up: they apply when the process restarts");
     }
-}
-
-/// Whether `key` is one of `keys` or under one of them.
-fn under(key: &str, keys: &[&str]) -> bool {
-    keys.iter()
-        .any(|k| key == *k || (key.starts_with(k) && key.as_bytes().get(k.len()) == Some(&b'.')))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use crate::programmer::aider::{
     AiderInvocation, ModelEndpoint, OutputChunk, OutputStream, UsageCap, run_aider,
 };
 use crate::programmer::classify::{Outcome, classify};
-use crate::programmer::state::Programmer;
+use crate::programmer::state::{LiveSettings, Programmer};
 use crate::programmer::validate::ValidatedTask;
 use crate::programmer::worktree::{Change, TaskWorktree};
 use crate::task_events::TaskEventSink;
@@ -117,6 +117,7 @@ pub async fn run_attempt(
     sink: &TaskEventSink,
     cancel: &CancellationToken,
     deadline: Instant,
+    settings: &LiveSettings,
 ) -> AttemptReport {
     let started = Instant::now();
     let report = |outcome, tokens_sent, tokens_received, cost| AttemptReport {
@@ -134,8 +135,8 @@ pub async fn run_attempt(
         message: task.description.clone(),
         files: task.files.clone(),
         auto_commit: prog.spec.limits.auto_commit,
-        extra_flags: prog.aider.extra_flags.clone(),
-        request_timeout_s: prog.aider.request_timeout_s,
+        extra_flags: settings.extra_flags.clone(),
+        request_timeout_s: settings.request_timeout_s,
         launch_prefix: Vec::new(),
         // aider's auto-commits: the same git settings as ours.
         extra_env: worktree.git_env(),

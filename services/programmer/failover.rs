@@ -9,7 +9,7 @@
 //! all its attempts: each attempt is given what the earlier ones used ([`UsageCap`]) and is stopped
 //! the moment the total crosses a cap (ERROR_CLASS_JOB_LIMIT, never a failover).
 
-use crate::config::{Durability, FailureCondition};
+use crate::config::{Durability, Failover as FailoverSettings, FailureCondition};
 use crate::contract::v1::{
     Assigned, Attempt, ErrorClass, Failover, TaskResult, TaskState, task_event::Kind,
 };
@@ -172,8 +172,11 @@ pub async fn run_task(
         )
         .await;
     }
-    let attempts_allowed = max_attempts(&prog.failover);
-    let retry_delay = Duration::from_secs_f64(prog.failover.retry_delay_s.max(0.0));
+    // The settings a re-read file may change: this task's attempts all run under these.
+    let settings = prog.live();
+    let failover = &settings.failover;
+    let attempts_allowed = max_attempts(failover);
+    let retry_delay = Duration::from_secs_f64(failover.retry_delay_s.max(0.0));
 
     // The task's cost: the attempts' integer costs, summed exactly.
     let mut cost = Usd::ZERO;
@@ -212,6 +215,7 @@ pub async fn run_task(
             sink,
             &cancel,
             attempt_deadline,
+            &settings,
         )
         .instrument(span.clone())
         .await;
@@ -239,7 +243,7 @@ pub async fn run_task(
         // Tell the breaker about the primary; a dropped probe admission re-opens it.
         if on_primary {
             if let Some(adm) = admission.take() {
-                report_to_breaker(prog, adm, &report.outcome);
+                report_to_breaker(prog, failover, adm, &report.outcome);
             }
         }
 
@@ -336,7 +340,7 @@ pub async fn run_task(
                 };
             }
             AttemptOutcome::LlmFailed { class, ref message }
-                if number < attempts_allowed && is_failover_condition(prog, class) =>
+                if number < attempts_allowed && is_failover_condition(failover, class) =>
             {
                 let next = spec.backup.clone();
                 prog.counters
@@ -401,16 +405,21 @@ pub async fn run_task(
     .await
 }
 
-fn is_failover_condition(prog: &Programmer, class: ErrorClass) -> bool {
-    failure_condition(class).is_some_and(|c| prog.failover.failure_conditions.contains(&c))
+fn is_failover_condition(failover: &FailoverSettings, class: ErrorClass) -> bool {
+    failure_condition(class).is_some_and(|c| failover.failure_conditions.contains(&c))
 }
 
-fn report_to_breaker(prog: &Programmer, admission: Admission, outcome: &AttemptOutcome) {
+fn report_to_breaker(
+    prog: &Programmer,
+    failover: &FailoverSettings,
+    admission: Admission,
+    outcome: &AttemptOutcome,
+) {
     let Admission::Primary(ticket) = admission else {
         return;
     };
     match outcome {
-        AttemptOutcome::LlmFailed { class, .. } if is_failover_condition(prog, *class) => {
+        AttemptOutcome::LlmFailed { class, .. } if is_failover_condition(failover, *class) => {
             ticket.primary_failed()
         }
         // The primary answered (even if its edit did not apply, or the answer crossed a cap): it

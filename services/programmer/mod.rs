@@ -143,12 +143,15 @@ pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
     );
 
     crate::reload::take_sighup();
-    // A programmer reads its settings once: an edit of the file is named in the log as waiting
-    // for its restart.
-    crate::reload::log_unapplied(crate::reload::configuration(
-        Arc::new(config.clone()),
-        |_| Ok(()),
-    ));
+    // A programmer applies its live settings (failover, aider's flags and request timeout) from a
+    // re-read file to the tasks that start afterwards; any other edit is named in the log as
+    // waiting for its restart.
+    let live_prog = prog.clone();
+    crate::reload::follow(
+        crate::reload::configuration(Arc::new(config.clone()), |_| Ok(())),
+        state::LIVE_KEYS,
+        move |config| live_prog.set_live(config),
+    );
     // Tests and `pas up` read this line to learn the bound address.
     println!("{} listening on {addr}", prog.spec.agent);
     let aider_start = if prog.aider.warm.is_some() {

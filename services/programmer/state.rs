@@ -23,13 +23,49 @@ use tokio_util::task::TaskTracker;
 #[derive(Debug, Clone)]
 pub struct AiderSettings {
     pub python: PathBuf,
-    pub extra_flags: Vec<String>,
-    pub request_timeout_s: u64,
     /// `aider.nice`, applied by the launcher.
     pub nice: u8,
     /// The warm workers (`aider.start: warm`, or the programmer's own `aider_start`), started
     /// by [`Programmer::start_warm_workers`]; `None` when cold.
     pub warm: Option<Arc<WarmPool>>,
+}
+
+/// The keys of the configuration file a running programmer applies when it re-reads the file
+/// (each task reads them once, as it starts: [`Programmer::live`]). Every other changed key is
+/// named in a warning as read only at start-up.
+pub const LIVE_KEYS: &[&str] = &[
+    "failover.enabled",
+    "failover.max_retries",
+    "failover.retry_delay_s",
+    "failover.always_failover",
+    "failover.failure_conditions",
+    "aider.extra_flags",
+    "aider.request_timeout_s",
+];
+
+/// The settings of [`LIVE_KEYS`] as one value: a task's attempts all run under the one its task
+/// started with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveSettings {
+    /// Attempts, retry pause and the failure classes that fail over (its `circuit_breaker`
+    /// part is the breaker's, set at start-up).
+    pub failover: Failover,
+    /// `aider.extra_flags`.
+    pub extra_flags: Vec<String>,
+    /// `aider.request_timeout_s`.
+    pub request_timeout_s: u64,
+}
+
+impl LiveSettings {
+    /// The live settings `config` gives.
+    pub fn of(config: &Config) -> Self {
+        let pool = &config.pool;
+        Self {
+            failover: pool.failover.clone(),
+            extra_flags: pool.aider.extra_flags.clone(),
+            request_timeout_s: pool.aider.request_timeout_s,
+        }
+    }
 }
 
 /// Counters since start, reported in GetStatus.
@@ -57,7 +93,8 @@ pub enum SetupError {
 #[derive(Debug)]
 pub struct Programmer {
     pub spec: ProgrammerSpec,
-    pub failover: Failover,
+    /// What a re-read configuration file changes while the programmer runs (see [`LIVE_KEYS`]).
+    live: std::sync::RwLock<Arc<LiveSettings>>,
     pub aider: AiderSettings,
     /// Task `workspace` names resolve under the configured root, verified repositories cached.
     pub workspaces: WorkspaceCache,
@@ -92,6 +129,16 @@ pub struct Programmer {
 }
 
 impl Programmer {
+    /// The live settings in force now (see [`LIVE_KEYS`]): read once per task.
+    pub fn live(&self) -> Arc<LiveSettings> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts the live settings of a re-read `config` in force for the tasks that start from now.
+    pub fn set_live(&self, config: &Config) {
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(LiveSettings::of(config));
+    }
+
     /// Sets up programmer `spec` (from the file and the flags, see
     /// [`Config::programmer_with`]) with `config`'s pool settings, serving on `port`; restores
     /// its breaker from the data dir.
@@ -142,11 +189,9 @@ impl Programmer {
             )),
         };
         Ok(Self {
-            failover: pool.failover.clone(),
+            live: std::sync::RwLock::new(Arc::new(LiveSettings::of(config))),
             aider: AiderSettings {
                 python: config.aider_python(),
-                extra_flags: pool.aider.extra_flags.clone(),
-                request_timeout_s: pool.aider.request_timeout_s,
                 nice: pool.aider.nice,
                 warm,
             },
