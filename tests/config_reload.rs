@@ -310,7 +310,7 @@ async fn a_file_that_does_not_load_changes_nothing_and_a_fixed_one_removes_a_pro
 }
 
 #[tokio::test]
-async fn a_programmer_runs_its_next_task_under_the_re_read_failover_settings() {
+async fn a_programmer_runs_its_next_task_under_the_re_read_failover_and_breaker_settings() {
     // Every model answers 500: each attempt fails and fails over, until the attempts run out.
     let sim = Sim::start_with_script("default:\n  fault: http_500\n");
     let pool = TestPool::with_sim(
@@ -335,15 +335,41 @@ async fn a_programmer_runs_its_next_task_under_the_re_read_failover_settings() {
     assert_eq!(state_of(&before), TaskState::Failed, "{before:#?}");
     assert_eq!(attempts(&before), 2, "1 + max_retries: {before:#?}");
 
-    pool.edit_config(|text| set_key(&text, "max_retries", "3"));
+    assert!(!before.attempts[0].backup, "closed breaker: primary first");
+
+    // More retries, and a breaker that opens on one failure: the one the first task's primary
+    // attempt recorded (still in the window) opens it at once.
+    pool.edit_config(|text| {
+        let text = set_key(&text, "max_retries", "3");
+        set_key(&text, "failure_threshold", "1")
+    });
     sighup(&programmer);
-    wait_log(&programmer, "applied=failover.max_retries", 1).await;
+    wait_log(&programmer, "configuration reloaded", 1).await;
+    let applied = lines_with(&programmer, "configuration reloaded").join("\n");
+    for key in [
+        "failover.max_retries",
+        "failover.circuit_breaker.failure_threshold",
+    ] {
+        assert!(applied.contains(key), "{key:?} not in {applied}");
+    }
+    let llm = c
+        .get_status(pas::contract::v1::GetStatusRequest {})
+        .await
+        .expect("GetStatus")
+        .into_inner()
+        .llm
+        .expect("llm state");
+    assert!(llm.circuit_open && llm.using_backup, "{llm:?}");
     let (_, after) = common::pool::execute_task(&mut c, task()).await;
     assert_eq!(state_of(&after), TaskState::Failed, "{after:#?}");
     assert_eq!(
         attempts(&after),
         4,
         "1 + the re-read max_retries: {after:#?}"
+    );
+    assert!(
+        after.attempts.iter().all(|a| a.backup),
+        "an open breaker: the backup only: {after:#?}"
     );
 }
 

@@ -153,12 +153,13 @@ pub struct Breaker {
 }
 
 struct Shared {
-    policy: BreakerPolicy,
     inner: Mutex<Inner>,
     transitions: broadcast::Sender<Transition>,
 }
 
 struct Inner {
+    /// The policy in force (a re-read configuration may change it: [`Breaker::set_policy`]).
+    policy: BreakerPolicy,
     /// Times of recorded primary failures, oldest first.
     failures: VecDeque<Instant>,
     phase: Phase,
@@ -189,7 +190,7 @@ impl Phase {
 impl std::fmt::Debug for Breaker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Breaker")
-            .field("policy", &self.shared.policy)
+            .field("policy", &self.policy())
             .field("snapshot", &self.snapshot())
             .finish()
     }
@@ -198,32 +199,59 @@ impl std::fmt::Debug for Breaker {
 impl Breaker {
     /// A closed breaker with no recorded failures.
     pub fn new(policy: BreakerPolicy) -> Self {
-        Self::with_inner(
+        Self::with_inner(Inner {
             policy,
-            Inner {
-                failures: VecDeque::new(),
-                phase: Phase::Closed,
-                opened_total: 0,
-                epoch: 0,
-                next_probe: 0,
-            },
-        )
+            failures: VecDeque::new(),
+            phase: Phase::Closed,
+            opened_total: 0,
+            epoch: 0,
+            next_probe: 0,
+        })
     }
 
-    fn with_inner(policy: BreakerPolicy, inner: Inner) -> Self {
+    fn with_inner(inner: Inner) -> Self {
         let (transitions, _) = broadcast::channel(TRANSITION_CHANNEL_CAPACITY);
         Breaker {
             shared: Arc::new(Shared {
-                policy,
                 inner: Mutex::new(inner),
                 transitions,
             }),
         }
     }
 
-    /// The policy this breaker was built with.
+    /// The policy in force.
     pub fn policy(&self) -> BreakerPolicy {
-        self.shared.policy
+        self.lock().policy
+    }
+
+    /// Puts `policy` in force (a re-read configuration). Disabled, the breaker closes and forgets
+    /// its failures (tickets handed out before no longer count). Enabled: an open breaker's
+    /// cooldown runs from when it opened for the new length; the failures still in the new
+    /// window that reach the new threshold open a closed breaker now.
+    pub fn set_policy(&self, policy: BreakerPolicy) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if inner.policy == policy {
+            return;
+        }
+        inner.policy = policy;
+        if !policy.enabled {
+            inner.failures.clear();
+            inner.epoch = inner.epoch.wrapping_add(1);
+            self.set_phase(&mut inner, Phase::Closed);
+            return;
+        }
+        if let Phase::Open { since, .. } = inner.phase {
+            inner.phase = Phase::Open {
+                since,
+                until: since + policy.cooldown,
+            };
+        }
+        self.advance(&mut inner, now);
+        self.prune(&mut inner, now);
+        if inner.phase == Phase::Closed && inner.failures.len() >= policy.threshold() {
+            self.open(&mut inner, now);
+        }
     }
 
     /// Receive every future [`Transition`] (see the module docs on lagging).
@@ -234,11 +262,12 @@ impl Breaker {
     /// Decide which LLM attempt 1 of a new task uses. A [`Admission::Primary`] carries the ticket
     /// on which the task reports the primary's verdict.
     pub fn admit(&self) -> Admission {
-        if !self.shared.policy.enabled {
-            return Admission::Primary(self.ticket(TicketKind::Disabled));
-        }
         let now = Instant::now();
         let mut inner = self.lock();
+        if !inner.policy.enabled {
+            drop(inner);
+            return Admission::Primary(self.ticket(TicketKind::Disabled));
+        }
         self.advance(&mut inner, now);
         match inner.phase {
             Phase::Closed => {
@@ -261,7 +290,7 @@ impl Breaker {
     pub fn snapshot(&self) -> BreakerSnapshot {
         let now = Instant::now();
         let mut inner = self.lock();
-        if !self.shared.policy.enabled {
+        if !inner.policy.enabled {
             return BreakerSnapshot {
                 state: BreakerState::Closed,
                 failures_in_window: 0,
@@ -317,7 +346,7 @@ impl Breaker {
     }
 
     fn open(&self, inner: &mut Inner, now: Instant) {
-        let until = now + self.shared.policy.cooldown;
+        let until = now + inner.policy.cooldown;
         self.set_phase(inner, Phase::Open { since: now, until });
     }
 
@@ -332,7 +361,7 @@ impl Breaker {
 
     /// Forget failures older than the window (a failure exactly `window` old still counts).
     fn prune(&self, inner: &mut Inner, now: Instant) {
-        let window = self.shared.policy.window;
+        let window = inner.policy.window;
         while let Some(&oldest) = inner.failures.front() {
             if now.saturating_duration_since(oldest) > window {
                 inner.failures.pop_front();
@@ -343,11 +372,11 @@ impl Breaker {
     }
 
     fn settle(&self, kind: TicketKind, verdict: Verdict) {
-        if !self.shared.policy.enabled {
-            return;
-        }
         let now = Instant::now();
         let mut inner = self.lock();
+        if !inner.policy.enabled {
+            return;
+        }
         self.advance(&mut inner, now);
         match kind {
             TicketKind::Disabled => {}
@@ -357,8 +386,7 @@ impl Breaker {
                 }
                 inner.failures.push_back(now);
                 self.prune(&mut inner, now);
-                if inner.phase == Phase::Closed
-                    && inner.failures.len() >= self.shared.policy.threshold()
+                if inner.phase == Phase::Closed && inner.failures.len() >= inner.policy.threshold()
                 {
                     self.open(&mut inner, now);
                 }
@@ -601,16 +629,14 @@ impl Breaker {
                 }
             }
         };
-        Self::with_inner(
+        Self::with_inner(Inner {
             policy,
-            Inner {
-                failures,
-                phase,
-                opened_total,
-                epoch: 0,
-                next_probe: 0,
-            },
-        )
+            failures,
+            phase,
+            opened_total,
+            epoch: 0,
+            next_probe: 0,
+        })
     }
 }
 
@@ -786,6 +812,56 @@ mod tests {
     }
 
     use BreakerState::{Closed, HalfOpen, Open};
+
+    /// A re-read configuration's policy applies to the state in force: a lower threshold opens
+    /// on the failures already in the window, a shorter cooldown counts from the opening, and
+    /// disabling closes the breaker and voids the tickets handed out before.
+    #[tokio::test(start_paused = true)]
+    async fn a_new_policy_applies_to_the_state_in_force() {
+        let b = Breaker::new(policy());
+        let mut rx = b.subscribe();
+        fail_n(&b, 2);
+        assert_eq!(b.snapshot().state, Closed);
+        let lower = BreakerPolicy {
+            failure_threshold: 2,
+            ..policy()
+        };
+        b.set_policy(lower);
+        assert_eq!(b.snapshot().state, Open);
+        assert_backup(&b);
+        advance(MIN).await;
+        b.set_policy(BreakerPolicy {
+            cooldown: 2 * MIN,
+            ..lower
+        });
+        assert_eq!(b.snapshot().cooldown_remaining, Some(MIN));
+        advance(MIN).await;
+        assert_eq!(b.snapshot().state, HalfOpen);
+        let probe = primary(&b);
+        let earlier = BreakerPolicy {
+            cooldown: 2 * MIN,
+            ..lower
+        };
+        b.set_policy(BreakerPolicy {
+            enabled: false,
+            ..earlier
+        });
+        let s = b.snapshot();
+        assert_eq!((s.state, s.using_backup), (Closed, false));
+        assert!(!b.admit().uses_backup());
+        // The probe's verdict, given after the change, counts for nothing, now or once enabled.
+        probe.primary_failed();
+        b.set_policy(policy());
+        let s = b.snapshot();
+        assert_eq!((s.state, s.failures_in_window), (Closed, 0));
+        assert_eq!(
+            drain(&mut rx),
+            [(Closed, Open), (Open, HalfOpen), (HalfOpen, Closed)]
+        );
+        // The same policy again changes nothing.
+        b.set_policy(policy());
+        assert!(drain(&mut rx).is_empty());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn closed_stays_closed_below_threshold() {

@@ -1,7 +1,9 @@
 //! The state one programmer process keeps: its configuration, queue, breaker and counters, and
 //! the status it reports (GetStatus and `GET /health` share one snapshot).
 
-use crate::config::{AiderStart, Config, Durability, Failover, ProgrammerSpec};
+use crate::config::{
+    AiderStart, CircuitBreakerConfig, Config, Durability, Failover, ProgrammerSpec,
+};
 use crate::contract::circuit_name;
 use crate::contract::v1::{CircuitState, LlmState, ProgrammerStatus};
 use crate::programmer::breaker::{Breaker, BreakerPolicy, BreakerState, BreakerStore};
@@ -39,6 +41,7 @@ pub const LIVE_KEYS: &[&str] = &[
     "failover.retry_delay_s",
     "failover.always_failover",
     "failover.failure_conditions",
+    "failover.circuit_breaker",
     "aider.extra_flags",
     "aider.request_timeout_s",
 ];
@@ -47,8 +50,8 @@ pub const LIVE_KEYS: &[&str] = &[
 /// started with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LiveSettings {
-    /// Attempts, retry pause and the failure classes that fail over (its `circuit_breaker`
-    /// part is the breaker's, set at start-up).
+    /// Attempts, retry pause and the failure classes that fail over; its `circuit_breaker` is
+    /// put in force on the breaker ([`Breaker::set_policy`]).
     pub failover: Failover,
     /// `aider.extra_flags`.
     pub extra_flags: Vec<String>,
@@ -65,6 +68,16 @@ impl LiveSettings {
             extra_flags: pool.aider.extra_flags.clone(),
             request_timeout_s: pool.aider.request_timeout_s,
         }
+    }
+}
+
+/// The breaker's policy from the `circuit_breaker:` section.
+fn breaker_policy(cb: &CircuitBreakerConfig) -> BreakerPolicy {
+    BreakerPolicy {
+        enabled: cb.enabled,
+        failure_threshold: cb.failure_threshold,
+        window: Duration::from_secs_f64(cb.window_minutes * 60.0),
+        cooldown: Duration::from_secs_f64(cb.cooldown_minutes * 60.0),
     }
 }
 
@@ -134,9 +147,14 @@ impl Programmer {
         self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Puts the live settings of a re-read `config` in force for the tasks that start from now.
+    /// Puts the live settings of a re-read `config` in force for the tasks that start from now,
+    /// and its `circuit_breaker` on the breaker (saved, as every change of it is).
     pub fn set_live(&self, config: &Config) {
-        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(LiveSettings::of(config));
+        let live = LiveSettings::of(config);
+        self.breaker
+            .set_policy(breaker_policy(&live.failover.circuit_breaker));
+        self.persist_breaker();
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
     }
 
     /// Sets up programmer `spec` (from the file and the flags, see
@@ -153,13 +171,7 @@ impl Programmer {
             })?;
         }
         let pool = &config.pool;
-        let cb = &pool.failover.circuit_breaker;
-        let policy = BreakerPolicy {
-            enabled: cb.enabled,
-            failure_threshold: cb.failure_threshold,
-            window: Duration::from_secs_f64(cb.window_minutes * 60.0),
-            cooldown: Duration::from_secs_f64(cb.cooldown_minutes * 60.0),
-        };
+        let policy = breaker_policy(&pool.failover.circuit_breaker);
         let breaker_store = BreakerStore::new(own_dir.join("breaker.json"));
         let events_dir = own_dir.join("events");
         let (runs, interrupted_on_start) =
