@@ -309,27 +309,50 @@ async fn a_file_that_does_not_load_changes_nothing_and_a_fixed_one_removes_a_pro
     );
 }
 
+/// Programmer 001 alone (with `options`) on a simulator that runs `script`, the sample
+/// repository ready: the pool, its process and a client of it.
+async fn lone_programmer(
+    script: &str,
+    options: PoolOptions,
+) -> (TestPool, ChildGuard, common::pool::ProgrammerClient) {
+    let pool = TestPool::with_sim(options, Sim::start_with_script(script));
+    pool.sample_repo();
+    let programmer = pool.start_programmer("001");
+    let c = pool.programmer_client("001").await;
+    (pool, programmer, c)
+}
+
+/// A real task on the sample repository.
+fn docstrings() -> pas::contract::v1::TaskRequest {
+    common::pool::task_request(
+        "sample",
+        "Add docstrings to all functions",
+        &["src/module.py"],
+    )
+}
+
+/// The programmer's LLM and breaker state, as GetStatus reports it.
+async fn llm_state(c: &mut common::pool::ProgrammerClient) -> pas::contract::v1::LlmState {
+    c.get_status(pas::contract::v1::GetStatusRequest {})
+        .await
+        .expect("GetStatus")
+        .into_inner()
+        .llm
+        .expect("llm state")
+}
+
 #[tokio::test]
 async fn a_programmer_runs_its_next_task_under_the_re_read_failover_and_breaker_settings() {
     // Every model answers 500: each attempt fails and fails over, until the attempts run out.
-    let sim = Sim::start_with_script("default:\n  fault: http_500\n");
-    let pool = TestPool::with_sim(
+    let (pool, programmer, mut c) = lone_programmer(
+        "default:\n  fault: http_500\n",
         PoolOptions {
             max_retries: 1,
             ..PoolOptions::default()
         },
-        sim,
-    );
-    pool.sample_repo();
-    let programmer = pool.start_programmer("001");
-    let mut c = pool.programmer_client("001").await;
-    let task = || {
-        common::pool::task_request(
-            "sample",
-            "Add docstrings to all functions",
-            &["src/module.py"],
-        )
-    };
+    )
+    .await;
+    let task = docstrings;
     let attempts = |r: &pas::contract::v1::TaskResult| r.attempts.len();
     let (_, before) = common::pool::execute_task(&mut c, task()).await;
     assert_eq!(state_of(&before), TaskState::Failed, "{before:#?}");
@@ -344,21 +367,15 @@ async fn a_programmer_runs_its_next_task_under_the_re_read_failover_and_breaker_
         set_key(&text, "failure_threshold", "1")
     });
     sighup(&programmer);
-    wait_log(&programmer, "configuration reloaded", 1).await;
-    let applied = lines_with(&programmer, "configuration reloaded").join("\n");
+    wait_log(&programmer, "applied=", 1).await;
+    let applied = lines_with(&programmer, "applied=").join("\n");
     for key in [
         "failover.max_retries",
         "failover.circuit_breaker.failure_threshold",
     ] {
         assert!(applied.contains(key), "{key:?} not in {applied}");
     }
-    let llm = c
-        .get_status(pas::contract::v1::GetStatusRequest {})
-        .await
-        .expect("GetStatus")
-        .into_inner()
-        .llm
-        .expect("llm state");
+    let llm = llm_state(&mut c).await;
     assert!(llm.circuit_open && llm.using_backup, "{llm:?}");
     let (_, after) = common::pool::execute_task(&mut c, task()).await;
     assert_eq!(state_of(&after), TaskState::Failed, "{after:#?}");
@@ -371,6 +388,50 @@ async fn a_programmer_runs_its_next_task_under_the_re_read_failover_and_breaker_
         after.attempts.iter().all(|a| a.backup),
         "an open breaker: the backup only: {after:#?}"
     );
+}
+
+#[tokio::test]
+async fn a_programmer_takes_a_re_read_primary_llm_for_its_next_task_with_a_closed_breaker() {
+    // The primary fails, and one failure opens the breaker.
+    let (pool, programmer, mut c) = lone_programmer(
+        "rules:\n  - model: \"primary-001\"\n    fault: http_500\n",
+        PoolOptions {
+            failure_threshold: 1,
+            ..PoolOptions::default()
+        },
+    )
+    .await;
+    let task = docstrings;
+    let (_, before) = common::pool::execute_task(&mut c, task()).await;
+    assert_eq!(state_of(&before), TaskState::Succeeded, "{before:#?}");
+    assert!(before.used_backup, "the primary failed over: {before:#?}");
+    assert!(llm_state(&mut c).await.circuit_open);
+
+    // The file names another primary for 001.
+    pool.edit_config(|text| {
+        text.replacen(
+            "primary_llm: \"ollama/primary-001\"",
+            "primary_llm: \"ollama/fresh-001\"",
+            1,
+        )
+    });
+    sighup(&programmer);
+    wait_log(&programmer, "applied=", 1).await;
+    assert!(
+        lines_with(&programmer, "applied=")
+            .join("\n")
+            .contains("programmers"),
+        "{}",
+        programmer.log_text()
+    );
+    let llm = llm_state(&mut c).await;
+    assert_eq!(llm.primary, "ollama/fresh-001", "{llm:?}");
+    assert!(!llm.circuit_open && !llm.using_backup, "{llm:?}");
+    let (_, after) = common::pool::execute_task(&mut c, task()).await;
+    assert_eq!(state_of(&after), TaskState::Succeeded, "{after:#?}");
+    assert_eq!(after.llm_used, "ollama/fresh-001", "{after:#?}");
+    assert_eq!(after.attempts.len(), 1, "{after:#?}");
+    assert!(common::pool::sim_edit_requests(&pool.sim, "fresh-001").await > 0);
 }
 
 /// A dry run routed by `strategy`; returns the programmer it went to.

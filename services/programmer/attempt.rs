@@ -134,7 +134,7 @@ pub async fn run_attempt(
         model: model.clone(),
         message: task.description.clone(),
         files: task.files.clone(),
-        auto_commit: prog.spec.limits.auto_commit,
+        auto_commit: settings.spec.limits.auto_commit,
         extra_flags: settings.extra_flags.clone(),
         request_timeout_s: settings.request_timeout_s,
         launch_prefix: Vec::new(),
@@ -142,8 +142,8 @@ pub async fn run_attempt(
         extra_env: worktree.git_env(),
         usage_cap: Some(cap),
         nice: prog.aider.nice,
-        max_memory_mib: prog.spec.limits.memory_limit_mb,
-        max_reflections: prog.spec.limits.max_fix_iterations,
+        max_memory_mib: settings.spec.limits.memory_limit_mb,
+        max_reflections: settings.spec.limits.max_fix_iterations,
         warm: prog.aider.warm.clone(),
     };
 

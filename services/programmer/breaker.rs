@@ -236,9 +236,7 @@ impl Breaker {
         }
         inner.policy = policy;
         if !policy.enabled {
-            inner.failures.clear();
-            inner.epoch = inner.epoch.wrapping_add(1);
-            self.set_phase(&mut inner, Phase::Closed);
+            self.close_and_forget(&mut inner);
             return;
         }
         if let Phase::Open { since, .. } = inner.phase {
@@ -257,6 +255,19 @@ impl Breaker {
     /// Receive every future [`Transition`] (see the module docs on lagging).
     pub fn subscribe(&self) -> broadcast::Receiver<Transition> {
         self.shared.transitions.subscribe()
+    }
+
+    /// Closes the breaker and forgets its failures (its primary LLM was replaced): tickets handed
+    /// out before no longer count.
+    pub fn forget(&self) {
+        let mut inner = self.lock();
+        self.close_and_forget(&mut inner);
+    }
+
+    fn close_and_forget(&self, inner: &mut Inner) {
+        inner.failures.clear();
+        inner.epoch = inner.epoch.wrapping_add(1);
+        self.set_phase(inner, Phase::Closed);
     }
 
     /// Decide which LLM attempt 1 of a new task uses. A [`Admission::Primary`] carries the ticket
@@ -861,6 +872,21 @@ mod tests {
         // The same policy again changes nothing.
         b.set_policy(policy());
         assert!(drain(&mut rx).is_empty());
+    }
+
+    /// A replaced primary: the breaker closes, its failures are forgotten, and a verdict on a
+    /// ticket of the old primary counts for nothing.
+    #[tokio::test(start_paused = true)]
+    async fn forget_closes_and_voids_earlier_tickets() {
+        let b = Breaker::new(policy());
+        let late = primary(&b);
+        fail_n(&b, 3);
+        assert_eq!(b.snapshot().state, Open);
+        b.forget();
+        late.primary_failed();
+        let s = b.snapshot();
+        assert_eq!((s.state, s.failures_in_window), (Closed, 0));
+        assert!(!b.admit().uses_backup());
     }
 
     #[tokio::test(start_paused = true)]

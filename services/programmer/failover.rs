@@ -60,7 +60,10 @@ pub async fn run_task(
     cancel: CancellationToken,
     started: Instant,
 ) -> TaskResult {
-    let spec = &prog.spec;
+    // The settings a re-read file may change (its LLMs and limits, failover): this task runs
+    // under the ones in force as it starts.
+    let settings = prog.live();
+    let spec = &settings.spec;
     let mut result = TaskResult {
         programmer_id: spec.id.clone(),
         ..Default::default()
@@ -172,8 +175,6 @@ pub async fn run_task(
         )
         .await;
     }
-    // The settings a re-read file may change: this task's attempts all run under these.
-    let settings = prog.live();
     let failover = &settings.failover;
     let attempts_allowed = max_attempts(failover);
     let retry_delay = Duration::from_secs_f64(failover.retry_delay_s.max(0.0));

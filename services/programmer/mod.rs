@@ -72,18 +72,17 @@ pub struct ProgrammerArgs {
 /// Runs programmer `args.id` until SIGTERM/SIGINT, then drains: stops accepting, lets running tasks
 /// finish for up to `drain_timeout_s`, cancels the rest, and exits.
 pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
-    let spec = config.programmer_with(
-        &args.id,
-        &crate::config::ProgrammerOverrides {
-            primary_llm: args.primary_llm.clone(),
-            backup_llm: args.backup_llm.clone(),
-            capabilities: args.capabilities.clone(),
-            region: args.region.clone(),
-            host: args.host.clone(),
-            port: args.port,
-            aider_start: args.aider_start,
-        },
-    )?;
+    // The flags win over the file, at start and at every re-read.
+    let overrides = crate::config::ProgrammerOverrides {
+        primary_llm: args.primary_llm.clone(),
+        backup_llm: args.backup_llm.clone(),
+        capabilities: args.capabilities.clone(),
+        region: args.region.clone(),
+        host: args.host.clone(),
+        port: args.port,
+        aider_start: args.aider_start,
+    };
+    let spec = config.programmer_with(&args.id, &overrides)?;
     // The aider this programmer would run is the pinned one, or it does not start.
     aider::check_installed_version(&config.aider_python(), &config.pool.aider.version).await?;
     let host = spec.host.clone();
@@ -135,22 +134,31 @@ pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
             crate::telemetry::metrics::programmer_gauges(&metrics_prog.status())
         }),
     );
+    let label_prog = prog.clone();
     crate::telemetry::metrics::watch_breaker(
         prog.breaker.subscribe(),
         &prog.spec.id,
-        &prog.spec.primary.name,
+        move || label_prog.live().spec.primary.name.clone(),
         |t: &breaker::Transition| (t.from.as_str(), t.to.as_str()),
     );
 
     crate::reload::take_sighup();
-    // A programmer applies its live settings (failover, aider's flags and request timeout) from a
-    // re-read file to the tasks that start afterwards; any other edit is named in the log as
-    // waiting for its restart.
+    // A programmer applies its live settings (its entry's LLMs and limits, failover, aider's
+    // flags and request timeout) from a re-read file to the tasks that start afterwards; any
+    // other edit is named in the log as waiting for its restart. A file in which its entry does
+    // not resolve (say, an unknown LLM) is not taken at all.
     let live_prog = prog.clone();
+    let (check_id, check_overrides) = (args.id.clone(), overrides.clone());
     crate::reload::follow(
-        crate::reload::configuration(Arc::new(config.clone()), |_| Ok(())),
+        crate::reload::configuration(Arc::new(config.clone()), move |c| {
+            c.programmer_with(&check_id, &check_overrides)?;
+            Ok(())
+        }),
         state::LIVE_KEYS,
-        move |config| live_prog.set_live(config),
+        move |config| match config.programmer_with(&args.id, &overrides) {
+            Ok(spec) => live_prog.set_live(config, spec),
+            Err(e) => tracing::error!("configuration not applied: {e}"),
+        },
     );
     // Tests and `pas up` read this line to learn the bound address.
     println!("{} listening on {addr}", prog.spec.agent);

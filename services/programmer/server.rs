@@ -53,7 +53,7 @@ impl ProgrammerRpc for ProgrammerService {
         let req = request.into_inner();
         let task = validate(
             req,
-            &prog.spec.limits,
+            &prog.live().spec.limits,
             &prog.workspaces,
             prog.mirrors.as_ref(),
         )

@@ -36,6 +36,12 @@ pub struct AiderSettings {
 /// (each task reads them once, as it starts: [`Programmer::live`]). Every other changed key is
 /// named in a warning as read only at start-up.
 pub const LIVE_KEYS: &[&str] = &[
+    // What resolves the programmer's own entry (`Config::programmer_with`).
+    "programmers",
+    "defaults",
+    "llms",
+    "providers",
+    "capability_routing",
     "failover.enabled",
     "failover.max_retries",
     "failover.retry_delay_s",
@@ -57,16 +63,20 @@ pub struct LiveSettings {
     pub extra_flags: Vec<String>,
     /// `aider.request_timeout_s`.
     pub request_timeout_s: u64,
+    /// The programmer's entry as resolved from the file and its flags: the LLMs a task uses, the
+    /// limits it runs under, and what GetStatus reports (its address is the one it started on).
+    pub spec: ProgrammerSpec,
 }
 
 impl LiveSettings {
-    /// The live settings `config` gives.
-    pub fn of(config: &Config) -> Self {
+    /// The live settings `config` gives, with the programmer's entry `spec` resolved from it.
+    pub fn of(config: &Config, spec: ProgrammerSpec) -> Self {
         let pool = &config.pool;
         Self {
             failover: pool.failover.clone(),
             extra_flags: pool.aider.extra_flags.clone(),
             request_timeout_s: pool.aider.request_timeout_s,
+            spec,
         }
     }
 }
@@ -105,6 +115,8 @@ pub enum SetupError {
 /// One programmer's live state, shared by its gRPC handlers and task drivers.
 #[derive(Debug)]
 pub struct Programmer {
+    /// The entry as the programmer started: its id, agent and address (which a running process
+    /// keeps). Its LLMs, limits and capabilities as in force now are `live().spec`.
     pub spec: ProgrammerSpec,
     /// What a re-read configuration file changes while the programmer runs (see [`LIVE_KEYS`]).
     live: std::sync::RwLock<Arc<LiveSettings>>,
@@ -147,10 +159,23 @@ impl Programmer {
         self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Puts the live settings of a re-read `config` in force for the tasks that start from now,
-    /// and its `circuit_breaker` on the breaker (saved, as every change of it is).
-    pub fn set_live(&self, config: &Config) {
-        let live = LiveSettings::of(config);
+    /// Puts the live settings of a re-read `config` (with the programmer's entry `spec` resolved
+    /// from it) in force for the tasks that start from now, and its `circuit_breaker` on the
+    /// breaker (saved, as every change of it is). A new primary LLM starts with a closed breaker:
+    /// the failures counted were the old one's. The address stays the one it started on.
+    pub fn set_live(&self, config: &Config, mut spec: ProgrammerSpec) {
+        if (spec.host.as_str(), spec.port) != (self.spec.host.as_str(), self.spec.port) {
+            tracing::warn!(programmer = %self.spec.id, "the programmer's address changed in the configuration: it applies when the process restarts");
+            spec.host.clone_from(&self.spec.host);
+            spec.port = self.spec.port;
+        }
+        let live = LiveSettings::of(config, spec);
+        let before = self.live();
+        if live.spec.primary.name != before.spec.primary.name {
+            tracing::info!(programmer = %self.spec.id, from = %before.spec.primary.name,
+                to = %live.spec.primary.name, "primary LLM changed: the breaker starts closed");
+            self.breaker.forget();
+        }
         self.breaker
             .set_policy(breaker_policy(&live.failover.circuit_breaker));
         self.persist_breaker();
@@ -201,7 +226,7 @@ impl Programmer {
             )),
         };
         Ok(Self {
-            live: std::sync::RwLock::new(Arc::new(LiveSettings::of(config))),
+            live: std::sync::RwLock::new(Arc::new(LiveSettings::of(config, spec.clone()))),
             aider: AiderSettings {
                 python: config.aider_python(),
                 nice: pool.aider.nice,
@@ -265,12 +290,13 @@ impl Programmer {
     }
 
     /// The LLM a new task would use now and whether it is the backup.
-    pub fn current_llm(&self) -> (&str, bool) {
+    pub fn current_llm(&self) -> (String, bool) {
         let snap = self.breaker.snapshot();
+        let spec = &self.live().spec;
         if snap.using_backup {
-            (&self.spec.backup.name, true)
+            (spec.backup.name.clone(), true)
         } else {
-            (&self.spec.primary.name, false)
+            (spec.primary.name.clone(), false)
         }
     }
 
@@ -285,22 +311,24 @@ impl Programmer {
             BreakerState::HalfOpen => CircuitState::HalfOpen,
         };
         let (current, using_backup) = self.current_llm();
+        let live = self.live();
+        let spec = &live.spec;
         ProgrammerStatus {
             status: if self.is_draining() { "draining" } else { "ok" }.into(),
             agent: self.spec.agent.clone(),
             programmer_id: self.spec.id.clone(),
             port: u32::from(self.port),
             llm: Some(LlmState {
-                current: current.to_string(),
-                primary: self.spec.primary.name.clone(),
-                backup: self.spec.backup.name.clone(),
+                current,
+                primary: spec.primary.name.clone(),
+                backup: spec.backup.name.clone(),
                 using_backup,
                 circuit_open: snap.state != BreakerState::Closed,
                 failures: snap.failures_in_window,
                 circuit_state: circuit_state as i32,
                 cooldown_remaining_ms: snap.cooldown_remaining.map_or(0, |d| d.as_millis() as u64),
             }),
-            capabilities: self.spec.capabilities.iter().cloned().collect(),
+            capabilities: spec.capabilities.iter().cloned().collect(),
             queue_depth: depth.waiting as u32,
             running: depth.running as u32,
             max_queue: max_waiting as u32,
@@ -310,12 +338,10 @@ impl Programmer {
             failovers: self.counters.failovers.load(Ordering::Relaxed),
             cancelled: self.counters.cancelled.load(Ordering::Relaxed),
             uptime_ms: self.started.elapsed().as_millis() as u64,
-            region: self.spec.region.clone(),
-            paid: self.spec.paid,
-            max_cost_per_job_nanousd: crate::money::Usd::from_usd(
-                self.spec.limits.max_cost_per_job_usd,
-            )
-            .map_or(0, |u| u.to_contract()),
+            region: spec.region.clone(),
+            paid: spec.paid,
+            max_cost_per_job_nanousd: crate::money::Usd::from_usd(spec.limits.max_cost_per_job_usd)
+                .map_or(0, |u| u.to_contract()),
         }
     }
 }

@@ -421,23 +421,26 @@ pub fn routing_decision(strategy: &str, programmer_id: &str) {
 
 /// Logs and counts every transition a breaker broadcasts, until the breaker is gone. `names`
 /// turns a transition into its `(from, to)` state names (the breaker lives in the programmer
-/// layer; this module only sees its names).
+/// layer; this module only sees its names); `llm` names the primary LLM in force as each
+/// transition is read (a re-read configuration may replace it: the transition that closes the
+/// old one's breaker may then carry the new name).
 pub fn watch_breaker<T>(
     mut transitions: tokio::sync::broadcast::Receiver<T>,
     programmer_id: &str,
-    llm: &str,
+    llm: impl Fn() -> String + Send + 'static,
     names: fn(&T) -> (&'static str, &'static str),
 ) -> tokio::task::JoinHandle<()>
 where
     T: Clone + Send + 'static,
 {
-    let (programmer_id, llm) = (programmer_id.to_string(), llm.to_string());
+    let programmer_id = programmer_id.to_string();
     tokio::spawn(async move {
         use tokio::sync::broadcast::error::RecvError;
         loop {
             match transitions.recv().await {
                 Ok(t) => {
                     let (from, to) = names(&t);
+                    let llm = llm();
                     breaker_transition(&programmer_id, &llm, from, to);
                     if to == "open" {
                         tracing::warn!(programmer_id = %programmer_id, llm = %llm, from, to,
@@ -747,7 +750,7 @@ mod tests {
     #[tokio::test]
     async fn the_breaker_watch_ends_when_the_breaker_is_gone() {
         let (tx, rx) = tokio::sync::broadcast::channel::<(&'static str, &'static str)>(8);
-        let watch = watch_breaker(rx, "001", "p", |t| (t.0, t.1));
+        let watch = watch_breaker(rx, "001", || "p".to_string(), |t| (t.0, t.1));
         tx.send(("closed", "open")).unwrap();
         drop(tx);
         tokio::time::timeout(Duration::from_secs(5), watch)
