@@ -6,7 +6,9 @@
 //!   capabilities and region from GetStatus); records removed make them drain: a task running
 //!   there finishes there, no new task goes there, and status drops them once drained;
 //! - a task's region is preferred, and another region is used only when none of the task's
-//!   region can take it (here: its only programmer died), and again the region once it is back.
+//!   region can take it (here: its only programmer died), and again the region once it is back;
+//! - a programmer restarted at the same address with other flags is known as it now describes
+//!   itself (described again after each lookup).
 
 use crate::common;
 
@@ -316,4 +318,56 @@ async fn a_member_that_left_dns_and_then_died_has_its_running_task_rerouted() {
     })
     .await;
     assert_eq!((s.pool_size, s.available), (1, 1));
+}
+
+#[tokio::test]
+async fn a_programmer_restarted_with_other_capabilities_is_described_again() {
+    let dns_pool = DnsPool::new(
+        PoolOptions {
+            runs_aider: false,
+            ..PoolOptions::default()
+        },
+        76,
+        1,
+    );
+    let pool = &dns_pool.pool;
+    pool.sample_repo();
+    let cold = ["--aider-start", "cold"];
+    let mut first = dns_pool.start_programmer_with("dns-a", 1, "fast", "", &cold);
+    dns_pool.publish(&[1]);
+    let _manager = pool.start_manager();
+    let c = manager_client(pool).await;
+    wait_status(&c, "dns-a available", |s| {
+        ids_in(s, ProgrammerState::Available) == ["dns-a"]
+    })
+    .await;
+    let gpu = || DispatchRequest {
+        dry_run: true,
+        capabilities: vec!["gpu".into()],
+        ..sample_dispatch("needs a gpu")
+    };
+    let refused = c
+        .clone()
+        .dispatch(gpu())
+        .await
+        .expect_err("nobody holds gpu");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+
+    // The same address, the same id, another description.
+    first.kill();
+    let _second = dns_pool.start_programmer_with("dns-a", 1, "fast,gpu", "", &cold);
+    let s = wait_status(&c, "dns-a available with gpu", |s| {
+        s.programmers.iter().any(|p| {
+            p.id == "dns-a"
+                && p.state == ProgrammerState::Available as i32
+                && p.capabilities.iter().any(|c| c == "gpu")
+        })
+    })
+    .await;
+    assert_eq!(s.pool_size, 1, "{s:#?}");
+    assert_eq!(dry_run_on(&c, &["gpu"], "").await, "dns-a");
 }

@@ -15,11 +15,15 @@
 //! A failed lookup (server unreachable, SERVFAIL) changes nothing: a DNS outage must not empty
 //! the pool. Only an answer that the name has no records empties it.
 //!
+//! Every member is described again after each lookup, from its latest status: a programmer that
+//! re-read its file or restarted with other flags at the same address is known as it now
+//! describes itself within one period (it leaves and joins again as the new one, as a changed
+//! entry does under static discovery; its running tasks finish under the old).
+//!
 //! A re-read configuration file (`manager::reconfigure`) reaches the loop too: a changed name,
 //! port, period or resolver is used from the next lookup on (at once), and every member is
-//! described again from its last status with the new entries (`programmers`, `defaults`,
-//! `capability_routing`, `llms`): one whose description changed leaves and joins again as the new
-//! one, as a changed entry does under static discovery (its running tasks finish under the old).
+//! described again with the new entries (`programmers`, `defaults`, `capability_routing`,
+//! `llms`).
 
 use crate::channel::Dialer;
 use crate::config::{Config, DiscoveryConfig, ProgrammerSpec};
@@ -251,6 +255,7 @@ impl Discovery {
                 self.known.insert(addr, Known::Joining(task));
             }
         }
+        self.describe_again();
         true
     }
 
@@ -341,6 +346,14 @@ impl Discovery {
             }
         }
         self.config = new;
+        self.describe_again();
+    }
+
+    /// Describes every member again from its latest status (or the one it joined with) with the
+    /// configuration in force: one whose description changed (the programmer re-read its file or
+    /// restarted with other flags at the same address, or the manager's entries changed) leaves
+    /// and joins again as the new one. Runs after every lookup and every re-read file.
+    fn describe_again(&mut self) {
         let mut replaced = Vec::new();
         for (addr, known) in &mut self.known {
             let Known::Member(member, joined_with) = known else {
@@ -371,7 +384,7 @@ impl Discovery {
         if !replaced.is_empty() {
             replaced.sort();
             tracing::info!(replaced = %replaced.join(", "),
-                "DNS discovery: programmers described again with the re-read entries");
+                "DNS discovery: programmers described again (their status or the entries changed)");
         }
     }
 
