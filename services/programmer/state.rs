@@ -6,7 +6,9 @@ use crate::config::{
 };
 use crate::contract::circuit_name;
 use crate::contract::v1::{CircuitState, LlmState, ProgrammerStatus};
-use crate::programmer::breaker::{Breaker, BreakerPolicy, BreakerState, BreakerStore};
+use crate::programmer::breaker::{
+    Breaker, BreakerPolicy, BreakerSnapshot, BreakerState, BreakerStore,
+};
 use crate::programmer::mirror::Mirrors;
 use crate::programmer::queue::TaskQueue;
 use crate::programmer::runs::TaskRuns;
@@ -88,6 +90,16 @@ fn breaker_policy(cb: &CircuitBreakerConfig) -> BreakerPolicy {
         failure_threshold: cb.failure_threshold,
         window: Duration::from_secs_f64(cb.window_minutes * 60.0),
         cooldown: Duration::from_secs_f64(cb.cooldown_minutes * 60.0),
+    }
+}
+
+/// The LLM of `spec` a new task would use with the breaker as in `snap`, and whether it is the
+/// backup.
+fn current_llm_of(spec: &ProgrammerSpec, snap: &BreakerSnapshot) -> (String, bool) {
+    if snap.using_backup {
+        (spec.backup.name.clone(), true)
+    } else {
+        (spec.primary.name.clone(), false)
     }
 }
 
@@ -291,13 +303,7 @@ impl Programmer {
 
     /// The LLM a new task would use now and whether it is the backup.
     pub fn current_llm(&self) -> (String, bool) {
-        let snap = self.breaker.snapshot();
-        let spec = &self.live().spec;
-        if snap.using_backup {
-            (spec.backup.name.clone(), true)
-        } else {
-            (spec.primary.name.clone(), false)
-        }
+        current_llm_of(&self.live().spec, &self.breaker.snapshot())
     }
 
     /// The status GetStatus returns and `/health` renders.
@@ -310,9 +316,9 @@ impl Programmer {
             BreakerState::Open => CircuitState::Open,
             BreakerState::HalfOpen => CircuitState::HalfOpen,
         };
-        let (current, using_backup) = self.current_llm();
         let live = self.live();
         let spec = &live.spec;
+        let (current, using_backup) = current_llm_of(spec, &snap);
         ProgrammerStatus {
             status: if self.is_draining() { "draining" } else { "ok" }.into(),
             agent: self.spec.agent.clone(),
