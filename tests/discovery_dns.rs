@@ -8,7 +8,8 @@
 //! - a task's region is preferred, and another region is used only when none of the task's
 //!   region can take it (here: its only programmer died), and again the region once it is back;
 //! - a programmer restarted at the same address with other flags is known as it now describes
-//!   itself (described again after each lookup).
+//!   itself (described again after each lookup);
+//! - one the file lists routes at its entry's place, before the unlisted ones.
 
 use crate::common;
 
@@ -79,6 +80,36 @@ fn slow_dns_pool(net: u8, latency_ms: u64) -> DnsPool {
     let dns_pool = DnsPool::with_sim(PoolOptions::default(), net, 1, sim);
     dns_pool.pool.sample_repo();
     dns_pool
+}
+
+/// A DNS pool on `127.0.<net>.N` (1 s re-resolve, the sample repository) for tests of routing
+/// only: no programmer runs aider.
+fn dry_run_dns_pool(net: u8) -> DnsPool {
+    let dns_pool = DnsPool::new(
+        PoolOptions {
+            runs_aider: false,
+            ..PoolOptions::default()
+        },
+        net,
+        1,
+    );
+    dns_pool.pool.sample_repo();
+    dns_pool
+}
+
+/// Publishes programmer 1 (dns-a) alone, starts the manager and waits until dns-a joined: the
+/// manager's process and a client of it.
+async fn manager_once_dns_a_joined(
+    dns_pool: &DnsPool,
+) -> (common::pool::ChildGuard, ProgrammerPoolClient<Channel>) {
+    dns_pool.publish(&[1]);
+    let manager = dns_pool.pool.start_manager();
+    let c = manager_client(&dns_pool.pool).await;
+    wait_status(&c, "dns-a available", |s| {
+        ids_in(s, ProgrammerState::Available) == ["dns-a"]
+    })
+    .await;
+    (manager, c)
 }
 
 #[tokio::test]
@@ -211,16 +242,8 @@ async fn dns_records_bring_programmers_in_and_removing_one_drains_it() {
 
 #[tokio::test]
 async fn a_task_prefers_its_region_and_fails_over_only_when_none_there_can_take_it() {
-    let dns_pool = DnsPool::new(
-        PoolOptions {
-            runs_aider: false,
-            ..PoolOptions::default()
-        },
-        72,
-        1,
-    );
+    let dns_pool = dry_run_dns_pool(72);
     let pool = &dns_pool.pool;
-    pool.sample_repo();
     let _eu1 = dns_pool.start_programmer("eu-1", 1, "fast", "eu-west");
     let _eu2 = dns_pool.start_programmer("eu-2", 2, "fast", "eu-west");
     let mut us1 = dns_pool.start_programmer("us-1", 3, "fast", "us-east");
@@ -322,25 +345,10 @@ async fn a_member_that_left_dns_and_then_died_has_its_running_task_rerouted() {
 
 #[tokio::test]
 async fn a_programmer_restarted_with_other_capabilities_is_described_again() {
-    let dns_pool = DnsPool::new(
-        PoolOptions {
-            runs_aider: false,
-            ..PoolOptions::default()
-        },
-        76,
-        1,
-    );
-    let pool = &dns_pool.pool;
-    pool.sample_repo();
+    let dns_pool = dry_run_dns_pool(76);
     let cold = ["--aider-start", "cold"];
     let mut first = dns_pool.start_programmer_with("dns-a", 1, "fast", "", &cold);
-    dns_pool.publish(&[1]);
-    let _manager = pool.start_manager();
-    let c = manager_client(pool).await;
-    wait_status(&c, "dns-a available", |s| {
-        ids_in(s, ProgrammerState::Available) == ["dns-a"]
-    })
-    .await;
+    let (_manager, c) = manager_once_dns_a_joined(&dns_pool).await;
     let gpu = || DispatchRequest {
         dry_run: true,
         capabilities: vec!["gpu".into()],
@@ -370,4 +378,46 @@ async fn a_programmer_restarted_with_other_capabilities_is_described_again() {
     .await;
     assert_eq!(s.pool_size, 1, "{s:#?}");
     assert_eq!(dry_run_on(&c, &["gpu"], "").await, "dns-a");
+}
+
+#[tokio::test]
+async fn a_listed_dns_programmer_routes_at_its_entry_s_place_before_unlisted_ones() {
+    let dns_pool = dry_run_dns_pool(77);
+    let pool = &dns_pool.pool;
+    // The file lists dns-b (its entry gives what its status does not say); dns-a is unlisted.
+    let port = dns_pool.port;
+    pool.edit_config(|text| {
+        text.replacen(
+            "programmers: []\n",
+            &format!(
+                "programmers:\n  - id: \"dns-b\"\n    port: {port}\n    primary_llm: \"ollama/primary-dns\"\n    backup_llm: \"ollama/backup-dns\"\n"
+            ),
+            1,
+        )
+        .replacen("pool_size: 0\n", "pool_size: 1\n", 1)
+    });
+    let cold = ["--aider-start", "cold"];
+    let _a = dns_pool.start_programmer_with("dns-a", 1, "fast", "", &cold);
+    let _b = dns_pool.start_programmer_with("dns-b", 2, "fast", "", &cold);
+    // dns-a joins first.
+    let (_manager, c) = manager_once_dns_a_joined(&dns_pool).await;
+    dns_pool.publish(&[1, 2]);
+    let s = wait_status(&c, "both available", |s| {
+        ids_in(s, ProgrammerState::Available) == ["dns-a", "dns-b"]
+    })
+    .await;
+    let listed: Vec<&str> = s.programmers.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(listed, ["dns-b", "dns-a"], "the listed one first: {s:#?}");
+    let (_, result) = dispatch_collect(
+        &c,
+        DispatchRequest {
+            dry_run: true,
+            capabilities: vec!["fast".into()],
+            strategy: pas::contract::v1::Strategy::CapabilityMatch as i32,
+            ..sample_dispatch("the first in the file's order")
+        },
+    )
+    .await;
+    assert_eq!(state_of(&result), TaskState::Succeeded, "{result:#?}");
+    assert_eq!(result.programmer_id, "dns-b");
 }

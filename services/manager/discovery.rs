@@ -321,6 +321,7 @@ impl Discovery {
         let member = self.pool.join(spec, joined.addr.to_string(), joined.link);
         self.known
             .insert(joined.addr, Known::Member(member, Box::new(joined.status)));
+        self.pool.rank_as_listed(self.config.programmers());
     }
 
     /// Puts a re-read configuration in force (see the module docs). A file that switched
@@ -386,6 +387,8 @@ impl Discovery {
             tracing::info!(replaced = %replaced.join(", "),
                 "DNS discovery: programmers described again (their status or the entries changed)");
         }
+        // Listed members route in the file's order (it may have changed), the others after them.
+        self.pool.rank_as_listed(self.config.programmers());
     }
 
     fn joining(&self) -> usize {

@@ -10,7 +10,8 @@
 //! The routing order (capability_match's "first", round robin's cycle, every tie-break) is each
 //! member's *rank* ([`Member::rank`]): its place in the configuration's `programmers` list, so a
 //! programmer added, replaced or moved by a re-read file takes its place in the file's order
-//! ([`PoolView::reconcile`]); members found by DNS rank in joining order. A change of ranks bumps
+//! ([`PoolView::reconcile`]); members found by DNS rank at their entry's place when the file lists
+//! them, the others after them in joining order. A change of ranks bumps
 //! [`PoolView::order_epoch`], and the balancer rebuilds its indexes in the new order.
 //!
 //! Per member the manager keeps one lazily-connected tonic channel and two watchers:
@@ -472,9 +473,10 @@ impl PoolView {
         Ok(done)
     }
 
-    /// Ranks each present member at its place in `specs` and every member that left after
-    /// them; bumps the order epoch (and wakes the scheduler) when a rank changed.
-    fn rank_as_listed(&self, specs: &[ProgrammerSpec]) {
+    /// Ranks each present member at its place in `specs` and every other member after them in
+    /// joining order (those that left, and under DNS those the file does not list); bumps the
+    /// order epoch (and wakes the scheduler) when a rank changed.
+    pub fn rank_as_listed(&self, specs: &[ProgrammerSpec]) {
         let places: std::collections::HashMap<&str, usize> = specs
             .iter()
             .enumerate()
