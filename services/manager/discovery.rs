@@ -213,14 +213,30 @@ enum Known {
     Member(Arc<Member>, Box<ProgrammerStatus>),
 }
 
+/// How the loop looks programmers up: what, with which resolver, how often (the `discovery:`
+/// section but its mode).
+struct Lookup {
+    target: Target,
+    resolver: TokioResolver,
+    /// The re-resolve period (`discovery.refresh_s`, at least 1 s).
+    refresh: Duration,
+}
+
+impl Lookup {
+    fn of(cfg: &DiscoveryConfig) -> Result<Self, DiscoveryError> {
+        Ok(Self {
+            target: Target::from_config(cfg)?,
+            resolver: resolver(cfg)?,
+            refresh: Duration::from_secs(cfg.refresh_s.max(1)),
+        })
+    }
+}
+
 /// The discovery loop's state.
 struct Discovery {
     pool: Arc<PoolView>,
     config: Arc<Config>,
-    target: Target,
-    resolver: TokioResolver,
-    /// The re-resolve period (`discovery.refresh_s`).
-    refresh: Duration,
+    lookup: Lookup,
     known: HashMap<SocketAddr, Known>,
     joined_tx: mpsc::UnboundedSender<Joined>,
     stop: CancellationToken,
@@ -229,10 +245,10 @@ struct Discovery {
 impl Discovery {
     /// One resolution and its diff. Returns false when the lookup failed.
     async fn round(&mut self) -> bool {
-        let found = match resolve(&self.resolver, &self.target).await {
+        let found = match resolve(&self.lookup.resolver, &self.lookup.target).await {
             Ok(found) => found,
             Err(e) => {
-                tracing::warn!(name = %self.target.name, "DNS discovery: lookup failed, keeping the {} known addresses: {e}", self.known.len());
+                tracing::warn!(name = %self.lookup.target.name, "DNS discovery: lookup failed, keeping the {} known addresses: {e}", self.known.len());
                 return false;
             }
         };
@@ -332,13 +348,12 @@ impl Discovery {
             return;
         }
         if *cfg != self.config.pool.discovery {
-            match Target::from_config(cfg).and_then(|t| Ok((t, resolver(cfg)?))) {
-                Ok((target, resolver)) => {
-                    tracing::info!(name = %target.name, srv = target.srv, refresh_s = cfg.refresh_s.max(1),
+            match Lookup::of(cfg) {
+                Ok(lookup) => {
+                    tracing::info!(name = %lookup.target.name, srv = lookup.target.srv,
+                        refresh_s = lookup.refresh.as_secs(),
                         "DNS discovery: resolving as the re-read configuration says");
-                    self.target = target;
-                    self.resolver = resolver;
-                    self.refresh = Duration::from_secs(cfg.refresh_s.max(1));
+                    self.lookup = lookup;
                     self.pool.request_resolve();
                 }
                 Err(e) => tracing::error!(
@@ -423,18 +438,14 @@ pub async fn start(
     stop: CancellationToken,
 ) -> Result<(), DiscoveryError> {
     let current = config.borrow_and_update().clone();
-    let cfg = &current.pool.discovery;
-    let target = Target::from_config(cfg)?;
-    let resolver = resolver(cfg)?;
-    let refresh = Duration::from_secs(cfg.refresh_s.max(1));
+    let lookup = Lookup::of(&current.pool.discovery)?;
     let (joined_tx, mut joined_rx) = mpsc::unbounded_channel();
-    tracing::info!(name = %target.name, srv = target.srv, refresh_s = refresh.as_secs(), "DNS discovery started");
+    tracing::info!(name = %lookup.target.name, srv = lookup.target.srv,
+        refresh_s = lookup.refresh.as_secs(), "DNS discovery started");
     let mut discovery = Discovery {
         pool,
         config: current.clone(),
-        target,
-        resolver,
-        refresh,
+        lookup,
         known: HashMap::new(),
         joined_tx,
         stop: stop.clone(),
@@ -451,7 +462,7 @@ pub async fn start(
     tokio::spawn(async move {
         let mut last = tokio::time::Instant::now();
         loop {
-            let next = last + discovery.refresh;
+            let next = last + discovery.lookup.refresh;
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {}
                 _ = discovery.pool.resolve_requested() => {
