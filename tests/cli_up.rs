@@ -553,3 +553,91 @@ fn sighup_under_only_stops_a_selected_programmer_removed_and_starts_none() {
     );
     assert!(pool.run(&["down"]).status.success());
 }
+
+/// `GET /health` of the programmer on `port` (HTTP/1.1 JSON on its gRPC port).
+fn programmer_health(port: u16) -> serde_json::Value {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let url = format!("http://127.0.0.1:{port}/health");
+        let resp = reqwest::get(&url).await.expect("GET /health");
+        resp.json().await.expect("/health JSON")
+    })
+}
+
+/// SIGHUP with a setting the programmers read only at start-up changed (here their queue's bound)
+/// restarts them one at a time — each healthy again, and routed to by the manager, before the next
+/// one stops — and they run with it; a change they apply themselves while running restarts none.
+#[test]
+fn sighup_restarts_programmers_one_at_a_time_when_a_setting_read_at_start_up_changed() {
+    let pool = Pool::new(2);
+    assert!(pool.run(&["up", "--detach"]).status.success());
+    let pids = |pool: &Pool| ["001", "002"].map(|k| child(&pool.state(), k)["pid"].as_u64());
+    let first = pids(&pool);
+    let text = std::fs::read_to_string(pool.config()).unwrap();
+    let log = || std::fs::read_to_string(pool.data().join("logs/pas-up.log")).unwrap();
+    let default_bound = programmer_health(pool.programmer_ports[0])["max_queue"].clone();
+    assert_ne!(default_bound, 7);
+
+    // A live setting: the programmers apply it themselves.
+    let live = format!("{text}aider:\n  request_timeout_s: 77\n");
+    rewrite_config(&pool, live.clone());
+    hup_supervisor(&pool);
+    wait_until("the rollout's verdict", Duration::from_secs(60), || {
+        log().contains("no programmer to restart")
+    });
+    assert_eq!(pids(&pool), first);
+
+    rewrite_config(
+        &pool,
+        format!("{live}load_balancing:\n  max_queue_per_programmer: 7\n"),
+    );
+    hup_supervisor(&pool);
+    wait_until("the rolling restart done", Duration::from_secs(120), || {
+        log().contains("rolling restart done")
+    });
+    let second = pids(&pool);
+    for i in 0..2 {
+        assert!(
+            second[i].is_some() && second[i] != first[i],
+            "{first:?} {second:?}"
+        );
+        assert!(!alive(first[i].unwrap()));
+        assert_eq!(
+            programmer_health(pool.programmer_ports[i])["max_queue"],
+            7,
+            "programmer {i}"
+        );
+    }
+    // One at a time: 002 stopped only once 001 was back.
+    let log = log();
+    let at = |child: &str, what: &str| {
+        log.lines()
+            .position(|l| l.contains(what) && l.contains(&format!("child={child}")))
+            .unwrap_or_else(|| panic!("no line {what:?} of {child} in\n{log}"))
+    };
+    let restarting = "settings read at start-up changed: restarting the programmer";
+    let healthy =
+        "programmer restarted with the re-read settings: healthy, and in the manager's pool";
+    let steps = [
+        at("Prog-001", restarting),
+        at("Prog-001", healthy),
+        at("Prog-002", restarting),
+        at("Prog-002", healthy),
+    ];
+    assert!(steps.is_sorted_by(|a, b| a < b), "{steps:?} in\n{log}");
+    assert!(
+        log.contains("keys=load_balancing.max_queue_per_programmer"),
+        "{log}"
+    );
+    for key in ["manager", "001", "002"] {
+        assert_eq!(
+            child_state(&pool.state(), key).as_deref(),
+            Some("healthy"),
+            "{key}"
+        );
+    }
+    assert!(pool.run(&["down"]).status.success());
+}

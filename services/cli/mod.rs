@@ -18,6 +18,7 @@ pub mod dispatch;
 pub mod dispatch_view;
 pub mod follow;
 pub mod probe;
+pub mod rollout;
 pub mod rundir;
 pub mod status;
 pub mod supervisor;

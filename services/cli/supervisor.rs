@@ -168,6 +168,9 @@ struct Slot {
     changed: watch::Sender<u64>,
     /// Whether any run of the child was ever healthy.
     healthy_once: std::sync::atomic::AtomicBool,
+    /// Cancelled once the child, stopped on its own ([`Supervisor::remove`]), has exited and left
+    /// the list.
+    gone: CancellationToken,
 }
 
 impl Slot {
@@ -219,6 +222,51 @@ impl Supervisor {
     /// Starts one more child (a programmer added to the configuration) and keeps it running
     /// like the others.
     pub fn add(&self, spec: ChildSpec) -> Result<(), SuperviseError> {
+        self.add_at(spec, None)
+    }
+
+    /// Stops child `spec.key` as [`Supervisor::remove`] does, waits until it has exited, and
+    /// starts `spec` in its place in the list (a programmer whose settings read at start-up
+    /// changed: the new process must find its port and its data dir free). False, and nothing
+    /// started, when there is no such child.
+    pub async fn replace(&self, spec: ChildSpec) -> Result<bool, SuperviseError> {
+        let Some((index, old)) = self
+            .slots()
+            .into_iter()
+            .enumerate()
+            .find(|(_, s)| s.spec.key == spec.key)
+        else {
+            return Ok(false);
+        };
+        old.stop.cancel();
+        old.gone.cancelled().await;
+        self.add_at(spec, Some(index))?;
+        Ok(true)
+    }
+
+    /// Waits until child `key` is healthy (true), or `timeout` passes or it is not supervised
+    /// (false).
+    pub async fn wait_healthy(&self, key: &str, timeout: Duration) -> bool {
+        let mut changes = self.changes();
+        let healthy = async {
+            loop {
+                match self.slots().iter().find(|s| s.spec.key == key) {
+                    Some(slot) if slot.state() == ChildState::Healthy => return true,
+                    Some(_) => {}
+                    None => return false,
+                }
+                if changes.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, healthy)
+            .await
+            .unwrap_or(false)
+    }
+
+    /// [`Supervisor::add`], at position `index` of the list (the end when `None`).
+    fn add_at(&self, spec: ChildSpec, index: Option<usize>) -> Result<(), SuperviseError> {
         if let Some(dir) = spec.log.parent() {
             std::fs::create_dir_all(dir).map_err(|source| SuperviseError::LogDir {
                 path: dir.to_path_buf(),
@@ -240,8 +288,13 @@ impl Supervisor {
             stop: self.stop.child_token(),
             changed: self.changed.clone(),
             healthy_once: Default::default(),
+            gone: CancellationToken::new(),
         });
-        lock(&self.slots).push(slot.clone());
+        {
+            let mut slots = lock(&self.slots);
+            let at = index.map_or(slots.len(), |i| i.min(slots.len()));
+            slots.insert(at, slot.clone());
+        }
         self.changed.send_modify(|n| *n += 1);
         let (slots, changed, policy) = (
             self.slots.clone(),
@@ -255,6 +308,7 @@ impl Supervisor {
                 lock(&slots).retain(|s| !Arc::ptr_eq(s, &slot));
                 changed.send_modify(|n| *n += 1);
             }
+            slot.gone.cancel();
         });
         Ok(())
     }
@@ -575,6 +629,30 @@ mod tests {
         })
         .await
         .unwrap_or_else(|_| panic!("timed out; last reports: {:#?}", sup.reports()))
+    }
+
+    #[tokio::test]
+    async fn a_replaced_child_has_exited_before_its_successor_starts_in_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let children = ["a", "b", "c"].map(|k| sleeper(k, dir.path(), "1000"));
+        let sup = Supervisor::start(children.to_vec(), quick_policy()).unwrap();
+        let before = wait_for(&sup, |r| r.iter().all(|c| c.pid.is_some())).await;
+        let old = before[1].pid.unwrap();
+
+        assert!(sup.replace(sleeper("b", dir.path(), "2000")).await.unwrap());
+        // Reaped before the successor was started: no process has its pid any more.
+        let gone = nix::sys::signal::kill(Pid::from_raw(old as i32), None);
+        assert_eq!(gone, Err(nix::errno::Errno::ESRCH));
+        let after = wait_for(&sup, |r| r.len() == 3 && r[1].pid.is_some()).await;
+        let keys: Vec<&str> = after.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+        assert_ne!(after[1].pid, Some(old));
+        assert_eq!(sup.specs()[1].args, [std::ffi::OsString::from("2000")]);
+        assert_eq!((after[0].pid, after[2].pid), (before[0].pid, before[2].pid));
+
+        assert!(!sup.replace(sleeper("z", dir.path(), "1")).await.unwrap());
+        assert_eq!(sup.reports().len(), 3);
+        sup.shutdown().await;
     }
 
     #[tokio::test]

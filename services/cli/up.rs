@@ -10,6 +10,7 @@
 
 use super::backoff::Backoff;
 use super::probe::{MANAGER_SERVICE, PROGRAMMER_SERVICE};
+use super::rollout::{Reread, Rollout};
 use super::rundir::{self, RunDir, RunDirError, UpState};
 use super::supervisor::{
     self, ChildReport, ChildSpec, Policy, Readiness, SuperviseError, Supervisor,
@@ -41,7 +42,8 @@ pub struct UpArgs {
     /// Run in the background: pid and log files go to the data directory; `pas down` stops it.
     #[arg(long)]
     pub detach: bool,
-    /// How long to wait for every process to report healthy before giving up.
+    /// How long to wait for every process to report healthy before giving up (and, in a rolling
+    /// restart after SIGHUP, for each restarted programmer).
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub wait_timeout_s: u64,
     /// On stop, how long each process may drain after SIGTERM before it gets SIGKILL.
@@ -343,19 +345,31 @@ async fn foreground(
                     &run.logs_dir(),
                 )
             };
+            let (rollout, rolling) = Rollout::start(
+                sup.clone(),
+                &config,
+                Duration::from_secs(args.wait_timeout_s),
+            );
             loop {
                 tokio::select! {
                     () = &mut stop => break,
                     Some(()) = hangup.recv() => {
-                        let removed = follow_programmers(&sup, &config_abs, children_of);
+                        let followed = follow_programmers(&sup, &config_abs, children_of);
                         let sent = sup.signal_healthy(nix::sys::signal::Signal::SIGHUP);
                         tracing::info!(children = sent, "SIGHUP passed on to the children");
-                        for key in removed {
-                            sup.remove(&key);
+                        if let Some(followed) = followed {
+                            for key in &followed.removed {
+                                sup.remove(key);
+                            }
+                            rollout.follow(followed.reread);
                         }
                     }
                 }
             }
+            // It holds the other reference to the supervisor; a restart under way is cut short
+            // (the shutdown stops every child anyway).
+            rolling.abort();
+            let _ = rolling.await;
             println!("stopping the pool…");
             true
         }
@@ -424,16 +438,24 @@ fn still_selected(config: &Config, only: &[String]) -> Option<Vec<String>> {
     (!kept.is_empty()).then_some(kept)
 }
 
+/// What [`follow_programmers`] did with a re-read file.
+struct Followed {
+    /// The programmers no longer configured, for the caller to stop once the manager heard of it.
+    removed: Vec<String>,
+    /// The file, its programmers' children and those started with it: for the [`Rollout`].
+    reread: Reread,
+}
+
 /// The programmers of the configuration as re-read now against the ones supervised: starts each
 /// programmer added (or whose address changed: the old process is stopped), and returns the keys
-/// of those no longer configured, for the caller to stop once the manager heard of it. A file
-/// that does not load changes nothing (each child logs why, with the line, as it re-reads it); a
-/// new programmer whose port is taken is not started (logged).
+/// of those no longer configured. A file that does not load changes nothing (`None`; each child
+/// logs why, with the line, as it re-reads it); a new programmer whose port is taken is not
+/// started (logged).
 fn follow_programmers(
     sup: &Supervisor,
     config_path: &Path,
     children_of: impl Fn(&Config) -> Result<Vec<ChildSpec>, UpError>,
-) -> Vec<String> {
+) -> Option<Followed> {
     let (config, wanted) = match Config::load(config_path)
         .map_err(UpError::from)
         .and_then(|c| children_of(&c).map(|w| (c, w)))
@@ -441,13 +463,14 @@ fn follow_programmers(
         Ok(found) => found,
         Err(e) => {
             tracing::error!("configuration re-read: programmers unchanged: {e}");
-            return Vec::new();
+            return None;
         }
     };
     let programmers = |specs: Vec<ChildSpec>| -> Vec<ChildSpec> {
         specs.into_iter().filter(|s| s.key != MANAGER_KEY).collect()
     };
     let (wanted, running) = (programmers(wanted), programmers(sup.specs()));
+    let mut started = Vec::new();
     for spec in &wanted {
         let before = running.iter().find(|r| r.key == spec.key);
         if before.is_some_and(|r| r.addr == spec.addr) {
@@ -462,18 +485,27 @@ fn follow_programmers(
         } else {
             tracing::info!(child = %spec.name, addr = %spec.addr, "programmer added to the configuration: starting it");
         }
-        if let Err(e) = sup.add(spec.clone()) {
-            tracing::error!(child = %spec.name, "cannot start it: {e}");
+        match sup.add(spec.clone()) {
+            Ok(()) => started.push(spec.key.clone()),
+            Err(e) => tracing::error!(child = %spec.name, "cannot start it: {e}"),
         }
     }
-    running
+    let removed = running
         .into_iter()
         .filter(|r| !wanted.iter().any(|w| w.key == r.key))
         .map(|r| {
             tracing::info!(child = %r.name, "programmer removed from the configuration: stopping it");
             r.key
         })
-        .collect()
+        .collect();
+    Some(Followed {
+        removed,
+        reread: Reread {
+            config: Arc::new(config),
+            children: wanted,
+            started,
+        },
+    })
 }
 
 /// Keeps the state file in step with the children and the start-up phase.

@@ -52,7 +52,88 @@ pub const LIVE_KEYS: &[&str] = &[
     "failover.circuit_breaker",
     "aider.extra_flags",
     "aider.request_timeout_s",
+    // Defaults of the entry's LLMs and limits: they resolve into it as the entry does.
+    "aider.edit_format",
+    "aider.memory_limit_mb",
 ];
+
+/// The settings a programmer reads only as it starts and that concern it alone (the pool-wide
+/// ones — data dir, durability, TLS, the task lease, telemetry — need the whole pool restarted),
+/// as `config` resolves them for one programmer. [`Programmer::new`] takes them from here, so
+/// what `pas up` compares to decide that a programmer must restart to apply a re-read file
+/// ([`StartupSettings::changed`]) is exactly what the programmer reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartupSettings {
+    /// `aider.python` (or `PAS_AIDER_PYTHON`), resolved.
+    pub aider_python: PathBuf,
+    /// `aider.version`: checked against the installed aider as the programmer starts.
+    pub aider_version: String,
+    /// `aider.nice`.
+    pub aider_nice: u8,
+    /// The programmer's own `aider_start`, else `aider.start`.
+    pub aider_start: AiderStart,
+    /// `aider.warm_workers`, else the programmer's concurrency.
+    pub warm_workers: usize,
+    /// `workspace_root` (or `PAS_WORKSPACE_ROOT`), resolved.
+    pub workspace_root: PathBuf,
+    /// The `repositories:` section as written.
+    pub repositories: Option<crate::config::RepositoriesConfig>,
+    /// `load_balancing.max_concurrent_per_programmer`.
+    pub max_concurrent: usize,
+    /// `load_balancing.max_queue_per_programmer`.
+    pub max_queue: usize,
+}
+
+impl StartupSettings {
+    /// The settings `config` gives programmer `spec` (its entry as resolved, flags included).
+    pub fn of(config: &Config, spec: &ProgrammerSpec) -> Self {
+        let (aider, lb) = (&config.pool.aider, &config.pool.load_balancing);
+        Self {
+            aider_python: config.aider_python(),
+            aider_version: aider.version.clone(),
+            aider_nice: aider.nice,
+            aider_start: spec.aider_start,
+            warm_workers: aider
+                .warm_workers
+                .unwrap_or(lb.max_concurrent_per_programmer) as usize,
+            workspace_root: config.workspace_root(),
+            repositories: config.pool.repositories.clone(),
+            max_concurrent: lb.max_concurrent_per_programmer as usize,
+            max_queue: lb.max_queue_per_programmer as usize,
+        }
+    }
+
+    /// The keys (as written in the file) whose settings differ between `self` and `other`, in
+    /// the file's order; empty when a programmer started with one runs as with the other.
+    pub fn changed(&self, other: &Self) -> Vec<&'static str> {
+        [
+            ("aider.python", self.aider_python != other.aider_python),
+            ("aider.version", self.aider_version != other.aider_version),
+            ("aider.nice", self.aider_nice != other.aider_nice),
+            ("aider.start", self.aider_start != other.aider_start),
+            (
+                "aider.warm_workers",
+                self.warm_workers != other.warm_workers,
+            ),
+            (
+                "workspace_root",
+                self.workspace_root != other.workspace_root,
+            ),
+            ("repositories", self.repositories != other.repositories),
+            (
+                "load_balancing.max_concurrent_per_programmer",
+                self.max_concurrent != other.max_concurrent,
+            ),
+            (
+                "load_balancing.max_queue_per_programmer",
+                self.max_queue != other.max_queue,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, differs)| differs.then_some(key))
+        .collect()
+    }
+}
 
 /// The settings of [`LIVE_KEYS`] as one value: a task's attempts all run under the one its task
 /// started with.
@@ -222,16 +303,14 @@ impl Programmer {
             Some(saved) => Breaker::restore(policy, saved),
             None => Breaker::new(policy),
         };
-        let lb = &pool.load_balancing;
-        let warm = match spec.aider_start {
+        let startup = StartupSettings::of(config, &spec);
+        let warm = match startup.aider_start {
             AiderStart::Cold => None,
             AiderStart::Warm => Some(Arc::new(
                 WarmPool::new(
-                    config.aider_python(),
-                    pool.aider
-                        .warm_workers
-                        .unwrap_or(lb.max_concurrent_per_programmer) as usize,
-                    pool.aider.nice,
+                    startup.aider_python.clone(),
+                    startup.warm_workers,
+                    startup.aider_nice,
                     crate::programmer::aider::neutral_environment,
                 )
                 .map_err(SetupError::Warm)?,
@@ -240,20 +319,17 @@ impl Programmer {
         Ok(Self {
             live: std::sync::RwLock::new(Arc::new(LiveSettings::of(config, spec.clone()))),
             aider: AiderSettings {
-                python: config.aider_python(),
-                nice: pool.aider.nice,
+                python: startup.aider_python,
+                nice: startup.aider_nice,
                 warm,
             },
-            workspaces: WorkspaceCache::new(config.workspace_root()),
+            workspaces: WorkspaceCache::new(startup.workspace_root),
             mirrors: Mirrors::new(config.repositories()),
             worktrees_dir,
             scratch_dir,
             breaker,
             breaker_store,
-            queue: TaskQueue::new(
-                lb.max_concurrent_per_programmer as usize,
-                lb.max_queue_per_programmer as usize,
-            ),
+            queue: TaskQueue::new(startup.max_concurrent, startup.max_queue),
             counters: Counters::default(),
             started: Instant::now(),
             draining: AtomicBool::new(false),
@@ -383,4 +459,67 @@ pub fn health_json(s: &ProgrammerStatus) -> serde_json::Value {
         "cancelled": s.cancelled,
         "uptime_ms": s.uptime_ms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two programmers on the simulator's LLMs: 002 with its own `aider_start`.
+    const BASE: &str = r#"
+pool_size: 2
+programmers:
+  - { id: "001", port: 16151, primary_llm: "ollama/qwen2.5-coder:7b-instruct", backup_llm: "ollama/qwen2.5-coder:14b-instruct" }
+  - { id: "002", port: 16152, primary_llm: "ollama/qwen2.5-coder:7b-instruct", backup_llm: "ollama/qwen2.5-coder:14b-instruct", aider_start: cold }
+"#;
+
+    fn settings(extra: &str, id: &str) -> StartupSettings {
+        let env = crate::config::PathEnv::in_dir("/tmp");
+        let yaml = format!("{BASE}{extra}");
+        let config =
+            Config::from_yaml_with(&yaml, std::path::Path::new("/cfg/pool.yaml"), &env).unwrap();
+        StartupSettings::of(&config, config.programmer(id).unwrap())
+    }
+
+    #[test]
+    fn each_setting_read_at_start_up_is_named_and_live_ones_are_not() {
+        let base = settings("", "001");
+        for (extra, key) in [
+            ("aider:\n  python: /opt/venv/bin/python\n", "aider.python"),
+            ("aider:\n  version: \"0.1.0\"\n", "aider.version"),
+            ("aider:\n  nice: 3\n", "aider.nice"),
+            ("aider:\n  start: cold\n", "aider.start"),
+            ("aider:\n  warm_workers: 9\n", "aider.warm_workers"),
+            ("workspace_root: /elsewhere\n", "workspace_root"),
+            (
+                "repositories:\n  allow: [\"https://git.example.com/\"]\n",
+                "repositories",
+            ),
+            (
+                "load_balancing:\n  max_concurrent_per_programmer: 4\n",
+                "load_balancing.max_concurrent_per_programmer",
+            ),
+            (
+                "load_balancing:\n  max_queue_per_programmer: 7\n",
+                "load_balancing.max_queue_per_programmer",
+            ),
+        ] {
+            let changed = base.changed(&settings(extra, "001"));
+            // (`contains`: the concurrency is also the warm workers' default, so both are named.)
+            assert!(changed.contains(&key), "{extra}: {changed:?}");
+        }
+        for live in [
+            "aider:\n  request_timeout_s: 77\n  extra_flags: [\"--no-pretty\"]\n  memory_limit_mb: 99\n  edit_format: whole\n",
+            "failover:\n  max_retries: 5\n",
+            "manager:\n  max_queue: 3\n",
+        ] {
+            assert_eq!(base.changed(&settings(live, "001")), [""; 0], "{live}");
+        }
+        // Its own `aider_start` wins over `aider.start`: nothing changes for it.
+        let own = settings("", "002");
+        assert_eq!(
+            own.changed(&settings("aider:\n  start: warm\n", "002")),
+            [""; 0]
+        );
+    }
 }

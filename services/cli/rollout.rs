@@ -1,0 +1,246 @@
+//! The rolling restart `pas up` makes when a re-read configuration file changes settings its
+//! programmers read only as they start (`aider.nice`, `workspace_root`, the queue's bounds, …:
+//! [`StartupSettings`]). A running programmer applies the rest of the file itself; these it cannot,
+//! so without this the edit would wait, named in a warning, for whoever restarts the programmer.
+//!
+//! Each programmer whose settings differ is restarted in turn: stopped — it drains: it takes no new
+//! task and its running ones finish, or are handed back to the manager at its drain timeout — then
+//! started again, reading the file, and the next one waits until it is healthy and the manager `pas
+//! up` runs routes to it again (its pool status says so). So the pool never loses more than one
+//! programmer to a rollout, and a file that breaks programmers breaks one: a
+//! programmer that does not come back healthy stops the rollout (an error naming it and its log),
+//! and the ones after it keep their old settings until the next SIGHUP.
+//!
+//! What a programmer runs with is known from the file it last started with: the file at `pas up`'s
+//! start, or the re-read one that added, moved or restarted it. (A programmer the supervisor
+//! restarted after a crash read the file then; if that was after an edit not yet followed, it is
+//! restarted once more for nothing.)
+
+use super::status::{self, StatusError};
+use super::supervisor::{ChildSpec, Supervisor};
+use super::up::MANAGER_KEY;
+use crate::channel::ClientSecurity;
+use crate::config::Config;
+use crate::contract::v1::ProgrammerState;
+use crate::programmer::state::StartupSettings;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// One re-read of the configuration file, as `pas up` followed it.
+#[derive(Debug)]
+pub struct Reread {
+    /// The file as it loaded.
+    pub config: Arc<Config>,
+    /// The programmers' children as the file describes them now.
+    pub children: Vec<ChildSpec>,
+    /// Programmers just started with this file (added to it, or moved to another address).
+    pub started: Vec<String>,
+}
+
+/// The rollout's task: it follows the re-reads handed to [`Rollout::follow`], in order.
+#[derive(Debug)]
+pub struct Rollout {
+    rereads: mpsc::UnboundedSender<Reread>,
+}
+
+impl Rollout {
+    /// Follows the programmers `sup` runs, every one started with `initial`; a restarted one
+    /// has `healthy_within` to report healthy before the rollout stops at it.
+    pub fn start(
+        sup: Arc<Supervisor>,
+        initial: &Config,
+        healthy_within: Duration,
+    ) -> (Self, JoinHandle<()>) {
+        let started_with = initial
+            .programmers()
+            .iter()
+            .map(|p| (p.id.clone(), StartupSettings::of(initial, p)))
+            .collect();
+        let (rereads, next) = mpsc::unbounded_channel();
+        let task = tokio::spawn(roll(sup, started_with, next, healthy_within));
+        (Self { rereads }, task)
+    }
+
+    /// Restarts, one at a time, the programmers whose settings read at start-up `reread`
+    /// changes (after any rollout still under way).
+    pub fn follow(&self, reread: Reread) {
+        // The task ends only with the runtime.
+        let _ = self.rereads.send(reread);
+    }
+}
+
+/// The settings programmer `key` starts with under `config`; `None` when the file lacks it.
+fn startup_of(config: &Config, key: &str) -> Option<StartupSettings> {
+    config
+        .programmer(key)
+        .map(|spec| StartupSettings::of(config, spec))
+}
+
+/// Programmers started with `reread`'s file run with its settings.
+fn note_started(started_with: &mut HashMap<String, StartupSettings>, reread: &Reread) {
+    for key in &reread.started {
+        if let Some(settings) = startup_of(&reread.config, key) {
+            started_with.insert(key.clone(), settings);
+        }
+    }
+}
+
+/// A programmer to restart: its child as the file describes it now, the settings it will start
+/// with, and the keys that changed.
+struct Due {
+    child: ChildSpec,
+    settings: StartupSettings,
+    keys: Vec<&'static str>,
+}
+
+/// The supervised programmers whose settings under `reread` differ from what they started with,
+/// in the supervisor's order.
+fn due(
+    sup: &Supervisor,
+    started_with: &HashMap<String, StartupSettings>,
+    reread: &Reread,
+) -> Vec<Due> {
+    sup.specs()
+        .into_iter()
+        .filter_map(|running| {
+            let settings = startup_of(&reread.config, &running.key)?;
+            let keys = started_with.get(&running.key)?.changed(&settings);
+            let child = reread
+                .children
+                .iter()
+                .find(|c| c.key == running.key)
+                .cloned()
+                .unwrap_or(running);
+            (!keys.is_empty()).then_some(Due {
+                child,
+                settings,
+                keys,
+            })
+        })
+        .collect()
+}
+
+/// Waits until the manager at `addr` reports programmer `id` available (it routes tasks to it):
+/// `Ok(false)` when it does not within `within`, `Err` when the manager will not tell (its
+/// authentication refuses `pas up`'s credentials). A manager that does not answer is asked again.
+async fn manager_takes_back(
+    addr: &str,
+    security: &ClientSecurity,
+    id: &str,
+    within: Duration,
+) -> Result<bool, tonic::Status> {
+    let available = ProgrammerState::Available as i32;
+    let ask = async {
+        let mut every = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            every.tick().await;
+            match status::fetch(addr, security).await {
+                Ok(pool)
+                    if pool
+                        .programmers
+                        .iter()
+                        .any(|p| p.id == id && p.state == available) =>
+                {
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(StatusError::Rpc { status, .. })
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                    ) =>
+                {
+                    return Err(status);
+                }
+                Err(_) => {}
+            }
+        }
+    };
+    match tokio::time::timeout(within, ask).await {
+        Ok(answer) => answer.map(|()| true),
+        Err(_) => Ok(false),
+    }
+}
+
+async fn roll(
+    sup: Arc<Supervisor>,
+    mut started_with: HashMap<String, StartupSettings>,
+    mut rereads: mpsc::UnboundedReceiver<Reread>,
+    healthy_within: Duration,
+) {
+    while let Some(mut latest) = rereads.recv().await {
+        note_started(&mut started_with, &latest);
+        let (mut restarted, mut halted) = (0, false);
+        // Asked after each restart while the manager runs here and answers.
+        let mut ask_manager = true;
+        loop {
+            let pending = due(&sup, &started_with, &latest);
+            let Some(next) = pending.into_iter().next() else {
+                break;
+            };
+            let (key, name) = (next.child.key.clone(), next.child.name.clone());
+            tracing::info!(child = %name, keys = %next.keys.join(", "),
+                "settings read at start-up changed: restarting the programmer (it drains first)");
+            let log = next.child.log.clone();
+            started_with.insert(key.clone(), next.settings);
+            match sup.replace(next.child).await {
+                Ok(true) => {}
+                Ok(false) => continue, // Stopped meanwhile (removed from the file).
+                Err(e) => {
+                    tracing::error!(child = %name, "cannot start it again: {e}");
+                    halted = true;
+                    break;
+                }
+            }
+            if !sup.wait_healthy(&key, healthy_within).await {
+                tracing::error!(child = %name, log = %log.display(), within_s = healthy_within.as_secs(),
+                    "the programmer restarted with the re-read settings is not healthy: the rolling restart stops here (the programmers after it keep their settings until the next SIGHUP)");
+                halted = true;
+                break;
+            }
+            let manager = sup.specs().into_iter().find(|s| s.key == MANAGER_KEY);
+            if let Some(manager) = manager.filter(|_| ask_manager) {
+                let security = ClientSecurity::for_config(Some(&latest.config));
+                match manager_takes_back(&manager.addr, &security, &key, healthy_within).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::error!(child = %name, within_s = healthy_within.as_secs(),
+                            "the manager does not route to the restarted programmer: the rolling restart stops here (the programmers after it keep their settings until the next SIGHUP)");
+                        halted = true;
+                        break;
+                    }
+                    Err(refused) => {
+                        tracing::warn!(
+                            "the manager does not let `pas up` read its pool status ({}): the rolling restart goes on without waiting for it to route to each restarted programmer (give `pas up` a PAS_TOKEN with the read role)",
+                            refused.message()
+                        );
+                        ask_manager = false;
+                    }
+                }
+            }
+            restarted += 1;
+            tracing::info!(child = %name, "programmer restarted with the re-read settings: healthy, and in the manager's pool");
+            // A file re-read meanwhile: the rest of the rollout follows the newest one.
+            while let Ok(newer) = rereads.try_recv() {
+                note_started(&mut started_with, &newer);
+                latest = newer;
+            }
+        }
+        if halted {
+            continue;
+        }
+        if restarted == 0 {
+            tracing::info!(
+                "configuration re-read: no programmer to restart (no setting it reads only at start-up changed)"
+            );
+        } else {
+            tracing::info!(
+                restarted,
+                "rolling restart done: every programmer runs with the settings read at start-up of the re-read file"
+            );
+        }
+    }
+}
