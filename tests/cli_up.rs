@@ -32,8 +32,9 @@ impl Pool {
             programmer_ports: ports[1..].to_vec(),
             dir,
         };
+        // The workspace root in the file (relative to it), so a test may move it.
         let mut yaml = format!(
-            "pool_size: {programmers}\nmanager:\n  host: 127.0.0.1\n  port: {}\nprogrammers:\n",
+            "pool_size: {programmers}\nworkspace_root: ws\nmanager:\n  host: 127.0.0.1\n  port: {}\nprogrammers:\n",
             pool.manager_port
         );
         for (i, port) in pool.programmer_ports.iter().enumerate() {
@@ -62,7 +63,7 @@ impl Pool {
             .arg(self.config())
             .args(args)
             .env("PAS_DATA_DIR", self.data())
-            .env("PAS_WORKSPACE_ROOT", self.dir.path().join("ws"))
+            .env_remove("PAS_WORKSPACE_ROOT")
             .env(
                 "PAS_AIDER_PYTHON",
                 Path::new(env!("CARGO_MANIFEST_DIR")).join(".aider-venv/bin/python"),
@@ -567,9 +568,10 @@ fn programmer_health(port: u16) -> serde_json::Value {
     })
 }
 
-/// SIGHUP with a setting the programmers read only at start-up changed (here their queue's bound)
-/// restarts them one at a time — each healthy again, and routed to by the manager, before the next
-/// one stops — and they run with it; a change they apply themselves while running restarts none.
+/// SIGHUP with settings the programmers read only at start-up changed (here their queue's bound
+/// and the workspace root) restarts them one at a time — each healthy again, and routed to by the
+/// manager, before the next one stops — and they run with them, the manager checking task
+/// workspaces under the new root too; a change they apply themselves while running restarts none.
 #[test]
 fn sighup_restarts_programmers_one_at_a_time_when_a_setting_read_at_start_up_changed() {
     let pool = Pool::new(2);
@@ -580,6 +582,41 @@ fn sighup_restarts_programmers_one_at_a_time_when_a_setting_read_at_start_up_cha
     let log = || std::fs::read_to_string(pool.data().join("logs/pas-up.log")).unwrap();
     let default_bound = programmer_health(pool.programmer_ports[0])["max_queue"].clone();
     assert_ne!(default_bound, 7);
+    // `beta` exists only under the root the file will name.
+    let beta = pool.dir.path().join("ws2/beta");
+    std::fs::create_dir_all(beta.join("src")).unwrap();
+    std::fs::write(beta.join("src/b.py"), "x = 1\n").unwrap();
+    common::git(&beta, &["init", "-q"]);
+    common::git(&beta, &["add", "-A"]);
+    common::git(
+        &beta,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@e",
+            "commit",
+            "-qm",
+            "b",
+        ],
+    );
+    let dry_run_on_beta = |pool: &Pool| {
+        pool.run(&[
+            "dispatch",
+            "add y",
+            "--workspace",
+            "beta",
+            "--files",
+            "src/b.py",
+            "--dry-run",
+        ])
+    };
+    let refused = dry_run_on_beta(&pool);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("workspace"),
+        "{refused:?}"
+    );
 
     // A live setting: the programmers apply it themselves.
     let live = format!("{text}aider:\n  request_timeout_s: 77\n");
@@ -590,9 +627,10 @@ fn sighup_restarts_programmers_one_at_a_time_when_a_setting_read_at_start_up_cha
     });
     assert_eq!(pids(&pool), first);
 
+    let moved = live.replacen("workspace_root: ws\n", "workspace_root: ws2\n", 1);
     rewrite_config(
         &pool,
-        format!("{live}load_balancing:\n  max_queue_per_programmer: 7\n"),
+        format!("{moved}load_balancing:\n  max_queue_per_programmer: 7\n"),
     );
     hup_supervisor(&pool);
     wait_until("the rolling restart done", Duration::from_secs(120), || {
@@ -629,9 +667,11 @@ fn sighup_restarts_programmers_one_at_a_time_when_a_setting_read_at_start_up_cha
     ];
     assert!(steps.is_sorted_by(|a, b| a < b), "{steps:?} in\n{log}");
     assert!(
-        log.contains("keys=load_balancing.max_queue_per_programmer"),
+        log.contains("keys=workspace_root, load_balancing.max_queue_per_programmer"),
         "{log}"
     );
+    let ran = dry_run_on_beta(&pool);
+    assert!(ran.status.success(), "{ran:?}");
     for key in ["manager", "001", "002"] {
         assert_eq!(
             child_state(&pool.state(), key).as_deref(),

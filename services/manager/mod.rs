@@ -90,11 +90,8 @@ pub struct Manager {
     /// A programmer stops a task nobody followed this long; a manager that cannot reach a task's
     /// programmer this long knows it stopped.
     pub task_lease: Duration,
-    /// Task `workspace` names resolve under the configured root, verified repositories cached.
-    pub workspaces: WorkspaceCache,
-    /// The configuration's `repositories.allow`, when it has that section: a `repo_url` outside
-    /// it is refused at Dispatch (the programmers, which hold the credentials, check it again).
-    pub repo_allow: Option<crate::repo_url::AllowList>,
+    /// What a task's `workspace` and `repo_url` are checked against (see [`Manager::sources`]).
+    sources: std::sync::RwLock<Arc<TaskSources>>,
     /// Interns the tiers admission computes, so the balancer keeps one index per distinct tier.
     pub tiers: TierRegistry,
     pub alerts: status::Alerts,
@@ -120,7 +117,43 @@ impl std::fmt::Debug for Manager {
     }
 }
 
+/// What a task's `workspace` and `repo_url` are checked against at Dispatch: the configuration's
+/// `workspace_root` and `repositories.allow`. Replaced as one by a re-read file that changes
+/// either ([`Manager::set_sources`]), so the manager checks names against the root its
+/// programmers use once `pas up` has restarted them with it (they read it only at start-up).
+#[derive(Debug)]
+pub struct TaskSources {
+    /// Task `workspace` names resolve under the configured root, verified repositories cached.
+    pub workspaces: WorkspaceCache,
+    /// `repositories.allow`, when the file has that section: a `repo_url` outside it is refused
+    /// at Dispatch (the programmers, which hold the credentials, check it again).
+    pub repo_allow: Option<crate::repo_url::AllowList>,
+}
+
+impl TaskSources {
+    /// The sources `config` names (a new, empty cache of verified repositories).
+    pub fn of(config: &Config) -> Self {
+        Self {
+            workspaces: WorkspaceCache::new(config.workspace_root()),
+            repo_allow: config.repositories().map(|r| r.allow),
+        }
+    }
+}
+
 impl Manager {
+    /// The workspace root and repository allow list in force: read once per Dispatch.
+    pub fn sources(&self) -> Arc<TaskSources> {
+        self.sources
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts `sources` in force for the Dispatches that start from now.
+    pub fn set_sources(&self, sources: TaskSources) {
+        *self.sources.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(sources);
+    }
+
     /// Builds the manager: opens the ledger and task store in the data dir, starts membership
     /// watchers and the scheduler; with DNS discovery, waits for the first answer's programmers
     /// to join before resuming unfinished tasks (they may be placed on them).
@@ -177,8 +210,7 @@ impl Manager {
         );
         let mgr = Arc::new(Self {
             task_lease: Duration::from_secs(mgr_cfg.task_lease_s.max(1)),
-            workspaces: WorkspaceCache::new(config.workspace_root()),
-            repo_allow: config.repositories().map(|r| r.allow),
+            sources: std::sync::RwLock::new(Arc::new(TaskSources::of(&config))),
             tiers: TierRegistry::default(),
             alerts: status::Alerts::default(),
             admission: admission::Admission::new(&pool_cfg.limits),

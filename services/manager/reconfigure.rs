@@ -14,7 +14,9 @@
 //!   are used from the next lookup (`discovery`, which follows the configuration in force);
 //!   `limits` (but the HTTP/2 stream bound), the queue's bound, timeout and dispatch attempts,
 //!   retention, the default strategy and free-first, `cost_optimization` (the budget),
-//!   `escalation`, and `auth.open`;
+//!   `escalation`, `auth.open`, and what a task's `workspace` and `repo_url` are checked against
+//!   (`workspace_root`, `repositories`: the programmers read them at start-up, and `pas up`
+//!   restarts them for it);
 //! - every other changed key is named in one warning as read only at start-up (ports, TLS
 //!   paths, the data dir, durability, the discovery mode, the lease the programmers share, …):
 //!   the running process keeps its value until it restarts.
@@ -48,6 +50,8 @@ pub const LIVE: &[&str] = &[
     "cost_optimization",
     "escalation",
     "auth.open",
+    "workspace_root",
+    "repositories",
 ];
 
 /// What resolves the programmers' entries: applied by [`PoolView::reconcile`] with static
@@ -139,6 +143,9 @@ pub fn apply(mgr: &Manager, auth: Option<&Authenticator>, new: Arc<Config>) {
     }
     if let (Some(auth), Some(section)) = (auth, &pool.auth) {
         auth.set_open(&section.open);
+    }
+    if new.workspace_root() != old.workspace_root() || pool.repositories != was.repositories {
+        mgr.set_sources(crate::manager::TaskSources::of(&new));
     }
     // Read per task from here on: strategy, queue timeout, attempts, escalation, free-first;
     // DNS discovery takes its keys and the programmers' entries from it.

@@ -226,7 +226,8 @@ impl ProgrammerPool for PoolService {
         let req = request.into_inner();
         // Admission, cheapest first: nothing below the queue place touches a disk or starts a
         // process, so a refused call costs neither (see `admission`).
-        validate::check_fields(&req, mgr.repo_allow.as_ref())?;
+        let sources = mgr.sources();
+        validate::check_fields(&req, sources.repo_allow.as_ref())?;
         if !req.task_id.is_empty() && mgr.active_log(&req.task_id).is_some() {
             // The id of a task running here adds no work: it attaches (or is told it names
             // another request), whatever the limits say. (A finished task's id is looked up in
@@ -244,7 +245,7 @@ impl ProgrammerPool for PoolService {
             .scheduler
             .reserve()
             .map_err(|full| admission::refusal("manager.max_queue", full, QUEUE_FULL_RETRY))?;
-        validate::check_workspace(&req, &mgr.workspaces).await?;
+        validate::check_workspace(&req, &sources.workspaces).await?;
         stages.at("workspace");
         let made_up_id = req.task_id.is_empty();
         let task_id = if made_up_id {
