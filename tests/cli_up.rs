@@ -623,7 +623,7 @@ fn sighup_restarts_programmers_one_at_a_time_when_a_setting_read_at_start_up_cha
     rewrite_config(&pool, live.clone());
     hup_supervisor(&pool);
     wait_until("the rollout's verdict", Duration::from_secs(60), || {
-        log().contains("no programmer to restart")
+        log().contains("no process to restart")
     });
     assert_eq!(pids(&pool), first);
 
@@ -679,5 +679,90 @@ fn sighup_restarts_programmers_one_at_a_time_when_a_setting_read_at_start_up_cha
             "{key}"
         );
     }
+    assert!(pool.run(&["down"]).status.success());
+}
+
+/// SIGHUP with a setting only the manager reads at start-up changed (its admin port) restarts the
+/// manager alone; one the programmers read too (the task lease) restarts the programmers one at a
+/// time, then the manager.
+#[test]
+fn sighup_restarts_the_manager_last_when_a_setting_it_reads_at_start_up_changed() {
+    let pool = Pool::new(2);
+    assert!(pool.run(&["up", "--detach"]).status.success());
+    let pids =
+        |pool: &Pool| ["manager", "001", "002"].map(|k| child(&pool.state(), k)["pid"].as_u64());
+    let first = pids(&pool);
+    let text = std::fs::read_to_string(pool.config()).unwrap();
+    let log = || std::fs::read_to_string(pool.data().join("logs/pas-up.log")).unwrap();
+    let rollouts = || log().matches("rolling restart done").count();
+    let admin_port = common::pool::free_port();
+    assert!(!listening(admin_port));
+
+    let port_line = format!("  port: {}\n", pool.manager_port);
+    let admin = text.replacen(
+        &port_line,
+        &format!("{port_line}  admin_port: {admin_port}\n"),
+        1,
+    );
+    rewrite_config(&pool, admin.clone());
+    hup_supervisor(&pool);
+    wait_until("the manager restarted", Duration::from_secs(120), || {
+        rollouts() == 1
+    });
+    let second = pids(&pool);
+    assert!(
+        second[0].is_some() && second[0] != first[0],
+        "{first:?} {second:?}"
+    );
+    assert_eq!(second[1..], first[1..], "the programmers kept running");
+    assert!(!alive(first[0].unwrap()));
+    assert!(listening(admin_port));
+    let text_now = log();
+    assert!(
+        !text_now.contains("restarting the programmer"),
+        "{text_now}"
+    );
+    assert!(
+        text_now.contains("keys=manager.host / port / admin_port"),
+        "{text_now}"
+    );
+
+    let lease = admin.replacen(&port_line, &format!("{port_line}  task_lease_s: 123\n"), 1);
+    rewrite_config(&pool, lease);
+    hup_supervisor(&pool);
+    wait_until("the second rollout", Duration::from_secs(120), || {
+        rollouts() == 2
+    });
+    let third = pids(&pool);
+    for i in 0..3 {
+        assert!(
+            third[i].is_some() && third[i] != second[i],
+            "{second:?} {third:?}"
+        );
+    }
+    // The programmers first, one at a time, then the manager.
+    let text_now = log();
+    let last = |what: &str| {
+        text_now
+            .rfind(what)
+            .unwrap_or_else(|| panic!("no {what:?} in\n{text_now}"))
+    };
+    let manager_restart = last("settings the manager reads at start-up changed");
+    assert!(last("programmer restarted with the re-read settings: healthy") < manager_restart);
+    assert!(
+        text_now[manager_restart..].contains("keys=manager.task_lease_s"),
+        "{text_now}"
+    );
+    wait_until(
+        "both programmers in the restarted manager's pool",
+        Duration::from_secs(60),
+        || {
+            manager_status(&pool).is_some_and(|s| {
+                ["001", "002"]
+                    .iter()
+                    .all(|id| programmer_state(&s, id).as_deref() == Some("available"))
+            })
+        },
+    );
     assert!(pool.run(&["down"]).status.success());
 }

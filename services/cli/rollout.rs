@@ -11,7 +11,11 @@
 //! programmer that does not come back healthy stops the rollout (an error naming it and its log),
 //! and the ones after it keep their old settings until the next SIGHUP.
 //!
-//! What a programmer runs with is known from the file it last started with: the file at `pas up`'s
+//! The manager comes last, once, when a setting it reads at start-up changed (its ports, TLS,
+//! durability, …: [`ManagerStartup`]): it restarts as after any stop — its tasks resume, and each
+//! caller's stream breaks and re-attaches (`pas dispatch` and `pas watch` do it themselves).
+//!
+//! What a process runs with is known from the file it last started with: the file at `pas up`'s
 //! start, or the re-read one that added, moved or restarted it. (A programmer the supervisor
 //! restarted after a crash read the file then; if that was after an edit not yet followed, it is
 //! restarted once more for nothing.)
@@ -22,6 +26,7 @@ use super::up::MANAGER_KEY;
 use crate::channel::ClientSecurity;
 use crate::config::Config;
 use crate::contract::v1::ProgrammerState;
+use crate::manager::reconfigure::StartupSettings as ManagerStartup;
 use crate::programmer::state::StartupSettings;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,7 +39,7 @@ use tokio::task::JoinHandle;
 pub struct Reread {
     /// The file as it loaded.
     pub config: Arc<Config>,
-    /// The programmers' children as the file describes them now.
+    /// The children as the file describes them now (the manager's included).
     pub children: Vec<ChildSpec>,
     /// Programmers just started with this file (added to it, or moved to another address).
     pub started: Vec<String>,
@@ -59,8 +64,9 @@ impl Rollout {
             .iter()
             .map(|p| (p.id.clone(), StartupSettings::of(initial, p)))
             .collect();
+        let manager = ManagerStartup::of(initial);
         let (rereads, next) = mpsc::unbounded_channel();
-        let task = tokio::spawn(roll(sup, started_with, next, healthy_within));
+        let task = tokio::spawn(roll(sup, started_with, manager, next, healthy_within));
         (Self { rereads }, task)
     }
 
@@ -105,6 +111,7 @@ fn due(
 ) -> Vec<Due> {
     sup.specs()
         .into_iter()
+        .filter(|running| running.key != MANAGER_KEY)
         .filter_map(|running| {
             let settings = startup_of(&reread.config, &running.key)?;
             let keys = started_with.get(&running.key)?.changed(&settings);
@@ -168,6 +175,7 @@ async fn manager_takes_back(
 async fn roll(
     sup: Arc<Supervisor>,
     mut started_with: HashMap<String, StartupSettings>,
+    mut manager_started_with: ManagerStartup,
     mut rereads: mpsc::UnboundedReceiver<Reread>,
     healthy_within: Duration,
 ) {
@@ -232,14 +240,38 @@ async fn roll(
         if halted {
             continue;
         }
+        let manager_now = ManagerStartup::of(&latest.config);
+        let keys = manager_started_with.changed(&manager_now);
+        let manager = latest.children.iter().find(|c| c.key == MANAGER_KEY);
+        if let (false, Some(child)) = (keys.is_empty(), manager) {
+            tracing::info!(child = %child.name, keys = %keys.join(", "),
+                "settings the manager reads at start-up changed: restarting it (its tasks resume; callers' streams re-attach)");
+            manager_started_with = manager_now;
+            match sup.replace(child.clone()).await {
+                Ok(true) if sup.wait_healthy(MANAGER_KEY, healthy_within).await => {
+                    restarted += 1;
+                    tracing::info!(child = %child.name, "manager restarted with the re-read settings: healthy");
+                }
+                Ok(true) => {
+                    tracing::error!(child = %child.name, log = %child.log.display(), within_s = healthy_within.as_secs(),
+                        "the manager restarted with the re-read settings is not healthy");
+                    continue;
+                }
+                Ok(false) => {} // Not supervised here (`pas up --only` without it).
+                Err(e) => {
+                    tracing::error!(child = %child.name, "cannot start it again: {e}");
+                    continue;
+                }
+            }
+        }
         if restarted == 0 {
             tracing::info!(
-                "configuration re-read: no programmer to restart (no setting it reads only at start-up changed)"
+                "configuration re-read: no process to restart (no setting it reads only at start-up changed)"
             );
         } else {
             tracing::info!(
                 restarted,
-                "rolling restart done: every programmer runs with the settings read at start-up of the re-read file"
+                "rolling restart done: every process runs with the settings read at start-up of the re-read file"
             );
         }
     }

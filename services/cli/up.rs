@@ -469,6 +469,7 @@ fn follow_programmers(
     let programmers = |specs: Vec<ChildSpec>| -> Vec<ChildSpec> {
         specs.into_iter().filter(|s| s.key != MANAGER_KEY).collect()
     };
+    let children = wanted.clone();
     let (wanted, running) = (programmers(wanted), programmers(sup.specs()));
     let mut started = Vec::new();
     for spec in &wanted {
@@ -502,7 +503,7 @@ fn follow_programmers(
         removed,
         reread: Reread {
             config: Arc::new(config),
-            children: wanted,
+            children,
             started,
         },
     })

@@ -25,6 +25,15 @@ pub fn under(key: &str, keys: &[&str]) -> bool {
         .any(|k| key == *k || (key.starts_with(k) && key.as_bytes().get(k.len()) == Some(&b'.')))
 }
 
+/// The keys of `settings` (a key and whether its setting differs between two versions) that
+/// differ, in order: how a process's start-up settings name what changed.
+pub fn differing(settings: impl IntoIterator<Item = (&'static str, bool)>) -> Vec<&'static str> {
+    settings
+        .into_iter()
+        .filter_map(|(key, differs)| differs.then_some(key))
+        .collect()
+}
+
 fn as_value(config: &PoolConfig) -> Value {
     // The model is plain data (strings, numbers, maps with string keys): it always serializes.
     serde_json::to_value(config).unwrap_or(Value::Null)

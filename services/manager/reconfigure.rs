@@ -74,6 +74,94 @@ const DNS_KEYS: &[&str] = &[
     "discovery.resolver",
 ];
 
+/// The settings the manager reads only as it starts — those a re-read file names in its "read only
+/// at start-up" warning that concern the manager (a programmer's `aider` or queue bounds do not) —
+/// as `config` gives them: what `pas up` compares to decide that the manager must restart to apply
+/// a re-read file. Not here: the data dir, which `pas up` itself keeps its files in (a move takes
+/// `pas restart`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartupSettings {
+    /// `manager.host`, `port`, `admin_port`: where it listens.
+    pub listen: (String, u16, Option<u16>),
+    /// `manager.worker_threads`, `manager.runtimes`.
+    pub threads: (u32, u32),
+    /// `manager.task_lease_s`.
+    pub task_lease_s: u64,
+    /// `load_balancing.health_check_interval_s`.
+    pub health_check_interval_s: u64,
+    /// `limits.http2_max_concurrent_streams`.
+    pub http2_max_concurrent_streams: u32,
+    /// The `tls:` section (the files are re-read while it runs; their paths are not).
+    pub tls: Option<crate::config::TlsConfig>,
+    /// Whether there is an `auth:` section, and its token sources (`open` is live).
+    pub auth: Option<(Option<std::path::PathBuf>, Option<String>)>,
+    /// `discovery.mode`.
+    pub discovery_mode: DiscoveryMode,
+    /// `durability`.
+    pub durability: crate::config::Durability,
+    /// `telemetry.sample_ratio`.
+    pub sample_ratio: f64,
+}
+
+impl StartupSettings {
+    /// The manager's start-up settings in `config`.
+    pub fn of(config: &Config) -> Self {
+        let (pool, m) = (&config.pool, &config.pool.manager);
+        Self {
+            listen: (m.host.clone(), m.port, m.admin_port),
+            threads: (m.worker_threads, m.runtimes),
+            task_lease_s: m.task_lease_s,
+            health_check_interval_s: pool.load_balancing.health_check_interval_s,
+            http2_max_concurrent_streams: pool.limits.http2_max_concurrent_streams,
+            tls: pool.tls.clone(),
+            auth: pool
+                .auth
+                .as_ref()
+                .map(|a| (a.tokens_file.clone(), a.tokens_env.clone())),
+            discovery_mode: pool.discovery.mode,
+            durability: pool.durability,
+            sample_ratio: pool.telemetry.sample_ratio,
+        }
+    }
+
+    /// The keys (as written in the file) whose settings differ between `self` and `other`.
+    pub fn changed(&self, other: &Self) -> Vec<&'static str> {
+        crate::config::diff::differing([
+            (
+                "manager.host / port / admin_port",
+                self.listen != other.listen,
+            ),
+            (
+                "manager.worker_threads / runtimes",
+                self.threads != other.threads,
+            ),
+            (
+                "manager.task_lease_s",
+                self.task_lease_s != other.task_lease_s,
+            ),
+            (
+                "load_balancing.health_check_interval_s",
+                self.health_check_interval_s != other.health_check_interval_s,
+            ),
+            (
+                "limits.http2_max_concurrent_streams",
+                self.http2_max_concurrent_streams != other.http2_max_concurrent_streams,
+            ),
+            ("tls", self.tls != other.tls),
+            ("auth", self.auth != other.auth),
+            (
+                "discovery.mode",
+                self.discovery_mode != other.discovery_mode,
+            ),
+            ("durability", self.durability != other.durability),
+            (
+                "telemetry.sample_ratio",
+                self.sample_ratio != other.sample_ratio,
+            ),
+        ])
+    }
+}
+
 /// Watches the manager's configuration file from now on (see the module docs). `auth`: the
 /// caller authentication in force, if any (for `auth.open`). Call inside the manager's runtime,
 /// before it reports itself started (SIGHUP then reloads instead of ending it).
@@ -185,5 +273,59 @@ mod tests {
             !under("discovery.mode", DNS_KEYS) && !under("discovery.mode", LIVE),
             "a switch of discovery mode needs a restart"
         );
+    }
+
+    /// The pool the manager tests read, with `extra` appended.
+    fn startup(extra: &str) -> StartupSettings {
+        let yaml = format!(
+            "pool_size: 1\nprogrammers:\n  - {{ id: \"001\", port: 16151, primary_llm: \"ollama/qwen2.5-coder:7b-instruct\", backup_llm: \"ollama/qwen2.5-coder:14b-instruct\" }}\n{extra}"
+        );
+        let env = crate::config::PathEnv::in_dir("/tmp");
+        let config =
+            Config::from_yaml_with(&yaml, std::path::Path::new("/cfg/pool.yaml"), &env).unwrap();
+        StartupSettings::of(&config)
+    }
+
+    #[test]
+    fn each_manager_setting_read_at_start_up_is_named_and_live_ones_are_not() {
+        let base = startup("");
+        for (extra, key) in [
+            (
+                "manager:\n  admin_port: 7000\n",
+                "manager.host / port / admin_port",
+            ),
+            (
+                "manager:\n  runtimes: 2\n",
+                "manager.worker_threads / runtimes",
+            ),
+            ("manager:\n  task_lease_s: 99\n", "manager.task_lease_s"),
+            (
+                "load_balancing:\n  health_check_interval_s: 3\n",
+                "load_balancing.health_check_interval_s",
+            ),
+            (
+                "limits:\n  http2_max_concurrent_streams: 9\n",
+                "limits.http2_max_concurrent_streams",
+            ),
+            ("auth:\n  tokens_env: PAS_TOKENS\n", "auth"),
+            ("durability: power_loss\n", "durability"),
+            (
+                "telemetry:\n  sample_ratio: 0.5\n",
+                "telemetry.sample_ratio",
+            ),
+        ] {
+            assert_eq!(base.changed(&startup(extra)), [key], "{extra}");
+        }
+        for live in [
+            "manager:\n  max_queue: 3\n",
+            "limits:\n  per_caller_burst: 4\n",
+            "aider:\n  nice: 3\n",
+            "workspace_root: /elsewhere\n",
+        ] {
+            assert_eq!(base.changed(&startup(live)), [""; 0], "{live}");
+        }
+        let with_auth = startup("auth:\n  tokens_env: PAS_TOKENS\n");
+        let opened = startup("auth:\n  tokens_env: PAS_TOKENS\n  open: [metrics]\n");
+        assert_eq!(with_auth.changed(&opened), [""; 0], "auth.open is live");
     }
 }

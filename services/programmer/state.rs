@@ -57,11 +57,12 @@ pub const LIVE_KEYS: &[&str] = &[
     "aider.memory_limit_mb",
 ];
 
-/// The settings a programmer reads only as it starts and that concern it alone (the pool-wide
-/// ones — data dir, durability, TLS, the task lease, telemetry — need the whole pool restarted),
-/// as `config` resolves them for one programmer. [`Programmer::new`] takes them from here, so
-/// what `pas up` compares to decide that a programmer must restart to apply a re-read file
-/// ([`StartupSettings::changed`]) is exactly what the programmer reads.
+/// The settings a programmer reads only as it starts, as `config` resolves them for one
+/// programmer: what `pas up` compares to decide that a programmer must restart to apply a re-read
+/// file ([`StartupSettings::changed`]). [`Programmer::new`] takes its own from here, so the two
+/// cannot drift; the pool-wide ones at the end (which the manager reads too) are read as the
+/// process starts (TLS files, the HTTP/2 bound, the trace sampling). Not here: the data dir,
+/// which `pas up` itself keeps its files in (a move takes `pas restart`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StartupSettings {
     /// `aider.python` (or `PAS_AIDER_PYTHON`), resolved.
@@ -82,6 +83,16 @@ pub struct StartupSettings {
     pub max_concurrent: usize,
     /// `load_balancing.max_queue_per_programmer`.
     pub max_queue: usize,
+    /// `durability`: what its reported results survive.
+    pub durability: Durability,
+    /// `manager.task_lease_s`: how long a task may go unfollowed.
+    pub task_lease_s: u64,
+    /// The `tls:` section (the files are re-read while it runs; their paths are not).
+    pub tls: Option<crate::config::TlsConfig>,
+    /// `limits.http2_max_concurrent_streams`.
+    pub http2_max_concurrent_streams: u32,
+    /// `telemetry.sample_ratio`.
+    pub sample_ratio: f64,
 }
 
 impl StartupSettings {
@@ -100,13 +111,18 @@ impl StartupSettings {
             repositories: config.pool.repositories.clone(),
             max_concurrent: lb.max_concurrent_per_programmer as usize,
             max_queue: lb.max_queue_per_programmer as usize,
+            durability: config.pool.durability,
+            task_lease_s: config.pool.manager.task_lease_s,
+            tls: config.pool.tls.clone(),
+            http2_max_concurrent_streams: config.pool.limits.http2_max_concurrent_streams,
+            sample_ratio: config.pool.telemetry.sample_ratio,
         }
     }
 
     /// The keys (as written in the file) whose settings differ between `self` and `other`, in
     /// the file's order; empty when a programmer started with one runs as with the other.
     pub fn changed(&self, other: &Self) -> Vec<&'static str> {
-        [
+        crate::config::diff::differing([
             ("aider.python", self.aider_python != other.aider_python),
             ("aider.version", self.aider_version != other.aider_version),
             ("aider.nice", self.aider_nice != other.aider_nice),
@@ -128,10 +144,21 @@ impl StartupSettings {
                 "load_balancing.max_queue_per_programmer",
                 self.max_queue != other.max_queue,
             ),
-        ]
-        .into_iter()
-        .filter_map(|(key, differs)| differs.then_some(key))
-        .collect()
+            ("durability", self.durability != other.durability),
+            (
+                "manager.task_lease_s",
+                self.task_lease_s != other.task_lease_s,
+            ),
+            ("tls", self.tls != other.tls),
+            (
+                "limits.http2_max_concurrent_streams",
+                self.http2_max_concurrent_streams != other.http2_max_concurrent_streams,
+            ),
+            (
+                "telemetry.sample_ratio",
+                self.sample_ratio != other.sample_ratio,
+            ),
+        ])
     }
 }
 
@@ -289,11 +316,12 @@ impl Programmer {
             })?;
         }
         let pool = &config.pool;
+        let startup = StartupSettings::of(config, &spec);
         let policy = breaker_policy(&pool.failover.circuit_breaker);
         let breaker_store = BreakerStore::new(own_dir.join("breaker.json"));
         let events_dir = own_dir.join("events");
         let (runs, interrupted_on_start) =
-            TaskRuns::open_with(events_dir.clone(), &spec.id, pool.durability).map_err(
+            TaskRuns::open_with(events_dir.clone(), &spec.id, startup.durability).map_err(
                 |source| SetupError::Dir {
                     path: events_dir,
                     source,
@@ -303,7 +331,6 @@ impl Programmer {
             Some(saved) => Breaker::restore(policy, saved),
             None => Breaker::new(policy),
         };
-        let startup = StartupSettings::of(config, &spec);
         let warm = match startup.aider_start {
             AiderStart::Cold => None,
             AiderStart::Warm => Some(Arc::new(
@@ -337,9 +364,9 @@ impl Programmer {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             runs: Arc::new(runs),
-            lease: Duration::from_secs(pool.manager.task_lease_s),
+            lease: Duration::from_secs(startup.task_lease_s),
             interrupted_on_start,
-            durability: pool.durability,
+            durability: startup.durability,
             spec,
         })
     }
@@ -503,6 +530,20 @@ programmers:
                 "load_balancing:\n  max_queue_per_programmer: 7\n",
                 "load_balancing.max_queue_per_programmer",
             ),
+            ("durability: power_loss\n", "durability"),
+            ("manager:\n  task_lease_s: 99\n", "manager.task_lease_s"),
+            (
+                "tls:\n  ca: ca.pem\n  cert: \"{name}.pem\"\n  key: \"{name}-key.pem\"\n",
+                "tls",
+            ),
+            (
+                "limits:\n  http2_max_concurrent_streams: 9\n",
+                "limits.http2_max_concurrent_streams",
+            ),
+            (
+                "telemetry:\n  sample_ratio: 0.5\n",
+                "telemetry.sample_ratio",
+            ),
         ] {
             let changed = base.changed(&settings(extra, "001"));
             // (`contains`: the concurrency is also the warm workers' default, so both are named.)
@@ -511,7 +552,7 @@ programmers:
         for live in [
             "aider:\n  request_timeout_s: 77\n  extra_flags: [\"--no-pretty\"]\n  memory_limit_mb: 99\n  edit_format: whole\n",
             "failover:\n  max_retries: 5\n",
-            "manager:\n  max_queue: 3\n",
+            "manager:\n  max_queue: 3\n  admin_port: 7000\n",
         ] {
             assert_eq!(base.changed(&settings(live, "001")), [""; 0], "{live}");
         }
