@@ -766,3 +766,54 @@ fn sighup_restarts_the_manager_last_when_a_setting_it_reads_at_start_up_changed(
     );
     assert!(pool.run(&["down"]).status.success());
 }
+
+/// A rollout whose new settings keep a programmer from starting stops at it: the next programmer
+/// keeps running as it was, the manager is not restarted; the file fixed, the next SIGHUP brings
+/// that programmer back and nothing else is restarted.
+#[test]
+fn a_rollout_stops_at_a_programmer_that_does_not_come_back() {
+    let pool = Pool::new(2);
+    assert!(
+        pool.run(&["up", "--detach", "--wait-timeout-s", "20"])
+            .status
+            .success()
+    );
+    let pids =
+        |pool: &Pool| ["manager", "001", "002"].map(|k| child(&pool.state(), k)["pid"].as_u64());
+    let first = pids(&pool);
+    let text = std::fs::read_to_string(pool.config()).unwrap();
+    let log = || std::fs::read_to_string(pool.data().join("logs/pas-up.log")).unwrap();
+
+    // An aider version that is not installed: a programmer refuses to start with it.
+    rewrite_config(&pool, format!("{text}aider:\n  version: \"0.0.1\"\n"));
+    hup_supervisor(&pool);
+    wait_until("the rollout stopped", Duration::from_secs(120), || {
+        log().contains("the rolling restart stops here")
+    });
+    let text_now = log();
+    assert!(
+        text_now.contains("restarting the programmer (it drains first) child=Prog-001"),
+        "{text_now}"
+    );
+    assert!(!text_now.contains("child=Prog-002 keys="), "{text_now}");
+    assert!(!text_now.contains("rolling restart done"), "{text_now}");
+    let untouched_and_001 = |pool: &Pool| {
+        let now = pids(pool);
+        assert_eq!(
+            (now[0], now[2]),
+            (first[0], first[2]),
+            "manager and 002 untouched"
+        );
+        child_state(&pool.state(), "001")
+    };
+    assert_ne!(untouched_and_001(&pool).as_deref(), Some("healthy"));
+
+    rewrite_config(&pool, text);
+    hup_supervisor(&pool);
+    wait_until("001 back", Duration::from_secs(120), || {
+        log().contains("rolling restart done")
+    });
+    assert_eq!(untouched_and_001(&pool).as_deref(), Some("healthy"));
+    assert!(log().contains("restarted=1"), "{}", log());
+    assert!(pool.run(&["down"]).status.success());
+}

@@ -172,97 +172,69 @@ async fn manager_takes_back(
     }
 }
 
+/// How the restart of one process ended.
+enum Restarted {
+    /// Healthy again (and, for a programmer, available in the manager's pool).
+    Yes,
+    /// It was no longer supervised (removed from the file meanwhile): nothing started.
+    Gone,
+    /// Not back in time, or not started: the rollout stops here (logged).
+    Failed,
+}
+
+/// The rollout's state across re-reads: what each process started with.
+struct Roll {
+    sup: Arc<Supervisor>,
+    started_with: HashMap<String, StartupSettings>,
+    manager_started_with: ManagerStartup,
+    healthy_within: Duration,
+    /// Whether the manager's pool status is asked after each programmer's restart (until it
+    /// refuses `pas up`'s credentials).
+    ask_manager: bool,
+}
+
 async fn roll(
     sup: Arc<Supervisor>,
-    mut started_with: HashMap<String, StartupSettings>,
-    mut manager_started_with: ManagerStartup,
+    started_with: HashMap<String, StartupSettings>,
+    manager_started_with: ManagerStartup,
     mut rereads: mpsc::UnboundedReceiver<Reread>,
     healthy_within: Duration,
 ) {
+    let mut roll = Roll {
+        sup,
+        started_with,
+        manager_started_with,
+        healthy_within,
+        ask_manager: true,
+    };
     while let Some(mut latest) = rereads.recv().await {
-        note_started(&mut started_with, &latest);
+        note_started(&mut roll.started_with, &latest);
         let (mut restarted, mut halted) = (0, false);
-        // Asked after each restart while the manager runs here and answers.
-        let mut ask_manager = true;
-        loop {
-            let pending = due(&sup, &started_with, &latest);
-            let Some(next) = pending.into_iter().next() else {
-                break;
-            };
-            let (key, name) = (next.child.key.clone(), next.child.name.clone());
-            tracing::info!(child = %name, keys = %next.keys.join(", "),
-                "settings read at start-up changed: restarting the programmer (it drains first)");
-            let log = next.child.log.clone();
-            started_with.insert(key.clone(), next.settings);
-            match sup.replace(next.child).await {
-                Ok(true) => {}
-                Ok(false) => continue, // Stopped meanwhile (removed from the file).
-                Err(e) => {
-                    tracing::error!(child = %name, "cannot start it again: {e}");
+        // The programmers, one at a time, each against the newest file re-read.
+        while let Some(next) = due(&roll.sup, &roll.started_with, &latest)
+            .into_iter()
+            .next()
+        {
+            match roll.programmer(next, &latest).await {
+                Restarted::Yes => restarted += 1,
+                Restarted::Gone => {}
+                Restarted::Failed => {
                     halted = true;
                     break;
                 }
             }
-            if !sup.wait_healthy(&key, healthy_within).await {
-                tracing::error!(child = %name, log = %log.display(), within_s = healthy_within.as_secs(),
-                    "the programmer restarted with the re-read settings is not healthy: the rolling restart stops here (the programmers after it keep their settings until the next SIGHUP)");
-                halted = true;
-                break;
-            }
-            let manager = sup.specs().into_iter().find(|s| s.key == MANAGER_KEY);
-            if let Some(manager) = manager.filter(|_| ask_manager) {
-                let security = ClientSecurity::for_config(Some(&latest.config));
-                match manager_takes_back(&manager.addr, &security, &key, healthy_within).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::error!(child = %name, within_s = healthy_within.as_secs(),
-                            "the manager does not route to the restarted programmer: the rolling restart stops here (the programmers after it keep their settings until the next SIGHUP)");
-                        halted = true;
-                        break;
-                    }
-                    Err(refused) => {
-                        tracing::warn!(
-                            "the manager does not let `pas up` read its pool status ({}): the rolling restart goes on without waiting for it to route to each restarted programmer (give `pas up` a PAS_TOKEN with the read role)",
-                            refused.message()
-                        );
-                        ask_manager = false;
-                    }
-                }
-            }
-            restarted += 1;
-            tracing::info!(child = %name, "programmer restarted with the re-read settings: healthy, and in the manager's pool");
-            // A file re-read meanwhile: the rest of the rollout follows the newest one.
             while let Ok(newer) = rereads.try_recv() {
-                note_started(&mut started_with, &newer);
+                note_started(&mut roll.started_with, &newer);
                 latest = newer;
             }
         }
         if halted {
-            continue;
+            continue; // Stopped at a programmer that did not come back (logged).
         }
-        let manager_now = ManagerStartup::of(&latest.config);
-        let keys = manager_started_with.changed(&manager_now);
-        let manager = latest.children.iter().find(|c| c.key == MANAGER_KEY);
-        if let (false, Some(child)) = (keys.is_empty(), manager) {
-            tracing::info!(child = %child.name, keys = %keys.join(", "),
-                "settings the manager reads at start-up changed: restarting it (its tasks resume; callers' streams re-attach)");
-            manager_started_with = manager_now;
-            match sup.replace(child.clone()).await {
-                Ok(true) if sup.wait_healthy(MANAGER_KEY, healthy_within).await => {
-                    restarted += 1;
-                    tracing::info!(child = %child.name, "manager restarted with the re-read settings: healthy");
-                }
-                Ok(true) => {
-                    tracing::error!(child = %child.name, log = %child.log.display(), within_s = healthy_within.as_secs(),
-                        "the manager restarted with the re-read settings is not healthy");
-                    continue;
-                }
-                Ok(false) => {} // Not supervised here (`pas up --only` without it).
-                Err(e) => {
-                    tracing::error!(child = %child.name, "cannot start it again: {e}");
-                    continue;
-                }
-            }
+        match roll.manager(&latest).await {
+            Some(Restarted::Yes) => restarted += 1,
+            Some(Restarted::Failed) => continue,
+            Some(Restarted::Gone) | None => {}
         }
         if restarted == 0 {
             tracing::info!(
@@ -274,5 +246,86 @@ async fn roll(
                 "rolling restart done: every process runs with the settings read at start-up of the re-read file"
             );
         }
+    }
+}
+
+impl Roll {
+    /// Restarts one programmer (it drains first) and waits until it is healthy and, when the
+    /// manager runs here, available in its pool.
+    async fn programmer(&mut self, next: Due, latest: &Reread) -> Restarted {
+        let (key, name, log) = (
+            next.child.key.clone(),
+            next.child.name.clone(),
+            next.child.log.clone(),
+        );
+        tracing::info!(child = %name, keys = %next.keys.join(", "),
+            "settings read at start-up changed: restarting the programmer (it drains first)");
+        self.started_with.insert(key.clone(), next.settings);
+        match self.sup.replace(next.child).await {
+            Ok(true) => {}
+            Ok(false) => return Restarted::Gone,
+            Err(e) => {
+                tracing::error!(child = %name, "cannot start it again: {e}");
+                return Restarted::Failed;
+            }
+        }
+        let within = self.healthy_within;
+        if !self.sup.wait_healthy(&key, within).await {
+            tracing::error!(child = %name, log = %log.display(), within_s = within.as_secs(),
+                "the programmer restarted with the re-read settings is not healthy: the rolling restart stops here (the programmers after it keep their settings until the next SIGHUP)");
+            return Restarted::Failed;
+        }
+        let manager = self.sup.specs().into_iter().find(|s| s.key == MANAGER_KEY);
+        if let Some(manager) = manager.filter(|_| self.ask_manager) {
+            let security = ClientSecurity::for_config(Some(&latest.config));
+            match manager_takes_back(&manager.addr, &security, &key, within).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::error!(child = %name, within_s = within.as_secs(),
+                        "the manager does not route to the restarted programmer: the rolling restart stops here (the programmers after it keep their settings until the next SIGHUP)");
+                    return Restarted::Failed;
+                }
+                Err(refused) => {
+                    tracing::warn!(
+                        "the manager does not let `pas up` read its pool status ({}): the rolling restart goes on without waiting for it to route to each restarted programmer (give `pas up` a PAS_TOKEN with the read role)",
+                        refused.message()
+                    );
+                    self.ask_manager = false;
+                }
+            }
+        }
+        tracing::info!(child = %name, "programmer restarted with the re-read settings: healthy, and in the manager's pool");
+        Restarted::Yes
+    }
+
+    /// Restarts the manager when a setting it reads at start-up differs in `latest` (`None`:
+    /// none does, or it does not run here).
+    async fn manager(&mut self, latest: &Reread) -> Option<Restarted> {
+        let now = ManagerStartup::of(&latest.config);
+        let keys = self.manager_started_with.changed(&now);
+        let child = latest.children.iter().find(|c| c.key == MANAGER_KEY)?;
+        if keys.is_empty() {
+            return None;
+        }
+        tracing::info!(child = %child.name, keys = %keys.join(", "),
+            "settings the manager reads at start-up changed: restarting it (its tasks resume; callers' streams re-attach)");
+        self.manager_started_with = now;
+        let within = self.healthy_within;
+        Some(match self.sup.replace(child.clone()).await {
+            Ok(true) if self.sup.wait_healthy(MANAGER_KEY, within).await => {
+                tracing::info!(child = %child.name, "manager restarted with the re-read settings: healthy");
+                Restarted::Yes
+            }
+            Ok(true) => {
+                tracing::error!(child = %child.name, log = %child.log.display(), within_s = within.as_secs(),
+                    "the manager restarted with the re-read settings is not healthy");
+                Restarted::Failed
+            }
+            Ok(false) => Restarted::Gone,
+            Err(e) => {
+                tracing::error!(child = %child.name, "cannot start it again: {e}");
+                Restarted::Failed
+            }
+        })
     }
 }
