@@ -52,6 +52,10 @@ enum Command {
     Down(pas::cli::up::DownArgs),
     /// `pas down`, then `pas up --detach` (with the previous `--only` unless one is given).
     Restart(pas::cli::up::UpArgs),
+    /// Have the running `pas up` re-read the configuration file (SIGHUP) and wait for the
+    /// outcome: applied while running, or the processes whose start-up settings changed restarted
+    /// one at a time (exit 1 when the file does not load or one does not come back).
+    Reload(pas::cli::up::ReloadArgs),
     /// Show the pool: programmers, LLMs, circuits, queues, budget and alerts.
     Status(pas::cli::status::StatusArgs),
     /// Send a task to the pool and follow it live, re-attaching if the stream breaks (exit 0
@@ -138,6 +142,7 @@ fn main() -> ExitCode {
         Command::Up(args) => pas::cli::up::up(&cli.config, cli.log_format, args),
         Command::Down(args) => pas::cli::up::down(&cli.config, args),
         Command::Restart(args) => pas::cli::up::restart(&cli.config, cli.log_format, args),
+        Command::Reload(args) => pas::cli::up::reload(&cli.config, args),
         Command::Status(args) => pas::cli::status::run(&cli.config, args),
         Command::Dispatch(args) => pas::cli::dispatch::run(&cli.config, args),
         Command::Watch(args) => pas::cli::watch::run(&cli.config, args),

@@ -817,3 +817,54 @@ fn a_rollout_stops_at_a_programmer_that_does_not_come_back() {
     assert!(log().contains("restarted=1"), "{}", log());
     assert!(pool.run(&["down"]).status.success());
 }
+
+/// `pas reload` has `pas up` re-read the file and reports the outcome: nothing to restart, the
+/// processes restarted, or a file that does not load (not sent: the error names the file). A
+/// SIGHUP from elsewhere with a bad file is recorded in the state file as invalid.
+#[test]
+fn pas_reload_reports_what_the_re_read_did() {
+    let pool = Pool::new(2);
+    assert!(pool.run(&["up", "--detach"]).status.success());
+    let text = std::fs::read_to_string(pool.config()).unwrap();
+    let stdout = |out: &Output| String::from_utf8_lossy(&out.stdout).into_owned();
+
+    let same = pool.run(&["reload"]);
+    assert!(same.status.success());
+    assert!(stdout(&same).contains("no process to restart"), "{same:?}");
+
+    rewrite_config(&pool, format!("{text}bogus_key: 1\n"));
+    let refused = pool.run(&["reload"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(
+        message.contains("pool.yaml") && message.contains("bogus_key"),
+        "{message}"
+    );
+    assert_eq!(pool.state()["reload"]["seq"], 1, "not sent");
+    hup_supervisor(&pool);
+    wait_until(
+        "the re-read recorded as invalid",
+        Duration::from_secs(60),
+        || pool.state()["reload"]["state"] == "invalid",
+    );
+    assert!(
+        pool.state()["reload"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("bogus_key")
+    );
+
+    rewrite_config(
+        &pool,
+        format!("{text}load_balancing:\n  max_queue_per_programmer: 7\n"),
+    );
+    let rolled = pool.run(&["reload"]);
+    assert!(rolled.status.success(), "{rolled:?}");
+    assert!(
+        stdout(&rolled)
+            .contains("restarted with the settings read at start-up: Prog-001, Prog-002"),
+        "{rolled:?}"
+    );
+    assert_eq!(pool.state()["reload"]["seq"], 3);
+    assert!(pool.run(&["down"]).status.success());
+}

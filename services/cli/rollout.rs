@@ -20,6 +20,7 @@
 //! restarted after a crash read the file then; if that was after an edit not yet followed, it is
 //! restarted once more for nothing.)
 
+use super::rundir::{ReloadReport, ReloadState};
 use super::status::{self, StatusError};
 use super::supervisor::{ChildSpec, Supervisor};
 use super::up::MANAGER_KEY;
@@ -31,12 +32,14 @@ use crate::programmer::state::StartupSettings;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// One re-read of the configuration file, as `pas up` followed it.
 #[derive(Debug)]
 pub struct Reread {
+    /// Which re-read it is ([`ReloadReport::seq`]).
+    pub seq: u64,
     /// The file as it loaded.
     pub config: Arc<Config>,
     /// The children as the file describes them now (the manager's included).
@@ -52,12 +55,14 @@ pub struct Rollout {
 }
 
 impl Rollout {
-    /// Follows the programmers `sup` runs, every one started with `initial`; a restarted one
-    /// has `healthy_within` to report healthy before the rollout stops at it.
+    /// Follows the processes `sup` runs, every one started with `initial`; a restarted one has
+    /// `healthy_within` to report healthy before the rollout stops at it. How each re-read ends
+    /// is published on `reports` (for the state file, which `pas reload` reads).
     pub fn start(
         sup: Arc<Supervisor>,
         initial: &Config,
         healthy_within: Duration,
+        reports: watch::Sender<Option<ReloadReport>>,
     ) -> (Self, JoinHandle<()>) {
         let started_with = initial
             .programmers()
@@ -66,7 +71,15 @@ impl Rollout {
             .collect();
         let manager = ManagerStartup::of(initial);
         let (rereads, next) = mpsc::unbounded_channel();
-        let task = tokio::spawn(roll(sup, started_with, manager, next, healthy_within));
+        let roll = Roll {
+            sup,
+            started_with,
+            manager_started_with: manager,
+            healthy_within,
+            ask_manager: true,
+            reports,
+        };
+        let task = tokio::spawn(roll.run(next));
         (Self { rereads }, task)
     }
 
@@ -178,8 +191,8 @@ enum Restarted {
     Yes,
     /// It was no longer supervised (removed from the file meanwhile): nothing started.
     Gone,
-    /// Not back in time, or not started: the rollout stops here (logged).
-    Failed,
+    /// Not back in time, or not started: the rollout stops here (logged); why.
+    Failed(String),
 }
 
 /// The rollout's state across re-reads: what each process started with.
@@ -191,65 +204,80 @@ struct Roll {
     /// Whether the manager's pool status is asked after each programmer's restart (until it
     /// refuses `pas up`'s credentials).
     ask_manager: bool,
-}
-
-async fn roll(
-    sup: Arc<Supervisor>,
-    started_with: HashMap<String, StartupSettings>,
-    manager_started_with: ManagerStartup,
-    mut rereads: mpsc::UnboundedReceiver<Reread>,
-    healthy_within: Duration,
-) {
-    let mut roll = Roll {
-        sup,
-        started_with,
-        manager_started_with,
-        healthy_within,
-        ask_manager: true,
-    };
-    while let Some(mut latest) = rereads.recv().await {
-        note_started(&mut roll.started_with, &latest);
-        let (mut restarted, mut halted) = (0, false);
-        // The programmers, one at a time, each against the newest file re-read.
-        while let Some(next) = due(&roll.sup, &roll.started_with, &latest)
-            .into_iter()
-            .next()
-        {
-            match roll.programmer(next, &latest).await {
-                Restarted::Yes => restarted += 1,
-                Restarted::Gone => {}
-                Restarted::Failed => {
-                    halted = true;
-                    break;
-                }
-            }
-            while let Ok(newer) = rereads.try_recv() {
-                note_started(&mut roll.started_with, &newer);
-                latest = newer;
-            }
-        }
-        if halted {
-            continue; // Stopped at a programmer that did not come back (logged).
-        }
-        match roll.manager(&latest).await {
-            Some(Restarted::Yes) => restarted += 1,
-            Some(Restarted::Failed) => continue,
-            Some(Restarted::Gone) | None => {}
-        }
-        if restarted == 0 {
-            tracing::info!(
-                "configuration re-read: no process to restart (no setting it reads only at start-up changed)"
-            );
-        } else {
-            tracing::info!(
-                restarted,
-                "rolling restart done: every process runs with the settings read at start-up of the re-read file"
-            );
-        }
-    }
+    /// Where each re-read's outcome is published.
+    reports: watch::Sender<Option<ReloadReport>>,
 }
 
 impl Roll {
+    /// Follows the re-reads, in order, until `pas up` ends.
+    async fn run(mut self, mut rereads: mpsc::UnboundedReceiver<Reread>) {
+        while let Some(mut latest) = rereads.recv().await {
+            note_started(&mut self.started_with, &latest);
+            let mut restarted: Vec<String> = Vec::new();
+            let mut stopped = None;
+            // The programmers, one at a time, each against the newest file re-read.
+            while let Some(next) = due(&self.sup, &self.started_with, &latest)
+                .into_iter()
+                .next()
+            {
+                let name = next.child.name.clone();
+                match self.programmer(next, &latest).await {
+                    Restarted::Yes => restarted.push(name),
+                    Restarted::Gone => {}
+                    Restarted::Failed(why) => {
+                        stopped = Some(why);
+                        break;
+                    }
+                }
+                while let Ok(newer) = rereads.try_recv() {
+                    note_started(&mut self.started_with, &newer);
+                    latest = newer;
+                }
+            }
+            if stopped.is_none() {
+                match self.manager(&latest).await {
+                    Some((name, Restarted::Yes)) => restarted.push(name),
+                    Some((_, Restarted::Failed(why))) => stopped = Some(why),
+                    Some((_, Restarted::Gone)) | None => {}
+                }
+            }
+            let (state, detail) = match stopped {
+                Some(why) => (ReloadState::Stopped, why),
+                None if restarted.is_empty() => {
+                    tracing::info!(
+                        "configuration re-read: no process to restart (no setting it reads only at start-up changed)"
+                    );
+                    (
+                        ReloadState::Done,
+                        "applied while running: no process to restart".to_string(),
+                    )
+                }
+                None => {
+                    tracing::info!(
+                        restarted = restarted.len(),
+                        "rolling restart done: every process runs with the settings read at start-up of the re-read file"
+                    );
+                    (
+                        ReloadState::Done,
+                        format!(
+                            "restarted with the settings read at start-up: {}",
+                            restarted.join(", ")
+                        ),
+                    )
+                }
+            };
+            let seq = latest.seq;
+            // A re-read after this one may have reported already (a file that did not load).
+            self.reports.send_if_modified(|now| {
+                let newer = now.as_ref().is_some_and(|r| r.seq > seq);
+                if !newer {
+                    *now = Some(ReloadReport { seq, state, detail });
+                }
+                !newer
+            });
+        }
+    }
+
     /// Restarts one programmer (it drains first) and waits until it is healthy and, when the
     /// manager runs here, available in its pool.
     async fn programmer(&mut self, next: Due, latest: &Reread) -> Restarted {
@@ -266,14 +294,18 @@ impl Roll {
             Ok(false) => return Restarted::Gone,
             Err(e) => {
                 tracing::error!(child = %name, "cannot start it again: {e}");
-                return Restarted::Failed;
+                return Restarted::Failed(format!("{name} could not be started again: {e}"));
             }
         }
         let within = self.healthy_within;
         if !self.sup.wait_healthy(&key, within).await {
             tracing::error!(child = %name, log = %log.display(), within_s = within.as_secs(),
                 "the programmer restarted with the re-read settings is not healthy: the rolling restart stops here (the programmers after it keep their settings until the next SIGHUP)");
-            return Restarted::Failed;
+            return Restarted::Failed(format!(
+                "{name}, restarted with the re-read settings, was not healthy within {} s (its log: {}); the rollout stopped there",
+                within.as_secs(),
+                log.display()
+            ));
         }
         let manager = self.sup.specs().into_iter().find(|s| s.key == MANAGER_KEY);
         if let Some(manager) = manager.filter(|_| self.ask_manager) {
@@ -283,7 +315,10 @@ impl Roll {
                 Ok(false) => {
                     tracing::error!(child = %name, within_s = within.as_secs(),
                         "the manager does not route to the restarted programmer: the rolling restart stops here (the programmers after it keep their settings until the next SIGHUP)");
-                    return Restarted::Failed;
+                    return Restarted::Failed(format!(
+                        "{name} was restarted, but the manager did not report it available within {} s; the rollout stopped there",
+                        within.as_secs()
+                    ));
                 }
                 Err(refused) => {
                     tracing::warn!(
@@ -299,8 +334,8 @@ impl Roll {
     }
 
     /// Restarts the manager when a setting it reads at start-up differs in `latest` (`None`:
-    /// none does, or it does not run here).
-    async fn manager(&mut self, latest: &Reread) -> Option<Restarted> {
+    /// none does, or it does not run here); with its name.
+    async fn manager(&mut self, latest: &Reread) -> Option<(String, Restarted)> {
         let now = ManagerStartup::of(&latest.config);
         let keys = self.manager_started_with.changed(&now);
         let child = latest.children.iter().find(|c| c.key == MANAGER_KEY)?;
@@ -311,7 +346,7 @@ impl Roll {
             "settings the manager reads at start-up changed: restarting it (its tasks resume; callers' streams re-attach)");
         self.manager_started_with = now;
         let within = self.healthy_within;
-        Some(match self.sup.replace(child.clone()).await {
+        let restarted = match self.sup.replace(child.clone()).await {
             Ok(true) if self.sup.wait_healthy(MANAGER_KEY, within).await => {
                 tracing::info!(child = %child.name, "manager restarted with the re-read settings: healthy");
                 Restarted::Yes
@@ -319,13 +354,19 @@ impl Roll {
             Ok(true) => {
                 tracing::error!(child = %child.name, log = %child.log.display(), within_s = within.as_secs(),
                     "the manager restarted with the re-read settings is not healthy");
-                Restarted::Failed
+                Restarted::Failed(format!(
+                    "{}, restarted with the re-read settings, was not healthy within {} s (its log: {})",
+                    child.name,
+                    within.as_secs(),
+                    child.log.display()
+                ))
             }
             Ok(false) => Restarted::Gone,
             Err(e) => {
                 tracing::error!(child = %child.name, "cannot start it again: {e}");
-                Restarted::Failed
+                Restarted::Failed(format!("{} could not be started again: {e}", child.name))
             }
-        })
+        };
+        Some((child.name.clone(), restarted))
     }
 }

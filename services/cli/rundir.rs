@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! <data_dir>/pas-up.pid         pid of the supervising `pas up` process
-//! <data_dir>/pas-up.json        UpState: selection, children (pid, addr, state, restarts, log)
+//! <data_dir>/pas-up.json        UpState: selection, children (pid, addr, state, restarts, log),
+//!                               the last configuration re-read and what came of it
 //! <data_dir>/logs/pas-up.log    the supervisor's own log when detached
 //! <data_dir>/logs/<key>.log     each child's stdout and stderr (manager.log, programmer-001.log)
 //! ```
@@ -31,6 +32,34 @@ pub struct UpState {
     pub failed: Option<String>,
     /// Every child, in start order.
     pub children: Vec<ChildReport>,
+    /// The last configuration re-read (SIGHUP) it followed, if any: what `pas reload` waits for.
+    #[serde(default)]
+    pub reload: Option<ReloadReport>,
+}
+
+/// A configuration re-read as `pas up` followed it (see `cli::rollout`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// Which re-read this is: 1 for the first SIGHUP, and so on.
+    pub seq: u64,
+    /// Where it stands.
+    pub state: ReloadState,
+    /// What came of it, for people: the processes restarted, or why it stopped or did not load.
+    pub detail: String,
+}
+
+/// Where a configuration re-read stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadState {
+    /// Processes whose start-up settings changed are being restarted.
+    Rolling,
+    /// Applied: every process runs with the file (restarted where needed).
+    Done,
+    /// A restarted process did not come back: the rollout stopped there.
+    Stopped,
+    /// The file does not load: nothing changed.
+    Invalid,
 }
 
 /// Errors reading or writing the run files.
@@ -217,6 +246,11 @@ mod tests {
                 last_exit: Some("killed by SIGKILL after 1.0s".into()),
                 log: "/x/logs/manager.log".into(),
             }],
+            reload: Some(ReloadReport {
+                seq: 3,
+                state: ReloadState::Stopped,
+                detail: "Prog-001 did not come back".into(),
+            }),
         };
         run.write_state(&state).unwrap();
         assert_eq!(run.read_state().unwrap(), Some(state));

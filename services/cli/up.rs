@@ -11,7 +11,7 @@
 use super::backoff::Backoff;
 use super::probe::{MANAGER_SERVICE, PROGRAMMER_SERVICE};
 use super::rollout::{Reread, Rollout};
-use super::rundir::{self, RunDir, RunDirError, UpState};
+use super::rundir::{self, ReloadReport, ReloadState, RunDir, RunDirError, UpState};
 use super::supervisor::{
     self, ChildReport, ChildSpec, Policy, Readiness, SuperviseError, Supervisor,
 };
@@ -59,6 +59,14 @@ pub struct DownArgs {
     pub timeout_s: u64,
 }
 
+/// Command-line arguments of `pas reload`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReloadArgs {
+    /// How long to wait for the processes it restarts to come back.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub timeout_s: u64,
+}
+
 /// Errors of `pas up` / `pas down` that end the command.
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
@@ -86,6 +94,10 @@ pub enum UpError {
     Detach(std::io::Error),
     #[error("cannot take SIGHUP (to pass it on to the children): {0}")]
     Signal(std::io::Error),
+    #[error("pas up is not running for the data directory {0}")]
+    NotRunning(PathBuf),
+    #[error("pas up (pid {0}) exited before it finished the re-read")]
+    Exited(u32),
     #[error(transparent)]
     RunDir(#[from] RunDirError),
     #[error(transparent)]
@@ -225,6 +237,63 @@ pub fn down(config_path: &Path, args: DownArgs) -> ExitCode {
     exit_with(stop_running(config_path, Duration::from_secs(args.timeout_s)).map(|_| true))
 }
 
+/// `pas reload`: has the running `pas up` re-read the configuration file (SIGHUP) and waits for
+/// the outcome it publishes: what applied while running, which processes it restarted, or why it
+/// stopped. Exit 0 when every process runs with the file; 1 when the file does not load (it is
+/// not sent: the error names file, line and key), a restarted process did not come back, or
+/// `timeout_s` passed first.
+pub fn reload(config_path: &Path, args: ReloadArgs) -> ExitCode {
+    exit_with(reload_running(
+        config_path,
+        Duration::from_secs(args.timeout_s),
+    ))
+}
+
+fn reload_running(config_path: &Path, timeout: Duration) -> Result<bool, UpError> {
+    let config = Config::load(config_path)?;
+    let run = RunDir::new(config.data_dir());
+    let Some(pid) = run.running_pid() else {
+        return Err(UpError::NotRunning(config.data_dir()));
+    };
+    let last = |run: &RunDir| run.read_state().ok().flatten().and_then(|s| s.reload);
+    let before = last(&run).map_or(0, |r| r.seq);
+    let raw = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+    kill(raw, Signal::SIGHUP).map_err(|e| UpError::Signal(e.into()))?;
+    println!("configuration file sent to pas up (pid {pid}) to re-read…");
+    let deadline = std::time::Instant::now() + timeout;
+    let mut rolling_said = false;
+    loop {
+        match last(&run).filter(|r| r.seq > before) {
+            Some(r) if r.state == ReloadState::Done => {
+                println!("{}", r.detail);
+                return Ok(true);
+            }
+            Some(r) if r.state == ReloadState::Rolling && !rolling_said => {
+                println!("{}…", r.detail);
+                rolling_said = true;
+            }
+            Some(r) if r.state == ReloadState::Rolling => {}
+            Some(r) => {
+                eprintln!("error: {}", r.detail);
+                return Ok(false);
+            }
+            None => {}
+        }
+        if !rundir::alive(pid) {
+            return Err(UpError::Exited(pid));
+        }
+        if std::time::Instant::now() >= deadline {
+            eprintln!(
+                "error: still restarting after {} s; `pas status` and the logs in {} show where it is",
+                timeout.as_secs(),
+                run.logs_dir().display()
+            );
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// `pas restart`: `pas down`, then `pas up --detach` with the same selection as before (unless
 /// `--only` is given).
 pub fn restart(config_path: &Path, log_format: LogFormat, mut args: UpArgs) -> ExitCode {
@@ -307,9 +376,11 @@ async fn foreground(
         ready: false,
         failed: None,
         children: Vec::new(),
+        reload: None,
     };
     let (phase_tx, phase_rx) = watch::channel((false, None::<String>));
-    let publisher = tokio::spawn(publish(run.clone(), base, sup.clone(), phase_rx));
+    let (reload_tx, reload_rx) = watch::channel(None::<ReloadReport>);
+    let publisher = tokio::spawn(publish(run.clone(), base, sup.clone(), phase_rx, reload_rx));
 
     let wait = Duration::from_secs(args.wait_timeout_s);
     let outcome = tokio::select! {
@@ -349,19 +420,31 @@ async fn foreground(
                 sup.clone(),
                 &config,
                 Duration::from_secs(args.wait_timeout_s),
+                reload_tx.clone(),
             );
             loop {
                 tokio::select! {
                     () = &mut stop => break,
                     Some(()) = hangup.recv() => {
-                        let followed = follow_programmers(&sup, &config_abs, children_of);
+                        let seq = reload_tx.borrow().as_ref().map_or(0, |r| r.seq) + 1;
+                        let followed = follow_programmers(&sup, &config_abs, seq, children_of);
                         let sent = sup.signal_healthy(nix::sys::signal::Signal::SIGHUP);
                         tracing::info!(children = sent, "SIGHUP passed on to the children");
-                        if let Some(followed) = followed {
-                            for key in &followed.removed {
-                                sup.remove(key);
+                        let report = |state, detail| Some(ReloadReport { seq, state, detail });
+                        match followed {
+                            Ok(followed) => {
+                                for key in &followed.removed {
+                                    sup.remove(key);
+                                }
+                                reload_tx.send_replace(report(
+                                    ReloadState::Rolling,
+                                    "restarting the processes whose start-up settings changed".into(),
+                                ));
+                                rollout.follow(followed.reread);
                             }
-                            rollout.follow(followed.reread);
+                            Err(e) => {
+                                reload_tx.send_replace(report(ReloadState::Invalid, e.to_string()));
+                            }
                         }
                     }
                 }
@@ -446,16 +529,17 @@ struct Followed {
     reread: Reread,
 }
 
-/// The programmers of the configuration as re-read now against the ones supervised: starts each
-/// programmer added (or whose address changed: the old process is stopped), and returns the keys
-/// of those no longer configured. A file that does not load changes nothing (`None`; each child
-/// logs why, with the line, as it re-reads it); a new programmer whose port is taken is not
-/// started (logged).
+/// The programmers of the configuration as re-read now (re-read `seq`) against the ones
+/// supervised: starts each programmer added (or whose address changed: the old process is
+/// stopped), and returns the keys of those no longer configured. A file that does not load
+/// changes nothing (the error, with file, line and key; each child logs it too); a new programmer
+/// whose port is taken is not started (logged).
 fn follow_programmers(
     sup: &Supervisor,
     config_path: &Path,
+    seq: u64,
     children_of: impl Fn(&Config) -> Result<Vec<ChildSpec>, UpError>,
-) -> Option<Followed> {
+) -> Result<Followed, UpError> {
     let (config, wanted) = match Config::load(config_path)
         .map_err(UpError::from)
         .and_then(|c| children_of(&c).map(|w| (c, w)))
@@ -463,7 +547,7 @@ fn follow_programmers(
         Ok(found) => found,
         Err(e) => {
             tracing::error!("configuration re-read: programmers unchanged: {e}");
-            return None;
+            return Err(e);
         }
     };
     let programmers = |specs: Vec<ChildSpec>| -> Vec<ChildSpec> {
@@ -499,9 +583,10 @@ fn follow_programmers(
             r.key
         })
         .collect();
-    Some(Followed {
+    Ok(Followed {
         removed,
         reread: Reread {
+            seq,
             config: Arc::new(config),
             children,
             started,
@@ -515,6 +600,7 @@ async fn publish(
     base: UpState,
     sup: Arc<Supervisor>,
     mut phase: watch::Receiver<(bool, Option<String>)>,
+    mut reloads: watch::Receiver<Option<ReloadReport>>,
 ) {
     let mut changes = sup.changes();
     loop {
@@ -523,6 +609,7 @@ async fn publish(
             ready,
             failed,
             children: sup.reports(),
+            reload: reloads.borrow_and_update().clone(),
             ..base.clone()
         };
         if let Err(e) = run.write_state(&state) {
@@ -531,6 +618,7 @@ async fn publish(
         tokio::select! {
             r = changes.changed() => if r.is_err() { return },
             r = phase.changed() => if r.is_err() { return },
+            r = reloads.changed() => if r.is_err() { return },
         }
     }
 }
