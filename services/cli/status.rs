@@ -6,7 +6,7 @@
 //! redraws either until Ctrl-C.
 
 use super::probe;
-use super::rundir::RunDir;
+use super::rundir::{ReloadState, RunDir};
 use crate::contract::circuit_name;
 use crate::contract::v1::{
     CircuitState, GetPoolStatusRequest, LlmStats, PoolStatus, ProgrammerState, ProgrammerSummary,
@@ -435,6 +435,18 @@ fn supervisor_line(run: &RunDir) -> Option<String> {
         line.push_str(&format!(" ({})", details.join("; ")));
     }
     line.push('\n');
+    if let Some(reload) = &state.reload {
+        let state = match reload.state {
+            ReloadState::Rolling => "restarting",
+            ReloadState::Done => "done",
+            ReloadState::Stopped => "stopped",
+            ReloadState::Invalid => "file not loaded",
+        };
+        line.push_str(&format!(
+            "Last configuration re-read (#{}): {state}: {}\n",
+            reload.seq, reload.detail
+        ));
+    }
     Some(line)
 }
 
@@ -540,5 +552,37 @@ mod tests {
         assert!(text.contains("Budget: unknown"), "{text}");
         assert!(text.contains("Alerts: none"), "{text}");
         assert!(text.contains("LLMs: no finished tasks yet"), "{text}");
+    }
+
+    #[test]
+    fn the_supervisor_line_tells_the_last_configuration_re_read() {
+        use super::super::rundir::{ReloadReport, UpState};
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path().to_path_buf());
+        run.write_pid(std::process::id()).unwrap();
+        let mut state = UpState {
+            pid: std::process::id(),
+            config: "/x/pool.yaml".into(),
+            only: Vec::new(),
+            started_ms: 0,
+            ready: true,
+            failed: None,
+            children: Vec::new(),
+            reload: None,
+        };
+        run.write_state(&state).unwrap();
+        let line = supervisor_line(&run).unwrap();
+        assert!(!line.contains("re-read"), "{line}");
+        state.reload = Some(ReloadReport {
+            seq: 2,
+            state: ReloadState::Stopped,
+            detail: "Prog-001 was not healthy within 60 s".into(),
+        });
+        run.write_state(&state).unwrap();
+        let line = supervisor_line(&run).unwrap();
+        assert!(
+            line.contains("Last configuration re-read (#2): stopped: Prog-001 was not healthy"),
+            "{line}"
+        );
     }
 }
