@@ -22,8 +22,9 @@
 
 use super::rundir::{ReloadReport, ReloadState};
 use super::status::{self, StatusError};
+use super::supervisor::Readiness;
 use super::supervisor::{ChildSpec, Supervisor};
-use super::up::MANAGER_KEY;
+use super::up::{CRASH_LIMIT, MANAGER_KEY};
 use crate::channel::ClientSecurity;
 use crate::config::Config;
 use crate::contract::v1::ProgrammerState;
@@ -185,6 +186,28 @@ async fn manager_takes_back(
     }
 }
 
+/// Why process `name`, restarted with the re-read settings, is not back (`None`: it is healthy).
+fn not_back(
+    name: &str,
+    log: &std::path::Path,
+    within: Duration,
+    readiness: Readiness,
+) -> Option<String> {
+    let log = log.display();
+    match readiness {
+        Readiness::Ready => None,
+        Readiness::CrashLoop(report) => Some(format!(
+            "{name}, restarted with the re-read settings, exited {} times without becoming healthy (last: {}; its log: {log})",
+            report.restarts,
+            report.last_exit.as_deref().unwrap_or("?")
+        )),
+        Readiness::TimedOut => Some(format!(
+            "{name}, restarted with the re-read settings, was not healthy within {} s (its log: {log})",
+            within.as_secs()
+        )),
+    }
+}
+
 /// How the restart of one process ended.
 enum Restarted {
     /// Healthy again (and, for a programmer, available in the manager's pool).
@@ -298,14 +321,10 @@ impl Roll {
             }
         }
         let within = self.healthy_within;
-        if !self.sup.wait_healthy(&key, within).await {
-            tracing::error!(child = %name, log = %log.display(), within_s = within.as_secs(),
-                "the programmer restarted with the re-read settings is not healthy: the rolling restart stops here (the programmers after it keep their settings until the next SIGHUP)");
-            return Restarted::Failed(format!(
-                "{name}, restarted with the re-read settings, was not healthy within {} s (its log: {}); the rollout stopped there",
-                within.as_secs(),
-                log.display()
-            ));
+        let readiness = self.sup.wait_healthy(&key, within, CRASH_LIMIT).await;
+        if let Some(why) = not_back(&name, &log, within, readiness) {
+            tracing::error!(child = %name, "{why}: the rolling restart stops here (the programmers after it keep their settings until the next SIGHUP)");
+            return Restarted::Failed(format!("{why}; the rollout stopped there"));
         }
         let manager = self.sup.specs().into_iter().find(|s| s.key == MANAGER_KEY);
         if let Some(manager) = manager.filter(|_| self.ask_manager) {
@@ -347,19 +366,21 @@ impl Roll {
         self.manager_started_with = now;
         let within = self.healthy_within;
         let restarted = match self.sup.replace(child.clone()).await {
-            Ok(true) if self.sup.wait_healthy(MANAGER_KEY, within).await => {
-                tracing::info!(child = %child.name, "manager restarted with the re-read settings: healthy");
-                Restarted::Yes
-            }
             Ok(true) => {
-                tracing::error!(child = %child.name, log = %child.log.display(), within_s = within.as_secs(),
-                    "the manager restarted with the re-read settings is not healthy");
-                Restarted::Failed(format!(
-                    "{}, restarted with the re-read settings, was not healthy within {} s (its log: {})",
-                    child.name,
-                    within.as_secs(),
-                    child.log.display()
-                ))
+                let readiness = self
+                    .sup
+                    .wait_healthy(MANAGER_KEY, within, CRASH_LIMIT)
+                    .await;
+                match not_back(&child.name, &child.log, within, readiness) {
+                    None => {
+                        tracing::info!(child = %child.name, "manager restarted with the re-read settings: healthy");
+                        Restarted::Yes
+                    }
+                    Some(why) => {
+                        tracing::error!(child = %child.name, "{why}");
+                        Restarted::Failed(why)
+                    }
+                }
             }
             Ok(false) => Restarted::Gone,
             Err(e) => {

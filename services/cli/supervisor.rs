@@ -191,6 +191,13 @@ impl Slot {
     fn was_healthy(&self) -> bool {
         self.healthy_once.load(std::sync::atomic::Ordering::Relaxed)
     }
+
+    /// Its report, when it has exited `limit` times without ever being healthy: it will not
+    /// start by itself, so there is no point waiting for it.
+    fn crash_loop(&self, limit: u32) -> Option<ChildReport> {
+        let report = lock(&self.report).clone();
+        (report.restarts >= limit && !self.was_healthy()).then_some(report)
+    }
 }
 
 impl Supervisor {
@@ -244,25 +251,20 @@ impl Supervisor {
         Ok(true)
     }
 
-    /// Waits until child `key` is healthy (true), or `timeout` passes or it is not supervised
-    /// (false).
-    pub async fn wait_healthy(&self, key: &str, timeout: Duration) -> bool {
-        let mut changes = self.changes();
-        let healthy = async {
-            loop {
-                match self.slots().iter().find(|s| s.spec.key == key) {
-                    Some(slot) if slot.state() == ChildState::Healthy => return true,
-                    Some(_) => {}
-                    None => return false,
-                }
-                if changes.changed().await.is_err() {
-                    return false;
-                }
+    /// Waits until child `key` is healthy ([`Readiness::Ready`]), has exited `crash_limit`
+    /// times without becoming healthy ([`Readiness::CrashLoop`]), or `timeout` passes or it is
+    /// not supervised ([`Readiness::TimedOut`]).
+    pub async fn wait_healthy(&self, key: &str, timeout: Duration, crash_limit: u32) -> Readiness {
+        self.wait_for(timeout, |slots| {
+            let Some(slot) = slots.iter().find(|s| s.spec.key == key) else {
+                return Some(Readiness::TimedOut);
+            };
+            if slot.state() == ChildState::Healthy {
+                return Some(Readiness::Ready);
             }
-        };
-        tokio::time::timeout(timeout, healthy)
-            .await
-            .unwrap_or(false)
+            slot.crash_loop(crash_limit).map(Readiness::CrashLoop)
+        })
+        .await
     }
 
     /// [`Supervisor::add`], at position `index` of the list (the end when `None`).
@@ -375,21 +377,28 @@ impl Supervisor {
     /// `crash_limit` times without ever becoming healthy ([`Readiness::CrashLoop`]: it will not
     /// start by itself, so there is no point waiting), or `timeout` passes.
     pub async fn wait_ready(&self, timeout: Duration, crash_limit: u32) -> Readiness {
-        let mut changes = self.changes();
-        let check = || {
-            let slots = self.slots();
+        self.wait_for(timeout, |slots| {
             if slots.iter().all(|s| s.state() == ChildState::Healthy) {
                 return Some(Readiness::Ready);
             }
             slots
                 .iter()
-                .map(|s| (lock(&s.report).clone(), s))
-                .find(|(r, s)| r.restarts >= crash_limit && !s.was_healthy())
-                .map(|(r, _)| Readiness::CrashLoop(r))
-        };
+                .find_map(|s| s.crash_loop(crash_limit))
+                .map(Readiness::CrashLoop)
+        })
+        .await
+    }
+
+    /// Checks the children at every change until `check` has a verdict, or `timeout` passes.
+    async fn wait_for(
+        &self,
+        timeout: Duration,
+        check: impl Fn(&[Arc<Slot>]) -> Option<Readiness>,
+    ) -> Readiness {
+        let mut changes = self.changes();
         let wait = async {
             loop {
-                if let Some(readiness) = check() {
+                if let Some(readiness) = check(&self.slots()) {
                     return readiness;
                 }
                 if changes.changed().await.is_err() {

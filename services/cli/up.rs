@@ -29,8 +29,9 @@ use tokio::sync::watch;
 /// The `--only` key that selects the manager.
 pub const MANAGER_KEY: &str = "manager";
 
-/// Start-up gives up once a child has exited this many times without ever being healthy.
-const CRASH_LIMIT: u32 = 3;
+/// Start-up (and a rolling restart) gives up on a child once it has exited this many times
+/// without ever being healthy.
+pub const CRASH_LIMIT: u32 = 3;
 
 /// Command-line arguments of `pas up` (and `pas restart`).
 #[derive(Debug, Clone, clap::Args)]
