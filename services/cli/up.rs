@@ -384,9 +384,13 @@ async fn foreground(
     let publisher = tokio::spawn(publish(run.clone(), base, sup.clone(), phase_rx, reload_rx));
 
     let wait = Duration::from_secs(args.wait_timeout_s);
+    // One listener for SIGTERM / Ctrl-C from here to the end: a signal that came between two
+    // listeners (say, right after "pool is up" is printed) would be lost, the pool left running.
+    let stop = crate::serve::shutdown_signal();
+    tokio::pin!(stop);
     let outcome = tokio::select! {
         readiness = sup.wait_ready(wait, CRASH_LIMIT) => Some(readiness),
-        _ = crate::serve::shutdown_signal() => None,
+        () = &mut stop => None,
     };
     let ok = match outcome {
         Some(Readiness::Ready) => {
@@ -402,8 +406,6 @@ async fn foreground(
             // Programmers added to the file are started first (the manager then finds them) and
             // removed ones stopped after; with `--only`, only the selected ones are followed
             // (one removed from the file stops, one moved restarts, none is added).
-            let stop = crate::serve::shutdown_signal();
-            tokio::pin!(stop);
             let children_of = |config: &Config| {
                 let Some(only) = still_selected(config, &args.only) else {
                     return Ok(Vec::new());
