@@ -144,6 +144,16 @@ fn child<'a>(state: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
         .unwrap_or_else(|| panic!("no child {key} in {state}"))
 }
 
+/// The supervisor's own log (`pas up --detach`).
+fn supervisor_log(pool: &Pool) -> String {
+    std::fs::read_to_string(pool.data().join("logs/pas-up.log")).unwrap()
+}
+
+/// The pids of children `keys` in the supervisor's state file (`None` between runs).
+fn pids<const N: usize>(pool: &Pool, keys: [&str; N]) -> [Option<u64>; N] {
+    keys.map(|k| child(&pool.state(), k)["pid"].as_u64())
+}
+
 #[test]
 fn up_detach_restarts_a_killed_programmer_and_down_leaves_nothing_behind() {
     let pool = Pool::new(2);
@@ -200,7 +210,7 @@ fn up_detach_restarts_a_killed_programmer_and_down_leaves_nothing_behind() {
         "{c}"
     );
     assert_eq!(child(&state, "002")["restarts"], 0);
-    let supervisor_log = std::fs::read_to_string(pool.data().join("logs/pas-up.log")).unwrap();
+    let supervisor_log = supervisor_log(&pool);
     assert!(
         supervisor_log.contains("restarting after backoff") && supervisor_log.contains("Prog-001"),
         "{supervisor_log}"
@@ -510,7 +520,7 @@ fn sighup_starts_a_programmer_added_to_the_file_and_stops_one_removed() {
         },
     );
     assert!(!listening(pool.programmer_ports[1]));
-    let log = std::fs::read_to_string(pool.data().join("logs/pas-up.log")).unwrap();
+    let log = supervisor_log(&pool);
     assert!(
         log.contains("programmer added to the configuration: starting it")
             && log.contains("programmer removed from the configuration: stopping it"),
@@ -546,7 +556,7 @@ fn sighup_under_only_stops_a_selected_programmer_removed_and_starts_none() {
     assert!(!listening(pool.programmer_ports[2]));
     assert!(!listening(pool.programmer_ports[1]));
     assert_eq!(child(&pool.state(), "001")["restarts"], 0);
-    let log = std::fs::read_to_string(pool.data().join("logs/pas-up.log")).unwrap();
+    let log = supervisor_log(&pool);
     assert!(
         log.contains("programmer removed from the configuration: stopping it")
             && !log.contains("programmer added to the configuration"),
@@ -583,10 +593,10 @@ fn programmer_health(port: u16) -> serde_json::Value {
 fn sighup_restarts_programmers_one_at_a_time_when_a_setting_read_at_start_up_changed() {
     let pool = Pool::new(2);
     assert!(pool.run(&["up", "--detach"]).status.success());
-    let pids = |pool: &Pool| ["001", "002"].map(|k| child(&pool.state(), k)["pid"].as_u64());
+    let pids = |pool: &Pool| pids(pool, ["001", "002"]);
     let first = pids(&pool);
     let text = std::fs::read_to_string(pool.config()).unwrap();
-    let log = || std::fs::read_to_string(pool.data().join("logs/pas-up.log")).unwrap();
+    let log = || supervisor_log(&pool);
     let default_bound = programmer_health(pool.programmer_ports[0])["max_queue"].clone();
     assert_ne!(default_bound, 7);
     // `beta` exists only under the root the file will name.
@@ -697,11 +707,10 @@ fn sighup_restarts_programmers_one_at_a_time_when_a_setting_read_at_start_up_cha
 fn sighup_restarts_the_manager_last_when_a_setting_it_reads_at_start_up_changed() {
     let pool = Pool::new(2);
     assert!(pool.run(&["up", "--detach"]).status.success());
-    let pids =
-        |pool: &Pool| ["manager", "001", "002"].map(|k| child(&pool.state(), k)["pid"].as_u64());
+    let pids = |pool: &Pool| pids(pool, ["manager", "001", "002"]);
     let first = pids(&pool);
     let text = std::fs::read_to_string(pool.config()).unwrap();
-    let log = || std::fs::read_to_string(pool.data().join("logs/pas-up.log")).unwrap();
+    let log = || supervisor_log(&pool);
     let admin_port = common::pool::free_port();
     assert!(!listening(admin_port));
 
@@ -781,11 +790,10 @@ fn sighup_restarts_the_manager_last_when_a_setting_it_reads_at_start_up_changed(
 fn a_rollout_stops_at_a_programmer_that_does_not_come_back() {
     let pool = Pool::new(2);
     assert!(pool.run(&["up", "--detach"]).status.success());
-    let pids =
-        |pool: &Pool| ["manager", "001", "002"].map(|k| child(&pool.state(), k)["pid"].as_u64());
+    let pids = |pool: &Pool| pids(pool, ["manager", "001", "002"]);
     let first = pids(&pool);
     let text = std::fs::read_to_string(pool.config()).unwrap();
-    let log = || std::fs::read_to_string(pool.data().join("logs/pas-up.log")).unwrap();
+    let log = || supervisor_log(&pool);
 
     // An aider version that is not installed: a programmer refuses to start with it.
     rewrite_config(&pool, format!("{text}aider:\n  version: \"0.0.1\"\n"));

@@ -116,17 +116,17 @@ struct Due {
     keys: Vec<&'static str>,
 }
 
-/// The supervised programmers whose settings under `reread` differ from what they started with,
-/// in the supervisor's order.
-fn due(
+/// The first supervised programmer (in the supervisor's order) whose settings under `reread`
+/// differ from what it started with.
+fn next_due(
     sup: &Supervisor,
     started_with: &HashMap<String, StartupSettings>,
     reread: &Reread,
-) -> Vec<Due> {
+) -> Option<Due> {
     sup.specs()
         .into_iter()
         .filter(|running| running.key != MANAGER_KEY)
-        .filter_map(|running| {
+        .find_map(|running| {
             let settings = startup_of(&reread.config, &running.key)?;
             let keys = started_with.get(&running.key)?.changed(&settings);
             let child = reread
@@ -141,7 +141,6 @@ fn due(
                 keys,
             })
         })
-        .collect()
 }
 
 /// Waits until the manager at `addr` reports programmer `id` available (it routes tasks to it):
@@ -239,10 +238,7 @@ impl Roll {
             let mut restarted: Vec<String> = Vec::new();
             let mut stopped = None;
             // The programmers, one at a time, each against the newest file re-read.
-            while let Some(next) = due(&self.sup, &self.started_with, &latest)
-                .into_iter()
-                .next()
-            {
+            while let Some(next) = next_due(&self.sup, &self.started_with, &latest) {
                 let name = next.child.name.clone();
                 match self.programmer(next, &latest).await {
                     Restarted::Yes => restarted.push(name),
