@@ -30,6 +30,7 @@ pub mod reload;
 pub mod repo_url;
 pub mod serve;
 pub mod task_events;
+pub mod task_sources;
 pub mod telemetry;
 pub mod tls;
 pub mod workspace;

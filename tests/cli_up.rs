@@ -585,10 +585,11 @@ fn programmer_health(port: u16) -> serde_json::Value {
     })
 }
 
-/// SIGHUP with settings the programmers read only at start-up changed (here their queue's bound
-/// and the workspace root) restarts them one at a time — each healthy again, and routed to by the
-/// manager, before the next one stops — and they run with them, the manager checking task
-/// workspaces under the new root too; a change they apply themselves while running restarts none.
+/// SIGHUP with a setting the programmers read only at start-up changed (here their queue's bound)
+/// restarts them one at a time — each healthy again, and routed to by the manager, before the next
+/// one stops — and they run with it; a change they apply themselves while running (an aider
+/// setting, or a new workspace root, which the manager and the programmers follow alike)
+/// restarts none.
 #[test]
 fn sighup_restarts_programmers_one_at_a_time_when_a_setting_read_at_start_up_changed() {
     let pool = Pool::new(2);
@@ -645,14 +646,31 @@ fn sighup_restarts_programmers_one_at_a_time_when_a_setting_read_at_start_up_cha
     assert!(log().contains("no process to restart"), "{}", log());
     assert_eq!(pids(&pool), first);
 
+    // A new workspace root: the manager and the programmers follow it themselves, none restarts.
     let moved = live.replacen("workspace_root: ws\n", "workspace_root: ws2\n", 1);
+    rewrite_config(&pool, moved.clone());
+    hup_supervisor(&pool);
+    wait_until("the rollout's verdict", Duration::from_secs(60), || {
+        reload_done(&pool, 2)
+    });
+    assert_eq!(
+        log().matches("no process to restart").count(),
+        2,
+        "{}",
+        log()
+    );
+    wait_until("a task in the new root", Duration::from_secs(60), || {
+        dry_run_on_beta(&pool).status.success()
+    });
+    assert_eq!(pids(&pool), first);
+
     rewrite_config(
         &pool,
         format!("{moved}load_balancing:\n  max_queue_per_programmer: 7\n"),
     );
     hup_supervisor(&pool);
     wait_until("the rolling restart done", Duration::from_secs(120), || {
-        reload_done(&pool, 2)
+        reload_done(&pool, 3)
     });
     let second = pids(&pool);
     for i in 0..2 {
@@ -685,7 +703,7 @@ fn sighup_restarts_programmers_one_at_a_time_when_a_setting_read_at_start_up_cha
     ];
     assert!(steps.is_sorted_by(|a, b| a < b), "{steps:?} in\n{log}");
     assert!(
-        log.contains("keys=workspace_root, load_balancing.max_queue_per_programmer"),
+        log.contains("keys=load_balancing.max_queue_per_programmer"),
         "{log}"
     );
     let ran = dry_run_on_beta(&pool);

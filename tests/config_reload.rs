@@ -7,7 +7,8 @@
 //! first choice, round robin's cycle, the status list) follows the re-read file's order of
 //! programmers, joined, replaced and moved ones included; under DNS discovery the members are
 //! described again with the re-read entries and a changed `discovery` key resolves at once; a
-//! programmer names its own changed settings as waiting for its restart.
+//! programmer names its own changed settings as waiting for its restart; the manager and a
+//! programmer follow a re-read `repositories:` allow list alike, neither restarting.
 
 use crate::common;
 use crate::telemetry_support as support;
@@ -18,7 +19,7 @@ use common::pool::{
     pool_status, sample_dispatch, state_of, wait_available, wait_until,
 };
 use pas::contract::v1::programmer_pool_client::ProgrammerPoolClient;
-use pas::contract::v1::{DispatchRequest, ProgrammerState, Strategy, TaskState};
+use pas::contract::v1::{DispatchRequest, ProgrammerState, Strategy, TaskRequest, TaskState};
 use std::time::Duration;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -604,4 +605,79 @@ async fn dns_discovery_follows_the_re_read_entries_and_discovery_keys() {
         .find(|p| p.id == "dns-a" && p.state == ProgrammerState::Available as i32)
         .expect("dns-a available");
     assert!(a.capabilities.contains(&"gpu-group".to_string()), "{a:?}");
+}
+
+/// A re-read `repositories:` section (here an allow list with one more pattern) is followed by the
+/// manager and by the programmer alike, neither restarting: a `repo_url` both refused is then
+/// taken by both.
+#[tokio::test]
+async fn a_re_read_allow_list_is_followed_by_the_manager_and_the_programmer() {
+    let pool = TestPool::new(PoolOptions {
+        programmers: vec![TestProgrammer::free("001")],
+        ..PoolOptions::default()
+    });
+    let served = pool.dir.path().join("served");
+    std::fs::create_dir_all(&served).expect("served dir");
+    let module = [("src/module.py", common::pool::SAMPLE_MODULE)];
+    let bare = common::gitserver::bare_repo(&served, "sample", &module);
+    let url = format!("file://{}", bare.display());
+    let allow = "allow: [\"git://nowhere.test/*\"]";
+    pool.append_config(&format!("repositories:\n  {allow}\n"));
+    let manager = pool.start_manager();
+    let programmer = pool.start_programmer("001");
+    let c = manager_client(&pool).await;
+    wait_available(&c, 1).await;
+    let mut direct = pool.programmer_client("001").await;
+    let execute = |id: &str| TaskRequest {
+        task_id: id.into(),
+        workspace: String::new(),
+        repo_url: url.clone(),
+        dry_run: true,
+        ..docstrings()
+    };
+    // The same task through the manager.
+    let dispatch = |id: &str| {
+        let t = execute(id);
+        DispatchRequest {
+            task_id: t.task_id,
+            task_description: t.task_description,
+            files: t.files,
+            repo_url: t.repo_url,
+            dry_run: t.dry_run,
+            ..Default::default()
+        }
+    };
+    let refusal = format!("repo_url: {url:?} is not in repositories.allow");
+    let s = c
+        .clone()
+        .dispatch(dispatch("m-1"))
+        .await
+        .expect_err("refused");
+    assert_eq!((s.code(), s.message()), (Code::InvalidArgument, &*refusal));
+    let s = direct.execute(execute("p-1")).await.expect_err("refused");
+    assert_eq!((s.code(), s.message()), (Code::InvalidArgument, &*refusal));
+
+    let widened = format!(
+        "allow: [\"git://nowhere.test/*\", \"file://{}/*\"]",
+        served.display()
+    );
+    pool.edit_config(|text| text.replacen(allow, &widened, 1));
+    sighup(&manager);
+    sighup(&programmer);
+    wait_log(&manager, "applied=", 1).await;
+    wait_log(&programmer, "applied=", 1).await;
+
+    let (_, result) = dispatch_collect(&c, dispatch("m-2")).await;
+    assert_eq!(state_of(&result), TaskState::Succeeded, "{result:#?}");
+    let (_, result) = common::pool::execute_task(&mut direct, execute("p-2")).await;
+    assert_eq!(state_of(&result), TaskState::Succeeded, "{result:#?}");
+    for child in [&manager, &programmer] {
+        let log = child.log_text();
+        assert!(
+            !log.lines()
+                .any(|l| l.contains("read only at start-up") && l.contains("repositories")),
+            "{}: {log}",
+            child.name
+        );
+    }
 }

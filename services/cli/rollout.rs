@@ -1,5 +1,5 @@
 //! The rolling restart `pas up` makes when a re-read configuration file changes settings its
-//! programmers read only as they start (`aider.nice`, `workspace_root`, the queue's bounds, …:
+//! programmers read only as they start (`aider.nice`, the warm workers, the queue's bounds, …:
 //! [`StartupSettings`]). A running programmer applies the rest of the file itself; these it cannot,
 //! so without this the edit would wait, named in a warning, for whoever restarts the programmer.
 //!

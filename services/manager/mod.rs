@@ -33,7 +33,7 @@ use crate::contract::v1::{TaskResult, TaskState};
 use crate::money::Usd;
 use crate::serve;
 use crate::task_events::{TaskEventSink, TaskLog};
-use crate::workspace::WorkspaceCache;
+use crate::task_sources::{CurrentSources, TaskSources};
 use axum::routing::get;
 use balancer::{Hold, Route};
 use budget::{BudgetLedger, BudgetPolicy};
@@ -91,7 +91,7 @@ pub struct Manager {
     /// programmer this long knows it stopped.
     pub task_lease: Duration,
     /// What a task's `workspace` and `repo_url` are checked against (see [`Manager::sources`]).
-    sources: std::sync::RwLock<Arc<TaskSources>>,
+    sources: CurrentSources,
     /// Interns the tiers admission computes, so the balancer keeps one index per distinct tier.
     pub tiers: TierRegistry,
     pub alerts: status::Alerts,
@@ -117,41 +117,16 @@ impl std::fmt::Debug for Manager {
     }
 }
 
-/// What a task's `workspace` and `repo_url` are checked against at Dispatch: the configuration's
-/// `workspace_root` and `repositories.allow`. Replaced as one by a re-read file that changes
-/// either ([`Manager::set_sources`]), so the manager checks names against the root its
-/// programmers use once `pas up` has restarted them with it (they read it only at start-up).
-#[derive(Debug)]
-pub struct TaskSources {
-    /// Task `workspace` names resolve under the configured root, verified repositories cached.
-    pub workspaces: WorkspaceCache,
-    /// `repositories.allow`, when the file has that section: a `repo_url` outside it is refused
-    /// at Dispatch (the programmers, which hold the credentials, check it again).
-    pub repo_allow: Option<crate::repo_url::AllowList>,
-}
-
-impl TaskSources {
-    /// The sources `config` names (a new, empty cache of verified repositories).
-    pub fn of(config: &Config) -> Self {
-        Self {
-            workspaces: WorkspaceCache::new(config.workspace_root()),
-            repo_allow: config.repositories().map(|r| r.allow),
-        }
-    }
-}
-
 impl Manager {
     /// The workspace root and repository allow list in force: read once per Dispatch.
     pub fn sources(&self) -> Arc<TaskSources> {
-        self.sources
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.sources.get()
     }
 
-    /// Puts `sources` in force for the Dispatches that start from now.
-    pub fn set_sources(&self, sources: TaskSources) {
-        *self.sources.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(sources);
+    /// Puts the workspace root and allow list of a re-read `config` in force for the Dispatches
+    /// that start from now, when it changes them (see [`crate::task_sources`]).
+    pub fn follow_sources(&self, config: &Config) -> bool {
+        self.sources.follow(config)
     }
 
     /// Builds the manager: opens the ledger and task store in the data dir, starts membership
@@ -210,7 +185,7 @@ impl Manager {
         );
         let mgr = Arc::new(Self {
             task_lease: Duration::from_secs(mgr_cfg.task_lease_s.max(1)),
-            sources: std::sync::RwLock::new(Arc::new(TaskSources::of(&config))),
+            sources: CurrentSources::of(&config),
             tiers: TierRegistry::default(),
             alerts: status::Alerts::default(),
             admission: admission::Admission::new(&pool_cfg.limits),

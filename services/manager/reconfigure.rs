@@ -15,8 +15,8 @@
 //!   `limits` (but the HTTP/2 stream bound), the queue's bound, timeout and dispatch attempts,
 //!   retention, the default strategy and free-first, `cost_optimization` (the budget),
 //!   `escalation`, `auth.open`, and what a task's `workspace` and `repo_url` are checked against
-//!   (`workspace_root`, `repositories`: the programmers read them at start-up, and `pas up`
-//!   restarts them for it);
+//!   (`workspace_root`, `repositories`: [`crate::task_sources`], which the programmers follow
+//!   the same way);
 //! - every other changed key is named in one warning as read only at start-up (ports, TLS
 //!   paths, the data dir, durability, the discovery mode, the lease the programmers share, …):
 //!   the running process keeps its value until it restarts.
@@ -232,9 +232,7 @@ pub fn apply(mgr: &Manager, auth: Option<&Authenticator>, new: Arc<Config>) {
     if let (Some(auth), Some(section)) = (auth, &pool.auth) {
         auth.set_open(&section.open);
     }
-    if new.workspace_root() != old.workspace_root() || pool.repositories != was.repositories {
-        mgr.set_sources(crate::manager::TaskSources::of(&new));
-    }
+    mgr.follow_sources(&new);
     // Read per task from here on: strategy, queue timeout, attempts, escalation, free-first;
     // DNS discovery takes its keys and the programmers' entries from it.
     mgr.set_config(new.clone());

@@ -227,7 +227,7 @@ impl ProgrammerPool for PoolService {
         // Admission, cheapest first: nothing below the queue place touches a disk or starts a
         // process, so a refused call costs neither (see `admission`).
         let sources = mgr.sources();
-        validate::check_fields(&req, sources.repo_allow.as_ref())?;
+        validate::check_fields(&req, sources.repo_allow())?;
         if !req.task_id.is_empty() && mgr.active_log(&req.task_id).is_some() {
             // The id of a task running here adds no work: it attaches (or is told it names
             // another request), whatever the limits say. (A finished task's id is looked up in

@@ -71,6 +71,7 @@ pub async fn run_task(
     let deadline = Instant::now() + task.deadline;
 
     // A local workspace, or this host's mirror of the task's remote, fetched now.
+    let sources = prog.sources();
     let (workspace, base_commit) = match &task.repo {
         TaskRepo::Local(ws) => match ws.resolve_base(task.base_ref.as_deref()).await {
             Ok(c) => (ws.clone(), c),
@@ -84,7 +85,8 @@ pub async fn run_task(
             }
         },
         TaskRepo::Remote(remote) => {
-            let Some(mirrors) = prog.mirrors.as_ref() else {
+            // The `repositories:` settings in force as the task starts (see `task_sources`).
+            let Some(mirrors) = sources.mirrors.as_ref() else {
                 let msg = "repo_url: this programmer has no repositories: section".to_string();
                 return fail(result, ErrorClass::BadRequest, msg, started);
             };
@@ -108,7 +110,7 @@ pub async fn run_task(
         .await;
     let mut worktree = match (created, &task.repo) {
         (Ok(mut w), TaskRepo::Remote(remote)) => {
-            if prog.mirrors.as_ref().is_some_and(|m| m.push()) {
+            if sources.mirrors.as_ref().is_some_and(|m| m.push()) {
                 w.push_to(remote.clone());
             }
             w

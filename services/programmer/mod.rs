@@ -144,7 +144,7 @@ pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
 
     crate::reload::take_sighup();
     // A programmer applies its live settings (its entry's LLMs and limits, failover, aider's
-    // flags and request timeout) from a re-read file to the tasks that start afterwards; any
+    // flags and request timeout, the workspace root and repositories) from a re-read file to the tasks that start afterwards; any
     // other edit is named in the log as waiting for its restart. A file in which its entry does
     // not resolve (say, an unknown LLM) is not taken at all.
     let live_prog = prog.clone();

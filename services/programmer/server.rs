@@ -51,11 +51,12 @@ impl ProgrammerRpc for ProgrammerService {
             )));
         }
         let req = request.into_inner();
+        let sources = prog.sources();
         let task = validate(
             req,
             &prog.live().spec.limits,
-            &prog.workspaces,
-            prog.mirrors.as_ref(),
+            &sources.workspaces,
+            sources.mirrors.as_ref(),
         )
         .await?;
         // Draining may have begun while the request was validated (it runs git): a task spawned

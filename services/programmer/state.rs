@@ -9,12 +9,11 @@ use crate::contract::v1::{CircuitState, LlmState, ProgrammerStatus};
 use crate::programmer::breaker::{
     Breaker, BreakerPolicy, BreakerSnapshot, BreakerState, BreakerStore,
 };
-use crate::programmer::mirror::Mirrors;
 use crate::programmer::queue::TaskQueue;
 use crate::programmer::runs::TaskRuns;
 use crate::programmer::warm::WarmPool;
 use crate::programmer::worktree::GitIdentity;
-use crate::workspace::WorkspaceCache;
+use crate::task_sources::{CurrentSources, TaskSources};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,6 +54,9 @@ pub const LIVE_KEYS: &[&str] = &[
     // Defaults of the entry's LLMs and limits: they resolve into it as the entry does.
     "aider.edit_format",
     "aider.memory_limit_mb",
+    // Where tasks' code comes from (`task_sources`): tasks validated afterwards use them.
+    "workspace_root",
+    "repositories",
 ];
 
 /// The settings a programmer reads only as it starts, as `config` resolves them for one
@@ -75,10 +77,6 @@ pub struct StartupSettings {
     pub aider_start: AiderStart,
     /// `aider.warm_workers`, else the programmer's concurrency.
     pub warm_workers: usize,
-    /// `workspace_root` (or `PAS_WORKSPACE_ROOT`), resolved.
-    pub workspace_root: PathBuf,
-    /// The `repositories:` section as written.
-    pub repositories: Option<crate::config::RepositoriesConfig>,
     /// `load_balancing.max_concurrent_per_programmer`.
     pub max_concurrent: usize,
     /// `load_balancing.max_queue_per_programmer`.
@@ -107,8 +105,6 @@ impl StartupSettings {
             warm_workers: aider
                 .warm_workers
                 .unwrap_or(lb.max_concurrent_per_programmer) as usize,
-            workspace_root: config.workspace_root(),
-            repositories: config.pool.repositories.clone(),
             max_concurrent: lb.max_concurrent_per_programmer as usize,
             max_queue: lb.max_queue_per_programmer as usize,
             durability: config.pool.durability,
@@ -131,11 +127,6 @@ impl StartupSettings {
                 "aider.warm_workers",
                 self.warm_workers != other.warm_workers,
             ),
-            (
-                "workspace_root",
-                self.workspace_root != other.workspace_root,
-            ),
-            ("repositories", self.repositories != other.repositories),
             (
                 "load_balancing.max_concurrent_per_programmer",
                 self.max_concurrent != other.max_concurrent,
@@ -241,11 +232,9 @@ pub struct Programmer {
     /// What a re-read configuration file changes while the programmer runs (see [`LIVE_KEYS`]).
     live: std::sync::RwLock<Arc<LiveSettings>>,
     pub aider: AiderSettings,
-    /// Task `workspace` names resolve under the configured root, verified repositories cached.
-    pub workspaces: WorkspaceCache,
-    /// Bare mirrors of the remote repositories tasks name (`repo_url`) and the `repositories:`
-    /// settings; `None` without that section (every `repo_url` is refused).
-    pub mirrors: Option<Mirrors>,
+    /// The workspace root and `repositories:` in force (a task takes them once, as it is
+    /// validated): [`Programmer::sources`].
+    sources: CurrentSources,
     /// Task worktrees live here (outside every repository).
     pub worktrees_dir: PathBuf,
     /// Private HOMEs and other per-attempt scratch files.
@@ -279,10 +268,17 @@ impl Programmer {
         self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The workspace root and `repositories:` in force now: read once per task, as it is
+    /// validated, and kept for its whole life.
+    pub fn sources(&self) -> Arc<TaskSources> {
+        self.sources.get()
+    }
+
     /// Puts the live settings of a re-read `config` (with the programmer's entry `spec` resolved
     /// from it) in force for the tasks that start from now, and its `circuit_breaker` on the
     /// breaker (saved, as every change of it is). A new primary LLM starts with a closed breaker:
-    /// the failures counted were the old one's. The address stays the one it started on.
+    /// the failures counted were the old one's. The address stays the one it started on. A new
+    /// workspace root or `repositories:` section applies to the tasks validated from now.
     pub fn set_live(&self, config: &Config, mut spec: ProgrammerSpec) {
         if (spec.host.as_str(), spec.port) != (self.spec.host.as_str(), self.spec.port) {
             tracing::warn!(programmer = %self.spec.id, "the programmer's address changed in the configuration: it applies when the process restarts");
@@ -300,6 +296,11 @@ impl Programmer {
             .set_policy(breaker_policy(&live.failover.circuit_breaker));
         self.persist_breaker();
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
+        if self.sources.follow(config) {
+            let sources = self.sources();
+            tracing::info!(programmer = %self.spec.id, workspace_root = %sources.workspaces.root().display(),
+                repositories = sources.mirrors.is_some(), "task sources changed: tasks validated from now use them");
+        }
     }
 
     /// Sets up programmer `spec` (from the file and the flags, see
@@ -350,8 +351,7 @@ impl Programmer {
                 nice: startup.aider_nice,
                 warm,
             },
-            workspaces: WorkspaceCache::new(startup.workspace_root),
-            mirrors: Mirrors::new(config.repositories()),
+            sources: CurrentSources::of(config),
             worktrees_dir,
             scratch_dir,
             breaker,
@@ -517,11 +517,6 @@ programmers:
             ("aider:\n  nice: 3\n", "aider.nice"),
             ("aider:\n  start: cold\n", "aider.start"),
             ("aider:\n  warm_workers: 9\n", "aider.warm_workers"),
-            ("workspace_root: /elsewhere\n", "workspace_root"),
-            (
-                "repositories:\n  allow: [\"https://git.example.com/\"]\n",
-                "repositories",
-            ),
             (
                 "load_balancing:\n  max_concurrent_per_programmer: 4\n",
                 "load_balancing.max_concurrent_per_programmer",
@@ -553,6 +548,8 @@ programmers:
             "aider:\n  request_timeout_s: 77\n  extra_flags: [\"--no-pretty\"]\n  memory_limit_mb: 99\n  edit_format: whole\n",
             "failover:\n  max_retries: 5\n",
             "manager:\n  max_queue: 3\n  admin_port: 7000\n",
+            "workspace_root: /elsewhere\n",
+            "repositories:\n  allow: [\"https://git.example.com/\"]\n",
         ] {
             assert_eq!(base.changed(&settings(live, "001")), [""; 0], "{live}");
         }
