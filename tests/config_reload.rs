@@ -293,19 +293,22 @@ async fn a_file_that_does_not_load_changes_nothing_and_a_fixed_one_removes_a_pro
     let programmer = &programmers["001"];
     pool.edit_config(|text| {
         let text = set_key(&text, "max_retries", "7");
-        set_key(&text, "max_queue_per_programmer", "9")
+        let text = set_key(&text, "max_queue_per_programmer", "9");
+        set_key(&text, "task_lease_s", "77")
     });
     sighup(programmer);
     wait_log(programmer, "read only at start-up", 1).await;
     let applied = lines_with(programmer, "applied=").join("\n");
     assert!(
-        applied.contains("applied=failover.max_retries"),
+        applied.contains("failover.max_retries")
+            && applied.contains("load_balancing.max_queue_per_programmer"),
         "{applied}"
     );
     let later = lines_with(programmer, "read only at start-up").join("\n");
     assert!(
-        later.contains("load_balancing.max_queue_per_programmer")
-            && !later.contains("failover.max_retries"),
+        later.contains("manager.task_lease_s")
+            && !later.contains("failover.max_retries")
+            && !later.contains("max_queue_per_programmer"),
         "{later}"
     );
 }

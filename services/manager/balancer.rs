@@ -538,7 +538,7 @@ impl Balancer {
         }
         let i = member.index;
         let estimate = member.with_current_llm(|llm| self.durations.estimate_ms(llm));
-        let slots = member.slots(self.pool.default_concurrent);
+        let slots = self.pool.slots(member);
         Some(Figures {
             outstanding: u64::from(member.occupied()),
             has_room: self.cache.get_ready(&i).is_some() && self.pool.has_room(member),

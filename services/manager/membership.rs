@@ -274,10 +274,11 @@ pub struct PoolView {
     /// Every member that ever joined, by index (append-only, copied on join: readers take a
     /// snapshot with [`PoolView::members`] and never hold the lock).
     members: Mutex<Arc<Vec<Arc<Member>>>>,
-    /// Default slots per programmer before it reports (`max_concurrent + max_queue` from the config).
-    pub default_capacity: u32,
-    /// Default tasks a programmer runs at once before it reports (`max_concurrent_per_programmer`).
-    pub default_concurrent: u32,
+    /// Slots per programmer before it reports (`max_concurrent + max_queue` from the config in
+    /// force: [`PoolView::set_queue_defaults`]).
+    default_capacity: AtomicU32,
+    /// Tasks a programmer runs at once before it reports (`max_concurrent_per_programmer`).
+    default_concurrent: AtomicU32,
     generation: watch::Sender<u64>,
     /// Indices of the members whose routing figures changed since the balancer last read them.
     dirty: Mutex<Vec<usize>>,
@@ -325,8 +326,8 @@ impl PoolView {
         let (generation, _) = watch::channel(0);
         let pool = Arc::new(Self {
             members: Mutex::new(Arc::new(Vec::new())),
-            default_capacity: lb.max_concurrent_per_programmer + lb.max_queue_per_programmer,
-            default_concurrent: lb.max_concurrent_per_programmer,
+            default_capacity: AtomicU32::new(0),
+            default_concurrent: AtomicU32::new(0),
             generation,
             dirty: Mutex::new(Vec::new()),
             order_epoch: AtomicU64::new(0),
@@ -336,6 +337,7 @@ impl PoolView {
             runtimes: super::runtimes::count(config.pool.manager.runtimes),
             stop: stop.clone(),
         });
+        pool.set_queue_defaults(lb);
         if config.pool.discovery.mode == crate::config::DiscoveryMode::Static {
             let mut members = Vec::new();
             for (index, spec) in config.programmers().iter().enumerate() {
@@ -579,7 +581,21 @@ impl PoolView {
         member.is_available()
             && !member.has_left()
             && !member.is_refusing()
-            && member.occupied() < member.capacity(self.default_capacity)
+            && member.occupied() < member.capacity(self.default_capacity.load(Ordering::Relaxed))
+    }
+
+    /// Tasks `member` runs at once: as it last reported, else as the configuration says.
+    pub fn slots(&self, member: &Member) -> u32 {
+        member.slots(self.default_concurrent.load(Ordering::Relaxed))
+    }
+
+    /// Takes the programmers' queue bounds of `lb` (a re-read file's too) as what a programmer
+    /// that has not reported yet is assumed to hold; one that reported is taken at its word.
+    pub fn set_queue_defaults(&self, lb: &crate::config::LoadBalancing) {
+        let concurrent = lb.max_concurrent_per_programmer;
+        self.default_concurrent.store(concurrent, Ordering::Relaxed);
+        self.default_capacity
+            .store(concurrent + lb.max_queue_per_programmer, Ordering::Relaxed);
     }
 
     /// Number of available members.

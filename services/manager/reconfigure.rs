@@ -14,7 +14,8 @@
 //!   are used from the next lookup (`discovery`, which follows the configuration in force);
 //!   `limits` (but the HTTP/2 stream bound), the queue's bound, timeout and dispatch attempts,
 //!   retention, the default strategy and free-first, `cost_optimization` (the budget),
-//!   `escalation`, `auth.open`, and what a task's `workspace` and `repo_url` are checked against
+//!   `escalation`, `auth.open`, the queue bounds assumed for a programmer that has not reported
+//!   yet, and what a task's `workspace` and `repo_url` are checked against
 //!   (`workspace_root`, `repositories`: [`crate::task_sources`], which the programmers follow
 //!   the same way);
 //! - every other changed key is named in one warning as read only at start-up (ports, TLS
@@ -47,6 +48,8 @@ pub const LIVE: &[&str] = &[
     "manager.task_retention_max_tasks",
     "load_balancing.strategy",
     "load_balancing.prefer_free_models",
+    "load_balancing.max_concurrent_per_programmer",
+    "load_balancing.max_queue_per_programmer",
     "cost_optimization",
     "escalation",
     "auth.open",
@@ -233,6 +236,7 @@ pub fn apply(mgr: &Manager, auth: Option<&Authenticator>, new: Arc<Config>) {
         auth.set_open(&section.open);
     }
     mgr.follow_sources(&new);
+    mgr.pool.set_queue_defaults(&pool.load_balancing);
     // Read per task from here on: strategy, queue timeout, attempts, escalation, free-first;
     // DNS discovery takes its keys and the programmers' entries from it.
     mgr.set_config(new.clone());

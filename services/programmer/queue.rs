@@ -4,6 +4,10 @@
 //!
 //! Every change of the queue bumps a `watch` generation; each waiter re-reads its position on a
 //! change, which keeps the code small and is cheap for the queue sizes involved (`max_queue_per_programmer`).
+//!
+//! The bounds follow a re-read configuration ([`TaskQueue::set_limits`]): more slots start waiting
+//! tasks at once; fewer let the running ones finish (no new one starts until fewer run than the
+//! new bound), and a shorter line keeps the tasks already in it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,13 +35,13 @@ struct State {
     running: usize,
     waiting: VecDeque<u64>,
     next_ticket: u64,
+    max_running: usize,
+    max_waiting: usize,
 }
 
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
-    max_running: usize,
-    max_waiting: usize,
     changed: watch::Sender<u64>,
 }
 
@@ -68,9 +72,9 @@ impl TaskQueue {
                     running: 0,
                     waiting: VecDeque::new(),
                     next_ticket: 0,
+                    max_running: max_running.max(1),
+                    max_waiting,
                 }),
-                max_running: max_running.max(1),
-                max_waiting,
                 changed,
             }),
         }
@@ -85,14 +89,14 @@ impl TaskQueue {
         let mut st = self.shared.lock();
         let ticket = st.next_ticket;
         st.next_ticket += 1;
-        let immediate = st.waiting.is_empty() && st.running < self.shared.max_running;
+        let immediate = st.waiting.is_empty() && st.running < st.max_running;
         let place = if immediate {
             st.running += 1;
             Place::Holding
-        } else if st.waiting.len() >= self.shared.max_waiting {
+        } else if st.waiting.len() >= st.max_waiting {
             return Err(QueueFull {
                 waiting: st.waiting.len(),
-                limit: self.shared.max_waiting,
+                limit: st.max_waiting,
             });
         } else {
             st.waiting.push_back(ticket);
@@ -116,9 +120,25 @@ impl TaskQueue {
         }
     }
 
-    /// The configured limits `(max_running, max_waiting)`.
+    /// The limits in force `(max_running, max_waiting)`.
     pub fn limits(&self) -> (usize, usize) {
-        (self.shared.max_running, self.shared.max_waiting)
+        let st = self.shared.lock();
+        (st.max_running, st.max_waiting)
+    }
+
+    /// Puts new limits in force (`max_running` at least 1); returns whether they differ from
+    /// the ones before. Waiting tasks that now fit start at once; nothing running or waiting
+    /// is turned away.
+    pub fn set_limits(&self, max_running: usize, max_waiting: usize) -> bool {
+        let mut st = self.shared.lock();
+        let limits = (max_running.max(1), max_waiting);
+        if (st.max_running, st.max_waiting) == limits {
+            return false;
+        }
+        (st.max_running, st.max_waiting) = limits;
+        drop(st);
+        self.shared.bump();
+        true
     }
 }
 
@@ -171,7 +191,7 @@ impl Waiting {
                     .iter()
                     .position(|t| *t == self.ticket)
                     .map_or(0, |p| p + 1);
-                if pos == 1 && st.running < self.shared.max_running {
+                if pos == 1 && st.running < st.max_running {
                     st.waiting.pop_front();
                     st.running += 1;
                     drop(st);
@@ -271,6 +291,70 @@ mod tests {
             q.depth(),
             QueueDepth {
                 waiting: 2,
+                running: 1
+            }
+        );
+    }
+
+    /// More slots start the waiting tasks at once, in order; fewer (and a shorter line) turn away
+    /// nothing already in, and start nothing new until fewer run than the new bound.
+    #[tokio::test(start_paused = true)]
+    async fn new_limits_start_waiting_tasks_and_turn_away_nobody_already_in() {
+        let q = TaskQueue::new(1, 3);
+        let running = q.try_enter().unwrap().acquire(|_| {}).await;
+        let waiters: Vec<_> = (0..3).map(|_| q.try_enter().unwrap()).collect();
+        let started: Vec<_> = waiters
+            .into_iter()
+            .map(|w| tokio::spawn(w.acquire(|_| {})))
+            .collect();
+        tokio::task::yield_now().await;
+        assert_eq!(
+            q.depth(),
+            QueueDepth {
+                waiting: 3,
+                running: 1
+            }
+        );
+
+        assert!(q.set_limits(3, 3));
+        assert!(!q.set_limits(3, 3), "the same limits again change nothing");
+        let mut started = started.into_iter();
+        let second = started.next().unwrap().await.unwrap();
+        let third = started.next().unwrap().await.unwrap();
+        assert_eq!(
+            q.depth(),
+            QueueDepth {
+                waiting: 1,
+                running: 3
+            }
+        );
+
+        // Fewer slots and a shorter line: the one waiting stays, a new task is refused.
+        assert!(q.set_limits(1, 0));
+        assert_eq!(q.limits(), (1, 0));
+        assert_eq!(
+            q.try_enter().unwrap_err(),
+            QueueFull {
+                waiting: 1,
+                limit: 0
+            }
+        );
+        let mut last = started.next().unwrap();
+        drop(second);
+        drop(third);
+        tokio::task::yield_now().await;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1), &mut last)
+                .await
+                .is_err(),
+            "one still runs: the bound is 1"
+        );
+        drop(running);
+        let _fourth = last.await.unwrap();
+        assert_eq!(
+            q.depth(),
+            QueueDepth {
+                waiting: 0,
                 running: 1
             }
         );

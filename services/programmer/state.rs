@@ -57,6 +57,9 @@ pub const LIVE_KEYS: &[&str] = &[
     // Where tasks' code comes from (`task_sources`): tasks validated afterwards use them.
     "workspace_root",
     "repositories",
+    // The queue's bounds (`TaskQueue::set_limits`).
+    "load_balancing.max_concurrent_per_programmer",
+    "load_balancing.max_queue_per_programmer",
 ];
 
 /// The settings a programmer reads only as it starts, as `config` resolves them for one
@@ -75,12 +78,10 @@ pub struct StartupSettings {
     pub aider_nice: u8,
     /// The programmer's own `aider_start`, else `aider.start`.
     pub aider_start: AiderStart,
-    /// `aider.warm_workers`, else the programmer's concurrency.
-    pub warm_workers: usize,
-    /// `load_balancing.max_concurrent_per_programmer`.
-    pub max_concurrent: usize,
-    /// `load_balancing.max_queue_per_programmer`.
-    pub max_queue: usize,
+    /// How many warm workers it keeps when it starts warm: `aider.warm_workers`, else its
+    /// concurrency (so a warm programmer without `aider.warm_workers` restarts for a new
+    /// `load_balancing.max_concurrent_per_programmer`); `None` when it starts cold.
+    pub warm_workers: Option<usize>,
     /// `durability`: what its reported results survive.
     pub durability: Durability,
     /// `manager.task_lease_s`: how long a task may go unfollowed.
@@ -96,17 +97,17 @@ pub struct StartupSettings {
 impl StartupSettings {
     /// The settings `config` gives programmer `spec` (its entry as resolved, flags included).
     pub fn of(config: &Config, spec: &ProgrammerSpec) -> Self {
-        let (aider, lb) = (&config.pool.aider, &config.pool.load_balancing);
+        let aider = &config.pool.aider;
         Self {
             aider_python: config.aider_python(),
             aider_version: aider.version.clone(),
             aider_nice: aider.nice,
             aider_start: spec.aider_start,
-            warm_workers: aider
-                .warm_workers
-                .unwrap_or(lb.max_concurrent_per_programmer) as usize,
-            max_concurrent: lb.max_concurrent_per_programmer as usize,
-            max_queue: lb.max_queue_per_programmer as usize,
+            warm_workers: (spec.aider_start == AiderStart::Warm).then(|| {
+                aider
+                    .warm_workers
+                    .map_or(queue_bounds(config).0, |w| w as usize)
+            }),
             durability: config.pool.durability,
             task_lease_s: config.pool.manager.task_lease_s,
             tls: config.pool.tls.clone(),
@@ -125,15 +126,10 @@ impl StartupSettings {
             ("aider.start", self.aider_start != other.aider_start),
             (
                 "aider.warm_workers",
-                self.warm_workers != other.warm_workers,
-            ),
-            (
-                "load_balancing.max_concurrent_per_programmer",
-                self.max_concurrent != other.max_concurrent,
-            ),
-            (
-                "load_balancing.max_queue_per_programmer",
-                self.max_queue != other.max_queue,
+                // Between cold and warm, `aider.start` names the change.
+                self.warm_workers
+                    .zip(other.warm_workers)
+                    .is_some_and(|(a, b)| a != b),
             ),
             ("durability", self.durability != other.durability),
             (
@@ -151,6 +147,16 @@ impl StartupSettings {
             ),
         ])
     }
+}
+
+/// `load_balancing.max_concurrent_per_programmer` and `max_queue_per_programmer`: the queue's
+/// bounds, which follow a re-read file ([`TaskQueue::set_limits`]).
+fn queue_bounds(config: &Config) -> (usize, usize) {
+    let lb = &config.pool.load_balancing;
+    (
+        lb.max_concurrent_per_programmer as usize,
+        lb.max_queue_per_programmer as usize,
+    )
 }
 
 /// The settings of [`LIVE_KEYS`] as one value: a task's attempts all run under the one its task
@@ -296,6 +302,11 @@ impl Programmer {
             .set_policy(breaker_policy(&live.failover.circuit_breaker));
         self.persist_breaker();
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
+        let (running, waiting) = queue_bounds(config);
+        if self.queue.set_limits(running, waiting) {
+            tracing::info!(programmer = %self.spec.id, max_concurrent = running, max_queue = waiting,
+                "queue bounds changed: waiting tasks that fit start now; running and waiting ones stay");
+        }
         if self.sources.follow(config) {
             let sources = self.sources();
             tracing::info!(programmer = %self.spec.id, workspace_root = %sources.workspaces.root().display(),
@@ -332,12 +343,12 @@ impl Programmer {
             Some(saved) => Breaker::restore(policy, saved),
             None => Breaker::new(policy),
         };
-        let warm = match startup.aider_start {
-            AiderStart::Cold => None,
-            AiderStart::Warm => Some(Arc::new(
+        let warm = match startup.warm_workers {
+            None => None,
+            Some(workers) => Some(Arc::new(
                 WarmPool::new(
                     startup.aider_python.clone(),
-                    startup.warm_workers,
+                    workers,
                     startup.aider_nice,
                     crate::programmer::aider::neutral_environment,
                 )
@@ -356,7 +367,10 @@ impl Programmer {
             scratch_dir,
             breaker,
             breaker_store,
-            queue: TaskQueue::new(startup.max_concurrent, startup.max_queue),
+            queue: {
+                let (running, waiting) = queue_bounds(config);
+                TaskQueue::new(running, waiting)
+            },
             counters: Counters::default(),
             started: Instant::now(),
             draining: AtomicBool::new(false),
@@ -517,13 +531,10 @@ programmers:
             ("aider:\n  nice: 3\n", "aider.nice"),
             ("aider:\n  start: cold\n", "aider.start"),
             ("aider:\n  warm_workers: 9\n", "aider.warm_workers"),
+            // It starts warm, with as many workers as it runs tasks.
             (
                 "load_balancing:\n  max_concurrent_per_programmer: 4\n",
-                "load_balancing.max_concurrent_per_programmer",
-            ),
-            (
-                "load_balancing:\n  max_queue_per_programmer: 7\n",
-                "load_balancing.max_queue_per_programmer",
+                "aider.warm_workers",
             ),
             ("durability: power_loss\n", "durability"),
             ("manager:\n  task_lease_s: 99\n", "manager.task_lease_s"),
@@ -540,9 +551,7 @@ programmers:
                 "telemetry.sample_ratio",
             ),
         ] {
-            let changed = base.changed(&settings(extra, "001"));
-            // (`contains`: the concurrency is also the warm workers' default, so both are named.)
-            assert!(changed.contains(&key), "{extra}: {changed:?}");
+            assert_eq!(base.changed(&settings(extra, "001")), [key], "{extra}");
         }
         for live in [
             "aider:\n  request_timeout_s: 77\n  extra_flags: [\"--no-pretty\"]\n  memory_limit_mb: 99\n  edit_format: whole\n",
@@ -550,14 +559,18 @@ programmers:
             "manager:\n  max_queue: 3\n  admin_port: 7000\n",
             "workspace_root: /elsewhere\n",
             "repositories:\n  allow: [\"https://git.example.com/\"]\n",
+            "load_balancing:\n  max_queue_per_programmer: 7\n",
         ] {
             assert_eq!(base.changed(&settings(live, "001")), [""; 0], "{live}");
         }
-        // Its own `aider_start` wins over `aider.start`: nothing changes for it.
+        // Its own `aider_start` wins over `aider.start`: nothing changes for it; and cold, it
+        // applies a new concurrency while running, as a new queue bound.
         let own = settings("", "002");
-        assert_eq!(
-            own.changed(&settings("aider:\n  start: warm\n", "002")),
-            [""; 0]
-        );
+        for live in [
+            "aider:\n  start: warm\n  warm_workers: 3\n",
+            "load_balancing:\n  max_concurrent_per_programmer: 4\n",
+        ] {
+            assert_eq!(own.changed(&settings(live, "002")), [""; 0], "{live}");
+        }
     }
 }
