@@ -26,14 +26,6 @@ use tonic::transport::Channel;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn sighup(child: &ChildGuard) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.child.id() as i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .expect("send SIGHUP");
-}
-
 /// Waits until `child`'s log holds `text` `times` times.
 async fn wait_log(child: &ChildGuard, text: &str, times: usize) {
     wait_until(
@@ -163,7 +155,7 @@ async fn a_re_read_file_adds_a_programmer_and_applies_limits_and_budget_at_once(
         set_key(&text, "max_queue", "7")
             + "limits:\n  per_caller_max_tasks: 1\n  http2_max_concurrent_streams: 100\n"
     });
-    sighup(&manager);
+    manager.hang_up();
     // The applied keys' line, then the warning naming the others (two lines of one reload).
     wait_log(&manager, "applied=", 1).await;
     wait_log(&manager, "read only at start-up", 1).await;
@@ -242,7 +234,7 @@ async fn a_file_that_does_not_load_changes_nothing_and_a_fixed_one_removes_a_pro
     let good = std::fs::read_to_string(&pool.config_path).unwrap();
 
     pool.edit_config(|text| text + "limits:\n  per_caller_max_tasks: many\n");
-    sighup(&manager);
+    manager.hang_up();
     wait_log(&manager, "configuration not reloaded", 1).await;
     let error = lines_with(&manager, "configuration not reloaded").join("\n");
     let file = pool.config_path.display().to_string();
@@ -266,7 +258,7 @@ async fn a_file_that_does_not_load_changes_nothing_and_a_fixed_one_removes_a_pro
 
     // Fixed, without 002.
     pool.edit_config(|_| with_programmers(&good, &["001"]));
-    sighup(&manager);
+    manager.hang_up();
     wait_log(&manager, "applied=", 1).await;
     assert!(
         lines_with(&manager, "applied=")
@@ -296,7 +288,7 @@ async fn a_file_that_does_not_load_changes_nothing_and_a_fixed_one_removes_a_pro
         let text = set_key(&text, "max_queue_per_programmer", "9");
         set_key(&text, "task_lease_s", "77")
     });
-    sighup(programmer);
+    programmer.hang_up();
     wait_log(programmer, "read only at start-up", 1).await;
     let applied = lines_with(programmer, "applied=").join("\n");
     assert!(
@@ -370,7 +362,7 @@ async fn a_programmer_runs_its_next_task_under_the_re_read_failover_and_breaker_
         let text = set_key(&text, "max_retries", "3");
         set_key(&text, "failure_threshold", "1")
     });
-    sighup(&programmer);
+    programmer.hang_up();
     wait_log(&programmer, "applied=", 1).await;
     let applied = lines_with(&programmer, "applied=").join("\n");
     for key in [
@@ -419,7 +411,7 @@ async fn a_programmer_takes_a_re_read_primary_llm_for_its_next_task_with_a_close
             1,
         )
     });
-    sighup(&programmer);
+    programmer.hang_up();
     wait_log(&programmer, "applied=", 1).await;
     assert!(
         lines_with(&programmer, "applied=")
@@ -486,7 +478,7 @@ async fn routing_follows_the_re_read_order_of_programmers() {
 
     // 003 moved to the front and 001 added between: the file's order, not the joining order.
     pool.edit_config(|_| with_programmers(&full, &["003", "001", "002"]));
-    sighup(&manager);
+    manager.hang_up();
     wait_log(&manager, "applied=", 1).await;
     wait_available(&c, 3).await;
     assert_eq!(listed(&c).await, ["003", "001", "002"]);
@@ -520,7 +512,7 @@ async fn routing_follows_the_re_read_order_of_programmers() {
             1,
         )
     });
-    sighup(&manager);
+    manager.hang_up();
     wait_log(&manager, "applied=", 2).await;
     let applied = lines_with(&manager, "applied=").join("\n");
     assert!(
@@ -577,7 +569,7 @@ async fn dns_discovery_follows_the_re_read_entries_and_discovery_keys() {
             .replacen("pool_size: 0\n", "pool_size: 1\n", 1);
         set_key(&text, "refresh_s", "3599") + "capability_routing:\n  gpu-group: [\"dns-a\"]\n"
     });
-    sighup(&manager);
+    manager.hang_up();
     wait_log(&manager, "applied=", 1).await;
     let applied = lines_with(&manager, "applied=").join("\n");
     for key in ["capability_routing", "discovery.refresh_s"] {
@@ -665,8 +657,8 @@ async fn a_re_read_allow_list_is_followed_by_the_manager_and_the_programmer() {
         served.display()
     );
     pool.edit_config(|text| text.replacen(allow, &widened, 1));
-    sighup(&manager);
-    sighup(&programmer);
+    manager.hang_up();
+    programmer.hang_up();
     wait_log(&manager, "applied=", 1).await;
     wait_log(&programmer, "applied=", 1).await;
 

@@ -449,7 +449,8 @@ async fn sigterm_flushes_buffered_spans_and_a_dead_collector_does_not_hold_up_ex
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sample_ratio_zero_drops_new_traces_but_follows_a_callers_sampled_one() {
+async fn sample_ratio_zero_drops_new_traces_but_follows_a_callers_sampled_one_until_a_re_read_raises_it()
+ {
     use pas::contract::v1::programmer_client::ProgrammerClient;
 
     let collector = Collector::start().await;
@@ -473,8 +474,26 @@ async fn sample_ratio_zero_drops_new_traces_but_follows_a_callers_sampled_one() 
     let trace_id = random_hex(16);
     let traceparent = format!("00-{trace_id}-{}-01", random_hex(8));
     dry_run_traced(&mut client, "sampled-by-caller", Some(&traceparent)).await;
+    // A re-read file samples every new trace: the next task is recorded, no restart.
+    pool.edit_config(|text| text.replace("sample_ratio: 0.0", "sample_ratio: 1.0"));
+    prog.hang_up();
+    common::pool::wait_until(
+        Duration::from_secs(60),
+        "the re-read sample ratio applied",
+        || async { prog.log_text().contains("trace sampling changed") },
+    )
+    .await;
+    dry_run(&mut client, "sampled-after-re-read").await;
     // SIGTERM flushes whatever was recorded.
     let spans = stop_and_collect(&mut prog, &collector);
+    let after = programmer_task(&spans, "sampled-after-re-read").unwrap_or_else(|| {
+        panic!(
+            "a new trace is sampled at the re-read ratio: {spans:#?}\n{}",
+            prog.log_text()
+        )
+    });
+    let after_id = after.trace_id();
+    assert_ne!(after_id, trace_id, "a trace of its own");
     let kept = programmer_task(&spans, "sampled-by-caller").unwrap_or_else(|| {
         panic!(
             "the caller's sampled trace is kept: {spans:#?}\n{}",
@@ -487,7 +506,9 @@ async fn sample_ratio_zero_drops_new_traces_but_follows_a_callers_sampled_one() 
         assert!(programmer_task(&spans, &id).is_none(), "{id} was sampled");
     }
     assert!(
-        spans.iter().all(|s| s.trace_id() == trace_id),
-        "only the caller's trace was recorded: {spans:#?}"
+        spans
+            .iter()
+            .all(|s| s.trace_id() == trace_id || s.trace_id() == after_id),
+        "only the caller's trace and the one after the re-read were recorded: {spans:#?}"
     );
 }

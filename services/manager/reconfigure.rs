@@ -53,6 +53,7 @@ pub const LIVE: &[&str] = &[
     "cost_optimization",
     "escalation",
     "auth.open",
+    "telemetry.sample_ratio",
     "workspace_root",
     "repositories",
 ];
@@ -102,8 +103,6 @@ pub struct StartupSettings {
     pub discovery_mode: DiscoveryMode,
     /// `durability`.
     pub durability: crate::config::Durability,
-    /// `telemetry.sample_ratio`.
-    pub sample_ratio: f64,
 }
 
 impl StartupSettings {
@@ -123,7 +122,6 @@ impl StartupSettings {
                 .map(|a| (a.tokens_file.clone(), a.tokens_env.clone())),
             discovery_mode: pool.discovery.mode,
             durability: pool.durability,
-            sample_ratio: pool.telemetry.sample_ratio,
         }
     }
 
@@ -157,10 +155,6 @@ impl StartupSettings {
                 self.discovery_mode != other.discovery_mode,
             ),
             ("durability", self.durability != other.durability),
-            (
-                "telemetry.sample_ratio",
-                self.sample_ratio != other.sample_ratio,
-            ),
         ])
     }
 }
@@ -236,6 +230,12 @@ pub fn apply(mgr: &Manager, auth: Option<&Authenticator>, new: Arc<Config>) {
         auth.set_open(&section.open);
     }
     mgr.follow_sources(&new);
+    if crate::telemetry::set_sample_ratio(pool.telemetry.sample_ratio) {
+        tracing::info!(
+            sample_ratio = pool.telemetry.sample_ratio,
+            "trace sampling changed: new traces from now"
+        );
+    }
     mgr.pool.set_queue_defaults(&pool.load_balancing);
     // Read per task from here on: strategy, queue timeout, attempts, escalation, free-first;
     // DNS discovery takes its keys and the programmers' entries from it.
@@ -311,10 +311,6 @@ mod tests {
             ),
             ("auth:\n  tokens_env: PAS_TOKENS\n", "auth"),
             ("durability: power_loss\n", "durability"),
-            (
-                "telemetry:\n  sample_ratio: 0.5\n",
-                "telemetry.sample_ratio",
-            ),
         ] {
             assert_eq!(base.changed(&startup(extra)), [key], "{extra}");
         }
@@ -323,6 +319,7 @@ mod tests {
             "limits:\n  per_caller_burst: 4\n",
             "aider:\n  nice: 3\n",
             "workspace_root: /elsewhere\n",
+            "telemetry:\n  sample_ratio: 0.5\n",
         ] {
             assert_eq!(base.changed(&startup(live)), [""; 0], "{live}");
         }

@@ -60,6 +60,8 @@ pub const LIVE_KEYS: &[&str] = &[
     // The queue's bounds (`TaskQueue::set_limits`).
     "load_balancing.max_concurrent_per_programmer",
     "load_balancing.max_queue_per_programmer",
+    // The share of new traces recorded (`telemetry::set_sample_ratio`).
+    "telemetry.sample_ratio",
 ];
 
 /// The settings a programmer reads only as it starts, as `config` resolves them for one
@@ -90,8 +92,6 @@ pub struct StartupSettings {
     pub tls: Option<crate::config::TlsConfig>,
     /// `limits.http2_max_concurrent_streams`.
     pub http2_max_concurrent_streams: u32,
-    /// `telemetry.sample_ratio`.
-    pub sample_ratio: f64,
 }
 
 impl StartupSettings {
@@ -112,7 +112,6 @@ impl StartupSettings {
             task_lease_s: config.pool.manager.task_lease_s,
             tls: config.pool.tls.clone(),
             http2_max_concurrent_streams: config.pool.limits.http2_max_concurrent_streams,
-            sample_ratio: config.pool.telemetry.sample_ratio,
         }
     }
 
@@ -140,10 +139,6 @@ impl StartupSettings {
             (
                 "limits.http2_max_concurrent_streams",
                 self.http2_max_concurrent_streams != other.http2_max_concurrent_streams,
-            ),
-            (
-                "telemetry.sample_ratio",
-                self.sample_ratio != other.sample_ratio,
             ),
         ])
     }
@@ -302,6 +297,10 @@ impl Programmer {
             .set_policy(breaker_policy(&live.failover.circuit_breaker));
         self.persist_breaker();
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
+        if crate::telemetry::set_sample_ratio(config.pool.telemetry.sample_ratio) {
+            tracing::info!(programmer = %self.spec.id, sample_ratio = config.pool.telemetry.sample_ratio,
+                "trace sampling changed: new traces from now");
+        }
         let (running, waiting) = queue_bounds(config);
         if self.queue.set_limits(running, waiting) {
             tracing::info!(programmer = %self.spec.id, max_concurrent = running, max_queue = waiting,
@@ -546,10 +545,6 @@ programmers:
                 "limits:\n  http2_max_concurrent_streams: 9\n",
                 "limits.http2_max_concurrent_streams",
             ),
-            (
-                "telemetry:\n  sample_ratio: 0.5\n",
-                "telemetry.sample_ratio",
-            ),
         ] {
             assert_eq!(base.changed(&settings(extra, "001")), [key], "{extra}");
         }
@@ -560,6 +555,7 @@ programmers:
             "workspace_root: /elsewhere\n",
             "repositories:\n  allow: [\"https://git.example.com/\"]\n",
             "load_balancing:\n  max_queue_per_programmer: 7\n",
+            "telemetry:\n  sample_ratio: 0.5\n",
         ] {
             assert_eq!(base.changed(&settings(live, "001")), [""; 0], "{live}");
         }

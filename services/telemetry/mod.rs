@@ -115,8 +115,9 @@ impl Telemetry {
 /// running without export: telemetry never stops the service.
 pub fn init(format: LogFormat, service: &ServiceIdentity, sample_ratio: f64) -> Telemetry {
     let mut warning = None;
+    SAMPLE_RATIO.set(sample_ratio);
     let tracer_provider = if otel::export_configured() {
-        match otel::tracer_provider(service, sample_ratio) {
+        match otel::tracer_provider(service, SAMPLE_RATIO.clone()) {
             Ok(p) => Some(p),
             Err(e) => {
                 warning = Some(format!(
@@ -146,6 +147,18 @@ pub fn init(format: LogFormat, service: &ServiceIdentity, sample_ratio: f64) -> 
         tracing::info!(service = %service.name, "exporting traces over OTLP/gRPC");
     }
     Telemetry { tracer_provider }
+}
+
+/// The process's share of new traces recorded: [`init`] sets it, [`set_sample_ratio`] changes it.
+static SAMPLE_RATIO: std::sync::LazyLock<otel::SampleRatio> =
+    std::sync::LazyLock::new(|| otel::SampleRatio::new(1.0));
+
+/// Puts a re-read `telemetry.sample_ratio` in force for the traces that start from now; returns
+/// whether it differs from the one before.
+pub fn set_sample_ratio(ratio: f64) -> bool {
+    let changed = SAMPLE_RATIO.get() != ratio;
+    SAMPLE_RATIO.set(ratio);
+    changed
 }
 
 /// Everything telemetry does when a task finishes: records the result on the current span (the

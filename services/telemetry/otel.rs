@@ -13,8 +13,11 @@
 use super::ServiceIdentity;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{Link, SpanKind, TraceId};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{Sampler, SamplingResult, SdkTracerProvider, ShouldSample};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::registry::LookupSpan;
@@ -51,32 +54,70 @@ pub fn resource(service: &ServiceIdentity) -> Resource {
 }
 
 /// A tracer provider exporting in batches over OTLP/gRPC (tonic). Needs a tokio runtime.
-/// `sample_ratio` (`telemetry.sample_ratio`) is the share of new traces recorded; a sampled
-/// parent (the caller's `traceparent`) is always followed.
+/// `ratio` (`telemetry.sample_ratio`, a re-read file's too) is the share of new traces
+/// recorded; a sampled parent (the caller's `traceparent`) is always followed.
 pub fn tracer_provider(
     service: &ServiceIdentity,
-    sample_ratio: f64,
+    ratio: SampleRatio,
 ) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .build()?;
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_sampler(sampler(sample_ratio))
+        .with_sampler(sampler(ratio))
         .with_resource(resource(service))
         .build())
 }
 
-/// Parent-based: a trace is kept or dropped whole; new traces by trace id at `ratio`.
-fn sampler(ratio: f64) -> Sampler {
-    let root = if ratio >= 1.0 {
-        Sampler::AlwaysOn
-    } else if ratio <= 0.0 {
-        Sampler::AlwaysOff
-    } else {
-        Sampler::TraceIdRatioBased(ratio)
-    };
-    Sampler::ParentBased(Box::new(root))
+/// Parent-based: a trace is kept or dropped whole; new traces by trace id at the ratio in force.
+fn sampler(ratio: SampleRatio) -> Sampler {
+    Sampler::ParentBased(Box::new(ratio))
+}
+
+/// The share of new traces recorded (`telemetry.sample_ratio`), changed while the process runs
+/// ([`SampleRatio::set`]) when a re-read file gives another: turning tracing up to look into a
+/// problem takes no restart. Clones share the value.
+#[derive(Debug, Clone)]
+pub struct SampleRatio(Arc<AtomicU64>);
+
+impl SampleRatio {
+    /// A ratio of `ratio` (at most 0: none; at least 1: every new trace).
+    pub fn new(ratio: f64) -> Self {
+        Self(Arc::new(AtomicU64::new(ratio.to_bits())))
+    }
+
+    /// The ratio in force.
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+
+    /// Puts `ratio` in force for the traces that start from now.
+    pub fn set(&self, ratio: f64) {
+        self.0.store(ratio.to_bits(), Ordering::Relaxed);
+    }
+}
+
+impl ShouldSample for SampleRatio {
+    fn should_sample(
+        &self,
+        parent_context: Option<&opentelemetry::Context>,
+        trace_id: TraceId,
+        name: &str,
+        span_kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        let ratio = self.get();
+        let root = if ratio >= 1.0 {
+            Sampler::AlwaysOn
+        } else if ratio > 0.0 {
+            Sampler::TraceIdRatioBased(ratio)
+        } else {
+            Sampler::AlwaysOff
+        };
+        root.should_sample(parent_context, trace_id, name, span_kind, attributes, links)
+    }
 }
 
 /// The `tracing` → OpenTelemetry bridge for `provider`, limited to this crate's INFO spans.
@@ -89,4 +130,48 @@ where
         .with_tracked_inactivity(false)
         .with_threads(false)
         .with_filter(Targets::new().with_target("pas", tracing::Level::INFO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceState};
+    use opentelemetry_sdk::trace::SamplingDecision;
+
+    fn decide(sampler: &Sampler, parent: Option<&opentelemetry::Context>, id: u128) -> bool {
+        let result = sampler.should_sample(
+            parent,
+            TraceId::from(id),
+            "task",
+            &SpanKind::Internal,
+            &[],
+            &[],
+        );
+        result.decision == SamplingDecision::RecordAndSample
+    }
+
+    /// New traces follow the ratio as it is set, whenever it is set; a sampled caller's trace is
+    /// followed at any ratio.
+    #[test]
+    fn new_traces_follow_the_ratio_in_force_and_a_sampled_parent_always() {
+        let ratio = SampleRatio::new(0.0);
+        let sampler = sampler(ratio.clone());
+        let ids =
+            || (1..=200u128).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835));
+        assert!(ids().all(|id| !decide(&sampler, None, id)));
+        let parent = opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+            TraceId::from(7),
+            SpanId::from(9),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        ));
+        assert!(decide(&sampler, Some(&parent), 7));
+
+        ratio.set(1.0);
+        assert!(ids().all(|id| decide(&sampler, None, id)));
+        ratio.set(0.5);
+        let kept = ids().filter(|id| decide(&sampler, None, *id)).count();
+        assert!((40..=160).contains(&kept), "about half of 200: {kept}");
+    }
 }

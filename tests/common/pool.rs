@@ -138,10 +138,16 @@ impl ChildGuard {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// Sends SIGHUP: the process re-reads its configuration and credential files.
+    pub fn hang_up(&self) {
+        self.signal(nix::sys::signal::Signal::SIGHUP);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal);
     }
 
     /// The child's log so far.
