@@ -77,14 +77,7 @@ impl CurrentSources {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn config(extra: &str) -> Config {
-        let yaml = format!(
-            "pool_size: 1\nprogrammers:\n  - {{ id: \"001\", port: 16151, primary_llm: \"ollama/qwen2.5-coder:7b-instruct\", backup_llm: \"ollama/qwen2.5-coder:14b-instruct\" }}\n{extra}"
-        );
-        let env = crate::config::PathEnv::in_dir("/tmp");
-        Config::from_yaml_with(&yaml, std::path::Path::new("/cfg/pool.yaml"), &env).unwrap()
-    }
+    use crate::config::one_programmer_pool as config;
 
     /// A re-read file that moves the root (or changes `repositories:`) replaces the sources; one
     /// that changes neither keeps them, cache included; a snapshot taken before stays as it was.

@@ -874,7 +874,10 @@ fn pas_reload_reports_what_the_re_read_did() {
 
     let same = pool.run(&["reload"]);
     assert!(same.status.success());
-    assert!(stdout(&same).contains("no process to restart"), "{same:?}");
+    assert!(
+        stdout(&same).contains("no setting changed; applied while running: no process to restart"),
+        "{same:?}"
+    );
 
     rewrite_config(&pool, format!("{text}bogus_key: 1\n"));
     let refused = pool.run(&["reload"]);
@@ -902,8 +905,9 @@ fn pas_reload_reports_what_the_re_read_did() {
     let rolled = pool.run(&["reload"]);
     assert!(rolled.status.success(), "{rolled:?}");
     assert!(
-        stdout(&rolled)
-            .contains("restarted with the settings read at start-up: Prog-001, Prog-002"),
+        stdout(&rolled).contains(
+            "changed: aider.nice; restarted with the settings read at start-up: Prog-001, Prog-002"
+        ),
         "{rolled:?}"
     );
     assert_eq!(pool.state()["reload"]["seq"], 3);

@@ -74,6 +74,7 @@ impl Rollout {
         let (rereads, next) = mpsc::unbounded_channel();
         let roll = Roll {
             sup,
+            reported: Arc::new(initial.clone()),
             started_with,
             manager_started_with: manager,
             healthy_within,
@@ -207,6 +208,30 @@ fn not_back(
     }
 }
 
+/// How many changed keys a report names before it only counts the rest.
+const NAMED_KEYS: usize = 8;
+
+/// What a re-read changed, for its report (`pas reload` prints it): the keys, as written in the
+/// file, and for `data_dir` that only `pas restart` applies it (nothing does while running).
+fn changed_since(old: &Config, new: &Config) -> String {
+    let keys = crate::config::diff::changed_keys(&old.pool, &new.pool);
+    let named = keys
+        .iter()
+        .take(NAMED_KEYS)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut summary = match keys.len() {
+        0 => "no setting changed".to_string(),
+        n if n <= NAMED_KEYS => format!("changed: {named}"),
+        n => format!("changed: {named} and {} more", n - NAMED_KEYS),
+    };
+    if keys.iter().any(|k| k == "data_dir") {
+        summary.push_str(" (data_dir applies only with `pas restart`)");
+    }
+    summary
+}
+
 /// How the restart of one process ended.
 enum Restarted {
     /// Healthy again (and, for a programmer, available in the manager's pool).
@@ -220,6 +245,8 @@ enum Restarted {
 /// The rollout's state across re-reads: what each process started with.
 struct Roll {
     sup: Arc<Supervisor>,
+    /// The file the last report covered: the next one names the keys changed since.
+    reported: Arc<Config>,
     started_with: HashMap<String, StartupSettings>,
     manager_started_with: ManagerStartup,
     healthy_within: Duration,
@@ -285,6 +312,11 @@ impl Roll {
                     )
                 }
             };
+            let detail = format!(
+                "{}; {detail}",
+                changed_since(&self.reported, &latest.config)
+            );
+            self.reported = latest.config.clone();
             let seq = latest.seq;
             // A re-read after this one may have reported already (a file that did not load).
             self.reports.send_if_modified(|now| {
@@ -385,5 +417,37 @@ impl Roll {
             }
         };
         Some((child.name.clone(), restarted))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::one_programmer_pool as config;
+
+    /// A report names the keys a re-read changed, counts those past the first eight, and says
+    /// that a new data dir waits for `pas restart`.
+    #[test]
+    fn a_report_names_what_the_re_read_changed() {
+        let base = config("");
+        assert_eq!(changed_since(&base, &config("")), "no setting changed");
+        assert_eq!(
+            changed_since(
+                &base,
+                &config("aider:\n  nice: 3\nmanager:\n  max_queue: 9\n")
+            ),
+            "changed: aider.nice, manager.max_queue"
+        );
+        let many = (1..=10)
+            .map(|i| format!("  \"ollama/r{i}\": {{ context_limit: 4096 }}\n"))
+            .collect::<String>();
+        let summary = changed_since(
+            &base,
+            &config(&format!("llms:\n{many}data_dir: /srv/pas\n")),
+        );
+        assert!(
+            summary.ends_with(" and 3 more (data_dir applies only with `pas restart`)"),
+            "{summary}"
+        );
     }
 }

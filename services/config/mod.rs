@@ -33,3 +33,15 @@ pub use spec::{
     MAX_REGION_LEN, PathEnv, ProgrammerOverrides, ProgrammerSpec, RepoSettings, SpecError,
     region_problem,
 };
+
+/// A pool of one programmer (`001` on the simulator's Ollama models) with `extra` appended, loaded
+/// as `/cfg/pool.yaml` with no environment: what unit tests of a re-read compare.
+#[cfg(test)]
+pub fn one_programmer_pool(extra: &str) -> Config {
+    let yaml = format!(
+        "pool_size: 1\nprogrammers:\n  - {{ id: \"001\", port: 16151, primary_llm: \"ollama/qwen2.5-coder:7b-instruct\", backup_llm: \"ollama/qwen2.5-coder:14b-instruct\" }}\n{extra}"
+    );
+    let env = PathEnv::in_dir("/tmp");
+    Config::from_yaml_with(&yaml, std::path::Path::new("/cfg/pool.yaml"), &env)
+        .expect("the test pool loads")
+}

@@ -279,13 +279,7 @@ mod tests {
 
     /// The pool the manager tests read, with `extra` appended.
     fn startup(extra: &str) -> StartupSettings {
-        let yaml = format!(
-            "pool_size: 1\nprogrammers:\n  - {{ id: \"001\", port: 16151, primary_llm: \"ollama/qwen2.5-coder:7b-instruct\", backup_llm: \"ollama/qwen2.5-coder:14b-instruct\" }}\n{extra}"
-        );
-        let env = crate::config::PathEnv::in_dir("/tmp");
-        let config =
-            Config::from_yaml_with(&yaml, std::path::Path::new("/cfg/pool.yaml"), &env).unwrap();
-        StartupSettings::of(&config)
+        StartupSettings::of(&crate::config::one_programmer_pool(extra))
     }
 
     #[test]
