@@ -137,19 +137,20 @@ pub const CONFIGURATION: &str = "configuration";
 
 /// For a process that applies a few settings while it runs (a programmer: `live` keys): each
 /// new version of the file from `versions` whose `live` keys changed is handed to `apply` and
-/// the keys logged as applied; every other key that differs from the version read at start-up
-/// is named in a warning as read only at start-up, so an edit nobody restarted for is seen in
-/// the log instead of silently ignored.
+/// the keys logged as applied; the settings it reads only at start-up that differ from the ones
+/// it started with (`waiting`, given a version) are named in a warning, so an edit nobody
+/// restarted for is seen in the log instead of silently ignored, and
+/// `pas_config_restart_pending` is 1 while there are any.
 pub fn follow(
     mut versions: watch::Receiver<Arc<crate::config::Config>>,
     live: &'static [&'static str],
+    waiting: impl Fn(&crate::config::Config) -> Vec<&'static str> + Send + 'static,
     apply: impl Fn(&crate::config::Config) + Send + 'static,
 ) {
     use crate::config::diff::{changed_keys, under};
-    // Read only at start-up: compared with the version then, so every key still waiting for the
-    // restart stays named. Live: compared with the version last applied.
-    let at_start = versions.borrow().clone();
-    let mut applied = at_start.clone();
+    // Live: compared with the version last applied.
+    let mut applied = versions.borrow().clone();
+    crate::telemetry::metrics::config_restart_pending(false);
     tokio::spawn(async move {
         while versions.changed().await.is_ok() {
             let new = versions.borrow_and_update().clone();
@@ -163,10 +164,8 @@ pub fn follow(
                 tracing::info!(file = %new.source.display(), applied = %now_live.join(", "),
                     "configuration reloaded");
             }
-            let later: Vec<String> = changed_keys(&at_start.pool, &new.pool)
-                .into_iter()
-                .filter(|k| !under(k, live))
-                .collect();
+            let later = waiting(&new);
+            crate::telemetry::metrics::config_restart_pending(!later.is_empty());
             if !later.is_empty() {
                 tracing::warn!(file = %new.source.display(), keys = %later.join(", "),
                     "configuration changed in settings read only at start-up: they apply when the process restarts");

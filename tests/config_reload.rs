@@ -281,8 +281,18 @@ async fn a_file_that_does_not_load_changes_nothing_and_a_fixed_one_removes_a_pro
     })
     .await;
 
-    // A programmer applies its live settings and names the others as waiting for its restart.
+    // A programmer applies its live settings and names the others as waiting for its restart;
+    // both processes say a restart is due while the file changes a setting read at start-up.
     let programmer = &programmers["001"];
+    let pending = |url: String| async move {
+        support::scrape(&url)
+            .await
+            .get("pas_config_restart_pending", &[])
+    };
+    let programmer_url = pool.programmer_url("001");
+    assert_eq!(pending(programmer_url.clone()).await, Some(0.0));
+    assert_eq!(pending(pool.manager_url()).await, Some(0.0));
+    let before = std::fs::read_to_string(&pool.config_path).expect("config");
     pool.edit_config(|text| {
         let text = set_key(&text, "max_retries", "7");
         let text = set_key(&text, "max_queue_per_programmer", "9");
@@ -303,6 +313,28 @@ async fn a_file_that_does_not_load_changes_nothing_and_a_fixed_one_removes_a_pro
             && !later.contains("max_queue_per_programmer"),
         "{later}"
     );
+    assert_eq!(pending(programmer_url.clone()).await, Some(1.0));
+    manager.hang_up();
+    wait_until(WAIT, "the manager's restart due", || async {
+        pending(pool.manager_url()).await == Some(1.0)
+    })
+    .await;
+    // The lease as it was: no restart due any more.
+    pool.edit_config(|text| {
+        let lease = before
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix("task_lease_s: "))
+            .expect("the test pool's lease");
+        set_key(&text, "task_lease_s", lease)
+    });
+    programmer.hang_up();
+    manager.hang_up();
+    for url in [programmer_url, pool.manager_url()] {
+        wait_until(WAIT, "no restart due", || async {
+            pending(url.clone()).await == Some(0.0)
+        })
+        .await;
+    }
 }
 
 /// Programmer 001 alone (with `options`) on a simulator that runs `script`, the sample

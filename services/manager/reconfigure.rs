@@ -169,10 +169,16 @@ pub fn watch(mgr: Arc<Manager>, auth: Option<Arc<Authenticator>>) {
             .map_err(|e| anyhow::anyhow!("{}: cost_optimization: {e}", config.source.display()))?;
         Ok(())
     });
+    // What it started with: a file that changes any of it leaves a restart due until it no
+    // longer does (`pas_config_restart_pending`).
+    let started = StartupSettings::of(&mgr.config());
+    crate::telemetry::metrics::config_restart_pending(false);
     tokio::spawn(async move {
         while current.changed().await.is_ok() {
             let new = current.borrow_and_update().clone();
+            let pending = !started.changed(&StartupSettings::of(&new)).is_empty();
             apply(&mgr, auth.as_deref(), new);
+            crate::telemetry::metrics::config_restart_pending(pending);
         }
     });
 }

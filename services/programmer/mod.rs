@@ -149,12 +149,20 @@ pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
     // not resolve (say, an unknown LLM) is not taken at all.
     let live_prog = prog.clone();
     let (check_id, check_overrides) = (args.id.clone(), overrides.clone());
+    let (waiting_id, waiting_overrides) = (args.id.clone(), overrides.clone());
+    let started = state::StartupSettings::of(&config, &prog.spec);
     crate::reload::follow(
         crate::reload::configuration(Arc::new(config.clone()), move |c| {
             c.programmer_with(&check_id, &check_overrides)?;
             Ok(())
         }),
         state::LIVE_KEYS,
+        move |config| match config.programmer_with(&waiting_id, &waiting_overrides) {
+            // Against the settings it started with (a file in which its entry does not resolve
+            // is not taken at all).
+            Ok(spec) => started.changed(&state::StartupSettings::of(config, &spec)),
+            Err(_) => Vec::new(),
+        },
         move |config| match config.programmer_with(&args.id, &overrides) {
             Ok(spec) => live_prog.set_live(config, spec),
             Err(e) => tracing::error!("configuration not applied: {e}"),

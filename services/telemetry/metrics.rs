@@ -24,7 +24,8 @@
 //!
 //! Every manager and programmer (see `reload`; `what` is the configuration, or a credential set):
 //! - `pas_reloads_total{what,outcome}`, `pas_reload_failing{what}`,
-//!   `pas_tls_certificate_expiry_timestamp_seconds{role}` (server; the manager's client side too).
+//!   `pas_tls_certificate_expiry_timestamp_seconds{role}` (server; the manager's client side too),
+//!   `pas_config_restart_pending` (the file changes settings it reads only at start-up).
 //!
 //! The manager:
 //! - `pas_pool_tasks_total{programmer_id,llm,outcome}`, `pas_pool_task_duration_seconds{llm,outcome}`
@@ -161,6 +162,14 @@ pub fn reload(what: &'static str, reloaded: bool) {
     gauge!("pas_reload_failing", "what" => what).set(if reloaded { 0.0 } else { 1.0 });
 }
 
+/// Whether the configuration file, as last read, changes settings this process reads only at
+/// start-up (1: they wait for its restart; 0: it runs with the whole file). Where nothing restarts
+/// a process by itself — a Deployment whose pods do not roll on a config change, a systemd unit —
+/// this says a restart is due, and its log line names the keys.
+pub fn config_restart_pending(pending: bool) {
+    gauge!("pas_config_restart_pending").set(if pending { 1.0 } else { 0.0 });
+}
+
 /// When the certificate this process presents as `role` (`server`, `client`) stops being valid,
 /// Unix seconds: set at start-up and at each reload, for an alert well before it (a renewal that
 /// never reached the files, or files that stopped loading, show here first).
@@ -178,6 +187,10 @@ fn describe() {
     describe_gauge!(
         "pas_reload_failing",
         "1 while the files on disk do not load (the set read before is in use)"
+    );
+    describe_gauge!(
+        "pas_config_restart_pending",
+        "1 while the configuration file changes settings this process reads only at start-up (they apply when it restarts)"
     );
     describe_gauge!(
         "pas_tls_certificate_expiry_timestamp_seconds",
