@@ -1112,6 +1112,51 @@ fn helm_chart_lints_renders_validates_and_matches_the_binary() {
         "providers, two TLS, tokens"
     );
 
+    // A config change rolls the pods (a checksum of the ConfigMap on each), unless the chart is
+    // told to leave them to apply it while running.
+    let checksum = |render: &Render, component: &str| {
+        render
+            .deployments(component)
+            .iter()
+            .map(|d| {
+                d["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect::<Vec<_>>()
+    };
+    let edited = helm_template(
+        tools,
+        "helm default values, a pool key edited",
+        &["--set", "pool.manager.max_queue=7"],
+    );
+    let in_place = helm_template(
+        tools,
+        "helm default values, a pool key edited in place",
+        &[
+            "--set",
+            "pool.manager.max_queue=7",
+            "--set",
+            "rollOnConfigChange=false",
+        ],
+    );
+    validate(tools, &in_place);
+    for component in ["manager", "programmer"] {
+        let (before, after) = (checksum(&default, component), checksum(&edited, component));
+        assert!(
+            before.iter().all(Option::is_some),
+            "{component}: {before:?}"
+        );
+        assert!(
+            before.iter().zip(&after).all(|(b, a)| b != a),
+            "{component}: an edited pool rolls the pods: {before:?} {after:?}"
+        );
+        assert!(
+            checksum(&in_place, component).iter().all(Option::is_none),
+            "{component}: rollOnConfigChange=false leaves the pods"
+        );
+    }
+
     // Values that would cut a drain short, or expose plaintext, are refused at render time.
     for (set, message) in [
         (

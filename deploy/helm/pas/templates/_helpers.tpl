@@ -33,9 +33,12 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- define "pas.tlsDir" -}}/var/run/secrets/pas/tls{{- end -}}
 {{- define "pas.authDir" -}}/var/run/secrets/pas/auth{{- end -}}
 
-{{/* Pod annotations: config checksum (a config change rolls the pods) and Prometheus scraping. */}}
+{{/* Pod annotations: config checksum (with rollOnConfigChange, a config change rolls the pods) and
+Prometheus scraping. */}}
 {{- define "pas.podAnnotations" -}}
+{{- if .root.Values.rollOnConfigChange }}
 checksum/config: {{ include (print .root.Template.BasePath "/configmap.yaml") .root | sha256sum }}
+{{- end }}
 {{- if .root.Values.metricsAnnotations }}
 prometheus.io/scrape: "true"
 prometheus.io/port: {{ .port | quote }}
