@@ -708,3 +708,38 @@ async fn a_re_read_allow_list_is_followed_by_the_manager_and_the_programmer() {
         );
     }
 }
+
+/// A re-read `health_check_interval_s` is in force at once: the manager polls every programmer
+/// then and at the new interval, so what a programmer did since its last report shows in the
+/// pool's status without waiting out the old interval (here an hour).
+#[tokio::test]
+async fn a_re_read_status_poll_interval_applies_at_once() {
+    let pool = TestPool::new(PoolOptions {
+        programmers: vec![TestProgrammer::free("001")],
+        health_check_interval_s: 3600,
+        ..PoolOptions::default()
+    });
+    pool.sample_repo();
+    let manager = pool.start_manager();
+    let _programmer = pool.start_programmer("001");
+    let c = manager_client(&pool).await;
+    wait_available(&c, 1).await;
+    // A task the manager did not place: it learns of it only from a status report.
+    let mut direct = pool.programmer_client("001").await;
+    let task = TaskRequest {
+        dry_run: true,
+        ..docstrings()
+    };
+    let (_, result) = common::pool::execute_task(&mut direct, task).await;
+    assert_eq!(state_of(&result), TaskState::Succeeded, "{result:#?}");
+
+    pool.edit_config(|text| set_key(&text, "health_check_interval_s", "1"));
+    manager.hang_up();
+    wait_log(&manager, "status polls changed", 1).await;
+    wait_until(
+        WAIT,
+        "the manager's status shows the direct task",
+        || async { pool_status(&c).await.programmers[0].completed == 1 },
+    )
+    .await;
+}

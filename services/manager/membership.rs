@@ -301,7 +301,9 @@ pub struct PoolView {
 #[derive(Debug)]
 struct Watchers {
     tx: ChangeTx,
-    poll_interval: Duration,
+    /// `load_balancing.health_check_interval_s` in force, in ms ([`PoolView::set_poll_interval`]):
+    /// each poller reads it before each wait.
+    poll_interval_ms: AtomicU64,
 }
 
 /// What [`PoolView::reconcile`] changed, by programmer id.
@@ -370,6 +372,29 @@ impl PoolView {
     /// [`Member::has_left`]). A snapshot: members joining later are not in it.
     pub fn members(&self) -> Arc<Vec<Arc<Member>>> {
         lock(&self.members).clone()
+    }
+
+    /// How often each member's status is polled (`load_balancing.health_check_interval_s`).
+    pub fn poll_interval(&self) -> Duration {
+        self.watchers.get().map_or(Duration::from_secs(1), |w| {
+            Duration::from_millis(w.poll_interval_ms.load(Ordering::Relaxed))
+        })
+    }
+
+    /// Puts a re-read `health_check_interval_s` in force: every member is polled at once, then
+    /// at the new interval. Returns whether it changed.
+    pub fn set_poll_interval(&self, interval: Duration) -> bool {
+        let Some(w) = self.watchers.get() else {
+            return false;
+        };
+        let ms = interval.as_millis() as u64;
+        if w.poll_interval_ms.swap(ms, Ordering::Relaxed) == ms {
+            return false;
+        }
+        for member in self.members().iter() {
+            member.refresh.notify_one();
+        }
+        true
     }
 
     /// The member at `index` (indices come from this view, so it exists).
@@ -657,7 +682,10 @@ pub fn start(
     poll_interval: Duration,
 ) -> mpsc::UnboundedReceiver<Result<MemberChange, std::convert::Infallible>> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let watchers = pool.watchers.get_or_init(|| Watchers { tx, poll_interval });
+    let watchers = pool.watchers.get_or_init(|| Watchers {
+        tx,
+        poll_interval_ms: AtomicU64::new(poll_interval.as_millis() as u64),
+    });
     for member in pool.members().iter() {
         spawn_watchers(pool.clone(), member, watchers);
     }
@@ -672,7 +700,7 @@ fn spawn_watchers(pool: Arc<PoolView>, member: &Arc<Member>, w: &Watchers) {
         w.tx.clone(),
         stop.clone(),
     ));
-    tokio::spawn(poll_status(pool, member.clone(), w.poll_interval, stop));
+    tokio::spawn(poll_status(pool, member.clone(), stop));
 }
 
 type ChangeTx = mpsc::UnboundedSender<Result<MemberChange, std::convert::Infallible>>;
@@ -744,15 +772,11 @@ async fn watch_health(
     }
 }
 
-/// Polls GetStatus every `interval`, or at once when asked for a refresh.
-async fn poll_status(
-    pool: Arc<PoolView>,
-    member: Arc<Member>,
-    interval: Duration,
-    stop: CancellationToken,
-) {
+/// Polls GetStatus every poll interval in force, or at once when asked for a refresh.
+async fn poll_status(pool: Arc<PoolView>, member: Arc<Member>, stop: CancellationToken) {
     let mut client = ProgrammerClient::new(member.channel());
     loop {
+        let interval = pool.poll_interval();
         if member.is_available() {
             let call = tokio::time::timeout(
                 interval.max(Duration::from_secs(1)),

@@ -15,7 +15,8 @@
 //!   `limits` (but the HTTP/2 stream bound), the queue's bound, timeout and dispatch attempts,
 //!   retention, the default strategy and free-first, `cost_optimization` (the budget),
 //!   `escalation`, `auth.open`, the queue bounds assumed for a programmer that has not reported
-//!   yet, and what a task's `workspace` and `repo_url` are checked against
+//!   yet, the status poll interval, the trace sampling, and what a task's `workspace` and
+//!   `repo_url` are checked against
 //!   (`workspace_root`, `repositories`: [`crate::task_sources`], which the programmers follow
 //!   the same way);
 //! - every other changed key is named in one warning as read only at start-up (ports, TLS
@@ -50,6 +51,7 @@ pub const LIVE: &[&str] = &[
     "load_balancing.prefer_free_models",
     "load_balancing.max_concurrent_per_programmer",
     "load_balancing.max_queue_per_programmer",
+    "load_balancing.health_check_interval_s",
     "cost_optimization",
     "escalation",
     "auth.open",
@@ -91,8 +93,6 @@ pub struct StartupSettings {
     pub threads: (u32, u32),
     /// `manager.task_lease_s`.
     pub task_lease_s: u64,
-    /// `load_balancing.health_check_interval_s`.
-    pub health_check_interval_s: u64,
     /// `limits.http2_max_concurrent_streams`.
     pub http2_max_concurrent_streams: u32,
     /// The `tls:` section (the files are re-read while it runs; their paths are not).
@@ -113,7 +113,6 @@ impl StartupSettings {
             listen: (m.host.clone(), m.port, m.admin_port),
             threads: (m.worker_threads, m.runtimes),
             task_lease_s: m.task_lease_s,
-            health_check_interval_s: pool.load_balancing.health_check_interval_s,
             http2_max_concurrent_streams: pool.limits.http2_max_concurrent_streams,
             tls: pool.tls.clone(),
             auth: pool
@@ -139,10 +138,6 @@ impl StartupSettings {
             (
                 "manager.task_lease_s",
                 self.task_lease_s != other.task_lease_s,
-            ),
-            (
-                "load_balancing.health_check_interval_s",
-                self.health_check_interval_s != other.health_check_interval_s,
             ),
             (
                 "limits.http2_max_concurrent_streams",
@@ -243,6 +238,13 @@ pub fn apply(mgr: &Manager, auth: Option<&Authenticator>, new: Arc<Config>) {
         );
     }
     mgr.pool.set_queue_defaults(&pool.load_balancing);
+    let poll = std::time::Duration::from_secs(pool.load_balancing.health_check_interval_s);
+    if mgr.pool.set_poll_interval(poll) {
+        tracing::info!(
+            health_check_interval_s = pool.load_balancing.health_check_interval_s,
+            "status polls changed: every programmer polled now, then at the new interval"
+        );
+    }
     // Read per task from here on: strategy, queue timeout, attempts, escalation, free-first;
     // DNS discovery takes its keys and the programmers' entries from it.
     mgr.set_config(new.clone());
@@ -302,10 +304,6 @@ mod tests {
             ),
             ("manager:\n  task_lease_s: 99\n", "manager.task_lease_s"),
             (
-                "load_balancing:\n  health_check_interval_s: 3\n",
-                "load_balancing.health_check_interval_s",
-            ),
-            (
                 "limits:\n  http2_max_concurrent_streams: 9\n",
                 "limits.http2_max_concurrent_streams",
             ),
@@ -320,6 +318,7 @@ mod tests {
             "aider:\n  nice: 3\n",
             "workspace_root: /elsewhere\n",
             "telemetry:\n  sample_ratio: 0.5\n",
+            "load_balancing:\n  health_check_interval_s: 3\n",
         ] {
             assert_eq!(base.changed(&startup(live)), [""; 0], "{live}");
         }
