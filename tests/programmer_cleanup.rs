@@ -33,16 +33,47 @@ fn alive(pid: i32) -> bool {
     }
 }
 
+/// What is left of a task: processes running in `worktrees`, entries in it, worktrees of `repo`
+/// beside its main one, task branches (empty: nothing).
+fn leftovers(worktrees: &Path, repo: &Path) -> Vec<String> {
+    let mut left = Vec::new();
+    let pids = common::processes_in_dir(worktrees);
+    if !pids.is_empty() {
+        left.push(format!("processes {pids:?}"));
+    }
+    let entries: Vec<_> = std::fs::read_dir(worktrees)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    if !entries.is_empty() {
+        left.push(format!("entries {entries:?}"));
+    }
+    let worktrees_of_repo = pool::worktree_count(repo);
+    if worktrees_of_repo != 1 {
+        left.push(format!("{worktrees_of_repo} worktrees of the repository"));
+    }
+    let branches = pool::task_branches(repo);
+    if !branches.is_empty() {
+        left.push(format!("branches {branches:?}"));
+    }
+    left
+}
+
 /// No process runs in `worktrees`, the directory is empty, the repository has only its main
-/// worktree and no task branch.
+/// worktree and no task branch — once the programmer has cleaned up (a killed process group
+/// reaped, git's worktree and branch removed: slower on two busy cores); a failure names what
+/// is left.
 async fn assert_nothing_left(worktrees: &Path, repo: &Path, what: &str) {
-    common::pool::wait_until(Duration::from_secs(20), what, || async {
-        common::processes_in_dir(worktrees).is_empty()
-            && std::fs::read_dir(worktrees).map_or(true, |mut d| d.next().is_none())
-            && pool::worktree_count(repo) == 1
-            && pool::task_branches(repo).is_empty()
+    let gone = tokio::time::timeout(Duration::from_secs(60), async {
+        while !leftovers(worktrees, repo).is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     })
     .await;
+    assert!(
+        gone.is_ok(),
+        "{what}: left after 60 s: {}",
+        leftovers(worktrees, repo).join("; ")
+    );
 }
 
 /// A caller leaving mid-stream does not stop the task: following it again with WatchTask from
