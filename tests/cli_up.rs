@@ -722,7 +722,7 @@ fn sighup_restarts_programmers_one_at_a_time_when_a_setting_read_at_start_up_cha
 }
 
 /// SIGHUP with a setting only the manager reads at start-up changed (its admin port) restarts the
-/// manager alone; one the programmers read too (the task lease) restarts the programmers one at a
+/// manager alone; one the programmers read too (`durability`) restarts the programmers one at a
 /// time, then the manager.
 #[test]
 fn sighup_restarts_the_manager_last_when_a_setting_it_reads_at_start_up_changed() {
@@ -764,8 +764,7 @@ fn sighup_restarts_the_manager_last_when_a_setting_it_reads_at_start_up_changed(
         "{text_now}"
     );
 
-    let lease = admin.replacen(&port_line, &format!("{port_line}  task_lease_s: 123\n"), 1);
-    rewrite_config(&pool, lease);
+    rewrite_config(&pool, format!("{admin}durability: power_loss\n"));
     hup_supervisor(&pool);
     wait_until("the second rollout", Duration::from_secs(120), || {
         reload_done(&pool, 2)
@@ -787,7 +786,7 @@ fn sighup_restarts_the_manager_last_when_a_setting_it_reads_at_start_up_changed(
     let manager_restart = last("settings the manager reads at start-up changed");
     assert!(last("programmer restarted with the re-read settings: healthy") < manager_restart);
     assert!(
-        text_now[manager_restart..].contains("keys=manager.task_lease_s"),
+        text_now[manager_restart..].contains("keys=durability"),
         "{text_now}"
     );
     wait_until(

@@ -292,11 +292,10 @@ async fn a_file_that_does_not_load_changes_nothing_and_a_fixed_one_removes_a_pro
     let programmer_url = pool.programmer_url("001");
     assert_eq!(pending(programmer_url.clone()).await, Some(0.0));
     assert_eq!(pending(pool.manager_url()).await, Some(0.0));
-    let before = std::fs::read_to_string(&pool.config_path).expect("config");
     pool.edit_config(|text| {
         let text = set_key(&text, "max_retries", "7");
         let text = set_key(&text, "max_queue_per_programmer", "9");
-        set_key(&text, "task_lease_s", "77")
+        format!("{text}durability: power_loss\n")
     });
     programmer.hang_up();
     wait_log(programmer, "read only at start-up", 1).await;
@@ -308,7 +307,7 @@ async fn a_file_that_does_not_load_changes_nothing_and_a_fixed_one_removes_a_pro
     );
     let later = lines_with(programmer, "read only at start-up").join("\n");
     assert!(
-        later.contains("manager.task_lease_s")
+        later.contains("durability")
             && !later.contains("failover.max_retries")
             && !later.contains("max_queue_per_programmer"),
         "{later}"
@@ -319,14 +318,8 @@ async fn a_file_that_does_not_load_changes_nothing_and_a_fixed_one_removes_a_pro
         pending(pool.manager_url()).await == Some(1.0)
     })
     .await;
-    // The lease as it was: no restart due any more.
-    pool.edit_config(|text| {
-        let lease = before
-            .lines()
-            .find_map(|l| l.trim_start().strip_prefix("task_lease_s: "))
-            .expect("the test pool's lease");
-        set_key(&text, "task_lease_s", lease)
-    });
+    // Durability as it was: no restart due any more.
+    pool.edit_config(|text| text.replace("durability: power_loss\n", ""));
     programmer.hang_up();
     manager.hang_up();
     for url in [programmer_url, pool.manager_url()] {

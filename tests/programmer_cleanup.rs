@@ -78,22 +78,32 @@ async fn assert_nothing_left(worktrees: &Path, repo: &Path, what: &str) {
 
 /// A caller leaving mid-stream does not stop the task: following it again with WatchTask from
 /// the last seq seen continues exactly there (no gap, no repeat). Once nobody has followed it for
-/// the lease, the programmer stops it: the whole aider process group is killed, the worktree and
-/// the task branch are removed, and the result — still there to replay — says it was handed back
-/// because the lease expired.
+/// the lease (here the one a re-read file gave the running programmer), the programmer stops it:
+/// the whole aider process group is killed, the worktree and the task branch are removed, and the
+/// result — still there to replay — says it was handed back because the lease expired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_outlives_its_caller_until_the_lease_expires_then_nothing_is_left() {
     // A slow stream: 4 characters every 400 ms.
     let sim = common::Sim::start_with_script(
         "rules:\n  - model: \"primary-001\"\n    chunk_delay_ms: 400\n    chunk_chars: 4\n",
     );
+    // Started with an hour's lease; the file then says 3 s, which the programmer applies to the
+    // tasks that start afterwards without a restart.
     let options = PoolOptions {
-        task_lease_s: 3,
+        task_lease_s: 3600,
         ..PoolOptions::default()
     };
     let pool = TestPool::with_sim(options, sim);
     let repo = pool.sample_repo();
-    let _prog = pool.start_programmer("001");
+    let prog = pool.start_programmer("001");
+    pool.edit_config(|text| text.replace("task_lease_s: 3600", "task_lease_s: 3"));
+    prog.hang_up();
+    common::pool::wait_until(
+        Duration::from_secs(60),
+        "the re-read lease applied",
+        || async { prog.log_text().contains("manager.task_lease_s") },
+    )
+    .await;
     let worktrees = pool.worktrees_dir("001");
     let mut c = pool.programmer_client("001").await;
     let request = TaskRequest {

@@ -502,13 +502,13 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                             mgr.settle(&task_id, on.hold, result.cost());
                             Step::Finished(on.member, result)
                         }
-                        Relayed::Broken(reason) if on.breaks.broke(mgr.task_lease) => {
+                        Relayed::Broken(reason) if on.breaks.broke(mgr.task_lease()) => {
                             // The programmer answers but its stream carries nothing: stopped
                             // there (best effort; else its lease stops it), the task is lost.
                             let reason = format!(
                                 "its stream broke {} times in a row, carrying nothing for {} s; last: {reason}",
                                 on.breaks.count,
-                                mgr.task_lease.as_secs()
+                                mgr.task_lease().as_secs()
                             );
                             Box::pin(cancel_on_programmer(&on.member, &on.attempt_id)).await;
                             Step::Lost(
@@ -751,7 +751,7 @@ async fn kept_by_a_lost_attempt(
         let Ok(mut stream) = follow(mgr, &on, cancel, true).await else {
             continue;
         };
-        let ended = tokio::time::timeout(mgr.task_lease, async {
+        let ended = tokio::time::timeout(mgr.task_lease(), async {
             while let Ok(Some(event)) = stream.message().await {
                 if let Some(Kind::Result(result)) = event.kind {
                     return Some(result);
@@ -965,7 +965,7 @@ async fn follow(
             _ = mgr.stop.cancelled() => return Err(Gone::Stopping),
         }
     }
-    let deadline = Instant::now() + mgr.task_lease;
+    let deadline = Instant::now() + mgr.task_lease();
     let mut delay = FIRST_RETRY_DELAY;
     let mut client = ProgrammerClient::new(on.member.channel());
     loop {
@@ -1005,7 +1005,7 @@ async fn follow(
             return Err(Gone::NotThere {
                 reason: format!(
                     "{programmer} unreachable for the task's lease ({} s), so it has stopped the task; last error: {error}",
-                    mgr.task_lease.as_secs()
+                    mgr.task_lease().as_secs()
                 ),
                 never_had: false,
             });

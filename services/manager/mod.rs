@@ -88,8 +88,9 @@ pub struct Manager {
     pub budget: Arc<BudgetLedger>,
     pub store: Arc<TaskStore>,
     /// A programmer stops a task nobody followed this long; a manager that cannot reach a task's
-    /// programmer this long knows it stopped.
-    pub task_lease: Duration,
+    /// programmer this long knows it stopped (`manager.task_lease_s` in force, in s:
+    /// [`Manager::task_lease`]).
+    task_lease_s: std::sync::atomic::AtomicU64,
     /// What a task's `workspace` and `repo_url` are checked against (see [`Manager::sources`]).
     sources: CurrentSources,
     /// Interns the tiers admission computes, so the balancer keeps one index per distinct tier.
@@ -121,6 +122,20 @@ impl Manager {
     /// The workspace root and repository allow list in force: read once per Dispatch.
     pub fn sources(&self) -> Arc<TaskSources> {
         self.sources.get()
+    }
+
+    /// The task lease in force (`manager.task_lease_s`): read where a task's stream is followed.
+    pub fn task_lease(&self) -> Duration {
+        Duration::from_secs(self.task_lease_s.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Puts a re-read `manager.task_lease_s` in force for the waits that start from now (the
+    /// programmers read it from the same file); returns whether it changed.
+    pub fn set_task_lease(&self, seconds: u64) -> bool {
+        let seconds = seconds.max(1);
+        self.task_lease_s
+            .swap(seconds, std::sync::atomic::Ordering::Relaxed)
+            != seconds
     }
 
     /// Puts the workspace root and allow list of a re-read `config` in force for the Dispatches
@@ -184,7 +199,7 @@ impl Manager {
             stop.clone(),
         );
         let mgr = Arc::new(Self {
-            task_lease: Duration::from_secs(mgr_cfg.task_lease_s.max(1)),
+            task_lease_s: std::sync::atomic::AtomicU64::new(mgr_cfg.task_lease_s.max(1)),
             sources: CurrentSources::of(&config),
             tiers: TierRegistry::default(),
             alerts: status::Alerts::default(),

@@ -15,12 +15,11 @@
 //!   `limits` (but the HTTP/2 stream bound), the queue's bound, timeout and dispatch attempts,
 //!   retention, the default strategy and free-first, `cost_optimization` (the budget),
 //!   `escalation`, `auth.open`, the queue bounds assumed for a programmer that has not reported
-//!   yet, the status poll interval, the trace sampling, and what a task's `workspace` and
-//!   `repo_url` are checked against
-//!   (`workspace_root`, `repositories`: [`crate::task_sources`], which the programmers follow
-//!   the same way);
+//!   yet, the status poll interval, the task lease, the trace sampling, and what a task's
+//!   `workspace` and `repo_url` are checked against (`workspace_root`, `repositories`:
+//!   [`crate::task_sources`], which the programmers follow the same way);
 //! - every other changed key is named in one warning as read only at start-up (ports, TLS
-//!   paths, the data dir, durability, the discovery mode, the lease the programmers share, …):
+//!   paths, the data dir, durability, the discovery mode, …):
 //!   the running process keeps its value until it restarts.
 //!
 //! The log says which keys were applied and which were not; `/metrics` counts the reloads
@@ -43,6 +42,7 @@ pub const LIVE: &[&str] = &[
     "limits.per_caller_rate_per_s",
     "limits.per_caller_burst",
     "manager.max_queue",
+    "manager.task_lease_s",
     "manager.queue_timeout_s",
     "manager.max_dispatch_attempts",
     "manager.task_retention_s",
@@ -91,8 +91,6 @@ pub struct StartupSettings {
     pub listen: (String, u16, Option<u16>),
     /// `manager.worker_threads`, `manager.runtimes`.
     pub threads: (u32, u32),
-    /// `manager.task_lease_s`.
-    pub task_lease_s: u64,
     /// `limits.http2_max_concurrent_streams`.
     pub http2_max_concurrent_streams: u32,
     /// The `tls:` section (the files are re-read while it runs; their paths are not).
@@ -112,7 +110,6 @@ impl StartupSettings {
         Self {
             listen: (m.host.clone(), m.port, m.admin_port),
             threads: (m.worker_threads, m.runtimes),
-            task_lease_s: m.task_lease_s,
             http2_max_concurrent_streams: pool.limits.http2_max_concurrent_streams,
             tls: pool.tls.clone(),
             auth: pool
@@ -134,10 +131,6 @@ impl StartupSettings {
             (
                 "manager.worker_threads / runtimes",
                 self.threads != other.threads,
-            ),
-            (
-                "manager.task_lease_s",
-                self.task_lease_s != other.task_lease_s,
             ),
             (
                 "limits.http2_max_concurrent_streams",
@@ -238,6 +231,12 @@ pub fn apply(mgr: &Manager, auth: Option<&Authenticator>, new: Arc<Config>) {
         );
     }
     mgr.pool.set_queue_defaults(&pool.load_balancing);
+    if mgr.set_task_lease(pool.manager.task_lease_s) {
+        tracing::info!(
+            task_lease_s = pool.manager.task_lease_s,
+            "task lease changed: for the streams followed from now"
+        );
+    }
     let poll = std::time::Duration::from_secs(pool.load_balancing.health_check_interval_s);
     if mgr.pool.set_poll_interval(poll) {
         tracing::info!(
@@ -302,7 +301,6 @@ mod tests {
                 "manager:\n  runtimes: 2\n",
                 "manager.worker_threads / runtimes",
             ),
-            ("manager:\n  task_lease_s: 99\n", "manager.task_lease_s"),
             (
                 "limits:\n  http2_max_concurrent_streams: 9\n",
                 "limits.http2_max_concurrent_streams",
@@ -319,6 +317,7 @@ mod tests {
             "workspace_root: /elsewhere\n",
             "telemetry:\n  sample_ratio: 0.5\n",
             "load_balancing:\n  health_check_interval_s: 3\n",
+            "manager:\n  task_lease_s: 99\n",
         ] {
             assert_eq!(base.changed(&startup(live)), [""; 0], "{live}");
         }

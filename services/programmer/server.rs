@@ -159,7 +159,7 @@ async fn drive_task(
     let cancel = run.cancel.clone();
     let sink = TaskEventSink::new(run.log.clone());
     // Nobody following the task for a whole lease: whoever placed it is gone; stop it.
-    let lease = tokio::spawn(hold_lease(run.clone(), prog.lease));
+    let lease = tokio::spawn(hold_lease(run.clone(), prog.live().lease));
 
     let (positions_tx, mut positions_rx) = mpsc::unbounded_channel();
     let acquire = waiting.acquire(move |position| {

@@ -62,6 +62,8 @@ pub const LIVE_KEYS: &[&str] = &[
     "load_balancing.max_queue_per_programmer",
     // The share of new traces recorded (`telemetry::set_sample_ratio`).
     "telemetry.sample_ratio",
+    // How long a task may go unfollowed (`LiveSettings::lease`), shared with the manager.
+    "manager.task_lease_s",
 ];
 
 /// The settings a programmer reads only as it starts, as `config` resolves them for one
@@ -86,8 +88,6 @@ pub struct StartupSettings {
     pub warm_workers: Option<usize>,
     /// `durability`: what its reported results survive.
     pub durability: Durability,
-    /// `manager.task_lease_s`: how long a task may go unfollowed.
-    pub task_lease_s: u64,
     /// The `tls:` section (the files are re-read while it runs; their paths are not).
     pub tls: Option<crate::config::TlsConfig>,
     /// `limits.http2_max_concurrent_streams`.
@@ -109,7 +109,6 @@ impl StartupSettings {
                     .map_or(queue_bounds(config).0, |w| w as usize)
             }),
             durability: config.pool.durability,
-            task_lease_s: config.pool.manager.task_lease_s,
             tls: config.pool.tls.clone(),
             http2_max_concurrent_streams: config.pool.limits.http2_max_concurrent_streams,
         }
@@ -131,10 +130,6 @@ impl StartupSettings {
                     .is_some_and(|(a, b)| a != b),
             ),
             ("durability", self.durability != other.durability),
-            (
-                "manager.task_lease_s",
-                self.task_lease_s != other.task_lease_s,
-            ),
             ("tls", self.tls != other.tls),
             (
                 "limits.http2_max_concurrent_streams",
@@ -168,6 +163,9 @@ pub struct LiveSettings {
     /// The programmer's entry as resolved from the file and its flags: the LLMs a task uses, the
     /// limits it runs under, and what GetStatus reports (its address is the one it started on).
     pub spec: ProgrammerSpec,
+    /// `manager.task_lease_s`: how long a task may go unfollowed before it is stopped and handed
+    /// back (a task keeps the lease it started with).
+    pub lease: Duration,
 }
 
 impl LiveSettings {
@@ -179,6 +177,7 @@ impl LiveSettings {
             extra_flags: pool.aider.extra_flags.clone(),
             request_timeout_s: pool.aider.request_timeout_s,
             spec,
+            lease: Duration::from_secs(pool.manager.task_lease_s),
         }
     }
 }
@@ -254,8 +253,6 @@ pub struct Programmer {
     pub tasks: TaskTracker,
     /// The accepted tasks by id: event logs (journaled), cancellation, lease.
     pub runs: Arc<TaskRuns>,
-    /// How long a task may go unfollowed before it is stopped and handed back.
-    pub lease: Duration,
     /// Tasks a previous process left running, handed back at start-up.
     pub interrupted_on_start: usize,
     /// What a reported result survives (`durability`): with `power_loss` its event file and
@@ -377,7 +374,6 @@ impl Programmer {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             runs: Arc::new(runs),
-            lease: Duration::from_secs(startup.task_lease_s),
             interrupted_on_start,
             durability: startup.durability,
             spec,
@@ -536,7 +532,6 @@ programmers:
                 "aider.warm_workers",
             ),
             ("durability: power_loss\n", "durability"),
-            ("manager:\n  task_lease_s: 99\n", "manager.task_lease_s"),
             (
                 "tls:\n  ca: ca.pem\n  cert: \"{name}.pem\"\n  key: \"{name}-key.pem\"\n",
                 "tls",
@@ -556,6 +551,7 @@ programmers:
             "repositories:\n  allow: [\"https://git.example.com/\"]\n",
             "load_balancing:\n  max_queue_per_programmer: 7\n",
             "telemetry:\n  sample_ratio: 0.5\n",
+            "manager:\n  task_lease_s: 99\n",
         ] {
             assert_eq!(base.changed(&settings(live, "001")), [""; 0], "{live}");
         }
