@@ -26,16 +26,6 @@ use tonic::transport::Channel;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Waits until `child`'s log holds `text` `times` times.
-async fn wait_log(child: &ChildGuard, text: &str, times: usize) {
-    wait_until(
-        WAIT,
-        &format!("{text:?} × {times} in {}", child.name),
-        || async { child.log_text().matches(text).count() >= times },
-    )
-    .await;
-}
-
 /// The manager's log lines holding `text`.
 fn lines_with(child: &ChildGuard, text: &str) -> Vec<String> {
     child
@@ -157,8 +147,8 @@ async fn a_re_read_file_adds_a_programmer_and_applies_limits_and_budget_at_once(
     });
     manager.hang_up();
     // The applied keys' line, then the warning naming the others (two lines of one reload).
-    wait_log(&manager, "applied=", 1).await;
-    wait_log(&manager, "read only at start-up", 1).await;
+    manager.wait_log("applied=", 1).await;
+    manager.wait_log("read only at start-up", 1).await;
     let applied = lines_with(&manager, "applied=").join("\n");
     for key in [
         "joined [003]",
@@ -235,7 +225,7 @@ async fn a_file_that_does_not_load_changes_nothing_and_a_fixed_one_removes_a_pro
 
     pool.edit_config(|text| text + "limits:\n  per_caller_max_tasks: many\n");
     manager.hang_up();
-    wait_log(&manager, "configuration not reloaded", 1).await;
+    manager.wait_log("configuration not reloaded", 1).await;
     let error = lines_with(&manager, "configuration not reloaded").join("\n");
     let file = pool.config_path.display().to_string();
     assert!(
@@ -259,7 +249,7 @@ async fn a_file_that_does_not_load_changes_nothing_and_a_fixed_one_removes_a_pro
     // Fixed, without 002.
     pool.edit_config(|_| with_programmers(&good, &["001"]));
     manager.hang_up();
-    wait_log(&manager, "applied=", 1).await;
+    manager.wait_log("applied=", 1).await;
     assert!(
         lines_with(&manager, "applied=")
             .join("\n")
@@ -298,7 +288,7 @@ async fn a_file_that_does_not_load_changes_nothing_and_a_fixed_one_removes_a_pro
         format!("{text}durability: power_loss\n")
     });
     programmer.hang_up();
-    wait_log(programmer, "read only at start-up", 1).await;
+    programmer.wait_log("read only at start-up", 1).await;
     let applied = lines_with(programmer, "applied=").join("\n");
     assert!(
         applied.contains("failover.max_retries")
@@ -388,7 +378,7 @@ async fn a_programmer_runs_its_next_task_under_the_re_read_failover_and_breaker_
         set_key(&text, "failure_threshold", "1")
     });
     programmer.hang_up();
-    wait_log(&programmer, "applied=", 1).await;
+    programmer.wait_log("applied=", 1).await;
     let applied = lines_with(&programmer, "applied=").join("\n");
     for key in [
         "failover.max_retries",
@@ -437,7 +427,7 @@ async fn a_programmer_takes_a_re_read_primary_llm_for_its_next_task_with_a_close
         )
     });
     programmer.hang_up();
-    wait_log(&programmer, "applied=", 1).await;
+    programmer.wait_log("applied=", 1).await;
     assert!(
         lines_with(&programmer, "applied=")
             .join("\n")
@@ -504,7 +494,7 @@ async fn routing_follows_the_re_read_order_of_programmers() {
     // 003 moved to the front and 001 added between: the file's order, not the joining order.
     pool.edit_config(|_| with_programmers(&full, &["003", "001", "002"]));
     manager.hang_up();
-    wait_log(&manager, "applied=", 1).await;
+    manager.wait_log("applied=", 1).await;
     wait_available(&c, 3).await;
     assert_eq!(listed(&c).await, ["003", "001", "002"]);
     for _ in 0..2 {
@@ -538,7 +528,7 @@ async fn routing_follows_the_re_read_order_of_programmers() {
         )
     });
     manager.hang_up();
-    wait_log(&manager, "applied=", 2).await;
+    manager.wait_log("applied=", 2).await;
     let applied = lines_with(&manager, "applied=").join("\n");
     assert!(
         applied.contains("replaced [002]") && applied.contains("left [003]"),
@@ -595,7 +585,7 @@ async fn dns_discovery_follows_the_re_read_entries_and_discovery_keys() {
         set_key(&text, "refresh_s", "3599") + "capability_routing:\n  gpu-group: [\"dns-a\"]\n"
     });
     manager.hang_up();
-    wait_log(&manager, "applied=", 1).await;
+    manager.wait_log("applied=", 1).await;
     let applied = lines_with(&manager, "applied=").join("\n");
     for key in ["capability_routing", "discovery.refresh_s"] {
         assert!(applied.contains(key), "{key:?} not in {applied}");
@@ -605,7 +595,7 @@ async fn dns_discovery_follows_the_re_read_entries_and_discovery_keys() {
         "{}",
         manager.log_text()
     );
-    wait_log(&manager, "described again", 1).await;
+    manager.wait_log("described again", 1).await;
     assert!(
         lines_with(&manager, "described again")
             .join("\n")
@@ -684,8 +674,8 @@ async fn a_re_read_allow_list_is_followed_by_the_manager_and_the_programmer() {
     pool.edit_config(|text| text.replacen(allow, &widened, 1));
     manager.hang_up();
     programmer.hang_up();
-    wait_log(&manager, "applied=", 1).await;
-    wait_log(&programmer, "applied=", 1).await;
+    manager.wait_log("applied=", 1).await;
+    programmer.wait_log("applied=", 1).await;
 
     let (_, result) = dispatch_collect(&c, dispatch("m-2")).await;
     assert_eq!(state_of(&result), TaskState::Succeeded, "{result:#?}");
@@ -728,7 +718,7 @@ async fn a_re_read_status_poll_interval_applies_at_once() {
 
     pool.edit_config(|text| set_key(&text, "health_check_interval_s", "1"));
     manager.hang_up();
-    wait_log(&manager, "status polls changed", 1).await;
+    manager.wait_log("status polls changed", 1).await;
     wait_until(
         WAIT,
         "the manager's status shows the direct task",

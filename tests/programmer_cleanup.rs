@@ -63,17 +63,10 @@ fn leftovers(worktrees: &Path, repo: &Path) -> Vec<String> {
 /// reaped, git's worktree and branch removed: slower on two busy cores); a failure names what
 /// is left.
 async fn assert_nothing_left(worktrees: &Path, repo: &Path, what: &str) {
-    let gone = tokio::time::timeout(Duration::from_secs(60), async {
-        while !leftovers(worktrees, repo).is_empty() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    common::pool::wait_until_none_left(Duration::from_secs(60), what, || async {
+        leftovers(worktrees, repo)
     })
     .await;
-    assert!(
-        gone.is_ok(),
-        "{what}: left after 60 s: {}",
-        leftovers(worktrees, repo).join("; ")
-    );
 }
 
 /// A caller leaving mid-stream does not stop the task: following it again with WatchTask from
@@ -98,12 +91,7 @@ async fn a_task_outlives_its_caller_until_the_lease_expires_then_nothing_is_left
     let prog = pool.start_programmer("001");
     pool.edit_config(|text| text.replace("task_lease_s: 3600", "task_lease_s: 3"));
     prog.hang_up();
-    common::pool::wait_until(
-        Duration::from_secs(60),
-        "the re-read lease applied",
-        || async { prog.log_text().contains("manager.task_lease_s") },
-    )
-    .await;
+    prog.wait_log("manager.task_lease_s", 1).await;
     let worktrees = pool.worktrees_dir("001");
     let mut c = pool.programmer_client("001").await;
     let request = TaskRequest {

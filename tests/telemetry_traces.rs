@@ -477,12 +477,7 @@ async fn sample_ratio_zero_drops_new_traces_but_follows_a_callers_sampled_one_un
     // A re-read file samples every new trace: the next task is recorded, no restart.
     pool.edit_config(|text| text.replace("sample_ratio: 0.0", "sample_ratio: 1.0"));
     prog.hang_up();
-    common::pool::wait_until(
-        Duration::from_secs(60),
-        "the re-read sample ratio applied",
-        || async { prog.log_text().contains("trace sampling changed") },
-    )
-    .await;
+    prog.wait_log("trace sampling changed", 1).await;
     dry_run(&mut client, "sampled-after-re-read").await;
     // SIGTERM flushes whatever was recorded.
     let spans = stop_and_collect(&mut prog, &collector);

@@ -141,6 +141,16 @@ impl ChildGuard {
         self.signal(nix::sys::signal::Signal::SIGTERM);
     }
 
+    /// Waits (up to 60 s) until the child's log holds `text` `times` times.
+    pub async fn wait_log(&self, text: &str, times: usize) {
+        wait_until(
+            Duration::from_secs(60),
+            &format!("{text:?} × {times} in {}", self.name),
+            || async { self.log_text().matches(text).count() >= times },
+        )
+        .await;
+    }
+
     /// Sends SIGHUP: the process re-reads its configuration and credential files.
     pub fn hang_up(&self) {
         self.signal(nix::sys::signal::Signal::SIGHUP);
@@ -594,13 +604,38 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
+    wait_until_none_left(timeout, what, || {
+        let holds = check();
+        async move {
+            if holds.await {
+                Vec::new()
+            } else {
+                vec!["not yet".to_string()]
+            }
+        }
+    })
+    .await;
+}
+
+/// Waits until `left` finds nothing (what it returns names what is still missing or still
+/// there), polling every 50 ms, up to `timeout`; panics with `what` and its last finding
+/// otherwise.
+pub async fn wait_until_none_left<F, Fut>(timeout: Duration, what: &str, mut left: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Vec<String>>,
+{
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if check().await {
+        let found = left().await;
+        if found.is_empty() {
             return;
         }
         if tokio::time::Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            panic!(
+                "timed out after {timeout:?} waiting for {what}: {}",
+                found.join("; ")
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
