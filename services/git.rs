@@ -286,7 +286,7 @@ impl Git {
 
 /// Git's message when another process holds a lock file, e.g.
 /// `Unable to create '/repo/.git/refs/heads/x.lock': File exists.`
-fn is_lock_contention(stderr: &[u8]) -> bool {
+pub(crate) fn is_lock_contention(stderr: &[u8]) -> bool {
     let s = String::from_utf8_lossy(stderr);
     s.contains("Unable to create '") && s.contains(".lock': File exists")
 }

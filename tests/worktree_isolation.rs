@@ -800,6 +800,31 @@ async fn a_stuck_lock_fails_with_the_command_and_stderr() {
 }
 
 #[tokio::test]
+async fn a_ref_lock_left_by_a_killed_commit_does_not_keep_the_scratch_branch() {
+    let f = fixture().await;
+    let base = f.ws.resolve_base(None).await.expect("base");
+    for (id, how) in [("killed-mid-commit", "discard"), ("dropped", "drop")] {
+        let wt =
+            f.ws.create_task_worktree(&f.worktrees, id, id, &base, &identity())
+                .await
+                .expect("create");
+        // Aider's `git commit` in the worktree was killed (usage cap, deadline) between taking
+        // the branch's ref lock and renaming it into place: the lock stays.
+        let lock = f.repo.join(format!(".git/refs/heads/pas-work/{id}.lock"));
+        fs::write(&lock, base.as_bytes()).expect("the lock a killed git left");
+        match how {
+            "discard" => wt.discard().await.expect("discard removes the stale lock"),
+            _ => tokio::task::spawn_blocking(move || drop(wt))
+                .await
+                .expect("drop"),
+        }
+        assert_eq!(branches(&f.repo), vec!["main"], "after {how}");
+        assert!(!lock.exists(), "after {how}");
+        assert_eq!(worktree_count(&f.repo), 1);
+    }
+}
+
+#[tokio::test]
 async fn a_creation_cancelled_midway_leaves_nothing_behind() {
     use nix::fcntl::{Flock, FlockArg};
     use pas::git::WORKTREE_LOCK_FILE;

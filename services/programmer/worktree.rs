@@ -22,8 +22,9 @@
 //! creates it with `git update-ref <ref> <commit> ""`: the empty old value means "only if it does
 //! not exist", checked and written atomically under git's ref lock. So git, not timing, decides:
 //! the first attempt to keep wins, a later one gets [`WorktreeError::AlreadyKept`] and its edit is
-//! discarded. The scratch branch and worktree go either way; a scratch branch left by a killed
-//! programmer is removed by [`sweep_abandoned`], which never touches a `pas/` branch.
+//! discarded. The scratch branch and worktree go either way (also when a git killed mid-commit in
+//! the worktree left the branch's ref lock behind); a scratch branch left by a killed programmer is
+//! removed by [`sweep_abandoned`], which never touches a `pas/` branch.
 //!
 //! # Why concurrent programmers never race on `index.lock`
 //!
@@ -673,9 +674,43 @@ impl TaskWorktree {
     /// Worktree removal and scratch branch deletion, both tried; the first error is returned.
     fn discard_blocking(&self) -> Result<(), WorktreeError> {
         let removed = self.remove_worktree_blocking();
-        let deleted = self.delete_branch().run_blocking();
+        let deleted = self.delete_branch_blocking(removed.is_ok());
         removed?;
-        Ok(deleted?)
+        deleted
+    }
+
+    /// Deletes the scratch branch. A git killed mid-commit in the task's worktree (aider's
+    /// process group ended by the usage cap or the deadline) leaves the branch's ref lock behind,
+    /// and every later update of the ref fails on it: once the worktree is gone no process can
+    /// still be committing to this task-only branch, so a lock that outlived the retries is
+    /// removed and the deletion tried again.
+    fn delete_branch_blocking(&self, worktree_gone: bool) -> Result<(), WorktreeError> {
+        let delete = self.delete_branch();
+        let out = delete.output_blocking()?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stale = self
+            .common_dir()
+            .join(format!("refs/heads/{}.lock", self.branch));
+        if !(worktree_gone && crate::git::is_lock_contention(&out.stderr) && stale.is_file()) {
+            return Err(delete.failed(&out).into());
+        }
+        tracing::warn!(branch = %self.branch, lock = %stale.display(), "removing the ref lock a killed git left on a discarded task's branch");
+        if let Err(source) = fs::remove_file(&stale)
+            && source.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(WorktreeError::Io {
+                path: stale,
+                source,
+            });
+        }
+        Ok(delete.run_blocking()?)
+    }
+
+    /// The repository's shared git directory (its `.git`, or a mirror itself), where refs live.
+    fn common_dir(&self) -> &Path {
+        self.lock_path.parent().unwrap_or(&self.repo)
     }
 
     /// The commit of the kept branch, if it can be read (for the AlreadyKept message).
