@@ -325,6 +325,61 @@ impl WorktreeLock {
     }
 }
 
+/// How old a git lock file must be before [`remove_stale_locks`] takes it for a dead git's: git
+/// holds one for the milliseconds of a ref or config update (and waits at most a second for
+/// `packed-refs.lock`), so one a minute old is from a git killed mid-write, which git itself
+/// never removes, and on which every later write of its ref fails.
+pub(crate) const STALE_LOCK_AGE: Duration = Duration::from_secs(60);
+
+/// Removes the git lock files (`*.lock`) older than [`STALE_LOCK_AGE`] among `files` in
+/// `git_dir` (e.g. `packed-refs.lock`) and under its ref directories `ref_dirs` (e.g.
+/// `refs/tags`). The age, not a lock of ours, tells a dead git's lock from a live one: a git
+/// started by a programmer that was killed (an orphan still fetching) holds no lock of ours.
+/// Returns the paths removed; each is logged.
+pub(crate) fn remove_stale_locks(
+    git_dir: &Path,
+    files: &[&str],
+    ref_dirs: &[&str],
+) -> io::Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> io::Result<()> {
+        let entries = match fs::read_dir(dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            other => other?,
+        };
+        for entry in entries {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let path = entry.path();
+            if kind.is_dir() {
+                walk(&path, found)?;
+            } else if kind.is_file() && path.extension().is_some_and(|e| e == "lock") {
+                found.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut locks: Vec<PathBuf> = files.iter().map(|f| git_dir.join(f)).collect();
+    for dir in ref_dirs {
+        walk(&git_dir.join(dir), &mut locks)?;
+    }
+    let is_stale = |path: &Path| {
+        fs::symlink_metadata(path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|at| at.elapsed().is_ok_and(|age| age >= STALE_LOCK_AGE))
+    };
+    let mut removed = Vec::new();
+    for path in locks.into_iter().filter(|p| is_stale(p)) {
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {
+                tracing::warn!(lock = %path.display(), "removed a lock file a killed git left");
+                removed.push(path);
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// Run `work` on tokio's blocking pool. Used for every step that must not be cut in half by a
 /// cancelled future: the closure runs to completion even if the caller stops waiting, and
 /// whatever it returns (e.g. a task worktree) is then dropped — and cleaned up — there.

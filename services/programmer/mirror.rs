@@ -39,7 +39,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::config::RepoSettings;
-use crate::git::{Git, GitError, WorktreeLock, unstoppable};
+use crate::git::{Git, GitError, WorktreeLock, remove_stale_locks, unstoppable};
 use crate::repo_url::{ALLOWED_PROTOCOLS, AllowList, RepoUrl};
 use crate::workspace::{MIRROR_REMOTE_REFS, Workspace, ref_problem};
 
@@ -308,6 +308,13 @@ fn fetch_blocking(
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let lock_file = path.with_extension("flock");
     let _lock = WorktreeLock::acquire_blocking(&lock_file).map_err(io_err(&lock_file))?;
+    // A programmer killed during a fetch (its container OOM-killed) leaves the locks its git
+    // held on the refs it was updating, and every later fetch of this URL would fail on them.
+    if path.is_dir() {
+        let remote_refs = MIRROR_REMOTE_REFS.trim_end_matches('/');
+        remove_stale_locks(path, &["packed-refs.lock"], &[remote_refs, "refs/tags"])
+            .map_err(io_err(path))?;
+    }
     if !path.join("HEAD").exists() {
         Git::new(dir)
             .args(["init", "--bare", "--quiet", "--"])
@@ -500,6 +507,46 @@ mod tests {
         let (a, b) = tokio::join!(mirrors.fetch(&remote, None), mirrors.fetch(&remote, None));
         assert_eq!(a.expect("a").1, main);
         assert_eq!(b.expect("b").1, main);
+    }
+
+    #[tokio::test]
+    async fn a_fetch_killed_mid_write_does_not_block_the_next_ones() {
+        use crate::workspace::testing::git;
+        let (tmp, _srv, work, url) = server();
+        let mirrors = mirrors_in(tmp.path());
+        let remote = mirrors.remote(&url);
+        mirrors.fetch(&remote, None).await.expect("first fetch");
+        // A fetch killed while it updated the remote's `main` and a tag, and pruned a branch,
+        // left its locks (a minute ago); a live git's lock (just taken) is left alone.
+        let mirror = mirrors.mirror_path(&url);
+        let locks = [
+            format!("{MIRROR_REMOTE_REFS}main.lock"),
+            "refs/tags/v1.lock".to_string(),
+            "packed-refs.lock".to_string(),
+        ];
+        let a_minute_ago = std::time::SystemTime::now() - crate::git::STALE_LOCK_AGE;
+        for lock in &locks {
+            let file = fs::File::create(mirror.join(lock)).expect("a stale lock");
+            file.set_modified(a_minute_ago).expect("its age");
+        }
+        let live = mirror.join(format!("{MIRROR_REMOTE_REFS}live.lock"));
+        fs::write(&live, "").expect("a live lock");
+        fs::write(work.join("b.txt"), "b\n").expect("write");
+        git(&work, &["add", "b.txt"]);
+        git(&work, &["commit", "-q", "-m", "b"]);
+        git(&work, &["tag", "v1"]);
+        git(&work, &["push", "-q", url.as_str(), "main", "v1"]);
+        let (_, head) = mirrors
+            .fetch(&remote, None)
+            .await
+            .expect("fetch past the locks");
+        assert_eq!(head, rev(&work, "HEAD"));
+        let (_, tagged) = mirrors.fetch(&remote, Some("v1")).await.expect("the tag");
+        assert_eq!(tagged, head);
+        for lock in &locks {
+            assert!(!mirror.join(lock).exists(), "{lock}");
+        }
+        assert!(live.exists());
     }
 
     #[tokio::test]
