@@ -8,7 +8,8 @@
 //! programmers, joined, replaced and moved ones included; under DNS discovery the members are
 //! described again with the re-read entries and a changed `discovery` key resolves at once; a
 //! programmer names its own changed settings as waiting for its restart; the manager and a
-//! programmer follow a re-read `repositories:` allow list alike, neither restarting.
+//! programmer follow a re-read `repositories:` allow list alike, neither restarting, and a task
+//! waiting for its slot keeps the `repositories:` settings it was accepted under.
 
 use crate::common;
 use crate::telemetry_support as support;
@@ -690,6 +691,65 @@ async fn a_re_read_allow_list_is_followed_by_the_manager_and_the_programmer() {
             child.name
         );
     }
+}
+
+/// A task keeps the `repositories:` settings it was validated under: one waiting for the
+/// programmer's slot when the file drops the section still fetches, runs and pushes its result
+/// (before, it read the settings again as it started and failed: "no repositories: section").
+#[tokio::test]
+async fn a_waiting_repo_url_task_keeps_the_repositories_it_was_accepted_under() {
+    let script = "rules:\n  - model: \"*\"\n    fault: hang\n    times: 1\n";
+    let options = PoolOptions {
+        request_timeout_s: 600,
+        task_timeout_s: 600,
+        ..PoolOptions::default()
+    };
+    let pool = TestPool::with_sim(options, Sim::start_with_script(script));
+    pool.sample_repo();
+    let served = pool.dir.path().join("served");
+    std::fs::create_dir_all(&served).expect("served dir");
+    let module = [("src/module.py", common::pool::SAMPLE_MODULE)];
+    let bare = common::gitserver::bare_repo(&served, "sample", &module);
+    let section = format!(
+        "repositories:\n  allow: [\"file://{}/*\"]\n",
+        served.display()
+    );
+    pool.append_config(&section);
+    let programmer = pool.start_programmer("001");
+    let mut c = pool.programmer_client("001").await;
+
+    // The one slot: a task whose model never answers.
+    let first = TaskRequest {
+        task_id: "holds-the-slot".into(),
+        ..docstrings()
+    };
+    let held = c.execute(first).await.expect("accepted").into_inner();
+    let held = tokio::spawn(common::pool::collect_task(held));
+    programmer.wait_log("aider started", 1).await;
+    // The repo_url task waits behind it.
+    let remote = TaskRequest {
+        task_id: "waits".into(),
+        workspace: String::new(),
+        repo_url: format!("file://{}", bare.display()),
+        ..docstrings()
+    };
+    let waiting = c.execute(remote).await.expect("accepted").into_inner();
+    let waiting = tokio::spawn(common::pool::collect_task(waiting));
+    programmer.wait_log("task accepted task_id=waits ", 1).await;
+
+    pool.edit_config(|text| text.replacen(&section, "", 1));
+    programmer.hang_up();
+    programmer.wait_log("task sources changed", 1).await;
+    c.stop_task(pas::contract::v1::StopTaskRequest {
+        task_id: "holds-the-slot".into(),
+    })
+    .await
+    .expect("stopped");
+    let (_, stopped) = held.await.expect("first task");
+    assert_eq!(state_of(&stopped), TaskState::Cancelled, "{stopped:#?}");
+    let (_, result) = waiting.await.expect("waiting task");
+    assert_eq!(state_of(&result), TaskState::Succeeded, "{result:#?}");
+    assert_eq!(result.pushed_ref, "refs/heads/pas/waits");
 }
 
 /// A re-read `health_check_interval_s` is in force at once: the manager polls every programmer

@@ -21,6 +21,7 @@ use crate::programmer::state::Programmer;
 use crate::programmer::validate::{TaskRepo, ValidatedTask};
 use crate::programmer::worktree::{TaskWorktree, WorktreeError};
 use crate::task_events::TaskEventSink;
+use crate::task_sources::TaskSources;
 use crate::telemetry;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -52,10 +53,13 @@ pub fn max_attempts(failover: &crate::config::Failover) -> u32 {
 }
 
 /// Runs `task` to its end and returns its result (the caller sends it as the terminal event).
-/// `started` is when the programmer accepted the task (for `duration_ms`).
+/// `sources` are the ones it was validated under, kept for its whole life (a re-read file
+/// changes them only for the tasks validated afterwards); `started` is when the programmer
+/// accepted the task (for `duration_ms`).
 pub async fn run_task(
     prog: &Programmer,
     task: &ValidatedTask,
+    sources: &TaskSources,
     sink: &TaskEventSink,
     cancel: CancellationToken,
     started: Instant,
@@ -70,8 +74,8 @@ pub async fn run_task(
     };
     let deadline = Instant::now() + task.deadline;
 
-    // A local workspace, or this host's mirror of the task's remote, fetched now.
-    let sources = prog.sources();
+    // A local workspace, or this host's mirror of the task's remote, fetched now (into the
+    // mirrors of the `repositories:` settings the task was validated under: `sources`).
     let (workspace, base_commit) = match &task.repo {
         TaskRepo::Local(ws) => match ws.resolve_base(task.base_ref.as_deref()).await {
             Ok(c) => (ws.clone(), c),
@@ -85,7 +89,6 @@ pub async fn run_task(
             }
         },
         TaskRepo::Remote(remote) => {
-            // The `repositories:` settings in force as the task starts (see `task_sources`).
             let Some(mirrors) = sources.mirrors.as_ref() else {
                 let msg = "repo_url: this programmer has no repositories: section".to_string();
                 return fail(result, ErrorClass::BadRequest, msg, started);

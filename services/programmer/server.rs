@@ -12,6 +12,7 @@ use crate::programmer::runs::{LEASE_EXPIRED, Run};
 use crate::programmer::state::Programmer;
 use crate::programmer::validate::{ValidatedTask, validate};
 use crate::task_events::{EventStream, HEARTBEAT_EVERY, TaskEventSink};
+use crate::task_sources::TaskSources;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
@@ -86,7 +87,7 @@ impl ProgrammerRpc for ProgrammerService {
             &task.workspace_name,
             task.dry_run,
         );
-        let driver = drive_task(prog.clone(), task, run, waiting);
+        let driver = drive_task(prog.clone(), task, sources, run, waiting);
         prog.tasks
             .spawn(tracing::Instrument::instrument(driver, span));
         Ok(Response::new(stream))
@@ -152,6 +153,7 @@ impl ProgrammerRpc for ProgrammerService {
 async fn drive_task(
     prog: Arc<Programmer>,
     task: ValidatedTask,
+    sources: Arc<TaskSources>,
     run: Run,
     waiting: crate::programmer::queue::Waiting,
 ) {
@@ -213,7 +215,7 @@ async fn drive_task(
             ..Default::default()
         }
     } else {
-        run_task(&prog, &task, &sink, cancel.clone(), started).await
+        run_task(&prog, &task, &sources, &sink, cancel.clone(), started).await
     };
     drop(slot);
     finish(&prog, &task, &sink, handed_back(&prog, &run, result)).await;
