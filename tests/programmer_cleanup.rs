@@ -187,6 +187,42 @@ async fn a_task_outlives_its_caller_until_the_lease_expires_then_nothing_is_left
     assert_eq!(s.llm.expect("llm").failures, 0);
 }
 
+/// A task's lease is the one its Execute carries (`lease_s`: the manager's, as it accepted the
+/// task), not the programmer's own: here 3 s against the file's hour, so both ends give the task
+/// up together whenever each re-reads a changed lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_is_held_for_the_lease_its_execute_carries() {
+    let sim = common::Sim::start_with_script("default:\n  fault: hang\n");
+    let options = PoolOptions {
+        task_lease_s: 3600,
+        request_timeout_s: 600,
+        task_timeout_s: 600,
+        ..PoolOptions::default()
+    };
+    let pool = TestPool::with_sim(options, sim);
+    let repo = pool.sample_repo();
+    let prog = pool.start_programmer("001");
+    let worktrees = pool.worktrees_dir("001");
+    let mut c = pool.programmer_client("001").await;
+    let request = TaskRequest {
+        task_id: "carried-lease".into(),
+        lease_s: 3,
+        ..docstrings()
+    };
+    let stream = c.execute(request).await.expect("Execute").into_inner();
+    prog.wait_log("aider started", 1).await;
+    drop(stream);
+    drop(c);
+    assert_nothing_left(&worktrees, &repo, "cleanup after the carried lease").await;
+    prog.wait_log("lease expired", 1).await;
+    let log = prog.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("no manager followed the task") && l.contains("lease_s=3")),
+        "{log}"
+    );
+}
+
 /// StopTask stops a running task at once: aider killed, worktree and branch removed, the
 /// result CANCELLED, and the cancellation counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

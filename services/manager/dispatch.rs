@@ -156,6 +156,10 @@ struct OnProgrammer {
     /// what it spent, so a stream that breaks after it is followed to that result rather than
     /// ended at once as cancelled with its spend unknown.
     stop_sent: bool,
+    /// The task's lease, fixed as the manager accepted it and sent with every Execute
+    /// (`TaskRequest.lease_s`): how long the programmer keeps running it unfollowed, so how long
+    /// this manager tries to reach it before taking it for stopped.
+    lease: Duration,
 }
 
 /// Whether a programmer took an attempt, as far as the manager knows: what the attempt's hold,
@@ -270,6 +274,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
             started: Started::Yes,
             breaks: Breaks::default(),
             stop_sent: false,
+            lease: lease_of(&route.request),
         }),
     };
     async move {
@@ -407,6 +412,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                         started: Started::No,
                         breaks: Breaks::default(),
                         stop_sent: false,
+                        lease: lease_of(&route.request),
                     };
                     // Not raced with the caller's cancel: admission answers at once, and a task it
                     // took is then cancelled on the programmer, which reports what it spent.
@@ -502,13 +508,13 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                             mgr.settle(&task_id, on.hold, result.cost());
                             Step::Finished(on.member, result)
                         }
-                        Relayed::Broken(reason) if on.breaks.broke(mgr.task_lease()) => {
+                        Relayed::Broken(reason) if on.breaks.broke(on.lease) => {
                             // The programmer answers but its stream carries nothing: stopped
                             // there (best effort; else its lease stops it), the task is lost.
                             let reason = format!(
                                 "its stream broke {} times in a row, carrying nothing for {} s; last: {reason}",
                                 on.breaks.count,
-                                mgr.task_lease().as_secs()
+                                on.lease.as_secs()
                             );
                             Box::pin(cancel_on_programmer(&on.member, &on.attempt_id)).await;
                             Step::Lost(
@@ -598,6 +604,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                             member: on.member.clone(),
                             attempt_id: on.attempt_id.clone(),
                             after_seq: on.after_seq,
+                            lease: on.lease,
                         });
                     } else {
                         unsent += 1;
@@ -718,12 +725,19 @@ fn tried(mgr: &Manager, dispatch_attempt: u32, leg_start: u32, unsent: u32) -> u
     (dispatch_attempt + 1 - leg_start).saturating_sub(unsent.min(mgr.max_dispatch_attempts()))
 }
 
+/// The lease a task was accepted with (`TaskRequest.lease_s`, at least a second).
+fn lease_of(request: &crate::contract::v1::TaskRequest) -> Duration {
+    Duration::from_secs(request.lease_s.max(1).into())
+}
+
 /// A dispatch attempt lost on a programmer that had started it.
 struct LostAttempt {
     member: Arc<Member>,
     attempt_id: String,
     /// The last of its events relayed.
     after_seq: u64,
+    /// The task's lease ([`OnProgrammer::lease`]).
+    lease: Duration,
 }
 
 /// The result of the lost attempt that kept the task's edit, `already_kept` naming that edit's
@@ -747,11 +761,12 @@ async fn kept_by_a_lost_attempt(
             exclusion: Exclusion::until_back(&attempt.member),
             breaks: Breaks::default(),
             stop_sent: false,
+            lease: attempt.lease,
         };
         let Ok(mut stream) = follow(mgr, &on, cancel, true).await else {
             continue;
         };
-        let ended = tokio::time::timeout(mgr.task_lease(), async {
+        let ended = tokio::time::timeout(on.lease, async {
             while let Ok(Some(event)) = stream.message().await {
                 if let Some(Kind::Result(result)) = event.kind {
                     return Some(result);
@@ -965,7 +980,7 @@ async fn follow(
             _ = mgr.stop.cancelled() => return Err(Gone::Stopping),
         }
     }
-    let deadline = Instant::now() + mgr.task_lease();
+    let deadline = Instant::now() + on.lease;
     let mut delay = FIRST_RETRY_DELAY;
     let mut client = ProgrammerClient::new(on.member.channel());
     loop {
@@ -1005,7 +1020,7 @@ async fn follow(
             return Err(Gone::NotThere {
                 reason: format!(
                     "{programmer} unreachable for the task's lease ({} s), so it has stopped the task; last error: {error}",
-                    mgr.task_lease().as_secs()
+                    on.lease.as_secs()
                 ),
                 never_had: false,
             });

@@ -196,6 +196,9 @@ pub fn route_on(
         // see `attempt_task_id`): the programmer keeps at most one result under it.
         origin_task_id: task_id.to_string(),
         repo_url: req.repo_url.clone(),
+        // The lease this manager waits for the task by, fixed as it accepts the task: the
+        // programmer holds the task as long, whatever a re-read file says meanwhile.
+        lease_s: u32::try_from(mgr.task_lease().as_secs()).unwrap_or(u32::MAX),
     };
     Ok(Route {
         request,

@@ -161,7 +161,9 @@ async fn drive_task(
     let cancel = run.cancel.clone();
     let sink = TaskEventSink::new(run.log.clone());
     // Nobody following the task for a whole lease: whoever placed it is gone; stop it.
-    let lease = tokio::spawn(hold_lease(run.clone(), prog.live().lease));
+    // The caller's lease (the manager's, as it accepted the task) or, without one, ours.
+    let lease = task.lease.unwrap_or_else(|| prog.live().lease);
+    let lease = tokio::spawn(hold_lease(run.clone(), lease));
 
     let (positions_tx, mut positions_rx) = mpsc::unbounded_channel();
     let acquire = waiting.acquire(move |position| {

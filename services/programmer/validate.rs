@@ -40,6 +40,8 @@ pub struct ValidatedTask {
     /// Token cap (sent + received) for the task.
     pub max_tokens: u64,
     pub capabilities: Vec<String>,
+    /// The lease its caller asked for (`TaskRequest.lease_s`); `None`: the programmer's own.
+    pub lease: Option<Duration>,
 }
 
 /// Where a task works.
@@ -151,6 +153,7 @@ pub async fn validate(
         max_cost,
         max_tokens: limits.max_tokens_per_job,
         capabilities: req.capabilities,
+        lease: (req.lease_s > 0).then(|| Duration::from_secs(req.lease_s.into())),
     })
 }
 
