@@ -387,7 +387,7 @@ impl PoolView {
         let Some(w) = self.watchers.get() else {
             return false;
         };
-        let ms = interval.as_millis() as u64;
+        let ms = millis(interval);
         if w.poll_interval_ms.swap(ms, Ordering::Relaxed) == ms {
             return false;
         }
@@ -684,7 +684,7 @@ pub fn start(
     let (tx, rx) = mpsc::unbounded_channel();
     let watchers = pool.watchers.get_or_init(|| Watchers {
         tx,
-        poll_interval_ms: AtomicU64::new(poll_interval.as_millis() as u64),
+        poll_interval_ms: AtomicU64::new(millis(poll_interval)),
     });
     for member in pool.members().iter() {
         spawn_watchers(pool.clone(), member, watchers);
@@ -772,14 +772,24 @@ async fn watch_health(
     }
 }
 
+/// The longest a status poll waits for its answer (less when the interval is shorter).
+const STATUS_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An interval in milliseconds, saturating (the file bounds it from below only).
+fn millis(interval: Duration) -> u64 {
+    u64::try_from(interval.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Polls GetStatus every poll interval in force, or at once when asked for a refresh.
 async fn poll_status(pool: Arc<PoolView>, member: Arc<Member>, stop: CancellationToken) {
     let mut client = ProgrammerClient::new(member.channel());
     loop {
         let interval = pool.poll_interval();
         if member.is_available() {
+            // Bounded apart from the interval too: a long interval must not let one hung call
+            // hold back the poll a re-read interval asks for at once (`set_poll_interval`).
             let call = tokio::time::timeout(
-                interval.max(Duration::from_secs(1)),
+                interval.clamp(Duration::from_secs(1), STATUS_CALL_TIMEOUT),
                 client.get_status(GetStatusRequest {}),
             );
             if let Ok(Ok(response)) = call.await {
