@@ -313,9 +313,25 @@ async fn a_file_that_does_not_load_changes_nothing_and_a_fixed_one_removes_a_pro
     pool.edit_config(|text| text.replace("durability: power_loss\n", ""));
     programmer.hang_up();
     manager.hang_up();
-    for url in [programmer_url, pool.manager_url()] {
+    for url in [programmer_url.clone(), pool.manager_url()] {
         wait_until(WAIT, "no restart due", || async {
             pending(url.clone()).await == Some(0.0)
+        })
+        .await;
+    }
+    // A new data dir, which only a restart applies (and the rollout leaves to `pas restart`):
+    // named, and a restart due in both.
+    let data_dir = pool.data_dir.display().to_string();
+    let moved = format!("{data_dir}-moved");
+    pool.edit_config(|text| text.replace(&data_dir, &moved));
+    programmer.hang_up();
+    manager.hang_up();
+    programmer.wait_log("read only at start-up", 2).await;
+    let later = lines_with(programmer, "read only at start-up");
+    assert!(later[1].contains("data_dir"), "{later:?}");
+    for url in [programmer_url, pool.manager_url()] {
+        wait_until(WAIT, "a restart due for the data dir", || async {
+            pending(url.clone()).await == Some(1.0)
         })
         .await;
     }

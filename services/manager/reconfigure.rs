@@ -159,20 +159,25 @@ pub fn watch(mgr: Arc<Manager>, auth: Option<Arc<Authenticator>>) {
     });
     // What it started with: a file that changes any of it leaves a restart due until it no
     // longer does (`pas_config_restart_pending`).
-    let started = StartupSettings::of(&mgr.config());
+    // The data dir too, which the rollout leaves to `pas restart`.
+    let started = (StartupSettings::of(&mgr.config()), mgr.config().data_dir());
     crate::telemetry::metrics::config_restart_pending(false);
     tokio::spawn(async move {
         while current.changed().await.is_ok() {
             let new = current.borrow_and_update().clone();
-            let pending = !started.changed(&StartupSettings::of(&new)).is_empty();
-            apply(&mgr, auth.as_deref(), new);
-            crate::telemetry::metrics::config_restart_pending(pending);
+            let pending = !started.0.changed(&StartupSettings::of(&new)).is_empty()
+                || started.1 != new.data_dir();
+            // A file not taken changes nothing, the gauge included.
+            if apply(&mgr, auth.as_deref(), new) {
+                crate::telemetry::metrics::config_restart_pending(pending);
+            }
         }
     });
 }
 
-/// Puts `new` in force: the [`LIVE`] keys now, the others named in a warning.
-pub fn apply(mgr: &Manager, auth: Option<&Authenticator>, new: Arc<Config>) {
+/// Puts `new` in force: the [`LIVE`] keys now, the others named in a warning. Returns false
+/// when the file was not taken (a programmers section that does not reconcile).
+pub fn apply(mgr: &Manager, auth: Option<&Authenticator>, new: Arc<Config>) -> bool {
     let old = mgr.config();
     let changed = changed_keys(&old.pool, &new.pool);
     let same_mode = old.pool.discovery.mode == new.pool.discovery.mode;
@@ -180,7 +185,7 @@ pub fn apply(mgr: &Manager, auth: Option<&Authenticator>, new: Arc<Config>) {
     let dns_pool = same_mode && new.pool.discovery.mode == DiscoveryMode::Dns;
     if changed.is_empty() {
         tracing::info!(file = %new.source.display(), "configuration re-read: no setting changed");
-        return;
+        return true;
     }
     let (live, later): (Vec<&str>, Vec<&str>) =
         changed.iter().map(String::as_str).partition(|key| {
@@ -203,7 +208,7 @@ pub fn apply(mgr: &Manager, auth: Option<&Authenticator>, new: Arc<Config>) {
                 crate::telemetry::metrics::reload(CONFIGURATION, false);
                 tracing::error!(file = %new.source.display(),
                     "configuration not applied, the one read before stays in force: programmers: {e}");
-                return;
+                return false;
             }
         }
     }
@@ -258,6 +263,7 @@ pub fn apply(mgr: &Manager, auth: Option<&Authenticator>, new: Arc<Config>) {
         tracing::warn!(file = %new.source.display(), keys = %later.join(", "),
             "configuration changed in settings read only at start-up: they apply when the process restarts");
     }
+    true
 }
 
 #[cfg(test)]

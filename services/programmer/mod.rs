@@ -151,6 +151,7 @@ pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
     let (check_id, check_overrides) = (args.id.clone(), overrides.clone());
     let (waiting_id, waiting_overrides) = (args.id.clone(), overrides.clone());
     let started = state::StartupSettings::of(&config, &prog.spec);
+    let started_only = state::RestartOnly::of(&config, &prog.spec);
     crate::reload::follow(
         crate::reload::configuration(Arc::new(config.clone()), move |c| {
             c.programmer_with(&check_id, &check_overrides)?;
@@ -160,7 +161,11 @@ pub async fn run(config: Config, args: ProgrammerArgs) -> anyhow::Result<()> {
         move |config| match config.programmer_with(&waiting_id, &waiting_overrides) {
             // Against the settings it started with (a file in which its entry does not resolve
             // is not taken at all).
-            Ok(spec) => started.changed(&state::StartupSettings::of(config, &spec)),
+            Ok(spec) => {
+                let mut keys = started.changed(&state::StartupSettings::of(config, &spec));
+                keys.extend(started_only.changed(&state::RestartOnly::of(config, &spec)));
+                keys
+            }
             Err(_) => Vec::new(),
         },
         move |config| match config.programmer_with(&args.id, &overrides) {

@@ -139,6 +139,35 @@ impl StartupSettings {
     }
 }
 
+/// What a programmer reads only at start-up beyond its [`StartupSettings`]: its data dir and
+/// its address. A rolling restart does not apply them (`pas up` keeps its files in the data dir
+/// and starts a programmer on the address it had), so they are not in the rollout's comparison,
+/// but a change of either still waits for a restart: the warning and
+/// `pas_config_restart_pending` name it ([`RestartOnly::changed`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestartOnly {
+    data_dir: PathBuf,
+    address: (String, u16),
+}
+
+impl RestartOnly {
+    /// Programmer `spec`'s in `config`.
+    pub fn of(config: &Config, spec: &ProgrammerSpec) -> Self {
+        Self {
+            data_dir: config.data_dir(),
+            address: (spec.host.clone(), spec.port),
+        }
+    }
+
+    /// The keys whose settings differ between `self` and `other`.
+    pub fn changed(&self, other: &Self) -> Vec<&'static str> {
+        crate::config::diff::differing([
+            ("data_dir", self.data_dir != other.data_dir),
+            ("its host / port", self.address != other.address),
+        ])
+    }
+}
+
 /// `load_balancing.max_concurrent_per_programmer` and `max_queue_per_programmer`: the queue's
 /// bounds, which follow a re-read file ([`TaskQueue::set_limits`]).
 fn queue_bounds(config: &Config) -> (usize, usize) {
