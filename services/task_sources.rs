@@ -4,9 +4,12 @@
 //! The manager checks a task's `workspace` / `repo_url` against them at Dispatch and each
 //! programmer again, as the authority, before it accepts the task. Both follow a re-read file the
 //! same way ([`CurrentSources::follow`]), so no restart (and no drain of running tasks) is needed
-//! to move the root or change the allow list, and the two never check against different roots for
-//! longer than the re-read takes. A task takes one snapshot as it is validated and keeps it for
-//! its whole life: a task accepted under the old root finishes in the repository it was given.
+//! to move the root or change the allow list. Each process applies a re-read file on its own (all
+//! at once under `pas reload`, each pod as it gets its ConfigMap on Kubernetes): between the two,
+//! a programmer still on the old sources refuses a task only the new ones allow, so an operator
+//! keeps the old root's repositories until every process applied the change (README). A task
+//! takes one snapshot as it is validated and keeps it for its whole life: a task accepted under
+//! the old root finishes in the repository it was given.
 
 use crate::config::{Config, RepositoriesConfig};
 use crate::programmer::mirror::Mirrors;
