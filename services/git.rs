@@ -32,7 +32,9 @@
 //! repository across processes by [`WorktreeLock`], an `flock(2)` on [`WORKTREE_LOCK_FILE`]: without
 //! it a concurrent `worktree add` reads another's half-written `.git/worktrees/<id>/` and dies with
 //! "failed to read …/commondir" (measured with ten parallel adds on git 2.47). `flock` is released by
-//! the kernel when a process dies, so unlike git's own `.lock` files it can never go stale.
+//! the kernel when a process dies, so unlike git's own `.lock` files it can never go stale. Those
+//! a git killed mid-write leaves (a programmer's container killed during a fetch) are found by
+//! their age and removed where only such a git can have left them ([`DeadLocks`]).
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -325,59 +327,109 @@ impl WorktreeLock {
     }
 }
 
-/// How old a git lock file must be before [`remove_stale_locks`] takes it for a dead git's: git
-/// holds one for the milliseconds of a ref or config update (and waits at most a second for
-/// `packed-refs.lock`), so one a minute old is from a git killed mid-write, which git itself
-/// never removes, and on which every later write of its ref fails.
+/// How old a ref's lock file must be before [`DeadLocks`] takes it for a dead git's: git holds
+/// one for the milliseconds of a ref update, so one a minute old is from a git killed
+/// mid-write, which git itself never removes, and on which every later write of its ref fails.
 pub(crate) const STALE_LOCK_AGE: Duration = Duration::from_secs(60);
 
-/// Removes the git lock files (`*.lock`) older than [`STALE_LOCK_AGE`] among `files` in
-/// `git_dir` (e.g. `packed-refs.lock`) and under its ref directories `ref_dirs` (e.g.
-/// `refs/tags`). The age, not a lock of ours, tells a dead git's lock from a live one: a git
-/// started by a programmer that was killed (an orphan still fetching) holds no lock of ours.
-/// Returns the paths removed; each is logged.
-pub(crate) fn remove_stale_locks(
-    git_dir: &Path,
-    files: &[&str],
-    ref_dirs: &[&str],
-) -> io::Result<Vec<PathBuf>> {
-    fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> io::Result<()> {
-        let entries = match fs::read_dir(dir) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            other => other?,
-        };
-        for entry in entries {
-            let entry = entry?;
-            let kind = entry.file_type()?;
-            let path = entry.path();
-            if kind.is_dir() {
-                walk(&path, found)?;
-            } else if kind.is_file() && path.extension().is_some_and(|e| e == "lock") {
-                found.push(path);
+/// [`STALE_LOCK_AGE`] for `packed-refs.lock`, which every branch deletion in the repository also
+/// takes (outside any lock of ours): ten times as long, so even a git paused for a while (a
+/// frozen container) keeps it.
+pub(crate) const STALE_PACKED_REFS_LOCK_AGE: Duration = Duration::from_secs(600);
+
+/// The git lock files (`*.lock`) of one repository that only a dead git can hold: those under
+/// some ref directories (e.g. `refs/tags`) at least [`STALE_LOCK_AGE`] old, and
+/// `packed-refs.lock` at least [`STALE_PACKED_REFS_LOCK_AGE`] old. The age, not a lock of ours,
+/// tells a dead git's lock from a live one: a git started by a programmer that was killed (an
+/// orphan still fetching) holds no lock of ours. Problems reading the directories are logged and
+/// skipped: at worst a lock stays, and git reports it.
+pub(crate) struct DeadLocks<'a> {
+    /// The repository's git directory.
+    pub git_dir: &'a Path,
+    /// Ref directories whose locks are looked at, relative to `git_dir`.
+    pub ref_dirs: &'a [&'a str],
+}
+
+impl DeadLocks<'_> {
+    /// Every lock file looked at, with the age it must reach and its age now.
+    fn found(&self) -> Vec<(PathBuf, Duration, Duration)> {
+        fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+            let entries = match fs::read_dir(dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), "cannot look for stale git locks: {e}");
+                    return;
+                }
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                match entry.file_type() {
+                    Ok(kind) if kind.is_dir() => walk(&path, found),
+                    Ok(kind) if kind.is_file() && path.extension().is_some_and(|e| e == "lock") => {
+                        found.push(path)
+                    }
+                    _ => {}
+                }
             }
         }
-        Ok(())
+        let mut refs = Vec::new();
+        for dir in self.ref_dirs {
+            walk(&self.git_dir.join(dir), &mut refs);
+        }
+        let packed = self.git_dir.join("packed-refs.lock");
+        refs.into_iter()
+            .map(|p| (p, STALE_LOCK_AGE))
+            .chain(std::iter::once((packed, STALE_PACKED_REFS_LOCK_AGE)))
+            .filter_map(|(path, stale)| {
+                let modified = fs::symlink_metadata(&path)
+                    .and_then(|m| m.modified())
+                    .ok()?;
+                let age = modified.elapsed().unwrap_or_default();
+                Some((path, stale, age))
+            })
+            .collect()
     }
-    let mut locks: Vec<PathBuf> = files.iter().map(|f| git_dir.join(f)).collect();
-    for dir in ref_dirs {
-        walk(&git_dir.join(dir), &mut locks)?;
-    }
-    let is_stale = |path: &Path| {
-        fs::symlink_metadata(path)
-            .and_then(|m| m.modified())
-            .is_ok_and(|at| at.elapsed().is_ok_and(|age| age >= STALE_LOCK_AGE))
-    };
-    let mut removed = Vec::new();
-    for path in locks.into_iter().filter(|p| is_stale(p)) {
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {
-                tracing::warn!(lock = %path.display(), "removed a lock file a killed git left");
-                removed.push(path);
+
+    /// Removes the locks old enough to be a dead git's; returns them (each is logged).
+    pub(crate) fn remove(&self) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        for (path, stale, age) in self.found() {
+            if age < stale {
+                continue;
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::warn!(lock = %path.display(), age_s = age.as_secs(), "removed a lock file a killed git left");
+                    removed.push(path);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(lock = %path.display(), "cannot remove a stale git lock: {e}")
+                }
             }
         }
+        removed
     }
-    Ok(removed)
+
+    /// Blocks until every ref lock looked at is [`STALE_LOCK_AGE`] old (at most that long; a
+    /// live git removes its own long before), then [`remove`](Self::remove)s the dead ones.
+    /// For a git that just failed on a lock a git killed moments ago left. Returns what was
+    /// removed.
+    pub(crate) fn wait_out_and_remove(&self) -> Vec<PathBuf> {
+        let wait = self
+            .found()
+            .into_iter()
+            .filter(|(_, stale, _)| *stale == STALE_LOCK_AGE)
+            .map(|(_, stale, age)| stale.saturating_sub(age))
+            .max()
+            .unwrap_or_default();
+        if !wait.is_zero() {
+            tracing::info!(git_dir = %self.git_dir.display(), wait_s = wait.as_secs(), "waiting for the ref locks a killed git may have left to age");
+            std::thread::sleep(wait);
+        }
+        self.remove()
+    }
 }
 
 /// Run `work` on tokio's blocking pool. Used for every step that must not be cut in half by a

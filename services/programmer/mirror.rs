@@ -39,7 +39,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::config::RepoSettings;
-use crate::git::{Git, GitError, WorktreeLock, remove_stale_locks, unstoppable};
+use crate::git::{DeadLocks, Git, GitError, WorktreeLock, is_lock_contention, unstoppable};
 use crate::repo_url::{ALLOWED_PROTOCOLS, AllowList, RepoUrl};
 use crate::workspace::{MIRROR_REMOTE_REFS, Workspace, ref_problem};
 
@@ -310,10 +310,13 @@ fn fetch_blocking(
     let _lock = WorktreeLock::acquire_blocking(&lock_file).map_err(io_err(&lock_file))?;
     // A programmer killed during a fetch (its container OOM-killed) leaves the locks its git
     // held on the refs it was updating, and every later fetch of this URL would fail on them.
+    let remote_refs = MIRROR_REMOTE_REFS.trim_end_matches('/');
+    let dead_locks = DeadLocks {
+        git_dir: path,
+        ref_dirs: &[remote_refs, "refs/tags"],
+    };
     if path.is_dir() {
-        let remote_refs = MIRROR_REMOTE_REFS.trim_end_matches('/');
-        remove_stale_locks(path, &["packed-refs.lock"], &[remote_refs, "refs/tags"])
-            .map_err(io_err(path))?;
+        dead_locks.remove();
     }
     if !path.join("HEAD").exists() {
         Git::new(dir)
@@ -330,7 +333,7 @@ fn fetch_blocking(
     if base_ref.is_none() {
         refspecs.push(format!("+HEAD:{MIRROR_REMOTE_REFS}HEAD"));
     }
-    remote
+    let fetch = remote
         .git(&path)
         .args([
             "fetch",
@@ -341,9 +344,21 @@ fn fetch_blocking(
         ])
         .arg("--end-of-options")
         .arg(remote.url().as_str())
-        .args(&refspecs)
-        .run_blocking()
-        .map_err(fetch_err)?;
+        .args(&refspecs);
+    let out = fetch.output_blocking().map_err(fetch_err)?;
+    if !out.status.success() {
+        // Still held past the retries: a lock a git killed moments ago left (this programmer's
+        // own fetch before its container restarted), too young to be taken for dead above. It
+        // is once it is a minute old; then fetch again.
+        let dead_locks = DeadLocks {
+            git_dir: &path,
+            ..dead_locks
+        };
+        if !is_lock_contention(&out.stderr) || dead_locks.wait_out_and_remove().is_empty() {
+            return Err(fetch_err(fetch.failed(&out)));
+        }
+        fetch.run_blocking().map_err(fetch_err)?;
+    }
     let commit = resolve_base_blocking(&path, base_ref)
         .map_err(fetch_err)?
         .ok_or_else(|| MirrorError::UnknownRef {
@@ -517,17 +532,20 @@ mod tests {
         let remote = mirrors.remote(&url);
         mirrors.fetch(&remote, None).await.expect("first fetch");
         // A fetch killed while it updated the remote's `main` and a tag, and pruned a branch,
-        // left its locks (a minute ago); a live git's lock (just taken) is left alone.
+        // left its locks (a minute ago; ten for packed-refs); a live git's lock (just taken) is
+        // left alone.
         let mirror = mirrors.mirror_path(&url);
         let locks = [
             format!("{MIRROR_REMOTE_REFS}main.lock"),
             "refs/tags/v1.lock".to_string(),
             "packed-refs.lock".to_string(),
         ];
-        let a_minute_ago = std::time::SystemTime::now() - crate::git::STALE_LOCK_AGE;
         for lock in &locks {
-            let file = fs::File::create(mirror.join(lock)).expect("a stale lock");
-            file.set_modified(a_minute_ago).expect("its age");
+            let age = match lock.as_str() {
+                "packed-refs.lock" => crate::git::STALE_PACKED_REFS_LOCK_AGE,
+                _ => crate::git::STALE_LOCK_AGE,
+            };
+            aged_lock(&mirror.join(lock), age);
         }
         let live = mirror.join(format!("{MIRROR_REMOTE_REFS}live.lock"));
         fs::write(&live, "").expect("a live lock");
@@ -547,6 +565,41 @@ mod tests {
             assert!(!mirror.join(lock).exists(), "{lock}");
         }
         assert!(live.exists());
+    }
+
+    /// A lock file at `path`, last written `age` ago.
+    fn aged_lock(path: &Path, age: std::time::Duration) {
+        let file = fs::File::create(path).expect("a lock");
+        file.set_modified(std::time::SystemTime::now() - age)
+            .expect("its age");
+    }
+
+    #[tokio::test]
+    async fn a_lock_a_fetch_killed_moments_ago_left_is_waited_out() {
+        use crate::workspace::testing::git;
+        let (tmp, _srv, work, url) = server();
+        let mirrors = mirrors_in(tmp.path());
+        let remote = mirrors.remote(&url);
+        mirrors.fetch(&remote, None).await.expect("first fetch");
+        // The programmer's own fetch died with its container moments before it restarted: the
+        // lock is too young to be taken for dead at once.
+        let lock = mirrors
+            .mirror_path(&url)
+            .join(format!("{MIRROR_REMOTE_REFS}main.lock"));
+        aged_lock(
+            &lock,
+            crate::git::STALE_LOCK_AGE - std::time::Duration::from_secs(4),
+        );
+        fs::write(work.join("b.txt"), "b\n").expect("write");
+        git(&work, &["add", "b.txt"]);
+        git(&work, &["commit", "-q", "-m", "b"]);
+        git(&work, &["push", "-q", url.as_str(), "main"]);
+        let (_, head) = mirrors
+            .fetch(&remote, None)
+            .await
+            .expect("fetch once it aged");
+        assert_eq!(head, rev(&work, "HEAD"));
+        assert!(!lock.exists());
     }
 
     #[tokio::test]
