@@ -80,29 +80,46 @@ async fn a_programmer_stops_the_task_of_a_manager_that_stopped_answering() {
 
 /// The manager waits for a frozen programmer by the lease the task was accepted with, not by one
 /// a re-read file lowered since (which the programmer, holding the task by the lease it was sent,
-/// does not apply to it): here an hour, not the 2 s the file says once the task runs. Lowered
-/// mid-task, the manager used to give the task up after 2 s while its programmer ran it on.
+/// does not apply to it): here an hour, not the 2 s the file says once the task runs — and so
+/// does a manager restarted on that file, which resumes the task with the lease it recorded.
+/// Lowered mid-task, the manager used to give the task up after 2 s while its programmer ran it on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_programmer_is_waited_for_by_the_lease_its_task_was_accepted_with() {
-    let (pool, programmer, manager, stream) = one_hanging_task(3600).await;
+    let (pool, programmer, mut manager, stream) = one_hanging_task(3600).await;
     pool.edit_config(|text| text.replace("task_lease_s: 3600", "task_lease_s: 2"));
     manager.hang_up();
     manager.wait_log("applied=", 1).await;
-
+    let programmer_pid = Pid::from_raw(programmer.pid() as i32);
     // Frozen: the manager's stream breaks (keepalive) and it cannot follow the task; past the
     // first unanswered call (5 s, beyond the new 2 s) it keeps trying.
-    let programmer_pid = Pid::from_raw(programmer.pid() as i32);
+    let keeps_trying = |manager: &ChildGuard| {
+        let log = manager.log_text();
+        assert!(
+            !log.contains("unreachable for the task's lease"),
+            "gave the task up: {log}"
+        );
+        log.contains("cannot follow the task yet")
+    };
     kill(programmer_pid, Signal::SIGSTOP).expect("SIGSTOP the programmer");
-    let trying = |log: &str| log.contains("cannot follow the task yet");
-    let given_up = |log: &str| log.contains("unreachable for the task's lease");
     wait_until(
         Duration::from_secs(120),
         "the manager to keep trying to reach the frozen programmer",
-        || async {
-            let log = manager.log_text();
-            assert!(!given_up(&log), "gave the task up: {log}");
-            trying(&log)
-        },
+        || async { keeps_trying(&manager) },
+    )
+    .await;
+    kill(programmer_pid, Signal::SIGCONT).expect("SIGCONT the programmer");
+
+    // A manager started on the lowered file resumes the task with its recorded lease.
+    manager.kill();
+    let manager = pool.start_manager();
+    manager
+        .wait_log("resumed the tasks a previous manager left unfinished", 1)
+        .await;
+    kill(programmer_pid, Signal::SIGSTOP).expect("SIGSTOP the programmer");
+    wait_until(
+        Duration::from_secs(120),
+        "the restarted manager to keep trying to reach the frozen programmer",
+        || async { keeps_trying(&manager) },
     )
     .await;
     kill(programmer_pid, Signal::SIGCONT).expect("SIGCONT the programmer");

@@ -157,9 +157,20 @@ struct OnProgrammer {
     /// ended at once as cancelled with its spend unknown.
     stop_sent: bool,
     /// The task's lease, fixed as the manager accepted it and sent with every Execute
-    /// (`TaskRequest.lease_s`): how long the programmer keeps running it unfollowed, so how long
-    /// this manager tries to reach it before taking it for stopped.
-    lease: Duration,
+    /// (`TaskRequest.lease_s`): how long the programmer keeps running it unfollowed ([`lease`]).
+    ///
+    /// [`lease`]: OnProgrammer::lease
+    accepted_lease: Duration,
+}
+
+impl OnProgrammer {
+    /// How long this manager tries to reach the task's programmer before taking the task for
+    /// stopped there: the lease it was accepted with, or the one in force when that is longer (a
+    /// programmer of an earlier release ignores `TaskRequest.lease_s` and holds the task by its
+    /// own file's lease; waiting longer only delays a reroute).
+    fn lease(&self, mgr: &Manager) -> Duration {
+        self.accepted_lease.max(mgr.task_lease())
+    }
 }
 
 /// Whether a programmer took an attempt, as far as the manager knows: what the attempt's hold,
@@ -274,7 +285,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
             started: Started::Yes,
             breaks: Breaks::default(),
             stop_sent: false,
-            lease: lease_of(&route.request),
+            accepted_lease: lease_of(&route.request),
         }),
     };
     async move {
@@ -412,7 +423,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                         started: Started::No,
                         breaks: Breaks::default(),
                         stop_sent: false,
-                        lease: lease_of(&route.request),
+                        accepted_lease: lease_of(&route.request),
                     };
                     // Not raced with the caller's cancel: admission answers at once, and a task it
                     // took is then cancelled on the programmer, which reports what it spent.
@@ -508,13 +519,13 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                             mgr.settle(&task_id, on.hold, result.cost());
                             Step::Finished(on.member, result)
                         }
-                        Relayed::Broken(reason) if on.breaks.broke(on.lease) => {
+                        Relayed::Broken(reason) if on.breaks.broke(on.lease(&mgr)) => {
                             // The programmer answers but its stream carries nothing: stopped
                             // there (best effort; else its lease stops it), the task is lost.
                             let reason = format!(
                                 "its stream broke {} times in a row, carrying nothing for {} s; last: {reason}",
                                 on.breaks.count,
-                                on.lease.as_secs()
+                                on.lease(&mgr).as_secs()
                             );
                             Box::pin(cancel_on_programmer(&on.member, &on.attempt_id)).await;
                             Step::Lost(
@@ -604,7 +615,7 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                             member: on.member.clone(),
                             attempt_id: on.attempt_id.clone(),
                             after_seq: on.after_seq,
-                            lease: on.lease,
+                            lease: on.accepted_lease,
                         });
                     } else {
                         unsent += 1;
@@ -672,7 +683,9 @@ pub fn run(mgr: Arc<Manager>, life: TaskLife) -> impl Future<Output = ()> + Send
                             tracing::warn!(%task_id, from = %member.spec.id, reason = %event.reason,
                             dispatch_attempt = next_attempt, "task escalated to the paid tier");
                             Box::pin(sink.send(Kind::Escalated(Box::new(event.clone())))).await;
-                            let (paid_route, event) = *escalated;
+                            let (mut paid_route, event) = *escalated;
+                            // The paid leg keeps the lease the task was accepted with.
+                            paid_route.request.lease_s = route.request.lease_s;
                             escalation = Escalation::Escalated(Box::new(event));
                             route = paid_route;
                             previous = None;
@@ -736,7 +749,7 @@ struct LostAttempt {
     attempt_id: String,
     /// The last of its events relayed.
     after_seq: u64,
-    /// The task's lease ([`OnProgrammer::lease`]).
+    /// The task's lease as accepted ([`OnProgrammer::lease`]).
     lease: Duration,
 }
 
@@ -761,12 +774,12 @@ async fn kept_by_a_lost_attempt(
             exclusion: Exclusion::until_back(&attempt.member),
             breaks: Breaks::default(),
             stop_sent: false,
-            lease: attempt.lease,
+            accepted_lease: attempt.lease,
         };
         let Ok(mut stream) = follow(mgr, &on, cancel, true).await else {
             continue;
         };
-        let ended = tokio::time::timeout(on.lease, async {
+        let ended = tokio::time::timeout(on.lease(mgr), async {
             while let Ok(Some(event)) = stream.message().await {
                 if let Some(Kind::Result(result)) = event.kind {
                     return Some(result);
@@ -980,7 +993,7 @@ async fn follow(
             _ = mgr.stop.cancelled() => return Err(Gone::Stopping),
         }
     }
-    let deadline = Instant::now() + on.lease;
+    let deadline = Instant::now() + on.lease(mgr);
     let mut delay = FIRST_RETRY_DELAY;
     let mut client = ProgrammerClient::new(on.member.channel());
     loop {
@@ -1020,7 +1033,7 @@ async fn follow(
             return Err(Gone::NotThere {
                 reason: format!(
                     "{programmer} unreachable for the task's lease ({} s), so it has stopped the task; last error: {error}",
-                    on.lease.as_secs()
+                    on.lease(mgr).as_secs()
                 ),
                 never_had: false,
             });

@@ -87,9 +87,9 @@ pub struct Manager {
     pub scheduler: Scheduler,
     pub budget: Arc<BudgetLedger>,
     pub store: Arc<TaskStore>,
-    /// A programmer stops a task nobody followed this long; a manager that cannot reach a task's
-    /// programmer this long knows it stopped (`manager.task_lease_s` in force, in s:
-    /// [`Manager::task_lease`]).
+    /// The lease a task accepted now gets (`manager.task_lease_s` in force, in s:
+    /// [`Manager::task_lease`]): its programmer stops it once nobody followed it this long, and a
+    /// manager that cannot reach the programmer this long knows it stopped.
     task_lease_s: std::sync::atomic::AtomicU64,
     /// What a task's `workspace` and `repo_url` are checked against (see [`Manager::sources`]).
     sources: CurrentSources,
@@ -124,13 +124,14 @@ impl Manager {
         self.sources.get()
     }
 
-    /// The task lease in force (`manager.task_lease_s`): read where a task's stream is followed.
+    /// The task lease in force (`manager.task_lease_s`): read as a task is accepted (its lease
+    /// for life, sent to its programmers) and, as a floor, where a task's stream is followed.
     pub fn task_lease(&self) -> Duration {
         Duration::from_secs(self.task_lease_s.load(std::sync::atomic::Ordering::Relaxed))
     }
 
-    /// Puts a re-read `manager.task_lease_s` in force for the waits that start from now (the
-    /// programmers read it from the same file); returns whether it changed.
+    /// Puts a re-read `manager.task_lease_s` in force for the tasks accepted from now; returns
+    /// whether it changed.
     pub fn set_task_lease(&self, seconds: u64) -> bool {
         let seconds = seconds.max(1);
         self.task_lease_s

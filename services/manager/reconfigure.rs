@@ -239,7 +239,7 @@ pub fn apply(mgr: &Manager, auth: Option<&Authenticator>, new: Arc<Config>) -> b
     if mgr.set_task_lease(pool.manager.task_lease_s) {
         tracing::info!(
             task_lease_s = pool.manager.task_lease_s,
-            "task lease changed: for the streams followed from now"
+            "task lease changed: for the tasks accepted from now"
         );
     }
     let poll = std::time::Duration::from_secs(pool.load_balancing.health_check_interval_s);

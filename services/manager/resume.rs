@@ -32,6 +32,7 @@ pub fn unfinished_tasks(mgr: &Arc<Manager>) -> anyhow::Result<()> {
             request,
             created_ms,
             placed,
+            lease_s,
             ..
         } = task;
         // What its log keeps in memory; its followers read older events back from the journal.
@@ -75,6 +76,10 @@ pub fn unfinished_tasks(mgr: &Arc<Manager>) -> anyhow::Result<()> {
                 continue;
             }
         };
+        // The lease it was accepted with (which its programmer holds it by), not this process's.
+        if lease_s > 0 {
+            route.request.lease_s = lease_s;
+        }
         // A placement before the current leg (the free programmer of an escalated task) is over.
         let leg_start = escalation.leg_start();
         let placed = placed.filter(|p| p.dispatch_attempt >= leg_start);

@@ -43,14 +43,20 @@ impl PoolService {
 
     /// Records a new task `task_id` for `req`, or, when the id is known for the same request,
     /// a stream attached to it from its first event (ALREADY_EXISTS when the id names a
-    /// different request).
+    /// different request). `lease_s`: the lease a new one is accepted with.
     async fn insert(
         &self,
         req: &DispatchRequest,
         task_id: &str,
         caller: Option<&auth::Caller>,
+        lease_s: u32,
     ) -> Result<Inserted, Status> {
-        match self.mgr.store.insert(&new_task(req, task_id, caller)).await {
+        match self
+            .mgr
+            .store
+            .insert(&new_task(req, task_id, caller, lease_s))
+            .await
+        {
             Ok(InsertOutcome::Inserted) => Ok(Inserted::New),
             Ok(InsertOutcome::AlreadyExists(record)) => {
                 Ok(Inserted::Known(follow(&self.mgr, &record, 0, None)?))
@@ -65,9 +71,18 @@ impl PoolService {
     }
 }
 
-/// The record of a new task `task_id` for `req`, owned by its caller (empty without auth).
-fn new_task(req: &DispatchRequest, task_id: &str, caller: Option<&auth::Caller>) -> NewTask {
-    NewTask::dispatched_by(task_id, req, caller.map_or("", |c| c.name.as_str()))
+/// The record of a new task `task_id` for `req`, owned by its caller (empty without auth), with
+/// the lease it is accepted with (`lease_s`).
+fn new_task(
+    req: &DispatchRequest,
+    task_id: &str,
+    caller: Option<&auth::Caller>,
+    lease_s: u32,
+) -> NewTask {
+    NewTask {
+        lease_s,
+        ..NewTask::dispatched_by(task_id, req, caller.map_or("", |c| c.name.as_str()))
+    }
 }
 
 /// What [`PoolService::insert`] found.
@@ -235,7 +250,11 @@ impl ProgrammerPool for PoolService {
             // The id of a task running here adds no work: it attaches (or is told it names
             // another request), whatever the limits say. (A finished task's id is looked up in
             // the store only once admitted: a refusal reads nothing, and its retry replays.)
-            return match self.insert(&req, &req.task_id, caller.as_deref()).await? {
+            // (An id already recorded: the lease is the record's.)
+            return match self
+                .insert(&req, &req.task_id, caller.as_deref(), 0)
+                .await?
+            {
                 Inserted::New => Err(Status::internal(format!(
                     "task store: {:?} vanished while being attached to",
                     req.task_id
@@ -266,12 +285,16 @@ impl ProgrammerPool for PoolService {
             // event, which is journaled after it, and the task's life awaits it (with its
             // placement's write) before sending the task to a programmer (a dry run's goes
             // with its events: see `dispatch`'s Start step).
-            let write = mgr
-                .store
-                .insert_with_next(&new_task(&req, &task_id, caller.as_deref()));
+            let write = mgr.store.insert_with_next(&new_task(
+                &req,
+                &task_id,
+                caller.as_deref(),
+                route.request.lease_s,
+            ));
             Some(Box::pin(write) as dispatch::Recorded)
         } else {
-            if let Inserted::Known(stream) = self.insert(&req, &task_id, caller.as_deref()).await? {
+            let inserted = self.insert(&req, &task_id, caller.as_deref(), route.request.lease_s);
+            if let Inserted::Known(stream) = inserted.await? {
                 // The same id arrived twice at once: the first one runs it, this one follows.
                 return Ok(Response::new(stream));
             }

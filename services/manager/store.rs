@@ -136,6 +136,10 @@ pub struct NewTask {
     pub owner: String,
     /// The whole request (prost-encoded, `task_id` set), so a restarted manager can run it.
     pub request: Vec<u8>,
+    /// The task's lease in seconds, fixed as it was accepted (`TaskRequest.lease_s`): a
+    /// restarted manager follows it by this one, which its programmer holds it by, not by the
+    /// lease its own file says (0: unknown, then that one).
+    pub lease_s: u32,
 }
 
 impl NewTask {
@@ -159,6 +163,7 @@ impl NewTask {
             dry_run: req.dry_run,
             fingerprint: fingerprint(req, owner),
             owner: owner.to_owned(),
+            lease_s: 0,
             request: DispatchRequest {
                 task_id: task_id.to_owned(),
                 ..req.clone()
@@ -199,6 +204,8 @@ pub struct Unfinished {
     pub created_ms: i64,
     /// Where it runs, when it had been placed.
     pub placed: Option<Placed>,
+    /// Its lease as accepted, in seconds ([`NewTask::lease_s`]; 0: unknown).
+    pub lease_s: u32,
 }
 
 /// The placement an unfinished task was on.
@@ -443,8 +450,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     owner            TEXT NOT NULL DEFAULT '', -- the caller's token name (empty without auth)
     request          BLOB,           -- prost-encoded pas.v1.DispatchRequest
     dispatch_attempt INTEGER NOT NULL DEFAULT 0, -- the placement it is on (0: never placed)
-    unsent_attempts  INTEGER NOT NULL DEFAULT 0  -- attempts of its leg before that placement that
+    unsent_attempts  INTEGER NOT NULL DEFAULT 0, -- attempts of its leg before that placement that
                                                  -- their programmer never had (not tried there)
+    lease_s          INTEGER NOT NULL DEFAULT 0  -- its lease as accepted (0: unknown)
     -- Stores of earlier releases also have `last_seq`, no longer written: a record's latest seq is
     -- read from task_events, so journaling an event does not rewrite the task's row.
 );
@@ -896,6 +904,7 @@ impl TaskStore {
                 r.get::<_, i64>(6)?,
                 r.get::<_, i64>(7)?,
                 r.get::<_, u32>(8)?,
+                r.get::<_, u32>(9)?,
             ))
         })?;
         let mut out = Vec::new();
@@ -910,6 +919,7 @@ impl TaskStore {
                 created_ms,
                 upstream,
                 unsent_before,
+                lease_s,
             ) = row?;
             let request =
                 DispatchRequest::decode(request.as_slice()).map_err(|e| StoreError::Corrupt {
@@ -929,6 +939,7 @@ impl TaskStore {
                 owner,
                 created_ms,
                 placed,
+                lease_s,
             });
         }
         Ok(out)
@@ -1644,6 +1655,7 @@ fn add_columns(conn: &Connection) -> Result<(), StoreError> {
         ("request", "BLOB"),
         ("dispatch_attempt", "INTEGER NOT NULL DEFAULT 0"),
         ("unsent_attempts", "INTEGER NOT NULL DEFAULT 0"),
+        ("lease_s", "INTEGER NOT NULL DEFAULT 0"),
     ] {
         let exists = conn
             .prepare("SELECT 1 FROM pragma_table_info('tasks') WHERE name = ?1")?
@@ -1953,8 +1965,8 @@ fn insert(conn: &Connection, task: &NewTask) -> Result<InsertOutcome, StoreError
     let inserted = conn
         .prepare_cached(
             "INSERT INTO tasks (task_id, fingerprint, task_description, files, workspace, run_id,
-                 capabilities, dry_run, state, created_ms, owner, request)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 capabilities, dry_run, state, created_ms, owner, request, lease_s)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
              ON CONFLICT (task_id) DO NOTHING",
         )?
         .execute(params![
@@ -1970,6 +1982,7 @@ fn insert(conn: &Connection, task: &NewTask) -> Result<InsertOutcome, StoreError
             now_ms(),
             task.owner,
             task.request,
+            task.lease_s,
         ])?;
     if inserted > 0 {
         return Ok(InsertOutcome::Inserted);
@@ -2140,7 +2153,7 @@ fn unfinished_query() -> String {
                 t.created_ms,
                 (SELECT COALESCE(MAX(e.upstream_seq), 0) FROM task_events e
                   WHERE e.task_id = t.task_id AND e.attempt = t.dispatch_attempt),
-                t.unsent_attempts
+                t.unsent_attempts, t.lease_s
          FROM tasks t WHERE t.rowid >= {OPEN_FROM} AND t.{OPEN_STATES} AND t.request IS NOT NULL
          ORDER BY t.rowid"
     )
@@ -3674,6 +3687,42 @@ mod tests {
         raw_connection(&dir).execute_batch("VACUUM").unwrap();
         let store = open(&dir);
         assert_eq!(open_ids(&store), ["t40"]);
+    }
+
+    /// A task's lease as accepted is what a restarted manager finds with it; a store of an
+    /// earlier release (no `lease_s` column) gains the column, its tasks with 0 (unknown).
+    #[tokio::test]
+    async fn an_unfinished_task_keeps_the_lease_it_was_accepted_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let task = NewTask {
+            lease_s: 600,
+            ..NewTask::from_request("leased", &request("x"))
+        };
+        store.insert(&task).await.unwrap();
+        insert_running(&store, "older").await;
+        drop(store);
+        let leases = |store: &TaskStore| -> Vec<(String, u32)> {
+            let unfinished = store.unfinished().unwrap();
+            unfinished
+                .into_iter()
+                .map(|t| (t.task_id, t.lease_s))
+                .collect()
+        };
+        let store = open(&dir);
+        assert_eq!(
+            leases(&store),
+            [("leased".to_string(), 600), ("older".to_string(), 0)]
+        );
+        drop(store);
+        raw_connection(&dir)
+            .execute_batch("ALTER TABLE tasks DROP COLUMN lease_s")
+            .unwrap();
+        let store = open(&dir);
+        assert_eq!(
+            leases(&store),
+            [("leased".to_string(), 0), ("older".to_string(), 0)]
+        );
     }
 
     /// Stores of earlier releases had indexes of states and creation times: they are dropped,
