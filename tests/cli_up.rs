@@ -32,9 +32,10 @@ impl Pool {
             programmer_ports: ports[1..].to_vec(),
             dir,
         };
-        // The workspace root in the file (relative to it), so a test may move it.
+        // The workspace root and the data dir in the file (relative to it), so a test may move
+        // them.
         let mut yaml = format!(
-            "pool_size: {programmers}\nworkspace_root: ws\nmanager:\n  host: 127.0.0.1\n  port: {}\nprogrammers:\n",
+            "pool_size: {programmers}\nworkspace_root: ws\ndata_dir: data\nmanager:\n  host: 127.0.0.1\n  port: {}\nprogrammers:\n",
             pool.manager_port
         );
         for (i, port) in pool.programmer_ports.iter().enumerate() {
@@ -56,13 +57,13 @@ impl Pool {
         self.dir.path().join("data")
     }
 
-    /// `pas --config <pool> ARGS` with the pool's paths in the environment.
+    /// `pas --config <pool> ARGS`, the pool's paths from the file.
     fn pas(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(PAS);
         cmd.arg("--config")
             .arg(self.config())
             .args(args)
-            .env("PAS_DATA_DIR", self.data())
+            .env_remove("PAS_DATA_DIR")
             .env_remove("PAS_WORKSPACE_ROOT")
             .env(
                 "PAS_AIDER_PYTHON",
@@ -764,11 +765,18 @@ fn sighup_restarts_the_manager_last_when_a_setting_it_reads_at_start_up_changed(
         "{text_now}"
     );
 
-    rewrite_config(&pool, format!("{admin}durability: power_loss\n"));
+    // With a new data dir too, which the restarted processes do not take: it moves with
+    // `pas restart`, all of them at once (each would otherwise open a store of its own there).
+    let moved = admin.replacen("data_dir: data\n", "data_dir: data-moved\n", 1);
+    rewrite_config(&pool, format!("{moved}durability: power_loss\n"));
     hup_supervisor(&pool);
     wait_until("the second rollout", Duration::from_secs(120), || {
         reload_done(&pool, 2)
     });
+    assert!(
+        !pool.dir.path().join("data-moved").exists(),
+        "a restarted process moved to the new data dir"
+    );
     let third = pids(&pool);
     for i in 0..3 {
         assert!(

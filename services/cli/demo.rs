@@ -140,7 +140,7 @@ async fn demo(config_path: &Path, log_format: LogFormat, args: DemoArgs) -> anyh
     let exe = std::env::current_exe().context("cannot find the pas executable")?;
     let mut env: Vec<(OsString, OsString)> = vec![
         ("PAS_WORKSPACE_ROOT".into(), workspaces.clone().into()),
-        ("PAS_DATA_DIR".into(), data.into()),
+        ("PAS_DATA_DIR".into(), data.clone().into()),
     ];
 
     heading("Programmer Pool demo");
@@ -180,8 +180,9 @@ async fn demo(config_path: &Path, log_format: LogFormat, args: DemoArgs) -> anyh
     println!("logs        {}", logs.display());
 
     heading("Starting the pool");
-    let mut children = up::select_children(&config, &config_path, &[], &exe, log_format, &logs)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut children =
+        up::select_children(&config, &config_path, &[], &exe, log_format, &logs, &data)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     for child in &mut children {
         child.env = env.clone();
     }

@@ -96,6 +96,11 @@ impl RunDir {
         }
     }
 
+    /// The data dir itself.
+    pub fn data_dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// `<data_dir>/pas-up.pid`.
     pub fn pid_file(&self) -> PathBuf {
         self.dir.join("pas-up.pid")

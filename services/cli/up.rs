@@ -110,7 +110,9 @@ pub enum UpError {
 // ---------------------------------------------------------------------------------------------
 
 /// The children to run for `config`: the manager (key `manager`) and every programmer (key = id),
-/// restricted to `only` when it is not empty. Programmers come first, the manager last.
+/// restricted to `only` when it is not empty. Programmers come first, the manager last. Each
+/// logs to `logs_dir` and keeps its data in `data_dir` (the supervisor's, whatever a re-read
+/// file says: see below).
 pub fn select_children(
     config: &Config,
     config_path: &Path,
@@ -118,6 +120,7 @@ pub fn select_children(
     program: &Path,
     log_format: LogFormat,
     logs_dir: &Path,
+    data_dir: &Path,
 ) -> Result<Vec<ChildSpec>, UpError> {
     let only: Vec<&str> = only
         .iter()
@@ -150,6 +153,13 @@ pub fn select_children(
         args.extend(sub.iter().map(OsString::from));
         args
     };
+    // Every child, however often restarted (a crash, a rollout for other start-up settings),
+    // keeps the data dir `pas up` keeps its own files in: a `data_dir` edited in the file
+    // applies with `pas restart`, to all of them at once, never to some.
+    let pinned = vec![(
+        OsString::from(crate::config::ENV_DATA_DIR),
+        data_dir.as_os_str().to_owned(),
+    )];
     let mut children: Vec<ChildSpec> = config
         .programmers()
         .iter()
@@ -163,7 +173,7 @@ pub fn select_children(
             addr: crate::channel::connect_addr(&p.host, p.port),
             health_service: PROGRAMMER_SERVICE.to_string(),
             probe_tls: config.tls_files("client"),
-            env: Vec::new(),
+            env: pinned.clone(),
         })
         .collect();
     if wanted(MANAGER_KEY) {
@@ -177,7 +187,7 @@ pub fn select_children(
             addr: crate::channel::connect_addr(&m.host, m.port),
             health_service: MANAGER_SERVICE.to_string(),
             probe_tls: config.tls_files("client"),
-            env: Vec::new(),
+            env: pinned,
         });
     }
     if children.is_empty() {
@@ -354,6 +364,7 @@ async fn foreground(
         &exe,
         log_format,
         &run.logs_dir(),
+        run.data_dir(),
     )?;
     check_ports_free(&config, &children)?;
     reap_leftovers(&run);
@@ -417,6 +428,7 @@ async fn foreground(
                     &exe,
                     log_format,
                     &run.logs_dir(),
+                    run.data_dir(),
                 )
             };
             let (rollout, rolling) = Rollout::start(
@@ -642,6 +654,7 @@ fn detach(config_path: &Path, log_format: LogFormat, args: &UpArgs) -> Result<bo
         &exe,
         log_format,
         &run.logs_dir(),
+        run.data_dir(),
     )?;
     check_ports_free(&config, &children)?;
     run.clear();
@@ -853,6 +866,7 @@ programmers:
             Path::new("/bin/pas"),
             LogFormat::Text,
             Path::new("/data/logs"),
+            Path::new("/data"),
         )
     }
 
@@ -861,6 +875,10 @@ programmers:
         let children = select(&[]).unwrap();
         let keys: Vec<&str> = children.iter().map(|c| c.key.as_str()).collect();
         assert_eq!(keys, ["001", "002", "manager"]);
+        // Each keeps the supervisor's data dir, whatever a re-read file says.
+        for child in &children {
+            assert_eq!(child.env, [("PAS_DATA_DIR".into(), "/data".into())]);
+        }
         let args: Vec<String> = children[0]
             .args
             .iter()
@@ -915,6 +933,7 @@ programmers:
             Path::new("/bin/pas"),
             LogFormat::Text,
             Path::new("/data/logs"),
+            Path::new("/data"),
         )
         .unwrap();
         let err = check_ports_free(&config, &children)
