@@ -741,7 +741,8 @@ async fn a_waiting_repo_url_task_keeps_the_repositories_it_was_accepted_under() 
     };
     let held = c.execute(first).await.expect("accepted").into_inner();
     let held = tokio::spawn(common::pool::collect_task(held));
-    programmer.wait_log("aider started", 1).await;
+    // Its model call taken (the one that hangs), so the next task's is answered.
+    common::pool::wait_for_model_call(&pool.sim, "primary-001").await;
     // The repo_url task waits behind it.
     let remote = TaskRequest {
         task_id: "waits".into(),
