@@ -432,6 +432,35 @@ impl DeadLocks<'_> {
     }
 }
 
+/// For a git that failed on one ref's lock past its retries: waits until the lock file at `path`
+/// is [`STALE_LOCK_AGE`] old (at most that long; a live git removes its own long before), then
+/// removes it if it is still there, as a dead git's (see [`DeadLocks`]). Returns whether it did.
+pub(crate) fn wait_out_dead_lock(path: &Path) -> bool {
+    let age = |path: &Path| {
+        fs::symlink_metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .map(|at| at.elapsed().unwrap_or_default())
+    };
+    let Some(now) = age(path) else {
+        return false;
+    };
+    std::thread::sleep(STALE_LOCK_AGE.saturating_sub(now));
+    if age(path).is_none_or(|age| age < STALE_LOCK_AGE) {
+        return false;
+    }
+    match fs::remove_file(path) {
+        Ok(()) => {
+            tracing::warn!(lock = %path.display(), "removed a lock file a killed git left");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(lock = %path.display(), "cannot remove a stale git lock: {e}");
+            false
+        }
+    }
+}
+
 /// Run `work` on tokio's blocking pool. Used for every step that must not be cut in half by a
 /// cancelled future: the closure runs to completion even if the caller stops waiting, and
 /// whatever it returns (e.g. a task worktree) is then dropped — and cleaned up — there.

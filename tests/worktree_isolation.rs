@@ -824,6 +824,28 @@ async fn a_ref_lock_left_by_a_killed_commit_does_not_keep_the_scratch_branch() {
     }
 }
 
+/// A programmer killed while it kept a task's result left the kept branch's lock (moments
+/// before: too young to be taken for dead at once): another attempt of the task waits it out and
+/// keeps its result instead of failing on it.
+#[tokio::test]
+async fn a_kept_branch_lock_a_killed_keep_left_is_waited_out() {
+    let f = fixture().await;
+    let base = f.ws.resolve_base(None).await.expect("base");
+    let lock = f.repo.join(".git/refs/heads/pas/origin-k.lock");
+    fs::create_dir_all(lock.parent().expect("parent")).expect("mkdir");
+    let file = fs::File::create(&lock).expect("the lock a killed keep left");
+    file.set_modified(std::time::SystemTime::now() - Duration::from_secs(56))
+        .expect("its age");
+    let wt =
+        f.ws.create_task_worktree(&f.worktrees, "k-2", "origin-k", &base, &identity())
+            .await
+            .expect("create");
+    let change = edit(&wt, "kept.txt").await;
+    wt.keep(&change).await.expect("kept once the lock aged");
+    assert_eq!(git(&f.repo, &["rev-parse", "pas/origin-k"]), change.commit);
+    assert!(!lock.exists());
+}
+
 #[tokio::test]
 async fn a_creation_cancelled_midway_leaves_nothing_behind() {
     use nix::fcntl::{Flock, FlockArg};

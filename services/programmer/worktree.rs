@@ -470,12 +470,15 @@ impl TaskWorktree {
 
     /// `git update-ref -m <why> refs/heads/<branch> <commit> ""`: creates the branch only if it
     /// does not exist — the empty old value makes git check and write under the ref's lock, so of
-    /// concurrent creators exactly one succeeds. `Ok(false)`: it existed. Blocking.
+    /// concurrent creators exactly one succeeds. `Ok(false)`: it existed. Blocking. `shared`: the
+    /// branch is one other attempts of the task may create too (the kept one), so a lock a killed
+    /// one left is waited out rather than failed on (a scratch branch is this attempt's alone).
     fn create_branch_if_absent(
         &self,
         branch: &str,
         commit: &str,
         why: String,
+        shared: bool,
     ) -> Result<bool, WorktreeError> {
         let refname = format!("refs/heads/{branch}");
         let create = Git::new(&self.repo)
@@ -484,7 +487,19 @@ impl TaskWorktree {
             .args(["update-ref", "-m"])
             .arg(why)
             .args([refname.as_str(), commit, ""]);
-        let out = create.output_blocking()?;
+        let mut out = create.output_blocking()?;
+        // Held past the retries: a git killed in the middle of creating it (a programmer killed
+        // while it kept this task's result) left its lock, on which every attempt of the task
+        // would fail to keep. Dead once a minute old: then it goes, and the creation is tried
+        // again.
+        let lock = self.common_dir().join(format!("{refname}.lock"));
+        if shared
+            && !out.status.success()
+            && crate::git::is_lock_contention(&out.stderr)
+            && crate::git::wait_out_dead_lock(&lock)
+        {
+            out = create.output_blocking()?;
+        }
         if out.status.success() {
             return Ok(true);
         }
@@ -499,7 +514,7 @@ impl TaskWorktree {
         // Atomic create-if-absent: a concurrent duplicate fails here, before it could touch
         // anyone's worktree.
         let why = format!("pas: scratch branch for task {}", self.task_id);
-        if !self.create_branch_if_absent(&self.branch, &self.base_commit, why)? {
+        if !self.create_branch_if_absent(&self.branch, &self.base_commit, why, false)? {
             return Err(WorktreeError::BranchExists {
                 branch: self.branch.clone(),
             });
@@ -624,7 +639,7 @@ impl TaskWorktree {
             let kept = match &self.push {
                 None => {
                     let why = format!("pas: result of task {}", self.task_id);
-                    self.create_branch_if_absent(&self.kept_branch, &commit, why)
+                    self.create_branch_if_absent(&self.kept_branch, &commit, why, true)
                         .map(|created| match created {
                             true => Kept::Created,
                             false => Kept::Exists(None),
