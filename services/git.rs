@@ -265,6 +265,20 @@ impl Git {
         }
     }
 
+    /// [`output_blocking`](Self::output_blocking), run once more when it still failed on a held
+    /// lock file and `clear_dead_lock` took a dead git's away (returned true): the one place a
+    /// command gets past a lock its retries could not wait out.
+    pub(crate) fn output_blocking_past_dead_lock(
+        &self,
+        clear_dead_lock: impl FnOnce() -> bool,
+    ) -> Result<Output, GitError> {
+        let out = self.output_blocking()?;
+        if out.status.success() || !is_lock_contention(&out.stderr) || !clear_dead_lock() {
+            return Ok(out);
+        }
+        self.output_blocking()
+    }
+
     /// Run; a non-zero exit is an error. Returns stdout.
     pub(crate) async fn run(&self) -> Result<String, GitError> {
         let out = self.output().await?;
@@ -288,7 +302,7 @@ impl Git {
 
 /// Git's message when another process holds a lock file, e.g.
 /// `Unable to create '/repo/.git/refs/heads/x.lock': File exists.`
-pub(crate) fn is_lock_contention(stderr: &[u8]) -> bool {
+fn is_lock_contention(stderr: &[u8]) -> bool {
     let s = String::from_utf8_lossy(stderr);
     s.contains("Unable to create '") && s.contains(".lock': File exists")
 }
@@ -382,10 +396,7 @@ impl DeadLocks<'_> {
             .map(|p| (p, STALE_LOCK_AGE))
             .chain(std::iter::once((packed, STALE_PACKED_REFS_LOCK_AGE)))
             .filter_map(|(path, stale)| {
-                let modified = fs::symlink_metadata(&path)
-                    .and_then(|m| m.modified())
-                    .ok()?;
-                let age = modified.elapsed().unwrap_or_default();
+                let age = lock_age(&path)?;
                 Some((path, stale, age))
             })
             .collect()
@@ -393,23 +404,11 @@ impl DeadLocks<'_> {
 
     /// Removes the locks old enough to be a dead git's; returns them (each is logged).
     pub(crate) fn remove(&self) -> Vec<PathBuf> {
-        let mut removed = Vec::new();
-        for (path, stale, age) in self.found() {
-            if age < stale {
-                continue;
-            }
-            match fs::remove_file(&path) {
-                Ok(()) => {
-                    tracing::warn!(lock = %path.display(), age_s = age.as_secs(), "removed a lock file a killed git left");
-                    removed.push(path);
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(lock = %path.display(), "cannot remove a stale git lock: {e}")
-                }
-            }
-        }
-        removed
+        self.found()
+            .into_iter()
+            .filter(|(path, stale, age)| age >= stale && remove_dead_lock(path))
+            .map(|(path, _, _)| path)
+            .collect()
     }
 
     /// Blocks until every ref lock looked at is [`STALE_LOCK_AGE`] old (at most that long; a
@@ -436,24 +435,28 @@ impl DeadLocks<'_> {
 /// is [`STALE_LOCK_AGE`] old (at most that long; a live git removes its own long before), then
 /// removes it if it is still there, as a dead git's (see [`DeadLocks`]). Returns whether it did.
 pub(crate) fn wait_out_dead_lock(path: &Path) -> bool {
-    let age = |path: &Path| {
-        fs::symlink_metadata(path)
-            .and_then(|m| m.modified())
-            .ok()
-            .map(|at| at.elapsed().unwrap_or_default())
-    };
-    let Some(now) = age(path) else {
+    let Some(now) = lock_age(path) else {
         return false;
     };
     std::thread::sleep(STALE_LOCK_AGE.saturating_sub(now));
-    if age(path).is_none_or(|age| age < STALE_LOCK_AGE) {
-        return false;
-    }
+    lock_age(path).is_some_and(|age| age >= STALE_LOCK_AGE) && remove_dead_lock(path)
+}
+
+/// How long ago the lock file at `path` was written; `None` when there is none.
+fn lock_age(path: &Path) -> Option<Duration> {
+    let modified = fs::symlink_metadata(path).and_then(|m| m.modified()).ok()?;
+    Some(modified.elapsed().unwrap_or_default())
+}
+
+/// Removes the lock file at `path`, known to be a dead git's; logs it, or why it could not.
+/// Returns whether it removed one.
+pub(crate) fn remove_dead_lock(path: &Path) -> bool {
     match fs::remove_file(path) {
         Ok(()) => {
             tracing::warn!(lock = %path.display(), "removed a lock file a killed git left");
             true
         }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
         Err(e) => {
             tracing::warn!(lock = %path.display(), "cannot remove a stale git lock: {e}");
             false

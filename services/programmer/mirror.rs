@@ -39,7 +39,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::config::RepoSettings;
-use crate::git::{DeadLocks, Git, GitError, WorktreeLock, is_lock_contention, unstoppable};
+use crate::git::{DeadLocks, Git, GitError, WorktreeLock, unstoppable};
 use crate::repo_url::{ALLOWED_PROTOCOLS, AllowList, RepoUrl};
 use crate::workspace::{MIRROR_REMOTE_REFS, Workspace, ref_problem};
 
@@ -308,16 +308,6 @@ fn fetch_blocking(
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let lock_file = path.with_extension("flock");
     let _lock = WorktreeLock::acquire_blocking(&lock_file).map_err(io_err(&lock_file))?;
-    // A programmer killed during a fetch (its container OOM-killed) leaves the locks its git
-    // held on the refs it was updating, and every later fetch of this URL would fail on them.
-    let remote_refs = MIRROR_REMOTE_REFS.trim_end_matches('/');
-    let dead_locks = DeadLocks {
-        git_dir: path,
-        ref_dirs: &[remote_refs, "refs/tags"],
-    };
-    if path.is_dir() {
-        dead_locks.remove();
-    }
     if !path.join("HEAD").exists() {
         Git::new(dir)
             .args(["init", "--bare", "--quiet", "--"])
@@ -326,6 +316,14 @@ fn fetch_blocking(
             .map_err(fetch_err)?;
     }
     let path = fs::canonicalize(path).map_err(io_err(path))?;
+    // A programmer killed during a fetch (its container OOM-killed) leaves the locks its git
+    // held on the refs it was updating, and every later fetch of this URL would fail on them.
+    let remote_refs = MIRROR_REMOTE_REFS.trim_end_matches('/');
+    let dead_locks = DeadLocks {
+        git_dir: &path,
+        ref_dirs: &[remote_refs, "refs/tags"],
+    };
+    dead_locks.remove();
     let mut refspecs = vec![
         format!("+refs/heads/*:{MIRROR_REMOTE_REFS}*"),
         "+refs/tags/*:refs/tags/*".to_string(),
@@ -345,19 +343,14 @@ fn fetch_blocking(
         .arg("--end-of-options")
         .arg(remote.url().as_str())
         .args(&refspecs);
-    let out = fetch.output_blocking().map_err(fetch_err)?;
+    // Still held past the retries: a lock a git killed moments ago left (this programmer's own
+    // fetch before its container restarted), too young to be taken for dead above. It is once
+    // it is a minute old; then fetch again.
+    let out = fetch
+        .output_blocking_past_dead_lock(|| !dead_locks.wait_out_and_remove().is_empty())
+        .map_err(fetch_err)?;
     if !out.status.success() {
-        // Still held past the retries: a lock a git killed moments ago left (this programmer's
-        // own fetch before its container restarted), too young to be taken for dead above. It
-        // is once it is a minute old; then fetch again.
-        let dead_locks = DeadLocks {
-            git_dir: &path,
-            ..dead_locks
-        };
-        if !is_lock_contention(&out.stderr) || dead_locks.wait_out_and_remove().is_empty() {
-            return Err(fetch_err(fetch.failed(&out)));
-        }
-        fetch.run_blocking().map_err(fetch_err)?;
+        return Err(fetch_err(fetch.failed(&out)));
     }
     let commit = resolve_base_blocking(&path, base_ref)
         .map_err(fetch_err)?
@@ -549,9 +542,7 @@ mod tests {
         }
         let live = mirror.join(format!("{MIRROR_REMOTE_REFS}live.lock"));
         fs::write(&live, "").expect("a live lock");
-        fs::write(work.join("b.txt"), "b\n").expect("write");
-        git(&work, &["add", "b.txt"]);
-        git(&work, &["commit", "-q", "-m", "b"]);
+        commit_b(&work);
         git(&work, &["tag", "v1"]);
         git(&work, &["push", "-q", url.as_str(), "main", "v1"]);
         let (_, head) = mirrors
@@ -565,6 +556,14 @@ mod tests {
             assert!(!mirror.join(lock).exists(), "{lock}");
         }
         assert!(live.exists());
+    }
+
+    /// A second commit (`b.txt`) in the working clone `work`.
+    fn commit_b(work: &Path) {
+        use crate::workspace::testing::git;
+        fs::write(work.join("b.txt"), "b\n").expect("write");
+        git(work, &["add", "b.txt"]);
+        git(work, &["commit", "-q", "-m", "b"]);
     }
 
     /// A lock file at `path`, last written `age` ago.
@@ -590,9 +589,7 @@ mod tests {
             &lock,
             crate::git::STALE_LOCK_AGE - std::time::Duration::from_secs(4),
         );
-        fs::write(work.join("b.txt"), "b\n").expect("write");
-        git(&work, &["add", "b.txt"]);
-        git(&work, &["commit", "-q", "-m", "b"]);
+        commit_b(&work);
         git(&work, &["push", "-q", url.as_str(), "main"]);
         let (_, head) = mirrors
             .fetch(&remote, None)
@@ -612,9 +609,7 @@ mod tests {
             &work,
             &["push", "-q", url.as_str(), "HEAD:refs/heads/pas/t"],
         );
-        fs::write(work.join("b.txt"), "b\n").expect("write");
-        git(&work, &["add", "b.txt"]);
-        git(&work, &["commit", "-q", "-m", "b"]);
+        commit_b(&work);
         let b = rev(&work, "HEAD");
         // b is a descendant of a: a plain push would move pas/t. Create-only does not.
         let outcome = remote

@@ -44,7 +44,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::git::{Git, GitError, WorktreeLock, unstoppable};
+use crate::git::{Git, GitError, WorktreeLock, remove_dead_lock, unstoppable, wait_out_dead_lock};
 use crate::programmer::mirror::{Kept, Remote};
 use crate::workspace::{Workspace, check_files, ref_problem};
 use tonic::Status;
@@ -487,19 +487,12 @@ impl TaskWorktree {
             .args(["update-ref", "-m"])
             .arg(why)
             .args([refname.as_str(), commit, ""]);
-        let mut out = create.output_blocking()?;
         // Held past the retries: a git killed in the middle of creating it (a programmer killed
         // while it kept this task's result) left its lock, on which every attempt of the task
         // would fail to keep. Dead once a minute old: then it goes, and the creation is tried
         // again.
         let lock = self.common_dir().join(format!("{refname}.lock"));
-        if shared
-            && !out.status.success()
-            && crate::git::is_lock_contention(&out.stderr)
-            && crate::git::wait_out_dead_lock(&lock)
-        {
-            out = create.output_blocking()?;
-        }
+        let out = create.output_blocking_past_dead_lock(|| shared && wait_out_dead_lock(&lock))?;
         if out.status.success() {
             return Ok(true);
         }
@@ -701,26 +694,16 @@ impl TaskWorktree {
     /// removed and the deletion tried again.
     fn delete_branch_blocking(&self, worktree_gone: bool) -> Result<(), WorktreeError> {
         let delete = self.delete_branch();
-        let out = delete.output_blocking()?;
-        if out.status.success() {
-            return Ok(());
-        }
         let stale = self
             .common_dir()
             .join(format!("refs/heads/{}.lock", self.branch));
-        if !(worktree_gone && crate::git::is_lock_contention(&out.stderr) && stale.is_file()) {
-            return Err(delete.failed(&out).into());
+        let out =
+            delete.output_blocking_past_dead_lock(|| worktree_gone && remove_dead_lock(&stale))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(delete.failed(&out).into())
         }
-        tracing::warn!(branch = %self.branch, lock = %stale.display(), "removing the ref lock a killed git left on a discarded task's branch");
-        if let Err(source) = fs::remove_file(&stale)
-            && source.kind() != std::io::ErrorKind::NotFound
-        {
-            return Err(WorktreeError::Io {
-                path: stale,
-                source,
-            });
-        }
-        Ok(delete.run_blocking()?)
     }
 
     /// The repository's shared git directory (its `.git`, or a mirror itself), where refs live.
