@@ -824,6 +824,31 @@ async fn a_ref_lock_left_by_a_killed_commit_does_not_keep_the_scratch_branch() {
     }
 }
 
+/// A programmer killed while it deleted a scratch branch left `packed-refs.lock`, which every
+/// branch deletion in the repository takes: once it is old enough to be a dead git's, the next
+/// discard removes it and deletes its branch; a young one (a live git's) is left alone.
+#[tokio::test]
+async fn a_packed_refs_lock_a_killed_deletion_left_does_not_keep_every_scratch_branch() {
+    let f = fixture().await;
+    let base = f.ws.resolve_base(None).await.expect("base");
+    let lock = f.repo.join(".git/packed-refs.lock");
+    for (id, age_s, removed) in [("young", 5, false), ("dead", 11 * 60, true)] {
+        let file = fs::File::create(&lock).expect("the lock a killed deletion left");
+        file.set_modified(std::time::SystemTime::now() - Duration::from_secs(age_s))
+            .expect("its age");
+        let wt =
+            f.ws.create_task_worktree(&f.worktrees, id, id, &base, &identity())
+                .await
+                .expect("create");
+        let discarded = wt.discard().await;
+        assert_eq!(discarded.is_ok(), removed, "{id}: {discarded:?}");
+        assert_eq!(!lock.exists(), removed, "{id}");
+        assert_eq!(worktree_count(&f.repo), 1, "{id}");
+    }
+    // The young lock's branch stays (its deletion failed); the dead lock's went.
+    assert_eq!(branches(&f.repo), vec!["main", "pas-work/young"]);
+}
+
 /// A programmer killed while it kept a task's result left the kept branch's lock (moments
 /// before: too young to be taken for dead at once): another attempt of the task waits it out and
 /// keeps its result instead of failing on it.

@@ -44,7 +44,9 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::git::{Git, GitError, WorktreeLock, remove_dead_lock, unstoppable, wait_out_dead_lock};
+use crate::git::{
+    DeadLocks, Git, GitError, WorktreeLock, remove_dead_lock, unstoppable, wait_out_dead_lock,
+};
 use crate::programmer::mirror::{Kept, Remote};
 use crate::workspace::{Workspace, check_files, ref_problem};
 use tonic::Status;
@@ -691,14 +693,22 @@ impl TaskWorktree {
     /// process group ended by the usage cap or the deadline) leaves the branch's ref lock behind,
     /// and every later update of the ref fails on it: once the worktree is gone no process can
     /// still be committing to this task-only branch, so a lock that outlived the retries is
-    /// removed and the deletion tried again.
+    /// removed and the deletion tried again. So is a dead git's `packed-refs.lock` (see
+    /// [`DeadLocks`]), which every branch deletion in the repository takes: left by a programmer
+    /// killed mid-deletion, it would otherwise keep every later task's scratch branch.
     fn delete_branch_blocking(&self, worktree_gone: bool) -> Result<(), WorktreeError> {
         let delete = self.delete_branch();
         let stale = self
             .common_dir()
             .join(format!("refs/heads/{}.lock", self.branch));
-        let out =
-            delete.output_blocking_past_dead_lock(|| worktree_gone && remove_dead_lock(&stale))?;
+        let packed_refs = DeadLocks {
+            git_dir: self.common_dir(),
+            ref_dirs: &[],
+        };
+        let out = delete.output_blocking_past_dead_lock(|| {
+            // Both looked at (`|`, not `||`): either may be the one the deletion failed on.
+            (worktree_gone && remove_dead_lock(&stale)) | !packed_refs.remove().is_empty()
+        })?;
         if out.status.success() {
             Ok(())
         } else {
