@@ -307,7 +307,9 @@ impl TaskLog {
             replayed: VecDeque::new(),
             published: self.published.subscribe(),
             heartbeat,
-            done: false,
+            // Followed from its result on (a client resuming at the seq it last saw, as an
+            // EventSource does once the stream ended): nothing is left to send, ever.
+            done: self.is_finished() && after_seq >= self.latest_seq(),
         };
         self.followers.send_modify(|n| *n += 1);
         Ok(Box::pin(futures::stream::unfold(follower, |mut f| async {
@@ -554,6 +556,18 @@ pub(crate) mod tests {
         assert_eq!(seqs(log.follow(0, None).unwrap()).await, vec![1, 2, 3]);
         assert_eq!(seqs(log.follow(2, None).unwrap()).await, vec![3]);
         assert_eq!(log.result().map(|r| r.status), Some(succeeded().status));
+        // Followed from the result on (a client resuming at the last seq it saw): it ends at
+        // once, heartbeat or not, instead of staying open with nothing ever to send.
+        for heartbeat in [None, Some(HEARTBEAT_EVERY)] {
+            let mut after_result = log.follow(3, heartbeat).unwrap();
+            assert!(
+                matches!(
+                    futures::FutureExt::now_or_never(after_result.next()),
+                    Some(None)
+                ),
+                "heartbeat {heartbeat:?}"
+            );
+        }
     }
 
     #[tokio::test]

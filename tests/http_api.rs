@@ -13,7 +13,9 @@ use common::pool::{
 };
 use common::secure::{self, Secured, with_token};
 use common::sse::{Item, Reader};
-use pas::contract::v1::{DispatchRequest, GetTaskRequest, ListTasksRequest, TaskState};
+use pas::contract::v1::{
+    DispatchRequest, GetTaskRequest, ListTasksRequest, TaskState, WatchTaskRequest,
+};
 use pas::manager::http::json::to_json;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -217,6 +219,33 @@ async fn every_route_answers_like_the_grpc_service() {
     .events_to_end(QUICK)
     .await;
     assert_eq!(task_events(&after_2), events[2..].to_vec());
+    // Resumed after the result, as an EventSource does once the stream ended: 204 (stop
+    // reconnecting), not a stream left open with nothing to send.
+    let last_seq = seqs(&events).last().copied().expect("events").to_string();
+    let after_result = send(
+        http.get(url("/v1/tasks/http-1/events"))
+            .header("Last-Event-ID", &last_seq),
+    )
+    .await;
+    assert_eq!(
+        after_result.status(),
+        StatusCode::NO_CONTENT,
+        "{after_result:?}"
+    );
+    // WatchTask from the result on ends at once, with nothing sent.
+    let mut watch = c
+        .clone()
+        .watch_task(WatchTaskRequest {
+            task_id: "http-1".into(),
+            after_seq: last_seq.parse().unwrap(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(QUICK, watch.message())
+        .await
+        .expect("the stream ends");
+    assert!(matches!(first, Ok(None)), "{first:?}");
 
     // --- a dropped connection: the task goes on, Last-Event-ID resumes with nothing lost ---
     pool.sim

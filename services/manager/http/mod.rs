@@ -34,6 +34,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
 use http::Method;
 use http::request::Parts;
 use std::sync::Arc;
@@ -209,7 +210,18 @@ async fn watch_task(
         }
     }
     match service.watch_task(grpc_request(&parts, request)).await {
-        Ok(stream) => sse::task_events(stream.into_inner()),
+        Ok(stream) => {
+            let mut stream = stream.into_inner();
+            // Resumed after the result (an EventSource reconnects once a stream ends, sending the
+            // result's seq): 204, the one answer that tells it to stop reconnecting.
+            match stream.next().now_or_never() {
+                Some(None) => axum::http::StatusCode::NO_CONTENT.into_response(),
+                Some(Some(first)) => {
+                    sse::task_events(Box::pin(futures::stream::iter([first]).chain(stream)))
+                }
+                None => sse::task_events(stream),
+            }
+        }
         Err(status) => error::response(&status),
     }
 }
