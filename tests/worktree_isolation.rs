@@ -392,6 +392,9 @@ async fn finish_includes_commits_aider_made_and_excludes_aider_files() {
     fs::write(wt.path().join(".aider.chat.history.md"), "chat").expect("write");
     fs::create_dir_all(wt.path().join(".aider.tags.cache.v4")).expect("mkdir");
     fs::write(wt.path().join(".aider.tags.cache.v4/cache.db"), "x").expect("write");
+    // At any depth: an `.aider*` file below the top would configure an aider run there.
+    fs::create_dir_all(wt.path().join("sub")).expect("mkdir");
+    fs::write(wt.path().join("sub/.aider.conf.yml"), "x").expect("write");
 
     let change = wt.finish("").await.expect("finish");
     assert_eq!(change.files_changed, vec!["a.txt", "b.txt"]);
@@ -822,6 +825,54 @@ async fn a_ref_lock_left_by_a_killed_commit_does_not_keep_the_scratch_branch() {
         assert!(!lock.exists(), "after {how}");
         assert_eq!(worktree_count(&f.repo), 1);
     }
+}
+
+/// Something in the task (an LLM's edit of the `.git` file, which the launcher refuses; this
+/// writes it directly) pointed the worktree's `.git` at a git directory of its own whose config
+/// runs a command at the next `git add`: neither finish nor reset runs git there, the link is
+/// restored, and the worktree still goes away without a trace.
+#[tokio::test]
+async fn a_rewritten_worktree_git_file_is_never_followed() {
+    let f = fixture().await;
+    let base = f.ws.resolve_base(None).await.expect("base");
+    let ran = f.worktrees.with_file_name("filter-ran");
+    for (id, step) in [("via-finish", "finish"), ("via-reset", "reset")] {
+        let wt =
+            f.ws.create_task_worktree(&f.worktrees, id, id, &base, &identity())
+                .await
+                .expect("create");
+        let link = wt.path().join(".git");
+        let original = fs::read_to_string(&link).expect("the worktree's .git file");
+        let evil = wt.path().join("e.");
+        for dir in ["objects", "refs"] {
+            fs::create_dir_all(evil.join(dir)).expect("mkdir");
+        }
+        fs::write(evil.join("HEAD"), "ref: refs/heads/x\n").expect("HEAD");
+        fs::write(
+            evil.join("config"),
+            format!(
+                "[core]\n\trepositoryformatversion = 0\n[filter \"p\"]\n\tclean = \"touch {} && cat\"\n",
+                ran.display()
+            ),
+        )
+        .expect("config");
+        fs::write(wt.path().join(".gitattributes"), "* filter=p\n").expect("attributes");
+        fs::write(&link, "gitdir: e.\n").expect("the rewritten link");
+        let result = match step {
+            "finish" => wt.finish("x").await.map(|_| ()),
+            _ => wt.reset().await,
+        };
+        assert!(!ran.exists(), "{step}: the filter ran ({result:?})");
+        let err = result.expect_err("refused");
+        assert!(
+            matches!(err, WorktreeError::GitLinkChanged { .. }),
+            "{step}: {err}"
+        );
+        assert_eq!(fs::read_to_string(&link).expect("restored"), original);
+        wt.discard().await.expect("discard");
+    }
+    assert_eq!(branches(&f.repo), vec!["main"]);
+    assert_eq!(worktree_count(&f.repo), 1);
 }
 
 /// A programmer killed while it deleted a scratch branch left `packed-refs.lock`, which every

@@ -4,7 +4,9 @@
    aider.coders.base_coder), so the first LLM error is final after ~4 s instead of ~88 s:
    the programmer's own failover and circuit breaker own retrying.
 2. Repository-controlled configuration is not read: no .aider.conf.yml from the cwd, the git
-   root or HOME, and no .env files. A repository under edit must not be able to set a test
+   root or HOME, no .env files, and no .aider.model.settings.yml / .aider.model.metadata.json
+   but the ones the command line names (a repository's `aider/extra_params` would set the
+   api_base that receives our key). A repository under edit must not be able to set a test
    command, a /load script, an API base that receives our key, or anything else. Everything
    aider needs comes from the command line that the runner builds.
 3. aider dies with the programmer: PR_SET_PDEATHSIG makes the kernel SIGKILL this process when
@@ -25,7 +27,11 @@
    --detect-urls says: a fetch would reach any address the caller names.
 8. aider refuses to edit or create a path that resolves (realpath, symlinks followed) outside
    the worktree root (allowed_to_edit), and no file outside it is ever written (write_text):
-   the LLM names the paths of its edits, and the caller steers the LLM.
+   the LLM names the paths of its edits, and the caller steers the LLM. Nor one named `.git`
+   (any case, at any depth; before and after symlinks are resolved) or starting with `.aider`:
+   an edit of the worktree's `.git` file would point git at a directory the LLM wrote, whose
+   config runs commands (a filter) at the next `git add`; an `.aider*` file would configure the
+   next aider run in a repository that kept it (see 2).
 9. Nothing else: the arguments are aider's, passed through unchanged.
 10. aider is a worker, not a peer of the services: it runs at niceness PAS_AIDER_NICE (the
    config's aider.nice) under a memory ceiling of PAS_AIDER_MAX_MEMORY_MIB MiB (aider.memory_limit_mb;
@@ -55,6 +61,7 @@ import resource
 import signal
 import sys
 import threading
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
 MEMORY_EXIT = 75
@@ -199,14 +206,38 @@ def _no_dotenv_files(*_args, **_kwargs):
     return []
 
 
+def _only_the_command_line_file(default_file, git_root, command_line_file):
+    """aider looks for its model settings and metadata files in HOME, the git root and the cwd
+    (the worktree: the repository's own files) besides the one the command line names; only that
+    one is read."""
+    if not command_line_file:
+        return []
+    return [str(Path(command_line_file).resolve())]
+
+
 aider.main.get_parser = _get_parser_without_default_config_files
 aider.main.load_dotenv_files = _no_dotenv_files
+aider.main.generate_search_path_list = _only_the_command_line_file
 
 
 def inside(root, path):
     """True when `path` (symlinks resolved) is `root` itself or lies below it."""
     real = os.path.realpath(path)
     return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def forbidden_name(root, path):
+    """The component of `path` below `root` (as named, and with symlinks resolved) that no edit
+    may touch: `.git` in any case, or one starting with `.aider`; None when there is none."""
+    named = os.path.normpath(os.path.join(root, path))
+    pairs = ((os.path.normpath(root), named), (os.path.realpath(root), os.path.realpath(named)))
+    for base, candidate in pairs:
+        if not candidate.startswith(base.rstrip(os.sep) + os.sep):
+            continue
+        for part in os.path.relpath(candidate, base).split(os.sep):
+            if part.lower() == ".git" or part.lower().startswith(".aider"):
+                return part
+    return None
 
 
 # 4. No user text is ever a command.
@@ -250,6 +281,10 @@ def _confined_to_worktree(original):
         if not inside(root, self.abs_root_path(path)) or not inside(WORKTREE, root):
             self.io.tool_error(f"Refused to edit {path}: it resolves outside the worktree.")
             return None
+        name = forbidden_name(self.root, path)
+        if name is not None:
+            self.io.tool_error(f"Refused to edit {path}: no edit may touch {name}.")
+            return None
         return original(self, path, *args, **kwargs)
 
     return allowed_to_edit
@@ -281,6 +316,10 @@ _original_write_text = aider.io.InputOutput.write_text
 def _write_text_inside_worktree(self, filename, content, *args, **kwargs):
     if not inside(WORKTREE, filename):
         self.tool_error(f"Refused to write {filename}: it resolves outside the worktree.")
+        return None
+    name = forbidden_name(WORKTREE, filename)
+    if name is not None:
+        self.tool_error(f"Refused to write {filename}: no edit may touch {name}.")
         return None
     return _original_write_text(self, filename, content, *args, **kwargs)
 

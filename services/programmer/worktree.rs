@@ -166,6 +166,14 @@ pub enum WorktreeError {
         /// What `HEAD` is instead.
         head: String,
     },
+    /// The worktree's `.git` file no longer holds what `git worktree add` wrote (something in
+    /// the task rewrote it, e.g. to point git at a directory of its own whose config runs
+    /// commands). It was restored; nothing of the attempt is used.
+    #[error("{path} was changed during the task (restored); nothing of this attempt is used")]
+    GitLinkChanged {
+        /// The worktree's `.git` file.
+        path: PathBuf,
+    },
     /// Filesystem error around the worktrees directory.
     #[error("{path}: {source}")]
     Io {
@@ -270,6 +278,7 @@ impl Workspace {
             identity: identity.clone(),
             push: None,
             synced: false,
+            git_link: None,
             armed: false,
         };
         let path = wt.path.clone();
@@ -405,6 +414,11 @@ pub struct TaskWorktree {
     /// Commits and the kept branch synced by git before it reports them
     /// ([`sync_writes`](Self::sync_writes)).
     synced: bool,
+    /// The worktree's `.git` file as `git worktree add` wrote it (`gitdir: <its admin dir>`):
+    /// every git command of ours in the worktree is pinned to that directory, and the file must
+    /// still hold it after aider ran ([`verify_git_link`](Self::verify_git_link)). `None` for an
+    /// abandoned worktree found by the sweep.
+    git_link: Option<String>,
     /// Still ours to clean up on drop.
     armed: bool,
 }
@@ -465,9 +479,56 @@ impl TaskWorktree {
     }
 
     fn git(&self) -> Git {
-        Git::new(&self.path)
+        let git = Git::new(&self.path)
             .envs(self.identity.env())
-            .synced(self.synced)
+            .synced(self.synced);
+        match self.admin_dir() {
+            // Not found through the worktree's `.git` file, which the task's files sit beside.
+            Some(admin) => git.envs([
+                ("GIT_DIR", admin.as_str()),
+                ("GIT_WORK_TREE", &*self.path.to_string_lossy()),
+            ]),
+            None => git,
+        }
+    }
+
+    /// The worktree's administrative directory (`<repo>/.git/worktrees/<name>`), as `git
+    /// worktree add` named it in the worktree's `.git` file.
+    fn admin_dir(&self) -> Option<String> {
+        let named = self
+            .git_link
+            .as_deref()?
+            .strip_prefix("gitdir: ")?
+            .trim_end();
+        Some(self.path.join(named).to_string_lossy().into_owned())
+    }
+
+    /// Fails ([`WorktreeError::GitLinkChanged`]) when the worktree's `.git` file no longer holds
+    /// what `git worktree add` wrote, after restoring it: aider's edits and commits run in the
+    /// worktree, and a rewritten link would point git (aider's, or a later one in a repository
+    /// that kept the change) at a directory the task wrote, config and all. Call it before using
+    /// anything of an attempt.
+    fn verify_git_link(&self) -> Result<(), WorktreeError> {
+        let Some(expected) = &self.git_link else {
+            return Ok(());
+        };
+        let link = self.path.join(".git");
+        let intact = fs::symlink_metadata(&link).is_ok_and(|m| m.is_file())
+            && fs::read(&link).is_ok_and(|content| content == expected.as_bytes());
+        if intact {
+            return Ok(());
+        }
+        tracing::warn!(worktree = %self.path.display(), "the worktree's .git file was changed during the task; restoring it");
+        let restored = match fs::symlink_metadata(&link) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(&link),
+            Ok(_) => fs::remove_file(&link),
+            Err(_) => Ok(()),
+        }
+        .and_then(|()| fs::write(&link, expected));
+        if let Err(e) = restored {
+            tracing::warn!(worktree = %self.path.display(), "cannot restore the worktree's .git file: {e}");
+        }
+        Err(WorktreeError::GitLinkChanged { path: link })
     }
 
     /// `git update-ref -m <why> refs/heads/<branch> <commit> ""`: creates the branch only if it
@@ -526,6 +587,12 @@ impl TaskWorktree {
                 .arg(&self.branch)
                 .run_blocking()?;
         }
+        let link = self.path.join(".git");
+        let written = fs::read_to_string(&link).map_err(|source| WorktreeError::Io {
+            path: link.clone(),
+            source,
+        })?;
+        self.git_link = Some(written);
         tracing::debug!(branch = %self.branch, path = %self.path.display(),
             base = %self.base_commit, "task worktree created");
         Ok(self)
@@ -535,6 +602,7 @@ impl TaskWorktree {
     /// made) and `clean -ffdx` (untracked and ignored files, nested repositories).
     /// Precondition: no process (aider) is still running in the worktree.
     pub async fn reset(&self) -> Result<(), WorktreeError> {
+        self.verify_git_link()?;
         self.git()
             .args(["reset", "--quiet", "--hard", self.base_commit.as_str()])
             .run()
@@ -543,11 +611,13 @@ impl TaskWorktree {
         Ok(())
     }
 
-    /// Commit whatever aider left uncommitted (aider's own `.aider*` files excluded) and report
+    /// Commit whatever aider left uncommitted (aider's own `.aider*` files, at any depth, excluded) and report
     /// the change from the base commit. An empty change reports `commit == base_commit`.
     pub async fn finish(&self, commit_message: &str) -> Result<Change, WorktreeError> {
+        self.verify_git_link()?;
         self.git()
-            .args(["add", "--all", "--", ".", ":(exclude).aider*"])
+            .args(["add", "--all", "--", "."])
+            .args([":(exclude,glob)**/.aider*", ":(exclude,glob)**/.aider*/**"])
             .run()
             .await?;
         let staged = self.git().args(["diff", "--cached", "--quiet"]);
@@ -683,6 +753,8 @@ impl TaskWorktree {
 
     /// Worktree removal and scratch branch deletion, both tried; the first error is returned.
     fn discard_blocking(&self) -> Result<(), WorktreeError> {
+        // `git worktree remove` refuses a worktree whose `.git` does not point back to it.
+        let _ = self.verify_git_link();
         let removed = self.remove_worktree_blocking();
         let deleted = self.delete_branch_blocking(removed.is_ok());
         removed?;
@@ -833,6 +905,7 @@ pub async fn sweep_abandoned(worktrees_dir: &Path, identity: &GitIdentity) -> us
                     identity: identity.clone(),
                     push: None,
                     synced: false,
+                    git_link: None,
                     armed: true,
                 };
                 match abandoned.discard().await {
