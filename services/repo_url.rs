@@ -13,7 +13,10 @@
 //! - no credentials in the URL (`https://user:token@…`, `https://token@…`, `ssh://user:pw@…`): a
 //!   programmer authenticates with its own key or token, never with the caller's, and a secret in a
 //!   URL would end up in logs, task records and error messages. A refused URL is echoed only in
-//!   its [`sanitize`]d form.
+//!   its [`sanitize`]d form;
+//! - no `.` or `..` path segment and no percent-encoded dot or slash: the allow list matches the
+//!   URL as written, and git (and curl under it) resolves `file:///srv/repos/../../home/x` or
+//!   `https://host/acme/../other/x` to a repository outside the pattern that allowed it.
 
 use thiserror::Error;
 use tonic::Status;
@@ -84,6 +87,23 @@ impl RepoUrl {
             return Err(malformed(
                 "must not contain whitespace or control characters",
             ));
+        }
+        let lower = url.to_ascii_lowercase();
+        if lower.contains("%2e") || lower.contains("%2f") || lower.contains("%5c") {
+            return Err(malformed(
+                "must not contain a percent-encoded '.', '/' or '\\'",
+            ));
+        }
+        let path = match url.split_once("://") {
+            Some((_, rest)) => rest.find('/').map_or("", |at| &rest[at..]),
+            None => url.split_once(':').map_or("", |(_, path)| path),
+        };
+        let path = path.split(['?', '#']).next().unwrap_or("");
+        if path
+            .split('/')
+            .any(|segment| segment == "." || segment == "..")
+        {
+            return Err(malformed("must not contain a '.' or '..' path segment"));
         }
         match url.split_once("://") {
             Some((scheme, rest)) => {
@@ -269,6 +289,14 @@ mod tests {
             "git://",
             "git:///x",
             "https://host",
+            // Out of the directory an allow-list pattern names.
+            "file:///srv/repos/../../home/alice/private.git",
+            "https://github.com/acme/../other/x.git",
+            "https://github.com/acme/./x.git",
+            "https://github.com/acme/%2e%2e/other/x.git",
+            "https://github.com/acme/%2E%2E%2Fother/x.git",
+            "git@github.com:acme/../other/x.git",
+            "git.example:../x",
         ] {
             assert!(RepoUrl::parse(url).is_err(), "{url:?} must be refused");
         }
@@ -316,6 +344,10 @@ mod tests {
         assert!(!ok("git://git.example.evil/a.git"));
         assert!(!ok("git://other/git://git.example/a"));
         assert!(!ok("file:///srv/other/b"));
+        assert!(
+            RepoUrl::parse("file:///srv/repos/../other/b").is_err(),
+            "`*` would match it: parse refuses it first"
+        );
         let s = check_repo_url("repo_url", "git://other/x", Some(&allow)).expect_err("refused");
         assert_eq!(s.code(), tonic::Code::InvalidArgument);
         assert_eq!(
