@@ -288,7 +288,7 @@ impl TaskLog {
         {
             let state = self.state();
             if let Some(oldest) = state.events.front().map(|e| e.seq)
-                && after_seq + 1 < oldest
+                && after_seq.saturating_add(1) < oldest
                 && !self.journal.as_ref().is_some_and(|j| j.replays())
             {
                 return Err(out_of_range(&self.task_id, oldest));
@@ -599,6 +599,8 @@ pub(crate) mod tests {
             .err()
             .expect("ahead");
         assert_eq!(ahead.code(), tonic::Code::OutOfRange);
+        let last = log.follow(u64::MAX, None).err().expect("far ahead");
+        assert_eq!(last.code(), tonic::Code::OutOfRange, "not an overflow");
     }
 
     /// A journal that keeps every event and reads them back, as the manager's store does.

@@ -50,7 +50,17 @@ const CANCEL_SUFFIX: &str = ":cancel";
 /// admission treat it exactly like that call; None for any other request.
 pub fn rpc_of(method: &Method, path: &str) -> Option<&'static str> {
     let rest = path.strip_prefix(API_PREFIX)?;
-    let segments: Vec<&str> = rest.split('/').collect();
+    // Decoded as the router decodes them (`t1%3Acancel` is the cancel route), so no spelling of
+    // a route is asked as another.
+    let decoded: Vec<String> = rest
+        .split('/')
+        .map(|segment| {
+            percent_encoding::percent_decode_str(segment)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     Some(match (method, segments.as_slice()) {
         (&Method::POST, ["tasks"]) => "/pas.v1.ProgrammerPool/Dispatch",
         (&Method::GET, ["tasks"]) => "/pas.v1.ProgrammerPool/ListTasks",
@@ -267,6 +277,12 @@ mod tests {
         assert_eq!(of(Method::POST, "/v1/tasks/t1"), None);
         assert_eq!(of(Method::DELETE, "/v1/tasks"), None);
         assert_eq!(of(Method::GET, "/v1/tasks/t1/events/more"), None);
+        // Percent-encoded, a route is still itself: the cancel route needs cancel's role.
+        assert_eq!(
+            of(Method::POST, "/v1/tasks/t1%3Acancel"),
+            pool("CancelTask")
+        );
+        assert_eq!(of(Method::GET, "/v1/tasks/t1/%65vents"), pool("WatchTask"));
         assert_eq!(of(Method::GET, "/programmer_pool/status"), None);
         assert!(is_api("/v1/pool") && !is_api("/health"));
     }
