@@ -669,15 +669,37 @@ pub fn reservation_key(task_id: &str, dispatch_attempt: u32) -> String {
 /// The branch a result is kept on is named after the caller's id instead
 /// (`TaskRequest.origin_task_id`, unchanged by this function), so only one attempt can keep one.
 /// Budget holds and task records stay keyed by the caller's id; only the programmer sees this one.
+///
+/// No two tasks' attempts share one: a programmer attaches a re-sent id to the task it already
+/// has, so a shared id would hand one task's run to another. A caller's id never ends in the
+/// suffix ([`ATTEMPT_SUFFIX`] is refused at Dispatch), and an id too long for the suffix keeps a
+/// hash of the whole id in place of its tail.
 pub fn attempt_task_id(task_id: &str, dispatch_attempt: u32) -> String {
+    use sha2::{Digest, Sha256};
     if dispatch_attempt <= 1 {
         return task_id.to_string();
     }
-    let suffix = format!(":attempt-{dispatch_attempt}");
+    let suffix = format!("{ATTEMPT_SUFFIX}{dispatch_attempt}");
+    let max = crate::workspace::MAX_ID_LEN;
+    if task_id.len() + suffix.len() <= max {
+        return format!("{task_id}{suffix}");
+    }
+    let digest = Sha256::digest(task_id.as_bytes());
+    let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     // Ids are ASCII (validated), so any byte index is a char boundary; stay within the id limit.
-    let keep = crate::workspace::MAX_ID_LEN.saturating_sub(suffix.len());
+    let keep = max.saturating_sub(suffix.len() + hash.len() + 1);
     let prefix = task_id.get(..task_id.len().min(keep)).unwrap_or(task_id);
-    format!("{prefix}{suffix}")
+    format!("{prefix}-{hash}{suffix}")
+}
+
+/// What [`attempt_task_id`] appends (then the attempt's number): reserved for the manager.
+pub const ATTEMPT_SUFFIX: &str = ":attempt-";
+
+/// True for an id ending in [`ATTEMPT_SUFFIX`] and a number: one only the manager makes.
+pub fn is_attempt_task_id(task_id: &str) -> bool {
+    task_id
+        .rsplit_once(ATTEMPT_SUFFIX)
+        .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// `Service` face of the balancer: readiness processes discovery and pending endpoints (it never
@@ -718,5 +740,10 @@ mod tests {
         }
         assert_ne!(ids[1], ids[0]);
         assert_ne!(ids[2], ids[1]);
+        // Two long ids alike but for their tails stay apart.
+        let other = format!("{}b", "a".repeat(MAX_ID_LEN - 1));
+        assert_ne!(attempt_task_id(&other, 2), ids[1]);
+        assert!(ids[1..].iter().all(|id| is_attempt_task_id(id)));
+        assert!(!is_attempt_task_id("t-1") && !is_attempt_task_id("t:attempt-x"));
     }
 }

@@ -31,6 +31,16 @@ pub async fn validate(
 /// the fetched tree).
 pub fn check_fields(req: &DispatchRequest, allow: Option<&AllowList>) -> Result<(), Status> {
     workspace::check_id("task_id", &req.task_id, true)?;
+    if crate::manager::balancer::is_attempt_task_id(&req.task_id) {
+        return Err(workspace::invalid(
+            "task_id",
+            &format!(
+                "{:?} ends in `{}<n>`, which the manager keeps for its re-dispatches",
+                req.task_id,
+                crate::manager::balancer::ATTEMPT_SUFFIX
+            ),
+        ));
+    }
     workspace::check_id("run_id", &req.run_id, true)?;
     workspace::check_description(&req.task_description)?;
     if let Some(problem) = crate::config::region_problem(&req.region) {
@@ -151,6 +161,14 @@ mod tests {
             (
                 DispatchRequest {
                     task_id: ".x".into(),
+                    ..request()
+                },
+                "task_id",
+            ),
+            (
+                // The id of another task's second attempt, as a programmer knows it.
+                DispatchRequest {
+                    task_id: "x:attempt-2".into(),
                     ..request()
                 },
                 "task_id",
