@@ -109,10 +109,12 @@ impl WorkspaceError {
     /// `true` when the caller's `workspace` argument is at fault (→ `INVALID_ARGUMENT`), `false`
     /// for server-side problems (root missing, I/O, git not runnable → `INTERNAL`).
     pub fn is_invalid_argument(&self) -> bool {
-        !matches!(
-            self,
-            WorkspaceError::Root { .. } | WorkspaceError::Io { .. } | WorkspaceError::Git(_)
-        )
+        match self {
+            // A name too long for the file system, or one that goes on below a file.
+            WorkspaceError::Io { source, .. } => caller_named_no_path(source),
+            WorkspaceError::Root { .. } | WorkspaceError::Git(_) => false,
+            _ => true,
+        }
     }
 }
 
@@ -205,8 +207,20 @@ impl PathError {
     /// `true` when the caller's path is at fault (→ `INVALID_ARGUMENT`), `false` when the file
     /// system could not be inspected (→ `INTERNAL`).
     pub fn is_invalid_argument(&self) -> bool {
-        !matches!(self, PathError::Io { .. })
+        match self {
+            PathError::Io { source, .. } => caller_named_no_path(source),
+            _ => true,
+        }
     }
+}
+
+/// True for a file system error that only the name asked for causes: a component too long for
+/// the file system (`ENAMETOOLONG`) or a path that goes on below a file (`ENOTDIR`).
+fn caller_named_no_path(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::InvalidFilename | io::ErrorKind::NotADirectory
+    )
 }
 
 // ===== workspace =====
@@ -271,8 +285,10 @@ impl Workspace {
             Some(0) => Ok(Some(
                 String::from_utf8_lossy(&out.stdout).trim().to_string(),
             )),
-            // rev-parse --verify -q: exit 1, no output, when the name resolves to no commit.
+            // rev-parse --verify -q: exit 1, no output, when the name resolves to no commit;
+            // exit 128 and no message for a reflog entry it does not have (`HEAD@{99}`).
             Some(1) => Ok(None),
+            Some(128) if out.stderr.is_empty() => Ok(None),
             _ => Err(git.failed(&out)),
         }
     }
@@ -950,6 +966,17 @@ pub async fn check_base_ref(ws: &Workspace, field: &str, r: &str) -> Result<(), 
     }
 }
 
+/// A task on a local workspace names one (INVALID_ARGUMENT `workspace` otherwise).
+pub fn check_workspace_named(workspace: &str) -> Result<(), Status> {
+    if workspace.is_empty() {
+        return Err(invalid(
+            "workspace",
+            "must name a git repository under the workspace root",
+        ));
+    }
+    Ok(())
+}
+
 /// `files` names at most [`MAX_FILES`] files (INVALID_ARGUMENT `files` otherwise).
 pub fn check_file_count(files: &[String]) -> Result<(), Status> {
     if files.len() > MAX_FILES {
@@ -971,12 +998,7 @@ pub async fn open_checked(
     workspace: &str,
     files: &[String],
 ) -> Result<Workspace, Status> {
-    if workspace.is_empty() {
-        return Err(invalid(
-            "workspace",
-            "must name a git repository under the workspace root",
-        ));
-    }
+    check_workspace_named(workspace)?;
     check_file_count(files)?;
     let ws = workspaces.open(workspace).await.map_err(|e| {
         if e.is_invalid_argument() {

@@ -25,10 +25,10 @@ pub async fn validate(
 
 /// The checks that need nothing but the request: no file system, no process. Admission runs
 /// them before it takes a place for the task, so a malformed request is told what is wrong even
-/// when the pool is full. A `repo_url`, which the manager cannot open, is checked entirely here:
-/// its syntax, against `allow` when the configuration has a `repositories:` section, and the
-/// file names lexically (the programmer is the authority: it checks again and vets the files in
-/// the fetched tree).
+/// when the pool is full: every field's syntax, the file names lexically, and that a local task
+/// names its workspace. A `repo_url`, which the manager cannot open, is checked entirely here:
+/// its syntax and against `allow` when the configuration has a `repositories:` section (the
+/// programmer is the authority: it checks again and vets the files in the fetched tree).
 pub fn check_fields(req: &DispatchRequest, allow: Option<&AllowList>) -> Result<(), Status> {
     workspace::check_id("task_id", &req.task_id, true)?;
     if crate::manager::balancer::is_attempt_task_id(&req.task_id) {
@@ -82,12 +82,13 @@ pub fn check_fields(req: &DispatchRequest, allow: Option<&AllowList>) -> Result<
             ));
         }
         check_repo_url("repo_url", &req.repo_url, allow)?;
-        if !req.base_ref.is_empty() {
-            workspace::check_ref("base_ref", &req.base_ref)?;
-        }
-        return workspace::check_file_names(&req.files);
+    } else {
+        workspace::check_workspace_named(&req.workspace)?;
     }
-    workspace::check_file_count(&req.files)
+    if !req.base_ref.is_empty() {
+        workspace::check_ref("base_ref", &req.base_ref)?;
+    }
+    workspace::check_file_names(&req.files)
 }
 
 /// The checks against a local workspace: the repository (opened once however many requests name
@@ -243,6 +244,36 @@ mod tests {
                 },
                 "workspace",
             ),
+            // Caller mistakes the file system reports (not INTERNAL): a reflog entry the
+            // workspace lacks, a name too long for the file system, a path below a file.
+            (
+                DispatchRequest {
+                    base_ref: "HEAD@{99}".into(),
+                    ..request()
+                },
+                "base_ref",
+            ),
+            (
+                DispatchRequest {
+                    files: vec!["a.md".into(), "x".repeat(300)],
+                    ..request()
+                },
+                "files[1]",
+            ),
+            (
+                DispatchRequest {
+                    workspace: "proj/README.md/x".into(),
+                    ..request()
+                },
+                "workspace",
+            ),
+            (
+                DispatchRequest {
+                    workspace: "x".repeat(300),
+                    ..request()
+                },
+                "workspace",
+            ),
             (
                 DispatchRequest {
                     files: vec!["a.md".into(), "b.md".into(), "../../etc/passwd".into()],
@@ -273,6 +304,47 @@ mod tests {
                 s.message()
             );
         }
+    }
+
+    /// What a request alone shows to be wrong is found before admission takes a place for it
+    /// (a full pool answers a malformed request with what is wrong, not "retry later").
+    #[test]
+    fn malformed_local_requests_are_refused_without_the_file_system() {
+        for (req, field) in [
+            (
+                DispatchRequest {
+                    workspace: String::new(),
+                    ..request()
+                },
+                "workspace",
+            ),
+            (
+                DispatchRequest {
+                    files: vec!["../x".into()],
+                    ..request()
+                },
+                "files[0]",
+            ),
+            (
+                DispatchRequest {
+                    files: vec!["a.md".into(), "./a.md".into()],
+                    ..request()
+                },
+                "files[1]",
+            ),
+            (
+                DispatchRequest {
+                    base_ref: "-b".into(),
+                    ..request()
+                },
+                "base_ref",
+            ),
+        ] {
+            let s = check_fields(&req, None).expect_err(field);
+            assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+            assert!(s.message().starts_with(&format!("{field}: ")), "{s:?}");
+        }
+        check_fields(&request(), None).expect("a good request");
     }
 
     #[tokio::test]
