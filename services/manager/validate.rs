@@ -310,36 +310,21 @@ mod tests {
     /// (a full pool answers a malformed request with what is wrong, not "retry later").
     #[test]
     fn malformed_local_requests_are_refused_without_the_file_system() {
-        for (req, field) in [
-            (
-                DispatchRequest {
-                    workspace: String::new(),
-                    ..request()
-                },
-                "workspace",
-            ),
-            (
-                DispatchRequest {
-                    files: vec!["../x".into()],
-                    ..request()
-                },
-                "files[0]",
-            ),
-            (
-                DispatchRequest {
-                    files: vec!["a.md".into(), "./a.md".into()],
-                    ..request()
-                },
-                "files[1]",
-            ),
-            (
-                DispatchRequest {
-                    base_ref: "-b".into(),
-                    ..request()
-                },
-                "base_ref",
-            ),
-        ] {
+        let mut no_workspace = request();
+        no_workspace.workspace.clear();
+        let mut up = request();
+        up.files = vec!["../x".into()];
+        let mut twice = request();
+        twice.files = vec!["a.md".into(), "./a.md".into()];
+        let mut option_ref = request();
+        option_ref.base_ref = "-b".into();
+        let cases = [
+            (no_workspace, "workspace"),
+            (up, "files[0]"),
+            (twice, "files[1]"),
+            (option_ref, "base_ref"),
+        ];
+        for (req, field) in cases {
             let s = check_fields(&req, None).expect_err(field);
             assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
             assert!(s.message().starts_with(&format!("{field}: ")), "{s:?}");
