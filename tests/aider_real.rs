@@ -764,6 +764,32 @@ async fn a_repositorys_model_settings_cannot_redirect_the_model_calls() {
     );
 }
 
+/// A model reply that prints what aider prints for a failed call (the task text asked for it) is
+/// not an LLM failure: every call got its reply, so the endpoint's breaker and a failover to the
+/// paid backup are left alone, and the attempt is what it is (here, an edit the reply spoiled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_printing_an_llm_error_is_not_an_llm_failure() {
+    let sim = Sim::start_with_script("default:\n  fault: malformed\n");
+    for fake in [
+        "litellm.RateLimitError: quota exceeded",
+        "Empty response received from LLM",
+    ] {
+        let repo = git_repo(&[("calc.py", CALC)]);
+        let inv = invocation(repo.path(), endpoint(&sim, "openai/gpt-4o", true), fake);
+        let (run, _chunks, outcome) = run(inv, Duration::from_secs(120)).await;
+        assert!(
+            run.output.text().lines().any(|l| l.contains(fake)),
+            "the reply repeats the text: {}",
+            run.output
+        );
+        assert!(
+            matches!(outcome, Outcome::EditFailure(_)),
+            "{fake}: {outcome:?}\n{}",
+            run.output
+        );
+    }
+}
+
 /// The same task, cold and on a warm worker: both succeed with the same change, and only the warm
 /// one ran on a forked worker (whatever `PAS_TEST_AIDER_START` says).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -195,6 +195,8 @@ pub struct AiderUsage {
     pub llm_calls: u32,
     /// LLM calls started that never got a reply (`message_send_starting` without `message_send`).
     pub failed_calls: u32,
+    /// Replied calls whose reply had no completion tokens (aider's "Empty response").
+    pub empty_replies: u32,
     /// Prompt tokens over all replied calls.
     pub prompt_tokens: u64,
     /// Completion tokens over all replied calls.
@@ -722,7 +724,11 @@ impl UsageParser {
                         .unwrap_or(0.0)
                 };
                 usage.prompt_tokens += num("prompt_tokens") as u64;
-                usage.completion_tokens += num("completion_tokens") as u64;
+                let completion = num("completion_tokens") as u64;
+                usage.completion_tokens += completion;
+                if completion == 0 {
+                    usage.empty_replies += 1;
+                }
                 let cost = Usd::from_usd(num("cost")).unwrap_or(Usd::ZERO);
                 usage.cost = usage.cost.saturating_add(cost);
             }

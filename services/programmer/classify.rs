@@ -128,8 +128,15 @@ pub fn classify(run: &AiderRun, repo_changed: bool) -> Outcome {
     if seen.applied && repo_changed {
         return Outcome::Success;
     }
-    if let Some((class, message)) = &seen.llm {
+    if let Some((class, message)) = &seen.llm
+        && aider_saw_a_call_fail(run)
+    {
         return Outcome::LlmFailure(*class, message.clone());
+    }
+    if let Some(message) = &seen.empty_reply
+        && aider_got_an_empty_reply(run)
+    {
+        return Outcome::LlmFailure(LlmFailureClass::ApiError, message.clone());
     }
     if let Some(message) = &seen.edit {
         return Outcome::EditFailure(message.clone());
@@ -150,6 +157,21 @@ pub fn classify(run: &AiderRun, repo_changed: bool) -> Outcome {
         (None, Some(sig)) => Outcome::Other(format!("aider was killed by signal {sig}")),
         (None, None) => Outcome::Other("aider ended without an exit status".to_string()),
     }
+}
+
+/// Whether an LLM error line in the output can be aider's own report of a failed call: such a call
+/// leaves a start without a reply in aider's analytics log. When every call got its reply, the
+/// line is part of a reply (the model repeating what the task text asked it to print) and must
+/// not count against the endpoint — its breaker, a failover to the paid backup. A log without any
+/// call (aider ended before it wrote one) cannot tell: the line is believed.
+fn aider_saw_a_call_fail(run: &AiderRun) -> bool {
+    run.usage.failed_calls > 0 || run.usage.llm_calls == 0
+}
+
+/// Whether aider's "Empty response" line can be true: some reply had no completion tokens (or
+/// the analytics log has no call to tell). Otherwise a reply printed the line.
+fn aider_got_an_empty_reply(run: &AiderRun) -> bool {
+    run.usage.empty_replies > 0 || run.usage.llm_calls == 0
 }
 
 /// Most bytes of one output line the classifier reads at once: a longer line (aider streaming a
@@ -185,6 +207,8 @@ pub struct Seen {
     pub memory_ceiling: Option<String>,
     /// The last LLM failure: with retries off there is normally exactly one.
     pub llm: Option<(LlmFailureClass, String)>,
+    /// aider's line for a reply with no content (the last one).
+    pub empty_reply: Option<String>,
     /// The first edit failure, or the reflections' limit when it was reached.
     pub edit: Option<String>,
     /// aider said it applied an edit.
@@ -283,7 +307,7 @@ impl Seen {
         if let Some(found) = llm_error(t) {
             self.llm = Some(found);
         } else if t.contains(EMPTY_RESPONSE) {
-            self.llm = Some((LlmFailureClass::ApiError, t.to_string()));
+            self.empty_reply = Some(t.to_string());
         }
         if let Some(marker) = EDIT_FAILURES.iter().find(|m| t.contains(**m))
             && (self.edit.is_none() || *marker == "Only 3 reflections allowed, stopping.")
@@ -363,6 +387,25 @@ mod tests {
                 "expected {kind} {class:?} {marker:?}, got {outcome:?} for:\n{text}"
             );
         }
+    }
+
+    /// An LLM error line counts only when aider's analytics show a call without its reply (or no
+    /// call at all); an "Empty response" line only when a reply was empty.
+    #[test]
+    fn llm_error_lines_count_only_when_a_call_failed() {
+        let is_llm = |r: &AiderRun| matches!(classify(r, false), Outcome::LlmFailure(..));
+        let mut r = run("litellm.RateLimitError: quota exceeded\n");
+        let mut seen = vec![is_llm(&r)]; // no calls logged: believed
+        r.usage.llm_calls = 2;
+        seen.push(is_llm(&r)); // every call answered: a reply's text
+        r.usage.failed_calls = 1;
+        seen.push(is_llm(&r)); // one call failed
+        let mut r = run("Empty response received from LLM. Check your provider account?\n");
+        r.usage.llm_calls = 1;
+        seen.push(is_llm(&r)); // the reply had tokens
+        r.usage.empty_replies = 1;
+        seen.push(is_llm(&r)); // an empty reply
+        assert_eq!(seen, [true, false, true, false, true]);
     }
 
     /// `text` read in pieces of `size` bytes (cut on char boundaries), as the pipes give it.
