@@ -280,6 +280,12 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// programmer's running tasks, the manager's cancellations — is already done by then).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Longest an HTTP/1.1 connection may take to send a request's head, and to start the next one
+/// once idle: a caller that opens connections and sends nothing (or a byte now and then) cannot
+/// hold them, and the file descriptors they cost, for ever. hyper's own default, which it applies
+/// only with a timer.
+pub const HTTP1_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A connection that may stop being trusted while it is open: resolves when it has to be closed.
 pub trait Revocable {
     /// Called once, before the connection is served.
@@ -342,6 +348,10 @@ async fn serve_connections<L>(
         tokio::spawn(async move {
             let mut builder = Builder::new(TokioExecutor::new());
             builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HTTP1_HEADER_READ_TIMEOUT);
+            builder
                 .http2()
                 .timer(TokioTimer::new())
                 .keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -399,4 +409,32 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An HTTP/1.1 request whose head never completes is answered by closing the connection
+    /// after [`HTTP1_HEADER_READ_TIMEOUT`], not held open (paused clock: no real wait).
+    #[tokio::test(start_paused = true)]
+    async fn an_http1_head_that_never_completes_loses_its_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let bound = Bound::new(listener, None).expect("plaintext listener");
+        let router = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
+        let limits = crate::config::LimitsConfig::default();
+        tokio::spawn(async move { serve(bound, router, &limits, std::future::pending()).await });
+        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        conn.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("part of a head");
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(HTTP1_HEADER_READ_TIMEOUT * 4, conn.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "the connection is still open");
+    }
 }
