@@ -304,7 +304,7 @@ async fn a_finished_task_id_replays_its_result_and_a_different_request_conflicts
         ],
         ..PoolOptions::default()
     });
-    pool.sample_repo();
+    let repo = pool.sample_repo();
     let _p = pool.start_all_programmers();
     let _m = pool.start_manager();
     let c = manager_client(&pool).await;
@@ -361,6 +361,30 @@ async fn a_finished_task_id_replays_its_result_and_a_different_request_conflicts
     let (first_events, a) = dispatch_collect(&c, dry.clone()).await;
     let (events, b) = dispatch_collect(&c, dry).await;
     assert_eq!((events, &a), (first_events, &b));
+
+    // A repeat the pool would refuse today (its base branch deleted since) still replays.
+    common::git(&repo, &["branch", "gone"]);
+    let based = DispatchRequest {
+        task_id: "idem-gone".into(),
+        dry_run: true,
+        base_ref: "gone".into(),
+        ..sample_dispatch("dry")
+    };
+    let (first_events, a) = dispatch_collect(&c, based.clone()).await;
+    assert_eq!(state_of(&a), TaskState::Succeeded, "{a:#?}");
+    common::git(&repo, &["branch", "-D", "gone"]);
+    let (events, b) = dispatch_collect(&c, based.clone()).await;
+    assert_eq!((events, &a), (first_events, &b));
+    let err = c
+        .clone()
+        .dispatch(DispatchRequest {
+            task_id: "idem-new".into(),
+            ..based
+        })
+        .await
+        .expect_err("a new task on the deleted branch");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().starts_with("base_ref"), "{err:?}");
 }
 
 /// `manager.task_retention_s`: a finished task is remembered that long after it ended, then

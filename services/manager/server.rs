@@ -40,34 +40,33 @@ impl PoolService {
     pub fn new(mgr: Arc<Manager>) -> Self {
         Self { mgr }
     }
+}
 
-    /// Records a new task `task_id` for `req`, or, when the id is known for the same request,
-    /// a stream attached to it from its first event (ALREADY_EXISTS when the id names a
-    /// different request). `lease_s`: the lease a new one is accepted with.
-    async fn insert(
-        &self,
-        req: &DispatchRequest,
-        task_id: &str,
-        caller: Option<&auth::Caller>,
-        lease_s: u32,
-    ) -> Result<Inserted, Status> {
-        match self
-            .mgr
-            .store
-            .insert(&new_task(req, task_id, caller, lease_s))
-            .await
-        {
-            Ok(InsertOutcome::Inserted) => Ok(Inserted::New),
-            Ok(InsertOutcome::AlreadyExists(record)) => {
-                Ok(Inserted::Known(follow(&self.mgr, &record, 0, None)?))
-            }
-            Err(crate::manager::store::StoreError::Conflict { task_id }) => {
-                Err(Status::already_exists(format!(
-                    "task_id: {task_id:?} is already used by a different request"
-                )))
-            }
-            Err(e) => Err(Status::internal(format!("task store: {e}"))),
+/// Records a new task `task_id` for `req`, or, when the id is known for the same request, a
+/// stream attached to it from its first event (ALREADY_EXISTS when the id names a different
+/// request). `lease_s`: the lease a new one is accepted with.
+async fn insert(
+    mgr: &Arc<Manager>,
+    req: &DispatchRequest,
+    task_id: &str,
+    caller: Option<&auth::Caller>,
+    lease_s: u32,
+) -> Result<Inserted, Status> {
+    match mgr
+        .store
+        .insert(&new_task(req, task_id, caller, lease_s))
+        .await
+    {
+        Ok(InsertOutcome::Inserted) => Ok(Inserted::New),
+        Ok(InsertOutcome::AlreadyExists(record)) => {
+            Ok(Inserted::Known(follow(mgr, &record, 0, None)?))
         }
+        Err(crate::manager::store::StoreError::Conflict { task_id }) => {
+            Err(Status::already_exists(format!(
+                "task_id: {task_id:?} is already used by a different request"
+            )))
+        }
+        Err(e) => Err(Status::internal(format!("task store: {e}"))),
     }
 }
 
@@ -227,6 +226,113 @@ pub fn route_on(
     })
 }
 
+/// A Dispatch the pool refuses now (its workspace or base ref gone, the budget spent, no
+/// programmer left with its capabilities) may repeat a task recorded under its id: that one is
+/// replayed, as any repeat is, instead of the refusal — a caller whose stream broke re-attaches
+/// whatever the pool can take today. Only a refusal reads the store here.
+fn replay_or(
+    mgr: &Arc<Manager>,
+    req: &DispatchRequest,
+    caller: Option<&auth::Caller>,
+    refused: Status,
+) -> Result<Response<EventStream>, Status> {
+    if req.task_id.is_empty() {
+        return Err(refused);
+    }
+    let owner = caller.map_or("", |c| c.name.as_str());
+    let fingerprint = crate::manager::store::fingerprint(req, owner);
+    match mgr.store.get_same(&req.task_id, &fingerprint) {
+        Ok(Some(record)) => Ok(Response::new(follow(mgr, &record, 0, None)?)),
+        _ => Err(refused),
+    }
+}
+
+/// The steps of a Dispatch from its record on: the record (awaited for a caller-chosen id, queued
+/// with the next commit for a made-up one), the queue or a placement, the task's log and its life
+/// spawned. Returns the caller's stream from the first event.
+#[allow(clippy::too_many_arguments)]
+async fn set_up(
+    mgr: Arc<Manager>,
+    req: DispatchRequest,
+    task_id: String,
+    route: Route,
+    place: crate::manager::waitqueue::QueuePlace,
+    slot: admission::TaskSlot,
+    caller: Option<Arc<auth::Caller>>,
+    mut stages: stages::Marks,
+    accepted: Instant,
+) -> Result<EventStream, Status> {
+    let made_up_id = req.task_id.is_empty();
+    let recorded = if made_up_id {
+        // A fresh id cannot be taken, so the record is queued without waiting for the disk,
+        // to be committed with the next write: the caller learns the id from the first
+        // event, which is journaled after it, and the task's life awaits it (with its
+        // placement's write) before sending the task to a programmer (a dry run's goes
+        // with its events: see `dispatch`'s Start step).
+        let write = mgr.store.insert_with_next(&new_task(
+            &req,
+            &task_id,
+            caller.as_deref(),
+            route.request.lease_s,
+        ));
+        Some(Box::pin(write) as dispatch::Recorded)
+    } else {
+        let inserted = insert(
+            &mgr,
+            &req,
+            &task_id,
+            caller.as_deref(),
+            route.request.lease_s,
+        );
+        if let Inserted::Known(stream) = inserted.await? {
+            // The same id arrived twice at once: the first one runs it, this one follows.
+            return Ok(stream);
+        }
+        None
+    };
+    let start = match place.submit(route.clone(), mgr.max_wait(&route)) {
+        Submitted::Placed(placement) => Start::Routed(placement),
+        Submitted::Queued(ticket) => Start::Queued(ticket),
+    };
+    // The caller follows the task's log: a broken stream leaves the task running (the caller
+    // re-attaches; CancelTask stops it).
+    stages.at("submitted");
+    let log = mgr.new_log(&task_id, Vec::new());
+    let stream = stages::on_result(log.follow(0, None)?, &task_id);
+    let sink = TaskEventSink::new(log.clone());
+    let cancel = mgr.register(&task_id, log);
+    // One info line per task, when it finishes (manager::finish_task); the steps before it
+    // are debug lines: three lines per dry run cost ~5 % of the manager's CPU under load.
+    tracing::debug!(%task_id, run_id = %req.run_id, capabilities = ?req.capabilities, dry_run = req.dry_run,
+        strategy = route.strategy.name(), "task accepted");
+    let span = crate::telemetry::spans::manager_task(
+        &task_id,
+        &req.run_id,
+        route.strategy.name(),
+        req.dry_run,
+    );
+    let escalation = Escalation::for_request(&mgr.config().pool.escalation, req);
+    stages.at("spawned");
+    stages.attach(&task_id);
+    let life = TaskLife {
+        task_id,
+        route,
+        start,
+        sink,
+        cancel,
+        accepted,
+        slot: Some(slot),
+        escalation,
+        recorded,
+        unsent: 0,
+    };
+    tokio::spawn(tracing::Instrument::instrument(
+        dispatch::run(mgr, life),
+        span,
+    ));
+    Ok(stream)
+}
+
 #[tonic::async_trait]
 impl ProgrammerPool for PoolService {
     type DispatchStream = EventStream;
@@ -251,10 +357,7 @@ impl ProgrammerPool for PoolService {
             // another request), whatever the limits say. (A finished task's id is looked up in
             // the store only once admitted: a refusal reads nothing, and its retry replays.)
             // (An id already recorded: the lease is the record's.)
-            return match self
-                .insert(&req, &req.task_id, caller.as_deref(), 0)
-                .await?
-            {
+            return match insert(&mgr, &req, &req.task_id, caller.as_deref(), 0).await? {
                 Inserted::New => Err(Status::internal(format!(
                     "task store: {:?} vanished while being attached to",
                     req.task_id
@@ -267,7 +370,9 @@ impl ProgrammerPool for PoolService {
             .scheduler
             .reserve()
             .map_err(|full| admission::refusal("manager.max_queue", full, QUEUE_FULL_RETRY))?;
-        validate::check_workspace(&req, &sources.workspaces).await?;
+        if let Err(refused) = validate::check_workspace(&req, &sources.workspaces).await {
+            return replay_or(&mgr, &req, caller.as_deref(), refused);
+        }
         stages.at("workspace");
         let made_up_id = req.task_id.is_empty();
         let task_id = if made_up_id {
@@ -277,69 +382,28 @@ impl ProgrammerPool for PoolService {
         } else {
             req.task_id.clone()
         };
-        let route = route_for(&mgr, &req, &task_id)?;
+        let route = match route_for(&mgr, &req, &task_id) {
+            Ok(route) => route,
+            Err(refused) => return replay_or(&mgr, &req, caller.as_deref(), refused),
+        };
         stages.at("routed");
-        let recorded = if made_up_id {
-            // A fresh id cannot be taken, so the record is queued without waiting for the disk,
-            // to be committed with the next write: the caller learns the id from the first
-            // event, which is journaled after it, and the task's life awaits it (with its
-            // placement's write) before sending the task to a programmer (a dry run's goes
-            // with its events: see `dispatch`'s Start step).
-            let write = mgr.store.insert_with_next(&new_task(
-                &req,
-                &task_id,
-                caller.as_deref(),
-                route.request.lease_s,
-            ));
-            Some(Box::pin(write) as dispatch::Recorded)
-        } else {
-            let inserted = self.insert(&req, &task_id, caller.as_deref(), route.request.lease_s);
-            if let Inserted::Known(stream) = inserted.await? {
-                // The same id arrived twice at once: the first one runs it, this one follows.
-                return Ok(Response::new(stream));
-            }
-            None
-        };
-        let start = match place.submit(route.clone(), mgr.max_wait(&route)) {
-            Submitted::Placed(placement) => Start::Routed(placement),
-            Submitted::Queued(ticket) => Start::Queued(ticket),
-        };
-        // The caller follows the task's log: a broken stream leaves the task running (the caller
-        // re-attaches; CancelTask stops it).
-        stages.at("submitted");
-        let log = mgr.new_log(&task_id, Vec::new());
-        let stream = stages::on_result(log.follow(0, None)?, &task_id);
-        let sink = TaskEventSink::new(log.clone());
-        let cancel = mgr.register(&task_id, log);
-        // One info line per task, when it finishes (manager::finish_task); the steps before it
-        // are debug lines: three lines per dry run cost ~5 % of the manager's CPU under load.
-        tracing::debug!(%task_id, run_id = %req.run_id, capabilities = ?req.capabilities, dry_run = req.dry_run,
-            strategy = route.strategy.name(), "task accepted");
-        let span = crate::telemetry::spans::manager_task(
-            &task_id,
-            &req.run_id,
-            route.strategy.name(),
-            req.dry_run,
+        let set_up = set_up(
+            mgr, req, task_id, route, place, slot, caller, stages, accepted,
         );
-        let escalation = Escalation::for_request(&mgr.config().pool.escalation, req);
-        stages.at("spawned");
-        stages.attach(&task_id);
-        let life = TaskLife {
-            task_id,
-            route,
-            start,
-            sink,
-            cancel,
-            accepted,
-            slot: Some(slot),
-            escalation,
-            recorded,
-            unsent: 0,
+        let stream = if made_up_id {
+            // Nothing to await before the task is registered and running.
+            set_up.await?
+        } else {
+            // Its record's commit is awaited before the task is registered: on a task of its
+            // own, so a caller that goes away meanwhile (a reset stream) cannot leave a record
+            // without its task. The task is set up and runs; the caller re-attaches by its id.
+            // In the request's trace context: the task's span continues the caller's trace.
+            tokio::spawn(opentelemetry::context::FutureExt::with_current_context(
+                set_up,
+            ))
+            .await
+            .map_err(|e| Status::internal(format!("setting the task up: {e}")))??
         };
-        tokio::spawn(tracing::Instrument::instrument(
-            dispatch::run(mgr, life),
-            span,
-        ));
         Ok(Response::new(with_first_event(stream).await))
     }
 

@@ -983,6 +983,24 @@ impl TaskStore {
     pub fn get(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
         read_record(&self.reader(), task_id)
     }
+
+    /// The record of task `task_id` if it was dispatched with `fingerprint` (the same request
+    /// by the same owner, see [`fingerprint`]); `None` for an unknown id or another request.
+    pub fn get_same(
+        &self,
+        task_id: &str,
+        fingerprint: &str,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        let reader = self.reader();
+        let recorded: Option<String> = reader
+            .prepare_cached("SELECT fingerprint FROM tasks WHERE task_id = ?1")?
+            .query_row(params![task_id], |r| r.get(0))
+            .optional()?;
+        match recorded {
+            Some(f) if f == fingerprint => read_record(&reader, task_id),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// Most task records one [`TaskStore::list`] page examines.
