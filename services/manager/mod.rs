@@ -108,6 +108,9 @@ pub struct Manager {
     pub started_ms: i64,
     active: Mutex<HashMap<String, ActiveTask>>,
     pub stop: CancellationToken,
+    /// The pool's status as the HTTP face's pool streams share it (`http::sse`): one poll for all.
+    pub pool_feed:
+        std::sync::OnceLock<tokio::sync::watch::Receiver<Arc<crate::contract::v1::PoolStatus>>>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -206,6 +209,7 @@ impl Manager {
             alerts: status::Alerts::default(),
             admission: admission::Admission::new(&pool_cfg.limits),
             llm_stats: crate::telemetry::LlmStats::default(),
+            pool_feed: Default::default(),
             durations,
             config: tokio::sync::watch::Sender::new(config.clone()),
             pool,

@@ -40,6 +40,11 @@ impl PoolService {
     pub fn new(mgr: Arc<Manager>) -> Self {
         Self { mgr }
     }
+
+    /// The manager this service answers for (the HTTP face's streams read from it directly).
+    pub fn manager(&self) -> &Arc<Manager> {
+        &self.mgr
+    }
 }
 
 /// Records a new task `task_id` for `req`, or, when the id is known for the same request, a

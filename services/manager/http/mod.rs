@@ -27,7 +27,6 @@ use crate::contract::v1::{
     CancelTaskRequest, DispatchRequest, GetPoolStatusRequest, GetTaskRequest, ListTasksRequest,
     WatchTaskRequest,
 };
-use crate::manager::auth::Caller;
 use crate::manager::server::PoolService;
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -37,7 +36,6 @@ use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use http::Method;
 use http::request::Parts;
-use std::sync::Arc;
 use tonic::Status;
 
 /// Prefix of the HTTP/JSON API routes (their errors are JSON `{code, message}`).
@@ -254,8 +252,7 @@ async fn pool_events(State(service): State<PoolService>, parts: Parts) -> Respon
         Ok(status) => status.into_inner(),
         Err(status) => return error::response(&status),
     };
-    let caller = parts.extensions.get::<Arc<Caller>>().cloned();
-    sse::pool_events(service, caller, first)
+    sse::pool_events(service.manager(), first)
 }
 
 #[cfg(test)]

@@ -6,11 +6,9 @@
 //! the task goes on (tasks outlive connections) and a new request resumes where it left off.
 
 use super::{error, json};
-use crate::contract::v1::programmer_pool_server::ProgrammerPool;
+use crate::contract::v1::PoolStatus;
 use crate::contract::v1::task_event::Kind;
-use crate::contract::v1::{GetPoolStatusRequest, PoolStatus};
-use crate::manager::auth::Caller;
-use crate::manager::server::PoolService;
+use crate::manager::{Manager, status};
 use crate::task_events::{EventStream, HEARTBEAT_EVERY};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +16,7 @@ use futures::StreamExt;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Longest silence on a stream before a keep-alive comment (WatchTask's heartbeat period).
 pub const KEEP_ALIVE: Duration = HEARTBEAT_EVERY;
@@ -57,76 +56,67 @@ pub fn task_events(stream: EventStream) -> Response {
 }
 
 /// The pool's status as SSE: the current snapshot at once, then each new one as the pool changes
-/// (a programmer's state, breaker or queue, the budget, alerts, per-LLM figures…), read through
-/// GetPoolStatus every [`POOL_POLL`].
-pub fn pool_events(
-    service: PoolService,
-    caller: Option<Arc<Caller>>,
-    first: PoolStatus,
-) -> Response {
-    let mut interval = tokio::time::interval(POOL_POLL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let feed = PoolFeed {
-        service,
-        caller,
-        interval,
-        last: None,
-        next: Some(first),
-        done: false,
-    };
-    let snapshots = futures::stream::unfold(feed, |mut feed| async move {
-        if feed.done {
-            return None;
-        }
-        loop {
-            let status = match feed.next.take() {
-                Some(status) => status,
-                None => {
-                    feed.interval.tick().await;
-                    match feed.poll().await {
-                        Ok(status) => status,
-                        Err(status) => {
-                            feed.done = true;
-                            let event = Event::default()
-                                .event("error")
-                                .data(error::body(&status).to_string());
-                            return Some((Ok::<_, Infallible>(event), feed));
-                        }
+/// (a programmer's state, breaker or queue, the budget, alerts, per-LLM figures…), read every
+/// [`POOL_POLL`] by one poll that all pool streams share ([`shared_pool_status`]).
+pub fn pool_events(mgr: &Arc<Manager>, first: PoolStatus) -> Response {
+    let mut feed = shared_pool_status(mgr);
+    feed.mark_changed();
+    let snapshots = futures::stream::unfold(
+        (feed, Some(first), None::<Arc<PoolStatus>>),
+        |(mut feed, mut first, mut last)| async move {
+            loop {
+                let status = match first.take() {
+                    Some(first) => Arc::new(first),
+                    None => {
+                        // The poll ended with the manager: so does the stream.
+                        feed.changed().await.ok()?;
+                        feed.borrow_and_update().clone()
                     }
+                };
+                if last.as_deref() != Some(&*status) {
+                    let event = Event::default().data(json::to_json_line(&*status));
+                    last = Some(status);
+                    return Some((Ok::<_, Infallible>(event), (feed, first, last)));
                 }
-            };
-            if feed.last.as_ref() != Some(&status) {
-                let event = Event::default().data(json::to_json_line(&status));
-                feed.last = Some(status);
-                return Some((Ok(event), feed));
             }
-        }
-    });
+        },
+    );
     respond(Sse::new(snapshots))
 }
 
-/// The state of one pool stream.
-struct PoolFeed {
-    service: PoolService,
-    caller: Option<Arc<Caller>>,
-    interval: tokio::time::Interval,
-    /// The snapshot sent last.
-    last: Option<PoolStatus>,
-    /// A snapshot already read, to send before polling again.
-    next: Option<PoolStatus>,
-    /// An error was sent: the stream ends.
-    done: bool,
-}
-
-impl PoolFeed {
-    /// GetPoolStatus as the stream's caller.
-    async fn poll(&self) -> Result<PoolStatus, tonic::Status> {
-        let mut request = tonic::Request::new(GetPoolStatusRequest {});
-        if let Some(caller) = &self.caller {
-            request.extensions_mut().insert(caller.clone());
-        }
-        Ok(self.service.get_pool_status(request).await?.into_inner())
-    }
+/// The pool's status as every pool stream sees it: polled every [`POOL_POLL`] by one task for all
+/// of them (started by the first stream, idle while none is open), so a thousand open streams
+/// cost the manager's thread what one does.
+fn shared_pool_status(mgr: &Arc<Manager>) -> watch::Receiver<Arc<PoolStatus>> {
+    mgr.pool_feed
+        .get_or_init(|| {
+            let (tx, rx) = watch::channel(Arc::new(status::pool_status(mgr)));
+            let manager = Arc::downgrade(mgr);
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(POOL_POLL);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    interval.tick().await;
+                    let Some(mgr) = manager.upgrade() else {
+                        return;
+                    };
+                    // The manager keeps one receiver: more are open streams.
+                    if tx.receiver_count() <= 1 {
+                        continue;
+                    }
+                    let now = status::pool_status(&mgr);
+                    tx.send_if_modified(|current| {
+                        let changed = **current != now;
+                        if changed {
+                            *current = Arc::new(now);
+                        }
+                        changed
+                    });
+                }
+            });
+            rx
+        })
+        .clone()
 }
 
 /// The SSE response with keep-alive comments, and the header that tells nginx-style proxies not
