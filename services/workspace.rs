@@ -874,7 +874,23 @@ pub fn check_file_in(root: &Path, rel: &str) -> Result<(), PathError> {
 
 /// INVALID_ARGUMENT whose message starts with the offending field: `"files[2]: …"`.
 pub fn invalid(field: &str, problem: &str) -> Status {
-    Status::invalid_argument(format!("{field}: {problem}"))
+    Status::invalid_argument(format!("{field}: {}", shortened(problem)))
+}
+
+/// Longest text an error message echoes from a request (`…` marks a cut): a message is sent
+/// in a header (`grpc-message`), and a client refuses one of megabytes as a whole response.
+pub const MAX_ECHOED_BYTES: usize = 1024;
+
+/// `text` cut to [`MAX_ECHOED_BYTES`] at a character boundary, with `…` where it was cut.
+pub fn shortened(text: &str) -> String {
+    if text.len() <= MAX_ECHOED_BYTES {
+        return text.to_string();
+    }
+    let mut end = MAX_ECHOED_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// An id (task id, run id): 1-[`MAX_ID_LEN`] characters of `A-Za-z0-9-_.:`, not starting with `.`
@@ -911,6 +927,13 @@ pub fn check_id(field: &str, value: &str, allow_empty: bool) -> Result<(), Statu
 pub fn check_description(text: &str) -> Result<(), Status> {
     if text.trim().is_empty() {
         return Err(invalid("task_description", "must not be empty"));
+    }
+    // It becomes aider's `--message=` argument, which a NUL would cut (the spawn fails).
+    if text.contains('\0') {
+        return Err(invalid(
+            "task_description",
+            "must not contain a NUL character",
+        ));
     }
     if text.len() > MAX_DESCRIPTION_BYTES {
         return Err(invalid(

@@ -1029,9 +1029,12 @@ fn list_page(
         "" => conn.query_row("SELECT COALESCE(MAX(rowid), 0) + 1 FROM tasks", [], |r| {
             r.get::<_, i64>(0)
         })?,
+        // Tokens are rowids, all positive.
         token => token
             .parse::<i64>()
-            .map_err(|_| StoreError::BadPageToken(page_token.to_owned()))?,
+            .ok()
+            .filter(|rowid| *rowid > 0)
+            .ok_or_else(|| StoreError::BadPageToken(crate::workspace::shortened(page_token)))?,
     };
     // An owner's records are found through `tasks_by_owner`, which holds every owner but ''.
     let owned = owner.filter(|o| !o.is_empty());
@@ -3033,10 +3036,15 @@ mod tests {
         assert_eq!(open_even.len(), 2, "t0 finished");
         let (bobs, _) = list(&store, Some("bob"), "", &[], 50, "").await.unwrap();
         assert_eq!(ids(&bobs), ["t4"]);
-        assert!(matches!(
-            list(&store, None, "", &[], 2, "garbage").await,
-            Err(StoreError::BadPageToken(_))
-        ));
+        for token in ["garbage", "-1", "0"] {
+            assert!(
+                matches!(
+                    list(&store, None, "", &[], 2, token).await,
+                    Err(StoreError::BadPageToken(_))
+                ),
+                "{token}"
+            );
+        }
     }
 
     async fn list(

@@ -318,16 +318,27 @@ mod tests {
         twice.files = vec!["a.md".into(), "./a.md".into()];
         let mut option_ref = request();
         option_ref.base_ref = "-b".into();
+        let mut nul = request();
+        nul.task_description = "a\0b".into();
+        let mut huge_id = request();
+        huge_id.task_id = "x".repeat(3 << 20);
         let cases = [
             (no_workspace, "workspace"),
             (up, "files[0]"),
             (twice, "files[1]"),
             (option_ref, "base_ref"),
+            (nul, "task_description"),
+            (huge_id, "task_id"),
         ];
         for (req, field) in cases {
             let s = check_fields(&req, None).expect_err(field);
             assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
             assert!(s.message().starts_with(&format!("{field}: ")), "{s:?}");
+            // What a refusal echoes is bounded (a message travels in a header).
+            assert!(
+                s.message().len() < 2 * workspace::MAX_ECHOED_BYTES,
+                "{field}"
+            );
         }
         check_fields(&request(), None).expect("a good request");
     }
