@@ -94,11 +94,17 @@ impl RepoUrl {
                 "must not contain a percent-encoded '.', '/' or '\\'",
             ));
         }
-        let path = match url.split_once("://") {
-            Some((_, rest)) => rest.find('/').map_or("", |at| &rest[at..]),
-            None => url.split_once(':').map_or("", |(_, path)| path),
+        let (scheme, path) = match url.split_once("://") {
+            Some((scheme, rest)) => (scheme, rest.find('/').map_or("", |at| &rest[at..])),
+            None => ("", url.split_once(':').map_or("", |(_, path)| path)),
         };
-        let path = path.split(['?', '#']).next().unwrap_or("");
+        // A query or fragment ends the path only where git hands the URL to curl; for file://,
+        // ssh and scp-like URLs `?` and `#` are part of the path (`x#/../..` climbs).
+        let path = if matches!(scheme.to_ascii_lowercase().as_str(), "https" | "git") {
+            path.split(['?', '#']).next().unwrap_or("")
+        } else {
+            path
+        };
         if path
             .split('/')
             .any(|segment| segment == "." || segment == "..")
@@ -297,6 +303,8 @@ mod tests {
             "https://github.com/acme/%2E%2E%2Fother/x.git",
             "git@github.com:acme/../other/x.git",
             "git.example:../x",
+            "file:///srv/repos/x#/../../home/alice/p.git",
+            "ssh://git@h/srv/repos/x?/../../other.git",
         ] {
             assert!(RepoUrl::parse(url).is_err(), "{url:?} must be refused");
         }

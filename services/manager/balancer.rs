@@ -681,7 +681,9 @@ pub fn attempt_task_id(task_id: &str, dispatch_attempt: u32) -> String {
     }
     let suffix = format!("{ATTEMPT_SUFFIX}{dispatch_attempt}");
     let max = crate::workspace::MAX_ID_LEN;
-    if task_id.len() + suffix.len() <= max {
+    // Short forms stay under the limit and cut ones are exactly at it, so a caller cannot choose
+    // an id whose short form is another id's cut one.
+    if task_id.len() + suffix.len() < max {
         return format!("{task_id}{suffix}");
     }
     let digest = Sha256::digest(task_id.as_bytes());
@@ -744,6 +746,16 @@ mod tests {
         let other = format!("{}b", "a".repeat(MAX_ID_LEN - 1));
         assert_ne!(attempt_task_id(&other, 2), ids[1]);
         assert!(ids[1..].iter().all(|id| is_attempt_task_id(id)));
+        // An id a caller builds from another's cut form (its prefix and hash) stays apart.
+        let cut = ids[1]
+            .strip_suffix(":attempt-2")
+            .expect("suffix")
+            .to_string();
+        assert!(check_id("task_id", &cut, false).is_ok());
+        assert_ne!(attempt_task_id(&cut, 2), ids[1]);
+        // And an id exactly at the length where the suffix would fill the limit is cut.
+        let edge = "b".repeat(MAX_ID_LEN - ":attempt-2".len());
+        assert_eq!(attempt_task_id(&edge, 2).len(), MAX_ID_LEN);
         assert!(!is_attempt_task_id("t-1") && !is_attempt_task_id("t:attempt-x"));
     }
 }

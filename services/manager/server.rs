@@ -231,8 +231,8 @@ pub fn route_on(
     })
 }
 
-/// A Dispatch the pool refuses now (its workspace or base ref gone, the budget spent, no
-/// programmer left with its capabilities) may repeat a task recorded under its id: that one is
+/// A Dispatch the pool refuses now (its workspace or base ref gone, its `repo_url` no longer
+/// allowed, the budget spent, no programmer left with its capabilities) may repeat a task recorded under its id: that one is
 /// replayed, as any repeat is, instead of the refusal — a caller whose stream broke re-attaches
 /// whatever the pool can take today. Only a refusal reads the store here.
 fn replay_or(
@@ -241,7 +241,7 @@ fn replay_or(
     caller: Option<&auth::Caller>,
     refused: Status,
 ) -> Result<Response<EventStream>, Status> {
-    if req.task_id.is_empty() {
+    if req.task_id.is_empty() || req.task_id.len() > crate::workspace::MAX_ID_LEN {
         return Err(refused);
     }
     let owner = caller.map_or("", |c| c.name.as_str());
@@ -356,7 +356,9 @@ impl ProgrammerPool for PoolService {
         // Admission, cheapest first: nothing below the queue place touches a disk or starts a
         // process, so a refused call costs neither (see `admission`).
         let sources = mgr.sources();
-        validate::check_fields(&req, sources.repo_allow())?;
+        if let Err(refused) = validate::check_fields(&req, sources.repo_allow()) {
+            return replay_or(&mgr, &req, caller.as_deref(), refused);
+        }
         if !req.task_id.is_empty() && mgr.active_log(&req.task_id).is_some() {
             // The id of a task running here adds no work: it attaches (or is told it names
             // another request), whatever the limits say. (A finished task's id is looked up in
@@ -537,12 +539,13 @@ impl PoolService {
         task_id: &str,
         caller: Option<&auth::Caller>,
     ) -> Result<TaskRecord, Status> {
+        let shown = crate::workspace::shortened(task_id);
         match self.mgr.store.get(task_id) {
             Ok(Some(r)) if caller.is_none_or(|c| c.may_access(&r.owner)) => Ok(r),
             Ok(Some(_)) => Err(Status::permission_denied(format!(
-                "task_id: task {task_id:?} was dispatched by another caller"
+                "task_id: task {shown:?} was dispatched by another caller"
             ))),
-            Ok(None) => Err(Status::not_found(format!("task_id: no task {task_id:?}"))),
+            Ok(None) => Err(Status::not_found(format!("task_id: no task {shown:?}"))),
             Err(e) => Err(Status::internal(format!("task store: {e}"))),
         }
     }

@@ -290,7 +290,29 @@ def _confined_to_worktree(original):
     return allowed_to_edit
 
 
+def _moves_confined_to_worktree(original):
+    """A patch's move target is vetted like an edited path before anything of the edit runs
+    (aider vets only the source, and creates the target's directories before it writes)."""
+
+    def apply_edits(self, edits, *args, **kwargs):
+        for edit in edits or []:
+            action = edit[1] if isinstance(edit, (tuple, list)) and len(edit) > 1 else None
+            target = getattr(action, "move_path", None)
+            if not target:
+                continue
+            root = os.path.realpath(self.root)
+            if not inside(root, self.abs_root_path(target)):
+                raise ValueError(f"Refused to move {edit[0]} to {target}: it resolves outside the worktree.")
+            name = forbidden_name(self.root, target)
+            if name is not None:
+                raise ValueError(f"Refused to move {edit[0]} to {target}: no edit may touch {name}.")
+        return original(self, edits, *args, **kwargs)
+
+    return apply_edits
+
+
 _REPLACED = {
+    "apply_edits": _moves_confined_to_worktree,
     "check_for_file_mentions": _no_file_mentions,
     "run_shell_commands": _no_shell_commands,
     "handle_shell_commands": _no_shell_commands,
@@ -314,13 +336,15 @@ _original_write_text = aider.io.InputOutput.write_text
 
 
 def _write_text_inside_worktree(self, filename, content, *args, **kwargs):
+    # Raised, not returned: what the edit would do next (a patch's move deletes its source once
+    # the target is written) must not run, and aider reports the refusal to the model.
     if not inside(WORKTREE, filename):
         self.tool_error(f"Refused to write {filename}: it resolves outside the worktree.")
-        return None
+        raise ValueError(f"Refused to write {filename}: it resolves outside the worktree.")
     name = forbidden_name(WORKTREE, filename)
     if name is not None:
         self.tool_error(f"Refused to write {filename}: no edit may touch {name}.")
-        return None
+        raise ValueError(f"Refused to write {filename}: no edit may touch {name}.")
     return _original_write_text(self, filename, content, *args, **kwargs)
 
 

@@ -110,6 +110,10 @@ const EDIT_FAILURES: &[&str] = &[
 const MEMORY_CEILING: &str = "pas: aider ran out of memory under its ceiling";
 
 const EMPTY_RESPONSE: &str = "Empty response received from LLM";
+
+/// aider's line when a reply ran into the model's token limit (`show_exhausted_error`): the
+/// call's reply was printed, and no call follows it in the run.
+const EXHAUSTED: &str = "has hit a token limit!";
 const APPLIED: &str = "Applied edit to";
 
 /// Classifies one attempt. `repo_changed` must come from git (HEAD moved or the tree is dirty).
@@ -164,8 +168,11 @@ pub fn classify(run: &AiderRun, repo_changed: bool) -> Outcome {
 /// line is part of a reply (the model repeating what the task text asked it to print) and must
 /// not count against the endpoint — its breaker, a failover to the paid backup. A log without any
 /// call (aider ended before it wrote one) cannot tell: the line is believed.
+///
+/// A reply cut at the token limit also leaves its call without a `message_send` event, after
+/// printing whatever the model wrote: once aider reports that, an error line is the reply's.
 fn aider_saw_a_call_fail(run: &AiderRun) -> bool {
-    run.usage.failed_calls > 0 || run.usage.llm_calls == 0
+    (run.usage.failed_calls > 0 || run.usage.llm_calls == 0) && !run.output.seen.exhausted
 }
 
 /// Whether aider's "Empty response" line can be true: some reply had no completion tokens (or
@@ -209,6 +216,8 @@ pub struct Seen {
     pub llm: Option<(LlmFailureClass, String)>,
     /// aider's line for a reply with no content (the last one).
     pub empty_reply: Option<String>,
+    /// aider said a reply hit the model's token limit.
+    pub exhausted: bool,
     /// The first edit failure, or the reflections' limit when it was reached.
     pub edit: Option<String>,
     /// aider said it applied an edit.
@@ -317,6 +326,9 @@ impl Seen {
         if t.starts_with(APPLIED) {
             self.applied = true;
         }
+        if t.contains(EXHAUSTED) {
+            self.exhausted = true;
+        }
         self.last_line.clear();
         self.last_line.push_str(t);
     }
@@ -405,7 +417,12 @@ mod tests {
         seen.push(is_llm(&r)); // the reply had tokens
         r.usage.empty_replies = 1;
         seen.push(is_llm(&r)); // an empty reply
-        assert_eq!(seen, [true, false, true, false, true]);
+        // A reply cut at the token limit leaves its call open too, after printing the line.
+        let mut r =
+            run("litellm.RateLimitError: x\naaaa\n\nModel openai/gpt-4o has hit a token limit!\n");
+        r.usage.failed_calls = 1;
+        seen.push(is_llm(&r));
+        assert_eq!(seen, [true, false, true, false, true, false]);
     }
 
     /// `text` read in pieces of `size` bytes (cut on char boundaries), as the pipes give it.

@@ -59,8 +59,9 @@ pub fn task_events(stream: EventStream) -> Response {
 /// (a programmer's state, breaker or queue, the budget, alerts, per-LLM figures…), read every
 /// [`POOL_POLL`] by one poll that all pool streams share ([`shared_pool_status`]).
 pub fn pool_events(mgr: &Arc<Manager>, first: PoolStatus) -> Response {
-    let mut feed = shared_pool_status(mgr);
-    feed.mark_changed();
+    // The shared value may be older than `first` (it is not polled while no stream is open):
+    // the stream waits for the next poll rather than send it.
+    let feed = shared_pool_status(mgr);
     let snapshots = futures::stream::unfold(
         (feed, Some(first), None::<Arc<PoolStatus>>),
         |(mut feed, mut first, mut last)| async move {
