@@ -206,18 +206,24 @@ impl TaskLog {
 
     /// True once the terminal result was published.
     pub fn is_finished(&self) -> bool {
-        self.result().is_some()
+        self.with_result(|_| ()).is_some()
     }
 
     /// The result, once published.
     pub fn result(&self) -> Option<TaskResult> {
+        self.with_result(TaskResult::clone)
+    }
+
+    /// `f` of the result, once published, looked at in place (the result, diff and all, is
+    /// copied only by a caller that wants it).
+    fn with_result<T>(&self, f: impl FnOnce(&TaskResult) -> T) -> Option<T> {
         let published = self.latest_seq();
         match self.state().events.back() {
             Some(TaskEvent {
                 seq,
                 kind: Some(Kind::Result(r)),
                 ..
-            }) if *seq <= published => Some(TaskResult::clone(r)),
+            }) if *seq <= published => Some(f(r)),
             _ => None,
         }
     }
@@ -309,7 +315,7 @@ impl TaskLog {
             heartbeat,
             // Followed from its result on (a client resuming at the seq it last saw, as an
             // EventSource does once the stream ended): nothing is left to send, ever.
-            done: self.is_finished() && after_seq >= self.latest_seq(),
+            done: after_seq >= self.latest_seq() && self.is_finished(),
         };
         self.followers.send_modify(|n| *n += 1);
         Ok(Box::pin(futures::stream::unfold(follower, |mut f| async {

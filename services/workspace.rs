@@ -886,11 +886,17 @@ pub fn shortened(text: &str) -> String {
     if text.len() <= MAX_ECHOED_BYTES {
         return text.to_string();
     }
-    let mut end = MAX_ECHOED_BYTES;
+    format!("{}…", at_most(text, MAX_ECHOED_BYTES))
+}
+
+/// The longest start of `text` of at most `max_bytes` that ends between two characters (what a
+/// result's text fields and an error's echo of a request are cut to).
+pub fn at_most(text: &str, max_bytes: usize) -> &str {
+    let mut end = max_bytes.min(text.len());
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}…", &text[..end])
+    &text[..end]
 }
 
 /// An id (task id, run id): 1-[`MAX_ID_LEN`] characters of `A-Za-z0-9-_.:`, not starting with `.`

@@ -61,6 +61,12 @@ fn branches(repo: &Path) -> Vec<String> {
     out.lines().map(str::to_string).collect()
 }
 
+/// Nothing of any task is left in `repo`: no branch but `main`, no worktree but its own.
+fn assert_only_main_left(repo: &Path) {
+    assert_eq!(branches(repo), vec!["main"]);
+    assert_eq!(worktree_count(repo), 1);
+}
+
 fn worktree_count(repo: &Path) -> usize {
     git(repo, &["worktree", "list", "--porcelain"])
         .lines()
@@ -430,8 +436,7 @@ async fn empty_change_reports_the_base_and_discard_leaves_nothing() {
     let path = wt.path().to_path_buf();
     wt.discard().await.expect("discard");
     assert!(!path.exists());
-    assert_eq!(branches(&f.repo), vec!["main"]);
-    assert_eq!(worktree_count(&f.repo), 1);
+    assert_only_main_left(&f.repo);
     assert_eq!(
         fs::read_dir(&f.worktrees).expect("worktrees dir").count(),
         0,
@@ -489,8 +494,7 @@ async fn dropping_an_unfinished_worktree_cleans_up() {
     let path = wt.path().to_path_buf();
     drop(wt);
     assert!(!path.exists());
-    assert_eq!(branches(&f.repo), vec!["main"]);
-    assert_eq!(worktree_count(&f.repo), 1);
+    assert_only_main_left(&f.repo);
 }
 
 #[tokio::test]
@@ -518,8 +522,7 @@ async fn cancelled_task_leaves_nothing_behind() {
     task.abort();
     assert!(task.await.expect_err("aborted").is_cancelled());
     assert!(!path.exists());
-    assert_eq!(branches(&f.repo), vec!["main"]);
-    assert_eq!(worktree_count(&f.repo), 1);
+    assert_only_main_left(&f.repo);
 }
 
 // ----- naming, duplicates, placement -----
@@ -871,8 +874,7 @@ async fn a_rewritten_worktree_git_file_is_never_followed() {
         assert_eq!(fs::read_to_string(&link).expect("restored"), original);
         wt.discard().await.expect("discard");
     }
-    assert_eq!(branches(&f.repo), vec!["main"]);
-    assert_eq!(worktree_count(&f.repo), 1);
+    assert_only_main_left(&f.repo);
 }
 
 /// A programmer killed while it deleted a scratch branch left `packed-refs.lock`, which every

@@ -232,9 +232,10 @@ pub fn route_on(
 }
 
 /// A Dispatch the pool refuses now (its workspace or base ref gone, its `repo_url` no longer
-/// allowed, the budget spent, no programmer left with its capabilities) may repeat a task recorded under its id: that one is
-/// replayed, as any repeat is, instead of the refusal — a caller whose stream broke re-attaches
-/// whatever the pool can take today. Only a refusal reads the store here.
+/// allowed, the budget spent, no programmer left with its capabilities) may repeat a task
+/// recorded under its id: that one is replayed, as any repeat is, instead of the refusal — a
+/// caller whose stream broke re-attaches whatever the pool can take today. Only a refusal reads
+/// the store here.
 fn replay_or(
     mgr: &Arc<Manager>,
     req: &DispatchRequest,

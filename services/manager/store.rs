@@ -992,11 +992,7 @@ impl TaskStore {
         fingerprint: &str,
     ) -> Result<Option<TaskRecord>, StoreError> {
         let reader = self.reader();
-        let recorded: Option<String> = reader
-            .prepare_cached("SELECT fingerprint FROM tasks WHERE task_id = ?1")?
-            .query_row(params![task_id], |r| r.get(0))
-            .optional()?;
-        match recorded {
+        match fingerprint_of(&reader, task_id)? {
             Some(f) if f == fingerprint => read_record(&reader, task_id),
             _ => Ok(None),
         }
@@ -1980,6 +1976,15 @@ fn commit_batch(conn: &Connection, mut batch: Vec<Box<dyn Write>>, commits: &Ato
     }
 }
 
+/// The fingerprint task `task_id` was dispatched with (see [`fingerprint`]); `None` for an
+/// unknown id.
+fn fingerprint_of(conn: &Connection, task_id: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT fingerprint FROM tasks WHERE task_id = ?1")?
+        .query_row(params![task_id], |r| r.get(0))
+        .optional()?)
+}
+
 /// Insert one task (see [`TaskStore::insert`]), inside the batch's transaction. A new id (the
 /// common case) costs the insert alone; only an id already taken is looked up.
 fn insert(conn: &Connection, task: &NewTask) -> Result<InsertOutcome, StoreError> {
@@ -2008,10 +2013,8 @@ fn insert(conn: &Connection, task: &NewTask) -> Result<InsertOutcome, StoreError
     if inserted > 0 {
         return Ok(InsertOutcome::Inserted);
     }
-    let existing: String = conn
-        .prepare_cached("SELECT fingerprint FROM tasks WHERE task_id = ?1")?
-        .query_row(params![task.task_id], |r| r.get(0))?;
-    if existing != task.fingerprint {
+    let existing = fingerprint_of(conn, &task.task_id)?;
+    if existing.as_deref() != Some(task.fingerprint.as_str()) {
         return Err(StoreError::Conflict {
             task_id: task.task_id.clone(),
         });

@@ -240,6 +240,16 @@ def forbidden_name(root, path):
     return None
 
 
+def why_refused(root, path):
+    """Why no edit may write `path` (relative to `root`, or absolute): it resolves outside the
+    worktree, or it names what no edit may touch (see forbidden_name); None when it may."""
+    real_root = os.path.realpath(root)
+    if not inside(real_root, os.path.join(root, path)) or not inside(WORKTREE, real_root):
+        return "it resolves outside the worktree"
+    name = forbidden_name(root, path)
+    return None if name is None else f"no edit may touch {name}"
+
+
 # 4. No user text is ever a command.
 def _never_a_command(self, inp):
     return False
@@ -277,13 +287,9 @@ def _no_url_fetches(_original):
 
 def _confined_to_worktree(original):
     def allowed_to_edit(self, path, *args, **kwargs):
-        root = os.path.realpath(self.root)
-        if not inside(root, self.abs_root_path(path)) or not inside(WORKTREE, root):
-            self.io.tool_error(f"Refused to edit {path}: it resolves outside the worktree.")
-            return None
-        name = forbidden_name(self.root, path)
-        if name is not None:
-            self.io.tool_error(f"Refused to edit {path}: no edit may touch {name}.")
+        why = why_refused(self.root, path)
+        if why is not None:
+            self.io.tool_error(f"Refused to edit {path}: {why}.")
             return None
         return original(self, path, *args, **kwargs)
 
@@ -298,14 +304,9 @@ def _moves_confined_to_worktree(original):
         for edit in edits or []:
             action = edit[1] if isinstance(edit, (tuple, list)) and len(edit) > 1 else None
             target = getattr(action, "move_path", None)
-            if not target:
-                continue
-            root = os.path.realpath(self.root)
-            if not inside(root, self.abs_root_path(target)):
-                raise ValueError(f"Refused to move {edit[0]} to {target}: it resolves outside the worktree.")
-            name = forbidden_name(self.root, target)
-            if name is not None:
-                raise ValueError(f"Refused to move {edit[0]} to {target}: no edit may touch {name}.")
+            why = why_refused(self.root, target) if target else None
+            if why is not None:
+                raise ValueError(f"Refused to move {edit[0]} to {target}: {why}.")
         return original(self, edits, *args, **kwargs)
 
     return apply_edits
@@ -338,13 +339,11 @@ _original_write_text = aider.io.InputOutput.write_text
 def _write_text_inside_worktree(self, filename, content, *args, **kwargs):
     # Raised, not returned: what the edit would do next (a patch's move deletes its source once
     # the target is written) must not run, and aider reports the refusal to the model.
-    if not inside(WORKTREE, filename):
-        self.tool_error(f"Refused to write {filename}: it resolves outside the worktree.")
-        raise ValueError(f"Refused to write {filename}: it resolves outside the worktree.")
-    name = forbidden_name(WORKTREE, filename)
-    if name is not None:
-        self.tool_error(f"Refused to write {filename}: no edit may touch {name}.")
-        raise ValueError(f"Refused to write {filename}: no edit may touch {name}.")
+    why = why_refused(WORKTREE, filename)
+    if why is not None:
+        message = f"Refused to write {filename}: {why}."
+        self.tool_error(message)
+        raise ValueError(message)
     return _original_write_text(self, filename, content, *args, **kwargs)
 
 

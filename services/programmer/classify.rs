@@ -71,7 +71,7 @@ impl Outcome {
             Outcome::Cancelled => "cancelled",
             Outcome::DeadlineExceeded => "deadline exceeded",
         };
-        crate::programmer::worktree::at_most(message, MAX_MESSAGE_BYTES)
+        crate::workspace::at_most(message, MAX_MESSAGE_BYTES)
     }
 }
 
@@ -272,8 +272,7 @@ impl AiderOutput {
     fn keep_text(&mut self, mut text: &str) {
         // The head takes text until it is full; from then on everything goes to the tail.
         if self.tail.is_empty() && self.head.len() < KEPT_TEXT_BYTES {
-            let room =
-                crate::programmer::worktree::at_most(text, KEPT_TEXT_BYTES - self.head.len());
+            let room = crate::workspace::at_most(text, KEPT_TEXT_BYTES - self.head.len());
             self.head.push_str(room);
             text = &text[room.len()..];
         }

@@ -48,7 +48,7 @@ use crate::git::{
     DeadLocks, Git, GitError, WorktreeLock, remove_dead_lock, unstoppable, wait_out_dead_lock,
 };
 use crate::programmer::mirror::{Kept, Remote};
-use crate::workspace::{Workspace, check_files, ref_problem};
+use crate::workspace::{Workspace, at_most, check_files, ref_problem};
 use tonic::Status;
 
 /// Prefix of the branch a task's result is kept on: `pas/<sanitized origin task id>`. Made only by
@@ -352,16 +352,6 @@ pub const MAX_DIFF_BYTES: usize = 1024 * 1024;
 /// Most bytes of paths a result's `files_changed` carries (see [`MAX_DIFF_BYTES`]).
 pub const MAX_FILES_CHANGED_BYTES: usize = 1024 * 1024;
 
-/// The longest start of `text` of at most `max_bytes` that ends between two characters (what a
-/// result's text fields are cut to).
-pub fn at_most(text: &str, max_bytes: usize) -> &str {
-    let mut end = max_bytes.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
 /// `files_changed` and `diff` cut to fit a result; true when either was cut.
 fn fit_in_result(mut files: Vec<String>, mut diff: String) -> (Vec<String>, String, bool) {
     let mut truncated = false;
@@ -611,8 +601,9 @@ impl TaskWorktree {
         Ok(())
     }
 
-    /// Commit whatever aider left uncommitted (aider's own `.aider*` files, at any depth, excluded) and report
-    /// the change from the base commit. An empty change reports `commit == base_commit`.
+    /// Commit whatever aider left uncommitted (aider's own `.aider*` files, at any depth,
+    /// excluded) and report the change from the base commit. An empty change reports
+    /// `commit == base_commit`.
     pub async fn finish(&self, commit_message: &str) -> Result<Change, WorktreeError> {
         self.verify_git_link()?;
         self.git()

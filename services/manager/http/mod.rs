@@ -50,15 +50,11 @@ pub fn rpc_of(method: &Method, path: &str) -> Option<&'static str> {
     let rest = path.strip_prefix(API_PREFIX)?;
     // Decoded as the router decodes them (`t1%3Acancel` is the cancel route), so no spelling of
     // a route is asked as another.
-    let decoded: Vec<String> = rest
+    let decoded: Vec<_> = rest
         .split('/')
-        .map(|segment| {
-            percent_encoding::percent_decode_str(segment)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
+        .map(|segment| percent_encoding::percent_decode_str(segment).decode_utf8_lossy())
         .collect();
-    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
+    let segments: Vec<&str> = decoded.iter().map(|segment| segment.as_ref()).collect();
     Some(match (method, segments.as_slice()) {
         (&Method::POST, ["tasks"]) => "/pas.v1.ProgrammerPool/Dispatch",
         (&Method::GET, ["tasks"]) => "/pas.v1.ProgrammerPool/ListTasks",
